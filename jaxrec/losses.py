@@ -1,0 +1,112 @@
+"""Masked per-task losses.
+
+The meta-learning core only ever sees ``loss_fn(params, rows, mask) -> scalar`` for one task, where ``rows`` is a
+dict of arrays ``[rows, ...]`` and ``mask`` a bool ``[rows]``. Padded rows must not change the loss or its
+gradient, so every loss here is a *masked mean*
+
+    L(params) = sum_r m_r * l_r(params) / max(sum_r m_r, 1),
+
+which is exactly zero (with zero gradient) for a task whose mask is all false.
+
+The builders take a model's ``apply_fn(params, rows) -> scores [rows]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "LossFn",
+    "masked_mean",
+    "mse_loss",
+    "bce_loss",
+    "bpr_loss",
+    "with_auxiliary",
+    "l2_to_init",
+]
+
+Rows = Mapping[str, jax.Array]
+LossFn = Callable[[Any, Rows, jax.Array], jax.Array]
+ApplyFn = Callable[[Any, Rows], jax.Array]
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``values`` over the rows where ``mask`` holds; 0 when no row does.
+
+    ``jnp.where`` (not a product) keeps a NaN or inf in a padded row out of the sum and out of the gradient.
+    """
+    mask = mask.astype(bool)
+    total = jnp.sum(jnp.where(mask, values, 0.0))
+    count = jnp.sum(mask).astype(values.dtype)
+    return total / jnp.maximum(count, 1.0)
+
+
+def mse_loss(apply_fn: ApplyFn, target: str = "rating") -> LossFn:
+    """Masked mean squared error between ``apply_fn(params, rows)`` and ``rows[target]``."""
+
+    def loss_fn(params, rows, mask):
+        scores = apply_fn(params, rows)
+        return masked_mean(jnp.square(scores - rows[target]), mask)
+
+    return loss_fn
+
+
+def bce_loss(apply_fn: ApplyFn, target: str = "label") -> LossFn:
+    """Masked binary cross-entropy; ``apply_fn`` returns logits, ``rows[target]`` is 0/1."""
+
+    def loss_fn(params, rows, mask):
+        logits = apply_fn(params, rows)
+        labels = rows[target].astype(logits.dtype)
+        # log(1 + e^x) - y x, the numerically stable form of BCE with logits
+        per_row = jax.nn.softplus(logits) - labels * logits
+        return masked_mean(per_row, mask)
+
+    return loss_fn
+
+
+def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = "item") -> LossFn:
+    """Bayesian personalised ranking (Rendle et al. 2009): ``-log sigmoid(s(u, i+) - s(u, i-))``.
+
+    Each row holds a positive ``item`` and a sampled ``neg_item``; the negative score is the model applied to the
+    same row with the item swapped.
+    """
+
+    def loss_fn(params, rows, mask):
+        positive = apply_fn(params, rows)
+        negative_rows = dict(rows)
+        negative_rows[item_key] = rows[negative_key]
+        for key in list(rows):
+            # side features of the negative item travel as neg_<key> when the data pipeline provides them
+            if key.startswith("item_") and f"neg_{key}" in rows:
+                negative_rows[key] = rows[f"neg_{key}"]
+        negative = apply_fn(params, negative_rows)
+        return masked_mean(-jax.nn.log_sigmoid(positive - negative), mask)
+
+    return loss_fn
+
+
+def with_auxiliary(loss_fn: LossFn, aux_fn: Callable[[Any], jax.Array], weight: float) -> LossFn:
+    """``loss_fn + weight * aux_fn(params)``: an extra term that depends on the parameters only."""
+
+    def combined(params, rows, mask):
+        return loss_fn(params, rows, mask) + weight * aux_fn(params)
+
+    return combined
+
+
+def l2_to_init(weight: float) -> Callable[[Any, Any], jax.Array]:
+    """Inner-loop regulariser ``weight/2 * ||phi - theta||^2`` pulling adapted params towards the initialisation.
+
+    Pass it as ``inner_aux`` to :func:`jaxrec.adapt` (it sees both the adapted and the initial parameters); it is
+    the proximal term of iMAML (Rajeswaran et al. 2019) and keeps a few noisy ratings from dragging the model away.
+    """
+
+    def aux(adapted, init):
+        sq = jax.tree.map(lambda a, b: jnp.sum(jnp.square(a - b)), adapted, init)
+        return 0.5 * weight * sum(jax.tree.leaves(sq))
+
+    return aux
