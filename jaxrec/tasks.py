@@ -433,7 +433,9 @@ class TaskSet:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(self) == 0:
-            raise DataError(f"no tasks to batch ({self.summary()})")
+            if epochs is None:  # an endless stream of nothing would hang the training loop
+                raise DataError(f"no tasks to batch ({self.summary()})")
+            return  # e.g. an empty cold-start scenario: nothing to evaluate
         epoch = 0
         while epochs is None or epoch < epochs:
             rng = np.random.default_rng([seed, epoch])

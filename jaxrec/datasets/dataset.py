@@ -169,14 +169,26 @@ def _latest_per_pair(user: np.ndarray, item: np.ndarray, times: np.ndarray | Non
     """Boolean mask keeping, for each ``(user, item)`` pair, the row with the latest time (the last in file order
     among equal times, or without times).
 
-    One stable lexsort by (user, item, time); a row survives when the next sorted row is a different pair.
+    One argsort of the int64 pair key ``user * n_items + item``; then, per run of equal pairs, ``reduceat`` finds
+    the latest time and the largest file position among the rows at that time. O(n) after the sort.
     """
-    order = np.lexsort((item, user) if times is None else (times, item, user))
-    u, i = user[order], item[order]
-    last_of_pair = np.ones(len(order), bool)
-    last_of_pair[:-1] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-    keep = np.zeros(len(order), bool)
-    keep[order[last_of_pair]] = True
+    n_items = int(item.max()) + 1 if len(item) else 1
+    pair = user.astype(np.int64) * n_items + item
+    order = np.argsort(pair)
+    sorted_pair = pair[order]
+    run_start = np.flatnonzero(np.r_[True, sorted_pair[1:] != sorted_pair[:-1]])
+    keep = np.zeros(len(pair), bool)
+    if len(run_start) == len(pair):  # no duplicates: the common case
+        keep[:] = True
+        return keep
+    run_of_row = np.repeat(np.arange(len(run_start)), np.diff(np.r_[run_start, len(pair)]))
+    if times is None:
+        is_latest = np.ones(len(pair), bool)
+    else:
+        t = times[order]
+        is_latest = t == np.maximum.reduceat(t, run_start)[run_of_row]
+    winner = np.maximum.reduceat(np.where(is_latest, order, -1), run_start)
+    keep[winner] = True
     return keep
 
 

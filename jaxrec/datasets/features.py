@@ -87,7 +87,7 @@ def _slots(values: pd.Series, train_codes: np.ndarray) -> tuple[np.ndarray, list
     """Slot of each code's value in the vocabulary of values seen on ``train_codes`` (sorted; 0 = unknown)."""
     seen = pd.Series(values.to_numpy()[train_codes]).dropna()
     vocab = sorted(seen.unique().tolist(), key=str)
-    slots = pd.Categorical(values.to_numpy(), categories=vocab).codes.astype(np.int32) + 1  # -1 (unknown) -> 0
+    slots = pd.Index(vocab, dtype=object).get_indexer(values.to_numpy()).astype(np.int32) + 1  # -1 (unknown) -> 0
     return slots, vocab
 
 
@@ -127,10 +127,15 @@ class Featurizer:
         train = dataset.ratings if train_ratings is None else train_ratings
         if len(train) == 0:
             raise DataError(f"{dataset.name}: cannot fit a Featurizer on an empty training set")
-        train_users = np.unique(train["user"].to_numpy())
-        train_items = np.unique(train["item"].to_numpy())
-        if train_users.max() >= dataset.n_users or train_items.max() >= dataset.n_items:
+        train_u, train_i = train["user"].to_numpy(), train["item"].to_numpy()
+        if (
+            train_u.max() >= dataset.n_users
+            or train_i.max() >= dataset.n_items
+            or min(train_u.min(), train_i.min()) < 0
+        ):
             raise DataError(f"{dataset.name}: train_ratings hold codes outside the dataset; pass the same dataset")
+        train_users = np.flatnonzero(np.bincount(train_u, minlength=dataset.n_users))  # = np.unique, without a sort
+        train_items = np.flatnonzero(np.bincount(train_i, minlength=dataset.n_items))
 
         user_index = np.zeros(dataset.n_users, np.int32)
         user_index[train_users] = np.arange(1, len(train_users) + 1, dtype=np.int32)

@@ -1,0 +1,134 @@
+"""Bad input gets a DataError that names the file, column or line; nothing is dropped without a count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import jaxrec.datasets as jd
+from jaxrec.datasets.movielens import parse_movielens
+from jaxrec.tasks import build_tasks, task_batches
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(jd.DataError, ValueError) and issubclass(jd.DownloadError, jd.DataError)
+
+
+def test_missing_column_is_named():
+    log = pd.DataFrame({"user": [1], "movie": [2], "rating": [3.0]})
+    with pytest.raises(jd.DataError, match=r"missing column\(s\) item='item'.*'movie'"):
+        jd.from_dataframe(log)
+
+
+def test_extra_column_in_a_file_is_named(tmp_path):
+    path = _write(tmp_path / "log.csv", "userId,movieId,rating,timestamp,mood\n1,2,3,4,happy\n")
+    with pytest.raises(jd.DataError, match=r"log.csv: unexpected extra column\(s\) \['mood'\]"):
+        jd.from_csv(path)
+    assert jd.from_csv(path, allow_extra=True).n_ratings == 1
+
+
+def test_extra_fields_in_a_fixed_format_file(tmp_path):
+    d = tmp_path / "ml-100k"
+    _write(d / "u.data", "1\t2\t3\t4\t5\n")
+    _write(d / "u.item", "2|T (1990)|01-Jan-1990||url" + "|0" * 19 + "\n")
+    _write(d / "u.user", "1|20|M|other|12345\n")
+    with pytest.raises(jd.DataError, match=r"u.data: line 1 has 5 field\(s\).*4 are expected"):
+        parse_movielens("ml-100k", d)
+
+
+def test_non_numeric_rating_names_file_column_and_line(tmp_path):
+    path = _write(tmp_path / "r.csv", "user,item,rating\n1,1,4\n1,2,five\n2,1,3\n")
+    with pytest.raises(jd.DataError, match=r"r.csv: column 'rating' line 3 is not a finite number: 'five'"):
+        jd.from_csv(path)
+
+
+def test_nan_rating_is_reported():
+    log = pd.DataFrame({"user": [1, 2], "item": [1, 1], "rating": [4.0, np.nan]})
+    with pytest.raises(jd.DataError, match=r"column 'rating' row 1 is missing \(NaN\)"):
+        jd.from_dataframe(log)
+    with pytest.raises(jd.DataError, match="not a finite number"):
+        jd.from_dataframe(log.fillna(np.inf))
+
+
+def test_missing_user_id_is_reported():
+    log = pd.DataFrame({"user": [1, None], "item": [1, 1], "rating": [4.0, 3.0]})
+    with pytest.raises(jd.DataError, match="column 'user' row 1 has a missing user id"):
+        jd.from_dataframe(log)
+
+
+def test_duplicates_keep_the_latest_and_are_counted():
+    log = pd.DataFrame(
+        {"user": [1, 1, 1, 2], "item": [7, 7, 7, 7], "rating": [1.0, 5.0, 3.0, 2.0], "ts": [10, 30, 20, 5]}
+    )
+    ds = jd.from_dataframe(log, timestamp="ts")
+    assert ds.report["duplicates_removed"] == 2 and "duplicates_removed=2" in ds.summary()
+    assert ds.ratings.sort_values("user")["rating"].tolist() == [5.0, 2.0]
+    # without timestamps the last in file order wins
+    assert jd.from_dataframe(log).ratings.sort_values("user")["rating"].tolist() == [3.0, 2.0]
+
+
+def test_users_below_minimum_are_dropped_and_counted():
+    log = pd.DataFrame({"user": [1, 1, 1, 2, 3, 3], "item": [1, 2, 3, 1, 1, 2], "rating": [1.0] * 6})
+    ds = jd.from_dataframe(log, min_user_ratings=2)
+    assert ds.user_ids.tolist() == [1, 3]
+    assert ds.report["users_below_min_dropped"] == 1 and ds.report["ratings_below_min_dropped"] == 1
+    assert "users_below_min_dropped=1" in ds.summary()
+    assert ds.report["ratings_read"] == ds.report["ratings_kept"] + 1
+    with pytest.raises(jd.DataError, match="no ratings left"):
+        jd.from_dataframe(log, min_user_ratings=10)
+
+
+def test_empty_files(tmp_path):
+    with pytest.raises(jd.DataError, match=r"empty.csv: file is empty"):
+        jd.from_csv(_write(tmp_path / "empty.csv", ""))
+    with pytest.raises(jd.DataError, match=r"blank.csv: file is empty"):
+        jd.from_csv(_write(tmp_path / "blank.csv", "\n\n"))
+    with pytest.raises(jd.DataError, match=r"header.csv: file has a header but no rows"):
+        jd.from_csv(_write(tmp_path / "header.csv", "user,item,rating\n"), sep=",", header=True)
+    with pytest.raises(jd.DataError, match="no ratings"):
+        jd.from_dataframe(pd.DataFrame({"user": [], "item": [], "rating": []}))
+
+
+def test_wrong_separator(tmp_path):
+    path = _write(tmp_path / "tabs.tsv", "1\t2\t3\n4\t5\t6\n")
+    with pytest.raises(jd.DataError, match=r"tabs.tsv: line 1 .* single field with separator ','"):
+        jd.from_csv(path, sep=",")
+    assert jd.from_csv(path).n_ratings == 2  # sniffed
+    with pytest.raises(jd.DataError, match=r"words.txt: cannot tell the separator"):
+        jd.from_csv(_write(tmp_path / "words.txt", "hello world\nno separators here\n"))
+
+
+def test_movielens_dat_with_wrong_separator(tmp_path):
+    d = tmp_path / "ml-10m"
+    _write(d / "ratings.dat", "1,122,5,838985046\n")
+    _write(d / "movies.dat", "122::Boomerang (1992)::Comedy\n")
+    with pytest.raises(jd.DataError, match=r"ratings.dat: line 1 has 1 field\(s\) separated by '::'"):
+        parse_movielens("ml-10m", d)
+
+
+def test_unknown_role_and_column_counts(tmp_path):
+    path = _write(tmp_path / "p.csv", "1,2,3\n")
+    with pytest.raises(jd.DataError, match=r"columns= names 2 column\(s\)"):
+        jd.from_csv(path, columns=["user", "item"])
+    with pytest.raises(jd.DataError, match=r"unknown role\(s\) \['stars'\]"):
+        jd.from_csv(path, columns=["user", "item", "stars"])
+    ds = jd.from_csv(path, columns=["item", "user", "_"])  # implicit, columns swapped
+    assert ds.user_ids.tolist() == [2] and ds.rating_range == (1.0, 1.0)
+
+
+def test_empty_scenario_yields_no_batches_but_infinite_stream_refuses():
+    ds = jd.load()
+    feat = jd.Featurizer.fit(ds)
+    empty = build_tasks(ds.ratings.iloc[:0], feat, "kshot", support=3)
+    assert len(empty) == 0 and list(task_batches(empty, batch_size=4, shuffle=False, epochs=1)) == []
+    with pytest.raises(jd.DataError, match="no tasks"):
+        next(task_batches(empty, batch_size=4))
