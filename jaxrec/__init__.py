@@ -1,7 +1,18 @@
-"""jaxrec: meta-learned cold-start recommendation in JAX."""
+"""jaxrec: meta-learned cold-start recommendation in JAX.
 
+The meta-learning core sees only ``loss_fn(params, rows, mask)`` and a params pytree:
+
+* :func:`adapt` -- the inner loop of one task (``lax.scan`` of ``jax.grad`` steps, second or first order);
+* :func:`meta_loss` -- the mean post-adaptation query loss of a :class:`TaskBatch` (``vmap`` over tasks);
+* :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD).
+"""
+
+from jaxrec.adapt import adapt, resolve_adapt_filter, zero_padding
 from jaxrec.batch import BatchShapeError, TaskBatch, validate_batch
 from jaxrec.features import FeatureSpec
 from jaxrec.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
+from jaxrec.maml import ALGORITHMS, MetaSGDParams, meta_loss, meta_value_and_grad, reptile_direction, task_losses
+from jaxrec.sharding import make_mesh, pad_tasks, shard_batch
+from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, meta_train
 
 __version__ = "0.1.0"

@@ -1,0 +1,259 @@
+"""Meta-objectives over a batch of tasks: MAML (second or first order), Meta-SGD and Reptile.
+
+For a batch of ``T`` tasks with support sets ``s_t`` and query sets ``q_t`` the MAML meta-loss is
+
+    L(theta) = sum_t w_t L_{q_t}(phi_t(theta)) / sum_t w_t,    phi_t = adapt(theta, s_t),
+
+where ``w_t = 1`` when task ``t`` has at least one query row and ``0`` for a padding task. Tasks are mapped with
+``jax.vmap`` (no Python loop per task). ``jax.grad(meta_loss)`` is the exact MAML meta-gradient for
+``order="second"`` (Finn et al. 2017); for ``order="first"`` it is the first-order approximation.
+
+Meta-SGD (Li et al. 2017) meta-learns a per-parameter inner learning rate ``alpha`` together with ``theta``:
+``phi_t = theta - alpha * grad L_{s_t}(theta)`` (for K steps), and the meta-gradient is taken w.r.t. both.
+
+Reptile (Nichol et al. 2018) needs no second derivatives: ``theta <- theta + eps * mean_t (phi_t - theta)``.
+Here its *pseudo-gradient* ``theta - mean_t phi_t`` is returned, so any optax optimiser can apply it;
+``optax.sgd(eps)`` gives exactly the update above.
+
+``task_chunk=N`` evaluates the batch ``N`` tasks at a time inside a ``lax.scan`` and accumulates the gradient:
+the same value and gradient (up to float summation order) with the peak memory of ``N`` tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxrec.adapt import AdaptFilter, adapt, zero_padding
+from jaxrec.batch import TaskBatch, validate_batch
+from jaxrec.losses import LossFn
+
+__all__ = [
+    "ALGORITHMS",
+    "MetaSGDParams",
+    "meta_loss",
+    "meta_value_and_grad",
+    "reptile_direction",
+    "task_losses",
+    "init_metasgd",
+]
+
+ALGORITHMS = ("maml", "reptile", "metasgd")
+
+
+@flax.struct.dataclass
+class MetaSGDParams:
+    """Meta-SGD's meta-parameters: the initialisation and one inner learning rate per parameter."""
+
+    params: Any
+    inner_lr: Any
+
+
+def init_metasgd(params: Any, inner_lr: float) -> MetaSGDParams:
+    """Meta-SGD parameters with every per-parameter learning rate set to ``inner_lr``."""
+    if isinstance(params, MetaSGDParams):
+        return params
+    return MetaSGDParams(params, jax.tree.map(lambda p: jnp.full_like(p, inner_lr), params))
+
+
+def _task_weights(mask: jax.Array) -> jax.Array:
+    return jnp.any(mask, axis=1).astype(jnp.result_type(float))
+
+
+def task_losses(
+    params: Any,
+    batch: TaskBatch,
+    *,
+    loss_fn: LossFn,
+    inner_lr: Any,
+    inner_steps: int,
+    order: str = "second",
+    inner_optimizer: optax.GradientTransformation | None = None,
+    adapt_filter: AdaptFilter = None,
+    inner_aux: Callable | None = None,
+    remat: bool = False,
+) -> jax.Array:
+    """Per-task query loss after adaptation, ``[T]``; ``vmap`` over tasks, params shared."""
+    validate_batch(batch)
+
+    def one_task(support, support_mask, query, query_mask):
+        phi = adapt(
+            params,
+            support,
+            support_mask,
+            loss_fn=loss_fn,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            order=order,
+            inner_optimizer=inner_optimizer,
+            adapt_filter=adapt_filter,
+            inner_aux=inner_aux,
+            remat=remat,
+        )
+        return loss_fn(phi, zero_padding(query, query_mask), query_mask)
+
+    return jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
+
+
+def _chunked(batch: TaskBatch, task_chunk: int) -> TaskBatch:
+    """Reshape ``[T, ...]`` to ``[T / N, N, ...]``, padding with empty tasks so that N divides T."""
+    num_tasks = batch.num_tasks
+    if task_chunk <= 0:
+        raise ValueError(f"task_chunk must be a positive number of tasks, got {task_chunk}")
+    pad = (-num_tasks) % task_chunk
+
+    def reshape(x, fill):
+        if pad:
+            x = jnp.concatenate([x, jnp.full((pad,) + x.shape[1:], fill, x.dtype)], axis=0)
+        return x.reshape((-1, task_chunk) + x.shape[1:])
+
+    return TaskBatch(
+        support=jax.tree.map(lambda x: reshape(x, 0), batch.support),
+        query=jax.tree.map(lambda x: reshape(x, 0), batch.query),
+        support_mask=reshape(batch.support_mask, False),
+        query_mask=reshape(batch.query_mask, False),
+        task_id=None,
+    )
+
+
+def _weighted_sum(params, batch, inner_lr, kwargs):
+    losses = task_losses(params, batch, inner_lr=inner_lr, **kwargs)
+    weights = _task_weights(batch.query_mask)
+    # jnp.where keeps a padding task's value (never NaN by construction, but be safe) out of the sum
+    return jnp.sum(jnp.where(weights > 0, losses * weights, 0.0)), jnp.sum(weights)
+
+
+def meta_loss(
+    params: Any,
+    batch: TaskBatch,
+    *,
+    loss_fn: LossFn,
+    inner_lr: Any,
+    inner_steps: int,
+    order: str = "second",
+    inner_optimizer: optax.GradientTransformation | None = None,
+    adapt_filter: AdaptFilter = None,
+    inner_aux: Callable | None = None,
+    remat: bool = False,
+    task_chunk: int | None = None,
+) -> jax.Array:
+    """Mean query loss after adaptation over the real tasks of ``batch`` (see module docstring).
+
+    ``jax.grad(meta_loss)`` is the exact MAML meta-gradient for ``order="second"``. Pass a
+    :class:`MetaSGDParams` as ``params`` to use its learned per-parameter rates (``inner_lr`` is then ignored).
+    """
+    value, _ = _value_and_maybe_grad(
+        params,
+        batch,
+        with_grad=False,
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        order=order,
+        inner_optimizer=inner_optimizer,
+        adapt_filter=adapt_filter,
+        inner_aux=inner_aux,
+        remat=remat,
+        task_chunk=task_chunk,
+    )
+    return value
+
+
+def meta_value_and_grad(params: Any, batch: TaskBatch, *, task_chunk: int | None = None, **kwargs) -> tuple:
+    """``(meta_loss, grad meta_loss)``; with ``task_chunk`` the gradient is accumulated chunk by chunk."""
+    return _value_and_maybe_grad(params, batch, with_grad=True, task_chunk=task_chunk, **kwargs)
+
+
+def _value_and_maybe_grad(params, batch, *, with_grad, inner_lr, task_chunk, **kwargs):
+    validate_batch(batch)
+
+    def weighted(meta_params, chunk):
+        if isinstance(meta_params, MetaSGDParams):
+            return _weighted_sum(meta_params.params, chunk, meta_params.inner_lr, kwargs)
+        return _weighted_sum(meta_params, chunk, inner_lr, kwargs)
+
+    if with_grad:
+        evaluate = jax.value_and_grad(weighted, has_aux=True)
+    else:
+
+        def evaluate(p, chunk):
+            return weighted(p, chunk), None
+
+    if task_chunk is None or task_chunk >= batch.num_tasks:
+        (total, count), grads = evaluate(params, batch)
+    else:
+        chunks = _chunked(batch, int(task_chunk))
+        zero_grads = jax.tree.map(jnp.zeros_like, params) if with_grad else None
+
+        def accumulate(carry, chunk):
+            total, count, grads = carry
+            (t, c), g = evaluate(params, chunk)
+            grads = jax.tree.map(jnp.add, grads, g) if with_grad else None
+            return (total + t, count + c, grads), None
+
+        zero = jnp.zeros((), jnp.result_type(float))
+        (total, count, grads), _ = jax.lax.scan(accumulate, (zero, zero, zero_grads), chunks)
+    denominator = jnp.maximum(count, 1.0)
+    value = total / denominator
+    if with_grad:
+        grads = jax.tree.map(lambda g: g / denominator.astype(g.dtype), grads)
+    return value, grads
+
+
+def reptile_direction(
+    params: Any,
+    batch: TaskBatch,
+    *,
+    loss_fn: LossFn,
+    inner_lr: Any,
+    inner_steps: int,
+    inner_optimizer: optax.GradientTransformation | None = None,
+    adapt_filter: AdaptFilter = None,
+    inner_aux: Callable | None = None,
+) -> tuple[jax.Array, Any]:
+    """Reptile's pseudo-gradient ``theta - mean_t phi_t`` and the mean query loss at ``phi_t``.
+
+    ``phi_t`` is ``theta`` adapted on task ``t``'s support set; the mean runs over tasks that have support rows
+    (a padding task has none and would only shrink the step). No derivative of the inner loop is taken.
+    """
+    validate_batch(batch)
+
+    def one_task(support, support_mask, query, query_mask):
+        phi = adapt(
+            params,
+            support,
+            support_mask,
+            loss_fn=loss_fn,
+            inner_lr=inner_lr,
+            inner_steps=inner_steps,
+            order="first",
+            inner_optimizer=inner_optimizer,
+            adapt_filter=adapt_filter,
+            inner_aux=inner_aux,
+        )
+        return jax.lax.stop_gradient(phi), loss_fn(phi, zero_padding(query, query_mask), query_mask)
+
+    phis, losses = jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
+    support_weights = _task_weights(batch.support_mask)
+    n_support = jnp.maximum(jnp.sum(support_weights), 1.0)
+
+    def direction(theta, phi):
+        w = support_weights.reshape((-1,) + (1,) * theta.ndim).astype(theta.dtype)
+        mean_phi_shift = jnp.sum(w * (phi - theta[None]), axis=0) / n_support.astype(theta.dtype)
+        return -mean_phi_shift
+
+    query_weights = _task_weights(batch.query_mask)
+    loss = jnp.sum(jnp.where(query_weights > 0, losses, 0.0)) / jnp.maximum(jnp.sum(query_weights), 1.0)
+    return loss, jax.tree.map(direction, params, phis)
+
+
+def check_algorithm(algorithm: str, order: str) -> None:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}: expected one of {ALGORITHMS}")
+    if order not in ("second", "first"):
+        raise ValueError(f"unknown order {order!r}: expected 'second' or 'first'")

@@ -1,0 +1,263 @@
+"""Meta-training: one jit-compiled meta-step, and ``meta_train`` looping it over task batches.
+
+The meta-step maps ``(state, batch) -> (state, metrics)``. It is compiled once per batch *shape* (tasks,
+support rows, query rows), never per task, with the state's buffers donated so that parameters are updated in
+place. Metrics stay on the device; nothing is copied to the host per step unless a callback or
+``nonfinite="raise"`` asks for it.
+
+Non-finite guard: when the meta-loss or any meta-gradient entry is NaN or inf, the step leaves the parameters
+and the optimiser state as they were and counts the step in ``state.skipped``. A poisoned task therefore never
+reaches the parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec.adapt import AdaptFilter
+from jaxrec.batch import TaskBatch, validate_batch
+from jaxrec.losses import LossFn
+from jaxrec.maml import MetaSGDParams, check_algorithm, init_metasgd, meta_value_and_grad, reptile_direction
+from jaxrec.sharding import default_mesh, replicate, shard_batch
+
+__all__ = ["MetaTrainState", "MetaTrainer", "NonFiniteError", "meta_train"]
+
+logger = logging.getLogger(__name__)
+
+NONFINITE_MODES = ("skip", "raise")
+
+
+class NonFiniteError(FloatingPointError):
+    """A meta-step produced a NaN or inf loss or meta-gradient (raised with ``nonfinite="raise"``)."""
+
+    def __init__(self, step: int, batch_index: int, users: list[int] | None, loss: float):
+        self.step, self.batch_index, self.users, self.loss = step, batch_index, users, loss
+        who = f"users (task ids) {users}" if users is not None else "tasks without task_id"
+        super().__init__(
+            f"non-finite meta-loss or meta-gradient at step {step} (batch {batch_index}, loss={loss}); "
+            f"the batch holds {who}. The parameters were left unchanged."
+        )
+
+
+@flax.struct.dataclass
+class MetaTrainState:
+    """Everything a meta-step updates: the step count, meta-parameters, optimiser state, skipped-step count."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    skipped: jax.Array
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+@dataclasses.dataclass
+class MetaTrainer:
+    """A meta-learning configuration and its compiled meta-step.
+
+    ``algorithm``: ``"maml"`` (``order`` second or first), ``"reptile"`` or ``"metasgd"``. The other arguments are
+    those of :func:`jaxrec.adapt` and :func:`jaxrec.meta_loss`; ``optimizer`` is the outer (meta) optimiser.
+    """
+
+    loss_fn: LossFn
+    inner_lr: Any
+    inner_steps: int
+    algorithm: str = "maml"
+    order: str = "second"
+    optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.adam(1e-3))
+    inner_optimizer: optax.GradientTransformation | None = None
+    adapt_filter: AdaptFilter = None
+    inner_aux: Callable | None = None
+    remat: bool = False
+    task_chunk: int | None = None
+    mesh: Any = None
+
+    def __post_init__(self):
+        check_algorithm(self.algorithm, self.order)
+        self.traces = 0  # how many times the meta-step was traced (= compiled): once per batch shape
+        self._step = jax.jit(self._meta_step, donate_argnums=(0,))
+
+    # -- state -------------------------------------------------------------------------------------------
+    def init(self, params: Any) -> MetaTrainState:
+        """A fresh state; the params are copied, so the caller's arrays survive buffer donation."""
+        if self.algorithm == "metasgd":
+            params = init_metasgd(params, self.inner_lr)
+        elif isinstance(params, MetaSGDParams):
+            raise ValueError(f"MetaSGDParams given to algorithm {self.algorithm!r}; pass params.params")
+        # fresh, strongly typed copies: weak-typed leaves (jnp.array(0.2)) would retrace the step after the first
+        # call, whose outputs are strongly typed
+        params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), params)
+        state = MetaTrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=self.optimizer.init(params),
+            skipped=jnp.zeros((), jnp.int32),
+        )
+        return self.place(state)
+
+    def place(self, state: MetaTrainState) -> MetaTrainState:
+        """Put a state on the mesh (replicated) or, without one, on the default device."""
+        if self.mesh is not None:
+            return replicate(state, self.mesh)
+        return jax.device_put(state)
+
+    # -- the step ----------------------------------------------------------------------------------------
+    def _objective_kwargs(self) -> dict:
+        return dict(
+            loss_fn=self.loss_fn,
+            inner_steps=self.inner_steps,
+            inner_optimizer=self.inner_optimizer,
+            adapt_filter=self.adapt_filter,
+            inner_aux=self.inner_aux,
+        )
+
+    def _meta_step(self, state: MetaTrainState, batch: TaskBatch):
+        self.traces += 1  # runs at trace time only
+        if self.algorithm == "reptile":
+            loss, grads = reptile_direction(state.params, batch, inner_lr=self.inner_lr, **self._objective_kwargs())
+        else:
+            loss, grads = meta_value_and_grad(
+                state.params,
+                batch,
+                inner_lr=self.inner_lr,
+                order=self.order,
+                remat=self.remat,
+                task_chunk=self.task_chunk,
+                **self._objective_kwargs(),
+            )
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        # a non-finite gradient would turn the optimiser state into NaN too: zero it before the update
+        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+        updates, opt_state = self.optimizer.update(safe_grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        new_state = MetaTrainState(
+            step=state.step + 1,
+            params=jax.tree.map(keep, params, state.params),
+            opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+        )
+        metrics = {"loss": loss, "finite": finite, "grad_norm": optax.tree.norm(safe_grads)}
+        return new_state, metrics
+
+    def step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
+        """One meta-update. ``state`` is donated: use the returned state, not the one passed in."""
+        validate_batch(batch)
+        if self.mesh is not None:
+            batch = shard_batch(batch, self.mesh)
+        return self._step(state, batch)
+
+
+def meta_train(
+    params: Any,
+    task_batches: Iterable[TaskBatch],
+    *,
+    loss_fn: LossFn,
+    algorithm: str = "maml",
+    order: str = "second",
+    inner_lr: Any,
+    inner_steps: int,
+    optimizer: optax.GradientTransformation = optax.adam(1e-3),  # noqa: B008  (stateless, safe as a default)
+    inner_optimizer: optax.GradientTransformation | None = None,
+    adapt_filter: AdaptFilter = None,
+    inner_aux: Callable | None = None,
+    remat: bool = False,
+    task_chunk: int | None = None,
+    steps: int | None = None,
+    nonfinite: str = "skip",
+    callback: Callable[[int, dict], None] | None = None,
+    log_every: int = 100,
+    mesh: Any = "auto",
+    state: MetaTrainState | None = None,
+) -> tuple[Any, dict]:
+    """Meta-train ``params`` over ``task_batches``; returns ``(params, history)``.
+
+    Args:
+      params: the initial meta-parameters (any pytree). For ``algorithm="metasgd"`` the result is a
+        :class:`~jaxrec.maml.MetaSGDParams` holding the initialisation and the learned per-parameter rates.
+      task_batches: an iterable of :class:`~jaxrec.TaskBatch`; training stops when it ends or after ``steps``.
+      loss_fn, inner_lr, inner_steps, order, inner_optimizer, adapt_filter, inner_aux, remat, task_chunk: see
+        :func:`jaxrec.adapt` and :func:`jaxrec.meta_loss`.
+      algorithm: ``"maml"``, ``"reptile"`` or ``"metasgd"``.
+      optimizer: the outer optax optimiser.
+      nonfinite: ``"skip"`` (default; the step is dropped on the device and counted, no host sync) or
+        ``"raise"`` (checks every step on the host and raises :class:`NonFiniteError` naming the batch and its
+        users; the parameters are never updated with non-finite values in either mode).
+      callback: ``callback(step, metrics)`` every ``log_every`` steps and after the last, with host floats.
+      mesh: ``"auto"`` (all devices when there is more than one), ``None`` (single device) or a
+        ``jax.sharding.Mesh`` whose axis ``"tasks"`` shards the task axis.
+      state: a :class:`MetaTrainState` to continue from (resume); ``params`` is then ignored.
+
+    Returns:
+      ``(params, history)``; ``history`` holds per-step ``loss``, ``grad_norm`` and ``finite`` (numpy arrays),
+      ``steps``, ``skipped`` (non-finite steps dropped), ``nonfinite_steps`` (their indices), ``compilations``
+      (traces of the meta-step: one per batch shape), ``batch_shapes`` and ``seconds``.
+    """
+    if nonfinite not in NONFINITE_MODES:
+        raise ValueError(f"unknown nonfinite mode {nonfinite!r}: expected one of {NONFINITE_MODES}")
+    trainer = MetaTrainer(
+        loss_fn=loss_fn,
+        inner_lr=inner_lr,
+        inner_steps=inner_steps,
+        algorithm=algorithm,
+        order=order,
+        optimizer=optimizer,
+        inner_optimizer=inner_optimizer,
+        adapt_filter=adapt_filter,
+        inner_aux=inner_aux,
+        remat=remat,
+        task_chunk=task_chunk,
+        mesh=default_mesh() if mesh == "auto" else mesh,
+    )
+    state = trainer.init(params) if state is None else trainer.place(state)
+    first_step = int(state.step)
+    metrics_log: list[dict] = []
+    shapes: set[tuple[int, int, int]] = set()
+    start = time.perf_counter()
+    for index, batch in enumerate(task_batches):
+        if steps is not None and index >= steps:
+            break
+        shapes.add(batch.shape)
+        state, metrics = trainer.step(state, batch)
+        metrics_log.append(metrics)
+        if nonfinite == "raise" and not bool(metrics["finite"]):
+            users = None if batch.task_id is None else [int(u) for u in np.asarray(batch.task_id) if u >= 0]
+            raise NonFiniteError(first_step + index, index, users, float(metrics["loss"]))
+        if callback is not None and log_every and (index + 1) % log_every == 0:
+            callback(first_step + index + 1, {k: float(v) for k, v in metrics.items()})
+    history = _history(metrics_log, state, trainer, shapes, time.perf_counter() - start)
+    if callback is not None and metrics_log and (not log_every or len(metrics_log) % log_every):
+        callback(int(history["steps"]), {k: float(v[-1]) for k, v in history.items() if k in ("loss", "grad_norm")})
+    if history["skipped"]:
+        logger.warning("skipped %d meta-steps with a non-finite loss or gradient", history["skipped"])
+    return state.params, history
+
+
+def _history(metrics_log, state, trainer, shapes, seconds) -> dict:
+    stacked = jax.device_get(jax.tree.map(lambda *xs: jnp.stack(xs), *metrics_log)) if metrics_log else {}
+    finite = np.asarray(stacked.get("finite", np.zeros(0, bool)))
+    return {
+        "loss": np.asarray(stacked.get("loss", np.zeros(0))),
+        "grad_norm": np.asarray(stacked.get("grad_norm", np.zeros(0))),
+        "finite": finite,
+        "steps": int(state.step),
+        "skipped": int(state.skipped),
+        "nonfinite_steps": [int(i) for i in np.flatnonzero(~finite)],
+        "compilations": trainer.traces,
+        "batch_shapes": sorted(shapes),
+        "seconds": seconds,
+        "state": state,
+    }
