@@ -475,7 +475,7 @@ def create(name: str, spec: FeatureSpec, **kwargs) -> nn.Module:
 def init_params(model: nn.Module, spec: FeatureSpec, key: jax.Array) -> dict:
     """``model.init`` on two synthetic rows of ``spec``: the variables ``{"params": ...}`` for ``model.apply``."""
     data_key, param_key = jax.random.split(key)
-    return model.init(param_key, synthetic_rows(spec, 2, data_key))
+    return jax.jit(model.init)(param_key, synthetic_rows(spec, 2, data_key))
 
 
 def default_loss(model: nn.Module) -> LossFn:
@@ -581,32 +581,43 @@ def _user_side(key: str) -> bool:
     return key == "user" or key.startswith("user_") or key.startswith("history_")
 
 
+def _host_rng(key) -> np.random.Generator:
+    """A NumPy generator seeded by a JAX key (typed or raw uint32), so synthetic data costs no compilation."""
+    if jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.random.default_rng(np.asarray(key, dtype=np.uint32).ravel().tolist())
+
+
+def _host_rows(spec: FeatureSpec, rows: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, vocab in sorted(spec.categorical.items()):
+        out[name] = rng.integers(0, vocab, rows, dtype=np.int32)
+    for name, width in sorted(spec.multi_hot.items()):
+        out[name] = (rng.random((rows, width)) < 0.2).astype(np.float32)
+    low, high = spec.rating_range if spec.rating_range is not None else (1.0, 5.0)
+    if spec.target == "label":
+        out["label"] = (rng.random(rows) < 0.5).astype(np.float32)
+        out["neg_item"] = rng.integers(0, spec.categorical["item"], rows, dtype=np.int32)
+    else:
+        out[spec.target] = rng.integers(int(low), int(high) + 1, rows).astype(np.float32)
+    if spec.history > 0:
+        length = spec.history
+        real = np.arange(length)[None, :] < rng.integers(0, length + 1, (rows, 1))
+        items = rng.integers(1, max(spec.categorical["item"], 2), (rows, length), dtype=np.int32)
+        ratings = rng.integers(int(low), int(high) + 1, (rows, length))
+        out["history_item"] = np.where(real, items, 0).astype(np.int32)
+        out["history_rating"] = np.where(real, ratings, 0).astype(np.float32)
+    return out
+
+
 def synthetic_rows(spec: FeatureSpec, rows: int, key: jax.Array) -> dict[str, jax.Array]:
     """``rows`` random valid rows of ``spec``: ids uniform over the whole vocabulary (OOV slot 0 included),
     multi-hot bits with probability 0.2, integer ratings in ``spec.rating_range`` (default 1..5), 0/1 labels
-    with a ``neg_item`` for implicit specs, and right-padded histories when ``spec.history > 0``."""
-    keys = iter(jax.random.split(key, len(spec.categorical) + len(spec.multi_hot) + 6))
-    out: dict[str, jax.Array] = {}
-    for name, vocab in sorted(spec.categorical.items()):
-        out[name] = jax.random.randint(next(keys), (rows,), 0, vocab, dtype=jnp.int32)
-    for name, width in sorted(spec.multi_hot.items()):
-        out[name] = jax.random.bernoulli(next(keys), 0.2, (rows, width)).astype(jnp.float32)
-    low, high = spec.rating_range if spec.rating_range is not None else (1.0, 5.0)
-    rating = jax.random.randint(next(keys), (rows,), int(low), int(high) + 1).astype(jnp.float32)
-    if spec.target == "label":
-        out["label"] = jax.random.bernoulli(next(keys), 0.5, (rows,)).astype(jnp.float32)
-        out["neg_item"] = jax.random.randint(next(keys), (rows,), 0, spec.categorical["item"], dtype=jnp.int32)
-    else:
-        out[spec.target] = rating
-    if spec.history > 0:
-        length = spec.history
-        items = jax.random.randint(next(keys), (rows, length), 1, max(spec.categorical["item"], 2), dtype=jnp.int32)
-        lengths = jax.random.randint(next(keys), (rows, 1), 0, length + 1)
-        real = jnp.arange(length)[None, :] < lengths
-        history_rating = jax.random.randint(next(keys), (rows, length), int(low), int(high) + 1)
-        out["history_item"] = jnp.where(real, items, 0)
-        out["history_rating"] = jnp.where(real, history_rating, 0).astype(jnp.float32)
-    return out
+    with a ``neg_item`` for implicit specs, and right-padded histories when ``spec.history > 0``.
+
+    Generated on the host with NumPy seeded by ``key`` (deterministic; ``key`` must be concrete, not traced).
+    """
+    return {name: jnp.asarray(value) for name, value in _host_rows(spec, rows, _host_rng(key)).items()}
 
 
 def synthetic_task_batch(
@@ -616,27 +627,26 @@ def synthetic_task_batch(
 
     All rows of a task share the user-side keys (``user``, ``user_*``, ``history_*``), as in real data. With
     ``padded`` each task keeps a random number (at least 1) of its rows and masks the rest; otherwise every row is
-    real. ``task_id`` is ``arange(tasks)``.
+    real. ``task_id`` is ``arange(tasks)``. Host-side, like :func:`synthetic_rows`.
     """
-    row_key, user_key, support_key, query_key = jax.random.split(key, 4)
+    rng = _host_rng(key)
     per_task = support + query
-    rows = synthetic_rows(spec, tasks * per_task, row_key)
-    users = synthetic_rows(spec, tasks, user_key)
+    rows = _host_rows(spec, tasks * per_task, rng)
+    users = _host_rows(spec, tasks, rng)
     rows = {name: value.reshape((tasks, per_task) + value.shape[1:]) for name, value in rows.items()}
     for name in rows:
         if _user_side(name):
-            rows[name] = jnp.broadcast_to(users[name][:, None], rows[name].shape)
+            rows[name] = np.broadcast_to(users[name][:, None], rows[name].shape)
 
-    def mask(mask_key, size):
+    def mask(size):
         if not padded:
-            return jnp.ones((tasks, size), bool)
-        keep = jax.random.randint(mask_key, (tasks, 1), 1, size + 1)
-        return jnp.arange(size)[None, :] < keep
+            return np.ones((tasks, size), bool)
+        return np.arange(size)[None, :] < rng.integers(1, size + 1, (tasks, 1))
 
     return TaskBatch(
-        support={name: value[:, :support] for name, value in rows.items()},
-        query={name: value[:, support:] for name, value in rows.items()},
-        support_mask=mask(support_key, support),
-        query_mask=mask(query_key, query),
-        task_id=jnp.asarray(np.arange(tasks), jnp.int32),
+        support={name: jnp.asarray(value[:, :support]) for name, value in rows.items()},
+        query={name: jnp.asarray(value[:, support:]) for name, value in rows.items()},
+        support_mask=jnp.asarray(mask(support)),
+        query_mask=jnp.asarray(mask(query)),
+        task_id=jnp.asarray(np.arange(tasks, dtype=np.int32)),
     )
