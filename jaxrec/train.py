@@ -84,6 +84,7 @@ class MetaTrainer:
     remat: bool = False
     task_chunk: int | None = None
     mesh: Any = None
+    objective_options: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         check_algorithm(self.algorithm, self.order)
@@ -122,6 +123,7 @@ class MetaTrainer:
             inner_optimizer=self.inner_optimizer,
             adapt_filter=self.adapt_filter,
             inner_aux=self.inner_aux,
+            **self.objective_options,
         )
 
     def _meta_step(self, state: MetaTrainState, batch: TaskBatch):
@@ -182,6 +184,7 @@ def meta_train(
     log_every: int = 100,
     mesh: Any = "auto",
     state: MetaTrainState | None = None,
+    objective_options: dict | None = None,
 ) -> tuple[Any, dict]:
     """Meta-train ``params`` over ``task_batches``; returns ``(params, history)``.
 
@@ -200,6 +203,7 @@ def meta_train(
       mesh: ``"auto"`` (all devices when there is more than one), ``None`` (single device) or a
         ``jax.sharding.Mesh`` whose axis ``"tasks"`` shards the task axis.
       state: a :class:`MetaTrainState` to continue from (resume); ``params`` is then ignored.
+      objective_options: further keyword arguments of the meta-objective (e.g. task-local embedding options).
 
     Returns:
       ``(params, history)``; ``history`` holds per-step ``loss``, ``grad_norm`` and ``finite`` (numpy arrays),
@@ -221,6 +225,7 @@ def meta_train(
         remat=remat,
         task_chunk=task_chunk,
         mesh=default_mesh() if mesh == "auto" else mesh,
+        objective_options=dict(objective_options or {}),
     )
     state = trainer.init(params) if state is None else trainer.place(state)
     first_step = int(state.step)
