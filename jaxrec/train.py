@@ -224,7 +224,7 @@ def meta_train(
         inner_aux=inner_aux,
         remat=remat,
         task_chunk=task_chunk,
-        mesh=default_mesh() if mesh == "auto" else mesh,
+        mesh=default_mesh() if isinstance(mesh, str) and mesh == "auto" else mesh,
         objective_options=dict(objective_options or {}),
     )
     state = trainer.init(params) if state is None else trainer.place(state)
