@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import jaxrec.datasets as jd
 from jaxrec.datasets.movielens import parse_movielens
@@ -132,3 +134,13 @@ def test_empty_scenario_yields_no_batches_but_infinite_stream_refuses():
     assert len(empty) == 0 and list(task_batches(empty, batch_size=4, shuffle=False, epochs=1)) == []
     with pytest.raises(jd.DataError, match="no tasks"):
         next(task_batches(empty, batch_size=4))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=40))
+def test_dedup_keeps_latest_then_last_in_file_like_pandas(rows):
+    log = pd.DataFrame(rows, columns=["user", "item", "ts"]).assign(rating=np.arange(len(rows), dtype=float))
+    ds = jd.from_dataframe(log, timestamp="ts")
+    expected = log.sort_values("ts", kind="stable").groupby(["user", "item"]).tail(1)
+    assert sorted(ds.ratings["rating"].tolist()) == sorted(expected["rating"].tolist())
+    assert ds.report["duplicates_removed"] == len(log) - len(expected)

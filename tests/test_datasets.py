@@ -252,3 +252,24 @@ def test_download_uses_injected_opener_and_refuses_unknown_checksum(tmp_path):
     with pytest.raises(jd.DownloadError, match="checksum is not confirmed"):
         download_archive("ml-100k", tmp_path / "y", archive=archive._replace(md5=None), opener=opener)
     assert all(len(a.md5) == 32 for a in jd.ARCHIVES.values())
+
+
+def test_load_downloads_when_allowed_by_env(tmp_path, monkeypatch):
+    from jaxrec.datasets import download
+
+    payload = _zip_with(
+        "ml-10M100K", {"ratings.dat": "1::122::5::838985046\n", "movies.dat": "122::B (1992)::Comedy\n"}
+    )
+    src = tmp_path / "ml-10m.zip"
+    src.write_bytes(payload)
+    monkeypatch.setitem(
+        download.ARCHIVES, "ml-10m", Archive(src.as_uri(), hashlib.md5(payload).hexdigest(), "ml-10M100K")
+    )
+    monkeypatch.setenv("JAXREC_DATA", str(tmp_path / "cache"))
+    monkeypatch.setenv("JAXREC_DOWNLOAD", "0")
+    with pytest.raises(jd.DataError, match="not found"):
+        jd.load("ml-10m")
+    monkeypatch.setenv("JAXREC_DOWNLOAD", "1")
+    ds = jd.load("ml-10m")
+    assert ds.n_ratings == 1 and (tmp_path / "cache" / "ml-10m" / "ratings.dat").is_file()
+    assert jd.load("ml-10m", download=False).n_ratings == 1  # now found offline

@@ -165,29 +165,38 @@ def _encode(raw: pd.Series | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return codes.astype(np.int32), np.asarray(uniques)
 
 
+def _compact(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber ``codes`` densely after rows were dropped, keeping the (sorted) order of ``uniques``."""
+    used = np.bincount(codes, minlength=len(uniques)) > 0
+    remap = (np.cumsum(used) - 1).astype(np.int32)
+    return remap[codes], uniques[used]
+
+
 def _latest_per_pair(user: np.ndarray, item: np.ndarray, times: np.ndarray | None) -> np.ndarray:
     """Boolean mask keeping, for each ``(user, item)`` pair, the row with the latest time (the last in file order
     among equal times, or without times).
 
-    One argsort of the int64 pair key ``user * n_items + item``; then, per run of equal pairs, ``reduceat`` finds
-    the latest time and the largest file position among the rows at that time. O(n) after the sort.
+    One argsort of the int64 pair key ``user * n_items + item`` (fast on logs already grouped by user, as MovieLens
+    files are; measured faster than a hash-based ``duplicated`` on 20M rows); then, per run of equal pairs,
+    ``reduceat`` finds the latest time and the largest file position among the rows at that time.
     """
     n_items = int(item.max()) + 1 if len(item) else 1
     pair = user.astype(np.int64) * n_items + item
     order = np.argsort(pair)
     sorted_pair = pair[order]
-    run_start = np.flatnonzero(np.r_[True, sorted_pair[1:] != sorted_pair[:-1]])
-    keep = np.zeros(len(pair), bool)
-    if len(run_start) == len(pair):  # no duplicates: the common case
-        keep[:] = True
+    keep = np.ones(len(pair), bool)
+    new_run = np.r_[True, sorted_pair[1:] != sorted_pair[:-1]]
+    if new_run.all():  # no duplicates: every MovieLens release
         return keep
-    run_of_row = np.repeat(np.arange(len(run_start)), np.diff(np.r_[run_start, len(pair)]))
+    run_start = np.flatnonzero(new_run)
+    run_of_row = np.cumsum(new_run) - 1
     if times is None:
-        is_latest = np.ones(len(pair), bool)
+        is_latest = np.ones(len(order), bool)
     else:
         t = times[order]
         is_latest = t == np.maximum.reduceat(t, run_start)[run_of_row]
     winner = np.maximum.reduceat(np.where(is_latest, order, -1), run_start)
+    keep[:] = False
     keep[winner] = True
     return keep
 
@@ -246,7 +255,7 @@ def from_dataframe(
     user_raw = df[user].to_numpy()
     item_raw = df[item].to_numpy()
     user_codes, user_uniques = _encode(user_raw)
-    item_codes, _ = _encode(item_raw)
+    item_codes, item_uniques = _encode(item_raw)
 
     # 2. duplicates: keep the latest rating of each pair (file order breaks ties)
     keep = _latest_per_pair(user_codes, item_codes, times)
@@ -265,9 +274,9 @@ def from_dataframe(
     if not keep.any():
         raise DataError(f"{where}: no ratings left after dropping users with fewer than {min_user_ratings} ratings")
 
-    # 4. dense codes over what survived, ordered by raw id
-    user_codes, user_uniques = _encode(user_raw[keep])
-    item_codes, item_uniques = _encode(item_raw[keep])
+    # 4. dense codes over what survived, ordered by raw id: compact the first encoding (no second hash pass)
+    user_codes, user_uniques = _compact(user_codes[keep], user_uniques)
+    item_codes, item_uniques = _compact(item_codes[keep], item_uniques)
     frame = {"user": user_codes, "item": item_codes, "rating": ratings[keep].astype(np.float32)}
     if times is not None:
         frame["timestamp"] = times[keep]
