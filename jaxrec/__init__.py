@@ -7,6 +7,7 @@ The meta-learning core sees only ``loss_fn(params, rows, mask)`` and a params py
 * :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD).
 """
 
+from jaxrec import datasets, models, tasks
 from jaxrec.adapt import adapt, resolve_adapt_filter, zero_padding
 from jaxrec.batch import BatchShapeError, TaskBatch, validate_batch
 from jaxrec.features import FeatureSpec
@@ -14,5 +15,7 @@ from jaxrec.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss,
 from jaxrec.maml import ALGORITHMS, MetaSGDParams, meta_loss, meta_value_and_grad, reptile_direction, task_losses
 from jaxrec.sharding import make_mesh, pad_tasks, shard_batch
 from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, meta_train
+
+from jaxrec.tasks import ColdStartSplit, TaskSet, build_tasks, cold_start_split, task_batches
 
 __version__ = "0.1.0"
