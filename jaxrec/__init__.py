@@ -14,8 +14,7 @@ from jaxrec.features import FeatureSpec
 from jaxrec.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
 from jaxrec.maml import ALGORITHMS, MetaSGDParams, meta_loss, meta_value_and_grad, reptile_direction, task_losses
 from jaxrec.sharding import make_mesh, pad_tasks, shard_batch
-from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, meta_train
-
 from jaxrec.tasks import ColdStartSplit, TaskSet, build_tasks, cold_start_split, task_batches
+from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, meta_train
 
 __version__ = "0.1.0"
