@@ -1,0 +1,304 @@
+"""One cold-start experiment end to end: data, split, tasks, model, meta-trainer, honest evaluation.
+
+:class:`ExperimentConfig` is a plain dataclass (JSON round trip with :meth:`~ExperimentConfig.to_dict` /
+:meth:`~ExperimentConfig.from_dict`); :class:`Experiment` builds everything it describes::
+
+    exp = Experiment(ExperimentConfig())            # ml-latest-small, MeLU, second-order MAML on the head
+    state = exp.init_state()
+    for batch in itertools.islice(exp.batches(), exp.total_steps):
+        state, metrics = exp.train_step(state, batch)
+    document = exp.metrics_document(state.params)   # {"dataset", "config", "scenarios"}: metrics.json
+
+Protocol (after MeLU, Lee et al. KDD 2019):
+
+* ``jaxrec.tasks.cold_start_split`` splits the ratings into meta-train ratings and the scenarios ``warm``,
+  ``new_user``, ``new_item``, ``new_user_new_item`` (new items by release year, else first-rating time; a file
+  without years or timestamps has no new items, so only the user scenarios exist).
+* The :class:`~jaxrec.datasets.Featurizer` is fitted on the meta-train ratings only.
+* A validation slice of meta-train users (``val_frac``) is held out of every kind of training; it is where the
+  fine-tuning baseline's learning rate is chosen, never on a test scenario.
+* Every scenario with at least one user is evaluated with :func:`jaxrec.evaluate.evaluate_methods`: the meta
+  method (key ``"maml"``, whatever ``algorithm`` is) and the baselines of :mod:`jaxrec.baselines` on the same
+  tasks, with bootstrap and paired intervals over users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from jaxrec import datasets, models
+from jaxrec.batch import TaskBatch
+from jaxrec.losses import l2_to_init
+from jaxrec.sharding import make_mesh
+from jaxrec.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split
+from jaxrec.train import MetaTrainer, MetaTrainState
+
+__all__ = ["ExperimentConfig", "Experiment", "BASELINES"]
+
+logger = logging.getLogger(__name__)
+
+BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """Everything that defines a run. The defaults are the tuned configuration of ``benchmarks/quality.py``.
+
+    Data: ``dataset`` (a :data:`jaxrec.datasets.DATASETS` name) or ``data`` (path of any user,item,rating[,time]
+    file, read by :func:`jaxrec.datasets.from_csv` with ``columns`` / ``sep``); ``data_dir`` for the MovieLens
+    folders. ``implicit``: targets are ``rating >= implicit_threshold`` (BCE, HR@k / AUC).
+
+    Split: ``scheme`` of :func:`~jaxrec.tasks.cold_start_split`; ``split`` / ``support`` / ``query`` /
+    ``min_ratings`` / ``max_ratings`` of :func:`~jaxrec.tasks.build_tasks` for the meta-train and the evaluation
+    tasks alike (MeLU: 13..100 ratings, 10 query ratings, the rest support).
+
+    Model: ``model`` (:data:`jaxrec.models.MODELS`) with ``model_kwargs``.
+
+    Meta-learning: ``algorithm`` (maml | reptile | metasgd), ``order`` (second | first), ``adapt`` ("head":
+    MeLU's local update of the decision layers | "all" | "default" | a regex), ``inner_lr``, ``inner_steps``,
+    ``inner_l2`` (weight of :func:`jaxrec.losses.l2_to_init` in the inner loss, 0 = none), ``meta_lr``,
+    ``batch_size`` tasks per meta-step, ``epochs`` over the meta-train tasks.
+
+    Evaluation: ``baselines`` (subset of :data:`BASELINES`), ``ks`` for nDCG@k / HR@k, ``bootstrap`` resamples,
+    ``eval_batch_size``; ``val_frac`` of meta-train users held out to tune the fine-tuning learning rate over
+    ``finetune_lrs``; the non-meta model is trained for ``supervised_epochs`` with Adam(``supervised_lr``) on
+    batches of ``supervised_batch`` ratings. ``bias_reg``: ridge strengths of the bias baseline.
+
+    ``devices``: None (one device) or a device count / "all" for a task-sharded mesh.
+    """
+
+    dataset: str = "ml-latest-small"
+    data: str | None = None
+    data_dir: str | None = None
+    columns: Any = None
+    sep: str | None = None
+    implicit: bool = False
+    implicit_threshold: float = 4.0
+    scheme: str = "melu"
+    split: str = "melu"
+    support: int | None = None
+    query: int | float | None = 10
+    min_ratings: int | None = 13
+    max_ratings: int | None = 100
+    model: str = "melu"
+    model_kwargs: dict = dataclasses.field(
+        default_factory=lambda: {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
+    )
+    algorithm: str = "maml"
+    order: str = "second"
+    adapt: str = "head"
+    inner_lr: float = 0.1
+    inner_steps: int = 3
+    inner_l2: float = 0.0
+    meta_lr: float = 1e-3
+    batch_size: int = 32
+    epochs: int = 30
+    seed: int = 0
+    devices: int | str | None = None
+    baselines: tuple = BASELINES
+    ks: tuple = (1, 3, 10)
+    bootstrap: int = 1000
+    eval_batch_size: int = 64
+    val_frac: float = 0.1
+    finetune_lrs: tuple = (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+    supervised_epochs: int = 5
+    supervised_lr: float = 1e-3
+    supervised_batch: int = 256
+    bias_reg: tuple = (10.0, 5.0)
+
+    def to_dict(self) -> dict:
+        """JSON-able dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        for key, value in out.items():
+            if isinstance(value, tuple):
+                out[key] = list(value)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown ExperimentConfig field(s) {unknown}; known: {sorted(names)}")
+        kwargs = dict(d)
+        for key in ("baselines", "ks", "finetune_lrs", "bias_reg"):
+            if key in kwargs and kwargs[key] is not None:
+                kwargs[key] = tuple(kwargs[key])
+        return cls(**kwargs)
+
+
+def _model_kwargs(kwargs: Mapping[str, Any]) -> dict:
+    """JSON lists back to the tuples the (hashable) flax modules want."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
+class Experiment:
+    """The objects a config describes, built eagerly (data, split, tasks, model, trainer) or lazily (baselines).
+
+    Attributes:
+      config, dataset, split (:class:`~jaxrec.ColdStartSplit`), featurizer, spec, train_tasks (meta-train tasks,
+      validation users excluded), val_tasks (validation users of meta-train), scenario_tasks (name -> TaskSet,
+      non-empty scenarios only), model, loss_fn, adapt_filter, trainer (:class:`~jaxrec.MetaTrainer`), mesh.
+    """
+
+    def __init__(self, config: ExperimentConfig | None = None):
+        self.config = config = config or ExperimentConfig()
+        self.dataset = self._load_dataset()
+        self.split = cold_start_split(self.dataset, config.scheme, config.seed)
+        logger.info("%s", self.split.summary())
+        threshold = config.implicit_threshold if config.implicit else None
+        self.featurizer = datasets.Featurizer.fit(self.dataset, self.split.train, implicit_threshold=threshold)
+        self.spec = self.featurizer.spec
+        train = self.split.train
+        val_users = self._validation_users(train["user"].to_numpy())
+        is_val = np.isin(train["user"].to_numpy(), val_users)
+        self.train_ratings = train[~is_val].reset_index(drop=True)
+        self.val_ratings = train[is_val].reset_index(drop=True)
+        self.train_tasks = self._tasks(self.train_ratings)
+        self.val_tasks = self._tasks(self.val_ratings)
+        self.scenario_tasks: dict[str, TaskSet] = {}
+        for name in SCENARIOS:
+            frame = self.split.scenarios.get(name)
+            if frame is None or len(frame) == 0:
+                continue
+            tasks = self._tasks(frame)
+            if len(tasks):
+                self.scenario_tasks[name] = tasks
+            else:
+                logger.warning("scenario %r has no user with enough ratings for the task split; skipped", name)
+        if len(self.train_tasks) == 0:
+            raise datasets.DataError(f"no meta-train task: {self.train_tasks.summary()}")
+        self.model = models.create(config.model, self.spec, **_model_kwargs(config.model_kwargs))
+        self.loss_fn = models.default_loss(self.model)
+        self.apply_fn = self.model.apply
+        self.adapt_filter = models.adapt_filter(config.adapt, self.model)
+        self.inner_aux = l2_to_init(config.inner_l2) if config.inner_l2 else None
+        self.mesh = self._mesh()
+        self.trainer = MetaTrainer(
+            loss_fn=self.loss_fn,
+            inner_lr=config.inner_lr,
+            inner_steps=config.inner_steps,
+            algorithm=config.algorithm,
+            order=config.order,
+            optimizer=optax.adam(config.meta_lr),
+            adapt_filter=self.adapt_filter,
+            inner_aux=self.inner_aux,
+            mesh=self.mesh,
+        )
+        self._baselines = None
+
+    # -- construction helpers --------------------------------------------------------------------------------------
+
+    def _load_dataset(self) -> datasets.Dataset:
+        c = self.config
+        if c.data is not None:
+            return datasets.from_csv(c.data, columns=c.columns, sep=c.sep)
+        return datasets.load(c.dataset, data_dir=c.data_dir)
+
+    def _validation_users(self, train_users: np.ndarray) -> np.ndarray:
+        users = np.unique(train_users)
+        if self.config.val_frac <= 0:
+            return users[:0]
+        rng = np.random.default_rng([self.config.seed, 1])
+        n = max(1, int(round(self.config.val_frac * len(users))))
+        return np.sort(rng.permutation(users)[:n])
+
+    def _tasks(self, ratings) -> TaskSet:
+        c = self.config
+        return build_tasks(
+            ratings,
+            self.featurizer,
+            c.split,
+            support=c.support,
+            query=c.query,
+            seed=c.seed,
+            min_ratings=c.min_ratings,
+            max_ratings=c.max_ratings,
+        )
+
+    def _mesh(self):
+        devices = self.config.devices
+        if devices is None:
+            return None
+        if devices == "all":
+            return make_mesh()
+        return make_mesh(int(devices))
+
+    # -- training --------------------------------------------------------------------------------------------------
+
+    def init_params(self) -> Any:
+        """Fresh model variables ``{"params": ...}`` from the config seed."""
+        return models.init_params(self.model, self.spec, jax.random.key(self.config.seed))
+
+    def init_state(self) -> MetaTrainState:
+        """A fresh :class:`~jaxrec.MetaTrainState` (Meta-SGD: params wrapped with per-parameter rates)."""
+        return self.trainer.init(self.init_params())
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_tasks.batch_plan(self.config.batch_size, None))
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.config.epochs
+
+    def batches(self, start_step: int = 0) -> Iterator[TaskBatch]:
+        """The endless, deterministic meta-train stream of the config seed, starting after ``start_step`` steps.
+
+        Epoch ``e`` shuffles with ``default_rng([seed, e])``; batch ``i`` of it is built (negatives sampled) with
+        ``default_rng([seed, e, i])``, so the stream from ``start_step`` equals the full stream with its first
+        ``start_step`` batches dropped, without building them.
+        """
+        seed, size = self.config.seed, self.config.batch_size
+        per_epoch = self.steps_per_epoch
+        epoch, offset = divmod(int(start_step), per_epoch)
+        while True:
+            plan = self.train_tasks.batch_plan(size, np.random.default_rng([seed, epoch]))
+            for i in range(offset, len(plan)):
+                yield self.train_tasks.make_batch(plan[i], np.random.default_rng([seed, epoch, i]))
+            epoch, offset = epoch + 1, 0
+
+    def train_step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
+        """One meta-step (``state`` is donated; use the returned one)."""
+        return self.trainer.step(state, batch)
+
+    def train(self, state: MetaTrainState | None = None, steps: int | None = None) -> MetaTrainState:
+        """Run the remaining steps (default: ``total_steps``) from ``state``; resumes at ``state.step``."""
+        state = self.init_state() if state is None else state
+        start = int(state.step)
+        stop = self.total_steps if steps is None else start + int(steps)
+        for _, batch in zip(range(start, stop), self.batches(start), strict=False):
+            state, _ = self.train_step(state, batch)
+        return state
+
+    # -- evaluation ------------------------------------------------------------------------------------------------
+
+    def baselines(self):
+        """The fitted baselines (:class:`jaxrec.baselines.Baselines`), trained once and cached."""
+        if self._baselines is None:
+            from jaxrec.baselines import fit_baselines
+
+            self._baselines = fit_baselines(self)
+        return self._baselines
+
+    def evaluate(self, params: Any, *, method_name: str = "maml") -> dict:
+        """``{scenario: {method: metrics}}`` for every non-empty scenario (see :func:`jaxrec.evaluate`)."""
+        from jaxrec.evaluate import evaluate_experiment
+
+        return evaluate_experiment(self, params, method_name=method_name)
+
+    def metrics_document(self, params: Any) -> dict:
+        """The metrics.json document: ``{"dataset": ..., "config": {...}, "scenarios": {...}}``."""
+        return {
+            "dataset": self.dataset.name,
+            "config": self.config.to_dict(),
+            "scenarios": self.evaluate(params),
+        }
