@@ -1,0 +1,33 @@
+"""Runs ``tests/multidevice`` in its own pytest process with 4 forced CPU devices.
+
+The device count of a JAX process is fixed when its backend starts, so the multi-device tests cannot share this
+process (they are collected here too, and skip). This wrapper makes the README's single ``python -m pytest -q``
+really run them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT_S = 600
+
+
+@pytest.mark.multidevice
+def test_multidevice_suite_passes_on_four_cpu_devices():
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/multidevice"]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    summary = output.strip().splitlines()[-1]
+    assert re.search(r"\d+ passed", summary), output[-6000:]
+    assert "skipped" not in summary, f"multi-device tests were skipped, not run: {summary}"
