@@ -1,0 +1,238 @@
+"""Per-user ranking and rating metrics on padded query sets, and their aggregation with bootstrap intervals.
+
+Every function of the first part maps one user's query set -- ``scores [Q]`` (predictions), ``targets [Q]``
+(true ratings or 0/1 labels), ``mask [Q]`` (false = padding) -- to per-user statistics; ``jax.vmap`` them over
+users. Padded rows never change a value: they are excluded from every sum, comparison and ranking.
+
+Definitions (``n`` real rows, ``r_i`` targets, ``s_i`` scores):
+
+* **MAE / RMSE** are *pooled over ratings* (MeLU, Lee et al. KDD 2019, averages over all query ratings of all
+  test users): ``MAE = sum_u sum_i |r_i - clip(s_i)| / sum_u n_u`` and ``RMSE = sqrt(sum_u sum_i (r_i -
+  clip(s_i))^2 / sum_u n_u``; predictions are clipped to the rating range first. The per-user statistics are
+  therefore the *sums* ``abs_sum``, ``sq_sum`` and the count ``n``; the bootstrap resamples users and recomputes
+  the ratio.
+* **nDCG@k** (Jarvelin & Kekalainen 2002; as in MeLU, gain ``2^r - 1``): ``DCG@k = sum_i g_i d(pos_i)`` with
+  ``d(p) = 1 / log2(p + 2)`` for 0-based positions ``p < k`` and 0 beyond; ``IDCG@k`` is the DCG of the ideal
+  order (by true rating). Items ranked by predicted score among the user's own query items; **ties** in the
+  predicted score get the average discount of the positions they share (McSherry & Najork 2008), so a constant
+  predictor gets the expected nDCG of a random order and no tie-break favours anyone. Users with ``IDCG = 0``
+  (no positive gain) have no nDCG and carry zero weight. Aggregate: mean over users.
+* **AUC** (implicit feedback): the fraction of (positive, negative) pairs of the user's query rows ordered
+  correctly, ties counting 1/2; users without both a positive and a negative carry zero weight. Mean over users.
+* **HR@k** (implicit feedback): 1 when at least one positive query row has tie-averaged rank ``< k`` (rank = number
+  of rows scored strictly higher + half the rows tied with it), else 0. Users without a positive carry zero
+  weight. Mean over users.
+
+The second part aggregates per-user statistics (numpy, host side): point estimates, percentile bootstrap 95%
+intervals over users (Efron & Tibshirani 1993) and *paired* intervals of the difference between two methods
+evaluated on the same users (each resample draws users once and evaluates both methods on them, so the
+between-user variance cancels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "dcg_discounts",
+    "tie_averaged_discount",
+    "ndcg_at_k",
+    "auc",
+    "hit_rate_at_k",
+    "rating_errors",
+    "user_statistics",
+    "aggregate",
+    "bootstrap_weights",
+    "summarize",
+    "paired_differences",
+    "RATIO_METRICS",
+]
+
+#: metrics aggregated as ratios of per-user sums (pooled over ratings); the others are means over users
+RATIO_METRICS = {"mae": ("abs_sum", "n"), "rmse": ("sq_sum", "n")}
+
+
+def dcg_discounts(length: int, k: int) -> jax.Array:
+    """``d(p) = 1 / log2(p + 2)`` for ``p < k``, else 0, for ``p = 0 .. length - 1``."""
+    p = jnp.arange(length)
+    return jnp.where(p < k, 1.0 / jnp.log2(p + 2.0), 0.0)
+
+
+def tie_averaged_discount(scores: jax.Array, mask: jax.Array, k: int) -> jax.Array:
+    """Per row, the mean of ``d(p)`` over the positions ``p`` its tie group occupies in the descending order.
+
+    Row ``i`` with ``a_i`` real rows scored strictly higher and ``t_i`` real rows tied with it (itself included)
+    occupies positions ``a_i .. a_i + t_i - 1``; its discount is ``(C[a_i + t_i] - C[a_i]) / t_i`` with ``C`` the
+    cumulative discounts. Padding rows get 0. O(Q^2) comparisons, fine for query sets of tens of rows.
+    """
+    length = scores.shape[-1]
+    real = mask.astype(bool)
+    higher = jnp.sum(real[None, :] & (scores[None, :] > scores[:, None]), axis=1)
+    tied = jnp.sum(real[None, :] & (scores[None, :] == scores[:, None]), axis=1)
+    cumulative = jnp.concatenate([jnp.zeros(1), jnp.cumsum(dcg_discounts(length, k))])
+    tied_safe = jnp.maximum(tied, 1)
+    discount = (cumulative[higher + tied_safe] - cumulative[higher]) / tied_safe
+    return jnp.where(real, discount, 0.0)
+
+
+def ndcg_at_k(scores: jax.Array, targets: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``(nDCG@k, weight)`` of one user: gain ``2^r - 1``, tie-averaged ranking; weight 0 when ``IDCG = 0``."""
+    real = mask.astype(bool)
+    gains = jnp.where(real, jnp.exp2(targets.astype(jnp.float32)) - 1.0, 0.0)
+    dcg = jnp.sum(gains * tie_averaged_discount(scores, real, k))
+    ideal_gains = -jnp.sort(-jnp.where(real, gains, -jnp.inf))  # descending, padding last
+    ideal_gains = jnp.where(jnp.isfinite(ideal_gains), ideal_gains, 0.0)
+    idcg = jnp.sum(ideal_gains * dcg_discounts(scores.shape[-1], k))
+    valid = idcg > 0
+    return jnp.where(valid, dcg / jnp.where(valid, idcg, 1.0), 0.0), valid.astype(jnp.float32)
+
+
+def auc(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(AUC, weight)`` of one user: correctly ordered (positive, negative) pairs, ties 1/2."""
+    real = mask.astype(bool)
+    positive = real & (labels > 0.5)
+    negative = real & (labels <= 0.5)
+    pairs = positive[:, None] & negative[None, :]
+    correct = (scores[:, None] > scores[None, :]) + 0.5 * (scores[:, None] == scores[None, :])
+    n_pairs = jnp.sum(pairs)
+    valid = n_pairs > 0
+    value = jnp.sum(jnp.where(pairs, correct, 0.0)) / jnp.maximum(n_pairs, 1)
+    return jnp.where(valid, value, 0.0), valid.astype(jnp.float32)
+
+
+def hit_rate_at_k(scores: jax.Array, labels: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """``(HR@k, weight)`` of one user: 1 when a positive has tie-averaged rank below ``k``."""
+    real = mask.astype(bool)
+    higher = jnp.sum(real[None, :] & (scores[None, :] > scores[:, None]), axis=1)
+    tied_others = jnp.sum(real[None, :] & (scores[None, :] == scores[:, None]), axis=1) - 1
+    rank = higher + 0.5 * tied_others
+    positive = real & (labels > 0.5)
+    hit = jnp.any(positive & (rank < k))
+    return hit.astype(jnp.float32), jnp.any(positive).astype(jnp.float32)
+
+
+def rating_errors(
+    scores: jax.Array, targets: jax.Array, mask: jax.Array, rating_range: Sequence[float] | None
+) -> dict[str, jax.Array]:
+    """``abs_sum``, ``sq_sum`` and ``n`` of one user, predictions clipped to ``rating_range``."""
+    real = mask.astype(bool)
+    prediction = scores if rating_range is None else jnp.clip(scores, rating_range[0], rating_range[1])
+    error = jnp.where(real, prediction - targets, 0.0)
+    return {
+        "abs_sum": jnp.sum(jnp.abs(error)),
+        "sq_sum": jnp.sum(jnp.square(error)),
+        "n": jnp.sum(real).astype(jnp.float32),
+    }
+
+
+def user_statistics(
+    scores: jax.Array,
+    targets: jax.Array,
+    mask: jax.Array,
+    *,
+    ks: Sequence[int] = (1, 3, 10),
+    rating_range: Sequence[float] | None = None,
+    implicit: bool = False,
+) -> dict[str, jax.Array]:
+    """All per-user statistics for a batch ``[T, Q]`` (vmapped); a padding task has ``n = 0`` and zero weights.
+
+    Explicit: ``abs_sum, sq_sum, n, ndcg@k, ndcg@k/w``. Implicit: also ``auc``, ``hr@k`` and their weights, with
+    ``ndcg@k`` on the 0/1 labels (gain 1). Keys ending in ``/w`` are the per-user weights of the mean metrics.
+    """
+
+    def one_user(s, t, m):
+        out = dict(rating_errors(s, t, m, None if implicit else rating_range))
+        for k in ks:
+            out[f"ndcg@{k}"], out[f"ndcg@{k}/w"] = ndcg_at_k(s, t, m, k)
+        if implicit:
+            out["auc"], out["auc/w"] = auc(s, t, m)
+            for k in ks:
+                out[f"hr@{k}"], out[f"hr@{k}/w"] = hit_rate_at_k(s, t, m, k)
+        return out
+
+    return jax.vmap(one_user)(scores, targets, mask)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# aggregation (host side)
+
+
+def _metric_names(stats: Mapping[str, np.ndarray], implicit: bool) -> list[str]:
+    names = [] if implicit else ["mae", "rmse"]
+    return names + [key for key in stats if "/" not in key and key not in ("abs_sum", "sq_sum", "n", "user")]
+
+
+def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None, implicit: bool = False) -> dict:
+    """Point metrics from per-user statistics ``[U]``; ``weights [B, U]`` (bootstrap counts) gives ``[B]`` each.
+
+    ``mae``/``rmse`` pool ratings (ratio of sums over users); every other metric is the weighted mean over users.
+    """
+    w = np.ones((1, len(stats["n"]))) if weights is None else np.asarray(weights, np.float64)
+    out = {}
+    for name in _metric_names(stats, implicit):
+        if name in RATIO_METRICS:
+            num, den = RATIO_METRICS[name]
+            value = (w @ np.asarray(stats[num], np.float64)) / np.maximum(w @ np.asarray(stats[den], np.float64), 1e-12)
+            out[name] = np.sqrt(value) if name == "rmse" else value
+        else:
+            user_w = np.asarray(stats[f"{name}/w"], np.float64)
+            value = (w @ (np.asarray(stats[name], np.float64) * user_w)) / np.maximum(w @ user_w, 1e-12)
+            out[name] = value
+    if weights is None:
+        return {k: float(v[0]) for k, v in out.items()}
+    return out
+
+
+def bootstrap_weights(n_users: int, resamples: int, seed: int = 0) -> np.ndarray:
+    """``[resamples, n_users]`` multinomial counts: each row draws ``n_users`` users with replacement."""
+    rng = np.random.default_rng(seed)
+    if n_users == 0:
+        return np.zeros((resamples, 0))
+    return rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=resamples).astype(np.float64)
+
+
+def _interval(samples: np.ndarray) -> list[float]:
+    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
+
+
+def summarize(stats: Mapping[str, np.ndarray], *, resamples: int = 1000, seed: int = 0, implicit: bool = False) -> dict:
+    """Point metrics, ``users``, ``ratings`` and ``ci95`` (percentile bootstrap over users) of one method."""
+    n_users = int(np.sum(np.asarray(stats["n"]) > 0))
+    point = aggregate(stats, implicit=implicit)
+    out: dict = dict(point)
+    out["users"] = n_users
+    out["ratings"] = int(np.sum(stats["n"]))
+    if resamples and n_users:
+        samples = aggregate(stats, bootstrap_weights(len(stats["n"]), resamples, seed), implicit=implicit)
+        out["ci95"] = {name: _interval(values) for name, values in samples.items()}
+    return out
+
+
+def paired_differences(
+    stats_a: Mapping[str, np.ndarray],
+    stats_b: Mapping[str, np.ndarray],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    implicit: bool = False,
+) -> dict:
+    """``metric(a) - metric(b)`` on the same users, with a paired bootstrap 95% interval.
+
+    Both statistic sets must list the same users in the same order. Returns ``{metric: {"diff": d, "ci95": [lo,
+    hi]}}``; an interval that excludes 0 is a difference the test users support. For MAE/RMSE a negative
+    difference means ``a`` is better.
+    """
+    if len(stats_a["n"]) != len(stats_b["n"]) or not np.array_equal(stats_a["n"], stats_b["n"]):
+        raise ValueError("paired_differences needs the two methods evaluated on the same users and query rows")
+    point_a, point_b = aggregate(stats_a, implicit=implicit), aggregate(stats_b, implicit=implicit)
+    weights = bootstrap_weights(len(stats_a["n"]), resamples, seed)
+    samples_a = aggregate(stats_a, weights, implicit=implicit)
+    samples_b = aggregate(stats_b, weights, implicit=implicit)
+    return {
+        name: {"diff": point_a[name] - point_b[name], "ci95": _interval(samples_a[name] - samples_b[name])}
+        for name in point_a
+    }
