@@ -716,7 +716,7 @@ class Recommender:
         import numpy as np
 
         rows, mask = self.support(item_codes, ratings)
-        return np.asarray(self._scores(self.state, rows, mask, self.candidates))
+        return np.array(self._scores(self.state, rows, mask, self.candidates))
 
     def top_k(self, item_codes, ratings, k: int):
         """``(codes, scores)`` of the ``k`` best items the user has not rated, best first."""
