@@ -81,7 +81,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     e.add_argument(
         "--baselines", help="comma-separated baselines (finetune,no_adapt,global_mean,user_mean,...); 'none' for none"
     )
-    e.add_argument("--bootstrap", type=int, help="bootstrap resamples for the 95%% intervals (0 = none)")
+    e.add_argument("--bootstrap", type=int, help="bootstrap resamples for the 95%% intervals")
     e.add_argument("--eval-batch-size", type=int)
 
 
@@ -164,6 +164,8 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out.pop("dataset", None)
         if not Path(out["data"]).expanduser().exists():
             raise CLIError(f"--data {out['data']}: file not found")
+    if out.get("bootstrap", 1) < 1:  # jaxrec.metrics.paired_differences needs at least one resample
+        raise CLIError(f"--bootstrap must be >= 1, got {out['bootstrap']}")
     for name in ("batch_size", "epochs", "inner_steps"):
         if name in out and out[name] < (0 if name == "inner_steps" else 1):
             raise CLIError(f"--{name.replace('_', '-')} must be positive, got {out[name]}")
@@ -188,6 +190,8 @@ def _make_config(base: dict[str, Any] | None, overrides: dict[str, Any]):
     from jaxrec.experiment import ExperimentConfig
 
     merged = dict(ExperimentConfig().to_dict() if base is None else base)
+    if overrides.get("model", merged["model"]) != merged["model"] and "model_kwargs" not in overrides:
+        merged["model_kwargs"] = {}  # the defaults' kwargs belong to the default model
     if "data" in overrides:
         merged["dataset"] = None
     merged.update(overrides)
