@@ -278,7 +278,7 @@ def fit_baselines(experiment: Any) -> Baselines:
     )
     item_means = fit_item_means(rows["item"], values, n_items, mu)
     params, history = train_supervised(
-        experiment.init_params(),
+        experiment.random_params(),
         rows,
         loss_fn=experiment.loss_fn,
         epochs=c.supervised_epochs,

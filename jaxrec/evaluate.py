@@ -84,11 +84,23 @@ def meta_predict(
 _STEPS: dict = {}
 
 
+def _predictor_key(predict: Predictor) -> Any:
+    """A partial of the same function with the same arguments maps to the same compiled step."""
+    if isinstance(predict, functools.partial):
+        try:
+            key = (predict.func, predict.args, tuple(sorted(predict.keywords.items())))
+            hash(key)
+            return key
+        except TypeError:
+            return predict
+    return predict
+
+
 def _compiled(predict: Predictor, name: str, target: str, ks: tuple, rating_range: tuple | None, implicit: bool):
     """The jit-compiled ``(state, batch) -> per-user statistics`` of one predictor, cached per predictor and
     options (not per ``name``: methods sharing a predictor, e.g. ``maml`` and ``finetune``, share compilations;
     ``TRACES`` counts under the name of the first caller)."""
-    key = (predict, target, ks, rating_range, implicit)
+    key = (_predictor_key(predict), target, ks, rating_range, implicit)
     if key in _STEPS:
         return _STEPS[key]
 

@@ -44,6 +44,7 @@ __all__ = ["ExperimentConfig", "Experiment", "BASELINES"]
 
 logger = logging.getLogger(__name__)
 
+_NO_CAP = 2**31 - 1  # build_tasks's "melu" split caps at 100 ratings when max_ratings is None
 BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
 
 
@@ -57,14 +58,19 @@ class ExperimentConfig:
 
     Split: ``scheme`` of :func:`~jaxrec.tasks.cold_start_split`; ``split`` / ``support`` / ``query`` /
     ``min_ratings`` / ``max_ratings`` of :func:`~jaxrec.tasks.build_tasks` for the meta-train and the evaluation
-    tasks alike (MeLU: 13..100 ratings, 10 query ratings, the rest support).
+    tasks alike (MeLU: 13..100 ratings, 10 query ratings, the rest support), except that meta-training keeps
+    users with up to ``train_max_ratings`` ratings (None: all; the supervised baselines see all their ratings
+    too). ``support_buckets``: padded support lengths (one bucket = one compiled shape; longer support sets keep
+    the rows nearest the query).
 
     Model: ``model`` (:data:`jaxrec.models.MODELS`) with ``model_kwargs``.
 
     Meta-learning: ``algorithm`` (maml | reptile | metasgd), ``order`` (second | first), ``adapt`` ("head":
     MeLU's local update of the decision layers | "all" | "default" | a regex), ``inner_lr``, ``inner_steps``,
     ``inner_l2`` (weight of :func:`jaxrec.losses.l2_to_init` in the inner loss, 0 = none), ``meta_lr``,
-    ``batch_size`` tasks per meta-step, ``epochs`` over the meta-train tasks.
+    ``batch_size`` tasks per meta-step, ``epochs`` over the meta-train tasks. ``pretrain``: start meta-training
+    from the supervised (non-meta) model of the ``no_adapt`` baseline instead of a random initialisation (the
+    meta-learner then only has to learn how to adapt; it sees the same ratings the baselines see).
 
     Evaluation: ``baselines`` (subset of :data:`BASELINES`), ``ks`` for nDCG@k / HR@k, ``bootstrap`` resamples,
     ``eval_batch_size``; ``val_frac`` of meta-train users held out to tune the fine-tuning learning rate over
@@ -87,6 +93,8 @@ class ExperimentConfig:
     query: int | float | None = 10
     min_ratings: int | None = 13
     max_ratings: int | None = 100
+    train_max_ratings: int | None = None
+    support_buckets: tuple | None = (96,)
     model: str = "melu"
     model_kwargs: dict = dataclasses.field(
         default_factory=lambda: {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
@@ -98,6 +106,7 @@ class ExperimentConfig:
     inner_steps: int = 3
     inner_l2: float = 0.0
     meta_lr: float = 1e-3
+    pretrain: bool = True
     batch_size: int = 32
     epochs: int = 30
     seed: int = 0
@@ -129,7 +138,7 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"unknown ExperimentConfig field(s) {unknown}; known: {sorted(names)}")
         kwargs = dict(d)
-        for key in ("baselines", "ks", "finetune_lrs", "bias_reg"):
+        for key in ("baselines", "ks", "finetune_lrs", "bias_reg", "support_buckets"):
             if key in kwargs and kwargs[key] is not None:
                 kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
@@ -162,7 +171,7 @@ class Experiment:
         is_val = np.isin(train["user"].to_numpy(), val_users)
         self.train_ratings = train[~is_val].reset_index(drop=True)
         self.val_ratings = train[is_val].reset_index(drop=True)
-        self.train_tasks = self._tasks(self.train_ratings)
+        self.train_tasks = self._tasks(self.train_ratings, max_ratings=config.train_max_ratings or _NO_CAP)
         self.val_tasks = self._tasks(self.val_ratings)
         self.scenario_tasks: dict[str, TaskSet] = {}
         for name in SCENARIOS:
@@ -211,7 +220,7 @@ class Experiment:
         n = max(1, int(round(self.config.val_frac * len(users))))
         return np.sort(rng.permutation(users)[:n])
 
-    def _tasks(self, ratings) -> TaskSet:
+    def _tasks(self, ratings, max_ratings: int | None | str = "config") -> TaskSet:
         c = self.config
         return build_tasks(
             ratings,
@@ -221,7 +230,8 @@ class Experiment:
             query=c.query,
             seed=c.seed,
             min_ratings=c.min_ratings,
-            max_ratings=c.max_ratings,
+            max_ratings=c.max_ratings if max_ratings == "config" else max_ratings,
+            support_buckets=c.support_buckets,
         )
 
     def _mesh(self):
@@ -234,9 +244,16 @@ class Experiment:
 
     # -- training --------------------------------------------------------------------------------------------------
 
-    def init_params(self) -> Any:
-        """Fresh model variables ``{"params": ...}`` from the config seed."""
+    def random_params(self) -> Any:
+        """Fresh random model variables ``{"params": ...}`` from the config seed."""
         return models.init_params(self.model, self.spec, jax.random.key(self.config.seed))
+
+    def init_params(self) -> Any:
+        """The meta-learner's initialisation: the supervised model with ``pretrain`` (trained once, cached with
+        the baselines), else :meth:`random_params`."""
+        if self.config.pretrain:
+            return self.baselines().supervised_params
+        return self.random_params()
 
     def init_state(self) -> MetaTrainState:
         """A fresh :class:`~jaxrec.MetaTrainState` (Meta-SGD: params wrapped with per-parameter rates)."""

@@ -1,0 +1,185 @@
+"""Metric functions on hand-computed examples, padding invariance, compile counts, bootstrap intervals."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec import metrics
+from jaxrec.batch import TaskBatch
+from jaxrec.evaluate import TRACES, collect, meta_evaluate
+from jaxrec.features import FeatureSpec
+from jaxrec.losses import mse_loss
+
+
+def test_ndcg_hand_computed():
+    # gains 2^r - 1 = [1, 3, 0]; predicted order item0, item1, item2
+    value, weight = metrics.ndcg_at_k(jnp.array([3.0, 2.0, 1.0]), jnp.array([1.0, 2.0, 0.0]), jnp.ones(3, bool), 3)
+    dcg = 1.0 + 3.0 / math.log2(3)
+    idcg = 3.0 + 1.0 / math.log2(3)
+    assert float(weight) == 1.0
+    assert float(value) == pytest.approx(dcg / idcg, rel=1e-6)
+    top1, _ = metrics.ndcg_at_k(jnp.array([3.0, 2.0, 1.0]), jnp.array([1.0, 2.0, 0.0]), jnp.ones(3, bool), 1)
+    assert float(top1) == pytest.approx(1.0 / 3.0, rel=1e-6)
+
+
+def test_ndcg_ties_average_the_shared_positions():
+    # both items tied: each gets the mean discount of positions 0 and 1; at k=1 that is (1 + 0) / 2
+    value, _ = metrics.ndcg_at_k(jnp.array([1.0, 1.0]), jnp.array([1.0, 0.0]), jnp.ones(2, bool), 1)
+    assert float(value) == pytest.approx(0.5)
+    value, _ = metrics.ndcg_at_k(jnp.array([1.0, 1.0]), jnp.array([1.0, 0.0]), jnp.ones(2, bool), 2)
+    assert float(value) == pytest.approx(0.5 * (1.0 + 1.0 / math.log2(3)))
+
+
+def test_ndcg_padding_rows_change_nothing_and_zero_gain_users_weigh_nothing():
+    base, _ = metrics.ndcg_at_k(jnp.array([0.2, 0.9, 0.5]), jnp.array([4.0, 1.0, 3.0]), jnp.ones(3, bool), 3)
+    padded, _ = metrics.ndcg_at_k(
+        jnp.array([0.2, 0.9, 0.5, 99.0, -99.0]),
+        jnp.array([4.0, 1.0, 3.0, 5.0, 5.0]),
+        jnp.array([True, True, True, False, False]),
+        3,
+    )
+    assert float(padded) == pytest.approx(float(base), rel=1e-6)
+    _, weight = metrics.ndcg_at_k(jnp.array([1.0, 2.0]), jnp.array([0.0, 0.0]), jnp.ones(2, bool), 3)
+    assert float(weight) == 0.0
+
+
+def test_mae_rmse_with_masks_and_clipping():
+    out = metrics.rating_errors(
+        jnp.array([6.0, 2.0, 0.0, 100.0]), jnp.array([5.0, 3.0, 1.0, 1.0]), jnp.array([1, 1, 1, 0], bool), (1.0, 5.0)
+    )
+    # clipped predictions 5, 2, 1 (the padded row is ignored): errors 0, 1, 0
+    assert float(out["abs_sum"]) == pytest.approx(1.0)
+    assert float(out["sq_sum"]) == pytest.approx(1.0)
+    assert float(out["n"]) == 3.0
+    # pooling: MAE = (1 + 4) / (3 + 1), RMSE = sqrt((1 + 16) / 4)
+    stats = {"abs_sum": np.array([1.0, 4.0]), "sq_sum": np.array([1.0, 16.0]), "n": np.array([3.0, 1.0])}
+    agg = metrics.aggregate(stats)
+    assert agg["mae"] == pytest.approx(5.0 / 4.0)
+    assert agg["rmse"] == pytest.approx(math.sqrt(17.0 / 4.0))
+
+
+def test_auc_and_hit_rate():
+    scores, labels = jnp.array([0.9, 0.1, 0.5, 7.0]), jnp.array([1.0, 0.0, 1.0, 0.0])
+    mask = jnp.array([True, True, True, False])
+    value, weight = metrics.auc(scores, labels, mask)
+    assert float(value) == 1.0 and float(weight) == 1.0
+    value, _ = metrics.auc(jnp.array([0.5, 0.5, 0.1]), jnp.array([1.0, 0.0, 0.0]), jnp.ones(3, bool))
+    assert float(value) == pytest.approx(0.75)  # one tie (1/2) and one correct pair
+    _, weight = metrics.auc(jnp.array([0.5, 0.1]), jnp.array([1.0, 1.0]), jnp.ones(2, bool))
+    assert float(weight) == 0.0
+    scores, labels = jnp.array([0.9, 0.8, 0.1]), jnp.array([0.0, 0.0, 1.0])
+    assert float(metrics.hit_rate_at_k(scores, labels, jnp.ones(3, bool), 2)[0]) == 0.0
+    assert float(metrics.hit_rate_at_k(scores, labels, jnp.ones(3, bool), 3)[0]) == 1.0
+    # the padded row would outrank the positive if it counted
+    hr = metrics.hit_rate_at_k(jnp.array([0.5, 0.9, 9.0]), jnp.array([1.0, 0.0, 0.0]), jnp.array([1, 1, 0], bool), 2)
+    assert float(hr[0]) == 1.0
+
+
+def _spec():
+    return FeatureSpec(categorical={"user": 5, "item": 20}, rating_range=(1.0, 5.0))
+
+
+def _batch(tasks, support, query, seed, pad_tasks=0):
+    rng = np.random.default_rng(seed)
+    s_mask = np.arange(support)[None] < rng.integers(1, support + 1, (tasks, 1))
+    q_mask = np.arange(query)[None] < rng.integers(1, query + 1, (tasks, 1))
+    side = lambda n: {  # noqa: E731
+        "user": np.zeros((tasks, n), np.int32),
+        "item": rng.integers(1, 20, (tasks, n)).astype(np.int32),
+        "rating": rng.integers(1, 6, (tasks, n)).astype(np.float32),
+    }
+    batch = TaskBatch(side(support), side(query), s_mask, q_mask, np.arange(tasks, dtype=np.int32))
+    if pad_tasks:
+        from jaxrec.sharding import pad_tasks as pad
+
+        batch = pad(batch, tasks + pad_tasks)
+    return batch
+
+
+def _linear_model():
+    def apply_fn(params, rows):
+        return params["bias"] + params["item"][rows["item"]]
+
+    params = {"bias": jnp.array(3.0), "item": jnp.linspace(-1.0, 1.0, 20)}
+    return apply_fn, params
+
+
+def test_padding_tasks_and_rows_never_change_metrics():
+    apply_fn, params = _linear_model()
+    kwargs = dict(apply_fn=apply_fn, loss_fn=mse_loss(apply_fn), inner_lr=0.1, inner_steps=2, resamples=0)
+    plain = meta_evaluate(params, [_batch(4, 6, 5, 0)], rating_range=(1.0, 5.0), **kwargs)
+    padded = meta_evaluate(params, [_batch(4, 6, 5, 0, pad_tasks=3)], rating_range=(1.0, 5.0), **kwargs)
+    for key in ("mae", "rmse", "ndcg@1", "ndcg@3", "ndcg@10", "users", "ratings"):
+        assert padded[key] == pytest.approx(plain[key], rel=1e-6)
+    # garbage in padded rows changes nothing either
+    batch = _batch(4, 6, 5, 0)
+    dirty = TaskBatch(
+        {k: np.where(batch.support_mask, v, 7).astype(v.dtype) for k, v in batch.support.items()},
+        {k: np.where(batch.query_mask, v, 9).astype(v.dtype) for k, v in batch.query.items()},
+        batch.support_mask,
+        batch.query_mask,
+        batch.task_id,
+    )
+    again = meta_evaluate(params, [dirty], rating_range=(1.0, 5.0), **kwargs)
+    assert again["mae"] == pytest.approx(plain["mae"], rel=1e-6)
+    assert again["ndcg@3"] == pytest.approx(plain["ndcg@3"], rel=1e-6)
+
+
+def test_meta_evaluate_compiles_once_per_shape():
+    apply_fn, params = _linear_model()
+    before = TRACES["meta"]
+    batches = [_batch(4, 6, 5, s) for s in range(3)] + [_batch(4, 8, 5, s) for s in range(2)]
+    summary, stats = meta_evaluate(
+        params,
+        batches,
+        apply_fn=apply_fn,
+        loss_fn=mse_loss(apply_fn),
+        inner_lr=0.1,
+        inner_steps=2,
+        resamples=0,
+        return_stats=True,
+    )
+    assert TRACES["meta"] - before == 2
+    assert summary["users"] == 20 and len(stats["n"]) == 20
+
+
+def test_adaptation_with_zero_steps_is_the_unadapted_model():
+    apply_fn, params = _linear_model()
+    batch = _batch(4, 6, 5, 1)
+    direct = collect(lambda state, b: apply_fn(state, b.query), params, [batch], name="direct")
+    kwargs = dict(apply_fn=apply_fn, loss_fn=mse_loss(apply_fn), resamples=0, return_stats=True)
+    _, zero_steps = meta_evaluate(params, [batch], inner_lr=0.1, inner_steps=0, **kwargs)
+    _, zero_lr = meta_evaluate(params, [batch], inner_lr=0.0, inner_steps=3, **kwargs)
+    for key in ("abs_sum", "sq_sum", "ndcg@3"):
+        np.testing.assert_allclose(zero_steps[key], direct[key], rtol=1e-6)
+        np.testing.assert_allclose(zero_lr[key], direct[key], rtol=1e-6)
+
+
+def test_bootstrap_interval_contains_point_and_shrinks_with_users():
+    rng = np.random.default_rng(0)
+
+    def stats(users):
+        n = np.full(users, 10.0)
+        return {"abs_sum": rng.gamma(2.0, 4.0, users), "sq_sum": rng.gamma(2.0, 8.0, users), "n": n}
+
+    widths = []
+    for users in (20, 2000):
+        s = metrics.summarize(stats(users), resamples=500)
+        lo, hi = s["ci95"]["mae"]
+        assert lo <= s["mae"] <= hi
+        widths.append(hi - lo)
+    assert widths[1] < widths[0] / 4
+
+
+def test_paired_interval_is_tighter_than_unpaired_for_correlated_methods():
+    rng = np.random.default_rng(1)
+    users = 100
+    base = rng.gamma(2.0, 4.0, users)
+    a = {"abs_sum": base, "sq_sum": base * 2, "n": np.full(users, 10.0)}
+    b = {"abs_sum": base * 1.03, "sq_sum": base * 2, "n": np.full(users, 10.0)}
+    paired = metrics.paired_differences(a, b, resamples=500)["mae"]
+    assert paired["diff"] < 0 and paired["ci95"][1] < 0  # a consistent 3% gain is detected
+    sa, sb = metrics.summarize(a, resamples=500), metrics.summarize(b, resamples=500)
+    assert sa["ci95"]["mae"][1] > sb["ci95"]["mae"][0]  # while the unpaired intervals overlap
