@@ -17,8 +17,9 @@ Conventions shared by all models:
   spends its steps on preferences, not on the mean.
 * **Ids.** Slot 0 of every vocabulary is the OOV / unknown / padding row. Ids outside ``[0, vocab)`` are mapped
   to slot 0 too (``jnp.take`` would otherwise return NaN rows).
-* **Embedding names.** Every ``nn.Embed`` is named ``embed_<row key>`` (possibly inside a submodule naming its
-  role, e.g. ``gmf/embed_user``), so :func:`embedding_tables` can tell which row key indexes each table.
+* **Embedding names.** Every ``nn.Embed`` is named ``[<role>_]embed_<row key>`` (e.g. ``embed_item``,
+  ``embed_user_age``, ``gmf_embed_user``, ``bias_embed_item``), so :func:`embedding_tables` can tell which row
+  key indexes each table.
   Multi-hot fields go through a bias-free dense layer named ``dense_<row key>``.
 * **Adaptation.** Each model class has a static ``default_adapt_filter(path, leaf) -> bool`` selecting the
   parameters adapted per task (the "local update" of MeLU); decision layers live in a submodule named ``head``.

@@ -26,6 +26,13 @@ SPECS = {"side": SIDE, "plain": PLAIN}
 
 
 ROWS = 8  # one row count everywhere, so each model's jitted apply compiles once
+# XLA's CPU backend spends most of these tests compiling; unoptimised code generation halves that (local to the
+# functions jitted here, nothing global).
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def jit(fn):
+    return jax.jit(fn, compiler_options=FAST_COMPILE)
 
 
 def make(name: str, spec: FeatureSpec):
@@ -49,9 +56,10 @@ def host_random_like(variables, seed=0, scale=0.3):
 
 @functools.cache
 def built(name: str):
-    """(model, variables) on SIDE, initialised with ``init_params`` once per model."""
+    """(model, variables) on SIDE, initialised once per model exactly as ``init_params`` does."""
     model = make(name, SIDE)
-    return model, M.init_params(model, SIDE, jax.random.key(0))
+    data_key, param_key = jax.random.split(jax.random.key(0))
+    return model, jit(model.init)(param_key, M.synthetic_rows(SIDE, 2, data_key))
 
 
 @functools.cache
@@ -73,7 +81,7 @@ def scored(name: str) -> dict[str, jax.Array]:
     mixed = {k: v.at[5:].set(other[k][5:]) for k, v in rows.items()}  # rows 5.. replaced by garbage
     variants = (rows, oov, out_of_range, mixed)
     stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *variants)
-    scores = jax.jit(jax.vmap(model.apply, in_axes=(None, 0)))(variables, stacked)
+    scores = jit(jax.vmap(model.apply, in_axes=(None, 0)))(variables, stacked)
     return dict(zip(ROW_VARIANTS, scores, strict=True))
 
 
@@ -210,7 +218,7 @@ def test_fm_pairwise_term_matches_the_quadratic_sum():
     rows = M.synthetic_rows(spec, ROWS, jax.random.key(1))
     p = jax.tree.map(np.asarray, variables["params"])
     x = {k: np.asarray(v) for k, v in rows.items()}
-    scores = np.asarray(jax.jit(model.apply)(variables, rows))
+    scores = np.asarray(jit(model.apply)(variables, rows))
     for r in range(ROWS):
         # explicit O(n^2) FM over the active features of row r: (value x_j, weight w_j, factor v_j)
         features = [
@@ -243,10 +251,11 @@ def test_gru_ignores_padding_steps_wherever_they_are():
         "history_item": jnp.array([[4, 5, 0, 0, 0], [0, 4, 0, 5, 0]]),
         "history_rating": jnp.array([[5.0, 1.0, 0, 0, 0], [2.0, 5.0, 3.0, 1.0, 4.0]]),
     }
-    scores = jax.jit(model.apply)(variables, rows)
+    apply = jit(model.apply)
+    scores = apply(variables, rows)
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
     swapped = dict(rows, history_item=jnp.array([[5, 4, 0, 0, 0], [0, 4, 0, 5, 0]]))
-    assert abs(float(jax.jit(model.apply)(variables, swapped)[0] - scores[0])) > 1e-6  # order matters
+    assert abs(float(apply(variables, swapped)[0] - scores[0])) > 1e-6  # order matters
 
 
 def test_implicit_models_start_at_zero_logits():
@@ -255,7 +264,7 @@ def test_implicit_models_start_at_zero_logits():
     for name in ("mf", "neumf"):
         model = M.create(name, IMPLICIT)
         variables = M.init_params(model, IMPLICIT, jax.random.key(0))
-        loss = jax.jit(M.default_loss(model))(variables, rows, jnp.ones(ROWS, bool))
+        loss = jit(M.default_loss(model))(variables, rows, jnp.ones(ROWS, bool))
         assert abs(float(loss) - np.log(2.0)) < 0.1  # BCE of logits near 0
 
 
@@ -324,7 +333,7 @@ def test_vmapped_training_over_tasks_has_finite_gradients_and_reduces_mse(name):
     loss_fn = M.default_loss(model)
     optimizer = optax.adam(1e-2)
 
-    @jax.jit
+    @jit
     def step(params, state):
         losses, grads = jax.vmap(jax.value_and_grad(loss_fn), in_axes=(None, 0, 0))(params, tasks, mask)
         mean_grads = jax.tree.map(lambda g: jnp.mean(g, axis=0), grads)
