@@ -31,6 +31,7 @@ import pandas as pd
 from jaxrec.batch import TaskBatch
 from jaxrec.datasets.dataset import DataError, Dataset
 from jaxrec.datasets.features import Featurizer
+from jaxrec.features import FeatureSpec
 
 __all__ = [
     "ColdStartSplit",
@@ -290,9 +291,16 @@ class TaskSet:
     negatives: int = 0
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     rated_keys: np.ndarray | None = None  # sorted user * n_items + item, for negative sampling
+    history: int = 0  # L: rows carry history_item / history_rating [rows, L] (0 = none)
 
     def __len__(self) -> int:
         return len(self.users)
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The featurizer's spec with ``history`` = this task set's ``L`` (what a model of these rows needs)."""
+        spec = self.featurizer.spec
+        return spec if spec.history == self.history else dataclasses.replace(spec, history=self.history)
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
@@ -367,8 +375,12 @@ class TaskSet:
         s_pad = int(self.support_pad[safe[real]].max()) if real.any() else int(self.support_pad.max(initial=1))
         q_pad = int(self.query_pad[safe[real]].max()) if real.any() else int(self.query_pad.max(initial=1))
         users = np.where(real, self.users[safe], -1).astype(np.int32)
-        support, s_mask = self._side(self.support_start[safe], np.where(real, self.support_len[safe], 0), s_pad)
+        s_start, s_len = self.support_start[safe], np.where(real, self.support_len[safe], 0)
+        support, s_mask = self._side(s_start, s_len, s_pad)
         query, q_mask = self._side(self.query_start[safe], np.where(real, self.query_len[safe], 0), q_pad)
+        if self.history:
+            s_hist = self._history(s_start, np.minimum(np.arange(s_pad)[None, :], s_len[:, None]))
+            q_hist = self._history(s_start, np.broadcast_to(s_len[:, None], (len(s_len), q_pad)))
         if self.negatives or self.featurizer.implicit_threshold is not None:
             rng = rng or np.random.default_rng(0)
             support, s_mask = self._add_negatives(support, s_mask, users, rng)
@@ -378,6 +390,9 @@ class TaskSet:
         for rows, side in ((rows_s, support), (rows_q, query)):
             if "neg_item" in side:
                 rows.update(self.featurizer.item_rows(side["neg_item"], prefix="neg_"))
+        if self.history:
+            rows_s.update(self._history_rows(s_hist, s_mask))
+            rows_q.update(self._history_rows(q_hist, q_mask))
         return TaskBatch(support=rows_s, query=rows_q, support_mask=s_mask, query_mask=q_mask, task_id=users)
 
     def _side(self, start: np.ndarray, length: np.ndarray, size: int) -> tuple[dict, np.ndarray]:
@@ -386,6 +401,23 @@ class TaskSet:
         idx = np.where(mask, start[:, None] + offsets[None, :], -1)  # -1: the padding row at the end
         codes = {"user": self.row_user[idx], "item": self.row_item[idx], "rating": self.row_rating[idx]}
         return codes, mask
+
+    def _history(self, start: np.ndarray, seen: np.ndarray) -> np.ndarray:
+        """Row indices ``[tasks, rows, L]`` of the last ``L`` of the first ``seen[t, r]`` support rows of task
+        ``t`` (oldest first, ``-1`` = padding on the left): ``seen`` is a support row's position (the rows before
+        it, never itself) or, for a query row, the support length (all of the support, never a query row)."""
+        offset = seen[..., None] - self.history + np.arange(self.history)  # [tasks, rows, L], last = seen - 1
+        return np.where(offset >= 0, start[:, None, None] + offset, -1)
+
+    def _history_rows(self, idx: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """``history_item`` (vocabulary ids, 0 = padding) and ``history_rating`` (0 where the item is 0) for the
+        rows of ``mask``; extra columns (implicit negatives, appended ``k`` times after the real rows) repeat the
+        history of the real row they were drawn for. Padded rows get an all-padding history."""
+        reps = mask.shape[1] // idx.shape[1]
+        idx = np.where(mask[..., None], np.tile(idx, (1, reps, 1)), -1)
+        items = np.take(self.featurizer.item_index, self.row_item[idx])  # padding row -> code -1 -> slot 0
+        ratings = np.where(items > 0, self.row_rating[idx], 0.0).astype(np.float32)
+        return {"history_item": items.astype(np.int32), "history_rating": ratings}
 
     def _add_negatives(self, side: dict, mask: np.ndarray, users: np.ndarray, rng) -> tuple[dict, np.ndarray]:
         """Implicit mode: ``negatives`` label-0 rows per real row, for items the user did not rate, appended after
@@ -484,6 +516,7 @@ def build_tasks(
     support_buckets: Sequence[int] | None = None,
     query_buckets: Sequence[int] | None = None,
     negatives: int = 0,
+    history: int = 0,
 ) -> TaskSet:
     """One task per user of ``ratings`` (dataset codes), with a seeded support/query split.
 
@@ -503,12 +536,21 @@ def build_tasks(
     Implicit mode (``featurizer.implicit_threshold`` set): the target is ``label = rating >= threshold``, every
     row carries a sampled unrated ``neg_item`` (with its ``neg_item_*`` features) for BPR, and ``negatives=k``
     appends ``k`` label-0 rows per real row for items the user did not rate (sampled afresh for every batch).
+
+    ``history=L > 0`` adds ``history_item`` (item vocabulary ids, 0 = padding) and ``history_rating`` (raw ratings,
+    0 where the item is 0) ``[rows, L]`` to every row, built per batch: the last ``L`` *support* rows that come
+    strictly before the row in the task's support order (time order under ``split="time"``), most recent last,
+    left-padded. A support row never sees itself or later rows; a query row sees the whole support (its last ``L``
+    rows) and never a query rating. Negatives repeat the history of their real row; padded rows get all zeros.
+    Use :attr:`TaskSet.spec` (``history=L``) to create the model.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     for col in ("user", "item", "rating"):
         if col not in ratings:
             raise DataError(f"build_tasks: ratings have no {col!r} column; the columns are {list(ratings.columns)}")
+    if isinstance(history, bool) or not isinstance(history, int | np.integer) or history < 0:
+        raise ValueError(f"history must be an int >= 0 (the sequence length L), got {history!r}")
     if negatives and featurizer.implicit_threshold is None:
         raise ValueError("negatives= needs an implicit featurizer: Featurizer.fit(..., implicit_threshold=...)")
     order = order or ("time" if split == "time" else "random")
@@ -572,6 +614,7 @@ def build_tasks(
         negatives=int(negatives),
         stats=stats,
         rated_keys=rated_keys,
+        history=int(history),
     )
 
 
@@ -638,7 +681,8 @@ def task_batches(
     """Stream device-resident :class:`~jaxrec.TaskBatch` es of ``batch_size`` tasks each.
 
     ``data`` is a :class:`TaskSet`, or a ratings DataFrame plus ``featurizer`` (then ``split``, ``support``,
-    ``query`` and ``build_kwargs`` go to :func:`build_tasks`, seeded by ``seed``). ``epochs=None`` repeats forever;
+    ``query`` and ``build_kwargs`` (e.g. ``history=L``, ``negatives=k``) go to :func:`build_tasks`, seeded by
+    ``seed``). ``epochs=None`` repeats forever;
     ``shuffle=False, epochs=1`` visits every task exactly once in a fixed order, keeps ``task_id`` = user code and
     pads the last batch of each shape bucket with padding tasks (``task_id`` -1, all-false masks). Batches are built
     in numpy in a background thread one batch ahead and moved with ``jax.device_put``; the stream is a function of
