@@ -13,6 +13,16 @@ from jaxrec.batch import BatchShapeError, TaskBatch, validate_batch
 from jaxrec.features import FeatureSpec
 from jaxrec.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
 from jaxrec.maml import ALGORITHMS, MetaSGDParams, meta_loss, meta_value_and_grad, reptile_direction, task_losses
+from jaxrec.models import (
+    MeLU,
+    create,
+    default_loss,
+    embedding_tables,
+    init_params,
+    reference_spec,
+    synthetic_rows,
+    synthetic_task_batch,
+)
 from jaxrec.sharding import make_mesh, pad_tasks, shard_batch
 from jaxrec.tasks import ColdStartSplit, TaskSet, build_tasks, cold_start_split, task_batches
 from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, meta_train

@@ -37,7 +37,10 @@ ApplyFn = Callable[[Any, Rows], jax.Array]
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean of ``values`` over the rows where ``mask`` holds; 0 when no row does.
 
-    ``jnp.where`` (not a product) keeps a NaN or inf in a padded row out of the sum and out of the gradient.
+    ``jnp.where`` (not a product) keeps a NaN or inf in a padded row out of the value. It does not keep it out of
+    the gradient of whatever produced ``values`` (``0 * nan = nan`` in the backward pass): the builders below
+    mask their per-row residuals before any non-linearity, and :func:`jaxrec.adapt` / :func:`jaxrec.meta_loss`
+    zero padded rows before the model sees them (:func:`jaxrec.zero_padding`).
     """
     mask = mask.astype(bool)
     total = jnp.sum(jnp.where(mask, values, 0.0))
@@ -50,7 +53,8 @@ def mse_loss(apply_fn: ApplyFn, target: str = "rating") -> LossFn:
 
     def loss_fn(params, rows, mask):
         scores = apply_fn(params, rows)
-        return masked_mean(jnp.square(scores - rows[target]), mask)
+        residual = jnp.where(mask, scores - jnp.where(mask, rows[target], 0.0), 0.0)
+        return masked_mean(jnp.square(residual), mask)
 
     return loss_fn
 
@@ -59,8 +63,8 @@ def bce_loss(apply_fn: ApplyFn, target: str = "label") -> LossFn:
     """Masked binary cross-entropy; ``apply_fn`` returns logits, ``rows[target]`` is 0/1."""
 
     def loss_fn(params, rows, mask):
-        logits = apply_fn(params, rows)
-        labels = rows[target].astype(logits.dtype)
+        logits = jnp.where(mask, apply_fn(params, rows), 0.0)
+        labels = jnp.where(mask, rows[target], 0).astype(logits.dtype)
         # log(1 + e^x) - y x, the numerically stable form of BCE with logits
         per_row = jax.nn.softplus(logits) - labels * logits
         return masked_mean(per_row, mask)
@@ -84,7 +88,8 @@ def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = 
             if key.startswith("item_") and f"neg_{key}" in rows:
                 negative_rows[key] = rows[f"neg_{key}"]
         negative = apply_fn(params, negative_rows)
-        return masked_mean(-jax.nn.log_sigmoid(positive - negative), mask)
+        margin = jnp.where(mask, positive - negative, 0.0)
+        return masked_mean(-jax.nn.log_sigmoid(margin), mask)
 
     return loss_fn
 

@@ -221,3 +221,16 @@ def test_nonfinite_step_can_raise_naming_users():
     assert info.value.users == [100, 101, 102, 103]
     with pytest.raises(ValueError, match="unknown nonfinite mode"):
         jaxrec.meta_train(PARAMS, batches, nonfinite="ignore", **KW)
+
+
+@pytest.mark.parametrize("builder", ["mse", "bce"])
+def test_loss_builders_keep_padded_nan_targets_out_of_the_gradient(builder):
+    rows = {"x": np.ones((4, 3), np.float32), "rating": np.array([1.0, 0.0, np.nan, np.inf], np.float32)}
+    rows["label"] = rows["rating"]
+    mask = np.array([True, True, False, False])
+    loss = jaxrec.mse_loss(apply_fn) if builder == "mse" else jaxrec.bce_loss(apply_fn)
+    value, grads = jax.value_and_grad(loss)(PARAMS, rows, mask)
+    assert np.isfinite(value)
+    chex.assert_tree_all_finite(grads)
+    clean = {k: v[:2] for k, v in rows.items()}
+    chex.assert_trees_all_close(grads, jax.grad(loss)(PARAMS, clean, mask[:2]), rtol=1e-6)
