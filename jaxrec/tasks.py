@@ -682,11 +682,10 @@ def task_batches(
 
     ``data`` is a :class:`TaskSet`, or a ratings DataFrame plus ``featurizer`` (then ``split``, ``support``,
     ``query`` and ``build_kwargs`` (e.g. ``history=L``, ``negatives=k``) go to :func:`build_tasks`, seeded by
-    ``seed``). ``epochs=None`` repeats forever;
-    ``shuffle=False, epochs=1`` visits every task exactly once in a fixed order, keeps ``task_id`` = user code and
-    pads the last batch of each shape bucket with padding tasks (``task_id`` -1, all-false masks). Batches are built
-    in numpy in a background thread one batch ahead and moved with ``jax.device_put``; the stream is a function of
-    ``seed`` only.
+    ``seed``). ``epochs=None`` repeats forever; ``shuffle=False, epochs=1`` visits every task exactly once in a
+    fixed order, keeps ``task_id`` = user code and pads the last batch of each shape bucket with padding tasks
+    (``task_id`` -1, all-false masks). Batches are built in numpy in a background thread one batch ahead and moved
+    with ``jax.device_put``; the stream is a function of ``seed`` only.
     """
     import jax
 
