@@ -71,6 +71,8 @@ class ExperimentConfig:
     ``batch_size`` tasks per meta-step, ``epochs`` over the meta-train tasks. ``pretrain``: start meta-training
     from the supervised (non-meta) model of the ``no_adapt`` baseline instead of a random initialisation (the
     meta-learner then only has to learn how to adapt; it sees the same ratings the baselines see).
+    ``meta_params``: which parameters the outer loop updates (an :func:`jaxrec.models.adapt_filter` spec:
+    "all", "head", a regex); the others keep their (pretrained) values.
 
     Evaluation: ``baselines`` (subset of :data:`BASELINES`), ``ks`` for nDCG@k / HR@k, ``bootstrap`` resamples,
     ``eval_batch_size``; ``val_frac`` of meta-train users held out to tune the fine-tuning learning rate over
@@ -103,12 +105,13 @@ class ExperimentConfig:
     order: str = "second"
     adapt: str = "head"
     inner_lr: float = 0.1
-    inner_steps: int = 3
+    inner_steps: int = 5
     inner_l2: float = 0.0
-    meta_lr: float = 1e-3
+    meta_lr: float = 1e-4
     pretrain: bool = True
+    meta_params: str = "all"
     batch_size: int = 32
-    epochs: int = 30
+    epochs: int = 10
     seed: int = 0
     devices: int | str | None = None
     baselines: tuple = BASELINES
@@ -197,7 +200,7 @@ class Experiment:
             inner_steps=config.inner_steps,
             algorithm=config.algorithm,
             order=config.order,
-            optimizer=optax.adam(config.meta_lr),
+            optimizer=self._meta_optimizer(),
             adapt_filter=self.adapt_filter,
             inner_aux=self.inner_aux,
             mesh=self.mesh,
@@ -233,6 +236,18 @@ class Experiment:
             max_ratings=c.max_ratings if max_ratings == "config" else max_ratings,
             support_buckets=c.support_buckets,
         )
+
+    def _meta_optimizer(self) -> optax.GradientTransformation:
+        """Adam(``meta_lr``) on the parameters selected by ``meta_params``, zero updates for the rest."""
+        adam = optax.adam(self.config.meta_lr)
+        if self.config.meta_params == "all":
+            return adam
+        chosen = models.adapt_filter(self.config.meta_params, self.model)
+
+        def mask(params, keep=True):
+            return jax.tree_util.tree_map_with_path(lambda path, leaf: bool(chosen(path, leaf)) == keep, params)
+
+        return optax.chain(optax.masked(adam, mask), optax.masked(optax.set_to_zero(), lambda p: mask(p, False)))
 
     def _mesh(self):
         devices = self.config.devices
