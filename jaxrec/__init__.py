@@ -7,9 +7,11 @@ The meta-learning core sees only ``loss_fn(params, rows, mask)`` and a params py
 * :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD).
 """
 
-from jaxrec import datasets, models, tasks
+from jaxrec import baselines, datasets, evaluate, experiment, metrics, models, tasks
 from jaxrec.adapt import adapt, resolve_adapt_filter, zero_padding
 from jaxrec.batch import BatchShapeError, TaskBatch, validate_batch
+from jaxrec.evaluate import meta_evaluate
+from jaxrec.experiment import Experiment, ExperimentConfig
 from jaxrec.features import FeatureSpec
 from jaxrec.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
 from jaxrec.maml import ALGORITHMS, MetaSGDParams, meta_loss, meta_value_and_grad, reptile_direction, task_losses
