@@ -66,9 +66,7 @@ def _check_side(name: str, rows: Mapping[str, Any], mask: Any, num_tasks: int) -
     if len(mask_shape) != 2:
         raise BatchShapeError(f"TaskBatch.{name}_mask must be [tasks, rows], got shape {mask_shape}")
     if mask_shape[0] != num_tasks:
-        raise BatchShapeError(
-            f"TaskBatch.{name}_mask has {mask_shape[0]} tasks but support_mask has {num_tasks}"
-        )
+        raise BatchShapeError(f"TaskBatch.{name}_mask has {mask_shape[0]} tasks but support_mask has {num_tasks}")
     dtype = getattr(mask, "dtype", None)
     if dtype is not None and dtype != np.bool_:
         raise BatchShapeError(f"TaskBatch.{name}_mask must be bool, got {dtype}")
@@ -89,6 +87,4 @@ def validate_batch(batch: TaskBatch) -> None:
     _check_side("support", batch.support, batch.support_mask, num_tasks)
     _check_side("query", batch.query, batch.query_mask, num_tasks)
     if batch.task_id is not None and tuple(np.shape(batch.task_id)) != (num_tasks,):
-        raise BatchShapeError(
-            f"TaskBatch.task_id must have shape ({num_tasks},), got {tuple(np.shape(batch.task_id))}"
-        )
+        raise BatchShapeError(f"TaskBatch.task_id must have shape ({num_tasks},), got {tuple(np.shape(batch.task_id))}")
