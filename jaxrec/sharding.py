@@ -85,5 +85,14 @@ def shard_batch(batch: TaskBatch, mesh: Mesh) -> TaskBatch:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """Place a pytree (params, optimiser state) in full on every device of ``mesh``."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+    """Place a pytree (params, optimiser state) in full on every device of ``mesh``.
+
+    Across processes, arrays held on this process's devices (e.g. a restored checkpoint) go through host memory:
+    JAX cannot move a committed single-process array onto another process's devices. Every process must then
+    pass the same values.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    if jax.process_count() > 1 and not sharding.is_fully_addressable:
+        local = lambda x: isinstance(x, jax.Array) and x.is_fully_addressable  # noqa: E731
+        tree = jax.tree.map(lambda x: np.asarray(x) if local(x) else x, tree)
+    return jax.device_put(tree, sharding)

@@ -41,7 +41,12 @@ def worker(process_id: int, port: int, out: str) -> None:
     workload, batches = _batches()
     local = [distributed.local_tasks(batch) for batch in batches]
     mesh = distributed.global_mesh()
-    params, history = jaxrec.meta_train(workload.init_params(), local, loss_fn=workload.loss_fn, mesh=mesh, **TRAIN)
+    _, first = jaxrec.meta_train(workload.init_params(), local[:2], loss_fn=workload.loss_fn, mesh=mesh, **TRAIN)
+    # resume from a state held on one local device, as a checkpoint restores it
+    device = jax.local_devices()[0]
+    state = jax.tree.map(lambda x: jax.device_put(np.asarray(x), device), first["state"])
+    params, history = jaxrec.meta_train(None, local[2:], loss_fn=workload.loss_fn, mesh=mesh, state=state, **TRAIN)
+    history["loss"] = np.concatenate([first["loss"], history["loss"]])
     flat = {"/".join(map(str, path)): np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(params)}
     np.savez(out, loss=history["loss"], **flat)
     jax.distributed.shutdown()
