@@ -1,0 +1,255 @@
+"""Issue 7: determinism, exact resume (API and ``jaxrec train --resume``), SIGINT/SIGTERM, non-finite steps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrec import cli
+from jaxrec.checkpoint import load_checkpoint, read_metadata
+from jaxrec.experiment import Experiment, ExperimentConfig
+from jaxrec.train import NonFiniteError
+
+TINY = dict(
+    model="mf",
+    model_kwargs={"embed": 4},
+    order="first",
+    inner_steps=1,
+    batch_size=8,
+    epochs=2,
+    baselines=("global_mean", "user_mean"),
+    bootstrap=10,
+)
+TINY_FLAGS = [
+    "--model",
+    "mf",
+    "--model-kwargs",
+    '{"embed": 4}',
+    "--order",
+    "first",
+    "--inner-steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--baselines",
+    "global_mean,user_mean",
+    "--bootstrap",
+    "10",
+    "--no-progress",
+]
+
+
+def write_ratings(path: Path, users: int = 60, per_user: int = 15, items: int = 40, seed: int = 0) -> Path:
+    """A small explicit log (no timestamps, no side features): every user rates ``per_user`` items on 1..5."""
+    rng = np.random.default_rng(seed)
+    lines = ["user,item,rating"]
+    for u in range(users):
+        for i in rng.choice(items, per_user, replace=False):
+            lines.append(f"{u + 1},{i + 100},{1 + (u + 2 * i) % 5}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ratings_file(tmp_path_factory):
+    return write_ratings(tmp_path_factory.mktemp("data") / "ratings.csv")
+
+
+def tiny_experiment(data: Path, **overrides) -> Experiment:
+    return Experiment(ExperimentConfig(data=str(data), **{**TINY, **overrides}))
+
+
+@pytest.fixture(scope="module")
+def experiment(ratings_file):
+    """One experiment (one compiled meta-step) shared by the API tests."""
+    return tiny_experiment(ratings_file)
+
+
+def stop_step(experiment: Experiment) -> int:
+    return experiment.steps_per_epoch + 2  # past an epoch boundary and inside the next epoch
+
+
+@pytest.fixture(scope="module")
+def straight(experiment, tmp_path_factory):
+    """``(state, run folder)`` of an uninterrupted run of ``stop_step`` meta-steps."""
+    out = tmp_path_factory.mktemp("straight")
+    run = cli.TrainingRun(experiment, out)
+    state, _ = run.train(run.start(resume=False), stop_step(experiment), progress=False)
+    run.close()
+    return state, out
+
+
+def leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(tree))]
+
+
+def assert_bitwise_equal(a, b) -> None:
+    la, lb = leaves(a), leaves(b)
+    assert len(la) == len(lb)
+    for x, y in zip(la, lb, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        assert x.tobytes() == y.tobytes()
+
+
+def poison(monkeypatch, experiment: Experiment, at_step: int) -> None:
+    """Make the batch of global step ``at_step`` carry a NaN rating in its first task's query set."""
+    original = experiment.batches
+
+    def batches(start_step=0):
+        for step, batch in enumerate(original(start_step), start=start_step):
+            if step == at_step:
+                batch.query["rating"][0, 0] = np.nan
+            yield batch
+
+    monkeypatch.setattr(experiment, "batches", batches)
+
+
+def _log_without_times(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1. determinism, 2. exact resume through the API
+
+
+def test_same_seed_gives_bitwise_identical_params(experiment, ratings_file):
+    first = experiment.train(steps=4)
+    second = experiment.train(steps=4)
+    assert int(first.step) == 4
+    assert_bitwise_equal(first, second)
+    rebuilt = tiny_experiment(ratings_file)  # everything before the compiled step is rebuilt identically
+    assert_bitwise_equal(rebuilt.init_state(), experiment.init_state())
+    assert_bitwise_equal(next(rebuilt.batches(3)), next(experiment.batches(3)))
+
+
+def test_resume_through_the_api_equals_an_uninterrupted_run(experiment, straight, tmp_path):
+    run = cli.TrainingRun(experiment, tmp_path / "run")
+    state, signum = run.train(run.start(resume=False), 3, progress=False)  # stop mid-epoch
+    run.close()
+    assert signum is None and read_metadata(tmp_path / "run")["data_position"]["step"] == 3
+
+    run = cli.TrainingRun(experiment, tmp_path / "run")
+    state = run.start(resume=True)  # from disk: params, optimiser state, step, skipped, data position
+    assert int(state.step) == 3
+    state, _ = run.train(state, stop_step(experiment), progress=False)
+    run.close()
+    assert_bitwise_equal(state, straight[0])
+    assert _log_without_times(tmp_path / "run" / "metrics.jsonl") == _log_without_times(straight[1] / "metrics.jsonl")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 5. non-finite steps
+
+
+def test_poisoned_task_is_skipped_and_counted(experiment, tmp_path, monkeypatch):
+    poison(monkeypatch, experiment, at_step=1)
+    run = cli.TrainingRun(experiment, tmp_path / "run", nonfinite="skip")
+    per_epoch = experiment.steps_per_epoch
+    state, _ = run.train(run.start(resume=False), per_epoch, progress=False)
+    run.close()
+    assert int(state.skipped) == 1 and int(state.step) == per_epoch
+    assert all(np.isfinite(x).all() for x in leaves(state.params))
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["skipped"] == 1 and line["skipped_in_epoch"] == 1 and np.isfinite(line["loss"])
+
+
+def test_poisoned_task_raises_naming_its_users(experiment, tmp_path, monkeypatch):
+    poison(monkeypatch, experiment, at_step=1)
+    run = cli.TrainingRun(experiment, tmp_path / "run", nonfinite="raise")
+    with pytest.raises(NonFiniteError) as info:
+        run.train(run.start(resume=False), 3, progress=False)
+    run.close()
+    assert info.value.step == 1 and info.value.users
+    assert set(info.value.users) <= set(experiment.dataset.user_ids.tolist())
+    assert "users" in str(info.value)
+
+
+def test_cli_reports_a_poisoned_task(ratings_file, tmp_path, monkeypatch, capsys):
+    original = Experiment.batches
+
+    def poisoned(self, start_step=0):
+        for step, batch in enumerate(original(self, start_step), start=start_step):
+            if step == 1:
+                batch.query["rating"][0, 0] = np.nan
+            yield batch
+
+    monkeypatch.setattr(Experiment, "batches", poisoned)
+    flags = ["train", "--data", str(ratings_file), *TINY_FLAGS, "--steps", "3", "--no-eval"]
+    assert cli.main([*flags, "--out", str(tmp_path / "raise"), "--nonfinite", "raise"]) == 1
+    err = capsys.readouterr().err
+    assert "jaxrec: error: non-finite meta-loss" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 4. SIGINT / SIGTERM during `jaxrec train`
+
+
+def _wait_for_first_epoch(proc: subprocess.Popen, log: Path, timeout: float = 150.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and log.read_text().strip():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.communicate()}")
+        time.sleep(0.2)
+    raise AssertionError("no epoch finished in time")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file, tmp_path, signum):
+    out = tmp_path / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "jaxrec",
+        "train",
+        "--data",
+        str(ratings_file),
+        *TINY_FLAGS,
+        "--epochs",
+        "500",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for_first_epoch(proc, out / "metrics.jsonl")
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, stderr
+    assert f"{signal.Signals(signum).name} received: saved checkpoint" in stderr
+    assert "Traceback" not in stderr
+    saved = read_metadata(out)["step"]
+    assert saved >= 1
+
+    assert (
+        cli.main(["train", "--out", str(out), "--resume", "--steps", str(saved + 2), "--no-eval", "--no-progress"]) == 0
+    )
+    assert read_metadata(out)["step"] == saved + 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 2. exact resume through `jaxrec train --resume`
+
+
+def test_cli_resume_equals_an_uninterrupted_run(experiment, straight, ratings_file, tmp_path):
+    steps = stop_step(experiment)
+    flags = ["train", "--data", str(ratings_file), *TINY_FLAGS, "--no-eval", "--out", str(tmp_path / "a")]
+    assert cli.main([*flags, "--steps", "3"]) == 0
+    resume = ["train", "--out", str(tmp_path / "a"), "--resume", "--no-eval", "--no-progress"]
+    assert cli.main([*resume, "--steps", str(steps)]) == 0
+    resumed = load_checkpoint(tmp_path / "a", experiment.init_state())
+    assert resumed.step == steps
+    assert_bitwise_equal(resumed.state, straight[0])
+    assert _log_without_times(tmp_path / "a" / "metrics.jsonl") == _log_without_times(straight[1] / "metrics.jsonl")
