@@ -17,11 +17,16 @@ Here its *pseudo-gradient* ``theta - mean_t phi_t`` is returned, so any optax op
 
 ``task_chunk=N`` evaluates the batch ``N`` tasks at a time inside a ``lax.scan`` and accumulates the gradient:
 the same value and gradient (up to float summation order) with the peak memory of ``N`` tasks.
+
+``local_embeddings={table path: row key}`` (e.g. :func:`jaxrec.models.embedding_tables`) adapts, per task, only
+the embedding rows the task reads (:mod:`jaxrec.local_embeddings`): the same meta-loss and meta-gradient, at a
+cost per task independent of the vocabulary size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.struct
@@ -31,6 +36,7 @@ import optax
 
 from jaxrec.adapt import AdaptFilter, adapt, zero_padding
 from jaxrec.batch import TaskBatch, validate_batch
+from jaxrec.local_embeddings import gather_tables, local_tables_context, localize, scatter_add_tables
 from jaxrec.losses import LossFn
 
 __all__ = [
@@ -77,27 +83,48 @@ def task_losses(
     adapt_filter: AdaptFilter = None,
     inner_aux: Callable | None = None,
     remat: bool = False,
+    local_embeddings: Mapping | None = None,
 ) -> jax.Array:
-    """Per-task query loss after adaptation, ``[T]``; ``vmap`` over tasks, params shared."""
+    """Per-task query loss after adaptation, ``[T]``; ``vmap`` over tasks, params shared.
+
+    With ``local_embeddings`` (``{table path: row key}``) each task adapts only the table rows it reads
+    (:func:`jaxrec.local_embeddings.localize`); the losses are the same.
+    """
     validate_batch(batch)
 
     def one_task(support, support_mask, query, query_mask):
-        phi = adapt(
-            params,
-            support,
-            support_mask,
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            order=order,
-            inner_optimizer=inner_optimizer,
-            adapt_filter=adapt_filter,
-            inner_aux=inner_aux,
-            remat=remat,
+        theta, rates, support, query, _, context = _maybe_localize(
+            params, inner_lr, support, support_mask, query, query_mask, local_embeddings
         )
-        return loss_fn(phi, zero_padding(query, query_mask), query_mask)
+        with context:
+            phi = adapt(
+                theta,
+                support,
+                support_mask,
+                loss_fn=loss_fn,
+                inner_lr=rates,
+                inner_steps=inner_steps,
+                order=order,
+                inner_optimizer=inner_optimizer,
+                adapt_filter=adapt_filter,
+                inner_aux=inner_aux,
+                remat=remat,
+            )
+            return loss_fn(phi, zero_padding(query, query_mask), query_mask)
 
     return jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
+
+
+def _maybe_localize(params, inner_lr, support, support_mask, query, query_mask, tables):
+    """``(theta, inner_lr, support, query, index, context)`` of one task, with its embedding tables localised if asked.
+
+    A params-shaped ``inner_lr`` (Meta-SGD) is localised like the parameters; ``context`` lets Flax embedding
+    modules read the local tables.
+    """
+    if not tables:
+        return params, inner_lr, support, query, {}, contextlib.nullcontext()
+    theta, support, query, index = localize(params, support, support_mask, query, query_mask, tables)
+    return theta, gather_tables(inner_lr, index), support, query, index, local_tables_context()
 
 
 def _chunked(batch: TaskBatch, task_chunk: int) -> TaskBatch:
@@ -141,6 +168,7 @@ def meta_loss(
     inner_aux: Callable | None = None,
     remat: bool = False,
     task_chunk: int | None = None,
+    local_embeddings: Mapping | None = None,
 ) -> jax.Array:
     """Mean query loss after adaptation over the real tasks of ``batch`` (see module docstring).
 
@@ -160,6 +188,7 @@ def meta_loss(
         inner_aux=inner_aux,
         remat=remat,
         task_chunk=task_chunk,
+        local_embeddings=local_embeddings,
     )
     return value
 
@@ -215,41 +244,51 @@ def reptile_direction(
     inner_optimizer: optax.GradientTransformation | None = None,
     adapt_filter: AdaptFilter = None,
     inner_aux: Callable | None = None,
+    local_embeddings: Mapping | None = None,
 ) -> tuple[jax.Array, Any]:
     """Reptile's pseudo-gradient ``theta - mean_t phi_t`` and the mean query loss at ``phi_t``.
 
     ``phi_t`` is ``theta`` adapted on task ``t``'s support set; the mean runs over tasks that have support rows
-    (a padding task has none and would only shrink the step). No derivative of the inner loop is taken.
+    (a padding task has none and would only shrink the step). No derivative of the inner loop is taken. With
+    ``local_embeddings`` each task adapts only the table rows it reads and its shift ``phi_t - theta`` (zero on
+    every other row) is scatter-added back into the full tables.
     """
     validate_batch(batch)
 
     def one_task(support, support_mask, query, query_mask):
-        phi = adapt(
-            params,
-            support,
-            support_mask,
-            loss_fn=loss_fn,
-            inner_lr=inner_lr,
-            inner_steps=inner_steps,
-            order="first",
-            inner_optimizer=inner_optimizer,
-            adapt_filter=adapt_filter,
-            inner_aux=inner_aux,
+        theta, rates, support, query, index, context = _maybe_localize(
+            params, inner_lr, support, support_mask, query, query_mask, local_embeddings
         )
-        return jax.lax.stop_gradient(phi), loss_fn(phi, zero_padding(query, query_mask), query_mask)
+        with context:
+            phi = adapt(
+                theta,
+                support,
+                support_mask,
+                loss_fn=loss_fn,
+                inner_lr=rates,
+                inner_steps=inner_steps,
+                order="first",
+                inner_optimizer=inner_optimizer,
+                adapt_filter=adapt_filter,
+                inner_aux=inner_aux,
+            )
+            loss = loss_fn(phi, zero_padding(query, query_mask), query_mask)
+        shift = jax.tree.map(lambda p, t: jax.lax.stop_gradient(p - t), phi, theta)
+        return shift, loss, index
 
-    phis, losses = jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
+    shifts, losses, index = jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
     support_weights = _task_weights(batch.support_mask)
     n_support = jnp.maximum(jnp.sum(support_weights), 1.0)
 
-    def direction(theta, phi):
-        w = support_weights.reshape((-1,) + (1,) * theta.ndim).astype(theta.dtype)
-        mean_phi_shift = jnp.sum(w * (phi - theta[None]), axis=0) / n_support.astype(theta.dtype)
-        return -mean_phi_shift
+    def weigh(shift):
+        w = support_weights.reshape((-1,) + (1,) * (shift.ndim - 1)).astype(shift.dtype)
+        return w * shift
 
+    total_shift = scatter_add_tables(jax.tree.map(jnp.zeros_like, params), jax.tree.map(weigh, shifts), index)
+    direction = jax.tree.map(lambda s: -s / n_support.astype(s.dtype), total_shift)
     query_weights = _task_weights(batch.query_mask)
     loss = jnp.sum(jnp.where(query_weights > 0, losses, 0.0)) / jnp.maximum(jnp.sum(query_weights), 1.0)
-    return loss, jax.tree.map(direction, params, phis)
+    return loss, direction
 
 
 def check_algorithm(algorithm: str, order: str) -> None:

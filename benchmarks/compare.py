@@ -1,0 +1,128 @@
+"""jaxrec vs the two PyTorch references on the reference workload, run alternately in subprocesses.
+
+    python benchmarks/compare.py --rounds 3 --vocabs 1700 100000 1000000
+
+Writes ``benchmarks/results/compare.json`` (raw records), ``compare.md`` (median table, speed-ups against the
+PyTorch loop and torch.func measured in the same run) and ``compare.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def variants(vocabs, torch_vocabs, orders):
+    for vocab in vocabs:
+        for order in orders if vocab == vocabs[0] else ["second"]:
+            yield ("jaxrec", order, vocab, [sys.executable, str(HERE / "meta_step.py"), "--matmul-peak", "2048"])
+        if vocab in torch_vocabs:
+            yield ("torch_loop", "second", vocab, [sys.executable, str(HERE / "torch_reference.py"), "--style", "loop"])
+            yield ("torch_func", "second", vocab, [sys.executable, str(HERE / "torch_reference.py"), "--style", "func"])
+
+
+def run(cmd, order, vocab, steps, warmup):
+    full = cmd + ["--order", order, "--item-vocab", str(vocab), "--steps", str(steps), "--warmup", str(warmup)]
+    out = subprocess.run(full, capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
+    if out.returncode or not lines:
+        return {"error": out.stderr[-2000:], "cmd": full}
+    return json.loads(lines[-1])
+
+
+def table(records) -> tuple[str, dict]:
+    groups: dict[tuple, list] = {}
+    for r in records:
+        if "error" in r:
+            continue
+        c = r["config"]
+        groups.setdefault((r["impl"], c["order"], c["item_vocab"]), []).append(r)
+    med = {k: statistics.median(x["step_ms"] for x in v) for k, v in groups.items()}
+    lines = [
+        "| impl | order | V | step ms (median) | tasks/s | x torch loop | x torch.func | peak MB | GFLOP/s | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(groups, key=lambda k: (k[2], k[0], k[1])):
+        impl, order, vocab = key
+        rs = groups[key]
+        ms = med[key]
+        loop = med.get(("torch_loop", "second", vocab)) or med.get(("torch_loop", "second", 1700))
+        func = med.get(("torch_func", "second", vocab)) or med.get(("torch_func", "second", 1700))
+        peak = [r.get("peak_bytes") for r in rs if r.get("peak_bytes")]
+        gf = [r.get("gflops_per_s") for r in rs if r.get("gflops_per_s")]
+        tasks = rs[0]["config"]["tasks"]
+        lines.append(
+            f"| {impl} | {order} | {vocab} | {ms:.1f} | {1e3 * tasks / ms:.1f} | "
+            f"{loop / ms if loop else float('nan'):.1f} | {func / ms if func else float('nan'):.1f} | "
+            f"{statistics.median(peak) / 2**20 if peak else float('nan'):.1f} | "
+            f"{statistics.median(gf) if gf else float('nan'):.2f} | {len(rs)} |"
+        )
+    peaks = [r["matmul_gflops_per_s"] for r in records if r.get("matmul_gflops_per_s")]
+    if peaks:
+        lines.append("")
+        lines.append(
+            f"Large-matmul rate (2048x2048 jnp.dot, same runs): median {statistics.median(peaks):.1f} GFLOP/s."
+        )
+    return "\n".join(lines) + "\n", med
+
+
+def plot(med, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    keys = sorted(med, key=lambda k: (k[2], k[0], k[1]))
+    labels = [f"{i}\n{o[:3]} V={v}" for i, o, v in keys]
+    ax.bar(range(len(keys)), [med[k] for k in keys])
+    ax.set_xticks(range(len(keys)), labels, rotation=60, fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("meta-step ms (median, log)")
+    ax.set_title("MeLU meta-step, T=32 S=32 Q=16 K=5 (2-core CPU)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--vocabs", type=int, nargs="+", default=[1700, 100000, 1000000])
+    p.add_argument("--torch-vocabs", type=int, nargs="+", default=[1700], help="vocabularies PyTorch runs at")
+    p.add_argument("--orders", nargs="+", default=["second", "first"])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--out", default="compare")
+    args = p.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    records = []
+    for rnd in range(args.rounds):
+        for _impl, order, vocab, cmd in variants(args.vocabs, args.torch_vocabs, args.orders):
+            rec = run(cmd, order, vocab, args.steps, args.warmup)
+            rec["round"] = rnd
+            records.append(rec)
+            print(
+                json.dumps(
+                    {k: rec.get(k) for k in ("impl", "round", "step_ms", "error")} | {"V": vocab, "order": order}
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+            (RESULTS / f"{args.out}.json").write_text(json.dumps(records, indent=1))
+    md, med = table(records)
+    (RESULTS / f"{args.out}.md").write_text(md)
+    plot(med, RESULTS / f"{args.out}.png")
+    print(md)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

@@ -1,0 +1,131 @@
+"""Time jaxrec's meta-step on the reference MeLU workload; prints one JSON line.
+
+    python benchmarks/meta_step.py --order second --adapt all --local-embeddings on --matmul-peak 2048
+
+The timed function is the real :class:`jaxrec.MetaTrainer` meta-step (jit, state donated), compiled once with
+``lower(...).compile()`` (whose ``memory_analysis`` and ``cost_analysis`` give ``peak_bytes`` and ``flops``) and
+then called ``--warmup + --steps`` times; only the timing blocks on each step's result.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+import jaxrec  # noqa: E402
+from jaxrec import models  # noqa: E402
+
+
+def build(args):
+    """``(trainer, state, batch)`` of the reference workload for ``args``."""
+    spec = models.reference_spec(args.item_vocab)
+    model = models.MeLU(spec, embed=args.embed, hidden=tuple(args.hidden), use_ids=("item",), interaction=None)
+    params = models.init_params(model, spec, jax.random.PRNGKey(args.seed))
+    options = {"local_embeddings": models.embedding_tables(params)} if args.local_embeddings == "on" else {}
+    trainer = jaxrec.MetaTrainer(
+        loss_fn=models.default_loss(model),
+        inner_lr=args.inner_lr,
+        inner_steps=args.inner_steps,
+        algorithm=args.algorithm,
+        order=args.order,
+        optimizer=optax.adam(1e-3),
+        adapt_filter=models.adapt_filter(args.adapt),
+        remat=args.remat,
+        task_chunk=args.task_chunk,
+        objective_options=options,
+    )
+    batch = models.synthetic_task_batch(
+        spec, args.tasks, args.support, args.query, jax.random.PRNGKey(args.seed + 1), padded=False
+    )
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    return trainer, trainer.init(params), batch, n_params
+
+
+def memory_and_cost(compiled) -> dict:
+    out = {}
+    try:
+        mem = compiled.memory_analysis()
+        parts = {
+            "temp_bytes": int(mem.temp_size_in_bytes),
+            "argument_bytes": int(mem.argument_size_in_bytes),
+            "output_bytes": int(mem.output_size_in_bytes),
+            "alias_bytes": int(getattr(mem, "alias_size_in_bytes", 0)),
+        }
+        out.update(parts)
+        out["peak_bytes"] = parts["temp_bytes"] + parts["argument_bytes"] + parts["output_bytes"]
+    except Exception as err:  # noqa: BLE001 - backend without memory analysis
+        out["peak_bytes"] = None
+        out["memory_error"] = repr(err)
+    try:
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, list | tuple) else cost
+        out["flops"] = float(cost.get("flops", float("nan")))
+    except Exception as err:  # noqa: BLE001
+        out["flops"] = None
+        out["cost_error"] = repr(err)
+    return out
+
+
+def matmul_peak(n: int, reps: int = 5) -> float:
+    """GFLOP/s of an ``n x n`` float32 ``jnp.dot`` (median of ``reps``), this machine's large-matmul rate."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        dot(a, a).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / float(np.median(times)) / 1e9
+
+
+def main(argv=None):
+    p = common.parser(__doc__)
+    p.add_argument("--local-embeddings", choices=["on", "off"], default="on")
+    p.add_argument("--matmul-peak", type=int, default=0, help="also time an N x N jnp.dot (0: skip)")
+    args = p.parse_args(argv)
+    trainer, state, batch, n_params = build(args)
+    t0 = time.perf_counter()
+    compiled = trainer._step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    record = common.base_record(args, "jaxrec")
+    record.update(memory_and_cost(compiled))
+    times = []
+    for i in range(args.warmup + args.steps):
+        t = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    step_ms = common.median_ms(times)
+    record.update(
+        step_ms=step_ms,
+        step_ms_all=[1e3 * t for t in times],
+        tasks_per_s=args.tasks / (step_ms / 1e3),
+        compile_s=compile_s,
+        loss=float(metrics["loss"]),
+        params=n_params,
+        device=str(jax.devices()[0].device_kind),
+        platform_name=jax.default_backend(),
+        versions={"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None},
+    )
+    if record.get("flops"):
+        record["gflops_per_s"] = record["flops"] / (step_ms / 1e3) / 1e9
+    if args.matmul_peak:
+        record["matmul_gflops_per_s"] = matmul_peak(args.matmul_peak)
+        if record.get("gflops_per_s"):
+            record["fraction_of_matmul_peak"] = record["gflops_per_s"] / record["matmul_gflops_per_s"]
+    common.emit(record)
+
+
+if __name__ == "__main__":
+    main()
