@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def test_loss_is_float32_and_computed_in_bf16():
 
     batch = workload.task_batch(1, seed=0)
     rows = jax.tree.map(lambda x: jnp.asarray(x[0]), batch.support)
-    value, grads = jax.value_and_grad(mixed_precision(loss))(
+    value, grads = jax.jit(jax.value_and_grad(mixed_precision(loss)))(
         workload.init_params(), rows, jnp.asarray(batch.support_mask[0])
     )
     assert value.dtype == jnp.float32
@@ -43,10 +44,14 @@ def test_loss_is_float32_and_computed_in_bf16():
     assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
 
 
+def _meta_grad(loss_fn):
+    return jax.jit(functools.partial(jaxrec.meta_value_and_grad, loss_fn=loss_fn, **OPTIONS))
+
+
 def test_meta_gradient_close_to_float32():
     params, batch = workload.init_params(), workload.task_batch(16, seed=3)
-    full_loss, full = jaxrec.meta_value_and_grad(params, batch, loss_fn=workload.loss_fn, **OPTIONS)
-    mixed_loss, mixed = jaxrec.meta_value_and_grad(params, batch, loss_fn=mixed_precision(workload.loss_fn), **OPTIONS)
+    full_loss, full = _meta_grad(workload.loss_fn)(params, batch)
+    mixed_loss, mixed = _meta_grad(mixed_precision(workload.loss_fn))(params, batch)
     assert mixed_loss.dtype == jnp.float32
     np.testing.assert_allclose(mixed_loss, full_loss, rtol=2e-2)
     for name in full:
