@@ -525,8 +525,8 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
         except CLIError as e:
             raise CheckpointError(f"{folder}: incompatible checkpoint: {e}") from e
         experiment = _build_experiment(config)
+        _check_same_data(meta, experiment, folder)
         checkpoint = store.restore(experiment.init_state(), meta["step"])
-    _check_same_data(checkpoint.meta, experiment, folder)
     return experiment, checkpoint
 
 
@@ -734,12 +734,29 @@ class Recommender:
         return best, scores[best]
 
 
+def _read_ratings_for(checkpoint: str, ratings: str):
+    """:func:`read_user_ratings` against the item ids and rating scale recorded in the checkpoint."""
+    import numpy as np
+
+    from jaxrec.checkpoint import CheckpointError, read_metadata
+    from jaxrec.datasets import DataError, Featurizer
+
+    meta = read_metadata(checkpoint)
+    try:
+        featurizer = Featurizer.from_dict(meta["featurizer"])
+    except (KeyError, TypeError, ValueError, DataError) as e:
+        raise CheckpointError(f"{checkpoint}: the checkpoint's featurizer record is unreadable: {e}") from e
+    if featurizer.item_raw_ids is None:
+        raise CheckpointError(f"{checkpoint}: the checkpoint does not record raw item ids")
+    return read_user_ratings(ratings, np.asarray(featurizer.item_raw_ids), featurizer.spec.rating_range)
+
+
 def cmd_recommend(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
+    codes, ratings, notes = _read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
     experiment, checkpoint = restore_run(args.checkpoint)
     items = experiment.dataset.items
-    codes, ratings, notes = read_user_ratings(args.ratings, experiment.dataset.item_ids, experiment.spec.rating_range)
     for note in notes:
         _echo(f"note: {note}", err=True)
     recommender = Recommender(experiment, checkpoint.state.params)
