@@ -49,6 +49,7 @@ __all__ = [
     "fit_bias_model",
     "support_user_bias",
     "train_supervised",
+    "supervised_history",
     "tune_finetune_lr",
     "Baselines",
     "fit_baselines",
@@ -148,6 +149,28 @@ def fit_bias_model(
         b_u = np.bincount(users, weights=r - mu - b_i[items], minlength=n_users)[:n_users] / (user_reg + n_u)
         b_i = np.bincount(items, weights=r - mu - b_u[users], minlength=n_items)[:n_items] / (item_reg + n_i)
     return mu, b_i.astype(np.float32), b_u.astype(np.float32)
+
+
+def supervised_history(ratings: Any, items: np.ndarray, targets: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """``history_item`` / ``history_rating`` ``[rows, length]`` of independent rows for a sequence model: each row's
+    previous ``length`` ratings of the same user (by time when there are timestamps, else in file order), oldest
+    first, left-padded with item 0 / rating 0. ``items`` are vocabulary ids, ``targets`` the row targets."""
+    users = ratings["user"].to_numpy()
+    keys = [np.arange(len(users))]
+    if "timestamp" in ratings:
+        keys.insert(0, ratings["timestamp"].to_numpy())
+    order = np.lexsort(tuple(keys[::-1]) + (users,))
+    sorted_users = users[order]
+    offsets = np.arange(-length, 0)  # oldest first
+    idx = np.arange(len(order))[:, None] + offsets[None, :]
+    valid = idx >= 0
+    idx = np.where(valid, idx, 0)
+    valid &= sorted_users[idx] == sorted_users[:, None]
+    hist_item = np.where(valid, np.asarray(items)[order][idx], 0)
+    hist_rating = np.where(valid & (hist_item > 0), np.asarray(targets, np.float32)[order][idx], 0.0)
+    back = np.empty_like(order)
+    back[order] = np.arange(len(order))
+    return {"history_item": hist_item[back].astype(np.int32), "history_rating": hist_rating[back].astype(np.float32)}
 
 
 def train_supervised(
@@ -277,6 +300,9 @@ def fit_baselines(experiment: Any) -> Baselines:
         train["user"].to_numpy(), rows["item"], values, feat.n_users, n_items, item_reg=item_reg, user_reg=user_reg
     )
     item_means = fit_item_means(rows["item"], values, n_items, mu)
+    history = int(getattr(experiment, "spec", feat.spec).history or 0)
+    if history:
+        rows.update(supervised_history(train, rows["item"], rows[target], history))
     params, history = train_supervised(
         experiment.random_params(),
         rows,

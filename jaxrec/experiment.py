@@ -36,11 +36,12 @@ import optax
 from jaxrec import datasets, models
 from jaxrec.batch import TaskBatch
 from jaxrec.losses import l2_to_init
+from jaxrec.maml import MetaSGDParams
 from jaxrec.sharding import make_mesh
 from jaxrec.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split
 from jaxrec.train import MetaTrainer, MetaTrainState
 
-__all__ = ["ExperimentConfig", "Experiment", "BASELINES"]
+__all__ = ["ExperimentConfig", "Experiment", "BASELINES", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class ExperimentConfig:
     max_ratings: int | None = 100
     train_max_ratings: int | None = None
     support_buckets: tuple | None = (96,)
+    history: int = 0
     model: str = "melu"
     model_kwargs: dict = dataclasses.field(
         default_factory=lambda: {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
@@ -107,7 +109,9 @@ class ExperimentConfig:
     inner_lr: float = 0.1
     inner_steps: int = 5
     inner_l2: float = 0.0
+    tune_inner_lr: bool = False
     meta_lr: float = 1e-4
+    rate_lr: float | None = None
     pretrain: bool = True
     meta_params: str = "all"
     batch_size: int = 32
@@ -168,7 +172,6 @@ class Experiment:
         logger.info("%s", self.split.summary())
         threshold = config.implicit_threshold if config.implicit else None
         self.featurizer = datasets.Featurizer.fit(self.dataset, self.split.train, implicit_threshold=threshold)
-        self.spec = self.featurizer.spec
         train = self.split.train
         val_users = self._validation_users(train["user"].to_numpy())
         is_val = np.isin(train["user"].to_numpy(), val_users)
@@ -188,6 +191,7 @@ class Experiment:
                 logger.warning("scenario %r has no user with enough ratings for the task split; skipped", name)
         if len(self.train_tasks) == 0:
             raise datasets.DataError(f"no meta-train task: {self.train_tasks.summary()}")
+        self.spec = self.train_tasks.spec  # the featurizer's spec with this run's ``history``
         self.model = models.create(config.model, self.spec, **_model_kwargs(config.model_kwargs))
         self.loss_fn = models.default_loss(self.model)
         self.apply_fn = self.model.apply
@@ -206,6 +210,7 @@ class Experiment:
             mesh=self.mesh,
         )
         self._baselines = None
+        self._inner_lr_resolved = False
 
     # -- construction helpers --------------------------------------------------------------------------------------
 
@@ -235,10 +240,33 @@ class Experiment:
             min_ratings=c.min_ratings,
             max_ratings=c.max_ratings if max_ratings == "config" else max_ratings,
             support_buckets=c.support_buckets,
+            history=self.history,
         )
 
+    @property
+    def history(self) -> int:
+        """Items of history per row: ``config.history``, or 10 for ``model="gru"`` when it is 0 (the GRU needs one)."""
+        if self.config.history:
+            return int(self.config.history)
+        return 10 if self.config.model == "gru" else 0
+
     def _meta_optimizer(self) -> optax.GradientTransformation:
-        """Adam(``meta_lr``) on the parameters selected by ``meta_params``, zero updates for the rest."""
+        """Adam(``meta_lr``) on the parameters selected by ``meta_params``, zero updates for the rest; Meta-SGD's
+        per-parameter inner rates get Adam(``rate_lr``) (default ``meta_lr``)."""
+        params_opt = self._params_optimizer()
+        if self.config.algorithm != "metasgd" or self.config.rate_lr is None:
+            return params_opt
+
+        def labels(params):
+            if isinstance(params, MetaSGDParams):
+                return MetaSGDParams(
+                    jax.tree.map(lambda _: "params", params.params), jax.tree.map(lambda _: "rates", params.inner_lr)
+                )
+            return jax.tree.map(lambda _: "params", params)
+
+        return optax.multi_transform({"params": params_opt, "rates": optax.adam(self.config.rate_lr)}, labels)
+
+    def _params_optimizer(self) -> optax.GradientTransformation:
         adam = optax.adam(self.config.meta_lr)
         if self.config.meta_params == "all":
             return adam
@@ -272,7 +300,21 @@ class Experiment:
 
     def init_state(self) -> MetaTrainState:
         """A fresh :class:`~jaxrec.MetaTrainState` (Meta-SGD: params wrapped with per-parameter rates)."""
+        self.resolve_inner_lr()
         return self.trainer.init(self.init_params())
+
+    def resolve_inner_lr(self) -> float:
+        """With ``tune_inner_lr``: set ``config.inner_lr`` (and the trainer's) to the fine-tuning rate chosen on the
+        validation users (:func:`jaxrec.baselines.tune_finetune_lr`, never a test scenario); Meta-SGD's rates start
+        there. Idempotent; returns the inner rate in use."""
+        c = self.config
+        if c.tune_inner_lr and len(self.val_tasks) and not self._inner_lr_resolved:
+            lr = float(self.baselines().finetune_lr)
+            if lr > 0:
+                self.config = dataclasses.replace(c, inner_lr=lr)
+                self.trainer.inner_lr = lr
+            self._inner_lr_resolved = True
+        return float(self.config.inner_lr)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -327,6 +369,28 @@ class Experiment:
 
         return evaluate_experiment(self, params, method_name=method_name)
 
+    def validate(self, params: Any, *, baselines: bool = True) -> dict:
+        """``{method: summary}`` on the validation users (held out of meta-training and of the test scenarios):
+        the score to tune a configuration on. The fine-tuning rate was itself chosen on these users, so its
+        ``finetune`` figure is optimistic, never pessimistic."""
+        from jaxrec.baselines import experiment_predictors
+        from jaxrec.evaluate import evaluate_methods
+
+        self.resolve_inner_lr()
+        methods = experiment_predictors(self, params)
+        if not baselines:
+            methods = {"maml": methods["maml"]}
+        c = self.config
+        return evaluate_methods(
+            methods,
+            self.val_tasks,
+            ks=c.ks,
+            batch_size=c.eval_batch_size,
+            mesh=self.mesh,
+            resamples=c.bootstrap,
+            seed=c.seed,
+        )
+
     def metrics_document(self, params: Any) -> dict:
         """The metrics.json document: ``{"dataset": ..., "config": {...}, "scenarios": {...}}``."""
         return {
@@ -334,3 +398,30 @@ class Experiment:
             "config": self.config.to_dict(),
             "scenarios": self.evaluate(params),
         }
+
+
+def tune(base: ExperimentConfig, variants: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
+    """Train ``base`` with each variant's overrides and score it on the validation users only (never a test
+    scenario): ``{name: {"overrides", "val_mae", "val": {method: mae}, "seconds"}}``. Variants must not change the
+    data, split or model (the baselines are fitted once and shared)."""
+    import time
+
+    shared = None
+    out = {}
+    for name, overrides in variants.items():
+        experiment = Experiment(dataclasses.replace(base, **overrides))
+        if shared is not None:
+            experiment._baselines = shared
+        start = time.perf_counter()
+        state = experiment.train()
+        scores = experiment.validate(state.params, baselines=shared is None)
+        shared = experiment.baselines()
+        out[name] = {
+            "overrides": dict(overrides),
+            "inner_lr": experiment.config.inner_lr,
+            "val_mae": scores["maml"]["mae"],
+            "val": {m: r["mae"] for m, r in scores.items()},
+            "seconds": time.perf_counter() - start,
+        }
+        logger.info("tune %s: %s", name, out[name])
+    return out

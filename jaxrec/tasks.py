@@ -175,7 +175,8 @@ def cold_start_split(
     random):
 
     * *new items*: the newest ``new_item_frac`` of items by release year (first-rating year when the year is
-      unknown; random tie break); *new users*: ``new_user_frac`` of users at random.
+      unknown; random tie break; a random ``new_item_frac`` of items when no item has a year or a timestamp);
+      *new users*: ``new_user_frac`` of users at random.
     * *warm*: a random ``warm_user_frac`` of the existing users are warm-evaluation users; a random
       ``warm_holdout`` share of each one's existing-item ratings (at least one, but never all) is held out as the
       warm scenario and the rest stays in train. Warm users are therefore known to the model (their ids are in the
@@ -198,7 +199,12 @@ def cold_start_split(
     items = r["item"].to_numpy()
     stats: dict[str, Any] = {}
     if scheme == "melu":
-        new_items = _newest_items(_item_release_key(ds), new_item_frac, rng)
+        release = _item_release_key(ds)
+        if np.isnan(release).all():
+            # no year and no timestamp: new items are a seeded random share, so the item scenarios still exist
+            release = np.zeros(ds.n_items)
+            stats["new_items_by"] = "random"
+        new_items = _newest_items(release, new_item_frac, rng)
         new_users = np.sort(rng.permutation(ds.n_users)[: int(round(new_user_frac * ds.n_users))])
         is_new_user = np.zeros(ds.n_users, bool)
         is_new_user[new_users] = True

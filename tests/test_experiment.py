@@ -44,3 +44,35 @@ def test_tiny_experiment_metrics_document():
             assert r["users"] == methods["maml"]["users"] > 0
             if name != "maml":
                 assert set(r["paired"]["mae"]) == {"diff", "ci95"}
+
+
+def test_gru_experiment_end_to_end_sets_history():
+    config = ExperimentConfig(
+        **{**TINY, "model": "gru", "model_kwargs": {"embed": 4, "hidden": [8]}, "pretrain": True},
+        baselines=("finetune", "bias"),
+    )
+    exp = Experiment(config)
+    assert exp.history == 10 and exp.spec.history == 10 and exp.train_tasks.history == 10
+    state = exp.train(exp.init_state(), steps=1)
+    results = exp.evaluate(state.params)
+    assert set(results["new_user"]) == {"maml", "finetune", "bias"}
+    assert all(r["mae"] == r["mae"] for r in results["new_user"].values())  # finite, not NaN
+
+
+def test_metasgd_rates_get_their_own_learning_rate_and_validate_scores_val_users():
+    config = ExperimentConfig(
+        **{**TINY, "pretrain": True},
+        algorithm="metasgd",
+        rate_lr=0.05,
+        tune_inner_lr=True,
+        baselines=("finetune", "bias"),
+    )
+    exp = Experiment(config)
+    state = exp.init_state()
+    assert exp.config.inner_lr == exp.baselines().finetune_lr or exp.baselines().finetune_lr == 0
+    start = state.params.inner_lr["params"]["head"]["output"]["bias"].copy()
+    state = exp.train(state, steps=2)
+    moved = abs(float(state.params.inner_lr["params"]["head"]["output"]["bias"][0] - start[0]))
+    assert 0.05 < moved <= 0.1 + 1e-6  # Adam moves each rate by ~rate_lr per step, not meta_lr
+    scores = exp.validate(state.params)
+    assert set(scores) == {"maml", "finetune", "bias"} and scores["maml"]["users"] == len(exp.val_tasks)

@@ -83,11 +83,25 @@ def test_time_split_cutoff(ds):
 
 def test_split_without_new_items_gives_empty_frames_not_a_crash():
     log = pd.DataFrame({"user": [1, 1, 2, 2, 3], "item": [5, 6, 5, 6, 5], "rating": [1, 2, 3, 4, 5]})
-    ds = jd.from_dataframe(log)  # no years, no timestamps: no release order for items
+    ds = jd.from_dataframe(log)  # no years, no timestamps, and 20% of 2 items rounds to no new item
     split = cold_start_split(ds, "melu", seed=0)
     assert len(split.new_items) == 0 and split.scenarios["new_item"].empty
     with pytest.raises(jd.DataError, match="timestamps"):
         cold_start_split(ds, "time")
+
+
+def test_split_without_years_or_timestamps_picks_random_new_items():
+    rng = np.random.default_rng(0)
+    log = pd.DataFrame({"user": rng.integers(0, 60, 3000), "item": rng.integers(0, 50, 3000)})
+    log = log.drop_duplicates().assign(rating=lambda f: rng.integers(1, 6, len(f)))
+    ds = jd.from_dataframe(log)
+    a, b = cold_start_split(ds, "melu", seed=3), cold_start_split(ds, "melu", seed=3)
+    assert len(a.new_items) == round(0.2 * ds.n_items) and np.array_equal(a.new_items, b.new_items)
+    assert not np.array_equal(a.new_items, cold_start_split(ds, "melu", seed=4).new_items)
+    assert a.stats["new_items_by"] == "random"
+    assert len(a.scenarios["new_item"]) and len(a.scenarios["new_user_new_item"])
+    total = len(a.train) + sum(len(v) for v in a.scenarios.values())
+    assert total == len(ds.ratings)
 
 
 # ---- tasks ---------------------------------------------------------------------------------------------------------
