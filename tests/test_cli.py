@@ -1,0 +1,199 @@
+"""The ``jaxrec`` command, in-process: train -> metrics.json / metrics.jsonl / checkpoint, evaluate, recommend,
+datasets, and the clear one-line errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from jaxrec import cli
+
+TINY_FLAGS = [
+    "--model",
+    "mf",
+    "--model-kwargs",
+    '{"embed": 4}',
+    "--order",
+    "first",
+    "--inner-steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--baselines",
+    "global_mean,user_mean",
+    "--bootstrap",
+    "10",
+    "--no-progress",
+]
+
+
+def write_ratings(path: Path, users: int = 60, per_user: int = 15, items: int = 40, seed: int = 0) -> Path:
+    """A small explicit log on a 1..10 scale (no timestamps, no side features)."""
+    rng = np.random.default_rng(seed)
+    lines = ["user,item,rating"]
+    for u in range(users):
+        for i in rng.choice(items, per_user, replace=False):
+            lines.append(f"{u + 1},{i + 100},{1 + (u + 2 * i) % 10}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained run folder (2 epochs of a tiny model on a tiny generic file) and the command's output."""
+    root = tmp_path_factory.mktemp("cli")
+    data = write_ratings(root / "ratings.csv")
+    out = root / "run"
+    capture = pytest.MonkeyPatch()
+    lines: list[str] = []
+    capture.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
+    try:
+        code = cli.main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--columns",
+                "user,item,rating",
+                "--sep",
+                ",",
+                *TINY_FLAGS,
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+    finally:
+        capture.undo()
+    assert code == 0, lines
+    return {"out": out, "data": data, "output": "\n".join(lines)}
+
+
+def test_train_writes_metrics_checkpoint_and_epoch_log(run):
+    out = run["out"]
+    document = json.loads((out / "metrics.json").read_text())
+    assert set(document) == {"dataset", "config", "scenarios"}
+    assert document["dataset"] == "ratings" and document["config"]["model"] == "mf"
+    assert document["scenarios"], "no scenario evaluated"
+    for methods in document["scenarios"].values():
+        assert {"maml", "global_mean", "user_mean"} <= set(methods)
+        for result in methods.values():
+            assert {"mae", "rmse", "ndcg@3", "users"} <= set(result) and result["users"] > 0
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert all({"step", "loss", "grad_norm", "skipped", "skipped_in_epoch", "seconds"} <= set(r) for r in log)
+    assert (out / "checkpoints").is_dir()
+    assert "new_user" in run["output"] and "maml" in run["output"]  # the table
+
+
+def test_evaluate_prints_the_table_and_writes_the_document(run, tmp_path, capsys):
+    target = tmp_path / "again.json"
+    assert cli.main(["evaluate", "--checkpoint", str(run["out"]), "--output", str(target)]) == 0
+    printed = capsys.readouterr().out
+    assert "scenario" in printed and "maml" in printed
+    assert (
+        json.loads(target.read_text())["scenarios"]
+        == json.loads((run["out"] / "metrics.json").read_text())["scenarios"]
+    )
+
+
+def test_recommend_prints_unrated_top_k(run, tmp_path, capsys):
+    ratings = tmp_path / "me.csv"
+    ratings.write_text("item,rating\n100,9\n101,2\n101,3\n999999,5\n")
+    assert (
+        cli.main(["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "5", "--timing"]) == 0
+    )
+    captured = capsys.readouterr()
+    ranked = [line for line in captured.out.splitlines() if line.strip()[:2].rstrip(".").isdigit()]
+    assert len(ranked) == 5
+    assert not any("(item 100," in line or "(item 101," in line for line in ranked)  # rated items are excluded
+    assert "unknown item id(s): 999999" in captured.err and "duplicate" in captured.err
+    assert "warm median" in captured.out
+
+
+def test_recommend_with_a_single_rating_and_no_header(run, tmp_path, capsys):
+    ratings = tmp_path / "one.csv"
+    ratings.write_text("105,7\n")
+    assert cli.main(["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "3"]) == 0
+    assert "for a new user with 1 rating(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("item,rating\n999998,5\n", "none of the rated items is known"),
+        ("item,rating\n100,great\n", "line 2: rating 'great' is not a number"),
+        ("item,rating\n100,11\n", "outside the model's rating scale"),
+        ("item,rating\n", "no ratings"),
+        ("", "empty"),
+        ("100\n101\n", "cannot tell the separator"),
+    ],
+)
+def test_recommend_rejects_bad_ratings_files_clearly(run, tmp_path, capsys, content, message):
+    ratings = tmp_path / "bad.csv"
+    ratings.write_text(content)
+    assert cli.main(["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxrec: error:") and message in err and "Traceback" not in err
+
+
+def test_a_finished_run_is_not_overwritten_and_resume_cannot_change_the_model(run, capsys):
+    assert cli.main(["train", "--data", str(run["data"]), *TINY_FLAGS, "--out", str(run["out"])]) == 1
+    assert "already holds a run" in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(run["out"]), "--resume", "--model", "melu"]) == 1
+    assert "cannot change --model on --resume" in capsys.readouterr().err
+
+
+def test_corrupt_or_missing_checkpoint_is_one_clear_line(run, tmp_path, capsys):
+    assert cli.main(["evaluate", "--checkpoint", str(tmp_path / "nowhere")]) == 1
+    assert "no such checkpoint folder" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(run["out"], broken)
+    for step in (broken / "checkpoints").iterdir():
+        for path in (step / "state").rglob("*"):
+            if path.is_file() and path.stat().st_size > 0:
+                path.write_bytes(b"\x00garbage")
+    assert cli.main(["evaluate", "--checkpoint", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxrec: error:") and "Traceback" not in err
+
+
+def test_data_changed_since_training_is_detected(run, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(run["out"], moved)
+    original = run["data"].read_text()
+    try:
+        run["data"].write_text(original + "61,100,5\n" * 1 + "".join(f"61,{100 + i},5\n" for i in range(1, 15)))
+        assert cli.main(["evaluate", "--checkpoint", str(moved)]) == 1
+        assert "no longer matches the checkpoint" in capsys.readouterr().err
+    finally:
+        run["data"].write_text(original)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--data", "/no/such/file.csv"], "file not found"),
+        (["train", "--batch-size", "0"], "--batch-size must be positive"),
+        (["train", "--devices", "many"], "--devices expects a number"),
+        (["train", "--resume", "--out", "/no/such/run"], "holds no checkpoints"),
+    ],
+)
+def test_bad_flags_are_one_clear_line(tmp_path, capsys, argv, message):
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("jaxrec: error:") and message in err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert cli.main(["train", "--order", "third"]) == 2
+    assert cli.main([]) == 2
+
+
+def test_datasets_lists_the_bundled_default(tmp_path, capsys):
+    assert cli.main(["datasets", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ml-latest-small" in out and "bundled" in out and "ml-1m" in out and str(tmp_path) in out
