@@ -7,7 +7,7 @@ The meta-learning core sees only ``loss_fn(params, rows, mask)`` and a params py
 * :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD).
 """
 
-from jaxrec import baselines, datasets, evaluate, experiment, metrics, models, tasks
+from jaxrec import baselines, datasets, distributed, evaluate, experiment, metrics, models, precision, tasks
 from jaxrec.adapt import adapt, resolve_adapt_filter, zero_padding
 from jaxrec.batch import BatchShapeError, TaskBatch, validate_batch
 from jaxrec.evaluate import meta_evaluate
@@ -25,7 +25,8 @@ from jaxrec.models import (
     synthetic_rows,
     synthetic_task_batch,
 )
-from jaxrec.sharding import make_mesh, pad_tasks, shard_batch
+from jaxrec.precision import mixed_precision
+from jaxrec.sharding import default_mesh, make_mesh, pad_tasks, replicate, shard_batch
 from jaxrec.tasks import ColdStartSplit, TaskSet, build_tasks, cold_start_split, task_batches
 from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, meta_train
 

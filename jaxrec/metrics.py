@@ -229,6 +229,8 @@ def paired_differences(
     if len(stats_a["n"]) != len(stats_b["n"]) or not np.array_equal(stats_a["n"], stats_b["n"]):
         raise ValueError("paired_differences needs the two methods evaluated on the same users and query rows")
     point_a, point_b = aggregate(stats_a, implicit=implicit), aggregate(stats_b, implicit=implicit)
+    if not resamples or not len(stats_a["n"]):
+        return {name: {"diff": point_a[name] - point_b[name], "ci95": [float("nan"), float("nan")]} for name in point_a}
     weights = bootstrap_weights(len(stats_a["n"]), resamples, seed)
     samples_a = aggregate(stats_a, weights, implicit=implicit)
     samples_b = aggregate(stats_b, weights, implicit=implicit)

@@ -103,7 +103,6 @@ def test_from_csv_documented_results(tmp_path, text, n):
     assert ds.n_ratings == n
 
 
-@pytest.mark.xfail(strict=True, reason="loader bug: a truncated or fake .gz raises EOFError / BadGzipFile")
 @pytest.mark.parametrize("damage", ["truncated", "not_gzip"])
 def test_broken_gzip_is_a_data_error(tmp_path, damage):
     path = tmp_path / "ratings.csv.gz"

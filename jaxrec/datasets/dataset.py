@@ -329,14 +329,16 @@ def sniff_separator(path: str | os.PathLike, sample_lines: int = 20) -> str:
 
 
 def _head_lines(path: str | os.PathLike, n: int, encoding: str = "utf-8") -> list[str]:
-    opener = _open_text(path, encoding)
-    with opener as f:
-        lines = []
-        for line in f:
-            if line.strip():
-                lines.append(line.rstrip("\r\n"))
-            if len(lines) >= n:
-                break
+    lines = []
+    try:
+        with _open_text(path, encoding) as f:
+            for line in f:
+                if line.strip():
+                    lines.append(line.rstrip("\r\n"))
+                if len(lines) >= n:
+                    break
+    except (EOFError, OSError) as e:  # a truncated gzip, or a plain file named .gz (gzip.BadGzipFile)
+        raise DataError(f"{path}: cannot read the file: {e}") from e
     return lines
 
 
@@ -401,6 +403,8 @@ def read_table(
         raise DataError(f"{path}: file is empty") from e
     except (pd.errors.ParserError, ValueError) as e:
         raise DataError(f"{path}: cannot parse with separator {sep!r}: {e}") from e
+    except (EOFError, OSError) as e:  # a gzip cut short or damaged past the lines sniffed above
+        raise DataError(f"{path}: cannot read the file: {e}") from e
     if names is not None:
         if not header:
             frame.columns = list(names)
