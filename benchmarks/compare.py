@@ -26,7 +26,13 @@ def variants(vocabs, torch_vocabs, orders):
             yield ("jaxrec", order, vocab, [sys.executable, str(HERE / "meta_step.py"), "--matmul-peak", "2048"])
         if vocab in torch_vocabs:
             yield ("torch_loop", "second", vocab, [sys.executable, str(HERE / "torch_reference.py"), "--style", "loop"])
-            yield ("torch_func", "second", vocab, [sys.executable, str(HERE / "torch_reference.py"), "--style", "func"])
+            if vocab == vocabs[0]:  # torch.func materialises [T, V, E] per-task tables: first vocabulary only
+                yield (
+                    "torch_func",
+                    "second",
+                    vocab,
+                    [sys.executable, str(HERE / "torch_reference.py"), "--style", "func"],
+                )
 
 
 def run(cmd, order, vocab, steps, warmup):
@@ -47,8 +53,9 @@ def table(records) -> tuple[str, dict]:
         groups.setdefault((r["impl"], c["order"], c["item_vocab"]), []).append(r)
     med = {k: statistics.median(x["step_ms"] for x in v) for k, v in groups.items()}
     lines = [
-        "| impl | order | V | step ms (median) | tasks/s | x torch loop | x torch.func | peak MB | GFLOP/s | rounds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| impl | order | V | step ms (median) | tasks/s | x torch loop | x torch.func | peak MB | GFLOP/s "
+        "| x matmul rate | rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key in sorted(groups, key=lambda k: (k[2], k[0], k[1])):
         impl, order, vocab = key
@@ -58,12 +65,14 @@ def table(records) -> tuple[str, dict]:
         func = med.get(("torch_func", "second", vocab)) or med.get(("torch_func", "second", 1700))
         peak = [r.get("peak_bytes") for r in rs if r.get("peak_bytes")]
         gf = [r.get("gflops_per_s") for r in rs if r.get("gflops_per_s")]
+        frac = [r.get("fraction_of_matmul_peak") for r in rs if r.get("fraction_of_matmul_peak")]
         tasks = rs[0]["config"]["tasks"]
         lines.append(
             f"| {impl} | {order} | {vocab} | {ms:.1f} | {1e3 * tasks / ms:.1f} | "
             f"{loop / ms if loop else float('nan'):.1f} | {func / ms if func else float('nan'):.1f} | "
             f"{statistics.median(peak) / 2**20 if peak else float('nan'):.1f} | "
-            f"{statistics.median(gf) if gf else float('nan'):.2f} | {len(rs)} |"
+            f"{statistics.median(gf) if gf else float('nan'):.2f} | "
+            f"{statistics.median(frac) if frac else float('nan'):.3f} | {len(rs)} |"
         )
     peaks = [r["matmul_gflops_per_s"] for r in records if r.get("matmul_gflops_per_s")]
     if peaks:
@@ -71,6 +80,10 @@ def table(records) -> tuple[str, dict]:
         lines.append(
             f"Large-matmul rate (2048x2048 jnp.dot, same runs): median {statistics.median(peaks):.1f} GFLOP/s."
         )
+    methods = sorted({r["flops_method"] for r in records if r.get("flops_method")})
+    if methods:
+        lines.append("")
+        lines.append("FLOPs per step: " + "; ".join(methods) + " (GFLOP/s = FLOPs / median step time).")
     return "\n".join(lines) + "\n", med
 
 

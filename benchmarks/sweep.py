@@ -3,6 +3,7 @@
     python benchmarks/sweep.py --grid full          # every axis (about 30 compilations; < 15 min on 2 idle cores)
     python benchmarks/sweep.py --grid reduced       # order x K and remat memory only
     python benchmarks/sweep.py --memory-only        # compile and read memory/cost analysis, no timing
+    python benchmarks/sweep.py --grid remat --memory-only --out sweep_memory   # K=10: second+remat vs first
 
 One axis varies at a time around the reference workload (T=32, S=32, Q=16, K=5, V=1700, second order, adapt
 all, local embeddings on). Writes ``benchmarks/results/sweep.json`` (records, with the second/first-order ratios)
@@ -28,6 +29,12 @@ BASE = dict(tasks=32, inner_steps=5, item_vocab=1700, order="second", adapt="all
 
 
 def grid(name: str) -> list[dict]:
+    if name == "remat":  # the issue's memory target: second order + remat vs first order, K = 10
+        return [
+            BASE | {"axis": "remat", "inner_steps": 10, "order": "first"},
+            BASE | {"axis": "remat", "inner_steps": 10, "order": "second", "remat": True},
+            BASE | {"axis": "remat", "inner_steps": 10, "order": "second"},
+        ]
     points = []
     for k in (1, 2, 5, 10) if name == "full" else (1, 5, 10):
         for order in ("first", "second"):
@@ -72,6 +79,7 @@ def run_point(point: dict, steps: int, warmup: int, memory_only: bool) -> dict:
     t0 = time.perf_counter()
     compiled = trainer._step.lower(state, batch).compile()
     record = dict(point, compile_s=time.perf_counter() - t0, **meta_step.memory_and_cost(compiled))
+    record.update(meta_step.unrolled_flops(args))
     if not memory_only:
         times = []
         for i in range(warmup + steps):
@@ -100,6 +108,11 @@ def ratios(records: list[dict]) -> list[dict]:
                 if r.get("peak_bytes") and f.get("peak_bytes"):
                     row["memory_ratio"] = r["peak_bytes"] / f["peak_bytes"]
                 out.append(row)
+        if r["remat"]:  # the memory target compares second order + remat with plain first order
+            for f in records:
+                same = all(f[k] == v for k, v in key.items() if k != "remat")
+                if f["order"] == "first" and not f["remat"] and same and r.get("peak_bytes") and f.get("peak_bytes"):
+                    out.append(key | {"vs": "first order, no remat", "memory_ratio": r["peak_bytes"] / f["peak_bytes"]})
     return out
 
 
@@ -136,7 +149,7 @@ def main(argv=None):
     import argparse
 
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--grid", choices=["full", "reduced"], default="full")
+    p.add_argument("--grid", choices=["full", "reduced", "remat"], default="full")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--memory-only", action="store_true")

@@ -20,6 +20,7 @@ the loss, so the outer gradient still reaches them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -30,10 +31,26 @@ import optax
 
 from jaxrec.losses import LossFn
 
-__all__ = ["adapt", "AdaptFilter", "resolve_adapt_filter", "zero_padding", "ORDERS"]
+__all__ = ["adapt", "AdaptFilter", "resolve_adapt_filter", "zero_padding", "ORDERS", "inner_unroll"]
 
 ORDERS = ("second", "first")
 AdaptFilter = Callable[[tuple, Any], bool] | Any | None
+
+_UNROLL: list[int | bool] = [1]
+
+
+@contextlib.contextmanager
+def inner_unroll(unroll: int | bool = True):
+    """While active (at trace time), the inner-loop ``lax.scan`` of :func:`adapt` uses ``unroll=unroll``.
+
+    ``True`` unrolls the ``K`` steps fully (no while loop), e.g. so that XLA's cost analysis, which counts a
+    while-loop body once, counts every inner step. The result is the same computation either way.
+    """
+    _UNROLL.append(unroll)
+    try:
+        yield
+    finally:
+        _UNROLL.pop()
 
 
 def zero_padding(rows: Mapping[str, jax.Array], mask: jax.Array) -> dict[str, jax.Array]:
@@ -177,7 +194,7 @@ def adapt(
 
         if remat:
             step = jax.checkpoint(step)
-        moving, _ = jax.lax.scan(step, moving0, None, length=inner_steps)
+        moving, _ = jax.lax.scan(step, moving0, None, length=inner_steps, unroll=_UNROLL[-1])
         return part.join(moving, fixed)
 
     def opt_step(carry, _):
@@ -193,5 +210,5 @@ def adapt(
     if remat:
         opt_step = jax.checkpoint(opt_step)
     opt_state0 = inner_optimizer.init(moving0)
-    (moving, _), _ = jax.lax.scan(opt_step, (moving0, opt_state0), None, length=inner_steps)
+    (moving, _), _ = jax.lax.scan(opt_step, (moving0, opt_state0), None, length=inner_steps, unroll=_UNROLL[-1])
     return part.join(moving, fixed)
