@@ -3,7 +3,7 @@
 :class:`ExperimentConfig` is a plain dataclass (JSON round trip with :meth:`~ExperimentConfig.to_dict` /
 :meth:`~ExperimentConfig.from_dict`); :class:`Experiment` builds everything it describes::
 
-    exp = Experiment(ExperimentConfig())            # ml-latest-small, MeLU, second-order MAML on the head
+    exp = Experiment(ExperimentConfig())            # ml-latest-small, MeLU, Meta-SGD on the head
     state = exp.init_state()
     for batch in itertools.islice(exp.batches(), exp.total_steps):
         state, metrics = exp.train_step(state, batch)
@@ -64,14 +64,19 @@ class ExperimentConfig:
     too). ``support_buckets``: padded support lengths (one bucket = one compiled shape; longer support sets keep
     the rows nearest the query).
 
-    Model: ``model`` (:data:`jaxrec.models.MODELS`) with ``model_kwargs``.
+    Model: ``model`` (:data:`jaxrec.models.MODELS`) with ``model_kwargs``; ``history``: rows carry the user's last
+    ``history`` ratings (``history_item`` / ``history_rating``, see :func:`~jaxrec.tasks.build_tasks`); 0 means none,
+    except that ``model="gru"`` then gets 10.
 
     Meta-learning: ``algorithm`` (maml | reptile | metasgd), ``order`` (second | first), ``adapt`` ("head":
     MeLU's local update of the decision layers | "all" | "default" | a regex), ``inner_lr``, ``inner_steps``,
     ``inner_l2`` (weight of :func:`jaxrec.losses.l2_to_init` in the inner loss, 0 = none), ``meta_lr``,
-    ``batch_size`` tasks per meta-step, ``epochs`` over the meta-train tasks. ``pretrain``: start meta-training
-    from the supervised (non-meta) model of the ``no_adapt`` baseline instead of a random initialisation (the
-    meta-learner then only has to learn how to adapt; it sees the same ratings the baselines see).
+    ``tune_inner_lr``: start from the fine-tuning rate chosen on the validation users over ``finetune_lrs``
+    (:meth:`Experiment.resolve_inner_lr`; ``inner_lr`` is then only the fallback); ``rate_lr``: Adam rate of
+    Meta-SGD's per-parameter inner rates (None: ``meta_lr``). ``batch_size`` tasks per meta-step, ``epochs`` over
+    the meta-train tasks. ``pretrain``: start meta-training from the supervised (non-meta) model of the
+    ``no_adapt`` baseline instead of a random initialisation (the meta-learner then only has to learn how to adapt;
+    it sees the same ratings the baselines see).
     ``meta_params``: which parameters the outer loop updates (an :func:`jaxrec.models.adapt_filter` spec:
     "all", "head", a regex); the others keep their (pretrained) values.
 
@@ -103,15 +108,15 @@ class ExperimentConfig:
     model_kwargs: dict = dataclasses.field(
         default_factory=lambda: {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
     )
-    algorithm: str = "maml"
+    algorithm: str = "metasgd"
     order: str = "second"
     adapt: str = "head"
     inner_lr: float = 0.1
     inner_steps: int = 5
     inner_l2: float = 0.0
-    tune_inner_lr: bool = False
-    meta_lr: float = 1e-4
-    rate_lr: float | None = None
+    tune_inner_lr: bool = True
+    meta_lr: float = 3e-4
+    rate_lr: float | None = 3e-4
     pretrain: bool = True
     meta_params: str = "all"
     batch_size: int = 32
@@ -342,6 +347,7 @@ class Experiment:
 
     def train_step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
         """One meta-step (``state`` is donated; use the returned one)."""
+        self.resolve_inner_lr()  # a resumed run skips init_state
         return self.trainer.step(state, batch)
 
     def train(self, state: MetaTrainState | None = None, steps: int | None = None) -> MetaTrainState:
@@ -367,6 +373,7 @@ class Experiment:
         """``{scenario: {method: metrics}}`` for every non-empty scenario (see :func:`jaxrec.evaluate`)."""
         from jaxrec.evaluate import evaluate_experiment
 
+        self.resolve_inner_lr()
         return evaluate_experiment(self, params, method_name=method_name)
 
     def validate(self, params: Any, *, baselines: bool = True) -> dict:
