@@ -13,11 +13,11 @@ def code_blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
 
 
-def test_python_examples_run_as_written(capsys):
-    blocks = code_blocks("python")
-    assert blocks, "the README has no python example"
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
+def test_meta_train_example_runs_as_written(capsys):
+    # the first python block is the complete meta_train example; later ones are fragments (multi-host launch)
+    block = code_blocks("python")[0]
+    assert "jaxrec.meta_train(" in block
+    exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})
     out = capsys.readouterr().out
     before, after = map(float, re.search(r"query loss after adaptation: ([\d.]+) -> ([\d.]+)", out).groups())
     assert after < 0.6 * before, out  # meta-training really helps adaptation on the synthetic family

@@ -244,6 +244,11 @@ def from_dataframe(
 
     report: dict[str, Any] = {"ratings_read": len(df)}
     ratings = _numeric_column(df[rating], rating, where, _line_offset) if rating else np.ones(len(df), np.float64)
+    too_big = np.abs(ratings) > np.finfo(np.float32).max  # ratings are stored as float32: these would become inf
+    if too_big.any():
+        first = int(np.flatnonzero(too_big)[0])
+        loc = f"line {first + _line_offset}" if _line_offset is not None else f"row {first}"
+        raise DataError(f"{where}: column {rating!r} {loc} holds {ratings[first]!r}, beyond the float32 range")
     times = None
     if timestamp:
         col = df[timestamp]
