@@ -155,6 +155,12 @@ class MetaTrainer:
         metrics = {"loss": loss, "finite": finite, "grad_norm": optax.tree.norm(safe_grads)}
         return new_state, metrics
 
+    def lower(self, state: MetaTrainState, batch: TaskBatch):
+        """The meta-step lowered for these shapes (``.compile()`` for memory and cost analyses), nothing run."""
+        if self.mesh is not None:
+            batch = shard_batch(batch, self.mesh)
+        return self._step.lower(state, batch)
+
     def step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
         """One meta-update. ``state`` is donated: use the returned state, not the one passed in."""
         validate_batch(batch)
