@@ -3,48 +3,18 @@ datasets, and the clear one-line errors."""
 
 import json
 import shutil
-from pathlib import Path
 
-import numpy as np
 import pytest
+from cli_support import TINY_FLAGS, write_ratings
 
 from jaxrec import cli
-
-TINY_FLAGS = [
-    "--model",
-    "mf",
-    "--model-kwargs",
-    '{"embed": 4}',
-    "--order",
-    "first",
-    "--inner-steps",
-    "1",
-    "--batch-size",
-    "8",
-    "--baselines",
-    "global_mean,user_mean",
-    "--bootstrap",
-    "10",
-    "--no-progress",
-]
-
-
-def write_ratings(path: Path, users: int = 60, per_user: int = 15, items: int = 40, seed: int = 0) -> Path:
-    """A small explicit log on a 1..10 scale (no timestamps, no side features)."""
-    rng = np.random.default_rng(seed)
-    lines = ["user,item,rating"]
-    for u in range(users):
-        for i in rng.choice(items, per_user, replace=False):
-            lines.append(f"{u + 1},{i + 100},{1 + (u + 2 * i) % 10}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A trained run folder (2 epochs of a tiny model on a tiny generic file) and the command's output."""
     root = tmp_path_factory.mktemp("cli")
-    data = write_ratings(root / "ratings.csv")
+    data = write_ratings(root / "ratings.csv", scale=10)
     out = root / "run"
     capture = pytest.MonkeyPatch()
     lines: list[str] = []

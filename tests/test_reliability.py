@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from cli_support import TINY_FLAGS, write_ratings
 
 from jaxrec import cli
 from jaxrec.checkpoint import load_checkpoint, read_metadata
@@ -27,34 +28,6 @@ TINY = dict(
     baselines=("global_mean", "user_mean"),
     bootstrap=10,
 )
-TINY_FLAGS = [
-    "--model",
-    "mf",
-    "--model-kwargs",
-    '{"embed": 4}',
-    "--order",
-    "first",
-    "--inner-steps",
-    "1",
-    "--batch-size",
-    "8",
-    "--baselines",
-    "global_mean,user_mean",
-    "--bootstrap",
-    "10",
-    "--no-progress",
-]
-
-
-def write_ratings(path: Path, users: int = 60, per_user: int = 15, items: int = 40, seed: int = 0) -> Path:
-    """A small explicit log (no timestamps, no side features): every user rates ``per_user`` items on 1..5."""
-    rng = np.random.default_rng(seed)
-    lines = ["user,item,rating"]
-    for u in range(users):
-        for i in rng.choice(items, per_user, replace=False):
-            lines.append(f"{u + 1},{i + 100},{1 + (u + 2 * i) % 5}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
