@@ -1,4 +1,10 @@
-"""Task-local embedding adaptation is exact: float64 meta-losses and meta-gradients with and without it agree."""
+"""Task-local embedding adaptation is exact: float64 meta-losses and meta-gradients with and without it agree.
+
+Each test compiles one jitted function that evaluates every variant it compares (full and local tables, both
+orders, ...) side by side: one XLA compilation per test instead of one per variant keeps the file fast.
+"""
+
+import functools
 
 import chex
 import jax
@@ -43,7 +49,12 @@ def apply_fn(params, rows):
 LOSS = jaxrec.mse_loss(apply_fn)
 
 
+@functools.cache
 def make_params():
+    return jax.jit(_make_params)()  # one compilation instead of one per eager op
+
+
+def _make_params():
     keys = jax.random.split(jax.random.PRNGKey(0), 5)
     return {
         "params": {
@@ -58,6 +69,7 @@ def make_params():
     }
 
 
+@functools.cache  # built once (its eager ops compile one by one)
 def make_batch(tasks=3, support=4, query=3):
     """Padded rows with garbage ids, the OOV id 0, ids out of range (-3, 999) and a repeated item."""
     batch = models.synthetic_task_batch(SPEC, tasks, support, query, jax.random.PRNGKey(1), padded=True)
@@ -78,54 +90,71 @@ TABLES = {("params", "embed_item", "embedding"): "item", ("params", "embed_user_
 
 
 def value_and_grad(params, batch, **kwargs):
+    """``meta_value_and_grad`` with this file's defaults (call inside :func:`jit_together`)."""
     kwargs = {"loss_fn": LOSS, "inner_lr": INNER_LR, "inner_steps": 3, **kwargs}
-    return jax.jit(lambda p: jaxrec.meta_value_and_grad(p, batch, **kwargs))(params)
+    return jaxrec.meta_value_and_grad(params, batch, **kwargs)
 
 
-@pytest.mark.parametrize("order", ["second", "first"])
-def test_meta_gradient_is_exact(order):
+# tiny graphs: LLVM's expensive optimisation passes cost more compile time than they could save at run time
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def jit_together(*fns):
+    """The results of ``fns`` (each ``f(params)``) from one jitted function: a single (fast) compilation."""
+    return jax.jit(lambda p: tuple(f(p) for f in fns), compiler_options=FAST_COMPILE)
+
+
+def close(a, b):
+    chex.assert_trees_all_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_meta_gradient_is_exact_second_and_first_order():
     params, batch = make_params(), make_batch()
-    full = value_and_grad(params, batch, order=order)
-    local = value_and_grad(params, batch, order=order, local_embeddings=TABLES)
-    chex.assert_trees_all_close(full, local, rtol=1e-10, atol=1e-12)
-    # the item table really adapts: its meta-gradient is not the zero-step (no adaptation) gradient
-    plain = value_and_grad(params, batch, order=order, inner_steps=0)
+    variants = [(order, local) for order in ("second", "first") for local in ({}, {"local_embeddings": TABLES})]
+    fns = [lambda p, o=order, loc=local: value_and_grad(p, batch, order=o, **loc) for order, local in variants]
+    plain = lambda p: value_and_grad(p, batch, inner_steps=0)  # noqa: E731 - no adaptation
+    second_full, second_local, first_full, first_local, unadapted = jit_together(*fns, plain)(params)
+    close(second_full, second_local)
+    close(first_full, first_local)
+    # the orders differ (the second-order terms are really there), and the item table really adapts: its
+    # meta-gradient is not the zero-step (no adaptation) gradient
     item = ("params", "embed_item", "embedding")
-    diff = np.abs(local[1]["params"]["embed_item"]["embedding"] - plain[1]["params"]["embed_item"]["embedding"])
-    assert item in TABLES and diff.max() > 1e-4
+    assert item in TABLES
+    for local in (second_local, first_local):
+        diff = np.abs(local[1]["params"]["embed_item"]["embedding"] - unadapted[1]["params"]["embed_item"]["embedding"])
+        assert diff.max() > 1e-4
+    out = [g[1]["params"]["head"]["output"]["kernel"] for g in (second_local, first_local)]
+    assert np.abs(out[0] - out[1]).max() > 1e-8
 
 
 def test_head_chunked_remat_and_metasgd_are_exact():
     params, batch = make_params(), make_batch()
     head = dict(adapt_filter=models.adapt_filter("head"), task_chunk=2, remat=True)
-    chex.assert_trees_all_close(
-        value_and_grad(params, batch, **head),
-        value_and_grad(params, batch, local_embeddings=TABLES, **head),
-        rtol=1e-10,
-        atol=1e-12,
-    )
-    meta = jaxrec.maml.init_metasgd(params, 0.3)
-    meta = meta.replace(
-        inner_lr=jax.tree.map(lambda a: a * (1.0 + 0.1 * jnp.arange(a.size).reshape(a.shape) / a.size), meta.inner_lr)
-    )
-    chex.assert_trees_all_close(
-        value_and_grad(meta, batch, inner_lr=None),
-        value_and_grad(meta, batch, inner_lr=None, local_embeddings=TABLES),
-        rtol=1e-10,
-        atol=1e-12,
-    )
+
+    def metasgd(p):  # Meta-SGD parameters with distinct per-parameter rates (built inside the jit)
+        meta = jaxrec.maml.init_metasgd(p, 0.3)
+        rates = jax.tree.map(lambda a: a * (1.0 + 0.1 * jnp.arange(a.size).reshape(a.shape) / a.size), meta.inner_lr)
+        return meta.replace(inner_lr=rates)
+
+    head_full, head_local, sgd_full, sgd_local = jit_together(
+        lambda p: value_and_grad(p, batch, **head),
+        lambda p: value_and_grad(p, batch, local_embeddings=TABLES, **head),
+        lambda p: value_and_grad(metasgd(p), batch, inner_lr=None),
+        lambda p: value_and_grad(metasgd(p), batch, inner_lr=None, local_embeddings=TABLES),
+    )(params)
+    close(head_full, head_local)
+    close(sgd_full, sgd_local)
 
 
 def test_adapted_query_predictions_agree_for_flax_melu():
     """Flax ``nn.Embed`` reads the local tables (interceptor); adapted query predictions are the same."""
     spec_params = models.init_params(MODEL, SPEC, jax.random.PRNGKey(0))
-    params = jax.tree.map(lambda x: 3.0 * jnp.asarray(x, jnp.float64), spec_params)
-    tables = models.embedding_tables(params)
+    tables = models.embedding_tables(spec_params)
     loss = models.default_loss(MODEL)
     batch = make_batch()
 
-    def predictions(s, sm, q, qm, local):
-        theta = params
+    def predictions(spec_params, s, sm, q, qm, local):
+        theta = params = jax.tree.map(lambda x: 3.0 * jnp.asarray(x, jnp.float64), spec_params)
         if local:
             theta, s, q, index = localize(params, s, sm, q, qm, tables)
             assert index[("params", "embed_item", "embedding")].shape == (7,)
@@ -135,21 +164,35 @@ def test_adapted_query_predictions_agree_for_flax_melu():
             return MODEL.apply(phi, jaxrec.zero_padding(q, qm))
 
     args = (batch.support, batch.support_mask, batch.query, batch.query_mask)
-    full = jax.jit(jax.vmap(lambda *a: predictions(*a, False)))(*args)
-    local = jax.jit(jax.vmap(lambda *a: predictions(*a, True)))(*args)
+    full, local = jax.jit(
+        lambda *a: (
+            jax.vmap(predictions, (None, 0, 0, 0, 0, None))(spec_params, *a, False),
+            jax.vmap(predictions, (None, 0, 0, 0, 0, None))(spec_params, *a, True),
+        ),
+        compiler_options=FAST_COMPILE,
+    )(*args)
     np.testing.assert_allclose(np.where(batch.query_mask, full, 0), np.where(batch.query_mask, local, 0), rtol=1e-10)
 
 
 def test_reptile_direction_is_exact_and_trainer_option():
     params, batch = make_params(), make_batch()
     kwargs = dict(loss_fn=LOSS, inner_lr=INNER_LR, inner_steps=3)
-    full = jax.jit(lambda p: jaxrec.reptile_direction(p, batch, **kwargs))(params)
-    local = jax.jit(lambda p: jaxrec.reptile_direction(p, batch, local_embeddings=TABLES, **kwargs))(params)
-    chex.assert_trees_all_close(full, local, rtol=1e-10, atol=1e-12)
+    trainers = [
+        jaxrec.MetaTrainer(LOSS, INNER_LR, 2, optimizer=optax.sgd(0.1), objective_options=options)
+        for options in ({}, {"local_embeddings": TABLES})
+    ]
 
-    def train(options):
-        trainer = jaxrec.MetaTrainer(LOSS, INNER_LR, 2, optimizer=optax.sgd(0.1), objective_options=options)
-        state, metrics = trainer.step(trainer.init(params), batch)
+    def train(trainer, p):
+        state, metrics = trainer._step(trainer.init(p), batch)  # the trainer's jitted step, inlined here
         return state.params, metrics["loss"]
 
-    chex.assert_trees_all_close(train({}), train({"local_embeddings": TABLES}), rtol=1e-10, atol=1e-12)
+    full, local, train_full, train_local = jit_together(
+        lambda p: jaxrec.reptile_direction(p, batch, **kwargs),
+        lambda p: jaxrec.reptile_direction(p, batch, local_embeddings=TABLES, **kwargs),
+        lambda p: train(trainers[0], p),
+        lambda p: train(trainers[1], p),
+    )(params)
+    close(full, local)
+    close(train_full, train_local)
+    # the trainer really took a step
+    assert np.abs(train_full[0]["params"]["head"]["output"]["bias"] - params["params"]["head"]["output"]["bias"]) > 0
