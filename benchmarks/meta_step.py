@@ -45,7 +45,7 @@ def build(args):
         inner_steps=args.inner_steps,
         algorithm=args.algorithm,
         order=args.order,
-        optimizer=optax.adam(1e-3),
+        optimizer=optax.adam(1e-3) if getattr(args, "outer", "adam") == "adam" else optax.sgd(1e-3),
         adapt_filter=models.adapt_filter(args.adapt),
         remat=args.remat,
         task_chunk=args.task_chunk,
@@ -118,6 +118,7 @@ def main(argv=None):
     p = common.parser(__doc__)
     p.add_argument("--local-embeddings", choices=["on", "off"], default="on")
     p.add_argument("--matmul-peak", type=int, default=0, help="also time an N x N jnp.dot (0: skip)")
+    p.add_argument("--outer", choices=["adam", "sgd"], default="adam", help="outer optimiser (sgd: diagnostic)")
     args = p.parse_args(argv)
     trainer, state, batch, n_params = build(args)
     t0 = time.perf_counter()
