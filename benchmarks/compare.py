@@ -80,6 +80,7 @@ def table(records) -> tuple[str, dict]:
         "\\* PyTorch not run at this vocabulary: ratio against its run at the largest smaller vocabulary (a lower"
         " bound where the PyTorch step grows with V, as the loop's does: 14.5 s at V=1700, 81.8 s at V=1e5)."
     )
+    lines += per_round(records)
     peaks = [r["matmul_gflops_per_s"] for r in records if r.get("matmul_gflops_per_s")]
     if peaks:
         lines.append("")
@@ -91,6 +92,23 @@ def table(records) -> tuple[str, dict]:
         lines.append("")
         lines.append("FLOPs per step: " + "; ".join(methods) + " (GFLOP/s = FLOPs / median step time).")
     return "\n".join(lines) + "\n", med
+
+
+def per_round(records) -> list[str]:
+    """Step ms of every variant in every round (rounds run back to back, so each round's ratios are side by side)."""
+    rounds = sorted({r.get("round", 0) for r in records})
+    cells: dict[tuple, dict] = {}
+    for r in records:
+        if "error" not in r:
+            c = r["config"]
+            cells.setdefault((r["impl"], c["order"], c["item_vocab"]), {})[r.get("round", 0)] = r["step_ms"]
+    out = ["", "Per round (step ms; the machine's load from other users varied between rounds):", ""]
+    out.append("| impl | order | V | " + " | ".join(f"round {i}" for i in rounds) + " |")
+    out.append("|---|---|---|" + "---|" * len(rounds))
+    for key in sorted(cells, key=lambda k: (k[2], k[0], k[1])):
+        row = [f"{cells[key][i]:.0f}" if i in cells[key] else "-" for i in rounds]
+        out.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(row) + " |")
+    return out
 
 
 def reference(med, impl, vocab):
