@@ -93,26 +93,40 @@ def task_losses(
     validate_batch(batch)
 
     def one_task(support, support_mask, query, query_mask):
-        theta, rates, support, query, _, context = _maybe_localize(
-            params, inner_lr, support, support_mask, query, query_mask, local_embeddings
+        _, _, loss, _ = _adapt_and_score(
+            params,
+            inner_lr,
+            support,
+            support_mask,
+            query,
+            query_mask,
+            local_embeddings=local_embeddings,
+            loss_fn=loss_fn,
+            inner_steps=inner_steps,
+            order=order,
+            inner_optimizer=inner_optimizer,
+            adapt_filter=adapt_filter,
+            inner_aux=inner_aux,
+            remat=remat,
         )
-        with context:
-            phi = adapt(
-                theta,
-                support,
-                support_mask,
-                loss_fn=loss_fn,
-                inner_lr=rates,
-                inner_steps=inner_steps,
-                order=order,
-                inner_optimizer=inner_optimizer,
-                adapt_filter=adapt_filter,
-                inner_aux=inner_aux,
-                remat=remat,
-            )
-            return loss_fn(phi, zero_padding(query, query_mask), query_mask)
+        return loss
 
     return jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
+
+
+def _adapt_and_score(params, inner_lr, support, support_mask, query, query_mask, *, local_embeddings, **adapt_kwargs):
+    """One task: ``(theta, phi, query loss at phi, index)``, embedding tables localised when asked.
+
+    ``theta`` and ``phi`` are the (possibly local) initial and adapted parameters; ``index`` maps local table rows
+    back to the full tables (empty without localisation).
+    """
+    theta, rates, support, query, index, context = _maybe_localize(
+        params, inner_lr, support, support_mask, query, query_mask, local_embeddings
+    )
+    with context:
+        phi = adapt(theta, support, support_mask, inner_lr=rates, **adapt_kwargs)
+        loss = adapt_kwargs["loss_fn"](phi, zero_padding(query, query_mask), query_mask)
+    return theta, phi, loss, index
 
 
 def _maybe_localize(params, inner_lr, support, support_mask, query, query_mask, tables):
@@ -256,23 +270,21 @@ def reptile_direction(
     validate_batch(batch)
 
     def one_task(support, support_mask, query, query_mask):
-        theta, rates, support, query, index, context = _maybe_localize(
-            params, inner_lr, support, support_mask, query, query_mask, local_embeddings
+        theta, phi, loss, index = _adapt_and_score(
+            params,
+            inner_lr,
+            support,
+            support_mask,
+            query,
+            query_mask,
+            local_embeddings=local_embeddings,
+            loss_fn=loss_fn,
+            inner_steps=inner_steps,
+            order="first",
+            inner_optimizer=inner_optimizer,
+            adapt_filter=adapt_filter,
+            inner_aux=inner_aux,
         )
-        with context:
-            phi = adapt(
-                theta,
-                support,
-                support_mask,
-                loss_fn=loss_fn,
-                inner_lr=rates,
-                inner_steps=inner_steps,
-                order="first",
-                inner_optimizer=inner_optimizer,
-                adapt_filter=adapt_filter,
-                inner_aux=inner_aux,
-            )
-            loss = loss_fn(phi, zero_padding(query, query_mask), query_mask)
         shift = jax.tree.map(lambda p, t: jax.lax.stop_gradient(p - t), phi, theta)
         return shift, loss, index
 
