@@ -1,6 +1,9 @@
 """jaxrec vs the two PyTorch references on the reference workload, run alternately in subprocesses.
 
-    python benchmarks/compare.py --rounds 3 --vocabs 1700 100000 1000000
+    python benchmarks/compare.py --rounds 3 --vocabs 1700 100000 1000000 --sparse-vocabs 1000000
+
+At each vocabulary of ``--sparse-vocabs`` jaxrec also runs with ``--outer-tables sparse`` (row-sparse lazy Adam
+on the embedding tables, :mod:`jaxrec.sparse_update`), listed as ``jaxrec_sparse`` next to the dense ``jaxrec``.
 
 Writes ``benchmarks/results/compare.json`` (raw records), ``compare.md`` (median table, speed-ups against the
 PyTorch loop and torch.func measured in the same run) and ``compare.png``.
@@ -20,10 +23,13 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def variants(vocabs, torch_vocabs, orders):
+def variants(vocabs, torch_vocabs, orders, sparse_vocabs=()):
     for vocab in vocabs:
         for order in orders if vocab == vocabs[0] else ["second"]:
             yield ("jaxrec", order, vocab, [sys.executable, str(HERE / "meta_step.py"), "--matmul-peak", "2048"])
+        if vocab in sparse_vocabs:
+            cmd = [sys.executable, str(HERE / "meta_step.py"), "--matmul-peak", "2048", "--outer-tables", "sparse"]
+            yield ("jaxrec_sparse", "second", vocab, cmd)
         if vocab in torch_vocabs:
             yield ("torch_loop", "second", vocab, [sys.executable, str(HERE / "torch_reference.py"), "--style", "loop"])
             if vocab == vocabs[0]:  # torch.func materialises [T, V, E] per-task tables: first vocabulary only
@@ -143,6 +149,13 @@ def main(argv=None):
     p.add_argument("--vocabs", type=int, nargs="+", default=[1700, 100000, 1000000])
     p.add_argument("--torch-vocabs", type=int, nargs="+", default=[1700], help="vocabularies PyTorch runs at")
     p.add_argument("--orders", nargs="+", default=["second", "first"])
+    p.add_argument(
+        "--sparse-vocabs",
+        type=int,
+        nargs="*",
+        default=[1000000],
+        help="vocabularies at which jaxrec also runs with --outer-tables sparse (row 'jaxrec_sparse')",
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default="compare")
@@ -157,9 +170,11 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
     records = []
     for rnd in range(args.rounds):
-        for _impl, order, vocab, cmd in variants(args.vocabs, args.torch_vocabs, args.orders):
+        for impl, order, vocab, cmd in variants(args.vocabs, args.torch_vocabs, args.orders, args.sparse_vocabs):
             rec = run(cmd, order, vocab, args.steps, args.warmup)
             rec["round"] = rnd
+            if impl == "jaxrec_sparse":
+                rec["impl"] = impl  # its own row in the tables, next to the dense jaxrec one
             records.append(rec)
             print(
                 json.dumps(

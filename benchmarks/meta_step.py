@@ -1,6 +1,11 @@
 """Time jaxrec's meta-step on the reference MeLU workload; prints one JSON line.
 
     python benchmarks/meta_step.py --order second --adapt all --local-embeddings on --matmul-peak 2048
+    python benchmarks/meta_step.py --item-vocab 1000000 --outer-tables sparse
+
+``--outer-tables sparse`` updates the embedding tables (:func:`jaxrec.models.embedding_tables`) row-sparsely
+(:mod:`jaxrec.sparse_update`: ``row_sparse_adam`` / ``row_sparse_sgd`` following ``--outer``, the optax optimiser
+for the rest), so the step no longer passes over whole tables; ``dense`` (default) is the plain optax update.
 
 The timed function is the real :class:`jaxrec.MetaTrainer` meta-step (jit, state donated), compiled once with
 ``lower(...).compile()`` (whose ``memory_analysis`` gives ``peak_bytes``) and then called ``--warmup + --steps``
@@ -39,17 +44,23 @@ def build(args):
     model = models.MeLU(spec, embed=args.embed, hidden=tuple(args.hidden), use_ids=("item",), interaction=None)
     params = models.init_params(model, spec, jax.random.PRNGKey(args.seed))
     options = {"local_embeddings": models.embedding_tables(params)} if args.local_embeddings == "on" else {}
+    outer = getattr(args, "outer", "adam")
+    sparse = {}
+    if getattr(args, "outer_tables", "dense") == "sparse":
+        row_sparse = jaxrec.row_sparse_adam(1e-3) if outer == "adam" else jaxrec.row_sparse_sgd(1e-3)
+        sparse = {"sparse_tables": models.embedding_tables(params), "sparse_optimizer": row_sparse}
     trainer = jaxrec.MetaTrainer(
         loss_fn=models.default_loss(model),
         inner_lr=args.inner_lr,
         inner_steps=args.inner_steps,
         algorithm=args.algorithm,
         order=args.order,
-        optimizer=optax.adam(1e-3) if getattr(args, "outer", "adam") == "adam" else optax.sgd(1e-3),
+        optimizer=optax.adam(1e-3) if outer == "adam" else optax.sgd(1e-3),
         adapt_filter=models.adapt_filter(args.adapt),
         remat=args.remat,
         task_chunk=args.task_chunk,
         objective_options=options,
+        **sparse,
     )
     batch = models.synthetic_task_batch(
         spec, args.tasks, args.support, args.query, jax.random.PRNGKey(args.seed + 1), padded=False
@@ -119,6 +130,13 @@ def main(argv=None):
     p.add_argument("--local-embeddings", choices=["on", "off"], default="on")
     p.add_argument("--matmul-peak", type=int, default=0, help="also time an N x N jnp.dot (0: skip)")
     p.add_argument("--outer", choices=["adam", "sgd"], default="adam", help="outer optimiser (sgd: diagnostic)")
+    p.add_argument(
+        "--outer-tables",
+        choices=["dense", "sparse"],
+        default="dense",
+        help="outer update of the embedding tables: dense (optax over the full tables) or sparse (row-sparse, "
+        "lazy Adam with --outer adam)",
+    )
     args = p.parse_args(argv)
     trainer, state, batch, n_params = build(args)
     t0 = time.perf_counter()

@@ -4,7 +4,9 @@ The meta-learning core sees only ``loss_fn(params, rows, mask)`` and a params py
 
 * :func:`adapt` -- the inner loop of one task (``lax.scan`` of ``jax.grad`` steps, second or first order);
 * :func:`meta_loss` -- the mean post-adaptation query loss of a :class:`TaskBatch` (``vmap`` over tasks);
-* :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD).
+* :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD);
+* :func:`row_sparse_sgd` / :func:`row_sparse_adam` -- outer updates of large embedding tables that touch only the
+  rows a batch reads (``MetaTrainer(sparse_tables=..., sparse_optimizer=...)``).
 """
 
 from jaxrec import baselines, datasets, distributed, evaluate, experiment, metrics, models, precision, tasks
@@ -27,7 +29,15 @@ from jaxrec.models import (
 )
 from jaxrec.precision import mixed_precision
 from jaxrec.sharding import default_mesh, make_mesh, pad_tasks, replicate, shard_batch
+from jaxrec.sparse_update import (
+    RowIndex,
+    RowSparseAdamState,
+    RowSparseOptimizer,
+    localize_batch,
+    row_sparse_adam,
+    row_sparse_sgd,
+)
 from jaxrec.tasks import ColdStartSplit, TaskSet, build_tasks, cold_start_split, task_batches
-from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, meta_train
+from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, SparseOuterState, meta_train
 
 __version__ = "0.1.0"

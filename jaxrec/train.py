@@ -8,6 +8,11 @@ place. Metrics stay on the device; nothing is copied to the host per step unless
 Non-finite guard: when the meta-loss or any meta-gradient entry is NaN or inf, the step leaves the parameters
 and the optimiser state as they were and counts the step in ``state.skipped``. A poisoned task therefore never
 reaches the parameters.
+
+Row-sparse outer updates (``sparse_tables``, :mod:`jaxrec.sparse_update`): the named embedding tables are
+localised to the rows the whole batch reads before the meta-objective runs, so the meta-gradient, the non-finite
+guard, the gradient norm and the outer update (``sparse_optimizer``, scattered into the donated tables) all cost
+``O(rows read)`` instead of ``O(V)``; the optax ``optimizer`` handles every other parameter.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.struct
 import jax
@@ -26,11 +31,13 @@ import optax
 
 from jaxrec.adapt import AdaptFilter
 from jaxrec.batch import TaskBatch, validate_batch
+from jaxrec.local_embeddings import Tables, local_tables_context
 from jaxrec.losses import LossFn
 from jaxrec.maml import MetaSGDParams, check_algorithm, init_metasgd, meta_value_and_grad, reptile_direction
 from jaxrec.sharding import default_mesh, replicate, shard_batch
+from jaxrec.sparse_update import RowSparseOptimizer, gather_rows, localize_batch, merge_tables, split_tables
 
-__all__ = ["MetaTrainState", "MetaTrainer", "NonFiniteError", "meta_train"]
+__all__ = ["MetaTrainState", "MetaTrainer", "NonFiniteError", "SparseOuterState", "meta_train"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +58,23 @@ class NonFiniteError(FloatingPointError):
 
 @flax.struct.dataclass
 class MetaTrainState:
-    """Everything a meta-step updates: the step count, meta-parameters, optimiser state, skipped-step count."""
+    """Everything a meta-step updates: the step count, meta-parameters, optimiser state, skipped-step count.
+
+    With ``MetaTrainer(sparse_tables=...)`` the ``opt_state`` is a :class:`SparseOuterState`.
+    """
 
     step: jax.Array
     params: Any
     opt_state: Any
     skipped: jax.Array
+
+
+class SparseOuterState(NamedTuple):
+    """The outer optimiser state with row-sparse tables: ``optax_state`` of the optax optimiser over every other
+    parameter (the tables are ``None`` holes in its trees) and ``sparse_state`` of the row-sparse optimiser."""
+
+    optax_state: Any
+    sparse_state: Any
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -70,6 +88,12 @@ class MetaTrainer:
 
     ``algorithm``: ``"maml"`` (``order`` second or first), ``"reptile"`` or ``"metasgd"``. The other arguments are
     those of :func:`jaxrec.adapt` and :func:`jaxrec.meta_loss`; ``optimizer`` is the outer (meta) optimiser.
+
+    ``sparse_tables`` (``{table path: row key}``, e.g. :func:`jaxrec.models.embedding_tables`) with
+    ``sparse_optimizer`` (:func:`jaxrec.row_sparse_sgd` or :func:`jaxrec.row_sparse_adam`): those tables get a
+    row-sparse outer update whose cost does not depend on their size (:mod:`jaxrec.sparse_update`); ``optimizer``
+    updates the rest. Paths are those of the model's params (for Meta-SGD the per-parameter rates of the tables
+    are updated row-sparsely too). Row-sparse SGD equals dense SGD; row-sparse Adam is *lazy* Adam.
     """
 
     loss_fn: LossFn
@@ -85,9 +109,17 @@ class MetaTrainer:
     task_chunk: int | None = None
     mesh: Any = None
     objective_options: dict = dataclasses.field(default_factory=dict)
+    sparse_tables: Tables | None = None
+    sparse_optimizer: RowSparseOptimizer | None = None
 
     def __post_init__(self):
         check_algorithm(self.algorithm, self.order)
+        if self.sparse_tables and self.sparse_optimizer is None:
+            raise ValueError("sparse_tables needs a sparse_optimizer (jaxrec.row_sparse_sgd or row_sparse_adam)")
+        if self.sparse_optimizer is not None and not self.sparse_tables:
+            raise ValueError("sparse_optimizer given without sparse_tables: name the tables it updates")
+        if self.sparse_tables:
+            self.sparse_tables = {tuple(path): key for path, key in self.sparse_tables.items()}
         self.traces = 0  # how many times the meta-step was traced (= compiled): once per batch shape
         self._step = jax.jit(self._meta_step, donate_argnums=(0,))
 
@@ -101,13 +133,26 @@ class MetaTrainer:
         # fresh, strongly typed copies: weak-typed leaves (jnp.array(0.2)) would retrace the step after the first
         # call, whose outputs are strongly typed
         params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), params)
+        if self.sparse_tables:
+            rest, tables = split_tables(params, self._state_tables(params))
+            opt_state = SparseOuterState(self.optimizer.init(rest), self.sparse_optimizer.init(tables))
+        else:
+            opt_state = self.optimizer.init(params)
         state = MetaTrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            opt_state=self.optimizer.init(params),
+            opt_state=opt_state,
             skipped=jnp.zeros((), jnp.int32),
         )
         return self.place(state)
+
+    def _state_tables(self, params: Any) -> dict:
+        """``sparse_tables`` as paths of the state's params (Meta-SGD: the initialisation's and the rates' tables)."""
+        if isinstance(params, MetaSGDParams):
+            return {
+                (field,) + path: key for field in ("params", "inner_lr") for path, key in self.sparse_tables.items()
+            }
+        return dict(self.sparse_tables)
 
     def place(self, state: MetaTrainState) -> MetaTrainState:
         """Put a state on the mesh (replicated) or, without one, on the default device."""
@@ -126,20 +171,25 @@ class MetaTrainer:
             **self.objective_options,
         )
 
+    def _objective(self, params: Any, batch: TaskBatch, inner_lr: Any) -> tuple[jax.Array, Any]:
+        """``(meta-loss, meta-gradient)`` (Reptile: its pseudo-gradient) of ``params`` on ``batch``."""
+        if self.algorithm == "reptile":
+            return reptile_direction(params, batch, inner_lr=inner_lr, **self._objective_kwargs())
+        return meta_value_and_grad(
+            params,
+            batch,
+            inner_lr=inner_lr,
+            order=self.order,
+            remat=self.remat,
+            task_chunk=self.task_chunk,
+            **self._objective_kwargs(),
+        )
+
     def _meta_step(self, state: MetaTrainState, batch: TaskBatch):
         self.traces += 1  # runs at trace time only
-        if self.algorithm == "reptile":
-            loss, grads = reptile_direction(state.params, batch, inner_lr=self.inner_lr, **self._objective_kwargs())
-        else:
-            loss, grads = meta_value_and_grad(
-                state.params,
-                batch,
-                inner_lr=self.inner_lr,
-                order=self.order,
-                remat=self.remat,
-                task_chunk=self.task_chunk,
-                **self._objective_kwargs(),
-            )
+        if self.sparse_tables:
+            return self._sparse_meta_step(state, batch)
+        loss, grads = self._objective(state.params, batch, self.inner_lr)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         # a non-finite gradient would turn the optimiser state into NaN too: zero it before the update
         safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
@@ -152,6 +202,36 @@ class MetaTrainer:
             opt_state=jax.tree.map(keep, opt_state, state.opt_state),
             skipped=state.skipped + (~finite).astype(jnp.int32),
         )
+        metrics = {"loss": loss, "finite": finite, "grad_norm": optax.tree.norm(safe_grads)}
+        return new_state, metrics
+
+    def _sparse_meta_step(self, state: MetaTrainState, batch: TaskBatch):
+        """The meta-step with row-sparse tables: nothing below touches more than the batch's rows of a table."""
+        tables = self._state_tables(state.params)
+        local_params, local_batch, index = localize_batch(state.params, batch, tables)
+        # a params-shaped inner learning rate (per-parameter rates) is localised like the parameters
+        inner_lr = gather_rows(self.inner_lr, index)
+        with local_tables_context():
+            loss, grads = self._objective(local_params, local_batch, inner_lr)
+        finite = jnp.isfinite(loss) & _all_finite(grads)  # the local tables: [U, E] rows, not [V, E]
+        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
+        rest_grads, row_grads = split_tables(safe_grads, tables)
+        rest, table_params = split_tables(state.params, tables)
+        optax_state, sparse_state = state.opt_state
+        updates, new_optax_state = self.optimizer.update(rest_grads, optax_state, rest)
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        rest = jax.tree.map(keep, optax.apply_updates(rest, updates), rest)
+        # commit=False (non-finite step) writes no row and leaves the row-sparse state as it was
+        table_params, sparse_state = self.sparse_optimizer.update(
+            row_grads, sparse_state, table_params, index, commit=finite
+        )
+        new_state = MetaTrainState(
+            step=state.step + 1,
+            params=merge_tables(rest, table_params),
+            opt_state=SparseOuterState(jax.tree.map(keep, new_optax_state, optax_state), sparse_state),
+            skipped=state.skipped + (~finite).astype(jnp.int32),
+        )
+        # rows outside the batch have a zero gradient and padding slots a zero one: the dense gradient's norm
         metrics = {"loss": loss, "finite": finite, "grad_norm": optax.tree.norm(safe_grads)}
         return new_state, metrics
 
@@ -191,6 +271,8 @@ def meta_train(
     mesh: Any = "auto",
     state: MetaTrainState | None = None,
     objective_options: dict | None = None,
+    sparse_tables: Tables | None = None,
+    sparse_optimizer: RowSparseOptimizer | None = None,
 ) -> tuple[Any, dict]:
     """Meta-train ``params`` over ``task_batches``; returns ``(params, history)``.
 
@@ -210,6 +292,8 @@ def meta_train(
         ``jax.sharding.Mesh`` whose axis ``"tasks"`` shards the task axis.
       state: a :class:`MetaTrainState` to continue from (resume); ``params`` is then ignored.
       objective_options: further keyword arguments of the meta-objective (e.g. task-local embedding options).
+      sparse_tables, sparse_optimizer: row-sparse outer updates of these embedding tables (see
+        :class:`MetaTrainer` and :mod:`jaxrec.sparse_update`); ``optimizer`` then updates the other parameters.
 
     Returns:
       ``(params, history)``; ``history`` holds per-step ``loss``, ``grad_norm`` and ``finite`` (numpy arrays),
@@ -232,6 +316,8 @@ def meta_train(
         task_chunk=task_chunk,
         mesh=default_mesh() if isinstance(mesh, str) and mesh == "auto" else mesh,
         objective_options=dict(objective_options or {}),
+        sparse_tables=sparse_tables,
+        sparse_optimizer=sparse_optimizer,
     )
     state = trainer.init(params) if state is None else trainer.place(state)
     first_step = int(state.step)
