@@ -24,7 +24,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--order", choices=["first", "second"], default="second")
     p.add_argument("--algorithm", choices=["maml", "reptile", "metasgd"], default="maml")
     p.add_argument("--adapt", choices=["all", "head"], default="all")
-    p.add_argument("--remat", action="store_true")
+    p.add_argument(
+        "--remat",
+        nargs="?",
+        const="step",
+        default=False,
+        choices=["step", "sqrt", "recompute"],
+        help="remat policy of the inner loop (bare --remat: step); see jaxrec.adapt.iterate",
+    )
     p.add_argument("--task-chunk", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)

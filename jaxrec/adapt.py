@@ -22,20 +22,24 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxrec.losses import LossFn
 
-__all__ = ["adapt", "AdaptFilter", "resolve_adapt_filter", "zero_padding", "ORDERS", "inner_unroll"]
+__all__ = ["adapt", "AdaptFilter", "resolve_adapt_filter", "zero_padding", "ORDERS", "REMAT_POLICIES", "inner_unroll"]
 
 ORDERS = ("second", "first")
 AdaptFilter = Callable[[tuple, Any], bool] | Any | None
 
+REMAT_POLICIES = (False, True, "step", "sqrt", "recompute")
 _UNROLL: list[int | bool] = [1]
 
 
@@ -139,7 +143,7 @@ def adapt(
     inner_optimizer: optax.GradientTransformation | None = None,
     adapt_filter: AdaptFilter = None,
     inner_aux: Callable[[Any, Any], jax.Array] | None = None,
-    remat: bool = False,
+    remat: bool | str = False,
 ) -> Any:
     """Adapt ``params`` to one task: ``inner_steps`` steps on ``loss_fn(params, rows, mask)``.
 
@@ -157,8 +161,11 @@ def adapt(
       adapt_filter: which leaves adapt (see :func:`resolve_adapt_filter`); the rest stay fixed in the loop.
       inner_aux: optional ``inner_aux(phi, theta) -> scalar`` added to the inner loss, e.g.
         :func:`jaxrec.losses.l2_to_init`.
-      remat: recompute each inner step in the backward pass (``jax.checkpoint``): memory O(K * |params|)
-        instead of O(K * activations), at the price of one more forward/backward per step.
+      remat: how much of the inner loop the backward pass keeps (second order only matters; see
+        :func:`iterate`). ``False``: every step's residuals, memory O(K * (activations + |phi|)). ``True`` or
+        ``"step"``: only each step's input ``phi_k`` (``jax.checkpoint`` per step), O(K * |phi|), one more
+        inner gradient per step. ``"sqrt"``: every ``ceil(sqrt(K))``-th ``phi_k``, O(sqrt(K) * |phi|).
+        ``"recompute"``: ``theta`` only, O(|phi|) whatever ``K``, for ``K (K - 1) / 2`` recomputed inner steps.
 
     Returns:
       ``phi_K``, a pytree with the structure of ``params``.
@@ -174,41 +181,134 @@ def adapt(
     rows = zero_padding(rows, mask)
     if not moving0:
         return params
+    # everything a step reads is an explicit argument, so that remat="recompute" can replay it in its backward
+    # pass: ``diff`` (differentiable: fixed leaves, rates, theta for inner_aux) and ``data`` (the support rows)
+    theta = params if inner_aux is not None else None
+    data = (rows, mask)
 
-    def inner_loss(moving):
+    def inner_loss(moving, fixed, theta, data):
         phi = part.join(moving, fixed)
-        loss = loss_fn(phi, rows, mask)
+        loss = loss_fn(phi, *data)
         if inner_aux is not None:
-            loss = loss + inner_aux(phi, params)
+            loss = loss + inner_aux(phi, theta)
         return loss
 
+    def gradient(moving, fixed, theta, data):
+        grads = jax.grad(inner_loss)(moving, fixed, theta, data)
+        return jax.lax.stop_gradient(grads) if order == "first" else grads
+
     if inner_optimizer is None:
-        rates = _learning_rates(inner_lr, part)
 
-        def step(moving, _):
-            grads = jax.grad(inner_loss)(moving)
-            if order == "first":
-                grads = jax.lax.stop_gradient(grads)
-            moving = [p - lr * g for p, lr, g in zip(moving, rates, grads, strict=True)]
-            return moving, None
+        def sgd_step(diff, data, moving):
+            fixed, rates, theta = diff
+            grads = gradient(moving, fixed, theta, data)
+            return [p - lr * g for p, lr, g in zip(moving, rates, grads, strict=True)]
 
-        if remat:
-            step = jax.checkpoint(step)
-        moving, _ = jax.lax.scan(step, moving0, None, length=inner_steps, unroll=_UNROLL[-1])
+        rates = [jnp.asarray(r) for r in _learning_rates(inner_lr, part)]
+        moving = iterate(sgd_step, (fixed, rates, theta), data, moving0, inner_steps, remat)
         return part.join(moving, fixed)
 
-    def opt_step(carry, _):
+    def opt_step(diff, data, carry):
+        fixed, theta = diff
         moving, opt_state = carry
-        grads = jax.grad(inner_loss)(moving)
-        if order == "first":
-            grads = jax.lax.stop_gradient(grads)
+        grads = gradient(moving, fixed, theta, data)
         updates, opt_state = inner_optimizer.update(grads, opt_state, moving)
         if order == "first":
             updates = jax.lax.stop_gradient(updates)
-        return (optax.apply_updates(moving, updates), opt_state), None
+        return optax.apply_updates(moving, updates), opt_state
 
-    if remat:
-        opt_step = jax.checkpoint(opt_step)
-    opt_state0 = inner_optimizer.init(moving0)
-    (moving, _), _ = jax.lax.scan(opt_step, (moving0, opt_state0), None, length=inner_steps, unroll=_UNROLL[-1])
+    carry0 = (moving0, inner_optimizer.init(moving0))
+    moving, _ = iterate(opt_step, (fixed, theta), data, carry0, inner_steps, remat)
     return part.join(moving, fixed)
+
+
+def iterate(step: Callable, diff: Any, data: Any, carry: Any, steps: int, remat: bool | str = False) -> Any:
+    """``carry`` after ``steps`` applications of ``carry <- step(diff, data, carry)``, under a remat policy.
+
+    ``diff`` holds the differentiable inputs of every step (parameters, rates), ``data`` the others (rows, masks:
+    their cotangents are zero). The value and every first derivative are the same for each policy; what differs
+    is what reverse mode stores for the backward pass of ``K = steps`` steps with carries ``c_0 .. c_K``:
+
+    * ``False``: a ``lax.scan``; every step's residuals (activations and carries): O(K (activations + |c|)).
+    * ``True`` / ``"step"``: a ``lax.scan`` of ``jax.checkpoint(step)``: the carries ``c_k`` only, O(K |c|), and
+      each step's forward pass runs once more when it is differentiated.
+    * ``"recompute"``: a custom VJP that stores only ``c_0`` and, walking back from ``k = K - 1`` to 0, recomputes
+      ``c_k`` from ``c_0`` (``k`` steps) and applies the VJP of step ``k``: O(|c|) memory, independent of ``K``,
+      for ``K (K - 1) / 2`` extra steps. Only reverse mode is defined for it (``jax.grad``, not ``jax.jvp``).
+    * ``"sqrt"``: the same custom VJP with ``c_0, c_s, c_2s, ...`` stored, ``s = ceil(sqrt(K))``: O(sqrt(K) |c|)
+      memory for at most ``K (s - 1) / 2`` extra steps.
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}: expected one of {REMAT_POLICIES}")
+    steps = int(steps)
+    if remat in ("recompute", "sqrt") and steps > 1:
+        every = steps if remat == "recompute" else math.ceil(math.sqrt(steps))
+        # a jaxpr of one step, traced now: the backward pass replays it without re-entering Python (and so without
+        # needing whatever trace-time context the loss was built in)
+        converted, consts = jax.closure_convert(step, diff, data, carry)
+        return _replay(converted, steps, every, (diff, consts), data, carry)
+
+    def body(c, _):
+        return step(diff, data, c), None
+
+    if remat in (True, "step"):
+        body = jax.checkpoint(body)
+    carry, _ = jax.lax.scan(body, carry, None, length=steps, unroll=_UNROLL[-1])
+    return carry
+
+
+def _run(step, diff, data, carry, n):
+    """``n`` (possibly traced) steps of the closure-converted ``step``; ``diff = (diff, consts)``."""
+    args, consts = diff
+    return jax.lax.fori_loop(0, n, lambda _, c: step(args, data, c, *consts), carry)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _replay(step, steps, every, diff, data, carry):
+    return _run(step, diff, data, carry, steps)
+
+
+def _replay_fwd(step, steps, every, diff, data, carry):
+    # checkpoints c_0, c_every, c_2every, ... (c_0 alone for "recompute"), stacked on a leading axis
+    def segment(c, _):
+        return _run(step, diff, data, c, every), c
+
+    n_seg = -(-steps // every)
+    last, saved = jax.lax.scan(segment, carry, None, length=n_seg - 1) if n_seg > 1 else (carry, None)
+    stacked = jax.tree.map(lambda s, c: jnp.concatenate([s, c[None]]), saved, last) if n_seg > 1 else None
+    if stacked is None:
+        stacked = jax.tree.map(lambda c: c[None], carry)
+    out = _run(step, diff, data, last, steps - (n_seg - 1) * every)
+    return out, (diff, data, stacked)
+
+
+def _replay_bwd(step, steps, every, residuals, cotangent):
+    diff, data, stacked = residuals
+
+    def one_step(d, c):
+        args, consts = d
+        return step(args, data, c, *consts)
+
+    def back(i, acc):
+        g_carry, g_diff = acc
+        k = steps - 1 - i
+        start = jax.tree.map(lambda s: s[k // every], stacked)
+        c_k = _run(step, diff, data, start, k % every)
+        _, vjp = jax.vjp(one_step, diff, c_k)
+        d_diff, d_carry = vjp(g_carry)
+        return d_carry, jax.tree.map(jnp.add, g_diff, d_diff)
+
+    zeros = jax.tree.map(jnp.zeros_like, diff)
+    g_carry, g_diff = jax.lax.fori_loop(0, steps, back, (cotangent, zeros))
+    g_data = jax.tree.map(_zero_cotangent, data)
+    return g_diff, g_data, g_carry
+
+
+def _zero_cotangent(x):
+    x = jnp.asarray(x)
+    if jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.zeros_like(x)
+    return np.zeros(x.shape, dtype=jax.dtypes.float0)
+
+
+_replay.defvjp(_replay_fwd, _replay_bwd)

@@ -206,12 +206,33 @@ def test_adam_inner_optimizer_is_differentiated_through():
 
 
 @pytest.mark.parametrize("order", ["second", "first"])
-def test_remat_equals_plain_path(order):
+@pytest.mark.parametrize("remat", [True, "sqrt", "recompute"])
+@pytest.mark.parametrize("inner_steps", [1, 4, 7])
+def test_remat_equals_plain_path(order, remat, inner_steps):
     params = init_params(jax.random.PRNGKey(8))
     batch = make_batch(9, tasks=4)
-    plain = value_and_grad(params, batch, loss_fn=loss_fn, inner_lr=INNER_LR, inner_steps=4, order=order)
-    remat = value_and_grad(params, batch, loss_fn=loss_fn, inner_lr=INNER_LR, inner_steps=4, order=order, remat=True)
-    chex.assert_trees_all_close(plain, remat, rtol=1e-12, atol=1e-14)
+    kwargs = dict(loss_fn=loss_fn, inner_lr=INNER_LR, inner_steps=inner_steps, order=order)
+    plain = value_and_grad(params, batch, **kwargs)
+    rematted = value_and_grad(params, batch, remat=remat, **kwargs)
+    chex.assert_trees_all_close(plain, rematted, rtol=1e-12, atol=1e-14)
+    if order == "second" and inner_steps == 4:  # and it is the hand-written product, not only self-consistent
+        expected = hand_written_maml_grad(params, batch, inner_steps)
+        np.testing.assert_allclose(ravel_pytree(rematted[1])[0], ravel_pytree(expected)[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("remat", ["step", "sqrt", "recompute"])
+def test_remat_with_an_inner_optimizer_equals_plain_path(remat):
+    params = init_params(jax.random.PRNGKey(12))
+    batch = make_batch(13, tasks=3)
+    kwargs = dict(loss_fn=loss_fn, inner_lr=None, inner_steps=5, inner_optimizer=optax.adam(0.05))
+    plain = value_and_grad(params, batch, **kwargs)
+    chex.assert_trees_all_close(plain, value_and_grad(params, batch, remat=remat, **kwargs), rtol=1e-12, atol=1e-14)
+
+
+def test_unknown_remat_policy_is_refused():
+    params = init_params(jax.random.PRNGKey(8))
+    with pytest.raises(ValueError, match="remat policy 'bisect'"):
+        value_and_grad(params, make_batch(9), loss_fn=loss_fn, inner_lr=INNER_LR, inner_steps=2, remat="bisect")
 
 
 @pytest.mark.parametrize("chunk", [1, 3])
