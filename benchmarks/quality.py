@@ -3,6 +3,7 @@
     python benchmarks/quality.py                                   # ml-latest-small (bundled), all methods
     python benchmarks/quality.py --dataset ml-100k --data-dir ../shared/data
     python benchmarks/quality.py --methods maml --epochs 5         # quicker
+    python benchmarks/quality.py --methods default --seeds 0 1 2  # three random splits, pooled user-wise
 
 Writes ``benchmarks/results/quality_<dataset>.json`` (the metrics documents) and ``.md`` (tables). The default
 configuration is ``ExperimentConfig()`` (Meta-SGD on the head, inner rates starting at the validation-tuned
@@ -26,6 +27,9 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
+from jaxrec.evaluate import compare_stats, concat_stats
 from jaxrec.experiment import Experiment, ExperimentConfig
 
 VARIANTS = {
@@ -40,34 +44,61 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(args) -> dict:
-    base = ExperimentConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, **json.loads(args.set))
-    if args.epochs is not None:
-        base = dataclasses.replace(base, epochs=args.epochs)
-    shared = None
-    out = {"dataset": args.dataset, "config": base.to_dict(), "methods": {}}
-    for name in args.methods:
-        config = dataclasses.replace(base, **VARIANTS[name])
-        experiment = Experiment(config)
-        if shared is None:
+    out = {"dataset": args.dataset, "seeds": list(args.seeds), "methods": {}, "runs": {}}
+    pooled_stats: dict = {}  # method -> scenario -> compared method -> [per-user stats of each seed]
+    for seed in args.seeds:
+        base = ExperimentConfig(dataset=args.dataset, data_dir=args.data_dir, seed=seed, **json.loads(args.set))
+        if args.epochs is not None:
+            base = dataclasses.replace(base, epochs=args.epochs)
+        out.setdefault("config", base.to_dict())
+        run_out = out["runs"][str(seed)] = {"methods": {}}
+        shared = None
+        for name in args.methods:
+            config = dataclasses.replace(base, **VARIANTS[name])
+            experiment = Experiment(config)
+            if shared is None:
+                start = time.perf_counter()
+                shared = experiment.baselines()
+                run_out["baseline_seconds"] = time.perf_counter() - start
+                run_out["finetune_lr"] = shared.finetune_lr
+                run_out["finetune_validation"] = {str(k): v for k, v in shared.finetune_validation.items()}
+            experiment._baselines = shared
             start = time.perf_counter()
-            shared = experiment.baselines()
-            out["baseline_seconds"] = time.perf_counter() - start
-            out["finetune_lr"] = shared.finetune_lr
-            out["finetune_validation"] = {str(k): v for k, v in shared.finetune_validation.items()}
-        experiment._baselines = shared
-        start = time.perf_counter()
-        state = experiment.train()
-        seconds = time.perf_counter() - start
-        results = experiment.evaluate(state.params)
+            state = experiment.train()
+            seconds = time.perf_counter() - start
+            results, stats = experiment.evaluate(state.params, return_stats=True)
+            run_out["methods"][name] = {
+                "overrides": VARIANTS[name],
+                "train_seconds": seconds,
+                "steps": int(state.step),
+                "scenarios": results,
+            }
+            for scenario, per_method in stats.items():
+                target = pooled_stats.setdefault(name, {}).setdefault(scenario, {})
+                for method, s in per_method.items():
+                    target.setdefault(method, []).append(s)
+            print(f"seed {seed} {name}: {int(state.step)} steps in {seconds:.0f}s", flush=True)
+            for scenario, methods in results.items():
+                print(f"  {scenario}: " + ", ".join(f"{m}={r['mae']:.4f}" for m, r in methods.items()), flush=True)
+    first = out["runs"][str(args.seeds[0])]
+    out["finetune_lr"] = {seed: r["finetune_lr"] for seed, r in out["runs"].items()}
+    out["baseline_seconds"] = first["baseline_seconds"]
+    for name in args.methods:
+        per_seed = [out["runs"][str(seed)]["methods"][name] for seed in args.seeds]
+        scenarios = {}
+        for scenario, per_method in pooled_stats[name].items():
+            if len(per_method["maml"]) != len(args.seeds):
+                continue  # a scenario that some split lacks is not pooled
+            stats = {method: concat_stats(parts) for method, parts in per_method.items()}
+            scenarios[scenario] = compare_stats(
+                stats, reference="maml", resamples=base.bootstrap, seed=0, implicit=base.implicit
+            )
         out["methods"][name] = {
             "overrides": VARIANTS[name],
-            "train_seconds": seconds,
-            "steps": int(state.step),
-            "scenarios": results,
+            "train_seconds": float(np.mean([m["train_seconds"] for m in per_seed])),
+            "steps": per_seed[0]["steps"],
+            "scenarios": scenarios,
         }
-        print(f"{name}: {int(state.step)} steps in {seconds:.0f}s", flush=True)
-        for scenario, methods in results.items():
-            print(f"  {scenario}: " + ", ".join(f"{m}={r['mae']:.4f}" for m, r in methods.items()), flush=True)
     return out
 
 
@@ -86,12 +117,15 @@ def markdown(out: dict) -> str:
         "rest support); nDCG@k mean over users; [95% bootstrap interval over users]. `paired d` = MAE(meta) - "
         "MAE(baseline) with its paired-bootstrap 95% interval (negative favours the meta method).",
         "",
-        f"Fine-tuning learning rate (tuned on validation meta-train users): {out.get('finetune_lr')}; the default "
-        "meta-learner's inner rate starts there too (`tune_inner_lr`).",
+        f"Splits (seeds of the cold-start split, the validation slice and training): {out['seeds']}. With several, "
+        "every table pools the (split, user) pairs of all splits, and the paired intervals resample those pairs.",
+        "",
+        f"Fine-tuning learning rate per split (tuned on validation meta-train users): {out.get('finetune_lr')}; the "
+        "default meta-learner's inner rate starts there too (`tune_inner_lr`).",
         "",
     ]
     for name, m in out["methods"].items():
-        lines += [f"## {name} ({m['steps']} steps, {m['train_seconds']:.0f}s training)", ""]
+        lines += [f"## {name} ({m['steps']} steps, {m['train_seconds']:.0f}s training per split)", ""]
         for scenario, methods in m["scenarios"].items():
             lines += [
                 f"### {scenario} ({methods['maml']['users']} users)",
@@ -116,7 +150,9 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="split seeds; several are pooled user-wise (default 0)"
+    )
     parser.add_argument("--set", default="{}", help="JSON of ExperimentConfig overrides")
     parser.add_argument("--out", default=None, help="file stem (default results/quality_<dataset>)")
     args = parser.parse_args()

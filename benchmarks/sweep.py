@@ -30,17 +30,17 @@ BASE = dict(tasks=32, inner_steps=5, item_vocab=1700, order="second", adapt="all
 
 def grid(name: str) -> list[dict]:
     if name == "remat":  # the issue's memory target: second order + remat vs first order, K = 10
-        return [
-            BASE | {"axis": "remat", "inner_steps": 10, "order": "first"},
-            BASE | {"axis": "remat", "inner_steps": 10, "order": "second", "remat": True},
-            BASE | {"axis": "remat", "inner_steps": 10, "order": "second"},
+        return [BASE | {"axis": "remat", "inner_steps": 10, "order": "first"}] + [
+            BASE | {"axis": "remat", "inner_steps": 10, "order": "second", "remat": policy}
+            for policy in (False, "step", "sqrt", "recompute")
         ]
     points = []
     for k in (1, 2, 5, 10) if name == "full" else (1, 5, 10):
         for order in ("first", "second"):
             points.append({"axis": "inner_steps", "inner_steps": k, "order": order})
     for order in ("first", "second"):
-        points.append({"axis": "remat", "inner_steps": 10, "order": order, "remat": True})
+        points.append({"axis": "remat", "inner_steps": 10, "order": order, "remat": "step"})
+    points.append({"axis": "remat", "inner_steps": 10, "order": "second", "remat": "recompute"})
     if name == "full":
         for t in (8, 64, 128, 256):
             for order in ("first", "second"):
@@ -72,7 +72,7 @@ def run_point(point: dict, steps: int, warmup: int, memory_only: bool) -> dict:
         str(steps),
         "--warmup",
         str(warmup),
-    ] + (["--remat"] if point["remat"] else [])
+    ] + (["--remat", "step" if point["remat"] is True else point["remat"]] if point["remat"] else [])
     args = common.parser("sweep").parse_args([a for a in argv if a != "--local-embeddings" and a not in ("on", "off")])
     args.local_embeddings = point["local"]
     trainer, state, batch, _ = meta_step.build(args)
@@ -107,6 +107,8 @@ def ratios(records: list[dict]) -> list[dict]:
                     row["time_ratio"] = r["step_ms"] / f["step_ms"]
                 if r.get("peak_bytes") and f.get("peak_bytes"):
                     row["memory_ratio"] = r["peak_bytes"] / f["peak_bytes"]
+                if r.get("flops") and f.get("flops"):  # the work itself: a floor under the time ratio
+                    row["flop_ratio"] = r["flops"] / f["flops"]
                 out.append(row)
         if r["remat"]:  # the memory target compares second order + remat with plain first order
             for f in records:
@@ -124,7 +126,7 @@ def plot(records, path):
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     for order in ("first", "second"):
-        for remat in (False, True):
+        for remat in (False, "step", "sqrt", "recompute"):
             pts = sorted(
                 (r["inner_steps"], r)
                 for r in records
@@ -132,7 +134,7 @@ def plot(records, path):
             )
             if not pts:
                 continue
-            label = f"{order}{' remat' if remat else ''}"
+            label = f"{order}{f' remat={remat}' if remat else ''}"
             ks = [k for k, _ in pts]
             if any(r.get("step_ms") for _, r in pts):
                 a.plot(ks, [r.get("step_ms") for _, r in pts], "o-", label=label)

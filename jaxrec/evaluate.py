@@ -34,7 +34,16 @@ from jaxrec.metrics import paired_differences, summarize, user_statistics
 from jaxrec.sharding import shard_batch
 from jaxrec.tasks import TaskSet
 
-__all__ = ["meta_predict", "collect", "meta_evaluate", "evaluate_methods", "evaluate_experiment", "TRACES"]
+__all__ = [
+    "meta_predict",
+    "collect",
+    "meta_evaluate",
+    "evaluate_methods",
+    "evaluate_experiment",
+    "compare_stats",
+    "concat_stats",
+    "TRACES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -256,11 +265,13 @@ def evaluate_methods(
     mesh: Any = None,
     resamples: int = 1000,
     seed: int = 0,
-) -> dict[str, dict]:
+    return_stats: bool = False,
+) -> dict[str, dict] | tuple[dict[str, dict], dict[str, dict]]:
     """``{method: summary}`` for ``methods = {name: (predict, state)}`` on the same tasks.
 
     Every method other than ``reference`` also gets ``"paired"``: ``{metric: {"diff": reference - method,
     "ci95": [lo, hi]}}`` from a paired bootstrap over users (negative MAE/RMSE differences favour the reference).
+    With ``return_stats`` the per-user statistics ``{method: stats}`` come too (see :func:`compare_stats`).
     """
     target, rating_range, implicit = _defaults(tasks, None, None, None)
     stats = {
@@ -278,6 +289,21 @@ def evaluate_methods(
         )
         for name, (predict, state) in methods.items()
     }
+    out = compare_stats(stats, reference=reference, resamples=resamples, seed=seed, implicit=implicit)
+    return (out, stats) if return_stats else out
+
+
+def compare_stats(
+    stats: Mapping[str, Mapping[str, np.ndarray]],
+    *,
+    reference: str = "maml",
+    resamples: int = 1000,
+    seed: int = 0,
+    implicit: bool = False,
+) -> dict[str, dict]:
+    """Summaries of per-user statistics ``{method: stats}`` (all on the same users, in the same order), each
+    method other than ``reference`` with its paired difference to it. Statistics of several evaluations
+    concatenated user-wise (:func:`concat_stats`, e.g. several random splits) are compared the same way."""
     out = {name: summarize(s, resamples=resamples, seed=seed, implicit=implicit) for name, s in stats.items()}
     if reference in stats:
         for name, s in stats.items():
@@ -288,15 +314,26 @@ def evaluate_methods(
     return out
 
 
-def evaluate_experiment(experiment: Any, params: Any, *, method_name: str = "maml") -> dict[str, dict]:
-    """Every non-empty scenario of a :class:`jaxrec.experiment.Experiment`: the meta method and its baselines."""
+def concat_stats(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-user statistics of several evaluations as one set of users (concatenated along the user axis)."""
+    keys = set(parts[0])
+    if any(set(p) != keys for p in parts):
+        raise ValueError("concat_stats: the statistics name different metrics")
+    return {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+
+
+def evaluate_experiment(
+    experiment: Any, params: Any, *, method_name: str = "maml", return_stats: bool = False
+) -> dict[str, dict] | tuple[dict[str, dict], dict[str, dict]]:
+    """Every non-empty scenario of a :class:`jaxrec.experiment.Experiment`: the meta method and its baselines
+    (with ``return_stats``, also ``{scenario: {method: per-user statistics}}``)."""
     from jaxrec.baselines import experiment_predictors
 
     config = experiment.config
     methods = experiment_predictors(experiment, params, method_name=method_name)
-    results = {}
+    results, all_stats = {}, {}
     for scenario, tasks in experiment.scenario_tasks.items():
-        results[scenario] = evaluate_methods(
+        results[scenario], all_stats[scenario] = evaluate_methods(
             methods,
             tasks,
             reference=method_name,
@@ -305,10 +342,11 @@ def evaluate_experiment(experiment: Any, params: Any, *, method_name: str = "mam
             mesh=experiment.mesh,
             resamples=config.bootstrap,
             seed=config.seed,
+            return_stats=True,
         )
         logger.info(
             "%s: %s",
             scenario,
             ", ".join(f"{m} mae={r.get('mae', float('nan')):.4f}" for m, r in results[scenario].items()),
         )
-    return results
+    return (results, all_stats) if return_stats else results

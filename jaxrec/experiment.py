@@ -61,8 +61,10 @@ class ExperimentConfig:
     ``min_ratings`` / ``max_ratings`` of :func:`~jaxrec.tasks.build_tasks` for the meta-train and the evaluation
     tasks alike (MeLU: 13..100 ratings, 10 query ratings, the rest support), except that meta-training keeps
     users with up to ``train_max_ratings`` ratings (None: all; the supervised baselines see all their ratings
-    too). ``support_buckets``: padded support lengths (one bucket = one compiled shape; longer support sets keep
-    the rows nearest the query).
+    too); with ``train_subsample`` a meta-train user with more than ``max_ratings`` ratings becomes a task over a
+    random subset of ``min_ratings..max_ratings`` of them (redrawn each epoch with ``resample_tasks``), so that
+    meta-training sees the support sizes of the cold-start users it is evaluated on. ``support_buckets``: padded
+    support lengths (one bucket = one compiled shape; longer support sets keep the rows nearest the query).
 
     Model: ``model`` (:data:`jaxrec.models.MODELS`) with ``model_kwargs``; ``history``: rows carry the user's last
     ``history`` ratings (``history_item`` / ``history_rating``, see :func:`~jaxrec.tasks.build_tasks`); 0 means none,
@@ -74,9 +76,11 @@ class ExperimentConfig:
     ``tune_inner_lr``: start from the fine-tuning rate chosen on the validation users over ``finetune_lrs``
     (:meth:`Experiment.resolve_inner_lr`; ``inner_lr`` is then only the fallback); ``rate_lr``: Adam rate of
     Meta-SGD's per-parameter inner rates (None: ``meta_lr``). ``batch_size`` tasks per meta-step, ``epochs`` over
-    the meta-train tasks. ``pretrain``: start meta-training from the supervised (non-meta) model of the
-    ``no_adapt`` baseline instead of a random initialisation (the meta-learner then only has to learn how to adapt;
-    it sees the same ratings the baselines see).
+    the meta-train tasks. ``resample_tasks``: draw a fresh support/query split of every meta-train user each epoch
+    (epoch 0 is the ordinary split), so that the meta-learner does not fit one fixed partition of each user's
+    ratings (task augmentation against meta-overfitting). ``pretrain``: start meta-training from the supervised
+    (non-meta) model of the ``no_adapt`` baseline instead of a random initialisation (the meta-learner then only
+    has to learn how to adapt; it sees the same ratings the baselines see).
     ``meta_params``: which parameters the outer loop updates (an :func:`jaxrec.models.adapt_filter` spec:
     "all", "head", a regex); the others keep their (pretrained) values.
 
@@ -102,6 +106,7 @@ class ExperimentConfig:
     min_ratings: int | None = 13
     max_ratings: int | None = 100
     train_max_ratings: int | None = None
+    train_subsample: bool = True
     support_buckets: tuple | None = (96,)
     history: int = 0
     model: str = "melu"
@@ -120,7 +125,8 @@ class ExperimentConfig:
     pretrain: bool = True
     meta_params: str = "all"
     batch_size: int = 32
-    epochs: int = 10
+    epochs: int = 30
+    resample_tasks: bool = True
     seed: int = 0
     devices: int | str | None = None
     baselines: tuple = BASELINES
@@ -182,7 +188,7 @@ class Experiment:
         is_val = np.isin(train["user"].to_numpy(), val_users)
         self.train_ratings = train[~is_val].reset_index(drop=True)
         self.val_ratings = train[is_val].reset_index(drop=True)
-        self.train_tasks = self._tasks(self.train_ratings, max_ratings=config.train_max_ratings or _NO_CAP)
+        self.train_tasks = self._train_tasks(config.seed)
         self.val_tasks = self._tasks(self.val_ratings)
         self.scenario_tasks: dict[str, TaskSet] = {}
         for name in SCENARIOS:
@@ -233,7 +239,7 @@ class Experiment:
         n = max(1, int(round(self.config.val_frac * len(users))))
         return np.sort(rng.permutation(users)[:n])
 
-    def _tasks(self, ratings, max_ratings: int | None | str = "config") -> TaskSet:
+    def _tasks(self, ratings, max_ratings: int | None | str = "config", seed: Any = None, subsample=None) -> TaskSet:
         c = self.config
         return build_tasks(
             ratings,
@@ -241,11 +247,22 @@ class Experiment:
             c.split,
             support=c.support,
             query=c.query,
-            seed=c.seed,
+            seed=c.seed if seed is None else seed,
             min_ratings=c.min_ratings,
             max_ratings=c.max_ratings if max_ratings == "config" else max_ratings,
             support_buckets=c.support_buckets,
             history=self.history,
+            subsample=subsample,
+            subsample_seed=c.seed,
+        )
+
+    def _train_tasks(self, seed: Any) -> TaskSet:
+        c = self.config
+        subsample = None
+        if c.train_subsample and c.max_ratings is not None:
+            subsample = (c.min_ratings or 1, c.max_ratings)
+        return self._tasks(
+            self.train_ratings, max_ratings=c.train_max_ratings or _NO_CAP, seed=seed, subsample=subsample
         )
 
     @property
@@ -333,17 +350,32 @@ class Experiment:
         """The endless, deterministic meta-train stream of the config seed, starting after ``start_step`` steps.
 
         Epoch ``e`` shuffles with ``default_rng([seed, e])``; batch ``i`` of it is built (negatives sampled) with
-        ``default_rng([seed, e, i])``, so the stream from ``start_step`` equals the full stream with its first
-        ``start_step`` batches dropped, without building them.
+        ``default_rng([seed, e, i])``; with ``resample_tasks`` epoch ``e > 0`` splits each user's ratings with seed
+        ``[seed, e]``. The stream from ``start_step`` therefore equals the full stream with its first ``start_step``
+        batches dropped, without building them.
         """
         seed, size = self.config.seed, self.config.batch_size
         per_epoch = self.steps_per_epoch
         epoch, offset = divmod(int(start_step), per_epoch)
         while True:
-            plan = self.train_tasks.batch_plan(size, np.random.default_rng([seed, epoch]))
+            tasks = self.epoch_tasks(epoch)
+            plan = tasks.batch_plan(size, np.random.default_rng([seed, epoch]))
             for i in range(offset, len(plan)):
-                yield self.train_tasks.make_batch(plan[i], np.random.default_rng([seed, epoch, i]))
+                yield tasks.make_batch(plan[i], np.random.default_rng([seed, epoch, i]))
             epoch, offset = epoch + 1, 0
+
+    def epoch_tasks(self, epoch: int) -> TaskSet:
+        """The meta-train tasks of ``epoch``: ``train_tasks``, or with ``resample_tasks`` (and ``epoch > 0``) the
+        same users split afresh with seed ``[seed, epoch]``. The users, support and query sizes, and so the batch
+        shapes, are those of ``train_tasks``: only which ratings are support and which are query changes."""
+        if not self.config.resample_tasks or epoch == 0:
+            return self.train_tasks
+        tasks = self._train_tasks([self.config.seed, epoch])
+        # task sizes depend only on rating counts (and the subsample sizes, drawn with the config seed)
+        base = self.train_tasks
+        if not all(np.array_equal(getattr(tasks, a), getattr(base, a)) for a in ("users", "support_pad", "query_pad")):
+            raise RuntimeError("resampled meta-train tasks changed their users or shapes")
+        return tasks
 
     def train_step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
         """One meta-step (``state`` is donated; use the returned one)."""
@@ -369,12 +401,13 @@ class Experiment:
             self._baselines = fit_baselines(self)
         return self._baselines
 
-    def evaluate(self, params: Any, *, method_name: str = "maml") -> dict:
-        """``{scenario: {method: metrics}}`` for every non-empty scenario (see :func:`jaxrec.evaluate`)."""
+    def evaluate(self, params: Any, *, method_name: str = "maml", return_stats: bool = False) -> dict | tuple:
+        """``{scenario: {method: metrics}}`` for every non-empty scenario (see :func:`jaxrec.evaluate`); with
+        ``return_stats`` also ``{scenario: {method: per-user statistics}}`` (to pool several splits)."""
         from jaxrec.evaluate import evaluate_experiment
 
         self.resolve_inner_lr()
-        return evaluate_experiment(self, params, method_name=method_name)
+        return evaluate_experiment(self, params, method_name=method_name, return_stats=return_stats)
 
     def validate(self, params: Any, *, baselines: bool = True) -> dict:
         """``{method: summary}`` on the validation users (held out of meta-training and of the test scenarios):

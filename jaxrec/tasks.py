@@ -513,7 +513,7 @@ def build_tasks(
     *,
     support: int | None = None,
     query: int | float | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     min_ratings: int | None = None,
     max_ratings: int | None = None,
     min_support: int = 1,
@@ -523,6 +523,8 @@ def build_tasks(
     query_buckets: Sequence[int] | None = None,
     negatives: int = 0,
     history: int = 0,
+    subsample: tuple[int, int] | None = None,
+    subsample_seed: int | Sequence[int] | None = None,
 ) -> TaskSet:
     """One task per user of ``ratings`` (dataset codes), with a seeded support/query split.
 
@@ -538,6 +540,14 @@ def build_tasks(
 
     Users left with fewer than ``min_support`` support or ``min_query`` query rows, or outside ``[min_ratings,
     max_ratings]``, are dropped and counted in ``stats["users_dropped"]``.
+
+    ``subsample=(lo, hi)``: a user with more than ``hi`` ratings becomes a task over a random subset of them (the
+    latest ones in time order) whose size is drawn uniformly from ``[lo, hi]`` (seeded), before the split and the
+    ``max_ratings`` filter; counted in ``stats["users_subsampled"]``. Meta-training tasks built from heavy users
+    then have the support sizes of the cold-start users they are meant for (MeLU's 13..100 ratings), instead of
+    always filling the largest support bucket. The sizes are drawn with ``subsample_seed`` (default ``seed``):
+    task sets built with different seeds and the same ``subsample_seed`` have the same task sizes (and padded
+    shapes), only other ratings in them.
 
     Implicit mode (``featurizer.implicit_threshold`` set): the target is ``label = rating >= threshold``, every
     row carries a sampled unrated ``neg_item`` (with its ``neg_item_*`` features) for BPR, and ``negatives=k``
@@ -576,6 +586,20 @@ def build_tasks(
     starts, counts = _group_offsets(sorted_users, n_users)
     present = np.flatnonzero(counts)
     n = counts[present].astype(np.int64)
+    user_starts = starts[present].astype(np.int64)
+    n_subsampled = 0
+    if subsample is not None:
+        lo, hi = (int(v) for v in subsample)
+        if not 1 <= lo <= hi:
+            raise ValueError(f"subsample must be (lo, hi) with 1 <= lo <= hi, got {subsample!r}")
+        heavy = n > hi
+        size_rng = np.random.default_rng(seed if subsample_seed is None else subsample_seed)
+        size = size_rng.integers(lo, hi + 1, size=len(n))
+        if order == "time":  # keep the latest ratings: the window ends where the user's rows end
+            user_starts = np.where(heavy, user_starts + n - size, user_starts)
+        # in random order the first ``size`` rows of the shuffled user are a uniform random subset
+        n = np.where(heavy, size, n)
+        n_subsampled = int(heavy.sum())
     n_s, n_q = _split_sizes(n, split, support, query)
     keep = (n_s >= min_support) & (n_q >= min_query)
     if min_ratings is not None:
@@ -585,7 +609,7 @@ def build_tasks(
     support_pad = bucket_sizes(n_s[keep], support_buckets)
     query_pad = bucket_sizes(n_q[keep], query_buckets)
     # sides longer than the largest bucket are truncated: keep the support rows nearest the query
-    first_query = starts[present][keep] + n[keep] - n_q[keep] if split != "kshot" else starts[present][keep] + n_s[keep]
+    first_query = user_starts[keep] + n[keep] - n_q[keep] if split != "kshot" else user_starts[keep] + n_s[keep]
     s_len = np.minimum(n_s[keep], support_pad)
     q_len = np.minimum(n_q[keep], query_pad)
 
@@ -598,6 +622,7 @@ def build_tasks(
     stats = {
         "tasks": int(keep.sum()),
         "users_dropped": int((~keep).sum()),
+        "users_subsampled": n_subsampled,
         "rows": int(s_len.sum() + q_len.sum()),
         "support_len": _describe(s_len),
         "query_len": _describe(q_len),

@@ -2,6 +2,9 @@
 
 import json
 
+import numpy as np
+import pytest
+
 from jaxrec.experiment import BASELINES, Experiment, ExperimentConfig
 
 TINY = dict(
@@ -76,3 +79,41 @@ def test_metasgd_rates_get_their_own_learning_rate_and_validate_scores_val_users
     assert 0.05 < moved <= 0.1 + 1e-6  # Adam moves each rate by ~rate_lr per step, not meta_lr
     scores = exp.validate(state.params)
     assert set(scores) == {"maml", "finetune", "bias"} and scores["maml"]["users"] == len(exp.val_tasks)
+
+
+def test_resampled_epochs_split_the_same_users_afresh_with_fixed_shapes():
+    exp = Experiment(ExperimentConfig(**TINY, resample_tasks=True))
+    first, second = exp.epoch_tasks(0), exp.epoch_tasks(1)
+    assert first is exp.train_tasks
+    np.testing.assert_array_equal(first.users, second.users)
+    np.testing.assert_array_equal(first.support_pad, second.support_pad)
+    assert first.stats["users_subsampled"] > 0  # ml-latest-small has users with more than 100 ratings
+    # the same users, other ratings on the query side
+    assert not np.array_equal(first.row_item[first.query_start], second.row_item[second.query_start])
+    # the stream from the first step of epoch 1 is that of the full stream (resume stays exact)
+    per_epoch = exp.steps_per_epoch
+    full = exp.batches()
+    for _ in range(per_epoch):
+        next(full)
+    a, b = next(full), next(exp.batches(start_step=per_epoch))
+    np.testing.assert_array_equal(np.asarray(a.support["item"]), np.asarray(b.support["item"]))
+    fixed = Experiment(ExperimentConfig(**TINY, resample_tasks=False))
+    assert fixed.epoch_tasks(3) is fixed.train_tasks
+
+
+def test_pooled_comparison_of_two_evaluations_equals_one_evaluation_of_all_users():
+    from jaxrec.evaluate import compare_stats, concat_stats
+
+    exp = Experiment(ExperimentConfig(**TINY, baselines=("finetune",)))
+    state = exp.train(exp.init_state(), steps=1)
+    _, stats = exp.evaluate(state.params, return_stats=True)
+    a, b = stats["new_user"], stats["warm"]
+    pooled = compare_stats({m: concat_stats([a[m], b[m]]) for m in a}, resamples=50)
+    n = {m: np.concatenate([a[m]["n"], b[m]["n"]]) for m in a}
+    errors = {m: np.concatenate([a[m]["abs_sum"], b[m]["abs_sum"]]) for m in a}
+    for m in a:
+        assert pooled[m]["users"] == int((n[m] > 0).sum())
+        np.testing.assert_allclose(pooled[m]["mae"], errors[m].sum() / n[m].sum(), rtol=1e-6)
+    assert pooled["finetune"]["paired"]["mae"]["diff"] == pytest.approx(
+        pooled["maml"]["mae"] - pooled["finetune"]["mae"]
+    )

@@ -280,3 +280,38 @@ def test_bucket_sizes_fit_and_are_few(lengths):
     assert len(np.unique(sizes)) <= int(np.log2(lengths.max())) + 2
     listed = bucket_sizes(lengths, [8, 64, 512])
     assert set(listed) <= {8, 64, 512} and ((listed >= lengths) | (listed == 512)).all()
+
+
+@pytest.mark.parametrize("split", ["melu", "time"])
+def test_subsample_turns_heavy_users_into_tasks_of_cold_start_size(melu_split, feat, split):
+    train = melu_split.train
+    counts = train.groupby("user").size()
+    lo, hi = 13, 100
+    tasks = build_tasks(train, feat, split, seed=4, max_ratings=None, query=10, subsample=(lo, hi))
+    n = tasks.support_len + tasks.query_len
+    heavy = counts[tasks.users].to_numpy() > hi
+    assert heavy.sum() == tasks.stats["users_subsampled"] > 0
+    assert (n[heavy] >= lo).all() and (n[heavy] <= hi).all()
+    # light users keep every rating; a heavy user's task is a subset of their own ratings, never repeated
+    assert (n[~heavy] == counts[tasks.users].to_numpy()[~heavy]).all()
+    by_user = train.groupby("user")
+    for t in np.flatnonzero(heavy)[:20]:
+        rows = np.concatenate([_task_rows(tasks, t, "support"), _task_rows(tasks, t, "query")])
+        items = tasks.row_item[rows]
+        assert len(np.unique(items)) == len(items)
+        user_ratings = by_user.get_group(tasks.users[t])
+        assert np.isin(items, user_ratings["item"].to_numpy()).all()
+        if split == "time":  # the latest ratings of the user
+            cutoff = np.sort(user_ratings["timestamp"].to_numpy())[-len(items)]
+            times = user_ratings.set_index("item").loc[items, "timestamp"].to_numpy()
+            assert (times >= cutoff).all()
+    # sizes come from subsample_seed: another seed picks other ratings of the same sizes
+    other = build_tasks(train, feat, split, seed=5, subsample_seed=4, max_ratings=None, query=10, subsample=(lo, hi))
+    np.testing.assert_array_equal(other.support_len, tasks.support_len)
+    if split == "melu":
+        assert not np.array_equal(other.row_item, tasks.row_item)
+
+
+def test_subsample_rejects_an_empty_range(melu_split, feat):
+    with pytest.raises(ValueError, match="subsample"):
+        build_tasks(melu_split.train, feat, "melu", subsample=(20, 10))
