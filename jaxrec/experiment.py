@@ -36,7 +36,7 @@ import optax
 from jaxrec import datasets, models
 from jaxrec.batch import TaskBatch
 from jaxrec.losses import l2_to_init
-from jaxrec.maml import MetaSGDParams
+from jaxrec.maml import MetaSGDParams, log_space
 from jaxrec.sharding import make_mesh
 from jaxrec.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split
 from jaxrec.train import MetaTrainer, MetaTrainState
@@ -70,19 +70,20 @@ class ExperimentConfig:
     ``history`` ratings (``history_item`` / ``history_rating``, see :func:`~jaxrec.tasks.build_tasks`); 0 means none,
     except that ``model="gru"`` then gets 10.
 
-    Meta-learning: ``algorithm`` (maml | reptile | metasgd), ``order`` (second | first), ``adapt`` ("head":
-    MeLU's local update of the decision layers | "all" | "default" | a regex), ``inner_lr``, ``inner_steps``,
-    ``inner_l2`` (weight of :func:`jaxrec.losses.l2_to_init` in the inner loss, 0 = none), ``meta_lr``,
-    ``tune_inner_lr``: start from the fine-tuning rate chosen on the validation users over ``finetune_lrs``
-    (:meth:`Experiment.resolve_inner_lr`; ``inner_lr`` is then only the fallback); ``rate_lr``: Adam rate of
-    Meta-SGD's per-parameter inner rates (None: ``meta_lr``). ``batch_size`` tasks per meta-step, ``epochs`` over
-    the meta-train tasks. ``resample_tasks``: draw a fresh support/query split of every meta-train user each epoch
-    (epoch 0 is the ordinary split), so that the meta-learner does not fit one fixed partition of each user's
-    ratings (task augmentation against meta-overfitting). ``pretrain``: start meta-training from the supervised
-    (non-meta) model of the ``no_adapt`` baseline instead of a random initialisation (the meta-learner then only
-    has to learn how to adapt; it sees the same ratings the baselines see).
-    ``meta_params``: which parameters the outer loop updates (an :func:`jaxrec.models.adapt_filter` spec:
-    "all", "head", a regex); the others keep their (pretrained) values.
+    Meta-learning: ``algorithm`` (maml | reptile | metasgd), ``order`` (second | first), ``adapt`` ("head": MeLU's local
+    update of the decision layers | "all" | "default" | a regex), ``inner_lr``, ``inner_steps``, ``inner_l2`` (weight of
+    :func:`jaxrec.losses.l2_to_init` in the inner loss, 0 = none), ``meta_lr``, ``tune_inner_lr``: start from the
+    fine-tuning rate chosen on the validation users over ``finetune_lrs`` (:meth:`Experiment.resolve_inner_lr`;
+    ``inner_lr`` is then only the fallback); ``rate_lr``: Adam rate of Meta-SGD's per-parameter inner rates (None:
+    ``meta_lr``), applied to the rates themselves (``rate_space="linear"``) or to their logarithms (``"log"``,
+    :func:`jaxrec.maml.log_space`: relative steps). ``batch_size`` tasks per meta-step, ``epochs`` over the meta-train
+    tasks. ``resample_tasks``: draw a fresh support/query split of every meta-train user each epoch (epoch 0 is the
+    ordinary split), so that the meta-learner does not fit one fixed partition of each user's ratings (task augmentation
+    against meta-overfitting). ``pretrain``: start meta-training from the supervised (non-meta) model of the
+    ``no_adapt`` baseline instead of a random initialisation (the meta-learner then only has to learn how to adapt; it
+    sees the same ratings the baselines see).
+    ``meta_params``: which parameters the outer loop updates (an :func:`jaxrec.models.adapt_filter` spec: "all", "head",
+    a regex); the others keep their (pretrained) values.
 
     Evaluation: ``baselines`` (subset of :data:`BASELINES`), ``ks`` for nDCG@k / HR@k, ``bootstrap`` resamples,
     ``eval_batch_size``; ``val_frac`` of meta-train users held out to tune the fine-tuning learning rate over
@@ -106,7 +107,7 @@ class ExperimentConfig:
     min_ratings: int | None = 13
     max_ratings: int | None = 100
     train_max_ratings: int | None = None
-    train_subsample: bool = True
+    train_subsample: bool = False
     support_buckets: tuple | None = (96,)
     history: int = 0
     model: str = "melu"
@@ -122,6 +123,7 @@ class ExperimentConfig:
     tune_inner_lr: bool = True
     meta_lr: float = 3e-4
     rate_lr: float | None = 3e-4
+    rate_space: str = "linear"
     pretrain: bool = True
     meta_params: str = "all"
     batch_size: int = 32
@@ -286,7 +288,12 @@ class Experiment:
                 )
             return jax.tree.map(lambda _: "params", params)
 
-        return optax.multi_transform({"params": params_opt, "rates": optax.adam(self.config.rate_lr)}, labels)
+        if self.config.rate_space not in ("linear", "log"):
+            raise ValueError(f"rate_space must be 'linear' or 'log', got {self.config.rate_space!r}")
+        rates_opt = optax.adam(self.config.rate_lr)
+        if self.config.rate_space == "log":
+            rates_opt = log_space(rates_opt)
+        return optax.multi_transform({"params": params_opt, "rates": rates_opt}, labels)
 
     def _params_optimizer(self) -> optax.GradientTransformation:
         adam = optax.adam(self.config.meta_lr)

@@ -47,6 +47,7 @@ __all__ = [
     "reptile_direction",
     "task_losses",
     "init_metasgd",
+    "log_space",
 ]
 
 ALGORITHMS = ("maml", "reptile", "metasgd")
@@ -65,6 +66,29 @@ def init_metasgd(params: Any, inner_lr: float) -> MetaSGDParams:
     if isinstance(params, MetaSGDParams):
         return params
     return MetaSGDParams(params, jax.tree.map(lambda p: jnp.full_like(p, inner_lr), params))
+
+
+def log_space(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """Run ``inner`` on ``log(alpha)`` for positive parameters ``alpha`` (Meta-SGD's inner rates).
+
+    With ``beta = log alpha`` the gradient is ``dL/dbeta = alpha * dL/dalpha``; ``inner`` turns it into an update
+    ``u`` of ``beta``, which is the update ``alpha (exp(u) - 1)`` of ``alpha``. Adam in log space moves a rate by a
+    factor (``e^{+-lr}`` a step at most, whatever its size), so rates an order of magnitude apart, such as an
+    output bias that should jump to the user's offset and a wide layer that should barely move, are learned at
+    the same relative speed, and a rate can never turn negative.
+    """
+
+    def init(params):
+        return inner.init(params)
+
+    def update(grads, state, params=None):
+        if params is None:
+            raise ValueError("log_space needs the current parameters (optimizer.update(grads, state, params))")
+        log_grads = jax.tree.map(lambda g, a: g * a, grads, params)
+        log_updates, state = inner.update(log_grads, state, jax.tree.map(jnp.log, params))
+        return jax.tree.map(lambda u, a: a * jnp.expm1(u), log_updates, params), state
+
+    return optax.GradientTransformation(init, update)
 
 
 def _task_weights(mask: jax.Array) -> jax.Array:

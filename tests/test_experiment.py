@@ -82,7 +82,7 @@ def test_metasgd_rates_get_their_own_learning_rate_and_validate_scores_val_users
 
 
 def test_resampled_epochs_split_the_same_users_afresh_with_fixed_shapes():
-    exp = Experiment(ExperimentConfig(**TINY, resample_tasks=True))
+    exp = Experiment(ExperimentConfig(**TINY, resample_tasks=True, train_subsample=True))
     first, second = exp.epoch_tasks(0), exp.epoch_tasks(1)
     assert first is exp.train_tasks
     np.testing.assert_array_equal(first.users, second.users)

@@ -254,3 +254,25 @@ def test_task_chunk_and_remat_with_metasgd():
     plain = value_and_grad(meta, batch, **kwargs)
     other = value_and_grad(meta, batch, task_chunk=3, remat=True, **kwargs)
     chex.assert_trees_all_close(plain, other, rtol=1e-12, atol=1e-14)
+
+
+def test_log_space_adam_is_adam_on_the_log_of_the_rates():
+    """alpha_{t+1} = exp(beta_t + u_t), u_t: Adam's update of beta = log alpha with dL/dbeta = alpha dL/dalpha."""
+    target = jnp.array([0.05, 0.5, 2.0])
+
+    def loss(alpha):
+        return jnp.sum((jnp.log(alpha) - jnp.log(target)) ** 2 * alpha)
+
+    alpha = jnp.array([0.1, 0.1, 0.1])
+    beta = jnp.log(alpha)
+    opt, ref = jaxrec.maml.log_space(optax.adam(0.1)), optax.adam(0.1)
+    state, ref_state = opt.init(alpha), ref.init(beta)
+    for _ in range(4):
+        updates, state = opt.update(jax.grad(loss)(alpha), state, alpha)
+        alpha = optax.apply_updates(alpha, updates)
+        ref_updates, ref_state = ref.update(jax.grad(lambda b: loss(jnp.exp(b)))(beta), ref_state, beta)
+        beta = optax.apply_updates(beta, ref_updates)
+        np.testing.assert_allclose(alpha, jnp.exp(beta), rtol=1e-12)
+    assert (alpha > 0).all() and not np.allclose(alpha, 0.1)
+    with pytest.raises(ValueError, match="current parameters"):
+        opt.update(jax.grad(loss)(alpha), state)
