@@ -106,7 +106,7 @@ def task_losses(
     inner_optimizer: optax.GradientTransformation | None = None,
     adapt_filter: AdaptFilter = None,
     inner_aux: Callable | None = None,
-    remat: bool = False,
+    remat: bool | str = False,
     local_embeddings: Mapping | None = None,
 ) -> jax.Array:
     """Per-task query loss after adaptation, ``[T]``; ``vmap`` over tasks, params shared.
@@ -204,7 +204,7 @@ def meta_loss(
     inner_optimizer: optax.GradientTransformation | None = None,
     adapt_filter: AdaptFilter = None,
     inner_aux: Callable | None = None,
-    remat: bool = False,
+    remat: bool | str = False,
     task_chunk: int | None = None,
     local_embeddings: Mapping | None = None,
 ) -> jax.Array:

@@ -105,7 +105,7 @@ class MetaTrainer:
     inner_optimizer: optax.GradientTransformation | None = None
     adapt_filter: AdaptFilter = None
     inner_aux: Callable | None = None
-    remat: bool = False
+    remat: bool | str = False
     task_chunk: int | None = None
     mesh: Any = None
     objective_options: dict = dataclasses.field(default_factory=dict)
@@ -262,7 +262,7 @@ def meta_train(
     inner_optimizer: optax.GradientTransformation | None = None,
     adapt_filter: AdaptFilter = None,
     inner_aux: Callable | None = None,
-    remat: bool = False,
+    remat: bool | str = False,
     task_chunk: int | None = None,
     steps: int | None = None,
     nonfinite: str = "skip",
