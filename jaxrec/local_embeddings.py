@@ -17,6 +17,13 @@ Padding rows take id 0 (as :func:`jaxrec.zero_padding` does), and ids outside ``
 (as the models do), so slot 0 of the local table is global row 0 whenever a padded or OOV row exists. Slots past
 the number of distinct ids repeat row 0 and are read by nothing: they keep a zero gradient and add nothing.
 
+Tables that share a row key (NeuMF's ``gmf_embed_item`` and ``mlp_embed_item``, MF's ``embed_item`` and
+``bias_embed_item``, FM's ``factors_embed_item`` and ``linear/embed_item``) read the same ids, so they share one
+``u``, computed once from the key's original ids, and the key's ids are remapped once: every such table ``W`` is
+replaced by its own ``W[u]`` read through the same local ids, and the identity above holds for each of them (the
+loss reads each table at the rows it would have read). Sampled negatives ``neg_<key>`` (BPR's ``neg_item``) read
+the tables of ``<key>`` too: their ids join the key's ``u`` (``R`` counts them) and are remapped with it.
+
 Tables with ``V <= R`` are left as they are: localising them saves nothing. Localised tables no longer have the
 shape a Flax ``nn.Embed`` declares; :func:`local_tables_context` lets ``nn.Embed`` read such a table (it is entered
 by :mod:`jaxrec.maml` around every evaluation of the loss on localised parameters).
@@ -54,13 +61,25 @@ def _valid_ids(ids: jax.Array, vocab: int, mask: jax.Array) -> jax.Array:
     return jnp.where(keep & (ids >= 0) & (ids < vocab), ids, 0)
 
 
-def _local_table(ids_s: jax.Array, ids_q: jax.Array, size: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``u`` (``[size]`` sorted distinct ids, padded with 0) and the local ids of both sides (``u[local] = ids``)."""
-    both = jnp.concatenate([ids_s.reshape(-1), ids_q.reshape(-1)])
+NEGATIVE_PREFIX = "neg_"  # ``neg_<key>``: the ids of sampled negatives, read through the tables of ``<key>``
+
+
+def _read_keys(rows: Mapping[str, Any], key: str) -> list[str]:
+    """The keys of ``rows`` whose ids index the tables of row key ``key``: ``key`` and ``neg_<key>``."""
+    return [name for name in (key, NEGATIVE_PREFIX + key) if name in rows]
+
+
+def _local_table(ids: list[jax.Array], size: int) -> tuple[jax.Array, list[jax.Array]]:
+    """``u`` (``[size]`` sorted distinct ids of all ``ids``, padded with 0) and each array's local ids
+    (``u[local] = ids``)."""
+    both = jnp.concatenate([part.reshape(-1) for part in ids])
     unique, inverse = jnp.unique(both, size=size, fill_value=0, return_inverse=True)
     inverse = inverse.reshape(-1).astype(jnp.int32)
-    n_s = ids_s.size
-    return unique, inverse[:n_s].reshape(ids_s.shape), inverse[n_s:].reshape(ids_q.shape)
+    local, offset = [], 0
+    for part in ids:
+        local.append(inverse[offset : offset + part.size].reshape(part.shape))
+        offset += part.size
+    return unique.astype(jnp.int32), local
 
 
 def localize(
@@ -73,6 +92,9 @@ def localize(
 ) -> tuple[Any, dict, dict, dict]:
     """Replace each table in ``tables`` by the rows one task touches and remap its ids.
 
+    Tables that share a row key (NeuMF's ``gmf_embed_item`` and ``mlp_embed_item``) share one index, built once
+    from the key's original ids (with those of ``neg_<key>``, if present); the key's ids are remapped once.
+
     Args:
       params: the parameter pytree (nested dicts, as Flax variables).
       support, query: one task's rows (dicts of ``[rows]`` or ``[rows, L]`` arrays).
@@ -81,26 +103,45 @@ def localize(
 
     Returns:
       ``(local_params, local_support, local_query, index)``: ``index[path] = u``, the global rows behind the
-      local table (use :func:`gather_tables` to localise a params-shaped pytree such as Meta-SGD rates the same
-      way). Pure and differentiable in ``params``.
+      local table (the same array for every table of a row key; use :func:`gather_tables` to localise a
+      params-shaped pytree such as Meta-SGD rates the same way). Pure and differentiable in ``params``.
+
+    Raises:
+      KeyError: a table path is not in ``params``.
+      ValueError: tables sharing a row key have different vocabulary sizes (one remapping cannot serve both).
     """
     leaves = {_path_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-    support, query = dict(support), dict(query)
-    index: dict[tuple[str, ...], jax.Array] = {}
+    by_key: dict[str, list[tuple[str, ...]]] = {}
     for path, key in tables.items():
         path = tuple(path)
         if path not in leaves:
             raise KeyError(f"embedding table {'/'.join(path)} not found in params")
+        by_key.setdefault(key, []).append(path)
+    # ids are read from the caller's rows (never from rows already remapped) and written to copies
+    local_support, local_query = dict(support), dict(query)
+    index: dict[tuple[str, ...], jax.Array] = {}
+    for key, paths in by_key.items():
         if key not in support or key not in query:
             continue
-        vocab = leaves[path].shape[0]
-        ids_s = _valid_ids(support[key], vocab, support_mask)
-        ids_q = _valid_ids(query[key], vocab, query_mask)
-        size = ids_s.size + ids_q.size
+        vocabs = {int(leaves[p].shape[0]) for p in paths}
+        if len(vocabs) > 1:
+            raise ValueError(
+                f"tables {['/'.join(p) for p in paths]} share row key {key!r} but have vocabularies {sorted(vocabs)}"
+            )
+        vocab = vocabs.pop()
+        parts = [
+            (local_support, name, _valid_ids(support[name], vocab, support_mask)) for name in _read_keys(support, key)
+        ]
+        parts += [(local_query, name, _valid_ids(query[name], vocab, query_mask)) for name in _read_keys(query, key)]
+        size = sum(ids.size for _, _, ids in parts)
         if vocab <= size:
             continue
-        index[path], support[key], query[key] = _local_table(ids_s, ids_q, size)
-    return gather_tables(params, index), support, query, index
+        unique, local = _local_table([ids for _, _, ids in parts], size)
+        for (rows, name, _), local_ids in zip(parts, local, strict=True):
+            rows[name] = local_ids
+        for path in paths:
+            index[path] = unique
+    return gather_tables(params, index), local_support, local_query, index
 
 
 def gather_tables(tree: Any, index: Mapping[tuple[str, ...], jax.Array]) -> Any:

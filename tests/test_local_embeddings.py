@@ -196,3 +196,127 @@ def test_reptile_direction_is_exact_and_trainer_option():
     close(train_full, train_local)
     # the trainer really took a step
     assert np.abs(train_full[0]["params"]["head"]["output"]["bias"] - params["params"]["head"]["output"]["bias"]) > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tables sharing a row key (NeuMF's gmf_embed_item and mlp_embed_item, MF's embed_item and bias_embed_item, ...)
+
+# user and item vocabularies larger than a task's 7 rows (14 with negatives), so both keys are really localised
+SHARED_SPEC = jaxrec.FeatureSpec(
+    categorical={"user": 20, "item": 40, "user_gender": 2, "user_zip": 30, "item_year": 9},
+    multi_hot={"item_genres": 5},
+    target="rating",
+    rating_range=(1.0, 5.0),
+)
+IMPLICIT_SPEC = jaxrec.FeatureSpec(**{**SHARED_SPEC.__dict__, "target": "label", "rating_range": None})
+# the models of models.MODELS whose embedding tables share a row key (checked below), small enough to compile fast
+SHARED_KEY_MODELS = {
+    "mf": dict(embed=3),
+    "fm": dict(embed=3),
+    "neumf": dict(embed=3, hidden=(4,)),
+}
+
+
+def model_tables(name, spec, **kwargs):
+    """``models.embedding_tables`` of model ``name`` from its abstract parameters (tracing only, no compilation)."""
+    model = models.create(name, spec, **kwargs)
+    rows = models.synthetic_rows(spec, 2, jax.random.PRNGKey(0))
+    return models.embedding_tables(jax.eval_shape(model.init, jax.random.PRNGKey(0), rows))
+
+
+def test_shared_key_models_are_those_of_the_registry():
+    spec = jaxrec.FeatureSpec(**{**SHARED_SPEC.__dict__, "history": 2})
+    shared = set()
+    for name in models.MODELS:
+        keys = list(model_tables(name, spec).values())
+        if len(set(keys)) < len(keys):
+            shared.add(name)
+    assert shared == set(SHARED_KEY_MODELS)
+
+
+@functools.cache
+def make_shared_batch(implicit=False):
+    """A batch with one user per task (an out-of-range user in task 2) and the edge-case items of
+    :func:`make_batch`: padded rows, OOV 0, ids out of range, items repeated within and across sides; ``implicit``:
+    labels and ``neg_item`` negatives (some equal to positives, some out of range) for BPR."""
+    spec = IMPLICIT_SPEC if implicit else SHARED_SPEC
+    batch = models.synthetic_task_batch(spec, 3, 4, 3, jax.random.PRNGKey(2), padded=True)
+    s = {k: np.array(v) for k, v in batch.support.items()}
+    q = {k: np.array(v) for k, v in batch.query.items()}
+    s["item"][0, :2], s["item"][1, :2], s["item"][1, 1] = (0, 999), (-3, 0), s["item"][1, 2]
+    q["item"][0, 0], q["item"][2, 0], q["item"][1, 1] = 0, s["item"][2, 0], s["item"][1, 3]
+    s["user"][0], q["user"][0], s["user"][2], q["user"][2] = 7, 7, 25, 25
+    if implicit:
+        s["neg_item"][0, 0], s["neg_item"][1, 2], q["neg_item"][2, 1] = -1, s["item"][1, 3], 999
+        q["neg_item"][0, 1] = s["item"][0, 2]
+    sm = np.array(batch.support_mask)
+    sm[0] = [True, True, True, False]
+    sm[1] = True
+    s, q = ({k: jnp.asarray(v, jnp.float64 if v.dtype.kind == "f" else v.dtype) for k, v in r.items()} for r in (s, q))
+    return jaxrec.TaskBatch(s, q, jnp.asarray(sm), batch.query_mask, batch.task_id)
+
+
+def random_params(name, spec=SHARED_SPEC):
+    """Float64 parameters of model ``name`` with every leaf random (zero-initialised bias tables included, so a
+    table gathered at wrong rows changes the loss, not only the gradient)."""
+    model = models.create(name, spec, **SHARED_KEY_MODELS[name])
+    params = models.init_params(model, spec, jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    return model, jax.tree.map(lambda x: jnp.asarray(x, jnp.float64) + 0.3 * rng.normal(size=x.shape), params)
+
+
+def test_shared_key_tables_share_one_index_from_the_original_ids():
+    model, params = random_params("neumf", IMPLICIT_SPEC)
+    tables = models.embedding_tables(params)
+    batch = make_shared_batch(implicit=True)
+    for t in range(batch.num_tasks):
+        s = {k: v[t] for k, v in batch.support.items()}
+        q = {k: v[t] for k, v in batch.query.items()}
+        sm, qm = batch.support_mask[t], batch.query_mask[t]
+        local, ls, lq, index = localize(params, s, sm, q, qm, tables)
+        for key, vocab, size in (("user", 20, 7), ("item", 40, 14)):
+            paths = [("params", f"{role}_embed_{key}", "embedding") for role in ("gmf", "mlp")]
+            assert all(tables[p] == key for p in paths)
+            u = np.asarray(index[paths[0]])
+            np.testing.assert_array_equal(index[paths[1]], u)  # one index per row key
+            assert u.shape == (size,)
+            # every table reads, through the remapped ids, the global rows the original ids select
+            names = (key, "neg_" + key) if key == "item" else (key,)
+            for rows, mask, local_rows in ((s, sm, ls), (q, qm, lq)):
+                for name in names:
+                    ids = np.asarray(rows[name])
+                    valid = np.where(np.asarray(mask) & (ids >= 0) & (ids < vocab), ids, 0)
+                    np.testing.assert_array_equal(u[np.asarray(local_rows[name])], valid)
+                    for p in paths:
+                        np.testing.assert_array_equal(
+                            np.asarray(local["params"][p[1]]["embedding"])[np.asarray(local_rows[name])],
+                            np.asarray(params["params"][p[1]]["embedding"])[valid],
+                        )
+    with pytest.raises(ValueError, match="share row key 'item'"):
+        localize(params, s, sm, q, qm, {**tables, ("params", "gmf_embed_user", "embedding"): "item"})
+
+
+@pytest.mark.parametrize("name, implicit", [("fm", False), ("mf", False), ("neumf", False), ("neumf", True)])
+def test_shared_key_models_meta_loss_and_gradient_are_exact(name, implicit):
+    """Flax models whose tables share a row key (with BPR negatives read through the item tables too): the
+    second-order meta-loss and meta-gradient, adapting all parameters and the model's default filter (NeuMF:
+    ``head``), are the same with and without local tables."""
+    model, params = random_params(name, IMPLICIT_SPEC if implicit else SHARED_SPEC)
+    tables = models.embedding_tables(params)
+    assert len(set(tables.values())) < len(tables)  # some tables really share a row key
+    batch = make_shared_batch(implicit)
+    loss = jaxrec.bpr_loss(model.apply) if implicit else models.default_loss(model)
+    filters = {"all": models.adapt_filter("all"), "default": models.adapt_filter("default", model)}
+
+    def variant(p, adapt, local):
+        options = {"local_embeddings": tables} if local else {}
+        kwargs = dict(loss_fn=loss, inner_lr=0.05, order="second", adapt_filter=adapt)
+        return value_and_grad(p, batch, **kwargs, **options)
+
+    fns = [functools.partial(variant, adapt=f, local=local) for f in filters.values() for local in (False, True)]
+    results = jit_together(*fns)(params)
+    for i, adapt in enumerate(filters):
+        full, local = results[2 * i], results[2 * i + 1]
+        assert 0.0 < float(full[0]) < 10.0, adapt  # a sane (not diverging) inner loop
+        close(full[0], local[0])  # the meta-loss
+        close(full[1], local[1])  # the meta-gradient
