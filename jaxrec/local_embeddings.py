@@ -82,6 +82,31 @@ def _local_table(ids: list[jax.Array], size: int) -> tuple[jax.Array, list[jax.A
     return unique.astype(jnp.int32), local
 
 
+def tables_by_key(params: Any, tables: Tables) -> dict[str, tuple[list[tuple[str, ...]], int]]:
+    """``{row key: (table paths, vocabulary size)}``: the tables one remapping of a key's ids serves.
+
+    Raises:
+      KeyError: a table path is not in ``params``.
+      ValueError: tables sharing a row key have different vocabulary sizes (one remapping cannot serve both).
+    """
+    leaves = {_path_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    by_key: dict[str, list[tuple[str, ...]]] = {}
+    for path, key in tables.items():
+        path = tuple(path)
+        if path not in leaves:
+            raise KeyError(f"embedding table {'/'.join(path)} not found in params")
+        by_key.setdefault(key, []).append(path)
+    out = {}
+    for key, paths in by_key.items():
+        vocabs = sorted({int(leaves[p].shape[0]) for p in paths})
+        if len(vocabs) > 1:
+            raise ValueError(
+                f"tables {['/'.join(p) for p in paths]} share row key {key!r} but have vocabularies {vocabs}"
+            )
+        out[key] = (paths, vocabs[0])
+    return out
+
+
 def localize(
     params: Any,
     support: Mapping[str, jax.Array],
@@ -110,25 +135,12 @@ def localize(
       KeyError: a table path is not in ``params``.
       ValueError: tables sharing a row key have different vocabulary sizes (one remapping cannot serve both).
     """
-    leaves = {_path_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-    by_key: dict[str, list[tuple[str, ...]]] = {}
-    for path, key in tables.items():
-        path = tuple(path)
-        if path not in leaves:
-            raise KeyError(f"embedding table {'/'.join(path)} not found in params")
-        by_key.setdefault(key, []).append(path)
     # ids are read from the caller's rows (never from rows already remapped) and written to copies
     local_support, local_query = dict(support), dict(query)
     index: dict[tuple[str, ...], jax.Array] = {}
-    for key, paths in by_key.items():
+    for key, (paths, vocab) in tables_by_key(params, tables).items():
         if key not in support or key not in query:
             continue
-        vocabs = {int(leaves[p].shape[0]) for p in paths}
-        if len(vocabs) > 1:
-            raise ValueError(
-                f"tables {['/'.join(p) for p in paths]} share row key {key!r} but have vocabularies {sorted(vocabs)}"
-            )
-        vocab = vocabs.pop()
         parts = [
             (local_support, name, _valid_ids(support[name], vocab, support_mask)) for name in _read_keys(support, key)
         ]

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrec.batch import TaskBatch
-from jaxrec.local_embeddings import Tables, _valid_ids
+from jaxrec.local_embeddings import Tables, _valid_ids, tables_by_key
 
 __all__ = [
     "RowIndex",
@@ -159,27 +159,17 @@ def localize_batch(params: Any, batch: TaskBatch, tables: Tables) -> tuple[Any, 
       KeyError: a table path is not in ``params`` or its row key is in neither side of the batch.
       ValueError: tables sharing a row key have different vocabulary sizes.
     """
-    leaves = {_path_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-    by_key: dict[str, list[tuple[str, ...]]] = {}
-    for path, key in tables.items():
-        path = tuple(path)
-        if path not in leaves:
-            raise KeyError(f"embedding table {'/'.join(path)} not found in params")
+    by_key = tables_by_key(params, tables)
+    for key, (paths, _) in by_key.items():
         if key not in batch.support and key not in batch.query:
             raise KeyError(
-                f"the batch has no row key {key!r} indexing embedding table {'/'.join(path)}: a row-sparse "
+                f"the batch has no row key {key!r} indexing embedding table {'/'.join(paths[0])}: a row-sparse "
                 "update needs the ids of every table it updates"
             )
-        by_key.setdefault(key, []).append(path)
     support, query = dict(batch.support), dict(batch.query)
     index: Index = {}
-    for key, paths in sorted(by_key.items()):
-        vocabs = {int(leaves[p].shape[0]) for p in paths}
-        if len(vocabs) > 1:
-            raise ValueError(
-                f"tables {[('/'.join(p)) for p in paths]} share row key {key!r} but have vocabularies {vocabs}"
-            )
-        rows_index, local_s, local_q = _batch_index(batch, key, vocabs.pop())
+    for key, (paths, vocab) in sorted(by_key.items()):
+        rows_index, local_s, local_q = _batch_index(batch, key, vocab)
         support.update(local_s)
         query.update(local_q)
         for path in paths:
