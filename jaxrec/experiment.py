@@ -374,7 +374,9 @@ class Experiment:
     def epoch_tasks(self, epoch: int) -> TaskSet:
         """The meta-train tasks of ``epoch``: ``train_tasks``, or with ``resample_tasks`` (and ``epoch > 0``) the
         same users split afresh with seed ``[seed, epoch]``. The users, support and query sizes, and so the batch
-        shapes, are those of ``train_tasks``: only which ratings are support and which are query changes."""
+        shapes, are those of ``train_tasks``: only which ratings are support and which are query changes (and, for
+        users subsampled by ``train_subsample``, which of their ratings the task holds). Built afresh for each epoch
+        (a :func:`~jaxrec.tasks.build_tasks` call over the meta-train ratings)."""
         if not self.config.resample_tasks or epoch == 0:
             return self.train_tasks
         tasks = self._train_tasks([self.config.seed, epoch])
