@@ -316,6 +316,8 @@ def compare_stats(
 
 def concat_stats(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per-user statistics of several evaluations as one set of users (concatenated along the user axis)."""
+    if not parts:
+        raise ValueError("concat_stats needs at least one set of statistics")
     keys = set(parts[0])
     if any(set(p) != keys for p in parts):
         raise ValueError("concat_stats: the statistics name different metrics")
