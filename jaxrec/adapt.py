@@ -274,10 +274,11 @@ def _replay_fwd(step, steps, every, diff, data, carry):
         return _run(step, diff, data, c, every), c
 
     n_seg = -(-steps // every)
-    last, saved = jax.lax.scan(segment, carry, None, length=n_seg - 1) if n_seg > 1 else (carry, None)
-    stacked = jax.tree.map(lambda s, c: jnp.concatenate([s, c[None]]), saved, last) if n_seg > 1 else None
-    if stacked is None:
-        stacked = jax.tree.map(lambda c: c[None], carry)
+    if n_seg > 1:
+        last, saved = jax.lax.scan(segment, carry, None, length=n_seg - 1)
+        stacked = jax.tree.map(lambda s, c: jnp.concatenate([s, c[None]]), saved, last)
+    else:
+        last, stacked = carry, jax.tree.map(lambda c: c[None], carry)
     out = _run(step, diff, data, last, steps - (n_seg - 1) * every)
     return out, (diff, data, stacked)
 
