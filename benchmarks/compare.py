@@ -7,6 +7,10 @@ on the embedding tables, :mod:`jaxrec.sparse_update`), listed as ``jaxrec_sparse
 
 Writes ``benchmarks/results/compare.json`` (raw records), ``compare.md`` (median table, speed-ups against the
 PyTorch loop and torch.func measured in the same run) and ``compare.png``.
+
+``--devices 1 2`` (default) runs every jaxrec variant twice: on one XLA CPU device (``jaxrec``) and with the task
+axis sharded over two host devices, one per core (``jaxrec_2dev``, ``meta_step.py --devices 2``). PyTorch uses
+every core through its intra-op threads (``torch.set_num_threads``) in both references.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
 
-def variants(vocabs, torch_vocabs, orders, sparse_vocabs=()):
+def variants(vocabs, torch_vocabs, orders, sparse_vocabs=(), devices=(1,)):
+    step = [sys.executable, str(HERE / "meta_step.py"), "--matmul-peak", "2048"]
     for vocab in vocabs:
-        for order in orders if vocab == vocabs[0] else ["second"]:
-            yield ("jaxrec", order, vocab, [sys.executable, str(HERE / "meta_step.py"), "--matmul-peak", "2048"])
-        if vocab in sparse_vocabs:
-            cmd = [sys.executable, str(HERE / "meta_step.py"), "--matmul-peak", "2048", "--outer-tables", "sparse"]
-            yield ("jaxrec_sparse", "second", vocab, cmd)
+        for n in devices:
+            suffix = "" if n == 1 else f"_{n}dev"
+            dev = [] if n == 1 else ["--devices", str(n)]
+            for order in orders if vocab == vocabs[0] else ["second"]:
+                yield ("jaxrec" + suffix, order, vocab, step + dev)
+            if vocab in sparse_vocabs:
+                yield ("jaxrec_sparse" + suffix, "second", vocab, step + dev + ["--outer-tables", "sparse"])
         if vocab in torch_vocabs:
             yield ("torch_loop", "second", vocab, [sys.executable, str(HERE / "torch_reference.py"), "--style", "loop"])
             if vocab == vocabs[0]:  # torch.func materialises [T, V, E] per-task tables: first vocabulary only
@@ -81,6 +88,14 @@ def table(records) -> tuple[str, dict]:
             f"{statistics.median(gf) if gf else float('nan'):.2f} | "
             f"{statistics.median(frac) if frac else float('nan'):.3f} | {len(rs)} |"
         )
+    ratios = [
+        f"{impl} {med[(impl, 'second', v)] / med[(impl, 'first', v)]:.2f}x"
+        for impl, order, v in sorted(med)
+        if order == "first" and (impl, "second", v) in med
+    ]
+    if ratios:
+        lines.append("")
+        lines.append("Second-/first-order step time (medians): " + ", ".join(ratios) + ".")
     lines.append("")
     lines.append(
         "\\* PyTorch not run at this vocabulary: ratio against its run at the largest smaller vocabulary (PyTorch"
@@ -156,6 +171,14 @@ def main(argv=None):
         default=[1000000],
         help="vocabularies at which jaxrec also runs with --outer-tables sparse (row 'jaxrec_sparse')",
     )
+    p.add_argument(
+        "--devices",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="jaxrec runs once per count: 1 is the plain step, N > 1 shards the tasks over N host CPU devices "
+        "(rows 'jaxrec_<N>dev'; meta_step.py --devices)",
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default="compare")
@@ -170,11 +193,13 @@ def main(argv=None):
     RESULTS.mkdir(parents=True, exist_ok=True)
     records = []
     for rnd in range(args.rounds):
-        for impl, order, vocab, cmd in variants(args.vocabs, args.torch_vocabs, args.orders, args.sparse_vocabs):
+        for impl, order, vocab, cmd in variants(
+            args.vocabs, args.torch_vocabs, args.orders, args.sparse_vocabs, args.devices
+        ):
             rec = run(cmd, order, vocab, args.steps, args.warmup)
             rec["round"] = rnd
-            if impl == "jaxrec_sparse":
-                rec["impl"] = impl  # its own row in the tables, next to the dense jaxrec one
+            if impl.startswith("jaxrec") and "error" not in rec:
+                rec["impl"] = impl  # its own row in the tables (sparse outer update, device count)
             records.append(rec)
             print(
                 json.dumps(

@@ -2,6 +2,13 @@
 
     python benchmarks/meta_step.py --order second --adapt all --local-embeddings on --matmul-peak 2048
     python benchmarks/meta_step.py --item-vocab 1000000 --outer-tables sparse
+    python benchmarks/meta_step.py --devices 2    # one host device per core, tasks sharded over them
+
+``--devices N`` (CPU) exposes the host's cores as ``N`` XLA devices (``jax_num_cpu_devices``) and runs the step
+on a 1-D ``"tasks"`` mesh (:mod:`jaxrec.sharding`: parameters replicated, the task axis sharded, the
+meta-gradient summed across devices by the compiler), exactly as on several accelerators. One XLA CPU device
+runs most of this step's small per-task ops on one thread; a device per core runs the two halves of the task
+batch side by side. ``peak_bytes`` is then per device.
 
 ``--outer-tables sparse`` updates the embedding tables (:func:`jaxrec.models.embedding_tables`) row-sparsely
 (:mod:`jaxrec.sparse_update`: ``row_sparse_adam`` / ``row_sparse_sgd`` following ``--outer``, the optax optimiser
@@ -36,10 +43,12 @@ import optax  # noqa: E402
 import jaxrec  # noqa: E402
 from jaxrec import models  # noqa: E402
 from jaxrec.adapt import inner_unroll  # noqa: E402
+from jaxrec.sharding import make_mesh, shard_batch  # noqa: E402
 
 
 def build(args):
-    """``(trainer, state, batch)`` of the reference workload for ``args``."""
+    """``(trainer, state, batch, n_params)`` of the reference workload for ``args`` (batch sharded with
+    ``--devices``)."""
     spec = models.reference_spec(args.item_vocab)
     model = models.MeLU(spec, embed=args.embed, hidden=tuple(args.hidden), use_ids=("item",), interaction=None)
     params = models.init_params(model, spec, jax.random.PRNGKey(args.seed))
@@ -60,11 +69,14 @@ def build(args):
         remat=args.remat,
         task_chunk=args.task_chunk,
         objective_options=options,
+        mesh=make_mesh(args.devices) if getattr(args, "devices", 1) > 1 else None,
         **sparse,
     )
     batch = models.synthetic_task_batch(
         spec, args.tasks, args.support, args.query, jax.random.PRNGKey(args.seed + 1), padded=False
     )
+    if trainer.mesh is not None:
+        batch = shard_batch(batch, trainer.mesh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     return trainer, trainer.init(params), batch, n_params
 
@@ -137,7 +149,16 @@ def main(argv=None):
         help="outer update of the embedding tables: dense (optax over the full tables) or sparse (row-sparse, "
         "lazy Adam with --outer adam)",
     )
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=1,
+        help="host CPU devices (one per core) to shard the task axis over; 1: plain single-device step",
+    )
     args = p.parse_args(argv)
+    if args.devices > 1:
+        # must precede the backend's start: nothing above has touched a device yet
+        jax.config.update("jax_num_cpu_devices", args.devices)
     trainer, state, batch, n_params = build(args)
     t0 = time.perf_counter()
     compiled = trainer._step.lower(state, batch).compile()
@@ -161,6 +182,7 @@ def main(argv=None):
         loss=float(metrics["loss"]),
         params=n_params,
         device=str(jax.devices()[0].device_kind),
+        devices=args.devices,
         platform_name=jax.default_backend(),
         versions={"jax": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None},
     )

@@ -76,7 +76,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-ratings", type=int, help="users with fewer ratings are not tasks")
     g.add_argument("--max-ratings", type=int, help="users with more ratings are not tasks")
     g.add_argument("--query", type=int, help="query ratings per user task")
-    g.add_argument("--devices", help="train on N devices (or 'all' local devices); default one device")
+    g.add_argument(
+        "--devices",
+        help="train on N devices (or 'all' local devices; on a CPU-only host, N splits its cores into N devices); "
+        "default one device",
+    )
     e = p.add_argument_group("evaluation")
     e.add_argument(
         "--baselines", help="comma-separated baselines (finetune,no_adapt,global_mean,user_mean,...); 'none' for none"
@@ -828,6 +832,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return (CLIError, CheckpointError, DataError, DownloadError, NonFiniteError)
 
 
+def _host_devices(devices) -> None:
+    """``--devices N`` (N > 1): let a CPU-only host show its cores as ``N`` XLA devices, so that the task axis is
+    sharded over them as over accelerators (``jax_num_cpu_devices``; GPU and TPU backends ignore it). It only
+    takes effect before JAX starts its backends; afterwards the mesh reports how many devices there are."""
+    try:
+        n = int(devices)
+    except (TypeError, ValueError):
+        return  # None, "all", or a bad value that the config check reports
+    if n > 1:
+        import jax
+
+        try:
+            jax.config.update("jax_num_cpu_devices", n)
+        except RuntimeError as err:  # the backends already started (jaxrec.cli.main called inside a process)
+            logger.debug("--devices %d: host CPU device count unchanged (%s)", n, err)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``jaxrec`` command; returns the exit status (0 ok, 1 error, 2 usage, 128+signal interrupted)."""
     parser = build_parser()
@@ -837,6 +858,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(e.code or 0)
     debug = args.debug or os.environ.get("JAXREC_DEBUG") == "1"
     _configure_logging(debug)
+    _host_devices(getattr(args, "devices", None))
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -3,6 +3,8 @@ datasets, and the clear one-line errors."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 from cli_support import TINY_FLAGS, write_ratings
@@ -167,3 +169,16 @@ def test_datasets_lists_the_bundled_default(tmp_path, capsys):
     assert cli.main(["datasets", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "ml-latest-small" in out and "bundled" in out and "ml-1m" in out and str(tmp_path) in out
+
+
+def test_devices_flag_splits_a_cpu_host_into_that_many_devices():
+    # a fresh interpreter: the host device count can only change before JAX starts its backends
+    code = (
+        "import jax, jaxrec; from jaxrec import cli; cli._host_devices('2'); "
+        "print(jax.default_backend(), jax.device_count(), jaxrec.make_mesh(2).devices.size)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    backend, count, mesh = out.stdout.split()
+    if backend != "cpu":
+        pytest.skip(f"the flag splits CPU hosts only; this backend is {backend}")
+    assert (int(count), int(mesh)) == (2, 2)
