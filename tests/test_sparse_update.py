@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from small_melu import MODEL, SPEC
 
 import jaxrec
 from jaxrec import models
@@ -18,13 +19,6 @@ from jaxrec.sparse_update import RowIndex, localize_batch, row_sparse_adam, row_
 pytestmark = pytest.mark.usefixtures("float64")
 
 INNER_LR = 0.05
-SPEC = jaxrec.FeatureSpec(
-    categorical={"user": 1, "item": 40, "user_gender": 2, "user_zip": 30, "item_year": 9},
-    multi_hot={"item_genres": 5},
-    target="rating",
-    rating_range=(1.0, 5.0),
-)
-MODEL = models.MeLU(SPEC, embed=4, hidden=(6,), use_ids=("item",), interaction=None)
 LOSS = models.default_loss(MODEL)
 ITEM = ("params", "embed_item", "embedding")
 ZIP = ("params", "embed_user_zip", "embedding")
