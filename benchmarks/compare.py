@@ -11,6 +11,10 @@ PyTorch loop and torch.func measured in the same run) and ``compare.png``.
 ``--devices 1 2`` (default) runs every jaxrec variant twice: on one XLA CPU device (``jaxrec``) and with the task
 axis sharded over two host devices, one per core (``jaxrec_2dev``, ``meta_step.py --devices 2``). PyTorch uses
 every core through its intra-op threads (``torch.set_num_threads``) in both references.
+
+``--malloc heap`` (default) runs every implementation, PyTorch included, with glibc keeping freed memory in its
+heap (``MALLOC_MMAP_MAX_=0``; :mod:`jaxrec.host_memory` explains why XLA CPU needs it); ``--malloc default``
+keeps glibc's defaults. ``--task-chunk N`` is passed to every jaxrec run.
 """
 
 from __future__ import annotations
@@ -48,9 +52,14 @@ def variants(vocabs, torch_vocabs, orders, sparse_vocabs=(), devices=(1,)):
                 )
 
 
-def run(cmd, order, vocab, steps, warmup):
+# glibc keeps freed memory in its heap instead of unmapping it (jaxrec.keep_freed_host_memory does the same
+# in-process): the same environment for every implementation
+HEAP_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}
+
+
+def run(cmd, order, vocab, steps, warmup, env=None):
     full = cmd + ["--order", order, "--item-vocab", str(vocab), "--steps", str(steps), "--warmup", str(warmup)]
-    out = subprocess.run(full, capture_output=True, text=True, check=False)
+    out = subprocess.run(full, capture_output=True, text=True, check=False, env=env)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode or not lines:
         return {"error": out.stderr[-2000:], "cmd": full}
@@ -96,6 +105,15 @@ def table(records) -> tuple[str, dict]:
     if ratios:
         lines.append("")
         lines.append("Second-/first-order step time (medians): " + ", ".join(ratios) + ".")
+    settings = sorted(
+        {(str(r.get("malloc", "default")), str(r["config"].get("task_chunk"))) for r in ok_records(records)}
+    )
+    lines.append("")
+    lines.append(
+        "Settings (malloc for every implementation, jaxrec task_chunk): "
+        + "; ".join(f"malloc={m}, task_chunk={c}" for m, c in settings)
+        + "."
+    )
     lines.append("")
     lines.append(
         "\\* PyTorch not run at this vocabulary: ratio against its run at the largest smaller vocabulary (PyTorch"
@@ -113,6 +131,10 @@ def table(records) -> tuple[str, dict]:
         lines.append("")
         lines.append("FLOPs per step: " + "; ".join(methods) + " (GFLOP/s = FLOPs / median step time).")
     return "\n".join(lines) + "\n", med
+
+
+def ok_records(records):
+    return [r for r in records if "error" not in r]
 
 
 def per_round(records) -> list[str]:
@@ -179,6 +201,14 @@ def main(argv=None):
         help="jaxrec runs once per count: 1 is the plain step, N > 1 shards the tasks over N host CPU devices "
         "(rows 'jaxrec_<N>dev'; meta_step.py --devices)",
     )
+    p.add_argument(
+        "--malloc",
+        choices=["heap", "default"],
+        default="heap",
+        help="heap: every implementation runs with glibc keeping freed memory for reuse (MALLOC_MMAP_MAX_=0, "
+        "see jaxrec.host_memory); default: glibc's defaults",
+    )
+    p.add_argument("--task-chunk", type=int, default=None, help="passed to every jaxrec run (tasks per vmapped chunk)")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default="compare")
@@ -192,12 +222,15 @@ def main(argv=None):
         return
     RESULTS.mkdir(parents=True, exist_ok=True)
     records = []
+    env = dict(os.environ) | (HEAP_MALLOC if args.malloc == "heap" else {})
+    chunk = ["--task-chunk", str(args.task_chunk)] if args.task_chunk else []
     for rnd in range(args.rounds):
         for impl, order, vocab, cmd in variants(
             args.vocabs, args.torch_vocabs, args.orders, args.sparse_vocabs, args.devices
         ):
-            rec = run(cmd, order, vocab, args.steps, args.warmup)
-            rec["round"] = rnd
+            cmd = cmd + chunk if impl.startswith("jaxrec") else cmd
+            rec = run(cmd, order, vocab, args.steps, args.warmup, env)
+            rec["round"], rec["malloc"] = rnd, args.malloc
             if impl.startswith("jaxrec") and "error" not in rec:
                 rec["impl"] = impl  # its own row in the tables (sparse outer update, device count)
             records.append(rec)

@@ -15,6 +15,7 @@ from jaxrec.batch import BatchShapeError, TaskBatch, validate_batch
 from jaxrec.evaluate import meta_evaluate
 from jaxrec.experiment import Experiment, ExperimentConfig
 from jaxrec.features import FeatureSpec
+from jaxrec.host_memory import keep_freed_host_memory
 from jaxrec.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
 from jaxrec.maml import ALGORITHMS, MetaSGDParams, meta_loss, meta_value_and_grad, reptile_direction, task_losses
 from jaxrec.models import (

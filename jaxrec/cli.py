@@ -859,6 +859,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = args.debug or os.environ.get("JAXREC_DEBUG") == "1"
     _configure_logging(debug)
     _host_devices(getattr(args, "devices", None))
+    # the command owns its process: reuse freed host memory so that XLA CPU's per-step buffers are not
+    # page-faulted in again every step (jaxrec.host_memory)
+    from jaxrec.host_memory import keep_freed_host_memory
+
+    keep_freed_host_memory()
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
