@@ -25,11 +25,13 @@ Protocol (after MeLU, Lee et al. KDD 2019):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -74,16 +76,19 @@ class ExperimentConfig:
     update of the decision layers | "all" | "default" | a regex), ``inner_lr``, ``inner_steps``, ``inner_l2`` (weight of
     :func:`jaxrec.losses.l2_to_init` in the inner loss, 0 = none), ``meta_lr``, ``tune_inner_lr``: start from the
     fine-tuning rate chosen on the validation users over ``finetune_lrs`` (:meth:`Experiment.resolve_inner_lr`;
-    ``inner_lr`` is then only the fallback); ``rate_lr``: Adam rate of Meta-SGD's per-parameter inner rates (None:
-    ``meta_lr``), applied to the rates themselves (``rate_space="linear"``) or to their logarithms (``"log"``,
-    :func:`jaxrec.maml.log_space`: relative steps). ``batch_size`` tasks per meta-step, ``epochs`` over the meta-train
-    tasks. ``resample_tasks``: draw a fresh support/query split of every meta-train user each epoch (epoch 0 is the
-    ordinary split), so that the meta-learner does not fit one fixed partition of each user's ratings (task augmentation
-    against meta-overfitting). ``pretrain``: start meta-training from the supervised (non-meta) model of the
-    ``no_adapt`` baseline instead of a random initialisation (the meta-learner then only has to learn how to adapt; it
-    sees the same ratings the baselines see).
-    ``meta_params``: which parameters the outer loop updates (an :func:`jaxrec.models.adapt_filter` spec: "all", "head",
-    a regex); the others keep their (pretrained) values.
+    ``inner_lr`` is then only the fallback, and the rate used from the bias start); ``rate_lr``: Adam rate of Meta-SGD's
+    per-parameter inner rates (None: ``meta_lr``), applied to the rates themselves (``rate_space="linear"``) or to their
+    logarithms (``"log"``, :func:`jaxrec.maml.log_space`: relative steps). ``batch_size`` tasks per meta-step,
+    ``epochs`` over the meta-train tasks. ``resample_tasks``: draw a fresh support/query split of every meta-train user
+    each epoch (epoch 0 is the ordinary split), so that the meta-learner does not fit one fixed partition of each user's
+    ratings (task augmentation against meta-overfitting). ``pretrain``: where meta-training starts
+    (:attr:`Experiment.start`): ``"bias"`` starts at the classical bias model ``mu + b_i`` fitted on the meta-train
+    ratings (MeLU with ``item_bias``: the item bias table holds ``b_i``, the head adds only its output bias, which the
+    inner loop adapts into the user offset ``b_u``; the network part is then learned by meta-training alone; a model
+    without such a table falls back to ``True``); ``True`` starts from the supervised (non-meta) model of the
+    ``no_adapt`` baseline (the meta-learner then only has to learn how to adapt; it sees the same ratings the baselines
+    see); ``False`` from random values. ``meta_params``: which parameters the outer loop updates (an
+    :func:`jaxrec.models.adapt_filter` spec: "all", "head", a regex); the others keep their (pretrained) values.
 
     Evaluation: ``baselines`` (subset of :data:`BASELINES`), ``ks`` for nDCG@k / HR@k, ``bootstrap`` resamples,
     ``eval_batch_size``; ``val_frac`` of meta-train users held out to tune the fine-tuning learning rate over
@@ -112,7 +117,13 @@ class ExperimentConfig:
     history: int = 0
     model: str = "melu"
     model_kwargs: dict = dataclasses.field(
-        default_factory=lambda: {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
+        default_factory=lambda: {
+            "embed": 16,
+            "hidden": [32, 32],
+            "use_ids": ["item"],
+            "interaction": None,
+            "item_bias": True,
+        }
     )
     algorithm: str = "metasgd"
     order: str = "second"
@@ -124,10 +135,10 @@ class ExperimentConfig:
     meta_lr: float = 3e-4
     rate_lr: float | None = 3e-4
     rate_space: str = "linear"
-    pretrain: bool = True
+    pretrain: bool | str = "bias"
     meta_params: str = "all"
     batch_size: int = 32
-    epochs: int = 30
+    epochs: int = 60
     resample_tasks: bool = True
     seed: int = 0
     devices: int | str | None = None
@@ -320,12 +331,66 @@ class Experiment:
         """Fresh random model variables ``{"params": ...}`` from the config seed."""
         return models.init_params(self.model, self.spec, jax.random.key(self.config.seed))
 
+    @functools.cached_property
+    def start(self) -> str:
+        """Where meta-training starts: ``"bias"`` (:meth:`bias_start`; ``pretrain="bias"`` and a model with an item
+        bias table and a head, e.g. MeLU with ``item_bias``), ``"supervised"`` (``pretrain=True``, or ``"bias"`` with
+        any other model) or ``"random"`` (``pretrain=False``)."""
+        pretrain = self.config.pretrain
+        if pretrain not in (True, False, "bias"):
+            raise ValueError(f"pretrain must be True, False or 'bias', got {pretrain!r}")
+        if pretrain == "bias":
+            rows = models.synthetic_rows(self.spec, 2, jax.random.key(0))
+            shapes = jax.eval_shape(self.model.init, jax.random.key(0), rows)["params"]
+            if "bias_embed_item" in shapes and "output" in shapes.get("head", {}):
+                return "bias"
+            return "supervised"
+        return "supervised" if pretrain else "random"
+
     def init_params(self) -> Any:
-        """The meta-learner's initialisation: the supervised model with ``pretrain`` (trained once, cached with
-        the baselines), else :meth:`random_params`."""
-        if self.config.pretrain:
+        """The meta-learner's initialisation (see :attr:`start`): the bias model (:meth:`bias_start`), the supervised
+        model of the ``no_adapt`` baseline (trained once, cached with the baselines) or :meth:`random_params`."""
+        start = self.start
+        if start == "supervised":
             return self.baselines().supervised_params
-        return self.random_params()
+        params = self.random_params()
+        return self.bias_start(params) if start == "bias" else params
+
+    def bias_start(self, params: Any) -> Any:
+        """``params`` started at the classical bias model ``mu + b_i``: the item bias table (``bias_embed_item``,
+        e.g. MeLU's ``item_bias``) holds ``b_i``, the head's output bias ``mu`` (both from :meth:`bias_init`) and its
+        output kernel 0, so the head adds nothing but its output bias, which then plays the user offset ``b_u``."""
+        inner = params["params"]
+        if "bias_embed_item" not in inner or "output" not in inner.get("head", {}):
+            raise ValueError(f"bias start: model {self.config.model!r} has no bias_embed_item table and head")
+        mu, item_bias = self.bias_init()
+        output = inner["head"]["output"]
+        output = dict(output, kernel=jnp.zeros_like(output["kernel"]), bias=jnp.full((1,), mu, jnp.float32))
+        inner = dict(
+            inner,
+            bias_embed_item={"embedding": jnp.asarray(item_bias, jnp.float32)[:, None]},
+            head=dict(inner["head"], output=output),
+        )
+        return dict(params, params=inner)
+
+    def bias_init(self) -> tuple[float, np.ndarray]:
+        """``(mu, b_i [item vocab])`` of :func:`jaxrec.baselines.fit_bias_model` on the meta-train ratings (validation
+        users excluded), with the ``bias_reg`` ridge strengths: the same fit as the ``bias`` baseline's."""
+        from jaxrec.baselines import fit_bias_model
+
+        feat, train = self.featurizer, self.train_ratings
+        rows = feat.transform(train)
+        item_reg, user_reg = (float(x) for x in self.config.bias_reg)
+        mu, item_bias, _ = fit_bias_model(
+            train["user"].to_numpy(),
+            rows["item"],
+            rows[feat.spec.target].astype(np.float64),
+            feat.n_users,
+            feat.spec.categorical["item"],
+            item_reg=item_reg,
+            user_reg=user_reg,
+        )
+        return mu, item_bias
 
     def init_state(self) -> MetaTrainState:
         """A fresh :class:`~jaxrec.MetaTrainState` (Meta-SGD: params wrapped with per-parameter rates)."""
@@ -335,9 +400,10 @@ class Experiment:
     def resolve_inner_lr(self) -> float:
         """With ``tune_inner_lr``: set ``config.inner_lr`` (and the trainer's) to the fine-tuning rate chosen on the
         validation users (:func:`jaxrec.baselines.tune_finetune_lr`, never a test scenario); Meta-SGD's rates start
-        there. Idempotent; returns the inner rate in use."""
+        there. Not from the bias start (:attr:`start`): that rate was tuned for the supervised model, a different
+        one, so ``inner_lr`` is used as it is. Idempotent; returns the inner rate in use."""
         c = self.config
-        if c.tune_inner_lr and len(self.val_tasks) and not self._inner_lr_resolved:
+        if c.tune_inner_lr and self.start != "bias" and len(self.val_tasks) and not self._inner_lr_resolved:
             lr = float(self.baselines().finetune_lr)
             if lr > 0:
                 self.config = dataclasses.replace(c, inner_lr=lr)

@@ -297,6 +297,10 @@ class MeLU(nn.Module):
       ``"fm"`` also appends the bi-interaction pooling of Neural FM (He & Chua 2017)
       ``1/2 [(sum_f e_f)^2 - sum_f e_f^2]`` (the FM pairwise term kept per dimension; no parameters).
     * Prediction MLP ``head``: ``hidden`` Dense+ReLU layers and ``Dense(1)`` (bias starting mid-range).
+    * ``item_bias`` (default off): an additive per-item term ``b_i`` read by the item id from
+      ``bias_embed_item: nn.Embed(item vocab, 1)`` (starting at 0), ``s(u, i) = head(x) + b_i``. It is outside ``head``,
+      so with the default adapt filter it is meta-learned (and pretrained) but not adapted, and the head's output
+      bias plays the user offset ``b_u`` of the classical bias model ``mu + b_u + b_i``.
 
     The reference workload of the benchmarks is ``MeLU(reference_spec(V), embed=32, hidden=(64, 64),
     use_ids=("item",), interaction=None)``: 6 embeddings + genres of width 32 -> Dense(64) relu -> Dense(64) relu ->
@@ -310,11 +314,14 @@ class MeLU(nn.Module):
     hidden: Sequence[int] = (64, 64)
     use_ids: Sequence[str] = ()
     interaction: str | None = "fm"
+    item_bias: bool = False
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
         spec = self.spec
         _check_ids(spec, self.use_ids)
+        if self.item_bias and "item" not in spec.categorical:
+            raise ValueError("item_bias needs an item id in the spec")
         if self.interaction not in (None, "fm"):
             raise ValueError(f"interaction must be None or 'fm', got {self.interaction!r}")
         fields = []
@@ -330,7 +337,12 @@ class MeLU(nn.Module):
             stacked = jnp.stack(fields, axis=-2)
             features.append(0.5 * (jnp.square(jnp.sum(stacked, -2)) - jnp.sum(jnp.square(stacked), -2)))
         x = jnp.concatenate(features, axis=-1)
-        return Head(tuple(self.hidden), _output_offset(spec), name="head")(x)
+        score = Head(tuple(self.hidden), _output_offset(spec), name="head")(x)
+        if self.item_bias:
+            vocab = spec.categorical["item"]
+            table = nn.Embed(vocab, 1, embedding_init=nn.initializers.zeros, name="bias_embed_item")
+            score = score + table(_valid_ids(rows["item"], vocab))[..., 0]
+        return score
 
     @staticmethod
     def default_adapt_filter(path, leaf) -> bool:

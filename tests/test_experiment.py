@@ -23,6 +23,43 @@ def test_config_round_trip():
     assert again == config
 
 
+def test_default_config_round_trip():
+    config = ExperimentConfig()
+    assert ExperimentConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_bias_start_is_the_bias_model_and_keeps_its_own_inner_rate():
+    melu = {**TINY["model_kwargs"], "item_bias": True}
+    config = ExperimentConfig(**{**TINY, "model_kwargs": melu, "pretrain": "bias"}, inner_lr=0.05, baselines=("bias",))
+    exp = Experiment(config)
+    assert exp.start == "bias"
+    params = exp.init_params()
+    mu, item_bias = exp.bias_init()
+    baselines = exp.baselines()
+    assert mu == pytest.approx(baselines.mu) and np.array_equal(item_bias, baselines.item_bias)  # the same fit
+    assert np.any(item_bias != 0)
+    np.testing.assert_array_equal(np.asarray(params["params"]["bias_embed_item"]["embedding"])[:, 0], item_bias)
+    assert not np.any(np.asarray(params["params"]["head"]["output"]["kernel"]))
+    rows = exp.featurizer.transform(exp.val_ratings.head(50))
+    scores = np.asarray(exp.model.apply(params, rows))
+    np.testing.assert_allclose(scores, mu + item_bias[rows["item"]], rtol=1e-5)  # exactly mu + b_i
+    # the supervised baselines still start from random parameters
+    assert np.any(np.asarray(exp.random_params()["params"]["head"]["output"]["kernel"]))
+    # the fine-tuning rate belongs to the supervised model: the bias start keeps inner_lr
+    assert exp.resolve_inner_lr() == 0.05 and exp.trainer.inner_lr == 0.05
+
+
+def test_pretrain_values_and_the_fallback_of_the_bias_start():
+    assert Experiment(ExperimentConfig(**{**TINY, "pretrain": "bias"})).start == "supervised"  # no item bias table
+    assert Experiment(ExperimentConfig(**{**TINY, "pretrain": True})).start == "supervised"
+    exp = Experiment(ExperimentConfig(**TINY))
+    assert exp.start == "random"
+    with pytest.raises(ValueError, match="bias_embed_item"):
+        exp.bias_start(exp.random_params())
+    with pytest.raises(ValueError, match="pretrain"):
+        Experiment(ExperimentConfig(**{**TINY, "pretrain": "maybe"})).init_params()
+
+
 def test_tiny_experiment_metrics_document():
     exp = Experiment(ExperimentConfig(**TINY))
     state = exp.init_state()

@@ -211,6 +211,50 @@ def test_melu_fm_interaction_appends_one_pooled_field_without_parameters():
         shapes_of(M.MeLU(SIDE, interaction="attention"), SIDE)
 
 
+def test_melu_item_bias_is_added_by_item_id_and_meta_learned_not_adapted():
+    model = M.MeLU(SIDE, embed=4, hidden=(8,), use_ids=("item",), interaction=None, item_bias=True)
+    variables, _ = shapes_of(model, SIDE)
+    table_path = ("params", "bias_embed_item", "embedding")
+    shapes = {M.path_names(p): leaf.shape for p, leaf in leaves_with_paths(variables)}
+    assert shapes[table_path] == (ITEMS, 1)
+    plain, _ = shapes_of(M.MeLU(SIDE, embed=4, hidden=(8,), use_ids=("item",), interaction=None), SIDE)
+    assert "bias_embed_item" not in plain["params"]
+    assert M.embedding_tables(variables)[table_path] == "item"
+    adapted = {M.path_names(p) for p, leaf in leaves_with_paths(variables) if M.MeLU.default_adapt_filter(p, leaf)}
+    assert table_path not in adapted and ("params", "head", "output", "bias") in adapted
+
+    params = host_random_like(variables, seed=2)
+    zero = jax.tree.map(lambda x: x, params)
+    zero["params"]["bias_embed_item"]["embedding"] = jnp.zeros((ITEMS, 1))
+    table = jnp.arange(ITEMS, dtype=jnp.float32)[:, None] / 10.0
+    biased = jax.tree.map(lambda x: x, zero)
+    biased["params"]["bias_embed_item"]["embedding"] = table
+    rows = M.synthetic_rows(SIDE, ROWS, jax.random.key(4))
+    rows = dict(rows, item=jnp.array([0, 1, 5, 29, 7, 7, -3, ITEMS + 2]))
+    apply = jit(model.apply)
+    diff = np.asarray(apply(biased, rows) - apply(zero, rows))
+    expected = np.array([0, 1, 5, 29, 7, 7, 0, 0]) / 10.0  # out-of-range ids read the OOV row 0
+    np.testing.assert_allclose(diff, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="item_bias"):
+        side_only = FeatureSpec({"user": USERS, "user_age": 7}, rating_range=(1.0, 5.0))
+        shapes_of(M.MeLU(side_only, item_bias=True, use_ids=("user",)), side_only)
+
+
+def test_melu_item_bias_starts_at_zero_and_moves_under_supervised_pretraining():
+    from jaxrec.baselines import train_supervised
+
+    model = M.MeLU(SIDE, embed=4, hidden=(8,), use_ids=("item",), interaction=None, item_bias=True)
+    variables = M.init_params(model, SIDE, jax.random.key(0))
+    assert not np.any(np.asarray(variables["params"]["bias_embed_item"]["embedding"]))
+    rows = _learnable_rows(rows=256)
+    rows["item"] = np.where(rows["item"] == 3, 4, rows["item"])  # item 3 is never rated
+    trained, _ = train_supervised(variables, rows, loss_fn=M.default_loss(model), epochs=2, batch_size=32)
+    table = np.asarray(trained["params"]["bias_embed_item"]["embedding"])[:, 0]
+    rated = np.unique(rows["item"])
+    assert np.all(np.abs(table[rated]) > 1e-4)
+    assert table[3] == 0.0  # no rating, no gradient, no Adam moment: untouched
+
+
 def test_fm_pairwise_term_matches_the_quadratic_sum():
     spec = FeatureSpec({"user": 4, "item": 5, "user_age": 3}, multi_hot={"item_genres": 4}, rating_range=(1.0, 5.0))
     model = M.FactorizationMachine(spec, embed=6)
