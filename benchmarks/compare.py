@@ -105,14 +105,11 @@ def table(records) -> tuple[str, dict]:
     if ratios:
         lines.append("")
         lines.append("Second-/first-order step time (medians): " + ", ".join(ratios) + ".")
-    settings = sorted(
-        {(str(r.get("malloc", "default")), str(r["config"].get("task_chunk"))) for r in ok_records(records)}
-    )
+    mallocs = sorted({str(r.get("malloc", "default")) for r in ok_records(records)})
+    chunks = sorted({str(r["config"].get("task_chunk")) for r in ok_records(records) if r["impl"].startswith("jaxrec")})
     lines.append("")
     lines.append(
-        "Settings (malloc for every implementation, jaxrec task_chunk): "
-        + "; ".join(f"malloc={m}, task_chunk={c}" for m, c in settings)
-        + "."
+        f"Settings: malloc {', '.join(mallocs)} (every implementation); jaxrec task_chunk {', '.join(chunks)}."
     )
     lines.append("")
     lines.append(
