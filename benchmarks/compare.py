@@ -181,7 +181,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--vocabs", type=int, nargs="+", default=[1700, 100000, 1000000])
-    p.add_argument("--torch-vocabs", type=int, nargs="+", default=[1700], help="vocabularies PyTorch runs at")
+    p.add_argument("--torch-vocabs", type=int, nargs="*", default=[1700], help="vocabularies PyTorch runs at")
     p.add_argument("--orders", nargs="+", default=["second", "first"])
     p.add_argument(
         "--sparse-vocabs",
