@@ -295,10 +295,8 @@ def fit_baselines(experiment: Any) -> Baselines:
     rows = feat.transform(train)
     values = rows[target].astype(np.float64)
     n_items = feat.spec.categorical["item"]
-    item_reg, user_reg = (float(x) for x in c.bias_reg)
-    mu, item_bias, _ = fit_bias_model(
-        train["user"].to_numpy(), rows["item"], values, feat.n_users, n_items, item_reg=item_reg, user_reg=user_reg
-    )
+    user_reg = float(c.bias_reg[1])
+    mu, item_bias = experiment.bias_init()  # fitted once, shared with the bias start of meta-training
     item_means = fit_item_means(rows["item"], values, n_items, mu)
     history = int(getattr(experiment, "spec", feat.spec).history or 0)
     if history:

@@ -375,7 +375,11 @@ class Experiment:
 
     def bias_init(self) -> tuple[float, np.ndarray]:
         """``(mu, b_i [item vocab])`` of :func:`jaxrec.baselines.fit_bias_model` on the meta-train ratings (validation
-        users excluded), with the ``bias_reg`` ridge strengths: the same fit as the ``bias`` baseline's."""
+        users excluded), with the ``bias_reg`` ridge strengths: fitted once, and the ``bias`` baseline's fit too."""
+        return self._bias_fit
+
+    @functools.cached_property
+    def _bias_fit(self) -> tuple[float, np.ndarray]:
         from jaxrec.baselines import fit_bias_model
 
         feat, train = self.featurizer, self.train_ratings
