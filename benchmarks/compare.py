@@ -67,10 +67,9 @@ def run(cmd, order, vocab, steps, warmup, env=None):
 
 
 def table(records) -> tuple[str, dict]:
+    ok = ok_records(records)
     groups: dict[tuple, list] = {}
-    for r in records:
-        if "error" in r:
-            continue
+    for r in ok:
         c = r["config"]
         groups.setdefault((r["impl"], c["order"], c["item_vocab"]), []).append(r)
     med = {k: statistics.median(x["step_ms"] for x in v) for k, v in groups.items()}
@@ -105,8 +104,8 @@ def table(records) -> tuple[str, dict]:
     if ratios:
         lines.append("")
         lines.append("Second-/first-order step time (medians): " + ", ".join(ratios) + ".")
-    mallocs = sorted({str(r.get("malloc", "default")) for r in ok_records(records)})
-    chunks = sorted({str(r["config"].get("task_chunk")) for r in ok_records(records) if r["impl"].startswith("jaxrec")})
+    mallocs = sorted({str(r.get("malloc", "default")) for r in ok})
+    chunks = sorted({str(r["config"].get("task_chunk")) for r in ok if r["impl"].startswith("jaxrec")})
     lines.append("")
     lines.append(
         f"Settings: malloc {', '.join(mallocs)} (every implementation); jaxrec task_chunk {', '.join(chunks)}."
@@ -131,6 +130,7 @@ def table(records) -> tuple[str, dict]:
 
 
 def ok_records(records):
+    """The records of runs that finished (a failed run keeps its stderr under ``"error"``)."""
     return [r for r in records if "error" not in r]
 
 
@@ -138,10 +138,9 @@ def per_round(records) -> list[str]:
     """Step ms of every variant in every round (rounds run back to back, so each round's ratios are side by side)."""
     rounds = sorted({r.get("round", 0) for r in records})
     cells: dict[tuple, dict] = {}
-    for r in records:
-        if "error" not in r:
-            c = r["config"]
-            cells.setdefault((r["impl"], c["order"], c["item_vocab"]), {})[r.get("round", 0)] = r["step_ms"]
+    for r in ok_records(records):
+        c = r["config"]
+        cells.setdefault((r["impl"], c["order"], c["item_vocab"]), {})[r.get("round", 0)] = r["step_ms"]
     out = ["", "Per round (step ms; the machine's load from other users varied between rounds):", ""]
     out.append("| impl | order | V | " + " | ".join(f"round {i}" for i in rounds) + " |")
     out.append("|---|---|---|" + "---|" * len(rounds))
