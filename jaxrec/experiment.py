@@ -342,7 +342,7 @@ class Experiment:
         if pretrain == "bias":
             rows = models.synthetic_rows(self.spec, 2, jax.random.key(0))
             shapes = jax.eval_shape(self.model.init, jax.random.key(0), rows)["params"]
-            if "bias_embed_item" in shapes and "output" in shapes.get("head", {}):
+            if _has_bias_start(shapes):
                 return "bias"
             return "supervised"
         return "supervised" if pretrain else "random"
@@ -361,7 +361,7 @@ class Experiment:
         e.g. MeLU's ``item_bias``) holds ``b_i``, the head's output bias ``mu`` (both from :meth:`bias_init`) and its
         output kernel 0, so the head adds nothing but its output bias, which then plays the user offset ``b_u``."""
         inner = params["params"]
-        if "bias_embed_item" not in inner or "output" not in inner.get("head", {}):
+        if not _has_bias_start(inner):
             raise ValueError(f"bias start: model {self.config.model!r} has no bias_embed_item table and head")
         mu, item_bias = self.bias_init()
         output = inner["head"]["output"]
@@ -517,6 +517,12 @@ class Experiment:
             "config": self.config.to_dict(),
             "scenarios": self.evaluate(params),
         }
+
+
+def _has_bias_start(params: Mapping[str, Any]) -> bool:
+    """Whether ``params`` (a model's ``"params"`` collection) can start at the bias model: an item bias table
+    ``bias_embed_item`` and a head with an ``output`` layer."""
+    return "bias_embed_item" in params and "output" in params.get("head", {})
 
 
 def tune(base: ExperimentConfig, variants: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
