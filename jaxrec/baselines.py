@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrec.augment import drop_ids
 from jaxrec.batch import TaskBatch
 from jaxrec.evaluate import _split_meta_params, collect, meta_predict
 from jaxrec.metrics import aggregate
@@ -182,11 +183,13 @@ def train_supervised(
     learning_rate: float = 1e-3,
     batch_size: int = 256,
     seed: int = 0,
+    item_dropout: float = 0.0,
 ) -> tuple[Any, np.ndarray]:
     """Plain supervised training of ``params`` on ``rows`` (independent ratings, no tasks): Adam on minibatches.
 
-    One jit-compiled epoch (``lax.scan`` over shuffled minibatches; the last partial batch is dropped). Returns
-    ``(params, per-epoch mean loss)``.
+    One jit-compiled epoch (``lax.scan`` over shuffled minibatches; the last partial batch is dropped). With
+    ``item_dropout`` each epoch replaces that fraction of the ``item`` ids by the OOV slot
+    (:func:`jaxrec.augment.drop_ids`, numpy rng ``[seed, epoch]``). Returns ``(params, per-epoch mean loss)``.
     """
     rows = {k: jnp.asarray(v) for k, v in rows.items()}
     n = int(next(iter(rows.values())).shape[0])
@@ -196,7 +199,7 @@ def train_supervised(
     mask = jnp.ones(batch_size, bool)
 
     @jax.jit
-    def epoch(params, opt_state, key):
+    def epoch(params, opt_state, rows, key):
         order = jax.random.permutation(key, n)[: steps * batch_size].reshape(steps, batch_size)
 
         def step(carry, idx):
@@ -211,8 +214,12 @@ def train_supervised(
 
     opt_state = optimizer.init(params)
     history = []
+    items = rows.get("item")
     for e in range(int(epochs)):
-        params, opt_state, loss = epoch(params, opt_state, jax.random.key(seed * 1000 + e))
+        if item_dropout and items is not None:
+            dropped = drop_ids(np.asarray(items), item_dropout, np.random.default_rng([seed, e]))
+            rows = dict(rows, item=jnp.asarray(dropped))
+        params, opt_state, loss = epoch(params, opt_state, rows, jax.random.key(seed * 1000 + e))
         history.append(float(loss))
     logger.info("supervised training: %d epochs, loss %s", epochs, [round(x, 4) for x in history])
     return params, np.asarray(history)
@@ -309,6 +316,7 @@ def fit_baselines(experiment: Any) -> Baselines:
         learning_rate=c.supervised_lr,
         batch_size=c.supervised_batch,
         seed=c.seed,
+        item_dropout=c.item_dropout,
     )
     if len(experiment.val_tasks):
         lr, validation = tune_finetune_lr(

@@ -73,6 +73,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, help="users (tasks) per meta-step")
     g.add_argument("--epochs", type=int)
     g.add_argument("--seed", type=int)
+    g.add_argument(
+        "--item-dropout",
+        type=float,
+        help="fraction of training rows whose item id is hidden (DropoutNet), so that new items are scored from "
+        "their features",
+    )
     g.add_argument("--min-ratings", type=int, help="users with fewer ratings are not tasks")
     g.add_argument("--max-ratings", type=int, help="users with more ratings are not tasks")
     g.add_argument("--query", type=int, help="query ratings per user task")
@@ -151,6 +157,7 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size",
         "epochs",
         "seed",
+        "item_dropout",
         "min_ratings",
         "max_ratings",
         "query",
@@ -170,6 +177,8 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
             raise CLIError(f"--data {out['data']}: file not found")
     if out.get("bootstrap", 1) < 1:  # jaxrec.metrics.paired_differences needs at least one resample
         raise CLIError(f"--bootstrap must be >= 1, got {out['bootstrap']}")
+    if not 0.0 <= out.get("item_dropout", 0.0) < 1.0:
+        raise CLIError(f"--item-dropout must be in [0, 1), got {out['item_dropout']}")
     for name in ("batch_size", "epochs", "inner_steps"):
         if name in out and out[name] < (0 if name == "inner_steps" else 1):
             raise CLIError(f"--{name.replace('_', '-')} must be positive, got {out[name]}")

@@ -36,6 +36,7 @@ import numpy as np
 import optax
 
 from jaxrec import datasets, models
+from jaxrec.augment import drop_item_ids
 from jaxrec.batch import TaskBatch
 from jaxrec.losses import l2_to_init
 from jaxrec.maml import MetaSGDParams, log_space
@@ -95,6 +96,10 @@ class ExperimentConfig:
     ``finetune_lrs``; the non-meta model is trained for ``supervised_epochs`` with Adam(``supervised_lr``) on
     batches of ``supervised_batch`` ratings. ``bias_reg``: ridge strengths of the bias baseline.
 
+    ``item_dropout``: fraction of training rows whose item id becomes the OOV slot (:mod:`jaxrec.augment`,
+    DropoutNet), in meta-train batches and the supervised model's minibatches alike, so that the meta-learner and
+    the fine-tuning baseline both learn to score new items from their content.
+
     ``devices``: None (one device) or a device count / "all" for a task-sharded mesh.
     """
 
@@ -152,6 +157,7 @@ class ExperimentConfig:
     supervised_lr: float = 1e-3
     supervised_batch: int = 256
     bias_reg: tuple = (10.0, 5.0)
+    item_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists)."""
@@ -428,8 +434,9 @@ class Experiment:
 
         Epoch ``e`` shuffles with ``default_rng([seed, e])``; batch ``i`` of it is built (negatives sampled) with
         ``default_rng([seed, e, i])``; with ``resample_tasks`` epoch ``e > 0`` splits each user's ratings with seed
-        ``[seed, e]``. The stream from ``start_step`` therefore equals the full stream with its first ``start_step``
-        batches dropped, without building them.
+        ``[seed, e]``; with ``item_dropout`` a fraction of the batch's item ids become the OOV slot
+        (:func:`jaxrec.augment.drop_item_ids`, rng ``[seed, e, i, 1]``). The stream from ``start_step`` therefore
+        equals the full stream with its first ``start_step`` batches dropped, without building them.
         """
         seed, size = self.config.seed, self.config.batch_size
         per_epoch = self.steps_per_epoch
@@ -438,7 +445,10 @@ class Experiment:
             tasks = self.epoch_tasks(epoch)
             plan = tasks.batch_plan(size, np.random.default_rng([seed, epoch]))
             for i in range(offset, len(plan)):
-                yield tasks.make_batch(plan[i], np.random.default_rng([seed, epoch, i]))
+                batch = tasks.make_batch(plan[i], np.random.default_rng([seed, epoch, i]))
+                if self.config.item_dropout:
+                    batch = drop_item_ids(batch, self.config.item_dropout, np.random.default_rng([seed, epoch, i, 1]))
+                yield batch
             epoch, offset = epoch + 1, 0
 
     def epoch_tasks(self, epoch: int) -> TaskSet:

@@ -151,6 +151,7 @@ def test_data_changed_since_training_is_detected(run, tmp_path, capsys):
         (["train", "--data", "/no/such/file.csv"], "file not found"),
         (["train", "--batch-size", "0"], "--batch-size must be positive"),
         (["train", "--devices", "many"], "--devices expects a number"),
+        (["train", "--item-dropout", "1"], "--item-dropout must be in [0, 1)"),
         (["train", "--resume", "--out", "/no/such/run"], "holds no checkpoints"),
     ],
 )

@@ -1,0 +1,79 @@
+"""Item-id dropout (jaxrec.augment): what it drops, what it leaves, and that it trains the OOV slot."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrec import models as M
+from jaxrec.augment import drop_ids, drop_item_ids
+from jaxrec.baselines import train_supervised
+from jaxrec.experiment import Experiment, ExperimentConfig
+
+SPEC = M.reference_spec(40)
+
+
+def test_drop_ids_replaces_a_rate_fraction_by_the_oov_slot_and_nothing_else():
+    ids = np.arange(1, 100_001, dtype=np.int32) % 39 + 1  # no OOV id to begin with
+    dropped = drop_ids(ids, 0.3, np.random.default_rng(0))
+    assert dropped.dtype == ids.dtype and dropped.shape == ids.shape
+    hit = dropped != ids
+    assert np.all(dropped[hit] == 0)
+    # binomial(100000, 0.3): standard deviation 145, so 5 of them is 725
+    assert abs(int(hit.sum()) - 30_000) < 725
+    np.testing.assert_array_equal(dropped, drop_ids(ids, 0.3, np.random.default_rng(0)))  # the rng decides
+    np.testing.assert_array_equal(drop_ids(ids, 0.0, np.random.default_rng(0)), ids)
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="dropout rate"):
+            drop_ids(ids, bad, np.random.default_rng(0))
+
+
+def test_drop_item_ids_touches_only_the_item_column_of_both_sides():
+    batch = M.synthetic_task_batch(SPEC, tasks=8, support=32, query=16, key=jax.random.key(0))
+    batch = jax.tree.map(np.asarray, batch)
+    out = drop_item_ids(batch, 0.5, np.random.default_rng(1))
+    for side, new in ((batch.support, out.support), (batch.query, out.query)):
+        assert set(new) == set(side)
+        for key in side:
+            if key != "item":
+                np.testing.assert_array_equal(new[key], side[key])
+        changed = new["item"] != side["item"]
+        assert changed.any() and np.all(new["item"][changed] == 0)
+    np.testing.assert_array_equal(out.support_mask, batch.support_mask)
+    no_item = batch.replace(support={k: v for k, v in batch.support.items() if k != "item"})
+    assert drop_item_ids(no_item, 0.5, np.random.default_rng(1)) is no_item
+
+
+def test_supervised_training_with_dropout_trains_the_oov_item_slot():
+    model = M.MeLU(SPEC, embed=4, hidden=(8,), use_ids=("item",), interaction=None, item_bias=True)
+    variables = M.init_params(model, SPEC, jax.random.key(0))
+    rows = {k: np.asarray(v) for k, v in M.synthetic_rows(SPEC, 512, jax.random.key(1)).items()}
+    rows["item"] = np.maximum(rows["item"], 1)  # every row names a known item
+    train = dict(loss_fn=M.default_loss(model), epochs=2, batch_size=32)
+    plain, _ = train_supervised(variables, rows, **train)
+    dropped, _ = train_supervised(variables, rows, item_dropout=0.25, **train)
+    start = variables["params"]
+    for name in ("embed_item", "bias_embed_item"):
+        before = np.asarray(start[name]["embedding"][0])
+        np.testing.assert_array_equal(np.asarray(plain["params"][name]["embedding"][0]), before)  # never read
+        assert np.abs(np.asarray(dropped["params"][name]["embedding"][0]) - before).max() > 1e-3
+
+
+def test_experiment_drops_a_rate_fraction_of_the_item_ids_of_meta_train_batches():
+    tiny = dict(
+        model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None},
+        inner_steps=1,
+        pretrain=False,
+    )
+    plain = Experiment(ExperimentConfig(**tiny))
+    dropping = Experiment(ExperimentConfig(**tiny, item_dropout=0.2))
+    valid = dropped = 0
+    for a, b in itertools.islice(zip(plain.batches(), dropping.batches(), strict=True), 3):
+        for side, mask in (("support", "support_mask"), ("query", "query_mask")):
+            ids, ids_dropped, m = getattr(a, side)["item"], getattr(b, side)["item"], getattr(a, mask)
+            assert not np.any(ids[m] == 0)  # meta-train items are all known
+            np.testing.assert_array_equal(ids_dropped[ids_dropped != 0], ids[ids_dropped != 0])
+            valid += int(m.sum())
+            dropped += int(np.sum((ids_dropped == 0) & m))
+    assert valid > 2000 and abs(dropped / valid - 0.2) < 5 * np.sqrt(0.2 * 0.8 / valid)
