@@ -37,6 +37,7 @@ from jaxrec.evaluate import compare_stats, concat_stats
 from jaxrec.experiment import Experiment, ExperimentConfig
 
 _PREVIOUS_MELU = {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
+_DEFAULT_MELU = ExperimentConfig().model_kwargs
 VARIANTS = {
     "default": {},
     "pretrained": {"model_kwargs": _PREVIOUS_MELU, "pretrain": True, "epochs": 30},
@@ -46,6 +47,10 @@ VARIANTS = {
     "fomaml": {"algorithm": "maml", "order": "first"},
     "reptile": {"algorithm": "reptile"},
     "maml_old": {"algorithm": "maml", "tune_inner_lr": False, "inner_lr": 0.1, "meta_lr": 1e-4},
+    "groups3": {"groups": 3},
+    "item_dropout": {"item_dropout": 0.25},
+    "no_item_ids": {"model_kwargs": {**_DEFAULT_MELU, "use_ids": []}},
+    "epochs120": {"epochs": 120},
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -151,8 +156,9 @@ def markdown(out: dict) -> str:
         f"Splits (seeds of the cold-start split, the validation slice and training): {out['seeds']}. With several, "
         "every table pools the (split, user) pairs of all splits, and the paired intervals resample those pairs.",
         "",
-        f"Fine-tuning learning rate per split (tuned on validation meta-train users): {out.get('finetune_lr')}; the "
-        "default meta-learner's inner rate starts there too (`tune_inner_lr`).",
+        f"Fine-tuning learning rate per split (tuned on validation meta-train users): {out.get('finetune_lr')}; a "
+        "meta-learner started from the supervised model starts its inner rate there too (`tune_inner_lr`), one "
+        "started at the bias model (the default) uses `inner_lr`.",
         "",
     ]
     for name, m in out["methods"].items():

@@ -5,16 +5,31 @@ The meta-learning core sees only ``loss_fn(params, rows, mask)`` and a params py
 * :func:`adapt` -- the inner loop of one task (``lax.scan`` of ``jax.grad`` steps, second or first order);
 * :func:`meta_loss` -- the mean post-adaptation query loss of a :class:`TaskBatch` (``vmap`` over tasks);
 * :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD);
+* :class:`GroupedParams` / :func:`group_params` -- several initialisations, each task adapting from the one that
+  fits its support set (task grouping);
 * :func:`row_sparse_sgd` / :func:`row_sparse_adam` -- outer updates of large embedding tables that touch only the
   rows a batch reads (``MetaTrainer(sparse_tables=..., sparse_optimizer=...)``).
 """
 
-from jaxrec import baselines, datasets, distributed, evaluate, experiment, metrics, models, precision, tasks
+from jaxrec import (
+    augment,
+    baselines,
+    datasets,
+    distributed,
+    evaluate,
+    experiment,
+    grouping,
+    metrics,
+    models,
+    precision,
+    tasks,
+)
 from jaxrec.adapt import adapt, resolve_adapt_filter, zero_padding
 from jaxrec.batch import BatchShapeError, TaskBatch, validate_batch
 from jaxrec.evaluate import meta_evaluate
 from jaxrec.experiment import Experiment, ExperimentConfig
 from jaxrec.features import FeatureSpec
+from jaxrec.grouping import GroupedParams, choose_group, group_params
 from jaxrec.host_memory import keep_freed_host_memory
 from jaxrec.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
 from jaxrec.maml import ALGORITHMS, MetaSGDParams, meta_loss, meta_value_and_grad, reptile_direction, task_losses

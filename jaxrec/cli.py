@@ -74,6 +74,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int)
     g.add_argument("--seed", type=int)
     g.add_argument(
+        "--groups",
+        type=int,
+        help="task grouping: this many initialisations, each new user adapting from the one that fits their "
+        "ratings best (default 1)",
+    )
+    g.add_argument(
         "--item-dropout",
         type=float,
         help="fraction of training rows whose item id is hidden (DropoutNet), so that new items are scored from "
@@ -158,6 +164,7 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "epochs",
         "seed",
         "item_dropout",
+        "groups",
         "min_ratings",
         "max_ratings",
         "query",
@@ -179,6 +186,8 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(f"--bootstrap must be >= 1, got {out['bootstrap']}")
     if not 0.0 <= out.get("item_dropout", 0.0) < 1.0:
         raise CLIError(f"--item-dropout must be in [0, 1), got {out['item_dropout']}")
+    if out.get("groups", 1) < 1:
+        raise CLIError(f"--groups must be >= 1, got {out['groups']}")
     for name in ("batch_size", "epochs", "inner_steps"):
         if name in out and out[name] < (0 if name == "inner_steps" else 1):
             raise CLIError(f"--{name.replace('_', '-')} must be positive, got {out[name]}")
@@ -691,6 +700,7 @@ class Recommender:
 
         from jaxrec.adapt import adapt, zero_padding
         from jaxrec.evaluate import _split_meta_params
+        from jaxrec.grouping import select_group
 
         self.exp = experiment
         self.featurizer = experiment.featurizer
@@ -700,7 +710,7 @@ class Recommender:
         c = experiment.config
 
         def scores(state, support, mask, candidates):
-            init, inner_lr = state
+            init, inner_lr = select_group(*state, support, mask, experiment.loss_fn)  # grouped: the user's group
             phi = adapt(
                 init,
                 zero_padding(support, mask),

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxrec.adapt import adapt, zero_padding
 from jaxrec.batch import TaskBatch, validate_batch
+from jaxrec.grouping import select_group
 from jaxrec.maml import MetaSGDParams
 from jaxrec.metrics import paired_differences, summarize, user_statistics
 from jaxrec.sharding import shard_batch
@@ -69,16 +70,18 @@ def meta_predict(
     ``phi_t = adapt(params, support_t)`` (the inner loop of :func:`jaxrec.adapt`, ``inner_steps`` steps of
     ``inner_lr``; a per-parameter pytree rate for Meta-SGD) and ``scores_t = apply_fn(phi_t, query_t)``. A task
     without support rows is scored with ``params`` unadapted. ``inner_steps=0`` is the model without adaptation.
+    :class:`~jaxrec.grouping.GroupedParams` adapt from the group each task's support rows choose.
     """
     params, inner_lr = state
 
     def one_task(support, support_mask, query, query_mask):
+        theta, rates = select_group(params, inner_lr, support, support_mask, loss_fn)
         phi = adapt(
-            params,
+            theta,
             support,
             support_mask,
             loss_fn=loss_fn,
-            inner_lr=inner_lr,
+            inner_lr=rates,
             inner_steps=inner_steps,
             order="first",  # no meta-gradient is taken here; the forward values are the same
             inner_optimizer=inner_optimizer,

@@ -38,6 +38,7 @@ import optax
 from jaxrec import datasets, models
 from jaxrec.augment import drop_item_ids
 from jaxrec.batch import TaskBatch
+from jaxrec.grouping import GroupedParams, group_params
 from jaxrec.losses import l2_to_init
 from jaxrec.maml import MetaSGDParams, log_space
 from jaxrec.sharding import make_mesh
@@ -100,6 +101,9 @@ class ExperimentConfig:
     DropoutNet), in meta-train batches and the supervised model's minibatches alike, so that the meta-learner and
     the fine-tuning baseline both learn to score new items from their content.
 
+    ``groups``: task grouping (:mod:`jaxrec.grouping`): ``G`` initialisations of the adapted leaves, each user adapting
+    from the one with the lowest loss on their support set; the groups start apart (:meth:`Experiment.grouped_start`).
+
     ``devices``: None (one device) or a device count / "all" for a task-sharded mesh.
     """
 
@@ -158,6 +162,7 @@ class ExperimentConfig:
     supervised_batch: int = 256
     bias_reg: tuple = (10.0, 5.0)
     item_dropout: float = 0.0
+    groups: int = 1
 
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists)."""
@@ -333,9 +338,9 @@ class Experiment:
 
     # -- training --------------------------------------------------------------------------------------------------
 
-    def random_params(self) -> Any:
-        """Fresh random model variables ``{"params": ...}`` from the config seed."""
-        return models.init_params(self.model, self.spec, jax.random.key(self.config.seed))
+    def random_params(self, key: jax.Array | None = None) -> Any:
+        """Fresh random model variables ``{"params": ...}`` from ``key`` (default: the config seed)."""
+        return models.init_params(self.model, self.spec, jax.random.key(self.config.seed) if key is None else key)
 
     @functools.cached_property
     def start(self) -> str:
@@ -358,9 +363,46 @@ class Experiment:
         model of the ``no_adapt`` baseline (trained once, cached with the baselines) or :meth:`random_params`."""
         start = self.start
         if start == "supervised":
-            return self.baselines().supervised_params
-        params = self.random_params()
-        return self.bias_start(params) if start == "bias" else params
+            params = self.baselines().supervised_params
+        else:
+            params = self.random_params()
+            params = self.bias_start(params) if start == "bias" else params
+        return self.grouped_start(params) if self.config.groups > 1 else params
+
+    def grouped_start(self, params: Any) -> GroupedParams:
+        """``config.groups`` initialisations of the adapted leaves of ``params`` (:func:`jaxrec.grouping.group_params`),
+        set apart so that users split between them from the first step: group ``g`` adds to the head's output bias
+        the ``(g + 1/2) / G`` quantile of the user offsets ``b_u`` of the bias model fitted on the meta-train ratings
+        (so, before adaptation, each user is nearest the group of their own rating level), and its other adapted
+        leaves are those of :meth:`random_params` with key ``fold_in(key(seed), g)`` where ``params`` has random
+        ones (the bias and random starts; group 0 keeps those of ``params``; trained leaves and zero ones, such as
+        the bias start's output kernel, are copied). Needs an adapted ``output/bias`` leaf (MeLU's head)."""
+        groups = int(self.config.groups)
+        grouped = group_params(params, groups, self.adapt_filter)
+        paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        output_bias = [i for i, p in enumerate(paths) if p.endswith("['output']['bias']") and grouped.grouped[i]]
+        if len(output_bias) != 1:
+            raise ValueError(
+                f"groups={groups} needs exactly one adapted output/bias leaf; adapted: "
+                f"{[p for p, g in zip(paths, grouped.grouped, strict=True) if g]}"
+            )
+        _, _, user_bias = self._bias_fit
+        trained_users = np.unique(self.train_ratings["user"].to_numpy())
+        offsets = np.quantile(user_bias[trained_users], (np.arange(groups) + 0.5) / groups)
+        leaves = jax.tree.leaves(grouped.params)
+        key = jax.random.key(self.config.seed)
+        fresh = {g: jax.tree.leaves(self.random_params(jax.random.fold_in(key, g))) for g in range(1, groups)}
+        out = []
+        for i, (leaf, is_grouped) in enumerate(zip(leaves, grouped.grouped, strict=True)):
+            if not is_grouped:
+                out.append(leaf)
+            elif i == output_bias[0]:
+                out.append(leaf + jnp.asarray(offsets, leaf.dtype).reshape((groups,) + (1,) * (leaf.ndim - 1)))
+            elif self.start == "supervised" or not np.any(np.asarray(leaf[0])):
+                out.append(leaf)  # a trained or zero leaf (the bias start's output kernel) stays as it is
+            else:
+                out.append(jnp.stack([leaf[0]] + [fresh[g][i] for g in range(1, groups)]))
+        return grouped.replace(params=jax.tree.unflatten(jax.tree.structure(grouped.params), out))
 
     def bias_start(self, params: Any) -> Any:
         """``params`` started at the classical bias model ``mu + b_i``: the item bias table (``bias_embed_item``,
@@ -382,16 +424,17 @@ class Experiment:
     def bias_init(self) -> tuple[float, np.ndarray]:
         """``(mu, b_i [item vocab])`` of :func:`jaxrec.baselines.fit_bias_model` on the meta-train ratings (validation
         users excluded), with the ``bias_reg`` ridge strengths: fitted once, and the ``bias`` baseline's fit too."""
-        return self._bias_fit
+        mu, item_bias, _ = self._bias_fit
+        return mu, item_bias
 
     @functools.cached_property
-    def _bias_fit(self) -> tuple[float, np.ndarray]:
+    def _bias_fit(self) -> tuple[float, np.ndarray, np.ndarray]:
         from jaxrec.baselines import fit_bias_model
 
         feat, train = self.featurizer, self.train_ratings
         rows = feat.transform(train)
         item_reg, user_reg = (float(x) for x in self.config.bias_reg)
-        mu, item_bias, _ = fit_bias_model(
+        return fit_bias_model(
             train["user"].to_numpy(),
             rows["item"],
             rows[feat.spec.target].astype(np.float64),
@@ -400,7 +443,6 @@ class Experiment:
             item_reg=item_reg,
             user_reg=user_reg,
         )
-        return mu, item_bias
 
     def init_state(self) -> MetaTrainState:
         """A fresh :class:`~jaxrec.MetaTrainState` (Meta-SGD: params wrapped with per-parameter rates)."""

@@ -36,6 +36,7 @@ import optax
 
 from jaxrec.adapt import AdaptFilter, adapt, zero_padding
 from jaxrec.batch import TaskBatch, validate_batch
+from jaxrec.grouping import GroupedParams, select_group
 from jaxrec.local_embeddings import gather_tables, local_tables_context, localize, scatter_add_tables
 from jaxrec.losses import LossFn
 
@@ -141,9 +142,12 @@ def task_losses(
 def _adapt_and_score(params, inner_lr, support, support_mask, query, query_mask, *, local_embeddings, **adapt_kwargs):
     """One task: ``(theta, phi, query loss at phi, index)``, embedding tables localised when asked.
 
+    :class:`~jaxrec.grouping.GroupedParams` are first reduced to the task's group (``select_group``).
+
     ``theta`` and ``phi`` are the (possibly local) initial and adapted parameters; ``index`` maps local table rows
     back to the full tables (empty without localisation).
     """
+    params, inner_lr = select_group(params, inner_lr, support, support_mask, adapt_kwargs["loss_fn"])
     theta, rates, support, query, index, context = _maybe_localize(
         params, inner_lr, support, support_mask, query, query_mask, local_embeddings
     )
@@ -292,6 +296,8 @@ def reptile_direction(
     every other row) is scatter-added back into the full tables.
     """
     validate_batch(batch)
+    if isinstance(params, GroupedParams):
+        raise ValueError("reptile_direction: grouped initialisations (GroupedParams) need a meta-gradient algorithm")
 
     def one_task(support, support_mask, query, query_mask):
         theta, phi, loss, index = _adapt_and_score(

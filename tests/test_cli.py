@@ -152,6 +152,7 @@ def test_data_changed_since_training_is_detected(run, tmp_path, capsys):
         (["train", "--batch-size", "0"], "--batch-size must be positive"),
         (["train", "--devices", "many"], "--devices expects a number"),
         (["train", "--item-dropout", "1"], "--item-dropout must be in [0, 1)"),
+        (["train", "--groups", "0"], "--groups must be >= 1"),
         (["train", "--resume", "--out", "/no/such/run"], "holds no checkpoints"),
     ],
 )
@@ -183,3 +184,19 @@ def test_devices_flag_splits_a_cpu_host_into_that_many_devices():
     if backend != "cpu":
         pytest.skip(f"the flag splits CPU hosts only; this backend is {backend}")
     assert (int(count), int(mesh)) == (2, 2)
+
+
+def test_grouped_run_trains_evaluates_and_recommends(tmp_path, capsys):
+    data = write_ratings(tmp_path / "ratings.csv", scale=10)
+    melu = '{"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": null, "item_bias": true}'
+    out = tmp_path / "run"
+    flags = [*TINY_FLAGS, "--model", "melu", "--model-kwargs", melu, "--groups", "2", "--epochs", "2"]
+    assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["groups"] == 2
+    assert cli.main(["evaluate", "--checkpoint", str(out)]) == 0
+    ratings = tmp_path / "me.csv"
+    ratings.write_text("item,rating\n100,9\n101,2\n")
+    capsys.readouterr()
+    assert cli.main(["recommend", "--checkpoint", str(out), "--ratings", str(ratings), "-k", "3"]) == 0
+    ranked = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:2].rstrip(".").isdigit()]
+    assert len(ranked) == 3
