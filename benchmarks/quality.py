@@ -1,25 +1,31 @@
 """Cold-start quality of the meta-learners against the baselines, every scenario, with bootstrap intervals.
 
-    python benchmarks/quality.py                                   # ml-latest-small (bundled), all methods
+    python benchmarks/quality.py                                   # ml-latest-small (bundled), splits 0 1 2
     python benchmarks/quality.py --dataset ml-100k --data-dir ../shared/data
-    python benchmarks/quality.py --methods maml --epochs 5         # quicker
-    python benchmarks/quality.py --methods default --seeds 0 1 2  # three random splits, pooled user-wise
+    python benchmarks/quality.py --methods maml --epochs 5 --seeds 0   # quicker
+    python benchmarks/quality.py --methods default groups3 item_dropout --validation --set '{"val_frac": 0.25}'
 
 Writes ``benchmarks/results/quality_<dataset>.json`` (the metrics documents) and ``.md`` (tables). The default
 configuration is ``ExperimentConfig()`` (MeLU with an item bias, Meta-SGD on the head, meta-training started at
-the classical bias model); the other meta methods change only what names them, everything else (start, inner rate,
-meta_lr, epochs) stays at the default:
+the classical bias model); the other configurations change only what names them, everything else (start, inner
+rate, meta_lr, epochs) stays at the default:
 
-* ``default``: ``ExperimentConfig()``; ``pretrained``: the previous default (MeLU without item bias, meta-training
-  from the supervised model with the fine-tuning rate, 30 epochs); ``pretrained_item_bias``: the same with the
-  default's MeLU (additive item bias); ``maml``: second-order MAML with one inner rate, MeLU's local update of
-  the decision layers (``adapt="head"``); ``maml_all``: every parameter adapts; ``fomaml``: first-order MAML;
-  ``reptile``; ``maml_old``: MAML with an untuned inner rate 0.1 and meta_lr 1e-4 (an older default's rates).
+* run by default: ``default``: ``ExperimentConfig()``; ``maml``: second-order MAML with one inner rate, MeLU's
+  local update of the decision layers (``adapt="head"``); ``maml_all``: every parameter adapts; ``fomaml``:
+  first-order MAML; ``reptile``;
+* variants tried on validation users: ``pretrained``: the previous default (MeLU without item bias,
+  meta-training from the supervised model with the fine-tuning rate, 30 epochs); ``pretrained_item_bias``: the
+  same with the default's MeLU (additive item bias); ``maml_old``: MAML with an untuned inner rate 0.1 and
+  meta_lr 1e-4 (an older default's rates); ``groups3``: task grouping with three initialisations
+  (:mod:`jaxrec.grouping`); ``item_dropout``: a quarter of the training rows' item ids hidden (DropoutNet,
+  :mod:`jaxrec.augment`; the supervised baseline is trained with it too); ``no_item_ids``: MeLU's network over
+  features only (the item identity only in the additive item bias); ``epochs120``: twice the meta-training.
 
-In every table the meta method's row is named ``maml`` whatever the algorithm.
-Baselines are fitted once per model and shared by every method with that model. ``--validation`` scores on the
-validation users (meta-train users held out of all training; ``--set '{"val_frac": 0.25}'`` for a larger slice)
-instead of the test scenarios: the table to select a configuration on.
+In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
+user-wise (each (split, user) pair is one unit of the bootstrap). Baselines are fitted once per model and item
+dropout and shared by every method with those. ``--validation`` scores on the validation users (meta-train users
+held out of all training; ``--set '{"val_frac": 0.25}'`` for a larger slice) instead of the test scenarios: the
+table to select a configuration on.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ VARIANTS = {
     "no_item_ids": {"model_kwargs": {**_DEFAULT_MELU, "use_ids": []}},
     "epochs120": {"epochs": 120},
 }
+TEST_METHODS = ("default", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -64,11 +71,11 @@ def run(args) -> dict:
             base = dataclasses.replace(base, epochs=args.epochs)
         out.setdefault("config", base.to_dict())
         run_out = out["runs"][str(seed)] = {"methods": {}}
-        fitted: dict = {}  # baselines by model: a variant that changes the model gets its own
+        fitted: dict = {}  # baselines by model and item dropout: a variant that changes either gets its own
         for name in args.methods:
             config = dataclasses.replace(base, **VARIANTS[name])
             experiment = Experiment(config)
-            key = json.dumps([config.model, config.model_kwargs], sort_keys=True)
+            key = json.dumps([config.model, config.model_kwargs, config.item_dropout], sort_keys=True)
             if key not in fitted:
                 start = time.perf_counter()
                 fitted[key] = experiment.baselines()
@@ -185,10 +192,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="ml-latest-small")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--methods", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(TEST_METHODS),
+        choices=list(VARIANTS),
+        help=f"configurations to run (default: the meta methods {' '.join(TEST_METHODS)}); the others are the "
+        "variants tried on validation users",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="split seeds; several are pooled user-wise (default 0)"
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds, pooled user-wise (default 0 1 2)"
     )
     parser.add_argument("--set", default="{}", help="JSON of ExperimentConfig overrides")
     parser.add_argument(
