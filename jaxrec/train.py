@@ -31,6 +31,7 @@ import optax
 
 from jaxrec.adapt import AdaptFilter
 from jaxrec.batch import TaskBatch, validate_batch
+from jaxrec.grouping import GroupedParams
 from jaxrec.local_embeddings import Tables, local_tables_context
 from jaxrec.losses import LossFn
 from jaxrec.maml import MetaSGDParams, check_algorithm, init_metasgd, meta_value_and_grad, reptile_direction
@@ -133,6 +134,9 @@ class MetaTrainer:
         # fresh, strongly typed copies: weak-typed leaves (jnp.array(0.2)) would retrace the step after the first
         # call, whose outputs are strongly typed
         params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), params)
+        inner = params.params if isinstance(params, MetaSGDParams) else params
+        if self.sparse_tables and isinstance(inner, GroupedParams):
+            raise ValueError("row-sparse outer updates (sparse_tables) do not support GroupedParams")
         if self.sparse_tables:
             rest, tables = split_tables(params, self._state_tables(params))
             opt_state = SparseOuterState(self.optimizer.init(rest), self.sparse_optimizer.init(tables))

@@ -150,9 +150,18 @@ def test_metasgd_trainer_moves_only_the_groups_its_tasks_chose():
 
 
 @pytest.mark.usefixtures("float64")
-def test_reptile_refuses_grouped_params():
+def test_reptile_and_row_sparse_updates_refuse_grouped_params():
     with pytest.raises(ValueError, match="GroupedParams"):
         jaxrec.reptile_direction(grouped_start(), make_batch(0), loss_fn=loss_fn, inner_lr=0.1, inner_steps=1)
+    trainer = jaxrec.MetaTrainer(
+        loss_fn=loss_fn,
+        inner_lr=0.1,
+        inner_steps=1,
+        sparse_tables={("w1",): "x"},
+        sparse_optimizer=jaxrec.row_sparse_sgd(0.1),
+    )
+    with pytest.raises(ValueError, match="GroupedParams"):
+        trainer.init(grouped_start())
 
 
 def test_experiment_groups_start_apart_train_evaluate_and_checkpoint(tmp_path):
