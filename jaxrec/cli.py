@@ -472,7 +472,12 @@ def _resume_config(out: Path, overrides: dict[str, Any]):
     saved = meta.get("config")
     if not isinstance(saved, dict):
         raise CLIError(f"{out}: the checkpoint has no config record")
-    changed = [k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and _jsonable(v) != saved.get(k)]
+    from jaxrec.experiment import ExperimentConfig
+
+    defaults = ExperimentConfig().to_dict()  # a field newer than the checkpoint had its default value there
+    changed = [
+        k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and _jsonable(v) != saved.get(k, defaults.get(k))
+    ]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         raise CLIError(

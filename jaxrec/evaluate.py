@@ -70,7 +70,8 @@ def meta_predict(
     ``phi_t = adapt(params, support_t)`` (the inner loop of :func:`jaxrec.adapt`, ``inner_steps`` steps of
     ``inner_lr``; a per-parameter pytree rate for Meta-SGD) and ``scores_t = apply_fn(phi_t, query_t)``. A task
     without support rows is scored with ``params`` unadapted. ``inner_steps=0`` is the model without adaptation.
-    :class:`~jaxrec.grouping.GroupedParams` adapt from the group each task's support rows choose.
+    :class:`~jaxrec.grouping.GroupedParams` adapt from the group each task's support rows choose (the middle group
+    for a task without support rows).
     """
     params, inner_lr = state
 

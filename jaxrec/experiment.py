@@ -186,6 +186,16 @@ class ExperimentConfig:
         return cls(**kwargs)
 
 
+def _check_config(c: ExperimentConfig) -> None:
+    """The checks that need no data, so that a bad value fails before anything is loaded or fitted."""
+    if not 0.0 <= float(c.item_dropout) < 1.0:
+        raise ValueError(f"item_dropout must be in [0, 1), got {c.item_dropout}")
+    if int(c.groups) < 1:
+        raise ValueError(f"groups must be >= 1, got {c.groups}")
+    if int(c.groups) > 1 and c.algorithm == "reptile":
+        raise ValueError("groups > 1 needs a meta-gradient algorithm (maml or metasgd), not reptile")
+
+
 def _model_kwargs(kwargs: Mapping[str, Any]) -> dict:
     """JSON lists back to the tuples the (hashable) flax modules want."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
@@ -202,6 +212,7 @@ class Experiment:
 
     def __init__(self, config: ExperimentConfig | None = None):
         self.config = config = config or ExperimentConfig()
+        _check_config(config)
         self.dataset = self._load_dataset()
         self.split = cold_start_split(self.dataset, config.scheme, config.seed)
         logger.info("%s", self.split.summary())
@@ -373,10 +384,11 @@ class Experiment:
         """``config.groups`` initialisations of the adapted leaves of ``params`` (:func:`jaxrec.grouping.group_params`),
         set apart so that users split between them from the first step: group ``g`` adds to the head's output bias
         the ``(g + 1/2) / G`` quantile of the user offsets ``b_u`` of the bias model fitted on the meta-train ratings
-        (so, before adaptation, each user is nearest the group of their own rating level), and its other adapted
-        leaves are those of :meth:`random_params` with key ``fold_in(key(seed), g)`` where ``params`` has random
-        ones (the bias and random starts; group 0 keeps those of ``params``; trained leaves and zero ones, such as
-        the bias start's output kernel, are copied). Needs an adapted ``output/bias`` leaf (MeLU's head)."""
+        (so that, from the bias or the supervised start, whose output bias is near ``mu``, each user is nearest
+        the group of their own rating level before adaptation). Every other adapted leaf that ``params`` holds at
+        its random initial value (that of :meth:`random_params`) gets fresh random values in groups ``g >= 1``
+        (key ``fold_in(key(seed), g)``); a leaf that was set otherwise (trained, or the bias start's ``b_i`` table
+        and zero output kernel) is copied to every group. Needs an adapted ``output/bias`` leaf (MeLU's head)."""
         groups = int(self.config.groups)
         grouped = group_params(params, groups, self.adapt_filter)
         paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -390,6 +402,7 @@ class Experiment:
         trained_users = np.unique(self.train_ratings["user"].to_numpy())
         offsets = np.quantile(user_bias[trained_users], (np.arange(groups) + 0.5) / groups)
         leaves = jax.tree.leaves(grouped.params)
+        initial = jax.tree.leaves(self.random_params())
         key = jax.random.key(self.config.seed)
         fresh = {g: jax.tree.leaves(self.random_params(jax.random.fold_in(key, g))) for g in range(1, groups)}
         out = []
@@ -398,8 +411,8 @@ class Experiment:
                 out.append(leaf)
             elif i == output_bias[0]:
                 out.append(leaf + jnp.asarray(offsets, leaf.dtype).reshape((groups,) + (1,) * (leaf.ndim - 1)))
-            elif self.start == "supervised" or not np.any(np.asarray(leaf[0])):
-                out.append(leaf)  # a trained or zero leaf (the bias start's output kernel) stays as it is
+            elif not np.array_equal(np.asarray(leaf[0]), np.asarray(initial[i])):
+                out.append(leaf)  # set by training or by the bias start: the same in every group
             else:
                 out.append(jnp.stack([leaf[0]] + [fresh[g][i] for g in range(1, groups)]))
         return grouped.replace(params=jax.tree.unflatten(jax.tree.structure(grouped.params), out))

@@ -10,7 +10,10 @@ picks one from its support set ``s_t`` alone (never its query set):
 a hard version of the multi-initialisation / task-clustering MAML of Yao et al. (ICML 2019, "Hierarchically
 Structured Meta-learning") and Zhou et al. (TSA-MAML, 2021). The choice is an ``argmin`` (no gradient flows
 through it); given the choices, the meta-gradient is exact: it reaches ``theta_{g_t}`` through task ``t`` and is
-zero for the groups no task chose. The leaves that do not adapt (embeddings, say) are shared by every group.
+zero for the groups no task chose (Adam's momentum may still move a group in the steps after one that chose it).
+The leaves outside the grouping filter are shared by every group. Group the decision layers, not embedding
+tables: a grouped table is picked whole for every task (a ``[V, E]`` copy per task, which undoes
+``local_embeddings``), and the state holds ``G`` copies of it.
 
 :class:`GroupedParams` holds the stacked leaves; :func:`jaxrec.maml.task_losses` (hence every meta-objective but
 Reptile) and :func:`jaxrec.evaluate.meta_predict` recognise it, and Meta-SGD's per-parameter rates made from it
@@ -70,11 +73,13 @@ def group_params(params: Any, groups: int, grouped: AdaptFilter = None) -> Group
 
 
 def choose_group(grouped: GroupedParams, rows: Mapping[str, jax.Array], mask: jax.Array, loss_fn: LossFn) -> jax.Array:
-    """``argmin_g loss_fn(theta_g, rows, mask)``: the group of one task from its support rows (int32 scalar; group 0
-    for a task without support rows, where every loss is 0). No gradient flows through the choice."""
+    """``argmin_g loss_fn(theta_g, rows, mask)``: the group of one task from its support rows (int32 scalar). A task
+    without support rows has nothing to choose by: it gets the middle group ``G // 2`` (with
+    :meth:`jaxrec.Experiment.grouped_start`, the median user offset). No gradient flows through the choice."""
     rows = zero_padding(rows, mask)
     losses = jax.vmap(lambda g: loss_fn(grouped.pick(g), rows, mask))(jnp.arange(grouped.num_groups))
-    return jnp.argmin(jax.lax.stop_gradient(losses)).astype(jnp.int32)
+    best = jnp.argmin(jax.lax.stop_gradient(losses))
+    return jnp.where(jnp.any(mask), best, grouped.num_groups // 2).astype(jnp.int32)
 
 
 def select_group(

@@ -134,9 +134,6 @@ class MetaTrainer:
         # fresh, strongly typed copies: weak-typed leaves (jnp.array(0.2)) would retrace the step after the first
         # call, whose outputs are strongly typed
         params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), params)
-        inner = params.params if isinstance(params, MetaSGDParams) else params
-        if self.sparse_tables and isinstance(inner, GroupedParams):
-            raise ValueError("row-sparse outer updates (sparse_tables) do not support GroupedParams")
         if self.sparse_tables:
             rest, tables = split_tables(params, self._state_tables(params))
             opt_state = SparseOuterState(self.optimizer.init(rest), self.sparse_optimizer.init(tables))
@@ -152,6 +149,8 @@ class MetaTrainer:
 
     def _state_tables(self, params: Any) -> dict:
         """``sparse_tables`` as paths of the state's params (Meta-SGD: the initialisation's and the rates' tables)."""
+        if isinstance(params.params if isinstance(params, MetaSGDParams) else params, GroupedParams):
+            raise ValueError("row-sparse outer updates (sparse_tables) do not support GroupedParams")
         if isinstance(params, MetaSGDParams):
             return {
                 (field,) + path: key for field in ("params", "inner_lr") for path, key in self.sparse_tables.items()

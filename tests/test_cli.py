@@ -200,3 +200,15 @@ def test_grouped_run_trains_evaluates_and_recommends(tmp_path, capsys):
     assert cli.main(["recommend", "--checkpoint", str(out), "--ratings", str(ratings), "-k", "3"]) == 0
     ranked = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:2].rstrip(".").isdigit()]
     assert len(ranked) == 3
+
+
+def test_resume_of_a_checkpoint_older_than_a_config_field_reads_it_as_the_default(monkeypatch, tmp_path):
+    from jaxrec.experiment import ExperimentConfig
+
+    older = ExperimentConfig().to_dict()
+    del older["groups"], older["item_dropout"]  # fields this checkpoint predates
+    monkeypatch.setattr("jaxrec.checkpoint.read_metadata", lambda folder: {"config": older})
+    config = cli._resume_config(tmp_path, {"groups": 1, "item_dropout": 0.0, "epochs": 3})
+    assert config.groups == 1 and config.epochs == 3
+    with pytest.raises(cli.CLIError, match="cannot change --groups"):
+        cli._resume_config(tmp_path, {"groups": 2})

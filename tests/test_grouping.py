@@ -1,5 +1,7 @@
 """Grouped initialisations (jaxrec.grouping): each task's choice, and the exact meta-gradient given the choices."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +54,7 @@ def test_each_task_chooses_the_group_with_the_lowest_support_loss():
         chosen.append(int(choose_group(grouped, rows, mask, loss_fn)))
         assert chosen[-1] == int(np.argmin(losses))
     empty = np.zeros_like(batch.support_mask[0])
-    assert int(choose_group(grouped, task(batch, 0, "support")[0], empty, loss_fn)) == 0
+    assert int(choose_group(grouped, task(batch, 0, "support")[0], empty, loss_fn)) == GROUPS // 2  # the middle
 
 
 @pytest.mark.parametrize("order", ["second", "first"])
@@ -196,7 +198,26 @@ def test_experiment_groups_start_apart_train_evaluate_and_checkpoint(tmp_path):
     with CheckpointStore(tmp_path / "ckpt", create=False) as store:
         restored = store.restore(exp.init_state()).state
     jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
+    # adapting every parameter groups the fitted item-bias table too: every group keeps it
+    everything = Experiment(dataclasses.replace(config, adapt="all")).init_params()
+    table = np.asarray(everything.params["params"]["bias_embed_item"]["embedding"])
+    assert table.shape[0] == 3 and np.any(table[0]) and all(np.array_equal(table[0], table[g]) for g in (1, 2))
     with pytest.raises(ValueError, match="output/bias"):
         Experiment(
             ExperimentConfig(model="mf", model_kwargs={"embed": 4}, adapt="all", groups=2, baselines=())
         ).init_params()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"groups": 2, "algorithm": "reptile"}, "reptile"),
+        ({"groups": 0}, "groups"),
+        ({"item_dropout": 1.0}, "item_dropout"),
+    ],
+)
+def test_bad_grouping_and_dropout_settings_fail_before_any_data_is_read(overrides, message):
+    from jaxrec.experiment import Experiment, ExperimentConfig
+
+    with pytest.raises(ValueError, match=message):
+        Experiment(ExperimentConfig(dataset="no-such-dataset", **overrides))  # the data would fail later
