@@ -191,6 +191,7 @@ def train_supervised(
     ``item_dropout`` each epoch replaces that fraction of the ``item`` ids by the OOV slot
     (:func:`jaxrec.augment.drop_ids`, numpy rng ``[seed, epoch]``). Returns ``(params, per-epoch mean loss)``.
     """
+    items = np.asarray(rows["item"]) if item_dropout and "item" in rows else None  # host copy, redrawn per epoch
     rows = {k: jnp.asarray(v) for k, v in rows.items()}
     n = int(next(iter(rows.values())).shape[0])
     batch_size = max(1, min(int(batch_size), n))
@@ -214,11 +215,9 @@ def train_supervised(
 
     opt_state = optimizer.init(params)
     history = []
-    items = rows.get("item")
     for e in range(int(epochs)):
-        if item_dropout and items is not None:
-            dropped = drop_ids(np.asarray(items), item_dropout, np.random.default_rng([seed, e]))
-            rows = dict(rows, item=jnp.asarray(dropped))
+        if items is not None:
+            rows = dict(rows, item=jnp.asarray(drop_ids(items, item_dropout, np.random.default_rng([seed, e]))))
         params, opt_state, loss = epoch(params, opt_state, rows, jax.random.key(seed * 1000 + e))
         history.append(float(loss))
     logger.info("supervised training: %d epochs, loss %s", epochs, [round(x, 4) for x in history])
