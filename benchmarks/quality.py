@@ -19,13 +19,16 @@ rate, meta_lr, epochs) stays at the default:
   meta_lr 1e-4 (an older default's rates); ``groups3``: task grouping with three initialisations
   (:mod:`jaxrec.grouping`); ``item_dropout``: a quarter of the training rows' item ids hidden (DropoutNet,
   :mod:`jaxrec.augment`; the supervised baseline is trained with it too); ``no_item_ids``: MeLU's network over
-  features only (the item identity only in the additive item bias); ``epochs120``: twice the meta-training.
+  features only (the item identity only in the additive item bias); ``epochs120``: twice the meta-training;
+  ``newton_output``: only the output layer adapts, by one Newton step on the MAP objective (:mod:`jaxrec.newton`:
+  the exact ridge solution towards the meta-learned layer, Meta-SGD learning the prior variances);
+  ``newton_output_maml``: the same with one shared prior variance.
 
 In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
-user-wise (each (split, user) pair is one unit of the bootstrap). Baselines are fitted once per model and item
-dropout and shared by every method with those. ``--validation`` scores on the validation users (meta-train users
-held out of all training; ``--set '{"val_frac": 0.25}'`` for a larger slice) instead of the test scenarios: the
-table to select a configuration on.
+user-wise (each (split, user) pair is one unit of the bootstrap). Baselines are fitted once per model, item
+dropout, adapted set and inner loop, and shared by every method with those. ``--validation`` scores on the
+validation users (meta-train users held out of all training; ``--set '{"val_frac": 0.25}'`` for a larger slice)
+instead of the test scenarios: the table to select a configuration on.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ VARIANTS = {
     "item_dropout": {"item_dropout": 0.25},
     "no_item_ids": {"model_kwargs": {**_DEFAULT_MELU, "use_ids": []}},
     "epochs120": {"epochs": 120},
+    "newton_output": {"inner_solver": "newton", "adapt": "head/output", "inner_steps": 1},
+    "newton_output_maml": {"inner_solver": "newton", "adapt": "head/output", "inner_steps": 1, "algorithm": "maml"},
 }
 TEST_METHODS = ("default", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -75,7 +80,20 @@ def run(args) -> dict:
         for name in args.methods:
             config = dataclasses.replace(base, **VARIANTS[name])
             experiment = Experiment(config)
-            key = json.dumps([config.model, config.model_kwargs, config.item_dropout], sort_keys=True)
+            # what the baselines depend on: the model and its training data, and (fine-tuning's rate is tuned with
+            # the meta method's inner loop) the adapted set and the inner loop
+            key = json.dumps(
+                [
+                    config.model,
+                    config.model_kwargs,
+                    config.item_dropout,
+                    config.adapt,
+                    config.inner_solver,
+                    config.inner_steps,
+                    config.inner_l2,
+                ],
+                sort_keys=True,
+            )
             if key not in fitted:
                 start = time.perf_counter()
                 fitted[key] = experiment.baselines()

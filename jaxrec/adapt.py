@@ -33,6 +33,7 @@ import numpy as np
 import optax
 
 from jaxrec.losses import LossFn
+from jaxrec.newton import is_newton, newton_step
 
 __all__ = ["adapt", "AdaptFilter", "resolve_adapt_filter", "zero_padding", "ORDERS", "REMAT_POLICIES", "inner_unroll"]
 
@@ -157,7 +158,9 @@ def adapt(
         (Meta-SGD). Ignored when ``inner_optimizer`` is given.
       inner_steps: ``K`` (static).
       order: ``"second"`` (exact, differentiates through the inner gradients) or ``"first"``.
-      inner_optimizer: an optax ``GradientTransformation`` used instead of SGD, differentiated through.
+      inner_optimizer: an optax ``GradientTransformation`` used instead of SGD, differentiated through; or
+        :func:`jaxrec.newton.newton` for Newton steps on the MAP objective with prior ``N(theta, diag(inner_lr))``
+        (the rates are then prior variances; see :mod:`jaxrec.newton`).
       adapt_filter: which leaves adapt (see :func:`resolve_adapt_filter`); the rest stay fixed in the loop.
       inner_aux: optional ``inner_aux(phi, theta) -> scalar`` added to the inner loss, e.g.
         :func:`jaxrec.losses.l2_to_init`.
@@ -196,6 +199,12 @@ def adapt(
     def gradient(moving, fixed, theta, data):
         grads = jax.grad(inner_loss)(moving, fixed, theta, data)
         return jax.lax.stop_gradient(grads) if order == "first" else grads
+
+    if is_newton(inner_optimizer):
+        rates = [jnp.asarray(r) for r in _learning_rates(inner_lr, part)]
+        step = functools.partial(newton_step, inner_loss, inner_optimizer, order)
+        moving = iterate(step, (fixed, rates, theta, moving0), data, moving0, inner_steps, remat)
+        return part.join(moving, fixed)
 
     if inner_optimizer is None:
 

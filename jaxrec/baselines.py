@@ -234,6 +234,7 @@ def tune_finetune_lr(
     inner_steps: int,
     adapt_filter: Any = None,
     inner_aux: Callable | None = None,
+    inner_optimizer: Any = None,
     target: str = "rating",
     rating_range: Sequence[float] | None = None,
     implicit: bool = False,
@@ -250,6 +251,7 @@ def tune_finetune_lr(
         inner_steps=int(inner_steps),
         adapt_filter=adapt_filter,
         inner_aux=inner_aux,
+        inner_optimizer=inner_optimizer,
     )
     scores = {}
     for lr in learning_rates:
@@ -327,6 +329,7 @@ def fit_baselines(experiment: Any) -> Baselines:
             inner_steps=c.inner_steps,
             adapt_filter=experiment.adapt_filter,
             inner_aux=experiment.inner_aux,
+            inner_optimizer=experiment.inner_optimizer,
             target=target,
             rating_range=feat.spec.rating_range,
             implicit=c.implicit,
@@ -349,6 +352,7 @@ def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "m
         inner_steps=int(c.inner_steps),
         adapt_filter=experiment.adapt_filter,
         inner_aux=experiment.inner_aux,
+        inner_optimizer=experiment.inner_optimizer,
     )
     methods: dict[str, tuple] = {method_name: (meta, _split_meta_params(params, c.inner_lr))}
     if not c.baselines:

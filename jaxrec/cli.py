@@ -69,6 +69,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--adapt", help="which parameters adapt per user: head | all | default | a regex")
     g.add_argument("--inner-lr", type=float)
     g.add_argument("--inner-steps", type=int)
+    g.add_argument(
+        "--inner-solver",
+        choices=("sgd", "newton"),
+        help="inner steps: sgd (gradient steps at --inner-lr) or newton (MAP under a Gaussian prior at the "
+        "initialisation with variance --inner-lr; for a small adapted set, e.g. --adapt head/output)",
+    )
     g.add_argument("--meta-lr", type=float)
     g.add_argument("--batch-size", type=int, help="users (tasks) per meta-step")
     g.add_argument("--epochs", type=int)
@@ -159,6 +165,7 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "adapt",
         "inner_lr",
         "inner_steps",
+        "inner_solver",
         "meta_lr",
         "batch_size",
         "epochs",
@@ -726,6 +733,7 @@ class Recommender:
                 order="first",
                 adapt_filter=experiment.adapt_filter,
                 inner_aux=experiment.inner_aux,
+                inner_optimizer=experiment.inner_optimizer,
             )
             return experiment.apply_fn(phi, candidates)
 

@@ -41,6 +41,7 @@ from jaxrec.batch import TaskBatch
 from jaxrec.grouping import GroupedParams, group_params
 from jaxrec.losses import l2_to_init
 from jaxrec.maml import MetaSGDParams, log_space
+from jaxrec.newton import newton
 from jaxrec.sharding import make_mesh
 from jaxrec.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split
 from jaxrec.train import MetaTrainer, MetaTrainState
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 
 _NO_CAP = 2**31 - 1  # build_tasks's "melu" split caps at 100 ratings when max_ratings is None
 BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
+INNER_SOLVERS = ("sgd", "newton")
 
 
 @dataclasses.dataclass
@@ -103,6 +105,11 @@ class ExperimentConfig:
 
     ``groups``: task grouping (:mod:`jaxrec.grouping`): ``G`` initialisations of the adapted leaves, each user adapting
     from the one with the lowest loss on their support set; the groups start apart (:meth:`Experiment.grouped_start`).
+
+    ``inner_solver``: ``"sgd"`` (gradient steps at rate ``inner_lr``) or ``"newton"`` (:mod:`jaxrec.newton`: each
+    inner step a Newton step on the MAP objective with the prior ``N(theta, diag(inner_lr))``, one step the exact
+    ridge solution for a squared-error output layer; meant for a small adapted set, ``adapt="head/output"``). The
+    fine-tuning baseline adapts with the same solver, its prior variance tuned like a learning rate.
 
     ``devices``: None (one device) or a device count / "all" for a task-sharded mesh.
     """
@@ -163,6 +170,7 @@ class ExperimentConfig:
     bias_reg: tuple = (10.0, 5.0)
     item_dropout: float = 0.0
     groups: int = 1
+    inner_solver: str = "sgd"
 
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists)."""
@@ -192,6 +200,8 @@ def _check_config(c: ExperimentConfig) -> None:
         raise ValueError(f"item_dropout must be in [0, 1), got {c.item_dropout}")
     if int(c.groups) < 1:
         raise ValueError(f"groups must be >= 1, got {c.groups}")
+    if c.inner_solver not in INNER_SOLVERS:
+        raise ValueError(f"inner_solver must be one of {INNER_SOLVERS}, got {c.inner_solver!r}")
     if int(c.groups) > 1 and c.algorithm == "reptile":
         raise ValueError("groups > 1 needs a meta-gradient algorithm (maml or metasgd), not reptile")
 
@@ -243,6 +253,7 @@ class Experiment:
         self.apply_fn = self.model.apply
         self.adapt_filter = models.adapt_filter(config.adapt, self.model)
         self.inner_aux = l2_to_init(config.inner_l2) if config.inner_l2 else None
+        self.inner_optimizer = newton() if config.inner_solver == "newton" else None
         self.mesh = self._mesh()
         self.trainer = MetaTrainer(
             loss_fn=self.loss_fn,
@@ -253,6 +264,7 @@ class Experiment:
             optimizer=self._meta_optimizer(),
             adapt_filter=self.adapt_filter,
             inner_aux=self.inner_aux,
+            inner_optimizer=self.inner_optimizer,
             mesh=self.mesh,
         )
         self._baselines = None

@@ -1,0 +1,254 @@
+"""The Newton (MAP) inner step: closed-form ridge on a linear head, exact meta-gradients, convergence."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxrec
+from jaxrec.newton import newton
+
+pytestmark = pytest.mark.usefixtures("float64")
+
+
+def linear_apply(params, rows):
+    return rows["x"] @ params["w"] + params["b"]
+
+
+def mlp_apply(params, rows):
+    hidden = jnp.tanh(rows["x"] @ params["body"]["w"] + params["body"]["b"])
+    return hidden @ params["head"]["w"] + params["head"]["b"]
+
+
+def rows_of(seed, n=7, dim=3, pad=2):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + pad, dim))
+    y = np.sin(x.sum(-1)) + 0.3 * rng.normal(size=n + pad)
+    mask = np.arange(n + pad) < n
+    return {"x": jnp.asarray(x), "rating": jnp.asarray(y)}, jnp.asarray(mask)
+
+
+def mlp_params(seed, dim=3, hidden=4):
+    rng = np.random.default_rng(seed)
+    return {
+        "body": {"w": jnp.asarray(0.8 * rng.normal(size=(dim, hidden))), "b": jnp.linspace(-0.3, 0.3, hidden)},
+        "head": {"w": jnp.asarray(0.5 * rng.normal(size=hidden)), "b": jnp.asarray(0.2)},
+    }
+
+
+def ridge(x, y, theta, alpha):
+    """argmin sum_i (y_i - x_i . w)^2 + sum_j (w_j - theta_j)^2 / (2 alpha_j) in closed form."""
+    precision = np.diag(1.0 / (2.0 * alpha))
+    return np.linalg.solve(x.T @ x + precision, x.T @ y + precision @ theta)
+
+
+def test_one_step_on_a_linear_model_is_ridge_towards_the_initialisation():
+    rows, mask = rows_of(0)
+    theta = {"w": jnp.array([0.3, -0.2, 0.5]), "b": jnp.array(0.1)}
+    alpha = {"w": jnp.array([0.05, 0.2, 1.0]), "b": jnp.array(0.5)}  # per-parameter prior variances
+    phi = jaxrec.adapt(
+        theta,
+        rows,
+        mask,
+        loss_fn=jaxrec.mse_loss(linear_apply),
+        inner_lr=alpha,
+        inner_steps=1,
+        inner_optimizer=newton(),
+    )
+    keep = np.asarray(mask)
+    x = np.c_[np.asarray(rows["x"])[keep], np.ones(keep.sum())]
+    expected = ridge(x, np.asarray(rows["rating"])[keep], np.r_[theta["w"], theta["b"]], np.r_[alpha["w"], alpha["b"]])
+    np.testing.assert_allclose(np.r_[phi["w"], phi["b"]], expected, rtol=1e-12, atol=1e-12)
+    # a second step starts at the minimiser: it stays there
+    phi2 = jaxrec.adapt(
+        theta,
+        rows,
+        mask,
+        loss_fn=jaxrec.mse_loss(linear_apply),
+        inner_lr=alpha,
+        inner_steps=2,
+        inner_optimizer=newton(),
+    )
+    chex.assert_trees_all_close(phi2, phi, atol=1e-12)
+
+
+def test_no_support_rows_keep_the_initialisation_and_padding_is_ignored():
+    rows, mask = rows_of(1)
+    theta = {"w": jnp.array([0.3, -0.2, 0.5]), "b": jnp.array(0.1)}
+    kwargs = dict(loss_fn=jaxrec.mse_loss(linear_apply), inner_lr=0.3, inner_steps=1, inner_optimizer=newton())
+    chex.assert_trees_all_close(jaxrec.adapt(theta, rows, jnp.zeros_like(mask), **kwargs), theta, atol=0)
+    # garbage in the padded rows changes nothing
+    dirty = {k: v.at[-1].set(1e6) for k, v in rows.items()}
+    chex.assert_trees_all_close(jaxrec.adapt(theta, dirty, mask, **kwargs), jaxrec.adapt(theta, rows, mask, **kwargs))
+
+
+def test_more_rows_move_further_from_the_prior():
+    """The data term grows with the support size: a user with more ratings is shrunk less towards theta."""
+    theta = {"w": jnp.zeros(3), "b": jnp.array(0.0)}
+    kwargs = dict(loss_fn=jaxrec.mse_loss(linear_apply), inner_lr=0.05, inner_steps=1, inner_optimizer=newton())
+    x = jnp.ones((40, 3)) * jnp.array([1.0, 0.0, 0.0])
+    rows = {"x": x, "rating": jnp.full(40, 2.0)}
+    shifts = [float(jaxrec.adapt(theta, rows, jnp.arange(40) < n, **kwargs)["b"]) for n in (2, 10, 40)]
+    assert 0 < shifts[0] < shifts[1] < shifts[2]
+
+
+def test_steps_on_a_nonlinear_model_converge_to_the_map_estimate():
+    rows, mask = rows_of(2)
+    params = mlp_params(0)
+    loss_fn = jaxrec.mse_loss(mlp_apply)
+    alpha = 0.2
+    phi = jaxrec.adapt(
+        params,
+        rows,
+        mask,
+        loss_fn=loss_fn,
+        inner_lr=alpha,
+        inner_steps=8,
+        inner_optimizer=newton(),
+        adapt_filter=lambda path, leaf: path[0].key == "body",
+    )
+    n = float(np.sum(mask))
+
+    def objective(body):
+        p = {"body": body, "head": params["head"]}
+        prior = sum(
+            jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(body), jax.tree.leaves(params["body"]), strict=True)
+        )
+        return n * loss_fn(p, rows, mask) + prior / (2 * alpha)
+
+    grad = ravel_pytree(jax.grad(objective)(phi["body"]))[0]
+    assert float(jnp.max(jnp.abs(grad))) < 1e-10
+    chex.assert_trees_all_equal(phi["head"], params["head"])
+    assert float(objective(phi["body"])) < float(objective(params["body"]))
+
+
+def hand_written_newton_grad(theta, alpha, support, query):
+    """d L_q(phi) / d (theta, alpha) for one ridge step on a linear model, written out.
+
+    phi = A^{-1} (2 X'y + P theta), A = 2 X'X + P, P = diag(1 / alpha) (the mean loss times n is the sum of
+    squared errors). With v = A^{-1} grad L_q(phi): dL/dtheta = P v; dL/dP_j = v_j (theta_j - phi_j), and
+    dP_j / dalpha_j = -1 / alpha_j^2.
+    """
+    (xs, ys), (xq, yq) = support, query
+    precision = np.diag(1.0 / alpha)
+    a = 2 * xs.T @ xs + precision
+    phi = np.linalg.solve(a, 2 * xs.T @ ys + precision @ theta)
+    grad_q = 2 * xq.T @ (xq @ phi - yq) / len(yq)
+    v = np.linalg.solve(a, grad_q)
+    return precision @ v, v * (theta - phi) * (-1.0 / alpha**2)
+
+
+def test_meta_gradient_equals_the_hand_written_one_and_finite_differences():
+    (srows, smask), (qrows, qmask) = rows_of(3, n=6, pad=1), rows_of(4, n=5, pad=2)
+    theta = {"w": jnp.array([0.3, -0.2, 0.5]), "b": jnp.array(0.1)}
+    alpha = {"w": jnp.array([0.05, 0.2, 1.0]), "b": jnp.array(0.5)}
+    loss_fn = jaxrec.mse_loss(linear_apply)
+
+    def meta_loss(theta, alpha):
+        phi = jaxrec.adapt(
+            theta, srows, smask, loss_fn=loss_fn, inner_lr=alpha, inner_steps=1, inner_optimizer=newton()
+        )
+        return loss_fn(phi, qrows, qmask)
+
+    g_theta, g_alpha = jax.grad(meta_loss, argnums=(0, 1))(theta, alpha)
+
+    def design(rows, mask):
+        keep = np.asarray(mask)
+        return np.c_[np.asarray(rows["x"])[keep], np.ones(keep.sum())], np.asarray(rows["rating"])[keep]
+
+    want_theta, want_alpha = hand_written_newton_grad(
+        np.r_[theta["w"], theta["b"]], np.r_[alpha["w"], alpha["b"]], design(srows, smask), design(qrows, qmask)
+    )
+    np.testing.assert_allclose(np.r_[g_theta["w"], g_theta["b"]], want_theta, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.r_[g_alpha["w"], g_alpha["b"]], want_alpha, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_meta_gradient_through_a_network_matches_finite_differences(steps):
+    """Output layer adapted by Newton steps, the body meta-learned through the Hessian: central differences."""
+    (srows, smask), (qrows, qmask) = rows_of(5, n=8), rows_of(6, n=5)
+    params = mlp_params(1)
+    loss_fn = jaxrec.mse_loss(mlp_apply)
+    flat, unravel = ravel_pytree(params)
+
+    def meta_loss(v):
+        p = unravel(v)
+        phi = jaxrec.adapt(
+            p,
+            srows,
+            smask,
+            loss_fn=loss_fn,
+            inner_lr=0.3,
+            inner_steps=steps,
+            inner_optimizer=newton(),
+            adapt_filter=lambda path, leaf: path[0].key == "head",
+        )
+        return loss_fn(phi, qrows, qmask)
+
+    grad = jax.grad(meta_loss)(flat)
+    eps = 1e-6
+    basis = np.eye(flat.size)
+    numeric = np.array([(meta_loss(flat + eps * e) - meta_loss(flat - eps * e)) / (2 * eps) for e in basis])
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    assert float(jnp.max(jnp.abs(grad[: flat.size - 5]))) > 1e-4  # the body is reached through the inner step
+
+
+def test_first_order_stops_the_gradient_at_the_update():
+    (srows, smask), (qrows, qmask) = rows_of(7), rows_of(8)
+    params = mlp_params(2)
+    loss_fn = jaxrec.mse_loss(mlp_apply)
+    head = lambda path, leaf: path[0].key == "head"  # noqa: E731
+
+    def query_loss(p, order):
+        phi = jaxrec.adapt(
+            p, srows, smask, loss_fn=loss_fn, inner_lr=0.3, inner_steps=2, order=order,
+            inner_optimizer=newton(), adapt_filter=head,
+        )  # fmt: skip
+        return loss_fn(phi, qrows, qmask), phi
+
+    (_, phi), _ = jax.value_and_grad(query_loss, has_aux=True)(params, "second")
+    g_first = jax.grad(lambda p: query_loss(p, "first")[0])(params)
+    # first order: d phi / d theta = I, so the meta-gradient is the query gradient at phi (same adapted values)
+    chex.assert_trees_all_close(g_first, jax.grad(lambda p: loss_fn(p, qrows, qmask))(phi), atol=1e-12)
+
+
+def test_too_many_adapted_parameters_is_a_clear_error():
+    rows, mask = rows_of(9)
+    with pytest.raises(ValueError, match="adapts 21 parameters, more than max_params=10"):
+        jaxrec.adapt(
+            mlp_params(3), rows, mask, loss_fn=jaxrec.mse_loss(mlp_apply), inner_lr=0.1, inner_steps=1,
+            inner_optimizer=newton(max_params=10),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="max_params must be >= 1"):
+        newton(0)
+
+
+def test_meta_sgd_trainer_learns_the_prior_variances():
+    """A Meta-SGD trainer with the Newton step: one jit-compiled step moves both the initialisation and the rates."""
+    rng = np.random.default_rng(0)
+    tasks, support, query, dim = 4, 8, 5, 3
+    x = rng.normal(size=(tasks, support + query, dim))
+    w = rng.normal(size=(tasks, dim))
+    y = np.einsum("tnd,td->tn", x, w) + 0.1 * rng.normal(size=(tasks, support + query))
+    batch = jaxrec.TaskBatch(
+        support={"x": x[:, :support], "rating": y[:, :support]},
+        query={"x": x[:, support:], "rating": y[:, support:]},
+        support_mask=np.ones((tasks, support), bool),
+        query_mask=np.ones((tasks, query), bool),
+        task_id=np.arange(tasks),
+    )
+    trainer = jaxrec.MetaTrainer(
+        loss_fn=jaxrec.mse_loss(linear_apply),
+        inner_lr=0.1,
+        inner_steps=1,
+        algorithm="metasgd",
+        inner_optimizer=newton(),
+    )
+    state = trainer.init({"w": jnp.zeros(dim), "b": jnp.array(0.0)})
+    rates_before = jax.tree.map(np.asarray, state.params.inner_lr)  # the step donates the state's buffers
+    new_state, metrics = trainer.step(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    rates_moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), new_state.params.inner_lr, rates_before)
+    assert min(jax.tree.leaves(rates_moved)) > 0
