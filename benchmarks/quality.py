@@ -20,7 +20,7 @@ rate, meta_lr, epochs) stays at the default:
   (:mod:`jaxrec.grouping`); ``item_dropout``: a quarter of the training rows' item ids hidden (DropoutNet,
   :mod:`jaxrec.augment`; the supervised baseline is trained with it too); ``no_item_ids``: MeLU's network over
   features only (the item identity only in the additive item bias); ``epochs120``: twice the meta-training;
-  ``newton_output``: only the output layer adapts, by one Newton step on the MAP objective (:mod:`jaxrec.newton`:
+  ``newton_output``: only the output layer adapts, by one Newton step on the MAP objective (:mod:`jaxrec.newton_adapt`:
   the exact ridge solution towards the meta-learned layer, Meta-SGD learning the prior variances);
   ``newton_output_maml``: the same with one shared prior variance.
 
@@ -47,6 +47,7 @@ from jaxrec.experiment import Experiment, ExperimentConfig
 
 _PREVIOUS_MELU = {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
 _DEFAULT_MELU = ExperimentConfig().model_kwargs
+_NEWTON = {"inner_solver": "newton", "adapt": "head/output", "inner_steps": 1}
 VARIANTS = {
     "default": {},
     "pretrained": {"model_kwargs": _PREVIOUS_MELU, "pretrain": True, "epochs": 30},
@@ -60,8 +61,12 @@ VARIANTS = {
     "item_dropout": {"item_dropout": 0.25},
     "no_item_ids": {"model_kwargs": {**_DEFAULT_MELU, "use_ids": []}},
     "epochs120": {"epochs": 120},
-    "newton_output": {"inner_solver": "newton", "adapt": "head/output", "inner_steps": 1},
-    "newton_output_maml": {"inner_solver": "newton", "adapt": "head/output", "inner_steps": 1, "algorithm": "maml"},
+    "newton_output": _NEWTON,
+    "newton_output_maml": {**_NEWTON, "algorithm": "maml"},
+    "newton_wide": {**_NEWTON, "model_kwargs": {**_DEFAULT_MELU, "hidden": [64, 64]}},
+    "newton_epochs120": {**_NEWTON, "epochs": 120},
+    "newton_rate_lr": {**_NEWTON, "rate_lr": 3e-3},
+    "newton_item_dropout": {**_NEWTON, "item_dropout": 0.25},
 }
 TEST_METHODS = ("default", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"

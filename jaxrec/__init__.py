@@ -5,6 +5,8 @@ The meta-learning core sees only ``loss_fn(params, rows, mask)`` and a params py
 * :func:`adapt` -- the inner loop of one task (``lax.scan`` of ``jax.grad`` steps, second or first order);
 * :func:`meta_loss` -- the mean post-adaptation query loss of a :class:`TaskBatch` (``vmap`` over tasks);
 * :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD);
+* :func:`newton` -- the inner step as the exact MAP (ridge) estimate under a Gaussian prior at the initialisation,
+  for a small adapted set such as the output layer (``inner_optimizer=jaxrec.newton()``);
 * :class:`GroupedParams` / :func:`group_params` -- several initialisations, each task adapting from the one that
   fits its support set (task grouping);
 * :func:`row_sparse_sgd` / :func:`row_sparse_adam` -- outer updates of large embedding tables that touch only the
@@ -21,6 +23,7 @@ from jaxrec import (
     grouping,
     metrics,
     models,
+    newton_adapt,
     precision,
     tasks,
 )
@@ -43,6 +46,7 @@ from jaxrec.models import (
     synthetic_rows,
     synthetic_task_batch,
 )
+from jaxrec.newton_adapt import NewtonStep, newton
 from jaxrec.precision import mixed_precision
 from jaxrec.sharding import default_mesh, make_mesh, pad_tasks, replicate, shard_batch
 from jaxrec.sparse_update import (

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from jaxrec.losses import LossFn
-from jaxrec.newton import is_newton, newton_step
+from jaxrec.newton_adapt import is_newton, newton_step
 
 __all__ = ["adapt", "AdaptFilter", "resolve_adapt_filter", "zero_padding", "ORDERS", "REMAT_POLICIES", "inner_unroll"]
 
@@ -159,8 +159,8 @@ def adapt(
       inner_steps: ``K`` (static).
       order: ``"second"`` (exact, differentiates through the inner gradients) or ``"first"``.
       inner_optimizer: an optax ``GradientTransformation`` used instead of SGD, differentiated through; or
-        :func:`jaxrec.newton.newton` for Newton steps on the MAP objective with prior ``N(theta, diag(inner_lr))``
-        (the rates are then prior variances; see :mod:`jaxrec.newton`).
+        :func:`jaxrec.newton` for Newton steps on the MAP objective with prior ``N(theta, diag(inner_lr))``
+        (the rates are then prior variances; see :mod:`jaxrec.newton_adapt`).
       adapt_filter: which leaves adapt (see :func:`resolve_adapt_filter`); the rest stay fixed in the loop.
       inner_aux: optional ``inner_aux(phi, theta) -> scalar`` added to the inner loss, e.g.
         :func:`jaxrec.losses.l2_to_init`.

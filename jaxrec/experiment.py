@@ -41,7 +41,7 @@ from jaxrec.batch import TaskBatch
 from jaxrec.grouping import GroupedParams, group_params
 from jaxrec.losses import l2_to_init
 from jaxrec.maml import MetaSGDParams, log_space
-from jaxrec.newton import newton
+from jaxrec.newton_adapt import newton
 from jaxrec.sharding import make_mesh
 from jaxrec.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split
 from jaxrec.train import MetaTrainer, MetaTrainState
@@ -106,7 +106,7 @@ class ExperimentConfig:
     ``groups``: task grouping (:mod:`jaxrec.grouping`): ``G`` initialisations of the adapted leaves, each user adapting
     from the one with the lowest loss on their support set; the groups start apart (:meth:`Experiment.grouped_start`).
 
-    ``inner_solver``: ``"sgd"`` (gradient steps at rate ``inner_lr``) or ``"newton"`` (:mod:`jaxrec.newton`: each
+    ``inner_solver``: ``"sgd"`` (gradient steps at rate ``inner_lr``) or ``"newton"`` (:mod:`jaxrec.newton_adapt`: each
     inner step a Newton step on the MAP objective with the prior ``N(theta, diag(inner_lr))``, one step the exact
     ridge solution for a squared-error output layer; meant for a small adapted set, ``adapt="head/output"``). The
     fine-tuning baseline adapts with the same solver, its prior variance tuned like a learning rate.

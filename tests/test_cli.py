@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from cli_support import TINY_FLAGS, write_ratings
 
@@ -186,13 +187,22 @@ def test_devices_flag_splits_a_cpu_host_into_that_many_devices():
     assert (int(count), int(mesh)) == (2, 2)
 
 
-def test_grouped_run_trains_evaluates_and_recommends(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--groups", "2"], {"groups": 2}),
+        (["--inner-solver", "newton", "--adapt", "head/output"], {"inner_solver": "newton", "adapt": "head/output"}),
+    ],
+)
+def test_grouped_and_newton_runs_train_evaluate_and_recommend(tmp_path, capsys, extra, expected):
     data = write_ratings(tmp_path / "ratings.csv", scale=10)
     melu = '{"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": null, "item_bias": true}'
     out = tmp_path / "run"
-    flags = [*TINY_FLAGS, "--model", "melu", "--model-kwargs", melu, "--groups", "2", "--epochs", "2"]
+    flags = [*TINY_FLAGS, "--model", "melu", "--model-kwargs", melu, *extra, "--epochs", "2"]
     assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["config"]["groups"] == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {key: metrics["config"][key] for key in expected} == expected
+    assert all(np.isfinite(m["mae"]) for scenario in metrics["scenarios"].values() for m in scenario.values())
     assert cli.main(["evaluate", "--checkpoint", str(out)]) == 0
     ratings = tmp_path / "me.csv"
     ratings.write_text("item,rating\n100,9\n101,2\n")

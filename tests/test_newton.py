@@ -8,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import jaxrec
-from jaxrec.newton import newton
+from jaxrec.newton_adapt import newton
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -187,6 +187,7 @@ def test_meta_gradient_through_a_network_matches_finite_differences(steps):
         )
         return loss_fn(phi, qrows, qmask)
 
+    meta_loss = jax.jit(meta_loss)
     grad = jax.grad(meta_loss)(flat)
     eps = 1e-6
     basis = np.eye(flat.size)
@@ -252,3 +253,34 @@ def test_meta_sgd_trainer_learns_the_prior_variances():
     assert np.isfinite(float(metrics["loss"]))
     rates_moved = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), new_state.params.inner_lr, rates_before)
     assert min(jax.tree.leaves(rates_moved)) > 0
+
+
+def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it():
+    """``inner_solver="newton"`` reaches the trainer, the meta method's evaluation and the fine-tuning baseline."""
+    from jaxrec.baselines import experiment_predictors
+    from jaxrec.experiment import Experiment, ExperimentConfig
+    from jaxrec.newton_adapt import NewtonStep
+
+    config = ExperimentConfig(
+        model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None, "item_bias": True},
+        inner_solver="newton",
+        adapt="head/output",
+        inner_steps=1,
+        bootstrap=20,
+        supervised_epochs=1,
+        finetune_lrs=(0.0, 0.1),
+        baselines=("finetune", "bias"),
+    )
+    exp = Experiment(config)
+    assert isinstance(exp.trainer.inner_optimizer, NewtonStep)
+    state = exp.train(steps=3)
+    predictors = experiment_predictors(exp, state.params)
+    for name in ("maml", "finetune"):
+        assert isinstance(predictors[name][0].keywords["inner_optimizer"], NewtonStep), name
+    scores = exp.evaluate(state.params)
+    assert all(np.isfinite(scores["new_user"][m]["mae"]) for m in ("maml", "finetune", "bias"))
+    # fine-tuning's prior-variance grid: variance 0 keeps the supervised model, so its score differs from 0.1's
+    validation = exp.baselines().finetune_validation
+    assert set(validation) == {0.0, 0.1} and validation[0.0] != validation[0.1]
+    with pytest.raises(ValueError, match="inner_solver"):
+        Experiment(ExperimentConfig(dataset="no-such-dataset", inner_solver="lbfgs"))
