@@ -6,23 +6,25 @@
     python benchmarks/quality.py --methods default groups3 item_dropout --validation --set '{"val_frac": 0.25}'
 
 Writes ``benchmarks/results/quality_<dataset>.json`` (the metrics documents) and ``.md`` (tables). The default
-configuration is ``ExperimentConfig()`` (MeLU with an item bias, Meta-SGD on the head, meta-training started at
-the classical bias model); the other configurations change only what names them, everything else (start, inner
-rate, meta_lr, epochs) stays at the default:
+configuration is ``ExperimentConfig()``: MeLU with an item bias, meta-training started at the classical bias model,
+Meta-SGD whose inner step is one Newton step on the output layer (:mod:`jaxrec.newton_adapt`: the exact ridge
+fold-in of the user towards the meta-learned layer, the prior variances meta-learned), item-id dropout 0.25. The
+other configurations change only what names them:
 
-* run by default: ``default``: ``ExperimentConfig()``; ``maml``: second-order MAML with one inner rate, MeLU's
-  local update of the decision layers (``adapt="head"``); ``maml_all``: every parameter adapts; ``fomaml``:
-  first-order MAML; ``reptile``;
-* variants tried on validation users: ``pretrained``: the previous default (MeLU without item bias,
-  meta-training from the supervised model with the fine-tuning rate, 30 epochs); ``pretrained_item_bias``: the
-  same with the default's MeLU (additive item bias); ``maml_old``: MAML with an untuned inner rate 0.1 and
-  meta_lr 1e-4 (an older default's rates); ``groups3``: task grouping with three initialisations
-  (:mod:`jaxrec.grouping`); ``item_dropout``: a quarter of the training rows' item ids hidden (DropoutNet,
-  :mod:`jaxrec.augment`; the supervised baseline is trained with it too); ``no_item_ids``: MeLU's network over
-  features only (the item identity only in the additive item bias); ``epochs120``: twice the meta-training;
-  ``newton_output``: only the output layer adapts, by one Newton step on the MAP objective (:mod:`jaxrec.newton_adapt`:
-  the exact ridge solution towards the meta-learned layer, Meta-SGD learning the prior variances);
-  ``newton_output_maml``: the same with one shared prior variance.
+* run by default: ``default``; ``newton_maml``: the default with one shared prior variance (MAML instead of
+  Meta-SGD); ``sgd_head``: the previous default's inner loop (Meta-SGD, 5 gradient steps on every decision layer,
+  no item dropout) and, on that inner loop, ``maml``: second-order MAML with one inner rate (MeLU's local update of
+  the decision layers), ``maml_all``: every parameter adapts, ``fomaml``: first-order MAML, ``reptile``;
+* variants tried on validation users, on the gradient-step inner loop: ``pretrained``: an older default (MeLU
+  without item bias, meta-training from the supervised model with the fine-tuning rate, 30 epochs);
+  ``pretrained_item_bias``: the same with the additive item bias; ``maml_old``: MAML with an untuned inner rate 0.1
+  and meta_lr 1e-4; ``groups3``: task grouping with three initialisations (:mod:`jaxrec.grouping`);
+  ``item_dropout``: a quarter of the training rows' item ids hidden (DropoutNet, :mod:`jaxrec.augment`; the
+  supervised baseline is trained with it too); ``no_item_ids``: MeLU's network over features only (the item
+  identity only in the additive item bias); ``epochs120``: twice the meta-training; and on the Newton inner step
+  (without item dropout unless named): ``newton_output``, ``newton_output_maml`` (one prior variance),
+  ``newton_wide`` (hidden layers of 64), ``newton_epochs120``, ``newton_rate_lr`` (rate_lr 3e-3),
+  ``newton_item_dropout`` (the default).
 
 In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
 user-wise (each (split, user) pair is one unit of the bootstrap). Baselines are fitted once per model, item
@@ -47,28 +49,32 @@ from jaxrec.experiment import Experiment, ExperimentConfig
 
 _PREVIOUS_MELU = {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
 _DEFAULT_MELU = ExperimentConfig().model_kwargs
+# the gradient-step inner loop of the previous default: Meta-SGD, 5 SGD steps on the decision layers, no dropout
+_SGD_HEAD = {"inner_solver": "sgd", "adapt": "head", "inner_steps": 5, "item_dropout": 0.0}
 _NEWTON = {"inner_solver": "newton", "adapt": "head/output", "inner_steps": 1}
 VARIANTS = {
     "default": {},
-    "pretrained": {"model_kwargs": _PREVIOUS_MELU, "pretrain": True, "epochs": 30},
-    "pretrained_item_bias": {"pretrain": True, "epochs": 30},
-    "maml": {"algorithm": "maml"},
-    "maml_all": {"algorithm": "maml", "adapt": "all"},
-    "fomaml": {"algorithm": "maml", "order": "first"},
-    "reptile": {"algorithm": "reptile"},
-    "maml_old": {"algorithm": "maml", "tune_inner_lr": False, "inner_lr": 0.1, "meta_lr": 1e-4},
-    "groups3": {"groups": 3},
-    "item_dropout": {"item_dropout": 0.25},
-    "no_item_ids": {"model_kwargs": {**_DEFAULT_MELU, "use_ids": []}},
-    "epochs120": {"epochs": 120},
-    "newton_output": _NEWTON,
-    "newton_output_maml": {**_NEWTON, "algorithm": "maml"},
-    "newton_wide": {**_NEWTON, "model_kwargs": {**_DEFAULT_MELU, "hidden": [64, 64]}},
-    "newton_epochs120": {**_NEWTON, "epochs": 120},
-    "newton_rate_lr": {**_NEWTON, "rate_lr": 3e-3},
+    "sgd_head": _SGD_HEAD,
+    "newton_maml": {"algorithm": "maml"},
+    "maml": {**_SGD_HEAD, "algorithm": "maml"},
+    "maml_all": {**_SGD_HEAD, "algorithm": "maml", "adapt": "all"},
+    "fomaml": {**_SGD_HEAD, "algorithm": "maml", "order": "first"},
+    "reptile": {**_SGD_HEAD, "algorithm": "reptile"},
+    "pretrained": {**_SGD_HEAD, "model_kwargs": _PREVIOUS_MELU, "pretrain": True, "epochs": 30},
+    "pretrained_item_bias": {**_SGD_HEAD, "pretrain": True, "epochs": 30},
+    "maml_old": {**_SGD_HEAD, "algorithm": "maml", "tune_inner_lr": False, "inner_lr": 0.1, "meta_lr": 1e-4},
+    "groups3": {**_SGD_HEAD, "groups": 3},
+    "item_dropout": {**_SGD_HEAD, "item_dropout": 0.25},
+    "no_item_ids": {**_SGD_HEAD, "model_kwargs": {**_DEFAULT_MELU, "use_ids": []}},
+    "epochs120": {**_SGD_HEAD, "epochs": 120},
+    "newton_output": {**_NEWTON, "item_dropout": 0.0},
+    "newton_output_maml": {**_NEWTON, "item_dropout": 0.0, "algorithm": "maml"},
+    "newton_wide": {**_NEWTON, "item_dropout": 0.0, "model_kwargs": {**_DEFAULT_MELU, "hidden": [64, 64]}},
+    "newton_epochs120": {**_NEWTON, "item_dropout": 0.0, "epochs": 120},
+    "newton_rate_lr": {**_NEWTON, "item_dropout": 0.0, "rate_lr": 3e-3},
     "newton_item_dropout": {**_NEWTON, "item_dropout": 0.25},
 }
-TEST_METHODS = ("default", "maml", "maml_all", "fomaml", "reptile")
+TEST_METHODS = ("default", "sgd_head", "newton_maml", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
