@@ -91,6 +91,7 @@ def run(args) -> dict:
         for name in args.methods:
             config = dataclasses.replace(base, **VARIANTS[name])
             experiment = Experiment(config)
+            config = experiment.config  # "auto" inner-loop settings made concrete
             # what the baselines depend on: the model and its training data, and (fine-tuning's rate is tuned with
             # the meta method's inner loop) the adapted set and the inner loop
             key = json.dumps(

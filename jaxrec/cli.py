@@ -216,9 +216,10 @@ def _positive_int(text: str, flag: str) -> int:
 
 
 def _make_config(base: dict[str, Any] | None, overrides: dict[str, Any]):
-    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment import RECORD_DEFAULTS, ExperimentConfig
 
-    merged = dict(ExperimentConfig().to_dict() if base is None else base)
+    # a saved record older than a field meant that field's value at the time, not today's default
+    merged = dict(ExperimentConfig().to_dict() if base is None else {**RECORD_DEFAULTS, **base})
     if overrides.get("model", merged["model"]) != merged["model"] and "model_kwargs" not in overrides:
         merged["model_kwargs"] = {}  # the defaults' kwargs belong to the default model
     if "data" in overrides:
@@ -479,9 +480,9 @@ def _resume_config(out: Path, overrides: dict[str, Any]):
     saved = meta.get("config")
     if not isinstance(saved, dict):
         raise CLIError(f"{out}: the checkpoint has no config record")
-    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment import RECORD_DEFAULTS, ExperimentConfig
 
-    defaults = ExperimentConfig().to_dict()  # a field newer than the checkpoint had its default value there
+    defaults = {**ExperimentConfig().to_dict(), **RECORD_DEFAULTS}  # what a field newer than the checkpoint meant
     changed = [
         k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and _jsonable(v) != saved.get(k, defaults.get(k))
     ]

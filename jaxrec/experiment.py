@@ -52,7 +52,10 @@ logger = logging.getLogger(__name__)
 
 _NO_CAP = 2**31 - 1  # build_tasks's "melu" split caps at 100 ratings when max_ratings is None
 BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
-INNER_SOLVERS = ("sgd", "newton")
+INNER_SOLVERS = ("auto", "sgd", "newton")
+# what a config record written before a field existed meant by its absence (the field's value at the time), so
+# that an older checkpoint resumes and evaluates as it was trained although the default has changed since
+RECORD_DEFAULTS = {"item_dropout": 0.0, "groups": 1, "inner_solver": "sgd"}
 
 
 @dataclasses.dataclass
@@ -81,7 +84,8 @@ class ExperimentConfig:
     except that ``model="gru"`` then gets 10.
 
     Meta-learning: ``algorithm`` (maml | reptile | metasgd), ``order`` (second | first), ``adapt`` ("head": MeLU's local
-    update of the decision layers | "all" | "default" | a regex), ``inner_lr``, ``inner_steps``, ``inner_l2`` (weight of
+    update of the decision layers | "head/output" | "all" | "default" | a regex | "auto"), ``inner_lr``,
+    ``inner_steps`` (None: auto), ``inner_l2`` (weight of
     :func:`jaxrec.losses.l2_to_init` in the inner loss, 0 = none), ``meta_lr``, ``tune_inner_lr``: start from the
     fine-tuning rate chosen on the validation users over ``finetune_lrs`` (:meth:`Experiment.resolve_inner_lr`;
     ``inner_lr`` is then only the fallback, and the rate used from the bias start); ``rate_lr``: Adam rate of Meta-SGD's
@@ -113,7 +117,10 @@ class ExperimentConfig:
     ``inner_solver``: ``"sgd"`` (gradient steps at rate ``inner_lr``) or ``"newton"`` (:mod:`jaxrec.newton_adapt`: each
     inner step a Newton step on the MAP objective with the prior ``N(theta, diag(inner_lr))``, one step the exact
     ridge solution for a squared-error output layer; meant for a small adapted set, ``adapt="head/output"``). The
-    fine-tuning baseline adapts with the same solver, its prior variance tuned like a learning rate.
+    fine-tuning baseline adapts with the same solver, its prior variance tuned like a learning rate. ``"auto"`` (with
+    ``adapt="auto"`` and ``inner_steps=None``, the defaults): one Newton step on the output layer for a model that
+    has one (MeLU, NeuMF, GRU), else 5 gradient steps on the model's default adapted parameters;
+    :class:`Experiment` records the concrete values in its ``config``.
 
     ``devices``: None (one device) or a device count / "all" for a task-sharded mesh.
     """
@@ -147,9 +154,9 @@ class ExperimentConfig:
     )
     algorithm: str = "metasgd"
     order: str = "second"
-    adapt: str = "head/output"
+    adapt: str = "auto"
     inner_lr: float = 0.1
-    inner_steps: int = 1
+    inner_steps: int | None = None
     inner_l2: float = 0.0
     tune_inner_lr: bool = True
     meta_lr: float = 3e-4
@@ -174,7 +181,7 @@ class ExperimentConfig:
     bias_reg: tuple = (10.0, 5.0)
     item_dropout: float = 0.25
     groups: int = 1
-    inner_solver: str = "newton"
+    inner_solver: str = "auto"
 
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists)."""
@@ -253,6 +260,7 @@ class Experiment:
             raise datasets.DataError(f"no meta-train task: {self.train_tasks.summary()}")
         self.spec = self.train_tasks.spec  # the featurizer's spec with this run's ``history``
         self.model = models.create(config.model, self.spec, **_model_kwargs(config.model_kwargs))
+        self.config = config = self._resolve_inner_loop(config)
         self.loss_fn = models.default_loss(self.model)
         self.apply_fn = self.model.apply
         self.adapt_filter = models.adapt_filter(config.adapt, self.model)
@@ -275,6 +283,32 @@ class Experiment:
         self._inner_lr_resolved = False
 
     # -- construction helpers --------------------------------------------------------------------------------------
+
+    def _resolve_inner_loop(self, c: ExperimentConfig) -> ExperimentConfig:
+        """``c`` with ``adapt="auto"``, ``inner_solver="auto"`` and ``inner_steps=None`` made concrete for this model,
+        so that the recorded config (metrics.json, checkpoints) says what ran.
+
+        ``auto``: one Newton step on the output layer (``"head/output"``) for a model that has one (MeLU, NeuMF,
+        GRU), otherwise 5 gradient steps on the model's default adapted parameters. An adapt filter that selects
+        no parameter of the model is an error (the users would silently not adapt)."""
+        rows = models.synthetic_rows(self.spec, 2, jax.random.PRNGKey(0))  # host data: no parameters allocated
+        shapes = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), rows)
+        flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+
+        def selects(spec):
+            predicate = models.adapt_filter(spec, self.model)
+            return any(predicate(path, leaf) for path, leaf in flat)
+
+        adapt = c.adapt
+        if adapt == "auto":
+            adapt = "head/output" if selects("head/output") else "default"
+        elif not selects(adapt):
+            raise ValueError(f"adapt={adapt!r} selects no parameter of model {c.model!r}: no user would adapt")
+        solver = c.inner_solver
+        if solver == "auto":
+            solver = "newton" if adapt == "head/output" else "sgd"
+        steps = c.inner_steps if c.inner_steps is not None else (1 if solver == "newton" else 5)
+        return dataclasses.replace(c, adapt=adapt, inner_solver=solver, inner_steps=int(steps))
 
     def _load_dataset(self) -> datasets.Dataset:
         c = self.config

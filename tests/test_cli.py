@@ -212,7 +212,7 @@ def test_grouped_and_newton_runs_train_evaluate_and_recommend(tmp_path, capsys, 
     assert len(ranked) == 3
 
 
-def test_resume_of_a_checkpoint_older_than_a_config_field_reads_it_as_the_default(monkeypatch, tmp_path):
+def test_resume_of_a_checkpoint_older_than_a_config_field_reads_it_as_its_value_then(monkeypatch, tmp_path):
     from jaxrec.experiment import ExperimentConfig
 
     older = ExperimentConfig().to_dict()
@@ -220,5 +220,11 @@ def test_resume_of_a_checkpoint_older_than_a_config_field_reads_it_as_the_defaul
     monkeypatch.setattr("jaxrec.checkpoint.read_metadata", lambda folder: {"config": older})
     config = cli._resume_config(tmp_path, {"groups": 1, "item_dropout": 0.0, "epochs": 3})
     assert config.groups == 1 and config.epochs == 3
+    # an absent field means its value when the record was written, not today's default (item dropout is 0.25 now)
+    del older["inner_solver"]
+    config = cli._resume_config(tmp_path, {})
+    assert (config.item_dropout, config.groups, config.inner_solver) == (0.0, 1, "sgd")
+    with pytest.raises(cli.CLIError, match="cannot change --item-dropout"):
+        cli._resume_config(tmp_path, {"item_dropout": 0.25})
     with pytest.raises(cli.CLIError, match="cannot change --groups"):
         cli._resume_config(tmp_path, {"groups": 2})

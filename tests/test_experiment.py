@@ -154,3 +154,24 @@ def test_pooled_comparison_of_two_evaluations_equals_one_evaluation_of_all_users
     assert pooled["finetune"]["paired"]["mae"]["diff"] == pytest.approx(
         pooled["maml"]["mae"] - pooled["finetune"]["mae"]
     )
+
+
+@pytest.mark.parametrize(
+    "model, kwargs, expected",
+    [
+        ("melu", TINY["model_kwargs"], ("head/output", "newton", 1)),
+        ("mf", {"embed": 4}, ("default", "sgd", 5)),
+    ],
+)
+def test_auto_inner_loop_is_made_concrete_per_model(model, kwargs, expected):
+    """The default inner loop: a Newton step on the output layer where the model has one, else gradient steps."""
+    exp = Experiment(ExperimentConfig(**{**TINY, "model": model, "model_kwargs": kwargs, "inner_steps": None}))
+    assert (exp.config.adapt, exp.config.inner_solver, exp.config.inner_steps) == expected
+    assert exp.trainer.inner_steps == expected[2]
+    assert (exp.inner_optimizer is not None) == (expected[1] == "newton")
+
+
+def test_an_adapt_filter_that_selects_nothing_is_an_error():
+    # MF has no decision layers: before this check, adapt="head" silently adapted nothing
+    with pytest.raises(ValueError, match="selects no parameter of model 'mf'"):
+        Experiment(ExperimentConfig(**{**TINY, "model": "mf", "model_kwargs": {"embed": 4}, "adapt": "head"}))
