@@ -81,6 +81,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def run(args) -> dict:
     out = {"dataset": args.dataset, "seeds": list(args.seeds), "methods": {}, "runs": {}}
     pooled_stats: dict = {}  # method -> scenario -> compared method -> [per-user stats of each seed]
+    keys: dict = {}  # method -> the key of the baselines it used
     for seed in args.seeds:
         base = ExperimentConfig(dataset=args.dataset, data_dir=args.data_dir, seed=seed, **json.loads(args.set))
         if args.epochs is not None:
@@ -121,8 +122,10 @@ def run(args) -> dict:
                 results, stats = validation_scores(experiment, state.params)
             else:
                 results, stats = experiment.evaluate(state.params, return_stats=True)
+            keys[name] = key
             run_out["methods"][name] = {
                 "overrides": VARIANTS[name],
+                "finetune_lr": fitted[key].finetune_lr,
                 "train_seconds": seconds,
                 "steps": int(state.step),
                 "scenarios": results,
@@ -144,11 +147,22 @@ def run(args) -> dict:
             if len(per_method["maml"]) != len(args.seeds):
                 continue  # a scenario that some split lacks is not pooled
             stats = {method: concat_stats(parts) for method, parts in per_method.items()}
+            if name == args.methods[0]:
+                # the first configuration also faces every other configuration's fine-tuning (another inner loop or
+                # model: e.g. 5 gradient steps on the whole head), on the same users: the strongest fine-tuning
+                # of the run, not only the one that shares its inner loop
+                seen = {keys[name]}
+                for other in args.methods[1:]:
+                    parts = pooled_stats[other].get(scenario, {}).get("finetune")
+                    if keys[other] not in seen and parts and len(parts) == len(args.seeds):
+                        seen.add(keys[other])
+                        stats[f"finetune[{other}]"] = concat_stats(parts)
             scenarios[scenario] = compare_stats(
                 stats, reference="maml", resamples=base.bootstrap, seed=0, implicit=base.implicit
             )
         out["methods"][name] = {
             "overrides": VARIANTS[name],
+            "finetune_lr": [m["finetune_lr"] for m in per_seed],
             "train_seconds": float(np.mean([m["train_seconds"] for m in per_seed])),
             "steps": per_seed[0]["steps"],
             "scenarios": scenarios,
@@ -193,13 +207,22 @@ def markdown(out: dict) -> str:
         f"Splits (seeds of the cold-start split, the validation slice and training): {out['seeds']}. With several, "
         "every table pools the (split, user) pairs of all splits, and the paired intervals resample those pairs.",
         "",
-        f"Fine-tuning learning rate per split (tuned on validation meta-train users): {out.get('finetune_lr')}; a "
+        "Rows `finetune[<configuration>]` in the first configuration's tables are the fine-tuning baseline of that "
+        "other configuration (another inner loop or model), on the same users: the first configuration faces every "
+        "fine-tuning of the run.",
+        "",
+        f"Fine-tuning learning rate per split of the first configuration (tuned on validation meta-train users): "
+        f"{out.get('finetune_lr')}; a "
         "meta-learner started from the supervised model starts its inner rate there too (`tune_inner_lr`), one "
         "started at the bias model (the default) uses `inner_lr`.",
         "",
     ]
     for name, m in out["methods"].items():
-        lines += [f"## {name} ({m['steps']} steps, {m['train_seconds']:.0f}s training per split)", ""]
+        lines += [
+            f"## {name} ({m['steps']} steps, {m['train_seconds']:.0f}s training per split; fine-tuning rate or prior "
+            f"variance per split {m.get('finetune_lr')})",
+            "",
+        ]
         for scenario, methods in m["scenarios"].items():
             lines += [
                 f"### {scenario} ({methods['maml']['users']} users)",
