@@ -325,11 +325,7 @@ def fit_baselines(experiment: Any) -> Baselines:
             experiment.val_tasks,
             c.finetune_lrs,
             apply_fn=experiment.apply_fn,
-            loss_fn=experiment.loss_fn,
-            inner_steps=c.inner_steps,
-            adapt_filter=experiment.adapt_filter,
-            inner_aux=experiment.inner_aux,
-            inner_optimizer=experiment.inner_optimizer,
+            **experiment.inner_loop,
             target=target,
             rating_range=feat.spec.rating_range,
             implicit=c.implicit,
@@ -345,15 +341,7 @@ def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "m
     """``{name: (predict, state)}`` for the meta method (``method_name``) and the configured baselines."""
     c = experiment.config
     target = experiment.spec.target
-    meta = functools.partial(
-        meta_predict,
-        apply_fn=experiment.apply_fn,
-        loss_fn=experiment.loss_fn,
-        inner_steps=int(c.inner_steps),
-        adapt_filter=experiment.adapt_filter,
-        inner_aux=experiment.inner_aux,
-        inner_optimizer=experiment.inner_optimizer,
-    )
+    meta = functools.partial(meta_predict, apply_fn=experiment.apply_fn, **experiment.inner_loop)
     methods: dict[str, tuple] = {method_name: (meta, _split_meta_params(params, c.inner_lr))}
     if not c.baselines:
         return methods

@@ -720,21 +720,11 @@ class Recommender:
         self.state = _split_meta_params(params, experiment.config.inner_lr)
         n_items = self.featurizer.n_items
         self.candidates = jax.device_put(self.featurizer.rows(np.full(n_items, -1), np.arange(n_items)))
-        c = experiment.config
 
         def scores(state, support, mask, candidates):
             init, inner_lr = select_group(*state, support, mask, experiment.loss_fn)  # grouped: the user's group
             phi = adapt(
-                init,
-                zero_padding(support, mask),
-                mask,
-                loss_fn=experiment.loss_fn,
-                inner_lr=inner_lr,
-                inner_steps=int(c.inner_steps),
-                order="first",
-                adapt_filter=experiment.adapt_filter,
-                inner_aux=experiment.inner_aux,
-                inner_optimizer=experiment.inner_optimizer,
+                init, zero_padding(support, mask), mask, inner_lr=inner_lr, order="first", **experiment.inner_loop
             )
             return experiment.apply_fn(phi, candidates)
 

@@ -585,6 +585,20 @@ class Experiment:
             state, _ = self.train_step(state, batch)
         return state
 
+    @property
+    def inner_loop(self) -> dict:
+        """The keyword arguments of this run's inner loop for :func:`jaxrec.adapt`, :func:`jaxrec.meta_predict` and
+        :func:`jaxrec.meta_evaluate`: ``loss_fn``, ``inner_steps``, ``adapt_filter``, ``inner_aux`` and
+        ``inner_optimizer`` (the Newton step, when that is the solver). The rates come with the parameters
+        (Meta-SGD) or are ``config.inner_lr``."""
+        return {
+            "loss_fn": self.loss_fn,
+            "inner_steps": int(self.config.inner_steps),
+            "adapt_filter": self.adapt_filter,
+            "inner_aux": self.inner_aux,
+            "inner_optimizer": self.inner_optimizer,
+        }
+
     # -- evaluation ------------------------------------------------------------------------------------------------
 
     def baselines(self):

@@ -172,6 +172,8 @@ def test_experiment_groups_start_apart_train_evaluate_and_checkpoint(tmp_path):
 
     config = ExperimentConfig(
         model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None, "item_bias": True},
+        adapt="head",  # gradient steps on every decision layer: the hidden layers are grouped too
+        inner_solver="sgd",
         inner_steps=1,
         bootstrap=20,
         supervised_epochs=1,
