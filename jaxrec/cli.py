@@ -66,7 +66,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-kwargs", type=json.loads, help="JSON keyword arguments of the model, e.g. '{\"embed\": 8}'")
     g.add_argument("--algorithm", choices=("maml", "reptile", "metasgd"))
     g.add_argument("--order", choices=("second", "first"))
-    g.add_argument("--adapt", help="which parameters adapt per user: head | all | default | a regex")
+    g.add_argument(
+        "--adapt",
+        help="which parameters adapt per user: head | head/output | all | default | a regex (default auto: the "
+        "output layer by a Newton step where the model has one, else the model's default set by 5 gradient steps)",
+    )
     g.add_argument("--inner-lr", type=float)
     g.add_argument("--inner-steps", type=int)
     g.add_argument(
