@@ -155,7 +155,8 @@ def adapt(
         gradient, so it comes back unadapted (``phi_K = theta``): it is scored with the shared initialisation.
       loss_fn: ``loss_fn(params, rows, mask) -> scalar``.
       inner_lr: step size ``alpha`` of plain SGD; a scalar, or a params-shaped pytree of per-parameter rates
-        (Meta-SGD). Ignored when ``inner_optimizer`` is given.
+        (Meta-SGD). Ignored when ``inner_optimizer`` is an optax transformation; the prior variances of the Newton
+        step (:func:`jaxrec.newton`).
       inner_steps: ``K`` (static).
       order: ``"second"`` (exact, differentiates through the inner gradients) or ``"first"``.
       inner_optimizer: an optax ``GradientTransformation`` used instead of SGD, differentiated through; or

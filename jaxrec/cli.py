@@ -75,7 +75,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--inner-steps", type=int)
     g.add_argument(
         "--inner-solver",
-        choices=("sgd", "newton"),
+        choices=("auto", "sgd", "newton"),
         help="inner steps: sgd (gradient steps at --inner-lr) or newton (MAP under a Gaussian prior at the "
         "initialisation with variance --inner-lr; for a small adapted set, e.g. --adapt head/output)",
     )
@@ -220,10 +220,10 @@ def _positive_int(text: str, flag: str) -> int:
 
 
 def _make_config(base: dict[str, Any] | None, overrides: dict[str, Any]):
-    from jaxrec.experiment import RECORD_DEFAULTS, ExperimentConfig
+    from jaxrec.experiment import ExperimentConfig
 
-    # a saved record older than a field meant that field's value at the time, not today's default
-    merged = dict(ExperimentConfig().to_dict() if base is None else {**RECORD_DEFAULTS, **base})
+    # a saved record older than a field is read as it ran (ExperimentConfig.from_dict), not with today's default
+    merged = dict(ExperimentConfig().to_dict() if base is None else base)
     if overrides.get("model", merged["model"]) != merged["model"] and "model_kwargs" not in overrides:
         merged["model_kwargs"] = {}  # the defaults' kwargs belong to the default model
     if "data" in overrides:
@@ -488,7 +488,10 @@ def _resume_config(out: Path, overrides: dict[str, Any]):
 
     defaults = {**ExperimentConfig().to_dict(), **RECORD_DEFAULTS}  # what a field newer than the checkpoint meant
     changed = [
-        k for k, v in overrides.items() if k not in RESUME_OVERRIDABLE and _jsonable(v) != saved.get(k, defaults.get(k))
+        k
+        for k, v in overrides.items()
+        # "auto" resolves to what the run recorded, so it asks for no change
+        if k not in RESUME_OVERRIDABLE and v != "auto" and _jsonable(v) != saved.get(k, defaults.get(k))
     ]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)

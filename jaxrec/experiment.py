@@ -3,7 +3,7 @@
 :class:`ExperimentConfig` is a plain dataclass (JSON round trip with :meth:`~ExperimentConfig.to_dict` /
 :meth:`~ExperimentConfig.from_dict`); :class:`Experiment` builds everything it describes::
 
-    exp = Experiment(ExperimentConfig())            # ml-latest-small, MeLU, Meta-SGD on the head
+    exp = Experiment(ExperimentConfig())            # ml-latest-small, MeLU, Meta-SGD + a Newton step on the output
     state = exp.init_state()
     for batch in itertools.islice(exp.batches(), exp.total_steps):
         state, metrics = exp.train_step(state, batch)
@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -56,6 +57,7 @@ INNER_SOLVERS = ("auto", "sgd", "newton")
 # what a config record written before a field existed meant by its absence (the field's value at the time), so
 # that an older checkpoint resumes and evaluates as it was trained although the default has changed since
 RECORD_DEFAULTS = {"item_dropout": 0.0, "groups": 1, "inner_solver": "sgd"}
+_HEADLESS = ("mf", "linear", "fm")  # models without decision layers (no ``head`` module)
 
 
 @dataclasses.dataclass
@@ -117,9 +119,10 @@ class ExperimentConfig:
     ``inner_solver``: ``"sgd"`` (gradient steps at rate ``inner_lr``) or ``"newton"`` (:mod:`jaxrec.newton_adapt`: each
     inner step a Newton step on the MAP objective with the prior ``N(theta, diag(inner_lr))``, one step the exact
     ridge solution for a squared-error output layer; meant for a small adapted set, ``adapt="head/output"``). The
-    fine-tuning baseline adapts with the same solver, its prior variance tuned like a learning rate. ``"auto"`` (with
-    ``adapt="auto"`` and ``inner_steps=None``, the defaults): one Newton step on the output layer for a model that
-    has one (MeLU, NeuMF, GRU), else 5 gradient steps on the model's default adapted parameters;
+    fine-tuning baseline adapts with the same solver, its prior variance tuned like a learning rate. The defaults
+    ``adapt="auto"``, ``inner_solver="auto"``, ``inner_steps=None`` give one Newton step on the output layer for a
+    model that has one (MeLU, NeuMF, GRU) and 5 gradient steps on the model's default adapted set otherwise (or
+    with ``inner_solver="sgd"``); an explicit ``adapt="head/output"`` gets the Newton step unless a solver is named.
     :class:`Experiment` records the concrete values in its ``config``.
 
     ``devices``: None (one device) or a device count / "all" for a task-sharded mesh.
@@ -193,12 +196,21 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ExperimentConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them.
+
+        A record written before a field existed is read as it ran: a missing field takes its value of that time
+        (:data:`RECORD_DEFAULTS`), not today's default. Before ``inner_solver`` existed, ``adapt="head"`` on a model
+        without decision layers (MF, linear, FM) adapted nothing; such a record is read with ``inner_steps=0``."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ExperimentConfig field(s) {unknown}; known: {sorted(names)}")
-        kwargs = dict(d)
+        kwargs = {**{k: v for k, v in RECORD_DEFAULTS.items() if k not in d}, **d}
+        if "inner_solver" not in d and kwargs.get("model", cls.model) in _HEADLESS and kwargs.get("adapt") == "head":
+            logger.warning(
+                "this %s record adapted no parameter (adapt='head'): read with inner_steps=0", kwargs["model"]
+            )
+            kwargs["inner_steps"] = 0
         for key in ("baselines", "ks", "finetune_lrs", "bias_reg", "support_buckets"):
             if key in kwargs and kwargs[key] is not None:
                 kwargs[key] = tuple(kwargs[key])
@@ -288,9 +300,12 @@ class Experiment:
         """``c`` with ``adapt="auto"``, ``inner_solver="auto"`` and ``inner_steps=None`` made concrete for this model,
         so that the recorded config (metrics.json, checkpoints) says what ran.
 
-        ``auto``: one Newton step on the output layer (``"head/output"``) for a model that has one (MeLU, NeuMF,
-        GRU), otherwise 5 gradient steps on the model's default adapted parameters. An adapt filter that selects
-        no parameter of the model is an error (the users would silently not adapt)."""
+        ``adapt="auto"``: the output layer (``"head/output"``) for a model that has one (MeLU, NeuMF, GRU), unless
+        ``inner_solver="sgd"``; otherwise the model's default adapted set (``"default"``; MeLU's: the decision
+        layers). ``inner_solver="auto"``: ``"newton"`` when the adapted set is ``"head/output"``, else ``"sgd"``.
+        ``inner_steps=None``: 1 Newton step, or 5 gradient steps. An adapted set that selects no parameter of the
+        model (the users would silently not adapt), or too many for the Newton step, is an error here, before any
+        training."""
         rows = models.synthetic_rows(self.spec, 2, jax.random.PRNGKey(0))  # host data: no parameters allocated
         shapes = jax.eval_shape(self.model.init, jax.random.PRNGKey(0), rows)
         flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
@@ -299,15 +314,33 @@ class Experiment:
             predicate = models.adapt_filter(spec, self.model)
             return any(predicate(path, leaf) for path, leaf in flat)
 
-        adapt = c.adapt
+        adapt, solver = c.adapt, c.inner_solver
         if adapt == "auto":
-            adapt = "head/output" if selects("head/output") else "default"
-        elif not selects(adapt):
+            if solver != "sgd" and selects("head/output"):
+                adapt = "head/output"
+            elif solver == "newton":
+                raise ValueError(
+                    f"inner_solver='newton' with adapt='auto': model {c.model!r} has no output layer (head/output); "
+                    "name a small set of parameters to adapt"
+                )
+            else:
+                adapt = "default"
+        steps = c.inner_steps
+        if not selects(adapt) and steps != 0:
             raise ValueError(f"adapt={adapt!r} selects no parameter of model {c.model!r}: no user would adapt")
-        solver = c.inner_solver
         if solver == "auto":
             solver = "newton" if adapt == "head/output" else "sgd"
-        steps = c.inner_steps if c.inner_steps is not None else (1 if solver == "newton" else 5)
+        if solver == "newton":
+            predicate = models.adapt_filter(adapt, self.model)
+            size = sum(math.prod(leaf.shape) for path, leaf in flat if predicate(path, leaf))
+            limit = newton().max_params
+            if size > limit:
+                raise ValueError(
+                    f"inner_solver='newton' would adapt {size} parameters of model {c.model!r} (adapt={adapt!r}), "
+                    f"more than {limit}: it forms their Hessian per user; adapt fewer, e.g. adapt='head/output'"
+                )
+        if steps is None:
+            steps = 1 if solver == "newton" else 5
         return dataclasses.replace(c, adapt=adapt, inner_solver=solver, inner_steps=int(steps))
 
     def _load_dataset(self) -> datasets.Dataset:

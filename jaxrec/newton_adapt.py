@@ -18,7 +18,9 @@ with ``H_s`` the Hessian of the support loss over the adapted parameters. For a 
 (Bertinetto et al. 2019). The proximal objective is that of iMAML (Rajeswaran et al. 2019), here solved and
 differentiated exactly rather than through the implicit function theorem, which is affordable for a few hundred
 parameters. More steps iterate towards the minimiser for other losses (BCE: iteratively reweighted least
-squares).
+squares); the step is undamped beyond the prior, so where the support loss's Hessian is far from positive
+definite (non-linear adapted layers) it is not guaranteed to converge. An ``inner_aux`` term is part of ``L_s``
+and so is weighted by ``n`` too.
 
 ``alpha`` is the inner learning rate: a scalar, or per parameter with Meta-SGD, which then meta-learns the
 prior variances. Where ``H_s`` vanishes the step is ``phi = theta - n alpha grad L_s``: one gradient step on the
@@ -26,8 +28,9 @@ summed loss. The shrinkage is data-dependent: a user with many ratings moves fur
 with few, which gradient steps on the mean loss, the same length for every user, do not do.
 
 ``jax.grad`` through the step (the Hessian, the linear solve) is the exact meta-gradient; ``order="first"``
-stops the gradient at the update ``phi_K - theta``. A task without support rows has ``n = 0`` and keeps
-``phi = theta``.
+stops the gradient at the loss's gradient and Hessian and at ``phi - theta`` (so ``d phi_K / d theta = I``, as in
+first-order MAML), while the prior variances still receive theirs, as Meta-SGD's rates do in first order. A task
+without support rows has ``n = 0`` and keeps ``phi = theta``.
 
 Pass :func:`newton` as ``inner_optimizer`` wherever the inner loop is configured (:func:`jaxrec.adapt`,
 :class:`jaxrec.MetaTrainer`, :func:`jaxrec.meta_predict`, ``ExperimentConfig(inner_solver="newton")``).
@@ -94,7 +97,9 @@ def newton_step(
     alpha, _ = ravel_pytree(
         [jnp.broadcast_to(jnp.asarray(r, m.dtype), m.shape) for r, m in zip(rates, moving, strict=True)]
     )
-    precision = 1.0 / jnp.maximum(alpha, _MIN_RATE)
+    # the floor applies to the value only: a rate pushed below it still gets its gradient and can come back
+    floored = alpha + jax.lax.stop_gradient(jnp.maximum(alpha, _MIN_RATE) - alpha)
+    precision = 1.0 / floored
     _, mask = data
     n = jnp.sum(mask).astype(flat.dtype)
 
@@ -103,11 +108,14 @@ def newton_step(
 
     grad = jax.grad(loss)(flat)
     hessian = jax.jacfwd(jax.grad(loss))(flat)
-    system = n * hessian + jnp.diag(precision)
-    residual = n * grad + precision * (flat - prior_flat)
-    delta = jnp.linalg.solve(system, residual)
+    offset = flat - prior_flat
     if order == "first":
-        delta = jax.lax.stop_gradient(delta)
+        # no derivative of the loss's gradient or Hessian, nor of the path to phi (d phi / d theta = I, as first-order
+        # MAML); the prior variances keep theirs, as Meta-SGD's rates do in first order (phi = theta - alpha sg(g))
+        grad, hessian, offset = jax.lax.stop_gradient((grad, hessian, offset))
+    system = n * hessian + jnp.diag(precision)
+    residual = n * grad + precision * offset
+    delta = jnp.linalg.solve(system, residual)
     return list(unravel(flat - delta))
 
 

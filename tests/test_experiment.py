@@ -175,3 +175,29 @@ def test_an_adapt_filter_that_selects_nothing_is_an_error():
     # MF has no decision layers: before this check, adapt="head" silently adapted nothing
     with pytest.raises(ValueError, match="selects no parameter of model 'mf'"):
         Experiment(ExperimentConfig(**{**TINY, "model": "mf", "model_kwargs": {"embed": 4}, "adapt": "head"}))
+
+
+def test_auto_rules_and_early_errors_of_the_inner_loop():
+    melu = {**TINY, "inner_steps": None}
+    # naming the gradient solver keeps MeLU's local update of every decision layer
+    sgd = Experiment(ExperimentConfig(**melu, inner_solver="sgd")).config
+    assert (sgd.adapt, sgd.inner_solver, sgd.inner_steps) == ("default", "sgd", 5)
+    # a Newton step over the whole head would form a Hessian of thousands of parameters per user: refused early
+    with pytest.raises(ValueError, match="would adapt .* parameters .* more than 1024"):
+        wide = {**TINY["model_kwargs"], "hidden": [64, 64]}
+        Experiment(ExperimentConfig(**{**melu, "model_kwargs": wide}, adapt="head", inner_solver="newton"))
+    with pytest.raises(ValueError, match="has no output layer"):
+        Experiment(ExperimentConfig(**{**melu, "model": "mf", "model_kwargs": {"embed": 4}}, inner_solver="newton"))
+
+
+def test_an_older_record_is_read_as_it_ran():
+    old = ExperimentConfig(**{**TINY, "adapt": "head", "inner_steps": 5}).to_dict()
+    for field in ("inner_solver", "item_dropout", "groups"):
+        del old[field]  # a record written before these fields existed
+    config = ExperimentConfig.from_dict(old)
+    assert (config.inner_solver, config.item_dropout, config.groups, config.inner_steps) == ("sgd", 0.0, 1, 5)
+    # before the check, adapt="head" on MF adapted nothing: such a record evaluates as it ran, unadapted
+    mf = {**old, "model": "mf", "model_kwargs": {"embed": 4}}
+    config = ExperimentConfig.from_dict(mf)
+    assert config.inner_steps == 0
+    assert Experiment(config).config.inner_steps == 0  # and is accepted although "head" selects nothing

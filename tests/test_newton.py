@@ -164,6 +164,20 @@ def test_meta_gradient_equals_the_hand_written_one_and_finite_differences():
     np.testing.assert_allclose(np.r_[g_theta["w"], g_theta["b"]], want_theta, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(np.r_[g_alpha["w"], g_alpha["b"]], want_alpha, rtol=1e-10, atol=1e-12)
 
+    # first order: d phi / d theta = I, but the prior variances keep their gradient; one step from theta (where
+    # phi - theta starts at 0) it is the same as second order's
+    def first_order(theta, alpha):
+        phi = jaxrec.adapt(
+            theta, srows, smask, loss_fn=loss_fn, inner_lr=alpha, inner_steps=1, order="first",
+            inner_optimizer=newton(),
+        )  # fmt: skip
+        return loss_fn(phi, qrows, qmask)
+
+    f_theta, f_alpha = jax.grad(first_order, argnums=(0, 1))(theta, alpha)
+    np.testing.assert_allclose(np.r_[f_alpha["w"], f_alpha["b"]], want_alpha, rtol=1e-10, atol=1e-12)
+    phi = jaxrec.adapt(theta, srows, smask, loss_fn=loss_fn, inner_lr=alpha, inner_steps=1, inner_optimizer=newton())
+    chex.assert_trees_all_close(f_theta, jax.grad(loss_fn)(phi, qrows, qmask), atol=1e-12)
+
 
 @pytest.mark.parametrize("steps", [1, 3])
 def test_meta_gradient_through_a_network_matches_finite_differences(steps):
@@ -215,6 +229,20 @@ def test_first_order_stops_the_gradient_at_the_update():
     chex.assert_trees_all_close(g_first, jax.grad(lambda p: loss_fn(p, qrows, qmask))(phi), atol=1e-12)
 
 
+def test_a_rate_below_the_floor_still_gets_its_gradient():
+    rows, mask = rows_of(10)
+    theta = {"w": jnp.array([0.3, -0.2, 0.5]), "b": jnp.array(0.1)}
+    loss_fn = jaxrec.mse_loss(linear_apply)
+
+    def after(alpha):
+        phi = jaxrec.adapt(theta, rows, mask, loss_fn=loss_fn, inner_lr=alpha, inner_steps=1, inner_optimizer=newton())
+        return loss_fn(phi, rows, mask)
+
+    # a negative rate (Meta-SGD's linear-space update can overshoot) acts as the floor but is not frozen there
+    assert float(after(jnp.array(-0.01))) == pytest.approx(float(after(jnp.array(1e-8))), abs=1e-12)
+    assert float(jax.grad(after)(jnp.array(-0.01))) != 0.0
+
+
 def test_too_many_adapted_parameters_is_a_clear_error():
     rows, mask = rows_of(9)
     with pytest.raises(ValueError, match="adapts 21 parameters, more than max_params=10"):
@@ -226,7 +254,8 @@ def test_too_many_adapted_parameters_is_a_clear_error():
         newton(0)
 
 
-def test_meta_sgd_trainer_learns_the_prior_variances():
+@pytest.mark.parametrize("order", ["second", "first"])
+def test_meta_sgd_trainer_learns_the_prior_variances(order):
     """A Meta-SGD trainer with the Newton step: one jit-compiled step moves both the initialisation and the rates."""
     rng = np.random.default_rng(0)
     tasks, support, query, dim = 4, 8, 5, 3
@@ -245,6 +274,7 @@ def test_meta_sgd_trainer_learns_the_prior_variances():
         inner_lr=0.1,
         inner_steps=1,
         algorithm="metasgd",
+        order=order,
         inner_optimizer=newton(),
     )
     state = trainer.init({"w": jnp.zeros(dim), "b": jnp.array(0.0)})
