@@ -48,29 +48,20 @@ def test_one_step_on_a_linear_model_is_ridge_towards_the_initialisation():
     rows, mask = rows_of(0)
     theta = {"w": jnp.array([0.3, -0.2, 0.5]), "b": jnp.array(0.1)}
     alpha = {"w": jnp.array([0.05, 0.2, 1.0]), "b": jnp.array(0.5)}  # per-parameter prior variances
-    phi = jaxrec.adapt(
-        theta,
-        rows,
-        mask,
-        loss_fn=jaxrec.mse_loss(linear_apply),
-        inner_lr=alpha,
-        inner_steps=1,
-        inner_optimizer=newton(),
-    )
+
+    def adapted(steps):
+        return jaxrec.adapt(
+            theta, rows, mask, loss_fn=jaxrec.mse_loss(linear_apply), inner_lr=alpha, inner_steps=steps,
+            inner_optimizer=newton(),
+        )  # fmt: skip
+
+    phi = adapted(1)
     keep = np.asarray(mask)
     x = np.c_[np.asarray(rows["x"])[keep], np.ones(keep.sum())]
     expected = ridge(x, np.asarray(rows["rating"])[keep], np.r_[theta["w"], theta["b"]], np.r_[alpha["w"], alpha["b"]])
     np.testing.assert_allclose(np.r_[phi["w"], phi["b"]], expected, rtol=1e-12, atol=1e-12)
     # a second step starts at the minimiser: it stays there
-    phi2 = jaxrec.adapt(
-        theta,
-        rows,
-        mask,
-        loss_fn=jaxrec.mse_loss(linear_apply),
-        inner_lr=alpha,
-        inner_steps=2,
-        inner_optimizer=newton(),
-    )
+    phi2 = adapted(2)
     chex.assert_trees_all_close(phi2, phi, atol=1e-12)
 
 
