@@ -24,7 +24,9 @@ other configurations change only what names them:
   identity only in the additive item bias); ``epochs120``: twice the meta-training; and on the Newton inner step
   (without item dropout unless named): ``newton_output``, ``newton_output_maml`` (one prior variance),
   ``newton_wide`` (hidden layers of 64), ``newton_epochs120``, ``newton_rate_lr`` (rate_lr 3e-3),
-  ``newton_item_dropout`` (the default).
+  ``newton_item_dropout`` (the default); ``mixed`` (``inner_solver="mixed"``: 5 inner steps, each solving the
+  output layer by a Newton step and taking a gradient step on the other decision layers; with item dropout) and
+  ``mixed_no_dropout``.
 
 In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
 user-wise (each (split, user) pair is one unit of the bootstrap). Baselines are fitted once per model, item
@@ -73,6 +75,8 @@ VARIANTS = {
     "newton_epochs120": {**_NEWTON, "item_dropout": 0.0, "epochs": 120},
     "newton_rate_lr": {**_NEWTON, "item_dropout": 0.0, "rate_lr": 3e-3},
     "newton_item_dropout": {**_NEWTON, "item_dropout": 0.25},
+    "mixed": {"inner_solver": "mixed", "adapt": "head", "inner_steps": 5},
+    "mixed_no_dropout": {"inner_solver": "mixed", "adapt": "head", "inner_steps": 5, "item_dropout": 0.0},
 }
 TEST_METHODS = ("default", "sgd_head", "newton_maml", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -33,7 +33,7 @@ import numpy as np
 import optax
 
 from jaxrec.losses import LossFn
-from jaxrec.newton_adapt import is_newton, newton_step
+from jaxrec.newton_adapt import is_newton, newton_step, solve_part, solve_then_descend, solved_leaves
 
 __all__ = ["adapt", "AdaptFilter", "resolve_adapt_filter", "zero_padding", "ORDERS", "REMAT_POLICIES", "inner_unroll"]
 
@@ -203,8 +203,15 @@ def adapt(
 
     if is_newton(inner_optimizer):
         rates = [jnp.asarray(r) for r in _learning_rates(inner_lr, part)]
-        step = functools.partial(newton_step, inner_loss, inner_optimizer, order)
-        moving = iterate(step, (fixed, rates, theta, moving0), data, moving0, inner_steps, remat)
+        diff = (fixed, rates, theta, moving0)
+        if inner_optimizer.solve is None:
+            step = functools.partial(newton_step, inner_loss, inner_optimizer, order)
+            return part.join(iterate(step, diff, data, moving0, inner_steps, remat), fixed)
+        paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        solved = solved_leaves(inner_optimizer, [p for p, a in zip(paths, part.adapted, strict=True) if a])
+        step = functools.partial(solve_then_descend, inner_loss, gradient, inner_optimizer, order, solved)
+        moving = iterate(step, diff, data, moving0, inner_steps, remat)
+        moving = solve_part(inner_loss, inner_optimizer, order, solved, diff, data, moving)
         return part.join(moving, fixed)
 
     if inner_optimizer is None:

@@ -75,9 +75,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--inner-steps", type=int)
     g.add_argument(
         "--inner-solver",
-        choices=("auto", "sgd", "newton"),
+        choices=("auto", "sgd", "newton", "mixed"),
         help="inner steps: sgd (gradient steps at --inner-lr) or newton (MAP under a Gaussian prior at the "
-        "initialisation with variance --inner-lr; for a small adapted set, e.g. --adapt head/output)",
+        "initialisation with variance --inner-lr; for a small adapted set, e.g. --adapt head/output) or mixed "
+        "(the output layer solved by Newton steps, the other adapted parameters by gradient steps)",
     )
     g.add_argument("--meta-lr", type=float)
     g.add_argument("--batch-size", type=int, help="users (tasks) per meta-step")

@@ -53,10 +53,11 @@ logger = logging.getLogger(__name__)
 
 _NO_CAP = 2**31 - 1  # build_tasks's "melu" split caps at 100 ratings when max_ratings is None
 BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
-INNER_SOLVERS = ("auto", "sgd", "newton")
+INNER_SOLVERS = ("auto", "sgd", "newton", "mixed")
 # what a config record written before a field existed meant by its absence (the field's value at the time), so
 # that an older checkpoint resumes and evaluates as it was trained although the default has changed since
 RECORD_DEFAULTS = {"item_dropout": 0.0, "groups": 1, "inner_solver": "sgd"}
+_MIXED_SOLVE = "head/output"  # what inner_solver="mixed" solves by Newton steps
 _HEADLESS = ("mf", "linear", "fm")  # models without decision layers (no ``head`` module)
 
 
@@ -118,7 +119,9 @@ class ExperimentConfig:
 
     ``inner_solver``: ``"sgd"`` (gradient steps at rate ``inner_lr``) or ``"newton"`` (:mod:`jaxrec.newton_adapt`: each
     inner step a Newton step on the MAP objective with the prior ``N(theta, diag(inner_lr))``, one step the exact
-    ridge solution for a squared-error output layer; meant for a small adapted set, ``adapt="head/output"``). The
+    ridge solution for a squared-error output layer; meant for a small adapted set, ``adapt="head/output"``) or
+    ``"mixed"`` (the output layer solved by a Newton step at every inner step, the other adapted leaves taking
+    gradient steps: ``jaxrec.newton(solve="head/output")``). The
     fine-tuning baseline adapts with the same solver, its prior variance tuned like a learning rate. The defaults
     ``adapt="auto"``, ``inner_solver="auto"``, ``inner_steps=None`` give one Newton step on the output layer for a
     model that has one (MeLU, NeuMF, GRU) and 5 gradient steps on the model's default adapted set otherwise (or
@@ -217,6 +220,15 @@ class ExperimentConfig:
         return cls(**kwargs)
 
 
+def _inner_optimizer(solver: str):
+    """The ``inner_optimizer`` of a (resolved) ``inner_solver``: None for gradient steps."""
+    if solver == "newton":
+        return newton()
+    if solver == "mixed":
+        return newton(solve=_MIXED_SOLVE)
+    return None
+
+
 def _check_config(c: ExperimentConfig) -> None:
     """The checks that need no data, so that a bad value fails before anything is loaded or fitted."""
     if not 0.0 <= float(c.item_dropout) < 1.0:
@@ -277,7 +289,7 @@ class Experiment:
         self.apply_fn = self.model.apply
         self.adapt_filter = models.adapt_filter(config.adapt, self.model)
         self.inner_aux = l2_to_init(config.inner_l2) if config.inner_l2 else None
-        self.inner_optimizer = newton() if config.inner_solver == "newton" else None
+        self.inner_optimizer = _inner_optimizer(config.inner_solver)
         self.mesh = self._mesh()
         self.trainer = MetaTrainer(
             loss_fn=self.loss_fn,
@@ -315,8 +327,10 @@ class Experiment:
             return any(predicate(path, leaf) for path, leaf in flat)
 
         adapt, solver = c.adapt, c.inner_solver
+        if solver == "mixed" and not selects("head/output"):
+            raise ValueError(f"inner_solver='mixed' solves the output layer (head/output): model {c.model!r} has none")
         if adapt == "auto":
-            if solver != "sgd" and selects("head/output"):
+            if solver in ("auto", "newton") and selects("head/output"):
                 adapt = "head/output"
             elif solver == "newton":
                 raise ValueError(
@@ -330,8 +344,8 @@ class Experiment:
             raise ValueError(f"adapt={adapt!r} selects no parameter of model {c.model!r}: no user would adapt")
         if solver == "auto":
             solver = "newton" if adapt == "head/output" else "sgd"
-        if solver == "newton":
-            predicate = models.adapt_filter(adapt, self.model)
+        if solver in ("newton", "mixed"):
+            predicate = models.adapt_filter(adapt if solver == "newton" else _MIXED_SOLVE, self.model)
             size = sum(math.prod(leaf.shape) for path, leaf in flat if predicate(path, leaf))
             limit = newton().max_params
             if size > limit:

@@ -32,6 +32,12 @@ stops the gradient at the loss's gradient and Hessian and at ``phi - theta`` (so
 first-order MAML), while the prior variances still receive theirs, as Meta-SGD's rates do in first order. A task
 without support rows has ``n = 0`` and keeps ``phi = theta``.
 
+``newton(solve=spec)`` mixes the two inner loops (variable projection, Golub and Pereyra 1973): the adapted
+leaves that ``spec`` selects (e.g. ``"head/output"``) are solved by a Newton step, the other adapted leaves take
+gradient steps at their rates. Each of the ``K`` inner steps first solves the selected leaves for the current
+others, then takes a gradient step on the others at that solution; a last solve follows the ``K``-th step, so the
+output layer is always the MAP fit to the user's ratings of the hidden layers it is used with.
+
 Pass :func:`newton` as ``inner_optimizer`` wherever the inner loop is configured (:func:`jaxrec.adapt`,
 :class:`jaxrec.MetaTrainer`, :func:`jaxrec.meta_predict`, ``ExperimentConfig(inner_solver="newton")``).
 """
@@ -49,7 +55,7 @@ from jax.flatten_util import ravel_pytree
 __all__ = ["NewtonStep", "newton", "newton_step"]
 
 # a rate at or below this floor is a prior so tight that the parameter does not move (Meta-SGD's linear-space
-# update can push a rate through zero; it is then held at the floor, not turned into a negative variance)
+# update can push a rate through zero; its value is then held at the floor, not turned into a negative variance)
 _MIN_RATE = 1e-8
 
 
@@ -59,16 +65,59 @@ class NewtonStep:
 
     ``max_params``: the largest number of adapted parameters accepted; the step forms their ``P x P`` Hessian
     per task, so it is meant for a small adapted set (``adapt_filter="head/output"``), not whole networks.
+
+    ``solve``: None (every adapted leaf takes the Newton step) or an adapt-filter spec
+    (:func:`jaxrec.models.adapt_filter`: a regex of the parameter path, or a predicate) of the adapted leaves
+    solved by Newton steps while the others take gradient steps.
     """
 
     max_params: int = 1024
+    solve: Any = None
 
 
-def newton(max_params: int = 1024) -> NewtonStep:
-    """The Newton (MAP) inner step; see the module docstring."""
+def newton(max_params: int = 1024, solve: Any = None) -> NewtonStep:
+    """The Newton (MAP) inner step; ``solve`` restricts it to some adapted leaves (see the module docstring)."""
     if int(max_params) < 1:
         raise ValueError(f"max_params must be >= 1, got {max_params}")
-    return NewtonStep(int(max_params))
+    return NewtonStep(int(max_params), solve)
+
+
+def solved_leaves(solver: NewtonStep, paths: list) -> tuple[bool, ...]:
+    """Which of the adapted leaves (their key paths) the Newton step solves."""
+    if solver.solve is None:
+        return tuple(True for _ in paths)
+    from jaxrec.models import adapt_filter  # models does not import the inner loop: no cycle
+
+    predicate = adapt_filter(solver.solve)
+    solved = tuple(bool(predicate(path, None)) for path in paths)
+    if not any(solved):
+        raise ValueError(f"newton(solve={solver.solve!r}) selects none of the adapted parameters")
+    return solved
+
+
+def solve_part(inner_loss: Callable, solver: NewtonStep, order: str, solved: tuple, diff: tuple, data, moving):
+    """One Newton step on the ``solved`` leaves of ``moving``, the others held at their values."""
+    fixed, rates, theta, prior = diff
+    others = [m for m, s in zip(moving, solved, strict=True) if not s]
+
+    def merge(part, rest):
+        part, rest = iter(part), iter(rest)
+        return [next(part) if s else next(rest) for s in solved]
+
+    def part_loss(part, fixed, theta, data):
+        return inner_loss(merge(part, others), fixed, theta, data)
+
+    pick = lambda xs: [x for x, s in zip(xs, solved, strict=True) if s]  # noqa: E731
+    part = newton_step(part_loss, solver, order, (fixed, pick(rates), theta, pick(prior)), data, pick(moving))
+    return merge(part, others)
+
+
+def solve_then_descend(inner_loss, gradient, solver, order, solved, diff, data, moving):
+    """One mixed inner step: solve the ``solved`` leaves, then a gradient step on the others at that solution."""
+    fixed, rates, theta, _ = diff
+    moving = solve_part(inner_loss, solver, order, solved, diff, data, moving)
+    grads = gradient(moving, fixed, theta, data)
+    return [m if s else m - r * g for m, r, g, s in zip(moving, rates, grads, solved, strict=True)]
 
 
 def newton_step(

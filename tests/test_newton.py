@@ -276,16 +276,17 @@ def test_meta_sgd_trainer_learns_the_prior_variances(order):
     assert min(jax.tree.leaves(rates_moved)) > 0
 
 
-def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it():
-    """``inner_solver="newton"`` reaches the trainer, the meta method's evaluation and the fine-tuning baseline."""
+@pytest.mark.parametrize("solver, adapt, solve", [("newton", "head/output", None), ("mixed", "head", "head/output")])
+def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it(solver, adapt, solve):
+    """``inner_solver="newton"`` / ``"mixed"`` reach the trainer, the meta method's evaluation and fine-tuning."""
     from jaxrec.baselines import experiment_predictors
     from jaxrec.experiment import Experiment, ExperimentConfig
     from jaxrec.newton_adapt import NewtonStep
 
     config = ExperimentConfig(
         model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None, "item_bias": True},
-        inner_solver="newton",
-        adapt="head/output",
+        inner_solver=solver,
+        adapt=adapt,
         inner_steps=1,
         bootstrap=20,
         supervised_epochs=1,
@@ -293,7 +294,7 @@ def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it():
         baselines=("finetune", "bias"),
     )
     exp = Experiment(config)
-    assert isinstance(exp.trainer.inner_optimizer, NewtonStep)
+    assert isinstance(exp.trainer.inner_optimizer, NewtonStep) and exp.trainer.inner_optimizer.solve == solve
     state = exp.train(steps=3)
     predictors = experiment_predictors(exp, state.params)
     for name in ("maml", "finetune"):
@@ -305,3 +306,43 @@ def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it():
     assert set(validation) == {0.0, 0.1} and validation[0.0] != validation[0.1]
     with pytest.raises(ValueError, match="inner_solver"):
         Experiment(ExperimentConfig(dataset="no-such-dataset", inner_solver="lbfgs"))
+
+
+def test_mixed_inner_loop_solves_the_output_layer_and_descends_on_the_rest():
+    """newton(solve=...): gradient steps on the body, the head re-solved for the body it ends with."""
+    (srows, smask), (qrows, qmask) = rows_of(11, n=8), rows_of(12, n=5)
+    params = mlp_params(4)
+    loss_fn = jaxrec.mse_loss(mlp_apply)
+    alpha = 0.3
+    kwargs = dict(loss_fn=loss_fn, inner_lr=alpha, inner_steps=2, inner_optimizer=newton(solve="head"))
+    phi = jaxrec.adapt(params, srows, smask, **kwargs)
+    assert not np.allclose(ravel_pytree(phi["body"])[0], ravel_pytree(params["body"])[0])  # the body moved
+    n = float(np.sum(smask))
+
+    def objective(head):  # J over the head for the adapted body; the head's prior is its initial value
+        prior = sum(
+            jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(head), jax.tree.leaves(params["head"]), strict=True)
+        )
+        return n * loss_fn({"body": phi["body"], "head": head}, srows, smask) + prior / (2 * alpha)
+
+    grad = ravel_pytree(jax.grad(objective)(phi["head"]))[0]
+    assert float(jnp.max(jnp.abs(grad))) < 1e-10  # linear head, squared error: one solve is exact
+    # with the head solved by Newton, the body's step equals an SGD step taken at the solved head
+    one = jaxrec.adapt(params, srows, smask, **{**kwargs, "inner_steps": 1})
+    head0 = jaxrec.adapt(params, srows, smask, **{**kwargs, "inner_steps": 1, "inner_optimizer": newton()},
+                         adapt_filter=lambda path, leaf: path[0].key == "head")  # fmt: skip
+    body_grad = jax.grad(loss_fn)({"body": params["body"], "head": head0["head"]}, srows, smask)["body"]
+    chex.assert_trees_all_close(one["body"], jax.tree.map(lambda p, g: p - alpha * g, params["body"], body_grad))
+
+    flat, unravel = ravel_pytree(params)
+
+    @jax.jit
+    def meta_loss(v):
+        return loss_fn(jaxrec.adapt(unravel(v), srows, smask, **kwargs), qrows, qmask)
+
+    grad = jax.grad(meta_loss)(flat)
+    eps = 1e-6
+    numeric = np.array([(meta_loss(flat + eps * e) - meta_loss(flat - eps * e)) / (2 * eps) for e in np.eye(flat.size)])
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="selects none of the adapted"):
+        jaxrec.adapt(params, srows, smask, **{**kwargs, "inner_optimizer": newton(solve="nothing_here")})
