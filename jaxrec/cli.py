@@ -842,13 +842,26 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "datasets": cmd_datasets}
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stderr`` is when a record is emitted, not the stream of the first
+    call: a caller that swaps stderr (a test's capture, a notebook) and closes the old one breaks nothing."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ assigns it; the live sys.stderr is always used
+        pass
+
+
 def _configure_logging(debug: bool) -> None:
     """Library logs go to stderr (warnings only unless --debug); orbax/absl chatter is silenced."""
     logging.getLogger("absl").setLevel(logging.DEBUG if debug else logging.ERROR)
     jaxrec_logger = logging.getLogger("jaxrec")
     jaxrec_logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     if not any(getattr(h, "_jaxrec_cli", False) for h in jaxrec_logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("jaxrec: %(levelname)s: %(message)s"))
         handler._jaxrec_cli = True  # type: ignore[attr-defined]
         jaxrec_logger.addHandler(handler)

@@ -228,3 +228,19 @@ def test_resume_of_a_checkpoint_older_than_a_config_field_reads_it_as_its_value_
         cli._resume_config(tmp_path, {"item_dropout": 0.25})
     with pytest.raises(cli.CLIError, match="cannot change --groups"):
         cli._resume_config(tmp_path, {"groups": 2})
+
+
+def test_cli_log_handler_follows_the_current_stderr(monkeypatch, capsys):
+    """The handler installed by the first command must not write to that call's (since closed) stderr later."""
+    import io
+    import logging
+
+    cli._configure_logging(False)
+    old = io.StringIO()
+    monkeypatch.setattr("sys.stderr", old)
+    logging.getLogger("jaxrec.test").warning("first")
+    old.close()  # as a test's capture closes its stream
+    new = io.StringIO()
+    monkeypatch.setattr("sys.stderr", new)
+    logging.getLogger("jaxrec.test").warning("second")
+    assert new.getvalue() == "jaxrec: WARNING: second\n"
