@@ -155,8 +155,9 @@ def newton_step(
     def loss(v):
         return inner_loss(unravel(v), fixed, theta, data)
 
-    grad = jax.grad(loss)(flat)
-    hessian = jax.jacfwd(jax.grad(loss))(flat)
+    # one linearisation of the gradient gives it and its Hessian-vector products (the Hessian by columns)
+    grad, hvp = jax.linearize(jax.grad(loss), flat)
+    hessian = jax.vmap(hvp, out_axes=1)(jnp.eye(flat.size, dtype=flat.dtype))
     offset = flat - prior_flat
     if order == "first":
         # no derivative of the loss's gradient or Hessian, nor of the path to phi (d phi / d theta = I, as first-order
