@@ -485,14 +485,18 @@ def _resume_config(out: Path, overrides: dict[str, Any]):
     saved = meta.get("config")
     if not isinstance(saved, dict):
         raise CLIError(f"{out}: the checkpoint has no config record")
-    from jaxrec.experiment import RECORD_DEFAULTS, ExperimentConfig
+    from jaxrec.experiment import ExperimentConfig
 
-    defaults = {**ExperimentConfig().to_dict(), **RECORD_DEFAULTS}  # what a field newer than the checkpoint meant
+    # the record as it ran (ExperimentConfig.from_dict fills the fields it predates with their values of the time)
+    try:
+        ran = ExperimentConfig.from_dict(saved).to_dict()
+    except (TypeError, ValueError) as e:
+        raise CLIError(f"{out}: the checkpoint's config record cannot be read: {e}") from e
     changed = [
         k
         for k, v in overrides.items()
         # "auto" resolves to what the run recorded, so it asks for no change
-        if k not in RESUME_OVERRIDABLE and v != "auto" and _jsonable(v) != saved.get(k, defaults.get(k))
+        if k not in RESUME_OVERRIDABLE and v != "auto" and _jsonable(v) != ran.get(k)
     ]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
