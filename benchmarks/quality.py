@@ -77,6 +77,15 @@ VARIANTS = {
     "newton_item_dropout": {**_NEWTON, "item_dropout": 0.25},
     "mixed": {"inner_solver": "mixed", "adapt": "head", "inner_steps": 5},
     "mixed_no_dropout": {"inner_solver": "mixed", "adapt": "head", "inner_steps": 5, "item_dropout": 0.0},
+    "projection": {"model_kwargs": {**_DEFAULT_MELU, "projection": True}},
+    "newton_pretrained": {"pretrain": True},
+    "projection_pretrained": {"pretrain": True, "model_kwargs": {**_DEFAULT_MELU, "projection": True}},
+    "mixed_projection": {
+        "inner_solver": "mixed",
+        "adapt": "head",
+        "inner_steps": 5,
+        "model_kwargs": {**_DEFAULT_MELU, "projection": True},
+    },
 }
 TEST_METHODS = ("default", "sgd_head", "newton_maml", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"

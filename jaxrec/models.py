@@ -135,15 +135,28 @@ class MultiHotEmbed(nn.Module):
 
 
 class Head(nn.Module):
-    """The decision layers: ``hidden`` Dense+ReLU layers then ``Dense(1)`` whose bias starts at ``offset``."""
+    """The decision layers: ``hidden`` Dense+ReLU layers then ``Dense(1)`` whose bias starts at ``offset``.
+
+    ``projection``: a bias-free linear map ``A`` (``head/projection``, orthogonal start) between the last hidden
+    layer ``h`` and the output, ``s = w^T A h + b``. It adds nothing a network trained as a whole could not fold
+    into ``w``; it matters when only the output layer adapts: a prior ``w ~ N(theta, diag(alpha))`` on the adapted
+    weights is then the full-covariance prior ``A^T diag(alpha) A`` on the effective user vector ``A^T w`` over
+    ``h``, so meta-learning ``A`` learns how users' preferences co-vary (the ReLU of ``h`` leaves the hidden
+    layers only a per-unit scale for that). With a Newton inner step this is Bayesian linear regression on
+    meta-learned features with a meta-learned prior mean and covariance (ALPaCA, Harrison et al. 2018).
+    """
 
     hidden: Sequence[int]
     offset: float = 0.0
+    projection: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for i, width in enumerate(self.hidden):
             x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
+        if self.projection:
+            width = x.shape[-1]
+            x = nn.Dense(width, use_bias=False, kernel_init=nn.initializers.orthogonal(), name="projection")(x)
         out = nn.Dense(1, bias_init=nn.initializers.constant(self.offset), name="output")(x)
         return out[..., 0]
 
@@ -301,6 +314,8 @@ class MeLU(nn.Module):
       ``bias_embed_item: nn.Embed(item vocab, 1)`` (starting at 0), ``s(u, i) = head(x) + b_i``. It is outside ``head``,
       so with the default adapt filter it is meta-learned (and pretrained) but not adapted, and the head's output
       bias plays the user offset ``b_u`` of the classical bias model ``mu + b_u + b_i``.
+    * ``projection`` (default off): a bias-free linear map between the last hidden layer and the output
+      (:class:`Head`), so that a Newton step on ``head/output`` has a meta-learned full-covariance prior.
 
     The reference workload of the benchmarks is ``MeLU(reference_spec(V), embed=32, hidden=(64, 64),
     use_ids=("item",), interaction=None)``: 6 embeddings + genres of width 32 -> Dense(64) relu -> Dense(64) relu ->
@@ -315,6 +330,7 @@ class MeLU(nn.Module):
     use_ids: Sequence[str] = ()
     interaction: str | None = "fm"
     item_bias: bool = False
+    projection: bool = False
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
@@ -337,7 +353,7 @@ class MeLU(nn.Module):
             stacked = jnp.stack(fields, axis=-2)
             features.append(0.5 * (jnp.square(jnp.sum(stacked, -2)) - jnp.sum(jnp.square(stacked), -2)))
         x = jnp.concatenate(features, axis=-1)
-        score = Head(tuple(self.hidden), _output_offset(spec), name="head")(x)
+        score = Head(tuple(self.hidden), _output_offset(spec), self.projection, name="head")(x)
         if self.item_bias:
             vocab = spec.categorical["item"]
             table = nn.Embed(vocab, 1, embedding_init=nn.initializers.zeros, name="bias_embed_item")

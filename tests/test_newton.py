@@ -348,3 +348,45 @@ def test_mixed_inner_loop_solves_the_output_layer_and_descends_on_the_rest():
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
     with pytest.raises(ValueError, match="selects none of the adapted"):
         jaxrec.adapt(params, srows, smask, **{**kwargs, "inner_optimizer": newton(solve="nothing_here")})
+
+
+def test_a_projection_before_the_output_gives_its_newton_step_a_full_covariance_prior():
+    """MeLU(projection=True): one Newton step on ``head/output`` with prior ``w ~ N(theta, diag(alpha))`` over the
+    projected features ``A h`` is the ridge fit of the user vector over ``h`` with the full-covariance prior
+    ``A^T w ~ N(A^T theta, A^T diag(alpha) A)``, checked against that closed form."""
+    from small_melu import SPEC
+
+    from jaxrec import models
+
+    model = models.MeLU(SPEC, embed=4, hidden=(6,), use_ids=("item",), interaction=None, projection=True)
+    params = jax.tree.map(lambda x: x.astype(jnp.float64), models.init_params(model, SPEC, jax.random.PRNGKey(3)))
+    rows = models.synthetic_rows(SPEC, 9, jax.random.PRNGKey(4))
+    mask = jnp.arange(9) < 7
+    rng = np.random.default_rng(5)
+    head = params["params"]["head"]
+    alpha_w = rng.uniform(0.05, 1.0, size=6)
+    rates = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+    rates["params"]["head"]["output"]["kernel"] = jnp.asarray(alpha_w)[:, None]
+    phi = jaxrec.adapt(
+        params, rows, mask, loss_fn=jaxrec.mse_loss(model.apply), inner_lr=rates, inner_steps=1,
+        inner_optimizer=newton(), adapt_filter=models.adapt_filter("head/output"),
+    )  # fmt: skip
+
+    _, state = model.apply(params, rows, capture_intermediates=True)
+    h = np.asarray(jax.nn.relu(state["intermediates"]["head"]["hidden_0"]["__call__"][0]))
+    keep = np.asarray(mask)
+    x = np.c_[h[keep], np.ones(keep.sum())]
+    y = np.asarray(rows["rating"])[keep]
+    a = np.asarray(head["projection"]["kernel"])  # z = h @ a, so the effective user vector over h is a @ w
+    theta_w = np.asarray(head["output"]["kernel"])[:, 0]
+    mean = np.r_[a @ theta_w, head["output"]["bias"]]
+    covariance = np.zeros((7, 7))
+    covariance[:6, :6] = a @ np.diag(alpha_w) @ a.T
+    covariance[6, 6] = 0.3
+    # argmin sum_i (y_i - x_i . v)^2 + (v - mean)^T covariance^{-1} (v - mean) / 2
+    precision = np.linalg.inv(covariance) / 2.0
+    expected = np.linalg.solve(x.T @ x + precision, x.T @ y + precision @ mean)
+    out = phi["params"]["head"]["output"]
+    got = np.r_[a @ np.asarray(out["kernel"])[:, 0], out["bias"]]
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
+    assert np.abs(covariance[:6, :6] - np.diag(np.diag(covariance[:6, :6]))).max() > 1e-3  # not diagonal
