@@ -26,7 +26,12 @@ other configurations change only what names them:
   ``newton_wide`` (hidden layers of 64), ``newton_epochs120``, ``newton_rate_lr`` (rate_lr 3e-3),
   ``newton_item_dropout`` (the default); ``mixed`` (``inner_solver="mixed"``: 5 inner steps, each solving the
   output layer by a Newton step and taking a gradient step on the other decision layers; with item dropout) and
-  ``mixed_no_dropout``.
+  ``mixed_no_dropout``; on the default: ``projection`` (MeLU with a linear map before the output layer, so that
+  the Newton step has a meta-learned full-covariance prior), ``projection_pretrained`` and ``newton_pretrained``
+  (meta-training from the supervised model), ``task_dropout`` (a quarter of the meta-train
+  tasks with every item id hidden, the shape of a new-item task), ``item_dropout_half`` (half the rows' item ids),
+  ``user_ids`` (MeLU's network also over a user id embedding). With ``--set '{"val_item_frac": 0.2}'`` the
+  validation also scores ``validation_new_item``: the newest fifth of the meta-train items held out of training.
 
 In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
 user-wise (each (split, user) pair is one unit of the bootstrap). Baselines are fitted once per model, item
@@ -79,13 +84,10 @@ VARIANTS = {
     "mixed_no_dropout": {"inner_solver": "mixed", "adapt": "head", "inner_steps": 5, "item_dropout": 0.0},
     "projection": {"model_kwargs": {**_DEFAULT_MELU, "projection": True}},
     "newton_pretrained": {"pretrain": True},
+    "task_dropout": {"task_item_dropout": 0.25},
+    "item_dropout_half": {"item_dropout": 0.5},
+    "user_ids": {"model_kwargs": {**_DEFAULT_MELU, "use_ids": ["item", "user"]}},
     "projection_pretrained": {"pretrain": True, "model_kwargs": {**_DEFAULT_MELU, "projection": True}},
-    "mixed_projection": {
-        "inner_solver": "mixed",
-        "adapt": "head",
-        "inner_steps": 5,
-        "model_kwargs": {**_DEFAULT_MELU, "projection": True},
-    },
 }
 TEST_METHODS = ("default", "sgd_head", "newton_maml", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -185,21 +187,28 @@ def run(args) -> dict:
 
 def validation_scores(experiment: Experiment, params) -> tuple[dict, dict]:
     """``({"validation": results}, {"validation": stats})``: the meta method and the baselines on the validation
-    users (meta-train users held out of all training), the only place a configuration may be selected on."""
+    users (meta-train users held out of all training), the only place a configuration may be selected on; with
+    ``val_item_frac`` also ``"validation_new_item"``: the remaining users' ratings of the held-out items."""
     from jaxrec.baselines import experiment_predictors
     from jaxrec.evaluate import evaluate_methods
 
     c = experiment.config
-    results, stats = evaluate_methods(
-        experiment_predictors(experiment, params),
-        experiment.val_tasks,
-        ks=c.ks,
-        batch_size=c.eval_batch_size,
-        resamples=c.bootstrap,
-        seed=c.seed,
-        return_stats=True,
-    )
-    return {"validation": results}, {"validation": stats}
+    methods = experiment_predictors(experiment, params)
+    tasks = {"validation": experiment.val_tasks}
+    if experiment.val_item_tasks is not None:
+        tasks["validation_new_item"] = experiment.val_item_tasks  # with val_item_frac: held-out items
+    results, stats = {}, {}
+    for name, task_set in tasks.items():
+        results[name], stats[name] = evaluate_methods(
+            methods,
+            task_set,
+            ks=c.ks,
+            batch_size=c.eval_batch_size,
+            resamples=c.bootstrap,
+            seed=c.seed,
+            return_stats=True,
+        )
+    return results, stats
 
 
 def fmt_ci(r: dict, metric: str) -> str:

@@ -8,6 +8,11 @@ network learns to score from content when the id is missing:
 
     item'_r = 0 with probability rate, else item_r          (independently per training row r)
 
+Row-level dropout mixes known and unknown items in every task; a user of the new-item scenario has none of the
+former: every support and query row is an unknown item. Meta-learning trains on tasks, so it can also train on
+that task shape: ``task_rate`` drops every item id of a whole task (support and query) with that probability,
+which the row-level supervised baseline has no counterpart of.
+
 Applied to training rows only (meta-train batches and the supervised model's minibatches), never to evaluation.
 """
 
@@ -34,12 +39,22 @@ def drop_ids(ids: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarr
     return np.where(rng.random(ids.shape) < rate, OOV, ids).astype(ids.dtype)
 
 
-def drop_item_ids(batch: TaskBatch, rate: float, rng: np.random.Generator, key: str = "item") -> TaskBatch:
+def drop_item_ids(
+    batch: TaskBatch, rate: float, rng: np.random.Generator, key: str = "item", task_rate: float = 0.0
+) -> TaskBatch:
     """``batch`` with :func:`drop_ids` applied to the ``key`` column of its support and query rows (padding rows
-    are masked out of every loss, so dropping theirs changes nothing). A batch without that column is returned as
-    it is."""
+    are masked out of every loss, so dropping theirs changes nothing), and with every id of a task dropped with
+    probability ``task_rate`` (one draw per task, support and query alike). A batch without that column is
+    returned as it is."""
+    if not 0.0 <= task_rate < 1.0:
+        raise ValueError(f"task id dropout rate must be in [0, 1), got {task_rate}")
     if key not in batch.support:
         return batch
-    support = dict(batch.support, **{key: drop_ids(batch.support[key], rate, rng)})
-    query = dict(batch.query, **{key: drop_ids(batch.query[key], rate, rng)})
-    return dataclasses.replace(batch, support=support, query=query)
+    support, query = drop_ids(batch.support[key], rate, rng), drop_ids(batch.query[key], rate, rng)
+    if task_rate:
+        whole = rng.random(support.shape[0]) < task_rate  # tasks are the leading axis of both sides
+        support = np.where(whole.reshape((-1,) + (1,) * (support.ndim - 1)), OOV, support).astype(support.dtype)
+        query = np.where(whole.reshape((-1,) + (1,) * (query.ndim - 1)), OOV, query).astype(query.dtype)
+    return dataclasses.replace(
+        batch, support=dict(batch.support, **{key: support}), query=dict(batch.query, **{key: query})
+    )

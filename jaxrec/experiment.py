@@ -44,7 +44,7 @@ from jaxrec.losses import l2_to_init
 from jaxrec.maml import MetaSGDParams, log_space
 from jaxrec.newton_adapt import newton
 from jaxrec.sharding import make_mesh
-from jaxrec.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split
+from jaxrec.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split, item_release_key, newest_items
 from jaxrec.train import MetaTrainer, MetaTrainState
 
 __all__ = ["ExperimentConfig", "Experiment", "BASELINES", "tune"]
@@ -107,12 +107,17 @@ class ExperimentConfig:
 
     Evaluation: ``baselines`` (subset of :data:`BASELINES`), ``ks`` for nDCG@k / HR@k, ``bootstrap`` resamples,
     ``eval_batch_size``; ``val_frac`` of meta-train users held out to tune the fine-tuning learning rate over
-    ``finetune_lrs``; the non-meta model is trained for ``supervised_epochs`` with Adam(``supervised_lr``) on
-    batches of ``supervised_batch`` ratings. ``bias_reg``: ridge strengths of the bias baseline.
+    ``finetune_lrs``; ``val_item_frac``: the newest fraction of the meta-train items (by release year, as the new-item
+    scenario is drawn) held out of all training and of the featurizer's vocabularies, their ratings by the remaining
+    meta-train users forming ``val_item_tasks``: validation tasks of the new-item kind (0 = none); the non-meta model is
+    trained for ``supervised_epochs`` with Adam(``supervised_lr``) on batches of ``supervised_batch`` ratings.
+    ``bias_reg``: ridge strengths of the bias baseline.
 
     ``item_dropout``: fraction of training rows whose item id becomes the OOV slot (:mod:`jaxrec.augment`,
     DropoutNet), in meta-train batches and the supervised model's minibatches alike, so that the meta-learner and
-    the fine-tuning baseline both learn to score new items from their content.
+    the fine-tuning baseline both learn to score new items from their content. ``task_item_dropout``: fraction of
+    meta-train tasks whose every item id becomes the OOV slot, the shape of a new-item task (meta-training only: the
+    supervised model trains on rows, not tasks).
 
     ``groups``: task grouping (:mod:`jaxrec.grouping`): ``G`` initialisations of the adapted leaves, each user adapting
     from the one with the lowest loss on their support set; the groups start apart (:meth:`Experiment.grouped_start`).
@@ -188,6 +193,8 @@ class ExperimentConfig:
     item_dropout: float = 0.25
     groups: int = 1
     inner_solver: str = "auto"
+    task_item_dropout: float = 0.0
+    val_item_frac: float = 0.0
 
     def to_dict(self) -> dict:
         """JSON-able dict (tuples become lists)."""
@@ -231,8 +238,9 @@ def _inner_optimizer(solver: str):
 
 def _check_config(c: ExperimentConfig) -> None:
     """The checks that need no data, so that a bad value fails before anything is loaded or fitted."""
-    if not 0.0 <= float(c.item_dropout) < 1.0:
-        raise ValueError(f"item_dropout must be in [0, 1), got {c.item_dropout}")
+    for name in ("item_dropout", "task_item_dropout", "val_item_frac"):
+        if not 0.0 <= float(getattr(c, name)) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(c, name)}")
     if int(c.groups) < 1:
         raise ValueError(f"groups must be >= 1, got {c.groups}")
     if c.inner_solver not in INNER_SOLVERS:
@@ -262,14 +270,18 @@ class Experiment:
         self.split = cold_start_split(self.dataset, config.scheme, config.seed)
         logger.info("%s", self.split.summary())
         threshold = config.implicit_threshold if config.implicit else None
-        self.featurizer = datasets.Featurizer.fit(self.dataset, self.split.train, implicit_threshold=threshold)
         train = self.split.train
-        val_users = self._validation_users(train["user"].to_numpy())
+        # validation items are new to the model: out of its vocabularies, as the new-item scenario's are
+        is_val_item = np.isin(train["item"].to_numpy(), self._validation_items(train["item"].to_numpy()))
+        self.featurizer = datasets.Featurizer.fit(self.dataset, train[~is_val_item], implicit_threshold=threshold)
+        val_users = self._validation_users(train.loc[~is_val_item, "user"].to_numpy())
         is_val = np.isin(train["user"].to_numpy(), val_users)
-        self.train_ratings = train[~is_val].reset_index(drop=True)
-        self.val_ratings = train[is_val].reset_index(drop=True)
+        self.train_ratings = train[~is_val & ~is_val_item].reset_index(drop=True)
+        self.val_ratings = train[is_val & ~is_val_item].reset_index(drop=True)
+        self.val_item_ratings = train[~is_val & is_val_item].reset_index(drop=True)
         self.train_tasks = self._train_tasks(config.seed)
         self.val_tasks = self._tasks(self.val_ratings)
+        self.val_item_tasks = self._tasks(self.val_item_ratings) if len(self.val_item_ratings) else None
         self.scenario_tasks: dict[str, TaskSet] = {}
         for name in SCENARIOS:
             frame = self.split.scenarios.get(name)
@@ -370,6 +382,17 @@ class Experiment:
         rng = np.random.default_rng([self.config.seed, 1])
         n = max(1, int(round(self.config.val_frac * len(users))))
         return np.sort(rng.permutation(users)[:n])
+
+    def _validation_items(self, train_items: np.ndarray) -> np.ndarray:
+        """The newest ``val_item_frac`` of the items of ``train_items`` (:func:`~jaxrec.tasks.newest_items`)."""
+        if self.config.val_item_frac <= 0:
+            return train_items[:0]
+        items = np.unique(train_items)
+        key = item_release_key(self.dataset)[items]
+        if np.isnan(key).all():
+            key = np.zeros(len(items))  # no year, no timestamp: a seeded random share, as cold_start_split does
+        rng = np.random.default_rng([self.config.seed, 2])
+        return items[newest_items(key, self.config.val_item_frac, rng)]
 
     def _tasks(self, ratings, max_ratings: int | None | str = "config", seed: Any = None, subsample=None) -> TaskSet:
         c = self.config
@@ -586,9 +609,10 @@ class Experiment:
 
         Epoch ``e`` shuffles with ``default_rng([seed, e])``; batch ``i`` of it is built (negatives sampled) with
         ``default_rng([seed, e, i])``; with ``resample_tasks`` epoch ``e > 0`` splits each user's ratings with seed
-        ``[seed, e]``; with ``item_dropout`` a fraction of the batch's item ids become the OOV slot
-        (:func:`jaxrec.augment.drop_item_ids`, rng ``[seed, e, i, 1]``). The stream from ``start_step`` therefore
-        equals the full stream with its first ``start_step`` batches dropped, without building them.
+        ``[seed, e]``; with ``item_dropout`` a fraction of the batch's item ids become the OOV slot, with
+        ``task_item_dropout`` a fraction of its tasks' (:func:`jaxrec.augment.drop_item_ids`, rng ``[seed, e, i, 1]``).
+        The stream from ``start_step`` therefore equals the full stream with its first ``start_step`` batches dropped,
+        without building them.
         """
         seed, size = self.config.seed, self.config.batch_size
         per_epoch = self.steps_per_epoch
@@ -598,8 +622,9 @@ class Experiment:
             plan = tasks.batch_plan(size, np.random.default_rng([seed, epoch]))
             for i in range(offset, len(plan)):
                 batch = tasks.make_batch(plan[i], np.random.default_rng([seed, epoch, i]))
-                if self.config.item_dropout:
-                    batch = drop_item_ids(batch, self.config.item_dropout, np.random.default_rng([seed, epoch, i, 1]))
+                if self.config.item_dropout or self.config.task_item_dropout:
+                    rng = np.random.default_rng([seed, epoch, i, 1])
+                    batch = drop_item_ids(batch, self.config.item_dropout, rng, task_rate=self.config.task_item_dropout)
                 yield batch
             epoch, offset = epoch + 1, 0
 

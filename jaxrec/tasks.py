@@ -132,7 +132,7 @@ class ColdStartSplit:
         return f"cold_start_split(scheme={self.scheme!r}, seed={self.seed}): " + "; ".join(parts)
 
 
-def _item_release_key(ds: Dataset) -> np.ndarray:
+def item_release_key(ds: Dataset) -> np.ndarray:
     """Per item: release year when known, else the calendar year of its first rating, else NaN."""
     key = np.full(ds.n_items, np.nan)
     if "year" in ds.items:
@@ -150,7 +150,7 @@ def _first_time(codes: np.ndarray, times: np.ndarray, n: int) -> np.ndarray:
     return first
 
 
-def _newest_items(key: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def newest_items(key: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
     """Codes of the ``fraction`` of items with the largest ``key`` (random tie break; unknown keys never new)."""
     known = np.flatnonzero(~np.isnan(key))
     n_new = int(round(fraction * len(key)))
@@ -199,12 +199,12 @@ def cold_start_split(
     items = r["item"].to_numpy()
     stats: dict[str, Any] = {}
     if scheme == "melu":
-        release = _item_release_key(ds)
+        release = item_release_key(ds)
         if np.isnan(release).all():
             # no year and no timestamp: new items are a seeded random share, so the item scenarios still exist
             release = np.zeros(ds.n_items)
             stats["new_items_by"] = "random"
-        new_items = _newest_items(release, new_item_frac, rng)
+        new_items = newest_items(release, new_item_frac, rng)
         new_users = np.sort(rng.permutation(ds.n_users)[: int(round(new_user_frac * ds.n_users))])
         is_new_user = np.zeros(ds.n_users, bool)
         is_new_user[new_users] = True

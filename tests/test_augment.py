@@ -77,3 +77,24 @@ def test_experiment_drops_a_rate_fraction_of_the_item_ids_of_meta_train_batches(
             valid += int(m.sum())
             dropped += int(np.sum((ids_dropped == 0) & m))
     assert valid > 2000 and abs(dropped / valid - 0.2) < 5 * np.sqrt(0.2 * 0.8 / valid)
+
+
+def test_task_dropout_drops_every_item_id_of_whole_tasks_and_only_of_them():
+    batch = jax.tree.map(np.asarray, M.synthetic_task_batch(SPEC, tasks=400, support=8, query=4, key=jax.random.key(2)))
+    batch = batch.replace(
+        support=dict(batch.support, item=np.maximum(batch.support["item"], 1)),
+        query=dict(batch.query, item=np.maximum(batch.query["item"], 1)),
+    )
+    out = drop_item_ids(batch, 0.0, np.random.default_rng(3), task_rate=0.3)
+    whole = np.all(out.support["item"] == 0, axis=1)
+    np.testing.assert_array_equal(np.all(out.query["item"] == 0, axis=1), whole)  # support and query together
+    np.testing.assert_array_equal(out.support["item"][~whole], batch.support["item"][~whole])  # the rest untouched
+    np.testing.assert_array_equal(out.query["item"][~whole], batch.query["item"][~whole])
+    assert abs(whole.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 400)
+    # without task dropout the rng stream, and so the row dropout, is that of before the option
+    rows_only = drop_item_ids(batch, 0.2, np.random.default_rng(4))
+    np.testing.assert_array_equal(
+        drop_item_ids(batch, 0.2, np.random.default_rng(4), task_rate=0.0).support["item"], rows_only.support["item"]
+    )
+    with pytest.raises(ValueError, match="task id dropout rate"):
+        drop_item_ids(batch, 0.0, np.random.default_rng(0), task_rate=1.0)

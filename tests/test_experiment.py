@@ -201,3 +201,27 @@ def test_an_older_record_is_read_as_it_ran():
     config = ExperimentConfig.from_dict(mf)
     assert config.inner_steps == 0
     assert Experiment(config).config.inner_steps == 0  # and is accepted although "head" selects nothing
+
+
+def test_validation_items_are_the_newest_meta_train_items_and_new_to_the_model():
+    from jaxrec.tasks import item_release_key
+
+    exp = Experiment(ExperimentConfig(**TINY, val_frac=0.25, val_item_frac=0.2))
+    train = exp.split.train
+    all_items = np.unique(train["item"])
+    held = exp._validation_items(train["item"].to_numpy())
+    assert len(held) == round(0.2 * len(all_items))
+    kept = np.unique(np.r_[exp.train_ratings["item"], exp.val_ratings["item"]])
+    assert not np.isin(held, kept).any() and np.isin(exp.val_item_ratings["item"], held).all()
+    assert len(np.union1d(held, kept)) == len(all_items)  # every other item stays
+    year = item_release_key(exp.dataset)
+    assert np.nanmin(year[held]) >= np.nanmax(year[kept]) - 1  # the newest (ties broken at random)
+    assert np.all(exp.featurizer.transform(exp.val_item_ratings)["item"] == 0)  # OOV, as new items are
+    assert not np.isin(exp.val_item_ratings["user"], exp.val_ratings["user"]).any()
+    assert len(exp.val_item_tasks) > 0
+    # nothing else is lost: every meta-train rating is in one frame, or is a validation user's on a held-out item
+    both = np.isin(train["item"], held) & np.isin(train["user"], exp.val_ratings["user"].unique())
+    assert len(exp.train_ratings) + len(exp.val_ratings) + len(exp.val_item_ratings) + both.sum() == len(train)
+    assert Experiment(ExperimentConfig(**TINY)).val_item_tasks is None
+    with pytest.raises(ValueError, match="val_item_frac"):
+        Experiment(ExperimentConfig(**TINY, val_item_frac=1.0))
