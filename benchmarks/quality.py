@@ -283,10 +283,13 @@ def main() -> None:
     parser.add_argument(
         "--validation",
         action="store_true",
-        help="score on the validation users only (for selecting a configuration), not on the test scenarios",
+        help="score on the validation users (and with val_item_frac the validation items) only, for selecting a "
+        "configuration, not on the test scenarios",
     )
     parser.add_argument("--out", default=None, help="file stem (default results/quality_<dataset>)")
     args = parser.parse_args()
+    if json.loads(args.set).get("val_item_frac") and not args.validation:
+        parser.error("val_item_frac holds items out of training: use it with --validation, not for test figures")
     logging.basicConfig(level=logging.WARNING)
     out = run(args)
     import sys

@@ -44,8 +44,8 @@ def drop_item_ids(
 ) -> TaskBatch:
     """``batch`` with :func:`drop_ids` applied to the ``key`` column of its support and query rows (padding rows
     are masked out of every loss, so dropping theirs changes nothing), and with every id of a task dropped with
-    probability ``task_rate`` (one draw per task, support and query alike). A batch without that column is
-    returned as it is."""
+    probability ``task_rate`` (one draw per task, support and query alike). Only the ``key`` column changes: the
+    item ids of ``neg_item`` (BPR) and ``history_item`` stay. A batch without that column is returned as it is."""
     if not 0.0 <= task_rate < 1.0:
         raise ValueError(f"task id dropout rate must be in [0, 1), got {task_rate}")
     if key not in batch.support:

@@ -295,7 +295,7 @@ class Baselines:
 
 
 def fit_baselines(experiment: Any) -> Baselines:
-    """Fit every baseline of ``experiment`` on its meta-train ratings (validation users excluded)."""
+    """Fit every baseline of ``experiment`` on its meta-train ratings (validation users and items excluded)."""
     c = experiment.config
     feat = experiment.featurizer
     target = feat.spec.target

@@ -107,9 +107,11 @@ class ExperimentConfig:
 
     Evaluation: ``baselines`` (subset of :data:`BASELINES`), ``ks`` for nDCG@k / HR@k, ``bootstrap`` resamples,
     ``eval_batch_size``; ``val_frac`` of meta-train users held out to tune the fine-tuning learning rate over
-    ``finetune_lrs``; ``val_item_frac``: the newest fraction of the meta-train items (by release year, as the new-item
-    scenario is drawn) held out of all training and of the featurizer's vocabularies, their ratings by the remaining
-    meta-train users forming ``val_item_tasks``: validation tasks of the new-item kind (0 = none); the non-meta model is
+    ``finetune_lrs``; ``val_item_frac``: the newest fraction of the meta-train items (by release year, or the year of
+    the first rating without one: how ``scheme="melu"`` draws new items) held out of all training and of the
+    featurizer's vocabularies, their ratings by the remaining meta-train users forming ``val_item_tasks``: validation
+    tasks of the new-item kind (0 = none; for choosing a configuration only, since those items are then unknown in
+    the test scenarios too); the non-meta model is
     trained for ``supervised_epochs`` with Adam(``supervised_lr``) on batches of ``supervised_batch`` ratings.
     ``bias_reg``: ridge strengths of the bias baseline.
 
@@ -258,9 +260,12 @@ class Experiment:
     """The objects a config describes, built eagerly (data, split, tasks, model, trainer) or lazily (baselines).
 
     Attributes:
-      config, dataset, split (:class:`~jaxrec.ColdStartSplit`), featurizer, spec, train_tasks (meta-train tasks,
-      validation users excluded), val_tasks (validation users of meta-train), scenario_tasks (name -> TaskSet,
-      non-empty scenarios only), model, loss_fn, adapt_filter, trainer (:class:`~jaxrec.MetaTrainer`), mesh.
+      config, dataset, split (:class:`~jaxrec.ColdStartSplit`), featurizer, spec, train_ratings and train_tasks
+      (the meta-train ratings and tasks, validation users and validation items excluded), val_ratings and
+      val_tasks (validation users of meta-train), val_item_ratings and val_item_tasks (the other meta-train users'
+      ratings of the validation items; None without ``val_item_frac`` or without a user with enough of them),
+      scenario_tasks (name -> TaskSet, non-empty scenarios only), model, loss_fn, adapt_filter, trainer
+      (:class:`~jaxrec.MetaTrainer`), mesh.
     """
 
     def __init__(self, config: ExperimentConfig | None = None):
@@ -281,7 +286,19 @@ class Experiment:
         self.val_item_ratings = train[~is_val & is_val_item].reset_index(drop=True)
         self.train_tasks = self._train_tasks(config.seed)
         self.val_tasks = self._tasks(self.val_ratings)
-        self.val_item_tasks = self._tasks(self.val_item_ratings) if len(self.val_item_ratings) else None
+        self.val_item_tasks = None
+        if len(self.val_item_ratings):
+            tasks = self._tasks(self.val_item_ratings)
+            if len(tasks):
+                self.val_item_tasks = tasks
+            else:
+                logger.warning("no meta-train user has enough ratings of the validation items: none scored")
+        if config.val_item_frac:
+            logger.warning(
+                "val_item_frac=%s: the newest meta-train items are held out of training, so this run is for choosing "
+                "a configuration on validation, not for test figures (those items are unknown in every scenario)",
+                config.val_item_frac,
+            )
         self.scenario_tasks: dict[str, TaskSet] = {}
         for name in SCENARIOS:
             frame = self.split.scenarios.get(name)
@@ -556,7 +573,8 @@ class Experiment:
 
     def bias_init(self) -> tuple[float, np.ndarray]:
         """``(mu, b_i [item vocab])`` of :func:`jaxrec.baselines.fit_bias_model` on the meta-train ratings (validation
-        users excluded), with the ``bias_reg`` ridge strengths: fitted once, and the ``bias`` baseline's fit too."""
+        users and items excluded), with the ``bias_reg`` ridge strengths: fitted once, and the ``bias`` baseline's
+        fit too."""
         mu, item_bias, _ = self._bias_fit
         return mu, item_bias
 
@@ -689,10 +707,13 @@ class Experiment:
         self.resolve_inner_lr()
         return evaluate_experiment(self, params, method_name=method_name, return_stats=return_stats)
 
-    def validate(self, params: Any, *, baselines: bool = True) -> dict:
+    def validate(self, params: Any, *, baselines: bool = True, items: bool = False) -> dict:
         """``{method: summary}`` on the validation users (held out of meta-training and of the test scenarios):
         the score to tune a configuration on. The fine-tuning rate was itself chosen on these users, so its
-        ``finetune`` figure is optimistic, never pessimistic."""
+        ``finetune`` figure is optimistic, never pessimistic. ``items``: on the validation items' tasks instead
+        (``val_item_frac``; new-item tasks)."""
+        if items and self.val_item_tasks is None:
+            raise ValueError("no validation item tasks: set val_item_frac > 0 (and have users who rated those items)")
         from jaxrec.baselines import experiment_predictors
         from jaxrec.evaluate import evaluate_methods
 
@@ -703,7 +724,7 @@ class Experiment:
         c = self.config
         return evaluate_methods(
             methods,
-            self.val_tasks,
+            self.val_item_tasks if items else self.val_tasks,
             ks=c.ks,
             batch_size=c.eval_batch_size,
             mesh=self.mesh,
@@ -729,7 +750,8 @@ def _has_bias_start(params: Mapping[str, Any]) -> bool:
 def tune(base: ExperimentConfig, variants: Mapping[str, Mapping[str, Any]]) -> dict[str, dict]:
     """Train ``base`` with each variant's overrides and score it on the validation users only (never a test
     scenario): ``{name: {"overrides", "val_mae", "val": {method: mae}, "seconds"}}``. Variants must not change the
-    data, split or model (the baselines are fitted once and shared)."""
+    data, split, validation slices (``val_frac``, ``val_item_frac``) or model (the baselines are fitted once and
+    shared)."""
     import time
 
     shared = None

@@ -91,10 +91,30 @@ def test_task_dropout_drops_every_item_id_of_whole_tasks_and_only_of_them():
     np.testing.assert_array_equal(out.support["item"][~whole], batch.support["item"][~whole])  # the rest untouched
     np.testing.assert_array_equal(out.query["item"][~whole], batch.query["item"][~whole])
     assert abs(whole.mean() - 0.3) < 5 * np.sqrt(0.3 * 0.7 / 400)
-    # without task dropout the rng stream, and so the row dropout, is that of before the option
+    # without task dropout the rng stream, and so the row dropout, is that of before the option: support then query
+    rng = np.random.default_rng(4)
+    before = drop_ids(batch.support["item"], 0.2, rng), drop_ids(batch.query["item"], 0.2, rng)
     rows_only = drop_item_ids(batch, 0.2, np.random.default_rng(4))
-    np.testing.assert_array_equal(
-        drop_item_ids(batch, 0.2, np.random.default_rng(4), task_rate=0.0).support["item"], rows_only.support["item"]
-    )
+    np.testing.assert_array_equal(rows_only.support["item"], before[0])
+    np.testing.assert_array_equal(rows_only.query["item"], before[1])
     with pytest.raises(ValueError, match="task id dropout rate"):
         drop_item_ids(batch, 0.0, np.random.default_rng(0), task_rate=1.0)
+
+
+def test_experiment_hides_every_item_id_of_a_task_dropout_fraction_of_meta_train_tasks():
+    tiny = dict(
+        model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None},
+        inner_steps=1,
+        pretrain=False,
+        item_dropout=0.0,
+    )
+    plain = Experiment(ExperimentConfig(**tiny))
+    dropping = Experiment(ExperimentConfig(**tiny, task_item_dropout=0.3))
+    whole = tasks = 0
+    for a, b in itertools.islice(zip(plain.batches(), dropping.batches(), strict=True), 8):
+        real = a.support_mask.any(axis=1)
+        hidden = np.all((b.support["item"] == 0) | ~a.support_mask, axis=1) & real
+        np.testing.assert_array_equal(np.all((b.query["item"] == 0) | ~a.query_mask, axis=1) & real, hidden)
+        np.testing.assert_array_equal(b.support["item"][~hidden], a.support["item"][~hidden])  # the others intact
+        whole, tasks = whole + int(hidden.sum()), tasks + int(real.sum())
+    assert tasks >= 200 and abs(whole / tasks - 0.3) < 5 * np.sqrt(0.3 * 0.7 / tasks)

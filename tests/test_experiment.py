@@ -215,13 +215,18 @@ def test_validation_items_are_the_newest_meta_train_items_and_new_to_the_model()
     assert not np.isin(held, kept).any() and np.isin(exp.val_item_ratings["item"], held).all()
     assert len(np.union1d(held, kept)) == len(all_items)  # every other item stays
     year = item_release_key(exp.dataset)
-    assert np.nanmin(year[held]) >= np.nanmax(year[kept]) - 1  # the newest (ties broken at random)
+    assert np.nanmin(year[held]) >= np.nanmax(year[kept])  # the newest (ties broken at random)
     assert np.all(exp.featurizer.transform(exp.val_item_ratings)["item"] == 0)  # OOV, as new items are
     assert not np.isin(exp.val_item_ratings["user"], exp.val_ratings["user"]).any()
     assert len(exp.val_item_tasks) > 0
+    scores = exp.validate(exp.init_state().params, baselines=False, items=True)
+    assert scores["maml"]["users"] == len(exp.val_item_tasks) != len(exp.val_tasks)
     # nothing else is lost: every meta-train rating is in one frame, or is a validation user's on a held-out item
     both = np.isin(train["item"], held) & np.isin(train["user"], exp.val_ratings["user"].unique())
     assert len(exp.train_ratings) + len(exp.val_ratings) + len(exp.val_item_ratings) + both.sum() == len(train)
-    assert Experiment(ExperimentConfig(**TINY)).val_item_tasks is None
+    plain = Experiment(ExperimentConfig(**TINY))
+    assert plain.val_item_tasks is None
+    with pytest.raises(ValueError, match="no validation item tasks"):
+        plain.validate(None, items=True)
     with pytest.raises(ValueError, match="val_item_frac"):
         Experiment(ExperimentConfig(**TINY, val_item_frac=1.0))
