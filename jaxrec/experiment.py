@@ -110,10 +110,9 @@ class ExperimentConfig:
     ``finetune_lrs``; ``val_item_frac``: the newest fraction of the meta-train items (by release year, or the year of
     the first rating without one: how ``scheme="melu"`` draws new items) held out of all training and of the
     featurizer's vocabularies, their ratings by the remaining meta-train users forming ``val_item_tasks``: validation
-    tasks of the new-item kind (0 = none; for choosing a configuration only, since those items are then unknown in
-    the test scenarios too); the non-meta model is
-    trained for ``supervised_epochs`` with Adam(``supervised_lr``) on batches of ``supervised_batch`` ratings.
-    ``bias_reg``: ridge strengths of the bias baseline.
+    tasks of the new-item kind (0 = none; for choosing a configuration only, since those items are then unknown in the
+    test scenarios too); the non-meta model is trained for ``supervised_epochs`` with Adam(``supervised_lr``) on batches
+    of ``supervised_batch`` ratings. ``bias_reg``: ridge strengths of the bias baseline.
 
     ``item_dropout``: fraction of training rows whose item id becomes the OOV slot (:mod:`jaxrec.augment`,
     DropoutNet), in meta-train batches and the supervised model's minibatches alike, so that the meta-learner and
