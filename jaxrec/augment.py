@@ -53,8 +53,11 @@ def drop_item_ids(
     support, query = drop_ids(batch.support[key], rate, rng), drop_ids(batch.query[key], rate, rng)
     if task_rate:
         whole = rng.random(support.shape[0]) < task_rate  # tasks are the leading axis of both sides
-        support = np.where(whole.reshape((-1,) + (1,) * (support.ndim - 1)), OOV, support).astype(support.dtype)
-        query = np.where(whole.reshape((-1,) + (1,) * (query.ndim - 1)), OOV, query).astype(query.dtype)
+
+        def hide(ids):
+            return np.where(whole.reshape((-1,) + (1,) * (ids.ndim - 1)), OOV, ids).astype(ids.dtype)
+
+        support, query = hide(support), hide(query)
     return dataclasses.replace(
         batch, support=dict(batch.support, **{key: support}), query=dict(batch.query, **{key: query})
     )

@@ -404,11 +404,8 @@ class Experiment:
         if self.config.val_item_frac <= 0:
             return train_items[:0]
         items = np.unique(train_items)
-        key = item_release_key(self.dataset)[items]
-        if np.isnan(key).all():
-            key = np.zeros(len(items))  # no year, no timestamp: a seeded random share, as cold_start_split does
         rng = np.random.default_rng([self.config.seed, 2])
-        return items[newest_items(key, self.config.val_item_frac, rng)]
+        return items[newest_items(item_release_key(self.dataset)[items], self.config.val_item_frac, rng)]
 
     def _tasks(self, ratings, max_ratings: int | None | str = "config", seed: Any = None, subsample=None) -> TaskSet:
         c = self.config

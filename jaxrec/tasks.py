@@ -151,7 +151,10 @@ def _first_time(codes: np.ndarray, times: np.ndarray, n: int) -> np.ndarray:
 
 
 def newest_items(key: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Codes of the ``fraction`` of items with the largest ``key`` (random tie break; unknown keys never new)."""
+    """Codes of the ``fraction`` of items with the largest ``key`` (random tie break; unknown keys never new). When
+    no key is known (no year, no timestamp) every item ties: a seeded random ``fraction``."""
+    if np.isnan(key).all():
+        key = np.zeros(len(key))
     known = np.flatnonzero(~np.isnan(key))
     n_new = int(round(fraction * len(key)))
     order = np.lexsort((rng.random(len(known)), -key[known]))
@@ -202,7 +205,6 @@ def cold_start_split(
         release = item_release_key(ds)
         if np.isnan(release).all():
             # no year and no timestamp: new items are a seeded random share, so the item scenarios still exist
-            release = np.zeros(ds.n_items)
             stats["new_items_by"] = "random"
         new_items = newest_items(release, new_item_frac, rng)
         new_users = np.sort(rng.permutation(ds.n_users)[: int(round(new_user_frac * ds.n_users))])

@@ -12,6 +12,12 @@ from jaxrec.baselines import train_supervised
 from jaxrec.experiment import Experiment, ExperimentConfig
 
 SPEC = M.reference_spec(40)
+# a tiny MeLU experiment on the bundled data, for the meta-train batch stream
+TINY = dict(
+    model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None},
+    inner_steps=1,
+    pretrain=False,
+)
 
 
 def test_drop_ids_replaces_a_rate_fraction_by_the_oov_slot_and_nothing_else():
@@ -61,13 +67,8 @@ def test_supervised_training_with_dropout_trains_the_oov_item_slot():
 
 
 def test_experiment_drops_a_rate_fraction_of_the_item_ids_of_meta_train_batches():
-    tiny = dict(
-        model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None},
-        inner_steps=1,
-        pretrain=False,
-    )
-    plain = Experiment(ExperimentConfig(**tiny, item_dropout=0.0))
-    dropping = Experiment(ExperimentConfig(**tiny, item_dropout=0.2))
+    plain = Experiment(ExperimentConfig(**TINY, item_dropout=0.0))
+    dropping = Experiment(ExperimentConfig(**TINY, item_dropout=0.2))
     valid = dropped = 0
     for a, b in itertools.islice(zip(plain.batches(), dropping.batches(), strict=True), 3):
         for side, mask in (("support", "support_mask"), ("query", "query_mask")):
@@ -102,14 +103,8 @@ def test_task_dropout_drops_every_item_id_of_whole_tasks_and_only_of_them():
 
 
 def test_experiment_hides_every_item_id_of_a_task_dropout_fraction_of_meta_train_tasks():
-    tiny = dict(
-        model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None},
-        inner_steps=1,
-        pretrain=False,
-        item_dropout=0.0,
-    )
-    plain = Experiment(ExperimentConfig(**tiny))
-    dropping = Experiment(ExperimentConfig(**tiny, task_item_dropout=0.3))
+    plain = Experiment(ExperimentConfig(**TINY, item_dropout=0.0))
+    dropping = Experiment(ExperimentConfig(**TINY, item_dropout=0.0, task_item_dropout=0.3))
     whole = tasks = 0
     for a, b in itertools.islice(zip(plain.batches(), dropping.batches(), strict=True), 8):
         real = a.support_mask.any(axis=1)
