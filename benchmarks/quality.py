@@ -189,25 +189,11 @@ def validation_scores(experiment: Experiment, params) -> tuple[dict, dict]:
     """``({"validation": results}, {"validation": stats})``: the meta method and the baselines on the validation
     users (meta-train users held out of all training), the only place a configuration may be selected on; with
     ``val_item_frac`` also ``"validation_new_item"``: the remaining users' ratings of the held-out items."""
-    from jaxrec.baselines import experiment_predictors
-    from jaxrec.evaluate import evaluate_methods
-
-    c = experiment.config
-    methods = experiment_predictors(experiment, params)
-    tasks = {"validation": experiment.val_tasks}
-    if experiment.val_item_tasks is not None:
-        tasks["validation_new_item"] = experiment.val_item_tasks  # with val_item_frac: held-out items
     results, stats = {}, {}
-    for name, task_set in tasks.items():
-        results[name], stats[name] = evaluate_methods(
-            methods,
-            task_set,
-            ks=c.ks,
-            batch_size=c.eval_batch_size,
-            resamples=c.bootstrap,
-            seed=c.seed,
-            return_stats=True,
-        )
+    results["validation"], stats["validation"] = experiment.validate(params, return_stats=True)
+    if experiment.val_item_tasks is not None:  # with val_item_frac: the held-out items
+        scored = experiment.validate(params, items=True, return_stats=True)
+        results["validation_new_item"], stats["validation_new_item"] = scored
     return results, stats
 
 

@@ -703,11 +703,13 @@ class Experiment:
         self.resolve_inner_lr()
         return evaluate_experiment(self, params, method_name=method_name, return_stats=return_stats)
 
-    def validate(self, params: Any, *, baselines: bool = True, items: bool = False) -> dict:
+    def validate(
+        self, params: Any, *, baselines: bool = True, items: bool = False, return_stats: bool = False
+    ) -> dict | tuple:
         """``{method: summary}`` on the validation users (held out of meta-training and of the test scenarios):
         the score to tune a configuration on. The fine-tuning rate was itself chosen on these users, so its
         ``finetune`` figure is optimistic, never pessimistic. ``items``: on the validation items' tasks instead
-        (``val_item_frac``; new-item tasks)."""
+        (``val_item_frac``; new-item tasks). ``return_stats``: also the per-user statistics (to pool splits)."""
         if items and self.val_item_tasks is None:
             raise ValueError("no validation item tasks: set val_item_frac > 0 (and have users who rated those items)")
         from jaxrec.baselines import experiment_predictors
@@ -726,6 +728,7 @@ class Experiment:
             mesh=self.mesh,
             resamples=c.bootstrap,
             seed=c.seed,
+            return_stats=return_stats,
         )
 
     def metrics_document(self, params: Any) -> dict:
