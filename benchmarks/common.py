@@ -30,7 +30,7 @@ def parser(description: str) -> argparse.ArgumentParser:
         const="step",
         default=False,
         choices=["step", "sqrt", "recompute"],
-        help="remat policy of the inner loop (bare --remat: step); see jaxrec.adapt.iterate",
+        help="remat policy of the inner loop (bare --remat: step); see jaxrec.core.remat.iterate",
     )
     p.add_argument("--task-chunk", type=int, default=None)
     p.add_argument("--steps", type=int, default=10)

@@ -3,7 +3,7 @@
     python benchmarks/compare.py --rounds 3 --vocabs 1700 100000 1000000 --sparse-vocabs 1000000
 
 At each vocabulary of ``--sparse-vocabs`` jaxrec also runs with ``--outer-tables sparse`` (row-sparse lazy Adam
-on the embedding tables, :mod:`jaxrec.sparse_update`), listed as ``jaxrec_sparse`` next to the dense ``jaxrec``.
+on the embedding tables, :mod:`jaxrec.scale.row_sparse`), listed as ``jaxrec_sparse`` next to the dense ``jaxrec``.
 
 Writes ``benchmarks/results/compare.json`` (raw records), ``compare.md`` (median table, speed-ups against the
 PyTorch loop and torch.func measured in the same run) and ``compare.png``.
@@ -13,7 +13,7 @@ axis sharded over two host devices, one per core (``jaxrec_2dev``, ``meta_step.p
 every core through its intra-op threads (``torch.set_num_threads``) in both references.
 
 ``--malloc heap`` (default) runs every implementation, PyTorch included, with glibc keeping freed memory in its
-heap (``MALLOC_MMAP_MAX_=0``; :mod:`jaxrec.host_memory` explains why XLA CPU needs it); ``--malloc default``
+heap (``MALLOC_MMAP_MAX_=0``; :mod:`jaxrec.scale.host_memory` explains why XLA CPU needs it); ``--malloc default``
 keeps glibc's defaults. ``--task-chunk N`` is passed to every jaxrec run.
 """
 
@@ -202,7 +202,7 @@ def main(argv=None):
         choices=["heap", "default"],
         default="heap",
         help="heap: every implementation runs with glibc keeping freed memory for reuse (MALLOC_MMAP_MAX_=0, "
-        "see jaxrec.host_memory); default: glibc's defaults",
+        "see jaxrec.scale.host_memory); default: glibc's defaults",
     )
     p.add_argument("--task-chunk", type=int, default=None, help="passed to every jaxrec run (tasks per vmapped chunk)")
     p.add_argument("--steps", type=int, default=5)

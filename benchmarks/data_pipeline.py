@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import jaxrec.datasets as jd
-from jaxrec.tasks import build_tasks, cold_start_split
+import jaxrec.data as jd
+from jaxrec.data.tasks import build_tasks, cold_start_split
 
 
 def peak_rss_gb() -> float:

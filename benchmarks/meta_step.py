@@ -5,13 +5,13 @@
     python benchmarks/meta_step.py --devices 2    # one host device per core, tasks sharded over them
 
 ``--devices N`` (CPU) exposes the host's cores as ``N`` XLA devices (``jax_num_cpu_devices``) and runs the step
-on a 1-D ``"tasks"`` mesh (:mod:`jaxrec.sharding`: parameters replicated, the task axis sharded, the
+on a 1-D ``"tasks"`` mesh (:mod:`jaxrec.scale.sharding`: parameters replicated, the task axis sharded, the
 meta-gradient summed across devices by the compiler), exactly as on several accelerators. One XLA CPU device
 runs most of this step's small per-task ops on one thread; a device per core runs the two halves of the task
 batch side by side. ``peak_bytes`` is then per device.
 
 ``--outer-tables sparse`` updates the embedding tables (:func:`jaxrec.models.embedding_tables`) row-sparsely
-(:mod:`jaxrec.sparse_update`: ``row_sparse_adam`` / ``row_sparse_sgd`` following ``--outer``, the optax optimiser
+(:mod:`jaxrec.scale.row_sparse`: ``row_sparse_adam`` / ``row_sparse_sgd`` following ``--outer``, the optax optimiser
 for the rest), so the step no longer passes over whole tables; ``dense`` (default) is the plain optax update.
 
 The timed function is the real :class:`jaxrec.MetaTrainer` meta-step (jit, state donated), compiled once with
@@ -21,7 +21,7 @@ times; only the timing blocks on each step's result.
 FLOPs (``flops``, ``flops_method``): XLA's cost analysis counts a while-loop body once, so the compiled step's
 ``cost_analysis()`` counts the ``K``-step inner ``lax.scan`` (and its transpose) as one step, understating the
 work about ``K`` times (kept as ``flops_scan_body_once``). ``flops`` is instead the cost analysis of the same step
-lowered (not compiled) with the inner scan fully unrolled (:func:`jaxrec.adapt.inner_unroll`), a separate trace of
+lowered (not compiled) with the inner scan fully unrolled (``InnerLoop(unroll=True)``), a separate trace of
 a fresh trainer so the timed executable is the ordinary rolled one. With ``--task-chunk`` the outer task loop is
 also a scan, so ``flops`` is counted on the unchunked step (the same arithmetic; ``flops_method`` says so).
 """
@@ -43,14 +43,13 @@ import optax  # noqa: E402
 
 import jaxrec  # noqa: E402
 from jaxrec import models  # noqa: E402
-from jaxrec.adapt import inner_unroll  # noqa: E402
-from jaxrec.sharding import make_mesh, shard_batch  # noqa: E402
+from jaxrec.scale.sharding import make_mesh, shard_batch  # noqa: E402
 
 
-def build(args):
+def build(args, unroll: int | bool = 1):
     """``(trainer, state, batch, n_params)`` of the reference workload for ``args`` (batch sharded with
     ``--devices``)."""
-    spec = models.reference_spec(args.item_vocab)
+    spec = jaxrec.testing.reference_spec(args.item_vocab)
     model = models.MeLU(spec, embed=args.embed, hidden=tuple(args.hidden), use_ids=("item",), interaction=None)
     params = models.init_params(model, spec, jax.random.PRNGKey(args.seed))
     options = {"local_embeddings": models.embedding_tables(params)} if args.local_embeddings == "on" else {}
@@ -71,9 +70,10 @@ def build(args):
         task_chunk=args.task_chunk,
         objective_options=options,
         mesh=make_mesh(args.devices) if getattr(args, "devices", 1) > 1 else None,
+        inner_unroll=unroll,
         **sparse,
     )
-    batch = models.synthetic_task_batch(
+    batch = jaxrec.testing.synthetic_task_batch(
         spec, args.tasks, args.support, args.query, jax.random.PRNGKey(args.seed + 1), padded=False
     )
     if trainer.mesh is not None:
@@ -122,10 +122,9 @@ def unrolled_flops(args) -> dict:
     if args.task_chunk:
         method += "; counted without task_chunk (same arithmetic)"
         args.task_chunk = None
-    trainer, state, batch, _ = build(args)
+    trainer, state, batch, _ = build(args, unroll=True)
     try:
-        with inner_unroll(True):
-            lowered = trainer._step.lower(state, batch)
+        lowered = trainer._step.lower(state, batch)
         return {"flops": _flops(lowered.cost_analysis()), "flops_method": method}
     except Exception as err:  # noqa: BLE001
         return {"flops": None, "flops_method": method, "flops_error": repr(err)}

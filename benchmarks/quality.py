@@ -7,7 +7,7 @@
 
 Writes ``benchmarks/results/quality_<dataset>.json`` (the metrics documents) and ``.md`` (tables). The default
 configuration is ``ExperimentConfig()``: MeLU with an item bias, meta-training started at the classical bias model,
-Meta-SGD whose inner step is one Newton step on the output layer (:mod:`jaxrec.newton_adapt`: the exact ridge
+Meta-SGD whose inner step is one Newton step on the output layer (:mod:`jaxrec.core.newton`: the exact ridge
 fold-in of the user towards the meta-learned layer, the prior variances meta-learned), item-id dropout 0.25. The
 other configurations change only what names them:
 
@@ -18,8 +18,8 @@ other configurations change only what names them:
 * variants tried on validation users, on the gradient-step inner loop: ``pretrained``: an older default (MeLU
   without item bias, meta-training from the supervised model with the fine-tuning rate, 30 epochs);
   ``pretrained_item_bias``: the same with the additive item bias; ``maml_old``: MAML with an untuned inner rate 0.1
-  and meta_lr 1e-4; ``groups3``: task grouping with three initialisations (:mod:`jaxrec.grouping`);
-  ``item_dropout``: a quarter of the training rows' item ids hidden (DropoutNet, :mod:`jaxrec.augment`; the
+  and meta_lr 1e-4; ``groups3``: task grouping with three initialisations (:mod:`jaxrec.contrib.grouping`);
+  ``item_dropout``: a quarter of the training rows' item ids hidden (DropoutNet, :mod:`jaxrec.data.augment`; the
   supervised baseline is trained with it too); ``no_item_ids``: MeLU's network over features only (the item
   identity only in the additive item bias); ``epochs120``: twice the meta-training; and on the Newton inner step
   (without item dropout unless named): ``newton_output``, ``newton_output_maml`` (one prior variance),
@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrec.evaluate import compare_stats, concat_stats
+from jaxrec.evaluation.compare import compare_stats, concat_stats
 from jaxrec.experiment import Experiment, ExperimentConfig
 
 _PREVIOUS_MELU = {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}

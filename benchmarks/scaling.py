@@ -53,7 +53,7 @@ def build(args, tasks: int, mesh):
     import jaxrec
     from jaxrec import models
 
-    spec = models.reference_spec()
+    spec = jaxrec.testing.reference_spec()
     model = models.MeLU(spec, embed=32, hidden=(64, 64), use_ids=("item",), interaction=None)
     params = models.init_params(model, spec, jax.random.PRNGKey(0))
     trainer = jaxrec.MetaTrainer(
@@ -65,7 +65,9 @@ def build(args, tasks: int, mesh):
         adapt_filter=models.adapt_filter("all"),
         mesh=mesh,
     )
-    batch = models.synthetic_task_batch(spec, tasks, args.support, args.query, jax.random.PRNGKey(1), padded=False)
+    batch = jaxrec.testing.synthetic_task_batch(
+        spec, tasks, args.support, args.query, jax.random.PRNGKey(1), padded=False
+    )
     return trainer, trainer.init(params), batch
 
 
@@ -128,7 +130,7 @@ def device_scaling(args) -> list[dict]:
 
 def task_sweep(args) -> list[dict]:
     """Tasks/s at each task count on every local device (sharded when there are several)."""
-    from jaxrec.sharding import default_mesh
+    from jaxrec.scale.sharding import default_mesh
 
     mesh = default_mesh()
     return [time_steps(args, tasks, mesh) for tasks in (args.sweep or SWEEP)]

@@ -1,63 +1,119 @@
 """jaxrec: meta-learned cold-start recommendation in JAX.
 
-The meta-learning core sees only ``loss_fn(params, rows, mask)`` and a params pytree:
+The meta-learning core (:mod:`jaxrec.core`) sees only ``loss_fn(params, rows, mask)`` and a params pytree:
 
-* :func:`adapt` -- the inner loop of one task (``lax.scan`` of ``jax.grad`` steps, second or first order);
-* :func:`meta_loss` -- the mean post-adaptation query loss of a :class:`TaskBatch` (``vmap`` over tasks);
-* :func:`meta_train` -- the jit-compiled meta-step looped over task batches (MAML, Reptile, Meta-SGD);
-* :func:`newton` -- the inner step as the exact MAP (ridge) estimate under a Gaussian prior at the initialisation,
-  for a small adapted set such as the output layer (``inner_optimizer=jaxrec.newton()``);
-* :class:`GroupedParams` / :func:`group_params` -- several initialisations, each task adapting from the one that
-  fits its support set (task grouping);
-* :func:`row_sparse_sgd` / :func:`row_sparse_adam` -- outer updates of large embedding tables that touch only the
-  rows a batch reads (``MetaTrainer(sparse_tables=..., sparse_optimizer=...)``).
+* :func:`adapt`: the inner loop of one task (``lax.scan`` of ``jax.grad`` steps, second or first order), with
+  any solver of the :class:`InnerSolver` protocol (gradient steps, an optax transformation, :func:`newton`);
+* :func:`meta_loss`: the mean post-adaptation query loss of a :class:`TaskBatch` (``vmap`` over tasks);
+* :func:`meta_train` / :class:`MetaTrainer`: the jit-compiled meta-step (MAML, Reptile, Meta-SGD);
+* :func:`row_sparse_sgd` / :func:`row_sparse_adam`: outer updates of large embedding tables that touch only the
+  rows a batch reads (:mod:`jaxrec.scale`).
+
+Above the core, loaded when first used (so that ``import jaxrec`` needs neither pandas nor the models):
+:mod:`jaxrec.data` (logs, splits, tasks, the batch stream), :mod:`jaxrec.models`, :mod:`jaxrec.evaluation`,
+:mod:`jaxrec.experiment` (the protocol, the run engine, the recommender, checkpoints), :mod:`jaxrec.testing` and
+the experimental :mod:`jaxrec.contrib`.
 """
 
-from jaxrec import (
-    augment,
-    baselines,
-    datasets,
-    distributed,
-    evaluate,
-    experiment,
-    grouping,
-    metrics,
-    models,
-    newton_adapt,
-    precision,
-    tasks,
-)
-from jaxrec.adapt import adapt, resolve_adapt_filter, zero_padding
-from jaxrec.batch import BatchShapeError, TaskBatch, validate_batch
-from jaxrec.evaluate import meta_evaluate
-from jaxrec.experiment import Experiment, ExperimentConfig
-from jaxrec.features import FeatureSpec
-from jaxrec.grouping import GroupedParams, choose_group, group_params
-from jaxrec.host_memory import keep_freed_host_memory
-from jaxrec.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
-from jaxrec.maml import ALGORITHMS, MetaSGDParams, meta_loss, meta_value_and_grad, reptile_direction, task_losses
-from jaxrec.models import (
-    MeLU,
-    create,
-    default_loss,
-    embedding_tables,
-    init_params,
-    reference_spec,
-    synthetic_rows,
-    synthetic_task_batch,
-)
-from jaxrec.newton_adapt import NewtonStep, newton
-from jaxrec.precision import mixed_precision
-from jaxrec.sharding import default_mesh, make_mesh, pad_tasks, replicate, shard_batch
-from jaxrec.sparse_update import (
-    RowIndex,
-    RowSparseAdamState,
-    RowSparseOptimizer,
-    localize_batch,
-    row_sparse_adam,
-    row_sparse_sgd,
-)
-from jaxrec.tasks import ColdStartSplit, TaskSet, build_tasks, cold_start_split, task_batches
-from jaxrec.train import MetaTrainer, MetaTrainState, NonFiniteError, SparseOuterState, meta_train
+import importlib
 
-__version__ = "0.1.0"
+from jaxrec._version import __version__
+from jaxrec.core.batch import BatchShapeError, TaskBatch, validate_batch, zero_padding
+from jaxrec.core.features import FeatureSpec
+from jaxrec.core.inner import adapt
+from jaxrec.core.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
+from jaxrec.core.metasgd import MetaSGDParams
+from jaxrec.core.newton import NewtonStep, newton
+from jaxrec.core.objectives import ALGORITHMS, meta_loss, meta_value_and_grad, reptile_direction, task_losses
+from jaxrec.core.params import adapt_filter, embedding_tables, path_names, resolve_adapt_filter
+from jaxrec.core.trainer import MetaTrainer, MetaTrainState, NonFiniteError, SparseOuterState, meta_train
+from jaxrec.scale.host_memory import keep_freed_host_memory
+from jaxrec.scale.precision import mixed_precision
+from jaxrec.scale.row_sparse import RowIndex, RowSparseAdamState, RowSparseOptimizer, row_sparse_adam, row_sparse_sgd
+from jaxrec.scale.sharding import default_mesh, make_mesh, pad_tasks, replicate, shard_batch
+
+# name -> module, imported on first access (PEP 562): the layers above the core pull in pandas and flax.linen
+_LAZY = {
+    "Experiment": "jaxrec.experiment",
+    "ExperimentConfig": "jaxrec.experiment",
+    "TaskSet": "jaxrec.data",
+    "ColdStartSplit": "jaxrec.data",
+    "build_tasks": "jaxrec.data",
+    "cold_start_split": "jaxrec.data",
+    "task_batches": "jaxrec.data",
+    "meta_evaluate": "jaxrec.evaluation",
+    "MeLU": "jaxrec.models",
+    "create": "jaxrec.models",
+    "default_loss": "jaxrec.models",
+    "init_params": "jaxrec.models",
+}
+_SUBPACKAGES = ("cli", "contrib", "core", "data", "evaluation", "experiment", "models", "scale", "testing")
+
+
+def __getattr__(name: str):
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"jaxrec.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jaxrec' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBPACKAGES))
+
+
+__all__ = [
+    "ALGORITHMS",
+    "BatchShapeError",
+    "ColdStartSplit",
+    "Experiment",
+    "ExperimentConfig",
+    "FeatureSpec",
+    "MeLU",
+    "MetaSGDParams",
+    "MetaTrainState",
+    "MetaTrainer",
+    "NewtonStep",
+    "NonFiniteError",
+    "RowIndex",
+    "RowSparseAdamState",
+    "RowSparseOptimizer",
+    "SparseOuterState",
+    "TaskBatch",
+    "TaskSet",
+    "adapt",
+    "adapt_filter",
+    "bce_loss",
+    "bpr_loss",
+    "build_tasks",
+    "cold_start_split",
+    "create",
+    "default_loss",
+    "default_mesh",
+    "embedding_tables",
+    "init_params",
+    "keep_freed_host_memory",
+    "l2_to_init",
+    "make_mesh",
+    "masked_mean",
+    "meta_evaluate",
+    "meta_loss",
+    "meta_train",
+    "meta_value_and_grad",
+    "mixed_precision",
+    "mse_loss",
+    "newton",
+    "pad_tasks",
+    "path_names",
+    "replicate",
+    "reptile_direction",
+    "resolve_adapt_filter",
+    "row_sparse_adam",
+    "row_sparse_sgd",
+    "shard_batch",
+    "task_batches",
+    "task_losses",
+    "validate_batch",
+    "with_auxiliary",
+    "zero_padding",
+]

@@ -1,4 +1,4 @@
-"""Item-id dropout (jaxrec.augment): what it drops, what it leaves, and that it trains the OOV slot."""
+"""Item-id dropout (jaxrec.data.augment): what it drops, what it leaves, and that it trains the OOV slot."""
 
 import itertools
 
@@ -6,12 +6,13 @@ import jax
 import numpy as np
 import pytest
 
+import jaxrec
 from jaxrec import models as M
-from jaxrec.augment import drop_ids, drop_item_ids
-from jaxrec.baselines import train_supervised
+from jaxrec.data.augment import drop_ids, drop_item_ids
+from jaxrec.evaluation.baselines import train_supervised
 from jaxrec.experiment import Experiment, ExperimentConfig
 
-SPEC = M.reference_spec(40)
+SPEC = jaxrec.testing.reference_spec(40)
 # a tiny MeLU experiment on the bundled data, for the meta-train batch stream
 TINY = dict(
     model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None},
@@ -36,7 +37,7 @@ def test_drop_ids_replaces_a_rate_fraction_by_the_oov_slot_and_nothing_else():
 
 
 def test_drop_item_ids_touches_only_the_item_column_of_both_sides():
-    batch = M.synthetic_task_batch(SPEC, tasks=8, support=32, query=16, key=jax.random.key(0))
+    batch = jaxrec.testing.synthetic_task_batch(SPEC, tasks=8, support=32, query=16, key=jax.random.key(0))
     batch = jax.tree.map(np.asarray, batch)
     out = drop_item_ids(batch, 0.5, np.random.default_rng(1))
     for side, new in ((batch.support, out.support), (batch.query, out.query)):
@@ -54,7 +55,7 @@ def test_drop_item_ids_touches_only_the_item_column_of_both_sides():
 def test_supervised_training_with_dropout_trains_the_oov_item_slot():
     model = M.MeLU(SPEC, embed=4, hidden=(8,), use_ids=("item",), interaction=None, item_bias=True)
     variables = M.init_params(model, SPEC, jax.random.key(0))
-    rows = {k: np.asarray(v) for k, v in M.synthetic_rows(SPEC, 512, jax.random.key(1)).items()}
+    rows = {k: np.asarray(v) for k, v in jaxrec.testing.synthetic_rows(SPEC, 512, jax.random.key(1)).items()}
     rows["item"] = np.maximum(rows["item"], 1)  # every row names a known item
     train = dict(loss_fn=M.default_loss(model), epochs=2, batch_size=32)
     plain, _ = train_supervised(variables, rows, **train)
@@ -81,7 +82,9 @@ def test_experiment_drops_a_rate_fraction_of_the_item_ids_of_meta_train_batches(
 
 
 def test_task_dropout_drops_every_item_id_of_whole_tasks_and_only_of_them():
-    batch = jax.tree.map(np.asarray, M.synthetic_task_batch(SPEC, tasks=400, support=8, query=4, key=jax.random.key(2)))
+    batch = jax.tree.map(
+        np.asarray, jaxrec.testing.synthetic_task_batch(SPEC, tasks=400, support=8, query=4, key=jax.random.key(2))
+    )
     batch = batch.replace(
         support=dict(batch.support, item=np.maximum(batch.support["item"], 1)),
         query=dict(batch.query, item=np.maximum(batch.query["item"], 1)),

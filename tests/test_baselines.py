@@ -7,10 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jaxrec import baselines, datasets
-from jaxrec.evaluate import collect, meta_predict
-from jaxrec.losses import mse_loss
-from jaxrec.tasks import build_tasks, cold_start_split
+from jaxrec import data as datasets
+from jaxrec.core.losses import mse_loss
+from jaxrec.data.tasks import build_tasks, cold_start_split
+from jaxrec.evaluation import baselines
+from jaxrec.evaluation.predict import collect, meta_predict
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""jaxrec.checkpoint: round trip, newest complete step, clear errors, and a save killed (SIGKILL) mid-way."""
+"""jaxrec.experiment.checkpoint: round trip, newest complete step, clear errors, and a save killed (SIGKILL) mid-way."""
 
 import json
 import os
@@ -15,8 +15,14 @@ import numpy as np
 import optax
 import pytest
 
-from jaxrec.checkpoint import CheckpointError, CheckpointStore, load_checkpoint, read_metadata, save_checkpoint
-from jaxrec.train import MetaTrainState
+from jaxrec.core.trainer import MetaTrainState
+from jaxrec.experiment.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    load_checkpoint,
+    read_metadata,
+    save_checkpoint,
+)
 
 
 def make_state(step: int, scale: float = 1.0, shape=(3,)) -> MetaTrainState:
@@ -47,7 +53,7 @@ def test_round_trip_is_bitwise_and_keeps_the_newest(tmp_path):
     assert restored.step == 3
     assert isinstance(restored.state, MetaTrainState)
     assert_trees_equal(restored.state, make_state(3, scale=3.123))
-    assert restored.meta["format"] == "jaxrec.checkpoint/1"
+    assert restored.meta["format"] == "jaxrec.checkpoint/2"
     assert restored.meta["config"] == {"model": "mf"}
     assert load_checkpoint(tmp_path / "ck", make_state(0), step=2).step == 2
     assert read_metadata(tmp_path / "ck")["step"] == 3
@@ -107,8 +113,8 @@ KILLED_SAVER = textwrap.dedent(
     import sys, time
     import jax.numpy as jnp, optax
     from orbax.checkpoint._src.path import atomicity
-    from jaxrec.checkpoint import CheckpointStore
-    from jaxrec.train import MetaTrainState
+    from jaxrec.experiment.checkpoint import CheckpointStore
+    from jaxrec.core.trainer import MetaTrainState
 
     def state(step):
         params = {"w": jnp.full((256, 256), float(step))}

@@ -223,21 +223,21 @@ def test_grouped_and_newton_runs_train_evaluate_and_recommend(tmp_path, capsys, 
 
 
 def test_resume_of_a_checkpoint_older_than_a_config_field_reads_it_as_its_value_then(monkeypatch, tmp_path):
-    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment import ExperimentConfig, run
 
     older = ExperimentConfig().to_dict()
     del older["groups"], older["item_dropout"]  # fields this checkpoint predates
-    monkeypatch.setattr("jaxrec.checkpoint.read_metadata", lambda folder: {"config": older})
-    config = cli._resume_config(tmp_path, {"groups": 1, "item_dropout": 0.0, "epochs": 3})
+    monkeypatch.setattr("jaxrec.experiment.run.read_metadata", lambda folder: {"config": older})
+    config = run.resume_config(tmp_path, {"groups": 1, "item_dropout": 0.0, "epochs": 3})
     assert config.groups == 1 and config.epochs == 3
     # an absent field means its value when the record was written, not today's default (item dropout is 0.25 now)
     del older["inner_solver"]
-    config = cli._resume_config(tmp_path, {})
+    config = run.resume_config(tmp_path, {})
     assert (config.item_dropout, config.groups, config.inner_solver) == (0.0, 1, "sgd")
     with pytest.raises(cli.CLIError, match="cannot change --item-dropout"):
-        cli._resume_config(tmp_path, {"item_dropout": 0.25})
+        run.resume_config(tmp_path, {"item_dropout": 0.25})
     with pytest.raises(cli.CLIError, match="cannot change --groups"):
-        cli._resume_config(tmp_path, {"groups": 2})
+        run.resume_config(tmp_path, {"groups": 2})
 
 
 def test_cli_log_handler_follows_the_current_stderr(monkeypatch, capsys):

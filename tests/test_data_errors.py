@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import jaxrec.datasets as jd
-from jaxrec.datasets.movielens import parse_movielens
-from jaxrec.tasks import build_tasks, task_batches
+import jaxrec.data as jd
+from jaxrec.data.movielens import parse_movielens
+from jaxrec.data.tasks import build_tasks, task_batches
 
 
 def _write(path: Path, text: str) -> Path:

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import jaxrec.datasets as jd
-from jaxrec.datasets.download import Archive, download_archive
-from jaxrec.datasets.movielens import parse_movielens
+import jaxrec.data as jd
+from jaxrec.data.download import Archive, download_archive
+from jaxrec.data.movielens import parse_movielens
 
 ML100K = Path(__file__).parents[2] / "shared" / "data" / "ml-100k"
 SHARED = ML100K.parent
@@ -255,7 +255,7 @@ def test_download_uses_injected_opener_and_refuses_unknown_checksum(tmp_path):
 
 
 def test_load_downloads_when_allowed_by_env(tmp_path, monkeypatch):
-    from jaxrec.datasets import download
+    from jaxrec.data import download
 
     payload = _zip_with(
         "ml-10M100K", {"ratings.dat": "1::122::5::838985046\n", "movies.dat": "122::B (1992)::Comedy\n"}

@@ -34,7 +34,7 @@ def _batches():
 def worker(process_id: int, port: int, out: str) -> None:
     """One process of the run: initialise, train on the local share of each batch, save the params."""
     import jaxrec
-    from jaxrec import distributed
+    from jaxrec.scale import distributed
 
     assert distributed.initialize(f"localhost:{port}", PROCESSES, process_id, timeout_s=60)
     assert jax.process_count() == PROCESSES and jax.device_count() == PROCESSES * LOCAL_DEVICES
@@ -103,7 +103,7 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_process_share_covers_every_item_once():
-    from jaxrec.distributed import process_share
+    from jaxrec.scale.distributed import process_share
 
     for n_items in (1, 5, 6, 7, 64):
         for count in (1, 2, 3, 4):
@@ -114,7 +114,7 @@ def test_process_share_covers_every_item_once():
 
 
 def test_local_tasks_pads_to_a_common_shape():
-    from jaxrec.distributed import local_tasks
+    from jaxrec.scale.distributed import local_tasks
 
     _, batches = _batches()
     batch = batches[-1]  # 5 tasks over 2 processes: 3 and 2 (+1 empty)
@@ -126,7 +126,7 @@ def test_local_tasks_pads_to_a_common_shape():
 
 
 def test_initialize_single_process_is_a_no_op(monkeypatch):
-    from jaxrec import distributed
+    from jaxrec.scale import distributed
 
     monkeypatch.delenv(distributed.ENV_NUM_PROCESSES, raising=False)
     assert distributed.initialize() is False
@@ -136,7 +136,7 @@ def test_initialize_single_process_is_a_no_op(monkeypatch):
 
 
 def test_initialize_reads_environment(monkeypatch):
-    from jaxrec import distributed
+    from jaxrec.scale import distributed
 
     calls = []
     monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))

@@ -6,11 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import metrics
-from jaxrec.batch import TaskBatch
-from jaxrec.evaluate import TRACES, collect, meta_evaluate
-from jaxrec.features import FeatureSpec
-from jaxrec.losses import mse_loss
+from jaxrec.core.batch import TaskBatch
+from jaxrec.core.features import FeatureSpec
+from jaxrec.core.losses import mse_loss
+from jaxrec.evaluation import metrics
+from jaxrec.evaluation.predict import TRACES, collect, meta_evaluate
 
 
 def test_ndcg_hand_computed():
@@ -92,7 +92,7 @@ def _batch(tasks, support, query, seed, pad_tasks=0):
     }
     batch = TaskBatch(side(support), side(query), s_mask, q_mask, np.arange(tasks, dtype=np.int32))
     if pad_tasks:
-        from jaxrec.sharding import pad_tasks as pad
+        from jaxrec.scale.sharding import pad_tasks as pad
 
         batch = pad(batch, tasks + pad_tasks)
     return batch

@@ -139,7 +139,7 @@ def test_resampled_epochs_split_the_same_users_afresh_with_fixed_shapes():
 
 
 def test_pooled_comparison_of_two_evaluations_equals_one_evaluation_of_all_users():
-    from jaxrec.evaluate import compare_stats, concat_stats
+    from jaxrec.evaluation.compare import compare_stats, concat_stats
 
     exp = Experiment(ExperimentConfig(**TINY, baselines=("finetune",)))
     state = exp.train(exp.init_state(), steps=1)
@@ -167,7 +167,7 @@ def test_auto_inner_loop_is_made_concrete_per_model(model, kwargs, expected):
     """The default inner loop: a Newton step on the output layer where the model has one, else gradient steps."""
     exp = Experiment(ExperimentConfig(**{**TINY, "model": model, "model_kwargs": kwargs, "inner_steps": None}))
     assert (exp.config.adapt, exp.config.inner_solver, exp.config.inner_steps) == expected
-    assert exp.trainer.inner_steps == expected[2]
+    assert exp.trainer.inner.steps == expected[2]
     assert (exp.inner_optimizer is not None) == (expected[1] == "newton")
 
 
@@ -204,7 +204,7 @@ def test_an_older_record_is_read_as_it_ran():
 
 
 def test_validation_items_are_the_newest_meta_train_items_and_new_to_the_model():
-    from jaxrec.tasks import item_release_key
+    from jaxrec.data.tasks import item_release_key
 
     exp = Experiment(ExperimentConfig(**TINY, val_frac=0.25, val_item_frac=0.2))
     train = exp.split.train

@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxrec.cli import CLIError, read_user_ratings
-from jaxrec.datasets import DataError, from_csv, from_dataframe
+from jaxrec.cli import CLIError
+from jaxrec.data import DataError, from_csv, from_dataframe
+from jaxrec.experiment.recommend import read_user_ratings
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -1,4 +1,5 @@
-"""Grouped initialisations (jaxrec.grouping): each task's choice, and the exact meta-gradient given the choices."""
+"""Grouped initialisations (jaxrec.contrib.grouping): each task's choice, and the exact meta-gradient given the
+choices."""
 
 import dataclasses
 
@@ -11,8 +12,8 @@ from jax.flatten_util import ravel_pytree
 from test_meta_gradients import INNER_LR, apply_fn, hand_written_maml_grad, init_params, loss_fn, make_batch, task
 
 import jaxrec
-from jaxrec.evaluate import meta_predict
-from jaxrec.grouping import GroupedParams, choose_group, group_params
+from jaxrec.contrib.grouping import GroupedParams, choose_group, group_params
+from jaxrec.evaluation.predict import meta_predict
 
 GROUPS = 3
 OUTPUT = lambda path, leaf: path[0].key in ("w2", "b2")  # noqa: E731  the "head" of the small regressor
@@ -167,8 +168,8 @@ def test_reptile_and_row_sparse_updates_refuse_grouped_params():
 
 
 def test_experiment_groups_start_apart_train_evaluate_and_checkpoint(tmp_path):
-    from jaxrec.checkpoint import CheckpointStore, save_checkpoint
     from jaxrec.experiment import Experiment, ExperimentConfig
+    from jaxrec.experiment.checkpoint import CheckpointStore, save_checkpoint
 
     config = ExperimentConfig(
         model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None, "item_bias": True},

@@ -14,9 +14,9 @@ import optax
 import pytest
 
 import jaxrec
-import jaxrec.datasets as jd
+import jaxrec.data as jd
 from jaxrec import models
-from jaxrec.tasks import build_tasks, cold_start_split, task_batches
+from jaxrec.data.tasks import build_tasks, cold_start_split, task_batches
 
 L = 5
 

@@ -18,7 +18,7 @@ class Info(ctypes.Structure):
                  "keepcost")]
 libc.mallinfo2.restype = Info
 if sys.argv[1] == "keep":
-    from jaxrec.host_memory import keep_freed_host_memory
+    from jaxrec.scale.host_memory import keep_freed_host_memory
     assert keep_freed_host_memory()
 before = libc.mallinfo2()
 block = np.ones(64 * 2**20, np.uint8)  # 64 MiB: above glibc's largest mmap threshold

@@ -16,7 +16,7 @@ from small_melu import MODEL, SPEC
 
 import jaxrec
 from jaxrec import models
-from jaxrec.local_embeddings import local_tables_context, localize
+from jaxrec.scale.local_embeddings import local_tables_context, localize
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -66,7 +66,7 @@ def _make_params():
 @functools.cache  # built once (its eager ops compile one by one)
 def make_batch(tasks=3, support=4, query=3):
     """Padded rows with garbage ids, the OOV id 0, ids out of range (-3, 999) and a repeated item."""
-    batch = models.synthetic_task_batch(SPEC, tasks, support, query, jax.random.PRNGKey(1), padded=True)
+    batch = jaxrec.testing.synthetic_task_batch(SPEC, tasks, support, query, jax.random.PRNGKey(1), padded=True)
     s, q = dict(batch.support), dict(batch.query)
     item_s = np.array(s["item"])
     item_s[0, 0], item_s[0, 1], item_s[1, 0], item_s[1, 1] = 0, 999, -3, item_s[1, 2]
@@ -126,7 +126,7 @@ def test_head_chunked_remat_and_metasgd_are_exact():
     head = dict(adapt_filter=models.adapt_filter("head"), task_chunk=2, remat=True)
 
     def metasgd(p):  # Meta-SGD parameters with distinct per-parameter rates (built inside the jit)
-        meta = jaxrec.maml.init_metasgd(p, 0.3)
+        meta = jaxrec.core.metasgd.init_metasgd(p, 0.3)
         rates = jax.tree.map(lambda a: a * (1.0 + 0.1 * jnp.arange(a.size).reshape(a.shape) / a.size), meta.inner_lr)
         return meta.replace(inner_lr=rates)
 
@@ -172,7 +172,9 @@ def test_reptile_direction_is_exact_and_trainer_option():
     params, batch = make_params(), make_batch()
     kwargs = dict(loss_fn=LOSS, inner_lr=INNER_LR, inner_steps=3)
     trainers = [
-        jaxrec.MetaTrainer(LOSS, INNER_LR, 2, optimizer=optax.sgd(0.1), objective_options=options)
+        jaxrec.MetaTrainer(
+            loss_fn=LOSS, inner_lr=INNER_LR, inner_steps=2, optimizer=optax.sgd(0.1), objective_options=options
+        )
         for options in ({}, {"local_embeddings": TABLES})
     ]
 
@@ -214,7 +216,7 @@ SHARED_KEY_MODELS = {
 def model_tables(name, spec, **kwargs):
     """``models.embedding_tables`` of model ``name`` from its abstract parameters (tracing only, no compilation)."""
     model = models.create(name, spec, **kwargs)
-    rows = models.synthetic_rows(spec, 2, jax.random.PRNGKey(0))
+    rows = jaxrec.testing.synthetic_rows(spec, 2, jax.random.PRNGKey(0))
     return models.embedding_tables(jax.eval_shape(model.init, jax.random.PRNGKey(0), rows))
 
 
@@ -234,7 +236,7 @@ def make_shared_batch(implicit=False):
     :func:`make_batch`: padded rows, OOV 0, ids out of range, items repeated within and across sides; ``implicit``:
     labels and ``neg_item`` negatives (some equal to positives, some out of range) for BPR."""
     spec = IMPLICIT_SPEC if implicit else SHARED_SPEC
-    batch = models.synthetic_task_batch(spec, 3, 4, 3, jax.random.PRNGKey(2), padded=True)
+    batch = jaxrec.testing.synthetic_task_batch(spec, 3, 4, 3, jax.random.PRNGKey(2), padded=True)
     s = {k: np.array(v) for k, v in batch.support.items()}
     q = {k: np.array(v) for k, v in batch.query.items()}
     s["item"][0, :2], s["item"][1, :2], s["item"][1, 1] = (0, 999), (-3, 0), s["item"][1, 2]
@@ -327,7 +329,7 @@ def test_replayed_inner_loop_is_exact_for_flax_melu_with_local_tables(remat="rec
     batch = make_batch()
 
     def metasgd(p):
-        return jaxrec.maml.init_metasgd(p, 0.2)
+        return jaxrec.core.metasgd.init_metasgd(p, 0.2)
 
     plain, replayed, replayed_full = jit_together(
         lambda p: jaxrec.meta_value_and_grad(metasgd(p), batch, local_embeddings=tables, **kwargs),

@@ -257,7 +257,7 @@ def test_task_chunk_equals_plain_path(chunk):
 
 def test_task_chunk_and_remat_with_metasgd():
     params = init_params(jax.random.PRNGKey(10))
-    meta = jaxrec.maml.init_metasgd(params, 0.1)
+    meta = jaxrec.core.metasgd.init_metasgd(params, 0.1)
     batch = make_batch(11, tasks=4)
     kwargs = dict(loss_fn=loss_fn, inner_lr=None, inner_steps=2)
     plain = value_and_grad(meta, batch, **kwargs)
@@ -274,7 +274,7 @@ def test_log_space_adam_is_adam_on_the_log_of_the_rates():
 
     alpha = jnp.array([0.1, 0.1, 0.1])
     beta = jnp.log(alpha)
-    opt, ref = jaxrec.maml.log_space(optax.adam(0.1)), optax.adam(0.1)
+    opt, ref = jaxrec.core.metasgd.log_space(optax.adam(0.1)), optax.adam(0.1)
     state, ref_state = opt.init(alpha), ref.init(beta)
     for _ in range(4):
         updates, state = opt.update(jax.grad(loss)(alpha), state, alpha)
@@ -291,7 +291,7 @@ def test_log_space_adam_is_adam_on_the_log_of_the_rates():
 def test_remat_with_inner_aux_and_metasgd_rates_equals_plain_path(remat):
     """The replayed inner step reads theta (for the auxiliary pull) and the per-parameter rates as explicit
     differentiable inputs: their cotangents are accumulated over the K steps like the carry's."""
-    meta = jaxrec.maml.init_metasgd(init_params(jax.random.PRNGKey(14)), 0.2)
+    meta = jaxrec.core.metasgd.init_metasgd(init_params(jax.random.PRNGKey(14)), 0.2)
     meta = meta.replace(
         inner_lr=jax.tree.map(lambda r: r * jnp.linspace(0.5, 1.5, r.size).reshape(r.shape), meta.inner_lr)
     )

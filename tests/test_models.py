@@ -12,12 +12,15 @@ import numpy as np
 import optax
 import pytest
 
+import jaxrec
 from jaxrec import FeatureSpec
 from jaxrec import models as M
 
 ITEMS, USERS, HISTORY = 30, 20, 5
 SIDE = dataclasses.replace(
-    M.reference_spec(ITEMS), categorical={**M.reference_spec(ITEMS).categorical, "user": USERS}, history=HISTORY
+    jaxrec.testing.reference_spec(ITEMS),
+    categorical={**jaxrec.testing.reference_spec(ITEMS).categorical, "user": USERS},
+    history=HISTORY,
 )
 PLAIN = FeatureSpec({"user": USERS, "item": ITEMS}, rating_range=(1.0, 5.0), history=HISTORY)
 IMPLICIT = FeatureSpec({"user": USERS, "item": ITEMS}, target="label", history=HISTORY)
@@ -43,7 +46,7 @@ def make(name: str, spec: FeatureSpec):
 
 def shapes_of(model, spec):
     """The variables and scores of ``model`` on ``spec`` as ShapeDtypeStructs (traced, nothing compiled)."""
-    rows = M.synthetic_rows(spec, ROWS, jax.random.key(1))
+    rows = jaxrec.testing.synthetic_rows(spec, ROWS, jax.random.key(1))
     variables = jax.eval_shape(model.init, jax.random.key(0), rows)
     return variables, jax.eval_shape(model.apply, variables, rows)
 
@@ -59,12 +62,12 @@ def built(name: str):
     """(model, variables) on SIDE, initialised once per model exactly as ``init_params`` does."""
     model = make(name, SIDE)
     data_key, param_key = jax.random.split(jax.random.key(0))
-    return model, jit(model.init)(param_key, M.synthetic_rows(SIDE, 2, data_key))
+    return model, jit(model.init)(param_key, jaxrec.testing.synthetic_rows(SIDE, 2, data_key))
 
 
 @functools.cache
 def side_rows(seed: int = 1):
-    return M.synthetic_rows(SIDE, ROWS, jax.random.key(seed))
+    return jaxrec.testing.synthetic_rows(SIDE, ROWS, jax.random.key(seed))
 
 
 ROW_VARIANTS = ("random", "oov", "out_of_range", "mixed")
@@ -181,7 +184,7 @@ def test_embedding_tables_name_the_row_key_that_indexes_them(name):
 
 def test_melu_reference_workload_has_exact_parameter_shapes():
     vocab, width = 1700, 32
-    spec = M.reference_spec(vocab)
+    spec = jaxrec.testing.reference_spec(vocab)
     model = M.MeLU(spec, embed=width, hidden=(64, 64), use_ids=("item",), interaction=None)
     variables, scores = shapes_of(model, spec)
     embedded = {key: n for key, n in spec.categorical.items() if key != "user"}
@@ -229,7 +232,7 @@ def test_melu_item_bias_is_added_by_item_id_and_meta_learned_not_adapted():
     table = jnp.arange(ITEMS, dtype=jnp.float32)[:, None] / 10.0
     biased = jax.tree.map(lambda x: x, zero)
     biased["params"]["bias_embed_item"]["embedding"] = table
-    rows = M.synthetic_rows(SIDE, ROWS, jax.random.key(4))
+    rows = jaxrec.testing.synthetic_rows(SIDE, ROWS, jax.random.key(4))
     rows = dict(rows, item=jnp.array([0, 1, 5, 29, 7, 7, -3, ITEMS + 2]))
     apply = jit(model.apply)
     diff = np.asarray(apply(biased, rows) - apply(zero, rows))
@@ -241,7 +244,7 @@ def test_melu_item_bias_is_added_by_item_id_and_meta_learned_not_adapted():
 
 
 def test_melu_item_bias_starts_at_zero_and_moves_under_supervised_pretraining():
-    from jaxrec.baselines import train_supervised
+    from jaxrec.evaluation.baselines import train_supervised
 
     model = M.MeLU(SIDE, embed=4, hidden=(8,), use_ids=("item",), interaction=None, item_bias=True)
     variables = M.init_params(model, SIDE, jax.random.key(0))
@@ -259,7 +262,7 @@ def test_fm_pairwise_term_matches_the_quadratic_sum():
     spec = FeatureSpec({"user": 4, "item": 5, "user_age": 3}, multi_hot={"item_genres": 4}, rating_range=(1.0, 5.0))
     model = M.FactorizationMachine(spec, embed=6)
     variables = host_random_like(shapes_of(model, spec)[0])
-    rows = M.synthetic_rows(spec, ROWS, jax.random.key(1))
+    rows = jaxrec.testing.synthetic_rows(spec, ROWS, jax.random.key(1))
     p = jax.tree.map(np.asarray, variables["params"])
     x = {k: np.asarray(v) for k, v in rows.items()}
     scores = np.asarray(jit(model.apply)(variables, rows))
@@ -303,7 +306,7 @@ def test_gru_ignores_padding_steps_wherever_they_are():
 
 
 def test_implicit_models_start_at_zero_logits():
-    rows = M.synthetic_rows(IMPLICIT, ROWS, jax.random.key(1))
+    rows = jaxrec.testing.synthetic_rows(IMPLICIT, ROWS, jax.random.key(1))
     assert set(np.unique(np.asarray(rows["label"]))) <= {0.0, 1.0} and "neg_item" in rows
     for name in ("mf", "neumf"):
         model = M.create(name, IMPLICIT)
@@ -313,7 +316,7 @@ def test_implicit_models_start_at_zero_logits():
 
 
 def test_synthetic_task_batch():
-    batch = M.synthetic_task_batch(SIDE, tasks=4, support=5, query=7, key=jax.random.key(3)).validate()
+    batch = jaxrec.testing.synthetic_task_batch(SIDE, tasks=4, support=5, query=7, key=jax.random.key(3)).validate()
     assert batch.shape == (4, 5, 7)
     assert bool(jnp.all(jnp.any(batch.support_mask, 1))) and bool(jnp.all(jnp.any(batch.query_mask, 1)))
     for side in (batch.support, batch.query):
@@ -322,7 +325,7 @@ def test_synthetic_task_batch():
         for key in ("user", "user_age", "user_zip", "history_item"):
             assert np.all(np.asarray(side[key]) == np.asarray(side[key])[:, :1]), key
     np.testing.assert_array_equal(batch.support["user"][:, 0], batch.query["user"][:, 0])
-    full = M.synthetic_task_batch(SIDE, 2, 3, 3, jax.random.key(0), padded=False)
+    full = jaxrec.testing.synthetic_task_batch(SIDE, 2, 3, 3, jax.random.key(0), padded=False)
     assert bool(jnp.all(full.support_mask)) and bool(jnp.all(full.query_mask))
 
 
@@ -346,7 +349,7 @@ def _learnable_rows(seed=0, rows=512):
     item_genres = (rng.random((ITEMS, 19)) < 0.3).astype(np.float32)
     genre_effect = rng.standard_normal(19)
     user, item = rng.integers(0, USERS, rows), rng.integers(0, ITEMS, rows)
-    out = {k: np.asarray(v) for k, v in M.synthetic_rows(SIDE, rows, jax.random.key(seed)).items()}
+    out = {k: np.asarray(v) for k, v in jaxrec.testing.synthetic_rows(SIDE, rows, jax.random.key(seed)).items()}
     out.update(
         user=user,
         item=item,

@@ -8,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import jaxrec
-from jaxrec.newton_adapt import newton
+from jaxrec.core.newton import newton
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -281,9 +281,9 @@ def test_meta_sgd_trainer_learns_the_prior_variances(order):
 @pytest.mark.parametrize("solver, adapt, solve", [("newton", "head/output", None), ("mixed", "head", "head/output")])
 def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it(solver, adapt, solve):
     """``inner_solver="newton"`` / ``"mixed"`` reach the trainer, the meta method's evaluation and fine-tuning."""
-    from jaxrec.baselines import experiment_predictors
+    from jaxrec.core.newton import NewtonStep
     from jaxrec.experiment import Experiment, ExperimentConfig
-    from jaxrec.newton_adapt import NewtonStep
+    from jaxrec.experiment.methods import experiment_predictors
 
     config = ExperimentConfig(
         model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None, "item_bias": True},
@@ -296,11 +296,11 @@ def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it(so
         baselines=("finetune", "bias"),
     )
     exp = Experiment(config)
-    assert isinstance(exp.trainer.inner_optimizer, NewtonStep) and exp.trainer.inner_optimizer.solve == solve
+    assert isinstance(exp.trainer.inner.solver, NewtonStep) and exp.trainer.inner.solver.solve == solve
     state = exp.train(steps=3)
     predictors = experiment_predictors(exp, state.params)
     for name in ("maml", "finetune"):
-        assert isinstance(predictors[name][0].keywords["inner_optimizer"], NewtonStep), name
+        assert isinstance(predictors[name][0].keywords["inner"].solver, NewtonStep), name
     scores = exp.evaluate(state.params)
     assert all(np.isfinite(scores["new_user"][m]["mae"]) for m in ("maml", "finetune", "bias"))
     # fine-tuning's prior-variance grid: variance 0 keeps the supervised model, so its score differs from 0.1's
@@ -360,7 +360,7 @@ def test_a_projection_before_the_output_gives_its_newton_step_a_full_covariance_
 
     model = models.MeLU(SPEC, embed=4, hidden=(6,), use_ids=("item",), interaction=None, projection=True)
     params = jax.tree.map(lambda x: x.astype(jnp.float64), models.init_params(model, SPEC, jax.random.PRNGKey(3)))
-    rows = models.synthetic_rows(SPEC, 9, jax.random.PRNGKey(4))
+    rows = jaxrec.testing.synthetic_rows(SPEC, 9, jax.random.PRNGKey(4))
     mask = jnp.arange(9) < 7
     rng = np.random.default_rng(5)
     head = params["params"]["head"]

@@ -12,7 +12,7 @@ import numpy as np
 import optax
 
 import jaxrec
-from jaxrec.precision import cast_floats, mixed_precision
+from jaxrec.scale.precision import cast_floats, mixed_precision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from multidevice import workload  # noqa: E402

@@ -14,9 +14,9 @@ import pytest
 from cli_support import TINY_FLAGS, write_ratings
 
 from jaxrec import cli
-from jaxrec.checkpoint import load_checkpoint, read_metadata
+from jaxrec.core.trainer import NonFiniteError
 from jaxrec.experiment import Experiment, ExperimentConfig
-from jaxrec.train import NonFiniteError
+from jaxrec.experiment.checkpoint import load_checkpoint, read_metadata
 
 TINY = dict(
     model="mf",

@@ -1,4 +1,4 @@
-"""Row-sparse outer updates (jaxrec.sparse_update): exact against dense SGD, lazy Adam against a NumPy reference,
+"""Row-sparse outer updates (jaxrec.scale.row_sparse): exact against dense SGD, lazy Adam against a NumPy reference,
 untouched rows bitwise unchanged, one compilation per batch shape, padding / OOV ids, the non-finite guard, resume.
 """
 
@@ -14,7 +14,7 @@ from small_melu import MODEL, SPEC
 
 import jaxrec
 from jaxrec import models
-from jaxrec.sparse_update import RowIndex, localize_batch, row_sparse_adam, row_sparse_sgd
+from jaxrec.scale.row_sparse import RowIndex, localize_batch, row_sparse_adam, row_sparse_sgd
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -37,7 +37,7 @@ def tables():
 @functools.cache
 def make_batch(seed=1, tasks=3, support=4, query=3, nan=False):
     """Padded rows keeping random (garbage) ids, real rows with OOV ids (-3, 999) and the OOV id 0."""
-    batch = models.synthetic_task_batch(SPEC, tasks, support, query, jax.random.PRNGKey(seed), padded=True)
+    batch = jaxrec.testing.synthetic_task_batch(SPEC, tasks, support, query, jax.random.PRNGKey(seed), padded=True)
     s, q = ({k: np.array(v) for k, v in side.items()} for side in (batch.support, batch.query))
     sm, qm = np.array(batch.support_mask), np.array(batch.query_mask)
     sm[0], qm[0] = [True, True, True, False], [True, True, False]  # task 0 has padded rows on both sides
@@ -69,7 +69,14 @@ def trainer(algorithm="maml", order="second", sparse=None, dense=None):
     options = {"local_embeddings": tables()}
     extra = {} if sparse is None else {"sparse_tables": tables(), "sparse_optimizer": sparse}
     return jaxrec.MetaTrainer(
-        LOSS, INNER_LR, 2, algorithm=algorithm, order=order, optimizer=dense, objective_options=options, **extra
+        loss_fn=LOSS,
+        inner_lr=INNER_LR,
+        inner_steps=2,
+        algorithm=algorithm,
+        order=order,
+        optimizer=dense,
+        objective_options=options,
+        **extra,
     )
 
 
@@ -254,7 +261,7 @@ def test_nonfinite_batch_leaves_tables_and_moments_unchanged():
 
 
 def test_checkpoint_resume_with_sparse_state(tmp_path):
-    from jaxrec.checkpoint import CheckpointStore
+    from jaxrec.experiment.checkpoint import CheckpointStore
 
     t = trainer(algorithm="metasgd", sparse=row_sparse_adam(0.05), dense=optax.adam(0.05))
     state, _ = t.step(t.init(make_params()), make_batch(seed=1))
@@ -270,11 +277,15 @@ def test_checkpoint_resume_with_sparse_state(tmp_path):
 
 def test_configuration_errors():
     with pytest.raises(ValueError, match="sparse_optimizer"):
-        jaxrec.MetaTrainer(LOSS, INNER_LR, 1, sparse_tables=tables())
+        jaxrec.MetaTrainer(loss_fn=LOSS, inner_lr=INNER_LR, inner_steps=1, sparse_tables=tables())
     with pytest.raises(ValueError, match="sparse_tables"):
-        jaxrec.MetaTrainer(LOSS, INNER_LR, 1, sparse_optimizer=row_sparse_sgd(0.1))
+        jaxrec.MetaTrainer(loss_fn=LOSS, inner_lr=INNER_LR, inner_steps=1, sparse_optimizer=row_sparse_sgd(0.1))
     t = jaxrec.MetaTrainer(
-        LOSS, INNER_LR, 1, sparse_tables={("params", "nope"): "item"}, sparse_optimizer=row_sparse_sgd(1)
+        loss_fn=LOSS,
+        inner_lr=INNER_LR,
+        inner_steps=1,
+        sparse_tables={("params", "nope"): "item"},
+        sparse_optimizer=row_sparse_sgd(1),
     )
     with pytest.raises(KeyError, match="nope"):
         t.init(make_params())
@@ -288,7 +299,7 @@ def test_local_gradient_rows_are_the_dense_gradient_rows_with_shared_row_keys():
     spec = jaxrec.FeatureSpec(categorical={"user": 50, "item": 60}, multi_hot={}, target="rating", rating_range=(1, 5))
     model = models.NeuMF(spec, embed=4, hidden=(6,))
     params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), models.init_params(model, spec, jax.random.PRNGKey(0)))
-    batch = models.synthetic_task_batch(spec, 2, 4, 3, jax.random.PRNGKey(1))
+    batch = jaxrec.testing.synthetic_task_batch(spec, 2, 4, 3, jax.random.PRNGKey(1))
     cast = lambda side: {k: v.astype(jnp.float64) if v.dtype.kind == "f" else v for k, v in side.items()}  # noqa: E731
     batch = batch.replace(support=cast(batch.support), query=cast(batch.query))
     tabs = models.embedding_tables(params)
@@ -296,7 +307,7 @@ def test_local_gradient_rows_are_the_dense_gradient_rows_with_shared_row_keys():
 
     def both(p):
         local, local_batch, index = localize_batch(p, batch, tabs)
-        with jaxrec.local_embeddings.local_tables_context():
+        with jaxrec.scale.local_embeddings.local_tables_context():
             sparse = jaxrec.meta_value_and_grad(local, local_batch, **kw)
         return jaxrec.meta_value_and_grad(p, batch, **kw), sparse, index
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import jaxrec.datasets as jd
+import jaxrec.data as jd
 from jaxrec import TaskBatch
-from jaxrec.tasks import bucket_sizes, build_tasks, cold_start_split, task_batches
+from jaxrec.data.tasks import bucket_sizes, build_tasks, cold_start_split, task_batches
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import jaxrec
-from jaxrec.evaluate import meta_evaluate
+from jaxrec.evaluation.predict import meta_evaluate
 
 from . import workload
 

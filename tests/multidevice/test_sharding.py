@@ -13,7 +13,7 @@ import pytest
 from jax.sharding import NamedSharding
 
 import jaxrec
-from jaxrec.sharding import TASK_AXIS, shard_batch
+from jaxrec.scale.sharding import TASK_AXIS, shard_batch
 
 from . import workload
 
@@ -74,7 +74,7 @@ def test_uneven_batch_is_padded_not_refused():
 
 
 def test_auto_mesh_is_all_devices():
-    assert jaxrec.sharding.default_mesh().size == jax.device_count() >= 4
+    assert jaxrec.scale.sharding.default_mesh().size == jax.device_count() >= 4
 
 
 def test_batch_is_sharded_and_params_replicated():

@@ -1,0 +1,121 @@
+"""Inner solvers: how the adapted leaves of one task move, behind one small protocol.
+
+A solver is a static, hashable value with one method,
+
+    solver.run(problem, steps, remat, unroll) -> moving,
+
+that takes an :class:`InnerProblem` (the task's support loss over the adapted leaves, their starting values and
+rates, the order of differentiation) and returns the adapted leaves after ``steps`` inner steps. Like an optax
+transformation it holds configuration only; everything it differentiates arrives in ``problem``, so ``jax.grad``
+through ``run`` is the exact meta-gradient (second order), or its first-order approximation when
+``problem.order == "first"`` (the solver puts ``stop_gradient`` on what depends on the inner gradients).
+
+Solvers here: :class:`GradientSteps` (plain SGD at the inner rates, MAML's inner loop), :class:`OptaxSteps` (any
+optax transformation, differentiated through), and, in :mod:`jaxrec.core.newton`, the Newton (MAP) step and its
+mix with gradient steps. :func:`as_solver` turns what a user passes (``None``, an optax transformation, a solver)
+into one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import optax
+
+from jaxrec.core.remat import iterate
+
+__all__ = ["GradientSteps", "InnerProblem", "InnerSolver", "OptaxSteps", "as_solver"]
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerProblem:
+    """One task's inner problem over its adapted leaves (lists of arrays, in ``jax.tree.leaves`` order).
+
+    Attributes:
+      loss: ``loss(moving, fixed, theta, data) -> scalar``, the support loss (plus any auxiliary term).
+      order: ``"second"`` or ``"first"``.
+      moving: the adapted leaves' starting values (the initialisation ``theta``'s).
+      fixed: the leaves held fixed in the loop (still inputs of the loss, so the outer gradient reaches them).
+      rates: one inner rate per adapted leaf (scalar or leaf-shaped): step sizes, or prior variances (Newton).
+      theta: what ``loss`` receives as the initialisation (for auxiliary terms), or None.
+      data: ``(rows, mask)``, the padded-and-zeroed support rows.
+      paths: the key paths of the adapted leaves (for solvers that treat some leaves differently).
+    """
+
+    loss: Callable
+    order: str
+    moving: list
+    fixed: list
+    rates: list
+    theta: Any
+    data: tuple
+    paths: tuple
+
+    def gradient(self, moving: list, fixed: list, theta: Any, data: tuple) -> list:
+        """``grad loss`` with respect to ``moving``; a constant of the outer derivative in first order."""
+        grads = jax.grad(self.loss)(moving, fixed, theta, data)
+        return jax.lax.stop_gradient(grads) if self.order == "first" else grads
+
+
+@runtime_checkable
+class InnerSolver(Protocol):
+    """The protocol of inner solvers: ``run(problem, steps, remat, unroll) -> adapted leaves``."""
+
+    def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientSteps:
+    """MAML's inner loop (Finn et al. 2017): ``phi_{k+1} = phi_k - alpha * grad L_s(phi_k)``, with ``alpha`` the
+    inner rate of each leaf (a scalar, or per parameter with Meta-SGD)."""
+
+    def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list:
+        def step(diff, data, moving):
+            fixed, rates, theta = diff
+            grads = problem.gradient(moving, fixed, theta, data)
+            return [p - lr * g for p, lr, g in zip(moving, rates, grads, strict=True)]
+
+        diff = (problem.fixed, problem.rates, problem.theta)
+        return iterate(step, diff, problem.data, problem.moving, steps, remat, unroll)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptaxSteps:
+    """``steps`` updates of an optax transformation on the support loss, differentiated through (use
+    ``eps_root > 0`` with Adam, whose square root has no derivative at 0). The inner rates are not used: the
+    transformation carries its own."""
+
+    transformation: optax.GradientTransformation
+
+    def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list:
+        tx = self.transformation
+
+        def step(diff, data, carry):
+            fixed, theta = diff
+            moving, opt_state = carry
+            grads = problem.gradient(moving, fixed, theta, data)
+            updates, opt_state = tx.update(grads, opt_state, moving)
+            if problem.order == "first":
+                updates = jax.lax.stop_gradient(updates)
+            return optax.apply_updates(moving, updates), opt_state
+
+        carry = (problem.moving, tx.init(problem.moving))
+        moving, _ = iterate(step, (problem.fixed, problem.theta), problem.data, carry, steps, remat, unroll)
+        return moving
+
+
+def as_solver(solver: Any) -> InnerSolver:
+    """``None`` -> :class:`GradientSteps`; an optax ``GradientTransformation`` -> :class:`OptaxSteps`; a solver
+    (anything with ``run``, e.g. :func:`jaxrec.newton`) as it is."""
+    if solver is None:
+        return GradientSteps()
+    if isinstance(solver, InnerSolver):
+        return solver
+    if isinstance(solver, optax.GradientTransformation):
+        return OptaxSteps(solver)
+    raise TypeError(
+        f"an inner solver must be None, an optax GradientTransformation or have a run() method, got {solver!r}"
+    )

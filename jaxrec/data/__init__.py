@@ -1,0 +1,40 @@
+"""Data: interaction logs (MovieLens loaders, generic readers), the featurizer, cold-start splits, tasks, the batch
+stream and augmentation.
+
+>>> import jaxrec.data as jd
+>>> ds = jd.load()  # the bundled ml-latest-small, offline
+>>> print(ds.summary())  # doctest: +SKIP
+"""
+
+from jaxrec.data.dataset import DataError, Dataset, from_csv, from_dataframe, sniff_separator
+from jaxrec.data.download import ARCHIVES, DownloadError, download_archive
+from jaxrec.data.featurizer import Featurizer, age_bucket, year_bucket, zip_prefix
+from jaxrec.data.movielens import DATASETS, DEFAULT_DATASET, default_data_root, load, parse_movielens
+from jaxrec.data.tasks import SPLITS, ColdStartSplit, TaskSet, bucket_sizes, build_tasks, cold_start_split, task_batches
+
+__all__ = [
+    "SPLITS",
+    "ColdStartSplit",
+    "TaskSet",
+    "build_tasks",
+    "bucket_sizes",
+    "cold_start_split",
+    "task_batches",
+    "ARCHIVES",
+    "DATASETS",
+    "DEFAULT_DATASET",
+    "DataError",
+    "Dataset",
+    "DownloadError",
+    "Featurizer",
+    "age_bucket",
+    "default_data_root",
+    "download_archive",
+    "from_csv",
+    "from_dataframe",
+    "load",
+    "parse_movielens",
+    "sniff_separator",
+    "year_bucket",
+    "zip_prefix",
+]

@@ -1,0 +1,63 @@
+"""Item-id dropout: train the model to score items whose id it has never seen.
+
+A new item (one with no meta-train rating) reaches the model as the OOV id slot 0, whose embedding and item bias no
+training row ever touched: its score can only come from the item's content (genres, year) through layers that
+learned to lean on the id instead. DropoutNet (Volkovs, Yu & Poutanen, NeurIPS 2017) trains with a random fraction
+``rate`` of the ids replaced by the "missing" input, so that the OOV slot learns the average unknown item and the
+network learns to score from content when the id is missing:
+
+    item'_r = 0 with probability rate, else item_r          (independently per training row r)
+
+Row-level dropout mixes known and unknown items in every task; a user of the new-item scenario has none of the
+former: every support and query row is an unknown item. Meta-learning trains on tasks, so it can also train on
+that task shape: ``task_rate`` drops every item id of a whole task (support and query) with that probability,
+which the row-level supervised baseline has no counterpart of.
+
+Applied to training rows only (meta-train batches and the supervised model's minibatches), never to evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from jaxrec.core.batch import TaskBatch
+
+__all__ = ["drop_ids", "drop_item_ids"]
+
+OOV = 0  # slot 0 of every vocabulary (jaxrec.models)
+
+
+def drop_ids(ids: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """``ids`` with each entry replaced by the OOV slot 0 independently with probability ``rate``."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"id dropout rate must be in [0, 1), got {rate}")
+    ids = np.asarray(ids)
+    if rate == 0.0:
+        return ids
+    return np.where(rng.random(ids.shape) < rate, OOV, ids).astype(ids.dtype)
+
+
+def drop_item_ids(
+    batch: TaskBatch, rate: float, rng: np.random.Generator, key: str = "item", task_rate: float = 0.0
+) -> TaskBatch:
+    """``batch`` with :func:`drop_ids` applied to the ``key`` column of its support and query rows (padding rows
+    are masked out of every loss, so dropping theirs changes nothing), and with every id of a task dropped with
+    probability ``task_rate`` (one draw per task, support and query alike). Only the ``key`` column changes: the
+    item ids of ``neg_item`` (BPR) and ``history_item`` stay. A batch without that column is returned as it is."""
+    if not 0.0 <= task_rate < 1.0:
+        raise ValueError(f"task id dropout rate must be in [0, 1), got {task_rate}")
+    if key not in batch.support:
+        return batch
+    support, query = drop_ids(batch.support[key], rate, rng), drop_ids(batch.query[key], rate, rng)
+    if task_rate:
+        whole = rng.random(support.shape[0]) < task_rate  # tasks are the leading axis of both sides
+
+        def hide(ids):
+            return np.where(whole.reshape((-1,) + (1,) * (ids.ndim - 1)), OOV, ids).astype(ids.dtype)
+
+        support, query = hide(support), hide(query)
+    return dataclasses.replace(
+        batch, support=dict(batch.support, **{key: support}), query=dict(batch.query, **{key: query})
+    )

@@ -1,0 +1,281 @@
+"""Turn ratings into model rows following the row-key convention of :mod:`jaxrec.core.features`.
+
+The :class:`Featurizer` is fitted on the *meta-train* ratings only:
+
+* ``"user"`` / ``"item"`` vocabularies hold the users / items that appear in the training ratings (slot ``k+1`` for
+  the ``k``-th by code); everyone else maps to the out-of-vocabulary slot 0, so a cold user or item still gets a
+  valid row.
+* side features are *metadata*, known for cold users and items too, so they are always looked up; their value
+  vocabularies are built from the training users / items (a value never seen in training maps to slot 0):
+
+  - ``user_gender``, ``user_occupation``: the raw category;
+  - ``user_age``: the ml-1m buckets ``<18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+`` (ml-100k's exact ages are
+    bucketed the same way, so the two datasets share one encoding);
+  - ``user_zip``: the **first character** of the zip code (in the US the first digit is one of ten national
+    regions; a finer prefix would be mostly singletons on ml-100k's 943 users);
+  - ``item_year``: release decade (``"1990s"``);
+  - ``item_genres``: multi-hot float32 ``[rows, G]`` over the training genres.
+
+Everything is a per-code table, so :meth:`Featurizer.rows` is one ``np.take`` per key, for arrays of codes of any
+shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from jaxrec.core.features import FeatureSpec
+from jaxrec.data.dataset import DataError, Dataset
+
+__all__ = ["Featurizer", "age_bucket", "zip_prefix", "year_bucket"]
+
+_FORMAT = "jaxrec.Featurizer/1"
+AGE_EDGES = (18, 25, 35, 45, 50, 56)
+AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
+
+
+def age_bucket(age: pd.Series) -> pd.Series:
+    """ml-1m age buckets (ml-1m already stores the bucket's lower bound, which falls in the same bucket)."""
+    age = pd.to_numeric(age, errors="coerce")
+    idx = np.searchsorted(np.asarray(AGE_EDGES), age.to_numpy(dtype=np.float64, na_value=np.nan), side="right")
+    labels = np.asarray(AGE_LABELS, dtype=object)[np.clip(idx, 0, len(AGE_LABELS) - 1)]
+    return pd.Series(np.where(age.isna().to_numpy(), None, labels), index=age.index, dtype=object)
+
+
+def zip_prefix(zips: pd.Series) -> pd.Series:
+    """First character of the zip code, upper-cased; missing when empty."""
+    first = zips.astype("string").str.strip().str[:1].str.upper()
+    return first.where(first.str.len() > 0).astype(object)
+
+
+def year_bucket(years: pd.Series) -> pd.Series:
+    """Release decade as ``"1990s"``; missing when the year is unknown."""
+    y = pd.to_numeric(years, errors="coerce")
+    decade = (y // 10 * 10).astype("Int64").astype("string") + "s"
+    return decade.astype(object).where(y.notna().to_numpy(), None)
+
+
+def _user_fields(users: pd.DataFrame) -> dict[str, pd.Series]:
+    fields = {}
+    if "gender" in users:
+        fields["user_gender"] = users["gender"].astype("string").str.upper().astype(object)
+    if "age" in users:
+        fields["user_age"] = age_bucket(users["age"])
+    if "occupation" in users:
+        fields["user_occupation"] = users["occupation"].astype("string").str.lower().astype(object)
+    if "zip" in users:
+        fields["user_zip"] = zip_prefix(users["zip"])
+    return fields
+
+
+def _item_fields(items: pd.DataFrame) -> dict[str, pd.Series]:
+    return {"item_year": year_bucket(items["year"])} if "year" in items else {}
+
+
+def _with_padding(table: np.ndarray) -> np.ndarray:
+    """Append one all-zero row, selected by code -1 (numpy's negative indexing) for padded rows."""
+    pad = np.zeros((1, *table.shape[1:]), table.dtype)
+    return np.concatenate([table, pad])
+
+
+def _slots(values: pd.Series, train_codes: np.ndarray) -> tuple[np.ndarray, list]:
+    """Slot of each code's value in the vocabulary of values seen on ``train_codes`` (sorted; 0 = unknown)."""
+    seen = pd.Series(values.to_numpy()[train_codes]).dropna()
+    vocab = sorted(seen.unique().tolist(), key=str)
+    slots = pd.Index(vocab, dtype=object).get_indexer(values.to_numpy()).astype(np.int32) + 1  # -1 (unknown) -> 0
+    return slots, vocab
+
+
+@dataclasses.dataclass
+class Featurizer:
+    """Per-code lookup tables that turn ``(user code, item code)`` pairs into rows. Build with :meth:`fit`."""
+
+    spec: FeatureSpec
+    user_index: np.ndarray  # int32 [n_users + 1]: dataset user code -> "user" slot; last entry = padding
+    item_index: np.ndarray  # int32 [n_items + 1]
+    user_tables: dict[str, np.ndarray]  # "user_<field>" -> int32 [n_users + 1]
+    item_tables: dict[str, np.ndarray]  # "item_<field>" -> int32 [n_items + 1]
+    item_multi_hot: dict[str, np.ndarray]  # e.g. "item_genres" -> float32 [n_items + 1, G]
+    vocabularies: dict[str, list]  # key -> label of slot 1, 2, ... (slot 0 is OOV/unknown)
+    implicit_threshold: float | None = None
+    dataset_name: str = ""
+    user_raw_ids: list | None = None
+    item_raw_ids: list | None = None
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_index) - 1
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_index) - 1
+
+    @classmethod
+    def fit(
+        cls, dataset: Dataset, train_ratings: pd.DataFrame | None = None, *, implicit_threshold: float | None = None
+    ) -> Featurizer:
+        """Build vocabularies from ``train_ratings`` (default: all of ``dataset.ratings``).
+
+        ``implicit_threshold``: when set, the target is ``"label" = rating >= threshold`` (float 0/1) instead of
+        ``"rating"``, and ``spec.rating_range`` is None.
+        """
+        train = dataset.ratings if train_ratings is None else train_ratings
+        if len(train) == 0:
+            raise DataError(f"{dataset.name}: cannot fit a Featurizer on an empty training set")
+        train_u, train_i = train["user"].to_numpy(), train["item"].to_numpy()
+        if (
+            train_u.max() >= dataset.n_users
+            or train_i.max() >= dataset.n_items
+            or min(train_u.min(), train_i.min()) < 0
+        ):
+            raise DataError(f"{dataset.name}: train_ratings hold codes outside the dataset; pass the same dataset")
+        train_users = np.flatnonzero(np.bincount(train_u, minlength=dataset.n_users))  # = np.unique, without a sort
+        train_items = np.flatnonzero(np.bincount(train_i, minlength=dataset.n_items))
+
+        user_index = np.zeros(dataset.n_users, np.int32)
+        user_index[train_users] = np.arange(1, len(train_users) + 1, dtype=np.int32)
+        item_index = np.zeros(dataset.n_items, np.int32)
+        item_index[train_items] = np.arange(1, len(train_items) + 1, dtype=np.int32)
+        categorical = {"user": len(train_users) + 1, "item": len(train_items) + 1}
+        vocabularies: dict[str, list] = {}
+
+        user_tables = {}
+        for key, values in _user_fields(dataset.users).items():
+            user_tables[key], vocabularies[key] = _slots(values, train_users)
+            categorical[key] = len(vocabularies[key]) + 1
+        item_tables = {}
+        for key, values in _item_fields(dataset.items).items():
+            item_tables[key], vocabularies[key] = _slots(values, train_items)
+            categorical[key] = len(vocabularies[key]) + 1
+        item_multi_hot = {}
+        if "genres" in dataset.items:
+            genres = dataset.items["genres"].fillna("").astype(str)
+            dummies = genres.str.get_dummies(sep="|")
+            vocab = sorted(dummies.columns[dummies.to_numpy()[train_items].any(axis=0)].tolist())
+            if vocab:
+                item_multi_hot["item_genres"] = dummies.reindex(columns=vocab, fill_value=0).to_numpy(np.float32)
+                vocabularies["item_genres"] = vocab
+
+        ratings = train["rating"].to_numpy()
+        spec = FeatureSpec(
+            categorical=categorical,
+            multi_hot={k: v.shape[1] for k, v in item_multi_hot.items()},
+            target="label" if implicit_threshold is not None else "rating",
+            rating_range=None if implicit_threshold is not None else (float(ratings.min()), float(ratings.max())),
+        )
+        return cls(
+            spec=spec,
+            user_index=_with_padding(user_index),
+            item_index=_with_padding(item_index),
+            user_tables={k: _with_padding(v) for k, v in user_tables.items()},
+            item_tables={k: _with_padding(v) for k, v in item_tables.items()},
+            item_multi_hot={k: _with_padding(v) for k, v in item_multi_hot.items()},
+            vocabularies=vocabularies,
+            implicit_threshold=implicit_threshold,
+            dataset_name=dataset.name,
+            user_raw_ids=_jsonable(dataset.user_ids),
+            item_raw_ids=_jsonable(dataset.item_ids),
+        )
+
+    # -- rows ------------------------------------------------------------------------------------------------------
+
+    def user_rows(self, users: np.ndarray) -> dict[str, np.ndarray]:
+        """``"user"`` and ``"user_<field>"`` for user codes of any shape (-1 = padding)."""
+        out = {"user": np.take(self.user_index, users)}
+        out.update({k: np.take(t, users) for k, t in self.user_tables.items()})
+        return out
+
+    def item_rows(self, items: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
+        """``"item"``, ``"item_<field>"`` and multi-hot keys (``prefix`` prepended, e.g. ``"neg_"``)."""
+        out = {prefix + "item": np.take(self.item_index, items)}
+        out.update({prefix + k: np.take(t, items) for k, t in self.item_tables.items()})
+        out.update({prefix + k: np.take(t, items, axis=0) for k, t in self.item_multi_hot.items()})
+        return out
+
+    def target(self, ratings: np.ndarray) -> dict[str, np.ndarray]:
+        """``{"rating": float32}`` or, in implicit mode, ``{"label": float32 0/1}``."""
+        ratings = np.asarray(ratings, np.float32)
+        if self.implicit_threshold is None:
+            return {"rating": ratings}
+        return {"label": (ratings >= self.implicit_threshold).astype(np.float32)}
+
+    def rows(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """All row keys for parallel arrays of user codes, item codes (and ratings), of any common shape."""
+        out = self.user_rows(users)
+        out.update(self.item_rows(items))
+        if ratings is not None:
+            out.update(self.target(ratings))
+        return out
+
+    def transform(self, ratings: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Rows ``[len(ratings), ...]`` of a ratings frame (columns ``user``, ``item``, ``rating`` as codes)."""
+        for col in ("user", "item"):
+            if col not in ratings:
+                raise DataError(
+                    f"Featurizer.transform: missing column {col!r}; the columns are {list(ratings.columns)}"
+                )
+        users = ratings["user"].to_numpy()
+        items = ratings["item"].to_numpy()
+        if len(users) and (
+            users.max() >= self.n_users or items.max() >= self.n_items or min(users.min(), items.min()) < 0
+        ):
+            raise DataError("Featurizer.transform: user/item codes outside the fitted dataset")
+        rating = ratings["rating"].to_numpy() if "rating" in ratings else None
+        return self.rows(users, items, rating)
+
+    # -- save / load -----------------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description (tables as lists; multi-hot as lists of active columns per item)."""
+        return {
+            "format": _FORMAT,
+            "dataset": self.dataset_name,
+            "spec": self.spec.to_dict(),
+            "implicit_threshold": self.implicit_threshold,
+            "user_index": self.user_index[:-1].tolist(),
+            "item_index": self.item_index[:-1].tolist(),
+            "user_tables": {k: v[:-1].tolist() for k, v in self.user_tables.items()},
+            "item_tables": {k: v[:-1].tolist() for k, v in self.item_tables.items()},
+            "item_multi_hot": {
+                k: {"width": int(v.shape[1]), "active": [np.flatnonzero(row).tolist() for row in v[:-1]]}
+                for k, v in self.item_multi_hot.items()
+            },
+            "vocabularies": {k: list(v) for k, v in self.vocabularies.items()},
+            "user_raw_ids": self.user_raw_ids,
+            "item_raw_ids": self.item_raw_ids,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Featurizer:
+        if d.get("format") != _FORMAT:
+            raise DataError(f"not a saved Featurizer (format {d.get('format')!r}, expected {_FORMAT!r})")
+        multi_hot = {}
+        for key, packed in d["item_multi_hot"].items():
+            table = np.zeros((len(packed["active"]), packed["width"]), np.float32)
+            rows = np.repeat(np.arange(len(packed["active"])), [len(a) for a in packed["active"]])
+            cols = np.fromiter((c for a in packed["active"] for c in a), np.int64, count=len(rows))
+            table[rows, cols] = 1.0
+            multi_hot[key] = _with_padding(table)
+        return cls(
+            spec=FeatureSpec.from_dict(d["spec"]),
+            user_index=_with_padding(np.asarray(d["user_index"], np.int32)),
+            item_index=_with_padding(np.asarray(d["item_index"], np.int32)),
+            user_tables={k: _with_padding(np.asarray(v, np.int32)) for k, v in d["user_tables"].items()},
+            item_tables={k: _with_padding(np.asarray(v, np.int32)) for k, v in d["item_tables"].items()},
+            item_multi_hot=multi_hot,
+            vocabularies={k: list(v) for k, v in d["vocabularies"].items()},
+            implicit_threshold=d.get("implicit_threshold"),
+            dataset_name=d.get("dataset", ""),
+            user_raw_ids=d.get("user_raw_ids"),
+            item_raw_ids=d.get("item_raw_ids"),
+        )
+
+
+def _jsonable(ids: np.ndarray) -> list | None:
+    values = ids.tolist()
+    return values if all(isinstance(v, int | str) for v in values[:1000]) else None

@@ -1,0 +1,22 @@
+"""Experiments: the cold-start protocol (:class:`Experiment`, :class:`ExperimentConfig`), the methods it compares,
+the run engine of ``jaxrec train`` (checkpoints, resume, signals), the recommender, and the checkpoint store."""
+
+from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, load_checkpoint, read_metadata
+from jaxrec.experiment.protocol import BASELINES, Experiment, ExperimentConfig
+from jaxrec.experiment.recommend import Recommender, read_user_ratings
+from jaxrec.experiment.run import RunError, TrainingRun, restore_run
+
+__all__ = [
+    "BASELINES",
+    "CheckpointError",
+    "CheckpointStore",
+    "Experiment",
+    "ExperimentConfig",
+    "Recommender",
+    "RunError",
+    "TrainingRun",
+    "load_checkpoint",
+    "read_metadata",
+    "read_user_ratings",
+    "restore_run",
+]

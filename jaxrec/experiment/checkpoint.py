@@ -1,0 +1,251 @@
+"""Crash-safe training checkpoints (orbax) with a JSON record of everything needed to resume or serve.
+
+Layout of a checkpoint folder (``<run>/checkpoints``)::
+
+    <step>/state/...        the MetaTrainState (step, params, opt_state, skipped) as orbax arrays
+    <step>/meta/metadata    JSON: format, jaxrec version, step, config, featurizer, data position, ...
+
+Why a kill cannot leave a half-written checkpoint behind: orbax writes every step into
+``<step>.orbax-checkpoint-tmp`` and, once every file is written, atomically renames it to ``<step>`` (POSIX
+``rename`` of a directory). :meth:`CheckpointStore.steps` lists only renamed (finalised) steps, so a process killed
+mid-save leaves the previous step as the newest one, and the stale temporary folder is deleted the next time the
+folder is opened for writing. Saves are synchronous: :meth:`CheckpointStore.save` returns once the step is
+committed. (Crash-safe means *process* crashes; surviving a power cut also needs the filesystem to persist the
+rename, which orbax does not fsync.)
+
+Every failure to find, read or match a checkpoint raises :class:`CheckpointError` with a message naming the
+folder and the cause.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxrec._version import __version__
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointStore",
+    "checkpoint_folder",
+    "load_checkpoint",
+    "read_metadata",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "jaxrec.checkpoint/2"
+SUBFOLDER = "checkpoints"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, unreadable (corrupt) or incompatible with the requested model."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """A restored checkpoint: the training ``state`` (a MetaTrainState when restored against a template, else
+    nested dicts of numpy arrays) and its JSON ``meta``."""
+
+    folder: Path
+    step: int
+    state: Any
+    meta: dict
+
+    @property
+    def config(self) -> dict:
+        return self.meta.get("config", {})
+
+
+def _version() -> str:
+    return __version__
+
+
+def checkpoint_folder(path: str | os.PathLike) -> Path:
+    """The checkpoint folder of ``path``: a run folder (holding ``checkpoints/``) or the checkpoint folder itself."""
+    path = Path(path).expanduser()
+    return path / SUBFOLDER if (path / SUBFOLDER).is_dir() else path
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+class CheckpointStore:
+    """The checkpoints of one run: an orbax ``CheckpointManager`` keeping the newest ``max_to_keep`` steps.
+
+    ``create=False`` opens an existing folder read-only (no folder is created, no temporary folder is removed).
+    """
+
+    def __init__(self, folder: str | os.PathLike, *, max_to_keep: int = 3, create: bool = True):
+        ocp = _ocp()
+        self.folder = Path(folder).expanduser().absolute()
+        if not create and not self.folder.is_dir():
+            raise CheckpointError(f"{self.folder}: no such checkpoint folder")
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep,
+            create=create,
+            enable_async_checkpointing=False,
+            cleanup_tmp_directories=create,
+        )
+        try:
+            self._manager = ocp.CheckpointManager(self.folder, options=options, item_names=("state", "meta"))
+        except Exception as e:  # noqa: BLE001 - orbax raises many types; the user needs one
+            raise CheckpointError(f"{self.folder}: cannot open the checkpoint folder: {e}") from e
+
+    # -- listing -----------------------------------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Finalised (complete) steps, oldest first; interrupted saves are never listed."""
+        self._manager.reload()
+        return sorted(int(s) for s in self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def _resolve(self, step: int | None) -> int:
+        steps = self.steps()
+        if not steps:
+            raise CheckpointError(f"{self.folder}: no complete checkpoint in this folder")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise CheckpointError(f"{self.folder}: no checkpoint at step {step}; the steps are {steps}")
+        return step
+
+    # -- save --------------------------------------------------------------------------------------------------
+    def save(self, state: Any, meta: dict, *, step: int | None = None) -> int:
+        """Save ``state`` (a pytree, e.g. a MetaTrainState) with the JSON ``meta`` at ``step`` (default
+        ``state.step``); returns the step. Synchronous and atomic. Saving a step that exists is a no-op."""
+        ocp = _ocp()
+        step = int(state.step) if step is None else int(step)
+        if step in self.steps():
+            return step
+        record = {
+            "format": CHECKPOINT_FORMAT,
+            "jaxrec_version": _version(),
+            "step": step,
+            "saved_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **meta,
+        }
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record))
+        self._manager.save(step, args=args, force=True)
+        self._manager.wait_until_finished()
+        logger.info("saved checkpoint step %d to %s", step, self.folder)
+        return step
+
+    # -- restore -----------------------------------------------------------------------------------------------
+    def read_meta(self, step: int | None = None) -> dict:
+        """The JSON record of ``step`` (default: the newest complete one), checked for format."""
+        ocp = _ocp()
+        step = self._resolve(step)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = dict(restored["meta"])
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"{self.folder}: step {step} has an unreadable record (corrupt?): {e}") from e
+        if meta.get("format") == "jaxrec.checkpoint/1":
+            raise CheckpointError(
+                f"{self.folder}: step {step} was written by jaxrec 0.1, whose run records this version no longer "
+                "reads; train again with this version"
+            )
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"{self.folder}: step {step} is not a jaxrec checkpoint of a known format "
+                f"(format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r})"
+            )
+        return meta
+
+    def restore(self, template: Any = None, step: int | None = None) -> Checkpoint:
+        """Restore ``step`` (default: the newest complete one).
+
+        ``template``: a state of the expected structure (e.g. ``Experiment.init_state()``); the arrays are
+        restored with its shapes, dtypes and shardings, and any mismatch is a :class:`CheckpointError`. Without
+        it, the state comes back as nested dicts of numpy arrays.
+        """
+        ocp = _ocp()
+        step = self._resolve(step)
+        meta = self.read_meta(step)
+        if template is None:
+            state_args = ocp.args.StandardRestore()
+        else:
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+            state_args = ocp.args.StandardRestore(abstract)
+        try:
+            restored = self._manager.restore(step, args=ocp.args.Composite(state=state_args))
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(_restore_message(self.folder, step, meta, e, template is not None)) from e
+        state = restored["state"]
+        if template is not None:
+            _check_shapes(self.folder, step, template, state)
+        return Checkpoint(folder=self.folder, step=step, state=state, meta=meta)
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self) -> CheckpointStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _restore_message(folder: Path, step: int, meta: dict, error: Exception, templated: bool) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    first = " ".join(lines[:2])[:400] if lines else type(error).__name__
+    if templated and isinstance(error, ValueError | KeyError | TypeError):
+        config = meta.get("config", {})
+        return (
+            f"{folder}: step {step} does not match the model it is restored into (incompatible checkpoint: saved "
+            f"with model={config.get('model')!r}, algorithm={config.get('algorithm')!r}): {first}"
+        )
+    return f"{folder}: cannot read the state of step {step} (corrupt or incomplete checkpoint?): {first}"
+
+
+def _check_shapes(folder: Path, step: int, template: Any, state: Any) -> None:
+    """Orbax may restore into a template of another shape; refuse it."""
+    want = jax.tree.leaves(jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), template))
+    got = jax.tree.leaves(jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), state))
+    if len(want) != len(got) or want != got:
+        bad = next(((w, g) for w, g in zip(want, got, strict=False) if w != g), (len(want), len(got)))
+        raise CheckpointError(
+            f"{folder}: step {step} does not match the model it is restored into (incompatible checkpoint): "
+            f"expected {bad[0]}, found {bad[1]}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# one-call helpers
+
+
+def save_checkpoint(folder: str | os.PathLike, state: Any, meta: dict, *, max_to_keep: int = 3) -> int:
+    """Save one step into ``folder`` (see :meth:`CheckpointStore.save`)."""
+    with CheckpointStore(folder, max_to_keep=max_to_keep) as store:
+        return store.save(state, meta)
+
+
+def read_metadata(path: str | os.PathLike, step: int | None = None) -> dict:
+    """The JSON record of the newest complete checkpoint (or ``step``) under a run or checkpoint folder."""
+    folder = checkpoint_folder(path)
+    with CheckpointStore(folder, create=False) as store:
+        return store.read_meta(step)
+
+
+def load_checkpoint(path: str | os.PathLike, template: Any = None, *, step: int | None = None) -> Checkpoint:
+    """Restore the newest complete checkpoint (or ``step``) under a run or checkpoint folder; see
+    :meth:`CheckpointStore.restore`. Raises :class:`CheckpointError` when it is missing, corrupt or does not
+    match ``template``."""
+    folder = checkpoint_folder(path)
+    with CheckpointStore(folder, create=False) as store:
+        return store.restore(template, step)

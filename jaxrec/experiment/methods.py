@@ -1,0 +1,146 @@
+"""The methods an experiment compares: the meta-learned model and its baselines, fitted on the experiment's
+meta-train ratings and tuned on its validation users, as ``{name: (predict, state)}`` predictors."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.core.inner import InnerLoop
+from jaxrec.core.metasgd import split_meta_params
+from jaxrec.evaluation.baselines import (
+    bias_predict,
+    fit_item_means,
+    global_mean,
+    item_mean,
+    supervised_history,
+    train_supervised,
+    tune_finetune_lr,
+    user_mean,
+)
+from jaxrec.evaluation.compare import evaluate_methods
+from jaxrec.evaluation.predict import meta_predict
+
+__all__ = ["Baselines", "evaluate_experiment", "experiment_predictors", "fit_baselines"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Baselines:
+    """Fitted baseline states of an experiment (meta-train ratings only)."""
+
+    mu: float
+    item_means: np.ndarray
+    item_bias: np.ndarray
+    user_reg: float
+    supervised_params: Any
+    finetune_lr: float
+    finetune_validation: dict
+    supervised_loss: np.ndarray
+
+
+def fit_baselines(experiment: Any) -> Baselines:
+    """Fit every baseline of ``experiment`` on its meta-train ratings (validation users and items excluded)."""
+    c = experiment.config
+    feat = experiment.featurizer
+    target = feat.spec.target
+    train = experiment.train_ratings
+    rows = feat.transform(train)
+    values = rows[target].astype(np.float64)
+    n_items = feat.spec.categorical["item"]
+    user_reg = float(c.bias_reg[1])
+    mu, item_bias = experiment.bias_init()  # fitted once, shared with the bias start of meta-training
+    item_means = fit_item_means(rows["item"], values, n_items, mu)
+    history = int(getattr(experiment, "spec", feat.spec).history or 0)
+    if history:
+        rows.update(supervised_history(train, rows["item"], rows[target], history))
+    params, history = train_supervised(
+        experiment.random_params(),
+        rows,
+        loss_fn=experiment.loss_fn,
+        epochs=c.supervised_epochs,
+        learning_rate=c.supervised_lr,
+        batch_size=c.supervised_batch,
+        seed=c.seed,
+        item_dropout=c.item_dropout,
+    )
+    if len(experiment.val_tasks):
+        lr, validation = tune_finetune_lr(
+            params,
+            experiment.val_tasks,
+            c.finetune_lrs,
+            experiment.inner,
+            apply_fn=experiment.apply_fn,
+            target=target,
+            rating_range=feat.spec.rating_range,
+            implicit=c.implicit,
+            batch_size=c.eval_batch_size,
+        )
+    else:
+        logger.warning("no validation users: finetune uses the meta inner learning rate %s", c.inner_lr)
+        lr, validation = float(c.inner_lr), {}
+    return Baselines(mu, item_means, item_bias, user_reg, params, lr, validation, history)
+
+
+def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "maml") -> dict[str, tuple]:
+    """``{name: (predict, state)}`` for the meta method (``method_name``) and the configured baselines."""
+    c = experiment.config
+    target = experiment.spec.target
+    meta = functools.partial(meta_predict, inner=experiment.inner, apply_fn=experiment.apply_fn)
+    methods: dict[str, tuple] = {method_name: (meta, split_meta_params(params, c.inner_lr))}
+    if not c.baselines:
+        return methods
+    b = experiment.baselines()
+    no_adapt = functools.partial(
+        meta_predict, inner=InnerLoop(experiment.loss_fn, steps=0), apply_fn=experiment.apply_fn
+    )
+    available = {
+        "finetune": (meta, (b.supervised_params, jnp.asarray(b.finetune_lr, jnp.float32))),
+        "no_adapt": (no_adapt, (b.supervised_params, jnp.zeros((), jnp.float32))),
+        "global_mean": (global_mean, jnp.asarray(b.mu, jnp.float32)),
+        "user_mean": (functools.partial(user_mean, target=target), jnp.asarray(b.mu, jnp.float32)),
+        "item_mean": (item_mean, jnp.asarray(b.item_means)),
+        "bias": (
+            functools.partial(bias_predict, target=target),
+            (jnp.asarray(b.mu, jnp.float32), jnp.asarray(b.item_bias), jnp.asarray(b.user_reg, jnp.float32)),
+        ),
+    }
+    unknown = [name for name in c.baselines if name not in available]
+    if unknown:
+        raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(available)}")
+    methods.update({name: available[name] for name in c.baselines})
+    return methods
+
+
+def evaluate_experiment(
+    experiment: Any, params: Any, *, method_name: str = "maml", return_stats: bool = False
+) -> dict[str, dict] | tuple[dict[str, dict], dict[str, dict]]:
+    """Every non-empty scenario of a :class:`jaxrec.experiment.protocol.Experiment`: the meta method and its baselines
+    (with ``return_stats``, also ``{scenario: {method: per-user statistics}}``)."""
+    config = experiment.config
+    methods = experiment_predictors(experiment, params, method_name=method_name)
+    results, all_stats = {}, {}
+    for scenario, tasks in experiment.scenario_tasks.items():
+        results[scenario], all_stats[scenario] = evaluate_methods(
+            methods,
+            tasks,
+            reference=method_name,
+            ks=config.ks,
+            batch_size=config.eval_batch_size,
+            mesh=experiment.mesh,
+            resamples=config.bootstrap,
+            seed=config.seed,
+            return_stats=True,
+        )
+        logger.info(
+            "%s: %s",
+            scenario,
+            ", ".join(f"{m} mae={r.get('mae', float('nan')):.4f}" for m, r in results[scenario].items()),
+        )
+    return (results, all_stats) if return_stats else results
