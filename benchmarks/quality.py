@@ -9,7 +9,8 @@ Writes ``benchmarks/results/quality_<dataset>.json`` (the metrics documents) and
 configuration is ``ExperimentConfig()``: MeLU with an item bias, meta-training started at the classical bias model,
 Meta-SGD whose inner step is one Newton step on the output layer (:mod:`jaxrec.core.newton`: the exact ridge
 fold-in of the user towards the meta-learned layer, the prior variances meta-learned), item-id dropout 0.25. The
-other configurations change only what names them:
+other configurations change only what names them, each a file of config fields in ``benchmarks/configs/``
+(``jaxrec train --config benchmarks/configs/<name>.json`` runs the same configuration):
 
 * run by default: ``default``; ``newton_maml``: the default with one shared prior variance (MAML instead of
   Meta-SGD); ``sgd_head``: the previous default's inner loop (Meta-SGD, 5 gradient steps on every decision layer,
@@ -43,7 +44,6 @@ instead of the test scenarios: the table to select a configuration on.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import time
@@ -54,41 +54,9 @@ import numpy as np
 from jaxrec.evaluation.compare import compare_stats, concat_stats
 from jaxrec.experiment import Experiment, ExperimentConfig
 
-_PREVIOUS_MELU = {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None}
-_DEFAULT_MELU = ExperimentConfig().model_kwargs
-# the gradient-step inner loop of the previous default: Meta-SGD, 5 SGD steps on the decision layers, no dropout
-_SGD_HEAD = {"inner_solver": "sgd", "adapt": "head", "inner_steps": 5, "item_dropout": 0.0}
-_NEWTON = {"inner_solver": "newton", "adapt": "head/output", "inner_steps": 1}
-VARIANTS = {
-    "default": {},
-    "sgd_head": _SGD_HEAD,
-    "newton_maml": {"algorithm": "maml"},
-    "maml": {**_SGD_HEAD, "algorithm": "maml"},
-    "maml_all": {**_SGD_HEAD, "algorithm": "maml", "adapt": "all"},
-    "fomaml": {**_SGD_HEAD, "algorithm": "maml", "order": "first"},
-    "reptile": {**_SGD_HEAD, "algorithm": "reptile"},
-    "pretrained": {**_SGD_HEAD, "model_kwargs": _PREVIOUS_MELU, "pretrain": True, "epochs": 30},
-    "pretrained_item_bias": {**_SGD_HEAD, "pretrain": True, "epochs": 30},
-    "maml_old": {**_SGD_HEAD, "algorithm": "maml", "tune_inner_lr": False, "inner_lr": 0.1, "meta_lr": 1e-4},
-    "groups3": {**_SGD_HEAD, "groups": 3},
-    "item_dropout": {**_SGD_HEAD, "item_dropout": 0.25},
-    "no_item_ids": {**_SGD_HEAD, "model_kwargs": {**_DEFAULT_MELU, "use_ids": []}},
-    "epochs120": {**_SGD_HEAD, "epochs": 120},
-    "newton_output": {**_NEWTON, "item_dropout": 0.0},
-    "newton_output_maml": {**_NEWTON, "item_dropout": 0.0, "algorithm": "maml"},
-    "newton_wide": {**_NEWTON, "item_dropout": 0.0, "model_kwargs": {**_DEFAULT_MELU, "hidden": [64, 64]}},
-    "newton_epochs120": {**_NEWTON, "item_dropout": 0.0, "epochs": 120},
-    "newton_rate_lr": {**_NEWTON, "item_dropout": 0.0, "rate_lr": 3e-3},
-    "newton_item_dropout": {**_NEWTON, "item_dropout": 0.25},
-    "mixed": {"inner_solver": "mixed", "adapt": "head", "inner_steps": 5},
-    "mixed_no_dropout": {"inner_solver": "mixed", "adapt": "head", "inner_steps": 5, "item_dropout": 0.0},
-    "projection": {"model_kwargs": {**_DEFAULT_MELU, "projection": True}},
-    "newton_pretrained": {"pretrain": True},
-    "task_dropout": {"task_item_dropout": 0.25},
-    "item_dropout_half": {"item_dropout": 0.5},
-    "user_ids": {"model_kwargs": {**_DEFAULT_MELU, "use_ids": ["item", "user"]}},
-    "projection_pretrained": {"pretrain": True, "model_kwargs": {**_DEFAULT_MELU, "projection": True}},
-}
+CONFIGS = Path(__file__).resolve().parent / "configs"
+# every configuration is a file of config fields beside the default's (empty: ExperimentConfig() itself)
+VARIANTS = {path.stem: json.loads(path.read_text()) for path in sorted(CONFIGS.glob("*.json"))}
 TEST_METHODS = ("default", "sgd_head", "newton_maml", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -98,27 +66,26 @@ def run(args) -> dict:
     pooled_stats: dict = {}  # method -> scenario -> compared method -> [per-user stats of each seed]
     keys: dict = {}  # method -> the key of the baselines it used
     for seed in args.seeds:
-        base = ExperimentConfig(dataset=args.dataset, data_dir=args.data_dir, seed=seed, **json.loads(args.set))
+        base = ExperimentConfig.make(dataset=args.dataset, data_dir=args.data_dir, seed=seed, **json.loads(args.set))
         if args.epochs is not None:
-            base = dataclasses.replace(base, epochs=args.epochs)
+            base = base.override(epochs=args.epochs)
         out.setdefault("config", base.to_dict())
         run_out = out["runs"][str(seed)] = {"methods": {}}
         fitted: dict = {}  # baselines by model and item dropout: a variant that changes either gets its own
         for name in args.methods:
-            config = dataclasses.replace(base, **VARIANTS[name])
+            config = base.override(**VARIANTS[name])
             experiment = Experiment(config)
             config = experiment.config  # "auto" inner-loop settings made concrete
             # what the baselines depend on: the model and its training data, and (fine-tuning's rate is tuned with
             # the meta method's inner loop) the adapted set and the inner loop
             key = json.dumps(
                 [
-                    config.model,
-                    config.model_kwargs,
-                    config.item_dropout,
-                    config.adapt,
-                    config.inner_solver,
-                    config.inner_steps,
-                    config.inner_l2,
+                    config.model.name,
+                    config.model.kwargs,
+                    config.meta.item_dropout,
+                    config.meta.adapt,
+                    config.meta.inner_solver,
+                    config.meta.inner_steps,
                 ],
                 sort_keys=True,
             )

@@ -2,8 +2,9 @@
 
 The meta-learning core (:mod:`jaxrec.core`) sees only ``loss_fn(params, rows, mask)`` and a params pytree:
 
-* :func:`adapt`: the inner loop of one task (``lax.scan`` of ``jax.grad`` steps, second or first order), with
-  any solver of the :class:`InnerSolver` protocol (gradient steps, an optax transformation, :func:`newton`);
+* :class:`InnerLoop` / :func:`adapt`: the inner loop of one task (``lax.scan`` of ``jax.grad`` steps, second or
+  first order), with any solver of :mod:`jaxrec.core.solvers` (gradient steps, an optax transformation,
+  :func:`newton`);
 * :func:`meta_loss`: the mean post-adaptation query loss of a :class:`TaskBatch` (``vmap`` over tasks);
 * :func:`meta_train` / :class:`MetaTrainer`: the jit-compiled meta-step (MAML, Reptile, Meta-SGD);
 * :func:`row_sparse_sgd` / :func:`row_sparse_adam`: outer updates of large embedding tables that touch only the
@@ -20,7 +21,7 @@ import importlib
 from jaxrec._version import __version__
 from jaxrec.core.batch import BatchShapeError, TaskBatch, validate_batch, zero_padding
 from jaxrec.core.features import FeatureSpec
-from jaxrec.core.inner import adapt
+from jaxrec.core.inner import InnerLoop, adapt
 from jaxrec.core.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
 from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.core.newton import NewtonStep, newton
@@ -69,6 +70,7 @@ __all__ = [
     "Experiment",
     "ExperimentConfig",
     "FeatureSpec",
+    "InnerLoop",
     "MeLU",
     "MetaSGDParams",
     "MetaTrainState",

@@ -31,6 +31,7 @@ from jaxrec.core.trainer import NonFiniteError
 from jaxrec.data import DATASETS, DataError, DownloadError, default_data_root
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.checkpoint import CheckpointError
+from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.recommend import Recommender, read_ratings_for
 from jaxrec.experiment.run import (
     RunError,
@@ -64,77 +65,14 @@ def _echo(*parts: Any, err: bool = False) -> None:
 # argument parsing
 
 
-def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="a known dataset (see `jaxrec datasets`); default ml-latest-small (bundled)")
-    g.add_argument("--data", help="path of any user,item,rating[,timestamp] file (.gz allowed)")
-    g.add_argument(
-        "--columns", help="roles of the file's columns in order, e.g. user,item,rating,timestamp ('_' skips)"
-    )
-    g.add_argument("--sep", help="field separator of --data (default: sniffed among '::' , tab | ;)")
-    g.add_argument("--data-dir", help="folder holding the MovieLens folders (default $JAXREC_DATA or ~/.cache/jaxrec)")
-
-
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("model and meta-learning (defaults: jaxrec.experiment.protocol.ExperimentConfig)")
-    g.add_argument("--model", help="melu | mf | linear | fm | neumf | gru")
-    g.add_argument("--model-kwargs", type=json.loads, help="JSON keyword arguments of the model, e.g. '{\"embed\": 8}'")
-    g.add_argument("--algorithm", choices=("maml", "reptile", "metasgd"))
-    g.add_argument("--order", choices=("second", "first"))
-    g.add_argument(
-        "--adapt",
-        help="which parameters adapt per user: head | head/output | all | default | a regex (default auto: the "
-        "output layer by a Newton step where the model has one, else the model's default set by 5 gradient steps)",
-    )
-    g.add_argument("--inner-lr", type=float)
-    g.add_argument("--inner-steps", type=int)
-    g.add_argument(
-        "--inner-solver",
-        choices=("auto", "sgd", "newton", "mixed"),
-        help="inner steps: sgd (gradient steps at --inner-lr) or newton (MAP under a Gaussian prior at the "
-        "initialisation with variance --inner-lr; for a small adapted set, e.g. --adapt head/output) or mixed "
-        "(the output layer solved by Newton steps, the other adapted parameters by gradient steps)",
-    )
-    g.add_argument("--meta-lr", type=float)
-    g.add_argument("--batch-size", type=int, help="users (tasks) per meta-step")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--seed", type=int)
-    g.add_argument(
-        "--groups",
-        type=int,
-        help="task grouping: this many initialisations, each new user adapting from the one that fits their "
-        "ratings best (default 1)",
-    )
-    g.add_argument(
-        "--item-dropout",
-        type=float,
-        help="fraction of training rows whose item id is hidden (DropoutNet), so that new items are scored from "
-        "their features",
-    )
-    g.add_argument("--min-ratings", type=int, help="users with fewer ratings are not tasks")
-    g.add_argument("--max-ratings", type=int, help="users with more ratings are not tasks")
-    g.add_argument("--query", type=int, help="query ratings per user task")
-    g.add_argument(
-        "--devices",
-        help="train on N devices (or 'all' local devices; on a CPU-only host, N splits its cores into N devices); "
-        "default one device",
-    )
-    e = p.add_argument_group("evaluation")
-    e.add_argument(
-        "--baselines", help="comma-separated baselines (finetune,no_adapt,global_mean,user_mean,...); 'none' for none"
-    )
-    e.add_argument("--bootstrap", type=int, help="bootstrap resamples for the 95%% intervals")
-    e.add_argument("--eval-batch-size", type=int)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxrec", description="Meta-learned cold-start recommendation in JAX.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="meta-train, evaluate every cold-start scenario, write DIR/metrics.json")
-    _add_data_flags(t)
-    _add_train_flags(t)
+    t.add_argument("--config", help="a JSON file of config fields (flags override it), e.g. benchmarks/configs/*.json")
+    add_flags(t)
     t.add_argument("--out", default="runs/jaxrec", help="run folder (default runs/jaxrec)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     t.add_argument("--steps", type=int, help="stop after this many meta-steps in total (default: all epochs)")
@@ -152,8 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on every cold-start scenario")
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
     ev.add_argument("--step", type=int, help="which checkpoint step (default: the newest complete one)")
-    ev.add_argument("--bootstrap", type=int)
-    ev.add_argument("--baselines")
+    add_flags(ev, names=("baselines", "bootstrap", "eval_batch_size"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
 
     r = sub.add_parser("recommend", help="adapt to a new user's few ratings and print the top-k items")
@@ -172,67 +109,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """ExperimentConfig fields given explicitly on the command line."""
-    names = (
-        "dataset",
-        "data",
-        "sep",
-        "data_dir",
-        "model",
-        "model_kwargs",
-        "algorithm",
-        "order",
-        "adapt",
-        "inner_lr",
-        "inner_steps",
-        "inner_solver",
-        "meta_lr",
-        "batch_size",
-        "epochs",
-        "seed",
-        "item_dropout",
-        "groups",
-        "min_ratings",
-        "max_ratings",
-        "query",
-        "bootstrap",
-        "eval_batch_size",
-    )
-    out = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    if getattr(args, "columns", None):
-        out["columns"] = [c.strip() for c in args.columns.split(",")]
-    if getattr(args, "baselines", None) is not None:
-        out["baselines"] = [] if args.baselines.strip().lower() == "none" else _split_list(args.baselines)
-    if getattr(args, "devices", None) is not None:
-        out["devices"] = args.devices if args.devices == "all" else _positive_int(args.devices, "--devices")
+    """The config fields given explicitly on the command line (:func:`jaxrec.experiment.config.flag_values`)."""
+    try:
+        out = flag_values(args)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if "data" in out:
         out.pop("dataset", None)
         if not Path(out["data"]).expanduser().exists():
             raise CLIError(f"--data {out['data']}: file not found")
-    if out.get("bootstrap", 1) < 1:  # jaxrec.evaluation.metrics.paired_differences needs at least one resample
-        raise CLIError(f"--bootstrap must be >= 1, got {out['bootstrap']}")
-    if not 0.0 <= out.get("item_dropout", 0.0) < 1.0:
-        raise CLIError(f"--item-dropout must be in [0, 1), got {out['item_dropout']}")
-    if out.get("groups", 1) < 1:
-        raise CLIError(f"--groups must be >= 1, got {out['groups']}")
-    for name in ("batch_size", "epochs", "inner_steps"):
-        if name in out and out[name] < (0 if name == "inner_steps" else 1):
-            raise CLIError(f"--{name.replace('_', '-')} must be positive, got {out[name]}")
     return out
 
 
-def _split_list(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _positive_int(text: str, flag: str) -> int:
+def _config(base, overrides: dict[str, Any]):
+    """:func:`make_config` with the errors in the command line's words (a field's flag)."""
     try:
-        value = int(text)
-    except ValueError:
-        raise CLIError(f"{flag} expects a number or 'all', got {text!r}") from None
-    if value < 1:
-        raise CLIError(f"{flag} must be >= 1, got {value}")
-    return value
+        return make_config(base, overrides)
+    except RunError as e:
+        raise CLIError(as_flags(str(e).removeprefix("invalid configuration: "))) from None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -248,7 +142,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resume_config(out, overrides)
     else:
         check_fresh_out(out)
-        config = make_config(None, overrides)
+        base = None
+        if args.config:
+            try:
+                base = ExperimentConfig.load(args.config)
+            except ValueError as e:
+                raise CLIError(f"--config {e}") from None
+        config = _config(base, overrides)
     experiment = build_experiment(config)
     total = experiment.total_steps
     stop_step = total if args.steps is None else min(int(args.steps), total)
@@ -258,7 +158,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         start = int(state.step)
         _echo(
             f"{experiment.dataset.name}: {len(experiment.train_tasks)} meta-train users, "
-            f"{experiment.steps_per_epoch} steps/epoch; {config.algorithm} ({config.order} order) on {config.model}; "
+            f"{experiment.steps_per_epoch} steps/epoch; {config.meta.algorithm} ({config.meta.order} order) on "
+            f"{config.model.name}; "
             f"steps {start} -> {stop_step} of {total}"
         )
         state, signum = run.train(state, stop_step, save_every=args.save_every, progress=not args.no_progress)

@@ -68,8 +68,8 @@ def test_supervised_training_with_dropout_trains_the_oov_item_slot():
 
 
 def test_experiment_drops_a_rate_fraction_of_the_item_ids_of_meta_train_batches():
-    plain = Experiment(ExperimentConfig(**TINY, item_dropout=0.0))
-    dropping = Experiment(ExperimentConfig(**TINY, item_dropout=0.2))
+    plain = Experiment(ExperimentConfig.make(**TINY, item_dropout=0.0))
+    dropping = Experiment(ExperimentConfig.make(**TINY, item_dropout=0.2))
     valid = dropped = 0
     for a, b in itertools.islice(zip(plain.batches(), dropping.batches(), strict=True), 3):
         for side, mask in (("support", "support_mask"), ("query", "query_mask")):
@@ -106,8 +106,8 @@ def test_task_dropout_drops_every_item_id_of_whole_tasks_and_only_of_them():
 
 
 def test_experiment_hides_every_item_id_of_a_task_dropout_fraction_of_meta_train_tasks():
-    plain = Experiment(ExperimentConfig(**TINY, item_dropout=0.0))
-    dropping = Experiment(ExperimentConfig(**TINY, item_dropout=0.0, task_item_dropout=0.3))
+    plain = Experiment(ExperimentConfig.make(**TINY, item_dropout=0.0))
+    dropping = Experiment(ExperimentConfig.make(**TINY, item_dropout=0.0, task_item_dropout=0.3))
     whole = tasks = 0
     for a, b in itertools.islice(zip(plain.batches(), dropping.batches(), strict=True), 8):
         real = a.support_mask.any(axis=1)

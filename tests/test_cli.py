@@ -59,8 +59,8 @@ def run(tmp_path_factory):
 def test_train_writes_metrics_checkpoint_and_epoch_log(run):
     out = run["out"]
     document = json.loads((out / "metrics.json").read_text())
-    assert set(document) == {"dataset", "config", "scenarios"}
-    assert document["dataset"] == "ratings" and document["config"]["model"] == "mf"
+    assert set(document) == {"dataset", "config", "tuned", "scenarios"}
+    assert document["dataset"] == "ratings" and document["config"]["model"]["name"] == "mf"
     assert document["scenarios"], "no scenario evaluated"
     for methods in document["scenarios"].values():
         assert {"maml", "global_mean", "user_mean"} <= set(methods)
@@ -211,7 +211,7 @@ def test_grouped_and_newton_runs_train_evaluate_and_recommend(tmp_path, capsys, 
     flags = [*TINY_FLAGS, "--model", "melu", "--model-kwargs", melu, *extra, "--epochs", "2"]
     assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {key: metrics["config"][key] for key in expected} == expected
+    assert {key: metrics["config"]["meta"][key] for key in expected} == expected
     assert all(np.isfinite(m["mae"]) for scenario in metrics["scenarios"].values() for m in scenario.values())
     assert cli.main(["evaluate", "--checkpoint", str(out)]) == 0
     ratings = tmp_path / "me.csv"
@@ -222,22 +222,24 @@ def test_grouped_and_newton_runs_train_evaluate_and_recommend(tmp_path, capsys, 
     assert len(ranked) == 3
 
 
-def test_resume_of_a_checkpoint_older_than_a_config_field_reads_it_as_its_value_then(monkeypatch, tmp_path):
+def test_resume_keeps_the_recorded_config_and_refuses_an_older_record(monkeypatch, tmp_path):
     from jaxrec.experiment import ExperimentConfig, run
 
-    older = ExperimentConfig().to_dict()
-    del older["groups"], older["item_dropout"]  # fields this checkpoint predates
-    monkeypatch.setattr("jaxrec.experiment.run.read_metadata", lambda folder: {"config": older})
+    recorded = ExperimentConfig.make(item_dropout=0.0, inner_solver="sgd").to_dict()
+    monkeypatch.setattr("jaxrec.experiment.run.read_metadata", lambda folder: {"config": recorded})
     config = run.resume_config(tmp_path, {"groups": 1, "item_dropout": 0.0, "epochs": 3})
-    assert config.groups == 1 and config.epochs == 3
-    # an absent field means its value when the record was written, not today's default (item dropout is 0.25 now)
-    del older["inner_solver"]
+    assert config.meta.groups == 1 and config.meta.epochs == 3
     config = run.resume_config(tmp_path, {})
-    assert (config.item_dropout, config.groups, config.inner_solver) == (0.0, 1, "sgd")
+    assert (config.meta.item_dropout, config.meta.groups, config.meta.inner_solver) == (0.0, 1, "sgd")
     with pytest.raises(cli.CLIError, match="cannot change --item-dropout"):
         run.resume_config(tmp_path, {"item_dropout": 0.25})
     with pytest.raises(cli.CLIError, match="cannot change --groups"):
         run.resume_config(tmp_path, {"groups": 2})
+    # a jaxrec 0.1 checkpoint (a flat config record) is refused with one message, not read through old defaults
+    older = ExperimentConfig().flat()
+    monkeypatch.setattr("jaxrec.experiment.run.read_metadata", lambda folder: {"config": older})
+    with pytest.raises(cli.CLIError, match="jaxrec 0.1 record"):
+        run.resume_config(tmp_path, {})
 
 
 def test_cli_log_handler_follows_the_current_stderr(monkeypatch, capsys):

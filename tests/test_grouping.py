@@ -1,8 +1,6 @@
 """Grouped initialisations (jaxrec.contrib.grouping): each task's choice, and the exact meta-gradient given the
 choices."""
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,7 +169,7 @@ def test_experiment_groups_start_apart_train_evaluate_and_checkpoint(tmp_path):
     from jaxrec.experiment import Experiment, ExperimentConfig
     from jaxrec.experiment.checkpoint import CheckpointStore, save_checkpoint
 
-    config = ExperimentConfig(
+    config = ExperimentConfig.make(
         model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None, "item_bias": True},
         adapt="head",  # gradient steps on every decision layer: the hidden layers are grouped too
         inner_solver="sgd",
@@ -202,12 +200,12 @@ def test_experiment_groups_start_apart_train_evaluate_and_checkpoint(tmp_path):
         restored = store.restore(exp.init_state()).state
     jax.tree.map(np.testing.assert_array_equal, restored.params, state.params)
     # adapting every parameter groups the fitted item-bias table too: every group keeps it
-    everything = Experiment(dataclasses.replace(config, adapt="all")).init_params()
+    everything = Experiment(config.override(adapt="all")).init_params()
     table = np.asarray(everything.params["params"]["bias_embed_item"]["embedding"])
     assert table.shape[0] == 3 and np.any(table[0]) and all(np.array_equal(table[0], table[g]) for g in (1, 2))
     with pytest.raises(ValueError, match="output/bias"):
         Experiment(
-            ExperimentConfig(model="mf", model_kwargs={"embed": 4}, adapt="all", groups=2, baselines=())
+            ExperimentConfig.make(model="mf", model_kwargs={"embed": 4}, adapt="all", groups=2, baselines=())
         ).init_params()
 
 
@@ -223,4 +221,4 @@ def test_bad_grouping_and_dropout_settings_fail_before_any_data_is_read(override
     from jaxrec.experiment import Experiment, ExperimentConfig
 
     with pytest.raises(ValueError, match=message):
-        Experiment(ExperimentConfig(dataset="no-such-dataset", **overrides))  # the data would fail later
+        Experiment(ExperimentConfig.make(dataset="no-such-dataset", **overrides))  # the data would fail later

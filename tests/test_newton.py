@@ -285,7 +285,7 @@ def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it(so
     from jaxrec.experiment import Experiment, ExperimentConfig
     from jaxrec.experiment.methods import experiment_predictors
 
-    config = ExperimentConfig(
+    config = ExperimentConfig.make(
         model_kwargs={"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": None, "item_bias": True},
         inner_solver=solver,
         adapt=adapt,
@@ -307,7 +307,7 @@ def test_experiment_with_the_newton_solver_meta_trains_and_fine_tunes_with_it(so
     validation = exp.baselines().finetune_validation
     assert set(validation) == {0.0, 0.1} and validation[0.0] != validation[0.1]
     with pytest.raises(ValueError, match="inner_solver"):
-        Experiment(ExperimentConfig(dataset="no-such-dataset", inner_solver="lbfgs"))
+        Experiment(ExperimentConfig.make(dataset="no-such-dataset", inner_solver="lbfgs"))
 
 
 def test_mixed_inner_loop_solves_the_output_layer_and_descends_on_the_rest():

@@ -36,7 +36,7 @@ def ratings_file(tmp_path_factory):
 
 
 def tiny_experiment(data: Path, **overrides) -> Experiment:
-    return Experiment(ExperimentConfig(data=str(data), **{**TINY, **overrides}))
+    return Experiment(ExperimentConfig.make(data=str(data), **{**TINY, **overrides}))
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import numbers
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -38,7 +38,7 @@ from jaxrec.scale.local_embeddings import Tables, local_tables_context
 from jaxrec.scale.row_sparse import RowSparseOptimizer, gather_rows, localize_batch, merge_tables, split_tables
 from jaxrec.scale.sharding import default_mesh, replicate, shard_batch
 
-__all__ = ["MetaTrainState", "MetaTrainer", "NonFiniteError", "SparseOuterState", "meta_train"]
+__all__ = ["run_steps", "MetaTrainState", "MetaTrainer", "NonFiniteError", "SparseOuterState", "meta_train"]
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +252,27 @@ class MetaTrainer:
         return self._step(state, batch)
 
 
+def run_steps(
+    trainer: MetaTrainer, state: MetaTrainState, batches: Iterable[TaskBatch], *, stop_step: int | None = None
+) -> Iterator[tuple[MetaTrainState, TaskBatch, dict]]:
+    """The training loop: one meta-step per batch until ``state.step`` reaches ``stop_step`` or the batches end,
+    yielding ``(state, batch, metrics)`` after each step (metrics stay on the device: no host sync per step).
+
+    :func:`meta_train`, :meth:`jaxrec.Experiment.train` and the run engine of ``jaxrec train`` all run this loop;
+    what they do between steps (logging, checks, checkpoints) is theirs. ``state`` is donated to each step: use the
+    yielded one.
+    """
+    step = int(state.step)
+    if stop_step is not None and step >= stop_step:
+        return
+    for batch in batches:
+        state, metrics = trainer.step(state, batch)
+        step += 1
+        yield state, batch, metrics
+        if stop_step is not None and step >= stop_step:
+            return
+
+
 def meta_train(
     params: Any,
     task_batches: Iterable[TaskBatch],
@@ -322,11 +343,10 @@ def meta_train(
     metrics_log: list[dict] = []
     shapes: set[tuple[int, int, int]] = set()
     start = time.perf_counter()
-    for index, batch in enumerate(task_batches):
-        if steps is not None and index >= steps:
-            break
+    stop_step = None if steps is None else first_step + steps
+    loop = run_steps(trainer, state, task_batches, stop_step=stop_step)
+    for index, (state, batch, metrics) in enumerate(loop):  # noqa: B007 - the last state is the result
         shapes.add(batch.shape)
-        state, metrics = trainer.step(state, batch)
         metrics_log.append(metrics)
         if nonfinite == "raise" and not bool(metrics["finite"]):
             users = None if batch.task_id is None else [int(u) for u in np.asarray(batch.task_id) if u >= 0]

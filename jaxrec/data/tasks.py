@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
-import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -32,6 +30,7 @@ from jaxrec.core.batch import TaskBatch
 from jaxrec.core.features import FeatureSpec
 from jaxrec.data.dataset import DataError, Dataset
 from jaxrec.data.featurizer import Featurizer
+from jaxrec.data.stream import StepBatches, stream
 
 __all__ = [
     "ColdStartSplit",
@@ -469,19 +468,16 @@ class TaskSet:
     def batches(
         self, batch_size: int, *, seed: int = 0, epochs: int | None = None, shuffle: bool = True
     ) -> Iterator[TaskBatch]:
-        """Numpy batches; epoch ``e`` uses ``default_rng([seed, e])`` so the stream is a function of the seed."""
+        """Numpy batches of the stream of :mod:`jaxrec.data.stream` (a function of ``seed``), built on demand."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(self) == 0:
             if epochs is None:  # an endless stream of nothing would hang the training loop
                 raise DataError(f"no tasks to batch ({self.summary()})")
             return  # e.g. an empty cold-start scenario: nothing to evaluate
-        epoch = 0
-        while epochs is None or epoch < epochs:
-            rng = np.random.default_rng([seed, epoch])
-            for task_index in self.batch_plan(batch_size, rng if shuffle else None):
-                yield self.make_batch(task_index, rng)
-            epoch += 1
+        batch_at = StepBatches(lambda _: self, batch_size, seed, shuffle)
+        stop = None if epochs is None else int(epochs) * batch_at.per_epoch
+        yield from stream(batch_at, stop=stop, prefetch=0, device=None)
 
 
 def _split_sizes(
@@ -661,41 +657,6 @@ def _describe(x: np.ndarray) -> dict[str, float]:
 # device stream
 
 
-def _prefetch(source: Iterable, size: int = 1) -> Iterator:
-    """Run ``source`` in a background thread, ``size`` items ahead; exceptions re-raise in the consumer."""
-    done = object()
-    buffer: queue.Queue = queue.Queue(maxsize=size)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in source:
-                while not stop.is_set():
-                    try:
-                        buffer.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            buffer.put(done)
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            buffer.put(e)
-
-    thread = threading.Thread(target=produce, daemon=True, name="jaxrec-task-prefetch")
-    thread.start()
-    try:
-        while True:
-            item = buffer.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
 def task_batches(
     data: TaskSet | pd.DataFrame,
     *,
@@ -717,18 +678,20 @@ def task_batches(
     ``query`` and ``build_kwargs`` (e.g. ``history=L``, ``negatives=k``) go to :func:`build_tasks`, seeded by
     ``seed``). ``epochs=None`` repeats forever; ``shuffle=False, epochs=1`` visits every task exactly once in a
     fixed order, keeps ``task_id`` = user code and pads the last batch of each shape bucket with padding tasks
-    (``task_id`` -1, all-false masks). Batches are built in numpy in a background thread one batch ahead and moved
-    with ``jax.device_put``; the stream is a function of ``seed`` only.
+    (``task_id`` -1, all-false masks). Batches are built in numpy in a background thread (Grain, ``prefetch``
+    batches ahead) and moved with ``jax.device_put``; the stream is a function of ``seed`` only
+    (:mod:`jaxrec.data.stream`).
     """
-    import jax
-
     if isinstance(data, pd.DataFrame):
         if featurizer is None:
             raise ValueError("task_batches(DataFrame) needs featurizer=; fit one with Featurizer.fit(dataset, train)")
         data = build_tasks(data, featurizer, split, support=support, query=query, seed=seed, **build_kwargs)
     elif support is not None or query is not None or build_kwargs:
         raise ValueError("support=/query=/build options apply when data is a DataFrame; this TaskSet is built")
-    numpy_batches = data.batches(batch_size, seed=seed, epochs=epochs, shuffle=shuffle)
-    to_device = (lambda b: jax.device_put(b, device)) if device is not None else jax.device_put
-    stream = (to_device(b) for b in numpy_batches)
-    return _prefetch(stream) if prefetch else stream
+    if len(data) == 0:
+        if epochs is None:  # an endless stream of nothing would hang the training loop
+            raise DataError(f"no tasks to batch ({data.summary()})")
+        return iter(())
+    batch_at = StepBatches(lambda _: data, batch_size, seed, shuffle)
+    stop = None if epochs is None else int(epochs) * batch_at.per_epoch
+    return stream(batch_at, stop=stop, prefetch=2 if prefetch else 0, device="default" if device is None else device)

@@ -2,7 +2,17 @@
 the run engine of ``jaxrec train`` (checkpoints, resume, signals), the recommender, and the checkpoint store."""
 
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, load_checkpoint, read_metadata
-from jaxrec.experiment.protocol import BASELINES, Experiment, ExperimentConfig
+from jaxrec.experiment.config import (
+    BASELINES,
+    DataConfig,
+    EvalConfig,
+    ExperimentConfig,
+    MetaConfig,
+    ModelConfig,
+    ProtocolConfig,
+    resolve,
+)
+from jaxrec.experiment.protocol import Experiment
 from jaxrec.experiment.recommend import Recommender, read_user_ratings
 from jaxrec.experiment.run import RunError, TrainingRun, restore_run
 
@@ -10,13 +20,19 @@ __all__ = [
     "BASELINES",
     "CheckpointError",
     "CheckpointStore",
+    "DataConfig",
+    "EvalConfig",
     "Experiment",
     "ExperimentConfig",
+    "MetaConfig",
+    "ModelConfig",
+    "ProtocolConfig",
     "Recommender",
     "RunError",
     "TrainingRun",
     "load_checkpoint",
     "read_metadata",
     "read_user_ratings",
+    "resolve",
     "restore_run",
 ]

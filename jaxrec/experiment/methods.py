@@ -54,7 +54,7 @@ def fit_baselines(experiment: Any) -> Baselines:
     rows = feat.transform(train)
     values = rows[target].astype(np.float64)
     n_items = feat.spec.categorical["item"]
-    user_reg = float(c.bias_reg[1])
+    user_reg = float(c.evaluation.bias_reg[1])
     mu, item_bias = experiment.bias_init()  # fitted once, shared with the bias start of meta-training
     item_means = fit_item_means(rows["item"], values, n_items, mu)
     history = int(getattr(experiment, "spec", feat.spec).history or 0)
@@ -64,27 +64,27 @@ def fit_baselines(experiment: Any) -> Baselines:
         experiment.random_params(),
         rows,
         loss_fn=experiment.loss_fn,
-        epochs=c.supervised_epochs,
-        learning_rate=c.supervised_lr,
-        batch_size=c.supervised_batch,
+        epochs=c.evaluation.supervised_epochs,
+        learning_rate=c.evaluation.supervised_lr,
+        batch_size=c.evaluation.supervised_batch,
         seed=c.seed,
-        item_dropout=c.item_dropout,
+        item_dropout=c.meta.item_dropout,
     )
     if len(experiment.val_tasks):
         lr, validation = tune_finetune_lr(
             params,
             experiment.val_tasks,
-            c.finetune_lrs,
+            c.evaluation.finetune_lrs,
             experiment.inner,
             apply_fn=experiment.apply_fn,
             target=target,
             rating_range=feat.spec.rating_range,
-            implicit=c.implicit,
-            batch_size=c.eval_batch_size,
+            implicit=c.data.implicit,
+            batch_size=c.evaluation.eval_batch_size,
         )
     else:
-        logger.warning("no validation users: finetune uses the meta inner learning rate %s", c.inner_lr)
-        lr, validation = float(c.inner_lr), {}
+        logger.warning("no validation users: finetune uses the meta inner learning rate %s", c.meta.inner_lr)
+        lr, validation = float(c.meta.inner_lr), {}
     return Baselines(mu, item_means, item_bias, user_reg, params, lr, validation, history)
 
 
@@ -93,8 +93,8 @@ def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "m
     c = experiment.config
     target = experiment.spec.target
     meta = functools.partial(meta_predict, inner=experiment.inner, apply_fn=experiment.apply_fn)
-    methods: dict[str, tuple] = {method_name: (meta, split_meta_params(params, c.inner_lr))}
-    if not c.baselines:
+    methods: dict[str, tuple] = {method_name: (meta, split_meta_params(params, experiment.inner_lr))}
+    if not c.evaluation.baselines:
         return methods
     b = experiment.baselines()
     no_adapt = functools.partial(
@@ -111,10 +111,10 @@ def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "m
             (jnp.asarray(b.mu, jnp.float32), jnp.asarray(b.item_bias), jnp.asarray(b.user_reg, jnp.float32)),
         ),
     }
-    unknown = [name for name in c.baselines if name not in available]
+    unknown = [name for name in c.evaluation.baselines if name not in available]
     if unknown:
         raise ValueError(f"unknown baseline(s) {unknown}; choose from {sorted(available)}")
-    methods.update({name: available[name] for name in c.baselines})
+    methods.update({name: available[name] for name in c.evaluation.baselines})
     return methods
 
 
@@ -131,10 +131,10 @@ def evaluate_experiment(
             methods,
             tasks,
             reference=method_name,
-            ks=config.ks,
-            batch_size=config.eval_batch_size,
+            ks=config.evaluation.ks,
+            batch_size=config.evaluation.eval_batch_size,
             mesh=experiment.mesh,
-            resamples=config.bootstrap,
+            resamples=config.evaluation.bootstrap,
             seed=config.seed,
             return_stats=True,
         )

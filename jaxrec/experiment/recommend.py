@@ -128,7 +128,7 @@ class Recommender:
 
         self.exp = experiment
         self.featurizer = experiment.featurizer
-        self.state = split_meta_params(params, experiment.config.inner_lr)
+        self.state = split_meta_params(params, experiment.inner_lr)
         n_items = self.featurizer.n_items
         self.candidates = jax.device_put(self.featurizer.rows(np.full(n_items, -1), np.arange(n_items)))
 

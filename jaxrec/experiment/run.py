@@ -14,17 +14,18 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxrec.core.trainer import NonFiniteError
+from jaxrec.core.trainer import NonFiniteError, run_steps
 from jaxrec.data import DataError
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder, read_metadata
-from jaxrec.experiment.protocol import Experiment, ExperimentConfig
+from jaxrec.experiment.config import ExperimentConfig
+from jaxrec.experiment.protocol import Experiment
 
 __all__ = [
     "RESUME_OVERRIDABLE",
@@ -49,18 +50,24 @@ class RunError(ValueError):
 RESUME_OVERRIDABLE = ("epochs", "baselines", "bootstrap", "devices", "eval_batch_size")
 
 
-def make_config(base: dict[str, Any] | None, overrides: dict[str, Any]):
-    # a saved record older than a field is read as it ran (ExperimentConfig.from_dict), not with today's default
-    merged = dict(ExperimentConfig().to_dict() if base is None else base)
-    if overrides.get("model", merged["model"]) != merged["model"] and "model_kwargs" not in overrides:
-        merged["model_kwargs"] = {}  # the defaults' kwargs belong to the default model
-    if "data" in overrides:
-        merged["dataset"] = None
-    merged.update(overrides)
-    if merged.get("data") is None and not merged.get("dataset"):
-        merged["dataset"] = ExperimentConfig.dataset
+def make_config(base: ExperimentConfig | Mapping | None, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """``base`` (a config, a saved record, or None for the defaults) with ``overrides`` (field names) applied.
+
+    A new ``model`` without ``model_kwargs`` drops the base's kwargs (they belong to the base's model); a ``data``
+    path without ``dataset`` clears the dataset name. Errors are :class:`RunError` naming the field."""
     try:
-        return ExperimentConfig.from_dict(merged)
+        if base is None:
+            config = ExperimentConfig()
+        elif isinstance(base, ExperimentConfig):
+            config = base
+        else:
+            config = ExperimentConfig.from_dict(base)
+        overrides = dict(overrides)
+        if "model" in overrides and overrides["model"] != config.model.name and "model_kwargs" not in overrides:
+            overrides["model_kwargs"] = {}
+        if overrides.get("data") is not None and "dataset" not in overrides:
+            overrides["dataset"] = None
+        return config.override(**overrides)
     except (TypeError, ValueError) as e:
         raise RunError(f"invalid configuration: {e}") from e
 
@@ -219,10 +226,9 @@ class TrainingRun:
         began = time.perf_counter()
         bar = tqdm(total=stop_step, initial=start, disable=not progress, unit="step", desc="meta-train", leave=True)
         with StopRequest() as stop, contextlib.closing(bar):
-            batches: Iterator = self.exp.batches(start)
-            for step in range(start, stop_step):
-                batch = next(batches)
-                state, metrics = self.exp.train_step(state, batch)
+            self.exp.resolve_inner_lr()  # a resumed run skips init_state
+            loop = run_steps(self.exp.trainer, state, self.exp.batches(start), stop_step=stop_step)
+            for step, (state, batch, metrics) in enumerate(loop, start):  # noqa: B007 - the last state is the result
                 self._account(state, batch, metrics, step - start)
                 bar.update(1)
                 if self.epoch_stats["finite"]:
@@ -285,21 +291,24 @@ def check_fresh_out(out: Path) -> None:
                 )
 
 
-def resume_config(out: Path, overrides: dict[str, Any]):
+def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """The config of the run in ``out``, with the ``overrides`` that may change on resume
+    (:data:`RESUME_OVERRIDABLE`); any other changed field is a :class:`RunError`, since the run would not be the
+    same."""
     meta = read_metadata(out / "checkpoints")
     saved = meta.get("config")
     if not isinstance(saved, dict):
         raise RunError(f"{out}: the checkpoint has no config record")
-    # the record as it ran (ExperimentConfig.from_dict fills the fields it predates with their values of the time)
     try:
-        ran = ExperimentConfig.from_dict(saved).to_dict()
+        ran = ExperimentConfig.from_dict(saved)
     except (TypeError, ValueError) as e:
         raise RunError(f"{out}: the checkpoint's config record cannot be read: {e}") from e
+    recorded = _jsonable(ran.flat())
     changed = [
         k
         for k, v in overrides.items()
         # "auto" resolves to what the run recorded, so it asks for no change
-        if k not in RESUME_OVERRIDABLE and v != "auto" and _jsonable(v) != ran.get(k)
+        if k not in RESUME_OVERRIDABLE and v != "auto" and _jsonable(v) != recorded.get(k)
     ]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
@@ -307,7 +316,7 @@ def resume_config(out: Path, overrides: dict[str, Any]):
             f"cannot change {flags} on --resume (the run would not be the same); only "
             f"{', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change"
         )
-    return make_config(saved, {k: v for k, v in overrides.items() if k in RESUME_OVERRIDABLE})
+    return make_config(ran, {k: v for k, v in overrides.items() if k in RESUME_OVERRIDABLE})
 
 
 def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dict | None = None):

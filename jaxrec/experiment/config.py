@@ -1,0 +1,643 @@
+"""The configuration of an experiment: frozen, grouped, checked, resolved once, and read from files or flags.
+
+An :class:`ExperimentConfig` holds five groups and two run-wide fields::
+
+    ExperimentConfig(data=DataConfig(...), protocol=ProtocolConfig(...), model=ModelConfig(...),
+                     meta=MetaConfig(...), evaluation=EvalConfig(...), seed=0, devices=None)
+
+Every field name is unique across the groups, so a field can be set by its name alone:
+``ExperimentConfig.make(epochs=2, model="mf")`` or ``config.override(inner_lr=0.03)`` (the ``jaxrec`` command's
+flags are these names, ``--inner-lr``, derived from the fields by :func:`add_flags`). The values are checked when a
+config is made, so a bad value fails before any data is read.
+
+``"auto"`` settings of the inner loop (``adapt``, ``inner_solver``, ``inner_steps=None``) are made concrete by
+:func:`resolve`, a pure function of the config, before anything is built; the experiment records the resolved
+config. Values tuned on validation users (the fine-tuning rate) are recorded beside it, never written into it.
+
+A record (:meth:`ExperimentConfig.to_dict`) carries :data:`RECORD_FORMAT`; a record of another format (the flat
+records of jaxrec 0.1) is refused with one message rather than read through compatibility tables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxrec import models, testing
+from jaxrec.core.inner import ORDERS
+from jaxrec.core.newton import newton
+from jaxrec.core.objectives import ALGORITHMS
+
+__all__ = [
+    "BASELINES",
+    "INNER_SOLVERS",
+    "MIXED_SOLVE",
+    "RECORD_FORMAT",
+    "DataConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "MetaConfig",
+    "ModelConfig",
+    "ProtocolConfig",
+    "add_flags",
+    "as_flags",
+    "flag_values",
+    "resolve",
+]
+
+RECORD_FORMAT = "jaxrec.config/2"
+BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
+INNER_SOLVERS = ("auto", "sgd", "newton", "mixed")
+MIXED_SOLVE = "head/output"  # what inner_solver="mixed" solves by Newton steps
+PRETRAIN = ("bias", True, False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command-line parsing of a field's value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expects an integer") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("expects a number") from None
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"expects JSON ({e.msg})") from None
+
+
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    return lambda text: None if text.strip().lower() == "none" else parse(text)
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expects true or false")
+
+
+def _list_of(parse: Callable[[str], Any]) -> Callable[[str], tuple]:
+    def read(text: str) -> tuple:
+        if text.strip().lower() == "none":
+            return ()
+        return tuple(parse(part.strip()) for part in text.split(",") if part.strip())
+
+    return read
+
+
+def _pretrain(text: str) -> bool | str:
+    return "bias" if text.strip().lower() == "bias" else _bool(text)
+
+
+def _devices(text: str) -> int | str:
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expects a number or 'all'") from None
+
+
+def _field(
+    default: Any,
+    help: str,
+    *,
+    parse: Callable[[str], Any] = str,
+    flag: str | None = None,
+    choices: tuple | None = None,
+) -> Any:
+    """A config field with its help text and how the command line spells (``flag``) and parses it (``parse``
+    raises ``ValueError("expects ...")``; ``choices``: the only values argparse accepts)."""
+    metadata = {"help": help, "parse": parse, "flag": flag, "choices": choices}
+    if isinstance(default, dict | list):
+        return dataclasses.field(default_factory=lambda: json.loads(json.dumps(default)), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _check(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ValueError(f"{name} {message}")
+
+
+def _fraction(value: Any, name: str) -> None:
+    _check(isinstance(value, int | float) and 0.0 <= float(value) < 1.0, name, f"must be in [0, 1), got {value!r}")
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    wanted = "positive" if minimum == 1 else f">= {minimum}"
+    _check(ok, name, f"must be {wanted} (an integer), got {value!r}")
+
+
+def _positive_number(value: Any, name: str) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    _check(ok, name, f"must be a finite positive number, got {value!r}")
+
+
+def _tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the groups
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which interaction log, and how to read it.
+
+    Attributes:
+      dataset: a known dataset (:data:`jaxrec.data.DATASETS`); ignored when ``path`` is given.
+      path: (flag ``--data``) the path of any ``user,item,rating[,timestamp]`` file, read by
+        :func:`jaxrec.data.from_csv`.
+      data_dir: the folder holding the MovieLens folders.
+      columns: the roles of the file's columns in order (``_`` skips one).
+      sep: the field separator of ``data`` (default: sniffed).
+      implicit: targets are ``rating >= implicit_threshold`` (BCE loss, HR@k / AUC).
+      implicit_threshold: the rating from which an interaction counts as positive.
+    """
+
+    dataset: str | None = _field("ml-latest-small", "a known dataset (see `jaxrec datasets`)")
+    path: str | None = _field(None, "path of any user,item,rating[,timestamp] file (.gz allowed)", flag="data")
+    data_dir: str | None = _field(None, "folder holding the MovieLens folders (default $JAXREC_DATA)")
+    columns: tuple | None = _field(
+        None, "roles of the file's columns in order, e.g. user,item,rating,timestamp ('_' skips)", parse=_list_of(str)
+    )
+    sep: str | None = _field(None, "field separator of --data (default: sniffed among '::' , tab | ;)")
+    implicit: bool = _field(False, "binary targets: rating >= --implicit-threshold", parse=_bool)
+    implicit_threshold: float = _field(4.0, "the rating from which an interaction is positive", parse=_float)
+
+    def __post_init__(self):
+        object.__setattr__(self, "columns", _tuple(self.columns))
+        _check(self.dataset is not None or self.path is not None, "dataset", "or data (a path) must be given")
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """How ratings become cold-start scenarios and tasks (after MeLU, Lee et al. KDD 2019).
+
+    Attributes:
+      scheme: the split of :func:`~jaxrec.data.cold_start_split` into meta-train ratings and the scenarios
+        ``warm``, ``new_user``, ``new_item``, ``new_user_new_item``.
+      split: how :func:`~jaxrec.data.build_tasks` divides a user's ratings into support and query.
+      support: support ratings per task (None: the rest after the query).
+      query: query ratings per task (a count, or a fraction of the user's ratings).
+      min_ratings: users with fewer ratings are not evaluation tasks.
+      max_ratings: users with more ratings are not evaluation tasks (meta-training keeps every user).
+      support_buckets: the padded support lengths: one compiled shape each.
+      history: each row carries the user's last ``history`` ratings (0: none; the GRU model then gets 10).
+      val_frac: the fraction of meta-train users held out as validation users, where every choice is made.
+      val_item_frac: the newest fraction of meta-train items held out of training and of the vocabularies, their
+        ratings forming validation tasks of the new-item kind (0: none).
+    """
+
+    scheme: str = _field("melu", "cold-start split scheme")
+    split: str = _field("melu", "support/query split of a user's ratings")
+    support: int | None = _field(None, "support ratings per user task (default: the rest)", parse=_none_or(_int))
+    query: int | float | None = _field(10, "query ratings per user task", parse=_none_or(_float))
+    min_ratings: int | None = _field(13, "users with fewer ratings are not tasks", parse=_none_or(_int))
+    max_ratings: int | None = _field(100, "users with more ratings are not evaluation tasks", parse=_none_or(_int))
+    support_buckets: tuple | None = _field((96,), "padded support lengths (shape buckets)", parse=_list_of(_int))
+    history: int = _field(0, "history items per row (0: none; gru: 10)", parse=_int)
+    val_frac: float = _field(0.1, "fraction of meta-train users held out for validation", parse=_float)
+    val_item_frac: float = _field(0.0, "newest fraction of meta-train items held out for validation", parse=_float)
+
+    def __post_init__(self):
+        object.__setattr__(self, "support_buckets", _tuple(self.support_buckets))
+        if isinstance(self.query, float) and self.query.is_integer() and self.query >= 1:
+            object.__setattr__(self, "query", int(self.query))
+        for name in ("min_ratings", "max_ratings", "support"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), name)
+        _positive_int(self.history, "history", minimum=0)
+        _fraction(self.val_frac, "val_frac")
+        _fraction(self.val_item_frac, "val_item_frac")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The model.
+
+    Attributes:
+      name: a registered model (:data:`jaxrec.models.MODELS`).
+      kwargs: keyword arguments of its constructor (JSON values; lists become tuples).
+    """
+
+    name: str = _field("melu", "melu | mf | linear | fm | neumf | gru", flag="model")
+    kwargs: dict = _field(
+        {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None, "item_bias": True},
+        "JSON keyword arguments of the model, e.g. '{\"embed\": 8}'",
+        parse=_json,
+        flag="model_kwargs",
+    )
+
+    def __post_init__(self):
+        _check(self.name in models.MODELS, "model", f"must be one of {sorted(models.MODELS)}, got {self.name!r}")
+        _check(isinstance(self.kwargs, dict), "model_kwargs", f"must be a JSON object, got {self.kwargs!r}")
+
+    def constructor_kwargs(self) -> dict:
+        """``kwargs`` with JSON lists as the tuples the (hashable) Flax modules want."""
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in self.kwargs.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """Meta-learning: the algorithm, its inner loop, the outer optimiser, the schedule and the augmentations.
+
+    The defaults were selected on validation users (``benchmarks/quality.py``): Meta-SGD whose inner step is one
+    Newton step on the output layer (the exact ridge fold-in of each user towards the meta-learned output layer,
+    with meta-learned prior variances), meta-training started at the bias model, a quarter of the item ids dropped.
+
+    Attributes:
+      algorithm: ``"maml"``, ``"reptile"`` or ``"metasgd"``.
+      order: ``"second"`` (exact) or ``"first"``.
+      adapt: which parameters adapt per user: ``"head"`` (MeLU's local update of the decision layers),
+        ``"head/output"``, ``"all"``, ``"default"`` (the model's), a regex, or ``"auto"`` (:func:`resolve`).
+      inner_solver: ``"sgd"`` (gradient steps at ``inner_lr``), ``"newton"`` (:mod:`jaxrec.core.newton`: the MAP
+        step under the prior ``N(theta, diag(inner_lr))``), ``"mixed"`` (the output layer solved by Newton steps,
+        the other adapted leaves by gradient steps) or ``"auto"``.
+      inner_lr: the inner rate (a prior variance for Newton steps); Meta-SGD's starting rates.
+      inner_steps: inner steps per task (None: 1 Newton step or 5 gradient steps).
+      tune_inner_lr: start from the fine-tuning rate chosen on validation users (not from the bias start).
+      meta_lr: Adam's rate for the meta-parameters.
+      rate_lr: Adam's rate for Meta-SGD's per-parameter inner rates (None: ``meta_lr``).
+      pretrain: where meta-training starts: ``"bias"`` (the bias model ``mu + b_i`` fitted on the meta-train
+        ratings, for a model with an item-bias table; else ``True``), ``True`` (the supervised model of the
+        ``no_adapt`` baseline) or ``False`` (random).
+      batch_size: tasks (users) per meta-step.
+      epochs: passes over the meta-train tasks.
+      resample_tasks: split every meta-train user's ratings afresh each epoch (task augmentation).
+      item_dropout: fraction of training rows whose item id becomes the OOV slot (DropoutNet).
+      task_item_dropout: fraction of meta-train tasks whose every item id becomes the OOV slot.
+      groups: task grouping (:mod:`jaxrec.contrib.grouping`, experimental): initialisations to choose from.
+    """
+
+    algorithm: str = _field("metasgd", "the meta-learning algorithm", choices=ALGORITHMS)
+    order: str = _field("second", "second (exact) or first order", choices=ORDERS)
+    adapt: str = _field(
+        "auto",
+        "which parameters adapt per user: head | head/output | all | default | a regex (default auto: the output "
+        "layer by a Newton step where the model has one, else the model's default set by 5 gradient steps)",
+    )
+    inner_solver: str = _field(
+        "auto",
+        "inner steps: sgd (gradient steps at --inner-lr), newton (MAP under a Gaussian prior at the initialisation "
+        "with variance --inner-lr; for a small adapted set), mixed (the output layer by Newton steps, the rest by "
+        "gradient steps) or auto",
+        choices=INNER_SOLVERS,
+    )
+    inner_lr: float = _field(0.1, "inner learning rate (the prior variance of the Newton step)", parse=_float)
+    inner_steps: int | None = _field(None, "inner steps per user (default: auto)", parse=_none_or(_int))
+    tune_inner_lr: bool = _field(True, "start from the fine-tuning rate chosen on validation users", parse=_bool)
+    meta_lr: float = _field(3e-4, "outer Adam learning rate", parse=_float)
+    rate_lr: float | None = _field(3e-4, "Adam learning rate of Meta-SGD's rates", parse=_none_or(_float))
+    pretrain: bool | str = _field("bias", "where meta-training starts: bias | true | false", parse=_pretrain)
+    batch_size: int = _field(32, "users (tasks) per meta-step", parse=_int)
+    epochs: int = _field(60, "passes over the meta-train users", parse=_int)
+    resample_tasks: bool = _field(True, "split each user's ratings afresh every epoch", parse=_bool)
+    item_dropout: float = _field(
+        0.25, "fraction of training rows whose item id is hidden (DropoutNet), so that new items are scored from "
+        "their features", parse=_float)  # fmt: skip
+    task_item_dropout: float = _field(0.0, "fraction of meta-train tasks whose item ids are hidden", parse=_float)
+    groups: int = _field(
+        1,
+        "task grouping (experimental): this many initialisations, each new user adapting from the one that fits "
+        "their ratings best",
+        parse=_int,
+    )
+
+    def __post_init__(self):
+        _check(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        _check(self.order in ORDERS, "order", f"must be one of {ORDERS}, got {self.order!r}")
+        _check(
+            self.inner_solver in INNER_SOLVERS,
+            "inner_solver",
+            f"must be one of {INNER_SOLVERS}, got {self.inner_solver!r}",
+        )
+        _check(isinstance(self.adapt, str) and self.adapt != "", "adapt", f"must be a name or a regex: {self.adapt!r}")
+        _positive_number(self.inner_lr, "inner_lr")
+        if self.inner_steps is not None:
+            _positive_int(self.inner_steps, "inner_steps", minimum=0)
+        _positive_number(self.meta_lr, "meta_lr")
+        if self.rate_lr is not None:
+            _positive_number(self.rate_lr, "rate_lr")
+        _check(self.pretrain in PRETRAIN, "pretrain", f"must be 'bias', true or false, got {self.pretrain!r}")
+        _positive_int(self.batch_size, "batch_size")
+        _positive_int(self.epochs, "epochs")
+        _fraction(self.item_dropout, "item_dropout")
+        _fraction(self.task_item_dropout, "task_item_dropout")
+        _check(isinstance(self.groups, int) and self.groups >= 1, "groups", f"must be >= 1, got {self.groups!r}")
+        if self.groups > 1 and self.algorithm == "reptile":
+            raise ValueError("groups > 1 needs a meta-gradient algorithm (maml or metasgd), not reptile")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation: the baselines, how they are fitted and tuned, and the metrics' settings.
+
+    Attributes:
+      baselines: the baselines run beside the meta-learner (a subset of :data:`BASELINES`).
+      ks: the cut-offs of nDCG@k (and HR@k).
+      bootstrap: bootstrap resamples over users for the 95% intervals.
+      eval_batch_size: tasks per evaluation batch.
+      finetune_lrs: the grid of fine-tuning rates (prior variances) tried on the validation users.
+      supervised_epochs, supervised_lr, supervised_batch: the non-meta model's Adam training on rows.
+      bias_reg: ridge strengths ``(lambda_i, lambda_u)`` of the bias baseline.
+    """
+
+    baselines: tuple = _field(BASELINES, "comma-separated baselines, or none", parse=_list_of(str))
+    ks: tuple = _field((1, 3, 10), "cut-offs of nDCG@k and HR@k", parse=_list_of(_int))
+    bootstrap: int = _field(1000, "bootstrap resamples for the 95% intervals", parse=_int)
+    eval_batch_size: int = _field(64, "tasks per evaluation batch", parse=_int)
+    finetune_lrs: tuple = _field(
+        (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0), "fine-tuning rates tried on validation users", parse=_list_of(_float)
+    )
+    supervised_epochs: int = _field(5, "epochs of the non-meta model", parse=_int)
+    supervised_lr: float = _field(1e-3, "Adam learning rate of the non-meta model", parse=_float)
+    supervised_batch: int = _field(256, "rows per batch of the non-meta model", parse=_int)
+    bias_reg: tuple = _field((10.0, 5.0), "ridge strengths of the bias baseline (items, users)", parse=_list_of(_float))
+
+    def __post_init__(self):
+        for name in ("baselines", "ks", "finetune_lrs", "bias_reg"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
+        unknown = [b for b in self.baselines if b not in BASELINES]
+        _check(not unknown, "baselines", f"has unknown name(s) {unknown}; choose from {list(BASELINES)}")
+        _check(all(isinstance(k, int) and k >= 1 for k in self.ks), "ks", f"must be integers >= 1, got {self.ks}")
+        _positive_int(self.bootstrap, "bootstrap")
+        _positive_int(self.eval_batch_size, "eval_batch_size")
+        _positive_int(self.supervised_epochs, "supervised_epochs", minimum=0)
+        _positive_int(self.supervised_batch, "supervised_batch")
+        _check(len(self.bias_reg) == 2, "bias_reg", f"must be two numbers (items, users), got {self.bias_reg}")
+
+
+GROUPS = {"data": DataConfig, "protocol": ProtocolConfig, "model": ModelConfig, "meta": MetaConfig,
+          "evaluation": EvalConfig}  # fmt: skip
+TOP_LEVEL = ("seed", "devices")
+
+
+def _group_fields() -> dict[str, tuple[str, str]]:
+    """``{flat name: (group, field)}``; a field's flat name is its ``flag`` metadata or its own name."""
+    out = {}
+    for group, cls in GROUPS.items():
+        for f in dataclasses.fields(cls):
+            name = f.metadata.get("flag") or f.name
+            if name in out or name in TOP_LEVEL:
+                raise AssertionError(f"config field name {name!r} is not unique")
+            out[name] = (group, f.name)
+    return out
+
+
+FIELDS = _group_fields()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything that defines a run (see the module docstring).
+
+    Attributes:
+      data: :class:`DataConfig`.
+      protocol: :class:`ProtocolConfig`.
+      model: :class:`ModelConfig`.
+      meta: :class:`MetaConfig`.
+      evaluation: :class:`EvalConfig`.
+      seed: the seed of every random choice (splits, batches, initialisation, bootstrap).
+      devices: None (one device), a device count or ``"all"``: the task axis sharded over a mesh.
+    """
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    protocol: ProtocolConfig = dataclasses.field(default_factory=ProtocolConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
+    evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    seed: int = _field(0, "the seed of every random choice", parse=_int)
+    devices: int | str | None = _field(
+        None,
+        "train on N devices (or 'all' local devices; on a CPU-only host, N splits its cores into N devices); "
+        "default one device",
+        parse=_devices,
+    )
+
+    def __post_init__(self):
+        for group, cls in GROUPS.items():
+            _check(isinstance(getattr(self, group), cls), group, f"must be a {cls.__name__}")
+        _positive_int(self.seed, "seed", minimum=0)
+        if self.devices is not None and self.devices != "all":
+            _positive_int(self.devices, "devices")
+
+    @classmethod
+    def make(cls, **fields: Any) -> ExperimentConfig:
+        """The default config with ``fields`` changed, each named by its field name (``epochs=2``)."""
+        return cls().override(**fields)
+
+    def override(self, **fields: Any) -> ExperimentConfig:
+        """A copy with fields changed by name (unique across the groups: ``data`` is the path of a log file)."""
+        unknown = sorted(set(fields) - set(FIELDS) - set(TOP_LEVEL))
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(FIELDS) + list(TOP_LEVEL)}")
+        changes: dict[str, Any] = {k: v for k, v in fields.items() if k in TOP_LEVEL}
+        by_group: dict[str, dict] = {}
+        for name, value in fields.items():
+            if name in FIELDS:
+                group, field = FIELDS[name]
+                by_group.setdefault(group, {})[field] = value
+        for group, values in by_group.items():
+            changes[group] = dataclasses.replace(getattr(self, group), **values)
+        return dataclasses.replace(self, **changes)
+
+    def flat(self) -> dict[str, Any]:
+        """``{field name: value}`` over every group (the names :meth:`override` and the flags use)."""
+        out = {name: getattr(getattr(self, group), field) for name, (group, field) in FIELDS.items()}
+        out.update({name: getattr(self, name) for name in TOP_LEVEL})
+        return out
+
+    def to_dict(self) -> dict:
+        """The JSON record: ``{"format", <group>: {field: value}, "seed", "devices"}`` (tuples as lists)."""
+        record: dict[str, Any] = {"format": RECORD_FORMAT}
+        for group in GROUPS:
+            record[group] = json.loads(json.dumps(dataclasses.asdict(getattr(self, group))))
+        record.update({name: getattr(self, name) for name in TOP_LEVEL})
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> ExperimentConfig:
+        """Inverse of :meth:`to_dict`; a record of another format, or with unknown fields, is a ``ValueError``."""
+        if not isinstance(record, Mapping) or record.get("format") != RECORD_FORMAT:
+            found = record.get("format") if isinstance(record, Mapping) else type(record).__name__
+            if isinstance(record, Mapping) and found is None and "inner_lr" in record:
+                raise ValueError("this is a jaxrec 0.1 record (a flat config), which this version does not read")
+            raise ValueError(f"not a jaxrec config record of format {RECORD_FORMAT!r} (format {found!r})")
+        unknown = sorted(set(record) - {"format", *GROUPS, *TOP_LEVEL})
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}")
+        groups = {}
+        for group, klass in GROUPS.items():
+            values = dict(record.get(group, {}))
+            names = {f.name for f in dataclasses.fields(klass)}
+            extra = sorted(set(values) - names)
+            if extra:
+                raise ValueError(f"unknown {group} field(s) {extra}; known: {sorted(names)}")
+            groups[group] = klass(**values)
+        return cls(**groups, **{name: record[name] for name in TOP_LEVEL if name in record})
+
+    @classmethod
+    def load(cls, path: str | Path, **fields: Any) -> ExperimentConfig:
+        """A config file: a JSON object of field names (``{"epochs": 2, "model": "mf"}``) applied to the defaults,
+        or a whole record (:meth:`to_dict`); ``fields`` are applied on top."""
+        path = Path(path)
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: cannot read the config file: {e}") from e
+        if not isinstance(content, dict):
+            raise ValueError(f"{path}: a config file holds a JSON object of field names")
+        try:
+            base = cls.from_dict(content) if "format" in content else cls.make(**content)
+            return base.override(**fields)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# "auto" made concrete
+
+
+def _resolution_spec(config: ExperimentConfig):
+    """A feature spec with MovieLens-like side features, for the parameter structure of the configured model:
+    which layers it has does not depend on vocabulary sizes."""
+    spec = testing.reference_spec(item_vocab=8)
+    history = config.protocol.history or (10 if config.model.name == "gru" else 0)
+    return dataclasses.replace(spec, history=history)
+
+
+def resolve(config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with ``adapt="auto"``, ``inner_solver="auto"`` and ``inner_steps=None`` made concrete.
+
+    ``adapt="auto"``: the output layer (``"head/output"``) for a model that has one (MeLU, NeuMF, GRU), unless
+    ``inner_solver="sgd"``; otherwise the model's default adapted set (``"default"``; MeLU's: the decision layers).
+    ``inner_solver="auto"``: ``"newton"`` when the adapted set is ``"head/output"``, else ``"sgd"``.
+    ``inner_steps=None``: 1 Newton step, or 5 gradient steps. An adapted set that selects no parameter of the model
+    (the users would silently not adapt), or too many for the Newton step, is an error here, before any data is read.
+    A pure function of the config: the model's parameter structure is traced (``jax.eval_shape``), not allocated.
+    """
+    meta, name = config.meta, config.model.name
+    spec = _resolution_spec(config)
+    model = models.create(name, spec, **config.model.constructor_kwargs())
+    rows = testing.synthetic_rows(spec, 2, jax.random.PRNGKey(0))
+    flat = jax.tree_util.tree_flatten_with_path(jax.eval_shape(model.init, jax.random.PRNGKey(0), rows))[0]
+
+    def selects(adapt_spec: str) -> bool:
+        predicate = models.adapt_filter(adapt_spec, model)
+        return any(predicate(path, leaf) for path, leaf in flat)
+
+    adapt, solver, steps = meta.adapt, meta.inner_solver, meta.inner_steps
+    if solver == "mixed" and not selects(MIXED_SOLVE):
+        raise ValueError(f"inner_solver='mixed' solves the output layer (head/output): model {name!r} has none")
+    if adapt == "auto":
+        if solver in ("auto", "newton") and selects("head/output"):
+            adapt = "head/output"
+        elif solver == "newton":
+            raise ValueError(
+                f"inner_solver='newton' with adapt='auto': model {name!r} has no output layer (head/output); "
+                "name a small set of parameters to adapt"
+            )
+        else:
+            adapt = "default"
+    if not selects(adapt) and steps != 0:
+        raise ValueError(f"adapt={adapt!r} selects no parameter of model {name!r}: no user would adapt")
+    if solver == "auto":
+        solver = "newton" if adapt == "head/output" else "sgd"
+    if solver in ("newton", "mixed"):
+        predicate = models.adapt_filter(adapt if solver == "newton" else MIXED_SOLVE, model)
+        size = sum(math.prod(leaf.shape) for path, leaf in flat if predicate(path, leaf))
+        limit = newton().max_params
+        if size > limit:
+            raise ValueError(
+                f"inner_solver='newton' would adapt {size} parameters of model {name!r} (adapt={adapt!r}), more "
+                f"than {limit}: it forms their Hessian per user; adapt fewer, e.g. adapt='head/output'"
+            )
+    if steps is None:
+        steps = 1 if solver == "newton" else 5
+    return config.override(adapt=adapt, inner_solver=solver, inner_steps=int(steps))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# command-line flags derived from the fields
+
+
+def _entries() -> list[tuple[str, str, dataclasses.Field]]:
+    """``(flag name, group or "run", field)`` of every config field."""
+    defaults = ExperimentConfig()
+    out = []
+    for name, (group, field) in FIELDS.items():
+        out.append((name, group, next(f for f in dataclasses.fields(getattr(defaults, group)) if f.name == field)))
+    for name in TOP_LEVEL:
+        out.append((name, "run", next(f for f in dataclasses.fields(ExperimentConfig) if f.name == name)))
+    return out
+
+
+def add_flags(parser: Any, names: tuple[str, ...] | None = None) -> None:
+    """Add one ``--<field-name>`` flag per config field (or the ``names`` given) to an ``argparse`` parser, in one
+    argument group per config group, with the field's help and default. The values stay strings until
+    :func:`flag_values` parses them, so that a bad one is reported naming its flag."""
+    defaults = ExperimentConfig()
+    sections: dict[str, Any] = {}
+    for name, group, f in _entries():
+        if names is not None and name not in names:
+            continue
+        if group not in sections:
+            title = "run" if group == "run" else f"{group} (ExperimentConfig.{group})"
+            sections[group] = parser.add_argument_group(title)
+        owner = defaults if group == "run" else getattr(defaults, group)
+        default = getattr(owner, f.name)
+        shown = json.dumps(default) if isinstance(default, dict) else default
+        sections[group].add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            choices=f.metadata.get("choices"),
+            metavar=None if f.metadata.get("choices") else name.upper(),
+            help=f"{f.metadata.get('help', '')} (default: {shown})".replace("%", "%%"),
+        )
+
+
+def flag_values(args: Any) -> dict[str, Any]:
+    """``{field name: value}`` of the config flags given on the command line, parsed; a value that does not parse is
+    a ``ValueError`` naming the flag (``--devices expects a number or 'all', got 'many'``)."""
+    out = {}
+    for name, _, f in _entries():
+        text = getattr(args, name, None)
+        if text is None:
+            continue
+        try:
+            out[name] = f.metadata["parse"](text)
+        except ValueError as e:
+            raise ValueError(f"--{name.replace('_', '-')} {e}, got {text!r}") from None
+    return out
+
+
+def as_flags(message: str) -> str:
+    """A config error in the command line's words: a message that starts with a field name names its flag."""
+    first, _, rest = message.partition(" ")
+    if first in FIELDS or first in TOP_LEVEL:
+        return f"--{first.replace('_', '-')} {rest}"
+    return message
