@@ -140,7 +140,7 @@ def run(args) -> dict:
                         seen.add(keys[other])
                         stats[f"finetune[{other}]"] = concat_stats(parts)
             scenarios[scenario] = compare_stats(
-                stats, reference="maml", resamples=base.bootstrap, seed=0, implicit=base.implicit
+                stats, reference="maml", resamples=base.evaluation.bootstrap, seed=0, implicit=base.data.implicit
             )
         out["methods"][name] = {
             "overrides": VARIANTS[name],

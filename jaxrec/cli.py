@@ -66,6 +66,12 @@ def _echo(*parts: Any, err: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Build the parser of the ``jaxrec`` command and its subcommands.
+
+    Returns:
+      The ``argparse`` parser; the config flags of ``train`` (and some of ``evaluate``) come from
+      :func:`jaxrec.experiment.config.add_flags`.
+    """
     parser = argparse.ArgumentParser(prog="jaxrec", description="Meta-learned cold-start recommendation in JAX.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(t)
     t.add_argument("--out", default="runs/jaxrec", help="run folder (default runs/jaxrec)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    t.add_argument(
+        "--overwrite", action="store_true", help="replace the run files (checkpoints, metrics) that --out holds"
+    )
     t.add_argument("--steps", type=int, help="stop after this many meta-steps in total (default: all epochs)")
     t.add_argument(
         "--nonfinite",
@@ -134,14 +143,27 @@ def _config(base, overrides: dict[str, Any]):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``jaxrec train``: meta-train (or resume), checkpoint, evaluate and write ``DIR/metrics.json``.
+
+    Args:
+      args: the parsed arguments.
+
+    Returns:
+      The exit status: 0, or ``128 + signal`` when a signal stopped the training.
+
+    Raises:
+      RunError: if the flags, the config file or the output folder are not usable.
+    """
     out = Path(args.out).expanduser()
     overrides = _config_overrides(args)
+    if args.resume and args.overwrite:
+        raise CLIError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
     if args.resume:
         if not (out / "checkpoints").is_dir():
             raise CLIError(f"--resume: {out} holds no checkpoints to resume from")
         config = resume_config(out, overrides)
     else:
-        check_fresh_out(out)
+        check_fresh_out(out, overwrite=args.overwrite)
         base = None
         if args.config:
             try:
@@ -189,6 +211,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``jaxrec evaluate``: evaluate a checkpoint on every cold-start scenario.
+
+    Args:
+      args: the parsed arguments.
+
+    Returns:
+      The exit status 0.
+    """
     overrides = _config_overrides(args)
     experiment, checkpoint = restore_run(args.checkpoint, args.step, overrides)
     _echo(f"checkpoint {checkpoint.folder} step {checkpoint.step}")
@@ -201,7 +231,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def format_table(document: dict) -> str:
-    """A plain-text table: one row per (scenario, method), the scalar metrics as columns."""
+    """Format a metrics document as a plain-text table.
+
+    Args:
+      document: the metrics document (``{"scenarios": {scenario: {method: metrics}}}``).
+
+    Returns:
+      One row per (scenario, method), the users and the scalar metrics as columns.
+    """
     scenarios = document.get("scenarios", {})
     present = [m for m in TABLE_METRICS if any(m in r for s in scenarios.values() for r in s.values())]
     header = ["scenario", "method", "users", *present]
@@ -223,6 +260,17 @@ def format_table(document: dict) -> str:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    """``jaxrec recommend``: adapt to a new user's few ratings and print the top-k items.
+
+    Args:
+      args: the parsed arguments.
+
+    Returns:
+      The exit status 0.
+
+    Raises:
+      RunError: if ``-k`` is less than 1 or the ratings file is not usable.
+    """
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
     codes, ratings, notes = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
@@ -255,6 +303,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    """``jaxrec datasets``: list the known datasets and where they are cached.
+
+    Args:
+      args: the parsed arguments.
+
+    Returns:
+      The exit status 0.
+    """
     root = Path(args.data_dir).expanduser() if args.data_dir else default_data_root()
     _echo(f"data folder: {root} (set JAXREC_DATA or --data-dir to change it)")
     for name in DATASETS:
@@ -321,7 +377,14 @@ def _host_devices(devices) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``jaxrec`` command; returns the exit status (0 ok, 1 error, 2 usage, 128+signal interrupted)."""
+    """Run the ``jaxrec`` command.
+
+    Args:
+      argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+      The exit status: 0 ok, 1 error, 2 usage, 128 + signal number when interrupted.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

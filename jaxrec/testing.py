@@ -18,7 +18,15 @@ __all__ = ["reference_spec", "synthetic_rows", "synthetic_task_batch"]
 
 
 def reference_spec(item_vocab: int = 1700) -> FeatureSpec:
-    """The FeatureSpec of the benchmark reference workload (MovieLens-1M-like MeLU)."""
+    """The FeatureSpec of the benchmark reference workload (MovieLens-1M-like MeLU).
+
+    Args:
+      item_vocab: the size of the ``"item"`` vocabulary (slot 0 included).
+
+    Returns:
+      The :class:`~jaxrec.core.features.FeatureSpec`: one user, ``item_vocab`` items, the user's gender, age,
+      occupation and zip, the item's year and 19 multi-hot genres, an explicit ``"rating"`` target in 1..5.
+    """
     return FeatureSpec(
         categorical={
             "user": 1,
@@ -69,11 +77,20 @@ def _host_rows(spec: FeatureSpec, rows: int, rng: np.random.Generator) -> dict[s
 
 
 def synthetic_rows(spec: FeatureSpec, rows: int, key: jax.Array) -> dict[str, jax.Array]:
-    """``rows`` random valid rows of ``spec``: ids uniform over the whole vocabulary (OOV slot 0 included),
-    multi-hot bits with probability 0.2, integer ratings in ``spec.rating_range`` (default 1..5), 0/1 labels
-    with a ``neg_item`` for implicit specs, and right-padded histories when ``spec.history > 0``.
+    """Random valid rows of a feature spec.
 
-    Generated on the host with NumPy seeded by ``key`` (deterministic; ``key`` must be concrete, not traced).
+    Ids are uniform over the whole vocabulary (OOV slot 0 included), multi-hot bits are set with probability 0.2,
+    ratings are integers in ``spec.rating_range`` (default 1..5), implicit specs get 0/1 labels with a
+    ``neg_item``, and histories are right-padded when ``spec.history > 0``. The rows are generated on the host
+    with NumPy seeded by ``key``, so they are deterministic.
+
+    Args:
+      spec: the :class:`~jaxrec.core.features.FeatureSpec` the rows follow.
+      rows: the number of rows.
+      key: a JAX PRNG key (typed or raw ``uint32``); it must be concrete, not traced.
+
+    Returns:
+      A dict of arrays ``[rows, ...]``, one per row key of ``spec``.
     """
     return {name: jnp.asarray(value) for name, value in _host_rows(spec, rows, _host_rng(key)).items()}
 
@@ -83,9 +100,20 @@ def synthetic_task_batch(
 ) -> TaskBatch:
     """A random :class:`jaxrec.TaskBatch` of ``tasks`` users with ``support`` / ``query`` rows each.
 
-    All rows of a task share the user-side keys (``user``, ``user_*``, ``history_*``), as in real data. With
-    ``padded`` each task keeps a random number (at least 1) of its rows and masks the rest; otherwise every row is
-    real. ``task_id`` is ``arange(tasks)``. Host-side, like :func:`synthetic_rows`.
+    All rows of a task share the user-side keys (``user``, ``user_*``, ``history_*``), as in real data. The batch
+    is generated on the host, like :func:`synthetic_rows`.
+
+    Args:
+      spec: the :class:`~jaxrec.core.features.FeatureSpec` the rows follow.
+      tasks: the number of tasks (users).
+      support: the number of support rows of each task (before masking).
+      query: the number of query rows of each task (before masking).
+      key: a concrete JAX PRNG key (typed or raw ``uint32``).
+      padded: if true, each task keeps a random number (at least 1) of its rows on each side and masks the rest;
+        if false, every row is real.
+
+    Returns:
+      The :class:`~jaxrec.TaskBatch`, with ``task_id = arange(tasks)``.
     """
     rng = _host_rng(key)
     per_task = support + query

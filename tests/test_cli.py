@@ -256,3 +256,23 @@ def test_cli_log_handler_follows_the_current_stderr(monkeypatch, capsys):
     monkeypatch.setattr("sys.stderr", new)
     logging.getLogger("jaxrec.test").warning("second")
     assert new.getvalue() == "jaxrec: WARNING: second\n"
+
+
+def test_a_fresh_run_never_mixes_with_another_runs_files(tmp_path, capsys):
+    data = write_ratings(tmp_path / "ratings.csv")
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = '{"epoch": 1, "step": 7, "loss": 0.5}\n'
+    (out / "metrics.jsonl").write_text(stale)  # e.g. a first run killed during its very first save
+    (out / "notes.txt").write_text("mine")
+    flags = [*TINY_FLAGS, "--epochs", "1", "--no-eval"]
+    assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert one_clear_error(err) and "metrics.jsonl" in err and "--overwrite" in err
+    assert (out / "metrics.jsonl").read_text() == stale  # refused: nothing touched
+    assert cli.main(["train", "--data", str(data), *flags, "--out", str(out), "--overwrite"]) == 0
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1] and log[0]["step"] != 7  # one clean log of the new run
+    assert (out / "notes.txt").read_text() == "mine"  # files that are not a run's are left alone
+    assert cli.main(["train", "--data", str(data), *flags, "--out", str(out), "--resume", "--overwrite"]) == 1
+    assert "pass one of them" in capsys.readouterr().err

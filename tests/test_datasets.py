@@ -228,10 +228,10 @@ def test_download_verifies_checksum_and_unpacks_atomically(tmp_path):
     )
     src = _write(tmp_path / "src" / "ml-10m.zip", "")
     src.write_bytes(payload)
-    good = Archive(src.as_uri(), hashlib.md5(payload).hexdigest(), "ml-10M100K")
+    good = Archive(src.as_uri(), hashlib.sha256(payload).hexdigest(), len(payload), "ml-10M100K")
     target = tmp_path / "root" / "ml-10m"
     with pytest.raises(jd.DownloadError, match="checksum mismatch"):
-        download_archive("ml-10m", target, archive=good._replace(md5="0" * 32), progress=False)
+        download_archive("ml-10m", target, archive=good._replace(sha256="0" * 64), progress=False)
     assert not target.exists() and [p.name for p in target.parent.iterdir()] == []  # nothing half-written
     assert download_archive("ml-10m", target, archive=good, progress=False) == target
     ds = parse_movielens("ml-10m", target)
@@ -246,12 +246,15 @@ def test_download_uses_injected_opener_and_refuses_unknown_checksum(tmp_path):
         seen.append(url)
         return io.BytesIO(payload)
 
-    archive = Archive("https://example.invalid/ml-100k.zip", hashlib.md5(payload).hexdigest(), "ml-100k")
+    archive = Archive(
+        "https://example.invalid/ml-100k.zip", hashlib.sha256(payload).hexdigest(), len(payload), "ml-100k"
+    )
     download_archive("ml-100k", tmp_path / "x", archive=archive, opener=opener, progress=False)
     assert seen == [archive.url] and (tmp_path / "x" / "u.data").read_text() == "1\t2\t3\t4\n"
     with pytest.raises(jd.DownloadError, match="checksum is not confirmed"):
-        download_archive("ml-100k", tmp_path / "y", archive=archive._replace(md5=None), opener=opener)
-    assert all(len(a.md5) == 32 for a in jd.ARCHIVES.values())
+        download_archive("ml-100k", tmp_path / "y", archive=archive._replace(sha256=None), opener=opener)
+    assert all(a.sha256 is None or len(a.sha256) == 64 for a in jd.ARCHIVES.values())
+    assert all(a.url.startswith("https://files.grouplens.org/") for a in jd.ARCHIVES.values())
 
 
 def test_load_downloads_when_allowed_by_env(tmp_path, monkeypatch):
@@ -263,7 +266,9 @@ def test_load_downloads_when_allowed_by_env(tmp_path, monkeypatch):
     src = tmp_path / "ml-10m.zip"
     src.write_bytes(payload)
     monkeypatch.setitem(
-        download.ARCHIVES, "ml-10m", Archive(src.as_uri(), hashlib.md5(payload).hexdigest(), "ml-10M100K")
+        download.ARCHIVES,
+        "ml-10m",
+        Archive(src.as_uri(), hashlib.sha256(payload).hexdigest(), len(payload), "ml-10M100K"),
     )
     monkeypatch.setenv("JAXREC_DATA", str(tmp_path / "cache"))
     monkeypatch.setenv("JAXREC_DOWNLOAD", "0")
@@ -273,3 +278,38 @@ def test_load_downloads_when_allowed_by_env(tmp_path, monkeypatch):
     ds = jd.load("ml-10m")
     assert ds.n_ratings == 1 and (tmp_path / "cache" / "ml-10m" / "ratings.dat").is_file()
     assert jd.load("ml-10m", download=False).n_ratings == 1  # now found offline
+
+
+def test_a_download_larger_than_its_archive_is_stopped_and_leaves_nothing(tmp_path):
+    payload = _zip_with("ml-100k", {"u.data": "1\t2\t3\t4\n"})
+    archive = Archive("https://files.grouplens.org/x.zip", hashlib.sha256(payload).hexdigest(), len(payload), "ml-100k")
+
+    class Endless(io.BytesIO):  # a server that keeps sending
+        def read(self, n=-1):
+            return b"x" * (1 << 16)
+
+    target = tmp_path / "root" / "ml-100k"
+    with pytest.raises(jd.DownloadError, match="more than the"):
+        download_archive("ml-100k", target, archive=archive, opener=lambda url: Endless(), progress=False)
+    assert not target.exists() and list(target.parent.iterdir()) == []  # no partial file anywhere
+
+    class Announced(io.BytesIO):
+        headers = {"Content-Length": str(len(payload) + 1)}
+
+    with pytest.raises(jd.DownloadError, match="larger than"):
+        download_archive("ml-100k", target, archive=archive, opener=lambda url: Announced(payload), progress=False)
+    assert list(target.parent.iterdir()) == []
+
+
+def test_redirects_are_followed_only_to_the_official_host():
+    import urllib.request
+
+    from jaxrec.data.download import OfficialRedirects
+
+    handler = OfficialRedirects()
+    request = urllib.request.Request("https://files.grouplens.org/datasets/movielens/ml-100k.zip")
+    for elsewhere in ("https://files.example.com/ml-100k.zip", "http://files.grouplens.org/ml-100k.zip"):
+        with pytest.raises(jd.DownloadError, match="not an official host"):
+            handler.redirect_request(request, None, 302, "Found", {}, elsewhere)
+    moved = handler.redirect_request(request, None, 302, "Found", {}, "https://files.grouplens.org/mirror/x.zip")
+    assert moved.full_url == "https://files.grouplens.org/mirror/x.zip"

@@ -1,2 +1,2 @@
-"""Experimental features: kept working and tested, but validation found no gain for them on the datasets tried,
-so their interface may change. :mod:`jaxrec.contrib.grouping`: task grouping (several initialisations)."""
+"""Experimental features: working and tested, but they show no gain in validation on the datasets evaluated, so
+their interface may change. :mod:`jaxrec.contrib.grouping`: task grouping (several initialisations)."""

@@ -21,7 +21,7 @@ __all__ = ["TaskBatch", "BatchShapeError", "validate_batch", "zero_padding"]
 
 
 class BatchShapeError(ValueError):
-    """A :class:`TaskBatch` whose arrays or masks do not agree on their leading axes."""
+    """Raised for a :class:`TaskBatch` whose arrays or masks do not agree on their leading axes."""
 
 
 @flax.struct.dataclass
@@ -45,6 +45,7 @@ class TaskBatch:
 
     @property
     def num_tasks(self) -> int:
+        """``T``, the number of tasks (padding tasks included)."""
         return int(self.support_mask.shape[0])
 
     @property
@@ -57,6 +58,14 @@ class TaskBatch:
         )
 
     def validate(self) -> TaskBatch:
+        """Check the batch's shapes (:func:`validate_batch`).
+
+        Returns:
+          The batch itself, for chaining.
+
+        Raises:
+          BatchShapeError: an array or mask disagrees on its leading axes.
+        """
         validate_batch(self)
         return self
 
@@ -82,7 +91,16 @@ def _check_side(name: str, rows: Mapping[str, Any], mask: Any, num_tasks: int) -
 
 
 def validate_batch(batch: TaskBatch) -> None:
-    """Raise :class:`BatchShapeError` naming the first array whose leading axes disagree."""
+    """Check that every array and mask of a batch agrees on its leading axes ``[tasks, rows]``.
+
+    Args:
+      batch: the :class:`TaskBatch`.
+
+    Raises:
+      TypeError: ``batch`` is not a :class:`TaskBatch`.
+      BatchShapeError: naming the first array whose leading axes disagree; also for an empty side, a mask that is
+        not bool ``[tasks, rows]``, or a ``task_id`` not of shape ``[tasks]``.
+    """
     if not isinstance(batch, TaskBatch):
         raise TypeError(f"expected a jaxrec.TaskBatch, got {type(batch).__name__}")
     num_tasks = int(np.shape(batch.support_mask)[0]) if np.ndim(batch.support_mask) else -1
@@ -98,6 +116,13 @@ def zero_padding(rows: Mapping[str, jax.Array], mask: jax.Array) -> dict[str, ja
     Masked losses already ignore padded rows in the forward pass, but a NaN or inf sitting in a padded row would
     still poison the backward pass (``0 * nan = nan`` in ``x^T dy``). Zeroing makes the content of padded rows
     irrelevant, bit for bit.
+
+    Args:
+      rows: a dict of arrays ``[rows, ...]`` (or with any leading axes matching ``mask``).
+      mask: bool, the leading axes of the rows; false rows are padding.
+
+    Returns:
+      A new dict with the same keys, padded rows set to zero.
     """
 
     def clean(x):

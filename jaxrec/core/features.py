@@ -39,13 +39,33 @@ class FeatureSpec:
     history: int = 0
 
     def fields(self, prefix: str) -> list[str]:
-        """Categorical side-feature keys that start with ``prefix`` (``"user_"`` or ``"item_"``), sorted."""
+        """The categorical side-feature keys that start with ``prefix``.
+
+        Args:
+          prefix: ``"user_"`` or ``"item_"``.
+
+        Returns:
+          The keys, sorted.
+        """
         return sorted(k for k in self.categorical if k.startswith(prefix))
 
     def multi_hot_fields(self, prefix: str) -> list[str]:
+        """The multi-hot feature keys that start with ``prefix``.
+
+        Args:
+          prefix: ``"user_"`` or ``"item_"``.
+
+        Returns:
+          The keys, sorted.
+        """
         return sorted(k for k in self.multi_hot if k.startswith(prefix))
 
     def to_dict(self) -> dict:
+        """The spec as plain JSON-ready values (``rating_range`` as a list or None); :meth:`from_dict` inverts it.
+
+        Returns:
+          ``{"categorical", "multi_hot", "target", "rating_range", "history"}``.
+        """
         return {
             "categorical": dict(self.categorical),
             "multi_hot": dict(self.multi_hot),
@@ -56,6 +76,15 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> FeatureSpec:
+        """The spec of a :meth:`to_dict` mapping.
+
+        Args:
+          d: a mapping with ``"categorical"`` and optionally ``"multi_hot"`` (default empty), ``"target"`` (default
+            ``"rating"``), ``"rating_range"`` (default None) and ``"history"`` (default 0).
+
+        Returns:
+          The :class:`FeatureSpec`.
+        """
         rr = d.get("rating_range")
         return cls(
             categorical=dict(d["categorical"]),

@@ -81,6 +81,10 @@ class InnerLoop:
       remat: what the backward pass keeps of the loop (:func:`jaxrec.core.remat.iterate`): ``False``, ``True`` /
         ``"step"``, ``"sqrt"`` or ``"recompute"``.
       unroll: the unroll of the loop's ``lax.scan`` (``True``: fully; the computation is the same).
+
+    Raises:
+      TypeError: ``loss_fn`` is not callable, or ``solver`` is not a solver (:func:`~jaxrec.core.solvers.as_solver`).
+      ValueError: ``steps`` is not an integer >= 0, or ``order`` or ``remat`` is unknown.
     """
 
     loss_fn: LossFn
@@ -96,9 +100,11 @@ class InnerLoop:
         if not callable(self.loss_fn):
             raise TypeError(f"InnerLoop: loss_fn must be callable, got {self.loss_fn!r}")
         steps = self.steps
-        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
-            if not (isinstance(steps, numbers.Real) and float(steps).is_integer()):
-                raise ValueError(f"inner_steps must be an integer >= 0, got {steps!r}")
+        integral = isinstance(steps, numbers.Integral) or (
+            isinstance(steps, numbers.Real) and float(steps).is_integer()
+        )
+        if isinstance(steps, bool) or not integral:
+            raise ValueError(f"inner_steps must be an integer >= 0, got {steps!r}")
         if int(steps) < 0:
             raise ValueError(f"inner_steps must be >= 0, got {steps}")
         object.__setattr__(self, "steps", int(steps))
@@ -119,7 +125,14 @@ class InnerLoop:
         return isinstance(other, InnerLoop) and self._key() == other._key()
 
     def replace(self, **changes: Any) -> InnerLoop:
-        """A copy with some fields changed (``dataclasses.replace``)."""
+        """A copy with some fields changed (``dataclasses.replace``).
+
+        Args:
+          **changes: new values of fields, by field name.
+
+        Returns:
+          The new :class:`InnerLoop` (validated like any other).
+        """
         return dataclasses.replace(self, **changes)
 
 
@@ -127,9 +140,18 @@ def as_inner_loop(inner: InnerLoop | None = None, **options: Any) -> InnerLoop:
     """``inner``, or an :class:`InnerLoop` built from the keyword spelling of its fields.
 
     The keywords are those of the functions that take an inner loop: ``loss_fn``, ``inner_steps``, ``order``,
-    ``inner_optimizer`` (the solver), ``adapt_filter``, ``inner_aux``, ``remat``, ``inner_unroll``. Given with
-    ``inner``, they replace
-    its fields.
+    ``inner_optimizer`` (the solver), ``adapt_filter``, ``inner_aux``, ``remat``, ``inner_unroll``.
+
+    Args:
+      inner: an :class:`InnerLoop`, or None to build one from ``options``.
+      **options: inner-loop fields in their keyword spelling; given with ``inner``, they replace its fields.
+
+    Returns:
+      The :class:`InnerLoop`.
+
+    Raises:
+      TypeError: an unknown option; no ``inner`` and no ``loss_fn`` or ``inner_steps``; ``inner`` is not an
+        :class:`InnerLoop`.
     """
     unknown = sorted(set(options) - set(_KEYWORDS))
     if unknown:
@@ -147,7 +169,16 @@ def as_inner_loop(inner: InnerLoop | None = None, **options: Any) -> InnerLoop:
 
 
 def check_inner_lr(inner_lr: Any) -> None:
-    """A concrete scalar rate must be finite and positive (a traced or per-parameter rate is not checked)."""
+    """Check that a concrete scalar inner rate is finite and positive.
+
+    A traced or per-parameter rate is not checked.
+
+    Args:
+      inner_lr: the inner rate.
+
+    Raises:
+      ValueError: a concrete scalar rate is not finite or not positive.
+    """
     if isinstance(inner_lr, numbers.Real) and not isinstance(inner_lr, bool):
         if not math.isfinite(float(inner_lr)) or float(inner_lr) <= 0:
             raise ValueError(f"inner_lr must be a finite positive number, got {inner_lr!r}")
@@ -212,6 +243,11 @@ def adapt(
 
     Returns:
       ``phi_K``, a pytree with the structure of ``params``.
+
+    Raises:
+      TypeError: an unknown inner-loop option, or a missing ``loss_fn`` / ``inner_steps`` without ``inner``.
+      ValueError: a concrete scalar ``inner_lr`` is not finite and positive, or a per-parameter ``inner_lr`` does
+        not have the structure of ``params``.
     """
     inner = as_inner_loop(inner, **options)
     check_inner_lr(inner_lr)

@@ -41,6 +41,13 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     the gradient of whatever produced ``values`` (``0 * nan = nan`` in the backward pass): the builders below
     mask their per-row residuals before any non-linearity, and :func:`jaxrec.adapt` / :func:`jaxrec.meta_loss`
     zero padded rows before the model sees them (:func:`jaxrec.zero_padding`).
+
+    Args:
+      values: per-row values ``[rows]``.
+      mask: bool ``[rows]``; false rows are padding.
+
+    Returns:
+      The masked mean, a scalar of the dtype of ``values``.
     """
     mask = mask.astype(bool)
     total = jnp.sum(jnp.where(mask, values, 0.0))
@@ -49,7 +56,15 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def mse_loss(apply_fn: ApplyFn, target: str = "rating") -> LossFn:
-    """Masked mean squared error between ``apply_fn(params, rows)`` and ``rows[target]``."""
+    """Masked mean squared error between ``apply_fn(params, rows)`` and ``rows[target]``.
+
+    Args:
+      apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
+      target: the row key of the explicit target.
+
+    Returns:
+      ``loss_fn(params, rows, mask) -> scalar``.
+    """
 
     def loss_fn(params, rows, mask):
         scores = apply_fn(params, rows)
@@ -60,7 +75,15 @@ def mse_loss(apply_fn: ApplyFn, target: str = "rating") -> LossFn:
 
 
 def bce_loss(apply_fn: ApplyFn, target: str = "label") -> LossFn:
-    """Masked binary cross-entropy; ``apply_fn`` returns logits, ``rows[target]`` is 0/1."""
+    """Masked binary cross-entropy with logits.
+
+    Args:
+      apply_fn: ``apply_fn(params, rows) -> logits [rows]``.
+      target: the row key of the 0/1 label.
+
+    Returns:
+      ``loss_fn(params, rows, mask) -> scalar``.
+    """
 
     def loss_fn(params, rows, mask):
         logits = jnp.where(mask, apply_fn(params, rows), 0.0)
@@ -76,7 +99,16 @@ def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = 
     """Bayesian personalised ranking (Rendle et al. 2009): ``-log sigmoid(s(u, i+) - s(u, i-))``.
 
     Each row holds a positive ``item`` and a sampled ``neg_item``; the negative score is the model applied to the
-    same row with the item swapped.
+    same row with the item swapped (and the item's side features ``item_<field>`` swapped for
+    ``neg_item_<field>`` where the rows carry them).
+
+    Args:
+      apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
+      negative_key: the row key of the sampled negative item.
+      item_key: the row key of the positive item.
+
+    Returns:
+      ``loss_fn(params, rows, mask) -> scalar``.
     """
 
     def loss_fn(params, rows, mask):
@@ -95,7 +127,16 @@ def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = 
 
 
 def with_auxiliary(loss_fn: LossFn, aux_fn: Callable[[Any], jax.Array], weight: float) -> LossFn:
-    """``loss_fn + weight * aux_fn(params)``: an extra term that depends on the parameters only."""
+    """``loss_fn + weight * aux_fn(params)``: an extra term that depends on the parameters only.
+
+    Args:
+      loss_fn: ``loss_fn(params, rows, mask) -> scalar``.
+      aux_fn: ``aux_fn(params) -> scalar``.
+      weight: the weight of the extra term.
+
+    Returns:
+      The combined ``loss_fn(params, rows, mask) -> scalar``.
+    """
 
     def combined(params, rows, mask):
         return loss_fn(params, rows, mask) + weight * aux_fn(params)
@@ -108,6 +149,12 @@ def l2_to_init(weight: float) -> Callable[[Any, Any], jax.Array]:
 
     Pass it as ``inner_aux`` to :func:`jaxrec.adapt` (it sees both the adapted and the initial parameters); it is
     the proximal term of iMAML (Rajeswaran et al. 2019) and keeps a few noisy ratings from dragging the model away.
+
+    Args:
+      weight: the regularisation weight.
+
+    Returns:
+      ``aux(adapted, init) -> scalar``.
     """
 
     def aux(adapted, init):

@@ -20,14 +20,27 @@ __all__ = ["MetaSGDParams", "init_metasgd", "log_space", "split_meta_params"]
 
 @flax.struct.dataclass
 class MetaSGDParams:
-    """Meta-SGD's meta-parameters: the initialisation and one inner learning rate per parameter."""
+    """Meta-SGD's meta-parameters: the initialisation and one inner learning rate per parameter.
+
+    Attributes:
+      params: the initialisation ``theta`` (any pytree).
+      inner_lr: the per-parameter inner rates ``alpha``, a pytree with the structure of ``params``.
+    """
 
     params: Any
     inner_lr: Any
 
 
 def init_metasgd(params: Any, inner_lr: float) -> MetaSGDParams:
-    """Meta-SGD parameters with every per-parameter learning rate set to ``inner_lr``."""
+    """Meta-SGD parameters with every per-parameter learning rate set to ``inner_lr``.
+
+    Args:
+      params: the initialisation (any pytree); a :class:`MetaSGDParams` is returned as it is.
+      inner_lr: the starting value of every rate.
+
+    Returns:
+      The :class:`MetaSGDParams`.
+    """
     if isinstance(params, MetaSGDParams):
         return params
     return MetaSGDParams(params, jax.tree.map(lambda p: jnp.full_like(p, inner_lr), params))
@@ -41,6 +54,13 @@ def log_space(inner: optax.GradientTransformation) -> optax.GradientTransformati
     factor (``e^{+-lr}`` a step at most, whatever its size), so rates an order of magnitude apart, such as an
     output bias that should jump to the user's offset and a wide layer that should barely move, are learned at
     the same relative speed, and a rate can never turn negative.
+
+    Args:
+      inner: the optax transformation applied in log space.
+
+    Returns:
+      An optax ``GradientTransformation`` over the rates ``alpha``; its ``update`` needs the current rates
+      (``optimizer.update(grads, state, params)``) and raises ``ValueError`` without them.
     """
 
     def init(params):
@@ -57,6 +77,16 @@ def log_space(inner: optax.GradientTransformation) -> optax.GradientTransformati
 
 
 def split_meta_params(params: Any, inner_lr: Any) -> tuple[Any, Any]:
+    """The initialisation and the inner rates of either kind of meta-parameters.
+
+    Args:
+      params: a :class:`MetaSGDParams`, or plain params.
+      inner_lr: the inner rate used with plain params (ignored for :class:`MetaSGDParams`).
+
+    Returns:
+      ``(params, inner_lr)``: the fields of a :class:`MetaSGDParams`, or ``params`` and ``inner_lr`` as a float32
+      array.
+    """
     if isinstance(params, MetaSGDParams):
         return params.params, params.inner_lr
     return params, jnp.asarray(inner_lr, jnp.float32)

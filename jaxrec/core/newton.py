@@ -61,8 +61,8 @@ __all__ = ["NewtonStep", "newton", "newton_step"]
 
 # a rate at or below this floor is a prior so tight that the parameter does not move. Meta-SGD's linear-space
 # update can push a rate through zero: the rate then stays at the floor, and gets no gradient there (that parameter
-# stops adapting; rate_space="log" keeps rates positive). Letting the gradient through the floor instead
-# (straight-through) gave d precision / d alpha = -1 / floor^2 and NaN meta-steps on ml-100k.
+# stops adapting; rate_space="log" keeps rates positive). The gradient does not pass through the floor
+# (straight-through): that would give d precision / d alpha = -1 / floor^2, and NaN meta-steps (on ml-100k).
 _MIN_RATE = 1e-8
 
 
@@ -70,19 +70,35 @@ _MIN_RATE = 1e-8
 class NewtonStep:
     """The Newton inner step, used as ``inner_optimizer`` (a static, hashable configuration).
 
-    ``max_params``: the largest number of adapted parameters accepted; the step forms their ``P x P`` Hessian
-    per task, so it is meant for a small adapted set (``adapt_filter="head/output"``), not whole networks.
-
-    ``solve``: None (every adapted leaf takes the Newton step) or an adapt-filter spec
-    (:func:`jaxrec.models.adapt_filter`: a regex of the parameter path, or a predicate) of the adapted leaves
-    solved by Newton steps while the others take gradient steps.
+    Attributes:
+      max_params: the largest number of adapted parameters accepted; the step forms their ``P x P`` Hessian per
+        task, so it is meant for a small adapted set (``adapt_filter="head/output"``), not whole networks.
+      solve: None (every adapted leaf takes the Newton step) or an adapt-filter spec
+        (:func:`jaxrec.models.adapt_filter`: a regex of the parameter path, or a predicate) of the adapted leaves
+        solved by Newton steps while the others take gradient steps.
     """
 
     max_params: int = 1024
     solve: Any = None
 
     def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list:
-        """The :class:`~jaxrec.core.solvers.InnerSolver` protocol: ``steps`` Newton (or mixed) inner steps."""
+        """Take ``steps`` Newton (or mixed) inner steps (the :class:`~jaxrec.core.solvers.InnerSolver` protocol).
+
+        With ``solve`` set, a last solve follows the ``K``-th step (see the module docstring).
+
+        Args:
+          problem: the task's :class:`~jaxrec.core.solvers.InnerProblem`; ``problem.rates`` are the prior
+            variances ``alpha`` (and the step sizes of the leaves that take gradient steps).
+          steps: ``K``, the number of inner steps.
+          remat: the remat policy of the loop (:func:`jaxrec.core.remat.iterate`).
+          unroll: the unroll of the loop's ``lax.scan``.
+
+        Returns:
+          The adapted leaves (a list, in the order of ``problem.moving``).
+
+        Raises:
+          ValueError: more than ``max_params`` parameters are solved, or ``solve`` selects no adapted leaf.
+        """
         diff = (problem.fixed, problem.rates, problem.theta, problem.moving)
         if self.solve is None:
             step = functools.partial(newton_step, problem.loss, self, problem.order)
@@ -95,14 +111,37 @@ class NewtonStep:
 
 
 def newton(max_params: int = 1024, solve: Any = None) -> NewtonStep:
-    """The Newton (MAP) inner step; ``solve`` restricts it to some adapted leaves (see the module docstring)."""
+    """The Newton (MAP) inner step (see the module docstring).
+
+    Args:
+      max_params: the largest number of adapted parameters the step accepts (it forms their Hessian per task).
+      solve: None (every adapted leaf takes the Newton step), or an adapt-filter spec of the adapted leaves solved
+        by Newton steps while the others take gradient steps.
+
+    Returns:
+      The :class:`NewtonStep`, to pass as the inner loop's solver.
+
+    Raises:
+      ValueError: ``max_params < 1``.
+    """
     if int(max_params) < 1:
         raise ValueError(f"max_params must be >= 1, got {max_params}")
     return NewtonStep(int(max_params), solve)
 
 
 def solved_leaves(solver: NewtonStep, paths: list) -> tuple[bool, ...]:
-    """Which of the adapted leaves (their key paths) the Newton step solves."""
+    """Which of the adapted leaves the Newton step solves.
+
+    Args:
+      solver: the :class:`NewtonStep`.
+      paths: the key paths of the adapted leaves.
+
+    Returns:
+      One bool per adapted leaf.
+
+    Raises:
+      ValueError: ``solver.solve`` selects none of the adapted leaves.
+    """
     if solver.solve is None:
         return tuple(True for _ in paths)
     predicate = adapt_filter(solver.solve)
@@ -113,7 +152,20 @@ def solved_leaves(solver: NewtonStep, paths: list) -> tuple[bool, ...]:
 
 
 def solve_part(inner_loss: Callable, solver: NewtonStep, order: str, solved: tuple, diff: tuple, data, moving):
-    """One Newton step on the ``solved`` leaves of ``moving``, the others held at their values."""
+    """One Newton step on the ``solved`` leaves of ``moving``, the others held at their values.
+
+    Args:
+      inner_loss: ``inner_loss(moving, fixed, theta, data)``, the support loss.
+      solver: the :class:`NewtonStep`.
+      order: ``"second"`` or ``"first"``.
+      solved: one bool per adapted leaf (:func:`solved_leaves`).
+      diff: ``(fixed, rates, theta, prior)``, as for :func:`newton_step`, over every adapted leaf.
+      data: ``(rows, mask)``, the support rows.
+      moving: the adapted leaves.
+
+    Returns:
+      The adapted leaves, the solved ones updated.
+    """
     fixed, rates, theta, prior = diff
     others = [m for m, s in zip(moving, solved, strict=True) if not s]
 
@@ -130,7 +182,21 @@ def solve_part(inner_loss: Callable, solver: NewtonStep, order: str, solved: tup
 
 
 def solve_then_descend(inner_loss, gradient, solver, order, solved, diff, data, moving):
-    """One mixed inner step: solve the ``solved`` leaves, then a gradient step on the others at that solution."""
+    """One mixed inner step: solve the ``solved`` leaves, then a gradient step on the others at that solution.
+
+    Args:
+      inner_loss: ``inner_loss(moving, fixed, theta, data)``, the support loss.
+      gradient: the problem's gradient (:meth:`~jaxrec.core.solvers.InnerProblem.gradient`).
+      solver: the :class:`NewtonStep`.
+      order: ``"second"`` or ``"first"``.
+      solved: one bool per adapted leaf (:func:`solved_leaves`).
+      diff: ``(fixed, rates, theta, prior)``; the rates are the step sizes of the leaves not solved.
+      data: ``(rows, mask)``, the support rows.
+      moving: the adapted leaves.
+
+    Returns:
+      The adapted leaves after the step.
+    """
     fixed, rates, theta, _ = diff
     moving = solve_part(inner_loss, solver, order, solved, diff, data, moving)
     grads = gradient(moving, fixed, theta, data)
@@ -145,12 +211,22 @@ def newton_step(
     data: tuple,
     moving: list,
 ) -> list:
-    """One Newton step on ``J`` for the adapted leaves ``moving`` (a list of arrays).
+    """One Newton step on ``J`` for the adapted leaves ``moving``.
 
-    ``inner_loss(moving, fixed, theta, data)`` is the support loss (a mean over the rows of ``data = (rows,
-    mask)``); ``diff = (fixed, rates, theta, prior)``: the fixed leaves, the rates ``alpha`` (one per adapted
-    leaf, scalar or leaf-shaped), what ``inner_loss`` takes as ``theta`` and the prior mean (the initial adapted
-    leaves).
+    Args:
+      inner_loss: ``inner_loss(moving, fixed, theta, data)``, the support loss (a mean over the rows of ``data``).
+      solver: the :class:`NewtonStep`.
+      order: ``"second"`` or ``"first"`` (see the module docstring).
+      diff: ``(fixed, rates, theta, prior)``: the fixed leaves, the rates ``alpha`` (one per adapted leaf, scalar
+        or leaf-shaped), what ``inner_loss`` takes as ``theta`` and the prior mean (the initial adapted leaves).
+      data: ``(rows, mask)``, the support rows.
+      moving: the adapted leaves (a list of arrays).
+
+    Returns:
+      The adapted leaves after the step (a list of arrays).
+
+    Raises:
+      ValueError: ``moving`` holds more than ``solver.max_params`` parameters.
     """
     fixed, rates, theta, prior = diff
     flat, unravel = ravel_pytree(moving)

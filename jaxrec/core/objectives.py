@@ -62,12 +62,24 @@ def task_losses(
     local_embeddings: Mapping | None = None,
     **options: Any,
 ) -> jax.Array:
-    """Per-task query loss after adaptation, ``[T]``; ``vmap`` over tasks, params shared.
+    """The query loss of each task after adaptation; ``vmap`` over tasks, params shared.
 
-    ``inner`` (or its fields as keywords, :func:`jaxrec.core.inner.as_inner_loop`) is the inner loop.
+    Args:
+      params: the meta-parameters ``theta`` (any pytree, or per-task initialisations such as
+        :class:`~jaxrec.contrib.grouping.GroupedParams`).
+      batch: the :class:`~jaxrec.TaskBatch`.
+      inner: the :class:`~jaxrec.InnerLoop`, or give its fields as keywords
+        (:func:`jaxrec.core.inner.as_inner_loop`).
+      inner_lr: the inner rate (scalar, or params-shaped per-parameter rates).
+      local_embeddings: ``{table path: row key}``, or None. Each task then adapts only the table rows it reads
+        (:func:`jaxrec.scale.local_embeddings.localize`); the losses are the same.
+      **options: inner-loop fields as keywords.
 
-    With ``local_embeddings`` (``{table path: row key}``) each task adapts only the table rows it reads
-    (:func:`jaxrec.scale.local_embeddings.localize`); the losses are the same.
+    Returns:
+      The per-task query losses, ``[T]``.
+
+    Raises:
+      BatchShapeError: the batch's arrays and masks disagree (:func:`~jaxrec.validate_batch`).
     """
     inner = as_inner_loop(inner, **options)
     validate_batch(batch)
@@ -149,12 +161,28 @@ def meta_loss(
     local_embeddings: Mapping | None = None,
     **options: Any,
 ) -> jax.Array:
-    """Mean query loss after adaptation over the real tasks of ``batch`` (see module docstring).
+    """The mean query loss after adaptation over the real tasks of ``batch`` (see the module docstring).
 
-    ``jax.grad(meta_loss)`` is the exact MAML meta-gradient for ``order="second"``. Pass a
-    :class:`~jaxrec.MetaSGDParams` as ``params`` to use its learned per-parameter rates (``inner_lr`` is then
-    ignored). ``inner`` is the :class:`~jaxrec.InnerLoop`, or its fields as keywords (``loss_fn=...,
-    inner_steps=...``).
+    ``jax.grad(meta_loss)`` is the exact MAML meta-gradient for ``order="second"``.
+
+    Args:
+      params: the meta-parameters ``theta``; a :class:`~jaxrec.MetaSGDParams` uses its learned per-parameter
+        rates (``inner_lr`` is then ignored).
+      batch: the :class:`~jaxrec.TaskBatch`.
+      inner: the :class:`~jaxrec.InnerLoop`, or its fields as keywords (``loss_fn=..., inner_steps=...``).
+      inner_lr: the inner rate (scalar, or params-shaped per-parameter rates).
+      task_chunk: evaluate the batch this many tasks at a time inside a ``lax.scan`` (the same value, with the
+        peak memory of ``task_chunk`` tasks), or None for all at once.
+      local_embeddings: ``{table path: row key}`` of tables that each task adapts only at the rows it reads, or
+        None.
+      **options: inner-loop fields as keywords.
+
+    Returns:
+      The meta-loss, a scalar.
+
+    Raises:
+      BatchShapeError: the batch's arrays and masks disagree.
+      ValueError: ``task_chunk`` is not positive.
     """
     value, _ = _value_and_maybe_grad(
         params,
@@ -178,7 +206,24 @@ def meta_value_and_grad(
     local_embeddings: Mapping | None = None,
     **options: Any,
 ) -> tuple:
-    """``(meta_loss, grad meta_loss)``; with ``task_chunk`` the gradient is accumulated chunk by chunk."""
+    """The meta-loss and its gradient with respect to ``params``.
+
+    Args:
+      params: the meta-parameters (a :class:`~jaxrec.MetaSGDParams` is differentiated in both its fields).
+      batch: the :class:`~jaxrec.TaskBatch`.
+      inner: the :class:`~jaxrec.InnerLoop`, or its fields as keywords.
+      inner_lr: the inner rate (ignored for :class:`~jaxrec.MetaSGDParams`).
+      task_chunk: accumulate the value and gradient this many tasks at a time, or None for all at once.
+      local_embeddings: ``{table path: row key}`` of task-local tables, or None.
+      **options: inner-loop fields as keywords.
+
+    Returns:
+      ``(meta_loss, grad meta_loss)``; the gradient has the structure of ``params``.
+
+    Raises:
+      BatchShapeError: the batch's arrays and masks disagree.
+      ValueError: ``task_chunk`` is not positive.
+    """
     return _value_and_maybe_grad(
         params,
         batch,
@@ -235,12 +280,29 @@ def reptile_direction(
     local_embeddings: Mapping | None = None,
     **options: Any,
 ) -> tuple[jax.Array, Any]:
-    """Reptile's pseudo-gradient ``theta - mean_t phi_t`` and the mean query loss at ``phi_t``.
+    """Reptile's pseudo-gradient ``theta - mean_t phi_t`` and the mean query loss at ``phi_t`` (Nichol et al. 2018).
 
     ``phi_t`` is ``theta`` adapted on task ``t``'s support set; the mean runs over tasks that have support rows
-    (a padding task has none and would only shrink the step). No derivative of the inner loop is taken. With
-    ``local_embeddings`` each task adapts only the table rows it reads and its shift ``phi_t - theta`` (zero on
-    every other row) is scatter-added back into the full tables.
+    (a padding task has none and would only shrink the step). No derivative of the inner loop is taken, so the
+    inner loop runs in first order.
+
+    Args:
+      params: the meta-parameters ``theta`` (plain params: no per-task initialisation).
+      batch: the :class:`~jaxrec.TaskBatch`.
+      inner: the :class:`~jaxrec.InnerLoop`, or its fields as keywords.
+      inner_lr: the inner rate.
+      local_embeddings: ``{table path: row key}``, or None. Each task then adapts only the table rows it reads and
+        its shift ``phi_t - theta`` (zero on every other row) is scatter-added back into the full tables.
+      **options: inner-loop fields as keywords.
+
+    Returns:
+      ``(loss, direction)``: the mean query loss over tasks with query rows, and the pseudo-gradient (the
+      structure of ``params``), which ``optax.sgd(eps)`` turns into Reptile's update.
+
+    Raises:
+      BatchShapeError: the batch's arrays and masks disagree.
+      ValueError: ``params`` chooses its initialisation per task (e.g.
+        :class:`~jaxrec.contrib.grouping.GroupedParams`), which needs a meta-gradient algorithm.
     """
     # no derivative of the inner loop is taken: its order is irrelevant, first order traces less
     inner = as_inner_loop(inner, **options).replace(order="first")
@@ -274,6 +336,15 @@ def reptile_direction(
 
 
 def check_algorithm(algorithm: str, order: str) -> None:
+    """Check a meta-learning algorithm and inner-loop order.
+
+    Args:
+      algorithm: one of :data:`ALGORITHMS`.
+      order: ``"second"`` or ``"first"``.
+
+    Raises:
+      ValueError: either is unknown.
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}: expected one of {ALGORITHMS}")
     if order not in ("second", "first"):

@@ -29,12 +29,20 @@ __all__ = [
     "has_task_initialisation",
 ]
 
+# an adapt filter: None (every leaf), a predicate (path, leaf) -> bool, or a bool pytree with the params' structure
 AdaptFilter = Callable[[tuple, Any], bool] | Any | None
 
 
 def path_names(path) -> tuple[str, ...]:
-    """A key path of ``jax.tree_util.tree_flatten_with_path`` as plain strings, e.g.
-    ``("params", "head", "output", "kernel")``."""
+    """A key path of ``jax.tree_util.tree_flatten_with_path`` as plain strings.
+
+    Args:
+      path: the key path (a sequence of ``DictKey``, ``GetAttrKey``, ``SequenceKey``, ``FlattenedIndexKey``; any
+        other entry is read with ``str``).
+
+    Returns:
+      The names, e.g. ``("params", "head", "output", "kernel")``.
+    """
     names = []
     for entry in path:
         if isinstance(entry, jax.tree_util.DictKey):
@@ -53,10 +61,19 @@ def path_names(path) -> tuple[str, ...]:
 def adapt_filter(spec: str | AdaptFilter | None, model: Any = None) -> AdaptFilter:
     """A predicate ``(path, leaf) -> bool`` choosing the parameters adapted per task.
 
-    ``spec`` is one of: ``"all"``; ``"head"`` (everything under a module named ``head``: the decision layers of
-    MeLU / NeuMF / GRU; MF, linear and FM have no head); ``"default"`` or ``None`` (``model.default_adapt_filter``,
-    needs ``model``); a callable (returned as is); otherwise a regex searched in the ``/``-joined path, e.g.
-    ``"head/output"`` or ``"embed_user"``.
+    Args:
+      spec: one of ``"all"``; ``"head"`` (everything under a module named ``head``: the decision layers of
+        MeLU / NeuMF / GRU; MF, linear and FM have no head); ``"default"`` or ``None``
+        (``model.default_adapt_filter``, needs ``model``); a callable (returned as is); otherwise a regex searched
+        in the ``/``-joined path, e.g. ``"head/output"`` or ``"embed_user"``.
+      model: the model whose ``default_adapt_filter`` serves ``"default"`` / ``None``.
+
+    Returns:
+      The predicate.
+
+    Raises:
+      ValueError: ``spec`` is ``"default"`` or ``None`` and no ``model`` is given.
+      TypeError: ``spec`` is neither a string nor a callable.
     """
     if callable(spec):
         return spec
@@ -75,7 +92,18 @@ def adapt_filter(spec: str | AdaptFilter | None, model: Any = None) -> AdaptFilt
 
 
 def adapt_mask(params, predicate: AdaptFilter):
-    """Pytree of bools (same structure as ``params``), e.g. for ``optax.masked``; raises if nothing is selected."""
+    """The adapt filter as a pytree of bools with the structure of ``params``, e.g. for ``optax.masked``.
+
+    Args:
+      params: the params pytree.
+      predicate: a predicate ``(path, leaf) -> bool``.
+
+    Returns:
+      The bool pytree.
+
+    Raises:
+      ValueError: the predicate selects no leaf.
+    """
     mask = jax.tree_util.tree_map_with_path(lambda path, leaf: bool(predicate(path, leaf)), params)
     if not any(jax.tree.leaves(mask)):
         raise ValueError("adapt filter selects no parameter")
@@ -83,11 +111,17 @@ def adapt_mask(params, predicate: AdaptFilter):
 
 
 def embedding_tables(params) -> dict[tuple[str, ...], str]:
-    """For each ``nn.Embed`` table, its parameter path -> the row key whose ids index it.
+    """The ``nn.Embed`` tables of a params pytree and the row keys whose ids index them.
 
     Tables are named ``[<role>_]embed_<row key>``, e.g. ``("params", "embed_item", "embedding") -> "item"``,
     ``("params", "gmf_embed_user", "embedding") -> "user"``,
     ``("params", "embed_history_item", "embedding") -> "history_item"`` (ids ``[rows, L]``).
+
+    Args:
+      params: the params pytree.
+
+    Returns:
+      ``{parameter path: row key}``, one entry per embedding table.
     """
     tables = {}
     for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
@@ -98,10 +132,18 @@ def embedding_tables(params) -> dict[tuple[str, ...], str]:
 
 
 def resolve_adapt_filter(params: Any, adapt_filter: AdaptFilter) -> tuple[bool, ...]:
-    """The adapt filter as one bool per leaf of ``params`` (in ``jax.tree.leaves`` order).
+    """The adapt filter as one bool per leaf of ``params``.
 
-    ``adapt_filter`` is ``None`` (adapt everything), a predicate ``(path, leaf) -> bool`` on the key path from
-    ``jax.tree_util.tree_flatten_with_path``, or a pytree of bools with the structure of ``params``.
+    Args:
+      params: the params pytree.
+      adapt_filter: ``None`` (adapt everything), a predicate ``(path, leaf) -> bool`` on the key path from
+        ``jax.tree_util.tree_flatten_with_path``, or a pytree of bools with the structure of ``params``.
+
+    Returns:
+      One bool per leaf, in ``jax.tree.leaves`` order.
+
+    Raises:
+      ValueError: a bool-pytree filter does not have the structure of ``params``.
     """
     if adapt_filter is None:
         return tuple(True for _ in jax.tree.leaves(params))
@@ -118,16 +160,33 @@ def resolve_adapt_filter(params: Any, adapt_filter: AdaptFilter) -> tuple[bool, 
 
 
 def has_task_initialisation(params: Any) -> bool:
-    """Whether ``params`` chooses its initialisation per task (it has a ``for_task`` method)."""
+    """Whether ``params`` chooses its initialisation per task.
+
+    Args:
+      params: a params pytree or an object such as :class:`~jaxrec.contrib.grouping.GroupedParams`.
+
+    Returns:
+      True when ``params`` has a callable ``for_task`` method.
+    """
     return callable(getattr(params, "for_task", None))
 
 
 def task_initialisation(
     params: Any, inner_lr: Any, rows: Mapping[str, jax.Array], mask: jax.Array, loss_fn: Callable
 ) -> tuple[Any, Any]:
-    """``(theta_t, inner_lr_t)``: the initialisation one task adapts from, given its support rows.
+    """The initialisation one task adapts from, given its support rows.
 
     Plain params pass through; an object with ``for_task`` (e.g. grouped initialisations) picks its own.
+
+    Args:
+      params: the meta-learned params, or an object with ``for_task``.
+      inner_lr: the inner rate (scalar or params-shaped).
+      rows: the task's support rows.
+      mask: bool ``[rows]``; false rows are padding.
+      loss_fn: ``loss_fn(params, rows, mask) -> scalar``, the support loss.
+
+    Returns:
+      ``(theta_t, inner_lr_t)``.
     """
     if has_task_initialisation(params):
         return params.for_task(inner_lr, rows, mask, loss_fn)

@@ -26,9 +26,8 @@ def iterate(
 ) -> Any:
     """``carry`` after ``steps`` applications of ``carry <- step(diff, data, carry)``, under a remat policy.
 
-    ``diff`` holds the differentiable inputs of every step (parameters, rates), ``data`` the others (rows, masks:
-    their cotangents are zero). The value and every first derivative are the same for each policy; what differs
-    is what reverse mode stores for the backward pass of ``K = steps`` steps with carries ``c_0 .. c_K``:
+    The value and every first derivative are the same for each policy; what differs is what reverse mode stores
+    for the backward pass of ``K = steps`` steps with carries ``c_0 .. c_K``:
 
     * ``False``: a ``lax.scan``; every step's residuals (activations and carries): O(K (activations + |c|)).
     * ``True`` / ``"step"``: a ``lax.scan`` of ``jax.checkpoint(step)``: the carries ``c_k`` only, O(K |c|), and
@@ -39,15 +38,28 @@ def iterate(
     * ``"sqrt"``: the same custom VJP with ``c_0, c_s, c_2s, ...`` stored, ``s = ceil(sqrt(K))``: O(sqrt(K) |c|)
       memory for at most ``K (s - 1) / 2`` extra steps.
 
-    ``unroll`` is the ``lax.scan`` unroll of the first three policies (``True`` unrolls fully, e.g. so that XLA's
-    cost analysis, which counts a while-loop body once, counts every step); the computation is the same.
+    Args:
+      step: ``step(diff, data, carry) -> carry``, one step.
+      diff: the differentiable inputs of every step (parameters, rates).
+      data: the other inputs of every step (rows, masks): their cotangents are zero.
+      carry: ``c_0``, the starting carry.
+      steps: ``K``, the number of steps.
+      remat: the policy: ``False``, ``True`` / ``"step"``, ``"recompute"`` or ``"sqrt"`` (above).
+      unroll: the ``lax.scan`` unroll of the first three policies (``True`` unrolls fully, e.g. so that XLA's
+        cost analysis, which counts a while-loop body once, counts every step); the computation is the same.
+
+    Returns:
+      ``c_K``.
+
+    Raises:
+      ValueError: ``remat`` is not one of :data:`REMAT_POLICIES`.
     """
     if remat not in REMAT_POLICIES:
         raise ValueError(f"unknown remat policy {remat!r}: expected one of {REMAT_POLICIES}")
     steps = int(steps)
     if remat in ("recompute", "sqrt") and steps > 1:
         every = steps if remat == "recompute" else math.ceil(math.sqrt(steps))
-        # a jaxpr of one step, traced now: the backward pass replays it without re-entering Python (and so without
+        # a jaxpr of one step, traced here: the backward pass replays it without re-entering Python (and so without
         # needing whatever trace-time context the loss was built in)
         converted, consts = jax.closure_convert(step, diff, data, carry)
         return _replay(converted, steps, every, (diff, consts), data, carry)

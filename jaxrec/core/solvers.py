@@ -55,7 +55,20 @@ class InnerProblem:
     paths: tuple
 
     def gradient(self, moving: list, fixed: list, theta: Any, data: tuple) -> list:
-        """``grad loss`` with respect to ``moving``; a constant of the outer derivative in first order."""
+        """The gradient of ``loss`` with respect to ``moving``.
+
+        In first order (``order == "first"``) the gradient is wrapped in ``stop_gradient``: a constant of the
+        outer derivative.
+
+        Args:
+          moving: the adapted leaves at which to differentiate.
+          fixed: the leaves held fixed in the loop.
+          theta: what ``loss`` receives as the initialisation, or None.
+          data: ``(rows, mask)``, the support rows.
+
+        Returns:
+          One gradient per adapted leaf (a list, in the order of ``moving``).
+        """
         grads = jax.grad(self.loss)(moving, fixed, theta, data)
         return jax.lax.stop_gradient(grads) if self.order == "first" else grads
 
@@ -64,15 +77,42 @@ class InnerProblem:
 class InnerSolver(Protocol):
     """The protocol of inner solvers: ``run(problem, steps, remat, unroll) -> adapted leaves``."""
 
-    def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list: ...
+    def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list:
+        """Adapt the leaves of ``problem`` by ``steps`` inner steps.
+
+        Args:
+          problem: the task's :class:`InnerProblem`.
+          steps: ``K``, the number of inner steps.
+          remat: the remat policy of the loop (:func:`jaxrec.core.remat.iterate`).
+          unroll: the unroll of the loop's ``lax.scan``.
+
+        Returns:
+          The adapted leaves (a list, in the order of ``problem.moving``).
+        """
+        ...
 
 
 @dataclasses.dataclass(frozen=True)
 class GradientSteps:
-    """MAML's inner loop (Finn et al. 2017): ``phi_{k+1} = phi_k - alpha * grad L_s(phi_k)``, with ``alpha`` the
-    inner rate of each leaf (a scalar, or per parameter with Meta-SGD)."""
+    """MAML's inner loop (Finn et al. 2017): plain gradient steps at the inner rates.
+
+    Each step is ``phi_{k+1} = phi_k - alpha * grad L_s(phi_k)``, with ``alpha`` the inner rate of each leaf (a
+    scalar, or per parameter with Meta-SGD).
+    """
 
     def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list:
+        """Take ``steps`` gradient steps on ``problem`` (the :class:`InnerSolver` protocol).
+
+        Args:
+          problem: the task's :class:`InnerProblem`; ``problem.rates`` are the step sizes.
+          steps: ``K``, the number of inner steps.
+          remat: the remat policy of the loop (:func:`jaxrec.core.remat.iterate`).
+          unroll: the unroll of the loop's ``lax.scan``.
+
+        Returns:
+          The adapted leaves ``phi_K`` (a list, in the order of ``problem.moving``).
+        """
+
         def step(diff, data, moving):
             fixed, rates, theta = diff
             grads = problem.gradient(moving, fixed, theta, data)
@@ -84,13 +124,32 @@ class GradientSteps:
 
 @dataclasses.dataclass(frozen=True)
 class OptaxSteps:
-    """``steps`` updates of an optax transformation on the support loss, differentiated through (use
-    ``eps_root > 0`` with Adam, whose square root has no derivative at 0). The inner rates are not used: the
-    transformation carries its own."""
+    """Inner steps of an optax transformation on the support loss, differentiated through.
+
+    Use ``eps_root > 0`` with Adam, whose square root has no derivative at 0. The inner rates are not used: the
+    transformation carries its own.
+
+    Attributes:
+      transformation: the optax ``GradientTransformation`` applied at each inner step.
+    """
 
     transformation: optax.GradientTransformation
 
     def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list:
+        """Apply ``steps`` updates of the transformation to ``problem`` (the :class:`InnerSolver` protocol).
+
+        The optimiser state starts from ``transformation.init`` of the starting leaves; in first order the updates
+        are wrapped in ``stop_gradient``.
+
+        Args:
+          problem: the task's :class:`InnerProblem` (its rates are not used).
+          steps: ``K``, the number of inner steps.
+          remat: the remat policy of the loop (:func:`jaxrec.core.remat.iterate`).
+          unroll: the unroll of the loop's ``lax.scan``.
+
+        Returns:
+          The adapted leaves (a list, in the order of ``problem.moving``).
+        """
         tx = self.transformation
 
         def step(diff, data, carry):
@@ -108,8 +167,18 @@ class OptaxSteps:
 
 
 def as_solver(solver: Any) -> InnerSolver:
-    """``None`` -> :class:`GradientSteps`; an optax ``GradientTransformation`` -> :class:`OptaxSteps`; a solver
-    (anything with ``run``, e.g. :func:`jaxrec.newton`) as it is."""
+    """Turn what a user passes as the inner optimiser into an :class:`InnerSolver`.
+
+    Args:
+      solver: ``None`` (gives :class:`GradientSteps`), an optax ``GradientTransformation`` (gives
+        :class:`OptaxSteps`), or a solver (anything with ``run``, e.g. :func:`jaxrec.newton`, returned as it is).
+
+    Returns:
+      The solver.
+
+    Raises:
+      TypeError: ``solver`` is none of these.
+    """
     if solver is None:
         return GradientSteps()
     if isinstance(solver, InnerSolver):

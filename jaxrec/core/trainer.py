@@ -46,7 +46,20 @@ NONFINITE_MODES = ("skip", "raise")
 
 
 class NonFiniteError(FloatingPointError):
-    """A meta-step produced a NaN or inf loss or meta-gradient (raised with ``nonfinite="raise"``)."""
+    """A meta-step produced a NaN or inf loss or meta-gradient (raised with ``nonfinite="raise"``).
+
+    Args:
+      step: the index of the meta-step.
+      batch_index: the index of the batch in the iterable being trained on.
+      users: the task ids (users) of the batch's real tasks, or None when it has no ``task_id``.
+      loss: the meta-loss of the step.
+
+    Attributes:
+      step: as given.
+      batch_index: as given.
+      users: as given.
+      loss: as given.
+    """
 
     def __init__(self, step: int, batch_index: int, users: list[int] | None, loss: float):
         self.step, self.batch_index, self.users, self.loss = step, batch_index, users, loss
@@ -59,9 +72,13 @@ class NonFiniteError(FloatingPointError):
 
 @flax.struct.dataclass
 class MetaTrainState:
-    """Everything a meta-step updates: the step count, meta-parameters, optimiser state, skipped-step count.
+    """Everything a meta-step updates.
 
-    With ``MetaTrainer(sparse_tables=...)`` the ``opt_state`` is a :class:`SparseOuterState`.
+    Attributes:
+      step: int32 scalar, the number of meta-steps taken (skipped ones included).
+      params: the meta-parameters (a :class:`~jaxrec.MetaSGDParams` for Meta-SGD).
+      opt_state: the outer optimiser state; a :class:`SparseOuterState` with ``MetaTrainer(sparse_tables=...)``.
+      skipped: int32 scalar, the number of steps dropped for a non-finite loss or meta-gradient.
     """
 
     step: jax.Array
@@ -71,8 +88,13 @@ class MetaTrainState:
 
 
 class SparseOuterState(NamedTuple):
-    """The outer optimiser state with row-sparse tables: ``optax_state`` of the optax optimiser over every other
-    parameter (the tables are ``None`` holes in its trees) and ``sparse_state`` of the row-sparse optimiser."""
+    """The outer optimiser state with row-sparse tables.
+
+    Attributes:
+      optax_state: the state of the optax optimiser over every other parameter (the tables are ``None`` holes in
+        its trees).
+      sparse_state: the state of the row-sparse optimiser over the tables.
+    """
 
     optax_state: Any
     sparse_state: Any
@@ -96,10 +118,29 @@ class MetaTrainer:
       mesh: a ``jax.sharding.Mesh`` whose axis ``"tasks"`` shards the task axis, or None.
       objective_options: further keyword arguments of the meta-objective (``local_embeddings``).
       sparse_tables: ``{table path: row key}`` (e.g. :func:`jaxrec.embedding_tables`) of tables whose outer update
-        is row-sparse with ``sparse_optimizer`` (:func:`jaxrec.row_sparse_sgd` or :func:`jaxrec.row_sparse_adam`),
-        at a cost that does not depend on their size (:mod:`jaxrec.scale.row_sparse`); ``optimizer`` updates the
-        rest. Paths are those of the model's params (for Meta-SGD the rates of the tables are updated row-sparsely
-        too). Row-sparse SGD equals dense SGD; row-sparse Adam is *lazy* Adam.
+        is row-sparse with ``sparse_optimizer``, at a cost that does not depend on their size
+        (:mod:`jaxrec.scale.row_sparse`); ``optimizer`` updates the rest. Paths are those of the model's params
+        (for Meta-SGD the rates of the tables are updated row-sparsely too).
+      sparse_optimizer: the row-sparse optimiser of ``sparse_tables`` (:func:`jaxrec.row_sparse_sgd` or
+        :func:`jaxrec.row_sparse_adam`). Row-sparse SGD equals dense SGD; row-sparse Adam is *lazy* Adam.
+      **inner_options: inner-loop fields as keywords.
+
+    Attributes:
+      inner: the :class:`~jaxrec.InnerLoop`.
+      inner_lr: as given.
+      algorithm: as given.
+      optimizer: the outer optax optimiser (default ``optax.adam(1e-3)``).
+      task_chunk: as given.
+      mesh: as given.
+      objective_options: as given (a dict).
+      sparse_tables: as given, with each path a tuple.
+      sparse_optimizer: as given.
+      traces: how many times the meta-step was traced (= compiled): once per batch shape.
+
+    Raises:
+      ValueError: an unknown algorithm or order; a bad concrete ``inner_lr``; ``"metasgd"`` without
+        ``inner_lr``; a non-positive ``task_chunk``; ``sparse_tables`` without ``sparse_optimizer`` or the reverse.
+      TypeError: a bad inner-loop option (:func:`jaxrec.core.inner.as_inner_loop`).
     """
 
     def __init__(
@@ -142,7 +183,21 @@ class MetaTrainer:
 
     # -- state -------------------------------------------------------------------------------------------
     def init(self, params: Any) -> MetaTrainState:
-        """A fresh state; the params are copied, so the caller's arrays survive buffer donation."""
+        """A fresh state for ``params``, placed like :meth:`place` does.
+
+        The params are copied, so the caller's arrays survive buffer donation. With ``algorithm="metasgd"``
+        plain params get per-parameter rates set to ``inner_lr``.
+
+        Args:
+          params: the initial meta-parameters.
+
+        Returns:
+          The :class:`MetaTrainState` at step 0.
+
+        Raises:
+          ValueError: :class:`~jaxrec.MetaSGDParams` given to an algorithm other than ``"metasgd"``; row-sparse
+            tables with params that choose their initialisation per task (GroupedParams).
+        """
         if self.algorithm == "metasgd":
             params = init_metasgd(params, self.inner_lr)
         elif isinstance(params, MetaSGDParams):
@@ -174,7 +229,14 @@ class MetaTrainer:
         return dict(self.sparse_tables)
 
     def place(self, state: MetaTrainState) -> MetaTrainState:
-        """Put a state on the mesh (replicated) or, without one, on the default device."""
+        """Put a state on the mesh (replicated) or, without one, on the default device.
+
+        Args:
+          state: the :class:`MetaTrainState` (e.g. a restored checkpoint).
+
+        Returns:
+          The placed state.
+        """
         if self.mesh is not None:
             return replicate(state, self.mesh)
         return jax.device_put(state)
@@ -239,13 +301,32 @@ class MetaTrainer:
         return new_state, metrics
 
     def lower(self, state: MetaTrainState, batch: TaskBatch):
-        """The meta-step lowered for these shapes (``.compile()`` for memory and cost analyses), nothing run."""
+        """The meta-step lowered for these shapes, nothing run.
+
+        Args:
+          state: a :class:`MetaTrainState` of the shapes to compile for.
+          batch: a :class:`~jaxrec.TaskBatch` of the shapes to compile for (sharded on the mesh, if any).
+
+        Returns:
+          The ``jax.stages.Lowered`` meta-step (``.compile()`` for memory and cost analyses).
+        """
         if self.mesh is not None:
             batch = shard_batch(batch, self.mesh)
         return self._step.lower(state, batch)
 
     def step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
-        """One meta-update. ``state`` is donated: use the returned state, not the one passed in."""
+        """One meta-update.
+
+        Args:
+          state: the :class:`MetaTrainState`. It is donated: use the returned state, not the one passed in.
+          batch: the :class:`~jaxrec.TaskBatch` (sharded on the mesh, if any).
+
+        Returns:
+          ``(state, metrics)``: the new state and the device scalars ``loss``, ``finite`` and ``grad_norm``.
+
+        Raises:
+          BatchShapeError: the batch's arrays and masks disagree.
+        """
         validate_batch(batch)
         if self.mesh is not None:
             batch = shard_batch(batch, self.mesh)
@@ -255,12 +336,20 @@ class MetaTrainer:
 def run_steps(
     trainer: MetaTrainer, state: MetaTrainState, batches: Iterable[TaskBatch], *, stop_step: int | None = None
 ) -> Iterator[tuple[MetaTrainState, TaskBatch, dict]]:
-    """The training loop: one meta-step per batch until ``state.step`` reaches ``stop_step`` or the batches end,
-    yielding ``(state, batch, metrics)`` after each step (metrics stay on the device: no host sync per step).
+    """The training loop: one meta-step per batch until ``state.step`` reaches ``stop_step`` or the batches end.
 
     :func:`meta_train`, :meth:`jaxrec.Experiment.train` and the run engine of ``jaxrec train`` all run this loop;
-    what they do between steps (logging, checks, checkpoints) is theirs. ``state`` is donated to each step: use the
-    yielded one.
+    what they do between steps (logging, checks, checkpoints) is theirs.
+
+    Args:
+      trainer: the :class:`MetaTrainer` whose step to run.
+      state: the :class:`MetaTrainState` to start from. It is donated to each step: use the yielded one.
+      batches: an iterable of :class:`~jaxrec.TaskBatch`.
+      stop_step: stop once ``state.step`` reaches this value (no step at all if it already has), or None to run
+        until the batches end.
+
+    Yields:
+      ``(state, batch, metrics)`` after each step; the metrics stay on the device (no host sync per step).
     """
     step = int(state.step)
     if stop_step is not None and step >= stop_step:
@@ -293,11 +382,11 @@ def meta_train(
     sparse_optimizer: RowSparseOptimizer | None = None,
     **inner_options: Any,
 ) -> tuple[Any, dict]:
-    """Meta-train ``params`` over ``task_batches``; returns ``(params, history)``.
+    """Meta-train ``params`` over ``task_batches``.
 
     Args:
       params: the initial meta-parameters (any pytree). For ``algorithm="metasgd"`` the result is a
-        :class:`~jaxrec.core.objectives.MetaSGDParams` holding the initialisation and the learned per-parameter rates.
+        :class:`~jaxrec.MetaSGDParams` holding the initialisation and the learned per-parameter rates.
       task_batches: an iterable of :class:`~jaxrec.TaskBatch`; training stops when it ends or after ``steps``.
       inner: the :class:`~jaxrec.InnerLoop`, or its fields as keywords (``loss_fn=..., inner_steps=...,
         order=..., inner_optimizer=..., adapt_filter=..., inner_aux=..., remat=...``).
@@ -310,17 +399,26 @@ def meta_train(
         ``"raise"`` (checks every step on the host and raises :class:`NonFiniteError` naming the batch and its
         users; the parameters are never updated with non-finite values in either mode).
       callback: ``callback(step, metrics)`` every ``log_every`` steps and after the last, with host floats.
+      log_every: the interval of ``callback``, in steps (0: after the last step only).
       mesh: ``"auto"`` (all devices when there is more than one), ``None`` (single device) or a
         ``jax.sharding.Mesh`` whose axis ``"tasks"`` shards the task axis.
       state: a :class:`MetaTrainState` to continue from (resume); ``params`` is then ignored.
       objective_options: further keyword arguments of the meta-objective (e.g. task-local embedding options).
-      sparse_tables, sparse_optimizer: row-sparse outer updates of these embedding tables (see
+      sparse_tables: ``{table path: row key}`` of embedding tables with row-sparse outer updates (see
         :class:`MetaTrainer` and :mod:`jaxrec.scale.row_sparse`); ``optimizer`` then updates the other parameters.
+      sparse_optimizer: the row-sparse optimiser of ``sparse_tables``.
+      **inner_options: inner-loop fields as keywords.
 
     Returns:
       ``(params, history)``; ``history`` holds per-step ``loss``, ``grad_norm`` and ``finite`` (numpy arrays),
       ``steps``, ``skipped`` (non-finite steps dropped), ``nonfinite_steps`` (their indices), ``compilations``
-      (traces of the meta-step: one per batch shape), ``batch_shapes`` and ``seconds``.
+      (traces of the meta-step: one per batch shape), ``batch_shapes``, ``seconds`` and ``state`` (the final
+      :class:`MetaTrainState`).
+
+    Raises:
+      ValueError: an unknown ``nonfinite`` mode, a ``steps`` that is not an integer >= 0, or a bad configuration
+        (:class:`MetaTrainer`).
+      NonFiniteError: with ``nonfinite="raise"``, at the first non-finite step.
     """
     if nonfinite not in NONFINITE_MODES:
         raise ValueError(f"unknown nonfinite mode {nonfinite!r}: expected one of {NONFINITE_MODES}")

@@ -30,7 +30,19 @@ OOV = 0  # slot 0 of every vocabulary (jaxrec.models)
 
 
 def drop_ids(ids: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """``ids`` with each entry replaced by the OOV slot 0 independently with probability ``rate``."""
+    """Replace each id by the OOV slot 0 independently with probability ``rate``.
+
+    Args:
+      ids: an integer array of vocabulary ids, of any shape.
+      rate: the probability of dropping each entry, in ``[0, 1)``.
+      rng: the numpy generator the drops are drawn from.
+
+    Returns:
+      ``ids`` with the dropped entries set to 0, of the same shape and dtype (``ids`` itself when ``rate`` is 0).
+
+    Raises:
+      ValueError: if ``rate`` is not in ``[0, 1)``.
+    """
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"id dropout rate must be in [0, 1), got {rate}")
     ids = np.asarray(ids)
@@ -42,10 +54,27 @@ def drop_ids(ids: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarr
 def drop_item_ids(
     batch: TaskBatch, rate: float, rng: np.random.Generator, key: str = "item", task_rate: float = 0.0
 ) -> TaskBatch:
-    """``batch`` with :func:`drop_ids` applied to the ``key`` column of its support and query rows (padding rows
-    are masked out of every loss, so dropping theirs changes nothing), and with every id of a task dropped with
-    probability ``task_rate`` (one draw per task, support and query alike). Only the ``key`` column changes: the
-    item ids of ``neg_item`` (BPR) and ``history_item`` stay. A batch without that column is returned as it is."""
+    """Apply item-id dropout to the support and query rows of a training batch.
+
+    Each id of the ``key`` column is dropped by :func:`drop_ids` with probability ``rate``, and every id of a task
+    is dropped with probability ``task_rate`` (one draw per task, support and query alike). Padding rows are masked
+    out of every loss, so dropping their ids changes nothing. Only the ``key`` column changes: the item ids of
+    ``neg_item`` (BPR) and ``history_item`` stay.
+
+    Args:
+      batch: the training batch.
+      rate: the probability of dropping each row's id (row-level dropout), in ``[0, 1)``.
+      rng: the numpy generator the drops are drawn from.
+      key: the row key whose ids are dropped.
+      task_rate: the probability of dropping every id of a whole task, in ``[0, 1)``.
+
+    Returns:
+      ``batch`` with the ``key`` column of its support and query replaced; a batch without that column is
+      returned as it is.
+
+    Raises:
+      ValueError: if ``task_rate`` is not in ``[0, 1)``, or (for a batch with the ``key`` column) ``rate`` is not.
+    """
     if not 0.0 <= task_rate < 1.0:
         raise ValueError(f"task id dropout rate must be in [0, 1), got {task_rate}")
     if key not in batch.support:

@@ -39,8 +39,10 @@ _COMMON_NAMES = {
 
 
 class DataError(ValueError):
-    """A data file or frame that cannot be turned into a :class:`Dataset`; the message names the file, column or
-    line at fault."""
+    """A data file or frame that cannot be turned into a :class:`Dataset`.
+
+    The message names the file, column or line at fault.
+    """
 
 
 @dataclasses.dataclass
@@ -58,6 +60,7 @@ class Dataset:
       report: counts of everything the loader dropped or repaired (``duplicates_removed``,
         ``users_below_min_dropped``, ``ratings_below_min_dropped``, ...).
       source: where the data came from (a path or ``"bundled"``).
+      explicit: whether the log had a rating column (False: an implicit log, every row rated 1.0).
     """
 
     name: str
@@ -66,25 +69,31 @@ class Dataset:
     items: pd.DataFrame
     report: dict[str, Any] = dataclasses.field(default_factory=dict)
     source: str = ""
+    explicit: bool = True
 
     @property
     def n_users(self) -> int:
+        """Number of users (rows of :attr:`users`)."""
         return len(self.users)
 
     @property
     def n_items(self) -> int:
+        """Number of items (rows of :attr:`items`)."""
         return len(self.items)
 
     @property
     def n_ratings(self) -> int:
+        """Number of ratings (rows of :attr:`ratings`)."""
         return len(self.ratings)
 
     @property
     def has_timestamps(self) -> bool:
+        """Whether :attr:`ratings` has a ``timestamp`` column."""
         return "timestamp" in self.ratings.columns
 
     @property
     def rating_range(self) -> tuple[float, float]:
+        """``(min, max)`` of the ratings; ``(0.0, 0.0)`` without ratings."""
         r = self.ratings["rating"].to_numpy()
         return (float(r.min()), float(r.max())) if len(r) else (0.0, 0.0)
 
@@ -99,15 +108,34 @@ class Dataset:
         return self.items["raw_id"].to_numpy()
 
     def user_code(self, raw_ids: Any) -> np.ndarray:
-        """Codes of raw user ids; ``-1`` for ids not in the dataset."""
+        """Look up the codes of raw user ids.
+
+        Args:
+          raw_ids: a raw user id or an array of them.
+
+        Returns:
+          The code of each id (same shape as ``raw_ids``); ``-1`` for ids not in the dataset.
+        """
         return _lookup_codes(self.user_ids, raw_ids)
 
     def item_code(self, raw_ids: Any) -> np.ndarray:
-        """Codes of raw item ids; ``-1`` for ids not in the dataset."""
+        """Look up the codes of raw item ids.
+
+        Args:
+          raw_ids: a raw item id or an array of them.
+
+        Returns:
+          The code of each id (same shape as ``raw_ids``); ``-1`` for ids not in the dataset.
+        """
         return _lookup_codes(self.item_ids, raw_ids)
 
     def summary(self) -> str:
-        """One human-readable paragraph: sizes, density, rating scale and every count in :attr:`report`."""
+        """Describe the dataset for a human reader.
+
+        Returns:
+          One paragraph: sizes, density, rating scale, ratings per user, features and every count in
+          :attr:`report`.
+        """
         n_u, n_i, n_r = self.n_users, self.n_items, self.n_ratings
         density = n_r / max(n_u * n_i, 1)
         lo, hi = self.rating_range
@@ -217,14 +245,30 @@ def from_dataframe(
 ) -> Dataset:
     """Build a :class:`Dataset` from any interaction log.
 
+    The log is validated and cleaned as the module docstring describes (numeric ratings, the latest of duplicate
+    pairs, ``min_user_ratings``, dense codes sorted by raw id).
+
     Args:
       df: one row per interaction; other columns than the named ones are ignored.
-      user, item: columns holding raw ids (any hashable type).
+      user: the column holding raw user ids (any hashable type).
+      item: the column holding raw item ids (any hashable type).
       rating: column of explicit ratings (any numeric scale); ``None`` for implicit logs (every row rates 1.0).
       timestamp: optional column of integer seconds (or datetimes), used for dedup and time-based splits.
-      user_features, item_features: optional side tables indexed by raw id (columns are copied; genres as a
-        ``"|"``-joined string, year as a number).
+      user_features: optional side table indexed by raw user id (columns are copied).
+      item_features: optional side table indexed by raw item id (columns are copied; genres as a ``"|"``-joined
+        string, year as a number).
+      name: the dataset's name.
       min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
+      source: where the data came from (named in error messages; default ``"dataframe"``).
+      _line_offset: the file line of row 0, so that errors name file lines (None: errors name rows).
+
+    Returns:
+      The cleaned :class:`Dataset`, with every dropped or repaired count in its ``report``.
+
+    Raises:
+      DataError: if ``df`` is not a DataFrame, a named column is missing, the log is empty, an id is missing, a
+        rating or timestamp is not a finite number, a rating exceeds the float32 range, a side table has
+        duplicate ids, or no rating is left after ``min_user_ratings``.
     """
     where = source or name
     if not isinstance(df, pd.DataFrame):
@@ -290,7 +334,15 @@ def from_dataframe(
 
     users = _side_table(user_uniques, user_features, "user", where)
     items = _side_table(item_uniques, item_features, "item", where)
-    return Dataset(name=name, ratings=out, users=users, items=items, report=report, source=source or "dataframe")
+    return Dataset(
+        name=name,
+        ratings=out,
+        users=users,
+        items=items,
+        report=report,
+        source=source or "dataframe",
+        explicit=bool(rating),
+    )
 
 
 def _side_table(uniques: np.ndarray, features: pd.DataFrame | None, role: str, where: str) -> pd.DataFrame:
@@ -313,8 +365,21 @@ def _side_table(uniques: np.ndarray, features: pd.DataFrame | None, role: str, w
 
 
 def sniff_separator(path: str | os.PathLike, sample_lines: int = 20) -> str:
-    """Guess the field separator among ``::``, ``,``, tab, ``|`` and ``;``: ``::`` if present, else the candidate
-    that splits every sampled line into the same number (> 1) of fields, preferring more fields."""
+    """Guess the field separator of a text file among ``::``, ``,``, tab, ``|`` and ``;``.
+
+    ``::`` when every sampled line holds it; else the candidate that splits every sampled line into the same
+    number (> 1) of fields, preferring more fields.
+
+    Args:
+      path: the file (``.gz`` allowed).
+      sample_lines: how many non-blank lines from the top are sampled.
+
+    Returns:
+      The separator.
+
+    Raises:
+      DataError: if the file is empty or unreadable, or no candidate splits the lines consistently.
+    """
     lines = _head_lines(path, sample_lines)
     if not lines:
         raise DataError(f"{path}: file is empty")
@@ -377,6 +442,22 @@ def read_table(
 
     ``::`` is read as the single character ``:`` with the empty in-between fields skipped (the C engine cannot
     take multi-character separators and the python engine is ~20x slower); fields must then not contain ``:``.
+
+    Args:
+      path: the file (``.gz`` allowed).
+      sep: the field separator.
+      names: the expected columns in order, or None to take the file's.
+      header: whether the first line is a header.
+      encoding: the text encoding.
+      dtype: optional pandas dtypes per column.
+      allow_extra: accept more fields than ``names`` (the extra ones are not read).
+
+    Returns:
+      The table; with ``names`` and no header, its columns are ``names``.
+
+    Raises:
+      DataError: if the file is missing, empty or unreadable, its first line does not have as many fields as
+        ``names``, it does not parse with ``sep``, or it has a header but no rows.
     """
     path = Path(path)
     if not path.exists():
@@ -432,6 +513,7 @@ def from_csv(
     """Load any interaction log stored as separated text (``.gz`` allowed).
 
     Args:
+      path: the file.
       columns: which column plays which role. A mapping ``{"user": "userId", "item": "movieId", "rating": ...,
         "timestamp": ...}`` of names (with a header) or 0-based positions; or a sequence of role names in file
         order, e.g. ``["user", "item", "rating", "timestamp"]`` (use ``"_"`` for a column to ignore). ``None``
@@ -439,7 +521,17 @@ def from_csv(
         rating[, timestamp]. Omit ``"rating"`` for an implicit log.
       sep: separator; ``None`` sniffs among ``::``, ``,``, tab, ``|``, ``;``.
       header: ``True``, ``False`` or ``"infer"`` (a header when the first line's last field is not a number).
+      name: the dataset's name (default: the file name up to its first dot).
+      min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
       allow_extra: with a header, columns beyond the named roles are an error unless this is set.
+      encoding: the text encoding.
+
+    Returns:
+      The cleaned :class:`Dataset` (see :func:`from_dataframe`); errors name file lines.
+
+    Raises:
+      DataError: if the file is missing, empty or unreadable, the separator is wrong or cannot be sniffed, a role's
+        column is missing, unknown or unexpected, or the log fails a check of :func:`from_dataframe`.
     """
     path = Path(path)
     if not path.exists():
@@ -516,10 +608,18 @@ def _resolve_columns(frame: pd.DataFrame, columns: Any, header: bool, path: Path
             raise DataError(
                 f"{path}: columns= names {len(columns)} column(s) {columns} but the file has {len(cols)}: {cols}"
             )
+        twice = sorted({role for role in columns if role != "_" and columns.count(role) > 1})
+        if twice:
+            raise DataError(f"{path}: columns= {columns} names {', '.join(map(repr, twice))} more than once")
         roles = {role: col for role, col in zip(columns, cols, strict=True) if role != "_"}
         unknown = set(roles) - set(_ROLES)
         if unknown:
             raise DataError(f"{path}: unknown role(s) {sorted(unknown)} in columns=; roles are {list(_ROLES)} or '_'")
+    absent = [role for role in ("user", "item") if role not in roles]
+    if absent:
+        raise DataError(
+            f"{path}: columns= {columns} has no {' and no '.join(absent)} column; a log needs a user and an item column"
+        )
     if header and isinstance(columns, Mapping | type(None)):
         extra = [c for c in cols if c not in roles.values()]
         if extra and not allow_extra:

@@ -40,7 +40,17 @@ AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 
 
 def age_bucket(age: pd.Series) -> pd.Series:
-    """ml-1m age buckets (ml-1m already stores the bucket's lower bound, which falls in the same bucket)."""
+    """Bucket ages into the ml-1m age groups ``<18, 18-24, 25-34, 35-44, 45-49, 50-55, 56+``.
+
+    ml-1m already stores the bucket's lower bound, which falls in the same bucket, so ml-1m and ml-100k (exact
+    ages) share one encoding.
+
+    Args:
+      age: ages (anything :func:`pandas.to_numeric` reads; unreadable values count as missing).
+
+    Returns:
+      The bucket label of each age (same index), None where the age is missing.
+    """
     age = pd.to_numeric(age, errors="coerce")
     idx = np.searchsorted(np.asarray(AGE_EDGES), age.to_numpy(dtype=np.float64, na_value=np.nan), side="right")
     labels = np.asarray(AGE_LABELS, dtype=object)[np.clip(idx, 0, len(AGE_LABELS) - 1)]
@@ -48,13 +58,27 @@ def age_bucket(age: pd.Series) -> pd.Series:
 
 
 def zip_prefix(zips: pd.Series) -> pd.Series:
-    """First character of the zip code, upper-cased; missing when empty."""
+    """Take the first character of each zip code, upper-cased.
+
+    Args:
+      zips: zip codes.
+
+    Returns:
+      The first character of each zip code (same index), missing where the zip code is empty or missing.
+    """
     first = zips.astype("string").str.strip().str[:1].str.upper()
     return first.where(first.str.len() > 0).astype(object)
 
 
 def year_bucket(years: pd.Series) -> pd.Series:
-    """Release decade as ``"1990s"``; missing when the year is unknown."""
+    """Bucket release years into decades.
+
+    Args:
+      years: release years (anything :func:`pandas.to_numeric` reads).
+
+    Returns:
+      The decade of each year as ``"1990s"`` (same index), None where the year is unknown.
+    """
     y = pd.to_numeric(years, errors="coerce")
     decade = (y // 10 * 10).astype("Int64").astype("string") + "s"
     return decade.astype(object).where(y.notna().to_numpy(), None)
@@ -93,7 +117,23 @@ def _slots(values: pd.Series, train_codes: np.ndarray) -> tuple[np.ndarray, list
 
 @dataclasses.dataclass
 class Featurizer:
-    """Per-code lookup tables that turn ``(user code, item code)`` pairs into rows. Build with :meth:`fit`."""
+    """Per-code lookup tables that turn ``(user code, item code)`` pairs into rows. Build with :meth:`fit`.
+
+    Every table has one entry per dataset code plus a last, all-zero padding entry selected by code -1.
+
+    Attributes:
+      spec: the :class:`~jaxrec.core.features.FeatureSpec` of the rows.
+      user_index: int32 ``[n_users + 1]``: dataset user code -> ``"user"`` slot; the last entry is padding.
+      item_index: int32 ``[n_items + 1]``: dataset item code -> ``"item"`` slot.
+      user_tables: ``"user_<field>"`` -> int32 ``[n_users + 1]`` slots.
+      item_tables: ``"item_<field>"`` -> int32 ``[n_items + 1]`` slots.
+      item_multi_hot: multi-hot item fields, e.g. ``"item_genres"`` -> float32 ``[n_items + 1, G]``.
+      vocabularies: key -> the label of slot 1, 2, ... (slot 0 is OOV / unknown).
+      implicit_threshold: when set, the target is ``"label" = rating >= implicit_threshold``.
+      dataset_name: the name of the dataset it was fitted on.
+      user_raw_ids: the raw id of each user code when they are ints or strings (JSON-able), else None.
+      item_raw_ids: the raw id of each item code when they are ints or strings, else None.
+    """
 
     spec: FeatureSpec
     user_index: np.ndarray  # int32 [n_users + 1]: dataset user code -> "user" slot; last entry = padding
@@ -109,20 +149,31 @@ class Featurizer:
 
     @property
     def n_users(self) -> int:
+        """Number of users of the fitted dataset (codes ``0 .. n_users - 1``)."""
         return len(self.user_index) - 1
 
     @property
     def n_items(self) -> int:
+        """Number of items of the fitted dataset (codes ``0 .. n_items - 1``)."""
         return len(self.item_index) - 1
 
     @classmethod
     def fit(
         cls, dataset: Dataset, train_ratings: pd.DataFrame | None = None, *, implicit_threshold: float | None = None
     ) -> Featurizer:
-        """Build vocabularies from ``train_ratings`` (default: all of ``dataset.ratings``).
+        """Build the vocabularies and lookup tables from the training ratings.
 
-        ``implicit_threshold``: when set, the target is ``"label" = rating >= threshold`` (float 0/1) instead of
-        ``"rating"``, and ``spec.rating_range`` is None.
+        Args:
+          dataset: the dataset whose codes the featurizer maps (side features are read from its tables).
+          train_ratings: the ratings the vocabularies are built from (default: all of ``dataset.ratings``).
+          implicit_threshold: when set, the target is ``"label" = rating >= threshold`` (float 0/1) instead of
+            ``"rating"``, and ``spec.rating_range`` is None.
+
+        Returns:
+          The fitted :class:`Featurizer`.
+
+        Raises:
+          DataError: if ``train_ratings`` is empty or holds codes outside ``dataset``.
         """
         train = dataset.ratings if train_ratings is None else train_ratings
         if len(train) == 0:
@@ -185,27 +236,59 @@ class Featurizer:
     # -- rows ------------------------------------------------------------------------------------------------------
 
     def user_rows(self, users: np.ndarray) -> dict[str, np.ndarray]:
-        """``"user"`` and ``"user_<field>"`` for user codes of any shape (-1 = padding)."""
+        """Look up the user-side row keys.
+
+        Args:
+          users: user codes of any shape (-1 = padding).
+
+        Returns:
+          ``"user"`` and ``"user_<field>"`` arrays of the shape of ``users``.
+        """
         out = {"user": np.take(self.user_index, users)}
         out.update({k: np.take(t, users) for k, t in self.user_tables.items()})
         return out
 
     def item_rows(self, items: np.ndarray, prefix: str = "") -> dict[str, np.ndarray]:
-        """``"item"``, ``"item_<field>"`` and multi-hot keys (``prefix`` prepended, e.g. ``"neg_"``)."""
+        """Look up the item-side row keys.
+
+        Args:
+          items: item codes of any shape (-1 = padding).
+          prefix: prepended to every key, e.g. ``"neg_"``.
+
+        Returns:
+          ``"item"``, ``"item_<field>"`` and multi-hot keys (each with ``prefix``); multi-hot arrays have a
+          trailing width axis.
+        """
         out = {prefix + "item": np.take(self.item_index, items)}
         out.update({prefix + k: np.take(t, items) for k, t in self.item_tables.items()})
         out.update({prefix + k: np.take(t, items, axis=0) for k, t in self.item_multi_hot.items()})
         return out
 
     def target(self, ratings: np.ndarray) -> dict[str, np.ndarray]:
-        """``{"rating": float32}`` or, in implicit mode, ``{"label": float32 0/1}``."""
+        """Turn ratings into the target row key.
+
+        Args:
+          ratings: raw ratings of any shape.
+
+        Returns:
+          ``{"rating": float32}`` or, in implicit mode, ``{"label": float32 0/1}``.
+        """
         ratings = np.asarray(ratings, np.float32)
         if self.implicit_threshold is None:
             return {"rating": ratings}
         return {"label": (ratings >= self.implicit_threshold).astype(np.float32)}
 
     def rows(self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """All row keys for parallel arrays of user codes, item codes (and ratings), of any common shape."""
+        """Build all row keys for parallel arrays of codes.
+
+        Args:
+          users: user codes (-1 = padding).
+          items: item codes of the same shape (-1 = padding).
+          ratings: optional raw ratings of the same shape, for the target key.
+
+        Returns:
+          Every user, item (and target) row key, each of the common shape (multi-hot keys with a width axis).
+        """
         out = self.user_rows(users)
         out.update(self.item_rows(items))
         if ratings is not None:
@@ -213,7 +296,17 @@ class Featurizer:
         return out
 
     def transform(self, ratings: pd.DataFrame) -> dict[str, np.ndarray]:
-        """Rows ``[len(ratings), ...]`` of a ratings frame (columns ``user``, ``item``, ``rating`` as codes)."""
+        """Build the rows of a ratings frame.
+
+        Args:
+          ratings: a frame with ``user`` and ``item`` code columns and, optionally, ``rating``.
+
+        Returns:
+          The row keys, each ``[len(ratings), ...]``; the target only when there is a ``rating`` column.
+
+        Raises:
+          DataError: if a ``user`` or ``item`` column is missing, or a code is outside the fitted dataset.
+        """
         for col in ("user", "item"):
             if col not in ratings:
                 raise DataError(
@@ -231,7 +324,12 @@ class Featurizer:
     # -- save / load -----------------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able description (tables as lists; multi-hot as lists of active columns per item)."""
+        """Describe the featurizer as JSON-able data (the inverse of :meth:`from_dict`).
+
+        Returns:
+          A dict with the format tag, the spec, the tables as lists (without their padding entries; multi-hot
+          tables as lists of active columns per item), the vocabularies and the raw ids.
+        """
         return {
             "format": _FORMAT,
             "dataset": self.dataset_name,
@@ -252,6 +350,17 @@ class Featurizer:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Featurizer:
+        """Rebuild a featurizer from :meth:`to_dict`'s description.
+
+        Args:
+          d: the description.
+
+        Returns:
+          The :class:`Featurizer`, with its padding entries restored.
+
+        Raises:
+          DataError: if ``d`` is not a saved featurizer of this format.
+        """
         if d.get("format") != _FORMAT:
             raise DataError(f"not a saved Featurizer (format {d.get('format')!r}, expected {_FORMAT!r})")
         multi_hot = {}

@@ -56,7 +56,11 @@ ML1M_OCCUPATIONS = (
 
 
 def default_data_root() -> Path:
-    """``$JAXREC_DATA`` if set, else ``~/.cache/jaxrec``: the folder that holds one ``<name>/`` per dataset."""
+    """The folder that holds one ``<name>/`` folder per dataset.
+
+    Returns:
+      ``$JAXREC_DATA`` if set, else ``~/.cache/jaxrec``.
+    """
     env = os.environ.get("JAXREC_DATA")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "jaxrec"
 
@@ -66,7 +70,18 @@ def _has_files(folder: Path, name: str) -> bool:
 
 
 def locate(name: str, data_dir: str | os.PathLike | None) -> tuple[Path | None, list[Path]]:
-    """The folder holding ``name``'s files (or None) and every folder looked in, in order."""
+    """Find the folder holding a dataset's files.
+
+    Looks in ``<root>/<name>/`` (and the folder its zip unpacks to, e.g. ``ml-10M100K/``), then in ``<root>``
+    itself, with ``root`` the ``data_dir`` or :func:`default_data_root`.
+
+    Args:
+      name: the dataset, one of :data:`DATASETS` other than the bundled one.
+      data_dir: the root to look in, or None for :func:`default_data_root`.
+
+    Returns:
+      ``(folder, looked)``: the folder holding ``name``'s files (or None) and every folder looked in, in order.
+    """
     roots = [Path(data_dir).expanduser()] if data_dir is not None else [default_data_root()]
     candidates = []
     for root in roots:
@@ -90,9 +105,22 @@ def load(
 
     ``"ml-latest-small"`` (the default) ships inside the package and works offline. The others are read from
     ``data_dir/<name>/`` (or ``data_dir`` itself), else ``$JAXREC_DATA/<name>/``, else ``~/.cache/jaxrec/<name>/``.
-    When they are missing, ``download=True`` fetches the official GroupLens zip (MD5-checked, unpacked
-    atomically); ``download=None`` (default) downloads only if ``$JAXREC_DOWNLOAD=1``; ``download=False`` never
-    does. Without a download the error says exactly where to put the files.
+    Without a download the error says exactly where to put missing files.
+
+    Args:
+      name: the dataset, one of :data:`DATASETS`.
+      data_dir: the folder holding the dataset folders (default: :func:`default_data_root`).
+      download: what to do when the files are missing: True fetches the official GroupLens zip (SHA-256-checked,
+        unpacked atomically); None (default) downloads only if ``$JAXREC_DOWNLOAD=1``; False never does.
+      min_user_ratings: users with fewer ratings are dropped and counted in the report.
+
+    Returns:
+      The cleaned :class:`Dataset`.
+
+    Raises:
+      DataError: if ``name`` is unknown, its files are missing and no download is allowed, or a file does not
+        parse.
+      DownloadError: if the download fails or does not match its checksum.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {list(DATASETS)} or use jaxrec.data.from_csv")
@@ -113,7 +141,21 @@ def load(
 
 
 def parse_movielens(name: str, folder: str | os.PathLike, *, min_user_ratings: int = 1, source: str = "") -> Dataset:
-    """Parse the files of MovieLens ``name`` found in ``folder`` (see the module docstring for formats)."""
+    """Parse the files of a MovieLens dataset (see the module docstring for the formats).
+
+    Args:
+      name: the dataset, one of :data:`DATASETS`; it selects the format.
+      folder: the folder holding the files (each may also be gzipped, ``<file>.gz``).
+      min_user_ratings: users with fewer ratings are dropped and counted in the report.
+      source: where the data came from (default: the ratings file).
+
+    Returns:
+      The cleaned :class:`Dataset` with the titles, genres and years (and ml-100k / ml-1m demographics) as side
+      tables.
+
+    Raises:
+      DataError: if a required file or column is missing or a file does not parse.
+    """
     folder = Path(folder)
     missing = [f for f in _REQUIRED[name] if not (folder / f).is_file() and not (folder / (f + ".gz")).is_file()]
     if missing:
@@ -163,7 +205,14 @@ def _gz_or_plain(path: Path) -> Path:
 
 
 def year_from_title(titles: pd.Series) -> pd.Series:
-    """The ``(YYYY)`` at the end of a MovieLens title as a nullable Int64 (``<NA>`` when absent)."""
+    """Read the release year at the end of MovieLens titles.
+
+    Args:
+      titles: titles ending in ``(YYYY)`` (or a year range such as ``(1995-2000)``, whose first year is taken).
+
+    Returns:
+      The year of each title as a nullable Int64 (``<NA>`` when absent).
+    """
     return titles.str.extract(r"\((\d{4})(?:[-–]\d{0,4})?\)\s*$", expand=False).astype("Int64")
 
 

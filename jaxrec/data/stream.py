@@ -72,6 +72,15 @@ class StepBatches:
         return len(self._epoch(0)[1])
 
     def __call__(self, step: int) -> TaskBatch:
+        """Build batch ``step`` of the stream.
+
+        Args:
+          step: the global step ``k``, read as epoch and position ``(e, i) = divmod(k, per_epoch)``.
+
+        Returns:
+          A numpy :class:`~jaxrec.TaskBatch`, negatives sampled with ``default_rng([seed, e, i])`` and
+          ``transform`` applied with ``default_rng([seed, e, i, 1])``.
+        """
         epoch, index = divmod(int(step), self.per_epoch)
         tasks, plan = self._epoch(epoch)
         batch = tasks.make_batch(plan[index], np.random.default_rng([self.seed, epoch, index]))
@@ -88,14 +97,21 @@ def stream(
     prefetch: int = 2,
     device: Any = "default",
 ) -> Iterator[TaskBatch]:
-    """``batch_at(k)`` for ``k = start, start + 1, ...`` up to ``stop`` (None: endless), in order.
+    """Stream ``batch_at(k)`` for ``k = start, start + 1, ...`` up to ``stop``, in order.
 
     Args:
       batch_at: the batch of a step (e.g. a :class:`StepBatches`); called in Grain's prefetch threads.
-      start, stop: the steps to stream.
+      start: the first step streamed.
+      stop: the step the stream stops before (None: endless).
       prefetch: how many batches are built ahead in background threads (0: built when asked for, no thread).
       device: ``"default"`` puts each batch on the default device (``jax.device_put``), a device or sharding puts
         it there, None leaves it in host (numpy) memory.
+
+    Returns:
+      An iterator over the batches of steps ``start .. stop - 1``.
+
+    Raises:
+      ValueError: if ``start`` is negative.
     """
     if int(start) < 0:
         raise ValueError(f"start must be >= 0, got {start}")

@@ -85,10 +85,19 @@ def _rank_within_groups(sorted_groups: np.ndarray, n_groups: int) -> np.ndarray:
 
 
 def bucket_sizes(lengths: np.ndarray, buckets: Sequence[int] | None) -> np.ndarray:
-    """Padded length of each task side.
+    """Choose the padded length of each task side.
 
-    ``buckets=None``: the next power of two, but never more than the longest length (so a fixed query size of 10
-    pads to 10, not 16). A list: the smallest listed size that fits; longer sides are truncated to the largest.
+    Args:
+      lengths: the real length of each task side.
+      buckets: None for the next power of two, but never more than the longest length (so a fixed query size of
+        10 pads to 10, not 16); or a list of sizes: the smallest listed size that fits, longer sides being
+        truncated to the largest.
+
+    Returns:
+      The padded length of each side, int64 of the shape of ``lengths``.
+
+    Raises:
+      ValueError: if a bucket size is not positive.
     """
     lengths = np.asarray(lengths, np.int64)
     if len(lengths) == 0:
@@ -113,7 +122,10 @@ class ColdStartSplit:
     Attributes:
       train: ratings to meta-train on (and to fit the Featurizer on).
       scenarios: ``"warm"``, ``"new_user"``, ``"new_item"``, ``"new_user_new_item"`` -> ratings; possibly empty.
-      new_users, new_items: codes that never appear in ``train``.
+      new_users: user codes that never appear in ``train``.
+      new_items: item codes that never appear in ``train``.
+      scheme: the split scheme, ``"melu"`` or ``"time"``.
+      seed: the seed of the split.
       stats: sizes of each part.
     """
 
@@ -126,13 +138,25 @@ class ColdStartSplit:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
+        """Describe the split in one line.
+
+        Returns:
+          The scheme, the seed and the ratings / users of ``train`` and of each scenario.
+        """
         parts = [f"train {len(self.train):,} ratings / {self.train['user'].nunique():,} users"]
         parts += [f"{k} {len(v):,} / {v['user'].nunique():,}" for k, v in self.scenarios.items()]
         return f"cold_start_split(scheme={self.scheme!r}, seed={self.seed}): " + "; ".join(parts)
 
 
 def item_release_key(ds: Dataset) -> np.ndarray:
-    """Per item: release year when known, else the calendar year of its first rating, else NaN."""
+    """Order items by release for the new-item split.
+
+    Args:
+      ds: the dataset.
+
+    Returns:
+      Per item code: the release year when known, else the calendar year of its first rating, else NaN.
+    """
     key = np.full(ds.n_items, np.nan)
     if "year" in ds.items:
         key = pd.to_numeric(ds.items["year"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
@@ -150,8 +174,19 @@ def _first_time(codes: np.ndarray, times: np.ndarray, n: int) -> np.ndarray:
 
 
 def newest_items(key: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Codes of the ``fraction`` of items with the largest ``key`` (random tie break; unknown keys never new). When
-    no key is known (no year, no timestamp) every item ties: a seeded random ``fraction``."""
+    """Pick the newest items.
+
+    Ties are broken at random and items with an unknown key are never new. When no key is known (no year, no
+    timestamp) every item ties: the result is a seeded random ``fraction`` of the items.
+
+    Args:
+      key: per item code, its release key (:func:`item_release_key`; NaN when unknown).
+      fraction: the share of all items to pick.
+      rng: the generator of the tie breaks.
+
+    Returns:
+      The sorted codes of the ``fraction`` of items with the largest ``key``.
+    """
     if np.isnan(key).all():
         key = np.zeros(len(key))
     known = np.flatnonzero(~np.isnan(key))
@@ -173,7 +208,7 @@ def cold_start_split(
 ) -> ColdStartSplit:
     """Split a dataset into meta-train ratings and four cold-start scenarios, without leaks.
 
-    ``scheme="melu"`` (after MeLU, Lee et al. KDD 2019, which split MovieLens items by release year and users at
+    ``scheme="melu"`` (after MeLU, Lee et al. KDD 2019, which splits MovieLens items by release year and users at
     random):
 
     * *new items*: the newest ``new_item_frac`` of items by release year (first-rating year when the year is
@@ -192,6 +227,23 @@ def cold_start_split(
     existing rated after it.
 
     The five frames partition the ratings; no new user or new item appears in ``train``.
+
+    Args:
+      ds: the dataset.
+      scheme: ``"melu"`` or ``"time"``.
+      seed: the seed of every random choice of the split.
+      new_item_frac: ``"melu"``: the share of items that are new.
+      new_user_frac: ``"melu"``: the share of users that are new.
+      warm_user_frac: ``"melu"``: the share of existing users that are warm-evaluation users.
+      warm_holdout: ``"melu"``: the share of a warm user's existing-item ratings held out as the warm scenario.
+      time_quantile: ``"time"``: the quantile of all timestamps that is the cutoff.
+
+    Returns:
+      The :class:`ColdStartSplit`; an empty scenario is logged as a warning.
+
+    Raises:
+      ValueError: if ``scheme`` is unknown.
+      DataError: if ``scheme="time"`` and the dataset has no timestamps.
     """
     if scheme not in ("melu", "time"):
         raise ValueError(f"unknown cold-start scheme {scheme!r}; choose 'melu' or 'time'")
@@ -281,6 +333,25 @@ class TaskSet:
     Task ``t`` is user ``users[t]``; its support rows are ``row_*[support_start[t] : support_start[t] +
     support_len[t]]`` and likewise for the query. ``support_pad`` / ``query_pad`` are the bucketed padded lengths;
     tasks with the same pair are batched together, so a jitted meta-step compiles once per distinct pair.
+    Build with :func:`build_tasks`.
+
+    Attributes:
+      featurizer: the :class:`~jaxrec.data.Featurizer` that turns codes into rows.
+      users: int32 ``[tasks]``: the user code of each task (the task id).
+      row_user: int32 ``[rows + 1]`` user codes, sorted by user; the last entry is a padding row (-1).
+      row_item: int32 ``[rows + 1]`` item codes.
+      row_rating: float32 ``[rows + 1]`` raw ratings.
+      support_start: int64 ``[tasks]``: where each task's support rows start.
+      support_len: int32 ``[tasks]``: how many support rows each task has.
+      query_start: where each task's query rows start.
+      query_len: how many query rows each task has.
+      support_pad: int32 ``[tasks]``: the padded support length of each task.
+      query_pad: the padded query length of each task.
+      split: the support/query split (one of :data:`SPLITS`).
+      negatives: implicit mode: label-0 rows appended per real row, sampled afresh for every batch.
+      stats: sizes and counts of the build (``tasks``, ``users_dropped``, ``users_subsampled``, ``rows``, ...).
+      rated_keys: sorted ``user * n_items + item`` of the rated pairs, for negative sampling (implicit mode only).
+      history: ``L``: rows carry ``history_item`` / ``history_rating`` ``[rows, L]`` (0 = none).
     """
 
     featurizer: Featurizer
@@ -316,8 +387,16 @@ class TaskSet:
         return [(int(s), int(q)) for s, q in pairs]
 
     def padding_stats(self, batch_size: int) -> dict[str, float]:
-        """Fraction of padded row slots over one epoch of ``batch_size``-task batches (padding tasks included),
-        and the number of distinct batch shapes (what a jitted meta-step compiles for)."""
+        """Measure the padding of one epoch of batches.
+
+        Args:
+          batch_size: tasks per batch.
+
+        Returns:
+          ``batches_per_epoch``; ``shapes``, the number of distinct batch shapes (what a jitted meta-step compiles
+          for); and ``support_padding``, ``query_padding`` and ``padding_waste``, the fractions of padded row
+          slots (padding tasks included) of the support, the query and both.
+        """
         real_s = real_q = slots_s = slots_q = 0
         shapes = set()
         for task_index in self.batch_plan(batch_size, None):
@@ -338,6 +417,14 @@ class TaskSet:
         }
 
     def summary(self, batch_size: int | None = None) -> str:
+        """Describe the task set in one line.
+
+        Args:
+          batch_size: also report the batches and the padding waste of an epoch of batches of this size.
+
+        Returns:
+          The split, the number of tasks, the support and query lengths, the shapes and the dropped users.
+        """
         s = self.stats
         text = (
             f"TaskSet(split={self.split!r}): {len(self)} tasks, support {s.get('support_len')}, query "
@@ -351,12 +438,19 @@ class TaskSet:
     # -- batches ---------------------------------------------------------------------------------------------------
 
     def batch_plan(self, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
-        """Task indices of each batch of one epoch (``-1`` = padding task).
+        """Plan the batches of one epoch.
 
         Tasks are grouped by ``(support_pad, query_pad)`` bucket in ascending order; the ``len % batch_size``
         tasks left over by a bucket join the next one (the batch takes the larger shape), so only the very last
-        batch holds padding tasks and every task appears exactly once. With ``rng`` tasks are shuffled within
-        buckets and batches shuffled across buckets; without, buckets come in shape order and tasks in user order.
+        batch holds padding tasks and every task appears exactly once.
+
+        Args:
+          batch_size: tasks per batch.
+          rng: with a generator, tasks are shuffled within buckets and batches shuffled across buckets; with None,
+            buckets come in shape order and tasks in user order.
+
+        Returns:
+          The task indices of each batch, ``[batch_size]`` each (``-1`` = padding task).
         """
         plan: list[np.ndarray] = []
         carry = np.zeros(0, np.int64)
@@ -375,7 +469,18 @@ class TaskSet:
         return plan
 
     def make_batch(self, task_index: np.ndarray, rng: np.random.Generator | None = None) -> TaskBatch:
-        """A numpy :class:`TaskBatch` of the given tasks (``-1`` entries become padding tasks)."""
+        """Build the batch of the given tasks.
+
+        The batch is padded to the largest ``(support_pad, query_pad)`` of its tasks. In implicit mode the
+        negatives and the BPR ``neg_item`` are sampled with ``rng``; with ``history`` every row gets its history.
+
+        Args:
+          task_index: task indices; ``-1`` entries become padding tasks (``task_id`` -1, all-false masks).
+          rng: the generator of negative sampling (default: ``default_rng(0)``).
+
+        Returns:
+          A numpy :class:`~jaxrec.TaskBatch` with ``task_id`` = user code.
+        """
         task_index = np.asarray(task_index)
         real = task_index >= 0
         safe = np.where(real, task_index, 0)
@@ -468,7 +573,24 @@ class TaskSet:
     def batches(
         self, batch_size: int, *, seed: int = 0, epochs: int | None = None, shuffle: bool = True
     ) -> Iterator[TaskBatch]:
-        """Numpy batches of the stream of :mod:`jaxrec.data.stream` (a function of ``seed``), built on demand."""
+        """Iterate over numpy batches of the stream of :mod:`jaxrec.data.stream`, built on demand.
+
+        Args:
+          batch_size: tasks per batch.
+          seed: the stream's seed; the stream is a function of it.
+          epochs: how many passes over the tasks (None: endless).
+          shuffle: shuffle tasks and batches each epoch; without, every task once per epoch in bucket and user
+            order.
+
+        Yields:
+          Numpy :class:`~jaxrec.TaskBatch` es; none for an empty task set with a finite ``epochs`` (e.g. an empty
+          cold-start scenario).
+
+        Raises:
+          ValueError: if ``batch_size`` is less than 1.
+          DataError: if the task set is empty and ``epochs`` is None (an endless stream of nothing would hang the
+            training loop).
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if len(self) == 0:
@@ -524,7 +646,7 @@ def build_tasks(
     subsample: tuple[int, int] | None = None,
     subsample_seed: int | Sequence[int] | None = None,
 ) -> TaskSet:
-    """One task per user of ``ratings`` (dataset codes), with a seeded support/query split.
+    """Build one task per user of ``ratings`` (dataset codes), with a seeded support/query split.
 
     Splits (``n`` = the user's rating count):
 
@@ -557,6 +679,36 @@ def build_tasks(
     left-padded. A support row never sees itself or later rows; a query row sees the whole support (its last ``L``
     rows) and never a query rating. Negatives repeat the history of their real row; padded rows get all zeros.
     Use :attr:`TaskSet.spec` (``history=L``) to create the model.
+
+    Args:
+      ratings: a ratings frame with ``user``, ``item``, ``rating`` (and, for time order, ``timestamp``) columns.
+      featurizer: the :class:`~jaxrec.data.Featurizer` of the dataset.
+      split: one of :data:`SPLITS`.
+      support: the most support rows per task; the ``K`` of ``"kshot"`` (required there).
+      query: the query rows per task: an int, or a fraction of ``n`` (default 10 for ``"melu"``, 0.2 for
+        ``"random"`` and ``"time"``); for ``"kshot"``, at most this many of the remaining rows (default: all).
+      seed: the seed of the shuffles and, by default, of the subsample sizes.
+      min_ratings: users with fewer ratings are dropped (``"melu"``: default 13).
+      max_ratings: users with more ratings are dropped (``"melu"``: default 100).
+      min_support: users left with fewer support rows are dropped.
+      min_query: users left with fewer query rows are dropped.
+      order: ``"random"`` or ``"time"`` (default: ``"time"`` for ``split="time"``, else ``"random"``).
+      support_buckets: the padded support lengths (see :func:`bucket_sizes`).
+      query_buckets: the padded query lengths (see :func:`bucket_sizes`).
+      negatives: implicit mode: ``k`` label-0 rows per real row.
+      history: ``L``, the history length of every row (0: none).
+      subsample: ``(lo, hi)``: subsample users with more than ``hi`` ratings to ``[lo, hi]`` of them.
+      subsample_seed: the seed of the subsample sizes (default ``seed``).
+
+    Returns:
+      The :class:`TaskSet`; dropped and subsampled users are counted in its ``stats``.
+
+    Raises:
+      ValueError: if ``split`` is unknown, ``"kshot"`` lacks ``support``, ``history`` is not an int >= 0,
+        ``negatives`` is set without an implicit featurizer, or ``subsample`` is not ``(lo, hi)`` with
+        ``1 <= lo <= hi``.
+      DataError: if a column is missing (``timestamp`` for time order) or a user code is outside the
+        featurizer's dataset.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
@@ -674,13 +826,33 @@ def task_batches(
 ) -> Iterator[TaskBatch]:
     """Stream device-resident :class:`~jaxrec.TaskBatch` es of ``batch_size`` tasks each.
 
-    ``data`` is a :class:`TaskSet`, or a ratings DataFrame plus ``featurizer`` (then ``split``, ``support``,
-    ``query`` and ``build_kwargs`` (e.g. ``history=L``, ``negatives=k``) go to :func:`build_tasks`, seeded by
-    ``seed``). ``epochs=None`` repeats forever; ``shuffle=False, epochs=1`` visits every task exactly once in a
-    fixed order, keeps ``task_id`` = user code and pads the last batch of each shape bucket with padding tasks
-    (``task_id`` -1, all-false masks). Batches are built in numpy in a background thread (Grain, ``prefetch``
-    batches ahead) and moved with ``jax.device_put``; the stream is a function of ``seed`` only
+    ``shuffle=False, epochs=1`` visits every task exactly once in a fixed order, keeps ``task_id`` = user code and
+    pads the last batch of each shape bucket with padding tasks (``task_id`` -1, all-false masks). Batches are
+    built in numpy and moved with ``jax.device_put``; the stream is a function of ``seed`` only
     (:mod:`jaxrec.data.stream`).
+
+    Args:
+      data: a :class:`TaskSet`, or a ratings DataFrame plus ``featurizer``.
+      batch_size: tasks per batch.
+      support: DataFrame only: passed to :func:`build_tasks`.
+      query: DataFrame only: passed to :func:`build_tasks`.
+      seed: the seed of the stream (and of :func:`build_tasks` for a DataFrame).
+      epochs: passes over the tasks (None: repeat forever).
+      shuffle: shuffle tasks and batches each epoch.
+      featurizer: DataFrame only: the :class:`~jaxrec.data.Featurizer` of the rows.
+      split: DataFrame only: the split of :func:`build_tasks`.
+      device: where the batches go (None: the default device).
+      prefetch: build batches in a background thread (Grain, 2 batches ahead); False builds each when asked for.
+      **build_kwargs: DataFrame only: further options of :func:`build_tasks` (e.g. ``history=L``,
+        ``negatives=k``).
+
+    Returns:
+      An iterator over the batches; an empty one for an empty task set with a finite ``epochs``.
+
+    Raises:
+      ValueError: if a DataFrame comes without ``featurizer``, or a :class:`TaskSet` with build options.
+      DataError: if there are no tasks and ``epochs`` is None (an endless stream of nothing would hang the training
+        loop).
     """
     if isinstance(data, pd.DataFrame):
         if featurizer is None:

@@ -1,8 +1,7 @@
 """Honest baselines for cold-start evaluation, run in the same harness as the meta-learner.
 
 Each baseline is a predictor ``predict(state, batch) -> scores [T, Q]`` (see :mod:`jaxrec.evaluation.predict`),
-fitted on
-the meta-train ratings only and, where it personalises, using nothing of a test user but its support set:
+fitted on the meta-train ratings only and, where it personalises, using nothing of a test user but its support set:
 
 * ``global_mean``: ``mu``, the mean meta-train rating.
 * ``user_mean``: the mean of the user's support ratings (``mu`` when there are none).
@@ -63,7 +62,15 @@ logger = logging.getLogger(__name__)
 
 
 def global_mean(state: Any, batch: TaskBatch) -> jax.Array:
-    """``mu`` for every query row; ``state = mu``."""
+    """Predict the mean meta-train rating ``mu`` for every query row.
+
+    Args:
+      state: ``mu``.
+      batch: the tasks.
+
+    Returns:
+      ``[T, Q]`` scores, all ``mu``.
+    """
     return jnp.broadcast_to(jnp.asarray(state, jnp.float32), batch.query_mask.shape)
 
 
@@ -76,7 +83,16 @@ def _support_mean(batch: TaskBatch, target: str, fallback: jax.Array) -> jax.Arr
 
 
 def user_mean(state: Any, batch: TaskBatch, *, target: str = "rating") -> jax.Array:
-    """The mean of the user's support targets (``state = mu`` when the support set is empty)."""
+    """Predict the mean of the user's support targets for every query row.
+
+    Args:
+      state: ``mu``, the prediction for a task whose support set is empty.
+      batch: the tasks.
+      target: the row key of the targets.
+
+    Returns:
+      ``[T, Q]`` scores, one value per task.
+    """
     mean = _support_mean(batch, target, jnp.asarray(state, jnp.float32))
     return jnp.broadcast_to(mean[:, None], batch.query_mask.shape)
 
@@ -87,18 +103,46 @@ def _lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
 
 
 def item_mean(state: Any, batch: TaskBatch) -> jax.Array:
-    """``state[item]``: the table of item means by item slot (slot 0, unseen items, holds ``mu``)."""
+    """Predict each query item's mean meta-train rating.
+
+    Args:
+      state: the table of item means by item slot (:func:`fit_item_means`; slot 0, unseen items, holds ``mu``).
+      batch: the tasks.
+
+    Returns:
+      ``[T, Q]`` scores ``state[item]`` (ids outside the table read slot 0).
+    """
     return _lookup(jnp.asarray(state), batch.query["item"])
 
 
 def support_user_bias(residuals: jax.Array, mask: jax.Array, user_reg: float | jax.Array) -> jax.Array:
-    """``b_u = sum_s m_s r_s / (lambda_u + sum_s m_s)`` over the last axis (residuals ``r - mu - b_i``)."""
+    """Fit the user offset of the bias model on a support set in closed form.
+
+    ``b_u = sum_s m_s r_s / (lambda_u + sum_s m_s)`` over the last axis.
+
+    Args:
+      residuals: the residuals ``r - mu - b_i`` of the support rows.
+      mask: the support mask ``m`` (false = padding).
+      user_reg: the ridge strength ``lambda_u``.
+
+    Returns:
+      ``b_u``, with the last axis reduced.
+    """
     mask = mask.astype(bool)
     return jnp.sum(jnp.where(mask, residuals, 0.0), axis=-1) / (user_reg + jnp.sum(mask, axis=-1))
 
 
 def bias_predict(state: Any, batch: TaskBatch, *, target: str = "rating") -> jax.Array:
-    """``mu + b_i + b_u`` with ``state = (mu, item_bias, user_reg)`` and ``b_u`` from the support set."""
+    """Predict with the bias model ``mu + b_i + b_u``, ``b_u`` fitted on each task's support set.
+
+    Args:
+      state: ``(mu, item_bias, user_reg)`` (:func:`fit_bias_model`'s ``mu`` and ``b_i``, and ``lambda_u``).
+      batch: the tasks.
+      target: the row key of the targets.
+
+    Returns:
+      ``[T, Q]`` scores.
+    """
     mu, item_bias, user_reg = state
     support_residual = batch.support[target].astype(jnp.float32) - mu - _lookup(item_bias, batch.support["item"])
     b_u = support_user_bias(support_residual, batch.support_mask, user_reg)
@@ -110,7 +154,18 @@ def bias_predict(state: Any, batch: TaskBatch, *, target: str = "rating") -> jax
 
 
 def fit_item_means(items: np.ndarray, targets: np.ndarray, n_items: int, mu: float | None = None) -> np.ndarray:
-    """``[n_items]`` mean target per item id; ids without ratings (and id 0, the OOV slot) get ``mu``."""
+    """Fit the table of item means.
+
+    Args:
+      items: the item id (vocabulary slot) of each rating.
+      targets: the target of each rating.
+      n_items: the size of the item vocabulary.
+      mu: the value of ids without ratings (default: the mean target).
+
+    Returns:
+      float32 ``[n_items]``: the mean target per item id; ids without ratings (and id 0, the OOV slot) get
+      ``mu``.
+    """
     items = np.asarray(items, np.int64)
     targets = np.asarray(targets, np.float64)
     mu = float(targets.mean()) if mu is None else float(mu)
@@ -132,10 +187,23 @@ def fit_bias_model(
     user_reg: float = 5.0,
     iterations: int = 10,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """``(mu, item_bias [n_items], user_bias [n_users])`` by regularised ALS on ``r ~ mu + b_u + b_i``.
+    """Fit the bias model ``r ~ mu + b_u + b_i`` by regularised alternating least squares.
 
     Each round solves the ridge problem for all ``b_u`` given ``b_i`` in closed form, then for all ``b_i``
     given ``b_u`` (coordinate descent on a convex objective, so it converges; ten rounds are plenty).
+
+    Args:
+      users: the user index of each rating.
+      items: the item index of each rating.
+      targets: the target of each rating.
+      n_users: the number of users.
+      n_items: the number of items.
+      item_reg: the ridge strength ``lambda_i``.
+      user_reg: the ridge strength ``lambda_u``.
+      iterations: the rounds of alternating updates.
+
+    Returns:
+      ``(mu, item_bias [n_items], user_bias [n_users])``, the biases as float32.
     """
     users = np.asarray(users, np.int64)
     items = np.asarray(items, np.int64)
@@ -151,9 +219,20 @@ def fit_bias_model(
 
 
 def supervised_history(ratings: Any, items: np.ndarray, targets: np.ndarray, length: int) -> dict[str, np.ndarray]:
-    """``history_item`` / ``history_rating`` ``[rows, length]`` of independent rows for a sequence model: each row's
-    previous ``length`` ratings of the same user (by time when there are timestamps, else in file order), oldest
-    first, left-padded with item 0 / rating 0. ``items`` are vocabulary ids, ``targets`` the row targets."""
+    """Build the history of independent rows for a sequence model.
+
+    Each row's history is the ``length`` ratings of the same user that come before it (by time when there are
+    timestamps, else in file order), oldest first, left-padded with item 0 / rating 0.
+
+    Args:
+      ratings: the ratings frame (``user`` and, optionally, ``timestamp`` columns), one row per rating.
+      items: the vocabulary id of each row's item.
+      targets: the target of each row.
+      length: the history length ``L``.
+
+    Returns:
+      ``history_item`` (int32) and ``history_rating`` (float32), ``[rows, length]`` each, in the rows' order.
+    """
     users = ratings["user"].to_numpy()
     keys = [np.arange(len(users))]
     if "timestamp" in ratings:
@@ -183,11 +262,23 @@ def train_supervised(
     seed: int = 0,
     item_dropout: float = 0.0,
 ) -> tuple[Any, np.ndarray]:
-    """Plain supervised training of ``params`` on ``rows`` (independent ratings, no tasks): Adam on minibatches.
+    """Train ``params`` on ``rows`` (independent ratings, no tasks) by Adam on minibatches.
 
-    One jit-compiled epoch (``lax.scan`` over shuffled minibatches; the last partial batch is dropped). With
-    ``item_dropout`` each epoch replaces that fraction of the ``item`` ids by the OOV slot
-    (:func:`jaxrec.data.augment.drop_ids`, numpy rng ``[seed, epoch]``). Returns ``(params, per-epoch mean loss)``.
+    One jit-compiled epoch (``lax.scan`` over shuffled minibatches; the last partial batch is dropped).
+
+    Args:
+      params: the starting model variables.
+      rows: the training rows, ``[n, ...]`` per key.
+      loss_fn: ``loss_fn(params, rows, mask) -> loss``.
+      epochs: passes over the rows.
+      learning_rate: Adam's learning rate.
+      batch_size: rows per minibatch (at most ``n``).
+      seed: the seed of the shuffles and of the dropout.
+      item_dropout: the fraction of the ``item`` ids replaced by the OOV slot, drawn afresh each epoch
+        (:func:`jaxrec.data.augment.drop_ids`, numpy rng ``[seed, epoch]``).
+
+    Returns:
+      ``(params, per-epoch mean loss)``.
     """
     items = np.asarray(rows["item"]) if item_dropout and "item" in rows else None  # host copy, redrawn per epoch
     rows = {k: jnp.asarray(v) for k, v in rows.items()}
@@ -234,9 +325,23 @@ def tune_finetune_lr(
     implicit: bool = False,
     batch_size: int = 64,
 ) -> tuple[float, dict[float, float]]:
-    """The fine-tuning rate with the best validation MAE (implicit: AUC); returns ``(rate, {rate: score})``.
+    """Choose the fine-tuning rate with the best validation MAE (implicit: AUC).
 
     The learning rate is a traced argument, so the whole grid shares one compilation per batch shape.
+
+    Args:
+      params: the supervised model's variables.
+      val_tasks: the validation tasks (a :class:`~jaxrec.TaskSet` or an iterable of batches).
+      learning_rates: the grid of rates.
+      inner: the :class:`~jaxrec.InnerLoop` of the fine-tuning.
+      apply_fn: ``apply_fn(params, rows) -> scores``.
+      target: the row key of the targets.
+      rating_range: the range predictions are clipped to for MAE.
+      implicit: score by AUC instead of MAE.
+      batch_size: tasks per evaluation batch.
+
+    Returns:
+      ``(rate, {rate: score})``: the best rate and the validation score of every rate.
     """
     predict = functools.partial(meta_predict, inner=inner, apply_fn=apply_fn)
     scores = {}

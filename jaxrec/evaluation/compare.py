@@ -31,11 +31,25 @@ def evaluate_methods(
     seed: int = 0,
     return_stats: bool = False,
 ) -> dict[str, dict] | tuple[dict[str, dict], dict[str, dict]]:
-    """``{method: summary}`` for ``methods = {name: (predict, state)}`` on the same tasks.
+    """Evaluate several methods on the same tasks and compare them with the reference.
 
     Every method other than ``reference`` also gets ``"paired"``: ``{metric: {"diff": reference - method,
     "ci95": [lo, hi]}}`` from a paired bootstrap over users (negative MAE/RMSE differences favour the reference).
-    With ``return_stats`` the per-user statistics ``{method: stats}`` come too (see :func:`compare_stats`).
+
+    Args:
+      methods: ``{name: (predict, state)}`` predictors.
+      tasks: the tasks; the target, rating range and implicit mode come from its featurizer's spec.
+      reference: the method the others are compared with.
+      ks: cut-offs of nDCG@k (and HR@k).
+      batch_size: tasks per batch.
+      mesh: shard each batch's task axis over this mesh.
+      resamples: bootstrap resamples over users.
+      seed: the seed of the bootstrap.
+      return_stats: also return the per-user statistics.
+
+    Returns:
+      ``{method: summary}``, and with ``return_stats`` also the per-user statistics ``{method: stats}`` (see
+      :func:`compare_stats`).
     """
     target, rating_range, implicit = metric_defaults(tasks, None, None, None)
     stats = {
@@ -65,9 +79,21 @@ def compare_stats(
     seed: int = 0,
     implicit: bool = False,
 ) -> dict[str, dict]:
-    """Summaries of per-user statistics ``{method: stats}`` (all on the same users, in the same order), each
-    method other than ``reference`` with its paired difference to it. Statistics of several evaluations
-    concatenated user-wise (:func:`concat_stats`, e.g. several random splits) are compared the same way."""
+    """Summarise per-user statistics of several methods, with paired differences to the reference.
+
+    Statistics of several evaluations concatenated user-wise (:func:`concat_stats`, e.g. several random splits)
+    are compared the same way.
+
+    Args:
+      stats: ``{method: stats}``, all on the same users in the same order.
+      reference: the method the others are compared with (no paired differences when it is absent).
+      resamples: bootstrap resamples over users.
+      seed: the seed of the bootstrap.
+      implicit: implicit-feedback metrics (no MAE / RMSE).
+
+    Returns:
+      ``{method: summary}``; each method other than ``reference`` has ``"paired"``, its paired difference to it.
+    """
     out = {name: summarize(s, resamples=resamples, seed=seed, implicit=implicit) for name, s in stats.items()}
     if reference in stats:
         for name, s in stats.items():
@@ -79,7 +105,17 @@ def compare_stats(
 
 
 def concat_stats(parts: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-user statistics of several evaluations as one set of users (concatenated along the user axis)."""
+    """Join the per-user statistics of several evaluations into one set of users.
+
+    Args:
+      parts: per-user statistics, all with the same keys.
+
+    Returns:
+      The statistics concatenated along the user axis.
+
+    Raises:
+      ValueError: if ``parts`` is empty or its statistics name different metrics.
+    """
     if not parts:
         raise ValueError("concat_stats needs at least one set of statistics")
     keys = set(parts[0])

@@ -57,7 +57,15 @@ RATIO_METRICS = {"mae": ("abs_sum", "n"), "rmse": ("sq_sum", "n")}
 
 
 def dcg_discounts(length: int, k: int) -> jax.Array:
-    """``d(p) = 1 / log2(p + 2)`` for ``p < k``, else 0, for ``p = 0 .. length - 1``."""
+    """The DCG discounts of the positions of a ranking.
+
+    Args:
+      length: the number of positions.
+      k: the cut-off.
+
+    Returns:
+      ``[length]``: ``d(p) = 1 / log2(p + 2)`` for ``p < k``, else 0, for ``p = 0 .. length - 1``.
+    """
     p = jnp.arange(length)
     return jnp.where(p < k, 1.0 / jnp.log2(p + 2.0), 0.0)
 
@@ -67,7 +75,15 @@ def tie_averaged_discount(scores: jax.Array, mask: jax.Array, k: int) -> jax.Arr
 
     Row ``i`` with ``a_i`` real rows scored strictly higher and ``t_i`` real rows tied with it (itself included)
     occupies positions ``a_i .. a_i + t_i - 1``; its discount is ``(C[a_i + t_i] - C[a_i]) / t_i`` with ``C`` the
-    cumulative discounts. Padding rows get 0. O(Q^2) comparisons, fine for query sets of tens of rows.
+    cumulative discounts. O(Q^2) comparisons, fine for query sets of tens of rows.
+
+    Args:
+      scores: ``[Q]`` predicted scores.
+      mask: ``[Q]``, false for padding rows.
+      k: the cut-off of :func:`dcg_discounts`.
+
+    Returns:
+      ``[Q]`` discounts; padding rows get 0.
     """
     length = scores.shape[-1]
     real = mask.astype(bool)
@@ -80,7 +96,17 @@ def tie_averaged_discount(scores: jax.Array, mask: jax.Array, k: int) -> jax.Arr
 
 
 def ndcg_at_k(scores: jax.Array, targets: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """``(nDCG@k, weight)`` of one user: gain ``2^r - 1``, tie-averaged ranking; weight 0 when ``IDCG = 0``."""
+    """nDCG@k of one user's query set, with gain ``2^r - 1`` and a tie-averaged ranking.
+
+    Args:
+      scores: ``[Q]`` predicted scores.
+      targets: ``[Q]`` true ratings.
+      mask: ``[Q]``, false for padding rows.
+      k: the cut-off.
+
+    Returns:
+      ``(nDCG@k, weight)``; the weight is 0 (and nDCG 0) when ``IDCG = 0``, else 1.
+    """
     real = mask.astype(bool)
     gains = jnp.where(real, jnp.exp2(targets.astype(jnp.float32)) - 1.0, 0.0)
     dcg = jnp.sum(gains * tie_averaged_discount(scores, real, k))
@@ -88,11 +114,23 @@ def ndcg_at_k(scores: jax.Array, targets: jax.Array, mask: jax.Array, k: int) ->
     ideal_gains = jnp.where(jnp.isfinite(ideal_gains), ideal_gains, 0.0)
     idcg = jnp.sum(ideal_gains * dcg_discounts(scores.shape[-1], k))
     valid = idcg > 0
-    return jnp.where(valid, dcg / jnp.where(valid, idcg, 1.0), 0.0), valid.astype(jnp.float32)
+    # DCG <= IDCG exactly; with tied scores the two sums add the same gains in another order, which can round to a
+    # ratio a few ulps above 1: nDCG is a fraction of the ideal, so it is clipped to it
+    ndcg = jnp.minimum(dcg / jnp.where(valid, idcg, 1.0), 1.0)
+    return jnp.where(valid, ndcg, 0.0), valid.astype(jnp.float32)
 
 
 def auc(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``(AUC, weight)`` of one user: correctly ordered (positive, negative) pairs, ties 1/2."""
+    """AUC of one user's query set: the fraction of correctly ordered (positive, negative) pairs, ties 1/2.
+
+    Args:
+      scores: ``[Q]`` predicted scores.
+      labels: ``[Q]`` 0/1 labels (positive above 0.5).
+      mask: ``[Q]``, false for padding rows.
+
+    Returns:
+      ``(AUC, weight)``; the weight is 0 (and AUC 0) without both a positive and a negative, else 1.
+    """
     real = mask.astype(bool)
     positive = real & (labels > 0.5)
     negative = real & (labels <= 0.5)
@@ -105,7 +143,17 @@ def auc(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> tuple[jax.Arra
 
 
 def hit_rate_at_k(scores: jax.Array, labels: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """``(HR@k, weight)`` of one user: 1 when a positive has tie-averaged rank below ``k``."""
+    """HR@k of one user's query set: 1 when a positive has tie-averaged rank below ``k``, else 0.
+
+    Args:
+      scores: ``[Q]`` predicted scores.
+      labels: ``[Q]`` 0/1 labels (positive above 0.5).
+      mask: ``[Q]``, false for padding rows.
+      k: the cut-off.
+
+    Returns:
+      ``(HR@k, weight)``; the weight is 0 without a positive, else 1.
+    """
     real = mask.astype(bool)
     higher = jnp.sum(real[None, :] & (scores[None, :] > scores[:, None]), axis=1)
     tied_others = jnp.sum(real[None, :] & (scores[None, :] == scores[:, None]), axis=1) - 1
@@ -118,7 +166,17 @@ def hit_rate_at_k(scores: jax.Array, labels: jax.Array, mask: jax.Array, k: int)
 def rating_errors(
     scores: jax.Array, targets: jax.Array, mask: jax.Array, rating_range: Sequence[float] | None
 ) -> dict[str, jax.Array]:
-    """``abs_sum``, ``sq_sum`` and ``n`` of one user, predictions clipped to ``rating_range``."""
+    """The rating-error sums of one user's query set, for MAE and RMSE pooled over ratings.
+
+    Args:
+      scores: ``[Q]`` predictions.
+      targets: ``[Q]`` true ratings.
+      mask: ``[Q]``, false for padding rows.
+      rating_range: ``(low, high)`` the predictions are clipped to, or None for no clipping.
+
+    Returns:
+      ``abs_sum`` and ``sq_sum`` of the errors, and ``n``, the number of real rows.
+    """
     real = mask.astype(bool)
     prediction = scores if rating_range is None else jnp.clip(scores, rating_range[0], rating_range[1])
     error = jnp.where(real, prediction - targets, 0.0)
@@ -138,10 +196,21 @@ def user_statistics(
     rating_range: Sequence[float] | None = None,
     implicit: bool = False,
 ) -> dict[str, jax.Array]:
-    """All per-user statistics for a batch ``[T, Q]`` (vmapped); a padding task has ``n = 0`` and zero weights.
+    """All per-user statistics of a batch ``[T, Q]`` (vmapped over users).
 
     Explicit: ``abs_sum, sq_sum, n, ndcg@k, ndcg@k/w``. Implicit: also ``auc``, ``hr@k`` and their weights, with
     ``ndcg@k`` on the 0/1 labels (gain 1). Keys ending in ``/w`` are the per-user weights of the mean metrics.
+
+    Args:
+      scores: ``[T, Q]`` predicted scores.
+      targets: ``[T, Q]`` true ratings or 0/1 labels.
+      mask: ``[T, Q]``, false for padding rows.
+      ks: the cut-offs of nDCG@k (and HR@k).
+      rating_range: the range predictions are clipped to for the rating errors (not used in implicit mode).
+      implicit: also compute AUC and HR@k.
+
+    Returns:
+      ``{key: [T]}``; a padding task has ``n = 0`` and zero weights.
     """
 
     def one_user(s, t, m):
@@ -167,9 +236,17 @@ def _metric_names(stats: Mapping[str, np.ndarray], implicit: bool) -> list[str]:
 
 
 def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None, implicit: bool = False) -> dict:
-    """Point metrics from per-user statistics ``[U]``; ``weights [B, U]`` (bootstrap counts) gives ``[B]`` each.
+    """Aggregate per-user statistics into metrics.
 
     ``mae``/``rmse`` pool ratings (ratio of sums over users); every other metric is the weighted mean over users.
+
+    Args:
+      stats: per-user statistics ``{key: [U]}``.
+      weights: optional ``[B, U]`` user weights (bootstrap counts).
+      implicit: implicit-feedback statistics (no MAE / RMSE).
+
+    Returns:
+      ``{metric: float}`` point metrics; with ``weights``, ``{metric: [B]}``, one value per weight row.
     """
     w = np.ones((1, len(stats["n"]))) if weights is None else np.asarray(weights, np.float64)
     out = {}
@@ -188,7 +265,16 @@ def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None
 
 
 def bootstrap_weights(n_users: int, resamples: int, seed: int = 0) -> np.ndarray:
-    """``[resamples, n_users]`` multinomial counts: each row draws ``n_users`` users with replacement."""
+    """Draw the user weights of a bootstrap.
+
+    Args:
+      n_users: the number of users.
+      resamples: the number of resamples.
+      seed: the seed of the draws.
+
+    Returns:
+      ``[resamples, n_users]`` multinomial counts: each row draws ``n_users`` users with replacement.
+    """
     rng = np.random.default_rng(seed)
     if n_users == 0:
         return np.zeros((resamples, 0))
@@ -200,7 +286,18 @@ def _interval(samples: np.ndarray) -> list[float]:
 
 
 def summarize(stats: Mapping[str, np.ndarray], *, resamples: int = 1000, seed: int = 0, implicit: bool = False) -> dict:
-    """Point metrics, ``users``, ``ratings`` and ``ci95`` (percentile bootstrap over users) of one method."""
+    """Summarise the per-user statistics of one method.
+
+    Args:
+      stats: per-user statistics ``{key: [U]}``.
+      resamples: bootstrap resamples over users (0: no interval).
+      seed: the seed of the bootstrap.
+      implicit: implicit-feedback statistics (no MAE / RMSE).
+
+    Returns:
+      The point metrics, ``users`` (with at least one query row), ``ratings`` and, with resamples and users,
+      ``ci95``: ``{metric: [lo, hi]}``, percentile bootstrap intervals over users.
+    """
     n_users = int(np.sum(np.asarray(stats["n"]) > 0))
     point = aggregate(stats, implicit=implicit)
     out: dict = dict(point)
@@ -220,11 +317,23 @@ def paired_differences(
     seed: int = 0,
     implicit: bool = False,
 ) -> dict:
-    """``metric(a) - metric(b)`` on the same users, with a paired bootstrap 95% interval.
+    """Compute ``metric(a) - metric(b)`` on the same users, with a paired bootstrap 95% interval.
 
-    Both statistic sets must list the same users in the same order. Returns ``{metric: {"diff": d, "ci95": [lo,
-    hi]}}``; an interval that excludes 0 is a difference the test users support. For MAE/RMSE a negative
-    difference means ``a`` is better.
+    An interval that excludes 0 is a difference the test users support. For MAE/RMSE a negative difference means
+    ``a`` is better.
+
+    Args:
+      stats_a: per-user statistics of method ``a``.
+      stats_b: per-user statistics of method ``b``, listing the same users in the same order.
+      resamples: bootstrap resamples over users (0: NaN intervals).
+      seed: the seed of the bootstrap.
+      implicit: implicit-feedback statistics (no MAE / RMSE).
+
+    Returns:
+      ``{metric: {"diff": d, "ci95": [lo, hi]}}``.
+
+    Raises:
+      ValueError: if the two statistic sets are not on the same users and query rows.
     """
     if len(stats_a["n"]) != len(stats_b["n"]) or not np.array_equal(stats_a["n"], stats_b["n"]):
         raise ValueError("paired_differences needs the two methods evaluated on the same users and query rows")

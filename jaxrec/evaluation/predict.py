@@ -5,15 +5,16 @@ tables, learning rates) and a :class:`~jaxrec.TaskBatch`. The meta-learned model
 set, ``vmap`` over tasks, then ``apply_fn`` on the query rows, :func:`meta_predict`); the baselines of
 :mod:`jaxrec.evaluation.baselines` are others. :func:`collect` runs any predictor over every task of a
 :class:`~jaxrec.TaskSet` with one jit-compiled function per batch shape -- ``predict`` followed by the per-user
-statistics of :mod:`jaxrec.evaluation.metrics` -- and no Python loop per user or row; padding tasks (``task_id`` -1) are
-dropped on the host.
+statistics of :mod:`jaxrec.evaluation.metrics` -- and no Python loop per user or row; padding tasks (``task_id`` -1)
+are dropped on the host.
 
 Since every method is run over the same batches in the same order, the per-user statistics of two methods are
-aligned user by user, which is what the paired intervals of :func:`jaxrec.evaluation.metrics.paired_differences` need.
+aligned user by user, which is what the paired intervals of :func:`jaxrec.evaluation.metrics.paired_differences`
+need.
 
 Aggregation (:mod:`jaxrec.evaluation.metrics`): MAE and RMSE are pooled over all query ratings of all users (MeLU,
-Lee et al.
-KDD 2019); nDCG@k, HR@k and AUC are means over users; 95% intervals are percentile bootstraps resampling users.
+Lee et al. KDD 2019); nDCG@k, HR@k and AUC are means over users; 95% intervals are percentile bootstraps resampling
+users.
 """
 
 from __future__ import annotations
@@ -59,15 +60,23 @@ def meta_predict(
     apply_fn: Callable,
     **options: Any,
 ) -> jax.Array:
-    """Query scores ``[T, Q]`` after adapting ``state = (params, inner_lr)`` to each task's support set.
+    """Score each task's query set after adapting the parameters to its support set.
 
-    ``phi_t = adapt(params, support_t)`` (:func:`jaxrec.adapt` with the :class:`~jaxrec.InnerLoop` ``inner``, or its
-    fields as keywords; ``inner_lr`` a per-parameter pytree for Meta-SGD) and ``scores_t = apply_fn(phi_t,
-    query_t)``. A task without support rows is scored with ``params`` unadapted; ``steps=0`` is the model without
-    adaptation. No meta-gradient is taken, so the loop runs in first order without remat (the same values).
+    ``phi_t = adapt(params, support_t)`` (:func:`jaxrec.adapt`) and ``scores_t = apply_fn(phi_t, query_t)``. A task
+    without support rows is scored with ``params`` unadapted; ``steps=0`` is the model without adaptation. No
+    meta-gradient is taken, so the loop runs in first order without remat (the same values).
     :class:`~jaxrec.contrib.grouping.GroupedParams` adapt from the group each task's support rows choose (the middle
-    group
-    for a task without support rows).
+    group for a task without support rows).
+
+    Args:
+      state: ``(params, inner_lr)``; ``inner_lr`` is a scalar or, for Meta-SGD, a per-parameter pytree.
+      batch: the tasks.
+      inner: the :class:`~jaxrec.InnerLoop` of the adaptation.
+      apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
+      **options: the fields of the inner loop as keywords, instead of ``inner``.
+
+    Returns:
+      ``[T, Q]`` query scores.
     """
     params, inner_lr = state
     inner = as_inner_loop(inner, **options).replace(order="first", remat=False)
@@ -80,7 +89,10 @@ def meta_predict(
     return jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
 
 
-_STEPS: dict = {}
+# compiled evaluation steps, the most recently used kept: a long session that evaluates many configurations does
+# not hold every compiled program (and the arrays its partials close over) for ever
+_STEPS: collections.OrderedDict = collections.OrderedDict()
+_MAX_STEPS = 32
 
 
 def _predictor_key(predict: Predictor) -> Any:
@@ -101,6 +113,7 @@ def _compiled(predict: Predictor, name: str, target: str, ks: tuple, rating_rang
     ``TRACES`` counts under the name of the first caller)."""
     key = (_predictor_key(predict), target, ks, rating_range, implicit)
     if key in _STEPS:
+        _STEPS.move_to_end(key)
         return _STEPS[key]
 
     def step(state, batch):
@@ -112,6 +125,8 @@ def _compiled(predict: Predictor, name: str, target: str, ks: tuple, rating_rang
         return stats
 
     _STEPS[key] = jax.jit(step)
+    while len(_STEPS) > _MAX_STEPS:
+        _STEPS.popitem(last=False)
     return _STEPS[key]
 
 
@@ -134,11 +149,25 @@ def collect(
     mesh: Any = None,
     name: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per-user statistics ``{key: [U]}`` of ``predict`` over every real task (``"user"``: the task ids).
+    """Run a predictor over every task and collect the per-user statistics.
 
     ``predict`` must be hashable and stable (a module-level function or a ``functools.partial`` of one) for the
-    compiled step to be reused across calls. With ``mesh`` each batch is padded and sharded over its ``"tasks"``
-    axis (:func:`jaxrec.shard_batch`).
+    compiled step to be reused across calls.
+
+    Args:
+      predict: the predictor ``predict(state, batch) -> scores [T, Q]``.
+      state: its state.
+      tasks: a :class:`~jaxrec.TaskSet` (every task once, in fixed-size batches) or an iterable of TaskBatches.
+      target: the row key of the targets.
+      ks: cut-offs of nDCG@k (and HR@k).
+      rating_range: the range predictions are clipped to for MAE / RMSE.
+      implicit: implicit-feedback metrics (AUC, HR@k).
+      batch_size: tasks per batch of a TaskSet.
+      mesh: pad and shard each batch over its ``"tasks"`` axis (:func:`jaxrec.shard_batch`).
+      name: the name :data:`TRACES` counts under (default: the predictor's name).
+
+    Returns:
+      Per-user statistics ``{key: [U]}`` over every real task, ``"user"`` holding the task ids.
     """
     name = name or getattr(predict, "__name__", None) or getattr(getattr(predict, "func", None), "__name__", "predict")
     rr = None if rating_range is None else (float(rating_range[0]), float(rating_range[1]))
@@ -189,12 +218,18 @@ def meta_evaluate(
       apply_fn: ``apply_fn(params, rows) -> scores [rows]`` (``model.apply``).
       inner: the :class:`~jaxrec.InnerLoop` of training, or its fields as keywords (``loss_fn=...``, ...).
       inner_lr: the inner rate (ignored for :class:`~jaxrec.MetaSGDParams`).
-      target, rating_range, implicit: default from ``tasks.featurizer.spec`` for a TaskSet (``"rating"`` with
-        clipping to the rating range; ``"label"`` with HR@k / AUC in implicit mode).
+      target: the row key of the targets (default from ``tasks.featurizer.spec`` for a TaskSet, else
+        ``"rating"``).
       ks: cut-offs of nDCG@k (and HR@k).
+      rating_range: the range predictions are clipped to (default from the spec: ``"rating"`` targets are clipped
+        to the rating range).
+      implicit: implicit-feedback metrics, HR@k / AUC (default: whether the target is ``"label"``).
+      batch_size: tasks per batch of a TaskSet.
       mesh: shard each batch's task axis over this mesh.
-      resamples, seed: bootstrap resamples over users for ``ci95``.
+      resamples: bootstrap resamples over users for ``ci95``.
+      seed: the seed of the bootstrap.
       return_stats: also return the per-user statistics (for paired comparisons).
+      **options: the fields of the inner loop as keywords, instead of ``inner``.
 
     Returns:
       ``{"mae", "rmse", "ndcg@k"..., ["auc", "hr@k"...], "users", "ratings", "ci95": {metric: [lo, hi]}}``
@@ -219,6 +254,17 @@ def meta_evaluate(
 
 
 def metric_defaults(tasks, target, rating_range, implicit):
+    """Fill in the metric settings left as None from the tasks' spec.
+
+    Args:
+      tasks: a :class:`~jaxrec.TaskSet` (whose featurizer's spec gives the defaults) or an iterable of batches.
+      target: the row key of the targets, or None for the spec's target (``"rating"`` without a spec).
+      rating_range: the clipping range, or None for the spec's rating range (none in implicit mode).
+      implicit: implicit-feedback metrics, or None for whether ``target`` is ``"label"``.
+
+    Returns:
+      ``(target, rating_range, implicit)``.
+    """
     spec = tasks.featurizer.spec if isinstance(tasks, TaskSet) else None
     if target is None:
         target = spec.target if spec is not None else "rating"

@@ -53,8 +53,15 @@ class CheckpointError(RuntimeError):
 
 @dataclasses.dataclass
 class Checkpoint:
-    """A restored checkpoint: the training ``state`` (a MetaTrainState when restored against a template, else
-    nested dicts of numpy arrays) and its JSON ``meta``."""
+    """A restored checkpoint.
+
+    Attributes:
+      folder: the checkpoint folder it was restored from.
+      step: its step.
+      state: the training state: a MetaTrainState when restored against a template, else nested dicts of numpy
+        arrays.
+      meta: its JSON record (format, jaxrec version, step, config, featurizer, data position, ...).
+    """
 
     folder: Path
     step: int
@@ -63,6 +70,7 @@ class Checkpoint:
 
     @property
     def config(self) -> dict:
+        """The config record saved with the checkpoint (``{}`` when there is none)."""
         return self.meta.get("config", {})
 
 
@@ -71,7 +79,14 @@ def _version() -> str:
 
 
 def checkpoint_folder(path: str | os.PathLike) -> Path:
-    """The checkpoint folder of ``path``: a run folder (holding ``checkpoints/``) or the checkpoint folder itself."""
+    """Find the checkpoint folder of a path.
+
+    Args:
+      path: a run folder (holding ``checkpoints/``) or the checkpoint folder itself.
+
+    Returns:
+      ``path/checkpoints`` when it is a folder, else ``path``.
+    """
     path = Path(path).expanduser()
     return path / SUBFOLDER if (path / SUBFOLDER).is_dir() else path
 
@@ -85,7 +100,17 @@ def _ocp():
 class CheckpointStore:
     """The checkpoints of one run: an orbax ``CheckpointManager`` keeping the newest ``max_to_keep`` steps.
 
-    ``create=False`` opens an existing folder read-only (no folder is created, no temporary folder is removed).
+    Args:
+      folder: the checkpoint folder.
+      max_to_keep: how many of the newest steps are kept.
+      create: create the folder and remove stale temporary folders; False opens an existing folder read-only (no
+        folder is created, no temporary folder is removed).
+
+    Attributes:
+      folder: the absolute checkpoint folder.
+
+    Raises:
+      CheckpointError: if ``create=False`` and the folder does not exist, or orbax cannot open it.
     """
 
     def __init__(self, folder: str | os.PathLike, *, max_to_keep: int = 3, create: bool = True):
@@ -106,11 +131,20 @@ class CheckpointStore:
 
     # -- listing -----------------------------------------------------------------------------------------------
     def steps(self) -> list[int]:
-        """Finalised (complete) steps, oldest first; interrupted saves are never listed."""
+        """List the finalised (complete) steps.
+
+        Returns:
+          The steps, oldest first; interrupted saves are never listed.
+        """
         self._manager.reload()
         return sorted(int(s) for s in self._manager.all_steps())
 
     def latest_step(self) -> int | None:
+        """Find the newest complete step.
+
+        Returns:
+          The step, or None when there is none.
+        """
         steps = self.steps()
         return steps[-1] if steps else None
 
@@ -126,8 +160,19 @@ class CheckpointStore:
 
     # -- save --------------------------------------------------------------------------------------------------
     def save(self, state: Any, meta: dict, *, step: int | None = None) -> int:
-        """Save ``state`` (a pytree, e.g. a MetaTrainState) with the JSON ``meta`` at ``step`` (default
-        ``state.step``); returns the step. Synchronous and atomic. Saving a step that exists is a no-op."""
+        """Save a training state with its JSON record, synchronously and atomically.
+
+        The record gets the format, the jaxrec version, the step and the time of the save added. Saving a step
+        that exists is a no-op.
+
+        Args:
+          state: a pytree, e.g. a MetaTrainState.
+          meta: the JSON record saved beside it.
+          step: the step (default ``state.step``).
+
+        Returns:
+          The step.
+        """
         ocp = _ocp()
         step = int(state.step) if step is None else int(step)
         if step in self.steps():
@@ -147,7 +192,18 @@ class CheckpointStore:
 
     # -- restore -----------------------------------------------------------------------------------------------
     def read_meta(self, step: int | None = None) -> dict:
-        """The JSON record of ``step`` (default: the newest complete one), checked for format."""
+        """Read the JSON record of a step, checked for format.
+
+        Args:
+          step: the step (default: the newest complete one).
+
+        Returns:
+          The record.
+
+        Raises:
+          CheckpointError: if there is no such complete step, its record is unreadable, or it is of another
+            format (one written by jaxrec 0.1 included).
+        """
         ocp = _ocp()
         step = self._resolve(step)
         try:
@@ -168,11 +224,20 @@ class CheckpointStore:
         return meta
 
     def restore(self, template: Any = None, step: int | None = None) -> Checkpoint:
-        """Restore ``step`` (default: the newest complete one).
+        """Restore a step.
 
-        ``template``: a state of the expected structure (e.g. ``Experiment.init_state()``); the arrays are
-        restored with its shapes, dtypes and shardings, and any mismatch is a :class:`CheckpointError`. Without
-        it, the state comes back as nested dicts of numpy arrays.
+        Args:
+          template: a state of the expected structure (e.g. ``Experiment.init_state()``); the arrays are restored
+            with its shapes, dtypes and shardings. Without it, the state comes back as nested dicts of numpy
+            arrays.
+          step: the step (default: the newest complete one).
+
+        Returns:
+          The :class:`Checkpoint`.
+
+        Raises:
+          CheckpointError: if there is no such complete step, it is unreadable (corrupt or incomplete), or it does
+            not match ``template``.
         """
         ocp = _ocp()
         step = self._resolve(step)
@@ -192,6 +257,7 @@ class CheckpointStore:
         return Checkpoint(folder=self.folder, step=step, state=state, meta=meta)
 
     def close(self) -> None:
+        """Close the orbax manager."""
         self._manager.close()
 
     def __enter__(self) -> CheckpointStore:
@@ -230,22 +296,53 @@ def _check_shapes(folder: Path, step: int, template: Any, state: Any) -> None:
 
 
 def save_checkpoint(folder: str | os.PathLike, state: Any, meta: dict, *, max_to_keep: int = 3) -> int:
-    """Save one step into ``folder`` (see :meth:`CheckpointStore.save`)."""
+    """Save one step into a checkpoint folder (see :meth:`CheckpointStore.save`).
+
+    Args:
+      folder: the checkpoint folder (created if needed).
+      state: the training state; its ``step`` is the step saved.
+      meta: the JSON record saved beside it.
+      max_to_keep: how many of the newest steps are kept.
+
+    Returns:
+      The step.
+    """
     with CheckpointStore(folder, max_to_keep=max_to_keep) as store:
         return store.save(state, meta)
 
 
 def read_metadata(path: str | os.PathLike, step: int | None = None) -> dict:
-    """The JSON record of the newest complete checkpoint (or ``step``) under a run or checkpoint folder."""
+    """Read the JSON record of a checkpoint under a run or checkpoint folder.
+
+    Args:
+      path: a run folder or its checkpoint folder.
+      step: the step (default: the newest complete one).
+
+    Returns:
+      The record.
+
+    Raises:
+      CheckpointError: if the folder or step is missing, or the record is unreadable or of another format.
+    """
     folder = checkpoint_folder(path)
     with CheckpointStore(folder, create=False) as store:
         return store.read_meta(step)
 
 
 def load_checkpoint(path: str | os.PathLike, template: Any = None, *, step: int | None = None) -> Checkpoint:
-    """Restore the newest complete checkpoint (or ``step``) under a run or checkpoint folder; see
-    :meth:`CheckpointStore.restore`. Raises :class:`CheckpointError` when it is missing, corrupt or does not
-    match ``template``."""
+    """Restore a checkpoint under a run or checkpoint folder (see :meth:`CheckpointStore.restore`).
+
+    Args:
+      path: a run folder or its checkpoint folder.
+      template: a state of the expected structure, or None for nested dicts of numpy arrays.
+      step: the step (default: the newest complete one).
+
+    Returns:
+      The :class:`Checkpoint`.
+
+    Raises:
+      CheckpointError: if it is missing, corrupt or does not match ``template``.
+    """
     folder = checkpoint_folder(path)
     with CheckpointStore(folder, create=False) as store:
         return store.restore(template, step)

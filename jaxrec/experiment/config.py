@@ -175,6 +175,9 @@ class DataConfig:
       sep: the field separator of ``data`` (default: sniffed).
       implicit: targets are ``rating >= implicit_threshold`` (BCE loss, HR@k / AUC).
       implicit_threshold: the rating from which an interaction counts as positive.
+
+    Raises:
+      ValueError: if neither ``dataset`` nor ``path`` is given.
     """
 
     dataset: str | None = _field("ml-latest-small", "a known dataset (see `jaxrec datasets`)")
@@ -209,6 +212,10 @@ class ProtocolConfig:
       val_frac: the fraction of meta-train users held out as validation users, where every choice is made.
       val_item_frac: the newest fraction of meta-train items held out of training and of the vocabularies, their
         ratings forming validation tasks of the new-item kind (0: none).
+
+    Raises:
+      ValueError: if a count is not a positive integer (``history``: not >= 0) or a fraction is not in ``[0, 1)``;
+        the message starts with the field's name.
     """
 
     scheme: str = _field("melu", "cold-start split scheme")
@@ -241,6 +248,9 @@ class ModelConfig:
     Attributes:
       name: a registered model (:data:`jaxrec.models.MODELS`).
       kwargs: keyword arguments of its constructor (JSON values; lists become tuples).
+
+    Raises:
+      ValueError: if ``name`` is not registered or ``kwargs`` is not a dict.
     """
 
     name: str = _field("melu", "melu | mf | linear | fm | neumf | gru", flag="model")
@@ -256,7 +266,11 @@ class ModelConfig:
         _check(isinstance(self.kwargs, dict), "model_kwargs", f"must be a JSON object, got {self.kwargs!r}")
 
     def constructor_kwargs(self) -> dict:
-        """``kwargs`` with JSON lists as the tuples the (hashable) Flax modules want."""
+        """The keyword arguments of the model's constructor.
+
+        Returns:
+          ``kwargs`` with JSON lists as the tuples the (hashable) Flax modules want.
+        """
         return {k: tuple(v) if isinstance(v, list) else v for k, v in self.kwargs.items()}
 
 
@@ -264,9 +278,10 @@ class ModelConfig:
 class MetaConfig:
     """Meta-learning: the algorithm, its inner loop, the outer optimiser, the schedule and the augmentations.
 
-    The defaults were selected on validation users (``benchmarks/quality.py``): Meta-SGD whose inner step is one
-    Newton step on the output layer (the exact ridge fold-in of each user towards the meta-learned output layer,
-    with meta-learned prior variances), meta-training started at the bias model, a quarter of the item ids dropped.
+    The defaults are the configuration selected on validation users (``benchmarks/quality.py``): Meta-SGD whose
+    inner step is one Newton step on the output layer (the exact ridge fold-in of each user towards the
+    meta-learned output layer, with meta-learned prior variances), meta-training started at the bias model, a
+    quarter of the item ids dropped.
 
     Attributes:
       algorithm: ``"maml"``, ``"reptile"`` or ``"metasgd"``.
@@ -290,6 +305,11 @@ class MetaConfig:
       item_dropout: fraction of training rows whose item id becomes the OOV slot (DropoutNet).
       task_item_dropout: fraction of meta-train tasks whose every item id becomes the OOV slot.
       groups: task grouping (:mod:`jaxrec.contrib.grouping`, experimental): initialisations to choose from.
+
+    Raises:
+      ValueError: if a value is not valid for its field (not one of its choices, not positive, not in ``[0, 1)``,
+        an empty ``adapt``; the message starts with the field's name), or ``groups > 1`` comes with
+        ``algorithm="reptile"``.
     """
 
     algorithm: str = _field("metasgd", "the meta-learning algorithm", choices=ALGORITHMS)
@@ -361,8 +381,14 @@ class EvalConfig:
       bootstrap: bootstrap resamples over users for the 95% intervals.
       eval_batch_size: tasks per evaluation batch.
       finetune_lrs: the grid of fine-tuning rates (prior variances) tried on the validation users.
-      supervised_epochs, supervised_lr, supervised_batch: the non-meta model's Adam training on rows.
+      supervised_epochs: the epochs of the non-meta model's Adam training on rows.
+      supervised_lr: the Adam learning rate of the non-meta model.
+      supervised_batch: the rows per batch of the non-meta model.
       bias_reg: ridge strengths ``(lambda_i, lambda_u)`` of the bias baseline.
+
+    Raises:
+      ValueError: if a baseline is unknown, a cut-off or count is not a positive integer (``supervised_epochs``:
+        not >= 0), or ``bias_reg`` is not two numbers (the message starts with the field's name).
     """
 
     baselines: tuple = _field(BASELINES, "comma-separated baselines, or none", parse=_list_of(str))
@@ -422,6 +448,10 @@ class ExperimentConfig:
       evaluation: :class:`EvalConfig`.
       seed: the seed of every random choice (splits, batches, initialisation, bootstrap).
       devices: None (one device), a device count or ``"all"``: the task axis sharded over a mesh.
+
+    Raises:
+      ValueError: if a group is not of its class, ``seed`` is not an integer >= 0, or ``devices`` is not a positive
+        integer or ``"all"``.
     """
 
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -446,11 +476,32 @@ class ExperimentConfig:
 
     @classmethod
     def make(cls, **fields: Any) -> ExperimentConfig:
-        """The default config with ``fields`` changed, each named by its field name (``epochs=2``)."""
+        """Make the default config with some fields changed.
+
+        Args:
+          **fields: new values, each named by its field name (``epochs=2``).
+
+        Returns:
+          The config.
+
+        Raises:
+          ValueError: if a name is not a config field or a value is not valid.
+        """
         return cls().override(**fields)
 
     def override(self, **fields: Any) -> ExperimentConfig:
-        """A copy with fields changed by name (unique across the groups: ``data`` is the path of a log file)."""
+        """Copy the config with some fields changed.
+
+        Args:
+          **fields: new values, each named by its field name, unique across the groups (``data`` is the path of a
+            log file).
+
+        Returns:
+          The changed copy.
+
+        Raises:
+          ValueError: if a name is not a config field or a value is not valid.
+        """
         unknown = sorted(set(fields) - set(FIELDS) - set(TOP_LEVEL))
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(FIELDS) + list(TOP_LEVEL)}")
@@ -465,13 +516,21 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
     def flat(self) -> dict[str, Any]:
-        """``{field name: value}`` over every group (the names :meth:`override` and the flags use)."""
+        """List every field by its name.
+
+        Returns:
+          ``{field name: value}`` over every group (the names :meth:`override` and the flags use).
+        """
         out = {name: getattr(getattr(self, group), field) for name, (group, field) in FIELDS.items()}
         out.update({name: getattr(self, name) for name in TOP_LEVEL})
         return out
 
     def to_dict(self) -> dict:
-        """The JSON record: ``{"format", <group>: {field: value}, "seed", "devices"}`` (tuples as lists)."""
+        """Record the config as JSON-able data (the inverse of :meth:`from_dict`).
+
+        Returns:
+          ``{"format", <group>: {field: value}, "seed", "devices"}`` (tuples as lists).
+        """
         record: dict[str, Any] = {"format": RECORD_FORMAT}
         for group in GROUPS:
             record[group] = json.loads(json.dumps(dataclasses.asdict(getattr(self, group))))
@@ -480,7 +539,18 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> ExperimentConfig:
-        """Inverse of :meth:`to_dict`; a record of another format, or with unknown fields, is a ``ValueError``."""
+        """Read a config record written by :meth:`to_dict`.
+
+        Args:
+          record: the record.
+
+        Returns:
+          The config.
+
+        Raises:
+          ValueError: if the record is of another format (a jaxrec 0.1 record included) or has unknown sections or
+            fields, or a value is not valid.
+        """
         if not isinstance(record, Mapping) or record.get("format") != RECORD_FORMAT:
             found = record.get("format") if isinstance(record, Mapping) else type(record).__name__
             if isinstance(record, Mapping) and found is None and "inner_lr" in record:
@@ -501,8 +571,20 @@ class ExperimentConfig:
 
     @classmethod
     def load(cls, path: str | Path, **fields: Any) -> ExperimentConfig:
-        """A config file: a JSON object of field names (``{"epochs": 2, "model": "mf"}``) applied to the defaults,
-        or a whole record (:meth:`to_dict`); ``fields`` are applied on top."""
+        """Read a config file.
+
+        Args:
+          path: a JSON file: an object of field names (``{"epochs": 2, "model": "mf"}``) applied to the defaults,
+            or a whole record (:meth:`to_dict`).
+          **fields: field values applied on top.
+
+        Returns:
+          The config.
+
+        Raises:
+          ValueError: if the file cannot be read, is not a JSON object, or names an unknown field or an invalid
+            value; the message starts with the path.
+        """
         path = Path(path)
         try:
             content = json.loads(path.read_text())
@@ -535,9 +617,19 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
     ``adapt="auto"``: the output layer (``"head/output"``) for a model that has one (MeLU, NeuMF, GRU), unless
     ``inner_solver="sgd"``; otherwise the model's default adapted set (``"default"``; MeLU's: the decision layers).
     ``inner_solver="auto"``: ``"newton"`` when the adapted set is ``"head/output"``, else ``"sgd"``.
-    ``inner_steps=None``: 1 Newton step, or 5 gradient steps. An adapted set that selects no parameter of the model
-    (the users would silently not adapt), or too many for the Newton step, is an error here, before any data is read.
-    A pure function of the config: the model's parameter structure is traced (``jax.eval_shape``), not allocated.
+    ``inner_steps=None``: 1 Newton step, or 5 gradient steps. A pure function of the config: the model's parameter
+    structure is traced (``jax.eval_shape``), not allocated.
+
+    Args:
+      config: the config.
+
+    Returns:
+      The config with ``adapt``, ``inner_solver`` and ``inner_steps`` concrete.
+
+    Raises:
+      ValueError: before any data is read, if the adapted set selects no parameter of the model (the users would
+        silently not adapt) or too many for the Newton step, or the Newton or mixed solver needs an output layer
+        the model does not have.
     """
     meta, name = config.meta, config.model.name
     spec = _resolution_spec(config)
@@ -596,9 +688,15 @@ def _entries() -> list[tuple[str, str, dataclasses.Field]]:
 
 
 def add_flags(parser: Any, names: tuple[str, ...] | None = None) -> None:
-    """Add one ``--<field-name>`` flag per config field (or the ``names`` given) to an ``argparse`` parser, in one
-    argument group per config group, with the field's help and default. The values stay strings until
-    :func:`flag_values` parses them, so that a bad one is reported naming its flag."""
+    """Add one ``--<field-name>`` flag per config field to an ``argparse`` parser.
+
+    The flags come in one argument group per config group, with the field's help and default. The values stay
+    strings until :func:`flag_values` parses them, so that a bad one is reported naming its flag.
+
+    Args:
+      parser: the ``argparse`` parser.
+      names: only these fields' flags (default: every field's).
+    """
     defaults = ExperimentConfig()
     sections: dict[str, Any] = {}
     for name, group, f in _entries():
@@ -621,8 +719,18 @@ def add_flags(parser: Any, names: tuple[str, ...] | None = None) -> None:
 
 
 def flag_values(args: Any) -> dict[str, Any]:
-    """``{field name: value}`` of the config flags given on the command line, parsed; a value that does not parse is
-    a ``ValueError`` naming the flag (``--devices expects a number or 'all', got 'many'``)."""
+    """Parse the config flags given on the command line.
+
+    Args:
+      args: the ``argparse`` namespace of a parser with :func:`add_flags`.
+
+    Returns:
+      ``{field name: value}`` of the flags that were given.
+
+    Raises:
+      ValueError: if a value does not parse; the message names the flag (``--devices expects a number or 'all',
+        got 'many'``).
+    """
     out = {}
     for name, _, f in _entries():
         text = getattr(args, name, None)
@@ -636,7 +744,14 @@ def flag_values(args: Any) -> dict[str, Any]:
 
 
 def as_flags(message: str) -> str:
-    """A config error in the command line's words: a message that starts with a field name names its flag."""
+    """Put a config error in the command line's words.
+
+    Args:
+      message: the error message.
+
+    Returns:
+      The message, its leading field name (if any) replaced by the field's flag.
+    """
     first, _, rest = message.partition(" ")
     if first in FIELDS or first in TOP_LEVEL:
         return f"--{first.replace('_', '-')} {rest}"

@@ -33,7 +33,18 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Baselines:
-    """Fitted baseline states of an experiment (meta-train ratings only)."""
+    """Fitted baseline states of an experiment (meta-train ratings only).
+
+    Attributes:
+      mu: the mean meta-train target (``global_mean``, and the fallback of ``user_mean`` and ``item_mean``).
+      item_means: the table of item means by item slot (``item_mean``).
+      item_bias: the item biases ``b_i`` of the bias model (``bias``).
+      user_reg: the ridge strength ``lambda_u`` of a test user's ``b_u`` (``bias``).
+      supervised_params: the supervised model (``no_adapt``, and the start of ``finetune``).
+      finetune_lr: the fine-tuning rate chosen on the validation users.
+      finetune_validation: the validation score of every fine-tuning rate tried.
+      supervised_loss: the per-epoch mean loss of the supervised training.
+    """
 
     mu: float
     item_means: np.ndarray
@@ -46,7 +57,16 @@ class Baselines:
 
 
 def fit_baselines(experiment: Any) -> Baselines:
-    """Fit every baseline of ``experiment`` on its meta-train ratings (validation users and items excluded)."""
+    """Fit every baseline of an experiment on its meta-train ratings (validation users and items excluded).
+
+    The fine-tuning rate is tuned on the validation users; without any, it is the meta inner learning rate.
+
+    Args:
+      experiment: the :class:`~jaxrec.experiment.protocol.Experiment`.
+
+    Returns:
+      The fitted :class:`Baselines`.
+    """
     c = experiment.config
     feat = experiment.featurizer
     target = feat.spec.target
@@ -89,7 +109,19 @@ def fit_baselines(experiment: Any) -> Baselines:
 
 
 def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "maml") -> dict[str, tuple]:
-    """``{name: (predict, state)}`` for the meta method (``method_name``) and the configured baselines."""
+    """Build the predictors of the meta method and of the configured baselines.
+
+    Args:
+      experiment: the :class:`~jaxrec.experiment.protocol.Experiment`.
+      params: the meta-learned parameters.
+      method_name: the name of the meta method.
+
+    Returns:
+      ``{name: (predict, state)}``, the meta method first.
+
+    Raises:
+      ValueError: if a configured baseline is unknown.
+    """
     c = experiment.config
     target = experiment.spec.target
     meta = functools.partial(meta_predict, inner=experiment.inner, apply_fn=experiment.apply_fn)
@@ -121,8 +153,18 @@ def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "m
 def evaluate_experiment(
     experiment: Any, params: Any, *, method_name: str = "maml", return_stats: bool = False
 ) -> dict[str, dict] | tuple[dict[str, dict], dict[str, dict]]:
-    """Every non-empty scenario of a :class:`jaxrec.experiment.protocol.Experiment`: the meta method and its baselines
-    (with ``return_stats``, also ``{scenario: {method: per-user statistics}}``)."""
+    """Evaluate the meta method and its baselines on every non-empty scenario of an experiment.
+
+    Args:
+      experiment: the :class:`~jaxrec.experiment.protocol.Experiment`.
+      params: the meta-learned parameters.
+      method_name: the name of the meta method, the reference of the paired differences.
+      return_stats: also return the per-user statistics.
+
+    Returns:
+      ``{scenario: {method: summary}}``, and with ``return_stats`` also ``{scenario: {method: per-user
+      statistics}}``.
+    """
     config = experiment.config
     methods = experiment_predictors(experiment, params, method_name=method_name)
     results, all_stats = {}, {}

@@ -69,19 +69,49 @@ def _inner_solver(name: str):
 class Experiment:
     """The objects a config describes, built eagerly (data, split, tasks, model, trainer) or lazily (baselines).
 
+    Args:
+      config: the experiment's config (default: :class:`~jaxrec.experiment.config.ExperimentConfig`); its
+        ``"auto"`` settings are resolved (:func:`~jaxrec.experiment.config.resolve`) before anything is built.
+
     Attributes:
-      config, dataset, split (:class:`~jaxrec.ColdStartSplit`), featurizer, spec, train_ratings and train_tasks
-      (the meta-train ratings and tasks, validation users and validation items excluded), val_ratings and
-      val_tasks (validation users of meta-train), val_item_ratings and val_item_tasks (the other meta-train users'
-      ratings of the validation items; None without ``val_item_frac`` or without a user with enough of them),
-      scenario_tasks (name -> TaskSet, non-empty scenarios only), model, loss_fn, adapt_filter, trainer
-      (:class:`~jaxrec.MetaTrainer`), mesh.
+      config: the resolved config, which says what ran.
+      dataset: the :class:`~jaxrec.data.Dataset`.
+      split: the :class:`~jaxrec.ColdStartSplit`.
+      featurizer: the :class:`~jaxrec.data.Featurizer`, fitted on the meta-train ratings without the validation
+        items.
+      spec: the featurizer's spec with this run's ``history``.
+      train_ratings: the meta-train ratings, validation users and validation items excluded.
+      train_tasks: the meta-train tasks of ``train_ratings`` (every user, whatever their number of ratings).
+      val_ratings: the ratings of the validation users of meta-train.
+      val_tasks: the tasks of the validation users.
+      val_item_ratings: the other meta-train users' ratings of the validation items.
+      val_item_tasks: their tasks; None without ``val_item_frac`` or without a user with enough of them.
+      scenario_tasks: name -> TaskSet, non-empty scenarios only.
+      model: the Flax model.
+      loss_fn: its default loss.
+      apply_fn: ``model.apply``.
+      adapt_filter: the predicate of the adapted parameters.
+      inner_optimizer: the Newton solver of the inner loop, or None for gradient steps.
+      inner: the :class:`~jaxrec.InnerLoop`.
+      trainer: the :class:`~jaxrec.MetaTrainer`.
+      mesh: the device mesh, or None on one device.
+
+    Raises:
+      ValueError: if the config cannot be resolved.
+      DataError: if the data cannot be read or there is no meta-train task.
     """
 
     def __init__(self, config: ExperimentConfig | None = None):
         # "auto" made concrete before anything is built, so that the recorded config says what ran
         self.config = config = resolve(config or ExperimentConfig())
         self.dataset = self._load_dataset()
+        if not self.dataset.explicit:
+            # every interaction would read as a rating of 1: a constant target, MAE 0 and meaningless rankings
+            raise DataError(
+                f"{self.dataset.source}: the log has no rating column, and the cold-start protocol here predicts "
+                "ratings; name the rating column in --columns (e.g. user,item,rating), since training on implicit "
+                "feedback (clicks, plays) is not available in this version"
+            )
         self.split = cold_start_split(self.dataset, config.protocol.scheme, config.seed)
         logger.info("%s", self.split.summary())
         threshold = config.data.implicit_threshold if config.data.implicit else None
@@ -120,7 +150,12 @@ class Experiment:
             else:
                 logger.warning("scenario %r has no user with enough ratings for the task split; skipped", name)
         if len(self.train_tasks) == 0:
-            raise DataError(f"no meta-train task: {self.train_tasks.summary()}")
+            pro = config.protocol
+            raise DataError(
+                f"no meta-train task: {self.train_tasks.summary()}; a user is a task with at least "
+                f"min_ratings={pro.min_ratings} ratings, query={pro.query} of them in the query set (flags "
+                "--min-ratings and --query): lower them for a log with few ratings per user"
+            )
         self.spec = self.train_tasks.spec  # the featurizer's spec with this run's ``history``
         self.model = models.create(config.model.name, self.spec, **config.model.constructor_kwargs())
         self.loss_fn = models.default_loss(self.model)
@@ -189,8 +224,10 @@ class Experiment:
 
     @property
     def history(self) -> int:
-        """Items of history per row: ``config.protocol.history``, or 10 for ``model="gru"`` when it is 0 (the GRU
-        needs one)."""
+        """Items of history per row: ``config.protocol.history``, or 10 for ``model="gru"`` when it is 0.
+
+        The GRU needs a history.
+        """
         if self.config.protocol.history:
             return int(self.config.protocol.history)
         return 10 if self.config.model.name == "gru" else 0
@@ -223,14 +260,24 @@ class Experiment:
     # -- training --------------------------------------------------------------------------------------------------
 
     def random_params(self, key: jax.Array | None = None) -> Any:
-        """Fresh random model variables ``{"params": ...}`` from ``key`` (default: the config seed)."""
+        """Initialise fresh random model variables.
+
+        Args:
+          key: the PRNG key (default: ``key(config.seed)``).
+
+        Returns:
+          The variables ``{"params": ...}``.
+        """
         return models.init_params(self.model, self.spec, jax.random.key(self.config.seed) if key is None else key)
 
     @functools.cached_property
     def start(self) -> str:
-        """Where meta-training starts: ``"bias"`` (:meth:`bias_start`; ``pretrain="bias"`` and a model with an item
-        bias table and a head, e.g. MeLU with ``item_bias``), ``"supervised"`` (``pretrain=True``, or ``"bias"`` with
-        any other model) or ``"random"`` (``pretrain=False``)."""
+        """Where meta-training starts: ``"bias"``, ``"supervised"`` or ``"random"``.
+
+        ``"bias"`` (:meth:`bias_start`) with ``pretrain="bias"`` and a model with an item bias table and a head, e.g.
+        MeLU with ``item_bias``; ``"supervised"`` with ``pretrain=True``, or ``"bias"`` with any other model;
+        ``"random"`` with ``pretrain=False``.
+        """
         pretrain = self.config.meta.pretrain
         if pretrain == "bias":
             rows = testing.synthetic_rows(self.spec, 2, jax.random.key(0))
@@ -241,8 +288,12 @@ class Experiment:
         return "supervised" if pretrain else "random"
 
     def init_params(self) -> Any:
-        """The meta-learner's initialisation (see :attr:`start`): the bias model (:meth:`bias_start`), the supervised
-        model of the ``no_adapt`` baseline (trained once, cached with the baselines) or :meth:`random_params`."""
+        """Build the meta-learner's initialisation (see :attr:`start`).
+
+        Returns:
+          The bias model (:meth:`bias_start`), the supervised model of the ``no_adapt`` baseline (trained once,
+          cached with the baselines) or :meth:`random_params`; with ``groups > 1``, its :meth:`grouped_start`.
+        """
         start = self.start
         if start == "supervised":
             params = self.baselines().supervised_params
@@ -252,15 +303,26 @@ class Experiment:
         return self.grouped_start(params) if self.config.meta.groups > 1 else params
 
     def grouped_start(self, params: Any) -> GroupedParams:
-        """``config.meta.groups`` initialisations of the adapted leaves of ``params``
-        (:func:`jaxrec.contrib.grouping.group_params`),
-        set apart so that users split between them from the first step: group ``g`` adds to the head's output bias
-        the ``(g + 1/2) / G`` quantile of the user offsets ``b_u`` of the bias model fitted on the meta-train ratings
-        (so that, from the bias or the supervised start, whose output bias is near ``mu``, each user is nearest
-        the group of their own rating level before adaptation). Every other adapted leaf that ``params`` holds at
-        its random initial value (that of :meth:`random_params`) gets fresh random values in groups ``g >= 1``
-        (key ``fold_in(key(seed), g)``); a leaf that was set otherwise (trained, or the bias start's ``b_i`` table
-        and zero output kernel) is copied to every group. Needs an adapted ``output/bias`` leaf (MeLU's head)."""
+        """Build ``config.meta.groups`` initialisations of the adapted leaves of ``params``.
+
+        The groups (:func:`jaxrec.contrib.grouping.group_params`) are set apart so that users split between them
+        from the first step: group ``g`` adds to the head's output bias the ``(g + 1/2) / G`` quantile of the user
+        offsets ``b_u`` of the bias model fitted on the meta-train ratings (so that, from the bias or the
+        supervised start, whose output bias is near ``mu``, each user is nearest the group of their own rating
+        level before adaptation). Every other adapted leaf that ``params`` holds at its random initial value (that
+        of :meth:`random_params`) gets fresh random values in groups ``g >= 1`` (key ``fold_in(key(seed), g)``); a
+        leaf that is set otherwise (trained, or the bias start's ``b_i`` table and zero output kernel) is copied to
+        every group.
+
+        Args:
+          params: the single initialisation.
+
+        Returns:
+          The :class:`~jaxrec.contrib.grouping.GroupedParams`.
+
+        Raises:
+          ValueError: if there is not exactly one adapted ``output/bias`` leaf (MeLU's head has one).
+        """
         groups = int(self.config.meta.groups)
         grouped = group_params(params, groups, self.adapt_filter)
         paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -290,9 +352,21 @@ class Experiment:
         return grouped.replace(params=jax.tree.unflatten(jax.tree.structure(grouped.params), out))
 
     def bias_start(self, params: Any) -> Any:
-        """``params`` started at the classical bias model ``mu + b_i``: the item bias table (``bias_embed_item``,
-        e.g. MeLU's ``item_bias``) holds ``b_i``, the head's output bias ``mu`` (both from :meth:`bias_init`) and its
-        output kernel 0, so the head adds nothing but its output bias, which then plays the user offset ``b_u``."""
+        """Start ``params`` at the classical bias model ``mu + b_i``.
+
+        The item bias table (``bias_embed_item``, e.g. MeLU's ``item_bias``) holds ``b_i``, the head's output bias
+        ``mu`` (both from :meth:`bias_init`) and its output kernel 0, so the head adds nothing but its output bias,
+        which then plays the user offset ``b_u``.
+
+        Args:
+          params: the model variables ``{"params": ...}``.
+
+        Returns:
+          The variables with the item bias table and the head's output layer replaced.
+
+        Raises:
+          ValueError: if the model has no ``bias_embed_item`` table and head.
+        """
         inner = params["params"]
         if not _has_bias_start(inner):
             raise ValueError(f"bias start: model {self.config.model.name!r} has no bias_embed_item table and head")
@@ -307,10 +381,14 @@ class Experiment:
         return dict(params, params=inner)
 
     def bias_init(self) -> tuple[float, np.ndarray]:
-        """``(mu, b_i [item vocab])`` of :func:`jaxrec.evaluation.baselines.fit_bias_model` on the meta-train ratings
-        (validation
-        users and items excluded), with the ``bias_reg`` ridge strengths: fitted once, and the ``bias`` baseline's
-        fit too."""
+        """The bias model of the meta-train ratings, fitted once.
+
+        :func:`jaxrec.evaluation.baselines.fit_bias_model` on the meta-train ratings (validation users and items
+        excluded), with the ``bias_reg`` ridge strengths; the ``bias`` baseline uses the same fit.
+
+        Returns:
+          ``(mu, b_i [item vocab])``.
+        """
         mu, item_bias, _ = self._bias_fit
         return mu, item_bias
 
@@ -330,16 +408,27 @@ class Experiment:
         )
 
     def init_state(self) -> MetaTrainState:
-        """A fresh :class:`~jaxrec.MetaTrainState` (Meta-SGD: params wrapped with per-parameter rates)."""
+        """Build a fresh training state, resolving the inner rate first (:meth:`resolve_inner_lr`).
+
+        Returns:
+          A :class:`~jaxrec.MetaTrainState` of :meth:`init_params` (Meta-SGD: params wrapped with per-parameter
+          rates).
+        """
         self.resolve_inner_lr()
         return self.trainer.init(self.init_params())
 
     def resolve_inner_lr(self) -> float:
-        """The inner rate in use (:attr:`inner_lr`), tuning it on first use: with ``tune_inner_lr``, the fine-tuning
-        rate chosen on the validation users (:func:`jaxrec.evaluation.baselines.tune_finetune_lr`, never a test
-        scenario), where Meta-SGD's rates then start. Not from the bias start (:attr:`start`): that rate was tuned for
-        the supervised model, a different one, so ``inner_lr`` is used as it is. The config is not changed: the
-        tuned value is recorded beside it (:attr:`tuned`)."""
+        """Settle the inner rate in use (:attr:`inner_lr`), tuning it on first use.
+
+        With ``tune_inner_lr``, the rate is the fine-tuning rate chosen on the validation users
+        (:func:`jaxrec.evaluation.baselines.tune_finetune_lr`, never a test scenario), where Meta-SGD's rates then
+        start. Not from the bias start (:attr:`start`): that rate is tuned for the supervised model, a different
+        one, so ``inner_lr`` is used as it is. The config is not changed: the tuned value is recorded beside it
+        (:attr:`tuned`).
+
+        Returns:
+          The inner rate, also set on the trainer.
+        """
         if self._tuned_inner_lr is None:
             meta = self.config.meta
             lr = float(meta.inner_lr)
@@ -362,18 +451,28 @@ class Experiment:
 
     @property
     def steps_per_epoch(self) -> int:
+        """Meta-steps per epoch: the batches of one epoch of ``train_tasks``."""
         return len(self.train_tasks.batch_plan(self.config.meta.batch_size, None))
 
     @property
     def total_steps(self) -> int:
+        """Meta-steps of the whole run: ``steps_per_epoch * epochs``."""
         return self.steps_per_epoch * self.config.meta.epochs
 
     def batches(self, start_step: int = 0) -> Iterator[TaskBatch]:
-        """The endless, deterministic meta-train stream of the config seed from step ``start_step``
-        (:mod:`jaxrec.data.stream`): epoch ``e`` is over :meth:`epoch_tasks`, and with ``item_dropout`` a fraction of
-        each batch's item ids become the OOV slot, with ``task_item_dropout`` a fraction of its tasks'
-        (:func:`jaxrec.data.augment.drop_item_ids`). The stream from ``start_step`` equals the full stream with its
-        first ``start_step`` batches dropped, without building them. Host (numpy) batches, prefetched."""
+        """Stream the meta-train batches, endless and deterministic, of the config seed.
+
+        The stream is that of :mod:`jaxrec.data.stream`: epoch ``e`` is over :meth:`epoch_tasks`, and with
+        ``item_dropout`` a fraction of each batch's item ids become the OOV slot, with ``task_item_dropout`` a
+        fraction of its tasks' (:func:`jaxrec.data.augment.drop_item_ids`). The stream from ``start_step`` equals
+        the full stream with its first ``start_step`` batches dropped, without building them.
+
+        Args:
+          start_step: the first step streamed.
+
+        Returns:
+          An endless iterator of host (numpy) batches, prefetched.
+        """
         meta = self.config.meta
         transform = None
         if meta.item_dropout or meta.task_item_dropout:
@@ -385,11 +484,22 @@ class Experiment:
         return stream(batch_at, start=start_step, device=None)
 
     def epoch_tasks(self, epoch: int) -> TaskSet:
-        """The meta-train tasks of ``epoch``: ``train_tasks``, or with ``resample_tasks`` (and ``epoch > 0``) the
-        same users split afresh with seed ``[seed, epoch]``. The users, support and query sizes, and so the batch
-        shapes, are those of ``train_tasks``: only which ratings are support and which are query changes (and, for
-        users subsampled by ``train_subsample``, which of their ratings the task holds). Built afresh for each epoch
-        (a :func:`~jaxrec.data.tasks.build_tasks` call over the meta-train ratings)."""
+        """Build the meta-train tasks of an epoch.
+
+        The users, support and query sizes, and so the batch shapes, are those of ``train_tasks``: only which
+        ratings are support and which are query changes. Built afresh for each epoch (a
+        :func:`~jaxrec.data.tasks.build_tasks` call over the meta-train ratings).
+
+        Args:
+          epoch: the epoch.
+
+        Returns:
+          ``train_tasks``, or with ``resample_tasks`` (and ``epoch > 0``) the same users split afresh with seed
+          ``[seed, epoch]``.
+
+        Raises:
+          RuntimeError: if the resampled tasks change their users or shapes (a broken invariant, not bad input).
+        """
         if not self.config.meta.resample_tasks or epoch == 0:
             return self.train_tasks
         tasks = self._train_tasks([self.config.seed, epoch])
@@ -400,12 +510,28 @@ class Experiment:
         return tasks
 
     def train_step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
-        """One meta-step (``state`` is donated; use the returned one)."""
+        """Take one meta-step.
+
+        Args:
+          state: the training state; it is donated, so use the returned one.
+          batch: the batch of tasks.
+
+        Returns:
+          ``(state, metrics)`` of the trainer's step.
+        """
         self.resolve_inner_lr()  # a resumed run skips init_state
         return self.trainer.step(state, batch)
 
     def train(self, state: MetaTrainState | None = None, steps: int | None = None) -> MetaTrainState:
-        """Run the remaining steps (default: ``total_steps``) from ``state``; resumes at ``state.step``."""
+        """Meta-train from ``state``, resuming at ``state.step``.
+
+        Args:
+          state: the starting state (default: :meth:`init_state`).
+          steps: how many steps to take (default: the rest up to ``total_steps``).
+
+        Returns:
+          The final state.
+        """
         state = self.init_state() if state is None else state
         self.resolve_inner_lr()
         start = int(state.step)
@@ -418,24 +544,52 @@ class Experiment:
     # -- evaluation ------------------------------------------------------------------------------------------------
 
     def baselines(self):
-        """The fitted baselines (:class:`jaxrec.evaluation.baselines.Baselines`), trained once and cached."""
+        """Fit the baselines once and cache them.
+
+        Returns:
+          The fitted :class:`~jaxrec.experiment.methods.Baselines`.
+        """
         if self._baselines is None:
             self._baselines = fit_baselines(self)
         return self._baselines
 
     def evaluate(self, params: Any, *, method_name: str = "maml", return_stats: bool = False) -> dict | tuple:
-        """``{scenario: {method: metrics}}`` for every non-empty scenario (see :func:`jaxrec.evaluation.predict`); with
-        ``return_stats`` also ``{scenario: {method: per-user statistics}}`` (to pool several splits)."""
+        """Evaluate the meta method and the baselines on every non-empty scenario.
+
+        See :mod:`jaxrec.evaluation.predict` for the protocol of the evaluation.
+
+        Args:
+          params: the meta-learned parameters.
+          method_name: the name of the meta method.
+          return_stats: also return the per-user statistics (to pool several splits).
+
+        Returns:
+          ``{scenario: {method: metrics}}``, and with ``return_stats`` also ``{scenario: {method: per-user
+          statistics}}``.
+        """
         self.resolve_inner_lr()
         return evaluate_experiment(self, params, method_name=method_name, return_stats=return_stats)
 
     def validate(
         self, params: Any, *, baselines: bool = True, items: bool = False, return_stats: bool = False
     ) -> dict | tuple:
-        """``{method: summary}`` on the validation users (held out of meta-training and of the test scenarios):
-        the score to tune a configuration on. The fine-tuning rate was itself chosen on these users, so its
-        ``finetune`` figure is optimistic, never pessimistic. ``items``: on the validation items' tasks instead
-        (``val_item_frac``; new-item tasks). ``return_stats``: also the per-user statistics (to pool splits)."""
+        """Evaluate on the validation users: the score to tune a configuration on.
+
+        The validation users are held out of meta-training and of the test scenarios. The fine-tuning rate is
+        itself chosen on these users, so its ``finetune`` figure is optimistic, never pessimistic.
+
+        Args:
+          params: the meta-learned parameters.
+          baselines: also evaluate the configured baselines (else only ``"maml"``).
+          items: evaluate on the validation items' tasks instead (``val_item_frac``; new-item tasks).
+          return_stats: also return the per-user statistics (to pool splits).
+
+        Returns:
+          ``{method: summary}``, and with ``return_stats`` also ``{method: per-user statistics}``.
+
+        Raises:
+          ValueError: if ``items`` is set and there are no validation item tasks.
+        """
         if items and self.val_item_tasks is None:
             raise ValueError("no validation item tasks: set val_item_frac > 0 (and have users who rated those items)")
         self.resolve_inner_lr()
@@ -455,7 +609,14 @@ class Experiment:
         )
 
     def metrics_document(self, params: Any) -> dict:
-        """The metrics.json document: ``{"dataset": ..., "config": {...}, "scenarios": {...}}``."""
+        """Evaluate every scenario into the metrics.json document.
+
+        Args:
+          params: the meta-learned parameters.
+
+        Returns:
+          ``{"dataset": ..., "config": {...}, "tuned": {...}, "scenarios": {...}}``.
+        """
         return {
             "dataset": self.dataset.name,
             "config": self.config.to_dict(),

@@ -28,11 +28,22 @@ _RATING_NAMES = ("rating", "ratings", "score", "stars")
 
 
 def read_user_ratings(path: str | os.PathLike, item_ids, rating_range: tuple[float, float] | None):
-    """A new user's ``(item codes, ratings, notes)`` from a small ``item,rating`` file of raw item ids.
+    """Read a new user's ratings from a small ``item,rating`` file of raw item ids.
 
-    Header optional (``item``/``movieId``/... and ``rating`` columns, else the first two columns). Unknown item ids
-    are ignored and duplicates keep the last rating, each with a note; a file with no usable rating, a rating that
-    is not a number or one outside ``rating_range`` is a :class:`RunError`.
+    The header is optional (``item``/``movieId``/... and ``rating`` columns, else the first two columns). Unknown
+    item ids are ignored and duplicates keep the last rating, each with a note.
+
+    Args:
+      path: the file.
+      item_ids: the raw id of each item code of the model's dataset.
+      rating_range: ``(low, high)`` of the model's rating scale, or None for no check.
+
+    Returns:
+      ``(item codes, ratings, notes)``: int32 codes, float32 ratings and the notes for the user.
+
+    Raises:
+      RunError: if the file is missing or does not parse as ``item,rating`` lines, has no usable rating, or holds
+        a rating that is not a number or one outside ``rating_range``.
     """
 
     path = Path(path).expanduser()
@@ -121,8 +132,21 @@ def _item_codes(raw_items, item_ids):
 
 
 class Recommender:
-    """Adapts the meta-learned model to one new user's ratings and scores every item, jit-compiled once per
-    support size bucket (powers of two), so warm calls take milliseconds."""
+    """Adapts the meta-learned model to one new user's ratings and scores every item.
+
+    The adaptation and scoring are jit-compiled once per support size bucket (powers of two, at least 8), so warm
+    calls take milliseconds.
+
+    Args:
+      experiment: the :class:`~jaxrec.experiment.protocol.Experiment` of the model.
+      params: the meta-learned parameters.
+
+    Attributes:
+      exp: the experiment.
+      featurizer: its featurizer.
+      state: ``(params, inner_lr)`` of the adaptation.
+      candidates: the device rows of every item, for an unknown user.
+    """
 
     def __init__(self, experiment, params):
 
@@ -142,6 +166,15 @@ class Recommender:
         self._scores = jax.jit(scores)
 
     def support(self, item_codes, ratings):
+        """Build the padded support set of a new user.
+
+        Args:
+          item_codes: the codes of the rated items.
+          ratings: their ratings.
+
+        Returns:
+          ``(rows, mask)``, padded to the next power of two (at least 8); the user is unknown (OOV).
+        """
         size = max(8, 1 << int(np.ceil(np.log2(max(len(item_codes), 1)))))
         items = np.full(size, -1, np.int64)
         items[: len(item_codes)] = item_codes
@@ -152,12 +185,29 @@ class Recommender:
         return rows, mask
 
     def scores(self, item_codes, ratings):
-        """Predicted score of every item (dataset codes) after adapting to the user's ratings."""
+        """Score every item after adapting to the user's ratings.
+
+        Args:
+          item_codes: the codes of the rated items.
+          ratings: their ratings.
+
+        Returns:
+          The predicted score of every item, indexed by dataset code.
+        """
         rows, mask = self.support(item_codes, ratings)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
     def top_k(self, item_codes, ratings, k: int):
-        """``(codes, scores)`` of the ``k`` best items the user has not rated, best first."""
+        """Recommend the ``k`` best items the user has not rated.
+
+        Args:
+          item_codes: the codes of the rated items.
+          ratings: their ratings.
+          k: how many items.
+
+        Returns:
+          ``(codes, scores)`` of the best items, best first.
+        """
         scores = self.scores(item_codes, ratings)
         scores[np.asarray(item_codes)] = -np.inf
         k = min(k, len(scores) - len(item_codes))
@@ -167,7 +217,19 @@ class Recommender:
 
 
 def read_ratings_for(checkpoint: str, ratings: str):
-    """:func:`read_user_ratings` against the item ids and rating scale recorded in the checkpoint."""
+    """Read a new user's ratings against the item ids and rating scale recorded in a checkpoint.
+
+    Args:
+      checkpoint: a run folder or its checkpoint folder.
+      ratings: the ``item,rating`` file (see :func:`read_user_ratings`).
+
+    Returns:
+      ``(item codes, ratings, notes)`` of :func:`read_user_ratings`.
+
+    Raises:
+      CheckpointError: if the checkpoint or its featurizer record is unreadable, or it records no raw item ids.
+      RunError: if the ratings file is not usable.
+    """
 
     meta = read_metadata(checkpoint)
     try:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from jaxrec.experiment.protocol import Experiment
 
 __all__ = [
     "RESUME_OVERRIDABLE",
+    "RUN_FILES",
     "RunError",
     "StopRequest",
     "TrainingRun",
@@ -51,10 +53,21 @@ RESUME_OVERRIDABLE = ("epochs", "baselines", "bootstrap", "devices", "eval_batch
 
 
 def make_config(base: ExperimentConfig | Mapping | None, overrides: Mapping[str, Any]) -> ExperimentConfig:
-    """``base`` (a config, a saved record, or None for the defaults) with ``overrides`` (field names) applied.
+    """Apply field overrides to a base config.
 
     A new ``model`` without ``model_kwargs`` drops the base's kwargs (they belong to the base's model); a ``data``
-    path without ``dataset`` clears the dataset name. Errors are :class:`RunError` naming the field."""
+    path without ``dataset`` clears the dataset name.
+
+    Args:
+      base: a config, a saved record, or None for the defaults.
+      overrides: new values by field name.
+
+    Returns:
+      The config.
+
+    Raises:
+      RunError: if the record or a value is not valid; the message names the field.
+    """
     try:
         if base is None:
             config = ExperimentConfig()
@@ -73,6 +86,18 @@ def make_config(base: ExperimentConfig | Mapping | None, overrides: Mapping[str,
 
 
 def build_experiment(config):
+    """Build the :class:`~jaxrec.experiment.protocol.Experiment` of a config.
+
+    Args:
+      config: the config.
+
+    Returns:
+      The experiment.
+
+    Raises:
+      RunError: if the experiment cannot be set up from the config.
+      DataError: if the data cannot be read.
+    """
     try:
         return Experiment(config)
     except (ValueError, TypeError, KeyError) as e:
@@ -82,6 +107,12 @@ def build_experiment(config):
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file atomically: a synced temporary file beside it, moved into place with ``os.replace``.
+
+    Args:
+      path: the file.
+      text: its content.
+    """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w") as f:
         f.write(text)
@@ -91,7 +122,14 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 class StopRequest:
-    """Turns SIGINT / SIGTERM into a flag checked between meta-steps (a second signal aborts at once)."""
+    """Turns SIGINT / SIGTERM into a flag checked between meta-steps (a second signal aborts at once).
+
+    A context manager: the handlers are installed on entry (in the main thread only) and the previous ones
+    restored on exit.
+
+    Attributes:
+      signum: the number of the signal received, or None.
+    """
 
     def __init__(self):
         self.signum: int | None = None
@@ -120,6 +158,20 @@ class TrainingRun:
 
     The data position is the global step: :meth:`Experiment.batches` skips exactly ``step`` batches, and the
     meta-step uses no other randomness, so ``(config, state)`` determines the rest of the run.
+
+    Args:
+      experiment: the :class:`~jaxrec.experiment.protocol.Experiment`.
+      out: the run folder (created if needed).
+      keep: checkpoints to keep.
+      nonfinite: a non-finite meta-step: ``"skip"`` (count it) or ``"raise"`` (a ``NonFiniteError`` naming its
+        users).
+
+    Attributes:
+      exp: the experiment.
+      out: the run folder.
+      store: the :class:`~jaxrec.experiment.checkpoint.CheckpointStore` of ``out/checkpoints``.
+      nonfinite: what a non-finite meta-step does.
+      epoch_stats: the running sums of the current epoch (loss, grad norm, finite, skipped and all steps).
     """
 
     def __init__(self, experiment, out: str | os.PathLike, *, keep: int = 3, nonfinite: str = "skip"):
@@ -132,7 +184,20 @@ class TrainingRun:
 
     # -- state -----------------------------------------------------------------------------------------------
     def start(self, resume: bool):
-        """A fresh state, or the newest complete checkpoint's (resume)."""
+        """Get the state to train from.
+
+        On resume the data must encode as when the checkpoint was written, the epoch statistics are restored and
+        log lines past the checkpoint's step are dropped.
+
+        Args:
+          resume: restore the newest complete checkpoint instead of starting afresh.
+
+        Returns:
+          The state, placed on the trainer's devices.
+
+        Raises:
+          CheckpointError: on resume, if there is no usable checkpoint or the data does not match it.
+        """
         template = self.exp.init_state()
         if not resume:
             return template
@@ -143,6 +208,14 @@ class TrainingRun:
         return self.exp.trainer.place(checkpoint.state)
 
     def save(self, state) -> int:
+        """Checkpoint a state with its record (dataset, config, featurizer and data position).
+
+        Args:
+          state: the training state.
+
+        Returns:
+          The step saved.
+        """
         step = int(state.step)
         per_epoch = self.exp.steps_per_epoch
         meta = {
@@ -163,6 +236,7 @@ class TrainingRun:
     # -- epoch log -------------------------------------------------------------------------------------------
     @property
     def log_path(self) -> Path:
+        """The epoch log, ``out/metrics.jsonl``: one JSON line per finished epoch."""
         return self.out / "metrics.jsonl"
 
     def _truncate_log(self, step: int) -> None:
@@ -221,7 +295,24 @@ class TrainingRun:
         progress: bool = True,
         on_step: Callable[[int], None] | None = None,
     ) -> tuple[Any, int | None]:
-        """Meta-train from ``state.step`` to ``stop_step``; returns ``(state, signal number or None)``."""
+        """Meta-train from ``state.step`` to ``stop_step``.
+
+        Every finished epoch is logged and checkpointed; the last state is checkpointed too. A SIGINT / SIGTERM
+        stops after the current meta-step.
+
+        Args:
+          state: the starting state.
+          stop_step: the step to stop at.
+          save_every: also checkpoint every this many steps (0: per epoch only).
+          progress: show a progress bar.
+          on_step: called with the number of steps done after each step.
+
+        Returns:
+          ``(state, signal number or None)``.
+
+        Raises:
+          NonFiniteError: with ``nonfinite="raise"``, at the first non-finite meta-step.
+        """
         start, per_epoch = int(state.step), self.exp.steps_per_epoch
         began = time.perf_counter()
         bar = tqdm(total=stop_step, initial=start, disable=not progress, unit="step", desc="meta-train", leave=True)
@@ -250,6 +341,7 @@ class TrainingRun:
         return state, stop.signum
 
     def close(self) -> None:
+        """Close the checkpoint store."""
         self.store.close()
 
 
@@ -280,21 +372,57 @@ def _check_same_data(meta: dict, experiment, folder: Path) -> None:
         )
 
 
-def check_fresh_out(out: Path) -> None:
-    folder = out / "checkpoints"
-    if folder.is_dir():
-        with CheckpointStore(folder, create=False) as store:
-            if store.steps():
-                raise RunError(
-                    f"{out} already holds a run (checkpoints at steps {store.steps()}); pass --resume to continue it "
-                    "or choose another --out"
-                )
+RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json")  # what a run writes in its folder
+
+
+def check_fresh_out(out: Path, overwrite: bool = False) -> None:
+    """Check that a folder holds no run's files, so that a new run neither overwrites nor mixes with another.
+
+    Args:
+      out: the run folder.
+      overwrite: remove the run files found (:data:`RUN_FILES` only; other files are left alone) instead of
+        refusing.
+
+    Raises:
+      RunError: if ``out`` holds checkpoints, an epoch log or a metrics document and ``overwrite`` is false.
+    """
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found:
+        return
+    if not overwrite:
+        folder, detail = out / "checkpoints", ""
+        if folder.is_dir():
+            with CheckpointStore(folder, create=False) as store:
+                detail = f" (checkpoints at steps {store.steps()})" if store.steps() else ""
+        raise RunError(
+            f"{out} already holds a run{detail}: {', '.join(found)}; pass --resume to continue it, --overwrite to "
+            "replace it, or choose another --out"
+        )
+    for name in found:
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    logger.warning("--overwrite: removed %s from %s", ", ".join(found), out)
 
 
 def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
-    """The config of the run in ``out``, with the ``overrides`` that may change on resume
-    (:data:`RESUME_OVERRIDABLE`); any other changed field is a :class:`RunError`, since the run would not be the
-    same."""
+    """Read the config of the run in a folder, with the overrides that may change on resume.
+
+    Args:
+      out: the run folder.
+      overrides: new values by field name; only those of :data:`RESUME_OVERRIDABLE` may differ from the run's
+        (``"auto"`` asks for no change).
+
+    Returns:
+      The run's config with the allowed overrides applied.
+
+    Raises:
+      RunError: if the checkpoint has no readable config record, or another field changes (the run would not be
+        the same).
+      CheckpointError: if the checkpoint record cannot be read.
+    """
     meta = read_metadata(out / "checkpoints")
     saved = meta.get("config")
     if not isinstance(saved, dict):
@@ -320,9 +448,21 @@ def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
 
 
 def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dict | None = None):
-    """``(experiment, checkpoint)`` of a run folder: the experiment rebuilt from the saved config, the state
-    restored into its structure; :class:`~jaxrec.experiment.checkpoint.CheckpointError` when missing, corrupt or
-    incompatible."""
+    """Restore a run folder: the experiment rebuilt from the saved config, the state restored into its structure.
+
+    Args:
+      path: a run folder or its checkpoint folder.
+      step: the step (default: the newest complete one).
+      overrides: field values applied to the saved config.
+
+    Returns:
+      ``(experiment, checkpoint)``.
+
+    Raises:
+      CheckpointError: if the checkpoint is missing, corrupt or incompatible (its config, data or structure).
+      RunError: if the experiment cannot be set up from the saved config.
+      DataError: if the data cannot be read.
+    """
     folder = checkpoint_folder(path)
     with CheckpointStore(folder, create=False) as store:
         meta = store.read_meta(step)

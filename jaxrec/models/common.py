@@ -20,7 +20,14 @@ small_normal = nn.initializers.normal(stddev=0.1)
 
 
 def output_offset(spec: FeatureSpec) -> float:
-    """Middle of the rating range for explicit targets, 0 for implicit (logit) targets."""
+    """The starting value of a model's output bias.
+
+    Args:
+      spec: the feature spec.
+
+    Returns:
+      The middle of the rating range for explicit targets, 0 for implicit (logit) targets.
+    """
     if spec.rating_range is None or spec.target == "label":
         return 0.0
     low, high = spec.rating_range
@@ -28,14 +35,31 @@ def output_offset(spec: FeatureSpec) -> float:
 
 
 def valid_ids(ids: jax.Array, vocab: int) -> jax.Array:
-    """Map ids outside ``[0, vocab)`` to the OOV slot 0."""
+    """Map ids outside ``[0, vocab)`` to the OOV slot 0.
+
+    Args:
+      ids: vocabulary ids of any shape.
+      vocab: the vocabulary size.
+
+    Returns:
+      int32 ids, each in ``[0, vocab)``.
+    """
     ids = jnp.asarray(ids).astype(jnp.int32)
     return jnp.where((ids >= 0) & (ids < vocab), ids, 0)
 
 
 def categorical_fields(spec: FeatureSpec, use_ids: Sequence[str], sides: Sequence[str] = ("user", "item")):
-    """Categorical row keys a model reads, grouped user side then item side: the id (if in ``use_ids``), then
-    the ``<side>_<field>`` side features in sorted order."""
+    """List the categorical row keys a model reads.
+
+    Args:
+      spec: the feature spec.
+      use_ids: the ids the model reads (``"user"`` and/or ``"item"``).
+      sides: the sides to read, in order.
+
+    Returns:
+      The keys grouped by side (user side, then item side): the id (if in ``use_ids`` and in the spec), then the
+      ``<side>_<field>`` side features in sorted order.
+    """
     fields = []
     for side in sides:
         if side in use_ids and side in spec.categorical:
@@ -45,15 +69,40 @@ def categorical_fields(spec: FeatureSpec, use_ids: Sequence[str], sides: Sequenc
 
 
 def multi_hot_fields(spec: FeatureSpec, sides: Sequence[str] = ("user", "item")):
+    """List the multi-hot row keys a model reads.
+
+    Args:
+      spec: the feature spec.
+      sides: the sides to read, in order.
+
+    Returns:
+      The ``<side>_<field>`` multi-hot keys, grouped by side.
+    """
     return [key for side in sides for key in spec.multi_hot_fields(f"{side}_")]
 
 
 def num_rows(rows: Rows) -> tuple[int]:
-    """``(rows,)``: the leading axis shared by every array of ``rows``."""
+    """The leading axis shared by every array of ``rows``.
+
+    Args:
+      rows: the row dict.
+
+    Returns:
+      ``(rows,)``.
+    """
     return (jnp.shape(rows["item"] if "item" in rows else next(iter(rows.values())))[0],)
 
 
 def check_ids(spec: FeatureSpec, use_ids: Sequence[str]) -> None:
+    """Check a model's ``use_ids``.
+
+    Args:
+      spec: the feature spec.
+      use_ids: the ids the model reads.
+
+    Raises:
+      ValueError: if ``use_ids`` names something other than ``"user"`` and ``"item"``.
+    """
     unknown = [key for key in use_ids if key not in ("user", "item")]
     if unknown:
         raise ValueError(f"use_ids may only name 'user' and/or 'item', got {unknown}")
@@ -64,6 +113,10 @@ class MultiHotEmbed(nn.Module):
 
     With ``squared=True`` it also returns ``(x*x) @ (W*W)``, the per-field term of the factorisation-machine
     identity. Parameter: ``kernel [width, features]`` (the same as ``nn.Dense(features, use_bias=False)``).
+
+    Attributes:
+      features: the output width.
+      kernel_init: the initialiser of ``kernel``.
     """
 
     features: int
@@ -71,6 +124,15 @@ class MultiHotEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, squared: bool = False):
+        """Apply the layer.
+
+        Args:
+          x: the field ``[rows, width]``.
+          squared: also return ``(x*x) @ (W*W)``.
+
+        Returns:
+          ``x @ W`` ``[rows, features]``, or the pair ``(x @ W, (x*x) @ (W*W))`` with ``squared``.
+        """
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
         x = x.astype(kernel.dtype)
         out = x @ kernel
@@ -89,6 +151,11 @@ class Head(nn.Module):
     ``h``, so meta-learning ``A`` learns how users' preferences co-vary (the ReLU of ``h`` leaves the hidden
     layers only a per-unit scale for that). With a Newton inner step this is Bayesian linear regression on
     meta-learned features with a meta-learned prior mean and covariance (ALPaCA, Harrison et al. 2018).
+
+    Attributes:
+      hidden: the widths of the hidden layers (``hidden_<i>``).
+      offset: the starting value of the output bias.
+      projection: insert the projection ``A`` before the output layer.
     """
 
     hidden: Sequence[int]
@@ -97,6 +164,14 @@ class Head(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        """Score features.
+
+        Args:
+          x: features ``[..., d]``.
+
+        Returns:
+          One score per feature vector, ``[...]``.
+        """
         for i, width in enumerate(self.hidden):
             x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
         if self.projection:
@@ -107,4 +182,13 @@ class Head(nn.Module):
 
 
 def under(path, name: str) -> bool:
+    """Whether a parameter's key path passes through ``name`` (e.g. ``"head"``).
+
+    Args:
+      path: the parameter's key path.
+      name: a module or parameter name.
+
+    Returns:
+      Whether ``name`` is one of the path's names.
+    """
     return name in path_names(path)

@@ -41,6 +41,12 @@ class GRURecommender(nn.Module):
 
     The sequence input table ``embed_history_item`` is separate from the target table ``embed_item`` so each table
     is indexed by exactly one row key (:func:`embedding_tables`). Default adapt filter: ``head``.
+
+    Attributes:
+      spec: the feature spec; ``spec.history`` must be positive.
+      embed: the width of the item embeddings.
+      hidden_state: the width of the GRU state ``h``.
+      hidden: the widths of the head's hidden layers.
     """
 
     spec: FeatureSpec = spec_field
@@ -50,6 +56,17 @@ class GRURecommender(nn.Module):
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
+        """Score rows.
+
+        Args:
+          rows: rows with ``item``, ``history_item`` and ``history_rating`` ``[rows, L]``.
+
+        Returns:
+          float32 ``[rows]`` scores.
+
+        Raises:
+          ValueError: if ``spec.history`` is not positive.
+        """
         spec = self.spec
         if spec.history <= 0:
             raise ValueError("GRURecommender needs spec.history > 0 (rows with history_item / history_rating)")
@@ -79,4 +96,13 @@ class GRURecommender(nn.Module):
 
     @staticmethod
     def default_adapt_filter(path, leaf) -> bool:
+        """Select the parameters adapted per task: those under ``head``.
+
+        Args:
+          path: the parameter's key path.
+          leaf: the parameter.
+
+        Returns:
+          Whether the parameter adapts.
+        """
         return under(path, "head")

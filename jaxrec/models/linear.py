@@ -37,6 +37,10 @@ class LinearModel(nn.Module):
     fields, not the item-id table). Within one task the user-side terms are a constant that ``w_0`` already
     absorbs, whereas the item-feature weights are exactly "how much this user likes genre g / year y"; the id
     table is left to task-local embedding adaptation (:func:`embedding_tables`).
+
+    Attributes:
+      spec: the feature spec.
+      use_ids: the ids read as fields (``"user"`` and/or ``"item"``).
     """
 
     spec: FeatureSpec = spec_field
@@ -44,6 +48,17 @@ class LinearModel(nn.Module):
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
+        """Score rows.
+
+        Args:
+          rows: the row dict.
+
+        Returns:
+          float32 ``[rows]`` scores ``s(x)``.
+
+        Raises:
+          ValueError: if ``use_ids`` names something other than ``"user"`` and ``"item"``.
+        """
         spec = self.spec
         check_ids(spec, self.use_ids)
         zeros = nn.initializers.zeros_init()
@@ -60,6 +75,15 @@ class LinearModel(nn.Module):
 
     @staticmethod
     def default_adapt_filter(path, leaf) -> bool:
+        """Select the parameters adapted per task: ``w_0`` and the item-side feature weights.
+
+        Args:
+          path: the parameter's key path.
+          leaf: the parameter.
+
+        Returns:
+          Whether the parameter adapts.
+        """
         names = path_names(path)
         if names[-1] == "bias":
             return True
@@ -83,6 +107,11 @@ class FactorizationMachine(nn.Module):
     Default adapt filter: ``w_0``, the item-side linear weights (as :class:`LinearModel`: the user's taste over item
     features) and the **user-side factors** (user id and user fields): their sum is the user's latent vector, the
     FM analogue of MF's ``p_u``. Item factors stay shared.
+
+    Attributes:
+      spec: the feature spec.
+      embed: the width ``k`` of the factors.
+      use_ids: the ids read as fields (``"user"`` and/or ``"item"``).
     """
 
     spec: FeatureSpec = spec_field
@@ -91,6 +120,17 @@ class FactorizationMachine(nn.Module):
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
+        """Score rows.
+
+        Args:
+          rows: the row dict.
+
+        Returns:
+          float32 ``[rows]`` scores ``s(x)``.
+
+        Raises:
+          ValueError: if ``use_ids`` names something other than ``"user"`` and ``"item"``.
+        """
         spec = self.spec
         check_ids(spec, self.use_ids)
         linear = LinearModel(spec, use_ids=tuple(self.use_ids), name="linear")(rows)
@@ -112,6 +152,15 @@ class FactorizationMachine(nn.Module):
 
     @staticmethod
     def default_adapt_filter(path, leaf) -> bool:
+        """Select the parameters adapted per task: ``w_0``, the item-side linear weights and the user-side factors.
+
+        Args:
+          path: the parameter's key path.
+          leaf: the parameter.
+
+        Returns:
+          Whether the parameter adapts.
+        """
         names = path_names(path)
         if "linear" in names:
             return LinearModel.default_adapt_filter(path, leaf)

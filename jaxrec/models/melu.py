@@ -45,6 +45,15 @@ class MeLU(nn.Module):
     Dense(1), trained with MSE.
 
     Default adapt filter: the decision layers (``head``), the MeLU local update; embeddings are meta-learned only.
+
+    Attributes:
+      spec: the feature spec.
+      embed: the width of every field embedding.
+      hidden: the widths of the head's hidden layers.
+      use_ids: the ids embedded as fields (``"user"`` and/or ``"item"``; MeLU itself: none).
+      interaction: ``None`` or ``"fm"`` (the bi-interaction pooling).
+      item_bias: add the per-item term ``b_i`` (needs an item id in the spec).
+      projection: the head's projection ``A`` before its output layer.
     """
 
     spec: FeatureSpec = spec_field
@@ -57,6 +66,18 @@ class MeLU(nn.Module):
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
+        """Score rows.
+
+        Args:
+          rows: the row dict.
+
+        Returns:
+          float32 ``[rows]`` scores.
+
+        Raises:
+          ValueError: if ``use_ids`` names something other than ``"user"`` and ``"item"``, ``item_bias`` is set
+            without an item id in the spec, ``interaction`` is neither None nor ``"fm"``, or there is no field.
+        """
         spec = self.spec
         check_ids(spec, self.use_ids)
         if self.item_bias and "item" not in spec.categorical:
@@ -85,4 +106,13 @@ class MeLU(nn.Module):
 
     @staticmethod
     def default_adapt_filter(path, leaf) -> bool:
+        """Select the parameters adapted per task: the decision layers under ``head``.
+
+        Args:
+          path: the parameter's key path.
+          leaf: the parameter.
+
+        Returns:
+          Whether the parameter adapts.
+        """
         return under(path, "head")

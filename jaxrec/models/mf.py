@@ -29,6 +29,10 @@ class MatrixFactorization(nn.Module):
     Default adapt filter: the **user side** (``b_u`` and ``p_u``). A task is one user, so the user row is the only
     part of MF that is specific to the task; for a cold-start user (id 0) adapting it learns a personal vector
     starting from the meta-learned OOV row, with item factors shared across users.
+
+    Attributes:
+      spec: the feature spec (with ``"user"`` and ``"item"`` ids).
+      embed: the width of ``p_u`` and ``q_i``.
     """
 
     spec: FeatureSpec = spec_field
@@ -36,6 +40,14 @@ class MatrixFactorization(nn.Module):
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
+        """Score rows.
+
+        Args:
+          rows: rows with ``user`` and ``item`` ids.
+
+        Returns:
+          float32 ``[rows]`` predictions ``r_hat(u, i)``.
+        """
         spec = self.spec
         user = valid_ids(rows["user"], spec.categorical["user"])
         item = valid_ids(rows["item"], spec.categorical["item"])
@@ -50,5 +62,14 @@ class MatrixFactorization(nn.Module):
 
     @staticmethod
     def default_adapt_filter(path, leaf) -> bool:
+        """Select the parameters adapted per task: the user side ``b_u`` and ``p_u``.
+
+        Args:
+          path: the parameter's key path.
+          leaf: the parameter.
+
+        Returns:
+          Whether the parameter adapts.
+        """
         names = path_names(path)
         return any(name in ("embed_user", "bias_embed_user") for name in names)

@@ -29,6 +29,11 @@ class NeuMF(nn.Module):
 
     (``head/output``; ``b`` starts mid-range for explicit ratings, so the model also fits explicit data with MSE;
     for implicit labels the score is a logit). Default adapt filter: the MLP tower and the fusion layer (``head``).
+
+    Attributes:
+      spec: the feature spec (with ``"user"`` and ``"item"`` ids).
+      embed: the width of every embedding.
+      hidden: the widths of the MLP tower.
     """
 
     spec: FeatureSpec = spec_field
@@ -37,6 +42,14 @@ class NeuMF(nn.Module):
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
+        """Score rows.
+
+        Args:
+          rows: rows with ``user`` and ``item`` ids.
+
+        Returns:
+          float32 ``[rows]`` scores ``s(u, i)``.
+        """
         spec = self.spec
         n_users, n_items = spec.categorical["user"], spec.categorical["item"]
         user, item = valid_ids(rows["user"], n_users), valid_ids(rows["item"], n_items)
@@ -54,6 +67,15 @@ class NeuMF(nn.Module):
 
     @staticmethod
     def default_adapt_filter(path, leaf) -> bool:
+        """Select the parameters adapted per task: the MLP tower and the fusion layer under ``head``.
+
+        Args:
+          path: the parameter's key path.
+          leaf: the parameter.
+
+        Returns:
+          Whether the parameter adapts.
+        """
         return under(path, "head")
 
 

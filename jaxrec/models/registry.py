@@ -25,7 +25,19 @@ MODELS: dict[str, type[nn.Module]] = {
 
 
 def create(name: str, spec: FeatureSpec, **kwargs) -> nn.Module:
-    """The model registered as ``name`` (one of :data:`MODELS`) for ``spec``; ``kwargs`` go to its constructor."""
+    """Create a registered model.
+
+    Args:
+      name: the model's name, one of :data:`MODELS`.
+      spec: the feature spec of its rows.
+      **kwargs: further arguments of its constructor.
+
+    Returns:
+      The Flax module.
+
+    Raises:
+      ValueError: if ``name`` is not registered.
+    """
     try:
         cls = MODELS[name]
     except KeyError:
@@ -34,13 +46,29 @@ def create(name: str, spec: FeatureSpec, **kwargs) -> nn.Module:
 
 
 def init_params(model: nn.Module, spec: FeatureSpec, key: jax.Array) -> dict:
-    """``model.init`` on two synthetic rows of ``spec``: the variables ``{"params": ...}`` for ``model.apply``."""
+    """Initialise a model's variables with ``model.init`` on two synthetic rows of ``spec``.
+
+    Args:
+      model: the Flax module.
+      spec: the feature spec of its rows.
+      key: the PRNG key (split into a data key and a parameter key).
+
+    Returns:
+      The variables ``{"params": ...}`` for ``model.apply``.
+    """
     data_key, param_key = jax.random.split(key)
     return jax.jit(model.init)(param_key, synthetic_rows(spec, 2, data_key))
 
 
 def default_loss(model: nn.Module) -> LossFn:
-    """MSE on ``spec.target`` for explicit specs (``rating_range`` set), BCE on logits otherwise."""
+    """Choose the loss of a model from its spec.
+
+    Args:
+      model: a model with a ``spec``.
+
+    Returns:
+      MSE on ``spec.target`` for explicit specs (``rating_range`` set), BCE on logits otherwise.
+    """
     spec = model.spec
     if spec.rating_range is not None and spec.target != "label":
         return mse_loss(model.apply, spec.target)

@@ -63,13 +63,26 @@ def initialize(
     cpu_collectives: str = "gloo",
     timeout_s: int = 300,
 ) -> bool:
-    """Join a multi-process run; returns whether ``jax.distributed`` was initialised.
+    """Join a multi-process run.
 
-    Each argument falls back to an environment variable: ``JAXREC_COORDINATOR`` (``"host:port"`` of process 0),
-    ``JAXREC_NUM_PROCESSES`` and ``JAXREC_PROCESS_ID``. With one process (or none given) this is a no-op and
-    returns ``False``. Must run before any other JAX call of the process. ``cpu_collectives`` selects the
-    cross-process collectives of the CPU backend (``"gloo"``, or ``"mpi"``) unless already configured; GPU and
-    TPU backends ignore it. Calling it again once initialised returns ``True`` without re-initialising.
+    With one process (or none given) this is a no-op. It must run before any other JAX call of the process.
+    Calling it again once initialised returns ``True`` without re-initialising.
+
+    Args:
+      coordinator_address: ``"host:port"`` of process 0; default ``$JAXREC_COORDINATOR``.
+      num_processes: the number of processes; default ``$JAXREC_NUM_PROCESSES``.
+      process_id: this process's index in ``[0, num_processes)``; default ``$JAXREC_PROCESS_ID``.
+      local_device_ids: the local devices this process uses (passed to ``jax.distributed.initialize``).
+      cpu_collectives: the cross-process collectives of the CPU backend (``"gloo"``, or ``"mpi"``), set unless
+        already configured; GPU and TPU backends ignore it.
+      timeout_s: the initialisation timeout, in seconds.
+
+    Returns:
+      Whether ``jax.distributed`` is initialised: ``False`` for a single process.
+
+    Raises:
+      ValueError: several processes but no coordinator address, a ``process_id`` outside ``[0, num_processes)``,
+        or a ``JAXREC_*`` count or id that is not an integer.
     """
     coordinator_address, num_processes, process_id = _resolve(coordinator_address, num_processes, process_id)
     if num_processes is None or num_processes <= 1:
@@ -97,18 +110,33 @@ def initialize(
 
 
 def is_multiprocess() -> bool:
-    """Whether this run spans more than one process."""
+    """Whether this run spans more than one process.
+
+    Returns:
+      True when ``jax.process_count() > 1``.
+    """
     return jax.process_count() > 1
 
 
 def process_share(
     n_items: int, process_index: int | None = None, process_count: int | None = None
 ) -> tuple[slice, int]:
-    """``(slice, share_size)``: the items of ``range(n_items)`` this process owns, and the common share size.
+    """The items of ``range(n_items)`` this process owns, and the common share size.
 
     Process ``p`` of ``P`` owns the contiguous block ``[p * k, min((p + 1) * k, n_items))`` with
     ``k = ceil(n_items / P)``; the block may be shorter than ``k`` (or empty) for the last processes, which then pad
     to ``k`` so that every process passes the same local shape.
+
+    Args:
+      n_items: the number of items (e.g. tasks of the global batch).
+      process_index: ``p``; default ``jax.process_index()``.
+      process_count: ``P``; default ``jax.process_count()``.
+
+    Returns:
+      ``(slice, share_size)``: this process's block and ``k``.
+
+    Raises:
+      ValueError: ``n_items < 0``, ``P < 1`` or ``p`` outside ``[0, P)``.
     """
     index = jax.process_index() if process_index is None else int(process_index)
     count = jax.process_count() if process_count is None else int(process_count)
@@ -124,6 +152,17 @@ def local_tasks(batch: TaskBatch, process_index: int | None = None, process_coun
 
     Convenient when every process can build the same global batch cheaply; for large data, build only the
     tasks of :func:`process_share` on each process instead.
+
+    Args:
+      batch: the global :class:`~jaxrec.TaskBatch`.
+      process_index: this process's index; default ``jax.process_index()``.
+      process_count: the number of processes; default ``jax.process_count()``.
+
+    Returns:
+      The local :class:`~jaxrec.TaskBatch` (NumPy arrays), padded with empty tasks to the share size.
+
+    Raises:
+      ValueError: the batch leaves this process no task (its block of :func:`process_share` is empty).
     """
     share, size = process_share(batch.num_tasks, process_index, process_count)
     take = lambda x: np.asarray(x)[share]  # noqa: E731
@@ -143,6 +182,9 @@ def global_mesh() -> Mesh:
     """A 1-D ``"tasks"`` mesh over every device of every process, grouped by process.
 
     Each process's devices form one contiguous block, so the local share of a batch lands on local devices.
+
+    Returns:
+      The ``jax.sharding.Mesh``.
     """
     devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return make_mesh(devices)

@@ -11,7 +11,7 @@ and every row of ``W`` outside ``u`` has a zero gradient, so an SGD inner loop o
 (elementwise inner optimisers too: a row with zero gradients takes zero steps). Because ``W_u`` is a
 differentiable gather of ``W``, ``jax.grad`` of the meta-loss flows back to ``W`` through the gather's transpose
 (a scatter-add of ``T`` tasks x ``R`` rows into ``W``): the exact meta-gradient, second or first order, at a cost
-per task that no longer depends on ``V``.
+per task independent of ``V``.
 
 Padding rows take id 0 (as :func:`jaxrec.zero_padding` does), and ids outside ``[0, V)`` map to the OOV slot 0
 (as the models do), so slot 0 of the local table is global row 0 whenever a padded or OOV row exists. Slots past
@@ -24,7 +24,7 @@ replaced by its own ``W[u]`` read through the same local ids, and the identity a
 loss reads each table at the rows it would have read). Sampled negatives ``neg_<key>`` (BPR's ``neg_item``) read
 the tables of ``<key>`` too: their ids join the key's ``u`` (``R`` counts them) and are remapped with it.
 
-Tables with ``V <= R`` are left as they are: localising them saves nothing. Localised tables no longer have the
+Tables with ``V <= R`` are left as they are: localising them saves nothing. Localised tables do not have the
 shape a Flax ``nn.Embed`` declares; :func:`local_tables_context` lets ``nn.Embed`` read such a table (it is entered
 by :mod:`jaxrec.core.objectives` around every evaluation of the loss on localised parameters).
 
@@ -79,7 +79,14 @@ def _local_table(ids: list[jax.Array], size: int) -> tuple[jax.Array, list[jax.A
 
 
 def tables_by_key(params: Any, tables: Tables) -> dict[str, tuple[list[tuple[str, ...]], int]]:
-    """``{row key: (table paths, vocabulary size)}``: the tables one remapping of a key's ids serves.
+    """The tables one remapping of a key's ids serves, grouped by row key.
+
+    Args:
+      params: the parameter pytree.
+      tables: ``{param path: row key}``.
+
+    Returns:
+      ``{row key: (table paths, vocabulary size)}``.
 
     Raises:
       KeyError: a table path is not in ``params``.
@@ -118,8 +125,10 @@ def localize(
 
     Args:
       params: the parameter pytree (nested dicts, as Flax variables).
-      support, query: one task's rows (dicts of ``[rows]`` or ``[rows, L]`` arrays).
-      support_mask, query_mask: bool ``[rows]``; padded rows read row 0.
+      support: one task's support rows (a dict of ``[rows]`` or ``[rows, L]`` arrays).
+      support_mask: bool ``[rows]``; padded rows read row 0.
+      query: one task's query rows (a dict of ``[rows]`` or ``[rows, L]`` arrays).
+      query_mask: bool ``[rows]``; padded rows read row 0.
       tables: ``{param path: row key}`` (see :func:`jaxrec.models.embedding_tables`).
 
     Returns:
@@ -153,7 +162,15 @@ def localize(
 
 
 def gather_tables(tree: Any, index: Mapping[tuple[str, ...], jax.Array]) -> Any:
-    """``tree`` with each leaf at a path of ``index`` replaced by its rows ``leaf[index[path]]``."""
+    """``tree`` with each leaf at a path of ``index`` replaced by its rows ``leaf[index[path]]``.
+
+    Args:
+      tree: a params-shaped pytree (the params, or e.g. Meta-SGD rates).
+      index: ``{param path: u}``, as :func:`localize` returns it.
+
+    Returns:
+      The pytree with its tables localised; other leaves unchanged.
+    """
 
     def gather(path, leaf):
         rows = index.get(path_names(path))
@@ -163,8 +180,17 @@ def gather_tables(tree: Any, index: Mapping[tuple[str, ...], jax.Array]) -> Any:
 
 
 def scatter_add_tables(full: Any, local: Any, index: Mapping[tuple[str, ...], jax.Array]) -> Any:
-    """``full`` plus ``local`` scattered back: ``full.at[index[path]].add(local)`` at table paths (``index`` may
-    carry leading task axes, matched by ``local``), ``full + local`` summed over those task axes elsewhere."""
+    """``full`` plus ``local`` scattered back into the full tables.
+
+    Args:
+      full: a params-shaped pytree with full tables.
+      local: a pytree with the structure of ``full``, its tables localised; it may carry leading task axes.
+      index: ``{param path: u}``; its arrays carry the same leading task axes as ``local``.
+
+    Returns:
+      ``full.at[index[path]].add(local)`` at table paths, and ``full + local`` summed over the task axes
+      elsewhere.
+    """
 
     def add(path, f, loc):
         rows = index.get(path_names(path))
@@ -197,7 +223,11 @@ def _embed_interceptor(next_fun, args, kwargs, context):
 
 @contextlib.contextmanager
 def local_tables_context():
-    """While active (at trace time), Flax ``nn.Embed`` modules accept localised ``[R, E]`` tables."""
+    """A context manager: while active (at trace time), Flax ``nn.Embed`` modules accept localised ``[R, E]`` tables.
+
+    Yields:
+      None.
+    """
     try:
         import flax.linen as nn
     except ImportError:  # pragma: no cover - flax is a dependency
@@ -208,12 +238,30 @@ def local_tables_context():
 
 
 def local_rows(vocab: int, rows: int, width: int = 1) -> int:
-    """Rows of a local table for ``rows`` support + query rows of ``width`` ids each (``vocab`` if smaller)."""
+    """The rows of a local table.
+
+    Args:
+      vocab: the table's vocabulary size ``V``.
+      rows: the number of support + query rows.
+      width: the number of ids per row (``L``, 1 for a plain id).
+
+    Returns:
+      ``min(vocab, rows * width)``.
+    """
     return min(int(vocab), int(rows) * int(width))
 
 
 def local_fraction(params: Any, tables: Tables, rows: int) -> float:
-    """Fraction of the parameters a task adapts with local tables (for reports): ``sum |local| / sum |full|``."""
+    """The fraction of the parameters a task adapts with local tables (for reports).
+
+    Args:
+      params: the parameter pytree.
+      tables: ``{param path: row key}`` of the localised tables.
+      rows: the rows of each local table (:func:`local_rows`); tables with at most this many rows count in full.
+
+    Returns:
+      ``sum |local| / sum |full|``.
+    """
     leaves = {path_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     full = sum(math.prod(leaf.shape) for leaf in leaves.values())
     local = 0

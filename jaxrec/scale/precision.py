@@ -21,7 +21,15 @@ __all__ = ["mixed_precision", "cast_floats"]
 
 
 def cast_floats(tree: Any, dtype: Any) -> Any:
-    """Cast every floating-point array leaf of ``tree`` to ``dtype``; other leaves are returned unchanged."""
+    """Cast every floating-point array leaf of ``tree`` to ``dtype``.
+
+    Args:
+      tree: any pytree.
+      dtype: the floating-point dtype to cast to.
+
+    Returns:
+      The pytree; integer, boolean and non-array leaves unchanged.
+    """
 
     def cast(x):
         if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating):
@@ -37,6 +45,15 @@ def mixed_precision(loss_fn: LossFn, compute_dtype: Any = jnp.bfloat16, output_d
     Pass the result wherever a loss is expected (``jaxrec.meta_train(loss_fn=mixed_precision(loss))``); keep the
     parameters float32. The masked mean of the loss is then taken at the compute dtype too, so expect the
     meta-gradient to match float32's to about bfloat16 precision (a relative error of order 1e-2).
+
+    Args:
+      loss_fn: ``loss_fn(params, rows, mask) -> scalar``.
+      compute_dtype: the dtype the floating-point parameters and rows are cast to (``jnp.bfloat16`` or
+        ``jnp.float16``).
+      output_dtype: the dtype of the returned loss.
+
+    Returns:
+      The wrapped ``loss_fn(params, rows, mask) -> scalar``, with ``loss_fn``'s docstring.
     """
 
     def wrapped(params, rows, mask):

@@ -174,7 +174,15 @@ def localize_batch(params: Any, batch: TaskBatch, tables: Tables) -> tuple[Any, 
 
 
 def gather_rows(tree: Any, index: Mapping[tuple[str, ...], RowIndex]) -> Any:
-    """``tree`` with each leaf at a path of ``index`` replaced by its rows ``leaf[index[path].ids]`` (``[U, ...]``)."""
+    """``tree`` with each leaf at a path of ``index`` replaced by its rows ``leaf[index[path].ids]``.
+
+    Args:
+      tree: a params-shaped pytree (the params, or e.g. Meta-SGD's per-parameter rates).
+      index: ``{param path: RowIndex}``, as :func:`localize_batch` returns it.
+
+    Returns:
+      The pytree with each indexed table ``[V, ...]`` replaced by its ``[U, ...]`` rows; other leaves unchanged.
+    """
 
     def gather(path, leaf):
         rows = index.get(path_names(path))
@@ -184,9 +192,19 @@ def gather_rows(tree: Any, index: Mapping[tuple[str, ...], RowIndex]) -> Any:
 
 
 def scatter_index(rows: RowIndex, vocab: int, commit: Any = True) -> jax.Array:
-    """Scatter targets of the slots: the global id of a touched slot, ``vocab + slot`` (past the table, dropped by
-    ``mode="drop"``) otherwise. Distinct by construction, so ``unique_indices=True`` holds. ``commit=False``
-    (a traced bool) drops every slot."""
+    """The scatter targets of a table's slots.
+
+    The targets are distinct by construction, so ``unique_indices=True`` holds.
+
+    Args:
+      rows: the table's :class:`RowIndex`.
+      vocab: the table's row count ``V``.
+      commit: a (possibly traced) bool; false drops every slot.
+
+    Returns:
+      int32 ``[U]``: the global id of a touched slot, ``vocab + slot`` (past the table, dropped by
+      ``mode="drop"``) otherwise.
+    """
     slots = jnp.arange(rows.ids.shape[0], dtype=jnp.int32)
     return jnp.where(rows.touched & commit, rows.ids, jnp.int32(vocab) + slots)
 
@@ -200,8 +218,19 @@ def _set_rows(table: jax.Array, target: jax.Array, values: jax.Array) -> jax.Arr
 
 
 def split_tables(tree: Any, tables: Tables | Mapping | set) -> tuple[Any, Any]:
-    """``(rest, tables_only)``: two trees shaped like ``tree``, holding ``None`` at the table paths and elsewhere
-    respectively (optax optimisers and ``jax.tree.map`` skip ``None``). Raises ``KeyError`` for a missing path."""
+    """Split a pytree into its tables and the rest.
+
+    Args:
+      tree: a params-shaped pytree.
+      tables: the table paths (the keys of a ``{param path: row key}`` mapping, or a set of paths).
+
+    Returns:
+      ``(rest, tables_only)``: two trees shaped like ``tree``, holding ``None`` at the table paths and elsewhere
+      respectively (optax optimisers and ``jax.tree.map`` skip ``None``).
+
+    Raises:
+      KeyError: a table path is not in ``tree``.
+    """
     paths = {tuple(p) for p in tables}
     found = {path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
     missing = sorted(paths - found)
@@ -213,7 +242,15 @@ def split_tables(tree: Any, tables: Tables | Mapping | set) -> tuple[Any, Any]:
 
 
 def merge_tables(rest: Any, tables: Any) -> Any:
-    """Inverse of :func:`split_tables`: each leaf from whichever tree holds it."""
+    """The inverse of :func:`split_tables`: each leaf from whichever tree holds it.
+
+    Args:
+      rest: the tree holding ``None`` at the table paths.
+      tables: the tree holding the tables (``None`` elsewhere).
+
+    Returns:
+      The merged pytree.
+    """
     return jax.tree.map(lambda r, t: t if r is None else r, rest, tables, is_leaf=lambda x: x is None)
 
 
@@ -224,13 +261,14 @@ def merge_tables(rest: Any, tables: Any) -> Any:
 class RowSparseOptimizer(NamedTuple):
     """An outer optimiser for embedding tables that touches only the rows a batch reads (optax style).
 
-    ``init(tables) -> state``: ``tables`` is a pytree whose array leaves are full ``[V, ...]`` tables (``None``
-    elsewhere, as :func:`split_tables` returns them).
-
-    ``update(row_grads, state, tables, index, commit=True) -> (tables, state)``: ``row_grads`` is shaped like
-    ``tables`` with ``[U, ...]`` gradients of the rows ``index[path].ids`` (the gradient w.r.t. the local tables
-    of :func:`localize_batch`); returns the tables with their touched rows updated in place and the new state.
-    ``commit`` (a traced bool) false leaves every table and the state unchanged (the non-finite guard).
+    Attributes:
+      init: ``init(tables) -> state``; ``tables`` is a pytree whose array leaves are full ``[V, ...]`` tables
+        (``None`` elsewhere, as :func:`split_tables` returns them).
+      update: ``update(row_grads, state, tables, index, commit=True) -> (tables, state)``; ``row_grads`` is shaped
+        like ``tables`` with ``[U, ...]`` gradients of the rows ``index[path].ids`` (the gradient w.r.t. the local
+        tables of :func:`localize_batch`); it returns the tables with their touched rows updated in place and the
+        new state. ``commit`` (a traced bool) false leaves every table and the state unchanged (the non-finite
+        guard).
     """
 
     init: Callable[[Any], Any]
@@ -256,7 +294,14 @@ def _map_tables(fn, tables, *trees, index, outputs: int) -> tuple:
 
 
 def row_sparse_sgd(learning_rate: float) -> RowSparseOptimizer:
-    """Row-sparse SGD, ``W[r] <- W[r] - lr g[r]`` on the touched rows: exactly dense ``optax.sgd(lr)``."""
+    """Row-sparse SGD, ``W[r] <- W[r] - lr g[r]`` on the touched rows: exactly dense ``optax.sgd(lr)``.
+
+    Args:
+      learning_rate: ``lr``.
+
+    Returns:
+      The :class:`RowSparseOptimizer` (its state is ``optax.EmptyState()``).
+    """
 
     def init(tables):
         del tables
@@ -275,7 +320,13 @@ def row_sparse_sgd(learning_rate: float) -> RowSparseOptimizer:
 
 
 class RowSparseAdamState(NamedTuple):
-    """Lazy Adam's state: the global step count and per-table first and second moments (full ``[V, ...]``)."""
+    """Lazy Adam's state.
+
+    Attributes:
+      count: int32 scalar, the global step count ``t`` (shared by all rows and tables; committed steps only).
+      mu: the first moments ``m``, full ``[V, ...]`` per table.
+      nu: the second moments ``v``, full ``[V, ...]`` per table.
+    """
 
     count: jax.Array
     mu: Any
@@ -283,9 +334,21 @@ class RowSparseAdamState(NamedTuple):
 
 
 def row_sparse_adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> RowSparseOptimizer:
-    """Lazy Adam on the touched rows (module docstring): ``m``, ``v`` and the parameter of a row change only on
-    steps whose batch reads it; bias correction uses the global step count. Not equal to dense Adam for rows a
-    step does not touch (dense Adam keeps moving them by their momentum)."""
+    """Lazy Adam on the touched rows (see the module docstring).
+
+    ``m``, ``v`` and the parameter of a row change only on steps whose batch reads it; bias correction uses the
+    global step count. Not equal to dense Adam for rows a step does not touch (dense Adam keeps moving them by
+    their momentum).
+
+    Args:
+      learning_rate: ``lr``.
+      b1: the decay rate of the first moment.
+      b2: the decay rate of the second moment.
+      eps: added to ``sqrt(v_hat)`` in the denominator.
+
+    Returns:
+      The :class:`RowSparseOptimizer`; its state is a :class:`RowSparseAdamState`.
+    """
 
     def init(tables):
         mu, nu = jax.tree.map(jnp.zeros_like, tables), jax.tree.map(jnp.zeros_like, tables)

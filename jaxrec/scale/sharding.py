@@ -26,7 +26,17 @@ TASK_AXIS = "tasks"
 
 
 def make_mesh(devices: int | list | None = None) -> Mesh:
-    """A 1-D mesh named ``"tasks"`` over ``devices`` (a count of the first global devices, a list, or all)."""
+    """A 1-D mesh with the axis ``"tasks"``.
+
+    Args:
+      devices: a count of the first global devices, a list of devices, or None for all devices.
+
+    Returns:
+      The ``jax.sharding.Mesh``.
+
+    Raises:
+      ValueError: a count outside ``[1, jax.device_count()]``.
+    """
     if devices is None:
         chosen = jax.devices()
     elif isinstance(devices, int):
@@ -40,12 +50,27 @@ def make_mesh(devices: int | list | None = None) -> Mesh:
 
 
 def default_mesh() -> Mesh | None:
-    """All devices when there is more than one, else ``None`` (plain single-device execution)."""
+    """The mesh a meta-training run uses by default.
+
+    Returns:
+      A mesh over all devices when there is more than one, else ``None`` (plain single-device execution).
+    """
     return make_mesh() if jax.device_count() > 1 else None
 
 
 def pad_tasks(batch: TaskBatch, multiple: int) -> TaskBatch:
-    """Append empty tasks so that ``multiple`` divides the task count."""
+    """Append empty tasks so that ``multiple`` divides the task count.
+
+    Empty tasks have zero-filled rows, all-false masks and ``task_id`` -1; they carry zero weight in every
+    meta-objective.
+
+    Args:
+      batch: the :class:`~jaxrec.TaskBatch` (NumPy or JAX arrays; the padded batch keeps the kind).
+      multiple: the number that must divide the task count.
+
+    Returns:
+      The padded batch (``batch`` itself when nothing is missing).
+    """
     pad = (-batch.num_tasks) % multiple
     if pad == 0:
         return batch
@@ -69,8 +94,16 @@ def pad_tasks(batch: TaskBatch, multiple: int) -> TaskBatch:
 def shard_batch(batch: TaskBatch, mesh: Mesh) -> TaskBatch:
     """Pad ``batch`` to a multiple of the mesh size and shard its task axis across the mesh.
 
-    In a multi-process run each process passes its *own* share of tasks; the global batch is assembled with
-    ``jax.make_array_from_process_local_data`` (every process must pass the same local shape).
+    In a multi-process run each process passes its *own* share of tasks (padded to a multiple of its local
+    devices); the global batch is assembled with ``jax.make_array_from_process_local_data`` (every process must
+    pass the same local shape).
+
+    Args:
+      batch: the :class:`~jaxrec.TaskBatch` (this process's share in a multi-process run).
+      mesh: the mesh whose axis ``"tasks"`` shards the task axis.
+
+    Returns:
+      The batch, every array sharded along its leading task axis.
     """
     sharding = NamedSharding(mesh, PartitionSpec(TASK_AXIS))
     if jax.process_count() > 1:
@@ -90,6 +123,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     Across processes, arrays held on this process's devices (e.g. a restored checkpoint) go through host memory:
     JAX cannot move a committed single-process array onto another process's devices. Every process must then
     pass the same values.
+
+    Args:
+      tree: the pytree to replicate.
+      mesh: the mesh.
+
+    Returns:
+      The pytree, every array replicated on the mesh (``PartitionSpec()``).
     """
     sharding = NamedSharding(mesh, PartitionSpec())
     if jax.process_count() > 1 and not sharding.is_fully_addressable:

@@ -1,0 +1,103 @@
+"""Nonsense arguments of the public API are errors that name the argument, before anything is traced."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxrec
+
+
+def apply_fn(params, rows):
+    return rows["x"] @ params["w"]
+
+
+LOSS = jaxrec.mse_loss(apply_fn, target="y")
+PARAMS = {"w": jnp.zeros(3)}
+ROWS = {"x": jnp.ones((4, 3)), "y": jnp.ones(4)}
+MASK = jnp.ones(4, bool)
+
+
+def batches(n=3):
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        x = rng.normal(size=(2, 6, 3)).astype(np.float32)
+        y = x.sum(-1)
+        yield jaxrec.TaskBatch(
+            support={"x": x[:, :3], "y": y[:, :3]},
+            query={"x": x[:, 3:], "y": y[:, 3:]},
+            support_mask=np.ones((2, 3), bool),
+            query_mask=np.ones((2, 3), bool),
+        )
+
+
+@pytest.mark.parametrize("steps", [2.5, -1, True, "3"])
+def test_inner_steps_must_be_a_non_negative_integer(steps):
+    with pytest.raises(ValueError, match="inner_steps"):
+        jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=0.1, inner_steps=steps)
+
+
+def test_an_integral_float_or_numpy_integer_is_accepted_as_inner_steps():
+    a = jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=0.1, inner_steps=2.0)
+    b = jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=0.1, inner_steps=np.int64(2))
+    np.testing.assert_array_equal(a["w"], b["w"])
+    assert jaxrec.InnerLoop(LOSS, steps=np.int32(3)).steps == 3
+
+
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0, -0.1])
+def test_a_scalar_inner_lr_must_be_finite_and_positive(lr):
+    with pytest.raises(ValueError, match="inner_lr"):
+        jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=lr, inner_steps=1)
+    with pytest.raises(ValueError, match="inner_lr"):
+        jaxrec.MetaTrainer(loss_fn=LOSS, inner_lr=lr, inner_steps=1)
+
+
+@pytest.mark.parametrize("steps", [-1, 1.5, True])
+def test_meta_train_steps_must_be_a_non_negative_integer(steps):
+    with pytest.raises(ValueError, match="steps"):
+        jaxrec.meta_train(PARAMS, batches(), loss_fn=LOSS, inner_lr=0.1, inner_steps=1, steps=steps, mesh=None)
+
+
+def test_meta_train_zero_steps_trains_nothing_and_returns_the_parameters():
+    params, history = jaxrec.meta_train(PARAMS, batches(), loss_fn=LOSS, inner_lr=0.1, inner_steps=1, steps=0)
+    assert history["steps"] == 0
+    np.testing.assert_array_equal(params["w"], PARAMS["w"])
+
+
+@pytest.mark.parametrize(
+    "options, name",
+    [
+        ({"order": "third"}, "order"),
+        ({"remat": "sometimes"}, "remat"),
+        ({"inner_optimizer": "adam"}, "solver"),
+    ],
+)
+def test_inner_loop_fields_are_checked(options, name):
+    with pytest.raises((ValueError, TypeError), match=name):
+        jaxrec.InnerLoop(LOSS, steps=1, **{"solver" if k == "inner_optimizer" else k: v for k, v in options.items()})
+
+
+def test_unknown_inner_loop_keywords_and_missing_fields_are_named():
+    with pytest.raises(TypeError, match="inner_stepz"):
+        jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=0.1, inner_stepz=1)
+    with pytest.raises(TypeError, match="loss_fn"):
+        jaxrec.adapt(PARAMS, ROWS, MASK, inner_lr=0.1, inner_steps=1)
+    with pytest.raises(ValueError, match="task_chunk"):
+        jaxrec.MetaTrainer(loss_fn=LOSS, inner_lr=0.1, inner_steps=1, task_chunk=0)
+    with pytest.raises(ValueError, match="algorithm"):
+        jaxrec.MetaTrainer(loss_fn=LOSS, inner_lr=0.1, inner_steps=1, algorithm="maml++")
+
+
+def test_the_inner_loop_value_is_hashable_and_equal_by_content():
+    mask = {"w": True}
+    a = jaxrec.InnerLoop(LOSS, steps=2, adapt_filter=mask, solver=optax.sgd(0.1))
+    b = a.replace(adapt_filter={"w": True})
+    assert a == b and hash(a) == hash(b)
+    assert a != a.replace(steps=3) and a.replace(order="first").order == "first"
+    # the keyword form builds the same value
+    assert (
+        jaxrec.core.inner.as_inner_loop(
+            loss_fn=LOSS, inner_steps=2, adapt_filter=mask, inner_optimizer=a.solver.transformation
+        )
+        == a
+    )
