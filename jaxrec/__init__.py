@@ -20,6 +20,7 @@ import importlib
 
 from jaxrec._version import __version__
 from jaxrec.core.batch import BatchShapeError, TaskBatch, validate_batch, zero_padding
+from jaxrec.core.errors import JaxrecError
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.inner import InnerLoop, adapt
 from jaxrec.core.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
@@ -71,6 +72,7 @@ __all__ = [
     "ExperimentConfig",
     "FeatureSpec",
     "InnerLoop",
+    "JaxrecError",
     "MeLU",
     "MetaSGDParams",
     "MetaTrainState",

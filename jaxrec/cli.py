@@ -15,6 +15,7 @@ Run folder written by ``jaxrec train --out DIR``::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -27,22 +28,24 @@ from typing import Any
 
 import jax
 
-from jaxrec.core.trainer import NonFiniteError
-from jaxrec.data import DATASETS, DataError, DownloadError, default_data_root
+from jaxrec.core.errors import JaxrecError
+from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
-from jaxrec.experiment.checkpoint import CheckpointError
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.recommend import Recommender, read_ratings_for
 from jaxrec.experiment.run import (
+    Interrupted,
     RunError,
     TrainingRun,
     atomic_write_text,
     build_experiment,
     check_fresh_out,
     make_config,
+    os_reason,
     restore_run,
     resume_config,
 )
+from jaxrec.experiment.trained import load_trained
 from jaxrec.scale.host_memory import keep_freed_host_memory
 
 __all__ = ["main", "CLIError"]
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on every cold-start scenario")
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
     ev.add_argument("--step", type=int, help="which checkpoint step (default: the newest complete one)")
-    add_flags(ev, names=("baselines", "bootstrap", "eval_batch_size"))
+    add_flags(ev, names=("data", "dataset", "data_dir", "columns", "sep", "baselines", "bootstrap", "eval_batch_size"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
 
     r = sub.add_parser("recommend", help="adapt to a new user's few ratings and print the top-k items")
@@ -127,6 +130,7 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out.pop("dataset", None)
         if not Path(out["data"]).expanduser().exists():
             raise CLIError(f"--data {out['data']}: file not found")
+        out["data"] = str(Path(out["data"]).expanduser().resolve())  # the record works from any directory
     return out
 
 
@@ -274,16 +278,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
     codes, ratings, notes = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
-    experiment, checkpoint = restore_run(args.checkpoint)
-    items = experiment.dataset.items
+    trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     for note in notes:
         _echo(f"note: {note}", err=True)
-    recommender = Recommender(experiment, checkpoint.state.params)
+    recommender = Recommender(trained, trained.params)
     started = time.perf_counter()
     best, scores = recommender.top_k(codes, ratings, args.k)
     cold = time.perf_counter() - started
-    titles = items["title"].astype(str).to_numpy() if "title" in items else None
-    raw = experiment.dataset.item_ids
+    titles, raw = trained.titles, trained.item_ids
     _echo(f"top {len(best)} of {len(raw)} items for a new user with {len(codes)} rating(s):")
     for rank, (code, score) in enumerate(zip(best, scores, strict=True), 1):
         label = titles[code] if titles is not None else str(raw[code])
@@ -358,7 +360,7 @@ def _configure_logging(debug: bool) -> None:
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
-    return (RunError, CheckpointError, DataError, DownloadError, NonFiniteError)
+    return (JaxrecError,)
 
 
 def _host_devices(devices) -> None:
@@ -385,6 +387,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
       The exit status: 0 ok, 1 error, 2 usage, 128 + signal number when interrupted.
     """
+    # from here to the return a signal ends the process at once with one line (there is nothing to save), except in
+    # the training loop, which defers the first to the end of its meta-step and saves; the caller's handlers come
+    # back at the end. Exiting from the handler itself is what cannot be lost: an exception raised by a handler
+    # that runs inside a garbage-collection or weakref callback is swallowed.
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: signals stay the caller's business
+            previous[sig] = signal.signal(sig, exit_at_once)
+    try:
+        return _run(argv)
+    except Interrupted as e:
+        name = signal.Signals(e.signum).name
+        _echo(f"jaxrec: interrupted by {name}; the newest saved checkpoint is intact", err=True)
+        return 128 + e.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def exit_at_once(signum: int, frame: Any) -> None:
+    """End the process now with one line on stderr and the status ``128 + signum``.
+
+    Every file the command writes is complete or not written (atomic renames), so leaving without the interpreter's
+    teardown loses nothing, and avoids the threads of XLA and orbax that can crash a teardown.
+    """
+    name = signal.Signals(signum).name
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    os.write(2, f"jaxrec: interrupted by {name}; the newest saved checkpoint is intact\n".encode())
+    os._exit(128 + signum)
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -398,9 +433,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     keep_freed_host_memory()
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        _echo("jaxrec: interrupted", err=True)
-        return 128 + signal.SIGINT
+    except OSError as e:  # the OS refused something the run needed: a full disk, a missing or read-only place
+        if debug:
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        _echo(f"jaxrec: error: {os_reason(e)}{where}", err=True)
+        return EXIT_ERROR
     except Exception as e:  # noqa: BLE001 - one line for the user; --debug shows the traceback
         if debug:
             raise

@@ -75,3 +75,69 @@ def test_ndcg_is_a_fraction_of_the_ideal_with_ties(scores, targets):
     perfect[order] = np.arange(len(targets), 0, -1)
     value, _ = ndcg_at_k(jnp.asarray(perfect), jnp.asarray(targets, jnp.float32), mask, 3)
     assert float(value) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_os_errors_are_one_line_that_says_what_the_os_refused(tmp_path, capsys):
+    from cli_support import write_ratings
+
+    data = write_ratings(tmp_path / "ratings.csv")
+    taken = write(tmp_path / "a-file", "not a folder")
+    assert cli.main(["train", "--data", str(data), *TINY_FLAGS, "--out", str(taken)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "cannot write the run folder" in line and "a-file" in line and "unexpected" not in line
+
+
+def test_a_full_disk_while_saving_names_the_step_and_the_folder(tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    from cli_support import write_ratings
+
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("no mount command to make a small file system")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(disk)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (not root, or no privilege): {made.stderr.decode().strip()}")
+    try:
+        data = write_ratings(tmp_path / "ratings.csv")
+        out = disk / "run"
+        assert cli.main(["train", "--data", str(data), *TINY_FLAGS, "--epochs", "3", "--out", str(out)]) == 1
+        line = one_error_line(capsys.readouterr().err)
+        assert "no space left on device while saving step" in line and str(out / "checkpoints") in line
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_checkpoint_names_the_step_and_the_file_and_nothing_else(tmp_path, damage):
+    import subprocess
+    import sys
+
+    from cli_support import write_ratings
+
+    data = write_ratings(tmp_path / "ratings.csv")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(data), *TINY_FLAGS, "--epochs", "1", "--no-eval", "--out", str(out)]) == 0
+    (step,) = [p for p in (out / "checkpoints").iterdir() if p.name.isdigit()]
+    victim = max((p for p in (step / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    if damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:10])
+    else:
+        victim.unlink()
+    # a real process: the tracebacks of a failed orbax restore appear at interpreter exit
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxrec", "evaluate", "--checkpoint", str(out)], capture_output=True, text=True
+    )
+    assert done.returncode == 1
+    line = one_error_line(done.stderr)
+    assert f"step {step.name} is corrupt" in line and victim.name in line
+    assert "Traceback" not in done.stderr and "Event loop is closed" not in done.stderr
+
+
+def test_a_non_finite_rating_is_shown_as_written(tmp_path):
+    import jaxrec.data as jd
+
+    with pytest.raises(jd.DataError, match=r"line 3 is not a finite number: inf \("):
+        jd.from_csv(write(tmp_path / "r.csv", "user,item,rating\n1,2,3\n1,3,inf\n"))

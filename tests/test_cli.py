@@ -75,7 +75,10 @@ def test_train_writes_metrics_checkpoint_and_epoch_log(run):
 
 def test_evaluate_prints_the_table_and_writes_the_document(run, tmp_path, capsys):
     target = tmp_path / "again.json"
-    assert cli.main(["evaluate", "--checkpoint", str(run["out"]), "--output", str(target)]) == 0
+    assert (
+        cli.main(["evaluate", "--checkpoint", str(run["out"]), "--data", str(run["data"]), "--output", str(target)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "scenario" in printed and "maml" in printed
     assert (
@@ -140,7 +143,7 @@ def test_corrupt_or_missing_checkpoint_is_one_clear_line(run, tmp_path, capsys):
         for path in (step / "state").rglob("*"):
             if path.is_file() and path.stat().st_size > 0:
                 path.write_bytes(b"\x00garbage")
-    assert cli.main(["evaluate", "--checkpoint", str(broken)]) == 1
+    assert cli.main(["evaluate", "--checkpoint", str(broken), "--data", str(run["data"])]) == 1
     assert one_clear_error(capsys.readouterr().err)
 
 
@@ -150,7 +153,7 @@ def test_data_changed_since_training_is_detected(run, tmp_path, capsys):
     original = run["data"].read_text()
     try:
         run["data"].write_text(original + "61,100,5\n" * 1 + "".join(f"61,{100 + i},5\n" for i in range(1, 15)))
-        assert cli.main(["evaluate", "--checkpoint", str(moved)]) == 1
+        assert cli.main(["evaluate", "--checkpoint", str(moved), "--data", str(run["data"])]) == 1
         assert "no longer matches the checkpoint" in capsys.readouterr().err
     finally:
         run["data"].write_text(original)
@@ -213,7 +216,7 @@ def test_grouped_and_newton_runs_train_evaluate_and_recommend(tmp_path, capsys, 
     metrics = json.loads((out / "metrics.json").read_text())
     assert {key: metrics["config"]["meta"][key] for key in expected} == expected
     assert all(np.isfinite(m["mae"]) for scenario in metrics["scenarios"].values() for m in scenario.values())
-    assert cli.main(["evaluate", "--checkpoint", str(out)]) == 0
+    assert cli.main(["evaluate", "--checkpoint", str(out), "--data", str(data)]) == 0
     ratings = tmp_path / "me.csv"
     ratings.write_text("item,rating\n100,9\n101,2\n")
     capsys.readouterr()

@@ -2,6 +2,7 @@
 a clear jaxrec error (DataError / CLIError) or a correct result, never a raw exception from pandas or numpy."""
 
 import gzip
+import os
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,11 @@ from jaxrec.cli import CLIError
 from jaxrec.data import DataError, from_csv, from_dataframe
 from jaxrec.experiment.recommend import read_user_ratings
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=int(os.environ.get("JAXREC_FUZZ_EXAMPLES", 60)),  # more for a deeper run
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 cell = st.one_of(
     st.integers(-(2**63), 2**63 - 1),
@@ -152,3 +157,51 @@ def test_recommend_reader_documented_cases(tmp_path):
     codes, ratings, notes = read_user_ratings(path, ITEM_IDS, (0.5, 5.0))
     assert ITEM_IDS[codes].tolist() == [50, 2] and ratings.tolist() == [2.0, 1.0]  # the last rating of 50 is kept
     assert any("unknown" in n for n in notes) and any("duplicate" in n for n in notes)
+
+
+TEXT_LINES = st.lists(
+    st.lists(
+        st.one_of(st.sampled_from(["1", "2", "3.5", "x", "", "inf", "1e400", "ü", '"a,b"']), st.text(max_size=5)),
+        max_size=5,
+    ),
+    max_size=7,
+)
+
+
+@FUZZ
+@given(
+    payload=st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda lines, sep, encoding, bom: (
+                (bom if encoding == "utf-8" else b"")
+                + "\n".join(sep.join(cells) for cells in lines).encode(encoding, errors="replace")
+            ),
+            TEXT_LINES,
+            separators,
+            st.sampled_from(["utf-8", "latin-1", "utf-16", "cp1252"]),
+            st.sampled_from([b"", b"\xef\xbb\xbf"]),
+        ),
+    ),
+    gz=st.booleans(),
+)
+def test_any_bytes_load_or_raise_the_library_error(tmp_path, payload, gz):
+    """Random bytes, separators, encodings and shapes: a dataset, or a JaxrecError, never anything else."""
+    from jaxrec import JaxrecError
+
+    path = tmp_path / ("fuzz.csv.gz" if gz else "fuzz.csv")
+    path.write_bytes(gzip.compress(payload) if gz else payload)
+    try:
+        ds = from_csv(path)
+    except JaxrecError as e:
+        assert str(e)
+    else:
+        check_dataset(ds, max(payload.count(b"\n") + 1, 1))
+    ratings = tmp_path / "mine.csv"
+    ratings.write_bytes(payload)
+    try:
+        codes, values, _ = read_user_ratings(ratings, ITEM_IDS, (0.5, 5.0))
+    except JaxrecError as e:
+        assert str(e)
+    else:
+        assert len(codes) == len(set(codes.tolist())) > 0 and ((values >= 0.5) & (values <= 5.0)).all()

@@ -207,7 +207,20 @@ def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file
     assert saved >= 1
 
     assert (
-        cli.main(["train", "--out", str(out), "--resume", "--steps", str(saved + 2), "--no-eval", "--no-progress"]) == 0
+        cli.main(
+            [
+                "train",
+                "--out",
+                str(out),
+                "--resume",
+                "--data",
+                str(ratings_file),
+                "--steps",
+                str(saved + 2),
+                "--no-eval",
+            ]
+        )
+        == 0
     )
     assert read_metadata(out)["step"] == saved + 2
 
@@ -220,7 +233,16 @@ def test_cli_resume_equals_an_uninterrupted_run(experiment, straight, ratings_fi
     steps = stop_step(experiment)
     flags = ["train", "--data", str(ratings_file), *TINY_FLAGS, "--no-eval", "--out", str(tmp_path / "a")]
     assert cli.main([*flags, "--steps", "3"]) == 0
-    resume = ["train", "--out", str(tmp_path / "a"), "--resume", "--no-eval", "--no-progress"]
+    resume = [
+        "train",
+        "--out",
+        str(tmp_path / "a"),
+        "--resume",
+        "--data",
+        str(ratings_file),
+        "--no-eval",
+        "--no-progress",
+    ]
     assert cli.main([*resume, "--steps", str(steps)]) == 0
     resumed = load_checkpoint(tmp_path / "a", experiment.init_state())
     assert resumed.step == steps

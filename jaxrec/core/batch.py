@@ -17,10 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.core.errors import JaxrecError
+
 __all__ = ["TaskBatch", "BatchShapeError", "validate_batch", "zero_padding"]
 
 
-class BatchShapeError(ValueError):
+class BatchShapeError(JaxrecError, ValueError):
     """Raised for a :class:`TaskBatch` whose arrays or masks do not agree on their leading axes."""
 
 

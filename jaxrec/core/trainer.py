@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from jaxrec.core.batch import TaskBatch, validate_batch
+from jaxrec.core.errors import JaxrecError
 from jaxrec.core.inner import InnerLoop, as_inner_loop, check_inner_lr
 from jaxrec.core.metasgd import MetaSGDParams, init_metasgd
 from jaxrec.core.objectives import check_algorithm, meta_value_and_grad, reptile_direction
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 NONFINITE_MODES = ("skip", "raise")
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(JaxrecError, FloatingPointError):
     """A meta-step produced a NaN or inf loss or meta-gradient (raised with ``nonfinite="raise"``).
 
     Args:

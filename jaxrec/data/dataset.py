@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from jaxrec.core.errors import JaxrecError
+
 __all__ = ["DataError", "Dataset", "from_dataframe", "from_csv", "sniff_separator"]
 
 logger = logging.getLogger(__name__)
@@ -38,7 +40,7 @@ _COMMON_NAMES = {
 }
 
 
-class DataError(ValueError):
+class DataError(JaxrecError, ValueError):
     """A data file or frame that cannot be turned into a :class:`Dataset`.
 
     The message names the file, column or line at fault.
@@ -182,7 +184,8 @@ def _numeric_column(values: pd.Series, column: str, where: str, line_offset: int
         first = int(np.flatnonzero(bad)[0])
         raw = values.iloc[first]
         loc = f"line {first + line_offset}" if line_offset is not None else f"row {first}"
-        what = "is missing (NaN)" if pd.isna(raw) else f"is not a finite number: {raw!r}"
+        shown = repr(raw) if isinstance(raw, str) else str(raw)  # inf, not np.float64(inf)
+        what = "is missing (NaN)" if pd.isna(raw) else f"is not a finite number: {shown}"
         raise DataError(f"{where}: column {column!r} {loc} {what} ({int(bad.sum())} bad value(s) in total)")
     return numeric.to_numpy(dtype=np.float64)
 

@@ -1,5 +1,6 @@
 """Experiments: the cold-start protocol (:class:`Experiment`, :class:`ExperimentConfig`), the methods it compares,
-the run engine of ``jaxrec train`` (checkpoints, resume, signals), the recommender, and the checkpoint store."""
+the run engine of ``jaxrec train`` (checkpoints, resume, signals), the trained model of a run folder, the
+recommender, and the checkpoint store."""
 
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, load_checkpoint, read_metadata
 from jaxrec.experiment.config import (
@@ -15,6 +16,7 @@ from jaxrec.experiment.config import (
 from jaxrec.experiment.protocol import Experiment
 from jaxrec.experiment.recommend import Recommender, read_user_ratings
 from jaxrec.experiment.run import RunError, TrainingRun, restore_run
+from jaxrec.experiment.trained import TrainedModel, load_trained
 
 __all__ = [
     "BASELINES",
@@ -29,8 +31,10 @@ __all__ = [
     "ProtocolConfig",
     "Recommender",
     "RunError",
+    "TrainedModel",
     "TrainingRun",
     "load_checkpoint",
+    "load_trained",
     "read_metadata",
     "read_user_ratings",
     "resolve",

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -29,9 +31,11 @@ from typing import Any
 import jax
 
 from jaxrec._version import __version__
+from jaxrec.core.errors import JaxrecError
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "MANIFEST",
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
@@ -39,15 +43,17 @@ __all__ = [
     "load_checkpoint",
     "read_metadata",
     "save_checkpoint",
+    "verify",
 ]
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "jaxrec.checkpoint/2"
+MANIFEST = "jaxrec_manifest.json"  # in each step's folder: every file's size and SHA-256, written after the save
 SUBFOLDER = "checkpoints"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JaxrecError, RuntimeError):
     """A checkpoint that is missing, unreadable (corrupt) or incompatible with the requested model."""
 
 
@@ -187,6 +193,7 @@ class CheckpointStore:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record))
         self._manager.save(step, args=args, force=True)
         self._manager.wait_until_finished()
+        _write_manifest(self.folder / str(step))
         logger.info("saved checkpoint step %d to %s", step, self.folder)
         return step
 
@@ -241,6 +248,7 @@ class CheckpointStore:
         """
         ocp = _ocp()
         step = self._resolve(step)
+        verify(self.folder, step)  # a damaged file is named here, before orbax reads it
         meta = self.read_meta(step)
         if template is None:
             state_args = ocp.args.StandardRestore()
@@ -272,11 +280,62 @@ def _restore_message(folder: Path, step: int, meta: dict, error: Exception, temp
     first = " ".join(lines[:2])[:400] if lines else type(error).__name__
     if templated and isinstance(error, ValueError | KeyError | TypeError):
         config = meta.get("config", {})
+        model, meta_config = config.get("model"), config.get("meta")
+        model = model.get("name") if isinstance(model, dict) else model  # an ExperimentConfig record, or any record
+        algorithm = meta_config.get("algorithm") if isinstance(meta_config, dict) else config.get("algorithm")
         return (
             f"{folder}: step {step} does not match the model it is restored into (incompatible checkpoint: saved "
-            f"with model={config.get('model')!r}, algorithm={config.get('algorithm')!r}): {first}"
+            f"with model={model!r}, algorithm={algorithm!r}): {first}"
         )
     return f"{folder}: cannot read the state of step {step} (corrupt or incomplete checkpoint?): {first}"
+
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_manifest(step_folder: Path) -> None:
+    """Record the size and SHA-256 of every file of a saved step (atomically: a temporary file, then a rename)."""
+    files = sorted(p for p in step_folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    manifest = {str(p.relative_to(step_folder)): [p.stat().st_size, _sha256(p)] for p in files}
+    tmp = step_folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=0, sort_keys=True))
+    os.replace(tmp, step_folder / MANIFEST)
+
+
+def verify(folder: str | os.PathLike, step: int) -> None:
+    """Check a saved step's files against its manifest (sizes and SHA-256).
+
+    A step saved without a manifest (one interrupted between the save and the manifest) is not checked.
+
+    Args:
+      folder: the checkpoint folder.
+      step: the step.
+
+    Raises:
+      CheckpointError: naming the step and the first file that is missing, of another size or changed.
+    """
+    step_folder = Path(folder) / str(step)
+    path = step_folder / MANIFEST
+    if not path.is_file():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}: step {step} is corrupt: its manifest {path} is unreadable ({e})") from e
+    for name, (size, digest) in sorted(manifest.items()):
+        file = step_folder / name
+        if not file.is_file():
+            raise CheckpointError(f"{folder}: step {step} is corrupt: {file} is missing")
+        actual = file.stat().st_size
+        if actual != size:
+            raise CheckpointError(f"{folder}: step {step} is corrupt: {file} has {actual} bytes, {size} were saved")
+        if _sha256(file) != digest:
+            raise CheckpointError(f"{folder}: step {step} is corrupt: {file} has changed since it was saved")
 
 
 def _check_shapes(folder: Path, step: int, template: Any, state: Any) -> None:

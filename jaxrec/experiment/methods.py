@@ -23,7 +23,6 @@ from jaxrec.evaluation.baselines import (
     tune_finetune_lr,
     user_mean,
 )
-from jaxrec.evaluation.compare import evaluate_methods
 from jaxrec.evaluation.predict import meta_predict
 
 __all__ = ["Baselines", "evaluate_experiment", "experiment_predictors", "fit_baselines"]
@@ -165,20 +164,11 @@ def evaluate_experiment(
       ``{scenario: {method: summary}}``, and with ``return_stats`` also ``{scenario: {method: per-user
       statistics}}``.
     """
-    config = experiment.config
     methods = experiment_predictors(experiment, params, method_name=method_name)
     results, all_stats = {}, {}
     for scenario, tasks in experiment.scenario_tasks.items():
-        results[scenario], all_stats[scenario] = evaluate_methods(
-            methods,
-            tasks,
-            reference=method_name,
-            ks=config.evaluation.ks,
-            batch_size=config.evaluation.eval_batch_size,
-            mesh=experiment.mesh,
-            resamples=config.evaluation.bootstrap,
-            seed=config.seed,
-            return_stats=True,
+        results[scenario], all_stats[scenario] = experiment.compare(
+            methods, tasks, reference=method_name, return_stats=True
         )
         logger.info(
             "%s: %s",

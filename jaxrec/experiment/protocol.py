@@ -23,6 +23,7 @@ Protocol (after MeLU, Lee et al. KDD 2019):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Iterator, Mapping
@@ -50,7 +51,7 @@ from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve
 from jaxrec.experiment.methods import evaluate_experiment, experiment_predictors, fit_baselines
 from jaxrec.scale.sharding import make_mesh
 
-__all__ = ["Experiment"]
+__all__ = ["Experiment", "Learner", "meta_optimizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,83 @@ def _inner_solver(name: str):
     if name == "mixed":
         return newton(solve=MIXED_SOLVE)
     return None
+
+
+def meta_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
+    """The outer optimiser of a config: Adam(``meta_lr``) on the meta-parameters; Meta-SGD's per-parameter inner
+    rates get Adam(``rate_lr``) (default ``meta_lr``).
+
+    Args:
+      config: the (resolved) experiment config.
+
+    Returns:
+      The optax transformation.
+    """
+    meta = config.meta
+    params_opt = optax.adam(meta.meta_lr)
+    if meta.algorithm != "metasgd" or meta.rate_lr is None:
+        return params_opt
+
+    def labels(params):
+        if isinstance(params, MetaSGDParams):
+            return MetaSGDParams(
+                jax.tree.map(lambda _: "params", params.params), jax.tree.map(lambda _: "rates", params.inner_lr)
+            )
+        return jax.tree.map(lambda _: "params", params)
+
+    return optax.multi_transform({"params": params_opt, "rates": optax.adam(meta.rate_lr)}, labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """What a config makes of a feature spec, data aside: the model, its inner loop and the meta-trainer.
+
+    Attributes:
+      model: the Flax model.
+      inner: the :class:`~jaxrec.InnerLoop` (the model's default loss, the adapted set, the solver).
+      trainer: the :class:`~jaxrec.MetaTrainer` (algorithm, outer optimiser, mesh).
+    """
+
+    model: Any
+    inner: InnerLoop
+    trainer: MetaTrainer
+
+    @classmethod
+    def build(cls, config: ExperimentConfig, spec: Any, mesh: Any = None) -> Learner:
+        """The learner of a resolved config for ``spec`` (the featurizer's spec with the run's history).
+
+        Args:
+          config: the resolved config (:func:`~jaxrec.experiment.config.resolve`).
+          spec: the feature spec.
+          mesh: the device mesh of the trainer, or None.
+
+        Returns:
+          The :class:`Learner`.
+        """
+        model = models.create(config.model.name, spec, **config.model.constructor_kwargs())
+        inner = InnerLoop(
+            models.default_loss(model),
+            steps=config.meta.inner_steps,
+            order=config.meta.order,
+            solver=_inner_solver(config.meta.inner_solver),
+            adapt_filter=models.adapt_filter(config.meta.adapt, model),
+        )
+        trainer = MetaTrainer(
+            inner,
+            inner_lr=config.meta.inner_lr,
+            algorithm=config.meta.algorithm,
+            optimizer=meta_optimizer(config),
+            mesh=mesh,
+        )
+        return cls(model, inner, trainer)
+
+    def template_state(self, config: ExperimentConfig, spec: Any) -> MetaTrainState:
+        """A training state of the right structure, shapes and dtypes (random values): what a checkpoint of this
+        config restores into without the data (grouped initialisations as :func:`group_params` stacks them)."""
+        params = models.init_params(self.model, spec, jax.random.key(0))
+        if config.meta.groups > 1:
+            params = group_params(params, int(config.meta.groups), self.inner.adapt_filter)
+        return self.trainer.init(params)
 
 
 class Experiment:
@@ -157,26 +235,11 @@ class Experiment:
                 "--min-ratings and --query): lower them for a log with few ratings per user"
             )
         self.spec = self.train_tasks.spec  # the featurizer's spec with this run's ``history``
-        self.model = models.create(config.model.name, self.spec, **config.model.constructor_kwargs())
-        self.loss_fn = models.default_loss(self.model)
-        self.apply_fn = self.model.apply
-        self.adapt_filter = models.adapt_filter(config.meta.adapt, self.model)
-        self.inner_optimizer = _inner_solver(config.meta.inner_solver)
         self.mesh = self._mesh()
-        self.inner = InnerLoop(
-            self.loss_fn,
-            steps=config.meta.inner_steps,
-            order=config.meta.order,
-            solver=self.inner_optimizer,
-            adapt_filter=self.adapt_filter,
-        )
-        self.trainer = MetaTrainer(
-            self.inner,
-            inner_lr=config.meta.inner_lr,
-            algorithm=config.meta.algorithm,
-            optimizer=self._meta_optimizer(),
-            mesh=self.mesh,
-        )
+        learner = Learner.build(config, self.spec, mesh=self.mesh)
+        self.model, self.inner, self.trainer = learner.model, learner.inner, learner.trainer
+        self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
+        self.inner_optimizer = _inner_solver(config.meta.inner_solver)  # None for gradient steps
         self._baselines = None
         self._tuned_inner_lr: float | None = None
 
@@ -231,23 +294,6 @@ class Experiment:
         if self.config.protocol.history:
             return int(self.config.protocol.history)
         return 10 if self.config.model.name == "gru" else 0
-
-    def _meta_optimizer(self) -> optax.GradientTransformation:
-        """Adam(``meta_lr``) on the meta-parameters; Meta-SGD's per-parameter inner rates get Adam(``rate_lr``)
-        (default ``meta_lr``)."""
-        params_opt = optax.adam(self.config.meta.meta_lr)
-        if self.config.meta.algorithm != "metasgd" or self.config.meta.rate_lr is None:
-            return params_opt
-
-        def labels(params):
-            if isinstance(params, MetaSGDParams):
-                return MetaSGDParams(
-                    jax.tree.map(lambda _: "params", params.params), jax.tree.map(lambda _: "rates", params.inner_lr)
-                )
-            return jax.tree.map(lambda _: "params", params)
-
-        rates_opt = optax.adam(self.config.meta.rate_lr)
-        return optax.multi_transform({"params": params_opt, "rates": rates_opt}, labels)
 
     def _mesh(self):
         devices = self.config.devices
@@ -596,10 +642,27 @@ class Experiment:
         methods = experiment_predictors(self, params)
         if not baselines:
             methods = {"maml": methods["maml"]}
+        return self.compare(methods, self.val_item_tasks if items else self.val_tasks, return_stats=return_stats)
+
+    def compare(
+        self, methods: Mapping[str, tuple], tasks: TaskSet, *, reference: str = "maml", return_stats: bool = False
+    ) -> dict | tuple:
+        """Score methods on the same tasks with this run's evaluation settings (:func:`evaluate_methods`).
+
+        Args:
+          methods: ``{name: (predict, state)}``.
+          tasks: the tasks.
+          reference: the method the others are paired with.
+          return_stats: also return the per-user statistics.
+
+        Returns:
+          ``{method: summary}`` (and ``{method: per-user statistics}`` with ``return_stats``).
+        """
         c = self.config
         return evaluate_methods(
             methods,
-            self.val_item_tasks if items else self.val_tasks,
+            tasks,
+            reference=reference,
             ks=c.evaluation.ks,
             batch_size=c.evaluation.eval_batch_size,
             mesh=self.mesh,

@@ -138,7 +138,8 @@ class Recommender:
     calls take milliseconds.
 
     Args:
-      experiment: the :class:`~jaxrec.experiment.protocol.Experiment` of the model.
+      experiment: the model's :class:`~jaxrec.experiment.trained.TrainedModel` (or its :class:`~jaxrec.Experiment`):
+        anything with ``featurizer``, ``inner``, ``inner_lr``, ``loss_fn`` and ``apply_fn``.
       params: the meta-learned parameters.
 
     Attributes:

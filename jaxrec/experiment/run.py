@@ -22,16 +22,25 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxrec.core.errors import JaxrecError
 from jaxrec.core.trainer import NonFiniteError, run_steps
 from jaxrec.data import DataError
-from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder, read_metadata
+from jaxrec.experiment.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    checkpoint_folder,
+    read_metadata,
+    verify,
+)
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.protocol import Experiment
+from jaxrec.experiment.trained import ITEMS_FILE, read_items, write_items
 
 __all__ = [
     "RESUME_OVERRIDABLE",
     "RUN_FILES",
     "RunError",
+    "Interrupted",
     "StopRequest",
     "TrainingRun",
     "atomic_write_text",
@@ -45,11 +54,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class RunError(ValueError):
+class RunError(JaxrecError, ValueError):
     """A run cannot start or continue as asked: a flag, an output folder or a saved record is not usable."""
 
 
-RESUME_OVERRIDABLE = ("epochs", "baselines", "bootstrap", "devices", "eval_batch_size")
+RESUME_OVERRIDABLE = ("epochs", "baselines", "bootstrap", "devices", "eval_batch_size", "data", "data_dir")
 
 
 def make_config(base: ExperimentConfig | Mapping | None, overrides: Mapping[str, Any]) -> ExperimentConfig:
@@ -106,23 +115,50 @@ def build_experiment(config):
         raise RunError(f"cannot set up the experiment: {e}") from e
 
 
+def os_reason(error: OSError) -> str:
+    """An OS error in words: ``"no space left on device"``, ``"permission denied"``, ... (its ``strerror``)."""
+    return (error.strerror or str(error) or type(error).__name__).lower()
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a text file atomically: a synced temporary file beside it, moved into place with ``os.replace``.
 
     Args:
       path: the file.
       text: its content.
+
+    Raises:
+      RunError: if the OS refuses (no space left, permission denied, ...), naming the file; no partial file is
+        left in its place.
     """
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RunError(f"{os_reason(e)} while writing {path}") from e
+
+
+class Interrupted(BaseException):  # noqa: N818 - a signal, not an error: a BaseException like KeyboardInterrupt
+    """A SIGINT or SIGTERM that stops what the process is doing (not caught by ``except Exception``).
+
+    Attributes:
+      signum: the signal's number.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = int(signum)
 
 
 class StopRequest:
-    """Turns SIGINT / SIGTERM into a flag checked between meta-steps (a second signal aborts at once).
+    """Turns SIGINT / SIGTERM into a flag checked between meta-steps; a second signal aborts at once: it goes to the
+    handler installed before (the ``jaxrec`` command's exits at once), or raises :class:`Interrupted`.
 
     A context manager: the handlers are installed on entry (in the main thread only) and the previous ones
     restored on exit.
@@ -136,9 +172,11 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:  # second signal: give up on the clean exit
-            signal.signal(signum, signal.SIG_DFL)
-            raise KeyboardInterrupt
+        if self.signum is not None:  # second signal: give up on the clean exit, as the caller's handler would
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, frame)
+            raise Interrupted(signum)
         self.signum = signum
         logger.info("received signal %d: stopping after this meta-step", signum)
 
@@ -177,9 +215,13 @@ class TrainingRun:
     def __init__(self, experiment, out: str | os.PathLike, *, keep: int = 3, nonfinite: str = "skip"):
         self.exp = experiment
         self.out = Path(out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.store = CheckpointStore(self.out / "checkpoints", max_to_keep=keep)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.store = CheckpointStore(self.out / "checkpoints", max_to_keep=keep)
+        except OSError as e:
+            raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
         self.nonfinite = nonfinite
+        self.items: dict | None = None  # the catalogue's record, written by start()
         self.epoch_stats = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -199,6 +241,12 @@ class TrainingRun:
           CheckpointError: on resume, if there is no usable checkpoint or the data does not match it.
         """
         template = self.exp.init_state()
+        if not resume or not (self.out / ITEMS_FILE).is_file():
+            self.items = write_items(self.out, self.exp.dataset)  # the catalogue the folder stands alone with
+        else:
+            record = self.store.read_meta().get("items")
+            read_items(self.out, record)  # the catalogue of the run being continued, unchanged since
+            self.items = record
         if not resume:
             return template
         checkpoint = self.store.restore(template)
@@ -222,6 +270,8 @@ class TrainingRun:
             "dataset": self.exp.dataset.name,
             "config": self.exp.config.to_dict(),
             "featurizer": self.exp.featurizer.to_dict(),
+            "tuned": self.exp.tuned,
+            "items": self.items,
             "skipped": int(state.skipped),
             "steps_per_epoch": per_epoch,
             "data_position": {
@@ -231,7 +281,10 @@ class TrainingRun:
                 "epoch_stats": dict(self.epoch_stats),
             },
         }
-        return self.store.save(state, meta)
+        try:
+            return self.store.save(state, meta)
+        except OSError as e:
+            raise RunError(f"{os_reason(e)} while saving step {step} to {self.store.folder}") from e
 
     # -- epoch log -------------------------------------------------------------------------------------------
     @property
@@ -264,10 +317,13 @@ class TrainingRun:
             "skipped_in_epoch": s["skipped"],
             "seconds": round(seconds, 3),
         }
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise RunError(f"{os_reason(e)} while writing the epoch log {self.log_path}") from e
         self.epoch_stats = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
         return record
 
@@ -364,15 +420,20 @@ def _check_same_data(meta: dict, experiment, folder: Path) -> None:
     saved = meta.get("featurizer")
     if saved is None:
         raise CheckpointError(f"{folder}: the checkpoint has no featurizer record (not written by `jaxrec train`?)")
-    if _jsonable(experiment.featurizer.to_dict()) != saved:
+
+    def encoding(record: dict) -> dict:  # what the ids mean; the dataset's name (a file's stem) is not part of it
+        return {k: v for k, v in record.items() if k != "dataset"}
+
+    if encoding(_jsonable(experiment.featurizer.to_dict())) != encoding(saved):
+        data = meta.get("config", {}).get("data") or {}
+        source = data.get("path") or data.get("dataset") or meta.get("dataset")
         raise CheckpointError(
             f"{folder}: the data no longer matches the checkpoint (users, items or their features changed since "
-            f"it was written from {meta.get('config', {}).get('data') or meta.get('dataset')!r}); "
-            "train again on the current data"
+            f"it was written from {source!r}); train again on the current data"
         )
 
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json")  # what a run writes in its folder
+RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json", ITEMS_FILE)  # what a run writes in its folder
 
 
 def check_fresh_out(out: Path, overwrite: bool = False) -> None:
@@ -444,7 +505,19 @@ def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
             f"cannot change {flags} on --resume (the run would not be the same); only "
             f"{', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change"
         )
-    return make_config(ran, {k: v for k, v in overrides.items() if k in RESUME_OVERRIDABLE})
+    _require_named_data(out, saved, overrides, "continuing")
+    return make_config(ran, {"data_dir": None, **{k: v for k, v in overrides.items() if k in RESUME_OVERRIDABLE}})
+
+
+def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any], doing: str = "evaluating") -> None:
+    """A path written in a record is never opened: data read from a file must be named on the command line (a
+    dataset's folder is ``--data-dir`` or the default data root, never a recorded one)."""
+    path = (saved.get("data") or {}).get("path")
+    if path is not None and overrides.get("data") is None:
+        raise RunError(
+            f"{folder}: this run was trained on the file {path}; {doing} it reads that data again, so name it: "
+            f"pass --data FILE (checked against the checkpoint: it must encode as the training data did)"
+        )
 
 
 def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dict | None = None):
@@ -464,13 +537,16 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
       DataError: if the data cannot be read.
     """
     folder = checkpoint_folder(path)
+    overrides = dict(overrides or {})
     with CheckpointStore(folder, create=False) as store:
         meta = store.read_meta(step)
+        verify(folder, meta["step"])  # a damaged checkpoint is named before any data is read
         saved = meta.get("config")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{folder}: the checkpoint has no config record")
+        _require_named_data(folder, saved, overrides)
         try:
-            config = make_config(saved, overrides or {})
+            config = make_config(saved, {"data_dir": None, **overrides})
         except RunError as e:
             raise CheckpointError(f"{folder}: incompatible checkpoint: {e}") from e
         experiment = build_experiment(config)

@@ -1,0 +1,178 @@
+"""A trained model as its run folder holds it: everything ``jaxrec recommend`` (or a service) needs, without the
+training data.
+
+A run folder (``jaxrec train --out DIR``) holds the checkpoints, whose record has the config, the featurizer
+(vocabularies, raw item ids, the rating scale) and the tuned inner rate, and ``DIR/items.csv.gz``: every item's raw id
+and title, its SHA-256 in the record. :func:`load_trained` rebuilds the model from the record alone (no data is read,
+and no path written in a record is opened: the items file has a fixed name inside the folder), so the folder works
+from any directory and after the training data is gone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from jaxrec.core.inner import InnerLoop
+from jaxrec.data import DataError, Dataset, Featurizer
+from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
+from jaxrec.experiment.config import ExperimentConfig
+from jaxrec.experiment.protocol import Learner
+
+__all__ = ["ITEMS_FILE", "TrainedModel", "load_trained", "read_items", "write_items"]
+
+ITEMS_FILE = "items.csv.gz"
+
+
+def _items_table(dataset: Dataset) -> pd.DataFrame:
+    columns = ["raw_id"] + [c for c in ("title",) if c in dataset.items]
+    return dataset.items[columns].reset_index(drop=True)
+
+
+def write_items(run_folder: str | os.PathLike, dataset: Dataset) -> dict:
+    """Write the catalogue of a run (raw item id and title, in item-code order) into its folder.
+
+    The file is gzip-compressed CSV written byte-for-byte reproducibly (no time stamp in the gzip header), so that
+    its checksum is a function of the data.
+
+    Args:
+      run_folder: the run folder.
+      dataset: the run's dataset.
+
+    Returns:
+      The record to keep in the checkpoint: ``{"sha256": ..., "items": count}``.
+    """
+    text = _items_table(dataset).to_csv(index=False)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as out:
+        out.write(text.encode("utf-8"))
+    payload = buffer.getvalue()
+    path = Path(run_folder) / ITEMS_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+    return {"sha256": hashlib.sha256(payload).hexdigest(), "items": len(dataset.items)}
+
+
+def read_items(run_folder: str | os.PathLike, record: dict | None) -> pd.DataFrame:
+    """The catalogue of a run folder, checked against the record written with it.
+
+    Args:
+      run_folder: the run folder.
+      record: the ``"items"`` record of the checkpoint.
+
+    Returns:
+      The table (``raw_id`` and, where the data had titles, ``title``), one row per item code.
+
+    Raises:
+      CheckpointError: if the record or the file is missing, or the file changed since training.
+    """
+    path = Path(run_folder) / ITEMS_FILE
+    if not isinstance(record, dict) or "sha256" not in record:
+        raise CheckpointError(f"{run_folder}: the checkpoint records no item catalogue ({ITEMS_FILE})")
+    if not path.is_file():
+        raise CheckpointError(f"{run_folder}: the run's item catalogue {path} is missing")
+    payload = path.read_bytes()
+    if hashlib.sha256(payload).hexdigest() != record["sha256"]:
+        raise CheckpointError(f"{run_folder}: the item catalogue {path} has changed since training")
+    return pd.read_csv(io.BytesIO(payload), compression="gzip", dtype={"raw_id": str}, keep_default_na=False)
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A meta-learned model restored from its run folder.
+
+    Attributes:
+      config: the run's (resolved) config.
+      featurizer: the run's featurizer (vocabularies fitted on the meta-train ratings).
+      spec: the model's feature spec.
+      model: the Flax model.
+      inner: the run's :class:`~jaxrec.InnerLoop`.
+      inner_lr: the run's inner rate (tuned on validation users where it was).
+      params: the meta-learned parameters (a :class:`~jaxrec.MetaSGDParams` for Meta-SGD).
+      items: the catalogue, one row per item code (``raw_id``, ``title`` where known).
+      step: the checkpoint's step.
+      folder: the checkpoint folder.
+    """
+
+    config: ExperimentConfig
+    featurizer: Featurizer
+    spec: Any
+    model: Any
+    inner: InnerLoop
+    inner_lr: float
+    params: Any
+    items: pd.DataFrame
+    step: int
+    folder: Path
+
+    @property
+    def apply_fn(self):
+        """The model's ``apply``."""
+        return self.model.apply
+
+    @property
+    def loss_fn(self):
+        """The inner loop's loss."""
+        return self.inner.loss_fn
+
+    @property
+    def item_ids(self) -> np.ndarray:
+        """Raw item ids, by item code."""
+        return np.asarray(self.featurizer.item_raw_ids)
+
+    @property
+    def titles(self) -> np.ndarray | None:
+        """Titles by item code, or None when the data had none."""
+        return self.items["title"].astype(str).to_numpy() if "title" in self.items else None
+
+
+def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedModel:
+    """Restore a trained model from a run folder, without the training data.
+
+    Args:
+      path: the run folder (or its checkpoint folder).
+      step: the checkpoint step (default: the newest complete one).
+
+    Returns:
+      The :class:`TrainedModel`.
+
+    Raises:
+      CheckpointError: if the checkpoint or the catalogue is missing, corrupt or of another format.
+    """
+    folder = checkpoint_folder(path)
+    with CheckpointStore(folder, create=False) as store:
+        meta = store.read_meta(step)
+        try:
+            config = ExperimentConfig.from_dict(meta.get("config"))
+            featurizer = Featurizer.from_dict(meta["featurizer"])
+        except (KeyError, TypeError, ValueError, DataError) as e:
+            raise CheckpointError(f"{folder}: the checkpoint's record cannot be read: {e}") from e
+        history = config.protocol.history or (10 if config.model.name == "gru" else 0)
+        spec = featurizer.spec
+        if spec.history != history:
+            spec = dataclasses.replace(spec, history=history)
+        learner = Learner.build(config, spec)
+        checkpoint = store.restore(learner.template_state(config, spec), meta["step"])
+    inner_lr = float((meta.get("tuned") or {}).get("inner_lr", config.meta.inner_lr))
+    items = read_items(folder.parent, meta.get("items"))
+    return TrainedModel(
+        config=config,
+        featurizer=featurizer,
+        spec=spec,
+        model=learner.model,
+        inner=learner.inner,
+        inner_lr=inner_lr,
+        params=checkpoint.state.params,
+        items=items,
+        step=checkpoint.step,
+        folder=folder,
+    )
