@@ -141,3 +141,10 @@ def test_a_non_finite_rating_is_shown_as_written(tmp_path):
 
     with pytest.raises(jd.DataError, match=r"line 3 is not a finite number: inf \("):
         jd.from_csv(write(tmp_path / "r.csv", "user,item,rating\n1,2,3\n1,3,inf\n"))
+
+
+def test_rows_with_another_separator_than_the_header_are_named_as_such(tmp_path, capsys):
+    data = write(tmp_path / "mixed.csv", "user,item,rating\n1\t2\t3\n1\t3\t4\n")
+    assert cli.main(["train", "--data", str(data), "--sep", ",", "--out", str(tmp_path / "run")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "mixed.csv: line 2" in line and "separated by '\\t'" in line and "missing" not in line

@@ -499,7 +499,28 @@ def read_table(
             frame.columns = list(names)
     if len(frame) == 0:
         raise DataError(f"{path}: file has a header but no rows")
+    _check_rows_split(frame, path, sep, header)
     return frame
+
+
+def _check_rows_split(frame: pd.DataFrame, path: Path, sep: str, header: bool) -> None:
+    """Rows whose every field landed in the first column, under a wider first line, were written with another
+    separator (tab-separated rows under a comma header): say so, rather than report the empty fields."""
+    first_type = frame.dtypes.iloc[0] if frame.shape[1] else None
+    if frame.shape[1] < 2 or not (pd.api.types.is_string_dtype(first_type) or pd.api.types.is_object_dtype(first_type)):
+        return
+    rest_empty = frame.iloc[:, 1:].isna().all(axis=1).to_numpy()
+    if not rest_empty.any():
+        return
+    first = int(np.flatnonzero(rest_empty)[0])
+    field = str(frame.iloc[first, 0])
+    other = next((c for c in ("\t", ";", "|", "::", ",") if c != sep and c in field), None)
+    if other is not None:
+        line = first + (2 if header else 1)
+        raise DataError(
+            f"{path}: line {line} ({field[:60]!r}) is one field with separator {sep!r} but the first line has "
+            f"{frame.shape[1]}: its fields look separated by {other!r}; pass that separator (--sep)"
+        )
 
 
 def from_csv(
