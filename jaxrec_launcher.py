@@ -5,13 +5,20 @@ and the status ``128 + signal``, instead of a traceback (or nothing, when the in
 callback that swallows it). The command then installs its own handlers (:func:`jaxrec.cli.main`).
 """
 
+import contextlib
 import os
 import signal
 import sys
 
 
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe, or a signal inside a print: leave all the same
+            stream.flush()
+
+
 def _exit_at_once(signum, frame):
-    sys.stdout.flush()
+    _flush()
     os.write(2, f"jaxrec: interrupted by {signal.Signals(signum).name}\n".encode())
     os._exit(128 + signum)
 
@@ -22,10 +29,9 @@ def main() -> int:
         signal.signal(sig, _exit_at_once)
     from jaxrec.cli import main as command
 
-    code = command()
+    code = command(own_process=True)
     if code >= 128:  # stopped by a signal, its checkpoint saved: leave without a teardown that XLA's threads can crash
-        sys.stdout.flush()
-        sys.stderr.flush()
+        _flush()
         os._exit(code)
     return code
 

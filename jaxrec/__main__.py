@@ -1,5 +1,5 @@
-"""``python -m jaxrec``: the ``jaxrec`` command."""
+"""``python -m jaxrec``: the ``jaxrec`` command (through its launcher, so that signals are handled as there)."""
 
-from jaxrec.cli import main
+from jaxrec_launcher import main
 
 raise SystemExit(main())

@@ -2,14 +2,16 @@
 
 Only this module prints; the library logs. Every expected failure (bad data, bad checkpoint, bad flags, a
 non-finite step under ``--nonfinite raise``) ends with one ``jaxrec: error: ...`` line on stderr and exit status 1;
-``--debug`` (or ``JAXREC_DEBUG=1``) shows the traceback instead. SIGINT / SIGTERM during ``jaxrec train`` finish
-the current meta-step, save a checkpoint and exit with status 130 / 143; ``--resume`` goes on from there.
+``--debug`` (or ``JAXREC_DEBUG=1``) shows the traceback instead. SIGINT / SIGTERM in the training loop finish
+the current meta-step, save a checkpoint and exit with status 130 / 143 (``--resume`` goes on from there); anywhere
+else they stop the command at once with the same status and one line.
 
 Run folder written by ``jaxrec train --out DIR``::
 
-    DIR/checkpoints/<step>/   orbax checkpoints (the newest few), see :mod:`jaxrec.experiment.checkpoint`
+    DIR/checkpoints/<step>/   orbax checkpoints (the newest few, each with a manifest of its files' SHA-256)
+    DIR/items.csv.gz          the catalogue (raw item ids, titles), checksummed in the checkpoints' record
     DIR/metrics.jsonl         one JSON line per finished epoch (loss, grad_norm, skipped, ...)
-    DIR/metrics.json          the evaluation document {"dataset", "config", "scenarios"}
+    DIR/metrics.json          the evaluation document {"dataset", "config", "tuned", "scenarios"}
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ TABLE_METRICS = ("mae", "rmse", "ndcg@3", "auc", "hr@10")
 
 
 #: a user-facing error of the command line (bad flag combination, unreadable ratings file, ...): the run engine's
+#: error type, under the name the command's callers know
 CLIError = RunError
 
 
@@ -102,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on every cold-start scenario")
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
     ev.add_argument("--step", type=int, help="which checkpoint step (default: the newest complete one)")
-    add_flags(ev, names=("data", "dataset", "data_dir", "columns", "sep", "baselines", "bootstrap", "eval_batch_size"))
+    evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "baselines", "bootstrap", "eval_batch_size")
+    add_flags(ev, names=(*evaluation_flags, "devices"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
 
     r = sub.add_parser("recommend", help="adapt to a new user's few ratings and print the top-k items")
@@ -162,6 +166,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args)
     if args.resume and args.overwrite:
         raise CLIError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
+    if args.resume and args.config:
+        raise CLIError("--config describes a new run; --resume continues the recorded one: pass one of them")
+    for flag, value, low in (
+        ("--steps", args.steps, 0),
+        ("--keep", args.keep, 1),
+        ("--save-every", args.save_every, 0),
+    ):
+        if value is not None and value < low:
+            raise CLIError(f"{flag} must be >= {low}, got {value}")
     if args.resume:
         if not (out / "checkpoints").is_dir():
             raise CLIError(f"--resume: {out} holds no checkpoints to resume from")
@@ -378,23 +391,26 @@ def _host_devices(devices) -> None:
             logger.debug("--devices %d: host CPU device count unchanged (%s)", n, err)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
     """Run the ``jaxrec`` command.
 
     Args:
       argv: the arguments (default: ``sys.argv[1:]``).
+      own_process: the command owns its process (the ``jaxrec`` launcher): a signal then ends it at once from the
+        handler, which cannot be lost (an exception raised by a handler that runs inside a garbage-collection
+        callback is swallowed). Called inside another program (a test, a notebook), a signal raises
+        :class:`~jaxrec.experiment.run.Interrupted` and the command returns ``128 + signal`` instead.
 
     Returns:
       The exit status: 0 ok, 1 error, 2 usage, 128 + signal number when interrupted.
     """
-    # from here to the return a signal ends the process at once with one line (there is nothing to save), except in
+    # from here to the return a signal stops the command at once with one line (there is nothing to save), except in
     # the training loop, which defers the first to the end of its meta-step and saves; the caller's handlers come
-    # back at the end. Exiting from the handler itself is what cannot be lost: an exception raised by a handler
-    # that runs inside a garbage-collection or weakref callback is swallowed.
+    # back at the end
     previous = {}
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(ValueError):  # not the main thread: signals stay the caller's business
-            previous[sig] = signal.signal(sig, exit_at_once)
+            previous[sig] = signal.signal(sig, exit_at_once if own_process else _raise_interrupted)
     try:
         return _run(argv)
     except Interrupted as e:
@@ -403,7 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + e.signum
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if handler is not None:  # None: a handler not installed from Python, which cannot be put back
+                signal.signal(sig, handler)
+
+
+def _raise_interrupted(signum: int, frame: Any) -> None:
+    """In a caller's process (a test, a notebook), a signal stops the command with :class:`Interrupted`."""
+    raise Interrupted(signum)
 
 
 def exit_at_once(signum: int, frame: Any) -> None:

@@ -101,3 +101,61 @@ def test_the_inner_loop_value_is_hashable_and_equal_by_content():
         )
         == a
     )
+
+
+def test_inner_lr_is_needed_by_every_solver_but_optax():
+    with pytest.raises(ValueError, match="inner_lr is needed"):
+        jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=None, inner_steps=1)
+    adapted = jaxrec.adapt(
+        PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=None, inner_steps=1, inner_optimizer=optax.sgd(0.1)
+    )
+    assert not np.array_equal(adapted["w"], PARAMS["w"])
+
+
+def test_a_named_adapt_filter_gives_equal_inner_loops():
+    a = jaxrec.InnerLoop(LOSS, steps=1, adapt_filter="head")
+    assert a == jaxrec.InnerLoop(LOSS, steps=1, adapt_filter="head") and callable(a.adapt_filter)
+    with pytest.raises(ValueError, match="default"):
+        jaxrec.InnerLoop(LOSS, steps=1, adapt_filter="default")
+
+
+def test_the_trainer_rate_cannot_change_once_compiled():
+    trainer = jaxrec.MetaTrainer(loss_fn=LOSS, inner_lr=0.1, inner_steps=1)
+    trainer.inner_lr = 0.2  # before the first step: fine
+    state = trainer.init(PARAMS)
+    state, _ = trainer.step(state, next(batches()))
+    with pytest.raises(ValueError, match="compiled"):
+        trainer.inner_lr = 100.0
+
+
+def test_config_fields_are_checked_when_made():
+    from jaxrec.experiment import ExperimentConfig, resolve
+
+    assert resolve(ExperimentConfig.make(model="mf")).model.kwargs == {}  # another model's kwargs are dropped
+    for bad in ({"query": 0}, {"query": 1.5}, {"query": True}, {"support_buckets": ()}, {"support_buckets": (0,)}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ExperimentConfig.make(**bad)
+    assert ExperimentConfig.make(query=0.2).protocol.query == 0.2
+    assert ExperimentConfig.make(query=10.0).protocol.query == 10
+
+
+def test_the_stream_refuses_no_tasks_and_builds_each_epoch_once():
+    from jaxrec.data import DataError
+    from jaxrec.data.stream import StepBatches
+
+    class Tasks:  # the two methods a stream reads
+        def __init__(self, n):
+            self.n = n
+
+        def batch_plan(self, size, rng):
+            return [np.arange(i, i + size) for i in range(0, self.n, size)]
+
+        def make_batch(self, index, rng):
+            return index
+
+    with pytest.raises(DataError, match="no tasks"):
+        StepBatches(lambda e: Tasks(0), batch_size=2)
+    built = []
+    batch_at = StepBatches(lambda e: built.append(e) or Tasks(4), batch_size=2, shuffle=False)
+    assert [batch_at(k)[0] for k in range(8)] == [0, 2] * 4
+    assert built == [0, 1, 2, 3]  # one build per epoch, epoch 0 not rebuilt

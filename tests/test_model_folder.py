@@ -91,3 +91,15 @@ def test_resume_needs_the_data_named_and_accepts_it_moved(trained_run, tmp_path,
     moved = shutil.copy(trained_run["data"], tmp_path / "moved.csv")  # the same ratings elsewhere
     flags = ["--epochs", "2", "--no-eval", "--no-progress"]
     assert cli.main(["train", "--out", str(out), "--resume", "--data", str(moved), *flags]) == 0
+
+
+def test_a_restored_run_uses_its_recorded_rate_without_refitting(trained_run, monkeypatch):
+    from jaxrec.experiment import Experiment, restore_run
+    from jaxrec.experiment.checkpoint import read_metadata
+
+    recorded = read_metadata(trained_run["out"])["tuned"]["inner_lr"]
+    # nothing may be fitted to restore a run: the template is the model's structure, the rate the recorded one
+    monkeypatch.setattr(Experiment, "baselines", lambda self: pytest.fail("baselines fitted to restore a run"))
+    experiment, checkpoint = restore_run(trained_run["out"], overrides={"data": str(trained_run["data"])})
+    assert experiment.inner_lr == recorded and experiment.trainer.inner_lr == recorded
+    assert checkpoint.step >= 1

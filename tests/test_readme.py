@@ -14,7 +14,7 @@ def code_blocks(language: str) -> list[str]:
 
 
 def test_meta_train_example_runs_as_written(capsys):
-    # the first python block is the complete meta_train example; later ones are fragments (multi-host launch)
+    # the first python block is the complete meta_train example
     block = code_blocks("python")[0]
     assert "jaxrec.meta_train(" in block
     exec(compile(block, "README.md", "exec"), {"__name__": "__readme__"})

@@ -37,9 +37,9 @@ import jax.numpy as jnp
 
 from jaxrec.core.batch import zero_padding
 from jaxrec.core.losses import LossFn
-from jaxrec.core.params import AdaptFilter, resolve_adapt_filter
+from jaxrec.core.params import AdaptFilter, named_filter, resolve_adapt_filter
 from jaxrec.core.remat import REMAT_POLICIES
-from jaxrec.core.solvers import InnerProblem, InnerSolver, as_solver
+from jaxrec.core.solvers import InnerProblem, InnerSolver, OptaxSteps, as_solver
 
 __all__ = ["ORDERS", "InnerLoop", "adapt", "as_inner_loop", "check_inner_lr"]
 
@@ -113,6 +113,8 @@ class InnerLoop:
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"unknown remat policy {self.remat!r}: expected one of {REMAT_POLICIES}")
         object.__setattr__(self, "solver", as_solver(self.solver))
+        if isinstance(self.adapt_filter, str):  # "all", "head" or a regex of the parameter path
+            object.__setattr__(self, "adapt_filter", named_filter(self.adapt_filter))
 
     def _key(self) -> tuple:
         return (self.loss_fn, self.steps, self.order, self.solver, _frozen(self.adapt_filter), self.aux,
@@ -218,6 +220,17 @@ def _learning_rates(inner_lr: Any, part: _Partition) -> list:
     return moving
 
 
+def _rates_for(solver: Any, inner_lr: Any, part: _Partition) -> list:
+    """One rate per adapted leaf; an optax solver needs none, every other solver needs ``inner_lr``."""
+    if inner_lr is None:
+        if isinstance(solver, OptaxSteps):
+            return []
+        raise ValueError(
+            f"inner_lr is needed by the inner solver {type(solver).__name__} (step sizes or prior variances)"
+        )
+    return [jnp.asarray(r) for r in _learning_rates(inner_lr, part)]
+
+
 def adapt(
     params: Any,
     rows: Mapping[str, jax.Array],
@@ -275,7 +288,7 @@ def adapt(
         order=inner.order,
         moving=moving0,
         fixed=fixed,
-        rates=[] if inner_lr is None else [jnp.asarray(r) for r in _learning_rates(inner_lr, part)],
+        rates=_rates_for(inner.solver, inner_lr, part),
         theta=params if aux is not None else None,
         data=(rows, mask),
         paths=tuple(p for p, a in zip(paths, part.adapted, strict=True) if a),

@@ -39,7 +39,7 @@ others, then takes a gradient step on the others at that solution; a last solve 
 output layer is always the MAP fit to the user's ratings of the hidden layers it is used with.
 
 Pass :func:`newton` as the inner loop's solver wherever it is configured (:func:`jaxrec.adapt`,
-:class:`jaxrec.MetaTrainer`, :func:`jaxrec.meta_predict`, ``ExperimentConfig(inner_solver="newton")``).
+:class:`jaxrec.MetaTrainer`, :func:`jaxrec.evaluation.meta_predict`, ``ExperimentConfig.make(inner_solver="newton")``).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ from jaxrec.core.solvers import InnerProblem
 
 __all__ = ["NewtonStep", "newton", "newton_step"]
 
-# a rate at or below this floor is a prior so tight that the parameter does not move. Meta-SGD's linear-space
-# update can push a rate through zero: the rate then stays at the floor, and gets no gradient there (that parameter
-# stops adapting; rate_space="log" keeps rates positive). The gradient does not pass through the floor
-# (straight-through): that would give d precision / d alpha = -1 / floor^2, and NaN meta-steps (on ml-100k).
+# a rate at or below this floor is a prior so tight that the parameter does not move. Meta-SGD's update can push a
+# rate through zero: the rate then stays at the floor, and gets no gradient there (that parameter stops adapting).
+# The gradient does not pass through the floor (straight-through): that would give d precision / d alpha =
+# -1 / floor^2, and NaN meta-steps (on ml-100k).
 _MIN_RATE = 1e-8
 
 

@@ -12,6 +12,7 @@ loop starts each task from what it returns. :class:`jaxrec.contrib.grouping.Grou
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "resolve_adapt_filter",
     "task_initialisation",
     "has_task_initialisation",
+    "named_filter",
 ]
 
 # an adapt filter: None (every leaf), a predicate (path, leaf) -> bool, or a bool pytree with the params' structure
@@ -56,6 +58,27 @@ def path_names(path) -> tuple[str, ...]:
         else:
             names.append(str(entry))
     return tuple(names)
+
+
+@functools.lru_cache(maxsize=256)
+def named_filter(spec: str) -> AdaptFilter:
+    """The predicate of a named adapt filter (``"all"``, ``"head"`` or a regex), one object per name, so that inner
+    loops built from the same name are equal (and share compiled functions).
+
+    Args:
+      spec: the name or regex (not ``"default"``, which needs a model: use :func:`adapt_filter`).
+
+    Returns:
+      The predicate ``(path, leaf) -> bool``.
+
+    Raises:
+      ValueError: for ``"default"``.
+    """
+    if spec == "default":
+        raise ValueError(
+            "adapt_filter='default' needs the model whose default to use: jaxrec.adapt_filter(spec, model)"
+        )
+    return adapt_filter(spec)
 
 
 def adapt_filter(spec: str | AdaptFilter | None, model: Any = None) -> AdaptFilter:

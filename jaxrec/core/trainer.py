@@ -165,7 +165,7 @@ class MetaTrainer:
             raise ValueError("algorithm='metasgd' needs inner_lr, the starting value of the per-parameter rates")
         if task_chunk is not None and (isinstance(task_chunk, bool) or int(task_chunk) <= 0):
             raise ValueError(f"task_chunk must be a positive number of tasks, got {task_chunk!r}")
-        self.inner_lr = inner_lr
+        self._inner_lr = inner_lr
         self.algorithm = algorithm
         self.optimizer = optax.adam(1e-3) if optimizer is None else optimizer
         self.task_chunk = task_chunk
@@ -181,6 +181,22 @@ class MetaTrainer:
             self.sparse_tables = {tuple(path): key for path, key in self.sparse_tables.items()}
         self.traces = 0  # how many times the meta-step was traced (= compiled): once per batch shape
         self._step = jax.jit(self._meta_step, donate_argnums=(0,))
+
+    @property
+    def inner_lr(self) -> Any:
+        """The inner rate (Meta-SGD: the starting rates). It is a constant of the compiled step, so it may change
+        only before the first step is compiled."""
+        return self._inner_lr
+
+    @inner_lr.setter
+    def inner_lr(self, value: Any) -> None:
+        same = value is self._inner_lr or (isinstance(value, float | int) and value == self._inner_lr)
+        if self.traces and not same:
+            raise ValueError(
+                "MetaTrainer.inner_lr is compiled into the meta-step, which already ran: make a new MetaTrainer"
+            )
+        check_inner_lr(value)
+        self._inner_lr = value
 
     # -- state -------------------------------------------------------------------------------------------
     def init(self, params: Any) -> MetaTrainState:

@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from jaxrec.core.batch import TaskBatch
+from jaxrec.data.dataset import DataError
 
 __all__ = ["StepBatches", "stream"]
 
@@ -55,33 +56,42 @@ class StepBatches:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         self._lock = threading.Lock()  # Grain calls from several threads; an epoch's plan is built once
         self._epochs: dict[int, tuple[Any, list]] = {}
+        self._per_epoch = len(self._epoch(0)[1])
+        if self._per_epoch == 0:
+            raise DataError("no tasks to batch: the stream's epoch 0 has none")
 
     def _epoch(self, epoch: int) -> tuple[Any, list]:
         with self._lock:
             if epoch not in self._epochs:
                 tasks = self.tasks_of_epoch(epoch)
                 rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
-                self._epochs[epoch] = (tasks, tasks.batch_plan(self.batch_size, rng))
+                plan = tasks.batch_plan(self.batch_size, rng)
+                if epoch and len(plan) != self._per_epoch:
+                    raise DataError(f"epoch {epoch} has {len(plan)} batches, epoch 0 had {self._per_epoch}")
+                self._epochs[epoch] = (tasks, plan)
                 for old in [e for e in self._epochs if e < epoch - 1]:  # keep the epochs prefetching may still read
                     del self._epochs[old]
             return self._epochs[epoch]
 
     @property
     def per_epoch(self) -> int:
-        """Batches per epoch."""
-        return len(self._epoch(0)[1])
-
-    def __call__(self, step: int) -> TaskBatch:
-        """Build batch ``step`` of the stream.
-
-        Args:
-          step: the global step ``k``, read as epoch and position ``(e, i) = divmod(k, per_epoch)``.
+        """The number of batches per epoch (the same in every epoch).
 
         Returns:
-          A numpy :class:`~jaxrec.TaskBatch`, negatives sampled with ``default_rng([seed, e, i])`` and
-          ``transform`` applied with ``default_rng([seed, e, i, 1])``.
+          The count.
         """
-        epoch, index = divmod(int(step), self.per_epoch)
+        return self._per_epoch
+
+    def __call__(self, step: int) -> TaskBatch:
+        """Build the batch of a step.
+
+        Args:
+          step: the global step.
+
+        Returns:
+          The numpy batch.
+        """
+        epoch, index = divmod(int(step), self._per_epoch)
         tasks, plan = self._epoch(epoch)
         batch = tasks.make_batch(plan[index], np.random.default_rng([self.seed, epoch, index]))
         if self.transform is not None:

@@ -154,7 +154,18 @@ class CheckpointStore:
         steps = self.steps()
         return steps[-1] if steps else None
 
-    def _resolve(self, step: int | None) -> int:
+    def resolve(self, step: int | None) -> int:
+        """The complete step meant by ``step`` (None: the newest).
+
+        Args:
+          step: a step, or None.
+
+        Returns:
+          The step.
+
+        Raises:
+          CheckpointError: if there is no complete checkpoint, or not that step.
+        """
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"{self.folder}: no complete checkpoint in this folder")
@@ -212,7 +223,7 @@ class CheckpointStore:
             format (one written by jaxrec 0.1 included).
         """
         ocp = _ocp()
-        step = self._resolve(step)
+        step = self.resolve(step)
         try:
             restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = dict(restored["meta"])
@@ -247,7 +258,7 @@ class CheckpointStore:
             not match ``template``.
         """
         ocp = _ocp()
-        step = self._resolve(step)
+        step = self.resolve(step)
         verify(self.folder, step)  # a damaged file is named here, before orbax reads it
         meta = self.read_meta(step)
         if template is None:
@@ -320,6 +331,8 @@ def verify(folder: str | os.PathLike, step: int) -> None:
       CheckpointError: naming the step and the first file that is missing, of another size or changed.
     """
     step_folder = Path(folder) / str(step)
+    if not step_folder.is_dir():
+        raise CheckpointError(f"{folder}: step {step} is gone (removed by a newer run's clean-up?)")
     path = step_folder / MANIFEST
     if not path.is_file():
         return
@@ -327,8 +340,14 @@ def verify(folder: str | os.PathLike, step: int) -> None:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: step {step} is corrupt: its manifest {path} is unreadable ({e})") from e
-    for name, (size, digest) in sorted(manifest.items()):
+    try:
+        entries = sorted((str(name), int(size), str(digest)) for name, (size, digest) in manifest.items())
+    except (AttributeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{folder}: step {step} is corrupt: its manifest {path} is malformed ({e})") from e
+    for name, size, digest in entries:
         file = step_folder / name
+        if step_folder.resolve() not in file.resolve().parents:
+            raise CheckpointError(f"{folder}: step {step} is corrupt: its manifest names {name!r}, outside the step")
         if not file.is_file():
             raise CheckpointError(f"{folder}: step {step} is corrupt: {file} is missing")
         actual = file.stat().st_size

@@ -221,10 +221,14 @@ class ProtocolConfig:
     scheme: str = _field("melu", "cold-start split scheme")
     split: str = _field("melu", "support/query split of a user's ratings")
     support: int | None = _field(None, "support ratings per user task (default: the rest)", parse=_none_or(_int))
-    query: int | float | None = _field(10, "query ratings per user task", parse=_none_or(_float))
+    query: int | float | None = _field(
+        10, "query ratings per user task (a count, or a fraction in (0, 1))", parse=_none_or(_float)
+    )
     min_ratings: int | None = _field(13, "users with fewer ratings are not tasks", parse=_none_or(_int))
     max_ratings: int | None = _field(100, "users with more ratings are not evaluation tasks", parse=_none_or(_int))
-    support_buckets: tuple | None = _field((96,), "padded support lengths (shape buckets)", parse=_list_of(_int))
+    support_buckets: tuple | None = _field(
+        (96,), "padded support lengths (shape buckets), or none", parse=_none_or(_list_of(_int))
+    )
     history: int = _field(0, "history items per row (0: none; gru: 10)", parse=_int)
     val_frac: float = _field(0.1, "fraction of meta-train users held out for validation", parse=_float)
     val_item_frac: float = _field(0.0, "newest fraction of meta-train items held out for validation", parse=_float)
@@ -233,6 +237,17 @@ class ProtocolConfig:
         object.__setattr__(self, "support_buckets", _tuple(self.support_buckets))
         if isinstance(self.query, float) and self.query.is_integer() and self.query >= 1:
             object.__setattr__(self, "query", int(self.query))
+        q = self.query
+        ok = (
+            q is None
+            or (isinstance(q, int) and not isinstance(q, bool) and q >= 1)
+            or (isinstance(q, float) and 0.0 < q < 1.0)
+        )
+        _check(ok, "query", f"must be a count >= 1 or a fraction in (0, 1), got {q!r}")
+        buckets = self.support_buckets
+        if buckets is not None:
+            good = len(buckets) > 0 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets)
+            _check(good, "support_buckets", f"must be positive lengths (or None), got {buckets!r}")
         for name in ("min_ratings", "max_ratings", "support"):
             if getattr(self, name) is not None:
                 _positive_int(getattr(self, name), name)
@@ -502,6 +517,8 @@ class ExperimentConfig:
         Raises:
           ValueError: if a name is not a config field or a value is not valid.
         """
+        if "model" in fields and fields["model"] != self.model.name and "model_kwargs" not in fields:
+            fields = {**fields, "model_kwargs": {}}  # the kwargs of one model family mean nothing to another
         unknown = sorted(set(fields) - set(FIELDS) - set(TOP_LEVEL))
         if unknown:
             raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(FIELDS) + list(TOP_LEVEL)}")

@@ -485,6 +485,18 @@ class Experiment:
             self.trainer.inner_lr = lr
         return self._tuned_inner_lr
 
+    def use_tuned(self, tuned: Mapping[str, Any] | None) -> None:
+        """Take the values a run recorded as tuned (``{"inner_lr": ...}``, e.g. from its checkpoint) instead of tuning
+        them again: a resumed or restored run uses exactly what it trained with."""
+        if tuned and tuned.get("inner_lr") is not None:
+            self._tuned_inner_lr = float(tuned["inner_lr"])
+            self.trainer.inner_lr = self._tuned_inner_lr
+
+    def template_state(self) -> MetaTrainState:
+        """A training state of this run's structure (random values, nothing fitted): what a checkpoint restores
+        into."""
+        return Learner(self.model, self.inner, self.trainer).template_state(self.config, self.spec)
+
     @property
     def inner_lr(self) -> float:
         """The inner rate of this run: ``config.meta.inner_lr``, or the rate tuned on validation users."""

@@ -85,8 +85,6 @@ def make_config(base: ExperimentConfig | Mapping | None, overrides: Mapping[str,
         else:
             config = ExperimentConfig.from_dict(base)
         overrides = dict(overrides)
-        if "model" in overrides and overrides["model"] != config.model.name and "model_kwargs" not in overrides:
-            overrides["model_kwargs"] = {}
         if overrides.get("data") is not None and "dataset" not in overrides:
             overrides["dataset"] = None
         return config.override(**overrides)
@@ -188,7 +186,8 @@ class StopRequest:
 
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
+            if previous is not None:  # None: a handler not installed from Python, which cannot be put back
+                signal.signal(sig, previous)
 
 
 class TrainingRun:
@@ -240,7 +239,6 @@ class TrainingRun:
         Raises:
           CheckpointError: on resume, if there is no usable checkpoint or the data does not match it.
         """
-        template = self.exp.init_state()
         if not resume or not (self.out / ITEMS_FILE).is_file():
             self.items = write_items(self.out, self.exp.dataset)  # the catalogue the folder stands alone with
         else:
@@ -248,8 +246,9 @@ class TrainingRun:
             read_items(self.out, record)  # the catalogue of the run being continued, unchanged since
             self.items = record
         if not resume:
-            return template
-        checkpoint = self.store.restore(template)
+            return self.exp.init_state()
+        self.exp.use_tuned(self.store.read_meta().get("tuned"))  # the rate the run trained with, not tuned again
+        checkpoint = self.store.restore(self.exp.template_state())
         _check_same_data(checkpoint.meta, self.exp, self.store.folder)
         self.epoch_stats = dict(checkpoint.meta.get("data_position", {}).get("epoch_stats", self.epoch_stats))
         self._truncate_log(checkpoint.step)
@@ -546,10 +545,11 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
             raise CheckpointError(f"{folder}: the checkpoint has no config record")
         _require_named_data(folder, saved, overrides)
         try:
-            config = make_config(saved, {"data_dir": None, **overrides})
+            config = make_config(saved, {"data_dir": None, "devices": None, **overrides})
         except RunError as e:
             raise CheckpointError(f"{folder}: incompatible checkpoint: {e}") from e
         experiment = build_experiment(config)
         _check_same_data(meta, experiment, folder)
-        checkpoint = store.restore(experiment.init_state(), meta["step"])
+        experiment.use_tuned(meta.get("tuned"))
+        checkpoint = store.restore(experiment.template_state(), meta["step"])
     return experiment, checkpoint

@@ -23,7 +23,7 @@ import pandas as pd
 
 from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
-from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
+from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder, verify
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.protocol import Learner
 
@@ -150,6 +150,7 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
     """
     folder = checkpoint_folder(path)
     with CheckpointStore(folder, create=False) as store:
+        verify(folder, store.resolve(step))  # a damaged step is named before its record is read
         meta = store.read_meta(step)
         try:
             config = ExperimentConfig.from_dict(meta.get("config"))
