@@ -37,11 +37,11 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err
 
 
-def assert_one_clean_line(code: int, err: str, signum: int, says: str) -> None:
+def assert_one_clean_line(code: int, err: str, signum: int, *says: str) -> None:
     assert code == 128 + signum, err
     assert "Traceback" not in err and "Segmentation" not in err and "Fatal" not in err, err
     lines = [line for line in err.strip().splitlines() if not line.startswith("jaxrec: WARNING")]
-    assert len(lines) == 1 and says in lines[0], err
+    assert len(lines) == 1 and any(text in lines[0] for text in says), err
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,9 @@ def test_a_signal_while_starting_stops_at_once(data, tmp_path, delay, signum):
     time.sleep(delay)
     proc.send_signal(signum)
     code, err = finish(proc)
-    assert_one_clean_line(code, err, signum, f"interrupted by {signal.Signals(signum).name}")
+    name = signal.Signals(signum).name
+    # on a fast machine the run may already be in its loop, which stops after the step and saves
+    assert_one_clean_line(code, err, signum, f"interrupted by {name}", f"{name} received: saved checkpoint")
 
 
 def test_a_signal_before_the_first_step_stops_without_training(data, tmp_path):
@@ -70,9 +72,10 @@ def test_a_signal_before_the_first_step_stops_without_training(data, tmp_path):
 def test_a_second_signal_during_training_aborts_at_once_and_keeps_the_checkpoint(data, tmp_path, signum):
     out = tmp_path / "run"
     proc = start(data, out, epochs=500)
-    while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+    # a complete checkpoint (its manifest is written last) means training is in its loop with something saved
+    while not list((out / "checkpoints").glob("*/jaxrec_manifest.json")):
         assert proc.poll() is None, proc.stderr.read()
-        time.sleep(0.05)  # the first epoch is saved: training is in its loop
+        time.sleep(0.05)
     proc.send_signal(signum)
     proc.send_signal(signum)
     code, err = finish(proc)
