@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from small_melu import MODEL, SPEC  # the small MeLU of the local-embedding and row-sparse tests
 
 import jaxrec
 from jaxrec.experiment.methods import experiment_predictors
@@ -29,13 +30,6 @@ from jaxrec.experiment.methods import experiment_predictors
 # ================================================================================================================
 # 1. a finite meta-loss with a non-finite meta-gradient
 
-SPEC = jaxrec.FeatureSpec(
-    categorical={"user": 1, "item": 40, "user_gender": 2, "user_zip": 30, "item_year": 9},
-    multi_hot={"item_genres": 5},
-    target="rating",
-    rating_range=(1.0, 5.0),
-)
-MODEL = jaxrec.MeLU(SPEC, embed=4, hidden=(6,), use_ids=("item",), interaction=None)
 BASE_LOSS = jaxrec.default_loss(MODEL)
 INNER_LR, INNER_STEPS, OUTER_LR = 0.05, 2, 0.05
 
