@@ -532,6 +532,13 @@ class ExperimentConfig:
             changes[group] = dataclasses.replace(getattr(self, group), **values)
         return dataclasses.replace(self, **changes)
 
+    def history(self) -> int:
+        """Items of history per row: ``protocol.history``, or 10 for ``model="gru"`` when it is 0 (the GRU reads a
+        history)."""
+        if self.protocol.history:
+            return int(self.protocol.history)
+        return 10 if self.model.name == "gru" else 0
+
     def flat(self) -> dict[str, Any]:
         """List every field by its name.
 
@@ -623,9 +630,7 @@ class ExperimentConfig:
 def _resolution_spec(config: ExperimentConfig):
     """A feature spec with MovieLens-like side features, for the parameter structure of the configured model:
     which layers it has does not depend on vocabulary sizes."""
-    spec = testing.reference_spec(item_vocab=8)
-    history = config.protocol.history or (10 if config.model.name == "gru" else 0)
-    return dataclasses.replace(spec, history=history)
+    return dataclasses.replace(testing.reference_spec(item_vocab=8), history=config.history())
 
 
 def resolve(config: ExperimentConfig) -> ExperimentConfig:

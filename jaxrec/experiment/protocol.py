@@ -287,13 +287,8 @@ class Experiment:
 
     @property
     def history(self) -> int:
-        """Items of history per row: ``config.protocol.history``, or 10 for ``model="gru"`` when it is 0.
-
-        The GRU needs a history.
-        """
-        if self.config.protocol.history:
-            return int(self.config.protocol.history)
-        return 10 if self.config.model.name == "gru" else 0
+        """Items of history per row (:meth:`~jaxrec.experiment.config.ExperimentConfig.history`)."""
+        return self.config.history()
 
     def _mesh(self):
         devices = self.config.devices

@@ -157,10 +157,9 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
             featurizer = Featurizer.from_dict(meta["featurizer"])
         except (KeyError, TypeError, ValueError, DataError) as e:
             raise CheckpointError(f"{folder}: the checkpoint's record cannot be read: {e}") from e
-        history = config.protocol.history or (10 if config.model.name == "gru" else 0)
         spec = featurizer.spec
-        if spec.history != history:
-            spec = dataclasses.replace(spec, history=history)
+        if spec.history != config.history():
+            spec = dataclasses.replace(spec, history=config.history())
         learner = Learner.build(config, spec)
         checkpoint = store.restore(learner.template_state(config, spec), meta["step"])
     inner_lr = float((meta.get("tuned") or {}).get("inner_lr", config.meta.inner_lr))
