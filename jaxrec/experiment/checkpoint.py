@@ -134,6 +134,7 @@ class CheckpointStore:
             self._manager = ocp.CheckpointManager(self.folder, options=options, item_names=("state", "meta"))
         except Exception as e:  # noqa: BLE001 - orbax raises many types; the user needs one
             raise CheckpointError(f"{self.folder}: cannot open the checkpoint folder: {e}") from e
+        self._verified: set[int] = set()  # steps whose files matched their manifest, hashed once per store
 
     # -- listing -----------------------------------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -241,6 +242,24 @@ class CheckpointStore:
             )
         return meta
 
+    def verify(self, step: int | None = None) -> int:
+        """Check a step's files against its manifest (:func:`verify`), once per store.
+
+        Args:
+          step: the step (default: the newest complete one).
+
+        Returns:
+          The step.
+
+        Raises:
+          CheckpointError: naming the step and the first damaged file.
+        """
+        step = self.resolve(step)
+        if step not in self._verified:
+            verify(self.folder, step)
+            self._verified.add(step)
+        return step
+
     def restore(self, template: Any = None, step: int | None = None) -> Checkpoint:
         """Restore a step.
 
@@ -259,7 +278,7 @@ class CheckpointStore:
         """
         ocp = _ocp()
         step = self.resolve(step)
-        verify(self.folder, step)  # a damaged file is named here, before orbax reads it
+        self.verify(step)  # a damaged file is named here, before orbax reads it
         meta = self.read_meta(step)
         if template is None:
             state_args = ocp.args.StandardRestore()

@@ -30,7 +30,6 @@ from jaxrec.experiment.checkpoint import (
     CheckpointStore,
     checkpoint_folder,
     read_metadata,
-    verify,
 )
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.protocol import Experiment
@@ -239,16 +238,17 @@ class TrainingRun:
         Raises:
           CheckpointError: on resume, if there is no usable checkpoint or the data does not match it.
         """
-        if not resume or not (self.out / ITEMS_FILE).is_file():
-            self.items = write_items(self.out, self.exp.dataset)  # the catalogue the folder stands alone with
-        else:
-            record = self.store.read_meta().get("items")
-            read_items(self.out, record)  # the catalogue of the run being continued, unchanged since
-            self.items = record
         if not resume:
+            self.items = write_items(self.out, self.exp.dataset)  # the catalogue the folder stands alone with
             return self.exp.init_state()
-        self.exp.use_tuned(self.store.read_meta().get("tuned"))  # the rate the run trained with, not tuned again
-        checkpoint = self.store.restore(self.exp.template_state())
+        meta = self.store.read_meta(self.store.verify())
+        if (self.out / ITEMS_FILE).is_file():
+            read_items(self.out, meta.get("items"))  # the catalogue of the run being continued, unchanged since
+            self.items = meta.get("items")
+        else:
+            self.items = write_items(self.out, self.exp.dataset)
+        self.exp.use_tuned(meta.get("tuned"))  # the rate the run trained with, not tuned again
+        checkpoint = self.store.restore(self.exp.template_state(), meta["step"])
         _check_same_data(checkpoint.meta, self.exp, self.store.folder)
         self.epoch_stats = dict(checkpoint.meta.get("data_position", {}).get("epoch_stats", self.epoch_stats))
         self._truncate_log(checkpoint.step)
@@ -538,8 +538,7 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
     folder = checkpoint_folder(path)
     overrides = dict(overrides or {})
     with CheckpointStore(folder, create=False) as store:
-        meta = store.read_meta(step)
-        verify(folder, meta["step"])  # a damaged checkpoint is named before any data is read
+        meta = store.read_meta(store.verify(step))  # a damaged checkpoint is named before any data is read
         saved = meta.get("config")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{folder}: the checkpoint has no config record")

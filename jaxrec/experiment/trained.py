@@ -23,7 +23,7 @@ import pandas as pd
 
 from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
-from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder, verify
+from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.protocol import Learner
 
@@ -150,8 +150,7 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
     """
     folder = checkpoint_folder(path)
     with CheckpointStore(folder, create=False) as store:
-        verify(folder, store.resolve(step))  # a damaged step is named before its record is read
-        meta = store.read_meta(step)
+        meta = store.read_meta(store.verify(step))  # a damaged step is named before its record is read
         try:
             config = ExperimentConfig.from_dict(meta.get("config"))
             featurizer = Featurizer.from_dict(meta["featurizer"])
