@@ -148,3 +148,19 @@ def test_rows_with_another_separator_than_the_header_are_named_as_such(tmp_path,
     assert cli.main(["train", "--data", str(data), "--sep", ",", "--out", str(tmp_path / "run")]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "mixed.csv: line 2" in line and "separated by '\\t'" in line and "missing" not in line
+
+
+def test_a_write_refused_inside_tensorstore_is_named_as_the_os_error(tmp_path, monkeypatch, capsys):
+    # tensorstore reports a full disk as ValueError("RESOURCE_EXHAUSTED ... [os_error_code='28']"), not OSError
+    import orbax.checkpoint as ocp
+    from cli_support import write_ratings
+
+    def refuse(self, *args, **kwargs):
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing local file: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", refuse)
+    data = write_ratings(tmp_path / "ratings.csv")
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(data), *TINY_FLAGS, "--epochs", "1", "--out", str(out)]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "no space left on device while saving step" in line and "unexpected" not in line

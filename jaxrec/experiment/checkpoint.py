@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,9 @@ class CheckpointStore:
 
         Returns:
           The step.
+
+        Raises:
+          OSError: if the OS refuses a write (no space left, ...), also when tensorstore reports it.
         """
         ocp = _ocp()
         step = int(state.step) if step is None else int(step)
@@ -203,8 +207,16 @@ class CheckpointStore:
             **meta,
         }
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record))
-        self._manager.save(step, args=args, force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(step, args=args, force=True)
+            self._manager.wait_until_finished()
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - tensorstore reports a refused write as a ValueError with its errno
+            code = re.search(r"os_error_code='(\d+)'", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from e
         _write_manifest(self.folder / str(step))
         logger.info("saved checkpoint step %d to %s", step, self.folder)
         return step
