@@ -119,12 +119,9 @@ def download_enabled(download: bool | None) -> bool:
     return bool(download)
 
 
-def _sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def _sha256_of(path: Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _fetch(url: str, dest: Path, opener: Opener, progress: bool, limit: int) -> None:

@@ -332,12 +332,9 @@ def _restore_message(folder: Path, step: int, meta: dict, error: Exception, temp
     return f"{folder}: cannot read the state of step {step} (corrupt or incomplete checkpoint?): {first}"
 
 
-def _sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def _sha256(path: Path) -> str:
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _write_manifest(step_folder: Path) -> None:
