@@ -55,7 +55,7 @@ __all__ = ["main", "CLIError"]
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-TABLE_METRICS = ("mae", "rmse", "ndcg@3", "auc", "hr@10")
+TABLE_METRICS = ("mae", "rmse", "ndcg@3", "auc", "hr@10", "recall@20", "ndcg@20", "mrr@20", "coverage@20")
 
 
 #: a user-facing error of the command line (bad flag combination, unreadable ratings file, ...): the run engine's

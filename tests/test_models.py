@@ -330,7 +330,7 @@ def test_synthetic_task_batch():
 
 
 def test_registry_and_errors():
-    assert set(M.MODELS) == {"mf", "linear", "fm", "melu", "neumf", "gru"}
+    assert set(M.MODELS) == {"mf", "linear", "fm", "melu", "neumf", "gru", "twotower"}
     with pytest.raises(ValueError, match="unknown model"):
         M.create("svd++", SIDE)
     spec = FeatureSpec({"user": 3, "item": 3}, rating_range=(1.0, 5.0))

@@ -2,8 +2,11 @@
 
 Every loader ends in :func:`from_dataframe`, which validates and cleans the log in vectorised numpy:
 
-1. the named columns must exist; ratings must be finite numbers (the first bad one is named with its row);
-2. duplicate ``(user, item)`` pairs keep the latest by timestamp (the last in file order without timestamps);
+1. the named columns must exist; ratings and weights must be finite numbers (the first bad one is named with its
+   row), weights > 0; a rating column holding counts (integers beyond 100) is refused unless ``feedback`` says
+   what it is;
+2. duplicate ``(user, item)`` pairs keep the latest by timestamp (the last in file order without timestamps); in an
+   implicit log (``feedback="implicit"``) they are merged instead: weights summed, the earliest timestamp kept;
 3. users with fewer than ``min_user_ratings`` ratings are dropped;
 4. raw ids are encoded to dense codes ``0..n-1`` (sorted by raw id) and side tables are aligned to the codes.
 
@@ -31,13 +34,17 @@ __all__ = ["DataError", "Dataset", "from_dataframe", "from_csv", "sniff_separato
 logger = logging.getLogger(__name__)
 
 SEPARATORS = ("::", ",", "\t", "|", ";")
-_ROLES = ("user", "item", "rating", "timestamp")
+_ROLES = ("user", "item", "rating", "timestamp", "weight")
+_POSITIONAL_ROLES = _ROLES[:4]  # the order of a headerless file's columns when columns= is not given
 _COMMON_NAMES = {
     "user": ("user", "userid", "user_id", "uid"),
     "item": ("item", "itemid", "item_id", "movieid", "movie_id", "iid"),
     "rating": ("rating", "ratings", "score", "label"),
     "timestamp": ("timestamp", "time", "ts", "date"),
+    "weight": ("weight", "count", "counts", "plays", "playcount", "clicks"),
 }
+FEEDBACK = (None, "explicit", "implicit")
+_COUNT_LIKE_MAX = 100  # an integer rating column beyond this is a count (plays, clicks), not a rating scale
 
 
 class DataError(JaxrecError, ValueError):
@@ -54,15 +61,17 @@ class Dataset:
     Attributes:
       name: dataset name (``"ml-100k"``, ``"ml-latest-small"``, a file stem, ...).
       ratings: DataFrame with ``user`` (int32 code), ``item`` (int32 code), ``rating`` (float32) and, when known,
-        ``timestamp`` (int64 seconds).
+        ``timestamp`` (int64 seconds). Implicit logs (and logs read with a weight column) also have ``weight``
+        (float32 > 0: the interaction's count or confidence, 1.0 when the log has none); their ``rating`` is 1.0.
       users: side table indexed by user code ``0..n_users-1``; column ``raw_id`` plus demographics when known
         (``gender``, ``age``, ``occupation``, ``zip``).
       items: side table indexed by item code; column ``raw_id`` plus ``title``, ``genres`` (``"|"``-joined, ``""``
         when unknown) and ``year`` (nullable Int64) when known.
       report: counts of everything the loader dropped or repaired (``duplicates_removed``,
-        ``users_below_min_dropped``, ``ratings_below_min_dropped``, ...).
+        ``users_below_min_dropped``, ``ratings_below_min_dropped``, ...; implicit logs: ``below_threshold_dropped``,
+        ``duplicates_merged``, ``interactions``).
       source: where the data came from (a path or ``"bundled"``).
-      explicit: whether the log had a rating column (False: an implicit log, every row rated 1.0).
+      explicit: whether the log holds explicit ratings (False: an implicit log, every row an interaction rated 1.0).
     """
 
     name: str
@@ -92,6 +101,11 @@ class Dataset:
     def has_timestamps(self) -> bool:
         """Whether :attr:`ratings` has a ``timestamp`` column."""
         return "timestamp" in self.ratings.columns
+
+    @property
+    def has_weights(self) -> bool:
+        """Whether :attr:`ratings` has a ``weight`` column that is not all ones (counts or confidences)."""
+        return "weight" in self.ratings.columns and bool((self.ratings["weight"].to_numpy() != 1.0).any())
 
     @property
     def rating_range(self) -> tuple[float, float]:
@@ -135,17 +149,25 @@ class Dataset:
         """Describe the dataset for a human reader.
 
         Returns:
-          One paragraph: sizes, density, rating scale, ratings per user, features and every count in
-          :attr:`report`.
+          One paragraph: sizes, density, rating scale (implicit logs: interactions and their weight range), ratings
+          per user, features and every count in :attr:`report`.
         """
         n_u, n_i, n_r = self.n_users, self.n_items, self.n_ratings
         density = n_r / max(n_u * n_i, 1)
         lo, hi = self.rating_range
         per_user = np.bincount(self.ratings["user"].to_numpy(), minlength=n_u) if n_r else np.zeros(1)
+        kind = "ratings" if self.explicit else "interactions"
+        if self.explicit:
+            scale = f"ratings in [{lo:g}, {hi:g}]"
+        else:
+            scale = "implicit feedback: every row an interaction"
+        if self.has_weights:
+            w = self.ratings["weight"].to_numpy()
+            scale += f", weights in [{float(w.min()):g}, {float(w.max()):g}]"
         lines = [
-            f"Dataset {self.name!r} ({self.source}): {n_r:,} ratings, {n_u:,} users, {n_i:,} items, "
+            f"Dataset {self.name!r} ({self.source}): {n_r:,} {kind}, {n_u:,} users, {n_i:,} items, "
             f"density {density:.4%}",
-            f"  ratings in [{lo:g}, {hi:g}]; per user min/median/max {int(per_user.min())}/"
+            f"  {scale}; per user min/median/max {int(per_user.min())}/"
             f"{int(np.median(per_user))}/{int(per_user.max())}; timestamps: {'yes' if self.has_timestamps else 'no'}",
             f"  user features: {[c for c in self.users.columns if c != 'raw_id']}; "
             f"item features: {[c for c in self.items.columns if c != 'raw_id']}",
@@ -232,6 +254,104 @@ def _latest_per_pair(user: np.ndarray, item: np.ndarray, times: np.ndarray | Non
     return keep
 
 
+def _merge_pairs(
+    user: np.ndarray, item: np.ndarray, keep: np.ndarray, weights: np.ndarray, times: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Merge the kept rows of each ``(user, item)`` pair into one: the pair's first row in file order, holding the
+    sum of the pair's weights and the earliest of its times.
+
+    The argsort of :func:`_latest_per_pair`'s pair key (stable, so that each run starts at the pair's first row in
+    file order), then ``np.add.reduceat`` / ``np.minimum.reduceat`` over the runs.
+
+    Returns:
+      ``(keep, weights, times)``: the mask of the merged rows and full-length copies of ``weights`` and ``times``
+      whose entries at those rows hold the merged values (the inputs when nothing is merged).
+    """
+    rows = np.flatnonzero(keep)
+    if len(rows) < 2:
+        return keep, weights, times
+    n_items = int(item.max()) + 1
+    pair = user[rows].astype(np.int64) * n_items + item[rows]
+    order = np.argsort(pair, kind="stable")
+    sorted_pair = pair[order]
+    new_run = np.r_[True, sorted_pair[1:] != sorted_pair[:-1]]
+    if new_run.all():
+        return keep, weights, times
+    run_start = np.flatnonzero(new_run)
+    sorted_rows = rows[order]
+    first = sorted_rows[run_start]
+    merged = np.zeros(len(keep), bool)
+    merged[first] = True
+    weights = weights.copy()
+    weights[first] = np.add.reduceat(weights[sorted_rows], run_start)
+    if times is not None:
+        times = times.copy()
+        times[first] = np.minimum.reduceat(times[sorted_rows], run_start)
+    return merged, weights, times
+
+
+def _where_line(index: int, line_offset: int | None) -> str:
+    """``"line N"`` of row ``index`` in the file, or ``"row N"`` of a frame."""
+    return f"line {index + line_offset}" if line_offset is not None else f"row {index}"
+
+
+def _check_float32(values: np.ndarray, column: str | None, where: str, line_offset: int | None) -> None:
+    """A :class:`DataError` for the first value beyond the float32 range (it would be stored as inf)."""
+    too_big = np.abs(values) > np.finfo(np.float32).max
+    if too_big.any():
+        first = int(np.flatnonzero(too_big)[0])
+        loc = _where_line(first, line_offset)
+        raise DataError(f"{where}: column {column!r} {loc} holds {values[first]!r}, beyond the float32 range")
+
+
+def _check_not_counts(values: np.ndarray, column: str, where: str, line_offset: int | None) -> None:
+    """A :class:`DataError` when a rating column looks like counts: integers, none negative, some beyond 100."""
+    if not len(values) or values.min() < 0 or values.max() <= _COUNT_LIKE_MAX:
+        return
+    if not (values == np.round(values)).all():
+        return
+    first = int(np.flatnonzero(values > _COUNT_LIKE_MAX)[0])
+    raise DataError(
+        f"{where}: column {column!r} {_where_line(first, line_offset)} holds {int(values[first])}: this looks like "
+        "a count, not a rating (a rating scale is bounded); for implicit feedback (clicks, plays, check-ins) pass "
+        "feedback='implicit' (CLI: --feedback implicit) and name the column 'weight' (e.g. --columns "
+        "user,item,weight), or pass feedback='explicit' to read it as ratings"
+    )
+
+
+def _check_feedback(
+    feedback: Any, rating: str | None, positive_threshold: Any, where: str
+) -> tuple[str | None, float | None]:
+    """Validate ``feedback`` and ``positive_threshold`` against each other and the rating column."""
+    if not (feedback is None or (isinstance(feedback, str) and feedback in FEEDBACK)):
+        raise DataError(
+            f"{where}: feedback={feedback!r} is not one of {list(FEEDBACK)} (None: ratings when the log has a rating "
+            "column, else implicit)"
+        )
+    if feedback == "explicit" and rating is None:
+        raise DataError(
+            f"{where}: feedback='explicit' needs a rating column but none is named (rating=None); name it "
+            "(e.g. columns=['user', 'item', 'rating']) or pass feedback='implicit'"
+        )
+    if positive_threshold is None:
+        return feedback, None
+    if isinstance(positive_threshold, bool) or not isinstance(positive_threshold, int | float | np.number):
+        raise DataError(f"{where}: positive_threshold={positive_threshold!r} is not a number")
+    if not np.isfinite(positive_threshold):
+        raise DataError(f"{where}: positive_threshold={positive_threshold!r} is not a finite number")
+    if feedback != "implicit":
+        raise DataError(
+            f"{where}: positive_threshold={positive_threshold!r} turns ratings into interactions and needs "
+            f"feedback='implicit' (got feedback={feedback!r})"
+        )
+    if rating is None:
+        raise DataError(
+            f"{where}: positive_threshold={positive_threshold!r} is compared with the ratings, but no rating column "
+            "is named"
+        )
+    return feedback, float(positive_threshold)
+
+
 def from_dataframe(
     df: pd.DataFrame,
     user: str = "user",
@@ -241,6 +361,9 @@ def from_dataframe(
     user_features: pd.DataFrame | None = None,
     item_features: pd.DataFrame | None = None,
     *,
+    weight: str | None = None,
+    feedback: str | None = None,
+    positive_threshold: float | None = None,
     name: str = "dataframe",
     min_user_ratings: int = 1,
     source: str = "",
@@ -251,6 +374,21 @@ def from_dataframe(
     The log is validated and cleaned as the module docstring describes (numeric ratings, the latest of duplicate
     pairs, ``min_user_ratings``, dense codes sorted by raw id).
 
+    ``feedback`` says what the rows are:
+
+    * ``"explicit"``: ratings; a rating column is required.
+    * ``"implicit"``: every row is an interaction (a play, click, check-in). :attr:`Dataset.explicit` is False,
+      ``rating`` is 1.0 on every kept row and ``weight`` holds the weight column (1.0 without one). A rating
+      column is only compared with ``positive_threshold``: rows rated below it are dropped (counted in
+      ``report["below_threshold_dropped"]``). Duplicate pairs are merged into one row, the sum of their weights
+      at the earliest of their timestamps (``report["duplicates_merged"]`` rows merged away);
+      ``report["interactions"]`` counts the rows kept.
+    * ``None``: ratings when a rating column is named, else implicit as above; but a rating column that holds
+      counts (integer values, none negative, some beyond 100) is an error, since a rating scale is bounded:
+      pass ``feedback="implicit"`` (with the column as ``weight``) or ``"explicit"`` to say which it is. Without
+      a rating column, duplicate pairs keep the latest as for ratings unless a weight column is named (then they
+      are merged as in ``"implicit"``).
+
     Args:
       df: one row per interaction; other columns than the named ones are ignored.
       user: the column holding raw user ids (any hashable type).
@@ -260,6 +398,11 @@ def from_dataframe(
       user_features: optional side table indexed by raw user id (columns are copied).
       item_features: optional side table indexed by raw item id (columns are copied; genres as a ``"|"``-joined
         string, year as a number).
+      weight: optional column of interaction weights (counts of plays, clicks, check-ins, or confidences): finite
+        numbers > 0, kept as the ``weight`` column.
+      feedback: ``None``, ``"explicit"`` or ``"implicit"``, as described above.
+      positive_threshold: with ``feedback="implicit"`` and a rating column, the lowest rating that counts as an
+        interaction.
       name: the dataset's name.
       min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
       source: where the data came from (named in error messages; default ``"dataframe"``).
@@ -269,14 +412,17 @@ def from_dataframe(
       The cleaned :class:`Dataset`, with every dropped or repaired count in its ``report``.
 
     Raises:
-      DataError: if ``df`` is not a DataFrame, a named column is missing, the log is empty, an id is missing, a
-        rating or timestamp is not a finite number, a rating exceeds the float32 range, a side table has
-        duplicate ids, or no rating is left after ``min_user_ratings``.
+      DataError: if ``df`` is not a DataFrame, ``feedback`` or ``positive_threshold`` is invalid or does not fit the
+        columns, a named column is missing, the log is empty, an id is missing, a rating, weight or timestamp is not
+        a finite number, a rating or weight exceeds the float32 range, a weight is not > 0, a rating column looks
+        like counts (``feedback=None``), a side table has duplicate ids, or no rating is left after
+        ``positive_threshold`` or ``min_user_ratings``.
     """
     where = source or name
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
-    named = {"user": user, "item": item, "rating": rating, "timestamp": timestamp}
+    feedback, positive_threshold = _check_feedback(feedback, rating, positive_threshold, where)
+    named = {"user": user, "item": item, "rating": rating, "timestamp": timestamp, "weight": weight}
     missing = [f"{role}={col!r}" for role, col in named.items() if col is not None and col not in df.columns]
     if missing:
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}; the columns are {list(df.columns)}")
@@ -289,15 +435,30 @@ def from_dataframe(
             loc = f"line {first + _line_offset}" if _line_offset is not None else f"row {first}"
             raise DataError(f"{where}: column {named[role]!r} {loc} has a missing {role} id")
 
+    # implicit: every row an interaction, duplicates merged; a log with neither ratings nor weights keeps the
+    # latest of duplicates as a rated log does
+    implicit = feedback == "implicit" or (feedback is None and rating is None and weight is not None)
+    explicit = rating is not None and not implicit
     report: dict[str, Any] = {"ratings_read": len(df)}
-    ratings = _numeric_column(df[rating], rating, where, _line_offset) if rating else np.ones(len(df), np.float64)
-    too_big = np.abs(ratings) > np.finfo(np.float32).max  # ratings are stored as float32: these would become inf
-    if too_big.any():
-        first = int(np.flatnonzero(too_big)[0])
-        loc = f"line {first + _line_offset}" if _line_offset is not None else f"row {first}"
-        raise DataError(f"{where}: column {rating!r} {loc} holds {ratings[first]!r}, beyond the float32 range")
+    ratings = _numeric_column(df[rating], rating, where, _line_offset) if rating is not None else np.ones(len(df))
+    if explicit:
+        _check_float32(ratings, rating, where, _line_offset)  # ratings are stored as float32: these would be inf
+        if feedback is None:
+            _check_not_counts(ratings, rating, where, _line_offset)
+    weights = np.ones(len(df), np.float64)
+    if weight is not None:
+        weights = _numeric_column(df[weight], weight, where, _line_offset)
+        not_positive = weights <= 0
+        if not_positive.any():
+            first = int(np.flatnonzero(not_positive)[0])
+            raise DataError(
+                f"{where}: column {weight!r} {_where_line(first, _line_offset)} holds {weights[first]:g}: weights "
+                f"must be > 0 (a count or confidence of the interaction; {int(not_positive.sum())} bad value(s) in "
+                "total)"
+            )
+        _check_float32(weights, weight, where, _line_offset)
     times = None
-    if timestamp:
+    if timestamp is not None:
         col = df[timestamp]
         if pd.api.types.is_datetime64_any_dtype(col):
             times = (col.astype("datetime64[s]").astype(np.int64)).to_numpy()
@@ -309,13 +470,39 @@ def from_dataframe(
     user_codes, user_uniques = _encode(user_raw)
     item_codes, item_uniques = _encode(item_raw)
 
-    # 2. duplicates: keep the latest rating of each pair (file order breaks ties)
-    keep = _latest_per_pair(user_codes, item_codes, times)
-    report["duplicates_removed"] = int(len(keep) - keep.sum())
-    if report["duplicates_removed"]:
-        logger.warning(
-            "%s: kept the latest of %d duplicate (user, item) rating(s)", where, report["duplicates_removed"]
-        )
+    if implicit:
+        # 2a. ratings below the threshold are not interactions
+        keep = np.ones(len(df), bool) if positive_threshold is None else ratings >= positive_threshold
+        report["below_threshold_dropped"] = int(len(keep) - keep.sum())
+        if not keep.any():
+            raise DataError(
+                f"{where}: no interactions left: every rating in column {rating!r} is below positive_threshold="
+                f"{positive_threshold:g} (ratings in [{ratings.min():g}, {ratings.max():g}])"
+            )
+        # 2b. duplicates: one row per pair, the sum of the weights at the first interaction
+        kept_before = int(keep.sum())
+        keep, weights, times = _merge_pairs(user_codes, item_codes, keep, weights, times)
+        report["duplicates_merged"] = kept_before - int(keep.sum())
+        if report["duplicates_merged"]:
+            logger.info(
+                "%s: merged %d duplicate (user, item) interaction(s) (weights summed)",
+                where,
+                report["duplicates_merged"],
+            )
+            sums = weights[keep]
+            if (sums > np.finfo(np.float32).max).any():
+                raise DataError(
+                    f"{where}: the weights in column {weight!r} of a duplicate (user, item) pair sum to "
+                    f"{sums.max():g}, beyond the float32 range"
+                )
+    else:
+        # 2. duplicates: keep the latest rating of each pair (file order breaks ties)
+        keep = _latest_per_pair(user_codes, item_codes, times)
+        report["duplicates_removed"] = int(len(keep) - keep.sum())
+        if report["duplicates_removed"]:
+            logger.warning(
+                "%s: kept the latest of %d duplicate (user, item) rating(s)", where, report["duplicates_removed"]
+            )
 
     # 3. minimum ratings per user
     counts = np.bincount(user_codes[keep], minlength=len(user_uniques))
@@ -329,11 +516,20 @@ def from_dataframe(
     # 4. dense codes over what survived, ordered by raw id: compact the first encoding (no second hash pass)
     user_codes, user_uniques = _compact(user_codes[keep], user_uniques)
     item_codes, item_uniques = _compact(item_codes[keep], item_uniques)
-    frame = {"user": user_codes, "item": item_codes, "rating": ratings[keep].astype(np.float32)}
+    n_kept = int(keep.sum())
+    frame = {
+        "user": user_codes,
+        "item": item_codes,
+        "rating": ratings[keep].astype(np.float32) if explicit else np.ones(n_kept, np.float32),
+    }
     if times is not None:
         frame["timestamp"] = times[keep]
+    if not explicit or weight is not None:
+        frame["weight"] = weights[keep].astype(np.float32)
     out = pd.DataFrame(frame)
     report["ratings_kept"] = len(out)
+    if implicit:
+        report["interactions"] = len(out)
 
     users = _side_table(user_uniques, user_features, "user", where)
     items = _side_table(item_uniques, item_features, "item", where)
@@ -344,7 +540,7 @@ def from_dataframe(
         items=items,
         report=report,
         source=source or "dataframe",
-        explicit=bool(rating),
+        explicit=explicit,
     )
 
 
@@ -529,6 +725,8 @@ def from_csv(
     sep: str | None = None,
     header: bool | str = "infer",
     *,
+    feedback: str | None = None,
+    positive_threshold: float | None = None,
     name: str | None = None,
     min_user_ratings: int = 1,
     allow_extra: bool = False,
@@ -539,16 +737,21 @@ def from_csv(
     Args:
       path: the file.
       columns: which column plays which role. A mapping ``{"user": "userId", "item": "movieId", "rating": ...,
-        "timestamp": ...}`` of names (with a header) or 0-based positions; or a sequence of role names in file
-        order, e.g. ``["user", "item", "rating", "timestamp"]`` (use ``"_"`` for a column to ignore). ``None``
-        guesses: common header names (``userId``, ``item_id``, ...) or, without a header, the order user, item,
-        rating[, timestamp]. Omit ``"rating"`` for an implicit log.
+        "timestamp": ..., "weight": ...}`` of names (with a header) or 0-based positions; or a sequence of role
+        names in file order, e.g. ``["user", "item", "rating", "timestamp"]`` or ``["user", "item", "weight"]``
+        (use ``"_"`` for a column to ignore). ``None`` guesses: common header names (``userId``, ``item_id``, a
+        weight column ``count``, ``plays``, ``clicks``, ...) or, without a header, the order user, item,
+        rating[, timestamp]. Omit ``"rating"`` for an implicit log; ``"weight"`` is an implicit log's count or
+        confidence column.
       sep: separator; ``None`` sniffs among ``::``, ``,``, tab, ``|``, ``;``.
       header: ``True``, ``False`` or ``"infer"`` (a header when the first line's last field is not a number).
       name: the dataset's name (default: the file name up to its first dot).
       min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
       allow_extra: with a header, columns beyond the named roles are an error unless this is set.
       encoding: the text encoding.
+      feedback: ``None``, ``"explicit"`` or ``"implicit"`` (see :func:`from_dataframe`).
+      positive_threshold: with ``feedback="implicit"`` and a rating column, the lowest rating that counts as an
+        interaction (see :func:`from_dataframe`).
 
     Returns:
       The cleaned :class:`Dataset` (see :func:`from_dataframe`); errors name file lines.
@@ -583,6 +786,9 @@ def from_csv(
         item=roles["item"],
         rating=roles.get("rating"),
         timestamp=roles.get("timestamp"),
+        weight=roles.get("weight"),
+        feedback=feedback,
+        positive_threshold=positive_threshold,
         name=name or path.name.split(".")[0],
         min_user_ratings=min_user_ratings,
         source=str(path),
@@ -612,7 +818,7 @@ def _resolve_columns(frame: pd.DataFrame, columns: Any, header: bool, path: Path
                     f"{path}: {len(cols)} columns without a header, expected user, item[, rating[, timestamp]]; "
                     "pass columns=[...] naming each (use '_' to ignore one)"
                 )
-            roles = dict(zip(_ROLES, cols, strict=False))
+            roles = dict(zip(_POSITIONAL_ROLES, cols, strict=False))
     elif isinstance(columns, Mapping):
         unknown = set(columns) - set(_ROLES)
         if unknown:

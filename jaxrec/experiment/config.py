@@ -1,9 +1,9 @@
 """The configuration of an experiment: frozen, grouped, checked, resolved once, and read from files or flags.
 
-An :class:`ExperimentConfig` holds five groups and two run-wide fields::
+An :class:`ExperimentConfig` holds six groups and two run-wide fields::
 
     ExperimentConfig(data=DataConfig(...), protocol=ProtocolConfig(...), model=ModelConfig(...),
-                     meta=MetaConfig(...), evaluation=EvalConfig(...), seed=0, devices=None)
+                     meta=MetaConfig(...), evaluation=EvalConfig(...), topn=TopNConfig(...), seed=0, devices=None)
 
 Every field name is unique across the groups, so a field can be set by its name alone:
 ``ExperimentConfig.make(epochs=2, model="mf")`` or ``config.override(inner_lr=0.03)`` (the ``jaxrec`` command's
@@ -45,6 +45,8 @@ __all__ = [
     "MetaConfig",
     "ModelConfig",
     "ProtocolConfig",
+    "TOPN_BASELINES",
+    "TopNConfig",
     "add_flags",
     "as_flags",
     "flag_values",
@@ -53,6 +55,7 @@ __all__ = [
 
 RECORD_FORMAT = "jaxrec.config/2"
 BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
+TOPN_BASELINES = ("popular", "itemknn", "ease", "mf", "finetune", "no_adapt")
 INNER_SOLVERS = ("auto", "sgd", "newton", "mixed")
 MIXED_SOLVE = "head/output"  # what inner_solver="mixed" solves by Newton steps
 PRETRAIN = ("bias", True, False)
@@ -173,8 +176,13 @@ class DataConfig:
       data_dir: the folder holding the MovieLens folders.
       columns: the roles of the file's columns in order (``_`` skips one).
       sep: the field separator of ``data`` (default: sniffed).
-      implicit: targets are ``rating >= implicit_threshold`` (BCE loss, HR@k / AUC).
+      implicit: targets are ``rating >= implicit_threshold`` (BCE loss, HR@k / AUC) on the rated items: the
+        binary-label form of the rating protocol.
       implicit_threshold: the rating from which an interaction counts as positive.
+      feedback: ``"implicit"``: every row is an interaction (a click, a play, a check-in; a ``weight`` column is
+        its confidence) and the run is top-N recommendation over the whole catalogue (:class:`TopNConfig`);
+        ``"explicit"``: ratings; None: ratings, refusing a rating column that looks like counts.
+      positive_threshold: with ``feedback="implicit"`` on rated data, only ratings ``>=`` this are interactions.
 
     Raises:
       ValueError: if neither ``dataset`` nor ``path`` is given.
@@ -189,9 +197,24 @@ class DataConfig:
     sep: str | None = _field(None, "field separator of --data (default: sniffed among '::' , tab | ;)")
     implicit: bool = _field(False, "binary targets: rating >= --implicit-threshold", parse=_bool)
     implicit_threshold: float = _field(4.0, "the rating from which an interaction is positive", parse=_float)
+    feedback: str | None = _field(
+        None,
+        "implicit: every row is an interaction (top-N over the catalogue); explicit: ratings",
+        choices=("explicit", "implicit"),
+    )
+    positive_threshold: float | None = _field(
+        None, "--feedback implicit on rated data: ratings >= this are interactions", parse=_none_or(_float)
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "columns", _tuple(self.columns))
+        _check(
+            self.feedback in (None, "explicit", "implicit"),
+            "feedback",
+            f"must be explicit or implicit, got {self.feedback!r}",
+        )
+        if self.positive_threshold is not None:
+            _check(self.feedback == "implicit", "positive_threshold", "needs --feedback implicit")
         _check(self.dataset is not None or self.path is not None, "dataset", "or data (a path) must be given")
 
 
@@ -431,8 +454,62 @@ class EvalConfig:
         _check(len(self.bias_reg) == 2, "bias_reg", f"must be two numbers (items, users), got {self.bias_reg}")
 
 
+@dataclasses.dataclass(frozen=True)
+class TopNConfig:
+    """Top-N recommendation from implicit feedback (``feedback="implicit"``): tasks, negatives, loss, evaluation.
+
+    Attributes:
+      shots: support interactions of a task (``K``): a new user's first ``K`` interactions.
+      query_cap: the most query interactions of an evaluation task (the user's next ones).
+      train_query: the most query interactions of a meta-train task.
+      negatives: sampled negatives per positive row.
+      sampler: ``"uniform"`` over the training items or ``"popularity"``.
+      ranking_loss: ``"softmax"`` (sampled softmax, logQ-corrected), ``"bpr"`` or ``"bce"``.
+      test_frac: the fraction of users who are new (test) users.
+      warm_frac: the fraction of meta-train users whose latest interactions form the warm scenario.
+      topn_ks: the cut-offs of Recall, nDCG, HR and MRR.
+      topn_baselines: the baselines run beside the meta-learner.
+      catalogue_chunk: items scored per chunk of the streamed catalogue (memory ``O(users x chunk)``).
+
+    Raises:
+      ValueError: if a value is not valid for its field (the message starts with the field's name).
+    """
+
+    shots: int = _field(10, "support interactions per top-N task (a new user's first K)", parse=_int)
+    query_cap: int = _field(100, "the most query interactions of a top-N evaluation task", parse=_int)
+    train_query: int = _field(20, "the most query interactions of a top-N meta-train task", parse=_int)
+    negatives: int = _field(20, "sampled negatives per positive", parse=_int)
+    sampler: str = _field("uniform", "negative sampler", choices=("uniform", "popularity"))
+    ranking_loss: str = _field("softmax", "top-N training loss", choices=("softmax", "bpr", "bce"))
+    test_frac: float = _field(0.2, "fraction of users who are new (test) users", parse=_float)
+    warm_frac: float = _field(0.1, "fraction of meta-train users held out as warm users", parse=_float)
+    topn_ks: tuple = _field((10, 20, 50), "cut-offs of the top-N metrics", parse=_list_of(_int))
+    topn_baselines: tuple = _field(TOPN_BASELINES, "comma-separated top-N baselines, or none", parse=_list_of(str))
+    catalogue_chunk: int = _field(4096, "items scored per chunk of the catalogue", parse=_int)
+
+    def __post_init__(self):
+        for name in ("topn_ks", "topn_baselines"):
+            object.__setattr__(self, name, _tuple(getattr(self, name)))
+        for name in ("shots", "query_cap", "train_query", "negatives", "catalogue_chunk"):
+            _positive_int(getattr(self, name), name)
+        _check(
+            self.sampler in ("uniform", "popularity"), "sampler", f"must be uniform or popularity, got {self.sampler!r}"
+        )
+        _check(
+            self.ranking_loss in ("softmax", "bpr", "bce"),
+            "ranking_loss",
+            f"must be softmax, bpr or bce, got {self.ranking_loss!r}",
+        )
+        _fraction(self.test_frac, "test_frac")
+        _fraction(self.warm_frac, "warm_frac")
+        ks = self.topn_ks
+        _check(len(ks) > 0 and all(isinstance(k, int) and k >= 1 for k in ks), "topn_ks", f"must be >= 1, got {ks}")
+        unknown = [b for b in self.topn_baselines if b not in TOPN_BASELINES]
+        _check(not unknown, "topn_baselines", f"has unknown name(s) {unknown}; choose from {list(TOPN_BASELINES)}")
+
+
 GROUPS = {"data": DataConfig, "protocol": ProtocolConfig, "model": ModelConfig, "meta": MetaConfig,
-          "evaluation": EvalConfig}  # fmt: skip
+          "evaluation": EvalConfig, "topn": TopNConfig}  # fmt: skip
 TOP_LEVEL = ("seed", "devices")
 
 
@@ -461,6 +538,7 @@ class ExperimentConfig:
       model: :class:`ModelConfig`.
       meta: :class:`MetaConfig`.
       evaluation: :class:`EvalConfig`.
+      topn: :class:`TopNConfig` (used with ``feedback="implicit"``).
       seed: the seed of every random choice (splits, batches, initialisation, bootstrap).
       devices: None (one device), a device count or ``"all"``: the task axis sharded over a mesh.
 
@@ -474,6 +552,7 @@ class ExperimentConfig:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     meta: MetaConfig = dataclasses.field(default_factory=MetaConfig)
     evaluation: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    topn: TopNConfig = dataclasses.field(default_factory=TopNConfig)
     seed: int = _field(0, "the seed of every random choice", parse=_int)
     devices: int | str | None = _field(
         None,
@@ -638,7 +717,8 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
 
     ``adapt="auto"``: the output layer (``"head/output"``) for a model that has one (MeLU, NeuMF, GRU), unless
     ``inner_solver="sgd"``; otherwise the model's default adapted set (``"default"``; MeLU's: the decision layers).
-    ``inner_solver="auto"``: ``"newton"`` when the adapted set is ``"head/output"``, else ``"sgd"``.
+    ``inner_solver="auto"``: ``"newton"`` when the adapted set is ``"head/output"`` or the default set of a model
+    whose user side is linear and small (``linear_user_side``: the two-tower's user vector), else ``"sgd"``.
     ``inner_steps=None``: 1 Newton step, or 5 gradient steps. A pure function of the config: the model's parameter
     structure is traced (``jax.eval_shape``), not allocated.
 
@@ -679,7 +759,9 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
     if not selects(adapt) and steps != 0:
         raise ValueError(f"adapt={adapt!r} selects no parameter of model {name!r}: no user would adapt")
     if solver == "auto":
-        solver = "newton" if adapt == "head/output" else "sgd"
+        # a model whose default adapted set is a small linear user side (the two-tower's user vector) is solved
+        linear_side = adapt == "default" and getattr(type(model), "linear_user_side", False)
+        solver = "newton" if adapt == "head/output" or linear_side else "sgd"
     if solver in ("newton", "mixed"):
         predicate = models.adapt_filter(adapt if solver == "newton" else MIXED_SOLVE, model)
         size = sum(math.prod(leaf.shape) for path, leaf in flat if predicate(path, leaf))

@@ -33,6 +33,7 @@ from jaxrec.experiment.checkpoint import (
 )
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.protocol import Experiment
+from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.experiment.trained import ITEMS_FILE, read_items, write_items
 
 __all__ = [
@@ -105,6 +106,8 @@ def build_experiment(config):
       DataError: if the data cannot be read.
     """
     try:
+        if config.data.feedback == "implicit":
+            return TopNExperiment(config)
         return Experiment(config)
     except (ValueError, TypeError, KeyError) as e:
         if isinstance(e, DataError):

@@ -34,6 +34,7 @@ from jaxrec.models.melu import MeLU
 from jaxrec.models.mf import MatrixFactorization
 from jaxrec.models.neumf import NeuMF
 from jaxrec.models.registry import MODELS, create, default_loss, init_params
+from jaxrec.models.two_tower import TwoTower
 
 __all__ = [
     "MODELS",
@@ -45,6 +46,7 @@ __all__ = [
     "MeLU",
     "MultiHotEmbed",
     "NeuMF",
+    "TwoTower",
     "adapt_filter",
     "adapt_mask",
     "create",

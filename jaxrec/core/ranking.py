@@ -1,0 +1,131 @@
+"""Ranking losses over sampled negatives: learning top-N recommendation from implicit feedback.
+
+In implicit feedback every row of a task is a *positive* (an interaction: a click, a play, a check-in) and there
+are no observed negatives. Each positive row ``r`` therefore carries ``N`` items the user has not interacted with,
+sampled from a distribution ``q`` (uniform, or proportional to popularity): the row keys ``neg_item [rows, N]``
+(with the negatives' side features ``neg_item_<field> [rows, N, ...]``), ``neg_mask [rows, N]`` (false for a
+padded or rejected draw) and, for the sampled softmax, ``logq [rows]`` and ``neg_logq [rows, N]``. With ``s^+``
+the positive's score and ``s^-_j`` the negatives', the per-row losses are
+
+* **BPR** (Rendle et al. UAI 2009): ``mean_j -log sigmoid(s^+ - s^-_j)``;
+* **BCE** (NCF, He et al. WWW 2017): ``softplus(-s^+) + mean_j softplus(s^-_j)``, the positive against label 0
+  for each negative;
+* **sampled softmax** with the logQ correction (Bengio & Senecal 2008; Yi et al. RecSys 2019):
+  ``-log softmax([s^+ - log q^+, s^-_1 - log q_1, ...])_0``, an unbiased-in-the-limit estimate of the full
+  softmax over the catalogue; with a uniform ``q`` the correction is a constant and cancels.
+
+A task's loss is the weighted masked mean over its rows, ``sum_r m_r w_r l_r / max(sum_r m_r w_r, eps)``, where
+``w_r`` is the row's confidence weight (key ``weight``: a play count, 1 for a plain click; Hu et al. ICDM 2008).
+Padded rows and padded negatives change neither the loss nor its gradient. The builders take a model's
+``apply_fn(params, rows) -> scores [rows]``: any model of :mod:`jaxrec.models` scores its negatives by the same
+function, its rows repeated with the item keys swapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrec.core.losses import LossFn
+
+__all__ = ["RANKING_LOSSES", "negative_rows", "ranking_loss", "row_weights"]
+
+Rows = Mapping[str, jax.Array]
+ApplyFn = Callable[[Any, Rows], jax.Array]
+
+RANKING_LOSSES = ("bpr", "bce", "softmax")
+
+# row keys that describe the negatives themselves and are not model inputs
+_NEGATIVE_META = ("neg_item", "neg_mask", "neg_logq")
+
+
+def negative_rows(rows: Rows) -> dict[str, jax.Array]:
+    """The rows of the sampled negatives: every row repeated ``N`` times, its item keys swapped for the negatives'.
+
+    Args:
+      rows: one task's rows ``[rows, ...]`` with ``neg_item [rows, N]`` and, for each item key ``item_<field>``
+        the model reads, ``neg_item_<field> [rows, N, ...]``.
+
+    Returns:
+      Rows ``[rows * N, ...]``: ``item`` and ``item_<field>`` from the ``neg_`` keys, every other key repeated.
+    """
+    n_rows, n_neg = rows["neg_item"].shape[:2]
+    out = {}
+    for key, value in rows.items():
+        if key.startswith("neg_") or key in ("logq", "weight"):
+            continue
+        negative = f"neg_{key}"
+        if negative in rows:
+            v = rows[negative]
+            out[key] = v.reshape((n_rows * n_neg,) + v.shape[2:])
+        else:
+            out[key] = jnp.repeat(value, n_neg, axis=0)
+    return out
+
+
+def row_weights(rows: Rows, mask: jax.Array, dtype: Any = jnp.float32) -> jax.Array:
+    """The confidence weight of each real row: ``rows["weight"]`` where given (else 1), 0 on padding.
+
+    Args:
+      rows: the task's rows.
+      mask: bool ``[rows]``.
+      dtype: the weights' dtype.
+
+    Returns:
+      ``[rows]`` weights.
+    """
+    weight = rows.get("weight")
+    weight = jnp.ones(mask.shape, dtype) if weight is None else jnp.asarray(weight, dtype)
+    return jnp.where(mask, weight, 0.0)
+
+
+def ranking_loss(apply_fn: ApplyFn, kind: str = "bpr") -> LossFn:
+    """A masked ranking loss of positives against their sampled negatives (see the module docstring).
+
+    Args:
+      apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
+      kind: ``"bpr"``, ``"bce"`` or ``"softmax"`` (sampled softmax with the logQ correction).
+
+    Returns:
+      ``loss_fn(params, rows, mask) -> scalar`` for one task's rows (``neg_item``, ``neg_mask`` and, for the
+      softmax, ``logq`` / ``neg_logq`` among them).
+
+    Raises:
+      ValueError: if ``kind`` is not one of :data:`RANKING_LOSSES`.
+    """
+    if kind not in RANKING_LOSSES:
+        raise ValueError(f"unknown ranking loss {kind!r}; choose one of {RANKING_LOSSES}")
+
+    def loss_fn(params, rows, mask):
+        mask = mask.astype(bool)
+        positive = apply_fn(params, rows)
+        n_rows, n_neg = rows["neg_item"].shape[:2]
+        negative = apply_fn(params, negative_rows(rows)).reshape(n_rows, n_neg)
+        neg_ok = rows["neg_mask"].astype(bool) & mask[:, None]
+        # masked before any non-linearity, so a stray value in a padded slot reaches no gradient
+        positive = jnp.where(mask, positive, 0.0)
+        negative = jnp.where(neg_ok, negative, 0.0)
+        n_ok = jnp.maximum(jnp.sum(neg_ok, axis=1), 1).astype(positive.dtype)
+        if kind == "bpr":
+            per_pair = jax.nn.softplus(negative - positive[:, None])  # -log sigmoid(s+ - s-)
+            per_row = jnp.sum(jnp.where(neg_ok, per_pair, 0.0), axis=1) / n_ok
+        elif kind == "bce":
+            per_neg = jnp.sum(jnp.where(neg_ok, jax.nn.softplus(negative), 0.0), axis=1) / n_ok
+            per_row = jax.nn.softplus(-positive) + per_neg
+        else:
+            logq = jnp.where(mask, rows["logq"], 0.0)
+            neg_logq = jnp.where(neg_ok, rows["neg_logq"], 0.0)
+            logits = jnp.concatenate([(positive - logq)[:, None], negative - neg_logq], axis=1)
+            keep = jnp.concatenate([mask[:, None], neg_ok], axis=1)
+            logits = jnp.where(keep, logits, -jnp.inf)
+            # a padded row has every logit at -inf: its logsumexp is replaced by the (finite) positive logit
+            lse = jax.nn.logsumexp(jnp.where(mask[:, None], logits, 0.0), axis=1)
+            per_row = lse - jnp.where(mask, logits[:, 0], 0.0)
+        weights = row_weights(rows, mask, positive.dtype)
+        total = jnp.sum(jnp.where(mask, per_row, 0.0) * weights)
+        return total / jnp.maximum(jnp.sum(weights), 1e-6)
+
+    return loss_fn

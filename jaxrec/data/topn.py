@@ -1,0 +1,508 @@
+"""Top-N tasks from implicit feedback: users split into meta-train, validation and new users; K-shot tasks whose
+support is a user's first interactions and whose query is what they did next; sampled negatives.
+
+Pipeline::
+
+    ds = jaxrec.data.from_csv("checkins.tsv", columns=["user", "item", "weight"], feedback="implicit")
+    split = topn_split(ds, test_frac=0.2, val_frac=0.1, seed=0)            # disjoint users
+    feat = implicit_featurizer(ds, split.train)                           # vocabularies from meta-train only
+    sampler = NegativeSampler.fit(split.train, ds.n_items, count=20)      # uniform over the training items
+    train = topn_tasks(split.train, feat, sampler, shots=10, query=20, seed=0, train=True)
+    test = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=10, query=100, seed=0)
+
+A new user's task is their first ``shots`` interactions (in time order where the log has timestamps, so the
+query is the future; else a seeded random ``shots``) and, as query, the next ones, at most ``query`` of them.
+Meta-train users with more interactions are kept whole in the data and subsampled to task sizes: each epoch's
+task of such a user is a fresh random window of ``shots + query`` of their interactions (nothing is dropped;
+the counts are in :attr:`TopNTaskSet.stats`).
+
+Negatives are drawn per batch in the pipeline, vectorised over every row of the batch (no Python loop per row):
+``count`` items per positive row from ``q`` (uniform over the training items, or proportional to their
+popularity), redrawn where they hit an item the user interacted with; a draw still hitting one after a few tries
+is masked out (``neg_mask``). The draws are a function of the batch's generator, so of the seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from jaxrec.core.batch import TaskBatch
+from jaxrec.core.features import FeatureSpec
+from jaxrec.data.dataset import DataError, Dataset
+from jaxrec.data.featurizer import Featurizer
+from jaxrec.data.tasks import TaskSet, _describe, build_tasks
+
+__all__ = [
+    "SAMPLERS",
+    "NegativeSampler",
+    "TopNSplit",
+    "TopNTaskSet",
+    "implicit_featurizer",
+    "topn_split",
+    "topn_tasks",
+]
+
+logger = logging.getLogger(__name__)
+
+SAMPLERS = ("uniform", "popularity")
+TOPN_SCENARIOS = ("new_user", "warm")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the split
+
+
+@dataclasses.dataclass
+class TopNSplit:
+    """Interactions split by user for top-N evaluation.
+
+    Attributes:
+      train: the meta-train users' interactions (and the warm users' earlier ones).
+      validation: the validation users' interactions (held out of training; every choice is made on them).
+      scenarios: ``"new_user"``: the test users' interactions (never trained on); ``"warm"``: the latest
+        interactions of a sample of meta-train users, held out of ``train`` (their earlier ones are in it).
+      stats: counts of users and interactions per part.
+    """
+
+    train: pd.DataFrame
+    validation: pd.DataFrame
+    scenarios: dict[str, pd.DataFrame]
+    stats: dict[str, Any]
+
+    def summary(self) -> str:
+        """Describe the split in one line."""
+        return "top-N split: " + ", ".join(f"{k}={v}" for k, v in self.stats.items())
+
+
+def _time_rank(frame: pd.DataFrame, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's position in its user's interactions (time order, ties and untimed logs in random order) and the
+    user's interaction count."""
+    users = frame["user"].to_numpy()
+    n = len(users)
+    order = rng.permutation(n)
+    key = frame["timestamp"].to_numpy()[order] if "timestamp" in frame else np.zeros(n, np.int64)
+    order = order[np.lexsort((key, users[order]))]
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(sorted_users[1:] != sorted_users[:-1]) + 1]
+    counts = np.diff(np.r_[starts, n])
+    run = np.repeat(np.arange(len(starts)), counts)
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - starts[run]
+    total = np.empty(n, np.int64)
+    total[order] = counts[run]
+    return rank, total
+
+
+def topn_split(
+    dataset: Dataset,
+    *,
+    test_frac: float = 0.2,
+    val_frac: float = 0.1,
+    warm_frac: float = 0.1,
+    warm_holdout: float = 0.2,
+    seed: int = 0,
+) -> TopNSplit:
+    """Split a log's users into meta-train, validation and new (test) users, and hold out warm users' latest
+    interactions.
+
+    Args:
+      dataset: the log (implicit, or rated interactions).
+      test_frac: the fraction of users that are new users (the ``new_user`` scenario).
+      val_frac: the fraction of the other users held out as validation users.
+      warm_frac: the fraction of meta-train users whose latest ``warm_holdout`` interactions form the ``warm``
+        scenario (0: no warm scenario).
+      warm_holdout: the fraction of a warm user's interactions held out (the latest, at least one).
+      seed: the seed of the user draws and of the order of untimed interactions.
+
+    Returns:
+      The :class:`TopNSplit`.
+
+    Raises:
+      DataError: if the log has fewer than 3 users, or a fraction is outside ``[0, 1)``.
+    """
+    for name, value in (("test_frac", test_frac), ("val_frac", val_frac), ("warm_frac", warm_frac)):
+        if not 0.0 <= float(value) < 1.0:
+            raise DataError(f"{dataset.name}: {name} must be in [0, 1), got {value!r}")
+    frame = dataset.ratings
+    users = np.unique(frame["user"].to_numpy())
+    if len(users) < 3:
+        raise DataError(f"{dataset.source or dataset.name}: {len(users)} user(s); a top-N split needs at least 3")
+    rng = np.random.default_rng([seed, 11])
+    shuffled = rng.permutation(users)
+    n_test = int(round(test_frac * len(users)))
+    n_val = int(round(val_frac * (len(users) - n_test)))
+    test_users, val_users = shuffled[:n_test], shuffled[n_test : n_test + n_val]
+    train_users = shuffled[n_test + n_val :]
+    part = np.zeros(dataset.n_users, np.int8)  # 0 train, 1 validation, 2 test
+    part[val_users], part[test_users] = 1, 2
+    row_part = part[frame["user"].to_numpy()]
+    train = frame[row_part == 0]
+    scenarios = {"new_user": frame[row_part == 2].reset_index(drop=True)}
+    warm_rows = np.zeros(len(train), bool)
+    if warm_frac > 0 and len(train_users):
+        warm_users = rng.permutation(train_users)[: max(1, int(round(warm_frac * len(train_users))))]
+        is_warm = np.isin(train["user"].to_numpy(), warm_users)
+        rank, total = _time_rank(train, rng)
+        held = np.maximum(np.round(warm_holdout * total).astype(np.int64), 1)
+        warm_rows = is_warm & (rank >= total - held) & (total >= 2)
+        scenarios["warm"] = train[warm_rows].reset_index(drop=True)
+    stats = {
+        "train_users": len(train_users),
+        "validation_users": len(val_users),
+        "new_users": len(test_users),
+        "train_interactions": int((~warm_rows).sum()),
+        "validation_interactions": int((row_part == 1).sum()),
+        "new_user_interactions": int((row_part == 2).sum()),
+        "warm_held_out": int(warm_rows.sum()),
+    }
+    return TopNSplit(
+        train=train[~warm_rows].reset_index(drop=True),
+        validation=frame[row_part == 1].reset_index(drop=True),
+        scenarios=scenarios,
+        stats=stats,
+    )
+
+
+def implicit_featurizer(dataset: Dataset, train: pd.DataFrame) -> Featurizer:
+    """A :class:`~jaxrec.data.Featurizer` fitted on the training interactions, whose target is a logit.
+
+    Args:
+      dataset: the dataset.
+      train: the training interactions.
+
+    Returns:
+      The featurizer with ``spec.target = "label"`` and no rating range (models start at zero logits).
+    """
+    feat = Featurizer.fit(dataset, train)
+    spec = dataclasses.replace(feat.spec, target="label", rating_range=None)
+    return dataclasses.replace(feat, spec=spec)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# negatives
+
+
+@dataclasses.dataclass(frozen=True)
+class NegativeSampler:
+    """Draws items a user has not interacted with (see the module docstring).
+
+    Attributes:
+      kind: ``"uniform"`` over the training items or ``"popularity"`` (``q_i`` proportional to the item's number
+        of training interactions).
+      count: negatives per positive row.
+      n_items: the catalogue size (dataset item codes ``0 .. n_items - 1``).
+      cdf: the cumulative distribution over item codes.
+      logq: ``log q_i`` of every item code (``-inf`` for items never drawn), for the logQ correction.
+      interacted: sorted keys ``user * n_items + item`` of the interactions draws must avoid.
+      tries: redraws of a draw that hits an interacted item before it is masked out.
+    """
+
+    kind: str
+    count: int
+    n_items: int
+    cdf: np.ndarray
+    logq: np.ndarray
+    interacted: np.ndarray
+    tries: int = 8
+
+    @classmethod
+    def fit(
+        cls,
+        train: pd.DataFrame,
+        n_items: int,
+        *,
+        count: int = 20,
+        kind: str = "uniform",
+        avoid: Sequence[pd.DataFrame] = (),
+    ) -> NegativeSampler:
+        """Build the sampler of a training log.
+
+        Args:
+          train: the training interactions (the distribution ``q`` is over their items).
+          n_items: the catalogue size.
+          count: negatives per positive row.
+          kind: one of :data:`SAMPLERS`.
+          avoid: further interaction frames whose pairs draws must avoid (the evaluation users' own).
+
+        Returns:
+          The sampler.
+
+        Raises:
+          ValueError: if ``kind`` is unknown or ``count`` is not positive.
+          DataError: if ``train`` has no interaction.
+        """
+        if kind not in SAMPLERS:
+            raise ValueError(f"unknown negative sampler {kind!r}; choose one of {SAMPLERS}")
+        if int(count) < 1:
+            raise ValueError(f"negatives must be >= 1, got {count}")
+        if len(train) == 0:
+            raise DataError("cannot sample negatives: no training interaction")
+        counts = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
+        weight = counts if kind == "popularity" else (counts > 0).astype(np.float64)
+        q = weight / weight.sum()
+        with np.errstate(divide="ignore"):
+            logq = np.log(q).astype(np.float32)
+        frames = [train, *avoid]
+        keys = np.concatenate(
+            [f["user"].to_numpy().astype(np.int64) * n_items + f["item"].to_numpy() for f in frames if len(f)]
+        )
+        return cls(kind, int(count), int(n_items), np.cumsum(q), logq, np.unique(keys))
+
+    def sample(self, users: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``count`` negatives for each entry of ``users``.
+
+        Args:
+          users: user codes of any shape (``-1`` = padding: drawn, never checked).
+          rng: the generator.
+
+        Returns:
+          ``(items, ok)`` of shape ``users.shape + (count,)``: item codes, and false where every try hit an
+          interacted item.
+        """
+        shape = np.shape(users) + (self.count,)
+        owner = np.broadcast_to(np.asarray(users, np.int64)[..., None], shape)
+        items = self._draw(shape, rng)
+        ok = np.ones(shape, bool)
+        for _ in range(self.tries):
+            keys = owner * self.n_items + items
+            pos = np.minimum(np.searchsorted(self.interacted, keys), len(self.interacted) - 1)
+            ok = (self.interacted[pos] != keys) | (owner < 0)
+            if ok.all():
+                break
+            items = np.where(ok, items, self._draw(shape, rng))
+        return items.astype(np.int32), ok
+
+    def _draw(self, shape: tuple, rng: np.random.Generator) -> np.ndarray:
+        u = rng.random(shape) * self.cdf[-1]
+        return np.minimum(np.searchsorted(self.cdf, u, side="right"), self.n_items - 1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tasks
+
+
+@dataclasses.dataclass
+class TopNTaskSet:
+    """K-shot top-N tasks: a :class:`~jaxrec.data.TaskSet` of interactions whose batches carry sampled negatives.
+
+    The rows of a batch are the positives, with the row keys of the featurizer plus ``weight`` (the confidence
+    weight), ``neg_item [rows, N]`` and the negatives' side features, ``neg_mask [rows, N]``, ``logq [rows]`` and
+    ``neg_logq [rows, N]`` (see :mod:`jaxrec.core.ranking`).
+
+    Attributes:
+      tasks: the underlying task set (``row_rating`` holds the weights).
+      sampler: the :class:`NegativeSampler`.
+    """
+
+    tasks: TaskSet
+    sampler: NegativeSampler
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def users(self) -> np.ndarray:
+        """The user code of each task."""
+        return self.tasks.users
+
+    @property
+    def featurizer(self) -> Featurizer:
+        """The featurizer of the rows."""
+        return self.tasks.featurizer
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The feature spec of the rows."""
+        return self.tasks.spec
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The counts of the build (tasks, users dropped or subsampled, rows, lengths)."""
+        return self.tasks.stats
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        """The distinct padded ``(support, query)`` lengths."""
+        return self.tasks.shapes
+
+    def summary(self, batch_size: int | None = None) -> str:
+        """Describe the task set in one line."""
+        return self.tasks.summary(batch_size).replace("TaskSet", f"TopNTaskSet({self.sampler.count} negatives)", 1)
+
+    def batch_plan(self, batch_size: int, rng: np.random.Generator | None) -> list[np.ndarray]:
+        """Plan an epoch's batches (:meth:`~jaxrec.data.TaskSet.batch_plan`)."""
+        return self.tasks.batch_plan(batch_size, rng)
+
+    def item_codes(self, task_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The dataset item codes of the given tasks' support and query rows.
+
+        Args:
+          task_index: task indices (``-1`` = a padding task).
+
+        Returns:
+          ``(support [T, S], query [T, Q])`` item codes, ``-1`` on padding, padded as :meth:`make_batch` pads.
+        """
+        sides, _, _ = self._codes(np.asarray(task_index))
+        return sides[0][0]["item"], sides[1][0]["item"]
+
+    def _codes(self, task_index: np.ndarray):
+        base = self.tasks
+        real = task_index >= 0
+        safe = np.where(real, task_index, 0)
+        users = np.where(real, base.users[safe], -1).astype(np.int32)
+        out = []
+        for start, length, pad in (
+            (base.support_start, base.support_len, base.support_pad),
+            (base.query_start, base.query_len, base.query_pad),
+        ):
+            size = int(pad[safe[real]].max()) if real.any() else int(pad.max(initial=1))
+            out.append(base._side(start[safe], np.where(real, length[safe], 0), size))
+        return out, users, real
+
+    def make_batch(self, task_index: np.ndarray, rng: np.random.Generator | None = None) -> TaskBatch:
+        """Build the batch of the given tasks, negatives drawn with ``rng``.
+
+        Args:
+          task_index: task indices; ``-1`` entries become padding tasks.
+          rng: the generator of the negatives (default ``default_rng(0)``).
+
+        Returns:
+          A numpy :class:`~jaxrec.TaskBatch` with ``task_id`` = user code.
+        """
+        rng = rng or np.random.default_rng(0)
+        sides, users, _ = self._codes(np.asarray(task_index))
+        feat, sampler = self.featurizer, self.sampler
+        rows = []
+        for codes, mask in sides:
+            side = feat.user_rows(codes["user"])
+            side.update(feat.item_rows(codes["item"]))
+            side["weight"] = np.where(mask, codes["rating"], 0.0).astype(np.float32)
+            owner = np.where(mask, codes["user"], -1)
+            negatives, ok = sampler.sample(owner, rng)
+            side.update(feat.item_rows(negatives, prefix="neg_"))
+            side["neg_mask"] = ok & mask[..., None]
+            side["logq"] = np.where(mask, sampler.logq[np.maximum(codes["item"], 0)], 0.0).astype(np.float32)
+            side["neg_logq"] = np.where(side["neg_mask"], sampler.logq[negatives], 0.0).astype(np.float32)
+            rows.append(side)
+        (_, s_mask), (_, q_mask) = sides
+        return TaskBatch(support=rows[0], query=rows[1], support_mask=s_mask, query_mask=q_mask, task_id=users)
+
+
+def topn_tasks(
+    interactions: pd.DataFrame,
+    featurizer: Featurizer,
+    sampler: NegativeSampler,
+    *,
+    shots: int = 10,
+    query: int = 100,
+    seed: int | Sequence[int] = 0,
+    train: bool = False,
+    size_seed: int | None = None,
+) -> TopNTaskSet:
+    """Build one top-N task per user.
+
+    Evaluation tasks (``train=False``): the user's first ``shots`` interactions (time order where the log has
+    timestamps, else seeded random) as support, the next ``query`` ones as query; users with at most ``shots``
+    interactions have no query and are counted in ``stats["users_dropped"]``. Meta-train tasks (``train=True``):
+    a seeded random ``shots`` of the user's interactions as support and, as query, up to ``query`` others; a user
+    with more than ``shots + query`` interactions contributes a random subset of that size (different for every
+    ``seed``, the sizes fixed by ``size_seed``), counted in ``stats["users_subsampled"]``; a user with a single
+    interaction has no query and is counted as dropped.
+
+    Args:
+      interactions: a frame with ``user``, ``item`` (dataset codes), optionally ``weight`` and ``timestamp``.
+      featurizer: the featurizer (:func:`implicit_featurizer`).
+      sampler: the negative sampler.
+      shots: support interactions per task (``K``).
+      query: the most query interactions per task.
+      seed: the seed of the orders and subsets.
+      train: meta-train tasks (random support/query) instead of evaluation tasks (the first ``shots``).
+      size_seed: meta-train tasks: the seed of the subsample sizes (default ``seed``).
+
+    Returns:
+      The :class:`TopNTaskSet`.
+
+    Raises:
+      ValueError: if ``shots`` or ``query`` is not positive.
+      DataError: if a column is missing.
+    """
+    if int(shots) < 1 or int(query) < 1:
+        raise ValueError(f"shots and query must be >= 1, got shots={shots}, query={query}")
+    for col in ("user", "item"):
+        if col not in interactions:
+            raise DataError(f"topn_tasks: interactions have no {col!r} column; the columns are {list(interactions)}")
+    frame = pd.DataFrame(
+        {
+            "user": interactions["user"].to_numpy(),
+            "item": interactions["item"].to_numpy(),
+            "rating": interactions["weight"].to_numpy() if "weight" in interactions else 1.0,
+        }
+    )
+    timed = "timestamp" in interactions and not train
+    if timed:
+        frame["timestamp"] = interactions["timestamp"].to_numpy()
+    shots, query = int(shots), int(query)
+    if train:
+        # one support row and the rest as query keeps every user with two interactions or more, each task's rows
+        # contiguous and shuffled; _support_first then moves the support boundary to ``shots``
+        window = shots + query
+        tasks = build_tasks(
+            frame,
+            featurizer,
+            "kshot",
+            support=1,
+            query=window - 1,
+            seed=seed,
+            order="random",
+            support_buckets=(1,),
+            query_buckets=(window - 1,),
+            subsample=(window, window),
+            subsample_seed=size_seed,
+        )
+        tasks = _support_first(tasks, shots, query)
+    else:
+        tasks = build_tasks(
+            frame,
+            featurizer,
+            "kshot",
+            support=shots,
+            query=query,
+            seed=seed,
+            order="time" if timed else "random",
+            support_buckets=(shots,),
+            query_buckets=(query,),
+        )
+    return TopNTaskSet(tasks, sampler)
+
+
+def _support_first(tasks: TaskSet, shots: int, query: int) -> TaskSet:
+    """Re-cut each task's rows: the first ``min(shots, n - 1)`` of its (shuffled) rows as support, the rest as
+    query (at most ``query``). The rows of a task are contiguous: support then query."""
+    start = tasks.support_start
+    n = tasks.support_len.astype(np.int64) + tasks.query_len  # the task's rows: one support row, then query
+    s_len = np.minimum(shots, n - 1)
+    q_len = np.minimum(n - s_len, query)
+    keep = (s_len >= 1) & (q_len >= 1)
+    stats = dict(tasks.stats)
+    stats["users_dropped"] = int(stats.get("users_dropped", 0) + (~keep).sum())
+    stats["tasks"] = int(keep.sum())
+    stats["rows"] = int(s_len[keep].sum() + q_len[keep].sum())
+    stats["support_len"], stats["query_len"] = _describe(s_len[keep]), _describe(q_len[keep])
+    return dataclasses.replace(
+        tasks,
+        users=tasks.users[keep],
+        support_start=start[keep],
+        support_len=s_len[keep].astype(np.int32),
+        query_start=(start + s_len)[keep],
+        query_len=q_len[keep].astype(np.int32),
+        support_pad=np.full(int(keep.sum()), shots, np.int32),
+        query_pad=np.full(int(keep.sum()), query, np.int32),
+        split="topn-train",
+        stats=stats,
+    )

@@ -1,0 +1,631 @@
+"""Top-N (retrieval) baselines for implicit feedback: the ones a practitioner runs before anything meta-learned.
+
+Each baseline is a pair of pure pieces:
+
+* ``fit_<name>(X, **hyper) -> <Name>Model`` fits on the meta-train users' interaction matrix ``X`` (a
+  ``scipy.sparse`` CSR ``[n_train_users, n_items]`` of non-negative interaction weights, 1.0 for a plain click;
+  see :func:`interaction_matrix`), and returns a frozen dataclass of numpy arrays;
+* ``model.scores(S) -> float32 [n_eval_users, n_items]`` scores the whole catalogue for NEW users from their
+  fold-in matrix ``S`` (CSR ``[n_eval_users, n_items]``, each row the user's few support interactions). Higher is
+  more recommended. The support items are NOT masked: the caller masks them and takes the top ``k``.
+
+The baselines (:data:`RETRIEVAL_BASELINES`):
+
+* ``popular``: item popularity, the same ranking for everyone.
+* ``itemknn``: item-item cosine neighbourhoods (Sarwar et al., WWW 2001), ``scores = S @ C``.
+* ``ease``: the shallow linear auto-encoder EASE (Steck, WWW 2019), ``scores = S @ B``.
+* ``mf``: implicit-feedback matrix factorisation by weighted alternating least squares (Hu, Koren & Volinsky,
+  ICDM 2008), new users folded in by one exact ALS step against the trained item factors.
+
+Everything is numpy / scipy and vectorised; the dense work is done in row blocks of at most
+``_BLOCK_ELEMENTS`` float64 numbers (128 MiB), so memory stays bounded for catalogues of 50k items (except EASE,
+which inverts a dense item-item matrix and refuses more than :data:`EASE_MAX_ITEMS` items).
+
+>>> X = interaction_matrix([0, 0, 1, 2], [0, 1, 1, 2], None, n_users=3, n_items=3)
+>>> fit_popular(X).scores(X[:1]).tolist()
+[[1.0, 2.0, 1.0]]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+
+__all__ = [
+    "EASE_MAX_ITEMS",
+    "RETRIEVAL_BASELINES",
+    "EASEModel",
+    "ItemKNNModel",
+    "MFModel",
+    "PopularModel",
+    "als_objective",
+    "fit_ease",
+    "fit_itemknn",
+    "fit_mf",
+    "fit_popular",
+    "interaction_matrix",
+]
+
+#: The largest dense item-item system :func:`fit_ease` accepts: ``30000**2`` float64 numbers are 7.2 GB, and the
+#: Cholesky factorisation and inverse take ``n**3`` flops (minutes on a workstation).
+EASE_MAX_ITEMS = 30000
+
+# Dense blocks (Gram rows, outer products, stacked normal equations) hold at most this many float64 numbers.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checks
+
+
+def interaction_matrix(
+    users: Any,
+    items: Any,
+    weights: Any,
+    n_users: int,
+    n_items: int,
+) -> sp.csr_matrix:
+    """Build the implicit-feedback matrix ``X[u, i] = sum of the weights of (u, i)`` from interaction triples.
+
+    Args:
+      users: int ``[n]``, the row (user index) of each interaction, in ``[0, n_users)``.
+      items: int ``[n]``, the column (item index) of each interaction, in ``[0, n_items)``.
+      weights: ``[n]`` interaction weights, a scalar, or None for 1.0 each (a plain click).
+      n_users: the number of rows.
+      n_items: the number of columns (the catalogue).
+
+    Returns:
+      float32 CSR ``[n_users, n_items]`` with duplicates summed and sorted indices; entries that sum to zero are
+      dropped.
+
+    Raises:
+      ValueError: if the arrays are not 1-D of one length, an index is not an integer or is out of range, or a
+        weight is not finite.
+    """
+    n_users, n_items = _count(n_users, "n_users"), _count(n_items, "n_items")
+    users, items = np.asarray(users), np.asarray(items)
+    if users.ndim != 1 or items.ndim != 1 or users.shape != items.shape:
+        raise ValueError(f"users and items must be 1-D of one length, got shapes {users.shape} and {items.shape}")
+    weights = np.ones(users.shape, np.float64) if weights is None else np.asarray(weights, np.float64)
+    if weights.ndim == 0:
+        weights = np.full(users.shape, float(weights))
+    if weights.shape != users.shape:
+        raise ValueError(f"weights must match users and items, got shape {weights.shape} for {users.shape[0]} pairs")
+    if not np.all(np.isfinite(weights)):
+        raise ValueError(f"weights must be finite; {int(np.sum(~np.isfinite(weights)))} are NaN or infinite")
+    rows = _indices(users, n_users, "users", "n_users")
+    cols = _indices(items, n_items, "items", "n_items")
+    X = sp.csr_matrix((weights, (rows, cols)), shape=(n_users, n_items))  # sums duplicates
+    X.eliminate_zeros()
+    X.sort_indices()
+    return X.astype(np.float32)
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    return int(value)
+
+
+def _indices(values: np.ndarray, size: int, name: str, size_name: str) -> np.ndarray:
+    if values.size and not (np.issubdtype(values.dtype, np.integer) or np.all(np.mod(values, 1) == 0)):
+        raise ValueError(f"{name} must be integer indices")
+    values = values.astype(np.int64)
+    bad = (values < 0) | (values >= size)
+    if np.any(bad):
+        raise ValueError(f"{name} must lie in [0, {size_name}={size}); got {values[bad][0]} ({int(bad.sum())} out)")
+    return values
+
+
+def _as_csr(M: Any, name: str, *, n_items: int | None = None, nonnegative: bool = False) -> sp.csr_matrix:
+    """A float64 CSR copy of ``M`` (sparse or dense, 2-D), checked, explicit zeros dropped, indices sorted."""
+    if sp.issparse(M):
+        M = sp.csr_matrix(M, dtype=np.float64, copy=True)
+    else:
+        array = np.asarray(M)
+        if array.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D matrix [users, items], got shape {array.shape}")
+        M = sp.csr_matrix(array.astype(np.float64))
+    if M.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix [users, items], got shape {M.shape}")
+    if n_items is not None and M.shape[1] != n_items:
+        raise ValueError(f"{name} has {M.shape[1]} items (columns) but the model was fitted on {n_items}")
+    M.sum_duplicates()
+    if not np.all(np.isfinite(M.data)):
+        raise ValueError(f"{name} must hold finite weights; {int(np.sum(~np.isfinite(M.data)))} are NaN or infinite")
+    if nonnegative and np.any(M.data < 0):
+        raise ValueError(f"{name} must hold non-negative weights (the confidence 1 + alpha * x must be >= 1)")
+    M.eliminate_zeros()
+    M.sort_indices()
+    return M
+
+
+def _train_matrix(X: Any, *, nonnegative: bool = False) -> sp.csr_matrix:
+    X = _as_csr(X, "X", nonnegative=nonnegative)
+    if X.shape[0] == 0 or X.shape[1] == 0 or X.nnz == 0:
+        raise ValueError(f"X is empty (shape {X.shape}, {X.nnz} interactions): there is nothing to fit on")
+    return X
+
+
+def _positive(value: Any, name: str, *, strict: bool = True) -> float:
+    value = float(value)
+    if not np.isfinite(value) or value < 0 or (strict and value == 0):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} 0, got {value}")
+    return value
+
+
+def _gram_blocks(X: sp.csr_matrix):
+    """Yield ``(start, stop, (X^T X)[start:stop])`` as dense float64 row blocks of at most ``_BLOCK_ELEMENTS``."""
+    Xt = X.T.tocsr()
+    n = X.shape[1]
+    rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        yield start, stop, (Xt[start:stop] @ X).toarray()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# popular
+
+
+@dataclasses.dataclass(frozen=True)
+class PopularModel:
+    """Item popularity.
+
+    Attributes:
+      popularity: float32 ``[n_items]``, the score of each item.
+    """
+
+    popularity: np.ndarray
+
+    @property
+    def n_items(self) -> int:
+        return int(self.popularity.shape[0])
+
+    def scores(self, S: Any) -> np.ndarray:
+        """Score the catalogue: the popularity row, the same for every user.
+
+        Args:
+          S: the fold-in matrix ``[n_eval_users, n_items]`` (only its shape is used).
+
+        Returns:
+          float32 ``[n_eval_users, n_items]``.
+
+        Raises:
+          ValueError: if ``S`` has another number of items or non-finite weights.
+        """
+        S = _as_csr(S, "S", n_items=self.n_items)
+        return np.tile(self.popularity, (S.shape[0], 1))
+
+
+def fit_popular(X: Any, *, weighted: bool = False) -> PopularModel:
+    """Fit the most-popular ranking: ``score_i = |{u : x_ui > 0}|`` (or ``sum_u x_ui`` when ``weighted``).
+
+    The non-personalised baseline of every top-N study (e.g. Cremonesi, Koren & Turrin, RecSys 2010): on
+    MovieLens it is hard to beat by a wide margin.
+
+    Args:
+      X: the training interactions ``[n_train_users, n_items]``.
+      weighted: score by summed weights instead of the number of users.
+
+    Returns:
+      The :class:`PopularModel`.
+
+    Raises:
+      ValueError: if ``X`` is empty or holds non-finite weights.
+    """
+    X = _train_matrix(X)
+    popularity = np.asarray(X.sum(axis=0)).ravel() if weighted else np.diff(X.tocsc().indptr).astype(np.float64)
+    return PopularModel(popularity=popularity.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item kNN
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemKNNModel:
+    """Sparse item-item similarities.
+
+    Attributes:
+      similarity: float32 CSR ``[n_items, n_items]``, ``C[i, j]`` = weight of a support item ``i`` in the score of
+        a target item ``j``; column ``j`` holds ``j``'s ``neighbours`` most similar items, the diagonal is zero.
+    """
+
+    similarity: sp.csr_matrix
+
+    @property
+    def n_items(self) -> int:
+        return int(self.similarity.shape[0])
+
+    def scores(self, S: Any) -> np.ndarray:
+        """Score the catalogue: ``S @ C``, the summed similarity of each item to the user's support items.
+
+        Args:
+          S: the fold-in matrix ``[n_eval_users, n_items]``.
+
+        Returns:
+          float32 ``[n_eval_users, n_items]``.
+
+        Raises:
+          ValueError: if ``S`` has another number of items or non-finite weights.
+        """
+        S = _as_csr(S, "S", n_items=self.n_items)
+        return np.asarray((S @ self.similarity).toarray(), np.float32)
+
+
+def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKNNModel:
+    """Fit item-based kNN with (shrunk) cosine similarity (Sarwar, Karypis, Konstan & Riedl, WWW 2001).
+
+    With ``G = X^T X`` and ``D = diag(G)`` (the squared column norms),
+
+        C_ij = G_ij / (sqrt(D_ii D_jj) + shrink),    i != j,    C_ii = 0,
+
+    i.e. ``C = D^-1/2 G D^-1/2`` for ``shrink = 0``; a positive ``shrink`` damps similarities supported by few
+    co-occurrences (the shrunk cosine of Koren, KDD 2008, used for top-N by Aiolli, RecSys 2013). Each target item
+    ``j`` keeps only its ``neighbours`` largest similarities (column ``j`` of ``C``; ties at the cut are broken
+    arbitrarily, exact zeros are dropped), as in Sarwar et al.'s model size ``k``. The Gram matrix is formed in
+    dense row blocks of bounded size and pruned with ``np.argpartition``, so memory is
+    ``O(n_items * neighbours)`` plus one block.
+
+    Args:
+      X: the training interactions ``[n_train_users, n_items]``.
+      neighbours: the number of neighbours kept per item (>= 1); ``>= n_items - 1`` keeps every similarity.
+      shrink: the shrinkage term (>= 0).
+
+    Returns:
+      The :class:`ItemKNNModel`.
+
+    Raises:
+      ValueError: if ``X`` is empty or holds non-finite weights, or a hyper-parameter is out of range.
+    """
+    X = _train_matrix(X)
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int | np.integer) or neighbours < 1:
+        raise ValueError(f"neighbours must be an int >= 1, got {neighbours!r}")
+    shrink = _positive(shrink, "shrink", strict=False)
+    n = X.shape[1]
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())
+    keep = min(int(neighbours), n)
+    targets, sources, values = [], [], []
+    for start, stop, block in _gram_blocks(X):
+        denominator = norms[start:stop, None] * norms[None, :] + shrink
+        np.divide(block, denominator, out=block, where=denominator > 0)
+        block[denominator <= 0] = 0.0
+        local = np.arange(stop - start)
+        block[local, start + local] = 0.0  # the diagonal
+        if keep < n:
+            top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
+        else:
+            top = np.broadcast_to(np.arange(n), block.shape)
+        top_values = np.take_along_axis(block, top, axis=1)
+        nonzero = top_values != 0
+        targets.append(np.broadcast_to(start + local[:, None], top.shape)[nonzero])
+        sources.append(top[nonzero])
+        values.append(top_values[nonzero])
+    similarity = sp.csr_matrix(
+        (np.concatenate(values).astype(np.float32), (np.concatenate(sources), np.concatenate(targets))),
+        shape=(n, n),
+    )
+    similarity.sort_indices()
+    return ItemKNNModel(similarity=similarity)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# EASE
+
+
+@dataclasses.dataclass(frozen=True)
+class EASEModel:
+    """EASE item-item weights, restricted to the items seen in training (the others have all-zero weights).
+
+    Attributes:
+      items: int64 ``[n_active]``, the catalogue indices of the items with at least one training interaction.
+      weights: float32 ``[n_active, n_active]``, ``B`` on those items (zero diagonal).
+      n_items: the size of the catalogue.
+    """
+
+    items: np.ndarray
+    weights: np.ndarray
+    n_items: int
+
+    def dense_weights(self) -> np.ndarray:
+        """``B`` on the whole catalogue: float32 ``[n_items, n_items]`` (zero rows and columns for unseen items)."""
+        B = np.zeros((self.n_items, self.n_items), np.float32)
+        B[np.ix_(self.items, self.items)] = self.weights
+        return B
+
+    def scores(self, S: Any) -> np.ndarray:
+        """Score the catalogue: ``S @ B``.
+
+        Args:
+          S: the fold-in matrix ``[n_eval_users, n_items]``.
+
+        Returns:
+          float32 ``[n_eval_users, n_items]`` (zero for items never seen in training).
+
+        Raises:
+          ValueError: if ``S`` has another number of items or non-finite weights.
+        """
+        S = _as_csr(S, "S", n_items=self.n_items)
+        out = np.zeros((S.shape[0], self.n_items), np.float32)
+        out[:, self.items] = S[:, self.items].astype(np.float32) @ self.weights
+        return out
+
+
+def fit_ease(X: Any, *, l2: float = 500.0, max_items: int = EASE_MAX_ITEMS) -> EASEModel:
+    """Fit EASE, the embarrassingly shallow auto-encoder (Steck, WWW 2019).
+
+    EASE solves ``min_B ||X - X B||_F^2 + l2 ||B||_F^2`` subject to ``diag(B) = 0``. With ``G = X^T X + l2 I`` and
+    ``P = G^-1`` the closed form (the KKT conditions with one Lagrange multiplier per diagonal entry) is
+
+        B = I - P diag(1 / diag(P)),    i.e.  B_ij = -P_ij / P_jj  (i != j),  B_jj = 0,
+
+    which satisfies ``G B = G - diag(1 / diag(P))``. ``G`` is symmetric positive definite, so ``P`` comes from its
+    Cholesky factor (LAPACK ``potrf`` + ``potri``) in float64. Items without any training interaction form a
+    diagonal block ``l2 I`` of ``G`` and get exactly zero weights, so the dense system is restricted to the items
+    seen in training.
+
+    Args:
+      X: the training interactions ``[n_train_users, n_items]``.
+      l2: the ridge strength ``lambda`` (> 0); Steck uses a few hundred on MovieLens-20M.
+      max_items: the largest dense system accepted.
+
+    Returns:
+      The :class:`EASEModel`.
+
+    Raises:
+      ValueError: if ``X`` is empty or holds non-finite weights, ``l2 <= 0``, or more than ``max_items`` items have
+        training interactions (``P`` is a dense ``n x n`` inverse: ``8 n^2`` bytes and ``n^3`` flops).
+    """
+    X = _train_matrix(X)
+    l2 = _positive(l2, "l2")
+    items = np.flatnonzero(np.diff(X.tocsc().indptr))
+    n = items.size
+    if n > max_items:
+        raise ValueError(
+            f"EASE inverts a dense item-item matrix: {n} items with training interactions need "
+            f"{8 * n * n / 1e9:.1f} GB and ~{n**3 / 1e12:.0f} Tflop, over the limit of {max_items} items "
+            "(prune the catalogue to the most popular items, or use itemknn or mf)"
+        )
+    Xa = X[:, items]
+    G = np.empty((n, n), np.float64)
+    for start, stop, block in _gram_blocks(Xa):
+        G[start:stop] = block
+    G[np.diag_indices(n)] += l2
+    factor, lower = scipy.linalg.cho_factor(G, lower=False, overwrite_a=True, check_finite=False)
+    (potri,) = scipy.linalg.get_lapack_funcs(("potri",), (factor,))
+    P, info = potri(factor, lower=lower, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"LAPACK potri failed with info={info}")
+    _symmetrise_from_upper(P)
+    diagonal = np.diag(P).copy()
+    P /= -diagonal[None, :]
+    P[np.diag_indices(n)] = 0.0
+    return EASEModel(items=items.astype(np.int64), weights=P.astype(np.float32), n_items=int(X.shape[1]))
+
+
+def _symmetrise_from_upper(P: np.ndarray) -> None:
+    """Copy the upper triangle of ``P`` onto its lower one, in place, block by block."""
+    n = P.shape[0]
+    rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        P[start:stop, :start] = P[:start, start:stop].T
+        diagonal = P[start:stop, start:stop]
+        P[start:stop, start:stop] = np.triu(diagonal) + np.triu(diagonal, 1).T
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# implicit ALS
+
+
+@dataclasses.dataclass(frozen=True)
+class MFModel:
+    """Implicit-feedback matrix factorisation.
+
+    Attributes:
+      item_factors: float64 ``[n_items, factors]``, ``Y``.
+      user_factors: float64 ``[n_train_users, factors]``, the training users' ``X`` (kept for diagnostics).
+      l2: the ridge strength ``lambda`` used in training and in the fold-in.
+      alpha: the confidence slope ``alpha`` (``c = 1 + alpha * x``).
+      history: float64 ``[iterations]``, the objective (:func:`als_objective`) after each ALS sweep;
+        non-increasing.
+    """
+
+    item_factors: np.ndarray
+    user_factors: np.ndarray
+    l2: float
+    alpha: float
+    history: np.ndarray
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_factors.shape[0])
+
+    def fold_in(self, S: Any) -> np.ndarray:
+        """Fold new users in: the exact ALS user step against the trained item factors.
+
+        For each row ``s`` of ``S``, ``u = (Y^T C Y + l2 I)^-1 Y^T C p`` with ``C = diag(1 + alpha * s)`` and
+        ``p = [s > 0]`` (see :func:`fit_mf`). A user without support gets ``u = 0``.
+
+        Args:
+          S: the fold-in matrix ``[n_eval_users, n_items]`` of non-negative weights.
+
+        Returns:
+          float64 ``[n_eval_users, factors]``.
+
+        Raises:
+          ValueError: if ``S`` has another number of items, or non-finite or negative weights.
+        """
+        S = _as_csr(S, "S", n_items=self.n_items, nonnegative=True)
+        return _als_step(S, self.item_factors, self.l2, self.alpha)
+
+    def scores(self, S: Any) -> np.ndarray:
+        """Score the catalogue: ``U_new Y^T`` with ``U_new`` from :meth:`fold_in`.
+
+        Args:
+          S: the fold-in matrix ``[n_eval_users, n_items]`` of non-negative weights.
+
+        Returns:
+          float32 ``[n_eval_users, n_items]``.
+
+        Raises:
+          ValueError: if ``S`` has another number of items, or non-finite or negative weights.
+        """
+        return np.asarray(self.fold_in(S) @ self.item_factors.T, np.float32)
+
+
+def _als_step(R: sp.csr_matrix, F: np.ndarray, l2: float, alpha: float) -> np.ndarray:
+    """Solve every row's factors against the fixed factors ``F`` (``[m, f]``) at once.
+
+    For row ``r`` of ``R`` (``[n, m]``, non-negative) with nonzeros ``N(r)``, the normal equations are
+
+        (F^T F + l2 I + sum_{j in N(r)} alpha R_rj F_j F_j^T) u_r = sum_{j in N(r)} (1 + alpha R_rj) F_j,
+
+    the ``F^T C_r F = F^T F + F^T (C_r - I) F`` trick of Hu et al. (rows without nonzeros get ``u_r = 0``). The
+    sum of outer products is the Gram matrix ``Z_r^T Z_r`` of the row's nonzeros ``Z_r = sqrt(alpha R_rj) F_j``:
+    rows are grouped by their number of nonzeros rounded up to a power of two, padded with zero rows to that
+    length and multiplied as one stacked ``[rows, f, L] @ [rows, L, f]`` product (BLAS; at most twice the
+    ``nnz f^2`` flops), in chunks of bounded memory; the stacked ``[rows, f, f]`` systems are solved by
+    ``np.linalg.solve``.
+    """
+    n = R.shape[0]
+    f = F.shape[1]
+    out = np.zeros((n, f), np.float64)
+    active = np.flatnonzero(np.diff(R.indptr))
+    if active.size == 0:
+        return out
+    R = R[active]
+    base = F.T @ F + l2 * np.eye(f)
+    confidence = R.copy()
+    confidence.data = 1.0 + alpha * R.data
+    rhs = np.asarray(confidence @ F)  # Y^T C_u p_u: p = 1 on the nonzeros, 0 elsewhere
+    lengths = np.diff(R.indptr)
+    padded = np.left_shift(1, np.ceil(np.log2(lengths)).astype(np.int64))  # lengths >= 1
+    bounds = np.concatenate([[0], np.cumsum(padded)])
+    max_rows = max(1, _BLOCK_ELEMENTS // (f * f))
+    start = 0
+    while start < R.shape[0]:
+        # rows [start, stop): at most max_rows systems and _BLOCK_ELEMENTS padded factor numbers (>= one row)
+        stop = int(np.searchsorted(bounds, bounds[start] + max(1, _BLOCK_ELEMENTS // f), side="right")) - 1
+        stop = min(max(stop, start + 1), start + max_rows, R.shape[0])
+        A = np.broadcast_to(base, (stop - start, f, f)).copy()
+        lo, hi = R.indptr[start], R.indptr[stop]
+        Z = np.zeros((hi - lo + 1, f))  # the last row is the zero padding
+        Z[:-1] = np.sqrt(alpha * R.data[lo:hi])[:, None] * F[R.indices[lo:hi]]
+        chunk_padded = padded[start:stop]
+        for length in np.unique(chunk_padded):
+            rows = np.flatnonzero(chunk_padded == length)
+            offsets = np.arange(length)
+            positions = R.indptr[start + rows, None] - lo + offsets
+            positions = np.where(offsets < lengths[start + rows, None], positions, hi - lo)
+            Zp = Z[positions]  # [rows, L, f]
+            A[rows] += np.matmul(Zp.transpose(0, 2, 1), Zp)
+        out[active[start:stop]] = np.linalg.solve(A, rhs[start:stop, :, None])[..., 0]
+        start = stop
+    return out
+
+
+def als_objective(X: Any, user_factors: np.ndarray, item_factors: np.ndarray, *, l2: float, alpha: float) -> float:
+    """The weighted implicit-feedback objective of Hu, Koren & Volinsky (ICDM 2008, eq. 3).
+
+        L(U, Y) = sum_{u, i} c_ui (p_ui - u_u^T y_i)^2 + l2 (||U||_F^2 + ||Y||_F^2),
+        p_ui = [x_ui > 0],  c_ui = 1 + alpha x_ui,
+
+    over ALL user-item pairs, computed in ``O(nnz f + (n_users + n_items) f^2)`` as
+    ``tr(U^T U Y^T Y) + sum_{x_ui > 0} [c_ui (1 - s_ui)^2 - s_ui^2]`` (``s = U Y^T``) plus the ridge term.
+
+    Args:
+      X: the interactions ``[n_users, n_items]`` (non-negative).
+      user_factors: ``[n_users, f]``.
+      item_factors: ``[n_items, f]``.
+      l2: the ridge strength.
+      alpha: the confidence slope.
+
+    Returns:
+      The objective, a float.
+
+    Raises:
+      ValueError: if ``X`` holds non-finite or negative weights or the shapes disagree.
+    """
+    X = _as_csr(X, "X", n_items=np.shape(item_factors)[0], nonnegative=True)
+    U = np.asarray(user_factors, np.float64)
+    Y = np.asarray(item_factors, np.float64)
+    if U.shape[0] != X.shape[0] or U.shape[1:] != Y.shape[1:]:
+        raise ValueError(f"factor shapes {U.shape} and {Y.shape} do not fit X of shape {X.shape}")
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    s = np.einsum("nf,nf->n", U[rows], Y[X.indices])
+    c = 1.0 + alpha * X.data
+    data_term = np.sum((U.T @ U) * (Y.T @ Y)) + np.sum(c * (1.0 - s) ** 2 - s**2)
+    return float(data_term + l2 * (np.sum(U * U) + np.sum(Y * Y)))
+
+
+def fit_mf(
+    X: Any,
+    *,
+    factors: int = 64,
+    iterations: int = 15,
+    l2: float = 0.1,
+    alpha: float = 10.0,
+    seed: int = 0,
+) -> MFModel:
+    """Fit implicit-feedback matrix factorisation by weighted ALS (Hu, Koren & Volinsky, ICDM 2008).
+
+    Minimises :func:`als_objective`, ``sum_{u,i} c_ui (p_ui - u_u^T y_i)^2 + l2 (||U||^2 + ||Y||^2)`` with
+    preference ``p_ui = [x_ui > 0]`` and confidence ``c_ui = 1 + alpha x_ui`` over all user-item pairs, by
+    alternating the exact ridge solutions
+
+        u_u = (Y^T C_u Y + l2 I)^-1 Y^T C_u p_u,    y_i = (U^T C_i U + l2 I)^-1 U^T C_i p_i,
+
+    each computed for all users (items) at once from ``Y^T C_u Y = Y^T Y + Y^T (C_u - I) Y`` (see
+    :meth:`MFModel.fold_in`). Each half-sweep minimises the objective exactly over one block, so
+    :attr:`MFModel.history` is non-increasing. ``l2`` enters as in the paper, unscaled by the number of
+    interactions (that scaling is ALS-WR, Zhou et al. 2008). ``alpha = 10`` is our default for 0/1 clicks (the
+    paper uses 40 on watch-time counts; on MovieLens clicks 10 to 40 rank alike); item factors start
+    ``N(0, 0.01^2)`` from ``seed``.
+
+    Args:
+      X: the training interactions ``[n_train_users, n_items]`` (non-negative weights).
+      factors: the rank ``f``.
+      iterations: the number of ALS sweeps (users then items).
+      l2: the ridge strength ``lambda`` (> 0).
+      alpha: the confidence slope (>= 0; 0 is unweighted least squares on the 0/1 preferences).
+      seed: the seed of the item-factor initialisation.
+
+    Returns:
+      The :class:`MFModel`.
+
+    Raises:
+      ValueError: if ``X`` is empty or holds non-finite or negative weights, or a hyper-parameter is out of range.
+    """
+    X = _train_matrix(X, nonnegative=True)
+    for name, value in (("factors", factors), ("iterations", iterations)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    l2 = _positive(l2, "l2")
+    alpha = _positive(alpha, "alpha", strict=False)
+    Xt = X.T.tocsr()
+    Y = np.random.default_rng(seed).normal(0.0, 0.01, (X.shape[1], int(factors)))
+    history = []
+    for _ in range(int(iterations)):
+        U = _als_step(X, Y, l2, alpha)
+        Y = _als_step(Xt, U, l2, alpha)
+        history.append(als_objective(X, U, Y, l2=l2, alpha=alpha))
+    return MFModel(item_factors=Y, user_factors=U, l2=l2, alpha=alpha, history=np.asarray(history))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# registry
+
+#: The baselines by name: ``RETRIEVAL_BASELINES[name](X, **hyper).scores(S)``.
+RETRIEVAL_BASELINES: dict[str, Callable[..., Any]] = {
+    "popular": fit_popular,
+    "itemknn": fit_itemknn,
+    "ease": fit_ease,
+    "mf": fit_mf,
+}

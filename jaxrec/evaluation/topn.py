@@ -1,0 +1,430 @@
+"""Top-N evaluation over the whole catalogue.
+
+For every test user: adapt on the support interactions, score **every item** of the catalogue except the
+support items, keep the top ``k`` with :func:`jax.lax.top_k`, and compare the list with the user's query
+interactions (what they did next). Nothing is sampled: the sampled protocol (each positive against 100 sampled
+negatives) ranks methods inconsistently with the full ranking (Krichene & Rendle, KDD 2020) and is offered only
+as :func:`sampled_statistics`, labelled as biased.
+
+Scoring is batched over users and streamed over the catalogue in chunks of ``C`` items (a ``lax.scan``): each
+chunk's scores ``[U, C]`` are merged into a running top ``k``, so memory is ``O(U (C + k))`` whatever the
+catalogue size ``V`` (a million items fits). A *ranker* maps ``(state, batch, exclude, catalogue)`` to the top
+``k`` item codes ``[U, k]``; the meta-learned model is one (:func:`model_ranker`, or :func:`dot_ranker` for a
+two-tower model, whose item vectors are computed once per chunk and scored by one matrix product), a baseline of
+:mod:`jaxrec.evaluation.retrieval_baselines` another (:func:`dense_topk`).
+
+Metrics per user, with ``R`` the user's query items (``|R| >= 1``), ``h_j = 1`` when the item at 0-based position
+``j`` of the list is in ``R``:
+
+* ``recall@k = sum_{j<k} h_j / |R|``;
+* ``ndcg@k = sum_{j<k} h_j / log2(j + 2) / IDCG``, binary gain, ``IDCG = sum_{j < min(k, |R|)} 1 / log2(j + 2)``;
+* ``hr@k = max_{j<k} h_j``; ``mrr@k = max_{j<k} h_j / (j + 1)``;
+* ``pop@k``: the mean popularity of the ``k`` items recommended (the fraction of training users who interacted
+  with each), a measure of novelty (lower is more novel);
+
+each a mean over users, with the percentile bootstrap and paired intervals of :mod:`jaxrec.evaluation.metrics`.
+``coverage@k`` (the fraction of the catalogue that appears in some user's top ``k``) is a catalogue-level figure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.core.batch import zero_padding
+from jaxrec.core.inner import InnerLoop, adapt
+from jaxrec.core.params import path_names
+from jaxrec.evaluation.compare import compare_stats
+
+__all__ = [
+    "Catalogue",
+    "coverage",
+    "dense_topk",
+    "dot_ranker",
+    "evaluate_rankers",
+    "model_ranker",
+    "streaming_topk",
+    "topn_statistics",
+    "sampled_statistics",
+]
+
+logger = logging.getLogger(__name__)
+
+_NEG = -jnp.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Catalogue:
+    """Every item, as model rows, chunked for streaming.
+
+    Attributes:
+      rows: the item row keys of every item code, ``[chunks, C, ...]`` (padding entries: code -1).
+      codes: int32 ``[chunks, C]`` item codes, ``-1`` on padding.
+      popularity: float32 ``[V]``: the fraction of training users who interacted with each item.
+      n_items: ``V``.
+    """
+
+    rows: dict[str, np.ndarray]
+    codes: np.ndarray
+    popularity: np.ndarray
+    n_items: int
+
+    @classmethod
+    def build(cls, featurizer: Any, popularity: np.ndarray, chunk: int = 8192) -> Catalogue:
+        """Chunk the catalogue of a featurizer.
+
+        Args:
+          featurizer: the :class:`~jaxrec.data.Featurizer` (its ``item_rows`` of item codes).
+          popularity: ``[V]`` the items' popularity.
+          chunk: items per chunk (the last chunk padded).
+
+        Returns:
+          The catalogue.
+
+        Raises:
+          ValueError: if the catalogue has fewer than two items or ``chunk`` is not positive.
+        """
+        n = int(featurizer.n_items)
+        if n < 2:
+            raise ValueError(f"a catalogue of {n} item(s): top-N recommendation needs at least two items")
+        if int(chunk) < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        chunk = min(int(chunk), n)
+        n_chunks = -(-n // chunk)
+        codes = np.full(n_chunks * chunk, -1, np.int32)
+        codes[:n] = np.arange(n, dtype=np.int32)
+        rows = featurizer.item_rows(codes)
+        rows = {k: v.reshape((n_chunks, chunk) + v.shape[1:]) for k, v in rows.items()}
+        return cls(rows, codes.reshape(n_chunks, chunk), np.asarray(popularity, np.float32), n)
+
+    def device(self) -> tuple[dict, jax.Array]:
+        """The chunked rows and codes as device arrays (once per evaluation, not per batch)."""
+        return jax.device_put(self.rows), jax.device_put(self.codes)
+
+
+def _exclude(scores: jax.Array, codes: jax.Array, exclude: jax.Array) -> jax.Array:
+    """``scores [U, C]`` of the chunk's item ``codes [C]`` at -inf on padding and on each user's ``exclude [U, E]``
+    items (``-1`` = none): a scatter at the excluded positions, O(U E), not a comparison of every pair."""
+    start = codes[0]
+    width = codes.shape[0]
+    offset = exclude - start
+    inside = (exclude >= 0) & (offset >= 0) & (offset < width)
+    index = jnp.where(inside, offset, width)  # out of range: dropped by the scatter
+    users = jnp.arange(scores.shape[0])[:, None]
+    scores = scores.at[users, index].set(_NEG, mode="drop")
+    return jnp.where(codes[None, :] >= 0, scores, _NEG)
+
+
+def streaming_topk(
+    chunk_scores: Callable[[Mapping[str, jax.Array]], jax.Array],
+    catalogue_rows: Mapping[str, jax.Array],
+    catalogue_codes: jax.Array,
+    exclude: jax.Array,
+    k: int,
+) -> tuple[jax.Array, jax.Array]:
+    """The top ``k`` items of every user over a chunked catalogue, merging chunk by chunk.
+
+    Args:
+      chunk_scores: ``chunk_scores(item_rows [C, ...]) -> [U, C]`` the users' scores of one chunk.
+      catalogue_rows: the chunked item rows ``[chunks, C, ...]``.
+      catalogue_codes: int32 ``[chunks, C]`` item codes (``-1`` = padding, never recommended; chunks must hold
+        consecutive codes).
+      exclude: int32 ``[U, E]`` items never recommended to each user (their support items; ``-1`` = none).
+      k: the list length.
+
+    Returns:
+      ``(scores [U, k], items [U, k])``, best first; items ``-1`` where fewer than ``k`` items were eligible.
+    """
+    n_users = exclude.shape[0]
+    k = int(k)
+
+    def step(carry, chunk):
+        best_scores, best_items = carry
+        rows, codes = chunk
+        scores = _exclude(chunk_scores(rows).astype(jnp.float32), codes, exclude)
+        width = min(k, codes.shape[0])
+        top_scores, top_pos = jax.lax.top_k(scores, width)
+        merged_scores = jnp.concatenate([best_scores, top_scores], axis=1)
+        merged_items = jnp.concatenate([best_items, jnp.take(codes, top_pos)], axis=1)
+        keep_scores, keep_pos = jax.lax.top_k(merged_scores, k)
+        return (keep_scores, jnp.take_along_axis(merged_items, keep_pos, axis=1)), None
+
+    init = (jnp.full((n_users, k), _NEG, jnp.float32), jnp.full((n_users, k), -1, jnp.int32))
+    (scores, items), _ = jax.lax.scan(step, init, (dict(catalogue_rows), catalogue_codes))
+    return scores, jnp.where(jnp.isfinite(scores), items, -1)
+
+
+def dense_topk(scores: jax.Array, exclude: jax.Array, k: int) -> jax.Array:
+    """The top ``k`` of dense scores ``[U, V]`` (a baseline's), excluding each user's ``exclude [U, E]`` items.
+
+    Args:
+      scores: ``[U, V]`` scores of every item.
+      exclude: int32 ``[U, E]`` excluded items (``-1`` = none).
+      k: the list length.
+
+    Returns:
+      int32 ``[U, k]`` item codes, best first (``-1`` where fewer than ``k`` were eligible).
+    """
+    codes = jnp.arange(scores.shape[1], dtype=jnp.int32)
+    masked = _exclude(jnp.asarray(scores, jnp.float32), codes, exclude)
+    top, items = jax.lax.top_k(masked, int(k))
+    return jnp.where(jnp.isfinite(top), items.astype(jnp.int32), -1)
+
+
+def topn_statistics(
+    items: jax.Array, targets: jax.Array, popularity: jax.Array, ks: Sequence[int]
+) -> dict[str, jax.Array]:
+    """Per-user top-N statistics of the recommended lists (see the module docstring).
+
+    Args:
+      items: int32 ``[U, K]`` recommended item codes, best first (``-1`` = none), ``K >= max(ks)``.
+      targets: int32 ``[U, Q]`` each user's query items (``-1`` = padding).
+      popularity: ``[V]`` item popularity.
+      ks: the cut-offs.
+
+    Returns:
+      ``{"n": [U]`` query items, and for each ``k``: ``recall@k``, ``ndcg@k``, ``hr@k``, ``mrr@k``, ``pop@k``
+      with their weights ``<metric>/w`` (1 for a user with a query item, else 0)``}``.
+    """
+    items = jnp.asarray(items)
+    targets = jnp.asarray(targets)
+    hits = jnp.any((items[:, :, None] == targets[:, None, :]) & (targets[:, None, :] >= 0), axis=2)
+    hits = hits & (items >= 0)
+    n_rel = jnp.sum(targets >= 0, axis=1).astype(jnp.float32)
+    weight = (n_rel > 0).astype(jnp.float32)
+    positions = jnp.arange(items.shape[1])
+    discount = 1.0 / jnp.log2(positions + 2.0)
+    pop = jnp.where(items >= 0, jnp.take(jnp.asarray(popularity), jnp.maximum(items, 0)), 0.0)
+    out = {"n": n_rel}
+    for k in ks:
+        h = jnp.where(positions[None, :] < k, hits, False).astype(jnp.float32)
+        ideal = jnp.sum(jnp.where(positions[None, :] < jnp.minimum(k, n_rel)[:, None], discount, 0.0), axis=1)
+        listed = jnp.sum((items >= 0) & (positions[None, :] < k), axis=1)
+        out[f"recall@{k}"] = jnp.sum(h, axis=1) / jnp.maximum(n_rel, 1.0)
+        out[f"ndcg@{k}"] = jnp.sum(h * discount, axis=1) / jnp.maximum(ideal, 1e-12)
+        out[f"hr@{k}"] = jnp.max(h, axis=1)
+        out[f"mrr@{k}"] = jnp.max(h / (positions + 1.0), axis=1)
+        out[f"pop@{k}"] = jnp.sum(jnp.where(positions[None, :] < k, pop, 0.0), axis=1) / jnp.maximum(listed, 1)
+        for name in ("recall", "ndcg", "hr", "mrr", "pop"):
+            out[f"{name}@{k}/w"] = weight
+    return out
+
+
+def coverage(items: np.ndarray, n_items: int, k: int) -> float:
+    """The fraction of the catalogue recommended to at least one user in the top ``k``.
+
+    Args:
+      items: ``[U, K]`` recommended item codes (``-1`` = none).
+      n_items: the catalogue size.
+      k: the cut-off.
+
+    Returns:
+      The coverage in ``[0, 1]``.
+    """
+    top = np.asarray(items)[:, :k]
+    return float(len(np.unique(top[top >= 0])) / max(int(n_items), 1))
+
+
+def sampled_statistics(
+    positive_scores: jax.Array, negative_scores: jax.Array, mask: jax.Array, ks: Sequence[int]
+) -> dict[str, jax.Array]:
+    """The sampled protocol, **biased** (Krichene & Rendle, KDD 2020): each query positive ranked against its own
+    sampled negatives (e.g. 100); ``hr@k`` is the fraction of positives ranked in the top ``k`` of their list.
+
+    It is cheap and common in papers (NCF, MeLU's toolkits), and it does not rank methods as the full-catalogue
+    ranking does; use it only to compare with such papers.
+
+    Args:
+      positive_scores: ``[U, Q]`` the query positives' scores.
+      negative_scores: ``[U, Q, N]`` the scores of each positive's sampled negatives.
+      mask: bool ``[U, Q]`` real positives.
+      ks: the cut-offs.
+
+    Returns:
+      ``{"n": [U], "sampled_hr@k": [U], "sampled_hr@k/w": [U]}`` for each ``k``.
+    """
+    rank = jnp.sum(negative_scores > positive_scores[..., None], axis=-1)
+    n = jnp.sum(mask, axis=1).astype(jnp.float32)
+    out = {"n": n}
+    for k in ks:
+        hit = jnp.where(mask, rank < k, False).astype(jnp.float32)
+        out[f"sampled_hr@{k}"] = jnp.sum(hit, axis=1) / jnp.maximum(n, 1.0)
+        out[f"sampled_hr@{k}/w"] = (n > 0).astype(jnp.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# rankers
+
+
+def _user_rows(support: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """The user keys of a task (``user`` and ``user_<field>``), read from its first support row."""
+    return {k: v[0] for k, v in support.items() if k == "user" or k.startswith("user_")}
+
+
+def _adapted(state: Any, batch: Any, inner: InnerLoop) -> Any:
+    params, inner_lr = state
+    inner = inner.replace(order="first", remat=False)
+
+    def one(support, mask):
+        return adapt(params, support, mask, inner, inner_lr=inner_lr)
+
+    return jax.vmap(one)(batch.support, batch.support_mask)
+
+
+def model_ranker(apply_fn: Callable, inner: InnerLoop, k: int) -> Callable:
+    """The ranker of any model: adapt per user, then score each chunk with ``apply_fn`` on the user's keys
+    broadcast over the chunk's items (``vmap`` over users).
+
+    Args:
+      apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
+      inner: the inner loop of the adaptation (``steps=0``: the model as it is).
+      k: the list length.
+
+    Returns:
+      ``rank(state, batch, exclude, rows, codes) -> items [U, k]``, jit-compiled, ``state = (params, inner_lr)``.
+    """
+
+    @jax.jit
+    def rank(state, batch, exclude, rows, codes):
+        phi = _adapted(state, batch, inner) if inner.steps else None
+        users = _clean_users(batch)
+
+        def chunk_scores(item_rows):
+            width = item_rows[next(iter(item_rows))].shape[0]
+
+            def one(params, user):
+                user = {key: jnp.broadcast_to(v, (width,) + v.shape) for key, v in user.items()}
+                return apply_fn(params, {**user, **item_rows})
+
+            if phi is None:
+                return jax.vmap(one, in_axes=(None, 0))(state[0], users)
+            return jax.vmap(one)(phi, users)
+
+        return streaming_topk(chunk_scores, rows, codes, exclude, k)[1]
+
+    return rank
+
+
+def _clean_users(batch: Any) -> dict[str, jax.Array]:
+    support = zero_padding(batch.support, batch.support_mask)
+    return jax.vmap(_user_rows)(support)
+
+
+def is_user_side(inner: InnerLoop, params: Any) -> bool:
+    """Whether every parameter the inner loop adapts is on the user side (its path names a user-side layer)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    adapted = [path for path, leaf in leaves if inner.adapt_filter(path, leaf)]
+    return all(
+        any(name.startswith(("user", "embed_user", "bias_embed_user")) for name in path_names(p)) for p in adapted
+    )
+
+
+def dot_ranker(model: Any, inner: InnerLoop, k: int) -> Callable:
+    """The ranker of a two-tower model (:class:`~jaxrec.models.TwoTower`): adapt the user side, then one matrix
+    product per chunk, ``[U, d] x [d, C]``, with the chunk's item vectors computed once for every user.
+
+    Valid only when the inner loop adapts user-side parameters alone (:func:`is_user_side`): the item tower is then
+    the same for every user.
+
+    Args:
+      model: the two-tower module (``user_vectors`` / ``item_vectors`` methods).
+      inner: the inner loop.
+      k: the list length.
+
+    Returns:
+      ``rank(state, batch, exclude, rows, codes) -> items [U, k]``, jit-compiled.
+    """
+
+    @jax.jit
+    def rank(state, batch, exclude, rows, codes):
+        params = state[0]
+        users = _clean_users(batch)
+        if inner.steps:
+            phi = _adapted(state, batch, inner)
+            vectors = jax.vmap(lambda p, u: model.apply(p, u, method=model.user_vectors))(phi, users)
+        else:
+            vectors = model.apply(params, users, method=model.user_vectors)
+
+        def chunk_scores(item_rows):
+            items = model.apply(params, item_rows, method=model.item_vectors)
+            return vectors @ items.T
+
+        return streaming_topk(chunk_scores, rows, codes, exclude, k)[1]
+
+    return rank
+
+
+@functools.partial(jax.jit, static_argnames="k")
+def _dense_rank(scores, exclude, k):
+    return dense_topk(scores, exclude, k)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_rankers(
+    rankers: Mapping[str, Callable],
+    tasks: Any,
+    catalogue: Catalogue,
+    *,
+    ks: Sequence[int] = (10, 20, 50),
+    batch_size: int = 64,
+    reference: str = "maml",
+    resamples: int = 1000,
+    seed: int = 0,
+    keep_lists: bool = False,
+) -> tuple[dict[str, dict], dict[str, dict], dict[str, np.ndarray]]:
+    """Evaluate rankers on the same users, over the whole catalogue.
+
+    Every ranker sees the same batches (the same support sets, the same negatives for the inner loop's loss).
+
+    Args:
+      rankers: ``{name: rank(batch, exclude) -> items [U, K]}`` (bound to their state; a baseline ignores what it
+        does not need), ``K >= max(ks)``.
+      tasks: a :class:`~jaxrec.data.topn.TopNTaskSet`.
+      catalogue: the :class:`Catalogue`.
+      ks: the cut-offs.
+      batch_size: users per batch.
+      reference: the method the others are paired with.
+      resamples: bootstrap resamples over users.
+      seed: the seed of the bootstrap and of the negatives.
+      keep_lists: also return every method's top lists (for ``--save-predictions``).
+
+    Returns:
+      ``(summaries, stats, lists)``: ``{method: summary}`` with ``coverage@k`` and paired differences to
+      ``reference``; ``{method: per-user statistics}`` (``"user"`` holds the user codes); ``{method: [U, K]}``
+      item lists (empty without ``keep_lists``).
+    """
+    ks = tuple(int(k) for k in ks)
+    popularity = jnp.asarray(catalogue.popularity)
+    pieces: dict[str, list] = {name: [] for name in rankers}
+    lists: dict[str, list] = {name: [] for name in rankers}
+    plan = tasks.batch_plan(batch_size, None)
+    for b, task_index in enumerate(plan):
+        batch = tasks.make_batch(task_index, np.random.default_rng([seed, 7, b]))
+        support_items, query_items = tasks.item_codes(task_index)
+        keep = np.asarray(task_index) >= 0
+        exclude = jnp.asarray(support_items)
+        for name, rank in rankers.items():
+            items = rank(batch, exclude)
+            stats = jax.device_get(topn_statistics(items, jnp.asarray(query_items), popularity, ks))
+            stats = {key: np.asarray(v)[keep] for key, v in stats.items()}
+            stats["user"] = np.asarray(batch.task_id)[keep]
+            pieces[name].append(stats)
+            lists[name].append(np.asarray(items)[keep])
+    stats = {name: {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} for name, parts in pieces.items()}
+    summaries = compare_stats(stats, reference=reference, resamples=resamples, seed=seed, implicit=True)
+    top = {name: np.concatenate(parts) for name, parts in lists.items()}
+    for name in summaries:
+        for k in ks:
+            summaries[name][f"coverage@{k}"] = coverage(top[name], catalogue.n_items, k)
+    return summaries, stats, (top if keep_lists else {})

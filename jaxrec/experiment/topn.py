@@ -1,0 +1,486 @@
+"""A top-N experiment from implicit feedback, end to end: interactions, user split, K-shot tasks with sampled
+negatives, a meta-learned ranker, retrieval baselines tuned on validation users, full-catalogue evaluation.
+
+:class:`TopNExperiment` is what :class:`~jaxrec.experiment.run.TrainingRun` and the ``jaxrec train`` command run
+when ``feedback="implicit"``; it has the interface of :class:`~jaxrec.experiment.protocol.Experiment` (state,
+batches, checkpoint record, metrics document), so checkpoints, resume and signals work the same way.
+
+Protocol:
+
+* users are split into meta-train, validation (``val_frac``) and new users (``test_frac``)
+  (:func:`~jaxrec.data.topn.topn_split`); the featurizer and every baseline see the meta-train users only;
+* a new user's task is their first ``shots`` interactions (support) and their next ``query_cap`` (query);
+* every method recommends from the whole catalogue, the support items excluded
+  (:mod:`jaxrec.evaluation.topn`);
+* each baseline's hyper-parameters, the fine-tuning rate and nothing else are chosen by Recall@20 on the
+  validation users (never on the new users).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+
+from jaxrec import models
+from jaxrec.core.batch import TaskBatch, zero_padding
+from jaxrec.core.inner import InnerLoop
+from jaxrec.core.metasgd import split_meta_params
+from jaxrec.core.newton import newton
+from jaxrec.core.ranking import ranking_loss
+from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
+from jaxrec.data import DataError, Dataset, from_csv, from_dataframe, load
+from jaxrec.data.stream import StepBatches, stream
+from jaxrec.data.topn import NegativeSampler, TopNTaskSet, implicit_featurizer, topn_split, topn_tasks
+from jaxrec.evaluation import retrieval_baselines as rb
+from jaxrec.evaluation.topn import Catalogue, _dense_rank, dot_ranker, evaluate_rankers, is_user_side, model_ranker
+from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve
+
+__all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS"]
+
+logger = logging.getLogger(__name__)
+
+#: the hyper-parameters tried on the validation users for each baseline
+BASELINE_GRIDS: dict[str, list[dict]] = {
+    "popular": [{}],
+    "itemknn": [{"neighbours": n} for n in (20, 50, 100, 200)],
+    "ease": [{"l2": l2} for l2 in (10.0, 50.0, 200.0, 500.0, 2000.0)],
+    "mf": [{"factors": 64, "l2": l2, "alpha": a} for l2 in (0.1, 1.0) for a in (1.0, 10.0)],
+}
+FINETUNE_RATES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+_SELECT = "recall@20"
+
+
+def implicit_dataset(config: ExperimentConfig) -> Dataset:
+    """Read the interactions a config names, as implicit feedback.
+
+    A file (``--data``) is read with ``feedback="implicit"``; a known (rated) dataset becomes one interaction per
+    rating (``>= positive_threshold`` when set), its side tables kept.
+
+    Args:
+      config: the config.
+
+    Returns:
+      The implicit :class:`~jaxrec.data.Dataset`.
+    """
+    data = config.data
+    if data.path is not None:
+        return from_csv(
+            data.path,
+            columns=data.columns,
+            sep=data.sep,
+            feedback="implicit",
+            positive_threshold=data.positive_threshold,
+        )
+    rated = load(data.dataset, data_dir=data.data_dir)
+    frame = rated.ratings.assign(user=rated.user_ids[rated.ratings["user"]], item=rated.item_ids[rated.ratings["item"]])
+    return from_dataframe(
+        frame,
+        rating="rating",
+        timestamp="timestamp" if rated.has_timestamps else None,
+        user_features=rated.users.set_index("raw_id"),
+        item_features=rated.items.set_index("raw_id"),
+        feedback="implicit",
+        positive_threshold=data.positive_threshold,
+        name=rated.name,
+        source=rated.source,
+    )
+
+
+def _support_pairs(tasks: TopNTaskSet) -> pd.DataFrame:
+    """The (user, item) pairs of the tasks' support rows: what an evaluation user's negatives must avoid (their
+    query items are the future, unknown when they are adapted)."""
+    support, _ = tasks.item_codes(np.arange(len(tasks)))
+    users = np.repeat(tasks.users, support.shape[1])
+    items = support.reshape(-1)
+    return pd.DataFrame({"user": users[items >= 0], "item": items[items >= 0]})
+
+
+class TopNExperiment:
+    """Everything a ``feedback="implicit"`` config describes (see the module docstring).
+
+    Args:
+      config: the config; ``"auto"`` settings are resolved first.
+
+    Attributes:
+      config: the resolved config.
+      dataset: the implicit :class:`~jaxrec.data.Dataset`.
+      split: the :class:`~jaxrec.data.topn.TopNSplit`.
+      featurizer: fitted on the meta-train users' interactions.
+      spec: the feature spec of the rows.
+      train_tasks: meta-train tasks (epoch 0).
+      val_tasks: validation users' tasks.
+      scenario_tasks: ``{"new_user": ...}``.
+      catalogue: the :class:`~jaxrec.evaluation.topn.Catalogue` of every item.
+      model, inner, trainer: the model, its inner loop (the ranking loss) and the meta-trainer.
+
+    Raises:
+      DataError: if the data cannot be read or yields no meta-train or evaluation task.
+    """
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config = resolve(config)
+        top = config.topn
+        self.dataset = implicit_dataset(config)
+        logger.info("%s", self.dataset.summary())
+        self.split = topn_split(
+            self.dataset, test_frac=top.test_frac, val_frac=config.protocol.val_frac, warm_frac=0.0, seed=config.seed
+        )
+        logger.info("%s", self.split.summary())
+        n_items = self.dataset.n_items
+        if n_items < 2:
+            raise DataError(f"{self.dataset.source}: a catalogue of {n_items} item(s); top-N needs at least two")
+        self.featurizer = implicit_featurizer(self.dataset, self.split.train)
+        self.spec = self.featurizer.spec
+        sampler = NegativeSampler.fit(self.split.train, n_items, count=top.negatives, kind=top.sampler)
+        self.train_sampler = sampler
+        self.train_tasks = self._train_tasks(config.seed)
+        if len(self.train_tasks) == 0:
+            raise DataError(f"no meta-train task: {self.train_tasks.summary()}; a task needs two interactions")
+        self.val_tasks = self._eval_tasks(self.split.validation)
+        self.scenario_tasks = {}
+        for name, frame in self.split.scenarios.items():
+            tasks = self._eval_tasks(frame)
+            if len(tasks):
+                self.scenario_tasks[name] = tasks
+            else:
+                logger.warning("scenario %r has no user with more than %d interactions; skipped", name, top.shots)
+        # an evaluation user's negatives avoid the training interactions and their own support items only
+        avoid = [_support_pairs(t) for t in [self.val_tasks, *self.scenario_tasks.values()] if len(t)]
+        eval_sampler = NegativeSampler.fit(
+            self.split.train, n_items, count=top.negatives, kind=top.sampler, avoid=avoid
+        )
+        self.val_tasks = dataclasses.replace(self.val_tasks, sampler=eval_sampler)
+        self.scenario_tasks = {k: dataclasses.replace(t, sampler=eval_sampler) for k, t in self.scenario_tasks.items()}
+        counts = np.bincount(self.split.train["item"].to_numpy(), minlength=n_items)
+        self.item_counts = counts
+        popularity = counts / max(self.split.stats["train_users"], 1)
+        self.catalogue = Catalogue.build(self.featurizer, popularity, chunk=top.catalogue_chunk)
+        self.mesh = None
+        self.model = models.create(config.model.name, self.spec, **config.model.constructor_kwargs())
+        solver = {"newton": newton(), "mixed": newton(solve=MIXED_SOLVE)}.get(config.meta.inner_solver)
+        self.loss_fn = ranking_loss(self.model.apply, top.ranking_loss)
+        self.apply_fn = self.model.apply
+        self.inner = InnerLoop(
+            self.loss_fn,
+            steps=config.meta.inner_steps,
+            order=config.meta.order,
+            solver=solver,
+            adapt_filter=models.adapt_filter(config.meta.adapt, self.model),
+        )
+        self.adapt_filter = self.inner.adapt_filter
+        self.trainer = MetaTrainer(
+            self.inner,
+            inner_lr=config.meta.inner_lr,
+            algorithm=config.meta.algorithm,
+            optimizer=optax.adam(config.meta.meta_lr),
+        )
+        self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
+        self._baselines: dict | None = None
+
+    # -- tasks -----------------------------------------------------------------------------------------------------
+
+    def _train_tasks(self, seed: Any) -> TopNTaskSet:
+        top = self.config.topn
+        return topn_tasks(
+            self.split.train,
+            self.featurizer,
+            self.train_sampler,
+            shots=top.shots,
+            query=top.train_query,
+            seed=seed,
+            train=True,
+            size_seed=self.config.seed,
+        )
+
+    def _eval_tasks(self, frame: pd.DataFrame) -> TopNTaskSet:
+        top = self.config.topn
+        return topn_tasks(
+            frame, self.featurizer, self.train_sampler, shots=top.shots, query=top.query_cap, seed=self.config.seed
+        )
+
+    def epoch_tasks(self, epoch: int) -> TopNTaskSet:
+        """The meta-train tasks of an epoch: epoch 0's, or with ``resample_tasks`` the users' interactions drawn
+        afresh (seed ``[seed, epoch]``), the same users and shapes."""
+        if not self.config.meta.resample_tasks or epoch == 0:
+            return self.train_tasks
+        return self._train_tasks([self.config.seed, epoch])
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Meta-steps per epoch."""
+        return len(self.train_tasks.batch_plan(self.config.meta.batch_size, None))
+
+    @property
+    def total_steps(self) -> int:
+        """Meta-steps of the whole run."""
+        return self.steps_per_epoch * self.config.meta.epochs
+
+    def batches(self, start_step: int = 0) -> Iterator[TaskBatch]:
+        """The endless, deterministic meta-train stream from ``start_step`` (:mod:`jaxrec.data.stream`)."""
+        batch_at = StepBatches(self.epoch_tasks, self.config.meta.batch_size, self.config.seed)
+        return stream(batch_at, start=start_step, device=None)
+
+    # -- state -----------------------------------------------------------------------------------------------------
+
+    def random_params(self, key: jax.Array | None = None) -> Any:
+        """Fresh random model variables (key ``key(seed)`` by default)."""
+        return models.init_params(self.model, self.spec, jax.random.key(self.config.seed) if key is None else key)
+
+    def popularity_start(self, params: Any) -> Any:
+        """``params`` with the item bias table at the centred log popularity of the training items.
+
+        ``log p_i`` is the logit of the best user-independent softmax model, so meta-training starts at the
+        popularity ranking (the ``popular`` baseline) and spends its steps on what is personal.
+        """
+        inner = params["params"]
+        if "bias_embed_item" not in inner:
+            return params
+        slots = self.featurizer.item_index[:-1]
+        table = np.zeros(self.spec.categorical["item"], np.float64)
+        np.add.at(table, slots, self.item_counts)
+        logp = np.log(table + 1.0)
+        logp -= logp[1:].mean() if len(logp) > 1 else 0.0
+        inner = dict(inner, bias_embed_item={"embedding": jnp.asarray(logp, jnp.float32)[:, None]})
+        return dict(params, params=inner)
+
+    def init_params(self) -> Any:
+        """The meta-learner's start: random, with the popularity start of :meth:`popularity_start` unless
+        ``pretrain=False``."""
+        params = self.random_params()
+        return params if self.config.meta.pretrain is False else self.popularity_start(params)
+
+    def init_state(self) -> MetaTrainState:
+        """A fresh training state."""
+        return self.trainer.init(self.init_params())
+
+    def template_state(self) -> MetaTrainState:
+        """A state of this run's structure (what a checkpoint restores into)."""
+        return self.trainer.init(models.init_params(self.model, self.spec, jax.random.key(0)))
+
+    def resolve_inner_lr(self) -> float:
+        """The inner rate in use (``config.meta.inner_lr``; no tuning in top-N mode)."""
+        return float(self._tuned["inner_lr"])
+
+    @property
+    def inner_lr(self) -> float:
+        """The inner rate of this run."""
+        return self.resolve_inner_lr()
+
+    def use_tuned(self, tuned: Mapping[str, Any] | None) -> None:
+        """Take the values a run recorded (its checkpoint's ``"tuned"``)."""
+        if tuned and tuned.get("inner_lr") is not None:
+            self._tuned["inner_lr"] = float(tuned["inner_lr"])
+            self.trainer.inner_lr = self._tuned["inner_lr"]
+
+    @property
+    def tuned(self) -> dict:
+        """What was chosen on validation users, recorded beside the config."""
+        return dict(self._tuned)
+
+    def train_step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
+        """One meta-step."""
+        return self.trainer.step(state, batch)
+
+    def train(self, state: MetaTrainState | None = None, steps: int | None = None) -> MetaTrainState:
+        """Meta-train from ``state`` (default :meth:`init_state`) for ``steps`` (default: the rest of the run)."""
+        state = self.init_state() if state is None else state
+        start = int(state.step)
+        stop = self.total_steps if steps is None else start + int(steps)
+        loop = run_steps(self.trainer, state, self.batches(start), stop_step=stop)
+        for state, _, _ in loop:  # noqa: B007 - the last state is the result
+            pass
+        return state
+
+    # -- methods ---------------------------------------------------------------------------------------------------
+
+    def _kmax(self) -> int:
+        return max(self.config.topn.topn_ks)
+
+    def _model_ranker(self, params: Any, inner_lr: Any, inner: InnerLoop) -> Any:
+        k = self._kmax()
+        dot = isinstance(self.model, models.TwoTower) and is_user_side(inner, params)
+        rank = _cached_ranker(self.model, inner, k, dot)
+        rows, codes = self._catalogue_device
+        return lambda batch, exclude: rank((params, inner_lr), batch, exclude, rows, codes)
+
+    @functools.cached_property
+    def _catalogue_device(self):
+        return self.catalogue.device()
+
+    def _train_matrix(self):
+        train = self.split.train
+        weights = train["weight"].to_numpy() if "weight" in train else np.ones(len(train), np.float32)
+        users, _ = pd.factorize(train["user"])
+        return rb.interaction_matrix(
+            users, train["item"].to_numpy(), weights, int(users.max()) + 1, self.dataset.n_items
+        )
+
+    def _baseline_ranker(self, fitted: Any) -> Any:
+        k = self._kmax()
+        n_items = self.dataset.n_items
+
+        def rank(batch, exclude):
+            support = np.asarray(exclude)
+            users = np.repeat(np.arange(len(support)), support.shape[1])
+            items = support.reshape(-1)
+            ok = items >= 0
+            weights = np.ones(int(ok.sum()), np.float32)
+            matrix = rb.interaction_matrix(users[ok], items[ok], weights, len(support), n_items)
+            return _dense_rank(jnp.asarray(fitted.scores(matrix)), exclude, k)
+
+        return rank
+
+    def _validate(self, rankers: Mapping[str, Any]) -> dict[str, float]:
+        c = self.config
+        summaries, _, _ = evaluate_rankers(
+            rankers,
+            self.val_tasks,
+            self.catalogue,
+            ks=(20,),
+            batch_size=c.evaluation.eval_batch_size,
+            reference="",
+            resamples=0,
+            seed=c.seed,
+        )
+        return {name: float(s[_SELECT]) for name, s in summaries.items()}
+
+    def baselines(self) -> dict[str, Any]:
+        """Fit and tune the configured baselines on the meta-train users, choosing on the validation users.
+
+        Returns:
+          ``{name: ranker}``; the choices and their validation Recall@20 are in :attr:`tuned`.
+        """
+        if self._baselines is not None:
+            return self._baselines
+        names = self.config.topn.topn_baselines
+        out: dict[str, Any] = {}
+        matrix = self._train_matrix() if any(n in rb.RETRIEVAL_BASELINES for n in names) else None
+        for name in names:
+            if name not in rb.RETRIEVAL_BASELINES:
+                continue
+            began = time.perf_counter()
+            best = None
+            for hyper in BASELINE_GRIDS[name]:
+                try:
+                    fitted = rb.RETRIEVAL_BASELINES[name](matrix, **hyper)
+                except ValueError as e:  # e.g. EASE over a catalogue too large for its dense inverse
+                    logger.warning("baseline %s%s not fitted: %s", name, hyper, e)
+                    continue
+                ranker = self._baseline_ranker(fitted)
+                score = self._validate({name: ranker})[name] if len(BASELINE_GRIDS[name]) > 1 else 0.0
+                if best is None or score > best[0]:
+                    best = (score, hyper, ranker)
+            if best is None:
+                continue
+            out[name] = best[2]
+            self._tuned[name] = {"chosen": best[1], "validation_" + _SELECT: best[0]}
+            logger.info("baseline %s: %s (%.1f s)", name, best[1], time.perf_counter() - began)
+        if "finetune" in names or "no_adapt" in names:
+            params = self.supervised_params
+            no_adapt = self.inner.replace(steps=0)
+            if "no_adapt" in names:
+                out["no_adapt"] = self._model_ranker(params, 0.0, no_adapt)
+            if "finetune" in names:
+                candidates = {f"{lr:g}": self._model_ranker(params, lr, self.inner) for lr in FINETUNE_RATES}
+                scores = self._validate(candidates)
+                chosen = max(scores, key=scores.get)
+                self._tuned["finetune"] = {"inner_lr": float(chosen), "validation_" + _SELECT: scores[chosen]}
+                out["finetune"] = candidates[chosen]
+        self._baselines = out
+        return out
+
+    @functools.cached_property
+    def supervised_params(self) -> Any:
+        """The non-meta model: the same model and ranking loss trained by Adam on every meta-train task's rows (its
+        support and query together), as many steps as meta-training takes."""
+        c = self.config
+        loss_fn = self.loss_fn
+        optimizer = optax.adam(c.evaluation.supervised_lr)
+
+        @jax.jit
+        def step(params, opt_state, batch):
+            def loss(p):
+                def one(support, s_mask, query, q_mask):
+                    s = loss_fn(p, zero_padding(support, s_mask), s_mask)
+                    q = loss_fn(p, zero_padding(query, q_mask), q_mask)
+                    return s + q
+
+                per_task = jax.vmap(one)(batch.support, batch.support_mask, batch.query, batch.query_mask)
+                real = jnp.any(batch.query_mask, axis=1)
+                return jnp.sum(jnp.where(real, per_task, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, value
+
+        params = self.init_params()
+        opt_state = optimizer.init(params)
+        batches = self.batches(0)
+        for _ in range(self.total_steps):
+            params, opt_state, _ = step(params, opt_state, next(batches))
+        return params
+
+    # -- evaluation ------------------------------------------------------------------------------------------------
+
+    def rankers(self, params: Any) -> dict[str, Any]:
+        """The meta method (``"maml"``) and the baselines, each ``rank(batch, exclude) -> items [U, K]``."""
+        meta_params, inner_lr = split_meta_params(params, self.inner_lr)
+        out = {"maml": self._model_ranker(meta_params, inner_lr, self.inner)}
+        out.update(self.baselines())
+        return out
+
+    def evaluate(self, params: Any, *, keep_lists: bool = False) -> tuple[dict, dict]:
+        """Evaluate every method on every scenario over the whole catalogue.
+
+        Args:
+          params: the meta-learned parameters (a Meta-SGD state's ``params`` included).
+          keep_lists: also return the top lists and per-user statistics.
+
+        Returns:
+          ``({scenario: {method: summary}}, {scenario: (stats, lists)})``.
+        """
+        c = self.config
+        rankers = self.rankers(params)
+        out, detail = {}, {}
+        for name, tasks in self.scenario_tasks.items():
+            summaries, stats, lists = evaluate_rankers(
+                rankers,
+                tasks,
+                self.catalogue,
+                ks=c.topn.topn_ks,
+                batch_size=c.evaluation.eval_batch_size,
+                resamples=c.evaluation.bootstrap,
+                seed=c.seed,
+                keep_lists=keep_lists,
+            )
+            out[name] = summaries
+            detail[name] = (stats, lists)
+        return out, detail
+
+    def metrics_document(self, params: Any) -> dict:
+        """The metrics.json document: ``{"dataset", "task": "topn", "config", "tuned", "split", "scenarios"}``."""
+        scenarios, _ = self.evaluate(params)
+        return {
+            "dataset": self.dataset.name,
+            "task": "topn",
+            "config": self.config.to_dict(),
+            "tuned": self.tuned,
+            "split": self.split.stats,
+            "data_report": {k: v for k, v in self.dataset.report.items()},
+            "scenarios": scenarios,
+        }
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_ranker(model: Any, inner: InnerLoop, k: int, dot: bool):
+    return dot_ranker(model, inner, k) if dot else model_ranker(model.apply, inner, k)
