@@ -34,6 +34,7 @@ from jaxrec.core.errors import JaxrecError
 from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
+from jaxrec.experiment.predictions import write_rating_predictions, write_topn_predictions
 from jaxrec.experiment.recommend import Recommender, read_ratings_for
 from jaxrec.experiment.run import (
     Interrupted,
@@ -101,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
     t.add_argument("--no-eval", action="store_true", help="train and checkpoint only; skip the evaluation")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--save-predictions",
+        metavar="DIR",
+        help="also write each scenario's split and every method's predictions (top-N: top-k lists) to DIR",
+    )
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on every cold-start scenario")
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
@@ -108,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "baselines", "bootstrap", "eval_batch_size")
     add_flags(ev, names=(*evaluation_flags, "devices"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
+    ev.add_argument(
+        "--save-predictions",
+        metavar="DIR",
+        help="also write each scenario's split and every method's predictions (top-N: top-k lists) to DIR",
+    )
 
     r = sub.add_parser("recommend", help="adapt to a new user's few ratings and print the top-k items")
     r.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
@@ -216,11 +227,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     _echo(f"meta-trained {step} steps ({int(state.skipped)} non-finite step(s) skipped); checkpoint in {out}")
     if args.no_eval:
         return EXIT_OK
-    document = experiment.metrics_document(state.params)
+    document = _evaluate(experiment, state.params, args.save_predictions)
     atomic_write_text(out / "metrics.json", json.dumps(document, indent=2) + "\n")
     _echo(format_table(document))
     _echo(f"wrote {out / 'metrics.json'}")
     return EXIT_OK
+
+
+def _evaluate(experiment: Any, params: Any, predictions: str | None) -> dict:
+    """The metrics document of a run and, with ``predictions``, its split and predictions written there."""
+    topn = experiment.config.data.feedback == "implicit"
+    if topn:
+        document = experiment.metrics_document(params, keep_lists=predictions is not None)
+    else:
+        document = experiment.metrics_document(params)
+    if predictions is not None:
+        folder = Path(predictions).expanduser()
+        try:
+            if topn:
+                files = write_topn_predictions(folder, experiment, experiment.last_detail)
+            else:
+                files = write_rating_predictions(folder, experiment, params)
+        except OSError as e:
+            raise CLIError(f"--save-predictions {folder}: {os_reason(e)}") from e
+        _echo(f"wrote {len(files)} prediction file(s) to {folder}")
+    return document
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -239,7 +270,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args)
     experiment, checkpoint = restore_run(args.checkpoint, args.step, overrides)
     _echo(f"checkpoint {checkpoint.folder} step {checkpoint.step}")
-    document = experiment.metrics_document(checkpoint.state.params)
+    document = _evaluate(experiment, checkpoint.state.params, args.save_predictions)
     _echo(format_table(document))
     if args.output:
         atomic_write_text(Path(args.output), json.dumps(document, indent=2) + "\n")

@@ -507,6 +507,28 @@ class TaskSet:
             rows_q.update(self._history_rows(q_hist, q_mask))
         return TaskBatch(support=rows_s, query=rows_q, support_mask=s_mask, query_mask=q_mask, task_id=users)
 
+    def codes(self, task_index: np.ndarray) -> tuple[tuple[dict, np.ndarray], tuple[dict, np.ndarray]]:
+        """The dataset codes of the given tasks' real rows, padded as :meth:`make_batch` pads them.
+
+        Args:
+          task_index: task indices (``-1`` = a padding task).
+
+        Returns:
+          ``((support, support_mask), (query, query_mask))``; each side ``{"user", "item", "rating"}`` of
+          ``[T, L]`` arrays (``-1`` codes on padding), without the negatives of implicit mode.
+        """
+        task_index = np.asarray(task_index)
+        real = task_index >= 0
+        safe = np.where(real, task_index, 0)
+        out = []
+        for start, length, pad in (
+            (self.support_start, self.support_len, self.support_pad),
+            (self.query_start, self.query_len, self.query_pad),
+        ):
+            size = int(pad[safe[real]].max()) if real.any() else int(pad.max(initial=1))
+            out.append(self._side(start[safe], np.where(real, length[safe], 0), size))
+        return out[0], out[1]
+
     def _side(self, start: np.ndarray, length: np.ndarray, size: int) -> tuple[dict, np.ndarray]:
         offsets = np.arange(size)
         mask = offsets[None, :] < length[:, None]

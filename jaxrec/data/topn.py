@@ -348,22 +348,8 @@ class TopNTaskSet:
         Returns:
           ``(support [T, S], query [T, Q])`` item codes, ``-1`` on padding, padded as :meth:`make_batch` pads.
         """
-        sides, _, _ = self._codes(np.asarray(task_index))
-        return sides[0][0]["item"], sides[1][0]["item"]
-
-    def _codes(self, task_index: np.ndarray):
-        base = self.tasks
-        real = task_index >= 0
-        safe = np.where(real, task_index, 0)
-        users = np.where(real, base.users[safe], -1).astype(np.int32)
-        out = []
-        for start, length, pad in (
-            (base.support_start, base.support_len, base.support_pad),
-            (base.query_start, base.query_len, base.query_pad),
-        ):
-            size = int(pad[safe[real]].max()) if real.any() else int(pad.max(initial=1))
-            out.append(base._side(start[safe], np.where(real, length[safe], 0), size))
-        return out, users, real
+        (support, _), (query, _) = self.tasks.codes(task_index)
+        return support["item"], query["item"]
 
     def make_batch(self, task_index: np.ndarray, rng: np.random.Generator | None = None) -> TaskBatch:
         """Build the batch of the given tasks, negatives drawn with ``rng``.
@@ -376,7 +362,9 @@ class TopNTaskSet:
           A numpy :class:`~jaxrec.TaskBatch` with ``task_id`` = user code.
         """
         rng = rng or np.random.default_rng(0)
-        sides, users, _ = self._codes(np.asarray(task_index))
+        task_index = np.asarray(task_index)
+        sides = self.tasks.codes(task_index)
+        users = np.where(task_index >= 0, self.tasks.users[np.maximum(task_index, 0)], -1).astype(np.int32)
         feat, sampler = self.featurizer, self.sampler
         rows = []
         for codes, mask in sides:

@@ -571,7 +571,7 @@ def fit_mf(
     factors: int = 64,
     iterations: int = 15,
     l2: float = 0.1,
-    alpha: float = 10.0,
+    alpha: float = 1.0,
     seed: int = 0,
 ) -> MFModel:
     """Fit implicit-feedback matrix factorisation by weighted ALS (Hu, Koren & Volinsky, ICDM 2008).
@@ -585,9 +585,10 @@ def fit_mf(
     each computed for all users (items) at once from ``Y^T C_u Y = Y^T Y + Y^T (C_u - I) Y`` (see
     :meth:`MFModel.fold_in`). Each half-sweep minimises the objective exactly over one block, so
     :attr:`MFModel.history` is non-increasing. ``l2`` enters as in the paper, unscaled by the number of
-    interactions (that scaling is ALS-WR, Zhou et al. 2008). ``alpha = 10`` is our default for 0/1 clicks (the
-    paper uses 40 on watch-time counts; on MovieLens clicks 10 to 40 rank alike); item factors start
-    ``N(0, 0.01^2)`` from ``seed``.
+    interactions (that scaling is ALS-WR, Zhou et al. 2008). The default ``alpha = 1`` suits 0/1 clicks: the
+    paper's 40 is for watch-time counts, and on ml-latest-small clicks (ratings >= 4, new users with 5 support
+    clicks, Recall@20) alpha = 1 > 3 > 10 > 40 (0.287, 0.283, 0.273, 0.259 at ``l2 = 0.1``; ``l2 = 10`` adds
+    about 0.01 more). Item factors start ``N(0, 0.01^2)`` from ``seed``.
 
     Args:
       X: the training interactions ``[n_train_users, n_items]`` (non-negative weights).

@@ -40,6 +40,7 @@ from jaxrec.core.batch import TaskBatch
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.core.newton import newton
+from jaxrec.core.ranking import ranking_loss
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
 from jaxrec.data.augment import drop_item_ids
@@ -98,7 +99,8 @@ class Learner:
 
     Attributes:
       model: the Flax model.
-      inner: the :class:`~jaxrec.InnerLoop` (the model's default loss, the adapted set, the solver).
+      inner: the :class:`~jaxrec.InnerLoop` (the model's default loss, or with ``feedback="implicit"`` the
+        configured ranking loss; the adapted set, the solver).
       trainer: the :class:`~jaxrec.MetaTrainer` (algorithm, outer optimiser, mesh).
     """
 
@@ -119,8 +121,12 @@ class Learner:
           The :class:`Learner`.
         """
         model = models.create(config.model.name, spec, **config.model.constructor_kwargs())
+        if config.data.feedback == "implicit":  # top-N: positives ranked against their sampled negatives
+            loss_fn = ranking_loss(model.apply, config.topn.ranking_loss)
+        else:
+            loss_fn = models.default_loss(model)
         inner = InnerLoop(
-            models.default_loss(model),
+            loss_fn,
             steps=config.meta.inner_steps,
             order=config.meta.order,
             solver=_inner_solver(config.meta.inner_solver),
@@ -248,7 +254,7 @@ class Experiment:
     def _load_dataset(self) -> Dataset:
         c = self.config
         if c.data.path is not None:
-            return from_csv(c.data.path, columns=c.data.columns, sep=c.data.sep)
+            return from_csv(c.data.path, columns=c.data.columns, sep=c.data.sep, feedback=c.data.feedback)
         return load(c.data.dataset, data_dir=c.data.data_dir)
 
     def _validation_users(self, train_users: np.ndarray) -> np.ndarray:

@@ -35,15 +35,14 @@ from jaxrec import models
 from jaxrec.core.batch import TaskBatch, zero_padding
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
-from jaxrec.core.newton import newton
-from jaxrec.core.ranking import ranking_loss
-from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
+from jaxrec.core.trainer import MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, from_csv, from_dataframe, load
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.topn import NegativeSampler, TopNTaskSet, implicit_featurizer, topn_split, topn_tasks
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.topn import Catalogue, _dense_rank, dot_ranker, evaluate_rankers, is_user_side, model_ranker
-from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve
+from jaxrec.experiment.config import ExperimentConfig, resolve
+from jaxrec.experiment.protocol import Learner
 
 __all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS"]
 
@@ -166,24 +165,9 @@ class TopNExperiment:
         popularity = counts / max(self.split.stats["train_users"], 1)
         self.catalogue = Catalogue.build(self.featurizer, popularity, chunk=top.catalogue_chunk)
         self.mesh = None
-        self.model = models.create(config.model.name, self.spec, **config.model.constructor_kwargs())
-        solver = {"newton": newton(), "mixed": newton(solve=MIXED_SOLVE)}.get(config.meta.inner_solver)
-        self.loss_fn = ranking_loss(self.model.apply, top.ranking_loss)
-        self.apply_fn = self.model.apply
-        self.inner = InnerLoop(
-            self.loss_fn,
-            steps=config.meta.inner_steps,
-            order=config.meta.order,
-            solver=solver,
-            adapt_filter=models.adapt_filter(config.meta.adapt, self.model),
-        )
-        self.adapt_filter = self.inner.adapt_filter
-        self.trainer = MetaTrainer(
-            self.inner,
-            inner_lr=config.meta.inner_lr,
-            algorithm=config.meta.algorithm,
-            optimizer=optax.adam(config.meta.meta_lr),
-        )
+        learner = Learner.build(config, self.spec)
+        self.model, self.inner, self.trainer = learner.model, learner.inner, learner.trainer
+        self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
         self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
         self._baselines: dict | None = None
 
@@ -265,7 +249,7 @@ class TopNExperiment:
 
     def template_state(self) -> MetaTrainState:
         """A state of this run's structure (what a checkpoint restores into)."""
-        return self.trainer.init(models.init_params(self.model, self.spec, jax.random.key(0)))
+        return Learner(self.model, self.inner, self.trainer).template_state(self.config, self.spec)
 
     def resolve_inner_lr(self) -> float:
         """The inner rate in use (``config.meta.inner_lr``; no tuning in top-N mode)."""
@@ -467,9 +451,16 @@ class TopNExperiment:
             detail[name] = (stats, lists)
         return out, detail
 
-    def metrics_document(self, params: Any) -> dict:
-        """The metrics.json document: ``{"dataset", "task": "topn", "config", "tuned", "split", "scenarios"}``."""
-        scenarios, _ = self.evaluate(params)
+    def metrics_document(self, params: Any, *, keep_lists: bool = False) -> dict:
+        """The metrics.json document: ``{"dataset", "task": "topn", "config", "tuned", "split", "scenarios"}``.
+
+        Args:
+          params: the meta-learned parameters.
+          keep_lists: also keep the per-user statistics and top lists in :attr:`last_detail` (what
+            :func:`~jaxrec.experiment.predictions.write_topn_predictions` writes).
+        """
+        scenarios, detail = self.evaluate(params, keep_lists=keep_lists)
+        self.last_detail = detail if keep_lists else None
         return {
             "dataset": self.dataset.name,
             "task": "topn",

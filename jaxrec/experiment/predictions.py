@@ -1,0 +1,160 @@
+"""Every evaluated row, written out (``--save-predictions DIR``), so that an outside tool scores exactly the same
+rows with its own metrics.
+
+Per scenario, compressed CSV with raw user and item ids:
+
+* ``<scenario>.split.csv.gz``: the split itself, ``user,item,role,target`` (``role`` is ``support`` or ``query``;
+  ``target`` the rating, or the interaction weight in top-N mode);
+* ratings: ``<scenario>.predictions.csv.gz``, ``user,item,<method>,...``: every method's prediction on each
+  query row;
+* top-N: ``<scenario>.topk.csv.gz``, ``user,method,rank,item``: every method's top-k list (rank 1 first), over
+  the whole catalogue with the user's support items excluded.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import pandas as pd
+
+from jaxrec.experiment.methods import experiment_predictors
+
+__all__ = ["write_rating_predictions", "write_topn_predictions"]
+
+logger = logging.getLogger(__name__)
+
+
+def _write(frame: pd.DataFrame, path: Path) -> Path:
+    frame.to_csv(path, index=False, compression="gzip")
+    return path
+
+
+def _split_frame(dataset: Any, users: np.ndarray, sides: list[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
+    """``user,item,role,target`` rows of tasks: ``sides`` holds ``(role, item codes [T, L], targets [T, L])``."""
+    parts = []
+    for role, items, targets in sides:
+        keep = items >= 0
+        owner = np.broadcast_to(users[:, None], items.shape)[keep]
+        parts.append(
+            pd.DataFrame(
+                {
+                    "user": dataset.user_ids[owner],
+                    "item": dataset.item_ids[items[keep]],
+                    "role": role,
+                    "target": targets[keep],
+                }
+            )
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def write_rating_predictions(folder: str | Path, experiment: Any, params: Any) -> list[Path]:
+    """Write the split and every method's query predictions of each scenario of a rating experiment.
+
+    Args:
+      folder: the output folder (created).
+      experiment: the :class:`~jaxrec.experiment.protocol.Experiment`.
+      params: the meta-learned parameters.
+
+    Returns:
+      The files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    methods = experiment_predictors(experiment, params)
+    batch_size = experiment.config.evaluation.eval_batch_size
+    written = []
+    for scenario, tasks in experiment.scenario_tasks.items():
+        plan = tasks.batch_plan(batch_size, None)
+        users, s_items, s_target, q_items, q_target, scores = [], [], [], [], [], {m: [] for m in methods}
+        for task_index in plan:
+            keep = np.asarray(task_index) >= 0
+            (support, _), (query, q_mask) = tasks.codes(task_index)
+            batch = tasks.make_batch(task_index)
+            for name, (predict, state) in methods.items():
+                predicted = np.asarray(jax.device_get(_jitted(predict)(state, batch)))[:, : q_mask.shape[1]]
+                scores[name].append(np.where(q_mask, predicted, np.nan)[keep])
+            users.append(np.asarray(batch.task_id)[keep])
+            s_items.append(support["item"][keep])
+            s_target.append(support["rating"][keep])
+            q_items.append(query["item"][keep])
+            q_target.append(query["rating"][keep])
+        if not users:
+            continue
+        users = np.concatenate(users)
+        q_items = np.concatenate(q_items)
+        split = _split_frame(
+            experiment.dataset,
+            users,
+            [
+                ("support", np.concatenate(s_items), np.concatenate(s_target)),
+                ("query", q_items, np.concatenate(q_target)),
+            ],
+        )
+        written.append(_write(split, folder / f"{scenario}.split.csv.gz"))
+        keep = q_items >= 0
+        owner = np.broadcast_to(users[:, None], q_items.shape)[keep]
+        predictions = pd.DataFrame(
+            {"user": experiment.dataset.user_ids[owner], "item": experiment.dataset.item_ids[q_items[keep]]}
+        )
+        for name, parts in scores.items():
+            predictions[name] = np.concatenate(parts)[keep]
+        written.append(_write(predictions, folder / f"{scenario}.predictions.csv.gz"))
+    logger.info("wrote %d prediction files to %s", len(written), folder)
+    return written
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted(predict: Any):
+    return jax.jit(predict)
+
+
+def write_topn_predictions(folder: str | Path, experiment: Any, detail: dict) -> list[Path]:
+    """Write the split and every method's top-k lists of each scenario of a top-N experiment.
+
+    Args:
+      folder: the output folder (created).
+      experiment: the :class:`~jaxrec.experiment.topn.TopNExperiment`.
+      detail: ``{scenario: (stats, lists)}`` of its evaluation (``metrics_document(..., keep_lists=True)`` keeps
+        it in ``last_detail``).
+
+    Returns:
+      The files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    ds = experiment.dataset
+    for scenario, (stats, lists) in detail.items():
+        tasks = experiment.scenario_tasks[scenario]
+        everyone = np.arange(len(tasks))
+        support, query = tasks.item_codes(everyone)
+        (s_codes, _), (q_codes, _) = tasks.tasks.codes(everyone)
+        split = _split_frame(
+            ds, tasks.users, [("support", support, s_codes["rating"]), ("query", query, q_codes["rating"])]
+        )
+        written.append(_write(split, folder / f"{scenario}.split.csv.gz"))
+        parts = []
+        for method, items in lists.items():
+            users = stats[method]["user"]
+            keep = items >= 0
+            ranks = np.broadcast_to(np.arange(1, items.shape[1] + 1)[None, :], items.shape)
+            owner = np.broadcast_to(users[:, None], items.shape)
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "user": ds.user_ids[owner[keep]],
+                        "method": method,
+                        "rank": ranks[keep],
+                        "item": ds.item_ids[items[keep]],
+                    }
+                )
+            )
+        written.append(_write(pd.concat(parts, ignore_index=True), folder / f"{scenario}.topk.csv.gz"))
+    logger.info("wrote %d prediction files to %s", len(written), folder)
+    return written

@@ -1,0 +1,228 @@
+"""Top-N baselines: popularity counts, item kNN and EASE against dense references (EASE's KKT condition), the ALS
+objective decreasing and the fold-in solving its normal equations, clear errors, and Recall@20 on MovieLens."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import jaxrec.data as jd
+from jaxrec.evaluation import retrieval_baselines as rb
+
+
+def random_interactions(n_users, n_items, density, seed, weighted=False):
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < density).astype(np.float64)
+    if weighted:
+        dense *= rng.uniform(0.5, 3.0, dense.shape)
+    dense[:, -1] = 0.0  # an item nobody interacted with
+    return sp.csr_matrix(dense.astype(np.float32))
+
+
+def test_interaction_matrix_sums_duplicates_and_checks_its_input():
+    X = rb.interaction_matrix([0, 0, 1, 0], [2, 2, 0, 1], [1.0, 2.0, 1.0, 0.5], 3, 4)
+    assert isinstance(X, sp.csr_matrix) and X.dtype == np.float32 and X.shape == (3, 4)
+    np.testing.assert_array_equal(X.toarray(), [[0, 0.5, 3, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(rb.interaction_matrix([1], [3], None, 2, 4).toarray()[1], [0, 0, 0, 1])
+    with pytest.raises(ValueError, match="finite"):
+        rb.interaction_matrix([0], [0], [np.nan], 1, 1)
+    with pytest.raises(ValueError, match=r"items must lie in \[0, n_items=4\)"):
+        rb.interaction_matrix([0], [4], None, 1, 4)
+    with pytest.raises(ValueError, match="one length"):
+        rb.interaction_matrix([0, 1], [0], None, 2, 2)
+
+
+def test_popular_ranks_by_number_of_users_or_summed_weights():
+    X = rb.interaction_matrix([0, 1, 2, 0, 2, 1, 1], [1, 1, 1, 3, 3, 0, 3], [1, 1, 1, 5, 5, 1, 1], 3, 4)
+    model = rb.fit_popular(X)
+    scores = model.scores(sp.csr_matrix((2, 4), dtype=np.float32))
+    assert scores.dtype == np.float32 and scores.shape == (2, 4)
+    np.testing.assert_array_equal(scores, [[1, 3, 0, 3], [1, 3, 0, 3]])
+    np.testing.assert_array_equal(rb.fit_popular(X, weighted=True).popularity, [1, 3, 0, 11])
+
+
+def dense_cosine(X, shrink):
+    X = X.toarray().astype(np.float64)
+    gram = X.T @ X
+    norms = np.sqrt(np.diag(gram))
+    denominator = np.outer(norms, norms) + shrink
+    C = np.divide(gram, denominator, out=np.zeros_like(gram), where=denominator > 0)
+    np.fill_diagonal(C, 0.0)
+    return C
+
+
+@pytest.mark.parametrize("shrink", [0.0, 3.0])
+def test_itemknn_without_pruning_equals_the_dense_cosine_fold_in(shrink):
+    X = random_interactions(40, 13, 0.3, seed=0, weighted=True)
+    S = random_interactions(5, 13, 0.2, seed=1)
+    model = rb.fit_itemknn(X, neighbours=13, shrink=shrink)
+    C = dense_cosine(X, shrink)
+    np.testing.assert_allclose(model.similarity.toarray(), C, rtol=1e-6, atol=1e-7)
+    assert np.all(model.similarity.diagonal() == 0)
+    scores = model.scores(S)
+    assert scores.dtype == np.float32 and scores.shape == (5, 13)
+    np.testing.assert_allclose(scores, S.toarray() @ C, rtol=1e-5, atol=1e-6)
+
+
+def test_itemknn_keeps_each_items_largest_similarities_also_in_small_blocks(monkeypatch):
+    X = random_interactions(60, 20, 0.3, seed=2, weighted=True)  # continuous weights: no ties
+    C = dense_cosine(X, shrink=1.0)
+    model = rb.fit_itemknn(X, neighbours=4, shrink=1.0)
+    pruned = model.similarity.toarray()
+    for j in range(C.shape[1]):
+        keep = np.flatnonzero(pruned[:, j])
+        expected = np.argsort(-C[:, j])[:4]
+        expected = expected[C[expected, j] > 0]
+        assert set(keep) == set(expected), j
+        np.testing.assert_allclose(pruned[keep, j], C[keep, j], rtol=1e-6)
+    monkeypatch.setattr(rb, "_BLOCK_ELEMENTS", 45)  # two items per Gram block
+    np.testing.assert_array_equal(rb.fit_itemknn(X, neighbours=4, shrink=1.0).similarity.toarray(), pruned)
+
+
+def test_ease_matches_the_closed_form_and_its_kkt_condition(monkeypatch):
+    X = random_interactions(50, 15, 0.3, seed=3)
+    S = random_interactions(4, 15, 0.3, seed=4)
+    l2 = 7.0
+    Xd = X.toarray().astype(np.float64)
+    G = Xd.T @ Xd + l2 * np.eye(15)
+    P = np.linalg.inv(G)
+    B_ref = np.eye(15) - P / np.diag(P)[None, :]  # I - P diag(1 / diag(P))
+    model = rb.fit_ease(X, l2=l2)
+    B = model.dense_weights().astype(np.float64)
+    np.testing.assert_allclose(B, B_ref, atol=1e-6)
+    assert np.all(np.diag(B) == 0)
+    assert not np.any(B[-1]) and not np.any(B[:, -1])  # the item without interactions
+    # KKT (Steck 2019, eq. 4): G B = G - diag(1 / diag(P)), i.e. G B - G is diagonal
+    residual = G @ B - G
+    scale = np.abs(G).max()
+    np.testing.assert_allclose(residual - np.diag(np.diag(residual)), 0.0, atol=1e-5 * scale)
+    np.testing.assert_allclose(np.diag(residual), -1.0 / np.diag(P), rtol=1e-5)
+    np.testing.assert_allclose(model.scores(S), S.toarray() @ B_ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(rb, "_BLOCK_ELEMENTS", 30)  # Gram and symmetrisation in blocks of two rows
+    np.testing.assert_allclose(rb.fit_ease(X, l2=l2).weights, model.weights, rtol=1e-6, atol=1e-7)
+
+
+def test_ease_refuses_a_catalogue_too_large_for_a_dense_inverse():
+    n = rb.EASE_MAX_ITEMS + 1
+    X = rb.interaction_matrix(np.arange(n) % 7, np.arange(n), None, 7, n)  # sparse: cheap to build
+    with pytest.raises(ValueError, match=r"dense item-item matrix: 30001 items .* limit of 30000"):
+        rb.fit_ease(X)
+    with pytest.raises(ValueError, match="l2 must be"):
+        rb.fit_ease(X[:, :10], l2=0.0)
+
+
+def dense_als_objective(X, U, Y, l2, alpha):
+    Xd = X.toarray().astype(np.float64)
+    c = 1.0 + alpha * Xd
+    return np.sum(c * ((Xd > 0) - U @ Y.T) ** 2) + l2 * (np.sum(U**2) + np.sum(Y**2))
+
+
+def test_mf_objective_decreases_monotonically_and_is_the_papers():
+    X = random_interactions(40, 25, 0.2, seed=5, weighted=True)
+    model = rb.fit_mf(X, factors=5, iterations=12, l2=0.5, alpha=4.0, seed=1)
+    history = model.history
+    assert history.shape == (12,)
+    assert np.all(np.diff(history) <= 1e-10 * history[:-1]), history
+    assert history[-1] < 0.9 * history[0]
+    U, Y = model.user_factors, model.item_factors
+    objective = rb.als_objective(X, U, Y, l2=0.5, alpha=4.0)
+    np.testing.assert_allclose(objective, history[-1], rtol=1e-12)
+    np.testing.assert_allclose(objective, dense_als_objective(X, U, Y, 0.5, 4.0), rtol=1e-10)
+    # one more exact user step can only lower it further
+    U_next = model.fold_in(X)
+    assert rb.als_objective(X, U_next, Y, l2=0.5, alpha=4.0) <= objective * (1 + 1e-12)
+
+
+def test_mf_fold_in_solves_the_normal_equations(monkeypatch):
+    X = random_interactions(60, 30, 0.25, seed=6)
+    S = random_interactions(6, 30, 0.3, seed=7, weighted=True)
+    S = sp.vstack([S, sp.csr_matrix((1, 30), dtype=np.float32)]).tocsr()  # a user without support
+    model = rb.fit_mf(X, factors=6, iterations=3, l2=0.3, alpha=2.5)
+    folded = model.fold_in(S)
+    Y = model.item_factors
+    for u in range(6):
+        s = S.toarray()[u].astype(np.float64)
+        c = 1.0 + 2.5 * s
+        A = Y.T @ (c[:, None] * Y) + 0.3 * np.eye(6)
+        expected = np.linalg.solve(A, Y.T @ (c * (s > 0)))
+        np.testing.assert_allclose(folded[u], expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(folded[6], 0.0)
+    scores = model.scores(S)
+    assert scores.dtype == np.float32 and scores.shape == (7, 30)
+    np.testing.assert_allclose(scores, folded @ Y.T, rtol=1e-5, atol=1e-6)
+    monkeypatch.setattr(rb, "_BLOCK_ELEMENTS", 40)  # one system per chunk, factor rows in several pieces
+    np.testing.assert_allclose(model.fold_in(S), folded, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", sorted(rb.RETRIEVAL_BASELINES))
+def test_clear_errors(name):
+    fit = rb.RETRIEVAL_BASELINES[name]
+    with pytest.raises(ValueError, match="X is empty"):
+        fit(sp.csr_matrix((4, 6), dtype=np.float32))
+    bad = random_interactions(10, 6, 0.5, seed=8).toarray()
+    bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="finite"):
+        fit(sp.csr_matrix(bad))
+    model = fit(random_interactions(10, 6, 0.5, seed=8))
+    with pytest.raises(ValueError, match="S has 5 items .* fitted on 6"):
+        model.scores(sp.csr_matrix((2, 5), dtype=np.float32))
+    assert model.scores(sp.csr_matrix((0, 6), dtype=np.float32)).shape == (0, 6)
+
+
+def test_mf_refuses_negative_weights_and_bad_hyper_parameters():
+    X = random_interactions(10, 6, 0.5, seed=9)
+    negative = X.copy()
+    negative.data[0] = -1.0
+    with pytest.raises(ValueError, match="non-negative"):
+        rb.fit_mf(negative)
+    with pytest.raises(ValueError, match="factors must be an int >= 1"):
+        rb.fit_mf(X, factors=0)
+    with pytest.raises(ValueError, match="neighbours must be an int >= 1"):
+        rb.fit_itemknn(X, neighbours=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# quality on MovieLens
+
+
+@pytest.fixture(scope="module")
+def movielens_new_users():
+    """ml-latest-small, ratings >= 4 as clicks; 100 seeded new users, their 5 earliest clicks as support."""
+    ds = jd.load()
+    clicks = ds.ratings[ds.ratings["rating"] >= 4]
+    counts = clicks.groupby("user").size()
+    eligible = counts.index[counts > 5].to_numpy()
+    new = np.random.default_rng(0).choice(eligible, 100, replace=False)
+    is_new = clicks["user"].isin(new).to_numpy()
+    train = clicks[~is_new]
+    train_users = np.unique(train["user"].to_numpy(), return_inverse=True)[1]
+    X = rb.interaction_matrix(train_users, train["item"].to_numpy(), None, int(train_users.max()) + 1, ds.n_items)
+    test = clicks[is_new].sort_values(["user", "timestamp", "item"], kind="stable")
+    rows = np.searchsorted(np.sort(new), test["user"].to_numpy())
+    support = test.groupby("user").cumcount().to_numpy() < 5
+    items = test["item"].to_numpy()
+    S = rb.interaction_matrix(rows[support], items[support], None, 100, ds.n_items)
+    Q = rb.interaction_matrix(rows[~support], items[~support], None, 100, ds.n_items)
+    return X, S, Q
+
+
+def recall_at(scores, S, Q, k=20):
+    """Recall@k with the support excluded, normalised by min(k, |query|) (Liang et al., WWW 2018)."""
+    scores = scores.copy()
+    scores[S.toarray() > 0] = -np.inf
+    top = np.argpartition(-scores, k, axis=1)[:, :k]
+    query = Q.toarray() > 0
+    hits = np.take_along_axis(query, top, axis=1).sum(axis=1)
+    return float(np.mean(hits / np.minimum(k, query.sum(axis=1))))
+
+
+def test_every_baseline_beats_random_and_ease_beats_popular_on_movielens(movielens_new_users):
+    X, S, Q = movielens_new_users
+    assert X.nnz > 40_000 and S.nnz == 500
+    n_query = np.diff(Q.indptr)
+    random = float(np.mean(20 * n_query / (X.shape[1] - 5) / np.minimum(20, n_query)))  # expected, exactly
+    recall = {name: recall_at(fit(X).scores(S), S, Q) for name, fit in rb.RETRIEVAL_BASELINES.items()}
+    message = f"Recall@20 {recall}, random {random:.4f}"
+    assert all(value > 0.2 and value > 20 * random for value in recall.values()), message
+    # Measured on 6 seeds x 100 users: ease - popular = +0.030 (paired s.e. 0.008, positive on every seed);
+    # cosine itemknn ties with popular (-0.019 +- 0.010 unshrunk), so no order between them is asserted.
+    assert recall["ease"] > recall["popular"] + 0.02, message

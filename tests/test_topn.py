@@ -1,0 +1,355 @@
+"""Top-N from implicit feedback: ranking losses (values, masking, exact meta-gradients), K-shot top-N tasks and
+their negatives, the streaming full-catalogue top-k and its metrics, the two-tower rankers."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import jaxrec
+import jaxrec.data as jd
+from jaxrec import models
+from jaxrec.core.features import FeatureSpec
+from jaxrec.core.inner import InnerLoop
+from jaxrec.core.newton import newton
+from jaxrec.core.ranking import RANKING_LOSSES, negative_rows, ranking_loss
+from jaxrec.data.topn import NegativeSampler, implicit_featurizer, topn_split, topn_tasks
+from jaxrec.evaluation.topn import (
+    Catalogue,
+    coverage,
+    dense_topk,
+    dot_ranker,
+    evaluate_rankers,
+    model_ranker,
+    sampled_statistics,
+    streaming_topk,
+    topn_statistics,
+)
+
+N_ITEMS, DIM = 7, 3
+
+
+def toy_apply(params, rows):
+    """A small non-linear scorer of (user vector, item): its Hessian in ``u`` is not constant."""
+    hidden = jnp.tanh(params["items"][rows["item"]] @ params["w"])
+    return hidden @ params["u"] + params["b"][rows["item"]]
+
+
+def toy_params(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {
+        "items": jax.random.normal(k1, (N_ITEMS, DIM)),
+        "w": 0.7 * jax.random.normal(k2, (DIM, DIM)),
+        "u": 0.5 * jax.random.normal(k3, (DIM,)),
+        "b": jnp.linspace(-0.2, 0.2, N_ITEMS),
+    }
+
+
+def toy_rows(rng, rows=5, negatives=3, n_real=4):
+    item = rng.integers(0, N_ITEMS, rows)
+    neg = rng.integers(0, N_ITEMS, (rows, negatives))
+    neg_mask = rng.random((rows, negatives)) > 0.2
+    neg_mask[:, 0] = True
+    out = {
+        "item": item,
+        "neg_item": neg,
+        "neg_mask": neg_mask,
+        "weight": rng.uniform(0.5, 2.0, rows),
+        "logq": np.log(rng.uniform(0.05, 0.3, rows)),
+        "neg_logq": np.log(rng.uniform(0.05, 0.3, (rows, negatives))),
+    }
+    return out, np.arange(rows) < n_real
+
+
+def numpy_loss(params, rows, mask, kind):
+    p = jax.tree.map(np.asarray, params)
+
+    def score(items):
+        return np.tanh(p["items"][items] @ p["w"]) @ p["u"] + p["b"][items]
+
+    total = weight_sum = 0.0
+    for r in np.flatnonzero(mask):
+        pos = score(np.array([rows["item"][r]]))[0]
+        ok = np.asarray(rows["neg_mask"][r], bool)
+        neg = score(np.asarray(rows["neg_item"][r])[ok])
+        if kind == "bpr":
+            value = np.mean(np.log1p(np.exp(-(pos - neg))))
+        elif kind == "bce":
+            value = np.log1p(np.exp(-pos)) + np.mean(np.log1p(np.exp(neg)))
+        else:
+            logits = np.concatenate([[pos - rows["logq"][r]], neg - np.asarray(rows["neg_logq"][r])[ok]])
+            value = np.log(np.sum(np.exp(logits))) - logits[0]
+        total += rows["weight"][r] * value
+        weight_sum += rows["weight"][r]
+    return total / weight_sum
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("kind", RANKING_LOSSES)
+def test_ranking_losses_equal_their_formulas_and_ignore_padding(kind):
+    rng = np.random.default_rng(0)
+    params = toy_params(jax.random.key(0))
+    rows, mask = toy_rows(rng)
+    loss = ranking_loss(toy_apply, kind)
+    value = float(loss(params, {k: jnp.asarray(v) for k, v in rows.items()}, jnp.asarray(mask)))
+    np.testing.assert_allclose(value, numpy_loss(params, rows, mask, kind), rtol=1e-12)
+    # whatever sits in padded rows and masked negatives changes neither the value nor the gradient
+    noisy = dict(rows)
+    noisy["item"] = np.where(mask, rows["item"], 6)
+    noisy["neg_item"] = np.where(rows["neg_mask"] & mask[:, None], rows["neg_item"], 5)
+    noisy["weight"] = np.where(mask, rows["weight"], 1e6)
+    grad = jax.grad(loss)(params, {k: jnp.asarray(v) for k, v in rows.items()}, jnp.asarray(mask))
+    grad_noisy = jax.grad(loss)(params, {k: jnp.asarray(v) for k, v in noisy.items()}, jnp.asarray(mask))
+    np.testing.assert_allclose(ravel_pytree(grad)[0], ravel_pytree(grad_noisy)[0], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.usefixtures("float64")
+def test_uniform_logq_cancels_in_the_sampled_softmax():
+    rng = np.random.default_rng(1)
+    params = toy_params(jax.random.key(1))
+    rows, mask = toy_rows(rng)
+    constant = dict(rows, logq=np.full(5, -2.0), neg_logq=np.full((5, 3), -2.0))
+    zero = dict(rows, logq=np.zeros(5), neg_logq=np.zeros((5, 3)))
+    loss = ranking_loss(toy_apply, "softmax")
+    a = loss(params, {k: jnp.asarray(v) for k, v in constant.items()}, jnp.asarray(mask))
+    b = loss(params, {k: jnp.asarray(v) for k, v in zero.items()}, jnp.asarray(mask))
+    np.testing.assert_allclose(float(a), float(b), rtol=1e-12)
+
+
+def test_negative_rows_swap_item_keys_and_repeat_the_rest():
+    rows = {
+        "user": jnp.array([1, 2]),
+        "item": jnp.array([3, 4]),
+        "item_year": jnp.array([7, 8]),
+        "neg_item": jnp.array([[5, 6, 9], [10, 11, 12]]),
+        "neg_item_year": jnp.array([[1, 1, 2], [3, 3, 4]]),
+        "neg_mask": jnp.ones((2, 3), bool),
+    }
+    out = negative_rows(rows)
+    np.testing.assert_array_equal(out["item"], [5, 6, 9, 10, 11, 12])
+    np.testing.assert_array_equal(out["item_year"], [1, 1, 2, 3, 3, 4])
+    np.testing.assert_array_equal(out["user"], [1, 1, 1, 2, 2, 2])
+    assert "neg_item" not in out and "neg_mask" not in out
+
+
+def toy_batch(seed, tasks=3, support=5, query=4, negatives=3):
+    rng = np.random.default_rng(seed)
+    sides = []
+    for rows, n_real in ((support, [5, 3, 4]), (query, [4, 2, 3])):
+        parts = [toy_rows(rng, rows, negatives, n) for n in n_real[:tasks]]
+        sides.append(({k: np.stack([p[0][k] for p in parts]) for k in parts[0][0]}, np.stack([p[1] for p in parts])))
+    (s, sm), (q, qm) = sides
+    return jaxrec.TaskBatch(support=s, query=q, support_mask=sm, query_mask=qm, task_id=np.arange(tasks))
+
+
+@pytest.mark.usefixtures("float64")
+@pytest.mark.parametrize("kind", RANKING_LOSSES)
+@pytest.mark.parametrize("solver", ["sgd", "newton"])
+def test_meta_gradient_through_a_ranking_inner_loop_matches_finite_differences(kind, solver):
+    params = toy_params(jax.random.key(2))
+    batch = toy_batch(3)
+    only_u = lambda path, leaf: jaxrec.path_names(path)[-1] == "u"  # noqa: E731
+    inner = InnerLoop(
+        ranking_loss(toy_apply, kind),
+        steps=2,
+        solver=newton() if solver == "newton" else None,
+        adapt_filter=only_u if solver == "newton" else "all",
+    )
+    f = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner, inner_lr=0.4))
+    grad = ravel_pytree(jax.grad(f)(params))[0]
+    flat, unravel = ravel_pytree(params)
+    eps = 1e-6
+    fd = np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in np.eye(flat.size)])
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    # second order matters here: the first-order gradient differs
+    first = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner.replace(order="first"), inner_lr=0.4))
+    assert np.max(np.abs(ravel_pytree(jax.grad(first)(params))[0] - grad)) > 1e-4
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# top-k and metrics
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 7, 10, 64])
+def test_streaming_topk_equals_a_full_sort(chunk):
+    rng = np.random.default_rng(0)
+    users, n_items, k = 5, 23, 6
+    scores = rng.normal(size=(users, n_items)).astype(np.float32)
+    exclude = np.array([[0, 3, -1], [22, 21, 20], [-1, -1, -1], [5, 5, 6], [1, 2, 4]], np.int32)
+    n_chunks = -(-n_items // chunk)
+    codes = np.full(n_chunks * chunk, -1, np.int32)
+    codes[:n_items] = np.arange(n_items)
+    rows = {"item": codes.reshape(n_chunks, chunk)}
+    table = jnp.asarray(scores)
+
+    def chunk_scores(item_rows):
+        return jnp.take(table, jnp.maximum(item_rows["item"], 0), axis=1)
+
+    _, items = streaming_topk(chunk_scores, rows, jnp.asarray(codes.reshape(n_chunks, chunk)), jnp.asarray(exclude), k)
+    want = []
+    for u in range(users):
+        s = scores[u].copy()
+        s[exclude[u][exclude[u] >= 0]] = -np.inf
+        want.append(np.argsort(-s, kind="stable")[:k])
+    np.testing.assert_array_equal(np.asarray(items), np.array(want))
+    np.testing.assert_array_equal(np.asarray(dense_topk(table, jnp.asarray(exclude), k)), np.array(want))
+
+
+def test_topk_marks_missing_items_when_the_catalogue_is_exhausted():
+    scores = jnp.asarray([[0.3, 0.1, 0.2]])
+    items = dense_topk(scores, jnp.asarray([[0, 2]], jnp.int32), 3)
+    np.testing.assert_array_equal(np.asarray(items), [[1, -1, -1]])
+
+
+def test_topn_statistics_by_hand():
+    items = np.array([[4, 1, 7, 2], [0, 3, 5, 6], [9, 8, -1, -1]])
+    targets = np.array([[7, 2, 11], [6, -1, -1], [-1, -1, -1]])
+    popularity = np.linspace(0.0, 0.9, 12)
+    s = jax.device_get(topn_statistics(items, targets, popularity, ks=(2, 4)))
+    d = 1.0 / np.log2(np.arange(4) + 2.0)
+    np.testing.assert_allclose(s["n"], [3, 1, 0])
+    np.testing.assert_allclose(s["recall@2"][:2], [0.0, 0.0])
+    np.testing.assert_allclose(s["recall@4"][:2], [2 / 3, 1.0])
+    np.testing.assert_allclose(s["ndcg@4"][:2], [(d[2] + d[3]) / d[:3].sum(), d[3] / d[0]], rtol=1e-6)
+    np.testing.assert_allclose(s["hr@4"][:2], [1.0, 1.0])
+    np.testing.assert_allclose(s["mrr@4"][:2], [1 / 3, 1 / 4], rtol=1e-6)
+    np.testing.assert_allclose(s["pop@2"][0], popularity[[4, 1]].mean(), rtol=1e-6)
+    np.testing.assert_allclose(s["pop@4"][2], popularity[[9, 8]].mean(), rtol=1e-6)  # only listed items count
+    np.testing.assert_allclose(s["recall@4/w"], [1, 1, 0])  # a user without a query item carries no weight
+    assert coverage(items, 12, 2) == pytest.approx(6 / 12)
+
+
+def test_sampled_protocol_counts_positives_above_their_negatives():
+    pos = jnp.array([[1.0, 0.0]])
+    neg = jnp.array([[[0.5, 2.0, -1.0], [0.5, 0.6, 0.7]]])
+    s = sampled_statistics(pos, neg, jnp.array([[True, True]]), ks=(1, 2))
+    np.testing.assert_allclose(s["sampled_hr@2"], [0.5])  # rank 1 (hit) and rank 3 (miss)
+    np.testing.assert_allclose(s["sampled_hr@1"], [0.0])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tasks, negatives and rankers on real data
+
+
+@pytest.fixture(scope="module")
+def implicit_small():
+    ds = jd.load()
+    frame = ds.ratings.assign(user=ds.user_ids[ds.ratings["user"]], item=ds.item_ids[ds.ratings["item"]])
+    return jd.from_dataframe(
+        frame,
+        rating="rating",
+        timestamp="timestamp",
+        item_features=ds.items.set_index("raw_id"),
+        feedback="implicit",
+        positive_threshold=4.0,
+        name="ml-latest-small",
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(implicit_small):
+    ds = implicit_small
+    split = topn_split(ds, seed=0)
+    feat = implicit_featurizer(ds, split.train)
+    sampler = NegativeSampler.fit(split.train, ds.n_items, count=8)
+    return ds, split, feat, sampler
+
+
+def test_split_users_are_disjoint_and_every_interaction_is_somewhere(setup):
+    ds, split, _, _ = setup
+    parts = [set(split.train.user), set(split.validation.user), set(split.scenarios["new_user"].user)]
+    assert not (parts[0] & parts[1]) and not (parts[0] & parts[2]) and not (parts[1] & parts[2])
+    total = len(split.train) + len(split.validation) + sum(len(f) for f in split.scenarios.values())
+    assert total == ds.n_ratings
+    assert split.stats["warm_held_out"] == len(split.scenarios["warm"]) > 0
+
+
+def test_new_user_support_is_their_first_interactions_and_query_their_next(setup):
+    ds, split, feat, sampler = setup
+    frame = split.scenarios["new_user"]
+    tasks = topn_tasks(frame, feat, sampler, shots=5, query=30, seed=0)
+    support, query = tasks.item_codes(np.arange(len(tasks)))
+    time_of = {(u, i): t for u, i, t in frame[["user", "item", "timestamp"]].itertuples(index=False)}
+    for t in range(0, len(tasks), 17):
+        user = tasks.users[t]
+        s_times = [time_of[(user, i)] for i in support[t] if i >= 0]
+        q_times = [time_of[(user, i)] for i in query[t] if i >= 0]
+        assert len(s_times) == 5 and 1 <= len(q_times) <= 30
+        assert max(s_times) <= min(q_times)
+        user_times = np.sort(frame.loc[frame.user == user, "timestamp"].to_numpy())
+        np.testing.assert_array_equal(np.sort(s_times), user_times[:5])
+    few = frame.groupby("user").size()
+    assert tasks.stats["users_dropped"] == int((few <= 5).sum())
+
+
+def test_negatives_avoid_the_users_interactions_and_repeat_with_the_seed(setup):
+    ds, split, feat, _ = setup
+    sampler = NegativeSampler.fit(split.train, ds.n_items, count=16, kind="popularity")
+    tasks = topn_tasks(split.train, feat, sampler, shots=10, query=20, seed=0, train=True)
+    plan = tasks.batch_plan(16, None)
+    a = tasks.make_batch(plan[0], np.random.default_rng(5))
+    b = tasks.make_batch(plan[0], np.random.default_rng(5))
+    np.testing.assert_array_equal(a.support["neg_item"], b.support["neg_item"])
+    seen = set(zip(split.train.user, split.train.item, strict=True))
+    users = np.broadcast_to(a.task_id[:, None, None], a.support["neg_item"].shape)
+    item_of_slot = {slot: code for code, slot in enumerate(feat.item_index[:-1]) if slot}
+    mask = a.support["neg_mask"]
+    negatives = [(u, item_of_slot[s]) for u, s in zip(users[mask], a.support["neg_item"][mask], strict=True)]
+    assert not any(pair in seen for pair in negatives)
+    assert mask.mean() > 0.95
+    # popularity sampling: popular items come up far more often than rare ones
+    counts = np.bincount(split.train.item, minlength=ds.n_items)
+    drawn = np.array([code for _, code in negatives])
+    assert np.mean(counts[drawn]) > 3 * np.mean(counts[counts > 0])
+
+
+def test_heavy_meta_train_users_are_subsampled_and_counted(setup):
+    ds, split, feat, sampler = setup
+    tasks = topn_tasks(split.train, feat, sampler, shots=10, query=20, seed=0, train=True)
+    per_user = split.train.groupby("user").size()
+    assert tasks.stats["users_subsampled"] == int((per_user > 30).sum()) > 0
+    assert tasks.stats["users_dropped"] == int((per_user < 2).sum())
+    assert tasks.shapes == [(10, 20)]
+    other = topn_tasks(split.train, feat, sampler, shots=10, query=20, seed=1, train=True, size_seed=0)
+    np.testing.assert_array_equal(other.users, tasks.users)
+    assert not np.array_equal(other.tasks.row_item, tasks.tasks.row_item)
+
+
+def test_two_tower_dot_ranker_equals_scoring_every_item_with_the_model(setup):
+    ds, split, feat, sampler = setup
+    model = models.create("twotower", feat.spec, embed=8, hidden=(16,))
+    params = models.init_params(model, feat.spec, jax.random.key(3))
+    inner = InnerLoop(
+        ranking_loss(model.apply, "softmax"), steps=1, solver=newton(), adapt_filter=model.default_adapt_filter
+    )
+    tasks = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=5, query=50, seed=0)
+    popularity = np.bincount(split.train.item, minlength=ds.n_items) / 400
+    catalogue = Catalogue.build(feat, popularity, chunk=1000)
+    rows, codes = catalogue.device()
+    dot, generic = dot_ranker(model, inner, 20), model_ranker(model.apply, inner, 20)
+    rankers = {
+        "maml": lambda b, e: dot((params, 0.5), b, e, rows, codes),
+        "generic": lambda b, e: generic((params, 0.5), b, e, rows, codes),
+    }
+    summaries, stats, lists = evaluate_rankers(rankers, tasks, catalogue, ks=(10, 20), resamples=50, keep_lists=True)
+    agree = np.mean(lists["maml"] == lists["generic"])
+    assert agree > 0.99, agree  # float32 sums in another order may swap near-ties
+    assert summaries["generic"]["paired"]["recall@20"]["diff"] == pytest.approx(0.0, abs=0.01)
+    support, _ = tasks.item_codes(np.arange(len(tasks)))
+    assert not any(np.isin(lists["maml"][t], support[t][support[t] >= 0]).any() for t in range(len(tasks)))
+
+
+def test_catalogue_of_one_item_is_refused():
+    spec = FeatureSpec({"user": 2, "item": 2})
+    feat = dataclasses.replace(
+        jd.Featurizer.fit(
+            jd.from_dataframe(pd.DataFrame({"user": ["a", "b"], "item": ["x", "x"]}), rating=None, feedback="implicit")
+        ),
+        spec=spec,
+    )
+    with pytest.raises(ValueError, match="at least two items"):
+        Catalogue.build(feat, np.ones(1))

@@ -1,0 +1,184 @@
+"""``jaxrec train --feedback implicit``: a play-count log with string ids, end to end through the command (metrics,
+checkpoint, evaluate, saved predictions), and its clear errors."""
+
+import gzip
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from cli_support import write_ratings
+
+from jaxrec import cli
+
+TOPN_FLAGS = [
+    "--feedback",
+    "implicit",
+    "--model",
+    "twotower",
+    "--model-kwargs",
+    '{"embed": 8}',
+    "--batch-size",
+    "16",
+    "--shots",
+    "3",
+    "--query-cap",
+    "20",
+    "--negatives",
+    "8",
+    "--bootstrap",
+    "20",
+    "--no-progress",
+]
+
+
+def write_plays(path, users=120, items=60, per_user=14, seed=0):
+    """A play log ``user<TAB>song<TAB>plays<TAB>time`` with string ids: users of two tastes play songs of their
+    taste; every user's first play of a song is listed once more (merged duplicates)."""
+    rng = np.random.default_rng(seed)
+    lines = ["user\tsong\tplays\ttime"]
+    for u in range(users):
+        taste = u % 2
+        pool = np.arange(taste, items, 2)
+        chosen = rng.choice(pool, per_user, replace=False)
+        for t, i in enumerate(chosen):
+            lines.append(f"u-{u:03d}\tsong-{i:02d}\t{1 + (u + i) % 5}\t{1000 * u + t}")
+        lines.append(f"u-{u:03d}\tsong-{chosen[0]:02d}\t2\t{1000 * u + 99}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def capture(monkeypatch):
+    lines = []
+    monkeypatch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
+    return lines
+
+
+@pytest.fixture(scope="module")
+def topn_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("topn")
+    data = write_plays(root / "plays.tsv")
+    out, predictions = root / "run", root / "predictions"
+    patch = pytest.MonkeyPatch()
+    lines = capture(patch)
+    try:
+        code = cli.main(
+            [
+                "train",
+                "--data",
+                str(data),
+                "--columns",
+                "user,item,weight,timestamp",
+                *TOPN_FLAGS,
+                "--epochs",
+                "2",
+                "--out",
+                str(out),
+                "--save-predictions",
+                str(predictions),
+            ]
+        )
+    finally:
+        patch.undo()
+    assert code == 0, lines
+    return {"out": out, "data": data, "predictions": predictions, "output": "\n".join(lines)}
+
+
+def test_train_writes_top_n_metrics_for_the_meta_learner_and_every_baseline(topn_run):
+    document = json.loads((topn_run["out"] / "metrics.json").read_text())
+    assert document["task"] == "topn"
+    methods = document["scenarios"]["new_user"]
+    assert set(methods) == {"maml", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
+    for name, summary in methods.items():
+        for k in (10, 20, 50):
+            for metric in ("recall", "ndcg", "hr", "mrr"):
+                assert 0.0 <= summary[f"{metric}@{k}"] <= 1.0, (name, metric, k)
+            assert 0.0 < summary[f"coverage@{k}"] <= 1.0
+        assert summary["users"] == document["split"]["new_users"]
+        if name != "maml":
+            lo, hi = summary["paired"]["recall@20"]["ci95"]
+            assert lo <= summary["paired"]["recall@20"]["diff"] <= hi
+    # two tastes: every method that uses the support set beats the popularity ranking by far
+    assert methods["itemknn"]["recall@20"] > 1.5 * methods["popular"]["recall@20"]
+    assert methods["ease"]["recall@20"] > 1.5 * methods["popular"]["recall@20"]
+    # the log's duplicates were merged and counted
+    assert document["data_report"]["duplicates_merged"] == 120
+    assert "recall@20" in topn_run["output"] and "itemknn" in topn_run["output"]
+
+
+def test_saved_predictions_are_the_split_and_every_methods_top_k(topn_run):
+    folder = topn_run["predictions"]
+    split = pd.read_csv(folder / "new_user.split.csv.gz")
+    topk = pd.read_csv(folder / "new_user.topk.csv.gz")
+    assert set(split["role"]) == {"support", "query"}
+    assert split["user"].str.startswith("u-").all() and split["item"].str.startswith("song-").all()
+    per_user = split[split.role == "support"].groupby("user").size()
+    assert (per_user == 3).all()
+    assert set(topk["method"]) == {"maml", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
+    assert topk.groupby(["user", "method"])["rank"].max().max() == 50
+    shown = split[split.role == "support"]
+    support = set(zip(shown["user"], shown["item"], strict=True))
+    assert not any((u, i) in support for u, i in zip(topk["user"], topk["item"], strict=True))
+    # the saved lists reproduce the reported figure: Recall@20 of maml from the files alone
+    query = split[split.role == "query"].groupby("user")["item"].apply(set)
+    top20 = topk[(topk.method == "maml") & (topk["rank"] <= 20)].groupby("user")["item"].apply(set)
+    recall = np.mean([len(top20.get(u, set()) & q) / len(q) for u, q in query.items()])
+    document = json.loads((topn_run["out"] / "metrics.json").read_text())
+    assert recall == pytest.approx(document["scenarios"]["new_user"]["maml"]["recall@20"], abs=1e-6)
+    with gzip.open(folder / "new_user.topk.csv.gz", "rt") as f:
+        assert f.readline().strip() == "user,method,rank,item"
+
+
+def test_evaluate_reproduces_the_metrics_of_the_run(topn_run, tmp_path, monkeypatch):
+    capture(monkeypatch)
+    output = tmp_path / "again.json"
+    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]), "--output", str(output)]
+    assert cli.main(argv) == 0
+    again = json.loads(output.read_text())["scenarios"]["new_user"]
+    first = json.loads((topn_run["out"] / "metrics.json").read_text())["scenarios"]["new_user"]
+    for name in first:
+        assert again[name]["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
+
+
+def test_a_count_column_read_as_ratings_is_one_clear_error(tmp_path, capsys):
+    path = tmp_path / "checkins.csv"
+    path.write_text("".join(f"u{u},venue{v},{1 + (u * 37 + v * 11) % 323}\n" for u in range(30) for v in range(8)))
+    code = cli.main(["train", "--data", str(path), "--columns", "user,item,rating", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "looks like a count" in err and "--feedback implicit" in err and "checkins.csv" in err
+    assert "Traceback" not in err
+
+
+def test_a_catalogue_of_one_item_is_one_clear_error(tmp_path, capsys):
+    path = tmp_path / "one.csv"
+    path.write_text("user,item\n" + "".join(f"u{u},only\n" for u in range(10)))
+    code = cli.main(["train", "--data", str(path), *TOPN_FLAGS, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code != 0 and "one.csv" in err and "at least two" in err and "Traceback" not in err
+
+
+def test_rating_runs_save_their_split_and_query_predictions(tmp_path, monkeypatch):
+    data = write_ratings(tmp_path / "ratings.csv", scale=5)
+    capture(monkeypatch)
+    flags = ["--model", "mf", "--model-kwargs", '{"embed": 4}', "--order", "first", "--inner-steps", "1",
+             "--batch-size", "8", "--baselines", "global_mean,user_mean", "--bootstrap", "10",
+             "--no-progress"]  # fmt: skip
+    code = cli.main(["train", "--data", str(data), "--columns", "user,item,rating", *flags, "--epochs", "1",
+                     "--out", str(tmp_path / "run"), "--save-predictions", str(tmp_path / "p")])  # fmt: skip
+    assert code == 0
+    files = sorted(p.name for p in (tmp_path / "p").iterdir())
+    assert files and all(f.endswith(".csv.gz") for f in files)
+    scenario = files[0].split(".")[0]
+    split = pd.read_csv(tmp_path / "p" / f"{scenario}.split.csv.gz")
+    predictions = pd.read_csv(tmp_path / "p" / f"{scenario}.predictions.csv.gz")
+    assert set(predictions.columns) == {"user", "item", "maml", "global_mean", "user_mean"}
+    query = split[split.role == "query"]
+    assert len(predictions) == len(query)
+    assert set(zip(predictions.user, predictions.item, strict=True)) == set(zip(query.user, query.item, strict=True))
+    assert predictions[["maml", "global_mean", "user_mean"]].notna().all().all()
+    # the saved predictions reproduce the reported MAE of the scenario
+    document = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    merged = predictions.merge(query, on=["user", "item"])
+    mae = np.mean(np.abs(np.clip(merged["user_mean"], 1, 5) - merged["target"]))
+    assert mae == pytest.approx(document["scenarios"][scenario]["user_mean"]["mae"], rel=1e-5)
