@@ -35,7 +35,7 @@ from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.predictions import write_rating_predictions, write_topn_predictions
-from jaxrec.experiment.recommend import Recommender, read_ratings_for
+from jaxrec.experiment.recommend import Recommender, TopNRecommender, read_ratings_for
 from jaxrec.experiment.run import (
     Interrupted,
     RunError,
@@ -122,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("recommend", help="adapt to a new user's few ratings and print the top-k items")
     r.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
-    r.add_argument("--ratings", required=True, help="CSV of item,rating (raw item ids, header optional)")
+    r.add_argument(
+        "--ratings",
+        required=True,
+        help="CSV of item,rating (raw item ids, header optional); for a top-N run also a list of item ids",
+    )
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument("--timing", action="store_true", help="print the adaptation latency (warm, jit-compiled)")
 
@@ -325,15 +329,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     for note in notes:
         _echo(f"note: {note}", err=True)
-    recommender = Recommender(trained, trained.params)
+    topn = trained.config.data.feedback == "implicit"
+    recommender = (TopNRecommender if topn else Recommender)(trained, trained.params)
     started = time.perf_counter()
     best, scores = recommender.top_k(codes, ratings, args.k)
     cold = time.perf_counter() - started
     titles, raw = trained.titles, trained.item_ids
-    _echo(f"top {len(best)} of {len(raw)} items for a new user with {len(codes)} rating(s):")
+    what = "interaction(s)" if topn else "rating(s)"
+    _echo(f"top {len(best)} of {len(raw)} items for a new user with {len(codes)} {what}:")
     for rank, (code, score) in enumerate(zip(best, scores, strict=True), 1):
         label = titles[code] if titles is not None else str(raw[code])
-        _echo(f"{rank:>3}. {label}  (item {raw[code]}, predicted {score:.2f})")
+        _echo(f"{rank:>3}. {label}  (item {raw[code]}, {'score' if topn else 'predicted'} {score:.2f})")
     if args.timing:
         warm = []
         for _ in range(20):

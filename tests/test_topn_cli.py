@@ -182,3 +182,20 @@ def test_rating_runs_save_their_split_and_query_predictions(tmp_path, monkeypatc
     merged = predictions.merge(query, on=["user", "item"])
     mae = np.mean(np.abs(np.clip(merged["user_mean"], 1, 5) - merged["target"]))
     assert mae == pytest.approx(document["scenarios"][scenario]["user_mean"]["mae"], rel=1e-5)
+
+
+def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp_path, monkeypatch):
+    lines = capture(monkeypatch)
+    items = tmp_path / "mine.txt"
+    items.write_text("song-00\nsong-02\nsong-04\nsong-99\n")  # an even taste, and one unknown id
+    assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(items), "-k", "5"]) == 0
+    text = "\n".join(lines)
+    assert "3 interaction(s)" in text and "unknown item id(s): song-99" in text
+    listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
+    assert len(listed) == 5 and not {"song-00", "song-02", "song-04"} & set(listed)
+    # the same items as item,rating rows give the same list
+    lines.clear()
+    rows = tmp_path / "mine.csv"
+    rows.write_text("item,rating\nsong-00,1\nsong-02,1\nsong-04,1\n")
+    assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(rows), "-k", "5"]) == 0
+    assert [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line] == listed

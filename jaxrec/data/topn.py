@@ -293,7 +293,10 @@ class TopNTaskSet:
 
     The rows of a batch are the positives, with the row keys of the featurizer plus ``weight`` (the confidence
     weight), ``neg_item [rows, N]`` and the negatives' side features, ``neg_mask [rows, N]``, ``logq [rows]`` and
-    ``neg_logq [rows, N]`` (see :mod:`jaxrec.core.ranking`).
+    ``neg_logq [rows, N]`` (see :mod:`jaxrec.core.ranking`). With ``spec.history = L`` every row also carries
+    ``history_item [rows, L]``: the task's support items, a support row's own item left out (so that a model
+    reading the support set, e.g. :class:`~jaxrec.models.TwoTower` with ``pool_history``, never sees the row it is
+    scored on).
 
     Attributes:
       tasks: the underlying task set (``row_rating`` holds the weights).
@@ -351,6 +354,17 @@ class TopNTaskSet:
         (support, _), (query, _) = self.tasks.codes(task_index)
         return support["item"], query["item"]
 
+    def _history(self, support_items: np.ndarray, s_mask: np.ndarray, query_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``history_item`` of the support and query rows: the task's support items (vocabulary slots, 0 =
+        none), a support row's own item left out (a row never sees itself), every support item for a query row."""
+        length = self.spec.history
+        items = np.where(s_mask, support_items, 0).astype(np.int32)  # [T, S]
+        n_support = items.shape[1]
+        own = np.eye(n_support, dtype=bool)[None]  # [1, S, S]: row r's own slot
+        support = np.where(own, 0, np.broadcast_to(items[:, None, :], (len(items), n_support, n_support)))
+        query = np.broadcast_to(items[:, None, :], (len(items), query_rows, n_support))
+        return _pad_history(support, length), _pad_history(np.ascontiguousarray(query), length)
+
     def make_batch(self, task_index: np.ndarray, rng: np.random.Generator | None = None) -> TaskBatch:
         """Build the batch of the given tasks, negatives drawn with ``rng``.
 
@@ -378,8 +392,18 @@ class TopNTaskSet:
             side["logq"] = np.where(mask, sampler.logq[np.maximum(codes["item"], 0)], 0.0).astype(np.float32)
             side["neg_logq"] = np.where(side["neg_mask"], sampler.logq[negatives], 0.0).astype(np.float32)
             rows.append(side)
-        (_, s_mask), (_, q_mask) = sides
+        (s_codes, s_mask), (_, q_mask) = sides
+        if self.spec.history:
+            rows[0]["history_item"], rows[1]["history_item"] = self._history(rows[0]["item"], s_mask, q_mask.shape[1])
         return TaskBatch(support=rows[0], query=rows[1], support_mask=s_mask, query_mask=q_mask, task_id=users)
+
+
+def _pad_history(items: np.ndarray, length: int) -> np.ndarray:
+    """``items [..., S]`` cut or right-padded with 0 to ``length``."""
+    if items.shape[-1] >= length:
+        return items[..., :length]
+    pad = np.zeros(items.shape[:-1] + (length - items.shape[-1],), items.dtype)
+    return np.concatenate([items, pad], axis=-1)
 
 
 def topn_tasks(
@@ -392,6 +416,7 @@ def topn_tasks(
     seed: int | Sequence[int] = 0,
     train: bool = False,
     size_seed: int | None = None,
+    history: int = 0,
 ) -> TopNTaskSet:
     """Build one top-N task per user.
 
@@ -412,6 +437,8 @@ def topn_tasks(
       seed: the seed of the orders and subsets.
       train: meta-train tasks (random support/query) instead of evaluation tasks (the first ``shots``).
       size_seed: meta-train tasks: the seed of the subsample sizes (default ``seed``).
+      history: ``L > 0``: every row carries the task's support items as ``history_item [rows, L]`` (see
+        :class:`TopNTaskSet`; ``L = shots`` holds the whole support set).
 
     Returns:
       The :class:`TopNTaskSet`.
@@ -452,6 +479,7 @@ def topn_tasks(
             query_buckets=(window - 1,),
             subsample=(window, window),
             subsample_seed=size_seed,
+            history=history,
         )
         tasks = _support_first(tasks, shots, query)
     else:
@@ -465,6 +493,7 @@ def topn_tasks(
             order="time" if timed else "random",
             support_buckets=(shots,),
             query_buckets=(query,),
+            history=history,
         )
     return TopNTaskSet(tasks, sampler)
 

@@ -265,8 +265,8 @@ def sampled_statistics(
 
 
 def _user_rows(support: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """The user keys of a task (``user`` and ``user_<field>``), read from its first support row."""
-    return {k: v[0] for k, v in support.items() if k == "user" or k.startswith("user_")}
+    """The user keys of a task (``user``, ``user_<field>``, ``history_<key>``), read from its first support row."""
+    return {k: v[0] for k, v in support.items() if k == "user" or k.startswith(("user_", "history_"))}
 
 
 def _adapted(state: Any, batch: Any, inner: InnerLoop) -> Any:
@@ -314,8 +314,15 @@ def model_ranker(apply_fn: Callable, inner: InnerLoop, k: int) -> Callable:
 
 
 def _clean_users(batch: Any) -> dict[str, jax.Array]:
+    """Each task's user keys; a ``history_item`` is the task's whole support set (a support row's own history
+    leaves that row out)."""
     support = zero_padding(batch.support, batch.support_mask)
-    return jax.vmap(_user_rows)(support)
+    users = jax.vmap(_user_rows)(support)
+    if "history_item" in support:
+        length = support["history_item"].shape[-1]
+        items = jnp.where(batch.support_mask, support["item"], 0)[:, :length]
+        users["history_item"] = jnp.pad(items, ((0, 0), (0, length - items.shape[1])))
+    return users
 
 
 def is_user_side(inner: InnerLoop, params: Any) -> bool:

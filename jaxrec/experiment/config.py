@@ -613,7 +613,9 @@ class ExperimentConfig:
 
     def history(self) -> int:
         """Items of history per row: ``protocol.history``, or 10 for ``model="gru"`` when it is 0 (the GRU reads a
-        history)."""
+        history); in top-N mode (``feedback="implicit"``) the support set, ``topn.shots``."""
+        if self.data.feedback == "implicit":
+            return int(self.topn.shots)
         if self.protocol.history:
             return int(self.protocol.history)
         return 10 if self.model.name == "gru" else 0

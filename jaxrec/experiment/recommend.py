@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -18,7 +19,7 @@ from jaxrec.data import DataError, Featurizer, sniff_separator
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
 from jaxrec.experiment.run import RunError
 
-__all__ = ["Recommender", "read_ratings_for", "read_user_ratings"]
+__all__ = ["Recommender", "TopNRecommender", "read_ratings_for", "read_user_ratings"]
 
 
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
@@ -27,16 +28,27 @@ _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
 _RATING_NAMES = ("rating", "ratings", "score", "stars")
 
 
-def read_user_ratings(path: str | os.PathLike, item_ids, rating_range: tuple[float, float] | None):
+def read_user_ratings(
+    path: str | os.PathLike,
+    item_ids,
+    rating_range: tuple[float, float] | None,
+    *,
+    implicit: bool = False,
+    positive_threshold: float | None = None,
+):
     """Read a new user's ratings from a small ``item,rating`` file of raw item ids.
 
     The header is optional (``item``/``movieId``/... and ``rating`` columns, else the first two columns). Unknown
-    item ids are ignored and duplicates keep the last rating, each with a note.
+    item ids are ignored and duplicates keep the last rating, each with a note. For a top-N model (``implicit``)
+    a file of item ids alone, one per line, is the user's interactions (each of weight 1); ``item,rating`` rows
+    are read too, ratings below ``positive_threshold`` dropped (with a note).
 
     Args:
       path: the file.
       item_ids: the raw id of each item code of the model's dataset.
       rating_range: ``(low, high)`` of the model's rating scale, or None for no check.
+      implicit: the model is a top-N model of implicit feedback.
+      positive_threshold: the run's ``positive_threshold`` (implicit only).
 
     Returns:
       ``(item codes, ratings, notes)``: int32 codes, float32 ratings and the notes for the user.
@@ -50,7 +62,12 @@ def read_user_ratings(path: str | os.PathLike, item_ids, rating_range: tuple[flo
     if not path.is_file():
         raise RunError(f"--ratings {path}: file not found")
     try:
-        sep = sniff_separator(path)
+        try:
+            sep = sniff_separator(path)
+        except DataError:
+            if not implicit:
+                raise
+            sep = ","  # a list of item ids, one per line, has no separator to sniff
         frame = pd.read_csv(
             path,
             sep=sep,
@@ -65,6 +82,10 @@ def read_user_ratings(path: str | os.PathLike, item_ids, rating_range: tuple[flo
         raise RunError(f"--ratings: {e} (expected lines of item,rating)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise RunError(f"--ratings {path}: cannot parse as item,rating lines: {str(e).strip()[:200]}") from None
+    if frame.shape[1] == 1 and implicit:
+        frame[1] = "1"  # a list of item ids: every one an interaction
+        if str(frame.iloc[0, 0]).strip().strip('"').lower() in _ITEM_NAMES:
+            frame.iloc[0, 1] = "rating"
     if frame.shape[1] < 2:
         raise RunError(f"--ratings {path}: expected two columns item,rating, found {frame.shape[1]}")
     first = [str(v).strip().strip('"').lower() for v in frame.iloc[0]]
@@ -92,8 +113,17 @@ def read_user_ratings(path: str | os.PathLike, item_ids, rating_range: tuple[flo
                 f"--ratings {path}: line {line_of[i]}: rating {values[i]:g} is outside the model's "
                 f"rating scale [{lo:g}, {hi:g}]"
             )
-    codes = _item_codes(raw_items, np.asarray(item_ids))
     notes = []
+    if implicit and positive_threshold is not None:
+        below = values < positive_threshold
+        if below.all():
+            raise RunError(
+                f"--ratings {path}: every rating is below the model's positive threshold {positive_threshold:g}"
+            )
+        if below.any():
+            notes.append(f"ignored {int(below.sum())} rating(s) below the positive threshold {positive_threshold:g}")
+        raw_items, values = raw_items[~below], values[~below]
+    codes = _item_codes(raw_items, np.asarray(item_ids))
     unknown = codes < 0
     if unknown.any():
         shown = ", ".join(map(str, raw_items[unknown][:5])) + (" ..." if unknown.sum() > 5 else "")
@@ -209,12 +239,102 @@ class Recommender:
         Returns:
           ``(codes, scores)`` of the best items, best first.
         """
-        scores = self.scores(item_codes, ratings)
-        scores[np.asarray(item_codes)] = -np.inf
-        k = min(k, len(scores) - len(item_codes))
-        best = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
-        best = best[np.argsort(-scores[best], kind="stable")]
-        return best, scores[best]
+        return _best(self.scores(item_codes, ratings), item_codes, k)
+
+
+class TopNRecommender:
+    """Adapts a top-N model (``feedback="implicit"``) to a new user's interactions and ranks the catalogue.
+
+    The support rows are the user's items, each with ``negatives`` items drawn uniformly from the training
+    catalogue (seeded, never one of the user's items), and the history of :class:`~jaxrec.data.topn.TopNTaskSet`;
+    the inner loop is the run's (its ranking loss). Compiled once per support size bucket.
+
+    Args:
+      experiment: the :class:`~jaxrec.experiment.trained.TrainedModel` of a top-N run.
+      params: the meta-learned parameters.
+      seed: the seed of the negatives.
+    """
+
+    def __init__(self, experiment, params, seed: int = 0):
+        self.exp = experiment
+        self.featurizer = experiment.featurizer
+        self.state = split_meta_params(params, experiment.inner_lr)
+        self.negatives = int(experiment.config.topn.negatives)
+        self.history = int(experiment.spec.history)
+        self.seed = seed
+        n_items = self.featurizer.n_items
+        self.trained_items = np.flatnonzero(self.featurizer.item_index[:-1] > 0)
+        self.candidates = jax.device_put(self.featurizer.item_rows(np.arange(n_items)))
+        users = self.featurizer.user_rows(np.full(1, -1))
+
+        def scores(state, support, mask, candidates):
+            phi = adapt(
+                state[0], zero_padding(support, mask), mask, experiment.inner.replace(order="first"), inner_lr=state[1]
+            )
+            rows = {k: jnp.broadcast_to(v, (n_items,)) for k, v in users.items()}
+            if self.history:
+                items = jnp.where(mask, support["item"], 0)[: self.history]
+                rows["history_item"] = jnp.broadcast_to(
+                    jnp.pad(items, (0, self.history - items.shape[0])), (n_items, self.history)
+                )
+            return experiment.apply_fn(phi, {**rows, **candidates})
+
+        self._scores = jax.jit(scores)
+
+    def support(self, item_codes, weights):
+        """The padded support rows of a new user (size: the next power of two, at least 8, at least the history).
+
+        Args:
+          item_codes: the codes of the user's items.
+          weights: their weights.
+
+        Returns:
+          ``(rows, mask)``.
+        """
+        size = max(8, self.history, 1 << int(np.ceil(np.log2(max(len(item_codes), 1)))))
+        items = np.full(size, -1, np.int64)
+        items[: len(item_codes)] = item_codes
+        mask = np.arange(size) < len(item_codes)
+        rows = self.featurizer.user_rows(np.full(size, -1))
+        rows.update(self.featurizer.item_rows(items))
+        rows["weight"] = np.where(mask, np.resize(np.asarray(weights, np.float32), size), 0.0).astype(np.float32)
+        rng = np.random.default_rng(self.seed)
+        pool = np.setdiff1d(self.trained_items, item_codes)
+        negatives = pool[rng.integers(0, len(pool), (size, self.negatives))]
+        rows.update(self.featurizer.item_rows(negatives, prefix="neg_"))
+        rows["neg_mask"] = np.broadcast_to(mask[:, None], negatives.shape).copy()
+        logq = np.float32(-np.log(len(self.trained_items)))
+        rows["logq"] = np.where(mask, logq, 0.0).astype(np.float32)
+        rows["neg_logq"] = np.where(rows["neg_mask"], logq, 0.0).astype(np.float32)
+        if self.history:
+            slots = np.where(mask, rows["item"], 0)
+            own = np.eye(size, dtype=bool)
+            history = np.where(own, 0, np.broadcast_to(slots[None, :], (size, size)))
+            rows["history_item"] = _cut_or_pad(history, self.history)
+        return rows, mask
+
+    def scores(self, item_codes, weights):
+        """Score every item after adapting to the user's items (indexed by dataset code)."""
+        rows, mask = self.support(item_codes, weights)
+        return np.array(self._scores(self.state, rows, mask, self.candidates))
+
+    def top_k(self, item_codes, weights, k: int):
+        """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first."""
+        return _best(self.scores(item_codes, weights), item_codes, k)
+
+
+def _cut_or_pad(history: np.ndarray, length: int) -> np.ndarray:
+    if history.shape[1] >= length:
+        return history[:, :length].astype(np.int32)
+    return np.pad(history, ((0, 0), (0, length - history.shape[1]))).astype(np.int32)
+
+
+def _best(scores: np.ndarray, item_codes, k: int):
+    scores[np.asarray(item_codes)] = -np.inf
+    k = min(k, len(scores) - len(item_codes))
+    best = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
+    best = best[np.argsort(-scores[best], kind="stable")]
+    return best, scores[best]
 
 
 def read_ratings_for(checkpoint: str, ratings: str):
@@ -239,4 +359,11 @@ def read_ratings_for(checkpoint: str, ratings: str):
         raise CheckpointError(f"{checkpoint}: the checkpoint's featurizer record is unreadable: {e}") from e
     if featurizer.item_raw_ids is None:
         raise CheckpointError(f"{checkpoint}: the checkpoint does not record raw item ids")
-    return read_user_ratings(ratings, np.asarray(featurizer.item_raw_ids), featurizer.spec.rating_range)
+    data = (meta.get("config") or {}).get("data") or {}
+    return read_user_ratings(
+        ratings,
+        np.asarray(featurizer.item_raw_ids),
+        featurizer.spec.rating_range,
+        implicit=data.get("feedback") == "implicit",
+        positive_threshold=data.get("positive_threshold"),
+    )

@@ -139,7 +139,7 @@ class TopNExperiment:
         if n_items < 2:
             raise DataError(f"{self.dataset.source}: a catalogue of {n_items} item(s); top-N needs at least two")
         self.featurizer = implicit_featurizer(self.dataset, self.split.train)
-        self.spec = self.featurizer.spec
+        self.spec = dataclasses.replace(self.featurizer.spec, history=config.history())
         sampler = NegativeSampler.fit(self.split.train, n_items, count=top.negatives, kind=top.sampler)
         self.train_sampler = sampler
         self.train_tasks = self._train_tasks(config.seed)
@@ -184,12 +184,19 @@ class TopNExperiment:
             seed=seed,
             train=True,
             size_seed=self.config.seed,
+            history=self.config.history(),
         )
 
     def _eval_tasks(self, frame: pd.DataFrame) -> TopNTaskSet:
         top = self.config.topn
         return topn_tasks(
-            frame, self.featurizer, self.train_sampler, shots=top.shots, query=top.query_cap, seed=self.config.seed
+            frame,
+            self.featurizer,
+            self.train_sampler,
+            shots=top.shots,
+            query=top.query_cap,
+            seed=self.config.seed,
+            history=self.config.history(),
         )
 
     def epoch_tasks(self, epoch: int) -> TopNTaskSet:
@@ -416,12 +423,39 @@ class TopNExperiment:
 
     # -- evaluation ------------------------------------------------------------------------------------------------
 
-    def rankers(self, params: Any) -> dict[str, Any]:
+    def rankers(self, params: Any, *, baselines: bool = True) -> dict[str, Any]:
         """The meta method (``"maml"``) and the baselines, each ``rank(batch, exclude) -> items [U, K]``."""
         meta_params, inner_lr = split_meta_params(params, self.inner_lr)
         out = {"maml": self._model_ranker(meta_params, inner_lr, self.inner)}
-        out.update(self.baselines())
+        if baselines:
+            out.update(self.baselines())
         return out
+
+    def validate(self, params: Any, *, baselines: bool = True) -> dict[str, dict]:
+        """Evaluate on the validation users (held out of every training): the score to choose a configuration on.
+
+        The baselines' hyper-parameters and the fine-tuning rate are themselves chosen on these users, so their
+        figures here are optimistic, never pessimistic.
+
+        Args:
+          params: the meta-learned parameters.
+          baselines: also evaluate the baselines (else only ``"maml"``).
+
+        Returns:
+          ``{method: summary}``.
+        """
+        c = self.config
+        rankers = self.rankers(params) if baselines else {"maml": self.rankers(params, baselines=False)["maml"]}
+        summaries, _, _ = evaluate_rankers(
+            rankers,
+            self.val_tasks,
+            self.catalogue,
+            ks=c.topn.topn_ks,
+            batch_size=c.evaluation.eval_batch_size,
+            resamples=c.evaluation.bootstrap,
+            seed=c.seed,
+        )
+        return summaries
 
     def evaluate(self, params: Any, *, keep_lists: bool = False) -> tuple[dict, dict]:
         """Evaluate every method on every scenario over the whole catalogue.

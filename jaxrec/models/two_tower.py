@@ -26,10 +26,14 @@ from jaxrec.models.common import (
 class TwoTower(nn.Module):
     """Two towers (Covington et al. RecSys 2016; Yi et al. RecSys 2019) scored by a dot product::
 
-        s(u, i) = <p_u, q_i> + b_i + mu,   p_u = w + sum_f E_f[u_f],   q_i = MLP([F_g[i_g]]_g)
+        s(u, i) = <p_u, q_i> + b_i + mu,   p_u = w + sum_f E_f[u_f] (+ mean_{j in S_u} H[j]),
+        q_i = MLP([F_g[i_g]]_g)
 
     * **User tower**: ``user_vector`` ``w [embed]`` (the part adapted per user), plus the embeddings of the user's
-      categorical features (``embed_user_<field>``) and of the user id when ``"user"`` is in ``use_ids``. A new
+      categorical features (``embed_user_<field>``) and of the user id when ``"user"`` is in ``use_ids``; with
+      ``pool_history``, the mean of the history embeddings ``H`` (``embed_history_item``) of the user's support
+      items ``S_u`` (row key ``history_item``): the user tower of FISM (Kabbur et al. KDD 2013) and of YouTube's
+      candidate generator, an item-to-item model learned end to end. A new
       user's vector is ``w`` adapted on their support interactions: the tower is built from the support set and
       the features. ``p_u`` is linear in ``w``, so a Newton inner step on ``user_vector`` is the exact MAP fold-in
       for a quadratic loss and an IRLS step for the ranking losses (:mod:`jaxrec.core.newton`).
@@ -48,6 +52,7 @@ class TwoTower(nn.Module):
       hidden: the widths of the item tower's hidden layers.
       use_ids: the ids embedded (default the item id; the user id gives warm users their own vector).
       item_bias: add the per-item bias ``b_i`` (needs an item id in the spec).
+      pool_history: add the mean history embedding of the support items (needs ``spec.history > 0``).
     """
 
     spec: FeatureSpec = spec_field
@@ -55,6 +60,7 @@ class TwoTower(nn.Module):
     hidden: Sequence[int] = ()
     use_ids: Sequence[str] = ("item",)
     item_bias: bool = True
+    pool_history: bool = False
 
     #: the adapted user vector enters the score linearly: ``inner_solver="auto"`` solves it by a Newton step
     linear_user_side = True
@@ -79,6 +85,12 @@ class TwoTower(nn.Module):
             key: nn.Embed(spec.categorical[key], width, embedding_init=small_normal, name=f"embed_{key}")
             for key in self.item_keys
         }
+        if self.pool_history:
+            if not spec.history or "item" not in spec.categorical:
+                raise ValueError("pool_history needs history_item rows (spec.history > 0) and an item vocabulary")
+            self.history_table = nn.Embed(
+                spec.categorical["item"], self.embed, embedding_init=small_normal, name="embed_history_item"
+            )
         self.item_dense = {key: MultiHotEmbed(width, name=f"dense_{key}") for key in self.item_multi_hot}
         self.item_hidden = [nn.Dense(w, name=f"item_hidden_{i}") for i, w in enumerate(self.hidden)]
         self.item_out = nn.Dense(self.embed, use_bias=False, name="item_out")
@@ -102,6 +114,11 @@ class TwoTower(nn.Module):
         for key in self.user_keys:
             vocab = self.spec.categorical[key]
             vector = vector + self.user_tables[key](valid_ids(rows[key], vocab))
+        if self.pool_history:
+            history = valid_ids(rows["history_item"], self.spec.categorical["item"])
+            present = (history > 0)[..., None].astype(vector.dtype)
+            pooled = jnp.sum(self.history_table(history) * present, axis=-2)
+            vector = vector + pooled / jnp.maximum(jnp.sum(present, axis=-2), 1.0)
         return jnp.concatenate([vector, jnp.ones(vector.shape[:-1] + (1,), vector.dtype)], axis=-1)
 
     def item_vectors(self, rows: Rows) -> jax.Array:
