@@ -51,9 +51,9 @@ logger = logging.getLogger(__name__)
 #: the hyper-parameters tried on the validation users for each baseline
 BASELINE_GRIDS: dict[str, list[dict]] = {
     "popular": [{}],
-    "itemknn": [{"neighbours": n} for n in (20, 50, 100, 200)],
+    "itemknn": [{"neighbours": n, "shrink": s} for n in (20, 50, 100, 200) for s in (0.0, 10.0)],
     "ease": [{"l2": l2} for l2 in (10.0, 50.0, 200.0, 500.0, 2000.0)],
-    "mf": [{"factors": 64, "l2": l2, "alpha": a} for l2 in (0.1, 1.0) for a in (1.0, 10.0)],
+    "mf": [{"factors": 64, "l2": l2, "alpha": a} for l2 in (1.0, 10.0, 100.0) for a in (1.0, 10.0)],
 }
 FINETUNE_RATES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 _SELECT = "recall@20"

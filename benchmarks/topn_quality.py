@@ -1,0 +1,82 @@
+"""Top-N quality from implicit feedback: the meta-learner against the retrieval baselines, new users, the whole
+catalogue, paired intervals over users.
+
+    python benchmarks/topn_quality.py --dataset ml-100k --data-dir ../shared/data --variants twotower twotower_pool
+    python benchmarks/topn_quality.py --variants twotower_pool --test        # test figures of the chosen variant
+
+Each variant is a file of config fields in ``benchmarks/configs/topn/`` (``jaxrec train --config
+benchmarks/configs/topn/<name>.json`` runs the same configuration). Without ``--test`` every variant is scored on
+the validation users only (held out of all training; the baselines' hyper-parameters and the fine-tuning rate
+are chosen there too): the table to choose a variant on. With ``--test`` the new-user scenario is scored as well.
+Writes ``benchmarks/results/topn_<dataset>[_validation].json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from jaxrec.experiment import ExperimentConfig
+from jaxrec.experiment.topn import TopNExperiment
+
+CONFIGS = Path(__file__).resolve().parent / "configs" / "topn"
+VARIANTS = {path.stem: path for path in sorted(CONFIGS.glob("*.json"))}
+METRICS = ("recall@20", "ndcg@20", "hr@10", "mrr@20", "recall@50", "coverage@20", "pop@20")
+
+
+def table(title: str, summaries: dict) -> str:
+    """A markdown table of one evaluation, the paired Recall@20 difference to maml beside each baseline."""
+    lines = [f"### {title}", "", "| method | users | " + " | ".join(METRICS) + " | maml - method, Recall@20 [95% CI] |"]
+    lines.append("|" + "---|" * (len(METRICS) + 3))
+    for name, s in summaries.items():
+        cells = [f"{s[m]:.4f}" if m in s else "-" for m in METRICS]
+        paired = s.get("paired", {}).get("recall@20")
+        diff = f"{paired['diff']:+.4f} [{paired['ci95'][0]:+.4f}, {paired['ci95'][1]:+.4f}]" if paired else ""
+        lines.append(f"| {name} | {s['users']} | " + " | ".join(cells) + f" | {diff} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", default="ml-latest-small")
+    parser.add_argument("--data-dir")
+    parser.add_argument("--variants", nargs="+", default=sorted(VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument("--test", action="store_true", help="also score the test scenario (new users)")
+    parser.add_argument("--no-baselines", action="store_true", help="score maml only")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    results: dict = {"dataset": args.dataset, "variants": {}}
+    markdown = [f"# Top-N on {args.dataset} (implicit: ratings >= 4 are interactions)\n"]
+    for name in args.variants:
+        began = time.perf_counter()
+        fields = json.loads(VARIANTS[name].read_text())
+        config = ExperimentConfig.make(**fields, dataset=args.dataset, data_dir=args.data_dir, seed=args.seed)
+        experiment = TopNExperiment(config)
+        state = experiment.train()
+        trained = time.perf_counter() - began
+        record = {"config": experiment.config.to_dict(), "split": experiment.split.stats, "train_seconds": trained}
+        record["validation"] = experiment.validate(state.params, baselines=not args.no_baselines)
+        markdown.append(table(f"{name}: validation users", record["validation"]))
+        if args.test:
+            record["scenarios"], _ = experiment.evaluate(state.params)
+            for scenario, summaries in record["scenarios"].items():
+                markdown.append(table(f"{name}: {scenario} (test)", summaries))
+        record["tuned"] = experiment.tuned
+        record["seconds"] = time.perf_counter() - began
+        results["variants"][name] = record
+        print(json.dumps({name: {k: v["recall@20"] for k, v in record["validation"].items()}}), flush=True)
+    stem = f"topn_{args.dataset}" + ("" if args.test else "_validation")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / f"{stem}.md").write_text("\n".join(markdown))
+    print(f"wrote {out / stem}.json and .md")
+
+
+if __name__ == "__main__":
+    main()
