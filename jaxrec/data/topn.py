@@ -46,6 +46,7 @@ __all__ = [
     "implicit_featurizer",
     "topn_split",
     "topn_tasks",
+    "warm_frame",
 ]
 
 logger = logging.getLogger(__name__)
@@ -167,6 +168,32 @@ def topn_split(
         scenarios=scenarios,
         stats=stats,
     )
+
+
+def warm_frame(train: pd.DataFrame, held_out: pd.DataFrame, shots: int, seed: int = 0) -> pd.DataFrame:
+    """The interactions of the warm scenario's tasks: each warm user's ``shots`` latest training interactions (their
+    support, ordered first) and their held-out latest ones (their query).
+
+    The returned ``timestamp`` is 0 on the support rows and 1 on the query rows, so that :func:`topn_tasks` puts
+    exactly the training interactions in the support. Users with fewer than ``shots`` training interactions are
+    left out (counted by the caller as the users the task set lacks).
+
+    Args:
+      train: the training interactions (the warm users' earlier ones among them).
+      held_out: the warm scenario's held-out interactions.
+      shots: support interactions per task.
+      seed: the order of untimed interactions.
+
+    Returns:
+      ``user, item[, weight], timestamp`` rows.
+    """
+    users = np.unique(held_out["user"].to_numpy())
+    mine = train[np.isin(train["user"].to_numpy(), users)]
+    rank, total = _time_rank(mine, np.random.default_rng([seed, 12]))
+    support = mine[(rank >= total - shots) & (total >= shots)]
+    query = held_out[np.isin(held_out["user"].to_numpy(), np.unique(support["user"].to_numpy()))]
+    columns = [c for c in ("user", "item", "weight") if c in train]
+    return pd.concat([support[columns].assign(timestamp=0), query[columns].assign(timestamp=1)], ignore_index=True)
 
 
 def implicit_featurizer(dataset: Dataset, train: pd.DataFrame) -> Featurizer:

@@ -38,7 +38,14 @@ from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.trainer import MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, from_csv, from_dataframe, load
 from jaxrec.data.stream import StepBatches, stream
-from jaxrec.data.topn import NegativeSampler, TopNTaskSet, implicit_featurizer, topn_split, topn_tasks
+from jaxrec.data.topn import (
+    NegativeSampler,
+    TopNTaskSet,
+    implicit_featurizer,
+    topn_split,
+    topn_tasks,
+    warm_frame,
+)
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.topn import Catalogue, _dense_rank, dot_ranker, evaluate_rankers, is_user_side, model_ranker
 from jaxrec.experiment.config import ExperimentConfig, resolve
@@ -118,7 +125,9 @@ class TopNExperiment:
       spec: the feature spec of the rows.
       train_tasks: meta-train tasks (epoch 0).
       val_tasks: validation users' tasks.
-      scenario_tasks: ``{"new_user": ...}``.
+      scenario_tasks: ``{"new_user": ..., "warm": ...}``: new users' first ``shots`` interactions and their next
+        ones; warm users' ``shots`` latest training interactions and their held-out latest ones (every method
+        sees the same support; an earlier training item recommended again counts as a miss for every method).
       catalogue: the :class:`~jaxrec.evaluation.topn.Catalogue` of every item.
       model, inner, trainer: the model, its inner loop (the ranking loss) and the meta-trainer.
 
@@ -132,7 +141,11 @@ class TopNExperiment:
         self.dataset = implicit_dataset(config)
         logger.info("%s", self.dataset.summary())
         self.split = topn_split(
-            self.dataset, test_frac=top.test_frac, val_frac=config.protocol.val_frac, warm_frac=0.0, seed=config.seed
+            self.dataset,
+            test_frac=top.test_frac,
+            val_frac=config.protocol.val_frac,
+            warm_frac=top.warm_frac,
+            seed=config.seed,
         )
         logger.info("%s", self.split.summary())
         n_items = self.dataset.n_items
@@ -148,7 +161,15 @@ class TopNExperiment:
         self.val_tasks = self._eval_tasks(self.split.validation)
         self.scenario_tasks = {}
         for name, frame in self.split.scenarios.items():
+            if name == "warm":  # the warm users' latest training interactions are their support
+                held_users = frame["user"].nunique()
+                frame = warm_frame(self.split.train, frame, top.shots, config.seed)
+                short = held_users - frame["user"].nunique()
+                if short:
+                    logger.info("warm: %d user(s) with fewer than %d training interactions left out", short, top.shots)
             tasks = self._eval_tasks(frame)
+            if name == "warm":
+                tasks.stats["users_dropped"] = int(tasks.stats.get("users_dropped", 0) + short)
             if len(tasks):
                 self.scenario_tasks[name] = tasks
             else:
@@ -502,6 +523,11 @@ class TopNExperiment:
             "tuned": self.tuned,
             "split": self.split.stats,
             "data_report": {k: v for k, v in self.dataset.report.items()},
+            "tasks": {
+                "train": self.train_tasks.stats,
+                "validation": self.val_tasks.stats,
+                **{name: tasks.stats for name, tasks in self.scenario_tasks.items()},
+            },
             "scenarios": scenarios,
         }
 
