@@ -11,7 +11,8 @@ chunk's scores ``[U, C]`` are merged into a running top ``k``, so memory is ``O(
 catalogue size ``V`` (a million items fits). A *ranker* maps ``(state, batch, exclude, catalogue)`` to the top
 ``k`` item codes ``[U, k]``; the meta-learned model is one (:func:`model_ranker`, or :func:`dot_ranker` for a
 two-tower model, whose item vectors are computed once per chunk and scored by one matrix product), a baseline of
-:mod:`jaxrec.evaluation.retrieval_baselines` another (:func:`dense_topk`).
+:mod:`jaxrec.evaluation.retrieval_baselines` another (:func:`dense_topk`), and :func:`rerank_ranker` chains a
+retriever with an expressive re-ranking model adapted to the same support set.
 
 Metrics per user, with ``R`` the user's query items (``|R| >= 1``), ``h_j = 1`` when the item at 0-based position
 ``j`` of the list is in ``R``:
@@ -50,6 +51,7 @@ __all__ = [
     "dot_ranker",
     "evaluate_rankers",
     "model_ranker",
+    "rerank_ranker",
     "streaming_topk",
     "topn_statistics",
     "sampled_statistics",
@@ -365,6 +367,50 @@ def dot_ranker(model: Any, inner: InnerLoop, k: int) -> Callable:
             return vectors @ items.T
 
         return streaming_topk(chunk_scores, rows, codes, exclude, k)[1]
+
+    return rank
+
+
+def rerank_ranker(
+    retrieve: Callable, apply_fn: Callable, inner: InnerLoop, k: int
+) -> Callable:
+    """Retrieve then re-rank: the retriever's top ``R`` items, re-scored by a second (adapted) model.
+
+    The recall stage is a cheap model over the whole catalogue (a two-tower or MF :func:`dot_ranker`, ``k = R``,
+    a few hundred); the re-ranking stage adapts an expressive model (MeLU) to the same support set and scores only
+    those ``R`` candidates: meta-learning for the recall stage and for re-ranking, at the cost of ``R`` rather
+    than ``V`` forward passes of the expressive model per user.
+
+    Args:
+      retrieve: a ranker ``retrieve(state, batch, exclude, rows, codes) -> items [U, R]``.
+      apply_fn: the re-ranking model's ``apply_fn(params, rows) -> scores [rows]``.
+      inner: the re-ranking model's inner loop.
+      k: the final list length (``<= R``).
+
+    Returns:
+      ``rank(retrieve_state, rerank_state, batch, exclude, rows, codes) -> items [U, k]``, jit-compiled.
+    """
+
+    @jax.jit
+    def rank(retrieve_state, rerank_state, batch, exclude, rows, codes):
+        candidates = retrieve(retrieve_state, batch, exclude, rows, codes)  # [U, R], -1 where none
+        flat = {key: v.reshape((-1,) + v.shape[2:]) for key, v in rows.items()}
+        picked = jax.tree.map(lambda v: jnp.take(v, jnp.maximum(candidates, 0), axis=0), flat)  # [U, R, ...]
+        phi = _adapted(rerank_state, batch, inner) if inner.steps else None
+        users = _clean_users(batch)
+
+        def one(params, user, item_rows):
+            width = candidates.shape[1]
+            user = {key: jnp.broadcast_to(v, (width,) + v.shape) for key, v in user.items()}
+            return apply_fn(params, {**user, **item_rows})
+
+        if phi is None:
+            scores = jax.vmap(one, in_axes=(None, 0, 0))(rerank_state[0], users, picked)
+        else:
+            scores = jax.vmap(one)(phi, users, picked)
+        scores = jnp.where(candidates >= 0, scores, _NEG)
+        top, position = jax.lax.top_k(scores, int(k))
+        return jnp.where(jnp.isfinite(top), jnp.take_along_axis(candidates, position, axis=1), -1)
 
     return rank
 
