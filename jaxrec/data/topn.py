@@ -444,6 +444,7 @@ def topn_tasks(
     train: bool = False,
     size_seed: int | None = None,
     history: int = 0,
+    order: str = "random",
 ) -> TopNTaskSet:
     """Build one top-N task per user.
 
@@ -466,6 +467,9 @@ def topn_tasks(
       size_seed: meta-train tasks: the seed of the subsample sizes (default ``seed``).
       history: ``L > 0``: every row carries the task's support items as ``history_item [rows, L]`` (see
         :class:`TopNTaskSet`; ``L = shots`` holds the whole support set).
+      order: meta-train tasks: ``"random"`` (a random subset, shuffled) or ``"time"`` (with timestamps: a window of
+        ``shots + query`` consecutive interactions at a seeded random position, the support its first ``shots``:
+        a support followed by its future, as in evaluation).
 
     Returns:
       The :class:`TopNTaskSet`.
@@ -486,11 +490,37 @@ def topn_tasks(
             "rating": interactions["weight"].to_numpy() if "weight" in interactions else 1.0,
         }
     )
-    timed = "timestamp" in interactions and not train
+    if order not in ("random", "time"):
+        raise ValueError(f"order must be 'random' or 'time', got {order!r}")
+    timed = "timestamp" in interactions and (not train or order == "time")
     if timed:
         frame["timestamp"] = interactions["timestamp"].to_numpy()
     shots, query = int(shots), int(query)
-    if train:
+    if train and timed:
+        # a window of shots + query consecutive interactions, starting at a seeded random position of each user's
+        # history: the support is followed by its future, as in an evaluation task
+        window = shots + query
+        rank, total = _time_rank(frame, np.random.default_rng(seed))
+        users = frame["user"].to_numpy()
+        offset_of_user = np.random.default_rng([*np.ravel(seed), 13]).random(int(users.max()) + 1)
+        first = np.floor(offset_of_user[users] * np.maximum(total - window + 1, 1)).astype(np.int64)
+        in_window = (rank >= first) & (rank < first + window)
+        n_subsampled = int(np.unique(users[total > window]).size)
+        tasks = build_tasks(
+            frame[in_window],
+            featurizer,
+            "kshot",
+            support=1,
+            query=window - 1,
+            seed=seed,
+            order="time",
+            support_buckets=(1,),
+            query_buckets=(window - 1,),
+            history=history,
+        )
+        tasks.stats["users_subsampled"] = n_subsampled
+        tasks = _support_first(tasks, shots, query)
+    elif train:
         # one support row and the rest as query keeps every user with two interactions or more, each task's rows
         # contiguous and shuffled; _support_first then moves the support boundary to ``shots``
         window = shots + query

@@ -371,9 +371,7 @@ def dot_ranker(model: Any, inner: InnerLoop, k: int) -> Callable:
     return rank
 
 
-def rerank_ranker(
-    retrieve: Callable, apply_fn: Callable, inner: InnerLoop, k: int
-) -> Callable:
+def rerank_ranker(retrieve: Callable, apply_fn: Callable, inner: InnerLoop, k: int) -> Callable:
     """Retrieve then re-rank: the retriever's top ``R`` items, re-scored by a second (adapted) model.
 
     The recall stage is a cheap model over the whole catalogue (a two-tower or MF :func:`dot_ranker`, ``k = R``,

@@ -463,6 +463,8 @@ class TopNConfig:
       query_cap: the most query interactions of an evaluation task (the user's next ones).
       train_query: the most query interactions of a meta-train task.
       negatives: sampled negatives per positive row.
+      train_order: meta-train tasks: ``"random"`` subsets of a user's interactions, or ``"time"`` windows of
+        consecutive ones (the support followed by its future, as in evaluation; needs timestamps).
       sampler: ``"uniform"`` over the training items or ``"popularity"``.
       ranking_loss: ``"softmax"`` (sampled softmax, logQ-corrected), ``"bpr"`` or ``"bce"``.
       test_frac: the fraction of users who are new (test) users.
@@ -479,6 +481,11 @@ class TopNConfig:
     query_cap: int = _field(100, "the most query interactions of a top-N evaluation task", parse=_int)
     train_query: int = _field(20, "the most query interactions of a top-N meta-train task", parse=_int)
     negatives: int = _field(20, "sampled negatives per positive", parse=_int)
+    train_order: str = _field(
+        "random",
+        "meta-train tasks: random subsets, or time windows (a support, then its future)",
+        choices=("random", "time"),
+    )
     sampler: str = _field("uniform", "negative sampler", choices=("uniform", "popularity"))
     ranking_loss: str = _field("softmax", "top-N training loss", choices=("softmax", "bpr", "bce"))
     test_frac: float = _field(0.2, "fraction of users who are new (test) users", parse=_float)

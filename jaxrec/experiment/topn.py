@@ -206,6 +206,7 @@ class TopNExperiment:
             train=True,
             size_seed=self.config.seed,
             history=self.config.history(),
+            order=top.train_order if self.dataset.has_timestamps else "random",
         )
 
     def _eval_tasks(self, frame: pd.DataFrame) -> TopNTaskSet:
