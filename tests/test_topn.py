@@ -17,7 +17,7 @@ from jaxrec.core.features import FeatureSpec
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.newton import newton
 from jaxrec.core.ranking import RANKING_LOSSES, negative_rows, ranking_loss
-from jaxrec.data.topn import NegativeSampler, implicit_featurizer, topn_split, topn_tasks
+from jaxrec.data.topn import NegativeSampler, implicit_featurizer, topn_split, topn_tasks, warm_frame
 from jaxrec.evaluation.topn import (
     Catalogue,
     coverage,
@@ -389,3 +389,40 @@ def test_retrieve_then_rerank_keeps_the_retrievers_candidates_and_reorders_them(
         want = [i for i in own[u] if i in set(candidates[u])][:20]
         assert np.mean(np.asarray(want) == reranked[u]) > 0.9  # float32 near-ties aside
     assert not np.array_equal(reranked, candidates[:, :20])
+
+
+def test_time_ordered_meta_train_tasks_are_windows_of_consecutive_interactions(setup):
+    ds, split, feat, sampler = setup
+    train = split.train
+    tasks = topn_tasks(train, feat, sampler, shots=4, query=6, seed=3, train=True, order="time")
+    support, query = tasks.item_codes(np.arange(len(tasks)))
+    times = train.set_index(["user", "item"])["timestamp"]
+    for t in range(0, len(tasks), 23):
+        user = tasks.users[t]
+        s = [times[(user, i)] for i in support[t] if i >= 0]
+        q = [times[(user, i)] for i in query[t] if i >= 0]
+        assert max(s) <= min(q)
+        history = np.sort(train.loc[train.user == user, "timestamp"].to_numpy())
+        window = np.sort(np.r_[s, q])
+        # consecutive: every interaction strictly between the window's first and last times is in it (the ends may
+        # split a run of equal timestamps)
+        inside = lambda x: x[(x > window[0]) & (x < window[-1])]  # noqa: E731
+        np.testing.assert_array_equal(inside(window), inside(history))
+    again = topn_tasks(train, feat, sampler, shots=4, query=6, seed=4, train=True, order="time")
+    assert tasks.shapes == again.shapes == [(4, 6)]
+    assert not np.array_equal(again.item_codes(np.arange(len(again)))[0], support)  # a fresh window per seed
+
+
+def test_warm_tasks_adapt_on_the_latest_training_interactions_and_predict_the_held_out(setup):
+    ds, split, feat, sampler = setup
+    frame = warm_frame(split.train, split.scenarios["warm"], 5)
+    tasks = topn_tasks(frame, feat, sampler, shots=5, query=100, seed=0)
+    support, query = tasks.item_codes(np.arange(len(tasks)))
+    train_pairs = set(zip(split.train.user, split.train.item, strict=True))
+    held = set(zip(split.scenarios["warm"].user, split.scenarios["warm"].item, strict=True))
+    for t, user in enumerate(tasks.users):
+        assert all((user, i) in train_pairs for i in support[t] if i >= 0)
+        assert all((user, i) in held for i in query[t] if i >= 0)
+        latest = split.train[split.train.user == user].nlargest(5, "timestamp")["timestamp"].min()
+        mine = split.train[(split.train.user == user) & split.train.item.isin(support[t])]
+        assert (mine["timestamp"] >= latest).all()
