@@ -81,11 +81,24 @@ def numpy_loss(params, rows, mask, kind):
             value = np.mean(np.log1p(np.exp(-(pos - neg))))
         elif kind == "bce":
             value = np.log1p(np.exp(-pos)) + np.mean(np.log1p(np.exp(neg)))
-        else:
+        elif kind == "softmax":
             logits = np.concatenate([[pos - rows["logq"][r]], neg - np.asarray(rows["neg_logq"][r])[ok]])
             value = np.log(np.sum(np.exp(logits))) - logits[0]
+        else:
+            continue
         total += rows["weight"][r] * value
         weight_sum += rows["weight"][r]
+    if kind == "als":
+        real = np.flatnonzero(mask)
+        negatives, inverse_q = [], []
+        for r in real:
+            ok = np.asarray(rows["neg_mask"][r], bool)
+            negatives.append(score(np.asarray(rows["neg_item"][r])[ok]))
+            inverse_q.append(np.exp(-np.asarray(rows["neg_logq"][r])[ok]))
+        catalogue = np.mean(np.concatenate(inverse_q) * np.concatenate(negatives) ** 2)
+        pos = score(np.asarray(rows["item"])[real])
+        hits = (1 + 10.0 * rows["weight"][real]) * (1 - pos) ** 2 - pos**2
+        return (catalogue + hits.sum()) / len(real)
     return total / weight_sum
 
 
@@ -406,8 +419,8 @@ def test_time_ordered_meta_train_tasks_are_windows_of_consecutive_interactions(s
         window = np.sort(np.r_[s, q])
         # consecutive: every interaction strictly between the window's first and last times is in it (the ends may
         # split a run of equal timestamps)
-        inside = lambda x: x[(x > window[0]) & (x < window[-1])]  # noqa: E731
-        np.testing.assert_array_equal(inside(window), inside(history))
+        lo, hi = window[0], window[-1]
+        np.testing.assert_array_equal(window[(window > lo) & (window < hi)], history[(history > lo) & (history < hi)])
     again = topn_tasks(train, feat, sampler, shots=4, query=6, seed=4, train=True, order="time")
     assert tasks.shapes == again.shapes == [(4, 6)]
     assert not np.array_equal(again.item_codes(np.arange(len(again)))[0], support)  # a fresh window per seed

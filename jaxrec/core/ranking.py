@@ -10,6 +10,11 @@ the positive's score and ``s^-_j`` the negatives', the per-row losses are
 * **BPR** (Rendle et al. UAI 2009): ``mean_j -log sigmoid(s^+ - s^-_j)``;
 * **BCE** (NCF, He et al. WWW 2017): ``softplus(-s^+) + mean_j softplus(s^-_j)``, the positive against label 0
   for each negative;
+* **ALS** (the implicit-ALS objective of Hu, Koren & Volinsky, ICDM 2008, with the sum over every item estimated
+  from the negatives): ``sum_i s_i^2 + sum_r [(1 + c) (1 - s^+_r)^2 - (s^+_r)^2]``, the catalogue term
+  ``sum_i s_i^2 ~ mean_j (s^-_j)^2 / q_j`` (importance-weighted, unbiased for any ``q``), divided by the number of
+  positives; ``c`` is the confidence of an interaction (``confidence``, times its weight). It is quadratic in a
+  linear user side, so one Newton inner step is the exact ALS fold-in towards the meta-learned prior;
 * **sampled softmax** with the logQ correction (Bengio & Senecal 2008; Yi et al. RecSys 2019):
   ``-log softmax([s^+ - log q^+, s^-_1 - log q_1, ...])_0``, an unbiased-in-the-limit estimate of the full
   softmax over the catalogue; with a uniform ``q`` the correction is a constant and cancels.
@@ -36,7 +41,7 @@ __all__ = ["RANKING_LOSSES", "negative_rows", "ranking_loss", "row_weights"]
 Rows = Mapping[str, jax.Array]
 ApplyFn = Callable[[Any, Rows], jax.Array]
 
-RANKING_LOSSES = ("bpr", "bce", "softmax")
+RANKING_LOSSES = ("bpr", "bce", "softmax", "als")
 
 # row keys that describe the negatives themselves and are not model inputs
 _NEGATIVE_META = ("neg_item", "neg_mask", "neg_logq")
@@ -82,12 +87,13 @@ def row_weights(rows: Rows, mask: jax.Array, dtype: Any = jnp.float32) -> jax.Ar
     return jnp.where(mask, weight, 0.0)
 
 
-def ranking_loss(apply_fn: ApplyFn, kind: str = "bpr") -> LossFn:
+def ranking_loss(apply_fn: ApplyFn, kind: str = "bpr", confidence: float = 10.0) -> LossFn:
     """A masked ranking loss of positives against their sampled negatives (see the module docstring).
 
     Args:
       apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
-      kind: ``"bpr"``, ``"bce"`` or ``"softmax"`` (sampled softmax with the logQ correction).
+      kind: ``"bpr"``, ``"bce"``, ``"softmax"`` (sampled softmax with the logQ correction) or ``"als"``.
+      confidence: ``"als"``: the extra confidence ``c`` of an interaction (times its weight).
 
     Returns:
       ``loss_fn(params, rows, mask) -> scalar`` for one task's rows (``neg_item``, ``neg_mask`` and, for the
@@ -115,6 +121,14 @@ def ranking_loss(apply_fn: ApplyFn, kind: str = "bpr") -> LossFn:
         elif kind == "bce":
             per_neg = jnp.sum(jnp.where(neg_ok, jax.nn.softplus(negative), 0.0), axis=1) / n_ok
             per_row = jax.nn.softplus(-positive) + per_neg
+        elif kind == "als":
+            weights = row_weights(rows, mask, positive.dtype)
+            n_pos = jnp.maximum(jnp.sum(mask), 1).astype(positive.dtype)
+            inverse_q = jnp.where(neg_ok, jnp.exp(-jnp.where(neg_ok, rows["neg_logq"], 0.0)), 0.0)
+            n_neg = jnp.maximum(jnp.sum(neg_ok), 1).astype(positive.dtype)
+            catalogue = jnp.sum(inverse_q * jnp.square(negative)) / n_neg
+            hits = (1.0 + confidence * weights) * jnp.square(1.0 - positive) - jnp.square(positive)
+            return (catalogue + jnp.sum(jnp.where(mask, hits, 0.0))) / n_pos
         else:
             logq = jnp.where(mask, rows["logq"], 0.0)
             neg_logq = jnp.where(neg_ok, rows["neg_logq"], 0.0)

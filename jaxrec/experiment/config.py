@@ -463,10 +463,13 @@ class TopNConfig:
       query_cap: the most query interactions of an evaluation task (the user's next ones).
       train_query: the most query interactions of a meta-train task.
       negatives: sampled negatives per positive row.
+      item_start: ``"random"``, or ``"als"``: a two-tower model's item vectors (and pooled history embeddings)
+        start at the item factors of implicit ALS on the meta-train users.
       train_order: meta-train tasks: ``"random"`` subsets of a user's interactions, or ``"time"`` windows of
         consecutive ones (the support followed by its future, as in evaluation; needs timestamps).
       sampler: ``"uniform"`` over the training items or ``"popularity"``.
-      ranking_loss: ``"softmax"`` (sampled softmax, logQ-corrected), ``"bpr"`` or ``"bce"``.
+      ranking_loss: ``"softmax"`` (sampled softmax, logQ-corrected), ``"bpr"``, ``"bce"`` or ``"als"`` (the
+        implicit-ALS objective, its catalogue term estimated from the negatives: a Newton step is the ALS fold-in).
       test_frac: the fraction of users who are new (test) users.
       warm_frac: the fraction of meta-train users whose latest interactions form the warm scenario.
       topn_ks: the cut-offs of Recall, nDCG, HR and MRR.
@@ -481,13 +484,16 @@ class TopNConfig:
     query_cap: int = _field(100, "the most query interactions of a top-N evaluation task", parse=_int)
     train_query: int = _field(20, "the most query interactions of a top-N meta-train task", parse=_int)
     negatives: int = _field(20, "sampled negatives per positive", parse=_int)
+    item_start: str = _field(
+        "random", "two-tower item vectors start random or at implicit ALS's item factors", choices=("random", "als")
+    )
     train_order: str = _field(
         "random",
         "meta-train tasks: random subsets, or time windows (a support, then its future)",
         choices=("random", "time"),
     )
     sampler: str = _field("uniform", "negative sampler", choices=("uniform", "popularity"))
-    ranking_loss: str = _field("softmax", "top-N training loss", choices=("softmax", "bpr", "bce"))
+    ranking_loss: str = _field("softmax", "top-N training loss", choices=("softmax", "bpr", "bce", "als"))
     test_frac: float = _field(0.2, "fraction of users who are new (test) users", parse=_float)
     warm_frac: float = _field(0.1, "fraction of meta-train users held out as warm users", parse=_float)
     topn_ks: tuple = _field((10, 20, 50), "cut-offs of the top-N metrics", parse=_list_of(_int))
@@ -503,9 +509,9 @@ class TopNConfig:
             self.sampler in ("uniform", "popularity"), "sampler", f"must be uniform or popularity, got {self.sampler!r}"
         )
         _check(
-            self.ranking_loss in ("softmax", "bpr", "bce"),
+            self.ranking_loss in ("softmax", "bpr", "bce", "als"),
             "ranking_loss",
-            f"must be softmax, bpr or bce, got {self.ranking_loss!r}",
+            f"must be softmax, bpr, bce or als, got {self.ranking_loss!r}",
         )
         _fraction(self.test_frac, "test_frac")
         _fraction(self.warm_frac, "warm_frac")

@@ -266,10 +266,40 @@ class TopNExperiment:
         inner = dict(inner, bias_embed_item={"embedding": jnp.asarray(logp, jnp.float32)[:, None]})
         return dict(params, params=inner)
 
+    def als_start(self, params: Any) -> Any:
+        """``params`` with a two-tower model's item vectors (and history embeddings) at the item factors of implicit
+        ALS fitted on the meta-train users (:func:`~jaxrec.evaluation.retrieval_baselines.fit_mf`, the ``mf``
+        baseline's chosen strengths when it was tuned).
+
+        The item tower then starts as the ALS item factors (``item_out`` the identity on the id embedding, zero on
+        the features) and a pooled user tower as the mean factor of the support items, so that meta-training
+        starts where the factorisation of the co-occurrences is, and learns the prior and the loss's ranking on
+        top. A model without an id embedding feeding ``item_out`` directly is returned unchanged.
+        """
+        inner = params["params"]
+        if "embed_item" not in inner or "item_out" not in inner or any(k.startswith("item_hidden") for k in inner):
+            logger.warning("item_start='als' needs a two-tower model with an item id and no hidden layers: ignored")
+            return params
+        embed = inner["user_vector"].shape[0]
+        chosen = dict(self._tuned.get("mf", {}).get("chosen", {"l2": 10.0, "alpha": 10.0}))
+        chosen["factors"] = embed
+        fitted = rb.fit_mf(self._train_matrix(), seed=self.config.seed, **chosen)
+        slots = self.featurizer.item_index[:-1]
+        table = np.zeros((self.spec.categorical["item"], embed), np.float32)
+        table[slots[slots > 0]] = fitted.item_factors[slots > 0]
+        kernel = np.zeros(inner["item_out"]["kernel"].shape, np.float32)
+        kernel[:embed, :embed] = np.eye(embed)  # the id embedding comes first in the item tower's input
+        inner = dict(inner, embed_item={"embedding": jnp.asarray(table)}, item_out={"kernel": jnp.asarray(kernel)})
+        if "embed_history_item" in inner:
+            inner["embed_history_item"] = {"embedding": jnp.asarray(table)}
+        return dict(params, params=inner)
+
     def init_params(self) -> Any:
         """The meta-learner's start: random, with the popularity start of :meth:`popularity_start` unless
-        ``pretrain=False``."""
+        ``pretrain=False``, and with ``item_start="als"`` the ALS item factors of :meth:`als_start`."""
         params = self.random_params()
+        if self.config.topn.item_start == "als":
+            params = self.als_start(params)
         return params if self.config.meta.pretrain is False else self.popularity_start(params)
 
     def init_state(self) -> MetaTrainState:
