@@ -496,48 +496,32 @@ def topn_tasks(
     if timed:
         frame["timestamp"] = interactions["timestamp"].to_numpy()
     shots, query = int(shots), int(query)
-    if train and timed:
-        # a window of shots + query consecutive interactions, starting at a seeded random position of each user's
-        # history: the support is followed by its future, as in an evaluation task
-        window = shots + query
-        rank, total = _time_rank(frame, np.random.default_rng(seed))
-        users = frame["user"].to_numpy()
-        offset_of_user = np.random.default_rng([*np.ravel(seed), 13]).random(int(users.max()) + 1)
-        first = np.floor(offset_of_user[users] * np.maximum(total - window + 1, 1)).astype(np.int64)
-        in_window = (rank >= first) & (rank < first + window)
-        n_subsampled = int(np.unique(users[total > window]).size)
-        tasks = build_tasks(
-            frame[in_window],
-            featurizer,
-            "kshot",
-            support=1,
-            query=window - 1,
-            seed=seed,
-            order="time",
-            support_buckets=(1,),
-            query_buckets=(window - 1,),
-            history=history,
-        )
-        tasks.stats["users_subsampled"] = n_subsampled
-        tasks = _support_first(tasks, shots, query)
-    elif train:
+    if train:
         # one support row and the rest as query keeps every user with two interactions or more, each task's rows
-        # contiguous and shuffled; _support_first then moves the support boundary to ``shots``
+        # contiguous; _support_first then moves the support boundary to ``shots``
         window = shots + query
-        tasks = build_tasks(
-            frame,
-            featurizer,
-            "kshot",
-            support=1,
-            query=window - 1,
-            seed=seed,
-            order="random",
-            support_buckets=(1,),
-            query_buckets=(window - 1,),
-            subsample=(window, window),
-            subsample_seed=size_seed,
-            history=history,
-        )
+        common = dict(support=1, query=window - 1, seed=seed, support_buckets=(1,), query_buckets=(window - 1,))
+        if timed:
+            # a window of shots + query consecutive interactions at a seeded random position of each user's
+            # history: the support is followed by its future, as in an evaluation task
+            rank, total = _time_rank(frame, np.random.default_rng(seed))
+            users = frame["user"].to_numpy()
+            offset_of_user = np.random.default_rng([*np.ravel(seed), 13]).random(int(users.max()) + 1)
+            first = np.floor(offset_of_user[users] * np.maximum(total - window + 1, 1)).astype(np.int64)
+            in_window = (rank >= first) & (rank < first + window)
+            tasks = build_tasks(frame[in_window], featurizer, "kshot", order="time", history=history, **common)
+            tasks.stats["users_subsampled"] = int(np.unique(users[total > window]).size)
+        else:
+            tasks = build_tasks(
+                frame,
+                featurizer,
+                "kshot",
+                order="random",
+                subsample=(window, window),
+                subsample_seed=size_seed,
+                history=history,
+                **common,
+            )
         tasks = _support_first(tasks, shots, query)
     else:
         tasks = build_tasks(
