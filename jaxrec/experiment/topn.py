@@ -420,8 +420,9 @@ class TopNExperiment:
                     logger.warning("baseline %s%s not fitted: %s", name, hyper, e)
                     continue
                 ranker = self._baseline_ranker(fitted)
-                score = self._validate({name: ranker})[name] if len(BASELINE_GRIDS[name]) > 1 else 0.0
-                if best is None or score > best[0]:
+                # a grid of one needs no choice (and no validation pass)
+                score = self._validate({name: ranker})[name] if len(BASELINE_GRIDS[name]) > 1 else None
+                if best is None or (score is not None and score > best[0]):
                     best = (score, hyper, ranker)
             if best is None:
                 continue
