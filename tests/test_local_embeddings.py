@@ -208,6 +208,7 @@ IMPLICIT_SPEC = jaxrec.FeatureSpec(**{**SHARED_SPEC.__dict__, "target": "label",
 # the models of models.MODELS whose embedding tables share a row key (checked below), small enough to compile fast
 SHARED_KEY_MODELS = {
     "mf": dict(embed=3),
+    "twotower": dict(embed=3),
     "fm": dict(embed=3),
     "neumf": dict(embed=3, hidden=(4,)),
 }
@@ -292,7 +293,10 @@ def test_shared_key_tables_share_one_index_from_the_original_ids():
         localize(params, s, sm, q, qm, {**tables, ("params", "gmf_embed_user", "embedding"): "item"})
 
 
-@pytest.mark.parametrize("name, implicit", [("fm", False), ("mf", False), ("neumf", False), ("neumf", True)])
+@pytest.mark.parametrize(
+    "name, implicit",
+    [("fm", False), ("mf", False), ("neumf", False), ("neumf", True), ("twotower", False), ("twotower", True)],
+)
 def test_shared_key_models_meta_loss_and_gradient_are_exact(name, implicit):
     """Flax models whose tables share a row key (with BPR negatives read through the item tables too): the
     second-order meta-loss and meta-gradient, adapting all parameters and the model's default filter (NeuMF:
