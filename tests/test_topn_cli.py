@@ -199,3 +199,11 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     rows.write_text("item,rating\nsong-00,1\nsong-02,1\nsong-04,1\n")
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(rows), "-k", "5"]) == 0
     assert [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line] == listed
+
+
+def test_devices_with_implicit_feedback_is_refused_clearly(topn_run, tmp_path, capsys):
+    argv = ["train", "--data", str(topn_run["data"]), "--columns", "user,item,weight,timestamp", *TOPN_FLAGS,
+            "--devices", "2", "--out", str(tmp_path / "r")]  # fmt: skip
+    assert cli.main(argv) != 0
+    err = capsys.readouterr().err
+    assert "one device" in err and "--devices" in err and "Traceback" not in err

@@ -132,11 +132,14 @@ class TopNExperiment:
       model, inner, trainer: the model, its inner loop (the ranking loss) and the meta-trainer.
 
     Raises:
+      ValueError: if ``devices`` is set (a top-N run trains on one device).
       DataError: if the data cannot be read or yields no meta-train or evaluation task.
     """
 
     def __init__(self, config: ExperimentConfig):
         self.config = config = resolve(config)
+        if config.devices is not None:
+            raise ValueError("devices: top-N runs (feedback='implicit') train on one device for now; drop --devices")
         top = config.topn
         self.dataset = implicit_dataset(config)
         logger.info("%s", self.dataset.summary())
