@@ -291,7 +291,7 @@ class ModelConfig:
       ValueError: if ``name`` is not registered or ``kwargs`` is not a dict.
     """
 
-    name: str = _field("melu", "melu | mf | linear | fm | neumf | gru", flag="model")
+    name: str = _field("melu", "melu | mf | linear | fm | neumf | gru | twotower", flag="model")
     kwargs: dict = _field(
         {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None, "item_bias": True},
         "JSON keyword arguments of the model, e.g. '{\"embed\": 8}'",
