@@ -34,8 +34,8 @@ from jaxrec.core.errors import JaxrecError
 from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
-from jaxrec.experiment.predictions import write_rating_predictions, write_topn_predictions
-from jaxrec.experiment.recommend import Recommender, TopNRecommender, read_ratings_for
+from jaxrec.experiment.predictions import metrics_and_predictions
+from jaxrec.experiment.recommend import read_ratings_for, recommender_for
 from jaxrec.experiment.run import (
     Interrupted,
     RunError,
@@ -240,20 +240,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _evaluate(experiment: Any, params: Any, predictions: str | None) -> dict:
     """The metrics document of a run and, with ``predictions``, its split and predictions written there."""
-    topn = experiment.config.data.feedback == "implicit"
-    if topn:
-        document = experiment.metrics_document(params, keep_lists=predictions is not None)
-    else:
-        document = experiment.metrics_document(params)
-    if predictions is not None:
-        folder = Path(predictions).expanduser()
-        try:
-            if topn:
-                files = write_topn_predictions(folder, experiment, experiment.last_detail)
-            else:
-                files = write_rating_predictions(folder, experiment, params)
-        except OSError as e:
-            raise CLIError(f"--save-predictions {folder}: {os_reason(e)}") from e
+    folder = None if predictions is None else Path(predictions).expanduser()
+    try:
+        document, files = metrics_and_predictions(experiment, params, folder)
+    except OSError as e:
+        raise CLIError(f"--save-predictions {folder}: {os_reason(e)}") from e
+    if folder is not None:
         _echo(f"wrote {len(files)} prediction file(s) to {folder}")
     return document
 
@@ -329,8 +321,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     for note in notes:
         _echo(f"note: {note}", err=True)
-    topn = trained.config.data.feedback == "implicit"
-    recommender = (TopNRecommender if topn else Recommender)(trained, trained.params)
+    recommender = recommender_for(trained)
+    topn = trained.config.data.feedback == "implicit"  # how the lines read: interactions and scores
     started = time.perf_counter()
     best, scores = recommender.top_k(codes, ratings, args.k)
     cold = time.perf_counter() - started

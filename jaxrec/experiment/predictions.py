@@ -24,7 +24,7 @@ import pandas as pd
 
 from jaxrec.experiment.methods import experiment_predictors
 
-__all__ = ["write_rating_predictions", "write_topn_predictions"]
+__all__ = ["metrics_and_predictions", "write_rating_predictions", "write_topn_predictions"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,3 +158,27 @@ def write_topn_predictions(folder: str | Path, experiment: Any, detail: dict) ->
         written.append(_write(pd.concat(parts, ignore_index=True), folder / f"{scenario}.topk.csv.gz"))
     logger.info("wrote %d prediction files to %s", len(written), folder)
     return written
+
+
+def metrics_and_predictions(experiment: Any, params: Any, folder: str | Path | None = None) -> tuple[dict, list[Path]]:
+    """Evaluate a run into its metrics document and, with ``folder``, write its split and predictions there.
+
+    Args:
+      experiment: the :class:`~jaxrec.experiment.protocol.Experiment` or
+        :class:`~jaxrec.experiment.topn.TopNExperiment`.
+      params: the meta-learned parameters.
+      folder: where to write the predictions (None: nowhere).
+
+    Returns:
+      ``(document, files written)``.
+
+    Raises:
+      OSError: if a prediction file cannot be written.
+    """
+    if experiment.config.data.feedback == "implicit":
+        document = experiment.metrics_document(params, keep_lists=folder is not None)
+        files = [] if folder is None else write_topn_predictions(folder, experiment, experiment.last_detail)
+    else:
+        document = experiment.metrics_document(params)
+        files = [] if folder is None else write_rating_predictions(folder, experiment, params)
+    return document, files

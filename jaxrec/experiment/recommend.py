@@ -19,7 +19,7 @@ from jaxrec.data import DataError, Featurizer, sniff_separator
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
 from jaxrec.experiment.run import RunError
 
-__all__ = ["Recommender", "TopNRecommender", "read_ratings_for", "read_user_ratings"]
+__all__ = ["Recommender", "TopNRecommender", "read_ratings_for", "read_user_ratings", "recommender_for"]
 
 
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
@@ -335,6 +335,20 @@ def _best(scores: np.ndarray, item_codes, k: int):
     best = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
     best = best[np.argsort(-scores[best], kind="stable")]
     return best, scores[best]
+
+
+def recommender_for(trained) -> Recommender | TopNRecommender:
+    """The recommender of a trained run: :class:`TopNRecommender` for a top-N run (``feedback="implicit"``), else
+    :class:`Recommender`.
+
+    Args:
+      trained: the run's :class:`~jaxrec.experiment.trained.TrainedModel`.
+
+    Returns:
+      The recommender over its meta-learned parameters.
+    """
+    topn = trained.config.data.feedback == "implicit"
+    return (TopNRecommender if topn else Recommender)(trained, trained.params)
 
 
 def read_ratings_for(checkpoint: str, ratings: str):
