@@ -45,6 +45,7 @@ __all__ = [
     "TopNTaskSet",
     "implicit_featurizer",
     "topn_split",
+    "support_history",
     "topn_tasks",
     "warm_frame",
 ]
@@ -381,17 +382,6 @@ class TopNTaskSet:
         (support, _), (query, _) = self.tasks.codes(task_index)
         return support["item"], query["item"]
 
-    def _history(self, support_items: np.ndarray, s_mask: np.ndarray, query_rows: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``history_item`` of the support and query rows: the task's support items (vocabulary slots, 0 =
-        none), a support row's own item left out (a row never sees itself), every support item for a query row."""
-        length = self.spec.history
-        items = np.where(s_mask, support_items, 0).astype(np.int32)  # [T, S]
-        n_support = items.shape[1]
-        own = np.eye(n_support, dtype=bool)[None]  # [1, S, S]: row r's own slot
-        support = np.where(own, 0, np.broadcast_to(items[:, None, :], (len(items), n_support, n_support)))
-        query = np.broadcast_to(items[:, None, :], (len(items), query_rows, n_support))
-        return _pad_history(support, length), _pad_history(np.ascontiguousarray(query), length)
-
     def make_batch(self, task_index: np.ndarray, rng: np.random.Generator | None = None) -> TaskBatch:
         """Build the batch of the given tasks, negatives drawn with ``rng``.
 
@@ -421,8 +411,33 @@ class TopNTaskSet:
             rows.append(side)
         (s_codes, s_mask), (_, q_mask) = sides
         if self.spec.history:
-            rows[0]["history_item"], rows[1]["history_item"] = self._history(rows[0]["item"], s_mask, q_mask.shape[1])
+            rows[0]["history_item"], rows[1]["history_item"] = support_history(
+                rows[0]["item"], s_mask, q_mask.shape[1], self.spec.history
+            )
         return TaskBatch(support=rows[0], query=rows[1], support_mask=s_mask, query_mask=q_mask, task_id=users)
+
+
+def support_history(
+    support_items: np.ndarray, support_mask: np.ndarray, query_rows: int, length: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``history_item`` of the support and query rows of tasks: each task's support items (vocabulary slots,
+    0 = none), a support row's own item left out (a row never sees itself), every support item for a query row.
+
+    Args:
+      support_items: ``[T, S]`` the support rows' item slots.
+      support_mask: bool ``[T, S]``, false on padding.
+      query_rows: ``Q``, the query rows per task.
+      length: ``L``, the history length (cut or right-padded with 0).
+
+    Returns:
+      ``(support [T, S, L], query [T, Q, L])`` int32.
+    """
+    items = np.where(support_mask, support_items, 0).astype(np.int32)
+    n_support = items.shape[1]
+    own = np.eye(n_support, dtype=bool)[None]  # [1, S, S]: row r's own slot
+    support = np.where(own, 0, np.broadcast_to(items[:, None, :], (len(items), n_support, n_support)))
+    query = np.broadcast_to(items[:, None, :], (len(items), query_rows, n_support))
+    return _pad_history(support, length), _pad_history(np.ascontiguousarray(query), length)
 
 
 def _pad_history(items: np.ndarray, length: int) -> np.ndarray:

@@ -16,6 +16,7 @@ from jaxrec.core.inner import adapt
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
 from jaxrec.data import DataError, Featurizer, sniff_separator
+from jaxrec.data.topn import support_history
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
 from jaxrec.experiment.run import RunError
 
@@ -307,10 +308,8 @@ class TopNRecommender:
         rows["logq"] = np.where(mask, logq, 0.0).astype(np.float32)
         rows["neg_logq"] = np.where(rows["neg_mask"], logq, 0.0).astype(np.float32)
         if self.history:
-            slots = np.where(mask, rows["item"], 0)
-            own = np.eye(size, dtype=bool)
-            history = np.where(own, 0, np.broadcast_to(slots[None, :], (size, size)))
-            rows["history_item"] = _cut_or_pad(history, self.history)
+            history, _ = support_history(rows["item"][None], mask[None], 0, self.history)
+            rows["history_item"] = history[0]
         return rows, mask
 
     def scores(self, item_codes, weights):
@@ -321,12 +320,6 @@ class TopNRecommender:
     def top_k(self, item_codes, weights, k: int):
         """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first."""
         return _best(self.scores(item_codes, weights), item_codes, k)
-
-
-def _cut_or_pad(history: np.ndarray, length: int) -> np.ndarray:
-    if history.shape[1] >= length:
-        return history[:, :length].astype(np.int32)
-    return np.pad(history, ((0, 0), (0, length - history.shape[1]))).astype(np.int32)
 
 
 def _best(scores: np.ndarray, item_codes, k: int):
