@@ -300,19 +300,27 @@ def model_ranker(apply_fn: Callable, inner: InnerLoop, k: int) -> Callable:
         users = _clean_users(batch)
 
         def chunk_scores(item_rows):
-            width = item_rows[next(iter(item_rows))].shape[0]
-
-            def one(params, user):
-                user = {key: jnp.broadcast_to(v, (width,) + v.shape) for key, v in user.items()}
-                return apply_fn(params, {**user, **item_rows})
-
-            if phi is None:
-                return jax.vmap(one, in_axes=(None, 0))(state[0], users)
-            return jax.vmap(one)(phi, users)
+            return _score_users(apply_fn, state[0], phi, users, item_rows, per_user=False)
 
         return streaming_topk(chunk_scores, rows, codes, exclude, k)[1]
 
     return rank
+
+
+def _score_users(
+    apply_fn: Callable, params: Any, phi: Any, users: Mapping[str, jax.Array], item_rows: Mapping, *, per_user: bool
+) -> jax.Array:
+    """Each user's scores of item rows: ``apply_fn`` on the user's keys broadcast over the items, with the user's
+    adapted parameters ``phi [U, ...]`` (or ``params`` for every user when ``phi`` is None). ``item_rows`` are shared
+    ``[C, ...]``, or with ``per_user`` each user's own ``[U, C, ...]``. Returns ``[U, C]``."""
+
+    def one(p, user, items):
+        width = items[next(iter(items))].shape[0]
+        user = {key: jnp.broadcast_to(v, (width,) + v.shape) for key, v in user.items()}
+        return apply_fn(p, {**user, **items})
+
+    in_axes = (None if phi is None else 0, 0, 0 if per_user else None)
+    return jax.vmap(one, in_axes=in_axes)(params if phi is None else phi, users, item_rows)
 
 
 def _clean_users(batch: Any) -> dict[str, jax.Array]:
@@ -397,15 +405,7 @@ def rerank_ranker(retrieve: Callable, apply_fn: Callable, inner: InnerLoop, k: i
         phi = _adapted(rerank_state, batch, inner) if inner.steps else None
         users = _clean_users(batch)
 
-        def one(params, user, item_rows):
-            width = candidates.shape[1]
-            user = {key: jnp.broadcast_to(v, (width,) + v.shape) for key, v in user.items()}
-            return apply_fn(params, {**user, **item_rows})
-
-        if phi is None:
-            scores = jax.vmap(one, in_axes=(None, 0, 0))(rerank_state[0], users, picked)
-        else:
-            scores = jax.vmap(one)(phi, users, picked)
+        scores = _score_users(apply_fn, rerank_state[0], phi, users, picked, per_user=True)
         scores = jnp.where(candidates >= 0, scores, _NEG)
         top, position = jax.lax.top_k(scores, int(k))
         return jnp.where(jnp.isfinite(top), jnp.take_along_axis(candidates, position, axis=1), -1)
