@@ -133,10 +133,11 @@ def write_topn_predictions(folder: str | Path, experiment: Any, detail: dict) ->
     for scenario, (stats, lists) in detail.items():
         tasks = experiment.scenario_tasks[scenario]
         everyone = np.arange(len(tasks))
-        support, query = tasks.item_codes(everyone)
-        (s_codes, _), (q_codes, _) = tasks.tasks.codes(everyone)
+        (support, _), (query, _) = tasks.tasks.codes(everyone)  # the rows' items and weights, read once
         split = _split_frame(
-            ds, tasks.users, [("support", support, s_codes["rating"]), ("query", query, q_codes["rating"])]
+            ds,
+            tasks.users,
+            [("support", support["item"], support["rating"]), ("query", query["item"], query["rating"])],
         )
         written.append(_write(split, folder / f"{scenario}.split.csv.gz"))
         parts = []
