@@ -1,4 +1,4 @@
-"""The ``jaxrec`` command: ``train``, ``evaluate``, ``recommend``, ``datasets``.
+"""The ``jaxrec`` command: ``train``, ``evaluate``, ``recommend``, ``serve``, ``datasets``.
 
 Only this module prints; the library logs. Every expected failure (bad data, bad checkpoint, bad flags, a
 non-finite step under ``--nonfinite raise``) ends with one ``jaxrec: error: ...`` line on stderr and exit status 1;
@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ from jaxrec.experiment.run import (
 )
 from jaxrec.experiment.trained import load_trained
 from jaxrec.scale.host_memory import keep_freed_host_memory
+from jaxrec.serve import ServingModel, create_app, missing_extra, run_server
 
 __all__ = ["main", "CLIError"]
 
@@ -129,6 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument("--timing", action="store_true", help="print the adaptation latency (warm, jit-compiled)")
+
+    s = sub.add_parser("serve", help="serve a trained model over HTTP: /recommend, /predict, /items, the demo page")
+    s.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument(
+        "--batch-sizes", default="1,8,64", help="users per compiled call, the shape buckets (default 1,8,64)"
+    )
+    s.add_argument(
+        "--support-sizes",
+        default="16,64,256",
+        help="items per user, the shape buckets; the largest is the most a request may send (default 16,64,256)",
+    )
+    s.add_argument("--max-k", type=int, default=100, help="the most recommendations a request may ask for")
+    s.add_argument(
+        "--batch-wait-ms", type=float, default=2.0, help="how long a request waits to share a call (default 2)"
+    )
+    s.add_argument("--max-body-kb", type=int, default=256, help="the largest request body, KiB (default 256)")
+    add_flags(s, names=("devices",))
 
     d = sub.add_parser("datasets", help="list the known datasets and where they are cached")
     d.add_argument("--data-dir", help="folder holding the MovieLens folders")
@@ -346,6 +367,71 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _sizes(flag: str, text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise CLIError(f"{flag} expects comma-separated sizes >= 1, e.g. 1,8,64; got {text!r}")
+    return sizes
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail before the slow start-up when the address cannot be bound (in use, or not this machine's)."""
+    if not 0 < port < 65536:
+        raise CLIError(f"--port must be in 1..65535, got {port}")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise CLIError(f"--host {host} --port {port}: cannot listen there ({os_reason(e)})") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``jaxrec serve``: load a run folder, compile every shape bucket, then answer HTTP until SIGINT / SIGTERM.
+
+    Args:
+      args: the parsed arguments.
+
+    Returns:
+      The exit status 0 (after a clean shutdown).
+
+    Raises:
+      RunError: if the serve extra is missing, a flag is not usable or the address cannot be bound.
+    """
+    missing = missing_extra()
+    if missing:
+        raise CLIError(f"jaxrec serve needs {', '.join(missing)}: pip install 'jaxrec[serve]'")
+    batch_sizes = _sizes("--batch-sizes", args.batch_sizes)
+    support_sizes = _sizes("--support-sizes", args.support_sizes)
+    for flag, value, low in (("--max-k", args.max_k, 1), ("--max-body-kb", args.max_body_kb, 1)):
+        if value < low:
+            raise CLIError(f"{flag} must be >= {low}, got {value}")
+    if not args.batch_wait_ms >= 0:
+        raise CLIError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+    _check_port(args.host, args.port)
+    trained = load_trained(args.checkpoint)
+    devices = None if args.devices in (None, "all") else int(args.devices)
+    try:
+        model = ServingModel(trained, batch_sizes, support_sizes, max_k=args.max_k, devices=devices)
+    except ValueError as e:
+        raise CLIError(as_flags(str(e))) from None
+    seconds = model.warm_up()
+    app = create_app(model, max_wait=args.batch_wait_ms / 1e3, max_body_bytes=args.max_body_kb * 1024)
+    where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
+    _echo(
+        f"{trained.config.meta.algorithm} on {trained.config.model.name}, {model.n_items} items "
+        f"({trained.config.data.feedback or 'explicit'}): {len(model.buckets)} shape bucket(s) compiled in "
+        f"{seconds:.1f} s on {1 if model.mesh is None else model.mesh.size} device(s)"
+    )
+    _echo(f"serving on {where} (demo page at /, API description at /docs); Ctrl-C stops")
+    run_server(app, args.host, args.port)
+    return EXIT_OK
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     """``jaxrec datasets``: list the known datasets and where they are cached.
 
@@ -372,7 +458,13 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------------------------------------------
 # entry point
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "recommend": cmd_recommend, "datasets": cmd_datasets}
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "recommend": cmd_recommend,
+    "serve": cmd_serve,
+    "datasets": cmd_datasets,
+}
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -21,7 +21,8 @@ ALLOWED = {
     "data": {"core", "scale"},
     "evaluation": {"core", "scale", "data", "models"},
     "experiment": {"core", "scale", "data", "models", "evaluation", "contrib", "testing", "_version"},
-    "cli": {"core", "scale", "data", "models", "evaluation", "experiment"},
+    "serve": {"core", "scale", "data", "models", "evaluation", "experiment", "_version"},
+    "cli": {"core", "scale", "data", "models", "evaluation", "experiment", "serve"},
     "__init__": {"_version", "core", "scale"},
     "__main__": {"cli"},
 }

@@ -20,7 +20,14 @@ from jaxrec.data.topn import support_history
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
 from jaxrec.experiment.run import RunError
 
-__all__ = ["Recommender", "TopNRecommender", "read_ratings_for", "read_user_ratings", "recommender_for"]
+__all__ = [
+    "Recommender",
+    "TopNRecommender",
+    "item_codes_of",
+    "read_ratings_for",
+    "read_user_ratings",
+    "recommender_for",
+]
 
 
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
@@ -124,7 +131,7 @@ def read_user_ratings(
         if below.any():
             notes.append(f"ignored {int(below.sum())} rating(s) below the positive threshold {positive_threshold:g}")
         raw_items, values = raw_items[~below], values[~below]
-    codes = _item_codes(raw_items, np.asarray(item_ids))
+    codes = item_codes_of(raw_items, np.asarray(item_ids))
     unknown = codes < 0
     if unknown.any():
         shown = ", ".join(map(str, raw_items[unknown][:5])) + (" ..." if unknown.sum() > 5 else "")
@@ -146,7 +153,7 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def _item_codes(raw_items, item_ids):
+def item_codes_of(raw_items, item_ids):
     """Dataset codes of raw item id strings (-1 when unknown); ids compare as integers when the dataset's are."""
     if item_ids.dtype.kind in "iu":
         numeric = pd.to_numeric(pd.Series(raw_items), errors="coerce").to_numpy(np.float64)
@@ -195,19 +202,25 @@ class Recommender:
             )
             return experiment.apply_fn(phi, candidates)
 
+        self.score_one = scores
         self._scores = jax.jit(scores)
 
-    def support(self, item_codes, ratings):
+    def min_support(self) -> int:
+        """The smallest support size the rows can be padded to."""
+        return 1
+
+    def support(self, item_codes, ratings, size: int | None = None):
         """Build the padded support set of a new user.
 
         Args:
           item_codes: the codes of the rated items.
           ratings: their ratings.
+          size: the padded size (default: the next power of two, at least 8).
 
         Returns:
-          ``(rows, mask)``, padded to the next power of two (at least 8); the user is unknown (OOV).
+          ``(rows, mask)``; the user is unknown (OOV).
         """
-        size = max(8, 1 << int(np.ceil(np.log2(max(len(item_codes), 1)))))
+        size = size or _bucket(len(item_codes), 8)
         items = np.full(size, -1, np.int64)
         items[: len(item_codes)] = item_codes
         values = np.zeros(size, np.float32)
@@ -280,19 +293,25 @@ class TopNRecommender:
                 )
             return experiment.apply_fn(phi, {**rows, **candidates})
 
+        self.score_one = scores
         self._scores = jax.jit(scores)
 
-    def support(self, item_codes, weights):
-        """The padded support rows of a new user (size: the next power of two, at least 8, at least the history).
+    def min_support(self) -> int:
+        """The smallest support size the rows can be padded to: the model's history length."""
+        return max(1, self.history)
+
+    def support(self, item_codes, weights, size: int | None = None):
+        """The padded support rows of a new user.
 
         Args:
           item_codes: the codes of the user's items.
           weights: their weights.
+          size: the padded size (default: the next power of two, at least 8 and at least the history).
 
         Returns:
           ``(rows, mask)``.
         """
-        size = max(8, self.history, 1 << int(np.ceil(np.log2(max(len(item_codes), 1)))))
+        size = max(size or _bucket(len(item_codes), 8), self.history)
         items = np.full(size, -1, np.int64)
         items[: len(item_codes)] = item_codes
         mask = np.arange(size) < len(item_codes)
@@ -320,6 +339,11 @@ class TopNRecommender:
     def top_k(self, item_codes, weights, k: int):
         """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first."""
         return _best(self.scores(item_codes, weights), item_codes, k)
+
+
+def _bucket(n: int, least: int) -> int:
+    """The next power of two of ``n``, at least ``least``."""
+    return max(least, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
 def _best(scores: np.ndarray, item_codes, k: int):

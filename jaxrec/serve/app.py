@@ -1,0 +1,256 @@
+"""The web service of a trained model (FastAPI, served by uvicorn): ``/recommend``, ``/predict``, ``/items``,
+``/health`` and the demo page at ``/``.
+
+Every request is checked before it reaches the model: a body over the size limit is a 413, a body that is not the
+documented JSON (or not JSON) a 422 naming the field, a rating outside the scale or too many items a 422 with the
+value; unknown items are ignored and counted in the answer. Checked requests are micro-batched
+(:class:`~jaxrec.serve.batching.MicroBatcher`) into the compiled calls of a :class:`~jaxrec.serve.engine.ServingModel`.
+The OpenAPI description is at ``/openapi.json`` (and browsable at ``/docs``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from importlib import resources
+from typing import Annotated
+
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from jaxrec._version import __version__
+from jaxrec.serve.batching import MicroBatcher
+from jaxrec.serve.engine import ServingModel
+from jaxrec.serve.requests import Catalogue, RequestError
+
+__all__ = ["BodyLimit", "create_app"]
+
+logger = logging.getLogger(__name__)
+
+ItemId = StrictInt | Annotated[StrictStr, Field(max_length=256)]
+
+
+class Rating(BaseModel):
+    """One rating of a new user."""
+
+    model_config = ConfigDict(extra="forbid")
+    item: ItemId = Field(description="the item's raw id, as in the training data")
+    rating: Annotated[float, Field(allow_inf_nan=False, strict=True)] = Field(description="the rating (a number)")
+
+
+class RecommendRequest(BaseModel):
+    """A new user: their ratings (explicit or rated data) or interactions (implicit models), and ``k``."""
+
+    model_config = ConfigDict(extra="forbid")
+    ratings: list[Rating] | None = Field(None, description="[{item, rating}, ...]")
+    interactions: list[ItemId] | None = Field(None, description="item ids the user interacted with (implicit models)")
+    k: StrictInt = Field(10, ge=1, description="how many recommendations")
+
+
+class PredictRequest(RecommendRequest):
+    """A new user and the items to score for them."""
+
+    candidates: list[ItemId] = Field(min_length=1, description="the items to score")
+
+
+def _first_error(errors) -> str:
+    """One line for the first validation error: where it is and what is wrong."""
+    if not errors:
+        return "invalid request"
+    error = errors[0]
+    where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+    if error.get("type") == "json_invalid":
+        return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
+    return f"{where}: {error.get('msg', 'invalid')}"
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is read whole.
+
+    The declared ``Content-Length`` is checked first; a body without one (chunked) is counted as it arrives.
+    """
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, int(limit)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                return await _plain(send, 400, "the Content-Length header is not a number")
+            if size > self.limit:
+                return await _plain(send, 413, f"the body is {size} bytes; the limit is {self.limit}")
+        received = 0
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise HTTPException(413, f"the body is over the limit of {self.limit} bytes")
+            return message
+
+        return await self.app(scope, counted, send)
+
+
+async def _plain(send, status: int, message: str) -> None:
+    body = JSONResponse({"error": message}, status_code=status)
+    await send({"type": "http.response.start", "status": status, "headers": body.raw_headers})
+    await send({"type": "http.response.body", "body": body.body})
+
+
+def create_app(
+    model: ServingModel,
+    *,
+    max_wait: float = 0.002,
+    max_body_bytes: int = 256 * 1024,
+) -> FastAPI:
+    """The service of a warmed-up :class:`~jaxrec.serve.engine.ServingModel`.
+
+    Args:
+      model: the model (call its ``warm_up`` first, so that no request waits on compilation).
+      max_wait: how long (seconds) a request waits for others to share its compiled call.
+      max_body_bytes: the largest request body accepted.
+
+    Returns:
+      The FastAPI application (run it with uvicorn, or :func:`jaxrec.serve.run_server`).
+    """
+    catalogue = Catalogue(model.trained)
+    max_items = model.support_sizes[-1]
+
+    def rank(items):
+        return model.rank(items)
+
+    batcher = MicroBatcher(rank, max_batch=model.batch_sizes[-1], max_wait=max_wait)
+    served = {"requests": 0, "rejected": 0}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+
+    app = FastAPI(
+        title="jaxrec",
+        version=__version__,
+        description="Cold-start recommendations: the meta-learned model adapted to a new user's few ratings.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, limit=max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        served["rejected"] += 1
+        errors = exc.errors()
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:10]]
+        return JSONResponse({"error": _first_error(errors), "detail": detail}, status_code=422)
+
+    @app.exception_handler(RequestError)
+    async def unusable(request: Request, exc: RequestError):
+        served["rejected"] += 1
+        return JSONResponse({"error": str(exc)}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        served["rejected"] += 1
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception):  # a bug, not a bad request: logged, and said so
+        logger.exception("request %s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
+
+    def check(body: RecommendRequest):
+        if body.k > model.max_k:
+            raise RequestError(f"k: at most {model.max_k}, got {body.k}")
+        ratings = None if body.ratings is None else [(r.item, r.rating) for r in body.ratings]
+        return catalogue.support(ratings, body.interactions, max_items)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return resources.files("jaxrec.serve").joinpath("static/index.html").read_text("utf-8")
+
+    @app.get("/health")
+    async def health():
+        """The model served and the service's counters."""
+        trained = model.trained
+        return {
+            "status": "ok",
+            "version": __version__,
+            "model": trained.config.model.name,
+            "algorithm": trained.config.meta.algorithm,
+            "step": int(trained.step),
+            "feedback": "implicit" if catalogue.implicit else "explicit",
+            "rating_range": catalogue.rating_range,
+            "positive_threshold": catalogue.positive_threshold,
+            "items": len(catalogue),
+            "titles": catalogue.titles is not None,
+            "max_k": model.max_k,
+            "max_items": max_items,
+            "max_candidates": model.max_probe,
+            "buckets": {"batch": list(model.batch_sizes), "support": list(model.support_sizes)},
+            "compiled_shapes": model.compiled_shapes(),
+            "devices": 1 if model.mesh is None else int(model.mesh.size),
+            "requests": served["requests"],
+            "rejected": served["rejected"],
+            "batches": batcher.batches,
+        }
+
+    @app.get("/items")
+    async def items(
+        q: Annotated[str, Query(max_length=200, description="text in the title (or id)")] = "",
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ):
+        """Search the catalogue by title (case-insensitive; titles that start with ``q`` first)."""
+        found = catalogue.search(q, limit)
+        return {"query": q, "items": [catalogue.item(c) for c in found]}
+
+    @app.post("/recommend")
+    async def recommend(body: RecommendRequest):
+        """The top-k items the new user has not rated, with the adapted model's scores."""
+        started = time.perf_counter()
+        support = check(body)
+        ranked = await batcher.submit(catalogue.user_input(support, body.k))
+        served["requests"] += 1
+        return {
+            "recommendations": [catalogue.item(c, s) for c, s in zip(ranked.codes, ranked.scores, strict=True)],
+            "k": body.k,
+            "feedback": "implicit" if catalogue.implicit else "explicit",
+            "input": support.report(),
+            "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
+        }
+
+    @app.post("/predict")
+    async def predict(body: PredictRequest):
+        """The adapted model's scores of the given candidate items (unknown ones come back with a null score)."""
+        started = time.perf_counter()
+        support = check(body)
+        if len(body.candidates) > model.max_probe:
+            raise RequestError(f"candidates: at most {model.max_probe}, got {len(body.candidates)}")
+        codes = [catalogue.code(c) for c in body.candidates]
+        known = [c for c in codes if c is not None]
+        ranked = await batcher.submit(catalogue.user_input(support, 1, probe=known))
+        scores = iter(ranked.probe_scores)
+        served["requests"] += 1
+        out = []
+        for raw, code in zip(body.candidates, codes, strict=True):
+            out.append(catalogue.item(code, float(next(scores))) if code is not None else {"item": raw, "score": None})
+        return {
+            "scores": out,
+            "unknown_candidates": sum(c is None for c in codes),
+            "input": support.report(),
+            "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
+        }
+
+    return app

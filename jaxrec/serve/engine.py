@@ -1,0 +1,207 @@
+"""Adapt-and-rank for a batch of new users in one compiled call, for a few padded shape buckets.
+
+A request is one new user's few ratings (or interactions). :class:`ServingModel` pads a batch of them to a
+``(batch, support)`` bucket, adapts the meta-learned model to every user at once (``vmap`` of the run's inner loop,
+first order: nothing differentiates through it at serving time), scores the whole catalogue, removes each user's
+own items and keeps the best ``max_k`` with ``lax.top_k``; the scores of up to ``max_probe`` named items come back
+with them (``/predict``). Every bucket is compiled by :meth:`ServingModel.warm_up` before the first request, so a
+request never waits on XLA; the compiled function's cache size is reported so that this is checked, not assumed.
+
+With more than one device (on a CPU host: one per core), a batch whose bucket divides among them is sharded over
+its user axis; the parameters are replicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxrec.experiment.recommend import recommender_for
+from jaxrec.scale.sharding import make_mesh
+
+__all__ = ["Bucket", "Ranked", "ServingModel", "UserInput"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class UserInput:
+    """One user's request, already validated: item codes, their ratings or weights, and what to return.
+
+    Attributes:
+      codes: int item codes of the user's items (known items only, no duplicates).
+      values: their ratings (explicit) or weights (implicit).
+      k: how many recommendations.
+      probe: item codes whose scores to return (``/predict``), or empty.
+    """
+
+    codes: np.ndarray
+    values: np.ndarray
+    k: int = 10
+    probe: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    """The answer for one user: the top-k codes and scores (best first), and the probed items' scores."""
+
+    codes: np.ndarray
+    scores: np.ndarray
+    probe_scores: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """A padded shape: ``batch`` users of at most ``support`` items each."""
+
+    batch: int
+    support: int
+
+
+class ServingModel:
+    """A trained model served: batched adapt-and-rank, compiled once per shape bucket.
+
+    Args:
+      trained: the :class:`~jaxrec.experiment.trained.TrainedModel` (explicit or top-N run).
+      batch_sizes: the batch buckets (users per compiled call); the largest is the micro-batch limit.
+      support_sizes: the support buckets (items per user); the largest is the most a request may send.
+      max_k: the most recommendations a request may ask for.
+      max_probe: the most items a ``/predict`` request may score.
+      devices: how many devices to shard the user axis over (default: all of them).
+
+    Attributes:
+      trained: the model.
+      recommender: its :class:`~jaxrec.experiment.recommend.Recommender` or ``TopNRecommender``.
+      buckets: every compiled :class:`Bucket`.
+      n_items: the catalogue size.
+    """
+
+    def __init__(
+        self,
+        trained,
+        batch_sizes: Sequence[int] = (1, 8, 64),
+        support_sizes: Sequence[int] = (16, 64, 256),
+        max_k: int = 100,
+        max_probe: int = 100,
+        devices: int | None = None,
+    ):
+        self.trained = trained
+        self.recommender = recommender_for(trained)
+        self.n_items = int(trained.featurizer.n_items)
+        least = self.recommender.min_support()
+        self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
+        self.support_sizes = tuple(sorted({max(int(s), least) for s in support_sizes}))
+        if not self.batch_sizes or self.batch_sizes[0] < 1 or not self.support_sizes or self.support_sizes[0] < 1:
+            raise ValueError(f"bucket sizes must be >= 1, got {batch_sizes} and {support_sizes}")
+        self.max_k = max(1, min(int(max_k), self.n_items))
+        self.max_probe = max(1, int(max_probe))
+        self.buckets = [Bucket(b, s) for b in self.batch_sizes for s in self.support_sizes]
+        n_devices = jax.device_count() if devices is None else int(devices)
+        self.mesh = make_mesh(n_devices) if n_devices > 1 else None
+        self._lock = threading.Lock()  # one compiled call at a time: the batcher's worker, a benchmark, a test
+        self.calls = 0
+        self._state = self.recommender.state
+        self._candidates = self.recommender.candidates
+        if self.mesh is not None:
+            replicated = NamedSharding(self.mesh, PartitionSpec())
+            self._state = jax.device_put(self._state, replicated)
+            self._candidates = jax.device_put(self._candidates, replicated)
+        self._rank = jax.jit(self._rank_batch, static_argnames=("k",))
+
+    # ---------------------------------------------------------------------------------------------------------
+    # the compiled call
+
+    def _rank_batch(self, state, support, mask, codes, probe, candidates, *, k):
+        """``(top scores [B, k], top codes [B, k], probe scores [B, P])`` of a padded batch of users."""
+        scores = jax.vmap(self.recommender.score_one, in_axes=(None, 0, 0, None))(state, support, mask, candidates)
+        scores = scores.astype(jnp.float32)
+        own = jnp.where(mask, codes, self.n_items)  # padding points past the catalogue and is dropped
+        rows = jnp.arange(scores.shape[0])[:, None]
+        unseen = scores.at[rows, own].set(-jnp.inf, mode="drop")
+        top_scores, top_codes = jax.lax.top_k(unseen, k)
+        probe_scores = jnp.take_along_axis(scores, jnp.clip(probe, 0, self.n_items - 1), axis=1)
+        return top_scores, top_codes, probe_scores
+
+    def bucket_for(self, users: int, support: int) -> Bucket:
+        """The smallest bucket that holds ``users`` users of ``support`` items.
+
+        Raises:
+          ValueError: if no bucket is large enough.
+        """
+        batch = next((b for b in self.batch_sizes if b >= users), None)
+        size = next((s for s in self.support_sizes if s >= support), None)
+        if batch is None or size is None:
+            raise ValueError(
+                f"{users} user(s) of {support} item(s) exceed the largest bucket "
+                f"({self.batch_sizes[-1]} users of {self.support_sizes[-1]} items)"
+            )
+        return Bucket(batch, size)
+
+    def _inputs(self, users: Sequence[UserInput], bucket: Bucket):
+        """The padded device inputs of a batch (absent users are empty supports, their answers dropped)."""
+        rows, masks, codes = [], [], []
+        for i in range(bucket.batch):
+            user = users[i] if i < len(users) else UserInput(np.zeros(0, np.int64), np.zeros(0, np.float32))
+            r, m = self.recommender.support(user.codes, user.values, size=bucket.support)
+            rows.append(r)
+            masks.append(m)
+            padded = np.zeros(bucket.support, np.int32)
+            padded[: len(user.codes)] = user.codes
+            codes.append(padded)
+        support = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+        probe = np.zeros((bucket.batch, self.max_probe), np.int32)
+        for i, user in enumerate(users):
+            probe[i, : len(user.probe)] = user.probe
+        inputs = (support, np.stack(masks), np.stack(codes), probe)
+        if self.mesh is None:
+            return jax.device_put(inputs)
+        split = bucket.batch % self.mesh.size == 0  # else every device computes the small batch whole
+        spec = PartitionSpec(self.mesh.axis_names[0]) if split else PartitionSpec()
+        return jax.device_put(inputs, NamedSharding(self.mesh, spec))
+
+    def rank(self, users: Sequence[UserInput]) -> list[Ranked]:
+        """Adapt to each user and rank the catalogue, in one compiled call (or one per largest batch).
+
+        Args:
+          users: the validated requests (at most the largest batch bucket per call is best; more are split).
+
+        Returns:
+          One :class:`Ranked` per user, in order.
+        """
+        out: list[Ranked] = []
+        largest = self.batch_sizes[-1]
+        for start in range(0, len(users), largest):
+            chunk = list(users[start : start + largest])
+            bucket = self.bucket_for(len(chunk), max((len(u.codes) for u in chunk), default=0))
+            inputs = self._inputs(chunk, bucket)
+            with self._lock:
+                top, codes, probe = jax.device_get(self._rank(self._state, *inputs, self._candidates, k=self.max_k))
+                self.calls += 1
+            for i, user in enumerate(chunk):
+                k = min(user.k, self.n_items - len(user.codes))
+                out.append(Ranked(codes[i, :k].astype(np.int64), top[i, :k], probe[i, : len(user.probe)]))
+        return out
+
+    def warm_up(self) -> float:
+        """Compile every bucket (and run it once); returns the seconds it took."""
+        started = time.perf_counter()
+        for bucket in self.buckets:
+            users = [UserInput(np.zeros(0, np.int64), np.zeros(0, np.float32))] * bucket.batch
+            inputs = self._inputs(users, bucket)
+            with self._lock:
+                jax.block_until_ready(self._rank(self._state, *inputs, self._candidates, k=self.max_k))
+        seconds = time.perf_counter() - started
+        logger.info("compiled %d shape bucket(s) in %.1f s", len(self.buckets), seconds)
+        return seconds
+
+    def compiled_shapes(self) -> int:
+        """How many shapes the compiled function holds (after :meth:`warm_up`: one per bucket, and no more)."""
+        return int(self._rank._cache_size())

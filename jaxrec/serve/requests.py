@@ -1,0 +1,174 @@
+"""A served model's catalogue, and the checks that turn a request's raw item ids and ratings into a user's support.
+
+Everything here is plain data: the web layer (:mod:`jaxrec.serve.app`) maps a :class:`RequestError` to a 422 with
+its message, so a bad request is named precisely and never reaches the compiled call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxrec.serve.engine import UserInput
+
+__all__ = ["Catalogue", "RequestError", "UserSupport"]
+
+
+class RequestError(ValueError):
+    """A request the model cannot answer as sent (its message says why, naming the field and the value)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class UserSupport:
+    """A request's usable items, and what was left out of them (every count reported back to the caller).
+
+    Attributes:
+      codes: the item codes used (each once).
+      values: their ratings or weights.
+      unknown: the raw ids not in the catalogue (ignored).
+      duplicates: items sent more than once (the last rating kept).
+      below_threshold: ratings below the run's positive threshold (implicit runs; ignored).
+    """
+
+    codes: np.ndarray
+    values: np.ndarray
+    unknown: list
+    duplicates: int
+    below_threshold: int
+
+    def report(self) -> dict[str, Any]:
+        """The JSON-ready counts of what was used and ignored."""
+        return {
+            "used": len(self.codes),
+            "unknown": len(self.unknown),
+            "unknown_items": self.unknown[:20],
+            "duplicates": self.duplicates,
+            "below_threshold": self.below_threshold,
+        }
+
+
+class Catalogue:
+    """The items of a trained model: raw ids, titles, lookup by id and search by title.
+
+    Args:
+      trained: the :class:`~jaxrec.experiment.trained.TrainedModel`.
+
+    Attributes:
+      ids: the raw item id of each code (JSON-ready: ints where the data's ids are integers).
+      titles: the title of each code, or None.
+      implicit: the model is a top-N model of implicit feedback.
+      rating_range: ``(low, high)`` of an explicit model's scale, or None.
+      positive_threshold: an implicit model's threshold on ratings, or None.
+    """
+
+    def __init__(self, trained):
+        raw = np.asarray(trained.item_ids)
+        self.integer_ids = raw.dtype.kind in "iu"
+        self.ids = [int(x) for x in raw] if self.integer_ids else [str(x) for x in raw]
+        self._code = {self._key(x): code for code, x in enumerate(self.ids)}
+        titles = trained.titles
+        self.titles = None if titles is None else [str(t) for t in titles]
+        self._folded = None if titles is None else np.char.lower(np.asarray(self.titles, dtype=str))
+        self.implicit = trained.config.data.feedback == "implicit"
+        spec_range = trained.featurizer.spec.rating_range
+        self.rating_range = None if spec_range is None else (float(spec_range[0]), float(spec_range[1]))
+        self.positive_threshold = trained.config.data.positive_threshold
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _key(self, raw: Any) -> str | None:
+        """The lookup key of a raw id: integer ids match ``7``, ``"7"`` and ``" 7 "``; string ids match exactly."""
+        if self.integer_ids:
+            if isinstance(raw, bool):
+                return None
+            if isinstance(raw, int):
+                return str(raw)
+            text = str(raw).strip()
+            return str(int(text)) if text.lstrip("+-").isdigit() else None
+        return str(raw)
+
+    def code(self, raw: Any) -> int | None:
+        """The item code of a raw id, or None when the catalogue does not have it."""
+        key = self._key(raw)
+        return None if key is None else self._code.get(key)
+
+    def item(self, code: int, score: float | None = None) -> dict[str, Any]:
+        """The JSON record of an item (id, title where known, score where given)."""
+        out: dict[str, Any] = {"item": self.ids[code]}
+        if self.titles is not None:
+            out["title"] = self.titles[code]
+        if score is not None:
+            out["score"] = None if not math.isfinite(score) else round(float(score), 6)
+        return out
+
+    def search(self, query: str, limit: int) -> list[int]:
+        """The codes of the items whose title (or id) contains ``query``, case-insensitive; titles starting with it
+        first, then in catalogue order."""
+        text = query.strip().lower()
+        if not text:
+            return list(range(min(limit, len(self.ids))))
+        haystack = self._folded if self._folded is not None else np.char.lower(np.asarray(self.ids, dtype=str))
+        where = np.char.find(haystack, text)
+        found = np.flatnonzero(where >= 0)
+        order = np.argsort(where[found] > 0, kind="stable")  # prefix matches first
+        return [int(c) for c in found[order][:limit]]
+
+    def support(
+        self, ratings: Sequence[tuple[Any, float]] | None, interactions: Sequence[Any] | None, max_items: int
+    ) -> UserSupport:
+        """Check a request's ratings or interactions and keep the usable ones.
+
+        Args:
+          ratings: ``(raw id, rating)`` pairs, or None.
+          interactions: raw item ids (implicit models), or None.
+          max_items: the most items a request may send (the largest support bucket).
+
+        Returns:
+          The :class:`UserSupport`: known items, each once (the last rating kept).
+
+        Raises:
+          RequestError: if both or neither field is given, interactions are sent to an explicit model, there are too
+            many items, or a rating is outside the model's scale.
+        """
+        if (ratings is None) == (interactions is None):
+            raise RequestError("send either 'ratings' ([{item, rating}, ...]) or 'interactions' ([item, ...])")
+        if interactions is not None:
+            if not self.implicit:
+                raise RequestError(
+                    "this model predicts explicit ratings: send 'ratings' ([{item, rating}, ...]), not 'interactions'"
+                )
+            ratings = [(raw, 1.0) for raw in interactions]
+        sent = len(ratings)
+        if sent > max_items:
+            raise RequestError(f"at most {max_items} items per request, got {sent}")
+        low, high = self.rating_range if (self.rating_range and not self.implicit) else (-math.inf, math.inf)
+        for i, (raw, value) in enumerate(ratings):
+            if not low <= value <= high:
+                raise RequestError(f"ratings[{i}] (item {raw!r}): rating {value} is outside the scale [{low}, {high}]")
+        chosen: dict[int, float] = {}
+        unknown, below = [], 0
+        for raw, value in ratings:
+            code = self.code(raw)
+            if code is None:
+                unknown.append(raw)
+                continue
+            if self.implicit:
+                if self.positive_threshold is not None and value < self.positive_threshold:
+                    below += 1
+                    continue
+                value = 1.0  # a kept rating is one interaction, as in training
+            chosen.pop(code, None)  # the last rating of an item wins, and its position
+            chosen[code] = float(value)
+        duplicates = sent - len(unknown) - below - len(chosen)
+        codes = np.fromiter(chosen, np.int64, len(chosen))
+        values = np.fromiter(chosen.values(), np.float32, len(chosen))
+        return UserSupport(codes, values, unknown, duplicates, below)
+
+    def user_input(self, support: UserSupport, k: int, probe: Sequence[int] = ()) -> UserInput:
+        """The engine's input for a checked support."""
+        return UserInput(support.codes, support.values, k=k, probe=np.asarray(probe, np.int64))

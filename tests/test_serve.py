@@ -1,0 +1,224 @@
+"""``jaxrec serve`` as a real process over HTTP: the answers equal the library's, concurrent requests share compiled
+calls without changing any answer, nothing compiles after start-up, and every bad request is a 4xx that names the
+problem and leaves the service answering others."""
+
+import http.client
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from serve_support import BUCKET_FLAGS, Server, train_movielens
+
+from jaxrec.experiment.recommend import Recommender
+from jaxrec.experiment.trained import load_trained
+from jaxrec.serve import Catalogue
+
+pytest.importorskip("fastapi", reason="the serve extra (pip install 'jaxrec[serve]') is not installed")
+
+TOY_STORY, JUMANJI, STAR_WARS, MATRIX = 1, 2, 260, 2571
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return train_movielens(tmp_path_factory.mktemp("serve") / "run")
+
+
+@pytest.fixture(scope="module")
+def server(run):
+    server = Server(run, *BUCKET_FLAGS, "--max-body-kb", "16")
+    yield server
+    server.stop()
+
+
+def ratings(*pairs):
+    return [{"item": item, "rating": rating} for item, rating in pairs]
+
+
+def test_health_describes_the_model_and_every_bucket_is_compiled_at_start_up(server):
+    status, health = server.get("/health")
+    assert status == 200 and health["status"] == "ok"
+    assert health["feedback"] == "explicit" and health["rating_range"] == [0.5, 5.0] and health["titles"]
+    assert health["items"] > 9000 and health["max_items"] == 32
+    assert health["compiled_shapes"] == 4  # batch {1, 8} x support {8, 32}
+
+
+def test_recommend_equals_the_library_recommender_and_excludes_the_rated_items(server, run):
+    sent = ratings((TOY_STORY, 5), (JUMANJI, 2.5), (STAR_WARS, 4))
+    status, answer = server.post("/recommend", {"ratings": sent, "k": 10})
+    assert status == 200, answer
+    trained = load_trained(run)
+    catalogue = Catalogue(trained)
+    codes = np.array([catalogue.code(i) for i in (TOY_STORY, JUMANJI, STAR_WARS)])
+    best, scores = Recommender(trained, trained.params).top_k(codes, np.array([5, 2.5, 4], np.float32), 10)
+    assert [r["item"] for r in answer["recommendations"]] == [catalogue.ids[c] for c in best]
+    np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
+    assert all(r["title"] for r in answer["recommendations"])
+    assert not {TOY_STORY, JUMANJI, STAR_WARS} & {r["item"] for r in answer["recommendations"]}
+    assert answer["input"] == {"used": 3, "unknown": 0, "unknown_items": [], "duplicates": 0, "below_threshold": 0}
+
+
+def test_unknown_and_repeated_items_are_ignored_and_counted(server):
+    sent = ratings((TOY_STORY, 1), (TOY_STORY, 5), (-7, 3), ("not-a-film", 4), (MATRIX, 4))
+    status, answer = server.post("/recommend", {"ratings": sent, "k": 5})
+    assert status == 200, answer
+    report = answer["input"]
+    assert report["used"] == 2 and report["unknown"] == 2 and report["duplicates"] == 1
+    assert report["unknown_items"] == [-7, "not-a-film"]
+    same = server.post("/recommend", {"ratings": ratings((MATRIX, 4), (TOY_STORY, 5)), "k": 5})[1]
+    assert set(r["item"] for r in same["recommendations"]) == set(r["item"] for r in answer["recommendations"])
+
+
+def test_predict_scores_the_candidates_like_the_top_k(server):
+    sent = ratings((TOY_STORY, 5), (MATRIX, 1))
+    top = server.post("/recommend", {"ratings": sent, "k": 3})[1]["recommendations"]
+    status, answer = server.post("/predict", {"ratings": sent, "candidates": [r["item"] for r in top] + ["nope"]})
+    assert status == 200, answer
+    np.testing.assert_allclose([s["score"] for s in answer["scores"][:3]], [r["score"] for r in top], rtol=1e-5)
+    assert answer["scores"][3] == {"item": "nope", "score": None} and answer["unknown_candidates"] == 1
+
+
+def test_search_finds_films_by_title(server):
+    status, answer = server.get("/items?q=toy%20story&limit=5")
+    assert status == 200
+    titles = [i["title"] for i in answer["items"]]
+    assert titles[0] == "Toy Story (1995)" and all("toy story" in t.lower() for t in titles)
+    assert server.get("/items?q=zzzzqqq")[1]["items"] == []
+
+
+def test_concurrent_requests_share_compiled_calls_and_get_their_own_answers(server):
+    users = [ratings((TOY_STORY, 1 + u % 5), (MATRIX, 5 - u % 4), (STAR_WARS + 0, 0.5 + u % 9 / 2)) for u in range(24)]
+    alone = [server.post("/recommend", {"ratings": r, "k": 10})[1]["recommendations"] for r in users[:6]]
+    before = server.get("/health")[1]
+    with ThreadPoolExecutor(24) as pool:
+        together = list(pool.map(lambda r: server.post("/recommend", {"ratings": r, "k": 10}), users))
+    after = server.get("/health")[1]
+    assert all(status == 200 for status, _ in together)
+    for mine, (_, answer) in zip(alone, together, strict=False):
+        assert [r["item"] for r in answer["recommendations"]] == [r["item"] for r in mine]
+        np.testing.assert_allclose(
+            [r["score"] for r in answer["recommendations"]], [r["score"] for r in mine], rtol=1e-5, atol=1e-5
+        )
+    assert after["requests"] - before["requests"] == 24
+    assert after["batches"] - before["batches"] < 24  # requests shared calls
+    assert after["compiled_shapes"] == before["compiled_shapes"] == 4  # and nothing compiled while serving
+
+
+def test_the_demo_page_and_the_api_description_are_served(server):
+    status, page = server.get("/")
+    assert status == 200 and "<title>jaxrec" in page and "/recommend" in page
+    status, spec = server.get("/openapi.json")
+    assert status == 200 and {"/recommend", "/predict", "/items", "/health"} <= set(spec["paths"])
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        (b"{not json", 422, "not valid JSON"),
+        (b"", 422, "body"),
+        (b"[1, 2, 3]", 422, "dictionary"),
+        (b'{"ratings": {"item": 1}}', 422, "ratings"),
+        (b'{"ratings": [{"item": 1.5, "rating": 4}]}', 422, "ratings.0.item"),
+        (b'{"ratings": [{"item": true, "rating": 4}]}', 422, "ratings.0.item"),
+        (b'{"ratings": [{"item": 1, "rating": "4"}]}', 422, "ratings.0.rating"),
+        (b'{"ratings": [{"item": 1, "rating": NaN}]}', 422, "ratings.0.rating"),
+        (b'{"ratings": [{"item": 1}]}', 422, "ratings.0.rating"),
+        (b'{"ratings": [{"item": 1, "rating": 9}]}', 422, "outside the scale [0.5, 5.0]"),
+        (b'{"ratings": [{"item": 1, "rating": -1}]}', 422, "outside the scale"),
+        (b'{"ratings": [], "k": 0}', 422, "k"),
+        (b'{"ratings": [], "k": "ten"}', 422, "k"),
+        (b'{"ratings": [], "k": 100000}', 422, "k: at most"),
+        (b'{"ratings": [], "extra": 1}', 422, "extra"),
+        (b'{"k": 3}', 422, "either 'ratings'"),
+        (b'{"ratings": [], "interactions": [1]}', 422, "either 'ratings'"),
+        (b'{"interactions": [1, 2]}', 422, "explicit ratings"),
+        (json.dumps({"ratings": ratings(*[(i, 3) for i in range(1, 400)])}).encode(), 422, "at most 32 items"),
+        (json.dumps({"ratings": ratings(*[(i, 3) for i in range(1, 3000)])}).encode(), 413, "limit"),
+    ],
+)
+def test_bad_requests_are_a_4xx_naming_the_problem(server, body, status, words):
+    got, answer = server.request("POST", "/recommend", body, JSON)
+    assert got == status, answer
+    assert words in answer["error"], answer
+
+
+def test_bad_queries_and_paths_are_4xx_too(server):
+    assert server.get("/items?limit=1000")[0] == 422
+    assert server.get("/items?limit=x")[0] == 422
+    status, answer = server.get("/nowhere")
+    assert status == 404 and "error" in answer
+    assert server.request("GET", "/recommend")[0] == 405
+    status, answer = server.request("POST", "/predict", b'{"ratings": [], "candidates": []}', JSON)
+    assert status == 422 and "candidates" in answer["error"]
+    status, answer = server.request(
+        "POST", "/recommend", b"{}", {"Content-Type": "application/json", "Content-Length": "many"}
+    )
+    assert status == 400
+
+
+def test_a_chunked_body_over_the_limit_is_refused_while_it_streams(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    chunk = b'{"ratings": [' + b'{"item": 1, "rating": 3},' * 400
+
+    def body():
+        for _ in range(4):
+            yield chunk
+
+    try:
+        connection.request("POST", "/recommend", body=body(), headers=JSON, encode_chunked=True)
+        response = connection.getresponse()
+        answer = json.loads(response.read())
+    finally:
+        connection.close()
+    assert response.status == 413 and "limit" in answer["error"]
+
+
+def test_after_hostile_input_the_service_answers_as_before(server):
+    sent = {"ratings": ratings((TOY_STORY, 5)), "k": 5}
+    first = server.post("/recommend", sent)
+    for body in (b"\xff\xfe", b"{" * 5000, b'{"ratings": [' + b"[" * 2000 + b"]"):
+        got, _ = server.request("POST", "/recommend", body, JSON)
+        assert 400 <= got < 500
+    later = server.post("/recommend", sent)
+    assert later[0] == first[0] == 200 and later[1]["recommendations"] == first[1]["recommendations"]
+    health = server.get("/health")[1]
+    assert health["status"] == "ok" and health["rejected"] > 0
+
+
+def test_it_listens_on_loopback_only_unless_told(server):
+    port = f"{server.port:04X}"
+    listening = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        listening += [line.split()[1] for line in lines if line.split()[1].endswith(":" + port)]
+    if not listening:
+        pytest.skip("/proc/net/tcp is not readable here")
+    assert listening and all(address.startswith("0100007F:") for address in listening), listening
+
+
+def test_sigterm_stops_the_service_cleanly(run):
+    server = Server(run, "--batch-sizes", "1", "--support-sizes", "8")
+    assert server.post("/recommend", {"ratings": ratings((TOY_STORY, 4))})[0] == 200
+    started = time.monotonic()
+    code = server.stop()
+    assert code in (0, 143) and time.monotonic() - started < 20, server.log.read_text()
+    assert "Traceback" not in server.log.read_text()
+
+
+def test_a_port_in_use_is_one_clear_error(run, server):
+    done = subprocess.run(
+        [sys.executable, "-m", "jaxrec", "serve", "--checkpoint", str(run), "--port", str(server.port)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1 and "cannot listen there" in done.stderr and "Traceback" not in done.stderr
