@@ -8,9 +8,10 @@
 # 2. records the devices; runs the meta-step sweep of benchmarks/meta_step.py with the reference flags at
 #    T = 32..4096 tasks a batch, and benchmarks/scaling.py --sweep (tasks/s on all local devices, the task axis
 #    sharded when several);
-# 3. runs the GPU-relevant tests (precision in real bf16, the meta-gradient and core suites).
+# 3. runs the serving load benchmark (benchmarks/serve.py: latency at 1, 8, 64 clients beside the bare compiled call);
+# 4. runs the GPU-relevant tests (precision in real bf16, the meta-gradient, core and service suites).
 # Everything is written under $OUT (default ./accelerator_out): devices.json, tests.log, tests.xml,
-# meta_step.jsonl, scaling.json, summary.json. Each stage has its own timeout; a failed stage does not stop the rest.
+# meta_step.jsonl, scaling.json, serve.json, summary.json. Each stage has its own timeout; a failed stage does not stop the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/accelerator_out}"
@@ -67,8 +68,13 @@ fi
 stage scaling 120 $PY benchmarks/scaling.py --sweep 32 256 4096 --steps 3 --output "$OUT/scaling.json" \
   > "$OUT/scaling.log" 2>&1
 
+# the serving path: the load benchmark against the bare compiled call (it trains a 1-epoch default model first), and
+# the service's tests (a real process over HTTP); the carried wheels must include fastapi, uvicorn and their deps
+stage serve 150 $PY benchmarks/serve.py --devices default --requests 300 --seconds 8 --out "$OUT/serve.json" \
+  > "$OUT/serve.log" 2>&1
+
 stage tests 150 $PY -m pytest -q -x -p no:cacheprovider --junitxml="$OUT/tests.xml" \
-  tests/test_precision.py tests/test_meta_gradients.py tests/test_core.py > "$OUT/tests.log" 2>&1
+  tests/test_precision.py tests/test_meta_gradients.py tests/test_core.py tests/test_serve.py > "$OUT/tests.log" 2>&1
 
 {
   echo "{"

@@ -29,6 +29,7 @@ from jaxrec.core.newton import NewtonStep, newton
 from jaxrec.core.objectives import ALGORITHMS, meta_loss, meta_value_and_grad, reptile_direction, task_losses
 from jaxrec.core.params import adapt_filter, embedding_tables, path_names, resolve_adapt_filter
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, NonFiniteError, SparseOuterState, meta_train
+from jaxrec.scale.host_devices import use_every_core
 from jaxrec.scale.host_memory import keep_freed_host_memory
 from jaxrec.scale.precision import mixed_precision
 from jaxrec.scale.row_sparse import RowIndex, RowSparseAdamState, RowSparseOptimizer, row_sparse_adam, row_sparse_sgd
@@ -117,6 +118,7 @@ __all__ = [
     "shard_batch",
     "task_batches",
     "task_losses",
+    "use_every_core",
     "validate_batch",
     "with_auxiliary",
     "zero_padding",

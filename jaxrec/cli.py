@@ -29,8 +29,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from jaxrec.core.errors import JaxrecError
 from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
@@ -50,6 +48,7 @@ from jaxrec.experiment.run import (
     resume_config,
 )
 from jaxrec.experiment.trained import load_trained
+from jaxrec.scale.host_devices import use_every_core
 from jaxrec.scale.host_memory import keep_freed_host_memory
 from jaxrec.serve import ServingModel, create_app, missing_extra, run_server
 
@@ -498,18 +497,23 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 
 def _host_devices(devices) -> None:
-    """``--devices N`` (N > 1): let a CPU-only host show its cores as ``N`` XLA devices, so that the task axis is
-    sharded over them as over accelerators (``jax_num_cpu_devices``; GPU and TPU backends ignore it). It only
-    takes effect before JAX starts its backends; afterwards the mesh reports how many devices there are."""
+    """``--devices N`` (N > 1, or ``all``: one per core): let a CPU-only host show its cores as XLA devices, so that
+    the task axis (a service's batch) is sharded over them as over accelerators (:func:`jaxrec.use_every_core`; GPU
+    and TPU backends ignore it). Without the flag a command runs on one device: measured end to end on the 2-core
+    reference host, the default configuration trained and served faster so (docs/results.md#one-device-or-one-per-core).
+    It only takes effect before JAX starts its backends; afterwards the mesh reports how many devices there are."""
+    if devices is None:
+        return
     try:
-        n = int(devices)
+        count = None if devices == "all" else int(devices)
     except (TypeError, ValueError):
-        return  # None, "all", or a bad value that the config check reports
-    if n > 1:
-        try:
-            jax.config.update("jax_num_cpu_devices", n)
-        except RuntimeError as err:  # the backends already started (jaxrec.cli.main called inside a process)
-            logger.debug("--devices %d: host CPU device count unchanged (%s)", n, err)
+        return  # a bad value: the config check reports it
+    if count == 1:
+        return
+    try:
+        use_every_core(count)
+    except (RuntimeError, ValueError) as err:  # the backends already started (jaxrec.cli.main called in a process)
+        logger.debug("--devices %s: host CPU device count unchanged (%s)", devices, err)
 
 
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:

@@ -8,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import jaxrec
-from jaxrec.core.newton import newton
+from jaxrec.core.newton import eliminate, newton
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -390,3 +390,27 @@ def test_a_projection_before_the_output_gives_its_newton_step_a_full_covariance_
     got = np.r_[a @ np.asarray(out["kernel"])[:, 0], out["bias"]]
     np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
     assert np.abs(covariance[:6, :6] - np.diag(np.diag(covariance[:6, :6]))).max() > 1e-3  # not diagonal
+
+
+def test_elimination_equals_lapack_solve_to_second_order(float64):
+    # the solve used with several CPU devices (jaxrec.core.newton.solve): the same values, gradients and Hessians
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(9, 9))
+    system = a @ a.T + np.eye(9)
+    system[[0, 4]] = system[[4, 0]]  # a row order that needs pivoting
+    system[0, 0] = 0.0
+    rhs = rng.normal(size=9)
+
+    def through(solve):
+        return lambda s, b: jnp.sum(jnp.sin(solve(s, b)) * jnp.arange(1.0, 10.0))
+
+    ours, lapack = through(eliminate), through(jnp.linalg.solve)
+    np.testing.assert_allclose(eliminate(system, rhs), np.linalg.solve(system, rhs), rtol=1e-12, atol=1e-12)
+    for got, want in zip(jax.grad(ours, (0, 1))(system, rhs), jax.grad(lapack, (0, 1))(system, rhs), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        jax.hessian(ours, 1)(system, rhs), jax.hessian(lapack, 1)(system, rhs), rtol=1e-10, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        jax.jacfwd(jax.grad(ours), 1)(system, rhs), jax.jacfwd(jax.grad(lapack), 1)(system, rhs), rtol=1e-9, atol=1e-11
+    )

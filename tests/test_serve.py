@@ -1,23 +1,35 @@
 """``jaxrec serve`` as a real process over HTTP: the answers equal the library's, concurrent requests share compiled
-calls without changing any answer, nothing compiles after start-up, and every bad request is a 4xx that names the
-problem and leaves the service answering others."""
+calls without changing any answer, nothing compiles after start-up, every bad request is a 4xx that names the
+problem and leaves the service answering others, and the demo page works in a real headless Chromium (search, rate,
+the top-10 follows each rating; ``JAXREC_SCREENSHOT=path.png`` keeps a screenshot of it, the README's)."""
 
 import http.client
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import TOPN_FLAGS, write_plays
 from serve_support import BUCKET_FLAGS, Server, train_movielens
 
-from jaxrec.experiment.recommend import Recommender
+from jaxrec import cli
+from jaxrec.experiment.recommend import Recommender, TopNRecommender
 from jaxrec.experiment.trained import load_trained
 from jaxrec.serve import Catalogue
 
 pytest.importorskip("fastapi", reason="the serve extra (pip install 'jaxrec[serve]') is not installed")
+try:
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:  # the browser test says so when it skips
+    webdriver = None
 
 TOY_STORY, JUMANJI, STAR_WARS, MATRIX = 1, 2, 260, 2571
 
@@ -222,3 +234,108 @@ def test_a_port_in_use_is_one_clear_error(run, server):
         timeout=120,
     )
     assert done.returncode == 1 and "cannot listen there" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def implicit_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve_implicit")
+    data = write_plays(root / "plays.tsv")
+    out = root / "run"
+    flags = ["--columns", "user,item,weight,timestamp", *TOPN_FLAGS, "--epochs", "1", "--no-eval"]
+    assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 0
+    server = Server(out, *BUCKET_FLAGS)
+    yield server, out
+    server.stop()
+
+
+def test_an_implicit_model_takes_interactions_and_equals_the_library(implicit_server):
+    server, out = implicit_server
+    health = server.get("/health")[1]
+    assert health["feedback"] == "implicit" and health["items"] == 60 and not health["titles"]
+    liked = ["song-00", "song-02", "song-04", "song-06"]
+    status, answer = server.post("/recommend", {"interactions": [*liked, "song-99"], "k": 10})
+    assert status == 200, answer
+    assert answer["input"]["used"] == 4 and answer["input"]["unknown_items"] == ["song-99"]
+    got = [r["item"] for r in answer["recommendations"]]
+    assert not set(liked) & set(got)
+    trained = load_trained(out)
+    catalogue = Catalogue(trained)
+    codes = np.array([catalogue.code(s) for s in liked])
+    best, scores = TopNRecommender(trained, trained.params).top_k(codes, np.ones(4, np.float32), 10)
+    assert got == [catalogue.ids[c] for c in best]
+    np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
+    # ratings are interactions too (no threshold recorded: every rating counts), and equal to the same interactions
+    rated = server.post("/recommend", {"ratings": [{"item": s, "rating": 3} for s in liked], "k": 10})[1]
+    assert [r["item"] for r in rated["recommendations"]] == got
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+DRIVER = shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER and webdriver),
+    reason="no Selenium, Chromium or ChromeDriver (Debian: apt-get install chromium chromium-driver; .ci/run does)",
+)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (CHROMIUM and DRIVER and webdriver):
+        pytest.skip("no Selenium, Chromium or ChromeDriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1150,560"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=DRIVER))
+    yield driver
+    driver.quit()
+
+
+def recommendations(browser) -> list[tuple[str, float]]:
+    """``(item id, shown score)`` of each recommendation, best first."""
+    return [
+        (li.get_attribute("data-item"), float(li.find_element(By.CSS_SELECTOR, ".score").text))
+        for li in browser.find_elements(By.CSS_SELECTOR, "#recs li")
+    ]
+
+
+def rate(browser, wait, query: str, title: str, stars: str) -> None:
+    """Search for ``query``, click ``stars`` beside ``title`` and wait for the top-10 to be recomputed."""
+    updates = int(browser.find_element(By.TAG_NAME, "body").get_attribute("data-updates"))
+    box = browser.find_element(By.ID, "search")
+    box.clear()
+    box.send_keys(query)
+    # the list shows the answer to the whole query (the page renders only its latest search) and holds the title
+    wait.until(lambda b: b.find_element(By.ID, "results").get_attribute("data-query") == query)
+    row = next(li for li in browser.find_elements(By.CSS_SELECTOR, "#results li") if li.text.startswith(title))
+    row.find_element(By.CSS_SELECTOR, f'button[data-rating="{stars}"]').click()
+    wait.until(lambda b: int(b.find_element(By.TAG_NAME, "body").get_attribute("data-updates")) > updates)
+
+
+@needs_browser
+def test_the_demo_page_in_a_real_browser_updates_the_top_ten_after_each_rating(server, browser):
+    wait = WebDriverWait(browser, 30)
+    browser.get(server.url + "/")
+    wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    assert "items" in browser.find_element(By.ID, "model").text
+    stranger = recommendations(browser)
+    assert len(stranger) == 10
+
+    rate(browser, wait, "toy story", "Toy Story (1995)", "5")
+    rated = [li.get_attribute("data-item") for li in browser.find_elements(By.CSS_SELECTOR, "#rated li")]
+    assert rated == ["1"]
+    after_one = recommendations(browser)
+    assert len(after_one) == 10 and "1" not in {item for item, _ in after_one}
+    assert after_one != stranger  # the model adapted to the rating
+    assert "adapted to 1 rating(s)" in browser.find_element(By.ID, "status").text
+
+    rate(browser, wait, "matrix", "Matrix, The (1999)", "1")
+    after_two = recommendations(browser)
+    assert len(after_two) == 10 and after_two != after_one
+    assert not {"1", "2571"} & {item for item, _ in after_two}
+    scores = [score for _, score in after_two]
+    assert scores == sorted(scores, reverse=True)  # best first, with the adapted model's scores
+
+    shot = os.environ.get("JAXREC_SCREENSHOT")
+    if shot:
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(shot)

@@ -256,5 +256,49 @@ def newton_step(
         grad, hessian, offset = jax.lax.stop_gradient((grad, hessian, offset))
     system = n * hessian + jnp.diag(precision)
     residual = n * grad + precision * offset
-    delta = jnp.linalg.solve(system, residual)
+    delta = solve(system, residual)
     return list(unravel(flat - delta))
+
+
+def _host_devices_share_one_pool() -> bool:
+    """Several XLA CPU devices in this process: their executables run on one intra-op thread pool."""
+    return jax.default_backend() == "cpu" and jax.device_count() > 1
+
+
+def solve(system: jax.Array, rhs: jax.Array) -> jax.Array:
+    """``system^-1 rhs`` for one small dense system (vmapped over tasks by the caller).
+
+    On one device this is ``jnp.linalg.solve`` (LAPACK ``getrf``/``getrs`` on CPU). With several XLA CPU devices it is
+    :func:`eliminate`, in plain XLA ops: jaxlib's batched LAPACK kernels split the batch over the intra-op thread
+    pool and wait for it, while every device's executable already holds one of its threads; with one device per core
+    no thread is left and the step never finishes (seen with jaxlib 0.10 on 2 cores, ``--devices 2``).
+    """
+    if _host_devices_share_one_pool():
+        return eliminate(system, rhs)
+    return jnp.linalg.solve(system, rhs)
+
+
+def eliminate(system: jax.Array, rhs: jax.Array) -> jax.Array:
+    """Solve ``system x = rhs`` by Gauss-Jordan elimination with partial pivoting (``lax.fori_loop`` of rank-one
+    updates): ``O(d^3)`` like LU, differentiable to any order by ``jax.grad`` through the loop.
+
+    Args:
+      system: ``[d, d]``, non-singular.
+      rhs: ``[d]``.
+
+    Returns:
+      ``x`` of shape ``[d]``.
+    """
+    d = system.shape[-1]
+    rows = jnp.arange(d)
+    augmented = jnp.concatenate([system, rhs[:, None].astype(system.dtype)], axis=1)
+
+    def step(k, a):
+        pivot = jnp.argmax(jnp.where(rows >= k, jnp.abs(a[:, k]), -1.0))
+        top, chosen = a[k], a[pivot]
+        a = a.at[k].set(chosen).at[pivot].set(top)
+        row = a[k] / a[k, k]
+        a = a - jnp.where(rows == k, 0.0, a[:, k])[:, None] * row[None, :]
+        return a.at[k].set(row)
+
+    return jax.lax.fori_loop(0, d, step, augmented)[:, d]

@@ -100,3 +100,21 @@ def test_batch_is_sharded_and_params_replicated():
         assert len(copies) == 4
         for copy in copies[1:]:
             np.testing.assert_array_equal(copy, copies[0])
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "metasgd"])
+def test_newton_inner_step_on_four_devices_finishes_and_equals_one(algorithm):
+    # jaxrec's Newton step solves in plain XLA ops here: jaxlib's batched LAPACK solve waits on the intra-op pool
+    # that the devices' executables hold, and hung on one device per core (jaxrec.core.newton.solve)
+    batches = workload.batches(3, tasks=8)
+    kwargs = {"algorithm": algorithm, "order": "second", "inner_optimizer": jaxrec.newton()}
+    sharded, history = jaxrec.meta_train(
+        workload.init_params(), batches, loss_fn=workload.loss_fn, inner_lr=0.1, inner_steps=1,
+        optimizer=optax.adam(1e-2), mesh=jaxrec.make_mesh(4), **kwargs,
+    )  # fmt: skip
+    single, single_history = jaxrec.meta_train(
+        workload.init_params(), batches, loss_fn=workload.loss_fn, inner_lr=0.1, inner_steps=1,
+        optimizer=optax.adam(1e-2), mesh=None, **kwargs,
+    )  # fmt: skip
+    _assert_close(sharded, single)
+    np.testing.assert_allclose(history["loss"], single_history["loss"], rtol=1e-5, atol=1e-6)
