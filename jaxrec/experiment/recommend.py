@@ -220,14 +220,22 @@ class Recommender:
         Returns:
           ``(rows, mask)``; the user is unknown (OOV).
         """
-        size = size or _bucket(len(item_codes), 8)
-        items = np.full(size, -1, np.int64)
-        items[: len(item_codes)] = item_codes
-        values = np.zeros(size, np.float32)
-        values[: len(ratings)] = ratings
-        mask = np.arange(size) < len(item_codes)
-        rows = self.featurizer.rows(np.full(size, -1), items, values)
-        return rows, mask
+        items, values, mask = padded([item_codes], [ratings], size or _bucket(len(item_codes), 8))
+        rows, mask = self.supports(items, values, mask)
+        return {k: v[0] for k, v in rows.items()}, mask[0]
+
+    def supports(self, items: np.ndarray, ratings: np.ndarray, mask: np.ndarray):
+        """The support rows of a batch of new users at once (see :func:`padded`).
+
+        Args:
+          items: ``[B, S]`` item codes (-1 = padding).
+          ratings: ``[B, S]`` their ratings.
+          mask: ``[B, S]`` the real entries.
+
+        Returns:
+          ``(rows, mask)``, every row key ``[B, S, ...]``; the users are unknown (OOV).
+        """
+        return self.featurizer.rows(np.full(items.shape, -1), items, ratings), mask
 
     def scores(self, item_codes, ratings):
         """Score every item after adapting to the user's ratings.
@@ -311,25 +319,61 @@ class TopNRecommender:
         Returns:
           ``(rows, mask)``.
         """
-        size = max(size or _bucket(len(item_codes), 8), self.history)
-        items = np.full(size, -1, np.int64)
-        items[: len(item_codes)] = item_codes
-        mask = np.arange(size) < len(item_codes)
-        rows = self.featurizer.user_rows(np.full(size, -1))
+        items, values, mask = padded([item_codes], [weights], max(size or _bucket(len(item_codes), 8), self.history))
+        rows, mask = self.supports(items, values, mask)
+        return {k: v[0] for k, v in rows.items()}, mask[0]
+
+    def supports(self, items: np.ndarray, weights: np.ndarray, mask: np.ndarray):
+        """The support rows of a batch of new users at once (see :func:`padded`).
+
+        Each user's negatives are drawn uniformly from the training catalogue less their own items, by a generator
+        of their own seeded with ``seed``: a user's rows, and so their answer, do not depend on the batch.
+
+        Args:
+          items: ``[B, S]`` item codes (-1 = padding); ``S`` at least the history.
+          weights: ``[B, S]`` their weights.
+          mask: ``[B, S]`` the real entries.
+
+        Returns:
+          ``(rows, mask)``, every row key ``[B, S, ...]``.
+        """
+        batch, size = items.shape
+        rows = self.featurizer.user_rows(np.full(items.shape, -1))
         rows.update(self.featurizer.item_rows(items))
-        rows["weight"] = np.where(mask, np.resize(np.asarray(weights, np.float32), size), 0.0).astype(np.float32)
-        rng = np.random.default_rng(self.seed)
-        pool = np.setdiff1d(self.trained_items, item_codes)
-        negatives = pool[rng.integers(0, len(pool), (size, self.negatives))]
-        rows.update(self.featurizer.item_rows(negatives, prefix="neg_"))
-        rows["neg_mask"] = np.broadcast_to(mask[:, None], negatives.shape).copy()
+        rows["weight"] = np.where(mask, weights, 0.0).astype(np.float32)
+        rows.update(self.featurizer.item_rows(self._negatives(items, mask), prefix="neg_"))
+        rows["neg_mask"] = np.broadcast_to(mask[:, :, None], (batch, size, self.negatives)).copy()
         logq = np.float32(-np.log(len(self.trained_items)))
         rows["logq"] = np.where(mask, logq, 0.0).astype(np.float32)
         rows["neg_logq"] = np.where(rows["neg_mask"], logq, 0.0).astype(np.float32)
         if self.history:
-            history, _ = support_history(rows["item"][None], mask[None], 0, self.history)
-            rows["history_item"] = history[0]
+            rows["history_item"], _ = support_history(rows["item"], mask, 0, self.history)
         return rows, mask
+
+    def _negatives(self, items: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``[B, S, negatives]`` codes: for each user, uniform draws from the trained items that are not theirs.
+
+        A draw ``r`` in ``[0, n_u)`` (``n_u``: the user's pool size) is the ``r``-th trained item that is not the
+        user's: ``r`` plus the number of the user's items at or before it in the trained order (their sorted
+        positions ``p_i`` shifted by ``i``), found by one ``searchsorted`` over every user at once.
+        """
+        batch, size = items.shape
+        trained = self.trained_items
+        n = len(trained)
+        position = np.searchsorted(trained, np.where(mask, items, -1))
+        theirs = mask & (position < n) & (trained[np.minimum(position, n - 1)] == items)
+        # each user's distinct trained positions, sorted, shifted by their rank; the rest pushed past every draw
+        marked = np.sort(np.where(theirs, position, n + size), axis=1)
+        distinct = np.concatenate([np.ones((batch, 1), bool), marked[:, 1:] != marked[:, :-1]], axis=1)
+        marked = np.sort(np.where(distinct & (marked < n), marked, n + size), axis=1)
+        counts = np.sum(marked < n, axis=1)
+        shifted = np.where(marked < n, marked - np.arange(size), 2 * (n + size))
+        draws = np.stack([np.random.default_rng(self.seed).integers(0, n - c, (size, self.negatives)) for c in counts])
+        offset = (np.arange(batch) * 4 * (n + size))[:, None]
+        flat = (shifted + offset).ravel()
+        before = np.searchsorted(flat, (draws.reshape(batch, -1) + offset).ravel(), side="right")
+        before = before.reshape(batch, -1) - (np.arange(batch) * size)[:, None]
+        return trained[draws + before.reshape(draws.shape)]
 
     def scores(self, item_codes, weights):
         """Score every item after adapting to the user's items (indexed by dataset code)."""
@@ -339,6 +383,24 @@ class TopNRecommender:
     def top_k(self, item_codes, weights, k: int):
         """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first."""
         return _best(self.scores(item_codes, weights), item_codes, k)
+
+
+def padded(item_codes, values, size: int):
+    """``(items, values, mask)`` ``[B, size]`` of users' item codes and values (ragged lists), padded with -1 and 0.
+
+    Raises:
+      ValueError: if a user has more than ``size`` items.
+    """
+    longest = max((len(c) for c in item_codes), default=0)
+    if longest > size:
+        raise ValueError(f"a user has {longest} items, more than the padded size {size}")
+    lengths = np.array([len(c) for c in item_codes], np.int64)
+    mask = np.arange(size)[None, :] < lengths[:, None]
+    items = np.full(mask.shape, -1, np.int64)
+    items[mask] = np.concatenate([np.asarray(c, np.int64) for c in item_codes]) if longest else []
+    out = np.zeros(mask.shape, np.float32)
+    out[mask] = np.concatenate([np.asarray(v, np.float32) for v in values]) if longest else []
+    return items, out, mask
 
 
 def _bucket(n: int, least: int) -> int:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxrec.experiment.recommend import recommender_for
+from jaxrec.experiment.recommend import padded, recommender_for
 from jaxrec.scale.sharding import make_mesh
 
 __all__ = ["Bucket", "Ranked", "ServingModel", "UserInput"]
@@ -147,20 +147,15 @@ class ServingModel:
 
     def _inputs(self, users: Sequence[UserInput], bucket: Bucket):
         """The padded device inputs of a batch (absent users are empty supports, their answers dropped)."""
-        rows, masks, codes = [], [], []
-        for i in range(bucket.batch):
-            user = users[i] if i < len(users) else UserInput(np.zeros(0, np.int64), np.zeros(0, np.float32))
-            r, m = self.recommender.support(user.codes, user.values, size=bucket.support)
-            rows.append(r)
-            masks.append(m)
-            padded = np.zeros(bucket.support, np.int32)
-            padded[: len(user.codes)] = user.codes
-            codes.append(padded)
-        support = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
-        probe = np.zeros((bucket.batch, self.max_probe), np.int32)
-        for i, user in enumerate(users):
-            probe[i, : len(user.probe)] = user.probe
-        inputs = (support, np.stack(masks), np.stack(codes), probe)
+        empty = [np.zeros(0, np.int64)] * (bucket.batch - len(users))
+        items, values, mask = padded(
+            [u.codes for u in users] + empty, [u.values for u in users] + empty, bucket.support
+        )
+        support, mask = self.recommender.supports(items, values, mask)
+        probes = [u.probe for u in users] + empty
+        probe = np.maximum(padded(probes, probes, self.max_probe)[0], 0).astype(np.int32)
+        codes = np.where(mask, items, 0).astype(np.int32)
+        inputs = (support, mask, codes, probe)
         if self.mesh is None:
             return jax.device_put(inputs)
         split = bucket.batch % self.mesh.size == 0  # else every device computes the small batch whole
