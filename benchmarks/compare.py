@@ -6,7 +6,8 @@ At each vocabulary of ``--sparse-vocabs`` jaxrec also runs with ``--outer-tables
 on the embedding tables, :mod:`jaxrec.scale.row_sparse`), listed as ``jaxrec_sparse`` next to the dense ``jaxrec``.
 
 Writes ``benchmarks/results/compare.json`` (raw records), ``compare.md`` (median table, speed-ups against the
-PyTorch loop and torch.func measured in the same run) and ``compare.png``.
+PyTorch loop and torch.func measured in the same run) and ``compare.png`` / ``compare.svg`` (grouped by workload, one
+colour per implementation, the ratio to the plain jaxrec step on each bar).
 
 ``--devices 1 2`` (default) runs every jaxrec variant twice: on one XLA CPU device (``jaxrec``) and with the task
 axis sharded over two host devices, one per core (``jaxrec_2dev``, ``meta_step.py --devices 2``). PyTorch uses
@@ -158,22 +159,51 @@ def reference(med, impl, vocab):
     return (med[(impl, "second", ran[-1])], "\\*") if ran else (None, "")
 
 
+#: one colour per implementation, the same in every figure
+COLOURS = {
+    "jaxrec": "#1f77b4",
+    "jaxrec_2dev": "#6baed6",
+    "jaxrec_sparse": "#2ca02c",
+    "jaxrec_sparse_2dev": "#98df8a",
+    "torch_loop": "#d62728",
+    "torch_func": "#ff9896",
+}
+
+
 def plot(med, path):
+    """Step time grouped by workload (order, V), one colour per implementation, each bar labelled with its time in ms
+    and its ratio to the plain jaxrec step of the same workload; written as ``path`` (PNG) and beside it as SVG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    keys = sorted(med, key=lambda k: (k[2], k[0], k[1]))
-    labels = [f"{i}\n{o[:3]} V={v}" for i, o, v in keys]
-    ax.bar(range(len(keys)), [med[k] for k in keys])
-    ax.set_xticks(range(len(keys)), labels, rotation=60, fontsize=7)
+    workloads = sorted({(o, v) for _, o, v in med}, key=lambda w: (w[1], w[0] != "second"))
+    impls = sorted({i for i, _, _ in med}, key=lambda i: (list(COLOURS).index(i) if i in COLOURS else 99, i))
+    width = 0.8 / len(impls)
+    fig, ax = plt.subplots(figsize=(9, 4.6))
+    for n, impl in enumerate(impls):
+        xs, ys = [], []
+        for x, (order, vocab) in enumerate(workloads):
+            if (impl, order, vocab) in med:
+                xs.append(x + (n - (len(impls) - 1) / 2) * width)
+                ys.append(med[(impl, order, vocab)])
+        bars = ax.bar(xs, ys, width * 0.95, label=impl, color=COLOURS.get(impl, "#7f7f7f"))
+        for bar, (x, y) in zip(bars, zip(xs, ys, strict=True), strict=True):
+            order, vocab = workloads[round(x)]
+            base = med.get(("jaxrec", order, vocab))
+            text = f"{y:.0f}" + (f"\n{y / base:.2f}x" if base and impl != "jaxrec" else "")
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(workloads)), [f"{o} order\nV = {v:,}" for o, v in workloads], fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel("meta-step ms (median, log)")
-    ax.set_title("MeLU meta-step, T=32 S=32 Q=16 K=5 (2-core CPU)")
+    ax.set_ylabel("meta-step ms (median; log scale)")
+    ax.set_title("MeLU meta-step, T=32 S=32 Q=16 K=5, 2-core CPU: ms, and x the plain jaxrec step", fontsize=10)
+    ax.legend(fontsize=8, ncol=3, loc="upper left")
+    ax.margins(y=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    fig.savefig(Path(path).with_suffix(".svg"))
+    plt.close(fig)
 
 
 def main(argv=None):
@@ -208,7 +238,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--out", default="compare")
-    p.add_argument("--table-only", action="store_true", help="rewrite the .md/.png from an existing .json")
+    p.add_argument("--table-only", action="store_true", help="rewrite the .md/.png/.svg from an existing .json")
     args = p.parse_args(argv)
     if args.table_only:
         md, med = table(json.loads((RESULTS / f"{args.out}.json").read_text()))

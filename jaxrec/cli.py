@@ -500,7 +500,8 @@ def _host_devices(devices) -> None:
     """``--devices N`` (N > 1, or ``all``: one per core): let a CPU-only host show its cores as XLA devices, so that
     the task axis (a service's batch) is sharded over them as over accelerators (:func:`jaxrec.use_every_core`; GPU
     and TPU backends ignore it). Without the flag a command runs on one device: measured end to end on the 2-core
-    reference host, the default configuration trained and served faster so (docs/results.md#one-device-or-one-per-core).
+    reference host, the default configuration trained faster so and served as fast (docs/results.md, "One device or
+    one per core").
     It only takes effect before JAX starts its backends; afterwards the mesh reports how many devices there are."""
     if devices is None:
         return
