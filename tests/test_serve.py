@@ -339,3 +339,19 @@ def test_the_demo_page_in_a_real_browser_updates_the_top_ten_after_each_rating(s
     if shot:
         Path(shot).parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(shot)
+
+
+@needs_browser
+def test_the_demo_page_of_an_implicit_model_sends_interactions(implicit_server, browser):
+    server, _ = implicit_server
+    wait = WebDriverWait(browser, 30)
+    browser.get(server.url + "/")
+    wait.until(lambda b: b.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    assert "implicit" in browser.find_element(By.ID, "model").text
+    before = server.get("/health")[1]
+    rate(browser, wait, "song-04", "item song-04", "like")
+    rate(browser, wait, "song-06", "item song-06", "like")
+    after = recommendations(browser)
+    assert len(after) == 10 and not {"song-04", "song-06"} & {item for item, _ in after}
+    assert "adapted to 2 interaction(s)" in browser.find_element(By.ID, "status").text
+    assert server.get("/health")[1]["requests"] - before["requests"] == 2
