@@ -24,6 +24,7 @@ __all__ = [
     "Recommender",
     "TopNRecommender",
     "item_codes_of",
+    "padded",
     "read_ratings_for",
     "read_user_ratings",
     "recommender_for",
