@@ -8,7 +8,7 @@
 # 2. records the devices; runs the meta-step sweep of benchmarks/meta_step.py with the reference flags at
 #    T = 32..4096 tasks a batch, and benchmarks/scaling.py --sweep (tasks/s on all local devices, the task axis
 #    sharded when several);
-# 3. runs the serving load benchmark (benchmarks/serve.py: latency at 1, 8, 64 clients beside the bare compiled call);
+# 3. runs the cost study (benchmarks/sweep.py --grid study) and the serving load benchmark (benchmarks/serve.py: latency at 1, 8, 64 clients beside the bare compiled call);
 # 4. runs the GPU-relevant tests (precision in real bf16, the meta-gradient, core and service suites).
 # Everything is written under $OUT (default ./accelerator_out): devices.json, tests.log, tests.xml,
 # meta_step.jsonl, scaling.json, serve.json, summary.json. Each stage has its own timeout; a failed stage does not stop the rest.
@@ -67,6 +67,11 @@ fi
 
 stage scaling 120 $PY benchmarks/scaling.py --sweep 32 256 4096 --steps 3 --output "$OUT/scaling.json" \
   > "$OUT/scaling.log" 2>&1
+
+# the cost study of docs/results.md on the accelerator (K = 1..20, T, V, remat, algorithms; figures as PNG + SVG)
+stage cost_study 150 $PY benchmarks/sweep.py --grid study --rounds 3 --steps 5 --out cost_study_gpu \
+  > "$OUT/cost_study.log" 2>&1
+cp benchmarks/results/cost_study_gpu* "$OUT/" 2> /dev/null
 
 # the serving path: the load benchmark against the bare compiled call (it trains a 1-epoch default model first), and
 # the service's tests (a real process over HTTP); the carried wheels must include fastapi, uvicorn and their deps
