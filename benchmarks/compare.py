@@ -176,6 +176,7 @@ def plot(med, path):
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "jaxrec"  # stable element ids: a redraw of the same JSON is the same file
     import matplotlib.pyplot as plt
 
     workloads = sorted({(o, v) for _, o, v in med}, key=lambda w: (w[1], w[0] != "second"))
@@ -202,7 +203,7 @@ def plot(med, path):
     ax.margins(y=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    fig.savefig(Path(path).with_suffix(".svg"))
+    fig.savefig(Path(path).with_suffix(".svg"), metadata={"Date": None})  # byte-stable on a redraw
     plt.close(fig)
 
 

@@ -198,6 +198,7 @@ def plot_study(data: dict, stem: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
+    matplotlib.rcParams["svg.hashsalt"] = "jaxrec"  # stable element ids: a redraw of the same JSON is the same file
     import matplotlib.pyplot as plt
 
     records = data["records"]
@@ -206,7 +207,7 @@ def plot_study(data: dict, stem: Path) -> list[Path]:
     def save(fig, name):
         for suffix in (".png", ".svg"):
             path = stem.with_name(f"{stem.name}_{name}{suffix}")
-            fig.savefig(path, dpi=120)
+            fig.savefig(path, dpi=120, metadata={"Date": None} if suffix == ".svg" else None)
             written.append(path)
         plt.close(fig)
 
