@@ -50,6 +50,7 @@ __all__ = [
     "dense_topk",
     "dot_ranker",
     "evaluate_rankers",
+    "exclude_items",
     "model_ranker",
     "rerank_ranker",
     "streaming_topk",
@@ -111,7 +112,7 @@ class Catalogue:
         return jax.device_put(self.rows), jax.device_put(self.codes)
 
 
-def _exclude(scores: jax.Array, codes: jax.Array, exclude: jax.Array) -> jax.Array:
+def exclude_items(scores: jax.Array, codes: jax.Array, exclude: jax.Array) -> jax.Array:
     """``scores [U, C]`` of the chunk's item ``codes [C]`` at -inf on padding and on each user's ``exclude [U, E]``
     items (``-1`` = none): a scatter at the excluded positions, O(U E), not a comparison of every pair."""
     start = codes[0]
@@ -150,7 +151,7 @@ def streaming_topk(
     def step(carry, chunk):
         best_scores, best_items = carry
         rows, codes = chunk
-        scores = _exclude(chunk_scores(rows).astype(jnp.float32), codes, exclude)
+        scores = exclude_items(chunk_scores(rows).astype(jnp.float32), codes, exclude)
         width = min(k, codes.shape[0])
         top_scores, top_pos = jax.lax.top_k(scores, width)
         merged_scores = jnp.concatenate([best_scores, top_scores], axis=1)
@@ -175,7 +176,7 @@ def dense_topk(scores: jax.Array, exclude: jax.Array, k: int) -> jax.Array:
       int32 ``[U, k]`` item codes, best first (``-1`` where fewer than ``k`` were eligible).
     """
     codes = jnp.arange(scores.shape[1], dtype=jnp.int32)
-    masked = _exclude(jnp.asarray(scores, jnp.float32), codes, exclude)
+    masked = exclude_items(jnp.asarray(scores, jnp.float32), codes, exclude)
     top, items = jax.lax.top_k(masked, int(k))
     return jnp.where(jnp.isfinite(top), items.astype(jnp.int32), -1)
 

@@ -127,10 +127,7 @@ def create_app(
     catalogue = Catalogue(model.trained)
     max_items = model.support_sizes[-1]
 
-    def rank(items):
-        return model.rank(items)
-
-    batcher = MicroBatcher(rank, max_batch=model.batch_sizes[-1], max_wait=max_wait)
+    batcher = MicroBatcher(model.rank, max_batch=model.batch_sizes[-1], max_wait=max_wait)
     served = {"requests": 0, "rejected": 0}
 
     @contextlib.asynccontextmanager

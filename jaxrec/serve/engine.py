@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxrec.evaluation.topn import exclude_items
 from jaxrec.experiment.recommend import padded, recommender_for
 from jaxrec.scale.sharding import make_mesh
 
@@ -107,26 +108,24 @@ class ServingModel:
         n_devices = jax.device_count() if devices is None else int(devices)
         self.mesh = make_mesh(n_devices) if n_devices > 1 else None
         self._lock = threading.Lock()  # one compiled call at a time: the batcher's worker, a benchmark, a test
-        self.calls = 0
         self._state = self.recommender.state
         self._candidates = self.recommender.candidates
         if self.mesh is not None:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             self._state = jax.device_put(self._state, replicated)
             self._candidates = jax.device_put(self._candidates, replicated)
-        self._rank = jax.jit(self._rank_batch, static_argnames=("k",))
+        self._rank = jax.jit(self._rank_batch)
 
     # ---------------------------------------------------------------------------------------------------------
     # the compiled call
 
-    def _rank_batch(self, state, support, mask, codes, probe, candidates, *, k):
-        """``(top scores [B, k], top codes [B, k], probe scores [B, P])`` of a padded batch of users."""
+    def _rank_batch(self, state, support, mask, codes, probe, candidates):
+        """``(top scores [B, max_k], top codes [B, max_k], probe scores [B, P])`` of a padded batch of users."""
         scores = jax.vmap(self.recommender.score_one, in_axes=(None, 0, 0, None))(state, support, mask, candidates)
         scores = scores.astype(jnp.float32)
-        own = jnp.where(mask, codes, self.n_items)  # padding points past the catalogue and is dropped
-        rows = jnp.arange(scores.shape[0])[:, None]
-        unseen = scores.at[rows, own].set(-jnp.inf, mode="drop")
-        top_scores, top_codes = jax.lax.top_k(unseen, k)
+        catalogue = jnp.arange(self.n_items, dtype=jnp.int32)
+        unseen = exclude_items(scores, catalogue, jnp.where(mask, codes, -1))  # each user's own items at -inf
+        top_scores, top_codes = jax.lax.top_k(unseen, self.max_k)
         probe_scores = jnp.take_along_axis(scores, jnp.clip(probe, 0, self.n_items - 1), axis=1)
         return top_scores, top_codes, probe_scores
 
@@ -178,8 +177,7 @@ class ServingModel:
             bucket = self.bucket_for(len(chunk), max((len(u.codes) for u in chunk), default=0))
             inputs = self._inputs(chunk, bucket)
             with self._lock:
-                top, codes, probe = jax.device_get(self._rank(self._state, *inputs, self._candidates, k=self.max_k))
-                self.calls += 1
+                top, codes, probe = jax.device_get(self._rank(self._state, *inputs, self._candidates))
             for i, user in enumerate(chunk):
                 k = min(user.k, self.n_items - len(user.codes))
                 out.append(Ranked(codes[i, :k].astype(np.int64), top[i, :k], probe[i, : len(user.probe)]))
@@ -192,7 +190,7 @@ class ServingModel:
             users = [UserInput(np.zeros(0, np.int64), np.zeros(0, np.float32))] * bucket.batch
             inputs = self._inputs(users, bucket)
             with self._lock:
-                jax.block_until_ready(self._rank(self._state, *inputs, self._candidates, k=self.max_k))
+                jax.block_until_ready(self._rank(self._state, *inputs, self._candidates))
         seconds = time.perf_counter() - started
         logger.info("compiled %d shape bucket(s) in %.1f s", len(self.buckets), seconds)
         return seconds
