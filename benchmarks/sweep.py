@@ -303,9 +303,10 @@ def main(argv=None):
             records[-1]["fraction_of_matmul_rate"] = records[-1]["gflops_per_s"] / head["matmul_gflops_per_s"]
         print(json.dumps(records[-1]), flush=True)
         path.write_text(json.dumps(head | {"records": records, "ratios": ratios(records)}, indent=1))
-    if args.grid == "study":
+    if args.grid == "study":  # its remat figure already draws time and memory against K
         plot_study(json.loads(path.read_text()), RESULTS / args.out)
-    plot(records, RESULTS / f"{args.out}.png")
+    else:
+        plot(records, RESULTS / f"{args.out}.png")
 
 
 if __name__ == "__main__":
