@@ -439,3 +439,168 @@ def test_warm_tasks_adapt_on_the_latest_training_interactions_and_predict_the_he
         latest = split.train[split.train.user == user].nlargest(5, "timestamp")["timestamp"].min()
         mine = split.train[(split.train.user == user) & split.train.item.isin(support[t])]
         assert (mine["timestamp"] >= latest).all()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the implicit-ALS objective with its catalogue term exact (ranking_loss="als_exact")
+
+
+def exact_setup(pool=True):
+    """A small two-tower model with an item feature and a pooled history, every item of its catalogue, and one
+    task's rows (the last two padded)."""
+    n_items = 9  # codes 1..8 are items, 0 the unknown slot
+    spec = FeatureSpec({"user": 4, "item": n_items, "item_year": 3}, target="label", history=3 if pool else 0)
+    model = models.create("twotower", spec, embed=3, hidden=(4,), pool_history=pool)
+    # Flax makes float32 parameters; in a float64 test they are cast up, and moved off the zero start
+    params = jax.tree.map(
+        lambda x: jnp.asarray(x, jnp.result_type(float)) + 0.3, models.init_params(model, spec, jax.random.key(7))
+    )
+    codes = np.arange(n_items)
+    catalogue = {"item": codes, "item_year": codes % 3}
+    rng = np.random.default_rng(4)
+    items = np.array([2, 5, 7, 1, 0, 0])
+    rows = {
+        "user": np.full(6, 1),
+        "item": items,
+        "item_year": items % 3,
+        "label": np.ones(6, np.float32),
+        "weight": np.array([1.0, 3.0, 0.5, 2.0, 9.0, 9.0]),
+        "neg_item": rng.integers(1, n_items, (6, 2)),
+        "neg_mask": np.ones((6, 2), bool),
+    }
+    rows["neg_item_year"] = rows["neg_item"] % 3
+    if pool:
+        rows["history_item"] = np.tile([2, 5, 0], (6, 1))
+    mask = np.array([True, True, True, True, False, False])
+    return model, params, catalogue, {k: jnp.asarray(v) for k, v in rows.items()}, jnp.asarray(mask)
+
+
+def dense_als_objective(model, params, catalogue, rows, mask, confidence=10.0):
+    """The implicit-ALS objective scored item by item: every catalogue item at target 0 with confidence 1, each
+    real row at target 1 with confidence 1 + c w, divided by the number of real rows."""
+    user = {k: v[:1] for k, v in rows.items() if k == "user" or k.startswith("history")}
+    every = {**{k: jnp.broadcast_to(v, (len(catalogue["item"]),) + v.shape[1:]) for k, v in user.items()}}
+    every.update({k: jnp.asarray(v) for k, v in catalogue.items()})
+    catalogue_term = jnp.sum(model.apply(params, every) ** 2)
+    s = model.apply(params, rows)
+    c = 1.0 + confidence * rows["weight"]
+    hits = jnp.where(mask, c * (1.0 - s) ** 2 - s**2, 0.0)
+    return (catalogue_term + jnp.sum(hits)) / jnp.sum(mask)
+
+
+@pytest.mark.usefixtures("float64")
+def test_exact_als_loss_equals_the_objective_over_every_item_and_ignores_padding():
+    from jaxrec.experiment.protocol import exact_als_loss
+
+    model, params, catalogue, rows, mask = exact_setup()
+    loss = exact_als_loss(model, catalogue)
+    np.testing.assert_allclose(
+        float(loss(params, rows, mask)), float(dense_als_objective(model, params, catalogue, rows, mask)), rtol=1e-12
+    )
+    grad = ravel_pytree(jax.grad(loss)(params, rows, mask))[0]
+    want = ravel_pytree(jax.grad(dense_als_objective, argnums=1)(model, params, catalogue, rows, mask))[0]
+    np.testing.assert_allclose(grad, want, rtol=1e-10, atol=1e-12)
+    noisy = dict(rows, item=jnp.where(mask, rows["item"], 8), weight=jnp.where(mask, rows["weight"], 1e6))
+    np.testing.assert_allclose(ravel_pytree(jax.grad(loss)(params, noisy, mask))[0], grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.usefixtures("float64")
+def test_one_newton_step_on_the_exact_als_loss_is_the_fold_in_over_the_whole_catalogue():
+    """The adapted user vector minimises the dense objective plus the prior: its gradient vanishes there."""
+    from jaxrec.experiment.protocol import exact_als_loss
+
+    model, params, catalogue, rows, mask = exact_setup()
+    inner = InnerLoop(
+        exact_als_loss(model, catalogue), steps=1, solver=newton(), adapt_filter=model.default_adapt_filter
+    )
+    alpha = 0.2
+    phi = jaxrec.adapt(params, rows, mask, inner, inner_lr=alpha)
+    theta = params["params"]["user_vector"]
+
+    def objective(w):
+        p = {"params": dict(params["params"], user_vector=w)}
+        n = jnp.sum(mask)
+        return n * dense_als_objective(model, p, catalogue, rows, mask) + 0.5 * jnp.sum((w - theta) ** 2) / alpha
+
+    w = phi["params"]["user_vector"]
+    assert float(jnp.max(jnp.abs(w - theta))) > 1e-2  # it moved
+    np.testing.assert_allclose(jax.grad(objective)(w), 0.0, atol=1e-10)
+    assert np.all(np.linalg.eigvalsh(np.asarray(jax.hessian(objective)(w))) > 0)  # the unique minimiser
+
+
+@pytest.mark.usefixtures("float64")
+def test_meta_gradient_of_the_exact_als_fold_in_with_a_softmax_query_loss_matches_finite_differences():
+    from jaxrec.experiment.protocol import exact_als_loss
+
+    model, params, catalogue, rows, mask = exact_setup()
+    batch = jaxrec.TaskBatch(
+        support={k: jnp.stack([v, v]) for k, v in rows.items()},
+        query={
+            k: jnp.stack([v[::-1], v]) for k, v in dict(rows, logq=jnp.zeros(6), neg_logq=jnp.zeros((6, 2))).items()
+        },
+        support_mask=jnp.stack([mask, mask.at[3].set(False)]),
+        query_mask=jnp.stack([mask[::-1], mask]),
+        task_id=jnp.arange(2),
+    )
+    inner = InnerLoop(
+        exact_als_loss(model, catalogue),
+        steps=1,
+        solver=newton(),
+        adapt_filter=model.default_adapt_filter,
+        query_loss_fn=ranking_loss(model.apply, "softmax"),
+    )
+    f = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner, inner_lr=0.2))
+    # the query loss is the softmax, not the support's ALS objective
+    same = inner.replace(query_loss_fn=None)
+    assert abs(float(f(params)) - float(jaxrec.meta_loss(params, batch, same, inner_lr=0.2))) > 1e-3
+    grad = ravel_pytree(jax.grad(f)(params))[0]
+    flat, unravel = ravel_pytree(params)
+    eps = 1e-6
+    fd = np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in np.eye(flat.size)])
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    first = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner.replace(order="first"), inner_lr=0.2))
+    assert np.max(np.abs(ravel_pytree(jax.grad(first)(params))[0] - grad)) > 1e-4
+
+
+def test_exact_als_loss_needs_a_two_tower_model_and_its_catalogue():
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.protocol import exact_als_loss
+
+    spec = FeatureSpec({"user": 4, "item": 9}, target="label")
+    with pytest.raises(ValueError, match="two-tower model"):
+        exact_als_loss(models.create("mf", spec), {"item": np.arange(9)})
+    with pytest.raises(ValueError, match="catalogue"):
+        exact_als_loss(models.create("twotower", spec), None)
+    with pytest.raises(ValueError, match="ranking loss 'als_exact' needs the model"):
+        ranking_loss(toy_apply, "als_exact")
+    with pytest.raises(ValueError, match="^query_loss must be one of"):
+        ExperimentConfig.make(feedback="implicit", query_loss="hinge")
+
+
+def test_exact_als_start_ranks_as_the_mf_baselines_fold_in():
+    """item_start='als' with the exact ALS loss and the prior variance 1 / (2 l2): before any meta-step the
+    meta-learner's adapted users are the mf baseline's folded-in users, so both rank the catalogue alike."""
+    from jaxrec.evaluation import retrieval_baselines as rb
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+
+    config = ExperimentConfig.make(
+        feedback="implicit",
+        positive_threshold=4.0,
+        model="twotower",
+        model_kwargs={"embed": 16},
+        ranking_loss="als_exact",
+        item_start="als",
+        pretrain=False,
+        inner_lr=1 / (2 * 10.0),
+        topn_baselines=(),
+    )
+    exp = TopNExperiment(config)
+    params = exp.init_params()
+    fitted = rb.fit_mf(exp._train_matrix(), seed=config.seed, factors=16, l2=10.0, alpha=10.0)
+    rankers = {"maml": exp._model_ranker(params, exp.inner_lr, exp.inner), "mf": exp._baseline_ranker(fitted)}
+    summaries, _, lists = evaluate_rankers(
+        rankers, exp.val_tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True
+    )
+    assert np.mean(lists["maml"][:, :20] == lists["mf"][:, :20]) > 0.98  # float32 sums may swap near-ties
+    assert summaries["maml"]["recall@20"] == pytest.approx(summaries["mf"]["recall@20"], abs=0.01)

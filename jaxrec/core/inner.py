@@ -55,6 +55,7 @@ _KEYWORDS = {
     "inner_aux": "aux",
     "remat": "remat",
     "inner_unroll": "unroll",
+    "query_loss_fn": "query_loss_fn",
 }
 
 
@@ -81,9 +82,14 @@ class InnerLoop:
       remat: what the backward pass keeps of the loop (:func:`jaxrec.core.remat.iterate`): ``False``, ``True`` /
         ``"step"``, ``"sqrt"`` or ``"recompute"``.
       unroll: the unroll of the loop's ``lax.scan`` (``True``: fully; the computation is the same).
+      query_loss_fn: the outer loss ``L_q(phi)`` on the query rows, or None for ``loss_fn`` (MAML's choice). A
+        different outer loss meta-trains the initialisation for the query objective that is wanted (a ranking
+        loss) while the inner loop keeps a support loss that is cheap or exact to solve (the implicit-ALS
+        objective, solved by one Newton step); the meta-gradient stays exact.
 
     Raises:
-      TypeError: ``loss_fn`` is not callable, or ``solver`` is not a solver (:func:`~jaxrec.core.solvers.as_solver`).
+      TypeError: ``loss_fn`` (or a given ``query_loss_fn``) is not callable, or ``solver`` is not a solver
+        (:func:`~jaxrec.core.solvers.as_solver`).
       ValueError: ``steps`` is not an integer >= 0, or ``order`` or ``remat`` is unknown.
     """
 
@@ -95,10 +101,13 @@ class InnerLoop:
     aux: Callable[[Any, Any], jax.Array] | None = None
     remat: bool | str = False
     unroll: int | bool = 1
+    query_loss_fn: LossFn | None = None
 
     def __post_init__(self):
         if not callable(self.loss_fn):
             raise TypeError(f"InnerLoop: loss_fn must be callable, got {self.loss_fn!r}")
+        if self.query_loss_fn is not None and not callable(self.query_loss_fn):
+            raise TypeError(f"InnerLoop: query_loss_fn must be callable or None, got {self.query_loss_fn!r}")
         steps = self.steps
         integral = isinstance(steps, numbers.Integral) or (
             isinstance(steps, numbers.Real) and float(steps).is_integer()
@@ -118,13 +127,18 @@ class InnerLoop:
 
     def _key(self) -> tuple:
         return (self.loss_fn, self.steps, self.order, self.solver, _frozen(self.adapt_filter), self.aux,
-                self.remat, self.unroll)  # fmt: skip
+                self.remat, self.unroll, self.query_loss_fn)  # fmt: skip
 
     def __hash__(self) -> int:
         return hash(self._key())
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, InnerLoop) and self._key() == other._key()
+
+    @property
+    def outer_loss_fn(self) -> LossFn:
+        """The loss of the query rows after adaptation: ``query_loss_fn``, or ``loss_fn`` when it is None."""
+        return self.loss_fn if self.query_loss_fn is None else self.query_loss_fn
 
     def replace(self, **changes: Any) -> InnerLoop:
         """A copy with some fields changed (``dataclasses.replace``).
@@ -142,7 +156,8 @@ def as_inner_loop(inner: InnerLoop | None = None, **options: Any) -> InnerLoop:
     """``inner``, or an :class:`InnerLoop` built from the keyword spelling of its fields.
 
     The keywords are those of the functions that take an inner loop: ``loss_fn``, ``inner_steps``, ``order``,
-    ``inner_optimizer`` (the solver), ``adapt_filter``, ``inner_aux``, ``remat``, ``inner_unroll``.
+    ``inner_optimizer`` (the solver), ``adapt_filter``, ``inner_aux``, ``remat``, ``inner_unroll``,
+    ``query_loss_fn``.
 
     Args:
       inner: an :class:`InnerLoop`, or None to build one from ``options``.

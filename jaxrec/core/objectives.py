@@ -107,7 +107,7 @@ def _adapt_and_score(params, inner_lr, support, support_mask, query, query_mask,
     )
     with context:
         phi = adapt(theta, support, support_mask, inner, inner_lr=rates)
-        loss = inner.loss_fn(phi, zero_padding(query, query_mask), query_mask)
+        loss = inner.outer_loss_fn(phi, zero_padding(query, query_mask), query_mask)
     return theta, phi, loss, index
 
 

@@ -56,6 +56,8 @@ __all__ = [
 RECORD_FORMAT = "jaxrec.config/2"
 BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
 TOPN_BASELINES = ("popular", "itemknn", "ease", "mf", "finetune", "no_adapt")
+#: the top-N training losses (:mod:`jaxrec.core.ranking`)
+TOPN_LOSSES = ("softmax", "bpr", "bce", "als", "als_exact")
 INNER_SOLVERS = ("auto", "sgd", "newton", "mixed")
 MIXED_SOLVE = "head/output"  # what inner_solver="mixed" solves by Newton steps
 PRETRAIN = ("bias", True, False)
@@ -468,8 +470,13 @@ class TopNConfig:
       train_order: meta-train tasks: ``"random"`` subsets of a user's interactions, or ``"time"`` windows of
         consecutive ones (the support followed by its future, as in evaluation; needs timestamps).
       sampler: ``"uniform"`` over the training items or ``"popularity"``.
-      ranking_loss: ``"softmax"`` (sampled softmax, logQ-corrected), ``"bpr"``, ``"bce"`` or ``"als"`` (the
-        implicit-ALS objective, its catalogue term estimated from the negatives: a Newton step is the ALS fold-in).
+      ranking_loss: ``"softmax"`` (sampled softmax, logQ-corrected), ``"bpr"``, ``"bce"``, ``"als"`` (the
+        implicit-ALS objective, its catalogue term estimated from the negatives: a Newton step is the ALS fold-in)
+        or ``"als_exact"`` (the same with the catalogue term exact, from the Gram matrix of every item vector; a
+        two-tower model).
+      query_loss: the loss of the query after adaptation in meta-training (the outer loss), one of the same; None
+        for ``ranking_loss``. E.g. ``ranking_loss="als_exact", query_loss="softmax"``: adapt by the exact ALS
+        fold-in, meta-train for the ranking of the query.
       test_frac: the fraction of users who are new (test) users.
       warm_frac: the fraction of meta-train users whose latest interactions form the warm scenario.
       topn_ks: the cut-offs of Recall, nDCG, HR and MRR.
@@ -493,7 +500,10 @@ class TopNConfig:
         choices=("random", "time"),
     )
     sampler: str = _field("uniform", "negative sampler", choices=("uniform", "popularity"))
-    ranking_loss: str = _field("softmax", "top-N training loss", choices=("softmax", "bpr", "bce", "als"))
+    ranking_loss: str = _field("softmax", "top-N training loss", choices=TOPN_LOSSES)
+    query_loss: str | None = _field(
+        None, "top-N loss of the query in meta-training (default: the ranking loss)", choices=TOPN_LOSSES
+    )
     test_frac: float = _field(0.2, "fraction of users who are new (test) users", parse=_float)
     warm_frac: float = _field(0.1, "fraction of meta-train users held out as warm users", parse=_float)
     topn_ks: tuple = _field((10, 20, 50), "cut-offs of the top-N metrics", parse=_list_of(_int))
@@ -508,11 +518,13 @@ class TopNConfig:
         _check(
             self.sampler in ("uniform", "popularity"), "sampler", f"must be uniform or popularity, got {self.sampler!r}"
         )
-        _check(
-            self.ranking_loss in ("softmax", "bpr", "bce", "als"),
-            "ranking_loss",
-            f"must be softmax, bpr, bce or als, got {self.ranking_loss!r}",
-        )
+        for name in ("ranking_loss", "query_loss"):
+            value = getattr(self, name)
+            _check(
+                value in TOPN_LOSSES or (name == "query_loss" and value is None),
+                name,
+                f"must be one of {', '.join(TOPN_LOSSES)}, got {value!r}",
+            )
         _fraction(self.test_frac, "test_frac")
         _fraction(self.warm_frac, "warm_frac")
         ks = self.topn_ks

@@ -40,7 +40,7 @@ from jaxrec.core.batch import TaskBatch
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.core.newton import newton
-from jaxrec.core.ranking import ranking_loss
+from jaxrec.core.ranking import catalogue_als_loss, ranking_loss
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
 from jaxrec.data.augment import drop_item_ids
@@ -52,7 +52,7 @@ from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve
 from jaxrec.experiment.methods import evaluate_experiment, experiment_predictors, fit_baselines
 from jaxrec.scale.sharding import make_mesh
 
-__all__ = ["Experiment", "Learner", "meta_optimizer"]
+__all__ = ["Experiment", "Learner", "exact_als_loss", "meta_optimizer", "topn_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +109,29 @@ class Learner:
     trainer: MetaTrainer
 
     @classmethod
-    def build(cls, config: ExperimentConfig, spec: Any, mesh: Any = None) -> Learner:
+    def build(cls, config: ExperimentConfig, spec: Any, mesh: Any = None, catalogue: Any = None) -> Learner:
         """The learner of a resolved config for ``spec`` (the featurizer's spec with the run's history).
 
         Args:
           config: the resolved config (:func:`~jaxrec.experiment.config.resolve`).
           spec: the feature spec.
           mesh: the device mesh of the trainer, or None.
+          catalogue: the item rows of every catalogue item (``featurizer.item_rows``), which the loss
+            ``ranking_loss="als_exact"`` reads (its Gram matrix); None otherwise.
 
         Returns:
           The :class:`Learner`.
+
+        Raises:
+          ValueError: if ``ranking_loss="als_exact"`` is asked of a model that is not a two-tower model, or
+            without the catalogue.
         """
         model = models.create(config.model.name, spec, **config.model.constructor_kwargs())
+        query_loss_fn = None
         if config.data.feedback == "implicit":  # top-N: positives ranked against their sampled negatives
-            loss_fn = ranking_loss(model.apply, config.topn.ranking_loss)
+            loss_fn = topn_loss(config.topn.ranking_loss, model, catalogue)
+            if config.topn.query_loss not in (None, config.topn.ranking_loss):
+                query_loss_fn = topn_loss(config.topn.query_loss, model, catalogue)
         else:
             loss_fn = models.default_loss(model)
         inner = InnerLoop(
@@ -131,6 +140,7 @@ class Learner:
             order=config.meta.order,
             solver=_inner_solver(config.meta.inner_solver),
             adapt_filter=models.adapt_filter(config.meta.adapt, model),
+            query_loss_fn=query_loss_fn,
         )
         trainer = MetaTrainer(
             inner,
@@ -148,6 +158,46 @@ class Learner:
         if config.meta.groups > 1:
             params = group_params(params, int(config.meta.groups), self.inner.adapt_filter)
         return self.trainer.init(params)
+
+
+def topn_loss(kind: str, model: Any, catalogue: Any = None) -> Any:
+    """The top-N loss ``kind`` of a model: :func:`~jaxrec.core.ranking.ranking_loss`, or for ``"als_exact"``
+    :func:`exact_als_loss` over ``catalogue``."""
+    return exact_als_loss(model, catalogue) if kind == "als_exact" else ranking_loss(model.apply, kind)
+
+
+def exact_als_loss(model: Any, catalogue: Any) -> Any:
+    """The implicit-ALS loss of a two-tower model with its catalogue term exact
+    (:func:`~jaxrec.core.ranking.catalogue_als_loss`): ``G`` is the Gram matrix of the item tower over every item
+    of ``catalogue``.
+
+    Args:
+      model: a :class:`~jaxrec.models.TwoTower`.
+      catalogue: the item rows of every catalogue item, ``{key: [V, ...]}``.
+
+    Returns:
+      ``loss_fn(params, rows, mask)``.
+
+    Raises:
+      ValueError: if the model has no separate towers or the catalogue is missing.
+    """
+    if not isinstance(model, models.TwoTower):
+        raise ValueError(
+            f"ranking_loss='als_exact' needs a two-tower model (--model twotower), not {type(model).__name__}: its "
+            "catalogue term is the Gram matrix of the item vectors"
+        )
+    if catalogue is None:
+        raise ValueError("ranking_loss='als_exact' needs the catalogue's item rows to form its Gram matrix")
+    items = {k: jnp.asarray(v) for k, v in catalogue.items()}
+
+    def user_fn(params, rows):
+        return model.apply(params, rows, method=model.user_vectors)
+
+    def gram_fn(params):
+        vectors = model.apply(params, items, method=model.item_vectors)
+        return vectors.T @ vectors
+
+    return catalogue_als_loss(model.apply, user_fn, gram_fn)
 
 
 class Experiment:

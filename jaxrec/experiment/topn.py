@@ -189,7 +189,7 @@ class TopNExperiment:
         popularity = counts / max(self.split.stats["train_users"], 1)
         self.catalogue = Catalogue.build(self.featurizer, popularity, chunk=top.catalogue_chunk)
         self.mesh = None
-        learner = Learner.build(config, self.spec)
+        learner = Learner.build(config, self.spec, catalogue=self.featurizer.item_rows(np.arange(n_items)))
         self.model, self.inner, self.trainer = learner.model, learner.inner, learner.trainer
         self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
         self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
@@ -275,7 +275,8 @@ class TopNExperiment:
         baseline's chosen strengths when it was tuned).
 
         The item tower then starts as the ALS item factors (``item_out`` the identity on the id embedding, zero on
-        the features) and a pooled user tower as the mean factor of the support items, so that meta-training
+        the features), the user-feature embeddings at zero, and a pooled user tower as the mean factor of the
+        support items, so that meta-training
         starts where the factorisation of the co-occurrences is, and learns the prior and the loss's ranking on
         top. A model without an id embedding feeding ``item_out`` directly is returned unchanged.
         """
@@ -295,6 +296,8 @@ class TopNExperiment:
         inner = dict(inner, embed_item={"embedding": jnp.asarray(table)}, item_out={"kernel": jnp.asarray(kernel)})
         if "embed_history_item" in inner:
             inner["embed_history_item"] = {"embedding": jnp.asarray(table)}
+        for key in [k for k in inner if k.startswith("embed_user")]:  # the prior starts at ALS's, zero
+            inner[key] = jax.tree.map(jnp.zeros_like, inner[key])
         return dict(params, params=inner)
 
     def init_params(self) -> Any:

@@ -159,7 +159,8 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
         spec = featurizer.spec
         if spec.history != config.history():
             spec = dataclasses.replace(spec, history=config.history())
-        learner = Learner.build(config, spec)
+        catalogue = featurizer.item_rows(np.arange(featurizer.n_items)) if config.data.feedback == "implicit" else None
+        learner = Learner.build(config, spec, catalogue=catalogue)
         checkpoint = store.restore(learner.template_state(config, spec), meta["step"])
     inner_lr = float((meta.get("tuned") or {}).get("inner_lr", config.meta.inner_lr))
     items = read_items(folder.parent, meta.get("items"))
