@@ -181,25 +181,26 @@ def plot(med, path):
 
     workloads = sorted({(o, v) for _, o, v in med}, key=lambda w: (w[1], w[0] != "second"))
     impls = sorted({i for i, _, _ in med}, key=lambda i: (list(COLOURS).index(i) if i in COLOURS else 99, i))
-    width = 0.8 / len(impls)
+    width = 0.8 / max(sum((i, o, v) in med for i in impls) for o, v in workloads)
     fig, ax = plt.subplots(figsize=(9, 4.6))
-    for n, impl in enumerate(impls):
-        xs, ys = [], []
-        for x, (order, vocab) in enumerate(workloads):
-            if (impl, order, vocab) in med:
-                xs.append(x + (n - (len(impls) - 1) / 2) * width)
-                ys.append(med[(impl, order, vocab)])
-        bars = ax.bar(xs, ys, width * 0.95, label=impl, color=COLOURS.get(impl, "#7f7f7f"))
-        for bar, (x, y) in zip(bars, zip(xs, ys, strict=True), strict=True):
-            order, vocab = workloads[round(x)]
-            base = med.get(("jaxrec", order, vocab))
+    labelled = set()
+    for x, (order, vocab) in enumerate(workloads):
+        present = [i for i in impls if (i, order, vocab) in med]  # packed and centred: no empty slots in a group
+        base = med.get(("jaxrec", order, vocab))
+        for n, impl in enumerate(present):
+            y = med[(impl, order, vocab)]
+            xc = x + (n - (len(present) - 1) / 2) * width
+            label = None if impl in labelled else impl
+            labelled.add(impl)
+            ax.bar(xc, y, width * 0.95, label=label, color=COLOURS.get(impl, "#7f7f7f"))
             text = f"{y:.0f}" + (f"\n{y / base:.2f}x" if base and impl != "jaxrec" else "")
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
+            ax.annotate(text, (xc, y), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(workloads)), [f"{o} order\nV = {v:,}" for o, v in workloads], fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("meta-step ms (median; log scale)")
     ax.set_title("MeLU meta-step, T=32 S=32 Q=16 K=5, 2-core CPU: ms, and x the plain jaxrec step", fontsize=10)
-    ax.legend(fontsize=8, ncol=3, loc="upper left")
+    handles = dict(zip(*reversed(ax.get_legend_handles_labels()), strict=True))  # label -> handle
+    ax.legend([handles[i] for i in impls], impls, fontsize=8, ncol=3, loc="upper left")
     ax.margins(y=0.25)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -2,8 +2,8 @@
 
     python benchmarks/figures.py
 
-the cost study (``sweep.py --grid study``: ``sweep_study_{ratio,remat,throughput}.{png,svg}``) and the comparisons
-with the PyTorch references (``compare.py``: ``compare.{png,svg}``, ``compare_sparse_2dev.{png,svg}``).
+the cost study (``sweep.py --grid study``: ``sweep_study_{ratio,remat,throughput,fraction}.{png,svg}``) and the
+comparisons with the PyTorch references (``compare.py``: ``compare.{png,svg}``, ``compare_sparse_2dev.{png,svg}``).
 """
 
 from __future__ import annotations

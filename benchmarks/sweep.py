@@ -194,7 +194,8 @@ def exact_flop_ratio(k: int) -> float:
 
 def plot_study(data: dict, stem: Path) -> list[Path]:
     """The cost study's figures, each as PNG and SVG: the second/first ratios against K with the FLOP-ratio line;
-    time and memory against K per remat policy; tasks/s against T and against V."""
+    time and memory against K per remat policy; tasks/s against T and against V; achieved GFLOP/s as a fraction of
+    the run's matmul rate against K and against T (``_fraction``, where the JSON has that rate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -270,6 +271,41 @@ def plot_study(data: dict, stem: Path) -> list[Path]:
         ax.legend(fontsize=8)
     fig.tight_layout()
     save(fig, "throughput")
+
+    # 4. achieved GFLOP/s as a fraction of the matmul rate of the same run, against K and against T
+    rate = data.get("matmul_gflops_per_s")
+    if rate and any(r.get("fraction_of_matmul_rate") for r in records):
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for order in ("first", "second"):
+            pts = [r for r in series(("inner_steps",), order) if r.get("fraction_of_matmul_rate")]
+            a.plot([r["inner_steps"] for r in pts], [r["fraction_of_matmul_rate"] for r in pts], "o-",
+                   label=f"{order} order")  # fmt: skip
+            base = [r for r in series(("inner_steps",), order) if r["inner_steps"] == BASE["inner_steps"]]
+            pts = [r for r in sorted(series(("tasks",), order, x="tasks") + base, key=lambda r: r["tasks"])
+                   if r.get("fraction_of_matmul_rate")]  # fmt: skip
+            b.plot([r["tasks"] for r in pts], [r["fraction_of_matmul_rate"] for r in pts], "o-", label=f"{order} order")
+        a.set(xlabel="inner steps K", title="against K (T=32, V=1,700)")
+        a.set_xticks(sorted({r["inner_steps"] for r in series(("inner_steps",), "first")}))
+        b.set(xscale="log", xlabel="tasks per batch T", title="against T (K=5, V=1,700)")
+        ts = sorted({r["tasks"] for r in series(("tasks",), "first", x="tasks")} | {BASE["tasks"]})
+        b.set_xticks(ts, [str(t) for t in ts])
+        b.minorticks_off()
+        top = 1.15 * max(r["fraction_of_matmul_rate"] for r in records if r["axis"] in ("inner_steps", "tasks")
+                         and not r["remat"] and r.get("fraction_of_matmul_rate"))  # fmt: skip
+        for ax in (a, b):
+            ax.set_ylim(0, top)
+            ax.set_ylabel("fraction of the matmul rate")
+            ax.secondary_yaxis("right", functions=(lambda f: f * rate, lambda g: g / rate)).set_ylabel(
+                "achieved GFLOP/s (XLA FLOPs / median ms)"
+            )
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(
+            f"Meta-step GFLOP/s as a fraction of a 2048x2048 jnp.dot measured in the same run ({rate:.0f} GFLOP/s)",
+            fontsize=10,
+        )
+        fig.tight_layout()
+        save(fig, "fraction")
     return written
 
 

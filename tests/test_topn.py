@@ -604,3 +604,58 @@ def test_exact_als_start_ranks_as_the_mf_baselines_fold_in():
     )
     assert np.mean(lists["maml"][:, :20] == lists["mf"][:, :20]) > 0.98  # float32 sums may swap near-ties
     assert summaries["maml"]["recall@20"] == pytest.approx(summaries["mf"]["recall@20"], abs=0.01)
+
+
+def test_new_items_are_untrained_on_everywhere_and_their_interactions_are_the_new_item_scenario(implicit_small):
+    ds = implicit_small
+    base = topn_split(ds, seed=0)
+    split = topn_split(ds, new_item_frac=0.1, seed=0)
+    new = split.new_items
+    interacted = np.unique(ds.ratings["item"])
+    assert len(new) == round(0.1 * len(interacted))
+    # the newest items: every new item is first interacted with no earlier than every other item
+    first = ds.ratings.groupby("item")["timestamp"].min()
+    assert first[new].min() >= first.drop(new).max()
+    for part in [split.train, split.validation, split.scenarios["new_user"], split.scenarios["warm"]]:
+        assert not np.isin(part["item"], new).any()
+    held = split.scenarios["new_item"]
+    assert np.isin(held["item"], new).all() and set(held.user) <= set(base.train.user) | set(
+        base.scenarios["warm"].user
+    )
+    # the user split does not depend on new_item_frac; every interaction is somewhere or counted as dropped
+    assert set(split.validation.user) <= set(base.validation.user)
+    assert set(split.scenarios["new_user"].user) <= set(base.scenarios["new_user"].user)
+    total = len(split.train) + len(split.validation) + sum(len(f) for f in split.scenarios.values())
+    assert total + split.stats["new_item_dropped"] == ds.n_ratings
+    assert split.stats["new_item_interactions"] == len(held) > 0
+    assert "new_item" not in base.scenarios and base.stats["train_interactions"] > split.stats["train_interactions"]
+
+
+def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_features():
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+
+    config = ExperimentConfig.make(
+        feedback="implicit",
+        positive_threshold=4.0,
+        model="twotower",
+        model_kwargs={"embed": 8},
+        epochs=1,
+        new_item_frac=0.1,
+        item_dropout=0.3,
+        topn_baselines=("popular",),
+    )
+    exp = TopNExperiment(config)
+    state = exp.train()
+    doc = exp.metrics_document(state.params, keep_lists=True)
+    scenario = doc["scenarios"]["new_item"]
+    assert scenario["maml"]["users"] == scenario["popular"]["users"] == len(exp.scenario_tasks["new_item"]) > 10
+    # popularity counts training interactions only: a new item, which has none, is never in its top-20
+    _, lists = exp.last_detail["new_item"]
+    assert not np.isin(lists["popular"][:, :20], exp.split.new_items).any()
+    assert scenario["popular"]["recall@20"] == 0.0
+    # the two-tower item tower scores a new item from its features: new items get distinct scores
+    model, params = exp.model, state.params.params if hasattr(state.params, "params") else state.params
+    rows = {k: jnp.asarray(v) for k, v in exp.featurizer.item_rows(exp.split.new_items).items()}
+    vectors = np.asarray(model.apply(params, rows, method=model.item_vectors))
+    assert np.unique(vectors.round(6), axis=0).shape[0] > 1

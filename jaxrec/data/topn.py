@@ -53,7 +53,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SAMPLERS = ("uniform", "popularity")
-TOPN_SCENARIOS = ("new_user", "warm")
+TOPN_SCENARIOS = ("new_user", "warm", "new_item")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -68,7 +68,10 @@ class TopNSplit:
       train: the meta-train users' interactions (and the warm users' earlier ones).
       validation: the validation users' interactions (held out of training; every choice is made on them).
       scenarios: ``"new_user"``: the test users' interactions (never trained on); ``"warm"``: the latest
-        interactions of a sample of meta-train users, held out of ``train`` (their earlier ones are in it).
+        interactions of a sample of meta-train users, held out of ``train`` (their earlier ones are in it);
+        ``"new_item"`` (with ``new_item_frac``): the meta-train users' interactions with the new items, which no
+        part of the split trains on.
+      new_items: the item codes held out as new items (empty without ``new_item_frac``).
       stats: counts of users and interactions per part.
     """
 
@@ -76,6 +79,7 @@ class TopNSplit:
     validation: pd.DataFrame
     scenarios: dict[str, pd.DataFrame]
     stats: dict[str, Any]
+    new_items: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     def summary(self) -> str:
         """Describe the split in one line."""
@@ -108,10 +112,18 @@ def topn_split(
     val_frac: float = 0.1,
     warm_frac: float = 0.1,
     warm_holdout: float = 0.2,
+    new_item_frac: float = 0.0,
     seed: int = 0,
 ) -> TopNSplit:
-    """Split a log's users into meta-train, validation and new (test) users, and hold out warm users' latest
-    interactions.
+    """Split a log's users into meta-train, validation and new (test) users, hold out warm users' latest
+    interactions and, with ``new_item_frac``, the newest items.
+
+    New items (the item cold start): the ``new_item_frac`` of the interacted items first interacted with last
+    (by timestamp; a seeded random draw in an untimed log) lose every interaction in every part, so that nothing
+    trains on them: they are in the catalogue with their features and no interactions, as an item is on the day
+    it is released. The meta-train users' interactions with them are the ``new_item`` scenario's queries; the
+    validation and new users' ones are dropped and counted (``new_item_dropped``). The users are drawn before the
+    items, so the user split does not depend on ``new_item_frac``.
 
     Args:
       dataset: the log (implicit, or rated interactions).
@@ -120,6 +132,7 @@ def topn_split(
       warm_frac: the fraction of meta-train users whose latest ``warm_holdout`` interactions form the ``warm``
         scenario (0: no warm scenario).
       warm_holdout: the fraction of a warm user's interactions held out (the latest, at least one).
+      new_item_frac: the fraction of the interacted items held out as new items (0: no ``new_item`` scenario).
       seed: the seed of the user draws and of the order of untimed interactions.
 
     Returns:
@@ -128,7 +141,8 @@ def topn_split(
     Raises:
       DataError: if the log has fewer than 3 users, or a fraction is outside ``[0, 1)``.
     """
-    for name, value in (("test_frac", test_frac), ("val_frac", val_frac), ("warm_frac", warm_frac)):
+    fractions = (("test_frac", test_frac), ("val_frac", val_frac), ("warm_frac", warm_frac))
+    for name, value in fractions + (("new_item_frac", new_item_frac),):
         if not 0.0 <= float(value) < 1.0:
             raise DataError(f"{dataset.name}: {name} must be in [0, 1), got {value!r}")
     frame = dataset.ratings
@@ -143,6 +157,9 @@ def topn_split(
     train_users = shuffled[n_test + n_val :]
     part = np.zeros(dataset.n_users, np.int8)  # 0 train, 1 validation, 2 test
     part[val_users], part[test_users] = 1, 2
+    new_items = _newest_items(frame, new_item_frac, np.random.default_rng([seed, 13]))
+    is_new = np.isin(frame["item"].to_numpy(), new_items)
+    new_rows, frame = frame[is_new], frame[~is_new]
     row_part = part[frame["user"].to_numpy()]
     train = frame[row_part == 0]
     scenarios = {"new_user": frame[row_part == 2].reset_index(drop=True)}
@@ -163,12 +180,36 @@ def topn_split(
         "new_user_interactions": int((row_part == 2).sum()),
         "warm_held_out": int(warm_rows.sum()),
     }
+    if len(new_items):
+        new_train = part[new_rows["user"].to_numpy()] == 0
+        scenarios["new_item"] = new_rows[new_train].reset_index(drop=True)
+        stats.update(
+            new_items=len(new_items),
+            new_item_interactions=int(new_train.sum()),
+            new_item_dropped=int((~new_train).sum()),
+        )
     return TopNSplit(
         train=train[~warm_rows].reset_index(drop=True),
         validation=frame[row_part == 1].reset_index(drop=True),
         scenarios=scenarios,
         stats=stats,
+        new_items=new_items,
     )
+
+
+def _newest_items(frame: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """The codes of the ``fraction`` of the interacted items whose first interaction is latest (ties and untimed
+    logs in random order); at least one item when ``fraction > 0``, and never every item."""
+    items = np.unique(frame["item"].to_numpy())
+    if fraction <= 0 or len(items) < 2:
+        return np.zeros(0, np.int64)
+    n_new = min(max(int(round(fraction * len(items))), 1), len(items) - 1)
+    if "timestamp" in frame:
+        first = frame.groupby("item")["timestamp"].min().reindex(items).to_numpy()
+        order = np.lexsort((rng.random(len(items)), first))
+    else:
+        order = rng.permutation(len(items))
+    return np.sort(items[order[-n_new:]]).astype(np.int64)
 
 
 def warm_frame(train: pd.DataFrame, held_out: pd.DataFrame, shots: int, seed: int = 0) -> pd.DataFrame:

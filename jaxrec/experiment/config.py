@@ -479,6 +479,8 @@ class TopNConfig:
         fold-in, meta-train for the ranking of the query.
       test_frac: the fraction of users who are new (test) users.
       warm_frac: the fraction of meta-train users whose latest interactions form the warm scenario.
+      new_item_frac: the fraction of the items first interacted with last that are held out of all training as
+        new items; the meta-train users' interactions with them form the ``new_item`` scenario (0: none).
       topn_ks: the cut-offs of Recall, nDCG, HR and MRR.
       topn_baselines: the baselines run beside the meta-learner.
       catalogue_chunk: items scored per chunk of the streamed catalogue (memory ``O(users x chunk)``).
@@ -506,6 +508,9 @@ class TopNConfig:
     )
     test_frac: float = _field(0.2, "fraction of users who are new (test) users", parse=_float)
     warm_frac: float = _field(0.1, "fraction of meta-train users held out as warm users", parse=_float)
+    new_item_frac: float = _field(
+        0.0, "fraction of the items held out as new items, untrained on (the new_item scenario)", parse=_float
+    )
     topn_ks: tuple = _field((10, 20, 50), "cut-offs of the top-N metrics", parse=_list_of(_int))
     topn_baselines: tuple = _field(TOPN_BASELINES, "comma-separated top-N baselines, or none", parse=_list_of(str))
     catalogue_chunk: int = _field(4096, "items scored per chunk of the catalogue", parse=_int)
@@ -527,6 +532,7 @@ class TopNConfig:
             )
         _fraction(self.test_frac, "test_frac")
         _fraction(self.warm_frac, "warm_frac")
+        _fraction(self.new_item_frac, "new_item_frac")
         ks = self.topn_ks
         _check(len(ks) > 0 and all(isinstance(k, int) and k >= 1 for k in ks), "topn_ks", f"must be >= 1, got {ks}")
         unknown = [b for b in self.topn_baselines if b not in TOPN_BASELINES]

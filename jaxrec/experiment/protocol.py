@@ -52,7 +52,7 @@ from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve
 from jaxrec.experiment.methods import evaluate_experiment, experiment_predictors, fit_baselines
 from jaxrec.scale.sharding import make_mesh
 
-__all__ = ["Experiment", "Learner", "exact_als_loss", "meta_optimizer", "topn_loss"]
+__all__ = ["Experiment", "Learner", "exact_als_loss", "meta_optimizer", "topn_loss", "trained_items"]
 
 logger = logging.getLogger(__name__)
 
@@ -158,6 +158,12 @@ class Learner:
         if config.meta.groups > 1:
             params = group_params(params, int(config.meta.groups), self.inner.adapt_filter)
         return self.trainer.init(params)
+
+
+def trained_items(featurizer: Featurizer) -> np.ndarray:
+    """The codes of the items the featurizer has an id for (those of the training interactions): the catalogue
+    the exact ALS loss is fitted against (an item without a training interaction is unknown when it trains)."""
+    return np.flatnonzero(featurizer.item_index[:-1] > 0)
 
 
 def topn_loss(kind: str, model: Any, catalogue: Any = None) -> Any:

@@ -37,6 +37,7 @@ from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.trainer import MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, from_csv, from_dataframe, load
+from jaxrec.data.augment import drop_item_ids
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.topn import (
     NegativeSampler,
@@ -49,7 +50,7 @@ from jaxrec.data.topn import (
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.topn import Catalogue, _dense_rank, dot_ranker, evaluate_rankers, is_user_side, model_ranker
 from jaxrec.experiment.config import ExperimentConfig, resolve
-from jaxrec.experiment.protocol import Learner
+from jaxrec.experiment.protocol import Learner, trained_items
 
 __all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS"]
 
@@ -148,6 +149,7 @@ class TopNExperiment:
             test_frac=top.test_frac,
             val_frac=config.protocol.val_frac,
             warm_frac=top.warm_frac,
+            new_item_frac=top.new_item_frac,
             seed=config.seed,
         )
         logger.info("%s", self.split.summary())
@@ -164,14 +166,17 @@ class TopNExperiment:
         self.val_tasks = self._eval_tasks(self.split.validation)
         self.scenario_tasks = {}
         for name, frame in self.split.scenarios.items():
-            if name == "warm":  # the warm users' latest training interactions are their support
+            held_out = name in ("warm", "new_item")
+            if held_out:  # the users' latest training interactions are their support, the held-out ones the query
                 held_users = frame["user"].nunique()
                 frame = warm_frame(self.split.train, frame, top.shots, config.seed)
                 short = held_users - frame["user"].nunique()
                 if short:
-                    logger.info("warm: %d user(s) with fewer than %d training interactions left out", short, top.shots)
+                    logger.info(
+                        "%s: %d user(s) with fewer than %d training interactions left out", name, short, top.shots
+                    )
             tasks = self._eval_tasks(frame)
-            if name == "warm":
+            if held_out:
                 tasks.stats["users_dropped"] = int(tasks.stats.get("users_dropped", 0) + short)
             if len(tasks):
                 self.scenario_tasks[name] = tasks
@@ -189,7 +194,7 @@ class TopNExperiment:
         popularity = counts / max(self.split.stats["train_users"], 1)
         self.catalogue = Catalogue.build(self.featurizer, popularity, chunk=top.catalogue_chunk)
         self.mesh = None
-        learner = Learner.build(config, self.spec, catalogue=self.featurizer.item_rows(np.arange(n_items)))
+        learner = Learner.build(config, self.spec, catalogue=self.featurizer.item_rows(trained_items(self.featurizer)))
         self.model, self.inner, self.trainer = learner.model, learner.inner, learner.trainer
         self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
         self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
@@ -242,8 +247,20 @@ class TopNExperiment:
         return self.steps_per_epoch * self.config.meta.epochs
 
     def batches(self, start_step: int = 0) -> Iterator[TaskBatch]:
-        """The endless, deterministic meta-train stream from ``start_step`` (:mod:`jaxrec.data.stream`)."""
-        batch_at = StepBatches(self.epoch_tasks, self.config.meta.batch_size, self.config.seed)
+        """The endless, deterministic meta-train stream from ``start_step`` (:mod:`jaxrec.data.stream`).
+
+        With ``item_dropout`` / ``task_item_dropout`` a fraction of the positive rows' (or of whole tasks') item
+        ids become the unknown slot (DropoutNet, :func:`jaxrec.data.augment.drop_item_ids`), so that the item
+        tower learns to score an item from its features alone: how a new item reaches the top-N.
+        """
+        meta = self.config.meta
+        transform = None
+        if meta.item_dropout or meta.task_item_dropout:
+
+            def transform(batch, rng):
+                return drop_item_ids(batch, meta.item_dropout, rng, task_rate=meta.task_item_dropout)
+
+        batch_at = StepBatches(self.epoch_tasks, meta.batch_size, self.config.seed, transform=transform)
         return stream(batch_at, start=start_step, device=None)
 
     # -- state -----------------------------------------------------------------------------------------------------
