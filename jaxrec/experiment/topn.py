@@ -249,13 +249,14 @@ class TopNExperiment:
     def batches(self, start_step: int = 0) -> Iterator[TaskBatch]:
         """The endless, deterministic meta-train stream from ``start_step`` (:mod:`jaxrec.data.stream`).
 
-        With ``item_dropout`` / ``task_item_dropout`` a fraction of the positive rows' (or of whole tasks') item
-        ids become the unknown slot (DropoutNet, :func:`jaxrec.data.augment.drop_item_ids`), so that the item
-        tower learns to score an item from its features alone: how a new item reaches the top-N.
+        With a new-item scenario (``new_item_frac > 0``), ``item_dropout`` / ``task_item_dropout`` of the positive
+        rows' (or of whole tasks') item ids become the unknown slot (DropoutNet,
+        :func:`jaxrec.data.augment.drop_item_ids`), so that the item tower learns to score an item from its features
+        alone: how a new item reaches the top-N. Without one, no id is dropped (every item is known).
         """
         meta = self.config.meta
         transform = None
-        if meta.item_dropout or meta.task_item_dropout:
+        if self.config.topn.new_item_frac > 0 and (meta.item_dropout or meta.task_item_dropout):
 
             def transform(batch, rng):
                 return drop_item_ids(batch, meta.item_dropout, rng, task_rate=meta.task_item_dropout)
