@@ -1,5 +1,5 @@
 """Test and benchmark helpers: synthetic rows and task batches of any :class:`~jaxrec.core.features.FeatureSpec`,
-and the reference workload's spec.
+the reference workload's spec, and central finite differences of a scalar function of a pytree.
 
 Nothing here reads data: the generators draw valid random rows on the host (NumPy, seeded by a JAX key), so
 that tests and benchmarks build inputs without a compilation.
@@ -10,11 +10,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 from jaxrec.core.batch import TaskBatch
 from jaxrec.core.features import FeatureSpec
 
-__all__ = ["reference_spec", "synthetic_rows", "synthetic_task_batch"]
+__all__ = ["central_differences", "reference_spec", "synthetic_rows", "synthetic_task_batch"]
 
 
 def reference_spec(item_vocab: int = 1700) -> FeatureSpec:
@@ -136,3 +137,19 @@ def synthetic_task_batch(
         query_mask=jnp.asarray(mask(query)),
         task_id=jnp.asarray(np.arange(tasks, dtype=np.int32)),
     )
+
+
+def central_differences(f, params, eps: float = 1e-6) -> np.ndarray:
+    """The gradient of a scalar ``f`` at ``params`` by central finite differences, one coordinate at a time.
+
+    Args:
+      f: ``f(params) -> scalar``.
+      params: any pytree (float64 for a useful comparison).
+      eps: the step.
+
+    Returns:
+      ``[(f(x + eps e_j) - f(x - eps e_j)) / (2 eps)]_j`` over the raveled leaves (the order of ``ravel_pytree``).
+    """
+    flat, unravel = ravel_pytree(params)
+    basis = np.eye(flat.size)
+    return np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in basis])

@@ -9,6 +9,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import jaxrec
+from jaxrec.testing import central_differences
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -107,9 +108,7 @@ def test_second_order_matches_central_finite_differences():
     batch = make_batch(2, tasks=3)
     f = meta_loss_of(batch, inner_steps=3)
     grad = ravel_pytree(jax.grad(f)(params))[0]
-    flat, unravel = ravel_pytree(params)
-    eps = 1e-6
-    fd = np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in np.eye(flat.size)])
+    fd = central_differences(f, params)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
 
 
@@ -153,10 +152,8 @@ def test_metasgd_gradient_matches_finite_differences_two_steps():
     alpha = jax.tree.map(lambda p: 0.2 * jnp.ones_like(p), params)
     meta = jaxrec.MetaSGDParams(params, alpha)
     f = jax.jit(lambda m: jaxrec.meta_loss(m, batch, loss_fn=loss_fn, inner_lr=None, inner_steps=2))
-    flat, unravel = ravel_pytree(meta)
     grad = ravel_pytree(jax.grad(f)(meta))[0]
-    eps = 1e-6
-    fd = np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in np.eye(flat.size)])
+    fd = central_differences(f, meta)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
 
 
@@ -196,9 +193,7 @@ def test_adam_inner_optimizer_is_differentiated_through():
     inner = optax.adam(0.05, eps_root=1e-12)
     f = meta_loss_of(batch, inner_steps=3, inner_optimizer=inner)
     grad = ravel_pytree(jax.grad(f)(params))[0]
-    flat, unravel = ravel_pytree(params)
-    eps = 1e-6
-    fd = np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in np.eye(flat.size)])
+    fd = central_differences(f, params)
     np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
     # and it is not the first-order gradient
     first = ravel_pytree(jax.grad(meta_loss_of(batch, inner_steps=3, inner_optimizer=inner, order="first"))(params))[0]

@@ -30,6 +30,7 @@ from jaxrec.evaluation.topn import (
     streaming_topk,
     topn_statistics,
 )
+from jaxrec.testing import central_differences
 
 N_ITEMS, DIM = 7, 3
 
@@ -175,9 +176,7 @@ def test_meta_gradient_through_a_ranking_inner_loop_matches_finite_differences(k
     )
     f = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner, inner_lr=0.4))
     grad = ravel_pytree(jax.grad(f)(params))[0]
-    flat, unravel = ravel_pytree(params)
-    eps = 1e-6
-    fd = np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in np.eye(flat.size)])
+    fd = central_differences(f, params)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
     # second order matters here: the first-order gradient differs
     first = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner.replace(order="first"), inner_lr=0.4))
@@ -554,9 +553,7 @@ def test_meta_gradient_of_the_exact_als_fold_in_with_a_softmax_query_loss_matche
     same = inner.replace(query_loss_fn=None)
     assert abs(float(f(params)) - float(jaxrec.meta_loss(params, batch, same, inner_lr=0.2))) > 1e-3
     grad = ravel_pytree(jax.grad(f)(params))[0]
-    flat, unravel = ravel_pytree(params)
-    eps = 1e-6
-    fd = np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in np.eye(flat.size)])
+    fd = central_differences(f, params)
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
     first = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner.replace(order="first"), inner_lr=0.2))
     assert np.max(np.abs(ravel_pytree(jax.grad(first)(params))[0] - grad)) > 1e-4

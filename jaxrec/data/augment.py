@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxrec.core.batch import TaskBatch
 
-__all__ = ["drop_ids", "drop_item_ids"]
+__all__ = ["drop_ids", "drop_item_ids", "id_dropout"]
 
 OOV = 0  # slot 0 of every vocabulary (jaxrec.models)
 
@@ -90,3 +90,23 @@ def drop_item_ids(
     return dataclasses.replace(
         batch, support=dict(batch.support, **{key: support}), query=dict(batch.query, **{key: query})
     )
+
+
+def id_dropout(rate: float, task_rate: float = 0.0):
+    """The batch transform of :func:`drop_item_ids` at these rates (``transform(batch, rng) -> batch``, what
+    :class:`~jaxrec.data.stream.StepBatches` applies), or None when both rates are 0.
+
+    Args:
+      rate: the row-level drop probability.
+      task_rate: the task-level drop probability.
+
+    Returns:
+      The transform, or None.
+    """
+    if not (rate or task_rate):
+        return None
+
+    def transform(batch: TaskBatch, rng: np.random.Generator) -> TaskBatch:
+        return drop_item_ids(batch, rate, rng, task_rate=task_rate)
+
+    return transform

@@ -43,7 +43,7 @@ from jaxrec.core.newton import newton
 from jaxrec.core.ranking import catalogue_als_loss, ranking_loss
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
-from jaxrec.data.augment import drop_item_ids
+from jaxrec.data.augment import id_dropout
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split, item_release_key, newest_items
 from jaxrec.evaluation.baselines import fit_bias_model
@@ -52,7 +52,7 @@ from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve
 from jaxrec.experiment.methods import evaluate_experiment, experiment_predictors, fit_baselines
 from jaxrec.scale.sharding import make_mesh
 
-__all__ = ["Experiment", "Learner", "exact_als_loss", "meta_optimizer", "topn_loss", "trained_items"]
+__all__ = ["Experiment", "Learner", "exact_als_loss", "meta_optimizer", "topn_loss", "trained_catalogue"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +160,10 @@ class Learner:
         return self.trainer.init(params)
 
 
-def trained_items(featurizer: Featurizer) -> np.ndarray:
-    """The codes of the items the featurizer has an id for (those of the training interactions): the catalogue
+def trained_catalogue(featurizer: Featurizer) -> dict[str, np.ndarray]:
+    """The item rows of the items the featurizer has an id for (those of the training interactions): the catalogue
     the exact ALS loss is fitted against (an item without a training interaction is unknown when it trains)."""
-    return np.flatnonzero(featurizer.item_index[:-1] > 0)
+    return featurizer.item_rows(np.flatnonzero(featurizer.item_index[:-1] > 0))
 
 
 def topn_loss(kind: str, model: Any, catalogue: Any = None) -> Any:
@@ -589,12 +589,7 @@ class Experiment:
           An endless iterator of host (numpy) batches, prefetched.
         """
         meta = self.config.meta
-        transform = None
-        if meta.item_dropout or meta.task_item_dropout:
-
-            def transform(batch, rng):
-                return drop_item_ids(batch, meta.item_dropout, rng, task_rate=meta.task_item_dropout)
-
+        transform = id_dropout(meta.item_dropout, meta.task_item_dropout)
         batch_at = StepBatches(self.epoch_tasks, meta.batch_size, self.config.seed, transform=transform)
         return stream(batch_at, start=start_step, device=None)
 

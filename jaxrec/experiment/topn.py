@@ -37,7 +37,7 @@ from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.trainer import MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, from_csv, from_dataframe, load
-from jaxrec.data.augment import drop_item_ids
+from jaxrec.data.augment import id_dropout
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.topn import (
     NegativeSampler,
@@ -50,7 +50,7 @@ from jaxrec.data.topn import (
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.topn import Catalogue, _dense_rank, dot_ranker, evaluate_rankers, is_user_side, model_ranker
 from jaxrec.experiment.config import ExperimentConfig, resolve
-from jaxrec.experiment.protocol import Learner, trained_items
+from jaxrec.experiment.protocol import Learner, trained_catalogue
 
 __all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS"]
 
@@ -194,7 +194,7 @@ class TopNExperiment:
         popularity = counts / max(self.split.stats["train_users"], 1)
         self.catalogue = Catalogue.build(self.featurizer, popularity, chunk=top.catalogue_chunk)
         self.mesh = None
-        learner = Learner.build(config, self.spec, catalogue=self.featurizer.item_rows(trained_items(self.featurizer)))
+        learner = Learner.build(config, self.spec, catalogue=trained_catalogue(self.featurizer))
         self.model, self.inner, self.trainer = learner.model, learner.inner, learner.trainer
         self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
         self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
@@ -255,12 +255,8 @@ class TopNExperiment:
         alone: how a new item reaches the top-N. Without one, no id is dropped (every item is known).
         """
         meta = self.config.meta
-        transform = None
-        if self.config.topn.new_item_frac > 0 and (meta.item_dropout or meta.task_item_dropout):
-
-            def transform(batch, rng):
-                return drop_item_ids(batch, meta.item_dropout, rng, task_rate=meta.task_item_dropout)
-
+        new_items = self.config.topn.new_item_frac > 0
+        transform = id_dropout(meta.item_dropout, meta.task_item_dropout) if new_items else None
         batch_at = StepBatches(self.epoch_tasks, meta.batch_size, self.config.seed, transform=transform)
         return stream(batch_at, start=start_step, device=None)
 

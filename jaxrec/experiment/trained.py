@@ -25,7 +25,7 @@ from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
 from jaxrec.experiment.config import ExperimentConfig
-from jaxrec.experiment.protocol import Learner, trained_items
+from jaxrec.experiment.protocol import Learner, trained_catalogue
 
 __all__ = ["ITEMS_FILE", "TrainedModel", "load_trained", "read_items", "write_items"]
 
@@ -159,7 +159,7 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
         spec = featurizer.spec
         if spec.history != config.history():
             spec = dataclasses.replace(spec, history=config.history())
-        catalogue = featurizer.item_rows(trained_items(featurizer)) if config.data.feedback == "implicit" else None
+        catalogue = trained_catalogue(featurizer) if config.data.feedback == "implicit" else None
         learner = Learner.build(config, spec, catalogue=catalogue)
         checkpoint = store.restore(learner.template_state(config, spec), meta["step"])
     inner_lr = float((meta.get("tuned") or {}).get("inner_lr", config.meta.inner_lr))
