@@ -3,6 +3,7 @@ catalogue, paired intervals over users.
 
     python benchmarks/topn_quality.py --dataset ml-100k --data-dir ../shared/data --variants twotower twotower_pool
     python benchmarks/topn_quality.py --variants twotower_pool --test        # test figures of the chosen variant
+    python benchmarks/topn_quality.py --variants twotower_pool --seeds 0     # one split (default: 0 1 2 pooled)
 
 Each variant is a file of config fields in ``benchmarks/configs/topn/`` (``jaxrec train --config
 benchmarks/configs/topn/<name>.json`` runs the same configuration). Without ``--test`` every variant is scored on
@@ -19,6 +20,9 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
+from jaxrec.evaluation.compare import compare_stats, concat_stats
 from jaxrec.experiment import ExperimentConfig
 from jaxrec.experiment.topn import TopNExperiment
 
@@ -39,6 +43,22 @@ def table(title: str, summaries: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pool(stats: dict, summaries: dict) -> dict:
+    """Summaries of one part over every split: the per-user statistics concatenated, so that the paired intervals
+    resample (split, user) pairs; coverage, a property of a split's lists, averaged over the splits.
+
+    Args:
+      stats: ``{method: [per-user statistics of each split]}``.
+      summaries: ``{method: [summary of each split]}``.
+    """
+    out = compare_stats({m: concat_stats(parts) for m, parts in stats.items()}, resamples=1000, implicit=True)
+    for method, summary in out.items():
+        for key in summaries[method][0]:
+            if key.startswith("coverage@"):
+                summary[key] = float(np.mean([split[key] for split in summaries[method]]))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-latest-small")
@@ -46,30 +66,52 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=sorted(VARIANTS), choices=sorted(VARIANTS))
     parser.add_argument("--test", action="store_true", help="also score the test scenario (new users)")
     parser.add_argument("--no-baselines", action="store_true", help="score maml only")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds, pooled user-wise (default 0 1 2)"
+    )
+    parser.add_argument("--set", default="{}", help="config fields over every variant's, as JSON: '{\"epochs\": 1}'")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results: dict = {"dataset": args.dataset, "variants": {}}
-    markdown = [f"# Top-N on {args.dataset} (implicit: ratings >= 4 are interactions)\n"]
+    results: dict = {"dataset": args.dataset, "seeds": list(args.seeds), "variants": {}}
+    markdown = [
+        f"# Top-N on {args.dataset} (implicit: ratings >= 4 are interactions)\n",
+        f"Split seeds {list(args.seeds)}, pooled user-wise: each (split, user) pair is one unit of the bootstrap.\n",
+    ]
     for name in args.variants:
-        began = time.perf_counter()
-        fields = json.loads(VARIANTS[name].read_text())
-        config = ExperimentConfig.make(**fields, dataset=args.dataset, data_dir=args.data_dir, seed=args.seed)
-        experiment = TopNExperiment(config)
-        state = experiment.train()
-        trained = time.perf_counter() - began
-        record = {"config": experiment.config.to_dict(), "split": experiment.split.stats, "train_seconds": trained}
-        record["validation"] = experiment.validate(state.params, baselines=not args.no_baselines)
-        markdown.append(table(f"{name}: validation users", record["validation"]))
-        if args.test:
-            record["scenarios"], _ = experiment.evaluate(state.params)
-            for scenario, summaries in record["scenarios"].items():
-                markdown.append(table(f"{name}: {scenario} (test)", summaries))
-        record["tuned"] = experiment.tuned
-        record["seconds"] = time.perf_counter() - began
-        results["variants"][name] = record
-        print(json.dumps({name: {k: v["recall@20"] for k, v in record["validation"].items()}}), flush=True)
+        fields = {**json.loads(VARIANTS[name].read_text()), **json.loads(args.set)}
+        runs: dict = {}
+        # part ("validation" or a scenario) -> method -> [per-user statistics, or the summary, of each split]
+        stats: dict = {}
+        summaries: dict = {}
+        for seed in args.seeds:
+            began = time.perf_counter()
+            config = ExperimentConfig.make(**fields, dataset=args.dataset, data_dir=args.data_dir, seed=seed)
+            experiment = TopNExperiment(config)
+            state = experiment.train()
+            record = {"config": experiment.config.to_dict(), "split": experiment.split.stats}
+            record["train_seconds"] = time.perf_counter() - began
+            record["validation"], part = experiment.validate(
+                state.params, baselines=not args.no_baselines, return_stats=True
+            )
+            parts = {"validation": (record["validation"], part)}
+            if args.test:
+                record["scenarios"], detail = experiment.evaluate(state.params)
+                parts.update({sc: (record["scenarios"][sc], per_method) for sc, (per_method, _) in detail.items()})
+            for part_name, (part_summaries, per_method) in parts.items():
+                for method, s in per_method.items():
+                    stats.setdefault(part_name, {}).setdefault(method, []).append(s)
+                    summaries.setdefault(part_name, {}).setdefault(method, []).append(part_summaries[method])
+            record["tuned"] = experiment.tuned
+            record["seconds"] = time.perf_counter() - began
+            runs[str(seed)] = record
+            print(json.dumps({name: {seed: {k: v["recall@20"] for k, v in record["validation"].items()}}}), flush=True)
+        pooled = {part_name: pool(stats[part_name], summaries[part_name]) for part_name in stats}
+        validation = pooled.pop("validation")
+        results["variants"][name] = {"validation": validation, "scenarios": pooled, "runs": runs}
+        markdown.append(table(f"{name}: validation users", validation))
+        for scenario, per_method in pooled.items():
+            markdown.append(table(f"{name}: {scenario} (test)", per_method))
     stem = f"topn_{args.dataset}" + ("" if args.test else "_validation")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

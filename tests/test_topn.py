@@ -25,7 +25,9 @@ from jaxrec.evaluation.topn import (
     dot_ranker,
     evaluate_rankers,
     model_ranker,
+    model_scorer,
     rerank_ranker,
+    sampled_negatives,
     sampled_statistics,
     streaming_topk,
     topn_statistics,
@@ -354,6 +356,74 @@ def test_two_tower_dot_ranker_equals_scoring_every_item_with_the_model(setup):
     assert summaries["generic"]["paired"]["recall@20"]["diff"] == pytest.approx(0.0, abs=0.01)
     support, _ = tasks.item_codes(np.arange(len(tasks)))
     assert not any(np.isin(lists["maml"][t], support[t][support[t] >= 0]).any() for t in range(len(tasks)))
+    # a support item that no training user has (logQ of an undrawn item) still gives every user a full list
+    untrained = np.bincount(split.train.item, minlength=ds.n_items)[np.maximum(support, 0)] == 0
+    assert np.any(untrained & (support >= 0)) and np.all(lists["maml"] >= 0) and np.isfinite(sampler.logq).all()
+
+
+def test_sampled_negatives_avoid_the_users_items_repeat_with_the_seed_and_count_what_is_left_out():
+    support = np.array([[0, 1, -1], [2, -1, -1]])
+    query = np.array([[2, 3], [4, -1]])
+    a, left_a = sampled_negatives(support, query, 5, 6, np.random.default_rng(0))
+    b, left_b = sampled_negatives(support, query, 5, 6, np.random.default_rng(0))
+    np.testing.assert_array_equal(a, b)
+    assert left_a == left_b
+    # user 0 owns 0..3: only item 4 is a negative; user 1 owns 2 and 4; the padded query slot gets none
+    assert set(a[0].ravel()) <= {4, -1} and np.any(a[0] == 4)
+    assert set(a[1, 0].ravel()) <= {0, 1, 3, -1} and np.all(a[1, 1] == -1)
+    assert left_a == int(np.sum(a[0] == -1) + np.sum(a[1, 0] == -1))
+    big, left = sampled_negatives(support, query, 10_000, 100, np.random.default_rng(1))
+    assert left == 0 and not np.isin(big[0], [0, 1, 2, 3]).any() and not np.isin(big[1, 0], [2, 4]).any()
+
+
+def test_sampled_protocol_in_the_evaluation_equals_ranking_each_positive_among_its_draws(setup):
+    """A scorer by popularity: the evaluation's sampled_hr@k equals the rank of each positive's popularity among
+    its own draws, recomputed in NumPy from the same draws; and a model's scorer orders the model's own top list."""
+    ds, split, feat, sampler = setup
+    tasks = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=5, query=50, seed=0)
+    popularity = (np.bincount(split.train.item, minlength=ds.n_items) / 400).astype(np.float32)
+    catalogue = Catalogue.build(feat, popularity, chunk=1000)
+
+    def rank_popular(batch, exclude):
+        return dense_topk(jnp.broadcast_to(jnp.asarray(popularity), (exclude.shape[0], ds.n_items)), exclude, 20)
+
+    def score_popular(batch, exclude, items):
+        return jnp.where(items >= 0, jnp.take(jnp.asarray(popularity), jnp.maximum(items, 0)), -jnp.inf)
+
+    summaries, stats, _ = evaluate_rankers(
+        {"popular": rank_popular}, tasks, catalogue, ks=(10,), batch_size=64, resamples=0, reference="",
+        scorers={"popular": score_popular}, negatives=50, seed=3,
+    )  # fmt: skip
+    hits = []
+    for b, task_index in enumerate(tasks.batch_plan(64, None)):
+        support, query = tasks.item_codes(task_index)
+        drawn, _ = sampled_negatives(support, query, ds.n_items, 50, np.random.default_rng([3, 11, b]))
+        pos = np.where(query >= 0, popularity[np.maximum(query, 0)], np.nan)
+        neg = np.where(drawn >= 0, popularity[np.maximum(drawn, 0)], -np.inf)
+        hit = (np.sum(neg > pos[..., None], axis=-1) < 10) & (query >= 0)
+        keep = np.asarray(task_index) >= 0
+        hits.append(hit.sum(1)[keep] / np.maximum((query >= 0).sum(1)[keep], 1))
+    np.testing.assert_allclose(stats["popular"]["sampled_hr@10"], np.concatenate(hits), rtol=1e-6)
+    assert 0.2 < summaries["popular"]["sampled_hr@10"] < 1.0  # far above the full ranking's hr, as it is biased
+
+    model = models.create("twotower", feat.spec, embed=8, hidden=(16,))
+    params = models.init_params(model, feat.spec, jax.random.key(3))
+    inner = InnerLoop(
+        ranking_loss(model.apply, "softmax"), steps=1, solver=newton(), adapt_filter=model.default_adapt_filter
+    )
+    rows, codes = catalogue.device()
+    task_index = tasks.batch_plan(16, None)[0]
+    batch = tasks.make_batch(task_index, np.random.default_rng(0))
+    exclude = jnp.asarray(tasks.item_codes(task_index)[0])
+    top = dot_ranker(model, inner, 20)((params, 0.5), batch, exclude, rows, codes)
+    others = jnp.asarray(np.random.default_rng(2).integers(0, ds.n_items, size=(top.shape[0], 200)))
+    scores = model_scorer(model.apply, inner)((params, 0.5), batch, jnp.concatenate([top, others], 1), rows, codes)
+    real = np.asarray(task_index) >= 0  # a padded batch's empty tasks list nothing
+    top_scores, other_scores = np.asarray(scores[real, :20]), np.asarray(scores[real, 20:])
+    assert np.all(np.diff(top_scores, axis=1) <= 1e-5)  # the list is in the scorer's order
+    listed = np.concatenate([np.asarray(top), np.asarray(exclude)], 1)[real]
+    outside = np.array([~np.isin(o, own) for o, own in zip(np.asarray(others)[real], listed, strict=True)])
+    assert outside.any() and np.all(np.where(outside, other_scores, -np.inf) <= top_scores[:, -1:] + 1e-5)
 
 
 def test_catalogue_of_one_item_is_refused():
@@ -601,6 +671,37 @@ def test_exact_als_start_ranks_as_the_mf_baselines_fold_in():
     )
     assert np.mean(lists["maml"][:, :20] == lists["mf"][:, :20]) > 0.98  # float32 sums may swap near-ties
     assert summaries["maml"]["recall@20"] == pytest.approx(summaries["mf"]["recall@20"], abs=0.01)
+
+
+def test_frozen_parameters_keep_their_start_through_meta_training():
+    """frozen='embed_item': the item id table of the ALS start is bit for bit the same after meta-steps, while the
+    rest of the item tower and the user prior move."""
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+
+    config = ExperimentConfig.make(
+        feedback="implicit",
+        positive_threshold=4.0,
+        model="twotower",
+        model_kwargs={"embed": 8},
+        ranking_loss="als_exact",
+        item_start="als",
+        pretrain=False,
+        algorithm="maml",
+        meta_lr=1e-2,
+        frozen="embed_item/",
+        topn_baselines=(),
+    )
+    exp = TopNExperiment(config)
+    start = exp.init_state()
+    before = jax.tree.map(np.array, start.params["params"])  # the meta-step donates its input state
+    after = exp.train(start, steps=3).params["params"]
+    np.testing.assert_array_equal(after["embed_item"]["embedding"], before["embed_item"]["embedding"])
+    for name in ("item_out", "user_vector", "embed_item_year"):
+        moved = jax.tree.map(
+            lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), after[name], before[name]
+        )
+        assert max(jax.tree.leaves(moved)) > 1e-4, name
 
 
 def test_new_items_are_untrained_on_everywhere_and_their_interactions_are_the_new_item_scenario(implicit_small):

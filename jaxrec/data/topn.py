@@ -267,7 +267,9 @@ class NegativeSampler:
       count: negatives per positive row.
       n_items: the catalogue size (dataset item codes ``0 .. n_items - 1``).
       cdf: the cumulative distribution over item codes.
-      logq: ``log q_i`` of every item code (``-inf`` for items never drawn), for the logQ correction.
+      logq: ``log q_i`` of every item code, for the logQ correction; an item never drawn (no training interaction:
+        a new user's support may hold one) gets the rarest drawn item's, as a positive's ``s - log q`` of
+        ``log 0`` would be infinite and its softmax loss NaN.
       interacted: sorted keys ``user * n_items + item`` of the interactions draws must avoid.
       tries: redraws of a draw that hits an interacted item before it is masked out.
     """
@@ -315,8 +317,9 @@ class NegativeSampler:
         counts = np.bincount(train["item"].to_numpy(), minlength=n_items).astype(np.float64)
         weight = counts if kind == "popularity" else (counts > 0).astype(np.float64)
         q = weight / weight.sum()
-        with np.errstate(divide="ignore"):
-            logq = np.log(q).astype(np.float32)
+        drawn = q > 0
+        logq = np.full(n_items, np.log(q[drawn].min()), np.float32)
+        logq[drawn] = np.log(q[drawn])
         frames = [train, *avoid]
         keys = np.concatenate(
             [f["user"].to_numpy().astype(np.int64) * n_items + f["item"].to_numpy() for f in frames if len(f)]

@@ -55,6 +55,8 @@ __all__ = [
     "rerank_ranker",
     "streaming_topk",
     "topn_statistics",
+    "model_scorer",
+    "sampled_negatives",
     "sampled_statistics",
 ]
 
@@ -414,6 +416,64 @@ def rerank_ranker(retrieve: Callable, apply_fn: Callable, inner: InnerLoop, k: i
     return rank
 
 
+def model_scorer(apply_fn: Callable, inner: InnerLoop) -> Callable:
+    """The scores of given items for each user, after the same adaptation as :func:`model_ranker`: what the
+    sampled protocol (:func:`sampled_negatives`, :func:`sampled_statistics`) ranks.
+
+    Args:
+      apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
+      inner: the inner loop of the adaptation (``steps=0``: the model as it is).
+
+    Returns:
+      ``score(state, batch, items, rows, codes) -> [U, M]`` for item codes ``items [U, M]`` (``-1``: -inf),
+      jit-compiled, ``state = (params, inner_lr)``; ``rows``, ``codes`` are the chunked catalogue.
+    """
+
+    @jax.jit
+    def score(state, batch, items, rows, codes):
+        flat = {key: v.reshape((-1,) + v.shape[2:]) for key, v in rows.items()}
+        picked = jax.tree.map(lambda v: jnp.take(v, jnp.maximum(items, 0), axis=0), flat)  # [U, M, ...]
+        phi = _adapted(state, batch, inner) if inner.steps else None
+        scores = _score_users(apply_fn, state[0], phi, _clean_users(batch), picked, per_user=True)
+        return jnp.where(items >= 0, scores, _NEG)
+
+    return score
+
+
+def sampled_negatives(
+    support: np.ndarray, query: np.ndarray, n_items: int, negatives: int, rng: np.random.Generator, redraws: int = 8
+) -> tuple[np.ndarray, int]:
+    """Draw ``negatives`` items uniformly for each query positive, none of them one of the user's own items.
+
+    Draws that hit the user's support or query items are drawn again (all at once, ``redraws`` times); what still
+    hits one is ``-1`` (left out of that positive's list) and counted.
+
+    Args:
+      support: ``[U, S]`` item codes, ``-1`` on padding.
+      query: ``[U, Q]`` item codes, ``-1`` on padding.
+      n_items: ``V``.
+      negatives: negatives per positive (``N``).
+      rng: the generator.
+      redraws: how many times colliding draws are drawn again.
+
+    Returns:
+      ``(items [U, Q, N], left_out)``: the negatives (``-1`` where none was found), and how many were left out.
+    """
+    users = support.shape[0]
+    own = np.concatenate([support, query], axis=1)
+    own_keys = np.unique((np.arange(users)[:, None] * np.int64(n_items) + own)[own >= 0])
+    draw = rng.integers(0, n_items, size=(users, query.shape[1], negatives))
+    row = np.arange(users, dtype=np.int64)[:, None, None] * np.int64(n_items)
+    for _ in range(redraws + 1):
+        hit = np.isin(row + draw, own_keys)
+        if not hit.any():
+            break
+        draw[hit] = rng.integers(0, n_items, size=int(hit.sum()))
+    hit = np.isin(row + draw, own_keys) | (query[:, :, None] < 0)
+    draw[hit] = -1
+    return draw.astype(np.int32), int(np.sum(hit & (query[:, :, None] >= 0)))
+
+
 @functools.partial(jax.jit, static_argnames="k")
 def _dense_rank(scores, exclude, k):
     return dense_topk(scores, exclude, k)
@@ -434,10 +494,15 @@ def evaluate_rankers(
     resamples: int = 1000,
     seed: int = 0,
     keep_lists: bool = False,
+    scorers: Mapping[str, Callable] | None = None,
+    negatives: int = 100,
 ) -> tuple[dict[str, dict], dict[str, dict], dict[str, np.ndarray]]:
     """Evaluate rankers on the same users, over the whole catalogue.
 
     Every ranker sees the same batches (the same support sets, the same negatives for the inner loop's loss).
+    With ``scorers``, those methods are also scored by the sampled protocol (**biased**, see
+    :func:`sampled_statistics`): each query positive against ``negatives`` items drawn uniformly from those the user
+    did not interact with, the same draws for every method; its keys are ``sampled_hr@k``.
 
     Args:
       rankers: ``{name: rank(batch, exclude) -> items [U, K]}`` (bound to their state; a baseline ignores what it
@@ -450,6 +515,9 @@ def evaluate_rankers(
       resamples: bootstrap resamples over users.
       seed: the seed of the bootstrap and of the negatives.
       keep_lists: also return every method's top lists (for ``--save-predictions``).
+      scorers: ``{name: score(batch, exclude, items [U, M]) -> scores [U, M]}`` for the sampled protocol (a subset
+        of the rankers' names; None: not scored).
+      negatives: sampled negatives per positive.
 
     Returns:
       ``(summaries, stats, lists)``: ``{method: summary}`` with ``coverage@k`` and paired differences to
@@ -460,20 +528,34 @@ def evaluate_rankers(
     popularity = jnp.asarray(catalogue.popularity)
     pieces: dict[str, list] = {name: [] for name in rankers}
     lists: dict[str, list] = {name: [] for name in rankers}
+    scorers = dict(scorers or {})
+    left_out = 0
     plan = tasks.batch_plan(batch_size, None)
     for b, task_index in enumerate(plan):
         batch = tasks.make_batch(task_index, np.random.default_rng([seed, 7, b]))
         support_items, query_items = tasks.item_codes(task_index)
         keep = np.asarray(task_index) >= 0
         exclude = jnp.asarray(support_items)
+        if scorers:
+            drawn, missed = sampled_negatives(
+                support_items, query_items, catalogue.n_items, negatives, np.random.default_rng([seed, 11, b])
+            )
+            left_out += missed
+            candidates = jnp.asarray(np.concatenate([query_items[:, :, None], drawn], axis=2))  # [U, Q, 1 + N]
         for name, rank in rankers.items():
             items = rank(batch, exclude)
-            stats = jax.device_get(topn_statistics(items, jnp.asarray(query_items), popularity, ks))
+            stats = topn_statistics(items, jnp.asarray(query_items), popularity, ks)
+            if name in scorers:
+                scores = scorers[name](batch, exclude, candidates.reshape(len(keep), -1)).reshape(candidates.shape)
+                stats.update(sampled_statistics(scores[..., 0], scores[..., 1:], candidates[..., 0] >= 0, ks))
+            stats = jax.device_get(stats)
             stats = {key: np.asarray(v)[keep] for key, v in stats.items()}
             stats["user"] = np.asarray(batch.task_id)[keep]
             pieces[name].append(stats)
             lists[name].append(np.asarray(items)[keep])
     stats = {name: {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} for name, parts in pieces.items()}
+    if left_out:
+        logger.info("sampled protocol: %d negatives left out (the user's own items after redraws)", left_out)
     summaries = compare_stats(stats, reference=reference, resamples=resamples, seed=seed, implicit=True)
     top = {name: np.concatenate(parts) for name, parts in lists.items()}
     for name in summaries:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,8 @@ class MetaConfig:
       tune_inner_lr: start from the fine-tuning rate chosen on validation users (not from the bias start).
       meta_lr: Adam's rate for the meta-parameters.
       rate_lr: Adam's rate for Meta-SGD's per-parameter inner rates (None: ``meta_lr``).
+      frozen: a regex searched in each parameter's ``/``-joined path (e.g. ``"embed_item"``): the leaves it finds
+        keep their starting values in meta-training (their inner adaptation, if any, still happens); None: none.
       pretrain: where meta-training starts: ``"bias"`` (the bias model ``mu + b_i`` fitted on the meta-train
         ratings, for a model with an item-bias table; else ``True``), ``True`` (the supervised model of the
         ``no_adapt`` baseline) or ``False`` (random).
@@ -371,6 +374,12 @@ class MetaConfig:
     tune_inner_lr: bool = _field(True, "start from the fine-tuning rate chosen on validation users", parse=_bool)
     meta_lr: float = _field(3e-4, "outer Adam learning rate", parse=_float)
     rate_lr: float | None = _field(3e-4, "Adam learning rate of Meta-SGD's rates", parse=_none_or(_float))
+    frozen: str | None = _field(
+        None,
+        "a regex of parameter paths that meta-training leaves at their start (e.g. embed_item: the item id "
+        "embeddings of an ALS start)",
+        parse=_none_or(str),
+    )
     pretrain: bool | str = _field("bias", "where meta-training starts: bias | true | false", parse=_pretrain)
     batch_size: int = _field(32, "users (tasks) per meta-step", parse=_int)
     epochs: int = _field(60, "passes over the meta-train users", parse=_int)
@@ -401,6 +410,12 @@ class MetaConfig:
         _positive_number(self.meta_lr, "meta_lr")
         if self.rate_lr is not None:
             _positive_number(self.rate_lr, "rate_lr")
+        if self.frozen is not None:
+            _check(isinstance(self.frozen, str) and self.frozen != "", "frozen", f"must be a regex: {self.frozen!r}")
+            try:
+                re.compile(self.frozen)
+            except re.error as e:
+                raise ValueError(f"frozen: not a regex ({e}): {self.frozen!r}") from None
         _check(self.pretrain in PRETRAIN, "pretrain", f"must be 'bias', true or false, got {self.pretrain!r}")
         _positive_int(self.batch_size, "batch_size")
         _positive_int(self.epochs, "epochs")
@@ -484,6 +499,9 @@ class TopNConfig:
       topn_ks: the cut-offs of Recall, nDCG, HR and MRR.
       topn_baselines: the baselines run beside the meta-learner.
       catalogue_chunk: items scored per chunk of the streamed catalogue (memory ``O(users x chunk)``).
+      sampled_negatives: with N > 0 the test scenarios are also scored by the sampled protocol, each query positive
+        against N uniformly drawn items the user did not interact with (``sampled_hr@k``). **Biased** (Krichene
+        and Rendle, KDD 2020): it can order methods unlike the full ranking; offered to compare with papers.
 
     Raises:
       ValueError: if a value is not valid for its field (the message starts with the field's name).
@@ -514,12 +532,19 @@ class TopNConfig:
     topn_ks: tuple = _field((10, 20, 50), "cut-offs of the top-N metrics", parse=_list_of(_int))
     topn_baselines: tuple = _field(TOPN_BASELINES, "comma-separated top-N baselines, or none", parse=_list_of(str))
     catalogue_chunk: int = _field(4096, "items scored per chunk of the catalogue", parse=_int)
+    sampled_negatives: int = _field(
+        0,
+        "also score each test positive against this many sampled negatives (the sampled protocol: biased, for "
+        "comparison with papers only; Krichene and Rendle, KDD 2020); 0: off",
+        parse=_int,
+    )
 
     def __post_init__(self):
         for name in ("topn_ks", "topn_baselines"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
         for name in ("shots", "query_cap", "train_query", "negatives", "catalogue_chunk"):
             _positive_int(getattr(self, name), name)
+        _positive_int(self.sampled_negatives, "sampled_negatives", minimum=0)
         _check(
             self.sampler in ("uniform", "popularity"), "sampler", f"must be uniform or popularity, got {self.sampler!r}"
         )

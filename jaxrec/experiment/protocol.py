@@ -40,6 +40,7 @@ from jaxrec.core.batch import TaskBatch
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.core.newton import newton
+from jaxrec.core.params import adapt_filter
 from jaxrec.core.ranking import catalogue_als_loss, ranking_loss
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
@@ -70,27 +71,41 @@ def _inner_solver(name: str):
 
 def meta_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
     """The outer optimiser of a config: Adam(``meta_lr``) on the meta-parameters; Meta-SGD's per-parameter inner
-    rates get Adam(``rate_lr``) (default ``meta_lr``).
+    rates get Adam(``rate_lr``) (default ``meta_lr``); the leaves that ``frozen`` names get no update.
 
     Args:
       config: the (resolved) experiment config.
 
     Returns:
       The optax transformation.
+
+    Raises:
+      ValueError: at ``init``, if ``frozen`` names no parameter (a misspelt path would otherwise freeze nothing).
     """
     meta = config.meta
     params_opt = optax.adam(meta.meta_lr)
-    if meta.algorithm != "metasgd" or meta.rate_lr is None:
+    if meta.algorithm == "metasgd" and meta.rate_lr is not None:
+
+        def labels(params):
+            if isinstance(params, MetaSGDParams):
+                return MetaSGDParams(
+                    jax.tree.map(lambda _: "params", params.params), jax.tree.map(lambda _: "rates", params.inner_lr)
+                )
+            return jax.tree.map(lambda _: "params", params)
+
+        params_opt = optax.multi_transform({"params": params_opt, "rates": optax.adam(meta.rate_lr)}, labels)
+    if meta.frozen is None:
         return params_opt
+    pattern = adapt_filter(meta.frozen)
 
-    def labels(params):
-        if isinstance(params, MetaSGDParams):
-            return MetaSGDParams(
-                jax.tree.map(lambda _: "params", params.params), jax.tree.map(lambda _: "rates", params.inner_lr)
-            )
-        return jax.tree.map(lambda _: "params", params)
+    def frozen(params):
+        mask = jax.tree_util.tree_map_with_path(lambda path, leaf: bool(pattern(path, leaf)), params)
+        if not any(jax.tree.leaves(mask)):
+            raise ValueError(f"frozen={meta.frozen!r} names no parameter")
+        return mask
 
-    return optax.multi_transform({"params": params_opt, "rates": optax.adam(meta.rate_lr)}, labels)
+    # Adam's moments of a frozen leaf are kept but never applied: the zeroed update is what reaches the params
+    return optax.chain(params_opt, optax.masked(optax.set_to_zero(), frozen))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -48,7 +48,15 @@ from jaxrec.data.topn import (
     warm_frame,
 )
 from jaxrec.evaluation import retrieval_baselines as rb
-from jaxrec.evaluation.topn import Catalogue, _dense_rank, dot_ranker, evaluate_rankers, is_user_side, model_ranker
+from jaxrec.evaluation.topn import (
+    Catalogue,
+    _dense_rank,
+    dot_ranker,
+    evaluate_rankers,
+    is_user_side,
+    model_ranker,
+    model_scorer,
+)
 from jaxrec.experiment.config import ExperimentConfig, resolve
 from jaxrec.experiment.protocol import Learner, trained_catalogue
 
@@ -369,12 +377,16 @@ class TopNExperiment:
     def _kmax(self) -> int:
         return max(self.config.topn.topn_ks)
 
-    def _model_ranker(self, params: Any, inner_lr: Any, inner: InnerLoop) -> Any:
+    def _model_ranker(self, params: Any, inner_lr: Any, inner: InnerLoop) -> Method:
         k = self._kmax()
         dot = isinstance(self.model, models.TwoTower) and is_user_side(inner, params)
         rank = _cached_ranker(self.model, inner, k, dot)
+        score = _cached_scorer(self.model, inner)
         rows, codes = self._catalogue_device
-        return lambda batch, exclude: rank((params, inner_lr), batch, exclude, rows, codes)
+        return Method(
+            lambda batch, exclude: rank((params, inner_lr), batch, exclude, rows, codes),
+            lambda batch, exclude, items: score((params, inner_lr), batch, items, rows, codes),
+        )
 
     @functools.cached_property
     def _catalogue_device(self):
@@ -388,20 +400,24 @@ class TopNExperiment:
             users, train["item"].to_numpy(), weights, int(users.max()) + 1, self.dataset.n_items
         )
 
-    def _baseline_ranker(self, fitted: Any) -> Any:
+    def _baseline_ranker(self, fitted: Any) -> Method:
         k = self._kmax()
         n_items = self.dataset.n_items
 
-        def rank(batch, exclude):
+        def dense_scores(exclude):
             support = np.asarray(exclude)
             users = np.repeat(np.arange(len(support)), support.shape[1])
             items = support.reshape(-1)
             ok = items >= 0
             weights = np.ones(int(ok.sum()), np.float32)
-            matrix = rb.interaction_matrix(users[ok], items[ok], weights, len(support), n_items)
-            return _dense_rank(jnp.asarray(fitted.scores(matrix)), exclude, k)
+            return fitted.scores(rb.interaction_matrix(users[ok], items[ok], weights, len(support), n_items))
 
-        return rank
+        def score(batch, exclude, items):
+            items = np.asarray(items)
+            picked = np.take_along_axis(dense_scores(exclude), np.maximum(items, 0), axis=1)
+            return jnp.asarray(np.where(items >= 0, picked, -np.inf), jnp.float32)
+
+        return Method(lambda batch, exclude: _dense_rank(jnp.asarray(dense_scores(exclude)), exclude, k), score)
 
     def _validate(self, rankers: Mapping[str, Any]) -> dict[str, float]:
         c = self.config
@@ -504,7 +520,7 @@ class TopNExperiment:
             out.update(self.baselines())
         return out
 
-    def validate(self, params: Any, *, baselines: bool = True) -> dict[str, dict]:
+    def validate(self, params: Any, *, baselines: bool = True, return_stats: bool = False) -> Any:
         """Evaluate on the validation users (held out of every training): the score to choose a configuration on.
 
         The baselines' hyper-parameters and the fine-tuning rate are themselves chosen on these users, so their
@@ -513,13 +529,14 @@ class TopNExperiment:
         Args:
           params: the meta-learned parameters.
           baselines: also evaluate the baselines (else only ``"maml"``).
+          return_stats: also return the per-user statistics ``{method: stats}`` (to pool several splits).
 
         Returns:
-          ``{method: summary}``.
+          ``{method: summary}``, and with ``return_stats`` also the per-user statistics.
         """
         c = self.config
         rankers = self.rankers(params) if baselines else {"maml": self.rankers(params, baselines=False)["maml"]}
-        summaries, _, _ = evaluate_rankers(
+        summaries, stats, _ = evaluate_rankers(
             rankers,
             self.val_tasks,
             self.catalogue,
@@ -528,7 +545,7 @@ class TopNExperiment:
             resamples=c.evaluation.bootstrap,
             seed=c.seed,
         )
-        return summaries
+        return (summaries, stats) if return_stats else summaries
 
     def evaluate(self, params: Any, *, keep_lists: bool = False) -> tuple[dict, dict]:
         """Evaluate every method on every scenario over the whole catalogue.
@@ -538,10 +555,13 @@ class TopNExperiment:
           keep_lists: also return the top lists and per-user statistics.
 
         Returns:
-          ``({scenario: {method: summary}}, {scenario: (stats, lists)})``.
+          ``({scenario: {method: summary}}, {scenario: (stats, lists)})``; with ``sampled_negatives`` the summaries
+          also hold the sampled protocol's ``sampled_hr@k`` (biased: never the figure to choose on).
         """
         c = self.config
         rankers = self.rankers(params)
+        sampled = c.topn.sampled_negatives
+        scorers = {name: method.score for name, method in rankers.items()} if sampled else None
         out, detail = {}, {}
         for name, tasks in self.scenario_tasks.items():
             summaries, stats, lists = evaluate_rankers(
@@ -553,6 +573,8 @@ class TopNExperiment:
                 resamples=c.evaluation.bootstrap,
                 seed=c.seed,
                 keep_lists=keep_lists,
+                scorers=scorers,
+                negatives=max(sampled, 1),
             )
             out[name] = summaries
             detail[name] = (stats, lists)
@@ -582,6 +604,23 @@ class TopNExperiment:
             },
             "scenarios": scenarios,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A method as the evaluation calls it: ``rank(batch, exclude) -> items [U, K]`` (what calling it does) and
+    ``score(batch, exclude, items [U, M]) -> scores [U, M]`` (the sampled protocol's)."""
+
+    rank: Callable
+    score: Callable
+
+    def __call__(self, batch: Any, exclude: Any) -> Any:
+        return self.rank(batch, exclude)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_scorer(model: Any, inner: InnerLoop):
+    return model_scorer(model.apply, inner)
 
 
 @functools.lru_cache(maxsize=16)
