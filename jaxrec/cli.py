@@ -57,7 +57,13 @@ __all__ = ["main", "CLIError"]
 logger = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
-TABLE_METRICS = ("mae", "rmse", "ndcg@3", "auc", "hr@10", "recall@20", "ndcg@20", "mrr@20", "coverage@20")
+TABLE_METRICS = (
+    "mae", "rmse", "ndcg@3", "auc", "hr@10", "recall@20", "ndcg@20", "mrr@20", "coverage@20", "sampled_hr@10"
+)  # fmt: skip
+SAMPLED_NOTE = (
+    "sampled_hr@k: each positive against sampled negatives (--sampled-negatives), biased (Krichene and Rendle, "
+    "KDD 2020); compare methods on the full-catalogue columns"
+)
 
 
 #: a user-facing error of the command line (bad flag combination, unreadable ratings file, ...): the run engine's
@@ -113,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
     ev.add_argument("--step", type=int, help="which checkpoint step (default: the newest complete one)")
     evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "baselines", "bootstrap", "eval_batch_size")
+    evaluation_flags += ("sampled_negatives",)
     add_flags(ev, names=(*evaluation_flags, "devices"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
     ev.add_argument(
@@ -320,7 +327,8 @@ def format_table(document: dict) -> str:
             c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
         )
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+    table = [line(header), line(["-" * w for w in widths]), *map(line, rows)]
+    return "\n".join(table + ([SAMPLED_NOTE] if "sampled_hr@10" in present else []))
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:

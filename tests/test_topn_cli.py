@@ -104,6 +104,22 @@ def test_evaluate_reproduces_the_metrics_of_the_run(topn_run, tmp_path, monkeypa
         assert again[name]["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
 
 
+def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, monkeypatch):
+    lines = capture(monkeypatch)
+    output = tmp_path / "sampled.json"
+    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]),
+            "--sampled-negatives", "20", "--output", str(output)]  # fmt: skip
+    assert cli.main(argv) == 0
+    document = json.loads(output.read_text())
+    first = json.loads((topn_run["out"] / "metrics.json").read_text())["scenarios"]["new_user"]
+    for name, summary in document["scenarios"]["new_user"].items():
+        # the full ranking is unchanged; a positive with fewer than 10 items above it in the catalogue has fewer
+        # than 10 of its draws above it: the sampled figure is never below the full one
+        assert summary["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
+        assert summary["recall@10"] - 1e-6 <= summary["sampled_hr@10"] <= 1.0, name
+    assert "sampled_hr@10" in "\n".join(lines) and "biased" in "\n".join(lines)
+
+
 def test_a_count_column_read_as_ratings_is_one_clear_error(tmp_path, capsys):
     path = tmp_path / "checkins.csv"
     path.write_text("".join(f"u{u},venue{v},{1 + (u * 37 + v * 11) % 323}\n" for u in range(30) for v in range(8)))
