@@ -234,3 +234,37 @@ def test_loss_builders_keep_padded_nan_targets_out_of_the_gradient(builder):
     chex.assert_tree_all_finite(grads)
     clean = {k: v[:2] for k, v in rows.items()}
     chex.assert_trees_all_close(grads, jax.grad(loss)(PARAMS, clean, mask[:2]), rtol=1e-6)
+
+
+def test_decay_to_start_is_gradient_descent_on_the_l2_sp_objective(float64):
+    """chain(sgd(eta), decay_to_start(eta * lam)) takes exactly the steps of sgd(eta) on
+    f(theta) + lam / 2 ||theta - theta_0||^2 (float64), and at lam = 0 those of sgd(eta) on f."""
+    from jaxrec.core.anchoring import decay_to_start
+
+    target = jnp.array([1.0, -2.0, 0.5])
+    start = {"w": jnp.array([0.3, 0.2, -0.1]), "b": jnp.array(0.7)}
+
+    def f(p):
+        return jnp.sum((p["w"] - target) ** 2) + jnp.sin(p["b"]) * jnp.sum(p["w"])
+
+    eta, lam = 0.05, 3.0
+    for rate in (lam, 0.0):
+        anchored = optax.chain(optax.sgd(eta), decay_to_start(eta * rate))
+        plain = optax.sgd(eta)
+
+        def regularised(p, start=start, rate=rate):
+            drift = jax.tree.map(lambda x, s: jnp.sum((x - s) ** 2), p, start)
+            return f(p) + rate / 2 * sum(jax.tree.leaves(drift))
+
+        a, sa = start, anchored.init(start)
+        b, sb = start, plain.init(start)
+        for _ in range(20):
+            ua, sa = anchored.update(jax.grad(f)(a), sa, a)
+            a = optax.apply_updates(a, ua)
+            ub, sb = plain.update(jax.grad(regularised)(b), sb, b)
+            b = optax.apply_updates(b, ub)
+        for key in start:
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-14)
+    assert float(jnp.max(jnp.abs(a["w"] - start["w"]))) > 0.1  # the steps moved
+    with pytest.raises(ValueError, match="rate"):
+        decay_to_start(-1.0)

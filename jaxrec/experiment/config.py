@@ -337,6 +337,8 @@ class MetaConfig:
       tune_inner_lr: start from the fine-tuning rate chosen on validation users (not from the bias start).
       meta_lr: Adam's rate for the meta-parameters.
       rate_lr: Adam's rate for Meta-SGD's per-parameter inner rates (None: ``meta_lr``).
+      anchor: L2-SP's ``lambda`` (:mod:`jaxrec.core.anchoring`): each outer step also pulls every meta-parameter
+        back towards its start by ``meta_lr * anchor * (theta - theta_0)``; 0: none.
       frozen: a regex searched in each parameter's ``/``-joined path (e.g. ``"embed_item"``): the leaves it finds
         keep their starting values in meta-training (their inner adaptation, if any, still happens); None: none.
       pretrain: where meta-training starts: ``"bias"`` (the bias model ``mu + b_i`` fitted on the meta-train
@@ -374,6 +376,9 @@ class MetaConfig:
     tune_inner_lr: bool = _field(True, "start from the fine-tuning rate chosen on validation users", parse=_bool)
     meta_lr: float = _field(3e-4, "outer Adam learning rate", parse=_float)
     rate_lr: float | None = _field(3e-4, "Adam learning rate of Meta-SGD's rates", parse=_none_or(_float))
+    anchor: float = _field(
+        0.0, "pull of the meta-parameters back to their start each step (L2-SP, decoupled; 0: none)", parse=_float
+    )
     frozen: str | None = _field(
         None,
         "a regex of parameter paths that meta-training leaves at their start (e.g. embed_item: the item id "
@@ -410,6 +415,11 @@ class MetaConfig:
         _positive_number(self.meta_lr, "meta_lr")
         if self.rate_lr is not None:
             _positive_number(self.rate_lr, "rate_lr")
+        _check(
+            isinstance(self.anchor, int | float) and math.isfinite(self.anchor) and self.anchor >= 0,
+            "anchor",
+            f"must be a finite number >= 0, got {self.anchor!r}",
+        )
         if self.frozen is not None:
             _check(isinstance(self.frozen, str) and self.frozen != "", "frozen", f"must be a regex: {self.frozen!r}")
             try:

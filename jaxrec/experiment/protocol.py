@@ -36,6 +36,7 @@ import optax
 
 from jaxrec import models, testing
 from jaxrec.contrib.grouping import GroupedParams, group_params
+from jaxrec.core.anchoring import decay_to_start
 from jaxrec.core.batch import TaskBatch
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import MetaSGDParams
@@ -71,7 +72,8 @@ def _inner_solver(name: str):
 
 def meta_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
     """The outer optimiser of a config: Adam(``meta_lr``) on the meta-parameters; Meta-SGD's per-parameter inner
-    rates get Adam(``rate_lr``) (default ``meta_lr``); the leaves that ``frozen`` names get no update.
+    rates get Adam(``rate_lr``) (default ``meta_lr``); with ``anchor`` every step also pulls back to the start
+    (:func:`~jaxrec.core.anchoring.decay_to_start`); the leaves that ``frozen`` names get no update.
 
     Args:
       config: the (resolved) experiment config.
@@ -94,6 +96,8 @@ def meta_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
             return jax.tree.map(lambda _: "params", params)
 
         params_opt = optax.multi_transform({"params": params_opt, "rates": optax.adam(meta.rate_lr)}, labels)
+    if meta.anchor:
+        params_opt = optax.chain(params_opt, decay_to_start(meta.meta_lr * meta.anchor))
     if meta.frozen is None:
         return params_opt
     pattern = adapt_filter(meta.frozen)
