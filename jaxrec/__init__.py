@@ -12,8 +12,9 @@ The meta-learning core (:mod:`jaxrec.core`) sees only ``loss_fn(params, rows, ma
 
 Above the core, loaded when first used (so that ``import jaxrec`` needs neither pandas nor the models):
 :mod:`jaxrec.data` (logs, splits, tasks, the batch stream), :mod:`jaxrec.models`, :mod:`jaxrec.evaluation`,
-:mod:`jaxrec.experiment` (the protocol, the run engine, the recommender, checkpoints), :mod:`jaxrec.serve` (the
-online service), :mod:`jaxrec.testing` and the experimental :mod:`jaxrec.contrib`.
+:mod:`jaxrec.experiment` (the protocol, the run engine, the recommender, checkpoints), :mod:`jaxrec.methods`
+(the literature's methods as named recipes), :mod:`jaxrec.serve` (the online service), :mod:`jaxrec.testing`
+and the experimental :mod:`jaxrec.contrib`.
 """
 
 import importlib
@@ -50,7 +51,9 @@ _LAZY = {
     "default_loss": "jaxrec.models",
     "init_params": "jaxrec.models",
 }
-_SUBPACKAGES = ("cli", "contrib", "core", "data", "evaluation", "experiment", "models", "scale", "serve", "testing")
+_SUBPACKAGES = (
+    "cli", "contrib", "core", "data", "evaluation", "experiment", "methods", "models", "scale", "serve", "testing"
+)  # fmt: skip
 
 
 def __getattr__(name: str):

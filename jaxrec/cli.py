@@ -48,6 +48,7 @@ from jaxrec.experiment.run import (
     resume_config,
 )
 from jaxrec.experiment.trained import load_trained
+from jaxrec.methods import METHODS, recipe
 from jaxrec.scale.host_devices import use_every_core
 from jaxrec.scale.host_memory import keep_freed_host_memory
 from jaxrec.serve import ServingModel, create_app, missing_extra, run_server
@@ -92,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="meta-train, evaluate every cold-start scenario, write DIR/metrics.json")
     t.add_argument("--config", help="a JSON file of config fields (flags override it), e.g. benchmarks/configs/*.json")
+    t.add_argument(
+        "--method",
+        choices=sorted(METHODS),
+        help="a method of the literature as its paper configures it (jaxrec.methods; flags override it)",
+    )
     add_flags(t)
     t.add_argument("--out", default="runs/jaxrec", help="run folder (default runs/jaxrec)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
@@ -208,8 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args)
     if args.resume and args.overwrite:
         raise CLIError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    if args.resume and args.config:
-        raise CLIError("--config describes a new run; --resume continues the recorded one: pass one of them")
+    if args.resume and (args.config or args.method):
+        flag = "--config" if args.config else "--method"
+        raise CLIError(f"{flag} describes a new run; --resume continues the recorded one: pass one of them")
+    if args.config and args.method:
+        raise CLIError("--config and --method each give a whole configuration: pass one (and flags over it)")
     for flag, value, low in (
         ("--steps", args.steps, 0),
         ("--keep", args.keep, 1),
@@ -223,7 +232,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resume_config(out, overrides)
     else:
         check_fresh_out(out, overwrite=args.overwrite)
-        base = None
+        base = ExperimentConfig.make(**recipe(args.method)) if args.method else None
         if args.config:
             try:
                 base = ExperimentConfig.load(args.config)

@@ -21,8 +21,9 @@ ALLOWED = {
     "data": {"core", "scale"},
     "evaluation": {"core", "scale", "data", "models"},
     "experiment": {"core", "scale", "data", "models", "evaluation", "contrib", "testing", "_version"},
+    "methods": {"core", "scale", "data", "models", "evaluation", "experiment"},
     "serve": {"core", "scale", "data", "models", "evaluation", "experiment", "_version"},
-    "cli": {"core", "scale", "data", "models", "evaluation", "experiment", "serve"},
+    "cli": {"core", "scale", "data", "models", "evaluation", "experiment", "methods", "serve"},
     "__init__": {"_version", "core", "scale"},
     "__main__": {"cli"},
 }

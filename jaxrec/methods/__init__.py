@@ -1,0 +1,41 @@
+"""Meta-learned recommenders of the literature, as named recipes: ``jaxrec train --method NAME``.
+
+A recipe is a function from its paper's choices to the experiment's config fields (a plain dict that
+:meth:`jaxrec.experiment.ExperimentConfig.make` reads), so that a method runs on the same compiled, vectorised
+path, split, baselines and evaluation as every other configuration, and a comparison differs only in what names
+it. Fields given beside ``--method`` (flags, ``--config``) override the recipe's.
+
+* :func:`melu`: MeLU (Lee et al., KDD 2019), ``"melu-1"`` and ``"melu-5"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jaxrec.methods.melu import melu
+
+__all__ = ["METHODS", "melu", "recipe"]
+
+#: method name -> the recipe's config fields
+METHODS: dict[str, Callable[[], dict[str, Any]]] = {
+    "melu-1": lambda: melu(local_steps=1),
+    "melu-5": lambda: melu(local_steps=5),
+}
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """The config fields of a named method.
+
+    Args:
+      name: one of :data:`METHODS`.
+
+    Returns:
+      A new dict of config fields.
+
+    Raises:
+      ValueError: for an unknown name (the message lists the known ones).
+    """
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]()
