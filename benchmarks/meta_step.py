@@ -3,6 +3,11 @@
     python benchmarks/meta_step.py --order second --adapt all --local-embeddings on --matmul-peak 2048
     python benchmarks/meta_step.py --item-vocab 1000000 --outer-tables sparse
     python benchmarks/meta_step.py --devices 2    # one host device per core, tasks sharded over them
+    python benchmarks/meta_step.py --method melu-5 --order first   # a method of jaxrec.methods, as configured
+
+``--method NAME`` times the meta-step that ``jaxrec train --method NAME`` runs (its model, inner loop and outer
+optimiser, built by :class:`jaxrec.experiment.protocol.Learner` from the recipe) on the same reference rows and
+task batch; ``--order`` is applied over the recipe's, the workload flags (``--tasks``, ``--support``, ...) too.
 
 ``--devices N`` (CPU) exposes the host's cores as ``N`` XLA devices (``jax_num_cpu_devices``) and runs the step
 on a 1-D ``"tasks"`` mesh (:mod:`jaxrec.scale.sharding`: parameters replicated, the task axis sharded, the
@@ -43,6 +48,10 @@ import optax  # noqa: E402
 
 import jaxrec  # noqa: E402
 from jaxrec import models  # noqa: E402
+from jaxrec.experiment import ExperimentConfig  # noqa: E402
+from jaxrec.experiment.config import resolve  # noqa: E402
+from jaxrec.experiment.protocol import Learner, meta_optimizer  # noqa: E402
+from jaxrec.methods import METHODS, recipe  # noqa: E402
 from jaxrec.scale.sharding import make_mesh, shard_batch  # noqa: E402
 
 
@@ -50,6 +59,8 @@ def build(args, unroll: int | bool = 1):
     """``(trainer, state, batch, n_params)`` of the reference workload for ``args`` (batch sharded with
     ``--devices``)."""
     spec = jaxrec.testing.reference_spec(args.item_vocab)
+    if getattr(args, "method", None):
+        return build_method(args, spec, unroll)
     model = models.MeLU(spec, embed=args.embed, hidden=tuple(args.hidden), use_ids=("item",), interaction=None)
     params = models.init_params(model, spec, jax.random.PRNGKey(args.seed))
     options = {"local_embeddings": models.embedding_tables(params)} if args.local_embeddings == "on" else {}
@@ -73,6 +84,28 @@ def build(args, unroll: int | bool = 1):
         inner_unroll=unroll,
         **sparse,
     )
+    batch = jaxrec.testing.synthetic_task_batch(
+        spec, args.tasks, args.support, args.query, jax.random.PRNGKey(args.seed + 1), padded=False
+    )
+    if trainer.mesh is not None:
+        batch = shard_batch(batch, trainer.mesh)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    return trainer, trainer.init(params), batch, n_params
+
+
+def build_method(args, spec, unroll: int | bool = 1):
+    """``build`` for ``--method``: the recipe's learner on the reference rows."""
+    config = resolve(ExperimentConfig.make(**{**recipe(args.method), "order": args.order}))
+    learner = Learner.build(config, spec)
+    trainer = jaxrec.MetaTrainer(
+        learner.inner.replace(unroll=unroll),
+        inner_lr=config.meta.inner_lr,
+        algorithm=config.meta.algorithm,
+        optimizer=meta_optimizer(config),
+        task_chunk=args.task_chunk,
+        mesh=make_mesh(args.devices) if getattr(args, "devices", 1) > 1 else None,
+    )
+    params = models.init_params(learner.model, spec, jax.random.PRNGKey(args.seed))
     batch = jaxrec.testing.synthetic_task_batch(
         spec, args.tasks, args.support, args.query, jax.random.PRNGKey(args.seed + 1), padded=False
     )
@@ -146,6 +179,7 @@ def matmul_peak(n: int, reps: int = 5) -> float:
 def main(argv=None):
     p = common.parser(__doc__)
     p.add_argument("--local-embeddings", choices=["on", "off"], default="on")
+    p.add_argument("--method", choices=sorted(METHODS), help="time this jaxrec.methods recipe's meta-step")
     p.add_argument("--matmul-peak", type=int, default=0, help="also time an N x N jnp.dot (0: skip)")
     p.add_argument("--outer", choices=["adam", "sgd"], default="adam", help="outer optimiser (sgd: diagnostic)")
     p.add_argument(
