@@ -34,6 +34,8 @@ other configurations change only what names them, each a file of config fields i
   ``user_ids`` (MeLU's network also over a user id embedding). With ``--set '{"val_item_frac": 0.2}'`` the
   validation also scores ``validation_new_item``: the newest fifth of the meta-train items held out of training.
 
+The methods of :mod:`jaxrec.methods` run by name too (``--methods melu-1 melu-5``: MeLU as published).
+
 In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
 user-wise (each (split, user) pair is one unit of the bootstrap). Baselines are fitted once per model, item
 dropout, adapted set and inner loop, and shared by every method with those. ``--validation`` scores on the
@@ -53,10 +55,12 @@ import numpy as np
 
 from jaxrec.evaluation.compare import compare_stats, concat_stats
 from jaxrec.experiment import Experiment, ExperimentConfig
+from jaxrec.methods import METHODS, recipe
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 # every configuration is a file of config fields beside the default's (empty: ExperimentConfig() itself)
 VARIANTS = {path.stem: json.loads(path.read_text()) for path in sorted(CONFIGS.glob("*.json"))}
+VARIANTS.update({name: recipe(name) for name in METHODS})  # the literature's methods (jaxrec.methods) by name
 TEST_METHODS = ("default", "sgd_head", "newton_maml", "maml", "maml_all", "fomaml", "reptile")
 RESULTS = Path(__file__).resolve().parent / "results"
 
