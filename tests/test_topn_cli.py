@@ -36,6 +36,10 @@ def topn_run(tmp_path_factory):
                 *TOPN_FLAGS,
                 "--epochs",
                 "2",
+                "--rerank",
+                "melu",
+                "--rerank-candidates",
+                "50",
                 "--out",
                 str(out),
                 "--save-predictions",
@@ -52,7 +56,7 @@ def test_train_writes_top_n_metrics_for_the_meta_learner_and_every_baseline(topn
     document = json.loads((topn_run["out"] / "metrics.json").read_text())
     assert document["task"] == "topn"
     methods = document["scenarios"]["new_user"]
-    assert set(methods) == {"maml", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
+    assert set(methods) == {"maml", "rerank", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
     for name, summary in methods.items():
         for k in (10, 20, 50):
             for metric in ("recall", "ndcg", "hr", "mrr"):
@@ -78,7 +82,12 @@ def test_saved_predictions_are_the_split_and_every_methods_top_k(topn_run):
     assert split["user"].str.startswith("u-").all() and split["item"].str.startswith("song-").all()
     per_user = split[split.role == "support"].groupby("user").size()
     assert (per_user == 3).all()
-    assert set(topk["method"]) == {"maml", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
+    assert set(topk["method"]) == {"maml", "rerank", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
+    # --rerank melu --rerank-candidates 50: each user's re-ranked top 50 is the meta-learner's top 50, reordered
+    lists = topk.sort_values("rank").groupby(["method", "user"])["item"].apply(list)
+    users = sorted(set(topk.loc[topk.method == "rerank", "user"]))
+    assert all(set(lists["rerank"][u]) == set(lists["maml"][u]) for u in users)
+    assert sum(lists["rerank"][u] != lists["maml"][u] for u in users) > len(users) / 2
     assert topk.groupby(["user", "method"])["rank"].max().max() == 50
     shown = split[split.role == "support"]
     support = set(zip(shown["user"], shown["item"], strict=True))

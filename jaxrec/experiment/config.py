@@ -509,6 +509,11 @@ class TopNConfig:
       topn_ks: the cut-offs of Recall, nDCG, HR and MRR.
       topn_baselines: the baselines run beside the meta-learner.
       catalogue_chunk: items scored per chunk of the streamed catalogue (memory ``O(users x chunk)``).
+      rerank: a model name (e.g. ``"melu"``): also evaluate ``"rerank"``, the meta-learner's top
+        ``rerank_candidates`` items re-ranked by this model, meta-trained on the same tasks with the same
+        algorithm (``ranking_loss="als_exact"`` becomes ``"bpr"`` for it) and adapted to the same support set
+        (meta-learning for the recall stage and for re-ranking); None: no re-ranking.
+      rerank_candidates: items the re-ranker scores per user (``R``).
       sampled_negatives: with N > 0 the test scenarios are also scored by the sampled protocol, each query positive
         against N uniformly drawn items the user did not interact with (``sampled_hr@k``). **Biased** (Krichene
         and Rendle, KDD 2020): it can order methods unlike the full ranking; offered to compare with papers.
@@ -542,6 +547,13 @@ class TopNConfig:
     topn_ks: tuple = _field((10, 20, 50), "cut-offs of the top-N metrics", parse=_list_of(_int))
     topn_baselines: tuple = _field(TOPN_BASELINES, "comma-separated top-N baselines, or none", parse=_list_of(str))
     catalogue_chunk: int = _field(4096, "items scored per chunk of the catalogue", parse=_int)
+    rerank: str | None = _field(
+        None,
+        "also evaluate 'rerank': the meta-learner's top --rerank-candidates re-ranked by this model (e.g. melu), "
+        "meta-trained alike",
+        parse=_none_or(str),
+    )
+    rerank_candidates: int = _field(200, "items the re-ranking model scores per user", parse=_int)
     sampled_negatives: int = _field(
         0,
         "also score each test positive against this many sampled negatives (the sampled protocol: biased, for "
@@ -552,8 +564,14 @@ class TopNConfig:
     def __post_init__(self):
         for name in ("topn_ks", "topn_baselines"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
-        for name in ("shots", "query_cap", "train_query", "negatives", "catalogue_chunk"):
+        for name in ("shots", "query_cap", "train_query", "negatives", "catalogue_chunk", "rerank_candidates"):
             _positive_int(getattr(self, name), name)
+        if self.rerank is not None and self.topn_ks:
+            _check(
+                self.rerank_candidates >= max(self.topn_ks),
+                "rerank_candidates",
+                f"must be >= the largest cut-off of topn_ks ({max(self.topn_ks)}), got {self.rerank_candidates}",
+            )
         _positive_int(self.sampled_negatives, "sampled_negatives", minimum=0)
         _check(
             self.sampler in ("uniform", "popularity"), "sampler", f"must be uniform or popularity, got {self.sampler!r}"

@@ -56,6 +56,7 @@ from jaxrec.evaluation.topn import (
     is_user_side,
     model_ranker,
     model_scorer,
+    rerank_ranker,
 )
 from jaxrec.experiment.config import ExperimentConfig, resolve
 from jaxrec.experiment.protocol import Learner, trained_catalogue
@@ -513,12 +514,44 @@ class TopNExperiment:
     # -- evaluation ------------------------------------------------------------------------------------------------
 
     def rankers(self, params: Any, *, baselines: bool = True) -> dict[str, Any]:
-        """The meta method (``"maml"``) and the baselines, each ``rank(batch, exclude) -> items [U, K]``."""
+        """The meta method (``"maml"``), the re-ranked one (``"rerank"``, with ``rerank``) and the baselines, each
+        ``rank(batch, exclude) -> items [U, K]``."""
         meta_params, inner_lr = split_meta_params(params, self.inner_lr)
         out = {"maml": self._model_ranker(meta_params, inner_lr, self.inner)}
+        if self.config.topn.rerank:
+            out["rerank"] = self._rerank_method(meta_params, inner_lr)
         if baselines:
             out.update(self.baselines())
         return out
+
+    @functools.cached_property
+    def reranker(self) -> tuple[Any, Any, InnerLoop]:
+        """The re-ranking model of ``rerank``, meta-trained on this experiment's tasks (the same split, seed and
+        schedule): ``(model, (params, inner_lr), inner)``. Trained when first asked for, as the baselines are, so
+        that evaluating a restored run rebuilds the same model."""
+        c = self.config
+        loss = "bpr" if c.topn.ranking_loss == "als_exact" else c.topn.ranking_loss
+        query_loss = None if c.topn.query_loss == "als_exact" else c.topn.query_loss
+        fields = {"model": c.topn.rerank, "ranking_loss": loss, "query_loss": query_loss, "item_start": "random"}
+        fields.update(adapt="auto", inner_solver="auto", inner_steps=None)  # what suits the re-ranking model
+        if c.topn.rerank == "melu":  # MeLU's features alone may be none (a plain log): the item id is one more field
+            fields["model_kwargs"] = {"use_ids": ["item"]}
+        other = TopNExperiment(c.override(**fields, rerank=None, frozen=None, anchor=0.0))
+        state = other.train()
+        logger.info("re-ranker %s meta-trained (%d steps)", c.topn.rerank, int(state.step))
+        return other.model, split_meta_params(state.params, other.inner_lr), other.inner
+
+    def _rerank_method(self, params: Any, inner_lr: Any) -> Method:
+        model, rerank_state, inner = self.reranker
+        candidates = int(self.config.topn.rerank_candidates)
+        dot = isinstance(self.model, models.TwoTower) and is_user_side(self.inner, params)
+        rank = _cached_rerank(_cached_ranker(self.model, self.inner, candidates, dot), model, inner, self._kmax())
+        score = _cached_scorer(model, inner)
+        rows, codes = self._catalogue_device
+        return Method(
+            lambda batch, exclude: rank((params, inner_lr), rerank_state, batch, exclude, rows, codes),
+            lambda batch, exclude, items: score(rerank_state, batch, items, rows, codes),
+        )
 
     def validate(self, params: Any, *, baselines: bool = True, return_stats: bool = False) -> Any:
         """Evaluate on the validation users (held out of every training): the score to choose a configuration on.
@@ -616,6 +649,11 @@ class Method:
 
     def __call__(self, batch: Any, exclude: Any) -> Any:
         return self.rank(batch, exclude)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_rerank(retrieve: Any, model: Any, inner: InnerLoop, k: int):
+    return rerank_ranker(retrieve, model.apply, inner, k)
 
 
 @functools.lru_cache(maxsize=16)
