@@ -159,3 +159,12 @@ def test_the_stream_refuses_no_tasks_and_builds_each_epoch_once():
     batch_at = StepBatches(lambda e: built.append(e) or Tasks(4), batch_size=2, shuffle=False)
     assert [batch_at(k)[0] for k in range(8)] == [0, 2] * 4
     assert built == [0, 1, 2, 3]  # one build per epoch, epoch 0 not rebuilt
+
+
+@pytest.mark.parametrize("field, value", [("rerank", "melu"), ("sampled_negatives", 100)])
+def test_top_n_evaluation_options_on_rated_feedback_are_refused_not_ignored(field, value):
+    from jaxrec.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match=f"^{field} needs --feedback implicit"):
+        ExperimentConfig.make(**{field: value})
+    assert ExperimentConfig.make(feedback="implicit", **{field: value})  # accepted where it means something

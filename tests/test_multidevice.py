@@ -19,14 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 
 
+# one process per file, so that pytest-xdist can run them side by side
+SUITE = sorted(p.name for p in (ROOT / "tests" / "multidevice").glob("test_*.py"))
+
+
 @pytest.mark.multidevice
-def test_multidevice_suite_passes_on_four_cpu_devices():
+@pytest.mark.parametrize("suite", SUITE)
+def test_multidevice_suite_passes_on_four_cpu_devices(suite):
     env = dict(os.environ)
     # unoptimised XLA code generation: these tests compare results and spend most of their time compiling
     flags = " --xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0"
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + flags).strip()
     env["JAX_PLATFORMS"] = "cpu"
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/multidevice"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"tests/multidevice/{suite}"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]

@@ -651,6 +651,9 @@ class ExperimentConfig:
         _positive_int(self.seed, "seed", minimum=0)
         if self.devices is not None and self.devices != "all":
             _positive_int(self.devices, "devices")
+        if self.data.feedback != "implicit":  # top-N evaluation options would otherwise be ignored in silence
+            _check(self.topn.rerank is None, "rerank", "needs --feedback implicit (it re-ranks top-N lists)")
+            _check(not self.topn.sampled_negatives, "sampled_negatives", "needs --feedback implicit (top-N only)")
 
     @classmethod
     def make(cls, **fields: Any) -> ExperimentConfig:
