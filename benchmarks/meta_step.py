@@ -84,6 +84,11 @@ def build(args, unroll: int | bool = 1):
         inner_unroll=unroll,
         **sparse,
     )
+    return workload(args, spec, trainer, params)
+
+
+def workload(args, spec, trainer, params):
+    """``(trainer, state, batch, n_params)``: the reference task batch (sharded over the trainer's mesh)."""
     batch = jaxrec.testing.synthetic_task_batch(
         spec, args.tasks, args.support, args.query, jax.random.PRNGKey(args.seed + 1), padded=False
     )
@@ -106,13 +111,7 @@ def build_method(args, spec, unroll: int | bool = 1):
         mesh=make_mesh(args.devices) if getattr(args, "devices", 1) > 1 else None,
     )
     params = models.init_params(learner.model, spec, jax.random.PRNGKey(args.seed))
-    batch = jaxrec.testing.synthetic_task_batch(
-        spec, args.tasks, args.support, args.query, jax.random.PRNGKey(args.seed + 1), padded=False
-    )
-    if trainer.mesh is not None:
-        batch = shard_batch(batch, trainer.mesh)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
-    return trainer, trainer.init(params), batch, n_params
+    return workload(args, spec, trainer, params)
 
 
 def memory_and_cost(compiled) -> dict:

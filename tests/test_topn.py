@@ -644,24 +644,21 @@ def test_exact_als_loss_needs_a_two_tower_model_and_its_catalogue():
         ExperimentConfig.make(feedback="implicit", query_loss="hinge")
 
 
+def als_start_config(**fields):
+    """A top-N config on the bundled data, meta-training from the ALS start with the exact ALS loss."""
+    from jaxrec.experiment import ExperimentConfig
+
+    base = {"feedback": "implicit", "positive_threshold": 4.0, "model": "twotower", "ranking_loss": "als_exact"}
+    return ExperimentConfig.make(**base, item_start="als", pretrain=False, topn_baselines=(), **fields)
+
+
 def test_exact_als_start_ranks_as_the_mf_baselines_fold_in():
     """item_start='als' with the exact ALS loss and the prior variance 1 / (2 l2): before any meta-step the
     meta-learner's adapted users are the mf baseline's folded-in users, so both rank the catalogue alike."""
     from jaxrec.evaluation import retrieval_baselines as rb
-    from jaxrec.experiment import ExperimentConfig
     from jaxrec.experiment.topn import TopNExperiment
 
-    config = ExperimentConfig.make(
-        feedback="implicit",
-        positive_threshold=4.0,
-        model="twotower",
-        model_kwargs={"embed": 16},
-        ranking_loss="als_exact",
-        item_start="als",
-        pretrain=False,
-        inner_lr=1 / (2 * 10.0),
-        topn_baselines=(),
-    )
+    config = als_start_config(model_kwargs={"embed": 16}, inner_lr=1 / (2 * 10.0))
     exp = TopNExperiment(config)
     params = exp.init_params()
     fitted = rb.fit_mf(exp._train_matrix(), seed=config.seed, factors=16, l2=10.0, alpha=10.0)
@@ -676,22 +673,9 @@ def test_exact_als_start_ranks_as_the_mf_baselines_fold_in():
 def test_frozen_parameters_keep_their_start_through_meta_training():
     """frozen='embed_item': the item id table of the ALS start is bit for bit the same after meta-steps, while the
     rest of the item tower and the user prior move."""
-    from jaxrec.experiment import ExperimentConfig
     from jaxrec.experiment.topn import TopNExperiment
 
-    config = ExperimentConfig.make(
-        feedback="implicit",
-        positive_threshold=4.0,
-        model="twotower",
-        model_kwargs={"embed": 8},
-        ranking_loss="als_exact",
-        item_start="als",
-        pretrain=False,
-        algorithm="maml",
-        meta_lr=1e-2,
-        frozen="embed_item/",
-        topn_baselines=(),
-    )
+    config = als_start_config(model_kwargs={"embed": 8}, algorithm="maml", meta_lr=1e-2, frozen="embed_item/")
     exp = TopNExperiment(config)
     start = exp.init_state()
     before = jax.tree.map(np.array, start.params["params"])  # the meta-step donates its input state
