@@ -4,7 +4,8 @@ For every test user: adapt on the support interactions, score **every item** of 
 support items, keep the top ``k`` with :func:`jax.lax.top_k`, and compare the list with the user's query
 interactions (what they did next). Nothing is sampled: the sampled protocol (each positive against 100 sampled
 negatives) ranks methods inconsistently with the full ranking (Krichene & Rendle, KDD 2020) and is offered only
-as :func:`sampled_statistics`, labelled as biased.
+beside it, labelled as biased (``sampled_hr@k``: :func:`evaluate_rankers` with ``scorers``, drawn by
+:func:`sampled_negatives`, counted by :func:`sampled_statistics`).
 
 Scoring is batched over users and streamed over the catalogue in chunks of ``C`` items (a ``lax.scan``): each
 chunk's scores ``[U, C]`` are merged into a running top ``k``, so memory is ``O(U (C + k))`` whatever the
@@ -445,8 +446,8 @@ def sampled_negatives(
 ) -> tuple[np.ndarray, int]:
     """Draw ``negatives`` items uniformly for each query positive, none of them one of the user's own items.
 
-    Draws that hit the user's support or query items are drawn again (all at once, ``redraws`` times); what still
-    hits one is ``-1`` (left out of that positive's list) and counted.
+    Draws that hit the user's support or query items are drawn again, all of them at once, up to ``redraws + 1``
+    times; what still hits one is ``-1`` (left out of that positive's list) and counted.
 
     Args:
       support: ``[U, S]`` item codes, ``-1`` on padding.
@@ -454,7 +455,7 @@ def sampled_negatives(
       n_items: ``V``.
       negatives: negatives per positive (``N``).
       rng: the generator.
-      redraws: how many times colliding draws are drawn again.
+      redraws: how many more rounds of redrawing the collisions follow the first.
 
     Returns:
       ``(items [U, Q, N], left_out)``: the negatives (``-1`` where none was found), and how many were left out.
