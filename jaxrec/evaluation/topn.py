@@ -327,6 +327,13 @@ def _score_users(
     return jax.vmap(one, in_axes=in_axes)(params if phi is None else phi, users, item_rows)
 
 
+def _pick_rows(rows: Mapping[str, jax.Array], items: jax.Array) -> dict[str, jax.Array]:
+    """The catalogue rows (chunked ``[chunks, C, ...]``) of each user's items ``[U, M]`` (``-1``: item 0's, to be
+    masked by the caller), as ``[U, M, ...]``."""
+    flat = {key: v.reshape((-1,) + v.shape[2:]) for key, v in rows.items()}
+    return jax.tree.map(lambda v: jnp.take(v, jnp.maximum(items, 0), axis=0), flat)
+
+
 def _clean_users(batch: Any) -> dict[str, jax.Array]:
     """Each task's user keys; a ``history_item`` is the task's whole support set (a support row's own history
     leaves that row out)."""
@@ -404,12 +411,10 @@ def rerank_ranker(retrieve: Callable, apply_fn: Callable, inner: InnerLoop, k: i
     @jax.jit
     def rank(retrieve_state, rerank_state, batch, exclude, rows, codes):
         candidates = retrieve(retrieve_state, batch, exclude, rows, codes)  # [U, R], -1 where none
-        flat = {key: v.reshape((-1,) + v.shape[2:]) for key, v in rows.items()}
-        picked = jax.tree.map(lambda v: jnp.take(v, jnp.maximum(candidates, 0), axis=0), flat)  # [U, R, ...]
         phi = _adapted(rerank_state, batch, inner) if inner.steps else None
         users = _clean_users(batch)
 
-        scores = _score_users(apply_fn, rerank_state[0], phi, users, picked, per_user=True)
+        scores = _score_users(apply_fn, rerank_state[0], phi, users, _pick_rows(rows, candidates), per_user=True)
         scores = jnp.where(candidates >= 0, scores, _NEG)
         top, position = jax.lax.top_k(scores, int(k))
         return jnp.where(jnp.isfinite(top), jnp.take_along_axis(candidates, position, axis=1), -1)
@@ -432,10 +437,8 @@ def model_scorer(apply_fn: Callable, inner: InnerLoop) -> Callable:
 
     @jax.jit
     def score(state, batch, items, rows, codes):
-        flat = {key: v.reshape((-1,) + v.shape[2:]) for key, v in rows.items()}
-        picked = jax.tree.map(lambda v: jnp.take(v, jnp.maximum(items, 0), axis=0), flat)  # [U, M, ...]
         phi = _adapted(state, batch, inner) if inner.steps else None
-        scores = _score_users(apply_fn, state[0], phi, _clean_users(batch), picked, per_user=True)
+        scores = _score_users(apply_fn, state[0], phi, _clean_users(batch), _pick_rows(rows, items), per_user=True)
         return jnp.where(items >= 0, scores, _NEG)
 
     return score

@@ -41,7 +41,7 @@ from jaxrec.core.batch import TaskBatch
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.core.newton import newton
-from jaxrec.core.params import adapt_filter
+from jaxrec.core.params import adapt_filter, adapt_mask
 from jaxrec.core.ranking import catalogue_als_loss, ranking_loss
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
@@ -103,10 +103,10 @@ def meta_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
     pattern = adapt_filter(meta.frozen)
 
     def frozen(params):
-        mask = jax.tree_util.tree_map_with_path(lambda path, leaf: bool(pattern(path, leaf)), params)
-        if not any(jax.tree.leaves(mask)):
-            raise ValueError(f"frozen={meta.frozen!r} names no parameter")
-        return mask
+        try:
+            return adapt_mask(params, pattern)
+        except ValueError:  # it selects no leaf
+            raise ValueError(f"frozen={meta.frozen!r} names no parameter") from None
 
     # Adam's moments of a frozen leaf are kept but never applied: the zeroed update is what reaches the params
     return optax.chain(params_opt, optax.masked(optax.set_to_zero(), frozen))

@@ -380,10 +380,13 @@ class TopNExperiment:
     def _kmax(self) -> int:
         return max(self.config.topn.topn_ks)
 
+    def _dot(self, params: Any, inner: InnerLoop) -> bool:
+        """Whether this model ranks by one matrix product: a two-tower model whose adapted leaves are all on the
+        user side."""
+        return isinstance(self.model, models.TwoTower) and is_user_side(inner, params)
+
     def _model_ranker(self, params: Any, inner_lr: Any, inner: InnerLoop) -> Method:
-        k = self._kmax()
-        dot = isinstance(self.model, models.TwoTower) and is_user_side(inner, params)
-        rank = _cached_ranker(self.model, inner, k, dot)
+        rank = _cached_ranker(self.model, inner, self._kmax(), self._dot(params, inner))
         score = _cached_scorer(self.model, inner)
         rows, codes = self._catalogue_device
         return Method(
@@ -546,8 +549,8 @@ class TopNExperiment:
     def _rerank_method(self, params: Any, inner_lr: Any) -> Method:
         model, rerank_state, inner = self.reranker
         candidates = int(self.config.topn.rerank_candidates)
-        dot = isinstance(self.model, models.TwoTower) and is_user_side(self.inner, params)
-        rank = _cached_rerank(_cached_ranker(self.model, self.inner, candidates, dot), model, inner, self._kmax())
+        retrieve = _cached_ranker(self.model, self.inner, candidates, self._dot(params, self.inner))
+        rank = _cached_rerank(retrieve, model, inner, self._kmax())
         score = _cached_scorer(model, inner)
         rows, codes = self._catalogue_device
         return Method(
