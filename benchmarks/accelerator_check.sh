@@ -69,7 +69,7 @@ stage scaling 120 $PY benchmarks/scaling.py --sweep 32 256 4096 --steps 3 --outp
   > "$OUT/scaling.log" 2>&1
 
 # the cost study of docs/results.md on the accelerator (K = 1..20, T, V, remat, algorithms; figures as PNG + SVG)
-stage cost_study 150 $PY benchmarks/sweep.py --grid study --rounds 3 --steps 5 --out cost_study_gpu \
+stage cost_study 150 $PY benchmarks/sweep.py --grid study --rounds 3 --steps 5 --min-round-s 0.05 --out cost_study_gpu \
   > "$OUT/cost_study.log" 2>&1
 cp benchmarks/results/cost_study_gpu* "$OUT/" 2> /dev/null
 

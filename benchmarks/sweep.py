@@ -1,7 +1,7 @@
 """Sweeps of the jaxrec meta-step: order x inner steps, tasks, vocabulary, adapt all/head, remat.
 
-    python benchmarks/sweep.py --grid study --rounds 3 --out cost_study   # the cost study: K=1..20, T, V, remat, ...
-    python benchmarks/sweep.py --grid study --out cost_study --plot-only  # redraw its figures (PNG + SVG)
+    python benchmarks/sweep.py --grid study --rounds 5 --out sweep_study  # the cost study: K=1..20, T, V, remat, ...
+    python benchmarks/sweep.py --grid study --out sweep_study --plot-only  # redraw its figures (PNG + SVG)
     python benchmarks/sweep.py --grid full          # every axis (about 30 compilations; < 15 min on 2 idle cores)
     python benchmarks/sweep.py --grid reduced       # order x K and remat memory only
     python benchmarks/sweep.py --memory-only        # compile and read memory/cost analysis, no timing
@@ -15,6 +15,7 @@ and ``sweep.png``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -26,6 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 import jax  # noqa: E402
 import meta_step  # noqa: E402
+
+from jaxrec.scale.host_memory import keep_freed_host_memory  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASE = dict(
@@ -83,7 +86,9 @@ def grid(name: str) -> list[dict]:
     return [BASE | p for p in points]
 
 
-def run_point(point: dict, steps: int, warmup: int, memory_only: bool, rounds: int = 1) -> dict:
+def run_point(
+    point: dict, steps: int, warmup: int, memory_only: bool, rounds: int = 1, min_round_s: float = 0.0
+) -> dict:
     argv = [
         "--tasks",
         str(point["tasks"]),
@@ -112,6 +117,13 @@ def run_point(point: dict, steps: int, warmup: int, memory_only: bool, rounds: i
     record = dict(point, compile_s=time.perf_counter() - t0, **meta_step.memory_and_cost(compiled))
     record.update(meta_step.unrolled_flops(args))
     if not memory_only:
+        # A step of a few ms is timed over enough steps that each round lasts min_round_s: the clock and the
+        # scheduler's noise are then a small part of every median.
+        t = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        steps = max(steps, math.ceil(min_round_s / (time.perf_counter() - t)))
+        record["timed_steps"] = steps
         medians = []
         for _ in range(rounds):  # each round: warm-up steps, then the median of its timed steps
             times = []
@@ -316,10 +328,23 @@ def main(argv=None):
     p.add_argument("--grid", choices=["full", "reduced", "remat", "study"], default="full")
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument(
+        "--min-round-s",
+        type=float,
+        default=0.5,
+        help="time at least this long per round: a fast point gets more than --steps timed steps",
+    )
     p.add_argument("--rounds", type=int, default=1, help="timed rounds per point (their medians kept in the JSON)")
     p.add_argument("--memory-only", action="store_true")
     p.add_argument("--plot-only", action="store_true", help="redraw the figures from an existing --out JSON")
     p.add_argument("--out", default="sweep")
+    p.add_argument(
+        "--malloc",
+        choices=["heap", "default"],
+        default="heap",
+        help="heap: glibc keeps freed memory for reuse (jaxrec.keep_freed_host_memory, as compare.py and the CLI "
+        "run); default: glibc's own thresholds, under which large scratch buffers are unmapped after every step",
+    )
     args = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{args.out}.json"
@@ -330,11 +355,20 @@ def main(argv=None):
         else:
             plot(data["records"], RESULTS / f"{args.out}.png")
         return
+    kept = args.malloc == "heap" and keep_freed_host_memory()
     records = []
-    head = {"grid": args.grid, "memory_only": args.memory_only, "devices": jax.device_count(), "rounds": args.rounds}
+    head = {
+        "grid": args.grid,
+        "memory_only": args.memory_only,
+        "devices": jax.device_count(),
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "min_round_s": args.min_round_s,
+        "malloc": "heap" if kept else "default",
+    }
     head["matmul_gflops_per_s"] = None if args.memory_only else meta_step.matmul_peak(2048)
     for point in grid(args.grid):
-        records.append(run_point(point, args.steps, args.warmup, args.memory_only, args.rounds))
+        records.append(run_point(point, args.steps, args.warmup, args.memory_only, args.rounds, args.min_round_s))
         if head["matmul_gflops_per_s"] and records[-1].get("gflops_per_s"):
             records[-1]["fraction_of_matmul_rate"] = records[-1]["gflops_per_s"] / head["matmul_gflops_per_s"]
         print(json.dumps(records[-1]), flush=True)
