@@ -39,8 +39,8 @@ def jit(fn):
 
 
 def make(name: str, spec: FeatureSpec):
-    # MeLU uses features only by default; on an id-only spec it needs the ids.
-    kwargs = {"use_ids": ("user", "item")} if name == "melu" and not spec.fields("user_") else {}
+    # MeLU and TaNP use features only by default; on an id-only spec they need the ids.
+    kwargs = {"use_ids": ("user", "item")} if name in ("melu", "tanp") and not spec.fields("user_") else {}
     return M.create(name, spec, **kwargs)
 
 
@@ -330,7 +330,7 @@ def test_synthetic_task_batch():
 
 
 def test_registry_and_errors():
-    assert set(M.MODELS) == {"mf", "linear", "fm", "melu", "neumf", "gru", "twotower"}
+    assert set(M.MODELS) == {"mf", "linear", "fm", "melu", "neumf", "gru", "twotower", "tanp"}
     with pytest.raises(ValueError, match="unknown model"):
         M.create("svd++", SIDE)
     spec = FeatureSpec({"user": 3, "item": 3}, rating_range=(1.0, 5.0))

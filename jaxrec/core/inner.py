@@ -39,7 +39,7 @@ from jaxrec.core.batch import zero_padding
 from jaxrec.core.losses import LossFn
 from jaxrec.core.params import AdaptFilter, named_filter, resolve_adapt_filter
 from jaxrec.core.remat import REMAT_POLICIES
-from jaxrec.core.solvers import InnerProblem, InnerSolver, OptaxSteps, as_solver
+from jaxrec.core.solvers import Amortized, InnerProblem, InnerSolver, OptaxSteps, as_solver
 
 __all__ = ["ORDERS", "InnerLoop", "adapt", "as_inner_loop", "check_inner_lr"]
 
@@ -236,9 +236,9 @@ def _learning_rates(inner_lr: Any, part: _Partition) -> list:
 
 
 def _rates_for(solver: Any, inner_lr: Any, part: _Partition) -> list:
-    """One rate per adapted leaf; an optax solver needs none, every other solver needs ``inner_lr``."""
+    """One rate per adapted leaf; an optax or amortised solver needs none, every other solver needs ``inner_lr``."""
     if inner_lr is None:
-        if isinstance(solver, OptaxSteps):
+        if isinstance(solver, OptaxSteps | Amortized):
             return []
         raise ValueError(
             f"inner_lr is needed by the inner solver {type(solver).__name__} (step sizes or prior variances)"
@@ -307,6 +307,8 @@ def adapt(
         theta=params if aux is not None else None,
         data=(rows, mask),
         paths=tuple(p for p, a in zip(paths, part.adapted, strict=True) if a),
+        join=part.join,
+        split=part.split,
     )
     solver: InnerSolver = inner.solver
     return part.join(solver.run(problem, inner.steps, inner.remat, inner.unroll), fixed)

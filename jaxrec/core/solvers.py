@@ -11,9 +11,10 @@ through ``run`` is the exact meta-gradient (second order), or its first-order ap
 ``problem.order == "first"`` (the solver puts ``stop_gradient`` on what depends on the inner gradients).
 
 Solvers here: :class:`GradientSteps` (plain SGD at the inner rates, MAML's inner loop), :class:`OptaxSteps` (any
-optax transformation, differentiated through), and, in :mod:`jaxrec.core.newton`, the Newton (MAP) step and its
-mix with gradient steps. :func:`as_solver` turns what a user passes (``None``, an optax transformation, a solver)
-into one.
+optax transformation, differentiated through), :class:`Amortized` (no inner gradient: a meta-learned encoder
+computes the adapted leaves from the support set, as neural processes do), and, in :mod:`jaxrec.core.newton`, the
+Newton (MAP) step and its mix with gradient steps. :func:`as_solver` turns what a user passes (``None``, an optax
+transformation, a solver) into one.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import optax
 
 from jaxrec.core.remat import iterate
 
-__all__ = ["GradientSteps", "InnerProblem", "InnerSolver", "OptaxSteps", "as_solver"]
+__all__ = ["Amortized", "GradientSteps", "InnerProblem", "InnerSolver", "OptaxSteps", "as_solver"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,8 @@ class InnerProblem:
       theta: what ``loss`` receives as the initialisation (for auxiliary terms), or None.
       data: ``(rows, mask)``, the padded-and-zeroed support rows.
       paths: the key paths of the adapted leaves (for solvers that treat some leaves differently).
+      join: ``join(moving, fixed) -> params``, the whole parameter pytree (for solvers that read it whole), or None.
+      split: ``split(params) -> (moving, fixed)``, the inverse of ``join``, or None.
     """
 
     loss: Callable
@@ -53,6 +56,8 @@ class InnerProblem:
     theta: Any
     data: tuple
     paths: tuple
+    join: Callable | None = None
+    split: Callable | None = None
 
     def gradient(self, moving: list, fixed: list, theta: Any, data: tuple) -> list:
         """The gradient of ``loss`` with respect to ``moving``.
@@ -163,6 +168,47 @@ class OptaxSteps:
 
         carry = (problem.moving, tx.init(problem.moving))
         moving, _ = iterate(step, (problem.fixed, problem.theta), problem.data, carry, steps, remat, unroll)
+        return moving
+
+
+@dataclasses.dataclass(frozen=True)
+class Amortized:
+    """Amortised adaptation: the adapted leaves are a meta-learned function of the support set, not of gradients.
+
+    A neural process (Garnelo et al. 2018; TaNP, Lin et al. 2021) encodes each support row and pools the codes
+    into the task's representation, ``phi = encode(theta, S)``; meta-training differentiates the query loss
+    through ``encode`` into the encoder's weights, which live among the fixed leaves. There is no inner gradient,
+    so the order of differentiation changes nothing (the meta-gradient is exact in both) and one encoding is the
+    whole adaptation, whatever the number of steps.
+
+    Attributes:
+      encode: ``encode(params, rows, mask) -> params``: the whole parameter pytree with the adapted leaves
+        computed from the support rows (padding rows zeroed and masked out); hashable, as the inner loop is a
+        ``jit`` static value.
+    """
+
+    encode: Callable
+
+    def run(self, problem: InnerProblem, steps: int, remat: bool | str, unroll: int | bool) -> list:
+        """Encode the support set into the adapted leaves (the :class:`InnerSolver` protocol).
+
+        Args:
+          problem: the task's :class:`InnerProblem` (its ``join`` and ``split`` are needed; its loss, rates and
+            order are not used).
+          steps: the inner steps (>= 1; one encoding is the adaptation).
+          remat: unused (nothing is iterated).
+          unroll: unused.
+
+        Returns:
+          The adapted leaves (a list, in the order of ``problem.moving``).
+
+        Raises:
+          ValueError: if ``problem`` has no ``join`` / ``split``.
+        """
+        if problem.join is None or problem.split is None:
+            raise ValueError("Amortized needs the problem's join and split (jaxrec.adapt provides them)")
+        params = problem.join(problem.moving, problem.fixed)
+        moving, _ = problem.split(self.encode(params, *problem.data))
         return moving
 
 

@@ -59,7 +59,7 @@ BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "b
 TOPN_BASELINES = ("popular", "itemknn", "ease", "mf", "finetune", "no_adapt")
 #: the top-N training losses (:mod:`jaxrec.core.ranking`)
 TOPN_LOSSES = ("softmax", "bpr", "bce", "als", "als_exact")
-INNER_SOLVERS = ("auto", "sgd", "newton", "mixed")
+INNER_SOLVERS = ("auto", "sgd", "newton", "mixed", "encode")
 MIXED_SOLVE = "head/output"  # what inner_solver="mixed" solves by Newton steps
 PRETRAIN = ("bias", True, False)
 
@@ -331,7 +331,9 @@ class MetaConfig:
         ``"head/output"``, ``"all"``, ``"default"`` (the model's), a regex, or ``"auto"`` (:func:`resolve`).
       inner_solver: ``"sgd"`` (gradient steps at ``inner_lr``), ``"newton"`` (:mod:`jaxrec.core.newton`: the MAP
         step under the prior ``N(theta, diag(inner_lr))``), ``"mixed"`` (the output layer solved by Newton steps,
-        the other adapted leaves by gradient steps) or ``"auto"``.
+        the other adapted leaves by gradient steps), ``"encode"`` (no inner gradient: a model with an
+        ``encode_support`` method, TaNP, encodes the support set, :class:`~jaxrec.core.solvers.Amortized`) or
+        ``"auto"``.
       inner_lr: the inner rate (a prior variance for Newton steps); Meta-SGD's starting rates.
       inner_steps: inner steps per task (None: 1 Newton step or 5 gradient steps).
       tune_inner_lr: start from the fine-tuning rate chosen on validation users (not from the bias start).
@@ -368,7 +370,7 @@ class MetaConfig:
         "auto",
         "inner steps: sgd (gradient steps at --inner-lr), newton (MAP under a Gaussian prior at the initialisation "
         "with variance --inner-lr; for a small adapted set), mixed (the output layer by Newton steps, the rest by "
-        "gradient steps) or auto",
+        "gradient steps), encode (a neural process encodes the support set: model tanp) or auto",
         choices=INNER_SOLVERS,
     )
     inner_lr: float = _field(0.1, "inner learning rate (the prior variance of the Newton step)", parse=_float)
@@ -808,8 +810,9 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
     ``inner_solver="sgd"``; otherwise the model's default adapted set (``"default"``; MeLU's: the decision layers).
     ``inner_solver="auto"``: ``"newton"`` when the adapted set is ``"head/output"`` or the default set of a model
     whose user side is linear and small (``linear_user_side``: the two-tower's user vector), else ``"sgd"``.
-    ``inner_steps=None``: 1 Newton step, or 5 gradient steps. A pure function of the config: the model's parameter
-    structure is traced (``jax.eval_shape``), not allocated.
+    ``inner_steps=None``: 1 Newton step, or 5 gradient steps. A model that encodes its support set (TaNP) gets
+    ``inner_solver="encode"``, its own adapted set and one step (one encoding). A pure function of the config: the
+    model's parameter structure is traced (``jax.eval_shape``), not allocated.
 
     Args:
       config: the config.
@@ -833,6 +836,16 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
         return any(predicate(path, leaf) for path, leaf in flat)
 
     adapt, solver, steps = meta.adapt, meta.inner_solver, meta.inner_steps
+    encodes = callable(getattr(type(model), "encode_support", None))
+    if solver == "encode" and not encodes:
+        raise ValueError(f"inner_solver='encode' needs a model that encodes a support set (tanp); {name!r} does not")
+    if encodes:  # a neural process adapts by encoding its support set into its own context leaves, nothing else
+        if solver not in ("auto", "encode") or adapt not in ("auto", "default"):
+            raise ValueError(
+                f"model {name!r} adapts by encoding the support set: inner_solver must be auto or encode and adapt "
+                f"auto or default, got inner_solver={solver!r}, adapt={adapt!r}"
+            )
+        return config.override(adapt="default", inner_solver="encode", inner_steps=1)
     if solver == "mixed" and not selects(MIXED_SOLVE):
         raise ValueError(f"inner_solver='mixed' solves the output layer (head/output): model {name!r} has none")
     if adapt == "auto":

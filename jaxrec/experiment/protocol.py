@@ -43,6 +43,7 @@ from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.core.newton import newton
 from jaxrec.core.params import adapt_filter, adapt_mask
 from jaxrec.core.ranking import catalogue_als_loss, ranking_loss
+from jaxrec.core.solvers import Amortized
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
 from jaxrec.data.augment import id_dropout
@@ -61,8 +62,11 @@ logger = logging.getLogger(__name__)
 _NO_CAP = 2**31 - 1  # meta-training keeps every user, whatever their number of ratings
 
 
-def _inner_solver(name: str):
-    """The solver of a resolved ``inner_solver``: None for gradient steps, else the Newton step."""
+def _inner_solver(name: str, model: Any = None):
+    """The solver of a resolved ``inner_solver``: None for gradient steps, the Newton step, or the support
+    encoder of ``model`` (TaNP)."""
+    if name == "encode":
+        return Amortized(models.support_encoder(model))
     if name == "newton":
         return newton()
     if name == "mixed":
@@ -153,11 +157,13 @@ class Learner:
                 query_loss_fn = topn_loss(config.topn.query_loss, model, catalogue)
         else:
             loss_fn = models.default_loss(model)
+        if config.meta.inner_solver == "encode":  # trained on the neural-process bound of the query set
+            query_loss_fn = models.neural_process_loss(model, query_loss_fn or loss_fn)
         inner = InnerLoop(
             loss_fn,
             steps=config.meta.inner_steps,
             order=config.meta.order,
-            solver=_inner_solver(config.meta.inner_solver),
+            solver=_inner_solver(config.meta.inner_solver, model),
             adapt_filter=models.adapt_filter(config.meta.adapt, model),
             query_loss_fn=query_loss_fn,
         )
@@ -250,7 +256,6 @@ class Experiment:
       loss_fn: its default loss.
       apply_fn: ``model.apply``.
       adapt_filter: the predicate of the adapted parameters.
-      inner_optimizer: the Newton solver of the inner loop, or None for gradient steps.
       inner: the :class:`~jaxrec.InnerLoop`.
       trainer: the :class:`~jaxrec.MetaTrainer`.
       mesh: the device mesh, or None on one device.
@@ -320,7 +325,6 @@ class Experiment:
         learner = Learner.build(config, self.spec, mesh=self.mesh)
         self.model, self.inner, self.trainer = learner.model, learner.inner, learner.trainer
         self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
-        self.inner_optimizer = _inner_solver(config.meta.inner_solver)  # None for gradient steps
         self._baselines = None
         self._tuned_inner_lr: float | None = None
 

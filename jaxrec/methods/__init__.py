@@ -6,6 +6,7 @@ path, split, baselines and evaluation as every other configuration, and a compar
 it. Fields given beside ``--method`` (flags, ``--config``) override the recipe's.
 
 * :func:`melu`: MeLU (Lee et al., KDD 2019), ``"melu-1"`` and ``"melu-5"``.
+* :func:`tanp`: TaNP (Lin et al., WWW 2021), ``"tanp"``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxrec.methods.melu import melu
+from jaxrec.methods.tanp import tanp
 
-__all__ = ["METHODS", "melu", "recipe"]
+__all__ = ["METHODS", "melu", "recipe", "tanp"]
 
 #: method name -> the recipe's config fields
 METHODS: dict[str, Callable[[], dict[str, Any]]] = {
     "melu-1": lambda: melu(local_steps=1),
     "melu-5": lambda: melu(local_steps=5),
+    "tanp": tanp,
 }
 
 

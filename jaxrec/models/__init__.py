@@ -34,6 +34,7 @@ from jaxrec.models.melu import MeLU
 from jaxrec.models.mf import MatrixFactorization
 from jaxrec.models.neumf import NeuMF
 from jaxrec.models.registry import MODELS, create, default_loss, init_params
+from jaxrec.models.tanp import TaNP, neural_process_loss, support_encoder
 from jaxrec.models.two_tower import TwoTower
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "MeLU",
     "MultiHotEmbed",
     "NeuMF",
+    "TaNP",
     "TwoTower",
     "adapt_filter",
     "adapt_mask",
@@ -53,5 +55,7 @@ __all__ = [
     "default_loss",
     "embedding_tables",
     "init_params",
+    "neural_process_loss",
     "path_names",
+    "support_encoder",
 ]

@@ -12,6 +12,7 @@ from jaxrec.models.linear import FactorizationMachine, LinearModel
 from jaxrec.models.melu import MeLU
 from jaxrec.models.mf import MatrixFactorization
 from jaxrec.models.neumf import NeuMF
+from jaxrec.models.tanp import TaNP
 from jaxrec.models.two_tower import TwoTower
 from jaxrec.testing import synthetic_rows
 
@@ -23,6 +24,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "neumf": NeuMF,
     "gru": GRURecommender,
     "twotower": TwoTower,
+    "tanp": TaNP,
 }
 
 

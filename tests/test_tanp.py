@@ -1,0 +1,183 @@
+"""TaNP (``jaxrec.methods.tanp``, :class:`jaxrec.models.TaNP`): adaptation is an encoding of the support set,
+invariant to its order and padding, read only from the support (never the query's targets); the neural-process
+bound pools the context and target sets as the paper writes it; the meta-gradient through the encoder is exact."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+from small_melu import SPEC
+
+import jaxrec
+from jaxrec import cli, methods, models
+from jaxrec.experiment import ExperimentConfig
+from jaxrec.experiment.config import resolve
+from jaxrec.experiment.protocol import Learner
+from jaxrec.models.tanp import TaNP
+from jaxrec.testing import central_differences, synthetic_task_batch
+
+SMALL = {"width": 3, "encoder": [4, 3], "latent_hidden": 3, "latent": 2, "task_encoder": [3, 2], "clusters": 3}
+
+
+def tanp_learner(order="second", **small):
+    fields = methods.tanp()
+    fields["model_kwargs"] = {**fields["model_kwargs"], **SMALL, **small}
+    fields["order"] = order
+    config = resolve(ExperimentConfig.make(**fields))
+    learner = Learner.build(config, SPEC)
+    params = models.init_params(learner.model, SPEC, jax.random.key(0))
+    # flax starts biases at 0; a random shift keeps every ReLU off its kink for central differences
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(7), len(leaves))
+    shifted = [jnp.asarray(v) + 0.1 * jax.random.normal(k, v.shape, v.dtype) for v, k in zip(leaves, keys, strict=True)]
+    return config, learner, jax.tree.unflatten(tree, shifted)
+
+
+def one_task(key=1, support=6, query=4):
+    batch = synthetic_task_batch(SPEC, tasks=1, support=support, query=query, key=jax.random.key(key), padded=False)
+    take = lambda tree: jax.tree.map(lambda v: np.asarray(v[0]), tree)  # noqa: E731
+    return take(batch.support), take(batch.query)
+
+
+def rows_at(rows, index):
+    return {k: v[np.asarray(index)] for k, v in rows.items()}
+
+
+def context(learner, params, rows, mask):
+    return jaxrec.adapt(params, rows, mask, learner.inner, inner_lr=None)  # an encoder has no step size
+
+
+def test_recipe_resolves_to_the_encoder_and_refuses_a_gradient_inner_loop():
+    config = resolve(ExperimentConfig.make(**methods.recipe("tanp")))
+    assert (config.model.name, config.meta.inner_solver, config.meta.inner_steps) == ("tanp", "encode", 1)
+    assert config.model.kwargs["clusters"] == 10 and config.meta.meta_lr == 1e-4
+    with pytest.raises(ValueError, match="encoding the support set"):
+        resolve(ExperimentConfig.make(**{**methods.tanp(), "inner_solver": "sgd"}))
+    with pytest.raises(ValueError, match="encoding the support set"):
+        resolve(ExperimentConfig.make(**{**methods.tanp(), "adapt": "all"}))
+    with pytest.raises(ValueError, match="encodes a support set"):
+        resolve(ExperimentConfig.make(model="melu", inner_solver="encode"))
+
+
+def test_the_encoding_is_the_mean_of_each_rows_code_and_their_count():
+    _, learner, params = tanp_learner()
+    support, _ = one_task(support=5)
+    encode = lambda m: learner.model.apply(params, support, m, method=TaNP.encode_support)  # noqa: E731
+    singles = [encode(np.arange(5) == i) for i in range(5)]
+    whole = encode(np.ones(5, bool))
+    for leaf in ("context_r", "context_t"):
+        np.testing.assert_allclose(whole[leaf], np.mean([s[leaf] for s in singles], axis=0), rtol=1e-5, atol=1e-6)
+    assert float(whole["context_n"]) == 5.0 and all(float(s["context_n"]) == 1.0 for s in singles)
+    empty = encode(np.zeros(5, bool))
+    assert all(np.all(np.asarray(v) == 0) for v in empty.values())  # the prior: the leaves a model starts with
+
+
+def test_adaptation_is_invariant_to_the_order_and_the_padding_of_the_support_set():
+    _, learner, params = tanp_learner()
+    support, query = one_task(support=6)
+    mask = np.ones(6, bool)
+    adapted = context(learner, params, support, mask)
+    permuted = context(learner, params, rows_at(support, [4, 2, 0, 5, 1, 3]), mask)
+    # padding: two rows of junk appended and masked out
+    padded_rows = {k: np.concatenate([v, v[:2] * 3 + 1]) for k, v in support.items()}
+    padded = context(learner, params, padded_rows, np.r_[mask, False, False])
+    scores = [learner.model.apply(p, query) for p in (adapted, permuted, padded)]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scores[2], scores[0], rtol=1e-5, atol=1e-6)
+    # and the support set matters: another user's support moves the scores
+    other, _ = one_task(key=9, support=6)
+    moved = learner.model.apply(context(learner, params, other, mask), query)
+    assert np.max(np.abs(np.asarray(moved) - np.asarray(scores[0]))) > 1e-3
+    # only the context leaves change
+    for (path, new), old in zip(jax.tree_util.tree_flatten_with_path(adapted)[0], jax.tree.leaves(params), strict=True):
+        if "context_" not in jax.tree_util.keystr(path):
+            np.testing.assert_array_equal(new, old)
+
+
+def test_scores_read_the_support_targets_and_never_the_query_targets():
+    _, learner, params = tanp_learner()
+    support, query = one_task()
+    mask = np.ones(len(support["rating"]), bool)
+    base = learner.model.apply(context(learner, params, support, mask), query)
+    relabelled_query = {**query, "rating": 6.0 - query["rating"]}
+    same = learner.model.apply(context(learner, params, support, mask), relabelled_query)
+    np.testing.assert_array_equal(same, base)
+    relabelled_support = {**support, "rating": 6.0 - support["rating"]}
+    moved = learner.model.apply(context(learner, params, relabelled_support, mask), query)
+    assert np.max(np.abs(np.asarray(moved) - np.asarray(base))) > 1e-4
+
+
+def test_the_query_loss_is_the_neural_process_bound_on_the_pooled_context_and_target(float64):
+    config, learner, params = tanp_learner()
+    params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
+    support, query = one_task(support=5, query=3)
+    c_mask, t_mask = np.ones(5, bool), np.ones(3, bool)
+    adapted = context(learner, params, support, c_mask)
+    got = learner.inner.query_loss_fn(adapted, query, t_mask)
+    # by hand: z's Gaussian from C, and from C u T encoded as one set
+    union = {k: np.concatenate([support[k], query[k]]) for k in support}
+    pooled = learner.model.apply(params, union, np.ones(8, bool), method=TaNP.encode_support)["context_r"]
+    gaussian = lambda r: learner.model.apply(params, r, method=TaNP.gaussian)  # noqa: E731
+    mu0, v0 = map(np.asarray, gaussian(adapted["params"]["context_r"]))
+    mu1, v1 = map(np.asarray, gaussian(pooled))
+    var0, var1 = np.exp(v0), np.exp(v1)
+    kl = np.sum(np.log(np.sqrt(var0 / var1)) + (var1 + (mu1 - mu0) ** 2) / (2 * var0) - 0.5)
+    decoded = {**adapted, "params": {**adapted["params"], "context_r": pooled}}
+    mse = np.mean((np.asarray(learner.model.apply(decoded, query)) - query["rating"]) ** 2)
+    np.testing.assert_allclose(got, mse + kl, rtol=1e-10)
+    assert kl > 1e-6
+    # with an empty target set the two Gaussians are one: no KL, no reconstruction
+    np.testing.assert_allclose(learner.inner.query_loss_fn(adapted, query, np.zeros(3, bool)), 0.0, atol=1e-12)
+
+
+def test_the_task_code_is_a_distribution_over_the_centres_with_a_gradient_at_a_centre(float64):
+    _, learner, params = tanp_learner()
+    params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
+    centre = params["params"]["centres"][1]
+    code = lambda t: learner.model.apply(params, t, method=TaNP.task_code)  # noqa: E731
+    assignment, _ = code(centre + 0.3)
+    np.testing.assert_allclose(jnp.sum(assignment), 1.0, rtol=1e-12)
+    assert np.all(np.asarray(assignment) > 0)
+    at_centre, _ = code(centre)
+    assert int(jnp.argmax(at_centre)) == 1  # the nearest centre gets the most weight
+    grad = jax.grad(lambda t: jnp.sum(code(t)[1]))(centre)
+    assert np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize("order", ["second", "first"])
+def test_the_meta_gradient_through_the_encoder_is_exact_in_both_orders(float64, order):
+    """No inner gradient: the first-order meta-gradient is the exact one, and both match central differences."""
+    _, learner, params = tanp_learner(order=order)
+    params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
+    batch = synthetic_task_batch(SPEC, tasks=3, support=5, query=4, key=jax.random.key(3))
+    cast = lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v  # noqa: E731
+    batch = batch.replace(support=jax.tree.map(cast, batch.support), query=jax.tree.map(cast, batch.query))
+
+    def meta(p):
+        return jaxrec.meta_loss(p, batch, learner.inner)
+
+    grad = ravel_pytree(jax.jit(jax.grad(meta))(params))[0]
+    fd = central_differences(jax.jit(meta), params)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
+    # every meta-parameter that scores or encodes gets a gradient (the context leaves are overwritten: none)
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    sizes = [np.size(v) for v in jax.tree.leaves(params)]
+    offsets = np.cumsum([0] + sizes)
+    for name, start, stop in zip(names, offsets[:-1], offsets[1:], strict=True):
+        moved = np.max(np.abs(grad[start:stop])) > 0
+        assert moved != ("context_" in name), name
+
+
+def test_train_tanp_from_the_command_line(tmp_path, monkeypatch):
+    lines = []
+    monkeypatch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
+    out = tmp_path / "run"
+    argv = ["train", "--method", "tanp", "--epochs", "1", "--steps", "2", "--baselines", "none", "--out", str(out)]
+    assert cli.main(argv) == 0, lines
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = ExperimentConfig.from_dict(metrics["config"])
+    assert (config.model.name, config.meta.inner_solver) == ("tanp", "encode")
+    assert np.isfinite(metrics["scenarios"]["new_user"]["maml"]["mae"])
