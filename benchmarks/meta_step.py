@@ -147,10 +147,15 @@ def unrolled_flops(args) -> dict:
     ``lax.scan`` fully unrolled (a fresh trainer, so the jit trace cache of the timed step is not shared).
 
     With ``--task-chunk`` the tasks' loop is a scan whose body the cost analysis would also count once, so the
-    FLOPs are those of the same step without chunking: the same arithmetic, all tasks in one vmap.
+    FLOPs are those of the same step without chunking: the same arithmetic, all tasks in one vmap. The
+    ``recompute`` and ``sqrt`` remat policies are not counted (None): their replayed steps run in loops of traced
+    length that cannot be unrolled.
     """
     args = argparse.Namespace(**vars(args))
     method = "hlo_cost_analysis(lowered step, inner scan unrolled K times; unoptimised HLO)"
+    if getattr(args, "remat", False) in ("recompute", "sqrt"):
+        # these policies replay steps in fori_loops of traced length, which the cost analysis counts once
+        return {"flops": None, "flops_method": method, "flops_error": f"not counted for remat={args.remat!r}"}
     if args.task_chunk:
         method += "; counted without task_chunk (same arithmetic)"
         args.task_chunk = None

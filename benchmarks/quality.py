@@ -34,7 +34,9 @@ other configurations change only what names them, each a file of config fields i
   ``user_ids`` (MeLU's network also over a user id embedding). With ``--set '{"val_item_frac": 0.2}'`` the
   validation also scores ``validation_new_item``: the newest fifth of the meta-train items held out of training.
 
-The methods of :mod:`jaxrec.methods` run by name too (``--methods melu-1 melu-5``: MeLU as published).
+The methods of :mod:`jaxrec.methods` run by name too (``--methods tanp melu-1 melu-5``: TaNP and MeLU as
+published). The first configuration named faces, on the same users, every other one's meta method (rows
+``meta[<name>]``) and fine-tuning (``finetune[<name>]``), so one run compares the methods pairwise.
 
 In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
 user-wise (each (split, user) pair is one unit of the bootstrap). Baselines are fitted once per model, item
@@ -143,6 +145,10 @@ def run(args) -> dict:
                     if keys[other] not in seen and parts and len(parts) == len(args.seeds):
                         seen.add(keys[other])
                         stats[f"finetune[{other}]"] = concat_stats(parts)
+                    # and every other configuration's meta method itself: the methods compared pairwise
+                    parts = pooled_stats[other].get(scenario, {}).get("maml")
+                    if parts and len(parts) == len(args.seeds):
+                        stats[f"meta[{other}]"] = concat_stats(parts)
             scenarios[scenario] = compare_stats(
                 stats, reference="maml", resamples=base.evaluation.bootstrap, seed=0, implicit=base.data.implicit
             )
@@ -188,7 +194,8 @@ def markdown(out: dict) -> str:
         "",
         "Rows `finetune[<configuration>]` in the first configuration's tables are the fine-tuning baseline of that "
         "other configuration (another inner loop or model), on the same users: the first configuration faces every "
-        "fine-tuning of the run.",
+        "fine-tuning of the run. Rows `meta[<configuration>]` are that configuration's meta method, on the same "
+        "users: the configurations compared pairwise.",
         "",
         f"Fine-tuning learning rate per split of the first configuration (tuned on validation meta-train users): "
         f"{out.get('finetune_lr')}; a "
@@ -196,6 +203,9 @@ def markdown(out: dict) -> str:
         "started at the bias model (the default) uses `inner_lr`.",
         "",
     ]
+    lines += ["| configuration | meta-training s per split | steps |", "|---|---|---|"]
+    lines += [f"| {name} | {m['train_seconds']:.1f} | {m['steps']} |" for name, m in out["methods"].items()]
+    lines.append("")
     for name, m in out["methods"].items():
         lines += [
             f"## {name} ({m['steps']} steps, {m['train_seconds']:.0f}s training per split; fine-tuning rate or prior "
