@@ -34,6 +34,11 @@ other configurations change only what names them, each a file of config fields i
   ``user_ids`` (MeLU's network also over a user id embedding). With ``--set '{"val_item_frac": 0.2}'`` the
   validation also scores ``validation_new_item``: the newest fifth of the meta-train items held out of training.
 
+TaNP variants tried on validation users: ``tanp_lr1e-3``, ``tanp_lr3e-3``, ``tanp_lr1e-3_epochs100`` and
+``tanp_item_ids_lr1e-3_epochs100`` (the item id as a field). The cross-domain comparison (``--set '{"scheme":
+"cross-domain", "target_genres": ["Drama"]}'``) adds ``cross_domain_target`` (the default trained on the target
+domain alone), ``mf`` and ``mf_target``.
+
 The methods of :mod:`jaxrec.methods` run by name too (``--methods tanp melu-1 melu-5``: TaNP and MeLU as
 published). The first configuration named faces, on the same users, every other one's meta method (rows
 ``meta[<name>]``) and fine-tuning (``finetune[<name>]``), so one run compares the methods pairwise.
@@ -86,6 +91,7 @@ def run(args) -> dict:
             # the meta method's inner loop) the adapted set and the inner loop
             key = json.dumps(
                 [
+                    config.protocol.train_domain,
                     config.model.name,
                     config.model.kwargs,
                     config.meta.item_dropout,

@@ -58,6 +58,8 @@ def test_recipe_resolves_to_the_encoder_and_refuses_a_gradient_inner_loop():
         resolve(ExperimentConfig.make(**{**methods.tanp(), "inner_solver": "sgd"}))
     with pytest.raises(ValueError, match="encoding the support set"):
         resolve(ExperimentConfig.make(**{**methods.tanp(), "adapt": "all"}))
+    with pytest.raises(ValueError, match="implicit"):
+        resolve(ExperimentConfig.make(**{**methods.tanp(), "feedback": "implicit"}))
     with pytest.raises(ValueError, match="encodes a support set"):
         resolve(ExperimentConfig.make(model="melu", inner_solver="encode"))
 

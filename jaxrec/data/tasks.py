@@ -45,7 +45,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SPLITS = ("random", "time", "melu", "kshot")
-SCENARIOS = ("warm", "new_user", "new_item", "new_user_new_item")
+SCENARIOS = ("warm", "new_user", "new_item", "new_user_new_item", "cross_domain")
+SCHEMES = ("melu", "time", "cross-domain")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -117,14 +118,15 @@ def bucket_sizes(lengths: np.ndarray, buckets: Sequence[int] | None) -> np.ndarr
 
 @dataclasses.dataclass
 class ColdStartSplit:
-    """Meta-train ratings and the four cold-start evaluation scenarios (ratings frames with dataset codes).
+    """Meta-train ratings and the cold-start evaluation scenarios (ratings frames with dataset codes).
 
     Attributes:
       train: ratings to meta-train on (and to fit the Featurizer on).
-      scenarios: ``"warm"``, ``"new_user"``, ``"new_item"``, ``"new_user_new_item"`` -> ratings; possibly empty.
+      scenarios: ``"warm"``, ``"new_user"``, ``"new_item"``, ``"new_user_new_item"`` -> ratings, possibly empty;
+        under ``scheme="cross-domain"`` only ``"cross_domain"``.
       new_users: user codes that never appear in ``train``.
-      new_items: item codes that never appear in ``train``.
-      scheme: the split scheme, ``"melu"`` or ``"time"``.
+      new_items: item codes that never appear in ``train`` (cross-domain: the other domain's items).
+      scheme: the split scheme, ``"melu"``, ``"time"`` or ``"cross-domain"``.
       seed: the seed of the split.
       stats: sizes of each part.
     """
@@ -205,6 +207,9 @@ def cold_start_split(
     warm_user_frac: float = 0.2,
     warm_holdout: float = 0.5,
     time_quantile: float = 0.8,
+    target_genres: tuple = (),
+    source_genres: tuple = (),
+    train_domain: str = "source",
 ) -> ColdStartSplit:
     """Split a dataset into meta-train ratings and four cold-start scenarios, without leaks.
 
@@ -228,6 +233,14 @@ def cold_start_split(
 
     The five frames partition the ratings; no new user or new item appears in ``train``.
 
+    ``scheme="cross-domain"`` (train on a source domain, adapt on a few ratings of a target domain): the items
+    with any of ``target_genres`` are the target domain, those with any of ``source_genres`` (default: every other
+    item) and none of the target genres the source domain; ``new_user_frac`` of the users at random are new.
+    *train* is the existing users' ratings of the ``train_domain`` (``"source"``: the transfer setting; ``"target"``:
+    the target domain alone, the in-domain reference) and the one scenario, *cross_domain*, is the new users'
+    ratings of target items, the same frame whatever ``train_domain`` is. Items of neither domain and the new users'
+    source ratings are in no frame (counted in ``stats``).
+
     Args:
       ds: the dataset.
       scheme: ``"melu"`` or ``"time"``.
@@ -237,16 +250,22 @@ def cold_start_split(
       warm_user_frac: ``"melu"``: the share of existing users that are warm-evaluation users.
       warm_holdout: ``"melu"``: the share of a warm user's existing-item ratings held out as the warm scenario.
       time_quantile: ``"time"``: the quantile of all timestamps that is the cutoff.
+      target_genres: ``"cross-domain"``: the genres of the target domain (at least one).
+      source_genres: ``"cross-domain"``: the genres of the source domain (empty: every item of no target genre).
+      train_domain: ``"cross-domain"``: ``"source"`` or ``"target"``, the domain of the training ratings.
 
     Returns:
       The :class:`ColdStartSplit`; an empty scenario is logged as a warning.
 
     Raises:
-      ValueError: if ``scheme`` is unknown.
-      DataError: if ``scheme="time"`` and the dataset has no timestamps.
+      ValueError: if ``scheme`` or ``train_domain`` is unknown.
+      DataError: if ``scheme="time"`` and the dataset has no timestamps; if ``scheme="cross-domain"`` and the
+        dataset has no genres, a genre is not among them, or a domain has no item.
     """
-    if scheme not in ("melu", "time"):
-        raise ValueError(f"unknown cold-start scheme {scheme!r}; choose 'melu' or 'time'")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown cold-start scheme {scheme!r}; choose one of {SCHEMES}")
+    if scheme == "cross-domain":
+        return _cross_domain_split(ds, seed, new_user_frac, target_genres, source_genres, train_domain)
     rng = np.random.default_rng(seed)
     r = ds.ratings
     users = r["user"].to_numpy()
@@ -295,6 +314,85 @@ def cold_start_split(
         if len(v) == 0:
             logger.warning("%s: cold-start scenario %r is empty under scheme %r", ds.name, k, scheme)
     return ColdStartSplit(train, scenarios, new_users, new_items, scheme, seed, stats)
+
+
+def domain_items(ds: Dataset, target_genres: tuple, source_genres: tuple = ()) -> tuple[np.ndarray, np.ndarray]:
+    """The item codes of a cross-domain split's two domains, from the items' ``genres`` (``"A|B"`` lists).
+
+    Args:
+      ds: the dataset (its items need a ``genres`` column).
+      target_genres: the target domain's genres: an item with any of them is a target item.
+      source_genres: the source domain's genres: an item with any of them and no target genre is a source item;
+        empty: every item with no target genre.
+
+    Returns:
+      ``(source, target)``: bool ``[n_items]`` masks, disjoint.
+
+    Raises:
+      DataError: no ``genres`` column, no target genre, a genre no item has (the message lists the known ones),
+        a genre in both domains, or a domain without items.
+    """
+    if "genres" not in ds.items:
+        raise DataError(
+            f"{ds.source}: a cross-domain split by genre needs the items' genres, and this dataset has none"
+        )
+    lists = ds.items["genres"].fillna("").astype(str).str.split("|")
+    known = sorted({g for genres in lists for g in genres if g})
+    target, source = tuple(target_genres), tuple(source_genres)
+    if not target:
+        raise DataError(f"{ds.source}: a cross-domain split needs target genres; the items' genres are {known}")
+    unknown = [g for g in target + source if g not in known]
+    if unknown:
+        raise DataError(f"{ds.source}: no item has the genre(s) {unknown}; the items' genres are {known}")
+    both = sorted(set(target) & set(source))
+    if both:
+        raise DataError(f"{ds.source}: genre(s) {both} are in both the source and the target domain")
+    is_target = np.array([any(g in target for g in genres) for genres in lists], bool)
+    is_source = ~is_target
+    if source:
+        is_source &= np.array([any(g in source for g in genres) for genres in lists], bool)
+    for name, mask in (("source", is_source), ("target", is_target)):
+        if not mask.any():
+            raise DataError(f"{ds.source}: the {name} domain of this cross-domain split has no item")
+    return is_source, is_target
+
+
+def _cross_domain_split(
+    ds: Dataset, seed: int, new_user_frac: float, target_genres: tuple, source_genres: tuple, train_domain: str
+) -> ColdStartSplit:
+    """``cold_start_split(scheme="cross-domain")``: see its docstring."""
+    if train_domain not in ("source", "target"):
+        raise ValueError(f"train_domain must be 'source' or 'target', got {train_domain!r}")
+    is_source, is_target = domain_items(ds, target_genres, source_genres)
+    rng = np.random.default_rng(seed)
+    new_users = np.sort(rng.permutation(ds.n_users)[: int(round(new_user_frac * ds.n_users))])
+    is_new_user = np.zeros(ds.n_users, bool)
+    is_new_user[new_users] = True
+    r = ds.ratings
+    row_new_user = is_new_user[r["user"].to_numpy()]
+    items = r["item"].to_numpy()
+    row_source, row_target = is_source[items], is_target[items]
+    train_rows = ~row_new_user & (row_source if train_domain == "source" else row_target)
+    train = r[train_rows].reset_index(drop=True)
+    scenarios = {"cross_domain": r[row_new_user & row_target].reset_index(drop=True)}
+    stats = {
+        "source_items": int(is_source.sum()),
+        "target_items": int(is_target.sum()),
+        "items_in_neither_domain": int((~is_source & ~is_target).sum()),
+        "ratings_in_neither_domain": int((~row_source & ~row_target).sum()),
+        "new_users": len(new_users),
+        "new_users_source_ratings_unused": int((row_new_user & row_source).sum()),
+        "existing_users_other_domain_ratings_unused": int(
+            (~row_new_user & ~train_rows & (row_source | row_target)).sum()
+        ),
+        "train_domain": train_domain,
+        "train": len(train),
+        "cross_domain": len(scenarios["cross_domain"]),
+    }
+    if len(scenarios["cross_domain"]) == 0:
+        logger.warning("%s: cold-start scenario 'cross_domain' is empty", ds.name)
+    new_items = np.flatnonzero(is_target if train_domain == "source" else is_source)
+    return ColdStartSplit(train, scenarios, new_users, new_items, "cross-domain", seed, stats)
 
 
 def _warm_holdout_rows(

@@ -227,7 +227,11 @@ class ProtocolConfig:
 
     Attributes:
       scheme: the split of :func:`~jaxrec.data.cold_start_split` into meta-train ratings and the scenarios
-        ``warm``, ``new_user``, ``new_item``, ``new_user_new_item``.
+        ``warm``, ``new_user``, ``new_item``, ``new_user_new_item`` (``"melu"``, ``"time"``), or ``cross_domain``
+        (``"cross-domain"``).
+      target_genres: ``"cross-domain"``: the target domain's item genres.
+      source_genres: ``"cross-domain"``: the source domain's item genres (empty: every item of no target genre).
+      train_domain: ``"cross-domain"``: ``"source"`` (transfer) or ``"target"`` (the target domain alone).
       split: how :func:`~jaxrec.data.build_tasks` divides a user's ratings into support and query.
       support: support ratings per task (None: the rest after the query).
       query: query ratings per task (a count, or a fraction of the user's ratings).
@@ -244,7 +248,21 @@ class ProtocolConfig:
         the message starts with the field's name.
     """
 
-    scheme: str = _field("melu", "cold-start split scheme")
+    scheme: str = _field(
+        "melu",
+        "cold-start split: melu (new users / items at random and by release), time (by a time cutoff) or "
+        "cross-domain (train on --source-genres items, adapt new users on a few --target-genres ratings)",
+        choices=("melu", "time", "cross-domain"),
+    )
+    target_genres: tuple = _field((), "cross-domain: the target domain's genres (comma-separated)", parse=_list_of(str))
+    source_genres: tuple = _field(
+        (), "cross-domain: the source domain's genres (default: every item of no target genre)", parse=_list_of(str)
+    )
+    train_domain: str = _field(
+        "source",
+        "cross-domain: train on the source domain (transfer) or on the target domain alone (the in-domain reference)",
+        choices=("source", "target"),
+    )
     split: str = _field("melu", "support/query split of a user's ratings")
     support: int | None = _field(None, "support ratings per user task (default: the rest)", parse=_none_or(_int))
     query: int | float | None = _field(
@@ -261,6 +279,20 @@ class ProtocolConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "support_buckets", _tuple(self.support_buckets))
+        for name in ("target_genres", "source_genres"):
+            value = getattr(self, name)
+            value = value.split(",") if isinstance(value, str) else (value or ())
+            object.__setattr__(self, name, tuple(str(g).strip() for g in value if str(g).strip()))
+        _check(self.scheme in ("melu", "time", "cross-domain"), "scheme", f"must be melu, time or cross-domain, "
+               f"got {self.scheme!r}")  # fmt: skip
+        if self.scheme == "cross-domain":
+            _check(bool(self.target_genres), "target_genres", "is needed by scheme='cross-domain'")
+            _check(self.train_domain in ("source", "target"), "train_domain", f"must be source or target, got "
+                   f"{self.train_domain!r}")  # fmt: skip
+        else:  # nothing is ignored in silence
+            for name in ("target_genres", "source_genres"):
+                _check(not getattr(self, name), name, "needs scheme='cross-domain'")
+            _check(self.train_domain == "source", "train_domain", "needs scheme='cross-domain'")
         if isinstance(self.query, float) and self.query.is_integer() and self.query >= 1:
             object.__setattr__(self, "query", int(self.query))
         q = self.query
@@ -840,6 +872,11 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
     if solver == "encode" and not encodes:
         raise ValueError(f"inner_solver='encode' needs a model that encodes a support set (tanp); {name!r} does not")
     if encodes:  # a neural process adapts by encoding its support set into its own context leaves, nothing else
+        if config.data.feedback == "implicit":
+            raise ValueError(
+                f"model {name!r} encodes (features, rating) pairs of rated support rows; top-N from implicit "
+                "feedback (--feedback implicit) is not supported for it yet: use rated data"
+            )
         if solver not in ("auto", "encode") or adapt not in ("auto", "default"):
             raise ValueError(
                 f"model {name!r} adapts by encoding the support set: inner_solver must be auto or encode and adapt "

@@ -276,7 +276,15 @@ class Experiment:
                 "ratings; name the rating column in --columns (e.g. user,item,rating), since training on implicit "
                 "feedback (clicks, plays) is not available in this version"
             )
-        self.split = cold_start_split(self.dataset, config.protocol.scheme, config.seed)
+        pro = config.protocol
+        self.split = cold_start_split(
+            self.dataset,
+            pro.scheme,
+            config.seed,
+            target_genres=pro.target_genres,
+            source_genres=pro.source_genres,
+            train_domain=pro.train_domain,
+        )
         logger.info("%s", self.split.summary())
         threshold = config.data.implicit_threshold if config.data.implicit else None
         train = self.split.train
