@@ -15,7 +15,7 @@ from jax.flatten_util import ravel_pytree
 from jaxrec.core.batch import TaskBatch
 from jaxrec.core.features import FeatureSpec
 
-__all__ = ["central_differences", "reference_spec", "synthetic_rows", "synthetic_task_batch"]
+__all__ = ["central_differences", "perturbed", "reference_spec", "synthetic_rows", "synthetic_task_batch"]
 
 
 def reference_spec(item_vocab: int = 1700) -> FeatureSpec:
@@ -153,3 +153,25 @@ def central_differences(f, params, eps: float = 1e-6) -> np.ndarray:
     flat, unravel = ravel_pytree(params)
     basis = np.eye(flat.size)
     return np.array([(f(unravel(flat + eps * e)) - f(unravel(flat - eps * e))) / (2 * eps) for e in basis])
+
+
+def perturbed(params, scale: float, seed: int = 7, dtype=None):
+    """``params`` plus Gaussian noise of standard deviation ``scale``, one key per leaf.
+
+    Flax starts biases at 0, so a ReLU unit of a fresh model can sit exactly on its kink for a whole batch, where
+    central differences average the two one-sided slopes; a small random shift moves every unit off it.
+
+    Args:
+      params: any pytree of float arrays.
+      scale: the noise's standard deviation.
+      seed: the PRNG seed.
+      dtype: cast every leaf to this dtype first (e.g. ``jnp.float64``), or None to keep each leaf's.
+
+    Returns:
+      The perturbed pytree.
+    """
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    cast = [jnp.asarray(v, dtype) if dtype is not None else jnp.asarray(v) for v in leaves]
+    noisy = [v + scale * jax.random.normal(k, v.shape, v.dtype) for v, k in zip(cast, keys, strict=True)]
+    return jax.tree.unflatten(tree, noisy)

@@ -16,7 +16,7 @@ from jaxrec.core.params import path_names
 from jaxrec.experiment import ExperimentConfig
 from jaxrec.experiment.config import resolve
 from jaxrec.experiment.protocol import Learner
-from jaxrec.testing import central_differences, synthetic_task_batch
+from jaxrec.testing import central_differences, perturbed, synthetic_task_batch
 
 
 def melu_learner(local_steps, order="second", inner_lr=None):
@@ -27,14 +27,7 @@ def melu_learner(local_steps, order="second", inner_lr=None):
     config = resolve(ExperimentConfig.make(**fields))
     learner = Learner.build(config, SPEC)
     params = models.init_params(learner.model, SPEC, jax.random.key(0))
-    # flax starts biases at 0: a row whose first layer is all dead would then sit exactly on the second layer's
-    # ReLU kink, where central differences average the two one-sided slopes; a small random shift avoids it
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    shifted = [
-        jnp.asarray(v, jnp.float64) + 0.05 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys, strict=True)
-    ]
-    return config, learner, jax.tree.unflatten(tree, shifted)
+    return config, learner, perturbed(params, 0.05, dtype=jnp.float64)  # every ReLU off its kink
 
 
 def float64_batch(batch):

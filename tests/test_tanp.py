@@ -17,7 +17,7 @@ from jaxrec.experiment import ExperimentConfig
 from jaxrec.experiment.config import resolve
 from jaxrec.experiment.protocol import Learner
 from jaxrec.models.tanp import TaNP
-from jaxrec.testing import central_differences, synthetic_task_batch
+from jaxrec.testing import central_differences, perturbed, synthetic_task_batch
 
 SMALL = {"width": 3, "encoder": [4, 3], "latent_hidden": 3, "latent": 2, "task_encoder": [3, 2], "clusters": 3}
 
@@ -29,11 +29,7 @@ def tanp_learner(order="second", **small):
     config = resolve(ExperimentConfig.make(**fields))
     learner = Learner.build(config, SPEC)
     params = models.init_params(learner.model, SPEC, jax.random.key(0))
-    # flax starts biases at 0; a random shift keeps every ReLU off its kink for central differences
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(7), len(leaves))
-    shifted = [jnp.asarray(v) + 0.1 * jax.random.normal(k, v.shape, v.dtype) for v, k in zip(leaves, keys, strict=True)]
-    return config, learner, jax.tree.unflatten(tree, shifted)
+    return config, learner, perturbed(params, 0.1)  # every ReLU off its kink
 
 
 def one_task(key=1, support=6, query=4):
