@@ -34,13 +34,13 @@ other configurations change only what names them, each a file of config fields i
   ``user_ids`` (MeLU's network also over a user id embedding). With ``--set '{"val_item_frac": 0.2}'`` the
   validation also scores ``validation_new_item``: the newest fifth of the meta-train items held out of training.
 
-TaNP variants tried on validation users: ``tanp_lr1e-3``, ``tanp_lr3e-3``, ``tanp_lr1e-3_epochs100`` and
-``tanp_item_ids_lr1e-3_epochs100`` (the item id as a field). The cross-domain comparison (``--set '{"scheme":
+TaNP variants tried on validation users: ``tanp_lr1e-3_epochs100`` and ``tanp_item_ids_lr1e-3_epochs100`` (the
+item id as a field). The cross-domain comparison (``--set '{"scheme":
 "cross-domain", "target_genres": ["Drama"]}'``) adds ``cross_domain_target`` (the default trained on the target
 domain alone), ``mf`` and ``mf_target``.
 
 The methods of :mod:`jaxrec.methods` run by name too (``--methods tanp melu-1 melu-5``: TaNP and MeLU as
-published). The first configuration named faces, on the same users, every other one's meta method (rows
+published). Every configuration named faces, on the same users, every other one's meta method (rows
 ``meta[<name>]``) and fine-tuning (``finetune[<name>]``), so one run compares the methods pairwise.
 
 In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
@@ -76,6 +76,7 @@ def run(args) -> dict:
     out = {"dataset": args.dataset, "seeds": list(args.seeds), "methods": {}, "runs": {}}
     pooled_stats: dict = {}  # method -> scenario -> compared method -> [per-user stats of each seed]
     keys: dict = {}  # method -> the key of the baselines it used
+    domains: dict = {}  # method -> the domain it trains on (cross-domain): validation users differ between domains
     for seed in args.seeds:
         base = ExperimentConfig.make(dataset=args.dataset, data_dir=args.data_dir, seed=seed, **json.loads(args.set))
         if args.epochs is not None:
@@ -117,6 +118,7 @@ def run(args) -> dict:
             else:
                 results, stats = experiment.evaluate(state.params, return_stats=True)
             keys[name] = key
+            domains[name] = config.protocol.train_domain
             run_out["methods"][name] = {
                 "overrides": VARIANTS[name],
                 "finetune_lr": fitted[key].finetune_lr,
@@ -141,20 +143,23 @@ def run(args) -> dict:
             if len(per_method["maml"]) != len(args.seeds):
                 continue  # a scenario that some split lacks is not pooled
             stats = {method: concat_stats(parts) for method, parts in per_method.items()}
-            if name == args.methods[0]:
-                # the first configuration also faces every other configuration's fine-tuning (another inner loop or
-                # model: e.g. 5 gradient steps on the whole head), on the same users: the strongest fine-tuning
-                # of the run, not only the one that shares its inner loop
-                seen = {keys[name]}
-                for other in args.methods[1:]:
-                    parts = pooled_stats[other].get(scenario, {}).get("finetune")
-                    if keys[other] not in seen and parts and len(parts) == len(args.seeds):
-                        seen.add(keys[other])
-                        stats[f"finetune[{other}]"] = concat_stats(parts)
-                    # and every other configuration's meta method itself: the methods compared pairwise
-                    parts = pooled_stats[other].get(scenario, {}).get("maml")
-                    if parts and len(parts) == len(args.seeds):
-                        stats[f"meta[{other}]"] = concat_stats(parts)
+            # every configuration also faces every other one's meta method and fine-tuning (another inner loop
+            # or model: e.g. 5 gradient steps on the whole head), on the same users: the strongest fine-tuning
+            # of the run, not only the one that shares its inner loop
+            seen = {keys[name]}
+            for other in [m for m in args.methods if m != name]:
+                if args.validation and domains[other] != domains[name]:
+                    print(f"no paired rows of {other} on validation: it trains on another domain, whose "
+                          "validation users are not these", flush=True)  # fmt: skip
+                    continue
+                parts = pooled_stats[other].get(scenario, {}).get("finetune")
+                if keys[other] not in seen and parts and len(parts) == len(args.seeds):
+                    seen.add(keys[other])
+                    stats[f"finetune[{other}]"] = concat_stats(parts)
+                # and every other configuration's meta method itself: the methods compared pairwise
+                parts = pooled_stats[other].get(scenario, {}).get("maml")
+                if parts and len(parts) == len(args.seeds):
+                    stats[f"meta[{other}]"] = concat_stats(parts)
             scenarios[scenario] = compare_stats(
                 stats, reference="maml", resamples=base.evaluation.bootstrap, seed=0, implicit=base.data.implicit
             )
@@ -198,8 +203,8 @@ def markdown(out: dict) -> str:
         f"Splits (seeds of the cold-start split, the validation slice and training): {out['seeds']}. With several, "
         "every table pools the (split, user) pairs of all splits, and the paired intervals resample those pairs.",
         "",
-        "Rows `finetune[<configuration>]` in the first configuration's tables are the fine-tuning baseline of that "
-        "other configuration (another inner loop or model), on the same users: the first configuration faces every "
+        "Rows `finetune[<configuration>]` in a configuration's tables are the fine-tuning baseline of that "
+        "other configuration (another inner loop or model), on the same users: each configuration faces every "
         "fine-tuning of the run. Rows `meta[<configuration>]` are that configuration's meta method, on the same "
         "users: the configurations compared pairwise.",
         "",

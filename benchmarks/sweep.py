@@ -120,6 +120,9 @@ def run_point(
     if not memory_only:
         # A step of a few ms is timed over enough steps that each round lasts min_round_s: the clock and the
         # scheduler's noise are then a small part of every median.
+        for _ in range(warmup):  # a first step pays for page faults and caches: time one after it
+            state, metrics = compiled(state, batch)
+            jax.block_until_ready(metrics)
         t = time.perf_counter()
         state, metrics = compiled(state, batch)
         jax.block_until_ready(metrics)

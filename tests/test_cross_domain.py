@@ -76,6 +76,8 @@ def test_config_needs_target_genres_and_ignores_nothing():
         ExperimentConfig.make(target_genres=["Drama"])  # without scheme='cross-domain' it would be ignored
     with pytest.raises(ValueError, match="train_domain"):
         ExperimentConfig.make(train_domain="target")
+    with pytest.raises(ValueError, match="scheme"):
+        ExperimentConfig.make(scheme="cross-domain", target_genres=["Drama"], feedback="implicit")
     config = ExperimentConfig.make(scheme="cross-domain", target_genres="Drama, Romance")
     assert config.protocol.target_genres == ("Drama", "Romance")
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from jaxrec.core.newton import NewtonStep
 from jaxrec.experiment import BASELINES, Experiment, ExperimentConfig
 
 TINY = dict(
@@ -170,7 +171,7 @@ def test_auto_inner_loop_is_made_concrete_per_model(model, kwargs, expected):
     exp = Experiment(ExperimentConfig.make(**{**TINY, "model": model, "model_kwargs": kwargs, "inner_steps": None}))
     assert (exp.config.meta.adapt, exp.config.meta.inner_solver, exp.config.meta.inner_steps) == expected
     assert exp.trainer.inner.steps == expected[2]
-    assert (exp.inner_optimizer is not None) == (expected[1] == "newton")
+    assert isinstance(exp.inner.solver, NewtonStep) == (expected[1] == "newton")  # the solver the step runs
 
 
 def test_an_adapt_filter_that_selects_nothing_is_an_error():

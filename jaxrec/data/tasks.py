@@ -125,7 +125,8 @@ class ColdStartSplit:
       scenarios: ``"warm"``, ``"new_user"``, ``"new_item"``, ``"new_user_new_item"`` -> ratings, possibly empty;
         under ``scheme="cross-domain"`` only ``"cross_domain"``.
       new_users: user codes that never appear in ``train``.
-      new_items: item codes that never appear in ``train`` (cross-domain: the other domain's items).
+      new_items: item codes that never appear in ``train`` (cross-domain: the other domain's items; items of
+        neither domain are in no frame).
       scheme: the split scheme, ``"melu"``, ``"time"`` or ``"cross-domain"``.
       seed: the seed of the split.
       stats: sizes of each part.
@@ -231,7 +232,8 @@ def cold_start_split(
     rating is after the cutoff are new; train is existing x existing rated up to the cutoff, warm is existing x
     existing rated after it.
 
-    The five frames partition the ratings; no new user or new item appears in ``train``.
+    Under ``"melu"`` and ``"time"`` the five frames partition the ratings; no new user or new item appears in
+    ``train``.
 
     ``scheme="cross-domain"`` (train on a source domain, adapt on a few ratings of a target domain): the items
     with any of ``target_genres`` are the target domain, those with any of ``source_genres`` (default: every other
@@ -243,7 +245,7 @@ def cold_start_split(
 
     Args:
       ds: the dataset.
-      scheme: ``"melu"`` or ``"time"``.
+      scheme: ``"melu"``, ``"time"`` or ``"cross-domain"``.
       seed: the seed of every random choice of the split.
       new_item_frac: ``"melu"``: the share of items that are new.
       new_user_frac: ``"melu"``: the share of users that are new.

@@ -326,7 +326,7 @@ class ModelConfig:
       ValueError: if ``name`` is not registered or ``kwargs`` is not a dict.
     """
 
-    name: str = _field("melu", "melu | mf | linear | fm | neumf | gru | twotower", flag="model")
+    name: str = _field("melu", "melu | mf | linear | fm | neumf | gru | twotower | tanp", flag="model")
     kwargs: dict = _field(
         {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None, "item_bias": True},
         "JSON keyword arguments of the model, e.g. '{\"embed\": 8}'",
@@ -688,6 +688,9 @@ class ExperimentConfig:
         if self.data.feedback != "implicit":  # top-N evaluation options would otherwise be ignored in silence
             _check(self.topn.rerank is None, "rerank", "needs --feedback implicit (it re-ranks top-N lists)")
             _check(not self.topn.sampled_negatives, "sampled_negatives", "needs --feedback implicit (top-N only)")
+        else:  # the top-N split is its own (users by time); the rating protocol's schemes would be ignored
+            _check(self.protocol.scheme == "melu", "scheme", f"{self.protocol.scheme!r} is a rating-protocol split: "
+                   "top-N (--feedback implicit) splits users by time, and has no other scheme yet")  # fmt: skip
 
     @classmethod
     def make(cls, **fields: Any) -> ExperimentConfig:
@@ -882,7 +885,16 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
                 f"model {name!r} adapts by encoding the support set: inner_solver must be auto or encode and adapt "
                 f"auto or default, got inner_solver={solver!r}, adapt={adapt!r}"
             )
-        return config.override(adapt="default", inner_solver="encode", inner_steps=1)
+        # Reptile's step (theta - phi) is zero on every weight an encoding leaves fixed, and Meta-SGD's rates
+        # scale gradient steps there are none of: only MAML's query gradient trains an encoder
+        if meta.algorithm != "maml" or steps not in (None, 1):
+            raise ValueError(
+                f"model {name!r} adapts by one encoding of the support set, meta-trained through the query loss: "
+                f"it needs algorithm='maml' (--method tanp sets it) and inner_steps 1, got "
+                f"algorithm={meta.algorithm!r}, inner_steps={steps!r}"
+            )
+        # the inner rate is a step size, and an encoding takes no step: tuning it on validation users is moot
+        return config.override(adapt="default", inner_solver="encode", inner_steps=1, tune_inner_lr=False)
     if solver == "mixed" and not selects(MIXED_SOLVE):
         raise ValueError(f"inner_solver='mixed' solves the output layer (head/output): model {name!r} has none")
     if adapt == "auto":

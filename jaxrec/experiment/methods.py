@@ -13,6 +13,7 @@ import numpy as np
 
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
+from jaxrec.core.solvers import Amortized, GradientSteps
 from jaxrec.evaluation.baselines import (
     bias_predict,
     fit_item_means,
@@ -94,7 +95,7 @@ def fit_baselines(experiment: Any) -> Baselines:
             params,
             experiment.val_tasks,
             c.evaluation.finetune_lrs,
-            experiment.inner,
+            finetune_inner(experiment),
             apply_fn=experiment.apply_fn,
             target=target,
             rating_range=feat.spec.rating_range,
@@ -105,6 +106,31 @@ def fit_baselines(experiment: Any) -> Baselines:
         logger.warning("no validation users: finetune uses the meta inner learning rate %s", c.meta.inner_lr)
         lr, validation = float(c.meta.inner_lr), {}
     return Baselines(mu, item_means, item_bias, user_reg, params, lr, validation, history)
+
+
+#: gradient steps of the finetune baseline of a model that adapts by encoding its support set
+ENCODER_FINETUNE_STEPS = 5
+
+
+def finetune_inner(experiment: Any) -> InnerLoop:
+    """The inner loop of the ``finetune`` baseline: the meta method's, on the supervised model.
+
+    A model that adapts by encoding its support set (TaNP, :class:`~jaxrec.core.solvers.Amortized`) is the
+    exception: supervised training never reaches its encoders (they are not on the scoring path), so encoding with
+    them would be no baseline. Its supervised model is fine-tuned instead by ``ENCODER_FINETUNE_STEPS`` gradient
+    steps on the same adapted leaves (the task representation the decoder reads), at the rate tuned on validation
+    users.
+
+    Args:
+      experiment: the :class:`~jaxrec.experiment.protocol.Experiment`.
+
+    Returns:
+      The :class:`~jaxrec.InnerLoop`.
+    """
+    inner = experiment.inner
+    if isinstance(inner.solver, Amortized):
+        return inner.replace(solver=GradientSteps(), steps=ENCODER_FINETUNE_STEPS)
+    return inner
 
 
 def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "maml") -> dict[str, tuple]:
@@ -131,8 +157,9 @@ def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "m
     no_adapt = functools.partial(
         meta_predict, inner=InnerLoop(experiment.loss_fn, steps=0), apply_fn=experiment.apply_fn
     )
+    finetune = functools.partial(meta_predict, inner=finetune_inner(experiment), apply_fn=experiment.apply_fn)
     available = {
-        "finetune": (meta, (b.supervised_params, jnp.asarray(b.finetune_lr, jnp.float32))),
+        "finetune": (finetune, (b.supervised_params, jnp.asarray(b.finetune_lr, jnp.float32))),
         "no_adapt": (no_adapt, (b.supervised_params, jnp.zeros((), jnp.float32))),
         "global_mean": (global_mean, jnp.asarray(b.mu, jnp.float32)),
         "user_mean": (functools.partial(user_mean, target=target), jnp.asarray(b.mu, jnp.float32)),

@@ -9,7 +9,7 @@ user's query (target) set ``T``,
 
     L_u = MSE_T(decoded with z ~ q(z | C u T)) + KL(q(z | C u T) || q(z | C)),
 
-summed over a batch of users and minimised by Adam; a new user is scored with ``z`` from ``q(z | C)`` alone. In
+averaged over a batch of users and minimised by Adam; a new user is scored with ``z`` from ``q(z | C)`` alone. In
 jaxrec the encoding is the inner "loop" (:class:`jaxrec.core.solvers.Amortized`, ``inner_solver="encode"``): the
 same split, batches, compiled step and evaluation as every other method, and a meta-gradient that is exact in
 both orders (no inner gradient to drop).

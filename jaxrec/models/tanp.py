@@ -5,7 +5,7 @@ A user's support set ``C = {(x_i, y_i)}`` (``x_i`` the embedded user and item fe
 target) is encoded, not fine-tuned. Two encoders read each pair ``[x_i, y_i]``:
 
 * the *latent path*: ``r_i = h(x_i, y_i)`` (an MLP), pooled ``r_C = mean_i r_i``, and ``q(z | C) = N(mu(r_C),
-  exp(v(r_C)))`` (``v`` the log-variance);
+  exp(v(r_C)))`` (``v`` the log-variance, ``exp(v / 2)`` in ``(0.1, 1)``);
 * the *task identity*: ``t_i = g(x_i, y_i)``, ``t_C = mean_i t_i``, read against ``k`` meta-learned cluster
   centres ``M = [m_1 .. m_k]`` by a Student-t kernel (``tau`` its temperature),
 
@@ -25,7 +25,9 @@ Choices where the paper leaves a detail open or where jaxrec differs, each teste
 * widths from the authors' released configuration: field embeddings 32, ``h``: 32-16-32, ``mu``/``v`` through a
   hidden layer of 32 to ``z`` of 32, ``g``: 32-32-16, ``k`` = 10 centres, ``tau`` = 1, decoder 32-32-16;
 * ``z`` enters the decoder as the mean of its Gaussian (no reparameterised sample), in training and at test, so
-  that scores are deterministic; the KL term still ties ``q(z | C)`` to ``q(z | C u T)``;
+  that scores are deterministic; the KL term still ties ``q(z | C)`` to ``q(z | C u T)`` because the standard
+  deviation is bounded, ``sigma = 0.1 + 0.9 sigmoid(.)`` (as neural-process implementations commonly do): with
+  only the mean decoded, an unbounded variance could grow until the KL vanished;
 * the context and target sets are the task's support and query sets (the released code redraws a random
   context size per step);
 * the released code's clustering regulariser (a DEC-style KL between the batch's soft assignments and their
@@ -169,9 +171,14 @@ class TaNP(nn.Module):
         return r * jnp.maximum(n, 1.0), n
 
     def gaussian(self, r: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``(mu(r), v(r))``: the mean and log-variance of ``q(z | .)`` from a pooled ``r``."""
+        """``(mu(r), v(r))``: the mean and log-variance of ``q(z | .)`` from a pooled ``r``.
+
+        The standard deviation is bounded, ``sigma = 0.1 + 0.9 sigmoid(.)`` in ``(0.1, 1)``: the decoder reads the
+        mean of ``z`` only, so an unbounded variance would let training inflate it until the KL term vanishes.
+        """
         hidden = nn.relu(self.latent_in(r))
-        return self.latent_mean(hidden), self.latent_logvar(hidden)
+        sigma = 0.1 + 0.9 * nn.sigmoid(self.latent_logvar(hidden))
+        return self.latent_mean(hidden), 2.0 * jnp.log(sigma)
 
     def task_code(self, t: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(a, o)``: the soft assignment of a pooled task code to the centres, and the code read from them."""
