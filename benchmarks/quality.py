@@ -185,6 +185,17 @@ def validation_scores(experiment: Experiment, params) -> tuple[dict, dict]:
     return results, stats
 
 
+def significant(value, digits: int = 6):
+    """``value`` (any JSON-able structure) with every float rounded to ``digits`` significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: significant(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [significant(v, digits) for v in value]
+    return value
+
+
 def fmt_ci(r: dict, metric: str) -> str:
     lo, hi = r.get("ci95", {}).get(metric, (float("nan"), float("nan")))
     return f"{r[metric]:.4f} [{lo:.3f}, {hi:.3f}]"
@@ -275,7 +286,8 @@ def main() -> None:
     out["command"] = " ".join(sys.argv[1:])
     stem = Path(args.out) if args.out else RESULTS / f"quality_{args.dataset}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(out, indent=1))
+    # compact, to 6 significant digits (the figures' precision is 4 decimals): a summary, not a dump
+    stem.with_suffix(".json").write_text(json.dumps(significant(out), separators=(",", ":")) + "\n")
     stem.with_suffix(".md").write_text(markdown(out))
     print(f"wrote {stem}.json and {stem}.md")
 

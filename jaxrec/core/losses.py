@@ -35,7 +35,7 @@ ApplyFn = Callable[[Any, Rows], jax.Array]
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of ``values`` over the rows where ``mask`` holds; 0 when no row does.
+    """Mean of ``values`` over the rows where ``mask`` holds (per trailing coordinate); 0 when no row does.
 
     ``jnp.where`` (not a product) keeps a NaN or inf in a padded row out of the value. It does not keep it out of
     the gradient of whatever produced ``values`` (``0 * nan = nan`` in the backward pass): the builders below
@@ -43,14 +43,16 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     zero padded rows before the model sees them (:func:`jaxrec.zero_padding`).
 
     Args:
-      values: per-row values ``[rows]``.
+      values: per-row values ``[rows, ...]``.
       mask: bool ``[rows]``; false rows are padding.
 
     Returns:
-      The masked mean, a scalar of the dtype of ``values``.
+      The masked mean over the rows, of shape ``values.shape[1:]`` (a scalar for ``[rows]``), of the dtype of
+      ``values``.
     """
     mask = mask.astype(bool)
-    total = jnp.sum(jnp.where(mask, values, 0.0))
+    rows = mask.reshape(mask.shape + (1,) * (values.ndim - 1))
+    total = jnp.sum(jnp.where(rows, values, 0.0), axis=0)
     count = jnp.sum(mask).astype(values.dtype)
     return total / jnp.maximum(count, 1.0)
 

@@ -34,6 +34,7 @@ from jaxrec import models, testing
 from jaxrec.core.inner import ORDERS
 from jaxrec.core.newton import newton
 from jaxrec.core.objectives import ALGORITHMS
+from jaxrec.data.tasks import SCHEMES
 
 __all__ = [
     "BASELINES",
@@ -252,7 +253,7 @@ class ProtocolConfig:
         "melu",
         "cold-start split: melu (new users / items at random and by release), time (by a time cutoff) or "
         "cross-domain (train on --source-genres items, adapt new users on a few --target-genres ratings)",
-        choices=("melu", "time", "cross-domain"),
+        choices=SCHEMES,
     )
     target_genres: tuple = _field((), "cross-domain: the target domain's genres (comma-separated)", parse=_list_of(str))
     source_genres: tuple = _field(
@@ -283,8 +284,7 @@ class ProtocolConfig:
             value = getattr(self, name)
             value = value.split(",") if isinstance(value, str) else (value or ())
             object.__setattr__(self, name, tuple(str(g).strip() for g in value if str(g).strip()))
-        _check(self.scheme in ("melu", "time", "cross-domain"), "scheme", f"must be melu, time or cross-domain, "
-               f"got {self.scheme!r}")  # fmt: skip
+        _check(self.scheme in SCHEMES, "scheme", f"must be one of {SCHEMES}, got {self.scheme!r}")
         if self.scheme == "cross-domain":
             _check(bool(self.target_genres), "target_genres", "is needed by scheme='cross-domain'")
             _check(self.train_domain in ("source", "target"), "train_domain", f"must be source or target, got "

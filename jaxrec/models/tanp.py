@@ -46,6 +46,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxrec.core.features import FeatureSpec
+from jaxrec.core.losses import masked_mean
+from jaxrec.core.params import path_names
 from jaxrec.models.common import (
     MultiHotEmbed,
     Rows,
@@ -75,13 +77,6 @@ class _MLP(nn.Module):
             if i + 1 < len(self.widths):
                 x = nn.relu(x)
         return x
-
-
-def _masked_mean(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The mean of the rows of ``x`` where ``mask`` holds (zero for none), and their count."""
-    w = mask.astype(x.dtype)
-    n = jnp.sum(w)
-    return jnp.sum(w[:, None] * x, axis=0) / jnp.maximum(n, 1.0), n
 
 
 class TaNP(nn.Module):
@@ -161,14 +156,14 @@ class TaNP(nn.Module):
           The values of the ``context_*`` leaves (means over the true rows; zeros for an empty set).
         """
         pairs = self._pairs(rows)
-        r, n = _masked_mean(self.pair_encoder(pairs), mask)
-        t, _ = _masked_mean(self.pair_task_encoder(pairs), mask)
-        return {"context_r": r, "context_t": t, "context_n": n}
+        r = masked_mean(self.pair_encoder(pairs), mask)
+        t = masked_mean(self.pair_task_encoder(pairs), mask)
+        return {"context_r": r, "context_t": t, "context_n": jnp.sum(mask).astype(r.dtype)}
 
     def latent_sums(self, rows: Rows, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(sum_i r_i, count)`` over the true rows of a set (to pool ``C u T`` from ``r_C`` and ``T``)."""
-        r, n = _masked_mean(self.pair_encoder(self._pairs(rows)), mask)
-        return r * jnp.maximum(n, 1.0), n
+        codes = self.pair_encoder(self._pairs(rows))
+        return jnp.sum(jnp.where(mask[:, None], codes, 0.0), axis=0), jnp.sum(mask).astype(codes.dtype)
 
     def gaussian(self, r: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(mu(r), v(r))``: the mean and log-variance of ``q(z | .)`` from a pooled ``r``.
@@ -217,8 +212,7 @@ class TaNP(nn.Module):
         Returns:
           Whether the parameter is one of them.
         """
-        last = path[-1]
-        return getattr(last, "key", getattr(last, "name", None)) in CONTEXT_LEAVES
+        return path_names(path)[-1] in CONTEXT_LEAVES
 
 
 def _with_context(params: dict, values: dict) -> dict:
