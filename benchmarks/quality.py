@@ -39,6 +39,12 @@ item id as a field). The cross-domain comparison (``--set '{"scheme":
 "cross-domain", "target_genres": ["Drama"]}'``) adds ``cross_domain_target`` (the default trained on the target
 domain alone), ``mf`` and ``mf_target``.
 
+Item cold start (each new item a task, adapted on a few of its ratings by existing users; scenario ``new_item``
+only): ``--methods lwa nlba lwa_lr1e-3_epochs100 nlba_lr1e-3_epochs100 item_tasks``, LWA and NLBA as published
+and tuned (Adam 1e-3, 100 epochs, chosen on ml-100k's validation items), and ``item_tasks``, the default on item
+tasks (the output layer folded in per item by the Newton step, over user and item ids). Item-task
+configurations pair only with each other, never with user-task ones.
+
 The methods of :mod:`jaxrec.methods` run by name too (``--methods tanp melu-1 melu-5``: TaNP and MeLU as
 published). Every configuration named faces, on the same users, every other one's meta method (rows
 ``meta[<name>]``) and fine-tuning (``finetune[<name>]``), so one run compares the methods pairwise.
@@ -77,6 +83,7 @@ def run(args) -> dict:
     pooled_stats: dict = {}  # method -> scenario -> compared method -> [per-user stats of each seed]
     keys: dict = {}  # method -> the key of the baselines it used
     domains: dict = {}  # method -> the domain it trains on (cross-domain): validation users differ between domains
+    sides: dict = {}  # method -> what its tasks are ("user" or "item"): only tasks of one kind pair
     for seed in args.seeds:
         base = ExperimentConfig.make(dataset=args.dataset, data_dir=args.data_dir, seed=seed, **json.loads(args.set))
         if args.epochs is not None:
@@ -119,6 +126,7 @@ def run(args) -> dict:
                 results, stats = experiment.evaluate(state.params, return_stats=True)
             keys[name] = key
             domains[name] = config.protocol.train_domain
+            sides[name] = config.protocol.tasks_by
             run_out["methods"][name] = {
                 "overrides": VARIANTS[name],
                 "finetune_lr": fitted[key].finetune_lr,
@@ -148,6 +156,8 @@ def run(args) -> dict:
             # of the run, not only the one that shares its inner loop
             seen = {keys[name]}
             for other in [m for m in args.methods if m != name]:
+                if sides[other] != sides[name]:
+                    continue  # item tasks and user tasks are different units: nothing to pair
                 if args.validation and domains[other] != domains[name]:
                     print(f"no paired rows of {other} on validation: it trains on another domain, whose "
                           "validation users are not these", flush=True)  # fmt: skip
@@ -168,6 +178,7 @@ def run(args) -> dict:
             "finetune_lr": [m["finetune_lr"] for m in per_seed],
             "train_seconds": float(np.mean([m["train_seconds"] for m in per_seed])),
             "steps": per_seed[0]["steps"],
+            "tasks_by": sides[name],
             "scenarios": scenarios,
         }
     return out
@@ -179,7 +190,8 @@ def validation_scores(experiment: Experiment, params) -> tuple[dict, dict]:
     ``val_item_frac`` also ``"validation_new_item"``: the remaining users' ratings of the held-out items."""
     results, stats = {}, {}
     results["validation"], stats["validation"] = experiment.validate(params, return_stats=True)
-    if experiment.val_item_tasks is not None:  # with val_item_frac: the held-out items
+    # with val_item_frac: the held-out items (item tasks validate on held-out items already)
+    if experiment.val_item_tasks is not None and experiment.config.protocol.tasks_by == "user":
         scored = experiment.validate(params, items=True, return_stats=True)
         results["validation_new_item"], stats["validation_new_item"] = scored
     return results, stats
@@ -236,7 +248,7 @@ def markdown(out: dict) -> str:
         ]
         for scenario, methods in m["scenarios"].items():
             lines += [
-                f"### {scenario} ({methods['maml']['users']} users)",
+                f"### {scenario} ({methods['maml']['users']} {m.get('tasks_by', 'user')}s)",
                 "",
                 "| method | MAE | RMSE | nDCG@1 | nDCG@3 | nDCG@10 | paired d MAE |",
                 "|---|---|---|---|---|---|---|",

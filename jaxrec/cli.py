@@ -247,7 +247,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         state = run.start(args.resume)
         start = int(state.step)
         _echo(
-            f"{experiment.dataset.name}: {len(experiment.train_tasks)} meta-train users, "
+            f"{experiment.dataset.name}: {len(experiment.train_tasks)} meta-train {experiment.train_tasks.by}s, "
             f"{experiment.steps_per_epoch} steps/epoch; {config.meta.algorithm} ({config.meta.order} order) on "
             f"{config.model.name}; "
             f"steps {start} -> {stop_step} of {total}"

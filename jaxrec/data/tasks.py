@@ -36,6 +36,7 @@ __all__ = [
     "ColdStartSplit",
     "TaskSet",
     "SPLITS",
+    "TASK_SIDES",
     "build_tasks",
     "cold_start_split",
     "task_batches",
@@ -47,6 +48,7 @@ logger = logging.getLogger(__name__)
 SPLITS = ("random", "time", "melu", "kshot")
 SCENARIOS = ("warm", "new_user", "new_item", "new_user_new_item", "cross_domain")
 SCHEMES = ("melu", "time", "cross-domain")
+TASK_SIDES = ("user", "item")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -452,6 +454,8 @@ class TaskSet:
       stats: sizes and counts of the build (``tasks``, ``users_dropped``, ``users_subsampled``, ``rows``, ...).
       rated_keys: sorted ``user * n_items + item`` of the rated pairs, for negative sampling (implicit mode only).
       history: ``L``: rows carry ``history_item`` / ``history_rating`` ``[rows, L]`` (0 = none).
+      by: ``"user"``, or ``"item"`` when each task is an item (then ``users`` and ``task_id`` hold item codes and
+        the rows are sorted by item).
     """
 
     featurizer: Featurizer
@@ -470,6 +474,7 @@ class TaskSet:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     rated_keys: np.ndarray | None = None  # sorted user * n_items + item, for negative sampling
     history: int = 0  # L: rows carry history_item / history_rating [rows, L] (0 = none)
+    by: str = "user"  # "item": each task is an item, and ``users`` holds item codes
 
     def __len__(self) -> int:
         return len(self.users)
@@ -528,7 +533,7 @@ class TaskSet:
         s = self.stats
         text = (
             f"TaskSet(split={self.split!r}): {len(self)} tasks, support {s.get('support_len')}, query "
-            f"{s.get('query_len')}, {len(self.shapes)} shape(s); dropped {s.get('users_dropped', 0)} user(s)"
+            f"{s.get('query_len')}, {len(self.shapes)} shape(s); dropped {s.get('users_dropped', 0)} {self.by}(s)"
         )
         if batch_size:
             p = self.padding_stats(batch_size)
@@ -767,8 +772,14 @@ def build_tasks(
     history: int = 0,
     subsample: tuple[int, int] | None = None,
     subsample_seed: int | Sequence[int] | None = None,
+    by: str = "user",
 ) -> TaskSet:
     """Build one task per user of ``ratings`` (dataset codes), with a seeded support/query split.
+
+    ``by="item"`` makes each *item* a task instead (item cold start, Vartak et al. NeurIPS 2017: an item's
+    support set is some of the users who rated it, its query the others); every rule below then reads "item" for
+    "user" (``TaskSet.users`` holds item codes and ``task_id`` is the item code). Item tasks are for rated data
+    without histories: the negatives and histories of implicit mode are per user.
 
     Splits (``n`` = the user's rating count):
 
@@ -821,6 +832,7 @@ def build_tasks(
       history: ``L``, the history length of every row (0: none).
       subsample: ``(lo, hi)``: subsample users with more than ``hi`` ratings to ``[lo, hi]`` of them.
       subsample_seed: the seed of the subsample sizes (default ``seed``).
+      by: ``"user"`` (a task per user) or ``"item"`` (a task per item).
 
     Returns:
       The :class:`TaskSet`; dropped and subsampled users are counted in its ``stats``.
@@ -834,6 +846,13 @@ def build_tasks(
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+    if by not in TASK_SIDES:
+        raise ValueError(f"unknown task side by={by!r}; choose one of {TASK_SIDES}")
+    if by == "item" and (history or featurizer.implicit_threshold is not None):
+        raise ValueError(
+            "by='item' (items as tasks) is for rated data without histories: implicit negatives and histories are "
+            "drawn per user"
+        )
     for col in ("user", "item", "rating"):
         if col not in ratings:
             raise DataError(f"build_tasks: ratings have no {col!r} column; the columns are {list(ratings.columns)}")
@@ -848,10 +867,11 @@ def build_tasks(
         min_ratings = 13 if min_ratings is None else min_ratings
         max_ratings = 100 if max_ratings is None else max_ratings
     rng = np.random.default_rng(seed)
-    n_users = featurizer.n_users
-    users = ratings["user"].to_numpy()
+    # the task key: users, or items for item tasks (every per-user rule below then applies per item)
+    n_users = featurizer.n_users if by == "user" else featurizer.n_items
+    users = ratings[by].to_numpy()
     if len(users) and (users.min() < 0 or users.max() >= n_users):
-        raise DataError("build_tasks: user codes outside the featurizer's dataset")
+        raise DataError(f"build_tasks: {by} codes outside the featurizer's dataset")
     times = ratings["timestamp"].to_numpy() if order == "time" else None
     row_order = _order_within_users(users, rng, times)
     sorted_users = users[row_order]
@@ -889,7 +909,7 @@ def build_tasks(
         return np.concatenate([values[row_order].astype(dtype), np.array([fill], dtype)])
 
     rated_keys = None
-    if featurizer.implicit_threshold is not None:
+    if featurizer.implicit_threshold is not None:  # user tasks only (checked above)
         rated_keys = np.sort(users.astype(np.int64) * featurizer.n_items + ratings["item"].to_numpy())
     stats = {
         "tasks": int(keep.sum()),
@@ -900,11 +920,11 @@ def build_tasks(
         "query_len": _describe(q_len),
     }
     if stats["users_dropped"]:
-        logger.info("build_tasks(%s): dropped %d user(s) with too few/many ratings", split, stats["users_dropped"])
+        logger.info("build_tasks(%s): dropped %d %s(s) with too few/many ratings", split, stats["users_dropped"], by)
     return TaskSet(
         featurizer=featurizer,
         users=present[keep].astype(np.int32),
-        row_user=padded(users, np.int32, -1),
+        row_user=padded(ratings["user"].to_numpy(), np.int32, -1),
         row_item=padded(ratings["item"].to_numpy(), np.int32, -1),
         row_rating=padded(ratings["rating"].to_numpy(), np.float32, 0.0),
         support_start=(first_query - s_len).astype(np.int64),
@@ -918,6 +938,7 @@ def build_tasks(
         stats=stats,
         rated_keys=rated_keys,
         history=int(history),
+        by=by,
     )
 
 

@@ -132,21 +132,29 @@ def support_user_bias(residuals: jax.Array, mask: jax.Array, user_reg: float | j
     return jnp.sum(jnp.where(mask, residuals, 0.0), axis=-1) / (user_reg + jnp.sum(mask, axis=-1))
 
 
-def bias_predict(state: Any, batch: TaskBatch, *, target: str = "rating") -> jax.Array:
-    """Predict with the bias model ``mu + b_i + b_u``, ``b_u`` fitted on each task's support set.
+def bias_predict(state: Any, batch: TaskBatch, *, target: str = "rating", task_side: str = "user") -> jax.Array:
+    """Predict with the bias model ``mu + b_i + b_u``, the task's own offset fitted on its support set.
+
+    User tasks: ``b_u`` from the support residuals ``r - mu - b_i``, with the fitted item biases. Item tasks
+    (``task_side="item"``): the other way round, the new item's ``b_i`` from ``r - mu - b_u`` with the fitted
+    biases of the (known) users who rated it; both by :func:`support_user_bias`'s closed form.
 
     Args:
-      state: ``(mu, item_bias, user_reg)`` (:func:`fit_bias_model`'s ``mu`` and ``b_i``, and ``lambda_u``).
+      state: ``(mu, known_bias, task_reg)``: :func:`fit_bias_model`'s ``mu``, the fitted biases of the other side
+        by vocabulary slot (``b_i`` for user tasks, ``b_u`` for item tasks) and the ridge strength of the task's
+        offset (``lambda_u``, or ``lambda_i``).
       batch: the tasks.
       target: the row key of the targets.
+      task_side: ``"user"`` or ``"item"``, what a task is.
 
     Returns:
       ``[T, Q]`` scores.
     """
-    mu, item_bias, user_reg = state
-    support_residual = batch.support[target].astype(jnp.float32) - mu - _lookup(item_bias, batch.support["item"])
-    b_u = support_user_bias(support_residual, batch.support_mask, user_reg)
-    return mu + _lookup(item_bias, batch.query["item"]) + b_u[:, None]
+    mu, known_bias, task_reg = state
+    known = "item" if task_side == "user" else "user"
+    support_residual = batch.support[target].astype(jnp.float32) - mu - _lookup(known_bias, batch.support[known])
+    b_task = support_user_bias(support_residual, batch.support_mask, task_reg)
+    return mu + _lookup(known_bias, batch.query[known]) + b_task[:, None]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from jaxrec import models, testing
 from jaxrec.core.inner import ORDERS
 from jaxrec.core.newton import newton
 from jaxrec.core.objectives import ALGORITHMS
-from jaxrec.data.tasks import SCHEMES
+from jaxrec.data.tasks import SCHEMES, TASK_SIDES
 
 __all__ = [
     "BASELINES",
@@ -233,6 +233,9 @@ class ProtocolConfig:
       target_genres: ``"cross-domain"``: the target domain's item genres.
       source_genres: ``"cross-domain"``: the source domain's item genres (empty: every item of no target genre).
       train_domain: ``"cross-domain"``: ``"source"`` (transfer) or ``"target"`` (the target domain alone).
+      tasks_by: ``"user"`` (a task per user: user cold start) or ``"item"`` (a task per item, adapted from some of
+        the users who rated it: item cold start, evaluated on the ``new_item`` scenario only; validation is then a
+        random ``val_frac`` of the meta-train items, held out of training, not users).
       split: how :func:`~jaxrec.data.build_tasks` divides a user's ratings into support and query.
       support: support ratings per task (None: the rest after the query).
       query: query ratings per task (a count, or a fraction of the user's ratings).
@@ -264,6 +267,12 @@ class ProtocolConfig:
         "cross-domain: train on the source domain (transfer) or on the target domain alone (the in-domain reference)",
         choices=("source", "target"),
     )
+    tasks_by: str = _field(
+        "user",
+        "a task per user (user cold start) or per item (item cold start: each new item adapts on a few of its "
+        "ratings by existing users; scenario new_item only)",
+        choices=TASK_SIDES,
+    )
     split: str = _field("melu", "support/query split of a user's ratings")
     support: int | None = _field(None, "support ratings per user task (default: the rest)", parse=_none_or(_int))
     query: int | float | None = _field(
@@ -293,6 +302,11 @@ class ProtocolConfig:
             for name in ("target_genres", "source_genres"):
                 _check(not getattr(self, name), name, "needs scheme='cross-domain'")
             _check(self.train_domain == "source", "train_domain", "needs scheme='cross-domain'")
+        _check(self.tasks_by in TASK_SIDES, "tasks_by", f"must be one of {TASK_SIDES}, got {self.tasks_by!r}")
+        if self.tasks_by == "item":
+            _check(self.scheme != "cross-domain", "tasks_by", "'item' needs a scheme with a new-item scenario "
+                   "(melu or time), not cross-domain")  # fmt: skip
+            _check(self.history == 0, "tasks_by", "'item' has no user history: set history 0")
         if isinstance(self.query, float) and self.query.is_integer() and self.query >= 1:
             object.__setattr__(self, "query", int(self.query))
         q = self.query
@@ -326,7 +340,9 @@ class ModelConfig:
       ValueError: if ``name`` is not registered or ``kwargs`` is not a dict.
     """
 
-    name: str = _field("melu", "melu | mf | linear | fm | neumf | gru | twotower | tanp", flag="model")
+    name: str = _field(
+        "melu", "melu | mf | linear | fm | neumf | gru | twotower | tanp | lwa | nlba | mwuf", flag="model"
+    )
     kwargs: dict = _field(
         {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None, "item_bias": True},
         "JSON keyword arguments of the model, e.g. '{\"embed\": 8}'",
@@ -402,7 +418,7 @@ class MetaConfig:
         "auto",
         "inner steps: sgd (gradient steps at --inner-lr), newton (MAP under a Gaussian prior at the initialisation "
         "with variance --inner-lr; for a small adapted set), mixed (the output layer by Newton steps, the rest by "
-        "gradient steps), encode (a neural process encodes the support set: model tanp) or auto",
+        "gradient steps), encode (the model encodes the support set: tanp, lwa, nlba, mwuf) or auto",
         choices=INNER_SOLVERS,
     )
     inner_lr: float = _field(0.1, "inner learning rate (the prior variance of the Newton step)", parse=_float)
@@ -691,6 +707,8 @@ class ExperimentConfig:
         else:  # the top-N split is its own (users by time); the rating protocol's schemes would be ignored
             _check(self.protocol.scheme == "melu", "scheme", f"{self.protocol.scheme!r} is a rating-protocol split: "
                    "top-N (--feedback implicit) splits users by time, and has no other scheme yet")  # fmt: skip
+            _check(self.protocol.tasks_by == "user", "tasks_by", "'item' is for rated data: top-N (--feedback "
+                   "implicit) ranks the catalogue for users, and item tasks have no top-N protocol yet")  # fmt: skip
 
     @classmethod
     def make(cls, **fields: Any) -> ExperimentConfig:
@@ -873,7 +891,16 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
     adapt, solver, steps = meta.adapt, meta.inner_solver, meta.inner_steps
     encodes = callable(getattr(type(model), "encode_support", None))
     if solver == "encode" and not encodes:
-        raise ValueError(f"inner_solver='encode' needs a model that encodes a support set (tanp); {name!r} does not")
+        raise ValueError(
+            f"inner_solver='encode' needs a model that encodes a support set (tanp, lwa, nlba, mwuf); {name!r} does not"
+        )
+    side = getattr(type(model), "task_side", None)
+    if side is not None and config.protocol.tasks_by != side:
+        raise ValueError(
+            f"model {name!r} adapts to {side} tasks (an item described by the users who rated it): set "
+            f"tasks_by={side!r} (--tasks-by {side}; --method {name} sets it), got tasks_by="
+            f"{config.protocol.tasks_by!r}"
+        )
     if encodes:  # a neural process adapts by encoding its support set into its own context leaves, nothing else
         if config.data.feedback == "implicit":
             raise ValueError(
@@ -890,7 +917,7 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
         if meta.algorithm != "maml" or steps not in (None, 1):
             raise ValueError(
                 f"model {name!r} adapts by one encoding of the support set, meta-trained through the query loss: "
-                f"it needs algorithm='maml' (--method tanp sets it) and inner_steps 1, got "
+                f"it needs algorithm='maml' (--method {name} sets it) and inner_steps 1, got "
                 f"algorithm={meta.algorithm!r}, inner_steps={steps!r}"
             )
         # the inner rate is a step size, and an encoding takes no step: tuning it on validation users is moot

@@ -38,8 +38,11 @@ class Baselines:
     Attributes:
       mu: the mean meta-train target (``global_mean``, and the fallback of ``user_mean`` and ``item_mean``).
       item_means: the table of item means by item slot (``item_mean``).
-      item_bias: the item biases ``b_i`` of the bias model (``bias``).
+      item_bias: the item biases ``b_i`` of the bias model (``bias``), by item slot.
       user_reg: the ridge strength ``lambda_u`` of a test user's ``b_u`` (``bias``).
+      user_bias: the user biases ``b_u`` of the bias model by user slot (``bias`` of item tasks, folding in a new
+        item's ``b_i`` beside its known users' ``b_u``).
+      item_reg: the ridge strength ``lambda_i`` of a new item's ``b_i`` (``bias`` of item tasks).
       supervised_params: the supervised model (``no_adapt``, and the start of ``finetune``).
       finetune_lr: the fine-tuning rate chosen on the validation users.
       finetune_validation: the validation score of every fine-tuning rate tried.
@@ -54,6 +57,8 @@ class Baselines:
     finetune_lr: float
     finetune_validation: dict
     supervised_loss: np.ndarray
+    user_bias: np.ndarray
+    item_reg: float
 
 
 def fit_baselines(experiment: Any) -> Baselines:
@@ -105,7 +110,9 @@ def fit_baselines(experiment: Any) -> Baselines:
     else:
         logger.warning("no validation users: finetune uses the meta inner learning rate %s", c.meta.inner_lr)
         lr, validation = float(c.meta.inner_lr), {}
-    return Baselines(mu, item_means, item_bias, user_reg, params, lr, validation, history)
+    user_bias = experiment.user_bias_slots()
+    item_reg = float(c.evaluation.bias_reg[0])
+    return Baselines(mu, item_means, item_bias, user_reg, params, lr, validation, history, user_bias, item_reg)
 
 
 #: gradient steps of the finetune baseline of a model that adapts by encoding its support set
@@ -131,6 +138,16 @@ def finetune_inner(experiment: Any) -> InnerLoop:
     if isinstance(inner.solver, Amortized):
         return inner.replace(solver=GradientSteps(), steps=ENCODER_FINETUNE_STEPS)
     return inner
+
+
+def _bias_baseline(b: Baselines, target: str, tasks_by: str) -> tuple:
+    """The bias model's predictor and state: the task's offset (a user's, or a new item's) folded in from its
+    support set beside the fitted offsets of the other side."""
+    mu = jnp.asarray(b.mu, jnp.float32)
+    predict = functools.partial(bias_predict, target=target, task_side=tasks_by)
+    if tasks_by == "item":
+        return predict, (mu, jnp.asarray(b.user_bias), jnp.asarray(b.item_reg, jnp.float32))
+    return predict, (mu, jnp.asarray(b.item_bias), jnp.asarray(b.user_reg, jnp.float32))
 
 
 def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "maml") -> dict[str, tuple]:
@@ -164,10 +181,7 @@ def experiment_predictors(experiment: Any, params: Any, *, method_name: str = "m
         "global_mean": (global_mean, jnp.asarray(b.mu, jnp.float32)),
         "user_mean": (functools.partial(user_mean, target=target), jnp.asarray(b.mu, jnp.float32)),
         "item_mean": (item_mean, jnp.asarray(b.item_means)),
-        "bias": (
-            functools.partial(bias_predict, target=target),
-            (jnp.asarray(b.mu, jnp.float32), jnp.asarray(b.item_bias), jnp.asarray(b.user_reg, jnp.float32)),
-        ),
+        "bias": _bias_baseline(b, target, c.protocol.tasks_by),
     }
     unknown = [name for name in c.evaluation.baselines if name not in available]
     if unknown:

@@ -64,7 +64,7 @@ _NO_CAP = 2**31 - 1  # meta-training keeps every user, whatever their number of 
 
 def _inner_solver(name: str, model: Any = None):
     """The solver of a resolved ``inner_solver``: None for gradient steps, the Newton step, or the support
-    encoder of ``model`` (TaNP)."""
+    encoder of ``model`` (TaNP, LWA, NLBA)."""
     if name == "encode":
         return Amortized(models.support_encoder(model))
     if name == "newton":
@@ -157,8 +157,8 @@ class Learner:
                 query_loss_fn = topn_loss(config.topn.query_loss, model, catalogue)
         else:
             loss_fn = models.default_loss(model)
-        if config.meta.inner_solver == "encode":  # trained on the neural-process bound of the query set
-            query_loss_fn = models.neural_process_loss(model, query_loss_fn or loss_fn)
+        if callable(getattr(type(model), "query_loss", None)):  # TaNP: the neural-process bound of the query set
+            query_loss_fn = model.query_loss(query_loss_fn or loss_fn)
         inner = InnerLoop(
             loss_fn,
             steps=config.meta.inner_steps,
@@ -290,14 +290,20 @@ class Experiment:
         train = self.split.train
         # validation items are new to the model: out of its vocabularies, as the new-item scenario's are
         is_val_item = np.isin(train["item"].to_numpy(), self._validation_items(train["item"].to_numpy()))
+        if pro.tasks_by == "item":
+            # item tasks are validated on held-out items (a random val_frac of them) rated by meta-train users:
+            # the new-item scenario's kind of task, whose users' ids the model has trained
+            is_val_item |= np.isin(train["item"].to_numpy(), self._validation_users(train["item"].to_numpy()))
         self.featurizer = Featurizer.fit(self.dataset, train[~is_val_item], implicit_threshold=threshold)
         val_users = self._validation_users(train.loc[~is_val_item, "user"].to_numpy())
+        if pro.tasks_by == "item":
+            val_users = val_users[:0]
         is_val = np.isin(train["user"].to_numpy(), val_users)
         self.train_ratings = train[~is_val & ~is_val_item].reset_index(drop=True)
         self.val_ratings = train[is_val & ~is_val_item].reset_index(drop=True)
         self.val_item_ratings = train[~is_val & is_val_item].reset_index(drop=True)
         self.train_tasks = self._train_tasks(config.seed)
-        self.val_tasks = self._tasks(self.val_ratings)
+        self.val_tasks = self._tasks(self.val_item_ratings if pro.tasks_by == "item" else self.val_ratings)
         self.val_item_tasks = None
         if len(self.val_item_ratings):
             tasks = self._tasks(self.val_item_ratings)
@@ -316,6 +322,10 @@ class Experiment:
             frame = self.split.scenarios.get(name)
             if frame is None or len(frame) == 0:
                 continue
+            if pro.tasks_by == "item" and name != "new_item":
+                # an item task adapts from the users who rated the item: they must be known (existing) users,
+                # and only the new-item scenario's items are cold
+                continue
             tasks = self._tasks(frame)
             if len(tasks):
                 self.scenario_tasks[name] = tasks
@@ -324,7 +334,7 @@ class Experiment:
         if len(self.train_tasks) == 0:
             pro = config.protocol
             raise DataError(
-                f"no meta-train task: {self.train_tasks.summary()}; a user is a task with at least "
+                f"no meta-train task: {self.train_tasks.summary()}; a {pro.tasks_by} is a task with at least "
                 f"min_ratings={pro.min_ratings} ratings, query={pro.query} of them in the query set (flags "
                 "--min-ratings and --query): lower them for a log with few ratings per user"
             )
@@ -345,6 +355,7 @@ class Experiment:
         return load(c.data.dataset, data_dir=c.data.data_dir)
 
     def _validation_users(self, train_users: np.ndarray) -> np.ndarray:
+        """A seeded random ``val_frac`` of the codes in ``train_users`` (users; items, for item tasks)."""
         users = np.unique(train_users)
         if self.config.protocol.val_frac <= 0:
             return users[:0]
@@ -373,6 +384,7 @@ class Experiment:
             max_ratings=c.protocol.max_ratings if max_ratings == "config" else max_ratings,
             support_buckets=c.protocol.support_buckets,
             history=self.history,
+            by=c.protocol.tasks_by,
         )
 
     def _train_tasks(self, seed: Any) -> TaskSet:
@@ -525,6 +537,20 @@ class Experiment:
         """
         mu, item_bias, _ = self._bias_fit
         return mu, item_bias
+
+    def user_bias_slots(self) -> np.ndarray:
+        """The bias model's user offsets ``b_u`` by ``"user"`` vocabulary slot (0 for the OOV slot and for users
+        without a meta-train rating).
+
+        Returns:
+          float32 ``[user vocab]``.
+        """
+        _, _, user_bias = self._bias_fit
+        table = np.zeros(self.featurizer.spec.categorical["user"], np.float32)
+        trained = np.unique(self.train_ratings["user"].to_numpy())
+        table[self.featurizer.user_index[trained]] = user_bias[trained]
+        table[0] = 0.0
+        return table
 
     @functools.cached_property
     def _bias_fit(self) -> tuple[float, np.ndarray, np.ndarray]:

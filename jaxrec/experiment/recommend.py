@@ -426,7 +426,17 @@ def recommender_for(trained) -> Recommender | TopNRecommender:
 
     Returns:
       The recommender over its meta-learned parameters.
+
+    Raises:
+      RunError: for a run of item tasks (``tasks_by="item"``): its model adapts to a new item from the users who
+        rated it, not to a new user from their ratings.
     """
+    if trained.config.protocol.tasks_by == "item":
+        raise RunError(
+            f"this run ({trained.config.model.name}) was trained on item tasks (tasks_by='item'): it adapts to a new "
+            "item from the users who rated it, and recommending to a new user from their ratings is not what it "
+            "learned; train a run on user tasks (the default) to recommend"
+        )
     topn = trained.config.data.feedback == "implicit"
     return (TopNRecommender if topn else Recommender)(trained, trained.params)
 

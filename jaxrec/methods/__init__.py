@@ -7,6 +7,10 @@ it. Fields given beside ``--method`` (flags, ``--config``) override the recipe's
 
 * :func:`melu`: MeLU (Lee et al., KDD 2019), ``"melu-1"`` and ``"melu-5"``.
 * :func:`tanp`: TaNP (Lin et al., WWW 2021), ``"tanp"``.
+* :func:`lwa`, :func:`nlba`: LWA and NLBA (Vartak et al., NeurIPS 2017), ``"lwa"`` and ``"nlba"``: item cold
+  start, each item a task.
+* :func:`mwuf`: MWUF (Zhu et al., SIGIR 2021), ``"mwuf"``: a cold item's id embedding warmed up by meta scaling
+  and shifting networks, each item a task.
 """
 
 from __future__ import annotations
@@ -14,16 +18,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jaxrec.methods.item_history import lwa, nlba
 from jaxrec.methods.melu import melu
+from jaxrec.methods.mwuf import mwuf
 from jaxrec.methods.tanp import tanp
 
-__all__ = ["METHODS", "melu", "recipe", "tanp"]
+__all__ = ["METHODS", "lwa", "melu", "mwuf", "nlba", "recipe", "tanp"]
 
 #: method name -> the recipe's config fields
 METHODS: dict[str, Callable[[], dict[str, Any]]] = {
     "melu-1": lambda: melu(local_steps=1),
     "melu-5": lambda: melu(local_steps=5),
     "tanp": tanp,
+    "lwa": lwa,
+    "nlba": nlba,
+    "mwuf": mwuf,
 }
 
 

@@ -27,14 +27,16 @@ Conventions shared by all models:
 """
 
 from jaxrec.core.params import adapt_filter, adapt_mask, embedding_tables, path_names
-from jaxrec.models.common import Head, MultiHotEmbed
+from jaxrec.models.common import Head, MultiHotEmbed, support_encoder
 from jaxrec.models.gru import GRURecommender
+from jaxrec.models.item_history import LWA, NLBA
 from jaxrec.models.linear import FactorizationMachine, LinearModel
 from jaxrec.models.melu import MeLU
 from jaxrec.models.mf import MatrixFactorization
+from jaxrec.models.mwuf import MWUF
 from jaxrec.models.neumf import NeuMF
 from jaxrec.models.registry import MODELS, create, default_loss, init_params
-from jaxrec.models.tanp import TaNP, neural_process_loss, support_encoder
+from jaxrec.models.tanp import TaNP, neural_process_loss
 from jaxrec.models.two_tower import TwoTower
 
 __all__ = [
@@ -42,10 +44,13 @@ __all__ = [
     "FactorizationMachine",
     "GRURecommender",
     "Head",
+    "LWA",
     "LinearModel",
     "MatrixFactorization",
+    "MWUF",
     "MeLU",
     "MultiHotEmbed",
+    "NLBA",
     "NeuMF",
     "TaNP",
     "TwoTower",

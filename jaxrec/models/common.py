@@ -192,3 +192,33 @@ def under(path, name: str) -> bool:
       Whether ``name`` is one of the path's names.
     """
     return name in path_names(path)
+
+
+def with_context(params: dict, values: dict) -> dict:
+    """``params`` with some of its top-level ``params`` leaves replaced (a model's encoded context leaves).
+
+    Args:
+      params: the model variables, ``{"params": {...}, ...}``.
+      values: leaf name -> new value.
+
+    Returns:
+      A new variables dict; ``params`` is not changed.
+    """
+    return {**params, "params": {**params["params"], **values}}
+
+
+@dataclasses.dataclass(frozen=True)
+class support_encoder:  # noqa: N801  (a function of the model, as a hashable value)
+    """The encoder of :class:`jaxrec.core.solvers.Amortized` for a model with an ``encode_support(rows, mask)``
+    method (TaNP, LWA, NLBA): ``encode(params, rows, mask)`` returns ``params`` with the leaves that method
+    computes from the support rows.
+
+    Attributes:
+      model: the module.
+    """
+
+    model: nn.Module
+
+    def __call__(self, params: dict, rows: Rows, mask: jax.Array) -> dict:
+        encoded = self.model.apply(params, rows, mask, method=type(self.model).encode_support)
+        return with_context(params, encoded)

@@ -38,7 +38,6 @@ Choices where the paper leaves a detail open or where jaxrec differs, each teste
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -57,9 +56,10 @@ from jaxrec.models.common import (
     output_offset,
     spec_field,
     valid_ids,
+    with_context,
 )
 
-__all__ = ["TaNP", "neural_process_loss", "support_encoder"]
+__all__ = ["TaNP", "neural_process_loss"]
 
 #: the leaves the support set is encoded into (the adapted set)
 CONTEXT_LEAVES = ("context_r", "context_t", "context_n")
@@ -214,34 +214,19 @@ class TaNP(nn.Module):
         """
         return path_names(path)[-1] in CONTEXT_LEAVES
 
-
-def _with_context(params: dict, values: dict) -> dict:
-    """``params`` with some of its top-level ``params`` leaves replaced."""
-    return {**params, "params": {**params["params"], **values}}
-
-
-@dataclasses.dataclass(frozen=True)
-class support_encoder:  # noqa: N801  (a function of the model, as a hashable value)
-    """The encoder of :class:`jaxrec.core.solvers.Amortized` for a TaNP model: ``encode(params, rows, mask)``
-    returns ``params`` with the ``context_*`` leaves computed from the support rows.
-
-    Attributes:
-      model: the :class:`TaNP` module.
-    """
-
-    model: TaNP
-
-    def __call__(self, params: dict, rows: Rows, mask: jax.Array) -> dict:
-        return _with_context(params, self.model.apply(params, rows, mask, method=TaNP.encode_support))
+    def query_loss(self, reconstruction: Callable) -> Callable:
+        """The meta-training loss of the query set: :func:`neural_process_loss` of ``reconstruction``."""
+        return neural_process_loss(self, reconstruction)
 
 
 def neural_process_loss(model: TaNP, reconstruction: Callable, kl_weight: float = 1.0) -> Callable:
     """TaNP's query loss: ``reconstruction`` of the query rows decoded with ``z`` from ``q(z | C u T)``, plus
     ``kl_weight * KL(q(z | C u T) || q(z | C))``.
 
-    ``params`` carry the support statistics (``context_r = r_C``, ``context_n = |C|``, as :func:`support_encoder`
-    writes them); the pooled ``r`` of ``C u T`` is ``(|C| r_C + sum_{i in T} r_i) / (|C| + |T|)``, the mean over
-    both sets. For Gaussians with means ``mu_1, mu_0`` and log-variances ``v_1, v_0``,
+    ``params`` carry the support statistics (``context_r = r_C``, ``context_n = |C|``, as
+    :class:`~jaxrec.models.common.support_encoder` writes them); the pooled ``r`` of ``C u T`` is ``(|C| r_C +
+    sum_{i in T} r_i) / (|C| + |T|)``, the mean over both sets. For Gaussians with means ``mu_1, mu_0`` and
+    log-variances ``v_1, v_0``,
 
         KL = 1/2 sum_d [exp(v_1 - v_0) + (mu_1 - mu_0)^2 exp(-v_0) - 1 + v_0 - v_1].
 
@@ -263,6 +248,6 @@ def neural_process_loss(model: TaNP, reconstruction: Callable, kl_weight: float 
         mu_0, v_0 = model.apply(params, context["context_r"], method=TaNP.gaussian)
         mu_1, v_1 = model.apply(params, pooled, method=TaNP.gaussian)
         kl = 0.5 * jnp.sum(jnp.exp(v_1 - v_0) + jnp.square(mu_1 - mu_0) * jnp.exp(-v_0) - 1.0 + v_0 - v_1)
-        return reconstruction(_with_context(params, {"context_r": pooled}), rows, mask) + kl_weight * kl
+        return reconstruction(with_context(params, {"context_r": pooled}), rows, mask) + kl_weight * kl
 
     return loss
