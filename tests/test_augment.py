@@ -101,8 +101,10 @@ def test_task_dropout_drops_every_item_id_of_whole_tasks_and_only_of_them():
     rows_only = drop_item_ids(batch, 0.2, np.random.default_rng(4))
     np.testing.assert_array_equal(rows_only.support["item"], before[0])
     np.testing.assert_array_equal(rows_only.query["item"], before[1])
+    every = drop_item_ids(batch, 0.0, np.random.default_rng(0), task_rate=1.0)  # every task cold
+    assert not np.any(every.support["item"]) and not np.any(every.query["item"])
     with pytest.raises(ValueError, match="task id dropout rate"):
-        drop_item_ids(batch, 0.0, np.random.default_rng(0), task_rate=1.0)
+        drop_item_ids(batch, 0.0, np.random.default_rng(0), task_rate=1.5)
 
 
 def test_experiment_hides_every_item_id_of_a_task_dropout_fraction_of_meta_train_tasks():

@@ -244,7 +244,7 @@ def mwuf_learner(order="second"):
 
 
 def test_mwuf_warms_the_cold_embedding_from_item_features_and_the_support_users():
-    from jaxrec.models.mwuf import MWUF
+    from jaxrec.models.item_warmup import MWUF
 
     _, learner, params = mwuf_learner()
     model = learner.model
@@ -305,3 +305,64 @@ def test_mwuf_meta_gradient_is_exact_and_the_same_in_both_orders(float64):
     np.testing.assert_allclose(first, grad, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(grad, central_differences(jax.jit(meta), params), rtol=1e-6, atol=1e-8)
     assert np.max(np.abs(grad)) > 0
+
+
+# -- MetaEmb ---------------------------------------------------------------------------------------------------------
+
+
+def metaemb_learner(order="second"):
+    fields = {**methods.metaemb(order), "model_kwargs": {"width": 3, "hidden": [4], "meta_hidden": 3}}
+    config = resolve(ExperimentConfig.make(**fields))
+    learner = Learner.build(config, SPEC)
+    params = models.init_params(learner.model, SPEC, jax.random.key(0))
+    return config, learner, perturbed(params, 0.1)
+
+
+def test_metaemb_generates_a_cold_items_embedding_from_its_features_alone():
+    from jaxrec.models.item_warmup import MetaEmb
+
+    config, learner, params = metaemb_learner()
+    assert (config.meta.inner_solver, config.meta.task_item_dropout) == ("sgd", 1.0)
+    model = learner.model
+    _, query = one_task(key=7, query=6)
+    cold = {**query, "item": np.zeros(6, np.int32)}
+    generate = jax.jit(lambda r: model.apply(params, r, method=MetaEmb.generated_embedding))
+    base = np.asarray(generate(cold))
+    # other users, other ids: the same embedding; other item features: another one
+    moved_users = {**cold, "user": (cold["user"] + 3) % 12, "user_gender": (cold["user_gender"] + 1) % 3}
+    np.testing.assert_allclose(generate(moved_users), base, rtol=1e-6)
+    np.testing.assert_allclose(generate({**cold, "item": np.full(6, 13, np.int32)}), base, rtol=1e-6)
+    assert np.max(np.abs(np.asarray(generate({**cold, "item_year": (cold["item_year"] + 1) % 5})) - base)) > 1e-4
+    # scoring: an unknown (OOV) item reads the generated embedding, a known one its own id embedding
+    p = params["params"]
+    rows_embedding = jax.jit(lambda r: model.apply(params, r, method=MetaEmb.item_id_embedding))
+    np.testing.assert_allclose(rows_embedding(cold), base + p["context_delta"], rtol=1e-5, atol=1e-6)
+    known = {**query, "item": np.full(6, 5, np.int32)}
+    np.testing.assert_allclose(rows_embedding(known), np.tile(p["embed_item"]["embedding"][5], (6, 1)), rtol=1e-6)
+    # the meta-objective weighs the cold-start loss (context_delta at 0) and the warm-up loss by alpha = 0.1
+    loss = jaxrec.mse_loss(model.apply, "rating")
+    mask = np.ones(6, bool)
+    zero = {"params": {**p, "context_delta": jnp.zeros(3)}}
+    expected = 0.1 * loss(zero, cold, mask) + 0.9 * loss(params, cold, mask)
+    np.testing.assert_allclose(model.query_loss(loss)(params, cold, mask), expected, rtol=1e-6)
+    bare = jaxrec.FeatureSpec({"user": 4, "item": 4}, rating_range=(1.0, 5.0))
+    with pytest.raises(ValueError, match="side features"):
+        models.init_params(MetaEmb(bare), bare, jax.random.key(0))
+
+
+def test_metaemb_meta_gradient_through_the_warm_up_step_is_exact(float64):
+    _, learner, params = metaemb_learner()
+    params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
+    batch = synthetic_task_batch(SPEC, tasks=3, support=5, query=4, key=jax.random.key(9))
+    cast = lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v  # noqa: E731
+    cold = lambda side: {**jax.tree.map(cast, side), "item": np.zeros_like(side["item"])}  # noqa: E731
+    batch = batch.replace(support=cold(batch.support), query=cold(batch.query))
+
+    def meta(p, order="second"):
+        return jaxrec.meta_loss(p, batch, learner.inner.replace(order=order), inner_lr=0.1)
+
+    grad = ravel_pytree(jax.jit(jax.grad(meta))(params))[0]
+    np.testing.assert_allclose(grad, central_differences(jax.jit(meta), params), rtol=1e-6, atol=1e-8)
+    # first order drops the step's dependence on the generator: a different, cheaper gradient
+    first = ravel_pytree(jax.jit(jax.grad(lambda p: meta(p, "first")))(params))[0]
+    assert np.max(np.abs(first - grad)) > 1e-6 * np.max(np.abs(grad))

@@ -66,17 +66,19 @@ def drop_item_ids(
       rate: the probability of dropping each row's id (row-level dropout), in ``[0, 1)``.
       rng: the numpy generator the drops are drawn from.
       key: the row key whose ids are dropped.
-      task_rate: the probability of dropping every id of a whole task, in ``[0, 1)``.
+      task_rate: the probability of dropping every id of a whole task, in ``[0, 1]`` (1: every task is cold, as
+        item-task methods that learn a new item's embedding from its features train).
 
     Returns:
       ``batch`` with the ``key`` column of its support and query replaced; a batch without that column is
       returned as it is.
 
     Raises:
-      ValueError: if ``task_rate`` is not in ``[0, 1)``, or (for a batch with the ``key`` column) ``rate`` is not.
+      ValueError: if ``task_rate`` is not in ``[0, 1]``, or (for a batch with the ``key`` column) ``rate`` is not in
+        ``[0, 1)``.
     """
-    if not 0.0 <= task_rate < 1.0:
-        raise ValueError(f"task id dropout rate must be in [0, 1), got {task_rate}")
+    if not 0.0 <= task_rate <= 1.0:
+        raise ValueError(f"task id dropout rate must be in [0, 1], got {task_rate}")
     if key not in batch.support:
         return batch
     support, query = drop_ids(batch.support[key], rate, rng), drop_ids(batch.query[key], rate, rng)

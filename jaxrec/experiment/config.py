@@ -341,7 +341,7 @@ class ModelConfig:
     """
 
     name: str = _field(
-        "melu", "melu | mf | linear | fm | neumf | gru | twotower | tanp | lwa | nlba | mwuf", flag="model"
+        "melu", "melu | mf | linear | fm | neumf | gru | twotower | tanp | lwa | nlba | mwuf | metaemb", flag="model"
     )
     kwargs: dict = _field(
         {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None, "item_bias": True},
@@ -398,7 +398,8 @@ class MetaConfig:
       epochs: passes over the meta-train tasks.
       resample_tasks: split every meta-train user's ratings afresh each epoch (task augmentation).
       item_dropout: fraction of training rows whose item id becomes the OOV slot (DropoutNet).
-      task_item_dropout: fraction of meta-train tasks whose every item id becomes the OOV slot.
+      task_item_dropout: fraction of meta-train tasks whose every item id becomes the OOV slot (1: every task, so
+        that item tasks train the cold path of a model such as MetaEmb's).
       groups: task grouping (:mod:`jaxrec.contrib.grouping`, experimental): initialisations to choose from.
 
     Raises:
@@ -480,7 +481,8 @@ class MetaConfig:
         _positive_int(self.batch_size, "batch_size")
         _positive_int(self.epochs, "epochs")
         _fraction(self.item_dropout, "item_dropout")
-        _fraction(self.task_item_dropout, "task_item_dropout")
+        ok = isinstance(self.task_item_dropout, int | float) and 0.0 <= float(self.task_item_dropout) <= 1.0
+        _check(ok, "task_item_dropout", f"must be in [0, 1], got {self.task_item_dropout!r}")
         _check(isinstance(self.groups, int) and self.groups >= 1, "groups", f"must be >= 1, got {self.groups!r}")
         if self.groups > 1 and self.algorithm == "reptile":
             raise ValueError("groups > 1 needs a meta-gradient algorithm (maml or metasgd), not reptile")

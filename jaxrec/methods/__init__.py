@@ -11,6 +11,8 @@ it. Fields given beside ``--method`` (flags, ``--config``) override the recipe's
   start, each item a task.
 * :func:`mwuf`: MWUF (Zhu et al., SIGIR 2021), ``"mwuf"``: a cold item's id embedding warmed up by meta scaling
   and shifting networks, each item a task.
+* :func:`metaemb`: Meta-Embedding (Pan et al., SIGIR 2019), ``"metaemb"``: a new item's id embedding generated
+  from its features and warmed up by one gradient step, each item a task.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 from jaxrec.methods.item_history import lwa, nlba
+from jaxrec.methods.item_warmup import metaemb, mwuf
 from jaxrec.methods.melu import melu
-from jaxrec.methods.mwuf import mwuf
 from jaxrec.methods.tanp import tanp
 
-__all__ = ["METHODS", "lwa", "melu", "mwuf", "nlba", "recipe", "tanp"]
+__all__ = ["METHODS", "lwa", "melu", "metaemb", "mwuf", "nlba", "recipe", "tanp"]
 
 #: method name -> the recipe's config fields
 METHODS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -33,6 +35,7 @@ METHODS: dict[str, Callable[[], dict[str, Any]]] = {
     "lwa": lwa,
     "nlba": nlba,
     "mwuf": mwuf,
+    "metaemb": metaemb,
 }
 
 

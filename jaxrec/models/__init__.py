@@ -30,10 +30,10 @@ from jaxrec.core.params import adapt_filter, adapt_mask, embedding_tables, path_
 from jaxrec.models.common import Head, MultiHotEmbed, support_encoder
 from jaxrec.models.gru import GRURecommender
 from jaxrec.models.item_history import LWA, NLBA
+from jaxrec.models.item_warmup import MWUF, MetaEmb
 from jaxrec.models.linear import FactorizationMachine, LinearModel
 from jaxrec.models.melu import MeLU
 from jaxrec.models.mf import MatrixFactorization
-from jaxrec.models.mwuf import MWUF
 from jaxrec.models.neumf import NeuMF
 from jaxrec.models.registry import MODELS, create, default_loss, init_params
 from jaxrec.models.tanp import TaNP, neural_process_loss
@@ -49,6 +49,7 @@ __all__ = [
     "MatrixFactorization",
     "MWUF",
     "MeLU",
+    "MetaEmb",
     "MultiHotEmbed",
     "NLBA",
     "NeuMF",

@@ -9,10 +9,10 @@ from jaxrec.core.features import FeatureSpec
 from jaxrec.core.losses import LossFn, bce_loss, mse_loss
 from jaxrec.models.gru import GRURecommender
 from jaxrec.models.item_history import LWA, NLBA
+from jaxrec.models.item_warmup import MWUF, MetaEmb
 from jaxrec.models.linear import FactorizationMachine, LinearModel
 from jaxrec.models.melu import MeLU
 from jaxrec.models.mf import MatrixFactorization
-from jaxrec.models.mwuf import MWUF
 from jaxrec.models.neumf import NeuMF
 from jaxrec.models.tanp import TaNP
 from jaxrec.models.two_tower import TwoTower
@@ -30,6 +30,7 @@ MODELS: dict[str, type[nn.Module]] = {
     "lwa": LWA,
     "nlba": NLBA,
     "mwuf": MWUF,
+    "metaemb": MetaEmb,
 }
 
 
