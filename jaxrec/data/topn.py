@@ -392,6 +392,11 @@ class TopNTaskSet:
         return self.tasks.featurizer
 
     @property
+    def by(self) -> str:
+        """Who a task is: ``"user"`` (top-N tasks are always users)."""
+        return self.tasks.by
+
+    @property
     def spec(self) -> FeatureSpec:
         """The feature spec of the rows."""
         return self.tasks.spec

@@ -194,6 +194,32 @@ def under(path, name: str) -> bool:
     return name in path_names(path)
 
 
+def context_filter(leaves: Sequence[str]):
+    """The ``default_adapt_filter`` of a model that encodes a support set into named leaves (TaNP, LWA, MWUF, ...).
+
+    Args:
+      leaves: the names of the leaves a task sets (``context_*``).
+
+    Returns:
+      A static method ``default_adapt_filter(path, leaf)``: whether the parameter's last name is one of ``leaves``.
+    """
+    names = tuple(leaves)
+
+    def default_adapt_filter(path, leaf) -> bool:
+        """Select the leaves that adapt to a task: the model's context leaves.
+
+        Args:
+          path: the parameter's key path.
+          leaf: the parameter.
+
+        Returns:
+          Whether the parameter is one of them.
+        """
+        return path_names(path)[-1] in names
+
+    return staticmethod(default_adapt_filter)
+
+
 def with_context(params: dict, values: dict) -> dict:
     """``params`` with some of its top-level ``params`` leaves replaced (a model's encoded context leaves).
 

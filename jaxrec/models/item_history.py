@@ -45,12 +45,12 @@ import jax.numpy as jnp
 
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.losses import masked_mean
-from jaxrec.core.params import path_names
 from jaxrec.models.common import (
     MultiHotEmbed,
     Rows,
     categorical_fields,
     check_ids,
+    context_filter,
     multi_hot_fields,
     output_offset,
     spec_field,
@@ -145,18 +145,7 @@ class _ItemFromUsers(nn.Module):
         mask = mask.astype(bool)
         return {"context_r0": masked_mean(users, mask & ~engaged), "context_r1": masked_mean(users, mask & engaged)}
 
-    @staticmethod
-    def default_adapt_filter(path, leaf) -> bool:
-        """Select the leaves a support set is encoded into: ``context_r0`` and ``context_r1``.
-
-        Args:
-          path: the parameter's key path.
-          leaf: the parameter.
-
-        Returns:
-          Whether the parameter is one of them.
-        """
-        return path_names(path)[-1] in CONTEXT_LEAVES
+    default_adapt_filter = context_filter(CONTEXT_LEAVES)
 
 
 class LWA(_ItemFromUsers):

@@ -57,12 +57,12 @@ import jax.numpy as jnp
 
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.losses import masked_mean
-from jaxrec.core.params import path_names
 from jaxrec.models.common import (
     Head,
     MultiHotEmbed,
     Rows,
     categorical_fields,
+    context_filter,
     multi_hot_fields,
     output_offset,
     spec_field,
@@ -134,22 +134,6 @@ class _WarmUpBase(nn.Module):
         return self.head(jnp.concatenate(fields, axis=-1))
 
 
-def _context_filter(leaves: tuple[str, ...]) -> Callable:
-    def default_adapt_filter(path, leaf) -> bool:
-        """Select the leaves that adapt to a task: the model's ``context_*`` leaves.
-
-        Args:
-          path: the parameter's key path.
-          leaf: the parameter.
-
-        Returns:
-          Whether the parameter is one of them.
-        """
-        return path_names(path)[-1] in leaves
-
-    return staticmethod(default_adapt_filter)
-
-
 class MWUF(_WarmUpBase):
     """The base model with MWUF's warm-up of the task item's id embedding (see the module docstring).
 
@@ -204,7 +188,7 @@ class MWUF(_WarmUpBase):
         users = self._embed("user", rows)
         return {"context_users": masked_mean(users, mask), "context_n": jnp.sum(mask).astype(users.dtype)}
 
-    default_adapt_filter = _context_filter(("context_users", "context_n"))
+    default_adapt_filter = context_filter(("context_users", "context_n"))
 
 
 class MetaEmb(_WarmUpBase):
@@ -254,4 +238,4 @@ class MetaEmb(_WarmUpBase):
 
         return objective
 
-    default_adapt_filter = _context_filter(("context_delta",))
+    default_adapt_filter = context_filter(("context_delta",))

@@ -46,12 +46,12 @@ import jax.numpy as jnp
 
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.losses import masked_mean
-from jaxrec.core.params import path_names
 from jaxrec.models.common import (
     MultiHotEmbed,
     Rows,
     categorical_fields,
     check_ids,
+    context_filter,
     multi_hot_fields,
     output_offset,
     spec_field,
@@ -201,18 +201,7 @@ class TaNP(nn.Module):
             h = nn.relu(layer(h) * jnp.tanh(gamma(code)) + jnp.tanh(beta(code)))
         return self.output(h)[..., 0]
 
-    @staticmethod
-    def default_adapt_filter(path, leaf) -> bool:
-        """Select the leaves a support set is encoded into: ``context_r``, ``context_t`` and ``context_n``.
-
-        Args:
-          path: the parameter's key path.
-          leaf: the parameter.
-
-        Returns:
-          Whether the parameter is one of them.
-        """
-        return path_names(path)[-1] in CONTEXT_LEAVES
+    default_adapt_filter = context_filter(CONTEXT_LEAVES)
 
     def query_loss(self, reconstruction: Callable) -> Callable:
         """The meta-training loss of the query set: :func:`neural_process_loss` of ``reconstruction``."""
