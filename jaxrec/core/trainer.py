@@ -124,6 +124,10 @@ class MetaTrainer:
         (for Meta-SGD the rates of the tables are updated row-sparsely too).
       sparse_optimizer: the row-sparse optimiser of ``sparse_tables`` (:func:`jaxrec.row_sparse_sgd` or
         :func:`jaxrec.row_sparse_adam`). Row-sparse SGD equals dense SGD; row-sparse Adam is *lazy* Adam.
+      after_step: an update of the parameters that is not a gradient step, run inside the compiled step after the
+        outer update, ``after_step(params, new_params, batch, inner_lr) -> new_params`` (``params``: before the
+        step); e.g. MAMO's memory writes (:func:`jaxrec.models.mamo.memory_write`). A step dropped for a non-finite
+        loss or gradient drops its write too. Not with ``sparse_tables``.
       **inner_options: inner-loop fields as keywords.
 
     Attributes:
@@ -136,11 +140,13 @@ class MetaTrainer:
       objective_options: as given (a dict).
       sparse_tables: as given, with each path a tuple.
       sparse_optimizer: as given.
+      after_step: as given.
       traces: how many times the meta-step was traced (= compiled): once per batch shape.
 
     Raises:
       ValueError: an unknown algorithm or order; a bad concrete ``inner_lr``; ``"metasgd"`` without
-        ``inner_lr``; a non-positive ``task_chunk``; ``sparse_tables`` without ``sparse_optimizer`` or the reverse.
+        ``inner_lr``; a non-positive ``task_chunk``; ``sparse_tables`` without ``sparse_optimizer`` or the reverse;
+        ``after_step`` with ``sparse_tables``.
       TypeError: a bad inner-loop option (:func:`jaxrec.core.inner.as_inner_loop`).
     """
 
@@ -156,6 +162,7 @@ class MetaTrainer:
         objective_options: dict | None = None,
         sparse_tables: Tables | None = None,
         sparse_optimizer: RowSparseOptimizer | None = None,
+        after_step: Callable | None = None,
         **inner_options: Any,
     ):
         self.inner = as_inner_loop(inner, **inner_options)
@@ -179,6 +186,9 @@ class MetaTrainer:
             raise ValueError("sparse_optimizer given without sparse_tables: name the tables it updates")
         if self.sparse_tables:
             self.sparse_tables = {tuple(path): key for path, key in self.sparse_tables.items()}
+        if after_step is not None and self.sparse_tables:
+            raise ValueError("after_step is not supported with row-sparse tables (sparse_tables)")
+        self.after_step = after_step
         self.traces = 0  # how many times the meta-step was traced (= compiled): once per batch shape
         self._step = jax.jit(self._meta_step, donate_argnums=(0,))
 
@@ -277,6 +287,8 @@ class MetaTrainer:
         safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
         updates, opt_state = self.optimizer.update(safe_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if self.after_step is not None:
+            params = self.after_step(state.params, params, batch, self.inner_lr)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_state = MetaTrainState(
             step=state.step + 1,
@@ -397,6 +409,7 @@ def meta_train(
     objective_options: dict | None = None,
     sparse_tables: Tables | None = None,
     sparse_optimizer: RowSparseOptimizer | None = None,
+    after_step: Callable | None = None,
     **inner_options: Any,
 ) -> tuple[Any, dict]:
     """Meta-train ``params`` over ``task_batches``.
@@ -424,6 +437,7 @@ def meta_train(
       sparse_tables: ``{table path: row key}`` of embedding tables with row-sparse outer updates (see
         :class:`MetaTrainer` and :mod:`jaxrec.scale.row_sparse`); ``optimizer`` then updates the other parameters.
       sparse_optimizer: the row-sparse optimiser of ``sparse_tables``.
+      after_step: a non-gradient update after each step (e.g. MAMO's memory writes; see :class:`MetaTrainer`).
       **inner_options: inner-loop fields as keywords.
 
     Returns:
@@ -451,6 +465,7 @@ def meta_train(
         objective_options=dict(objective_options or {}),
         sparse_tables=sparse_tables,
         sparse_optimizer=sparse_optimizer,
+        after_step=after_step,
         **inner_options,
     )
     state = trainer.init(params) if state is None else trainer.place(state)

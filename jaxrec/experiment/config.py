@@ -341,7 +341,9 @@ class ModelConfig:
     """
 
     name: str = _field(
-        "melu", "melu | mf | linear | fm | neumf | gru | twotower | tanp | lwa | nlba | mwuf | metaemb", flag="model"
+        "melu",
+        "melu | mf | linear | fm | neumf | gru | twotower | tanp | lwa | nlba | mwuf | metaemb | mamo",
+        flag="model",
     )
     kwargs: dict = _field(
         {"embed": 16, "hidden": [32, 32], "use_ids": ["item"], "interaction": None, "item_bias": True},
@@ -903,6 +905,18 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
             f"tasks_by={side!r} (--tasks-by {side}; --method {name} sets it), got tasks_by="
             f"{config.protocol.tasks_by!r}"
         )
+    if callable(getattr(type(model), "memory_write", None)):
+        # MAMO: memories written after each MAML step from plain params; never moved by the outer optimiser
+        if meta.algorithm != "maml" or config.data.feedback == "implicit" or config.meta.groups > 1:
+            raise ValueError(
+                f"model {name!r} writes its memories after each MAML step from rated support and query sets: it "
+                f"needs algorithm='maml', rated feedback and one group (--method {name} sets them), got "
+                f"algorithm={meta.algorithm!r}, feedback={config.data.feedback!r}, groups={config.meta.groups}"
+            )
+        pattern = type(model).frozen_pattern
+        if meta.frozen is None or pattern not in meta.frozen:
+            config = config.override(frozen=pattern if meta.frozen is None else f"{meta.frozen}|{pattern}")
+            meta = config.meta
     if encodes:  # a neural process adapts by encoding its support set into its own context leaves, nothing else
         if config.data.feedback == "implicit":
             raise ValueError(

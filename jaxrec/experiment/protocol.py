@@ -167,12 +167,15 @@ class Learner:
             adapt_filter=models.adapt_filter(config.meta.adapt, model),
             query_loss_fn=query_loss_fn,
         )
+        # MAMO: memories written after each step from the batch's adapted users
+        writes = callable(getattr(type(model), "memory_write", None))
         trainer = MetaTrainer(
             inner,
             inner_lr=config.meta.inner_lr,
             algorithm=config.meta.algorithm,
             optimizer=meta_optimizer(config),
             mesh=mesh,
+            after_step=model.memory_write(inner) if writes else None,
         )
         return cls(model, inner, trainer)
 

@@ -6,6 +6,7 @@ path, split, baselines and evaluation as every other configuration, and a compar
 it. Fields given beside ``--method`` (flags, ``--config``) override the recipe's.
 
 * :func:`melu`: MeLU (Lee et al., KDD 2019), ``"melu-1"`` and ``"melu-5"``.
+* :func:`mamo`: MAMO (Dong et al., KDD 2020), ``"mamo"`` (first order, as released) and ``"mamo-2"`` (second).
 * :func:`tanp`: TaNP (Lin et al., WWW 2021), ``"tanp"``.
 * :func:`lwa`, :func:`nlba`: LWA and NLBA (Vartak et al., NeurIPS 2017), ``"lwa"`` and ``"nlba"``: item cold
   start, each item a task.
@@ -22,15 +23,18 @@ from typing import Any
 
 from jaxrec.methods.item_history import lwa, nlba
 from jaxrec.methods.item_warmup import metaemb, mwuf
+from jaxrec.methods.mamo import mamo
 from jaxrec.methods.melu import melu
 from jaxrec.methods.tanp import tanp
 
-__all__ = ["METHODS", "lwa", "melu", "metaemb", "mwuf", "nlba", "recipe", "tanp"]
+__all__ = ["METHODS", "lwa", "mamo", "melu", "metaemb", "mwuf", "nlba", "recipe", "tanp"]
 
 #: method name -> the recipe's config fields
 METHODS: dict[str, Callable[[], dict[str, Any]]] = {
     "melu-1": lambda: melu(local_steps=1),
     "melu-5": lambda: melu(local_steps=5),
+    "mamo": mamo,
+    "mamo-2": lambda: mamo(order="second"),
     "tanp": tanp,
     "lwa": lwa,
     "nlba": nlba,

@@ -32,6 +32,7 @@ from jaxrec.models.gru import GRURecommender
 from jaxrec.models.item_history import LWA, NLBA
 from jaxrec.models.item_warmup import MWUF, MetaEmb
 from jaxrec.models.linear import FactorizationMachine, LinearModel
+from jaxrec.models.mamo import MAMO
 from jaxrec.models.melu import MeLU
 from jaxrec.models.mf import MatrixFactorization
 from jaxrec.models.neumf import NeuMF
@@ -46,6 +47,7 @@ __all__ = [
     "Head",
     "LWA",
     "LinearModel",
+    "MAMO",
     "MatrixFactorization",
     "MWUF",
     "MeLU",
