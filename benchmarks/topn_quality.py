@@ -4,6 +4,7 @@ catalogue, paired intervals over users.
     python benchmarks/topn_quality.py --dataset ml-100k --data-dir ../shared/data --variants twotower twotower_pool
     python benchmarks/topn_quality.py --variants twotower_pool --test        # test figures of the chosen variant
     python benchmarks/topn_quality.py --variants twotower_pool --seeds 0     # one split (default: 0 1 2 pooled)
+    python benchmarks/topn_quality.py --methods melu-5 --test --out ...      # a jaxrec.methods recipe as a ranker
 
 Each variant is a file of config fields in ``benchmarks/configs/topn/`` (``jaxrec train --config
 benchmarks/configs/topn/<name>.json`` runs the same configuration). Without ``--test`` every variant is scored on
@@ -25,9 +26,12 @@ import numpy as np
 from jaxrec.evaluation.compare import compare_stats, concat_stats
 from jaxrec.experiment import ExperimentConfig
 from jaxrec.experiment.topn import TopNExperiment
+from jaxrec.methods import METHODS, recipe
 
 CONFIGS = Path(__file__).resolve().parent / "configs" / "topn"
 VARIANTS = {path.stem: path for path in sorted(CONFIGS.glob("*.json"))}
+#: what makes a rated recipe of jaxrec.methods a top-N run (the variants' own choice of interactions)
+IMPLICIT = {"feedback": "implicit", "positive_threshold": 4.0}
 METRICS = ("recall@20", "ndcg@20", "hr@10", "mrr@20", "recall@50", "coverage@20", "pop@20")
 
 
@@ -63,7 +67,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="ml-latest-small")
     parser.add_argument("--data-dir")
-    parser.add_argument("--variants", nargs="+", default=sorted(VARIANTS), choices=sorted(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=None, choices=sorted(VARIANTS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=[],
+        choices=sorted(METHODS),
+        help="jaxrec.methods recipes run as rankers on the same implicit feedback (a recipe that cannot rank is "
+        "refused by its config check, and reported so)",
+    )
     parser.add_argument("--test", action="store_true", help="also score the test scenario (new users)")
     parser.add_argument("--no-baselines", action="store_true", help="score maml only")
     parser.add_argument(
@@ -78,8 +90,10 @@ def main() -> None:
         f"# Top-N on {args.dataset} (implicit: ratings >= 4 are interactions)\n",
         f"Split seeds {list(args.seeds)}, pooled user-wise: each (split, user) pair is one unit of the bootstrap.\n",
     ]
-    for name in args.variants:
-        fields = {**json.loads(VARIANTS[name].read_text()), **json.loads(args.set)}
+    variants = args.variants if args.variants is not None else ([] if args.methods else sorted(VARIANTS))
+    for name in variants + args.methods:
+        base = json.loads(VARIANTS[name].read_text()) if name in VARIANTS else {**recipe(name), **IMPLICIT}
+        fields = {**base, **json.loads(args.set)}
         runs: dict = {}
         # part ("validation" or a scenario) -> method -> [per-user statistics, or the summary, of each split]
         stats: dict = {}
@@ -87,7 +101,13 @@ def main() -> None:
         for seed in args.seeds:
             began = time.perf_counter()
             config = ExperimentConfig.make(**fields, dataset=args.dataset, data_dir=args.data_dir, seed=seed)
-            experiment = TopNExperiment(config)
+            try:
+                experiment = TopNExperiment(config)
+            except ValueError as refusal:  # a recipe that cannot rank implicit feedback says why
+                if name in VARIANTS:
+                    raise
+                runs["refused"] = str(refusal)
+                break
             state = experiment.train()
             record = {"config": experiment.config.to_dict(), "split": experiment.split.stats}
             record["train_seconds"] = time.perf_counter() - began
@@ -106,13 +126,17 @@ def main() -> None:
             record["seconds"] = time.perf_counter() - began
             runs[str(seed)] = record
             print(json.dumps({name: {seed: {k: v["recall@20"] for k, v in record["validation"].items()}}}), flush=True)
+        if "refused" in runs:
+            results["variants"][name] = {"refused": runs["refused"]}
+            markdown.append(f"### {name}: refused\n\n{runs['refused']}\n")
+            continue
         pooled = {part_name: pool(stats[part_name], summaries[part_name]) for part_name in stats}
         validation = pooled.pop("validation")
         results["variants"][name] = {"validation": validation, "scenarios": pooled, "runs": runs}
         markdown.append(table(f"{name}: validation users", validation))
         for scenario, per_method in pooled.items():
             markdown.append(table(f"{name}: {scenario} (test)", per_method))
-    stem = f"topn_{args.dataset}" + ("" if args.test else "_validation")
+    stem = f"topn_{args.dataset}" + ("_methods" if args.methods else "") + ("" if args.test else "_validation")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")

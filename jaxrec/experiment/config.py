@@ -907,11 +907,16 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
         )
     if callable(getattr(type(model), "memory_write", None)):
         # MAMO: memories written after each MAML step from plain params; never moved by the outer optimiser
-        if meta.algorithm != "maml" or config.data.feedback == "implicit" or config.meta.groups > 1:
+        wrong = {
+            "algorithm": meta.algorithm if meta.algorithm != "maml" else None,
+            "feedback": config.data.feedback if config.data.feedback == "implicit" else None,
+            "groups": meta.groups if meta.groups > 1 else None,
+        }
+        if any(value is not None for value in wrong.values()):
+            got = ", ".join(f"{field}={value!r}" for field, value in wrong.items() if value is not None)
             raise ValueError(
                 f"model {name!r} writes its memories after each MAML step from rated support and query sets: it "
-                f"needs algorithm='maml', rated feedback and one group (--method {name} sets them), got "
-                f"algorithm={meta.algorithm!r}, feedback={config.data.feedback!r}, groups={config.meta.groups}"
+                f"needs algorithm='maml', rated feedback and one group (--method {name} sets them), got {got}"
             )
         pattern = type(model).frozen_pattern
         if meta.frozen is None or pattern not in meta.frozen:

@@ -116,6 +116,23 @@ def meta_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
     return optax.chain(params_opt, optax.masked(optax.set_to_zero(), frozen))
 
 
+def config_mesh(config: ExperimentConfig):
+    """The device mesh of a config's ``devices``: None (one device), ``"all"`` or a count of devices.
+
+    Args:
+      config: the config.
+
+    Returns:
+      A ``jax.sharding.Mesh`` whose axis ``"tasks"`` shards the task axis, or None.
+    """
+    devices = config.devices
+    if devices is None:
+        return None
+    if devices == "all":
+        return make_mesh()
+    return make_mesh(int(devices))
+
+
 @dataclasses.dataclass(frozen=True)
 class Learner:
     """What a config makes of a feature spec, data aside: the model, its inner loop and the meta-trainer.
@@ -342,7 +359,7 @@ class Experiment:
                 "--min-ratings and --query): lower them for a log with few ratings per user"
             )
         self.spec = self.train_tasks.spec  # the featurizer's spec with this run's ``history``
-        self.mesh = self._mesh()
+        self.mesh = config_mesh(config)
         learner = Learner.build(config, self.spec, mesh=self.mesh)
         self.model, self.inner, self.trainer = learner.model, learner.inner, learner.trainer
         self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
@@ -397,14 +414,6 @@ class Experiment:
     def history(self) -> int:
         """Items of history per row (:meth:`~jaxrec.experiment.config.ExperimentConfig.history`)."""
         return self.config.history()
-
-    def _mesh(self):
-        devices = self.config.devices
-        if devices is None:
-            return None
-        if devices == "all":
-            return make_mesh()
-        return make_mesh(int(devices))
 
     # -- training --------------------------------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ from jaxrec.evaluation.topn import (
     rerank_ranker,
 )
 from jaxrec.experiment.config import ExperimentConfig, resolve
-from jaxrec.experiment.protocol import Learner, trained_catalogue
+from jaxrec.experiment.protocol import Learner, config_mesh, trained_catalogue
 
 __all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS"]
 
@@ -144,14 +144,11 @@ class TopNExperiment:
       model, inner, trainer: the model, its inner loop (the ranking loss) and the meta-trainer.
 
     Raises:
-      ValueError: if ``devices`` is set (a top-N run trains on one device).
       DataError: if the data cannot be read or yields no meta-train or evaluation task.
     """
 
     def __init__(self, config: ExperimentConfig):
         self.config = config = resolve(config)
-        if config.devices is not None:
-            raise ValueError("devices: top-N runs (feedback='implicit') train on one device for now; drop --devices")
         top = config.topn
         self.dataset = implicit_dataset(config)
         logger.info("%s", self.dataset.summary())
@@ -204,8 +201,8 @@ class TopNExperiment:
         self.item_counts = counts
         popularity = counts / max(self.split.stats["train_users"], 1)
         self.catalogue = Catalogue.build(self.featurizer, popularity, chunk=top.catalogue_chunk)
-        self.mesh = None
-        learner = Learner.build(config, self.spec, catalogue=trained_catalogue(self.featurizer))
+        self.mesh = config_mesh(config)
+        learner = Learner.build(config, self.spec, mesh=self.mesh, catalogue=trained_catalogue(self.featurizer))
         self.model, self.inner, self.trainer = learner.model, learner.inner, learner.trainer
         self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
         self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
