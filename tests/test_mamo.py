@@ -210,3 +210,9 @@ def test_train_mamo_from_the_command_line(tmp_path, monkeypatch):
     config = ExperimentConfig.from_dict(metrics["config"])
     assert (config.model.name, config.meta.frozen) == ("mamo", FROZEN)
     assert np.isfinite(metrics["scenarios"]["new_user"]["maml"]["mae"])
+    # a new user's few ratings -> their top items, from the checkpoint (the memories travel in the params)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("item,rating\n1,5\n50,4\n260,5\n")
+    lines.clear()
+    assert cli.main(["recommend", "--checkpoint", str(out), "--ratings", str(mine), "-k", "5"]) == 0, lines
+    assert sum("(item " in line for line in lines) == 5, lines

@@ -64,6 +64,7 @@ from jaxrec.models.common import (
     categorical_fields,
     check_ids,
     multi_hot_fields,
+    num_rows,
     output_offset,
     spec_field,
     valid_ids,
@@ -167,7 +168,7 @@ class MAMO(nn.Module):
         fields = [self.embed[k](valid_ids(rows[k], self.spec.categorical[k])) for k in categorical]
         fields += [self.dense[k](rows[k]) for k in multi_hot]
         if not fields:  # no user side feature: every user has the same profile, a constant 1
-            return jnp.ones(jnp.shape(rows[self.spec.target])[:1] + (1,), jnp.float32)
+            return jnp.ones(num_rows(rows) + (1,), jnp.float32)
         return jnp.concatenate(fields, axis=-1)
 
     def profile(self, rows: Rows) -> jax.Array:
