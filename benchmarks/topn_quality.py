@@ -83,6 +83,7 @@ def main() -> None:
     )
     parser.add_argument("--set", default="{}", help="config fields over every variant's, as JSON: '{\"epochs\": 1}'")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    parser.add_argument("--stem", help="file name without suffix (default topn_<dataset>[_methods][_validation])")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     results: dict = {"dataset": args.dataset, "seeds": list(args.seeds), "variants": {}}
@@ -136,7 +137,9 @@ def main() -> None:
         markdown.append(table(f"{name}: validation users", validation))
         for scenario, per_method in pooled.items():
             markdown.append(table(f"{name}: {scenario} (test)", per_method))
-    stem = f"topn_{args.dataset}" + ("_methods" if args.methods else "") + ("" if args.test else "_validation")
+    stem = args.stem or (
+        f"topn_{args.dataset}" + ("_methods" if args.methods else "") + ("" if args.test else "_validation")
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -39,8 +39,8 @@ def jit(fn):
 
 
 def make(name: str, spec: FeatureSpec):
-    # MeLU and TaNP use features only by default; on an id-only spec they need the ids.
-    kwargs = {"use_ids": ("user", "item")} if name in ("melu", "tanp") and not spec.fields("user_") else {}
+    # MeLU, TaNP and MAMO use features only by default; on an id-only spec they need the ids.
+    kwargs = {"use_ids": ("user", "item")} if name in ("melu", "tanp", "mamo") and not spec.fields("user_") else {}
     return M.create(name, spec, **kwargs)
 
 
@@ -347,6 +347,7 @@ def test_registry_and_errors():
         "nlba",
         "mwuf",
         "metaemb",
+        "mamo",
     }
     with pytest.raises(ValueError, match="unknown model"):
         M.create("svd++", SIDE)
