@@ -15,7 +15,14 @@ from jax.flatten_util import ravel_pytree
 from jaxrec.core.batch import TaskBatch
 from jaxrec.core.features import FeatureSpec
 
-__all__ = ["central_differences", "perturbed", "reference_spec", "synthetic_rows", "synthetic_task_batch"]
+__all__ = [
+    "central_differences",
+    "float64_rows",
+    "perturbed",
+    "reference_spec",
+    "synthetic_rows",
+    "synthetic_task_batch",
+]
 
 
 def reference_spec(item_vocab: int = 1700) -> FeatureSpec:
@@ -137,6 +144,20 @@ def synthetic_task_batch(
         query_mask=jnp.asarray(mask(query)),
         task_id=jnp.asarray(np.arange(tasks, dtype=np.int32)),
     )
+
+
+def float64_rows(batch: TaskBatch) -> TaskBatch:
+    """``batch`` with its floating-point rows in float64 (ids and masks as they are), for float64 exactness tests.
+
+    Args:
+      batch: a :class:`jaxrec.TaskBatch`.
+
+    Returns:
+      The batch with every float array of ``support`` and ``query`` cast to float64 (needs ``jax_enable_x64`` to
+      stay float64 on the device).
+    """
+    cast = lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v  # noqa: E731
+    return batch.replace(support=jax.tree.map(cast, batch.support), query=jax.tree.map(cast, batch.query))
 
 
 def central_differences(f, params, eps: float = 1e-6) -> np.ndarray:

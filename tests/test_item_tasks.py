@@ -21,7 +21,7 @@ from jaxrec.experiment import ExperimentConfig
 from jaxrec.experiment.config import resolve
 from jaxrec.experiment.protocol import Learner
 from jaxrec.models.item_history import LWA, NLBA, engagement_threshold
-from jaxrec.testing import central_differences, perturbed, synthetic_task_batch
+from jaxrec.testing import central_differences, float64_rows, perturbed, synthetic_task_batch
 
 SPEC = jaxrec.FeatureSpec(
     categorical={"user": 12, "item": 20, "user_gender": 3, "item_year": 5},
@@ -156,8 +156,7 @@ def test_the_meta_gradient_through_the_class_means_is_exact_and_the_same_in_both
     learner, params = learner_of(name)
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
     batch = synthetic_task_batch(SPEC, tasks=3, support=6, query=4, key=jax.random.key(3))
-    cast = lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v  # noqa: E731
-    batch = batch.replace(support=jax.tree.map(cast, batch.support), query=jax.tree.map(cast, batch.query))
+    batch = float64_rows(batch)
 
     def meta(p, order="second"):
         return jaxrec.meta_loss(p, batch, learner.inner.replace(order=order))
@@ -294,8 +293,7 @@ def test_mwuf_meta_gradient_is_exact_and_the_same_in_both_orders(float64):
     _, learner, params = mwuf_learner()
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
     batch = synthetic_task_batch(SPEC, tasks=3, support=5, query=4, key=jax.random.key(8))
-    cast = lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v  # noqa: E731
-    batch = batch.replace(support=jax.tree.map(cast, batch.support), query=jax.tree.map(cast, batch.query))
+    batch = float64_rows(batch)
 
     def meta(p, order="second"):
         return jaxrec.meta_loss(p, batch, learner.inner.replace(order=order))
@@ -354,8 +352,8 @@ def test_metaemb_meta_gradient_through_the_warm_up_step_is_exact(float64):
     _, learner, params = metaemb_learner()
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
     batch = synthetic_task_batch(SPEC, tasks=3, support=5, query=4, key=jax.random.key(9))
-    cast = lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v  # noqa: E731
-    cold = lambda side: {**jax.tree.map(cast, side), "item": np.zeros_like(side["item"])}  # noqa: E731
+    batch = float64_rows(batch)
+    cold = lambda side: {**side, "item": np.zeros_like(side["item"])}  # noqa: E731
     batch = batch.replace(support=cold(batch.support), query=cold(batch.query))
 
     def meta(p, order="second"):

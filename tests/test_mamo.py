@@ -18,7 +18,7 @@ from jaxrec.experiment import Experiment, ExperimentConfig
 from jaxrec.experiment.config import resolve
 from jaxrec.experiment.protocol import Learner, meta_optimizer
 from jaxrec.models.mamo import FROZEN, MAMO, USER_NETWORK
-from jaxrec.testing import central_differences, perturbed, synthetic_task_batch
+from jaxrec.testing import central_differences, float64_rows, perturbed, synthetic_task_batch
 
 SMALL = {"width": 3}
 
@@ -152,8 +152,7 @@ def test_the_meta_gradient_through_the_read_and_the_local_update_is_exact(float6
     _, learner, params = mamo_learner(order="second")
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
     batch = synthetic_task_batch(SPEC, tasks=2, support=4, query=3, key=jax.random.key(3))
-    cast = lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v  # noqa: E731
-    batch = batch.replace(support=jax.tree.map(cast, batch.support), query=jax.tree.map(cast, batch.query))
+    batch = float64_rows(batch)
 
     def meta(p, order="second"):
         return jaxrec.meta_loss(p, batch, learner.inner.replace(order=order), inner_lr=0.3)

@@ -18,7 +18,7 @@ from jaxrec.experiment import ExperimentConfig
 from jaxrec.experiment.config import resolve
 from jaxrec.experiment.protocol import Learner
 from jaxrec.models.tanp import TaNP
-from jaxrec.testing import central_differences, perturbed, synthetic_task_batch
+from jaxrec.testing import central_differences, float64_rows, perturbed, synthetic_task_batch
 
 SMALL = {"width": 3, "encoder": [4, 3], "latent_hidden": 3, "latent": 2, "task_encoder": [3, 2], "clusters": 3}
 
@@ -180,8 +180,7 @@ def test_the_meta_gradient_through_the_encoder_is_exact_and_the_same_in_both_ord
     _, learner, params = tanp_learner(order="second")
     params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
     batch = synthetic_task_batch(SPEC, tasks=3, support=5, query=4, key=jax.random.key(3))
-    cast = lambda v: np.asarray(v, np.float64) if np.asarray(v).dtype.kind == "f" else v  # noqa: E731
-    batch = batch.replace(support=jax.tree.map(cast, batch.support), query=jax.tree.map(cast, batch.query))
+    batch = float64_rows(batch)
 
     def meta(p, order="second"):
         return jaxrec.meta_loss(p, batch, learner.inner.replace(order=order))
