@@ -214,6 +214,32 @@ def test_nonfinite_step_is_skipped_and_counted():
     chex.assert_trees_all_equal(params, clean)
 
 
+def test_after_step_writes_inside_the_step_and_a_nonfinite_write_drops_it():
+    """``after_step`` sees the params before the step and the batch; its result is the new state's params."""
+
+    def count_rows(params, new_params, batch, inner_lr):  # a non-gradient state: real query rows seen so far
+        seen = params["seen"] + jnp.sum(batch.query_mask)
+        return {**new_params, "seen": jnp.where(batch.task_id[0] == 999, jnp.nan, seen)}
+
+    start = {**PARAMS, "seen": jnp.array(0.0)}
+    batches = [make_batch(1), make_batch(2)]
+    frozen = optax.multi_transform(
+        {"p": optax.adam(1e-3), "s": optax.set_to_zero()}, {**{k: "p" for k in PARAMS}, "seen": "s"}
+    )
+    params, history = jaxrec.meta_train(start, batches, mesh=None, after_step=count_rows, optimizer=frozen, **KW)
+    assert float(params["seen"]) == sum(int(np.sum(b.query_mask)) for b in batches)
+    assert history["compilations"] == 1
+    bad = make_batch(3).replace(task_id=np.full(4, 999))
+    params, history = jaxrec.meta_train(
+        start, [*batches, bad], mesh=None, after_step=count_rows, optimizer=frozen, **KW
+    )
+    assert history["skipped"] == 1 and float(params["seen"]) == sum(int(np.sum(b.query_mask)) for b in batches)
+    with pytest.raises(ValueError, match="after_step"):
+        jaxrec.MetaTrainer(
+            after_step=count_rows, sparse_tables={("w1",): "x"}, sparse_optimizer=jaxrec.row_sparse_sgd(0.1), **KW
+        )
+
+
 def test_nonfinite_step_can_raise_naming_users():
     batches = [make_batch(1), poisoned_batch()]
     with pytest.raises(jaxrec.NonFiniteError, match=r"batch 1.*\[100, 101, 102, 103\]") as info:

@@ -127,7 +127,7 @@ class MetaTrainer:
       after_step: an update of the parameters that is not a gradient step, run inside the compiled step after the
         outer update, ``after_step(params, new_params, batch, inner_lr) -> new_params`` (``params``: before the
         step); e.g. MAMO's memory writes (:func:`jaxrec.models.mamo.memory_write`). A step dropped for a non-finite
-        loss or gradient drops its write too. Not with ``sparse_tables``.
+        loss or gradient drops its write too, and a non-finite write drops the step. Not with ``sparse_tables``.
       **inner_options: inner-loop fields as keywords.
 
     Attributes:
@@ -287,8 +287,9 @@ class MetaTrainer:
         safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
         updates, opt_state = self.optimizer.update(safe_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        if self.after_step is not None:
+        if self.after_step is not None:  # a write that is not finite drops the step like a non-finite gradient
             params = self.after_step(state.params, params, batch, self.inner_lr)
+            finite = finite & _all_finite(params)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
         new_state = MetaTrainState(
             step=state.step + 1,
