@@ -215,3 +215,14 @@ def test_train_mamo_from_the_command_line(tmp_path, monkeypatch):
     lines.clear()
     assert cli.main(["recommend", "--checkpoint", str(out), "--ratings", str(mine), "-k", "5"]) == 0, lines
     assert sum("(item " in line for line in lines) == 5, lines
+
+
+def test_a_log_without_item_features_is_a_clear_error_naming_the_fix(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    rng = np.random.default_rng(0)
+    rows = [f"u{u},it{i},{rng.integers(1, 6)}" for u in range(60) for i in rng.choice(40, 20, replace=False)]
+    log.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
+    argv = ["train", "--data", str(log), "--columns", "user,item,rating", "--method", "mamo", "--steps", "1"]
+    assert cli.main(argv + ["--out", str(tmp_path / "run")]) != 0
+    err = capsys.readouterr().err
+    assert "model 'mamo' cannot read" in err and "use_ids" in err and "unexpected" not in err

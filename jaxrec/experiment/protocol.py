@@ -163,10 +163,18 @@ class Learner:
           The :class:`Learner`.
 
         Raises:
+          DataError: if the model cannot read rows of ``spec`` (e.g. MAMO without item side features or ids).
           ValueError: if ``ranking_loss="als_exact"`` is asked of a model that is not a two-tower model, or
             without the catalogue.
         """
         model = models.create(config.model.name, spec, **config.model.constructor_kwargs())
+        try:  # traced, not allocated: a model that cannot read these rows says so before any training
+            jax.eval_shape(model.init, jax.random.key(0), testing.synthetic_rows(spec, 2, jax.random.key(0)))
+        except ValueError as e:
+            fields = ", ".join(sorted([*spec.categorical, *spec.multi_hot]))
+            raise DataError(
+                f"model {config.model.name!r} cannot read this data's rows (fields: {fields}): {e}"
+            ) from None
         query_loss_fn = None
         if config.data.feedback == "implicit":  # top-N: positives ranked against their sampled negatives
             loss_fn = topn_loss(config.topn.ranking_loss, model, catalogue)

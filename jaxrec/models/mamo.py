@@ -130,7 +130,10 @@ class MAMO(nn.Module):
         self._item_fields = tuple(categorical_fields(spec, self.use_ids, sides=("item",)))
         self._item_multi = tuple(multi_hot_fields(spec, sides=("item",)))
         if not self._item_fields and not self._item_multi:
-            raise ValueError("MAMO describes an item by its features: add item side features or use_ids=('item',)")
+            raise ValueError(
+                "MAMO describes an item by its features: add item side features, or embed the item id as one "
+                "(use_ids=('item',); on the command line --model-kwargs '{\"use_ids\": [\"item\"]}')"
+            )
         if int(self.memories) < 1:
             raise ValueError(f"MAMO needs at least one memory slot, got memories={self.memories}")
         for name in ("profile_rate", "fast_rate", "preference_rate"):
