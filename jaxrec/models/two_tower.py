@@ -111,15 +111,21 @@ class TwoTower(nn.Module):
         """
         lead = jnp.shape(rows["user"] if "user" in rows else rows["item"])
         vector = jnp.broadcast_to(self.user_vector, tuple(lead) + (self.embed,))
-        for key in self.user_keys:
-            vocab = self.spec.categorical[key]
-            vector = vector + self.user_tables[key](valid_ids(rows[key], vocab))
+        parts = self._row_parts(rows)
+        if parts is not None:
+            vector = vector + parts
+        return jnp.concatenate([vector, jnp.ones(vector.shape[:-1] + (1,), vector.dtype)], axis=-1)
+
+    def _row_parts(self, rows: Rows) -> jax.Array | None:
+        """What each row adds to the shared ``user_vector``: its user features' embeddings and the pooled history
+        (``[..., embed]``), or None when there is nothing to add."""
+        parts = [self.user_tables[key](valid_ids(rows[key], self.spec.categorical[key])) for key in self.user_keys]
         if self.pool_history:
             history = valid_ids(rows["history_item"], self.spec.categorical["item"])
-            present = (history > 0)[..., None].astype(vector.dtype)
+            present = (history > 0)[..., None].astype(jnp.float32)
             pooled = jnp.sum(self.history_table(history) * present, axis=-2)
-            vector = vector + pooled / jnp.maximum(jnp.sum(present, axis=-2), 1.0)
-        return jnp.concatenate([vector, jnp.ones(vector.shape[:-1] + (1,), vector.dtype)], axis=-1)
+            parts.append(pooled / jnp.maximum(jnp.sum(present, axis=-2), 1.0))
+        return sum(parts[1:], parts[0]) if parts else None
 
     def item_vectors(self, rows: Rows) -> jax.Array:
         """The item tower.
@@ -152,7 +158,14 @@ class TwoTower(nn.Module):
         Returns:
           float32 ``[rows]`` scores ``<p_u, q_i> + b_i + mu``.
         """
-        return jnp.sum(self.user_vectors(rows) * self.item_vectors(rows), axis=-1)
+        item = self.item_vectors(rows)
+        vectors, bias = item[..., :-1], item[..., -1]
+        # the shared user vector as a matrix-vector product, never broadcast to the rows: a Newton step's
+        # Hessian-vector products (a tangent per adapted coordinate) then stay [rows, tangents], not
+        # [tangents, rows, embed]
+        scores = vectors @ self.user_vector + bias
+        parts = self._row_parts(rows)
+        return scores if parts is None else scores + jnp.sum(vectors * parts, axis=-1)
 
     @staticmethod
     def default_adapt_filter(path, leaf) -> bool:
