@@ -108,25 +108,24 @@ def test_the_write_is_the_papers_moving_average_over_the_batchs_adapted_users(fl
     batch = synthetic_task_batch(SPEC, tasks=4, support=5, query=4, key=jax.random.key(5))
     # task 3 is padding (no query row): it writes nothing
     batch = batch.replace(query_mask=batch.query_mask.at[3].set(False))
-    written = jax.jit(lambda p, b: model.memory_write(inner)(p, p, b, lr))(params, batch)["params"]
+    write = jax.jit(lambda p, b: model.memory_write(inner)(p, p, b, lr))
+    written = write(params, batch)["params"]
 
+    # the same, task by task (jitted only to spare op-by-op dispatch its compilations)
     adapt = jax.jit(lambda p, rows, mask: jaxrec.adapt(p, rows, mask, inner, inner_lr=lr))
-    query_grad = jax.jit(jax.grad(inner.loss_fn))
-    old = params["params"]
+    query_grad = jax.jit(lambda phi, rows, mask: jax.grad(inner.loss_fn)(phi, jaxrec.zero_padding(rows, mask), mask))
+    profile = jax.jit(lambda p, rows: model.apply(p, rows, method=MAMO.profile))
+    old = jax.device_get(params["params"])
+    host = jax.device_get(batch)
     targets = {"memory_profile": 0.0, "memory_preference": 0.0, **{f"memory_fast_{n}": 0.0 for n in USER_NETWORK}}
     for t in range(3):
-        take = lambda tree, t=t: jax.tree.map(lambda x: x[t], tree)  # noqa: E731
-        support, smask, query, qmask = (
-            take(batch.support),
-            batch.support_mask[t],
-            take(batch.query),
-            batch.query_mask[t],
-        )
+        take = lambda tree, t=t: {k: v[t] for k, v in tree.items()}  # noqa: E731
+        support, smask, query, qmask = take(host.support), host.support_mask[t], take(host.query), host.query_mask[t]
         phi = adapt(params, support, smask)
-        p = np.asarray(model.apply(params, support, method=MAMO.profile))[0]
+        p = np.asarray(profile(params, support))[0]
         cos = old["memory_profile"] @ p / (np.linalg.norm(old["memory_profile"], axis=1) * np.linalg.norm(p))
         a = np.exp(cos) / np.sum(np.exp(cos))
-        grads = query_grad(phi, jaxrec.zero_padding(query, qmask), qmask)["params"]
+        grads = query_grad(phi, query, qmask)["params"]
         values = {
             "memory_profile": p,
             "memory_preference": phi["params"]["preference"] + np.tensordot(a, old["memory_preference"], 1),
@@ -143,7 +142,7 @@ def test_the_write_is_the_papers_moving_average_over_the_batchs_adapted_users(fl
             jax.tree.map(np.testing.assert_array_equal, written[name], old[name])
     # a batch of padding tasks only leaves every memory as it was
     empty = batch.replace(query_mask=jnp.zeros_like(batch.query_mask))
-    unchanged = model.memory_write(inner)(params, params, empty, lr)
+    unchanged = write(params, empty)
     jax.tree.map(np.testing.assert_array_equal, unchanged, params)
 
 
