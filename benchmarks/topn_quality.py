@@ -101,8 +101,8 @@ def main() -> None:
         summaries: dict = {}
         for seed in args.seeds:
             began = time.perf_counter()
-            config = ExperimentConfig.make(**fields, dataset=args.dataset, data_dir=args.data_dir, seed=seed)
             try:
+                config = ExperimentConfig.make(**fields, dataset=args.dataset, data_dir=args.data_dir, seed=seed)
                 experiment = TopNExperiment(config)
             except ValueError as refusal:  # a recipe that cannot rank implicit feedback says why
                 if name in VARIANTS:
