@@ -122,8 +122,9 @@ class TwoTower(nn.Module):
         parts = [self.user_tables[key](valid_ids(rows[key], self.spec.categorical[key])) for key in self.user_keys]
         if self.pool_history:
             history = valid_ids(rows["history_item"], self.spec.categorical["item"])
-            present = (history > 0)[..., None].astype(jnp.float32)
-            pooled = jnp.sum(self.history_table(history) * present, axis=-2)
+            vectors = self.history_table(history)
+            present = (history > 0)[..., None].astype(vectors.dtype)
+            pooled = jnp.sum(vectors * present, axis=-2)
             parts.append(pooled / jnp.maximum(jnp.sum(present, axis=-2), 1.0))
         return sum(parts[1:], parts[0]) if parts else None
 
