@@ -907,13 +907,13 @@ def resolve(config: ExperimentConfig) -> ExperimentConfig:
         )
     if callable(getattr(type(model), "memory_write", None)):
         # MAMO: memories written after each MAML step from plain params; never moved by the outer optimiser
-        wrong = {
-            "algorithm": meta.algorithm if meta.algorithm != "maml" else None,
-            "feedback": config.data.feedback if config.data.feedback == "implicit" else None,
-            "groups": meta.groups if meta.groups > 1 else None,
-        }
-        if any(value is not None for value in wrong.values()):
-            got = ", ".join(f"{field}={value!r}" for field, value in wrong.items() if value is not None)
+        checks = (
+            ("algorithm", meta.algorithm, meta.algorithm == "maml"),
+            ("feedback", config.data.feedback, config.data.feedback != "implicit"),
+            ("groups", meta.groups, meta.groups == 1),
+        )
+        got = ", ".join(f"{field}={value!r}" for field, value, fits in checks if not fits)
+        if got:
             raise ValueError(
                 f"model {name!r} writes its memories after each MAML step from rated support and query sets: it "
                 f"needs algorithm='maml', rated feedback and one group (--method {name} sets them), got {got}"
