@@ -229,3 +229,44 @@ def test_every_baseline_beats_random_and_ease_beats_popular_on_movielens(moviele
     # cosine itemknn does not beat popular (-0.019 +- 0.010 unshrunk, +0.002 +- 0.009 with shrink 10) and mf only
     # by +0.016 +- 0.008: only ease's lead is asserted.
     assert recall["ease"] > recall["popular"] + 0.02, message
+
+
+def test_content_scores_are_the_cosine_of_the_summed_idf_profile_and_each_item():
+    features = np.array([[1, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]], np.float64)
+    model = rb.fit_content(features, idf=True)
+    S = rb.interaction_matrix([0, 0, 1], [0, 2, 1], None, 2, 5)
+    scores = model.scores(S)
+    assert scores.dtype == np.float32 and scores.shape == (2, 5)
+    # by hand: w_d = log(n / n_d) over 5 items, unit rows, profile = summed support rows, cosine
+    w = np.log(5 / np.array([3, 1, 2]))
+    F = features * w
+    F = F / np.maximum(np.linalg.norm(F, axis=1, keepdims=True), 1e-12)
+    profile = np.stack([F[0] + F[2], F[1]])
+    expected = (profile / np.linalg.norm(profile, axis=1, keepdims=True)) @ F.T
+    np.testing.assert_allclose(scores, expected, rtol=1e-6)
+    assert scores[0, 4] == 0.0  # an item without features scores 0
+    plain = rb.fit_content(features, idf=False).scores(S)
+    unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    np.testing.assert_allclose(plain[1], unit @ unit[1], rtol=1e-6)
+    with pytest.raises(ValueError, match="no side features"):
+        rb.fit_content(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="non-negative"):
+        rb.fit_content(-features)
+    with pytest.raises(ValueError, match="model was fitted on 5"):
+        model.scores(sp.csr_matrix((1, 4)))
+
+
+def test_content_ranks_a_users_genres_first_on_movielens():
+    ds = jd.load("ml-latest-small")
+    featurizer = jd.Featurizer.fit(ds)
+    features, names = featurizer.item_features()
+    assert features.shape == (ds.n_items, len(names)) and set(np.unique(features)) <= {0.0, 1.0}
+    genres = [i for i, n in enumerate(names) if n.startswith("item_genres=")]
+    horror = names.index("item_genres=Horror")
+    np.testing.assert_array_equal(features[:, genres].sum(axis=1), featurizer.item_multi_hot["item_genres"][:-1].sum(1))
+    model = rb.fit_content(features)
+    is_horror = features[:, horror] > 0
+    support = np.flatnonzero(is_horror)[:5]
+    scores = model.scores(rb.interaction_matrix([0] * 5, support, None, 1, ds.n_items))[0]
+    top = np.argsort(-scores)[:50]
+    assert is_horror[top].mean() > 0.9 and is_horror.mean() < 0.2

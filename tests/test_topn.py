@@ -2,12 +2,17 @@
 their negatives, the streaming full-catalogue top-k and its metrics, the two-tower rankers."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED_DATA
 from jax.flatten_util import ravel_pytree
 
 import jaxrec
@@ -725,7 +730,7 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
         epochs=1,
         new_item_frac=0.1,
         item_dropout=0.3,
-        topn_baselines=("popular",),
+        topn_baselines=("popular", "content"),
     )
     exp = TopNExperiment(config)
     state = exp.train()
@@ -736,8 +741,62 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
     _, lists = exp.last_detail["new_item"]
     assert not np.isin(lists["popular"][:, :20], exp.split.new_items).any()
     assert scenario["popular"]["recall@20"] == 0.0
+    # new_item_only: the same users, each list drawn from the new items alone, coverage a fraction of them
+    only = doc["scenarios"]["new_item_only"]
+    _, only_lists = exp.last_detail["new_item_only"]
+    new = exp.split.new_items
+    assert set(only) == {"maml", "popular", "content"} and only["maml"]["users"] == scenario["maml"]["users"]
+    for name, top in only_lists.items():
+        assert np.isin(top[:, : min(50, len(new))], new).all(), name
+        assert only[name]["coverage@50"] == len(np.unique(top[:, :50][top[:, :50] >= 0])) / len(new)
+    # the content baseline ranks new items by their features: different users get different lists, and it finds
+    # more of their new items than the popularity baseline, which cannot tell new items apart (all score 0)
+    assert len({tuple(row[:10]) for row in only_lists["content"]}) > 1
+    assert len({tuple(row[:10]) for row in only_lists["popular"]}) == 1
+    assert only["content"]["recall@20"] > only["popular"]["recall@20"]
     # the two-tower item tower scores a new item from its features: new items get distinct scores
     model, params = exp.model, state.params.params if hasattr(state.params, "params") else state.params
     rows = {k: jnp.asarray(v) for k, v in exp.featurizer.item_rows(exp.split.new_items).items()}
     vectors = np.asarray(model.apply(params, rows, method=model.item_vectors))
     assert np.unique(vectors.round(6), axis=0).shape[0] > 1
+
+
+_RERANK_ML100K = """
+import json, sys
+import numpy as np
+from jaxrec.experiment import ExperimentConfig
+from jaxrec.experiment.topn import TopNExperiment
+
+config = ExperimentConfig.make(
+    feedback="implicit", positive_threshold=4.0, model="twotower", model_kwargs={"embed": 64}, epochs=1,
+    dataset="ml-100k", data_dir=sys.argv[1], rerank="melu", rerank_candidates=200, topn_baselines=(), seed=0,
+)
+exp = TopNExperiment(config)
+methods = exp.rankers(exp.init_state().params, baselines=False)
+index = exp.val_tasks.batch_plan(64, None)[0]
+batch = exp.val_tasks.make_batch(index, np.random.default_rng(0))
+support, _ = exp.val_tasks.item_codes(index)
+lists = {name: np.asarray(method(batch, support)).tolist() for name, method in methods.items()}
+print(json.dumps(lists))
+"""
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason=f"ml-100k not found under {SHARED_DATA}")
+def test_retrieve_then_rerank_completes_on_ml100k_with_the_optimising_cpu_backend():
+    """Retrieval and re-ranking compiled as one program stalled XLA's optimising CPU backend on ml-100k (idle, never
+    returning; the suite's unoptimised backend did not): the re-ranker runs as a stage of its own. In a process
+    with the default backend, under a time limit, since a regression would hang."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace("--xla_backend_optimization_level=0", "").strip()
+    done = subprocess.run(
+        [sys.executable, "-c", _RERANK_ML100K, str(SHARED_DATA)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lists = {name: np.asarray(v) for name, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
+    assert set(lists) == {"maml", "rerank"} and lists["rerank"].shape == lists["maml"].shape == (64, 50)
+    assert (lists["rerank"] >= 0).all() and not np.array_equal(lists["rerank"], lists["maml"])

@@ -264,6 +264,28 @@ class Featurizer:
         out.update({prefix + k: np.take(t, items, axis=0) for k, t in self.item_multi_hot.items()})
         return out
 
+    def item_features(self) -> tuple[np.ndarray, list[str]]:
+        """Every item's side features as one 0/1 matrix: a one-hot column per known value of each categorical item
+        field (unknown values: no column) and the multi-hot columns; the item id is not a feature.
+
+        Returns:
+          ``(features float32 [n_items, D], names)``, ``names[d]`` = ``"<field>=<value>"`` (``D = 0`` without side
+          features).
+        """
+        columns, names = [], []
+        for key, table in sorted(self.item_tables.items()):
+            slots = table[: self.n_items]
+            values = self.vocabularies.get(key, [])
+            one_hot = slots[:, None] == np.arange(1, len(values) + 1)[None, :]
+            columns.append(one_hot.astype(np.float32))
+            names += [f"{key}={v}" for v in values]
+        for key, table in sorted(self.item_multi_hot.items()):
+            columns.append(np.asarray(table[: self.n_items], np.float32))
+            names += [f"{key}={v}" for v in self.vocabularies.get(key, range(table.shape[1]))]
+        if not columns:
+            return np.zeros((self.n_items, 0), np.float32), []
+        return np.concatenate(columns, axis=1), names
+
     def target(self, ratings: np.ndarray) -> dict[str, np.ndarray]:
         """Turn ratings into the target row key.
 

@@ -47,6 +47,7 @@ from jaxrec.evaluation.compare import compare_stats
 
 __all__ = [
     "Catalogue",
+    "candidate_topk",
     "coverage",
     "dense_topk",
     "dot_ranker",
@@ -405,21 +406,40 @@ def rerank_ranker(retrieve: Callable, apply_fn: Callable, inner: InnerLoop, k: i
       k: the final list length (``<= R``).
 
     Returns:
-      ``rank(retrieve_state, rerank_state, batch, exclude, rows, codes) -> items [U, k]``, jit-compiled.
+      ``rank(retrieve_state, rerank_state, batch, exclude, rows, codes) -> items [U, k]``, in two jit-compiled
+      stages (retrieve, re-rank).
     """
 
     @jax.jit
-    def rank(retrieve_state, rerank_state, batch, exclude, rows, codes):
-        candidates = retrieve(retrieve_state, batch, exclude, rows, codes)  # [U, R], -1 where none
+    def rerank(rerank_state, batch, candidates, rows):
         phi = _adapted(rerank_state, batch, inner) if inner.steps else None
         users = _clean_users(batch)
-
         scores = _score_users(apply_fn, rerank_state[0], phi, users, _pick_rows(rows, candidates), per_user=True)
-        scores = jnp.where(candidates >= 0, scores, _NEG)
-        top, position = jax.lax.top_k(scores, int(k))
-        return jnp.where(jnp.isfinite(top), jnp.take_along_axis(candidates, position, axis=1), -1)
+        return candidate_topk(jnp.where(candidates >= 0, scores, _NEG), candidates, k)
+
+    def rank(retrieve_state, rerank_state, batch, exclude, rows, codes):
+        # two compiled stages, not one: XLA's CPU runtime stalled (idle, never returning) on the fused program
+        candidates = retrieve(retrieve_state, batch, exclude, rows, codes)  # [U, R], -1 where none
+        return rerank(rerank_state, batch, candidates, rows)
 
     return rank
+
+
+def candidate_topk(scores: jax.Array, candidates: jax.Array, k: int) -> jax.Array:
+    """The top ``k`` of each user's own candidates.
+
+    Args:
+      scores: ``[U, M]`` the candidates' scores (``-inf``: never listed).
+      candidates: int32 ``[U, M]`` their item codes.
+      k: the list length (``M < k``: the list is padded).
+
+    Returns:
+      int32 ``[U, k]`` item codes, best first, ``-1`` where fewer than ``k`` candidates had a finite score.
+    """
+    width = min(int(k), scores.shape[1])
+    top, position = jax.lax.top_k(scores, width)
+    items = jnp.where(jnp.isfinite(top), jnp.take_along_axis(candidates, position, axis=1), -1)
+    return jnp.pad(items, ((0, 0), (0, int(k) - width)), constant_values=-1)
 
 
 def model_scorer(apply_fn: Callable, inner: InnerLoop) -> Callable:
@@ -500,6 +520,7 @@ def evaluate_rankers(
     keep_lists: bool = False,
     scorers: Mapping[str, Callable] | None = None,
     negatives: int = 100,
+    coverage_of: int | None = None,
 ) -> tuple[dict[str, dict], dict[str, dict], dict[str, np.ndarray]]:
     """Evaluate rankers on the same users, over the whole catalogue.
 
@@ -522,6 +543,7 @@ def evaluate_rankers(
       scorers: ``{name: score(batch, exclude, items [U, M]) -> scores [U, M]}`` for the sampled protocol (a subset
         of the rankers' names; None: not scored).
       negatives: sampled negatives per positive.
+      coverage_of: the number of items coverage is a fraction of (default: the catalogue's).
 
     Returns:
       ``(summaries, stats, lists)``: ``{method: summary}`` with ``coverage@k`` and paired differences to
@@ -564,5 +586,5 @@ def evaluate_rankers(
     top = {name: np.concatenate(parts) for name, parts in lists.items()}
     for name in summaries:
         for k in ks:
-            summaries[name][f"coverage@{k}"] = coverage(top[name], catalogue.n_items, k)
+            summaries[name][f"coverage@{k}"] = coverage(top[name], coverage_of or catalogue.n_items, k)
     return summaries, stats, (top if keep_lists else {})

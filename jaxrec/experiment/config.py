@@ -57,7 +57,7 @@ __all__ = [
 
 RECORD_FORMAT = "jaxrec.config/2"
 BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
-TOPN_BASELINES = ("popular", "itemknn", "ease", "mf", "finetune", "no_adapt")
+TOPN_BASELINES = ("popular", "itemknn", "ease", "mf", "content", "finetune", "no_adapt")
 #: the top-N training losses (:mod:`jaxrec.core.ranking`)
 TOPN_LOSSES = ("softmax", "bpr", "bce", "als", "als_exact")
 INNER_SOLVERS = ("auto", "sgd", "newton", "mixed", "encode")

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -51,6 +51,7 @@ from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.topn import (
     Catalogue,
     _dense_rank,
+    candidate_topk,
     dot_ranker,
     evaluate_rankers,
     is_user_side,
@@ -61,7 +62,7 @@ from jaxrec.evaluation.topn import (
 from jaxrec.experiment.config import ExperimentConfig, resolve
 from jaxrec.experiment.protocol import Learner, config_mesh, trained_catalogue
 
-__all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS"]
+__all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS", "NEW_ITEM_ONLY"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,10 @@ BASELINE_GRIDS: dict[str, list[dict]] = {
     "itemknn": [{"neighbours": n, "shrink": s} for n in (20, 50, 100, 200, 500) for s in (0.0, 10.0)],
     "ease": [{"l2": l2} for l2 in (10.0, 50.0, 200.0, 500.0, 2000.0, 5000.0, 20000.0)],
     "mf": [{"factors": 64, "l2": l2, "alpha": a} for l2 in (1.0, 10.0, 100.0, 1000.0) for a in (1.0, 10.0, 40.0)],
+    "content": [{"idf": True}, {"idf": False}],
 }
+#: the scenario of the new-item users whose lists hold the new items only (:meth:`TopNExperiment.evaluate`)
+NEW_ITEM_ONLY = "new_item_only"
 FINETUNE_RATES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 _SELECT = "recall@20"
 
@@ -140,6 +144,9 @@ class TopNExperiment:
       scenario_tasks: ``{"new_user": ..., "warm": ...}``: new users' first ``shots`` interactions and their next
         ones; warm users' ``shots`` latest training interactions and their held-out latest ones (every method
         sees the same support; an earlier training item recommended again counts as a miss for every method).
+        With ``new_item_frac``, ``"new_item"``: the meta-train users' latest training interactions as support and
+        their interactions with the new items as query, ranked over the whole catalogue; and
+        ``"new_item_only"``: the same tasks, each list drawn from the new items only.
       catalogue: the :class:`~jaxrec.evaluation.topn.Catalogue` of every item.
       model, inner, trainer: the model, its inner loop (the ranking loss) and the meta-trainer.
 
@@ -188,15 +195,20 @@ class TopNExperiment:
                 tasks.stats["users_dropped"] = int(tasks.stats.get("users_dropped", 0) + short)
             if len(tasks):
                 self.scenario_tasks[name] = tasks
+                if name == "new_item":  # the same users, ranking the new items only
+                    self.scenario_tasks[NEW_ITEM_ONLY] = tasks
             else:
                 logger.warning("scenario %r has no user with more than %d interactions; skipped", name, top.shots)
         # an evaluation user's negatives avoid the training interactions and their own support items only
-        avoid = [_support_pairs(t) for t in [self.val_tasks, *self.scenario_tasks.values()] if len(t)]
+        evaluated = [self.val_tasks, *(t for k, t in self.scenario_tasks.items() if k != NEW_ITEM_ONLY)]
+        avoid = [_support_pairs(t) for t in evaluated if len(t)]
         eval_sampler = NegativeSampler.fit(
             self.split.train, n_items, count=top.negatives, kind=top.sampler, avoid=avoid
         )
         self.val_tasks = dataclasses.replace(self.val_tasks, sampler=eval_sampler)
         self.scenario_tasks = {k: dataclasses.replace(t, sampler=eval_sampler) for k, t in self.scenario_tasks.items()}
+        if NEW_ITEM_ONLY in self.scenario_tasks:
+            self.scenario_tasks[NEW_ITEM_ONLY] = self.scenario_tasks["new_item"]
         counts = np.bincount(self.split.train["item"].to_numpy(), minlength=n_items)
         self.item_counts = counts
         popularity = counts / max(self.split.stats["train_users"], 1)
@@ -436,6 +448,22 @@ class TopNExperiment:
         )
         return {name: float(s[_SELECT]) for name, s in summaries.items()}
 
+    def _baseline_fitters(self, names: Sequence[str]) -> dict[str, Callable[..., Any]]:
+        """``{name: fit(**hyper)}`` of the named baselines that this data can fit: the interaction baselines on the
+        meta-train matrix, ``content`` on the items' side features (left out, and logged, when there are none)."""
+        fitters: dict[str, Callable[..., Any]] = {}
+        if any(n in rb.RETRIEVAL_BASELINES for n in names):
+            matrix = self._train_matrix()
+            for name in set(names) & set(rb.RETRIEVAL_BASELINES):
+                fitters[name] = functools.partial(rb.RETRIEVAL_BASELINES[name], matrix)
+        if "content" in names:
+            features, _ = self.featurizer.item_features()
+            if features.shape[1] and features.any():
+                fitters["content"] = functools.partial(rb.fit_content, features)
+            else:
+                logger.info("baseline content left out: the items have no side features")
+        return fitters
+
     def baselines(self) -> dict[str, Any]:
         """Fit and tune the configured baselines on the meta-train users, choosing on the validation users.
 
@@ -446,15 +474,15 @@ class TopNExperiment:
             return self._baselines
         names = self.config.topn.topn_baselines
         out: dict[str, Any] = {}
-        matrix = self._train_matrix() if any(n in rb.RETRIEVAL_BASELINES for n in names) else None
+        fitters = self._baseline_fitters(names)
         for name in names:
-            if name not in rb.RETRIEVAL_BASELINES:
+            if name not in fitters:
                 continue
             began = time.perf_counter()
             best = None
             for hyper in BASELINE_GRIDS[name]:
                 try:
-                    fitted = rb.RETRIEVAL_BASELINES[name](matrix, **hyper)
+                    fitted = fitters[name](**hyper)
                 except ValueError as e:  # e.g. EASE over a catalogue too large for its dense inverse
                     logger.warning("baseline %s%s not fitted: %s", name, hyper, e)
                     continue
@@ -555,6 +583,19 @@ class TopNExperiment:
             lambda batch, exclude, items: score(rerank_state, batch, items, rows, codes),
         )
 
+    def _among_new_items(self, method: Method) -> Method:
+        """``method`` ranking the new items only: each is scored for each user (``method.score``) and the top
+        ``k`` kept. The question a service's slot for fresh items asks: which of today's releases will this user
+        want? A new item has no interaction, so it is never one of a user's support items to exclude."""
+        candidates = jnp.asarray(self.split.new_items, jnp.int32)[None, :]
+        k = self._kmax()
+
+        def rank(batch, exclude):
+            items = jnp.broadcast_to(candidates, (exclude.shape[0], candidates.shape[1]))
+            return candidate_topk(method.score(batch, exclude, items), items, k)
+
+        return Method(rank, method.score)
+
     def validate(self, params: Any, *, baselines: bool = True, return_stats: bool = False) -> Any:
         """Evaluate on the validation users (held out of every training): the score to choose a configuration on.
 
@@ -599,8 +640,9 @@ class TopNExperiment:
         scorers = {name: method.score for name, method in rankers.items()} if sampled else None
         out, detail = {}, {}
         for name, tasks in self.scenario_tasks.items():
+            only_new = name == NEW_ITEM_ONLY
             summaries, stats, lists = evaluate_rankers(
-                rankers,
+                {k: self._among_new_items(m) for k, m in rankers.items()} if only_new else rankers,
                 tasks,
                 self.catalogue,
                 ks=c.topn.topn_ks,
@@ -608,8 +650,9 @@ class TopNExperiment:
                 resamples=c.evaluation.bootstrap,
                 seed=c.seed,
                 keep_lists=keep_lists,
-                scorers=scorers,
+                scorers=None if only_new else scorers,
                 negatives=max(sampled, 1),
+                coverage_of=len(self.split.new_items) if only_new else None,
             )
             out[name] = summaries
             detail[name] = (stats, lists)
