@@ -8,7 +8,7 @@ import pytest
 
 import jaxrec
 from jaxrec import models as M
-from jaxrec.data.augment import drop_ids, drop_item_ids
+from jaxrec.data.augment import drop_ids, drop_item_ids, unknown_fraction
 from jaxrec.evaluation.baselines import train_supervised
 from jaxrec.experiment import Experiment, ExperimentConfig
 
@@ -50,6 +50,32 @@ def test_drop_item_ids_touches_only_the_item_column_of_both_sides():
     np.testing.assert_array_equal(out.support_mask, batch.support_mask)
     no_item = batch.replace(support={k: v for k, v in batch.support.items() if k != "item"})
     assert drop_item_ids(no_item, 0.5, np.random.default_rng(1)) is no_item
+
+
+def test_drop_item_ids_with_negatives_drops_the_sampled_negatives_ids_at_the_same_rates():
+    batch = jaxrec.testing.synthetic_task_batch(SPEC, tasks=64, support=32, query=16, key=jax.random.key(0))
+    batch = jax.tree.map(np.asarray, batch)
+    rng = np.random.default_rng(2)
+    negatives = {k: rng.integers(1, 50, (64, n, 5)) for k, n in (("support", 32), ("query", 16))}
+    batch = batch.replace(
+        support=dict(batch.support, neg_item=negatives["support"]), query=dict(batch.query, neg_item=negatives["query"])
+    )
+    plain = drop_item_ids(batch, 0.3, np.random.default_rng(1))
+    np.testing.assert_array_equal(plain.support["neg_item"], batch.support["neg_item"])  # positives only, as before
+    out = drop_item_ids(batch, 0.3, np.random.default_rng(1), negatives=True)
+    for side, new in ((batch.support, out.support), (batch.query, out.query)):
+        for key in ("item", "neg_item"):
+            changed = new[key] != side[key]
+            assert np.all(new[key][changed] == 0)
+            # binomial: 64 * 16 * 5 draws at 0.3 have a standard deviation under 0.01 of the fraction
+            assert abs(changed.mean() - 0.3) < 0.05, (key, changed.mean())
+        np.testing.assert_array_equal(new["item_year"], side["item_year"])
+    cold = drop_item_ids(batch, 0.0, np.random.default_rng(3), task_rate=0.5, negatives=True)
+    whole = np.all(cold.support["item"] == 0, axis=1)
+    assert 0 < whole.sum() < 64
+    np.testing.assert_array_equal(np.all(cold.support["neg_item"] == 0, axis=(1, 2)), whole)
+    np.testing.assert_array_equal(np.all(cold.query["neg_item"] == 0, axis=(1, 2)), whole)
+    assert unknown_fraction(0.3, 0.5) == pytest.approx(0.65)
 
 
 def test_supervised_training_with_dropout_trains_the_oov_item_slot():

@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxrec.core.batch import TaskBatch
 
-__all__ = ["drop_ids", "drop_item_ids", "id_dropout"]
+__all__ = ["drop_ids", "drop_item_ids", "id_dropout", "unknown_fraction"]
 
 OOV = 0  # slot 0 of every vocabulary (jaxrec.models)
 
@@ -52,14 +52,23 @@ def drop_ids(ids: np.ndarray, rate: float, rng: np.random.Generator) -> np.ndarr
 
 
 def drop_item_ids(
-    batch: TaskBatch, rate: float, rng: np.random.Generator, key: str = "item", task_rate: float = 0.0
+    batch: TaskBatch,
+    rate: float,
+    rng: np.random.Generator,
+    key: str = "item",
+    task_rate: float = 0.0,
+    negatives: bool = False,
 ) -> TaskBatch:
     """Apply item-id dropout to the support and query rows of a training batch.
 
     Each id of the ``key`` column is dropped by :func:`drop_ids` with probability ``rate``, and every id of a task
     is dropped with probability ``task_rate`` (one draw per task, support and query alike). Padding rows are masked
-    out of every loss, so dropping their ids changes nothing. Only the ``key`` column changes: the item ids of
-    ``neg_item`` (BPR) and ``history_item`` stay.
+    out of every loss, so dropping their ids changes nothing. Only the ``key`` column changes (and, with
+    ``negatives``, ``neg_<key>``): the item ids of ``history_item`` stay.
+
+    With implicit feedback every ``key`` row is a positive, so dropping only those ids teaches the model that an
+    item without an id is one the user wants, and every new item floods every user's list. ``negatives=True`` drops
+    the sampled negatives' ids (``neg_<key>``) at the same rates, so that an unknown id is as often a negative.
 
     Args:
       batch: the training batch.
@@ -68,6 +77,8 @@ def drop_item_ids(
       key: the row key whose ids are dropped.
       task_rate: the probability of dropping every id of a whole task, in ``[0, 1]`` (1: every task is cold, as
         item-task methods that learn a new item's embedding from its features train).
+
+      negatives: also drop the ids of the ``neg_<key>`` column (the sampled negatives of top-N rows), where present.
 
     Returns:
       ``batch`` with the ``key`` column of its support and query replaced; a batch without that column is
@@ -81,26 +92,27 @@ def drop_item_ids(
         raise ValueError(f"task id dropout rate must be in [0, 1], got {task_rate}")
     if key not in batch.support:
         return batch
-    support, query = drop_ids(batch.support[key], rate, rng), drop_ids(batch.query[key], rate, rng)
+    keys = [key] + ([f"neg_{key}"] if negatives and f"neg_{key}" in batch.support else [])
+    support = {k: drop_ids(batch.support[k], rate, rng) for k in keys}
+    query = {k: drop_ids(batch.query[k], rate, rng) for k in keys if k in batch.query}
     if task_rate:
-        whole = rng.random(support.shape[0]) < task_rate  # tasks are the leading axis of both sides
+        whole = rng.random(batch.support[key].shape[0]) < task_rate  # tasks are the leading axis of both sides
 
         def hide(ids):
             return np.where(whole.reshape((-1,) + (1,) * (ids.ndim - 1)), OOV, ids).astype(ids.dtype)
 
-        support, query = hide(support), hide(query)
-    return dataclasses.replace(
-        batch, support=dict(batch.support, **{key: support}), query=dict(batch.query, **{key: query})
-    )
+        support, query = {k: hide(v) for k, v in support.items()}, {k: hide(v) for k, v in query.items()}
+    return dataclasses.replace(batch, support=dict(batch.support, **support), query=dict(batch.query, **query))
 
 
-def id_dropout(rate: float, task_rate: float = 0.0):
+def id_dropout(rate: float, task_rate: float = 0.0, negatives: bool = False):
     """The batch transform of :func:`drop_item_ids` at these rates (``transform(batch, rng) -> batch``, what
     :class:`~jaxrec.data.stream.StepBatches` applies), or None when both rates are 0.
 
     Args:
       rate: the row-level drop probability.
       task_rate: the task-level drop probability.
+      negatives: also drop the sampled negatives' ids (top-N rows).
 
     Returns:
       The transform, or None.
@@ -109,6 +121,13 @@ def id_dropout(rate: float, task_rate: float = 0.0):
         return None
 
     def transform(batch: TaskBatch, rng: np.random.Generator) -> TaskBatch:
-        return drop_item_ids(batch, rate, rng, task_rate=task_rate)
+        return drop_item_ids(batch, rate, rng, task_rate=task_rate, negatives=negatives)
 
     return transform
+
+
+def unknown_fraction(rate: float, task_rate: float = 0.0) -> float:
+    """The fraction of training rows whose item id is dropped: ``task_rate + (1 - task_rate) * rate``. A loss whose
+    negatives are the whole catalogue (the exact ALS loss's Gram term) weighs the catalogue's id-less vectors by it,
+    as :func:`drop_item_ids` with ``negatives=True`` does for sampled negatives."""
+    return float(task_rate + (1.0 - task_rate) * rate)

@@ -46,7 +46,7 @@ from jaxrec.core.ranking import catalogue_als_loss, ranking_loss
 from jaxrec.core.solvers import Amortized
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
-from jaxrec.data.augment import id_dropout
+from jaxrec.data.augment import id_dropout, unknown_fraction
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split, item_release_key, newest_items
 from jaxrec.evaluation.baselines import fit_bias_model
@@ -177,9 +177,10 @@ class Learner:
             ) from None
         query_loss_fn = None
         if config.data.feedback == "implicit":  # top-N: positives ranked against their sampled negatives
-            loss_fn = topn_loss(config.topn.ranking_loss, model, catalogue)
+            unknown = topn_unknown_ids(config)
+            loss_fn = topn_loss(config.topn.ranking_loss, model, catalogue, unknown)
             if config.topn.query_loss not in (None, config.topn.ranking_loss):
-                query_loss_fn = topn_loss(config.topn.query_loss, model, catalogue)
+                query_loss_fn = topn_loss(config.topn.query_loss, model, catalogue, unknown)
         else:
             loss_fn = models.default_loss(model)
         if callable(getattr(type(model), "query_loss", None)):  # TaNP: the neural-process bound of the query set
@@ -219,20 +220,37 @@ def trained_catalogue(featurizer: Featurizer) -> dict[str, np.ndarray]:
     return featurizer.item_rows(np.flatnonzero(featurizer.item_index[:-1] > 0))
 
 
-def topn_loss(kind: str, model: Any, catalogue: Any = None) -> Any:
+def topn_unknown_ids(config: Any) -> float:
+    """The fraction of a top-N run's training rows whose item id is dropped: the item dropout rates with a new-item
+    scenario (``new_item_frac > 0``), else 0 (every item is known; no id is dropped)."""
+    if config.topn.new_item_frac <= 0:
+        return 0.0
+    return unknown_fraction(config.meta.item_dropout, config.meta.task_item_dropout)
+
+
+def topn_loss(kind: str, model: Any, catalogue: Any = None, unknown: float = 0.0) -> Any:
     """The top-N loss ``kind`` of a model: :func:`~jaxrec.core.ranking.ranking_loss`, or for ``"als_exact"``
-    :func:`exact_als_loss` over ``catalogue``."""
-    return exact_als_loss(model, catalogue) if kind == "als_exact" else ranking_loss(model.apply, kind)
+    :func:`exact_als_loss` over ``catalogue`` (``unknown``: its fraction of id-less item vectors)."""
+    if kind == "als_exact":
+        return exact_als_loss(model, catalogue, unknown=unknown)
+    return ranking_loss(model.apply, kind)
 
 
-def exact_als_loss(model: Any, catalogue: Any) -> Any:
+def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0) -> Any:
     """The implicit-ALS loss of a two-tower model with its catalogue term exact
     (:func:`~jaxrec.core.ranking.catalogue_als_loss`): ``G`` is the Gram matrix of the item tower over every item
     of ``catalogue``.
 
+    Trained with item-id dropout (a new-item scenario), a fraction ``u`` of the positives reach the model without
+    their id; the catalogue term, which stands for every item as a negative, then counts each item without its id
+    at the same rate: ``G = (1 - u) sum_i q_i q_i^T + u sum_i q0_i q0_i^T``, ``q0_i`` the item's vector from its
+    features alone (:func:`jaxrec.data.augment.unknown_fraction`). Without it an id-less item is only ever a
+    positive, and every new item is recommended to everyone.
+
     Args:
       model: a :class:`~jaxrec.models.TwoTower`.
       catalogue: the item rows of every catalogue item, ``{key: [V, ...]}``.
+      unknown: ``u``, in ``[0, 1]``.
 
     Returns:
       ``loss_fn(params, rows, mask)``.
@@ -248,13 +266,21 @@ def exact_als_loss(model: Any, catalogue: Any) -> Any:
     if catalogue is None:
         raise ValueError("ranking_loss='als_exact' needs the catalogue's item rows to form its Gram matrix")
     items = {k: jnp.asarray(v) for k, v in catalogue.items()}
+    unknown = float(unknown)
+    if not 0.0 <= unknown <= 1.0:
+        raise ValueError(f"the fraction of unknown item ids must be in [0, 1], got {unknown}")
+    id_less = dict(items, item=jnp.zeros_like(items["item"]))  # slot 0: the unknown id
 
     def user_fn(params, rows):
         return model.apply(params, rows, method=model.user_vectors)
 
     def gram_fn(params):
         vectors = model.apply(params, items, method=model.item_vectors)
-        return vectors.T @ vectors
+        gram = vectors.T @ vectors
+        if not unknown:
+            return gram
+        features_only = model.apply(params, id_less, method=model.item_vectors)
+        return (1.0 - unknown) * gram + unknown * (features_only.T @ features_only)
 
     return catalogue_als_loss(model.apply, user_fn, gram_fn)
 

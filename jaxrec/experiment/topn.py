@@ -272,11 +272,13 @@ class TopNExperiment:
         With a new-item scenario (``new_item_frac > 0``), ``item_dropout`` / ``task_item_dropout`` of the positive
         rows' (or of whole tasks') item ids become the unknown slot (DropoutNet,
         :func:`jaxrec.data.augment.drop_item_ids`), so that the item tower learns to score an item from its features
-        alone: how a new item reaches the top-N. Without one, no id is dropped (every item is known).
+        alone: how a new item reaches the top-N. The sampled negatives' ids are dropped at the same rates (and the
+        exact ALS loss counts the catalogue's id-less vectors, :func:`~jaxrec.experiment.protocol.exact_als_loss`),
+        so that an unknown id is no sign of a positive. Without one, no id is dropped (every item is known).
         """
         meta = self.config.meta
         new_items = self.config.topn.new_item_frac > 0
-        transform = id_dropout(meta.item_dropout, meta.task_item_dropout) if new_items else None
+        transform = id_dropout(meta.item_dropout, meta.task_item_dropout, negatives=True) if new_items else None
         batch_at = StepBatches(self.epoch_tasks, meta.batch_size, self.config.seed, transform=transform)
         return stream(batch_at, start=start_step, device=None)
 
