@@ -588,8 +588,13 @@ class TopNExperiment:
     def _among_new_items(self, method: Method) -> Method:
         """``method`` ranking the new items only: each is scored for each user (``method.score``) and the top
         ``k`` kept. The question a service's slot for fresh items asks: which of today's releases will this user
-        want? A new item has no interaction, so it is never one of a user's support items to exclude."""
-        candidates = jnp.asarray(self.split.new_items, jnp.int32)[None, :]
+        want? A new item has no interaction, so it is never one of a user's support items to exclude.
+
+        The candidates are in a seeded random order, the same for every method: ``top_k`` keeps the first of tied
+        scores, and every interaction baseline scores every new item 0, so ties must fall at random, not by item
+        code (which follows the catalogue's own order: on MovieLens close to popularity, a leak)."""
+        order = np.random.default_rng([self.config.seed, 17]).permutation(len(self.split.new_items))
+        candidates = jnp.asarray(self.split.new_items[order], jnp.int32)[None, :]
         k = self._kmax()
 
         def rank(batch, exclude):
