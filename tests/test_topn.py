@@ -694,6 +694,34 @@ def test_exact_als_start_ranks_as_the_mf_baselines_fold_in():
     assert summaries["maml"]["recall@20"] == pytest.approx(summaries["mf"]["recall@20"], abs=0.01)
 
 
+def test_als_start_with_new_items_maps_features_to_als_factors_by_ridge_regression():
+    """With a new-item scenario the ALS start also sets the feature tables: a known item's vector is its ALS factor
+    exactly, a new item's (id unknown) the ridge prediction of the factors from the features, fitted by hand."""
+    from jaxrec.evaluation import retrieval_baselines as rb
+    from jaxrec.experiment.topn import TopNExperiment
+
+    config = als_start_config(model_kwargs={"embed": 8}, new_item_frac=0.1, item_dropout=0.25)
+    exp = TopNExperiment(config)
+    params = exp.init_params()
+    fitted = rb.fit_mf(exp._train_matrix(), seed=config.seed, factors=8, l2=10.0, alpha=10.0)
+    known = np.flatnonzero(exp.featurizer.item_index[:-1] > 0)
+    rows = {k: jnp.asarray(v) for k, v in exp.featurizer.item_rows(known).items()}
+    vectors = np.asarray(exp.model.apply(params, rows, method=exp.model.item_vectors))[:, :-1]
+    np.testing.assert_allclose(vectors, fitted.item_factors[known], rtol=1e-4, atol=1e-5)
+    # the new items: their id is unknown, their vector the ridge fit f W of (year one-hot, genres) -> factors
+    features = exp.featurizer.item_rows(np.arange(exp.dataset.n_items))
+    year = (features["item_year"][:, None] == np.arange(exp.spec.categorical["item_year"])).astype(float)
+    F = np.concatenate([year, features["item_genres"]], axis=1)
+    W = np.linalg.solve(F[known].T @ F[known] + np.eye(F.shape[1]), F[known].T @ fitted.item_factors[known])
+    new = exp.split.new_items
+    assert len(new) and not np.isin(new, known).any()
+    rows = {k: jnp.asarray(v) for k, v in exp.featurizer.item_rows(new).items()}
+    assert (np.asarray(rows["item"]) == 0).all()
+    vectors = np.asarray(exp.model.apply(params, rows, method=exp.model.item_vectors))[:, :-1]
+    np.testing.assert_allclose(vectors, F[new] @ W, rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(vectors, axis=1).min() > 0
+
+
 def test_frozen_parameters_keep_their_start_through_meta_training():
     """frozen='embed_item': the item id table of the ALS start is bit for bit the same after meta-steps, while the
     rest of the item tower and the user prior move."""

@@ -61,6 +61,7 @@ from jaxrec.evaluation.topn import (
 )
 from jaxrec.experiment.config import ExperimentConfig, resolve
 from jaxrec.experiment.protocol import Learner, config_mesh, trained_catalogue
+from jaxrec.models.common import categorical_fields, multi_hot_fields
 
 __all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS", "NEW_ITEM_ONLY"]
 
@@ -314,7 +315,9 @@ class TopNExperiment:
         the features), the user-feature embeddings at zero, and a pooled user tower as the mean factor of the
         support items, so that meta-training
         starts where the factorisation of the co-occurrences is, and learns the prior and the loss's ranking on
-        top. A model without an id embedding feeding ``item_out`` directly is returned unchanged.
+        top. With a new-item scenario the feature tables start at the ridge regression of the factors on the
+        features (:meth:`_feature_start`), so that a new item starts where its features place it. A model without an
+        id embedding feeding ``item_out`` directly is returned unchanged.
         """
         inner = params["params"]
         if "embed_item" not in inner or "item_out" not in inner or any(k.startswith("item_hidden") for k in inner):
@@ -329,12 +332,60 @@ class TopNExperiment:
         table[slots[slots > 0]] = fitted.item_factors[slots > 0]
         kernel = np.zeros(inner["item_out"]["kernel"].shape, np.float32)
         kernel[:embed, :embed] = np.eye(embed)  # the id embedding comes first in the item tower's input
-        inner = dict(inner, embed_item={"embedding": jnp.asarray(table)}, item_out={"kernel": jnp.asarray(kernel)})
-        if "embed_history_item" in inner:
-            inner["embed_history_item"] = {"embedding": jnp.asarray(table)}
+        inner = (
+            dict(inner, embed_history_item={"embedding": jnp.asarray(table)})
+            if "embed_history_item" in inner
+            else inner
+        )
+        if self.config.topn.new_item_frac > 0:  # new items are scored from their features: start those at ALS's too
+            inner = self._feature_start(inner, table, kernel)
+        else:
+            inner = dict(inner, embed_item={"embedding": jnp.asarray(table)}, item_out={"kernel": jnp.asarray(kernel)})
         for key in [k for k in inner if k.startswith("embed_user")]:  # the prior starts at ALS's, zero
             inner[key] = jax.tree.map(jnp.zeros_like, inner[key])
         return dict(params, params=inner)
+
+    def _feature_start(self, inner: dict, factors: np.ndarray, kernel: np.ndarray, l2: float = 1.0) -> dict:
+        """The item tower's parameters at the ridge regression of ALS's item factors on the item features (the
+        attribute-to-factor mapping of Gantner et al., ICDM 2010), so that a new item starts at the factor its
+        features predict, and a known item at its own factor exactly.
+
+        With ``item_out`` the sum of its inputs (an identity block per part), an item's vector is
+        ``e_i + f_i W``: ``f_i`` its one-hot feature slots and multi-hot fields, ``W = (F^T F + l2 I)^-1 F^T Y``
+        fitted on the trained items' factors ``Y``, split into the feature tables; the id embedding ``e_i`` is the
+        residual ``y_i - f_i W`` (0 for the unknown slot, which every new item reads).
+        """
+        embed = factors.shape[1]
+        keys = categorical_fields(self.spec, self.model.use_ids, sides=("item",))
+        multi_hot = multi_hot_fields(self.spec, sides=("item",))
+        assert keys[0] == "item", "the id embedding comes first in the item tower's input"
+        parts = keys[1:] + list(multi_hot)
+        if not parts:
+            return dict(inner, embed_item={"embedding": jnp.asarray(factors)}, item_out={"kernel": jnp.asarray(kernel)})
+        codes = np.flatnonzero(self.featurizer.item_index[:-1] > 0)
+        rows = self.featurizer.item_rows(codes)
+        blocks = []
+        for key in parts:
+            if key in multi_hot:
+                blocks.append(np.asarray(rows[key], np.float64))
+            else:
+                blocks.append((rows[key][:, None] == np.arange(self.spec.categorical[key])[None, :]).astype(np.float64))
+        F = np.concatenate(blocks, axis=1)
+        slots = rows["item"]
+        Y = factors[slots].astype(np.float64)
+        W = np.linalg.solve(F.T @ F + l2 * np.eye(F.shape[1]), F.T @ Y)
+        table = np.zeros_like(factors)
+        table[slots] = Y - F @ W
+        inner = dict(inner, embed_item={"embedding": jnp.asarray(table, jnp.float32)})
+        start = 0
+        for j, (key, block) in enumerate(zip(parts, blocks, strict=True), start=1):
+            weights = jnp.asarray(W[start : start + block.shape[1]], jnp.float32)
+            start += block.shape[1]
+            name = f"dense_{key}" if key in multi_hot else f"embed_{key}"
+            inner[name] = {"kernel": weights} if key in multi_hot else {"embedding": weights}
+            kernel[j * embed : (j + 1) * embed, :] = np.eye(embed)
+        inner["item_out"] = {"kernel": jnp.asarray(kernel)}
+        return inner
 
     def init_params(self) -> Any:
         """The meta-learner's start: random, with the popularity start of :meth:`popularity_start` unless
