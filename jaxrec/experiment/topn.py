@@ -641,15 +641,17 @@ class TopNExperiment:
         ``k`` kept. The question a service's slot for fresh items asks: which of today's releases will this user
         want? A new item has no interaction, so it is never one of a user's support items to exclude.
 
-        The candidates are in a seeded random order, the same for every method: ``top_k`` keeps the first of tied
-        scores, and every interaction baseline scores every new item 0, so ties must fall at random, not by item
-        code (which follows the catalogue's own order: on MovieLens close to popularity, a leak)."""
-        order = np.random.default_rng([self.config.seed, 17]).permutation(len(self.split.new_items))
-        candidates = jnp.asarray(self.split.new_items[order], jnp.int32)[None, :]
+        Each user's candidates are in a random order of their own (seeded by the run's seed and the user), the same
+        for every method: ``top_k`` keeps the first of tied scores, and every interaction baseline scores every new
+        item 0, so its ties must fall at random, per user, not by item code (which follows the catalogue's own
+        order: on MovieLens close to popularity, a leak) nor in one order shared by every user (one lucky draw)."""
+        new_items = jnp.asarray(self.split.new_items, jnp.int32)
+        key = jax.random.key(self.config.seed)
         k = self._kmax()
 
         def rank(batch, exclude):
-            items = jnp.broadcast_to(candidates, (exclude.shape[0], candidates.shape[1]))
+            users = jnp.asarray(batch.task_id)
+            items = jax.vmap(lambda u: jax.random.permutation(jax.random.fold_in(key, u), new_items))(users)
             return candidate_topk(method.score(batch, exclude, items), items, k)
 
         return Method(rank, method.score)
