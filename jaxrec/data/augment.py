@@ -77,7 +77,6 @@ def drop_item_ids(
       key: the row key whose ids are dropped.
       task_rate: the probability of dropping every id of a whole task, in ``[0, 1]`` (1: every task is cold, as
         item-task methods that learn a new item's embedding from its features train).
-
       negatives: also drop the ids of the ``neg_<key>`` column (the sampled negatives of top-N rows), where present.
 
     Returns:

@@ -358,9 +358,8 @@ class TopNExperiment:
         embed = factors.shape[1]
         keys = categorical_fields(self.spec, self.model.use_ids, sides=("item",))
         multi_hot = multi_hot_fields(self.spec, sides=("item",))
-        assert keys[0] == "item", "the id embedding comes first in the item tower's input"
         parts = keys[1:] + list(multi_hot)
-        if not parts:
+        if not parts or keys[0] != "item":  # no features, or (never, today) the id not first in the tower's input
             return dict(inner, embed_item={"embedding": jnp.asarray(factors)}, item_out={"kernel": jnp.asarray(kernel)})
         codes = np.flatnonzero(self.featurizer.item_index[:-1] > 0)
         rows = self.featurizer.item_rows(codes)
