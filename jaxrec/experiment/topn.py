@@ -196,19 +196,16 @@ class TopNExperiment:
                 tasks.stats["users_dropped"] = int(tasks.stats.get("users_dropped", 0) + short)
             if len(tasks):
                 self.scenario_tasks[name] = tasks
-                if name == "new_item":  # the same users, ranking the new items only
-                    self.scenario_tasks[NEW_ITEM_ONLY] = tasks
             else:
                 logger.warning("scenario %r has no user with more than %d interactions; skipped", name, top.shots)
         # an evaluation user's negatives avoid the training interactions and their own support items only
-        evaluated = [self.val_tasks, *(t for k, t in self.scenario_tasks.items() if k != NEW_ITEM_ONLY)]
-        avoid = [_support_pairs(t) for t in evaluated if len(t)]
+        avoid = [_support_pairs(t) for t in [self.val_tasks, *self.scenario_tasks.values()] if len(t)]
         eval_sampler = NegativeSampler.fit(
             self.split.train, n_items, count=top.negatives, kind=top.sampler, avoid=avoid
         )
         self.val_tasks = dataclasses.replace(self.val_tasks, sampler=eval_sampler)
         self.scenario_tasks = {k: dataclasses.replace(t, sampler=eval_sampler) for k, t in self.scenario_tasks.items()}
-        if NEW_ITEM_ONLY in self.scenario_tasks:
+        if "new_item" in self.scenario_tasks:  # the same users, ranking the new items only
             self.scenario_tasks[NEW_ITEM_ONLY] = self.scenario_tasks["new_item"]
         counts = np.bincount(self.split.train["item"].to_numpy(), minlength=n_items)
         self.item_counts = counts
