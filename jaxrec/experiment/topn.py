@@ -373,6 +373,7 @@ class TopNExperiment:
         table = np.zeros_like(factors)
         table[slots] = Y - F @ W
         inner = dict(inner, embed_item={"embedding": jnp.asarray(table, jnp.float32)})
+        kernel = kernel.copy()  # the caller's id block stays; each feature part gets an identity block of its own
         start = 0
         for j, (key, block) in enumerate(zip(parts, blocks, strict=True), start=1):
             weights = jnp.asarray(W[start : start + block.shape[1]], jnp.float32)
