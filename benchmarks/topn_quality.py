@@ -5,6 +5,8 @@ catalogue, paired intervals over users.
     python benchmarks/topn_quality.py --variants twotower_pool --test        # test figures of the chosen variant
     python benchmarks/topn_quality.py --variants twotower_pool --seeds 0     # one split (default: 0 1 2 pooled)
     python benchmarks/topn_quality.py --methods melu-5 --test --out ...      # a jaxrec.methods recipe as a ranker
+    python benchmarks/topn_quality.py --variants twotower_als_exact --test --set '{"hybrid": "itemknn"}' \
+        --reference maml+itemknn                                            # hybrids, paired with maml+itemknn
 
 Each variant is a file of config fields in ``benchmarks/configs/topn/`` (``jaxrec train --config
 benchmarks/configs/topn/<name>.json`` runs the same configuration). Without ``--test`` every variant is scored on
@@ -35,9 +37,11 @@ IMPLICIT = {"feedback": "implicit", "positive_threshold": 4.0}
 METRICS = ("recall@20", "ndcg@20", "hr@10", "mrr@20", "recall@50", "coverage@20", "pop@20")
 
 
-def table(title: str, summaries: dict) -> str:
-    """A markdown table of one evaluation, the paired Recall@20 difference to maml beside each baseline."""
-    lines = [f"### {title}", "", "| method | users | " + " | ".join(METRICS) + " | maml - method, Recall@20 [95% CI] |"]
+def table(title: str, summaries: dict, reference: str = "maml") -> str:
+    """A markdown table of one evaluation, the paired Recall@20 difference to ``reference`` beside each other
+    method."""
+    header = f" | {reference} - method, Recall@20 [95% CI] |"
+    lines = [f"### {title}", "", "| method | users | " + " | ".join(METRICS) + header]
     lines.append("|" + "---|" * (len(METRICS) + 3))
     for name, s in summaries.items():
         cells = [f"{s[m]:.4f}" if m in s else "-" for m in METRICS]
@@ -47,15 +51,17 @@ def table(title: str, summaries: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pool(stats: dict, summaries: dict) -> dict:
+def pool(stats: dict, summaries: dict, reference: str = "maml") -> dict:
     """Summaries of one part over every split: the per-user statistics concatenated, so that the paired intervals
     resample (split, user) pairs; coverage, a property of a split's lists, averaged over the splits.
 
     Args:
       stats: ``{method: [per-user statistics of each split]}``.
       summaries: ``{method: [summary of each split]}``.
+      reference: the method the others are paired with.
     """
-    out = compare_stats({m: concat_stats(parts) for m, parts in stats.items()}, resamples=1000, implicit=True)
+    pooled = {m: concat_stats(parts) for m, parts in stats.items()}
+    out = compare_stats(pooled, reference=reference, resamples=1000, implicit=True)
     for method, summary in out.items():
         for key in summaries[method][0]:
             if key.startswith("coverage@"):
@@ -82,6 +88,9 @@ def main() -> None:
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds, pooled user-wise (default 0 1 2)"
     )
     parser.add_argument("--set", default="{}", help="config fields over every variant's, as JSON: '{\"epochs\": 1}'")
+    parser.add_argument(
+        "--reference", default="maml", help="the method the paired intervals compare with (e.g. maml+itemknn)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--stem", help="file name without suffix (default topn_<dataset>[_methods][_validation])")
     args = parser.parse_args()
@@ -131,12 +140,12 @@ def main() -> None:
             results["variants"][name] = {"refused": runs["refused"]}
             markdown.append(f"### {name}: refused\n\n{runs['refused']}\n")
             continue
-        pooled = {part_name: pool(stats[part_name], summaries[part_name]) for part_name in stats}
+        pooled = {part_name: pool(stats[part_name], summaries[part_name], args.reference) for part_name in stats}
         validation = pooled.pop("validation")
         results["variants"][name] = {"validation": validation, "scenarios": pooled, "runs": runs}
-        markdown.append(table(f"{name}: validation users", validation))
+        markdown.append(table(f"{name}: validation users", validation, args.reference))
         for scenario, per_method in pooled.items():
-            markdown.append(table(f"{name}: {scenario} (test)", per_method))
+            markdown.append(table(f"{name}: {scenario} (test)", per_method, args.reference))
     stem = args.stem or (
         f"topn_{args.dataset}" + ("_methods" if args.methods else "") + ("" if args.test else "_validation")
     )

@@ -58,6 +58,8 @@ __all__ = [
 RECORD_FORMAT = "jaxrec.config/2"
 BASELINES = ("finetune", "no_adapt", "global_mean", "user_mean", "item_mean", "bias")
 TOPN_BASELINES = ("popular", "itemknn", "ease", "mf", "content", "finetune", "no_adapt")
+#: the top-N baselines that score every item from the support set alone: a hybrid's second method
+HYBRID_PARTNERS = ("popular", "itemknn", "ease", "mf", "content")
 #: the top-N training losses (:mod:`jaxrec.core.ranking`)
 TOPN_LOSSES = ("softmax", "bpr", "bce", "als", "als_exact")
 INNER_SOLVERS = ("auto", "sgd", "newton", "mixed", "encode")
@@ -568,6 +570,10 @@ class TopNConfig:
         algorithm (``ranking_loss="als_exact"`` becomes ``"bpr"`` for it) and adapted to the same support set
         (meta-learning for the recall stage and for re-ranking); None: no re-ranking.
       rerank_candidates: items the re-ranker scores per user (``R``).
+      hybrid: a baseline's name (e.g. ``"itemknn"``): also evaluate ``"maml+<name>"``, the meta-learner's scores and
+        the baseline's, each standardised per user, added with the baseline's weight chosen on the validation users
+        (:mod:`jaxrec.evaluation.hybrid`), and ``"<other>+<name>"`` for every other interaction or content baseline,
+        tuned alike (the baselines get the same second model); None: no hybrid.
       sampled_negatives: with N > 0 the test scenarios are also scored by the sampled protocol, each query positive
         against N uniformly drawn items the user did not interact with (``sampled_hr@k``). **Biased** (Krichene
         and Rendle, KDD 2020): it can order methods unlike the full ranking; offered to compare with papers.
@@ -608,6 +614,12 @@ class TopNConfig:
         parse=_none_or(str),
     )
     rerank_candidates: int = _field(200, "items the re-ranking model scores per user", parse=_int)
+    hybrid: str | None = _field(
+        None,
+        "also evaluate 'maml+NAME' (and every other baseline +NAME): the scores standardised per user and added, the "
+        "weight of the baseline NAME (e.g. itemknn) chosen on validation users",
+        parse=_none_or(str),
+    )
     sampled_negatives: int = _field(
         0,
         "also score each test positive against this many sampled negatives (the sampled protocol: biased, for "
@@ -627,6 +639,13 @@ class TopNConfig:
                 f"must be >= the largest cut-off of topn_ks ({max(self.topn_ks)}), got {self.rerank_candidates}",
             )
         _positive_int(self.sampled_negatives, "sampled_negatives", minimum=0)
+        if self.hybrid is not None:
+            _check(
+                self.hybrid in HYBRID_PARTNERS and self.hybrid in self.topn_baselines,
+                "hybrid",
+                f"must be one of the baselines run (topn_baselines) among {', '.join(HYBRID_PARTNERS)}, "
+                f"got {self.hybrid!r}",
+            )
         _check(
             self.sampler in ("uniform", "popularity"), "sampler", f"must be uniform or popularity, got {self.sampler!r}"
         )
@@ -708,6 +727,7 @@ class ExperimentConfig:
         if self.data.feedback != "implicit":  # top-N evaluation options would otherwise be ignored in silence
             _check(self.topn.rerank is None, "rerank", "needs --feedback implicit (it re-ranks top-N lists)")
             _check(not self.topn.sampled_negatives, "sampled_negatives", "needs --feedback implicit (top-N only)")
+            _check(self.topn.hybrid is None, "hybrid", "needs --feedback implicit (it ranks top-N lists)")
         else:  # the top-N split is its own (users by time); the rating protocol's schemes would be ignored
             _check(self.protocol.scheme == "melu", "scheme", f"{self.protocol.scheme!r} is a rating-protocol split: "
                    "top-N (--feedback implicit) splits users by time, and has no other scheme yet")  # fmt: skip

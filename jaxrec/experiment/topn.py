@@ -48,6 +48,7 @@ from jaxrec.data.topn import (
     warm_frame,
 )
 from jaxrec.evaluation import retrieval_baselines as rb
+from jaxrec.evaluation.hybrid import hybrid_scores, hybrid_topk
 from jaxrec.evaluation.topn import (
     Catalogue,
     _dense_rank,
@@ -63,7 +64,7 @@ from jaxrec.experiment.config import ExperimentConfig, resolve
 from jaxrec.experiment.protocol import Learner, config_mesh, trained_catalogue
 from jaxrec.models.common import categorical_fields, multi_hot_fields
 
-__all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS", "NEW_ITEM_ONLY"]
+__all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS", "HYBRID_WEIGHTS", "NEW_ITEM_ONLY"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +81,8 @@ BASELINE_GRIDS: dict[str, list[dict]] = {
 #: the scenario of the new-item users whose lists hold the new items only (:meth:`TopNExperiment.evaluate`)
 NEW_ITEM_ONLY = "new_item_only"
 FINETUNE_RATES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+#: the weights of a hybrid's second method tried on the validation users (:mod:`jaxrec.evaluation.hybrid`)
+HYBRID_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _SELECT = "recall@20"
 
 
@@ -217,6 +220,7 @@ class TopNExperiment:
         self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
         self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
         self._baselines: dict | None = None
+        self._baseline_hybrids: dict | None = None
 
     # -- tasks -----------------------------------------------------------------------------------------------------
 
@@ -594,15 +598,65 @@ class TopNExperiment:
     # -- evaluation ------------------------------------------------------------------------------------------------
 
     def rankers(self, params: Any, *, baselines: bool = True) -> dict[str, Any]:
-        """The meta method (``"maml"``), the re-ranked one (``"rerank"``, with ``rerank``) and the baselines, each
-        ``rank(batch, exclude) -> items [U, K]``."""
+        """The meta method (``"maml"``), the re-ranked one (``"rerank"``, with ``rerank``), the baselines and, with
+        ``hybrid``, the hybrids (``"maml+<partner>"``, ``"<baseline>+<partner>"``), each ``rank(batch, exclude) ->
+        items [U, K]``."""
         meta_params, inner_lr = split_meta_params(params, self.inner_lr)
         out = {"maml": self._model_ranker(meta_params, inner_lr, self.inner)}
         if self.config.topn.rerank:
             out["rerank"] = self._rerank_method(meta_params, inner_lr)
         if baselines:
             out.update(self.baselines())
+            if self.config.topn.hybrid is not None:
+                out.update(self._hybrids(out))
         return out
+
+    def _hybrids(self, rankers: Mapping[str, Method]) -> dict[str, Method]:
+        """``"maml+<partner>"`` and ``"<baseline>+<partner>"`` for every other interaction or content baseline, each
+        with the partner's weight chosen on the validation users (the baselines' hybrids fitted once, the meta
+        method's per set of parameters); none when the partner was not fitted (e.g. ``content`` without item
+        features)."""
+        partner = self.config.topn.hybrid
+        if partner not in rankers:
+            logger.info("hybrid with %s left out: the baseline was not fitted", partner)
+            return {}
+        if self._baseline_hybrids is None:
+            firsts = [n for n in rankers if n in rb.RETRIEVAL_BASELINES or n == "content"]
+            self._baseline_hybrids = {
+                f"{n}+{partner}": self._tuned_hybrid(f"{n}+{partner}", rankers[n], rankers[partner])
+                for n in firsts
+                if n != partner
+            }
+        name = f"maml+{partner}"
+        return {name: self._tuned_hybrid(name, rankers["maml"], rankers[partner]), **self._baseline_hybrids}
+
+    def _tuned_hybrid(self, name: str, first: Method, second: Method) -> Method:
+        """The hybrid of two methods with the weight of :data:`HYBRID_WEIGHTS` best on the validation users."""
+        candidates = {f"{w:g}": self._hybrid(first, second, w) for w in HYBRID_WEIGHTS}
+        scores = self._validate(candidates)
+        chosen = max(scores, key=scores.get)
+        self._tuned[name] = {"weight": float(chosen), "validation_" + _SELECT: scores[chosen]}
+        return candidates[chosen]
+
+    def _hybrid(self, first: Method, second: Method, weight: float) -> Method:
+        """``z(first) + weight z(second)`` over every catalogue item (:mod:`jaxrec.evaluation.hybrid`)."""
+        n_items, k = self.dataset.n_items, self._kmax()
+
+        def both(batch, exclude):
+            users = np.shape(exclude)[0]
+            every = jnp.broadcast_to(jnp.arange(n_items, dtype=jnp.int32), (users, n_items))
+            return first.score(batch, exclude, every), second.score(batch, exclude, every)
+
+        def rank(batch, exclude):
+            return hybrid_topk(*both(batch, exclude), weight, jnp.asarray(exclude), k)
+
+        def score(batch, exclude, items):
+            full = hybrid_scores(*both(batch, exclude), weight, jnp.asarray(exclude))
+            items = jnp.asarray(items)
+            picked = jnp.take_along_axis(full, jnp.maximum(items, 0), axis=1)
+            return jnp.where(items >= 0, picked, -jnp.inf)
+
+        return Method(rank, score)
 
     @functools.cached_property
     def reranker(self) -> tuple[Any, Any, InnerLoop]:
