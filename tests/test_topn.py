@@ -226,6 +226,25 @@ def test_topk_marks_missing_items_when_the_catalogue_is_exhausted():
     np.testing.assert_array_equal(np.asarray(items), [[1, -1, -1]])
 
 
+def test_dense_topk_breaks_ties_in_each_users_own_order():
+    """Tied scores fall in the order given (each user's own permutation), strict ones by score, excluded never."""
+    from jaxrec.evaluation.topn import user_orders
+
+    scores = jnp.asarray([[1.0, 2.0, 2.0, 2.0, 2.0, 0.0, 0.0, 0.0]] * 3)
+    exclude = jnp.asarray([[1, -1], [-1, -1], [2, 3]], jnp.int32)
+    order = user_orders(jax.random.key(0), jnp.asarray([10, 11, 12]), jnp.arange(8, dtype=jnp.int32))
+    top = np.asarray(dense_topk(scores, exclude, 5, order))
+    rows = np.asarray(order)
+    for u, ex in enumerate(np.asarray(exclude)):
+        tied = [i for i in rows[u] if i in (1, 2, 3, 4) and i not in ex]  # the 2.0s, in the user's order
+        low = [i for i in rows[u] if i in (5, 6, 7)]  # the 0.0s
+        want = (tied + [0] + low)[:5]
+        np.testing.assert_array_equal(top[u], want)
+    assert len({tuple(r[:4]) for r in rows}) == 3  # each user's own order, not one shared
+    again = user_orders(jax.random.key(0), jnp.asarray([10, 11, 12]), jnp.arange(8, dtype=jnp.int32))
+    np.testing.assert_array_equal(np.asarray(again), rows)  # the same draw for the same users
+
+
 def test_topn_statistics_by_hand():
     items = np.array([[4, 1, 7, 2], [0, 3, 5, 6], [9, 8, -1, -1]])
     targets = np.array([[7, 2, 11], [6, -1, -1], [-1, -1, -1]])
@@ -763,6 +782,39 @@ def test_new_items_are_untrained_on_everywhere_and_their_interactions_are_the_ne
     assert total + split.stats["new_item_dropped"] == ds.n_ratings
     assert split.stats["new_item_interactions"] == len(held) > 0
     assert "new_item" not in base.scenarios and base.stats["train_interactions"] > split.stats["train_interactions"]
+
+
+def test_a_baselines_tied_scores_fall_in_each_users_random_order_not_by_item_code():
+    """The content baseline ties every item of the same genres and year: on the bundled data most users' top 20
+    cut through such a tie. The tied items kept are not the lowest codes of the tie (top_k's own order, which
+    follows the catalogue's coding), and a second evaluation keeps the same ones."""
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+
+    config = ExperimentConfig.make(
+        feedback="implicit", positive_threshold=4.0, model="twotower", epochs=1, topn_baselines=("content",)
+    )
+    exp = TopNExperiment(config)
+    method = {"content": exp.baselines()["content"]}
+    tasks = exp.val_tasks
+    _, _, lists = evaluate_rankers(method, tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True)
+    _, _, again = evaluate_rankers(method, tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True)
+    np.testing.assert_array_equal(lists["content"], again["content"])
+    support, _ = tasks.item_codes(np.arange(len(tasks)))
+    every = np.broadcast_to(np.arange(exp.dataset.n_items, dtype=np.int32), (len(tasks), exp.dataset.n_items))
+    scores = np.asarray(method["content"].score(None, support.astype(np.int32), every))  # reads the support only
+    crossing, by_code = 0, 0
+    for u in range(len(tasks)):
+        s = scores[u].copy()
+        s[support[u][support[u] >= 0]] = -np.inf
+        cut = s[lists["content"][u, 19]]
+        tie = np.flatnonzero(s == cut)
+        kept = np.intersect1d(lists["content"][u, :20], tie)
+        if len(tie) > len(kept):
+            crossing += 1
+            by_code += np.array_equal(kept, tie[: len(kept)])
+    assert crossing > len(tasks) // 2
+    assert by_code < crossing / 4  # by chance a few; by code every one
 
 
 def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_features():

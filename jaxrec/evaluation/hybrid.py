@@ -60,6 +60,9 @@ def hybrid_scores(first: jax.Array, second: jax.Array, weight: float, exclude: j
 
 
 @functools.partial(jax.jit, static_argnames="k")
-def hybrid_topk(first: jax.Array, second: jax.Array, weight: float, exclude: jax.Array, k: int) -> jax.Array:
-    """The top ``k`` items of :func:`hybrid_scores`, ``int32 [U, k]`` (``-1`` where fewer were eligible)."""
-    return dense_topk(hybrid_scores(first, second, weight, exclude), exclude, k)
+def hybrid_topk(
+    first: jax.Array, second: jax.Array, weight: float, exclude: jax.Array, k: int, order: jax.Array | None = None
+) -> jax.Array:
+    """The top ``k`` items of :func:`hybrid_scores`, ``int32 [U, k]`` (``-1`` where fewer were eligible); ties fall
+    in ``order`` (:func:`~jaxrec.evaluation.topn.dense_topk`)."""
+    return dense_topk(hybrid_scores(first, second, weight, exclude), exclude, k, order)

@@ -57,6 +57,7 @@ __all__ = [
     "rerank_ranker",
     "streaming_topk",
     "topn_statistics",
+    "user_orders",
     "model_scorer",
     "sampled_negatives",
     "sampled_statistics",
@@ -168,21 +169,35 @@ def streaming_topk(
     return scores, jnp.where(jnp.isfinite(scores), items, -1)
 
 
-def dense_topk(scores: jax.Array, exclude: jax.Array, k: int) -> jax.Array:
+def dense_topk(scores: jax.Array, exclude: jax.Array, k: int, order: jax.Array | None = None) -> jax.Array:
     """The top ``k`` of dense scores ``[U, V]`` (a baseline's), excluding each user's ``exclude [U, E]`` items.
 
     Args:
       scores: ``[U, V]`` scores of every item.
       exclude: int32 ``[U, E]`` excluded items (``-1`` = none).
       k: the list length.
+      order: int32 ``[U, V]``, each row a permutation of the item codes (:func:`user_orders`): tied scores fall in
+        this order. None: by item code (``top_k`` keeps the first of ties), which on a catalogue coded by
+        popularity or release favours some items in every list.
 
     Returns:
       int32 ``[U, k]`` item codes, best first (``-1`` where fewer than ``k`` were eligible).
     """
     codes = jnp.arange(scores.shape[1], dtype=jnp.int32)
     masked = exclude_items(jnp.asarray(scores, jnp.float32), codes, exclude)
+    if order is not None:
+        masked = jnp.take_along_axis(masked, order, axis=1)
     top, items = jax.lax.top_k(masked, int(k))
+    if order is not None:
+        items = jnp.take_along_axis(order, items, axis=1)
     return jnp.where(jnp.isfinite(top), items.astype(jnp.int32), -1)
+
+
+def user_orders(key: jax.Array, users: jax.Array, items: jax.Array) -> jax.Array:
+    """Each user's own random order of ``items [M]``, ``[U, M]``: the same for a user in every evaluation and for
+    every method (the permutation drawn from ``fold_in(key, user)``), so that ties between items fall at random per
+    user and not by item code, nor in one order shared by every user (one lucky or unlucky draw for all)."""
+    return jax.vmap(lambda u: jax.random.permutation(jax.random.fold_in(key, u), items))(jnp.asarray(users))
 
 
 def topn_statistics(
@@ -499,8 +514,8 @@ def sampled_negatives(
 
 
 @functools.partial(jax.jit, static_argnames="k")
-def _dense_rank(scores, exclude, k):
-    return dense_topk(scores, exclude, k)
+def _dense_rank(scores, exclude, k, order=None):
+    return dense_topk(scores, exclude, k, order)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from jaxrec.evaluation.topn import (
     model_ranker,
     model_scorer,
     rerank_ranker,
+    user_orders,
 )
 from jaxrec.experiment.config import ExperimentConfig, resolve
 from jaxrec.experiment.protocol import Learner, config_mesh, trained_catalogue
@@ -486,7 +487,16 @@ class TopNExperiment:
             picked = np.take_along_axis(dense_scores(exclude), np.maximum(items, 0), axis=1)
             return jnp.asarray(np.where(items >= 0, picked, -np.inf), jnp.float32)
 
-        return Method(lambda batch, exclude: _dense_rank(jnp.asarray(dense_scores(exclude)), exclude, k), score)
+        def rank(batch, exclude):
+            return _dense_rank(jnp.asarray(dense_scores(exclude)), exclude, k, self._tie_order(batch))
+
+        return Method(rank, score)
+
+    def _tie_order(self, batch: Any) -> jax.Array:
+        """Each user's random order of the catalogue, in which a dense ranker's tied scores fall
+        (:func:`~jaxrec.evaluation.topn.user_orders`; seeded by the run's seed and the user)."""
+        every = jnp.arange(self.dataset.n_items, dtype=jnp.int32)
+        return user_orders(jax.random.key(self.config.seed), batch.task_id, every)
 
     def _validate(self, rankers: Mapping[str, Any]) -> dict[str, float]:
         c = self.config
@@ -648,7 +658,7 @@ class TopNExperiment:
             return first.score(batch, exclude, every), second.score(batch, exclude, every)
 
         def rank(batch, exclude):
-            return hybrid_topk(*both(batch, exclude), weight, jnp.asarray(exclude), k)
+            return hybrid_topk(*both(batch, exclude), weight, jnp.asarray(exclude), k, self._tie_order(batch))
 
         def score(batch, exclude, items):
             full = hybrid_scores(*both(batch, exclude), weight, jnp.asarray(exclude))
@@ -701,8 +711,7 @@ class TopNExperiment:
         k = self._kmax()
 
         def rank(batch, exclude):
-            users = jnp.asarray(batch.task_id)
-            items = jax.vmap(lambda u: jax.random.permutation(jax.random.fold_in(key, u), new_items))(users)
+            items = user_orders(key, batch.task_id, new_items)
             return candidate_topk(method.score(batch, exclude, items), items, k)
 
         return Method(rank, method.score)
