@@ -61,7 +61,7 @@ from jaxrec.evaluation.topn import (
     rerank_ranker,
     user_orders,
 )
-from jaxrec.experiment.config import ExperimentConfig, resolve
+from jaxrec.experiment.config import HYBRID_PARTNERS, ExperimentConfig, resolve
 from jaxrec.experiment.protocol import Learner, config_mesh, trained_catalogue
 from jaxrec.models.common import categorical_fields, multi_hot_fields
 
@@ -631,11 +631,9 @@ class TopNExperiment:
             logger.info("hybrid with %s left out: the baseline was not fitted", partner)
             return {}
         if self._baseline_hybrids is None:
-            firsts = [n for n in rankers if n in rb.RETRIEVAL_BASELINES or n == "content"]
+            firsts = [n for n in rankers if n in HYBRID_PARTNERS and n != partner]
             self._baseline_hybrids = {
-                f"{n}+{partner}": self._tuned_hybrid(f"{n}+{partner}", rankers[n], rankers[partner])
-                for n in firsts
-                if n != partner
+                f"{n}+{partner}": self._tuned_hybrid(f"{n}+{partner}", rankers[n], rankers[partner]) for n in firsts
             }
         name = f"maml+{partner}"
         return {name: self._tuned_hybrid(name, rankers["maml"], rankers[partner]), **self._baseline_hybrids}
