@@ -60,6 +60,10 @@ def pool(stats: dict, summaries: dict, reference: str = "maml") -> dict:
       summaries: ``{method: [summary of each split]}``.
       reference: the method the others are paired with.
     """
+    if reference not in stats:  # warned, not raised: the run's figures are still written
+        logging.warning(
+            "--reference %r is not among the methods run (%s): no paired column", reference, ", ".join(stats)
+        )
     pooled = {m: concat_stats(parts) for m, parts in stats.items()}
     out = compare_stats(pooled, reference=reference, resamples=1000, implicit=True)
     for method, summary in out.items():

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
     ev.add_argument("--step", type=int, help="which checkpoint step (default: the newest complete one)")
     evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "baselines", "bootstrap", "eval_batch_size")
-    evaluation_flags += ("sampled_negatives",)
+    evaluation_flags += ("sampled_negatives", "hybrid")
     add_flags(ev, names=(*evaluation_flags, "devices"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
     ev.add_argument(

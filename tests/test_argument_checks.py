@@ -161,7 +161,7 @@ def test_the_stream_refuses_no_tasks_and_builds_each_epoch_once():
     assert built == [0, 1, 2, 3]  # one build per epoch, epoch 0 not rebuilt
 
 
-@pytest.mark.parametrize("field, value", [("rerank", "melu"), ("sampled_negatives", 100)])
+@pytest.mark.parametrize("field, value", [("rerank", "melu"), ("sampled_negatives", 100), ("hybrid", "itemknn")])
 def test_top_n_evaluation_options_on_rated_feedback_are_refused_not_ignored(field, value):
     from jaxrec.experiment import ExperimentConfig
 

@@ -129,6 +129,22 @@ def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, 
     assert "sampled_hr@10" in "\n".join(lines) and "biased" in "\n".join(lines)
 
 
+def test_evaluate_adds_hybrids_whose_weights_are_recorded(topn_run, tmp_path, monkeypatch):
+    lines = capture(monkeypatch)
+    output = tmp_path / "hybrid.json"
+    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]),
+            "--hybrid", "itemknn", "--output", str(output)]  # fmt: skip
+    assert cli.main(argv) == 0
+    document = json.loads(output.read_text())
+    first = json.loads((topn_run["out"] / "metrics.json").read_text())["scenarios"]["new_user"]
+    scenario = document["scenarios"]["new_user"]
+    assert {"maml+itemknn", "popular+itemknn", "ease+itemknn"} <= set(scenario)
+    for name in first:  # the other methods' lists are unchanged
+        assert scenario[name]["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
+    assert document["tuned"]["maml+itemknn"]["weight"] > 0
+    assert "maml+itemknn" in "\n".join(lines)
+
+
 def test_a_count_column_read_as_ratings_is_one_clear_error(tmp_path, capsys):
     path = tmp_path / "checkins.csv"
     path.write_text("".join(f"u{u},venue{v},{1 + (u * 37 + v * 11) % 323}\n" for u in range(30) for v in range(8)))

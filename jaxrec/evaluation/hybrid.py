@@ -1,18 +1,21 @@
 """Hybrid top-N ranking: two methods' scores of every item, standardised per user and added.
 
-For a user ``u`` with eligible items ``E_u`` (the catalogue less their support items) and two methods' scores
-``a(u, i)`` and ``b(u, i)``::
+For a user ``u`` with eligible items ``E_u`` (the catalogue less their support items and less any item either
+method cannot score) and two methods' scores ``a(u, i)`` and ``b(u, i)``::
 
     h(u, i) = z_u(a)(i) + w z_u(b)(i),   z_u(s)(i) = (s(u, i) - mean_{j in E_u} s(u, j)) / std_{j in E_u} s(u, j)
 
-Standardising makes the weight ``w`` a property of the pair of methods, not of the scale of either score (an
+Standardising makes the weight ``w >= 0`` a property of the pair of methods, not of the scale of either score (an
 adapted dot product, a sum of cosines, an EASE score), so one ``w`` chosen on validation users carries over to new
-users. A latent-factor model added to a neighbourhood model is Koren's integrated model (KDD 2008, section 5): the
-neighbourhood captures the strong local item-to-item relations a low-rank model smooths away, the factors the
-global structure. Here each part is fitted on its own and only ``w`` is chosen jointly.
+users; only in part for a sparse score (item-kNN's is 0 for most items), whose few non-zero items get large
+z-scores that vary with how many there are. A latent-factor model added to a neighbourhood model is Koren's
+integrated model (KDD 2008, section 5): the neighbourhood captures the strong local item-to-item relations a
+low-rank model smooths away, the factors the global structure. Here each part is fitted on its own and only ``w``
+is chosen jointly.
 
-The scores are dense, ``[U, V]`` per batch of users: a hybrid costs ``O(U V)`` memory, unlike the streamed
-catalogue of a single model (:func:`jaxrec.evaluation.topn.streaming_topk`).
+The scores are dense, ``[U, V]`` per batch of users: a hybrid costs ``O(U V)`` memory (``O(U V)`` model rows for
+the meta-learner's scores, each user's catalogue scored through the model), unlike the streamed catalogue of a
+single model (:func:`jaxrec.evaluation.topn.streaming_topk`).
 """
 
 from __future__ import annotations
@@ -29,13 +32,17 @@ __all__ = ["hybrid_scores", "hybrid_topk", "standardize"]
 
 def standardize(scores: jax.Array, eligible: jax.Array) -> jax.Array:
     """Each row of ``scores [U, V]`` less its mean, over its standard deviation, both over the ``eligible [U, V]``
-    entries; a row of equal scores becomes 0 (no preference), not NaN; ineligible entries are 0."""
+    entries; a row whose eligible scores are all equal becomes 0 (no preference), not NaN nor the rounding error
+    of its mean; ineligible entries are 0."""
     count = jnp.maximum(jnp.sum(eligible, axis=1, keepdims=True), 1)
     kept = jnp.where(eligible, scores, 0.0)
     mean = jnp.sum(kept, axis=1, keepdims=True) / count
     centred = jnp.where(eligible, scores - mean, 0.0)
     std = jnp.sqrt(jnp.sum(jnp.square(centred), axis=1, keepdims=True) / count)
-    return jnp.where(std > 0, centred / jnp.where(std > 0, std, 1.0), 0.0)
+    top = jnp.max(jnp.where(eligible, scores, -jnp.inf), axis=1, keepdims=True)
+    bottom = jnp.min(jnp.where(eligible, scores, jnp.inf), axis=1, keepdims=True)
+    varies = (top > bottom) & (std > 0)
+    return jnp.where(varies, centred / jnp.where(varies, std, 1.0), 0.0)
 
 
 def hybrid_scores(first: jax.Array, second: jax.Array, weight: float, exclude: jax.Array) -> jax.Array:

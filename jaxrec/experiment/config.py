@@ -641,10 +641,15 @@ class TopNConfig:
         _positive_int(self.sampled_negatives, "sampled_negatives", minimum=0)
         if self.hybrid is not None:
             _check(
-                self.hybrid in HYBRID_PARTNERS and self.hybrid in self.topn_baselines,
+                self.hybrid in HYBRID_PARTNERS,
                 "hybrid",
-                f"must be one of the baselines run (topn_baselines) among {', '.join(HYBRID_PARTNERS)}, "
-                f"got {self.hybrid!r}",
+                f"must be one of {', '.join(HYBRID_PARTNERS)}, got {self.hybrid!r}",
+            )
+            _check(
+                self.hybrid in self.topn_baselines,
+                "hybrid",
+                f"{self.hybrid!r} is not among the baselines run (topn_baselines: "
+                f"{', '.join(self.topn_baselines) or 'none'}): add it to --topn-baselines",
             )
         _check(
             self.sampler in ("uniform", "popularity"), "sampler", f"must be uniform or popularity, got {self.sampler!r}"

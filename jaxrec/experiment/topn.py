@@ -18,6 +18,7 @@ Protocol:
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import logging
@@ -85,6 +86,8 @@ FINETUNE_RATES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 #: the weights of a hybrid's second method tried on the validation users (:mod:`jaxrec.evaluation.hybrid`)
 HYBRID_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _SELECT = "recall@20"
+#: the memory the kept tie orders of the dense rankers may take (:meth:`TopNExperiment._tie_order`)
+_TIE_ORDER_BYTES = 256 * 2**20
 
 
 def implicit_dataset(config: ExperimentConfig) -> Dataset:
@@ -222,6 +225,8 @@ class TopNExperiment:
         self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
         self._baselines: dict | None = None
         self._baseline_hybrids: dict | None = None
+        self._meta_hybrid: tuple[Any, Method] | None = None  # (the parameters it was tuned for, the hybrid)
+        self._tie_orders: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
 
     # -- tasks -----------------------------------------------------------------------------------------------------
 
@@ -494,9 +499,22 @@ class TopNExperiment:
 
     def _tie_order(self, batch: Any) -> jax.Array:
         """Each user's random order of the catalogue, in which a dense ranker's tied scores fall
-        (:func:`~jaxrec.evaluation.topn.user_orders`; seeded by the run's seed and the user)."""
+        (:func:`~jaxrec.evaluation.topn.user_orders`; seeded by the run's seed and the user).
+
+        Drawing it is a sort of ``[U, V]``, costlier than a baseline's ranking, and every baseline, grid point and
+        hybrid weight asks again for the same batches: the orders are kept, least recently used first out, within
+        :data:`_TIE_ORDER_BYTES`."""
+        users = np.asarray(batch.task_id)
+        key = users.tobytes()
+        if key in self._tie_orders:
+            self._tie_orders.move_to_end(key)
+            return self._tie_orders[key]
         every = jnp.arange(self.dataset.n_items, dtype=jnp.int32)
-        return user_orders(jax.random.key(self.config.seed), batch.task_id, every)
+        order = user_orders(jax.random.key(self.config.seed), users, every)
+        self._tie_orders[key] = order
+        while sum(o.nbytes for o in self._tie_orders.values()) > _TIE_ORDER_BYTES and len(self._tie_orders) > 1:
+            self._tie_orders.popitem(last=False)
+        return order
 
     def _validate(self, rankers: Mapping[str, Any]) -> dict[str, float]:
         c = self.config
@@ -618,13 +636,13 @@ class TopNExperiment:
         if baselines:
             out.update(self.baselines())
             if self.config.topn.hybrid is not None:
-                out.update(self._hybrids(out))
+                out.update(self._hybrids(out, params))
         return out
 
-    def _hybrids(self, rankers: Mapping[str, Method]) -> dict[str, Method]:
+    def _hybrids(self, rankers: Mapping[str, Method], params: Any) -> dict[str, Method]:
         """``"maml+<partner>"`` and ``"<baseline>+<partner>"`` for every other interaction or content baseline, each
-        with the partner's weight chosen on the validation users (the baselines' hybrids fitted once, the meta
-        method's per set of parameters); none when the partner was not fitted (e.g. ``content`` without item
+        with the partner's weight chosen on the validation users (the baselines' hybrids once, the meta method's
+        once per ``params`` object); none when the partner was not fitted (e.g. ``content`` without item
         features)."""
         partner = self.config.topn.hybrid
         if partner not in rankers:
@@ -636,24 +654,23 @@ class TopNExperiment:
                 f"{n}+{partner}": self._tuned_hybrid(f"{n}+{partner}", rankers[n], rankers[partner]) for n in firsts
             }
         name = f"maml+{partner}"
-        return {name: self._tuned_hybrid(name, rankers["maml"], rankers[partner]), **self._baseline_hybrids}
+        if self._meta_hybrid is None or self._meta_hybrid[0] is not params:
+            self._meta_hybrid = (params, self._tuned_hybrid(name, rankers["maml"], rankers[partner]))
+        return {name: self._meta_hybrid[1], **self._baseline_hybrids}
 
     def _tuned_hybrid(self, name: str, first: Method, second: Method) -> Method:
         """The hybrid of two methods with the weight of :data:`HYBRID_WEIGHTS` best on the validation users."""
-        candidates = {f"{w:g}": self._hybrid(first, second, w) for w in HYBRID_WEIGHTS}
+        both = _scores_of_every_item(first, second, self.dataset.n_items)
+        candidates = {f"{w:g}": self._hybrid(both, w) for w in HYBRID_WEIGHTS}
         scores = self._validate(candidates)
         chosen = max(scores, key=scores.get)
         self._tuned[name] = {"weight": float(chosen), "validation_" + _SELECT: scores[chosen]}
         return candidates[chosen]
 
-    def _hybrid(self, first: Method, second: Method, weight: float) -> Method:
-        """``z(first) + weight z(second)`` over every catalogue item (:mod:`jaxrec.evaluation.hybrid`)."""
-        n_items, k = self.dataset.n_items, self._kmax()
-
-        def both(batch, exclude):
-            users = np.shape(exclude)[0]
-            every = jnp.broadcast_to(jnp.arange(n_items, dtype=jnp.int32), (users, n_items))
-            return first.score(batch, exclude, every), second.score(batch, exclude, every)
+    def _hybrid(self, both: Callable, weight: float) -> Method:
+        """``z(first) + weight z(second)`` over every catalogue item (:mod:`jaxrec.evaluation.hybrid`), ``both(batch,
+        exclude)`` giving the two methods' scores of every item (:func:`_scores_of_every_item`)."""
+        k = self._kmax()
 
         def rank(batch, exclude):
             return hybrid_topk(*both(batch, exclude), weight, jnp.asarray(exclude), k, self._tie_order(batch))
@@ -717,8 +734,8 @@ class TopNExperiment:
     def validate(self, params: Any, *, baselines: bool = True, return_stats: bool = False) -> Any:
         """Evaluate on the validation users (held out of every training): the score to choose a configuration on.
 
-        The baselines' hyper-parameters and the fine-tuning rate are themselves chosen on these users, so their
-        figures here are optimistic, never pessimistic.
+        The baselines' hyper-parameters, the fine-tuning rate and the hybrids' weights are themselves chosen on these
+        users, so their figures here are optimistic, never pessimistic.
 
         Args:
           params: the meta-learned parameters.
@@ -812,6 +829,24 @@ class Method:
 
     def __call__(self, batch: Any, exclude: Any) -> Any:
         return self.rank(batch, exclude)
+
+
+def _scores_of_every_item(first: Method, second: Method, n_items: int) -> Callable:
+    """``both(batch, exclude) -> (first's, second's)`` scores of every item ``[U, V]``, the last batch's kept: the
+    hybrids of one pair at every weight rank the same batch in turn (:func:`evaluate_rankers` passes each of them
+    the same ``batch`` and ``exclude`` objects), and need the two methods' scores once."""
+    last: list = []  # [(batch, exclude, scores)]: the objects held, so that `is` cannot match a recycled id
+
+    def both(batch, exclude):
+        if last and last[0][0] is batch and last[0][1] is exclude:
+            return last[0][2]
+        users = np.shape(exclude)[0]
+        every = jnp.broadcast_to(jnp.arange(n_items, dtype=jnp.int32), (users, n_items))
+        scores = first.score(batch, exclude, every), second.score(batch, exclude, every)
+        last[:] = [(batch, exclude, scores)]
+        return scores
+
+    return both
 
 
 @functools.lru_cache(maxsize=16)
