@@ -113,14 +113,19 @@ def test_evaluate_reproduces_the_metrics_of_the_run(topn_run, tmp_path, monkeypa
         assert again[name]["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
 
 
-def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, monkeypatch):
-    lines = capture(monkeypatch)
-    output = tmp_path / "sampled.json"
-    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]),
-            "--sampled-negatives", "20", "--output", str(output)]  # fmt: skip
+def evaluate_again(topn_run, output, *flags):
+    """``jaxrec evaluate`` of the shared run with ``flags``: its new-user summaries, and the training run's."""
+    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]), *flags,
+            "--output", str(output)]  # fmt: skip
     assert cli.main(argv) == 0
     document = json.loads(output.read_text())
     first = json.loads((topn_run["out"] / "metrics.json").read_text())["scenarios"]["new_user"]
+    return document, first
+
+
+def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, monkeypatch):
+    lines = capture(monkeypatch)
+    document, first = evaluate_again(topn_run, tmp_path / "sampled.json", "--sampled-negatives", "20")
     for name, summary in document["scenarios"]["new_user"].items():
         # the full ranking is unchanged; a positive with fewer than 10 items above it in the catalogue has fewer
         # than 10 of its draws above it: the sampled figure is never below the full one
@@ -131,12 +136,7 @@ def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, 
 
 def test_evaluate_adds_hybrids_whose_weights_are_recorded(topn_run, tmp_path, monkeypatch):
     lines = capture(monkeypatch)
-    output = tmp_path / "hybrid.json"
-    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]),
-            "--hybrid", "itemknn", "--output", str(output)]  # fmt: skip
-    assert cli.main(argv) == 0
-    document = json.loads(output.read_text())
-    first = json.loads((topn_run["out"] / "metrics.json").read_text())["scenarios"]["new_user"]
+    document, first = evaluate_again(topn_run, tmp_path / "hybrid.json", "--hybrid", "itemknn")
     scenario = document["scenarios"]["new_user"]
     assert {"maml+itemknn", "popular+itemknn", "ease+itemknn"} <= set(scenario)
     for name in first:  # the other methods' lists are unchanged
