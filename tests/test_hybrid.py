@@ -144,3 +144,31 @@ def test_a_hybrid_that_cannot_run_is_refused_by_name(fields, message):
 
     with pytest.raises(ValueError, match=message):
         ExperimentConfig.make(feedback="implicit", **fields)
+
+
+def test_a_hybrid_with_a_baseline_that_could_not_be_fitted_is_left_out_and_logged(tmp_path, caplog):
+    """``hybrid="content"`` on a log whose items have no side features: content is not fitted, so neither is any
+    ``+content`` hybrid; the run goes on with the other methods, and says why."""
+    import logging
+
+    from cli_support import write_plays
+
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+
+    config = ExperimentConfig.make(
+        data=str(write_plays(tmp_path / "plays.tsv")),
+        columns=("user", "item", "weight", "timestamp"),
+        feedback="implicit",
+        model="twotower",
+        model_kwargs={"embed": 8},
+        shots=3,
+        epochs=1,
+        topn_baselines=("popular", "content"),
+        hybrid="content",
+    )
+    exp = TopNExperiment(config)
+    with caplog.at_level(logging.INFO, logger="jaxrec.experiment.topn"):
+        rankers = exp.rankers(exp.init_params())
+    assert set(rankers) == {"maml", "popular"}
+    assert "hybrid with content left out" in caplog.text and "content left out" in caplog.text
