@@ -51,6 +51,12 @@ def table(title: str, summaries: dict, reference: str = "maml") -> str:
     return "\n".join(lines) + "\n"
 
 
+def recall_at_20(summaries: dict) -> dict:
+    """One split's ``{method: summary}`` as its run record keeps it, ``{method: Recall@20}``: the pooled summaries
+    beside it hold every metric and interval, and a record per split of all of them made result files of megabytes."""
+    return {method: summary["recall@20"] for method, summary in summaries.items()}
+
+
 def pool(stats: dict, summaries: dict, reference: str = "maml") -> dict:
     """Summaries of one part over every split: the per-user statistics concatenated, so that the paired intervals
     resample (split, user) pairs; coverage, a property of a split's lists, averaged over the splits.
@@ -136,10 +142,13 @@ def main() -> None:
                 for method, s in per_method.items():
                     stats.setdefault(part_name, {}).setdefault(method, []).append(s)
                     summaries.setdefault(part_name, {}).setdefault(method, []).append(part_summaries[method])
+            record["validation"] = recall_at_20(record["validation"])
+            if args.test:
+                record["scenarios"] = {sc: recall_at_20(per_method) for sc, per_method in record["scenarios"].items()}
             record["tuned"] = experiment.tuned
             record["seconds"] = time.perf_counter() - began
             runs[str(seed)] = record
-            print(json.dumps({name: {seed: {k: v["recall@20"] for k, v in record["validation"].items()}}}), flush=True)
+            print(json.dumps({name: {seed: record["validation"]}}), flush=True)
         if "refused" in runs:
             results["variants"][name] = {"refused": runs["refused"]}
             markdown.append(f"### {name}: refused\n\n{runs['refused']}\n")
