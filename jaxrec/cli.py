@@ -33,6 +33,7 @@ from jaxrec.core.errors import JaxrecError
 from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
+from jaxrec.experiment.hybrid_record import HYBRID_FILE, write_hybrid
 from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_ratings_for, recommender_for
 from jaxrec.experiment.run import (
@@ -265,13 +266,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 128 + signum
     _echo(f"meta-trained {step} steps ({int(state.skipped)} non-finite step(s) skipped); checkpoint in {out}")
-    if args.no_eval:
-        return EXIT_OK
-    document = _evaluate(experiment, state.params, args.save_predictions)
-    atomic_write_text(out / "metrics.json", json.dumps(document, indent=2) + "\n")
-    _echo(format_table(document))
-    _echo(f"wrote {out / 'metrics.json'}")
+    if not args.no_eval:
+        document = _evaluate(experiment, state.params, args.save_predictions)
+        atomic_write_text(out / "metrics.json", json.dumps(document, indent=2) + "\n")
+        _echo(format_table(document))
+        _echo(f"wrote {out / 'metrics.json'}")
+    if config.data.feedback == "implicit":
+        _keep_hybrid(out, experiment, state.params)
     return EXIT_OK
+
+
+def _keep_hybrid(out: Path, experiment: Any, params: Any) -> None:
+    """Keep a ``--hybrid`` run's hybrid in its folder, for ``jaxrec recommend`` and ``jaxrec serve``."""
+    try:
+        record = write_hybrid(out, experiment, params)
+    except OSError as e:
+        raise CLIError(f"cannot write the hybrid to {out}: {os_reason(e)}") from e
+    if record is not None:
+        _echo(
+            f"wrote {out / HYBRID_FILE}: recommend and serve rank by {record['method']} (weight "
+            f"{record['weight']:g}, chosen on the validation users)"
+        )
 
 
 def _evaluate(experiment: Any, params: Any, predictions: str | None) -> dict:
@@ -365,7 +380,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     cold = time.perf_counter() - started
     titles, raw = trained.titles, trained.item_ids
     what = "interaction(s)" if topn else "rating(s)"
-    _echo(f"top {len(best)} of {len(raw)} items for a new user with {len(codes)} {what}:")
+    hybrid = getattr(recommender, "hybrid", None)
+    by = "" if hybrid is None else f", ranked by {hybrid.name} (weight {hybrid.weight:g})"
+    _echo(f"top {len(best)} of {len(raw)} items for a new user with {len(codes)} {what}{by}:")
     for rank, (code, score) in enumerate(zip(best, scores, strict=True), 1):
         label = titles[code] if titles is not None else str(raw[code])
         _echo(f"{rank:>3}. {label}  (item {raw[code]}, {'score' if topn else 'predicted'} {score:.2f})")

@@ -241,7 +241,18 @@ def implicit_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve_implicit")
     data = write_plays(root / "plays.tsv")
     out = root / "run"
-    flags = ["--columns", "user,item,weight,timestamp", *TOPN_FLAGS, "--epochs", "1", "--no-eval"]
+    # trained with its hybrid (item-kNN's weight chosen on the validation users, without evaluating on test): the
+    # service ranks by it, as `jaxrec recommend` and the run's evaluation do
+    flags = [
+        "--columns",
+        "user,item,weight,timestamp",
+        *TOPN_FLAGS,
+        "--epochs",
+        "1",
+        "--no-eval",
+        "--hybrid",
+        "itemknn",
+    ]
     assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 0
     server = Server(out, *BUCKET_FLAGS)
     yield server, out
@@ -252,6 +263,8 @@ def test_an_implicit_model_takes_interactions_and_equals_the_library(implicit_se
     server, out = implicit_server
     health = server.get("/health")[1]
     assert health["feedback"] == "implicit" and health["items"] == 60 and not health["titles"]
+    record = json.loads((out / "hybrid.json").read_text())
+    assert health["ranking"] == "maml+itemknn" and health["hybrid_weight"] == record["weight"] > 0
     liked = ["song-00", "song-02", "song-04", "song-06"]
     status, answer = server.post("/recommend", {"interactions": [*liked, "song-99"], "k": 10})
     assert status == 200, answer
@@ -261,9 +274,18 @@ def test_an_implicit_model_takes_interactions_and_equals_the_library(implicit_se
     trained = load_trained(out)
     catalogue = Catalogue(trained)
     codes = np.array([catalogue.code(s) for s in liked])
+    assert trained.hybrid is not None
     best, scores = TopNRecommender(trained, trained.params).top_k(codes, np.ones(4, np.float32), 10)
     assert got == [catalogue.ids[c] for c in best]
     np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
+    # the hybrid's scores are z-scores summed: not the adapted model's own
+    alone = TopNRecommender(trained, trained.params, hybrid=None).top_k(codes, np.ones(4, np.float32), 10)[1]
+    assert not np.allclose(scores, alone)
+    # /predict scores named items on the same scale; the user's own item has no score
+    status, predicted = server.post("/predict", {"interactions": liked, "candidates": [got[0], liked[0]]})
+    assert status == 200, predicted
+    assert predicted["scores"][0]["score"] == pytest.approx(answer["recommendations"][0]["score"], abs=1e-5)
+    assert predicted["scores"][1]["score"] is None
     # ratings are interactions too (no threshold recorded: every rating counts), and equal to the same interactions
     rated = server.post("/recommend", {"ratings": [{"item": s, "rating": 3} for s in liked], "k": 10})[1]
     assert [r["item"] for r in rated["recommendations"]] == got

@@ -704,7 +704,7 @@ def test_exact_als_start_ranks_as_the_mf_baselines_fold_in():
     config = als_start_config(model_kwargs={"embed": 16}, inner_lr=1 / (2 * 10.0))
     exp = TopNExperiment(config)
     params = exp.init_params()
-    fitted = rb.fit_mf(exp._train_matrix(), seed=config.seed, factors=16, l2=10.0, alpha=10.0)
+    fitted = rb.fit_mf(exp.train_matrix(), seed=config.seed, factors=16, l2=10.0, alpha=10.0)
     rankers = {"maml": exp._model_ranker(params, exp.inner_lr, exp.inner), "mf": exp._baseline_ranker(fitted)}
     summaries, _, lists = evaluate_rankers(
         rankers, exp.val_tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True
@@ -722,7 +722,7 @@ def test_als_start_with_new_items_maps_features_to_als_factors_by_ridge_regressi
     config = als_start_config(model_kwargs={"embed": 8}, new_item_frac=0.1, item_dropout=0.25)
     exp = TopNExperiment(config)
     params = exp.init_params()
-    fitted = rb.fit_mf(exp._train_matrix(), seed=config.seed, factors=8, l2=10.0, alpha=10.0)
+    fitted = rb.fit_mf(exp.train_matrix(), seed=config.seed, factors=8, l2=10.0, alpha=10.0)
     known = np.flatnonzero(exp.featurizer.item_index[:-1] > 0)
     rows = {k: jnp.asarray(v) for k, v in exp.featurizer.item_rows(known).items()}
     vectors = np.asarray(exp.model.apply(params, rows, method=exp.model.item_vectors))[:, :-1]

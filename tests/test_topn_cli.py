@@ -18,6 +18,11 @@ def capture(monkeypatch):
     return lines
 
 
+#: every method of the shared run: the meta-learner, its re-ranked lists, the baselines and the hybrids with item-kNN
+METHODS = {"maml", "rerank", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
+METHODS |= {f"{m}+itemknn" for m in ("maml", "popular", "ease", "mf")}
+
+
 @pytest.fixture(scope="module")
 def topn_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("topn")
@@ -40,6 +45,8 @@ def topn_run(tmp_path_factory):
                 "melu",
                 "--rerank-candidates",
                 "50",
+                "--hybrid",
+                "itemknn",
                 "--out",
                 str(out),
                 "--save-predictions",
@@ -56,7 +63,7 @@ def test_train_writes_top_n_metrics_for_the_meta_learner_and_every_baseline(topn
     document = json.loads((topn_run["out"] / "metrics.json").read_text())
     assert document["task"] == "topn"
     methods = document["scenarios"]["new_user"]
-    assert set(methods) == {"maml", "rerank", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
+    assert set(methods) == METHODS
     for name, summary in methods.items():
         for k in (10, 20, 50):
             for metric in ("recall", "ndcg", "hr", "mrr"):
@@ -82,7 +89,7 @@ def test_saved_predictions_are_the_split_and_every_methods_top_k(topn_run):
     assert split["user"].str.startswith("u-").all() and split["item"].str.startswith("song-").all()
     per_user = split[split.role == "support"].groupby("user").size()
     assert (per_user == 3).all()
-    assert set(topk["method"]) == {"maml", "rerank", "popular", "itemknn", "ease", "mf", "finetune", "no_adapt"}
+    assert set(topk["method"]) == METHODS
     # --rerank melu --rerank-candidates 50: each user's re-ranked top 50 is the meta-learner's top 50, reordered
     lists = topk.sort_values("rank").groupby(["method", "user"])["item"].apply(list)
     users = sorted(set(topk.loc[topk.method == "rerank", "user"]))
@@ -136,13 +143,77 @@ def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, 
 
 def test_evaluate_adds_hybrids_whose_weights_are_recorded(topn_run, tmp_path, monkeypatch):
     lines = capture(monkeypatch)
-    document, first = evaluate_again(topn_run, tmp_path / "hybrid.json", "--hybrid", "itemknn")
+    document, first = evaluate_again(topn_run, tmp_path / "hybrid.json", "--hybrid", "ease")
     scenario = document["scenarios"]["new_user"]
-    assert {"maml+itemknn", "popular+itemknn", "ease+itemknn"} <= set(scenario)
-    for name in first:  # the other methods' lists are unchanged
+    assert {"maml+ease", "popular+ease", "itemknn+ease"} <= set(scenario)
+    assert not any(name.endswith("+itemknn") for name in scenario)  # the run's own hybrid replaced
+    for name in [n for n in first if "+" not in n]:  # the other methods' lists are unchanged
         assert scenario[name]["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
-    assert document["tuned"]["maml+itemknn"]["weight"] > 0
-    assert "maml+itemknn" in "\n".join(lines)
+    assert document["tuned"]["maml+ease"]["weight"] > 0
+    assert "maml+ease" in "\n".join(lines)
+
+
+def test_the_run_keeps_its_hybrid_and_recommend_ranks_by_it(topn_run, tmp_path, monkeypatch):
+    from jaxrec.evaluation import retrieval_baselines as rb
+    from jaxrec.experiment import restore_run
+    from jaxrec.experiment.recommend import TopNRecommender
+    from jaxrec.experiment.trained import load_trained
+
+    document = json.loads((topn_run["out"] / "metrics.json").read_text())
+    record = json.loads((topn_run["out"] / "hybrid.json").read_text())
+    assert record["weight"] == document["tuned"]["maml+itemknn"]["weight"]
+    assert record["partner_hyper"] == document["tuned"]["itemknn"]["chosen"]
+    assert "recommend and serve rank by maml+itemknn" in topn_run["output"]
+    # the partner fitted again from the folder alone is the evaluated one: the same similarities, to the bit
+    trained = load_trained(topn_run["out"])
+    experiment, _ = restore_run(topn_run["out"], overrides={"data": str(topn_run["data"])})
+    evaluated = rb.fit_itemknn(experiment.train_matrix(), **record["partner_hyper"]).similarity
+    served = trained.hybrid.fitted.similarity
+    assert (served != evaluated).nnz == 0 and served.nnz > 0
+    # the recommender ranks by z(model) + w z(item-kNN), recomputed here in float64 from the two parts
+    codes = np.array([list(trained.item_ids).index(s) for s in ("song-00", "song-02", "song-04")])
+    model = TopNRecommender(trained, trained.params, hybrid=None).model_scores(codes, np.ones(3, np.float32))
+    support = np.zeros((1, len(model)))
+    support[0, codes] = 1.0
+    partner = (support @ evaluated.toarray().astype(np.float64))[0]
+    eligible = np.ones(len(model), bool)
+    eligible[codes] = False
+
+    def z(x):
+        x = np.asarray(x, np.float64)[eligible]
+        return (x - x.mean()) / x.std()
+
+    expected = np.full(len(model), -np.inf)
+    expected[eligible] = z(model) + record["weight"] * z(partner)
+    got = TopNRecommender(trained, trained.params).scores(codes, np.ones(3, np.float32))
+    np.testing.assert_allclose(got[eligible], expected[eligible], rtol=1e-5, atol=1e-5)
+    assert np.all(np.isneginf(got[codes]))
+    best = TopNRecommender(trained, trained.params).top_k(codes, np.ones(3, np.float32), 5)[0]
+    assert list(best) == list(np.argsort(-expected, kind="stable")[:5])
+    lines = capture(monkeypatch)
+    items = tmp_path / "mine.txt"
+    items.write_text("song-00\nsong-02\nsong-04\n")
+    assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(items), "-k", "5"]) == 0
+    assert "ranked by maml+itemknn" in "\n".join(lines)
+    listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
+    assert listed == [trained.item_ids[c] for c in best]
+
+
+def test_a_changed_or_missing_hybrid_file_is_one_clear_error(topn_run, tmp_path):
+    import shutil
+
+    from jaxrec.experiment.checkpoint import CheckpointError
+    from jaxrec.experiment.trained import load_trained
+
+    copy = tmp_path / "run"
+    shutil.copytree(topn_run["out"], copy)
+    interactions = copy / "hybrid_interactions.npz"
+    interactions.write_bytes(interactions.read_bytes() + b"x")
+    with pytest.raises(CheckpointError, match="hybrid_interactions.npz have changed"):
+        load_trained(copy)
+    interactions.unlink()
+    with pytest.raises(CheckpointError, match="hybrid_interactions.npz are missing"):
+        load_trained(copy)
 
 
 def test_a_count_column_read_as_ratings_is_one_clear_error(tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -272,14 +273,21 @@ class TopNRecommender:
     catalogue (seeded, never one of the user's items), and the history of :class:`~jaxrec.data.topn.TopNTaskSet`;
     the inner loop is the run's (its ranking loss). Compiled once per support size bucket.
 
+    A run trained with ``--hybrid NAME`` ranks by its hybrid ``z(maml) + w z(NAME)`` (the trained model's
+    :attr:`~jaxrec.experiment.trained.TrainedModel.hybrid`, :mod:`jaxrec.experiment.hybrid_record`), as its
+    evaluation did: :meth:`scores` are then the hybrid's, :meth:`model_scores` the adapted model's alone.
+
     Args:
       experiment: the :class:`~jaxrec.experiment.trained.TrainedModel` of a top-N run.
       params: the meta-learned parameters.
       seed: the seed of the negatives.
+      hybrid: the :class:`~jaxrec.experiment.hybrid_record.ServedHybrid` to rank by; ``"auto"``: the trained
+        model's (None when it has none); None: the adapted model alone.
     """
 
-    def __init__(self, experiment, params, seed: int = 0):
+    def __init__(self, experiment, params, seed: int = 0, hybrid: Any = "auto"):
         self.exp = experiment
+        self.hybrid = getattr(experiment, "hybrid", None) if isinstance(hybrid, str) and hybrid == "auto" else hybrid
         self.featurizer = experiment.featurizer
         self.state = split_meta_params(params, experiment.inner_lr)
         self.negatives = int(experiment.config.topn.negatives)
@@ -376,10 +384,20 @@ class TopNRecommender:
         before = before.reshape(batch, -1) - (np.arange(batch) * size)[:, None]
         return trained[draws + before.reshape(draws.shape)]
 
-    def scores(self, item_codes, weights):
-        """Score every item after adapting to the user's items (indexed by dataset code)."""
+    def model_scores(self, item_codes, weights):
+        """The adapted model's score of every item (indexed by dataset code)."""
         rows, mask = self.support(item_codes, weights)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
+
+    def scores(self, item_codes, weights):
+        """Score every item after adapting to the user's items (indexed by dataset code): the hybrid's scores when
+        there is one (``-inf`` on the user's own items), else the adapted model's."""
+        model = self.model_scores(item_codes, weights)
+        if self.hybrid is None:
+            return model
+        codes = np.asarray(item_codes, np.int64)[None, :]
+        partner = self.hybrid.partner_scores(codes, np.ones(codes.shape, bool))
+        return np.array(self.hybrid.combine(model[None, :], partner, jnp.asarray(codes, jnp.int32))[0])
 
     def top_k(self, item_codes, weights, k: int):
         """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first."""

@@ -333,7 +333,7 @@ class TopNExperiment:
         embed = inner["user_vector"].shape[0]
         chosen = dict(self._tuned.get("mf", {}).get("chosen", {"l2": 10.0, "alpha": 10.0}))
         chosen["factors"] = embed
-        fitted = rb.fit_mf(self._train_matrix(), seed=self.config.seed, **chosen)
+        fitted = rb.fit_mf(self.train_matrix(), seed=self.config.seed, **chosen)
         slots = self.featurizer.item_index[:-1]
         table = np.zeros((self.spec.categorical["item"], embed), np.float32)
         table[slots[slots > 0]] = fitted.item_factors[slots > 0]
@@ -467,7 +467,9 @@ class TopNExperiment:
     def _catalogue_device(self):
         return self.catalogue.device()
 
-    def _train_matrix(self):
+    def train_matrix(self):
+        """The meta-train users' interactions ``[users, n_items]`` (their weights where the log has them): what every
+        interaction baseline is fitted on."""
         train = self.split.train
         weights = train["weight"].to_numpy() if "weight" in train else np.ones(len(train), np.float32)
         users, _ = pd.factorize(train["user"])
@@ -535,7 +537,7 @@ class TopNExperiment:
         meta-train matrix, ``content`` on the items' side features (left out, and logged, when there are none)."""
         fitters: dict[str, Callable[..., Any]] = {}
         if any(n in rb.RETRIEVAL_BASELINES for n in names):
-            matrix = self._train_matrix()
+            matrix = self.train_matrix()
             for name in set(names) & set(rb.RETRIEVAL_BASELINES):
                 fitters[name] = functools.partial(rb.RETRIEVAL_BASELINES[name], matrix)
         if "content" in names:

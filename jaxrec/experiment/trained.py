@@ -2,10 +2,11 @@
 training data.
 
 A run folder (``jaxrec train --out DIR``) holds the checkpoints, whose record has the config, the featurizer
-(vocabularies, raw item ids, the rating scale) and the tuned inner rate, and ``DIR/items.csv.gz``: every item's raw id
-and title, its SHA-256 in the record. :func:`load_trained` rebuilds the model from the record alone (no data is read,
-and no path written in a record is opened: the items file has a fixed name inside the folder), so the folder works
-from any directory and after the training data is gone.
+(vocabularies, raw item ids, the rating scale) and the tuned inner rate, and ``DIR/items.csv.gz``: every item's raw
+id and title, its SHA-256 in the record; a run trained with ``--hybrid`` also keeps its hybrid
+(:mod:`jaxrec.experiment.hybrid_record`). :func:`load_trained` rebuilds the model from the record alone (no data is
+read, and no path written in a record is opened: the items file has a fixed name inside the folder), so the folder
+works from any directory and after the training data is gone.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
 from jaxrec.experiment.config import ExperimentConfig
+from jaxrec.experiment.hybrid_record import ServedHybrid, read_hybrid
 from jaxrec.experiment.protocol import Learner, trained_catalogue
 
 __all__ = ["ITEMS_FILE", "TrainedModel", "load_trained", "read_items", "write_items"]
@@ -101,6 +103,7 @@ class TrainedModel:
       items: the catalogue, one row per item code (``raw_id``, ``title`` where known).
       step: the checkpoint's step.
       folder: the checkpoint folder.
+      hybrid: the run's hybrid (``jaxrec train --hybrid``), what a top-N recommender ranks by, or None.
     """
 
     config: ExperimentConfig
@@ -113,6 +116,7 @@ class TrainedModel:
     items: pd.DataFrame
     step: int
     folder: Path
+    hybrid: ServedHybrid | None = None
 
     @property
     def apply_fn(self):
@@ -175,4 +179,5 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
         items=items,
         step=checkpoint.step,
         folder=folder,
+        hybrid=read_hybrid(folder.parent, featurizer) if catalogue is not None else None,
     )

@@ -189,6 +189,9 @@ def create_app(
             "algorithm": trained.config.meta.algorithm,
             "step": int(trained.step),
             "feedback": "implicit" if catalogue.implicit else "explicit",
+            # what ranks: the adapted model, or the hybrid the run was trained with (z-scores, the partner weighted)
+            "ranking": "maml" if model.hybrid is None else model.hybrid.name,
+            "hybrid_weight": None if model.hybrid is None else model.hybrid.weight,
             "rating_range": catalogue.rating_range,
             "positive_threshold": catalogue.positive_threshold,
             "items": len(catalogue),

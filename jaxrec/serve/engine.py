@@ -4,7 +4,9 @@ A request is one new user's few ratings (or interactions). :class:`ServingModel`
 ``(batch, support)`` bucket, adapts the meta-learned model to every user at once (``vmap`` of the run's inner loop,
 first order: nothing differentiates through it at serving time), scores the whole catalogue, removes each user's
 own items and keeps the best ``max_k`` with ``lax.top_k``; the scores of up to ``max_probe`` named items come back
-with them (``/predict``). Every bucket is compiled by :meth:`ServingModel.warm_up` before the first request, so a
+with them (``/predict``). A run trained with ``--hybrid`` ranks by its hybrid, as its evaluation did
+(:mod:`jaxrec.experiment.hybrid_record`): the partner's scores are computed on the host and combined inside the
+compiled call. Every bucket is compiled by :meth:`ServingModel.warm_up` before the first request, so a
 request never waits on XLA; the compiled function's cache size is reported so that this is checked, not assumed.
 
 With more than one device (on a CPU host: one per core), a batch whose bucket divides among them is sharded over
@@ -96,6 +98,7 @@ class ServingModel:
     ):
         self.trained = trained
         self.recommender = recommender_for(trained)
+        self.hybrid = getattr(self.recommender, "hybrid", None)
         self.n_items = int(trained.featurizer.n_items)
         least = self.recommender.min_support()
         self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
@@ -119,12 +122,16 @@ class ServingModel:
     # ---------------------------------------------------------------------------------------------------------
     # the compiled call
 
-    def _rank_batch(self, state, support, mask, codes, probe, candidates):
-        """``(top scores [B, max_k], top codes [B, max_k], probe scores [B, P])`` of a padded batch of users."""
+    def _rank_batch(self, state, candidates, support, mask, codes, probe, partner=None):
+        """``(top scores [B, max_k], top codes [B, max_k], probe scores [B, P])`` of a padded batch of users; with
+        a hybrid, ``partner [B, V]`` holds its partner's scores and the hybrid's rank (and are returned)."""
         scores = jax.vmap(self.recommender.score_one, in_axes=(None, 0, 0, None))(state, support, mask, candidates)
         scores = scores.astype(jnp.float32)
+        own = jnp.where(mask, codes, -1)
+        if partner is not None:  # z(model) + w z(partner); a user's own items are -inf there
+            scores = self.hybrid.combine(scores, partner, own)
         catalogue = jnp.arange(self.n_items, dtype=jnp.int32)
-        unseen = exclude_items(scores, catalogue, jnp.where(mask, codes, -1))  # each user's own items at -inf
+        unseen = exclude_items(scores, catalogue, own)  # each user's own items at -inf
         top_scores, top_codes = jax.lax.top_k(unseen, self.max_k)
         probe_scores = jnp.take_along_axis(scores, jnp.clip(probe, 0, self.n_items - 1), axis=1)
         return top_scores, top_codes, probe_scores
@@ -154,7 +161,9 @@ class ServingModel:
         probes = [u.probe for u in users] + empty
         probe = np.maximum(padded(probes, probes, self.max_probe)[0], 0).astype(np.int32)
         codes = np.where(mask, items, 0).astype(np.int32)
-        inputs = (support, mask, codes, probe)
+        # the hybrid's partner is a scipy model: its scores are computed here, on the host, and enter the call
+        partner = None if self.hybrid is None else self.hybrid.partner_scores(items, mask)
+        inputs = (support, mask, codes, probe, partner)
         if self.mesh is None:
             return jax.device_put(inputs)
         split = bucket.batch % self.mesh.size == 0  # else every device computes the small batch whole
@@ -177,7 +186,7 @@ class ServingModel:
             bucket = self.bucket_for(len(chunk), max((len(u.codes) for u in chunk), default=0))
             inputs = self._inputs(chunk, bucket)
             with self._lock:
-                top, codes, probe = jax.device_get(self._rank(self._state, *inputs, self._candidates))
+                top, codes, probe = jax.device_get(self._rank(self._state, self._candidates, *inputs))
             for i, user in enumerate(chunk):
                 k = min(user.k, self.n_items - len(user.codes))
                 out.append(Ranked(codes[i, :k].astype(np.int64), top[i, :k], probe[i, : len(user.probe)]))
@@ -190,7 +199,7 @@ class ServingModel:
             users = [UserInput(np.zeros(0, np.int64), np.zeros(0, np.float32))] * bucket.batch
             inputs = self._inputs(users, bucket)
             with self._lock:
-                jax.block_until_ready(self._rank(self._state, *inputs, self._candidates))
+                jax.block_until_ready(self._rank(self._state, self._candidates, *inputs))
         seconds = time.perf_counter() - started
         logger.info("compiled %d shape bucket(s) in %.1f s", len(self.buckets), seconds)
         return seconds

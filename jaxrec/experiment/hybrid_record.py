@@ -1,0 +1,176 @@
+"""The hybrid a run folder keeps, so that ``jaxrec recommend`` and ``jaxrec serve`` rank as the evaluated hybrid did.
+
+A top-N run trained with ``--hybrid NAME`` chooses, on its validation users, the weight ``w`` of ``NAME`` in the
+hybrid ``h = z(maml) + w z(NAME)`` (:mod:`jaxrec.evaluation.hybrid`). :func:`write_hybrid` keeps what ranking a new
+user by ``h`` needs beside the checkpoint, in the run folder:
+
+* ``hybrid.json``: the partner's name, its hyper-parameters chosen on the validation users, the weight and the
+  hybrid's validation Recall@20 with it, and the SHA-256 of the file below;
+* ``hybrid_interactions.npz``: the meta-train interaction matrix the partner was fitted on (sparse, compressed).
+
+:func:`read_hybrid` fits the partner again from them (the same function on the same matrix with the same
+hyper-parameters: the same similarities, factors or weights as the evaluation's), so that the folder stands alone,
+as its item catalogue does (:mod:`jaxrec.experiment.trained`). Storing the matrix rather than the fitted partner
+keeps the folder small for every partner (EASE's weights are a dense ``V x V`` matrix; the matrix is the log).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import scipy.sparse as sp
+
+from jaxrec.evaluation import retrieval_baselines as rb
+from jaxrec.evaluation.hybrid import hybrid_scores
+from jaxrec.experiment.checkpoint import CheckpointError
+
+__all__ = ["HYBRID_FILE", "INTERACTIONS_FILE", "ServedHybrid", "read_hybrid", "write_hybrid"]
+
+logger = logging.getLogger(__name__)
+
+HYBRID_FILE = "hybrid.json"
+INTERACTIONS_FILE = "hybrid_interactions.npz"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedHybrid:
+    """The hybrid ``z(maml) + weight z(partner)`` of a run, its partner fitted.
+
+    Attributes:
+      partner: the partner baseline's name (``"itemknn"``, ...).
+      weight: the partner's weight, chosen on the validation users.
+      fitted: the fitted partner (``fitted.scores(S [users, n_items]) -> [users, n_items]``).
+      n_items: the catalogue size.
+    """
+
+    partner: str
+    weight: float
+    fitted: Any
+    n_items: int
+
+    @property
+    def name(self) -> str:
+        """The method's name in a metrics document: ``"maml+<partner>"``."""
+        return f"maml+{self.partner}"
+
+    def partner_scores(self, items: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The partner's scores of every item for a batch of users, folded in from their items (each of weight 1,
+        as the evaluation folds in a support set).
+
+        Args:
+          items: int ``[B, S]`` item codes (-1 = padding).
+          mask: bool ``[B, S]``, the real entries.
+
+        Returns:
+          float32 ``[B, n_items]``.
+        """
+        items = np.asarray(items)
+        users = np.repeat(np.arange(items.shape[0]), items.shape[1])
+        flat = items.reshape(-1)
+        real = np.asarray(mask).reshape(-1) & (flat >= 0)
+        support = rb.interaction_matrix(users[real], flat[real], None, items.shape[0], self.n_items)
+        return np.asarray(self.fitted.scores(support), np.float32)
+
+    def combine(self, model_scores: jax.Array, partner_scores: jax.Array, exclude: jax.Array) -> jax.Array:
+        """``z(model) + weight z(partner)`` over each user's eligible items, ``-inf`` on their own (``exclude
+        [B, E]``, -1 = none): :func:`jaxrec.evaluation.hybrid.hybrid_scores`, traceable inside a compiled call."""
+        return hybrid_scores(model_scores, partner_scores, self.weight, exclude)
+
+
+def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) -> dict | None:
+    """Keep the run's hybrid in its folder (see the module docstring), choosing its weight first if no evaluation
+    has (the baselines are tuned and the weight chosen on the validation users, as :meth:`TopNExperiment.rankers`
+    does).
+
+    Args:
+      run_folder: the run folder.
+      experiment: the run's :class:`~jaxrec.experiment.topn.TopNExperiment`.
+      params: the meta-learned parameters (the weight is chosen for them).
+
+    Returns:
+      The ``hybrid.json`` document, or None when the run has no hybrid (no ``hybrid``, or its partner could not be
+      fitted): a stale record of an earlier run in the folder is then removed.
+    """
+    folder = Path(run_folder)
+    partner = experiment.config.topn.hybrid
+    name = f"maml+{partner}"
+    if partner is not None and name not in experiment.tuned:
+        experiment.rankers(params)
+    if partner is None or name not in experiment.tuned or partner not in experiment.tuned:
+        for stale in (HYBRID_FILE, INTERACTIONS_FILE):
+            (folder / stale).unlink(missing_ok=True)
+        return None
+    matrix_path = folder / INTERACTIONS_FILE
+    tmp = matrix_path.with_name("tmp-" + matrix_path.name)  # save_npz appends .npz to a name without it
+    sp.save_npz(tmp, experiment.train_matrix().tocsr(), compressed=True)
+    os.replace(tmp, matrix_path)
+    document = {
+        "format": 1,
+        "method": name,
+        "partner": partner,
+        "partner_hyper": experiment.tuned[partner].get("chosen") or {},
+        "weight": float(experiment.tuned[name]["weight"]),
+        **{k: v for k, v in experiment.tuned[name].items() if k != "weight"},  # its validation figure
+        "n_items": int(experiment.dataset.n_items),
+        "interactions": {
+            "file": INTERACTIONS_FILE,
+            "sha256": hashlib.sha256(matrix_path.read_bytes()).hexdigest(),
+        },
+    }
+    path = folder / HYBRID_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, path)
+    return document
+
+
+def read_hybrid(run_folder: str | os.PathLike, featurizer: Any) -> ServedHybrid | None:
+    """The hybrid kept in a run folder, its partner fitted again; None when the folder keeps none.
+
+    Args:
+      run_folder: the run folder.
+      featurizer: the run's featurizer (the item features of a ``content`` partner).
+
+    Raises:
+      CheckpointError: if the record is unreadable, its interactions file is missing or changed, or the partner
+        cannot be fitted from them.
+    """
+    folder = Path(run_folder)
+    path = folder / HYBRID_FILE
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text())
+        partner, weight, hyper = document["partner"], float(document["weight"]), dict(document["partner_hyper"])
+        n_items, checksum = int(document["n_items"]), document["interactions"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: the run's hybrid record is unreadable: {e}") from e
+    if n_items != featurizer.n_items:
+        raise CheckpointError(
+            f"{path}: the hybrid was fitted on {n_items} items, the checkpoint has {featurizer.n_items}"
+        )
+    matrix_path = folder / INTERACTIONS_FILE
+    if not matrix_path.is_file():
+        raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} are missing")
+    if hashlib.sha256(matrix_path.read_bytes()).hexdigest() != checksum:
+        raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} have changed since training")
+    try:
+        if partner == "content":
+            features, _ = featurizer.item_features()
+            fitted = rb.fit_content(features, **hyper)
+        elif partner in rb.RETRIEVAL_BASELINES:
+            fitted = rb.RETRIEVAL_BASELINES[partner](sp.load_npz(matrix_path), **hyper)
+        else:
+            raise ValueError(f"unknown partner {partner!r}")
+    except (ValueError, TypeError, OSError) as e:
+        raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
+    logger.info("hybrid maml+%s (weight %g) restored from %s", partner, weight, folder)
+    return ServedHybrid(partner=partner, weight=weight, fitted=fitted, n_items=n_items)
