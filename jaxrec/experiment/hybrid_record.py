@@ -87,8 +87,8 @@ class ServedHybrid:
 
 def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) -> dict | None:
     """Keep the run's hybrid in its folder (see the module docstring), choosing its weight first if no evaluation
-    has (the baselines are tuned and the weight chosen on the validation users, as :meth:`TopNExperiment.rankers`
-    does).
+    has (the partner tuned and the weight chosen on the validation users:
+    :meth:`~jaxrec.experiment.topn.TopNExperiment.meta_hybrid`).
 
     Args:
       run_folder: the run folder.
@@ -103,7 +103,7 @@ def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) ->
     partner = experiment.config.topn.hybrid
     name = f"maml+{partner}"
     if partner is not None and name not in experiment.tuned:
-        experiment.rankers(params)
+        experiment.meta_hybrid(params)
     if partner is None or name not in experiment.tuned or partner not in experiment.tuned:
         for stale in (HYBRID_FILE, INTERACTIONS_FILE):
             (folder / stale).unlink(missing_ok=True)

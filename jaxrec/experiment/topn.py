@@ -224,6 +224,7 @@ class TopNExperiment:
         self.loss_fn, self.apply_fn, self.adapt_filter = self.inner.loss_fn, self.model.apply, self.inner.adapt_filter
         self._tuned: dict[str, Any] = {"inner_lr": float(config.meta.inner_lr)}
         self._baselines: dict | None = None
+        self._baseline_cache: dict[str, Method | None] = {}  # each baseline tuned once, when first asked for
         self._baseline_hybrids: dict | None = None
         self._meta_hybrid: tuple[Any, Method] | None = None  # (the parameters it was tuned for, the hybrid)
         self._tie_orders: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
@@ -558,28 +559,9 @@ class TopNExperiment:
             return self._baselines
         names = self.config.topn.topn_baselines
         out: dict[str, Any] = {}
-        fitters = self._baseline_fitters(names)
         for name in names:
-            if name not in fitters:
-                continue
-            began = time.perf_counter()
-            best = None
-            for hyper in BASELINE_GRIDS[name]:
-                try:
-                    fitted = fitters[name](**hyper)
-                except ValueError as e:  # e.g. EASE over a catalogue too large for its dense inverse
-                    logger.warning("baseline %s%s not fitted: %s", name, hyper, e)
-                    continue
-                ranker = self._baseline_ranker(fitted)
-                # a grid of one needs no choice (and no validation pass)
-                score = self._validate({name: ranker})[name] if len(BASELINE_GRIDS[name]) > 1 else None
-                if best is None or (score is not None and score > best[0]):
-                    best = (score, hyper, ranker)
-            if best is None:
-                continue
-            out[name] = best[2]
-            self._tuned[name] = {"chosen": best[1], "validation_" + _SELECT: best[0]}
-            logger.info("baseline %s: %s (%.1f s)", name, best[1], time.perf_counter() - began)
+            if name in BASELINE_GRIDS and (ranker := self._tuned_baseline(name)) is not None:
+                out[name] = ranker
         if "finetune" in names or "no_adapt" in names:
             params = self.supervised_params
             no_adapt = self.inner.replace(steps=0)
@@ -593,6 +575,31 @@ class TopNExperiment:
                 out["finetune"] = candidates[chosen]
         self._baselines = out
         return out
+
+    def _tuned_baseline(self, name: str) -> Method | None:
+        """One interaction or content baseline, its hyper-parameters chosen from :data:`BASELINE_GRIDS` on the
+        validation users (once: kept); None when this data cannot fit it."""
+        if name in self._baseline_cache:
+            return self._baseline_cache[name]
+        fitters = self._baseline_fitters([name])
+        best = None
+        began = time.perf_counter()
+        for hyper in BASELINE_GRIDS[name] if name in fitters else ():
+            try:
+                fitted = fitters[name](**hyper)
+            except ValueError as e:  # e.g. EASE over a catalogue too large for its dense inverse
+                logger.warning("baseline %s%s not fitted: %s", name, hyper, e)
+                continue
+            ranker = self._baseline_ranker(fitted)
+            # a grid of one needs no choice (and no validation pass)
+            score = self._validate({name: ranker})[name] if len(BASELINE_GRIDS[name]) > 1 else None
+            if best is None or (score is not None and score > best[0]):
+                best = (score, hyper, ranker)
+        if best is not None:
+            self._tuned[name] = {"chosen": best[1], "validation_" + _SELECT: best[0]}
+            logger.info("baseline %s: %s (%.1f s)", name, best[1], time.perf_counter() - began)
+        self._baseline_cache[name] = None if best is None else best[2]
+        return self._baseline_cache[name]
 
     @functools.cached_property
     def supervised_params(self) -> Any:
@@ -647,18 +654,32 @@ class TopNExperiment:
         once per ``params`` object); none when the partner was not fitted (e.g. ``content`` without item
         features)."""
         partner = self.config.topn.hybrid
-        if partner not in rankers:
-            logger.info("hybrid with %s left out: the baseline was not fitted", partner)
+        meta = self.meta_hybrid(params)
+        if meta is None:
             return {}
         if self._baseline_hybrids is None:
             firsts = [n for n in rankers if n in HYBRID_PARTNERS and n != partner]
             self._baseline_hybrids = {
                 f"{n}+{partner}": self._tuned_hybrid(f"{n}+{partner}", rankers[n], rankers[partner]) for n in firsts
             }
-        name = f"maml+{partner}"
+        return {f"maml+{partner}": meta, **self._baseline_hybrids}
+
+    def meta_hybrid(self, params: Any) -> Method | None:
+        """The meta method's hybrid with the ``hybrid`` partner, ``"maml+<partner>"``: the partner tuned (alone, when
+        no evaluation has tuned every baseline) and the weight chosen on the validation users, once per ``params``
+        object; None without ``hybrid`` or when the partner could not be fitted (logged)."""
+        partner = self.config.topn.hybrid
+        if partner is None:
+            return None
+        second = self._tuned_baseline(partner)
+        if second is None:
+            logger.info("hybrid with %s left out: the baseline was not fitted", partner)
+            return None
         if self._meta_hybrid is None or self._meta_hybrid[0] is not params:
-            self._meta_hybrid = (params, self._tuned_hybrid(name, rankers["maml"], rankers[partner]))
-        return {name: self._meta_hybrid[1], **self._baseline_hybrids}
+            meta_params, inner_lr = split_meta_params(params, self.inner_lr)
+            first = self._model_ranker(meta_params, inner_lr, self.inner)
+            self._meta_hybrid = (params, self._tuned_hybrid(f"maml+{partner}", first, second))
+        return self._meta_hybrid[1]
 
     def _tuned_hybrid(self, name: str, first: Method, second: Method) -> Method:
         """The hybrid of two methods with the weight of :data:`HYBRID_WEIGHTS` best on the validation users."""
