@@ -7,6 +7,8 @@ catalogue, paired intervals over users.
     python benchmarks/topn_quality.py --methods melu-5 --test --out ...      # a jaxrec.methods recipe as a ranker
     python benchmarks/topn_quality.py --variants twotower_als_exact --test --set '{"hybrid": "itemknn"}' \
         --reference maml+itemknn                                            # hybrids, paired with maml+itemknn
+    python benchmarks/topn_quality.py --variants twotower_als_exact --test --train-seeds 0 1 2
+                                            # the meta-learner trained 3 times per split, its figures averaged
 
 Each variant is a file of config fields in ``benchmarks/configs/topn/`` (``jaxrec train --config
 benchmarks/configs/topn/<name>.json`` runs the same configuration). Without ``--test`` every variant is scored on
@@ -57,6 +59,38 @@ def recall_at_20(summaries: dict) -> dict:
     return {method: summary["recall@20"] for method, summary in summaries.items()}
 
 
+def average_training_runs(parts: dict, offsets: list, fields: dict, args, seed: int, log: dict) -> dict:
+    """``parts`` (``{part: (summaries, per-user statistics)}`` of the first training run) with the meta method's
+    per-user statistics averaged over that run and one more per offset (``train_seed = seed + 1000 offset``): each
+    user's expected figure over training runs, so that the paired intervals compare methods and not one draw of
+    the meta-learner's training. The baselines are deterministic given the split: fitted once. Each run's
+    validation Recall@20 is kept in ``log``."""
+    runs = {name: {m: [s] for m, s in per_method.items()} for name, (_, per_method) in parts.items()}
+    for offset in offsets:
+        config = ExperimentConfig.make(
+            **fields, dataset=args.dataset, data_dir=args.data_dir, seed=seed, train_seed=seed + 1000 * offset
+        )
+        experiment = TopNExperiment(config)
+        params = experiment.train().params
+        summaries, stats = experiment.validate(params, baselines=False, return_stats=True)
+        log[str(offset)] = recall_at_20(summaries)
+        found = {"validation": stats}
+        if args.test:
+            _, detail = experiment.evaluate(params, baselines=False)
+            found.update({scenario: per_method for scenario, (per_method, _) in detail.items()})
+        for name, per_method in found.items():
+            for method, s in per_method.items():
+                runs[name][method].append(s)
+    out = {}
+    for name, (summaries, per_method) in parts.items():
+        averaged = dict(per_method)
+        for method, each in runs[name].items():
+            if len(each) > 1:  # trained again: the mean over the runs, user by user
+                averaged[method] = {k: np.mean([np.asarray(s[k]) for s in each], axis=0) for k in each[0]}
+        out[name] = (summaries, averaged)
+    return out
+
+
 def pool(stats: dict, summaries: dict, reference: str = "maml") -> dict:
     """Summaries of one part over every split: the per-user statistics concatenated, so that the paired intervals
     resample (split, user) pairs; coverage, a property of a split's lists, averaged over the splits.
@@ -96,6 +130,15 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true", help="score maml only")
     parser.add_argument(
         "--seeds", type=int, nargs="+", default=[0, 1, 2], help="split seeds, pooled user-wise (default 0 1 2)"
+    )
+    parser.add_argument(
+        "--train-seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="training runs of the meta-learner per split: offset t trains with train_seed = split seed + 1000 t "
+        "(0: the split's own seed, as without this flag); the meta method's per-user figures (and its hybrid's) "
+        "are averaged over them, the baselines fitted once",
     )
     parser.add_argument("--set", default="{}", help="config fields over every variant's, as JSON: '{\"epochs\": 1}'")
     parser.add_argument(
@@ -138,6 +181,10 @@ def main() -> None:
             if args.test:
                 record["scenarios"], detail = experiment.evaluate(state.params)
                 parts.update({sc: (record["scenarios"][sc], per_method) for sc, (per_method, _) in detail.items()})
+            extra = [t for t in args.train_seeds if t != 0]
+            if extra:
+                record["train_seeds"] = {"0": recall_at_20(record["validation"])}
+                parts = average_training_runs(parts, extra, fields, args, seed, record["train_seeds"])
             for part_name, (part_summaries, per_method) in parts.items():
                 for method, s in per_method.items():
                     stats.setdefault(part_name, {}).setdefault(method, []).append(s)

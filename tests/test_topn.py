@@ -741,6 +741,27 @@ def test_als_start_with_new_items_maps_features_to_als_factors_by_ridge_regressi
     assert np.linalg.norm(vectors, axis=1).min() > 0
 
 
+def test_train_seed_draws_another_training_on_the_same_users():
+    """train_seed changes what meta-training draws (the ALS start, the batch order), not the split nor what is
+    evaluated; equal to the run's seed it is the run itself."""
+    from jaxrec.experiment.topn import TopNExperiment
+
+    runs = {t: TopNExperiment(als_start_config(model_kwargs={"embed": 8}, train_seed=t)) for t in (None, 0, 7)}
+    base, same, other = runs[None], runs[0], runs[7]
+    assert (base.config.training_seed, same.config.training_seed, other.config.training_seed) == (0, 0, 7)
+    for run in (same, other):
+        pd.testing.assert_frame_equal(run.split.train, base.split.train)
+        assert np.array_equal(run.val_tasks.item_codes(np.arange(8))[0], base.val_tasks.item_codes(np.arange(8))[0])
+    first = {t: next(run.batches()) for t, run in runs.items()}
+    assert np.array_equal(first[0].task_id, first[None].task_id)
+    assert not np.array_equal(first[7].task_id, first[None].task_id)
+    starts = {t: run.init_params()["params"]["embed_item"]["embedding"] for t, run in runs.items()}
+    np.testing.assert_array_equal(starts[0], starts[None])
+    assert float(jnp.max(jnp.abs(starts[7] - starts[None]))) > 1e-3
+    with pytest.raises(ValueError, match="^train_seed"):
+        als_start_config(train_seed=-1)
+
+
 def test_frozen_parameters_keep_their_start_through_meta_training():
     """frozen='embed_item': the item id table of the ALS start is bit for bit the same after meta-steps, while the
     rest of the item tower and the user prior move."""

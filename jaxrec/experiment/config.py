@@ -405,6 +405,9 @@ class MetaConfig:
       task_item_dropout: fraction of meta-train tasks whose every item id becomes the OOV slot (1: every task, so
         that item tasks train the cold path of a model such as MetaEmb's).
       groups: task grouping (:mod:`jaxrec.contrib.grouping`, experimental): initialisations to choose from.
+      train_seed: the seed of meta-training alone (the random initialisation, the batch order, the meta-train
+        tasks' draws, the ALS start); None: the run's ``seed``. The split, the evaluation and the baselines keep
+        ``seed``, so that several values train several models on the same users: the spread of one training run.
 
     Raises:
       ValueError: if a value is not valid for its field (not one of its choices, not positive, not in ``[0, 1)``,
@@ -454,6 +457,12 @@ class MetaConfig:
         "their ratings best",
         parse=_int,
     )
+    train_seed: int | None = _field(
+        None,
+        "the seed of meta-training alone (initialisation, batch order, task draws); the split and the evaluation "
+        "keep --seed (default: --seed)",
+        parse=_none_or(_int),
+    )
 
     def __post_init__(self):
         _check(self.algorithm in ALGORITHMS, "algorithm", f"must be one of {ALGORITHMS}, got {self.algorithm!r}")
@@ -490,6 +499,8 @@ class MetaConfig:
         _check(isinstance(self.groups, int) and self.groups >= 1, "groups", f"must be >= 1, got {self.groups!r}")
         if self.groups > 1 and self.algorithm == "reptile":
             raise ValueError("groups > 1 needs a meta-gradient algorithm (maml or metasgd), not reptile")
+        if self.train_seed is not None:
+            _positive_int(self.train_seed, "train_seed", minimum=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -781,6 +792,11 @@ class ExperimentConfig:
         for group, values in by_group.items():
             changes[group] = dataclasses.replace(getattr(self, group), **values)
         return dataclasses.replace(self, **changes)
+
+    @property
+    def training_seed(self) -> int:
+        """The seed meta-training draws from: ``meta.train_seed``, or ``seed`` when it is None."""
+        return self.seed if self.meta.train_seed is None else int(self.meta.train_seed)
 
     def history(self) -> int:
         """Items of history per row: ``protocol.history``, or 10 for ``model="gru"`` when it is 0 (the GRU reads a

@@ -356,7 +356,7 @@ class Experiment:
         self.train_ratings = train[~is_val & ~is_val_item].reset_index(drop=True)
         self.val_ratings = train[is_val & ~is_val_item].reset_index(drop=True)
         self.val_item_ratings = train[~is_val & is_val_item].reset_index(drop=True)
-        self.train_tasks = self._train_tasks(config.seed)
+        self.train_tasks = self._train_tasks(config.training_seed)
         self.val_tasks = self._tasks(self.val_item_ratings if pro.tasks_by == "item" else self.val_ratings)
         self.val_item_tasks = None
         if len(self.val_item_ratings):
@@ -455,12 +455,13 @@ class Experiment:
         """Initialise fresh random model variables.
 
         Args:
-          key: the PRNG key (default: ``key(config.seed)``).
+          key: the PRNG key (default: ``key(config.training_seed)``).
 
         Returns:
           The variables ``{"params": ...}``.
         """
-        return models.init_params(self.model, self.spec, jax.random.key(self.config.seed) if key is None else key)
+        key = jax.random.key(self.config.training_seed) if key is None else key
+        return models.init_params(self.model, self.spec, key)
 
     @functools.cached_property
     def start(self) -> str:
@@ -502,7 +503,7 @@ class Experiment:
         offsets ``b_u`` of the bias model fitted on the meta-train ratings (so that, from the bias or the
         supervised start, whose output bias is near ``mu``, each user is nearest the group of their own rating
         level before adaptation). Every other adapted leaf that ``params`` holds at its random initial value (that
-        of :meth:`random_params`) gets fresh random values in groups ``g >= 1`` (key ``fold_in(key(seed), g)``); a
+        of :meth:`random_params`) gets fresh random values in groups ``g >= 1`` (``fold_in(key(training_seed), g)``); a
         leaf that is set otherwise (trained, or the bias start's ``b_i`` table and zero output kernel) is copied to
         every group.
 
@@ -529,7 +530,7 @@ class Experiment:
         offsets = np.quantile(user_bias[trained_users], (np.arange(groups) + 0.5) / groups)
         leaves = jax.tree.leaves(grouped.params)
         initial = jax.tree.leaves(self.random_params())
-        key = jax.random.key(self.config.seed)
+        key = jax.random.key(self.config.training_seed)
         fresh = {g: jax.tree.leaves(self.random_params(jax.random.fold_in(key, g))) for g in range(1, groups)}
         out = []
         for i, (leaf, is_grouped) in enumerate(zip(leaves, grouped.grouped, strict=True)):
@@ -693,7 +694,7 @@ class Experiment:
         """
         meta = self.config.meta
         transform = id_dropout(meta.item_dropout, meta.task_item_dropout)
-        batch_at = StepBatches(self.epoch_tasks, meta.batch_size, self.config.seed, transform=transform)
+        batch_at = StepBatches(self.epoch_tasks, meta.batch_size, self.config.training_seed, transform=transform)
         return stream(batch_at, start=start_step, device=None)
 
     def epoch_tasks(self, epoch: int) -> TaskSet:
@@ -715,7 +716,7 @@ class Experiment:
         """
         if not self.config.meta.resample_tasks or epoch == 0:
             return self.train_tasks
-        tasks = self._train_tasks([self.config.seed, epoch])
+        tasks = self._train_tasks([self.config.training_seed, epoch])
         # task sizes depend only on rating counts (and the subsample sizes, drawn with the config seed)
         base = self.train_tasks
         if not all(np.array_equal(getattr(tasks, a), getattr(base, a)) for a in ("users", "support_pad", "query_pad")):

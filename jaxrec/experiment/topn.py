@@ -183,7 +183,7 @@ class TopNExperiment:
         self.spec = dataclasses.replace(self.featurizer.spec, history=config.history())
         sampler = NegativeSampler.fit(self.split.train, n_items, count=top.negatives, kind=top.sampler)
         self.train_sampler = sampler
-        self.train_tasks = self._train_tasks(config.seed)
+        self.train_tasks = self._train_tasks(config.training_seed)
         if len(self.train_tasks) == 0:
             raise DataError(f"no meta-train task: {self.train_tasks.summary()}; a task needs two interactions")
         self.val_tasks = self._eval_tasks(self.split.validation)
@@ -263,7 +263,7 @@ class TopNExperiment:
         afresh (seed ``[seed, epoch]``), the same users and shapes."""
         if not self.config.meta.resample_tasks or epoch == 0:
             return self.train_tasks
-        return self._train_tasks([self.config.seed, epoch])
+        return self._train_tasks([self.config.training_seed, epoch])
 
     @property
     def steps_per_epoch(self) -> int:
@@ -288,14 +288,15 @@ class TopNExperiment:
         meta = self.config.meta
         new_items = self.config.topn.new_item_frac > 0
         transform = id_dropout(meta.item_dropout, meta.task_item_dropout, negatives=True) if new_items else None
-        batch_at = StepBatches(self.epoch_tasks, meta.batch_size, self.config.seed, transform=transform)
+        batch_at = StepBatches(self.epoch_tasks, meta.batch_size, self.config.training_seed, transform=transform)
         return stream(batch_at, start=start_step, device=None)
 
     # -- state -----------------------------------------------------------------------------------------------------
 
     def random_params(self, key: jax.Array | None = None) -> Any:
-        """Fresh random model variables (key ``key(seed)`` by default)."""
-        return models.init_params(self.model, self.spec, jax.random.key(self.config.seed) if key is None else key)
+        """Fresh random model variables (key ``key(config.training_seed)`` by default)."""
+        key = jax.random.key(self.config.training_seed) if key is None else key
+        return models.init_params(self.model, self.spec, key)
 
     def popularity_start(self, params: Any) -> Any:
         """``params`` with the item bias table at the centred log popularity of the training items.
@@ -334,7 +335,7 @@ class TopNExperiment:
         embed = inner["user_vector"].shape[0]
         chosen = dict(self._tuned.get("mf", {}).get("chosen", {"l2": 10.0, "alpha": 10.0}))
         chosen["factors"] = embed
-        fitted = rb.fit_mf(self.train_matrix(), seed=self.config.seed, **chosen)
+        fitted = rb.fit_mf(self.train_matrix(), seed=self.config.training_seed, **chosen)
         slots = self.featurizer.item_index[:-1]
         table = np.zeros((self.spec.categorical["item"], embed), np.float32)
         table[slots[slots > 0]] = fitted.item_factors[slots > 0]
@@ -637,7 +638,8 @@ class TopNExperiment:
     def rankers(self, params: Any, *, baselines: bool = True) -> dict[str, Any]:
         """The meta method (``"maml"``), the re-ranked one (``"rerank"``, with ``rerank``), the baselines and, with
         ``hybrid``, the hybrids (``"maml+<partner>"``, ``"<baseline>+<partner>"``), each ``rank(batch, exclude) ->
-        items [U, K]``."""
+        items [U, K]``. Without ``baselines``: the methods of ``params`` alone (the meta method, its re-ranked lists
+        and its hybrid, whose partner is then the only baseline fitted)."""
         meta_params, inner_lr = split_meta_params(params, self.inner_lr)
         out = {"maml": self._model_ranker(meta_params, inner_lr, self.inner)}
         if self.config.topn.rerank:
@@ -646,6 +648,8 @@ class TopNExperiment:
             out.update(self.baselines())
             if self.config.topn.hybrid is not None:
                 out.update(self._hybrids(out, params))
+        elif (meta := self.meta_hybrid(params)) is not None:
+            out[f"maml+{self.config.topn.hybrid}"] = meta
         return out
 
     def _hybrids(self, rankers: Mapping[str, Method], params: Any) -> dict[str, Method]:
@@ -762,14 +766,15 @@ class TopNExperiment:
 
         Args:
           params: the meta-learned parameters.
-          baselines: also evaluate the baselines (else only ``"maml"``).
+          baselines: also evaluate the baselines (else the methods of ``params`` alone: ``"maml"``, and its
+            re-ranked lists and hybrid where configured; :meth:`rankers`).
           return_stats: also return the per-user statistics ``{method: stats}`` (to pool several splits).
 
         Returns:
           ``{method: summary}``, and with ``return_stats`` also the per-user statistics.
         """
         c = self.config
-        rankers = self.rankers(params) if baselines else {"maml": self.rankers(params, baselines=False)["maml"]}
+        rankers = self.rankers(params, baselines=baselines)
         summaries, stats, _ = evaluate_rankers(
             rankers,
             self.val_tasks,
@@ -781,19 +786,20 @@ class TopNExperiment:
         )
         return (summaries, stats) if return_stats else summaries
 
-    def evaluate(self, params: Any, *, keep_lists: bool = False) -> tuple[dict, dict]:
+    def evaluate(self, params: Any, *, keep_lists: bool = False, baselines: bool = True) -> tuple[dict, dict]:
         """Evaluate every method on every scenario over the whole catalogue.
 
         Args:
           params: the meta-learned parameters (a Meta-SGD state's ``params`` included).
           keep_lists: also return the top lists and per-user statistics.
+          baselines: also the baselines and their hybrids (else the methods of ``params`` alone: :meth:`rankers`).
 
         Returns:
           ``({scenario: {method: summary}}, {scenario: (stats, lists)})``; with ``sampled_negatives`` the summaries
           also hold the sampled protocol's ``sampled_hr@k`` (biased: never the figure to choose on).
         """
         c = self.config
-        rankers = self.rankers(params)
+        rankers = self.rankers(params, baselines=baselines)
         sampled = c.topn.sampled_negatives
         scorers = {name: method.score for name, method in rankers.items()} if sampled else None
         out, detail = {}, {}
