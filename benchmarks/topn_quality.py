@@ -39,17 +39,21 @@ IMPLICIT = {"feedback": "implicit", "positive_threshold": 4.0}
 METRICS = ("recall@20", "ndcg@20", "hr@10", "mrr@20", "recall@50", "coverage@20", "pop@20")
 
 
-def table(title: str, summaries: dict, reference: str = "maml") -> str:
-    """A markdown table of one evaluation, the paired Recall@20 difference to ``reference`` beside each other
-    method."""
-    header = f" | {reference} - method, Recall@20 [95% CI] |"
-    lines = [f"### {title}", "", "| method | users | " + " | ".join(METRICS) + header]
-    lines.append("|" + "---|" * (len(METRICS) + 3))
+def table(title: str, summaries: dict, references: tuple = ("maml",)) -> str:
+    """A markdown table of one evaluation, the paired Recall@20 difference to each of ``references`` beside each
+    other method."""
+    header = "".join(f" {ref} - method, Recall@20 [95% CI] |" for ref in references)
+    lines = [f"### {title}", "", "| method | users | " + " | ".join(METRICS) + " |" + header]
+    lines.append("|" + "---|" * (len(METRICS) + 2 + len(references)))
     for name, s in summaries.items():
         cells = [f"{s[m]:.4f}" if m in s else "-" for m in METRICS]
-        paired = s.get("paired", {}).get("recall@20")
-        diff = f"{paired['diff']:+.4f} [{paired['ci95'][0]:+.4f}, {paired['ci95'][1]:+.4f}]" if paired else ""
-        lines.append(f"| {name} | {s['users']} | " + " | ".join(cells) + f" | {diff} |")
+        diffs = []
+        for ref in references:
+            paired = s.get("paired_to", {}).get(ref, {}).get("recall@20")
+            diffs.append(
+                f"{paired['diff']:+.4f} [{paired['ci95'][0]:+.4f}, {paired['ci95'][1]:+.4f}]" if paired else ""
+            )
+        lines.append(f"| {name} | {s['users']} | " + " | ".join(cells) + " | " + " | ".join(diffs) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -91,21 +95,28 @@ def average_training_runs(parts: dict, offsets: list, fields: dict, args, seed: 
     return out
 
 
-def pool(stats: dict, summaries: dict, reference: str = "maml") -> dict:
+def pool(stats: dict, summaries: dict, references: tuple = ("maml",)) -> dict:
     """Summaries of one part over every split: the per-user statistics concatenated, so that the paired intervals
     resample (split, user) pairs; coverage, a property of a split's lists, averaged over the splits.
 
     Args:
       stats: ``{method: [per-user statistics of each split]}``.
       summaries: ``{method: [summary of each split]}``.
-      reference: the method the others are paired with.
+      references: the methods the others are paired with: ``"paired"`` holds the difference to the first,
+        ``"paired_to"`` to each.
     """
-    if reference not in stats:  # warned, not raised: the run's figures are still written
-        logging.warning(
-            "--reference %r is not among the methods run (%s): no paired column", reference, ", ".join(stats)
-        )
     pooled = {m: concat_stats(parts) for m, parts in stats.items()}
-    out = compare_stats(pooled, reference=reference, resamples=1000, implicit=True)
+    out = None
+    for reference in references:
+        if reference not in stats:  # warned, not raised: the run's figures are still written
+            logging.warning(
+                "--reference %r is not among the methods run (%s): no paired column", reference, ", ".join(stats)
+            )
+        compared = compare_stats(pooled, reference=reference, resamples=1000, implicit=True)
+        out = compared if out is None else out
+        for method, summary in compared.items():
+            if "paired" in summary:
+                out[method].setdefault("paired_to", {})[reference] = summary["paired"]
     for method, summary in out.items():
         for key in summaries[method][0]:
             if key.startswith("coverage@"):
@@ -142,7 +153,10 @@ def main() -> None:
     )
     parser.add_argument("--set", default="{}", help="config fields over every variant's, as JSON: '{\"epochs\": 1}'")
     parser.add_argument(
-        "--reference", default="maml", help="the method the paired intervals compare with (e.g. maml+itemknn)"
+        "--reference",
+        nargs="+",
+        default=["maml"],
+        help="the methods the paired intervals compare with (e.g. maml maml+itemknn; the first is 'paired')",
     )
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     parser.add_argument("--stem", help="file name without suffix (default topn_<dataset>[_methods][_validation])")
@@ -200,12 +214,12 @@ def main() -> None:
             results["variants"][name] = {"refused": runs["refused"]}
             markdown.append(f"### {name}: refused\n\n{runs['refused']}\n")
             continue
-        pooled = {part_name: pool(stats[part_name], summaries[part_name], args.reference) for part_name in stats}
+        pooled = {part_name: pool(stats[part_name], summaries[part_name], tuple(args.reference)) for part_name in stats}
         validation = pooled.pop("validation")
         results["variants"][name] = {"validation": validation, "scenarios": pooled, "runs": runs}
-        markdown.append(table(f"{name}: validation users", validation, args.reference))
+        markdown.append(table(f"{name}: validation users", validation, tuple(args.reference)))
         for scenario, per_method in pooled.items():
-            markdown.append(table(f"{name}: {scenario} (test)", per_method, args.reference))
+            markdown.append(table(f"{name}: {scenario} (test)", per_method, tuple(args.reference)))
     stem = args.stem or (
         f"topn_{args.dataset}" + ("_methods" if args.methods else "") + ("" if args.test else "_validation")
     )

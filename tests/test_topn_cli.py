@@ -203,6 +203,7 @@ def test_a_changed_or_missing_hybrid_file_is_one_clear_error(topn_run, tmp_path)
     import shutil
 
     from jaxrec.experiment.checkpoint import CheckpointError
+    from jaxrec.experiment.run import check_fresh_out
     from jaxrec.experiment.trained import load_trained
 
     copy = tmp_path / "run"
@@ -214,6 +215,10 @@ def test_a_changed_or_missing_hybrid_file_is_one_clear_error(topn_run, tmp_path)
     interactions.unlink()
     with pytest.raises(CheckpointError, match="hybrid_interactions.npz are missing"):
         load_trained(copy)
+    # a new run in the folder (--overwrite) removes the old run's hybrid with its other files
+    interactions.write_bytes(b"")
+    check_fresh_out(copy, overwrite=True)
+    assert not (copy / "hybrid.json").exists() and not interactions.exists()
 
 
 def test_a_count_column_read_as_ratings_is_one_clear_error(tmp_path, capsys):

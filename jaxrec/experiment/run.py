@@ -32,6 +32,7 @@ from jaxrec.experiment.checkpoint import (
     read_metadata,
 )
 from jaxrec.experiment.config import ExperimentConfig
+from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE
 from jaxrec.experiment.protocol import Experiment
 from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.experiment.trained import ITEMS_FILE, read_items, write_items
@@ -435,7 +436,8 @@ def _check_same_data(meta: dict, experiment, folder: Path) -> None:
         )
 
 
-RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json", ITEMS_FILE)  # what a run writes in its folder
+# what a run writes in its folder
+RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json", ITEMS_FILE, HYBRID_FILE, INTERACTIONS_FILE)
 
 
 def check_fresh_out(out: Path, overwrite: bool = False) -> None:
