@@ -50,12 +50,14 @@ __all__ = [
     "MFModel",
     "PopularModel",
     "als_objective",
+    "fit_baseline",
     "fit_content",
     "fit_ease",
     "fit_itemknn",
     "fit_mf",
     "fit_popular",
     "interaction_matrix",
+    "support_matrix",
 ]
 
 #: The largest dense item-item system :func:`fit_ease` accepts: ``30000**2`` float64 numbers are 7.2 GB, and the
@@ -715,3 +717,25 @@ RETRIEVAL_BASELINES: dict[str, Callable[..., Any]] = {
     "ease": fit_ease,
     "mf": fit_mf,
 }
+
+
+def fit_baseline(name: str, X: Any, features: Any = None, **hyper: Any) -> Any:
+    """Fit the baseline ``name``: one of :data:`RETRIEVAL_BASELINES` on ``X``, or ``"content"`` on ``features``.
+
+    Raises:
+      ValueError: if ``name`` is neither, or the baseline refuses its input or ``hyper``.
+    """
+    if name == "content":
+        return fit_content(features, **hyper)
+    if name not in RETRIEVAL_BASELINES:
+        raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join([*RETRIEVAL_BASELINES, 'content'])}")
+    return RETRIEVAL_BASELINES[name](X, **hyper)
+
+
+def support_matrix(items: Any, n_items: int) -> sp.csr_matrix:
+    """The fold-in matrix ``S [U, n_items]`` of users' support items ``[U, E]`` (-1 = none), each of weight 1."""
+    items = np.asarray(items)
+    users = np.repeat(np.arange(items.shape[0]), items.shape[1])
+    flat = items.reshape(-1)
+    real = flat >= 0
+    return interaction_matrix(users[real], flat[real], None, items.shape[0], n_items)

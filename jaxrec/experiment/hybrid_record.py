@@ -72,11 +72,7 @@ class ServedHybrid:
         Returns:
           float32 ``[B, n_items]``.
         """
-        items = np.asarray(items)
-        users = np.repeat(np.arange(items.shape[0]), items.shape[1])
-        flat = items.reshape(-1)
-        real = np.asarray(mask).reshape(-1) & (flat >= 0)
-        support = rb.interaction_matrix(users[real], flat[real], None, items.shape[0], self.n_items)
+        support = rb.support_matrix(np.where(mask, items, -1), self.n_items)
         return np.asarray(self.fitted.scores(support), np.float32)
 
     def combine(self, model_scores: jax.Array, partner_scores: jax.Array, exclude: jax.Array) -> jax.Array:
@@ -163,13 +159,8 @@ def read_hybrid(run_folder: str | os.PathLike, featurizer: Any) -> ServedHybrid 
     if hashlib.sha256(matrix_path.read_bytes()).hexdigest() != checksum:
         raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} have changed since training")
     try:
-        if partner == "content":
-            features, _ = featurizer.item_features()
-            fitted = rb.fit_content(features, **hyper)
-        elif partner in rb.RETRIEVAL_BASELINES:
-            fitted = rb.RETRIEVAL_BASELINES[partner](sp.load_npz(matrix_path), **hyper)
-        else:
-            raise ValueError(f"unknown partner {partner!r}")
+        features = featurizer.item_features()[0] if partner == "content" else None
+        fitted = rb.fit_baseline(partner, sp.load_npz(matrix_path), features, **hyper)
     except (ValueError, TypeError, OSError) as e:
         raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
     logger.info("hybrid maml+%s (weight %g) restored from %s", partner, weight, folder)

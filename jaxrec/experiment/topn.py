@@ -471,7 +471,11 @@ class TopNExperiment:
 
     def train_matrix(self):
         """The meta-train users' interactions ``[users, n_items]`` (their weights where the log has them): what every
-        interaction baseline is fitted on."""
+        interaction baseline is fitted on (built once; the fits copy it)."""
+        return self._train_matrix
+
+    @functools.cached_property
+    def _train_matrix(self):
         train = self.split.train
         weights = train["weight"].to_numpy() if "weight" in train else np.ones(len(train), np.float32)
         users, _ = pd.factorize(train["user"])
@@ -484,12 +488,7 @@ class TopNExperiment:
         n_items = self.dataset.n_items
 
         def dense_scores(exclude):
-            support = np.asarray(exclude)
-            users = np.repeat(np.arange(len(support)), support.shape[1])
-            items = support.reshape(-1)
-            ok = items >= 0
-            weights = np.ones(int(ok.sum()), np.float32)
-            return fitted.scores(rb.interaction_matrix(users[ok], items[ok], weights, len(support), n_items))
+            return fitted.scores(rb.support_matrix(exclude, n_items))
 
         def score(batch, exclude, items):
             items = np.asarray(items)
@@ -538,14 +537,12 @@ class TopNExperiment:
         """``{name: fit(**hyper)}`` of the named baselines that this data can fit: the interaction baselines on the
         meta-train matrix, ``content`` on the items' side features (left out, and logged, when there are none)."""
         fitters: dict[str, Callable[..., Any]] = {}
-        if any(n in rb.RETRIEVAL_BASELINES for n in names):
-            matrix = self.train_matrix()
-            for name in set(names) & set(rb.RETRIEVAL_BASELINES):
-                fitters[name] = functools.partial(rb.RETRIEVAL_BASELINES[name], matrix)
+        for name in set(names) & set(rb.RETRIEVAL_BASELINES):
+            fitters[name] = functools.partial(rb.fit_baseline, name, self.train_matrix())
         if "content" in names:
             features, _ = self.featurizer.item_features()
             if features.shape[1] and features.any():
-                fitters["content"] = functools.partial(rb.fit_content, features)
+                fitters["content"] = functools.partial(rb.fit_baseline, "content", None, features)
             else:
                 logger.info("baseline content left out: the items have no side features")
         return fitters
