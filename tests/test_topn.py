@@ -685,6 +685,8 @@ def test_exact_als_loss_needs_a_two_tower_model_and_its_catalogue():
         ranking_loss(toy_apply, "als_exact")
     with pytest.raises(ValueError, match="^query_loss must be one of"):
         ExperimentConfig.make(feedback="implicit", query_loss="hinge")
+    with pytest.raises(ValueError, match="^als_confidence must be a number >= 0"):
+        ExperimentConfig.make(feedback="implicit", als_confidence=-1.0)
 
 
 def als_start_config(**fields):
@@ -695,16 +697,18 @@ def als_start_config(**fields):
     return ExperimentConfig.make(**base, item_start="als", pretrain=False, topn_baselines=(), **fields)
 
 
-def test_exact_als_start_ranks_as_the_mf_baselines_fold_in():
-    """item_start='als' with the exact ALS loss and the prior variance 1 / (2 l2): before any meta-step the
-    meta-learner's adapted users are the mf baseline's folded-in users, so both rank the catalogue alike."""
+@pytest.mark.parametrize(("l2", "alpha"), [(10.0, 10.0), (100.0, 1.0)])
+def test_exact_als_start_ranks_as_the_mf_baselines_fold_in(l2, alpha):
+    """item_start='als' with the exact ALS loss, the prior variance 1 / (2 l2) and the confidence alpha: before any
+    meta-step the meta-learner's adapted users are the mf baseline's folded-in users with the same strengths, so
+    both rank the catalogue alike."""
     from jaxrec.evaluation import retrieval_baselines as rb
     from jaxrec.experiment.topn import TopNExperiment
 
-    config = als_start_config(model_kwargs={"embed": 16}, inner_lr=1 / (2 * 10.0))
+    config = als_start_config(model_kwargs={"embed": 16}, inner_lr=1 / (2 * l2), als_confidence=alpha)
     exp = TopNExperiment(config)
     params = exp.init_params()
-    fitted = rb.fit_mf(exp.train_matrix(), seed=config.seed, factors=16, l2=10.0, alpha=10.0)
+    fitted = rb.fit_mf(exp.train_matrix(), seed=config.seed, factors=16, l2=l2, alpha=alpha)
     rankers = {"maml": exp._model_ranker(params, exp.inner_lr, exp.inner), "mf": exp._baseline_ranker(fitted)}
     summaries, _, lists = evaluate_rankers(
         rankers, exp.val_tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True

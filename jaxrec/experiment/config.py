@@ -569,6 +569,11 @@ class TopNConfig:
       query_loss: the loss of the query after adaptation in meta-training (the outer loss), one of the same; None
         for ``ranking_loss``. E.g. ``ranking_loss="als_exact", query_loss="softmax"``: adapt by the exact ALS
         fold-in, meta-train for the ranking of the query.
+      als_confidence: the extra confidence ``c`` of an interaction in the ``"als"`` and ``"als_exact"`` losses
+        (target 1 with confidence ``1 + c w``, every other item target 0 with confidence 1; Hu, Koren & Volinsky,
+        ICDM 2008). With ``item_start="als"`` the item factors are fitted with the same ``c`` and the ridge
+        strength ``1 / (2 inner_lr)`` of the fold-in, so that before any meta-step the meta-learner is the ``mf``
+        baseline with those strengths.
       test_frac: the fraction of users who are new (test) users.
       warm_frac: the fraction of meta-train users whose latest interactions form the warm scenario.
       new_item_frac: the fraction of the items first interacted with last that are held out of all training as
@@ -610,6 +615,9 @@ class TopNConfig:
     query_loss: str | None = _field(
         None, "top-N loss of the query in meta-training (default: the ranking loss)", choices=TOPN_LOSSES
     )
+    als_confidence: float = _field(
+        10.0, "extra confidence of an interaction in the ALS losses (alpha of implicit ALS)", parse=_float
+    )
     test_frac: float = _field(0.2, "fraction of users who are new (test) users", parse=_float)
     warm_frac: float = _field(0.1, "fraction of meta-train users held out as warm users", parse=_float)
     new_item_frac: float = _field(
@@ -650,6 +658,11 @@ class TopNConfig:
                 f"must be >= the largest cut-off of topn_ks ({max(self.topn_ks)}), got {self.rerank_candidates}",
             )
         _positive_int(self.sampled_negatives, "sampled_negatives", minimum=0)
+        _check(
+            isinstance(self.als_confidence, (int, float)) and self.als_confidence >= 0,
+            "als_confidence",
+            f"must be a number >= 0, got {self.als_confidence!r}",
+        )
         if self.hybrid is not None:
             _check(
                 self.hybrid in HYBRID_PARTNERS,

@@ -178,9 +178,10 @@ class Learner:
         query_loss_fn = None
         if config.data.feedback == "implicit":  # top-N: positives ranked against their sampled negatives
             unknown = topn_unknown_ids(config)
-            loss_fn = topn_loss(config.topn.ranking_loss, model, catalogue, unknown)
+            confidence = config.topn.als_confidence
+            loss_fn = topn_loss(config.topn.ranking_loss, model, catalogue, unknown, confidence)
             if config.topn.query_loss not in (None, config.topn.ranking_loss):
-                query_loss_fn = topn_loss(config.topn.query_loss, model, catalogue, unknown)
+                query_loss_fn = topn_loss(config.topn.query_loss, model, catalogue, unknown, confidence)
         else:
             loss_fn = models.default_loss(model)
         if callable(getattr(type(model), "query_loss", None)):  # TaNP: the neural-process bound of the query set
@@ -228,15 +229,16 @@ def topn_unknown_ids(config: Any) -> float:
     return unknown_fraction(config.meta.item_dropout, config.meta.task_item_dropout)
 
 
-def topn_loss(kind: str, model: Any, catalogue: Any = None, unknown: float = 0.0) -> Any:
+def topn_loss(kind: str, model: Any, catalogue: Any = None, unknown: float = 0.0, confidence: float = 10.0) -> Any:
     """The top-N loss ``kind`` of a model: :func:`~jaxrec.core.ranking.ranking_loss`, or for ``"als_exact"``
-    :func:`exact_als_loss` over ``catalogue`` (``unknown``: its fraction of id-less item vectors)."""
+    :func:`exact_als_loss` over ``catalogue`` (``unknown``: its fraction of id-less item vectors); ``confidence``:
+    the ALS losses' extra confidence of an interaction."""
     if kind == "als_exact":
-        return exact_als_loss(model, catalogue, unknown=unknown)
-    return ranking_loss(model.apply, kind)
+        return exact_als_loss(model, catalogue, unknown=unknown, confidence=confidence)
+    return ranking_loss(model.apply, kind, confidence=confidence)
 
 
-def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0) -> Any:
+def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0, confidence: float = 10.0) -> Any:
     """The implicit-ALS loss of a two-tower model with its catalogue term exact
     (:func:`~jaxrec.core.ranking.catalogue_als_loss`): ``G`` is the Gram matrix of the item tower over every item
     of ``catalogue``.
@@ -251,6 +253,7 @@ def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0) -> Any:
       model: a :class:`~jaxrec.models.TwoTower`.
       catalogue: the item rows of every catalogue item, ``{key: [V, ...]}``.
       unknown: ``u``, in ``[0, 1]``.
+      confidence: the extra confidence ``c`` of an interaction (:func:`~jaxrec.core.ranking.catalogue_als_loss`).
 
     Returns:
       ``loss_fn(params, rows, mask)``.
@@ -282,7 +285,7 @@ def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0) -> Any:
         features_only = model.apply(params, id_less, method=model.item_vectors)
         return (1.0 - unknown) * gram + unknown * (features_only.T @ features_only)
 
-    return catalogue_als_loss(model.apply, user_fn, gram_fn)
+    return catalogue_als_loss(model.apply, user_fn, gram_fn, confidence=confidence)
 
 
 class Experiment:

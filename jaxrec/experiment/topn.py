@@ -317,8 +317,10 @@ class TopNExperiment:
 
     def als_start(self, params: Any) -> Any:
         """``params`` with a two-tower model's item vectors (and history embeddings) at the item factors of implicit
-        ALS fitted on the meta-train users (:func:`~jaxrec.evaluation.retrieval_baselines.fit_mf`, the ``mf``
-        baseline's chosen strengths when it was tuned).
+        ALS fitted on the meta-train users (:func:`~jaxrec.evaluation.retrieval_baselines.fit_mf`). With the exact
+        ALS loss its strengths are the fold-in's own (ridge ``1 / (2 inner_lr)``, confidence ``als_confidence``), so
+        that before any meta-step the meta-learner is the ``mf`` baseline with them; with another loss, the ``mf``
+        baseline's chosen strengths when it was tuned (else ridge 10, confidence 10).
 
         The item tower then starts as the ALS item factors (``item_out`` the identity on the id embedding, zero on
         the features), the user-feature embeddings at zero, and a pooled user tower as the mean factor of the
@@ -334,6 +336,8 @@ class TopNExperiment:
             return params
         embed = inner["user_vector"].shape[0]
         chosen = dict(self._tuned.get("mf", {}).get("chosen", {"l2": 10.0, "alpha": 10.0}))
+        if self.config.topn.ranking_loss == "als_exact":  # the fold-in's own strengths: the start is that mf
+            chosen = {"l2": 1.0 / (2.0 * self.config.meta.inner_lr), "alpha": self.config.topn.als_confidence}
         chosen["factors"] = embed
         fitted = rb.fit_mf(self.train_matrix(), seed=self.config.training_seed, **chosen)
         slots = self.featurizer.item_index[:-1]
