@@ -71,13 +71,19 @@ __all__ = ["TopNExperiment", "implicit_dataset", "BASELINE_GRIDS", "HYBRID_WEIGH
 logger = logging.getLogger(__name__)
 
 #: the hyper-parameters tried on the validation users for each baseline
-#: (widened when half the splits of ml-100k and ml-latest-small chose an edge of the grids that stopped at EASE
-#: l2 2000, 200 neighbours and ALS l2 100 / alpha 10)
+#: (widened each time half the splits of ml-100k and ml-latest-small chose an edge of a grid: EASE l2 2000, 200
+#: neighbours and ALS l2 100 / alpha 10 at first; then 500 neighbours, shrink 10 and ALS alpha 1)
 BASELINE_GRIDS: dict[str, list[dict]] = {
     "popular": [{}],
-    "itemknn": [{"neighbours": n, "shrink": s} for n in (20, 50, 100, 200, 500) for s in (0.0, 10.0)],
+    "itemknn": [
+        {"neighbours": n, "shrink": s} for n in (20, 50, 100, 200, 500, 1000, 2000) for s in (0.0, 10.0, 50.0, 200.0)
+    ],
     "ease": [{"l2": l2} for l2 in (10.0, 50.0, 200.0, 500.0, 2000.0, 5000.0, 20000.0)],
-    "mf": [{"factors": 64, "l2": l2, "alpha": a} for l2 in (1.0, 10.0, 100.0, 1000.0) for a in (1.0, 10.0, 40.0)],
+    "mf": [
+        {"factors": 64, "l2": l2, "alpha": a}
+        for l2 in (1.0, 10.0, 100.0, 1000.0)
+        for a in (0.1, 0.3, 1.0, 3.0, 10.0, 40.0)
+    ],
     "content": [{"idf": True}, {"idf": False}],
 }
 #: the scenario of the new-item users whose lists hold the new items only (:meth:`TopNExperiment.evaluate`)
