@@ -2,8 +2,8 @@
 # The meta-learner's fold-in strengths chosen on validation users, as the baselines' are: the ridge l2 of the exact
 # ALS fold-in (inner_lr = 1 / (2 l2)) and its confidence c (als_confidence), each pair trained twice on each of three
 # splits (topn_quality.py --train-seeds 0 1, no baselines, validation users only). Writes one result file per pair
-# under $OUT and benchmarks/results/topn_fold_in_grid_<dataset>.json: the validation Recall@20 of each split and training, and
-# the mean of the six.
+# under $OUT and benchmarks/results/topn_fold_in_grid_<dataset>.json: the validation Recall@20 of each split and
+# training, and the mean of the six.
 #
 #   bash benchmarks/topn_fold_in_grid.sh ml-100k "10 10" "10 1" "1 1"      # DATA_DIR=../shared/data by default
 #   OUT=/tmp/grid bash benchmarks/topn_fold_in_grid.sh ml-latest-small "10 10" "10 1"

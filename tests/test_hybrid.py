@@ -81,12 +81,17 @@ def test_an_excluded_or_unscorable_item_is_never_recommended_and_the_rest_fill_t
         assert np.all(top[u][eligible:] == -1)
 
 
-def test_experiment_hybrids_are_tuned_on_validation_users_and_rank_by_their_scores():
+def test_experiment_hybrids_are_tuned_on_validation_users_and_rank_by_their_scores(monkeypatch):
     """``hybrid="itemknn"``: the meta method and every other fitted baseline get a hybrid with item-kNN, each with
     its weight chosen on the validation users (the grid's best). The meta method's hybrid scores a batch as the
-    float64 standardised sum of the two methods' scores written here, and ranks by those scores."""
-    from jaxrec.experiment import ExperimentConfig
+    float64 standardised sum of the two methods' scores written here, and ranks by those scores. (Item-kNN's own
+    grid is cut to two points: the hybrid's weight is what is tested here.)"""
+    from jaxrec.experiment import ExperimentConfig, topn
     from jaxrec.experiment.topn import HYBRID_WEIGHTS, TopNExperiment, _scores_of_every_item
+
+    monkeypatch.setitem(
+        topn.BASELINE_GRIDS, "itemknn", [{"neighbours": 50, "shrink": 0.0}, {"neighbours": 200, "shrink": 10.0}]
+    )
 
     config = ExperimentConfig.make(
         feedback="implicit",

@@ -726,7 +726,9 @@ def test_als_start_with_new_items_maps_features_to_als_factors_by_ridge_regressi
     config = als_start_config(model_kwargs={"embed": 8}, new_item_frac=0.1, item_dropout=0.25)
     exp = TopNExperiment(config)
     params = exp.init_params()
-    fitted = rb.fit_mf(exp.train_matrix(), seed=config.seed, factors=8, l2=10.0, alpha=10.0)
+    # the factors are fitted at the fold-in's strengths: ridge 1 / (2 inner_lr), the loss's confidence
+    strengths = {"l2": 1 / (2 * config.meta.inner_lr), "alpha": config.topn.als_confidence}
+    fitted = rb.fit_mf(exp.train_matrix(), seed=config.seed, factors=8, **strengths)
     known = np.flatnonzero(exp.featurizer.item_index[:-1] > 0)
     rows = {k: jnp.asarray(v) for k, v in exp.featurizer.item_rows(known).items()}
     vectors = np.asarray(exp.model.apply(params, rows, method=exp.model.item_vectors))[:, :-1]

@@ -343,7 +343,7 @@ class TopNExperiment:
         embed = inner["user_vector"].shape[0]
         chosen = dict(self._tuned.get("mf", {}).get("chosen", {"l2": 10.0, "alpha": 10.0}))
         if self.config.topn.ranking_loss == "als_exact":  # the fold-in's own strengths: the start is that mf
-            chosen = {"l2": 1.0 / (2.0 * self.config.meta.inner_lr), "alpha": self.config.topn.als_confidence}
+            chosen = {"l2": 1.0 / (2.0 * self.inner_lr), "alpha": self.config.topn.als_confidence}
         chosen["factors"] = embed
         fitted = rb.fit_mf(self.train_matrix(), seed=self.config.training_seed, **chosen)
         slots = self.featurizer.item_index[:-1]
