@@ -41,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "CheckpointStore",
     "checkpoint_folder",
+    "file_sha256",
     "load_checkpoint",
     "read_metadata",
     "save_checkpoint",
@@ -332,7 +333,8 @@ def _restore_message(folder: Path, step: int, meta: dict, error: Exception, temp
     return f"{folder}: cannot read the state of step {step} (corrupt or incomplete checkpoint?): {first}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, hex, read in chunks (a large file is never held whole)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
@@ -340,7 +342,7 @@ def _sha256(path: Path) -> str:
 def _write_manifest(step_folder: Path) -> None:
     """Record the size and SHA-256 of every file of a saved step (atomically: a temporary file, then a rename)."""
     files = sorted(p for p in step_folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    manifest = {str(p.relative_to(step_folder)): [p.stat().st_size, _sha256(p)] for p in files}
+    manifest = {str(p.relative_to(step_folder)): [p.stat().st_size, file_sha256(p)] for p in files}
     tmp = step_folder / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=0, sort_keys=True))
     os.replace(tmp, step_folder / MANIFEST)
@@ -381,7 +383,7 @@ def verify(folder: str | os.PathLike, step: int) -> None:
         actual = file.stat().st_size
         if actual != size:
             raise CheckpointError(f"{folder}: step {step} is corrupt: {file} has {actual} bytes, {size} were saved")
-        if _sha256(file) != digest:
+        if file_sha256(file) != digest:
             raise CheckpointError(f"{folder}: step {step} is corrupt: {file} has changed since it was saved")
 
 

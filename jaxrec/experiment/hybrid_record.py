@@ -17,7 +17,6 @@ keeps the folder small for every partner (EASE's weights are a dense ``V x V`` m
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import scipy.sparse as sp
 
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.hybrid import hybrid_scores
-from jaxrec.experiment.checkpoint import CheckpointError
+from jaxrec.experiment.checkpoint import CheckpointError, file_sha256
 
 __all__ = ["HYBRID_FILE", "INTERACTIONS_FILE", "ServedHybrid", "read_hybrid", "write_hybrid"]
 
@@ -118,7 +117,7 @@ def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) ->
         "n_items": int(experiment.dataset.n_items),
         "interactions": {
             "file": INTERACTIONS_FILE,
-            "sha256": hashlib.sha256(matrix_path.read_bytes()).hexdigest(),
+            "sha256": file_sha256(matrix_path),
         },
     }
     path = folder / HYBRID_FILE
@@ -156,7 +155,7 @@ def read_hybrid(run_folder: str | os.PathLike, featurizer: Any) -> ServedHybrid 
     matrix_path = folder / INTERACTIONS_FILE
     if not matrix_path.is_file():
         raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} are missing")
-    if hashlib.sha256(matrix_path.read_bytes()).hexdigest() != checksum:
+    if file_sha256(matrix_path) != checksum:
         raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} have changed since training")
     try:
         features = featurizer.item_features()[0] if partner == "content" else None

@@ -466,6 +466,11 @@ class TopNExperiment:
         user side."""
         return isinstance(self.model, models.TwoTower) and is_user_side(inner, params)
 
+    def _meta_ranker(self, params: Any) -> Method:
+        """The meta method of ``params`` (a Meta-SGD state's included): adapted by the run's inner loop."""
+        meta_params, inner_lr = split_meta_params(params, self.inner_lr)
+        return self._model_ranker(meta_params, inner_lr, self.inner)
+
     def _model_ranker(self, params: Any, inner_lr: Any, inner: InnerLoop) -> Method:
         rank = _cached_ranker(self.model, inner, self._kmax(), self._dot(params, inner))
         score = _cached_scorer(self.model, inner)
@@ -647,10 +652,9 @@ class TopNExperiment:
         ``hybrid``, the hybrids (``"maml+<partner>"``, ``"<baseline>+<partner>"``), each ``rank(batch, exclude) ->
         items [U, K]``. Without ``baselines``: the methods of ``params`` alone (the meta method, its re-ranked lists
         and its hybrid, whose partner is then the only baseline fitted)."""
-        meta_params, inner_lr = split_meta_params(params, self.inner_lr)
-        out = {"maml": self._model_ranker(meta_params, inner_lr, self.inner)}
+        out = {"maml": self._meta_ranker(params)}
         if self.config.topn.rerank:
-            out["rerank"] = self._rerank_method(meta_params, inner_lr)
+            out["rerank"] = self._rerank_method(*split_meta_params(params, self.inner_lr))
         if baselines:
             out.update(self.baselines())
             if self.config.topn.hybrid is not None:
@@ -687,8 +691,7 @@ class TopNExperiment:
             logger.info("hybrid with %s left out: the baseline was not fitted", partner)
             return None
         if self._meta_hybrid is None or self._meta_hybrid[0] is not params:
-            meta_params, inner_lr = split_meta_params(params, self.inner_lr)
-            first = self._model_ranker(meta_params, inner_lr, self.inner)
+            first = self._meta_ranker(params)
             self._meta_hybrid = (params, self._tuned_hybrid(f"maml+{partner}", first, second))
         return self._meta_hybrid[1]
 
