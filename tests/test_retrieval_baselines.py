@@ -112,38 +112,58 @@ def test_ease_refuses_a_catalogue_too_large_for_a_dense_inverse():
         rb.fit_ease(X[:, :10], l2=0.0)
 
 
-def dense_als_objective(X, U, Y, l2, alpha):
+def dense_als_objective(X, U, Y, l2, alpha, m=None):
     Xd = X.toarray().astype(np.float64)
-    c = 1.0 + alpha * Xd
+    m = np.ones(Xd.shape[1]) if m is None else m
+    c = m[None, :] + alpha * Xd
     return np.sum(c * ((Xd > 0) - U @ Y.T) ** 2) + l2 * (np.sum(U**2) + np.sum(Y**2))
 
 
-def test_mf_objective_decreases_monotonically_and_is_the_papers():
+@pytest.mark.parametrize("exponent", [0.0, -0.5, 1.0])
+def test_mf_objective_decreases_monotonically_and_is_the_papers(exponent):
+    """Each half-sweep is the exact minimiser of its block (so the objective never rises), with the missing pairs
+    weighted by item popularity too (``exponent != 0``: both the user and the item step carry ``m``)."""
     X = random_interactions(40, 25, 0.2, seed=5, weighted=True)
-    model = rb.fit_mf(X, factors=5, iterations=12, l2=0.5, alpha=4.0, seed=1)
+    model = rb.fit_mf(X, factors=5, iterations=12, l2=0.5, alpha=4.0, missing_exponent=exponent, seed=1)
+    m = model.missing_weights
+    if exponent:
+        counts = (X.toarray() > 0).sum(axis=0)
+        expected = (counts + 1.0) ** exponent
+        np.testing.assert_allclose(m, expected / expected.mean(), rtol=1e-12)
+        assert np.ptp(m) > 0.1  # the weights differ between items: the weighted path is exercised
+    else:
+        assert m is None
     history = model.history
     assert history.shape == (12,)
     assert np.all(np.diff(history) <= 1e-10 * history[:-1]), history
     assert history[-1] < 0.9 * history[0]
     U, Y = model.user_factors, model.item_factors
-    objective = rb.als_objective(X, U, Y, l2=0.5, alpha=4.0)
+    objective = rb.als_objective(X, U, Y, l2=0.5, alpha=4.0, missing_weights=m)
     np.testing.assert_allclose(objective, history[-1], rtol=1e-12)
-    np.testing.assert_allclose(objective, dense_als_objective(X, U, Y, 0.5, 4.0), rtol=1e-10)
+    np.testing.assert_allclose(objective, dense_als_objective(X, U, Y, 0.5, 4.0, m), rtol=1e-10)
     # one more exact user step can only lower it further
     U_next = model.fold_in(X)
-    assert rb.als_objective(X, U_next, Y, l2=0.5, alpha=4.0) <= objective * (1 + 1e-12)
+    assert rb.als_objective(X, U_next, Y, l2=0.5, alpha=4.0, missing_weights=m) <= objective * (1 + 1e-12)
+    # the item step is the exact minimiser too: its gradient in Y vanishes (dense, float64)
+    Xd = X.toarray().astype(np.float64)
+    mm = np.ones(25) if m is None else m
+    C = mm[None, :] + 4.0 * Xd
+    gradient_Y = -2 * (C * ((Xd > 0) - U @ Y.T)).T @ U + 2 * 0.5 * Y
+    np.testing.assert_allclose(gradient_Y, 0.0, atol=1e-8)
 
 
-def test_mf_fold_in_solves_the_normal_equations(monkeypatch):
+@pytest.mark.parametrize("exponent", [0.0, -0.5])
+def test_mf_fold_in_solves_the_normal_equations(monkeypatch, exponent):
     X = random_interactions(60, 30, 0.25, seed=6)
     S = random_interactions(6, 30, 0.3, seed=7, weighted=True)
     S = sp.vstack([S, sp.csr_matrix((1, 30), dtype=np.float32)]).tocsr()  # a user without support
-    model = rb.fit_mf(X, factors=6, iterations=3, l2=0.3, alpha=2.5)
+    model = rb.fit_mf(X, factors=6, iterations=3, l2=0.3, alpha=2.5, missing_exponent=exponent)
     folded = model.fold_in(S)
     Y = model.item_factors
+    m = np.ones(30) if model.missing_weights is None else model.missing_weights
     for u in range(6):
         s = S.toarray()[u].astype(np.float64)
-        c = 1.0 + 2.5 * s
+        c = m + 2.5 * s
         A = Y.T @ (c[:, None] * Y) + 0.3 * np.eye(6)
         expected = np.linalg.solve(A, Y.T @ (c * (s > 0)))
         np.testing.assert_allclose(folded[u], expected, rtol=1e-9, atol=1e-12)

@@ -717,6 +717,45 @@ def test_exact_als_start_ranks_as_the_mf_baselines_fold_in(l2, alpha):
     assert summaries["maml"]["recall@20"] == pytest.approx(summaries["mf"]["recall@20"], abs=0.01)
 
 
+def test_a_refinement_is_tried_on_top_of_the_grids_choice_and_kept_only_when_validation_rises(monkeypatch):
+    """The second tuning stage: each of BASELINE_REFINEMENTS merged onto the grid's best point, chosen on the same
+    validation figure. Scored here by a stand-in figure of the fitted model (no catalogue pass), so that which
+    point wins is known: the grid's l2 = 10 beats l2 = 100, then exponent -0.5 beats the grid's choice and -1 does
+    not."""
+    from jaxrec.experiment import topn
+
+    exp = topn.TopNExperiment(als_start_config(model_kwargs={"embed": 4}))
+    monkeypatch.setitem(topn.BASELINE_GRIDS, "mf", [{"factors": 4, "l2": l2, "alpha": 1.0} for l2 in (100.0, 10.0)])
+    monkeypatch.setitem(topn.BASELINE_REFINEMENTS, "mf", [{"missing_exponent": b} for b in (-0.5, -1.0)])
+    figure = {(100.0, None): 0.1, (10.0, None): 0.2, (10.0, -0.5): 0.3, (10.0, -1.0): 0.25}
+    tried = []
+
+    def exponent(fitted):
+        if fitted.missing_weights is None:
+            return None
+        weights = fitted.missing_weights
+        counts = np.asarray((exp.train_matrix() > 0).sum(axis=0)).ravel()
+        for b in (-0.5, -1.0):  # which exponent made these weights
+            expected = (counts + 1.0) ** b
+            if np.allclose(weights, expected / expected.mean()):
+                return b
+        raise AssertionError("weights of no exponent tried")
+
+    monkeypatch.setattr(exp, "_baseline_ranker", lambda fitted: fitted)
+    monkeypatch.setattr(
+        exp,
+        "_validate",
+        lambda rankers: {n: tried.append(key := (f.l2, exponent(f))) or figure[key] for n, f in rankers.items()},
+    )
+    ranker = exp._tuned_baseline("mf")
+    assert tried == [(100.0, None), (10.0, None), (10.0, -0.5), (10.0, -1.0)]
+    assert exponent(ranker) == -0.5 and ranker.l2 == 10.0
+    assert exp.tuned["mf"] == {
+        "chosen": {"factors": 4, "l2": 10.0, "alpha": 1.0, "missing_exponent": -0.5},
+        "validation_recall@20": 0.3,
+    }
+
+
 def test_als_start_with_new_items_maps_features_to_als_factors_by_ridge_regression():
     """With a new-item scenario the ALS start also sets the feature tables: a known item's vector is its ALS factor
     exactly, a new item's (id unknown) the ridge prediction of the factors from the features, fitted by hand."""

@@ -57,6 +57,7 @@ __all__ = [
     "fit_mf",
     "fit_popular",
     "interaction_matrix",
+    "missing_weights",
     "support_matrix",
 ]
 
@@ -450,9 +451,11 @@ class MFModel:
       item_factors: float64 ``[n_items, factors]``, ``Y``.
       user_factors: float64 ``[n_train_users, factors]``, the training users' factors ``U`` (kept for diagnostics).
       l2: the ridge strength ``lambda`` used in training and in the fold-in.
-      alpha: the confidence slope ``alpha`` (``c = 1 + alpha * x``).
+      alpha: the confidence slope ``alpha`` (``c = m_i + alpha * x``).
       history: float64 ``[iterations]``, the objective (:func:`als_objective`) after each ALS sweep;
         non-increasing.
+      missing_weights: float64 ``[n_items]``, ``m_i``, the confidence of item ``i`` as a missing (zero) pair; None
+        for 1 everywhere (:func:`missing_weights`).
     """
 
     item_factors: np.ndarray
@@ -460,6 +463,7 @@ class MFModel:
     l2: float
     alpha: float
     history: np.ndarray
+    missing_weights: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -468,7 +472,7 @@ class MFModel:
     def fold_in(self, S: Any) -> np.ndarray:
         """Fold new users in: the exact ALS user step against the trained item factors.
 
-        For each row ``s`` of ``S``, ``u = (Y^T C Y + l2 I)^-1 Y^T C p`` with ``C = diag(1 + alpha * s)`` and
+        For each row ``s`` of ``S``, ``u = (Y^T C Y + l2 I)^-1 Y^T C p`` with ``C = diag(m + alpha * s)`` and
         ``p = [s > 0]`` (see :func:`fit_mf`). A user without support gets ``u = 0``.
 
         Args:
@@ -481,7 +485,7 @@ class MFModel:
           ValueError: if ``S`` has another number of items, or non-finite or negative weights.
         """
         S = _as_csr(S, "S", n_items=self.n_items, nonnegative=True)
-        return _als_step(S, self.item_factors, self.l2, self.alpha)
+        return _als_step(S, self.item_factors, self.l2, self.alpha, column_weights=self.missing_weights)
 
     def scores(self, S: Any) -> np.ndarray:
         """Score the catalogue: ``U_new Y^T`` with ``U_new`` from :meth:`fold_in`.
@@ -498,14 +502,26 @@ class MFModel:
         return np.asarray(self.fold_in(S) @ self.item_factors.T, np.float32)
 
 
-def _als_step(R: sp.csr_matrix, F: np.ndarray, l2: float, alpha: float) -> np.ndarray:
+def _als_step(
+    R: sp.csr_matrix,
+    F: np.ndarray,
+    l2: float,
+    alpha: float,
+    *,
+    row_weights: np.ndarray | None = None,
+    column_weights: np.ndarray | None = None,
+) -> np.ndarray:
     """Solve every row's factors against the fixed factors ``F`` (``[m, f]``) at once.
 
-    For row ``r`` of ``R`` (``[n, m]``, non-negative) with nonzeros ``N(r)``, the normal equations are
+    For row ``r`` of ``R`` (``[n, m]``, non-negative) with nonzeros ``N(r)``, and ``W`` the confidence of a missing
+    pair (1 by default; the item's ``m_i``: ``column_weights`` in the user step, ``row_weights`` in the item
+    step), the normal equations are
 
-        (F^T F + l2 I + sum_{j in N(r)} alpha R_rj F_j F_j^T) u_r = sum_{j in N(r)} (1 + alpha R_rj) F_j,
+        (F^T W_r F + l2 I + sum_{j in N(r)} alpha R_rj F_j F_j^T) u_r = sum_{j in N(r)} (W_rj + alpha R_rj) F_j,
 
-    the ``F^T C_r F = F^T F + F^T (C_r - I) F`` trick of Hu et al. (rows without nonzeros get ``u_r = 0``). The
+    the ``F^T C_r F = F^T W_r F + F^T (C_r - W_r) F`` trick of Hu et al. (rows without nonzeros get ``u_r = 0``);
+    ``F^T W_r F`` is one matrix for every row (``F^T diag(m) F`` in the user step, ``m_r F^T F`` in the item
+    step). The
     sum of outer products is the Gram matrix ``Z_r^T Z_r`` of the row's nonzeros ``Z_r = sqrt(alpha R_rj) F_j``:
     rows are grouped by their number of nonzeros rounded up to a power of two, padded with zero rows to that
     length and multiplied as one stacked ``[rows, f, L] @ [rows, L, f]`` product (BLAS; at most twice the
@@ -519,9 +535,15 @@ def _als_step(R: sp.csr_matrix, F: np.ndarray, l2: float, alpha: float) -> np.nd
     if active.size == 0:
         return out
     R = R[active]
-    base = F.T @ F + l2 * np.eye(f)
+    gram = F.T @ F if column_weights is None else F.T @ (column_weights[:, None] * F)
+    scale = None if row_weights is None else np.asarray(row_weights, np.float64)[active]
     confidence = R.copy()
-    confidence.data = 1.0 + alpha * R.data
+    missing = np.ones(R.nnz)
+    if column_weights is not None:
+        missing = column_weights[R.indices]
+    elif scale is not None:
+        missing = np.repeat(scale, np.diff(R.indptr))
+    confidence.data = missing + alpha * R.data
     rhs = np.asarray(confidence @ F)  # Y^T C_u p_u: p = 1 on the nonzeros, 0 elsewhere
     lengths = np.diff(R.indptr)
     padded = np.left_shift(1, np.ceil(np.log2(lengths)).astype(np.int64))  # lengths >= 1
@@ -532,7 +554,10 @@ def _als_step(R: sp.csr_matrix, F: np.ndarray, l2: float, alpha: float) -> np.nd
         # rows [start, stop): at most max_rows systems and _BLOCK_ELEMENTS padded factor numbers (>= one row)
         stop = int(np.searchsorted(bounds, bounds[start] + max(1, _BLOCK_ELEMENTS // f), side="right")) - 1
         stop = min(max(stop, start + 1), start + max_rows, R.shape[0])
-        A = np.broadcast_to(base, (stop - start, f, f)).copy()
+        if scale is None:
+            A = np.broadcast_to(gram + l2 * np.eye(f), (stop - start, f, f)).copy()
+        else:
+            A = scale[start:stop, None, None] * gram + l2 * np.eye(f)
         lo, hi = R.indptr[start], R.indptr[stop]
         Z = np.zeros((hi - lo + 1, f))  # the last row is the zero padding
         Z[:-1] = np.sqrt(alpha * R.data[lo:hi])[:, None] * F[R.indices[lo:hi]]
@@ -549,14 +574,23 @@ def _als_step(R: sp.csr_matrix, F: np.ndarray, l2: float, alpha: float) -> np.nd
     return out
 
 
-def als_objective(X: Any, user_factors: np.ndarray, item_factors: np.ndarray, *, l2: float, alpha: float) -> float:
+def als_objective(
+    X: Any,
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+    *,
+    l2: float,
+    alpha: float,
+    missing_weights: np.ndarray | None = None,
+) -> float:
     """The weighted implicit-feedback objective of Hu, Koren & Volinsky (ICDM 2008, eq. 3).
 
         L(U, Y) = sum_{u, i} c_ui (p_ui - u_u^T y_i)^2 + l2 (||U||_F^2 + ||Y||_F^2),
-        p_ui = [x_ui > 0],  c_ui = 1 + alpha x_ui,
+        p_ui = [x_ui > 0],  c_ui = m_i + alpha x_ui,
 
-    over ALL user-item pairs, computed in ``O(nnz f + (n_users + n_items) f^2)`` as
-    ``tr(U^T U Y^T Y) + sum_{x_ui > 0} [c_ui (1 - s_ui)^2 - s_ui^2]`` (``s = U Y^T``) plus the ridge term.
+    over ALL user-item pairs (``m_i = 1`` in the paper; item-dependent with ``missing_weights``), computed in
+    ``O(nnz f + (n_users + n_items) f^2)`` as ``tr(U^T U Y^T M Y) + sum_{x_ui > 0} [c_ui (1 - s_ui)^2 - m_i
+    s_ui^2]`` (``s = U Y^T``, ``M = diag(m)``) plus the ridge term.
 
     Args:
       X: the interactions ``[n_users, n_items]`` (non-negative).
@@ -564,6 +598,7 @@ def als_objective(X: Any, user_factors: np.ndarray, item_factors: np.ndarray, *,
       item_factors: ``[n_items, f]``.
       l2: the ridge strength.
       alpha: the confidence slope.
+      missing_weights: ``m``, ``[n_items]``; None for 1 everywhere.
 
     Returns:
       The objective, a float.
@@ -578,8 +613,9 @@ def als_objective(X: Any, user_factors: np.ndarray, item_factors: np.ndarray, *,
         raise ValueError(f"factor shapes {U.shape} and {Y.shape} do not fit X of shape {X.shape}")
     rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
     s = np.einsum("nf,nf->n", U[rows], Y[X.indices])
-    c = 1.0 + alpha * X.data
-    data_term = np.sum((U.T @ U) * (Y.T @ Y)) + np.sum(c * (1.0 - s) ** 2 - s**2)
+    m = np.ones(Y.shape[0]) if missing_weights is None else np.asarray(missing_weights, np.float64)
+    c = m[X.indices] + alpha * X.data
+    data_term = np.sum((U.T @ U) * (Y.T @ (m[:, None] * Y))) + np.sum(c * (1.0 - s) ** 2 - m[X.indices] * s**2)
     return float(data_term + l2 * (np.sum(U * U) + np.sum(Y * Y)))
 
 
@@ -590,6 +626,7 @@ def fit_mf(
     iterations: int = 15,
     l2: float = 0.1,
     alpha: float = 1.0,
+    missing_exponent: float = 0.0,
     seed: int = 0,
 ) -> MFModel:
     """Fit implicit-feedback matrix factorisation by weighted ALS (Hu, Koren & Volinsky, ICDM 2008).
@@ -608,12 +645,20 @@ def fit_mf(
     clicks, Recall@20) alpha = 1 > 3 > 10 > 40 (0.287, 0.283, 0.273, 0.259 at ``l2 = 0.1``; ``l2 = 10`` adds
     about 0.01 more). Item factors start ``N(0, 0.01^2)`` from ``seed``.
 
+    With ``missing_exponent = beta != 0`` a missing pair's confidence depends on the item, ``m_i`` proportional
+    to ``(n_i + 1)^beta`` (``n_i`` its training interactions; :func:`missing_weights`), and an interaction's is
+    ``m_i + alpha x_ui``: the popularity-weighted missing data of eALS (He et al., SIGIR 2016), who take ``beta >
+    0`` (a popular item not interacted with is a surer negative). ``beta < 0`` trusts the absence of a popular
+    item less, so the fold-in recommends popular items more readily.
+
     Args:
       X: the training interactions ``[n_train_users, n_items]`` (non-negative weights).
       factors: the rank ``f``.
       iterations: the number of ALS sweeps (users then items).
       l2: the ridge strength ``lambda`` (> 0).
       alpha: the confidence slope (>= 0; 0 is unweighted least squares on the 0/1 preferences).
+      missing_exponent: ``beta``, the exponent of the item popularity in a missing pair's confidence (0: 1 for
+        every pair, the paper's model).
       seed: the seed of the item-factor initialisation.
 
     Returns:
@@ -628,14 +673,36 @@ def fit_mf(
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     l2 = _positive(l2, "l2")
     alpha = _positive(alpha, "alpha", strict=False)
+    if isinstance(missing_exponent, bool) or not np.isfinite(missing_exponent):
+        raise ValueError(f"missing_exponent must be a finite number, got {missing_exponent!r}")
+    m = missing_weights(X, missing_exponent) if missing_exponent else None
     Xt = X.T.tocsr()
     Y = np.random.default_rng(seed).normal(0.0, 0.01, (X.shape[1], int(factors)))
     history = []
     for _ in range(int(iterations)):
-        U = _als_step(X, Y, l2, alpha)
-        Y = _als_step(Xt, U, l2, alpha)
-        history.append(als_objective(X, U, Y, l2=l2, alpha=alpha))
-    return MFModel(item_factors=Y, user_factors=U, l2=l2, alpha=alpha, history=np.asarray(history))
+        U = _als_step(X, Y, l2, alpha, column_weights=m)
+        Y = _als_step(Xt, U, l2, alpha, row_weights=m)
+        history.append(als_objective(X, U, Y, l2=l2, alpha=alpha, missing_weights=m))
+    return MFModel(item_factors=Y, user_factors=U, l2=l2, alpha=alpha, history=np.asarray(history), missing_weights=m)
+
+
+def missing_weights(X: Any, exponent: float) -> np.ndarray:
+    """The confidence of each item as a missing pair, ``m_i = (n_i + 1)^beta / mean_j (n_j + 1)^beta`` with
+    ``n_i`` the item's interactions in ``X`` (a count, whatever their weights): mean 1 over the catalogue, so that
+    ``beta`` moves weight between items and not the overall balance of missing and observed pairs that ``alpha``
+    and ``l2`` set (He et al., SIGIR 2016, eq. 9, with the item count for the frequency).
+
+    Args:
+      X: the interactions ``[n_users, n_items]``.
+      exponent: ``beta``.
+
+    Returns:
+      float64 ``[n_items]``.
+    """
+    X = _train_matrix(X, nonnegative=True)
+    counts = np.diff(X.tocsc().indptr).astype(np.float64)
+    m = np.power(counts + 1.0, float(exponent))
+    return m / m.mean()
 
 
 # ----------------------------------------------------------------------------------------------------------------
