@@ -42,6 +42,7 @@ def test_a_log_without_a_rating_column_is_not_trained_as_ratings_of_one(tmp_path
     assert cli.main(["train", "--data", str(data), *TINY_FLAGS, "--out", str(out)]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "no rating column" in line and "clicks.csv" in line and "--columns" in line
+    assert "--feedback implicit" in line and "not available" not in line  # top-N training is: say how to ask for it
     assert not (out / "metrics.json").exists()
 
 

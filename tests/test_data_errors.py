@@ -144,3 +144,33 @@ def test_dedup_keeps_latest_then_last_in_file_like_pandas(rows):
     expected = log.sort_values("ts", kind="stable").groupby(["user", "item"]).tail(1)
     assert sorted(ds.ratings["rating"].tolist()) == sorted(expected["rating"].tolist())
     assert ds.report["duplicates_removed"] == len(log) - len(expected)
+
+
+def test_a_quote_that_swallows_lines_is_an_error_naming_its_line(tmp_path):
+    """In a comma-separated file a field opening with '"' runs to the next '"', across lines: the lines between
+    used to be merged into one id in silence."""
+    swallow = _write(tmp_path / "swallow.csv", 'u1,a,3\nu1,"Heroes (single),5\nu2,b,1\nu3,"c,2\nu4,d,1\n')
+    with pytest.raises(jd.DataError, match=r"swallow.csv: column 1 line 2 holds a line break.*quote"):
+        jd.from_csv(swallow, columns=["user", "item", "weight"])
+    unclosed = _write(tmp_path / "unclosed.csv", 'user,item,weight\n\nu1,a,3\nu1,"Heroes,5\nu2,b,1\n')
+    with pytest.raises(jd.DataError, match=r"unclosed.csv: line 4 opens a quote '\"' that is never closed"):
+        jd.from_csv(unclosed, columns=["user", "item", "weight"])
+    quoted = _write(tmp_path / "quoted.csv", 'u1,a,3\nu1,"Earth, Wind & Fire",5\n')  # proper quoting is fine
+    assert "Earth, Wind & Fire" in jd.from_csv(quoted, columns=["user", "item", "weight"]).item_ids.tolist()
+
+
+def test_line_numbers_count_blank_lines(tmp_path):
+    """Blank lines are skipped but still counted: errors used to name a line too early after each blank one."""
+    path = _write(tmp_path / "ts.csv", "\nuser,item,timestamp\nu1,i1,1700000000\n\n   \nu2,i2,yesterday\n")
+    with pytest.raises(jd.DataError, match=r"ts.csv: column 'timestamp' line 6 is not a finite number: 'yesterday'"):
+        jd.from_csv(path)
+    ds = jd.from_csv(_write(tmp_path / "ok.csv", "user,item,rating\n\n1,2,3\n\n2,2,4\n"))
+    assert ds.n_ratings == 2 and ds.report["blank_lines_skipped"] == 2
+    with pytest.raises(jd.DataError, match=r"empty_fields.csv: column 'user' line 3 has a missing user id"):
+        jd.from_csv(_write(tmp_path / "empty_fields.csv", "user,item,rating\n1,2,3\n,,\n"))  # not a blank line
+
+
+def test_a_bad_iso_date_names_its_line(tmp_path):
+    path = _write(tmp_path / "dates.csv", "user,item,timestamp\nu1,i1,2024-01-08T17:00:07Z\n\nu2,i1,2024-13-01\n")
+    with pytest.raises(jd.DataError, match=r"dates.csv: column 'timestamp' line 4 is not an ISO-8601 date.*2024-13-01"):
+        jd.from_csv(path, feedback="implicit")

@@ -3,6 +3,7 @@ duplicates merged with summed weights, every dropped or merged row counted, coun
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +183,98 @@ def test_bundled_movielens_as_implicit():
     assert rep["duplicates_merged"] == 0 and not imp.explicit and not imp.has_weights
     assert imp.ratings["timestamp"].dtype == np.int64 and (imp.ratings["weight"] == 1.0).all()
     assert "interactions" in imp.summary()
+
+
+# ---- what a new user's logs hold: quotes, zero-padded and "NA" ids, no header, ISO dates ------------------------
+
+
+def test_a_quote_in_a_tab_separated_log_is_text(tmp_path):
+    """A tab-separated file has no quoting: an item '"Heroes (single)' used to open a quoted field that swallowed
+    the lines after it into one multi-line id."""
+    lines = [f"u{u}\tsong{u}\t{u + 1}\n" for u in range(6)]
+    lines[1] = 'u1\t"Heroes (single)\t5\n'
+    lines[4] = 'u4\t"Weird Al" Yankovic\t2\n'
+    ds = jd.from_csv(_write(tmp_path / "plays.tsv", "".join(lines)), columns=["user", "item", "weight"])
+    assert ds.n_ratings == 6 and '"Heroes (single)' in ds.item_ids.tolist()
+    assert '"Weird Al" Yankovic' in ds.item_ids.tolist() and not any("\n" in i for i in ds.item_ids)
+    assert _by_raw(ds)["weight"].tolist() == [1.0, 5.0, 3.0, 4.0, 2.0, 6.0]
+
+
+def test_ids_keep_their_text(tmp_path):
+    """'00001' and '1' are two users (zip codes, zero-padded hashes), 'NA', 'None', 'null' and 'nan' are items: ids
+    used to be parsed as numbers (merging users) or as missing values (refused)."""
+    path = _write(tmp_path / "log.csv", "00001,NA,3\n1,None,1\n1,null,2\n007,nan,4\n1,x,1\n")
+    ds = jd.from_csv(path, columns=["user", "item", "weight"], feedback="implicit")
+    assert ds.user_ids.tolist() == ["00001", "007", "1"] and ds.n_ratings == 5
+    assert ds.item_ids.tolist() == ["NA", "None", "nan", "null", "x"]
+    assert ds.user_code(["1", "00001", "01"]).tolist() == [2, 0, -1]
+
+
+def test_plain_integer_ids_stay_integers_in_numeric_order(tmp_path):
+    """A column of integers written as integers (MovieLens ids) reads as it always did: int ids, coded in numeric
+    order, so splits over the codes do not change."""
+    path = _write(tmp_path / "log.csv", "10,2,4\n9,100,3\n-1,2,5\n")
+    ds = jd.from_csv(path, columns=["user", "item", "rating"])
+    assert ds.user_ids.tolist() == [-1, 9, 10] and ds.item_ids.tolist() == [2, 100]
+    assert ds.user_ids.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    "columns, header, row",
+    [
+        (["user", "item"], "user,item", "u1,i1"),
+        (["user", "item"], "visitor,venue", "u1,i1"),
+        (["user", "item", "timestamp", "_"], "user,item,time,category", "u1,i1,1700000000,Food"),
+        (["user", "item", "timestamp", "_"], "who,what,when,category", "u1,i1,2024-01-08T17:00:07Z,Food"),
+    ],
+)
+@pytest.mark.parametrize("with_header", [True, False])
+def test_header_is_told_from_the_roles_not_the_last_field(tmp_path, columns, header, row, with_header):
+    """The first line used to be a header whenever its last field was not a number: a headerless check-in log
+    ending in a category, or any user,item log, lost its first line."""
+    rows = [row.replace("u1", f"u{k}").replace("i1", f"i{k % 3}") for k in range(1, 5)]
+    text = (header + "\n" if with_header else "") + "\n".join(rows) + "\n"
+    ds = jd.from_csv(_write(tmp_path / "log.csv", text), columns=columns, feedback="implicit")
+    assert ds.report["header_line_read"] is with_header and ds.n_ratings == 4
+    assert ds.user_ids.tolist() == ["u1", "u2", "u3", "u4"]
+    assert "header_line_read=" in ds.summary()
+
+
+def test_a_headerless_play_count_read_as_a_rating_is_named(tmp_path, caplog, monkeypatch):
+    """user,item,count without a header: the counts land in the rating role, which an implicit log ignores; that
+    used to happen in silence (has_weights False)."""
+    monkeypatch.setattr(logging.getLogger("jaxrec"), "propagate", True)  # the CLI may have turned it off
+    path = _write(tmp_path / "plays.tsv", "u1\ta\t13\nu1\tb\t2\nu2\ta\t7\n")
+    with caplog.at_level(logging.WARNING, logger="jaxrec.data.dataset"):
+        ds = jd.from_csv(path, feedback="implicit")
+    assert not ds.has_weights
+    assert "read as a rating" in caplog.text and "--columns user,item,weight" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jaxrec.data.dataset"):
+        weighted = jd.from_csv(path, columns=["user", "item", "weight"], feedback="implicit")
+    assert weighted.has_weights and "read as a rating" not in caplog.text
+
+
+def test_iso_8601_timestamps_are_read_as_seconds(tmp_path):
+    """Text timestamps (check-in exports) used to be refused as 'not a finite number'."""
+    path = _write(
+        tmp_path / "checkins.csv",
+        "user,item,timestamp\nu1,v1,2024-01-08T17:00:07Z\nu1,v2,2024-01-08\nu2,v1,2024-01-08T18:00:07+01:00\n",
+    )
+    ds = jd.from_csv(path, feedback="implicit")
+    r = _by_raw(ds)
+    assert r["timestamp"].tolist() == [1704733207, 1704672000, 1704733207] and r["timestamp"].dtype == np.int64
+
+
+def test_a_list_of_item_ids_with_commas_is_read_whole_lines(tmp_path):
+    """A new user's items, one per line: 'Earth, Wind & Fire' used to split on its comma and fail to parse."""
+    from jaxrec.experiment.recommend import read_user_ratings
+    from jaxrec.experiment.run import RunError
+
+    ids = np.array(["Artist 026", "Earth, Wind & Fire", "Sigur Rós"], dtype=object)
+    mine = _write(tmp_path / "mine.txt", 'Sigur Rós\nEarth, Wind & Fire\n\n"Artist 026"\n')
+    codes, values, notes = read_user_ratings(mine, ids, None, implicit=True)
+    assert ids[codes].tolist() == ["Sigur Rós", "Earth, Wind & Fire", "Artist 026"] and (values == 1).all()
+    assert notes == []
+    with pytest.raises(RunError, match=r"empty.txt: the file holds no item ids"):
+        read_user_ratings(_write(tmp_path / "empty.txt", ""), ids, None, implicit=True)

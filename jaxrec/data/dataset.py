@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,10 @@ _COMMON_NAMES = {
     "weight": ("weight", "count", "counts", "plays", "playcount", "clicks"),
 }
 FEEDBACK = (None, "explicit", "implicit")
+_NUMERIC_ROLES = ("rating", "weight", "timestamp")
+_ISO_DATE = r"\d{4}-\d{2}-\d{2}(?:$|[T ]\d)"  # an ISO-8601 date, alone or followed by a time
+_POWERS_OF_TEN = 10 ** np.arange(19, dtype=np.int64)  # the digits of an int64 id: how many powers it reaches
+LineOffset = int | np.ndarray | None
 _COUNT_LIKE_MAX = 100  # an integer rating column beyond this is a count (plays, clicks), not a rating scale
 
 
@@ -198,14 +204,14 @@ def _lookup_codes(sorted_raw: np.ndarray, raw_ids: Any) -> np.ndarray:
 # cleaning
 
 
-def _numeric_column(values: pd.Series, column: str, where: str, line_offset: int | None) -> np.ndarray:
+def _numeric_column(values: pd.Series, column: str, where: str, line_offset: LineOffset) -> np.ndarray:
     """``values`` as float64, or a :class:`DataError` naming the first non-numeric or missing entry."""
     numeric = pd.to_numeric(values, errors="coerce")
     bad = numeric.isna().to_numpy() | ~np.isfinite(numeric.to_numpy(dtype=np.float64, na_value=np.nan))
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raw = values.iloc[first]
-        loc = f"line {first + line_offset}" if line_offset is not None else f"row {first}"
+        loc = _where_line(first, line_offset)
         shown = repr(raw) if isinstance(raw, str) else str(raw)  # inf, not np.float64(inf)
         what = "is missing (NaN)" if pd.isna(raw) else f"is not a finite number: {shown}"
         raise DataError(f"{where}: column {column!r} {loc} {what} ({int(bad.sum())} bad value(s) in total)")
@@ -290,12 +296,49 @@ def _merge_pairs(
     return merged, weights, times
 
 
-def _where_line(index: int, line_offset: int | None) -> str:
-    """``"line N"`` of row ``index`` in the file, or ``"row N"`` of a frame."""
-    return f"line {index + line_offset}" if line_offset is not None else f"row {index}"
+def _where_line(index: int, line_offset: LineOffset) -> str:
+    """``"line N"`` of row ``index`` in the file, or ``"row N"`` of a frame.
+
+    ``line_offset`` is the file line of row 0 (the rows are consecutive lines), or the file line of every row (a file
+    with blank lines between its rows), or None for a frame.
+    """
+    if line_offset is None:
+        return f"row {index}"
+    if isinstance(line_offset, np.ndarray):
+        return f"line {int(line_offset[index])}"
+    return f"line {index + line_offset}"
 
 
-def _check_float32(values: np.ndarray, column: str | None, where: str, line_offset: int | None) -> None:
+def _timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: LineOffset) -> np.ndarray:
+    """Integer seconds of a timestamp column: numbers as they are, datetimes and ISO-8601 text (``2024-01-08``,
+    ``2024-01-08T17:00:07Z``; without a zone, UTC) as seconds since 1970-01-01 UTC.
+
+    A text column is read as dates when any of its values looks like one; then the first value that is not a date
+    (a number among dates, a typo) is named with its line. Otherwise the column must hold numbers, as before.
+    """
+    if pd.api.types.is_datetime64_any_dtype(col):
+        if getattr(col.dtype, "tz", None) is not None:
+            col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+        return (col.astype("datetime64[s]").astype(np.int64)).to_numpy()
+    if pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col):
+        text = col.astype(str).str.strip()
+        iso = text.str.match(_ISO_DATE).fillna(False).to_numpy(bool) & col.notna().to_numpy()
+        if iso.any():
+            parsed = pd.to_datetime(text.where(iso), utc=True, format="ISO8601", errors="coerce")
+            bad = parsed.isna().to_numpy()
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                raw = col.iloc[first]
+                what = "is missing" if pd.isna(raw) else f"is not an ISO-8601 date like the others: {raw!r}"
+                raise DataError(
+                    f"{where}: column {column!r} {_where_line(first, line_offset)} {what} ({int(bad.sum())} bad "
+                    "value(s) in total)"
+                )
+            return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
+    return _numeric_column(col, column, where, line_offset).astype(np.int64)
+
+
+def _check_float32(values: np.ndarray, column: str | None, where: str, line_offset: LineOffset) -> None:
     """A :class:`DataError` for the first value beyond the float32 range (it would be stored as inf)."""
     too_big = np.abs(values) > np.finfo(np.float32).max
     if too_big.any():
@@ -304,7 +347,7 @@ def _check_float32(values: np.ndarray, column: str | None, where: str, line_offs
         raise DataError(f"{where}: column {column!r} {loc} holds {values[first]!r}, beyond the float32 range")
 
 
-def _check_not_counts(values: np.ndarray, column: str, where: str, line_offset: int | None) -> None:
+def _check_not_counts(values: np.ndarray, column: str, where: str, line_offset: LineOffset) -> None:
     """A :class:`DataError` when a rating column looks like counts: integers, none negative, some beyond 100."""
     if not len(values) or values.min() < 0 or values.max() <= _COUNT_LIKE_MAX:
         return
@@ -367,7 +410,7 @@ def from_dataframe(
     name: str = "dataframe",
     min_user_ratings: int = 1,
     source: str = "",
-    _line_offset: int | None = None,
+    _line_offset: LineOffset = None,
 ) -> Dataset:
     """Build a :class:`Dataset` from any interaction log.
 
@@ -394,7 +437,8 @@ def from_dataframe(
       user: the column holding raw user ids (any hashable type).
       item: the column holding raw item ids (any hashable type).
       rating: column of explicit ratings (any numeric scale); ``None`` for implicit logs (every row rates 1.0).
-      timestamp: optional column of integer seconds (or datetimes), used for dedup and time-based splits.
+      timestamp: optional column of integer seconds, datetimes or ISO-8601 text (``2024-01-08T17:00:07Z``; UTC
+        without a zone), stored as seconds; used for dedup and time-based splits.
       user_features: optional side table indexed by raw user id (columns are copied).
       item_features: optional side table indexed by raw item id (columns are copied; genres as a ``"|"``-joined
         string, year as a number).
@@ -406,7 +450,8 @@ def from_dataframe(
       name: the dataset's name.
       min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
       source: where the data came from (named in error messages; default ``"dataframe"``).
-      _line_offset: the file line of row 0, so that errors name file lines (None: errors name rows).
+      _line_offset: the file line of row 0, or an array of the file line of each row, so that errors name file
+        lines (None: errors name rows).
 
     Returns:
       The cleaned :class:`Dataset`, with every dropped or repaired count in its ``report``.
@@ -432,7 +477,7 @@ def from_dataframe(
         nulls = df[named[role]].isna().to_numpy()
         if nulls.any():
             first = int(np.flatnonzero(nulls)[0])
-            loc = f"line {first + _line_offset}" if _line_offset is not None else f"row {first}"
+            loc = _where_line(first, _line_offset)
             raise DataError(f"{where}: column {named[role]!r} {loc} has a missing {role} id")
 
     # implicit: every row an interaction, duplicates merged; a log with neither ratings nor weights keeps the
@@ -459,11 +504,7 @@ def from_dataframe(
         _check_float32(weights, weight, where, _line_offset)
     times = None
     if timestamp is not None:
-        col = df[timestamp]
-        if pd.api.types.is_datetime64_any_dtype(col):
-            times = (col.astype("datetime64[s]").astype(np.int64)).to_numpy()
-        else:
-            times = _numeric_column(col, timestamp, where, _line_offset).astype(np.int64)
+        times = _timestamp_seconds(df[timestamp], timestamp, where, _line_offset)
 
     user_raw = df[user].to_numpy()
     item_raw = df[item].to_numpy()
@@ -586,7 +627,9 @@ def sniff_separator(path: str | os.PathLike, sample_lines: int = 20) -> str:
         return "::"
     best, best_fields = None, 1
     for sep in SEPARATORS[1:]:
-        widths = {len(next(csv.reader([line], delimiter=sep))) for line in lines}
+        widths = {len(_split_fields(line, sep)) for line in lines}  # a tab-separated file has no quoting
+        if len(widths) > 1:  # a stray quote must not hide the separator: the reader names it with its line
+            widths = {len(line.split(sep)) for line in lines}
         if len(widths) == 1 and (n := widths.pop()) > best_fields:
             best, best_fields = sep, n
     if best is None:
@@ -627,42 +670,94 @@ def _looks_numeric(text: str) -> bool:
     return True
 
 
-def read_table(
-    path: str | os.PathLike,
-    sep: str,
-    names: Sequence[str] | None,
-    header: bool,
-    *,
-    encoding: str = "utf-8",
-    dtype: Mapping[str, Any] | None = None,
-    allow_extra: bool = False,
-) -> pd.DataFrame:
-    """Read a separated text file with the fast C parser, checking its width.
+def _leading_blank_lines(path: str | os.PathLike, encoding: str) -> int:
+    """How many blank (or whitespace-only) lines come before the file's first line of text."""
+    n = 0
+    try:
+        with _open_text(path, encoding) as f:
+            for line in f:
+                if line.strip():
+                    break
+                n += 1
+    except (EOFError, OSError) as e:
+        raise DataError(f"{path}: cannot read the file: {e}") from e
+    return n
 
-    ``::`` is read as the single character ``:`` with the empty in-between fields skipped (the C engine cannot
-    take multi-character separators and the python engine is ~20x slower); fields must then not contain ``:``.
 
-    Args:
-      path: the file (``.gz`` allowed).
-      sep: the field separator.
-      names: the expected columns in order, or None to take the file's.
-      header: whether the first line is a header.
-      encoding: the text encoding.
-      dtype: optional pandas dtypes per column.
-      allow_extra: accept more fields than ``names`` (the extra ones are not read).
+def _blank_lines(path: str | os.PathLike, encoding: str) -> set[int]:
+    """The 1-based numbers of the file's blank (or whitespace-only) lines."""
+    try:
+        with _open_text(path, encoding) as f:
+            return {n for n, line in enumerate(f, 1) if not line.strip()}
+    except (EOFError, OSError) as e:
+        raise DataError(f"{path}: cannot read the file: {e}") from e
 
-    Returns:
-      The table; with ``names`` and no header, its columns are ``names``.
 
-    Raises:
-      DataError: if the file is missing, empty or unreadable, its first line does not have as many fields as
-        ``names``, it does not parse with ``sep``, or it has a header but no rows.
+def _line_breaks_and_quotes(path: str | os.PathLike, encoding: str) -> tuple[int, bool] | None:
+    """``(number of lines, whether a '"' occurs)`` from a byte scan (no parsing: fast), or None for an encoding
+    that does not write a line break as the single byte ``\n`` (UTF-16, UTF-32)."""
+    if "\n".encode(encoding, errors="replace") != b"\n" or '"'.encode(encoding, errors="replace") != b'"':
+        return None
+    opener = gzip.open if str(path).endswith(".gz") else open
+    breaks, quote, last = 0, False, b"\n"
+    try:
+        with opener(path, "rb") as f:
+            while chunk := f.read(1 << 22):
+                breaks += chunk.count(b"\n")
+                quote = quote or b'"' in chunk
+                last = chunk[-1:]
+    except (EOFError, OSError) as e:
+        raise DataError(f"{path}: cannot read the file: {e}") from e
+    return breaks + (last != b"\n"), quote
+
+
+def _first_line_break(frame: pd.DataFrame, lines: np.ndarray) -> tuple[Any, int, str] | None:
+    """``(column, line, value)`` of the first text field holding a line break, or None."""
+    found = None
+    for col in frame.columns:
+        values = frame[col]
+        if not (pd.api.types.is_string_dtype(values) or pd.api.types.is_object_dtype(values)):
+            continue
+        text = values.astype(str)
+        hit = (text.str.contains("\n", regex=False) | text.str.contains("\r", regex=False)).to_numpy(bool)
+        if hit.any() and (found is None or int(np.flatnonzero(hit)[0]) < found[1]):
+            found = (col, int(np.flatnonzero(hit)[0]), str(values.iloc[int(np.flatnonzero(hit)[0])]))
+    return None if found is None else (found[0], int(lines[found[1]]), found[2])
+
+
+def _check_quotes(frame: pd.DataFrame, path: Path, lines: np.ndarray, encoding: str, header: bool, lead: int) -> None:
+    """A :class:`DataError` when a quote ``"`` made one field of several lines.
+
+    A field that opens with ``"`` runs to the next ``"``, across line breaks: an item named ``"Heroes (single)``
+    would swallow the lines after it into its id, without an error from the parser. Each line is one row when no
+    field spans lines, so fewer rows than lines (counted by a byte scan) means a field swallowed some; a file that
+    holds no ``"`` at all is not checked further.
     """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty")
+    scan = _line_breaks_and_quotes(path, encoding)
+    if scan is not None:
+        n_lines, has_quote = scan
+        if not has_quote or len(frame) >= n_lines - lead - header:
+            return
+    hit = _first_line_break(frame, lines)
+    if hit is not None:
+        col, line, value = hit
+        raise DataError(
+            f"{path}: column {col!r} line {line} holds a line break ({value[:60]!r}...): a field that begins with a "
+            "quote '\"' runs to the next quote, over the lines between; remove the stray quote, or quote the whole "
+            "field and double the quotes inside it"
+        )
+    if scan is not None:
+        raise DataError(
+            f"{path}: {n_lines - lead - int(header)} data line(s) but {len(frame)} row(s) parsed: a quote '\"' joined "
+            "lines into one field; check the quotes"
+        )
+
+
+def _table_kwargs(
+    path: Path, sep: str, names: Sequence[str] | None, header: bool, encoding: str, allow_extra: bool
+) -> tuple[dict[str, Any], list[int] | None]:
+    """The :func:`pandas.read_csv` arguments of :func:`read_table` and the file position of each column read
+    (None: every column, in order), after checking the first line's width against ``names``."""
     first = _head_lines(path, 1, encoding)
     if not first:
         raise DataError(f"{path}: file is empty")
@@ -674,49 +769,272 @@ def read_table(
             f"{path}: line 1 has {width} field(s) separated by {sep!r} but {len(names)} are expected "
             f"({', '.join(names)}): {how} columns than expected (wrong separator or file?)"
         )
-    kwargs: dict[str, Any] = dict(encoding=encoding, header=0 if header else None, engine="c", dtype=dtype)
+    kwargs: dict[str, Any] = dict(encoding=encoding, header=0 if header else None, engine="c")
+    usecols = None
     if sep == "::":
         usecols = list(range(0, 2 * width, 2))[: len(names) if names else width]
         kwargs.update(sep=":", usecols=usecols)
+    elif sep == "\t":
+        # a tab-separated file has no quoting: a '"' in a field (an item "Heroes (single) or "Weird Al" Yankovic)
+        # is text, not the start of a field running over the next lines
+        kwargs.update(sep=sep, quoting=csv.QUOTE_NONE)
     else:
         kwargs.update(sep=sep, quotechar='"')
-        if names is not None and width > len(names):
-            kwargs["usecols"] = list(range(len(names)))
+    if sep != "::" and names is not None and width > len(names):
+        usecols = list(range(len(names)))
+        kwargs["usecols"] = usecols
+    return kwargs, usecols
+
+
+def table_columns(path: str | os.PathLike, sep: str, header: bool, *, encoding: str = "utf-8") -> list:
+    """The column labels :func:`read_table` gives the file (``names=None``): the header's names, or positions
+    ``0..n-1`` without a header."""
+    path = Path(path)
+    kwargs, usecols = _table_kwargs(path, sep, None, header, encoding, False)
+    if not header:
+        return list(range(len(usecols))) if usecols is not None else list(range(_width(path, sep, encoding)))
+    try:
+        labels = pd.read_csv(path, nrows=0, skiprows=_leading_blank_lines(path, encoding), **kwargs).columns
+    except (pd.errors.ParserError, ValueError) as e:
+        raise DataError(f"{path}: cannot parse the header with separator {sep!r}: {e}") from e
+    except (EOFError, OSError) as e:
+        raise DataError(f"{path}: cannot read the file: {e}") from e
+    return list(labels)
+
+
+def _width(path: Path, sep: str, encoding: str) -> int:
+    """The number of fields of the first line as the parser splits it (a quoted separator does not split)."""
+    line = _head_lines(path, 1, encoding)[0]
+    return len(_split_fields(line, sep))
+
+
+def _split_fields(line: str, sep: str) -> list[str]:
+    """One line's fields, split as :func:`read_table` splits them (quotes only where the separator has them)."""
+    if sep == "::":
+        return line.split("::")
+    if sep == "\t":
+        return line.split("\t")
+    return next(csv.reader([line], delimiter=sep))
+
+
+def read_table(
+    path: str | os.PathLike,
+    sep: str,
+    names: Sequence[str] | None,
+    header: bool,
+    *,
+    encoding: str = "utf-8",
+    dtype: Mapping[str, Any] | None = None,
+    allow_extra: bool = False,
+    text_columns: Sequence[int] = (),
+    line_numbers: bool = False,
+) -> pd.DataFrame:
+    """Read a separated text file with the fast C parser, checking its width.
+
+    ``::`` is read as the single character ``:`` with the empty in-between fields skipped (the C engine cannot
+    take multi-character separators and the python engine is ~20x slower); fields must then not contain ``:``.
+    A tab-separated file is read without quoting: a ``"`` is part of the text.
+
+    Args:
+      path: the file (``.gz`` allowed).
+      sep: the field separator.
+      names: the expected columns in order, or None to take the file's.
+      header: whether the first line is a header.
+      encoding: the text encoding.
+      dtype: optional pandas dtypes per column.
+      allow_extra: accept more fields than ``names`` (the extra ones are not read).
+      text_columns: positions (among the columns read) of columns kept as their exact text (ids: ``00001`` is not
+        the number 1, ``NA`` or ``None`` is not missing); then only an empty field is missing, in every column.
+      line_numbers: index the rows by their 1-based line in the file, skip blank lines (without it, the rows are
+        numbered from 0 and blank lines are skipped by the parser), and refuse a quote that joined lines into one
+        field.
+
+    Returns:
+      The table; with ``names`` and no header, its columns are ``names``; with neither, ``0..n-1``.
+
+    Raises:
+      DataError: if the file is missing, empty or unreadable, its first line does not have as many fields as
+        ``names``, it does not parse with ``sep``, a quote joins lines into one field (``line_numbers``), or it has
+        a header but no rows.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    kwargs, usecols = _table_kwargs(path, sep, names, header, encoding, allow_extra)
+    kwargs["dtype"] = dict(dtype) if dtype else None
+    if text_columns:
+        positions = [usecols[j] if usecols is not None else j for j in text_columns]
+        kwargs["dtype"] = {**(kwargs["dtype"] or {}), **{p: str for p in positions}}
+        kwargs.update(keep_default_na=False, na_values=[""])
+    lead = 0
+    if line_numbers:
+        lead = _leading_blank_lines(path, encoding)
+        kwargs.update(skip_blank_lines=False, skiprows=lead)
     try:
         frame = pd.read_csv(path, **kwargs)
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: file is empty") from e
     except (pd.errors.ParserError, ValueError) as e:
+        unclosed = re.search(r"EOF inside string starting at row (\d+)", str(e))
+        if unclosed and line_numbers:  # the parser counts every line from 0 (blank ones too: skip_blank_lines=False)
+            raise DataError(
+                f"{path}: line {int(unclosed.group(1)) + lead + 1} opens a quote '\"' that is never closed (the field "
+                "would run to the end of the file); remove the stray quote, or quote the whole field"
+            ) from e
         raise DataError(f"{path}: cannot parse with separator {sep!r}: {e}") from e
     except (EOFError, OSError) as e:  # a gzip cut short or damaged past the lines sniffed above
         raise DataError(f"{path}: cannot read the file: {e}") from e
     if names is not None:
         if not header:
             frame.columns = list(names)
+    elif not header:
+        frame.columns = list(range(frame.shape[1]))
+    lines = np.arange(len(frame)) + lead + (2 if header else 1)
+    if line_numbers:
+        if kwargs.get("quoting") != csv.QUOTE_NONE:
+            _check_quotes(frame, path, lines, encoding, header, lead)
+    rest_empty = None
+    if line_numbers:
+        frame, lines, rest_empty = _drop_blank_lines(frame, path, lines, _rest_empty(frame), encoding)
+        frame.index = pd.Index(lines, name="line")
     if len(frame) == 0:
         raise DataError(f"{path}: file has a header but no rows")
-    _check_rows_split(frame, path, sep, header)
+    _check_rows_split(frame, path, sep, lines, rest_empty)
     return frame
 
 
-def _check_rows_split(frame: pd.DataFrame, path: Path, sep: str, header: bool) -> None:
+def _rest_empty(frame: pd.DataFrame) -> np.ndarray:
+    """Whether each row's fields after the first are all empty (column by column: faster than ``all(axis=1)``)."""
+    rest = [frame.iloc[:, j].isna().to_numpy() for j in range(1, frame.shape[1])]
+    return np.logical_and.reduce(rest) if rest else np.zeros(len(frame), bool)
+
+
+def _drop_blank_lines(
+    frame: pd.DataFrame, path: Path, lines: np.ndarray, rest_empty: np.ndarray, encoding: str
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """The rows of ``frame`` read from lines that are not blank, their lines and ``rest_empty``;
+    ``attrs["blank_lines"]`` counts those dropped. A line of empty fields (``,,``) is not blank: it stays, to be
+    reported as missing ids."""
+    maybe = rest_empty.copy()
+    if maybe.any():  # of those, a blank line's first field is empty too (or spaces)
+        first = frame.iloc[np.flatnonzero(maybe), 0]
+        maybe[maybe] = first.isna().to_numpy() | first.astype(str).str.strip().eq("").to_numpy(bool)
+    dropped = 0
+    if maybe.any():
+        blank = np.isin(lines, np.fromiter(_blank_lines(path, encoding), np.int64)) & maybe
+        dropped = int(blank.sum())
+        if dropped:
+            frame, lines, rest_empty = frame[~blank], lines[~blank], rest_empty[~blank]
+    frame.attrs["blank_lines"] = dropped
+    return frame, lines, rest_empty
+
+
+def _check_rows_split(
+    frame: pd.DataFrame, path: Path, sep: str, lines: np.ndarray, rest_empty: np.ndarray | None
+) -> None:
     """Rows whose every field landed in the first column, under a wider first line, were written with another
-    separator (tab-separated rows under a comma header): say so, rather than report the empty fields."""
+    separator (tab-separated rows under a comma header): say so, rather than report the empty fields.
+
+    ``rest_empty``: :func:`_rest_empty` of ``frame`` when known (None: computed here, when needed)."""
     first_type = frame.dtypes.iloc[0] if frame.shape[1] else None
     if frame.shape[1] < 2 or not (pd.api.types.is_string_dtype(first_type) or pd.api.types.is_object_dtype(first_type)):
         return
-    rest_empty = frame.iloc[:, 1:].isna().all(axis=1).to_numpy()
+    rest_empty = _rest_empty(frame) if rest_empty is None else rest_empty
     if not rest_empty.any():
         return
     first = int(np.flatnonzero(rest_empty)[0])
     field = str(frame.iloc[first, 0])
     other = next((c for c in ("\t", ";", "|", "::", ",") if c != sep and c in field), None)
     if other is not None:
-        line = first + (2 if header else 1)
         raise DataError(
-            f"{path}: line {line} ({field[:60]!r}) is one field with separator {sep!r} but the first line has "
-            f"{frame.shape[1]}: its fields look separated by {other!r}; pass that separator (--sep)"
+            f"{path}: line {int(lines[first])} ({field[:60]!r}) is one field with separator {sep!r} but the first "
+            f"line has {frame.shape[1]}: its fields look separated by {other!r}; pass that separator (--sep)"
         )
+
+
+def _value_in_role(text: str, role: str) -> bool:
+    """Whether a field of a numeric role (rating, weight, timestamp) holds a value rather than a column name."""
+    return _looks_numeric(text) or (role == "timestamp" and re.match(_ISO_DATE, text) is not None)
+
+
+def _positions_of_numeric_roles(columns: Any, width: int) -> dict[int, str]:
+    """``{position: role}`` of the rating, weight and timestamp columns of a headerless reading of ``columns``."""
+    if columns is None:
+        by_position = dict(enumerate(_POSITIONAL_ROLES[: min(width, len(_POSITIONAL_ROLES))]))
+    elif isinstance(columns, Mapping):
+        by_position = {c: r for r, c in columns.items() if isinstance(c, int) and not isinstance(c, bool)}
+    elif isinstance(columns, str):
+        return {}
+    else:
+        by_position = dict(enumerate(columns))
+    return {p: r for p, r in by_position.items() if r in _NUMERIC_ROLES and 0 <= p < width}
+
+
+def _known_names(columns: Any) -> set[str]:
+    """Lower-case names a header may give the roles: the role names, their common names, and the column names
+    of a ``columns`` mapping."""
+    names = set(_ROLES) | {n for common in _COMMON_NAMES.values() for n in common}
+    if isinstance(columns, Mapping):
+        names |= {c.strip().lower() for c in columns.values() if isinstance(c, str)}
+    return names
+
+
+def _unlike_data(fields: list[str], following: list[list[str]]) -> bool:
+    """Whether line 1 looks unlike the lines after it: a field without a digit where every following line has
+    digits in that column (``visitor`` over ``u17``), which a column name is and an id rarely is."""
+    if len(following) < 2:
+        return False
+    for j, text in enumerate(fields):
+        if any(ch.isdigit() for ch in text):
+            continue
+        if all(len(row) > j and any(ch.isdigit() for ch in row[j]) for row in following):
+            return True
+    return False
+
+
+def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encoding: str) -> bool:
+    """Whether line 1 (split into ``fields``) is a header.
+
+    With a numeric role (rating, weight, timestamp) among the columns, line 1 is data when a field in such a role
+    holds a number (or, for a timestamp, an ISO-8601 date): a header's names are not numbers. Without one
+    (``columns=["user", "item"]``), it is a header when a field is a role's name (``user``, ``item_id``,
+    ``count``, ...) or a name in a ``columns`` mapping, or when it looks unlike the lines after it (no digit where
+    they all have one); else it is data, kept as the first row.
+    """
+    text = [f.strip().strip('"').strip() for f in fields]
+    numeric = _positions_of_numeric_roles(columns, len(text))
+    if numeric:
+        return not any(_value_in_role(text[p], role) for p, role in numeric.items())
+    known = _known_names(columns)
+    if any(t.lower() in known for t in text):
+        return True
+    following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
+    return _unlike_data(text, following)
+
+
+def _exact_ids(values: pd.Series) -> pd.Series:
+    """An id column read as text, as integers when every id is an integer written as one (``42``, not ``042``,
+    ``+42`` or ``4.2e1``; spaces around it aside): the integers' text is their exact form, and the codes sort as they
+    always did (numerically), so that a log of integer ids (MovieLens) splits as before. Any other column stays
+    text: ``00001`` and ``1`` are two ids.
+
+    The distinct ids are checked, not every row: a log repeats its ids.
+    """
+    codes, uniques = pd.factorize(values)
+    if len(values) == 0 or (codes < 0).any():
+        return values  # a missing id is reported by from_dataframe
+    text = pd.Series(uniques, dtype=str)
+    try:
+        ints = text.astype(np.int64).to_numpy()  # fails at once on text ids; accepts "007", "+7", "1_000" too
+    except (ValueError, TypeError, OverflowError):
+        return values
+    # the text of a plain integer has exactly its digits (and its sign): "007", "+7" or "1_000" have more
+    written = np.maximum(np.searchsorted(_POWERS_OF_TEN, np.abs(ints), side="right"), 1) + (ints < 0)
+    if not (text.str.strip().str.len().to_numpy() == written).all():
+        return values
+    return pd.Series(ints[codes], index=values.index, name=values.name)
 
 
 def from_csv(
@@ -744,7 +1062,10 @@ def from_csv(
         rating[, timestamp]. Omit ``"rating"`` for an implicit log; ``"weight"`` is an implicit log's count or
         confidence column.
       sep: separator; ``None`` sniffs among ``::``, ``,``, tab, ``|``, ``;``.
-      header: ``True``, ``False`` or ``"infer"`` (a header when the first line's last field is not a number).
+      header: ``True``, ``False`` or ``"infer"``: line 1 is a header unless its fields in the rating, weight or
+        timestamp roles hold numbers (or ISO-8601 dates); with no such role (``columns=["user", "item"]``), a header
+        when a field is a role's name (``user``, ``item_id``, ...) or looks unlike the lines after it.
+        ``report["header_line_read"]`` says which.
       name: the dataset's name (default: the file name up to its first dot).
       min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
       allow_extra: with a header, columns beyond the named roles are an error unless this is set.
@@ -752,6 +1073,11 @@ def from_csv(
       feedback: ``None``, ``"explicit"`` or ``"implicit"`` (see :func:`from_dataframe`).
       positive_threshold: with ``feedback="implicit"`` and a rating column, the lowest rating that counts as an
         interaction (see :func:`from_dataframe`).
+
+    User and item ids keep their text (``00001`` and ``1`` are two users, ``NA`` and ``None`` are ids; only an
+    empty field is missing), except that a column of plain integers (``42``, never ``042``) is read as integers. A
+    tab-separated file has no quoting; elsewhere a field that opens a quote ``"`` and swallows lines is an error.
+    Blank lines are skipped (counted in ``report["blank_lines_skipped"]``) and errors name the file's lines.
 
     Returns:
       The cleaned :class:`Dataset` (see :func:`from_dataframe`); errors name file lines.
@@ -767,20 +1093,27 @@ def from_csv(
     first = _head_lines(path, 1, encoding)
     if not first:
         raise DataError(f"{path}: file is empty")
-    fields = first[0].split(sep)
+    fields = _split_fields(first[0], sep)
     if len(fields) < 2:
         raise DataError(
             f"{path}: line 1 ({first[0][:80]!r}) has a single field with separator {sep!r}: wrong separator? "
             "(sep=None sniffs it)"
         )
     if header == "infer":
-        header = not _looks_numeric(fields[-1].strip().strip('"'))
-    frame = read_table(path, sep, None, bool(header), encoding=encoding)
-    line_offset = 2 if header else 1
-    if not header:
-        frame.columns = list(range(frame.shape[1]))
-    roles = _resolve_columns(frame, columns, bool(header), path, allow_extra)
-    return from_dataframe(
+        header = _infer_header(path, sep, fields, columns, encoding)
+        logger.info("%s: line 1 read as %s", path, "a header" if header else "data (no header)")
+    header = bool(header)
+    labels = table_columns(path, sep, header, encoding=encoding)
+    roles = _resolve_columns(labels, columns, header, path, allow_extra)
+    ids = [labels.index(roles[role]) for role in ("user", "item")]
+    frame = read_table(path, sep, None, header, encoding=encoding, text_columns=ids, line_numbers=True)
+    lines = frame.index.to_numpy()
+    frame = frame.reset_index(drop=True)
+    for role in ("user", "item"):
+        frame[roles[role]] = _exact_ids(frame[roles[role]])
+    if feedback == "implicit" and columns is None and not header and "rating" in roles and positive_threshold is None:
+        _warn_rating_ignored(path, list(roles))
+    ds = from_dataframe(
         frame,
         user=roles["user"],
         item=roles["item"],
@@ -792,13 +1125,31 @@ def from_csv(
         name=name or path.name.split(".")[0],
         min_user_ratings=min_user_ratings,
         source=str(path),
-        _line_offset=line_offset,
+        _line_offset=lines,
+    )
+    read = {"header_line_read": header}
+    if frame.attrs.get("blank_lines"):
+        read["blank_lines_skipped"] = frame.attrs["blank_lines"]
+    ds.report = {**read, **ds.report}
+    return ds
+
+
+def _warn_rating_ignored(path: Path, roles: list[str]) -> None:
+    """Warn that a headerless implicit log's third column, read as a rating by position, is ignored: a play or
+    click count there would be lost in silence."""
+    as_weight = ",".join("weight" if role == "rating" else role for role in roles)
+    logger.warning(
+        "%s: without a header or columns=, column 3 is read as a rating, and an implicit log ignores ratings (no "
+        "positive_threshold): if it counts plays or clicks, read it as the interactions' weight with "
+        "columns=%r (CLI: --columns %s)",
+        path,
+        as_weight.split(","),
+        as_weight,
     )
 
 
-def _resolve_columns(frame: pd.DataFrame, columns: Any, header: bool, path: Path, allow_extra: bool) -> dict:
-    """Map roles to the frame's column labels, raising a :class:`DataError` for missing or unexpected ones."""
-    cols = list(frame.columns)
+def _resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_extra: bool) -> dict:
+    """Map roles to the file's column labels, raising a :class:`DataError` for missing or unexpected ones."""
     if columns is None:
         if header:
             lowered = {str(c).strip().lower(): c for c in cols}

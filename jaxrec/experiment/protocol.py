@@ -329,9 +329,10 @@ class Experiment:
         if not self.dataset.explicit:
             # every interaction would read as a rating of 1: a constant target, MAE 0 and meaningless rankings
             raise DataError(
-                f"{self.dataset.source}: the log has no rating column, and the cold-start protocol here predicts "
-                "ratings; name the rating column in --columns (e.g. user,item,rating), since training on implicit "
-                "feedback (clicks, plays) is not available in this version"
+                f"{self.dataset.source}: the log has no rating column, and without --feedback implicit training "
+                "predicts ratings: pass --feedback implicit for top-N recommendation from the interactions (clicks, "
+                "plays, check-ins; a count column as weight, e.g. --columns user,item,weight), or name the rating "
+                "column in --columns (e.g. user,item,rating)"
             )
         pro = config.protocol
         self.split = cold_start_split(

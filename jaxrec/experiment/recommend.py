@@ -77,17 +77,22 @@ def read_user_ratings(
         except DataError:
             if not implicit:
                 raise
-            sep = ","  # a list of item ids, one per line, has no separator to sniff
-        frame = pd.read_csv(
-            path,
-            sep=sep,
-            header=None,
-            dtype=str,
-            skip_blank_lines=True,
-            keep_default_na=False,
-            engine="python" if len(sep) > 1 else "c",
-            on_bad_lines="error",
-        )
+            sep = None  # a list of item ids, one per line, has no separator to sniff
+        if sep is None:
+            frame = _item_id_lines(path)
+        else:
+            frame = pd.read_csv(
+                path,
+                sep=sep,
+                header=None,
+                dtype=str,
+                skip_blank_lines=True,
+                keep_default_na=False,
+                engine="python" if len(sep) > 1 else "c",
+                on_bad_lines="error",
+            )
+    except RunError:
+        raise
     except DataError as e:
         raise RunError(f"--ratings: {e} (expected lines of item,rating)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
@@ -146,6 +151,27 @@ def read_user_ratings(
         notes.append(f"{len(codes) - len(last)} duplicate rating(s): kept the last rating of each item")
     keep = np.sort(last)
     return codes[keep].astype(np.int32), values[keep].astype(np.float32), notes
+
+
+def _item_id_lines(path: Path) -> pd.DataFrame:
+    """A file of item ids, one per line, as a one-column frame: each whole line is an id (``Earth, Wind & Fire``
+    holds a comma but is one id); a line quoted as a whole (``"Earth, Wind & Fire"``) is unquoted; blank lines are
+    skipped.
+
+    Raises:
+      RunError: if the file holds no item id (it is empty or blank).
+    """
+    ids = []
+    with open(path, encoding="utf-8-sig") as f:
+        for line in f:
+            text = line.strip()
+            if len(text) >= 2 and text[0] == text[-1] == '"':
+                text = text[1:-1].replace('""', '"').strip()
+            if text:
+                ids.append(text)
+    if not ids:
+        raise RunError(f"--ratings {path}: the file holds no item ids (expected one item id per line)")
+    return pd.DataFrame({0: pd.Series(ids, dtype=str)})
 
 
 def _is_number(text: str) -> bool:
