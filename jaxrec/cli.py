@@ -575,7 +575,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         return _run(argv)
     except Interrupted as e:
         name = signal.Signals(e.signum).name
-        _echo(f"jaxrec: interrupted by {name}; the newest saved checkpoint is intact", err=True)
+        _echo(f"jaxrec: interrupted by {name}; every file written is complete", err=True)
         return 128 + e.signum
     finally:
         for sig, handler in previous.items():
@@ -597,7 +597,7 @@ def exit_at_once(signum: int, frame: Any) -> None:
     name = signal.Signals(signum).name
     with contextlib.suppress(Exception):
         sys.stdout.flush()
-    os.write(2, f"jaxrec: interrupted by {name}; the newest saved checkpoint is intact\n".encode())
+    os.write(2, f"jaxrec: interrupted by {name}; every file written is complete\n".encode())
     os._exit(128 + signum)
 
 

@@ -278,3 +278,14 @@ def test_a_list_of_item_ids_with_commas_is_read_whole_lines(tmp_path):
     assert notes == []
     with pytest.raises(RunError, match=r"empty.txt: the file holds no item ids"):
         read_user_ratings(_write(tmp_path / "empty.txt", ""), ids, None, implicit=True)
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("\\t", "\t"), ("tab", "\t"), ("TAB", "\t"), (";", ";"), ("::", "::")])
+def test_sep_as_typed_in_a_shell_reads_a_tab(typed, meant):
+    """``--sep '\\t'`` reaches the program as a backslash and a t (no shell turns it into a tab): read as a tab,
+    like ``--sep tab``; any other separator is taken as given."""
+    import argparse
+
+    from jaxrec.experiment.config import flag_values
+
+    assert flag_values(argparse.Namespace(sep=typed)) == {"sep": meant}

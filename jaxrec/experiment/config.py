@@ -85,6 +85,11 @@ def _float(text: str) -> float:
         raise ValueError("expects a number") from None
 
 
+def _separator(text: str) -> str:
+    """A separator as typed on a command line: ``\\t`` (a shell passes the two characters) or ``tab`` is a tab."""
+    return "\t" if text.strip().lower() in ("\\t", "tab") else text
+
+
 def _json(text: str) -> Any:
     try:
         return json.loads(text)
@@ -200,7 +205,11 @@ class DataConfig:
     columns: tuple | None = _field(
         None, "roles of the file's columns in order, e.g. user,item,rating,timestamp ('_' skips)", parse=_list_of(str)
     )
-    sep: str | None = _field(None, "field separator of --data (default: sniffed among '::' , tab | ;)")
+    sep: str | None = _field(
+        None,
+        "field separator of --data (default: sniffed among '::' , tab | ;); '\\t' or tab for a tab",
+        parse=_separator,
+    )
     implicit: bool = _field(False, "binary targets: rating >= --implicit-threshold", parse=_bool)
     implicit_threshold: float = _field(4.0, "the rating from which an interaction is positive", parse=_float)
     feedback: str | None = _field(
