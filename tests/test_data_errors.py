@@ -174,3 +174,16 @@ def test_a_bad_iso_date_names_its_line(tmp_path):
     path = _write(tmp_path / "dates.csv", "user,item,timestamp\nu1,i1,2024-01-08T17:00:07Z\n\nu2,i1,2024-13-01\n")
     with pytest.raises(jd.DataError, match=r"dates.csv: column 'timestamp' line 4 is not an ISO-8601 date.*2024-13-01"):
         jd.from_csv(path, feedback="implicit")
+
+
+def test_a_file_in_another_encoding_names_its_line_and_the_flag(tmp_path):
+    """A Latin-1 log read as UTF-8: the error names the first line that does not decode and --encoding; read with
+    its encoding, its ids keep their letters."""
+    log = tmp_path / "plays.tsv"
+    lines = [f"user{u}\tartist{u % 7}\t{u + 1}" for u in range(30)]
+    lines[11] = "user11\tBj\xf6rk\t3"
+    log.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    with pytest.raises(jd.DataError, match=r"line 12 is not utf-8 text \(byte\(s\) f6 at column 10\).*--encoding"):
+        jd.from_csv(log, columns=["user", "item", "weight"], feedback="implicit")
+    ds = jd.from_csv(log, columns=["user", "item", "weight"], feedback="implicit", encoding="latin-1")
+    assert "Bj\xf6rk" in set(ds.item_ids)

@@ -876,6 +876,8 @@ def read_table(
         frame = pd.read_csv(path, **kwargs)
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: file is empty") from e
+    except UnicodeDecodeError as e:
+        raise DataError(_undecodable(path, encoding)) from e
     except (pd.errors.ParserError, ValueError) as e:
         unclosed = re.search(r"EOF inside string starting at row (\d+)", str(e))
         if unclosed and line_numbers:  # the parser counts every line from 0 (blank ones too: skip_blank_lines=False)
@@ -903,6 +905,22 @@ def read_table(
         raise DataError(f"{path}: file has a header but no rows")
     _check_rows_split(frame, path, sep, lines, rest_empty)
     return frame
+
+
+def _undecodable(path: Path, encoding: str) -> str:
+    """The message for a file that is not ``encoding`` text: the first line that does not decode, and its bytes."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as e:
+                bad = line[e.start : e.end]
+                return (
+                    f"{path}: line {n} is not {encoding} text (byte(s) {bad.hex(' ')} at column {e.start + 1}): pass "
+                    "the file's encoding (--encoding latin-1, cp1252, ...)"
+                )
+    return f"{path}: the file is not {encoding} text: pass its encoding (--encoding latin-1, cp1252, ...)"
 
 
 def _rest_empty(frame: pd.DataFrame) -> np.ndarray:

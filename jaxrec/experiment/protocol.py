@@ -409,7 +409,9 @@ class Experiment:
     def _load_dataset(self) -> Dataset:
         c = self.config
         if c.data.path is not None:
-            return from_csv(c.data.path, columns=c.data.columns, sep=c.data.sep, feedback=c.data.feedback)
+            return from_csv(
+                c.data.path, columns=c.data.columns, sep=c.data.sep, feedback=c.data.feedback, encoding=c.data.encoding
+            )
         return load(c.data.dataset, data_dir=c.data.data_dir)
 
     def _validation_users(self, train_users: np.ndarray) -> np.ndarray:

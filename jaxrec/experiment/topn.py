@@ -127,6 +127,7 @@ def implicit_dataset(config: ExperimentConfig) -> Dataset:
             sep=data.sep,
             feedback="implicit",
             positive_threshold=data.positive_threshold,
+            encoding=data.encoding,
         )
     rated = load(data.dataset, data_dir=data.data_dir)
     frame = rated.ratings.assign(user=rated.user_ids[rated.ratings["user"]], item=rated.item_ids[rated.ratings["item"]])
