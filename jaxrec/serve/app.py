@@ -3,7 +3,9 @@
 
 Every request is checked before it reaches the model: a body over the size limit is a 413, a body that is not the
 documented JSON (or not JSON) a 422 naming the field, a rating outside the scale or too many items a 422 with the
-value; unknown items are ignored and counted in the answer. Checked requests are micro-batched
+value; unknown items are ignored and counted in the answer (a user with none known gets the meta-learned prior's
+list, the cold start a service must answer, where ``jaxrec recommend`` takes a file of nothing known for a mistake
+and says so). Checked requests are micro-batched
 (:class:`~jaxrec.serve.batching.MicroBatcher`) into the compiled calls of a :class:`~jaxrec.serve.engine.ServingModel`.
 The OpenAPI description is at ``/openapi.json`` (and browsable at ``/docs``).
 """
