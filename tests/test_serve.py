@@ -138,6 +138,7 @@ JSON = {"Content-Type": "application/json"}
         (b'{"ratings": {"item": 1}}', 422, "ratings"),
         (b'{"ratings": [{"item": 1.5, "rating": 4}]}', 422, "ratings.0.item"),
         (b'{"ratings": [{"item": true, "rating": 4}]}', 422, "ratings.0.item"),
+        (json.dumps({"ratings": [{"item": "x" * 300, "rating": 4}]}).encode(), 422, "ratings.0.item: String should"),
         (b'{"ratings": [{"item": 1, "rating": "4"}]}', 422, "ratings.0.rating"),
         (b'{"ratings": [{"item": 1, "rating": NaN}]}', 422, "ratings.0.rating"),
         (b'{"ratings": [{"item": 1}]}', 422, "ratings.0.rating"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from importlib import resources
 from typing import Annotated
@@ -59,12 +60,25 @@ class PredictRequest(RecommendRequest):
     candidates: list[ItemId] = Field(min_length=1, description="the items to score")
 
 
+#: the tags pydantic puts in the location of an error of one member of a union (an item id: int or str)
+_UNION_TAGS = re.compile(r"^(constrained-)?(int|str|float)$")
+
+
 def _first_error(errors) -> str:
-    """One line for the first validation error: where it is and what is wrong."""
+    """One line for the first validation error: where it is and what is wrong.
+
+    A value of a union (an item id: an integer or a string) that fails every member gets an error per member; a
+    "not of this type" one says less than the member that took the type and refused the value (a string too long),
+    so a type error comes first only when there is no other. The member's tag is left out of the location."""
     if not errors:
         return "invalid request"
-    error = errors[0]
-    where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+
+    def place(e):
+        return [str(p) for p in e.get("loc", ()) if p != "body" and not _UNION_TAGS.match(str(p))]
+
+    same = [e for e in errors if place(e) == place(errors[0])]  # the first value's errors, one per union member
+    error = min(same, key=lambda e: str(e.get("type", "")).endswith("_type"))
+    where = ".".join(place(error)) or "body"
     if error.get("type") == "json_invalid":
         return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
     return f"{where}: {error.get('msg', 'invalid')}"
