@@ -656,10 +656,12 @@ def _head_lines(path: str | os.PathLike, n: int, encoding: str = "utf-8") -> lis
 
 def _open_text(path: str | os.PathLike, encoding: str):
     if str(path).endswith(".gz"):
-        import gzip
-
         return gzip.open(path, "rt", encoding=encoding, errors="replace")
     return open(path, encoding=encoding, errors="replace")
+
+
+def _open_bytes(path: str | os.PathLike):
+    return gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")
 
 
 def _looks_numeric(text: str) -> bool:
@@ -698,10 +700,9 @@ def _line_breaks_and_quotes(path: str | os.PathLike, encoding: str) -> tuple[int
     that does not write a line break as the single byte ``\n`` (UTF-16, UTF-32)."""
     if "\n".encode(encoding, errors="replace") != b"\n" or '"'.encode(encoding, errors="replace") != b'"':
         return None
-    opener = gzip.open if str(path).endswith(".gz") else open
     breaks, quote, last = 0, False, b"\n"
     try:
-        with opener(path, "rb") as f:
+        with _open_bytes(path) as f:
             while chunk := f.read(1 << 22):
                 breaks += chunk.count(b"\n")
                 quote = quote or b'"' in chunk
@@ -713,16 +714,21 @@ def _line_breaks_and_quotes(path: str | os.PathLike, encoding: str) -> tuple[int
 
 def _first_line_break(frame: pd.DataFrame, lines: np.ndarray) -> tuple[Any, int, str] | None:
     """``(column, line, value)`` of the first text field holding a line break, or None."""
-    found = None
+    found = None  # (row, column)
     for col in frame.columns:
         values = frame[col]
         if not (pd.api.types.is_string_dtype(values) or pd.api.types.is_object_dtype(values)):
             continue
         text = values.astype(str)
-        hit = (text.str.contains("\n", regex=False) | text.str.contains("\r", regex=False)).to_numpy(bool)
-        if hit.any() and (found is None or int(np.flatnonzero(hit)[0]) < found[1]):
-            found = (col, int(np.flatnonzero(hit)[0]), str(values.iloc[int(np.flatnonzero(hit)[0])]))
-    return None if found is None else (found[0], int(lines[found[1]]), found[2])
+        hit = np.flatnonzero(
+            (text.str.contains("\n", regex=False) | text.str.contains("\r", regex=False)).to_numpy(bool)
+        )
+        if len(hit) and (found is None or hit[0] < found[0]):
+            found = (int(hit[0]), col)
+    if found is None:
+        return None
+    row, col = found
+    return col, int(lines[row]), str(frame[col].iloc[row])
 
 
 def _check_quotes(frame: pd.DataFrame, path: Path, lines: np.ndarray, encoding: str, header: bool, lead: int) -> None:
@@ -761,8 +767,7 @@ def _table_kwargs(
     first = _head_lines(path, 1, encoding)
     if not first:
         raise DataError(f"{path}: file is empty")
-    split_sep = ":" if sep == "::" else sep
-    width = len(first[0].split(split_sep)) if sep != "::" else len(first[0].split("::"))
+    width = len(first[0].split(sep))
     if names is not None and width != len(names) and not (allow_extra and width > len(names)):
         how = "fewer" if width < len(names) else "more"
         raise DataError(
@@ -894,11 +899,10 @@ def read_table(
     elif not header:
         frame.columns = list(range(frame.shape[1]))
     lines = np.arange(len(frame)) + lead + (2 if header else 1)
+    rest_empty = None
     if line_numbers:
         if kwargs.get("quoting") != csv.QUOTE_NONE:
             _check_quotes(frame, path, lines, encoding, header, lead)
-    rest_empty = None
-    if line_numbers:
         frame, lines, rest_empty = _drop_blank_lines(frame, path, lines, _rest_empty(frame), encoding)
         frame.index = pd.Index(lines, name="line")
     if len(frame) == 0:
@@ -909,8 +913,7 @@ def read_table(
 
 def _undecodable(path: Path, encoding: str) -> str:
     """The message for a file that is not ``encoding`` text: the first line that does not decode, and its bytes."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
+    with _open_bytes(path) as f:
         for n, line in enumerate(f, 1):
             try:
                 line.decode(encoding)

@@ -538,11 +538,12 @@ def _als_step(
     gram = F.T @ F if column_weights is None else F.T @ (column_weights[:, None] * F)
     scale = None if row_weights is None else np.asarray(row_weights, np.float64)[active]
     confidence = R.copy()
-    missing = np.ones(R.nnz)
     if column_weights is not None:
         missing = column_weights[R.indices]
     elif scale is not None:
         missing = np.repeat(scale, np.diff(R.indptr))
+    else:
+        missing = 1.0
     confidence.data = missing + alpha * R.data
     rhs = np.asarray(confidence @ F)  # Y^T C_u p_u: p = 1 on the nonzeros, 0 elsewhere
     lengths = np.diff(R.indptr)
