@@ -79,6 +79,10 @@ def average_training_runs(parts: dict, offsets: list, fields: dict, args, seed: 
         summaries, stats = experiment.validate(params, baselines=False, return_stats=True)
         log[str(offset)] = recall_at_20(summaries)
         found = {"validation": stats}
+        if experiment.val_new_item_tasks is not None:
+            found["validation_new_item"] = experiment.validate(
+                params, baselines=False, return_stats=True, new_items=True
+            )[1]
         if args.test:
             _, detail = experiment.evaluate(params, baselines=False)
             found.update({scenario: per_method for scenario, (per_method, _) in detail.items()})
@@ -192,6 +196,12 @@ def main() -> None:
                 state.params, baselines=not args.no_baselines, return_stats=True
             )
             parts = {"validation": (record["validation"], part)}
+            if experiment.val_new_item_tasks is not None:  # the choices about new items are made here
+                new_item_summaries, new_item_stats = experiment.validate(
+                    state.params, baselines=not args.no_baselines, return_stats=True, new_items=True
+                )
+                parts["validation_new_item"] = (new_item_summaries, new_item_stats)
+                record["validation_new_item"] = recall_at_20(new_item_summaries)
             if args.test:
                 record["scenarios"], detail = experiment.evaluate(state.params)
                 parts.update({sc: (record["scenarios"][sc], per_method) for sc, (per_method, _) in detail.items()})
@@ -216,8 +226,14 @@ def main() -> None:
             continue
         pooled = {part_name: pool(stats[part_name], summaries[part_name], tuple(args.reference)) for part_name in stats}
         validation = pooled.pop("validation")
+        validation_new_item = pooled.pop("validation_new_item", None)
         results["variants"][name] = {"validation": validation, "scenarios": pooled, "runs": runs}
         markdown.append(table(f"{name}: validation users", validation, tuple(args.reference)))
+        if validation_new_item is not None:
+            results["variants"][name]["validation_new_item"] = validation_new_item
+            markdown.append(
+                table(f"{name}: validation new items (among them only)", validation_new_item, tuple(args.reference))
+            )
         for scenario, per_method in pooled.items():
             markdown.append(table(f"{name}: {scenario} (test)", per_method, tuple(args.reference)))
     stem = args.stem or (

@@ -23,6 +23,7 @@ from jaxrec.core.features import FeatureSpec
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.newton import newton
 from jaxrec.core.ranking import RANKING_LOSSES, negative_rows, ranking_loss
+from jaxrec.data import DataError
 from jaxrec.data.topn import NegativeSampler, implicit_featurizer, topn_split, topn_tasks, warm_frame
 from jaxrec.evaluation.topn import (
     Catalogue,
@@ -672,6 +673,90 @@ def test_meta_gradient_of_the_exact_als_fold_in_with_a_softmax_query_loss_matche
     assert np.max(np.abs(ravel_pytree(jax.grad(first)(params))[0] - grad)) > 1e-4
 
 
+def dense_logistic_objective(model, params, catalogue, rows, mask, confidence=10.0):
+    """The weighted log-loss scored item by item: every catalogue item a label-0 example of weight 1, each real row
+    a label-1 example of weight 1 + c w (and not a label-0 one), divided by the number of real rows."""
+    user = {k: v[:1] for k, v in rows.items() if k == "user" or k.startswith("history")}
+    every = {**{k: jnp.broadcast_to(v, (len(catalogue["item"]),) + v.shape[1:]) for k, v in user.items()}}
+    every.update({k: jnp.asarray(v) for k, v in catalogue.items()})
+    catalogue_term = jnp.sum(-jnp.log(1.0 - jax.nn.sigmoid(model.apply(params, every))))
+    s = model.apply(params, rows)
+    c = 1.0 + confidence * rows["weight"]
+    hits = jnp.where(mask, -c * jnp.log(jax.nn.sigmoid(s)) + jnp.log(1.0 - jax.nn.sigmoid(s)), 0.0)
+    return (catalogue_term + jnp.sum(hits)) / jnp.sum(mask)
+
+
+@pytest.mark.usefixtures("float64")
+def test_exact_logistic_loss_equals_the_weighted_log_loss_over_every_item():
+    from jaxrec.experiment.protocol import exact_logistic_loss
+
+    model, params, catalogue, rows, mask = exact_setup()
+    loss = exact_logistic_loss(model, catalogue)
+    want = dense_logistic_objective(model, params, catalogue, rows, mask)
+    np.testing.assert_allclose(float(loss(params, rows, mask)), float(want), rtol=1e-12)
+    grad = ravel_pytree(jax.grad(loss)(params, rows, mask))[0]
+    dense_grad = jax.grad(dense_logistic_objective, argnums=1)(model, params, catalogue, rows, mask)
+    np.testing.assert_allclose(grad, ravel_pytree(dense_grad)[0], rtol=1e-10, atol=1e-12)
+    noisy = dict(rows, item=jnp.where(mask, rows["item"], 8), weight=jnp.where(mask, rows["weight"], 1e6))
+    np.testing.assert_allclose(ravel_pytree(jax.grad(loss)(params, noisy, mask))[0], grad, rtol=1e-12, atol=1e-14)
+    # under id dropout every item counts as a label-0 example with its id (1 - u) and without it (u)
+    u = 0.3
+    id_less = dict(catalogue, item=np.zeros_like(catalogue["item"]))
+    without_ids = dense_logistic_objective(model, params, id_less, rows, mask)
+    dropped = exact_logistic_loss(model, catalogue, unknown=u)(params, rows, mask)
+    np.testing.assert_allclose(float(dropped), float((1 - u) * want + u * without_ids), rtol=1e-12)
+    assert abs(float(dropped) - float(want)) > 1e-6
+
+
+@pytest.mark.usefixtures("float64")
+def test_newton_steps_on_the_exact_logistic_loss_iterate_to_the_map_user_vector():
+    """Newton steps on the log-loss are iteratively reweighted least squares: one step does not reach the minimiser
+    of the dense objective plus the prior, a few more do (its gradient vanishes there)."""
+    from jaxrec.experiment.protocol import exact_logistic_loss
+
+    model, params, catalogue, rows, mask = exact_setup()
+    alpha = 0.2
+    theta = params["params"]["user_vector"]
+
+    def objective(w):
+        p = {"params": dict(params["params"], user_vector=w)}
+        return (
+            jnp.sum(mask) * dense_logistic_objective(model, p, catalogue, rows, mask)
+            + 0.5 * jnp.sum((w - theta) ** 2) / alpha
+        )
+
+    def adapted(steps):
+        loss = exact_logistic_loss(model, catalogue)
+        inner = InnerLoop(loss, steps=steps, solver=newton(), adapt_filter=model.default_adapt_filter)
+        return jaxrec.adapt(params, rows, mask, inner, inner_lr=alpha)["params"]["user_vector"]
+
+    assert float(jnp.max(jnp.abs(jax.grad(objective)(adapted(1))))) > 1e-4  # not quadratic: one step is not enough
+    w = adapted(8)
+    assert float(jnp.max(jnp.abs(w - theta))) > 1e-2  # it moved
+    np.testing.assert_allclose(jax.grad(objective)(w), 0.0, atol=1e-10)
+
+
+@pytest.mark.usefixtures("float64")
+def test_meta_gradient_through_irls_steps_on_the_exact_logistic_loss_matches_finite_differences():
+    from jaxrec.experiment.protocol import exact_logistic_loss
+
+    model, params, catalogue, rows, mask = exact_setup()
+    batch = jaxrec.TaskBatch(
+        support={k: jnp.stack([v, v]) for k, v in rows.items()},
+        query={k: jnp.stack([v[::-1], v]) for k, v in rows.items()},
+        support_mask=jnp.stack([mask, mask.at[3].set(False)]),
+        query_mask=jnp.stack([mask[::-1], mask]),
+        task_id=jnp.arange(2),
+    )
+    loss = exact_logistic_loss(model, catalogue, confidence=3.0)
+    inner = InnerLoop(loss, steps=2, solver=newton(), adapt_filter=model.default_adapt_filter)
+    f = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner, inner_lr=0.2))
+    grad = ravel_pytree(jax.grad(f)(params))[0]
+    np.testing.assert_allclose(grad, central_differences(f, params), rtol=1e-6, atol=1e-8)
+    first = jax.jit(lambda p: jaxrec.meta_loss(p, batch, inner.replace(order="first"), inner_lr=0.2))
+    assert np.max(np.abs(ravel_pytree(jax.grad(first)(params))[0] - grad)) > 1e-4
+
+
 def test_exact_als_loss_needs_a_two_tower_model_and_its_catalogue():
     from jaxrec.experiment import ExperimentConfig
     from jaxrec.experiment.protocol import exact_als_loss
@@ -848,6 +933,23 @@ def test_new_items_are_untrained_on_everywhere_and_their_interactions_are_the_ne
     assert total + split.stats["new_item_dropped"] == ds.n_ratings
     assert split.stats["new_item_interactions"] == len(held) > 0
     assert "new_item" not in base.scenarios and base.stats["train_interactions"] > split.stats["train_interactions"]
+    # validation new items: the next newest, released just before the new items, which stay the same
+    both = topn_split(ds, new_item_frac=0.1, val_new_item_frac=0.1, seed=0)
+    val_new = both.validation_new_items
+    np.testing.assert_array_equal(both.new_items, new)
+    assert len(val_new) == round(0.1 * len(interacted)) and not np.isin(val_new, new).any()
+    assert first[val_new].max() <= first[new].min() and first[val_new].min() >= first.drop([*new, *val_new]).max()
+    for part in [both.train, both.validation, *both.scenarios.values()]:
+        assert not np.isin(part["item"], val_new).any()
+    held = both.validation_new_item
+    assert np.isin(held["item"], val_new).all() and set(held.user) <= set(both.train.user) | set(
+        both.scenarios["warm"].user
+    )
+    total = len(both.train) + len(both.validation) + sum(len(f) for f in both.scenarios.values()) + len(held)
+    assert total + both.stats["new_item_dropped"] + both.stats["validation_new_item_dropped"] == ds.n_ratings
+    assert both.stats["validation_new_item_interactions"] == len(held) > 0
+    with pytest.raises(DataError, match="val_new_item_frac needs new_item_frac"):
+        topn_split(ds, val_new_item_frac=0.1, seed=0)
 
 
 def test_a_baselines_tied_scores_fall_in_each_users_random_order_not_by_item_code():
@@ -894,11 +996,19 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
         model_kwargs={"embed": 8},
         epochs=1,
         new_item_frac=0.1,
+        val_item_frac=0.1,
         item_dropout=0.3,
         topn_baselines=("popular", "content"),
     )
     exp = TopNExperiment(config)
     state = exp.train()
+    # the validation new items: ranked among themselves (popularity, which scores every unknown item 0, finds some
+    # by chance; over the whole catalogue it finds none), each user's support their latest training interactions
+    assert not np.isin(exp.split.validation_new_items, exp.split.new_items).any()
+    assert (exp.featurizer.item_index[exp.split.validation_new_items] == 0).all()  # unknown: untrained on
+    chosen_on = exp.validate(state.params, new_items=True)
+    assert chosen_on["maml"]["users"] == len(exp.val_new_item_tasks) > 10
+    assert chosen_on["content"]["recall@20"] > chosen_on["popular"]["recall@20"] > 0.0
     doc = exp.metrics_document(state.params, keep_lists=True)
     scenario = doc["scenarios"]["new_item"]
     assert scenario["maml"]["users"] == scenario["popular"]["users"] == len(exp.scenario_tasks["new_item"]) > 10

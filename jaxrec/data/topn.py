@@ -73,6 +73,9 @@ class TopNSplit:
         part of the split trains on.
       new_items: the item codes held out as new items (empty without ``new_item_frac``).
       stats: counts of users and interactions per part.
+      validation_new_items: the item codes held out as validation new items, released just before the new items
+        (empty without ``val_new_item_frac``); every choice about new items is made on them.
+      validation_new_item: the meta-train users' interactions with the validation new items.
     """
 
     train: pd.DataFrame
@@ -80,6 +83,8 @@ class TopNSplit:
     scenarios: dict[str, pd.DataFrame]
     stats: dict[str, Any]
     new_items: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    validation_new_items: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    validation_new_item: pd.DataFrame | None = None
 
     def summary(self) -> str:
         """Describe the split in one line."""
@@ -113,6 +118,7 @@ def topn_split(
     warm_frac: float = 0.1,
     warm_holdout: float = 0.2,
     new_item_frac: float = 0.0,
+    val_new_item_frac: float = 0.0,
     seed: int = 0,
 ) -> TopNSplit:
     """Split a log's users into meta-train, validation and new (test) users, hold out warm users' latest
@@ -125,6 +131,11 @@ def topn_split(
     validation and new users' ones are dropped and counted (``new_item_dropped``). The users are drawn before the
     items, so the user split does not depend on ``new_item_frac``.
 
+    Validation new items (``val_new_item_frac``): the next-newest items, released just before the new items, held
+    out in the same way; the meta-train users' interactions with them are ``validation_new_item``, on which the
+    choices about new items (the item-id dropout, a new-item weight) are made, as the validation users are for new
+    users. The new items themselves do not depend on ``val_new_item_frac``.
+
     Args:
       dataset: the log (implicit, or rated interactions).
       test_frac: the fraction of users that are new users (the ``new_user`` scenario).
@@ -133,6 +144,8 @@ def topn_split(
         scenario (0: no warm scenario).
       warm_holdout: the fraction of a warm user's interactions held out (the latest, at least one).
       new_item_frac: the fraction of the interacted items held out as new items (0: no ``new_item`` scenario).
+      val_new_item_frac: the fraction of the interacted items held out as validation new items (0: none; needs
+        ``new_item_frac``).
       seed: the seed of the user draws and of the order of untimed interactions.
 
     Returns:
@@ -142,9 +155,11 @@ def topn_split(
       DataError: if the log has fewer than 3 users, or a fraction is outside ``[0, 1)``.
     """
     fractions = (("test_frac", test_frac), ("val_frac", val_frac), ("warm_frac", warm_frac))
-    for name, value in fractions + (("new_item_frac", new_item_frac),):
+    for name, value in fractions + (("new_item_frac", new_item_frac), ("val_new_item_frac", val_new_item_frac)):
         if not 0.0 <= float(value) < 1.0:
             raise DataError(f"{dataset.name}: {name} must be in [0, 1), got {value!r}")
+    if val_new_item_frac > 0 and new_item_frac <= 0:
+        raise DataError(f"{dataset.name}: val_new_item_frac needs new_item_frac > 0 (validation new items)")
     frame = dataset.ratings
     users = np.unique(frame["user"].to_numpy())
     if len(users) < 3:
@@ -157,9 +172,12 @@ def topn_split(
     train_users = shuffled[n_test + n_val :]
     part = np.zeros(dataset.n_users, np.int8)  # 0 train, 1 validation, 2 test
     part[val_users], part[test_users] = 1, 2
-    new_items = _newest_items(frame, new_item_frac, np.random.default_rng([seed, 13]))
+    new_items, val_new_items = _newest_items(
+        frame, new_item_frac, np.random.default_rng([seed, 13]), next_fraction=val_new_item_frac
+    )
     is_new = np.isin(frame["item"].to_numpy(), new_items)
-    new_rows, frame = frame[is_new], frame[~is_new]
+    is_val_new = np.isin(frame["item"].to_numpy(), val_new_items)
+    new_rows, val_new_rows, frame = frame[is_new], frame[is_val_new], frame[~is_new & ~is_val_new]
     row_part = part[frame["user"].to_numpy()]
     train = frame[row_part == 0]
     scenarios = {"new_user": frame[row_part == 2].reset_index(drop=True)}
@@ -180,6 +198,7 @@ def topn_split(
         "new_user_interactions": int((row_part == 2).sum()),
         "warm_held_out": int(warm_rows.sum()),
     }
+    validation_new_item = None
     if len(new_items):
         new_train = part[new_rows["user"].to_numpy()] == 0
         scenarios["new_item"] = new_rows[new_train].reset_index(drop=True)
@@ -188,28 +207,45 @@ def topn_split(
             new_item_interactions=int(new_train.sum()),
             new_item_dropped=int((~new_train).sum()),
         )
+    if len(val_new_items):
+        val_train = part[val_new_rows["user"].to_numpy()] == 0
+        validation_new_item = val_new_rows[val_train].reset_index(drop=True)
+        stats.update(
+            validation_new_items=len(val_new_items),
+            validation_new_item_interactions=int(val_train.sum()),
+            validation_new_item_dropped=int((~val_train).sum()),
+        )
     return TopNSplit(
         train=train[~warm_rows].reset_index(drop=True),
         validation=frame[row_part == 1].reset_index(drop=True),
         scenarios=scenarios,
         stats=stats,
         new_items=new_items,
+        validation_new_items=val_new_items,
+        validation_new_item=validation_new_item,
     )
 
 
-def _newest_items(frame: pd.DataFrame, fraction: float, rng: np.random.Generator) -> np.ndarray:
+def _newest_items(
+    frame: pd.DataFrame, fraction: float, rng: np.random.Generator, next_fraction: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The codes of the ``fraction`` of the interacted items whose first interaction is latest (ties and untimed
-    logs in random order); at least one item when ``fraction > 0``, and never every item."""
+    logs in random order), and of the ``next_fraction`` first interacted with just before them; at least one item
+    each when its fraction is positive, and never every item."""
+    none = np.zeros(0, np.int64)
     items = np.unique(frame["item"].to_numpy())
     if fraction <= 0 or len(items) < 2:
-        return np.zeros(0, np.int64)
+        return none, none
     n_new = min(max(int(round(fraction * len(items))), 1), len(items) - 1)
+    n_next = min(max(int(round(next_fraction * len(items))), 1), len(items) - 1 - n_new) if next_fraction > 0 else 0
     if "timestamp" in frame:
         first = frame.groupby("item")["timestamp"].min().reindex(items).to_numpy()
         order = np.lexsort((rng.random(len(items)), first))
     else:
         order = rng.permutation(len(items))
-    return np.sort(items[order[-n_new:]]).astype(np.int64)
+    newest = np.sort(items[order[-n_new:]]).astype(np.int64)
+    following = np.sort(items[order[len(items) - n_new - n_next : len(items) - n_new]]).astype(np.int64)
+    return newest, following
 
 
 def warm_frame(train: pd.DataFrame, held_out: pd.DataFrame, shots: int, seed: int = 0) -> pd.DataFrame:

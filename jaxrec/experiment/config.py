@@ -61,7 +61,7 @@ TOPN_BASELINES = ("popular", "itemknn", "ease", "mf", "content", "finetune", "no
 #: the top-N baselines that score every item from the support set alone: a hybrid's second method
 HYBRID_PARTNERS = ("popular", "itemknn", "ease", "mf", "content")
 #: the top-N training losses (:mod:`jaxrec.core.ranking`)
-TOPN_LOSSES = ("softmax", "bpr", "bce", "als", "als_exact")
+TOPN_LOSSES = ("softmax", "bpr", "bce", "als", "als_exact", "logistic_exact")
 INNER_SOLVERS = ("auto", "sgd", "newton", "mixed", "encode")
 MIXED_SOLVE = "head/output"  # what inner_solver="mixed" solves by Newton steps
 PRETRAIN = ("bias", True, False)
@@ -258,7 +258,9 @@ class ProtocolConfig:
       history: each row carries the user's last ``history`` ratings (0: none; the GRU model then gets 10).
       val_frac: the fraction of meta-train users held out as validation users, where every choice is made.
       val_item_frac: the newest fraction of meta-train items held out of training and of the vocabularies, their
-        ratings forming validation tasks of the new-item kind (0: none).
+        ratings forming validation tasks of the new-item kind (0: none). In top-N (with ``new_item_frac``): the
+        items released just before the new items, the meta-train users' interactions with them the validation new
+        items (``TopNExperiment.validate(new_items=True)``), where the choices about new items are made.
 
     Raises:
       ValueError: if a count is not a positive integer (``history``: not >= 0) or a fraction is not in ``[0, 1)``;
@@ -575,12 +577,14 @@ class TopNConfig:
       sampler: ``"uniform"`` over the training items or ``"popularity"``.
       ranking_loss: ``"softmax"`` (sampled softmax, logQ-corrected), ``"bpr"``, ``"bce"``, ``"als"`` (the
         implicit-ALS objective, its catalogue term estimated from the negatives: a Newton step is the ALS fold-in)
-        or ``"als_exact"`` (the same with the catalogue term exact, from the Gram matrix of every item vector; a
-        two-tower model).
+        ``"als_exact"`` (the same with the catalogue term exact, from the Gram matrix of every item vector; a
+        two-tower model) or ``"logistic_exact"`` (the log-loss over every item, each interaction a label-1 example
+        of confidence ``1 + c w``; Newton inner steps are IRLS, several of them iterate to the MAP user vector).
       query_loss: the loss of the query after adaptation in meta-training (the outer loss), one of the same; None
         for ``ranking_loss``. E.g. ``ranking_loss="als_exact", query_loss="softmax"``: adapt by the exact ALS
         fold-in, meta-train for the ranking of the query.
-      als_confidence: the extra confidence ``c`` of an interaction in the ``"als"`` and ``"als_exact"`` losses
+      als_confidence: the extra confidence ``c`` of an interaction in the ``"als"``, ``"als_exact"`` and
+        ``"logistic_exact"`` losses
         (target 1 with confidence ``1 + c w``, every other item target 0 with confidence 1; Hu, Koren & Volinsky,
         ICDM 2008). With ``item_start="als"`` the item factors are fitted with the same ``c`` and the ridge
         strength ``1 / (2 inner_lr)`` of the fold-in, so that before any meta-step the meta-learner is the ``mf``

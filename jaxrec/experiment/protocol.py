@@ -42,7 +42,7 @@ from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.core.newton import newton
 from jaxrec.core.params import adapt_filter, adapt_mask
-from jaxrec.core.ranking import catalogue_als_loss, ranking_loss
+from jaxrec.core.ranking import catalogue_als_loss, catalogue_logistic_loss, ranking_loss
 from jaxrec.core.solvers import Amortized
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
@@ -55,7 +55,15 @@ from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve
 from jaxrec.experiment.methods import evaluate_experiment, experiment_predictors, fit_baselines
 from jaxrec.scale.sharding import make_mesh
 
-__all__ = ["Experiment", "Learner", "exact_als_loss", "meta_optimizer", "topn_loss", "trained_catalogue"]
+__all__ = [
+    "Experiment",
+    "Learner",
+    "exact_als_loss",
+    "exact_logistic_loss",
+    "meta_optimizer",
+    "topn_loss",
+    "trained_catalogue",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -230,11 +238,12 @@ def topn_unknown_ids(config: Any) -> float:
 
 
 def topn_loss(kind: str, model: Any, catalogue: Any = None, unknown: float = 0.0, confidence: float = 10.0) -> Any:
-    """The top-N loss ``kind`` of a model: :func:`~jaxrec.core.ranking.ranking_loss`, or for ``"als_exact"``
-    :func:`exact_als_loss` over ``catalogue`` (``unknown``: its fraction of id-less item vectors); ``confidence``:
-    the ALS losses' extra confidence of an interaction."""
-    if kind == "als_exact":
-        return exact_als_loss(model, catalogue, unknown=unknown, confidence=confidence)
+    """The top-N loss ``kind`` of a model: :func:`~jaxrec.core.ranking.ranking_loss`, or a loss over every item of
+    ``catalogue`` (:data:`CATALOGUE_LOSSES`: ``"als_exact"`` :func:`exact_als_loss`, ``"logistic_exact"``
+    :func:`exact_logistic_loss`; ``unknown``: its fraction of id-less item vectors); ``confidence``: an
+    interaction's extra confidence in the ALS and logistic losses."""
+    if kind in CATALOGUE_LOSSES:
+        return CATALOGUE_LOSSES[kind](model, catalogue, unknown=unknown, confidence=confidence)
     return ranking_loss(model.apply, kind, confidence=confidence)
 
 
@@ -259,15 +268,56 @@ def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0, confidence:
       ``loss_fn(params, rows, mask)``.
 
     Raises:
-      ValueError: if the model has no separate towers or the catalogue is missing.
+      ValueError: if the model has no separate towers, the catalogue is missing or ``u`` is not in ``[0, 1]``.
     """
+    user_fn, item_vectors = _catalogue_towers(model, catalogue, unknown, "als_exact")
+
+    def gram_fn(params):
+        return sum(w * (v.T @ v) for w, v in item_vectors(params))
+
+    return catalogue_als_loss(model.apply, user_fn, gram_fn, confidence=confidence)
+
+
+def exact_logistic_loss(model: Any, catalogue: Any, unknown: float = 0.0, confidence: float = 10.0) -> Any:
+    """The log-loss counterpart of :func:`exact_als_loss` (:func:`~jaxrec.core.ranking.catalogue_logistic_loss`):
+    every item of ``catalogue`` a label-0 example, each interaction a label-1 one of confidence ``1 + c w``; the
+    Newton inner step is then iteratively reweighted least squares. Under item-id dropout each item counts with its
+    id at weight ``1 - u`` and without it at ``u``, as the Gram matrix of :func:`exact_als_loss` does.
+
+    Args:
+      model: a :class:`~jaxrec.models.TwoTower`.
+      catalogue: the item rows of every catalogue item, ``{key: [V, ...]}``.
+      unknown: ``u``, in ``[0, 1]``.
+      confidence: the extra confidence ``c`` of an interaction.
+
+    Returns:
+      ``loss_fn(params, rows, mask)``.
+
+    Raises:
+      ValueError: if the model has no separate towers, the catalogue is missing or ``u`` is not in ``[0, 1]``.
+    """
+    user_fn, item_vectors = _catalogue_towers(model, catalogue, unknown, "logistic_exact")
+
+    def logits_fn(params, user):
+        parts = item_vectors(params)
+        scores = jnp.concatenate([v @ user for _, v in parts])
+        weights = jnp.concatenate([jnp.full(v.shape[:1], w, v.dtype) for w, v in parts])
+        return scores, weights
+
+    return catalogue_logistic_loss(model.apply, user_fn, logits_fn, confidence=confidence)
+
+
+def _catalogue_towers(model: Any, catalogue: Any, unknown: float, kind: str) -> tuple[Any, Any]:
+    """``(user_fn, item_vectors)`` of a two-tower model for a loss over its whole catalogue: each row's user vector,
+    and ``item_vectors(params) -> [(weight, [V, d])]``, the catalogue's item vectors (weight ``1 - u``) and, under
+    id dropout, their id-less vectors (weight ``u``)."""
     if not isinstance(model, models.TwoTower):
         raise ValueError(
-            f"ranking_loss='als_exact' needs a two-tower model (--model twotower), not {type(model).__name__}: its "
-            "catalogue term is the Gram matrix of the item vectors"
+            f"ranking_loss={kind!r} needs a two-tower model (--model twotower), not {type(model).__name__}: its "
+            "catalogue term is formed from every item's vector"
         )
     if catalogue is None:
-        raise ValueError("ranking_loss='als_exact' needs the catalogue's item rows to form its Gram matrix")
+        raise ValueError(f"ranking_loss={kind!r} needs the catalogue's item rows to form its catalogue term")
     items = {k: jnp.asarray(v) for k, v in catalogue.items()}
     unknown = float(unknown)
     if not 0.0 <= unknown <= 1.0:
@@ -277,15 +327,18 @@ def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0, confidence:
     def user_fn(params, rows):
         return model.apply(params, rows, method=model.user_vectors)
 
-    def gram_fn(params):
+    def item_vectors(params):
         vectors = model.apply(params, items, method=model.item_vectors)
-        gram = vectors.T @ vectors
         if not unknown:
-            return gram
+            return [(1.0, vectors)]
         features_only = model.apply(params, id_less, method=model.item_vectors)
-        return (1.0 - unknown) * gram + unknown * (features_only.T @ features_only)
+        return [(1.0 - unknown, vectors), (unknown, features_only)]
 
-    return catalogue_als_loss(model.apply, user_fn, gram_fn, confidence=confidence)
+    return user_fn, item_vectors
+
+
+# the top-N losses formed over the whole catalogue, for a two-tower model
+CATALOGUE_LOSSES = {"als_exact": exact_als_loss, "logistic_exact": exact_logistic_loss}
 
 
 class Experiment:

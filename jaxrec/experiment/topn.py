@@ -63,7 +63,7 @@ from jaxrec.evaluation.topn import (
     user_orders,
 )
 from jaxrec.experiment.config import HYBRID_PARTNERS, ExperimentConfig, resolve
-from jaxrec.experiment.protocol import Learner, config_mesh, trained_catalogue
+from jaxrec.experiment.protocol import CATALOGUE_LOSSES, Learner, config_mesh, trained_catalogue
 from jaxrec.models.common import categorical_fields, multi_hot_fields
 
 __all__ = [
@@ -191,6 +191,7 @@ class TopNExperiment:
             val_frac=config.protocol.val_frac,
             warm_frac=top.warm_frac,
             new_item_frac=top.new_item_frac,
+            val_new_item_frac=config.protocol.val_item_frac,
             seed=config.seed,
         )
         logger.info("%s", self.split.summary())
@@ -207,29 +208,28 @@ class TopNExperiment:
         self.val_tasks = self._eval_tasks(self.split.validation)
         self.scenario_tasks = {}
         for name, frame in self.split.scenarios.items():
-            held_out = name in ("warm", "new_item")
-            if held_out:  # the users' latest training interactions are their support, the held-out ones the query
-                held_users = frame["user"].nunique()
-                frame = warm_frame(self.split.train, frame, top.shots, config.seed)
-                short = held_users - frame["user"].nunique()
-                if short:
-                    logger.info(
-                        "%s: %d user(s) with fewer than %d training interactions left out", name, short, top.shots
-                    )
-            tasks = self._eval_tasks(frame)
-            if held_out:
-                tasks.stats["users_dropped"] = int(tasks.stats.get("users_dropped", 0) + short)
+            tasks = self._scenario_tasks(name, frame)
             if len(tasks):
                 self.scenario_tasks[name] = tasks
             else:
                 logger.warning("scenario %r has no user with more than %d interactions; skipped", name, top.shots)
+        self.val_new_item_tasks = None
+        if self.split.validation_new_item is not None:
+            tasks = self._scenario_tasks("validation new_item", self.split.validation_new_item)
+            if len(tasks):
+                self.val_new_item_tasks = tasks
+            else:
+                logger.warning("no meta-train user with the validation new items and %d training ones", top.shots)
         # an evaluation user's negatives avoid the training interactions and their own support items only
-        avoid = [_support_pairs(t) for t in [self.val_tasks, *self.scenario_tasks.values()] if len(t)]
+        evaluated = [self.val_tasks, *self.scenario_tasks.values(), self.val_new_item_tasks]
+        avoid = [_support_pairs(t) for t in evaluated if t is not None and len(t)]
         eval_sampler = NegativeSampler.fit(
             self.split.train, n_items, count=top.negatives, kind=top.sampler, avoid=avoid
         )
         self.val_tasks = dataclasses.replace(self.val_tasks, sampler=eval_sampler)
         self.scenario_tasks = {k: dataclasses.replace(t, sampler=eval_sampler) for k, t in self.scenario_tasks.items()}
+        if self.val_new_item_tasks is not None:
+            self.val_new_item_tasks = dataclasses.replace(self.val_new_item_tasks, sampler=eval_sampler)
         if "new_item" in self.scenario_tasks:  # the same users, ranking the new items only
             self.scenario_tasks[NEW_ITEM_ONLY] = self.scenario_tasks["new_item"]
         counts = np.bincount(self.split.train["item"].to_numpy(), minlength=n_items)
@@ -248,6 +248,21 @@ class TopNExperiment:
         self._tie_orders: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
 
     # -- tasks -----------------------------------------------------------------------------------------------------
+
+    def _scenario_tasks(self, name: str, frame: pd.DataFrame) -> TopNTaskSet:
+        """A scenario's tasks; for held-out interactions of meta-train users (``warm``, the new items), each user's
+        latest ``shots`` training interactions are the support and the held-out ones the query."""
+        shots = self.config.topn.shots
+        if name == "new_user":
+            return self._eval_tasks(frame)
+        held_users = frame["user"].nunique()
+        frame = warm_frame(self.split.train, frame, shots, self.config.seed)
+        short = held_users - frame["user"].nunique()
+        if short:
+            logger.info("%s: %d user(s) with fewer than %d training interactions left out", name, short, shots)
+        tasks = self._eval_tasks(frame)
+        tasks.stats["users_dropped"] = int(tasks.stats.get("users_dropped", 0) + short)
+        return tasks
 
     def _train_tasks(self, seed: Any) -> TopNTaskSet:
         top = self.config.topn
@@ -337,8 +352,9 @@ class TopNExperiment:
         """``params`` with a two-tower model's item vectors (and history embeddings) at the item factors of implicit
         ALS fitted on the meta-train users (:func:`~jaxrec.evaluation.retrieval_baselines.fit_mf`). With the exact
         ALS loss its strengths are the fold-in's own (ridge ``1 / (2 inner_lr)``, confidence ``als_confidence``), so
-        that before any meta-step the meta-learner is the ``mf`` baseline with them; with another loss, the ``mf``
-        baseline's chosen strengths when it was tuned (else ridge 10, confidence 10).
+        that before any meta-step the meta-learner is the ``mf`` baseline with them (with the exact logistic loss
+        the same factors, and the global offset at the log-odds of an interaction, as every score is a logit); with
+        another loss, the ``mf`` baseline's chosen strengths when it was tuned (else ridge 10, confidence 10).
 
         The item tower then starts as the ALS item factors (``item_out`` the identity on the id embedding, zero on
         the features), the user-feature embeddings at zero, and a pooled user tower as the mean factor of the
@@ -354,7 +370,7 @@ class TopNExperiment:
             return params
         embed = inner["user_vector"].shape[0]
         chosen = dict(self._tuned.get("mf", {}).get("chosen", {"l2": 10.0, "alpha": 10.0}))
-        if self.config.topn.ranking_loss == "als_exact":  # the fold-in's own strengths: the start is that mf
+        if self.config.topn.ranking_loss in CATALOGUE_LOSSES:  # the fold-in's own strengths: the start is that mf
             chosen = {"l2": 1.0 / (2.0 * self.inner_lr), "alpha": self.config.topn.als_confidence}
         chosen["factors"] = embed
         fitted = rb.fit_mf(self.train_matrix(), seed=self.config.training_seed, **chosen)
@@ -374,6 +390,10 @@ class TopNExperiment:
             inner = dict(inner, embed_item={"embedding": jnp.asarray(table)}, item_out={"kernel": jnp.asarray(kernel)})
         for key in [k for k in inner if k.startswith("embed_user")]:  # the prior starts at ALS's, zero
             inner[key] = jax.tree.map(jnp.zeros_like, inner[key])
+        if self.config.topn.ranking_loss == "logistic_exact":  # logits: start at the log-odds of an interaction
+            matrix = self.train_matrix()
+            density = matrix.nnz / float(np.prod(matrix.shape))
+            inner = dict(inner, global_bias=jnp.asarray(np.log(density / (1.0 - density)), jnp.float32))
         return dict(params, params=inner)
 
     def _feature_start(self, inner: dict, factors: np.ndarray, kernel: np.ndarray, l2: float = 1.0) -> dict:
@@ -749,8 +769,8 @@ class TopNExperiment:
         schedule): ``(model, (params, inner_lr), inner)``. Trained when first asked for, as the baselines are, so
         that evaluating a restored run rebuilds the same model."""
         c = self.config
-        loss = "bpr" if c.topn.ranking_loss == "als_exact" else c.topn.ranking_loss
-        query_loss = None if c.topn.query_loss == "als_exact" else c.topn.query_loss
+        loss = "bpr" if c.topn.ranking_loss in CATALOGUE_LOSSES else c.topn.ranking_loss
+        query_loss = None if c.topn.query_loss in CATALOGUE_LOSSES else c.topn.query_loss
         fields = {"model": c.topn.rerank, "ranking_loss": loss, "query_loss": query_loss, "item_start": "random"}
         fields.update(adapt="auto", inner_solver="auto", inner_steps=None)  # what suits the re-ranking model
         if c.topn.rerank == "melu":  # MeLU's features alone may be none (a plain log): the item id is one more field
@@ -772,7 +792,7 @@ class TopNExperiment:
             lambda batch, exclude, items: score(rerank_state, batch, items, rows, codes),
         )
 
-    def _among_new_items(self, method: Method) -> Method:
+    def _among_new_items(self, method: Method, new_items: np.ndarray) -> Method:
         """``method`` ranking the new items only: each is scored for each user (``method.score``) and the top
         ``k`` kept. The question a service's slot for fresh items asks: which of today's releases will this user
         want? A new item has no interaction, so it is never one of a user's support items to exclude.
@@ -781,7 +801,7 @@ class TopNExperiment:
         for every method: ``top_k`` keeps the first of tied scores, and every interaction baseline scores every new
         item 0, so its ties must fall at random, per user, not by item code (which follows the catalogue's own
         order: on MovieLens close to popularity, a leak) nor in one order shared by every user (one lucky draw)."""
-        new_items = jnp.asarray(self.split.new_items, jnp.int32)
+        new_items = jnp.asarray(new_items, jnp.int32)
         key = jax.random.key(self.config.seed)
         k = self._kmax()
 
@@ -791,31 +811,53 @@ class TopNExperiment:
 
         return Method(rank, method.score)
 
-    def validate(self, params: Any, *, baselines: bool = True, return_stats: bool = False) -> Any:
+    def validate(
+        self, params: Any, *, baselines: bool = True, return_stats: bool = False, new_items: bool = False
+    ) -> Any:
         """Evaluate on the validation users (held out of every training): the score to choose a configuration on.
 
         The baselines' hyper-parameters, the fine-tuning rate and the hybrids' weights are themselves chosen on these
         users, so their figures here are optimistic, never pessimistic.
+
+        With ``new_items``, on the validation new items instead (``val_item_frac``): the meta-train users'
+        interactions with them, each user's list drawn from the validation new items only, as ``new_item_only``
+        ranks the new items. The choices about new items (the item-id dropout) are made on it: the validation users
+        have no new item.
 
         Args:
           params: the meta-learned parameters.
           baselines: also evaluate the baselines (else the methods of ``params`` alone: ``"maml"``, and its
             re-ranked lists and hybrid where configured; :meth:`rankers`).
           return_stats: also return the per-user statistics ``{method: stats}`` (to pool several splits).
+          new_items: on the validation new items.
 
         Returns:
           ``{method: summary}``, and with ``return_stats`` also the per-user statistics.
+
+        Raises:
+          ValueError: ``new_items`` without validation new items (``val_item_frac`` and ``new_item_frac``).
         """
         c = self.config
         rankers = self.rankers(params, baselines=baselines)
+        tasks, coverage_of = self.val_tasks, None
+        if new_items:
+            if self.val_new_item_tasks is None:
+                raise ValueError(
+                    "no validation new items: set new_item_frac and val_item_frac > 0 (and have meta-train users who "
+                    "interacted with those items)"
+                )
+            items = self.split.validation_new_items
+            rankers = {k: self._among_new_items(m, items) for k, m in rankers.items()}
+            tasks, coverage_of = self.val_new_item_tasks, len(items)
         summaries, stats, _ = evaluate_rankers(
             rankers,
-            self.val_tasks,
+            tasks,
             self.catalogue,
             ks=c.topn.topn_ks,
             batch_size=c.evaluation.eval_batch_size,
             resamples=c.evaluation.bootstrap,
             seed=c.seed,
+            coverage_of=coverage_of,
         )
         return (summaries, stats) if return_stats else summaries
 
@@ -839,7 +881,9 @@ class TopNExperiment:
         for name, tasks in self.scenario_tasks.items():
             only_new = name == NEW_ITEM_ONLY
             summaries, stats, lists = evaluate_rankers(
-                {k: self._among_new_items(m) for k, m in rankers.items()} if only_new else rankers,
+                {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
+                if only_new
+                else rankers,
                 tasks,
                 self.catalogue,
                 ks=c.topn.topn_ks,
@@ -875,6 +919,7 @@ class TopNExperiment:
             "tasks": {
                 "train": self.train_tasks.stats,
                 "validation": self.val_tasks.stats,
+                **({"validation_new_item": self.val_new_item_tasks.stats} if self.val_new_item_tasks else {}),
                 **{name: tasks.stats for name, tasks in self.scenario_tasks.items()},
             },
             "scenarios": scenarios,
