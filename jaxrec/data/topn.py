@@ -73,8 +73,8 @@ class TopNSplit:
         part of the split trains on.
       new_items: the item codes held out as new items (empty without ``new_item_frac``).
       stats: counts of users and interactions per part.
-      validation_new_items: the item codes held out as validation new items, released just before the new items
-        (empty without ``val_new_item_frac``); every choice about new items is made on them.
+      validation_new_items: the item codes held out as validation new items, from the same newest items as the new
+        items (empty without ``val_new_item_frac``); every choice about new items is made on them.
       validation_new_item: the meta-train users' interactions with the validation new items.
     """
 
@@ -131,10 +131,12 @@ def topn_split(
     validation and new users' ones are dropped and counted (``new_item_dropped``). The users are drawn before the
     items, so the user split does not depend on ``new_item_frac``.
 
-    Validation new items (``val_new_item_frac``): the next-newest items, released just before the new items, held
-    out in the same way; the meta-train users' interactions with them are ``validation_new_item``, on which the
-    choices about new items (the item-id dropout, a new-item weight) are made, as the validation users are for new
-    users. The new items themselves do not depend on ``val_new_item_frac``.
+    Validation new items (``val_new_item_frac``): the newest ``new_item_frac + val_new_item_frac`` of the items are
+    held out, and a seeded random ``val_new_item_frac`` of the items among them are the validation new items, the
+    rest the new items: both from the same release period, so that the choices about new items (the item-id
+    dropout, a new-item weight) made on the meta-train users' interactions with the validation new items
+    (``validation_new_item``) are made on items like the new ones, as the validation users are like the new users.
+    (Items released just before the new items have had longer to gather interactions and rank differently.)
 
     Args:
       dataset: the log (implicit, or rated interactions).
@@ -144,8 +146,8 @@ def topn_split(
         scenario (0: no warm scenario).
       warm_holdout: the fraction of a warm user's interactions held out (the latest, at least one).
       new_item_frac: the fraction of the interacted items held out as new items (0: no ``new_item`` scenario).
-      val_new_item_frac: the fraction of the interacted items held out as validation new items (0: none; needs
-        ``new_item_frac``).
+      val_new_item_frac: the fraction of the interacted items held out as validation new items, drawn with the new
+        items from the newest (0: none; needs ``new_item_frac``).
       seed: the seed of the user draws and of the order of untimed interactions.
 
     Returns:
@@ -173,7 +175,7 @@ def topn_split(
     part = np.zeros(dataset.n_users, np.int8)  # 0 train, 1 validation, 2 test
     part[val_users], part[test_users] = 1, 2
     new_items, val_new_items = _newest_items(
-        frame, new_item_frac, np.random.default_rng([seed, 13]), next_fraction=val_new_item_frac
+        frame, new_item_frac, np.random.default_rng([seed, 13]), validation_fraction=val_new_item_frac
     )
     is_new = np.isin(frame["item"].to_numpy(), new_items)
     is_val_new = np.isin(frame["item"].to_numpy(), val_new_items)
@@ -227,25 +229,30 @@ def topn_split(
 
 
 def _newest_items(
-    frame: pd.DataFrame, fraction: float, rng: np.random.Generator, next_fraction: float = 0.0
+    frame: pd.DataFrame, fraction: float, rng: np.random.Generator, validation_fraction: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The codes of the ``fraction`` of the interacted items whose first interaction is latest (ties and untimed
-    logs in random order), and of the ``next_fraction`` first interacted with just before them; at least one item
-    each when its fraction is positive, and never every item."""
+    """The codes of the ``fraction + validation_fraction`` of the interacted items whose first interaction is latest
+    (ties and untimed logs in random order), split at random into ``fraction`` and ``validation_fraction`` of the items;
+    at least one item each when its fraction is positive, and never every item."""
     none = np.zeros(0, np.int64)
     items = np.unique(frame["item"].to_numpy())
     if fraction <= 0 or len(items) < 2:
         return none, none
     n_new = min(max(int(round(fraction * len(items))), 1), len(items) - 1)
-    n_next = min(max(int(round(next_fraction * len(items))), 1), len(items) - 1 - n_new) if next_fraction > 0 else 0
+    n_val = (
+        min(max(int(round(validation_fraction * len(items))), 1), len(items) - 1 - n_new)
+        if validation_fraction > 0
+        else 0
+    )
     if "timestamp" in frame:
         first = frame.groupby("item")["timestamp"].min().reindex(items).to_numpy()
         order = np.lexsort((rng.random(len(items)), first))
     else:
         order = rng.permutation(len(items))
-    newest = np.sort(items[order[-n_new:]]).astype(np.int64)
-    following = np.sort(items[order[len(items) - n_new - n_next : len(items) - n_new]]).astype(np.int64)
-    return newest, following
+    newest = items[order[len(items) - n_new - n_val :]]
+    if n_val:  # a draw of its own, so that without validation items the new items are as they always were
+        newest = np.random.default_rng(rng.integers(2**63)).permutation(newest)
+    return np.sort(newest[n_val:]).astype(np.int64), np.sort(newest[:n_val]).astype(np.int64)
 
 
 def warm_frame(train: pd.DataFrame, held_out: pd.DataFrame, shots: int, seed: int = 0) -> pd.DataFrame:
