@@ -200,11 +200,18 @@ def catalogue_als_loss(
         n_pos = jnp.maximum(jnp.sum(mask), 1).astype(positive.dtype)
         # every row of a task carries the same user vector: the mean over real rows is that user's p~^T G p~
         catalogue = jnp.sum((users @ gram) * users) / n_pos
-        weights = row_weights(rows, mask, positive.dtype)
-        hits = (1.0 + confidence * weights) * jnp.square(1.0 - positive) - jnp.square(positive)
-        return (catalogue + jnp.sum(jnp.where(mask, hits, 0.0))) / n_pos
+        hits = _relabelled(positive, rows, mask, confidence, lambda s: jnp.square(1.0 - s), jnp.square)
+        return (catalogue + hits) / n_pos
 
     return loss_fn
+
+
+def _relabelled(positive, rows, mask, confidence, label_one, label_zero):
+    """``sum_r m_r ((1 + c w_r) label_one(s_r) - label_zero(s_r))``: each interaction's label-1 term at its
+    confidence, less the label-0 term the catalogue sum gave it."""
+    weights = row_weights(rows, mask, positive.dtype)
+    hits = (1.0 + confidence * weights) * label_one(positive) - label_zero(positive)
+    return jnp.sum(jnp.where(mask, hits, 0.0))
 
 
 def catalogue_logistic_loss(
@@ -243,8 +250,7 @@ def catalogue_logistic_loss(
         n_pos = jnp.maximum(jnp.sum(mask), 1).astype(positive.dtype)
         scores, item_weights = logits_fn(params, user)
         catalogue = jnp.sum(item_weights * jax.nn.softplus(scores))
-        weights = row_weights(rows, mask, positive.dtype)
-        hits = (1.0 + confidence * weights) * jax.nn.softplus(-positive) - jax.nn.softplus(positive)
-        return (catalogue + jnp.sum(jnp.where(mask, hits, 0.0))) / n_pos
+        hits = _relabelled(positive, rows, mask, confidence, lambda s: jax.nn.softplus(-s), jax.nn.softplus)
+        return (catalogue + hits) / n_pos
 
     return loss_fn
