@@ -950,7 +950,7 @@ def test_new_items_are_untrained_on_everywhere_and_their_interactions_are_the_ne
     total = len(both.train) + len(both.validation) + sum(len(f) for f in both.scenarios.values()) + len(held)
     assert total + both.stats["new_item_dropped"] + both.stats["validation_new_item_dropped"] == ds.n_ratings
     assert both.stats["validation_new_item_interactions"] == len(held) > 0
-    with pytest.raises(DataError, match="val_new_item_frac needs new_item_frac"):
+    with pytest.raises(DataError, match=r"--val-item-frac in top-N.*it needs new_item_frac > 0"):
         topn_split(ds, val_new_item_frac=0.1, seed=0)
 
 

@@ -161,7 +161,10 @@ def topn_split(
         if not 0.0 <= float(value) < 1.0:
             raise DataError(f"{dataset.name}: {name} must be in [0, 1), got {value!r}")
     if val_new_item_frac > 0 and new_item_frac <= 0:
-        raise DataError(f"{dataset.name}: val_new_item_frac needs new_item_frac > 0 (validation new items)")
+        raise DataError(
+            f"{dataset.name}: val_new_item_frac (--val-item-frac in top-N) holds out validation new items beside the "
+            "new items: it needs new_item_frac > 0 (--new-item-frac)"
+        )
     frame = dataset.ratings
     users = np.unique(frame["user"].to_numpy())
     if len(users) < 3:
