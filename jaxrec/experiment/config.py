@@ -258,9 +258,10 @@ class ProtocolConfig:
       history: each row carries the user's last ``history`` ratings (0: none; the GRU model then gets 10).
       val_frac: the fraction of meta-train users held out as validation users, where every choice is made.
       val_item_frac: the newest fraction of meta-train items held out of training and of the vocabularies, their
-        ratings forming validation tasks of the new-item kind (0: none). In top-N (with ``new_item_frac``): the
-        items released just before the new items, the meta-train users' interactions with them the validation new
-        items (``TopNExperiment.validate(new_items=True)``), where the choices about new items are made.
+        ratings forming validation tasks of the new-item kind (0: none). In top-N (with ``new_item_frac``): that
+        fraction of the items, drawn at random with the new items from the newest, the meta-train users'
+        interactions with them the validation new items (``TopNExperiment.validate(new_items=True)``), where the
+        choices about new items are made.
 
     Raises:
       ValueError: if a count is not a positive integer (``history``: not >= 0) or a fraction is not in ``[0, 1)``;
