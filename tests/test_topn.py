@@ -699,6 +699,14 @@ def test_exact_logistic_loss_equals_the_weighted_log_loss_over_every_item():
     np.testing.assert_allclose(grad, ravel_pytree(dense_grad)[0], rtol=1e-10, atol=1e-12)
     noisy = dict(rows, item=jnp.where(mask, rows["item"], 8), weight=jnp.where(mask, rows["weight"], 1e6))
     np.testing.assert_allclose(ravel_pytree(jax.grad(loss)(params, noisy, mask))[0], grad, rtol=1e-12, atol=1e-14)
+    # padding first, with another user in its rows: the user is the real rows' one; no real row, no loss
+    order = jnp.array([4, 5, 0, 1, 2, 3])
+    other = jnp.where(mask[:, None], rows["history_item"], jnp.array([7, 1, 0]))  # another user's history
+    padded_first = {k: v[order] for k, v in dict(rows, history_item=other).items()}
+    np.testing.assert_allclose(float(loss(params, padded_first, mask[order])), float(want), rtol=1e-12)
+    none = jnp.zeros_like(mask)
+    assert float(loss(params, rows, none)) == 0.0
+    assert not np.any(ravel_pytree(jax.grad(loss)(params, rows, none))[0])
     # under id dropout every item counts as a label-0 example with its id (1 - u) and without it (u)
     u = 0.3
     id_less = dict(catalogue, item=np.zeros_like(catalogue["item"]))

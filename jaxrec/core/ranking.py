@@ -246,10 +246,12 @@ def catalogue_logistic_loss(
     def loss_fn(params, rows, mask):
         mask = mask.astype(bool)
         positive = jnp.where(mask, apply_fn(params, rows), 0.0)
-        user = user_fn(params, rows)[0]  # every row of a task carries the same user vector
+        # every row of a task carries the same user vector: the first real row's (a padded row's may differ)
+        user = user_fn(params, rows)[jnp.argmax(mask)]
         n_pos = jnp.maximum(jnp.sum(mask), 1).astype(positive.dtype)
         scores, item_weights = logits_fn(params, user)
-        catalogue = jnp.sum(item_weights * jax.nn.softplus(scores))
+        # a task without a real row has no loss (as the ALS loss's masked p~^T G p~), not the catalogue's
+        catalogue = jnp.where(jnp.any(mask), jnp.sum(item_weights * jax.nn.softplus(scores)), 0.0)
         hits = _relabelled(positive, rows, mask, confidence, lambda s: jax.nn.softplus(-s), jax.nn.softplus)
         return (catalogue + hits) / n_pos
 
