@@ -253,7 +253,7 @@ def _newest_items(
     else:
         order = rng.permutation(len(items))
     newest = items[order[len(items) - n_new - n_val :]]
-    if n_val:  # a draw of its own, so that without validation items the new items are as they always were
+    if n_val:  # only with validation items: without them the new items are the newest, as they always were
         newest = np.random.default_rng(rng.integers(2**63)).permutation(newest)
     return np.sort(newest[n_val:]).astype(np.int64), np.sort(newest[:n_val]).astype(np.int64)
 
