@@ -289,3 +289,13 @@ def test_sep_as_typed_in_a_shell_reads_a_tab(typed, meant):
     from jaxrec.experiment.config import flag_values
 
     assert flag_values(argparse.Namespace(sep=typed)) == {"sep": meant}
+
+
+def test_columns_as_the_command_lines_comma_separated_string(tmp_path):
+    path = _write(tmp_path / "plays.csv", "u1,song a,3,100\nu2,song b,1,200\nu1,song b,2,300\n")
+    as_string = jd.from_csv(path, columns="user, item,weight,_", feedback="implicit")
+    as_list = jd.from_csv(path, columns=["user", "item", "weight", "_"], feedback="implicit")
+    pd.testing.assert_frame_equal(_by_raw(as_string), _by_raw(as_list))
+    assert as_string.has_weights and not as_string.has_timestamps and as_string.report["interactions"] == 3
+    with pytest.raises(jd.DataError, match=r"names 2 column\(s\)"):
+        jd.from_csv(path, columns="user,item", feedback="implicit")

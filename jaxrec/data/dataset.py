@@ -1060,7 +1060,7 @@ def _exact_ids(values: pd.Series) -> pd.Series:
 
 def from_csv(
     path: str | os.PathLike,
-    columns: Mapping[str, str | int] | Sequence[str] | None = None,
+    columns: Mapping[str, str | int] | Sequence[str] | str | None = None,
     sep: str | None = None,
     header: bool | str = "infer",
     *,
@@ -1078,7 +1078,8 @@ def from_csv(
       columns: which column plays which role. A mapping ``{"user": "userId", "item": "movieId", "rating": ...,
         "timestamp": ..., "weight": ...}`` of names (with a header) or 0-based positions; or a sequence of role
         names in file order, e.g. ``["user", "item", "rating", "timestamp"]`` or ``["user", "item", "weight"]``
-        (use ``"_"`` for a column to ignore). ``None`` guesses: common header names (``userId``, ``item_id``, a
+        (use ``"_"`` for a column to ignore), or the same as one comma-separated string (``"user,item,_"``, as
+        ``--columns`` takes it). ``None`` guesses: common header names (``userId``, ``item_id``, a
         weight column ``count``, ``plays``, ``clicks``, ...) or, without a header, the order user, item,
         rating[, timestamp]. Omit ``"rating"`` for an implicit log; ``"weight"`` is an implicit log's count or
         confidence column.
@@ -1110,6 +1111,8 @@ def from_csv(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    if isinstance(columns, str):  # the command line's spelling, "user,item,timestamp"; not a string's characters
+        columns = [role.strip() for role in columns.split(",")]
     sep = sep or sniff_separator(path)
     first = _head_lines(path, 1, encoding)
     if not first:
