@@ -3,6 +3,7 @@ objective decreasing and the fold-in solving its normal equations, clear errors,
 
 import numpy as np
 import pytest
+import scipy.linalg
 import scipy.sparse as sp
 
 import jaxrec.data as jd
@@ -101,6 +102,24 @@ def test_ease_matches_the_closed_form_and_its_kkt_condition(monkeypatch):
     np.testing.assert_allclose(rb.fit_ease(X, l2=l2).weights, model.weights, rtol=1e-6, atol=1e-7)
     single = rb.fit_ease(X, l2=l2, dtype=np.float32)
     np.testing.assert_allclose(single.weights, model.weights, rtol=1e-4, atol=1e-5)
+
+
+def test_ease_factorises_on_one_blas_thread(monkeypatch):
+    """OpenBLAS's threaded potrf killed the process (a segfault, no message) on a 16,000-item catalogue with two
+    threads; a 25,000-item log brought to ``jaxrec train`` died in EASE's tuning. The factorisation is serial."""
+    import threadpoolctl
+
+    seen = []
+    factorise = scipy.linalg.cho_factor
+
+    def recording(*args, **kwargs):
+        seen.append([pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"])
+        return factorise(*args, **kwargs)
+
+    monkeypatch.setattr(rb.scipy.linalg, "cho_factor", recording)
+    X = random_interactions(50, 15, 0.3, seed=3)
+    rb.fit_ease(X, l2=7.0)
+    assert seen and all(threads and set(threads) == {1} for threads in seen), seen
 
 
 def test_ease_refuses_a_catalogue_too_large_for_a_dense_inverse():

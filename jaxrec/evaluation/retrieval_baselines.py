@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+import threadpoolctl
 
 __all__ = [
     "EASE_MAX_ITEMS",
@@ -378,10 +379,10 @@ def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = np.float64, max_items: i
         B = I - P diag(1 / diag(P)),    i.e.  B_ij = -P_ij / P_jj  (i != j),  B_jj = 0,
 
     which satisfies ``G B = G - diag(1 / diag(P))``. ``G`` is symmetric positive definite, so ``P`` comes from its
-    Cholesky factor (LAPACK ``potrf`` + ``potri``), in place in one dense ``n x n`` array of ``dtype``: float64 by
-    default; float32 halves the memory and time, and is accurate while ``cond(G) <= 1 + ||X||_2^2 / l2`` stays
-    far below ``1e7``. Items without any training interaction form a diagonal block ``l2 I`` of ``G`` and get
-    exactly zero weights, so the dense system is restricted to the items seen in training.
+    Cholesky factor (LAPACK ``potrf``, on one BLAS thread, + ``potri``), in place in one dense ``n x n`` array of
+    ``dtype``: float64 by default; float32 halves the memory and time, and is accurate while ``cond(G) <= 1 +
+    ||X||_2^2 / l2`` stays far below ``1e7``. Items without any training interaction form a diagonal block
+    ``l2 I`` of ``G`` and get exactly zero weights, so the dense system is restricted to the items seen in training.
 
     Args:
       X: the training interactions ``[n_train_users, n_items]``.
@@ -415,8 +416,11 @@ def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = np.float64, max_items: i
     for start, stop, block in _gram_blocks(Xa):
         G[start:stop] = block
     G[np.diag_indices(n)] += l2
-    # G is symmetric, so G.T is the same matrix in Fortran order: LAPACK then works in place, without a copy
-    factor, lower = scipy.linalg.cho_factor(G.T, lower=False, overwrite_a=True, check_finite=False)
+    # G is symmetric, so G.T is the same matrix in Fortran order: LAPACK then works in place, without a copy.
+    # OpenBLAS's threaded potrf crashes the process on large systems (a segfault in its threaded syrk at n = 16,000
+    # with two threads, OpenBLAS 0.3.31; OpenMathLib/OpenBLAS#2821): the factorisation runs on one thread.
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        factor, lower = scipy.linalg.cho_factor(G.T, lower=False, overwrite_a=True, check_finite=False)
     (potri,) = scipy.linalg.get_lapack_funcs(("potri",), (factor,))
     P, info = potri(factor, lower=lower, overwrite_c=True)
     if info != 0:
