@@ -79,6 +79,31 @@ def test_itemknn_keeps_each_items_largest_similarities_also_in_small_blocks(monk
     np.testing.assert_array_equal(rb.fit_itemknn(X, neighbours=4, shrink=1.0).similarity.toarray(), pruned)
 
 
+@pytest.mark.parametrize("negative", [False, True])
+def test_itemknn_rows_kept_whole_and_rows_pruned_are_each_items_largest_similarities(negative):
+    """Items with at most ``neighbours`` similarities keep them all from the sparse Gram block; the others are
+    pruned densely. Both kinds in one block, checked against the dense top-k (negative weights: a zero outranks a
+    negative similarity, so a row holding one is pruned densely)."""
+    rng = np.random.default_rng(5)
+    dense = np.zeros((30, 12))
+    dense[:, :4] = rng.uniform(0.5, 2.0, (30, 4)) * (rng.random((30, 4)) < 0.8)  # popular: many neighbours
+    for item in range(4, 12):  # rare: one or two users, so few neighbours
+        users = rng.choice(30, 1 + item % 2, replace=False)
+        dense[users, item] = rng.uniform(0.5, 2.0, users.size)
+    if negative:
+        dense[np.flatnonzero(dense[:, 4])[0], 1] = -0.7
+    X = sp.csr_matrix(dense)
+    C = dense_cosine(X, shrink=0.5)
+    counts = (C != 0).sum(axis=0)
+    assert counts.min() <= 3 < counts.max()  # both kinds of row
+    pruned = rb.fit_itemknn(X, neighbours=3, shrink=0.5).similarity.toarray()
+    for j in range(C.shape[1]):
+        expected = np.argsort(-C[:, j], kind="stable")[:3]
+        expected = expected[C[expected, j] != 0]
+        assert set(np.flatnonzero(pruned[:, j])) == set(expected), j
+        np.testing.assert_allclose(pruned[expected, j], C[expected, j], rtol=1e-6)
+
+
 def test_ease_matches_the_closed_form_and_its_kkt_condition(monkeypatch):
     X = random_interactions(50, 15, 0.3, seed=3)
     S = random_interactions(4, 15, 0.3, seed=4)

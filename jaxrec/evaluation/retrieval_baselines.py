@@ -180,6 +180,17 @@ def _gram_blocks(X: sp.csr_matrix):
         yield start, stop, (Xt[start:stop] @ X).toarray()
 
 
+def _sparse_gram_blocks(X: sp.csr_matrix):
+    """Yield ``(start, stop, (X^T X)[start:stop])`` as float64 CSR row blocks of at most ``_BLOCK_ELEMENTS`` rows
+    times columns (the bound of :func:`_gram_blocks`, for a block that may be dense)."""
+    Xt = X.T.tocsr()
+    n = X.shape[1]
+    rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        yield start, stop, (Xt[start:stop] @ X).tocsr()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # popular
 
@@ -307,19 +318,32 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())  # > 0: every column has a nonzero
     keep = min(int(neighbours), m)
     targets, sources, values = [], [], []
-    for start, stop, block in _gram_blocks(X):
-        block /= norms[start:stop, None] * norms[None, :] + shrink
-        local = np.arange(stop - start)
-        block[local, start + local] = 0.0  # the diagonal
-        if keep < m:
+    for start, stop, gram in _sparse_gram_blocks(X):
+        # the similarities of each stored pair, as the dense rows below compute them (the same float64 operations)
+        row = np.repeat(np.arange(stop - start), np.diff(gram.indptr))
+        column = gram.indices
+        value = gram.data / (norms[start + row] * norms[column] + shrink)
+        off_diagonal = (column != start + row) & (value != 0)
+        # a row with at most `keep` similarities, all positive, keeps every one of them: what the dense top-`keep`
+        # keeps, whichever zeros fill its cut; only the other rows are pruned densely
+        count = np.bincount(row[off_diagonal], minlength=stop - start)
+        negative = np.bincount(row[off_diagonal & (value < 0)], minlength=stop - start)
+        whole = np.ones(stop - start, bool) if keep >= m else (count <= keep) & (negative == 0)
+        taken = off_diagonal & whole[row]
+        targets.append(start + row[taken])
+        sources.append(column[taken])
+        values.append(value[taken])
+        pruned = np.flatnonzero(~whole)
+        if pruned.size:
+            block = gram[pruned].toarray()
+            block /= norms[start + pruned, None] * norms[None, :] + shrink
+            block[np.arange(pruned.size), start + pruned] = 0.0  # the diagonal
             top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]  # (faster than kth = m - keep on ties)
-        else:
-            top = np.broadcast_to(np.arange(m), block.shape)
-        top_values = np.take_along_axis(block, top, axis=1)
-        nonzero = top_values != 0
-        targets.append(np.broadcast_to(start + local[:, None], top.shape)[nonzero])
-        sources.append(top[nonzero])
-        values.append(top_values[nonzero])
+            top_values = np.take_along_axis(block, top, axis=1)
+            nonzero = top_values != 0
+            targets.append(np.broadcast_to(start + pruned[:, None], top.shape)[nonzero])
+            sources.append(top[nonzero])
+            values.append(top_values[nonzero])
     similarity = sp.csr_matrix(
         (np.concatenate(values).astype(np.float32), (items[np.concatenate(sources)], items[np.concatenate(targets)])),
         shape=(n, n),
