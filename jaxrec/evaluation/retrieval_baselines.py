@@ -170,25 +170,16 @@ def _positive(value: Any, name: str, *, strict: bool = True) -> float:
     return value
 
 
-def _gram_blocks(X: sp.csr_matrix):
-    """Yield ``(start, stop, (X^T X)[start:stop])`` as dense float64 row blocks of at most ``_BLOCK_ELEMENTS``."""
+def _gram_blocks(X: sp.csr_matrix, *, dense: bool = True):
+    """Yield ``(start, stop, (X^T X)[start:stop])`` as float64 row blocks of at most ``_BLOCK_ELEMENTS`` rows times
+    columns: dense arrays, or CSR matrices with ``dense=False`` (the same bound, for a block that may be dense)."""
     Xt = X.T.tocsr()
     n = X.shape[1]
     rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
     for start in range(0, n, rows):
         stop = min(start + rows, n)
-        yield start, stop, (Xt[start:stop] @ X).toarray()
-
-
-def _sparse_gram_blocks(X: sp.csr_matrix):
-    """Yield ``(start, stop, (X^T X)[start:stop])`` as float64 CSR row blocks of at most ``_BLOCK_ELEMENTS`` rows
-    times columns (the bound of :func:`_gram_blocks`, for a block that may be dense)."""
-    Xt = X.T.tocsr()
-    n = X.shape[1]
-    rows = max(1, _BLOCK_ELEMENTS // max(n, 1))
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        yield start, stop, (Xt[start:stop] @ X).tocsr()
+        block = Xt[start:stop] @ X
+        yield start, stop, block.toarray() if dense else block.tocsr()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -318,7 +309,7 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())  # > 0: every column has a nonzero
     keep = min(int(neighbours), m)
     targets, sources, values = [], [], []
-    for start, stop, gram in _sparse_gram_blocks(X):
+    for start, stop, gram in _gram_blocks(X, dense=False):
         # the similarities of each stored pair, as the dense rows below compute them (the same float64 operations)
         row = np.repeat(np.arange(stop - start), np.diff(gram.indptr))
         column = gram.indices
