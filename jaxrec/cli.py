@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save-every", type=int, default=0, help="also checkpoint every N meta-steps (default: per epoch)")
     t.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
     t.add_argument("--no-eval", action="store_true", help="train and checkpoint only; skip the evaluation")
-    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--no-progress", action="store_true", help="no progress bars (the meta-training, the baselines' tuning)"
+    )
     t.add_argument(
         "--save-predictions",
         metavar="DIR",
@@ -129,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation_flags += ("sampled_negatives", "hybrid")
     add_flags(ev, names=(*evaluation_flags, "devices"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar over the baselines' tuning")
     ev.add_argument(
         "--save-predictions",
         metavar="DIR",
@@ -267,6 +270,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 128 + signum
     _echo(f"meta-trained {step} steps ({int(state.skipped)} non-finite step(s) skipped); checkpoint in {out}")
     if not args.no_eval:
+        if hasattr(experiment, "progress"):
+            experiment.progress = not args.no_progress
         document = _evaluate(experiment, state.params, args.save_predictions)
         atomic_write_text(out / "metrics.json", json.dumps(document, indent=2) + "\n")
         _echo(format_table(document))
@@ -317,6 +322,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args)
     experiment, checkpoint = restore_run(args.checkpoint, args.step, overrides)
     _echo(f"checkpoint {checkpoint.folder} step {checkpoint.step}")
+    if hasattr(experiment, "progress"):
+        experiment.progress = not args.no_progress
     document = _evaluate(experiment, checkpoint.state.params, args.save_predictions)
     _echo(format_table(document))
     if args.output:

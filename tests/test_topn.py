@@ -849,6 +849,23 @@ def test_a_refinement_is_tried_on_top_of_the_grids_choice_and_kept_only_when_val
     }
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_the_tuning_of_a_baseline_shows_its_fits_when_asked(monkeypatch, capsys, progress):
+    """On a large catalogue the baselines' tuning can outlast the training: the command line shows a bar per
+    baseline over its grid and refinements; the library shows nothing unless asked."""
+    from jaxrec.experiment import topn
+
+    exp = topn.TopNExperiment(als_start_config(model_kwargs={"embed": 4}))
+    monkeypatch.setitem(topn.BASELINE_GRIDS, "mf", [{"factors": 4, "l2": l2, "alpha": 1.0} for l2 in (100.0, 10.0)])
+    monkeypatch.setitem(topn.BASELINE_REFINEMENTS, "mf", [{"missing_exponent": -0.5}])
+    monkeypatch.setattr(exp, "_validate", lambda rankers: dict.fromkeys(rankers, 0.1))
+    capsys.readouterr()
+    exp.progress = progress
+    exp._tuned_baseline("mf")
+    err = capsys.readouterr().err
+    assert ("tune mf" in err and "3/3" in err) if progress else err == ""
+
+
 def test_als_start_with_new_items_maps_features_to_als_factors_by_ridge_regression():
     """With a new-item scenario the ALS start also sets the feature tables: a known item's vector is its ALS factor
     exactly, a new item's (id unknown) the ridge prediction of the factors from the features, fitted by hand."""

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pandas as pd
+from tqdm.auto import tqdm
 
 from jaxrec import models
 from jaxrec.core.batch import TaskBatch, zero_padding
@@ -175,10 +176,14 @@ class TopNExperiment:
         ``"new_item_only"``: the same tasks, each list drawn from the new items only.
       catalogue: the :class:`~jaxrec.evaluation.topn.Catalogue` of every item.
       model, inner, trainer: the model, its inner loop (the ranking loss) and the meta-trainer.
+      progress: show a progress bar (tqdm, on stderr) over each baseline's tuning fits; off unless set (the
+        command line sets it: on a large catalogue the tuning can take longer than the training).
 
     Raises:
       DataError: if the data cannot be read or yields no meta-train or evaluation task.
     """
+
+    progress: bool = False
 
     def __init__(self, config: ExperimentConfig):
         self.config = config = resolve(config)
@@ -631,12 +636,17 @@ class TopNExperiment:
         best = None
         began = time.perf_counter()
         grid = BASELINE_GRIDS[name] if name in fitters else []
-        for hyper in grid:
-            best = self._try_baseline(name, fitters[name], hyper, best, choose=len(grid) > 1)
-        if best is not None and best[0] is not None:
-            chosen = best[1]
-            for extra in BASELINE_REFINEMENTS.get(name, ()):
-                best = self._try_baseline(name, fitters[name], {**chosen, **extra}, best, choose=True)
+        refinements = BASELINE_REFINEMENTS.get(name, ()) if grid else ()
+        fits = len(grid) + len(refinements)
+        with tqdm(total=fits, desc=f"tune {name}", unit="fit", disable=not (self.progress and fits)) as bar:
+            for hyper in grid:
+                best = self._try_baseline(name, fitters[name], hyper, best, choose=len(grid) > 1)
+                bar.update()
+            if best is not None and best[0] is not None:
+                chosen = best[1]
+                for extra in refinements:
+                    best = self._try_baseline(name, fitters[name], {**chosen, **extra}, best, choose=True)
+                    bar.update()
         if best is not None:
             self._tuned[name] = {"chosen": best[1], "validation_" + _SELECT: best[0]}
             logger.info("baseline %s: %s (%.1f s)", name, best[1], time.perf_counter() - began)
