@@ -46,6 +46,19 @@ def test_a_log_without_a_rating_column_is_not_trained_as_ratings_of_one(tmp_path
     assert not (out / "metrics.json").exists()
 
 
+def test_a_rated_datas_config_on_a_click_log_says_how_to_unset_its_threshold(tmp_path, capsys):
+    """The top-N configs of benchmarks/ keep MovieLens ratings >= 4; on a log without ratings the threshold cannot
+    apply, and the error says how to leave it out (which then trains)."""
+    lines = "".join(f"u{u},i{100 + (u * 7 + i) % 40}\n" for u in range(60) for i in range(15))
+    data = write(tmp_path / "clicks.csv", "user,item\n" + lines)
+    flags = ["train", "--data", str(data), "--feedback", "implicit", "--positive-threshold", "4", *TINY_FLAGS]
+    assert cli.main([*flags, "--no-eval", "--out", str(tmp_path / "run")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "no rating column is named" in line and "--positive-threshold none" in line and "clicks.csv" in line
+    flags[flags.index("4")] = "none"
+    assert cli.main([*flags, "--no-eval", "--no-progress", "--out", str(tmp_path / "run")]) == 0
+
+
 def test_no_meta_train_task_names_the_flags_that_would_help(tmp_path, capsys):
     data = write(
         tmp_path / "few.csv", "user,item,rating\n" + "".join(f"{u},{i},3\n" for u in range(30) for i in range(5))

@@ -390,7 +390,8 @@ def _check_feedback(
     if rating is None:
         raise DataError(
             f"{where}: positive_threshold={positive_threshold!r} is compared with the ratings, but no rating column "
-            "is named"
+            "is named (a config made for rated data? positive_threshold None, on the command line "
+            "--positive-threshold none, keeps every row as an interaction)"
         )
     return feedback, float(positive_threshold)
 
