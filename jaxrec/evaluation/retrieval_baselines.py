@@ -432,8 +432,8 @@ def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = np.float64, max_items: i
         G[start:stop] = block
     G[np.diag_indices(n)] += l2
     # G is symmetric, so G.T is the same matrix in Fortran order: LAPACK then works in place, without a copy.
-    # OpenBLAS's threaded potrf crashes the process on large systems (a segfault in its threaded syrk at n = 16,000
-    # with two threads, OpenBLAS 0.3.31; OpenMathLib/OpenBLAS#2821): the factorisation runs on one thread.
+    # OpenBLAS's threaded potrf crashes the process on large systems (a segfault from n = 16,000 with two threads,
+    # OpenBLAS 0.3.31; its threaded path has failed so before, OpenMathLib/OpenBLAS#2821): it runs on one thread.
     with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
         factor, lower = scipy.linalg.cho_factor(G.T, lower=False, overwrite_a=True, check_finite=False)
     (potri,) = scipy.linalg.get_lapack_funcs(("potri",), (factor,))
