@@ -270,9 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 128 + signum
     _echo(f"meta-trained {step} steps ({int(state.skipped)} non-finite step(s) skipped); checkpoint in {out}")
     if not args.no_eval:
-        if hasattr(experiment, "progress"):
-            experiment.progress = not args.no_progress
-        document = _evaluate(experiment, state.params, args.save_predictions)
+        document = _evaluate(experiment, state.params, args.save_predictions, progress=not args.no_progress)
         atomic_write_text(out / "metrics.json", json.dumps(document, indent=2) + "\n")
         _echo(format_table(document))
         _echo(f"wrote {out / 'metrics.json'}")
@@ -294,8 +292,11 @@ def _keep_hybrid(out: Path, experiment: Any, params: Any) -> None:
         )
 
 
-def _evaluate(experiment: Any, params: Any, predictions: str | None) -> dict:
-    """The metrics document of a run and, with ``predictions``, its split and predictions written there."""
+def _evaluate(experiment: Any, params: Any, predictions: str | None, progress: bool) -> dict:
+    """The metrics document of a run and, with ``predictions``, its split and predictions written there; with
+    ``progress``, a bar over each baseline's tuning (an experiment that has one: top-N)."""
+    if hasattr(experiment, "progress"):
+        experiment.progress = progress
     folder = None if predictions is None else Path(predictions).expanduser()
     try:
         document, files = metrics_and_predictions(experiment, params, folder)
@@ -322,9 +323,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args)
     experiment, checkpoint = restore_run(args.checkpoint, args.step, overrides)
     _echo(f"checkpoint {checkpoint.folder} step {checkpoint.step}")
-    if hasattr(experiment, "progress"):
-        experiment.progress = not args.no_progress
-    document = _evaluate(experiment, checkpoint.state.params, args.save_predictions)
+    document = _evaluate(experiment, checkpoint.state.params, args.save_predictions, progress=not args.no_progress)
     _echo(format_table(document))
     if args.output:
         atomic_write_text(Path(args.output), json.dumps(document, indent=2) + "\n")

@@ -241,12 +241,12 @@ def _newest_items(
     items = np.unique(frame["item"].to_numpy())
     if fraction <= 0 or len(items) < 2:
         return none, none
-    n_new = min(max(int(round(fraction * len(items))), 1), len(items) - 1)
-    n_val = (
-        min(max(int(round(validation_fraction * len(items))), 1), len(items) - 1 - n_new)
-        if validation_fraction > 0
-        else 0
-    )
+
+    def count(share: float, most: int) -> int:  # at least one item for a positive share
+        return min(max(int(round(share * len(items))), 1), most) if share > 0 else 0
+
+    n_new = count(fraction, len(items) - 1)
+    n_val = count(validation_fraction, len(items) - 1 - n_new)
     if "timestamp" in frame:
         first = frame.groupby("item")["timestamp"].min().reindex(items).to_numpy()
         order = np.lexsort((rng.random(len(items)), first))
