@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--method",
         choices=sorted(METHODS),
-        help="a method of the literature as its paper configures it (jaxrec.methods; flags override it)",
+        help="a named recipe (jaxrec.methods; flags override it): a method of the literature as its paper configures "
+        "it, or twotower-als, the top-N recipe for implicit feedback",
     )
     add_flags(t)
     t.add_argument("--out", default="runs/jaxrec", help="run folder (default runs/jaxrec)")

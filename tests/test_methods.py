@@ -105,3 +105,36 @@ def test_a_method_and_a_config_file_together_are_one_clear_error(tmp_path, capsy
     assert cli.main(["train", "--method", "melu-1", "--config", str(config), "--out", str(tmp_path / "r")]) != 0
     err = capsys.readouterr().err
     assert "--method" in err and "--config" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("file", "confidence"), [("twotower_als_exact.json", 10.0), ("twotower_als_exact_c1.json", 1.0)]
+)
+def test_the_top_n_recipe_is_the_configuration_the_results_report(file, confidence):
+    from pathlib import Path
+
+    reported = json.loads((Path(__file__).parents[1] / "benchmarks" / "configs" / "topn" / file).read_text())
+    reported.pop("positive_threshold")  # MovieLens's "liked": the log's, not the recipe's
+    recipe = ExperimentConfig.make(**methods.twotower_als(confidence=confidence))
+    assert recipe.to_dict() == ExperimentConfig.make(**reported).to_dict()
+    with pytest.raises(ValueError, match="confidence"):
+        methods.twotower_als(confidence=0.0)
+
+
+def test_train_a_click_log_with_the_top_n_recipe(tmp_path, monkeypatch):
+    from cli_support import write_plays
+
+    lines = []
+    monkeypatch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
+    data, out = write_plays(tmp_path / "plays.tsv"), tmp_path / "run"
+    argv = ["train", "--data", str(data), "--columns", "user,item,weight,timestamp", "--method", "twotower-als"]
+    argv += ["--model-kwargs", '{"embed": 8}', "--shots", "3", "--epochs", "2", "--topn-baselines", "popular"]
+    argv += ["--bootstrap", "20", "--no-progress", "--out", str(out)]
+    assert cli.main(argv) == 0, lines
+    document = json.loads((out / "metrics.json").read_text())
+    config = ExperimentConfig.from_dict(document["config"])
+    assert (config.data.feedback, config.model.name, config.topn.ranking_loss) == ("implicit", "twotower", "als_exact")
+    assert (config.topn.item_start, config.meta.epochs, config.model.kwargs["embed"]) == ("als", 2, 8)
+    new_users = document["scenarios"]["new_user"]
+    # two tastes of songs: the fold-in of three plays ranks the user's taste above what everyone plays
+    assert new_users["maml"]["recall@20"] > new_users["popular"]["recall@20"]

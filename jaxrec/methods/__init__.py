@@ -14,6 +14,8 @@ it. Fields given beside ``--method`` (flags, ``--config``) override the recipe's
   and shifting networks, each item a task.
 * :func:`metaemb`: Meta-Embedding (Pan et al., SIGIR 2019), ``"metaemb"``: a new item's id embedding generated
   from its features and warmed up by one gradient step, each item a task.
+* :func:`twotower_als`: jaxrec's own top-N recipe, ``"twotower-als"``: a two-tower model meta-trained through the
+  exact implicit-ALS fold-in of a new user's interactions (implicit feedback, the whole catalogue ranked).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jaxrec.methods.als_fold_in import twotower_als
 from jaxrec.methods.item_history import lwa, nlba
 from jaxrec.methods.item_warmup import metaemb, mwuf
 from jaxrec.methods.mamo import mamo
 from jaxrec.methods.melu import melu
 from jaxrec.methods.tanp import tanp
 
-__all__ = ["METHODS", "lwa", "mamo", "melu", "metaemb", "mwuf", "nlba", "recipe", "tanp"]
+__all__ = ["METHODS", "lwa", "mamo", "melu", "metaemb", "mwuf", "nlba", "recipe", "tanp", "twotower_als"]
 
 #: method name -> the recipe's config fields
 METHODS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -40,6 +43,7 @@ METHODS: dict[str, Callable[[], dict[str, Any]]] = {
     "nlba": nlba,
     "mwuf": mwuf,
     "metaemb": metaemb,
+    "twotower-als": twotower_als,
 }
 
 
