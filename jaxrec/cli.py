@@ -244,6 +244,13 @@ def cmd_train(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise CLIError(f"--config {e}") from None
         config = _config(base, overrides)
+        if base is None and config.data.feedback == "implicit":
+            _echo(
+                "note: top-N training from the field defaults "
+                f"({config.model.name}, {config.topn.ranking_loss} loss, {config.meta.epochs} epochs at "
+                f"{config.meta.meta_lr:g}); --method twotower-als is the configuration the results report",
+                err=True,
+            )
     experiment = build_experiment(config)
     total = experiment.total_steps
     stop_step = total if args.steps is None else min(int(args.steps), total)

@@ -131,6 +131,7 @@ def test_train_a_click_log_with_the_top_n_recipe(tmp_path, monkeypatch):
     argv += ["--model-kwargs", '{"embed": 8}', "--shots", "3", "--epochs", "2", "--topn-baselines", "popular"]
     argv += ["--bootstrap", "20", "--no-progress", "--out", str(out)]
     assert cli.main(argv) == 0, lines
+    assert not any("field defaults" in line for line in lines)
     document = json.loads((out / "metrics.json").read_text())
     config = ExperimentConfig.from_dict(document["config"])
     assert (config.data.feedback, config.model.name, config.topn.ranking_loss) == ("implicit", "twotower", "als_exact")

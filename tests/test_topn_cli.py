@@ -81,6 +81,11 @@ def test_train_writes_top_n_metrics_for_the_meta_learner_and_every_baseline(topn
     assert "recall@20" in topn_run["output"] and "itemknn" in topn_run["output"]
 
 
+def test_a_top_n_run_from_the_field_defaults_names_the_recipe(topn_run):
+    assert "--method twotower-als is the configuration the results report" in topn_run["output"]
+    assert "twotower, softmax loss, 2 epochs" in topn_run["output"]
+
+
 def test_saved_predictions_are_the_split_and_every_methods_top_k(topn_run):
     folder = topn_run["predictions"]
     split = pd.read_csv(folder / "new_user.split.csv.gz")
