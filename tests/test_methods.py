@@ -2,11 +2,13 @@
 library's compiled path, and its meta-gradient is exact."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from cli_support import write_plays
 from jax.flatten_util import ravel_pytree
 from small_melu import SPEC
 
@@ -111,8 +113,6 @@ def test_a_method_and_a_config_file_together_are_one_clear_error(tmp_path, capsy
     ("file", "confidence"), [("twotower_als_exact.json", 10.0), ("twotower_als_exact_c1.json", 1.0)]
 )
 def test_the_top_n_recipe_is_the_configuration_the_results_report(file, confidence):
-    from pathlib import Path
-
     reported = json.loads((Path(__file__).parents[1] / "benchmarks" / "configs" / "topn" / file).read_text())
     reported.pop("positive_threshold")  # MovieLens's "liked": the log's, not the recipe's
     recipe = ExperimentConfig.make(**methods.twotower_als(confidence=confidence))
@@ -122,8 +122,6 @@ def test_the_top_n_recipe_is_the_configuration_the_results_report(file, confiden
 
 
 def test_train_a_click_log_with_the_top_n_recipe(tmp_path, monkeypatch):
-    from cli_support import write_plays
-
     lines = []
     monkeypatch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
     data, out = write_plays(tmp_path / "plays.tsv"), tmp_path / "run"
