@@ -244,11 +244,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             except ValueError as e:
                 raise CLIError(f"--config {e}") from None
         config = _config(base, overrides)
-        if base is None and config.data.feedback == "implicit":
+        untuned = (config.topn.ranking_loss, config.topn.item_start) == ("softmax", "random")
+        if base is None and config.data.feedback == "implicit" and untuned:
             _echo(
-                "note: top-N training from the field defaults "
-                f"({config.model.name}, {config.topn.ranking_loss} loss, {config.meta.epochs} epochs at "
-                f"{config.meta.meta_lr:g}); --method twotower-als is the configuration the results report",
+                f"note: top-N training of {config.model.name} from the field defaults (sampled softmax, a random "
+                f"start, {config.meta.epochs} epochs at {config.meta.meta_lr:g}); --method twotower-als is the "
+                "configuration the results report",
                 err=True,
             )
     experiment = build_experiment(config)

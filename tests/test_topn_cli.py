@@ -83,7 +83,7 @@ def test_train_writes_top_n_metrics_for_the_meta_learner_and_every_baseline(topn
 
 def test_a_top_n_run_from_the_field_defaults_names_the_recipe(topn_run):
     assert "--method twotower-als is the configuration the results report" in topn_run["output"]
-    assert "twotower, softmax loss, 2 epochs" in topn_run["output"]
+    assert "twotower from the field defaults (sampled softmax, a random start, 2 epochs" in topn_run["output"]
 
 
 def test_saved_predictions_are_the_split_and_every_methods_top_k(topn_run):
