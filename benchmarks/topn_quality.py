@@ -9,12 +9,15 @@ catalogue, paired intervals over users.
         --reference maml+itemknn                                            # hybrids, paired with maml+itemknn
     python benchmarks/topn_quality.py --variants twotower_als_exact --test --train-seeds 0 1 2
                                             # the meta-learner trained 3 times per split, its figures averaged
+    python benchmarks/topn_quality.py --methods twotower-als --no-baselines --set '{"data": "clicks.csv",
+        "columns": "user,item,weight,timestamp", "positive_threshold": null, "als_confidence": 1}'
+                                            # a choice made on the validation users of one's own log
 
 Each variant is a file of config fields in ``benchmarks/configs/topn/`` (``jaxrec train --config
 benchmarks/configs/topn/<name>.json`` runs the same configuration). Without ``--test`` every variant is scored on
 the validation users only (held out of all training; the baselines' hyper-parameters and the fine-tuning rate
 are chosen there too): the table to choose a variant on. With ``--test`` the new-user scenario is scored as well.
-Writes ``benchmarks/results/topn_<dataset>[_validation].json`` and ``.md``.
+Writes ``benchmarks/results/topn_<dataset or log>[_validation].json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -166,15 +169,19 @@ def main() -> None:
     parser.add_argument("--stem", help="file name without suffix (default topn_<dataset>[_methods][_validation])")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    results: dict = {"dataset": args.dataset, "seeds": list(args.seeds), "variants": {}}
+    overrides = json.loads(args.set)
+    source = overrides.get("data") or args.dataset  # a log of one's own, given as --set '{"data": FILE, ...}'
+    threshold = overrides.get("positive_threshold", IMPLICIT["positive_threshold"])
+    liked = "every row is an interaction" if threshold is None else f"ratings >= {threshold:g} are interactions"
+    results: dict = {"dataset": source, "seeds": list(args.seeds), "variants": {}}
     markdown = [
-        f"# Top-N on {args.dataset} (implicit: ratings >= 4 are interactions)\n",
+        f"# Top-N on {source} (implicit: {liked})\n",
         f"Split seeds {list(args.seeds)}, pooled user-wise: each (split, user) pair is one unit of the bootstrap.\n",
     ]
     variants = args.variants if args.variants is not None else ([] if args.methods else sorted(VARIANTS))
     for name in variants + args.methods:
         base = json.loads(VARIANTS[name].read_text()) if name in VARIANTS else {**recipe(name), **IMPLICIT}
-        fields = {**base, **json.loads(args.set)}
+        fields = {**base, **overrides}
         runs: dict = {}
         # part ("validation" or a scenario) -> method -> [per-user statistics, or the summary, of each split]
         stats: dict = {}
@@ -237,7 +244,9 @@ def main() -> None:
         for scenario, per_method in pooled.items():
             markdown.append(table(f"{name}: {scenario} (test)", per_method, tuple(args.reference)))
     stem = args.stem or (
-        f"topn_{args.dataset}" + ("_methods" if args.methods else "") + ("" if args.test else "_validation")
+        f"topn_{Path(source).name.split('.')[0]}"
+        + ("_methods" if args.methods else "")
+        + ("" if args.test else "_validation")
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
