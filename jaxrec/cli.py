@@ -32,6 +32,7 @@ from typing import Any
 from jaxrec.core.errors import JaxrecError
 from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
+from jaxrec.experiment.choose import choose, selection_metric
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, write_hybrid
 from jaxrec.experiment.predictions import metrics_and_predictions
@@ -49,7 +50,7 @@ from jaxrec.experiment.run import (
     resume_config,
 )
 from jaxrec.experiment.trained import load_trained
-from jaxrec.methods import METHODS, recipe
+from jaxrec.methods import METHODS, grid, recipe
 from jaxrec.scale.host_devices import use_every_core
 from jaxrec.scale.host_memory import keep_freed_host_memory
 from jaxrec.serve import ServingModel, create_app, missing_extra, run_server
@@ -124,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also write each scenario's split and every method's predictions (top-N: top-k lists) to DIR",
     )
+
+    ch = sub.add_parser(
+        "choose",
+        help="meta-train every point of a grid of config fields, choose one on the validation users, write "
+        "DIR/config.json for jaxrec train --config",
+    )
+    ch.add_argument("--config", help="the base config: a JSON file of config fields (flags override it)")
+    ch.add_argument("--method", choices=sorted(METHODS), help="the base config: a named recipe (flags override it)")
+    add_flags(ch)
+    ch.add_argument(
+        "--grid",
+        help="the grid, as JSON or a JSON file: {field name: [values]}, every combination trained, e.g. "
+        "'{\"als_confidence\": [1, 10]}' (default: the --method's own grid, where it has one)",
+    )
+    ch.add_argument("--trainings", type=int, default=1, help="trainings per point, compared by their mean (default 1)")
+    ch.add_argument("--out", default="runs/choice", help="folder for config.json and choice.json (default runs/choice)")
+    ch.add_argument("--overwrite", action="store_true", help="replace the config.json and choice.json --out holds")
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on every cold-start scenario")
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
@@ -314,6 +332,92 @@ def _evaluate(experiment: Any, params: Any, predictions: str | None, progress: b
     if folder is not None:
         _echo(f"wrote {len(files)} prediction file(s) to {folder}")
     return document
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# choose
+
+
+CHOICE_FILES = ("config.json", "choice.json")
+
+
+def cmd_choose(args: argparse.Namespace) -> int:
+    """``jaxrec choose``: meta-train every point of a grid on one split, score each on the validation users, and write
+    the chosen configuration (``DIR/config.json``, for ``jaxrec train --config``) and every point's figures
+    (``DIR/choice.json``). The test users are never scored.
+
+    Args:
+      args: the parsed arguments.
+
+    Returns:
+      The exit status, 0.
+
+    Raises:
+      RunError: if the flags, the grid, the config file or the output folder are not usable.
+    """
+    out = Path(args.out).expanduser()
+    if args.config and args.method:
+        raise CLIError("--config and --method each give a whole configuration: pass one (and flags over it)")
+    if args.trainings < 1:
+        raise CLIError(f"--trainings must be >= 1, got {args.trainings}")
+    found = [name for name in CHOICE_FILES if (out / name).exists()]
+    if found and not args.overwrite:
+        raise CLIError(f"{out} already holds {', '.join(found)}: pass --overwrite to replace, or choose another --out")
+    points = _grid(args)
+    base = ExperimentConfig.make(**recipe(args.method)) if args.method else None
+    if args.config:
+        try:
+            base = ExperimentConfig.load(args.config)
+        except ValueError as e:
+            raise CLIError(f"--config {e}") from None
+    config = _config(base, _config_overrides(args))
+
+    def report(fields: dict, t: int, figure: float, seconds: float) -> None:
+        _echo(f"{_point_text(fields)}  training {t}: validation {metric} {figure:.4f} ({seconds:.0f} s)")
+
+    metric, _ = selection_metric(config)
+    try:
+        choice = choose(config, points, trainings=args.trainings, on_score=report)
+    except ValueError as e:
+        raise CLIError(f"--grid {as_flags(str(e))}") from None
+    rows = [f"validation users, {choice.metric} ({'higher' if choice.higher_is_better else 'lower'} is better):"]
+    for i, c in enumerate(choice.candidates):
+        mark = "  <- chosen" if i == choice.best else ""
+        rows.append(f"  {_point_text(c.fields)}  {c.score:.4f}  ({c.seconds:.0f} s){mark}")
+    _echo("\n".join(rows))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(choice.config.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "choice.json", json.dumps(choice.to_dict(), indent=2) + "\n")
+    _echo(
+        f"wrote {out / 'config.json'} and {out / 'choice.json'}; train it: jaxrec train --config {out / 'config.json'}"
+    )
+    return EXIT_OK
+
+
+def _grid(args: argparse.Namespace) -> dict:
+    """The grid of ``--grid`` (JSON text or a JSON file), or the ``--method``'s own."""
+    if args.grid is None:
+        own = grid(args.method) if args.method else None
+        if own is None:
+            raise CLIError("--grid is needed (this configuration has no grid of its own): '{\"field\": [values]}'")
+        return own
+    text = args.grid
+    if not text.lstrip().startswith(("{", "[")):
+        try:
+            text = Path(text).expanduser().read_text()
+        except OSError as e:
+            raise CLIError(f"--grid {args.grid}: neither JSON nor a readable file ({os_reason(e)})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"--grid: not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise CLIError("--grid: give a JSON object {field name: [values]}")
+    return value
+
+
+def _point_text(fields: dict) -> str:
+    return " ".join(f"{name}={json.dumps(value)}" for name, value in fields.items())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -508,6 +612,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "choose": cmd_choose,
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "serve": cmd_serve,

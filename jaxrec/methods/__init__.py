@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from jaxrec.methods.als_fold_in import GRID as _TWOTOWER_ALS_GRID
 from jaxrec.methods.als_fold_in import twotower_als
 from jaxrec.methods.item_history import lwa, nlba
 from jaxrec.methods.item_warmup import metaemb, mwuf
@@ -30,7 +31,20 @@ from jaxrec.methods.mamo import mamo
 from jaxrec.methods.melu import melu
 from jaxrec.methods.tanp import tanp
 
-__all__ = ["METHODS", "lwa", "mamo", "melu", "metaemb", "mwuf", "nlba", "recipe", "tanp", "twotower_als"]
+__all__ = [
+    "GRIDS",
+    "METHODS",
+    "grid",
+    "lwa",
+    "mamo",
+    "melu",
+    "metaemb",
+    "mwuf",
+    "nlba",
+    "recipe",
+    "tanp",
+    "twotower_als",
+]
 
 #: method name -> the recipe's config fields
 METHODS: dict[str, Callable[[], dict[str, Any]]] = {
@@ -45,6 +59,17 @@ METHODS: dict[str, Callable[[], dict[str, Any]]] = {
     "metaemb": metaemb,
     "twotower-als": twotower_als,
 }
+
+#: method name -> the grid of config fields ``jaxrec choose --method NAME`` trains without ``--grid``
+GRIDS: dict[str, dict[str, list[Any]]] = {"twotower-als": _TWOTOWER_ALS_GRID}
+
+
+def grid(name: str) -> dict[str, list[Any]] | None:
+    """The default grid of a named method for :func:`jaxrec.experiment.choose.choose`, or None if it has none."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    found = GRIDS.get(name)
+    return None if found is None else {field: list(values) for field, values in found.items()}
 
 
 def recipe(name: str) -> dict[str, Any]:

@@ -20,14 +20,20 @@ Where it comes from: chosen on the validation users of ml-100k and ml-latest-sma
 embedding width, ridge and confidence). Test new users, Recall@20 over the whole catalogue, three splits by three
 trainings: 0.1840 on ml-100k (confidence 1; EASE 0.1835) and 0.1554 on ml-latest-small (confidence 10; ALS
 0.1474) (docs/results.md). The confidence is the one strength the two sets chose apart: ``--als-confidence`` sets
-it, and it is worth choosing on a log's own validation users.
+it, and it is worth choosing on a log's own validation users: ``jaxrec choose --method twotower-als`` trains the
+points of :data:`GRID` and keeps the best there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["twotower_als"]
+__all__ = ["GRID", "twotower_als"]
+
+#: the fold-in's two strengths, to choose on a log's own validation users (``jaxrec choose --method twotower-als``):
+#: the confidence of an interaction (ml-100k chose 1, ml-latest-small 10) and the inner rate, whose ridge
+#: ``1 / (2 alpha)`` is 10 or 100 (a log of weak tastes wants the stronger prior)
+GRID: dict[str, list[float]] = {"als_confidence": [1.0, 10.0], "inner_lr": [0.05, 0.005]}
 
 
 def twotower_als(confidence: float = 10.0) -> dict[str, Any]:

@@ -1,0 +1,170 @@
+"""Choosing a configuration on the validation users (``jaxrec choose``).
+
+The baselines' hyper-parameters are chosen per run on the validation users (users held out of every training and
+of the test scenarios); this module gives the meta-learner's own configuration the same treatment on a log of
+one's own. Every point of a grid of config fields is meta-trained on the same split and scored on the validation
+users by the task's selection metric, each point ``trainings`` times with the training seeds
+``train_seed + 1000 t``, and the best mean is chosen::
+
+    choice = choose(ExperimentConfig.make(**recipe("twotower-als"), data="clicks.csv"),
+                    {"als_confidence": [1, 10], "inner_lr": [0.05, 0.005]})
+    choice.config          # the base config with the chosen point: what ``jaxrec train --config`` trains
+
+The first training of a point uses the base config's own training seed, so the chosen config trained again
+reproduces it: the validation figure a ``jaxrec train`` of the chosen config reaches is the one it was chosen by.
+Test users are never scored here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from jaxrec.experiment.config import ExperimentConfig
+
+__all__ = ["Candidate", "Choice", "TRAINING_SEED_STRIDE", "choose", "grid_points", "selection_metric"]
+
+logger = logging.getLogger(__name__)
+
+#: training ``t`` of a point uses the seed ``training_seed + TRAINING_SEED_STRIDE * t`` (as the benchmarks'
+#: ``--train-seeds`` do), so that training 0 is the base config's own
+TRAINING_SEED_STRIDE = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One point of the grid: its fields, the validation figure of each training and the seconds they took."""
+
+    fields: dict[str, Any]
+    scores: tuple[float, ...]
+    seconds: float
+
+    @property
+    def score(self) -> float:
+        """The mean over the trainings: what the choice compares."""
+        return math.fsum(self.scores) / len(self.scores)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The grid's points scored on the validation users, and the chosen one.
+
+    Attributes:
+      metric: the selection metric (``"recall@20"`` for top-N, ``"mae"`` for ratings).
+      higher_is_better: its direction.
+      candidates: every point, in grid order.
+      best: the index of the chosen point in ``candidates`` (the first of equal scores).
+      config: the base config with the chosen point's fields.
+    """
+
+    metric: str
+    higher_is_better: bool
+    candidates: tuple[Candidate, ...]
+    best: int
+    config: ExperimentConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record of the choice (JSON-able): the metric, every point's figures and the chosen point."""
+        return {
+            "metric": self.metric,
+            "higher_is_better": self.higher_is_better,
+            "split_seed": self.config.seed,
+            "candidates": [
+                {"fields": c.fields, "validation": list(c.scores), "mean": c.score, "seconds": c.seconds}
+                for c in self.candidates
+            ],
+            "chosen": self.candidates[self.best].fields,
+        }
+
+
+def selection_metric(config: ExperimentConfig) -> tuple[str, bool]:
+    """The metric a configuration is chosen by: ``("recall@20", True)`` for top-N (implicit feedback), the
+    baselines' own criterion, and ``("mae", False)`` for ratings."""
+    if config.data.feedback == "implicit":
+        return "recall@20", True
+    return "mae", False
+
+
+def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of a grid's values, the first field varying slowest.
+
+    Args:
+      grid: ``{field name: [values]}``, each list non-empty.
+
+    Returns:
+      ``[{field: value}]``.
+
+    Raises:
+      ValueError: an empty grid, a field whose values are not a non-empty list, or a value repeated in one field.
+    """
+    if not isinstance(grid, Mapping) or not grid:
+        raise ValueError('the grid is empty: give {field name: [values, ...]}, e.g. {"als_confidence": [1, 10]}')
+    for name, values in grid.items():
+        if not isinstance(values, list | tuple) or not values:
+            raise ValueError(f"grid field {name!r}: give a non-empty list of values, got {values!r}")
+        seen = [repr(v) for v in values]
+        if len(set(seen)) != len(seen):
+            raise ValueError(f"grid field {name!r}: a value is repeated in {list(values)!r}")
+    names = list(grid)
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
+
+
+def choose(
+    config: ExperimentConfig,
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    trainings: int = 1,
+    build: Callable[[ExperimentConfig], Any] | None = None,
+    on_score: Callable[[dict[str, Any], int, float, float], None] | None = None,
+) -> Choice:
+    """Meta-train every point of a grid and choose the one best on the validation users.
+
+    Args:
+      config: the base config (its split seed fixes the users every point is trained and scored on).
+      grid: ``{field name: [values]}`` (:func:`grid_points`); every point is checked before any training.
+      trainings: trainings per point (``>= 1``), seeds ``training_seed + 1000 t``; the points compare by the mean.
+      build: ``config -> experiment`` (default :func:`jaxrec.experiment.run.build_experiment`).
+      on_score: called after each training with ``(fields, t, validation figure, seconds)`` (progress).
+
+    Returns:
+      The :class:`Choice`.
+
+    Raises:
+      ValueError: a bad grid, an unknown field or an invalid value (named), or ``trainings < 1``.
+    """
+    if isinstance(trainings, bool) or not isinstance(trainings, int) or trainings < 1:
+        raise ValueError(f"trainings must be an integer >= 1, got {trainings!r}")
+    if build is None:
+        from jaxrec.experiment.run import build_experiment as build
+    points = grid_points(grid)
+    configs = []
+    for fields in points:
+        try:
+            configs.append(config.override(**fields))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"grid point {fields}: {e}") from None
+    metric, higher = selection_metric(config)
+    base_seed = config.training_seed
+    candidates = []
+    for fields, point in zip(points, configs, strict=True):
+        scores, began = [], time.perf_counter()
+        for t in range(trainings):
+            started = time.perf_counter()
+            run = point if t == 0 else point.override(train_seed=base_seed + TRAINING_SEED_STRIDE * t)
+            experiment = build(run)
+            state = experiment.train()
+            figure = float(experiment.validate(state.params, baselines=False)["maml"][metric])
+            scores.append(figure)
+            logger.info("grid point %s, training %d: validation %s %.4f", fields, t, metric, figure)
+            if on_score is not None:
+                on_score(fields, t, figure, time.perf_counter() - started)
+        candidates.append(Candidate(fields, tuple(scores), time.perf_counter() - began))
+    # a point whose figure is not finite (a diverged training) ranks last, never first
+    ranked = [(c.score if higher else -c.score) if math.isfinite(c.score) else -math.inf for c in candidates]
+    best = ranked.index(max(ranked))
+    return Choice(metric, higher, tuple(candidates), best, configs[best])

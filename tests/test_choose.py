@@ -1,0 +1,172 @@
+"""Choosing a configuration on the validation users (``jaxrec.experiment.choose``, ``jaxrec choose``): every grid
+point trained on one split and scored on its validation users, the best kept, and the chosen config trained again
+reproducing the figure it was chosen by."""
+
+import json
+import math
+
+import pytest
+from cli_support import write_plays
+
+from jaxrec import cli
+from jaxrec.experiment import ExperimentConfig
+from jaxrec.experiment.choose import choose, grid_points, selection_metric
+from jaxrec.experiment.topn import TopNExperiment
+from jaxrec.methods import GRIDS, grid, recipe
+
+#: a small two-tower fold-in on the test's play log (seconds a training)
+SMALL = {"model_kwargs": {"embed": 8}, "shots": 3, "epochs": 2, "bootstrap": 20}
+
+
+def plays_config(tmp_path, **fields):
+    data = write_plays(tmp_path / "plays.tsv")
+    return ExperimentConfig.make(
+        **{**recipe("twotower-als"), **SMALL, **fields}, data=str(data), columns="user,item,weight,timestamp"
+    )
+
+
+def test_grid_points_are_every_combination_first_field_slowest():
+    points = grid_points({"a": [1, 2], "b": ["x", "y", "z"]})
+    assert points == [{"a": a, "b": b} for a in (1, 2) for b in ("x", "y", "z")]
+
+
+@pytest.mark.parametrize(
+    "bad, words",
+    [({}, "empty"), ({"a": []}, "non-empty list"), ({"a": 3}, "non-empty list"), ({"a": [1, 1]}, "repeated")],
+)
+def test_grid_points_refuse_a_bad_grid(bad, words):
+    with pytest.raises(ValueError, match=words):
+        grid_points(bad)
+
+
+def test_a_bad_point_is_refused_by_name_before_any_training(tmp_path):
+    def never(config):
+        raise AssertionError("trained before the grid was checked")
+
+    config = plays_config(tmp_path)
+    with pytest.raises(ValueError, match=r"grid point \{'epochs': 1, 'als_confidence': -1\}: als_confidence"):
+        choose(config, {"epochs": [1], "als_confidence": [10, -1]}, build=never)
+    with pytest.raises(ValueError, match="unknown config field"):
+        choose(config, {"no_such_field": [1, 2]}, build=never)
+    with pytest.raises(ValueError, match="trainings"):
+        choose(config, {"epochs": [1]}, trainings=0, build=never)
+
+
+def test_the_selection_metric_follows_the_task():
+    assert selection_metric(ExperimentConfig.make(feedback="implicit")) == ("recall@20", True)
+    assert selection_metric(ExperimentConfig.make()) == ("mae", False)
+
+
+def test_the_best_validation_point_is_chosen_and_trains_again_to_the_same_figure(tmp_path):
+    config = plays_config(tmp_path)
+    seen = []
+    choice = choose(config, {"inner_lr": [0.05, 0.0005]}, on_score=lambda *a: seen.append(a))
+    scores = [c.score for c in choice.candidates]
+    assert choice.metric == "recall@20" and choice.higher_is_better
+    assert [s[:2] for s in seen] == [({"inner_lr": 0.05}, 0), ({"inner_lr": 0.0005}, 0)]
+    # a ridge of 1000 leaves the fold-in near its prior: the two-taste log's validation users tell the points apart
+    assert scores[0] > scores[1] + 0.1
+    assert choice.best == 0 and choice.config == config.override(inner_lr=0.05)
+    experiment = TopNExperiment(choice.config)
+    again = experiment.validate(experiment.train().params, baselines=False)["maml"]["recall@20"]
+    assert again == choice.candidates[0].scores[0]
+    record = choice.to_dict()
+    assert record["chosen"] == {"inner_lr": 0.05} and record["candidates"][1]["mean"] == scores[1]
+
+
+def test_several_trainings_draw_their_own_seeds_and_compare_by_the_mean(tmp_path):
+    config = plays_config(tmp_path)
+    seeds = []
+
+    def build(run):
+        seeds.append(run.training_seed)
+        return TopNExperiment(run)
+
+    choice = choose(config, {"als_confidence": [10.0]}, trainings=2, build=build)
+    assert seeds == [config.training_seed, config.training_seed + 1000]
+    (candidate,) = choice.candidates
+    assert len(candidate.scores) == 2 and candidate.scores[0] != candidate.scores[1]
+    assert candidate.score == pytest.approx(sum(candidate.scores) / 2)
+
+
+class _Fixed:
+    """An experiment whose validation figure is given: the choice's direction and its handling of a diverged
+    point, apart from any training."""
+
+    def __init__(self, figure):
+        self.figure = figure
+
+    def train(self):
+        return type("State", (), {"params": None})()
+
+    def validate(self, params, baselines):
+        return {"maml": {"mae": self.figure}}
+
+
+def test_ratings_choose_the_lowest_error_and_never_a_diverged_point():
+    figures = {0.1: 0.80, 0.2: math.nan, 0.3: 0.75, 0.4: 0.90}
+    choice = choose(
+        ExperimentConfig.make(), {"inner_lr": list(figures)}, build=lambda c: _Fixed(figures[c.meta.inner_lr])
+    )
+    assert (choice.metric, choice.higher_is_better) == ("mae", False)
+    assert choice.candidates[choice.best].fields == {"inner_lr": 0.3}
+    worst = {0.1: math.nan, 0.2: 2.0}
+    choice = choose(ExperimentConfig.make(), {"inner_lr": list(worst)}, build=lambda c: _Fixed(worst[c.meta.inner_lr]))
+    assert choice.candidates[choice.best].fields == {"inner_lr": 0.2}
+
+
+def test_the_recipe_grid_is_a_copy_of_valid_fields():
+    own = grid("twotower-als")
+    own["als_confidence"].append(99.0)
+    assert 99.0 not in GRIDS["twotower-als"]["als_confidence"]
+    assert grid("melu-1") is None
+    for point in grid_points(grid("twotower-als")):
+        ExperimentConfig.make(**recipe("twotower-als")).override(**point)
+    with pytest.raises(ValueError, match="unknown method"):
+        grid("nope")
+
+
+def choose_argv(tmp_path, *extra):
+    data = write_plays(tmp_path / "plays.tsv")
+    argv = ["choose", "--data", str(data), "--columns", "user,item,weight,timestamp", "--method", "twotower-als"]
+    argv += ["--model-kwargs", '{"embed": 8}', "--shots", "3", "--epochs", "2", "--out", str(tmp_path / "choice")]
+    return [*argv, *extra]
+
+
+def test_the_command_writes_a_config_that_jaxrec_train_reads(tmp_path, capsys):
+    argv = choose_argv(tmp_path, "--grid", '{"inner_lr": [0.05, 0.0005]}')
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "inner_lr=0.05  training 0: validation recall@20" in printed and "<- chosen" in printed
+    record = json.loads((tmp_path / "choice" / "choice.json").read_text())
+    assert record["chosen"] == {"inner_lr": 0.05} and len(record["candidates"]) == 2
+    config = ExperimentConfig.load(tmp_path / "choice" / "config.json")
+    assert config.meta.inner_lr == 0.05 and config.data.feedback == "implicit" and config.model.name == "twotower"
+    # the folder is not silently overwritten
+    assert cli.main(argv) == 1
+    assert "already holds config.json, choice.json" in capsys.readouterr().err
+    out = tmp_path / "run"
+    argv = ["train", "--config", str(tmp_path / "choice" / "config.json"), "--topn-baselines", "popular"]
+    assert cli.main([*argv, "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["meta"]["inner_lr"] == 0.05
+
+
+@pytest.mark.parametrize(
+    "grid_flag, words",
+    [
+        ('{"inner_lr": [0.05', "--grid: not JSON"),
+        ("[1, 2]", "--grid: give a JSON object"),
+        ("no/such/file.json", "neither JSON nor a readable file"),
+        ('{"no_such_field": [1]}', "unknown config field"),
+    ],
+)
+def test_a_bad_grid_is_one_clear_error(tmp_path, capsys, grid_flag, words):
+    assert cli.main(choose_argv(tmp_path, "--grid", grid_flag)) == 1
+    assert words in capsys.readouterr().err
+    assert not (tmp_path / "choice").exists()
+
+
+def test_without_a_grid_a_method_without_its_own_is_refused(tmp_path, capsys):
+    argv = ["choose", "--dataset", "ml-latest-small", "--out", str(tmp_path / "c")]
+    assert cli.main(argv) == 1
+    assert "--grid is needed" in capsys.readouterr().err
