@@ -209,6 +209,20 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _base_config(args: argparse.Namespace) -> ExperimentConfig | None:
+    """The configuration ``--method`` or ``--config`` names (one of them at most), or None for the defaults."""
+    if args.config and args.method:
+        raise CLIError("--config and --method each give a whole configuration: pass one (and flags over it)")
+    if args.method:
+        return ExperimentConfig.make(**recipe(args.method))
+    if args.config:
+        try:
+            return ExperimentConfig.load(args.config)
+        except ValueError as e:
+            raise CLIError(f"--config {e}") from None
+    return None
+
+
 def _config(base, overrides: dict[str, Any]):
     """:func:`make_config` with the errors in the command line's words (a field's flag)."""
     try:
@@ -240,8 +254,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and (args.config or args.method):
         flag = "--config" if args.config else "--method"
         raise CLIError(f"{flag} describes a new run; --resume continues the recorded one: pass one of them")
-    if args.config and args.method:
-        raise CLIError("--config and --method each give a whole configuration: pass one (and flags over it)")
+    base = _base_config(args)
     for flag, value, low in (
         ("--steps", args.steps, 0),
         ("--keep", args.keep, 1),
@@ -255,12 +268,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resume_config(out, overrides)
     else:
         check_fresh_out(out, overwrite=args.overwrite)
-        base = ExperimentConfig.make(**recipe(args.method)) if args.method else None
-        if args.config:
-            try:
-                base = ExperimentConfig.load(args.config)
-            except ValueError as e:
-                raise CLIError(f"--config {e}") from None
         config = _config(base, overrides)
         untuned = (config.topn.ranking_loss, config.topn.item_start) == ("softmax", "random")
         if base is None and config.data.feedback == "implicit" and untuned:
@@ -356,21 +363,13 @@ def cmd_choose(args: argparse.Namespace) -> int:
       RunError: if the flags, the grid, the config file or the output folder are not usable.
     """
     out = Path(args.out).expanduser()
-    if args.config and args.method:
-        raise CLIError("--config and --method each give a whole configuration: pass one (and flags over it)")
     if args.trainings < 1:
         raise CLIError(f"--trainings must be >= 1, got {args.trainings}")
     found = [name for name in CHOICE_FILES if (out / name).exists()]
     if found and not args.overwrite:
         raise CLIError(f"{out} already holds {', '.join(found)}: pass --overwrite to replace, or choose another --out")
     points = _grid(args)
-    base = ExperimentConfig.make(**recipe(args.method)) if args.method else None
-    if args.config:
-        try:
-            base = ExperimentConfig.load(args.config)
-        except ValueError as e:
-            raise CLIError(f"--config {e}") from None
-    config = _config(base, _config_overrides(args))
+    config = _config(_base_config(args), _config_overrides(args))
 
     def report(fields: dict, t: int, figure: float, seconds: float) -> None:
         _echo(f"{_point_text(fields)}  training {t}: validation {metric} {figure:.4f} ({seconds:.0f} s)")
