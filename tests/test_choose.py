@@ -170,3 +170,11 @@ def test_without_a_grid_a_method_without_its_own_is_refused(tmp_path, capsys):
     argv = ["choose", "--dataset", "ml-latest-small", "--out", str(tmp_path / "c")]
     assert cli.main(argv) == 1
     assert "--grid is needed" in capsys.readouterr().err
+
+
+def test_ratings_on_the_bundled_set_choose_by_validation_mae():
+    config = ExperimentConfig.make(epochs=1, bootstrap=20)
+    choice = choose(config, {"inner_lr": [0.1, 1e-4]})
+    scores = [c.score for c in choice.candidates]
+    assert choice.metric == "mae" and all(0.3 < s < 1.5 for s in scores) and scores[0] != scores[1]
+    assert choice.best == scores.index(min(scores))
