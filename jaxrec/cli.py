@@ -1,4 +1,4 @@
-"""The ``jaxrec`` command: ``train``, ``evaluate``, ``recommend``, ``serve``, ``datasets``.
+"""The ``jaxrec`` command: ``train``, ``choose``, ``evaluate``, ``recommend``, ``serve``, ``datasets``.
 
 Only this module prints; the library logs. Every expected failure (bad data, bad checkpoint, bad flags, a
 non-finite step under ``--nonfinite raise``) ends with one ``jaxrec: error: ...`` line on stderr and exit status 1;

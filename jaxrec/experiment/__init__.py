@@ -1,8 +1,9 @@
 """Experiments: the cold-start protocol (:class:`Experiment`, :class:`ExperimentConfig`), the methods it compares,
 the run engine of ``jaxrec train`` (checkpoints, resume, signals), the trained model of a run folder, the
-recommender, and the checkpoint store."""
+recommender, the checkpoint store, and the choice of a configuration on the validation users."""
 
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, load_checkpoint, read_metadata
+from jaxrec.experiment.choose import Choice, choose
 from jaxrec.experiment.config import (
     BASELINES,
     DataConfig,
@@ -22,6 +23,7 @@ __all__ = [
     "BASELINES",
     "CheckpointError",
     "CheckpointStore",
+    "Choice",
     "DataConfig",
     "EvalConfig",
     "Experiment",
@@ -33,6 +35,7 @@ __all__ = [
     "RunError",
     "TrainedModel",
     "TrainingRun",
+    "choose",
     "load_checkpoint",
     "load_trained",
     "read_metadata",
