@@ -139,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="the grid, as JSON or a JSON file: {field name: [values]}, every combination trained, e.g. "
         "'{\"als_confidence\": [1, 10]}' (default: the --method's own grid, where it has one)",
     )
-    ch.add_argument("--trainings", type=int, default=1, help="trainings per point, compared by their mean (default 1)")
+    ch.add_argument(
+        "--trainings",
+        type=int,
+        default=1,
+        help="trainings per point, compared by their mean (default 1; 2 or 3 where the validation users are few)",
+    )
     ch.add_argument("--out", default="runs/choice", help="folder for config.json and choice.json (default runs/choice)")
     ch.add_argument("--overwrite", action="store_true", help="replace the config.json and choice.json --out holds")
 
@@ -379,10 +384,15 @@ def cmd_choose(args: argparse.Namespace) -> int:
         choice = choose(config, points, trainings=args.trainings, on_score=report)
     except ValueError as e:
         raise CLIError(f"--grid {as_flags(str(e))}") from None
-    rows = [f"validation users, {choice.metric} ({'higher' if choice.higher_is_better else 'lower'} is better):"]
+    direction = "higher" if choice.higher_is_better else "lower"
+    rows = [f"{choice.validation_tasks} validation tasks, {choice.metric} ({direction} is better):"]
     for i, c in enumerate(choice.candidates):
         mark = "  <- chosen" if i == choice.best else ""
         rows.append(f"  {_point_text(c.fields)}  {c.score:.4f}  ({c.seconds:.0f} s){mark}")
+    if args.trainings == 1:
+        rows.append(
+            "(one training a point: on a few dozen validation users close points differ by noise; --trainings 2)"
+        )
     _echo("\n".join(rows))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(choice.config.to_dict(), indent=2) + "\n")

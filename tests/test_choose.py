@@ -70,6 +70,7 @@ def test_the_best_validation_point_is_chosen_and_trains_again_to_the_same_figure
     experiment = TopNExperiment(choice.config)
     again = experiment.validate(experiment.train().params, baselines=False)["maml"]["recall@20"]
     assert again == choice.candidates[0].scores[0]
+    assert choice.validation_tasks == len(experiment.val_tasks) > 0
     record = choice.to_dict()
     assert record["chosen"] == {"inner_lr": 0.05} and record["candidates"][1]["mean"] == scores[1]
 
@@ -93,6 +94,8 @@ class _Fixed:
     """An experiment whose validation figure is given: the choice's direction and its handling of a diverged
     point, apart from any training."""
 
+    val_tasks = range(7)
+
     def __init__(self, figure):
         self.figure = figure
 
@@ -109,7 +112,7 @@ def test_ratings_choose_the_lowest_error_and_never_a_diverged_point():
         ExperimentConfig.make(), {"inner_lr": list(figures)}, build=lambda c: _Fixed(figures[c.meta.inner_lr])
     )
     assert (choice.metric, choice.higher_is_better) == ("mae", False)
-    assert choice.candidates[choice.best].fields == {"inner_lr": 0.3}
+    assert choice.candidates[choice.best].fields == {"inner_lr": 0.3} and choice.validation_tasks == 7
     worst = {0.1: math.nan, 0.2: 2.0}
     choice = choose(ExperimentConfig.make(), {"inner_lr": list(worst)}, build=lambda c: _Fixed(worst[c.meta.inner_lr]))
     assert choice.candidates[choice.best].fields == {"inner_lr": 0.2}
@@ -138,6 +141,7 @@ def test_the_command_writes_a_config_that_jaxrec_train_reads(tmp_path, capsys):
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "inner_lr=0.05  training 0: validation recall@20" in printed and "<- chosen" in printed
+    assert "validation tasks, recall@20 (higher is better)" in printed and "--trainings 2" in printed
     record = json.loads((tmp_path / "choice" / "choice.json").read_text())
     assert record["chosen"] == {"inner_lr": 0.05} and len(record["candidates"]) == 2
     config = ExperimentConfig.load(tmp_path / "choice" / "config.json")

@@ -60,6 +60,8 @@ class Choice:
       candidates: every point, in grid order.
       best: the index of the chosen point in ``candidates`` (the first of equal scores).
       config: the base config with the chosen point's fields.
+      validation_tasks: how many validation tasks (users, or items for item tasks) scored each point: with a few
+        dozen, two close points differ by noise, and several ``trainings`` a point are worth their time.
     """
 
     metric: str
@@ -67,6 +69,7 @@ class Choice:
     candidates: tuple[Candidate, ...]
     best: int
     config: ExperimentConfig
+    validation_tasks: int
 
     def to_dict(self) -> dict[str, Any]:
         """The record of the choice (JSON-able): the metric, every point's figures and the chosen point."""
@@ -74,6 +77,7 @@ class Choice:
             "metric": self.metric,
             "higher_is_better": self.higher_is_better,
             "split_seed": self.config.seed,
+            "validation_tasks": self.validation_tasks,
             "candidates": [
                 {"fields": c.fields, "validation": list(c.scores), "mean": c.score, "seconds": c.seconds}
                 for c in self.candidates
@@ -150,7 +154,7 @@ def choose(
             raise ValueError(f"grid point {fields}: {e}") from None
     metric, higher = selection_metric(config)
     base_seed = config.training_seed
-    candidates = []
+    candidates, validation_tasks = [], 0
     for fields, point in zip(points, configs, strict=True):
         scores, began = [], time.perf_counter()
         for t in range(trainings):
@@ -159,6 +163,7 @@ def choose(
             experiment = build(run)
             state = experiment.train()
             figure = float(experiment.validate(state.params, baselines=False)["maml"][metric])
+            validation_tasks = len(experiment.val_tasks)
             scores.append(figure)
             logger.info("grid point %s, training %d: validation %s %.4f", fields, t, metric, figure)
             if on_score is not None:
@@ -167,4 +172,4 @@ def choose(
     # a point whose figure is not finite (a diverged training) ranks last, never first
     ranked = [(c.score if higher else -c.score) if math.isfinite(c.score) else -math.inf for c in candidates]
     best = ranked.index(max(ranked))
-    return Choice(metric, higher, tuple(candidates), best, configs[best])
+    return Choice(metric, higher, tuple(candidates), best, configs[best], validation_tasks)
