@@ -60,7 +60,7 @@ def test_the_selection_metric_follows_the_task():
 def test_the_best_validation_point_is_chosen_and_trains_again_to_the_same_figure(tmp_path):
     config = plays_config(tmp_path)
     seen = []
-    choice = choose(config, {"inner_lr": [0.05, 0.0005]}, on_score=lambda *a: seen.append(a))
+    choice = choose(config, {"inner_lr": [0.05, 0.0005]}, trainings=1, on_score=lambda *a: seen.append(a))
     scores = [c.score for c in choice.candidates]
     assert choice.metric == "recall@20" and choice.higher_is_better
     assert [s[:2] for s in seen] == [({"inner_lr": 0.05}, 0), ({"inner_lr": 0.0005}, 0)]
@@ -114,7 +114,9 @@ def test_ratings_choose_the_lowest_error_and_never_a_diverged_point():
     assert (choice.metric, choice.higher_is_better) == ("mae", False)
     assert choice.candidates[choice.best].fields == {"inner_lr": 0.3} and choice.validation_tasks == 7
     worst = {0.1: math.nan, 0.2: 2.0}
-    choice = choose(ExperimentConfig.make(), {"inner_lr": list(worst)}, build=lambda c: _Fixed(worst[c.meta.inner_lr]))
+    choice = choose(
+        ExperimentConfig.make(), {"inner_lr": list(worst)}, trainings=1, build=lambda c: _Fixed(worst[c.meta.inner_lr])
+    )
     assert choice.candidates[choice.best].fields == {"inner_lr": 0.2}
 
 
@@ -137,11 +139,11 @@ def choose_argv(tmp_path, *extra):
 
 
 def test_the_command_writes_a_config_that_jaxrec_train_reads(tmp_path, capsys):
-    argv = choose_argv(tmp_path, "--grid", '{"inner_lr": [0.05, 0.0005]}')
+    argv = choose_argv(tmp_path, "--grid", '{"inner_lr": [0.05, 0.0005]}', "--trainings", "1")
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "inner_lr=0.05  training 0: validation recall@20" in printed and "<- chosen" in printed
-    assert "validation tasks, recall@20 (higher is better)" in printed and "--trainings 2" in printed
+    assert "validation tasks, recall@20 (higher is better)" in printed and "one training a point" in printed
     record = json.loads((tmp_path / "choice" / "choice.json").read_text())
     assert record["chosen"] == {"inner_lr": 0.05} and len(record["candidates"]) == 2
     config = ExperimentConfig.load(tmp_path / "choice" / "config.json")
@@ -178,7 +180,7 @@ def test_without_a_grid_a_method_without_its_own_is_refused(tmp_path, capsys):
 
 def test_ratings_on_the_bundled_set_choose_by_validation_mae():
     config = ExperimentConfig.make(epochs=1, bootstrap=20)
-    choice = choose(config, {"inner_lr": [0.1, 1e-4]})
+    choice = choose(config, {"inner_lr": [0.1, 1e-4]}, trainings=1)
     scores = [c.score for c in choice.candidates]
     assert choice.metric == "mae" and all(0.3 < s < 1.5 for s in scores) and scores[0] != scores[1]
     assert choice.best == scores.index(min(scores))
