@@ -184,3 +184,12 @@ def test_ratings_on_the_bundled_set_choose_by_validation_mae():
     scores = [c.score for c in choice.candidates]
     assert choice.metric == "mae" and all(0.3 < s < 1.5 for s in scores) and scores[0] != scores[1]
     assert choice.best == scores.index(min(scores))
+
+
+def test_a_data_error_names_the_file_not_the_grid(tmp_path, capsys):
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("user\tsong\tplays\ttime\n")
+    argv = ["choose", "--data", str(empty), "--columns", "user,item,weight,timestamp", "--method", "twotower-als"]
+    assert cli.main([*argv, "--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "empty.tsv" in err and "--grid" not in err and "Traceback" not in err

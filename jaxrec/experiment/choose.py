@@ -27,7 +27,15 @@ from typing import Any
 
 from jaxrec.experiment.config import ExperimentConfig
 
-__all__ = ["Candidate", "Choice", "TRAINING_SEED_STRIDE", "choose", "grid_points", "selection_metric"]
+__all__ = [
+    "Candidate",
+    "Choice",
+    "TRAINING_SEED_STRIDE",
+    "choose",
+    "grid_configs",
+    "grid_points",
+    "selection_metric",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +126,24 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
 
 
+def grid_configs(
+    config: ExperimentConfig, grid: Mapping[str, Sequence[Any]]
+) -> tuple[list[dict[str, Any]], list[ExperimentConfig]]:
+    """Every point of a grid (:func:`grid_points`) and the base config with its fields, each checked.
+
+    Raises:
+      ValueError: a bad grid, or a point naming an unknown field or an invalid value (the point and field named).
+    """
+    points = grid_points(grid)
+    configs = []
+    for fields in points:
+        try:
+            configs.append(config.override(**fields))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"grid point {fields}: {e}") from None
+    return points, configs
+
+
 def choose(
     config: ExperimentConfig,
     grid: Mapping[str, Sequence[Any]],
@@ -147,13 +173,7 @@ def choose(
         raise ValueError(f"trainings must be an integer >= 1, got {trainings!r}")
     if build is None:
         from jaxrec.experiment.run import build_experiment as build
-    points = grid_points(grid)
-    configs = []
-    for fields in points:
-        try:
-            configs.append(config.override(**fields))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"grid point {fields}: {e}") from None
+    points, configs = grid_configs(config, grid)
     metric, higher = selection_metric(config)
     base_seed = config.training_seed
     candidates, validation_tasks = [], 0
