@@ -275,7 +275,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         check_fresh_out(out, overwrite=args.overwrite)
         config = _config(base, overrides)
-        untuned = (config.topn.ranking_loss, config.topn.item_start) == ("softmax", "random")
+        field_defaults = type(config.topn)()
+        untuned = (config.topn.ranking_loss, config.topn.item_start) == (
+            field_defaults.ranking_loss,
+            field_defaults.item_start,
+        )
         if base is None and config.data.feedback == "implicit" and untuned:
             _echo(
                 f"note: top-N training of {config.model.name} from the field defaults (sampled softmax, a random "

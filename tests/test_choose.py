@@ -15,7 +15,7 @@ from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.methods import GRIDS, grid, recipe
 
 #: a small two-tower fold-in on the test's play log (seconds a training)
-SMALL = {"model_kwargs": {"embed": 8}, "shots": 3, "epochs": 2, "bootstrap": 20}
+SMALL = {"model_kwargs": {"embed": 8}, "shots": 3, "epochs": 1, "bootstrap": 20}
 
 
 def plays_config(tmp_path, **fields):
@@ -134,7 +134,7 @@ def test_the_recipe_grid_is_a_copy_of_valid_fields():
 def choose_argv(tmp_path, *extra):
     data = write_plays(tmp_path / "plays.tsv")
     argv = ["choose", "--data", str(data), "--columns", "user,item,weight,timestamp", "--method", "twotower-als"]
-    argv += ["--model-kwargs", '{"embed": 8}', "--shots", "3", "--epochs", "2", "--out", str(tmp_path / "choice")]
+    argv += ["--model-kwargs", '{"embed": 8}', "--shots", "3", "--epochs", "1", "--out", str(tmp_path / "choice")]
     return [*argv, *extra]
 
 

@@ -117,8 +117,8 @@ def test_the_top_n_recipe_is_the_configuration_the_results_report(file, confiden
     reported.pop("positive_threshold")  # MovieLens's "liked": the log's, not the recipe's
     recipe = ExperimentConfig.make(**methods.twotower_als(confidence=confidence))
     assert recipe.to_dict() == ExperimentConfig.make(**reported).to_dict()
-    with pytest.raises(ValueError, match="confidence"):
-        methods.twotower_als(confidence=0.0)
+    with pytest.raises(ValueError, match="als_confidence must be"):
+        ExperimentConfig.make(**methods.twotower_als(confidence=-1.0))
 
 
 def test_train_a_click_log_with_the_top_n_recipe(tmp_path, monkeypatch):

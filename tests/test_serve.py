@@ -23,9 +23,6 @@ from jaxrec.experiment.recommend import Recommender, TopNRecommender
 from jaxrec.experiment.trained import load_trained
 from jaxrec.serve import Catalogue
 
-#: one worker runs this module under -n, so its module-scoped runs are trained once
-pytestmark = pytest.mark.xdist_group("serve")
-
 pytest.importorskip("fastapi", reason="the serve extra (pip install 'jaxrec[serve]') is not installed")
 try:
     from selenium import webdriver

@@ -11,9 +11,6 @@ from cli_support import TOPN_FLAGS, write_plays, write_ratings
 
 from jaxrec import cli
 
-#: one worker runs this module under -n, so its module-scoped runs are trained once
-pytestmark = pytest.mark.xdist_group("topn_cli")
-
 
 def capture(monkeypatch):
     lines = []

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from jaxrec.experiment.config import ExperimentConfig
+from jaxrec.experiment.run import build_experiment
 
 __all__ = [
     "Candidate",
@@ -171,8 +172,7 @@ def choose(
     """
     if isinstance(trainings, bool) or not isinstance(trainings, int) or trainings < 1:
         raise ValueError(f"trainings must be an integer >= 1, got {trainings!r}")
-    if build is None:
-        from jaxrec.experiment.run import build_experiment as build
+    build = build_experiment if build is None else build
     points, configs = grid_configs(config, grid)
     metric, higher = selection_metric(config)
     base_seed = config.training_seed

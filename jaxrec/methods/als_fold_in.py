@@ -41,23 +41,19 @@ def twotower_als(confidence: float = 10.0) -> dict[str, Any]:
     """The config fields of the two-tower model meta-trained through the exact ALS fold-in.
 
     Args:
-      confidence: ``c``, the extra confidence of an interaction (``als_confidence``), > 0.
+      confidence: ``c``, the extra confidence of an interaction (``als_confidence``, ``>= 0``, checked by the
+        config as every field is).
 
     Returns:
       The config fields (feedback implicit; a rated log also needs ``positive_threshold`` or takes every rating).
-
-    Raises:
-      ValueError: if ``confidence`` is not a positive number.
     """
-    if isinstance(confidence, bool) or not float(confidence) > 0:
-        raise ValueError(f"the confidence of an interaction must be > 0, got {confidence!r}")
     return {
         "feedback": "implicit",
         "model": "twotower",
         "model_kwargs": {"embed": 64},
         "algorithm": "maml",
         "ranking_loss": "als_exact",
-        "als_confidence": float(confidence),
+        "als_confidence": confidence,
         "item_start": "als",
         "pretrain": False,
         "inner_lr": 0.05,
