@@ -48,6 +48,11 @@ def test_a_bad_point_is_refused_by_name_before_any_training(tmp_path):
         choose(config, {"epochs": [1], "als_confidence": [10, -1]}, build=never)
     with pytest.raises(ValueError, match="unknown config field"):
         choose(config, {"no_such_field": [1, 2]}, build=never)
+    for fixed in ({"seed": [0, 1]}, {"shots": [5, 10]}, {"positive_threshold": [None, 4.0]}, {"train_seed": [1, 2]}):
+        with pytest.raises(ValueError, match="keep them out of the grid"):
+            choose(config, {"inner_lr": [0.05], **fixed}, build=never)
+    with pytest.raises(ValueError, match="topn_ks must hold 20"):
+        choose(config.override(topn_ks=(10, 50)), {"inner_lr": [0.05]}, build=never)
     with pytest.raises(ValueError, match="trainings"):
         choose(config, {"epochs": [1]}, trainings=0, build=never)
 

@@ -25,12 +25,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from jaxrec.experiment.config import ExperimentConfig
+from jaxrec.experiment.config import FIELDS, ExperimentConfig
 from jaxrec.experiment.run import build_experiment
 
 __all__ = [
     "Candidate",
     "Choice",
+    "FIXED_FIELDS",
     "TRAINING_SEED_STRIDE",
     "choose",
     "grid_configs",
@@ -43,6 +44,16 @@ logger = logging.getLogger(__name__)
 #: training ``t`` of a point uses the seed ``training_seed + TRAINING_SEED_STRIDE * t`` (as the benchmarks'
 #: ``--train-seeds`` do), so that training 0 is the base config's own
 TRAINING_SEED_STRIDE = 1000
+
+_SPLIT_AND_TASKS = {"shots", "query_cap", "test_frac", "warm_frac", "new_item_frac", "topn_ks", "sampled_negatives"}
+#: the fields a grid may not vary: the data, the split and the tasks that are scored (a grid over them would compare
+#: figures on different validation users, or score one split's test users as another's validation users), and the
+#: seeds, which ``trainings`` draws
+FIXED_FIELDS = frozenset(
+    {name for name, (group, _) in FIELDS.items() if group in ("data", "protocol")} - {"history", "support_buckets"}
+    | _SPLIT_AND_TASKS
+    | {"seed", "train_seed"}
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,9 +144,19 @@ def grid_configs(
     """Every point of a grid (:func:`grid_points`) and the base config with its fields, each checked.
 
     Raises:
-      ValueError: a bad grid, or a point naming an unknown field or an invalid value (the point and field named).
+      ValueError: a bad grid, a field of :data:`FIXED_FIELDS`, or a point naming an unknown field or an invalid
+        value (the point and field named).
     """
     points = grid_points(grid)
+    fixed = sorted(set(points[0]) & FIXED_FIELDS)
+    if fixed:
+        raise ValueError(
+            f"the grid varies {fixed}: these fix the data, the split or the scored tasks (the points would be scored "
+            "on different users) or the seeds (trainings draws them); keep them out of the grid"
+        )
+    metric, _ = selection_metric(config)
+    if metric.startswith("recall@") and int(metric.split("@")[1]) not in config.topn.topn_ks:
+        raise ValueError(f"the choice is made by {metric}: topn_ks must hold {metric.split('@')[1]}")
     configs = []
     for fields in points:
         try:
