@@ -384,7 +384,7 @@ def cmd_choose(args: argparse.Namespace) -> int:
     try:
         grid_configs(config, points)  # every point checked before the first training
     except ValueError as e:
-        raise CLIError(f"--grid {as_flags(str(e))}") from None
+        raise CLIError(f"--grid: {as_flags(str(e))}") from None
     metric, _ = selection_metric(config)
 
     def report(fields: dict, t: int, figure: float, seconds: float) -> None:
