@@ -32,7 +32,7 @@ from typing import Any
 from jaxrec.core.errors import JaxrecError
 from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
-from jaxrec.experiment.choose import choose, grid_configs, selection_metric
+from jaxrec.experiment.choose import GridError, choose, selection_metric
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, write_hybrid
 from jaxrec.experiment.predictions import metrics_and_predictions
@@ -381,16 +381,15 @@ def cmd_choose(args: argparse.Namespace) -> int:
     points = _grid(args)
     config = _config(_base_config(args), _config_overrides(args))
 
-    try:
-        grid_configs(config, points)  # every point checked before the first training
-    except ValueError as e:
-        raise CLIError(f"--grid: {as_flags(str(e))}") from None
     metric, _ = selection_metric(config)
 
     def report(fields: dict, t: int, figure: float, seconds: float) -> None:
         _echo(f"{_point_text(fields)}  training {t}: validation {metric} {figure:.4f} ({seconds:.0f} s)")
 
-    choice = choose(config, points, trainings=args.trainings, on_score=report)
+    try:  # choose checks every point before the first training
+        choice = choose(config, points, trainings=args.trainings, on_score=report)
+    except GridError as e:
+        raise CLIError(f"--grid: {as_flags(str(e))}") from None
     direction = "higher" if choice.higher_is_better else "lower"
     rows = [f"{choice.validation_tasks} validation tasks, {choice.metric} ({direction} is better):"]
     for i, c in enumerate(choice.candidates):

@@ -10,7 +10,7 @@ from cli_support import write_plays
 
 from jaxrec import cli
 from jaxrec.experiment import ExperimentConfig
-from jaxrec.experiment.choose import choose, grid_points, selection_metric
+from jaxrec.experiment.choose import GridError, choose, grid_points, selection_metric
 from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.methods import GRIDS, grid, recipe
 
@@ -35,7 +35,7 @@ def test_grid_points_are_every_combination_first_field_slowest():
     [({}, "empty"), ({"a": []}, "non-empty list"), ({"a": 3}, "non-empty list"), ({"a": [1, 1]}, "repeated")],
 )
 def test_grid_points_refuse_a_bad_grid(bad, words):
-    with pytest.raises(ValueError, match=words):
+    with pytest.raises(GridError, match=words):
         grid_points(bad)
 
 
@@ -44,14 +44,14 @@ def test_a_bad_point_is_refused_by_name_before_any_training(tmp_path):
         raise AssertionError("trained before the grid was checked")
 
     config = plays_config(tmp_path)
-    with pytest.raises(ValueError, match=r"grid point \{'epochs': 1, 'als_confidence': -1\}: als_confidence"):
+    with pytest.raises(GridError, match=r"grid point \{'epochs': 1, 'als_confidence': -1\}: als_confidence"):
         choose(config, {"epochs": [1], "als_confidence": [10, -1]}, build=never)
-    with pytest.raises(ValueError, match="unknown config field"):
+    with pytest.raises(GridError, match="unknown config field"):
         choose(config, {"no_such_field": [1, 2]}, build=never)
     for fixed in ({"seed": [0, 1]}, {"shots": [5, 10]}, {"positive_threshold": [None, 4.0]}, {"train_seed": [1, 2]}):
-        with pytest.raises(ValueError, match="keep them out of the grid"):
+        with pytest.raises(GridError, match="keep them out of the grid"):
             choose(config, {"inner_lr": [0.05], **fixed}, build=never)
-    with pytest.raises(ValueError, match="topn_ks must hold 20"):
+    with pytest.raises(GridError, match="topn_ks must hold 20"):
         choose(config.override(topn_ks=(10, 50)), {"inner_lr": [0.05]}, build=never)
     with pytest.raises(ValueError, match="trainings"):
         choose(config, {"epochs": [1]}, trainings=0, build=never)

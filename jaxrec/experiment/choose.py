@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from jaxrec.core.errors import JaxrecError
 from jaxrec.experiment.config import FIELDS, ExperimentConfig
 from jaxrec.experiment.run import build_experiment
 
@@ -32,6 +33,7 @@ __all__ = [
     "Candidate",
     "Choice",
     "FIXED_FIELDS",
+    "GridError",
     "TRAINING_SEED_STRIDE",
     "choose",
     "grid_configs",
@@ -54,6 +56,10 @@ FIXED_FIELDS = frozenset(
     | _SPLIT_AND_TASKS
     | {"seed", "train_seed"}
 )
+
+
+class GridError(JaxrecError, ValueError):
+    """A grid that cannot be trained: empty, a field it may not vary, an unknown field or an invalid value (named)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,16 +130,16 @@ def grid_points(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
       ``[{field: value}]``.
 
     Raises:
-      ValueError: an empty grid, a field whose values are not a non-empty list, or a value repeated in one field.
+      GridError: an empty grid, a field whose values are not a non-empty list, or a value repeated in one field.
     """
     if not isinstance(grid, Mapping) or not grid:
-        raise ValueError('the grid is empty: give {field name: [values, ...]}, e.g. {"als_confidence": [1, 10]}')
+        raise GridError('the grid is empty: give {field name: [values, ...]}, e.g. {"als_confidence": [1, 10]}')
     for name, values in grid.items():
         if not isinstance(values, list | tuple) or not values:
-            raise ValueError(f"grid field {name!r}: give a non-empty list of values, got {values!r}")
+            raise GridError(f"grid field {name!r}: give a non-empty list of values, got {values!r}")
         seen = [repr(v) for v in values]
         if len(set(seen)) != len(seen):
-            raise ValueError(f"grid field {name!r}: a value is repeated in {list(values)!r}")
+            raise GridError(f"grid field {name!r}: a value is repeated in {list(values)!r}")
     names = list(grid)
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*(grid[n] for n in names))]
 
@@ -144,25 +150,25 @@ def grid_configs(
     """Every point of a grid (:func:`grid_points`) and the base config with its fields, each checked.
 
     Raises:
-      ValueError: a bad grid, a field of :data:`FIXED_FIELDS`, or a point naming an unknown field or an invalid
+      GridError: a bad grid, a field of :data:`FIXED_FIELDS`, or a point naming an unknown field or an invalid
         value (the point and field named).
     """
     points = grid_points(grid)
-    fixed = sorted(set(points[0]) & FIXED_FIELDS)
+    fixed = sorted(set(grid) & FIXED_FIELDS)
     if fixed:
-        raise ValueError(
+        raise GridError(
             f"the grid varies {fixed}: these fix the data, the split or the scored tasks (the points would be scored "
             "on different users) or the seeds (trainings draws them); keep them out of the grid"
         )
     metric, _ = selection_metric(config)
     if metric.startswith("recall@") and int(metric.split("@")[1]) not in config.topn.topn_ks:
-        raise ValueError(f"the choice is made by {metric}: topn_ks must hold {metric.split('@')[1]}")
+        raise GridError(f"the choice is made by {metric}: topn_ks must hold {metric.split('@')[1]}")
     configs = []
     for fields in points:
         try:
             configs.append(config.override(**fields))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"grid point {fields}: {e}") from None
+            raise GridError(f"grid point {fields}: {e}") from None
     return points, configs
 
 
@@ -189,7 +195,8 @@ def choose(
       The :class:`Choice`.
 
     Raises:
-      ValueError: a bad grid, an unknown field or an invalid value (named), or ``trainings < 1``.
+      GridError: a bad grid, an unknown field or an invalid value (named), before any training.
+      ValueError: ``trainings < 1``.
     """
     if isinstance(trainings, bool) or not isinstance(trainings, int) or trainings < 1:
         raise ValueError(f"trainings must be an integer >= 1, got {trainings!r}")
