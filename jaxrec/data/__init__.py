@@ -1,5 +1,5 @@
-"""Data: interaction logs (MovieLens loaders, generic readers), the featurizer, cold-start splits, tasks, the batch
-stream and augmentation.
+"""Data: interaction logs (MovieLens loaders, text and Parquet readers), the featurizer, cold-start splits, tasks,
+the batch stream and augmentation.
 
 >>> import jaxrec.data as jd
 >>> ds = jd.load()  # the bundled ml-latest-small, offline
@@ -9,7 +9,9 @@ stream and augmentation.
 from jaxrec.data.dataset import DataError, Dataset, from_csv, from_dataframe, sniff_separator
 from jaxrec.data.download import ARCHIVES, DownloadError, download_archive
 from jaxrec.data.featurizer import Featurizer, age_bucket, year_bucket, zip_prefix
+from jaxrec.data.logs import read_log
 from jaxrec.data.movielens import DATASETS, DEFAULT_DATASET, default_data_root, load, parse_movielens
+from jaxrec.data.parquet import from_parquet, is_parquet
 from jaxrec.data.tasks import SPLITS, ColdStartSplit, TaskSet, bucket_sizes, build_tasks, cold_start_split, task_batches
 
 __all__ = [
@@ -32,8 +34,11 @@ __all__ = [
     "download_archive",
     "from_csv",
     "from_dataframe",
+    "from_parquet",
+    "is_parquet",
     "load",
     "parse_movielens",
+    "read_log",
     "sniff_separator",
     "year_bucket",
     "zip_prefix",

@@ -1077,7 +1077,8 @@ def from_csv(
     Args:
       path: the file.
       columns: which column plays which role. A mapping ``{"user": "userId", "item": "movieId", "rating": ...,
-        "timestamp": ..., "weight": ...}`` of names (with a header) or 0-based positions; or a sequence of role
+        "timestamp": ..., "weight": ...}`` of names (with a header) or 0-based positions (the other columns are
+        not in a role), also spelt ``"user=userId,item=movieId"`` as ``--columns`` takes it; or a sequence of role
         names in file order, e.g. ``["user", "item", "rating", "timestamp"]`` or ``["user", "item", "weight"]``
         (use ``"_"`` for a column to ignore), or the same as one comma-separated string (``"user,item,_"``, as
         ``--columns`` takes it). ``None`` guesses: common header names (``userId``, ``item_id``, a
@@ -1091,7 +1092,8 @@ def from_csv(
         ``report["header_line_read"]`` says which.
       name: the dataset's name (default: the file name up to its first dot).
       min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
-      allow_extra: with a header, columns beyond the named roles are an error unless this is set.
+      allow_extra: with a header and ``columns=None``, columns beyond the guessed roles are an error unless this is
+        set (a mapping reads the columns it names and leaves the others).
       encoding: the text encoding.
       feedback: ``None``, ``"explicit"`` or ``"implicit"`` (see :func:`from_dataframe`).
       positive_threshold: with ``feedback="implicit"`` and a rating column, the lowest rating that counts as an
@@ -1112,8 +1114,7 @@ def from_csv(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    if isinstance(columns, str):  # the command line's spelling, "user,item,timestamp"; not a string's characters
-        columns = [role.strip() for role in columns.split(",")]
+    columns = role_columns(columns)
     sep = sep or sniff_separator(path)
     first = _head_lines(path, 1, encoding)
     if not first:
@@ -1129,7 +1130,7 @@ def from_csv(
         logger.info("%s: line 1 read as %s", path, "a header" if header else "data (no header)")
     header = bool(header)
     labels = table_columns(path, sep, header, encoding=encoding)
-    roles = _resolve_columns(labels, columns, header, path, allow_extra)
+    roles = resolve_columns(labels, columns, header, path, allow_extra)
     ids = [labels.index(roles[role]) for role in ("user", "item")]
     frame = read_table(path, sep, None, header, encoding=encoding, text_columns=ids, line_numbers=True)
     lines = frame.index.to_numpy()
@@ -1173,8 +1174,36 @@ def _warn_rating_ignored(path: Path, roles: list[str]) -> None:
     )
 
 
-def _resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_extra: bool) -> dict:
-    """Map roles to the file's column labels, raising a :class:`DataError` for missing or unexpected ones."""
+def role_columns(columns: Any) -> Any:
+    """``columns=`` as a mapping or a sequence of roles: the command line's spelling ``"user,item,timestamp"`` (the
+    roles in file order) or ``"user=customer_id,item=sku"`` (role=column, the others not read) split at its commas,
+    a sequence of ``role=column`` entries made a mapping; anything else as given."""
+    if isinstance(columns, str):  # not a string's characters
+        columns = [entry.strip() for entry in columns.split(",")]
+    if isinstance(columns, Mapping) or columns is None:
+        return columns
+    columns = list(columns)
+    pairs = [isinstance(entry, str) and "=" in entry for entry in columns]
+    if not any(pairs):
+        return columns
+    if not all(pairs):
+        raise DataError(
+            f"columns= {columns} mixes role=column entries with roles in file order; use one form: "
+            "'user=customer_id,item=sku' or 'user,item,_'"
+        )
+    mapping = {}
+    for entry in columns:
+        role, column = (part.strip() for part in entry.split("=", 1))
+        if role in mapping:
+            raise DataError(f"columns= {columns} names the role {role!r} more than once")
+        mapping[role] = column
+    return mapping
+
+
+def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_extra: bool) -> dict:
+    """Map roles to the file's column labels, raising a :class:`DataError` for missing or unexpected ones (a
+    column beyond the guessed roles when ``columns`` is None and not ``allow_extra``; an explicit mapping reads its
+    columns and leaves the others)."""
     if columns is None:
         if header:
             lowered = {str(c).strip().lower(): c for c in cols}
@@ -1186,7 +1215,8 @@ def _resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_e
             for role in ("user", "item"):
                 if role not in roles:
                     raise DataError(
-                        f"{path}: no {role} column among the header {cols}; pass columns={{'{role}': <name>, ...}}"
+                        f"{path}: no {role} column among the header {cols}; pass columns={{'{role}': <name>, ...}} "
+                        f"(--columns {role}=<name>,...)"
                     )
         else:
             if len(cols) > 4:
@@ -1201,6 +1231,8 @@ def _resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_e
             raise DataError(f"{path}: unknown role(s) {sorted(unknown)} in columns=; roles are {list(_ROLES)}")
         roles = {}
         for role, col in columns.items():
+            if isinstance(col, str) and col not in cols and col.isdigit():  # "user=0": a position, as on the CLI
+                col = int(col)
             if isinstance(col, int) and header:
                 if col >= len(cols):
                     raise DataError(f"{path}: column position {col} for {role!r} but the file has {len(cols)} columns")
@@ -1226,10 +1258,11 @@ def _resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_e
         raise DataError(
             f"{path}: columns= {columns} has no {' and no '.join(absent)} column; a log needs a user and an item column"
         )
-    if header and isinstance(columns, Mapping | type(None)):
+    if header and columns is None:
         extra = [c for c in cols if c not in roles.values()]
         if extra and not allow_extra:
             raise DataError(
-                f"{path}: unexpected extra column(s) {extra}; name them in columns= or pass allow_extra=True"
+                f"{path}: unexpected extra column(s) {extra}; name the roles' columns in columns= (--columns "
+                "user=<name>,item=<name>,...; the others are then not read), or pass allow_extra=True"
             )
     return roles

@@ -206,7 +206,7 @@ class Featurizer:
         item_multi_hot = {}
         if "genres" in dataset.items:
             genres = dataset.items["genres"].fillna("").astype(str)
-            dummies = genres.str.get_dummies(sep="|")
+            dummies = genres.str.get_dummies(sep="|").drop(columns="", errors="ignore")  # pandas 3: "" of no genre
             vocab = sorted(dummies.columns[dummies.to_numpy()[train_items].any(axis=0)].tolist())
             if vocab:
                 item_multi_hot["item_genres"] = dummies.reindex(columns=vocab, fill_value=0).to_numpy(np.float32)

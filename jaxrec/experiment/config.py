@@ -182,10 +182,11 @@ class DataConfig:
 
     Attributes:
       dataset: a known dataset (:data:`jaxrec.data.DATASETS`); ignored when ``path`` is given.
-      path: (flag ``--data``) the path of any ``user,item,rating[,timestamp]`` file, read by
-        :func:`jaxrec.data.from_csv`.
+      path: (flag ``--data``) the path of any ``user,item,rating[,timestamp]`` log, read by
+        :func:`jaxrec.data.read_log`: separated text (``.gz`` allowed), or Parquet (a file or a folder of files).
       data_dir: the folder holding the MovieLens folders.
-      columns: the roles of the file's columns in order (``_`` skips one).
+      columns: the roles of the file's columns in order (``_`` skips one), or ``role=column`` pairs naming the
+        columns to read (``user=customer_id,item=sku``).
       sep: the field separator of ``data`` (default: sniffed).
       encoding: the text encoding of ``data``.
       implicit: targets are ``rating >= implicit_threshold`` (BCE loss, HR@k / AUC) on the rated items: the
@@ -201,10 +202,17 @@ class DataConfig:
     """
 
     dataset: str | None = _field("ml-latest-small", "a known dataset (see `jaxrec datasets`)")
-    path: str | None = _field(None, "path of any user,item,rating[,timestamp] file (.gz allowed)", flag="data")
+    path: str | None = _field(
+        None,
+        "path of any user,item,rating[,timestamp] log: text (.gz allowed) or Parquet (file or folder)",
+        flag="data",
+    )
     data_dir: str | None = _field(None, "folder holding the MovieLens folders (default $JAXREC_DATA)")
     columns: tuple | None = _field(
-        None, "roles of the file's columns in order, e.g. user,item,rating,timestamp ('_' skips)", parse=_list_of(str)
+        None,
+        "roles of the file's columns in order, e.g. user,item,rating,timestamp ('_' skips), or role=column pairs,"
+        " e.g. user=customer_id,item=sku",
+        parse=_list_of(str),
     )
     sep: str | None = _field(
         None,

@@ -45,7 +45,7 @@ from jaxrec.core.params import adapt_filter, adapt_mask
 from jaxrec.core.ranking import catalogue_als_loss, catalogue_logistic_loss, ranking_loss
 from jaxrec.core.solvers import Amortized
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
-from jaxrec.data import DataError, Dataset, Featurizer, from_csv, load
+from jaxrec.data import DataError, Dataset, Featurizer, load, read_log
 from jaxrec.data.augment import id_dropout, unknown_fraction
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split, item_release_key, newest_items
@@ -462,8 +462,8 @@ class Experiment:
     def _load_dataset(self) -> Dataset:
         c = self.config
         if c.data.path is not None:
-            return from_csv(
-                c.data.path, columns=c.data.columns, sep=c.data.sep, feedback=c.data.feedback, encoding=c.data.encoding
+            return read_log(
+                c.data.path, c.data.columns, sep=c.data.sep, feedback=c.data.feedback, encoding=c.data.encoding
             )
         return load(c.data.dataset, data_dir=c.data.data_dir)
 

@@ -38,7 +38,7 @@ from jaxrec.core.batch import TaskBatch, zero_padding
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.trainer import MetaTrainState, run_steps
-from jaxrec.data import DataError, Dataset, from_csv, from_dataframe, load
+from jaxrec.data import DataError, Dataset, from_dataframe, load, read_log
 from jaxrec.data.augment import id_dropout
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.topn import (
@@ -122,9 +122,9 @@ def implicit_dataset(config: ExperimentConfig) -> Dataset:
     """
     data = config.data
     if data.path is not None:
-        return from_csv(
+        return read_log(
             data.path,
-            columns=data.columns,
+            data.columns,
             sep=data.sep,
             feedback="implicit",
             positive_threshold=data.positive_threshold,

@@ -1,0 +1,46 @@
+"""Any interaction log a user brings, read by its format: Parquet (a file or a folder of files) or separated text."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from jaxrec.data.dataset import DataError, Dataset, from_csv
+from jaxrec.data.parquet import from_parquet, is_parquet
+
+__all__ = ["read_log"]
+
+
+def read_log(
+    path: str | os.PathLike,
+    columns: Mapping[str, str | int] | Sequence[str] | str | None = None,
+    *,
+    sep: str | None = None,
+    encoding: str = "utf-8",
+    feedback: str | None = None,
+    positive_threshold: float | None = None,
+) -> Dataset:
+    """Read the log at ``path``: :func:`~jaxrec.data.from_parquet` for a Parquet file (known by its magic bytes,
+    whatever its name) or a folder of ``*.parquet`` files, :func:`~jaxrec.data.from_csv` for anything else.
+
+    Args:
+      path: the file or folder.
+      columns: the roles of its columns (see :func:`~jaxrec.data.from_csv`).
+      sep: a text file's separator (default: sniffed); refused for Parquet, which has none.
+      encoding: a text file's encoding (Parquet's text is UTF-8).
+      feedback: ``None``, ``"explicit"`` or ``"implicit"``.
+      positive_threshold: with ``feedback="implicit"`` on rated data, the lowest rating that is an interaction.
+
+    Returns:
+      The cleaned :class:`~jaxrec.data.Dataset`.
+
+    Raises:
+      DataError: as the reader of the format raises it, or for a separator given with a Parquet log.
+    """
+    if is_parquet(path):
+        if sep is not None:
+            raise DataError(f"{path}: a Parquet log has no separator; drop sep= (--sep)")
+        return from_parquet(path, columns, feedback=feedback, positive_threshold=positive_threshold)
+    if os.path.isdir(path):
+        raise DataError(f"{path}: a folder without *.parquet files; --data takes a log file or a Parquet folder")
+    return from_csv(path, columns, sep=sep, feedback=feedback, positive_threshold=positive_threshold, encoding=encoding)

@@ -1,0 +1,168 @@
+"""Interaction logs stored as Parquet: a file, or a folder of files (a partitioned dataset), read with pyarrow.
+
+Parquet keeps each column's type, so ids keep theirs (an integer column gives integer ids, a string column text ids:
+``00001`` and ``1`` stay two users) and timestamps their zone; only the columns in a role are read. The rows then
+go through :func:`~jaxrec.data.dataset.from_dataframe`, as a text log's do: the same checks, the same counts of what
+was merged or dropped, errors naming the column and the row (0-based, in the order pyarrow reads the rows).
+
+pyarrow is an optional dependency (``pip install 'jaxrec[parquet]'``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxrec.data.dataset import DataError, Dataset, from_dataframe, resolve_columns, role_columns
+
+__all__ = ["from_parquet", "is_parquet"]
+
+logger = logging.getLogger(__name__)
+
+_MAGIC = b"PAR1"  # the first and last four bytes of every Parquet file
+
+
+def is_parquet(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Parquet file (by its magic bytes, whatever its name) or a folder holding ``*.parquet``
+    files (at any depth, as a partitioned dataset lays them out)."""
+    path = Path(path)
+    if path.is_dir():
+        return any(path.rglob("*.parquet"))
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == _MAGIC
+    except OSError:
+        return False
+
+
+def _pyarrow():
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError as missing:
+        raise DataError(f"reading Parquet needs pyarrow ({missing}): pip install 'jaxrec[parquet]'") from missing
+    return pyarrow
+
+
+def _check_types(schema: Any, roles: Mapping[str, str], path: Path) -> None:
+    """A :class:`DataError` naming a role's column whose type cannot hold it: ids must be integers or text (a
+    float column of whole numbers, as pandas writes integers with gaps, is accepted), the other roles numbers
+    (a timestamp also a date, a time or text)."""
+    pa = _pyarrow()
+    types = pa.types
+    for role, column in roles.items():
+        kind = schema.field(column).type
+        if types.is_dictionary(kind):
+            kind = kind.value_type
+        if role in ("user", "item"):
+            ok = types.is_integer(kind) or types.is_string(kind) or types.is_large_string(kind)
+            ok = ok or types.is_floating(kind)
+        elif role == "timestamp":
+            ok = types.is_integer(kind) or types.is_floating(kind) or types.is_temporal(kind)
+            ok = ok or types.is_string(kind) or types.is_large_string(kind)
+        else:
+            ok = types.is_integer(kind) or types.is_floating(kind) or types.is_decimal(kind)
+        if not ok:
+            raise DataError(
+                f"{path}: column {column!r} (the {role}) is of Parquet type {kind}, which cannot hold a {role}"
+            )
+
+
+def _whole_ids(frame: Any, column: str, role: str, path: Path) -> None:
+    """A float id column of whole numbers as integers (in place); a fraction is a :class:`DataError` naming its
+    row. Missing ids are left for :func:`from_dataframe` to name."""
+    values = frame[column].to_numpy(np.float64)
+    present = ~np.isnan(values)
+    fraction = present & (values != np.round(values))
+    if fraction.any():
+        first = int(np.flatnonzero(fraction)[0])
+        raise DataError(f"{path}: column {column!r} row {first} holds {values[first]:g}, not a whole {role} id")
+    if present.all():
+        frame[column] = values.astype(np.int64)
+
+
+def from_parquet(
+    path: str | os.PathLike,
+    columns: Mapping[str, str | int] | Sequence[str] | str | None = None,
+    *,
+    feedback: str | None = None,
+    positive_threshold: float | None = None,
+    name: str | None = None,
+    min_user_ratings: int = 1,
+    allow_extra: bool = False,
+) -> Dataset:
+    """Load an interaction log stored as Parquet.
+
+    Args:
+      path: a Parquet file, or a folder of them (a partitioned dataset; its partition keys are columns too).
+      columns: which column plays which role, as :func:`~jaxrec.data.from_csv` takes it: a mapping ``{"user":
+        "customer_id", "item": "sku", "weight": "quantity"}`` (the other columns are not read), the same as
+        ``"user=customer_id,item=sku,weight=quantity"`` (``--columns`` on the command line), or the roles of every
+        column in the file's order (``"_"`` skips one). ``None`` guesses from common names (``user_id``,
+        ``itemId``, ``timestamp``, ``count``, ...).
+      feedback: ``None``, ``"explicit"`` or ``"implicit"`` (see :func:`~jaxrec.data.from_dataframe`).
+      positive_threshold: with ``feedback="implicit"`` and a rating column, the lowest rating that is an
+        interaction.
+      name: the dataset's name (default: the file or folder name up to its first dot).
+      min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
+      allow_extra: with ``columns=None``, columns beyond the guessed roles are an error unless this is set.
+
+    Returns:
+      The cleaned :class:`~jaxrec.data.Dataset`; ``report["columns_read"]`` lists the columns read.
+
+    Raises:
+      DataError: if pyarrow is missing, the path does not exist or is not Parquet, a role's column is missing or of a
+        type that cannot hold it (a list, a struct, a fractional id), or the log fails a check of
+        :func:`~jaxrec.data.from_dataframe` (named with its column and row).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    pa = _pyarrow()
+    try:
+        dataset = pa.parquet.ParquetDataset(path)
+        schema = dataset.schema
+    except (pa.ArrowException, OSError) as unreadable:
+        raise DataError(f"{path}: not a readable Parquet file or folder: {unreadable}") from unreadable
+    labels = [label for label in schema.names if not label.startswith("__index_level_")]  # pandas' saved index
+    roles = resolve_columns(labels, role_columns(columns), True, path, allow_extra)
+    _check_types(schema, roles, path)
+    wanted = list(dict.fromkeys(roles.values()))
+    try:
+        table = dataset.read(columns=wanted)
+    except (pa.ArrowException, OSError) as unreadable:
+        raise DataError(f"{path}: cannot read columns {wanted}: {unreadable}") from unreadable
+    for column in wanted:  # dates to timestamps, so that pandas gives datetimes and not Python date objects
+        kind = table.schema.field(column).type
+        if pa.types.is_date(kind):
+            table = table.set_column(
+                table.schema.get_field_index(column), column, table[column].cast(pa.timestamp("s"))
+            )
+    frame = table.to_pandas()
+    for role in ("user", "item"):
+        column = roles[role]
+        if frame[column].dtype.kind == "f":
+            _whole_ids(frame, column, role, path)
+        elif str(frame[column].dtype) == "category":
+            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    logger.info("%s: read %d row(s) of column(s) %s", path, len(frame), wanted)
+    ds = from_dataframe(
+        frame,
+        user=roles["user"],
+        item=roles["item"],
+        rating=roles.get("rating"),
+        timestamp=roles.get("timestamp"),
+        weight=roles.get("weight"),
+        feedback=feedback,
+        positive_threshold=positive_threshold,
+        name=name or path.name.split(".")[0],
+        min_user_ratings=min_user_ratings,
+        source=str(path),
+    )
+    ds.report = {"columns_read": wanted, **ds.report}
+    return ds
