@@ -187,3 +187,30 @@ def test_a_file_in_another_encoding_names_its_line_and_the_flag(tmp_path):
         jd.from_csv(log, columns=["user", "item", "weight"], feedback="implicit")
     ds = jd.from_csv(log, columns=["user", "item", "weight"], feedback="implicit", encoding="latin-1")
     assert "Bj\xf6rk" in set(ds.item_ids)
+
+
+def test_a_missing_datetime_or_an_empty_id_is_named_not_read():
+    """NaT as int64 is -2^63: it would have made the row every user's earliest interaction, in silence."""
+    log = pd.DataFrame({"user": ["a", "b"], "item": [1, 2], "when": pd.to_datetime(["2024-01-01", None])})
+    with pytest.raises(jd.DataError, match=r"column 'when' row 1 is missing"):
+        jd.from_dataframe(log, rating=None, timestamp="when", feedback="implicit")
+    blank = pd.DataFrame({"user": ["a", ""], "item": [1, 2]})
+    with pytest.raises(jd.DataError, match=r"column 'user' row 1 has a missing user id"):
+        jd.from_dataframe(blank, rating=None, feedback="implicit")
+
+
+def test_one_column_in_two_roles_is_refused(tmp_path):
+    path = _write(tmp_path / "log.csv", "visitor,venue\nv1,a\nv2,b\n")
+    with pytest.raises(jd.DataError, match=r"log.csv: columns= .* reads column 'visitor' as both user and item"):
+        jd.from_csv(path, columns="user=visitor,item=visitor", feedback="implicit")
+    assert jd.from_csv(path, columns="user=visitor,item=venue", feedback="implicit").n_ratings == 2
+
+
+def test_recommend_matches_integer_ids_beyond_float64s_exact_range():
+    """Ids from 10^17 on: float64 merged neighbouring ids (...001 and ...005 both read as ...000)."""
+    from jaxrec.experiment.recommend import item_codes_of
+
+    ids = 10**17 + np.arange(300, dtype=np.int64)
+    asked = ["100000000000000001", "100000000000000005", " 100000000000000299 ", "100000000000000300", "x"]
+    assert item_codes_of(asked, ids).tolist() == [1, 5, 299, -1, -1]
+    assert item_codes_of(["5", "5.0", "+6", "6.5"], np.array([5, 6])).tolist() == [0, 0, 1, -1]

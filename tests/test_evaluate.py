@@ -24,6 +24,23 @@ def test_ndcg_hand_computed():
     assert float(top1) == pytest.approx(1.0 / 3.0, rel=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("ratings", "scale", "gains"),
+    [
+        ([1.0, 2.0, 5.0], (1.0, 5.0), [1.0, 3.0, 31.0]),  # MovieLens: 2^r - 1, as MeLU's nDCG
+        ([0.5, 4.5], (0.5, 5.0), [2**0.5 - 1, 2**4.5 - 1]),
+        ([-2.0, 0.0, 2.0], (-2.0, 2.0), [0.0, 3.0, 15.0]),  # moved up to 0: no negative gain
+        ([0.0, 50.0, 300.0], (0.0, 1000.0), [0.0, 50.0, 300.0]),  # a long scale: linear (2^300 is inf in float32)
+    ],
+)
+def test_ndcg_gains_on_any_rating_scale(ratings, scale, gains):
+    np.testing.assert_allclose(metrics.relevance_gains(jnp.array(ratings), scale), gains, rtol=1e-6)
+    ascending, real = jnp.arange(len(ratings), dtype=jnp.float32), jnp.ones(len(ratings), bool)
+    best, weight = metrics.ndcg_at_k(ascending, jnp.array(ratings), real, 3, scale)  # the ratings are ascending
+    worst, _ = metrics.ndcg_at_k(-ascending, jnp.array(ratings), real, 3, scale)
+    assert float(weight) == 1.0 and 0.0 <= float(worst) < float(best) == pytest.approx(1.0)
+
+
 def test_ndcg_ties_average_the_shared_positions():
     # both items tied: each gets the mean discount of positions 0 and 1; at k=1 that is (1 + 0) / 2
     value, _ = metrics.ndcg_at_k(jnp.array([1.0, 1.0]), jnp.array([1.0, 0.0]), jnp.ones(2, bool), 1)

@@ -160,3 +160,51 @@ def test_train_reads_a_parquet_log_as_its_text_twin(tmp_path, monkeypatch):
     assert parquet["scenarios"]["new_user"]["maml"]["recall@20"] == tsv["scenarios"]["new_user"]["maml"]["recall@20"]
     assert parquet["scenarios"]["new_user"]["itemknn"] == tsv["scenarios"]["new_user"]["itemknn"]
     assert parquet["data_report"]["duplicates_merged"] == tsv["data_report"]["duplicates_merged"] == 60
+
+
+def test_partition_keys_are_text_and_other_files_are_left_out_by_name(tmp_path, caplog):
+    frame = pd.DataFrame({"user": ["007", "7", "007", "010"], "item": [1, 2, 3, 1]})
+    folder = tmp_path / "by_user"
+    pq.write_to_dataset(pa.Table.from_pandas(frame, preserve_index=False), folder, partition_cols=["user"])
+    (folder / "notes.csv").write_text("who wrote this\n")
+    with caplog.at_level("WARNING", logger="jaxrec.data.parquet"):
+        log = jd.read_log(folder, feedback="implicit")
+    assert log.user_ids.tolist() == ["007", "010", "7"]  # a folder name is text: 007 and 7 are two users
+    assert log.n_ratings == 4 and log.report["files_skipped"] == 1
+    assert "1 file(s) that are not Parquet left out: notes.csv" in caplog.text
+
+
+def test_a_folder_names_the_file_of_a_bad_row_or_a_disagreeing_type(tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    pq.write_table(pa.table({"user": ["a", "b"], "item": [1, 2], "plays": [1, 2]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"user": ["c", "d"], "item": [3, 4], "plays": [5, 0]}), folder / "part-1.parquet")
+    with pytest.raises(jd.DataError, match=r"column 'plays' row 3 holds 0.*part-1.parquet, its row 1\)"):
+        jd.read_log(folder, feedback="implicit")
+    pq.write_table(pa.table({"user": ["e"], "item": ["s299"], "plays": [1]}), folder / "part-2.parquet")
+    with pytest.raises(jd.DataError, match=r"part-2.parquet: cannot read columns \['user', 'item', 'plays'\]"):
+        jd.read_log(folder, feedback="implicit")
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        (pa.array([1, 2], pa.duration("s")), r"column 'when' \(the timestamp\) is of Parquet type duration"),
+        (pa.array([3600, 7200], pa.time32("s")), r"column 'when' \(the timestamp\) is of Parquet type time32"),
+        (pa.array([datetime.datetime(2024, 1, 1), None], pa.timestamp("us")), r"column 'when' row 1 is missing"),
+    ],
+)
+def test_a_timestamp_is_a_point_in_time_and_never_missing(tmp_path, column, message):
+    path = tmp_path / "times.parquet"
+    pq.write_table(pa.table({"user": ["a", "b"], "item": [1, 2], "when": column}), path)
+    with pytest.raises(jd.DataError, match=message):
+        jd.read_log(path, "user=user,item=item,timestamp=when", feedback="implicit")
+
+
+def test_an_empty_id_or_one_column_in_two_roles_is_refused(tmp_path):
+    path = tmp_path / "ids.parquet"
+    pq.write_table(pa.table({"user": ["a", " ", "b"], "item": [1, 2, 3]}), path)
+    with pytest.raises(jd.DataError, match=r"column 'user' row 1 has a missing user id"):
+        jd.read_log(path, feedback="implicit")
+    with pytest.raises(jd.DataError, match=r"reads column 'user' as both user and item"):
+        jd.read_log(path, "user=user,item=user", feedback="implicit")

@@ -125,6 +125,16 @@ def test_evaluate_reproduces_the_metrics_of_the_run(topn_run, tmp_path, monkeypa
         assert again[name]["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
 
 
+def test_evaluate_refuses_the_log_read_another_way(topn_run, tmp_path, capsys):
+    """The same users and items, but the plays and times left out: other splits, other figures, in silence."""
+    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]),
+            "--columns", "user,item,_,_", "--output", str(tmp_path / "other.json")]  # fmt: skip
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the interactions differ from those the run was trained on" in err and "Traceback" not in err
+    assert "rows of item, rating, timestamp, user, weight then" in err and not (tmp_path / "other.json").exists()
+
+
 def evaluate_again(topn_run, output, *flags):
     """``jaxrec evaluate`` of the shared run with ``flags``: its new-user summaries, and the training run's."""
     argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]), *flags,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import hashlib
 import logging
 import os
 import re
@@ -118,6 +119,17 @@ class Dataset:
         """``(min, max)`` of the ratings; ``(0.0, 0.0)`` without ratings."""
         r = self.ratings["rating"].to_numpy()
         return (float(r.min()), float(r.max())) if len(r) else (0.0, 0.0)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the interactions: their count, columns and a SHA-256 of every column's values (codes,
+        ratings, timestamps, weights), so that a checkpoint can tell the log it was trained on from another that
+        encodes the same users and items (a log read without its timestamps, rows added or removed)."""
+        digest = hashlib.sha256()
+        for column in sorted(self.ratings.columns):
+            values = np.ascontiguousarray(self.ratings[column].to_numpy())
+            digest.update(f"{column}:{values.dtype.str}:".encode())
+            digest.update(values.tobytes())
+        return {"rows": len(self.ratings), "columns": sorted(self.ratings.columns), "sha256": digest.hexdigest()}
 
     @property
     def user_ids(self) -> np.ndarray:
@@ -317,6 +329,13 @@ def _timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Lin
     (a number among dates, a typo) is named with its line. Otherwise the column must hold numbers, as before.
     """
     if pd.api.types.is_datetime64_any_dtype(col):
+        missing = col.isna().to_numpy()
+        if missing.any():  # NaT: as int64 it would be -2^63, the earliest time of all
+            first = int(np.flatnonzero(missing)[0])
+            raise DataError(
+                f"{where}: column {column!r} {_where_line(first, line_offset)} is missing ({int(missing.sum())} "
+                "missing value(s) in total)"
+            )
         if getattr(col.dtype, "tz", None) is not None:
             col = col.dt.tz_convert("UTC").dt.tz_localize(None)
         return (col.astype("datetime64[s]").astype(np.int64)).to_numpy()
@@ -475,7 +494,13 @@ def from_dataframe(
     if len(df) == 0:
         raise DataError(f"{where}: no ratings (the log is empty)")
     for role in ("user", "item"):
-        nulls = df[named[role]].isna().to_numpy()
+        ids = df[named[role]]
+        nulls = ids.isna().to_numpy()
+        if pd.api.types.is_string_dtype(ids) or pd.api.types.is_object_dtype(ids):  # "" and "  " are no id either
+            codes, uniques = pd.factorize(ids)  # each distinct id checked once
+            blank = np.array([isinstance(v, str) and not v.strip() for v in uniques], bool)
+            if blank.any():
+                nulls = nulls | np.isin(codes, np.flatnonzero(blank))
         if nulls.any():
             first = int(np.flatnonzero(nulls)[0])
             loc = _where_line(first, _line_offset)
@@ -1253,6 +1278,10 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
         unknown = set(roles) - set(_ROLES)
         if unknown:
             raise DataError(f"{path}: unknown role(s) {sorted(unknown)} in columns=; roles are {list(_ROLES)} or '_'")
+    shared = sorted({col for col in roles.values() if list(roles.values()).count(col) > 1}, key=str)
+    if shared:
+        both = [role for role in roles if roles[role] == shared[0]]
+        raise DataError(f"{path}: columns= {columns} reads column {shared[0]!r} as both {' and '.join(both)}")
     absent = [role for role in ("user", "item") if role not in roles]
     if absent:
         raise DataError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ def _pyarrow():
 def _check_types(schema: Any, roles: Mapping[str, str], path: Path) -> None:
     """A :class:`DataError` naming a role's column whose type cannot hold it: ids must be integers or text (a
     float column of whole numbers, as pandas writes integers with gaps, is accepted), the other roles numbers
-    (a timestamp also a date, a time or text)."""
+    (a timestamp also a date or a point in time, or text; not a duration or a time of day)."""
     pa = _pyarrow()
     types = pa.types
     for role, column in roles.items():
@@ -63,7 +64,7 @@ def _check_types(schema: Any, roles: Mapping[str, str], path: Path) -> None:
             ok = types.is_integer(kind) or types.is_string(kind) or types.is_large_string(kind)
             ok = ok or types.is_floating(kind)
         elif role == "timestamp":
-            ok = types.is_integer(kind) or types.is_floating(kind) or types.is_temporal(kind)
+            ok = types.is_integer(kind) or types.is_floating(kind) or types.is_timestamp(kind) or types.is_date(kind)
             ok = ok or types.is_string(kind) or types.is_large_string(kind)
         else:
             ok = types.is_integer(kind) or types.is_floating(kind) or types.is_decimal(kind)
@@ -124,8 +125,9 @@ def from_parquet(
     if not path.exists():
         raise DataError(f"{path}: file not found")
     pa = _pyarrow()
+    skipped: list[str] = []
     try:
-        dataset = pa.parquet.ParquetDataset(path)
+        dataset, skipped = _open(path)
         schema = dataset.schema
     except (pa.ArrowException, OSError) as unreadable:
         raise DataError(f"{path}: not a readable Parquet file or folder: {unreadable}") from unreadable
@@ -133,36 +135,99 @@ def from_parquet(
     roles = resolve_columns(labels, role_columns(columns), True, path, allow_extra)
     _check_types(schema, roles, path)
     wanted = list(dict.fromkeys(roles.values()))
-    try:
-        table = dataset.read(columns=wanted)
-    except (pa.ArrowException, OSError) as unreadable:
-        raise DataError(f"{path}: cannot read columns {wanted}: {unreadable}") from unreadable
-    for column in wanted:  # dates to timestamps, so that pandas gives datetimes and not Python date objects
-        kind = table.schema.field(column).type
-        if pa.types.is_date(kind):
-            table = table.set_column(
-                table.schema.get_field_index(column), column, table[column].cast(pa.timestamp("s"))
-            )
-    frame = table.to_pandas()
+    table = _read(dataset, wanted, path)
+    frame = _frame(table, wanted, path)
     for role in ("user", "item"):
-        column = roles[role]
-        if frame[column].dtype.kind == "f":
-            _whole_ids(frame, column, role, path)
-        elif str(frame[column].dtype) == "category":
-            frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+        if frame[roles[role]].dtype.kind == "f":
+            _whole_ids(frame, roles[role], role, path)
     logger.info("%s: read %d row(s) of column(s) %s", path, len(frame), wanted)
-    ds = from_dataframe(
-        frame,
-        user=roles["user"],
-        item=roles["item"],
-        rating=roles.get("rating"),
-        timestamp=roles.get("timestamp"),
-        weight=roles.get("weight"),
-        feedback=feedback,
-        positive_threshold=positive_threshold,
-        name=name or path.name.split(".")[0],
-        min_user_ratings=min_user_ratings,
-        source=str(path),
-    )
-    ds.report = {"columns_read": wanted, **ds.report}
+    try:
+        ds = from_dataframe(
+            frame,
+            user=roles["user"],
+            item=roles["item"],
+            rating=roles.get("rating"),
+            timestamp=roles.get("timestamp"),
+            weight=roles.get("weight"),
+            feedback=feedback,
+            positive_threshold=positive_threshold,
+            name=name or path.name.split(".")[0],
+            min_user_ratings=min_user_ratings,
+            source=str(path),
+        )
+    except DataError as bad:
+        raise _in_file(bad, dataset, path) from bad
+    ds.report = {"columns_read": wanted, **({"files_skipped": len(skipped)} if skipped else {}), **ds.report}
     return ds
+
+
+def _open(path: Path) -> tuple[Any, list[str]]:
+    """The pyarrow dataset of a file, or of a folder's Parquet files (by their magic bytes; the others, a stray
+    ``notes.csv``, are left out and named in a warning) with hive partition keys (``day=2024-01-08/``) as text:
+    a key is a folder name, and ``007`` and ``7`` are two ids, not one integer."""
+    import pyarrow.dataset as pads
+
+    pa = _pyarrow()
+    if not path.is_dir():
+        return pads.dataset(str(path), format="parquet"), []
+    files = sorted(
+        f
+        for f in path.rglob("*")
+        if f.is_file() and not any(p.startswith(("_", ".")) for p in f.relative_to(path).parts)
+    )
+    parquet = [f for f in files if is_parquet(f)]
+    skipped = [str(f.relative_to(path)) for f in files if f not in parquet]
+    if skipped:
+        logger.warning("%s: %d file(s) that are not Parquet left out: %s", path, len(skipped), ", ".join(skipped[:5]))
+    folders = [part for f in parquet for part in f.relative_to(path).parts[:-1]]
+    keys = list(dict.fromkeys(part.split("=", 1)[0] for part in folders if "=" in part))
+    text = pads.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive") if keys else None
+    files = [str(f) for f in parquet]
+    return pads.dataset(files, format="parquet", partitioning=text, partition_base_dir=str(path)), skipped
+
+
+def _read(dataset: Any, columns: list[str], path: Path) -> Any:
+    """The named columns as one table, or a :class:`DataError` naming the first file that cannot give them (a
+    folder whose files disagree on a column's type)."""
+    pa = _pyarrow()
+    try:
+        return dataset.to_table(columns=columns)
+    except (pa.ArrowException, OSError) as unreadable:
+        for fragment in dataset.get_fragments():
+            try:
+                fragment.to_table(schema=dataset.schema, columns=columns)
+            except (pa.ArrowException, OSError) as its_own:
+                raise DataError(f"{fragment.path}: cannot read columns {columns}: {its_own}") from unreadable
+        raise DataError(f"{path}: cannot read columns {columns}: {unreadable}") from unreadable
+
+
+def _frame(table: Any, columns: list[str], path: Path) -> Any:
+    """The table as a pandas frame: dictionary columns decoded (pandas' categoricals are not ids), dates as
+    timestamps (pandas would give Python date objects)."""
+    pa = _pyarrow()
+    for column in columns:
+        index = table.schema.get_field_index(column)
+        kind = table.schema.field(column).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+            table = table.set_column(index, column, table[column].cast(kind))
+        if pa.types.is_date(kind):
+            table = table.set_column(index, column, table[column].cast(pa.timestamp("s")))
+    try:
+        return table.to_pandas()
+    except (pa.ArrowException, ValueError) as unreadable:
+        raise DataError(f"{path}: cannot convert columns {columns} to a frame: {unreadable}") from unreadable
+
+
+def _in_file(bad: DataError, dataset: Any, path: Path) -> DataError:
+    """A folder's error with its file: ``row N`` of the concatenated rows, also as the file and its own row."""
+    found = re.search(r" row (\d+) ", str(bad))
+    if not path.is_dir() or found is None:
+        return bad
+    row = int(found.group(1))
+    for fragment in dataset.get_fragments():
+        count = fragment.count_rows()
+        if row < count:
+            return DataError(f"{bad} (the folder's rows in file order: {fragment.path}, its row {row})")
+        row -= count
+    return bad

@@ -41,6 +41,7 @@ __all__ = [
     "dcg_discounts",
     "tie_averaged_discount",
     "ndcg_at_k",
+    "relevance_gains",
     "auc",
     "hit_rate_at_k",
     "rating_errors",
@@ -95,20 +96,42 @@ def tie_averaged_discount(scores: jax.Array, mask: jax.Array, k: int) -> jax.Arr
     return jnp.where(real, discount, 0.0)
 
 
-def ndcg_at_k(scores: jax.Array, targets: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """nDCG@k of one user's query set, with gain ``2^r - 1`` and a tie-averaged ranking.
+#: the longest rating scale (from its zero) whose nDCG gain is exponential, ``2^r - 1``: MovieLens's 0.5-5 and 1-5
+#: and any 1-10 scale; on a longer one (0-100) ``2^r`` would let the top rating alone decide, and overflow float32
+#: beyond 127, so the gain is the grade itself (Jarvelin and Kekalainen's linear graded relevance)
+EXPONENTIAL_GAIN_MAX = 10.0
+
+
+def relevance_gains(targets: jax.Array, rating_range: Sequence[float] | None = None) -> jax.Array:
+    """nDCG's gain of each rating: ``2^g - 1`` of the grade ``g = r - min(low, 0)`` (the scale moved up when it
+    reaches below 0, so that no gain is negative), or ``g`` itself when ``high - min(low, 0)`` exceeds
+    :data:`EXPONENTIAL_GAIN_MAX`. Without a range, ``2^r - 1`` (0/1 labels: gains 0 and 1)."""
+    targets = targets.astype(jnp.float32)
+    if rating_range is None:
+        return jnp.exp2(targets) - 1.0
+    zero = min(float(rating_range[0]), 0.0)
+    grade = targets - zero
+    return jnp.exp2(grade) - 1.0 if float(rating_range[1]) - zero <= EXPONENTIAL_GAIN_MAX else grade
+
+
+def ndcg_at_k(
+    scores: jax.Array, targets: jax.Array, mask: jax.Array, k: int, rating_range: Sequence[float] | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """nDCG@k of one user's query set, with the gains of :func:`relevance_gains` (``2^r - 1`` on MovieLens's
+    scales) and a tie-averaged ranking.
 
     Args:
       scores: ``[Q]`` predicted scores.
       targets: ``[Q]`` true ratings.
       mask: ``[Q]``, false for padding rows.
       k: the cut-off.
+      rating_range: the scale ``(low, high)``, which sets the gains (see :func:`relevance_gains`).
 
     Returns:
       ``(nDCG@k, weight)``; the weight is 0 (and nDCG 0) when ``IDCG = 0``, else 1.
     """
     real = mask.astype(bool)
-    gains = jnp.where(real, jnp.exp2(targets.astype(jnp.float32)) - 1.0, 0.0)
+    gains = jnp.where(real, relevance_gains(targets, rating_range), 0.0)
     dcg = jnp.sum(gains * tie_averaged_discount(scores, real, k))
     ideal_gains = -jnp.sort(-jnp.where(real, gains, -jnp.inf))  # descending, padding last
     ideal_gains = jnp.where(jnp.isfinite(ideal_gains), ideal_gains, 0.0)
@@ -216,7 +239,7 @@ def user_statistics(
     def one_user(s, t, m):
         out = dict(rating_errors(s, t, m, None if implicit else rating_range))
         for k in ks:
-            out[f"ndcg@{k}"], out[f"ndcg@{k}/w"] = ndcg_at_k(s, t, m, k)
+            out[f"ndcg@{k}"], out[f"ndcg@{k}/w"] = ndcg_at_k(s, t, m, k, None if implicit else rating_range)
         if implicit:
             out["auc"], out["auc/w"] = auc(s, t, m)
             for k in ks:

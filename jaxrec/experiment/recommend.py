@@ -140,15 +140,17 @@ def read_user_ratings(
         raw_items, values = raw_items[~below], values[~below]
     codes = item_codes_of(raw_items, np.asarray(item_ids))
     unknown = codes < 0
+    what = "interaction(s)" if implicit else "rating(s)"
     if unknown.any():
         shown = ", ".join(map(str, raw_items[unknown][:5])) + (" ..." if unknown.sum() > 5 else "")
-        notes.append(f"ignored {int(unknown.sum())} rating(s) of unknown item id(s): {shown}")
+        notes.append(f"ignored {int(unknown.sum())} {what} with unknown item id(s): {shown}")
     codes, values = codes[~unknown], values[~unknown]
     if len(codes) == 0:
-        raise RunError(f"--ratings {path}: none of the rated items is known to the model's dataset")
+        raise RunError(f"--ratings {path}: none of the items is known to the model's dataset")
     last = len(codes) - 1 - np.unique(codes[::-1], return_index=True)[1]  # last occurrence of each item
     if len(last) < len(codes):
-        notes.append(f"{len(codes) - len(last)} duplicate rating(s): kept the last rating of each item")
+        kept = "kept one of each item" if implicit else "kept the last rating of each item"
+        notes.append(f"{len(codes) - len(last)} duplicate {what}: {kept}")
     keep = np.sort(last)
     return codes[keep].astype(np.int32), values[keep].astype(np.float32), notes
 
@@ -184,9 +186,15 @@ def _is_number(text: str) -> bool:
 def item_codes_of(raw_items, item_ids):
     """Dataset codes of raw item id strings (-1 when unknown); ids compare as integers when the dataset's are."""
     if item_ids.dtype.kind in "iu":
-        numeric = pd.to_numeric(pd.Series(raw_items), errors="coerce").to_numpy(np.float64)
-        whole = np.isfinite(numeric) & (numeric == np.round(numeric)) & (np.abs(numeric) < 2**62)
-        query = np.where(whole, numeric, -(2**62)).astype(np.int64)
+        # integers from their digits (exact beyond 2^53, where float64 would merge neighbouring ids); a whole number
+        # written as a float ("42.0") only while float64 holds it exactly
+        text = pd.Series(raw_items, dtype=object).astype(str).str.strip()
+        digits = text.str.fullmatch(r"[+-]?\d{1,18}").to_numpy(bool)
+        numeric = pd.to_numeric(text.where(~digits), errors="coerce").to_numpy(np.float64)
+        written = np.isfinite(numeric) & (numeric == np.round(numeric)) & (np.abs(numeric) < 2**53)
+        query = np.where(written, numeric, -(2**62)).astype(np.int64)
+        query[digits] = [int(t) for t in text[digits]]
+        whole = digits | written
     else:
         query, whole = np.asarray(raw_items).astype(str), np.ones(len(raw_items), bool)
         item_ids = item_ids.astype(str)

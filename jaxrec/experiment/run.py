@@ -224,6 +224,7 @@ class TrainingRun:
             raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
         self.nonfinite = nonfinite
         self.items: dict | None = None  # the catalogue's record, written by start()
+        self.interactions = experiment.dataset.fingerprint()  # once: every checkpoint records the same log
         self.epoch_stats = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -273,6 +274,7 @@ class TrainingRun:
             "dataset": self.exp.dataset.name,
             "config": self.exp.config.to_dict(),
             "featurizer": self.exp.featurizer.to_dict(),
+            "interactions": self.interactions,
             "tuned": self.exp.tuned,
             "items": self.items,
             "skipped": int(state.skipped),
@@ -427,12 +429,21 @@ def _check_same_data(meta: dict, experiment, folder: Path) -> None:
     def encoding(record: dict) -> dict:  # what the ids mean; the dataset's name (a file's stem) is not part of it
         return {k: v for k, v in record.items() if k != "dataset"}
 
+    data = meta.get("config", {}).get("data") or {}
+    source = data.get("path") or data.get("dataset") or meta.get("dataset")
     if encoding(_jsonable(experiment.featurizer.to_dict())) != encoding(saved):
-        data = meta.get("config", {}).get("data") or {}
-        source = data.get("path") or data.get("dataset") or meta.get("dataset")
         raise CheckpointError(
             f"{folder}: the data no longer matches the checkpoint (users, items or their features changed since "
             f"it was written from {source!r}); train again on the current data"
+        )
+    then = meta.get("interactions")  # absent from checkpoints written before it was recorded
+    now = experiment.dataset.fingerprint()
+    if then is not None and then != now:
+        raise CheckpointError(
+            f"{folder}: the interactions differ from those the run was trained on from {source!r} ({then['rows']} "
+            f"rows of {', '.join(then['columns'])} then, {now['rows']} rows of {', '.join(now['columns'])} now): "
+            "the same users and items, another log or another reading of it (--columns, --positive-threshold); "
+            "the splits would not be the run's"
         )
 
 
