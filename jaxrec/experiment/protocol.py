@@ -905,12 +905,14 @@ class Experiment:
           params: the meta-learned parameters.
 
         Returns:
-          ``{"dataset": ..., "config": {...}, "tuned": {...}, "scenarios": {...}}``.
+          ``{"dataset": ..., "config": {...}, "tuned": {...}, "data_report": {...}, "scenarios": {...}}``; the data
+          report counts what reading the log dropped or merged (:attr:`~jaxrec.data.Dataset.report`).
         """
         return {
             "dataset": self.dataset.name,
             "config": self.config.to_dict(),
             "tuned": self.tuned,
+            "data_report": dict(self.dataset.report),
             "scenarios": self.evaluate(params),
         }
 
