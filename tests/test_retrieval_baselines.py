@@ -112,7 +112,7 @@ def test_ease_matches_the_closed_form_and_its_kkt_condition(monkeypatch):
     G = Xd.T @ Xd + l2 * np.eye(15)
     P = np.linalg.inv(G)
     B_ref = np.eye(15) - P / np.diag(P)[None, :]  # I - P diag(1 / diag(P))
-    model = rb.fit_ease(X, l2=l2)
+    model = rb.fit_ease(X, l2=l2, dtype=np.float64)
     B = model.dense_weights().astype(np.float64)
     np.testing.assert_allclose(B, B_ref, atol=1e-6)
     assert np.all(np.diag(B) == 0)
@@ -124,9 +124,31 @@ def test_ease_matches_the_closed_form_and_its_kkt_condition(monkeypatch):
     np.testing.assert_allclose(np.diag(residual), -1.0 / np.diag(P), rtol=1e-5)
     np.testing.assert_allclose(model.scores(S), S.toarray() @ B_ref, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(rb, "_BLOCK_ELEMENTS", 30)  # Gram and symmetrisation in blocks of two rows
-    np.testing.assert_allclose(rb.fit_ease(X, l2=l2).weights, model.weights, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(rb.fit_ease(X, l2=l2, dtype=np.float64).weights, model.weights, rtol=1e-6, atol=1e-7)
     single = rb.fit_ease(X, l2=l2, dtype=np.float32)
     np.testing.assert_allclose(single.weights, model.weights, rtol=1e-4, atol=1e-5)
+
+
+def test_ease_factorises_in_float32_while_the_system_is_well_conditioned(monkeypatch):
+    """``dtype="auto"`` (the default) halves EASE's memory and time where float32 is exact enough: cond(G) = 1 +
+    ||X||^2 / l2 at most 1e4; a log of large counts with a small ridge is factorised in float64."""
+    seen = []
+    factorise = scipy.linalg.cho_factor
+    monkeypatch.setattr(rb.scipy.linalg, "cho_factor", lambda G, **kw: seen.append(G.dtype) or factorise(G, **kw))
+    X = random_interactions(50, 15, 0.3, seed=3)
+    top = np.linalg.norm(X.toarray(), 2)
+    assert rb.ease_precision(X, 7.0) == np.float32 and 1 + top**2 / 7.0 < 1e4
+    auto = rb.fit_ease(X, l2=7.0)
+    np.testing.assert_array_equal(auto.weights, rb.fit_ease(X, l2=7.0, dtype=np.float32).weights)
+    np.testing.assert_allclose(auto.weights, rb.fit_ease(X, l2=7.0, dtype=np.float64).weights, rtol=1e-4, atol=1e-5)
+    counts = X * 1000.0  # play counts in the thousands: ||X||^2 / l2 far beyond 1e4
+    assert 1 + (1000 * top) ** 2 / 7.0 > 1e4
+    np.testing.assert_array_equal(
+        rb.fit_ease(counts, l2=7.0).weights, rb.fit_ease(counts, l2=7.0, dtype=np.float64).weights
+    )
+    assert seen == [np.float32, np.float32, np.float64, np.float64, np.float64]
+    one_user = random_interactions(1, 15, 0.5, seed=5)  # a matrix too thin for the sparse SVD
+    assert rb.ease_precision(one_user, 1.0) == np.float32
 
 
 def test_ease_factorises_on_one_blas_thread(monkeypatch):

@@ -34,12 +34,14 @@ which inverts a dense item-item matrix and refuses more than :data:`EASE_MAX_ITE
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
+import scipy.sparse.linalg
 import threadpoolctl
 
 __all__ = [
@@ -53,6 +55,7 @@ __all__ = [
     "als_objective",
     "fit_baseline",
     "fit_content",
+    "ease_precision",
     "fit_ease",
     "fit_itemknn",
     "fit_mf",
@@ -62,9 +65,15 @@ __all__ = [
     "support_matrix",
 ]
 
-#: The largest dense item-item system :func:`fit_ease` accepts: ``30000**2`` float64 numbers are 7.2 GB, and the
-#: Cholesky factorisation and inverse take ``n**3`` flops (minutes on a workstation).
+#: The largest dense item-item system :func:`fit_ease` accepts: ``30000**2`` float64 numbers are 7.2 GB (float32:
+#: 3.6 GB), and the Cholesky factorisation and inverse take ``n**3`` flops (minutes on a workstation).
 EASE_MAX_ITEMS = 30000
+
+#: ``fit_ease(dtype="auto")`` factorises in float32 while ``cond(G)`` is at most this: the inverse's relative error
+#: is then at most about ``cond(G) * 6e-8``, 6e-4, far below the gaps between the scores that order a top-N list.
+EASE_FLOAT32_MAX_CONDITION = 1e4
+
+logger = logging.getLogger(__name__)
 
 # Dense blocks (Gram rows, outer products, stacked normal equations) hold at most this many float64 numbers.
 _BLOCK_ELEMENTS = 1 << 24
@@ -385,7 +394,7 @@ class EASEModel:
         return out
 
 
-def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = np.float64, max_items: int = EASE_MAX_ITEMS) -> EASEModel:
+def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = "auto", max_items: int = EASE_MAX_ITEMS) -> EASEModel:
     """Fit EASE, the embarrassingly shallow auto-encoder (Steck, WWW 2019).
 
     EASE solves ``min_B ||X - X B||_F^2 + l2 ||B||_F^2`` subject to ``diag(B) = 0``. With ``G = X^T X + l2 I`` and
@@ -395,38 +404,41 @@ def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = np.float64, max_items: i
 
     which satisfies ``G B = G - diag(1 / diag(P))``. ``G`` is symmetric positive definite, so ``P`` comes from its
     Cholesky factor (LAPACK ``potrf``, on one BLAS thread, + ``potri``), in place in one dense ``n x n`` array of
-    ``dtype``: float64 by default; float32 halves the memory and time, and is accurate while ``cond(G) <= 1 +
-    ||X||_2^2 / l2`` stays far below ``1e7``. Items without any training interaction form a diagonal block
-    ``l2 I`` of ``G`` and get exactly zero weights, so the dense system is restricted to the items seen in training.
+    ``dtype``. float32 halves the memory and time, and is accurate while ``cond(G) = 1 + ||X||_2^2 / l2`` stays far
+    below ``1e7`` (its relative error is about ``cond(G) * 6e-8``); ``"auto"`` takes it up to
+    :data:`EASE_FLOAT32_MAX_CONDITION` (``||X||_2`` from a sparse SVD), float64 beyond. Items without any training
+    interaction form a diagonal block ``l2 I`` of ``G`` and get exactly zero weights, so the dense system is
+    restricted to the items seen in training.
 
     Args:
       X: the training interactions ``[n_train_users, n_items]``.
       l2: the ridge strength ``lambda`` (> 0); Steck uses a few hundred on MovieLens-20M.
-      dtype: the precision of the factorisation, ``np.float64`` or ``np.float32``.
+      dtype: the precision of the factorisation, ``"auto"``, ``np.float64`` or ``np.float32``.
       max_items: the largest dense system accepted.
 
     Returns:
       The :class:`EASEModel`.
 
     Raises:
-      ValueError: if ``X`` is empty or holds non-finite weights, ``l2 <= 0``, ``dtype`` is not float32 or
-        float64, or more than ``max_items`` items have training interactions (``P`` is a dense ``n x n`` inverse:
-        ``8 n^2`` bytes in float64 and ``n^3`` flops).
+      ValueError: if ``X`` is empty or holds non-finite weights, ``l2 <= 0``, ``dtype`` is not ``"auto"``,
+        float32 or float64, or more than ``max_items`` items have training interactions (``P`` is a dense ``n x n``
+        inverse: ``8 n^2`` bytes in float64 and ``n^3`` flops).
     """
     X = _train_matrix(X)
     l2 = _positive(l2, "l2")
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float64 or float32, got {dtype}")
+    if not (isinstance(dtype, str) and dtype == "auto") and np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be 'auto', float64 or float32, got {dtype}")
     items = np.flatnonzero(np.diff(X.tocsc().indptr))
     n = items.size
     if n > max_items:
+        width = 4 if isinstance(dtype, str) else np.dtype(dtype).itemsize  # "auto": float32 at the least
         raise ValueError(
             f"EASE inverts a dense item-item matrix: {n} items with training interactions need "
-            f"{dtype.itemsize * n * n / 1e9:.1f} GB and ~{n**3 / 1e12:.0f} Tflop, over the limit of {max_items} items "
+            f"{width * n * n / 1e9:.1f} GB and ~{n**3 / 1e12:.0f} Tflop, over the limit of {max_items} items "
             "(prune the catalogue to the most popular items, or use itemknn or mf)"
         )
     Xa = X[:, items]
+    dtype = ease_precision(Xa, l2) if isinstance(dtype, str) else np.dtype(dtype)
     G = np.empty((n, n), dtype)
     for start, stop, block in _gram_blocks(Xa):
         G[start:stop] = block
@@ -445,6 +457,21 @@ def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = np.float64, max_items: i
     P /= -diagonal[None, :]
     P[np.diag_indices(n)] = 0.0
     return EASEModel(items=items.astype(np.int64), weights=P.astype(np.float32, copy=False), n_items=int(X.shape[1]))
+
+
+def ease_precision(X: sp.csr_matrix, l2: float) -> np.dtype:
+    """The precision ``fit_ease(dtype="auto")`` factorises ``G = X^T X + l2 I`` in: float32 while ``cond(G) = 1 +
+    ||X||_2^2 / l2 <= EASE_FLOAT32_MAX_CONDITION``, else float64 (``||X||_2``, the largest singular value, from
+    ARPACK started at the ones vector: the same answer on every run)."""
+    if min(X.shape) < 2:
+        top = float(np.linalg.norm(X.toarray(), 2))
+    else:
+        v0 = np.ones(min(X.shape))
+        top = float(scipy.sparse.linalg.svds(X.astype(np.float64), k=1, v0=v0, return_singular_vectors=False)[0])
+    condition = 1.0 + top * top / l2
+    chosen = np.dtype(np.float32 if condition <= EASE_FLOAT32_MAX_CONDITION else np.float64)
+    logger.debug("EASE at l2 %g: cond(G) = %.3g, factorised in %s", l2, condition, chosen)
+    return chosen
 
 
 def _symmetrise_from_upper(P: np.ndarray) -> None:
