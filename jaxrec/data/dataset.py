@@ -1166,11 +1166,7 @@ def from_csv(
         _warn_rating_ignored(path, list(roles))
     ds = from_dataframe(
         frame,
-        user=roles["user"],
-        item=roles["item"],
-        rating=roles.get("rating"),
-        timestamp=roles.get("timestamp"),
-        weight=roles.get("weight"),
+        **role_arguments(roles),
         feedback=feedback,
         positive_threshold=positive_threshold,
         name=name or path.name.split(".")[0],
@@ -1197,6 +1193,15 @@ def _warn_rating_ignored(path: Path, roles: list[str]) -> None:
         as_weight.split(","),
         as_weight,
     )
+
+
+def role_arguments(roles: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`from_dataframe`'s column arguments from a map of roles to columns (:func:`resolve_columns`)."""
+    return {
+        "user": roles["user"],
+        "item": roles["item"],
+        **{r: roles.get(r) for r in ("rating", "timestamp", "weight")},
+    }
 
 
 def role_columns(columns: Any) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxrec.data.dataset import DataError, Dataset, from_dataframe, resolve_columns, role_columns
+from jaxrec.data.dataset import DataError, Dataset, from_dataframe, resolve_columns, role_arguments, role_columns
 
 __all__ = ["from_parquet", "is_parquet"]
 
@@ -144,11 +144,7 @@ def from_parquet(
     try:
         ds = from_dataframe(
             frame,
-            user=roles["user"],
-            item=roles["item"],
-            rating=roles.get("rating"),
-            timestamp=roles.get("timestamp"),
-            weight=roles.get("weight"),
+            **role_arguments(roles),
             feedback=feedback,
             positive_threshold=positive_threshold,
             name=name or path.name.split(".")[0],
