@@ -44,7 +44,7 @@ def is_parquet(path: str | os.PathLike) -> bool:
 def _pyarrow():
     try:
         import pyarrow
-        import pyarrow.parquet
+        import pyarrow.dataset
     except ImportError as missing:
         raise DataError(f"reading Parquet needs pyarrow ({missing}): pip install 'jaxrec[parquet]'") from missing
     return pyarrow
@@ -161,25 +161,25 @@ def _open(path: Path) -> tuple[Any, list[str]]:
     """The pyarrow dataset of a file, or of a folder's Parquet files (by their magic bytes; the others, a stray
     ``notes.csv``, are left out and named in a warning) with hive partition keys (``day=2024-01-08/``) as text:
     a key is a folder name, and ``007`` and ``7`` are two ids, not one integer."""
-    import pyarrow.dataset as pads
-
     pa = _pyarrow()
     if not path.is_dir():
-        return pads.dataset(str(path), format="parquet"), []
-    files = sorted(
+        return pa.dataset.dataset(str(path), format="parquet"), []
+    found = sorted(
         f
         for f in path.rglob("*")
         if f.is_file() and not any(p.startswith(("_", ".")) for p in f.relative_to(path).parts)
     )
-    parquet = [f for f in files if is_parquet(f)]
-    skipped = [str(f.relative_to(path)) for f in files if f not in parquet]
+    parquet = [f for f in found if is_parquet(f)]
+    if not parquet:
+        raise DataError(f"{path}: a folder without Parquet files")
+    skipped = [str(f.relative_to(path)) for f in found if f not in parquet]
     if skipped:
         logger.warning("%s: %d file(s) that are not Parquet left out: %s", path, len(skipped), ", ".join(skipped[:5]))
     folders = [part for f in parquet for part in f.relative_to(path).parts[:-1]]
     keys = list(dict.fromkeys(part.split("=", 1)[0] for part in folders if "=" in part))
-    text = pads.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive") if keys else None
+    text = pa.dataset.partitioning(pa.schema([(key, pa.string()) for key in keys]), flavor="hive") if keys else None
     files = [str(f) for f in parquet]
-    return pads.dataset(files, format="parquet", partitioning=text, partition_base_dir=str(path)), skipped
+    return pa.dataset.dataset(files, format="parquet", partitioning=text, partition_base_dir=str(path)), skipped
 
 
 def _read(dataset: Any, columns: list[str], path: Path) -> Any:
