@@ -467,7 +467,11 @@ def ease_precision(X: sp.csr_matrix, l2: float) -> np.dtype:
         top = float(np.linalg.norm(X.toarray(), 2))
     else:
         v0 = np.ones(min(X.shape))
-        top = float(scipy.sparse.linalg.svds(X.astype(np.float64), k=1, v0=v0, return_singular_vectors=False)[0])
+        try:
+            top = float(scipy.sparse.linalg.svds(X.astype(np.float64), k=1, v0=v0, return_singular_vectors=False)[0])
+        except scipy.sparse.linalg.ArpackError as unknown:  # no bound: the safe precision
+            logger.info("EASE at l2 %g: ||X||_2 not found (%s); factorised in float64", l2, unknown)
+            return np.dtype(np.float64)
     condition = 1.0 + top * top / l2
     chosen = np.dtype(np.float32 if condition <= EASE_FLOAT32_MAX_CONDITION else np.float64)
     logger.debug("EASE at l2 %g: cond(G) = %.3g, factorised in %s", l2, condition, chosen)
