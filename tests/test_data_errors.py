@@ -214,3 +214,13 @@ def test_recommend_matches_integer_ids_beyond_float64s_exact_range():
     asked = ["100000000000000001", "100000000000000005", " 100000000000000299 ", "100000000000000300", "x"]
     assert item_codes_of(asked, ids).tolist() == [1, 5, 299, -1, -1]
     assert item_codes_of(["5", "5.0", "+6", "6.5"], np.array([5, 6])).tolist() == [0, 0, 1, -1]
+
+
+def test_recommend_reads_ids_with_spaces_of_their_own(tmp_path):
+    """The log kept " padded " as an item (and serve took it); the command stripped it to an unknown "padded"."""
+    from jaxrec.experiment.recommend import read_user_ratings
+
+    ids = np.array([" padded ", "plain", "007", "7"], dtype=object)
+    path = _write(tmp_path / "mine.txt", ' padded \n  plain  \n"007"\n')
+    codes, weights, notes = read_user_ratings(path, ids, None, implicit=True)
+    assert codes.tolist() == [0, 1, 2] and weights.tolist() == [1.0, 1.0, 1.0] and notes == []

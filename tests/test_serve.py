@@ -378,3 +378,31 @@ def test_the_demo_page_of_an_implicit_model_sends_interactions(implicit_server, 
     assert len(after) == 10 and not {"song-04", "song-06"} & {item for item, _ in after}
     assert "adapted to 2 interaction(s)" in browser.find_element(By.ID, "status").text
     assert server.get("/health")[1]["requests"] - before["requests"] == 2
+
+
+def test_one_failing_request_does_not_fail_the_requests_batched_with_it():
+    """A user with every item of the catalogue failed the whole micro-batch: six good requests got 500s with it."""
+    import asyncio
+
+    from jaxrec.serve.batching import MicroBatcher
+
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        if "bad" in items:
+            raise ValueError("high <= 0")
+        return [item.upper() for item in items]
+
+    async def main():
+        batcher = MicroBatcher(run, max_batch=8, max_wait=0.05)
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit(x) for x in ("a", "b", "bad", "c")), return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(main())
+    assert answers[:2] == ["A", "B"] and answers[3] == "C"
+    assert isinstance(answers[2], ValueError) and "high <= 0" in str(answers[2])
+    assert calls[0] == ["a", "b", "bad", "c"] and sorted(map(tuple, calls[1:])) == [("a",), ("b",), ("bad",), ("c",)]

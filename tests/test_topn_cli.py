@@ -246,6 +246,16 @@ def test_a_count_column_read_as_ratings_is_one_clear_error(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_a_log_of_users_with_too_few_interactions_is_refused_before_training(tmp_path, capsys):
+    path = tmp_path / "short.csv"  # TOPN_FLAGS ask for 3 shots: no user has more than 3 interactions
+    path.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + j) % 40}\n" for u in range(120) for j in range(3)))
+    code = cli.main(["train", "--data", str(path), *TOPN_FLAGS, "--epochs", "1", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    assert "short.csv: none of the" in err and "validation user(s) has more than 3 interactions" in err
+    assert not (tmp_path / "r" / "checkpoints").exists()  # refused before any training
+
+
 def test_a_catalogue_of_one_item_is_one_clear_error(tmp_path, capsys):
     path = tmp_path / "one.csv"
     path.write_text("user,item\n" + "".join(f"u{u},only\n" for u in range(10)))
@@ -295,6 +305,20 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     rows.write_text("item,rating\nsong-00,1\nsong-02,1\nsong-04,1\n")
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(rows), "-k", "5"]) == 0
     assert [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line] == listed
+
+
+def test_a_user_with_every_item_gets_an_empty_list_not_an_error(topn_run, tmp_path, monkeypatch):
+    """No item is left to contrast theirs with: the negatives' draw had an empty range (ValueError: high <= 0)."""
+    lines = capture(monkeypatch)
+    catalogue = pd.read_csv(topn_run["out"] / "items.csv.gz", dtype=str, keep_default_na=False)["raw_id"]
+    every = tmp_path / "every.txt"
+    every.write_text("\n".join(catalogue) + "\n")
+    assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(every), "-k", "5"]) == 0
+    assert f"top 0 of {len(catalogue)} items" in "\n".join(lines)
+    lines.clear()
+    every.write_text("\n".join(catalogue[1:]) + "\n")  # all but one: that one is the list
+    assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(every), "-k", "5"]) == 0
+    assert [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line] == [catalogue[0]]
 
 
 def test_more_devices_than_the_machine_has_is_refused_clearly(topn_run, tmp_path, capsys):

@@ -113,6 +113,7 @@ def read_user_ratings(
     if len(frame) == 0:
         raise RunError(f"--ratings {path}: no ratings (only a header)")
     line_of = np.arange(len(frame)) + (2 if header else 1)
+    written = frame.iloc[:, item_col].to_numpy()  # an id with spaces of its own (" padded ") is matched as written
     raw_items = frame.iloc[:, item_col].str.strip().to_numpy()
     values = pd.to_numeric(frame.iloc[:, rating_col].str.strip(), errors="coerce").to_numpy(np.float64)
     bad = ~np.isfinite(values)
@@ -137,9 +138,12 @@ def read_user_ratings(
             )
         if below.any():
             notes.append(f"ignored {int(below.sum())} rating(s) below the positive threshold {positive_threshold:g}")
-        raw_items, values = raw_items[~below], values[~below]
+        raw_items, written, values = raw_items[~below], written[~below], values[~below]
     codes = item_codes_of(raw_items, np.asarray(item_ids))
     unknown = codes < 0
+    if unknown.any():
+        codes[unknown] = item_codes_of(written[unknown], np.asarray(item_ids))
+        unknown = codes < 0
     what = "interaction(s)" if implicit else "rating(s)"
     if unknown.any():
         shown = ", ".join(map(str, raw_items[unknown][:5])) + (" ..." if unknown.sum() > 5 else "")
@@ -158,7 +162,7 @@ def read_user_ratings(
 def _item_id_lines(path: Path) -> pd.DataFrame:
     """A file of item ids, one per line, as a one-column frame: each whole line is an id (``Earth, Wind & Fire``
     holds a comma but is one id); a line quoted as a whole (``"Earth, Wind & Fire"``) is unquoted; blank lines are
-    skipped.
+    skipped. Each id keeps its spaces: an id is matched without them first, then as written (``" padded "``).
 
     Raises:
       RunError: if the file holds no item id (it is empty or blank).
@@ -166,11 +170,11 @@ def _item_id_lines(path: Path) -> pd.DataFrame:
     ids = []
     with open(path, encoding="utf-8-sig") as f:
         for line in f:
-            text = line.strip()
-            if len(text) >= 2 and text[0] == text[-1] == '"':
-                text = text[1:-1].replace('""', '"').strip()
-            if text:
-                ids.append(text)
+            text, bare = line.rstrip("\r\n"), line.strip()
+            if len(bare) >= 2 and bare[0] == bare[-1] == '"':
+                text = bare[1:-1].replace('""', '"')
+            if bare:
+                ids.append(text)  # as written: the caller matches it stripped, else with its own spaces
     if not ids:
         raise RunError(f"--ratings {path}: the file holds no item ids (expected one item id per line)")
     return pd.DataFrame({0: pd.Series(ids, dtype=str)})
@@ -384,8 +388,9 @@ class TopNRecommender:
         rows = self.featurizer.user_rows(np.full(items.shape, -1))
         rows.update(self.featurizer.item_rows(items))
         rows["weight"] = np.where(mask, weights, 0.0).astype(np.float32)
-        rows.update(self.featurizer.item_rows(self._negatives(items, mask), prefix="neg_"))
-        rows["neg_mask"] = np.broadcast_to(mask[:, :, None], (batch, size, self.negatives)).copy()
+        negatives, drawn = self._negatives(items, mask)
+        rows.update(self.featurizer.item_rows(negatives, prefix="neg_"))
+        rows["neg_mask"] = (mask[:, :, None] & drawn[:, None, None]) & np.ones((1, 1, self.negatives), bool)
         logq = np.float32(-np.log(len(self.trained_items)))
         rows["logq"] = np.where(mask, logq, 0.0).astype(np.float32)
         rows["neg_logq"] = np.where(rows["neg_mask"], logq, 0.0).astype(np.float32)
@@ -393,8 +398,10 @@ class TopNRecommender:
             rows["history_item"], _ = support_history(rows["item"], mask, 0, self.history)
         return rows, mask
 
-    def _negatives(self, items: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """``[B, S, negatives]`` codes: for each user, uniform draws from the trained items that are not theirs.
+    def _negatives(self, items: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[B, S, negatives]`` codes: for each user, uniform draws from the trained items that are not theirs,
+        and ``[B]`` whether the user has any such item (one who has every trained item gets placeholder codes,
+        masked out by the caller: no negative to contrast their items with, and nothing left to recommend).
 
         A draw ``r`` in ``[0, n_u)`` (``n_u``: the user's pool size) is the ``r``-th trained item that is not the
         user's: ``r`` plus the number of the user's items at or before it in the trained order (their sorted
@@ -411,12 +418,15 @@ class TopNRecommender:
         marked = np.sort(np.where(distinct & (marked < n), marked, n + size), axis=1)
         counts = np.sum(marked < n, axis=1)
         shifted = np.where(marked < n, marked - np.arange(size), 2 * (n + size))
-        draws = np.stack([np.random.default_rng(self.seed).integers(0, n - c, (size, self.negatives)) for c in counts])
+        pools = n - counts
+        draws = np.stack(
+            [np.random.default_rng(self.seed).integers(0, max(pool, 1), (size, self.negatives)) for pool in pools]
+        )
         offset = (np.arange(batch) * 4 * (n + size))[:, None]
         flat = (shifted + offset).ravel()
         before = np.searchsorted(flat, (draws.reshape(batch, -1) + offset).ravel(), side="right")
         before = before.reshape(batch, -1) - (np.arange(batch) * size)[:, None]
-        return trained[draws + before.reshape(draws.shape)]
+        return trained[np.minimum(draws + before.reshape(draws.shape), n - 1)], pools > 0
 
     def model_scores(self, item_codes, weights):
         """The adapted model's score of every item (indexed by dataset code)."""

@@ -211,6 +211,12 @@ class TopNExperiment:
         if len(self.train_tasks) == 0:
             raise DataError(f"no meta-train task: {self.train_tasks.summary()}; a task needs two interactions")
         self.val_tasks = self._eval_tasks(self.split.validation)
+        if len(self.val_tasks) == 0:  # every choice is made on them: refused before any training, not after it
+            users = self.split.validation["user"].nunique()
+            raise DataError(
+                f"{self.dataset.source}: none of the {users} validation user(s) has more than {top.shots} "
+                "interactions (a support of --shots and a query to score); lower --shots or raise --val-frac"
+            )
         self.scenario_tasks = {}
         for name, frame in self.split.scenarios.items():
             tasks = self._scenario_tasks(name, frame)

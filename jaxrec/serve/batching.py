@@ -96,13 +96,36 @@ class MicroBatcher:
             try:
                 results = await loop.run_in_executor(self._executor, self.run, [item for item, _ in live])
             except Exception as e:  # noqa: BLE001 - the error belongs to this batch's requests, not to the service
-                logger.exception("a batch of %d request(s) failed", len(live))
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(e)
+                if len(live) == 1:
+                    logger.exception("a request failed")
+                    self._settle(live[0][1], error=e)
+                    continue
+                # one request's failure is not its neighbours': each runs again alone, to fail or answer by itself
+                logger.warning(
+                    "a batch of %d request(s) failed (%s: %s); each runs alone", len(live), type(e).__name__, e
+                )
+                for item, future in live:
+                    try:
+                        (result,) = await loop.run_in_executor(self._executor, self.run, [item])
+                    except Exception as alone:  # noqa: BLE001 - this request's own error
+                        logger.exception("a request failed")
+                        self._settle(future, error=alone)
+                    else:
+                        self.batches += 1
+                        self.items += 1
+                        self._settle(future, result=result)
                 continue
             self.batches += 1
             self.items += len(live)
             for (_, future), result in zip(live, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+                self._settle(future, result=result)
+
+    @staticmethod
+    def _settle(future: asyncio.Future, *, result: Any = None, error: BaseException | None = None) -> None:
+        """Answer a request's future, unless its client has gone."""
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
