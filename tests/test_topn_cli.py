@@ -299,12 +299,14 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     assert "3 interaction(s)" in text and "unknown item id(s): song-99" in text
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert len(listed) == 5 and not {"song-00", "song-02", "song-04"} & set(listed)
-    # the same items as item,rating rows give the same list
+    scored = [line for line in lines if "(item " in line]
+    # the same items as item,rating rows give the same list: each an interaction of weight 1, whatever its rating,
+    # as in training and in the service (the ratings were read as the fold-in's confidences)
     lines.clear()
     rows = tmp_path / "mine.csv"
-    rows.write_text("item,rating\nsong-00,1\nsong-02,1\nsong-04,1\n")
+    rows.write_text("item,rating\nsong-00,5\nsong-02,3\nsong-04,1\n")
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(rows), "-k", "5"]) == 0
-    assert [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line] == listed
+    assert [line for line in lines if "(item " in line] == scored  # the same items with the same scores
 
 
 def test_a_user_with_every_item_gets_an_empty_list_not_an_error(topn_run, tmp_path, monkeypatch):

@@ -61,7 +61,8 @@ def read_user_ratings(
       positive_threshold: the run's ``positive_threshold`` (implicit only).
 
     Returns:
-      ``(item codes, ratings, notes)``: int32 codes, float32 ratings and the notes for the user.
+      ``(item codes, ratings, notes)``: int32 codes, float32 ratings (for a top-N model the weights, 1 each) and the
+      notes for the user.
 
     Raises:
       RunError: if the file is missing or does not parse as ``item,rating`` lines, has no usable rating, or holds
@@ -156,6 +157,8 @@ def read_user_ratings(
         kept = "kept one of each item" if implicit else "kept the last rating of each item"
         notes.append(f"{len(codes) - len(last)} duplicate {what}: {kept}")
     keep = np.sort(last)
+    if implicit:  # a kept rating is one interaction of weight 1, as in training and as the service reads it
+        values = np.ones_like(values)
     return codes[keep].astype(np.int32), values[keep].astype(np.float32), notes
 
 
