@@ -748,6 +748,10 @@ def _run(argv: Sequence[str] | None) -> int:
     keep_freed_host_memory()
     try:
         return COMMANDS[args.command](args)
+    except BrokenPipeError:  # the reader of the output left (`jaxrec recommend ... | head -3`): nothing to say
+        with contextlib.suppress(OSError):  # nor anything to flush at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except OSError as e:  # the OS refused something the run needed: a full disk, a missing or read-only place
         if debug:
             raise

@@ -2,7 +2,9 @@
 datasets, and the clear one-line errors."""
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -86,6 +88,22 @@ def test_evaluate_prints_the_table_and_writes_the_document(run, tmp_path, capsys
         json.loads(target.read_text())["scenarios"]
         == json.loads((run["out"] / "metrics.json").read_text())["scenarios"]
     )
+
+
+def test_recommend_into_a_pipe_closed_early_ends_quietly(run, tmp_path):
+    """``jaxrec recommend ... | head -1`` printed "jaxrec: error: broken pipe"."""
+    ratings = tmp_path / "me.csv"
+    ratings.write_text("item,rating\n100,9\n101,2\n")
+    command = [sys.executable, "-m", "jaxrec", "recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings)]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first line: every write fails
+    try:
+        done = subprocess.run(command, stdout=write_end, stderr=subprocess.PIPE, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    err = done.stderr.decode()
+    assert "broken pipe" not in err.lower() and "Traceback" not in err and "error" not in err, err
+    assert done.returncode == 128 + signal.SIGPIPE
 
 
 def test_recommend_prints_unrated_top_k(run, tmp_path, capsys):
