@@ -135,7 +135,7 @@ def test_recommend_with_a_single_rating_and_no_header(run, tmp_path, capsys):
         ("item,rating\n100,11\n", "outside the model's rating scale"),
         ("item,rating\n", "no ratings"),
         ("", "empty"),
-        ("100\n101\n", "cannot tell the separator"),
+        ("100\n101\n", "expected lines of item,rating separated by a comma"),
     ],
 )
 def test_recommend_rejects_bad_ratings_files_clearly(run, tmp_path, capsys, content, message):

@@ -75,9 +75,14 @@ def read_user_ratings(
     try:
         try:
             sep = sniff_separator(path)
-        except DataError:
-            if not implicit:
-                raise
+        except DataError as unsplit:
+            if not implicit:  # the command has no --sep: say what the lines must look like
+                if "file is empty" in str(unsplit):
+                    raise
+                raise RunError(
+                    f"--ratings {path}: expected lines of item,rating separated by a comma, a tab, '|', ';' or '::' "
+                    "(this model predicts ratings: a bare list of items is for a top-N model)"
+                ) from None
             sep = None  # a list of item ids, one per line, has no separator to sniff
         if sep is None:
             frame = _item_id_lines(path)
