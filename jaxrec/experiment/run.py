@@ -254,7 +254,7 @@ class TrainingRun:
             self.items = write_items(self.out, self.exp.dataset)
         self.exp.use_tuned(meta.get("tuned"))  # the rate the run trained with, not tuned again
         checkpoint = self.store.restore(self.exp.template_state(), meta["step"])
-        _check_same_data(checkpoint.meta, self.exp, self.store.folder)
+        _check_same_data(checkpoint.meta, self.exp, self.store.folder, self.interactions)
         self.epoch_stats = dict(checkpoint.meta.get("data_position", {}).get("epoch_stats", self.epoch_stats))
         self._truncate_log(checkpoint.step)
         return self.exp.trainer.place(checkpoint.state)
@@ -420,8 +420,10 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
-def _check_same_data(meta: dict, experiment, folder: Path) -> None:
-    """The data must encode exactly as when the checkpoint was written, or ids would silently mean other items."""
+def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | None = None) -> None:
+    """The data must encode exactly as when the checkpoint was written, or ids would silently mean other items, and
+    hold the same interactions (``interactions``: the experiment's :meth:`~jaxrec.data.Dataset.fingerprint` when
+    the caller has it, else computed here)."""
     saved = meta.get("featurizer")
     if saved is None:
         raise CheckpointError(f"{folder}: the checkpoint has no featurizer record (not written by `jaxrec train`?)")
@@ -436,9 +438,11 @@ def _check_same_data(meta: dict, experiment, folder: Path) -> None:
             f"{folder}: the data no longer matches the checkpoint (users, items or their features changed since "
             f"it was written from {source!r}); train again on the current data"
         )
-    then = meta.get("interactions")  # absent from checkpoints written before it was recorded
-    now = experiment.dataset.fingerprint()
-    if then is not None and then != now:
+    then = meta.get("interactions")
+    if then is None:  # a checkpoint written before the interactions were recorded
+        return
+    now = interactions if interactions is not None else experiment.dataset.fingerprint()
+    if then != now:
         raise CheckpointError(
             f"{folder}: the interactions differ from those the run was trained on from {source!r} ({then['rows']} "
             f"rows of {', '.join(then['columns'])} then, {now['rows']} rows of {', '.join(now['columns'])} now): "
