@@ -493,11 +493,12 @@ def from_dataframe(
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}; the columns are {list(df.columns)}")
     if len(df) == 0:
         raise DataError(f"{where}: no ratings (the log is empty)")
+    encoded = {}  # role -> the ids' dense codes and sorted uniques, each distinct id checked once
     for role in ("user", "item"):
         ids = df[named[role]]
         nulls = ids.isna().to_numpy()
+        codes, uniques = pd.factorize(ids) if nulls.any() else _encode(ids.to_numpy())
         if pd.api.types.is_string_dtype(ids) or pd.api.types.is_object_dtype(ids):  # "" and "  " are no id either
-            codes, uniques = pd.factorize(ids)  # each distinct id checked once
             blank = np.array([isinstance(v, str) and not v.strip() for v in uniques], bool)
             if blank.any():
                 nulls = nulls | np.isin(codes, np.flatnonzero(blank))
@@ -505,6 +506,7 @@ def from_dataframe(
             first = int(np.flatnonzero(nulls)[0])
             loc = _where_line(first, _line_offset)
             raise DataError(f"{where}: column {named[role]!r} {loc} has a missing {role} id")
+        encoded[role] = (codes, uniques)
 
     # implicit: every row an interaction, duplicates merged; a log with neither ratings nor weights keeps the
     # latest of duplicates as a rated log does
@@ -532,10 +534,8 @@ def from_dataframe(
     if timestamp is not None:
         times = _timestamp_seconds(df[timestamp], timestamp, where, _line_offset)
 
-    user_raw = df[user].to_numpy()
-    item_raw = df[item].to_numpy()
-    user_codes, user_uniques = _encode(user_raw)
-    item_codes, item_uniques = _encode(item_raw)
+    user_codes, user_uniques = encoded["user"]
+    item_codes, item_uniques = encoded["item"]
 
     if implicit:
         # 2a. ratings below the threshold are not interactions
