@@ -398,7 +398,7 @@ class TopNRecommender:
         rows["weight"] = np.where(mask, weights, 0.0).astype(np.float32)
         negatives, drawn = self._negatives(items, mask)
         rows.update(self.featurizer.item_rows(negatives, prefix="neg_"))
-        rows["neg_mask"] = (mask[:, :, None] & drawn[:, None, None]) & np.ones((1, 1, self.negatives), bool)
+        rows["neg_mask"] = np.broadcast_to((mask & drawn[:, None])[:, :, None], (batch, size, self.negatives)).copy()
         logq = np.float32(-np.log(len(self.trained_items)))
         rows["logq"] = np.where(mask, logq, 0.0).astype(np.float32)
         rows["neg_logq"] = np.where(rows["neg_mask"], logq, 0.0).astype(np.float32)
