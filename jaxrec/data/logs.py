@@ -21,7 +21,7 @@ def read_log(
     positive_threshold: float | None = None,
 ) -> Dataset:
     """Read the log at ``path``: :func:`~jaxrec.data.from_parquet` for a Parquet file (known by its magic bytes,
-    whatever its name) or a folder of ``*.parquet`` files, :func:`~jaxrec.data.from_csv` for anything else.
+    whatever its name) or a folder, :func:`~jaxrec.data.from_csv` for any other file.
 
     Args:
       path: the file or folder.
@@ -35,12 +35,11 @@ def read_log(
       The cleaned :class:`~jaxrec.data.Dataset`.
 
     Raises:
-      DataError: as the reader of the format raises it, or for a separator given with a Parquet log.
+      DataError: as the reader of the format raises it (a folder without Parquet files included), or for a
+        separator given with a Parquet log.
     """
-    if is_parquet(path):
+    if os.path.isdir(path) or is_parquet(path):  # a folder is Parquet's or nothing: from_parquet names an empty one
         if sep is not None:
             raise DataError(f"{path}: a Parquet log has no separator; drop sep= (--sep)")
         return from_parquet(path, columns, feedback=feedback, positive_threshold=positive_threshold)
-    if os.path.isdir(path):
-        raise DataError(f"{path}: a folder without *.parquet files; --data takes a log file or a Parquet folder")
     return from_csv(path, columns, sep=sep, feedback=feedback, positive_threshold=positive_threshold, encoding=encoding)

@@ -29,16 +29,28 @@ _MAGIC = b"PAR1"  # the first and last four bytes of every Parquet file
 
 
 def is_parquet(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a Parquet file (by its magic bytes, whatever its name) or a folder holding ``*.parquet``
-    files (at any depth, as a partitioned dataset lays them out)."""
+    """Whether ``path`` is a Parquet file (by its magic bytes, whatever its name) or a folder holding one (at any
+    depth, as a partitioned dataset lays them out)."""
     path = Path(path)
     if path.is_dir():
-        return any(path.rglob("*.parquet"))
+        return bool(_folder_files(path)[0])
     try:
         with open(path, "rb") as f:
             return f.read(4) == _MAGIC
     except OSError:
         return False
+
+
+def _folder_files(path: Path) -> tuple[list[Path], list[Path]]:
+    """A folder's Parquet files and its other files, at any depth, sorted; names opening with ``_`` or ``.``
+    (``_SUCCESS``, ``.crc``) are neither, as pyarrow and Spark keep them."""
+    found = sorted(
+        f
+        for f in path.rglob("*")
+        if f.is_file() and not any(p.startswith(("_", ".")) for p in f.relative_to(path).parts)
+    )
+    parquet = [f for f in found if is_parquet(f)]
+    return parquet, [f for f in found if f not in parquet]
 
 
 def _pyarrow():
@@ -164,15 +176,10 @@ def _open(path: Path) -> tuple[Any, list[str]]:
     pa = _pyarrow()
     if not path.is_dir():
         return pa.dataset.dataset(str(path), format="parquet"), []
-    found = sorted(
-        f
-        for f in path.rglob("*")
-        if f.is_file() and not any(p.startswith(("_", ".")) for p in f.relative_to(path).parts)
-    )
-    parquet = [f for f in found if is_parquet(f)]
+    parquet, others = _folder_files(path)
     if not parquet:
-        raise DataError(f"{path}: a folder without Parquet files")
-    skipped = [str(f.relative_to(path)) for f in found if f not in parquet]
+        raise DataError(f"{path}: a folder without Parquet files (a log is a file, or a folder of Parquet files)")
+    skipped = [str(f.relative_to(path)) for f in others]
     if skipped:
         logger.warning("%s: %d file(s) that are not Parquet left out: %s", path, len(skipped), ", ".join(skipped[:5]))
     folders = [part for f in parquet for part in f.relative_to(path).parts[:-1]]
