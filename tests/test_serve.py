@@ -12,6 +12,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from jaxrec import cli
 from jaxrec.experiment.recommend import Recommender, TopNRecommender
 from jaxrec.experiment.trained import load_trained
 from jaxrec.serve import Catalogue
+from jaxrec.serve.requests import RequestError
 
 pytest.importorskip("fastapi", reason="the serve extra (pip install 'jaxrec[serve]') is not installed")
 try:
@@ -287,9 +289,42 @@ def test_an_implicit_model_takes_interactions_and_equals_the_library(implicit_se
     assert status == 200, predicted
     assert predicted["scores"][0]["score"] == pytest.approx(answer["recommendations"][0]["score"], abs=1e-5)
     assert predicted["scores"][1]["score"] is None
-    # ratings are interactions too (no threshold recorded: every rating counts), and equal to the same interactions
+    # ratings are interactions too (no threshold recorded: every rating counts); the model was trained on play
+    # counts, so a value is the interaction's weight, as `jaxrec recommend` reads a file's second column
     rated = server.post("/recommend", {"ratings": [{"item": s, "rating": 3} for s in liked], "k": 10})[1]
-    assert [r["item"] for r in rated["recommendations"]] == got
+    weighted = server.post("/recommend", {"interactions": liked, "weights": [3, 3, 3, 3], "k": 10})[1]
+    assert rated["recommendations"] == weighted["recommendations"]
+
+
+def test_a_weighted_models_request_weights_are_read_as_the_training_logs(implicit_server):
+    """The run was trained on play counts, each a confidence in the fold-in; the service read every interaction as
+    weight 1, so it ranked another list than the evaluation of the same user. Weights are summed over duplicates,
+    as the training log's duplicates were."""
+    server, out = implicit_server
+    assert server.get("/health")[1]["weighted"] is True
+    liked = ["song-00", "song-02", "song-04", "song-06"]
+    status, answer = server.post(
+        "/recommend", {"interactions": [*liked, "song-00"], "weights": [20, 1, 2, 1, 20], "k": 10}
+    )
+    assert status == 200, answer
+    assert answer["input"]["used"] == 4 and answer["input"]["duplicates"] == 1
+    trained = load_trained(out)
+    catalogue = Catalogue(trained)
+    codes = np.array([catalogue.code(s) for s in liked[1:]] + [catalogue.code("song-00")])
+    recommender = TopNRecommender(trained, trained.params)
+    best, scores = recommender.top_k(codes, np.array([1, 2, 1, 40], np.float32), 10)
+    assert [r["item"] for r in answer["recommendations"]] == [catalogue.ids[c] for c in best]
+    np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
+    once = server.post("/recommend", {"interactions": liked, "k": 10})[1]
+    assert [r["score"] for r in once["recommendations"]] != [r["score"] for r in answer["recommendations"]]
+    for body, message in [
+        ({"interactions": liked, "weights": [1, 2]}, "'weights' has 2 values for 4 interactions"),
+        ({"ratings": [{"item": "song-00", "rating": 2}], "weights": [1]}, "'weights' go with 'interactions'"),
+        ({"interactions": liked, "weights": [1, 0, 1, 1]}, "weights.1"),
+        ({"ratings": [{"item": "song-00", "rating": -1}]}, "is not a positive weight"),
+    ]:
+        status, answer = server.post("/recommend", body)
+        assert status == 422 and message in answer["error"], (body, answer)
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -406,3 +441,29 @@ def test_one_failing_request_does_not_fail_the_requests_batched_with_it():
     assert answers[:2] == ["A", "B"] and answers[3] == "C"
     assert isinstance(answers[2], ValueError) and "high <= 0" in str(answers[2])
     assert calls[0] == ["a", "b", "bad", "c"] and sorted(map(tuple, calls[1:])) == [("a",), ("b",), ("bad",), ("c",)]
+
+
+def _catalogue(weighted, positive_threshold=None):
+    data = SimpleNamespace(feedback="implicit", positive_threshold=positive_threshold)
+    trained = SimpleNamespace(
+        item_ids=np.array(["a", "b", "c"], dtype=object),
+        titles=None,
+        config=SimpleNamespace(data=data),
+        featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None)),
+        weighted=weighted,
+    )
+    return Catalogue(trained)
+
+
+def test_weights_go_to_a_weighted_model_only():
+    """An unweighted model (or one whose threshold reads values as ratings) counts each item once: weights sent to
+    it are refused rather than ignored, and its ratings stay interactions of weight 1."""
+    with pytest.raises(RequestError, match="trained on interactions without weights"):
+        _catalogue(False).support(None, ["a", "b"], 8, [2.0, 1.0])
+    with pytest.raises(RequestError, match="trained on interactions without weights"):
+        _catalogue(True, positive_threshold=4.0).support(None, ["a", "b"], 8, [2.0, 1.0])
+    unweighted = _catalogue(False).support([("a", 3.0), ("b", 5.0), ("a", 2.0)], None, 8)
+    assert unweighted.values.tolist() == [1.0, 1.0] and unweighted.duplicates == 1
+    weighted = _catalogue(True).support([("a", 3.0), ("b", 5.0), ("a", 2.0)], None, 8)
+    assert weighted.codes.tolist() == [1, 0] and weighted.values.tolist() == [5.0, 5.0]
+    assert _catalogue(True).support(None, ["c", "a"], 8).values.tolist() == [1.0, 1.0]

@@ -300,13 +300,40 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert len(listed) == 5 and not {"song-00", "song-02", "song-04"} & set(listed)
     scored = [line for line in lines if "(item " in line]
-    # the same items as item,rating rows give the same list: each an interaction of weight 1, whatever its rating,
-    # as in training and in the service (the ratings were read as the fold-in's confidences)
+    # the same items as rows of weight 1 give the same list: a bare id is one interaction of weight 1
     lines.clear()
     rows = tmp_path / "mine.csv"
-    rows.write_text("item,rating\nsong-00,5\nsong-02,3\nsong-04,1\n")
+    rows.write_text("item,plays\nsong-00,1\nsong-02,1\nsong-04,1\n")
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(rows), "-k", "5"]) == 0
     assert [line for line in lines if "(item " in line] == scored  # the same items with the same scores
+
+
+def test_recommend_reads_a_weighted_models_second_column_as_the_training_log_was_read(topn_run, tmp_path, monkeypatch):
+    """The run was trained on play counts, each a confidence in the fold-in; a new user's counts were read as 1
+    each, so `recommend` and the service ranked other lists than the evaluation of the same support."""
+    from jaxrec.experiment.recommend import recommender_for
+    from jaxrec.experiment.trained import load_trained
+
+    lines = capture(monkeypatch)
+    rows = tmp_path / "mine.csv"
+    rows.write_text("item,plays\nsong-00,30\nsong-02,1\nsong-04,2\nsong-00,10\n")  # song-00 twice: 40 plays
+    assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(rows), "-k", "5"]) == 0
+    text = "\n".join(lines)
+    assert "the second column is each one's weight" in text and "1 duplicate interaction(s): weights summed" in text
+    listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
+    shown = [float(line.rsplit("score ", 1)[1].rstrip(")")) for line in lines if "(item " in line]
+    trained = load_trained(topn_run["out"])
+    assert trained.weighted
+    ids = list(trained.item_ids)
+    codes = np.array([ids.index("song-02"), ids.index("song-04"), ids.index("song-00")], np.int32)
+    recommender = recommender_for(trained)
+    best, scores = recommender.top_k(codes, np.array([1, 2, 40], np.float32), 5)
+    assert listed == [ids[c] for c in best]
+    np.testing.assert_allclose(shown, scores, atol=0.006)  # printed to two decimals
+    unweighted = recommender.top_k(codes, np.ones(3, np.float32), 5)[1]
+    assert np.abs(np.asarray(unweighted) - scores).max() > 0.01  # the weights move the scores
+    rows.write_text("item,plays\nsong-00,3\nsong-02,0\n")
+    assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(rows)]) == 1
 
 
 def test_a_user_with_every_item_gets_an_empty_list_not_an_error(topn_run, tmp_path, monkeypatch):

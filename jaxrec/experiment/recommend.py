@@ -35,7 +35,7 @@ __all__ = [
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
 
 
-_RATING_NAMES = ("rating", "ratings", "score", "stars")
+_RATING_NAMES = ("rating", "ratings", "score", "stars", "weight", "count", "counts", "plays", "playcount", "clicks")
 
 
 def read_user_ratings(
@@ -45,13 +45,17 @@ def read_user_ratings(
     *,
     implicit: bool = False,
     positive_threshold: float | None = None,
+    weighted: bool = False,
 ):
     """Read a new user's ratings from a small ``item,rating`` file of raw item ids.
 
     The header is optional (``item``/``movieId``/... and ``rating`` columns, else the first two columns). Unknown
     item ids are ignored and duplicates keep the last rating, each with a note. For a top-N model (``implicit``)
     a file of item ids alone, one per line, is the user's interactions (each of weight 1); ``item,rating`` rows
-    are read too, ratings below ``positive_threshold`` dropped (with a note).
+    are read too, ratings below ``positive_threshold`` dropped (with a note). A top-N model trained on weighted
+    interactions (``weighted``: counts, plays) reads ``item,weight`` rows as the training log's rows were read:
+    each weight a confidence, an item's weights summed; an unweighted one counts each item once and says so when
+    the second column holds anything but ones.
 
     Args:
       path: the file.
@@ -59,14 +63,15 @@ def read_user_ratings(
       rating_range: ``(low, high)`` of the model's rating scale, or None for no check.
       implicit: the model is a top-N model of implicit feedback.
       positive_threshold: the run's ``positive_threshold`` (implicit only).
+      weighted: the top-N model was trained on a log whose weights are not all 1 (implicit only).
 
     Returns:
-      ``(item codes, ratings, notes)``: int32 codes, float32 ratings (for a top-N model the weights, 1 each) and the
-      notes for the user.
+      ``(item codes, ratings, notes)``: int32 codes, float32 ratings (for a top-N model the weights) and the notes
+      for the user.
 
     Raises:
       RunError: if the file is missing or does not parse as ``item,rating`` lines, has no usable rating, or holds
-        a rating that is not a number or one outside ``rating_range``.
+        a rating that is not a number, one outside ``rating_range``, or a weight that is not positive.
     """
 
     path = Path(path).expanduser()
@@ -103,7 +108,8 @@ def read_user_ratings(
         raise RunError(f"--ratings: {e} (expected lines of item,rating)") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise RunError(f"--ratings {path}: cannot parse as item,rating lines: {str(e).strip()[:200]}") from None
-    if frame.shape[1] == 1 and implicit:
+    listed = frame.shape[1] == 1 and implicit
+    if listed:
         frame[1] = "1"  # a list of item ids: every one an interaction
         if str(frame.iloc[0, 0]).strip().strip('"').lower() in _ITEM_NAMES:
             frame.iloc[0, 1] = "rating"
@@ -136,6 +142,18 @@ def read_user_ratings(
                 f"rating scale [{lo:g}, {hi:g}]"
             )
     notes = []
+    weighted = implicit and weighted and positive_threshold is None
+    if weighted:
+        bad = values <= 0
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise RunError(f"--ratings {path}: line {line_of[i]}: weight {values[i]:g} is not positive")
+        if not listed:
+            notes.append("the model was trained on weighted interactions: the second column is each one's weight")
+    elif implicit and positive_threshold is None and (values != 1).any():
+        notes.append(
+            "the model was trained on interactions without weights: the second column is ignored, each item counts once"
+        )
     if implicit and positive_threshold is not None:
         below = values < positive_threshold
         if below.all():
@@ -158,12 +176,17 @@ def read_user_ratings(
     if len(codes) == 0:
         raise RunError(f"--ratings {path}: none of the items is known to the model's dataset")
     last = len(codes) - 1 - np.unique(codes[::-1], return_index=True)[1]  # last occurrence of each item
-    if len(last) < len(codes):
-        kept = "kept one of each item" if implicit else "kept the last rating of each item"
-        notes.append(f"{len(codes) - len(last)} duplicate {what}: {kept}")
     keep = np.sort(last)
-    if implicit:  # a kept rating is one interaction of weight 1, as in training and as the service reads it
+    if weighted:  # an item's rows merged as the training log's duplicates were: their weights summed
+        distinct, which = np.unique(codes, return_inverse=True)
+        values = np.bincount(which, weights=values)[np.searchsorted(distinct, codes)]
+    elif implicit:  # a kept rating is one interaction of weight 1, as in training and as the service reads it
         values = np.ones_like(values)
+    if len(last) < len(codes):
+        kept = "kept the last rating of each item"
+        if implicit:
+            kept = "weights summed" if weighted else "kept one of each item"
+        notes.append(f"{len(codes) - len(last)} duplicate {what}: {kept}")
     return codes[keep].astype(np.int32), values[keep].astype(np.float32), notes
 
 
@@ -540,4 +563,5 @@ def read_ratings_for(checkpoint: str, ratings: str):
         featurizer.spec.rating_range,
         implicit=data.get("feedback") == "implicit",
         positive_threshold=data.get("positive_threshold"),
+        weighted=bool(meta.get("weighted", False)),
     )

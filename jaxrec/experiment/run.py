@@ -225,6 +225,7 @@ class TrainingRun:
         self.nonfinite = nonfinite
         self.items: dict | None = None  # the catalogue's record, written by start()
         self.interactions = experiment.dataset.fingerprint()  # once: every checkpoint records the same log
+        self.weighted = experiment.dataset.has_weights  # a new user's weights are read as the log's were
         self.epoch_stats = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -275,6 +276,7 @@ class TrainingRun:
             "config": self.exp.config.to_dict(),
             "featurizer": self.exp.featurizer.to_dict(),
             "interactions": self.interactions,
+            "weighted": self.weighted,
             "tuned": self.exp.tuned,
             "items": self.items,
             "skipped": int(state.skipped),

@@ -104,6 +104,8 @@ class TrainedModel:
       step: the checkpoint's step.
       folder: the checkpoint folder.
       hybrid: the run's hybrid (``jaxrec train --hybrid``), what a top-N recommender ranks by, or None.
+      weighted: the training log's interactions carry weights (counts, plays) that are not all 1, so a new user's
+        are read as weights too.
     """
 
     config: ExperimentConfig
@@ -117,6 +119,7 @@ class TrainedModel:
     step: int
     folder: Path
     hybrid: ServedHybrid | None = None
+    weighted: bool = False
 
     @property
     def apply_fn(self):
@@ -180,4 +183,5 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
         step=checkpoint.step,
         folder=folder,
         hybrid=read_hybrid(folder.parent, featurizer) if catalogue is not None else None,
+        weighted=bool(meta.get("weighted", False)),
     )

@@ -51,6 +51,9 @@ class RecommendRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     ratings: list[Rating] | None = Field(None, description="[{item, rating}, ...]")
     interactions: list[ItemId] | None = Field(None, description="item ids the user interacted with (implicit models)")
+    weights: list[Annotated[float, Field(allow_inf_nan=False, strict=True, gt=0)]] | None = Field(
+        None, description="each interaction's weight (models trained on weighted logs: counts, plays); default 1 each"
+    )
     k: StrictInt = Field(10, ge=1, description="how many recommendations")
 
 
@@ -188,7 +191,7 @@ def create_app(
         if body.k > model.max_k:
             raise RequestError(f"k: at most {model.max_k}, got {body.k}")
         ratings = None if body.ratings is None else [(r.item, r.rating) for r in body.ratings]
-        return catalogue.support(ratings, body.interactions, max_items)
+        return catalogue.support(ratings, body.interactions, max_items, body.weights)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -210,6 +213,7 @@ def create_app(
             "hybrid_weight": None if model.hybrid is None else model.hybrid.weight,
             "rating_range": catalogue.rating_range,
             "positive_threshold": catalogue.positive_threshold,
+            "weighted": catalogue.weighted,
             "items": len(catalogue),
             "titles": catalogue.titles is not None,
             "max_k": model.max_k,

@@ -30,7 +30,7 @@ class UserSupport:
       codes: the item codes used (each once).
       values: their ratings or weights.
       unknown: the raw ids not in the catalogue (ignored).
-      duplicates: items sent more than once (the last rating kept).
+      duplicates: items sent more than once (the last rating kept; a weighted model's weights summed).
       below_threshold: ratings below the run's positive threshold (implicit runs; ignored).
     """
 
@@ -63,6 +63,7 @@ class Catalogue:
       implicit: the model is a top-N model of implicit feedback.
       rating_range: ``(low, high)`` of an explicit model's scale, or None.
       positive_threshold: an implicit model's threshold on ratings, or None.
+      weighted: an implicit model trained on weighted interactions (counts, plays): a request may send weights.
     """
 
     def __init__(self, trained):
@@ -77,6 +78,8 @@ class Catalogue:
         spec_range = trained.featurizer.spec.rating_range
         self.rating_range = None if spec_range is None else (float(spec_range[0]), float(spec_range[1]))
         self.positive_threshold = trained.config.data.positive_threshold
+        # a threshold reads a request's values as ratings: its weights are those of the training log's rated rows
+        self.weighted = self.implicit and self.positive_threshold is None and bool(getattr(trained, "weighted", False))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -119,7 +122,11 @@ class Catalogue:
         return [int(c) for c in found[order][:limit]]
 
     def support(
-        self, ratings: Sequence[tuple[Any, float]] | None, interactions: Sequence[Any] | None, max_items: int
+        self,
+        ratings: Sequence[tuple[Any, float]] | None,
+        interactions: Sequence[Any] | None,
+        max_items: int,
+        weights: Sequence[float] | None = None,
     ) -> UserSupport:
         """Check a request's ratings or interactions and keep the usable ones.
 
@@ -127,22 +134,42 @@ class Catalogue:
           ratings: ``(raw id, rating)`` pairs, or None.
           interactions: raw item ids (implicit models), or None.
           max_items: the most items a request may send (the largest support bucket).
+          weights: the weight of each interaction (models trained on weighted logs), or None (1 each). A weighted
+            model reads a rating's value as a weight too.
 
         Returns:
-          The :class:`UserSupport`: known items, each once (the last rating kept).
+          The :class:`UserSupport`: known items, each once (the last rating kept; a weighted model's weights
+          summed, as the training log's duplicates were).
 
         Raises:
           RequestError: if both or neither field is given, interactions are sent to an explicit model, there are too
-            many items, or a rating is outside the model's scale.
+            many items, a rating is outside the model's scale, or weights are sent without interactions, to a model
+            trained without them, or in another number than the interactions.
         """
         if (ratings is None) == (interactions is None):
             raise RequestError("send either 'ratings' ([{item, rating}, ...]) or 'interactions' ([item, ...])")
+        if weights is not None:
+            if interactions is None:
+                raise RequestError("'weights' go with 'interactions' (one weight per item), not with 'ratings'")
+            if not self.weighted:
+                raise RequestError("this model was trained on interactions without weights: send 'interactions' alone")
+            if len(weights) != len(interactions):
+                raise RequestError(
+                    f"'weights' has {len(weights)} values for {len(interactions)} interactions: send one per item"
+                )
         if interactions is not None:
             if not self.implicit:
                 raise RequestError(
                     "this model predicts explicit ratings: send 'ratings' ([{item, rating}, ...]), not 'interactions'"
                 )
-            ratings = [(raw, 1.0) for raw in interactions]
+            ratings = (
+                [(raw, 1.0) for raw in interactions]
+                if weights is None
+                else list(zip(interactions, weights, strict=True))
+            )
+        # a weighted model reads a value as an interaction's weight (as `jaxrec recommend` reads a file's second
+        # column); any other implicit model counts a kept item once
+        weighing = self.weighted and (interactions is None or weights is not None)
         sent = len(ratings)
         if sent > max_items:
             raise RequestError(f"at most {max_items} items per request, got {sent}")
@@ -150,6 +177,11 @@ class Catalogue:
         for i, (raw, value) in enumerate(ratings):
             if not low <= value <= high:
                 raise RequestError(f"ratings[{i}] (item {raw!r}): rating {value} is outside the scale [{low}, {high}]")
+            if weighing and not value > 0:
+                raise RequestError(
+                    f"ratings[{i}] (item {raw!r}): {value} is not a positive weight (this model was trained on "
+                    "weighted interactions: a value is an interaction's weight)"
+                )
         chosen: dict[int, float] = {}
         unknown, below = [], 0
         for raw, value in ratings:
@@ -161,7 +193,10 @@ class Catalogue:
                 if self.positive_threshold is not None and value < self.positive_threshold:
                     below += 1
                     continue
-                value = 1.0  # a kept rating is one interaction, as in training
+                if not weighing:
+                    value = 1.0  # a kept rating is one interaction, as in training
+                elif code in chosen:  # an item's weights summed, as the training log's duplicates were
+                    value += chosen[code]
             chosen.pop(code, None)  # the last rating of an item wins, and its position
             chosen[code] = float(value)
         duplicates = sent - len(unknown) - below - len(chosen)
