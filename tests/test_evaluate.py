@@ -1,5 +1,6 @@
 """Metric functions on hand-computed examples, padding invariance, compile counts, bootstrap intervals."""
 
+import itertools
 import math
 
 import jax.numpy as jnp
@@ -92,6 +93,38 @@ def test_auc_and_hit_rate():
     # the padded row would outrank the positive if it counted
     hr = metrics.hit_rate_at_k(jnp.array([0.5, 0.9, 9.0]), jnp.array([1.0, 0.0, 0.0]), jnp.array([1, 1, 0], bool), 2)
     assert float(hr[0]) == 1.0
+
+
+def _hit_rate_over_every_order(scores, labels, mask, k):
+    """HR@k averaged over every order of the tied rows: the definition, by enumeration."""
+    rows = [i for i in range(len(scores)) if mask[i]]
+    hits = []
+    for order in itertools.permutations(rows):
+        ranked = sorted(order, key=lambda i: -scores[i])  # stable: ties keep this permutation's order
+        hits.append(any(labels[i] > 0.5 for i in ranked[:k]))
+    return float(np.mean(hits))
+
+
+def test_hit_rate_with_ties_is_the_expected_hit_over_a_random_tie_break():
+    """Ties used to rank every tied row at the group's mean position: ten tied rows, all positive, had HR@1 = 0 (a
+    constant predictor scored HR 0 beside a normal nDCG)."""
+    every = jnp.ones(10, bool)
+    assert float(metrics.hit_rate_at_k(jnp.zeros(10), jnp.ones(10), every, 1)[0]) == 1.0
+    # one positive among ten tied rows: k / 10
+    one = jnp.zeros(10).at[3].set(1.0)
+    for k in (1, 3, 10):
+        assert float(metrics.hit_rate_at_k(jnp.zeros(10), one, every, k)[0]) == pytest.approx(k / 10, abs=1e-6)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        n = int(rng.integers(2, 8))
+        scores = rng.integers(0, 3, n).astype(np.float32)  # few distinct values: many ties
+        labels = (rng.random(n) < 0.3).astype(np.float32)
+        mask = rng.random(n) < 0.85
+        k = int(rng.integers(1, n + 1))
+        value, weight = metrics.hit_rate_at_k(jnp.asarray(scores), jnp.asarray(labels), jnp.asarray(mask), k)
+        assert float(weight) == float((labels[mask] > 0.5).any())
+        expected = _hit_rate_over_every_order(scores, labels, mask, k) if mask.any() else 0.0
+        assert float(value) == pytest.approx(expected, abs=1e-5), (scores, labels, mask, k)
 
 
 def _spec():

@@ -272,6 +272,20 @@ def test_sampled_protocol_counts_positives_above_their_negatives():
     np.testing.assert_allclose(s["sampled_hr@1"], [0.0])
 
 
+def test_sampled_protocol_breaks_ties_at_random_not_for_the_positive():
+    """A positive tied with its negatives counted only the negatives strictly above it: a constant scorer had a
+    sampled HR@1 of 1. It is the expected hit of a random place among the tied ones."""
+    pos = jnp.zeros((1, 1))
+    neg = jnp.zeros((1, 1, 99))  # every score equal: the positive's place is uniform over 100
+    s = sampled_statistics(pos, neg, jnp.array([[True]]), ks=(1, 10, 100))
+    for k in (1, 10, 100):
+        np.testing.assert_allclose(s[f"sampled_hr@{k}"], [k / 100], rtol=1e-6)
+    # 2 negatives above, 4 tied: places 2..6 equally likely; the top 4 holds it in 2 of the 5
+    neg = jnp.array([[[5.0, 5.0, 1.0, 1.0, 1.0, 1.0, 0.0]]])
+    s = sampled_statistics(jnp.ones((1, 1)), neg, jnp.array([[True]]), ks=(2, 4, 7))
+    np.testing.assert_allclose([s[f"sampled_hr@{k}"][0] for k in (2, 4, 7)], [0.0, 0.4, 1.0], rtol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # tasks, negatives and rankers on real data
 
@@ -404,7 +418,8 @@ def test_sampled_negatives_avoid_the_users_items_repeat_with_the_seed_and_count_
 
 def test_sampled_protocol_in_the_evaluation_equals_ranking_each_positive_among_its_draws(setup):
     """A scorer by popularity: the evaluation's sampled_hr@k equals the rank of each positive's popularity among
-    its own draws, recomputed in NumPy from the same draws; and a model's scorer orders the model's own top list."""
+    its own draws (equal counts placed at random: the expected hit), recomputed in NumPy from the same draws; and a
+    model's scorer orders the model's own top list."""
     ds, split, feat, sampler = setup
     tasks = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=5, query=50, seed=0)
     popularity = (np.bincount(split.train.item, minlength=ds.n_items) / 400).astype(np.float32)
@@ -426,7 +441,8 @@ def test_sampled_protocol_in_the_evaluation_equals_ranking_each_positive_among_i
         drawn, _ = sampled_negatives(support, query, ds.n_items, 50, np.random.default_rng([3, 11, b]))
         pos = np.where(query >= 0, popularity[np.maximum(query, 0)], np.nan)
         neg = np.where(drawn >= 0, popularity[np.maximum(drawn, 0)], -np.inf)
-        hit = (np.sum(neg > pos[..., None], axis=-1) < 10) & (query >= 0)
+        higher, tied = np.sum(neg > pos[..., None], axis=-1), np.sum(neg == pos[..., None], axis=-1)
+        hit = np.clip(10 - higher, 0, tied + 1) / (tied + 1) * (query >= 0)  # ties (equal counts) broken at random
         keep = np.asarray(task_index) >= 0
         hits.append(hit.sum(1)[keep] / np.maximum((query >= 0).sum(1)[keep], 1))
     np.testing.assert_allclose(stats["popular"]["sampled_hr@10"], np.concatenate(hits), rtol=1e-6)

@@ -19,9 +19,9 @@ Definitions (``n`` real rows, ``r_i`` targets, ``s_i`` scores):
   (no positive gain) have no nDCG and carry zero weight. Aggregate: mean over users.
 * **AUC** (implicit feedback): the fraction of (positive, negative) pairs of the user's query rows ordered
   correctly, ties counting 1/2; users without both a positive and a negative carry zero weight. Mean over users.
-* **HR@k** (implicit feedback): 1 when at least one positive query row has tie-averaged rank ``< k`` (rank = number
-  of rows scored strictly higher + half the rows tied with it), else 0. Users without a positive carry zero
-  weight. Mean over users.
+* **HR@k** (implicit feedback): 1 when at least one positive query row is among the top ``k``, else 0; ties in the
+  score are broken in a uniformly random order and HR@k is the expected hit over that order (a constant predictor
+  gets the chance of a random list). Users without a positive carry zero weight. Mean over users.
 
 The second part aggregates per-user statistics (numpy, host side): point estimates, percentile bootstrap 95%
 intervals over users (Efron & Tibshirani 1993) and *paired* intervals of the difference between two methods
@@ -166,7 +166,12 @@ def auc(scores: jax.Array, labels: jax.Array, mask: jax.Array) -> tuple[jax.Arra
 
 
 def hit_rate_at_k(scores: jax.Array, labels: jax.Array, mask: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
-    """HR@k of one user's query set: 1 when a positive has tie-averaged rank below ``k``, else 0.
+    """HR@k of one user's query set: the probability that a positive is among the top ``k`` when ties are broken
+    in a uniformly random order (as nDCG's tie-averaged discount is its expectation over that order).
+
+    With ``s*`` the ``k``-th highest score, the rows scored above it are in the top ``k``; of the ``t`` rows tied
+    at ``s*``, ``p`` of them positive, a random ``m = k - (rows above)`` make it, and all of them miss every
+    positive with probability ``C(t - p, m) / C(t, m)``. Without ties this is 1 when a positive ranks below ``k``.
 
     Args:
       scores: ``[Q]`` predicted scores.
@@ -178,12 +183,20 @@ def hit_rate_at_k(scores: jax.Array, labels: jax.Array, mask: jax.Array, k: int)
       ``(HR@k, weight)``; the weight is 0 without a positive, else 1.
     """
     real = mask.astype(bool)
-    higher = jnp.sum(real[None, :] & (scores[None, :] > scores[:, None]), axis=1)
-    tied_others = jnp.sum(real[None, :] & (scores[None, :] == scores[:, None]), axis=1) - 1
-    rank = higher + 0.5 * tied_others
     positive = real & (labels > 0.5)
-    hit = jnp.any(positive & (rank < k))
-    return hit.astype(jnp.float32), jnp.any(positive).astype(jnp.float32)
+    same = real[None, :] & (scores[None, :] == scores[:, None])
+    higher = jnp.sum(real[None, :] & (scores[None, :] > scores[:, None]), axis=1)
+    tied = jnp.sum(same, axis=1)  # itself included
+    sure = jnp.any(positive & (higher + tied <= k))  # a positive whose whole tie group is in the top k
+    straddle = real & (higher < k) & (higher + tied > k)  # the tie group across the cut-off
+    t = tied.astype(jnp.float32)
+    p = jnp.sum(same & positive[None, :], axis=1).astype(jnp.float32)
+    m = (k - higher).astype(jnp.float32)
+    j = jnp.arange(scores.shape[0], dtype=jnp.float32)[None, :]  # m <= t <= Q draws, one factor each
+    draws = (t[:, None] - p[:, None] - j) / jnp.maximum(t[:, None] - j, 1.0)
+    miss = jnp.prod(jnp.where(j < m[:, None], jnp.maximum(draws, 0.0), 1.0), axis=1)
+    miss = jnp.min(jnp.where(straddle, miss, 1.0))  # one group straddles the cut-off, or none
+    return jnp.where(sure, 1.0, 1.0 - miss).astype(jnp.float32), jnp.any(positive).astype(jnp.float32)
 
 
 def rating_errors(

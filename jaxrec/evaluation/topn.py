@@ -258,7 +258,8 @@ def sampled_statistics(
     positive_scores: jax.Array, negative_scores: jax.Array, mask: jax.Array, ks: Sequence[int]
 ) -> dict[str, jax.Array]:
     """The sampled protocol, **biased** (Krichene & Rendle, KDD 2020): each query positive ranked against its own
-    sampled negatives (e.g. 100); ``hr@k`` is the fraction of positives ranked in the top ``k`` of their list.
+    sampled negatives (e.g. 100); ``hr@k`` is the fraction of positives ranked in the top ``k`` of their list, a
+    positive tied with negatives placed among them in a uniformly random order (its expected hit).
 
     It is cheap and common in papers (NCF, MeLU's toolkits), and it does not rank methods as the full-catalogue
     ranking does; use it only to compare with such papers.
@@ -272,11 +273,15 @@ def sampled_statistics(
     Returns:
       ``{"n": [U], "sampled_hr@k": [U], "sampled_hr@k/w": [U]}`` for each ``k``.
     """
-    rank = jnp.sum(negative_scores > positive_scores[..., None], axis=-1)
+    higher = jnp.sum(negative_scores > positive_scores[..., None], axis=-1)
+    tied = jnp.sum(negative_scores == positive_scores[..., None], axis=-1)
     n = jnp.sum(mask, axis=1).astype(jnp.float32)
     out = {"n": n}
     for k in ks:
-        hit = jnp.where(mask, rank < k, False).astype(jnp.float32)
+        # ties broken in a random order: the positive lands at higher + U{0..tied}, so a constant scorer is not
+        # credited with a hit at every k (counting only the higher negatives did)
+        chance = jnp.clip(k - higher, 0, tied + 1) / (tied + 1)
+        hit = jnp.where(mask, chance, 0.0).astype(jnp.float32)
         out[f"sampled_hr@{k}"] = jnp.sum(hit, axis=1) / jnp.maximum(n, 1.0)
         out[f"sampled_hr@{k}/w"] = (n > 0).astype(jnp.float32)
     return out
