@@ -178,3 +178,33 @@ def test_a_write_refused_inside_tensorstore_is_named_as_the_os_error(tmp_path, m
     assert cli.main(["train", "--data", str(data), *TINY_FLAGS, "--epochs", "1", "--out", str(out)]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "no space left on device while saving step" in line and "unexpected" not in line
+
+
+@pytest.mark.parametrize(("scale", "message"), [((0, 1), "no rating reaches it"), ((5, 9), "every rating reaches it")])
+def test_binary_targets_of_one_class_are_refused(tmp_path, capsys, scale, message):
+    """``--implicit true`` kept MovieLens's threshold 4 on any scale: a 0/1 log trained on labels all 0 and reported
+    AUC, HR and nDCG of 0 for every method."""
+    lo, hi = scale
+    lines = "".join(
+        f"{u},{100 + (u * 7 + i) % 40},{lo + (u + i) % (hi - lo + 1)}\n" for u in range(60) for i in range(15)
+    )
+    data = write(tmp_path / "likes.csv", "user,item,rating\n" + lines)
+    flags = ["train", "--data", str(data), "--implicit", "true", *TINY_FLAGS, "--out", str(tmp_path / "run")]
+    assert cli.main(flags) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "--implicit-threshold 4" in line and message in line and f"[{lo}, {hi}]" in line
+
+
+def test_a_metric_no_user_defines_is_null_not_zero():
+    """AUC needs a user with a positive and a negative; where no user has both it was reported as 0 (and 1 with an
+    interval [0, 1] where a resample drew none of the few who had)."""
+    from jaxrec.evaluation.metrics import paired_differences, summarize
+
+    stats = {"n": np.array([3.0, 2.0]), "auc": np.zeros(2), "auc/w": np.zeros(2), "hr@1": np.array([1.0, 0.0])}
+    stats["hr@1/w"] = np.ones(2)
+    summary = summarize(stats, resamples=50, implicit=True)
+    assert summary["auc"] is None and "auc" not in summary["ci95"] and summary["hr@1"] == 0.5
+    assert set(paired_differences(stats, stats, resamples=20, implicit=True)) == {"hr@1"}
+    one = dict(stats, **{"auc": np.array([0.75, 0.0]), "auc/w": np.array([1.0, 0.0])})
+    summary = summarize(one, resamples=200, implicit=True)
+    assert summary["auc"] == 0.75 and summary["ci95"]["auc"] == [0.75, 0.75]  # resamples without user 0 left out

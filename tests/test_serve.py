@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from cli_support import TOPN_FLAGS, write_plays
@@ -73,6 +74,28 @@ def test_recommend_equals_the_library_recommender_and_excludes_the_rated_items(s
     assert all(r["title"] for r in answer["recommendations"])
     assert not {TOY_STORY, JUMANJI, STAR_WARS} & {r["item"] for r in answer["recommendations"]}
     assert answer["input"] == {"used": 3, "unknown": 0, "unknown_items": [], "duplicates": 0, "below_threshold": 0}
+
+
+def test_a_predicted_rating_beyond_the_scale_is_clipped_to_it_and_ranked_by_the_score(run):
+    """A 1-100 log's model printed 'predicted 103.87' and /predict answered -13.5, while MAE clips a prediction to
+    the scale. The list is ranked by the model's score, each prediction shown on the scale."""
+    from jaxrec.serve.engine import ServingModel, UserInput
+
+    trained = load_trained(run)
+    recommender = Recommender(trained, trained.params)
+    n = trained.featurizer.n_items
+    lifted = jnp.linspace(-20.0, 30.0, n)  # beyond the 0.5-5 scale at both ends, every score distinct
+    recommender._scores = lambda *args: lifted
+    best, shown = recommender.top_k(np.array([0, 1]), np.array([4.0, 2.0], np.float32), 5)
+    assert best.tolist() == list(range(n - 1, n - 6, -1)) and shown.tolist() == [5.0] * 5
+    served = ServingModel(trained, (1,), (8,), max_k=5)
+    original = served.recommender.score_one
+    served.recommender.score_one = lambda *args: original(*args) * 0 + lifted
+    ranked = served.rank(
+        [UserInput(np.array([0, 1]), np.array([4.0, 2.0], np.float32), k=5, probe=np.array([2, n - 3]))]
+    )[0]
+    assert ranked.codes.tolist() == best.tolist() and ranked.scores.tolist() == [5.0] * 5
+    assert ranked.probe_scores.tolist() == [0.5, 5.0]
 
 
 def test_unknown_and_repeated_items_are_ignored_and_counted(server):

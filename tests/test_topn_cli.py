@@ -286,8 +286,26 @@ def test_rating_runs_save_their_split_and_query_predictions(tmp_path, monkeypatc
     # the saved predictions reproduce the reported MAE of the scenario
     document = json.loads((tmp_path / "run" / "metrics.json").read_text())
     merged = predictions.merge(query, on=["user", "item"])
-    mae = np.mean(np.abs(np.clip(merged["user_mean"], 1, 5) - merged["target"]))
-    assert mae == pytest.approx(document["scenarios"][scenario]["user_mean"]["mae"], rel=1e-5)
+    low, high = document["rating_scale"]  # what MAE clips a prediction to, recorded for an outside tool
+    assert (low, high) == (1, 5)
+    for method in ("user_mean", "maml"):
+        mae = np.mean(np.abs(np.clip(merged[method], low, high) - merged["target"]))
+        assert mae == pytest.approx(document["scenarios"][scenario][method]["mae"], rel=1e-5)
+
+
+def test_binary_target_runs_save_the_labels_they_scored(tmp_path, monkeypatch):
+    """With ``--implicit true`` the split's target was the raw rating, not the 0/1 label the metrics use."""
+    data = write_ratings(tmp_path / "ratings.csv", scale=5)
+    capture(monkeypatch)
+    flags = ["--model", "mf", "--model-kwargs", '{"embed": 4}', "--order", "first", "--inner-steps", "1",
+             "--batch-size", "8", "--baselines", "global_mean", "--bootstrap", "10", "--no-progress",
+             "--implicit", "true", "--epochs", "1"]  # fmt: skip
+    code = cli.main(["train", "--data", str(data), "--columns", "user,item,rating", *flags,
+                     "--out", str(tmp_path / "run"), "--save-predictions", str(tmp_path / "p")])  # fmt: skip
+    assert code == 0
+    split = pd.read_csv(next((tmp_path / "p").glob("*.split.csv.gz")))
+    assert set(split["target"]) == {0.0, 1.0} and (split["target"] == (split["rating"] >= 4)).all()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["rating_scale"] is None
 
 
 def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp_path, monkeypatch):

@@ -271,10 +271,17 @@ def _metric_names(stats: Mapping[str, np.ndarray], implicit: bool) -> list[str]:
     return names + [key for key in stats if "/" not in key and key not in ("abs_sum", "sq_sum", "n", "user")]
 
 
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator``, NaN where nothing is counted (no user defines the metric)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+
+
 def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None, implicit: bool = False) -> dict:
     """Aggregate per-user statistics into metrics.
 
     ``mae``/``rmse`` pool ratings (ratio of sums over users); every other metric is the weighted mean over users.
+    A metric no user defines (AUC where no user has both a positive and a negative) is NaN, not 0.
 
     Args:
       stats: per-user statistics ``{key: [U]}``.
@@ -289,12 +296,11 @@ def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None
     for name in _metric_names(stats, implicit):
         if name in RATIO_METRICS:
             num, den = RATIO_METRICS[name]
-            value = (w @ np.asarray(stats[num], np.float64)) / np.maximum(w @ np.asarray(stats[den], np.float64), 1e-12)
+            value = _ratio(w @ np.asarray(stats[num], np.float64), w @ np.asarray(stats[den], np.float64))
             out[name] = np.sqrt(value) if name == "rmse" else value
         else:
             user_w = np.asarray(stats[f"{name}/w"], np.float64)
-            value = (w @ (np.asarray(stats[name], np.float64) * user_w)) / np.maximum(w @ user_w, 1e-12)
-            out[name] = value
+            out[name] = _ratio(w @ (np.asarray(stats[name], np.float64) * user_w), w @ user_w)
     if weights is None:
         return {k: float(v[0]) for k, v in out.items()}
     return out
@@ -318,7 +324,11 @@ def bootstrap_weights(n_users: int, resamples: int, seed: int = 0) -> np.ndarray
 
 
 def _interval(samples: np.ndarray) -> list[float]:
-    return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
+    """The percentile interval over the resamples that define the metric (a resample may draw no user who does)."""
+    defined = samples[np.isfinite(samples)]
+    if not len(defined):
+        return [float("nan"), float("nan")]
+    return [float(np.percentile(defined, 2.5)), float(np.percentile(defined, 97.5))]
 
 
 def summarize(stats: Mapping[str, np.ndarray], *, resamples: int = 1000, seed: int = 0, implicit: bool = False) -> dict:
@@ -332,16 +342,17 @@ def summarize(stats: Mapping[str, np.ndarray], *, resamples: int = 1000, seed: i
 
     Returns:
       The point metrics, ``users`` (with at least one query row), ``ratings`` and, with resamples and users,
-      ``ci95``: ``{metric: [lo, hi]}``, percentile bootstrap intervals over users.
+      ``ci95``: ``{metric: [lo, hi]}``, percentile bootstrap intervals over users. A metric no user defines is
+      None (JSON null) and has no interval.
     """
     n_users = int(np.sum(np.asarray(stats["n"]) > 0))
     point = aggregate(stats, implicit=implicit)
-    out: dict = dict(point)
+    out: dict = {name: value if np.isfinite(value) else None for name, value in point.items()}
     out["users"] = n_users
     out["ratings"] = int(np.sum(stats["n"]))
     if resamples and n_users:
         samples = aggregate(stats, bootstrap_weights(len(stats["n"]), resamples, seed), implicit=implicit)
-        out["ci95"] = {name: _interval(values) for name, values in samples.items()}
+        out["ci95"] = {name: _interval(values) for name, values in samples.items() if out[name] is not None}
     return out
 
 
@@ -366,7 +377,7 @@ def paired_differences(
       implicit: implicit-feedback statistics (no MAE / RMSE).
 
     Returns:
-      ``{metric: {"diff": d, "ci95": [lo, hi]}}``.
+      ``{metric: {"diff": d, "ci95": [lo, hi]}}``, for the metrics both methods define.
 
     Raises:
       ValueError: if the two statistic sets are not on the same users and query rows.
@@ -374,6 +385,7 @@ def paired_differences(
     if len(stats_a["n"]) != len(stats_b["n"]) or not np.array_equal(stats_a["n"], stats_b["n"]):
         raise ValueError("paired_differences needs the two methods evaluated on the same users and query rows")
     point_a, point_b = aggregate(stats_a, implicit=implicit), aggregate(stats_b, implicit=implicit)
+    point_a = {name: value for name, value in point_a.items() if np.isfinite(value) and np.isfinite(point_b[name])}
     if not resamples or not len(stats_a["n"]):
         return {name: {"diff": point_a[name] - point_b[name], "ci95": [float("nan"), float("nan")]} for name in point_a}
     weights = bootstrap_weights(len(stats_a["n"]), resamples, seed)

@@ -212,7 +212,10 @@ def choose(
             run = point if t == 0 else point.override(train_seed=base_seed + TRAINING_SEED_STRIDE * t)
             experiment = build(run)
             state = experiment.train()
-            figure = float(experiment.validate(state.params, baselines=False)["maml"][metric])
+            figure = experiment.validate(state.params, baselines=False)["maml"][metric]
+            if figure is None:  # no validation user defines it (AUC without a user of both classes)
+                raise GridError(f"no validation user defines {metric}: the grid's points cannot be told apart")
+            figure = float(figure)
             validation_tasks = len(experiment.val_tasks)
             scores.append(figure)
             logger.info("grid point %s, training %d: validation %s %.4f", fields, t, metric, figure)

@@ -4,9 +4,11 @@ rows with its own metrics.
 Per scenario, compressed CSV with raw user and item ids:
 
 * ``<scenario>.split.csv.gz``: the split itself, ``user,item,role,target`` (``role`` is ``support`` or ``query``;
-  ``target`` the rating, or the interaction weight in top-N mode);
+  ``target`` the rating, the 0/1 label with binary targets (``--implicit``, the rating beside it in ``rating``),
+  or the interaction weight in top-N mode);
 * ratings: ``<scenario>.predictions.csv.gz``, ``user,item,<method>,...``: every method's prediction on each
-  query row;
+  query row, as the method gives it (nDCG ranks these); MAE and RMSE clip them to the rating scale first, which
+  metrics.json records as ``rating_scale``;
 * top-N: ``<scenario>.topk.csv.gz``, ``user,method,rank,item``: every method's top-k list (rank 1 first), over
   the whole catalogue with the user's support items excluded.
 """
@@ -34,22 +36,22 @@ def _write(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def _split_frame(dataset: Any, users: np.ndarray, sides: list[tuple[str, np.ndarray, np.ndarray]]) -> pd.DataFrame:
-    """``user,item,role,target`` rows of tasks: ``sides`` holds ``(role, item codes [T, L], targets [T, L])``."""
+def _split_frame(
+    dataset: Any, users: np.ndarray, sides: list[tuple[str, np.ndarray, np.ndarray]], threshold: float | None = None
+) -> pd.DataFrame:
+    """``user,item,role,target`` rows of tasks: ``sides`` holds ``(role, item codes [T, L], targets [T, L])``; with
+    a ``threshold`` (binary targets) ``target`` is the label and ``rating`` the rating it was read from."""
     parts = []
     for role, items, targets in sides:
         keep = items >= 0
         owner = np.broadcast_to(users[:, None], items.shape)[keep]
-        parts.append(
-            pd.DataFrame(
-                {
-                    "user": dataset.user_ids[owner],
-                    "item": dataset.item_ids[items[keep]],
-                    "role": role,
-                    "target": targets[keep],
-                }
-            )
-        )
+        frame = {"user": dataset.user_ids[owner], "item": dataset.item_ids[items[keep]], "role": role}
+        if threshold is None:
+            frame["target"] = targets[keep]
+        else:
+            frame["target"] = (targets[keep] >= threshold).astype(np.float32)
+            frame["rating"] = targets[keep]
+        parts.append(pd.DataFrame(frame))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -68,6 +70,7 @@ def write_rating_predictions(folder: str | Path, experiment: Any, params: Any) -
     folder.mkdir(parents=True, exist_ok=True)
     methods = experiment_predictors(experiment, params)
     batch_size = experiment.config.evaluation.eval_batch_size
+    threshold = experiment.featurizer.implicit_threshold
     written = []
     for scenario, tasks in experiment.scenario_tasks.items():
         plan = tasks.batch_plan(batch_size, None)
@@ -95,6 +98,7 @@ def write_rating_predictions(folder: str | Path, experiment: Any, params: Any) -
                 ("support", np.concatenate(s_items), np.concatenate(s_target)),
                 ("query", q_items, np.concatenate(q_target)),
             ],
+            threshold,
         )
         written.append(_write(split, folder / f"{scenario}.split.csv.gz"))
         keep = q_items >= 0

@@ -341,6 +341,19 @@ def _catalogue_towers(model: Any, catalogue: Any, unknown: float, kind: str) -> 
 CATALOGUE_LOSSES = {"als_exact": exact_als_loss, "logistic_exact": exact_logistic_loss}
 
 
+def _check_both_labels(ratings: np.ndarray, threshold: float) -> None:
+    """Refuse binary targets (``--implicit``) of one class: a threshold outside the log's scale (MovieLens's 4 on a
+    0/1 log) labels every rating alike, and the run would train and report AUC, HR and nDCG of nothing."""
+    positive = int(np.sum(ratings >= threshold))
+    if positive == 0 or positive == len(ratings):
+        which = "no rating reaches" if positive == 0 else "every rating reaches"
+        raise DataError(
+            f"--implicit-threshold {threshold:g}: {which} it among the {len(ratings)} meta-train ratings, in "
+            f"[{float(ratings.min()):g}, {float(ratings.max()):g}]: every label would be {int(positive > 0)}; "
+            "pick a threshold inside the log's scale (a rating >= it is a positive)"
+        )
+
+
 class Experiment:
     """The objects a config describes, built eagerly (data, split, tasks, model, trainer) or lazily (baselines).
 
@@ -399,6 +412,8 @@ class Experiment:
         logger.info("%s", self.split.summary())
         threshold = config.data.implicit_threshold if config.data.implicit else None
         train = self.split.train
+        if threshold is not None:
+            _check_both_labels(train["rating"].to_numpy(), threshold)
         # validation items are new to the model: out of its vocabularies, as the new-item scenario's are
         is_val_item = np.isin(train["item"].to_numpy(), self._validation_items(train["item"].to_numpy()))
         if pro.tasks_by == "item":
@@ -906,13 +921,16 @@ class Experiment:
 
         Returns:
           ``{"dataset": ..., "config": {...}, "tuned": {...}, "data_report": {...}, "scenarios": {...}}``; the data
-          report counts what reading the log dropped or merged (:attr:`~jaxrec.data.Dataset.report`).
+          report counts what reading the log dropped or merged (:attr:`~jaxrec.data.Dataset.report`);
+          ``rating_scale`` is the ``[low, high]`` MAE and RMSE clip a prediction to (None with binary targets).
         """
+        scale = self.featurizer.spec.rating_range
         return {
             "dataset": self.dataset.name,
             "config": self.config.to_dict(),
             "tuned": self.tuned,
             "data_report": dict(self.dataset.report),
+            "rating_scale": None if scale is None else [float(scale[0]), float(scale[1])],
             "scenarios": self.evaluate(params),
         }
 

@@ -256,12 +256,15 @@ class Recommender:
       featurizer: its featurizer.
       state: ``(params, inner_lr)`` of the adaptation.
       candidates: the device rows of every item, for an unknown user.
+      rating_range: ``(low, high)`` the predicted ratings :meth:`top_k` returns are clipped to, as MAE clips them
+        (None for binary targets, whose scores are not ratings).
     """
 
     def __init__(self, experiment, params):
 
         self.exp = experiment
         self.featurizer = experiment.featurizer
+        self.rating_range = self.featurizer.spec.rating_range
         self.state = split_meta_params(params, experiment.inner_lr)
         n_items = self.featurizer.n_items
         self.candidates = jax.device_put(self.featurizer.rows(np.full(n_items, -1), np.arange(n_items)))
@@ -330,9 +333,17 @@ class Recommender:
           k: how many items.
 
         Returns:
-          ``(codes, scores)`` of the best items, best first.
+          ``(codes, predictions)`` of the best items, best first: ranked by the model's scores, each prediction
+          clipped to the rating scale (a model may score beyond it; what it predicts is a rating on the scale).
         """
-        return _best(self.scores(item_codes, ratings), item_codes, k)
+        best, scores = _best(self.scores(item_codes, ratings), item_codes, k)
+        return best, self.clip(scores)
+
+    def clip(self, scores):
+        """Predicted ratings clipped to the rating scale (unchanged without one)."""
+        if self.rating_range is None:
+            return scores
+        return np.clip(scores, *self.rating_range)
 
 
 class TopNRecommender:

@@ -589,7 +589,7 @@ class TopNExperiment:
             resamples=0,
             seed=c.seed,
         )
-        return {name: float(s[_SELECT]) for name, s in summaries.items()}
+        return {name: float("nan") if s[_SELECT] is None else float(s[_SELECT]) for name, s in summaries.items()}
 
     def _baseline_fitters(self, names: Sequence[str]) -> dict[str, Callable[..., Any]]:
         """``{name: fit(**hyper)}`` of the named baselines that this data can fit: the interaction baselines on the

@@ -134,6 +134,9 @@ class ServingModel:
         unseen = exclude_items(scores, catalogue, own)  # each user's own items at -inf
         top_scores, top_codes = jax.lax.top_k(unseen, self.max_k)
         probe_scores = jnp.take_along_axis(scores, jnp.clip(probe, 0, self.n_items - 1), axis=1)
+        scale = getattr(self.recommender, "rating_range", None)
+        if scale is not None:  # ranked by the model's scores; each a predicted rating on the scale, as MAE reads it
+            top_scores, probe_scores = (jnp.clip(x, *scale) for x in (top_scores, probe_scores))
         return top_scores, top_codes, probe_scores
 
     def bucket_for(self, users: int, support: int) -> Bucket:
