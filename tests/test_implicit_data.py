@@ -299,3 +299,17 @@ def test_columns_as_the_command_lines_comma_separated_string(tmp_path):
     assert as_string.has_weights and not as_string.has_timestamps and as_string.report["interactions"] == 3
     with pytest.raises(jd.DataError, match=r"names 2 column\(s\)"):
         jd.from_csv(path, columns="user,item", feedback="implicit")
+
+
+def test_spaces_around_an_id_are_the_writers_not_another_item(tmp_path, caplog):
+    """``u1, i2`` made `` i2`` an item beside ``i2``: a 40-item log with a space after every other comma read as 80
+    items, in silence. The spaces go, counted, with a warning naming the first line."""
+    path = _write(tmp_path / "spaced.csv", "user,item,rating\nu1,i1,4\nu1, i2,3\nu2,i2,5\nu2 ,i1,2\n")
+    with caplog.at_level("WARNING"):
+        ds = jd.from_csv(path)
+    assert ds.item_ids.tolist() == ["i1", "i2"] and ds.user_ids.tolist() == ["u1", "u2"]
+    assert ds.report["ids_stripped"] == 2 and "first line 3" in caplog.text
+    plain = jd.from_csv(_write(tmp_path / "plain.csv", "user,item,rating\nu1,i1,4\nu1,i2,3\nu2,i2,5\nu2,i1,2\n"))
+    assert ds.fingerprint() == plain.fingerprint() and "ids_stripped" not in plain.report
+    with pytest.raises(jd.DataError, match="missing item id"):  # spaces alone are no id
+        jd.from_csv(_write(tmp_path / "blank.csv", "user,item,rating\nu1,i1,4\nu1,  ,3\n"))

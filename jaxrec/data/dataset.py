@@ -8,7 +8,8 @@ Every loader ends in :func:`from_dataframe`, which validates and cleans the log 
 2. duplicate ``(user, item)`` pairs keep the latest by timestamp (the last in file order without timestamps); in an
    implicit log (``feedback="implicit"``) they are merged instead: weights summed, the earliest timestamp kept;
 3. users with fewer than ``min_user_ratings`` ratings are dropped;
-4. raw ids are encoded to dense codes ``0..n-1`` (sorted by raw id) and side tables are aligned to the codes.
+4. raw ids are encoded to dense codes ``0..n-1`` (sorted by raw id) and side tables are aligned to the codes; a
+   text id loses the spaces around it (``u1, i5``: counted in ``report["ids_stripped"]``, with a warning).
 
 Nothing is dropped silently: every step that removes rows adds a count to :attr:`Dataset.report`, which
 :meth:`Dataset.summary` prints.
@@ -494,8 +495,12 @@ def from_dataframe(
     if len(df) == 0:
         raise DataError(f"{where}: no ratings (the log is empty)")
     encoded = {}  # role -> the ids' dense codes and sorted uniques, each distinct id checked once
+    stripped = np.zeros(len(df), bool)
     for role in ("user", "item"):
         ids = df[named[role]]
+        if pd.api.types.is_string_dtype(ids) or pd.api.types.is_object_dtype(ids):
+            ids, changed = _strip_ids(ids)
+            stripped |= changed
         nulls = ids.isna().to_numpy()
         codes, uniques = pd.factorize(ids) if nulls.any() else _encode(ids.to_numpy())
         if pd.api.types.is_string_dtype(ids) or pd.api.types.is_object_dtype(ids):  # "" and "  " are no id either
@@ -513,6 +518,16 @@ def from_dataframe(
     implicit = feedback == "implicit" or (feedback is None and rating is None and weight is not None)
     explicit = rating is not None and not implicit
     report: dict[str, Any] = {"ratings_read": len(df)}
+    if stripped.any():
+        report["ids_stripped"] = int(stripped.sum())
+        first = int(np.flatnonzero(stripped)[0])
+        logger.warning(
+            "%s: %d row(s) had spaces around a user or item id (first %s): read without them, so that 'u1, i5' and "
+            "'u1,i5' name the same item",
+            where,
+            report["ids_stripped"],
+            _where_line(first, _line_offset),
+        )
     ratings = _numeric_column(df[rating], rating, where, _line_offset) if rating is not None else np.ones(len(df))
     if explicit:
         _check_float32(ratings, rating, where, _line_offset)  # ratings are stored as float32: these would be inf
@@ -1059,6 +1074,21 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
         return True
     following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
     return _unlike_data(text, following)
+
+
+def _strip_ids(ids: pd.Series) -> tuple[pd.Series, np.ndarray]:
+    """Text ids without the spaces around them (a log written as ``u1, i5``: the space is the writer's, and kept it
+    would make `` i5`` another item than ``i5``), and the mask of the rows changed. Each distinct id is stripped
+    once."""
+    codes, uniques = pd.factorize(ids)
+    text = np.array([v.strip() if isinstance(v, str) else v for v in uniques], dtype=object)
+    changed = np.array([isinstance(v, str) and v != t for v, t in zip(uniques, text, strict=True)], bool)
+    if not changed.any():
+        return ids, np.zeros(len(ids), bool)
+    rows = (codes >= 0) & changed[np.maximum(codes, 0)]
+    out = ids.astype(object).copy()
+    out[rows] = text[codes[rows]]
+    return out, rows
 
 
 def _exact_ids(values: pd.Series) -> pd.Series:
