@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import signal
 import socket
 import sys
@@ -294,6 +295,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         state = run.start(args.resume)
         start = int(state.step)
+        if start >= stop_step and args.resume:
+            _echo(
+                f"note: the run is at step {start}, at or past the {stop_step} steps asked for "
+                f"(--epochs {config.meta.epochs}{'' if args.steps is None else f', --steps {args.steps}'}): "
+                "nothing to train",
+                err=True,
+            )
         _echo(
             f"{experiment.dataset.name}: {len(experiment.train_tasks)} meta-train {experiment.train_tasks.by}s, "
             f"{experiment.steps_per_epoch} steps/epoch; {config.meta.algorithm} ({config.meta.order} order) on "
@@ -306,9 +314,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     step = int(state.step)
     if signum is not None:
         name = signal.Signals(signum).name
+        again = ["jaxrec", "train", "--out", str(out), "--resume"]
+        if config.data.path is not None:  # a run's file is named again, never opened from its record
+            again += ["--data", str(config.data.path)]
         _echo(
             f"\n{name} received: saved checkpoint at step {step} in {out / 'checkpoints'}; "
-            f"continue with: jaxrec train --out {out} --resume",
+            f"continue with: {shlex.join(again)}",
             err=True,
         )
         return 128 + signum

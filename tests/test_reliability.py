@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -176,7 +177,7 @@ def _wait_for_first_epoch(proc: subprocess.Popen, log: Path, timeout: float = 15
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file, tmp_path, signum):
+def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file, tmp_path, signum, capsys):
     out = tmp_path / "run"
     command = [
         sys.executable,
@@ -205,23 +206,14 @@ def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file
     assert "Traceback" not in stderr
     saved = read_metadata(out)["step"]
     assert saved >= 1
-
-    assert (
-        cli.main(
-            [
-                "train",
-                "--out",
-                str(out),
-                "--resume",
-                "--data",
-                str(ratings_file),
-                "--steps",
-                str(saved + 2),
-                "--no-eval",
-            ]
-        )
-        == 0
-    )
+    # the command it prints goes on as printed (it left out --data, which a run of a file needs)
+    hint = shlex.split(stderr.split("continue with: ")[1].splitlines()[0])
+    assert hint[:2] == ["jaxrec", "train"] and hint[hint.index("--data") + 1] == str(ratings_file)
+    assert cli.main([*hint[1:], "--steps", str(saved + 2), "--no-eval"]) == 0
+    assert read_metadata(out)["step"] == saved + 2
+    capsys.readouterr()
+    assert cli.main([*hint[1:], "--steps", "1", "--no-eval"]) == 0  # already past it: said, not a contradiction
+    assert f"the run is at step {saved + 2}, at or past the 1 steps asked for" in capsys.readouterr().err
     assert read_metadata(out)["step"] == saved + 2
 
 
