@@ -313,3 +313,19 @@ def test_spaces_around_an_id_are_the_writers_not_another_item(tmp_path, caplog):
     assert ds.fingerprint() == plain.fingerprint() and "ids_stripped" not in plain.report
     with pytest.raises(jd.DataError, match="missing item id"):  # spaces alone are no id
         jd.from_csv(_write(tmp_path / "blank.csv", "user,item,rating\nu1,i1,4\nu1,  ,3\n"))
+
+
+def test_epoch_seconds_beside_milliseconds_are_warned_about(tmp_path, caplog):
+    """Two exports joined, one in seconds and one in milliseconds, were read in silence: every millisecond time
+    came centuries after every second one, and a split by time put every user in the warm scenario."""
+    rows = "".join(f"u{u},i{i},{1_600_000_000 + 60 * i}{'000' if i % 2 else ''}\n" for u in range(3) for i in range(4))
+    with caplog.at_level("WARNING"):
+        jd.from_csv(_write(tmp_path / "mixed.csv", "user,item,timestamp\n" + rows), feedback="implicit")
+    assert "mixes epoch seconds (6 value(s), first line 2) with milliseconds or finer (6 value(s), first line 3)" in (
+        caplog.text
+    )
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # one unit, or small ordinal times, say nothing
+        jd.from_csv(_write(tmp_path / "ms.csv", "user,item,timestamp\nu1,i1,1600000000000\nu1,i2,1600000060000\n"))
+        jd.from_csv(_write(tmp_path / "ord.csv", "user,item,timestamp\nu1,i1,1\nu1,i2,1600000060000\n"))
+    assert "mixes epoch seconds" not in caplog.text

@@ -355,7 +355,32 @@ def _timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Lin
                     "value(s) in total)"
                 )
             return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
-    return _numeric_column(col, column, where, line_offset).astype(np.int64)
+    seconds = _numeric_column(col, column, where, line_offset).astype(np.int64)
+    _warn_mixed_units(seconds, column, where, line_offset)
+    return seconds
+
+
+#: epoch times of the years 1973-2100 in seconds, and from 1973 on in milliseconds (or finer)
+_SECONDS_RANGE, _MILLISECONDS_FROM = (10**8, 4.2 * 10**9), 10**11
+
+
+def _warn_mixed_units(times: np.ndarray, column: str, where: str, line_offset: LineOffset) -> None:
+    """Warn when a numeric time column holds epoch seconds beside epoch milliseconds (two exports joined): compared
+    as written, every millisecond time is centuries after every second one, and the order by time is wrong."""
+    fine = times >= _MILLISECONDS_FROM
+    coarse = (times >= _SECONDS_RANGE[0]) & (times <= _SECONDS_RANGE[1])
+    if fine.any() and coarse.any():
+        logger.warning(
+            "%s: column %r mixes epoch seconds (%d value(s), first %s) with milliseconds or finer (%d value(s), "
+            "first %s): times are compared as written, so the order by time is wrong across the two; convert "
+            "them to one unit",
+            where,
+            column,
+            int(coarse.sum()),
+            _where_line(int(np.flatnonzero(coarse)[0]), line_offset),
+            int(fine.sum()),
+            _where_line(int(np.flatnonzero(fine)[0]), line_offset),
+        )
 
 
 def _check_float32(values: np.ndarray, column: str | None, where: str, line_offset: LineOffset) -> None:
