@@ -135,6 +135,21 @@ def test_evaluate_refuses_the_log_read_another_way(topn_run, tmp_path, capsys):
     assert "rows of item, rating, timestamp, user, weight then" in err and not (tmp_path / "other.json").exists()
 
 
+def test_evaluate_says_when_the_log_is_the_same_in_another_row_order(topn_run, tmp_path, capsys):
+    """The run's log with its rows shuffled was called other interactions: it is the same log, whose split follows
+    the row order."""
+    lines = topn_run["data"].read_text().splitlines()
+    shuffled = tmp_path / "shuffled.tsv"
+    body = lines[1:]
+    np.random.default_rng(0).shuffle(body)
+    shuffled.write_text("\n".join([lines[0], *body]) + "\n")
+    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(shuffled), "--columns",
+            "user,item,weight,timestamp", "--output", str(tmp_path / "other.json")]  # fmt: skip
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "in another row order" in err and "pass the log in that order" in err and "Traceback" not in err
+
+
 def evaluate_again(topn_run, output, *flags):
     """``jaxrec evaluate`` of the shared run with ``flags``: its new-user summaries, and the training run's."""
     argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]), *flags,

@@ -124,13 +124,20 @@ class Dataset:
     def fingerprint(self) -> dict[str, Any]:
         """What identifies the interactions: their count, columns and a SHA-256 of every column's values (codes,
         ratings, timestamps, weights), so that a checkpoint can tell the log it was trained on from another that
-        encodes the same users and items (a log read without its timestamps, rows added or removed)."""
-        digest = hashlib.sha256()
-        for column in sorted(self.ratings.columns):
-            values = np.ascontiguousarray(self.ratings[column].to_numpy())
-            digest.update(f"{column}:{values.dtype.str}:".encode())
-            digest.update(values.tobytes())
-        return {"rows": len(self.ratings), "columns": sorted(self.ratings.columns), "sha256": digest.hexdigest()}
+        encodes the same users and items (a log read without its timestamps, rows added or removed); and the same
+        digest of the rows in sorted order, equal for the same log in another row order."""
+        columns = sorted(self.ratings.columns)
+        arrays = [np.ascontiguousarray(self.ratings[column].to_numpy()) for column in columns]
+        digests = []
+        for rows in (None, np.lexsort(arrays[::-1])):
+            digest = hashlib.sha256()
+            for column, values in zip(columns, arrays, strict=True):
+                digest.update(f"{column}:{values.dtype.str}:".encode())
+                digest.update((values if rows is None else values[rows]).tobytes())
+            digests.append(digest.hexdigest())
+        # the second digest is of the rows sorted: the same log in another row order (whose split differs: the
+        # draws follow the rows) is told apart from another log
+        return {"rows": len(self.ratings), "columns": columns, "sha256": digests[0], "sha256_any_order": digests[1]}
 
     @property
     def user_ids(self) -> np.ndarray:

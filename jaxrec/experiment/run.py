@@ -444,7 +444,13 @@ def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | 
     if then is None:  # a checkpoint written before the interactions were recorded
         return
     now = interactions if interactions is not None else experiment.dataset.fingerprint()
-    if then != now:
+    if any(then[key] != now.get(key) for key in then):  # the keys it recorded: older records have fewer
+        if then.get("sha256_any_order") == now["sha256_any_order"]:
+            raise CheckpointError(
+                f"{folder}: the interactions are those the run was trained on from {source!r}, in another row "
+                "order: the split and every draw follow the rows' order, so the run's figures come from the order "
+                "it read; pass the log in that order"
+            )
         raise CheckpointError(
             f"{folder}: the interactions differ from those the run was trained on from {source!r} ({then['rows']} "
             f"rows of {', '.join(then['columns'])} then, {now['rows']} rows of {', '.join(now['columns'])} now): "
