@@ -308,6 +308,31 @@ def test_rating_runs_save_their_split_and_query_predictions(tmp_path, monkeypatc
         assert mae == pytest.approx(document["scenarios"][scenario][method]["mae"], rel=1e-5)
 
 
+def test_a_declared_rating_scale_is_the_models(tmp_path, monkeypatch, capsys):
+    """The scale was the meta-train ratings' least and greatest: on a 0.5-10 scale where nobody gave 0.5, predictions
+    were clipped at 1 and a new user's 0.5 refused. ``--rating-scale`` declares it; a rating outside it is named."""
+    data = write_ratings(tmp_path / "ratings.csv", scale=10)
+    lines = capture(monkeypatch)
+    flags = ["--model", "mf", "--model-kwargs", '{"embed": 4}', "--order", "first", "--inner-steps", "1",
+             "--batch-size", "8", "--baselines", "global_mean", "--bootstrap", "10", "--no-progress",
+             "--epochs", "1"]  # fmt: skip
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--columns", "user,item,rating", *flags, "--out", str(run)]
+    assert cli.main([*argv, "--rating-scale", "0.5,10"]) == 0
+    assert json.loads((run / "metrics.json").read_text())["rating_scale"] == [0.5, 10.0]
+    mine = tmp_path / "mine.csv"
+    mine.write_text("item,rating\n100,0.5\n101,10\n")
+    lines.clear()
+    assert cli.main(["recommend", "--checkpoint", str(run), "--ratings", str(mine), "-k", "3"]) == 0
+    assert "2 rating(s)" in "\n".join(lines)
+    lines.clear()
+    assert cli.main([*argv, "--rating-scale", "2,10", "--out", str(tmp_path / "r2")]) == 1
+    said = "\n".join(lines) + capsys.readouterr().err
+    assert "is outside the rating scale [2, 10]" in said and "rating 1 of user" in said
+    assert cli.main([*argv, "--rating-scale", "10,2", "--out", str(tmp_path / "r3")]) != 0
+    assert "low < high" in "\n".join(lines) + capsys.readouterr().err
+
+
 def test_binary_target_runs_save_the_labels_they_scored(tmp_path, monkeypatch):
     """With ``--implicit true`` the split's target was the raw rating, not the 0/1 label the metrics use."""
     data = write_ratings(tmp_path / "ratings.csv", scale=5)

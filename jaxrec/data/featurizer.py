@@ -159,7 +159,12 @@ class Featurizer:
 
     @classmethod
     def fit(
-        cls, dataset: Dataset, train_ratings: pd.DataFrame | None = None, *, implicit_threshold: float | None = None
+        cls,
+        dataset: Dataset,
+        train_ratings: pd.DataFrame | None = None,
+        *,
+        implicit_threshold: float | None = None,
+        rating_range: tuple[float, float] | None = None,
     ) -> Featurizer:
         """Build the vocabularies and lookup tables from the training ratings.
 
@@ -168,14 +173,18 @@ class Featurizer:
           train_ratings: the ratings the vocabularies are built from (default: all of ``dataset.ratings``).
           implicit_threshold: when set, the target is ``"label" = rating >= threshold`` (float 0/1) instead of
             ``"rating"``, and ``spec.rating_range`` is None.
+          rating_range: ``(low, high)`` of the rating scale (default: the training ratings' least and greatest).
 
         Returns:
           The fitted :class:`Featurizer`.
 
         Raises:
-          DataError: if ``train_ratings`` is empty or holds codes outside ``dataset``.
+          DataError: if ``train_ratings`` is empty or holds codes outside ``dataset``, or a rating of ``dataset`` is
+            outside ``rating_range``.
         """
         train = dataset.ratings if train_ratings is None else train_ratings
+        if rating_range is not None and implicit_threshold is None:
+            _check_scale(dataset, rating_range)
         if len(train) == 0:
             raise DataError(f"{dataset.name}: cannot fit a Featurizer on an empty training set")
         train_u, train_i = train["user"].to_numpy(), train["item"].to_numpy()
@@ -213,11 +222,15 @@ class Featurizer:
                 vocabularies["item_genres"] = vocab
 
         ratings = train["rating"].to_numpy()
+        if implicit_threshold is not None:
+            rating_range = None  # 0/1 labels: no rating scale
+        elif rating_range is None:
+            rating_range = (ratings.min(), ratings.max())
         spec = FeatureSpec(
             categorical=categorical,
             multi_hot={k: v.shape[1] for k, v in item_multi_hot.items()},
             target="label" if implicit_threshold is not None else "rating",
-            rating_range=None if implicit_threshold is not None else (float(ratings.min()), float(ratings.max())),
+            rating_range=None if rating_range is None else (float(rating_range[0]), float(rating_range[1])),
         )
         return cls(
             spec=spec,
@@ -410,3 +423,17 @@ class Featurizer:
 def _jsonable(ids: np.ndarray) -> list | None:
     values = ids.tolist()
     return values if all(isinstance(v, int | str) for v in values[:1000]) else None
+
+
+def _check_scale(dataset: Dataset, rating_range: tuple[float, float]) -> None:
+    """A :class:`DataError` naming the first rating of the log outside a declared scale (user, item and value)."""
+    low, high = rating_range
+    ratings = dataset.ratings["rating"].to_numpy()
+    outside = (ratings < low) | (ratings > high)
+    if outside.any():
+        row = dataset.ratings.iloc[int(np.flatnonzero(outside)[0])]
+        raise DataError(
+            f"{dataset.name}: the rating {float(row['rating']):g} of user {dataset.user_ids[int(row['user'])]!r} on "
+            f"item {dataset.item_ids[int(row['item'])]!r} is outside the rating scale [{low:g}, {high:g}] "
+            f"({int(outside.sum())} rating(s) outside it in total)"
+        )

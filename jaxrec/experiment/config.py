@@ -196,9 +196,12 @@ class DataConfig:
         its confidence) and the run is top-N recommendation over the whole catalogue (:class:`TopNConfig`);
         ``"explicit"``: ratings; None: ratings, refusing a rating column that looks like counts.
       positive_threshold: with ``feedback="implicit"`` on rated data, only ratings ``>=`` this are interactions.
+      rating_scale: ``(low, high)`` of the rating scale, where the meta-train ratings' least and greatest (the
+        default) are not its ends (a 0.5-10 scale on which nobody gave 0.5): what predictions are clipped to and
+        what a new user's ratings are checked against.
 
     Raises:
-      ValueError: if neither ``dataset`` nor ``path`` is given.
+      ValueError: if neither ``dataset`` nor ``path`` is given, or ``rating_scale`` is not two increasing numbers.
     """
 
     dataset: str | None = _field("ml-latest-small", "a known dataset (see `jaxrec datasets`)")
@@ -230,9 +233,24 @@ class DataConfig:
     positive_threshold: float | None = _field(
         None, "--feedback implicit on rated data: ratings >= this are interactions", parse=_none_or(_float)
     )
+    rating_scale: tuple | None = _field(
+        None,
+        "the rating scale low,high, e.g. 0.5,10 (default: the meta-train ratings' least and greatest)",
+        parse=_none_or(_list_of(_float)),
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "columns", _tuple(self.columns))
+        object.__setattr__(self, "rating_scale", _tuple(self.rating_scale))
+        if self.rating_scale is not None:
+            scale = self.rating_scale
+            numbers = len(scale) == 2 and all(isinstance(v, int | float) and not isinstance(v, bool) for v in scale)
+            _check(
+                numbers and math.isfinite(scale[0]) and math.isfinite(scale[1]) and scale[0] < scale[1],
+                "rating_scale",
+                f"must be two finite numbers low < high (e.g. 0.5,10), got {scale!r}",
+            )
+            object.__setattr__(self, "rating_scale", (float(scale[0]), float(scale[1])))
         _check(
             self.feedback in (None, "explicit", "implicit"),
             "feedback",

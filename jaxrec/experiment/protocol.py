@@ -420,7 +420,9 @@ class Experiment:
             # item tasks are validated on held-out items (a random val_frac of them) rated by meta-train users:
             # the new-item scenario's kind of task, whose users' ids the model has trained
             is_val_item |= np.isin(train["item"].to_numpy(), self._validation_users(train["item"].to_numpy()))
-        self.featurizer = Featurizer.fit(self.dataset, train[~is_val_item], implicit_threshold=threshold)
+        self.featurizer = Featurizer.fit(
+            self.dataset, train[~is_val_item], implicit_threshold=threshold, rating_range=config.data.rating_scale
+        )
         val_users = self._validation_users(train.loc[~is_val_item, "user"].to_numpy())
         if pro.tasks_by == "item":
             val_users = val_users[:0]
