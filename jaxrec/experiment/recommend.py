@@ -178,8 +178,8 @@ def read_user_ratings(
     last = len(codes) - 1 - np.unique(codes[::-1], return_index=True)[1]  # last occurrence of each item
     keep = np.sort(last)
     if weighted:  # an item's rows merged as the training log's duplicates were: their weights summed
-        distinct, which = np.unique(codes, return_inverse=True)
-        values = np.bincount(which, weights=values)[np.searchsorted(distinct, codes)]
+        which = np.unique(codes, return_inverse=True)[1]
+        values = np.bincount(which, weights=values)[which]
     elif implicit:  # a kept rating is one interaction of weight 1, as in training and as the service reads it
         values = np.ones_like(values)
     if len(last) < len(codes):
