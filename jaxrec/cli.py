@@ -50,7 +50,7 @@ from jaxrec.experiment.run import (
     restore_run,
     resume_config,
 )
-from jaxrec.experiment.trained import load_trained
+from jaxrec.experiment.trained import RECENCY_FILE, load_trained, write_recency
 from jaxrec.methods import METHODS, grid, recipe
 from jaxrec.scale.host_devices import use_every_core
 from jaxrec.scale.host_memory import keep_freed_host_memory
@@ -331,7 +331,21 @@ def cmd_train(args: argparse.Namespace) -> int:
         _echo(f"wrote {out / 'metrics.json'}")
     if config.data.feedback == "implicit":
         _keep_hybrid(out, experiment, state.params)
+        _keep_recency(out, experiment, state.params)
     return EXIT_OK
+
+
+def _keep_recency(out: Path, experiment: Any, params: Any) -> None:
+    """Keep a ``--support-recency`` run's chosen weighting in its folder, for ``jaxrec recommend`` and ``serve``."""
+    try:
+        record = write_recency(out, experiment, params)
+    except OSError as e:
+        raise CLIError(f"cannot write the support recency to {out}: {os_reason(e)}") from e
+    if record is not None:
+        _echo(
+            f"wrote {out / RECENCY_FILE}: recommend and serve weigh a user's items by their order, oldest first "
+            f"(strength {record['maml']:g}, chosen on validation users)"
+        )
 
 
 def _keep_hybrid(out: Path, experiment: Any, params: Any) -> None:

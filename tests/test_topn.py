@@ -1144,3 +1144,13 @@ def test_id_dropout_for_new_items_does_not_flood_every_list_with_new_items_on_ml
     support, _ = exp.val_tasks.item_codes(index)
     top = np.asarray(rank(exp.val_tasks.make_batch(index, np.random.default_rng(0)), jnp.asarray(support)))[:, :20]
     assert np.isin(top, exp.split.new_items).mean() < 0.05
+
+
+def test_recency_weights_favour_the_newest_and_keep_mean_one():
+    from jaxrec.evaluation.topn import recency_weights
+
+    mask = np.array([[True, True, True, False], [True, False, False, False], [False] * 4])
+    w = recency_weights(mask, 2.0)
+    np.testing.assert_allclose(w[0, :3], np.exp([0.0, 1.0, 2.0]) * 3 / np.exp([0.0, 1.0, 2.0]).sum(), rtol=1e-6)
+    assert w[0, 3] == 0 and w[1].tolist() == [1.0, 0, 0, 0] and w[2].tolist() == [0.0] * 4
+    np.testing.assert_array_equal(recency_weights(mask, 0.0), mask.astype(np.float32))

@@ -1,6 +1,7 @@
 """``jaxrec train --feedback implicit``: a play-count log with string ids, end to end through the command (metrics,
 checkpoint, evaluate, saved predictions), and its clear errors."""
 
+import dataclasses
 import gzip
 import json
 
@@ -415,3 +416,40 @@ def test_more_devices_than_the_machine_has_is_refused_clearly(topn_run, tmp_path
     assert cli.main(argv) != 0
     err = capsys.readouterr().err
     assert "devices" in err and "Traceback" not in err
+
+
+def test_the_supports_recency_is_chosen_per_method_and_served_in_the_order_sent(tmp_path, monkeypatch):
+    """A new user's support is their first interactions in time and the query those that follow: with
+    ``--support-recency`` each fold-in weighs the newest most, its strength chosen per method on the validation users,
+    and recommend and serve weigh a request's items in the order sent, the oldest first."""
+    from jaxrec.experiment.recommend import TopNRecommender
+    from jaxrec.experiment.trained import load_trained
+
+    data = write_plays(tmp_path / "plays.tsv")
+    out = tmp_path / "run"
+    lines = capture(monkeypatch)
+    argv = ["train", "--data", str(data), "--columns", "user,item,weight,timestamp", *TOPN_FLAGS, "--epochs", "1",
+            "--topn-baselines", "popular,itemknn,ease", "--hybrid", "itemknn", "--support-recency", "2",
+            "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0, lines
+    tuned = json.loads((out / "metrics.json").read_text())["tuned"]["support_recency"]
+    assert set(tuned) == {"maml", "itemknn", "ease"}  # popular reads no support
+    assert all(record["strength"] == 2.0 for record in tuned.values())
+    assert json.loads((out / "support_recency.json").read_text())["maml"] == 2.0
+    assert json.loads((out / "hybrid.json").read_text())["partner_recency"] == 2.0
+    trained = load_trained(out)
+    assert trained.support_recency == 2.0 and trained.hybrid.recency == 2.0
+    ids = list(trained.item_ids)
+    codes = np.array([ids.index(s) for s in ("song-00", "song-02", "song-04")], np.int32)
+    recommender = TopNRecommender(trained, trained.params, hybrid=None)
+    forward = recommender.model_scores(codes, np.ones(3, np.float32))
+    backward = recommender.model_scores(codes[::-1], np.ones(3, np.float32))
+    assert np.abs(forward - backward).max() > 1e-4  # the order weighs
+    unweighted = TopNRecommender(dataclasses.replace(trained, support_recency=0.0), trained.params, hybrid=None)
+    weights = np.exp(2.0 * np.arange(3) / 2)
+    np.testing.assert_allclose(  # the same as weights given by hand, scaled to mean 1
+        forward, unweighted.model_scores(codes, (weights * 3 / weights.sum()).astype(np.float32)), rtol=1e-5, atol=1e-6
+    )
+    partner = trained.hybrid.partner_scores(codes[None, :], np.ones((1, 3), bool))
+    flipped = trained.hybrid.partner_scores(codes[None, ::-1], np.ones((1, 3), bool))
+    assert np.abs(partner - flipped).max() > 1e-6

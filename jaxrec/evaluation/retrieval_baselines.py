@@ -850,10 +850,12 @@ def fit_baseline(name: str, X: Any, features: Any = None, **hyper: Any) -> Any:
     return RETRIEVAL_BASELINES[name](X, **hyper)
 
 
-def support_matrix(items: Any, n_items: int) -> sp.csr_matrix:
-    """The fold-in matrix ``S [U, n_items]`` of users' support items ``[U, E]`` (-1 = none), each of weight 1."""
+def support_matrix(items: Any, n_items: int, weights: Any = None) -> sp.csr_matrix:
+    """The fold-in matrix ``S [U, n_items]`` of users' support items ``[U, E]`` (-1 = none), each of weight 1 or of
+    its entry of ``weights [U, E]``."""
     items = np.asarray(items)
     users = np.repeat(np.arange(items.shape[0]), items.shape[1])
     flat = items.reshape(-1)
     real = flat >= 0
-    return interaction_matrix(users[real], flat[real], None, items.shape[0], n_items)
+    values = None if weights is None else np.asarray(weights, np.float64).reshape(-1)[real]
+    return interaction_matrix(users[real], flat[real], values, items.shape[0], n_items)

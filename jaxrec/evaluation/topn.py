@@ -59,6 +59,7 @@ __all__ = [
     "topn_statistics",
     "user_orders",
     "model_scorer",
+    "recency_weights",
     "sampled_negatives",
     "sampled_statistics",
 ]
@@ -252,6 +253,27 @@ def coverage(items: np.ndarray, n_items: int, k: int) -> float:
     """
     top = np.asarray(items)[:, :k]
     return float(len(np.unique(top[top >= 0])) / max(int(n_items), 1))
+
+
+def recency_weights(mask: np.ndarray, strength: float) -> np.ndarray:
+    """The weights of users' support interactions by their order, the oldest first: the ``j``-th of ``n`` weighs
+    ``exp(strength * j / (n - 1))``, scaled so that a user's ``n`` weights have mean 1 (0 on padding).
+
+    A new user's support is their first interactions and the query those that follow, so the newest of the support
+    is the nearest the future; ``strength = 0`` weighs all alike (ones), as every fold-in did before.
+
+    Args:
+      mask: bool ``[U, S]``, the real support rows, the first ``n`` of each user in time order.
+      strength: ``tau >= 0`` (a negative one favours the oldest).
+
+    Returns:
+      float32 ``[U, S]``.
+    """
+    mask = np.asarray(mask, bool)
+    n = mask.sum(axis=1, keepdims=True)
+    position = np.arange(mask.shape[1])[None, :] / np.maximum(n - 1, 1)
+    raw = np.where(mask, np.exp(float(strength) * position), 0.0)
+    return (raw * n / np.maximum(raw.sum(axis=1, keepdims=True), 1e-30)).astype(np.float32)
 
 
 def sampled_statistics(

@@ -632,6 +632,13 @@ class TopNConfig:
         the baseline's, each standardised per user, added with the baseline's weight chosen on the validation users
         (:mod:`jaxrec.evaluation.hybrid`), and ``"<other>+<name>"`` for every other interaction or content baseline,
         tuned alike (the baselines get the same second model); None: no hybrid.
+      support_recency: the strengths ``tau`` of the support's recency weighting to choose from, per method, on the
+        validation users (empty: off). A new user's support is their first ``shots`` interactions in time; with
+        ``tau`` the ``j``-th of ``n`` (oldest first) weighs ``exp(tau j / (n - 1))``, scaled to mean 1, in the
+        method's fold-in: the interactions nearest the future count most. Every method but ``popular`` gets its
+        own choice (``0`` included: no weighting), recorded in ``tuned["support_recency"]`` and applied by
+        ``recommend`` and ``serve`` to a request's items in the order sent. Logs without timestamps are not
+        weighted (their support order is random).
       sampled_negatives: with N > 0 the test scenarios are also scored by the sampled protocol, each query positive
         against N uniformly drawn items the user did not interact with (``sampled_hr@k``). **Biased** (Krichene
         and Rendle, KDD 2020): it can order methods unlike the full ranking; offered to compare with papers.
@@ -681,6 +688,12 @@ class TopNConfig:
         "weight of the baseline NAME (e.g. itemknn) chosen on validation users",
         parse=_none_or(str),
     )
+    support_recency: tuple = _field(
+        (),
+        "recency weights of a new user's support to choose from per method on validation users, e.g. 0,1,2,3,4: the "
+        "j-th of n interactions (oldest first) weighs exp(tau j / (n - 1)); none: off",
+        parse=_list_of(_float),
+    )
     sampled_negatives: int = _field(
         0,
         "also score each test positive against this many sampled negatives (the sampled protocol: biased, for "
@@ -689,8 +702,17 @@ class TopNConfig:
     )
 
     def __post_init__(self):
-        for name in ("topn_ks", "topn_baselines"):
+        for name in ("topn_ks", "topn_baselines", "support_recency"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
+        _check(
+            all(
+                isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+                for t in self.support_recency
+            ),
+            "support_recency",
+            f"must be finite numbers, got {self.support_recency!r}",
+        )
+        object.__setattr__(self, "support_recency", tuple(float(t) for t in self.support_recency))
         for name in ("shots", "query_cap", "train_query", "negatives", "catalogue_chunk", "rerank_candidates"):
             _positive_int(getattr(self, name), name)
         if self.rerank is not None and self.topn_ks:

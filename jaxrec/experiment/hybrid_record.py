@@ -29,6 +29,7 @@ import scipy.sparse as sp
 
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.hybrid import hybrid_scores
+from jaxrec.evaluation.topn import recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, file_sha256
 
 __all__ = ["HYBRID_FILE", "INTERACTIONS_FILE", "ServedHybrid", "read_hybrid", "write_hybrid"]
@@ -48,12 +49,15 @@ class ServedHybrid:
       weight: the partner's weight, chosen on the validation users.
       fitted: the fitted partner (``fitted.scores(S [users, n_items]) -> [users, n_items]``).
       n_items: the catalogue size.
+      recency: the strength of the partner's recency weighting of the support, chosen on the validation users
+        (``support_recency``; 0: each item of weight 1).
     """
 
     partner: str
     weight: float
     fitted: Any
     n_items: int
+    recency: float = 0.0
 
     @property
     def name(self) -> str:
@@ -61,8 +65,8 @@ class ServedHybrid:
         return f"maml+{self.partner}"
 
     def partner_scores(self, items: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The partner's scores of every item for a batch of users, folded in from their items (each of weight 1,
-        as the evaluation folds in a support set).
+        """The partner's scores of every item for a batch of users, folded in from their items (each of weight 1, or
+        weighted by their order at the run's ``recency``, as the evaluation folds in a support set).
 
         Args:
           items: int ``[B, S]`` item codes (-1 = padding).
@@ -71,7 +75,8 @@ class ServedHybrid:
         Returns:
           float32 ``[B, n_items]``.
         """
-        support = rb.support_matrix(np.where(mask, items, -1), self.n_items)
+        weights = recency_weights(mask, self.recency) if self.recency else None
+        support = rb.support_matrix(np.where(mask, items, -1), self.n_items, weights)
         return np.asarray(self.fitted.scores(support), np.float32)
 
     def combine(self, model_scores: jax.Array, partner_scores: jax.Array, exclude: jax.Array) -> jax.Array:
@@ -113,6 +118,7 @@ def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) ->
         "partner": partner,
         "partner_hyper": experiment.tuned[partner].get("chosen") or {},
         "weight": float(experiment.tuned[name]["weight"]),
+        "partner_recency": float(experiment.tuned.get("support_recency", {}).get(partner, {}).get("strength", 0.0)),
         **{k: v for k, v in experiment.tuned[name].items() if k != "weight"},  # its validation figure
         "n_items": int(experiment.dataset.n_items),
         "interactions": {
@@ -145,6 +151,7 @@ def read_hybrid(run_folder: str | os.PathLike, featurizer: Any) -> ServedHybrid 
     try:
         document = json.loads(path.read_text())
         partner, weight, hyper = document["partner"], float(document["weight"]), dict(document["partner_hyper"])
+        recency = float(document.get("partner_recency", 0.0))  # records before the weighting have none
         n_items, checksum = int(document["n_items"]), document["interactions"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: the run's hybrid record is unreadable: {e}") from e
@@ -163,4 +170,4 @@ def read_hybrid(run_folder: str | os.PathLike, featurizer: Any) -> ServedHybrid 
     except (ValueError, TypeError, OSError) as e:
         raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
     logger.info("hybrid maml+%s (weight %g) restored from %s", partner, weight, folder)
-    return ServedHybrid(partner=partner, weight=weight, fitted=fitted, n_items=n_items)
+    return ServedHybrid(partner=partner, weight=weight, fitted=fitted, n_items=n_items, recency=recency)

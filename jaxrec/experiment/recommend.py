@@ -18,6 +18,7 @@ from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
 from jaxrec.data import DataError, Featurizer, sniff_separator
 from jaxrec.data.topn import support_history
+from jaxrec.evaluation.topn import recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
 from jaxrec.experiment.run import RunError
 
@@ -355,7 +356,9 @@ class TopNRecommender:
 
     A run trained with ``--hybrid NAME`` ranks by its hybrid ``z(maml) + w z(NAME)`` (the trained model's
     :attr:`~jaxrec.experiment.trained.TrainedModel.hybrid`, :mod:`jaxrec.experiment.hybrid_record`), as its
-    evaluation did: :meth:`scores` are then the hybrid's, :meth:`model_scores` the adapted model's alone.
+    evaluation did: :meth:`scores` are then the hybrid's, :meth:`model_scores` the adapted model's alone. A run that
+    chose a recency weighting of the support (``support_recency``) weighs a user's items by their order as given,
+    the oldest first (:func:`~jaxrec.evaluation.topn.recency_weights`), as its evaluation weighed the support.
 
     Args:
       experiment: the :class:`~jaxrec.experiment.trained.TrainedModel` of a top-N run.
@@ -371,6 +374,7 @@ class TopNRecommender:
         self.featurizer = experiment.featurizer
         self.state = split_meta_params(params, experiment.inner_lr)
         self.negatives = int(experiment.config.topn.negatives)
+        self.recency = float(getattr(experiment, "support_recency", 0.0))
         self.history = int(experiment.spec.history)
         self.seed = seed
         n_items = self.featurizer.n_items
@@ -430,6 +434,8 @@ class TopNRecommender:
         rows = self.featurizer.user_rows(np.full(items.shape, -1))
         rows.update(self.featurizer.item_rows(items))
         rows["weight"] = np.where(mask, weights, 0.0).astype(np.float32)
+        if self.recency:  # the run's weighting of the support by its order, the items as sent: the oldest first
+            rows["weight"] = rows["weight"] * recency_weights(mask, self.recency)
         negatives, drawn = self._negatives(items, mask)
         rows.update(self.featurizer.item_rows(negatives, prefix="neg_"))
         rows["neg_mask"] = np.broadcast_to((mask & drawn[:, None])[:, :, None], (batch, size, self.negatives)).copy()

@@ -35,7 +35,7 @@ from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE
 from jaxrec.experiment.protocol import Experiment
 from jaxrec.experiment.topn import TopNExperiment
-from jaxrec.experiment.trained import ITEMS_FILE, read_items, write_items
+from jaxrec.experiment.trained import ITEMS_FILE, RECENCY_FILE, read_items, write_items
 
 __all__ = [
     "RESUME_OVERRIDABLE",
@@ -460,7 +460,7 @@ def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | 
 
 
 # what a run writes in its folder
-RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json", ITEMS_FILE, HYBRID_FILE, INTERACTIONS_FILE)
+RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json", ITEMS_FILE, HYBRID_FILE, INTERACTIONS_FILE, RECENCY_FILE)
 
 
 def check_fresh_out(out: Path, overwrite: bool = False) -> None:

@@ -60,6 +60,7 @@ from jaxrec.evaluation.topn import (
     is_user_side,
     model_ranker,
     model_scorer,
+    recency_weights,
     rerank_ranker,
     user_orders,
 )
@@ -256,6 +257,7 @@ class TopNExperiment:
         self._baseline_cache: dict[str, Method | None] = {}  # each baseline tuned once, when first asked for
         self._baseline_hybrids: dict | None = None
         self._meta_hybrid: tuple[Any, Method] | None = None  # (the parameters it was tuned for, the hybrid)
+        self._meta_method: tuple[Any, Method] | None = None  # (the parameters, the meta method at its recency)
         self._tie_orders: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
 
     # -- tasks -----------------------------------------------------------------------------------------------------
@@ -514,13 +516,30 @@ class TopNExperiment:
         meta_params, inner_lr = split_meta_params(params, self.inner_lr)
         return self._model_ranker(meta_params, inner_lr, self.inner)
 
-    def _model_ranker(self, params: Any, inner_lr: Any, inner: InnerLoop) -> Method:
+    def meta_method(self, params: Any) -> Method:
+        """The meta method of ``params`` at the support's recency weighting chosen on the validation users
+        (``support_recency``; once per ``params`` object), what ``"maml"`` ranks by."""
+        if self._meta_method is None or self._meta_method[0] is not params:
+            self._meta_method = (params, self._tuned_recency("maml", self._meta_ranker(params)))
+        return self._meta_method[1]
+
+    def _model_ranker(self, params: Any, inner_lr: Any, inner: InnerLoop, recency: float = 0.0) -> Method:
+        """A model's method, adapted by ``inner`` on each user's support, its weights times
+        :func:`~jaxrec.evaluation.topn.recency_weights` of strength ``recency``."""
         rank = _cached_ranker(self.model, inner, self._kmax(), self._dot(params, inner))
         score = _cached_scorer(self.model, inner)
         rows, codes = self._catalogue_device
+
+        def recent(batch):
+            if not recency:
+                return batch
+            weights = recency_weights(np.asarray(batch.support_mask), recency)
+            return batch.replace(support={**batch.support, "weight": np.asarray(batch.support["weight"]) * weights})
+
         return Method(
-            lambda batch, exclude: rank((params, inner_lr), batch, exclude, rows, codes),
-            lambda batch, exclude, items: score((params, inner_lr), batch, items, rows, codes),
+            lambda batch, exclude: rank((params, inner_lr), recent(batch), exclude, rows, codes),
+            lambda batch, exclude, items: score((params, inner_lr), recent(batch), items, rows, codes),
+            weighted=lambda strength: self._model_ranker(params, inner_lr, inner, strength),
         )
 
     @functools.cached_property
@@ -541,12 +560,16 @@ class TopNExperiment:
             users, train["item"].to_numpy(), weights, int(users.max()) + 1, self.dataset.n_items
         )
 
-    def _baseline_ranker(self, fitted: Any) -> Method:
+    def _baseline_ranker(self, fitted: Any, recency: float = 0.0) -> Method:
+        """A fitted baseline's method, folded in from each user's support items, each of weight 1, or of
+        :func:`~jaxrec.evaluation.topn.recency_weights` of strength ``recency``."""
         k = self._kmax()
         n_items = self.dataset.n_items
 
         def dense_scores(exclude):
-            return fitted.scores(rb.support_matrix(exclude, n_items))
+            exclude = np.asarray(exclude)
+            weights = recency_weights(exclude >= 0, recency) if recency else None
+            return fitted.scores(rb.support_matrix(exclude, n_items, weights))
 
         def score(batch, exclude, items):
             items = np.asarray(items)
@@ -556,7 +579,23 @@ class TopNExperiment:
         def rank(batch, exclude):
             return _dense_rank(jnp.asarray(dense_scores(exclude)), exclude, k, self._tie_order(batch))
 
-        return Method(rank, score)
+        return Method(rank, score, weighted=lambda strength: self._baseline_ranker(fitted, strength))
+
+    def _tuned_recency(self, name: str, method: Method) -> Method:
+        """``method`` at the strength of ``support_recency`` best on the validation users (the first best, in the
+        grid's order), recorded in :attr:`tuned` ``["support_recency"]``; ``method`` itself without a grid, without
+        timestamps (a support in random order has no newest) or for a method that ignores the support."""
+        grid = self.config.topn.support_recency
+        if not grid or method.weighted is None or not self.dataset.has_timestamps:
+            return method
+        candidates = {strength: method.weighted(strength) for strength in grid}
+        scores = self._validate({f"{strength:g}": m for strength, m in candidates.items()})
+        chosen = max(grid, key=lambda strength: scores[f"{strength:g}"])
+        self._tuned.setdefault("support_recency", {})[name] = {
+            "strength": chosen,
+            "validation_" + _SELECT: scores[f"{chosen:g}"],
+        }
+        return candidates[chosen]
 
     def _tie_order(self, batch: Any) -> jax.Array:
         """Each user's random order of the catalogue, in which a dense ranker's tied scores fall
@@ -622,13 +661,13 @@ class TopNExperiment:
             params = self.supervised_params
             no_adapt = self.inner.replace(steps=0)
             if "no_adapt" in names:
-                out["no_adapt"] = self._model_ranker(params, 0.0, no_adapt)
+                out["no_adapt"] = self._model_ranker(params, 0.0, no_adapt)  # it reads no support
             if "finetune" in names:
                 candidates = {f"{lr:g}": self._model_ranker(params, lr, self.inner) for lr in FINETUNE_RATES}
                 scores = self._validate(candidates)
                 chosen = max(scores, key=scores.get)
                 self._tuned["finetune"] = {"inner_lr": float(chosen), "validation_" + _SELECT: scores[chosen]}
-                out["finetune"] = candidates[chosen]
+                out["finetune"] = self._tuned_recency("finetune", candidates[chosen])
         self._baselines = out
         return out
 
@@ -656,8 +695,11 @@ class TopNExperiment:
         if best is not None:
             self._tuned[name] = {"chosen": best[1], "validation_" + _SELECT: best[0]}
             logger.info("baseline %s: %s (%.1f s)", name, best[1], time.perf_counter() - began)
-        self._baseline_cache[name] = None if best is None else best[2]
-        return self._baseline_cache[name]
+        ranker = None if best is None else best[2]
+        if ranker is not None and name != "popular":  # the popular ranking reads no support
+            ranker = self._tuned_recency(name, ranker)
+        self._baseline_cache[name] = ranker
+        return ranker
 
     def _try_baseline(self, name: str, fit: Callable, hyper: dict, best: tuple | None, choose: bool) -> tuple | None:
         """``(validation Recall@20, hyper, ranker)`` of ``fit(**hyper)`` when it beats ``best`` (or is the first),
@@ -711,7 +753,7 @@ class TopNExperiment:
         ``hybrid``, the hybrids (``"maml+<partner>"``, ``"<baseline>+<partner>"``), each ``rank(batch, exclude) ->
         items [U, K]``. Without ``baselines``: the methods of ``params`` alone (the meta method, its re-ranked lists
         and its hybrid, whose partner is then the only baseline fitted)."""
-        out = {"maml": self._meta_ranker(params)}
+        out = {"maml": self.meta_method(params)}
         if self.config.topn.rerank:
             out["rerank"] = self._rerank_method(*split_meta_params(params, self.inner_lr))
         if baselines:
@@ -750,7 +792,7 @@ class TopNExperiment:
             logger.info("hybrid with %s left out: the baseline was not fitted", partner)
             return None
         if self._meta_hybrid is None or self._meta_hybrid[0] is not params:
-            first = self._meta_ranker(params)
+            first = self.meta_method(params)
             self._meta_hybrid = (params, self._tuned_hybrid(f"maml+{partner}", first, second))
         return self._meta_hybrid[1]
 
@@ -949,6 +991,7 @@ class Method:
 
     rank: Callable
     score: Callable
+    weighted: Callable[[float], Method] | None = None  # the same method, its support weighted by recency
 
     def __call__(self, batch: Any, exclude: Any) -> Any:
         return self.rank(batch, exclude)

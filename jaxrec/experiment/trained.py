@@ -15,6 +15,8 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,19 @@ from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.hybrid_record import ServedHybrid, read_hybrid
 from jaxrec.experiment.protocol import Learner, trained_catalogue
 
-__all__ = ["ITEMS_FILE", "TrainedModel", "load_trained", "read_items", "write_items"]
+__all__ = [
+    "ITEMS_FILE",
+    "RECENCY_FILE",
+    "TrainedModel",
+    "load_trained",
+    "read_items",
+    "read_recency",
+    "write_items",
+    "write_recency",
+]
 
 ITEMS_FILE = "items.csv.gz"
+RECENCY_FILE = "support_recency.json"
 
 
 def _items_table(dataset: Dataset) -> pd.DataFrame:
@@ -62,6 +74,47 @@ def write_items(run_folder: str | os.PathLike, dataset: Dataset) -> dict:
     tmp.write_bytes(payload)
     os.replace(tmp, path)
     return {"sha256": hashlib.sha256(payload).hexdigest(), "items": len(dataset.items)}
+
+
+def write_recency(run_folder: str | os.PathLike, experiment: Any, params: Any) -> dict | None:
+    """Keep the meta method's recency weighting of the support (``support_recency``, chosen on the validation users
+    for ``params``, choosing it first if no evaluation has) in the run folder, for ``recommend`` and ``serve``.
+
+    Returns:
+      The document written, or None when the run chose none (no ``support_recency``): a stale file is removed.
+    """
+    path = Path(run_folder) / RECENCY_FILE
+    if not experiment.config.topn.support_recency:
+        path.unlink(missing_ok=True)
+        return None
+    experiment.meta_method(params)
+    record = experiment.tuned.get("support_recency", {}).get("maml")
+    if record is None:  # a log without timestamps: the support has no order to weigh by
+        path.unlink(missing_ok=True)
+        return None
+    document = {"maml": float(record["strength"]), **{k: v for k, v in record.items() if k != "strength"}}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, path)
+    return document
+
+
+def read_recency(run_folder: str | os.PathLike) -> float:
+    """The meta method's recency strength kept in a run folder (0 when it keeps none).
+
+    Raises:
+      CheckpointError: if the file is unreadable.
+    """
+    path = Path(run_folder) / RECENCY_FILE
+    if not path.is_file():
+        return 0.0
+    try:
+        strength = float(json.loads(path.read_text())["maml"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: the run's support recency record is unreadable: {e}") from e
+    if not math.isfinite(strength):
+        raise CheckpointError(f"{path}: the run's support recency {strength} is not a finite number")
+    return strength
 
 
 def read_items(run_folder: str | os.PathLike, record: dict | None) -> pd.DataFrame:
@@ -106,6 +159,8 @@ class TrainedModel:
       hybrid: the run's hybrid (``jaxrec train --hybrid``), what a top-N recommender ranks by, or None.
       weighted: the training log's interactions carry weights (counts, plays) that are not all 1, so a new user's
         are read as weights too.
+      support_recency: the strength of the recency weighting of a new user's items by their order, the oldest
+        first, chosen on the validation users (0: none; :data:`RECENCY_FILE`).
     """
 
     config: ExperimentConfig
@@ -120,6 +175,7 @@ class TrainedModel:
     folder: Path
     hybrid: ServedHybrid | None = None
     weighted: bool = False
+    support_recency: float = 0.0
 
     @property
     def apply_fn(self):
@@ -184,4 +240,5 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
         folder=folder,
         hybrid=read_hybrid(folder.parent, featurizer) if catalogue is not None else None,
         weighted=bool(meta.get("weighted", False)),
+        support_recency=read_recency(folder.parent) if catalogue is not None else 0.0,
     )
