@@ -110,7 +110,7 @@ def test_a_method_and_a_config_file_together_are_one_clear_error(tmp_path, capsy
 
 
 @pytest.mark.parametrize(
-    ("file", "confidence"), [("twotower_als_exact.json", 10.0), ("twotower_als_exact_c1.json", 1.0)]
+    ("file", "confidence"), [("twotower_als_exact_recency.json", 10.0), ("twotower_als_exact_c1_recency.json", 1.0)]
 )
 def test_the_top_n_recipe_is_the_configuration_the_results_report(file, confidence):
     reported = json.loads((Path(__file__).parents[1] / "benchmarks" / "configs" / "topn" / file).read_text())
