@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--ratings",
         required=True,
-        help="CSV of item,rating (raw item ids, header optional); for a top-N run also a list of item ids",
+        help="CSV of item,rating (raw item ids, header optional); for a top-N run also a list of item ids, oldest "
+        "first (a run with --support-recency weighs the newest most)",
     )
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument("--timing", action="store_true", help="print the adaptation latency (warm, jit-compiled)")

@@ -50,7 +50,11 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     ratings: list[Rating] | None = Field(None, description="[{item, rating}, ...]")
-    interactions: list[ItemId] | None = Field(None, description="item ids the user interacted with (implicit models)")
+    interactions: list[ItemId] | None = Field(
+        None,
+        description="item ids the user interacted with, oldest first (implicit models; a run with support_recency "
+        "weighs the newest most)",
+    )
     weights: list[Annotated[float, Field(allow_inf_nan=False, strict=True, gt=0)]] | None = Field(
         None, description="each interaction's weight (models trained on weighted logs: counts, plays); default 1 each"
     )
