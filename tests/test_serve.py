@@ -333,9 +333,9 @@ def test_a_weighted_models_request_weights_are_read_as_the_training_logs(implici
     assert answer["input"]["used"] == 4 and answer["input"]["duplicates"] == 1
     trained = load_trained(out)
     catalogue = Catalogue(trained)
-    codes = np.array([catalogue.code(s) for s in liked[1:]] + [catalogue.code("song-00")])
+    codes = np.array([catalogue.code(s) for s in liked])  # song-00 where it first came, its weights summed
     recommender = TopNRecommender(trained, trained.params)
-    best, scores = recommender.top_k(codes, np.array([1, 2, 1, 40], np.float32), 10)
+    best, scores = recommender.top_k(codes, np.array([40, 1, 2, 1], np.float32), 10)
     assert [r["item"] for r in answer["recommendations"]] == [catalogue.ids[c] for c in best]
     np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
     once = server.post("/recommend", {"interactions": liked, "k": 10})[1]
@@ -488,5 +488,8 @@ def test_weights_go_to_a_weighted_model_only():
     unweighted = _catalogue(False).support([("a", 3.0), ("b", 5.0), ("a", 2.0)], None, 8)
     assert unweighted.values.tolist() == [1.0, 1.0] and unweighted.duplicates == 1
     weighted = _catalogue(True).support([("a", 3.0), ("b", 5.0), ("a", 2.0)], None, 8)
-    assert weighted.codes.tolist() == [1, 0] and weighted.values.tolist() == [5.0, 5.0]
-    assert _catalogue(True).support(None, ["c", "a"], 8).values.tolist() == [1.0, 1.0]
+    assert weighted.codes.tolist() == [0, 1] and weighted.values.tolist() == [5.0, 5.0]  # at its first, summed
+    # interactions sent without weights weigh 1 each, summed too, as `recommend` reads a list of ids
+    repeated = _catalogue(True).support(None, ["c", "a", "c"], 8)
+    assert repeated.codes.tolist() == [2, 0] and repeated.values.tolist() == [2.0, 1.0]
+    assert _catalogue(False).support(None, ["c", "a", "c"], 8).values.tolist() == [1.0, 1.0]

@@ -1154,3 +1154,14 @@ def test_recency_weights_favour_the_newest_and_keep_mean_one():
     np.testing.assert_allclose(w[0, :3], np.exp([0.0, 1.0, 2.0]) * 3 / np.exp([0.0, 1.0, 2.0]).sum(), rtol=1e-6)
     assert w[0, 3] == 0 and w[1].tolist() == [1.0, 0, 0, 0] and w[2].tolist() == [0.0] * 4
     np.testing.assert_array_equal(recency_weights(mask, 0.0), mask.astype(np.float32))
+    # with the span the strength was chosen for, a weight depends on the interaction's age alone: a support of that
+    # size is weighed as without it, a shorter or longer one (a request to the service) gets its items' ages'
+    full = np.ones((1, 3), bool)
+    np.testing.assert_allclose(recency_weights(full, 2.0, span=3), recency_weights(full, 2.0), rtol=1e-6)
+    short = recency_weights(np.array([[True, True, False]]), 2.0, span=3)
+    np.testing.assert_allclose(short[0, :2], recency_weights(full, 2.0)[0, 1:], rtol=1e-6)
+    long = recency_weights(np.ones((1, 5), bool), 2.0, span=3)
+    np.testing.assert_allclose(long[0, 2:], recency_weights(full, 2.0)[0], rtol=1e-6)
+    assert long[0, 0] < long[0, 1] < long[0, 2]
+    with pytest.raises(ValueError, match="recency strength"):
+        recency_weights(full, -1.0)

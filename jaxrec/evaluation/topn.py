@@ -255,25 +255,41 @@ def coverage(items: np.ndarray, n_items: int, k: int) -> float:
     return float(len(np.unique(top[top >= 0])) / max(int(n_items), 1))
 
 
-def recency_weights(mask: np.ndarray, strength: float) -> np.ndarray:
-    """The weights of users' support interactions by their order, the oldest first: the ``j``-th of ``n`` weighs
-    ``exp(strength * j / (n - 1))``, scaled so that a user's ``n`` weights have mean 1 (0 on padding).
+def recency_weights(mask: np.ndarray, strength: float, span: int | None = None) -> np.ndarray:
+    """The weights of users' support interactions by their order, the oldest first: the newest weighs most, each
+    one step older ``exp(-strength / (span - 1))`` times less.
 
     A new user's support is their first interactions and the query those that follow, so the newest of the support
-    is the nearest the future; ``strength = 0`` weighs all alike (ones), as every fold-in did before.
+    is the nearest the future. Without ``span`` each user's ``n`` weights are scaled to mean 1 (``exp(strength j /
+    (n - 1))`` for the ``j``-th); with ``span`` (the ``shots`` of evaluation) an interaction's weight depends on its
+    age alone, scaled so that a support of ``span`` items has mean 1: a support of ``span`` items is weighed as
+    without it, and a longer or shorter one (a request to the service) gets the weights of its items' ages, not a
+    spread stretched to its length. ``strength = 0`` weighs all alike (ones), as every fold-in did before.
 
     Args:
       mask: bool ``[U, S]``, the real support rows, the first ``n`` of each user in time order.
-      strength: ``tau >= 0`` (a negative one favours the oldest).
+      strength: ``tau >= 0``.
+      span: the support size the strength was chosen for, or None.
 
     Returns:
-      float32 ``[U, S]``.
+      float32 ``[U, S]`` (0 on padding).
+
+    Raises:
+      ValueError: if ``strength`` is negative or not finite, or ``span`` is below 1.
     """
+    if not (np.isfinite(strength) and strength >= 0):
+        raise ValueError(f"the recency strength must be a finite number >= 0, got {strength!r}")
     mask = np.asarray(mask, bool)
     n = mask.sum(axis=1, keepdims=True)
-    position = np.arange(mask.shape[1])[None, :] / np.maximum(n - 1, 1)
-    raw = np.where(mask, np.exp(float(strength) * position), 0.0)
-    return (raw * n / np.maximum(raw.sum(axis=1, keepdims=True), 1e-30)).astype(np.float32)
+    age = (n - 1) - np.arange(mask.shape[1])[None, :]  # 0 for a user's newest, growing to the oldest
+    if span is None:
+        raw = np.where(mask, np.exp(-float(strength) * age / np.maximum(n - 1, 1)), 0.0)
+        return (raw * n / np.maximum(raw.sum(axis=1, keepdims=True), 1e-30)).astype(np.float32)
+    if int(span) < 1:
+        raise ValueError(f"span must be >= 1, got {span!r}")
+    step = float(strength) / max(int(span) - 1, 1)
+    scale = int(span) / np.exp(-step * np.arange(int(span))).sum()  # a support of `span` items has mean 1
+    return np.where(mask, scale * np.exp(-step * np.maximum(age, 0)), 0.0).astype(np.float32)
 
 
 def sampled_statistics(

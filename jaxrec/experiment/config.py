@@ -705,12 +705,13 @@ class TopNConfig:
         for name in ("topn_ks", "topn_baselines", "support_recency"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
         _check(
-            all(
-                isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+            isinstance(self.support_recency, tuple)
+            and all(
+                isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t) and t >= 0
                 for t in self.support_recency
             ),
             "support_recency",
-            f"must be finite numbers, got {self.support_recency!r}",
+            f"must be a list of numbers >= 0 (e.g. 0,1,2,3,4), got {self.support_recency!r}",
         )
         object.__setattr__(self, "support_recency", tuple(float(t) for t in self.support_recency))
         for name in ("shots", "query_cap", "train_query", "negatives", "catalogue_chunk", "rerank_candidates"):

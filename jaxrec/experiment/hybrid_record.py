@@ -58,6 +58,7 @@ class ServedHybrid:
     fitted: Any
     n_items: int
     recency: float = 0.0
+    span: int | None = None  # the support size the recency was chosen for (the run's shots)
 
     @property
     def name(self) -> str:
@@ -75,7 +76,7 @@ class ServedHybrid:
         Returns:
           float32 ``[B, n_items]``.
         """
-        weights = recency_weights(mask, self.recency) if self.recency else None
+        weights = recency_weights(mask, self.recency, self.span) if self.recency else None
         support = rb.support_matrix(np.where(mask, items, -1), self.n_items, weights)
         return np.asarray(self.fitted.scores(support), np.float32)
 
@@ -133,12 +134,13 @@ def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) ->
     return document
 
 
-def read_hybrid(run_folder: str | os.PathLike, featurizer: Any) -> ServedHybrid | None:
+def read_hybrid(run_folder: str | os.PathLike, featurizer: Any, shots: int | None = None) -> ServedHybrid | None:
     """The hybrid kept in a run folder, its partner fitted again; None when the folder keeps none.
 
     Args:
       run_folder: the run folder.
       featurizer: the run's featurizer (the item features of a ``content`` partner).
+      shots: the run's support size, for which the partner's recency was chosen.
 
     Raises:
       CheckpointError: if the record is unreadable, its interactions file is missing or changed, or the partner
@@ -170,4 +172,4 @@ def read_hybrid(run_folder: str | os.PathLike, featurizer: Any) -> ServedHybrid 
     except (ValueError, TypeError, OSError) as e:
         raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
     logger.info("hybrid maml+%s (weight %g) restored from %s", partner, weight, folder)
-    return ServedHybrid(partner=partner, weight=weight, fitted=fitted, n_items=n_items, recency=recency)
+    return ServedHybrid(partner=partner, weight=weight, fitted=fitted, n_items=n_items, recency=recency, span=shots)

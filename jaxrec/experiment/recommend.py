@@ -177,7 +177,9 @@ def read_user_ratings(
     if len(codes) == 0:
         raise RunError(f"--ratings {path}: none of the items is known to the model's dataset")
     last = len(codes) - 1 - np.unique(codes[::-1], return_index=True)[1]  # last occurrence of each item
-    keep = np.sort(last)
+    # a rating model keeps an item's last rating; an interaction is kept where it first happened, as the training
+    # log's duplicates are merged at their earliest time (the order a recency weighting reads)
+    keep = np.sort(np.unique(codes, return_index=True)[1] if implicit else last)
     if weighted:  # an item's rows merged as the training log's duplicates were: their weights summed
         which = np.unique(codes, return_inverse=True)[1]
         values = np.bincount(which, weights=values)[which]
@@ -375,6 +377,7 @@ class TopNRecommender:
         self.state = split_meta_params(params, experiment.inner_lr)
         self.negatives = int(experiment.config.topn.negatives)
         self.recency = float(getattr(experiment, "support_recency", 0.0))
+        self.shots = int(experiment.config.topn.shots)  # the support size the recency was chosen for
         self.history = int(experiment.spec.history)
         self.seed = seed
         n_items = self.featurizer.n_items
@@ -435,7 +438,7 @@ class TopNRecommender:
         rows.update(self.featurizer.item_rows(items))
         rows["weight"] = np.where(mask, weights, 0.0).astype(np.float32)
         if self.recency:  # the run's weighting of the support by its order, the items as sent: the oldest first
-            rows["weight"] = rows["weight"] * recency_weights(mask, self.recency)
+            rows["weight"] = rows["weight"] * recency_weights(mask, self.recency, self.shots)
         negatives, drawn = self._negatives(items, mask)
         rows.update(self.featurizer.item_rows(negatives, prefix="neg_"))
         rows["neg_mask"] = np.broadcast_to((mask & drawn[:, None])[:, :, None], (batch, size, self.negatives)).copy()

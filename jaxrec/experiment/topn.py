@@ -19,6 +19,7 @@ Protocol:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -258,6 +259,9 @@ class TopNExperiment:
         self._baseline_hybrids: dict | None = None
         self._meta_hybrid: tuple[Any, Method] | None = None  # (the parameters it was tuned for, the hybrid)
         self._meta_method: tuple[Any, Method] | None = None  # (the parameters, the meta method at its recency)
+        # whether the support rows being ranked are in time order (a new user's first interactions), which the
+        # recency weighting reads: a warm or new-item task's support is a user's latest interactions, unordered
+        self._support_in_time = True
         self._tie_orders: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
 
     # -- tasks -----------------------------------------------------------------------------------------------------
@@ -531,9 +535,9 @@ class TopNExperiment:
         rows, codes = self._catalogue_device
 
         def recent(batch):
-            if not recency:
+            if not recency or not self._support_in_time:
                 return batch
-            weights = recency_weights(np.asarray(batch.support_mask), recency)
+            weights = recency_weights(np.asarray(batch.support_mask), recency, self.config.topn.shots)
             return batch.replace(support={**batch.support, "weight": np.asarray(batch.support["weight"]) * weights})
 
         return Method(
@@ -568,7 +572,8 @@ class TopNExperiment:
 
         def dense_scores(exclude):
             exclude = np.asarray(exclude)
-            weights = recency_weights(exclude >= 0, recency) if recency else None
+            in_time = recency and self._support_in_time
+            weights = recency_weights(exclude >= 0, recency, self.config.topn.shots) if in_time else None
             return fitted.scores(rb.support_matrix(exclude, n_items, weights))
 
         def score(batch, exclude, items):
@@ -907,17 +912,27 @@ class TopNExperiment:
             items = self.split.validation_new_items
             rankers = {k: self._among_new_items(m, items) for k, m in rankers.items()}
             tasks, coverage_of = self.val_new_item_tasks, len(items)
-        summaries, stats, _ = evaluate_rankers(
-            rankers,
-            tasks,
-            self.catalogue,
-            ks=c.topn.topn_ks,
-            batch_size=c.evaluation.eval_batch_size,
-            resamples=c.evaluation.bootstrap,
-            seed=c.seed,
-            coverage_of=coverage_of,
-        )
+        with self._support_order(in_time=not new_items):
+            summaries, stats, _ = evaluate_rankers(
+                rankers,
+                tasks,
+                self.catalogue,
+                ks=c.topn.topn_ks,
+                batch_size=c.evaluation.eval_batch_size,
+                resamples=c.evaluation.bootstrap,
+                seed=c.seed,
+                coverage_of=coverage_of,
+            )
         return (summaries, stats) if return_stats else summaries
+
+    @contextlib.contextmanager
+    def _support_order(self, in_time: bool):
+        """Rank supports that are (or are not) in time order: the recency weighting applies to the first only."""
+        previous, self._support_in_time = self._support_in_time, in_time
+        try:
+            yield
+        finally:
+            self._support_in_time = previous
 
     def evaluate(self, params: Any, *, keep_lists: bool = False, baselines: bool = True) -> tuple[dict, dict]:
         """Evaluate every method on every scenario over the whole catalogue.
@@ -938,21 +953,22 @@ class TopNExperiment:
         out, detail = {}, {}
         for name, tasks in self.scenario_tasks.items():
             only_new = name == NEW_ITEM_ONLY
-            summaries, stats, lists = evaluate_rankers(
-                {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
-                if only_new
-                else rankers,
-                tasks,
-                self.catalogue,
-                ks=c.topn.topn_ks,
-                batch_size=c.evaluation.eval_batch_size,
-                resamples=c.evaluation.bootstrap,
-                seed=c.seed,
-                keep_lists=keep_lists,
-                scorers=None if only_new else scorers,
-                negatives=max(sampled, 1),
-                coverage_of=len(self.split.new_items) if only_new else None,
-            )
+            with self._support_order(in_time=name == "new_user"):  # the others' are users' latest, unordered
+                summaries, stats, lists = evaluate_rankers(
+                    {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
+                    if only_new
+                    else rankers,
+                    tasks,
+                    self.catalogue,
+                    ks=c.topn.topn_ks,
+                    batch_size=c.evaluation.eval_batch_size,
+                    resamples=c.evaluation.bootstrap,
+                    seed=c.seed,
+                    keep_lists=keep_lists,
+                    scorers=None if only_new else scorers,
+                    negatives=max(sampled, 1),
+                    coverage_of=len(self.split.new_items) if only_new else None,
+                )
             out[name] = summaries
             detail[name] = (stats, lists)
         return out, detail

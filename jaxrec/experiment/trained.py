@@ -238,7 +238,7 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
         items=items,
         step=checkpoint.step,
         folder=folder,
-        hybrid=read_hybrid(folder.parent, featurizer) if catalogue is not None else None,
+        hybrid=read_hybrid(folder.parent, featurizer, config.topn.shots) if catalogue is not None else None,
         weighted=bool(meta.get("weighted", False)),
         support_recency=read_recency(folder.parent) if catalogue is not None else 0.0,
     )

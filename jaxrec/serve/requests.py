@@ -168,8 +168,8 @@ class Catalogue:
                 else list(zip(interactions, weights, strict=True))
             )
         # a weighted model reads a value as an interaction's weight (as `jaxrec recommend` reads a file's second
-        # column); any other implicit model counts a kept item once
-        weighing = self.weighted and (interactions is None or weights is not None)
+        # column; an interaction sent without one weighs 1); any other implicit model counts a kept item once
+        weighing = self.weighted
         sent = len(ratings)
         if sent > max_items:
             raise RequestError(f"at most {max_items} items per request, got {sent}")
@@ -195,8 +195,9 @@ class Catalogue:
                     continue
                 if not weighing:
                     value = 1.0  # a kept rating is one interaction, as in training
-                elif code in chosen:  # an item's weights summed, as the training log's duplicates were
-                    value += chosen[code]
+                if code in chosen:  # merged as the training log's duplicates were: at the first, weights summed
+                    chosen[code] += value if weighing else 0.0
+                    continue
             chosen.pop(code, None)  # the last rating of an item wins, and its position
             chosen[code] = float(value)
         duplicates = sent - len(unknown) - below - len(chosen)
