@@ -209,6 +209,8 @@ def significant(value, digits: int = 6):
 
 
 def fmt_ci(r: dict, metric: str) -> str:
+    if r.get(metric) is None:  # no user defines it (AUC without a user of both classes)
+        return "-"
     lo, hi = r.get("ci95", {}).get(metric, (float("nan"), float("nan")))
     return f"{r[metric]:.4f} [{lo:.3f}, {hi:.3f}]"
 
