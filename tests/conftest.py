@@ -1,6 +1,7 @@
 """Shared fixtures."""
 
 import os
+import tempfile
 from pathlib import Path
 
 # The suite compiles hundreds of small XLA programs and runs each a few times: without backend optimisation the
@@ -8,6 +9,15 @@ from pathlib import Path
 # JAX starts; subprocesses (CLI, notebooks, multi-device runs) inherit it. An explicit setting wins.
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+# Many tests compile the same programs: the in-process ones on both xdist workers, and the subprocesses (the CLI,
+# servers, notebooks, the multi-device suite) again. A compilation cache shared by one test run's processes (they
+# inherit the first one's setting; a new run starts empty, so every program is still compiled once per run) lets
+# each slower compile be done once. An explicit setting wins.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"jaxrec-test-compiles-{run}")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")  # the unoptimised compiles are quick
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
