@@ -338,10 +338,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _keep_recency(out: Path, experiment: Any, params: Any) -> None:
     """Keep a ``--support-recency`` run's chosen weighting in its folder, for ``jaxrec recommend`` and ``serve``."""
-    try:
-        record = write_recency(out, experiment, params)
-    except OSError as e:
-        raise CLIError(f"cannot write the support recency to {out}: {os_reason(e)}") from e
+    record = _kept(write_recency, out, experiment, params, "the support recency")
     if record is not None:
         _echo(
             f"wrote {out / RECENCY_FILE}: recommend and serve weigh a user's items by their order, oldest first "
@@ -351,15 +348,20 @@ def _keep_recency(out: Path, experiment: Any, params: Any) -> None:
 
 def _keep_hybrid(out: Path, experiment: Any, params: Any) -> None:
     """Keep a ``--hybrid`` run's hybrid in its folder, for ``jaxrec recommend`` and ``jaxrec serve``."""
-    try:
-        record = write_hybrid(out, experiment, params)
-    except OSError as e:
-        raise CLIError(f"cannot write the hybrid to {out}: {os_reason(e)}") from e
+    record = _kept(write_hybrid, out, experiment, params, "the hybrid")
     if record is not None:
         _echo(
             f"wrote {out / HYBRID_FILE}: recommend and serve rank by {record['method']} (weight "
             f"{record['weight']:g}, chosen on the validation users)"
         )
+
+
+def _kept(write: Any, out: Path, experiment: Any, params: Any, what: str) -> dict | None:
+    """``write(out, experiment, params)``, a failure to write named as a :class:`CLIError`."""
+    try:
+        return write(out, experiment, params)
+    except OSError as e:
+        raise CLIError(f"cannot write {what} to {out}: {os_reason(e)}") from e
 
 
 def _evaluate(experiment: Any, params: Any, predictions: str | None, progress: bool) -> dict:
