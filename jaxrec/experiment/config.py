@@ -638,7 +638,8 @@ class TopNConfig:
         method's fold-in: the interactions nearest the future count most. Every method but ``popular`` gets its
         own choice (``0`` included: no weighting), recorded in ``tuned["support_recency"]`` and applied by
         ``recommend`` and ``serve`` to a request's items in the order sent. Logs without timestamps are not
-        weighted (their support order is random).
+        weighted (their support order is random), nor the warm and new-item tasks (a user's latest interactions,
+        unordered), nor ``rerank``'s retrieval (the meta-learner unweighted).
       sampled_negatives: with N > 0 the test scenarios are also scored by the sampled protocol, each query positive
         against N uniformly drawn items the user did not interact with (``sampled_hr@k``). **Biased** (Krichene
         and Rendle, KDD 2020): it can order methods unlike the full ranking; offered to compare with papers.
