@@ -30,7 +30,8 @@ class UserSupport:
       codes: the item codes used (each once).
       values: their ratings or weights.
       unknown: the raw ids not in the catalogue (ignored).
-      duplicates: items sent more than once (the last rating kept; a weighted model's weights summed).
+      duplicates: items sent more than once (a rating model keeps the last rating; an implicit one the first
+        occurrence, a weighted model's weights summed).
       below_threshold: ratings below the run's positive threshold (implicit runs; ignored).
     """
 
@@ -138,8 +139,9 @@ class Catalogue:
             model reads a rating's value as a weight too.
 
         Returns:
-          The :class:`UserSupport`: known items, each once (the last rating kept; a weighted model's weights
-          summed, as the training log's duplicates were).
+          The :class:`UserSupport`: known items, each once (a rating model keeps the last rating and its place; an
+          implicit one the first occurrence's place, a weighted model's weights summed, as the training log's
+          duplicates were merged).
 
         Raises:
           RequestError: if both or neither field is given, interactions are sent to an explicit model, there are too
