@@ -530,12 +530,12 @@ def from_dataframe(
     stripped = np.zeros(len(df), bool)
     for role in ("user", "item"):
         ids = df[named[role]]
-        if pd.api.types.is_string_dtype(ids) or pd.api.types.is_object_dtype(ids):
-            ids, changed = _strip_ids(ids)
-            stripped |= changed
         nulls = ids.isna().to_numpy()
         codes, uniques = pd.factorize(ids) if nulls.any() else _encode(ids.to_numpy())
         if pd.api.types.is_string_dtype(ids) or pd.api.types.is_object_dtype(ids):  # "" and "  " are no id either
+            if not nulls.any():  # (a missing id is refused below)
+                codes, uniques, changed = _strip_ids(codes, uniques)
+                stripped |= changed
             blank = np.array([isinstance(v, str) and not v.strip() for v in uniques], bool)
             if blank.any():
                 nulls = nulls | np.isin(codes, np.flatnonzero(blank))
@@ -1108,19 +1108,16 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
     return _unlike_data(text, following)
 
 
-def _strip_ids(ids: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    """Text ids without the spaces around them (a log written as ``u1, i5``: the space is the writer's, and kept it
-    would make `` i5`` another item than ``i5``), and the mask of the rows changed. Each distinct id is stripped
-    once."""
-    codes, uniques = pd.factorize(ids)
+def _strip_ids(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Encoded text ids without the spaces around them (a log written as ``u1, i5``: the space is the writer's, and
+    kept it would make `` i5`` another item than ``i5``): ``(codes, uniques, rows changed)``, the codes again dense
+    and ordered by id. Each distinct id is stripped once; the rows are only renumbered."""
     text = np.array([v.strip() if isinstance(v, str) else v for v in uniques], dtype=object)
     changed = np.array([isinstance(v, str) and v != t for v, t in zip(uniques, text, strict=True)], bool)
     if not changed.any():
-        return ids, np.zeros(len(ids), bool)
-    rows = (codes >= 0) & changed[np.maximum(codes, 0)]
-    out = ids.astype(object).copy()
-    out[rows] = text[codes[rows]]
-    return out, rows
+        return codes, uniques, np.zeros(len(codes), bool)
+    renumber, uniques = _encode(text)
+    return renumber[codes], uniques, changed[codes]
 
 
 def _exact_ids(values: pd.Series) -> pd.Series:
