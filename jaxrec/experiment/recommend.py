@@ -26,6 +26,7 @@ __all__ = [
     "Recommender",
     "TopNRecommender",
     "item_codes_of",
+    "merge_duplicates",
     "padded",
     "read_ratings_for",
     "read_user_ratings",
@@ -176,21 +177,40 @@ def read_user_ratings(
     codes, values = codes[~unknown], values[~unknown]
     if len(codes) == 0:
         raise RunError(f"--ratings {path}: none of the items is known to the model's dataset")
-    last = len(codes) - 1 - np.unique(codes[::-1], return_index=True)[1]  # last occurrence of each item
-    # a rating model keeps an item's last rating; an interaction is kept where it first happened, as the training
-    # log's duplicates are merged at their earliest time (the order a recency weighting reads)
-    keep = np.sort(np.unique(codes, return_index=True)[1] if implicit else last)
-    if weighted:  # an item's rows merged as the training log's duplicates were: their weights summed
-        which = np.unique(codes, return_inverse=True)[1]
-        values = np.bincount(which, weights=values)[which]
-    elif implicit:  # a kept rating is one interaction of weight 1, as in training and as the service reads it
-        values = np.ones_like(values)
-    if len(last) < len(codes):
+    codes, values, duplicates = merge_duplicates(codes, values, implicit=implicit, weighted=weighted)
+    if duplicates:
         kept = "kept the last rating of each item"
         if implicit:
             kept = "weights summed" if weighted else "kept one of each item"
-        notes.append(f"{len(codes) - len(last)} duplicate {what}: {kept}")
-    return codes[keep].astype(np.int32), values[keep].astype(np.float32), notes
+        notes.append(f"{duplicates} duplicate {what}: {kept}")
+    return codes.astype(np.int32), values.astype(np.float32), notes
+
+
+def merge_duplicates(codes, values, *, implicit: bool, weighted: bool = False):
+    """A new user's items each once, merged as the training log's rows were (the one rule of ``recommend`` and
+    ``serve``): a rating model keeps an item's last rating, at its place; an implicit model keeps an item where it
+    first happened (the log merges duplicates at their earliest time: the order a recency weighting reads), of
+    weight 1, or its weights summed when ``weighted``.
+
+    Args:
+      codes: ``[n]`` item codes, in the order given.
+      values: ``[n]`` their ratings or weights.
+      implicit: the model is a top-N model.
+      weighted: the top-N model was trained on weighted interactions.
+
+    Returns:
+      ``(codes, values, duplicates)``: the kept items in their order, their values, and how many rows merged.
+    """
+    codes, values = np.asarray(codes, np.int64), np.asarray(values, np.float64)
+    distinct, first, which = np.unique(codes, return_index=True, return_inverse=True)
+    if implicit:
+        keep = np.sort(first)
+        values = (
+            np.bincount(which, weights=values, minlength=len(distinct))[which] if weighted else np.ones_like(values)
+        )
+    else:
+        keep = np.sort(len(codes) - 1 - np.unique(codes[::-1], return_index=True)[1])
+    return codes[keep], values[keep], len(codes) - len(distinct)
 
 
 def _item_id_lines(path: Path) -> pd.DataFrame:

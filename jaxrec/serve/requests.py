@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxrec.experiment.recommend import merge_duplicates
 from jaxrec.serve.engine import UserInput
 
 __all__ = ["Catalogue", "RequestError", "UserSupport"]
@@ -169,9 +170,6 @@ class Catalogue:
                 if weights is None
                 else list(zip(interactions, weights, strict=True))
             )
-        # a weighted model reads a value as an interaction's weight (as `jaxrec recommend` reads a file's second
-        # column; an interaction sent without one weighs 1); any other implicit model counts a kept item once
-        weighing = self.weighted
         sent = len(ratings)
         if sent > max_items:
             raise RequestError(f"at most {max_items} items per request, got {sent}")
@@ -179,33 +177,27 @@ class Catalogue:
         for i, (raw, value) in enumerate(ratings):
             if not low <= value <= high:
                 raise RequestError(f"ratings[{i}] (item {raw!r}): rating {value} is outside the scale [{low}, {high}]")
-            if weighing and not value > 0:
+            # a weighted model reads a value as an interaction's weight (as `jaxrec recommend` reads a file's
+            # second column; an interaction sent without one weighs 1); any other implicit model counts an item once
+            if self.weighted and not value > 0:
                 raise RequestError(
                     f"ratings[{i}] (item {raw!r}): {value} is not a positive weight (this model was trained on "
                     "weighted interactions: a value is an interaction's weight)"
                 )
-        chosen: dict[int, float] = {}
+        known: list[tuple[int, float]] = []
         unknown, below = [], 0
         for raw, value in ratings:
             code = self.code(raw)
             if code is None:
                 unknown.append(raw)
-                continue
-            if self.implicit:
-                if self.positive_threshold is not None and value < self.positive_threshold:
-                    below += 1
-                    continue
-                if not weighing:
-                    value = 1.0  # a kept rating is one interaction, as in training
-                if code in chosen:  # merged as the training log's duplicates were: at the first, weights summed
-                    chosen[code] += value if weighing else 0.0
-                    continue
-            chosen.pop(code, None)  # the last rating of an item wins, and its position
-            chosen[code] = float(value)
-        duplicates = sent - len(unknown) - below - len(chosen)
-        codes = np.fromiter(chosen, np.int64, len(chosen))
-        values = np.fromiter(chosen.values(), np.float32, len(chosen))
-        return UserSupport(codes, values, unknown, duplicates, below)
+            elif self.implicit and self.positive_threshold is not None and value < self.positive_threshold:
+                below += 1
+            else:
+                known.append((code, float(value)))
+        codes, values, duplicates = merge_duplicates(
+            [c for c, _ in known], [v for _, v in known], implicit=self.implicit, weighted=self.weighted
+        )
+        return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below)
 
     def user_input(self, support: UserSupport, k: int, probe: Sequence[int] = ()) -> UserInput:
         """The engine's input for a checked support."""
