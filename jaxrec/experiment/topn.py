@@ -19,7 +19,6 @@ Protocol:
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import functools
 import logging
@@ -900,7 +899,6 @@ class TopNExperiment:
         Raises:
           ValueError: ``new_items`` without validation new items (``val_item_frac`` and ``new_item_frac``).
         """
-        c = self.config
         rankers = self.rankers(params, baselines=baselines)
         tasks, coverage_of = self.val_tasks, None
         if new_items:
@@ -912,8 +910,18 @@ class TopNExperiment:
             items = self.split.validation_new_items
             rankers = {k: self._among_new_items(m, items) for k, m in rankers.items()}
             tasks, coverage_of = self.val_new_item_tasks, len(items)
-        with self._support_order(in_time=not new_items):
-            summaries, stats, _ = evaluate_rankers(
+        summaries, stats, _ = self._evaluate_on(rankers, tasks, in_time=not new_items, coverage_of=coverage_of)
+        return (summaries, stats) if return_stats else summaries
+
+    def _evaluate_on(self, rankers: Mapping[str, Any], tasks: TopNTaskSet, *, in_time: bool, **options: Any):
+        """:func:`~jaxrec.evaluation.topn.evaluate_rankers` of ``rankers`` on ``tasks`` with the run's cut-offs,
+        batch size, bootstrap and seed; ``in_time``: the tasks' supports are in time order (a new user's first
+        interactions), which the recency weighting reads (a warm or new-item task's are a user's latest, unordered).
+        """
+        c = self.config
+        previous, self._support_in_time = self._support_in_time, in_time
+        try:
+            return evaluate_rankers(
                 rankers,
                 tasks,
                 self.catalogue,
@@ -921,16 +929,8 @@ class TopNExperiment:
                 batch_size=c.evaluation.eval_batch_size,
                 resamples=c.evaluation.bootstrap,
                 seed=c.seed,
-                coverage_of=coverage_of,
+                **options,
             )
-        return (summaries, stats) if return_stats else summaries
-
-    @contextlib.contextmanager
-    def _support_order(self, in_time: bool):
-        """Rank supports that are (or are not) in time order: the recency weighting applies to the first only."""
-        previous, self._support_in_time = self._support_in_time, in_time
-        try:
-            yield
         finally:
             self._support_in_time = previous
 
@@ -953,22 +953,17 @@ class TopNExperiment:
         out, detail = {}, {}
         for name, tasks in self.scenario_tasks.items():
             only_new = name == NEW_ITEM_ONLY
-            with self._support_order(in_time=name == "new_user"):  # the others' are users' latest, unordered
-                summaries, stats, lists = evaluate_rankers(
-                    {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
-                    if only_new
-                    else rankers,
-                    tasks,
-                    self.catalogue,
-                    ks=c.topn.topn_ks,
-                    batch_size=c.evaluation.eval_batch_size,
-                    resamples=c.evaluation.bootstrap,
-                    seed=c.seed,
-                    keep_lists=keep_lists,
-                    scorers=None if only_new else scorers,
-                    negatives=max(sampled, 1),
-                    coverage_of=len(self.split.new_items) if only_new else None,
-                )
+            summaries, stats, lists = self._evaluate_on(
+                {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
+                if only_new
+                else rankers,
+                tasks,
+                in_time=name == "new_user",
+                keep_lists=keep_lists,
+                scorers=None if only_new else scorers,
+                negatives=max(sampled, 1),
+                coverage_of=len(self.split.new_items) if only_new else None,
+            )
             out[name] = summaries
             detail[name] = (stats, lists)
         return out, detail
