@@ -168,6 +168,31 @@ def test_all_false_support_mask_means_no_adaptation():
     np.testing.assert_allclose(losses[1], loss_fn(PARAMS, query, batch.query_mask[1]), rtol=1e-6)
 
 
+def test_an_adapt_filter_that_selects_nothing_is_refused_not_a_silent_no_op():
+    batch = make_batch(5)
+    rows = {k: v[0] for k, v in batch.support.items()}
+    with pytest.raises(ValueError, match="selects no parameter .*w1, w2, b|selects no parameter .*b, w1, w2"):
+        jaxrec.adapt(PARAMS, rows, batch.support_mask[0], adapt_filter="w3", **KW)  # a typo of a path
+    with pytest.raises(ValueError, match="selects no parameter"):
+        jaxrec.meta_train(PARAMS, [batch], adapt_filter="w3", mesh=None, **KW)
+    zero = dict(KW, inner_steps=0)  # no step: nothing to adapt, nothing refused
+    chex.assert_trees_all_equal(jaxrec.adapt(PARAMS, rows, batch.support_mask[0], adapt_filter="w3", **zero), PARAMS)
+
+
+@pytest.mark.parametrize("builder", [jaxrec.mse_loss, jaxrec.bce_loss])
+def test_a_loss_refuses_scores_of_another_shape_than_its_targets(builder):
+    """``nn.Dense(1)`` scores ``[rows, 1]``: against ``[rows]`` targets they would broadcast to a ``[rows, rows]``
+    matrix, a loss that is not a scalar (or, averaged, a wrong one)."""
+    rows = {"x": np.ones((4, 3), np.float32), "rating": np.ones(4, np.float32), "label": np.ones(4, np.float32)}
+    mask = np.ones(4, bool)
+    column = builder(lambda p, r: apply_fn(p, r)[:, None])
+    with pytest.raises(ValueError, match=r"shape \(4, 1\).*\(4,\).*one (score|logit) per row"):
+        column(PARAMS, rows, mask)
+    with pytest.raises(KeyError, match="no target 'y' .*label, rating, x"):
+        builder(apply_fn, target="y")(PARAMS, rows, mask)
+    assert np.shape(builder(apply_fn)(PARAMS, rows, mask)) == ()
+
+
 def test_unknown_algorithm_and_order_are_refused():
     with pytest.raises(ValueError, match="unknown algorithm 'protonet'"):
         jaxrec.meta_train(PARAMS, [], algorithm="protonet", **KW)

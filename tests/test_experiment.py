@@ -176,6 +176,42 @@ def test_auto_inner_loop_is_made_concrete_per_model(model, kwargs, expected):
     assert isinstance(exp.inner.solver, NewtonStep) == (expected[1] == "newton")  # the solver the step runs
 
 
+def test_each_protocol_refuses_the_config_of_the_other():
+    """``Experiment`` given a top-N config (``feedback="implicit"``) ran the rating protocol on MovieLens (and told a
+    log without ratings to "pass --feedback implicit", which it had); ``TopNExperiment`` given a rating config failed
+    after training began, on a missing label."""
+    from jaxrec.experiment import TopNExperiment
+    from jaxrec.methods import recipe
+
+    topn = ExperimentConfig.make(**recipe("twotower-als"), positive_threshold=4.0)
+    with pytest.raises(ValueError, match="feedback='implicit'.*TopNExperiment.*build_experiment"):
+        Experiment(topn)
+    with pytest.raises(ValueError, match="feedback=None; set feedback='implicit'"):
+        TopNExperiment(ExperimentConfig.make(epochs=1))
+
+
+def test_the_library_recommender_weighs_the_support_as_the_experiment_chose(caplog):
+    """``TopNRecommender(experiment, params)`` read the recency strength of a trained model only: given the
+    experiment itself it weighed nothing, and its lists differed from the evaluation's."""
+    import logging
+    import types
+
+    from jaxrec.experiment.recommend import chosen_recency
+
+    grid = types.SimpleNamespace(topn=types.SimpleNamespace(support_recency=(0.0, 1.0, 2.0)))
+    timed = types.SimpleNamespace(has_timestamps=True)
+    assert chosen_recency(types.SimpleNamespace(support_recency=3.0)) == 3.0  # a trained model's record
+    chose = {"support_recency": {"maml": {"strength": 2.0}, "ease": {"strength": 1.0}}}
+    assert chosen_recency(types.SimpleNamespace(tuned=chose, config=grid, dataset=timed)) == 2.0
+    with caplog.at_level(logging.WARNING, logger="jaxrec.experiment.recommend"):
+        assert chosen_recency(types.SimpleNamespace(tuned={}, config=grid, dataset=timed)) == 0.0
+    assert "not chosen yet" in caplog.text
+    caplog.clear()
+    untimed = types.SimpleNamespace(has_timestamps=False)  # nothing to choose: no order to weigh, no warning
+    assert chosen_recency(types.SimpleNamespace(tuned={}, config=grid, dataset=untimed)) == 0.0
+    assert not caplog.text
+
+
 def test_an_adapt_filter_that_selects_nothing_is_an_error():
     # MF has no decision layers: before this check, adapt="head" silently adapted nothing
     with pytest.raises(ValueError, match="selects no parameter of model 'mf'"):

@@ -103,3 +103,19 @@ def test_a_restored_run_uses_its_recorded_rate_without_refitting(trained_run, mo
     experiment, checkpoint = restore_run(trained_run["out"], overrides={"data": str(trained_run["data"])})
     assert experiment.inner_lr == recorded and experiment.trainer.inner_lr == recorded
     assert checkpoint.step >= 1
+
+
+def test_the_library_recommender_refuses_ratings_it_cannot_use(trained_run):
+    """A NaN rating made every score NaN and ranked the user's own items first, "predicted" at the scale's floor; a
+    rating off the scale was taken as it came."""
+    from jaxrec.experiment.recommend import Recommender
+
+    trained = load_trained(trained_run["out"])
+    recommender = Recommender(trained, trained.params)
+    low, high = trained.featurizer.spec.rating_range
+    with pytest.raises(ValueError, match=r"ratings\[1\] \(item 1\) is nan, not a finite number"):
+        recommender.top_k([0, 1, 2], [5.0, np.nan, 1.0], 5)
+    with pytest.raises(ValueError, match=r"ratings\[0\] \(item 0\) is 50.0, outside the rating scale"):
+        recommender.top_k([0, 1], [50.0, high], 5)
+    best, predicted = recommender.top_k([0, 1], [low, high], 5)
+    assert not set(best.tolist()) & {0, 1} and np.all((predicted >= low) & (predicted <= high))

@@ -103,6 +103,18 @@ def test_same_seed_gives_bitwise_identical_params(experiment, ratings_file):
     assert_bitwise_equal(next(rebuilt.batches(3)), next(experiment.batches(3)))
 
 
+def test_a_fresh_run_through_the_api_refuses_a_folder_holding_another_run(experiment, straight):
+    """``jaxrec train`` checks the folder before it builds the run; a script driving :class:`TrainingRun` gets the
+    same refusal from ``start(resume=False)``, before anything is written: runs never mix."""
+    out = straight[1]
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    run = cli.TrainingRun(experiment, out)
+    with pytest.raises(cli.RunError, match=r"already holds a run \(checkpoints at steps \[.*metrics.jsonl"):
+        run.start(resume=False)
+    run.close()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
 def test_resume_through_the_api_equals_an_uninterrupted_run(experiment, straight, tmp_path):
     run = cli.TrainingRun(experiment, tmp_path / "run")
     state, signum = run.train(run.start(resume=False), 3, progress=False)  # stop mid-epoch

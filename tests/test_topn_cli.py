@@ -396,6 +396,34 @@ def test_recommend_reads_a_weighted_models_second_column_as_the_training_log_was
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(rows)]) == 1
 
 
+@pytest.mark.parametrize(
+    ("codes", "weights", "k", "message"),
+    [
+        ([0, 1, -1], [1, 1, 1], 5, r"item_codes\[2\] = -1 is not an item code .*item_codes_of gives -1"),
+        ([0, 1, 10**6], [1, 1, 1], 5, r"item_codes\[2\] = 1000000 is not an item code"),
+        ([], [], 5, "an empty support"),
+        ([0, 1, 1], [1, 1, 1], 5, "item 1 is given 2 times"),
+        ([0, 1, 2], [1], 5, "1 weights for 3 items"),
+        ([0, 1, 2], [3, np.nan, 5], 5, r"weights\[1\] .* is nan, not a finite number"),
+        ([0, 1, 2], [3, -3, 5], 5, r"weights\[1\] .* is -3.0: a weight must be > 0"),
+        (["song-00"], [1], 5, "integer item codes"),
+        ([0, 1, 2], [1, 1, 1], 0, "k must be a positive integer"),
+    ],
+)
+def test_the_library_recommender_refuses_a_support_it_cannot_use(topn_run, codes, weights, k, message):
+    """The command and the service check a new user's items; the library's recommender used to take anything: a
+    NaN weight ranked the user's own items first, and a -1 code (an unknown id) dropped the catalogue's last item."""
+    from jaxrec.experiment.recommend import TopNRecommender
+    from jaxrec.experiment.trained import load_trained
+
+    trained = load_trained(topn_run["out"])
+    recommender = TopNRecommender(trained, trained.params)
+    with pytest.raises(ValueError, match=message):
+        recommender.top_k(codes, weights, k)
+    best, scores = recommender.top_k([0, 1, 2], [1.0, 2.0, 1.0], 5)
+    assert len(best) == 5 and not set(best.tolist()) & {0, 1, 2} and np.all(np.isfinite(scores))
+
+
 def test_a_user_with_every_item_gets_an_empty_list_not_an_error(topn_run, tmp_path, monkeypatch):
     """No item is left to contrast theirs with: the negatives' draw had an empty range (ValueError: high <= 0)."""
     lines = capture(monkeypatch)

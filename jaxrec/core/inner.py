@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from jaxrec.core.batch import zero_padding
 from jaxrec.core.losses import LossFn
-from jaxrec.core.params import AdaptFilter, named_filter, resolve_adapt_filter
+from jaxrec.core.params import AdaptFilter, named_filter, path_names, resolve_adapt_filter
 from jaxrec.core.remat import REMAT_POLICIES
 from jaxrec.core.solvers import Amortized, InnerProblem, InnerSolver, OptaxSteps, as_solver
 
@@ -274,8 +274,8 @@ def adapt(
 
     Raises:
       TypeError: an unknown inner-loop option, or a missing ``loss_fn`` / ``inner_steps`` without ``inner``.
-      ValueError: a concrete scalar ``inner_lr`` is not finite and positive, or a per-parameter ``inner_lr`` does
-        not have the structure of ``params``.
+      ValueError: a concrete scalar ``inner_lr`` is not finite and positive, a per-parameter ``inner_lr`` does
+        not have the structure of ``params``, or the adapt filter selects no parameter (``steps > 0``).
     """
     inner = as_inner_loop(inner, **options)
     check_inner_lr(inner_lr)
@@ -284,8 +284,13 @@ def adapt(
     part = _Partition.of(params, inner.adapt_filter)
     moving0, fixed = part.split(params)
     rows = zero_padding(rows, mask)
-    if not moving0:
-        return params
+    if not moving0:  # e.g. a typo in a path pattern: the loop would run and silently adapt nothing
+        names = ["/".join(path_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+        raise ValueError(
+            f"the adapt filter selects no parameter (the parameters: {shown}): nothing would adapt; use steps=0 "
+            "for a model used as it is"
+        )
     loss_fn, aux = inner.loss_fn, inner.aux
 
     # everything a step reads is an explicit argument, so that remat="recompute" can replay it in its backward

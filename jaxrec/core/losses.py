@@ -57,6 +57,13 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return total / jnp.maximum(count, 1.0)
 
 
+def _target(rows: Mapping[str, jax.Array], key: str) -> jax.Array:
+    """``rows[key]``, or a KeyError that names the row keys there are (the loss's ``target`` is a row key)."""
+    if key not in rows:
+        raise KeyError(f"the rows have no target {key!r} (their keys: {', '.join(sorted(rows))}): pass target=KEY")
+    return rows[key]
+
+
 def mse_loss(apply_fn: ApplyFn, target: str = "rating") -> LossFn:
     """Masked mean squared error between ``apply_fn(params, rows)`` and ``rows[target]``.
 
@@ -70,7 +77,13 @@ def mse_loss(apply_fn: ApplyFn, target: str = "rating") -> LossFn:
 
     def loss_fn(params, rows, mask):
         scores = apply_fn(params, rows)
-        residual = jnp.where(mask, scores - jnp.where(mask, rows[target], 0.0), 0.0)
+        targets = _target(rows, target)
+        if jnp.shape(scores) != jnp.shape(targets):  # e.g. [rows, 1] from nn.Dense(1) would broadcast to a matrix
+            raise ValueError(
+                f"the model's scores have shape {jnp.shape(scores)}, its targets {target!r} {jnp.shape(targets)}: "
+                "apply_fn must return one score per row (squeeze a trailing axis of 1)"
+            )
+        residual = jnp.where(mask, scores - jnp.where(mask, targets, 0.0), 0.0)
         return masked_mean(jnp.square(residual), mask)
 
     return loss_fn
@@ -88,8 +101,15 @@ def bce_loss(apply_fn: ApplyFn, target: str = "label") -> LossFn:
     """
 
     def loss_fn(params, rows, mask):
-        logits = jnp.where(mask, apply_fn(params, rows), 0.0)
-        labels = jnp.where(mask, rows[target], 0).astype(logits.dtype)
+        labels = _target(rows, target)
+        logits = apply_fn(params, rows)
+        if jnp.shape(logits) != jnp.shape(labels):
+            raise ValueError(
+                f"the model's logits have shape {jnp.shape(logits)}, its labels {target!r} {jnp.shape(labels)}: "
+                "apply_fn must return one logit per row (squeeze a trailing axis of 1)"
+            )
+        logits = jnp.where(mask, logits, 0.0)
+        labels = jnp.where(mask, labels, 0).astype(logits.dtype)
         # log(1 + e^x) - y x, the numerically stable form of BCE with logits
         per_row = jax.nn.softplus(logits) - labels * logits
         return masked_mean(per_row, mask)

@@ -1,4 +1,5 @@
-"""Experiments: the cold-start protocol (:class:`Experiment`, :class:`ExperimentConfig`), the methods it compares,
+"""Experiments: the cold-start protocol (:class:`Experiment`, :class:`ExperimentConfig`; the top-N protocol of implicit
+feedback, :class:`TopNExperiment`; :func:`build_experiment` picks one by the config), the methods it compares,
 the run engine of ``jaxrec train`` (checkpoints, resume, signals), the trained model of a run folder, the
 recommender, the checkpoint store, and the choice of a configuration on the validation users."""
 
@@ -15,8 +16,15 @@ from jaxrec.experiment.config import (
     resolve,
 )
 from jaxrec.experiment.protocol import Experiment
-from jaxrec.experiment.recommend import Recommender, read_user_ratings
-from jaxrec.experiment.run import RunError, TrainingRun, restore_run
+from jaxrec.experiment.recommend import (
+    Recommender,
+    TopNRecommender,
+    item_codes_of,
+    read_user_ratings,
+    recommender_for,
+)
+from jaxrec.experiment.run import RunError, TrainingRun, build_experiment, restore_run
+from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.experiment.trained import TrainedModel, load_trained
 
 __all__ = [
@@ -33,13 +41,18 @@ __all__ = [
     "ProtocolConfig",
     "Recommender",
     "RunError",
+    "TopNExperiment",
+    "TopNRecommender",
     "TrainedModel",
     "TrainingRun",
+    "build_experiment",
     "choose",
     "load_checkpoint",
     "load_trained",
     "read_metadata",
+    "item_codes_of",
     "read_user_ratings",
+    "recommender_for",
     "resolve",
     "restore_run",
 ]

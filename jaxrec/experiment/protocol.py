@@ -389,6 +389,12 @@ class Experiment:
     """
 
     def __init__(self, config: ExperimentConfig | None = None):
+        if config is not None and config.data.feedback == "implicit":  # it would predict ratings all the same
+            raise ValueError(
+                "this config asks for top-N recommendation (feedback='implicit'), which Experiment (the rating "
+                "protocol) does not run: use jaxrec.experiment.TopNExperiment(config), or "
+                "jaxrec.experiment.build_experiment(config), which picks the protocol as the command does"
+            )
         # "auto" made concrete before anything is built, so that the recorded config says what ran
         self.config = config = resolve(config or ExperimentConfig())
         self.dataset = self._load_dataset()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -25,6 +26,8 @@ from jaxrec.experiment.run import RunError
 __all__ = [
     "Recommender",
     "TopNRecommender",
+    "checked_support",
+    "chosen_recency",
     "item_codes_of",
     "merge_duplicates",
     "padded",
@@ -33,6 +36,8 @@ __all__ = [
     "recommender_for",
 ]
 
+
+logger = logging.getLogger(__name__)
 
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
 
@@ -343,7 +348,13 @@ class Recommender:
 
         Returns:
           The predicted score of every item, indexed by dataset code.
+
+        Raises:
+          ValueError: if the items or ratings are not a usable support (:func:`checked_support`).
         """
+        item_codes, ratings = checked_support(
+            item_codes, ratings, self.featurizer.n_items, weights=False, scale=self.rating_range
+        )
         rows, mask = self.support(item_codes, ratings)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
@@ -396,7 +407,7 @@ class TopNRecommender:
         self.featurizer = experiment.featurizer
         self.state = split_meta_params(params, experiment.inner_lr)
         self.negatives = int(experiment.config.topn.negatives)
-        self.recency = float(getattr(experiment, "support_recency", 0.0))
+        self.recency = chosen_recency(experiment)
         self.shots = int(experiment.config.topn.shots)  # the support size the recency was chosen for
         self.history = int(experiment.spec.history)
         self.seed = seed
@@ -500,13 +511,16 @@ class TopNRecommender:
         return trained[np.minimum(draws + before.reshape(draws.shape), n - 1)], pools > 0
 
     def model_scores(self, item_codes, weights):
-        """The adapted model's score of every item (indexed by dataset code)."""
+        """The adapted model's score of every item (indexed by dataset code); a ValueError if the items or weights
+        are not a usable support (:func:`checked_support`)."""
+        item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
         rows, mask = self.support(item_codes, weights)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
     def scores(self, item_codes, weights):
         """Score every item after adapting to the user's items (indexed by dataset code): the hybrid's scores when
         there is one (``-inf`` on the user's own items), else the adapted model's."""
+        item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
         model = self.model_scores(item_codes, weights)
         if self.hybrid is None:
             return model
@@ -517,6 +531,88 @@ class TopNRecommender:
     def top_k(self, item_codes, weights, k: int):
         """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first."""
         return _best(self.scores(item_codes, weights), item_codes, k)
+
+
+def chosen_recency(experiment) -> float:
+    """The recency strength of the support a top-N run's meta method chose: a trained model's
+    ``support_recency``, or a :class:`~jaxrec.experiment.topn.TopNExperiment`'s choice on its validation users
+    (``tuned["support_recency"]["maml"]``); 0 (no weighting) when it chose none. An experiment that has a grid to
+    choose from and has not chosen yet (before :meth:`~jaxrec.experiment.topn.TopNExperiment.validate` or
+    ``evaluate``) is warned of: its lists would differ from the evaluation's."""
+    recorded = getattr(experiment, "support_recency", None)
+    if recorded is not None:
+        return float(recorded)
+    choice = (getattr(experiment, "tuned", None) or {}).get("support_recency", {}).get("maml")
+    if choice is not None:
+        return float(choice["strength"])
+    grid = experiment.config.topn.support_recency
+    if grid and any(grid) and getattr(getattr(experiment, "dataset", None), "has_timestamps", False):
+        logger.warning(
+            "the run's support_recency %s is not chosen yet (validate or evaluate the experiment first): the "
+            "support is not weighted by its order, as the evaluation will weigh it",
+            list(grid),
+        )
+    return 0.0
+
+
+def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=None) -> tuple[np.ndarray, np.ndarray]:
+    """A new user's items and their ratings or weights, as given to a recommender, checked.
+
+    Args:
+      item_codes: the items' dataset codes, each once (``item_codes_of`` maps raw ids to codes, -1 for an id not in
+        the catalogue; ``merge_duplicates`` merges repeated items as ``recommend`` and ``serve`` do).
+      values: one rating (or weight) per item.
+      n_items: the catalogue's size (codes are ``0 .. n_items - 1``).
+      weights: the values are interactions' weights (each must be > 0), not ratings.
+      scale: ``(low, high)``, the rating scale every rating must lie in, or None.
+
+    Returns:
+      ``(codes int64 [n], values float32 [n])``.
+
+    Raises:
+      ValueError: naming the first offending entry: no item, codes that are not integers in ``[0, n_items)``, an
+        item given twice, a value count other than the items', a value that is not a finite number, a weight
+        ``<= 0`` or a rating off the scale.
+    """
+    name = "weights" if weights else "ratings"
+    codes = np.asarray(item_codes)
+    if codes.ndim != 1 or (codes.size and not np.issubdtype(codes.dtype, np.integer)):
+        raise ValueError(
+            f"item_codes must be a flat list of integer item codes, got {codes.dtype} of shape {codes.shape} (map raw "
+            "ids to codes with item_codes_of(ids, featurizer.item_raw_ids))"
+        )
+    if codes.size == 0:
+        raise ValueError("an empty support: a new user needs at least one item to adapt to")
+    try:
+        vals = np.asarray(values, np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be numbers: {e}") from None
+    if vals.shape != codes.shape:
+        raise ValueError(f"{vals.size} {name} for {codes.size} items: give one per item")
+    outside = np.flatnonzero((codes < 0) | (codes >= n_items))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(
+            f"item_codes[{i}] = {int(codes[i])} is not an item code (0 to {n_items - 1}); item_codes_of gives -1 for "
+            "an id not in the catalogue: leave those items out"
+        )
+    distinct, counts = np.unique(codes, return_counts=True)
+    if np.any(counts > 1):
+        repeated = int(distinct[np.argmax(counts > 1)])
+        raise ValueError(
+            f"item {repeated} is given {int(counts.max())} times: give each item once (merge_duplicates merges "
+            "repeats as recommend and serve do)"
+        )
+    for i, value in enumerate(vals):
+        if not math.isfinite(value):
+            raise ValueError(f"{name}[{i}] (item {int(codes[i])}) is {value}, not a finite number")
+        if weights and not value > 0:
+            raise ValueError(f"weights[{i}] (item {int(codes[i])}) is {value}: a weight must be > 0")
+        if scale is not None and not scale[0] <= value <= scale[1]:
+            raise ValueError(
+                f"ratings[{i}] (item {int(codes[i])}) is {value}, outside the rating scale [{scale[0]}, {scale[1]}]"
+            )
+    return codes.astype(np.int64), vals.astype(np.float32)
 
 
 def padded(item_codes, values, size: int):
@@ -543,6 +639,8 @@ def _bucket(n: int, least: int) -> int:
 
 
 def _best(scores: np.ndarray, item_codes, k: int):
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer (how many items to recommend), got {k!r}")
     scores[np.asarray(item_codes)] = -np.inf
     k = min(k, len(scores) - len(item_codes))
     best = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)

@@ -243,8 +243,17 @@ class TrainingRun:
 
         Raises:
           CheckpointError: on resume, if there is no usable checkpoint or the data does not match it.
+          RunError: on a fresh start, if the folder already holds a run's checkpoints or files.
         """
         if not resume:
+            held = [name for name in RUN_FILES if name != "checkpoints" and (self.out / name).exists()]
+            if self.store.steps() or held:  # a fresh run would mix its checkpoints with the other run's
+                steps = f"checkpoints at steps {self.store.steps()}" if self.store.steps() else "no checkpoint"
+                raise RunError(
+                    f"{self.out} already holds a run ({steps}; {', '.join(held) or 'no other run file'}): "
+                    "start(resume=True) continues it; a new run needs a folder of its own (check_fresh_out(out, "
+                    "overwrite=True) clears this one)"
+                )
             self.items = write_items(self.out, self.exp.dataset)  # the catalogue the folder stands alone with
             return self.exp.init_state()
         meta = self.store.read_meta(self.store.verify())
@@ -543,7 +552,8 @@ def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any],
     if path is not None and overrides.get("data") is None:
         raise RunError(
             f"{folder}: this run was trained on the file {path}; {doing} it reads that data again, so name it: "
-            f"pass --data FILE (checked against the checkpoint: it must encode as the training data did)"
+            f"pass --data FILE (from Python: overrides={{'data': FILE}}; checked against the checkpoint: it must "
+            "encode as the training data did)"
         )
 
 

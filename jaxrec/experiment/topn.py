@@ -187,6 +187,12 @@ class TopNExperiment:
     progress: bool = False
 
     def __init__(self, config: ExperimentConfig):
+        if config.data.feedback != "implicit":
+            raise ValueError(
+                f"TopNExperiment is the top-N protocol of implicit feedback: the config has feedback="
+                f"{config.data.feedback!r}; set feedback='implicit' (jaxrec.experiment.build_experiment(config) picks "
+                "the protocol a config asks for)"
+            )
         self.config = config = resolve(config)
         top = config.topn
         self.dataset = implicit_dataset(config)
