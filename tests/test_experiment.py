@@ -272,3 +272,44 @@ def test_validation_items_are_the_newest_meta_train_items_and_new_to_the_model()
         plain.validate(None, items=True)
     with pytest.raises(ValueError, match="val_item_frac"):
         Experiment(ExperimentConfig.make(**TINY, val_item_frac=1.0))
+
+
+def test_a_dataframe_in_memory_trains_restores_and_is_recorded_by_its_name(tmp_path):
+    """A library user's log is a DataFrame more often than a file: the experiments take a Dataset built from it
+    (``from_dataframe``), the config records its name and no file, and a checkpoint of it restores only with the
+    same data given again (checked against the checkpoint's fingerprint)."""
+    import jax
+    import pandas as pd
+    from cli_support import write_plays
+
+    from jaxrec.data import from_dataframe
+    from jaxrec.experiment import CheckpointError, TopNExperiment, TrainingRun, restore_run
+    from jaxrec.experiment.run import RunError
+
+    frame = pd.read_csv(write_plays(tmp_path / "plays.tsv"), sep="\t")
+    data = from_dataframe(frame, item="song", rating=None, timestamp="time", weight="plays", feedback="implicit",
+                          name="plays-in-memory")  # fmt: skip
+    fields = dict(feedback="implicit", model="twotower", model_kwargs={"embed": 8}, batch_size=16, shots=3,
+                  query_cap=20, negatives=8, bootstrap=20, epochs=1, topn_baselines=("popular",))  # fmt: skip
+    config = ExperimentConfig.make(**fields)  # names the bundled ml-latest-small: the dataset given replaces it
+    experiment = TopNExperiment(config, data)
+    assert experiment.dataset is data and experiment.data_in_memory
+    assert (experiment.config.data.dataset, experiment.config.data.path) == ("plays-in-memory", None)
+    run = TrainingRun(experiment, tmp_path / "run")
+    state, _ = run.train(run.start(resume=False), 3, progress=False)
+    run.close()
+    with pytest.raises(RunError, match="given in memory .*'plays-in-memory'.*dataset="):
+        restore_run(tmp_path / "run")
+    restored, checkpoint = restore_run(tmp_path / "run", dataset=data)
+    assert restored.data_in_memory and checkpoint.step == 3
+    for a, b in zip(jax.tree.leaves(checkpoint.state.params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    other = from_dataframe(frame.iloc[:-40], item="song", rating=None, timestamp="time", weight="plays",
+                           feedback="implicit", name="plays-in-memory")  # fmt: skip
+    with pytest.raises(CheckpointError, match="the data no longer matches the checkpoint .*'plays-in-memory'"):
+        restore_run(tmp_path / "run", dataset=other)
+    with pytest.raises(ValueError, match="holds interactions already"):
+        TopNExperiment(ExperimentConfig.make(**fields, positive_threshold=4.0), data)
+    rated = from_dataframe(frame.rename(columns={"plays": "rating"}), item="song", timestamp="time", name="rated")
+    explicit = Experiment(ExperimentConfig.make(model="mf", model_kwargs={"embed": 4}, epochs=1), rated)
+    assert explicit.dataset is rated and explicit.config.data.dataset == "rated"

@@ -980,6 +980,14 @@ def _resolution_spec(config: ExperimentConfig):
     return dataclasses.replace(testing.reference_spec(item_vocab=8), history=config.history())
 
 
+def with_dataset(config: ExperimentConfig, dataset: Any) -> ExperimentConfig:
+    """``config`` recording a :class:`~jaxrec.data.Dataset` given in memory (e.g. by
+    :func:`~jaxrec.data.from_dataframe`) in place of the data it names: ``dataset`` its name, no path or folder, so
+    that what is written beside a run says which data it read, never a file or a dataset it did not read."""
+    data = dataclasses.replace(config.data, dataset=dataset.name, path=None, data_dir=None, columns=None, sep=None)
+    return dataclasses.replace(config, data=data)
+
+
 def resolve(config: ExperimentConfig) -> ExperimentConfig:
     """``config`` with ``adapt="auto"``, ``inner_solver="auto"`` and ``inner_steps=None`` made concrete.
 

@@ -51,7 +51,7 @@ from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split, item_release_key, newest_items
 from jaxrec.evaluation.baselines import fit_bias_model
 from jaxrec.evaluation.compare import evaluate_methods
-from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve
+from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve, with_dataset
 from jaxrec.experiment.methods import evaluate_experiment, experiment_predictors, fit_baselines
 from jaxrec.scale.sharding import make_mesh
 
@@ -360,10 +360,13 @@ class Experiment:
     Args:
       config: the experiment's config (default: :class:`~jaxrec.experiment.config.ExperimentConfig`); its
         ``"auto"`` settings are resolved (:func:`~jaxrec.experiment.config.resolve`) before anything is built.
+      dataset: a rated :class:`~jaxrec.data.Dataset` in memory (:func:`~jaxrec.data.from_dataframe`) to use in
+        place of the data the config names; the config then records its name.
 
     Attributes:
       config: the resolved config, which says what ran.
       dataset: the :class:`~jaxrec.data.Dataset`.
+      data_in_memory: the dataset was given in memory (a checkpoint records it: restoring needs it again).
       split: the :class:`~jaxrec.ColdStartSplit`.
       featurizer: the :class:`~jaxrec.data.Featurizer`, fitted on the meta-train ratings without the validation
         items.
@@ -388,7 +391,7 @@ class Experiment:
       DataError: if the data cannot be read or there is no meta-train task.
     """
 
-    def __init__(self, config: ExperimentConfig | None = None):
+    def __init__(self, config: ExperimentConfig | None = None, dataset: Dataset | None = None):
         if config is not None and config.data.feedback == "implicit":  # it would predict ratings all the same
             raise ValueError(
                 "this config asks for top-N recommendation (feedback='implicit'), which Experiment (the rating "
@@ -396,8 +399,10 @@ class Experiment:
                 "jaxrec.experiment.build_experiment(config), which picks the protocol as the command does"
             )
         # "auto" made concrete before anything is built, so that the recorded config says what ran
-        self.config = config = resolve(config or ExperimentConfig())
-        self.dataset = self._load_dataset()
+        config = config or ExperimentConfig()
+        self.config = config = resolve(config if dataset is None else with_dataset(config, dataset))
+        self.dataset = self._load_dataset() if dataset is None else dataset
+        self.data_in_memory = dataset is not None
         if not self.dataset.explicit:
             # every interaction would read as a rating of 1: a constant target, MAE 0 and meaningless rankings
             raise DataError(

@@ -93,11 +93,13 @@ def make_config(base: ExperimentConfig | Mapping | None, overrides: Mapping[str,
         raise RunError(f"invalid configuration: {e}") from e
 
 
-def build_experiment(config):
-    """Build the :class:`~jaxrec.experiment.protocol.Experiment` of a config.
+def build_experiment(config, dataset=None):
+    """Build the experiment of a config: :class:`~jaxrec.experiment.topn.TopNExperiment` for
+    ``feedback="implicit"``, else :class:`~jaxrec.experiment.protocol.Experiment`.
 
     Args:
       config: the config.
+      dataset: a :class:`~jaxrec.data.Dataset` in memory to use in place of the data the config names, or None.
 
     Returns:
       The experiment.
@@ -108,8 +110,8 @@ def build_experiment(config):
     """
     try:
         if config.data.feedback == "implicit":
-            return TopNExperiment(config)
-        return Experiment(config)
+            return TopNExperiment(config, dataset)
+        return Experiment(config, dataset)
     except (ValueError, TypeError, KeyError) as e:
         if isinstance(e, DataError):
             raise
@@ -286,6 +288,7 @@ class TrainingRun:
             "featurizer": self.exp.featurizer.to_dict(),
             "interactions": self.interactions,
             "weighted": self.weighted,
+            "data_in_memory": bool(getattr(self.exp, "data_in_memory", False)),
             "tuned": self.exp.tuned,
             "items": self.items,
             "skipped": int(state.skipped),
@@ -557,13 +560,15 @@ def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any],
         )
 
 
-def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dict | None = None):
+def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dict | None = None, dataset: Any = None):
     """Restore a run folder: the experiment rebuilt from the saved config, the state restored into its structure.
 
     Args:
       path: a run folder or its checkpoint folder.
       step: the step (default: the newest complete one).
       overrides: field values applied to the saved config.
+      dataset: the :class:`~jaxrec.data.Dataset` of a run trained on one given in memory (checked against the
+        checkpoint: it must encode as the training data did), or None.
 
     Returns:
       ``(experiment, checkpoint)``.
@@ -580,12 +585,19 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
         saved = meta.get("config")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{folder}: the checkpoint has no config record")
-        _require_named_data(folder, saved, overrides)
+        if meta.get("data_in_memory") and dataset is None:
+            raise RunError(
+                f"{folder}: this run was trained on a dataset given in memory ({meta.get('dataset')!r}), which no "
+                "record names a file of: pass it again, restore_run(path, dataset=...) (checked against the "
+                "checkpoint: it must encode as the training data did)"
+            )
+        if dataset is None:
+            _require_named_data(folder, saved, overrides)
         try:
             config = make_config(saved, {"data_dir": None, "devices": None, **overrides})
         except RunError as e:
             raise CheckpointError(f"{folder}: incompatible checkpoint: {e}") from e
-        experiment = build_experiment(config)
+        experiment = build_experiment(config, dataset)
         _check_same_data(meta, experiment, folder)
         experiment.use_tuned(meta.get("tuned"))
         checkpoint = store.restore(experiment.template_state(), meta["step"])

@@ -64,7 +64,7 @@ from jaxrec.evaluation.topn import (
     rerank_ranker,
     user_orders,
 )
-from jaxrec.experiment.config import HYBRID_PARTNERS, ExperimentConfig, resolve
+from jaxrec.experiment.config import HYBRID_PARTNERS, ExperimentConfig, resolve, with_dataset
 from jaxrec.experiment.protocol import CATALOGUE_LOSSES, Learner, config_mesh, trained_catalogue
 from jaxrec.models.common import categorical_fields, multi_hot_fields
 
@@ -109,20 +109,33 @@ _SELECT = "recall@20"
 _TIE_ORDER_BYTES = 256 * 2**20
 
 
-def implicit_dataset(config: ExperimentConfig) -> Dataset:
+def implicit_dataset(config: ExperimentConfig, dataset: Dataset | None = None) -> Dataset:
     """Read the interactions a config names, as implicit feedback.
 
     A file (``--data``) is read with ``feedback="implicit"``; a known (rated) dataset becomes one interaction per
-    rating (``>= positive_threshold`` when set), its side tables kept.
+    rating (``>= positive_threshold`` when set), its side tables kept. A ``dataset`` given in memory is used in place
+    of the data the config names: as it is when it holds interactions, converted as a known dataset is when rated.
 
     Args:
       config: the config.
+      dataset: a :class:`~jaxrec.data.Dataset` in memory, or None.
 
     Returns:
       The implicit :class:`~jaxrec.data.Dataset`.
+
+    Raises:
+      ValueError: if ``dataset`` holds interactions already and the config sets ``positive_threshold`` (which reads
+        ratings).
     """
     data = config.data
-    if data.path is not None:
+    if dataset is not None and not dataset.explicit:
+        if data.positive_threshold is not None:
+            raise ValueError(
+                f"positive_threshold={data.positive_threshold:g} reads ratings, and the dataset {dataset.name!r} holds "
+                "interactions already (read with feedback='implicit'): leave it unset, or give the rated dataset"
+            )
+        return dataset
+    if dataset is None and data.path is not None:
         return read_log(
             data.path,
             data.columns,
@@ -131,7 +144,7 @@ def implicit_dataset(config: ExperimentConfig) -> Dataset:
             positive_threshold=data.positive_threshold,
             encoding=data.encoding,
         )
-    rated = load(data.dataset, data_dir=data.data_dir)
+    rated = dataset if dataset is not None else load(data.dataset, data_dir=data.data_dir)
     frame = rated.ratings.assign(user=rated.user_ids[rated.ratings["user"]], item=rated.item_ids[rated.ratings["item"]])
     return from_dataframe(
         frame,
@@ -160,10 +173,13 @@ class TopNExperiment:
 
     Args:
       config: the config; ``"auto"`` settings are resolved first.
+      dataset: a :class:`~jaxrec.data.Dataset` in memory (:func:`~jaxrec.data.from_dataframe`) to use in place of
+        the data the config names (:func:`implicit_dataset`); the config then records its name.
 
     Attributes:
       config: the resolved config.
       dataset: the implicit :class:`~jaxrec.data.Dataset`.
+      data_in_memory: the dataset was given in memory (a checkpoint records it: restoring needs it again).
       split: the :class:`~jaxrec.data.topn.TopNSplit`.
       featurizer: fitted on the meta-train users' interactions.
       spec: the feature spec of the rows.
@@ -186,16 +202,17 @@ class TopNExperiment:
 
     progress: bool = False
 
-    def __init__(self, config: ExperimentConfig):
+    def __init__(self, config: ExperimentConfig, dataset: Dataset | None = None):
         if config.data.feedback != "implicit":
             raise ValueError(
                 f"TopNExperiment is the top-N protocol of implicit feedback: the config has feedback="
                 f"{config.data.feedback!r}; set feedback='implicit' (jaxrec.experiment.build_experiment(config) picks "
                 "the protocol a config asks for)"
             )
-        self.config = config = resolve(config)
+        self.config = config = resolve(config if dataset is None else with_dataset(config, dataset))
         top = config.topn
-        self.dataset = implicit_dataset(config)
+        self.dataset = implicit_dataset(config, dataset)
+        self.data_in_memory = dataset is not None
         logger.info("%s", self.dataset.summary())
         self.split = topn_split(
             self.dataset,
