@@ -190,9 +190,10 @@ def test_each_protocol_refuses_the_config_of_the_other():
         TopNExperiment(ExperimentConfig.make(epochs=1))
 
 
-def test_the_library_recommender_weighs_the_support_as_the_experiment_chose(caplog):
-    """``TopNRecommender(experiment, params)`` read the recency strength of a trained model only: given the
-    experiment itself it weighed nothing, and its lists differed from the evaluation's."""
+def test_the_library_recommender_warns_when_no_weighting_is_chosen_for_its_parameters(caplog):
+    """``TopNRecommender(experiment, params)`` reads the support's weighting a trained model records, or the one
+    the experiment chose for these parameters (checked end to end in the in-memory test below); without a choice
+    it weighs nothing, and says so where there was a grid to choose from."""
     import logging
     import types
 
@@ -201,15 +202,15 @@ def test_the_library_recommender_weighs_the_support_as_the_experiment_chose(capl
     grid = types.SimpleNamespace(topn=types.SimpleNamespace(support_recency=(0.0, 1.0, 2.0)))
     timed = types.SimpleNamespace(has_timestamps=True)
     assert chosen_recency(types.SimpleNamespace(support_recency=3.0)) == 3.0  # a trained model's record
-    chose = {"support_recency": {"maml": {"strength": 2.0}, "ease": {"strength": 1.0}}}
-    assert chosen_recency(types.SimpleNamespace(tuned=chose, config=grid, dataset=timed)) == 2.0
+    params, other = object(), object()
+    chose = types.SimpleNamespace(recency_for=lambda p: 2.0 if p is params else None, config=grid, dataset=timed)
+    assert chosen_recency(chose, params) == 2.0
     with caplog.at_level(logging.WARNING, logger="jaxrec.experiment.recommend"):
-        assert chosen_recency(types.SimpleNamespace(tuned={}, config=grid, dataset=timed)) == 0.0
-    assert "not chosen yet" in caplog.text
+        assert chosen_recency(chose, other) == 0.0  # chosen for other parameters: not theirs
+    assert "chosen for these parameters yet" in caplog.text
     caplog.clear()
-    untimed = types.SimpleNamespace(has_timestamps=False)  # nothing to choose: no order to weigh, no warning
-    assert chosen_recency(types.SimpleNamespace(tuned={}, config=grid, dataset=untimed)) == 0.0
-    assert not caplog.text
+    untimed = types.SimpleNamespace(recency_for=lambda p: None, config=grid, dataset=types.SimpleNamespace())
+    assert chosen_recency(untimed, params) == 0.0 and not caplog.text  # no order to weigh, nothing to say
 
 
 def test_an_adapt_filter_that_selects_nothing_is_an_error():
@@ -283,23 +284,36 @@ def test_a_dataframe_in_memory_trains_restores_and_is_recorded_by_its_name(tmp_p
     from cli_support import write_plays
 
     from jaxrec.data import from_dataframe
-    from jaxrec.experiment import CheckpointError, TopNExperiment, TrainingRun, restore_run
-    from jaxrec.experiment.run import RunError
+    from jaxrec.experiment import CheckpointError, TopNExperiment, TopNRecommender, TrainingRun, restore_run
+    from jaxrec.experiment.run import RunError, resume_config
 
     frame = pd.read_csv(write_plays(tmp_path / "plays.tsv"), sep="\t")
     data = from_dataframe(frame, item="song", rating=None, timestamp="time", weight="plays", feedback="implicit",
                           name="plays-in-memory")  # fmt: skip
     fields = dict(feedback="implicit", model="twotower", model_kwargs={"embed": 8}, batch_size=16, shots=3,
-                  query_cap=20, negatives=8, bootstrap=20, epochs=1, topn_baselines=("popular",))  # fmt: skip
-    config = ExperimentConfig.make(**fields)  # names the bundled ml-latest-small: the dataset given replaces it
+                  query_cap=20, negatives=8, bootstrap=20, epochs=1, topn_baselines=("popular",),
+                  support_recency=(2.0, 4.0), rerank="melu", rerank_candidates=50)  # fmt: skip
+    # the config names the bundled ml-latest-small: the dataset given replaces it; the recency grid has no 0, so the
+    # recommender weighs the support only if it reads the experiment's choice
+    config = ExperimentConfig.make(**fields)
     experiment = TopNExperiment(config, data)
     assert experiment.dataset is data and experiment.data_in_memory
     assert (experiment.config.data.dataset, experiment.config.data.path) == ("plays-in-memory", None)
     run = TrainingRun(experiment, tmp_path / "run")
     state, _ = run.train(run.start(resume=False), 3, progress=False)
     run.close()
-    with pytest.raises(RunError, match="given in memory .*'plays-in-memory'.*dataset="):
+    with pytest.raises(RunError, match="given in memory .*'plays-in-memory'.*dataset=.*--data FILE"):
         restore_run(tmp_path / "run")
+    # the re-ranker trains on the same data, not on a dataset of that name; the recommender weighs the support as
+    # the validation chose for these parameters
+    assert experiment.recency_for(state.params) is None
+    summaries = experiment.validate(state.params, baselines=False)
+    assert {"maml", "rerank"} <= set(summaries)
+    chosen = experiment.tuned["support_recency"]["maml"]["strength"]
+    assert experiment.recency_for(state.params) == chosen
+    assert TopNRecommender(experiment, state.params).recency == chosen
+    with pytest.raises(RunError, match="continue it from Python"):  # jaxrec train --resume cannot read it again
+        resume_config(tmp_path / "run", {})
     restored, checkpoint = restore_run(tmp_path / "run", dataset=data)
     assert restored.data_in_memory and checkpoint.step == 3
     for a, b in zip(jax.tree.leaves(checkpoint.state.params), jax.tree.leaves(state.params), strict=True):
@@ -308,6 +322,13 @@ def test_a_dataframe_in_memory_trains_restores_and_is_recorded_by_its_name(tmp_p
                            feedback="implicit", name="plays-in-memory")  # fmt: skip
     with pytest.raises(CheckpointError, match="the data no longer matches the checkpoint .*'plays-in-memory'"):
         restore_run(tmp_path / "run", dataset=other)
+    as_file, _ = restore_run(  # from the command line: the same data as a file, its columns named
+        tmp_path / "run",
+        overrides={"data": str(tmp_path / "plays.tsv"), "columns": ("user", "item", "weight", "timestamp")},
+    )
+    assert as_file.dataset.fingerprint() == data.fingerprint()
+    with pytest.raises(TypeError, match="must be a jaxrec.data.Dataset, got DataFrame .*from_dataframe"):
+        TopNExperiment(config, frame)
     with pytest.raises(ValueError, match="holds interactions already"):
         TopNExperiment(ExperimentConfig.make(**fields, positive_threshold=4.0), data)
     rated = from_dataframe(frame.rename(columns={"plays": "rating"}), item="song", timestamp="time", name="rated")

@@ -332,6 +332,12 @@ def test_a_declared_rating_scale_is_the_models(tmp_path, monkeypatch, capsys):
     assert "is outside the rating scale [2, 10]" in said and "rating 1 of user" in said
     assert cli.main([*argv, "--rating-scale", "10,2", "--out", str(tmp_path / "r3")]) != 0
     assert "low < high" in "\n".join(lines) + capsys.readouterr().err
+    edge = tmp_path / "edge"  # a scale's ends are on it as float32 keeps a rating (10.3 is 10.3000002 there)
+    assert cli.main([*argv, "--rating-scale", "0.3,10.3", "--out", str(edge)]) == 0
+    mine.write_text("item,rating\n100,0.3\n101,10.3\n")
+    lines.clear()
+    assert cli.main(["recommend", "--checkpoint", str(edge), "--ratings", str(mine), "-k", "3"]) == 0, lines
+    assert "2 rating(s)" in "\n".join(lines)
 
 
 def test_binary_target_runs_save_the_labels_they_scored(tmp_path, monkeypatch):
@@ -402,7 +408,7 @@ def test_recommend_reads_a_weighted_models_second_column_as_the_training_log_was
         ([0, 1, -1], [1, 1, 1], 5, r"item_codes\[2\] = -1 is not an item code .*item_codes_of gives -1"),
         ([0, 1, 10**6], [1, 1, 1], 5, r"item_codes\[2\] = 1000000 is not an item code"),
         ([], [], 5, "an empty support"),
-        ([0, 1, 1], [1, 1, 1], 5, "item 1 is given 2 times"),
+        ([0, 1, 1, 2, 2, 2], [1] * 6, 5, "item 1 is given 2 times"),
         ([0, 1, 2], [1], 5, "1 weights for 3 items"),
         ([0, 1, 2], [3, np.nan, 5], 5, r"weights\[1\] .* is nan, not a finite number"),
         ([0, 1, 2], [3, -3, 5], 5, r"weights\[1\] .* is -3.0: a weight must be > 0"),

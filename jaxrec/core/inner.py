@@ -288,8 +288,8 @@ def adapt(
         names = ["/".join(path_names(p)) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
         shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         raise ValueError(
-            f"the adapt filter selects no parameter (the parameters: {shown}): nothing would adapt; use steps=0 "
-            "for a model used as it is"
+            f"the adapt filter selects no parameter (the parameters: {shown}): nothing would adapt; for a model "
+            "used as it is, take no inner step (inner_steps=0)"
         )
     loss_fn, aux = inner.loss_fn, inner.aux
 

@@ -984,7 +984,13 @@ def with_dataset(config: ExperimentConfig, dataset: Any) -> ExperimentConfig:
     """``config`` recording a :class:`~jaxrec.data.Dataset` given in memory (e.g. by
     :func:`~jaxrec.data.from_dataframe`) in place of the data it names: ``dataset`` its name, no path or folder, so
     that what is written beside a run says which data it read, never a file or a dataset it did not read."""
-    data = dataclasses.replace(config.data, dataset=dataset.name, path=None, data_dir=None, columns=None, sep=None)
+    if not all(hasattr(dataset, field) for field in ("ratings", "explicit", "fingerprint")):
+        raise TypeError(
+            f"dataset must be a jaxrec.data.Dataset, got {type(dataset).__name__} (from_dataframe(df, user=..., "
+            "item=..., rating=...) builds one from a DataFrame)"
+        )
+    name = dataset.name or "dataframe"
+    data = dataclasses.replace(config.data, dataset=name, path=None, data_dir=None, columns=None, sep=None)
     return dataclasses.replace(config, data=data)
 
 

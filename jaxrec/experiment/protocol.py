@@ -403,6 +403,12 @@ class Experiment:
         self.config = config = resolve(config if dataset is None else with_dataset(config, dataset))
         self.dataset = self._load_dataset() if dataset is None else dataset
         self.data_in_memory = dataset is not None
+        if not self.dataset.explicit and dataset is not None:
+            raise DataError(
+                f"the dataset {dataset.name!r} holds interactions, not ratings: top-N recommendation from them is "
+                "TopNExperiment(config with feedback='implicit', dataset); to predict ratings, build the dataset "
+                "with its rating column (from_dataframe(df, ..., rating=COLUMN))"
+            )
         if not self.dataset.explicit:
             # every interaction would read as a rating of 1: a constant target, MAE 0 and meaningless rankings
             raise DataError(

@@ -247,7 +247,9 @@ def _is_number(text: str) -> bool:
 
 
 def item_codes_of(raw_items, item_ids):
-    """Dataset codes of raw item id strings (-1 when unknown); ids compare as integers when the dataset's are."""
+    """Dataset codes of raw item id strings (-1 when unknown); ids compare as integers when the dataset's are.
+    ``item_ids``: the dataset's raw item ids by code (an array, or a list such as ``featurizer.item_raw_ids``)."""
+    item_ids = np.asarray(item_ids)
     if item_ids.dtype.kind in "iu":
         # integers from their digits (exact beyond 2^53, where float64 would merge neighbouring ids); a whole number
         # written as a float ("42.0") only while float64 holds it exactly
@@ -394,7 +396,9 @@ class TopNRecommender:
     the oldest first (:func:`~jaxrec.evaluation.topn.recency_weights`), as its evaluation weighed the support.
 
     Args:
-      experiment: the :class:`~jaxrec.experiment.trained.TrainedModel` of a top-N run.
+      experiment: the :class:`~jaxrec.experiment.trained.TrainedModel` of a top-N run (or its
+        :class:`~jaxrec.experiment.topn.TopNExperiment`: then the support's weighting it chose for ``params``, and no
+        hybrid, which only a trained run records).
       params: the meta-learned parameters.
       seed: the seed of the negatives.
       hybrid: the :class:`~jaxrec.experiment.hybrid_record.ServedHybrid` to rank by; ``"auto"``: the trained
@@ -407,7 +411,7 @@ class TopNRecommender:
         self.featurizer = experiment.featurizer
         self.state = split_meta_params(params, experiment.inner_lr)
         self.negatives = int(experiment.config.topn.negatives)
-        self.recency = chosen_recency(experiment)
+        self.recency = chosen_recency(experiment, params)
         self.shots = int(experiment.config.topn.shots)  # the support size the recency was chosen for
         self.history = int(experiment.spec.history)
         self.seed = seed
@@ -533,23 +537,24 @@ class TopNRecommender:
         return _best(self.scores(item_codes, weights), item_codes, k)
 
 
-def chosen_recency(experiment) -> float:
+def chosen_recency(experiment, params: Any = None) -> float:
     """The recency strength of the support a top-N run's meta method chose: a trained model's
-    ``support_recency``, or a :class:`~jaxrec.experiment.topn.TopNExperiment`'s choice on its validation users
-    (``tuned["support_recency"]["maml"]``); 0 (no weighting) when it chose none. An experiment that has a grid to
-    choose from and has not chosen yet (before :meth:`~jaxrec.experiment.topn.TopNExperiment.validate` or
-    ``evaluate``) is warned of: its lists would differ from the evaluation's."""
+    ``support_recency``, or the one a :class:`~jaxrec.experiment.topn.TopNExperiment` chose on its validation users
+    for ``params`` (:meth:`~jaxrec.experiment.topn.TopNExperiment.recency_for`); 0 (no weighting) when none was
+    chosen. An experiment with a grid to choose from that has not chosen for these parameters (before
+    :meth:`~jaxrec.experiment.topn.TopNExperiment.validate` or ``evaluate`` of them) is warned of: the lists would
+    then differ from the evaluation's, which weighs the support."""
     recorded = getattr(experiment, "support_recency", None)
     if recorded is not None:
         return float(recorded)
-    choice = (getattr(experiment, "tuned", None) or {}).get("support_recency", {}).get("maml")
-    if choice is not None:
-        return float(choice["strength"])
+    chosen = experiment.recency_for(params) if hasattr(experiment, "recency_for") else None
+    if chosen is not None:
+        return float(chosen)
     grid = experiment.config.topn.support_recency
     if grid and any(grid) and getattr(getattr(experiment, "dataset", None), "has_timestamps", False):
         logger.warning(
-            "the run's support_recency %s is not chosen yet (validate or evaluate the experiment first): the "
-            "support is not weighted by its order, as the evaluation will weigh it",
+            "no support_recency among %s is chosen for these parameters yet (validate or evaluate them first): the "
+            "support is not weighted by its order, so these lists will differ from the evaluation's, which weighs it",
             list(grid),
         )
     return 0.0
@@ -598,17 +603,18 @@ def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=No
         )
     distinct, counts = np.unique(codes, return_counts=True)
     if np.any(counts > 1):
-        repeated = int(distinct[np.argmax(counts > 1)])
+        first = int(np.argmax(counts > 1))
         raise ValueError(
-            f"item {repeated} is given {int(counts.max())} times: give each item once (merge_duplicates merges "
-            "repeats as recommend and serve do)"
+            f"item {int(distinct[first])} is given {int(counts[first])} times: give each item once "
+            "(merge_duplicates merges repeats as recommend and serve do)"
         )
     for i, value in enumerate(vals):
         if not math.isfinite(value):
             raise ValueError(f"{name}[{i}] (item {int(codes[i])}) is {value}, not a finite number")
         if weights and not value > 0:
             raise ValueError(f"weights[{i}] (item {int(codes[i])}) is {value}: a weight must be > 0")
-        if scale is not None and not scale[0] <= value <= scale[1]:
+        # as float32, the precision the ratings are read and kept in (5.3 is 5.3000002 there)
+        if scale is not None and not np.float32(scale[0]) <= np.float32(value) <= np.float32(scale[1]):
             raise ValueError(
                 f"ratings[{i}] (item {int(codes[i])}) is {value}, outside the rating scale [{scale[0]}, {scale[1]}]"
             )

@@ -253,8 +253,8 @@ class TrainingRun:
                 steps = f"checkpoints at steps {self.store.steps()}" if self.store.steps() else "no checkpoint"
                 raise RunError(
                     f"{self.out} already holds a run ({steps}; {', '.join(held) or 'no other run file'}): "
-                    "start(resume=True) continues it; a new run needs a folder of its own (check_fresh_out(out, "
-                    "overwrite=True) clears this one)"
+                    "start(resume=True) continues it; a new run needs a folder of its own "
+                    "(jaxrec.experiment.run.check_fresh_out(out, overwrite=True) clears this one)"
                 )
             self.items = write_items(self.out, self.exp.dataset)  # the catalogue the folder stands alone with
             return self.exp.init_state()
@@ -544,8 +544,26 @@ def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
             f"cannot change {flags} on --resume (the run would not be the same); only "
             f"{', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change"
         )
+    if meta.get("data_in_memory"):  # its columns were never recorded: a file's cannot be named on resume
+        raise RunError(
+            f"{out}: this run was trained from Python on a dataset given in memory ({meta.get('dataset')!r}); "
+            "continue it from Python with the same data: TrainingRun(build_experiment(config, dataset), out)"
+            ".start(resume=True) (checked against the checkpoint)"
+        )
     _require_named_data(out, saved, overrides, "continuing")
     return make_config(ran, {"data_dir": None, **{k: v for k, v in overrides.items() if k in RESUME_OVERRIDABLE}})
+
+
+def _require_in_memory_data(folder: Path, meta: dict, overrides: Mapping[str, Any]) -> None:
+    """A run trained on a dataset given in memory names no file or known dataset to read again: the same data must
+    be given (from Python, or as a file from the command line), checked against the checkpoint."""
+    if meta.get("data_in_memory") and overrides.get("data") is None:
+        raise RunError(
+            f"{folder}: this run was trained from Python on a dataset given in memory ({meta.get('dataset')!r}); "
+            "evaluating it needs the same data again: from Python restore_run(path, dataset=...), from the command "
+            "line --data FILE with its --columns (checked against the checkpoint: it must encode as the training "
+            "data did)"
+        )
 
 
 def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any], doing: str = "evaluating") -> None:
@@ -585,13 +603,8 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
         saved = meta.get("config")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{folder}: the checkpoint has no config record")
-        if meta.get("data_in_memory") and dataset is None:
-            raise RunError(
-                f"{folder}: this run was trained on a dataset given in memory ({meta.get('dataset')!r}), which no "
-                "record names a file of: pass it again, restore_run(path, dataset=...) (checked against the "
-                "checkpoint: it must encode as the training data did)"
-            )
         if dataset is None:
+            _require_in_memory_data(folder, meta, overrides)
             _require_named_data(folder, saved, overrides)
         try:
             config = make_config(saved, {"data_dir": None, "devices": None, **overrides})

@@ -542,6 +542,15 @@ class TopNExperiment:
         meta_params, inner_lr = split_meta_params(params, self.inner_lr)
         return self._model_ranker(meta_params, inner_lr, self.inner)
 
+    def recency_for(self, params: Any) -> float | None:
+        """The support's recency strength chosen on the validation users for ``params`` (by :meth:`meta_method`,
+        which ``validate`` and ``evaluate`` call), 0 without a grid to choose from, or None when not chosen for
+        them yet."""
+        if self._meta_method is None or self._meta_method[0] is not params:
+            return None
+        choice = self._tuned.get("support_recency", {}).get("maml")
+        return 0.0 if choice is None else float(choice["strength"])
+
     def meta_method(self, params: Any) -> Method:
         """The meta method of ``params`` at the support's recency weighting chosen on the validation users
         (``support_recency``; once per ``params`` object), what ``"maml"`` ranks by."""
@@ -860,7 +869,9 @@ class TopNExperiment:
         fields.update(adapt="auto", inner_solver="auto", inner_steps=None)  # what suits the re-ranking model
         if c.topn.rerank == "melu":  # MeLU's features alone may be none (a plain log): the item id is one more field
             fields["model_kwargs"] = {"use_ids": ["item"]}
-        other = TopNExperiment(c.override(**fields, rerank=None, frozen=None, anchor=0.0))
+        other = TopNExperiment(
+            c.override(**fields, rerank=None, frozen=None, anchor=0.0), self.dataset if self.data_in_memory else None
+        )
         state = other.train()
         logger.info("re-ranker %s meta-trained (%d steps)", c.topn.rerank, int(state.step))
         return other.model, split_meta_params(state.params, other.inner_lr), other.inner
