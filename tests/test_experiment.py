@@ -105,6 +105,33 @@ def test_gru_experiment_end_to_end_sets_history():
     assert all(r["mae"] == r["mae"] for r in results["new_user"].values())  # finite, not NaN
 
 
+def test_the_recommender_of_a_rating_history_model_reads_the_rows_its_evaluation_reads():
+    """A GRU run's ``Recommender`` (``jaxrec recommend``, ``jaxrec serve``) built no history rows, and failed on
+    ``history_item``: each support row reads the ratings before it, a candidate the whole support's last ``L``."""
+    from jaxrec.core.inner import adapt
+    from jaxrec.core.metasgd import split_meta_params
+    from jaxrec.experiment import Recommender
+
+    config = ExperimentConfig.make(**{**TINY, "model": "gru", "model_kwargs": {"embed": 4, "hidden": [8]}})
+    exp = Experiment(config)
+    state = exp.train(exp.init_state(), steps=1)
+    tasks = exp.scenario_tasks["new_user"]
+    (support, support_mask), (query, query_mask) = tasks.codes(np.array([0]))
+    batch = tasks.make_batch(np.array([0]))
+    n, m = int(support_mask.sum()), int(query_mask.sum())
+    recommender = Recommender(exp, state.params)
+    rows, mask = recommender.supports(support["item"], support["rating"], support_mask)
+    for key in ("history_item", "history_rating"):
+        np.testing.assert_array_equal(rows[key][0, :n], batch.support[key][0, :n])
+        np.testing.assert_array_equal(rows[f"next_{key}"][0, 0], batch.query[key][0, 0])  # a query row's history
+    scores = recommender.scores(support["item"][0, :n], support["rating"][0, :n])
+    one = {k: v[0] for k, v in batch.support.items()}
+    params, rates = split_meta_params(state.params, exp.inner_lr)  # the run's Meta-SGD rates
+    phi = adapt(params, one, batch.support_mask[0], exp.inner.replace(order="first"), inner_lr=rates)
+    expected = exp.apply_fn(phi, {k: v[0, :m] for k, v in batch.query.items()})
+    np.testing.assert_allclose(scores[query["item"][0, :m]], expected, rtol=1e-5, atol=1e-5)
+
+
 def test_metasgd_rates_get_their_own_learning_rate_and_validate_scores_val_users():
     config = ExperimentConfig.make(
         **{**TINY, "pretrain": True},

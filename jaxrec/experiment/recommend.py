@@ -39,6 +39,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: the row keys of a model of rating histories (:class:`~jaxrec.models.GRURecommender`)
+HISTORY_KEYS = ("history_item", "history_rating")
+
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
 
 
@@ -296,10 +299,18 @@ class Recommender:
         self.featurizer = experiment.featurizer
         self.rating_range = self.featurizer.spec.rating_range
         self.state = split_meta_params(params, experiment.inner_lr)
+        self.history = int(getattr(getattr(experiment, "spec", None), "history", 0) or 0)
         n_items = self.featurizer.n_items
         self.candidates = jax.device_put(self.featurizer.rows(np.full(n_items, -1), np.arange(n_items)))
 
         def scores(state, support, mask, candidates):
+            if self.history:  # the candidates read what a row after the support reads: its last L ratings
+                support = dict(support)
+                following = {k: support.pop(f"next_{k}") for k in HISTORY_KEYS}
+                candidates = {
+                    **candidates,
+                    **{k: jnp.broadcast_to(v[0], (n_items, *v.shape[1:])) for k, v in following.items()},
+                }
             init, inner_lr = task_initialisation(*state, support, mask, experiment.loss_fn)  # e.g. the user's group
             phi = adapt(
                 init, zero_padding(support, mask), mask, experiment.inner.replace(order="first"), inner_lr=inner_lr
@@ -337,9 +348,20 @@ class Recommender:
           mask: ``[B, S]`` the real entries.
 
         Returns:
-          ``(rows, mask)``, every row key ``[B, S, ...]``; the users are unknown (OOV).
+          ``(rows, mask)``, every row key ``[B, S, ...]``; the users are unknown (OOV). A model of rating histories
+          (``spec.history = L``, the GRU) also gets each row's ``history_item`` / ``history_rating`` (the ``L``
+          ratings before it, in the order given, as :func:`~jaxrec.data.build_tasks` gives a support row) and, as
+          ``next_history_item`` / ``next_history_rating``, what a row after the support reads (its last ``L``).
         """
-        return self.featurizer.rows(np.full(items.shape, -1), items, ratings), mask
+        rows = self.featurizer.rows(np.full(items.shape, -1), items, ratings)
+        if self.history:
+            slots = np.where(mask, rows["item"], 0)
+            values = np.where(mask, np.asarray(ratings, np.float32), 0.0)
+            size = items.shape[1]
+            rows.update(_ratings_before(slots, values, np.broadcast_to(np.arange(size), items.shape), self.history))
+            following = _ratings_before(slots, values, mask.sum(axis=1, keepdims=True), self.history)  # [B, 1, L]
+            rows.update({f"next_{k}": np.repeat(v, size, axis=1) for k, v in following.items()})
+        return rows, mask
 
     def scores(self, item_codes, ratings):
         """Score every item after adapting to the user's ratings.
@@ -535,6 +557,18 @@ class TopNRecommender:
     def top_k(self, item_codes, weights, k: int):
         """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first."""
         return _best(self.scores(item_codes, weights), item_codes, k)
+
+
+def _ratings_before(slots: np.ndarray, values: np.ndarray, ends: np.ndarray, length: int) -> dict[str, np.ndarray]:
+    """``history_item`` / ``history_rating`` ``[B, R, length]``: for each end position ``ends[b, r]``, the
+    ``length`` items (vocabulary slots) and ratings of ``slots``/``values [B, S]`` just before it, oldest first,
+    left-padded with 0."""
+    before = ends[..., None] - length + np.arange(length)  # [B, R, L]
+    picked = np.clip(before, 0, slots.shape[1] - 1)
+    rows = np.arange(len(slots))[:, None, None]
+    item = np.where(before >= 0, slots[rows, picked], 0).astype(np.int32)
+    rating = np.where(item > 0, values[rows, picked], 0.0).astype(np.float32)
+    return {"history_item": item, "history_rating": rating}
 
 
 def chosen_recency(experiment, params: Any = None) -> float:
