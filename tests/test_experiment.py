@@ -359,5 +359,8 @@ def test_a_dataframe_in_memory_trains_restores_and_is_recorded_by_its_name(tmp_p
     with pytest.raises(ValueError, match="holds interactions already"):
         TopNExperiment(ExperimentConfig.make(**fields, positive_threshold=4.0), data)
     rated = from_dataframe(frame.rename(columns={"plays": "rating"}), item="song", timestamp="time", name="rated")
+    liked = TopNExperiment(ExperimentConfig.make(**fields, positive_threshold=2.0), rated)  # converted, as ml-100k is
+    assert not liked.dataset.explicit and len(liked.dataset.ratings) < len(rated.ratings)
+    assert "rerank" in liked.validate(liked.train(steps=1).params, baselines=False)  # the re-ranker reads it as given
     explicit = Experiment(ExperimentConfig.make(model="mf", model_kwargs={"embed": 4}, epochs=1), rated)
     assert explicit.dataset is rated and explicit.config.data.dataset == "rated"

@@ -167,7 +167,7 @@ JSON = {"Content-Type": "application/json"}
         (b'{"ratings": [{"item": 1, "rating": "4"}]}', 422, "ratings.0.rating"),
         (b'{"ratings": [{"item": 1, "rating": NaN}]}', 422, "ratings.0.rating"),
         (b'{"ratings": [{"item": 1}]}', 422, "ratings.0.rating"),
-        (b'{"ratings": [{"item": 1, "rating": 9}]}', 422, "outside the scale [0.5, 5.0]"),
+        (b'{"ratings": [{"item": 1, "rating": 9}]}', 422, "outside the scale [0.5, 5]"),
         (b'{"ratings": [{"item": 1, "rating": -1}]}', 422, "outside the scale"),
         (b'{"ratings": [], "k": 0}', 422, "k"),
         (b'{"ratings": [], "k": "ten"}', 422, "k"),
@@ -493,3 +493,26 @@ def test_weights_go_to_a_weighted_model_only():
     repeated = _catalogue(True).support(None, ["c", "a", "c"], 8)
     assert repeated.codes.tolist() == [2, 0] and repeated.values.tolist() == [2.0, 1.0]
     assert _catalogue(False).support(None, ["c", "a", "c"], 8).values.tolist() == [1.0, 1.0]
+
+
+def test_a_gru_run_serves_each_user_of_a_batch_as_the_recommender_scores_them(tmp_path):
+    """A model of rating histories reads, for every candidate, the user's own last ``L`` ratings: users of different
+    lengths answered in one compiled call each get their own (a GRU run could not serve before: no history rows)."""
+    from serve_support import MOVIELENS_FLAGS
+
+    from jaxrec.serve.engine import ServingModel, UserInput
+
+    out = tmp_path / "gru"
+    flags = ["--model", "gru", "--model-kwargs", '{"embed": 4, "hidden": [8]}']
+    assert cli.main(["train", *MOVIELENS_FLAGS, *flags, "--out", str(out)]) == 0
+    trained = load_trained(out)
+    recommender = Recommender(trained, trained.params)
+    rng = np.random.default_rng(0)
+    n = trained.featurizer.n_items
+    users = [(rng.choice(n, k, replace=False), rng.choice([1.0, 3.0, 5.0], k).astype(np.float32)) for k in (2, 9, 25)]
+    probe = rng.choice(n, 50, replace=False)
+    served = ServingModel(trained, batch_sizes=(8,), support_sizes=(32,), max_k=10, max_probe=50)
+    answers = served.rank([UserInput(c, v, k=10, probe=probe) for c, v in users])
+    for (codes, values), answer in zip(users, answers, strict=True):
+        expected = recommender.clip(recommender.scores(codes, values)[probe])
+        np.testing.assert_allclose(answer.probe_scores, expected, rtol=1e-5, atol=1e-5)

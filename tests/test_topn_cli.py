@@ -332,7 +332,22 @@ def test_a_declared_rating_scale_is_the_models(tmp_path, monkeypatch, capsys):
     assert "is outside the rating scale [2, 10]" in said and "rating 1 of user" in said
     assert cli.main([*argv, "--rating-scale", "10,2", "--out", str(tmp_path / "r3")]) != 0
     assert "low < high" in "\n".join(lines) + capsys.readouterr().err
-    edge = tmp_path / "edge"  # a scale's ends are on it as float32 keeps a rating (10.3 is 10.3000002 there)
+    learned = tmp_path / "learned.csv"  # a scale learned from the ratings: 0.3 is 0.30000001 in float32
+    learned.write_text(data.read_text().replace(",1\n", ",0.3\n", 1))
+    assert (
+        cli.main(
+            ["train", "--data", str(learned), "--columns", "user,item,rating", *flags, "--out", str(tmp_path / "l")]
+        )
+        == 0
+    )
+    mine.write_text("item,rating\n100,0.3\n")
+    lines.clear()
+    assert cli.main(["recommend", "--checkpoint", str(tmp_path / "l"), "--ratings", str(mine), "-k", "3"]) == 0, lines
+    from jaxrec.experiment.trained import load_trained
+    from jaxrec.serve.requests import Catalogue
+
+    assert len(Catalogue(load_trained(tmp_path / "l")).support([("100", 0.3)], None, 8).codes) == 1  # served too
+    edge = tmp_path / "edge"  # a declared scale's ends are on it as float32 keeps a rating (10.3 is 10.3000002)
     assert cli.main([*argv, "--rating-scale", "0.3,10.3", "--out", str(edge)]) == 0
     mine.write_text("item,rating\n100,0.3\n101,10.3\n")
     lines.clear()

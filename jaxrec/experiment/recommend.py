@@ -30,6 +30,7 @@ __all__ = [
     "chosen_recency",
     "item_codes_of",
     "merge_duplicates",
+    "on_scale",
     "padded",
     "read_ratings_for",
     "read_user_ratings",
@@ -144,7 +145,7 @@ def read_user_ratings(
         raise RunError(f"--ratings {path}: line {line_of[i]}: rating {frame.iloc[i, rating_col]!r} is not a number")
     if rating_range is not None:
         lo, hi = rating_range
-        out = (values < lo) | (values > hi)
+        out = ~on_scale(values, rating_range)
         if out.any():
             i = int(np.flatnonzero(out)[0])
             raise RunError(
@@ -358,7 +359,8 @@ class Recommender:
             slots = np.where(mask, rows["item"], 0)
             values = np.where(mask, np.asarray(ratings, np.float32), 0.0)
             size = items.shape[1]
-            rows.update(_ratings_before(slots, values, np.broadcast_to(np.arange(size), items.shape), self.history))
+            own = _ratings_before(slots, values, np.broadcast_to(np.arange(size), items.shape), self.history)
+            rows.update({k: np.where(mask[..., None], v, 0) for k, v in own.items()})  # padded rows: no history
             following = _ratings_before(slots, values, mask.sum(axis=1, keepdims=True), self.history)  # [B, 1, L]
             rows.update({f"next_{k}": np.repeat(v, size, axis=1) for k, v in following.items()})
         return rows, mask
@@ -562,7 +564,7 @@ class TopNRecommender:
 def _ratings_before(slots: np.ndarray, values: np.ndarray, ends: np.ndarray, length: int) -> dict[str, np.ndarray]:
     """``history_item`` / ``history_rating`` ``[B, R, length]``: for each end position ``ends[b, r]``, the
     ``length`` items (vocabulary slots) and ratings of ``slots``/``values [B, S]`` just before it, oldest first,
-    left-padded with 0."""
+    left-padded with 0 (``slots`` 0 on padding, which follows a user's real entries, as :func:`padded` gives)."""
     before = ends[..., None] - length + np.arange(length)  # [B, R, L]
     picked = np.clip(before, 0, slots.shape[1] - 1)
     rows = np.arange(len(slots))[:, None, None]
@@ -592,6 +594,13 @@ def chosen_recency(experiment, params: Any = None) -> float:
             list(grid),
         )
     return 0.0
+
+
+def on_scale(values, scale) -> np.ndarray:
+    """Whether ratings lie on the scale ``(low, high)``, compared in float32: the precision ratings are kept in, and
+    the scale learned from them (5.3 is 5.3000002 there, 0.3 is 0.30000001), so a scale's own ends are on it."""
+    values = np.asarray(values, np.float64).astype(np.float32)
+    return (np.float32(scale[0]) <= values) & (values <= np.float32(scale[1]))
 
 
 def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=None) -> tuple[np.ndarray, np.ndarray]:
@@ -647,8 +656,7 @@ def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=No
             raise ValueError(f"{name}[{i}] (item {int(codes[i])}) is {value}, not a finite number")
         if weights and not value > 0:
             raise ValueError(f"weights[{i}] (item {int(codes[i])}) is {value}: a weight must be > 0")
-        # as float32, the precision the ratings are read and kept in (5.3 is 5.3000002 there)
-        if scale is not None and not np.float32(scale[0]) <= np.float32(value) <= np.float32(scale[1]):
+        if scale is not None and not on_scale(value, scale):
             raise ValueError(
                 f"ratings[{i}] (item {int(codes[i])}) is {value}, outside the rating scale [{scale[0]}, {scale[1]}]"
             )

@@ -524,6 +524,12 @@ def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
       CheckpointError: if the checkpoint record cannot be read.
     """
     meta = read_metadata(out / "checkpoints")
+    if meta.get("data_in_memory"):  # its columns were never recorded: a file's cannot be named on resume
+        raise RunError(
+            f"{out}: this run was trained from Python on a dataset given in memory ({meta.get('dataset')!r}); "
+            "continue it from Python with the same data: experiment, _ = restore_run(out, dataset=dataset); "
+            "TrainingRun(experiment, out).start(resume=True)"
+        )
     saved = meta.get("config")
     if not isinstance(saved, dict):
         raise RunError(f"{out}: the checkpoint has no config record")
@@ -543,12 +549,6 @@ def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
         raise RunError(
             f"cannot change {flags} on --resume (the run would not be the same); only "
             f"{', '.join('--' + k.replace('_', '-') for k in RESUME_OVERRIDABLE)} may change"
-        )
-    if meta.get("data_in_memory"):  # its columns were never recorded: a file's cannot be named on resume
-        raise RunError(
-            f"{out}: this run was trained from Python on a dataset given in memory ({meta.get('dataset')!r}); "
-            "continue it from Python with the same data: TrainingRun(build_experiment(config, dataset), out)"
-            ".start(resume=True) (checked against the checkpoint)"
         )
     _require_named_data(out, saved, overrides, "continuing")
     return make_config(ran, {"data_dir": None, **{k: v for k, v in overrides.items() if k in RESUME_OVERRIDABLE}})

@@ -213,6 +213,7 @@ class TopNExperiment:
         top = config.topn
         self.dataset = implicit_dataset(config, dataset)
         self.data_in_memory = dataset is not None
+        self._given_dataset = dataset  # as given (rated or not): what an experiment of this config reads again
         logger.info("%s", self.dataset.summary())
         self.split = topn_split(
             self.dataset,
@@ -869,9 +870,7 @@ class TopNExperiment:
         fields.update(adapt="auto", inner_solver="auto", inner_steps=None)  # what suits the re-ranking model
         if c.topn.rerank == "melu":  # MeLU's features alone may be none (a plain log): the item id is one more field
             fields["model_kwargs"] = {"use_ids": ["item"]}
-        other = TopNExperiment(
-            c.override(**fields, rerank=None, frozen=None, anchor=0.0), self.dataset if self.data_in_memory else None
-        )
+        other = TopNExperiment(c.override(**fields, rerank=None, frozen=None, anchor=0.0), self._given_dataset)
         state = other.train()
         logger.info("re-ranker %s meta-trained (%d steps)", c.topn.rerank, int(state.step))
         return other.model, split_meta_params(state.params, other.inner_lr), other.inner

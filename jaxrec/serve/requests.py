@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxrec.experiment.recommend import merge_duplicates
+from jaxrec.experiment.recommend import merge_duplicates, on_scale
 from jaxrec.serve.engine import UserInput
 
 __all__ = ["Catalogue", "RequestError", "UserSupport"]
@@ -175,8 +175,10 @@ class Catalogue:
             raise RequestError(f"at most {max_items} items per request, got {sent}")
         low, high = self.rating_range if (self.rating_range and not self.implicit) else (-math.inf, math.inf)
         for i, (raw, value) in enumerate(ratings):
-            if not low <= value <= high:
-                raise RequestError(f"ratings[{i}] (item {raw!r}): rating {value} is outside the scale [{low}, {high}]")
+            if not on_scale(value, (low, high)):
+                raise RequestError(
+                    f"ratings[{i}] (item {raw!r}): rating {value} is outside the scale [{low:g}, {high:g}]"
+                )
             # a weighted model reads a value as an interaction's weight (as `jaxrec recommend` reads a file's
             # second column; an interaction sent without one weighs 1); any other implicit model counts an item once
             if self.weighted and not value > 0:
