@@ -651,15 +651,16 @@ def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=No
             f"item {int(distinct[first])} is given {int(counts[first])} times: give each item once "
             "(merge_duplicates merges repeats as recommend and serve do)"
         )
-    for i, value in enumerate(vals):
-        if not math.isfinite(value):
-            raise ValueError(f"{name}[{i}] (item {int(codes[i])}) is {value}, not a finite number")
-        if weights and not value > 0:
-            raise ValueError(f"weights[{i}] (item {int(codes[i])}) is {value}: a weight must be > 0")
-        if scale is not None and not on_scale(value, scale):
-            raise ValueError(
-                f"ratings[{i}] (item {int(codes[i])}) is {value}, outside the rating scale [{scale[0]}, {scale[1]}]"
-            )
+    finite = np.isfinite(vals)
+    usable = finite & (vals > 0 if weights else on_scale(vals, scale) if scale is not None else True)
+    if not usable.all():
+        i = int(np.argmin(usable))
+        entry = f"{name}[{i}] (item {int(codes[i])}) is {vals[i]}"
+        if not finite[i]:
+            raise ValueError(f"{entry}, not a finite number")
+        if weights:
+            raise ValueError(f"{entry}: a weight must be > 0")
+        raise ValueError(f"{entry}, outside the rating scale [{scale[0]:g}, {scale[1]:g}]")
     return codes.astype(np.int64), vals.astype(np.float32)
 
 
