@@ -34,6 +34,7 @@ from jaxrec import models, testing
 from jaxrec.core.inner import ORDERS
 from jaxrec.core.newton import newton
 from jaxrec.core.objectives import ALGORITHMS
+from jaxrec.data import Dataset
 from jaxrec.data.tasks import SCHEMES, TASK_SIDES
 
 __all__ = [
@@ -984,7 +985,7 @@ def with_dataset(config: ExperimentConfig, dataset: Any) -> ExperimentConfig:
     """``config`` recording a :class:`~jaxrec.data.Dataset` given in memory (e.g. by
     :func:`~jaxrec.data.from_dataframe`) in place of the data it names: ``dataset`` its name, no path or folder, so
     that what is written beside a run says which data it read, never a file or a dataset it did not read."""
-    if not all(hasattr(dataset, field) for field in ("ratings", "explicit", "fingerprint")):
+    if not isinstance(dataset, Dataset):
         raise TypeError(
             f"dataset must be a jaxrec.data.Dataset, got {type(dataset).__name__} (from_dataframe(df, user=..., "
             "item=..., rating=...) builds one from a DataFrame)"

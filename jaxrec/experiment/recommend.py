@@ -300,7 +300,7 @@ class Recommender:
         self.featurizer = experiment.featurizer
         self.rating_range = self.featurizer.spec.rating_range
         self.state = split_meta_params(params, experiment.inner_lr)
-        self.history = int(getattr(getattr(experiment, "spec", None), "history", 0) or 0)
+        self.history = int(experiment.spec.history)
         n_items = self.featurizer.n_items
         self.candidates = jax.device_put(self.featurizer.rows(np.full(n_items, -1), np.arange(n_items)))
 
@@ -541,7 +541,9 @@ class TopNRecommender:
     def model_scores(self, item_codes, weights):
         """The adapted model's score of every item (indexed by dataset code); a ValueError if the items or weights
         are not a usable support (:func:`checked_support`)."""
-        item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
+        return self._model_scores(*checked_support(item_codes, weights, self.featurizer.n_items, weights=True))
+
+    def _model_scores(self, item_codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
         rows, mask = self.support(item_codes, weights)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
@@ -549,7 +551,7 @@ class TopNRecommender:
         """Score every item after adapting to the user's items (indexed by dataset code): the hybrid's scores when
         there is one (``-inf`` on the user's own items), else the adapted model's."""
         item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
-        model = self.model_scores(item_codes, weights)
+        model = self._model_scores(item_codes, weights)
         if self.hybrid is None:
             return model
         codes = np.asarray(item_codes, np.int64)[None, :]

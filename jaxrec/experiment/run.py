@@ -249,8 +249,9 @@ class TrainingRun:
         """
         if not resume:
             held = [name for name in RUN_FILES if name != "checkpoints" and (self.out / name).exists()]
-            if self.store.steps() or held:  # a fresh run would mix its checkpoints with the other run's
-                steps = f"checkpoints at steps {self.store.steps()}" if self.store.steps() else "no checkpoint"
+            saved = self.store.steps()
+            if saved or held:  # a fresh run would mix its checkpoints with the other run's
+                steps = f"checkpoints at steps {saved}" if saved else "no checkpoint"
                 raise RunError(
                     f"{self.out} already holds a run ({steps}; {', '.join(held) or 'no other run file'}): "
                     "start(resume=True) continues it; a new run needs a folder of its own "

@@ -212,7 +212,6 @@ class TopNExperiment:
         self.config = config = resolve(config if dataset is None else with_dataset(config, dataset))
         top = config.topn
         self.dataset = implicit_dataset(config, dataset)
-        self.data_in_memory = dataset is not None
         self._given_dataset = dataset  # as given (rated or not): what an experiment of this config reads again
         logger.info("%s", self.dataset.summary())
         self.split = topn_split(
@@ -542,6 +541,11 @@ class TopNExperiment:
         """The meta method of ``params`` (a Meta-SGD state's included): adapted by the run's inner loop."""
         meta_params, inner_lr = split_meta_params(params, self.inner_lr)
         return self._model_ranker(meta_params, inner_lr, self.inner)
+
+    @property
+    def data_in_memory(self) -> bool:
+        """Whether the dataset was given in memory (a checkpoint records it: restoring needs it again)."""
+        return self._given_dataset is not None
 
     def recency_for(self, params: Any) -> float | None:
         """The support's recency strength chosen on the validation users for ``params`` (by :meth:`meta_method`,
