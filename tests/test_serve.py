@@ -194,8 +194,10 @@ def test_bad_queries_and_paths_are_4xx_too(server):
     assert server.request("GET", "/recommend")[0] == 405
     status, answer = server.request("POST", "/predict", b'{"ratings": [], "candidates": []}', JSON)
     assert status == 422 and "candidates" in answer["error"]
+    # no body bytes: the server answers a header it cannot parse before reading a body, and bytes left unread when it
+    # closes make the kernel reset the connection, which can reach the client before the 400 is read
     status, answer = server.request(
-        "POST", "/recommend", b"{}", {"Content-Type": "application/json", "Content-Length": "many"}
+        "POST", "/recommend", None, {"Content-Type": "application/json", "Content-Length": "many"}
     )
     assert status == 400
 
