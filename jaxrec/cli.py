@@ -529,14 +529,17 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     """
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
-    codes, ratings, notes = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
+    codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     for note in notes:
         _echo(f"note: {note}", err=True)
     recommender = recommender_for(trained)
     topn = trained.config.data.feedback == "implicit"  # how the lines read: interactions and scores
     started = time.perf_counter()
-    best, scores = recommender.top_k(codes, ratings, args.k)
+    try:
+        best, scores = recommender.top_k(codes, ratings, args.k, exclude=seen)
+    except ValueError as e:  # the file's values overflow the model's arithmetic
+        raise RunError(f"--ratings {args.ratings}: {e}") from None
     cold = time.perf_counter() - started
     titles, raw = trained.titles, trained.item_ids
     what = "interaction(s)" if topn else "rating(s)"
@@ -550,7 +553,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         warm = []
         for _ in range(20):
             t = time.perf_counter()
-            recommender.top_k(codes, ratings, args.k)
+            recommender.top_k(codes, ratings, args.k, exclude=seen)
             warm.append(time.perf_counter() - t)
         warm.sort()
         _echo(

@@ -222,5 +222,5 @@ def test_recommend_reads_ids_with_spaces_of_their_own(tmp_path):
 
     ids = np.array([" padded ", "plain", "007", "7"], dtype=object)
     path = _write(tmp_path / "mine.txt", ' padded \n  plain  \n"007"\n')
-    codes, weights, notes = read_user_ratings(path, ids, None, implicit=True)
+    codes, weights, notes, _ = read_user_ratings(path, ids, None, implicit=True)
     assert codes.tolist() == [0, 1, 2] and weights.tolist() == [1.0, 1.0, 1.0] and notes == []

@@ -310,7 +310,7 @@ def test_a_dataframe_in_memory_trains_restores_and_is_recorded_by_its_name(tmp_p
     import pandas as pd
     from cli_support import write_plays
 
-    from jaxrec.data import from_dataframe
+    from jaxrec.data import DataError, from_dataframe
     from jaxrec.experiment import CheckpointError, TopNExperiment, TopNRecommender, TrainingRun, restore_run
     from jaxrec.experiment.run import RunError, resume_config
 
@@ -356,6 +356,8 @@ def test_a_dataframe_in_memory_trains_restores_and_is_recorded_by_its_name(tmp_p
     assert as_file.dataset.fingerprint() == data.fingerprint()
     with pytest.raises(TypeError, match="must be a jaxrec.data.Dataset, got DataFrame .*from_dataframe"):
         TopNExperiment(config, frame)
+    with pytest.raises(DataError, match="new_item_frac=0.1 holds out new items, but the log has no item features"):
+        TopNExperiment(ExperimentConfig.make(**fields, new_item_frac=0.1), data)  # every new item would score alike
     with pytest.raises(ValueError, match="holds interactions already"):
         TopNExperiment(ExperimentConfig.make(**fields, positive_threshold=4.0), data)
     rated = from_dataframe(frame.rename(columns={"plays": "rating"}), item="song", timestamp="time", name="rated")
@@ -364,3 +366,29 @@ def test_a_dataframe_in_memory_trains_restores_and_is_recorded_by_its_name(tmp_p
     assert "rerank" in liked.validate(liked.train(steps=1).params, baselines=False)  # the re-ranker reads it as given
     explicit = Experiment(ExperimentConfig.make(model="mf", model_kwargs={"embed": 4}, epochs=1), rated)
     assert explicit.dataset is rated and explicit.config.data.dataset == "rated"
+
+
+def test_a_run_with_side_features_in_memory_is_evaluated_from_python_and_the_message_says_so(tmp_path):
+    """The command line's ``--data`` carries interactions only: for a run whose data had side features the message
+    used to offer ``--data FILE``, which then failed as changed data; it now says the features need Python."""
+    import pandas as pd
+    from cli_support import write_plays
+
+    from jaxrec.data import from_dataframe
+    from jaxrec.experiment import TopNExperiment, TrainingRun, restore_run
+    from jaxrec.experiment.run import RunError
+
+    frame = pd.read_csv(write_plays(tmp_path / "plays.tsv"), sep="\t")
+    songs = sorted(frame["song"].unique())
+    genres = pd.DataFrame({"genres": ["rock" if i % 2 else "jazz" for i in range(len(songs))]}, index=songs)
+    data = from_dataframe(frame, item="song", rating=None, timestamp="time", weight="plays", feedback="implicit",
+                          item_features=genres, name="songs-with-genres")  # fmt: skip
+    fields = dict(feedback="implicit", model="twotower", model_kwargs={"embed": 8}, batch_size=16, shots=3,
+                  query_cap=20, negatives=8, epochs=1, topn_baselines=("popular",))  # fmt: skip
+    run = TrainingRun(TopNExperiment(ExperimentConfig.make(**fields), data), tmp_path / "run")
+    run.train(run.start(resume=False), 1, progress=False)
+    run.close()
+    with pytest.raises(RunError, match=r"side features \(item_genres\).* evaluate it from Python") as refused:
+        restore_run(tmp_path / "run")
+    assert "--data FILE" not in str(refused.value)
+    assert restore_run(tmp_path / "run", dataset=data)[1].step == 1

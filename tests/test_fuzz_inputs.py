@@ -141,7 +141,7 @@ def test_recommend_ratings_reader(tmp_path, rows, header, sep):
     path = tmp_path / "mine.csv"
     path.write_text(("item" + sep + "rating\n" if header else "") + "".join(f"{i}{sep}{r}\n" for i, r in rows))
     try:
-        codes, ratings, notes = read_user_ratings(path, ITEM_IDS, (0.5, 5.0))
+        codes, ratings, notes, _ = read_user_ratings(path, ITEM_IDS, (0.5, 5.0))
     except CLIError as e:
         assert str(e)
         return
@@ -154,7 +154,7 @@ def test_recommend_ratings_reader(tmp_path, rows, header, sep):
 def test_recommend_reader_documented_cases(tmp_path):
     path = tmp_path / "mine.csv"
     path.write_text("movieId,rating\n50,4\n999,5\n50,2\n2,1\n")
-    codes, ratings, notes = read_user_ratings(path, ITEM_IDS, (0.5, 5.0))
+    codes, ratings, notes, _ = read_user_ratings(path, ITEM_IDS, (0.5, 5.0))
     assert ITEM_IDS[codes].tolist() == [50, 2] and ratings.tolist() == [2.0, 1.0]  # the last rating of 50 is kept
     assert any("unknown" in n for n in notes) and any("duplicate" in n for n in notes)
 
@@ -200,7 +200,7 @@ def test_any_bytes_load_or_raise_the_library_error(tmp_path, payload, gz):
     ratings = tmp_path / "mine.csv"
     ratings.write_bytes(payload)
     try:
-        codes, values, _ = read_user_ratings(ratings, ITEM_IDS, (0.5, 5.0))
+        codes, values, _, _ = read_user_ratings(ratings, ITEM_IDS, (0.5, 5.0))
     except JaxrecError as e:
         assert str(e)
     else:

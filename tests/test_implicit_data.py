@@ -273,7 +273,7 @@ def test_a_list_of_item_ids_with_commas_is_read_whole_lines(tmp_path):
 
     ids = np.array(["Artist 026", "Earth, Wind & Fire", "Sigur Rós"], dtype=object)
     mine = _write(tmp_path / "mine.txt", 'Sigur Rós\nEarth, Wind & Fire\n\n"Artist 026"\n')
-    codes, values, notes = read_user_ratings(mine, ids, None, implicit=True)
+    codes, values, notes, _ = read_user_ratings(mine, ids, None, implicit=True)
     assert ids[codes].tolist() == ["Sigur Rós", "Earth, Wind & Fire", "Artist 026"] and (values == 1).all()
     assert notes == []
     with pytest.raises(RunError, match=r"empty.txt: the file holds no item ids"):
@@ -329,3 +329,46 @@ def test_epoch_seconds_beside_milliseconds_are_warned_about(tmp_path, caplog):
         jd.from_csv(_write(tmp_path / "ms.csv", "user,item,timestamp\nu1,i1,1600000000000\nu1,i2,1600000060000\n"))
         jd.from_csv(_write(tmp_path / "ord.csv", "user,item,timestamp\nu1,i1,1\nu1,i2,1600000060000\n"))
     assert "mixes epoch seconds" not in caplog.text
+
+
+def test_a_thresholded_models_file_lists_interactions_and_keeps_low_ratings_as_seen(tmp_path):
+    """For a top-N run of rated data (a positive threshold): a file of item ids is interactions (each used to be
+    read as a rating of 1 and refused as below the threshold), ``item,rating`` rows below it are left out of the
+    support and returned as seen (they used to come back in the list), other scripts' digits are not ids, and a
+    value beyond float32 is refused with its line."""
+    from jaxrec.experiment.recommend import read_user_ratings
+    from jaxrec.experiment.run import RunError
+
+    ids = np.array([1, 2, 318, 2571])
+    listed = read_user_ratings(
+        _write(tmp_path / "ids.txt", "2571\n318\n"), ids, None, implicit=True, positive_threshold=4
+    )
+    assert listed.codes.tolist() == [3, 2] and listed.seen.tolist() == [] and listed.notes == []
+    rated = _write(tmp_path / "rated.csv", "item,rating\n2571,5\n318,2\n1,4\n٢,5\n")
+    read = read_user_ratings(rated, ids, None, implicit=True, positive_threshold=4)
+    assert read.codes.tolist() == [3, 0] and read.seen.tolist() == [2]
+    assert any("1 rating(s) below the positive threshold 4" in n for n in read.notes)
+    assert any("unknown item id(s): ٢" in n for n in read.notes)
+    with pytest.raises(RunError, match=r"huge.csv: line 3: '1e39' is beyond float32"):
+        read_user_ratings(_write(tmp_path / "huge.csv", "item,weight\n1,2\n2,1e39\n"), ids, None, implicit=True)
+
+
+def test_top_k_breaks_ties_as_the_compiled_top_k_does():
+    """``recommend`` (the library's ``top_k``) broke tied scores by ``argpartition``'s order, so its list differed
+    from the service's and the evaluation's (``lax.top_k``: the lower index first); now they are the same lists."""
+    import jax
+
+    from jaxrec.experiment.recommend import _best
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scores = rng.integers(0, 4, 200).astype(np.float32)  # many ties at every score
+        mine = rng.choice(200, 5, replace=False)
+        seen = rng.choice(200, 3, replace=False)
+        k = int(rng.integers(1, 40))
+        best, top = _best(scores.copy(), mine, k, exclude=seen)
+        masked = scores.copy()
+        masked[np.concatenate([mine, seen])] = -np.inf
+        expected_scores, expected = jax.lax.top_k(masked, k)
+        assert best.tolist() == np.asarray(expected).tolist()
+        np.testing.assert_array_equal(top, np.asarray(expected_scores))

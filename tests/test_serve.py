@@ -22,7 +22,7 @@ from serve_support import BUCKET_FLAGS, Server, train_movielens
 
 from jaxrec import cli
 from jaxrec.experiment.recommend import Recommender, TopNRecommender
-from jaxrec.experiment.trained import load_trained
+from jaxrec.experiment.trained import RECENCY_FILE, load_trained
 from jaxrec.serve import Catalogue
 from jaxrec.serve.requests import RequestError
 
@@ -518,3 +518,88 @@ def test_a_gru_run_serves_each_user_of_a_batch_as_the_recommender_scores_them(tm
     for (codes, values), answer in zip(users, answers, strict=True):
         expected = recommender.clip(recommender.scores(codes, values)[probe])
         np.testing.assert_allclose(answer.probe_scores, expected, rtol=1e-5, atol=1e-5)
+
+
+def _integer_catalogue():
+    trained = SimpleNamespace(
+        item_ids=np.array([1, 2, 2571]),
+        titles=None,
+        config=SimpleNamespace(data=SimpleNamespace(feedback="implicit", positive_threshold=None)),
+        featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None)),
+        weighted=True,
+    )
+    return Catalogue(trained)
+
+
+def test_a_thresholded_model_takes_interactions_as_positives_and_leaves_low_ratings_out_of_the_list():
+    """A top-N run of rated data (``--positive-threshold``) reads ``interactions`` as positives (they used to be
+    valued 1 and dropped as below the threshold: the answer was the unpersonalised list) and ``ratings`` against
+    the threshold; the items rated below it are not adapted to, and are seen: left out of the list."""
+    thresholded = _catalogue(False, positive_threshold=4.0)
+    sent = thresholded.support(None, ["a", "b"], 8)
+    assert sent.codes.tolist() == [0, 1] and sent.below_threshold == 0 and sent.seen.tolist() == []
+    rated = thresholded.support([("a", 5.0), ("b", 2.0), ("c", 4.0)], None, 8)
+    assert rated.codes.tolist() == [0, 2] and rated.values.tolist() == [1.0, 1.0]
+    assert rated.below_threshold == 1 and rated.seen.tolist() == [1]
+    assert thresholded.user_input(rated, 5).seen.tolist() == [1]
+
+
+def test_ids_in_other_digits_and_values_beyond_float32_are_refused_not_a_500():
+    """``'²'.isdigit()`` is True but ``int('²')`` raises (a 500 before); other scripts' digits are not the ASCII id
+    they spell; a weight of 1e39 is inf in float32 (every score was null)."""
+    catalogue = _integer_catalogue()
+    assert catalogue.code("2571") == 2 and catalogue.code(" +2571 ") == 2
+    for odd in ("²", "٢٥٧١", "-+1", "1²"):
+        assert catalogue.code(odd) is None
+    with pytest.raises(RequestError, match=r"weights\[0\] \(item 1\): 1e\+39 is beyond float32"):
+        catalogue.support(None, [1, 2], 8, [1e39, 1.0])
+    with pytest.raises(RequestError, match="sum beyond float32"):
+        catalogue.support(None, [1, 1], 8, [3e38, 3e38])
+
+
+def test_seen_items_are_left_out_of_the_served_list_as_the_library_leaves_them_out(implicit_server):
+    """Items a user has but did not adapt to (rated below a threshold) are excluded inside the compiled call: the
+    served list equals ``TopNRecommender.top_k(..., exclude=seen)`` and the adaptation is the support's alone."""
+    from jaxrec.serve.engine import ServingModel, UserInput
+
+    _, out = implicit_server
+    trained = load_trained(out)
+    recommender = TopNRecommender(trained, trained.params)
+    codes, weights = np.array([0, 2, 4]), np.ones(3, np.float32)
+    plain, _ = recommender.top_k(codes, weights, 8)
+    seen = plain[:3]
+    best, scores = recommender.top_k(codes, weights, 5, exclude=seen)
+    assert best.tolist() == plain[3:8].tolist()
+    served = ServingModel(trained, batch_sizes=(4,), support_sizes=(8,), max_k=10)
+    answer = served.rank([UserInput(codes, weights, k=5, seen=seen)])[0]
+    assert answer.finite and answer.codes.tolist() == best.tolist()
+    np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-5)
+
+
+def test_weights_that_overflow_the_fold_in_are_an_error_not_a_list(implicit_server, tmp_path):
+    """A weight finite in float32 can still overflow once weighed by its recency (3e38 times about 2): the library
+    raises, the engine flags that user alone and the service answers 422, where they returned the user's own items
+    or null scores."""
+    from jaxrec.serve.engine import ServingModel, UserInput
+
+    _, out = implicit_server
+    weighed = tmp_path / "run"
+    shutil.copytree(out, weighed)
+    (weighed / RECENCY_FILE).write_text(json.dumps({"maml": 8.0}))  # as a run that chose tau 8 keeps it
+    trained = load_trained(weighed)
+    codes, weights = np.array([0, 2]), np.array([1.0, 3e38], np.float32)  # the newest weighs most
+    recommender = TopNRecommender(trained, trained.params)
+    assert recommender.recency == 8.0 and len(recommender.top_k(codes, np.ones(2, np.float32), 5)[0]) == 5
+    with pytest.raises(ValueError, match="not finite numbers"):
+        recommender.top_k(codes, weights, 5)
+    served = ServingModel(trained, batch_sizes=(4,), support_sizes=(8,), max_k=10)
+    fine, overflowing = served.rank([UserInput(codes, np.ones(2, np.float32), k=5), UserInput(codes, weights, k=5)])
+    assert fine.finite and not overflowing.finite
+    server = Server(weighed, *BUCKET_FLAGS)
+    try:
+        request = {"interactions": ["song-00", "song-02"], "weights": [1, 3e38], "k": 5}
+        status, answer = server.post("/recommend", request)
+        assert status == 422 and "not finite numbers" in answer["error"], answer
+        assert server.post("/recommend", {**request, "weights": [1, 1]})[0] == 200
+    finally:
+        server.stop()

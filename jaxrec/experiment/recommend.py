@@ -6,7 +6,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,7 @@ __all__ = [
     "read_ratings_for",
     "read_user_ratings",
     "recommender_for",
+    "UserRatings",
 ]
 
 
@@ -62,8 +63,9 @@ def read_user_ratings(
 
     The header is optional (``item``/``movieId``/... and ``rating`` columns, else the first two columns). Unknown
     item ids are ignored and duplicates keep the last rating, each with a note. For a top-N model (``implicit``)
-    a file of item ids alone, one per line, is the user's interactions (each of weight 1); ``item,rating`` rows
-    are read too, ratings below ``positive_threshold`` dropped (with a note). A top-N model trained on weighted
+    a file of item ids alone, one per line, is the user's interactions (each of weight 1, whatever the run's
+    positive threshold); ``item,rating`` rows are read too, ratings below ``positive_threshold`` left out of the
+    support (with a note) and returned as ``seen``. A top-N model trained on weighted
     interactions (``weighted``: counts, plays) reads ``item,weight`` rows as the training log's rows were read:
     each weight a confidence, an item's weights summed; an unweighted one counts each item once and says so when
     the second column holds anything but ones.
@@ -77,8 +79,9 @@ def read_user_ratings(
       weighted: the top-N model was trained on a log whose weights are not all 1 (implicit only).
 
     Returns:
-      ``(item codes, ratings, notes)``: int32 codes, float32 ratings (for a top-N model the weights) and the notes
-      for the user.
+      :class:`UserRatings` ``(codes, values, notes, seen)``: int32 codes, float32 ratings (for a top-N model the
+      weights), the notes for the user, and the codes of items rated below the positive threshold (seen, not in the
+      support).
 
     Raises:
       RunError: if the file is missing or does not parse as ``item,rating`` lines, has no usable rating, or holds
@@ -143,6 +146,14 @@ def read_user_ratings(
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise RunError(f"--ratings {path}: line {line_of[i]}: rating {frame.iloc[i, rating_col]!r} is not a number")
+    with np.errstate(over="ignore"):
+        bad = ~np.isfinite(values.astype(np.float32))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise RunError(
+            f"--ratings {path}: line {line_of[i]}: {frame.iloc[i, rating_col]!r} is beyond float32, the model's "
+            "precision"
+        )
     if rating_range is not None:
         lo, hi = rating_range
         out = ~on_scale(values, rating_range)
@@ -165,20 +176,23 @@ def read_user_ratings(
         notes.append(
             "the model was trained on interactions without weights: the second column is ignored, each item counts once"
         )
-    if implicit and positive_threshold is not None:
+    seen = np.zeros(0, np.int64)
+    if implicit and positive_threshold is not None and not listed:  # a listed id is an interaction, not a rating
         below = values < positive_threshold
         if below.all():
             raise RunError(
                 f"--ratings {path}: every rating is below the model's positive threshold {positive_threshold:g}"
             )
         if below.any():
-            notes.append(f"ignored {int(below.sum())} rating(s) below the positive threshold {positive_threshold:g}")
+            notes.append(
+                f"{int(below.sum())} rating(s) below the positive threshold {positive_threshold:g}: not adapted to, "
+                "and left out of the list (seen)"
+            )
+        seen = _codes_of(raw_items[below], written[below], item_ids)
+        seen = seen[seen >= 0]
         raw_items, written, values = raw_items[~below], written[~below], values[~below]
-    codes = item_codes_of(raw_items, np.asarray(item_ids))
+    codes = _codes_of(raw_items, written, item_ids)
     unknown = codes < 0
-    if unknown.any():
-        codes[unknown] = item_codes_of(written[unknown], np.asarray(item_ids))
-        unknown = codes < 0
     what = "interaction(s)" if implicit else "rating(s)"
     if unknown.any():
         shown = ", ".join(map(str, raw_items[unknown][:5])) + (" ..." if unknown.sum() > 5 else "")
@@ -192,7 +206,34 @@ def read_user_ratings(
         if implicit:
             kept = "weights summed" if weighted else "kept one of each item"
         notes.append(f"{duplicates} duplicate {what}: {kept}")
-    return codes.astype(np.int32), values.astype(np.float32), notes
+    seen = np.setdiff1d(seen, codes)  # an item rated both below and above the threshold is in the support
+    return UserRatings(codes.astype(np.int32), values.astype(np.float32), notes, seen.astype(np.int32))
+
+
+def _codes_of(raw_items: np.ndarray, written: np.ndarray, item_ids) -> np.ndarray:
+    """The codes of a file's ids: matched without their spaces first, then as written (-1: not in the catalogue)."""
+    codes = item_codes_of(raw_items, np.asarray(item_ids))
+    unknown = codes < 0
+    if unknown.any():
+        codes[unknown] = item_codes_of(written[unknown], np.asarray(item_ids))
+    return codes
+
+
+class UserRatings(NamedTuple):
+    """A new user's file, read (:func:`read_user_ratings`).
+
+    Attributes:
+      codes: int32 item codes of the support, each once.
+      values: float32 ratings (for a top-N model the weights).
+      notes: what was ignored or merged, for the user.
+      seen: int32 codes of items rated below a top-N run's positive threshold: not in the support, but seen, so
+        left out of the list (``top_k(..., exclude=seen)``).
+    """
+
+    codes: np.ndarray
+    values: np.ndarray
+    notes: list
+    seen: np.ndarray
 
 
 def merge_duplicates(codes, values, *, implicit: bool, weighted: bool = False):
@@ -258,7 +299,7 @@ def item_codes_of(raw_items, item_ids):
         # integers from their digits (exact beyond 2^53, where float64 would merge neighbouring ids); a whole number
         # written as a float ("42.0") only while float64 holds it exactly
         text = pd.Series(raw_items, dtype=object).astype(str).str.strip()
-        digits = text.str.fullmatch(r"[+-]?\d{1,18}").to_numpy(bool)
+        digits = text.str.fullmatch(r"[+-]?[0-9]{1,18}").to_numpy(bool)  # ASCII: \d takes other scripts' digits
         numeric = pd.to_numeric(text.where(~digits), errors="coerce").to_numpy(np.float64)
         written = np.isfinite(numeric) & (numeric == np.round(numeric)) & (np.abs(numeric) < 2**53)
         query = np.where(written, numeric, -(2**62)).astype(np.int64)
@@ -384,19 +425,20 @@ class Recommender:
         rows, mask = self.support(item_codes, ratings)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
-    def top_k(self, item_codes, ratings, k: int):
+    def top_k(self, item_codes, ratings, k: int, exclude=()):
         """Recommend the ``k`` best items the user has not rated.
 
         Args:
           item_codes: the codes of the rated items.
           ratings: their ratings.
           k: how many items.
+          exclude: codes of other items to leave out of the list.
 
         Returns:
           ``(codes, predictions)`` of the best items, best first: ranked by the model's scores, each prediction
           clipped to the rating scale (a model may score beyond it; what it predicts is a rating on the scale).
         """
-        best, scores = _best(self.scores(item_codes, ratings), item_codes, k)
+        best, scores = _best(self.scores(item_codes, ratings), item_codes, k, exclude)
         return best, self.clip(scores)
 
     def clip(self, scores):
@@ -497,7 +539,8 @@ class TopNRecommender:
         rows.update(self.featurizer.item_rows(items))
         rows["weight"] = np.where(mask, weights, 0.0).astype(np.float32)
         if self.recency:  # the run's weighting of the support by its order, the items as sent: the oldest first
-            rows["weight"] = rows["weight"] * recency_weights(mask, self.recency, self.shots)
+            with np.errstate(over="ignore"):  # a weight near float32's end: non-finite scores, refused by top_k
+                rows["weight"] = rows["weight"] * recency_weights(mask, self.recency, self.shots)
         negatives, drawn = self._negatives(items, mask)
         rows.update(self.featurizer.item_rows(negatives, prefix="neg_"))
         rows["neg_mask"] = np.broadcast_to((mask & drawn[:, None])[:, :, None], (batch, size, self.negatives)).copy()
@@ -558,9 +601,12 @@ class TopNRecommender:
         partner = self.hybrid.partner_scores(codes, np.ones(codes.shape, bool))
         return np.array(self.hybrid.combine(model[None, :], partner, jnp.asarray(codes, jnp.int32))[0])
 
-    def top_k(self, item_codes, weights, k: int):
-        """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first."""
-        return _best(self.scores(item_codes, weights), item_codes, k)
+    def top_k(self, item_codes, weights, k: int, exclude=()):
+        """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first, ties
+        broken by the lower code (as the evaluation and the service break them). ``exclude``: codes of other items
+        the user has seen, left out of the list too (e.g. rated below the run's positive threshold, so not in the
+        support)."""
+        return _best(self.scores(item_codes, weights), item_codes, k, exclude)
 
 
 def _ratings_before(slots: np.ndarray, values: np.ndarray, ends: np.ndarray, length: int) -> dict[str, np.ndarray]:
@@ -653,13 +699,14 @@ def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=No
             f"item {int(distinct[first])} is given {int(counts[first])} times: give each item once "
             "(merge_duplicates merges repeats as recommend and serve do)"
         )
-    finite = np.isfinite(vals)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(vals.astype(np.float32))  # the model computes in float32: 1e39 is inf there
     usable = finite & (vals > 0 if weights else on_scale(vals, scale) if scale is not None else True)
     if not usable.all():
         i = int(np.argmin(usable))
         entry = f"{name}[{i}] (item {int(codes[i])}) is {vals[i]}"
         if not finite[i]:
-            raise ValueError(f"{entry}, not a finite number")
+            raise ValueError(f"{entry}, not a finite number in float32 (the model's precision)")
         if weights:
             raise ValueError(f"{entry}: a weight must be > 0")
         raise ValueError(f"{entry}, outside the rating scale [{scale[0]:g}, {scale[1]:g}]")
@@ -689,13 +736,27 @@ def _bucket(n: int, least: int) -> int:
     return max(least, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
-def _best(scores: np.ndarray, item_codes, k: int):
+def _best(scores: np.ndarray, item_codes, k: int, exclude=()):
+    """The ``k`` best items but ``item_codes`` and ``exclude``, best first, ties broken as ``jax.lax.top_k`` (the
+    evaluation's and the service's) breaks them: the lower code first."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer (how many items to recommend), got {k!r}")
-    scores[np.asarray(item_codes)] = -np.inf
-    k = min(k, len(scores) - len(item_codes))
-    best = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.zeros(0, np.int64)
-    best = best[np.argsort(-scores[best], kind="stable")]
+    seen = np.unique(np.concatenate([np.asarray(item_codes, np.int64).ravel(), np.asarray(exclude, np.int64).ravel()]))
+    ranked = np.ones(len(scores), bool)
+    ranked[seen] = False
+    if not np.all(np.isfinite(scores[ranked])):
+        raise ValueError(
+            "the model's scores for this user are not finite numbers: the weights or ratings given are too large "
+            "for its float32 arithmetic; scale them down"
+        )
+    scores[seen] = -np.inf
+    k = min(k, len(scores) - len(seen))
+    if k <= 0:
+        return np.zeros(0, np.int64), scores[:0]
+    kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+    above = np.flatnonzero(scores > kth)
+    best = np.concatenate([above, np.flatnonzero(scores == kth)[: k - len(above)]])
+    best = best[np.lexsort((best, -scores[best]))]
     return best, scores[best]
 
 
@@ -731,7 +792,7 @@ def read_ratings_for(checkpoint: str, ratings: str):
       ratings: the ``item,rating`` file (see :func:`read_user_ratings`).
 
     Returns:
-      ``(item codes, ratings, notes)`` of :func:`read_user_ratings`.
+      The :class:`UserRatings` of :func:`read_user_ratings`.
 
     Raises:
       CheckpointError: if the checkpoint or its featurizer record is unreadable, or it records no raw item ids.

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from jaxrec.core.errors import JaxrecError
 from jaxrec.core.trainer import NonFiniteError, run_steps
-from jaxrec.data import DataError
+from jaxrec.data import DataError, Featurizer
 from jaxrec.experiment.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -559,12 +559,29 @@ def _require_in_memory_data(folder: Path, meta: dict, overrides: Mapping[str, An
     """A run trained on a dataset given in memory names no file or known dataset to read again: the same data must
     be given (from Python, or as a file from the command line), checked against the checkpoint."""
     if meta.get("data_in_memory") and overrides.get("data") is None:
-        raise RunError(
+        said = (
             f"{folder}: this run was trained from Python on a dataset given in memory ({meta.get('dataset')!r}); "
-            "evaluating it needs the same data again: from Python restore_run(path, dataset=...), from the command "
-            "line --data FILE with its --columns (checked against the checkpoint: it must encode as the training "
-            "data did)"
+            "evaluating it needs the same data again: from Python restore_run(path, dataset=...)"
         )
+        features = _side_features(meta)
+        if features:  # a file given on the command line carries interactions only
+            raise RunError(
+                f"{said}. Its data has side features ({', '.join(features)}), which the command line's --data cannot "
+                "give: evaluate it from Python"
+            )
+        raise RunError(
+            f"{said}, from the command line --data FILE with its --columns (checked against the checkpoint: it must "
+            "encode as the training data did)"
+        )
+
+
+def _side_features(meta: dict) -> list[str]:
+    """The user and item side features a checkpoint's featurizer encodes (empty when its record is unreadable)."""
+    try:
+        spec = Featurizer.from_dict(meta["featurizer"]).spec
+    except (KeyError, TypeError, ValueError, DataError):
+        return []
+    return sorted(k for k in (*spec.categorical, *spec.multi_hot) if k not in ("user", "item"))
 
 
 def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any], doing: str = "evaluating") -> None:

@@ -231,6 +231,14 @@ def create_app(
             "batches": batcher.batches,
         }
 
+    def finite(ranked):
+        if not ranked.finite:
+            raise RequestError(
+                "the model's scores for these items are not finite numbers: the weights or ratings sent are too large "
+                "for its float32 arithmetic; scale them down"
+            )
+        return ranked
+
     @app.get("/items")
     async def items(
         q: Annotated[str, Query(max_length=200, description="text in the title (or id)")] = "",
@@ -245,7 +253,7 @@ def create_app(
         """The top-k items the new user has not rated, with the adapted model's scores."""
         started = time.perf_counter()
         support = check(body)
-        ranked = await batcher.submit(catalogue.user_input(support, body.k))
+        ranked = finite(await batcher.submit(catalogue.user_input(support, body.k)))
         served["requests"] += 1
         return {
             "recommendations": [catalogue.item(c, s) for c, s in zip(ranked.codes, ranked.scores, strict=True)],
@@ -264,7 +272,7 @@ def create_app(
             raise RequestError(f"candidates: at most {model.max_probe}, got {len(body.candidates)}")
         codes = [catalogue.code(c) for c in body.candidates]
         known = [c for c in codes if c is not None]
-        ranked = await batcher.submit(catalogue.user_input(support, 1, probe=known))
+        ranked = finite(await batcher.submit(catalogue.user_input(support, 1, probe=known)))
         scores = iter(ranked.probe_scores)
         served["requests"] += 1
         out = []

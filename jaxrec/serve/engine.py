@@ -44,21 +44,26 @@ class UserInput:
       values: their ratings (explicit) or weights (implicit).
       k: how many recommendations.
       probe: item codes whose scores to return (``/predict``), or empty.
+      seen: codes of other items the user has (rated below a top-N run's positive threshold): not adapted to, left
+        out of the list as ``codes`` are.
     """
 
     codes: np.ndarray
     values: np.ndarray
     k: int = 10
     probe: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    seen: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 @dataclasses.dataclass(frozen=True)
 class Ranked:
-    """The answer for one user: the top-k codes and scores (best first), and the probed items' scores."""
+    """The answer for one user: the top-k codes and scores (best first), the probed items' scores, and whether
+    the model's scores were finite (a support whose values overflow float32 makes them inf or nan)."""
 
     codes: np.ndarray
     scores: np.ndarray
     probe_scores: np.ndarray
+    finite: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,22 +127,30 @@ class ServingModel:
     # ---------------------------------------------------------------------------------------------------------
     # the compiled call
 
-    def _rank_batch(self, state, candidates, support, mask, codes, probe, partner=None):
-        """``(top scores [B, max_k], top codes [B, max_k], probe scores [B, P])`` of a padded batch of users; with
-        a hybrid, ``partner [B, V]`` holds its partner's scores and the hybrid's rank (and are returned)."""
+    def _rank_batch(self, state, candidates, support, mask, codes, seen, probe, partner=None):
+        """``(top scores [B, max_k], top codes [B, max_k], probe scores [B, P], finite [B])`` of a padded batch of
+        users: ``codes [B, S]`` their support's items, ``seen [B, S]`` other items they have (-1 = none), both left
+        out of the list; with a hybrid, ``partner [B, V]`` holds its partner's scores and the hybrid's rank (and are
+        returned)."""
         scores = jax.vmap(self.recommender.score_one, in_axes=(None, 0, 0, None))(state, support, mask, candidates)
         scores = scores.astype(jnp.float32)
         own = jnp.where(mask, codes, -1)
-        if partner is not None:  # z(model) + w z(partner); a user's own items are -inf there
+        theirs = jnp.concatenate([own, seen], axis=1)
+        users = jnp.arange(scores.shape[0])[:, None]
+        listed = (
+            jnp.ones(scores.shape, bool).at[users, jnp.where(theirs >= 0, theirs, self.n_items)].set(False, mode="drop")
+        )
+        finite = jnp.all(jnp.isfinite(scores) | ~listed, axis=1)  # overflowing weights: inf or nan scores
+        if partner is not None:  # z(model) + w z(partner) over the items but the support's, as the library ranks
             scores = self.hybrid.combine(scores, partner, own)
         catalogue = jnp.arange(self.n_items, dtype=jnp.int32)
-        unseen = exclude_items(scores, catalogue, own)  # each user's own items at -inf
+        unseen = exclude_items(scores, catalogue, theirs)  # each user's own items at -inf
         top_scores, top_codes = jax.lax.top_k(unseen, self.max_k)
         probe_scores = jnp.take_along_axis(scores, jnp.clip(probe, 0, self.n_items - 1), axis=1)
         scale = getattr(self.recommender, "rating_range", None)
         if scale is not None:  # ranked by the model's scores; each a predicted rating on the scale, as MAE reads it
             top_scores, probe_scores = (jnp.clip(x, *scale) for x in (top_scores, probe_scores))
-        return top_scores, top_codes, probe_scores
+        return top_scores, top_codes, probe_scores, finite
 
     def bucket_for(self, users: int, support: int) -> Bucket:
         """The smallest bucket that holds ``users`` users of ``support`` items.
@@ -164,9 +177,11 @@ class ServingModel:
         probes = [u.probe for u in users] + empty
         probe = np.maximum(padded(probes, probes, self.max_probe)[0], 0).astype(np.int32)
         codes = np.where(mask, items, 0).astype(np.int32)
+        seen = [u.seen for u in users] + empty
+        seen = padded(seen, seen, bucket.support)[0].astype(np.int32)
         # the hybrid's partner is a scipy model: its scores are computed here, on the host, and enter the call
         partner = None if self.hybrid is None else self.hybrid.partner_scores(items, mask)
-        inputs = (support, mask, codes, probe, partner)
+        inputs = (support, mask, codes, seen, probe, partner)
         if self.mesh is None:
             return jax.device_put(inputs)
         split = bucket.batch % self.mesh.size == 0  # else every device computes the small batch whole
@@ -186,13 +201,15 @@ class ServingModel:
         largest = self.batch_sizes[-1]
         for start in range(0, len(users), largest):
             chunk = list(users[start : start + largest])
-            bucket = self.bucket_for(len(chunk), max((len(u.codes) for u in chunk), default=0))
+            # a user's items rated below the threshold are excluded beside their support: the bucket holds either
+            bucket = self.bucket_for(len(chunk), max((max(len(u.codes), len(u.seen)) for u in chunk), default=0))
             inputs = self._inputs(chunk, bucket)
             with self._lock:
-                top, codes, probe = jax.device_get(self._rank(self._state, self._candidates, *inputs))
+                top, codes, probe, finite = jax.device_get(self._rank(self._state, self._candidates, *inputs))
             for i, user in enumerate(chunk):
-                k = min(user.k, self.n_items - len(user.codes))
-                out.append(Ranked(codes[i, :k].astype(np.int64), top[i, :k], probe[i, : len(user.probe)]))
+                k = min(user.k, self.n_items - len(user.codes) - len(user.seen))
+                answer = Ranked(codes[i, :k].astype(np.int64), top[i, :k], probe[i, : len(user.probe)], bool(finite[i]))
+                out.append(answer)
         return out
 
     def warm_up(self) -> float:

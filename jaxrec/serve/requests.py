@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +18,8 @@ from jaxrec.experiment.recommend import merge_duplicates, on_scale
 from jaxrec.serve.engine import UserInput
 
 __all__ = ["Catalogue", "RequestError", "UserSupport"]
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 class RequestError(ValueError):
@@ -33,7 +36,8 @@ class UserSupport:
       unknown: the raw ids not in the catalogue (ignored).
       duplicates: items sent more than once (a rating model keeps the last rating; an implicit one the first
         occurrence, a weighted model's weights summed).
-      below_threshold: ratings below the run's positive threshold (implicit runs; ignored).
+      below_threshold: ratings below the run's positive threshold (implicit runs; not adapted to).
+      seen: the codes of the known items rated below the threshold: left out of the list, as the support's are.
     """
 
     codes: np.ndarray
@@ -41,6 +45,7 @@ class UserSupport:
     unknown: list
     duplicates: int
     below_threshold: int
+    seen: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     def report(self) -> dict[str, Any]:
         """The JSON-ready counts of what was used and ignored."""
@@ -94,7 +99,8 @@ class Catalogue:
             if isinstance(raw, int):
                 return str(raw)
             text = str(raw).strip()
-            return str(int(text)) if text.lstrip("+-").isdigit() else None
+            # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and other scripts' digits
+            return str(int(text)) if _INTEGER.fullmatch(text) else None
         return str(raw)
 
     def code(self, raw: Any) -> int | None:
@@ -174,7 +180,10 @@ class Catalogue:
         if sent > max_items:
             raise RequestError(f"at most {max_items} items per request, got {sent}")
         low, high = self.rating_range if (self.rating_range and not self.implicit) else (-math.inf, math.inf)
+        field = "ratings" if interactions is None else "weights"
         for i, (raw, value) in enumerate(ratings):
+            if not _float32_finite(value):  # pydantic refused inf and nan; the model computes in float32
+                raise RequestError(f"{field}[{i}] (item {raw!r}): {value} is beyond float32, the model's precision")
             if not on_scale(value, (low, high)):
                 raise RequestError(
                     f"ratings[{i}] (item {raw!r}): rating {value} is outside the scale [{low:g}, {high:g}]"
@@ -187,20 +196,32 @@ class Catalogue:
                     "weighted interactions: a value is an interaction's weight)"
                 )
         known: list[tuple[int, float]] = []
-        unknown, below = [], 0
+        unknown, below, seen = [], 0, []
+        # an interaction is a positive; a rating is one when it reaches the run's positive threshold
+        threshold = self.positive_threshold if self.implicit and interactions is None else None
         for raw, value in ratings:
             code = self.code(raw)
             if code is None:
                 unknown.append(raw)
-            elif self.implicit and self.positive_threshold is not None and value < self.positive_threshold:
+            elif threshold is not None and value < threshold:
                 below += 1
+                seen.append(code)
             else:
                 known.append((code, float(value)))
         codes, values, duplicates = merge_duplicates(
             [c for c, _ in known], [v for _, v in known], implicit=self.implicit, weighted=self.weighted
         )
-        return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below)
+        if not all(_float32_finite(v) for v in values):  # a weighted model's duplicates are summed
+            raise RequestError(f"the {field} of an item sent more than once sum beyond float32, the model's precision")
+        seen = np.setdiff1d(np.asarray(seen, np.int64), codes)
+        return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below, seen)
 
     def user_input(self, support: UserSupport, k: int, probe: Sequence[int] = ()) -> UserInput:
         """The engine's input for a checked support."""
-        return UserInput(support.codes, support.values, k=k, probe=np.asarray(probe, np.int64))
+        return UserInput(support.codes, support.values, k=k, probe=np.asarray(probe, np.int64), seen=support.seen)
+
+
+def _float32_finite(value: float) -> bool:
+    """Whether a number stays finite in float32 (3.5e38 does not)."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.float32(value)))
