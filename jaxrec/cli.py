@@ -153,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on every cold-start scenario")
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
     ev.add_argument("--step", type=int, help="which checkpoint step (default: the newest complete one)")
-    evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "baselines", "bootstrap", "eval_batch_size")
+    evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "item_features", "user_features")
+    evaluation_flags += ("baselines", "bootstrap", "eval_batch_size")
     evaluation_flags += ("sampled_negatives", "hybrid")
     add_flags(ev, names=(*evaluation_flags, "devices"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
@@ -211,9 +212,12 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
         raise CLIError(str(e)) from None
     if "data" in out:
         out.pop("dataset", None)
-        if not Path(out["data"]).expanduser().exists():
-            raise CLIError(f"--data {out['data']}: file not found")
-        out["data"] = str(Path(out["data"]).expanduser().resolve())  # the record works from any directory
+    for field in ("data", "item_features", "user_features"):
+        if out.get(field) is not None:
+            flag = "--" + field.replace("_", "-")
+            if not Path(out[field]).expanduser().exists():
+                raise CLIError(f"{flag} {out[field]}: file not found")
+            out[field] = str(Path(out[field]).expanduser().resolve())  # the record works from any directory
     return out
 
 

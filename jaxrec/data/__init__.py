@@ -12,6 +12,7 @@ from jaxrec.data.featurizer import Featurizer, age_bucket, year_bucket, zip_pref
 from jaxrec.data.logs import read_log
 from jaxrec.data.movielens import DATASETS, DEFAULT_DATASET, default_data_root, load, parse_movielens
 from jaxrec.data.parquet import from_parquet, is_parquet
+from jaxrec.data.side import join_side_files, read_side_table, with_side_features
 from jaxrec.data.tasks import SPLITS, ColdStartSplit, TaskSet, bucket_sizes, build_tasks, cold_start_split, task_batches
 
 __all__ = [
@@ -36,10 +37,13 @@ __all__ = [
     "from_dataframe",
     "from_parquet",
     "is_parquet",
+    "join_side_files",
     "load",
     "parse_movielens",
     "read_log",
+    "read_side_table",
     "sniff_separator",
+    "with_side_features",
     "year_bucket",
     "zip_prefix",
 ]

@@ -492,9 +492,10 @@ def from_dataframe(
       rating: column of explicit ratings (any numeric scale); ``None`` for implicit logs (every row rates 1.0).
       timestamp: optional column of integer seconds, datetimes or ISO-8601 text (``2024-01-08T17:00:07Z``; UTC
         without a zone), stored as seconds; used for dedup and time-based splits.
-      user_features: optional side table indexed by raw user id (columns are copied).
-      item_features: optional side table indexed by raw item id (columns are copied; genres as a ``"|"``-joined
-        string, year as a number).
+      user_features: optional side table indexed by raw user id (columns are copied; each a feature, as the
+        :class:`~jaxrec.data.Featurizer` encodes it).
+      item_features: optional side table indexed by raw item id (columns are copied; each a feature: ``"|"``-joined
+        tags multi-hot, many-valued numbers binned, the rest categorical; ``title`` the display name).
       weight: optional column of interaction weights (counts of plays, clicks, check-ins, or confidences): finite
         numbers > 0, kept as the ``weight`` column.
       feedback: ``None``, ``"explicit"`` or ``"implicit"``, as described above.

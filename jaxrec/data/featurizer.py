@@ -14,7 +14,13 @@ The :class:`Featurizer` is fitted on the *meta-train* ratings only:
   - ``user_zip``: the **first character** of the zip code (in the US the first digit is one of ten national
     regions; a finer prefix would be mostly singletons on ml-100k's 943 users);
   - ``item_year``: release decade (``"1990s"``);
-  - ``item_genres``: multi-hot float32 ``[rows, G]`` over the training genres.
+  - ``item_genres``: multi-hot float32 ``[rows, G]`` over the training genres;
+  - any other column of a log's own side tables (``from_dataframe(user_features=..., item_features=...)``, or
+    ``--user-features`` / ``--item-features``): ``user_<column>`` / ``item_<column>`` (the name's characters outside
+    ``[A-Za-z0-9_]`` become ``_``). An item column of ``"|"``-joined values (tags) is multi-hot, as genres are; a
+    numeric column of more than :data:`EXACT_NUMBERS` distinct values is cut into :data:`NUMERIC_BINS` quantile
+    bins (a price, a duration); any other column is categorical, one slot per value. An item's ``title`` is its
+    display name, not a feature.
 
 Everything is a per-code table, so :meth:`Featurizer.rows` is one ``np.take`` per key, for arrays of codes of any
 shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding row.
@@ -23,6 +29,7 @@ shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +42,13 @@ from jaxrec.data.dataset import DataError, Dataset
 __all__ = ["Featurizer", "age_bucket", "zip_prefix", "year_bucket"]
 
 _FORMAT = "jaxrec.Featurizer/1"
+#: side-table columns with encoders of their own (MovieLens's), and the item's display title (not a feature)
+_USER_KNOWN = ("raw_id", "gender", "age", "occupation", "zip")
+_ITEM_KNOWN = ("raw_id", "title", "year", "genres")
+#: a numeric side column with more distinct values than this is cut into quantile bins
+EXACT_NUMBERS = 32
+#: the quantile bins of such a column
+NUMERIC_BINS = 10
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
 AGE_LABELS = ("<18", "18-24", "25-34", "35-44", "45-49", "50-55", "56+")
 
@@ -99,6 +113,61 @@ def _user_fields(users: pd.DataFrame) -> dict[str, pd.Series]:
 
 def _item_fields(items: pd.DataFrame) -> dict[str, pd.Series]:
     return {"item_year": year_bucket(items["year"])} if "year" in items else {}
+
+
+def _field_key(role: str, column: Any) -> str:
+    """The row key of a side column: ``<role>_<column>``, its characters outside ``[A-Za-z0-9_]`` as ``_``."""
+    return f"{role}_" + (re.sub(r"[^0-9A-Za-z_]", "_", str(column)).strip("_") or "feature")
+
+
+def _categorical(values: pd.Series) -> pd.Series:
+    """A side column's category of each row (text; None where missing): the value itself, or for a numeric column
+    of more than :data:`EXACT_NUMBERS` distinct values its quantile bin among the table's values (metadata, known
+    for every row, so the bins need no training rows)."""
+    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+        numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
+        known = numbers.dropna().to_numpy()
+        if len(np.unique(known)) > EXACT_NUMBERS:
+            edges = np.unique(np.quantile(known, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
+            bins = np.searchsorted(edges, numbers.to_numpy(), side="right")
+            bounds = [-np.inf, *edges.tolist(), np.inf]
+            labels = np.array([f"[{bounds[b]:.6g}, {bounds[b + 1]:.6g})" for b in range(len(edges) + 1)], object)
+            return pd.Series(np.where(numbers.isna().to_numpy(), None, labels[bins]), index=values.index, dtype=object)
+    text = values.astype("string").str.strip()
+    return text.where(text.notna() & (text != ""), None).astype(object)
+
+
+def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str, pd.Series], dict[str, pd.Series]]:
+    """A side table's other columns than ``known`` as ``(categorical, multi_hot)`` fields by row key: item columns
+    of ``"|"``-joined text multi-hot, every other one categorical (:func:`_categorical`).
+
+    Raises:
+      DataError: if two columns map to one row key (``"a b"`` and ``"a_b"``).
+    """
+    categorical, multi_hot, source = {}, {}, {}
+    for column in table.columns:
+        if column in known:
+            continue
+        key = _field_key(role, column)
+        if key in source or key in (f"{role}_{k}" for k in known):
+            other = source.get(key, key.removeprefix(f"{role}_"))
+            raise DataError(f"{role} side columns {other!r} and {column!r} both become the feature {key!r}: rename one")
+        source[key] = column
+        values = table[column]
+        joined = values.dropna().astype(str)
+        if role == "item" and not pd.api.types.is_numeric_dtype(values) and joined.str.contains("|", regex=False).any():
+            multi_hot[key] = values
+        else:
+            categorical[key] = _categorical(values)
+    return categorical, multi_hot
+
+
+def _multi_hot(values: pd.Series, train_codes: np.ndarray) -> tuple[np.ndarray, list]:
+    """``(float32 [rows, G], vocabulary)`` of a ``"|"``-joined column over the values seen on ``train_codes``."""
+    joined = values.fillna("").astype(str)
+    dummies = joined.str.get_dummies(sep="|").drop(columns="", errors="ignore")  # pandas 3: "" of no value
+    vocab = sorted(dummies.columns[dummies.to_numpy()[train_codes].any(axis=0)].tolist())
+    return dummies.reindex(columns=vocab, fill_value=0).to_numpy(np.float32), vocab
 
 
 def _with_padding(table: np.ndarray) -> np.ndarray:
@@ -204,22 +273,22 @@ class Featurizer:
         categorical = {"user": len(train_users) + 1, "item": len(train_items) + 1}
         vocabularies: dict[str, list] = {}
 
+        user_other, _ = _side_fields(dataset.users, "user", _USER_KNOWN)  # a user column is never multi-hot
+        item_other, item_joined = _side_fields(dataset.items, "item", _ITEM_KNOWN)
         user_tables = {}
-        for key, values in _user_fields(dataset.users).items():
+        for key, values in {**_user_fields(dataset.users), **user_other}.items():
             user_tables[key], vocabularies[key] = _slots(values, train_users)
             categorical[key] = len(vocabularies[key]) + 1
         item_tables = {}
-        for key, values in _item_fields(dataset.items).items():
+        for key, values in {**_item_fields(dataset.items), **item_other}.items():
             item_tables[key], vocabularies[key] = _slots(values, train_items)
             categorical[key] = len(vocabularies[key]) + 1
         item_multi_hot = {}
-        if "genres" in dataset.items:
-            genres = dataset.items["genres"].fillna("").astype(str)
-            dummies = genres.str.get_dummies(sep="|").drop(columns="", errors="ignore")  # pandas 3: "" of no genre
-            vocab = sorted(dummies.columns[dummies.to_numpy()[train_items].any(axis=0)].tolist())
+        joined = {"item_genres": dataset.items["genres"]} if "genres" in dataset.items else {}
+        for key, values in {**joined, **item_joined}.items():
+            table, vocab = _multi_hot(values, train_items)
             if vocab:
-                item_multi_hot["item_genres"] = dummies.reindex(columns=vocab, fill_value=0).to_numpy(np.float32)
-                vocabularies["item_genres"] = vocab
+                item_multi_hot[key], vocabularies[key] = table, vocab
 
         ratings = train["rating"].to_numpy()
         if implicit_threshold is not None:

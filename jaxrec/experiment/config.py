@@ -200,6 +200,9 @@ class DataConfig:
       rating_scale: ``(low, high)`` of the rating scale, where the meta-train ratings' least and greatest (the
         default) are not its ends (a 0.5-10 scale on which nobody gave 0.5): what predictions are clipped to and
         what a new user's ratings are checked against.
+      item_features: a table of item features joined to the log by item id (:func:`jaxrec.data.read_side_table`:
+        a header, the id column named ``item`` or first; tags ``"|"``-joined): what scores a new item.
+      user_features: the same for users (demographics, a sign-up channel).
 
     Raises:
       ValueError: if neither ``dataset`` nor ``path`` is given, or ``rating_scale`` is not two increasing numbers.
@@ -239,6 +242,11 @@ class DataConfig:
         "the rating scale low,high, e.g. 0.5,10 (default: the meta-train ratings' least and greatest)",
         parse=_none_or(_list_of(_float)),
     )
+
+    item_features: str | None = _field(
+        None, "a table of item features (id column first or named item; tags |-joined): text with a header or Parquet"
+    )
+    user_features: str | None = _field(None, "a table of user features (id column first or named user)")
 
     def __post_init__(self):
         object.__setattr__(self, "columns", _tuple(self.columns))

@@ -60,6 +60,7 @@ class RunError(JaxrecError, ValueError):
 
 
 RESUME_OVERRIDABLE = ("epochs", "baselines", "bootstrap", "devices", "eval_batch_size", "data", "data_dir")
+RESUME_OVERRIDABLE += ("item_features", "user_features")
 
 
 def make_config(base: ExperimentConfig | Mapping | None, overrides: Mapping[str, Any]) -> ExperimentConfig:
@@ -594,6 +595,15 @@ def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any],
             f"pass --data FILE (from Python: overrides={{'data': FILE}}; checked against the checkpoint: it must "
             "encode as the training data did)"
         )
+    for field in ("item_features", "user_features"):
+        table = (saved.get("data") or {}).get(field)
+        if table is not None and overrides.get(field) is None:
+            flag = "--" + field.replace("_", "-")
+            raise RunError(
+                f"{folder}: this run read its {field.replace('_', ' ')} from {table}; {doing} it reads them again, "
+                f"so name the file: pass {flag} FILE (from Python: overrides={{'{field}': FILE}}; checked against "
+                "the checkpoint)"
+            )
 
 
 def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dict | None = None, dataset: Any = None):

@@ -1,0 +1,186 @@
+"""Side tables a user brings: a file of item (or user) features, read and joined to a log by raw id.
+
+A side table has a header and one row per id: the id column is the one named ``item`` (``item_id``, ``itemId``,
+``id``; ``user``... for users), else the first; every other column is a feature, encoded by the
+:class:`~jaxrec.data.Featurizer` (``"|"``-joined tags multi-hot, many-valued numbers in quantile bins, the rest
+categorical). Features are metadata, known for items no one has interacted with yet: how a new item reaches a
+top-N list. Ids match the log's as its reader typed them (plain integers as numbers when the log's ids are), and
+every mismatch is counted in the dataset's ``report``, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+
+import numpy as np
+import pandas as pd
+
+from jaxrec.data.dataset import DataError, Dataset, sniff_separator
+from jaxrec.data.parquet import is_parquet
+
+__all__ = ["join_side_files", "read_side_table", "with_side_features"]
+
+logger = logging.getLogger(__name__)
+
+_ID_NAMES = {
+    "item": ("item", "item_id", "itemid", "movieid", "movie_id", "id"),
+    "user": ("user", "user_id", "userid", "id"),
+}
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
+
+
+def read_side_table(
+    path: str | os.PathLike, role: str, *, sep: str | None = None, encoding: str = "utf-8"
+) -> pd.DataFrame:
+    """Read a table of ``role`` (``"item"`` or ``"user"``) features: separated text with a header (``.gz``
+    allowed; the separator sniffed) or Parquet.
+
+    Args:
+      path: the file.
+      role: ``"item"`` or ``"user"``.
+      sep: a text file's separator (default: sniffed).
+      encoding: a text file's encoding.
+
+    Returns:
+      The features indexed by raw id (text, stripped), one column per feature: a column whose every value is a
+      number is numeric, an empty field is missing.
+
+    Raises:
+      DataError: naming the file (and the line) if it is missing or unreadable, has no feature column, a missing
+        id, or an id twice.
+    """
+    if role not in _ID_NAMES:
+        raise ValueError(f"role must be 'item' or 'user', got {role!r}")
+    where = f"--{role}-features {path}"
+    if not os.path.exists(path):
+        raise DataError(f"{where}: file not found")
+    try:
+        if is_parquet(path):
+            frame = pd.read_parquet(path).astype(object).where(lambda f: f.notna(), None)
+            frame = frame.apply(lambda column: column.map(lambda v: None if v is None else str(v)))
+            first_line = 1
+        else:
+            try:
+                sep = sep or sniff_separator(path)
+            except DataError:
+                raise DataError(
+                    f"{where}: expected an id column and at least one feature column, separated by a comma, a tab, "
+                    "'|', ';' or '::' (the first lines do not split into the same fields)"
+                ) from None
+            frame = pd.read_csv(
+                path,
+                sep=sep,
+                dtype=str,
+                keep_default_na=False,
+                encoding=encoding,
+                engine="python",
+                on_bad_lines="error",
+            )
+            first_line = 2  # the header is line 1
+    except DataError as e:
+        raise DataError(f"{where}: {e}") from None
+    except (ImportError, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}") from None
+    if frame.shape[1] < 2:
+        raise DataError(f"{where}: expected an id column and at least one feature column, found {frame.shape[1]}")
+    names = [str(c).strip().lower() for c in frame.columns]
+    id_column = next((frame.columns[names.index(n)] for n in _ID_NAMES[role] if n in names), frame.columns[0])
+    ids = frame.pop(id_column).astype("string").str.strip()
+    missing = ids.isna() | (ids == "")
+    if missing.any():
+        raise DataError(f"{where}: line {int(np.argmax(missing.to_numpy())) + first_line}: no {role} id")
+    repeated = ids.duplicated()
+    if repeated.any():
+        i = int(np.argmax(repeated.to_numpy()))
+        raise DataError(f"{where}: line {i + first_line}: {role} {ids.iloc[i]!r} is given twice")
+    features = {}
+    for column in frame.columns:
+        text = frame[column].astype("string").str.strip()
+        text = text.where(text != "", None)
+        numbers = pd.to_numeric(text, errors="coerce")
+        numeric = bool(text.notna().any()) and bool((numbers.notna() == text.notna()).all())
+        values = numbers.astype(np.float64) if numeric else text.astype(object)
+        features[str(column).strip()] = values.to_numpy()  # by position: the frame's index is the ids
+    return pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
+
+
+def with_side_features(
+    dataset: Dataset, *, users: pd.DataFrame | None = None, items: pd.DataFrame | None = None, source: str = ""
+) -> Dataset:
+    """``dataset`` with side tables' columns joined to its users and items by raw id.
+
+    Args:
+      dataset: the log.
+      users: features indexed by raw user id (:func:`read_side_table`), or None.
+      items: features indexed by raw item id, or None.
+      source: where the tables came from, for messages.
+
+    Returns:
+      A new :class:`~jaxrec.data.Dataset` (the interactions unchanged), its ``report`` counting per role the
+      features' columns, the log's ids with and without a row, and the table's rows for ids not in the log.
+
+    Raises:
+      DataError: if no id of a table is one of the log's, or a column is already in the dataset's table.
+    """
+    report = dict(dataset.report)
+    tables = {"users": dataset.users, "items": dataset.items}
+    for role, side in (("user", users), ("item", items)):
+        if side is None:
+            continue
+        table = tables[f"{role}s"]
+        clash = [c for c in side.columns if c in table.columns]
+        if clash:
+            raise DataError(f"{source}: the {role} feature column {clash[0]!r} is already in {dataset.name}'s {role}s")
+        raw = table["raw_id"].to_numpy()
+        keys = pd.Index(_typed_like(side.index.to_numpy(), raw))
+        if keys.dropna().has_duplicates:  # "7" and "007" are one id of a log of integer ids
+            twice = keys.dropna()[keys.dropna().duplicated()][0]
+            raise DataError(f"{source}: {role} {twice!r} is given twice (as the log's integer ids read it)")
+        found = keys.get_indexer(pd.Index(raw))
+        matched = int((found >= 0).sum())
+        if matched == 0:
+            shown = ", ".join(map(repr, side.index[:3].tolist()))
+            raise DataError(
+                f"{source}: none of the {len(side)} {role} ids of the table ({shown} ...) is a {role} of "
+                f"{dataset.name}: is the id column the first, or named {role}?"
+            )
+        aligned = side.reset_index(drop=True).reindex(np.where(found >= 0, found, len(side)))
+        joined = table.copy()
+        for column in side.columns:
+            joined[column] = aligned[column].to_numpy()
+        tables[f"{role}s"] = joined
+        counts = {
+            "columns": [str(c) for c in side.columns],
+            "with_features": matched,
+            "without_features": len(raw) - matched,
+            "rows_not_in_log": len(side) - matched,
+        }
+        report[f"{role}_features"] = counts
+        logger.info("%s features from %s: %s", role, source or "a table", counts)
+    return dataclasses.replace(dataset, users=tables["users"], items=tables["items"], report=report)
+
+
+def _typed_like(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
+    """A table's text ids typed as the log's: numbers where the log's are integers (other text matches nothing)."""
+    if raw.dtype.kind not in "iu":
+        return np.array([str(i) for i in ids], dtype=object)
+    return np.array([int(i) if _INTEGER.fullmatch(str(i)) else None for i in ids], dtype=object)
+
+
+def join_side_files(
+    dataset: Dataset,
+    *,
+    user_features: str | os.PathLike | None = None,
+    item_features: str | os.PathLike | None = None,
+    encoding: str = "utf-8",
+) -> Dataset:
+    """``dataset`` with the feature tables at these paths joined (:func:`read_side_table`,
+    :func:`with_side_features`); ``dataset`` itself when no path is given."""
+    for role, path in (("user", user_features), ("item", item_features)):
+        if path is not None:
+            table = read_side_table(path, role, encoding=encoding)
+            dataset = with_side_features(dataset, **{f"{role}s": table}, source=f"--{role}-features {path}")
+    return dataset

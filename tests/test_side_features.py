@@ -1,0 +1,116 @@
+"""A log's own side features: tables read from files (``--item-features``, ``--user-features``), joined by raw id and
+encoded whatever their columns (the featurizer used to read MovieLens's column names only and ignore the rest)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from cli_support import TOPN_FLAGS, write_plays
+
+import jaxrec.data as jd
+from jaxrec import cli
+from jaxrec.experiment.run import RunError, restore_run
+
+
+def write_songs(path, items=60, sep=","):
+    """Features of ``write_plays``'s songs: the genre is the taste that plays them (the song's parity), tags
+    ``|``-joined, a length of 60 distinct values (binned), and a row for a song no one played."""
+    lines = [sep.join(["song", "genre", "tags", "length"])]
+    for i in range(items):
+        lines.append(
+            sep.join([f"song-{i:02d}", "even" if i % 2 == 0 else "odd", f"g{i % 2}|t{i % 3}", str(100 + 7 * i)])
+        )
+    lines.append(sep.join(["song-99", "odd", "t0", "301"]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_tables_columns_become_features_tags_multi_hot_numbers_binned(tmp_path):
+    plays = jd.from_csv(write_plays(tmp_path / "plays.tsv"), "user,item,weight,timestamp", feedback="implicit")
+    songs = jd.read_side_table(write_songs(tmp_path / "songs.csv"), "item")
+    assert songs["length"].dtype == np.float64 and songs.index[0] == "song-00"
+    data = jd.with_side_features(plays, items=songs, source="songs.csv")
+    assert data.report["item_features"] == {
+        "columns": ["genre", "tags", "length"],
+        "with_features": 60,
+        "without_features": 0,
+        "rows_not_in_log": 1,
+    }
+    featurizer = jd.Featurizer.fit(data)
+    spec = featurizer.spec
+    assert spec.categorical["item_genre"] == 3  # even, odd and the unknown slot
+    assert spec.multi_hot == {"item_tags": 5}  # g0 g1 t0 t1 t2
+    assert 2 < spec.categorical["item_length"] <= jd.featurizer.NUMERIC_BINS + 1  # bins, not 60 values
+    rows = featurizer.item_rows(np.array([0, 1]))
+    assert rows["item_genre"].tolist() == [1, 2] and rows["item_tags"].sum(axis=1).tolist() == [2.0, 2.0]
+    # MovieLens's tables are encoded as before: its own columns only, the title not a feature
+    movielens = jd.Featurizer.fit(jd.load()).spec
+    assert set(movielens.categorical) == {"user", "item", "item_year"} and set(movielens.multi_hot) == {"item_genres"}
+
+
+def test_a_side_table_is_refused_with_its_line_or_when_it_matches_nothing(tmp_path):
+    plays = jd.from_csv(write_plays(tmp_path / "plays.tsv"), "user,item,weight,timestamp", feedback="implicit")
+    (tmp_path / "twice.csv").write_text("song,genre\nsong-01,odd\nsong-01,even\n")
+    with pytest.raises(jd.DataError, match=r"twice.csv: line 3: item 'song-01' is given twice"):
+        jd.read_side_table(tmp_path / "twice.csv", "item")
+    (tmp_path / "noid.csv").write_text("song,genre\n,odd\n")
+    with pytest.raises(jd.DataError, match=r"noid.csv: line 2: no item id"):
+        jd.read_side_table(tmp_path / "noid.csv", "item")
+    (tmp_path / "alone.csv").write_text("song\nsong-01\n")
+    with pytest.raises(jd.DataError, match="at least one feature column"):
+        jd.read_side_table(tmp_path / "alone.csv", "item")
+    (tmp_path / "other.csv").write_text("song,genre\nsong-1,odd\nsong-2,even\n")
+    with pytest.raises(jd.DataError, match="none of the 2 item ids of the table .*'song-1'"):
+        jd.with_side_features(plays, items=jd.read_side_table(tmp_path / "other.csv", "item"), source="other.csv")
+    (tmp_path / "clash.csv").write_text("song,raw_id\nsong-01,x\n")
+    with pytest.raises(jd.DataError, match="column 'raw_id' is already in"):
+        jd.with_side_features(plays, items=jd.read_side_table(tmp_path / "clash.csv", "item"), source="clash.csv")
+    # a log of integer ids matches the table's as numbers: "007" is item 7, and "7" beside it is 7 twice
+    numbers = jd.from_csv(_write(tmp_path / "n.csv", "user,item\n1,7\n1,8\n2,7\n"), "user,item", feedback="implicit")
+    padded = jd.with_side_features(numbers, items=pd.DataFrame({"kind": ["a", "b"]}, index=["007", "x"]), source="t")
+    assert padded.items["kind"].iloc[0] == "a" and pd.isna(padded.items["kind"].iloc[1])
+    assert padded.report["item_features"] == {
+        "columns": ["kind"],
+        "with_features": 1,
+        "without_features": 1,
+        "rows_not_in_log": 1,
+    }
+    with pytest.raises(jd.DataError, match="item 7 is given twice"):
+        jd.with_side_features(numbers, items=pd.DataFrame({"kind": ["a", "b"]}, index=["007", "7"]), source="t")
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_item_features_from_the_command_line_reach_new_items_and_are_named_again_to_evaluate(tmp_path):
+    """``--item-features`` on a log of one's own: new items (never played in training) are scored from their
+    features, so the feature baseline ranks them where the popularity of no plays cannot; evaluating the run
+    names the table again, and gives the same figures."""
+    plays, songs, out = (
+        write_plays(tmp_path / "plays.tsv"),
+        write_songs(tmp_path / "songs.tsv", sep="\t"),
+        tmp_path / "run",
+    )
+    flags = ["--data", str(plays), "--columns", "user,item,weight,timestamp", *TOPN_FLAGS]
+    flags += ["--topn-baselines", "popular,content", "--new-item-frac", "0.2", "--epochs", "1"]
+    lines = []
+    patch = pytest.MonkeyPatch()
+    patch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
+    try:
+        assert cli.main(["train", *flags, "--item-features", str(songs), "--out", str(out)]) == 0, lines
+        missing = ["train", *flags, "--item-features", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x")]
+        assert cli.main(missing) == 1 and any("--item-features" in x and "nope.csv: file not found" in x for x in lines)
+    finally:
+        patch.undo()
+    metrics = json.loads((out / "metrics.json").read_text())["scenarios"]["new_item_only"]
+    assert metrics["content"]["recall@10"] > metrics["popular"]["recall@10"] + 0.2, metrics
+    with pytest.raises(RunError, match="read its item features from .*songs.tsv.*pass --item-features FILE"):
+        restore_run(out, overrides={"data": str(plays), "columns": ("user", "item", "weight", "timestamp")})
+    experiment, _ = restore_run(
+        out,
+        overrides={"data": str(plays), "columns": ("user", "item", "weight", "timestamp"), "item_features": str(songs)},
+    )
+    assert "item_genre" in experiment.spec.categorical and "item_tags" in experiment.spec.multi_hot
