@@ -344,11 +344,11 @@ def test_a_thresholded_models_file_lists_interactions_and_keeps_low_ratings_as_s
         _write(tmp_path / "ids.txt", "2571\n318\n"), ids, None, implicit=True, positive_threshold=4
     )
     assert listed.codes.tolist() == [3, 2] and listed.seen.tolist() == [] and listed.notes == []
-    rated = _write(tmp_path / "rated.csv", "item,rating\n2571,5\n318,2\n1,4\n٢,5\n")
+    rated = _write(tmp_path / "rated.csv", "item,rating\n2571,5\n318,2\n1,4\n٢,5\n999,1\n")
     read = read_user_ratings(rated, ids, None, implicit=True, positive_threshold=4)
     assert read.codes.tolist() == [3, 0] and read.seen.tolist() == [2]
-    assert any("1 rating(s) below the positive threshold 4" in n for n in read.notes)
-    assert any("unknown item id(s): ٢" in n for n in read.notes)
+    assert any("1 rating(s) below the positive threshold 4" in n for n in read.notes)  # 999 is not one of them
+    assert any("2 interaction(s) with unknown item id(s): ٢, 999" in n for n in read.notes), read.notes
     with pytest.raises(RunError, match=r"huge.csv: line 3: '1e39' is beyond float32"):
         read_user_ratings(_write(tmp_path / "huge.csv", "item,weight\n1,2\n2,1e39\n"), ids, None, implicit=True)
 

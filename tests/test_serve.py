@@ -570,10 +570,15 @@ def test_seen_items_are_left_out_of_the_served_list_as_the_library_leaves_them_o
     seen = plain[:3]
     best, scores = recommender.top_k(codes, weights, 5, exclude=seen)
     assert best.tolist() == plain[3:8].tolist()
-    served = ServingModel(trained, batch_sizes=(4,), support_sizes=(8,), max_k=10)
+    served = ServingModel(trained, batch_sizes=(4,), support_sizes=(8, 16), max_k=10)
     answer = served.rank([UserInput(codes, weights, k=5, seen=seen)])[0]
     assert answer.finite and answer.codes.tolist() == best.tolist()
     np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-5)
+    # more seen items than a support bucket holds: the bucket is chosen for them too
+    many, _ = recommender.top_k(codes, weights, 20)
+    shown, _ = recommender.top_k(codes, weights, 5, exclude=many[:12])
+    answer = served.rank([UserInput(codes, weights, k=5, seen=many[:12])])[0]
+    assert answer.codes.tolist() == shown.tolist() == many[12:17].tolist()
 
 
 def test_weights_that_overflow_the_fold_in_are_an_error_not_a_list(implicit_server, tmp_path):

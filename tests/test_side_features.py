@@ -15,13 +15,13 @@ from jaxrec.experiment.run import RunError, restore_run
 
 def write_songs(path, items=60, sep=","):
     """Features of ``write_plays``'s songs: the genre is the taste that plays them (the song's parity), tags
-    ``|``-joined, a length of 60 distinct values (binned), and a row for a song no one played."""
+    ``|``-joined, a length in decimals of 60 distinct values (binned), and a row for a song no one played."""
     lines = [sep.join(["song", "genre", "tags", "length"])]
     for i in range(items):
         lines.append(
-            sep.join([f"song-{i:02d}", "even" if i % 2 == 0 else "odd", f"g{i % 2}|t{i % 3}", str(100 + 7 * i)])
+            sep.join([f"song-{i:02d}", "even" if i % 2 == 0 else "odd", f"g{i % 2}|t{i % 3}", f"{100 + 7 * i}.5"])
         )
-    lines.append(sep.join(["song-99", "odd", "t0", "301"]))
+    lines.append(sep.join(["song-99", "odd", "t0", "301.5"]))
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -47,6 +47,58 @@ def test_a_tables_columns_become_features_tags_multi_hot_numbers_binned(tmp_path
     # MovieLens's tables are encoded as before: its own columns only, the title not a feature
     movielens = jd.Featurizer.fit(jd.load()).spec
     assert set(movielens.categorical) == {"user", "item", "item_year"} and set(movielens.multi_hot) == {"item_genres"}
+
+
+def test_movielens_100k_demographics_keep_their_own_encoders():
+    from conftest import SHARED_DATA
+
+    if not (SHARED_DATA / "ml-100k").is_dir():
+        pytest.skip(f"ml-100k is not in {SHARED_DATA} (its license forbids bundling it)")
+    featurizer = jd.Featurizer.fit(jd.load("ml-100k", data_dir=str(SHARED_DATA)))
+    user_keys = {"user_gender", "user_age", "user_occupation", "user_zip"}
+    assert set(featurizer.spec.categorical) == {"user", "item", "item_year", *user_keys}
+    assert featurizer.vocabularies["user_zip"][:3] == ["0", "1", "2"]  # the first character of the zip, as text
+
+
+def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_kept_apart(tmp_path):
+    """Integers in a side table are codes (a zip's leading zero kept, 40 category ids not binned together), decimals
+    quantities; a Parquet list column is tags; names in other scripts or with spaces stay distinct features."""
+    rows = 40
+    table = pd.DataFrame(
+        {
+            "item": [f"song-{i:02d}" for i in range(rows)],
+            "zip": [f"0{i:04d}" for i in range(rows)],
+            "category": [str(i) for i in range(rows)],
+            "price": [1.25 * i for i in range(rows)],
+            "类别": ["a" if i % 2 else "b" for i in range(rows)],
+            "体裁": ["c" if i % 3 else "d" for i in range(rows)],
+            "a b": ["x"] * rows,
+        }
+    )
+    table.to_csv(tmp_path / "songs.csv", index=False)
+    read = jd.read_side_table(tmp_path / "songs.csv", "item")
+    assert (
+        read["zip"].iloc[1] == "00001"
+        and not pd.api.types.is_numeric_dtype(read["category"])
+        and read["price"].dtype == np.float64
+    )
+    log = write_plays(tmp_path / "plays.tsv", items=rows)
+    plays = jd.from_csv(log, "user,item,weight,timestamp", feedback="implicit")
+    spec = jd.Featurizer.fit(jd.with_side_features(plays, items=read, source="songs.csv")).spec
+    assert spec.categorical["item_zip"] == rows + 1 and spec.categorical["item_category"] == rows + 1
+    assert spec.categorical["item_price"] <= jd.featurizer.NUMERIC_BINS + 1
+    odd = sorted(k for k in spec.categorical if k.startswith(("item_feature_", "item_a_b_")))
+    assert len(odd) == 3, spec.categorical  # 类别, 体裁 and "a b", each its own key
+    songs = [f"song-{i:02d}" for i in range(rows)]
+    pd.DataFrame({"item": songs, "tags": [["rock", f"t{i % 3}"] for i in range(rows)]}).to_parquet(
+        tmp_path / "t.parquet"
+    )
+    parquet = jd.read_side_table(tmp_path / "t.parquet", "item")
+    assert parquet["tags"].iloc[4] == "rock|t1"
+    assert jd.Featurizer.fit(jd.with_side_features(plays, items=parquet, source="p")).spec.multi_hot["item_tags"] == 4
+    (tmp_path / "twice.csv").write_text("item,genre, genre\nsong-01,a,b\n")
+    with pytest.raises(jd.DataError, match="two columns are named 'genre'"):
+        jd.read_side_table(tmp_path / "twice.csv", "item")
 
 
 def test_a_side_table_is_refused_with_its_line_or_when_it_matches_nothing(tmp_path):
@@ -78,6 +130,11 @@ def test_a_side_table_is_refused_with_its_line_or_when_it_matches_nothing(tmp_pa
     }
     with pytest.raises(jd.DataError, match="item 7 is given twice"):
         jd.with_side_features(numbers, items=pd.DataFrame({"kind": ["a", "b"]}, index=["007", "7"]), source="t")
+    # ids a float wrote match; several that are no integer (another id column) match nothing, and say so
+    floats = jd.with_side_features(numbers, items=pd.DataFrame({"kind": ["a", "b"]}, index=["7.0", "8.0"]), source="t")
+    assert floats.items["kind"].tolist() == ["a", "b"]
+    with pytest.raises(jd.DataError, match="none of the 3 item ids of the table"):
+        jd.with_side_features(numbers, items=pd.DataFrame({"k": [1, 2, 3]}, index=["tt1", "tt2", "tt3"]), source="t")
 
 
 def _write(path, text):
@@ -114,3 +171,7 @@ def test_item_features_from_the_command_line_reach_new_items_and_are_named_again
         overrides={"data": str(plays), "columns": ("user", "item", "weight", "timestamp"), "item_features": str(songs)},
     )
     assert "item_genre" in experiment.spec.categorical and "item_tags" in experiment.spec.multi_hot
+    again = tmp_path / "again.json"
+    evaluate = ["evaluate", "--checkpoint", str(out), "--data", str(plays), "--columns", "user,item,weight,timestamp"]
+    assert cli.main([*evaluate, "--item-features", str(songs), "--output", str(again), "--no-progress"]) == 0
+    assert json.loads(again.read_text())["scenarios"]["new_item_only"] == metrics

@@ -16,11 +16,12 @@ The :class:`Featurizer` is fitted on the *meta-train* ratings only:
   - ``item_year``: release decade (``"1990s"``);
   - ``item_genres``: multi-hot float32 ``[rows, G]`` over the training genres;
   - any other column of a log's own side tables (``from_dataframe(user_features=..., item_features=...)``, or
-    ``--user-features`` / ``--item-features``): ``user_<column>`` / ``item_<column>`` (the name's characters outside
-    ``[A-Za-z0-9_]`` become ``_``). An item column of ``"|"``-joined values (tags) is multi-hot, as genres are; a
-    numeric column of more than :data:`EXACT_NUMBERS` distinct values is cut into :data:`NUMERIC_BINS` quantile
-    bins (a price, a duration); any other column is categorical, one slot per value. An item's ``title`` is its
-    display name, not a feature.
+    ``--user-features`` / ``--item-features``): ``user_<column>`` / ``item_<column>`` (a name with characters
+    outside ``[A-Za-z0-9_]`` keeps its ASCII ones and gains a digest of itself). An item column of ``"|"``-joined
+    values (tags) is multi-hot, as genres are; a column of decimal numbers (floats: a price, a rating) of more than
+    :data:`EXACT_NUMBERS` distinct values is cut into :data:`NUMERIC_BINS` quantile bins; any other column
+    (integers included: a zip, a category id are codes) is categorical, one slot per value. An item's ``title`` is
+    its display name, not a feature.
 
 Everything is a per-code table, so :meth:`Featurizer.rows` is one ``np.take`` per key, for arrays of codes of any
 shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding row.
@@ -29,6 +30,7 @@ shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -116,15 +118,21 @@ def _item_fields(items: pd.DataFrame) -> dict[str, pd.Series]:
 
 
 def _field_key(role: str, column: Any) -> str:
-    """The row key of a side column: ``<role>_<column>``, its characters outside ``[A-Za-z0-9_]`` as ``_``."""
-    return f"{role}_" + (re.sub(r"[^0-9A-Za-z_]", "_", str(column)).strip("_") or "feature")
+    """The row key of a side column: ``<role>_<column>``; a name with characters outside ``[A-Za-z0-9_]`` (a space,
+    another script) keeps its ASCII ones and gains a digest of the whole name, so that two names never meet."""
+    name = str(column)
+    ascii_name = re.sub(r"[^0-9A-Za-z_]", "_", name)
+    if ascii_name == name:
+        return f"{role}_{name}"
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return f"{role}_{ascii_name.strip('_') or 'feature'}_{digest}"
 
 
 def _categorical(values: pd.Series) -> pd.Series:
-    """A side column's category of each row (text; None where missing): the value itself, or for a numeric column
-    of more than :data:`EXACT_NUMBERS` distinct values its quantile bin among the table's values (metadata, known
-    for every row, so the bins need no training rows)."""
-    if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+    """A side column's category of each row (text; None where missing): the value itself, or for a column of
+    decimal numbers (floats: a quantity; integers are codes) of more than :data:`EXACT_NUMBERS` distinct values its
+    quantile bin among the table's values (metadata, known for every row, so the bins need no training rows)."""
+    if pd.api.types.is_float_dtype(values):
         numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
         known = numbers.dropna().to_numpy()
         if len(np.unique(known)) > EXACT_NUMBERS:
@@ -149,9 +157,8 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str
         if column in known:
             continue
         key = _field_key(role, column)
-        if key in source or key in (f"{role}_{k}" for k in known):
-            other = source.get(key, key.removeprefix(f"{role}_"))
-            raise DataError(f"{role} side columns {other!r} and {column!r} both become the feature {key!r}: rename one")
+        if key in source:  # the same name twice
+            raise DataError(f"{role} side columns {source[key]!r} and {column!r} both become the feature {key!r}")
         source[key] = column
         values = table[column]
         joined = values.dropna().astype(str)

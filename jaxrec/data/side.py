@@ -59,8 +59,8 @@ def read_side_table(
         raise DataError(f"{where}: file not found")
     try:
         if is_parquet(path):
-            frame = pd.read_parquet(path).astype(object).where(lambda f: f.notna(), None)
-            frame = frame.apply(lambda column: column.map(lambda v: None if v is None else str(v)))
+            frame = pd.read_parquet(path)
+            frame = pd.DataFrame({c: _parquet_column(frame[c]) for c in frame.columns})
             first_line = 1
         else:
             try:
@@ -86,7 +86,11 @@ def read_side_table(
         raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}") from None
     if frame.shape[1] < 2:
         raise DataError(f"{where}: expected an id column and at least one feature column, found {frame.shape[1]}")
-    names = [str(c).strip().lower() for c in frame.columns]
+    stripped = [str(c).strip() for c in frame.columns]
+    twice = next((c for c in stripped if stripped.count(c) > 1), None)
+    if twice is not None:
+        raise DataError(f"{where}: two columns are named {twice!r}: rename one")
+    names = [c.lower() for c in stripped]
     id_column = next((frame.columns[names.index(n)] for n in _ID_NAMES[role] if n in names), frame.columns[0])
     ids = frame.pop(id_column).astype("string").str.strip()
     missing = ids.isna() | (ids == "")
@@ -98,13 +102,32 @@ def read_side_table(
         raise DataError(f"{where}: line {i + first_line}: {role} {ids.iloc[i]!r} is given twice")
     features = {}
     for column in frame.columns:
-        text = frame[column].astype("string").str.strip()
-        text = text.where(text != "", None)
-        numbers = pd.to_numeric(text, errors="coerce")
-        numeric = bool(text.notna().any()) and bool((numbers.notna() == text.notna()).all())
-        values = numbers.astype(np.float64) if numeric else text.astype(object)
+        values = frame[column]
+        if not pd.api.types.is_float_dtype(values):  # Parquet's floats are quantities already
+            text = values.astype("string").str.strip()
+            text = text.where(text != "", None)
+            numbers = pd.to_numeric(text, errors="coerce")
+            # a column of decimals is a quantity (binned when it has many values); a column of integers is a code
+            # (a zip, a category id: "02138" keeps its zero, "7" is not near "8"), kept as text
+            decimal = bool(text.notna().any()) and bool((numbers.notna() == text.notna()).all())
+            decimal = decimal and not text.dropna().str.fullmatch(r"[+-]?[0-9]+").all()
+            values = numbers.astype(np.float64) if decimal else text.astype(object)
         features[str(column).strip()] = values.to_numpy()  # by position: the frame's index is the ids
     return pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
+
+
+def _parquet_column(column: pd.Series) -> pd.Series:
+    """A Parquet column as :func:`read_side_table` reads a text one: floats kept, lists ``"|"``-joined (tags), every
+    other value as its text (an integer code ``7`` as ``"7"``), None where missing."""
+    if pd.api.types.is_float_dtype(column):
+        return column.astype(np.float64)
+
+    def text(value):
+        if isinstance(value, list | tuple | np.ndarray):
+            return "|".join(str(v) for v in value)
+        return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+
+    return column.astype(object).map(text)
 
 
 def with_side_features(
@@ -135,11 +158,16 @@ def with_side_features(
         if clash:
             raise DataError(f"{source}: the {role} feature column {clash[0]!r} is already in {dataset.name}'s {role}s")
         raw = table["raw_id"].to_numpy()
-        keys = pd.Index(_typed_like(side.index.to_numpy(), raw))
-        if keys.dropna().has_duplicates:  # "7" and "007" are one id of a log of integer ids
-            twice = keys.dropna()[keys.dropna().duplicated()][0]
-            raise DataError(f"{source}: {role} {twice!r} is given twice (as the log's integer ids read it)")
+        typed = _typed_like(side.index.to_numpy(), raw)
+        usable = np.flatnonzero([key is not None for key in typed])  # text that is no integer matches no integer id
+        keys = pd.Index(typed[usable])
+        if keys.has_duplicates:  # "7" and "007" are one id of a log of integer ids
+            raise DataError(
+                f"{source}: {role} {keys[keys.duplicated()][0]!r} is given twice (as the log's ids read it)"
+            )
         found = keys.get_indexer(pd.Index(raw))
+        if len(usable):  # the table's row of each of the log's ids
+            found = np.where(found >= 0, usable[np.maximum(found, 0)], -1)
         matched = int((found >= 0).sum())
         if matched == 0:
             shown = ", ".join(map(repr, side.index[:3].tolist()))
@@ -164,10 +192,19 @@ def with_side_features(
 
 
 def _typed_like(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """A table's text ids typed as the log's: numbers where the log's are integers (other text matches nothing)."""
+    """A table's text ids typed as the log's: integers where the log's are (``"7"``, ``"007"``, and ``"7.0"`` as a
+    float writes one), None for other text (it matches no integer id); text otherwise."""
     if raw.dtype.kind not in "iu":
         return np.array([str(i) for i in ids], dtype=object)
-    return np.array([int(i) if _INTEGER.fullmatch(str(i)) else None for i in ids], dtype=object)
+
+    def integer(text: str):
+        if _INTEGER.fullmatch(text):
+            return int(text)
+        number = pd.to_numeric(text, errors="coerce")
+        whole = pd.notna(number) and float(number) == round(float(number)) and abs(float(number)) < 2**53
+        return int(number) if whole else None
+
+    return np.array([integer(str(i)) for i in ids], dtype=object)
 
 
 def join_side_files(

@@ -177,21 +177,22 @@ def read_user_ratings(
             "the model was trained on interactions without weights: the second column is ignored, each item counts once"
         )
     seen = np.zeros(0, np.int64)
+    codes = _codes_of(raw_items, written, item_ids)
     if implicit and positive_threshold is not None and not listed:  # a listed id is an interaction, not a rating
         below = values < positive_threshold
         if below.all():
             raise RunError(
                 f"--ratings {path}: every rating is below the model's positive threshold {positive_threshold:g}"
             )
-        if below.any():
+        known_below = below & (codes >= 0)  # an unknown id is noted as unknown below, whatever its rating
+        if known_below.any():
             notes.append(
-                f"{int(below.sum())} rating(s) below the positive threshold {positive_threshold:g}: not adapted to, "
-                "and left out of the list (seen)"
+                f"{int(known_below.sum())} rating(s) below the positive threshold {positive_threshold:g}: not "
+                "adapted to, and left out of the list (seen)"
             )
-        seen = _codes_of(raw_items[below], written[below], item_ids)
-        seen = seen[seen >= 0]
-        raw_items, written, values = raw_items[~below], written[~below], values[~below]
-    codes = _codes_of(raw_items, written, item_ids)
+        seen = codes[known_below]
+        keep = ~known_below
+        raw_items, values, codes = raw_items[keep], values[keep], codes[keep]
     unknown = codes < 0
     what = "interaction(s)" if implicit else "rating(s)"
     if unknown.any():

@@ -241,8 +241,8 @@ class TopNExperiment:
             raise DataError(
                 f"{self.dataset.source}: new_item_frac={top.new_item_frac:g} holds out new items, but the log has no "
                 "item features: a new item has no interaction, so its features are all a model can score it from, "
-                "and every new item would score alike. Give item features (from_dataframe(..., item_features=...)) "
-                "or leave new_item_frac at 0"
+                "and every new item would score alike. Give item features (--item-features FILE; from Python "
+                "from_dataframe(..., item_features=...)) or leave new_item_frac at 0"
             )
         sampler = NegativeSampler.fit(self.split.train, n_items, count=top.negatives, kind=top.sampler)
         self.train_sampler = sampler

@@ -140,9 +140,9 @@ class ServingModel:
         listed = (
             jnp.ones(scores.shape, bool).at[users, jnp.where(theirs >= 0, theirs, self.n_items)].set(False, mode="drop")
         )
-        finite = jnp.all(jnp.isfinite(scores) | ~listed, axis=1)  # overflowing weights: inf or nan scores
         if partner is not None:  # z(model) + w z(partner) over the items but the support's, as the library ranks
             scores = self.hybrid.combine(scores, partner, own)
+        finite = jnp.all(jnp.isfinite(scores) | ~listed, axis=1)  # overflowing weights: inf or nan scores
         catalogue = jnp.arange(self.n_items, dtype=jnp.int32)
         unseen = exclude_items(scores, catalogue, theirs)  # each user's own items at -inf
         top_scores, top_codes = jax.lax.top_k(unseen, self.max_k)
