@@ -67,8 +67,9 @@ def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_k
     table = pd.DataFrame(
         {
             "item": [f"song-{i:02d}" for i in range(rows)],
-            "zip": [f"0{i:04d}" for i in range(rows)],
-            "category": [str(i) for i in range(rows)],
+            "zip": [f"0{i % 20:04d}" for i in range(rows)],
+            "category": [str(i % 35) for i in range(rows)],
+            "name": [f"Song number {i}" for i in range(rows)],
             "price": [1.25 * i for i in range(rows)],
             "类别": ["a" if i % 2 else "b" for i in range(rows)],
             "体裁": ["c" if i % 3 else "d" for i in range(rows)],
@@ -85,7 +86,8 @@ def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_k
     log = write_plays(tmp_path / "plays.tsv", items=rows)
     plays = jd.from_csv(log, "user,item,weight,timestamp", feedback="implicit")
     spec = jd.Featurizer.fit(jd.with_side_features(plays, items=read, source="songs.csv")).spec
-    assert spec.categorical["item_zip"] == rows + 1 and spec.categorical["item_category"] == rows + 1
+    assert spec.categorical["item_zip"] == 21 and spec.categorical["item_category"] == 36  # codes, not bins
+    assert "item_name" not in spec.categorical  # every value differs: an id or free text, not a feature
     assert spec.categorical["item_price"] <= jd.featurizer.NUMERIC_BINS + 1
     odd = sorted(k for k in spec.categorical if k.startswith(("item_feature_", "item_a_b_")))
     assert len(odd) == 3, spec.categorical  # 类别, 体裁 and "a b", each its own key

@@ -20,8 +20,8 @@ The :class:`Featurizer` is fitted on the *meta-train* ratings only:
     outside ``[A-Za-z0-9_]`` keeps its ASCII ones and gains a digest of itself). An item column of ``"|"``-joined
     values (tags) is multi-hot, as genres are; a column of decimal numbers (floats: a price, a rating) of more than
     :data:`EXACT_NUMBERS` distinct values is cut into :data:`NUMERIC_BINS` quantile bins; any other column
-    (integers included: a zip, a category id are codes) is categorical, one slot per value. An item's ``title`` is
-    its display name, not a feature.
+    (integers included: a zip, a category id are codes) is categorical, one slot per value, unless every value
+    differs (an id, free text: a warning, not a feature). An item's ``title`` is its display name, not a feature.
 
 Everything is a per-code table, so :meth:`Featurizer.rows` is one ``np.take`` per key, for arrays of codes of any
 shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding row.
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -42,6 +43,8 @@ from jaxrec.core.features import FeatureSpec
 from jaxrec.data.dataset import DataError, Dataset
 
 __all__ = ["Featurizer", "age_bucket", "zip_prefix", "year_bucket"]
+
+logger = logging.getLogger(__name__)
 
 _FORMAT = "jaxrec.Featurizer/1"
 #: side-table columns with encoders of their own (MovieLens's), and the item's display title (not a feature)
@@ -164,8 +167,16 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str
         joined = values.dropna().astype(str)
         if role == "item" and not pd.api.types.is_numeric_dtype(values) and joined.str.contains("|", regex=False).any():
             multi_hot[key] = values
-        else:
-            categorical[key] = _categorical(values)
+            continue
+        field = _categorical(values)
+        given = field.dropna()
+        if len(given) > EXACT_NUMBERS and given.nunique() == len(given):
+            # an identifier or free text: no two rows share a value, so it tells nothing about a row it has not seen
+            logger.warning(
+                "%s side column %r: every value differs (an id or free text), not used as a feature", role, column
+            )
+            continue
+        categorical[key] = field
     return categorical, multi_hot
 
 

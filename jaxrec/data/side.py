@@ -45,8 +45,8 @@ def read_side_table(
       encoding: a text file's encoding.
 
     Returns:
-      The features indexed by raw id (text, stripped), one column per feature: a column whose every value is a
-      number is numeric, an empty field is missing.
+      The features indexed by raw id (text, stripped), one column per feature: a column of decimal numbers is
+      float64 (a quantity), any other (integers included: codes such as a zip) text; an empty field is missing.
 
     Raises:
       DataError: naming the file (and the line) if it is missing or unreadable, has no feature column, a missing
@@ -125,7 +125,7 @@ def _parquet_column(column: pd.Series) -> pd.Series:
     def text(value):
         if isinstance(value, list | tuple | np.ndarray):
             return "|".join(str(v) for v in value)
-        return None if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+        return None if pd.isna(value) else str(value)
 
     return column.astype(object).map(text)
 
