@@ -173,7 +173,65 @@ def test_item_features_from_the_command_line_reach_new_items_and_are_named_again
         overrides={"data": str(plays), "columns": ("user", "item", "weight", "timestamp"), "item_features": str(songs)},
     )
     assert "item_genre" in experiment.spec.categorical and "item_tags" in experiment.spec.multi_hot
+    changed = tmp_path / "changed.tsv"
+    changed.write_text(songs.read_text().replace("\teven\t", "\tfolk\t", 1))  # a third genre: other shapes
+    resume = ["train", *flags, "--item-features", str(changed), "--out", str(out), "--resume", "--epochs", "2"]
+    patch = pytest.MonkeyPatch()
+    patch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
+    try:
+        assert cli.main(resume) == 1 and "no longer matches" in lines[-1], lines[-3:]
+    finally:
+        patch.undo()
     again = tmp_path / "again.json"
     evaluate = ["evaluate", "--checkpoint", str(out), "--data", str(plays), "--columns", "user,item,weight,timestamp"]
     assert cli.main([*evaluate, "--item-features", str(songs), "--output", str(again), "--no-progress"]) == 0
     assert json.loads(again.read_text())["scenarios"]["new_item_only"] == metrics
+
+
+def test_odd_tables_read_as_meant(tmp_path):
+    """What a trial of odd tables found: a table read as text joined nothing of an integer log through
+    ``from_dataframe``; "NA" and "NULL" were values (a price column became categories); tags kept the spaces around
+    ``|``; a repeated column name was renamed; an empty file's message named the file twice; a Parquet integer
+    column with a gap became binned floats."""
+    numbers = pd.DataFrame({"user": [1, 1, 2, 2], "item": [7, 8, 7, 9]})
+    (tmp_path / "items.csv").write_text("item,kind\n007,a\n8.0,b\nx,c\n")
+    table = jd.read_side_table(tmp_path / "items.csv", "item")
+    data = jd.from_dataframe(numbers, rating=None, feedback="implicit", item_features=table)
+    assert data.items["kind"].tolist()[:2] == ["a", "b"] and data.report["item_features_without"] == 1
+    with pytest.raises(jd.DataError, match="none of the 1 ids of the item side table"):
+        jd.from_dataframe(numbers, rating=None, feedback="implicit", item_features=table.iloc[2:])
+    rows = [f"s{i},{'NA' if i % 10 == 0 else 0.5 + i},rock | pop{i % 2}" for i in range(40)]
+    (tmp_path / "prices.csv").write_text("item,price,tags\n" + "\n".join(rows) + "\n")
+    prices = jd.read_side_table(tmp_path / "prices.csv", "item")
+    assert prices["price"].dtype == np.float64 and prices["price"].isna().sum() == 4
+    log = pd.DataFrame({"user": [f"u{i % 5}" for i in range(40)], "item": [f"s{i}" for i in range(40)]})
+    spec = jd.Featurizer.fit(jd.from_dataframe(log, rating=None, feedback="implicit", item_features=prices)).spec
+    assert spec.categorical["item_price"] <= jd.featurizer.NUMERIC_BINS + 1 and spec.multi_hot["item_tags"] == 3
+    (tmp_path / "dup.csv").write_text("item,genre,genre\ns1,a,b\n")
+    with pytest.raises(jd.DataError, match="two columns are named 'genre'"):
+        jd.read_side_table(tmp_path / "dup.csv", "item")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(jd.DataError, match=r"^--item-features \S+empty.csv: the file is empty$"):
+        jd.read_side_table(tmp_path / "empty.csv", "item")
+    (tmp_path / "header.csv").write_text("item,genre\n")
+    with pytest.raises(jd.DataError, match="no rows"):
+        jd.read_side_table(tmp_path / "header.csv", "item")
+    pd.DataFrame({"item": ["s1", "s2", "s3"], "code": pd.array([4, None, 40], dtype="Int64")}).to_parquet(
+        tmp_path / "codes.parquet"
+    )
+    codes = jd.read_side_table(tmp_path / "codes.parquet", "item")["code"]
+    assert codes.iloc[0] == "4" and pd.isna(codes.iloc[1]) and codes.iloc[2] == "40"  # codes, not floats
+
+
+def test_new_items_need_feature_values_not_only_columns(tmp_path):
+    """A table whose only column is empty gives the items feature keys but no values: new items would still score
+    alike, so the run is refused as a log without features is."""
+    from jaxrec.experiment import ExperimentConfig, TopNExperiment
+
+    frame = pd.read_csv(write_plays(tmp_path / "plays.tsv"), sep="\t")
+    empty = pd.DataFrame({"mood": [None] * 60}, index=[f"song-{i:02d}" for i in range(60)])
+    data = jd.from_dataframe(frame, item="song", rating=None, timestamp="time", weight="plays", feedback="implicit",
+                             item_features=empty)  # fmt: skip
+    config = ExperimentConfig.make(feedback="implicit", model="twotower", shots=3, new_item_frac=0.2)
+    with pytest.raises(jd.DataError, match="no item features"):
+        TopNExperiment(config, data)

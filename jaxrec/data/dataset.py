@@ -646,8 +646,8 @@ def from_dataframe(
     if implicit:
         report["interactions"] = len(out)
 
-    users = _side_table(user_uniques, user_features, "user", where)
-    items = _side_table(item_uniques, item_features, "item", where)
+    users = _side_table(user_uniques, user_features, "user", where, report)
+    items = _side_table(item_uniques, item_features, "item", where, report)
     return Dataset(
         name=name,
         ratings=out,
@@ -659,19 +659,55 @@ def from_dataframe(
     )
 
 
-def _side_table(uniques: np.ndarray, features: pd.DataFrame | None, role: str, where: str) -> pd.DataFrame:
-    """Side table indexed by code, ``raw_id`` first; rows for ids absent from ``features`` hold missing values."""
+def _side_table(
+    uniques: np.ndarray, features: pd.DataFrame | None, role: str, where: str, report: dict | None = None
+) -> pd.DataFrame:
+    """Side table indexed by code, ``raw_id`` first; rows for ids absent from ``features`` hold missing values (their
+    count in ``report[f"{role}_features_without"]`` when any). ``features``' ids are typed as the log's
+    (:func:`typed_ids`: a table read as text joins a log of integer ids).
+
+    Raises:
+      DataError: if the table has an id twice, or rows of which none is one of the log's ids.
+    """
     table = pd.DataFrame({"raw_id": uniques})
     if features is not None and len(features.columns):
-        if features.index.has_duplicates:
-            raise DataError(
-                f"{where}: {role} side table has duplicate ids, e.g. {features.index[features.index.duplicated()][0]!r}"
-            )
-        aligned = features.reindex(pd.Index(uniques))
+        keys = typed_ids(features.index.to_numpy(), uniques)
+        usable = np.flatnonzero([key is not None for key in keys])
+        index = pd.Index(keys[usable])
+        if index.has_duplicates:
+            raise DataError(f"{where}: {role} side table has duplicate ids, e.g. {index[index.duplicated()][0]!r}")
+        found = index.get_indexer(pd.Index(uniques))
+        if len(features) and not (found >= 0).any():
+            shown = ", ".join(map(repr, features.index[:3].tolist()))
+            raise DataError(f"{where}: none of the {len(features)} ids of the {role} side table ({shown}) is a {role}")
+        rows = np.where(found >= 0, usable[np.maximum(found, 0)] if len(usable) else -1, len(features))
+        aligned = features.reset_index(drop=True).reindex(rows)
         for col in features.columns:
-            table[col] = aligned[col].reset_index(drop=True)
+            table[col] = aligned[col].to_numpy()
+        if report is not None and (found < 0).any():
+            report[f"{role}_features_without"] = int((found < 0).sum())
     table.index.name = f"{role}_code"
     return table
+
+
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+
+
+def typed_ids(ids: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """Ids typed as a log's (``like``): integers where the log's are (``"7"``, ``"007"``, ``7``, and ``7.0`` as a
+    float writes one), None for anything else (it matches no integer id); text otherwise."""
+    if like.dtype.kind not in "iu":
+        return np.array([str(i) for i in ids], dtype=object)
+
+    def integer(value):
+        text = str(value).strip()
+        if _INTEGER_TEXT.fullmatch(text):
+            return int(text)
+        number = pd.to_numeric(text, errors="coerce")
+        whole = pd.notna(number) and float(number) == round(float(number)) and abs(float(number)) < 2**53
+        return int(number) if whole else None
+
+    return np.array([integer(i) for i in ids], dtype=object)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ The :class:`Featurizer` is fitted on the *meta-train* ratings only:
     values (tags) is multi-hot, as genres are; a column of decimal numbers (floats: a price, a rating) of more than
     :data:`EXACT_NUMBERS` distinct values is cut into :data:`NUMERIC_BINS` quantile bins; any other column
     (integers included: a zip, a category id are codes) is categorical, one slot per value, unless every value
-    differs (an id, free text: a warning, not a feature). An item's ``title`` is its display name, not a feature.
+    differs (an id, free text: a warning, not a feature). An item's ``title`` is its display name, not a feature;
+    columns named as MovieLens's (above) are read by its encoders (a warning where none of their values reads so).
 
 Everything is a per-code table, so :meth:`Featurizer.rows` is one ``np.take`` per key, for arrays of codes of any
 shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding row.
@@ -138,6 +139,10 @@ def _categorical(values: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(values):
         numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
         known = numbers.dropna().to_numpy()
+        if len(known) and np.all(known == np.round(known)) and np.all(np.abs(known) < 2**53):
+            # whole numbers stored as floats (an integer column with a gap, which pandas makes float): codes
+            whole = pd.Series(np.round(numbers.to_numpy()), index=values.index).astype("Int64").astype("string")
+            return whole.astype(object).where(numbers.notna().to_numpy(), None)
         if len(np.unique(known)) > EXACT_NUMBERS:
             edges = np.unique(np.quantile(known, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
             bins = np.searchsorted(edges, numbers.to_numpy(), side="right")
@@ -182,7 +187,7 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str
 
 def _multi_hot(values: pd.Series, train_codes: np.ndarray) -> tuple[np.ndarray, list]:
     """``(float32 [rows, G], vocabulary)`` of a ``"|"``-joined column over the values seen on ``train_codes``."""
-    joined = values.fillna("").astype(str)
+    joined = values.fillna("").astype(str).str.replace(r"\s*\|\s*", "|", regex=True).str.strip()  # "rock | pop"
     dummies = joined.str.get_dummies(sep="|").drop(columns="", errors="ignore")  # pandas 3: "" of no value
     vocab = sorted(dummies.columns[dummies.to_numpy()[train_codes].any(axis=0)].tolist())
     return dummies.reindex(columns=vocab, fill_value=0).to_numpy(np.float32), vocab
@@ -293,6 +298,21 @@ class Featurizer:
 
         user_other, _ = _side_fields(dataset.users, "user", _USER_KNOWN)  # a user column is never multi-hot
         item_other, item_joined = _side_fields(dataset.items, "item", _ITEM_KNOWN)
+        for table, fields in (
+            (dataset.users, _user_fields(dataset.users)),
+            (dataset.items, _item_fields(dataset.items)),
+        ):
+            for key, values in fields.items():  # a column named as MovieLens's, read by MovieLens's encoder
+                column = key.split("_", 1)[1]
+                if values.isna().all() and table[column].notna().any():
+                    example = table[column].dropna().iloc[0]
+                    logger.warning(
+                        "side column %r is read as MovieLens's %s, and none of its values (e.g. %r) reads so: not a "
+                        "feature (rename the column to encode it as a category)",
+                        column,
+                        column,
+                        example,
+                    )
         user_tables = {}
         for key, values in {**_user_fields(dataset.users), **user_other}.items():
             user_tables[key], vocabularies[key] = _slots(values, train_users)

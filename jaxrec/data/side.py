@@ -18,8 +18,8 @@ import re
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.dataset import DataError, Dataset, sniff_separator
-from jaxrec.data.parquet import is_parquet
+from jaxrec.data.dataset import DataError, Dataset, sniff_separator, typed_ids
+from jaxrec.data.parquet import _pyarrow, is_parquet
 
 __all__ = ["join_side_files", "read_side_table", "with_side_features"]
 
@@ -29,7 +29,6 @@ _ID_NAMES = {
     "item": ("item", "item_id", "itemid", "movieid", "movie_id", "id"),
     "user": ("user", "user_id", "userid", "id"),
 }
-_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 def read_side_table(
@@ -59,16 +58,27 @@ def read_side_table(
         raise DataError(f"{where}: file not found")
     try:
         if is_parquet(path):
-            frame = pd.read_parquet(path)
-            frame = pd.DataFrame({c: _parquet_column(frame[c]) for c in frame.columns})
+            _pyarrow()  # an optional extra, as for Parquet logs: a clear error without it
+            import pyarrow.parquet as pq
+
+            arrow = pq.read_table(path)
+            frame = pd.DataFrame(
+                {f.name: _parquet_column(arrow.column(f.name).to_pandas(), f.type) for f in arrow.schema}
+            )
             first_line = 1
         else:
             try:
                 sep = sep or sniff_separator(path)
-            except DataError:
-                raise DataError(
-                    f"{where}: expected an id column and at least one feature column, separated by a comma, a tab, "
-                    "'|', ';' or '::' (the first lines do not split into the same fields)"
+            except DataError as e:
+                empty = "file is empty" in str(e)
+                raise _TableError(
+                    f"{where}: "
+                    + (
+                        "the file is empty"
+                        if empty
+                        else "expected an id column and at least one feature column, separated by a comma, a tab, "
+                        "'|', ';' or '::' (the first lines do not split into the same fields)"
+                    )
                 ) from None
             frame = pd.read_csv(
                 path,
@@ -80,6 +90,8 @@ def read_side_table(
                 on_bad_lines="error",
             )
             first_line = 2  # the header is line 1
+    except _TableError:
+        raise
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
     except (ImportError, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -87,25 +99,30 @@ def read_side_table(
     if frame.shape[1] < 2:
         raise DataError(f"{where}: expected an id column and at least one feature column, found {frame.shape[1]}")
     stripped = [str(c).strip() for c in frame.columns]
+    renamed = [re.sub(r"\.[0-9]+$", "", c) for c in stripped]  # read_csv renames a repeated name "genre.1"
     twice = next((c for c in stripped if stripped.count(c) > 1), None)
+    twice = twice or next((r for c, r in zip(stripped, renamed, strict=True) if r != c and r in stripped), None)
     if twice is not None:
         raise DataError(f"{where}: two columns are named {twice!r}: rename one")
     names = [c.lower() for c in stripped]
     id_column = next((frame.columns[names.index(n)] for n in _ID_NAMES[role] if n in names), frame.columns[0])
+    if len(frame) == 0:
+        raise DataError(f"{where}: no rows (only a header)")
     ids = frame.pop(id_column).astype("string").str.strip()
+    column = f"id column {str(id_column).strip()!r}"
     missing = ids.isna() | (ids == "")
     if missing.any():
-        raise DataError(f"{where}: line {int(np.argmax(missing.to_numpy())) + first_line}: no {role} id")
+        raise DataError(f"{where}: line {int(np.argmax(missing.to_numpy())) + first_line}: no {role} id ({column})")
     repeated = ids.duplicated()
     if repeated.any():
         i = int(np.argmax(repeated.to_numpy()))
-        raise DataError(f"{where}: line {i + first_line}: {role} {ids.iloc[i]!r} is given twice")
+        raise DataError(f"{where}: line {i + first_line}: {role} {ids.iloc[i]!r} is given twice ({column})")
     features = {}
     for column in frame.columns:
         values = frame[column]
         if not pd.api.types.is_float_dtype(values):  # Parquet's floats are quantities already
             text = values.astype("string").str.strip()
-            text = text.where(text != "", None)
+            text = text.where(~text.str.lower().isin(_MISSING), None)  # "", NA, NULL, \\N, nan, None: missing
             numbers = pd.to_numeric(text, errors="coerce")
             # a column of decimals is a quantity (binned when it has many values); a column of integers is a code
             # (a zip, a category id: "02138" keeps its zero, "7" is not near "8"), kept as text
@@ -113,14 +130,28 @@ def read_side_table(
             decimal = decimal and not text.dropna().str.fullmatch(r"[+-]?[0-9]+").all()
             values = numbers.astype(np.float64) if decimal else text.astype(object)
         features[str(column).strip()] = values.to_numpy()  # by position: the frame's index is the ids
-    return pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
+    table = pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
+    table.attrs["id_column"] = str(id_column).strip()
+    return table
 
 
-def _parquet_column(column: pd.Series) -> pd.Series:
+class _TableError(DataError):
+    """A side table's error that already names the table."""
+
+
+#: a side table's field that says "no value" (compared lower-case)
+_MISSING = ("", "na", "n/a", "nan", "null", "none", "\\n")
+
+
+def _parquet_column(column: pd.Series, kind) -> pd.Series:
     """A Parquet column as :func:`read_side_table` reads a text one: floats kept, lists ``"|"``-joined (tags), every
-    other value as its text (an integer code ``7`` as ``"7"``), None where missing."""
-    if pd.api.types.is_float_dtype(column):
+    other value as its text (an integer code ``7`` as ``"7"``, also where nulls made pandas read it as floats),
+    None where missing."""
+    pa = _pyarrow()
+    if pa.types.is_floating(kind):
         return column.astype(np.float64)
+    if pa.types.is_integer(kind):
+        return column.map(lambda v: None if pd.isna(v) else str(int(v)))
 
     def text(value):
         if isinstance(value, list | tuple | np.ndarray):
@@ -158,7 +189,7 @@ def with_side_features(
         if clash:
             raise DataError(f"{source}: the {role} feature column {clash[0]!r} is already in {dataset.name}'s {role}s")
         raw = table["raw_id"].to_numpy()
-        typed = _typed_like(side.index.to_numpy(), raw)
+        typed = typed_ids(side.index.to_numpy(), raw)
         usable = np.flatnonzero([key is not None for key in typed])  # text that is no integer matches no integer id
         keys = pd.Index(typed[usable])
         if keys.has_duplicates:  # "7" and "007" are one id of a log of integer ids
@@ -187,24 +218,13 @@ def with_side_features(
             "rows_not_in_log": len(side) - matched,
         }
         report[f"{role}_features"] = counts
-        logger.info("%s features from %s: %s", role, source or "a table", counts)
+        if matched < len(raw) / 2:  # most of the log's ids without features: a table of other ids, mostly
+            logger.warning(
+                "%s features from %s cover %d of the log's %d %ss: %s", role, source, matched, len(raw), role, counts
+            )
+        else:
+            logger.info("%s features from %s: %s", role, source or "a table", counts)
     return dataclasses.replace(dataset, users=tables["users"], items=tables["items"], report=report)
-
-
-def _typed_like(ids: np.ndarray, raw: np.ndarray) -> np.ndarray:
-    """A table's text ids typed as the log's: integers where the log's are (``"7"``, ``"007"``, and ``"7.0"`` as a
-    float writes one), None for other text (it matches no integer id); text otherwise."""
-    if raw.dtype.kind not in "iu":
-        return np.array([str(i) for i in ids], dtype=object)
-
-    def integer(text: str):
-        if _INTEGER.fullmatch(text):
-            return int(text)
-        number = pd.to_numeric(text, errors="coerce")
-        whole = pd.notna(number) and float(number) == round(float(number)) and abs(float(number)) < 2**53
-        return int(number) if whole else None
-
-    return np.array([integer(str(i)) for i in ids], dtype=object)
 
 
 def join_side_files(

@@ -267,8 +267,9 @@ class TrainingRun:
         else:
             self.items = write_items(self.out, self.exp.dataset)
         self.exp.use_tuned(meta.get("tuned"))  # the rate the run trained with, not tuned again
+        # the data is checked before the arrays are read: changed features can change their shapes
+        _check_same_data(meta, self.exp, self.store.folder, self.interactions)
         checkpoint = self.store.restore(self.exp.template_state(), meta["step"])
-        _check_same_data(checkpoint.meta, self.exp, self.store.folder, self.interactions)
         self.epoch_stats = dict(checkpoint.meta.get("data_position", {}).get("epoch_stats", self.epoch_stats))
         self._truncate_log(checkpoint.step)
         return self.exp.trainer.place(checkpoint.state)

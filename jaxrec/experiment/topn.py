@@ -236,8 +236,7 @@ class TopNExperiment:
             raise DataError(f"{self.dataset.source}: a catalogue of {n_items} item(s); top-N needs at least two")
         self.featurizer = implicit_featurizer(self.dataset, self.split.train)
         self.spec = dataclasses.replace(self.featurizer.spec, history=config.history())
-        features = [k for k in (*self.spec.categorical, *self.spec.multi_hot) if k.startswith("item_")]
-        if top.new_item_frac > 0 and not features:
+        if top.new_item_frac > 0 and not self.featurizer.item_features()[0].any():  # keys, or keys of no value
             raise DataError(
                 f"{self.dataset.source}: new_item_frac={top.new_item_frac:g} holds out new items, but the log has no "
                 "item features: a new item has no interaction, so its features are all a model can score it from, "
