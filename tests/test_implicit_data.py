@@ -372,3 +372,5 @@ def test_top_k_breaks_ties_as_the_compiled_top_k_does():
         expected_scores, expected = jax.lax.top_k(masked, k)
         assert best.tolist() == np.asarray(expected).tolist()
         np.testing.assert_array_equal(top, np.asarray(expected_scores))
+    with pytest.raises(ValueError, match=r"exclude holds codes outside 0 to 199: \[-1\]"):
+        _best(np.zeros(200, np.float32), [0], 5, exclude=[-1])  # it would have hidden the last item

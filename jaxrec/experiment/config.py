@@ -189,7 +189,7 @@ class DataConfig:
       columns: the roles of the file's columns in order (``_`` skips one), or ``role=column`` pairs naming the
         columns to read (``user=customer_id,item=sku``).
       sep: the field separator of ``data`` (default: sniffed).
-      encoding: the text encoding of ``data``.
+      encoding: the text encoding of ``data`` and of the feature tables.
       implicit: targets are ``rating >= implicit_threshold`` (BCE loss, HR@k / AUC) on the rated items: the
         binary-label form of the rating protocol.
       implicit_threshold: the rating from which an interaction counts as positive.
@@ -226,7 +226,7 @@ class DataConfig:
         "field separator of --data (default: sniffed among '::' , tab | ;); '\\t' or tab for a tab",
         parse=_separator,
     )
-    encoding: str = _field("utf-8", "text encoding of --data (e.g. latin-1)")
+    encoding: str = _field("utf-8", "text encoding of --data and the feature tables (e.g. latin-1)")
     implicit: bool = _field(False, "binary targets: rating >= --implicit-threshold", parse=_bool)
     implicit_threshold: float = _field(4.0, "the rating from which an interaction is positive", parse=_float)
     feedback: str | None = _field(

@@ -742,7 +742,11 @@ def _best(scores: np.ndarray, item_codes, k: int, exclude=()):
     evaluation's and the service's) breaks them: the lower code first."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer (how many items to recommend), got {k!r}")
-    seen = np.unique(np.concatenate([np.asarray(item_codes, np.int64).ravel(), np.asarray(exclude, np.int64).ravel()]))
+    exclude = np.asarray(exclude, np.int64).ravel()
+    outside = exclude[(exclude < 0) | (exclude >= len(scores))]
+    if outside.size:
+        raise ValueError(f"exclude holds codes outside 0 to {len(scores) - 1}: {outside[:5].tolist()}")
+    seen = np.unique(np.concatenate([np.asarray(item_codes, np.int64).ravel(), exclude]))
     ranked = np.ones(len(scores), bool)
     ranked[seen] = False
     if not np.all(np.isfinite(scores[ranked])):
