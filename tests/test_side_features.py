@@ -103,17 +103,28 @@ def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_k
         jd.read_side_table(tmp_path / "twice.csv", "item")
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "song,genre\nsong-01,odd\nsong-01,even\n",
+            r"t.csv: line 3: item 'song-01' is given twice \(id column 'song'\)",
+        ),
+        ("song,genre\n,odd\n", r"t.csv: line 2: no item id"),
+        ("song\nsong-01\n", "at least one feature column"),
+        ("item,genre,genre\ns1,a,b\n", "two columns are named 'genre'"),  # read_csv would call one 'genre.1'
+        ("", r"^--item-features \S+t.csv: the file is empty$"),  # the file named once
+        ("item,genre\n", r"t.csv: no rows \(only a header\)"),
+    ],
+)
+def test_a_bad_table_is_refused_naming_the_file_and_line(tmp_path, text, message):
+    (tmp_path / "t.csv").write_text(text)
+    with pytest.raises(jd.DataError, match=message):
+        jd.read_side_table(tmp_path / "t.csv", "item")
+
+
 def test_a_side_table_is_refused_with_its_line_or_when_it_matches_nothing(tmp_path):
     plays = jd.from_csv(write_plays(tmp_path / "plays.tsv"), "user,item,weight,timestamp", feedback="implicit")
-    (tmp_path / "twice.csv").write_text("song,genre\nsong-01,odd\nsong-01,even\n")
-    with pytest.raises(jd.DataError, match=r"twice.csv: line 3: item 'song-01' is given twice"):
-        jd.read_side_table(tmp_path / "twice.csv", "item")
-    (tmp_path / "noid.csv").write_text("song,genre\n,odd\n")
-    with pytest.raises(jd.DataError, match=r"noid.csv: line 2: no item id"):
-        jd.read_side_table(tmp_path / "noid.csv", "item")
-    (tmp_path / "alone.csv").write_text("song\nsong-01\n")
-    with pytest.raises(jd.DataError, match="at least one feature column"):
-        jd.read_side_table(tmp_path / "alone.csv", "item")
     (tmp_path / "other.csv").write_text("song,genre\nsong-1,odd\nsong-2,even\n")
     with pytest.raises(jd.DataError, match="none of the 2 item ids of the table .*'song-1'"):
         jd.with_side_features(plays, items=jd.read_side_table(tmp_path / "other.csv", "item"), source="other.csv")
@@ -207,15 +218,6 @@ def test_odd_tables_read_as_meant(tmp_path):
     log = pd.DataFrame({"user": [f"u{i % 5}" for i in range(40)], "item": [f"s{i}" for i in range(40)]})
     spec = jd.Featurizer.fit(jd.from_dataframe(log, rating=None, feedback="implicit", item_features=prices)).spec
     assert spec.categorical["item_price"] <= jd.featurizer.NUMERIC_BINS + 1 and spec.multi_hot["item_tags"] == 3
-    (tmp_path / "dup.csv").write_text("item,genre,genre\ns1,a,b\n")
-    with pytest.raises(jd.DataError, match="two columns are named 'genre'"):
-        jd.read_side_table(tmp_path / "dup.csv", "item")
-    (tmp_path / "empty.csv").write_text("")
-    with pytest.raises(jd.DataError, match=r"^--item-features \S+empty.csv: the file is empty$"):
-        jd.read_side_table(tmp_path / "empty.csv", "item")
-    (tmp_path / "header.csv").write_text("item,genre\n")
-    with pytest.raises(jd.DataError, match="no rows"):
-        jd.read_side_table(tmp_path / "header.csv", "item")
     pd.DataFrame({"item": ["s1", "s2", "s3"], "code": pd.array([4, None, 40], dtype="Int64")}).to_parquet(
         tmp_path / "codes.parquet"
     )
