@@ -191,6 +191,7 @@ def test_item_features_from_the_command_line_reach_new_items_and_are_named_again
     patch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
     try:
         assert cli.main(resume) == 1 and "no longer matches" in lines[-1], lines[-3:]
+        assert "songs.tsv (item features); the features that differ: item_genre)" in lines[-1], lines[-1]
     finally:
         patch.undo()
     again = tmp_path / "again.json"

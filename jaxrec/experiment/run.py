@@ -450,10 +450,18 @@ def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | 
 
     data = meta.get("config", {}).get("data") or {}
     source = data.get("path") or data.get("dataset") or meta.get("dataset")
-    if encoding(_jsonable(experiment.featurizer.to_dict())) != encoding(saved):
+    now_record = encoding(_jsonable(experiment.featurizer.to_dict()))
+    if now_record != encoding(saved):
+        tables = [f"{data[f]} ({f.split('_')[0]} features)" for f in ("item_features", "user_features") if data.get(f)]
+        changed = sorted(  # which of the encodings differ: the ids, or which feature's vocabulary
+            k
+            for k in set(now_record.get("vocabularies", {})) | set(saved.get("vocabularies", {}))
+            if now_record.get("vocabularies", {}).get(k) != saved.get("vocabularies", {}).get(k)
+        )
+        what = f"; the features that differ: {', '.join(changed)}" if changed else ""
         raise CheckpointError(
             f"{folder}: the data no longer matches the checkpoint (users, items or their features changed since "
-            f"it was written from {source!r}); train again on the current data"
+            f"it was written from {', '.join([repr(source), *tables])}{what}); train again on the current data"
         )
     then = meta.get("interactions")
     if then is None:  # a checkpoint written before the interactions were recorded
