@@ -126,7 +126,10 @@ def test_a_bad_table_is_refused_naming_the_file_and_line(tmp_path, text, message
 def test_a_side_table_is_refused_with_its_line_or_when_it_matches_nothing(tmp_path):
     plays = jd.from_csv(write_plays(tmp_path / "plays.tsv"), "user,item,weight,timestamp", feedback="implicit")
     (tmp_path / "other.csv").write_text("song,genre\nsong-1,odd\nsong-2,even\n")
-    with pytest.raises(jd.DataError, match="none of the 2 item ids of the table .*'song-1'"):
+    with pytest.raises(
+        jd.DataError,
+        match="none of the 2 ids of the item side table \\('song-1', 'song-2'\\) is one of the log's items",
+    ):
         jd.with_side_features(plays, items=jd.read_side_table(tmp_path / "other.csv", "item"), source="other.csv")
     (tmp_path / "clash.csv").write_text("song,raw_id\nsong-01,x\n")
     with pytest.raises(jd.DataError, match="column 'raw_id' is already in"):
@@ -146,7 +149,7 @@ def test_a_side_table_is_refused_with_its_line_or_when_it_matches_nothing(tmp_pa
     # ids a float wrote match; several that are no integer (another id column) match nothing, and say so
     floats = jd.with_side_features(numbers, items=pd.DataFrame({"kind": ["a", "b"]}, index=["7.0", "8.0"]), source="t")
     assert floats.items["kind"].tolist() == ["a", "b"]
-    with pytest.raises(jd.DataError, match="none of the 3 item ids of the table"):
+    with pytest.raises(jd.DataError, match="none of the 3 ids of the item side table"):
         jd.with_side_features(numbers, items=pd.DataFrame({"k": [1, 2, 3]}, index=["tt1", "tt2", "tt3"]), source="t")
 
 

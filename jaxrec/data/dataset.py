@@ -646,8 +646,8 @@ def from_dataframe(
     if implicit:
         report["interactions"] = len(out)
 
-    users = _side_table(user_uniques, user_features, "user", where, report)
-    items = _side_table(item_uniques, item_features, "item", where, report)
+    users = side_table(user_uniques, user_features, "user", where, report)
+    items = side_table(item_uniques, item_features, "item", where, report)
     return Dataset(
         name=name,
         ratings=out,
@@ -659,7 +659,7 @@ def from_dataframe(
     )
 
 
-def _side_table(
+def side_table(
     uniques: np.ndarray, features: pd.DataFrame | None, role: str, where: str, report: dict | None = None
 ) -> pd.DataFrame:
     """Side table indexed by code, ``raw_id`` first; rows for ids absent from ``features`` hold missing values (their
@@ -674,12 +674,17 @@ def _side_table(
         keys = typed_ids(features.index.to_numpy(), uniques)
         usable = np.flatnonzero([key is not None for key in keys])
         index = pd.Index(keys[usable])
-        if index.has_duplicates:
-            raise DataError(f"{where}: {role} side table has duplicate ids, e.g. {index[index.duplicated()][0]!r}")
+        if index.has_duplicates:  # "7" and "007" are one id of a log of integer ids
+            raise DataError(
+                f"{where}: {role} {index[index.duplicated()][0]!r} is given twice (as the log's ids read it)"
+            )
         found = index.get_indexer(pd.Index(uniques))
         if len(features) and not (found >= 0).any():
             shown = ", ".join(map(repr, features.index[:3].tolist()))
-            raise DataError(f"{where}: none of the {len(features)} ids of the {role} side table ({shown}) is a {role}")
+            raise DataError(
+                f"{where}: none of the {len(features)} ids of the {role} side table ({shown}) is one of the log's "
+                f"{role}s: is its id column the first, or named {role}?"
+            )
         rows = np.where(found >= 0, usable[np.maximum(found, 0)] if len(usable) else -1, len(features))
         aligned = features.reset_index(drop=True).reindex(rows)
         for col in features.columns:

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.dataset import DataError, Dataset, sniff_separator, typed_ids
+from jaxrec.data.dataset import DataError, Dataset, side_table, sniff_separator
 from jaxrec.data.parquet import _pyarrow, is_parquet
 
 __all__ = ["join_side_files", "read_side_table", "with_side_features"]
@@ -188,29 +188,13 @@ def with_side_features(
         clash = [c for c in side.columns if c in table.columns]
         if clash:
             raise DataError(f"{source}: the {role} feature column {clash[0]!r} is already in {dataset.name}'s {role}s")
-        raw = table["raw_id"].to_numpy()
-        typed = typed_ids(side.index.to_numpy(), raw)
-        usable = np.flatnonzero([key is not None for key in typed])  # text that is no integer matches no integer id
-        keys = pd.Index(typed[usable])
-        if keys.has_duplicates:  # "7" and "007" are one id of a log of integer ids
-            raise DataError(
-                f"{source}: {role} {keys[keys.duplicated()][0]!r} is given twice (as the log's ids read it)"
-            )
-        found = keys.get_indexer(pd.Index(raw))
-        if len(usable):  # the table's row of each of the log's ids
-            found = np.where(found >= 0, usable[np.maximum(found, 0)], -1)
-        matched = int((found >= 0).sum())
-        if matched == 0:
-            shown = ", ".join(map(repr, side.index[:3].tolist()))
-            raise DataError(
-                f"{source}: none of the {len(side)} {role} ids of the table ({shown} ...) is a {role} of "
-                f"{dataset.name}: is the id column the first, or named {role}?"
-            )
-        aligned = side.reset_index(drop=True).reindex(np.where(found >= 0, found, len(side)))
+        counted: dict = {}
+        extra = side_table(table["raw_id"].to_numpy(), side, role, source, counted)
         joined = table.copy()
         for column in side.columns:
-            joined[column] = aligned[column].to_numpy()
+            joined[column] = extra[column].to_numpy()
         tables[f"{role}s"] = joined
+        raw, matched = table["raw_id"].to_numpy(), len(table) - counted.get(f"{role}_features_without", 0)
         counts = {
             "columns": [str(c) for c in side.columns],
             "with_features": matched,
