@@ -686,9 +686,9 @@ def side_table(
                 f"{role}s: is its id column the first, or named {role}?"
             )
         rows = np.where(found >= 0, usable[np.maximum(found, 0)] if len(usable) else -1, len(features))
-        aligned = features.reset_index(drop=True).reindex(rows)
+        aligned = features.reset_index(drop=True).reindex(rows).reset_index(drop=True)  # dtypes kept (Int64 years)
         for col in features.columns:
-            table[col] = aligned[col].to_numpy()
+            table[col] = aligned[col]
         if report is not None and (found < 0).any():
             report[f"{role}_features_without"] = int((found < 0).sum())
     table.index.name = f"{role}_code"

@@ -192,7 +192,7 @@ def with_side_features(
         extra = side_table(table["raw_id"].to_numpy(), side, role, source, counted)
         joined = table.copy()
         for column in side.columns:
-            joined[column] = extra[column].to_numpy()
+            joined[column] = extra[column]  # the same codes 0..n-1, dtypes kept
         tables[f"{role}s"] = joined
         raw, matched = table["raw_id"].to_numpy(), len(table) - counted.get(f"{role}_features_without", 0)
         counts = {
