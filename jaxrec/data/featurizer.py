@@ -296,12 +296,10 @@ class Featurizer:
         categorical = {"user": len(train_users) + 1, "item": len(train_items) + 1}
         vocabularies: dict[str, list] = {}
 
+        user_known, item_known = _user_fields(dataset.users), _item_fields(dataset.items)
         user_other, _ = _side_fields(dataset.users, "user", _USER_KNOWN)  # a user column is never multi-hot
         item_other, item_joined = _side_fields(dataset.items, "item", _ITEM_KNOWN)
-        for table, fields in (
-            (dataset.users, _user_fields(dataset.users)),
-            (dataset.items, _item_fields(dataset.items)),
-        ):
+        for table, fields in ((dataset.users, user_known), (dataset.items, item_known)):
             for key, values in fields.items():  # a column named as MovieLens's, read by MovieLens's encoder
                 column = key.split("_", 1)[1]
                 if values.isna().all() and table[column].notna().any():
@@ -314,11 +312,11 @@ class Featurizer:
                         example,
                     )
         user_tables = {}
-        for key, values in {**_user_fields(dataset.users), **user_other}.items():
+        for key, values in {**user_known, **user_other}.items():
             user_tables[key], vocabularies[key] = _slots(values, train_users)
             categorical[key] = len(vocabularies[key]) + 1
         item_tables = {}
-        for key, values in {**_item_fields(dataset.items), **item_other}.items():
+        for key, values in {**item_known, **item_other}.items():
             item_tables[key], vocabularies[key] = _slots(values, train_items)
             categorical[key] = len(vocabularies[key]) + 1
         item_multi_hot = {}

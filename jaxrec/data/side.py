@@ -56,8 +56,19 @@ def read_side_table(
     where = f"--{role}-features {path}"
     if not os.path.exists(path):
         raise DataError(f"{where}: file not found")
+    parquet = is_parquet(path)
+    if not parquet and sep is None:
+        try:
+            sep = sniff_separator(path)
+        except DataError as e:
+            if "file is empty" in str(e):
+                raise DataError(f"{where}: the file is empty") from None
+            raise DataError(
+                f"{where}: expected an id column and at least one feature column, separated by a comma, a tab, '|', "
+                "';' or '::' (the first lines do not split into the same fields)"
+            ) from None
     try:
-        if is_parquet(path):
+        if parquet:
             _pyarrow()  # an optional extra, as for Parquet logs: a clear error without it
             import pyarrow.parquet as pq
 
@@ -67,19 +78,6 @@ def read_side_table(
             )
             first_line = 1
         else:
-            try:
-                sep = sep or sniff_separator(path)
-            except DataError as e:
-                empty = "file is empty" in str(e)
-                raise _TableError(
-                    f"{where}: "
-                    + (
-                        "the file is empty"
-                        if empty
-                        else "expected an id column and at least one feature column, separated by a comma, a tab, "
-                        "'|', ';' or '::' (the first lines do not split into the same fields)"
-                    )
-                ) from None
             frame = pd.read_csv(
                 path,
                 sep=sep,
@@ -90,8 +88,6 @@ def read_side_table(
                 on_bad_lines="error",
             )
             first_line = 2  # the header is line 1
-    except _TableError:
-        raise
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
     except (ImportError, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
@@ -130,13 +126,7 @@ def read_side_table(
             decimal = decimal and not text.dropna().str.fullmatch(r"[+-]?[0-9]+").all()
             values = numbers.astype(np.float64) if decimal else text.astype(object)
         features[str(column).strip()] = values.to_numpy()  # by position: the frame's index is the ids
-    table = pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
-    table.attrs["id_column"] = str(id_column).strip()
-    return table
-
-
-class _TableError(DataError):
-    """A side table's error that already names the table."""
+    return pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
 
 
 #: a side table's field that says "no value" (compared lower-case)
@@ -194,17 +184,17 @@ def with_side_features(
         for column in side.columns:
             joined[column] = extra[column]  # the same codes 0..n-1, dtypes kept
         tables[f"{role}s"] = joined
-        raw, matched = table["raw_id"].to_numpy(), len(table) - counted.get(f"{role}_features_without", 0)
+        matched = len(table) - counted.get(f"{role}_features_without", 0)
         counts = {
             "columns": [str(c) for c in side.columns],
             "with_features": matched,
-            "without_features": len(raw) - matched,
+            "without_features": len(table) - matched,
             "rows_not_in_log": len(side) - matched,
         }
         report[f"{role}_features"] = counts
-        if matched < len(raw) / 2:  # most of the log's ids without features: a table of other ids, mostly
+        if matched < len(table) / 2:  # most of the log's ids without features: a table of other ids, mostly
             logger.warning(
-                "%s features from %s cover %d of the log's %d %ss: %s", role, source, matched, len(raw), role, counts
+                "%s features from %s cover %d of the log's %d %ss: %s", role, source, matched, len(table), role, counts
             )
         else:
             logger.info("%s features from %s: %s", role, source or "a table", counts)

@@ -34,7 +34,7 @@ from jaxrec import models, testing
 from jaxrec.core.inner import ORDERS
 from jaxrec.core.newton import newton
 from jaxrec.core.objectives import ALGORITHMS
-from jaxrec.data import Dataset
+from jaxrec.data import Dataset, join_side_files
 from jaxrec.data.tasks import SCHEMES, TASK_SIDES
 
 __all__ = [
@@ -987,6 +987,14 @@ def _resolution_spec(config: ExperimentConfig):
     """A feature spec with MovieLens-like side features, for the parameter structure of the configured model:
     which layers it has does not depend on vocabulary sizes."""
     return dataclasses.replace(testing.reference_spec(item_vocab=8), history=config.history())
+
+
+def with_feature_tables(dataset: Dataset, data: DataConfig) -> Dataset:
+    """``dataset`` with the feature tables ``data`` names (``--item-features``, ``--user-features``) joined
+    (:func:`~jaxrec.data.join_side_files`); ``dataset`` itself when it names none."""
+    return join_side_files(
+        dataset, user_features=data.user_features, item_features=data.item_features, encoding=data.encoding
+    )
 
 
 def with_dataset(config: ExperimentConfig, dataset: Any) -> ExperimentConfig:

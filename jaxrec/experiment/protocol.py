@@ -47,12 +47,11 @@ from jaxrec.core.solvers import Amortized
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, Featurizer, load, read_log
 from jaxrec.data.augment import id_dropout, unknown_fraction
-from jaxrec.data.side import join_side_files
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.tasks import SCENARIOS, TaskSet, build_tasks, cold_start_split, item_release_key, newest_items
 from jaxrec.evaluation.baselines import fit_bias_model
 from jaxrec.evaluation.compare import evaluate_methods
-from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve, with_dataset
+from jaxrec.experiment.config import MIXED_SOLVE, ExperimentConfig, resolve, with_dataset, with_feature_tables
 from jaxrec.experiment.methods import evaluate_experiment, experiment_predictors, fit_baselines
 from jaxrec.scale.sharding import make_mesh
 
@@ -402,13 +401,7 @@ class Experiment:
         # "auto" made concrete before anything is built, so that the recorded config says what ran
         config = config or ExperimentConfig()
         self.config = config = resolve(config if dataset is None else with_dataset(config, dataset))
-        data = config.data
-        self.dataset = join_side_files(  # the feature tables the config names (none: the dataset itself)
-            self._load_dataset() if dataset is None else dataset,
-            user_features=data.user_features,
-            item_features=data.item_features,
-            encoding=data.encoding,
-        )
+        self.dataset = with_feature_tables(self._load_dataset() if dataset is None else dataset, config.data)
         self.data_in_memory = dataset is not None
         if not self.dataset.explicit and dataset is not None:
             raise DataError(
@@ -503,10 +496,8 @@ class Experiment:
     def _load_dataset(self) -> Dataset:
         data = self.config.data
         if data.path is not None:
-            dataset = read_log(data.path, data.columns, sep=data.sep, feedback=data.feedback, encoding=data.encoding)
-        else:
-            dataset = load(data.dataset, data_dir=data.data_dir)
-        return dataset
+            return read_log(data.path, data.columns, sep=data.sep, feedback=data.feedback, encoding=data.encoding)
+        return load(data.dataset, data_dir=data.data_dir)
 
     def _validation_users(self, train_users: np.ndarray) -> np.ndarray:
         """A seeded random ``val_frac`` of the codes in ``train_users`` (users; items, for item tasks)."""

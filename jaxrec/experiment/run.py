@@ -453,11 +453,8 @@ def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | 
     now_record = encoding(_jsonable(experiment.featurizer.to_dict()))
     if now_record != encoding(saved):
         tables = [f"{data[f]} ({f.split('_')[0]} features)" for f in ("item_features", "user_features") if data.get(f)]
-        changed = sorted(  # which of the encodings differ: the ids, or which feature's vocabulary
-            k
-            for k in set(now_record.get("vocabularies", {})) | set(saved.get("vocabularies", {}))
-            if now_record.get("vocabularies", {}).get(k) != saved.get("vocabularies", {}).get(k)
-        )
+        ours, theirs = now_record.get("vocabularies", {}), saved.get("vocabularies", {})
+        changed = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))  # which features
         what = f"; the features that differ: {', '.join(changed)}" if changed else ""
         raise CheckpointError(
             f"{folder}: the data no longer matches the checkpoint (users, items or their features changed since "

@@ -40,7 +40,6 @@ from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.trainer import MetaTrainState, run_steps
 from jaxrec.data import DataError, Dataset, from_dataframe, load, read_log
 from jaxrec.data.augment import id_dropout
-from jaxrec.data.side import join_side_files
 from jaxrec.data.stream import StepBatches, stream
 from jaxrec.data.topn import (
     NegativeSampler,
@@ -65,7 +64,7 @@ from jaxrec.evaluation.topn import (
     rerank_ranker,
     user_orders,
 )
-from jaxrec.experiment.config import HYBRID_PARTNERS, ExperimentConfig, resolve, with_dataset
+from jaxrec.experiment.config import HYBRID_PARTNERS, ExperimentConfig, resolve, with_dataset, with_feature_tables
 from jaxrec.experiment.protocol import CATALOGUE_LOSSES, Learner, config_mesh, trained_catalogue
 from jaxrec.models.common import categorical_fields, multi_hot_fields
 
@@ -212,13 +211,7 @@ class TopNExperiment:
             )
         self.config = config = resolve(config if dataset is None else with_dataset(config, dataset))
         top = config.topn
-        data = config.data
-        self.dataset = join_side_files(  # the feature tables the config names (none: the dataset itself)
-            implicit_dataset(config, dataset),
-            user_features=data.user_features,
-            item_features=data.item_features,
-            encoding=data.encoding,
-        )
+        self.dataset = with_feature_tables(implicit_dataset(config, dataset), config.data)
         self._given_dataset = dataset  # as given (rated or not): what an experiment of this config reads again
         logger.info("%s", self.dataset.summary())
         self.split = topn_split(
