@@ -520,9 +520,9 @@ def test_a_gru_run_serves_each_user_of_a_batch_as_the_recommender_scores_them(tm
         np.testing.assert_allclose(answer.probe_scores, expected, rtol=1e-5, atol=1e-5)
 
 
-def _integer_catalogue():
+def _integer_catalogue(ids=(1, 2, 2571)):
     trained = SimpleNamespace(
-        item_ids=np.array([1, 2, 2571]),
+        item_ids=np.array(ids),
         titles=None,
         config=SimpleNamespace(data=SimpleNamespace(feedback="implicit", positive_threshold=None)),
         featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None)),
@@ -555,6 +555,20 @@ def test_ids_in_other_digits_and_values_beyond_float32_are_refused_not_a_500():
         catalogue.support(None, [1, 2], 8, [1e39, 1.0])
     with pytest.raises(RequestError, match="sum beyond float32"):
         catalogue.support(None, [1, 1], 8, [3e38, 3e38])
+
+
+def test_the_service_matches_integer_ids_as_the_command_line_does():
+    """One reading of an integer id for the service, the command's files and side tables: ``7.0`` was unknown to
+    the service alone, and a 19-digit id (a snowflake id, inside int64) unknown to the command alone."""
+    from jaxrec.experiment.recommend import item_codes_of
+
+    ids = (5, 1234567890123456789, 2**63 - 1)
+    catalogue = _integer_catalogue(ids)
+    asked = [5, "5", " 5 ", "005", 5.0, "5.0", "1234567890123456789", "9223372036854775807", "9223372036854775808"]
+    asked += [True, "5.5", "x", 1e300]
+    codes = [0, 0, 0, 0, 0, 0, 1, 2, -1, -1, -1, -1, -1]
+    assert [catalogue.code(a) if catalogue.code(a) is not None else -1 for a in asked] == codes
+    assert item_codes_of([str(a) for a in asked], np.array(ids)).tolist() == codes
 
 
 def test_seen_items_are_left_out_of_the_served_list_as_the_library_leaves_them_out(implicit_server):

@@ -695,24 +695,40 @@ def side_table(
     return table
 
 
-_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+")
+_INT64_TEXT = r"[+-]?[0-9]{1,19}"  # ASCII digits: str.isdigit() and \\d also take other scripts' digits ("²")
+
+
+def integer_ids(values: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The integers raw ids write, as a log of integer ids reads them: ``7``, ``"7"``, ``" 7 "`` and ``"007"`` are
+    7, and so is a whole number a float writes (``7.0``, ``"7.0"``) while float64 holds it exactly (below ``2^53``);
+    digits are exact to int64's ends (a 19-digit id stays itself, where float64 would merge it with neighbours).
+
+    Returns:
+      ``(ints, ok)``: int64 ``[n]`` (0 where not ok) and bool ``[n]``, False for anything else (text, booleans,
+      fractions, an integer beyond int64): it matches no integer id.
+    """
+    text = pd.Series(list(values), dtype=object).astype(str).str.strip()
+    digits = text.str.fullmatch(_INT64_TEXT).to_numpy(bool)
+    ints = np.zeros(len(text), np.int64)
+    exact = np.array([int(t) for t in text[digits]], dtype=object)
+    fits = np.array([-(2**63) <= v < 2**63 for v in exact], bool)
+    where = np.flatnonzero(digits)[fits]
+    ints[where] = exact[fits].astype(np.int64)
+    ok = np.zeros(len(text), bool)
+    ok[where] = True
+    numeric = pd.to_numeric(text.where(~digits), errors="coerce").to_numpy(np.float64)
+    written = np.isfinite(numeric) & (numeric == np.round(numeric)) & (np.abs(numeric) < 2**53)
+    ints[written] = numeric[written].astype(np.int64)
+    return ints, ok | written
 
 
 def typed_ids(ids: np.ndarray, like: np.ndarray) -> np.ndarray:
-    """Ids typed as a log's (``like``): integers where the log's are (``"7"``, ``"007"``, ``7``, and ``7.0`` as a
-    float writes one), None for anything else (it matches no integer id); text otherwise."""
+    """Ids typed as a log's (``like``): integers where the log's are (:func:`integer_ids`), None for anything else
+    (it matches no integer id); text otherwise."""
     if like.dtype.kind not in "iu":
         return np.array([str(i) for i in ids], dtype=object)
-
-    def integer(value):
-        text = str(value).strip()
-        if _INTEGER_TEXT.fullmatch(text):
-            return int(text)
-        number = pd.to_numeric(text, errors="coerce")
-        whole = pd.notna(number) and float(number) == round(float(number)) and abs(float(number)) < 2**53
-        return int(number) if whole else None
-
-    return np.array([integer(i) for i in ids], dtype=object)
+    ints, ok = integer_ids(ids)
+    return np.array([int(v) if k else None for v, k in zip(ints, ok, strict=True)], dtype=object)
 
 
 # ----------------------------------------------------------------------------------------------------------------

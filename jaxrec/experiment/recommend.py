@@ -18,6 +18,7 @@ from jaxrec.core.inner import adapt
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
 from jaxrec.data import DataError, Featurizer, sniff_separator
+from jaxrec.data.dataset import integer_ids
 from jaxrec.data.topn import support_history
 from jaxrec.evaluation.topn import recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
@@ -293,19 +294,12 @@ def _is_number(text: str) -> bool:
 
 
 def item_codes_of(raw_items, item_ids):
-    """Dataset codes of raw item id strings (-1 when unknown); ids compare as integers when the dataset's are.
-    ``item_ids``: the dataset's raw item ids by code (an array, or a list such as ``featurizer.item_raw_ids``)."""
+    """Dataset codes of raw item id strings (-1 when unknown); ids compare as integers when the dataset's are
+    (:func:`~jaxrec.data.dataset.integer_ids`: ``"7"``, ``"007"`` and ``"7.0"`` are item 7). ``item_ids``: the
+    dataset's raw item ids by code (an array, or a list such as ``featurizer.item_raw_ids``)."""
     item_ids = np.asarray(item_ids)
     if item_ids.dtype.kind in "iu":
-        # integers from their digits (exact beyond 2^53, where float64 would merge neighbouring ids); a whole number
-        # written as a float ("42.0") only while float64 holds it exactly
-        text = pd.Series(raw_items, dtype=object).astype(str).str.strip()
-        digits = text.str.fullmatch(r"[+-]?[0-9]{1,18}").to_numpy(bool)  # ASCII: \d takes other scripts' digits
-        numeric = pd.to_numeric(text.where(~digits), errors="coerce").to_numpy(np.float64)
-        written = np.isfinite(numeric) & (numeric == np.round(numeric)) & (np.abs(numeric) < 2**53)
-        query = np.where(written, numeric, -(2**62)).astype(np.int64)
-        query[digits] = [int(t) for t in text[digits]]
-        whole = digits | written
+        query, whole = integer_ids(raw_items)
     else:
         query, whole = np.asarray(raw_items).astype(str), np.ones(len(raw_items), bool)
         item_ids = item_ids.astype(str)

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from jaxrec.data.dataset import integer_ids
 from jaxrec.experiment.recommend import merge_duplicates, on_scale
 from jaxrec.serve.engine import UserInput
 
 __all__ = ["Catalogue", "RequestError", "UserSupport"]
-
-_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 class RequestError(ValueError):
@@ -77,7 +75,7 @@ class Catalogue:
         raw = np.asarray(trained.item_ids)
         self.integer_ids = raw.dtype.kind in "iu"
         self.ids = [int(x) for x in raw] if self.integer_ids else [str(x) for x in raw]
-        self._code = {self._key(x): code for code, x in enumerate(self.ids)}
+        self._code = {x: code for code, x in enumerate(self.ids)}  # the ids are their own keys
         titles = trained.titles
         self.titles = None if titles is None else [str(t) for t in titles]
         self._folded = None if titles is None else np.char.lower(np.asarray(self.titles, dtype=str))
@@ -91,16 +89,12 @@ class Catalogue:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _key(self, raw: Any) -> str | None:
-        """The lookup key of a raw id: integer ids match ``7``, ``"7"`` and ``" 7 "``; string ids match exactly."""
+    def _key(self, raw: Any) -> int | str | None:
+        """The lookup key of a raw id: integer ids match as the command line's files match them (``7``, ``"7"``,
+        ``" 7 "``, ``7.0``: :func:`~jaxrec.data.dataset.integer_ids`); string ids match exactly."""
         if self.integer_ids:
-            if isinstance(raw, bool):
-                return None
-            if isinstance(raw, int):
-                return str(raw)
-            text = str(raw).strip()
-            # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and other scripts' digits
-            return str(int(text)) if _INTEGER.fullmatch(text) else None
+            ints, ok = integer_ids([raw])
+            return int(ints[0]) if ok[0] else None
         return str(raw)
 
     def code(self, raw: Any) -> int | None:
