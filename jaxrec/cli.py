@@ -55,6 +55,7 @@ from jaxrec.methods import METHODS, grid, recipe
 from jaxrec.scale.host_devices import use_every_core
 from jaxrec.scale.host_memory import keep_freed_host_memory
 from jaxrec.serve import ServingModel, create_app, missing_extra, run_server
+from jaxrec.serve.batch import read_users, recommend_users
 
 __all__ = ["main", "CLIError"]
 
@@ -165,15 +166,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write each scenario's split and every method's predictions (top-N: top-k lists) to DIR",
     )
 
-    r = sub.add_parser("recommend", help="adapt to a new user's few ratings and print the top-k items")
+    r = sub.add_parser("recommend", help="adapt to a new user's few ratings (or a file of users') and print the top-k")
     r.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
-    r.add_argument(
+    given = r.add_mutually_exclusive_group(required=True)
+    given.add_argument(
         "--ratings",
-        required=True,
         help="CSV of item,rating (raw item ids, header optional); for a top-N run also a list of item ids, oldest "
         "first (a run with --support-recency weighs the newest most)",
     )
+    given.add_argument(
+        "--users",
+        metavar="FILE",
+        help="many new users at once: a table (text or Parquet) whose header names user and item columns, "
+        "optionally a rating or weight and a timestamp (each user's rows oldest first); writes user,rank,item,score "
+        "rows (--out, else standard output), ranked as the service ranks them",
+    )
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    r.add_argument("--out", help="with --users: the CSV file to write the lists to (default: standard output)")
+    r.add_argument(
+        "--columns",
+        help="with --users: the file's columns as train's --columns reads them (user,item,weight,timestamp in file "
+        "order, _ to skip one, or user=visitor,item=venue); default: a header's common names",
+    )
     r.add_argument("--timing", action="store_true", help="print the adaptation latency (warm, jit-compiled)")
 
     s = sub.add_parser("serve", help="serve a trained model over HTTP: /recommend, /predict, /items, the demo page")
@@ -533,6 +547,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     """
     if args.k < 1:
         raise CLIError(f"-k must be >= 1, got {args.k}")
+    if args.users is not None:
+        return _recommend_users(args)
+    if args.out is not None or args.columns is not None:
+        raise CLIError("--out and --columns go with --users (one user's --ratings list is printed)")
     codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     for note in notes:
@@ -564,6 +582,37 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             f"adapt + score {len(raw)} items: first call {cold * 1e3:.1f} ms (compiles), warm median "
             f"{warm[len(warm) // 2] * 1e3:.2f} ms"
         )
+    return EXIT_OK
+
+
+def _recommend_users(args: argparse.Namespace) -> int:
+    """``jaxrec recommend --users FILE``: every user's top-k as CSV rows, the counts of what was left out on stderr."""
+    if args.timing:
+        raise CLIError("--timing goes with --ratings (one user); time a file of users with the shell's time")
+    users = read_users(args.users, args.columns)  # a bad file fails before the model is loaded
+    trained = load_trained(args.checkpoint)
+    try:
+        lists, report = recommend_users(trained, users, args.k, where=f"--users {args.users}")
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    _echo(
+        f"note: {len(lists)} item(s) for {report['users'] - report['without_items']} of {report['users']} user(s) "
+        f"from {report['rows']} row(s); {report['unknown']} unknown item(s) ignored, {report['duplicates']} "
+        f"duplicate(s) merged, {report['below_threshold']} below the positive threshold (left out of the list)",
+        err=True,
+    )
+    if report["without_items"]:
+        _echo(
+            f"note: {report['without_items']} user(s) with no item the model knows get no list, e.g. "
+            + ", ".join(report["skipped"]),
+            err=True,
+        )
+    if args.out is None:
+        lists.to_csv(sys.stdout, index=False)
+    else:
+        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        lists.to_csv(Path(args.out).expanduser(), index=False)
+        _echo(f"wrote {args.out}", err=True)
     return EXIT_OK
 
 

@@ -76,6 +76,37 @@ def test_recommend_equals_the_library_recommender_and_excludes_the_rated_items(s
     assert answer["input"] == {"used": 3, "unknown": 0, "unknown_items": [], "duplicates": 0, "below_threshold": 0}
 
 
+def test_a_file_of_users_ratings_gets_each_user_the_recommenders_list_with_titles(run, tmp_path):
+    """``jaxrec recommend --users`` on a rating model: each user's list is the library recommender's, titled."""
+    from jaxrec.serve.batch import read_users, recommend_users
+
+    trained = load_trained(run)
+    catalogue = Catalogue(trained)
+    wanted = {"7": [(TOY_STORY, 5.0), (JUMANJI, 2.5)], "8": [(STAR_WARS, 4.0), (MATRIX, 4.5), (TOY_STORY, 1.0)]}
+    table = tmp_path / "users.csv"
+    table.write_text("userId,movieId,rating\n" + "".join(f"{u},{i},{r}\n" for u, rs in wanted.items() for i, r in rs))
+    lists, report = recommend_users(trained, read_users(table), 5)
+    assert (
+        report["users"] == 2
+        and report["unknown"] == 0
+        and set(lists.columns) == {"user", "rank", "item", "score", "title"}
+    )
+    for user, sent in wanted.items():
+        codes = np.array([catalogue.code(i) for i, _ in sent])
+        best, scores = Recommender(trained, trained.params).top_k(codes, np.array([r for _, r in sent], np.float32), 5)
+        got = lists[lists["user"] == user]
+        assert got["item"].tolist() == [catalogue.ids[c] for c in best]
+        assert got["title"].tolist() == [catalogue.titles[c] for c in best]
+        np.testing.assert_allclose(got["score"].to_numpy(), scores, rtol=1e-5, atol=1e-5)
+    bare = tmp_path / "bare.csv"
+    bare.write_text("userId,movieId\n7,1\n")
+    with pytest.raises(ValueError, match="this model predicts ratings: the file needs a rating column"):
+        recommend_users(trained, read_users(bare), 5)
+    table.write_text("userId,movieId,rating\n7,1,9\n")
+    with pytest.raises(ValueError, match=r"user '7': ratings\[0\] \(item '1'\): rating 9.0 is outside the scale"):
+        recommend_users(trained, read_users(table), 5)
+
+
 def test_a_predicted_rating_beyond_the_scale_is_clipped_to_it_and_ranked_by_the_score(run):
     """A 1-100 log's model printed 'predicted 103.87' and /predict answered -13.5, while MAE clips a prediction to
     the scale. The list is ranked by the model's score, each prediction shown on the scale."""

@@ -224,7 +224,7 @@ def _lookup_codes(sorted_raw: np.ndarray, raw_ids: Any) -> np.ndarray:
 # cleaning
 
 
-def _numeric_column(values: pd.Series, column: str, where: str, line_offset: LineOffset) -> np.ndarray:
+def numeric_column(values: pd.Series, column: str, where: str, line_offset: LineOffset) -> np.ndarray:
     """``values`` as float64, or a :class:`DataError` naming the first non-numeric or missing entry."""
     numeric = pd.to_numeric(values, errors="coerce")
     bad = numeric.isna().to_numpy() | ~np.isfinite(numeric.to_numpy(dtype=np.float64, na_value=np.nan))
@@ -329,7 +329,7 @@ def _where_line(index: int, line_offset: LineOffset) -> str:
     return f"line {index + line_offset}"
 
 
-def _timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: LineOffset) -> np.ndarray:
+def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: LineOffset) -> np.ndarray:
     """Integer seconds of a timestamp column: numbers as they are, datetimes and ISO-8601 text (``2024-01-08``,
     ``2024-01-08T17:00:07Z``; without a zone, UTC) as seconds since 1970-01-01 UTC.
 
@@ -362,7 +362,7 @@ def _timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Lin
                     "value(s) in total)"
                 )
             return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
-    seconds = _numeric_column(col, column, where, line_offset).astype(np.int64)
+    seconds = numeric_column(col, column, where, line_offset).astype(np.int64)
     _warn_mixed_units(seconds, column, where, line_offset)
     return seconds
 
@@ -561,14 +561,14 @@ def from_dataframe(
             report["ids_stripped"],
             _where_line(first, _line_offset),
         )
-    ratings = _numeric_column(df[rating], rating, where, _line_offset) if rating is not None else np.ones(len(df))
+    ratings = numeric_column(df[rating], rating, where, _line_offset) if rating is not None else np.ones(len(df))
     if explicit:
         _check_float32(ratings, rating, where, _line_offset)  # ratings are stored as float32: these would be inf
         if feedback is None:
             _check_not_counts(ratings, rating, where, _line_offset)
     weights = np.ones(len(df), np.float64)
     if weight is not None:
-        weights = _numeric_column(df[weight], weight, where, _line_offset)
+        weights = numeric_column(df[weight], weight, where, _line_offset)
         not_positive = weights <= 0
         if not_positive.any():
             first = int(np.flatnonzero(not_positive)[0])
@@ -580,7 +580,7 @@ def from_dataframe(
         _check_float32(weights, weight, where, _line_offset)
     times = None
     if timestamp is not None:
-        times = _timestamp_seconds(df[timestamp], timestamp, where, _line_offset)
+        times = timestamp_seconds(df[timestamp], timestamp, where, _line_offset)
 
     user_codes, user_uniques = encoded["user"]
     item_codes, item_uniques = encoded["item"]
@@ -1164,6 +1164,15 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
         return True
     following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
     return _unlike_data(text, following)
+
+
+def has_header(path: str | os.PathLike, sep: str, columns: Any = None, encoding: str = "utf-8") -> bool:
+    """Whether line 1 of a separated text file is a header, decided as :func:`from_csv` decides it for ``columns``
+    (its ``columns=``, or None)."""
+    lines = _head_lines(path, 1, encoding)
+    if not lines:
+        raise DataError(f"{path}: file is empty")
+    return _infer_header(Path(path), sep, _split_fields(lines[0], sep), role_columns(columns), encoding)
 
 
 def _strip_ids(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

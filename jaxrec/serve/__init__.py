@@ -3,6 +3,7 @@
 * :class:`ServingModel` (:mod:`jaxrec.serve.engine`): batched adapt-and-rank, compiled per shape bucket at start-up;
 * :class:`MicroBatcher` (:mod:`jaxrec.serve.batching`): concurrent requests gathered into one compiled call;
 * :class:`Catalogue` (:mod:`jaxrec.serve.requests`): item lookup, title search and the checks of a request;
+* :func:`recommend_users` (:mod:`jaxrec.serve.batch`): a file of many new users ranked offline by the same engine;
 * :func:`create_app` (:mod:`jaxrec.serve.app`, needs the extra): the HTTP service and its demo page.
 
 The web modules load on first use, so that the engine works without the extra installed.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
+from jaxrec.serve.batch import read_users, recommend_users
 from jaxrec.serve.batching import MicroBatcher
 from jaxrec.serve.engine import Bucket, Ranked, ServingModel, UserInput
 from jaxrec.serve.requests import Catalogue, RequestError, UserSupport
@@ -28,6 +30,8 @@ __all__ = [
     "UserSupport",
     "create_app",
     "missing_extra",
+    "read_users",
+    "recommend_users",
     "run_server",
 ]
 
