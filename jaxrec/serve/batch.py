@@ -66,6 +66,8 @@ def read_users(path: str | os.PathLike, columns: Any = None) -> pd.DataFrame:
         raise
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, ImportError) as e:
         raise DataError(f"{path}: cannot read as a table of users' interactions: {str(e).strip()[:200]}") from None
+    if frame.empty:
+        raise DataError(f"{path}: no rows of users' interactions")
     roles = resolve_columns(list(frame.columns), columns, header, path, allow_extra=True)
     if "rating" in roles and "weight" in roles:
         raise DataError(f"{path}: a rating and a weight column: give the one a new user's values are")
@@ -143,7 +145,11 @@ def recommend_users(
     report["skipped"] = [str(u) for u in skipped[:5]]
     if skipped:
         logger.info("%d user(s) with no item the model knows get no list (e.g. %s)", len(skipped), skipped[:5])
-    ranked = engine.rank(inputs)
+    # users of similar support sizes batched together: a batch is padded to its longest user's bucket
+    by_size = np.argsort([max(len(u.codes), len(u.seen)) for u in inputs], kind="stable")
+    ranked = [None] * len(inputs)
+    for i, answer in zip(by_size, engine.rank([inputs[i] for i in by_size]), strict=True):
+        ranked[i] = answer
     broken = next((u for u, r in zip(kept, ranked, strict=True) if not r.finite), None)
     if broken is not None:
         raise ValueError(f"{where}: user {broken!r}: the values overflow the model's float32 scores")
