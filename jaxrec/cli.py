@@ -596,9 +596,10 @@ def _recommend_users(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise RunError(str(e)) from None
     _echo(
-        f"note: {len(lists)} item(s) for {report['users'] - report['without_items']} of {report['users']} user(s) "
-        f"from {report['rows']} row(s); {report['unknown']} unknown item(s) ignored, {report['duplicates']} "
-        f"duplicate(s) merged, {report['below_threshold']} below the positive threshold (left out of the list)",
+        f"note: read {report['rows']} row(s) of {report['users']} user(s); wrote the lists of "
+        f"{report['users'] - report['without_items']} ({len(lists)} row(s)); {report['unknown']} unknown item(s) "
+        f"ignored, {report['duplicates']} duplicate(s) merged, {report['below_threshold']} below the positive "
+        "threshold (left out of the list)",
         err=True,
     )
     if report["without_items"]:

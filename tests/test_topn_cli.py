@@ -411,7 +411,10 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     flags = ["--columns", "user=visitor,item=song,weight=plays,timestamp=when", "-k", "5", "--out", str(out)]
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--users", str(table), *flags]) == 0
     text = "\n".join(lines)
-    assert "350 item(s) for 70 of 71 user(s)" in text and "2 unknown item(s) ignored, 1 duplicate(s) merged" in text
+    assert (
+        "read 486 row(s) of 71 user(s); wrote the lists of 70 (350 row(s))" in text
+        and "2 unknown item(s) ignored, 1 duplicate(s) merged" in text
+    )
     assert "1 user(s) with no item the model knows get no list, e.g. lost" in text
     lists = pd.read_csv(out, dtype={"user": str, "item": str})
     assert list(lists.columns) == ["user", "rank", "item", "score"] and lists["user"].nunique() == 70

@@ -817,8 +817,8 @@ class ExperimentConfig:
     seed: int = _field(0, "the seed of every random choice", parse=_int)
     devices: int | str | None = _field(
         None,
-        "train on N devices (or 'all' local devices; on a CPU-only host, N splits its cores into N devices); "
-        "default one device",
+        "compute on N devices, which train, evaluate and serve shard over (or 'all' local devices; on a CPU-only "
+        "host, N splits its cores into N devices); default one device",
         parse=_devices,
     )
 
