@@ -183,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument("--out", help="with --users: the CSV file to write the lists to (default: standard output)")
+    r.add_argument("--sep", help="with --users: the text file's field separator (default: sniffed)")
     r.add_argument(
         "--columns",
         help="with --users: the file's columns as train's --columns reads them (user,item,weight,timestamp in file "
@@ -549,8 +550,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise CLIError(f"-k must be >= 1, got {args.k}")
     if args.users is not None:
         return _recommend_users(args)
-    if args.out is not None or args.columns is not None:
-        raise CLIError("--out and --columns go with --users (one user's --ratings list is printed)")
+    if args.out is not None or args.columns is not None or args.sep is not None:
+        raise CLIError("--out, --columns and --sep go with --users (one user's --ratings list is printed)")
     codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     for note in notes:
@@ -589,30 +590,48 @@ def _recommend_users(args: argparse.Namespace) -> int:
     """``jaxrec recommend --users FILE``: every user's top-k as CSV rows, the counts of what was left out on stderr."""
     if args.timing:
         raise CLIError("--timing goes with --ratings (one user); time a file of users with the shell's time")
-    users = read_users(args.users, args.columns)  # a bad file fails before the model is loaded
+    out = None if args.out is None else Path(args.out).expanduser()
+    if out is not None:  # checked before the slow part
+        if out.is_dir():
+            raise CLIError(f"--out {args.out} is a folder: name the CSV file to write")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CLIError(f"--out {args.out}: cannot create its folder: {e.strerror or e}") from None
+        if not os.access(out.parent, os.W_OK):
+            raise CLIError(f"--out {args.out}: its folder is not writable")
+    users = read_users(args.users, args.columns, args.sep)  # a bad file fails before the model is loaded
     trained = load_trained(args.checkpoint)
     try:
         lists, report = recommend_users(trained, users, args.k, where=f"--users {args.users}")
     except ValueError as e:
         raise RunError(str(e)) from None
+    dropped = f"{report['unknown']} unknown item(s) ignored, {report['duplicates']} duplicate(s) merged"
+    if report["below_threshold"]:
+        dropped += f", {report['below_threshold']} rating(s) below the positive threshold (left out of the lists)"
     _echo(
-        f"note: read {report['rows']} row(s) of {report['users']} user(s); wrote the lists of "
-        f"{report['users'] - report['without_items']} ({len(lists)} row(s)); {report['unknown']} unknown item(s) "
-        f"ignored, {report['duplicates']} duplicate(s) merged, {report['below_threshold']} below the positive "
-        "threshold (left out of the list)",
+        f"note: read {report['rows']} row(s) of {report['users']} user(s); {dropped}; lists for {report['listed']} "
+        f"user(s), {len(lists)} row(s)",
         err=True,
     )
-    if report["without_items"]:
-        _echo(
-            f"note: {report['without_items']} user(s) with no item the model knows get no list, e.g. "
-            + ", ".join(report["skipped"]),
-            err=True,
-        )
-    if args.out is None:
+    notes = [
+        (report["ignored_columns"], f"column(s) not read: {', '.join(report['ignored_columns'])}"),
+        (report["without_items"], f"{report['without_items']} user(s) with no item the model knows: no list"),
+        (
+            report["without_positives"],
+            f"{report['without_positives']} user(s) with every rating below the threshold: no list",
+        ),
+        (report["empty_lists"], f"{report['empty_lists']} user(s) already have every item: an empty list"),
+    ]
+    for shown, note in notes:
+        if shown:
+            _echo(f"note: {note}", err=True)
+    if report["skipped"]:
+        _echo(f"note: users without a list, e.g. {', '.join(report['skipped'])}", err=True)
+    if out is None:
         lists.to_csv(sys.stdout, index=False)
     else:
-        Path(args.out).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        lists.to_csv(Path(args.out).expanduser(), index=False)
+        lists.to_csv(out, index=False)
         _echo(f"wrote {args.out}", err=True)
     return EXIT_OK
 

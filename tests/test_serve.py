@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 from cli_support import TOPN_FLAGS, write_plays
 from serve_support import BUCKET_FLAGS, Server, train_movielens
@@ -78,6 +79,7 @@ def test_recommend_equals_the_library_recommender_and_excludes_the_rated_items(s
 
 def test_a_file_of_users_ratings_gets_each_user_the_recommenders_list_with_titles(run, tmp_path):
     """``jaxrec recommend --users`` on a rating model: each user's list is the library recommender's, titled."""
+    from jaxrec.data import DataError
     from jaxrec.serve.batch import read_users, recommend_users
 
     trained = load_trained(run)
@@ -99,12 +101,28 @@ def test_a_file_of_users_ratings_gets_each_user_the_recommenders_list_with_title
         assert got["title"].tolist() == [catalogue.titles[c] for c in best]
         np.testing.assert_allclose(got["score"].to_numpy(), scores, rtol=1e-5, atol=1e-5)
     bare = tmp_path / "bare.csv"
-    bare.write_text("userId,movieId\n7,1\n")
-    with pytest.raises(ValueError, match="this model predicts ratings: the file needs a rating column"):
+    bare.write_text("userId,movieId,stars\n7,1,4\n")
+    with pytest.raises(ValueError, match=r"the file needs a rating column \(the file's other columns: \['stars'\]"):
         recommend_users(trained, read_users(bare), 5)
-    table.write_text("userId,movieId,rating\n7,1,9\n")
-    with pytest.raises(ValueError, match=r"user '7': ratings\[0\] \(item '1'\): rating 9.0 is outside the scale"):
+    bare.write_text("userId,movieId,plays\n7,1,4\n")
+    with pytest.raises(ValueError, match="this model predicts ratings: a weight column is not a rating"):
+        recommend_users(trained, read_users(bare), 5)
+    table.write_text("userId,movieId,rating\n7,1,4\n\n7,2,9\n")
+    with pytest.raises(ValueError, match=r"line 4 \(user '7'\): rating 9 is outside the model's rating scale"):
         recommend_users(trained, read_users(table), 5)
+    # Parquet: a float column of whole numbers (an integer column with a gap) is the integer ids; a missing id is named
+    pytest.importorskip("pyarrow")
+    parquet = tmp_path / "users.parquet"
+    pd.DataFrame({"userId": [7.0, 7.0], "movieId": [1.0, 2.0], "rating": [5.0, 2.5]}).to_parquet(parquet)
+    lists, _ = recommend_users(trained, read_users(parquet), 5)
+    assert set(lists["user"]) == {"7"}
+    best = Recommender(trained, trained.params).top_k(
+        np.array([catalogue.code(1), catalogue.code(2)]), np.array([5, 2.5], np.float32), 5
+    )[0]
+    assert lists["item"].tolist() == [catalogue.ids[c] for c in best]
+    pd.DataFrame({"userId": [7.0, None], "movieId": [1, 2], "rating": [5.0, 2.5]}).to_parquet(parquet)
+    with pytest.raises(DataError, match="users.parquet: row 1: the user id is missing"):
+        read_users(parquet)
 
 
 def test_a_predicted_rating_beyond_the_scale_is_clipped_to_it_and_ranked_by_the_score(run):
@@ -499,16 +517,34 @@ def test_one_failing_request_does_not_fail_the_requests_batched_with_it():
     assert calls[0] == ["a", "b", "bad", "c"] and sorted(map(tuple, calls[1:])) == [("a",), ("b",), ("bad",), ("c",)]
 
 
-def _catalogue(weighted, positive_threshold=None):
+def _implicit_model(weighted, positive_threshold=None):
+    """What a catalogue reads of a top-N run of the items a, b and c."""
     data = SimpleNamespace(feedback="implicit", positive_threshold=positive_threshold)
-    trained = SimpleNamespace(
+    return SimpleNamespace(
         item_ids=np.array(["a", "b", "c"], dtype=object),
         titles=None,
         config=SimpleNamespace(data=data),
         featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None)),
         weighted=weighted,
     )
-    return Catalogue(trained)
+
+
+def _catalogue(weighted, positive_threshold=None):
+    return Catalogue(_implicit_model(weighted, positive_threshold))
+
+
+def test_a_file_of_users_is_read_as_the_service_reads_requests(tmp_path):
+    """A thresholded model reads ratings, so a weight column is refused (plays were compared with the rating
+    threshold and dropped); a weighted model refuses a weight that is not positive, naming the line."""
+    from jaxrec.serve.batch import read_users, recommend_users
+
+    table = tmp_path / "users.csv"
+    table.write_text("user,item,plays\nu,a,7\nu,b,1\n")
+    with pytest.raises(ValueError, match=r"trained on ratings \(positive threshold 4\): give a rating column"):
+        recommend_users(_implicit_model(False, positive_threshold=4.0), read_users(table), 2)
+    table.write_text("user,item,plays\nu,a,7\nu,b,0\n")
+    with pytest.raises(ValueError, match=r"line 3 \(user 'u'\): weight 0 is not a positive weight"):
+        recommend_users(_implicit_model(True), read_users(table), 2)
 
 
 def test_weights_go_to_a_weighted_model_only():

@@ -389,45 +389,50 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
 
 
 def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(topn_run, tmp_path, monkeypatch):
-    """A file of 70 new users (more than one compiled batch; rows shuffled, put back in order by their time; an
-    unknown item, a repeated one, a user who knows no item) gets, user by user, the list and scores ``jaxrec
-    recommend --ratings`` gives that user alone (the run ranks by its hybrid, weighs plays and the order)."""
+    """A file of 71 new users (more than one compiled batch, of several sizes; rows shuffled, put back in order by
+    their time; an unknown item, a repeated one, a user who knows no item, one who has every item) gets, user by
+    user, the list and scores ``jaxrec recommend --ratings`` gives that user alone (the run ranks by its hybrid,
+    weighs plays and the order)."""
     from jaxrec.experiment.recommend import TopNRecommender, read_ratings_for
     from jaxrec.experiment.trained import load_trained
+    from jaxrec.serve import batch
 
+    monkeypatch.setattr(batch, "_FULL_BATCH_SUPPORT", 16)  # long users fewer a call: 64 of 16 items, 16 of 64
     rng = np.random.default_rng(1)
     rows = []
-    for u in range(70):
-        for t, song in enumerate(rng.choice(60, 3 + u % 9, replace=False)):
+    for u in range(71):
+        for t, song in enumerate(rng.choice(60, 45 if u == 70 else 3 + u % 9, replace=False)):
             rows.append((f"new-{u}", f"song-{song:02d}", 1 + (u + song) % 4, 10 * t))
     rows += [("new-0", "song-99", 3, 5), (rows[-1][0], rows[-1][1], 2, 999), ("lost", "song-98", 1, 0)]
+    rows += [("every", f"song-{song:02d}", 1, song) for song in range(60)]
+    shuffled = [rows[i] for i in rng.permutation(len(rows))]
     table = tmp_path / "users.tsv"
-    table.write_text(
-        "visitor\tsong\tplays\twhen\n"
-        + "".join("\t".join(map(str, rows[i])) + "\n" for i in rng.permutation(len(rows)))
-    )
+    table.write_text("visitor\tsong\tplays\twhen\n" + "".join("\t".join(map(str, r)) + "\n" for r in shuffled))
     lines = capture(monkeypatch)
     out = tmp_path / "lists.csv"
     flags = ["--columns", "user=visitor,item=song,weight=plays,timestamp=when", "-k", "5", "--out", str(out)]
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--users", str(table), *flags]) == 0
     text = "\n".join(lines)
     assert (
-        "read 486 row(s) of 71 user(s); wrote the lists of 70 (350 row(s))" in text
-        and "2 unknown item(s) ignored, 1 duplicate(s) merged" in text
+        f"read {len(rows)} row(s) of 73 user(s); 2 unknown item(s) ignored, 1 duplicate(s) merged; lists for 72 "
+        "user(s), 355 row(s)" in text
     )
-    assert "1 user(s) with no item the model knows get no list, e.g. lost" in text
+    assert "1 user(s) with no item the model knows: no list" in text and "users without a list, e.g. lost" in text
+    assert "1 user(s) already have every item: an empty list" in text
     lists = pd.read_csv(out, dtype={"user": str, "item": str})
-    assert list(lists.columns) == ["user", "rank", "item", "score"] and lists["user"].nunique() == 70
+    assert list(lists.columns) == ["user", "rank", "item", "score"] and lists["user"].nunique() == 71
+    listed = [user for user in pd.unique(pd.Series([r[0] for r in shuffled])) if user not in ("lost", "every")]
+    assert list(pd.unique(lists["user"])) == listed  # in the order of the file
     trained = load_trained(topn_run["out"])
     recommender = TopNRecommender(trained, trained.params)
-    for u in range(70):
+    for u in range(71):
         mine = sorted((r for r in rows if r[0] == f"new-{u}"), key=lambda r: r[3])
         alone = tmp_path / f"user{u}.csv"
         alone.write_text("item,plays\n" + "".join(f"{r[1]},{r[2]}\n" for r in mine))
         codes, weights, _, seen = read_ratings_for(str(topn_run["out"]), str(alone))
         best, scores = recommender.top_k(codes, weights, 5, exclude=seen)
         got = lists[lists["user"] == f"new-{u}"]
-        assert got["rank"].tolist() == [1, 2, 3, 4, 5]
+        assert got["rank"].tolist() == [1, 2, 3, 4, 5], u
         assert got["item"].tolist() == [trained.item_ids[c] for c in best], u
         np.testing.assert_allclose(got["score"].to_numpy(), scores, rtol=1e-5, atol=1e-5)
 
@@ -438,7 +443,8 @@ def test_recommend_users_names_the_file_and_line_of_bad_input(topn_run, tmp_path
         "user\tsong\n1\tsong-00\n": "no item column among the header",
         "user\titem\tplays\nu\tsong-00\tmany\n": "column 'plays' line 2 is not a finite number: 'many'",
         "user\titem\tplays\nu\tsong-00\t-1\n": "user 'u'",
-        "user\titem\ttimestamp\nu\tsong-00\t2024-01-08\nu\tsong-01\tsoon\n": "column 'timestamp' line 3 is not an ISO",
+        "user\titem\ttimestamp\nu\tsong-00\t2024-01-08\n\n\nu\tsong-01\tsoon\n": "'timestamp' line 5 is not an ISO",
+        "user\titem\tplays\nu\tsong-00\t1\nu\tsong-00\t1e39\n": "line 3 (user 'u'): weight 1e+39 is beyond",
     }
     for i, (content, words) in enumerate(cases.items()):
         table = tmp_path / f"bad{i}.tsv"
@@ -447,7 +453,10 @@ def test_recommend_users_names_the_file_and_line_of_bad_input(topn_run, tmp_path
         err = capsys.readouterr().err
         assert str(table) in err and words in err, err
     assert cli.main(["recommend", "--checkpoint", run, "--ratings", str(table), "--out", "x.csv"]) == 1
-    assert "--out and --columns go with --users" in capsys.readouterr().err
+    assert "--out, --columns and --sep go with --users" in capsys.readouterr().err
+    table.write_text("user\titem\nu\tsong-00\n")
+    assert cli.main(["recommend", "--checkpoint", run, "--users", str(table), "--out", str(tmp_path)]) == 1
+    assert "is a folder: name the CSV file to write" in capsys.readouterr().err
 
 
 def test_recommend_reads_a_weighted_models_second_column_as_the_training_log_was_read(topn_run, tmp_path, monkeypatch):

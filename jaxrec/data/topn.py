@@ -527,12 +527,13 @@ def support_history(
     Returns:
       ``(support [T, S, L], query [T, Q, L])`` int32.
     """
-    items = np.where(support_mask, support_items, 0).astype(np.int32)
-    n_support = items.shape[1]
-    own = np.eye(n_support, dtype=bool)[None]  # [1, S, S]: row r's own slot
-    support = np.where(own, 0, np.broadcast_to(items[:, None, :], (len(items), n_support, n_support)))
-    query = np.broadcast_to(items[:, None, :], (len(items), query_rows, n_support))
-    return _pad_history(support, length), _pad_history(np.ascontiguousarray(query), length)
+    items = _pad_history(np.where(support_mask, support_items, 0).astype(np.int32), length)  # [T, L]
+    n_support = support_items.shape[1]
+    # row r's own slot (within the first L) zeroed: [T, S, L], never [T, S, S] (a user of thousands of items)
+    own = np.arange(n_support)[:, None] == np.arange(length)[None, :]  # [S, L]
+    support = np.where(own[None], 0, items[:, None, :])
+    query = np.broadcast_to(items[:, None, :], (len(items), query_rows, length))
+    return support, np.ascontiguousarray(query)
 
 
 def _pad_history(items: np.ndarray, length: int) -> np.ndarray:

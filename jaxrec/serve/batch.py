@@ -19,6 +19,7 @@ import pandas as pd
 
 from jaxrec.data import DataError, sniff_separator
 from jaxrec.data.dataset import has_header, numeric_column, resolve_columns, role_columns, timestamp_seconds
+from jaxrec.experiment.recommend import on_scale
 from jaxrec.serve.engine import ServingModel
 from jaxrec.serve.requests import Catalogue, RequestError
 
@@ -26,33 +27,61 @@ __all__ = ["read_users", "recommend_users"]
 
 logger = logging.getLogger(__name__)
 
+#: the support sizes a batch is padded to: powers of two from this one
+_SMALLEST_SUPPORT = 16
+#: a batch of ``batch`` users is padded to at most this many support rows a user; longer users go fewer a call
+_FULL_BATCH_SUPPORT = 256
 
-def read_users(path: str | os.PathLike, columns: Any = None) -> pd.DataFrame:
-    """Read a file of users' interactions (separated text, ``.gz`` allowed, or Parquet), its columns found as the
-    log reader finds them (:func:`~jaxrec.data.from_csv`): by a header's common names (``user``/``userId``,
-    ``item``/``movieId``, ``rating``, ``weight``/``plays``, ``timestamp``), or by ``columns`` (``--columns``:
-    ``"user,item,weight,timestamp"`` in file order, ``_`` for a column to skip, or ``"user=visitor,item=venue"``).
+
+def _ids(column: pd.Series, role: str, where: str, lines: np.ndarray | None) -> pd.Series:
+    """A Parquet or text column of ids as text: a missing id is an error; whole numbers a float column holds
+    (``7.0``, as Parquet writes an integer column with a gap) written as integers."""
+    missing = column.isna().to_numpy()
+    if missing.any():
+        i = int(np.flatnonzero(missing)[0])
+        raise DataError(f"{where}: {_place(i, lines)}: the {role} id is missing")
+    if pd.api.types.is_float_dtype(column) and (column == np.round(column)).all():
+        column = column.astype(np.int64)
+    return column.astype(str).str.strip()
+
+
+def _place(i: int, lines: np.ndarray | None) -> str:
+    return f"row {i}" if lines is None else f"line {int(lines[i])}"
+
+
+def _row_of(users: pd.DataFrame, i: int) -> str:
+    """Where row ``i`` of :func:`read_users`' frame is in its file: its line, or a Parquet file's row."""
+    line = int(users["line"].iat[i])
+    return f"line {line}" if line >= 0 else f"row {int(users['order'].iat[i])}"
+
+
+def read_users(path: str | os.PathLike, columns: Any = None, sep: str | None = None) -> pd.DataFrame:
+    """Read a file of users' interactions (separated text, ``.gz`` allowed, or Parquet: a file or a folder), its
+    columns found as the log reader finds them (:func:`~jaxrec.data.from_csv`): by a header's common names
+    (``user``/``userId``, ``item``/``movieId``, ``rating``, ``weight``/``plays``, ``timestamp``), or by ``columns``
+    (``--columns``: ``"user,item,weight,timestamp"`` in file order, ``_`` for a column to skip, or
+    ``"user=visitor,item=venue"``).
 
     Returns:
-      ``user`` and ``item`` (raw ids as text, spaces around them stripped, as the log's), ``value`` (float64: the
-      rating or weight, when the file has one) and ``line`` (the row's line in the file, or its row in a Parquet
-      file), each user's rows oldest first: by the timestamp where there is one (ties in file order), else in file
-      order.
+      ``user`` and ``item`` (raw ids as text, spaces around them stripped, as the log's), ``rating`` or ``weight``
+      (float64, when the file has one), ``line`` (the row's line in a text file, -1 in a Parquet file) and
+      ``order`` (the row's place in the file), each user's rows oldest first: by the timestamp where there is one
+      (ties in file order), else in file order. ``attrs["ignored_columns"]`` lists the file's columns in no role.
 
     Raises:
-      DataError: naming the file, and the column or line: a missing user or item column, a value that is not a
-        number, a time that does not parse, an empty id.
+      DataError: naming the file, and the column and line (a Parquet file: row): a missing user or item column, a
+        value that is not a number, a time that does not parse, an empty or missing id, a rating beside a weight.
     """
     path = Path(path).expanduser()
-    if not path.is_file():
+    parquet = path.suffix.lower() in (".parquet", ".pq") or path.is_dir()
+    if not (path.is_file() or (parquet and path.is_dir())):
         raise DataError(f"{path}: file not found")
-    parquet = path.suffix.lower() in (".parquet", ".pq")
     columns = role_columns(columns)
     try:
         if parquet:
-            frame, header = pd.read_parquet(path).astype(str), True
+            frame, header = pd.read_parquet(path), True
         else:
-            sep = sniff_separator(path)
+            sep = sep or sniff_separator(path)
             header = has_header(path, sep, columns)
             frame = pd.read_csv(
                 path,
@@ -60,30 +89,78 @@ def read_users(path: str | os.PathLike, columns: Any = None) -> pd.DataFrame:
                 header=0 if header else None,
                 dtype=str,
                 keep_default_na=False,
+                skip_blank_lines=False,  # kept, then dropped: each row keeps its line number
                 engine="python" if len(sep) > 1 else "c",
             )
     except DataError:
         raise
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, ImportError) as e:
         raise DataError(f"{path}: cannot read as a table of users' interactions: {str(e).strip()[:200]}") from None
+    lines = None
+    if not parquet:
+        lines = np.arange(len(frame)) + 1 + int(header)
+        blank = (frame.isna() | (frame == "")).all(axis=1).to_numpy()
+        frame, lines = frame[~blank].reset_index(drop=True), lines[~blank]
     if frame.empty:
         raise DataError(f"{path}: no rows of users' interactions")
     roles = resolve_columns(list(frame.columns), columns, header, path, allow_extra=True)
     if "rating" in roles and "weight" in roles:
-        raise DataError(f"{path}: a rating and a weight column: give the one a new user's values are")
-    out = pd.DataFrame({"user": frame[roles["user"]].str.strip(), "item": frame[roles["item"]].str.strip()})
-    out["line"] = np.arange(len(frame)) + (1 if parquet else 1 + int(header))
-    lines = out["line"].to_numpy()
-    if (value := roles.get("rating", roles.get("weight"))) is not None:
-        out["value"] = numeric_column(frame[value], value, str(path), lines)
+        raise DataError(f"{path}: a rating column and a weight column: give the one that holds a new user's values")
+    where = str(path)
+    out = pd.DataFrame({role: _ids(frame[roles[role]], role, where, lines) for role in ("user", "item")})
+    out["line"] = -1 if lines is None else lines
+    out["order"] = np.arange(len(frame))
+    for role in ("rating", "weight"):
+        if role in roles:
+            out[role] = numeric_column(frame[roles[role]], roles[role], where, lines)
     if (time := roles.get("timestamp")) is not None:
-        out["time"] = timestamp_seconds(frame[time], time, str(path), lines)
+        out["time"] = timestamp_seconds(frame[time], time, where, lines)
         out = out.sort_values("time", kind="stable").drop(columns="time")
     empty = (out["user"] == "").to_numpy() | (out["item"] == "").to_numpy()
     if empty.any():
         i = int(np.flatnonzero(empty)[0])
-        raise DataError(f"{path}: line {out['line'].iat[i]}: an empty user or item id")
-    return out.reset_index(drop=True)
+        raise DataError(f"{where}: {_place(int(out['order'].iat[i]), lines)}: an empty user or item id")
+    out = out.reset_index(drop=True)
+    out.attrs["ignored_columns"] = [str(c) for c in frame.columns if c not in roles.values()]
+    return out
+
+
+def _values(catalogue: Catalogue, users: pd.DataFrame, where: str) -> np.ndarray | None:
+    """The rows' values as the model reads them (None: interactions, each a positive of weight 1), checked row by
+    row so that an error names the line: a rating model needs ratings on its scale; a thresholded top-N model reads
+    ratings, not weights; a weighted one reads positive weights."""
+    ignored = users.attrs.get("ignored_columns", [])
+    hint = f" (the file's other columns: {ignored}; name one with --columns rating=<name>)" if ignored else ""
+    if not catalogue.implicit:
+        if "rating" not in users:
+            what = "a weight column is not a rating" if "weight" in users else "the file needs a rating column"
+            raise ValueError(f"{where}: this model predicts ratings: {what}{hint}")
+    elif catalogue.positive_threshold is not None and "weight" in users:
+        raise ValueError(
+            f"{where}: this model was trained on ratings (positive threshold {catalogue.positive_threshold:g}): give "
+            "a rating column to compare with it, or the items alone (each an interaction), not a weight column"
+        )
+    column = "rating" if "rating" in users else "weight" if "weight" in users else None
+    if column is None:
+        return None
+    values = users[column].to_numpy(np.float64)
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(values.astype(np.float32))
+    usable = finite.copy()
+    if not catalogue.implicit and catalogue.rating_range is not None:
+        usable &= on_scale(values, catalogue.rating_range)
+    elif catalogue.weighted:
+        usable &= values > 0
+    if not usable.all():
+        i = int(np.argmin(usable))
+        entry = f"{where}: {_row_of(users, i)} (user {users['user'].iat[i]!r}): {column} {values[i]:g}"
+        if not finite[i]:
+            raise ValueError(f"{entry} is beyond float32, the model's precision")
+        if not catalogue.implicit:
+            low, high = catalogue.rating_range
+            raise ValueError(f"{entry} is outside the model's rating scale [{low:g}, {high:g}]")
+        raise ValueError(f"{entry} is not a positive weight (this model was trained on weighted interactions)")
+    return values
 
 
 def recommend_users(
@@ -91,65 +168,62 @@ def recommend_users(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The top ``k`` unseen items of every user of ``users`` (:func:`read_users`), as the service ranks them.
 
+    Users are batched by their number of items (a batch is padded to its longest user's), and a batch of long users
+    holds fewer of them: a user of thousands of items is ranked alone.
+
     Args:
       trained: the run's :class:`~jaxrec.experiment.trained.TrainedModel`.
-      users: ``user``, ``item`` and optionally ``value`` rows, each user's oldest first.
+      users: ``user``, ``item``, ``line`` and optionally ``rating`` or ``weight`` rows, each user's oldest first.
       k: how many items per user.
-      batch: users per compiled call.
+      batch: the most users per compiled call.
       where: how errors name the input (the file).
 
     Returns:
       ``(lists, report)``: a frame of ``user``, ``rank`` (1 = best), ``item`` (raw id), ``score`` (and ``title``
-      where the run has titles), users in the order they first appear; and the counts: ``users``, ``rows``,
-      ``unknown`` (rows of items not in the catalogue, ignored), ``duplicates`` (merged),
-      ``below_threshold`` (ratings below the run's positive threshold: not adapted to, left out of the list) and
-      ``without_items`` (users with no known item, who get no list) with up to five of them in ``skipped``.
+      where the run has titles), users in the order they first appear in the file; and the counts: ``users``,
+      ``rows``, ``unknown`` (rows of items not in the catalogue, ignored), ``duplicates`` (merged),
+      ``below_threshold`` (ratings below the run's positive threshold: not adapted to, left out of the list),
+      ``without_items`` (users with no known item), ``without_positives`` (users whose known items are all rated
+      below the threshold), neither of whom gets a list (up to five of each in ``skipped``), ``listed`` (users
+      with a list) and ``ignored_columns``.
 
     Raises:
-      ValueError: ``k`` or ``batch`` below 1, a file without ratings for a rating model, or a user's values the
-        model cannot take (off the scale, not a positive weight, beyond float32), naming the user.
+      ValueError: ``k`` or ``batch`` below 1, a file whose values the model cannot read as it needs (a rating
+        model without ratings, weights for a thresholded model), or a value it cannot take (off the scale, not a
+        positive weight, beyond float32), naming the line and the user.
     """
     if k < 1 or batch < 1:
         raise ValueError(f"k and batch must be >= 1, got {k} and {batch}")
     catalogue = Catalogue(trained)
-    if "value" not in users and not catalogue.implicit:
-        raise ValueError(f"{where}: this model predicts ratings: the file needs a rating column")
-    order = pd.unique(users["user"])
+    values = _values(catalogue, users, where)
     groups = users.groupby("user", sort=False).indices
-    longest = max((len(groups[u]) for u in order), default=1)
-    sizes = [16]
-    while sizes[-1] < longest:
-        sizes.append(sizes[-1] * 4)
-    engine = ServingModel(trained, batch_sizes=(batch,), support_sizes=sizes, max_k=k, devices=1)
-    report = {"users": len(order), "rows": len(users), "unknown": 0, "duplicates": 0, "below_threshold": 0}
-    inputs, kept, skipped = [], [], []
-    items, values = users["item"].to_numpy(), users["value"].to_numpy() if "value" in users else None
+    first = users.groupby("user", sort=False)["order"].min()
+    order = list(first.sort_values(kind="stable").index)
+    report: dict[str, Any] = {"users": len(order), "rows": len(users), "unknown": 0, "duplicates": 0}
+    report.update(below_threshold=0, ignored_columns=list(users.attrs.get("ignored_columns", [])))
+    items = users["item"].to_numpy()
+    inputs, kept, no_items, no_positives = [], [], [], []
+    longest = max((len(rows) for rows in groups.values()), default=1)
     for user in order:
         rows = groups[user]
+        sent = (
+            (None, list(items[rows])) if values is None else (list(zip(items[rows], values[rows], strict=True)), None)
+        )
         try:
-            if values is None:
-                support = catalogue.support(None, list(items[rows]), sizes[-1])
-            else:
-                support = catalogue.support(list(zip(items[rows], values[rows], strict=True)), None, sizes[-1])
-        except RequestError as e:
+            support = catalogue.support(*sent, max(longest, 1))
+        except RequestError as e:  # what the row checks above cannot see: a repeated item's weights summed
             raise ValueError(f"{where}: user {user!r}: {e}") from None
         report["unknown"] += len(support.unknown)
         report["duplicates"] += support.duplicates
         report["below_threshold"] += support.below_threshold
         if len(support.codes) == 0:
-            skipped.append(user)
+            (no_positives if support.below_threshold else no_items).append(user)
             continue
         inputs.append(catalogue.user_input(support, k))
         kept.append(user)
-    report["without_items"] = len(skipped)
-    report["skipped"] = [str(u) for u in skipped[:5]]
-    if skipped:
-        logger.info("%d user(s) with no item the model knows get no list (e.g. %s)", len(skipped), skipped[:5])
-    # users of similar support sizes batched together: a batch is padded to its longest user's bucket
-    by_size = np.argsort([max(len(u.codes), len(u.seen)) for u in inputs], kind="stable")
-    ranked = [None] * len(inputs)
-    for i, answer in zip(by_size, engine.rank([inputs[i] for i in by_size]), strict=True):
-        ranked[i] = answer
+    report.update(without_items=len(no_items), without_positives=len(no_positives), listed=len(kept))
+    report["skipped"] = [str(u) for u in (no_items[:5] + no_positives[:5])]
+    ranked = _rank(trained, inputs, k, batch)
     broken = next((u for u, r in zip(kept, ranked, strict=True) if not r.finite), None)
     if broken is not None:
         raise ValueError(f"{where}: user {broken!r}: the values overflow the model's float32 scores")
@@ -165,4 +239,34 @@ def recommend_users(
     )
     if catalogue.titles is not None:
         lists["title"] = np.asarray(catalogue.titles, dtype=object)[codes]
+    report["empty_lists"] = int(sum(n == 0 for n in lengths))  # a user who has every item
+    logger.info("ranked %d user(s); %d without a list", len(kept), len(no_items) + len(no_positives))
     return lists, report
+
+
+def _rank(trained: Any, inputs: list, k: int, batch: int) -> list:
+    """The engine's answers for ``inputs``, in their order: users sorted by size, each size bucket's users in calls
+    of at most ``batch * _FULL_BATCH_SUPPORT / size`` users (at least one)."""
+    if not inputs:
+        return []
+    need = np.array([max(len(u.codes), len(u.seen)) for u in inputs])
+    sizes = [_SMALLEST_SUPPORT]
+    while sizes[-1] < need.max():
+        sizes.append(sizes[-1] * 2)
+
+    def per_call(size: int) -> int:
+        return max(1, min(batch, batch * _FULL_BATCH_SUPPORT // size))
+
+    engine = ServingModel(
+        trained, batch_sizes=sorted({per_call(s) for s in sizes}), support_sizes=sizes, max_k=k, devices=1
+    )
+    bucket_of = np.array([engine.bucket_for(1, n).support for n in need])
+    ranked: list = [None] * len(inputs)
+    for size in sorted(set(bucket_of.tolist())):
+        members = np.flatnonzero(bucket_of == size)
+        step = per_call(size)
+        for start in range(0, len(members), step):
+            chunk = members[start : start + step]
+            for i, answer in zip(chunk, engine.rank([inputs[i] for i in chunk]), strict=True):
+                ranked[i] = answer
+    return ranked

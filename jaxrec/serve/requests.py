@@ -93,6 +93,13 @@ class Catalogue:
         """The lookup key of a raw id: integer ids match as the command line's files match them (``7``, ``"7"``,
         ``" 7 "``, ``7.0``: :func:`~jaxrec.data.dataset.integer_ids`); string ids match exactly."""
         if self.integer_ids:
+            if type(raw) is int:  # the common cases without pandas: a file of thousands of users asks per row
+                return raw
+            if isinstance(raw, str):
+                text = raw.strip()
+                digits = text[1:] if text[:1] in "+-" else text
+                if digits.isascii() and digits.isdigit() and len(digits) <= 18:
+                    return int(text)
             ints, ok = integer_ids([raw])
             return int(ints[0]) if ok[0] else None
         return str(raw)
