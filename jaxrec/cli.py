@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument("--out", help="with --users: the CSV file to write the lists to (default: standard output)")
     r.add_argument("--sep", help="with --users: the text file's field separator (default: sniffed)")
+    r.add_argument("--encoding", default="utf-8", help="with --users: the text file's encoding (default utf-8)")
     r.add_argument(
         "--columns",
         help="with --users: the file's columns as train's --columns reads them (user,item,weight,timestamp in file "
@@ -600,7 +601,9 @@ def _recommend_users(args: argparse.Namespace) -> int:
             raise CLIError(f"--out {args.out}: cannot create its folder: {e.strerror or e}") from None
         if not os.access(out.parent, os.W_OK):
             raise CLIError(f"--out {args.out}: its folder is not writable")
-    users = read_users(args.users, args.columns, args.sep)  # a bad file fails before the model is loaded
+    users = read_users(
+        args.users, args.columns, args.sep, encoding=args.encoding
+    )  # a bad file fails before the model is loaded
     trained = load_trained(args.checkpoint)
     try:
         lists, report = recommend_users(trained, users, args.k, where=f"--users {args.users}")
@@ -616,6 +619,11 @@ def _recommend_users(args: argparse.Namespace) -> int:
     )
     notes = [
         (report["ignored_columns"], f"column(s) not read: {', '.join(report['ignored_columns'])}"),
+        (
+            report["values_ignored"],
+            f"the model was trained on interactions without weights: the {report['values_ignored']} column is "
+            "ignored, each item counts once",
+        ),
         (report["without_items"], f"{report['without_items']} user(s) with no item the model knows: no list"),
         (
             report["without_positives"],

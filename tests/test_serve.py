@@ -545,6 +545,37 @@ def test_a_file_of_users_is_read_as_the_service_reads_requests(tmp_path):
     table.write_text("user,item,plays\nu,a,7\nu,b,0\n")
     with pytest.raises(ValueError, match=r"line 3 \(user 'u'\): weight 0 is not a positive weight"):
         recommend_users(_implicit_model(True), read_users(table), 2)
+    # an unweighted model counts each item once: a weight column it does not read is reported, not passed over
+    table.write_text("user,item,plays,note\nu,zz,7,x\n")
+    lists, report = recommend_users(_implicit_model(False), read_users(table), 2)
+    assert len(lists) == 0 and report["without_items"] == 1 and report["unknown"] == 1
+    assert report["values_ignored"] == "weight" and report["ignored_columns"] == ["note"]
+
+
+def test_a_file_of_users_is_read_as_the_log_readers_read_a_log(tmp_path):
+    """The log readers' rules, not a second reader's: blank lines before the header, a quote inside a tab-separated
+    id, a separator of two characters; Parquet known by its bytes, float ids of whole numbers, ids beyond 2^53."""
+    from jaxrec.data import DataError
+    from jaxrec.serve.batch import read_users
+
+    table = tmp_path / "users.csv"
+    table.write_text("\n\nuser,item,rating\nu,a,4\n\nu,b,x\n")
+    with pytest.raises(DataError, match="column 'rating' line 6 is not a finite number"):
+        read_users(table)
+    table.write_text('user\titem\nu\ta"b\n')
+    assert read_users(table)["item"].tolist() == ['a"b']
+    with pytest.raises(DataError, match="separator '\\|\\|': give one character"):
+        read_users(table, sep="||")
+    pytest.importorskip("pyarrow")
+    parquet = tmp_path / "users.bin"  # no .parquet suffix
+    pd.DataFrame({"user": [1.0, 2.0], "item": [5, 6], "extra": [0, 0]}).to_parquet(parquet)
+    users = read_users(parquet)
+    assert users["user"].tolist() == ["1", "2"] and users.attrs["ignored_columns"] == ["extra"]
+    with pytest.raises(DataError, match="a Parquet file has no separator"):
+        read_users(parquet, sep=",")
+    pd.DataFrame({"user": [1.0, 1e20], "item": [5, 6]}).to_parquet(parquet)
+    with pytest.raises(DataError, match=r"row 1 holds 1e\+20, not a whole user id \(below 2\^53\)"):
+        read_users(parquet)
 
 
 def test_weights_go_to_a_weighted_model_only():
@@ -632,8 +663,8 @@ def test_the_service_matches_integer_ids_as_the_command_line_does():
     ids = (5, 1234567890123456789, 2**63 - 1)
     catalogue = _integer_catalogue(ids)
     asked = [5, "5", " 5 ", "005", 5.0, "5.0", "1234567890123456789", "9223372036854775807", "9223372036854775808"]
-    asked += [True, "5.5", "x", 1e300]
-    codes = [0, 0, 0, 0, 0, 0, 1, 2, -1, -1, -1, -1, -1]
+    asked += [True, "5.5", "x", 1e300, "0000000000000000000005"]
+    codes = [0, 0, 0, 0, 0, 0, 1, 2, -1, -1, -1, -1, -1, 0]
     assert [catalogue.code(a) if catalogue.code(a) is not None else -1 for a in asked] == codes
     assert item_codes_of([str(a) for a in asked], np.array(ids)).tolist() == codes
 

@@ -33,7 +33,17 @@ import pandas as pd
 
 from jaxrec.core.errors import JaxrecError
 
-__all__ = ["DataError", "Dataset", "from_dataframe", "from_csv", "sniff_separator"]
+__all__ = [
+    "DataError",
+    "Dataset",
+    "from_csv",
+    "from_dataframe",
+    "integer_ids",
+    "numeric_column",
+    "read_log_table",
+    "sniff_separator",
+    "timestamp_seconds",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -695,7 +705,7 @@ def side_table(
     return table
 
 
-_INT64_TEXT = r"[+-]?[0-9]{1,19}"  # ASCII digits: str.isdigit() and \\d also take other scripts' digits ("²")
+_INT64_TEXT = r"[+-]?0*[0-9]{1,19}"  # ASCII digits: str.isdigit() and \\d also take other scripts' digits ("²")
 
 
 def integer_ids(values: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -1166,15 +1176,6 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
     return _unlike_data(text, following)
 
 
-def has_header(path: str | os.PathLike, sep: str, columns: Any = None, encoding: str = "utf-8") -> bool:
-    """Whether line 1 of a separated text file is a header, decided as :func:`from_csv` decides it for ``columns``
-    (its ``columns=``, or None)."""
-    lines = _head_lines(path, 1, encoding)
-    if not lines:
-        raise DataError(f"{path}: file is empty")
-    return _infer_header(Path(path), sep, _split_fields(lines[0], sep), role_columns(columns), encoding)
-
-
 def _strip_ids(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Encoded text ids without the spaces around them (a log written as ``u1, i5``: the space is the writer's, and
     kept it would make `` i5`` another item than ``i5``): ``(codes, uniques, rows changed)``, the codes again dense
@@ -1208,6 +1209,51 @@ def _exact_ids(values: pd.Series) -> pd.Series:
     if not (text.str.strip().str.len().to_numpy() == written).all():
         return values
     return pd.Series(ints[codes], index=values.index, name=values.name)
+
+
+def read_log_table(
+    path: str | os.PathLike,
+    columns: Any = None,
+    sep: str | None = None,
+    header: bool | str = "infer",
+    *,
+    encoding: str = "utf-8",
+    allow_extra: bool = False,
+) -> tuple[pd.DataFrame, dict, np.ndarray, bool]:
+    """The rows of a separated text log and the column of each role, read as :func:`from_csv` reads them (the
+    separator sniffed, the header inferred, ids kept as their exact text, blank lines skipped, each row's line kept).
+
+    Returns:
+      ``(frame, roles, lines, header)``: the table (every column), ``{role: column}``, each row's 1-based line in
+      the file, and whether line 1 was a header.
+
+    Raises:
+      DataError: naming the file, and the line or column, as :func:`read_table` and :func:`resolve_columns` do.
+    """
+    path = Path(path)
+    columns = role_columns(columns)
+    if sep is not None and len(sep) != 1 and sep != "::":
+        raise DataError(f"{path}: separator {sep!r}: give one character (',', '\\t', ';', '|') or '::'")
+    sep = sep or sniff_separator(path)
+    first = _head_lines(path, 1, encoding)
+    if not first:
+        raise DataError(f"{path}: file is empty")
+    fields = _split_fields(first[0], sep)
+    if len(fields) < 2:
+        raise DataError(
+            f"{path}: line 1 ({first[0][:80]!r}) has a single field with separator {sep!r}: wrong separator? "
+            "(sep=None sniffs it)"
+        )
+    if header == "infer":
+        header = _infer_header(path, sep, fields, columns, encoding)
+        logger.info("%s: line 1 read as %s", path, "a header" if header else "data (no header)")
+    header = bool(header)
+    labels = table_columns(path, sep, header, encoding=encoding)
+    roles = resolve_columns(labels, columns, header, path, allow_extra)
+    ids = [labels.index(roles[role]) for role in ("user", "item")]
+    frame = read_table(path, sep, None, header, encoding=encoding, text_columns=ids, line_numbers=True)
+    lines = frame.index.to_numpy()
+    return frame.reset_index(drop=True), roles, lines, header
 
 
 def from_csv(
@@ -1265,27 +1311,8 @@ def from_csv(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    frame, roles, lines, header = read_log_table(path, columns, sep, header, encoding=encoding, allow_extra=allow_extra)
     columns = role_columns(columns)
-    sep = sep or sniff_separator(path)
-    first = _head_lines(path, 1, encoding)
-    if not first:
-        raise DataError(f"{path}: file is empty")
-    fields = _split_fields(first[0], sep)
-    if len(fields) < 2:
-        raise DataError(
-            f"{path}: line 1 ({first[0][:80]!r}) has a single field with separator {sep!r}: wrong separator? "
-            "(sep=None sniffs it)"
-        )
-    if header == "infer":
-        header = _infer_header(path, sep, fields, columns, encoding)
-        logger.info("%s: line 1 read as %s", path, "a header" if header else "data (no header)")
-    header = bool(header)
-    labels = table_columns(path, sep, header, encoding=encoding)
-    roles = resolve_columns(labels, columns, header, path, allow_extra)
-    ids = [labels.index(roles[role]) for role in ("user", "item")]
-    frame = read_table(path, sep, None, header, encoding=encoding, text_columns=ids, line_numbers=True)
-    lines = frame.index.to_numpy()
-    frame = frame.reset_index(drop=True)
     for role in ("user", "item"):
         frame[roles[role]] = _exact_ids(frame[roles[role]])
     if feedback == "implicit" and columns is None and not header and "rating" in roles and positive_threshold is None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxrec.data.dataset import DataError, Dataset, from_dataframe, resolve_columns, role_arguments, role_columns
 
-__all__ = ["from_parquet", "is_parquet"]
+__all__ = ["from_parquet", "is_parquet", "read_parquet_roles"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +87,19 @@ def _check_types(schema: Any, roles: Mapping[str, str], path: Path) -> None:
 
 
 def _whole_ids(frame: Any, column: str, role: str, path: Path) -> None:
-    """A float id column of whole numbers as integers (in place); a fraction is a :class:`DataError` naming its
-    row. Missing ids are left for :func:`from_dataframe` to name."""
+    """A float id column of whole numbers as integers (in place); a fraction, an infinity or a number beyond float64's
+    exact integers (``2^53``, where neighbouring ids merge) is a :class:`DataError` naming its row. Missing ids are
+    left for :func:`from_dataframe` to name."""
     values = frame[column].to_numpy(np.float64)
     present = ~np.isnan(values)
-    fraction = present & (values != np.round(values))
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2**53)
+    fraction = present & ~whole
     if fraction.any():
         first = int(np.flatnonzero(fraction)[0])
-        raise DataError(f"{path}: column {column!r} row {first} holds {values[first]:g}, not a whole {role} id")
+        raise DataError(
+            f"{path}: column {column!r} row {first} holds {values[first]:g}, not a whole {role} id (below 2^53)"
+        )
     if present.all():
         frame[column] = values.astype(np.int64)
 
@@ -134,25 +139,8 @@ def from_parquet(
         :func:`~jaxrec.data.from_dataframe` (named with its column and row).
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    pa = _pyarrow()
-    skipped: list[str] = []
-    try:
-        dataset, skipped = _open(path)
-        schema = dataset.schema
-    except (pa.ArrowException, OSError) as unreadable:
-        raise DataError(f"{path}: not a readable Parquet file or folder: {unreadable}") from unreadable
-    labels = [label for label in schema.names if not label.startswith("__index_level_")]  # pandas' saved index
-    roles = resolve_columns(labels, role_columns(columns), True, path, allow_extra)
-    _check_types(schema, roles, path)
-    wanted = list(dict.fromkeys(roles.values()))
-    table = _read(dataset, wanted, path)
-    frame = _frame(table, wanted, path)
-    for role in ("user", "item"):
-        if frame[roles[role]].dtype.kind == "f":
-            _whole_ids(frame, roles[role], role, path)
-    logger.info("%s: read %d row(s) of column(s) %s", path, len(frame), wanted)
+    frame, roles, found = read_parquet_roles(path, columns, allow_extra=allow_extra)
+    dataset, skipped, wanted = found["dataset"], found["skipped"], found["read"]
     try:
         ds = from_dataframe(
             frame,
@@ -167,6 +155,42 @@ def from_parquet(
         raise _in_file(bad, dataset, path) from bad
     ds.report = {"columns_read": wanted, **({"files_skipped": len(skipped)} if skipped else {}), **ds.report}
     return ds
+
+
+def read_parquet_roles(
+    path: str | os.PathLike, columns: Any = None, *, allow_extra: bool = False
+) -> tuple[Any, dict, dict]:
+    """The columns in a role of a Parquet file or folder, read as :func:`from_parquet` reads them (types checked,
+    a float id column of whole numbers as integers).
+
+    Returns:
+      ``(frame, roles, found)``: the frame of the columns read, ``{role: column}``, and ``found``: ``"labels"``
+      (every column of the file), ``"read"`` (those read), ``"dataset"`` (pyarrow's) and ``"skipped"`` (a folder's
+      files that are not Parquet).
+
+    Raises:
+      DataError: if pyarrow is missing, the path does not exist or is not Parquet, or a role's column is missing or
+        of a type that cannot hold it (a list, a struct, a fractional id).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    pa = _pyarrow()
+    try:
+        dataset, skipped = _open(path)
+        schema = dataset.schema
+    except (pa.ArrowException, OSError) as unreadable:
+        raise DataError(f"{path}: not a readable Parquet file or folder: {unreadable}") from unreadable
+    labels = [label for label in schema.names if not label.startswith("__index_level_")]  # pandas' saved index
+    roles = resolve_columns(labels, role_columns(columns), True, path, allow_extra)
+    _check_types(schema, roles, path)
+    wanted = list(dict.fromkeys(roles.values()))
+    frame = _frame(_read(dataset, wanted, path), wanted, path)
+    for role in ("user", "item"):
+        if frame[roles[role]].dtype.kind == "f":
+            _whole_ids(frame, roles[role], role, path)
+    logger.info("%s: read %d row(s) of column(s) %s", path, len(frame), wanted)
+    return frame, roles, {"labels": labels, "read": wanted, "dataset": dataset, "skipped": skipped}
 
 
 def _open(path: Path) -> tuple[Any, list[str]]:

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxrec.data import DataError, sniff_separator
-from jaxrec.data.dataset import has_header, numeric_column, resolve_columns, role_columns, timestamp_seconds
+from jaxrec.data import DataError
+from jaxrec.data.dataset import integer_ids, numeric_column, read_log_table, timestamp_seconds
+from jaxrec.data.parquet import is_parquet, read_parquet_roles
 from jaxrec.experiment.recommend import on_scale
 from jaxrec.serve.engine import ServingModel
 from jaxrec.serve.requests import Catalogue, RequestError
@@ -33,18 +34,6 @@ _SMALLEST_SUPPORT = 16
 _FULL_BATCH_SUPPORT = 256
 
 
-def _ids(column: pd.Series, role: str, where: str, lines: np.ndarray | None) -> pd.Series:
-    """A Parquet or text column of ids as text: a missing id is an error; whole numbers a float column holds
-    (``7.0``, as Parquet writes an integer column with a gap) written as integers."""
-    missing = column.isna().to_numpy()
-    if missing.any():
-        i = int(np.flatnonzero(missing)[0])
-        raise DataError(f"{where}: {_place(i, lines)}: the {role} id is missing")
-    if pd.api.types.is_float_dtype(column) and (column == np.round(column)).all():
-        column = column.astype(np.int64)
-    return column.astype(str).str.strip()
-
-
 def _place(i: int, lines: np.ndarray | None) -> str:
     return f"row {i}" if lines is None else f"line {int(lines[i])}"
 
@@ -55,12 +44,14 @@ def _row_of(users: pd.DataFrame, i: int) -> str:
     return f"line {line}" if line >= 0 else f"row {int(users['order'].iat[i])}"
 
 
-def read_users(path: str | os.PathLike, columns: Any = None, sep: str | None = None) -> pd.DataFrame:
-    """Read a file of users' interactions (separated text, ``.gz`` allowed, or Parquet: a file or a folder), its
-    columns found as the log reader finds them (:func:`~jaxrec.data.from_csv`): by a header's common names
-    (``user``/``userId``, ``item``/``movieId``, ``rating``, ``weight``/``plays``, ``timestamp``), or by ``columns``
-    (``--columns``: ``"user,item,weight,timestamp"`` in file order, ``_`` for a column to skip, or
-    ``"user=visitor,item=venue"``).
+def read_users(
+    path: str | os.PathLike, columns: Any = None, sep: str | None = None, *, encoding: str = "utf-8"
+) -> pd.DataFrame:
+    """Read a file of users' interactions as the log readers read a log (:func:`~jaxrec.data.from_csv`: separated
+    text, ``.gz`` allowed; :func:`~jaxrec.data.from_parquet`: a Parquet file or folder, known by its magic bytes):
+    the columns by a header's common names (``user``/``userId``, ``item``/``movieId``, ``rating``,
+    ``weight``/``plays``, ``timestamp``) or by ``columns`` (``--columns``: ``"user,item,weight,timestamp"`` in file
+    order, ``_`` for a column to skip, or ``"user=visitor,item=venue"``).
 
     Returns:
       ``user`` and ``item`` (raw ids as text, spaces around them stripped, as the log's), ``rating`` or ``weight``
@@ -73,41 +64,27 @@ def read_users(path: str | os.PathLike, columns: Any = None, sep: str | None = N
         value that is not a number, a time that does not parse, an empty or missing id, a rating beside a weight.
     """
     path = Path(path).expanduser()
-    parquet = path.suffix.lower() in (".parquet", ".pq") or path.is_dir()
-    if not (path.is_file() or (parquet and path.is_dir())):
+    if not path.exists():
         raise DataError(f"{path}: file not found")
-    columns = role_columns(columns)
-    try:
-        if parquet:
-            frame, header = pd.read_parquet(path), True
-        else:
-            sep = sep or sniff_separator(path)
-            header = has_header(path, sep, columns)
-            frame = pd.read_csv(
-                path,
-                sep=sep,
-                header=0 if header else None,
-                dtype=str,
-                keep_default_na=False,
-                skip_blank_lines=False,  # kept, then dropped: each row keeps its line number
-                engine="python" if len(sep) > 1 else "c",
-            )
-    except DataError:
-        raise
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, ImportError) as e:
-        raise DataError(f"{path}: cannot read as a table of users' interactions: {str(e).strip()[:200]}") from None
-    lines = None
-    if not parquet:
-        lines = np.arange(len(frame)) + 1 + int(header)
-        blank = (frame.isna() | (frame == "")).all(axis=1).to_numpy()
-        frame, lines = frame[~blank].reset_index(drop=True), lines[~blank]
-    if frame.empty:
-        raise DataError(f"{path}: no rows of users' interactions")
-    roles = resolve_columns(list(frame.columns), columns, header, path, allow_extra=True)
+    if is_parquet(path):
+        if sep is not None:
+            raise DataError(f"{path}: a Parquet file has no separator: leave sep (--sep) out")
+        frame, roles, found = read_parquet_roles(path, columns, allow_extra=True)
+        labels, lines = found["labels"], None
+    else:
+        frame, roles, lines, _ = read_log_table(path, columns, sep, encoding=encoding, allow_extra=True)
+        labels = list(frame.columns)
     if "rating" in roles and "weight" in roles:
         raise DataError(f"{path}: a rating column and a weight column: give the one that holds a new user's values")
     where = str(path)
-    out = pd.DataFrame({role: _ids(frame[roles[role]], role, where, lines) for role in ("user", "item")})
+    out = pd.DataFrame(index=pd.RangeIndex(len(frame)))
+    for role in ("user", "item"):
+        ids = frame[roles[role]]
+        missing = ids.isna().to_numpy() | (ids.astype(str).str.strip() == "").to_numpy()
+        if missing.any():
+            i = int(np.flatnonzero(missing)[0])
+            raise DataError(f"{where}: {_place(i, lines)}: the {role} id is missing")
+        out[role] = ids.astype(str).str.strip().to_numpy()
     out["line"] = -1 if lines is None else lines
     out["order"] = np.arange(len(frame))
     for role in ("rating", "weight"):
@@ -115,13 +92,8 @@ def read_users(path: str | os.PathLike, columns: Any = None, sep: str | None = N
             out[role] = numeric_column(frame[roles[role]], roles[role], where, lines)
     if (time := roles.get("timestamp")) is not None:
         out["time"] = timestamp_seconds(frame[time], time, where, lines)
-        out = out.sort_values("time", kind="stable").drop(columns="time")
-    empty = (out["user"] == "").to_numpy() | (out["item"] == "").to_numpy()
-    if empty.any():
-        i = int(np.flatnonzero(empty)[0])
-        raise DataError(f"{where}: {_place(int(out['order'].iat[i]), lines)}: an empty user or item id")
-    out = out.reset_index(drop=True)
-    out.attrs["ignored_columns"] = [str(c) for c in frame.columns if c not in roles.values()]
+        out = out.sort_values("time", kind="stable").drop(columns="time").reset_index(drop=True)
+    out.attrs["ignored_columns"] = [str(c) for c in labels if c not in roles.values()]
     return out
 
 
@@ -143,6 +115,8 @@ def _values(catalogue: Catalogue, users: pd.DataFrame, where: str) -> np.ndarray
     column = "rating" if "rating" in users else "weight" if "weight" in users else None
     if column is None:
         return None
+    if catalogue.implicit and catalogue.positive_threshold is None and not catalogue.weighted:
+        return None  # interactions without weights: each item counts once (recommend_users notes the column)
     values = users[column].to_numpy(np.float64)
     with np.errstate(over="ignore"):
         finite = np.isfinite(values.astype(np.float32))
@@ -173,7 +147,8 @@ def recommend_users(
 
     Args:
       trained: the run's :class:`~jaxrec.experiment.trained.TrainedModel`.
-      users: ``user``, ``item``, ``line`` and optionally ``rating`` or ``weight`` rows, each user's oldest first.
+      users: :func:`read_users`' frame: ``user``, ``item``, ``line``, ``order`` and optionally ``rating`` or
+        ``weight`` rows, each user's oldest first.
       k: how many items per user.
       batch: the most users per compiled call.
       where: how errors name the input (the file).
@@ -185,7 +160,8 @@ def recommend_users(
       ``below_threshold`` (ratings below the run's positive threshold: not adapted to, left out of the list),
       ``without_items`` (users with no known item), ``without_positives`` (users whose known items are all rated
       below the threshold), neither of whom gets a list (up to five of each in ``skipped``), ``listed`` (users
-      with a list) and ``ignored_columns``.
+      with a list), ``ignored_columns`` and ``values_ignored`` (the rating or weight column an unweighted top-N
+      model does not read, when it holds other values than 1).
 
     Raises:
       ValueError: ``k`` or ``batch`` below 1, a file whose values the model cannot read as it needs (a rating
@@ -201,7 +177,13 @@ def recommend_users(
     order = list(first.sort_values(kind="stable").index)
     report: dict[str, Any] = {"users": len(order), "rows": len(users), "unknown": 0, "duplicates": 0}
     report.update(below_threshold=0, ignored_columns=list(users.attrs.get("ignored_columns", [])))
+    given = next((c for c in ("rating", "weight") if c in users), None)
+    ignored = given is not None and values is None and bool((users[given] != 1).any())
+    report["values_ignored"] = given if ignored else None  # an unweighted model counts each item once
     items = users["item"].to_numpy()
+    if catalogue.integer_ids:  # read once, not row by row: the catalogue matches the integers as these
+        ints, ok = integer_ids(items)
+        items = np.array([int(v) if k else raw for v, k, raw in zip(ints, ok, items, strict=True)], dtype=object)
     inputs, kept, no_items, no_positives = [], [], [], []
     longest = max((len(rows) for rows in groups.values()), default=1)
     for user in order:

@@ -95,11 +95,15 @@ class Catalogue:
         if self.integer_ids:
             if type(raw) is int:  # the common cases without pandas: a file of thousands of users asks per row
                 return raw
+            if type(raw) is float:
+                return int(raw) if raw.is_integer() and abs(raw) < 2**53 else None
             if isinstance(raw, str):
                 text = raw.strip()
                 digits = text[1:] if text[:1] in "+-" else text
                 if digits.isascii() and digits.isdigit() and len(digits) <= 18:
                     return int(text)
+                if not any("0" <= ch <= "9" for ch in text):  # no number at all ("abc"): no parse to try
+                    return None
             ints, ok = integer_ids([raw])
             return int(ints[0]) if ok[0] else None
         return str(raw)
