@@ -177,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument(
         "--users",
         metavar="FILE",
-        help="many new users at once: a table (text or Parquet) whose header names user and item columns, "
-        "optionally a rating or weight and a timestamp (each user's rows oldest first); writes user,rank,item,score "
-        "rows (--out, else standard output), ranked as the service ranks them",
+        help="many new users at once: a table (text or Parquet) of user and item columns, optionally a rating or "
+        "weight and a timestamp (each user's rows oldest first), found as train finds a log's (or --columns); writes "
+        "user,rank,item,score rows (--out, else standard output), ranked as the service ranks them",
     )
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument("--out", help="with --users: the CSV file to write the lists to (default: standard output)")
@@ -601,9 +601,8 @@ def _recommend_users(args: argparse.Namespace) -> int:
             raise CLIError(f"--out {args.out}: cannot create its folder: {e.strerror or e}") from None
         if not os.access(out.parent, os.W_OK):
             raise CLIError(f"--out {args.out}: its folder is not writable")
-    users = read_users(
-        args.users, args.columns, args.sep, encoding=args.encoding
-    )  # a bad file fails before the model is loaded
+    # a bad file fails before the model is loaded
+    users = read_users(args.users, args.columns, args.sep, encoding=args.encoding)
     trained = load_trained(args.checkpoint)
     try:
         lists, report = recommend_users(trained, users, args.k, where=f"--users {args.users}")

@@ -183,7 +183,7 @@ def recommend_users(
     items = users["item"].to_numpy()
     if catalogue.integer_ids:  # read once, not row by row: the catalogue matches the integers as these
         ints, ok = integer_ids(items)
-        items = np.array([int(v) if k else raw for v, k, raw in zip(ints, ok, items, strict=True)], dtype=object)
+        items = np.array([int(v) if good else raw for v, good, raw in zip(ints, ok, items, strict=True)], dtype=object)
     inputs, kept, no_items, no_positives = [], [], [], []
     longest = max((len(rows) for rows in groups.values()), default=1)
     for user in order:
