@@ -425,7 +425,7 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     assert list(pd.unique(lists["user"])) == listed  # in the order of the file
     trained = load_trained(topn_run["out"])
     recommender = TopNRecommender(trained, trained.params)
-    for u in range(71):
+    for u in [*range(0, 70, 3), 70]:  # every third user, and the long one
         mine = sorted((r for r in rows if r[0] == f"new-{u}"), key=lambda r: r[3])
         alone = tmp_path / f"user{u}.csv"
         alone.write_text("item,plays\n" + "".join(f"{r[1]},{r[2]}\n" for r in mine))
