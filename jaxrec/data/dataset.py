@@ -705,7 +705,7 @@ def side_table(
     return table
 
 
-_INT64_TEXT = r"[+-]?0*[0-9]{1,19}"  # ASCII digits: str.isdigit() and \\d also take other scripts' digits ("²")
+_INT64_TEXT = r"[+-]?0*[0-9]{1,19}"  # ASCII digits only: str.isdigit() and \d also take other scripts' digits ("²")
 
 
 def integer_ids(values: Any) -> tuple[np.ndarray, np.ndarray]:
