@@ -43,6 +43,7 @@ __all__ = [
     "read_log_table",
     "sniff_separator",
     "timestamp_seconds",
+    "where_line",
 ]
 
 logger = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ def numeric_column(values: pd.Series, column: str, where: str, line_offset: Line
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
         raw = values.iloc[first]
-        loc = _where_line(first, line_offset)
+        loc = where_line(first, line_offset)
         shown = repr(raw) if isinstance(raw, str) else str(raw)  # inf, not np.float64(inf)
         what = "is missing (NaN)" if pd.isna(raw) else f"is not a finite number: {shown}"
         raise DataError(f"{where}: column {column!r} {loc} {what} ({int(bad.sum())} bad value(s) in total)")
@@ -326,7 +327,7 @@ def _merge_pairs(
     return merged, weights, times
 
 
-def _where_line(index: int, line_offset: LineOffset) -> str:
+def where_line(index: int, line_offset: LineOffset) -> str:
     """``"line N"`` of row ``index`` in the file, or ``"row N"`` of a frame.
 
     ``line_offset`` is the file line of row 0 (the rows are consecutive lines), or the file line of every row (a file
@@ -351,7 +352,7 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
         if missing.any():  # NaT: as int64 it would be -2^63, the earliest time of all
             first = int(np.flatnonzero(missing)[0])
             raise DataError(
-                f"{where}: column {column!r} {_where_line(first, line_offset)} is missing ({int(missing.sum())} "
+                f"{where}: column {column!r} {where_line(first, line_offset)} is missing ({int(missing.sum())} "
                 "missing value(s) in total)"
             )
         if getattr(col.dtype, "tz", None) is not None:
@@ -368,7 +369,7 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
                 raw = col.iloc[first]
                 what = "is missing" if pd.isna(raw) else f"is not an ISO-8601 date like the others: {raw!r}"
                 raise DataError(
-                    f"{where}: column {column!r} {_where_line(first, line_offset)} {what} ({int(bad.sum())} bad "
+                    f"{where}: column {column!r} {where_line(first, line_offset)} {what} ({int(bad.sum())} bad "
                     "value(s) in total)"
                 )
             return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
@@ -394,9 +395,9 @@ def _warn_mixed_units(times: np.ndarray, column: str, where: str, line_offset: L
             where,
             column,
             int(coarse.sum()),
-            _where_line(int(np.flatnonzero(coarse)[0]), line_offset),
+            where_line(int(np.flatnonzero(coarse)[0]), line_offset),
             int(fine.sum()),
-            _where_line(int(np.flatnonzero(fine)[0]), line_offset),
+            where_line(int(np.flatnonzero(fine)[0]), line_offset),
         )
 
 
@@ -405,7 +406,7 @@ def _check_float32(values: np.ndarray, column: str | None, where: str, line_offs
     too_big = np.abs(values) > np.finfo(np.float32).max
     if too_big.any():
         first = int(np.flatnonzero(too_big)[0])
-        loc = _where_line(first, line_offset)
+        loc = where_line(first, line_offset)
         raise DataError(f"{where}: column {column!r} {loc} holds {values[first]!r}, beyond the float32 range")
 
 
@@ -417,7 +418,7 @@ def _check_not_counts(values: np.ndarray, column: str, where: str, line_offset: 
         return
     first = int(np.flatnonzero(values > _COUNT_LIKE_MAX)[0])
     raise DataError(
-        f"{where}: column {column!r} {_where_line(first, line_offset)} holds {int(values[first])}: this looks like "
+        f"{where}: column {column!r} {where_line(first, line_offset)} holds {int(values[first])}: this looks like "
         "a count, not a rating (a rating scale is bounded); for implicit feedback (clicks, plays, check-ins) pass "
         "feedback='implicit' (CLI: --feedback implicit) and name the column 'weight' (e.g. --columns "
         "user,item,weight), or pass feedback='explicit' to read it as ratings"
@@ -552,7 +553,7 @@ def from_dataframe(
                 nulls = nulls | np.isin(codes, np.flatnonzero(blank))
         if nulls.any():
             first = int(np.flatnonzero(nulls)[0])
-            loc = _where_line(first, _line_offset)
+            loc = where_line(first, _line_offset)
             raise DataError(f"{where}: column {named[role]!r} {loc} has a missing {role} id")
         encoded[role] = (codes, uniques)
 
@@ -569,7 +570,7 @@ def from_dataframe(
             "'u1,i5' name the same item",
             where,
             report["ids_stripped"],
-            _where_line(first, _line_offset),
+            where_line(first, _line_offset),
         )
     ratings = numeric_column(df[rating], rating, where, _line_offset) if rating is not None else np.ones(len(df))
     if explicit:
@@ -583,7 +584,7 @@ def from_dataframe(
         if not_positive.any():
             first = int(np.flatnonzero(not_positive)[0])
             raise DataError(
-                f"{where}: column {weight!r} {_where_line(first, _line_offset)} holds {weights[first]:g}: weights "
+                f"{where}: column {weight!r} {where_line(first, _line_offset)} holds {weights[first]:g}: weights "
                 f"must be > 0 (a count or confidence of the interaction; {int(not_positive.sum())} bad value(s) in "
                 "total)"
             )

@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from jaxrec.data import DataError
-from jaxrec.data.dataset import integer_ids, numeric_column, read_log_table, timestamp_seconds
+from jaxrec.data.dataset import integer_ids, numeric_column, read_log_table, timestamp_seconds, where_line
 from jaxrec.data.parquet import is_parquet, read_parquet_roles
-from jaxrec.experiment.recommend import on_scale
 from jaxrec.serve.engine import ServingModel
 from jaxrec.serve.requests import Catalogue, RequestError
 
@@ -32,10 +31,6 @@ logger = logging.getLogger(__name__)
 _SMALLEST_SUPPORT = 16
 #: a batch of ``batch`` users is padded to at most this many support rows a user; longer users go fewer a call
 _FULL_BATCH_SUPPORT = 256
-
-
-def _place(i: int, lines: np.ndarray | None) -> str:
-    return f"row {i}" if lines is None else f"line {int(lines[i])}"
 
 
 def _row_of(users: pd.DataFrame, i: int) -> str:
@@ -83,7 +78,7 @@ def read_users(
         missing = ids.isna().to_numpy() | (ids.astype(str).str.strip() == "").to_numpy()
         if missing.any():
             i = int(np.flatnonzero(missing)[0])
-            raise DataError(f"{where}: {_place(i, lines)}: the {role} id is missing")
+            raise DataError(f"{where}: {where_line(i, lines)}: the {role} id is missing")
         out[role] = ids.astype(str).str.strip().to_numpy()
     out["line"] = -1 if lines is None else lines
     out["order"] = np.arange(len(frame))
@@ -118,19 +113,13 @@ def _values(catalogue: Catalogue, users: pd.DataFrame, where: str) -> np.ndarray
     if catalogue.implicit and catalogue.positive_threshold is None and not catalogue.weighted:
         return None  # interactions without weights: each item counts once (recommend_users notes the column)
     values = users[column].to_numpy(np.float64)
-    with np.errstate(over="ignore"):
-        finite = np.isfinite(values.astype(np.float32))
-    usable = finite.copy()
-    if not catalogue.implicit and catalogue.rating_range is not None:
-        usable &= on_scale(values, catalogue.rating_range)
-    elif catalogue.weighted:
-        usable &= values > 0
-    if not usable.all():
-        i = int(np.argmin(usable))
+    bad = catalogue.unusable(values)  # the service's checks, row by row here so that an error names the line
+    if bad is not None:
+        i, why = bad
         entry = f"{where}: {_row_of(users, i)} (user {users['user'].iat[i]!r}): {column} {values[i]:g}"
-        if not finite[i]:
+        if why == "float32":
             raise ValueError(f"{entry} is beyond float32, the model's precision")
-        if not catalogue.implicit:
+        if why == "scale":
             low, high = catalogue.rating_range
             raise ValueError(f"{entry} is outside the model's rating scale [{low:g}, {high:g}]")
         raise ValueError(f"{entry} is not a positive weight (this model was trained on weighted interactions)")

@@ -184,22 +184,24 @@ class Catalogue:
         sent = len(ratings)
         if sent > max_items:
             raise RequestError(f"at most {max_items} items per request, got {sent}")
-        low, high = self.rating_range if (self.rating_range and not self.implicit) else (-math.inf, math.inf)
+        # a weighted model reads a value as an interaction's weight (as `jaxrec recommend` reads a file's second
+        # column; an interaction sent without one weighs 1); any other implicit model counts an item once
         field = "ratings" if interactions is None else "weights"
-        for i, (raw, value) in enumerate(ratings):
-            if not _float32_finite(value):  # pydantic refused inf and nan; the model computes in float32
+        bad = self.unusable([value for _, value in ratings])
+        if bad is not None:
+            i, why = bad
+            raw, value = ratings[i]
+            if why == "float32":  # pydantic refused inf and nan; the model computes in float32
                 raise RequestError(f"{field}[{i}] (item {raw!r}): {value} is beyond float32, the model's precision")
-            if not on_scale(value, (low, high)):
+            if why == "scale":
+                low, high = self.rating_range
                 raise RequestError(
                     f"ratings[{i}] (item {raw!r}): rating {value} is outside the scale [{low:g}, {high:g}]"
                 )
-            # a weighted model reads a value as an interaction's weight (as `jaxrec recommend` reads a file's
-            # second column; an interaction sent without one weighs 1); any other implicit model counts an item once
-            if self.weighted and not value > 0:
-                raise RequestError(
-                    f"ratings[{i}] (item {raw!r}): {value} is not a positive weight (this model was trained on "
-                    "weighted interactions: a value is an interaction's weight)"
-                )
+            raise RequestError(
+                f"ratings[{i}] (item {raw!r}): {value} is not a positive weight (this model was trained on "
+                "weighted interactions: a value is an interaction's weight)"
+            )
         known: list[tuple[int, float]] = []
         unknown, below, seen = [], 0, []
         # an interaction is a positive; a rating is one when it reaches the run's positive threshold
@@ -220,6 +222,22 @@ class Catalogue:
             raise RequestError(f"the {field} of an item sent more than once sum beyond float32, the model's precision")
         seen = np.setdiff1d(np.asarray(seen, np.int64), codes)
         return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below, seen)
+
+    def unusable(self, values: Sequence[float]) -> tuple[int, str] | None:
+        """The first of a user's values this model cannot take, and why: ``"float32"`` (beyond float32, the
+        model's precision), ``"scale"`` (a rating off a rating model's scale) or ``"weight"`` (a weighted model's
+        weight must be > 0); None when it can take them all."""
+        values = np.asarray(values, np.float64)
+        with np.errstate(over="ignore"):
+            finite = np.isfinite(values.astype(np.float32))
+        scale = self.rating_range if (self.rating_range and not self.implicit) else None
+        off = ~on_scale(values, scale) if scale is not None else np.zeros(len(values), bool)
+        not_weight = ~(values > 0) if self.weighted else np.zeros(len(values), bool)
+        bad = ~finite | off | not_weight
+        if not bad.any():
+            return None
+        i = int(np.argmax(bad))
+        return i, "float32" if not finite[i] else "scale" if off[i] else "weight"
 
     def user_input(self, support: UserSupport, k: int, probe: Sequence[int] = ()) -> UserInput:
         """The engine's input for a checked support."""
