@@ -36,6 +36,7 @@ __all__ = [
     "read_ratings_for",
     "read_user_ratings",
     "recommender_for",
+    "unusable_values",
     "UserRatings",
 ]
 
@@ -147,30 +148,19 @@ def read_user_ratings(
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise RunError(f"--ratings {path}: line {line_of[i]}: rating {frame.iloc[i, rating_col]!r} is not a number")
-    with np.errstate(over="ignore"):
-        bad = ~np.isfinite(values.astype(np.float32))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise RunError(
-            f"--ratings {path}: line {line_of[i]}: {frame.iloc[i, rating_col]!r} is beyond float32, the model's "
-            "precision"
-        )
-    if rating_range is not None:
-        lo, hi = rating_range
-        out = ~on_scale(values, rating_range)
-        if out.any():
-            i = int(np.flatnonzero(out)[0])
-            raise RunError(
-                f"--ratings {path}: line {line_of[i]}: rating {values[i]:g} is outside the model's "
-                f"rating scale [{lo:g}, {hi:g}]"
-            )
-    notes = []
     weighted = implicit and weighted and positive_threshold is None
+    unusable = unusable_values(values, scale=rating_range, weights=weighted)
+    if unusable is not None:
+        i, why = unusable
+        where = f"--ratings {path}: line {line_of[i]}"
+        if why == "float32":
+            raise RunError(f"{where}: {frame.iloc[i, rating_col]!r} is beyond float32, the model's precision")
+        if why == "weight":
+            raise RunError(f"{where}: weight {values[i]:g} is not positive")
+        lo, hi = rating_range
+        raise RunError(f"{where}: rating {values[i]:g} is outside the model's rating scale [{lo:g}, {hi:g}]")
+    notes = []
     if weighted:
-        bad = values <= 0
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise RunError(f"--ratings {path}: line {line_of[i]}: weight {values[i]:g} is not positive")
         if not listed:
             notes.append("the model was trained on weighted interactions: the second column is each one's weight")
     elif implicit and positive_threshold is None and (values != 1).any():
@@ -646,6 +636,26 @@ def on_scale(values, scale) -> np.ndarray:
     return (np.float32(scale[0]) <= values) & (values <= np.float32(scale[1]))
 
 
+def unusable_values(values, *, scale=None, weights: bool = False) -> tuple[int, str] | None:
+    """The first of a new user's values a model cannot take, and why; None when it can take them all.
+
+    The reasons, checked in this order for each value: ``"float32"`` (not a finite number in float32, the model's
+    precision: 1e39 is inf there), ``"weight"`` (``weights``: an interaction's weight must be > 0) and ``"scale"``
+    (a rating off ``scale = (low, high)``, compared as :func:`on_scale` does). One check for ``jaxrec recommend``'s
+    files, the service's requests and the recommenders' Python calls.
+    """
+    values = np.asarray(values, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        finite = np.isfinite(values.astype(np.float32))
+    not_weight = ~(values > 0) if weights else np.zeros(values.shape, bool)
+    off = ~on_scale(values, scale) if scale is not None else np.zeros(values.shape, bool)
+    bad = ~finite | not_weight | off
+    if not bad.any():
+        return None
+    i = int(np.argmax(bad))
+    return i, "float32" if not finite[i] else "weight" if not_weight[i] else "scale"
+
+
 def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=None) -> tuple[np.ndarray, np.ndarray]:
     """A new user's items and their ratings or weights, as given to a recommender, checked.
 
@@ -694,15 +704,13 @@ def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=No
             f"item {int(distinct[first])} is given {int(counts[first])} times: give each item once "
             "(merge_duplicates merges repeats as recommend and serve do)"
         )
-    with np.errstate(over="ignore"):
-        finite = np.isfinite(vals.astype(np.float32))  # the model computes in float32: 1e39 is inf there
-    usable = finite & (vals > 0 if weights else on_scale(vals, scale) if scale is not None else True)
-    if not usable.all():
-        i = int(np.argmin(usable))
+    bad = unusable_values(vals, scale=None if weights else scale, weights=weights)
+    if bad is not None:
+        i, why = bad
         entry = f"{name}[{i}] (item {int(codes[i])}) is {vals[i]}"
-        if not finite[i]:
+        if why == "float32":
             raise ValueError(f"{entry}, not a finite number in float32 (the model's precision)")
-        if weights:
+        if why == "weight":
             raise ValueError(f"{entry}: a weight must be > 0")
         raise ValueError(f"{entry}, outside the rating scale [{scale[0]:g}, {scale[1]:g}]")
     return codes.astype(np.int64), vals.astype(np.float32)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from jaxrec.data.dataset import integer_ids
-from jaxrec.experiment.recommend import merge_duplicates, on_scale
+from jaxrec.experiment.recommend import merge_duplicates, unusable_values
 from jaxrec.serve.engine import UserInput
 
 __all__ = ["Catalogue", "RequestError", "UserSupport"]
@@ -224,20 +224,12 @@ class Catalogue:
         return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below, seen)
 
     def unusable(self, values: Sequence[float]) -> tuple[int, str] | None:
-        """The first of a user's values this model cannot take, and why: ``"float32"`` (beyond float32, the
-        model's precision), ``"scale"`` (a rating off a rating model's scale) or ``"weight"`` (a weighted model's
-        weight must be > 0); None when it can take them all."""
-        values = np.asarray(values, np.float64)
-        with np.errstate(over="ignore"):
-            finite = np.isfinite(values.astype(np.float32))
+        """The first of a user's values this model cannot take, and why; None when it can take them all.
+
+        :func:`~jaxrec.experiment.recommend.unusable_values` with the model's checks: ``"float32"`` always,
+        ``"scale"`` for a rating model, ``"weight"`` for a weighted one."""
         scale = self.rating_range if (self.rating_range and not self.implicit) else None
-        off = ~on_scale(values, scale) if scale is not None else np.zeros(len(values), bool)
-        not_weight = ~(values > 0) if self.weighted else np.zeros(len(values), bool)
-        bad = ~finite | off | not_weight
-        if not bad.any():
-            return None
-        i = int(np.argmax(bad))
-        return i, "float32" if not finite[i] else "scale" if off[i] else "weight"
+        return unusable_values(values, scale=scale, weights=self.weighted)
 
     def user_input(self, support: UserSupport, k: int, probe: Sequence[int] = ()) -> UserInput:
         """The engine's input for a checked support."""
