@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from jaxrec.core.errors import JaxrecError
 from jaxrec.data import DATASETS, default_data_root
 from jaxrec.data.movielens import locate
@@ -37,7 +39,7 @@ from jaxrec.experiment.choose import GridError, choose, selection_metric
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, write_hybrid
 from jaxrec.experiment.predictions import metrics_and_predictions
-from jaxrec.experiment.recommend import read_ratings_for, recommender_for
+from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
 from jaxrec.experiment.run import (
     Interrupted,
     RunError,
@@ -182,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
         "user,rank,item,score rows (--out, else standard output), ranked as the service ranks them",
     )
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
+    r.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="a file of item ids, one per line, never to recommend (out of stock, withdrawn); unknown ids are counted",
+    )
     r.add_argument("--out", help="with --users: the CSV file to write the lists to (default: standard output)")
     r.add_argument("--sep", help="with --users: the text file's field separator (default: sniffed)")
     r.add_argument("--encoding", default="utf-8", help="with --users: the text file's encoding (default utf-8)")
@@ -205,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="items per user, the shape buckets; the largest is the most a request may send (default 16,64,256)",
     )
     s.add_argument("--max-k", type=int, default=100, help="the most recommendations a request may ask for")
+    s.add_argument(
+        "--exclude",
+        metavar="FILE",
+        help="a file of item ids, one per line, never to recommend (out of stock, withdrawn); a request may exclude "
+        "more of its own ('exclude')",
+    )
     s.add_argument(
         "--batch-wait-ms", type=float, default=2.0, help="how long a request waits to share a call (default 2)"
     )
@@ -555,6 +568,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise CLIError("--out, --columns and --sep go with --users (one user's --ratings list is printed)")
     codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
+    seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
     for note in notes:
         _echo(f"note: {note}", err=True)
     recommender = recommender_for(trained)
@@ -604,8 +618,9 @@ def _recommend_users(args: argparse.Namespace) -> int:
     # a bad file fails before the model is loaded
     users = read_users(args.users, args.columns, args.sep, encoding=args.encoding)
     trained = load_trained(args.checkpoint)
+    excluded = _excluded(args, trained)
     try:
-        lists, report = recommend_users(trained, users, args.k, where=f"--users {args.users}")
+        lists, report = recommend_users(trained, users, args.k, where=f"--users {args.users}", exclude=excluded)
     except ValueError as e:
         raise RunError(str(e)) from None
     dropped = f"{report['unknown']} unknown item(s) ignored, {report['duplicates']} duplicate(s) merged"
@@ -641,6 +656,19 @@ def _recommend_users(args: argparse.Namespace) -> int:
         lists.to_csv(out, index=False)
         _echo(f"wrote {args.out}", err=True)
     return EXIT_OK
+
+
+def _excluded(args: argparse.Namespace, trained) -> np.ndarray:
+    """The codes of ``--exclude``'s items (none without it), its unknown ids noted."""
+    if args.exclude is None:
+        return np.zeros(0, np.int64)
+    codes, unknown = read_item_list(args.exclude, trained.item_ids)
+    shown = f" ({', '.join(map(str, unknown[:5]))}{' ...' if len(unknown) > 5 else ''})" if unknown else ""
+    _echo(
+        f"note: --exclude: {len(codes)} item(s) never recommended; {len(unknown)} id(s) not in the catalogue{shown}",
+        err=True,
+    )
+    return codes
 
 
 def _sizes(flag: str, text: str) -> tuple[int, ...]:
@@ -692,7 +720,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     trained = load_trained(args.checkpoint)
     devices = None if args.devices in (None, "all") else int(args.devices)
     try:
-        model = ServingModel(trained, batch_sizes, support_sizes, max_k=args.max_k, devices=devices)
+        model = ServingModel(
+            trained, batch_sizes, support_sizes, max_k=args.max_k, devices=devices, exclude=_excluded(args, trained)
+        )
     except ValueError as e:
         raise CLIError(as_flags(str(e))) from None
     seconds = model.warm_up()

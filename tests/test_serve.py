@@ -693,6 +693,51 @@ def test_seen_items_are_left_out_of_the_served_list_as_the_library_leaves_them_o
     assert answer.codes.tolist() == shown.tolist() == many[12:17].tolist()
 
 
+def test_excluded_items_are_never_listed_and_the_next_best_take_their_places(implicit_server):
+    """Items never to recommend (the engine's catalogue-wide ``exclude``: ``serve --exclude``) and a request's own
+    ``exclude`` are left out inside the compiled call: each list is the library's ``top_k(..., exclude=...)``, still
+    ``k`` long; what cannot be excluded is a 4xx naming the field."""
+    from jaxrec.serve.engine import ServingModel, UserInput
+
+    server, out = implicit_server
+    trained = load_trained(out)
+    recommender = TopNRecommender(trained, trained.params)
+    catalogue = Catalogue(trained)
+    liked = ["song-00", "song-02", "song-04"]
+    codes, weights = np.array([catalogue.code(s) for s in liked]), np.ones(3, np.float32)
+    plain, _ = recommender.top_k(codes, weights, 60)
+    withdrawn = plain[[0, 2, 5]]
+    served = ServingModel(trained, batch_sizes=(4,), support_sizes=(8,), max_k=60, exclude=withdrawn)
+    seen = plain[1:2]
+    answers = served.rank([UserInput(codes, weights, k=5), UserInput(codes, weights, k=5, seen=seen)])
+    for answer, theirs in zip(answers, ([], seen), strict=True):
+        best, scores = recommender.top_k(codes, weights, 5, exclude=np.union1d(withdrawn, theirs))
+        assert answer.codes.tolist() == best.tolist() and not set(best) & set(withdrawn)
+        np.testing.assert_allclose(answer.scores, scores, rtol=1e-5, atol=1e-5)
+    # a list is as long as the items left: 60 items, 3 of the user's, 3 withdrawn, 1 seen
+    every = served.rank([UserInput(codes, weights, k=60, seen=seen)])[0]
+    assert len(every.codes) == 53 and np.all(np.isfinite(every.scores))
+    assert not set(every.codes) & {*withdrawn, *seen, *codes}
+    assert served.compiled_shapes() == 1
+    with pytest.raises(ValueError, match="exclude holds codes outside 0 to 59"):
+        ServingModel(trained, batch_sizes=(1,), support_sizes=(8,), exclude=[60])
+    # the request's own exclusions, over HTTP: unknown ids and the user's own items counted as such
+    sent = [catalogue.ids[c] for c in withdrawn]
+    request = {"interactions": liked, "k": 5, "exclude": [*sent, "song-00", "song-99"]}
+    status, answer = server.post("/recommend", request)
+    assert status == 200, answer
+    best, scores = recommender.top_k(codes, weights, 5, exclude=withdrawn)
+    assert [r["item"] for r in answer["recommendations"]] == [catalogue.ids[c] for c in best]
+    np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
+    assert answer["input"]["excluded"] == 4 and answer["input"]["unknown_excluded"] == 1
+    too_many = {"interactions": liked, "exclude": catalogue.ids[:40]}
+    status, answer = server.post("/recommend", too_many)
+    assert status == 422 and answer["error"].startswith("exclude: at most 32 items"), answer
+    status, answer = server.post("/predict", {"interactions": liked, "candidates": ["song-01"], "exclude": sent})
+    assert status == 422 and "exclude" in answer["error"], answer
+    assert server.get("/health")[1]["excluded_items"] == 0
+
+
 def test_weights_that_overflow_the_fold_in_are_an_error_not_a_list(implicit_server, tmp_path):
     """A weight finite in float32 can still overflow once weighed by its recency (3e38 times about 2): the library
     raises, the engine flags that user alone and the service answers 422, where they returned the user's own items

@@ -437,6 +437,48 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
         np.testing.assert_allclose(got["score"].to_numpy(), scores, rtol=1e-5, atol=1e-5)
 
 
+def test_recommend_never_lists_the_items_of_exclude_and_counts_its_unknown_ids(topn_run, tmp_path, monkeypatch):
+    """``--exclude FILE`` (out of stock, withdrawn) leaves its items out of every list, for one user and a file of
+    users alike: each list is the library's ``top_k(..., exclude=...)`` (the next best items, not a shorter list)."""
+    from jaxrec.experiment.recommend import TopNRecommender, read_ratings_for
+    from jaxrec.experiment.trained import load_trained
+
+    run = str(topn_run["out"])
+    trained = load_trained(run)
+    recommender = TopNRecommender(trained, trained.params)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("song-00\nsong-02\nsong-04\n")
+    codes, weights, _, seen = read_ratings_for(run, str(mine))
+    plain, _ = recommender.top_k(codes, weights, 5, exclude=seen)
+    withdrawn = [trained.item_ids[c] for c in plain[:3]]  # the three best, and ids the catalogue does not hold
+    gone = tmp_path / "withdrawn.txt"
+    gone.write_text("\n".join([*withdrawn, "song-00", "song-77", '"song-78"']) + "\n\n")
+    excluded = np.union1d(plain[:3], codes[:1])
+    best, scores = recommender.top_k(codes, weights, 5, exclude=np.union1d(seen, excluded))
+    assert not set(best) & set(plain[:3])
+    lines = capture(monkeypatch)
+    assert cli.main(["recommend", "--checkpoint", run, "--ratings", str(mine), "-k", "5", "--exclude", str(gone)]) == 0
+    text = "\n".join(lines)
+    assert "--exclude: 4 item(s) never recommended; 2 id(s) not in the catalogue (song-77, song-78)" in text
+    assert [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line] == [
+        trained.item_ids[c] for c in best
+    ]
+    users = tmp_path / "users.csv"
+    users.write_text("user,item\na,song-00\na,song-02\na,song-04\nb,song-10\nb,song-11\n")
+    out = tmp_path / "lists.csv"
+    flags = ["--users", str(users), "-k", "5", "--exclude", str(gone), "--out", str(out)]
+    assert cli.main(["recommend", "--checkpoint", run, *flags]) == 0
+    lists = pd.read_csv(out, dtype={"user": str, "item": str})
+    assert lists[lists["user"] == "a"]["item"].tolist() == [trained.item_ids[c] for c in best]
+    np.testing.assert_allclose(lists[lists["user"] == "a"]["score"].to_numpy(), scores, rtol=1e-5, atol=1e-5)
+    b_codes = np.array([list(trained.item_ids).index(s) for s in ("song-10", "song-11")])
+    b_best, _ = recommender.top_k(b_codes, np.ones(2, np.float32), 5, exclude=excluded)
+    assert lists[lists["user"] == "b"]["item"].tolist() == [trained.item_ids[c] for c in b_best]
+    assert not set(withdrawn) & set(lists["item"])
+    missing = tmp_path / "none.txt"
+    assert cli.main(["recommend", "--checkpoint", run, "--ratings", str(mine), "--exclude", str(missing)]) == 1
+
+
 def test_recommend_users_names_the_file_and_line_of_bad_input(topn_run, tmp_path, capsys):
     run = str(topn_run["out"])
     cases = {

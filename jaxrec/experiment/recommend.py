@@ -33,6 +33,7 @@ __all__ = [
     "merge_duplicates",
     "on_scale",
     "padded",
+    "read_item_list",
     "read_ratings_for",
     "read_user_ratings",
     "recommender_for",
@@ -255,7 +256,36 @@ def merge_duplicates(codes, values, *, implicit: bool, weighted: bool = False):
     return codes[keep], values[keep], len(codes) - len(distinct)
 
 
-def _item_id_lines(path: Path) -> pd.DataFrame:
+def read_item_list(path: str | os.PathLike, item_ids, *, flag: str = "--exclude") -> tuple[np.ndarray, list]:
+    """A file of raw item ids, one per line (items never to recommend: out of stock, withdrawn), as item codes.
+
+    Read as a top-N model's ``--ratings`` list is read: each whole line is an id, a line quoted as a whole is
+    unquoted, blank lines are skipped, an id is matched without its spaces first, then as written.
+
+    Args:
+      path: the file.
+      item_ids: the raw id of each item code of the model's dataset.
+      flag: the option that named the file, for the errors.
+
+    Returns:
+      ``(codes, unknown)``: the distinct int64 codes of the known ids, sorted, and the ids not in the catalogue (in
+      file order; the caller says how many it ignored).
+
+    Raises:
+      RunError: if the file is missing, unreadable or holds no item id.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise RunError(f"{flag} {path}: file not found")
+    try:
+        written = _item_id_lines(path, flag)[0].to_numpy()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunError(f"{flag} {path}: cannot read it as text: {e}") from None
+    codes = _codes_of(np.array([w.strip() for w in written], dtype=object), written, item_ids)
+    return np.unique(codes[codes >= 0]).astype(np.int64), [w.strip() for w in written[codes < 0]]
+
+
+def _item_id_lines(path: Path, flag: str = "--ratings") -> pd.DataFrame:
     """A file of item ids, one per line, as a one-column frame: each whole line is an id (``Earth, Wind & Fire``
     holds a comma but is one id); a line quoted as a whole (``"Earth, Wind & Fire"``) is unquoted; blank lines are
     skipped. Each id keeps its spaces: an id is matched without them first, then as written (``" padded "``).
@@ -272,7 +302,7 @@ def _item_id_lines(path: Path) -> pd.DataFrame:
             if bare:
                 ids.append(text)  # as written: the caller matches it stripped, else with its own spaces
     if not ids:
-        raise RunError(f"--ratings {path}: the file holds no item ids (expected one item id per line)")
+        raise RunError(f"{flag} {path}: the file holds no item ids (expected one item id per line)")
     return pd.DataFrame({0: pd.Series(ids, dtype=str)})
 
 

@@ -45,7 +45,7 @@ class Rating(BaseModel):
     rating: Annotated[float, Field(allow_inf_nan=False, strict=True)] = Field(description="the rating (a number)")
 
 
-class RecommendRequest(BaseModel):
+class UserRequest(BaseModel):
     """A new user: their ratings (explicit or rated data) or interactions (implicit models), and ``k``."""
 
     model_config = ConfigDict(extra="forbid")
@@ -61,7 +61,17 @@ class RecommendRequest(BaseModel):
     k: StrictInt = Field(10, ge=1, description="how many recommendations")
 
 
-class PredictRequest(RecommendRequest):
+class RecommendRequest(UserRequest):
+    """A new user, ``k``, and the items not to recommend them."""
+
+    exclude: list[ItemId] | None = Field(
+        None,
+        description="item ids never to recommend to this user (bought elsewhere, out of stock); unknown ids are "
+        "counted and ignored",
+    )
+
+
+class PredictRequest(UserRequest):
     """A new user and the items to score for them."""
 
     candidates: list[ItemId] = Field(min_length=1, description="the items to score")
@@ -191,7 +201,7 @@ def create_app(
         logger.exception("request %s %s failed", request.method, request.url.path)
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
-    def check(body: RecommendRequest):
+    def check(body: UserRequest):
         if body.k > model.max_k:
             raise RequestError(f"k: at most {model.max_k}, got {body.k}")
         ratings = None if body.ratings is None else [(r.item, r.rating) for r in body.ratings]
@@ -223,6 +233,7 @@ def create_app(
             "max_k": model.max_k,
             "max_items": max_items,
             "max_candidates": model.max_probe,
+            "excluded_items": int(model.excluded.sum()),
             "buckets": {"batch": list(model.batch_sizes), "support": list(model.support_sizes)},
             "compiled_shapes": model.compiled_shapes(),
             "devices": 1 if model.mesh is None else int(model.mesh.size),
@@ -253,6 +264,8 @@ def create_app(
         """The top-k items the new user has not rated, with the adapted model's scores."""
         started = time.perf_counter()
         support = check(body)
+        if body.exclude:
+            support = catalogue.excluding(support, body.exclude, max_items)
         ranked = finite(await batcher.submit(catalogue.user_input(support, body.k)))
         served["requests"] += 1
         return {

@@ -127,7 +127,7 @@ def _values(catalogue: Catalogue, users: pd.DataFrame, where: str) -> np.ndarray
 
 
 def recommend_users(
-    trained: Any, users: pd.DataFrame, k: int = 10, *, batch: int = 64, where: str = "users"
+    trained: Any, users: pd.DataFrame, k: int = 10, *, batch: int = 64, where: str = "users", exclude=()
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The top ``k`` unseen items of every user of ``users`` (:func:`read_users`), as the service ranks them.
 
@@ -141,6 +141,7 @@ def recommend_users(
       k: how many items per user.
       batch: the most users per compiled call.
       where: how errors name the input (the file).
+      exclude: item codes never to recommend (:func:`~jaxrec.experiment.recommend.read_item_list`).
 
     Returns:
       ``(lists, report)``: a frame of ``user``, ``rank`` (1 = best), ``item`` (raw id), ``score`` (and ``title``
@@ -194,7 +195,7 @@ def recommend_users(
         kept.append(user)
     report.update(without_items=len(no_items), without_positives=len(no_positives), listed=len(kept))
     report["skipped"] = [str(u) for u in (no_items[:5] + no_positives[:5])]
-    ranked = _rank(trained, inputs, k, batch)
+    ranked = _rank(trained, inputs, k, batch, exclude)
     broken = next((u for u, r in zip(kept, ranked, strict=True) if not r.finite), None)
     if broken is not None:
         raise ValueError(f"{where}: user {broken!r}: the values overflow the model's float32 scores")
@@ -215,7 +216,7 @@ def recommend_users(
     return lists, report
 
 
-def _rank(trained: Any, inputs: list, k: int, batch: int) -> list:
+def _rank(trained: Any, inputs: list, k: int, batch: int, exclude=()) -> list:
     """The engine's answers for ``inputs``, in their order: users sorted by size, each size bucket's users in calls
     of at most ``batch * _FULL_BATCH_SUPPORT / size`` users (at least one)."""
     if not inputs:
@@ -229,7 +230,12 @@ def _rank(trained: Any, inputs: list, k: int, batch: int) -> list:
         return max(1, min(batch, batch * _FULL_BATCH_SUPPORT // size))
 
     engine = ServingModel(
-        trained, batch_sizes=sorted({per_call(s) for s in sizes}), support_sizes=sizes, max_k=k, devices=1
+        trained,
+        batch_sizes=sorted({per_call(s) for s in sizes}),
+        support_sizes=sizes,
+        max_k=k,
+        devices=1,
+        exclude=exclude,
     )
     bucket_of = np.array([engine.bucket_for(1, n).support for n in need])
     ranked: list = [None] * len(inputs)

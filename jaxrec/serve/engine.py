@@ -84,12 +84,15 @@ class ServingModel:
       max_k: the most recommendations a request may ask for.
       max_probe: the most items a ``/predict`` request may score.
       devices: how many devices to shard the user axis over (default: all of them).
+      exclude: codes of items never to recommend (out of stock, withdrawn): left out of every list inside the
+        compiled call, still scored by ``/predict``.
 
     Attributes:
       trained: the model.
       recommender: its :class:`~jaxrec.experiment.recommend.Recommender` or ``TopNRecommender``.
       buckets: every compiled :class:`Bucket`.
       n_items: the catalogue size.
+      excluded: ``[n_items]`` bool, the items never recommended.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class ServingModel:
         max_k: int = 100,
         max_probe: int = 100,
         devices: int | None = None,
+        exclude: Sequence[int] = (),
     ):
         self.trained = trained
         self.recommender = recommender_for(trained)
@@ -113,25 +117,34 @@ class ServingModel:
         self.max_k = max(1, min(int(max_k), self.n_items))
         self.max_probe = max(1, int(max_probe))
         self.buckets = [Bucket(b, s) for b in self.batch_sizes for s in self.support_sizes]
+        exclude = np.asarray(exclude, np.int64).ravel()
+        outside = exclude[(exclude < 0) | (exclude >= self.n_items)]
+        if outside.size:
+            raise ValueError(f"exclude holds codes outside 0 to {self.n_items - 1}: {outside[:5].tolist()}")
+        self.excluded = np.zeros(self.n_items, bool)
+        self.excluded[exclude] = True
+        self._open = self.n_items - int(self.excluded.sum())  # the items a list may hold before a user's own
         n_devices = jax.device_count() if devices is None else int(devices)
         self.mesh = make_mesh(n_devices) if n_devices > 1 else None
         self._lock = threading.Lock()  # one compiled call at a time: the batcher's worker, a benchmark, a test
         self._state = self.recommender.state
         self._candidates = self.recommender.candidates
+        self._excluded = jnp.asarray(self.excluded)
         if self.mesh is not None:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             self._state = jax.device_put(self._state, replicated)
             self._candidates = jax.device_put(self._candidates, replicated)
+            self._excluded = jax.device_put(self._excluded, replicated)
         self._rank = jax.jit(self._rank_batch)
 
     # ---------------------------------------------------------------------------------------------------------
     # the compiled call
 
-    def _rank_batch(self, state, candidates, support, mask, codes, seen, probe, partner=None):
+    def _rank_batch(self, state, candidates, excluded, support, mask, codes, seen, probe, partner=None):
         """``(top scores [B, max_k], top codes [B, max_k], probe scores [B, P], finite [B])`` of a padded batch of
         users: ``codes [B, S]`` their support's items, ``seen [B, S]`` other items they have (-1 = none), both left
-        out of the list; with a hybrid, ``partner [B, V]`` holds its partner's scores and the hybrid's rank (and are
-        returned)."""
+        out of the list, as the ``excluded [V]`` items are out of every list; with a hybrid, ``partner [B, V]``
+        holds its partner's scores and the hybrid's rank (and are returned)."""
         scores = jax.vmap(self.recommender.score_one, in_axes=(None, 0, 0, None))(state, support, mask, candidates)
         scores = scores.astype(jnp.float32)
         own = jnp.where(mask, codes, -1)
@@ -139,12 +152,13 @@ class ServingModel:
         users = jnp.arange(scores.shape[0])[:, None]
         listed = (
             jnp.ones(scores.shape, bool).at[users, jnp.where(theirs >= 0, theirs, self.n_items)].set(False, mode="drop")
-        )
+        ) & ~excluded
         if partner is not None:  # z(model) + w z(partner) over the items but the support's, as the library ranks
             scores = self.hybrid.combine(scores, partner, own)
         finite = jnp.all(jnp.isfinite(scores) | ~listed, axis=1)  # overflowing weights: inf or nan scores
         catalogue = jnp.arange(self.n_items, dtype=jnp.int32)
         unseen = exclude_items(scores, catalogue, theirs)  # each user's own items at -inf
+        unseen = jnp.where(excluded, -jnp.inf, unseen)
         top_scores, top_codes = jax.lax.top_k(unseen, self.max_k)
         probe_scores = jnp.take_along_axis(scores, jnp.clip(probe, 0, self.n_items - 1), axis=1)
         scale = getattr(self.recommender, "rating_range", None)
@@ -205,9 +219,12 @@ class ServingModel:
             bucket = self.bucket_for(len(chunk), max((max(len(u.codes), len(u.seen)) for u in chunk), default=0))
             inputs = self._inputs(chunk, bucket)
             with self._lock:
-                top, codes, probe, finite = jax.device_get(self._rank(self._state, self._candidates, *inputs))
+                top, codes, probe, finite = jax.device_get(
+                    self._rank(self._state, self._candidates, self._excluded, *inputs)
+                )
             for i, user in enumerate(chunk):
-                k = min(user.k, self.n_items - len(user.codes) - len(user.seen))
+                theirs = np.union1d(user.codes, user.seen).astype(np.int64)
+                k = min(user.k, self._open - int(np.count_nonzero(~self.excluded[theirs])))
                 answer = Ranked(codes[i, :k].astype(np.int64), top[i, :k], probe[i, : len(user.probe)], bool(finite[i]))
                 out.append(answer)
         return out
@@ -219,7 +236,7 @@ class ServingModel:
             users = [UserInput(np.zeros(0, np.int64), np.zeros(0, np.float32))] * bucket.batch
             inputs = self._inputs(users, bucket)
             with self._lock:
-                jax.block_until_ready(self._rank(self._state, self._candidates, *inputs))
+                jax.block_until_ready(self._rank(self._state, self._candidates, self._excluded, *inputs))
         seconds = time.perf_counter() - started
         logger.info("compiled %d shape bucket(s) in %.1f s", len(self.buckets), seconds)
         return seconds

@@ -35,7 +35,10 @@ class UserSupport:
       duplicates: items sent more than once (a rating model keeps the last rating; an implicit one the first
         occurrence, a weighted model's weights summed).
       below_threshold: ratings below the run's positive threshold (implicit runs; not adapted to).
-      seen: the codes of the known items rated below the threshold: left out of the list, as the support's are.
+      seen: the codes of the known items rated below the threshold, and of those the request excludes: left out of
+        the list, as the support's are.
+      excluded: the known items the request excludes.
+      unknown_excluded: the excluded ids not in the catalogue (ignored).
     """
 
     codes: np.ndarray
@@ -44,16 +47,21 @@ class UserSupport:
     duplicates: int
     below_threshold: int
     seen: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    excluded: int = 0
+    unknown_excluded: int = 0
 
     def report(self) -> dict[str, Any]:
-        """The JSON-ready counts of what was used and ignored."""
-        return {
+        """The JSON-ready counts of what was used and ignored (and excluded, when the request excludes items)."""
+        report = {
             "used": len(self.codes),
             "unknown": len(self.unknown),
             "unknown_items": self.unknown[:20],
             "duplicates": self.duplicates,
             "below_threshold": self.below_threshold,
         }
+        if self.excluded or self.unknown_excluded:
+            report.update(excluded=self.excluded, unknown_excluded=self.unknown_excluded)
+        return report
 
 
 class Catalogue:
@@ -230,6 +238,29 @@ class Catalogue:
         ``"scale"`` for a rating model, ``"weight"`` for a weighted one."""
         scale = self.rating_range if (self.rating_range and not self.implicit) else None
         return unusable_values(values, scale=scale, weights=self.weighted)
+
+    def excluding(self, support: UserSupport, exclude: Sequence[Any], max_items: int) -> UserSupport:
+        """``support`` with the items of ``exclude`` (raw ids) left out of its list too, as its seen items are.
+
+        Args:
+          support: the checked support (:meth:`support`).
+          exclude: raw ids of items not to recommend; unknown ones are counted, and an id the user sent is in the
+            support already.
+          max_items: the most items a list may leave out besides the support (the largest support bucket).
+
+        Raises:
+          RequestError: if the excluded and seen items are more than ``max_items``.
+        """
+        codes = [self.code(raw) for raw in exclude]
+        known = np.unique(np.asarray([c for c in codes if c is not None], np.int64))
+        seen = np.setdiff1d(np.union1d(support.seen, known), support.codes)
+        if len(seen) > max_items:
+            raise RequestError(
+                f"exclude: at most {max_items} items with those rated below the threshold, got {len(seen)} (a "
+                "catalogue-wide list goes to jaxrec serve --exclude)"
+            )
+        unknown = sum(c is None for c in codes)
+        return dataclasses.replace(support, seen=seen, excluded=len(known), unknown_excluded=unknown)
 
     def user_input(self, support: UserSupport, k: int, probe: Sequence[int] = ()) -> UserInput:
         """The engine's input for a checked support."""
