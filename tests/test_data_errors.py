@@ -224,3 +224,20 @@ def test_recommend_reads_ids_with_spaces_of_their_own(tmp_path):
     path = _write(tmp_path / "mine.txt", ' padded \n  plain  \n"007"\n')
     codes, weights, notes, _ = read_user_ratings(path, ids, None, implicit=True)
     assert codes.tolist() == [0, 1, 2] and weights.tolist() == [1.0, 1.0, 1.0] and notes == []
+
+
+@pytest.mark.parametrize(
+    "first, words", [("u9,i5,n/a", "line 1 is not a finite number: 'n/a'"), ("u9,i5,", "line 1 is missing")]
+)
+def test_a_bad_value_on_a_headerless_logs_first_line_is_named_not_read_as_a_header(tmp_path, first, words):
+    """Line 1 of a headerless log with a bad rating used to be read as a header: the row, and its user, were
+    dropped in silence. A header's names are not empty, and its id fields are unlike the ids below them."""
+    rows = [first] + [f"u{k},i{k % 4},{1 + k % 5}" for k in range(8)]
+    path = _write(tmp_path / "log.csv", "\n".join(rows) + "\n")
+    with pytest.raises(jd.DataError, match=words):
+        jd.from_csv(path, columns=["user", "item", "rating"])
+    for header in ("user,item,rating", "reader,book,score", "who,what,n/a"):
+        ds = jd.from_csv(
+            _write(tmp_path / "named.csv", "\n".join([header, *rows[1:]]) + "\n"), columns=["user", "item", "rating"]
+        )
+        assert ds.report["header_line_read"] and ds.n_ratings == 8, header

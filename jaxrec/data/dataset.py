@@ -1124,6 +1124,11 @@ def _value_in_role(text: str, role: str) -> bool:
 
 def _positions_of_numeric_roles(columns: Any, width: int) -> dict[int, str]:
     """``{position: role}`` of the rating, weight and timestamp columns of a headerless reading of ``columns``."""
+    return {p: r for p, r in _positions_of_roles(columns, width).items() if r in _NUMERIC_ROLES}
+
+
+def _positions_of_roles(columns: Any, width: int) -> dict[int, str]:
+    """``{position: role}`` of the columns in a role in a headerless reading of ``columns`` (``_`` included)."""
     if columns is None:
         by_position = dict(enumerate(_POSITIONAL_ROLES[: min(width, len(_POSITIONAL_ROLES))]))
     elif isinstance(columns, Mapping):
@@ -1132,7 +1137,7 @@ def _positions_of_numeric_roles(columns: Any, width: int) -> dict[int, str]:
         return {}
     else:
         by_position = dict(enumerate(columns))
-    return {p: r for p, r in by_position.items() if r in _NUMERIC_ROLES and 0 <= p < width}
+    return {p: r for p, r in by_position.items() if 0 <= p < width}
 
 
 def _known_names(columns: Any) -> set[str]:
@@ -1161,20 +1166,26 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
     """Whether line 1 (split into ``fields``) is a header.
 
     With a numeric role (rating, weight, timestamp) among the columns, line 1 is data when a field in such a role
-    holds a number (or, for a timestamp, an ISO-8601 date): a header's names are not numbers. Without one
-    (``columns=["user", "item"]``), it is a header when a field is a role's name (``user``, ``item_id``,
-    ``count``, ...) or a name in a ``columns`` mapping, or when it looks unlike the lines after it (no digit where
-    they all have one); else it is data, kept as the first row.
+    holds a number (or, for a timestamp, an ISO-8601 date), or is empty: a header's names are neither. It is a
+    header when a field is a role's name (``user``, ``item_id``, ``count``, ...) or a name in a ``columns``
+    mapping, or when its id fields (where the roles place them; else those outside the numeric roles) look unlike
+    the lines after them (no digit where they all have one); else it is data, kept as the first row, so that a
+    first row with a bad value (``u9,i5,n/a``) is reported as the bad row it is, never read as a header and lost.
     """
     text = [f.strip().strip('"').strip() for f in fields]
-    numeric = _positions_of_numeric_roles(columns, len(text))
-    if numeric:
-        return not any(_value_in_role(text[p], role) for p, role in numeric.items())
+    roles = _positions_of_roles(columns, len(text))
+    numeric = {p: r for p, r in roles.items() if r in _NUMERIC_ROLES}
+    if any(_value_in_role(text[p], role) or not text[p] for p, role in numeric.items()):
+        return False
     known = _known_names(columns)
     if any(t.lower() in known for t in text):
         return True
     following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
-    return _unlike_data(text, following)
+    # the ids' columns when the roles place them (a skipped column may hold anything), else every other column
+    others = [p for p, r in roles.items() if r in ("user", "item")] or [j for j in range(len(text)) if j not in numeric]
+    return _unlike_data(
+        [text[j] for j in others], [[row[j] if j < len(row) else "" for j in others] for row in following]
+    )
 
 
 def _strip_ids(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
