@@ -86,6 +86,14 @@ def _echo(*parts: Any, err: bool = False) -> None:
 # argument parsing
 
 
+#: the help of --save-predictions (train and evaluate)
+_SAVE_PREDICTIONS_HELP = (
+    "also write each scenario's split and every method's predictions (top-N: top-k lists) to DIR; rating "
+    "predictions as each method gives them (nDCG ranks these), which MAE and RMSE clip to metrics.json's "
+    "rating_scale first"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser of the ``jaxrec`` command and its subcommands.
 
@@ -127,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--save-predictions",
         metavar="DIR",
-        help="also write each scenario's split and every method's predictions (top-N: top-k lists) to DIR",
+        help=_SAVE_PREDICTIONS_HELP,
     )
 
     ch = sub.add_parser(
@@ -165,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--save-predictions",
         metavar="DIR",
-        help="also write each scenario's split and every method's predictions (top-N: top-k lists) to DIR",
+        help=_SAVE_PREDICTIONS_HELP,
     )
 
     r = sub.add_parser("recommend", help="adapt to a new user's few ratings (or a file of users') and print the top-k")
