@@ -132,6 +132,59 @@ def test_the_recommender_of_a_rating_history_model_reads_the_rows_its_evaluation
     np.testing.assert_allclose(scores[query["item"][0, :m]], expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_new_users_side_features_given_to_the_recommender_give_the_evaluations_predictions():
+    """A run trained with user features (demographics, a binned income, a country) scored a new user with them in
+    its evaluation, and ``jaxrec recommend`` / ``serve`` without them (the unknown slot): other predictions than
+    the ones reported. Given the user's raw values, the recommender's rows and scores are the evaluation's."""
+    import pandas as pd
+
+    from jaxrec.core.inner import adapt
+    from jaxrec.core.metasgd import split_meta_params
+    from jaxrec.data import DataError, from_dataframe
+    from jaxrec.experiment import Recommender
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 240, 40
+    group = rng.integers(0, 3, n_users)
+    users = pd.DataFrame(
+        {
+            "age": rng.integers(15, 70, n_users),
+            "gender": rng.choice(["m", "f"], n_users),
+            "income": rng.normal(50, 10, n_users).round(2),
+            "country": np.array(["FR", "DE", "US"])[group],
+        },
+        index=pd.Index(np.arange(n_users), name="user"),
+    )
+    user, item = rng.integers(0, n_users, 6000), rng.integers(0, n_items, 6000)
+    rating = np.clip(1 + (item % 3 == group[user]) * 3 + rng.integers(0, 2, 6000), 1, 5).astype(float)
+    dataset = from_dataframe(pd.DataFrame({"user": user, "item": item, "rating": rating}), user_features=users)
+    model_kwargs = {**TINY["model_kwargs"], "use_ids": ["item"]}
+    exp = Experiment(ExperimentConfig.make(**{**TINY, "model_kwargs": model_kwargs}), dataset=dataset)
+    assert {"user_age", "user_income", "user_country"} <= set(exp.spec.categorical)
+    state = exp.train(exp.init_state(), steps=3)
+    tasks = exp.scenario_tasks["new_user"]
+    recommender = Recommender(exp, state.params)
+    params, rates = split_meta_params(state.params, exp.inner_lr)
+    for t in range(3):
+        (support, support_mask), (query, query_mask) = tasks.codes(np.array([t]))
+        batch = tasks.make_batch(np.array([t]))
+        n, m = int(support_mask.sum()), int(query_mask.sum())
+        code = int(tasks.users[t])
+        raw = {k: v for k, v in users.loc[dataset.user_ids[code]].items()}
+        rows, _ = recommender.support(support["item"][0, :n], support["rating"][0, :n], user_features=raw)
+        for key in ("user_age", "user_gender", "user_income", "user_country"):
+            np.testing.assert_array_equal(rows[key][:n], batch.support[key][0, :n])
+        one = {k: v[0] for k, v in batch.support.items()}
+        phi = adapt(params, one, batch.support_mask[0], exp.inner.replace(order="first"), inner_lr=rates)
+        expected = exp.apply_fn(phi, {k: v[0, :m] for k, v in batch.query.items()})
+        scores = recommender.scores(support["item"][0, :n], support["rating"][0, :n], user_features=raw)
+        np.testing.assert_allclose(scores[query["item"][0, :m]], expected, rtol=1e-5, atol=1e-5)
+        blind = recommender.scores(support["item"][0, :n], support["rating"][0, :n])
+        assert not np.allclose(blind[query["item"][0, :m]], expected, atol=1e-4)  # the features matter
+    with pytest.raises(DataError, match="reads age, country, gender, income"):
+        recommender.scores(support["item"][0, :n], support["rating"][0, :n], user_features={"salary": 3})
+
+
 def test_metasgd_rates_get_their_own_learning_rate_and_validate_scores_val_users():
     config = ExperimentConfig.make(
         **{**TINY, "pretrain": True},

@@ -153,9 +153,12 @@ def _categorical(values: pd.Series) -> pd.Series:
     return text.where(text.notna() & (text != ""), None).astype(object)
 
 
-def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str, pd.Series], dict[str, pd.Series]]:
+def _side_fields(
+    table: pd.DataFrame, role: str, known: tuple, *, quiet: bool = False
+) -> tuple[dict[str, pd.Series], dict[str, pd.Series]]:
     """A side table's other columns than ``known`` as ``(categorical, multi_hot)`` fields by row key: item columns
-    of ``"|"``-joined text multi-hot, every other one categorical (:func:`_categorical`).
+    of ``"|"``-joined text multi-hot, every other one categorical (:func:`_categorical`); ``quiet``: keep a column
+    whose values all differ (one new user's values, not a table).
 
     Raises:
       DataError: if two columns map to one row key (``"a b"`` and ``"a_b"``).
@@ -175,7 +178,7 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str
             continue
         field = _categorical(values)
         given = field.dropna()
-        if len(given) > EXACT_NUMBERS and given.nunique() == len(given):
+        if not quiet and len(given) > EXACT_NUMBERS and given.nunique() == len(given):
             # an identifier or free text: no two rows share a value, so it tells nothing about a row it has not seen
             logger.warning(
                 "%s side column %r: every value differs (an id or free text), not used as a feature", role, column
@@ -183,6 +186,28 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str
             continue
         categorical[key] = field
     return categorical, multi_hot
+
+
+#: the label of a numeric column's quantile bin (:func:`_categorical`): ``[low, high)``
+_BIN = re.compile(r"^\[(-?inf|[-+0-9.eE]+), (-?inf|[-+0-9.eE]+)\)$")
+
+
+def _is_binned(vocab: list) -> bool:
+    """Whether a vocabulary is a numeric column's quantile bins (every label ``[low, high)``)."""
+    return bool(vocab) and all(isinstance(v, str) and _BIN.match(v) for v in vocab)
+
+
+def _bin_label(value: Any, vocab: list) -> str | None:
+    """The label of the bin of ``vocab`` that holds the number ``value`` (None: not a number, or in no bin)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    for label in vocab:
+        low, high = (float(x) for x in _BIN.match(label).groups())
+        if low <= number < high:
+            return label
+    return None
 
 
 def _multi_hot(values: pd.Series, train_codes: np.ndarray) -> tuple[np.ndarray, list]:
@@ -381,6 +406,53 @@ class Featurizer:
         out.update({prefix + k: np.take(t, items) for k, t in self.item_tables.items()})
         out.update({prefix + k: np.take(t, items, axis=0) for k, t in self.item_multi_hot.items()})
         return out
+
+    @property
+    def user_feature_keys(self) -> list[str]:
+        """The row keys of the users' side features (``user_<field>``), in the tables' order."""
+        return list(self.user_tables)
+
+    def encode_user_features(self, features: Mapping[str, Any]) -> tuple[dict[str, int], list[str]]:
+        """A new user's side features (raw values by column name, as the training side table gave them) as slots.
+
+        Each value is encoded as the training users' were (MovieLens's ``age`` bucketed, ``zip`` cut to its first
+        character, ``gender`` upper-cased; another column's value as its category, a binned numeric column's by
+        its bin) and looked up in the field's vocabulary: a value no training user had, or a field not given, is
+        the unknown slot 0, as it is for such a user in the evaluation.
+
+        Args:
+          features: ``{column: value}`` (``{"age": 25, "gender": "F"}``); None values count as not given.
+
+        Returns:
+          ``(slots, unknown)``: the slot of every user field (``{"user_age": 3, ...}``: every key of
+          :attr:`user_feature_keys`) and the columns whose values are not in their vocabulary.
+
+        Raises:
+          DataError: if a column is not one of the model's user features (the message lists them).
+        """
+        names = {name: _field_key("user", name) for name in features}
+        extra = [name for name, key in names.items() if key not in self.user_tables]
+        if extra:
+            known = sorted(key.split("_", 1)[1] for key in self.user_tables) or ["none"]
+            raise DataError(
+                f"user features {extra} are not the model's: it reads {', '.join(known)} (a run's user features are "
+                "the columns of its --user-features table, or MovieLens's demographics)"
+            )
+        table = pd.DataFrame({name: pd.Series([value], dtype=object) for name, value in features.items()})
+        table = table.infer_objects()
+        encoded = {**_user_fields(table), **_side_fields(table, "user", _USER_KNOWN, quiet=True)[0]}
+        slots, unknown = {key: 0 for key in self.user_tables}, []
+        for name, key in names.items():
+            value = features[name]
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                continue
+            vocab = self.vocabularies.get(key, [])
+            label = _bin_label(value, vocab) if _is_binned(vocab) else encoded[key].iloc[0]
+            try:
+                slots[key] = vocab.index(label) + 1
+            except ValueError:
+                unknown.append(name)
+        return slots, unknown
 
     def item_features(self) -> tuple[np.ndarray, list[str]]:
         """Every item's side features as one 0/1 matrix: a one-hot column per known value of each categorical item

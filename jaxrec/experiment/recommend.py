@@ -360,7 +360,11 @@ class Recommender:
         n_items = self.featurizer.n_items
         self.candidates = jax.device_put(self.featurizer.rows(np.full(n_items, -1), np.arange(n_items)))
 
+        user_keys = self.featurizer.user_feature_keys
+
         def scores(state, support, mask, candidates):
+            # a candidate row is the user's too: their side features (slot 0, unknown, when none are given)
+            candidates = {**candidates, **{k: jnp.broadcast_to(support[k][0], (n_items,)) for k in user_keys}}
             if self.history:  # the candidates read what a row after the support reads: its last L ratings
                 support = dict(support)
                 following = {k: support.pop(f"next_{k}") for k in HISTORY_KEYS}
@@ -381,28 +385,31 @@ class Recommender:
         """The smallest support size the rows can be padded to."""
         return 1
 
-    def support(self, item_codes, ratings, size: int | None = None):
+    def support(self, item_codes, ratings, size: int | None = None, user_features=None):
         """Build the padded support set of a new user.
 
         Args:
           item_codes: the codes of the rated items.
           ratings: their ratings.
           size: the padded size (default: the next power of two, at least 8).
+          user_features: the user's side features, ``{column: value}`` (:meth:`~jaxrec.data.Featurizer.
+            encode_user_features`), or None.
 
         Returns:
           ``(rows, mask)``; the user is unknown (OOV).
         """
         items, values, mask = padded([item_codes], [ratings], size or _bucket(len(item_codes), 8))
-        rows, mask = self.supports(items, values, mask)
+        rows, mask = self.supports(items, values, mask, [user_slots(self.featurizer, user_features)])
         return {k: v[0] for k, v in rows.items()}, mask[0]
 
-    def supports(self, items: np.ndarray, ratings: np.ndarray, mask: np.ndarray):
+    def supports(self, items: np.ndarray, ratings: np.ndarray, mask: np.ndarray, slots=None):
         """The support rows of a batch of new users at once (see :func:`padded`).
 
         Args:
           items: ``[B, S]`` item codes (-1 = padding).
           ratings: ``[B, S]`` their ratings.
           mask: ``[B, S]`` the real entries.
+          slots: each user's side-feature slots (:func:`user_slots`; None: unknown), or None for none of them.
 
         Returns:
           ``(rows, mask)``, every row key ``[B, S, ...]``; the users are unknown (OOV). A model of rating histories
@@ -411,6 +418,7 @@ class Recommender:
           ``next_history_item`` / ``next_history_rating``, what a row after the support reads (its last ``L``).
         """
         rows = self.featurizer.rows(np.full(items.shape, -1), items, ratings)
+        with_user_slots(rows, slots)
         if self.history:
             slots = np.where(mask, rows["item"], 0)
             values = np.where(mask, np.asarray(ratings, np.float32), 0.0)
@@ -421,12 +429,14 @@ class Recommender:
             rows.update({f"next_{k}": np.repeat(v, size, axis=1) for k, v in following.items()})
         return rows, mask
 
-    def scores(self, item_codes, ratings):
+    def scores(self, item_codes, ratings, user_features=None):
         """Score every item after adapting to the user's ratings.
 
         Args:
           item_codes: the codes of the rated items.
           ratings: their ratings.
+          user_features: the user's side features, ``{column: value}``, or None (a model that reads some then
+            takes the unknown value of each, as a user without them).
 
         Returns:
           The predicted score of every item, indexed by dataset code.
@@ -437,10 +447,10 @@ class Recommender:
         item_codes, ratings = checked_support(
             item_codes, ratings, self.featurizer.n_items, weights=False, scale=self.rating_range
         )
-        rows, mask = self.support(item_codes, ratings)
+        rows, mask = self.support(item_codes, ratings, user_features=user_features)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
-    def top_k(self, item_codes, ratings, k: int, exclude=()):
+    def top_k(self, item_codes, ratings, k: int, exclude=(), user_features=None):
         """Recommend the ``k`` best items the user has not rated.
 
         Args:
@@ -448,12 +458,13 @@ class Recommender:
           ratings: their ratings.
           k: how many items.
           exclude: codes of other items to leave out of the list.
+          user_features: the user's side features (see :meth:`scores`).
 
         Returns:
           ``(codes, predictions)`` of the best items, best first: ranked by the model's scores, each prediction
           clipped to the rating scale (a model may score beyond it; what it predicts is a rating on the scale).
         """
-        best, scores = _best(self.scores(item_codes, ratings), item_codes, k, exclude)
+        best, scores = _best(self.scores(item_codes, ratings, user_features), item_codes, k, exclude)
         return best, self.clip(scores)
 
     def clip(self, scores):
@@ -499,13 +510,13 @@ class TopNRecommender:
         n_items = self.featurizer.n_items
         self.trained_items = np.flatnonzero(self.featurizer.item_index[:-1] > 0)
         self.candidates = jax.device_put(self.featurizer.item_rows(np.arange(n_items)))
-        users = self.featurizer.user_rows(np.full(1, -1))
+        user_keys = list(self.featurizer.user_rows(np.full(1, -1)))  # the id (unknown) and the side features
 
         def scores(state, support, mask, candidates):
             phi = adapt(
                 state[0], zero_padding(support, mask), mask, experiment.inner.replace(order="first"), inner_lr=state[1]
             )
-            rows = {k: jnp.broadcast_to(v, (n_items,)) for k, v in users.items()}
+            rows = {k: jnp.broadcast_to(support[k][0], (n_items,)) for k in user_keys}  # the support's user
             if self.history:
                 items = jnp.where(mask, support["item"], 0)[: self.history]
                 rows["history_item"] = jnp.broadcast_to(
@@ -520,22 +531,23 @@ class TopNRecommender:
         """The smallest support size the rows can be padded to: the model's history length."""
         return max(1, self.history)
 
-    def support(self, item_codes, weights, size: int | None = None):
+    def support(self, item_codes, weights, size: int | None = None, user_features=None):
         """The padded support rows of a new user.
 
         Args:
           item_codes: the codes of the user's items.
           weights: their weights.
           size: the padded size (default: the next power of two, at least 8 and at least the history).
+          user_features: the user's side features, ``{column: value}``, or None.
 
         Returns:
           ``(rows, mask)``.
         """
         items, values, mask = padded([item_codes], [weights], max(size or _bucket(len(item_codes), 8), self.history))
-        rows, mask = self.supports(items, values, mask)
+        rows, mask = self.supports(items, values, mask, [user_slots(self.featurizer, user_features)])
         return {k: v[0] for k, v in rows.items()}, mask[0]
 
-    def supports(self, items: np.ndarray, weights: np.ndarray, mask: np.ndarray):
+    def supports(self, items: np.ndarray, weights: np.ndarray, mask: np.ndarray, slots=None):
         """The support rows of a batch of new users at once (see :func:`padded`).
 
         Each user's negatives are drawn uniformly from the training catalogue less their own items, by a generator
@@ -545,12 +557,14 @@ class TopNRecommender:
           items: ``[B, S]`` item codes (-1 = padding); ``S`` at least the history.
           weights: ``[B, S]`` their weights.
           mask: ``[B, S]`` the real entries.
+          slots: each user's side-feature slots (:func:`user_slots`; None: unknown), or None for none of them.
 
         Returns:
           ``(rows, mask)``, every row key ``[B, S, ...]``.
         """
         batch, size = items.shape
         rows = self.featurizer.user_rows(np.full(items.shape, -1))
+        with_user_slots(rows, slots)
         rows.update(self.featurizer.item_rows(items))
         rows["weight"] = np.where(mask, weights, 0.0).astype(np.float32)
         if self.recency:  # the run's weighting of the support by its order, the items as sent: the oldest first
@@ -596,32 +610,58 @@ class TopNRecommender:
         before = before.reshape(batch, -1) - (np.arange(batch) * size)[:, None]
         return trained[np.minimum(draws + before.reshape(draws.shape), n - 1)], pools > 0
 
-    def model_scores(self, item_codes, weights):
+    def model_scores(self, item_codes, weights, user_features=None):
         """The adapted model's score of every item (indexed by dataset code); a ValueError if the items or weights
         are not a usable support (:func:`checked_support`)."""
-        return self._model_scores(*checked_support(item_codes, weights, self.featurizer.n_items, weights=True))
+        codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
+        return self._model_scores(codes, weights, user_features)
 
-    def _model_scores(self, item_codes: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        rows, mask = self.support(item_codes, weights)
+    def _model_scores(self, item_codes: np.ndarray, weights: np.ndarray, user_features=None) -> np.ndarray:
+        rows, mask = self.support(item_codes, weights, user_features=user_features)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
-    def scores(self, item_codes, weights):
+    def scores(self, item_codes, weights, user_features=None):
         """Score every item after adapting to the user's items (indexed by dataset code): the hybrid's scores when
-        there is one (``-inf`` on the user's own items), else the adapted model's."""
+        there is one (``-inf`` on the user's own items), else the adapted model's. ``user_features``: the user's
+        side features, ``{column: value}``, or None (the unknown value of each)."""
         item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
-        model = self._model_scores(item_codes, weights)
+        model = self._model_scores(item_codes, weights, user_features)
         if self.hybrid is None:
             return model
         codes = np.asarray(item_codes, np.int64)[None, :]
         partner = self.hybrid.partner_scores(codes, np.ones(codes.shape, bool))
         return np.array(self.hybrid.combine(model[None, :], partner, jnp.asarray(codes, jnp.int32))[0])
 
-    def top_k(self, item_codes, weights, k: int, exclude=()):
+    def top_k(self, item_codes, weights, k: int, exclude=(), user_features=None):
         """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first, ties
         broken by the lower code (as the evaluation and the service break them). ``exclude``: codes of other items
         the user has seen, left out of the list too (e.g. rated below the run's positive threshold, so not in the
-        support)."""
-        return _best(self.scores(item_codes, weights), item_codes, k, exclude)
+        support); ``user_features``: the user's side features (see :meth:`scores`)."""
+        return _best(self.scores(item_codes, weights, user_features), item_codes, k, exclude)
+
+
+def user_slots(featurizer, user_features) -> dict[str, int] | None:
+    """A new user's side-feature slots (:meth:`~jaxrec.data.Featurizer.encode_user_features`), or None without
+    features; a value no training user had is the unknown slot, and logged.
+
+    Raises:
+      ValueError: if a feature is not one of the model's (a :class:`~jaxrec.data.DataError`).
+    """
+    if not user_features:
+        return None
+    slots, unknown = featurizer.encode_user_features(user_features)
+    if unknown:
+        logger.info("user features %s: values no training user had, read as unknown", unknown)
+    return slots
+
+
+def with_user_slots(rows: dict, slots) -> dict:
+    """``rows`` (``[B, S]`` user keys) with each user's side-feature slots in every one of their rows (``slots``:
+    one dict or None per user; None leaves the unknown slot 0). In place; returns ``rows``."""
+    for b, mine in enumerate(slots or ()):
+        for key, slot in (mine or {}).items():
+            rows[key][b] = slot
+    return rows
 
 
 def _ratings_before(slots: np.ndarray, values: np.ndarray, ends: np.ndarray, length: int) -> dict[str, np.ndarray]:

@@ -46,6 +46,8 @@ class UserInput:
       probe: item codes whose scores to return (``/predict``), or empty.
       seen: codes of other items the user has (rated below a top-N run's positive threshold): not adapted to, left
         out of the list as ``codes`` are.
+      user_slots: the user's side-feature slots (:func:`~jaxrec.experiment.recommend.user_slots`), or None (the
+        unknown value of each).
     """
 
     codes: np.ndarray
@@ -53,6 +55,7 @@ class UserInput:
     k: int = 10
     probe: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     seen: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    user_slots: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +190,8 @@ class ServingModel:
         items, values, mask = padded(
             [u.codes for u in users] + empty, [u.values for u in users] + empty, bucket.support
         )
-        support, mask = self.recommender.supports(items, values, mask)
+        slots = [u.user_slots for u in users] + [None] * len(empty)
+        support, mask = self.recommender.supports(items, values, mask, slots)
         probes = [u.probe for u in users] + empty
         probe = np.maximum(padded(probes, probes, self.max_probe)[0], 0).astype(np.int32)
         codes = np.where(mask, items, 0).astype(np.int32)
