@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from jaxrec.core.errors import JaxrecError
-from jaxrec.data import DATASETS, default_data_root
+from jaxrec.data import DATASETS, default_data_root, read_side_table
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.choose import GridError, choose, selection_metric
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
@@ -196,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude",
         metavar="FILE",
         help="a file of item ids, one per line, never to recommend (out of stock, withdrawn); unknown ids are counted",
+    )
+    r.add_argument(
+        "--features",
+        metavar="COLUMN=VALUE,...",
+        help="with --ratings: the new user's side features, for a run trained with them (demographics, "
+        "--user-features), e.g. age=25,gender=F; without them each is read as unknown",
+    )
+    r.add_argument(
+        "--user-features",
+        metavar="FILE",
+        help="with --users: a table of the users' side features (id column first or named user; text or Parquet), "
+        "as train's --user-features",
     )
     r.add_argument("--out", help="with --users: the CSV file to write the lists to (default: standard output)")
     r.add_argument("--sep", help="with --users: the text file's field separator (default: sniffed)")
@@ -572,18 +584,22 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise CLIError(f"-k must be >= 1, got {args.k}")
     if args.users is not None:
         return _recommend_users(args)
-    if args.out is not None or args.columns is not None or args.sep is not None:
-        raise CLIError("--out, --columns and --sep go with --users (one user's --ratings list is printed)")
+    if args.out is not None or args.columns is not None or args.sep is not None or args.user_features is not None:
+        raise CLIError(
+            "--out, --columns, --sep and --user-features go with --users (one user's --ratings list is printed; "
+            "their features: --features)"
+        )
+    features = _feature_pairs(args.features)
     codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
-    for note in notes:
+    for note in notes + _feature_notes(trained, features):
         _echo(f"note: {note}", err=True)
     recommender = recommender_for(trained)
     topn = trained.config.data.feedback == "implicit"  # how the lines read: interactions and scores
     started = time.perf_counter()
     try:
-        best, scores = recommender.top_k(codes, ratings, args.k, exclude=seen)
+        best, scores = recommender.top_k(codes, ratings, args.k, exclude=seen, user_features=features)
     except ValueError as e:  # the file's values overflow the model's arithmetic
         raise RunError(f"--ratings {args.ratings}: {e}") from None
     cold = time.perf_counter() - started
@@ -599,7 +615,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         warm = []
         for _ in range(20):
             t = time.perf_counter()
-            recommender.top_k(codes, ratings, args.k, exclude=seen)
+            recommender.top_k(codes, ratings, args.k, exclude=seen, user_features=features)
             warm.append(time.perf_counter() - t)
         warm.sort()
         _echo(
@@ -611,8 +627,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 def _recommend_users(args: argparse.Namespace) -> int:
     """``jaxrec recommend --users FILE``: every user's top-k as CSV rows, the counts of what was left out on stderr."""
-    if args.timing:
-        raise CLIError("--timing goes with --ratings (one user); time a file of users with the shell's time")
+    if args.timing or args.features is not None:
+        raise CLIError(
+            "--timing and --features go with --ratings (one user): time a file of users with the shell's time, give "
+            "their features as a table (--user-features)"
+        )
     out = None if args.out is None else Path(args.out).expanduser()
     if out is not None:  # checked before the slow part
         if out.is_dir():
@@ -625,10 +644,16 @@ def _recommend_users(args: argparse.Namespace) -> int:
             raise CLIError(f"--out {args.out}: its folder is not writable")
     # a bad file fails before the model is loaded
     users = read_users(args.users, args.columns, args.sep, encoding=args.encoding)
+    table = None if args.user_features is None else read_side_table(args.user_features, "user", encoding=args.encoding)
     trained = load_trained(args.checkpoint)
     excluded = _excluded(args, trained)
+    if table is None:
+        for note in _feature_notes(trained, None):
+            _echo(f"note: {note}", err=True)
     try:
-        lists, report = recommend_users(trained, users, args.k, where=f"--users {args.users}", exclude=excluded)
+        lists, report = recommend_users(
+            trained, users, args.k, where=f"--users {args.users}", exclude=excluded, user_features=table
+        )
     except ValueError as e:
         raise RunError(str(e)) from None
     dropped = f"{report['unknown']} unknown item(s) ignored, {report['duplicates']} duplicate(s) merged"
@@ -656,6 +681,12 @@ def _recommend_users(args: argparse.Namespace) -> int:
     for shown, note in notes:
         if shown:
             _echo(f"note: {note}", err=True)
+    if table is not None:
+        _echo(
+            f"note: --user-features: {report['with_features']} user(s) with a row, {report['without_features']} "
+            f"without (read as unknown); {report['unknown_feature_values']} value(s) no training user had",
+            err=True,
+        )
     if report["skipped"]:
         _echo(f"note: users without a list, e.g. {', '.join(report['skipped'])}", err=True)
     if out is None:
@@ -664,6 +695,47 @@ def _recommend_users(args: argparse.Namespace) -> int:
         lists.to_csv(out, index=False)
         _echo(f"wrote {args.out}", err=True)
     return EXIT_OK
+
+
+def _feature_pairs(text: str | None) -> dict[str, str] | None:
+    """``--features age=25,gender=F`` as ``{column: value}`` (values as text, read as the side table's were)."""
+    if text is None:
+        return None
+    pairs = [p for p in text.split(",") if p.strip()]
+    if not pairs or any("=" not in p or not p.split("=", 1)[0].strip() for p in pairs):
+        raise CLIError(f"--features expects COLUMN=VALUE pairs separated by commas, e.g. age=25,gender=F; got {text!r}")
+    features = {}
+    for pair in pairs:
+        name, value = (x.strip() for x in pair.split("=", 1))
+        if name in features:
+            raise CLIError(f"--features: {name!r} is given twice")
+        features[name] = value
+    return features
+
+
+def _feature_notes(trained, features: dict | None) -> list[str]:
+    """What the new user's side features are read as: the model's that were not given, those whose values no
+    training user had (both read as unknown)."""
+    keys = trained.featurizer.user_feature_keys
+    if not keys:
+        if features:
+            raise CLIError("--features: the model was trained without user features")
+        return []
+    names = sorted(key.split("_", 1)[1] for key in keys)
+    if not features:
+        return [
+            f"the model reads user features ({', '.join(names)}): none given (--features, --user-features), so the "
+            "new user takes the unknown value of each"
+        ]
+    try:
+        _, unknown = trained.featurizer.encode_user_features(features)
+    except JaxrecError as e:
+        raise CLIError(f"--features: {e}") from None
+    notes = [f"feature {name}={features[name]!r}: no training user had it, read as unknown" for name in unknown]
+    missing = [n for n in names if n not in features]
+    if missing:
+        notes.append(f"features not given, read as unknown: {', '.join(missing)}")
+    return notes
 
 
 def _excluded(args: argparse.Namespace, trained) -> np.ndarray:

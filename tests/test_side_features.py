@@ -241,3 +241,92 @@ def test_new_items_need_feature_values_not_only_columns(tmp_path):
     config = ExperimentConfig.make(feedback="implicit", model="twotower", shots=3, new_item_frac=0.2)
     with pytest.raises(jd.DataError, match="no item features"):
         TopNExperiment(config, data)
+
+
+def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_evaluation(tmp_path):
+    """A run trained with ``--user-features`` scored its new users with their features; ``jaxrec recommend`` and
+    the service scored every new user as featureless, without a word. Now ``--features`` (one user),
+    ``--user-features TABLE`` (``--users``) and a request's ``features`` give the library's
+    ``top_k(..., user_features=...)``, and what is read as unknown is said."""
+    from jaxrec.experiment.recommend import Recommender
+    from jaxrec.experiment.trained import load_trained
+
+    rng = np.random.default_rng(3)
+    lines = ["user,item,rating"]
+    for u in range(1, 121):
+        for i in rng.choice(30, 16, replace=False):
+            lines.append(f"{u},{i + 100},{1 + 4 * ((u + i) % 2)}")  # the parity of user and item is the taste
+    log = _write(tmp_path / "log.csv", "\n".join(lines) + "\n")
+    table = ["user,age,country,income"] + [
+        f"{u},{15 + u % 50},{['FR', 'DE'][u % 2]},{20 + 0.37 * u:.2f}" for u in range(1, 120)
+    ]
+    users = _write(tmp_path / "users.csv", "\n".join(table) + "\n")
+    out = tmp_path / "run"
+    flags = ["--data", str(log), "--columns", "user,item,rating", "--user-features", str(users), "--epochs", "2"]
+    flags += ["--model-kwargs", '{"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": null}']
+    assert cli.main(["train", *flags, "--no-eval", "--no-progress", "--out", str(out)]) == 0
+    trained = load_trained(out)
+    assert set(trained.featurizer.user_feature_keys) == {"user_age", "user_country", "user_income"}
+    recommender = Recommender(trained, trained.params)
+    ids = list(trained.item_ids)
+    codes, ratings = np.array([ids.index(100), ids.index(103)]), np.array([5.0, 1.0], np.float32)
+    mine = _write(tmp_path / "mine.csv", "item,rating\n100,5\n103,1\n")
+    said = []
+    patch = pytest.MonkeyPatch()
+    patch.setattr(cli, "_echo", lambda *parts, err=False: said.append(" ".join(map(str, parts))))
+    try:
+        run = ["recommend", "--checkpoint", str(out), "--ratings", str(mine), "-k", "5"]
+        assert cli.main([*run, "--features", "age=30,country=FR"]) == 0
+        listed = [line.split("(item ")[1].split(",")[0] for line in said if "(item " in line]
+        best, _ = recommender.top_k(codes, ratings, 5, user_features={"age": "30", "country": "FR"})
+        assert listed == [str(ids[c]) for c in best]
+        assert "note: features not given, read as unknown: income" in said
+        said.clear()
+        assert cli.main(run) == 0 and any("none given (--features, --user-features)" in x for x in said)
+        said.clear()
+        assert cli.main([*run, "--features", "salary=3"]) == 1 and "reads age, country, income" in said[-1]
+        # a file of users and their table: 901 and 902 have a row, 903 none
+        log_rows = "user,item,rating\n901,100,5\n901,103,1\n902,101,5\n902,104,4\n903,100,5\n"
+        new_users = _write(tmp_path / "new.csv", log_rows)
+        their = _write(tmp_path / "their.csv", "user,age,country\n901,30,FR\n902,64,DE\n")
+        lists_out = tmp_path / "lists.csv"
+        batch = ["recommend", "--checkpoint", str(out), "--users", str(new_users), "-k", "5", "--out", str(lists_out)]
+        said.clear()
+        assert cli.main([*batch, "--user-features", str(their)]) == 0, said
+        assert any("--user-features: 2 user(s) with a row, 1 without" in x for x in said), said
+    finally:
+        patch.undo()
+    lists = pd.read_csv(lists_out, dtype={"user": str, "item": str})
+    for user, items, values, features in [
+        ("901", [100, 103], [5.0, 1.0], {"age": "30", "country": "FR"}),
+        ("902", [101, 104], [5.0, 4.0], {"age": "64", "country": "DE"}),
+        ("903", [100], [5.0], None),
+    ]:
+        mine_codes = np.array([ids.index(i) for i in items])
+        best, scores = recommender.top_k(mine_codes, np.array(values, np.float32), 5, user_features=features)
+        got = lists[lists["user"] == user]
+        assert got["item"].tolist() == [str(ids[c]) for c in best], user
+        np.testing.assert_allclose(got["score"].to_numpy(), scores, rtol=1e-5, atol=1e-5)
+    blind = recommender.scores(codes, ratings)
+    assert not np.allclose(recommender.scores(codes, ratings, {"age": "30", "country": "FR"}), blind, atol=1e-4)
+    # the service: a request's features, and one the model does not read
+    pytest.importorskip("fastapi", reason="the serve extra (pip install 'jaxrec[serve]') is not installed")
+    from serve_support import BUCKET_FLAGS, Server
+
+    server = Server(out, *BUCKET_FLAGS)
+    try:
+        assert server.get("/health")[1]["user_features"] == ["age", "country", "income"]
+        sent = [{"item": 100, "rating": 5}, {"item": 103, "rating": 1}]
+        features = {"age": 30, "country": "FR", "income": None}
+        status, answer = server.post("/recommend", {"ratings": sent, "k": 5, "features": features})
+        assert status == 200, answer
+        best, scores = recommender.top_k(codes, ratings, 5, user_features={"age": 30, "country": "FR"})
+        assert [r["item"] for r in answer["recommendations"]] == [ids[c] for c in best]
+        np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
+        assert answer["input"]["features"] == 3 and answer["input"]["unknown_feature_values"] == []
+        status, answer = server.post("/recommend", {"ratings": sent, "features": {"country": "JP"}})
+        assert status == 200 and answer["input"]["unknown_feature_values"] == ["country"], answer
+        status, answer = server.post("/recommend", {"ratings": sent, "features": {"salary": 3}})
+        assert status == 422 and answer["error"].startswith("features: user features ['salary']"), answer
+    finally:
+        server.stop()

@@ -35,6 +35,7 @@ __all__ = ["BodyLimit", "create_app"]
 logger = logging.getLogger(__name__)
 
 ItemId = StrictInt | Annotated[StrictStr, Field(max_length=256)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
 class Rating(BaseModel):
@@ -59,6 +60,11 @@ class UserRequest(BaseModel):
         None, description="each interaction's weight (models trained on weighted logs: counts, plays); default 1 each"
     )
     k: StrictInt = Field(10, ge=1, description="how many recommendations")
+    features: dict[str, StrictInt | FiniteFloat | Annotated[StrictStr, Field(max_length=256)] | None] | None = Field(
+        None,
+        description="the user's side features, {column: value}, for a model trained with them (demographics, "
+        "--user-features; /health lists them); a value no training user had, or one not sent, is read as unknown",
+    )
 
 
 class RecommendRequest(UserRequest):
@@ -99,6 +105,13 @@ def _first_error(errors) -> str:
     if error.get("type") == "json_invalid":
         return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
     return f"{where}: {error.get('msg', 'invalid')}"
+
+
+def _features_report(features: dict | None, unknown: list[str]) -> dict:
+    """What a request's side features were read as: the ones sent and those read as unknown (none: no keys)."""
+    if not features:
+        return {}
+    return {"features": len(features), "unknown_feature_values": unknown}
 
 
 class BodyLimit:
@@ -234,6 +247,7 @@ def create_app(
             "max_items": max_items,
             "max_candidates": model.max_probe,
             "excluded_items": int(model.excluded.sum()),
+            "user_features": catalogue.user_features,
             "buckets": {"batch": list(model.batch_sizes), "support": list(model.support_sizes)},
             "compiled_shapes": model.compiled_shapes(),
             "devices": 1 if model.mesh is None else int(model.mesh.size),
@@ -266,13 +280,14 @@ def create_app(
         support = check(body)
         if body.exclude:
             support = catalogue.excluding(support, body.exclude, max_items)
-        ranked = finite(await batcher.submit(catalogue.user_input(support, body.k)))
+        slots, unknown = catalogue.feature_slots(body.features)
+        ranked = finite(await batcher.submit(catalogue.user_input(support, body.k, user_slots=slots)))
         served["requests"] += 1
         return {
             "recommendations": [catalogue.item(c, s) for c, s in zip(ranked.codes, ranked.scores, strict=True)],
             "k": body.k,
             "feedback": "implicit" if catalogue.implicit else "explicit",
-            "input": support.report(),
+            "input": {**support.report(), **_features_report(body.features, unknown)},
             "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
         }
 
@@ -285,7 +300,8 @@ def create_app(
             raise RequestError(f"candidates: at most {model.max_probe}, got {len(body.candidates)}")
         codes = [catalogue.code(c) for c in body.candidates]
         known = [c for c in codes if c is not None]
-        ranked = finite(await batcher.submit(catalogue.user_input(support, 1, probe=known)))
+        slots, unknown = catalogue.feature_slots(body.features)
+        ranked = finite(await batcher.submit(catalogue.user_input(support, 1, probe=known, user_slots=slots)))
         scores = iter(ranked.probe_scores)
         served["requests"] += 1
         out = []
@@ -294,7 +310,7 @@ def create_app(
         return {
             "scores": out,
             "unknown_candidates": sum(c is None for c in codes),
-            "input": support.report(),
+            "input": {**support.report(), **_features_report(body.features, unknown)},
             "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
         }
 

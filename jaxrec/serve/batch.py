@@ -127,7 +127,14 @@ def _values(catalogue: Catalogue, users: pd.DataFrame, where: str) -> np.ndarray
 
 
 def recommend_users(
-    trained: Any, users: pd.DataFrame, k: int = 10, *, batch: int = 64, where: str = "users", exclude=()
+    trained: Any,
+    users: pd.DataFrame,
+    k: int = 10,
+    *,
+    batch: int = 64,
+    where: str = "users",
+    exclude=(),
+    user_features: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The top ``k`` unseen items of every user of ``users`` (:func:`read_users`), as the service ranks them.
 
@@ -142,6 +149,8 @@ def recommend_users(
       batch: the most users per compiled call.
       where: how errors name the input (the file).
       exclude: item codes never to recommend (:func:`~jaxrec.experiment.recommend.read_item_list`).
+      user_features: the users' side features indexed by raw user id (:func:`~jaxrec.data.read_side_table`), for
+        a model trained with them; a user without a row takes the unknown value of each, as one without features.
 
     Returns:
       ``(lists, report)``: a frame of ``user``, ``rank`` (1 = best), ``item`` (raw id), ``score`` (and ``title``
@@ -151,7 +160,9 @@ def recommend_users(
       ``without_items`` (users with no known item), ``without_positives`` (users whose known items are all rated
       below the threshold), neither of whom gets a list (up to five of each in ``skipped``), ``listed`` (users
       with a list), ``ignored_columns`` and ``values_ignored`` (the rating or weight column an unweighted top-N
-      model does not read, when it holds other values than 1).
+      model does not read, when it holds other values than 1); with ``user_features``, ``with_features`` and
+      ``without_features`` (users with and without a row of the table) and ``unknown_feature_values`` (values no
+      training user had, read as unknown).
 
     Raises:
       ValueError: ``k`` or ``batch`` below 1, a file whose values the model cannot read as it needs (a rating
@@ -161,6 +172,7 @@ def recommend_users(
     if k < 1 or batch < 1:
         raise ValueError(f"k and batch must be >= 1, got {k} and {batch}")
     catalogue = Catalogue(trained)
+    features = _features_of(catalogue, user_features, where)
     values = _values(catalogue, users, where)
     groups = users.groupby("user", sort=False).indices
     first = users.groupby("user", sort=False)["order"].min()
@@ -174,6 +186,8 @@ def recommend_users(
     if catalogue.integer_ids:  # read once, not row by row: the catalogue matches the integers as these
         ints, ok = integer_ids(items)
         items = np.array([int(v) if good else raw for v, good, raw in zip(ints, ok, items, strict=True)], dtype=object)
+    if features is not None:
+        report.update(with_features=0, without_features=0, unknown_feature_values=0)
     inputs, kept, no_items, no_positives = [], [], [], []
     longest = max((len(rows) for rows in groups.values()), default=1)
     for user in order:
@@ -191,7 +205,13 @@ def recommend_users(
         if len(support.codes) == 0:
             (no_positives if support.below_threshold else no_items).append(user)
             continue
-        inputs.append(catalogue.user_input(support, k))
+        slots = None
+        if features is not None:
+            mine = features.get(str(user).strip())
+            report["with_features" if mine is not None else "without_features"] += 1
+            slots, unknown = catalogue.feature_slots(mine)
+            report["unknown_feature_values"] += len(unknown)
+        inputs.append(catalogue.user_input(support, k, user_slots=slots))
         kept.append(user)
     report.update(without_items=len(no_items), without_positives=len(no_positives), listed=len(kept))
     report["skipped"] = [str(u) for u in (no_items[:5] + no_positives[:5])]
@@ -214,6 +234,24 @@ def recommend_users(
     report["empty_lists"] = int(sum(n == 0 for n in lengths))  # a user who has every item
     logger.info("ranked %d user(s); %d without a list", len(kept), len(no_items) + len(no_positives))
     return lists, report
+
+
+def _features_of(catalogue: Catalogue, table: pd.DataFrame | None, where: str) -> dict[str, dict] | None:
+    """``{raw user id: {column: value}}`` of a side table (missing values left out), or None without one.
+
+    Raises:
+      ValueError: if the model reads no user features, or the table has a column the model does not read.
+    """
+    if table is None:
+        return None
+    if not catalogue.user_features:
+        raise ValueError(f"{where}: the model was trained without user features: leave the table out")
+    try:
+        catalogue.feature_slots({column: None for column in table.columns})
+    except RequestError as e:
+        raise ValueError(f"{where}: user features table: {str(e).removeprefix('features: ')}") from None
+    records = table.to_dict(orient="index")
+    return {str(u).strip(): {c: v for c, v in row.items() if not pd.isna(v)} for u, row in records.items()}
 
 
 def _rank(trained: Any, inputs: list, k: int, batch: int, exclude=()) -> list:

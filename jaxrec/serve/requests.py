@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxrec.data.dataset import integer_ids
+from jaxrec.data.dataset import DataError, integer_ids
 from jaxrec.experiment.recommend import merge_duplicates, unusable_values
 from jaxrec.serve.engine import UserInput
 
@@ -77,6 +77,7 @@ class Catalogue:
       rating_range: ``(low, high)`` of an explicit model's scale, or None.
       positive_threshold: an implicit model's threshold on ratings, or None.
       weighted: an implicit model trained on weighted interactions (counts, plays): a request may send weights.
+      user_features: the names of the user side features the model reads (a request may send them), or empty.
     """
 
     def __init__(self, trained):
@@ -93,6 +94,8 @@ class Catalogue:
         self.positive_threshold = trained.config.data.positive_threshold
         # a threshold reads a request's values as ratings: its weights are those of the training log's rated rows
         self.weighted = self.implicit and self.positive_threshold is None and bool(getattr(trained, "weighted", False))
+        self._featurizer = trained.featurizer
+        self.user_features = sorted(key.split("_", 1)[1] for key in trained.featurizer.user_feature_keys)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -262,9 +265,26 @@ class Catalogue:
         unknown = sum(c is None for c in codes)
         return dataclasses.replace(support, seen=seen, excluded=len(known), unknown_excluded=unknown)
 
-    def user_input(self, support: UserSupport, k: int, probe: Sequence[int] = ()) -> UserInput:
-        """The engine's input for a checked support."""
-        return UserInput(support.codes, support.values, k=k, probe=np.asarray(probe, np.int64), seen=support.seen)
+    def feature_slots(self, features: dict[str, Any] | None) -> tuple[dict[str, int] | None, list[str]]:
+        """A new user's side features as the model's slots, and the features whose values no training user had
+        (read as unknown); ``(None, [])`` without features.
+
+        Raises:
+          RequestError: if a feature is not one the model reads (naming those it reads).
+        """
+        if not features:
+            return None, []
+        try:
+            return self._featurizer.encode_user_features(features)
+        except DataError as e:
+            raise RequestError(f"features: {e}") from None
+
+    def user_input(
+        self, support: UserSupport, k: int, probe: Sequence[int] = (), user_slots: dict[str, int] | None = None
+    ) -> UserInput:
+        """The engine's input for a checked support (and the user's side-feature slots, :meth:`feature_slots`)."""
+        probe = np.asarray(probe, np.int64)
+        return UserInput(support.codes, support.values, k=k, probe=probe, seen=support.seen, user_slots=user_slots)
 
 
 def _float32_finite(value: float) -> bool:
