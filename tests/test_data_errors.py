@@ -241,3 +241,20 @@ def test_a_bad_value_on_a_headerless_logs_first_line_is_named_not_read_as_a_head
             _write(tmp_path / "named.csv", "\n".join([header, *rows[1:]]) + "\n"), columns=["user", "item", "rating"]
         )
         assert ds.report["header_line_read"] and ds.n_ratings == 8, header
+
+
+def test_a_rating_beyond_the_scale_learned_from_meta_train_is_warned_of_naming_the_file(tmp_path, caplog):
+    """A rating of 11 on a 1-10 log, by a user outside meta-train, was scored against predictions clipped to the
+    learned [1, 10] without a word; declared (``rating_range``), the scale refuses it naming the file."""
+    rows = ["user,item,rating"] + [f"u{u},i{i},{1 + (u + i) % 10}" for u in range(6) for i in range(12)]
+    rows.append("u9,i3,11")
+    path = _write(tmp_path / "books.csv", "\n".join(rows) + "\n")
+    ds = jd.from_csv(path)
+    train = ds.ratings[ds.ratings["user"] < 6]
+    with caplog.at_level("WARNING"):
+        featurizer = jd.Featurizer.fit(ds, train)
+    assert featurizer.spec.rating_range == (1.0, 10.0)
+    assert f"{path}: the rating 11 of user 'u9' on item 'i3' is outside the rating scale [1, 10]" in caplog.text
+    assert "--rating-scale" in caplog.text
+    with pytest.raises(jd.DataError, match=f"{path}: the rating 11 of user 'u9'"):
+        jd.Featurizer.fit(ds, train, rating_range=(1.0, 10.0))

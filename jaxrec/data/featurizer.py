@@ -356,6 +356,7 @@ class Featurizer:
             rating_range = None  # 0/1 labels: no rating scale
         elif rating_range is None:
             rating_range = (ratings.min(), ratings.max())
+            _warn_beyond_learned_scale(dataset, rating_range)
         spec = FeatureSpec(
             categorical=categorical,
             multi_hot={k: v.shape[1] for k, v in item_multi_hot.items()},
@@ -602,15 +603,38 @@ def _jsonable(ids: np.ndarray) -> list | None:
     return values if all(isinstance(v, int | str) for v in values[:1000]) else None
 
 
-def _check_scale(dataset: Dataset, rating_range: tuple[float, float]) -> None:
-    """A :class:`DataError` naming the first rating of the log outside a declared scale (user, item and value)."""
+def _outside_scale(dataset: Dataset, rating_range: tuple[float, float]) -> str | None:
+    """Where the log's first rating outside ``rating_range`` is (the file, the user, the item, the value, and how
+    many there are), or None when every rating is on it."""
     low, high = rating_range
     ratings = dataset.ratings["rating"].to_numpy()
     outside = (ratings < low) | (ratings > high)
-    if outside.any():
-        row = dataset.ratings.iloc[int(np.flatnonzero(outside)[0])]
-        raise DataError(
-            f"{dataset.name}: the rating {float(row['rating']):g} of user {dataset.user_ids[int(row['user'])]!r} on "
-            f"item {dataset.item_ids[int(row['item'])]!r} is outside the rating scale [{low:g}, {high:g}] "
-            f"({int(outside.sum())} rating(s) outside it in total)"
+    if not outside.any():
+        return None
+    row = dataset.ratings.iloc[int(np.flatnonzero(outside)[0])]
+    where = dataset.source if dataset.source not in ("", "bundled") else dataset.name
+    return (
+        f"{where}: the rating {float(row['rating']):g} of user {dataset.user_ids[int(row['user'])]!r} on item "
+        f"{dataset.item_ids[int(row['item'])]!r} is outside the rating scale [{low:g}, {high:g}] "
+        f"({int(outside.sum())} rating(s) outside it in total)"
+    )
+
+
+def _check_scale(dataset: Dataset, rating_range: tuple[float, float]) -> None:
+    """A :class:`DataError` naming the first rating of the log outside a declared scale (user, item and value)."""
+    message = _outside_scale(dataset, rating_range)
+    if message is not None:
+        raise DataError(message)
+
+
+def _warn_beyond_learned_scale(dataset: Dataset, rating_range: tuple[float, float]) -> None:
+    """Warn that ratings of users outside meta-train lie beyond the scale learned from the meta-train ratings: the
+    predictions are clipped to that scale, so such a rating is an error no model can avoid (a typo in the log, or
+    a scale to declare)."""
+    message = _outside_scale(dataset, rating_range)
+    if message is not None:
+        logger.warning(
+            "%s, the scale of the meta-train ratings, to which every prediction is clipped: declare the scale "
+            "(--rating-scale LOW,HIGH) to refuse such ratings, or mend the log",
+            message,
         )
