@@ -123,6 +123,14 @@ def test_a_bad_table_is_refused_naming_the_file_and_line(tmp_path, text, message
         jd.read_side_table(tmp_path / "t.csv", "item")
 
 
+def test_a_table_in_another_encoding_is_named_with_its_line_and_read_with_it(tmp_path):
+    table = tmp_path / "books.csv"
+    table.write_bytes("isbn,title,publisher\n0001,A,Penguin\n0002,B,Stra\u00dfe Verlag\n".encode("latin-1"))
+    with pytest.raises(jd.DataError, match=r"^--item-features \S+books.csv: line 3 is not utf-8 text .*--encoding"):
+        jd.read_side_table(table, "item")
+    assert jd.read_side_table(table, "item", encoding="latin-1").loc["0002", "publisher"] == "Stra\u00dfe Verlag"
+
+
 def test_a_side_table_is_refused_with_its_line_or_when_it_matches_nothing(tmp_path):
     plays = jd.from_csv(write_plays(tmp_path / "plays.tsv"), "user,item,weight,timestamp", feedback="implicit")
     (tmp_path / "other.csv").write_text("song,genre\nsong-1,odd\nsong-2,even\n")

@@ -1024,7 +1024,7 @@ def read_table(
     except pd.errors.EmptyDataError as e:
         raise DataError(f"{path}: file is empty") from e
     except UnicodeDecodeError as e:
-        raise DataError(_undecodable(path, encoding)) from e
+        raise DataError(undecodable(path, encoding)) from e
     except (pd.errors.ParserError, ValueError) as e:
         unclosed = re.search(r"EOF inside string starting at row (\d+)", str(e))
         if unclosed and line_numbers:  # the parser counts every line from 0 (blank ones too: skip_blank_lines=False)
@@ -1053,7 +1053,7 @@ def read_table(
     return frame
 
 
-def _undecodable(path: Path, encoding: str) -> str:
+def undecodable(path: str | os.PathLike, encoding: str) -> str:
     """The message for a file that is not ``encoding`` text: the first line that does not decode, and its bytes."""
     with _open_bytes(path) as f:
         for n, line in enumerate(f, 1):

@@ -18,7 +18,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.dataset import DataError, Dataset, side_table, sniff_separator
+from jaxrec.data.dataset import DataError, Dataset, side_table, sniff_separator, undecodable
 from jaxrec.data.parquet import _pyarrow, is_parquet
 
 __all__ = ["join_side_files", "read_side_table", "with_side_features"]
@@ -90,7 +90,9 @@ def read_side_table(
             first_line = 2  # the header is line 1
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
-    except (ImportError, OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError:
+        raise DataError(f"--{role}-features {undecodable(path, encoding)}") from None
+    except (ImportError, OSError, ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}") from None
     if frame.shape[1] < 2:
         raise DataError(f"{where}: expected an id column and at least one feature column, found {frame.shape[1]}")
