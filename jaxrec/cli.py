@@ -343,6 +343,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 err=True,
             )
     experiment = build_experiment(config)
+    for note in _side_table_notes(getattr(experiment.dataset, "report", {})):
+        _echo(f"note: {note}", err=True)
     total = experiment.total_steps
     stop_step = total if args.steps is None else min(int(args.steps), total)
     run = TrainingRun(experiment, out, keep=args.keep, nonfinite=args.nonfinite)
@@ -695,6 +697,21 @@ def _recommend_users(args: argparse.Namespace) -> int:
         lists.to_csv(out, index=False)
         _echo(f"wrote {args.out}", err=True)
     return EXIT_OK
+
+
+def _side_table_notes(report: dict) -> list[str]:
+    """How the side tables (``--user-features``, ``--item-features``) met the log: ids with and without a row, and
+    the table's rows of ids the log does not hold."""
+    notes = []
+    for role in ("user", "item"):
+        counts = report.get(f"{role}_features")
+        if counts:
+            notes.append(
+                f"--{role}-features: {counts['with_features']} {role}(s) of the log with a row, "
+                f"{counts['without_features']} without (their features unknown); {counts['rows_not_in_log']} row(s) "
+                f"of {role}s not in the log; columns {', '.join(counts['columns'])}"
+            )
+    return notes
 
 
 def _feature_pairs(text: str | None) -> dict[str, str] | None:

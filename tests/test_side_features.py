@@ -272,7 +272,15 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
     out = tmp_path / "run"
     flags = ["--data", str(log), "--columns", "user,item,rating", "--user-features", str(users), "--epochs", "2"]
     flags += ["--model-kwargs", '{"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": null}']
-    assert cli.main(["train", *flags, "--no-eval", "--no-progress", "--out", str(out)]) == 0
+    said = []
+    patch = pytest.MonkeyPatch()
+    patch.setattr(cli, "_echo", lambda *parts, err=False: said.append(" ".join(map(str, parts))))
+    try:
+        assert cli.main(["train", *flags, "--no-eval", "--no-progress", "--out", str(out)]) == 0
+    finally:
+        patch.undo()
+    note = "note: --user-features: 119 user(s) of the log with a row, 1 without (their features unknown); 0 row(s)"
+    assert any(line.startswith(note) for line in said), said
     trained = load_trained(out)
     assert set(trained.featurizer.user_feature_keys) == {"user_age", "user_country", "user_income"}
     recommender = Recommender(trained, trained.params)
