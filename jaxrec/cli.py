@@ -686,7 +686,12 @@ def _recommend_users(args: argparse.Namespace) -> int:
     if table is not None:
         _echo(
             f"note: --user-features: {report['with_features']} user(s) with a row, {report['without_features']} "
-            f"without (read as unknown); {report['unknown_feature_values']} value(s) no training user had",
+            f"without (read as unknown); {report['unknown_feature_values']} value(s) no training user had"
+            + (
+                f"; column(s) the model does not read: {', '.join(report['feature_columns_ignored'])}"
+                if report["feature_columns_ignored"]
+                else ""
+            ),
             err=True,
         )
     if report["skipped"]:
@@ -738,7 +743,7 @@ def _feature_notes(trained, features: dict | None) -> list[str]:
         if features:
             raise CLIError("--features: the model was trained without user features")
         return []
-    names = sorted(key.split("_", 1)[1] for key in keys)
+    names = sorted(trained.featurizer.user_feature_name(key) for key in keys)
     if not features:
         return [
             f"the model reads user features ({', '.join(names)}): none given (--features, --user-features), so the "

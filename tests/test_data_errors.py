@@ -231,16 +231,22 @@ def test_recommend_reads_ids_with_spaces_of_their_own(tmp_path):
 )
 def test_a_bad_value_on_a_headerless_logs_first_line_is_named_not_read_as_a_header(tmp_path, first, words):
     """Line 1 of a headerless log with a bad rating used to be read as a header: the row, and its user, were
-    dropped in silence. A header's names are not empty, and its id fields are unlike the ids below them."""
+    dropped in silence. A header's names are not missing values, and its user is not one of the users below;
+    a header of names no role has, over ids without digits, is still a header."""
     rows = [first] + [f"u{k},i{k % 4},{1 + k % 5}" for k in range(8)]
     path = _write(tmp_path / "log.csv", "\n".join(rows) + "\n")
     with pytest.raises(jd.DataError, match=words):
         jd.from_csv(path, columns=["user", "item", "rating"])
-    for header in ("user,item,rating", "reader,book,score", "who,what,n/a"):
+    for header in ("user,item,rating", "reader,book,score", "who,what,stars"):
         ds = jd.from_csv(
             _write(tmp_path / "named.csv", "\n".join([header, *rows[1:]]) + "\n"), columns=["user", "item", "rating"]
         )
         assert ds.report["header_line_read"] and ds.n_ratings == 8, header
+    words_only = _write(tmp_path / "words.csv", "reader,book,stars\nalice,dune,4\n")
+    assert jd.from_csv(words_only, columns=["user", "item", "rating"]).report["header_line_read"]
+    again = _write(tmp_path / "again.csv", "alice,dune,four\nalice,emma,3\nbob,dune,2\n")  # alice again: data
+    with pytest.raises(jd.DataError, match="line 1 is not a finite number: 'four'"):
+        jd.from_csv(again, columns=["user", "item", "rating"])
 
 
 def test_a_rating_beyond_the_scale_learned_from_meta_train_is_warned_of_naming_the_file(tmp_path, caplog):

@@ -175,7 +175,10 @@ def test_item_features_from_the_command_line_reach_new_items_and_are_named_again
         write_songs(tmp_path / "songs.tsv", sep="\t"),
         tmp_path / "run",
     )
+    # the users' taste (what the log's users play) as a feature: a new top-N user's tower reads it too
+    tastes = _write(tmp_path / "tastes.csv", "user,taste\n" + "".join(f"u-{u:03d},t{u % 2}\n" for u in range(120)))
     flags = ["--data", str(plays), "--columns", "user,item,weight,timestamp", *TOPN_FLAGS]
+    flags += ["--user-features", str(tastes)]
     flags += ["--topn-baselines", "popular,content", "--new-item-frac", "0.2", "--epochs", "1"]
     lines = []
     patch = pytest.MonkeyPatch()
@@ -188,11 +191,35 @@ def test_item_features_from_the_command_line_reach_new_items_and_are_named_again
         patch.undo()
     metrics = json.loads((out / "metrics.json").read_text())["scenarios"]["new_item_only"]
     assert metrics["content"]["recall@10"] > metrics["popular"]["recall@10"] + 0.2, metrics
+    # a new user's taste reaches the top-N recommender's rows as it reached the evaluation's tasks
+    from jaxrec.experiment.recommend import TopNRecommender
+    from jaxrec.experiment.trained import load_trained
+
+    trained = load_trained(out)
+    recommender = TopNRecommender(trained, trained.params, hybrid=None)
+    codes = np.array([list(trained.item_ids).index(f"song-{i:02d}") for i in (1, 3, 5)])
+    odd, _ = recommender.support(codes, np.ones(3, np.float32), user_features={"taste": "t1"})
+    slot = trained.featurizer.vocabularies["user_taste"].index("t1") + 1
+    assert odd["user_taste"].tolist() == [slot] * len(odd["user_taste"]) and odd["user"].max() == 0
+    told = recommender.model_scores(codes, np.ones(3, np.float32), user_features={"taste": "t1"})
+    assert not np.allclose(told, recommender.model_scores(codes, np.ones(3, np.float32)), atol=1e-5)
     with pytest.raises(RunError, match="read its item features from .*songs.tsv.*pass --item-features FILE"):
-        restore_run(out, overrides={"data": str(plays), "columns": ("user", "item", "weight", "timestamp")})
+        restore_run(
+            out,
+            overrides={
+                "data": str(plays),
+                "columns": ("user", "item", "weight", "timestamp"),
+                "user_features": str(tastes),
+            },
+        )
     experiment, _ = restore_run(
         out,
-        overrides={"data": str(plays), "columns": ("user", "item", "weight", "timestamp"), "item_features": str(songs)},
+        overrides={
+            "data": str(plays),
+            "columns": ("user", "item", "weight", "timestamp"),
+            "item_features": str(songs),
+            "user_features": str(tastes),
+        },
     )
     assert "item_genre" in experiment.spec.categorical and "item_tags" in experiment.spec.multi_hot
     changed = tmp_path / "changed.tsv"
@@ -202,12 +229,14 @@ def test_item_features_from_the_command_line_reach_new_items_and_are_named_again
     patch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
     try:
         assert cli.main(resume) == 1 and "no longer matches" in lines[-1], lines[-3:]
-        assert "songs.tsv (item features); the features that differ: item_genre)" in lines[-1], lines[-1]
+        assert "songs.tsv (item features), " in lines[-1] and "tastes.csv (user features); " in lines[-1]
+        assert "the features that differ: item_genre)" in lines[-1], lines[-1]
     finally:
         patch.undo()
     again = tmp_path / "again.json"
     evaluate = ["evaluate", "--checkpoint", str(out), "--data", str(plays), "--columns", "user,item,weight,timestamp"]
-    assert cli.main([*evaluate, "--item-features", str(songs), "--output", str(again), "--no-progress"]) == 0
+    evaluate += ["--item-features", str(songs), "--user-features", str(tastes)]
+    assert cli.main([*evaluate, "--output", str(again), "--no-progress"]) == 0
     assert json.loads(again.read_text())["scenarios"]["new_item_only"] == metrics
 
 
@@ -304,12 +333,14 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
         # a file of users and their table: 901 and 902 have a row, 903 none
         log_rows = "user,item,rating\n901,100,5\n901,103,1\n902,101,5\n902,104,4\n903,100,5\n"
         new_users = _write(tmp_path / "new.csv", log_rows)
-        their = _write(tmp_path / "their.csv", "user,age,country\n901,30,FR\n902,64,DE\n")
+        # ids joined by value as training joins an integer log's (0901 is user 901); a column it does not read
+        their = _write(tmp_path / "their.csv", "user,age,country,email\n0901,30,FR,a@b\n902,64,DE,c@d\n")
         lists_out = tmp_path / "lists.csv"
         batch = ["recommend", "--checkpoint", str(out), "--users", str(new_users), "-k", "5", "--out", str(lists_out)]
         said.clear()
         assert cli.main([*batch, "--user-features", str(their)]) == 0, said
         assert any("--user-features: 2 user(s) with a row, 1 without" in x for x in said), said
+        assert any("column(s) the model does not read: email" in x for x in said), said
     finally:
         patch.undo()
     lists = pd.read_csv(lists_out, dtype={"user": str, "item": str})
@@ -329,20 +360,61 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
     pytest.importorskip("fastapi", reason="the serve extra (pip install 'jaxrec[serve]') is not installed")
     from serve_support import BUCKET_FLAGS, Server
 
-    server = Server(out, *BUCKET_FLAGS)
+    told = {"age": 30, "country": "FR"}
+    withdrawn = recommender.top_k(codes, ratings, 1, user_features=told)[0]  # never listed: serve --exclude
+    gone = _write(tmp_path / "withdrawn.txt", f"{ids[withdrawn[0]]}\n")
+    server = Server(out, *BUCKET_FLAGS, "--exclude", str(gone))
     try:
-        assert server.get("/health")[1]["user_features"] == ["age", "country", "income"]
+        health = server.get("/health")[1]
+        assert health["user_features"] == ["age", "country", "income"] and health["excluded_items"] == 1
         sent = [{"item": 100, "rating": 5}, {"item": 103, "rating": 1}]
         features = {"age": 30, "country": "FR", "income": None}
         status, answer = server.post("/recommend", {"ratings": sent, "k": 5, "features": features})
         assert status == 200, answer
-        best, scores = recommender.top_k(codes, ratings, 5, user_features={"age": 30, "country": "FR"})
+        best, scores = recommender.top_k(codes, ratings, 5, exclude=withdrawn, user_features=told)
         assert [r["item"] for r in answer["recommendations"]] == [ids[c] for c in best]
         np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
-        assert answer["input"]["features"] == 3 and answer["input"]["unknown_feature_values"] == []
+        assert answer["input"]["features"] == 2 and answer["input"]["unknown_feature_values"] == []
+        assert answer["input"]["features_not_given"] == ["income"]
         status, answer = server.post("/recommend", {"ratings": sent, "features": {"country": "JP"}})
         assert status == 200 and answer["input"]["unknown_feature_values"] == ["country"], answer
         status, answer = server.post("/recommend", {"ratings": sent, "features": {"salary": 3}})
         assert status == 422 and answer["error"].startswith("features: user features ['salary']"), answer
     finally:
         server.stop()
+
+
+def test_a_new_users_raw_values_are_encoded_as_the_training_users_were(tmp_path):
+    """Every user's row of the side table, as read from the file, encodes to the slots training gave that user: a
+    decimal column of few values (``2.0``), a binned one, a zip, an age, text; a JSON-typed value (``2``) is the
+    same category; a zip sent as a number is refused (its zeros are lost); a value no encoder reads, or too large
+    for any, is unknown, never an error; a column training left out (all values differ) is ignored on request."""
+    rng = np.random.default_rng(0)
+    n = 80
+    table = ["user,score,email,zip,income,country,age"]
+    for u in range(n):
+        table.append(
+            f"{u},{[1.5, 2.0, 2.5][u % 3]},{u}@mail.org,{u % 10}2138,{30 + 0.731 * u:.3f},{['FR', 'DE'][u % 2]},"
+            f"{15 + (7 * u) % 50}"
+        )
+    side = jd.read_side_table(_write(tmp_path / "users.csv", "\n".join(table) + "\n"), "user")
+    ratings = pd.DataFrame({"user": np.repeat(np.arange(n), 5), "item": rng.integers(0, 20, 5 * n), "rating": 4.0})
+    ds = jd.with_side_features(jd.from_dataframe(ratings), users=side)
+    featurizer = jd.Featurizer.fit(ds, ds.ratings[ds.ratings["user"] < 60])
+    keys = set(featurizer.user_feature_keys)
+    assert keys == {"user_score", "user_zip", "user_income", "user_country", "user_age"}  # email: every value differs
+    assert featurizer.vocabularies["user_score"] == ["1.5", "2.0", "2.5"]
+    for u in range(n):
+        row = side.loc[str(u)].to_dict()
+        slots, unknown = featurizer.encode_user_features(row, ignore_others=True)
+        assert slots == {k: int(featurizer.user_tables[k][u]) for k in keys}, (u, row)
+        assert sorted(unknown) == sorted(k.split("_", 1)[1] for k in keys if slots[k] == 0), (u, row)
+    again = jd.Featurizer.from_dict(json.loads(json.dumps(featurizer.to_dict())))
+    two = again.encode_user_features({"score": 2})[0]["user_score"]
+    assert two == again.encode_user_features({"score": "2.0"})[0]["user_score"] == 2
+    with pytest.raises(jd.DataError, match="send a zip code as text"):
+        again.encode_user_features({"zip": 2138})
+    slots, unknown = again.encode_user_features({"age": 10**400, "income": 10**400, "country": "JP"})
+    assert unknown == ["age", "income", "country"] and set(slots.values()) == {0}
+    with pytest.raises(jd.DataError, match=r"\['email'\] are not the model's: it reads age, country, income, score"):
+        again.encode_user_features({"email": "a@b"})

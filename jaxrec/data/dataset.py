@@ -1162,30 +1162,35 @@ def _unlike_data(fields: list[str], following: list[list[str]]) -> bool:
     return False
 
 
+#: what a log writes for a missing value: a first line holding one in a numeric role is data, not a header
+_MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none", "-", "?", "missing", "#n/a"})
+
+
 def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encoding: str) -> bool:
     """Whether line 1 (split into ``fields``) is a header.
 
     With a numeric role (rating, weight, timestamp) among the columns, line 1 is data when a field in such a role
-    holds a number (or, for a timestamp, an ISO-8601 date), or is empty: a header's names are neither. It is a
-    header when a field is a role's name (``user``, ``item_id``, ``count``, ...) or a name in a ``columns``
-    mapping, or when its id fields (where the roles place them; else those outside the numeric roles) look unlike
-    the lines after them (no digit where they all have one); else it is data, kept as the first row, so that a
-    first row with a bad value (``u9,i5,n/a``) is reported as the bad row it is, never read as a header and lost.
+    holds a number (or, for a timestamp, an ISO-8601 date) or a missing value (empty, ``NA``, ``null``, ...), or
+    when its user id is one of the next lines' users; else a header (``reader,book,stars``). So a first row with a
+    bad value (``u9,i5,n/a``) is reported as the bad row it is, never read as a header and lost. Without a numeric
+    role (``columns=["user", "item"]``), it is a header when a field is a role's name (``user``, ``item_id``,
+    ``count``, ...) or a name in a ``columns`` mapping, or when it looks unlike the lines after it (no digit where
+    they all have one); else it is data, kept as the first row.
     """
     text = [f.strip().strip('"').strip() for f in fields]
     roles = _positions_of_roles(columns, len(text))
     numeric = {p: r for p, r in roles.items() if r in _NUMERIC_ROLES}
-    if any(_value_in_role(text[p], role) or not text[p] for p, role in numeric.items()):
-        return False
+    following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
+    if numeric:
+        if any(_value_in_role(text[p], role) or text[p].lower() in _MISSING_TOKENS for p, role in numeric.items()):
+            return False
+        user = next((p for p, r in roles.items() if r == "user"), None)
+        users = {row[user].strip().strip('"').strip() for row in following if user is not None and len(row) > user}
+        return user is None or text[user] not in users
     known = _known_names(columns)
     if any(t.lower() in known for t in text):
         return True
-    following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
-    # the ids' columns when the roles place them (a skipped column may hold anything), else every other column
-    others = [p for p, r in roles.items() if r in ("user", "item")] or [j for j in range(len(text)) if j not in numeric]
-    return _unlike_data(
-        [text[j] for j in others], [[row[j] if j < len(row) else "" for j in others] for row in following]
-    )
+    return _unlike_data(text, following)
 
 
 def _strip_ids(codes: np.ndarray, uniques: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

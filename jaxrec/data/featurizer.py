@@ -51,6 +51,8 @@ _FORMAT = "jaxrec.Featurizer/1"
 #: side-table columns with encoders of their own (MovieLens's), and the item's display title (not a feature)
 _USER_KNOWN = ("raw_id", "gender", "age", "occupation", "zip")
 _ITEM_KNOWN = ("raw_id", "title", "year", "genres")
+#: the user feature keys MovieLens's encoders give (:func:`_user_fields`)
+_MOVIELENS_USER_KEYS = ("user_gender", "user_age", "user_occupation", "user_zip")
 #: a numeric side column with more distinct values than this is cut into quantile bins
 EXACT_NUMBERS = 32
 #: the quantile bins of such a column
@@ -153,12 +155,9 @@ def _categorical(values: pd.Series) -> pd.Series:
     return text.where(text.notna() & (text != ""), None).astype(object)
 
 
-def _side_fields(
-    table: pd.DataFrame, role: str, known: tuple, *, quiet: bool = False
-) -> tuple[dict[str, pd.Series], dict[str, pd.Series]]:
+def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str, pd.Series], dict[str, pd.Series]]:
     """A side table's other columns than ``known`` as ``(categorical, multi_hot)`` fields by row key: item columns
-    of ``"|"``-joined text multi-hot, every other one categorical (:func:`_categorical`); ``quiet``: keep a column
-    whose values all differ (one new user's values, not a table).
+    of ``"|"``-joined text multi-hot, every other one categorical (:func:`_categorical`).
 
     Raises:
       DataError: if two columns map to one row key (``"a b"`` and ``"a_b"``).
@@ -178,7 +177,7 @@ def _side_fields(
             continue
         field = _categorical(values)
         given = field.dropna()
-        if not quiet and len(given) > EXACT_NUMBERS and given.nunique() == len(given):
+        if len(given) > EXACT_NUMBERS and given.nunique() == len(given):
             # an identifier or free text: no two rows share a value, so it tells nothing about a row it has not seen
             logger.warning(
                 "%s side column %r: every value differs (an id or free text), not used as a feature", role, column
@@ -197,11 +196,31 @@ def _is_binned(vocab: list) -> bool:
     return bool(vocab) and all(isinstance(v, str) and _BIN.match(v) for v in vocab)
 
 
+def _index_in(label: Any, vocab: list) -> int | None:
+    """The index of ``label`` in ``vocab``: its text, else the one label of the same number (None: neither)."""
+    if label is None:
+        return None
+    if label in vocab:
+        return vocab.index(label)
+    try:
+        number = float(label)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    same = []
+    for i, entry in enumerate(vocab):
+        try:
+            if float(entry) == number:
+                same.append(i)
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return same[0] if len(same) == 1 else None
+
+
 def _bin_label(value: Any, vocab: list) -> str | None:
     """The label of the bin of ``vocab`` that holds the number ``value`` (None: not a number, or in no bin)."""
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     for label in vocab:
         low, high = (float(x) for x in _BIN.match(label).groups())
@@ -250,6 +269,7 @@ class Featurizer:
       dataset_name: the name of the dataset it was fitted on.
       user_raw_ids: the raw id of each user code when they are ints or strings (JSON-able), else None.
       item_raw_ids: the raw id of each item code when they are ints or strings, else None.
+      user_feature_names: the side-table column of each user feature key (``"user_age"`` -> ``"age"``).
     """
 
     spec: FeatureSpec
@@ -263,6 +283,7 @@ class Featurizer:
     dataset_name: str = ""
     user_raw_ids: list | None = None
     item_raw_ids: list | None = None
+    user_feature_names: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -374,6 +395,12 @@ class Featurizer:
             implicit_threshold=implicit_threshold,
             dataset_name=dataset.name,
             user_raw_ids=_jsonable(dataset.user_ids),
+            user_feature_names={
+                key: str(column)
+                for column in dataset.users.columns
+                for key in (f"user_{column}" if column in _USER_KNOWN else _field_key("user", column),)
+                if key in user_tables
+            },
             item_raw_ids=_jsonable(dataset.item_ids),
         )
 
@@ -413,47 +440,71 @@ class Featurizer:
         """The row keys of the users' side features (``user_<field>``), in the tables' order."""
         return list(self.user_tables)
 
-    def encode_user_features(self, features: Mapping[str, Any]) -> tuple[dict[str, int], list[str]]:
+    def user_feature_name(self, key: str) -> str:
+        """The side-table column of a user feature key (the key's own suffix for a featurizer saved without them)."""
+        return self.user_feature_names.get(key, key.split("_", 1)[1])
+
+    def encode_user_features(
+        self, features: Mapping[str, Any], *, ignore_others: bool = False
+    ) -> tuple[dict[str, int], list[str]]:
         """A new user's side features (raw values by column name, as the training side table gave them) as slots.
 
-        Each value is encoded as the training users' were (MovieLens's ``age`` bucketed, ``zip`` cut to its first
-        character, ``gender`` upper-cased; another column's value as its category, a binned numeric column's by
-        its bin) and looked up in the field's vocabulary: a value no training user had, or a field not given, is
-        the unknown slot 0, as it is for such a user in the evaluation.
+        Each value is encoded as the training users' were and looked up in the field's vocabulary: MovieLens's
+        ``age`` bucketed, ``zip`` cut to its first character (sent as text: a number has lost its leading zeros),
+        ``gender`` upper-cased; a binned numeric column's value by the bin its label bounds (the labels hold 6
+        significant digits: a value within that of an edge may fall in the next bin); any other value by its text,
+        or as a number equal to one label (``2`` is the category ``"2.0"`` of a decimal column). A value no training
+        user had (or that no encoder reads), or a field not given, is the unknown slot 0, as it is for such a user
+        in the evaluation.
 
         Args:
-          features: ``{column: value}`` (``{"age": 25, "gender": "F"}``); None values count as not given.
+          features: ``{column: value}`` (``{"age": 25, "gender": "F"}``); None or NaN values count as not given.
+          ignore_others: leave out columns that are not the model's features (a whole side table), rather than
+            refuse them.
 
         Returns:
           ``(slots, unknown)``: the slot of every user field (``{"user_age": 3, ...}``: every key of
           :attr:`user_feature_keys`) and the columns whose values are not in their vocabulary.
 
         Raises:
-          DataError: if a column is not one of the model's user features (the message lists them).
+          DataError: if a column is not one of the model's user features (the message lists them), or a zip code
+            is a number.
         """
-        names = {name: _field_key("user", name) for name in features}
-        extra = [name for name, key in names.items() if key not in self.user_tables]
-        if extra:
-            known = sorted(key.split("_", 1)[1] for key in self.user_tables) or ["none"]
+        by_name = {self.user_feature_name(key): key for key in self.user_tables}
+        keys = {name: by_name.get(str(name), _field_key("user", name)) for name in features}
+        extra = [name for name, key in keys.items() if key not in self.user_tables]
+        if extra and not ignore_others:
+            known = ", ".join(sorted(by_name)) or "none"
             raise DataError(
-                f"user features {extra} are not the model's: it reads {', '.join(known)} (a run's user features are "
-                "the columns of its --user-features table, or MovieLens's demographics)"
+                f"user features {extra} are not the model's: it reads {known} (a run's user features are the columns "
+                "of its --user-features table, or MovieLens's demographics)"
             )
-        table = pd.DataFrame({name: pd.Series([value], dtype=object) for name, value in features.items()})
-        table = table.infer_objects()
-        encoded = {**_user_fields(table), **_side_fields(table, "user", _USER_KNOWN, quiet=True)[0]}
         slots, unknown = {key: 0 for key in self.user_tables}, []
-        for name, key in names.items():
+        for name, key in keys.items():
             value = features[name]
-            if value is None or (isinstance(value, float) and np.isnan(value)):
+            if key not in self.user_tables or value is None or (isinstance(value, float) and np.isnan(value)):
                 continue
-            vocab = self.vocabularies.get(key, [])
-            label = _bin_label(value, vocab) if _is_binned(vocab) else encoded[key].iloc[0]
-            try:
-                slots[key] = vocab.index(label) + 1
-            except ValueError:
-                unknown.append(name)
+            index = _index_in(self._user_label(key, name, value), self.vocabularies.get(key, []))
+            if index is None:
+                unknown.append(str(name))
+            else:
+                slots[key] = index + 1
         return slots, unknown
+
+    def _user_label(self, key: str, name: str, value: Any) -> Any:
+        """The label a training user with ``value`` in the column of ``key`` got (None: no encoder reads it)."""
+        vocab = self.vocabularies.get(key, [])
+        if key in _MOVIELENS_USER_KEYS:
+            if key == "user_zip" and isinstance(value, int | float | np.number) and not isinstance(value, bool):
+                raise DataError(f"user feature {name!r}: send a zip code as text ('02138'): a number loses zeros")
+            try:
+                column = key.split("_", 1)[1]
+                return _user_fields(pd.DataFrame({column: pd.Series([value], dtype=object)}))[key].iloc[0]
+            except (OverflowError, ValueError, TypeError):
+                return None
+        if _is_binned(vocab):
+            return _bin_label(value, vocab)
+        return str(value).strip()
 
     def item_features(self) -> tuple[np.ndarray, list[str]]:
         """Every item's side features as one 0/1 matrix: a one-hot column per known value of each categorical item
@@ -558,6 +609,7 @@ class Featurizer:
             },
             "vocabularies": {k: list(v) for k, v in self.vocabularies.items()},
             "user_raw_ids": self.user_raw_ids,
+            "user_feature_names": dict(self.user_feature_names),
             "item_raw_ids": self.item_raw_ids,
         }
 
@@ -594,6 +646,7 @@ class Featurizer:
             implicit_threshold=d.get("implicit_threshold"),
             dataset_name=d.get("dataset", ""),
             user_raw_ids=d.get("user_raw_ids"),
+            user_feature_names=dict(d.get("user_feature_names") or {}),
             item_raw_ids=d.get("item_raw_ids"),
         )
 

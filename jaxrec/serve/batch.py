@@ -172,7 +172,10 @@ def recommend_users(
     if k < 1 or batch < 1:
         raise ValueError(f"k and batch must be >= 1, got {k} and {batch}")
     catalogue = Catalogue(trained)
-    features = _features_of(catalogue, user_features, where)
+    features = None
+    if user_features is not None:
+        integer_users = all(isinstance(u, int) for u in (trained.featurizer.user_raw_ids or [None])[:1000])
+        features = _UserFeatures(catalogue, user_features, where, integer_users)
     values = _values(catalogue, users, where)
     groups = users.groupby("user", sort=False).indices
     first = users.groupby("user", sort=False)["order"].min()
@@ -188,6 +191,7 @@ def recommend_users(
         items = np.array([int(v) if good else raw for v, good, raw in zip(ints, ok, items, strict=True)], dtype=object)
     if features is not None:
         report.update(with_features=0, without_features=0, unknown_feature_values=0)
+        report["feature_columns_ignored"] = features.ignored
     inputs, kept, no_items, no_positives = [], [], [], []
     longest = max((len(rows) for rows in groups.values()), default=1)
     for user in order:
@@ -207,10 +211,9 @@ def recommend_users(
             continue
         slots = None
         if features is not None:
-            mine = features.get(str(user).strip())
-            report["with_features" if mine is not None else "without_features"] += 1
-            slots, unknown = catalogue.feature_slots(mine)
-            report["unknown_feature_values"] += len(unknown)
+            slots, unknown = features.slots(user)
+            report["with_features" if unknown is not None else "without_features"] += 1
+            report["unknown_feature_values"] += len(unknown or ())
         inputs.append(catalogue.user_input(support, k, user_slots=slots))
         kept.append(user)
     report.update(without_items=len(no_items), without_positives=len(no_positives), listed=len(kept))
@@ -236,22 +239,49 @@ def recommend_users(
     return lists, report
 
 
-def _features_of(catalogue: Catalogue, table: pd.DataFrame | None, where: str) -> dict[str, dict] | None:
-    """``{raw user id: {column: value}}`` of a side table (missing values left out), or None without one.
+class _UserFeatures:
+    """A side table's users' feature slots, looked up by raw user id as training joined the table to its log (an
+    integer id by its value, ``007`` is user 7, when the model's users have integer ids), each distinct row of
+    values encoded once.
 
     Raises:
-      ValueError: if the model reads no user features, or the table has a column the model does not read.
+      ValueError: if the model reads no user features, or none of the table's columns.
     """
-    if table is None:
-        return None
-    if not catalogue.user_features:
-        raise ValueError(f"{where}: the model was trained without user features: leave the table out")
-    try:
-        catalogue.feature_slots({column: None for column in table.columns})
-    except RequestError as e:
-        raise ValueError(f"{where}: user features table: {str(e).removeprefix('features: ')}") from None
-    records = table.to_dict(orient="index")
-    return {str(u).strip(): {c: v for c, v in row.items() if not pd.isna(v)} for u, row in records.items()}
+
+    def __init__(self, catalogue: Catalogue, table: pd.DataFrame, where: str, integer_users: bool):
+        if not catalogue.user_features:
+            raise ValueError(f"{where}: the model was trained without user features: leave the table out")
+        read = [c for c in table.columns if str(c) in catalogue.user_features]
+        if not read:
+            raise ValueError(
+                f"{where}: none of the table's columns {[str(c) for c in table.columns]} is a feature of the model "
+                f"({', '.join(catalogue.user_features)})"
+            )
+        self.ignored = [str(c) for c in table.columns if c not in read]  # as training left an all-distinct one out
+        self._catalogue, self._integer = catalogue, integer_users
+        keys = self._keys(table.index.to_numpy())
+        rows = table[read].astype(object).where(table[read].notna(), None).itertuples(index=False, name=None)
+        self._rows = dict(zip(keys, rows, strict=True))
+        self._columns = read
+        self._encoded: dict[tuple, tuple] = {}
+
+    def _keys(self, ids) -> list:
+        text = [str(u).strip() for u in ids]
+        if not self._integer:
+            return text
+        values, whole = integer_ids(np.asarray(text, dtype=object))
+        return [int(v) if ok else t for v, ok, t in zip(values, whole, text, strict=True)]
+
+    def slots(self, user: Any) -> tuple[dict[str, int] | None, list[str] | None]:
+        """``(slots, unknown)`` of a user; ``(None, None)`` for a user without a row."""
+        row = self._rows.get(self._keys([user])[0])
+        if row is None:
+            return None, None
+        if row not in self._encoded:
+            features = {c: v for c, v in zip(self._columns, row, strict=True) if v is not None}
+            self._encoded[row] = self._catalogue.feature_slots(features)
+        slots, unknown = self._encoded[row]
+        return slots, unknown
 
 
 def _rank(trained: Any, inputs: list, k: int, batch: int, exclude=()) -> list:

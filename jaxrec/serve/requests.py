@@ -95,7 +95,9 @@ class Catalogue:
         # a threshold reads a request's values as ratings: its weights are those of the training log's rated rows
         self.weighted = self.implicit and self.positive_threshold is None and bool(getattr(trained, "weighted", False))
         self._featurizer = trained.featurizer
-        self.user_features = sorted(key.split("_", 1)[1] for key in trained.featurizer.user_feature_keys)
+        self.user_features = sorted(
+            trained.featurizer.user_feature_name(k) for k in trained.featurizer.user_feature_keys
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -265,17 +267,20 @@ class Catalogue:
         unknown = sum(c is None for c in codes)
         return dataclasses.replace(support, seen=seen, excluded=len(known), unknown_excluded=unknown)
 
-    def feature_slots(self, features: dict[str, Any] | None) -> tuple[dict[str, int] | None, list[str]]:
+    def feature_slots(
+        self, features: dict[str, Any] | None, *, ignore_others: bool = False
+    ) -> tuple[dict[str, int] | None, list[str]]:
         """A new user's side features as the model's slots, and the features whose values no training user had
-        (read as unknown); ``(None, [])`` without features.
+        (read as unknown); ``(None, [])`` without features. ``ignore_others``: leave out columns the model does not
+        read (a side table's), rather than refuse them.
 
         Raises:
-          RequestError: if a feature is not one the model reads (naming those it reads).
+          RequestError: if a feature is not one the model reads (naming those it reads), or unreadable.
         """
         if not features:
             return None, []
         try:
-            return self._featurizer.encode_user_features(features)
+            return self._featurizer.encode_user_features(features, ignore_others=ignore_others)
         except DataError as e:
             raise RequestError(f"features: {e}") from None
 
