@@ -161,7 +161,7 @@ def test_a_new_users_side_features_given_to_the_recommender_give_the_evaluations
     model_kwargs = {**TINY["model_kwargs"], "use_ids": ["item"]}
     exp = Experiment(ExperimentConfig.make(**{**TINY, "model_kwargs": model_kwargs}), dataset=dataset)
     assert {"user_age", "user_income", "user_country"} <= set(exp.spec.categorical)
-    state = exp.train(exp.init_state(), steps=3)
+    state = exp.train(exp.init_state(), steps=1)
     tasks = exp.scenario_tasks["new_user"]
     recommender = Recommender(exp, state.params)
     params, rates = split_meta_params(state.params, exp.inner_lr)

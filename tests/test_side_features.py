@@ -299,7 +299,7 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
     ]
     users = _write(tmp_path / "users.csv", "\n".join(table) + "\n")
     out = tmp_path / "run"
-    flags = ["--data", str(log), "--columns", "user,item,rating", "--user-features", str(users), "--epochs", "2"]
+    flags = ["--data", str(log), "--columns", "user,item,rating", "--user-features", str(users), "--epochs", "1"]
     flags += ["--model-kwargs", '{"embed": 4, "hidden": [8], "use_ids": ["item"], "interaction": null}']
     said = []
     patch = pytest.MonkeyPatch()
