@@ -31,6 +31,7 @@ shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import re
@@ -194,6 +195,17 @@ _BIN = re.compile(r"^\[(-?inf|[-+0-9.eE]+), (-?inf|[-+0-9.eE]+)\)$")
 def _is_binned(vocab: list) -> bool:
     """Whether a vocabulary is a numeric column's quantile bins (every label ``[low, high)``)."""
     return bool(vocab) and all(isinstance(v, str) and _BIN.match(v) for v in vocab)
+
+
+@functools.lru_cache(maxsize=4096)
+def _movielens_label(key: str, value: Any) -> Any:
+    """The label MovieLens's encoder of ``key`` (:func:`_user_fields`) gives one value (None: it reads none); kept,
+    as a service meets the same few values again and again."""
+    try:
+        column = key.split("_", 1)[1]
+        return _user_fields(pd.DataFrame({column: pd.Series([value], dtype=object)}))[key].iloc[0]
+    except (OverflowError, ValueError, TypeError):
+        return None
 
 
 def _index_in(label: Any, vocab: list) -> int | None:
@@ -498,9 +510,8 @@ class Featurizer:
             if key == "user_zip" and isinstance(value, int | float | np.number) and not isinstance(value, bool):
                 raise DataError(f"user feature {name!r}: send a zip code as text ('02138'): a number loses zeros")
             try:
-                column = key.split("_", 1)[1]
-                return _user_fields(pd.DataFrame({column: pd.Series([value], dtype=object)}))[key].iloc[0]
-            except (OverflowError, ValueError, TypeError):
+                return _movielens_label(key, value)
+            except TypeError:  # unhashable (a list): no encoder reads it
                 return None
         if _is_binned(vocab):
             return _bin_label(value, vocab)
