@@ -647,6 +647,7 @@ def _recommend_users(args: argparse.Namespace) -> int:
     # a bad file fails before the model is loaded
     users = read_users(args.users, args.columns, args.sep, encoding=args.encoding)
     table = None if args.user_features is None else read_side_table(args.user_features, "user", encoding=args.encoding)
+    table_where = f"--user-features {args.user_features}"
     trained = load_trained(args.checkpoint)
     excluded = _excluded(args, trained)
     if table is None:
@@ -654,7 +655,13 @@ def _recommend_users(args: argparse.Namespace) -> int:
             _echo(f"note: {note}", err=True)
     try:
         lists, report = recommend_users(
-            trained, users, args.k, where=f"--users {args.users}", exclude=excluded, user_features=table
+            trained,
+            users,
+            args.k,
+            where=f"--users {args.users}",
+            exclude=excluded,
+            user_features=table,
+            features_where=table_where,
         )
     except ValueError as e:
         raise RunError(str(e)) from None
@@ -753,8 +760,8 @@ def _feature_notes(trained, features: dict | None) -> list[str]:
         _, unknown = trained.featurizer.encode_user_features(features)
     except JaxrecError as e:
         raise CLIError(f"--features: {e}") from None
-    notes = [f"feature {name}={features[name]!r}: no training user had it, read as unknown" for name in unknown]
-    missing = [n for n in names if n not in features]
+    notes = [f"feature {name}={features[name]!r}: not a value the model knows, read as unknown" for name in unknown]
+    missing = [n for n in names if not str(features.get(n, "")).strip()]
     if missing:
         notes.append(f"features not given, read as unknown: {', '.join(missing)}")
     return notes

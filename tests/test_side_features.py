@@ -341,6 +341,13 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
         assert cli.main([*batch, "--user-features", str(their)]) == 0, said
         assert any("--user-features: 2 user(s) with a row, 1 without" in x for x in said), said
         assert any("column(s) the model does not read: email" in x for x in said), said
+        twice = _write(tmp_path / "twice.csv", "user,age\n901,30\n0901,31\n")
+        said.clear()
+        assert cli.main([*batch, "--user-features", str(twice)]) == 1
+        assert f"--user-features {twice}: ids '901' and '0901' are the same user" in said[-1], said
+        said.clear()
+        assert cli.main([*run, "--features", "age=30,country= "]) == 0
+        assert "note: features not given, read as unknown: country, income" in said, said
     finally:
         patch.undo()
     lists = pd.read_csv(lists_out, dtype={"user": str, "item": str})
@@ -371,6 +378,7 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
         features = {"age": 30, "country": "FR", "income": None}
         status, answer = server.post("/recommend", {"ratings": sent, "k": 5, "features": features})
         assert status == 200, answer
+        answer_told = answer
         best, scores = recommender.top_k(codes, ratings, 5, exclude=withdrawn, user_features=told)
         assert [r["item"] for r in answer["recommendations"]] == [ids[c] for c in best]
         np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
@@ -378,6 +386,10 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
         assert answer["input"]["features_not_given"] == ["income"]
         status, answer = server.post("/recommend", {"ratings": sent, "features": {"country": "JP"}})
         assert status == 200 and answer["input"]["unknown_feature_values"] == ["country"], answer
+        spaced = server.post("/recommend", {"ratings": sent, "k": 5, "features": {"age": 30, "country": " FR "}})[1]
+        assert spaced["recommendations"] == answer_told["recommendations"], spaced
+        status, blank = server.post("/recommend", {"ratings": sent, "features": {"country": ""}})
+        assert status == 200 and blank["input"]["features_not_given"] == ["age", "country", "income"], blank
         status, answer = server.post("/recommend", {"ratings": sent, "features": {"salary": 3}})
         assert status == 422 and answer["error"].startswith("features: user features ['salary']"), answer
     finally:
@@ -414,6 +426,9 @@ def test_a_new_users_raw_values_are_encoded_as_the_training_users_were(tmp_path)
     assert two == again.encode_user_features({"score": "2.0"})[0]["user_score"] == 2
     with pytest.raises(jd.DataError, match="send a zip code as text"):
         again.encode_user_features({"zip": 2138})
+    # empty text is not given (a blank zip crashed on pandas' NA); text is read without its spaces, as a table's
+    assert again.encode_user_features({"zip": " ", "country": ""}) == ({k: 0 for k in keys}, [])
+    assert again.encode_user_features({"country": " DE "})[0] == again.encode_user_features({"country": "DE"})[0]
     slots, unknown = again.encode_user_features({"age": 10**400, "income": 10**400, "country": "JP"})
     assert unknown == ["age", "income", "country"] and set(slots.values()) == {0}
     with pytest.raises(jd.DataError, match=r"\['email'\] are not the model's: it reads age, country, income, score"):

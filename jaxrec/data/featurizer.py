@@ -208,9 +208,19 @@ def _movielens_label(key: str, value: Any) -> Any:
         return None
 
 
+def _not_given(value: Any) -> bool:
+    """Whether a new user's feature value is missing: None, NaN, pandas' NA or empty text."""
+    if isinstance(value, str):
+        return value == ""
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or a mapping: given, and read by no encoder
+        return False
+
+
 def _index_in(label: Any, vocab: list) -> int | None:
     """The index of ``label`` in ``vocab``: its text, else the one label of the same number (None: neither)."""
-    if label is None:
+    if _not_given(label):
         return None
     if label in vocab:
         return vocab.index(label)
@@ -470,7 +480,8 @@ class Featurizer:
         in the evaluation.
 
         Args:
-          features: ``{column: value}`` (``{"age": 25, "gender": "F"}``); None or NaN values count as not given.
+          features: ``{column: value}`` (``{"age": 25, "gender": "F"}``); None, NaN or empty text count as not
+            given; text is read without the spaces around it.
           ignore_others: leave out columns that are not the model's features (a whole side table), rather than
             refuse them.
 
@@ -487,14 +498,17 @@ class Featurizer:
         extra = [name for name, key in keys.items() if key not in self.user_tables]
         if extra and not ignore_others:
             known = ", ".join(sorted(by_name)) or "none"
+            shown = f"{extra[:10]}" + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
             raise DataError(
-                f"user features {extra} are not the model's: it reads {known} (a run's user features are the columns "
+                f"user features {shown} are not the model's: it reads {known} (a run's user features are the columns "
                 "of its --user-features table, or MovieLens's demographics)"
             )
         slots, unknown = {key: 0 for key in self.user_tables}, []
         for name, key in keys.items():
             value = features[name]
-            if key not in self.user_tables or value is None or (isinstance(value, float) and np.isnan(value)):
+            if isinstance(value, str):  # " M " is M, as a side table's text is read
+                value = value.strip()
+            if key not in self.user_tables or _not_given(value):
                 continue
             index = _index_in(self._user_label(key, name, value), self.vocabularies.get(key, []))
             if index is None:

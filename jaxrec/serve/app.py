@@ -112,7 +112,7 @@ def _features_report(features: dict | None, unknown: list[str], model_features: 
     and the model's features not sent (also unknown); nothing for a model without user features."""
     if not model_features:
         return {}
-    sent = [name for name, value in (features or {}).items() if value is not None]
+    sent = [name for name, value in (features or {}).items() if value is not None and str(value).strip() != ""]
     return {
         "features": len(sent),
         "unknown_feature_values": unknown,

@@ -135,6 +135,7 @@ def recommend_users(
     where: str = "users",
     exclude=(),
     user_features: pd.DataFrame | None = None,
+    features_where: str = "user features",
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The top ``k`` unseen items of every user of ``users`` (:func:`read_users`), as the service ranks them.
 
@@ -151,6 +152,7 @@ def recommend_users(
       exclude: item codes never to recommend (:func:`~jaxrec.experiment.recommend.read_item_list`).
       user_features: the users' side features indexed by raw user id (:func:`~jaxrec.data.read_side_table`), for
         a model trained with them; a user without a row takes the unknown value of each, as one without features.
+      features_where: how errors name the table (its file).
 
     Returns:
       ``(lists, report)``: a frame of ``user``, ``rank`` (1 = best), ``item`` (raw id), ``score`` (and ``title``
@@ -175,7 +177,7 @@ def recommend_users(
     features = None
     if user_features is not None:
         integer_users = all(isinstance(u, int) for u in (trained.featurizer.user_raw_ids or [None])[:1000])
-        features = _UserFeatures(catalogue, user_features, where, integer_users)
+        features = _UserFeatures(catalogue, user_features, features_where, integer_users)
     values = _values(catalogue, users, where)
     groups = users.groupby("user", sort=False).indices
     first = users.groupby("user", sort=False)["order"].min()
@@ -260,6 +262,11 @@ class _UserFeatures:
         self.ignored = [str(c) for c in table.columns if c not in read]  # as training left an all-distinct one out
         self._catalogue, self._integer = catalogue, integer_users
         keys = self._keys(table.index.to_numpy())
+        seen: dict = {}
+        for raw, key in zip(table.index, keys, strict=True):  # "1" and "01" are one user of an integer log
+            if key in seen:
+                raise ValueError(f"{where}: ids {seen[key]!r} and {raw!r} are the same user: give each user once")
+            seen[key] = raw
         rows = table[read].astype(object).where(table[read].notna(), None).itertuples(index=False, name=None)
         self._rows = dict(zip(keys, rows, strict=True))
         self._columns = read

@@ -37,7 +37,7 @@ class UserSupport:
       below_threshold: ratings below the run's positive threshold (implicit runs; not adapted to).
       seen: the codes of the known items rated below the threshold, and of those the request excludes: left out of
         the list, as the support's are.
-      excluded: the known items the request excludes.
+      excluded: the known items the request excludes (besides the user's own).
       unknown_excluded: the excluded ids not in the catalogue (ignored).
     """
 
@@ -260,12 +260,14 @@ class Catalogue:
         known = np.unique(np.asarray([c for c in codes if c is not None], np.int64))
         seen = np.setdiff1d(np.union1d(support.seen, known), support.codes)
         if len(seen) > max_items:
+            below = " (with those rated below the threshold)" if self.positive_threshold is not None else ""
             raise RequestError(
-                f"exclude: at most {max_items} items with those rated below the threshold, got {len(seen)} (a "
-                "catalogue-wide list goes to jaxrec serve --exclude)"
+                f"exclude: at most {max_items} items besides the user's own{below}, got {len(seen)} (a catalogue-wide "
+                "list goes to jaxrec serve --exclude)"
             )
         unknown = sum(c is None for c in codes)
-        return dataclasses.replace(support, seen=seen, excluded=len(known), unknown_excluded=unknown)
+        excluded = len(np.setdiff1d(known, support.codes))  # the user's own items are out of the list already
+        return dataclasses.replace(support, seen=seen, excluded=excluded, unknown_excluded=unknown)
 
     def feature_slots(
         self, features: dict[str, Any] | None, *, ignore_others: bool = False
