@@ -603,7 +603,7 @@ def test_a_gru_run_serves_each_user_of_a_batch_as_the_recommender_scores_them(tm
     from jaxrec.serve.engine import ServingModel, UserInput
 
     out = tmp_path / "gru"
-    flags = ["--model", "gru", "--model-kwargs", '{"embed": 4, "hidden": [8]}']
+    flags = ["--model", "gru", "--model-kwargs", '{"embed": 4, "hidden": [8]}', "--steps", "2"]  # serving, not skill
     assert cli.main(["train", *MOVIELENS_FLAGS, *flags, "--out", str(out)]) == 0
     trained = load_trained(out)
     recommender = Recommender(trained, trained.params)
