@@ -761,7 +761,7 @@ def _feature_notes(trained, features: dict | None) -> list[str]:
     except JaxrecError as e:
         raise CLIError(f"--features: {e}") from None
     notes = [f"feature {name}={features[name]!r}: not a value the model knows, read as unknown" for name in unknown]
-    missing = [n for n in names if not str(features.get(n, "")).strip()]
+    missing = trained.featurizer.user_features_not_given(features)
     if missing:
         notes.append(f"features not given, read as unknown: {', '.join(missing)}")
     return notes

@@ -208,6 +208,11 @@ def _movielens_label(key: str, value: Any) -> Any:
         return None
 
 
+def _stripped(value: Any) -> Any:
+    """A new user's feature value as a side table's is read: text without the spaces around it (" M " is M)."""
+    return value.strip() if isinstance(value, str) else value
+
+
 def _not_given(value: Any) -> bool:
     """Whether a new user's feature value is missing: None, NaN, pandas' NA or empty text."""
     if isinstance(value, str):
@@ -505,9 +510,7 @@ class Featurizer:
             )
         slots, unknown = {key: 0 for key in self.user_tables}, []
         for name, key in keys.items():
-            value = features[name]
-            if isinstance(value, str):  # " M " is M, as a side table's text is read
-                value = value.strip()
+            value = _stripped(features[name])
             if key not in self.user_tables or _not_given(value):
                 continue
             index = _index_in(self._user_label(key, name, value), self.vocabularies.get(key, []))
@@ -516,6 +519,12 @@ class Featurizer:
             else:
                 slots[key] = index + 1
         return slots, unknown
+
+    def user_features_not_given(self, features: Mapping[str, Any] | None) -> list[str]:
+        """The model's user features (column names, sorted) that ``features`` leaves out or gives no value (None,
+        NaN, empty text): each is read as unknown by :meth:`encode_user_features`."""
+        given = {str(name) for name, value in (features or {}).items() if not _not_given(_stripped(value))}
+        return sorted(name for name in map(self.user_feature_name, self.user_tables) if name not in given)
 
     def _user_label(self, key: str, name: str, value: Any) -> Any:
         """The label a training user with ``value`` in the column of ``key`` got (None: no encoder reads it)."""

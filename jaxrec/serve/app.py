@@ -107,16 +107,16 @@ def _first_error(errors) -> str:
     return f"{where}: {error.get('msg', 'invalid')}"
 
 
-def _features_report(features: dict | None, unknown: list[str], model_features: list[str]) -> dict:
+def _features_report(features: dict | None, unknown: list[str], catalogue: Catalogue) -> dict:
     """What a request's side features were read as: how many were sent, those whose values were read as unknown,
     and the model's features not sent (also unknown); nothing for a model without user features."""
-    if not model_features:
+    if not catalogue.user_features:
         return {}
-    sent = [name for name, value in (features or {}).items() if value is not None and str(value).strip() != ""]
+    not_given = catalogue.features_not_given(features)
     return {
-        "features": len(sent),
+        "features": len(catalogue.user_features) - len(not_given),
         "unknown_feature_values": unknown,
-        "features_not_given": [name for name in model_features if name not in sent],
+        "features_not_given": not_given,
     }
 
 
@@ -293,7 +293,7 @@ def create_app(
             "recommendations": [catalogue.item(c, s) for c, s in zip(ranked.codes, ranked.scores, strict=True)],
             "k": body.k,
             "feedback": "implicit" if catalogue.implicit else "explicit",
-            "input": {**support.report(), **_features_report(body.features, unknown, catalogue.user_features)},
+            "input": {**support.report(), **_features_report(body.features, unknown, catalogue)},
             "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
         }
 
@@ -316,7 +316,7 @@ def create_app(
         return {
             "scores": out,
             "unknown_candidates": sum(c is None for c in codes),
-            "input": {**support.report(), **_features_report(body.features, unknown, catalogue.user_features)},
+            "input": {**support.report(), **_features_report(body.features, unknown, catalogue)},
             "latency_ms": round((time.perf_counter() - started) * 1e3, 3),
         }
 

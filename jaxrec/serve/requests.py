@@ -286,6 +286,10 @@ class Catalogue:
         except DataError as e:
             raise RequestError(f"features: {e}") from None
 
+    def features_not_given(self, features: dict[str, Any] | None) -> list[str]:
+        """The model's user features a request leaves out or sends without a value (read as unknown)."""
+        return self._featurizer.user_features_not_given(features)
+
     def user_input(
         self, support: UserSupport, k: int, probe: Sequence[int] = (), user_slots: dict[str, int] | None = None
     ) -> UserInput:
