@@ -176,7 +176,8 @@ def main() -> None:
     results: dict = {"dataset": source, "seeds": list(args.seeds), "variants": {}}
     markdown = [
         f"# Top-N on {source} (implicit: {liked})\n",
-        f"Split seeds {list(args.seeds)}, pooled user-wise: each (split, user) pair is one unit of the bootstrap.\n",
+        f"Split seeds {list(args.seeds)}, pooled user-wise: the bootstrap draws users, a user new in several splits "
+        "with all their rows.\n",
     ]
     variants = args.variants if args.variants is not None else ([] if args.methods else sorted(VARIANTS))
     for name in variants + args.methods:

@@ -223,6 +223,43 @@ def test_bootstrap_interval_contains_point_and_shrinks_with_users():
     assert widths[1] < widths[0] / 4
 
 
+def _user_stats(users, seed):
+    rng = np.random.default_rng(seed)
+    base = rng.gamma(2.0, 4.0, users)
+    return {"abs_sum": base, "sq_sum": base * 2, "n": np.full(users, 10.0), "user": np.arange(users) + 7}
+
+
+def test_a_user_pooled_twice_is_one_unit_of_the_bootstrap():
+    # the same users evaluated in two pooled splits carry no more information than once: drawn as users, the
+    # intervals are those of one evaluation, to the digit; drawn as rows, they would be narrower by about sqrt(2)
+    a, b = _user_stats(300, 0), _user_stats(300, 1)
+    b["abs_sum"] = a["abs_sum"] * (1.0 + np.random.default_rng(2).normal(0.01, 0.05, 300))
+    twice = {k: np.concatenate([v, v]) for k, v in a.items()}, {k: np.concatenate([v, v]) for k, v in b.items()}
+    once_paired = metrics.paired_differences(a, b, resamples=400)["mae"]
+    twice_paired = metrics.paired_differences(*twice, resamples=400)["mae"]
+    assert twice_paired["diff"] == pytest.approx(once_paired["diff"])
+    assert twice_paired["ci95"] == pytest.approx(once_paired["ci95"], rel=1e-12)
+    once, pooled = metrics.summarize(a, resamples=400)["ci95"], metrics.summarize(twice[0], resamples=400)["ci95"]
+    assert pooled["mae"] == pytest.approx(once["mae"], rel=1e-12)
+    rows = {k: v for k, v in twice[0].items() if k != "user"}, {k: v for k, v in twice[1].items() if k != "user"}
+    as_rows = metrics.paired_differences(*rows, resamples=400)["mae"]["ci95"]
+    assert as_rows[1] - as_rows[0] < 0.8 * (once_paired["ci95"][1] - once_paired["ci95"][0])
+
+
+def test_users_each_once_draw_as_rows_do():
+    stats = _user_stats(50, 3)
+    rows = {k: v for k, v in stats.items() if k != "user"}
+    np.testing.assert_array_equal(
+        metrics.bootstrap_weights(50, 20, 5, groups=stats["user"]), metrics.bootstrap_weights(50, 20, 5)
+    )
+    assert metrics.summarize(stats, resamples=100) == metrics.summarize(rows, resamples=100)
+    weights = metrics.bootstrap_weights(4, 300, 0, groups=np.array([9, 3, 9, 3]))
+    np.testing.assert_array_equal(weights[:, 0], weights[:, 2])  # a user's rows weigh alike
+    assert set(np.unique(weights.sum(axis=1))) == {4.0}  # two users drawn, each with both rows
+    with pytest.raises(ValueError, match="same users"):
+        metrics.paired_differences(stats, dict(stats, user=stats["user"][::-1]), resamples=10)
+
+
 def test_paired_interval_is_tighter_than_unpaired_for_correlated_methods():
     rng = np.random.default_rng(1)
     users = 100

@@ -26,7 +26,9 @@ Definitions (``n`` real rows, ``r_i`` targets, ``s_i`` scores):
 The second part aggregates per-user statistics (numpy, host side): point estimates, percentile bootstrap 95%
 intervals over users (Efron & Tibshirani 1993) and *paired* intervals of the difference between two methods
 evaluated on the same users (each resample draws users once and evaluates both methods on them, so the
-between-user variance cancels).
+between-user variance cancels). The unit drawn is the user: where the statistics record each row's ``"user"`` and
+a user has several rows (several random splits pooled, a user a new user in more than one), the user's rows are
+drawn together, a cluster bootstrap, since they are one draw from the users and not several.
 """
 
 from __future__ import annotations
@@ -306,21 +308,50 @@ def aggregate(stats: Mapping[str, np.ndarray], weights: np.ndarray | None = None
     return out
 
 
-def bootstrap_weights(n_users: int, resamples: int, seed: int = 0) -> np.ndarray:
+def bootstrap_weights(n_users: int, resamples: int, seed: int = 0, groups: np.ndarray | None = None) -> np.ndarray:
     """Draw the user weights of a bootstrap.
 
+    With ``groups``, the units drawn are the groups, not the rows: a user evaluated in several pooled splits (the
+    same user's rows, one per split) is drawn once with all their rows, as those rows are not independent draws
+    from the population of users (a cluster bootstrap; Davison & Hinkley 1997, section 3.8). Rows that are all
+    distinct groups get the same draws as without ``groups``; otherwise groups are numbered by first appearance.
+
     Args:
-      n_users: the number of users.
+      n_users: the number of rows (users, or (split, user) pairs).
       resamples: the number of resamples.
       seed: the seed of the draws.
+      groups: ``[n_users]`` the unit of each row (e.g. the user code); None: every row its own unit.
 
     Returns:
-      ``[resamples, n_users]`` multinomial counts: each row draws ``n_users`` users with replacement.
+      ``[resamples, n_users]`` weights: each resample draws as many units as there are, with replacement, and
+      each row weighs as many times as its unit was drawn.
+
+    Raises:
+      ValueError: if ``groups`` does not have one entry per row.
     """
     rng = np.random.default_rng(seed)
+
+    def draw(units: int) -> np.ndarray:
+        return rng.multinomial(units, np.full(units, 1.0 / units), size=resamples).astype(np.float64)
+
     if n_users == 0:
         return np.zeros((resamples, 0))
-    return rng.multinomial(n_users, np.full(n_users, 1.0 / n_users), size=resamples).astype(np.float64)
+    if groups is None:
+        return draw(n_users)
+    if np.shape(groups) != (n_users,):
+        raise ValueError(f"bootstrap_weights: groups has shape {np.shape(groups)}, not one entry per row ({n_users})")
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    if len(first) == n_users:  # every row its own unit: the rows' draws, to the bit
+        return draw(n_users)
+    number = np.empty(len(first), np.int64)
+    number[np.argsort(first, kind="stable")] = np.arange(len(first))  # groups numbered by first appearance
+    return draw(len(first))[:, number[inverse.reshape(-1)]]
+
+
+def _units(stats: Mapping[str, np.ndarray]) -> np.ndarray | None:
+    """The unit of each row of per-user statistics: its ``"user"`` code when recorded (pooled splits repeat a
+    user), else None (every row its own unit)."""
+    return np.asarray(stats["user"]) if "user" in stats else None
 
 
 def _interval(samples: np.ndarray) -> list[float]:
@@ -335,7 +366,8 @@ def summarize(stats: Mapping[str, np.ndarray], *, resamples: int = 1000, seed: i
     """Summarise the per-user statistics of one method.
 
     Args:
-      stats: per-user statistics ``{key: [U]}``.
+      stats: per-user statistics ``{key: [U]}``; ``"user"``, when present, names each row's user (the unit the
+        bootstrap draws: :func:`bootstrap_weights`).
       resamples: bootstrap resamples over users (0: no interval).
       seed: the seed of the bootstrap.
       implicit: implicit-feedback statistics (no MAE / RMSE).
@@ -351,7 +383,8 @@ def summarize(stats: Mapping[str, np.ndarray], *, resamples: int = 1000, seed: i
     out["users"] = n_users
     out["ratings"] = int(np.sum(stats["n"]))
     if resamples and n_users:
-        samples = aggregate(stats, bootstrap_weights(len(stats["n"]), resamples, seed), implicit=implicit)
+        weights = bootstrap_weights(len(stats["n"]), resamples, seed, groups=_units(stats))
+        samples = aggregate(stats, weights, implicit=implicit)
         out["ci95"] = {name: _interval(values) for name, values in samples.items() if out[name] is not None}
     return out
 
@@ -388,7 +421,10 @@ def paired_differences(
     point_a = {name: value for name, value in point_a.items() if np.isfinite(value) and np.isfinite(point_b[name])}
     if not resamples or not len(stats_a["n"]):
         return {name: {"diff": point_a[name] - point_b[name], "ci95": [float("nan"), float("nan")]} for name in point_a}
-    weights = bootstrap_weights(len(stats_a["n"]), resamples, seed)
+    units_a, units_b = _units(stats_a), _units(stats_b)
+    if units_a is not None and units_b is not None and not np.array_equal(units_a, units_b):
+        raise ValueError("paired_differences needs the two methods evaluated on the same users in the same order")
+    weights = bootstrap_weights(len(stats_a["n"]), resamples, seed, groups=units_a if units_a is not None else units_b)
     samples_a = aggregate(stats_a, weights, implicit=implicit)
     samples_b = aggregate(stats_b, weights, implicit=implicit)
     return {
