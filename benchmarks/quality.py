@@ -50,10 +50,10 @@ published). Every configuration named faces, on the same users, every other one'
 ``meta[<name>]``) and fine-tuning (``finetune[<name>]``), so one run compares the methods pairwise.
 
 In every table the meta method's row is named ``maml`` whatever the algorithm. Several split seeds are pooled
-user-wise; the bootstrap draws users (a user new in several splits is drawn with all their rows). Baselines are
-fitted once per model, item dropout, adapted set and inner loop, and shared by every method with those. ``--validation`` scores on the
-validation users (meta-train users held out of all training; ``--set '{"val_frac": 0.25}'`` for a larger slice)
-instead of the test scenarios: the table to select a configuration on.
+user-wise; the bootstrap draws users (a user new in several splits is drawn with all their rows). Baselines are fitted
+once per model, item dropout, adapted set and inner loop, and shared by every method with those. ``--validation``
+scores on the validation users (meta-train users held out of all training; ``--set '{"val_frac": 0.25}'`` for a larger
+slice) instead of the test scenarios: the table to select a configuration on.
 """
 
 from __future__ import annotations
