@@ -693,7 +693,8 @@ def _recommend_users(args: argparse.Namespace) -> int:
     if table is not None:
         _echo(
             f"note: --user-features: {report['with_features']} user(s) with a row, {report['without_features']} "
-            f"without (read as unknown); {report['unknown_feature_values']} value(s) no training user had"
+            f"without (read as unknown); {report['features_not_given']} with a feature left blank or not in the "
+            f"table (read as unknown); {report['unknown_feature_values']} value(s) no training user had"
             + (
                 f"; column(s) the model does not read: {', '.join(report['feature_columns_ignored'])}"
                 if report["feature_columns_ignored"]

@@ -342,6 +342,7 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
         said.clear()
         assert cli.main([*batch, "--user-features", str(their)]) == 0, said
         assert any("--user-features: 2 user(s) with a row, 1 without" in x for x in said), said
+        assert any("2 with a feature left blank or not in the table" in x for x in said), said  # no income column
         assert any("column(s) the model does not read: email" in x for x in said), said
         twice = _write(tmp_path / "twice.csv", "user,age\n901,30\n0901,31\n")
         said.clear()

@@ -192,7 +192,7 @@ def recommend_users(
         ints, ok = integer_ids(items)
         items = np.array([int(v) if good else raw for v, good, raw in zip(ints, ok, items, strict=True)], dtype=object)
     if features is not None:
-        report.update(with_features=0, without_features=0, unknown_feature_values=0)
+        report.update(with_features=0, without_features=0, unknown_feature_values=0, features_not_given=0)
         report["feature_columns_ignored"] = features.ignored
     inputs, kept, no_items, no_positives = [], [], [], []
     longest = max((len(rows) for rows in groups.values()), default=1)
@@ -213,9 +213,10 @@ def recommend_users(
             continue
         slots = None
         if features is not None:
-            slots, unknown = features.slots(user)
+            slots, unknown, not_given = features.slots(user)
             report["with_features" if unknown is not None else "without_features"] += 1
             report["unknown_feature_values"] += len(unknown or ())
+            report["features_not_given"] += bool(unknown is not None and not_given)
         inputs.append(catalogue.user_input(support, k, user_slots=slots))
         kept.append(user)
     report.update(without_items=len(no_items), without_positives=len(no_positives), listed=len(kept))
@@ -279,16 +280,20 @@ class _UserFeatures:
         values, whole = integer_ids(np.asarray(text, dtype=object))
         return [int(v) if ok else t for v, ok, t in zip(values, whole, text, strict=True)]
 
-    def slots(self, user: Any) -> tuple[dict[str, int] | None, list[str] | None]:
-        """``(slots, unknown)`` of a user; ``(None, None)`` for a user without a row."""
+    def slots(self, user: Any) -> tuple[dict[str, int] | None, list[str] | None, list[str]]:
+        """``(slots, unknown, not_given)`` of a user: the model's slots, the values no training user had, and the
+        model's features the row leaves blank or the table lacks (each read as unknown); ``(None, None, [])`` for a
+        user without a row."""
         row = self._rows.get(self._keys([user])[0])
         if row is None:
-            return None, None
+            return None, None, []
         if row not in self._encoded:
             features = {c: v for c, v in zip(self._columns, row, strict=True) if v is not None}
-            self._encoded[row] = self._catalogue.feature_slots(features)
-        slots, unknown = self._encoded[row]
-        return slots, unknown
+            self._encoded[row] = (
+                *self._catalogue.feature_slots(features),
+                self._catalogue.features_not_given(features),
+            )
+        return self._encoded[row]
 
 
 def _rank(trained: Any, inputs: list, k: int, batch: int, exclude=()) -> list:
