@@ -826,6 +826,33 @@ def test_exact_als_start_ranks_as_the_mf_baselines_fold_in(l2, alpha):
     assert summaries["maml"]["recall@20"] == pytest.approx(summaries["mf"]["recall@20"], abs=0.01)
 
 
+@pytest.mark.parametrize(
+    "fields", [{"new_item_frac": 0.1, "item_dropout": 0.25}, {"ranking_loss": "softmax", "negatives": 4}]
+)
+def test_a_recommender_forms_the_item_side_once_and_scores_as_the_model_over_every_item(fields, monkeypatch):
+    """A new user's scores from the item side formed once (the item vectors, and the exact ALS loss's Gram matrix,
+    id-less items counted at the dropout rate) equal the model's own over every item after the run's inner loop,
+    which forms both from the parameters at each call."""
+    from jaxrec.experiment import recommend
+    from jaxrec.experiment.topn import TopNExperiment
+
+    exp = TopNExperiment(als_start_config(model_kwargs={"embed": 8}).override(**fields))
+    params = exp.init_params()
+    params["params"]["user_vector"] = jnp.linspace(-0.3, 0.3, 8)  # a prior away from 0: the fold-in reads it
+    fast = recommend.TopNRecommender(exp, params)
+    assert fast.item_side is not None and (fast.item_side.gram is None) == ("ranking_loss" in fields)
+    monkeypatch.setattr(recommend, "fixed_item_side", lambda *args: None)
+    slow = recommend.TopNRecommender(exp, params)
+    assert slow.item_side is None
+    for user in range(3):
+        codes, _ = exp.val_tasks.item_codes(np.array([user]))
+        codes = codes[0][codes[0] >= 0]
+        weights = np.linspace(1.0, 2.0, len(codes))
+        np.testing.assert_allclose(
+            fast.model_scores(codes, weights), slow.model_scores(codes, weights), rtol=1e-4, atol=1e-5
+        )
+
+
 def test_a_refinement_is_tried_on_top_of_the_grids_choice_and_kept_only_when_validation_rises(monkeypatch):
     """The second tuning stage: each of BASELINE_REFINEMENTS merged onto the grid's best point, chosen on the same
     validation figure. Scored here by a stand-in figure of the fitted model (no catalogue pass), so that which

@@ -58,6 +58,7 @@ from jaxrec.scale.sharding import make_mesh
 __all__ = [
     "Experiment",
     "Learner",
+    "exact_als_gram",
     "exact_als_loss",
     "exact_logistic_loss",
     "meta_optimizer",
@@ -270,12 +271,28 @@ def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0, confidence:
     Raises:
       ValueError: if the model has no separate towers, the catalogue is missing or ``u`` is not in ``[0, 1]``.
     """
-    user_fn, item_vectors = _catalogue_towers(model, catalogue, unknown, "als_exact")
+    user_fn, _ = _catalogue_towers(model, catalogue, unknown, "als_exact")
+    return catalogue_als_loss(model.apply, user_fn, exact_als_gram(model, catalogue, unknown), confidence=confidence)
+
+
+def exact_als_gram(model: Any, catalogue: Any, unknown: float = 0.0) -> Any:
+    """``gram_fn(params) -> [d + 1, d + 1]``, the Gram matrix of :func:`exact_als_loss`'s catalogue term: it depends
+    on the item tower alone, so a trained model forms it once for every new user (a recommender, the service).
+
+    Args:
+      model: a :class:`~jaxrec.models.TwoTower`.
+      catalogue: the item rows of every catalogue item, ``{key: [V, ...]}``.
+      unknown: the fraction of id-less item vectors (see :func:`exact_als_loss`).
+
+    Raises:
+      ValueError: as :func:`exact_als_loss`.
+    """
+    _, item_vectors = _catalogue_towers(model, catalogue, unknown, "als_exact")
 
     def gram_fn(params):
         return sum(w * (v.T @ v) for w, v in item_vectors(params))
 
-    return catalogue_als_loss(model.apply, user_fn, gram_fn, confidence=confidence)
+    return gram_fn
 
 
 def exact_logistic_loss(model: Any, catalogue: Any, unknown: float = 0.0, confidence: float = 10.0) -> Any:

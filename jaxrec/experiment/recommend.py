@@ -17,12 +17,15 @@ from jaxrec.core.batch import zero_padding
 from jaxrec.core.inner import adapt
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
+from jaxrec.core.ranking import catalogue_als_loss
 from jaxrec.data import DataError, Featurizer, sniff_separator
 from jaxrec.data.dataset import integer_ids
 from jaxrec.data.topn import support_history
-from jaxrec.evaluation.topn import recency_weights
+from jaxrec.evaluation.topn import is_user_side, recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
+from jaxrec.experiment.protocol import exact_als_gram, topn_unknown_ids, trained_catalogue
 from jaxrec.experiment.run import RunError
+from jaxrec.models import TwoTower
 
 __all__ = [
     "Recommender",
@@ -509,23 +512,33 @@ class TopNRecommender:
         self.seed = seed
         n_items = self.featurizer.n_items
         self.trained_items = np.flatnonzero(self.featurizer.item_index[:-1] > 0)
-        self.candidates = jax.device_put(self.featurizer.item_rows(np.arange(n_items)))
         user_keys = list(self.featurizer.user_rows(np.full(1, -1)))  # the id (unknown) and the side features
+        item_rows = self.featurizer.item_rows(np.arange(n_items))
+        self.item_side = fixed_item_side(experiment, self.state[0], item_rows)
+        model, inner = experiment.model, experiment.inner.replace(order="first")
 
-        def scores(state, support, mask, candidates):
-            phi = adapt(
-                state[0], zero_padding(support, mask), mask, experiment.inner.replace(order="first"), inner_lr=state[1]
-            )
-            rows = {k: jnp.broadcast_to(support[k][0], (n_items,)) for k in user_keys}  # the support's user
+        def user_rows(support, mask, lead):
+            rows = {k: jnp.broadcast_to(support[k][0], (lead,)) for k in user_keys}  # the support's user
             if self.history:
                 items = jnp.where(mask, support["item"], 0)[: self.history]
-                rows["history_item"] = jnp.broadcast_to(
-                    jnp.pad(items, (0, self.history - items.shape[0])), (n_items, self.history)
-                )
-            return experiment.apply_fn(phi, {**rows, **candidates})
+                history = jnp.pad(items, (0, self.history - items.shape[0]))
+                rows["history_item"] = jnp.broadcast_to(history, (lead, self.history))
+            return rows
 
-        self.score_one = scores
-        self._scores = jax.jit(scores)
+        def scores(state, support, mask, candidates):
+            phi = adapt(state[0], zero_padding(support, mask), mask, inner, inner_lr=state[1])
+            return experiment.apply_fn(phi, {**user_rows(support, mask, n_items), **candidates})
+
+        def dot_scores(state, support, mask, side):  # the item side formed once (fixed_item_side)
+            adapting = inner if side.gram is None else inner.replace(loss_fn=als_loss_of_gram(experiment, side.gram))
+            phi = adapt(state[0], zero_padding(support, mask), mask, adapting, inner_lr=state[1])
+            user = model.apply(phi, user_rows(support, mask, 1), method=model.user_vectors)[0]
+            return side.vectors @ user
+
+        fixed = self.item_side is not None
+        self.candidates = jax.device_put(self.item_side if fixed else item_rows)
+        self.score_one = dot_scores if fixed else scores
+        self._scores = jax.jit(self.score_one)
 
     def min_support(self) -> int:
         """The smallest support size the rows can be padded to: the model's history length."""
@@ -638,6 +651,56 @@ class TopNRecommender:
         the user has seen, left out of the list too (e.g. rated below the run's positive threshold, so not in the
         support); ``user_features``: the user's side features (see :meth:`scores`)."""
         return _best(self.scores(item_codes, weights, user_features), item_codes, k, exclude)
+
+
+class ItemSide(NamedTuple):
+    """A trained two-tower model's item side, formed once for every new user (:func:`fixed_item_side`).
+
+    Attributes:
+      vectors: ``[V, d + 1]``, every item's vector and bias (:meth:`~jaxrec.models.TwoTower.item_vectors`): a
+        user's scores are one matrix-vector product.
+      gram: ``[d + 1, d + 1]``, the Gram matrix of the exact ALS loss's catalogue term
+        (:func:`~jaxrec.experiment.protocol.exact_als_gram`), or None when the inner loss has no such term.
+    """
+
+    vectors: jax.Array
+    gram: jax.Array | None
+
+
+def fixed_item_side(experiment, params: Any, item_rows: dict) -> ItemSide | None:
+    """The item side of a top-N run's two-tower model, formed once: it does not depend on the user, so a new user's
+    adaptation and scores need not form it again (each call formed the item tower over the whole catalogue twice and
+    the ``V x (d + 1)^2`` Gram matrix once: most of a call's time on a large catalogue).
+
+    Args:
+      experiment: the trained model or experiment (``model``, ``inner``, ``config``, ``featurizer``).
+      params: the meta-learned parameters (Meta-SGD's rates split off).
+      item_rows: every catalogue item's rows.
+
+    Returns:
+      The :class:`ItemSide`, or None when the model is not a :class:`~jaxrec.models.TwoTower` or its inner loop
+      adapts more than the user side (the item side then differs per user).
+    """
+    model, config = experiment.model, experiment.config
+    if not isinstance(model, TwoTower) or not is_user_side(experiment.inner, params):
+        return None
+    vectors = jax.jit(lambda p, rows: model.apply(p, rows, method=model.item_vectors))(params, item_rows)
+    if config.topn.ranking_loss != "als_exact":  # the sampled losses read the support rows alone
+        return ItemSide(vectors, None)
+    gram_fn = exact_als_gram(model, trained_catalogue(experiment.featurizer), topn_unknown_ids(config))
+    return ItemSide(vectors, jax.jit(gram_fn)(params))
+
+
+def als_loss_of_gram(experiment, gram: jax.Array) -> Any:
+    """The exact ALS inner loss of a top-N run's two-tower model with its catalogue term's Gram matrix given
+    (:class:`ItemSide`), equal to the run's loss while the item side is the one ``gram`` was formed from."""
+    model = experiment.model
+
+    def user_fn(params, rows):
+        return model.apply(params, rows, method=model.user_vectors)
+
+    confidence = experiment.config.topn.als_confidence
+    return catalogue_als_loss(model.apply, user_fn, lambda _: gram, confidence=confidence)
 
 
 def user_slots(featurizer, user_features) -> dict[str, int] | None:
