@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--step", type=int, help="which checkpoint step (default: the newest complete one)")
     evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "item_features", "user_features")
     evaluation_flags += ("baselines", "bootstrap", "eval_batch_size")
-    evaluation_flags += ("sampled_negatives", "hybrid")
+    evaluation_flags += ("sampled_negatives", "hybrid", "topn_baselines")
     add_flags(ev, names=(*evaluation_flags, "devices"))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar over the baselines' tuning")

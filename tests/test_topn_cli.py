@@ -151,6 +151,23 @@ def test_evaluate_says_when_the_log_is_the_same_in_another_row_order(topn_run, t
     assert "in another row order" in err and "pass the log in that order" in err and "Traceback" not in err
 
 
+def test_evaluate_takes_other_topn_baselines_and_names_a_wrong_flag(topn_run, tmp_path, monkeypatch, capsys):
+    """A run's baselines re-chosen at evaluation (``--topn-baselines``), without the others' tuning; top-N baselines
+    given to --baselines (the rating baselines) are named as that flag's error, not as a broken checkpoint."""
+    capture(monkeypatch)
+    document, first = evaluate_again(topn_run, tmp_path / "two.json", "--topn-baselines", "popular,itemknn")
+    again = document["scenarios"]["new_user"]
+    assert {"popular", "itemknn", "maml+itemknn"} <= set(again) and not {"ease", "mf"} & set(again), sorted(again)
+    for name in ("popular", "itemknn", "maml+itemknn"):
+        assert again[name]["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
+    monkeypatch.undo()
+    argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]), "--baselines", "popular"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the options given do not fit this run" in err and "incompatible checkpoint" not in err, err
+    assert "top-N baselines go to --topn-baselines" in err and "Traceback" not in err
+
+
 def evaluate_again(topn_run, output, *flags):
     """``jaxrec evaluate`` of the shared run with ``flags``: its new-user summaries, and the training run's."""
     argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]), *flags,

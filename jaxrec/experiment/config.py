@@ -588,7 +588,8 @@ class EvalConfig:
         for name in ("baselines", "ks", "finetune_lrs", "bias_reg"):
             object.__setattr__(self, name, _tuple(getattr(self, name)))
         unknown = [b for b in self.baselines if b not in BASELINES]
-        _check(not unknown, "baselines", f"has unknown name(s) {unknown}; choose from {list(BASELINES)}")
+        topn = " (top-N baselines go to --topn-baselines)" if unknown and set(unknown) <= set(TOPN_BASELINES) else ""
+        _check(not unknown, "baselines", f"has unknown name(s) {unknown}; choose from {list(BASELINES)}{topn}")
         _check(all(isinstance(k, int) and k >= 1 for k in self.ks), "ks", f"must be integers >= 1, got {self.ks}")
         _positive_int(self.bootstrap, "bootstrap")
         _positive_int(self.eval_batch_size, "eval_batch_size")

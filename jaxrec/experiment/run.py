@@ -643,7 +643,11 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
         try:
             config = make_config(saved, {"data_dir": None, "devices": None, **overrides})
         except RunError as e:
-            raise CheckpointError(f"{folder}: incompatible checkpoint: {e}") from e
+            try:  # the saved config alone: the checkpoint's fault, or the options given with it
+                make_config(saved, {"data_dir": None, "devices": None})
+            except RunError:
+                raise CheckpointError(f"{folder}: incompatible checkpoint: {e}") from e
+            raise RunError(f"{folder}: the options given do not fit this run: {e}") from e
         experiment = build_experiment(config, dataset)
         _check_same_data(meta, experiment, folder)
         experiment.use_tuned(meta.get("tuned"))
