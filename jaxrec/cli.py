@@ -343,6 +343,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 err=True,
             )
     experiment = build_experiment(config)
+    if hasattr(experiment, "progress"):  # a top-N run: bars over the ALS start and the baselines' tuning
+        experiment.progress = not args.no_progress
     for note in _side_table_notes(getattr(experiment.dataset, "report", {})):
         _echo(f"note: {note}", err=True)
     total = experiment.total_steps

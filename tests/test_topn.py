@@ -853,6 +853,25 @@ def test_a_recommender_forms_the_item_side_once_and_scores_as_the_model_over_eve
         )
 
 
+def test_a_baseline_the_catalogue_is_too_large_for_is_named_once_before_any_tuning(monkeypatch, caplog):
+    """EASE over more items than its dense inverse accepts: refused once, before item-kNN's tuning (it was refused
+    at its turn, once per point of its grid), and recorded in what the run chose."""
+    from jaxrec.evaluation import retrieval_baselines as rb
+    from jaxrec.experiment import topn
+
+    monkeypatch.setattr(rb, "EASE_MAX_ITEMS", 50)
+    monkeypatch.setitem(topn.BASELINE_GRIDS, "itemknn", [{"neighbours": 20, "shrink": 0.0}])
+    exp = topn.TopNExperiment(als_start_config(model_kwargs={"embed": 4}).override(topn_baselines=("itemknn", "ease")))
+    with caplog.at_level("INFO", logger="jaxrec"):
+        rankers = exp.baselines()
+    assert set(rankers) == {"itemknn"}
+    said = [r.getMessage() for r in caplog.records]
+    refused = [i for i, m in enumerate(said) if m.startswith("baseline ease left out: EASE inverts a dense")]
+    tuned = [i for i, m in enumerate(said) if m.startswith("baseline itemknn:")]
+    assert len(refused) == 1 and tuned and refused[0] < tuned[0], said
+    assert "over the limit of 50 items" in exp.tuned["ease"]["not_fitted"]
+
+
 def test_a_refinement_is_tried_on_top_of_the_grids_choice_and_kept_only_when_validation_rises(monkeypatch):
     """The second tuning stage: each of BASELINE_REFINEMENTS merged onto the grid's best point, chosen on the same
     validation figure. Scored here by a stand-in figure of the fitted model (no catalogue pass), so that which

@@ -63,6 +63,7 @@ __all__ = [
     "interaction_matrix",
     "missing_weights",
     "support_matrix",
+    "unfittable",
 ]
 
 #: The largest dense item-item system :func:`fit_ease` accepts: ``30000**2`` float64 numbers are 7.2 GB (float32:
@@ -394,6 +395,31 @@ class EASEModel:
         return out
 
 
+def _ease_too_large(n: int, width: int, max_items: int) -> str | None:
+    """Why EASE refuses ``n`` items (its dense ``n x n`` system of ``width``-byte numbers), or None."""
+    if n <= max_items:
+        return None
+    return (
+        f"EASE inverts a dense item-item matrix: {n} items with training interactions need "
+        f"{width * n * n / 1e9:.1f} GB and ~{n**3 / 1e12:.0f} Tflop, over the limit of {max_items} items "
+        "(prune the catalogue to the most popular items, or use itemknn or mf)"
+    )
+
+
+def unfittable(name: str, X: Any) -> str | None:
+    """Why the baseline ``name`` cannot be fitted on ``X`` at any of its hyper-parameters (EASE on a catalogue over
+    :data:`EASE_MAX_ITEMS` seen items), or None: a tuning loop asks once, before its grid.
+
+    Args:
+      name: a baseline's name.
+      X: the training interactions ``[n_train_users, n_items]``.
+    """
+    if name != "ease":
+        return None
+    seen = int(np.count_nonzero(np.diff(_train_matrix(X).tocsc().indptr)))
+    return _ease_too_large(seen, 4, EASE_MAX_ITEMS)  # "auto" factorises in float32 at the least
+
+
 def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = "auto", max_items: int = EASE_MAX_ITEMS) -> EASEModel:
     """Fit EASE, the embarrassingly shallow auto-encoder (Steck, WWW 2019).
 
@@ -430,13 +456,9 @@ def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = "auto", max_items: int =
         raise ValueError(f"dtype must be 'auto', float64 or float32, got {dtype}")
     items = np.flatnonzero(np.diff(X.tocsc().indptr))
     n = items.size
-    if n > max_items:
-        width = 4 if isinstance(dtype, str) else np.dtype(dtype).itemsize  # "auto": float32 at the least
-        raise ValueError(
-            f"EASE inverts a dense item-item matrix: {n} items with training interactions need "
-            f"{width * n * n / 1e9:.1f} GB and ~{n**3 / 1e12:.0f} Tflop, over the limit of {max_items} items "
-            "(prune the catalogue to the most popular items, or use itemknn or mf)"
-        )
+    too_large = _ease_too_large(n, 4 if isinstance(dtype, str) else np.dtype(dtype).itemsize, max_items)
+    if too_large:
+        raise ValueError(too_large)
     Xa = X[:, items]
     dtype = ease_precision(Xa, l2) if isinstance(dtype, str) else np.dtype(dtype)
     G = np.empty((n, n), dtype)
@@ -679,6 +701,7 @@ def fit_mf(
     alpha: float = 1.0,
     missing_exponent: float = 0.0,
     seed: int = 0,
+    on_sweep: Callable[[], Any] | None = None,
 ) -> MFModel:
     """Fit implicit-feedback matrix factorisation by weighted ALS (Hu, Koren & Volinsky, ICDM 2008).
 
@@ -711,6 +734,7 @@ def fit_mf(
       missing_exponent: ``beta``, the exponent of the item popularity in a missing pair's confidence (0: 1 for
         every pair, the paper's model).
       seed: the seed of the item-factor initialisation.
+      on_sweep: called after each sweep (a progress bar's update), or None.
 
     Returns:
       The :class:`MFModel`.
@@ -734,6 +758,8 @@ def fit_mf(
         U = _als_step(X, Y, l2, alpha, column_weights=m)
         Y = _als_step(Xt, U, l2, alpha, row_weights=m)
         history.append(als_objective(X, U, Y, l2=l2, alpha=alpha, missing_weights=m))
+        if on_sweep is not None:
+            on_sweep()
     return MFModel(item_factors=Y, user_factors=U, l2=l2, alpha=alpha, history=np.asarray(history), missing_weights=m)
 
 

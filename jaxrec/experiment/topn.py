@@ -419,7 +419,12 @@ class TopNExperiment:
         if self.config.topn.ranking_loss in CATALOGUE_LOSSES:  # the fold-in's own strengths: the start is that mf
             chosen = {"l2": 1.0 / (2.0 * self.inner_lr), "alpha": self.config.topn.als_confidence}
         chosen["factors"] = embed
-        fitted = rb.fit_mf(self.train_matrix(), seed=self.config.training_seed, **chosen)
+        matrix = self.train_matrix()
+        sweeps = chosen.get("iterations")  # None: fit_mf's default
+        logger.info("the item start: implicit ALS on %d users x %d items, %s", *matrix.shape, chosen)
+        # minutes on a large catalogue (one f x f solve per user and item, each sweep): a bar, not a silence
+        with tqdm(total=sweeps, desc="ALS start", unit="sweep", disable=not self.progress) as bar:
+            fitted = rb.fit_mf(matrix, seed=self.config.training_seed, on_sweep=bar.update, **chosen)
         slots = self.featurizer.item_index[:-1]
         table = np.zeros((self.spec.categorical["item"], embed), np.float32)
         table[slots[slots > 0]] = fitted.item_factors[slots > 0]
@@ -701,6 +706,8 @@ class TopNExperiment:
         if self._baselines is not None:
             return self._baselines
         names = self.config.topn.topn_baselines
+        for name in names:  # a baseline this data cannot fit is named before any other's tuning, not after
+            self._cannot_fit(name)
         out: dict[str, Any] = {}
         for name in names:
             if name in BASELINE_GRIDS and (ranker := self._tuned_baseline(name)) is not None:
@@ -725,6 +732,8 @@ class TopNExperiment:
         None when this data cannot fit it."""
         if name in self._baseline_cache:
             return self._baseline_cache[name]
+        if self._cannot_fit(name):
+            return None
         fitters = self._baseline_fitters([name])
         best = None
         began = time.perf_counter()
@@ -748,6 +757,21 @@ class TopNExperiment:
             ranker = self._tuned_recency(name, ranker)
         self._baseline_cache[name] = ranker
         return ranker
+
+    def _cannot_fit(self, name: str) -> bool:
+        """Whether the baseline ``name`` cannot be fitted on this data at any point of its grid
+        (:func:`~jaxrec.evaluation.retrieval_baselines.unfittable`); the first time, warned of once and recorded in
+        :attr:`tuned` (``{"not_fitted": why}``), and the baseline left out."""
+        if name not in rb.RETRIEVAL_BASELINES:
+            return False
+        if "not_fitted" in self._tuned.get(name, {}):
+            return True
+        why = rb.unfittable(name, self.train_matrix())
+        if why is not None:
+            logger.warning("baseline %s left out: %s", name, why)
+            self._tuned[name] = {"not_fitted": why}
+            self._baseline_cache[name] = None
+        return why is not None
 
     def _try_baseline(self, name: str, fit: Callable, hyper: dict, best: tuple | None, choose: bool) -> tuple | None:
         """``(validation Recall@20, hyper, ranker)`` of ``fit(**hyper)`` when it beats ``best`` (or is the first),
