@@ -642,6 +642,18 @@ def test_a_thresholded_model_takes_interactions_as_positives_and_leaves_low_rati
     assert thresholded.user_input(rated, 5).seen.tolist() == [1]
 
 
+def test_ratings_an_unweighted_click_model_cannot_read_are_said_to_be_ignored():
+    """A model of unweighted clicks without a positive threshold counts each item sent once: ratings sent to it were
+    read as plain interactions in silence (``jaxrec recommend --users`` notes the ignored column); the answer says so.
+    A weighted model reads them as weights, a thresholded one against its threshold: nothing ignored there."""
+    sent = _catalogue(False).support([("a", 5.0), ("b", 1.0)], None, 8)
+    assert sent.codes.tolist() == [0, 1] and sent.report()["ratings_ignored"] is True
+    assert "ratings_ignored" not in _catalogue(False).support([("a", 1.0)], None, 8).report()
+    assert "ratings_ignored" not in _catalogue(False).support(None, ["a", "b"], 8).report()
+    assert "ratings_ignored" not in _catalogue(True).support([("a", 5.0)], None, 8).report()
+    assert "ratings_ignored" not in _catalogue(False, positive_threshold=4.0).support([("a", 5.0)], None, 8).report()
+
+
 def test_ids_in_other_digits_and_values_beyond_float32_are_refused_not_a_500():
     """``'²'.isdigit()`` is True but ``int('²')`` raises (a 500 before); other scripts' digits are not the ASCII id
     they spell; a weight of 1e39 is inf in float32 (every score was null)."""

@@ -39,6 +39,8 @@ class UserSupport:
         the list, as the support's are.
       excluded: the known items the request excludes (besides the user's own).
       unknown_excluded: the excluded ids not in the catalogue (ignored).
+      ratings_ignored: ratings sent to a model of unweighted interactions without a positive threshold: each item
+        counts once whatever its rating (said in the answer, as ``jaxrec recommend`` notes an ignored column).
     """
 
     codes: np.ndarray
@@ -49,6 +51,7 @@ class UserSupport:
     seen: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
     excluded: int = 0
     unknown_excluded: int = 0
+    ratings_ignored: bool = False
 
     def report(self) -> dict[str, Any]:
         """The JSON-ready counts of what was used and ignored (and excluded, when the request excludes items)."""
@@ -61,6 +64,8 @@ class UserSupport:
         }
         if self.excluded or self.unknown_excluded:
             report.update(excluded=self.excluded, unknown_excluded=self.unknown_excluded)
+        if self.ratings_ignored:
+            report["ratings_ignored"] = True
         return report
 
 
@@ -234,7 +239,10 @@ class Catalogue:
         if not all(_float32_finite(v) for v in values):  # a weighted model's duplicates are summed
             raise RequestError(f"the {field} of an item sent more than once sum beyond float32, the model's precision")
         seen = np.setdiff1d(np.asarray(seen, np.int64), codes)
-        return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below, seen)
+        # an unweighted implicit model without a threshold reads an item, not its rating: say so when they differ
+        ignored = interactions is None and self.implicit and threshold is None and not self.weighted
+        ignored = ignored and any(value != 1 for _, value in known)
+        return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below, seen, ratings_ignored=ignored)
 
     def unusable(self, values: Sequence[float]) -> tuple[int, str] | None:
         """The first of a user's values this model cannot take, and why; None when it can take them all.
