@@ -226,7 +226,8 @@ def markdown(out: dict) -> str:
         "MAE(baseline) with its paired-bootstrap 95% interval (negative favours the meta method).",
         "",
         f"Splits (seeds of the cold-start split, the validation slice and training): {out['seeds']}. With several, "
-        "every table pools the (split, user) pairs of all splits, and the paired intervals resample those pairs.",
+        "every table pools the (split, user) pairs of all splits, and the intervals resample users: a user new in "
+        "several splits is drawn with all their rows.",
         "",
         "Rows `finetune[<configuration>]` in a configuration's tables are the fine-tuning baseline of that "
         "other configuration (another inner loop or model), on the same users: each configuration faces every "

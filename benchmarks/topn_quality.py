@@ -103,8 +103,9 @@ def average_training_runs(parts: dict, offsets: list, fields: dict, args, seed: 
 
 
 def pool(stats: dict, summaries: dict, references: tuple = ("maml",)) -> dict:
-    """Summaries of one part over every split: the per-user statistics concatenated, so that the paired intervals
-    resample (split, user) pairs; coverage, a property of a split's lists, averaged over the splits.
+    """Summaries of one part over every split: the per-user statistics concatenated, the intervals resampling users
+    (a user new in several splits drawn with all their rows); coverage, a property of a split's lists, averaged over
+    the splits.
 
     Args:
       stats: ``{method: [per-user statistics of each split]}``.

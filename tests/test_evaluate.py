@@ -195,6 +195,24 @@ def test_meta_evaluate_compiles_once_per_shape():
     assert summary["users"] == 20 and len(stats["n"]) == 20
 
 
+def test_unnamed_tasks_of_several_batches_are_each_their_own_unit_of_the_bootstrap():
+    """Batches without ``task_id``: their tasks were numbered 0.. in every batch, and the bootstrap would draw the
+    tasks of one slot of every batch together; they carry no user code, so each is drawn alone."""
+    apply_fn, params = _linear_model()
+    batches = [_batch(4, 6, 5, s) for s in range(5)]
+    unnamed = [TaskBatch(b.support, b.query, b.support_mask, b.query_mask) for b in batches]
+    kwargs = dict(apply_fn=apply_fn, loss_fn=mse_loss(apply_fn), inner_lr=0.1, inner_steps=2, resamples=200)
+    summary, stats = meta_evaluate(params, unnamed, return_stats=True, **kwargs)
+    assert "user" not in stats and len(stats["n"]) == 20
+    rows = metrics.summarize({k: v for k, v in stats.items()}, resamples=200)
+    assert summary["ci95"]["mae"] == pytest.approx(rows["ci95"]["mae"], rel=1e-12)
+    # named, every batch's tasks 0..3 are four users with five rows each: drawn together, a wider interval
+    named = meta_evaluate(params, batches, **kwargs)
+    assert named["mae"] == pytest.approx(summary["mae"], rel=1e-6)
+    wide, narrow = named["ci95"]["mae"], summary["ci95"]["mae"]
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
+
+
 def test_adaptation_with_zero_steps_is_the_unadapted_model():
     apply_fn, params = _linear_model()
     batch = _batch(4, 6, 5, 1)
@@ -255,7 +273,8 @@ def test_users_each_once_draw_as_rows_do():
     assert metrics.summarize(stats, resamples=100) == metrics.summarize(rows, resamples=100)
     weights = metrics.bootstrap_weights(4, 300, 0, groups=np.array([9, 3, 9, 3]))
     np.testing.assert_array_equal(weights[:, 0], weights[:, 2])  # a user's rows weigh alike
-    assert set(np.unique(weights.sum(axis=1))) == {4.0}  # two users drawn, each with both rows
+    np.testing.assert_array_equal(weights[:, 1], weights[:, 3])
+    assert set(np.unique(weights[:, 0])) == {0.0, 1.0, 2.0}  # two units drawn: a user zero, one or two times
     with pytest.raises(ValueError, match="same users"):
         metrics.paired_differences(stats, dict(stats, user=stats["user"][::-1]), resamples=10)
 

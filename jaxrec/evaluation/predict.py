@@ -167,7 +167,9 @@ def collect(
       name: the name :data:`TRACES` counts under (default: the predictor's name).
 
     Returns:
-      Per-user statistics ``{key: [U]}`` over every real task, ``"user"`` holding the task ids.
+      Per-user statistics ``{key: [U]}`` over every real task, ``"user"`` holding the task ids when every batch
+      names its tasks (``task_id``, the user code): rows of one user, several evaluations pooled, are then one unit
+      of the bootstrap (:func:`~jaxrec.evaluation.metrics.bootstrap_weights`); without, every row is its own.
     """
     name = name or getattr(predict, "__name__", None) or getattr(getattr(predict, "func", None), "__name__", "predict")
     rr = None if rating_range is None else (float(rating_range[0]), float(rating_range[1]))
@@ -179,17 +181,19 @@ def collect(
         if mesh is not None:
             batch = shard_batch(batch, mesh)
         stats = jax.device_get(step(state, batch))
-        if task_id is None:
-            task_id = np.where(np.asarray(batch.query_mask).any(axis=1), np.arange(batch.num_tasks), -1)
+        if task_id is None:  # unnamed tasks: no "user" (a made-up number would tie tasks of other batches)
+            keep = np.asarray(batch.query_mask).any(axis=1)
         else:
             task_id = np.concatenate([task_id, np.full(len(stats["n"]) - len(task_id), -1, task_id.dtype)])
-        keep = task_id >= 0
+            keep = task_id >= 0
         stats = {k: np.asarray(v)[keep] for k, v in stats.items()}
-        stats["user"] = task_id[keep]
+        if task_id is not None:
+            stats["user"] = task_id[keep]
         pieces.append(stats)
     if not pieces:
         return {"n": np.zeros(0), "abs_sum": np.zeros(0), "sq_sum": np.zeros(0), "user": np.zeros(0, np.int64)}
-    return {k: np.concatenate([p[k] for p in pieces]) for k in pieces[0]}
+    keys = [k for k in pieces[0] if all(k in p for p in pieces)]  # "user" only when every batch names its tasks
+    return {k: np.concatenate([p[k] for p in pieces]) for k in keys}
 
 
 def meta_evaluate(

@@ -685,7 +685,7 @@ def fixed_item_side(experiment, params: Any, item_rows: dict) -> ItemSide | None
     if not isinstance(model, TwoTower) or not is_user_side(experiment.inner, params):
         return None
     vectors = jax.jit(lambda p, rows: model.apply(p, rows, method=model.item_vectors))(params, item_rows)
-    if config.topn.ranking_loss != "als_exact":  # the sampled losses read the support rows alone
+    if config.topn.ranking_loss != "als_exact":  # no Gram term: the inner loss as run, the scores from these vectors
         return ItemSide(vectors, None)
     gram_fn = exact_als_gram(model, trained_catalogue(experiment.featurizer), topn_unknown_ids(config))
     return ItemSide(vectors, jax.jit(gram_fn)(params))
