@@ -60,6 +60,7 @@ __all__ = [
     "Learner",
     "exact_als_gram",
     "exact_als_loss",
+    "exact_als_loss_of_gram",
     "exact_logistic_loss",
     "meta_optimizer",
     "topn_loss",
@@ -271,8 +272,17 @@ def exact_als_loss(model: Any, catalogue: Any, unknown: float = 0.0, confidence:
     Raises:
       ValueError: if the model has no separate towers, the catalogue is missing or ``u`` is not in ``[0, 1]``.
     """
-    user_fn, _ = _catalogue_towers(model, catalogue, unknown, "als_exact")
-    return catalogue_als_loss(model.apply, user_fn, exact_als_gram(model, catalogue, unknown), confidence=confidence)
+    return exact_als_loss_of_gram(model, exact_als_gram(model, catalogue, unknown), confidence=confidence)
+
+
+def exact_als_loss_of_gram(model: Any, gram_fn: Any, confidence: float = 10.0) -> Any:
+    """:func:`exact_als_loss` with its catalogue term's Gram matrix from ``gram_fn(params)``: the run's
+    (:func:`exact_als_gram`), or one formed once for a trained model's fixed item side (a recommender)."""
+
+    def user_fn(params, rows):
+        return model.apply(params, rows, method=model.user_vectors)
+
+    return catalogue_als_loss(model.apply, user_fn, gram_fn, confidence=confidence)
 
 
 def exact_als_gram(model: Any, catalogue: Any, unknown: float = 0.0) -> Any:

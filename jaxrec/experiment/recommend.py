@@ -17,13 +17,12 @@ from jaxrec.core.batch import zero_padding
 from jaxrec.core.inner import adapt
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
-from jaxrec.core.ranking import catalogue_als_loss
 from jaxrec.data import DataError, Featurizer, sniff_separator
 from jaxrec.data.dataset import integer_ids
 from jaxrec.data.topn import support_history
 from jaxrec.evaluation.topn import is_user_side, recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
-from jaxrec.experiment.protocol import exact_als_gram, topn_unknown_ids, trained_catalogue
+from jaxrec.experiment.protocol import exact_als_gram, exact_als_loss_of_gram, topn_unknown_ids, trained_catalogue
 from jaxrec.experiment.run import RunError
 from jaxrec.models import TwoTower
 
@@ -530,7 +529,10 @@ class TopNRecommender:
             return experiment.apply_fn(phi, {**user_rows(support, mask, n_items), **candidates})
 
         def dot_scores(state, support, mask, side):  # the item side formed once (fixed_item_side)
-            adapting = inner if side.gram is None else inner.replace(loss_fn=als_loss_of_gram(experiment, side.gram))
+            adapting = inner
+            if side.gram is not None:  # the exact ALS fold-in, its Gram matrix given rather than formed
+                loss = exact_als_loss_of_gram(model, lambda _: side.gram, experiment.config.topn.als_confidence)
+                adapting = inner.replace(loss_fn=loss)
             phi = adapt(state[0], zero_padding(support, mask), mask, adapting, inner_lr=state[1])
             user = model.apply(phi, user_rows(support, mask, 1), method=model.user_vectors)[0]
             return side.vectors @ user
@@ -689,18 +691,6 @@ def fixed_item_side(experiment, params: Any, item_rows: dict) -> ItemSide | None
         return ItemSide(vectors, None)
     gram_fn = exact_als_gram(model, trained_catalogue(experiment.featurizer), topn_unknown_ids(config))
     return ItemSide(vectors, jax.jit(gram_fn)(params))
-
-
-def als_loss_of_gram(experiment, gram: jax.Array) -> Any:
-    """The exact ALS inner loss of a top-N run's two-tower model with its catalogue term's Gram matrix given
-    (:class:`ItemSide`), equal to the run's loss while the item side is the one ``gram`` was formed from."""
-    model = experiment.model
-
-    def user_fn(params, rows):
-        return model.apply(params, rows, method=model.user_vectors)
-
-    confidence = experiment.config.topn.als_confidence
-    return catalogue_als_loss(model.apply, user_fn, lambda _: gram, confidence=confidence)
 
 
 def user_slots(featurizer, user_features) -> dict[str, int] | None:

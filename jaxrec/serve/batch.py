@@ -110,7 +110,7 @@ def _values(catalogue: Catalogue, users: pd.DataFrame, where: str) -> np.ndarray
     column = "rating" if "rating" in users else "weight" if "weight" in users else None
     if column is None:
         return None
-    if catalogue.implicit and catalogue.positive_threshold is None and not catalogue.weighted:
+    if catalogue.values_ignored:
         return None  # interactions without weights: each item counts once (recommend_users notes the column)
     values = users[column].to_numpy(np.float64)
     bad = catalogue.unusable(values)  # the service's checks, row by row here so that an error names the line

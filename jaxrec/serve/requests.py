@@ -99,6 +99,8 @@ class Catalogue:
         self.positive_threshold = trained.config.data.positive_threshold
         # a threshold reads a request's values as ratings: its weights are those of the training log's rated rows
         self.weighted = self.implicit and self.positive_threshold is None and bool(getattr(trained, "weighted", False))
+        # a model of unweighted interactions without a threshold reads an item, not a value sent with it
+        self.values_ignored = self.implicit and self.positive_threshold is None and not self.weighted
         self._featurizer = trained.featurizer
         self.user_features = sorted(
             trained.featurizer.user_feature_name(k) for k in trained.featurizer.user_feature_keys
@@ -239,9 +241,7 @@ class Catalogue:
         if not all(_float32_finite(v) for v in values):  # a weighted model's duplicates are summed
             raise RequestError(f"the {field} of an item sent more than once sum beyond float32, the model's precision")
         seen = np.setdiff1d(np.asarray(seen, np.int64), codes)
-        # an unweighted implicit model without a threshold reads an item, not its rating: say so when they differ
-        ignored = interactions is None and self.implicit and threshold is None and not self.weighted
-        ignored = ignored and any(value != 1 for _, value in known)
+        ignored = interactions is None and self.values_ignored and any(value != 1 for _, value in known)
         return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below, seen, ratings_ignored=ignored)
 
     def unusable(self, values: Sequence[float]) -> tuple[int, str] | None:
