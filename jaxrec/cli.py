@@ -367,6 +367,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"steps {start} -> {stop_step} of {total}"
         )
         state, signum = run.train(state, stop_step, save_every=args.save_every, progress=not args.no_progress)
+        kept = run.chosen_state(state) if signum is None else state
     finally:
         run.close()
     step = int(state.step)
@@ -382,6 +383,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 128 + signum
     _echo(f"meta-trained {step} steps ({int(state.skipped)} non-finite step(s) skipped); checkpoint in {out}")
+    if run.selector is not None:
+        _echo(_epoch_choice_line(run.selector, experiment.steps_per_epoch))
+    state = kept
     if not args.no_eval:
         document = _evaluate(experiment, state.params, args.save_predictions, progress=not args.no_progress)
         atomic_write_text(out / "metrics.json", json.dumps(document, indent=2) + "\n")
@@ -391,6 +395,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         _keep_hybrid(out, experiment, state.params)
         _keep_recency(out, experiment, state.params)
     return EXIT_OK
+
+
+def _epoch_choice_line(selector: Any, per_epoch: int) -> str:
+    """What ``jaxrec train`` says of the state it kept (``--select-epoch``)."""
+    scores, chosen = selector.scores, selector.chosen
+    last = max(scores)
+    where = f"step {chosen} (epoch {chosen / per_epoch:g})"
+    figure = f"validation {selector.metric} {scores[chosen]:.4f}"
+    if chosen == last:
+        best = selector.best_step
+        if best == last or selector.lower is None:
+            return f"kept the last state, {where}: {figure}, the best of {len(scores)} candidates"
+        return (
+            f"kept the last state, {where}: {figure}; step {best}'s {scores[best]:.4f} is not a lead the validation "
+            f"users support (+{selector.difference:.4f}, lower bound {selector.lower:+.4f}; --select-epoch best "
+            "keeps it)"
+        )
+    return (
+        f"kept {where}, chosen on the validation users: {figure} against the last state's {scores[last]:.4f} "
+        f"(step {last}); evaluate, recommend and serve use it"
+    )
 
 
 def _keep_recency(out: Path, experiment: Any, params: Any) -> None:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ class CheckpointStore:
 
     Args:
       folder: the checkpoint folder.
-      max_to_keep: how many of the newest steps are kept.
+      max_to_keep: how many of the newest steps are kept, besides the steps a save names to keep (the state a run
+        chose on its validation users).
       create: create the folder and remove stale temporary folders; False opens an existing folder read-only (no
         folder is created, no temporary folder is removed).
 
@@ -126,8 +128,9 @@ class CheckpointStore:
         self.folder = Path(folder).expanduser().absolute()
         if not create and not self.folder.is_dir():
             raise CheckpointError(f"{self.folder}: no such checkpoint folder")
+        self.max_to_keep = max_to_keep
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
+            max_to_keep=None,  # kept by _prune: the newest ones and the steps a save names
             create=create,
             enable_async_checkpointing=False,
             cleanup_tmp_directories=create,
@@ -179,16 +182,18 @@ class CheckpointStore:
         return step
 
     # -- save --------------------------------------------------------------------------------------------------
-    def save(self, state: Any, meta: dict, *, step: int | None = None) -> int:
-        """Save a training state with its JSON record, synchronously and atomically.
+    def save(self, state: Any, meta: dict, *, step: int | None = None, keep: Iterable[int] = ()) -> int:
+        """Save a training state with its JSON record, synchronously and atomically, then delete the steps past the
+        newest ``max_to_keep`` that ``keep`` does not name.
 
         The record gets the format, the jaxrec version, the step and the time of the save added. Saving a step
-        that exists is a no-op.
+        that exists is a no-op (but for the deletions).
 
         Args:
           state: a pytree, e.g. a MetaTrainState.
           meta: the JSON record saved beside it.
           step: the step (default ``state.step``).
+          keep: steps kept whatever their age.
 
         Returns:
           The step.
@@ -199,6 +204,7 @@ class CheckpointStore:
         ocp = _ocp()
         step = int(state.step) if step is None else int(step)
         if step in self.steps():
+            self._prune(keep)
             return step
         record = {
             "format": CHECKPOINT_FORMAT,
@@ -220,7 +226,34 @@ class CheckpointStore:
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from e
         _write_manifest(self.folder / str(step))
         logger.info("saved checkpoint step %d to %s", step, self.folder)
+        self._prune(keep)
         return step
+
+    def _prune(self, keep: Iterable[int]) -> None:
+        steps = self.steps()
+        kept = set(steps[-self.max_to_keep :]) | {int(s) for s in keep}
+        for old in steps:
+            if old not in kept:
+                self._manager.delete(old)
+                self._verified.discard(old)
+
+    def served_step(self) -> int:
+        """The step a run folder serves when none is asked for: the state its newest record chose on the validation
+        users (``tuned["epoch"]["chosen_step"]``, :mod:`jaxrec.experiment.selection`), else the newest.
+
+        Raises:
+          CheckpointError: if there is no complete checkpoint, or the chosen step's is missing.
+        """
+        newest = self.resolve(None)
+        chosen = ((self.read_meta(newest).get("tuned") or {}).get("epoch") or {}).get("chosen_step")
+        if chosen is None or int(chosen) == newest:
+            return newest
+        if int(chosen) not in self.steps():
+            raise CheckpointError(
+                f"{self.folder}: the run chose step {chosen} on its validation users and that checkpoint is gone "
+                f"(the steps are {self.steps()}); name a step to use another"
+            )
+        return int(chosen)
 
     # -- restore -----------------------------------------------------------------------------------------------
     def read_meta(self, step: int | None = None) -> dict:

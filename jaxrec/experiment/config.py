@@ -36,6 +36,7 @@ from jaxrec.core.newton import newton
 from jaxrec.core.objectives import ALGORITHMS
 from jaxrec.data import Dataset, join_side_files
 from jaxrec.data.tasks import SCHEMES, TASK_SIDES
+from jaxrec.experiment.selection import RULES as SELECT_RULES
 
 __all__ = [
     "BASELINES",
@@ -650,6 +651,10 @@ class TopNConfig:
         ``recommend`` and ``serve`` to a request's items in the order sent. Logs without timestamps are not
         weighted (their support order is random), nor the warm and new-item tasks (a user's latest interactions,
         unordered), nor ``rerank``'s retrieval (the meta-learner unweighted).
+      select_epoch: which state meta-training keeps (and a run folder serves), among the start and each epoch's end
+        scored on the validation users (:mod:`jaxrec.experiment.selection`): ``"last"``, ``"best"`` or
+        ``"clear_best"``, the best only when the validation users support its lead over the last at the family-wise
+        5% level (else the last). The choice is recorded in ``tuned["epoch"]``.
       sampled_negatives: with N > 0 the test scenarios are also scored by the sampled protocol, each query positive
         against N uniformly drawn items the user did not interact with (``sampled_hr@k``). **Biased** (Krichene
         and Rendle, KDD 2020): it can order methods unlike the full ranking; offered to compare with papers.
@@ -705,6 +710,12 @@ class TopNConfig:
         "j-th of n interactions (oldest first) weighs exp(tau j / (n - 1)); none: off",
         parse=_list_of(_float),
     )
+    select_epoch: str = _field(
+        "clear_best",
+        "the state kept and evaluated: the last, the best on validation users, or the best only when the validation "
+        "users support its lead over the last (clear_best: a paired interval at the family-wise 5% level)",
+        choices=SELECT_RULES,
+    )
     sampled_negatives: int = _field(
         0,
         "also score each test positive against this many sampled negatives (the sampled protocol: biased, for "
@@ -751,6 +762,11 @@ class TopNConfig:
                 f"{self.hybrid!r} is not among the baselines run (topn_baselines: "
                 f"{', '.join(self.topn_baselines) or 'none'}): add it to --topn-baselines",
             )
+        _check(
+            self.select_epoch in SELECT_RULES,
+            "select_epoch",
+            f"must be one of {', '.join(SELECT_RULES)}, got {self.select_epoch!r}",
+        )
         _check(
             self.sampler in ("uniform", "popularity"), "sampler", f"must be uniform or popularity, got {self.sampler!r}"
         )

@@ -230,6 +230,7 @@ class TrainingRun:
         self.interactions = experiment.dataset.fingerprint()  # once: every checkpoint records the same log
         self.weighted = experiment.dataset.has_weights  # a new user's weights are read as the log's were
         self.epoch_stats = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
+        self.selector = None  # an EpochSelector when the run keeps a state chosen on its validation users
 
     # -- state -----------------------------------------------------------------------------------------------
     def start(self, resume: bool):
@@ -259,7 +260,12 @@ class TrainingRun:
                     "(jaxrec.experiment.run.check_fresh_out(out, overwrite=True) clears this one)"
                 )
             self.items = write_items(self.out, self.exp.dataset)  # the catalogue the folder stands alone with
-            return self.exp.init_state()
+            state = self.exp.init_state()
+            self.selector = self._selector(None)
+            if self.selector is not None:  # the start is a candidate: scored and kept
+                self._observe(int(state.step), state)
+                self.save(state)
+            return state
         meta = self.store.read_meta(self.store.verify())
         if (self.out / ITEMS_FILE).is_file():
             read_items(self.out, meta.get("items"))  # the catalogue of the run being continued, unchanged since
@@ -272,7 +278,38 @@ class TrainingRun:
         checkpoint = self.store.restore(self.exp.template_state(), meta["step"])
         self.epoch_stats = dict(checkpoint.meta.get("data_position", {}).get("epoch_stats", self.epoch_stats))
         self._truncate_log(checkpoint.step)
+        self.selector = self._selector((meta.get("tuned") or {}).get("epoch"))
         return self.exp.trainer.place(checkpoint.state)
+
+    def _selector(self, record: dict | None):
+        """The run's :class:`~jaxrec.experiment.selection.EpochSelector` (a resumed run's from its record), or None
+        when it keeps the last state (``select_epoch="last"``, or a rated run)."""
+        config = self.exp.config
+        if config.data.feedback != "implicit" or config.topn.select_epoch == "last":
+            return None
+        selector = self.exp.epoch_selector(self._figures_at)
+        if record is not None:
+            selector = type(selector).from_record(record, self._figures_at)
+            selector.rule = config.topn.select_epoch
+        return selector
+
+    def _figures_at(self, step: int) -> dict:
+        """The validation statistics of a saved step (a candidate scored before a resume)."""
+        state = self.store.restore(self.exp.template_state(), step).state
+        return self.exp.validation_stats(self.exp.trainer.place(state).params)
+
+    def _observe(self, step: int, state) -> float:
+        """Score the state at ``step`` on the validation users, choose again, and record the choice."""
+        self.selector.observe(step, self.exp.validation_stats(state.params))
+        self.exp.note_epoch_choice(self.selector)
+        return self.selector.scores[step]
+
+    def chosen_state(self, state):
+        """The state the run keeps: ``state`` (the last), or the one chosen on the validation users, restored."""
+        if self.selector is None or self.selector.chosen in (None, int(state.step)):
+            return state
+        restored = self.store.restore(self.exp.template_state(), self.selector.chosen).state
+        return self.exp.trainer.place(restored)
 
     def save(self, state) -> int:
         """Checkpoint a state with its record (dataset, config, featurizer and data position).
@@ -303,8 +340,9 @@ class TrainingRun:
                 "epoch_stats": dict(self.epoch_stats),
             },
         }
+        keep = self.selector.needed_steps if self.selector is not None else ()
         try:
-            return self.store.save(state, meta)
+            return self.store.save(state, meta, keep=keep)
         except OSError as e:
             raise RunError(f"{os_reason(e)} while saving step {step} to {self.store.folder}") from e
 
@@ -328,7 +366,7 @@ class TrainingRun:
                 kept.append(line)
         atomic_write_text(self.log_path, "".join(k + "\n" for k in kept))
 
-    def _log_epoch(self, state, seconds: float) -> dict:
+    def _log_epoch(self, state, seconds: float, validation: float | None = None) -> dict:
         s = self.epoch_stats
         record = {
             "epoch": int(state.step) // self.exp.steps_per_epoch,
@@ -339,6 +377,8 @@ class TrainingRun:
             "skipped_in_epoch": s["skipped"],
             "seconds": round(seconds, 3),
         }
+        if validation is not None:
+            record[f"validation_{self.selector.metric}"] = validation
         try:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -408,13 +448,17 @@ class TrainingRun:
                     )
                 done = step + 1
                 if done % per_epoch == 0:
-                    self._log_epoch(state, time.perf_counter() - began)
+                    score = None if self.selector is None else self._observe(done, state)
+                    self._log_epoch(state, time.perf_counter() - began, score)
                 if done % per_epoch == 0 or (save_every and done % save_every == 0):
                     self.save(state)
                 if on_step is not None:
                     on_step(done)
                 if stop.signum is not None:
                     break
+            done = int(state.step)
+            if stop.signum is None and self.selector is not None and done not in self.selector.scores:
+                self._observe(done, state)  # a run stopped between epochs: its last state is a candidate too
             self.save(state)
         return state, stop.signum
 
@@ -617,7 +661,7 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
 
     Args:
       path: a run folder or its checkpoint folder.
-      step: the step (default: the newest complete one).
+      step: the step (default: the one the run chose on its validation users, else the newest).
       overrides: field values applied to the saved config.
       dataset: the :class:`~jaxrec.data.Dataset` of a run trained on one given in memory (checked against the
         checkpoint: it must encode as the training data did), or None.
@@ -633,7 +677,8 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
     folder = checkpoint_folder(path)
     overrides = dict(overrides or {})
     with CheckpointStore(folder, create=False) as store:
-        meta = store.read_meta(store.verify(step))  # a damaged checkpoint is named before any data is read
+        # a damaged checkpoint is named before any data is read
+        meta = store.read_meta(store.verify(store.served_step() if step is None else step))
         saved = meta.get("config")
         if not isinstance(saved, dict):
             raise CheckpointError(f"{folder}: the checkpoint has no config record")

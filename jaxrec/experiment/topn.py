@@ -66,6 +66,7 @@ from jaxrec.evaluation.topn import (
 )
 from jaxrec.experiment.config import HYBRID_PARTNERS, ExperimentConfig, resolve, with_dataset, with_feature_tables
 from jaxrec.experiment.protocol import CATALOGUE_LOSSES, Learner, config_mesh, trained_catalogue
+from jaxrec.experiment.selection import EpochSelector
 from jaxrec.models.common import categorical_fields, multi_hot_fields
 
 __all__ = [
@@ -519,6 +520,8 @@ class TopNExperiment:
         if tuned and tuned.get("inner_lr") is not None:
             self._tuned["inner_lr"] = float(tuned["inner_lr"])
             self.trainer.inner_lr = self._tuned["inner_lr"]
+        if tuned and tuned.get("epoch") is not None:  # the state a restored run keeps was chosen so
+            self._tuned["epoch"] = dict(tuned["epoch"])
 
     @property
     def tuned(self) -> dict:
@@ -530,14 +533,53 @@ class TopNExperiment:
         return self.trainer.step(state, batch)
 
     def train(self, state: MetaTrainState | None = None, steps: int | None = None) -> MetaTrainState:
-        """Meta-train from ``state`` (default :meth:`init_state`) for ``steps`` (default: the rest of the run)."""
+        """Meta-train from ``state`` (default :meth:`init_state`) for ``steps`` (default: the rest of the run).
+
+        Returns the state :attr:`~jaxrec.experiment.config.TopNConfig.select_epoch` keeps among the start, each
+        epoch's end and the last step, scored on the validation users (the last state with ``"last"``); the choice
+        is recorded in :attr:`tuned` (``"epoch"``).
+        """
         state = self.init_state() if state is None else state
         start = int(state.step)
         stop = self.total_steps if steps is None else start + int(steps)
+        selector = self.epoch_selector()
+        kept: dict[int, MetaTrainState] = {}
+
+        def candidate(step: int, state: MetaTrainState) -> None:
+            selector.observe(step, self.validation_stats(state.params))
+            if selector.best_step == step and step != stop:  # the next step donates this state's buffers
+                kept[step] = jax.tree.map(jnp.copy, state)
+            for old in set(kept) - selector.needed_steps:
+                del kept[old]
+
+        if selector.rule != "last":
+            candidate(start, state)
+        per_epoch, step = self.steps_per_epoch, start
         loop = run_steps(self.trainer, state, self.batches(start), stop_step=stop)
-        for state, _, _ in loop:  # noqa: B007 - the last state is the result
-            pass
-        return state
+        for state, _, _ in loop:  # noqa: B007 - the last state is a candidate
+            step += 1
+            if selector.rule != "last" and (step % per_epoch == 0 or step == stop):
+                candidate(step, state)
+        if selector.rule == "last":
+            return state
+        self.note_epoch_choice(selector)
+        if selector.chosen != step:
+            logger.info("kept step %d of %d: validation %s", selector.chosen, step, selector.scores)
+        return state if selector.chosen == step else kept[selector.chosen]
+
+    def epoch_selector(self, figures_at: Callable[[int], Mapping[str, Any]] | None = None) -> EpochSelector:
+        """A selector of the state to keep by this run's rule (``select_epoch``) and metric (Recall@20)."""
+        ks = self.config.topn.topn_ks
+        return EpochSelector(self.config.topn.select_epoch, f"recall@{20 if 20 in ks else max(ks)}", figures_at)
+
+    def note_epoch_choice(self, selector: EpochSelector) -> None:
+        """Record a selector's choice in :attr:`tuned` (``"epoch"``)."""
+        self._tuned["epoch"] = selector.record()
+
+    def validation_stats(self, params: Any) -> dict[str, np.ndarray]:
+        """The meta method's per-user statistics on the validation users (at its chosen recency weighting)."""
+        _, stats, _ = self._evaluate_on({"maml": self.meta_method(params)}, self.val_tasks, in_time=True, resamples=0)
+        return stats["maml"]
 
     # -- methods ---------------------------------------------------------------------------------------------------
 
@@ -991,6 +1033,7 @@ class TopNExperiment:
         """
         c = self.config
         previous, self._support_in_time = self._support_in_time, in_time
+        options = {"resamples": c.evaluation.bootstrap, **options}
         try:
             return evaluate_rankers(
                 rankers,
@@ -998,7 +1041,6 @@ class TopNExperiment:
                 self.catalogue,
                 ks=c.topn.topn_ks,
                 batch_size=c.evaluation.eval_batch_size,
-                resamples=c.evaluation.bootstrap,
                 seed=c.seed,
                 **options,
             )

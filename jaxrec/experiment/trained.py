@@ -203,7 +203,7 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
 
     Args:
       path: the run folder (or its checkpoint folder).
-      step: the checkpoint step (default: the newest complete one).
+      step: the checkpoint step (default: the one the run chose on its validation users, else the newest).
 
     Returns:
       The :class:`TrainedModel`.
@@ -213,7 +213,8 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
     """
     folder = checkpoint_folder(path)
     with CheckpointStore(folder, create=False) as store:
-        meta = store.read_meta(store.verify(step))  # a damaged step is named before its record is read
+        # a damaged step is named before its record is read
+        meta = store.read_meta(store.verify(store.served_step() if step is None else step))
         try:
             config = ExperimentConfig.from_dict(meta.get("config"))
             featurizer = Featurizer.from_dict(meta["featurizer"])
