@@ -8,9 +8,10 @@ else they stop the command at once with the same status and one line.
 
 Run folder written by ``jaxrec train --out DIR``::
 
-    DIR/checkpoints/<step>/   orbax checkpoints (the newest few, each with a manifest of its files' SHA-256)
+    DIR/checkpoints/<step>/   orbax checkpoints (the newest few and the state chosen on the validation users, each
+                              with a manifest of its files' SHA-256)
     DIR/items.csv.gz          the catalogue (raw item ids, titles), checksummed in the checkpoints' record
-    DIR/metrics.jsonl         one JSON line per finished epoch (loss, grad_norm, skipped, ...)
+    DIR/metrics.jsonl         one JSON line per finished epoch (loss, grad_norm, skipped, validation figure, ...)
     DIR/metrics.json          the evaluation document {"dataset", "config", "tuned", "scenarios"}
 """
 
@@ -127,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="a NaN/inf meta-step: skip and count it (default), or stop with an error naming its users",
     )
     t.add_argument("--save-every", type=int, default=0, help="also checkpoint every N meta-steps (default: per epoch)")
-    t.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
+    t.add_argument(
+        "--keep",
+        type=int,
+        default=3,
+        help="the newest checkpoints to keep (default 3), besides the state chosen on validation users",
+    )
     t.add_argument("--no-eval", action="store_true", help="train and checkpoint only; skip the evaluation")
     t.add_argument(
         "--no-progress", action="store_true", help="no progress bars (the meta-training, the baselines' tuning)"
@@ -163,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint on every cold-start scenario")
     ev.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
-    ev.add_argument("--step", type=int, help="which checkpoint step (default: the newest complete one)")
+    ev.add_argument(
+        "--step",
+        type=int,
+        help="which checkpoint step (default: the one the run chose on its validation users, else the newest)",
+    )
     evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "item_features", "user_features")
     evaluation_flags += ("baselines", "bootstrap", "eval_batch_size")
     evaluation_flags += ("sampled_negatives", "hybrid", "topn_baselines")
@@ -405,7 +415,7 @@ def _epoch_choice_line(selector: Any, per_epoch: int) -> str:
     figure = f"validation {selector.metric} {scores[chosen]:.4f}"
     if chosen == last:
         best = selector.best_step
-        if best == last or selector.lower is None:
+        if best == last or scores[best] == scores[last]:
             return f"kept the last state, {where}: {figure}, the best of {len(scores)} candidates"
         return (
             f"kept the last state, {where}: {figure}; step {best}'s {scores[best]:.4f} is not a lead the validation "

@@ -48,7 +48,13 @@ def test_a_bad_point_is_refused_by_name_before_any_training(tmp_path):
         choose(config, {"epochs": [1], "als_confidence": [10, -1]}, build=never)
     with pytest.raises(GridError, match="unknown config field"):
         choose(config, {"no_such_field": [1, 2]}, build=never)
-    for fixed in ({"seed": [0, 1]}, {"shots": [5, 10]}, {"positive_threshold": [None, 4.0]}, {"train_seed": [1, 2]}):
+    for fixed in (
+        {"seed": [0, 1]},
+        {"select_epoch": ["last", "best"]},
+        {"shots": [5, 10]},
+        {"positive_threshold": [None, 4.0]},
+        {"train_seed": [1, 2]},
+    ):
         with pytest.raises(GridError, match="keep them out of the grid"):
             choose(config, {"inner_lr": [0.05], **fixed}, build=never)
     with pytest.raises(GridError, match="topn_ks must hold 20"):

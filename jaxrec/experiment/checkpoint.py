@@ -111,8 +111,8 @@ class CheckpointStore:
 
     Args:
       folder: the checkpoint folder.
-      max_to_keep: how many of the newest steps are kept, besides the steps a save names to keep (the state a run
-        chose on its validation users).
+      max_to_keep: how many of the newest steps are kept (None: all), besides the steps a save names to keep (the
+        state a run chose on its validation users).
       create: create the folder and remove stale temporary folders; False opens an existing folder read-only (no
         folder is created, no temporary folder is removed).
 
@@ -123,7 +123,7 @@ class CheckpointStore:
       CheckpointError: if ``create=False`` and the folder does not exist, or orbax cannot open it.
     """
 
-    def __init__(self, folder: str | os.PathLike, *, max_to_keep: int = 3, create: bool = True):
+    def __init__(self, folder: str | os.PathLike, *, max_to_keep: int | None = 3, create: bool = True):
         ocp = _ocp()
         self.folder = Path(folder).expanduser().absolute()
         if not create and not self.folder.is_dir():
@@ -230,6 +230,8 @@ class CheckpointStore:
         return step
 
     def _prune(self, keep: Iterable[int]) -> None:
+        if self.max_to_keep is None:  # every step kept
+            return
         steps = self.steps()
         kept = set(steps[-self.max_to_keep :]) | {int(s) for s in keep}
         for old in steps:
@@ -251,7 +253,7 @@ class CheckpointStore:
         if int(chosen) not in self.steps():
             raise CheckpointError(
                 f"{self.folder}: the run chose step {chosen} on its validation users and that checkpoint is gone "
-                f"(the steps are {self.steps()}); name a step to use another"
+                f"(the steps are {self.steps()}); jaxrec evaluate --step names another"
             )
         return int(chosen)
 

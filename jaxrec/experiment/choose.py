@@ -54,7 +54,7 @@ _SPLIT_AND_TASKS = {"shots", "query_cap", "test_frac", "warm_frac", "new_item_fr
 FIXED_FIELDS = frozenset(
     {name for name, (group, _) in FIELDS.items() if group in ("data", "protocol")} - {"history", "support_buckets"}
     | _SPLIT_AND_TASKS
-    | {"seed", "train_seed"}
+    | {"seed", "train_seed", "select_epoch"}  # how a point's training is kept, not what it trains
 )
 
 

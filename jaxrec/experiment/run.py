@@ -287,6 +287,8 @@ class TrainingRun:
         config = self.exp.config
         if config.data.feedback != "implicit" or config.topn.select_epoch == "last":
             return None
+        if record is None and self.store.steps():  # a run begun without a choice keeps its last state
+            return None
         selector = self.exp.epoch_selector(self._figures_at)
         if record is not None:
             selector = type(selector).from_record(record, self._figures_at)
@@ -300,6 +302,7 @@ class TrainingRun:
 
     def _observe(self, step: int, state) -> float:
         """Score the state at ``step`` on the validation users, choose again, and record the choice."""
+        self.selector.load_best()  # first: scoring a state records its recency choice, the current one's last
         self.selector.observe(step, self.exp.validation_stats(state.params))
         self.exp.note_epoch_choice(self.selector)
         return self.selector.scores[step]
@@ -456,9 +459,6 @@ class TrainingRun:
                     on_step(done)
                 if stop.signum is not None:
                     break
-            done = int(state.step)
-            if stop.signum is None and self.selector is not None and done not in self.selector.scores:
-                self._observe(done, state)  # a run stopped between epochs: its last state is a candidate too
             self.save(state)
         return state, stop.signum
 
@@ -696,5 +696,8 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
         experiment = build_experiment(config, dataset)
         _check_same_data(meta, experiment, folder)
         experiment.use_tuned(meta.get("tuned"))
+        newest = store.resolve(None)
+        if step is None and newest != meta["step"]:  # the choice as the run's end recorded it, not as the chosen step's
+            experiment.use_tuned({"epoch": (store.read_meta(newest).get("tuned") or {}).get("epoch")})
         checkpoint = store.restore(experiment.template_state(), meta["step"])
     return experiment, checkpoint

@@ -11,11 +11,12 @@ meta method's figure (Recall@20 for top-N); a rule picks one of them:
   few validation users of a small log that choice follows the noise: on MovieLens's (43-70 a split), half of them
   choosing the epoch and the other half scoring it, it lost 0.004 Recall@20 to the last epoch on both sets.
 - ``"clear_best"``: the best candidate only when the validation users support its lead over the last one: with
-  ``d_u`` user ``u``'s figure of the best minus the last's and ``w_u`` the user's weight in the metric, the
-  difference ``D = sum_u w_u d_u / sum_u w_u`` has the standard error
-  ``se = sqrt(sum_u w_u^2 (d_u - D)^2) / sum_u w_u``, and the best is kept when ``D - z se > 0`` with ``z`` the
-  normal quantile of ``1 - alpha / (2 m)``: the family-wise level ``alpha = 0.05`` over the ``m`` candidates before
-  the last (Bonferroni), since the best is the largest of ``m`` noisy comparisons. Otherwise the last.
+  ``d_u`` user ``u``'s figure of the best minus the last's, ``w_u`` the user's weight in the metric and ``n`` the
+  users who weigh, the difference ``D = sum_u w_u d_u / sum_u w_u`` has the standard error
+  ``se = sqrt(n / (n - 1) sum_u w_u^2 (d_u - D)^2) / sum_u w_u``, and the best is kept when ``D - z se > 0``, with
+  ``z`` the normal quantile of ``1 - alpha / (2 m)``: the lower end of the normal interval of ``D`` whose
+  Bonferroni correction over the ``m`` candidates before the last makes the ``m`` intervals hold together with
+  probability ``1 - alpha = 0.95`` (the best is the largest of ``m`` noisy comparisons). Otherwise the last.
 
 The choice is recorded as ``tuned["epoch"]`` (:meth:`EpochSelector.record`): every candidate's step and figure,
 the chosen step, and the best candidate's difference with the last and its lower bound.
@@ -40,8 +41,8 @@ FAMILY_ALPHA = 0.05  # the family-wise error of "clear_best"'s comparisons with 
 def paired_lower_bound(
     best: np.ndarray, last: np.ndarray, weights: np.ndarray, comparisons: int, alpha: float = FAMILY_ALPHA
 ) -> tuple[float, float]:
-    """The weighted mean difference of two methods' per-user figures and the lower end of its two-sided interval
-    at the Bonferroni level ``1 - alpha / comparisons`` (a normal interval over users).
+    """The weighted mean difference of two methods' per-user figures and the lower end of its two-sided normal
+    interval over users at the Bonferroni-corrected level ``1 - alpha / comparisons``.
 
     Args:
       best: ``[U]`` per-user figures of one candidate.
@@ -51,7 +52,7 @@ def paired_lower_bound(
       alpha: the family-wise error.
 
     Returns:
-      ``(difference, lower bound)``; ``(nan, nan)`` when no user weighs.
+      ``(difference, lower bound)``; ``(nan, nan)`` when no user weighs, a NaN bound when one user does.
     """
     w = np.asarray(weights, np.float64)
     total = w.sum()
@@ -60,7 +61,10 @@ def paired_lower_bound(
     d = np.asarray(best, np.float64) - np.asarray(last, np.float64)
     d = np.where(w > 0, d, 0.0)  # a user who does not count may hold a NaN figure
     mean = float((w * d).sum() / total)
-    se = float(np.sqrt((w**2 * (d - mean) ** 2).sum()) / total)
+    n = int((w > 0).sum())
+    if n < 2:
+        return mean, math.nan
+    se = float(np.sqrt(n / (n - 1) * (w**2 * (d - mean) ** 2).sum()) / total)
     z = statistics.NormalDist().inv_cdf(1.0 - alpha / (2.0 * max(int(comparisons), 1)))
     return mean, mean - z * se
 
@@ -124,6 +128,13 @@ class EpochSelector:
     def needed_steps(self) -> set[int]:
         """The steps whose states must be kept: the chosen one and the best so far (a later choice may be it)."""
         return {s for s in (self.chosen, self.best_step) if s is not None}
+
+    def load_best(self) -> None:
+        """Score the best candidate again from ``figures_at`` if its figures are gone (a resumed run), so that it is
+        scored before the next candidate is."""
+        best = self.best_step
+        if best is not None and (self._best is None or self._best[0] != best):
+            self._best_figures(best)
 
     def observe(self, step: int, stats: Mapping[str, Any]) -> int:
         """Add the candidate at ``step`` (after every earlier one) and choose again, it being the last.

@@ -532,17 +532,29 @@ class TopNExperiment:
         """One meta-step."""
         return self.trainer.step(state, batch)
 
-    def train(self, state: MetaTrainState | None = None, steps: int | None = None) -> MetaTrainState:
+    def train(
+        self, state: MetaTrainState | None = None, steps: int | None = None, *, select: bool | None = None
+    ) -> MetaTrainState:
         """Meta-train from ``state`` (default :meth:`init_state`) for ``steps`` (default: the rest of the run).
 
-        Returns the state :attr:`~jaxrec.experiment.config.TopNConfig.select_epoch` keeps among the start, each
-        epoch's end and the last step, scored on the validation users (the last state with ``"last"``); the choice
-        is recorded in :attr:`tuned` (``"epoch"``).
+        Args:
+          state: the state to train from.
+          steps: how many meta-steps.
+          select: return the state :attr:`~jaxrec.experiment.config.TopNConfig.select_epoch` keeps among the
+            start, each epoch's end and the last step, scored on the validation users, and record the choice in
+            :attr:`tuned` (``"epoch"``), as ``jaxrec train`` does; False: the last state (to train on from it).
+            Default: select when training a whole run (neither ``state`` nor ``steps`` given).
+
+        Returns:
+          The state kept.
         """
+        whole_run = state is None and steps is None
         state = self.init_state() if state is None else state
         start = int(state.step)
         stop = self.total_steps if steps is None else start + int(steps)
         selector = self.epoch_selector()
+        if not (whole_run if select is None else select):
+            selector.rule = "last"
         kept: dict[int, MetaTrainState] = {}
 
         def candidate(step: int, state: MetaTrainState) -> None:
@@ -950,6 +962,8 @@ class TopNExperiment:
         fields.update(adapt="auto", inner_solver="auto", inner_steps=None)  # what suits the re-ranking model
         if c.topn.rerank == "melu":  # MeLU's features alone may be none (a plain log): the item id is one more field
             fields["model_kwargs"] = {"use_ids": ["item"]}
+        # the re-ranker keeps its last state: its own whole-catalogue figure is not the re-ranking's
+        fields["select_epoch"] = "last"
         other = TopNExperiment(c.override(**fields, rerank=None, frozen=None, anchor=0.0), self._given_dataset)
         state = other.train()
         logger.info("re-ranker %s meta-trained (%d steps)", c.topn.rerank, int(state.step))
