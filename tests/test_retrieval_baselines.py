@@ -41,6 +41,10 @@ def test_popular_ranks_by_number_of_users_or_summed_weights():
     np.testing.assert_array_equal(rb.fit_popular(X, weighted=True).popularity, [1, 3, 0, 11])
 
 
+#: Gram blocks pruned densely (every block), or by sorting their pairs (every block)
+PRUNING = pytest.mark.parametrize("dense_fraction", [10**9, 1], ids=["dense", "sorted"])
+
+
 def dense_cosine(X, shrink):
     X = X.toarray().astype(np.float64)
     gram = X.T @ X
@@ -79,11 +83,14 @@ def test_itemknn_keeps_each_items_largest_similarities_also_in_small_blocks(monk
     np.testing.assert_array_equal(rb.fit_itemknn(X, neighbours=4, shrink=1.0).similarity.toarray(), pruned)
 
 
+@PRUNING
 @pytest.mark.parametrize("negative", [False, True])
-def test_itemknn_rows_kept_whole_and_rows_pruned_are_each_items_largest_similarities(negative):
-    """Items with at most ``neighbours`` similarities keep them all from the sparse Gram block; the others are
-    pruned densely. Both kinds in one block, checked against the dense top-k (negative weights: a zero outranks a
-    negative similarity, so a row holding one is pruned densely)."""
+def test_itemknn_rows_kept_whole_and_rows_pruned_are_each_items_largest_similarities(
+    monkeypatch, negative, dense_fraction
+):
+    """Items with few similarities keep them all, the others their largest: both kinds in one block, pruned densely
+    or by sorting, checked against the dense top-k (negative weights: a zero outranks a negative similarity)."""
+    monkeypatch.setattr(rb, "_DENSE_FRACTION", dense_fraction)
     rng = np.random.default_rng(5)
     dense = np.zeros((30, 12))
     dense[:, :4] = rng.uniform(0.5, 2.0, (30, 4)) * (rng.random((30, 4)) < 0.8)  # popular: many neighbours
@@ -102,6 +109,43 @@ def test_itemknn_rows_kept_whole_and_rows_pruned_are_each_items_largest_similari
         expected = expected[C[expected, j] != 0]
         assert set(np.flatnonzero(pruned[:, j])) == set(expected), j
         np.testing.assert_allclose(pruned[expected, j], C[expected, j], rtol=1e-6)
+
+
+@PRUNING
+def test_itemknn_breaks_ties_at_the_cut_by_the_lower_item_whatever_the_blocks(monkeypatch, dense_fraction):
+    """Binary interactions tie often (pairs seen together once, items of equal counts): the kept neighbours are the
+    first of a stable sort of each column, in every block size."""
+    monkeypatch.setattr(rb, "_DENSE_FRACTION", dense_fraction)
+    rng = np.random.default_rng(7)
+    X = sp.csr_matrix((rng.random((40, 30)) < 0.15).astype(np.float32))
+    C = dense_cosine(X, shrink=0.0)
+    ties = 0
+    for keep in (2, 5):
+        pruned = rb.fit_itemknn(X, neighbours=keep, shrink=0.0).similarity.toarray()
+        for j in range(C.shape[1]):
+            order = np.argsort(-C[:, j], kind="stable")
+            expected = order[:keep][C[order[:keep], j] != 0]
+            ties += C[order[keep - 1], j] == C[order[keep], j] != 0
+            np.testing.assert_array_equal(np.flatnonzero(pruned[:, j]), np.sort(expected), err_msg=f"item {j}")
+        monkeypatch.setattr(rb, "_BLOCK_ELEMENTS", 70)  # two items per Gram block
+        np.testing.assert_array_equal(rb.fit_itemknn(X, neighbours=keep, shrink=0.0).similarity.toarray(), pruned)
+        monkeypatch.setattr(rb, "_BLOCK_ELEMENTS", 1 << 24)
+    assert ties > 10  # the cut falls inside a run of equal similarities, often
+
+
+@PRUNING
+def test_itemknn_fills_its_neighbours_with_negative_similarities_only_past_the_zeros(monkeypatch, dense_fraction):
+    monkeypatch.setattr(rb, "_DENSE_FRACTION", dense_fraction)
+    X = sp.csr_matrix(np.random.default_rng(8).normal(size=(20, 6)))  # every pair co-occurs; half of them < 0
+    C = dense_cosine(X, shrink=0.0)
+    pruned = rb.fit_itemknn(X, neighbours=5, shrink=0.0).similarity.toarray()  # of the 5 others: the diagonal's
+    negatives_kept = 0  # zero outranks the smallest negative, which is the one left out
+    for j in range(C.shape[1]):
+        order = np.argsort(-C[:, j], kind="stable")[:5]
+        expected = order[C[order, j] != 0]
+        negatives_kept += np.sum(C[expected, j] < 0)
+        np.testing.assert_array_equal(np.flatnonzero(pruned[:, j]), np.sort(expected), err_msg=f"item {j}")
+    assert negatives_kept > 0
 
 
 def test_ease_matches_the_closed_form_and_its_kkt_condition(monkeypatch):
