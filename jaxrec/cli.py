@@ -393,7 +393,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return 128 + signum
     _echo(f"meta-trained {step} steps ({int(state.skipped)} non-finite step(s) skipped); checkpoint in {out}")
-    if run.selector is not None:
+    if run.selector is not None and step in run.selector.scores:
         _echo(_epoch_choice_line(run.selector, experiment.steps_per_epoch))
     state = kept
     if not args.no_eval:

@@ -199,7 +199,9 @@ def test_jaxrec_train_keeps_serves_and_resumes_the_chosen_state(tmp_path, capsys
     # stopped after one step of the second epoch and resumed: the same run, the start scored again from its file
     per_epoch = last // 3
     assert cli.main([*argv, "--out", str(parts), "--steps", str(per_epoch + 1), "--no-eval"]) == 0
-    assert "kept step 0 (epoch 0)" in capsys.readouterr().out
+    assert "kept step" not in capsys.readouterr().out  # stopped between epochs: its last state, until resumed
+    with CheckpointStore(parts / "checkpoints", create=False) as store:
+        assert store.served_step() == per_epoch + 1 and 0 in store.steps()
     assert cli.main([*argv[:1], "--data", str(data), "--out", str(parts), "--resume", "--no-progress"]) == 0
     resumed = json.loads((parts / "metrics.json").read_text())
     assert resumed["tuned"] == metrics["tuned"] and resumed["scenarios"] == metrics["scenarios"]

@@ -241,14 +241,16 @@ class CheckpointStore:
 
     def served_step(self) -> int:
         """The step a run folder serves when none is asked for: the state its newest record chose on the validation
-        users (``tuned["epoch"]["chosen_step"]``, :mod:`jaxrec.experiment.selection`), else the newest.
+        users (``tuned["epoch"]["chosen_step"]``, :mod:`jaxrec.experiment.selection`) when the newest step is one of
+        the candidates scored (a run stopped at an epoch's end), else the newest (a run stopped between epochs).
 
         Raises:
           CheckpointError: if there is no complete checkpoint, or the chosen step's is missing.
         """
         newest = self.resolve(None)
-        chosen = ((self.read_meta(newest).get("tuned") or {}).get("epoch") or {}).get("chosen_step")
-        if chosen is None or int(chosen) == newest:
+        record = (self.read_meta(newest).get("tuned") or {}).get("epoch") or {}
+        chosen = record.get("chosen_step")
+        if chosen is None or int(chosen) == newest or newest not in {int(s) for s, _ in record.get("scores", ())}:
             return newest
         if int(chosen) not in self.steps():
             raise CheckpointError(

@@ -308,8 +308,11 @@ class TrainingRun:
         return self.selector.scores[step]
 
     def chosen_state(self, state):
-        """The state the run keeps: ``state`` (the last), or the one chosen on the validation users, restored."""
-        if self.selector is None or self.selector.chosen in (None, int(state.step)):
+        """The state the run keeps: the one chosen on the validation users (restored) when it stopped at a scored
+        candidate (an epoch's end), else ``state`` (a run stopped between epochs keeps its last state until resumed).
+        """
+        step = int(state.step)
+        if self.selector is None or self.selector.chosen in (None, step) or step not in self.selector.scores:
             return state
         restored = self.store.restore(self.exp.template_state(), self.selector.chosen).state
         return self.exp.trainer.place(restored)

@@ -19,7 +19,8 @@ meta method's figure (Recall@20 for top-N); a rule picks one of them:
   probability ``1 - alpha = 0.95`` (the best is the largest of ``m`` noisy comparisons). Otherwise the last.
 
 The choice is recorded as ``tuned["epoch"]`` (:meth:`EpochSelector.record`): every candidate's step and figure,
-the chosen step, and the best candidate's difference with the last and its lower bound.
+the chosen step, and the best candidate's difference with the last and its lower bound. A run stopped between
+epochs (``--steps``, a signal) keeps its last state until it is resumed: the choice is made at the candidates.
 """
 
 from __future__ import annotations
