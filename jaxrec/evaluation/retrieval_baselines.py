@@ -368,10 +368,9 @@ def _top_of_sparse_rows(gram: sp.csr_matrix, start: int, norms: np.ndarray, shri
 def _top_of_dense_rows(gram: sp.csr_matrix, start: int, norms: np.ndarray, shrink: float, keep: int):
     """:func:`_top_of_sparse_rows`' choice, from the block made dense: every value above each row's ``keep``-th
     largest, then its equals in order of index until ``keep`` are taken."""
-    block = gram.toarray()
-    rows = block.shape[0]
-    block /= norms[start : start + rows, None] * norms[None, :] + shrink
-    block[np.arange(rows), start + np.arange(rows)] = 0.0  # the diagonal
+    block = np.zeros(gram.shape)
+    row, column, value = _similarities(gram, start, norms, shrink)
+    block[row, column] = value
     cut = -np.partition(-block, keep - 1, axis=1)[:, keep - 1 : keep]
     above = block > cut
     at_cut = block == cut

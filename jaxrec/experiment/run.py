@@ -34,6 +34,7 @@ from jaxrec.experiment.checkpoint import (
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE
 from jaxrec.experiment.protocol import Experiment
+from jaxrec.experiment.selection import EpochSelector
 from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.experiment.trained import ITEMS_FILE, RECENCY_FILE, read_items, write_items
 
@@ -289,11 +290,9 @@ class TrainingRun:
             return None
         if record is None and self.store.steps():  # a run begun without a choice keeps its last state
             return None
-        selector = self.exp.epoch_selector(self._figures_at)
-        if record is not None:
-            selector = type(selector).from_record(record, self._figures_at)
-            selector.rule = config.topn.select_epoch
-        return selector
+        if record is None:
+            return self.exp.epoch_selector(self._figures_at)
+        return EpochSelector.from_record(record, self._figures_at)  # its rule: the run's, fixed on resume
 
     def _figures_at(self, step: int) -> dict:
         """The validation statistics of a saved step (a candidate scored before a resume)."""

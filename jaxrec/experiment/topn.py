@@ -553,8 +553,7 @@ class TopNExperiment:
         start = int(state.step)
         stop = self.total_steps if steps is None else start + int(steps)
         selector = self.epoch_selector()
-        if not (whole_run if select is None else select):
-            selector.rule = "last"
+        selecting = (whole_run if select is None else select) and selector.rule != "last"
         kept: dict[int, MetaTrainState] = {}
 
         def candidate(step: int, state: MetaTrainState) -> None:
@@ -564,15 +563,15 @@ class TopNExperiment:
             for old in set(kept) - selector.needed_steps:
                 del kept[old]
 
-        if selector.rule != "last":
+        if selecting:
             candidate(start, state)
         per_epoch, step = self.steps_per_epoch, start
         loop = run_steps(self.trainer, state, self.batches(start), stop_step=stop)
         for state, _, _ in loop:  # noqa: B007 - the last state is a candidate
             step += 1
-            if selector.rule != "last" and (step % per_epoch == 0 or step == stop):
+            if selecting and (step % per_epoch == 0 or step == stop):
                 candidate(step, state)
-        if selector.rule == "last":
+        if not selecting:
             return state
         self.note_epoch_choice(selector)
         if selector.chosen != step:
