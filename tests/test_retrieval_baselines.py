@@ -55,6 +55,13 @@ def dense_cosine(X, shrink):
     return C
 
 
+def neighbour_order(C, X, j):
+    """Column ``j``'s candidates as item-kNN orders them: largest similarity first, then the item with more users,
+    then the lower index."""
+    users = np.diff(sp.csc_matrix(X).indptr)
+    return np.lexsort((np.arange(C.shape[0]), -users, -C[:, j]))
+
+
 @pytest.mark.parametrize("shrink", [0.0, 3.0])
 def test_itemknn_without_pruning_equals_the_dense_cosine_fold_in(shrink):
     X = random_interactions(40, 13, 0.3, seed=0, weighted=True)
@@ -105,16 +112,16 @@ def test_itemknn_rows_kept_whole_and_rows_pruned_are_each_items_largest_similari
     assert counts.min() <= 3 < counts.max()  # both kinds of row
     pruned = rb.fit_itemknn(X, neighbours=3, shrink=0.5).similarity.toarray()
     for j in range(C.shape[1]):
-        expected = np.argsort(-C[:, j], kind="stable")[:3]
+        expected = neighbour_order(C, X, j)[:3]
         expected = expected[C[expected, j] != 0]
         assert set(np.flatnonzero(pruned[:, j])) == set(expected), j
         np.testing.assert_allclose(pruned[expected, j], C[expected, j], rtol=1e-6)
 
 
 @PRUNING
-def test_itemknn_breaks_ties_at_the_cut_by_the_lower_item_whatever_the_blocks(monkeypatch, dense_fraction):
+def test_itemknn_breaks_ties_at_the_cut_by_the_more_popular_item_whatever_the_blocks(monkeypatch, dense_fraction):
     """Binary interactions tie often (pairs seen together once, items of equal counts): the kept neighbours are the
-    first of a stable sort of each column, in every block size."""
+    first in order of similarity, then of popularity, then of index, in every block size."""
     monkeypatch.setattr(rb, "_DENSE_FRACTION", dense_fraction)
     rng = np.random.default_rng(7)
     X = sp.csr_matrix((rng.random((40, 30)) < 0.15).astype(np.float32))
@@ -123,7 +130,7 @@ def test_itemknn_breaks_ties_at_the_cut_by_the_lower_item_whatever_the_blocks(mo
     for keep in (2, 5):
         pruned = rb.fit_itemknn(X, neighbours=keep, shrink=0.0).similarity.toarray()
         for j in range(C.shape[1]):
-            order = np.argsort(-C[:, j], kind="stable")
+            order = neighbour_order(C, X, j)
             expected = order[:keep][C[order[:keep], j] != 0]
             ties += C[order[keep - 1], j] == C[order[keep], j] != 0
             np.testing.assert_array_equal(np.flatnonzero(pruned[:, j]), np.sort(expected), err_msg=f"item {j}")
@@ -134,6 +141,30 @@ def test_itemknn_breaks_ties_at_the_cut_by_the_lower_item_whatever_the_blocks(mo
 
 
 @PRUNING
+def test_itemknn_keeps_the_same_neighbours_however_the_log_numbered_its_items(monkeypatch, dense_fraction):
+    """A log's item codes are arbitrary (string ids, the order of first appearance): relabelling the items gives the
+    same neighbours, relabelled, where tied similarities are between items of different popularity. The first item's
+    three candidates tie at cosine 1/2 (1 user of 1, 3 of 9, 4 of 16), and it keeps the most popular."""
+    monkeypatch.setattr(rb, "_DENSE_FRACTION", dense_fraction)
+    dense = np.zeros((24, 5), np.float32)
+    dense[[0, 1, 2, 3], 0] = 1.0  # the target
+    dense[[0], 1] = 1.0
+    dense[[0, 1, 4, 5, 6], 2] = 1.0  # 5 users: cosine 2 / sqrt(20), below the tie
+    dense[np.r_[0:4, 8:20], 3] = 1.0  # 16 users
+    dense[[0, 1, 2, 4, 5, 6, 7, 20, 21], 4] = 1.0  # 9 users
+    X = sp.csr_matrix(dense)
+    C = dense_cosine(X, shrink=0.0)
+    assert C[1, 0] == C[3, 0] == C[4, 0] == 0.5 > C[2, 0]
+    for keep in (1, 2, 3):
+        pruned = rb.fit_itemknn(X, neighbours=keep).similarity.toarray()
+        assert set(np.flatnonzero(pruned[:, 0])) == {3, 4, 1}.intersection([3, 4, 1][:keep])
+        for relabel in np.random.default_rng(keep).permuted(np.tile(np.arange(5), (6, 1)), axis=1):
+            relabelled = sp.csr_matrix(dense[:, np.argsort(relabel)])  # item i's code is relabel[i]
+            again = rb.fit_itemknn(relabelled, neighbours=keep).similarity.toarray()
+            np.testing.assert_array_equal(again[np.ix_(relabel, relabel)], pruned)
+
+
+@PRUNING
 def test_itemknn_fills_its_neighbours_with_negative_similarities_only_past_the_zeros(monkeypatch, dense_fraction):
     monkeypatch.setattr(rb, "_DENSE_FRACTION", dense_fraction)
     X = sp.csr_matrix(np.random.default_rng(8).normal(size=(20, 6)))  # every pair co-occurs; half of them < 0
@@ -141,7 +172,7 @@ def test_itemknn_fills_its_neighbours_with_negative_similarities_only_past_the_z
     pruned = rb.fit_itemknn(X, neighbours=5, shrink=0.0).similarity.toarray()  # of the 5 others: the diagonal's
     negatives_kept = 0  # zero outranks the smallest negative, which is the one left out
     for j in range(C.shape[1]):
-        order = np.argsort(-C[:, j], kind="stable")[:5]
+        order = neighbour_order(C, X, j)[:5]
         expected = order[C[order, j] != 0]
         negatives_kept += np.sum(C[expected, j] < 0)
         np.testing.assert_array_equal(np.flatnonzero(pruned[:, j]), np.sort(expected), err_msg=f"item {j}")

@@ -292,8 +292,10 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
     i.e. ``C = D^-1/2 G D^-1/2`` for ``shrink = 0`` (Aiolli's asymmetric cosine, RecSys 2013, at its symmetric
     point ``alpha = 1/2``); a positive ``shrink`` damps similarities between rarely seen items (the shrunk cosine of
     the kNN baselines of Ferrari Dacrema, Cremonesi & Jannach, RecSys 2019). Each target item ``j`` keeps only its
-    ``neighbours`` largest similarities (column ``j`` of ``C``; among equal values at the cut the lower item index,
-    as a stable sort of the column orders them; exact zeros are dropped), as in Sarwar et al.'s model size ``k``.
+    ``neighbours`` largest similarities (column ``j`` of ``C``; among equal values at the cut the item with more
+    users, then the lower item index; exact zeros are dropped), as in Sarwar et al.'s model size ``k``. Ties at the
+    cut are common on binary logs (pairs seen together once by items of equal counts); the more popular neighbour
+    is the better guess, and the order does not depend on how the log numbered its items.
     The Gram matrix of the items seen in training (the others have no similarity) is formed in sparse row blocks of
     bounded size and each block's pairs sorted, so time is ``O(nnz log nnz)`` in the co-occurring pairs (not in
     ``n_items^2``) and memory ``O(n_items * neighbours)`` plus one block.
@@ -314,7 +316,11 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
         raise ValueError(f"neighbours must be an int >= 1, got {neighbours!r}")
     shrink = _positive(shrink, "shrink", strict=False)
     n = X.shape[1]
-    items = np.flatnonzero(np.diff(X.tocsc().indptr))
+    users_per_item = np.diff(X.tocsc().indptr)
+    items = np.flatnonzero(users_per_item)
+    # the items in order of popularity (most users first, then catalogue index): the order in which equal
+    # similarities at the cut are kept, so that the neighbours do not depend on how the log numbered its items
+    items = items[np.argsort(-users_per_item[items], kind="stable")]
     X = X[:, items]
     m = items.size
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=0)).ravel())  # > 0: every column has a nonzero
@@ -352,8 +358,9 @@ def _similarities(gram: sp.csr_matrix, start: int, norms: np.ndarray, shrink: fl
 
 def _top_of_sparse_rows(gram: sp.csr_matrix, start: int, norms: np.ndarray, shrink: float, keep: int, m: int):
     """Each row's first ``keep`` similarities in the order of a stable sort of its dense row, largest first (the
-    lower item first among equal values; the implicit zeros, pairs never seen together and the diagonal, between
-    the positive and the negative values and dropped): ``(row, column, value)`` of the kept pairs."""
+    lower column first among equal values: the more popular item, in :func:`fit_itemknn`'s order; the implicit
+    zeros, pairs never seen together and the diagonal, between the positive and the negative values and dropped):
+    ``(row, column, value)`` of the kept pairs."""
     rows = gram.shape[0]
     row, column, value = _similarities(gram, start, norms, shrink)
     order = np.lexsort((column, -value, row))
