@@ -141,10 +141,11 @@ def test_itemknn_breaks_ties_at_the_cut_by_the_more_popular_item_whatever_the_bl
 
 
 @PRUNING
-def test_itemknn_keeps_the_same_neighbours_however_the_log_numbered_its_items(monkeypatch, dense_fraction):
+def test_itemknn_breaks_ties_between_items_of_unequal_counts_however_the_log_numbered_them(monkeypatch, dense_fraction):
     """A log's item codes are arbitrary (string ids, the order of first appearance): relabelling the items gives the
-    same neighbours, relabelled, where tied similarities are between items of different popularity. The first item's
-    three candidates tie at cosine 1/2 (1 user of 1, 3 of 9, 4 of 16), and it keeps the most popular."""
+    same neighbours, relabelled, where tied similarities are between items of unequal counts (ties between items of
+    equal counts still fall to the lower code). The first item's three candidates tie at cosine 1/2 (1 user of 1,
+    3 of 9, 4 of 16), and it keeps the most popular."""
     monkeypatch.setattr(rb, "_DENSE_FRACTION", dense_fraction)
     dense = np.zeros((24, 5), np.float32)
     dense[[0, 1, 2, 3], 0] = 1.0  # the target

@@ -294,8 +294,9 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
     the kNN baselines of Ferrari Dacrema, Cremonesi & Jannach, RecSys 2019). Each target item ``j`` keeps only its
     ``neighbours`` largest similarities (column ``j`` of ``C``; among equal values at the cut the item with more
     users, then the lower item index; exact zeros are dropped), as in Sarwar et al.'s model size ``k``. Ties at the
-    cut are common on binary logs (pairs seen together once by items of equal counts); the more popular neighbour
-    is the better guess, and the order does not depend on how the log numbered its items.
+    cut are common on binary logs (pairs seen together once); between items of unequal counts the more popular is
+    kept, whatever the log's item codes, but most ties are between items of equal counts (on binary data equal
+    cosines need equal co-occurrences over equal norms), and those fall to the lower index.
     The Gram matrix of the items seen in training (the others have no similarity) is formed in sparse row blocks of
     bounded size and each block's pairs sorted, so time is ``O(nnz log nnz)`` in the co-occurring pairs (not in
     ``n_items^2``) and memory ``O(n_items * neighbours)`` plus one block.
@@ -319,7 +320,7 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
     users_per_item = np.diff(X.tocsc().indptr)
     items = np.flatnonzero(users_per_item)
     # the items in order of popularity (most users first, then catalogue index): the order in which equal
-    # similarities at the cut are kept, so that the neighbours do not depend on how the log numbered its items
+    # similarities at the cut are kept, so that a tie between items of unequal counts ignores the item codes
     items = items[np.argsort(-users_per_item[items], kind="stable")]
     X = X[:, items]
     m = items.size
