@@ -126,18 +126,22 @@ def test_itemknn_breaks_ties_at_the_cut_by_the_more_popular_item_whatever_the_bl
     rng = np.random.default_rng(7)
     X = sp.csr_matrix((rng.random((40, 30)) < 0.15).astype(np.float32))
     C = dense_cosine(X, shrink=0.0)
-    ties = 0
+    users = np.diff(X.tocsc().indptr)
+    ties = unequal = 0
     for keep in (2, 5):
         pruned = rb.fit_itemknn(X, neighbours=keep, shrink=0.0).similarity.toarray()
         for j in range(C.shape[1]):
             order = neighbour_order(C, X, j)
             expected = order[:keep][C[order[:keep], j] != 0]
-            ties += C[order[keep - 1], j] == C[order[keep], j] != 0
+            tied = C[order[keep - 1], j] == C[order[keep], j] != 0
+            ties += tied
+            unequal += tied and users[order[keep - 1]] != users[order[keep]]
             np.testing.assert_array_equal(np.flatnonzero(pruned[:, j]), np.sort(expected), err_msg=f"item {j}")
         monkeypatch.setattr(rb, "_BLOCK_ELEMENTS", 70)  # two items per Gram block
         np.testing.assert_array_equal(rb.fit_itemknn(X, neighbours=keep, shrink=0.0).similarity.toarray(), pruned)
         monkeypatch.setattr(rb, "_BLOCK_ELEMENTS", 1 << 24)
     assert ties > 10  # the cut falls inside a run of equal similarities, often
+    assert unequal > 0  # and between items of unequal counts, where popularity decides
 
 
 @PRUNING

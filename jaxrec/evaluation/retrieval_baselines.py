@@ -294,9 +294,10 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
     the kNN baselines of Ferrari Dacrema, Cremonesi & Jannach, RecSys 2019). Each target item ``j`` keeps only its
     ``neighbours`` largest similarities (column ``j`` of ``C``; among equal values at the cut the item with more
     users, then the lower item index; exact zeros are dropped), as in Sarwar et al.'s model size ``k``. Ties at the
-    cut are common on binary logs (pairs seen together once); between items of unequal counts the more popular is
-    kept, whatever the log's item codes, but most ties are between items of equal counts (on binary data equal
-    cosines need equal co-occurrences over equal norms), and those fall to the lower index.
+    cut are common on binary logs (pairs seen together once). Where the computed values are exactly equal between
+    items of unequal counts (binary cosines tie when ``c_i^2 / n_i = c_k^2 / n_k``, ``c`` the co-occurrences with
+    the target and ``n`` the counts), the more popular is kept whatever the log's item codes; most ties are between
+    items of equal counts, and those fall to the lower index.
     The Gram matrix of the items seen in training (the others have no similarity) is formed in sparse row blocks of
     bounded size and each block's pairs sorted, so time is ``O(nnz log nnz)`` in the co-occurring pairs (not in
     ``n_items^2``) and memory ``O(n_items * neighbours)`` plus one block.
@@ -359,7 +360,8 @@ def _similarities(gram: sp.csr_matrix, start: int, norms: np.ndarray, shrink: fl
 
 def _top_of_sparse_rows(gram: sp.csr_matrix, start: int, norms: np.ndarray, shrink: float, keep: int, m: int):
     """Each row's first ``keep`` similarities in the order of a stable sort of its dense row, largest first (the
-    lower column first among equal values: the more popular item, in :func:`fit_itemknn`'s order; the implicit
+    lower column first among equal values: the more popular item, then the lower index, in :func:`fit_itemknn`'s
+    order; the implicit
     zeros, pairs never seen together and the diagonal, between the positive and the negative values and dropped):
     ``(row, column, value)`` of the kept pairs."""
     rows = gram.shape[0]
