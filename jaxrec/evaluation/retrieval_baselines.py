@@ -361,9 +361,8 @@ def _similarities(gram: sp.csr_matrix, start: int, norms: np.ndarray, shrink: fl
 def _top_of_sparse_rows(gram: sp.csr_matrix, start: int, norms: np.ndarray, shrink: float, keep: int, m: int):
     """Each row's first ``keep`` similarities in the order of a stable sort of its dense row, largest first (the
     lower column first among equal values: the more popular item, then the lower index, in :func:`fit_itemknn`'s
-    order; the implicit
-    zeros, pairs never seen together and the diagonal, between the positive and the negative values and dropped):
-    ``(row, column, value)`` of the kept pairs."""
+    order; the implicit zeros, pairs never seen together and the diagonal, between the positive and the negative
+    values and dropped): ``(row, column, value)`` of the kept pairs."""
     rows = gram.shape[0]
     row, column, value = _similarities(gram, start, norms, shrink)
     order = np.lexsort((column, -value, row))
