@@ -34,6 +34,7 @@ import jax
 
 from jaxrec._version import __version__
 from jaxrec.core.errors import JaxrecError
+from jaxrec.experiment.selection import kept_step
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -249,15 +250,13 @@ class CheckpointStore:
         """
         newest = self.resolve(None)
         record = (self.read_meta(newest).get("tuned") or {}).get("epoch") or {}
-        chosen = record.get("chosen_step")
-        if chosen is None or int(chosen) == newest or newest not in {int(s) for s, _ in record.get("scores", ())}:
-            return newest
-        if int(chosen) not in self.steps():
+        chosen = kept_step(record.get("chosen_step"), (int(s) for s, _ in record.get("scores", ())), newest)
+        if chosen != newest and chosen not in self.steps():
             raise CheckpointError(
                 f"{self.folder}: the run chose step {chosen} on its validation users and that checkpoint is gone "
                 f"(the steps are {self.steps()}); jaxrec evaluate --step names another"
             )
-        return int(chosen)
+        return chosen
 
     # -- restore -----------------------------------------------------------------------------------------------
     def read_meta(self, step: int | None = None) -> dict:

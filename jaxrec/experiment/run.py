@@ -311,9 +311,9 @@ class TrainingRun:
         candidate (an epoch's end), else ``state`` (a run stopped between epochs keeps its last state until resumed).
         """
         step = int(state.step)
-        if self.selector is None or self.selector.chosen in (None, step) or step not in self.selector.scores:
+        if self.selector is None or (kept := self.selector.kept_step(step)) == step:
             return state
-        restored = self.store.restore(self.exp.template_state(), self.selector.chosen).state
+        restored = self.store.restore(self.exp.template_state(), kept).state
         return self.exp.trainer.place(restored)
 
     def save(self, state) -> int:

@@ -28,15 +28,24 @@ from __future__ import annotations
 import dataclasses
 import math
 import statistics
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
-__all__ = ["FAMILY_ALPHA", "RULES", "EpochSelector", "paired_lower_bound"]
+__all__ = ["FAMILY_ALPHA", "RULES", "EpochSelector", "kept_step", "paired_lower_bound"]
 
 RULES = ("last", "best", "clear_best")
 FAMILY_ALPHA = 0.05  # the family-wise error of "clear_best"'s comparisons with the last candidate
+
+
+def kept_step(chosen: int | None, scored: Iterable[int], stopped_at: int) -> int:
+    """The step a run stopped at ``stopped_at`` keeps: the ``chosen`` candidate when it stopped at one of the
+    ``scored`` candidates (an epoch's end), else ``stopped_at`` itself (a run stopped between epochs, by ``--steps``
+    or a signal, keeps its last state until it is resumed: the choice is made at the candidates)."""
+    if chosen is None or stopped_at not in set(scored):
+        return stopped_at
+    return int(chosen)
 
 
 def paired_lower_bound(
@@ -124,6 +133,10 @@ class EpochSelector:
             return None
         finite = {s: v for s, v in self.scores.items() if math.isfinite(v)}
         return max(finite, key=lambda s: (finite[s], -s)) if finite else None
+
+    def kept_step(self, stopped_at: int) -> int:
+        """The step a run stopped at ``stopped_at`` keeps (:func:`kept_step`)."""
+        return kept_step(self.chosen, self.scores, stopped_at)
 
     @property
     def needed_steps(self) -> set[int]:
