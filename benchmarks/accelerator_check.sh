@@ -8,10 +8,10 @@
 # 2. records the devices; runs the meta-step sweep of benchmarks/meta_step.py with the reference flags at
 #    T = 32..4096 tasks a batch, and benchmarks/scaling.py --sweep (tasks/s on all local devices, the task axis
 #    sharded when several);
-# 3. runs the cost study (benchmarks/sweep.py --grid study) and the serving load benchmark (benchmarks/serve.py: latency at 1, 8, 64 clients beside the bare compiled call);
+# 3. runs the cost study (benchmarks/sweep.py --grid study), the top-N speed benchmark (benchmarks/topn_speed.py) and the serving load benchmark (benchmarks/serve.py: latency at 1, 8, 64 clients beside the bare compiled call);
 # 4. runs the GPU-relevant tests (precision in real bf16, the meta-gradient, core and service suites).
 # Everything is written under $OUT (default ./accelerator_out): devices.json, tests.log, tests.xml,
-# meta_step.jsonl, scaling.json, serve.json, summary.json. Each stage has its own timeout; a failed stage does not stop the rest.
+# meta_step.jsonl, scaling.json, topn_speed.json, serve.json, summary.json. Each stage has its own timeout; a failed stage does not stop the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/accelerator_out}"
@@ -72,6 +72,9 @@ stage scaling 120 $PY benchmarks/scaling.py --sweep 32 256 4096 --steps 3 --outp
 stage cost_study 150 $PY benchmarks/sweep.py --grid study --rounds 3 --steps 5 --min-round-s 0.05 --out cost_study_gpu \
   > "$OUT/cost_study.log" 2>&1
 cp benchmarks/results/cost_study_gpu* "$OUT/" 2> /dev/null
+
+# new users' adapt + full-catalogue top-100 at V = 1e4, 1e5, 1e6 items beside NumPy and the matmul floor (issue 17)
+stage topn_speed 120 $PY benchmarks/topn_speed.py --rounds 3 --out "$OUT/topn_speed.json" > "$OUT/topn_speed.log" 2>&1
 
 # the serving path: the load benchmark against the bare compiled call (it trains a 1-epoch default model first), and
 # the service's tests (a real process over HTTP); the carried wheels must include fastapi, uvicorn and their deps
