@@ -1,4 +1,4 @@
-"""The ``jaxrec`` command: ``train``, ``choose``, ``evaluate``, ``recommend``, ``serve``, ``datasets``.
+"""The ``jaxrec`` command: ``train``, ``choose``, ``evaluate``, ``recommend``, ``serve``, ``export``, ``datasets``.
 
 Only this module prints; the library logs. Every expected failure (bad data, bad checkpoint, bad flags, a
 non-finite step under ``--nonfinite raise``) ends with one ``jaxrec: error: ...`` line on stderr and exit status 1;
@@ -38,6 +38,7 @@ from jaxrec.data import DATASETS, default_data_root, read_side_table
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.choose import GridError, choose, selection_metric
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
+from jaxrec.experiment.export import export_arrays, save_export
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, write_hybrid
 from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
@@ -253,6 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-body-kb", type=int, default=256, help="the largest request body, KiB (default 256)")
     add_flags(s, names=("devices",))
+
+    x = sub.add_parser(
+        "export",
+        help="write a top-N run's item vectors and new-user fold-in as arrays (.npz) for an index outside jaxrec",
+    )
+    x.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
+    x.add_argument("--out", required=True, help="the .npz file to write")
+    x.add_argument(
+        "--model-alone",
+        action="store_true",
+        help="export a run that ranks by a hybrid (--hybrid) anyway: the arrays rank by the adapted model alone",
+    )
 
     d = sub.add_parser("datasets", help="list the known datasets and where they are cached")
     d.add_argument("--data-dir", help="folder holding the MovieLens folders")
@@ -885,6 +898,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``jaxrec export``: a top-N run's item side and new-user fold-in as plain arrays
+    (:mod:`jaxrec.experiment.export`).
+
+    Args:
+      args: the parsed arguments.
+
+    Returns:
+      The exit status 0.
+
+    Raises:
+      RunError: if the run is not one the arrays describe (:func:`~jaxrec.experiment.export.export_arrays`).
+    """
+    trained = load_trained(args.checkpoint)
+    arrays = export_arrays(trained, model_alone=args.model_alone)
+    path = save_export(arrays, args.out)
+    items, width = arrays["item_vectors"].shape
+    _echo(
+        f"wrote {path}: {items} item vectors of {width - 1} + 1 (the bias), the fold-in's Gram matrix, prior and "
+        "ridge; a user's scores: item_vectors @ jaxrec.experiment.export.fold_in(arrays, their item positions)"
+    )
+    if trained.hybrid is not None:
+        _echo(f"note: the run ranks by {trained.hybrid.name}; these arrays rank by the adapted model alone", err=True)
+    return EXIT_OK
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     """``jaxrec datasets``: list the known datasets and where they are cached.
 
@@ -917,6 +956,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "serve": cmd_serve,
+    "export": cmd_export,
     "datasets": cmd_datasets,
 }
 
