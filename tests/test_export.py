@@ -104,6 +104,11 @@ def test_export_refuses_what_the_arrays_cannot_carry(run, tmp_path, capsys):
     ):
         with pytest.raises(RunError, match=message):
             export.export_arrays(dataclasses.replace(trained, config=trained.config.override(**fields)), True)
+    arrays = export.export_arrays(trained, model_alone=True)
+    refused = [([], None, "an empty support"), ([3, 3], None, "given 2 times"), ([1, 99], None, "not an item code")]
+    for items, weights, message in [*refused, ([1, 2], [1.0, 0.0], "must be > 0")]:
+        with pytest.raises(ValueError, match=message):
+            export.fold_in(arrays, np.asarray(items, np.int64), weights)
     (tmp_path / "bad.npz").write_bytes(b"not an archive")
     with pytest.raises(RunError, match="bad.npz: not a jaxrec export"):
         export.load_export(tmp_path / "bad.npz")

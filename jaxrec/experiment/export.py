@@ -36,7 +36,7 @@ from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.newton import NewtonStep
 from jaxrec.core.params import path_names
 from jaxrec.evaluation.topn import recency_weights
-from jaxrec.experiment.recommend import chosen_recency, fixed_item_side
+from jaxrec.experiment.recommend import checked_support, chosen_recency, fixed_item_side
 from jaxrec.experiment.run import RunError
 from jaxrec.models import TwoTower
 
@@ -149,18 +149,25 @@ def fold_in(arrays: dict[str, np.ndarray], items: np.ndarray, weights: np.ndarra
 
     Args:
       arrays: :func:`export_arrays` (or :func:`load_export`).
-      items: the user's items as rows of ``item_vectors`` (positions in ``item_ids``), the oldest first.
-      weights: their weights (default 1 each), before the run's recency weighting.
+      items: the user's items as rows of ``item_vectors`` (positions in ``item_ids``), each once, the oldest first.
+      weights: their weights (each > 0; default 1 each), before the run's recency weighting.
 
     Returns:
       ``[d + 1]``: the item scores are ``arrays["item_vectors"] @ p~``.
+
+    Raises:
+      ValueError: naming the first unusable entry, as ``recommend`` refuses it
+        (:func:`~jaxrec.experiment.recommend.checked_support`): no item, a position outside the catalogue, an item
+        given twice, a weight that is not a finite number > 0.
     """
-    items = np.asarray(items, np.int64)
-    w = np.ones(len(items)) if weights is None else np.asarray(weights, np.float64)
+    vectors = arrays["item_vectors"]
+    weights = np.ones(np.shape(items)) if weights is None else weights
+    items, w = checked_support(items, weights, len(vectors), weights=True)  # recommend's refusals, by entry
+    w = w.astype(np.float64)
     strength = float(arrays["recency"])
-    if strength and len(items):
+    if strength:
         w = w * recency_weights(np.ones((1, len(items)), bool), strength, int(arrays["shots"]))[0]
-    vectors, gram = arrays["item_vectors"], arrays["gram"]
+    gram = arrays["gram"]
     c, ridge, mean = float(arrays["confidence"]), arrays["ridge"], arrays["prior_mean"]
     q, b = vectors[items, :-1], vectors[items, -1]
     lhs = gram[:-1, :-1] + c * (q.T * w) @ q + np.diag(ridge)
