@@ -2,13 +2,15 @@
 
     python benchmarks/topn_speed.py                      # V = 1e4, 1e5, 1e6 items, 256 users, top 100
     python benchmarks/topn_speed.py --sizes 100000 --chunks 16384 --rounds 3
+    python benchmarks/topn_speed.py --loss als_exact   # the recipe's exact ALS fold-in, NumPy adapting too
 
 For each catalogue size ``V`` and a batch of ``U`` new users, side by side in one run:
 
 * **jaxrec**: the compiled :func:`jaxrec.evaluation.topn.dot_ranker` of a :class:`jaxrec.models.TwoTower`: each
   user's support of 10 positives with 20 uniformly sampled negatives each, one Newton step
   (:func:`jaxrec.newton`) on ``user_vector`` under the logQ-corrected sampled softmax
-  (:func:`jaxrec.core.ranking.ranking_loss`), then the item tower chunk by chunk, one ``[U, d+1] x [d+1, C]``
+  (:func:`jaxrec.core.ranking.ranking_loss`; ``--loss als_exact``: the exact ALS loss, whose Newton step is the
+  fold-in, the negatives unread), then the item tower chunk by chunk, one ``[U, d+1] x [d+1, C]``
   product per chunk and a running top ``k`` (:func:`~jaxrec.evaluation.topn.streaming_topk`), the support items
   excluded. Timed per chunk size ``C`` in ``--chunks`` (each reported; the effective chunk is ``min(C, V)``, and
   two sizes with the same effective chunk share one executable). ``adapt`` times the adaptation alone (the user
@@ -18,6 +20,11 @@ For each catalogue size ``V`` and a batch of ``U`` new users, side by side in on
   vectors ``Q [V, d+1]`` of the same item tower (computed once, not timed): ``S = P Q^T`` in one go, the support
   items set to ``-inf``, ``np.argpartition`` for the top ``k`` then a sort of those ``k``. Its lists are checked
   against jaxrec's (set overlap per user, required >= 99% on average; ties aside they are equal).
+* **numpy_full** (``--loss als_exact``, the ``twotower-als`` recipe's inner loop: the exact ALS fold-in, the
+  catalogue's Gram matrix formed once as a recommender forms it, not timed): the adaptation too in plain NumPy,
+  each user's ``d x d`` system solved at once by :func:`jaxrec.experiment.export.fold_in_users` (the closed form
+  ``jaxrec export``'s arrays are used with; ``np.linalg.solve`` over the batch), then the same scoring and top
+  ``k``. Its lists are checked against jaxrec's as above.
 * **floor**: one jitted float32 ``jnp.dot`` of the same size, ``[U, d+1] x [d+1, V]`` (no item tower, no
   top-k), and its GFLOP/s. Its ``[U, V]`` output is written out (1 GiB at a million items), which on CPU costs
   as much as the arithmetic, so ``floor_streamed`` also times the same product in chunks (each ``C``; the best
@@ -59,6 +66,8 @@ from jaxrec.core.inner import InnerLoop  # noqa: E402
 from jaxrec.core.newton import newton  # noqa: E402
 from jaxrec.core.ranking import ranking_loss  # noqa: E402
 from jaxrec.evaluation.topn import _adapted, _clean_users, dot_ranker, streaming_topk  # noqa: E402
+from jaxrec.experiment.export import fold_in_users  # noqa: E402
+from jaxrec.experiment.protocol import exact_als_loss_of_gram  # noqa: E402
 
 DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "topn_speed.json")
 SUPPORT = 10  # positive rows per new user
@@ -74,6 +83,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=5, help="timed calls per measurement (after one warm-up)")
     p.add_argument("--chunks", type=int, nargs="+", default=[4096, 16384, 65536], help="catalogue chunk sizes C")
     p.add_argument("--inner-lr", type=float, default=1.0, help="prior variance of the Newton step")
+    p.add_argument(
+        "--loss",
+        choices=("softmax", "als_exact"),
+        default="softmax",
+        help="the inner loss: sampled softmax, or the exact ALS fold-in (the twotower-als recipe's; NumPy adapts too)",
+    )
+    p.add_argument("--confidence", type=float, default=1.0, help="als_exact: an interaction's extra confidence c")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=DEFAULT_OUT, help="where the JSON is written ('' or '-': nowhere)")
     return p.parse_args(argv)
@@ -142,14 +158,21 @@ def distinct_items(rng: np.random.Generator, n_items: int, users: int, per_user:
 
 
 def workload(n_items: int, args: argparse.Namespace):
-    """``(model, inner, state, batch, exclude)`` for ``n_items`` items (item code ``c`` has model id ``c + 1``,
+    """``(model, inner, state, batch, exclude, gram)`` for ``n_items`` items (``gram``: the exact ALS loss's
+    ``[d+1, d+1]`` Gram matrix of every item vector, None for the softmax) (item code ``c`` has model id ``c + 1``,
     id 0 being the OOV slot, which padding entries of the catalogue map to)."""
     spec = FeatureSpec(categorical={"user": 2, "item": n_items + 1}, target="label", rating_range=None)
     model = models.TwoTower(spec, embed=args.embed)
     params = models.init_params(model, spec, jax.random.PRNGKey(args.seed))
-    inner = InnerLoop(
-        ranking_loss(model.apply, "softmax"), steps=1, solver=newton(), adapt_filter=model.default_adapt_filter
-    )
+    gram = None
+    if args.loss == "als_exact":  # the catalogue's Gram matrix, formed once for every user (as fixed_item_side does)
+        ids = jnp.arange(1, n_items + 1, dtype=jnp.int32)
+        vectors = jax.jit(lambda p, i: model.apply(p, {"item": i}, method=model.item_vectors))(params, ids)
+        gram = jax.device_put(np.asarray(vectors.T @ vectors))
+        loss = exact_als_loss_of_gram(model, lambda _: gram, confidence=args.confidence)
+    else:
+        loss = ranking_loss(model.apply, "softmax")
+    inner = InnerLoop(loss, steps=1, solver=newton(), adapt_filter=model.default_adapt_filter)
     rng = np.random.default_rng([args.seed, n_items])
     u = args.users
     positives = distinct_items(rng, n_items, u, SUPPORT)
@@ -167,7 +190,7 @@ def workload(n_items: int, args: argparse.Namespace):
     mask = np.ones((u, SUPPORT), bool)
     batch = TaskBatch(support, support, mask, mask, np.arange(u, dtype=np.int32))
     state = (params, jnp.float32(args.inner_lr))
-    return model, inner, jax.device_put(state), jax.device_put(batch), jax.device_put(positives)
+    return model, inner, jax.device_put(state), jax.device_put(batch), jax.device_put(positives), gram
 
 
 def catalogue(n_items: int, chunk: int) -> tuple[dict, np.ndarray]:
@@ -210,7 +233,7 @@ def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def one_size(n_items: int, args: argparse.Namespace) -> dict:
     u, k, rounds = args.users, args.k, args.rounds
-    model, inner, state, batch, exclude = workload(n_items, args)
+    model, inner, state, batch, exclude, gram = workload(n_items, args)
     params = state[0]
     record: dict = {"n_items": n_items, "users": u, "k": k, "embed": args.embed, "loadavg_start": os.getloadavg()}
     record["item_table_bytes"] = item_table_bytes(params)
@@ -287,6 +310,36 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict:
         raise RuntimeError(f"V={n_items}: NumPy and jaxrec top-{k} lists overlap {agree.mean():.4f} < 0.99")
     log(f"V={n_items}: numpy {record['numpy']['median_ms']:.1f} ms, overlap {agree.mean():.4f}")
 
+    if gram is not None:  # NumPy adapting too: the fold-in's closed form, then the same top k
+        side = {  # the arrays jaxrec export writes, for this model
+            "item_vectors": q,
+            "gram": np.asarray(gram),
+            "prior_mean": np.asarray(params["params"]["user_vector"]),
+            "ridge": np.full(args.embed, 1.0 / (2.0 * args.inner_lr), np.float32),
+            "confidence": np.asarray(args.confidence),
+            "recency": np.asarray(0.0),
+        }
+        ones = np.ones(excl.shape, np.float32)
+
+        def numpy_fold_in():
+            return fold_in_users(side, excl, ones, ones > 0)
+
+        def numpy_full():
+            return numpy_topk(numpy_fold_in(), q, excl, k)
+
+        numpy_full()  # warm-up
+        seconds, full_items = timed(numpy_full, (), rounds, warmup=False)
+        record["numpy_full"] = summary(seconds, u)
+        record["numpy_full"]["mode"] = "fold-in (batched np.linalg.solve) + scores [U, V] + argpartition"
+        fitted = numpy_fold_in()  # the same user vectors as jaxrec's Newton step
+        record["numpy_full"]["user_vectors_max_abs_diff"] = float(np.abs(fitted - p_np).max())
+        agree = overlap(lists[best["chunk"]], full_items)
+        record["numpy_full"]["overlap_with_jaxrec_mean"] = float(agree.mean())
+        record["numpy_full"]["overlap_with_jaxrec_min"] = float(agree.min())
+        if agree.mean() < 0.99:
+            raise RuntimeError(f"V={n_items}: NumPy's fold-in lists overlap jaxrec's {agree.mean():.4f} < 0.99")
+        log(f"V={n_items}: numpy adapt + top-k {record['numpy_full']['median_ms']:.1f} ms, overlap {agree.mean():.4f}")
+
     # the floor: one [U, d+1] x [d+1, V] float32 product (its [U, V] output written out); and the same product
     # streamed in chunks of each C, each chunk reduced to its row max (the whole product never stored)
     flops = 2.0 * u * (args.embed + 1) * n_items
@@ -338,6 +391,8 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict:
         "numpy_over_jaxrec_scoring": record["numpy"]["median_ms"] / scoring["scoring_only"]["median_ms"],
         "numpy_over_floor": record["numpy"]["median_ms"] / floor_ms,
     }
+    if "numpy_full" in record:
+        record["ratios"]["numpy_full_over_jaxrec_best"] = record["numpy_full"]["median_ms"] / best["median_ms"]
     record["loadavg_end"] = os.getloadavg()
     return record
 
@@ -394,6 +449,12 @@ def table(results: list[dict]) -> list[dict]:
             users_per_s=r["jaxrec_best"]["users_per_s"],
             overlap=r["numpy"]["overlap_with_jaxrec_mean"],
         )
+        if "numpy_full" in r:
+            row.update(
+                numpy_full_ms=r["numpy_full"]["median_ms"],
+                numpy_full_over_jaxrec=r["ratios"]["numpy_full_over_jaxrec_best"],
+                numpy_full_overlap=r["numpy_full"]["overlap_with_jaxrec_mean"],
+            )
         for e in r["jaxrec"]:
             row[f"temp_MiB_C{e['chunk']}"] = mib(e["memory"].get("temp_bytes"))
             row[f"scoring_temp_MiB_C{e['chunk']}"] = mib(e["scoring_only"]["memory"].get("temp_bytes"))
@@ -418,7 +479,7 @@ def main(argv=None) -> dict:
         "workload": {
             "support_positives": SUPPORT,
             "negatives_per_positive": NEGATIVES,
-            "loss": "softmax (logQ)",
+            "loss": "softmax (logQ)" if args.loss == "softmax" else f"exact ALS fold-in (c = {args.confidence:g})",
             "inner": "1 Newton step on user_vector",
             "model": "TwoTower(hidden=())",
         },  # fmt: skip

@@ -78,6 +78,18 @@ def test_the_numpy_fold_in_is_the_newton_step_in_every_term(run):
     assert np.abs(base - recommender.model_scores(codes, np.ones_like(weights))).max() > 1e-3
 
 
+def test_a_batch_of_users_of_every_length_is_each_users_fold_in(run):
+    arrays = export.export_arrays(perturbed(load_trained(run)), model_alone=True)
+    users = list(random_users(len(arrays["item_ids"]), count=6, seed=7))
+    size = max(len(codes) for codes, _ in users)
+    items, weights = np.full((6, size), -1), np.zeros((6, size), np.float32)
+    for u, (codes, w) in enumerate(users):
+        items[u, : len(codes)], weights[u, : len(codes)] = codes, w
+    batch = export.fold_in_users(arrays, items, weights, items >= 0)
+    for u, (codes, w) in enumerate(users):
+        np.testing.assert_allclose(batch[u], export.fold_in(arrays, codes, w), rtol=1e-10, atol=1e-12)
+
+
 def test_export_writes_arrays_whose_lists_are_recommends(run, tmp_path, monkeypatch):
     lines = []
     monkeypatch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))

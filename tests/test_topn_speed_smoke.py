@@ -7,12 +7,20 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "topn_speed.py"
 
 
-def test_topn_speed_tiny(tmp_path):
+TINY = ["--sizes", "1000", "--users", "4", "--k", "10", "--embed", "4", "--chunks", "256", "--rounds", "1"]
+
+
+def load_bench():
     spec = importlib.util.spec_from_file_location("topn_speed", BENCH)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_topn_speed_tiny(tmp_path):
+    bench = load_bench()
     out = tmp_path / "topn_speed.json"
-    argv = ["--sizes", "1000", "--users", "4", "--k", "10", "--embed", "4", "--chunks", "256", "--rounds", "1"]
+    argv = TINY
     record = bench.main([*argv, "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
     (result,) = record["results"]
@@ -23,3 +31,15 @@ def test_topn_speed_tiny(tmp_path):
     assert result["floor"]["median_ms"] > 0 and result["floor_streamed"]["median_ms"] > 0
     assert record["table"][0]["users_per_s"] > 0
     assert record["machine"]["cores"] >= 1
+
+
+def test_topn_speed_of_the_exact_als_fold_in_adapts_in_numpy_as_jaxrec_does(tmp_path):
+    """``--loss als_exact``: NumPy's batched closed-form fold-in gives jaxrec's Newton-step user vectors, and the same
+    lists."""
+    record = load_bench().main([*TINY, "--embed", "8", "--loss", "als_exact", "--confidence", "3", "--out", "-"])
+    (result,) = record["results"]
+    assert "exact ALS" in record["workload"]["loss"]
+    assert "numpy_full" not in load_bench().main([*TINY, "--out", "-"])["results"][0]  # the softmax: no closed form
+    full = result["numpy_full"]
+    assert full["user_vectors_max_abs_diff"] < 1e-4 and full["overlap_with_jaxrec_mean"] == 1.0
+    assert record["table"][0]["numpy_full_ms"] > 0

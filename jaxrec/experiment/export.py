@@ -40,7 +40,7 @@ from jaxrec.experiment.recommend import checked_support, chosen_recency, fixed_i
 from jaxrec.experiment.run import RunError
 from jaxrec.models import TwoTower
 
-__all__ = ["FORMAT", "export_arrays", "fold_in", "load_export", "save_export", "top_k"]
+__all__ = ["FORMAT", "export_arrays", "fold_in", "fold_in_users", "load_export", "save_export", "top_k"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,19 +160,38 @@ def fold_in(arrays: dict[str, np.ndarray], items: np.ndarray, weights: np.ndarra
         (:func:`~jaxrec.experiment.recommend.checked_support`): no item, a position outside the catalogue, an item
         given twice, a weight that is not a finite number > 0.
     """
-    vectors = arrays["item_vectors"]
     weights = np.ones(np.shape(items)) if weights is None else weights
-    items, w = checked_support(items, weights, len(vectors), weights=True)  # recommend's refusals, by entry
-    w = w.astype(np.float64)
+    items, w = checked_support(items, weights, len(arrays["item_vectors"]), weights=True)  # recommend's refusals
+    return fold_in_users(arrays, items[None, :], w[None, :], np.ones((1, len(items)), bool))[0]
+
+
+def fold_in_users(
+    arrays: dict[str, np.ndarray], items: np.ndarray, weights: np.ndarray, mask: np.ndarray
+) -> np.ndarray:
+    """:func:`fold_in` of a batch of users at once, unchecked: every user's ``d x d`` system solved together.
+
+    Args:
+      arrays: :func:`export_arrays` (or :func:`load_export`).
+      items: ``[U, S]`` positions, each user's first ``n_u`` entries real (the oldest first), the rest padding.
+      weights: ``[U, S]`` their weights (before the recency weighting; padding's are not read).
+      mask: ``[U, S]`` bool, the real entries.
+
+    Returns:
+      ``[U, d + 1]`` user vectors ``[p, 1]``.
+    """
+    mask = np.asarray(mask, bool)
+    w = np.where(mask, np.asarray(weights, np.float64), 0.0)
     strength = float(arrays["recency"])
     if strength:
-        w = w * recency_weights(np.ones((1, len(items)), bool), strength, int(arrays["shots"]))[0]
-    gram = arrays["gram"]
+        w = w * recency_weights(mask, strength, int(arrays["shots"]))
+    vectors, gram = arrays["item_vectors"], arrays["gram"]
     c, ridge, mean = float(arrays["confidence"]), arrays["ridge"], arrays["prior_mean"]
-    q, b = vectors[items, :-1], vectors[items, -1]
-    lhs = gram[:-1, :-1] + c * (q.T * w) @ q + np.diag(ridge)
-    rhs = q.T @ (1.0 + c * w) - gram[:-1, -1] - c * q.T @ (w * b) + ridge * mean
-    return np.append(np.linalg.solve(lhs, rhs), 1.0)
+    picked = vectors[np.where(mask, items, 0)]  # [U, S, d + 1]
+    q, b = picked[..., :-1], picked[..., -1]
+    lhs = gram[:-1, :-1] + c * np.einsum("us,usd,use->ude", w, q, q) + np.diag(ridge)
+    rhs = np.einsum("us,usd->ud", mask * (1.0 + c * w) - c * w * b, q) - gram[:-1, -1] + ridge * mean
+    users = np.linalg.solve(lhs, rhs[..., None])[..., 0]
+    return np.concatenate([users, np.ones((len(users), 1), users.dtype)], axis=1)
 
 
 def top_k(arrays: dict[str, np.ndarray], items: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
