@@ -11,7 +11,7 @@
 # 3. runs the cost study (benchmarks/sweep.py --grid study), the top-N speed benchmark (benchmarks/topn_speed.py) and the serving load benchmark (benchmarks/serve.py: latency at 1, 8, 64 clients beside the bare compiled call);
 # 4. runs the GPU-relevant tests (precision in real bf16, the meta-gradient, core and service suites).
 # Everything is written under $OUT (default ./accelerator_out): devices.json, tests.log, tests.xml,
-# meta_step.jsonl, scaling.json, topn_speed.json, serve.json, summary.json. Each stage has its own timeout; a failed stage does not stop the rest.
+# meta_step.jsonl, scaling.json, topn_speed_V*.json, serve.json, summary.json. Each stage has its own timeout; a failed stage does not stop the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/accelerator_out}"
@@ -74,7 +74,11 @@ stage cost_study 150 $PY benchmarks/sweep.py --grid study --rounds 3 --steps 5 -
 cp benchmarks/results/cost_study_gpu* "$OUT/" 2> /dev/null
 
 # new users' adapt + full-catalogue top-100 at V = 1e4, 1e5, 1e6 items beside NumPy and the matmul floor (issue 17)
-stage topn_speed 120 $PY benchmarks/topn_speed.py --rounds 3 --out "$OUT/topn_speed.json" > "$OUT/topn_speed.log" 2>&1
+# (one stage a size: the benchmark writes its JSON when it ends, so a size cut short loses only its own figures)
+for V in 10000 100000 1000000; do
+  stage "topn_speed_V$V" 60 $PY benchmarks/topn_speed.py --sizes "$V" --rounds 3 --out "$OUT/topn_speed_V$V.json" \
+    >> "$OUT/topn_speed.log" 2>&1
+done
 
 # the serving path: the load benchmark against the bare compiled call (it trains a 1-epoch default model first), and
 # the service's tests (a real process over HTTP); the carried wheels must include fastapi, uvicorn and their deps

@@ -106,6 +106,22 @@ def test_export_writes_arrays_whose_lists_are_recommends(run, tmp_path, monkeypa
         np.testing.assert_array_equal(export.top_k(arrays, codes, 10, weights), expected)
 
 
+def test_the_documented_recency_weights_are_the_fold_ins(run):
+    """The module docstring's formula, written out here: the item at age ``a`` (0 the newest) weighs
+    ``exp(-tau a / (shots - 1))``, scaled so that ``shots`` items weigh ``shots``; every item given is used."""
+    arrays = export.export_arrays(perturbed(load_trained(run)), model_alone=True)
+    tau, shots = float(arrays["recency"]), int(arrays["shots"])
+    assert tau == 2.0 and shots == 3
+    scale = shots / np.exp(-tau * np.arange(shots) / (shots - 1)).sum()
+    plain = dict(arrays, recency=np.asarray(0.0))
+    for codes, weights in random_users(len(arrays["item_ids"]), seed=11):
+        age = np.arange(len(codes))[::-1]
+        by_hand = weights * scale * np.exp(-tau * age / (shots - 1))
+        np.testing.assert_allclose(
+            export.fold_in(arrays, codes, weights), export.fold_in(plain, codes, by_hand), rtol=1e-6, atol=1e-9
+        )
+
+
 def test_export_refuses_what_the_arrays_cannot_carry(run, tmp_path, capsys):
     assert cli.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "x.npz")]) == 1
     assert "ranks by the hybrid maml+itemknn" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
@@ -117,10 +133,82 @@ def test_export_refuses_what_the_arrays_cannot_carry(run, tmp_path, capsys):
         with pytest.raises(RunError, match=message):
             export.export_arrays(dataclasses.replace(trained, config=trained.config.override(**fields)), True)
     arrays = export.export_arrays(trained, model_alone=True)
-    refused = [([], None, "an empty support"), ([3, 3], None, "given 2 times"), ([1, 99], None, "not an item code")]
+    refused = [([], None, "no items"), ([3, 3], None, "given 2 times"), ([1, 99], None, "not a position in item_ids")]
     for items, weights, message in [*refused, ([1, 2], [1.0, 0.0], "must be > 0")]:
         with pytest.raises(ValueError, match=message):
             export.fold_in(arrays, np.asarray(items, np.int64), weights)
-    (tmp_path / "bad.npz").write_bytes(b"not an archive")
-    with pytest.raises(RunError, match="bad.npz: not a jaxrec export"):
-        export.load_export(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match=r"integer positions in item_ids.*enumerate\(arrays\['item_ids'\]\)"):
+        export.fold_in(arrays, np.asarray(["song-01"]))
+    with pytest.raises(ValueError, match="item song-0. \\(position 3\\) is given 2 times"):
+        export.fold_in(arrays, np.asarray([3, 3]))
+    unweighted = dict(arrays, weighted=np.asarray(False))
+    with pytest.raises(ValueError, match="trained on a log without weights"):
+        export.fold_in(unweighted, np.asarray([1, 2]), [2.0, 1.0])
+    assert np.array_equal(export.fold_in(unweighted, np.asarray([1, 2])), export.fold_in(arrays, np.asarray([1, 2])))
+    listed = export.top_k(arrays, np.asarray([1, 2]), 5)
+    assert not {1, 2} & set(listed)
+    assert not set(listed[:2]) & set(export.top_k(arrays, np.asarray([1, 2]), 5, exclude=listed[:2]))
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must be an integer >= 1"):
+            export.top_k(arrays, np.asarray([1, 2]), k)
+
+
+def test_a_file_that_is_not_an_export_is_named_with_what_is_wrong(run, tmp_path, capsys):
+    arrays = export.export_arrays(load_trained(run), model_alone=True)
+    good = export.save_export(arrays, tmp_path / "good.npz")
+    data = good.read_bytes()
+    cases = {
+        "garbage": (b"hello world" * 10, "not a jaxrec export \\(the .npz archive"),
+        "empty": (b"", "not a jaxrec export|damaged"),
+        "cut": (data[: len(data) // 2], "a damaged archive"),
+    }
+    for name, (content, message) in cases.items():
+        (tmp_path / f"{name}.npz").write_bytes(content)
+        with pytest.raises(RunError, match=f"{name}.npz: .*({message})"):
+            export.load_export(tmp_path / f"{name}.npz")
+    changed = {
+        "format": (dict(arrays, format=np.asarray(2)), "of format 2; this jaxrec reads format 1"),
+        "missing": ({k: v for k, v in arrays.items() if k != "recency"}, "not a jaxrec export: no recency"),
+        "shape": (
+            dict(arrays, item_vectors=arrays["item_vectors"][:, :5]),
+            "gram has shape \\(9, 9\\), not \\(5, 5\\)",
+        ),
+    }
+    for name, (content, message) in changed.items():
+        np.savez(tmp_path / f"{name}.npz", **content)
+        with pytest.raises(RunError, match=f"{name}.npz: .*{message}"):
+            export.load_export(tmp_path / f"{name}.npz")
+    # the command names the place it cannot write to or read from
+    (tmp_path / "afile").write_text("x")
+    assert (
+        cli.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "afile" / "x.npz"), "--model-alone"]) == 1
+    )
+    assert "afile is a file, not a folder" in capsys.readouterr().err
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "afile"), "--out", str(tmp_path / "y.npz")]) == 1
+    assert "afile: a file, not a run folder" in capsys.readouterr().err
+
+
+def test_a_run_with_new_items_exports_its_mixed_gram_and_ranks_as_recommend(tmp_path, monkeypatch):
+    """Item-id dropout (``--new-item-frac``): the fold-in's Gram matrix mixes each item's vector with and without its
+    id, and counts only the trained items: the exported ``gram`` is that one, not ``item_vectors^T item_vectors``."""
+    monkeypatch.setattr(cli, "_echo", lambda *parts, err=False: None)
+    data = write_plays(tmp_path / "plays.tsv")
+    (tmp_path / "items.csv").write_text("item,genre\n" + "".join(f"song-{i:02d},g{i % 4}\n" for i in range(60)))
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--columns", "user,item,weight,timestamp", "--method", "twotower-als",
+            "--model-kwargs", '{"embed": 8}', "--shots", "3", "--epochs", "1", "--topn-baselines", "popular",
+            "--new-item-frac", "0.2", "--item-features", str(tmp_path / "items.csv"), "--bootstrap", "20",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    trained = load_trained(out)
+    arrays = export.export_arrays(trained)
+    vectors = arrays["item_vectors"]
+    assert np.abs(vectors.T @ vectors - arrays["gram"]).max() > 0.01 * np.abs(arrays["gram"]).max()
+    recommender = TopNRecommender(trained, trained.params)
+    for codes, weights in random_users(len(arrays["item_ids"]), seed=13):
+        expected = recommender.model_scores(codes, weights)
+        got = vectors @ export.fold_in(arrays, codes, weights)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    pooled = dataclasses.replace(trained, model=trained.model.clone(pool_history=True))
+    with pytest.raises(RunError, match="pools the support's history items"):
+        export.export_arrays(pooled)

@@ -128,7 +128,8 @@ class CheckpointStore:
         ocp = _ocp()
         self.folder = Path(folder).expanduser().absolute()
         if not create and not self.folder.is_dir():
-            raise CheckpointError(f"{self.folder}: no such checkpoint folder")
+            what = "a file, not a run folder" if self.folder.exists() else "no such checkpoint folder"
+            raise CheckpointError(f"{self.folder}: {what}")
         self.max_to_keep = max_to_keep
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None,  # kept by _prune: the newest ones and the steps a save names

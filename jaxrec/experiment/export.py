@@ -9,23 +9,41 @@ minimiser of
 
     J(p) = p~^T G p~ + sum_r [(1 + c w_r) (1 - s_r)^2 - s_r^2] + (p - m)^T Lambda (p - m)
 
-over the user's items ``r`` (weights ``w_r``), ``G = sum_i q~_i q~_i^T`` over the catalogue, the prior mean ``m`` and
-the ridge ``Lambda = diag(1 / (2 alpha))`` meta-learned. Setting its gradient to zero:
+over the user's items ``r`` (weights ``w_r``), ``G = sum_i q~_i q~_i^T`` over the trained catalogue (every item a
+non-interaction of confidence 1), the prior mean ``m`` and the ridge ``Lambda = diag(1 / (2 alpha))`` meta-learned.
+Setting its gradient to zero:
 
     (G_qq + c sum_r w_r q_r q_r^T + Lambda) p = sum_r (1 + c w_r) q_r - g - c sum_r w_r b_r q_r + Lambda m
 
-(``G_qq`` the ``d x d`` block of ``G``, ``g`` its bias column). That is what the Newton inner step
-(:mod:`jaxrec.core.newton`) computes inside jaxrec; :func:`fold_in` is the same solve in NumPy, and the tests check
-that its lists are ``jaxrec recommend``'s.
+(``G_qq`` the ``d x d`` block of ``G``, ``g`` its bias column). Use the exported ``gram``: it is summed over the items
+the run trained on (not every row of ``item_vectors``), and a run with new items (item-id dropout) mixes each item's
+vector with and without its id, so recomputing it from ``item_vectors`` gives another fold-in. That is what the
+Newton inner step (:mod:`jaxrec.core.newton`) computes inside jaxrec; :func:`fold_in` is the same solve in NumPy,
+and the tests check that its lists are ``jaxrec recommend``'s.
 
-A run that chose a recency weighting of the support multiplies each item's weight by
-:func:`~jaxrec.evaluation.topn.recency_weights` of its place in the user's order (the oldest first).
+The weights ``w_r``, as ``jaxrec recommend`` forms them:
+
+* **given**: a run trained on a log with a weight column (``weighted``: plays, counts) takes each item's weight as
+  given; any other run counts each item once (``w_r = 1``; :func:`fold_in` refuses other weights for it).
+* **recency** (``recency = tau > 0``, chosen on the validation users): the weight of the item at age ``a`` in the
+  user's order (``a = 0`` for the newest, the last given) is multiplied by ``exp(-tau a / D) * shots / sum_{j <
+  shots} exp(-tau j / D)``, ``D = max(shots - 1, 1)``, so that a support of ``shots`` items (the support size the
+  strength was chosen for) weighs ``shots`` in all. ``shots`` sets the scale only: every item given is used
+  (:func:`~jaxrec.evaluation.topn.recency_weights` with ``span = shots``).
+* **repeats**: ``recommend`` merges an item given twice into its first place (a weighted run sums the weights); the
+  functions here take each item once.
+
+A run of a rated log with a positive threshold (``positive_threshold``, e.g. MovieLens's 4) counts only ratings at
+or above it as interactions: ``recommend`` leaves a user's lower ratings out of the fold-in and out of the list, and
+so does :func:`top_k` given them as ``exclude``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +55,7 @@ from jaxrec.core.newton import NewtonStep
 from jaxrec.core.params import path_names
 from jaxrec.evaluation.topn import recency_weights
 from jaxrec.experiment.recommend import checked_support, chosen_recency, fixed_item_side
-from jaxrec.experiment.run import RunError
+from jaxrec.experiment.run import RunError, os_reason
 from jaxrec.models import TwoTower
 
 __all__ = ["FORMAT", "export_arrays", "fold_in", "fold_in_users", "load_export", "save_export", "top_k"]
@@ -58,8 +76,10 @@ def export_arrays(trained: Any, model_alone: bool = False) -> dict[str, np.ndarr
 
     Returns:
       ``{"format", "item_ids" [V] (str), "item_vectors" [V, d + 1] (q_i, b_i), "gram" [d + 1, d + 1],
-      "prior_mean" [d], "ridge" [d], "confidence", "recency", "shots"}``, float64 where the model's arithmetic is
-      float32 (the solve is well within it).
+      "prior_mean" [d], "ridge" [d] (Lambda's diagonal), "confidence" (c), "recency" (tau), "shots", "weighted",
+      "positive_threshold" (NaN: none)}``,
+      float64 where the model's arithmetic is float32 (the solve is well within it); row ``j`` of ``item_vectors``
+      is the item ``item_ids[j]``.
 
     Raises:
       RunError: if the run is not one the closed form describes: not top-N, not a two-tower model, not the exact
@@ -67,14 +87,22 @@ def export_arrays(trained: Any, model_alone: bool = False) -> dict[str, np.ndarr
         or (without ``model_alone``) ranking by a hybrid.
     """
     config = trained.config
-    what = f"this run ({config.model.name}, ranking loss {config.topn.ranking_loss})"
     if config.data.feedback != "implicit":
-        raise RunError(f"{what} predicts ratings; the export is of a top-N run (--feedback implicit)")
-    model = trained.model
-    if not isinstance(model, TwoTower) or model.pool_history:
         raise RunError(
-            f"{what}: the export is the fold-in of a two-tower model whose user vector is adapted alone "
-            "(--method twotower-als); a model with other user-side inputs has no closed form to export"
+            f"this run ({config.model.name}) predicts ratings; the export is of a top-N run (--feedback implicit, "
+            "--method twotower-als)"
+        )
+    what = f"this run ({config.model.name}, ranking loss {config.topn.ranking_loss})"
+    model = trained.model
+    if not isinstance(model, TwoTower):
+        raise RunError(
+            f"{what}: the export is the fold-in of a two-tower model's user vector (--method twotower-als); another "
+            "model has no item side of its own to export"
+        )
+    if model.pool_history:
+        raise RunError(
+            f"{what} pools the support's history items into the user vector (pool_history): the fold-in is then not "
+            "the export's linear solve"
         )
     inner = trained.inner
     solver = inner.solver
@@ -104,6 +132,7 @@ def export_arrays(trained: Any, model_alone: bool = False) -> dict[str, np.ndarr
     rate = rate_leaves[adapted[0]] if len(rate_leaves) == len(leaves) else rate_leaves[0]
     alpha = np.broadcast_to(np.asarray(rate, np.float64), prior.shape)
     ridge = 1.0 / (2.0 * np.maximum(alpha, 1e-8))  # the Newton step's floor on a rate (jaxrec.core.newton)
+    threshold = config.data.positive_threshold
     return {
         "format": np.asarray(FORMAT),
         "item_ids": np.asarray([str(i) for i in trained.item_ids]),
@@ -114,34 +143,81 @@ def export_arrays(trained: Any, model_alone: bool = False) -> dict[str, np.ndarr
         "confidence": np.asarray(float(config.topn.als_confidence)),
         "recency": np.asarray(float(chosen_recency(trained))),
         "shots": np.asarray(int(config.topn.shots)),
+        "weighted": np.asarray(bool(trained.weighted)),
+        "positive_threshold": np.asarray(np.nan if threshold is None else float(threshold)),
     }
 
 
 def save_export(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     """Write :func:`export_arrays` to a ``.npz`` file (compressed); returns its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
+    for folder in reversed(path.parents):
+        if folder.exists() and not folder.is_dir():
+            raise RunError(f"--out {path}: {folder} is a file, not a folder")
+    tmp = path.with_name(path.name + ".tmp")
+    try:  # a temporary file moved into place: an interrupted export leaves no partial file at ``path``
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise RunError(f"{os_reason(e)} while writing {path}") from None
     logger.info("exported %d items x %d to %s", *arrays["item_vectors"].shape, path)
     return path
 
 
 def load_export(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a file of :func:`save_export`.
+    """Read a file of :func:`save_export`, its arrays checked against each other.
 
     Raises:
-      RunError: if it is not such a file, or of another format version.
+      RunError: if it is not such a file (not an ``.npz`` archive, damaged, of another format version, an array
+        missing or of the wrong shape), naming the file and what is wrong.
     """
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise RunError(f"{path}: not a jaxrec export (.npz): {e}") from None
-    missing = {"format", "item_ids", "item_vectors", "gram", "prior_mean", "ridge"} - set(arrays)
-    if missing or int(arrays["format"]) != FORMAT:
-        raise RunError(f"{path}: not a jaxrec export of format {FORMAT} (missing {sorted(missing)})")
+    except OSError as e:
+        raise RunError(f"{path}: cannot read it: {os_reason(e)}") from None
+    except ValueError:  # numpy's reading of a file that is no archive (it would suggest unpickling it: never)
+        raise RunError(f"{path}: not a jaxrec export (the .npz archive jaxrec export writes)") from None
+    except (EOFError, zipfile.BadZipFile) as e:  # cut short or damaged
+        raise RunError(f"{path}: a damaged archive, not a readable jaxrec export: {e or type(e).__name__}") from None
+    version = arrays.get("format")
+    if version is not None and (version.shape or not np.issubdtype(version.dtype, np.integer) or version != FORMAT):
+        raise RunError(f"{path}: a jaxrec export of format {version}; this jaxrec reads format {FORMAT}")
+    missing = sorted(set(_SHAPES) - set(arrays))
+    if missing:
+        raise RunError(f"{path}: not a jaxrec export: no {', '.join(missing)}")
+    vectors = arrays["item_vectors"]
+    width = vectors.shape[-1] - 1 if vectors.ndim == 2 else -1
+    sizes = {"V": len(arrays["item_ids"]), "d": width, "d + 1": width + 1}
+    for key, shape in _SHAPES.items():
+        expected = tuple(sizes[n] for n in shape)
+        if arrays[key].shape != expected:
+            raise RunError(
+                f"{path}: {key} has shape {arrays[key].shape}, not {expected} ({', '.join(shape) or 'a scalar'})"
+            )
     return arrays
+
+
+#: the arrays of an export and their shapes (``V`` items, vectors of ``d + 1``)
+_SHAPES = {
+    "format": (),
+    "item_ids": ("V",),
+    "item_vectors": ("V", "d + 1"),
+    "gram": ("d + 1", "d + 1"),
+    "prior_mean": ("d",),
+    "ridge": ("d",),
+    "confidence": (),
+    "recency": (),
+    "shots": (),
+    "weighted": (),
+    "positive_threshold": (),
+}
 
 
 def fold_in(arrays: dict[str, np.ndarray], items: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -156,13 +232,38 @@ def fold_in(arrays: dict[str, np.ndarray], items: np.ndarray, weights: np.ndarra
       ``[d + 1]``: the item scores are ``arrays["item_vectors"] @ p~``.
 
     Raises:
-      ValueError: naming the first unusable entry, as ``recommend`` refuses it
-        (:func:`~jaxrec.experiment.recommend.checked_support`): no item, a position outside the catalogue, an item
-        given twice, a weight that is not a finite number > 0.
+      ValueError: naming the first unusable entry: no item, items that are not integer positions, a position
+        outside the catalogue, an item given twice, a weight that is not a finite number > 0, or weights other
+        than 1 for a run trained without them.
     """
-    weights = np.ones(np.shape(items)) if weights is None else weights
-    items, w = checked_support(items, weights, len(arrays["item_vectors"]), weights=True)  # recommend's refusals
-    return fold_in_users(arrays, items[None, :], w[None, :], np.ones((1, len(items)), bool))[0]
+    codes = np.asarray(items)
+    if codes.ndim != 1 or (codes.size and not np.issubdtype(codes.dtype, np.integer)):
+        raise ValueError(
+            f"items must be a flat list of integer positions in item_ids, got {codes.dtype} of shape {codes.shape} "
+            "(map raw ids with {item: j for j, item in enumerate(arrays['item_ids'])})"
+        )
+    if weights is not None and not bool(arrays["weighted"]) and np.any(np.asarray(weights) != 1):
+        raise ValueError(
+            "this run was trained on a log without weights: each item counts once (weights=None), as recommend "
+            "counts it"
+        )
+    n = len(arrays["item_vectors"])
+    if codes.size == 0:
+        raise ValueError("no items: a new user needs at least one item to fold in")
+    outside = np.flatnonzero((codes < 0) | (codes >= n))
+    if outside.size:
+        j = int(outside[0])
+        raise ValueError(f"items[{j}] = {int(codes[j])} is not a position in item_ids (0 to {n - 1})")
+    distinct, counts = np.unique(codes, return_counts=True)
+    if np.any(counts > 1):
+        first = int(np.argmax(counts > 1))
+        j = int(distinct[first])
+        raise ValueError(
+            f"item {arrays['item_ids'][j]} (position {j}) is given {int(counts[first])} times: give each item once"
+        )
+    weights = np.ones(codes.shape) if weights is None else weights
+    codes, w = checked_support(codes, weights, n, weights=True)  # the weights' checks, as recommend's
+    return fold_in_users(arrays, codes[None, :], w[None, :], np.ones((1, len(codes)), bool))[0]
 
 
 def fold_in_users(
@@ -194,10 +295,16 @@ def fold_in_users(
     return np.concatenate([users, np.ones((len(users), 1), users.dtype)], axis=1)
 
 
-def top_k(arrays: dict[str, np.ndarray], items: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
-    """The ``k`` best items for a new user (positions in ``item_ids``, best first), their own items left out and
-    ties broken by the lower position, as ``jaxrec recommend`` ranks them."""
+def top_k(
+    arrays: dict[str, np.ndarray], items: np.ndarray, k: int, weights: np.ndarray | None = None, exclude=()
+) -> np.ndarray:
+    """The ``k`` best items for a new user (positions in ``item_ids``, best first), their own items and ``exclude``
+    (positions: items seen but not interactions, out of stock, ...) left out and ties broken by the lower position,
+    as ``jaxrec recommend`` ranks them."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
     scores = arrays["item_vectors"] @ fold_in(arrays, items, weights)
     scores[np.asarray(items, np.int64)] = -np.inf
+    scores[np.asarray(exclude, np.int64)] = -np.inf
     order = np.lexsort((np.arange(len(scores)), -scores))
     return order[: min(k, int(np.isfinite(scores).sum()))]
