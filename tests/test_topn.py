@@ -557,10 +557,12 @@ def test_warm_tasks_adapt_on_the_latest_training_interactions_and_predict_the_he
 
 
 def exact_setup(pool=True):
-    """A small two-tower model with an item feature and a pooled history, every item of its catalogue, and one
-    task's rows (the last two padded)."""
+    """A small two-tower model with a user feature, an item feature and (``pool``) a pooled history, every item of
+    its catalogue, and one task's rows (the last two padded)."""
     n_items = 9  # codes 1..8 are items, 0 the unknown slot
-    spec = FeatureSpec({"user": 4, "item": n_items, "item_year": 3}, target="label", history=3 if pool else 0)
+    spec = FeatureSpec(
+        {"user": 4, "user_region": 3, "item": n_items, "item_year": 3}, target="label", history=3 if pool else 0
+    )
     model = models.create("twotower", spec, embed=3, hidden=(4,), pool_history=pool)
     # Flax makes float32 parameters; in a float64 test they are cast up, and moved off the zero start
     params = jax.tree.map(
@@ -572,6 +574,7 @@ def exact_setup(pool=True):
     items = np.array([2, 5, 7, 1, 0, 0])
     rows = {
         "user": np.full(6, 1),
+        "user_region": np.array([2, 2, 2, 2, 0, 0]),  # a padded row's inputs are zeroed
         "item": items,
         "item_year": items % 3,
         "label": np.ones(6, np.float32),
@@ -589,7 +592,7 @@ def exact_setup(pool=True):
 def dense_als_objective(model, params, catalogue, rows, mask, confidence=10.0):
     """The implicit-ALS objective scored item by item: every catalogue item at target 0 with confidence 1, each
     real row at target 1 with confidence 1 + c w, divided by the number of real rows."""
-    user = {k: v[:1] for k, v in rows.items() if k == "user" or k.startswith("history")}
+    user = {k: v[:1] for k, v in rows.items() if k.startswith(("user", "history"))}
     every = {**{k: jnp.broadcast_to(v, (len(catalogue["item"]),) + v.shape[1:]) for k, v in user.items()}}
     every.update({k: jnp.asarray(v) for k, v in catalogue.items()})
     catalogue_term = jnp.sum(model.apply(params, every) ** 2)
@@ -600,10 +603,11 @@ def dense_als_objective(model, params, catalogue, rows, mask, confidence=10.0):
 
 
 @pytest.mark.usefixtures("float64")
-def test_exact_als_loss_equals_the_objective_over_every_item_and_ignores_padding():
+@pytest.mark.parametrize("pool", [True, False], ids=["per-row-user", "shared-user"])
+def test_exact_als_loss_equals_the_objective_over_every_item_and_ignores_padding(pool):
     from jaxrec.experiment.protocol import exact_als_loss
 
-    model, params, catalogue, rows, mask = exact_setup()
+    model, params, catalogue, rows, mask = exact_setup(pool)
     loss = exact_als_loss(model, catalogue)
     np.testing.assert_allclose(
         float(loss(params, rows, mask)), float(dense_als_objective(model, params, catalogue, rows, mask)), rtol=1e-12
@@ -613,6 +617,11 @@ def test_exact_als_loss_equals_the_objective_over_every_item_and_ignores_padding
     np.testing.assert_allclose(grad, want, rtol=1e-10, atol=1e-12)
     noisy = dict(rows, item=jnp.where(mask, rows["item"], 8), weight=jnp.where(mask, rows["weight"], 1e6))
     np.testing.assert_allclose(ravel_pytree(jax.grad(loss)(params, noisy, mask))[0], grad, rtol=1e-12, atol=1e-14)
+    # the padding first: the user vector is read from a real row, never from a padded row's zeroed inputs
+    flipped = {k: v[::-1] for k, v in rows.items()}
+    np.testing.assert_allclose(float(loss(params, flipped, mask[::-1])), float(loss(params, rows, mask)), rtol=1e-12)
+    regionless = dict(rows, user_region=jnp.zeros_like(rows["user_region"]))
+    assert abs(float(loss(params, regionless, mask)) - float(loss(params, rows, mask))) > 1e-3  # the feature counts
 
 
 @pytest.mark.usefixtures("float64")
@@ -634,11 +643,12 @@ def test_exact_als_loss_under_id_dropout_counts_every_item_with_and_without_its_
 
 
 @pytest.mark.usefixtures("float64")
-def test_one_newton_step_on_the_exact_als_loss_is_the_fold_in_over_the_whole_catalogue():
+@pytest.mark.parametrize("pool", [True, False], ids=["per-row-user", "shared-user"])
+def test_one_newton_step_on_the_exact_als_loss_is_the_fold_in_over_the_whole_catalogue(pool):
     """The adapted user vector minimises the dense objective plus the prior: its gradient vanishes there."""
     from jaxrec.experiment.protocol import exact_als_loss
 
-    model, params, catalogue, rows, mask = exact_setup()
+    model, params, catalogue, rows, mask = exact_setup(pool)
     inner = InnerLoop(
         exact_als_loss(model, catalogue), steps=1, solver=newton(), adapt_filter=model.default_adapt_filter
     )
@@ -658,10 +668,11 @@ def test_one_newton_step_on_the_exact_als_loss_is_the_fold_in_over_the_whole_cat
 
 
 @pytest.mark.usefixtures("float64")
-def test_meta_gradient_of_the_exact_als_fold_in_with_a_softmax_query_loss_matches_finite_differences():
+@pytest.mark.parametrize("pool", [True, False], ids=["per-row-user", "shared-user"])
+def test_meta_gradient_of_the_exact_als_fold_in_with_a_softmax_query_loss_matches_finite_differences(pool):
     from jaxrec.experiment.protocol import exact_als_loss
 
-    model, params, catalogue, rows, mask = exact_setup()
+    model, params, catalogue, rows, mask = exact_setup(pool)
     batch = jaxrec.TaskBatch(
         support={k: jnp.stack([v, v]) for k, v in rows.items()},
         query={
@@ -692,7 +703,7 @@ def test_meta_gradient_of_the_exact_als_fold_in_with_a_softmax_query_loss_matche
 def dense_logistic_objective(model, params, catalogue, rows, mask, confidence=10.0):
     """The weighted log-loss scored item by item: every catalogue item a label-0 example of weight 1, each real row
     a label-1 example of weight 1 + c w (and not a label-0 one), divided by the number of real rows."""
-    user = {k: v[:1] for k, v in rows.items() if k == "user" or k.startswith("history")}
+    user = {k: v[:1] for k, v in rows.items() if k.startswith(("user", "history"))}
     every = {**{k: jnp.broadcast_to(v, (len(catalogue["item"]),) + v.shape[1:]) for k, v in user.items()}}
     every.update({k: jnp.asarray(v) for k, v in catalogue.items()})
     catalogue_term = jnp.sum(-jnp.log(1.0 - jax.nn.sigmoid(model.apply(params, every))))
@@ -715,6 +726,11 @@ def test_exact_logistic_loss_equals_the_weighted_log_loss_over_every_item():
     np.testing.assert_allclose(grad, ravel_pytree(dense_grad)[0], rtol=1e-10, atol=1e-12)
     noisy = dict(rows, item=jnp.where(mask, rows["item"], 8), weight=jnp.where(mask, rows["weight"], 1e6))
     np.testing.assert_allclose(ravel_pytree(jax.grad(loss)(params, noisy, mask))[0], grad, rtol=1e-12, atol=1e-14)
+    # the padding first: the user vector is read from a real row, never from a padded row's zeroed inputs
+    flipped = {k: v[::-1] for k, v in rows.items()}
+    np.testing.assert_allclose(float(loss(params, flipped, mask[::-1])), float(loss(params, rows, mask)), rtol=1e-12)
+    regionless = dict(rows, user_region=jnp.zeros_like(rows["user_region"]))
+    assert abs(float(loss(params, regionless, mask)) - float(loss(params, rows, mask))) > 1e-3  # the feature counts
     # padding first, with another user in its rows: the user is the real rows' one; no real row, no loss
     order = jnp.array([4, 5, 0, 1, 2, 3])
     other = jnp.where(mask[:, None], rows["history_item"], jnp.array([7, 1, 0]))  # another user's history

@@ -165,6 +165,7 @@ def catalogue_als_loss(
     user_fn: ApplyFn,
     gram_fn: Callable[[Any], jax.Array],
     confidence: float = 10.0,
+    shared_user: bool = False,
 ) -> LossFn:
     """The implicit-ALS objective with its catalogue term exact, for a model scored by a dot product.
 
@@ -187,6 +188,10 @@ def catalogue_als_loss(
         a task).
       gram_fn: ``gram_fn(params) -> [d, d]``, the Gram matrix of every catalogue item's vector.
       confidence: the extra confidence ``c`` of an interaction (times its weight).
+      shared_user: every real row of a task has the same user vector (the user tower reads no per-row input, such
+        as a history that leaves the row's own item out): ``p~^T G p~`` is then formed once, from the first real
+        row, rather than for every row and averaged. The same loss at a fraction of the work: a Newton step forms
+        its Hessian from one ``(d + 1) x (d + 1)`` quadratic form per tangent, not one per row.
 
     Returns:
       ``loss_fn(params, rows, mask) -> scalar`` for one task's rows.
@@ -195,11 +200,15 @@ def catalogue_als_loss(
     def loss_fn(params, rows, mask):
         mask = mask.astype(bool)
         positive = jnp.where(mask, apply_fn(params, rows), 0.0)
-        users = jnp.where(mask[:, None], user_fn(params, rows), 0.0)
         gram = gram_fn(params)
         n_pos = jnp.maximum(jnp.sum(mask), 1).astype(positive.dtype)
-        # every row of a task carries the same user vector: the mean over real rows is that user's p~^T G p~
-        catalogue = jnp.sum((users @ gram) * users) / n_pos
+        if shared_user:
+            first = jnp.argmax(mask)  # a padded row's inputs are zeroed: its user vector is not the user's
+            user = user_fn(params, jax.tree.map(lambda x: x[first][None], rows))[0]
+            catalogue = jnp.where(jnp.any(mask), user @ gram @ user, 0.0)
+        else:  # each row's own user vector: the mean over real rows of p~_r^T G p~_r
+            users = jnp.where(mask[:, None], user_fn(params, rows), 0.0)
+            catalogue = jnp.sum((users @ gram) * users) / n_pos
         hits = _relabelled(positive, rows, mask, confidence, lambda s: jnp.square(1.0 - s), jnp.square)
         return (catalogue + hits) / n_pos
 

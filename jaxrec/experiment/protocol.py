@@ -282,7 +282,9 @@ def exact_als_loss_of_gram(model: Any, gram_fn: Any, confidence: float = 10.0) -
     def user_fn(params, rows):
         return model.apply(params, rows, method=model.user_vectors)
 
-    return catalogue_als_loss(model.apply, user_fn, gram_fn, confidence=confidence)
+    # a pooled history differs from row to row (a support row's own item left out); nothing else of the user tower
+    shared = not getattr(model, "pool_history", False)
+    return catalogue_als_loss(model.apply, user_fn, gram_fn, confidence=confidence, shared_user=shared)
 
 
 def exact_als_gram(model: Any, catalogue: Any, unknown: float = 0.0) -> Any:
