@@ -40,7 +40,6 @@ so does :func:`top_k` given them as ``exclude``.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import zipfile
@@ -55,7 +54,7 @@ from jaxrec.core.newton import NewtonStep
 from jaxrec.core.params import path_names
 from jaxrec.evaluation.topn import recency_weights
 from jaxrec.experiment.recommend import checked_support, chosen_recency, fixed_item_side
-from jaxrec.experiment.run import RunError, os_reason
+from jaxrec.experiment.run import RunError, atomic_write, os_reason
 from jaxrec.models import TwoTower
 
 __all__ = ["FORMAT", "export_arrays", "fold_in", "fold_in_users", "load_export", "save_export", "top_k"]
@@ -154,18 +153,12 @@ def save_export(arrays: dict[str, np.ndarray], path: str | os.PathLike) -> Path:
     for folder in reversed(path.parents):
         if folder.exists() and not folder.is_dir():
             raise RunError(f"--out {path}: {folder} is a file, not a folder")
-    tmp = path.with_name(path.name + ".tmp")
-    try:  # a temporary file moved into place: an interrupted export leaves no partial file at ``path``
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise RunError(f"{os_reason(e)} while writing {path}") from None
+        raise RunError(f"{os_reason(e)} while making the folder of {path}") from None
+    # an interrupted export leaves no partial file at ``path``
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     logger.info("exported %d items x %d to %s", *arrays["item_vectors"].shape, path)
     return path
 

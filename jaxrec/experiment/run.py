@@ -126,11 +126,26 @@ def os_reason(error: OSError) -> str:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: a synced temporary file beside it, moved into place with ``os.replace``.
+    """Write a text file atomically (:func:`atomic_write`).
 
     Args:
       path: the file.
       text: its content.
+
+    Raises:
+      RunError: as :func:`atomic_write`.
+    """
+    atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def atomic_write(path: Path, write: Callable[[Any], Any], binary: bool = True) -> None:
+    """Write a file atomically: ``write(f)`` into a synced temporary file beside it, moved into place with
+    ``os.replace``.
+
+    Args:
+      path: the file.
+      write: writes the content to the open file ``f``.
+      binary: open the file in binary mode (else text).
 
     Raises:
       RunError: if the OS refuses (no space left, permission denied, ...), naming the file; no partial file is
@@ -138,8 +153,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
