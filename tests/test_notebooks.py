@@ -98,3 +98,13 @@ def test_cost(kernel_env):
     plot = cell_with(nb, "plt.subplots")
     assert has_png(plot)
     assert "second" in rich_text(cell_with(nb, "cost_table"))
+
+
+def test_topn(kernel_env):
+    nb = execute("04_topn.ipynb", kernel_env)
+    table = rich_text(cell_with(nb, "table = method_table("))
+    assert "maml" in table and "popular" in table and "recall@20" in table
+    assert has_png(cell_with(nb, "ax.barh"))
+    listed = rich_text(cell_with(nb, "recommender.top_k("))
+    assert listed.count("<tr>") >= 21  # a header and twenty items
+    assert "the same list as the recommender's: True" in rich_text(cell_with(nb, "export.export_arrays("))

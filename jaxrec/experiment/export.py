@@ -65,13 +65,16 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 
 
-def export_arrays(trained: Any, model_alone: bool = False) -> dict[str, np.ndarray]:
+def export_arrays(trained: Any, model_alone: bool = False, params: Any = None) -> dict[str, np.ndarray]:
     """The arrays of a trained top-N run that rank a new user's catalogue without jaxrec (see the module docstring).
 
     Args:
-      trained: the run's :class:`~jaxrec.experiment.trained.TrainedModel`.
+      trained: the run's :class:`~jaxrec.experiment.trained.TrainedModel`, or a
+        :class:`~jaxrec.experiment.topn.TopNExperiment` with ``params`` (its support's recency, chosen on the
+        validation users for them; an experiment has no hybrid).
       model_alone: export a run that ranks by a hybrid (``--hybrid``) anyway: the arrays then rank by the adapted
         model alone, which is not what the run's ``recommend`` and service rank by.
+      params: the meta-learned parameters; None for the trained model's.
 
     Returns:
       ``{"format", "item_ids" [V] (str), "item_vectors" [V, d + 1] (q_i, b_i), "gram" [d + 1, d + 1],
@@ -112,15 +115,17 @@ def export_arrays(trained: Any, model_alone: bool = False) -> dict[str, np.ndarr
         )
     if inner.aux is not None or inner.steps < 1:
         raise RunError(f"{what}: an inner loop of {inner.steps} steps or with an extra term is not the plain fold-in")
-    params, rates = split_meta_params(trained.params, trained.inner_lr)
+    given = trained.params if params is None else params
+    params, rates = split_meta_params(given, trained.inner_lr)
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     adapted = [j for j, (path, leaf) in enumerate(leaves) if inner.adapt_filter(path, leaf)]
     names = ["/".join(path_names(leaves[j][0])) for j in adapted]
     if len(adapted) != 1 or "user_vector" not in names[0]:
         raise RunError(f"{what} adapts {names}: the export's fold-in adapts the user vector alone")
-    if trained.hybrid is not None and not model_alone:
+    hybrid = getattr(trained, "hybrid", None)
+    if hybrid is not None and not model_alone:
         raise RunError(
-            f"{what} ranks by the hybrid {trained.hybrid.name} (weight {trained.hybrid.weight:g}), which the arrays "
+            f"{what} ranks by the hybrid {hybrid.name} (weight {hybrid.weight:g}), which the arrays "
             "cannot carry: export the adapted model alone with --model-alone (its lists will differ from recommend's)"
         )
     featurizer = trained.featurizer
@@ -134,15 +139,16 @@ def export_arrays(trained: Any, model_alone: bool = False) -> dict[str, np.ndarr
     threshold = config.data.positive_threshold
     return {
         "format": np.asarray(FORMAT),
-        "item_ids": np.asarray([str(i) for i in trained.item_ids]),
+        "item_ids": np.asarray([str(i) for i in featurizer.item_raw_ids]),
         "item_vectors": np.asarray(side.vectors, np.float64),
         "gram": np.asarray(side.gram, np.float64),
         "prior_mean": prior.astype(np.float64),
         "ridge": ridge,
         "confidence": np.asarray(float(config.topn.als_confidence)),
-        "recency": np.asarray(float(chosen_recency(trained))),
+        "recency": np.asarray(float(chosen_recency(trained, given))),
         "shots": np.asarray(int(config.topn.shots)),
-        "weighted": np.asarray(bool(trained.weighted)),
+        # a run records whether its log was weighted (recommend reads a new user's weights as the log's were)
+        "weighted": np.asarray(bool(trained.weighted if hasattr(trained, "weighted") else trained.dataset.has_weights)),
         "positive_threshold": np.asarray(np.nan if threshold is None else float(threshold)),
     }
 
