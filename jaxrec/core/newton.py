@@ -63,7 +63,7 @@ __all__ = ["NewtonStep", "newton", "newton_step"]
 # rate through zero: the rate then stays at the floor, and gets no gradient there (that parameter stops adapting).
 # The gradient does not pass through the floor (straight-through): that would give d precision / d alpha =
 # -1 / floor^2, and NaN meta-steps (on ml-100k).
-_MIN_RATE = 1e-8
+MIN_RATE = 1e-8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +239,7 @@ def newton_step(
     alpha, _ = ravel_pytree(
         [jnp.broadcast_to(jnp.asarray(r, m.dtype), m.shape) for r, m in zip(rates, moving, strict=True)]
     )
-    precision = 1.0 / jnp.maximum(alpha, _MIN_RATE)
+    precision = 1.0 / jnp.maximum(alpha, MIN_RATE)
     _, mask = data
     n = jnp.sum(mask).astype(flat.dtype)
 

@@ -50,7 +50,7 @@ import jax
 import numpy as np
 
 from jaxrec.core.metasgd import split_meta_params
-from jaxrec.core.newton import NewtonStep
+from jaxrec.core.newton import MIN_RATE, NewtonStep
 from jaxrec.core.params import path_names
 from jaxrec.evaluation.topn import recency_weights
 from jaxrec.experiment.recommend import checked_support, chosen_recency, fixed_item_side
@@ -135,7 +135,7 @@ def export_arrays(trained: Any, model_alone: bool = False, params: Any = None) -
     rate_leaves = jax.tree.leaves(rates)  # Meta-SGD: a rate per parameter, shaped as the parameters; else one rate
     rate = rate_leaves[adapted[0]] if len(rate_leaves) == len(leaves) else rate_leaves[0]
     alpha = np.broadcast_to(np.asarray(rate, np.float64), prior.shape)
-    ridge = 1.0 / (2.0 * np.maximum(alpha, 1e-8))  # the Newton step's floor on a rate (jaxrec.core.newton)
+    ridge = 1.0 / (2.0 * np.maximum(alpha, MIN_RATE))  # the Newton step's floor on a rate
     threshold = config.data.positive_threshold
     return {
         "format": np.asarray(FORMAT),
