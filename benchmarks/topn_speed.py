@@ -158,16 +158,17 @@ def distinct_items(rng: np.random.Generator, n_items: int, users: int, per_user:
 
 
 def workload(n_items: int, args: argparse.Namespace):
-    """``(model, inner, state, batch, exclude, gram)`` for ``n_items`` items (``gram``: the exact ALS loss's
-    ``[d+1, d+1]`` Gram matrix of every item vector, None for the softmax) (item code ``c`` has model id ``c + 1``,
-    id 0 being the OOV slot, which padding entries of the catalogue map to)."""
+    """``(model, inner, state, batch, exclude, q, gram)`` for ``n_items`` items (``q``: the item vectors ``[V, d+1]``
+    on the host, for the NumPy references and the floor; ``gram``: the exact ALS loss's ``[d+1, d+1]`` Gram matrix of
+    them, None for the softmax) (item code ``c`` has model id ``c + 1``, id 0 being the OOV slot, which padding
+    entries of the catalogue map to)."""
     spec = FeatureSpec(categorical={"user": 2, "item": n_items + 1}, target="label", rating_range=None)
     model = models.TwoTower(spec, embed=args.embed)
     params = models.init_params(model, spec, jax.random.PRNGKey(args.seed))
-    gram = None
+    ids = jnp.arange(1, n_items + 1, dtype=jnp.int32)
+    vectors = jax.jit(lambda p, i: model.apply(p, {"item": i}, method=model.item_vectors))(params, ids)
+    q, gram = np.asarray(vectors), None
     if args.loss == "als_exact":  # the catalogue's Gram matrix, formed once for every user (as fixed_item_side does)
-        ids = jnp.arange(1, n_items + 1, dtype=jnp.int32)
-        vectors = jax.jit(lambda p, i: model.apply(p, {"item": i}, method=model.item_vectors))(params, ids)
         gram = jax.device_put(np.asarray(vectors.T @ vectors))
         loss = exact_als_loss_of_gram(model, lambda _: gram, confidence=args.confidence)
     else:
@@ -190,7 +191,8 @@ def workload(n_items: int, args: argparse.Namespace):
     mask = np.ones((u, SUPPORT), bool)
     batch = TaskBatch(support, support, mask, mask, np.arange(u, dtype=np.int32))
     state = (params, jnp.float32(args.inner_lr))
-    return model, inner, jax.device_put(state), jax.device_put(batch), jax.device_put(positives), gram
+    del vectors
+    return model, inner, jax.device_put(state), jax.device_put(batch), jax.device_put(positives), q, gram
 
 
 def catalogue(n_items: int, chunk: int) -> tuple[dict, np.ndarray]:
@@ -233,7 +235,7 @@ def overlap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def one_size(n_items: int, args: argparse.Namespace) -> dict:
     u, k, rounds = args.users, args.k, args.rounds
-    model, inner, state, batch, exclude, gram = workload(n_items, args)
+    model, inner, state, batch, exclude, q, gram = workload(n_items, args)
     params = state[0]
     record: dict = {"n_items": n_items, "users": u, "k": k, "embed": args.embed, "loadavg_start": os.getloadavg()}
     record["item_table_bytes"] = item_table_bytes(params)
@@ -291,9 +293,6 @@ def one_size(n_items: int, args: argparse.Namespace) -> dict:
         str(c): float(overlap(first, lists[c]).mean()) for c in args.chunks[1:]
     }
 
-    # the item vectors Q [V, d+1] of the same item tower, for the NumPy reference and the floor (not timed)
-    ids = jnp.arange(1, n_items + 1, dtype=jnp.int32)
-    q = np.asarray(jax.jit(lambda p, i: model.apply(p, {"item": i}, method=model.item_vectors))(params, ids))
     p_np, excl = np.asarray(vectors), np.asarray(exclude)
 
     # NumPy: scoring + exclusion + top k, in one go

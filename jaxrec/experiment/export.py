@@ -53,7 +53,7 @@ from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.newton import MIN_RATE, NewtonStep
 from jaxrec.core.params import path_names
 from jaxrec.evaluation.topn import recency_weights
-from jaxrec.experiment.recommend import checked_support, chosen_recency, fixed_item_side
+from jaxrec.experiment.recommend import ItemWording, checked_items, checked_values, chosen_recency, fixed_item_side
 from jaxrec.experiment.run import RunError, atomic_write, os_reason
 from jaxrec.models import TwoTower
 
@@ -219,6 +219,19 @@ _SHAPES = {
 }
 
 
+def _positions(item_ids: np.ndarray) -> ItemWording:
+    """How the item checks name an export's items: positions in ``item_ids``, a repeat by its raw id."""
+    return ItemWording(
+        argument="items",
+        kind="positions in item_ids",
+        entry="a position in item_ids",
+        mapping="map raw ids with {item: j for j, item in enumerate(arrays['item_ids'])}",
+        outside="",
+        repeat="",
+        label=lambda j: f"item {item_ids[j]} (position {j})",
+    )
+
+
 def fold_in(arrays: dict[str, np.ndarray], items: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """A new user's vector ``p~ = [p, 1]`` from their items, in NumPy: the solve of the module docstring.
 
@@ -235,33 +248,13 @@ def fold_in(arrays: dict[str, np.ndarray], items: np.ndarray, weights: np.ndarra
         outside the catalogue, an item given twice, a weight that is not a finite number > 0, or weights other
         than 1 for a run trained without them.
     """
-    codes = np.asarray(items)
-    if codes.ndim != 1 or (codes.size and not np.issubdtype(codes.dtype, np.integer)):
-        raise ValueError(
-            f"items must be a flat list of integer positions in item_ids, got {codes.dtype} of shape {codes.shape} "
-            "(map raw ids with {item: j for j, item in enumerate(arrays['item_ids'])})"
-        )
     if weights is not None and not bool(arrays["weighted"]) and np.any(np.asarray(weights) != 1):
         raise ValueError(
             "this run was trained on a log without weights: each item counts once (weights=None), as recommend "
             "counts it"
         )
-    n = len(arrays["item_vectors"])
-    if codes.size == 0:
-        raise ValueError("no items: a new user needs at least one item to fold in")
-    outside = np.flatnonzero((codes < 0) | (codes >= n))
-    if outside.size:
-        j = int(outside[0])
-        raise ValueError(f"items[{j}] = {int(codes[j])} is not a position in item_ids (0 to {n - 1})")
-    distinct, counts = np.unique(codes, return_counts=True)
-    if np.any(counts > 1):
-        first = int(np.argmax(counts > 1))
-        j = int(distinct[first])
-        raise ValueError(
-            f"item {arrays['item_ids'][j]} (position {j}) is given {int(counts[first])} times: give each item once"
-        )
-    weights = np.ones(codes.shape) if weights is None else weights
-    codes, w = checked_support(codes, weights, n, weights=True)  # the weights' checks, as recommend's
+    codes = checked_items(items, len(arrays["item_vectors"]), _positions(arrays["item_ids"]))
+    w = checked_values(codes, np.ones(codes.shape) if weights is None else weights, weights=True)
     return fold_in_users(arrays, codes[None, :], w[None, :], np.ones((1, len(codes)), bool))[0]
 
 

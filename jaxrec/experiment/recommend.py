@@ -29,7 +29,11 @@ from jaxrec.models import TwoTower
 __all__ = [
     "Recommender",
     "TopNRecommender",
+    "ITEM_CODES",
+    "ItemWording",
+    "checked_items",
     "checked_support",
+    "checked_values",
     "chosen_recency",
     "item_codes_of",
     "merge_duplicates",
@@ -779,6 +783,78 @@ def unusable_values(values, *, scale=None, weights: bool = False) -> tuple[int, 
     return i, "float32" if not finite[i] else "weight" if not_weight[i] else "scale"
 
 
+class ItemWording(NamedTuple):
+    """How :func:`checked_items` names what its caller was given (a dataset's item codes, an export's positions).
+
+    Attributes:
+      argument: the argument's name (``"item_codes"``).
+      kind: what every entry must be, in the plural (``"item codes"``).
+      entry: the same, one of them (``"an item code"``).
+      mapping: how raw ids become entries (shown when the entries are not integers).
+      outside: what to do about an entry outside the catalogue (appended to that message; may be empty).
+      repeat: what to do about an item given twice (appended to that message; may be empty).
+      label: ``label(entry) -> str``, an entry's name in the message about a repeat.
+    """
+
+    argument: str
+    kind: str
+    entry: str
+    mapping: str
+    outside: str
+    repeat: str
+    label: Any
+
+
+#: recommend's wording: dataset item codes
+ITEM_CODES = ItemWording(
+    argument="item_codes",
+    kind="item codes",
+    entry="an item code",
+    mapping="map raw ids to codes with item_codes_of(ids, featurizer.item_raw_ids)",
+    outside="; item_codes_of gives -1 for an id not in the catalogue: leave those items out",
+    repeat=" (merge_duplicates merges repeats as recommend and serve do)",
+    label=lambda code: f"item {code}",
+)
+
+
+def checked_items(item_codes, n_items: int, wording: ItemWording = ITEM_CODES) -> np.ndarray:
+    """A new user's items, checked: at least one, each an integer in ``[0, n_items)``, none twice.
+
+    Args:
+      item_codes: the items (dataset codes, or the positions a caller's ``wording`` names).
+      n_items: the catalogue's size.
+      wording: how the messages name the entries (:class:`ItemWording`).
+
+    Returns:
+      int64 ``[n]``, the items.
+
+    Raises:
+      ValueError: naming the first offending entry.
+    """
+    codes = np.asarray(item_codes)
+    if codes.ndim != 1 or (codes.size and not np.issubdtype(codes.dtype, np.integer)):
+        raise ValueError(
+            f"{wording.argument} must be a flat list of integer {wording.kind}, got {codes.dtype} of shape "
+            f"{codes.shape} ({wording.mapping})"
+        )
+    if codes.size == 0:
+        raise ValueError("no items (an empty support): a new user needs at least one item to adapt to")
+    outside = np.flatnonzero((codes < 0) | (codes >= n_items))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(
+            f"{wording.argument}[{i}] = {int(codes[i])} is not {wording.entry} (0 to {n_items - 1}){wording.outside}"
+        )
+    distinct, counts = np.unique(codes, return_counts=True)
+    if np.any(counts > 1):
+        first = int(np.argmax(counts > 1))
+        raise ValueError(
+            f"{wording.label(int(distinct[first]))} is given {int(counts[first])} times: give each item once"
+            f"{wording.repeat}"
+        )
+    return codes.astype(np.int64)
+
+
 def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=None) -> tuple[np.ndarray, np.ndarray]:
     """A new user's items and their ratings or weights, as given to a recommender, checked.
 
@@ -795,38 +871,36 @@ def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=No
 
     Raises:
       ValueError: naming the first offending entry: no item, codes that are not integers in ``[0, n_items)``, an
-        item given twice, a value count other than the items', a value that is not a finite number, a weight
-        ``<= 0`` or a rating off the scale.
+        item given twice (:func:`checked_items`), a value count other than the items', a value that is not a finite
+        number, a weight ``<= 0`` or a rating off the scale.
+    """
+    codes = checked_items(item_codes, n_items)
+    return codes, checked_values(codes, values, weights=weights, scale=scale)
+
+
+def checked_values(codes: np.ndarray, values, *, weights: bool, scale=None) -> np.ndarray:
+    """The ratings or weights of checked items (:func:`checked_items`), checked.
+
+    Args:
+      codes: the items, one per value (named in the messages).
+      values: one rating (or weight) per item.
+      weights: the values are interactions' weights (each must be > 0), not ratings.
+      scale: ``(low, high)``, the rating scale every rating must lie in, or None.
+
+    Returns:
+      float32 ``[n]``, the values.
+
+    Raises:
+      ValueError: a value count other than the items', a value that is not a finite number, a weight ``<= 0`` or a
+        rating off the scale.
     """
     name = "weights" if weights else "ratings"
-    codes = np.asarray(item_codes)
-    if codes.ndim != 1 or (codes.size and not np.issubdtype(codes.dtype, np.integer)):
-        raise ValueError(
-            f"item_codes must be a flat list of integer item codes, got {codes.dtype} of shape {codes.shape} (map raw "
-            "ids to codes with item_codes_of(ids, featurizer.item_raw_ids))"
-        )
-    if codes.size == 0:
-        raise ValueError("an empty support: a new user needs at least one item to adapt to")
     try:
         vals = np.asarray(values, np.float64)
     except (TypeError, ValueError) as e:
         raise ValueError(f"{name} must be numbers: {e}") from None
     if vals.shape != codes.shape:
         raise ValueError(f"{vals.size} {name} for {codes.size} items: give one per item")
-    outside = np.flatnonzero((codes < 0) | (codes >= n_items))
-    if outside.size:
-        i = int(outside[0])
-        raise ValueError(
-            f"item_codes[{i}] = {int(codes[i])} is not an item code (0 to {n_items - 1}); item_codes_of gives -1 for "
-            "an id not in the catalogue: leave those items out"
-        )
-    distinct, counts = np.unique(codes, return_counts=True)
-    if np.any(counts > 1):
-        first = int(np.argmax(counts > 1))
-        raise ValueError(
-            f"item {int(distinct[first])} is given {int(counts[first])} times: give each item once "
-            "(merge_duplicates merges repeats as recommend and serve do)"
-        )
     bad = unusable_values(vals, scale=None if weights else scale, weights=weights)
     if bad is not None:
         i, why = bad
@@ -836,7 +910,7 @@ def checked_support(item_codes, values, n_items: int, *, weights: bool, scale=No
         if why == "weight":
             raise ValueError(f"{entry}: a weight must be > 0")
         raise ValueError(f"{entry}, outside the rating scale [{scale[0]:g}, {scale[1]:g}]")
-    return codes.astype(np.int64), vals.astype(np.float32)
+    return vals.astype(np.float32)
 
 
 def padded(item_codes, values, size: int):
