@@ -74,6 +74,7 @@ def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_k
             "类别": ["a" if i % 2 else "b" for i in range(rows)],
             "体裁": ["c" if i % 3 else "d" for i in range(rows)],
             "a b": ["x"] * rows,
+            "empty": [None] * rows,
         }
     )
     table.to_csv(tmp_path / "songs.csv", index=False)
@@ -88,6 +89,7 @@ def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_k
     spec = jd.Featurizer.fit(jd.with_side_features(plays, items=read, source="songs.csv")).spec
     assert spec.categorical["item_zip"] == 21 and spec.categorical["item_category"] == 36  # codes, not bins
     assert "item_name" not in spec.categorical  # every value differs: an id or free text, not a feature
+    assert not any("empty" in key for key in [*spec.categorical, *spec.multi_hot])  # no value: not a feature
     assert spec.categorical["item_price"] <= jd.featurizer.NUMERIC_BINS + 1
     odd = sorted(k for k in spec.categorical if k.startswith(("item_feature_", "item_a_b_")))
     assert len(odd) == 3, spec.categorical  # 类别, 体裁 and "a b", each its own key
@@ -403,18 +405,19 @@ def test_a_new_users_raw_values_are_encoded_as_the_training_users_were(tmp_path)
     for any, is unknown, never an error; a column training left out (all values differ) is ignored on request."""
     rng = np.random.default_rng(0)
     n = 80
-    table = ["user,score,email,zip,income,country,age"]
+    table = ["user,score,email,zip,income,country,age,blank"]
     for u in range(n):
         table.append(
             f"{u},{[1.5, 2.0, 2.5][u % 3]},{u}@mail.org,{u % 10}2138,{30 + 0.731 * u:.3f},{['FR', 'DE'][u % 2]},"
-            f"{15 + (7 * u) % 50}"
+            f"{15 + (7 * u) % 50},"
         )
     side = jd.read_side_table(_write(tmp_path / "users.csv", "\n".join(table) + "\n"), "user")
     ratings = pd.DataFrame({"user": np.repeat(np.arange(n), 5), "item": rng.integers(0, 20, 5 * n), "rating": 4.0})
     ds = jd.with_side_features(jd.from_dataframe(ratings), users=side)
     featurizer = jd.Featurizer.fit(ds, ds.ratings[ds.ratings["user"] < 60])
     keys = set(featurizer.user_feature_keys)
-    assert keys == {"user_score", "user_zip", "user_income", "user_country", "user_age"}  # email: every value differs
+    # email: every value differs; blank: no value
+    assert keys == {"user_score", "user_zip", "user_income", "user_country", "user_age"}
     assert featurizer.vocabularies["user_score"] == ["1.5", "2.0", "2.5"]
     for u in range(n):
         row = side.loc[str(u)].to_dict()

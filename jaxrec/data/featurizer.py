@@ -178,6 +178,9 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str
             continue
         field = _categorical(values)
         given = field.dropna()
+        if given.empty:  # a vocabulary of the unknown slot alone: nothing to learn, and a table no row can index
+            logger.warning("%s side column %r has no values: not used as a feature", role, column)
+            continue
         if len(given) > EXACT_NUMBERS and given.nunique() == len(given):
             # an identifier or free text: no two rows share a value, so it tells nothing about a row it has not seen
             logger.warning(
