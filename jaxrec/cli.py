@@ -645,7 +645,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
-    for note in notes + _feature_notes(trained, features):
+    for note in notes + _feature_notes(trained, features) + _ranked_by_notes(trained):
         _echo(f"note: {note}", err=True)
     recommender = recommender_for(trained)
     topn = trained.config.data.feedback == "implicit"  # how the lines read: interactions and scores
@@ -700,9 +700,8 @@ def _recommend_users(args: argparse.Namespace) -> int:
     table_where = f"--user-features {args.user_features}"
     trained = load_trained(args.checkpoint)
     excluded = _excluded(args, trained)
-    if table is None:
-        for note in _feature_notes(trained, None):
-            _echo(f"note: {note}", err=True)
+    for note in (_feature_notes(trained, None) if table is None else []) + _ranked_by_notes(trained):
+        _echo(f"note: {note}", err=True)
     try:
         lists, report = recommend_users(
             trained,
@@ -818,6 +817,19 @@ def _feature_notes(trained, features: dict | None) -> list[str]:
     return notes
 
 
+def _ranked_by_notes(trained) -> list[str]:
+    """What a run evaluated that its served lists are not: a re-ranking run's ``rerank`` method (the service, the
+    command and the export rank by the meta-learner, ``maml``, or its hybrid)."""
+    rerank = getattr(trained.config.topn, "rerank", None) if trained.config.data.feedback == "implicit" else None
+    if not rerank:
+        return []
+    return [
+        f"the run also evaluated 'rerank' (the meta-learner's top {trained.config.topn.rerank_candidates} re-ranked "
+        f"by {rerank}); these lists are the meta-learner's own ('maml'{', its hybrid' if trained.hybrid else ''}), "
+        "not the re-ranked ones"
+    ]
+
+
 def _excluded(args: argparse.Namespace, trained) -> np.ndarray:
     """The codes of ``--exclude``'s items (none without it), its unknown ids noted."""
     if args.exclude is None:
@@ -893,6 +905,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"({trained.config.data.feedback or 'explicit'}): {len(model.buckets)} shape bucket(s) compiled in "
         f"{seconds:.1f} s on {1 if model.mesh is None else model.mesh.size} device(s)"
     )
+    for note in _ranked_by_notes(trained):
+        _echo(f"note: {note}", err=True)
     _echo(f"serving on {where} (demo page at /, API description at /docs); Ctrl-C stops")
     run_server(app, args.host, args.port)
     return EXIT_OK
@@ -919,8 +933,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"wrote {path}: {items} item vectors of {width - 1} + 1 (the bias), the fold-in's Gram matrix, prior and "
         "ridge; a user's scores: item_vectors @ jaxrec.experiment.export.fold_in(arrays, their item positions)"
     )
+    notes = _ranked_by_notes(trained)
     if trained.hybrid is not None:
-        _echo(f"note: the run ranks by {trained.hybrid.name}; these arrays rank by the adapted model alone", err=True)
+        notes.append(f"the run ranks by {trained.hybrid.name}; these arrays rank by the adapted model alone")
+    names = sorted(trained.featurizer.user_feature_name(key) for key in trained.featurizer.user_feature_keys)
+    if names:
+        notes.append(
+            f"the model reads user features ({', '.join(names)}); the arrays' prior is a new user's without them "
+            "(the unknown value of each), as recommend without --features ranks"
+        )
+    for note in notes:
+        _echo(f"note: {note}", err=True)
     return EXIT_OK
 
 

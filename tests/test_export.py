@@ -96,6 +96,7 @@ def test_export_writes_arrays_whose_lists_are_recommends(run, tmp_path, monkeypa
     path = tmp_path / "side.npz"
     assert cli.main(["export", "--checkpoint", str(run), "--out", str(path), "--model-alone"]) == 0, lines
     assert "60 item vectors of 8 + 1" in lines[0] and "ranks by maml+itemknn" in lines[1]
+    assert "reads user features (region)" in lines[2] and "a new user's without them" in lines[2]
     arrays = export.load_export(path)
     trained = load_trained(run)
     assert list(arrays["item_ids"]) == [str(i) for i in trained.item_ids]

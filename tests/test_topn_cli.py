@@ -395,6 +395,9 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(items), "-k", "5"]) == 0
     text = "\n".join(lines)
     assert "3 interaction(s)" in text and "unknown item id(s): song-99" in text
+    # the run evaluated re-ranked lists too, which recommend does not serve: said, not left to be assumed
+    assert "also evaluated 'rerank' (the meta-learner's top 50 re-ranked by melu)" in text
+    assert "these lists are the meta-learner's own ('maml', its hybrid)" in text
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert len(listed) == 5 and not {"song-00", "song-02", "song-04"} & set(listed)
     scored = [line for line in lines if "(item " in line]
@@ -437,6 +440,7 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     )
     assert "1 user(s) with no item the model knows: no list" in text and "users without a list, e.g. lost" in text
     assert "1 user(s) already have every item: an empty list" in text
+    assert "also evaluated 'rerank'" in text
     lists = pd.read_csv(out, dtype={"user": str, "item": str})
     assert list(lists.columns) == ["user", "rank", "item", "score"] and lists["user"].nunique() == 71
     listed = [user for user in pd.unique(pd.Series([r[0] for r in shuffled])) if user not in ("lost", "every")]
