@@ -1104,6 +1104,7 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
         val_item_frac=0.1,
         item_dropout=0.3,
         topn_baselines=("popular", "content"),
+        hybrid="content",
     )
     exp = TopNExperiment(config)
     state = exp.train()
@@ -1119,13 +1120,30 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
     assert scenario["maml"]["users"] == scenario["popular"]["users"] == len(exp.scenario_tasks["new_item"]) > 10
     # popularity counts training interactions only: a new item, which has none, is never in its top-20
     _, lists = exp.last_detail["new_item"]
+    # the new and validation new items are ranked where the queries hold them (content, by features, lists them),
+    # and nowhere else: the split dropped the other users' interactions with them, so each would count a miss
+    assert np.isin(lists["content"][:, :50], exp.split.new_items).any()
+    held = np.union1d(exp.split.new_items, exp.split.validation_new_items)
+    for name in {"new_user", "warm"} & set(doc["scenarios"]):
+        for method, top in exp.last_detail[name][1].items():
+            assert not np.isin(top, held).any(), (name, method)
+    # the meta-learner's own lists rarely hold a new item: held out in its place, its first picks leave its lists
+    tasks = exp.scenario_tasks["new_user"]
+    index = tasks.batch_plan(64, None)[0]
+    batch, (support, _) = tasks.make_batch(index, np.random.default_rng(0)), tasks.item_codes(index)
+    meta = exp.meta_method(state.params)
+    first = np.unique(np.asarray(meta(batch, support))[:, 0])
+    kept, exp._never_ranked = exp._never_ranked, first.astype(np.int32)
+    assert not np.isin(np.asarray(meta(batch, support)), first).any()
+    exp._never_ranked = kept
     assert not np.isin(lists["popular"][:, :20], exp.split.new_items).any()
     assert scenario["popular"]["recall@20"] == 0.0
     # new_item_only: the same users, each list drawn from the new items alone, coverage a fraction of them
     only = doc["scenarios"]["new_item_only"]
     _, only_lists = exp.last_detail["new_item_only"]
     new = exp.split.new_items
-    assert set(only) == {"maml", "popular", "content"} and only["maml"]["users"] == scenario["maml"]["users"]
+    assert set(only) == {"maml", "popular", "content", "maml+content", "popular+content"}
+    assert only["maml"]["users"] == scenario["maml"]["users"]
     for name, top in only_lists.items():
         assert np.isin(top[:, : min(50, len(new))], new).all(), name
         assert only[name]["coverage@50"] == len(np.unique(top[:, :50][top[:, :50] >= 0])) / len(new)

@@ -50,7 +50,7 @@ from jaxrec.data.topn import (
     warm_frame,
 )
 from jaxrec.evaluation import retrieval_baselines as rb
-from jaxrec.evaluation.hybrid import hybrid_scores, hybrid_topk
+from jaxrec.evaluation.hybrid import hybrid_scores
 from jaxrec.evaluation.topn import (
     Catalogue,
     _dense_rank,
@@ -292,6 +292,11 @@ class TopNExperiment:
         # whether the support rows being ranked are in time order (a new user's first interactions), which the
         # recency weighting reads: a warm or new-item task's support is a user's latest interactions, unordered
         self._support_in_time = True
+        # the held-out items (new and validation new items): every user's interactions with them outside the
+        # meta-train users were dropped from the split, so a list that holds one would count it a miss, whatever
+        # the user did; they are ranked only where the queries hold them (the new-item scenarios)
+        held = np.union1d(self.split.new_items, self.split.validation_new_items).astype(np.int32)
+        self._never_ranked: np.ndarray | None = held if len(held) else None
         self._tie_orders: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
 
     # -- tasks -----------------------------------------------------------------------------------------------------
@@ -642,7 +647,7 @@ class TopNExperiment:
             return batch.replace(support={**batch.support, "weight": np.asarray(batch.support["weight"]) * weights})
 
         return Method(
-            lambda batch, exclude: rank((params, inner_lr), recent(batch), exclude, rows, codes),
+            lambda batch, exclude: rank((params, inner_lr), recent(batch), self._unrankable(exclude), rows, codes),
             lambda batch, exclude, items: score((params, inner_lr), recent(batch), items, rows, codes),
             weighted=lambda strength: self._model_ranker(params, inner_lr, inner, strength),
         )
@@ -683,9 +688,27 @@ class TopNExperiment:
             return jnp.asarray(np.where(items >= 0, picked, -np.inf), jnp.float32)
 
         def rank(batch, exclude):
-            return _dense_rank(jnp.asarray(dense_scores(exclude)), exclude, k, self._tie_order(batch))
+            scores = self._without_held_out(jnp.asarray(dense_scores(exclude)))
+            return _dense_rank(scores, exclude, k, self._tie_order(batch))
 
         return Method(rank, score, weighted=lambda strength: self._baseline_ranker(fitted, strength))
+
+    def _unrankable(self, exclude: Any) -> Any:
+        """A model ranker's ``exclude [U, E]`` with the held-out items appended while they are not ranked (a model
+        reads ``exclude`` as exclusions alone; a baseline's is its support, so its scores are masked instead)."""
+        if self._never_ranked is None:
+            return exclude
+        exclude = jnp.asarray(exclude)
+        held = jnp.broadcast_to(
+            jnp.asarray(self._never_ranked, exclude.dtype), (exclude.shape[0], self._never_ranked.size)
+        )
+        return jnp.concatenate([exclude, held], axis=1)
+
+    def _without_held_out(self, scores: jax.Array) -> jax.Array:
+        """Dense scores ``[U, V]`` at -inf on the held-out items while they are not ranked."""
+        if self._never_ranked is None:
+            return scores
+        return jnp.asarray(scores).at[:, jnp.asarray(self._never_ranked)].set(-jnp.inf)
 
     def _tuned_recency(self, name: str, method: Method) -> Method:
         """``method`` at the strength of ``support_recency`` best on the validation users (the first best, in the
@@ -939,7 +962,9 @@ class TopNExperiment:
         k = self._kmax()
 
         def rank(batch, exclude):
-            return hybrid_topk(*both(batch, exclude), weight, jnp.asarray(exclude), k, self._tie_order(batch))
+            exclude = jnp.asarray(exclude)
+            scores = self._without_held_out(hybrid_scores(*both(batch, exclude), weight, exclude))
+            return _dense_rank(scores, exclude, k, self._tie_order(batch))
 
         def score(batch, exclude, items):
             full = hybrid_scores(*both(batch, exclude), weight, jnp.asarray(exclude))
@@ -976,7 +1001,9 @@ class TopNExperiment:
         score = _cached_scorer(model, inner)
         rows, codes = self._catalogue_device
         return Method(
-            lambda batch, exclude: rank((params, inner_lr), rerank_state, batch, exclude, rows, codes),
+            lambda batch, exclude: rank(
+                (params, inner_lr), rerank_state, batch, self._unrankable(exclude), rows, codes
+            ),
             lambda batch, exclude, items: score(rerank_state, batch, items, rows, codes),
         )
 
@@ -1036,16 +1063,25 @@ class TopNExperiment:
             items = self.split.validation_new_items
             rankers = {k: self._among_new_items(m, items) for k, m in rankers.items()}
             tasks, coverage_of = self.val_new_item_tasks, len(items)
-        summaries, stats, _ = self._evaluate_on(rankers, tasks, in_time=not new_items, coverage_of=coverage_of)
+        summaries, stats, _ = self._evaluate_on(
+            rankers, tasks, in_time=not new_items, held_out=new_items, coverage_of=coverage_of
+        )
         return (summaries, stats) if return_stats else summaries
 
-    def _evaluate_on(self, rankers: Mapping[str, Any], tasks: TopNTaskSet, *, in_time: bool, **options: Any):
+    def _evaluate_on(
+        self, rankers: Mapping[str, Any], tasks: TopNTaskSet, *, in_time: bool, held_out: bool = False, **options: Any
+    ):
         """:func:`~jaxrec.evaluation.topn.evaluate_rankers` of ``rankers`` on ``tasks`` with the run's cut-offs,
         batch size, bootstrap and seed; ``in_time``: the tasks' supports are in time order (a new user's first
-        interactions), which the recency weighting reads (a warm or new-item task's are a user's latest, unordered).
+        interactions), which the recency weighting reads (a warm or new-item task's are a user's latest, unordered);
+        ``held_out``: the tasks' queries hold the held-out (new) items, which are then ranked (elsewhere they are not:
+        the split dropped every other user's interactions with them).
         """
         c = self.config
         previous, self._support_in_time = self._support_in_time, in_time
+        never = self._never_ranked
+        if held_out:
+            self._never_ranked = None
         options = {"resamples": c.evaluation.bootstrap, **options}
         try:
             return evaluate_rankers(
@@ -1058,7 +1094,7 @@ class TopNExperiment:
                 **options,
             )
         finally:
-            self._support_in_time = previous
+            self._support_in_time, self._never_ranked = previous, never
 
     def evaluate(self, params: Any, *, keep_lists: bool = False, baselines: bool = True) -> tuple[dict, dict]:
         """Evaluate every method on every scenario over the whole catalogue.
@@ -1085,6 +1121,7 @@ class TopNExperiment:
                 else rankers,
                 tasks,
                 in_time=name == "new_user",
+                held_out=name in ("new_item", NEW_ITEM_ONLY),
                 keep_lists=keep_lists,
                 scorers=None if only_new else scorers,
                 negatives=max(sampled, 1),
