@@ -188,7 +188,7 @@ class TopNExperiment:
       val_tasks: validation users' tasks.
       scenario_tasks: ``{"new_user": ..., "warm": ...}``: new users' first ``shots`` interactions and their next
         ones; warm users' ``shots`` latest training interactions and their held-out latest ones (every method
-        sees the same support; an earlier training item recommended again counts as a miss for every method).
+        sees the same support; no list holds the user's other training items, which no query holds).
         With ``new_item_frac``, ``"new_item"``: the meta-train users' latest training interactions as support and
         their interactions with the new items as query, ranked over the whole catalogue; and
         ``"new_item_only"``: the same tasks, each list drawn from the new items only.
@@ -297,6 +297,9 @@ class TopNExperiment:
         # the user did; they are ranked only where the queries hold them (the new-item scenarios)
         held = np.union1d(self.split.new_items, self.split.validation_new_items).astype(np.int32)
         self._never_ranked: np.ndarray | None = held if len(held) else None
+        # while scoring a scenario of meta-train users (warm, new items): each user's own training items, which the
+        # split keeps out of their queries (a pair is one interaction), so a list that holds one would waste a slot
+        self._rank_training_items = True
         self._tie_orders: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
 
     # -- tasks -----------------------------------------------------------------------------------------------------
@@ -647,7 +650,9 @@ class TopNExperiment:
             return batch.replace(support={**batch.support, "weight": np.asarray(batch.support["weight"]) * weights})
 
         return Method(
-            lambda batch, exclude: rank((params, inner_lr), recent(batch), self._unrankable(exclude), rows, codes),
+            lambda batch, exclude: rank(
+                (params, inner_lr), recent(batch), self._unrankable(exclude, batch), rows, codes
+            ),
             lambda batch, exclude, items: score((params, inner_lr), recent(batch), items, rows, codes),
             weighted=lambda strength: self._model_ranker(params, inner_lr, inner, strength),
         )
@@ -688,27 +693,64 @@ class TopNExperiment:
             return jnp.asarray(np.where(items >= 0, picked, -np.inf), jnp.float32)
 
         def rank(batch, exclude):
-            scores = self._without_held_out(jnp.asarray(dense_scores(exclude)))
+            scores = self._without_unranked(jnp.asarray(dense_scores(exclude)), batch)
             return _dense_rank(scores, exclude, k, self._tie_order(batch))
 
         return Method(rank, score, weighted=lambda strength: self._baseline_ranker(fitted, strength))
 
-    def _unrankable(self, exclude: Any) -> Any:
-        """A model ranker's ``exclude [U, E]`` with the held-out items appended while they are not ranked (a model
-        reads ``exclude`` as exclusions alone; a baseline's is its support, so its scores are masked instead)."""
-        if self._never_ranked is None:
+    def _unrankable(self, exclude: Any, batch: Any) -> Any:
+        """A model ranker's ``exclude [U, E]`` with the items not ranked now appended (the held-out items, and in a
+        scenario of meta-train users each one's training items: :meth:`_unranked`). A model reads ``exclude`` as
+        exclusions alone; a baseline's is its support, so its scores are masked instead."""
+        held, seen = self._unranked(batch)
+        if held is None and seen is None:
             return exclude
         exclude = jnp.asarray(exclude)
-        held = jnp.broadcast_to(
-            jnp.asarray(self._never_ranked, exclude.dtype), (exclude.shape[0], self._never_ranked.size)
-        )
-        return jnp.concatenate([exclude, held], axis=1)
+        parts = [exclude]
+        if held is not None:
+            parts.append(jnp.broadcast_to(jnp.asarray(held, exclude.dtype), (exclude.shape[0], held.size)))
+        if seen is not None:
+            parts.append(jnp.asarray(seen, exclude.dtype))
+        return jnp.concatenate(parts, axis=1)
 
-    def _without_held_out(self, scores: jax.Array) -> jax.Array:
-        """Dense scores ``[U, V]`` at -inf on the held-out items while they are not ranked."""
-        if self._never_ranked is None:
-            return scores
-        return jnp.asarray(scores).at[:, jnp.asarray(self._never_ranked)].set(-jnp.inf)
+    def _without_unranked(self, scores: jax.Array, batch: Any) -> jax.Array:
+        """Dense scores ``[U, V]`` at -inf on the items not ranked now (:meth:`_unranked`)."""
+        held, seen = self._unranked(batch)
+        scores = jnp.asarray(scores)
+        if held is not None:
+            scores = scores.at[:, jnp.asarray(held)].set(-jnp.inf)
+        if seen is not None:
+            users = jnp.arange(scores.shape[0])[:, None]
+            index = jnp.where(seen >= 0, seen, scores.shape[1])  # padding: out of range, dropped by the scatter
+            scores = scores.at[users, index].set(-jnp.inf, mode="drop")
+        return scores
+
+    def _unranked(self, batch: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """What no list holds now: ``(held-out items [H] or None, each user's training items [U, W] or None)``, the
+        second only while a scenario of meta-train users is scored (``-1`` padding, ``W`` a power of two so that the
+        compiled rankers see few shapes)."""
+        if self._rank_training_items:
+            return self._never_ranked, None
+        indptr, items = self._training_items
+        users = np.asarray(batch.task_id)
+        known = (users >= 0) & (users < len(indptr) - 1)
+        start = np.where(known, indptr[np.where(known, users, 0)], 0)
+        counts = np.where(known, indptr[np.where(known, users, 0) + 1] - start, 0)
+        width = 1 << int(max(int(counts.max(initial=0)), 1) - 1).bit_length()
+        seen = np.full((len(users), width), -1, np.int32)
+        rows = np.repeat(np.arange(len(users)), counts)
+        position = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        seen[rows, position] = items[np.repeat(start, counts) + position]
+        return self._never_ranked, seen
+
+    @functools.cached_property
+    def _training_items(self) -> tuple[np.ndarray, np.ndarray]:
+        """The meta-train users' training items by user code, ``(indptr [n_users + 1], items)`` (CSR)."""
+        train = self.split.train
+        users, items = train["user"].to_numpy(), train["item"].to_numpy()
+        order = np.lexsort((items, users))
+        indptr = np.searchsorted(users[order], np.arange(self.dataset.n_users + 1))
+        return indptr, items[order].astype(np.int32)
 
     def _tuned_recency(self, name: str, method: Method) -> Method:
         """``method`` at the strength of ``support_recency`` best on the validation users (the first best, in the
@@ -963,7 +1005,7 @@ class TopNExperiment:
 
         def rank(batch, exclude):
             exclude = jnp.asarray(exclude)
-            scores = self._without_held_out(hybrid_scores(*both(batch, exclude), weight, exclude))
+            scores = self._without_unranked(hybrid_scores(*both(batch, exclude), weight, exclude), batch)
             return _dense_rank(scores, exclude, k, self._tie_order(batch))
 
         def score(batch, exclude, items):
@@ -1002,7 +1044,7 @@ class TopNExperiment:
         rows, codes = self._catalogue_device
         return Method(
             lambda batch, exclude: rank(
-                (params, inner_lr), rerank_state, batch, self._unrankable(exclude), rows, codes
+                (params, inner_lr), rerank_state, batch, self._unrankable(exclude, batch), rows, codes
             ),
             lambda batch, exclude, items: score(rerank_state, batch, items, rows, codes),
         )
@@ -1069,19 +1111,28 @@ class TopNExperiment:
         return (summaries, stats) if return_stats else summaries
 
     def _evaluate_on(
-        self, rankers: Mapping[str, Any], tasks: TopNTaskSet, *, in_time: bool, held_out: bool = False, **options: Any
+        self,
+        rankers: Mapping[str, Any],
+        tasks: TopNTaskSet,
+        *,
+        in_time: bool,
+        held_out: bool = False,
+        training_users: bool = False,
+        **options: Any,
     ):
         """:func:`~jaxrec.evaluation.topn.evaluate_rankers` of ``rankers`` on ``tasks`` with the run's cut-offs,
         batch size, bootstrap and seed; ``in_time``: the tasks' supports are in time order (a new user's first
         interactions), which the recency weighting reads (a warm or new-item task's are a user's latest, unordered);
         ``held_out``: the tasks' queries hold the held-out (new) items, which are then ranked (elsewhere they are not:
-        the split dropped every other user's interactions with them).
+        the split dropped every other user's interactions with them); ``training_users``: the tasks are meta-train
+        users', whose own training items no list then holds (none can be in their queries).
         """
         c = self.config
         previous, self._support_in_time = self._support_in_time, in_time
-        never = self._never_ranked
+        never, training = self._never_ranked, self._rank_training_items
         if held_out:
             self._never_ranked = None
+        self._rank_training_items = not training_users
         options = {"resamples": c.evaluation.bootstrap, **options}
         try:
             return evaluate_rankers(
@@ -1094,7 +1145,7 @@ class TopNExperiment:
                 **options,
             )
         finally:
-            self._support_in_time, self._never_ranked = previous, never
+            self._support_in_time, self._never_ranked, self._rank_training_items = previous, never, training
 
     def evaluate(self, params: Any, *, keep_lists: bool = False, baselines: bool = True) -> tuple[dict, dict]:
         """Evaluate every method on every scenario over the whole catalogue.
@@ -1122,6 +1173,7 @@ class TopNExperiment:
                 tasks,
                 in_time=name == "new_user",
                 held_out=name in ("new_item", NEW_ITEM_ONLY),
+                training_users=name != "new_user",
                 keep_lists=keep_lists,
                 scorers=None if only_new else scorers,
                 negatives=max(sampled, 1),
