@@ -412,8 +412,13 @@ def test_sampled_negatives_avoid_the_users_items_repeat_with_the_seed_and_count_
     assert set(a[0].ravel()) <= {4, -1} and np.any(a[0] == 4)
     assert set(a[1, 0].ravel()) <= {0, 1, 3, -1} and np.all(a[1, 1] == -1)
     assert left_a == int(np.sum(a[0] == -1) + np.sum(a[1, 0] == -1))
+    assert (np.sum(a[0] == 4, axis=-1) == 1).all()  # distinct: item 4 once in each list, the rest left out
     big, left = sampled_negatives(support, query, 10_000, 100, np.random.default_rng(1))
     assert left == 0 and not np.isin(big[0], [0, 1, 2, 3]).any() and not np.isin(big[1, 0], [2, 4]).any()
+    # 100 of 300 items: a uniform draw with replacement repeats about 15 of them; these lists hold no repeat
+    tight, left = sampled_negatives(support, query, 300, 100, np.random.default_rng(2))
+    real = [lst[lst >= 0] for lst in tight.reshape(-1, 100)[[0, 1, 2]]]
+    assert left == 0 and all(len(np.unique(lst)) == len(lst) == 100 for lst in real)
 
 
 def test_sampled_protocol_in_the_evaluation_equals_ranking_each_positive_among_its_draws(setup):

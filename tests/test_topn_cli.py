@@ -188,6 +188,10 @@ def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, 
         assert summary["recall@20"] == pytest.approx(first[name]["recall@20"], abs=1e-9), name
         assert summary["recall@10"] - 1e-6 <= summary["sampled_hr@10"] <= 1.0, name
     assert "sampled_hr@10" in "\n".join(lines) and "biased" in "\n".join(lines)
+    # and the file says so beside the figures, for whoever reads metrics.json alone
+    protocol = document["sampled_protocol"]
+    assert protocol["biased"] is True and protocol["negatives"] == 20 and "Krichene" in protocol["note"]
+    assert "sampled_protocol" not in json.loads((topn_run["out"] / "metrics.json").read_text())
 
 
 def test_evaluate_adds_hybrids_whose_weights_are_recorded(topn_run, tmp_path, monkeypatch):

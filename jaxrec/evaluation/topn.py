@@ -523,12 +523,14 @@ def model_scorer(apply_fn: Callable, inner: InnerLoop) -> Callable:
 
 
 def sampled_negatives(
-    support: np.ndarray, query: np.ndarray, n_items: int, negatives: int, rng: np.random.Generator, redraws: int = 8
+    support: np.ndarray, query: np.ndarray, n_items: int, negatives: int, rng: np.random.Generator, redraws: int = 32
 ) -> tuple[np.ndarray, int]:
-    """Draw ``negatives`` items uniformly for each query positive, none of them one of the user's own items.
+    """Draw ``negatives`` distinct items uniformly for each query positive, none of them one of the user's own items.
 
-    Draws that hit the user's support or query items are drawn again, all of them at once, up to ``redraws + 1``
-    times; what still hits one is ``-1`` (left out of that positive's list) and counted.
+    Draws that hit the user's support or query items, or repeat an earlier draw of the same positive's list, are
+    drawn again, all of them at once, up to ``redraws + 1`` times; what still hits or repeats is ``-1`` (left out of
+    that positive's list) and counted. (A list of distinct negatives, as the sampled protocols of the literature
+    draw: Krichene and Rendle, KDD 2020, sample without replacement.)
 
     Args:
       support: ``[U, S]`` item codes, ``-1`` on padding.
@@ -547,13 +549,24 @@ def sampled_negatives(
     draw = rng.integers(0, n_items, size=(users, query.shape[1], negatives))
     row = np.arange(users, dtype=np.int64)[:, None, None] * np.int64(n_items)
     for _ in range(redraws + 1):
-        hit = np.isin(row + draw, own_keys)
+        hit = np.isin(row + draw, own_keys) | _repeats(draw)
         if not hit.any():
             break
         draw[hit] = rng.integers(0, n_items, size=int(hit.sum()))
-    hit = np.isin(row + draw, own_keys) | (query[:, :, None] < 0)
+    hit = np.isin(row + draw, own_keys) | _repeats(draw) | (query[:, :, None] < 0)
     draw[hit] = -1
     return draw.astype(np.int32), int(np.sum(hit & (query[:, :, None] >= 0)))
+
+
+def _repeats(draw: np.ndarray) -> np.ndarray:
+    """Whether each entry of ``draw [..., N]`` repeats an earlier one of its list (the first of equals is kept)."""
+    order = np.argsort(draw, axis=-1, kind="stable")
+    ordered = np.take_along_axis(draw, order, axis=-1)
+    again = np.zeros(draw.shape, bool)
+    again[..., 1:] = ordered[..., 1:] == ordered[..., :-1]
+    out = np.empty_like(again)
+    np.put_along_axis(out, order, again, axis=-1)
+    return out
 
 
 @functools.partial(jax.jit, static_argnames="k")

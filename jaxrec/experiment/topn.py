@@ -1184,7 +1184,8 @@ class TopNExperiment:
         return out, detail
 
     def metrics_document(self, params: Any, *, keep_lists: bool = False) -> dict:
-        """The metrics.json document: ``{"dataset", "task": "topn", "config", "tuned", "split", "scenarios"}``.
+        """The metrics.json document: ``{"dataset", "task": "topn", "config", "tuned", "split", "scenarios"}``, and
+        with ``sampled_negatives`` a ``"sampled_protocol"`` entry that says what the ``sampled_hr@k`` figures are.
 
         Args:
           params: the meta-learned parameters.
@@ -1207,6 +1208,19 @@ class TopNExperiment:
                 **{name: tasks.stats for name, tasks in self.scenario_tasks.items()},
             },
             "scenarios": scenarios,
+            **({"sampled_protocol": self._sampled_protocol()} if self.config.topn.sampled_negatives else {}),
+        }
+
+    def _sampled_protocol(self) -> dict:
+        """What the ``sampled_hr@k`` figures of metrics.json are, beside them."""
+        return {
+            "metrics": "sampled_hr@k",
+            "negatives": int(self.config.topn.sampled_negatives),
+            "biased": True,
+            "note": "each query positive ranked against this many distinct items the user has not interacted with, "
+            "drawn uniformly: a biased estimate of the full ranking's figures, which can reorder methods "
+            "(Krichene and Rendle, KDD 2020); for comparison with papers that report it, never to choose on. "
+            "The re-ranking method's figure ('rerank') ranks by the re-ranker's scores alone, not the pipeline.",
         }
 
 
