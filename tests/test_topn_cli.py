@@ -652,3 +652,17 @@ def test_the_supports_recency_is_chosen_per_method_and_served_in_the_order_sent(
     alone = [name for name in weighed["warm"] if "+" not in name]
     assert len(alone) == 4 and all(weighed["warm"][name] == unweighed["warm"][name] for name in alone)
     assert any(weighed["new_user"][name]["ndcg@10"] != unweighed["new_user"][name]["ndcg@10"] for name in alone)
+
+
+def test_a_re_ranker_given_the_whole_catalogue_is_warned_of(tmp_path, caplog):
+    """``--rerank-candidates`` at or above the catalogue's size leaves no retrieval stage: said once, at the start."""
+    from jaxrec import data as jd
+    from jaxrec.experiment import ExperimentConfig, TopNExperiment
+
+    plays = jd.from_csv(write_plays(tmp_path / "plays.tsv"), "user,item,weight,timestamp", feedback="implicit")
+    fields = {"feedback": "implicit", "model": "twotower", "shots": 3, "rerank": "melu", "epochs": 1}
+    with caplog.at_level("WARNING", logger="jaxrec.experiment.topn"):
+        TopNExperiment(ExperimentConfig.make(**fields, rerank_candidates=59), plays)
+        assert "whole catalogue" not in caplog.text
+        TopNExperiment(ExperimentConfig.make(**fields, rerank_candidates=60), plays)
+    assert caplog.text.count("rerank_candidates=60 is the whole catalogue (60 items)") == 1

@@ -300,6 +300,13 @@ class TopNExperiment:
         # while scoring a scenario of meta-train users (warm, new items): each user's own training items, which the
         # split keeps out of their queries (a pair is one interaction), so a list that holds one would waste a slot
         self._rank_training_items = True
+        if top.rerank and top.rerank_candidates >= n_items:
+            logger.warning(
+                "rerank_candidates=%d is the whole catalogue (%d items) or more: the re-ranker scores every item, "
+                "there is no retrieval stage",
+                top.rerank_candidates,
+                n_items,
+            )
         self._tie_orders: collections.OrderedDict[bytes, jax.Array] = collections.OrderedDict()
 
     # -- tasks -----------------------------------------------------------------------------------------------------
