@@ -1132,16 +1132,21 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
     for name in {"new_user", "warm"} & set(doc["scenarios"]):
         for method, top in exp.last_detail[name][1].items():
             assert not np.isin(top, held).any(), (name, method)
-    # a meta-train user's own training items are never in their queries (a pair is one interaction): no list of the
-    # warm or new-item scenarios holds one (popularity's would, from the most popular items down)
+    # a meta-train user's items outside a scenario's queries are never in them (a pair is one interaction): no list
+    # holds one (popularity's would, from the most popular items down); the new-item scenario's known items are the
+    # training and the held-out warm ones, and the validation new items are no query's
     trained_on = exp.split.train.groupby("user")["item"].agg(set)
-    assert {"warm", "new_item"} <= set(doc["scenarios"])
+    warm_held = exp.split.scenarios["warm"].groupby("user")["item"].agg(set)
+    assert {"warm", "new_item"} <= set(doc["scenarios"]) and doc["scenarios"]["warm"]["maml"]["recall@20"] > 0
     for name in ("warm", "new_item"):
         stats, lists = exp.last_detail[name]
         for method, top in lists.items():
             users = np.asarray(stats[method]["user"])
             assert len(users) == len(top) and (top[:, :20] >= 0).all(), (name, method)
-            assert not any(set(row.tolist()) & trained_on[u] for u, row in zip(users, top, strict=True)), (name, method)
+            for u, row in zip(users, top, strict=True):
+                known = trained_on.get(u, set()) | (warm_held.get(u, set()) if name == "new_item" else set())
+                assert not set(row.tolist()) & known, (name, method, u)
+            assert name == "warm" or not np.isin(top, exp.split.validation_new_items).any(), method
     # the meta-learner's own lists rarely hold a new item: held out in its place, its first picks leave its lists
     tasks = exp.scenario_tasks["new_user"]
     index = tasks.batch_plan(64, None)[0]

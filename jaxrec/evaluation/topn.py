@@ -652,7 +652,7 @@ def evaluate_rankers(
             lists[name].append(np.asarray(items)[keep])
     stats = {name: {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} for name, parts in pieces.items()}
     if left_out:
-        logger.info("sampled protocol: %d negatives left out (the user's own items after redraws)", left_out)
+        logger.info("sampled protocol: %d negatives left out (own items or repeats after redraws)", left_out)
     summaries = compare_stats(stats, reference=reference, resamples=resamples, seed=seed, implicit=True)
     top = {name: np.concatenate(parts) for name, parts in lists.items()}
     for name in summaries:

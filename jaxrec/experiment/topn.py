@@ -50,7 +50,7 @@ from jaxrec.data.topn import (
     warm_frame,
 )
 from jaxrec.evaluation import retrieval_baselines as rb
-from jaxrec.evaluation.hybrid import hybrid_scores
+from jaxrec.evaluation.hybrid import hybrid_scores, hybrid_topk
 from jaxrec.evaluation.topn import (
     Catalogue,
     _dense_rank,
@@ -297,9 +297,9 @@ class TopNExperiment:
         # the user did; they are ranked only where the queries hold them (the new-item scenarios)
         held = np.union1d(self.split.new_items, self.split.validation_new_items).astype(np.int32)
         self._never_ranked: np.ndarray | None = held if len(held) else None
-        # while scoring a scenario of meta-train users (warm, new items): each user's own training items, which the
-        # split keeps out of their queries (a pair is one interaction), so a list that holds one would waste a slot
-        self._rank_training_items = True
+        # while scoring a scenario of meta-train users (warm, new items): each user's items outside its queries (a
+        # user-item pair is one interaction), ``(indptr, items, width)`` of :meth:`_known_items`; None elsewhere
+        self._known: tuple[np.ndarray, np.ndarray, int] | None = None
         if top.rerank and top.rerank_candidates >= n_items:
             logger.warning(
                 "rerank_candidates=%d is the whole catalogue (%d items) or more: the re-ranker scores every item, "
@@ -733,31 +733,38 @@ class TopNExperiment:
         return scores
 
     def _unranked(self, batch: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """What no list holds now: ``(held-out items [H] or None, each user's training items [U, W] or None)``, the
-        second only while a scenario of meta-train users is scored (``-1`` padding, ``W`` a power of two so that the
-        compiled rankers see few shapes)."""
-        if self._rank_training_items:
+        """What no list holds now: ``(held-out items [H] or None, each user's known items [U, W] or None)``, the
+        second only while a scenario of meta-train users is scored (``-1`` padding; ``W`` the scenario's, one shape
+        for every batch of it)."""
+        if self._known is None:
             return self._never_ranked, None
-        indptr, items = self._training_items
+        indptr, items, width = self._known
         users = np.asarray(batch.task_id)
-        known = (users >= 0) & (users < len(indptr) - 1)
-        start = np.where(known, indptr[np.where(known, users, 0)], 0)
-        counts = np.where(known, indptr[np.where(known, users, 0) + 1] - start, 0)
-        width = 1 << int(max(int(counts.max(initial=0)), 1) - 1).bit_length()
+        real = (users >= 0) & (users < len(indptr) - 1)
+        start = np.where(real, indptr[np.where(real, users, 0)], 0)
+        counts = np.where(real, indptr[np.where(real, users, 0) + 1] - start, 0)
         seen = np.full((len(users), width), -1, np.int32)
         rows = np.repeat(np.arange(len(users)), counts)
         position = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
         seen[rows, position] = items[np.repeat(start, counts) + position]
         return self._never_ranked, seen
 
-    @functools.cached_property
-    def _training_items(self) -> tuple[np.ndarray, np.ndarray]:
-        """The meta-train users' training items by user code, ``(indptr [n_users + 1], items)`` (CSR)."""
-        train = self.split.train
-        users, items = train["user"].to_numpy(), train["item"].to_numpy()
-        order = np.lexsort((items, users))
-        indptr = np.searchsorted(users[order], np.arange(self.dataset.n_users + 1))
-        return indptr, items[order].astype(np.int32)
+    def _known_items(self, scenario: str, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """A scenario of meta-train users' known items, none of which its queries hold: their training items, and
+        for the new-item scenario (whose queries are the new items) their held-out warm interactions too. ``(indptr
+        [n_users + 1], items, width)``, CSR by user code; ``width`` the largest count among ``users``, to a power of
+        two, so that the compiled model rankers see one shape of exclusions per scenario."""
+        parts = [self.split.train]
+        if scenario != "warm" and "warm" in self.split.scenarios:
+            parts.append(self.split.scenarios["warm"])
+        frame = pd.concat([p[["user", "item"]] for p in parts], ignore_index=True)
+        codes, items = frame["user"].to_numpy(), frame["item"].to_numpy()
+        order = np.lexsort((items, codes))
+        indptr = np.searchsorted(codes[order], np.arange(self.dataset.n_users + 1))
+        users = np.asarray(users)
+        users = users[(users >= 0) & (users < self.dataset.n_users)]
+        most = int((indptr[users + 1] - indptr[users]).max(initial=0))
+        return indptr, items[order].astype(np.int32), 1 << (max(most, 1) - 1).bit_length()
 
     def _tuned_recency(self, name: str, method: Method) -> Method:
         """``method`` at the strength of ``support_recency`` best on the validation users (the first best, in the
@@ -1012,6 +1019,9 @@ class TopNExperiment:
 
         def rank(batch, exclude):
             exclude = jnp.asarray(exclude)
+            held, seen = self._unranked(batch)
+            if held is None and seen is None:  # the fused program, as always where nothing is held out
+                return hybrid_topk(*both(batch, exclude), weight, exclude, k, self._tie_order(batch))
             scores = self._without_unranked(hybrid_scores(*both(batch, exclude), weight, exclude), batch)
             return _dense_rank(scores, exclude, k, self._tie_order(batch))
 
@@ -1124,22 +1134,25 @@ class TopNExperiment:
         *,
         in_time: bool,
         held_out: bool = False,
-        training_users: bool = False,
+        scenario: str | None = None,
         **options: Any,
     ):
         """:func:`~jaxrec.evaluation.topn.evaluate_rankers` of ``rankers`` on ``tasks`` with the run's cut-offs,
         batch size, bootstrap and seed; ``in_time``: the tasks' supports are in time order (a new user's first
         interactions), which the recency weighting reads (a warm or new-item task's are a user's latest, unordered);
-        ``held_out``: the tasks' queries hold the held-out (new) items, which are then ranked (elsewhere they are not:
-        the split dropped every other user's interactions with them); ``training_users``: the tasks are meta-train
-        users', whose own training items no list then holds (none can be in their queries).
+        ``held_out``: the tasks' queries hold the new items, which are then ranked (elsewhere they are not: the split
+        dropped every other user's interactions with them; the validation new items never are); ``scenario``: a
+        scenario of meta-train users (``"warm"``, ``"new_item"``), whose known items no list then holds
+        (:meth:`_known_items`: none can be in their queries).
         """
         c = self.config
         previous, self._support_in_time = self._support_in_time, in_time
-        never, training = self._never_ranked, self._rank_training_items
+        never, known = self._never_ranked, self._known
         if held_out:
-            self._never_ranked = None
-        self._rank_training_items = not training_users
+            rest = self.split.validation_new_items.astype(np.int32)
+            self._never_ranked = rest if len(rest) else None
+        if scenario is not None:
+            self._known = self._known_items(scenario, tasks.users)
         options = {"resamples": c.evaluation.bootstrap, **options}
         try:
             return evaluate_rankers(
@@ -1152,7 +1165,7 @@ class TopNExperiment:
                 **options,
             )
         finally:
-            self._support_in_time, self._never_ranked, self._rank_training_items = previous, never, training
+            self._support_in_time, self._never_ranked, self._known = previous, never, known
 
     def evaluate(self, params: Any, *, keep_lists: bool = False, baselines: bool = True) -> tuple[dict, dict]:
         """Evaluate every method on every scenario over the whole catalogue.
@@ -1180,7 +1193,7 @@ class TopNExperiment:
                 tasks,
                 in_time=name == "new_user",
                 held_out=name in ("new_item", NEW_ITEM_ONLY),
-                training_users=name != "new_user",
+                scenario=None if name == "new_user" else name,
                 keep_lists=keep_lists,
                 scorers=None if only_new else scorers,
                 negatives=max(sampled, 1),
@@ -1224,10 +1237,11 @@ class TopNExperiment:
             "metrics": "sampled_hr@k",
             "negatives": int(self.config.topn.sampled_negatives),
             "biased": True,
-            "note": "each query positive ranked against this many distinct items the user has not interacted with, "
-            "drawn uniformly: a biased estimate of the full ranking's figures, which can reorder methods "
-            "(Krichene and Rendle, KDD 2020); for comparison with papers that report it, never to choose on. "
-            "The re-ranking method's figure ('rerank') ranks by the re-ranker's scores alone, not the pipeline.",
+            "note": "each query positive ranked against this many distinct items drawn uniformly from those not in "
+            "the user's task (its support and query; other interactions the split keeps apart may be drawn): a "
+            "biased estimate of the full ranking's figures, which can reorder methods (Krichene and Rendle, KDD "
+            "2020); for comparison with papers that report it, never to choose on. The re-ranking method's figure "
+            "('rerank') ranks by the re-ranker's scores alone, not the pipeline.",
         }
 
 
