@@ -707,7 +707,7 @@ class TopNExperiment:
 
     def _unrankable(self, exclude: Any, batch: Any) -> Any:
         """A model ranker's ``exclude [U, E]`` with the items not ranked now appended (the held-out items, and in a
-        scenario of meta-train users each one's training items: :meth:`_unranked`). A model reads ``exclude`` as
+        scenario of meta-train users each one's known items: :meth:`_unranked`). A model reads ``exclude`` as
         exclusions alone; a baseline's is its support, so its scores are masked instead."""
         held, seen = self._unranked(batch)
         if held is None and seen is None:
