@@ -421,6 +421,32 @@ def test_sampled_negatives_avoid_the_users_items_repeat_with_the_seed_and_count_
     assert left == 0 and all(len(np.unique(lst)) == len(lst) == 100 for lst in real)
 
 
+def test_the_sampled_protocol_never_draws_what_the_evaluation_says_to_avoid(setup):
+    """``avoid(batch)``: a user's interactions outside the task (a warm user's training items, dropped held-out
+    items) are never one of their negatives; without it, the same draws hold them."""
+    ds, split, feat, sampler = setup
+    tasks = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=5, query=50, seed=0)
+    catalogue = Catalogue.build(feat, np.ones(ds.n_items, np.float32), chunk=1000)
+    popular = np.argsort(-np.bincount(split.train.item, minlength=ds.n_items))[:30].astype(np.int32)
+    drawn: list = []
+
+    def score(batch, exclude, items):
+        drawn.append(np.asarray(items))
+        return jnp.zeros(items.shape, jnp.float32)
+
+    def rank(batch, exclude):
+        return dense_topk(jnp.zeros((exclude.shape[0], ds.n_items)), exclude, 10)
+
+    for avoid, expected in ((None, True), (lambda batch: np.broadcast_to(popular, (len(batch.task_id), 30)), False)):
+        drawn.clear()
+        evaluate_rankers(
+            {"m": rank}, tasks, catalogue, ks=(10,), batch_size=64, resamples=0, reference="",
+            scorers={"m": score}, negatives=50, avoid=avoid,
+        )  # fmt: skip
+        negatives = np.concatenate([d.reshape(d.shape[0], -1, 51)[..., 1:].ravel() for d in drawn])
+        assert np.isin(negatives, popular).any() == expected
+
+
 def test_sampled_protocol_in_the_evaluation_equals_ranking_each_positive_among_its_draws(setup):
     """A scorer by popularity: the evaluation's sampled_hr@k equals the rank of each positive's popularity among
     its own draws (equal counts placed at random: the expected hit), recomputed in NumPy from the same draws; and a
@@ -1095,9 +1121,16 @@ def test_a_baselines_tied_scores_fall_in_each_users_random_order_not_by_item_cod
     assert by_code < crossing / 4  # by chance a few; by code every one
 
 
-def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_features():
+def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_features(monkeypatch):
+    import jaxrec.evaluation.topn as evaluation_topn
     from jaxrec.experiment import ExperimentConfig
     from jaxrec.experiment.topn import TopNExperiment
+
+    # what the sampled protocol keeps out of each user's negatives, per draw: (the users' own items, the width)
+    kept_out, draw = [], evaluation_topn.sampled_negatives
+    monkeypatch.setattr(
+        evaluation_topn, "sampled_negatives", lambda own, *a, **k: kept_out.append(own) or draw(own, *a, **k)
+    )
 
     config = ExperimentConfig.make(
         feedback="implicit",
@@ -1110,6 +1143,7 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
         item_dropout=0.3,
         topn_baselines=("popular", "content"),
         hybrid="content",
+        sampled_negatives=10,
     )
     exp = TopNExperiment(config)
     state = exp.train()
@@ -1147,6 +1181,10 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
                 known = trained_on.get(u, set()) | (warm_held.get(u, set()) if name == "new_item" else set())
                 assert not set(row.tolist()) & known, (name, method, u)
             assert name == "warm" or not np.isin(top, exp.split.validation_new_items).any(), method
+    # ... nor do the sampled protocol's negatives: every new user's draw keeps the held-out items out too
+    new_user_draws = [own for own in kept_out if np.isin(held, own).all()]
+    plan = exp.scenario_tasks["new_user"].batch_plan(exp.config.evaluation.eval_batch_size, None)
+    assert kept_out and len(new_user_draws) >= len(plan)
     # the meta-learner's own lists rarely hold a new item: held out in its place, its first picks leave its lists
     tasks = exp.scenario_tasks["new_user"]
     index = tasks.batch_plan(64, None)[0]

@@ -592,6 +592,7 @@ def evaluate_rankers(
     scorers: Mapping[str, Callable] | None = None,
     negatives: int = 100,
     coverage_of: int | None = None,
+    avoid: Callable[[Any], np.ndarray | None] | None = None,
 ) -> tuple[dict[str, dict], dict[str, dict], dict[str, np.ndarray]]:
     """Evaluate rankers on the same users, over the whole catalogue.
 
@@ -615,6 +616,9 @@ def evaluate_rankers(
         of the rankers' names; None: not scored).
       negatives: sampled negatives per positive.
       coverage_of: the number of items coverage is a fraction of (default: the catalogue's).
+      avoid: ``avoid(batch) -> [U, W]`` item codes (``-1`` padding) never drawn as the sampled protocol's negatives,
+        beside each user's support and query items: the user's other interactions, which the split keeps out of the
+        task (None: nothing more).
 
     Returns:
       ``(summaries, stats, lists)``: ``{method: summary}`` with ``coverage@k`` and paired differences to
@@ -634,8 +638,10 @@ def evaluate_rankers(
         keep = np.asarray(task_index) >= 0
         exclude = jnp.asarray(support_items)
         if scorers:
+            extra = None if avoid is None else avoid(batch)
+            own = support_items if extra is None else np.concatenate([support_items, np.asarray(extra)], axis=1)
             drawn, missed = sampled_negatives(
-                support_items, query_items, catalogue.n_items, negatives, np.random.default_rng([seed, 11, b])
+                own, query_items, catalogue.n_items, negatives, np.random.default_rng([seed, 11, b])
             )
             left_out += missed
             candidates = jnp.asarray(np.concatenate([query_items[:, :, None], drawn], axis=2))  # [U, Q, 1 + N]

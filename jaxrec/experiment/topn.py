@@ -749,6 +749,15 @@ class TopNExperiment:
         seen[rows, position] = items[np.repeat(start, counts) + position]
         return self._never_ranked, seen
 
+    def _avoided(self, batch: Any) -> np.ndarray | None:
+        """``[U, W]`` the items no list holds now (:meth:`_unranked`), which the sampled protocol never draws as a
+        user's negatives either (a held-out item may be one of the user's dropped interactions), or None."""
+        held, seen = self._unranked(batch)
+        users = len(np.asarray(batch.task_id))
+        parts = [] if held is None else [np.broadcast_to(held, (users, held.size))]
+        parts += [] if seen is None else [seen]
+        return np.concatenate(parts, axis=1).astype(np.int32) if parts else None
+
     def _known_items(self, scenario: str, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
         """A scenario of meta-train users' known items, none of which its queries hold: their training items, and
         for the new-item scenario (whose queries are the new items) their held-out warm interactions too. ``(indptr
@@ -1153,7 +1162,7 @@ class TopNExperiment:
             self._never_ranked = rest if len(rest) else None
         if scenario is not None:
             self._known = self._known_items(scenario, tasks.users)
-        options = {"resamples": c.evaluation.bootstrap, **options}
+        options = {"resamples": c.evaluation.bootstrap, "avoid": self._avoided, **options}
         try:
             return evaluate_rankers(
                 rankers,
@@ -1237,11 +1246,12 @@ class TopNExperiment:
             "metrics": "sampled_hr@k",
             "negatives": int(self.config.topn.sampled_negatives),
             "biased": True,
-            "note": "each query positive ranked against this many distinct items drawn uniformly from those not in "
-            "the user's task (its support and query; other interactions the split keeps apart may be drawn): a "
-            "biased estimate of the full ranking's figures, which can reorder methods (Krichene and Rendle, KDD "
-            "2020); for comparison with papers that report it, never to choose on. The re-ranking method's figure "
-            "('rerank') ranks by the re-ranker's scores alone, not the pipeline.",
+            "note": "each query positive ranked against this many distinct items drawn uniformly from those outside "
+            "the user's known interactions (the task's support and query, a meta-train user's training items; the "
+            "held-out new items outside the new-item scenarios): a biased estimate of the full ranking's figures, "
+            "which can reorder methods (Krichene and Rendle, KDD 2020); for comparison with papers that report it, "
+            "never to choose on. The re-ranking method's figure ('rerank') ranks by the re-ranker's scores alone, "
+            "not the pipeline.",
         }
 
 
