@@ -700,7 +700,7 @@ class TopNExperiment:
             return jnp.asarray(np.where(items >= 0, picked, -np.inf), jnp.float32)
 
         def rank(batch, exclude):
-            scores = self._without_unranked(jnp.asarray(dense_scores(exclude)), batch)
+            scores = self._without_unranked(jnp.asarray(dense_scores(exclude)), self._unranked(batch))
             return _dense_rank(scores, exclude, k, self._tie_order(batch))
 
         return Method(rank, score, weighted=lambda strength: self._baseline_ranker(fitted, strength))
@@ -720,9 +720,10 @@ class TopNExperiment:
             parts.append(jnp.asarray(seen, exclude.dtype))
         return jnp.concatenate(parts, axis=1)
 
-    def _without_unranked(self, scores: jax.Array, batch: Any) -> jax.Array:
-        """Dense scores ``[U, V]`` at -inf on the items not ranked now (:meth:`_unranked`)."""
-        held, seen = self._unranked(batch)
+    @staticmethod
+    def _without_unranked(scores: jax.Array, unranked: tuple[np.ndarray | None, np.ndarray | None]) -> jax.Array:
+        """Dense scores ``[U, V]`` at -inf on the items not ranked now (``unranked``: :meth:`_unranked`'s)."""
+        held, seen = unranked
         scores = jnp.asarray(scores)
         if held is not None:
             scores = scores.at[:, jnp.asarray(held)].set(-jnp.inf)
@@ -1028,10 +1029,10 @@ class TopNExperiment:
 
         def rank(batch, exclude):
             exclude = jnp.asarray(exclude)
-            held, seen = self._unranked(batch)
-            if held is None and seen is None:  # the fused program, as always where nothing is held out
+            unranked = self._unranked(batch)
+            if all(part is None for part in unranked):  # the fused program, as always where nothing is held out
                 return hybrid_topk(*both(batch, exclude), weight, exclude, k, self._tie_order(batch))
-            scores = self._without_unranked(hybrid_scores(*both(batch, exclude), weight, exclude), batch)
+            scores = self._without_unranked(hybrid_scores(*both(batch, exclude), weight, exclude), unranked)
             return _dense_rank(scores, exclude, k, self._tie_order(batch))
 
         def score(batch, exclude, items):
