@@ -88,7 +88,7 @@ def average_training_runs(parts: dict, offsets: list, fields: dict, args, seed: 
             )[1]
         if args.test:
             _, detail = experiment.evaluate(params, baselines=False)
-            found.update({scenario: per_method for scenario, (per_method, _) in detail.items()})
+            found.update({scenario: per_method for scenario, (per_method, *_) in detail.items()})
         for name, per_method in found.items():
             for method, s in per_method.items():
                 runs[name][method].append(s)
@@ -213,7 +213,7 @@ def main() -> None:
                 record["validation_new_item"] = recall_at_20(new_item_summaries)
             if args.test:
                 record["scenarios"], detail = experiment.evaluate(state.params)
-                parts.update({sc: (record["scenarios"][sc], per_method) for sc, (per_method, _) in detail.items()})
+                parts.update({sc: (record["scenarios"][sc], per_method) for sc, (per_method, *_) in detail.items()})
             extra = [t for t in args.train_seeds if t != 0]
             if extra:
                 record["train_seeds"] = {"0": recall_at_20(record["validation"])}

@@ -90,7 +90,8 @@ def _echo(*parts: Any, err: bool = False) -> None:
 
 #: the help of --save-predictions (train and evaluate)
 _SAVE_PREDICTIONS_HELP = (
-    "also write each scenario's split and every method's predictions (top-N: top-k lists) to DIR; rating "
+    "also write each scenario's split and every method's predictions (top-N: top-k lists; with "
+    "--sampled-negatives, each positive's negatives and every method's scores of them) to DIR; rating "
     "predictions as each method gives them (nDCG ranks these), which MAE and RMSE clip to metrics.json's "
     "rating_scale first"
 )

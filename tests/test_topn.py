@@ -390,7 +390,7 @@ def test_two_tower_dot_ranker_equals_scoring_every_item_with_the_model(setup):
         "maml": lambda b, e: dot((params, 0.5), b, e, rows, codes),
         "generic": lambda b, e: generic((params, 0.5), b, e, rows, codes),
     }
-    summaries, stats, lists = evaluate_rankers(rankers, tasks, catalogue, ks=(10, 20), resamples=50, keep_lists=True)
+    summaries, stats, lists, _ = evaluate_rankers(rankers, tasks, catalogue, ks=(10, 20), resamples=50, keep_lists=True)
     agree = np.mean(lists["maml"] == lists["generic"])
     assert agree > 0.99, agree  # float32 sums in another order may swap near-ties
     assert summaries["generic"]["paired"]["recall@20"]["diff"] == pytest.approx(0.0, abs=0.01)
@@ -462,7 +462,7 @@ def test_sampled_protocol_in_the_evaluation_equals_ranking_each_positive_among_i
     def score_popular(batch, exclude, items):
         return jnp.where(items >= 0, jnp.take(jnp.asarray(popularity), jnp.maximum(items, 0)), -jnp.inf)
 
-    summaries, stats, _ = evaluate_rankers(
+    summaries, stats, *_ = evaluate_rankers(
         {"popular": rank_popular}, tasks, catalogue, ks=(10,), batch_size=64, resamples=0, reference="",
         scorers={"popular": score_popular}, negatives=50, seed=3,
     )  # fmt: skip
@@ -866,7 +866,7 @@ def test_exact_als_start_ranks_as_the_mf_baselines_fold_in(l2, alpha):
     params = exp.init_params()
     fitted = rb.fit_mf(exp.train_matrix(), seed=config.seed, factors=16, l2=l2, alpha=alpha)
     rankers = {"maml": exp._model_ranker(params, exp.inner_lr, exp.inner), "mf": exp._baseline_ranker(fitted)}
-    summaries, _, lists = evaluate_rankers(
+    summaries, _, lists, _ = evaluate_rankers(
         rankers, exp.val_tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True
     )
     assert np.mean(lists["maml"][:, :20] == lists["mf"][:, :20]) > 0.98  # float32 sums may swap near-ties
@@ -1101,8 +1101,12 @@ def test_a_baselines_tied_scores_fall_in_each_users_random_order_not_by_item_cod
     exp = TopNExperiment(config)
     method = {"content": exp.baselines()["content"]}
     tasks = exp.val_tasks
-    _, _, lists = evaluate_rankers(method, tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True)
-    _, _, again = evaluate_rankers(method, tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True)
+    _, _, lists, _ = evaluate_rankers(
+        method, tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True
+    )
+    _, _, again, _ = evaluate_rankers(
+        method, tasks, exp.catalogue, ks=(20,), resamples=0, reference="", keep_lists=True
+    )
     np.testing.assert_array_equal(lists["content"], again["content"])
     support, _ = tasks.item_codes(np.arange(len(tasks)))
     every = np.broadcast_to(np.arange(exp.dataset.n_items, dtype=np.int32), (len(tasks), exp.dataset.n_items))
@@ -1158,7 +1162,7 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
     scenario = doc["scenarios"]["new_item"]
     assert scenario["maml"]["users"] == scenario["popular"]["users"] == len(exp.scenario_tasks["new_item"]) > 10
     # popularity counts training interactions only: a new item, which has none, is never in its top-20
-    _, lists = exp.last_detail["new_item"]
+    _, lists, _ = exp.last_detail["new_item"]
     # the new and validation new items are ranked where the queries hold them (content, by features, lists them),
     # and nowhere else: the split dropped the other users' interactions with them, so each would count a miss
     assert np.isin(lists["content"][:, :50], exp.split.new_items).any()
@@ -1173,7 +1177,7 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
     warm_held = exp.split.scenarios["warm"].groupby("user")["item"].agg(set)
     assert {"warm", "new_item"} <= set(doc["scenarios"]) and doc["scenarios"]["warm"]["maml"]["recall@20"] > 0
     for name in ("warm", "new_item"):
-        stats, lists = exp.last_detail[name]
+        stats, lists, _ = exp.last_detail[name]
         for method, top in lists.items():
             users = np.asarray(stats[method]["user"])
             assert len(users) == len(top) and (top[:, :20] >= 0).all(), (name, method)
@@ -1198,7 +1202,7 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
     assert scenario["popular"]["recall@20"] == 0.0
     # new_item_only: the same users, each list drawn from the new items alone, coverage a fraction of them
     only = doc["scenarios"]["new_item_only"]
-    _, only_lists = exp.last_detail["new_item_only"]
+    _, only_lists, _ = exp.last_detail["new_item_only"]
     new = exp.split.new_items
     assert set(only) == {"maml", "popular", "content", "maml+content", "popular+content"}
     assert only["maml"]["users"] == scenario["maml"]["users"]

@@ -181,7 +181,9 @@ def evaluate_again(topn_run, output, *flags):
 
 def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, monkeypatch):
     lines = capture(monkeypatch)
-    document, first = evaluate_again(topn_run, tmp_path / "sampled.json", "--sampled-negatives", "20")
+    saved = tmp_path / "predictions"
+    flags = ("--sampled-negatives", "20", "--save-predictions", str(saved))
+    document, first = evaluate_again(topn_run, tmp_path / "sampled.json", *flags)
     for name, summary in document["scenarios"]["new_user"].items():
         # the full ranking is unchanged; a positive with fewer than 10 items above it in the catalogue has fewer
         # than 10 of its draws above it: the sampled figure is never below the full one
@@ -192,6 +194,33 @@ def test_evaluate_adds_the_sampled_protocol_labelled_biased(topn_run, tmp_path, 
     protocol = document["sampled_protocol"]
     assert protocol["biased"] is True and protocol["negatives"] == 20 and "Krichene" in protocol["note"]
     assert "sampled_protocol" not in json.loads((topn_run["out"] / "metrics.json").read_text())
+    assert_sampled_rows_reproduce(saved, document["scenarios"])
+
+
+def assert_sampled_rows_reproduce(folder, scenarios):
+    """The saved candidates of the sampled protocol are each positive and 20 distinct items the user never
+    interacted with in the split, and every method's ``sampled_hr@10`` recomputed from the file alone is the
+    reported one."""
+    split = pd.read_csv(folder / "new_user.split.csv.gz")
+    rows = pd.read_csv(folder / "new_user.sampled.csv.gz")
+    assert list(rows.columns[:3]) == ["user", "positive", "item"]
+    methods = set(rows.columns[3:])
+    assert methods == set(scenarios["new_user"]), methods
+    queries = split[split.role == "query"]
+    assert set(zip(rows.user, rows.positive, strict=True)) == set(zip(queries.user, queries.item, strict=True))
+    lists = rows.groupby(["user", "positive"])["item"]
+    assert (lists.size() == 21).all() and (lists.nunique() == 21).all()  # the positive and 20 distinct negatives
+    negatives = rows[rows.item != rows.positive]
+    own = set(zip(split.user, split.item, strict=True))
+    assert not any(pair in own for pair in zip(negatives.user, negatives.item, strict=True))
+    for method in methods:
+        positive = rows[rows.item == rows.positive].set_index(["user", "positive"])[method]
+        scores = negatives.set_index(["user", "positive"])[method]
+        above = (scores > positive.reindex(scores.index)).groupby(level=[0, 1]).sum()
+        tied = (scores == positive.reindex(scores.index)).groupby(level=[0, 1]).sum()
+        hit = np.clip(10 - above, 0, tied + 1) / (tied + 1)
+        figure = hit.groupby(level=0).mean().mean()
+        assert figure == pytest.approx(scenarios["new_user"][method]["sampled_hr@10"], abs=1e-6), method
 
 
 def test_evaluate_adds_hybrids_whose_weights_are_recorded(topn_run, tmp_path, monkeypatch):

@@ -34,7 +34,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +54,9 @@ __all__ = [
     "evaluate_rankers",
     "exclude_items",
     "model_ranker",
+    "RankerEvaluation",
     "rerank_ranker",
+    "SampledRows",
     "streaming_topk",
     "topn_statistics",
     "user_orders",
@@ -578,6 +580,37 @@ def _dense_rank(scores, exclude, k, order=None):
 # evaluation
 
 
+class SampledRows(NamedTuple):
+    """The sampled protocol's rows, kept for ``--save-predictions`` so that its figures can be recomputed outside.
+
+    Attributes:
+      users: ``[U]`` the user codes (the task's ``task_id``).
+      candidates: int32 ``[U, Q, 1 + N]`` each query positive (``[..., 0]``) and its sampled negatives; ``-1`` on
+        padding (no positive) and where no negative was found.
+      scores: ``{method: float32 [U, Q, 1 + N]}`` every scored method's scores of them.
+    """
+
+    users: np.ndarray
+    candidates: np.ndarray
+    scores: dict[str, np.ndarray]
+
+
+class RankerEvaluation(NamedTuple):
+    """What :func:`evaluate_rankers` returns.
+
+    Attributes:
+      summaries: ``{method: summary}`` with ``coverage@k`` and paired differences to the reference.
+      stats: ``{method: per-user statistics}`` (``"user"`` holds the user codes).
+      lists: ``{method: [U, K]}`` item lists (empty without ``keep_lists``).
+      sampled: the sampled protocol's :class:`SampledRows` (None without ``keep_lists`` and ``scorers``).
+    """
+
+    summaries: dict[str, dict]
+    stats: dict[str, dict]
+    lists: dict[str, np.ndarray]
+    sampled: SampledRows | None = None
+
+
 def evaluate_rankers(
     rankers: Mapping[str, Callable],
     tasks: Any,
@@ -593,7 +626,7 @@ def evaluate_rankers(
     negatives: int = 100,
     coverage_of: int | None = None,
     avoid: Callable[[Any], np.ndarray | None] | None = None,
-) -> tuple[dict[str, dict], dict[str, dict], dict[str, np.ndarray]]:
+) -> RankerEvaluation:
     """Evaluate rankers on the same users, over the whole catalogue.
 
     Every ranker sees the same batches (the same support sets, the same negatives for the inner loop's loss).
@@ -611,7 +644,8 @@ def evaluate_rankers(
       reference: the method the others are paired with.
       resamples: bootstrap resamples over users.
       seed: the seed of the bootstrap and of the negatives.
-      keep_lists: also return every method's top lists (for ``--save-predictions``).
+      keep_lists: also return every method's top lists and, with ``scorers``, the sampled protocol's candidates
+        and scores (for ``--save-predictions``).
       scorers: ``{name: score(batch, exclude, items [U, M]) -> scores [U, M]}`` for the sampled protocol (a subset
         of the rankers' names; None: not scored).
       negatives: sampled negatives per positive.
@@ -621,15 +655,15 @@ def evaluate_rankers(
         task (None: nothing more).
 
     Returns:
-      ``(summaries, stats, lists)``: ``{method: summary}`` with ``coverage@k`` and paired differences to
-      ``reference``; ``{method: per-user statistics}`` (``"user"`` holds the user codes); ``{method: [U, K]}``
-      item lists (empty without ``keep_lists``).
+      The :class:`RankerEvaluation` ``(summaries, stats, lists, sampled)``.
     """
     ks = tuple(int(k) for k in ks)
     popularity = jnp.asarray(catalogue.popularity)
     pieces: dict[str, list] = {name: [] for name in rankers}
     lists: dict[str, list] = {name: [] for name in rankers}
     scorers = dict(scorers or {})
+    keep_sampled = keep_lists and bool(scorers)
+    sampled_users, sampled_candidates, sampled_scores = [], [], {name: [] for name in scorers}
     left_out = 0
     plan = tasks.batch_plan(batch_size, None)
     for b, task_index in enumerate(plan):
@@ -645,12 +679,17 @@ def evaluate_rankers(
             )
             left_out += missed
             candidates = jnp.asarray(np.concatenate([query_items[:, :, None], drawn], axis=2))  # [U, Q, 1 + N]
+            if keep_sampled:
+                sampled_users.append(np.asarray(batch.task_id)[keep])
+                sampled_candidates.append(np.asarray(candidates)[keep])
         for name, rank in rankers.items():
             items = rank(batch, exclude)
             stats = topn_statistics(items, jnp.asarray(query_items), popularity, ks)
             if name in scorers:
                 scores = scorers[name](batch, exclude, candidates.reshape(len(keep), -1)).reshape(candidates.shape)
                 stats.update(sampled_statistics(scores[..., 0], scores[..., 1:], candidates[..., 0] >= 0, ks))
+                if keep_sampled:
+                    sampled_scores[name].append(np.asarray(scores)[keep])
             stats = jax.device_get(stats)
             stats = {key: np.asarray(v)[keep] for key, v in stats.items()}
             stats["user"] = np.asarray(batch.task_id)[keep]
@@ -664,4 +703,15 @@ def evaluate_rankers(
     for name in summaries:
         for k in ks:
             summaries[name][f"coverage@{k}"] = coverage(top[name], coverage_of or catalogue.n_items, k)
-    return summaries, stats, (top if keep_lists else {})
+    sampled = None
+    if keep_sampled and sampled_users:
+        scores = {name: _joined(parts) for name, parts in sampled_scores.items() if parts}
+        sampled = SampledRows(np.concatenate(sampled_users), _joined(sampled_candidates), scores)
+    return RankerEvaluation(summaries, stats, top if keep_lists else {}, sampled)
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """Batches' ``[U_b, Q_b, ...]`` arrays as one ``[U, Q, ...]``, each padded with ``-1`` to the widest ``Q``."""
+    width = max(p.shape[1] for p in parts)
+    pad = [((0, 0), (0, width - p.shape[1])) + ((0, 0),) * (p.ndim - 2) for p in parts]
+    return np.concatenate([np.pad(p, w, constant_values=-1) for p, w in zip(parts, pad, strict=True)])

@@ -10,7 +10,13 @@ Per scenario, compressed CSV with raw user and item ids:
   query row, as the method gives it (nDCG ranks these); MAE and RMSE clip them to the rating scale first, which
   metrics.json records as ``rating_scale``;
 * top-N: ``<scenario>.topk.csv.gz``, ``user,method,rank,item``: every method's top-k list (rank 1 first), over
-  the whole catalogue with the user's support items excluded.
+  the whole catalogue with the user's support items excluded;
+* top-N with the sampled protocol (``--sampled-negatives N``): ``<scenario>.sampled.csv.gz``,
+  ``user,positive,item,<method>,...``: each query positive's candidates, the positive itself (``item ==
+  positive``) and its ``N`` sampled negatives, with every method's score of each. A positive's ``sampled_hr@k``
+  counts the negatives scored above it (``h``) and those tied with it (``t``): ``clip(k - h, 0, t + 1) / (t + 1)``,
+  averaged over the user's positives, then over users (the biased protocol of
+  :func:`~jaxrec.evaluation.topn.sampled_statistics`).
 """
 
 from __future__ import annotations
@@ -134,7 +140,7 @@ def write_topn_predictions(folder: str | Path, experiment: Any, detail: dict) ->
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     ds = experiment.dataset
-    for scenario, (stats, lists) in detail.items():
+    for scenario, (stats, lists, sampled) in detail.items():
         tasks = experiment.scenario_tasks[scenario]
         everyone = np.arange(len(tasks))
         (support, _), (query, _) = tasks.tasks.codes(everyone)  # the rows' items and weights, read once
@@ -161,8 +167,26 @@ def write_topn_predictions(folder: str | Path, experiment: Any, detail: dict) ->
                 )
             )
         written.append(_write(pd.concat(parts, ignore_index=True), folder / f"{scenario}.topk.csv.gz"))
+        if sampled is not None:
+            written.append(_write(_sampled_frame(ds, sampled), folder / f"{scenario}.sampled.csv.gz"))
     logger.info("wrote %d prediction files to %s", len(written), folder)
     return written
+
+
+def _sampled_frame(dataset: Any, sampled: Any) -> pd.DataFrame:
+    """``user,positive,item,<method>,...``: the sampled protocol's candidates
+    (:class:`~jaxrec.evaluation.topn.SampledRows`), the positive first in each list, with every method's scores."""
+    candidates = sampled.candidates
+    positives = np.broadcast_to(candidates[:, :, :1], candidates.shape)
+    keep = (positives >= 0) & (candidates >= 0)
+    owner = np.broadcast_to(sampled.users[:, None, None], candidates.shape)
+    frame = {
+        "user": dataset.user_ids[owner[keep]],
+        "positive": dataset.item_ids[positives[keep]],
+        "item": dataset.item_ids[candidates[keep]],
+    }
+    frame.update({method: scores[keep] for method, scores in sampled.scores.items()})
+    return pd.DataFrame(frame)
 
 
 def metrics_and_predictions(experiment: Any, params: Any, folder: str | Path | None = None) -> tuple[dict, list[Path]]:

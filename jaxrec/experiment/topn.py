@@ -604,8 +604,8 @@ class TopNExperiment:
 
     def validation_stats(self, params: Any) -> dict[str, np.ndarray]:
         """The meta method's per-user statistics on the validation users (at its chosen recency weighting)."""
-        _, stats, _ = self._evaluate_on({"maml": self.meta_method(params)}, self.val_tasks, in_time=True, resamples=0)
-        return stats["maml"]
+        evaluation = self._evaluate_on({"maml": self.meta_method(params)}, self.val_tasks, in_time=True, resamples=0)
+        return evaluation.stats["maml"]
 
     # -- methods ---------------------------------------------------------------------------------------------------
 
@@ -813,7 +813,7 @@ class TopNExperiment:
 
     def _validate(self, rankers: Mapping[str, Any]) -> dict[str, float]:
         c = self.config
-        summaries, _, _ = evaluate_rankers(
+        summaries = evaluate_rankers(
             rankers,
             self.val_tasks,
             self.catalogue,
@@ -822,7 +822,7 @@ class TopNExperiment:
             reference="",
             resamples=0,
             seed=c.seed,
-        )
+        ).summaries
         return {name: float("nan") if s[_SELECT] is None else float(s[_SELECT]) for name, s in summaries.items()}
 
     def _baseline_fitters(self, names: Sequence[str]) -> dict[str, Callable[..., Any]]:
@@ -1132,7 +1132,7 @@ class TopNExperiment:
             items = self.split.validation_new_items
             rankers = {k: self._among_new_items(m, items) for k, m in rankers.items()}
             tasks, coverage_of = self.val_new_item_tasks, len(items)
-        summaries, stats, _ = self._evaluate_on(
+        summaries, stats, *_ = self._evaluate_on(
             rankers, tasks, in_time=not new_items, held_out=new_items, coverage_of=coverage_of
         )
         return (summaries, stats) if return_stats else summaries
@@ -1186,8 +1186,9 @@ class TopNExperiment:
           baselines: also the baselines and their hybrids (else the methods of ``params`` alone: :meth:`rankers`).
 
         Returns:
-          ``({scenario: {method: summary}}, {scenario: (stats, lists)})``; with ``sampled_negatives`` the summaries
-          also hold the sampled protocol's ``sampled_hr@k`` (biased: never the figure to choose on).
+          ``({scenario: {method: summary}}, {scenario: (stats, lists, sampled)})``; with ``sampled_negatives`` the
+          summaries also hold the sampled protocol's ``sampled_hr@k`` (biased: never the figure to choose on) and,
+          with ``keep_lists``, ``sampled`` its rows (:class:`~jaxrec.evaluation.topn.SampledRows`; else None).
         """
         c = self.config
         rankers = self.rankers(params, baselines=baselines)
@@ -1196,7 +1197,7 @@ class TopNExperiment:
         out, detail = {}, {}
         for name, tasks in self.scenario_tasks.items():
             only_new = name == NEW_ITEM_ONLY
-            summaries, stats, lists = self._evaluate_on(
+            summaries, stats, lists, sampled_rows = self._evaluate_on(
                 {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
                 if only_new
                 else rankers,
@@ -1210,7 +1211,7 @@ class TopNExperiment:
                 coverage_of=len(self.split.new_items) if only_new else None,
             )
             out[name] = summaries
-            detail[name] = (stats, lists)
+            detail[name] = (stats, lists, sampled_rows)
         return out, detail
 
     def metrics_document(self, params: Any, *, keep_lists: bool = False) -> dict:
@@ -1252,7 +1253,8 @@ class TopNExperiment:
             "held-out new items outside the new-item scenarios): a biased estimate of the full ranking's figures, "
             "which can reorder methods (Krichene and Rendle, KDD 2020); for comparison with papers that report it, "
             "never to choose on. The re-ranking method's figure ('rerank') ranks by the re-ranker's scores alone, "
-            "not the pipeline.",
+            "not the pipeline. --save-predictions writes each positive's negatives and every method's scores of "
+            "them (<scenario>.sampled.csv.gz).",
         }
 
 
