@@ -119,7 +119,7 @@ def test_movielens_dat_with_wrong_separator(tmp_path):
 
 def test_unknown_role_and_column_counts(tmp_path):
     path = _write(tmp_path / "p.csv", "1,2,3\n")
-    with pytest.raises(jd.DataError, match=r"columns= names 2 column\(s\)"):
+    with pytest.raises(jd.DataError, match=r"the columns given name 2 column\(s\)"):
         jd.from_csv(path, columns=["user", "item"])
     with pytest.raises(jd.DataError, match=r"unknown role\(s\) \['stars'\]"):
         jd.from_csv(path, columns=["user", "item", "stars"])

@@ -227,6 +227,12 @@ def test_topk_marks_missing_items_when_the_catalogue_is_exhausted():
     np.testing.assert_array_equal(np.asarray(items), [[1, -1, -1]])
 
 
+def test_topk_past_the_catalogue_lists_every_item_then_pads():
+    scores = jnp.asarray([[0.3, 0.1, 0.2], [0.0, 0.5, 0.4]])
+    items = dense_topk(scores, jnp.asarray([[2], [-1]], jnp.int32), 5)
+    np.testing.assert_array_equal(np.asarray(items), [[0, 1, -1, -1, -1], [1, 2, 0, -1, -1]])
+
+
 def test_dense_topk_breaks_ties_in_each_users_own_order():
     """Tied scores fall in the order given (each user's own permutation), strict ones by score, excluded never."""
     from jaxrec.evaluation.topn import user_orders

@@ -323,6 +323,55 @@ def test_a_log_of_users_with_too_few_interactions_is_refused_before_training(tmp
     assert not (tmp_path / "r" / "checkpoints").exists()  # refused before any training
 
 
+def test_a_catalogue_smaller_than_the_cut_offs_is_evaluated_and_the_trivial_cut_offs_are_named(
+    tmp_path, monkeypatch, capsys
+):
+    """20 items, a support of 3: the default cut-offs 20 and 50 reach every item a new user can be recommended
+    (top_k past the catalogue failed after training); the run finishes, says so, and chooses by Recall@10."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "small.csv"
+    rows = [f"u{u},i{i},{t}" for u in range(90) for t, i in enumerate(rng.choice(np.arange(u % 2, 20, 2), 8, False))]
+    path.write_text("user,item,time\n" + "\n".join(rows) + "\n")
+    lines = capture(monkeypatch)
+    out = tmp_path / "r"
+    flags = [a for a in TOPN_FLAGS if a != "--no-progress"] + ["--no-progress", "--epochs", "1", "--out", str(out)]
+    assert cli.main(["train", "--data", str(path), "--columns", "user,item,timestamp", *flags]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "reach every item" in line]
+    assert len(warned) == 1 and "the cut-offs 20, 50" in warned[0] and "recall@10" in warned[0], warned
+    document = json.loads((out / "metrics.json").read_text())
+    methods = document["scenarios"]["new_user"]
+    assert methods["maml"]["recall@20"] == pytest.approx(1.0) and 0.0 < methods["maml"]["recall@10"] < 1.0
+    assert document["tuned"]["epoch"]["metric"] == "recall@10"
+    assert all(key.endswith("recall@10") for key in document["tuned"]["ease"] if key.startswith("validation_"))
+    assert "recall@20" in "\n".join(lines)
+
+
+def test_the_table_shows_the_cut_offs_a_run_has():
+    """A run with other cut-offs (--topn-ks 5,10; --ks 5,10) shows them, not an empty table of the defaults'."""
+    topn = {
+        "task": "topn",
+        "scenarios": {
+            "new_user": {
+                "maml": {
+                    "users": 3,
+                    "hr@5": 0.1,
+                    "hr@10": 0.2,
+                    "recall@5": 0.3,
+                    "recall@10": 0.4,
+                    "ndcg@5": 0.5,
+                    "ndcg@10": 0.6,
+                    "mrr@10": 0.7,
+                    "coverage@10": 0.8,
+                }
+            }
+        },
+    }
+    header = cli.format_table(topn).splitlines()[0].split()
+    assert header == ["scenario", "method", "users", "hr@10", "recall@10", "ndcg@10", "mrr@10", "coverage@10"]
+    rating = {"scenarios": {"new_user": {"maml": {"users": 3, "mae": 0.7, "rmse": 0.9, "ndcg@5": 0.8, "ndcg@10": 0.9}}}}
+    assert cli.format_table(rating).splitlines()[0].split() == ["scenario", "method", "users", "mae", "rmse", "ndcg@5"]
+
+
 def test_a_catalogue_of_one_item_is_one_clear_error(tmp_path, capsys):
     path = tmp_path / "one.csv"
     path.write_text("user,item\n" + "".join(f"u{u},only\n" for u in range(10)))
@@ -333,7 +382,9 @@ def test_a_catalogue_of_one_item_is_one_clear_error(tmp_path, capsys):
 
 def test_rating_runs_save_their_split_and_query_predictions(tmp_path, monkeypatch):
     data = write_ratings(tmp_path / "ratings.csv", scale=5)
-    capture(monkeypatch)
+    with data.open("a") as f:  # 30 users with 4 ratings each: too few to be a task anywhere (counted, said)
+        f.write("".join(f"{u},{100 + (u + j) % 40},{1 + j}\n" for u in range(500, 530) for j in range(4)))
+    lines = capture(monkeypatch)
     flags = ["--model", "mf", "--model-kwargs", '{"embed": 4}', "--order", "first", "--inner-steps", "1",
              "--batch-size", "8", "--baselines", "global_mean,user_mean", "--bootstrap", "10",
              "--no-progress"]  # fmt: skip
@@ -358,6 +409,19 @@ def test_rating_runs_save_their_split_and_query_predictions(tmp_path, monkeypatc
     for method in ("user_mean", "maml"):
         mae = np.mean(np.abs(np.clip(merged[method], low, high) - merged["target"]))
         assert mae == pytest.approx(document["scenarios"][scenario][method]["mae"], rel=1e-5)
+    # the users no task holds are counted in metrics.json and said beside the table, as top-N runs count them
+    tasks = document["tasks"]
+    assert {"train", "validation", *document["scenarios"]} <= set(tasks)
+    for name, methods in document["scenarios"].items():
+        assert tasks[name]["tasks"] == methods["maml"]["users"]
+    left_out = {name: stats["users_dropped"] for name, stats in tasks.items() if name != "train"}
+    assert sum(left_out.values()) >= 10, left_out  # most of the 30 short users are outside meta-training
+    notes = [line for line in lines if line.startswith("note: ")]
+    for name, dropped in left_out.items():
+        said = [n for n in notes if n.startswith(f"note: {name}: ")]
+        assert len(said) == (1 if dropped or tasks[name]["tasks"] < cli.FEW_USERS else 0), (name, notes)
+        assert not dropped or f"{dropped} user(s) left out: too few or too many ratings" in said[0]
+    assert any("validation users" in n and "rest on them" in n for n in notes), notes  # 60 users: few validate
 
 
 def test_a_declared_rating_scale_is_the_models(tmp_path, monkeypatch, capsys):

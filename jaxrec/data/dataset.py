@@ -1444,7 +1444,8 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
         columns = list(columns)
         if len(columns) != len(cols):
             raise DataError(
-                f"{path}: columns= names {len(columns)} column(s) {columns} but the file has {len(cols)}: {cols}"
+                f"{path}: the columns given name {len(columns)} column(s) {columns} but the file has "
+                f"{len(cols)}: {cols}"
             )
         twice = sorted({role for role in columns if role != "_" and columns.count(role) > 1})
         if twice:

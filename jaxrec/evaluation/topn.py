@@ -184,16 +184,19 @@ def dense_topk(scores: jax.Array, exclude: jax.Array, k: int, order: jax.Array |
         popularity or release favours some items in every list.
 
     Returns:
-      int32 ``[U, k]`` item codes, best first (``-1`` where fewer than ``k`` were eligible).
+      int32 ``[U, k]`` item codes, best first (``-1`` where fewer than ``k`` were eligible, and past the catalogue's
+      size when ``k > V``).
     """
     codes = jnp.arange(scores.shape[1], dtype=jnp.int32)
     masked = exclude_items(jnp.asarray(scores, jnp.float32), codes, exclude)
     if order is not None:
         masked = jnp.take_along_axis(masked, order, axis=1)
-    top, items = jax.lax.top_k(masked, int(k))
+    width = min(int(k), scores.shape[1])  # a cut-off past a small catalogue: the whole catalogue, then padding
+    top, items = jax.lax.top_k(masked, width)
     if order is not None:
         items = jnp.take_along_axis(order, items, axis=1)
-    return jnp.where(jnp.isfinite(top), items.astype(jnp.int32), -1)
+    items = jnp.where(jnp.isfinite(top), items.astype(jnp.int32), -1)
+    return jnp.pad(items, ((0, 0), (0, int(k) - width)), constant_values=-1)
 
 
 def user_orders(key: jax.Array, users: jax.Array, items: jax.Array) -> jax.Array:

@@ -966,9 +966,11 @@ class Experiment:
           params: the meta-learned parameters.
 
         Returns:
-          ``{"dataset": ..., "config": {...}, "tuned": {...}, "data_report": {...}, "scenarios": {...}}``; the data
-          report counts what reading the log dropped or merged (:attr:`~jaxrec.data.Dataset.report`);
-          ``rating_scale`` is the ``[low, high]`` MAE and RMSE clip a prediction to (None with binary targets).
+          ``{"dataset": ..., "config": {...}, "tuned": {...}, "data_report": {...}, "tasks": {...},
+          "scenarios": {...}}``; the data report counts what reading the log dropped or merged
+          (:attr:`~jaxrec.data.Dataset.report`), ``tasks`` each task set's build (its tasks and ``users_dropped``:
+          the users with too few or too many ratings to be a task); ``rating_scale`` is the ``[low, high]`` MAE and
+          RMSE clip a prediction to (None with binary targets).
         """
         scale = self.featurizer.spec.rating_range
         return {
@@ -976,6 +978,12 @@ class Experiment:
             "config": self.config.to_dict(),
             "tuned": self.tuned,
             "data_report": dict(self.dataset.report),
+            "tasks": {
+                "train": self.train_tasks.stats,
+                "validation": self.val_tasks.stats,
+                **({"validation_item": self.val_item_tasks.stats} if self.val_item_tasks is not None else {}),
+                **{name: tasks.stats for name, tasks in self.scenario_tasks.items()},
+            },
             "rating_scale": None if scale is None else [float(scale[0]), float(scale[1])],
             "scenarios": self.evaluate(params),
         }

@@ -105,7 +105,8 @@ NEW_ITEM_ONLY = "new_item_only"
 FINETUNE_RATES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 #: the weights of a hybrid's second method tried on the validation users (:mod:`jaxrec.evaluation.hybrid`)
 HYBRID_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-_SELECT = "recall@20"
+#: the cut-off validation choices are made at, when the run reports it and it leaves items out of a list
+_SELECT_AT = 20
 #: the memory the kept tie orders of the dense rankers may take (:meth:`TopNExperiment._tie_order`)
 _TIE_ORDER_BYTES = 256 * 2**20
 
@@ -228,6 +229,18 @@ class TopNExperiment:
         n_items = self.dataset.n_items
         if n_items < 2:
             raise DataError(f"{self.dataset.source}: a catalogue of {n_items} item(s); top-N needs at least two")
+        self._select = f"recall@{selection_cutoff(top.topn_ks, n_items - top.shots)}"
+        if max(top.topn_ks) >= n_items - top.shots:
+            logger.warning(
+                "%s: the cut-offs %s reach every item a new user can be recommended (%d items less a support of %d): "
+                "at such a cut-off every list holds every query item, so recall and HR are 1 for every method; "
+                "choices are made by %s (pass smaller --topn-ks)",
+                self.dataset.source,
+                ", ".join(str(k) for k in top.topn_ks if k >= n_items - top.shots),
+                n_items,
+                top.shots,
+                self._select,
+            )
         self.featurizer = implicit_featurizer(self.dataset, self.split.train)
         self.spec = dataclasses.replace(self.featurizer.spec, history=config.history())
         if top.new_item_frac > 0 and not self.featurizer.item_features()[0].any():  # keys, or keys of no value
@@ -595,8 +608,7 @@ class TopNExperiment:
 
     def epoch_selector(self, figures_at: Callable[[int], Mapping[str, Any]] | None = None) -> EpochSelector:
         """A selector of the state to keep by this run's rule (``select_epoch``) and metric (Recall@20)."""
-        ks = self.config.topn.topn_ks
-        return EpochSelector(self.config.topn.select_epoch, f"recall@{20 if 20 in ks else max(ks)}", figures_at)
+        return EpochSelector(self.config.topn.select_epoch, self._select, figures_at)
 
     def note_epoch_choice(self, selector: EpochSelector) -> None:
         """Record a selector's choice in :attr:`tuned` (``"epoch"``)."""
@@ -788,7 +800,7 @@ class TopNExperiment:
         chosen = max(grid, key=lambda strength: scores[f"{strength:g}"])
         self._tuned.setdefault("support_recency", {})[name] = {
             "strength": chosen,
-            "validation_" + _SELECT: scores[f"{chosen:g}"],
+            "validation_" + self._select: scores[f"{chosen:g}"],
         }
         return candidates[chosen]
 
@@ -817,13 +829,14 @@ class TopNExperiment:
             rankers,
             self.val_tasks,
             self.catalogue,
-            ks=(20,),
+            ks=(int(self._select.split("@")[1]),),
             batch_size=c.evaluation.eval_batch_size,
             reference="",
             resamples=0,
             seed=c.seed,
         ).summaries
-        return {name: float("nan") if s[_SELECT] is None else float(s[_SELECT]) for name, s in summaries.items()}
+        select = self._select
+        return {name: float("nan") if s[select] is None else float(s[select]) for name, s in summaries.items()}
 
     def _baseline_fitters(self, names: Sequence[str]) -> dict[str, Callable[..., Any]]:
         """``{name: fit(**hyper)}`` of the named baselines that this data can fit: the interaction baselines on the
@@ -863,7 +876,7 @@ class TopNExperiment:
                 candidates = {f"{lr:g}": self._model_ranker(params, lr, self.inner) for lr in FINETUNE_RATES}
                 scores = self._validate(candidates)
                 chosen = max(scores, key=scores.get)
-                self._tuned["finetune"] = {"inner_lr": float(chosen), "validation_" + _SELECT: scores[chosen]}
+                self._tuned["finetune"] = {"inner_lr": float(chosen), "validation_" + self._select: scores[chosen]}
                 out["finetune"] = self._tuned_recency("finetune", candidates[chosen])
         self._baselines = out
         return out
@@ -892,7 +905,7 @@ class TopNExperiment:
                     best = self._try_baseline(name, fitters[name], {**chosen, **extra}, best, choose=True)
                     bar.update()
         if best is not None:
-            self._tuned[name] = {"chosen": best[1], "validation_" + _SELECT: best[0]}
+            self._tuned[name] = {"chosen": best[1], "validation_" + self._select: best[0]}
             logger.info("baseline %s: %s (%.1f s)", name, best[1], time.perf_counter() - began)
         ranker = None if best is None else best[2]
         if ranker is not None and name != "popular":  # the popular ranking reads no support
@@ -1019,7 +1032,7 @@ class TopNExperiment:
         candidates = {f"{w:g}": self._hybrid(both, w) for w in HYBRID_WEIGHTS}
         scores = self._validate(candidates)
         chosen = max(scores, key=scores.get)
-        self._tuned[name] = {"weight": float(chosen), "validation_" + _SELECT: scores[chosen]}
+        self._tuned[name] = {"weight": float(chosen), "validation_" + self._select: scores[chosen]}
         return candidates[chosen]
 
     def _hybrid(self, both: Callable, weight: float) -> Method:
@@ -1256,6 +1269,16 @@ class TopNExperiment:
             "not the pipeline. --save-predictions writes each positive's negatives and every method's scores of "
             "them (<scenario>.sampled.csv.gz).",
         }
+
+
+def selection_cutoff(ks: Sequence[int], rankable: int) -> int:
+    """The cut-off ``k`` of the Recall@k that validation choices are made by: 20 when it is one of ``ks`` and below
+    ``rankable`` (the items a new user can be recommended: at or past it every list holds every query item, and
+    recall is 1 for every method), else the largest of ``ks`` below ``rankable``, else the smallest of ``ks``."""
+    below = sorted(k for k in ks if k < rankable)
+    if _SELECT_AT in below:
+        return _SELECT_AT
+    return below[-1] if below else min(ks)
 
 
 @dataclasses.dataclass(frozen=True)
