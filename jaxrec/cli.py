@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", help="with --users: the CSV file to write the lists to (default: standard output)")
     r.add_argument("--sep", help="with --users: the text file's field separator (default: sniffed)")
-    r.add_argument("--encoding", default="utf-8", help="with --users: the text file's encoding (default utf-8)")
+    r.add_argument(
+        "--encoding", default="utf-8", help="the text encoding of --ratings, --users and --exclude (default utf-8)"
+    )
     r.add_argument(
         "--columns",
         help="with --users: the file's columns as train's --columns reads them (user,item,weight,timestamp in file "
@@ -251,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file of item ids, one per line, never to recommend (out of stock, withdrawn); a request may exclude "
         "more of its own ('exclude')",
     )
+    s.add_argument("--encoding", default="utf-8", help="the text encoding of --exclude (default utf-8)")
     s.add_argument(
         "--batch-wait-ms", type=float, default=2.0, help="how long a request waits to share a call (default 2)"
     )
@@ -697,7 +700,9 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             "their features: --features)"
         )
     features = _feature_pairs(args.features)
-    codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings)  # bad files fail before the slow part
+    codes, ratings, notes, seen = read_ratings_for(
+        args.checkpoint, args.ratings, args.encoding
+    )  # bad files fail before the slow part
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
     for note in notes + _feature_notes(trained, features) + _ranked_by_notes(trained):
@@ -889,7 +894,7 @@ def _excluded(args: argparse.Namespace, trained) -> np.ndarray:
     """The codes of ``--exclude``'s items (none without it), its unknown ids noted."""
     if args.exclude is None:
         return np.zeros(0, np.int64)
-    codes, unknown = read_item_list(args.exclude, trained.item_ids)
+    codes, unknown = read_item_list(args.exclude, trained.item_ids, encoding=args.encoding)
     shown = f" ({', '.join(map(str, unknown[:5]))}{' ...' if len(unknown) > 5 else ''})" if unknown else ""
     _echo(
         f"note: --exclude: {len(codes)} item(s) never recommended; {len(unknown)} id(s) not in the catalogue{shown}",

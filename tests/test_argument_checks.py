@@ -168,3 +168,26 @@ def test_top_n_evaluation_options_on_rated_feedback_are_refused_not_ignored(fiel
     with pytest.raises(ValueError, match=f"^{field} needs --feedback implicit"):
         ExperimentConfig.make(**{field: value})
     assert ExperimentConfig.make(feedback="implicit", **{field: value})  # accepted where it means something
+
+
+@pytest.mark.parametrize("field, value", [("shots", 3), ("topn_ks", (5, 10)), ("negatives", 5), ("query_cap", 30)])
+def test_other_top_n_options_on_rated_feedback_are_refused_not_ignored(field, value):
+    from jaxrec.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match=f"^{field} needs --feedback implicit"):
+        ExperimentConfig.make(**{field: value})
+    assert ExperimentConfig.make(feedback="implicit", **{field: value})
+
+
+@pytest.mark.parametrize(
+    "field, value, instead",
+    [("baselines", ("bias",), "--topn-baselines"), ("ks", (1, 3), "--topn-ks"),
+     ("implicit", True, "--positive-threshold"), ("rating_scale", (1, 10), "predicts no rating")],
+)  # fmt: skip
+def test_rating_options_with_implicit_feedback_are_refused_not_ignored(field, value, instead):
+    from jaxrec.experiment import ExperimentConfig
+
+    with pytest.raises(ValueError, match=f"^{field} is a rating option, ignored by --feedback implicit") as error:
+        ExperimentConfig.make(feedback="implicit", **{field: value})
+    assert instead in str(error.value)
+    assert ExperimentConfig.make(**{field: value})  # a rating run reads it

@@ -120,6 +120,22 @@ def test_recommend_prints_unrated_top_k(run, tmp_path, capsys):
     assert "warm median" in captured.out
 
 
+def test_recommend_reads_a_ratings_file_in_the_encoding_given(run, tmp_path, capsys):
+    """--encoding was read for --users alone: a ratings file in another encoding failed as unparsable lines."""
+    ratings = tmp_path / "me.csv"
+    ratings.write_bytes("item,rating\n100,9\ndéjà vu,8\n".encode("latin-1"))
+    argv = ["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "3"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "me.csv: not utf-8 text" in err and "--encoding latin-1" in err and "Traceback" not in err
+    assert cli.main([*argv, "--encoding", "latin-1"]) == 0
+    captured = capsys.readouterr()
+    assert "for a new user with 1 rating(s)" in captured.out and "unknown item id(s): déjà vu" in captured.err
+    ratings.write_bytes("item,rating\n100,9\n104,8\n".encode("utf-16"))
+    assert cli.main([*argv, "--encoding", "utf-16"]) == 0
+    assert "for a new user with 2 rating(s)" in capsys.readouterr().out
+
+
 def test_recommend_with_a_single_rating_and_no_header(run, tmp_path, capsys):
     ratings = tmp_path / "one.csv"
     ratings.write_text("105,7\n")

@@ -87,6 +87,24 @@ def test_merge_matches_a_pandas_groupby():
     assert ds.report["duplicates_merged"] == n - len(expected)
 
 
+def test_ratings_read_as_interactions_without_a_threshold_are_said(tmp_path, caplog):
+    """Every rating an interaction is what --feedback implicit on rated data means; a rating of 1 read as a like
+    is said, with the option that keeps the high ones."""
+    path = tmp_path / "rated.csv"
+    path.write_text("user,item,rating\nu1,a,1\nu1,b,5\nu2,a,4\n")
+    with caplog.at_level("WARNING", logger="jaxrec.data.dataset"):
+        ds = jd.from_csv(path, feedback="implicit")
+    assert len(ds.ratings) == 3
+    said = [r.getMessage() for r in caplog.records if "whatever the rating" in r.getMessage()]
+    assert len(said) == 1 and "rated.csv" in said[0] and "1 to 5" in said[0] and "positive_threshold" in said[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="jaxrec.data.dataset"):
+        jd.from_csv(path, feedback="implicit", positive_threshold=4.0)
+        (tmp_path / "plays.csv").write_text("user,item\nu1,a\nu2,b\n")
+        jd.from_csv(tmp_path / "plays.csv", feedback="implicit")
+    assert not [r for r in caplog.records if "whatever the rating" in r.getMessage()]
+
+
 def test_positive_threshold_drops_and_counts(tmp_path):
     path = _write(tmp_path / "rated.csv", "user,item,rating\n1,10,5\n1,11,2\n2,10,4\n2,12,3.5\n3,11,1\n")
     ds = jd.from_csv(path, feedback="implicit", positive_threshold=4.0)
@@ -297,7 +315,7 @@ def test_columns_as_the_command_lines_comma_separated_string(tmp_path):
     as_list = jd.from_csv(path, columns=["user", "item", "weight", "_"], feedback="implicit")
     pd.testing.assert_frame_equal(_by_raw(as_string), _by_raw(as_list))
     assert as_string.has_weights and not as_string.has_timestamps and as_string.report["interactions"] == 3
-    with pytest.raises(jd.DataError, match=r"names 2 column\(s\)"):
+    with pytest.raises(jd.DataError, match=r"the columns given name 2 column\(s\)"):
         jd.from_csv(path, columns="user,item", feedback="implicit")
 
 

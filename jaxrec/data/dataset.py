@@ -600,6 +600,16 @@ def from_dataframe(
         # 2a. ratings below the threshold are not interactions
         keep = np.ones(len(df), bool) if positive_threshold is None else ratings >= positive_threshold
         report["below_threshold_dropped"] = int(len(keep) - keep.sum())
+        if positive_threshold is None and rating is not None and len(ratings) and ratings.min() < ratings.max():
+            logger.warning(
+                "%s: feedback='implicit' reads each of its %d rated rows as an interaction, whatever the rating "
+                "(%g to %g in column %r); positive_threshold (--positive-threshold R) keeps the ratings >= R only",
+                where,
+                len(ratings),
+                ratings.min(),
+                ratings.max(),
+                rating,
+            )
         if not keep.any():
             raise DataError(
                 f"{where}: no interactions left: every rating in column {rating!r} is below positive_threshold="
@@ -746,7 +756,7 @@ def typed_ids(ids: np.ndarray, like: np.ndarray) -> np.ndarray:
 # CSV-like files
 
 
-def sniff_separator(path: str | os.PathLike, sample_lines: int = 20) -> str:
+def sniff_separator(path: str | os.PathLike, sample_lines: int = 20, encoding: str = "utf-8") -> str:
     """Guess the field separator of a text file among ``::``, ``,``, tab, ``|`` and ``;``.
 
     ``::`` when every sampled line holds it; else the candidate that splits every sampled line into the same
@@ -755,6 +765,7 @@ def sniff_separator(path: str | os.PathLike, sample_lines: int = 20) -> str:
     Args:
       path: the file (``.gz`` allowed).
       sample_lines: how many non-blank lines from the top are sampled.
+      encoding: the file's text encoding.
 
     Returns:
       The separator.
@@ -762,7 +773,7 @@ def sniff_separator(path: str | os.PathLike, sample_lines: int = 20) -> str:
     Raises:
       DataError: if the file is empty or unreadable, or no candidate splits the lines consistently.
     """
-    lines = _head_lines(path, sample_lines)
+    lines = _head_lines(path, sample_lines, encoding)
     if not lines:
         raise DataError(f"{path}: file is empty")
     if all("::" in line for line in lines):

@@ -849,11 +849,25 @@ class ExperimentConfig:
             _check(self.topn.rerank is None, "rerank", "needs --feedback implicit (it re-ranks top-N lists)")
             _check(not self.topn.sampled_negatives, "sampled_negatives", "needs --feedback implicit (top-N only)")
             _check(self.topn.hybrid is None, "hybrid", "needs --feedback implicit (it ranks top-N lists)")
-        else:  # the top-N split is its own (users by time); the rating protocol's schemes would be ignored
+            top, default = self.topn, TopNConfig()
+            changed = [
+                f.name for f in dataclasses.fields(TopNConfig) if getattr(top, f.name) != getattr(default, f.name)
+            ]
+            _check(not changed, ", ".join(changed), "needs --feedback implicit (a top-N option: a rating run reads "
+                   "the rating protocol's --query, --min-ratings, --ks, --baselines)")  # fmt: skip
+        else:  # rating options would be ignored in silence; the rating protocol's schemes too
             _check(self.protocol.scheme == "melu", "scheme", f"{self.protocol.scheme!r} is a rating-protocol split: "
                    "top-N (--feedback implicit) splits users by time, and has no other scheme yet")  # fmt: skip
             _check(self.protocol.tasks_by == "user", "tasks_by", "'item' is for rated data: top-N (--feedback "
                    "implicit) ranks the catalogue for users, and item tasks have no top-N protocol yet")  # fmt: skip
+            rating_options = {
+                "baselines": (self.evaluation.baselines != EvalConfig().baselines, "top-N baselines: --topn-baselines"),
+                "ks": (self.evaluation.ks != EvalConfig().ks, "top-N cut-offs: --topn-ks"),
+                "implicit": (self.data.implicit, "rated data as interactions: --positive-threshold R"),
+                "rating_scale": (self.data.rating_scale is not None, "top-N ranks, it predicts no rating"),
+            }
+            for name, (given, instead) in rating_options.items():
+                _check(not given, name, f"is a rating option, ignored by --feedback implicit ({instead})")
 
     @classmethod
     def make(cls, **fields: Any) -> ExperimentConfig:

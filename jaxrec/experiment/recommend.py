@@ -67,6 +67,7 @@ def read_user_ratings(
     implicit: bool = False,
     positive_threshold: float | None = None,
     weighted: bool = False,
+    encoding: str = "utf-8",
 ):
     """Read a new user's ratings from a small ``item,rating`` file of raw item ids.
 
@@ -86,6 +87,7 @@ def read_user_ratings(
       implicit: the model is a top-N model of implicit feedback.
       positive_threshold: the run's ``positive_threshold`` (implicit only).
       weighted: the top-N model was trained on a log whose weights are not all 1 (implicit only).
+      encoding: the file's text encoding (``--encoding``).
 
     Returns:
       :class:`UserRatings` ``(codes, values, notes, seen)``: int32 codes, float32 ratings (for a top-N model the
@@ -102,7 +104,7 @@ def read_user_ratings(
         raise RunError(f"--ratings {path}: file not found")
     try:
         try:
-            sep = sniff_separator(path)
+            sep = sniff_separator(path, encoding=encoding)
         except DataError as unsplit:
             if not implicit:  # the command has no --sep: say what the lines must look like
                 if "file is empty" in str(unsplit):
@@ -113,11 +115,12 @@ def read_user_ratings(
                 ) from None
             sep = None  # a list of item ids, one per line, has no separator to sniff
         if sep is None:
-            frame = _item_id_lines(path)
+            frame = _item_id_lines(path, encoding=encoding)
         else:
             frame = pd.read_csv(
                 path,
                 sep=sep,
+                encoding=encoding,
                 header=None,
                 dtype=str,
                 skip_blank_lines=True,
@@ -129,7 +132,9 @@ def read_user_ratings(
         raise
     except DataError as e:
         raise RunError(f"--ratings: {e} (expected lines of item,rating)") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+    except UnicodeDecodeError as e:
+        raise RunError(f"--ratings {path}: {_not_in(encoding, e)}") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
         raise RunError(f"--ratings {path}: cannot parse as item,rating lines: {str(e).strip()[:200]}") from None
     listed = frame.shape[1] == 1 and implicit
     if listed:
@@ -262,7 +267,9 @@ def merge_duplicates(codes, values, *, implicit: bool, weighted: bool = False):
     return codes[keep], values[keep], len(codes) - len(distinct)
 
 
-def read_item_list(path: str | os.PathLike, item_ids, *, flag: str = "--exclude") -> tuple[np.ndarray, list]:
+def read_item_list(
+    path: str | os.PathLike, item_ids, *, flag: str = "--exclude", encoding: str = "utf-8"
+) -> tuple[np.ndarray, list]:
     """A file of raw item ids, one per line (items never to recommend: out of stock, withdrawn), as item codes.
 
     Read as a top-N model's ``--ratings`` list is read: each whole line is an id, a line quoted as a whole is
@@ -272,6 +279,7 @@ def read_item_list(path: str | os.PathLike, item_ids, *, flag: str = "--exclude"
       path: the file.
       item_ids: the raw id of each item code of the model's dataset.
       flag: the option that named the file, for the errors.
+      encoding: the file's text encoding.
 
     Returns:
       ``(codes, unknown)``: the distinct int64 codes of the known ids, sorted, and the ids not in the catalogue (in
@@ -284,14 +292,24 @@ def read_item_list(path: str | os.PathLike, item_ids, *, flag: str = "--exclude"
     if not path.is_file():
         raise RunError(f"{flag} {path}: file not found")
     try:
-        written = _item_id_lines(path, flag)[0].to_numpy()
-    except (OSError, UnicodeDecodeError) as e:
+        written = _item_id_lines(path, flag, encoding)[0].to_numpy()
+    except UnicodeDecodeError as e:
+        raise RunError(f"{flag} {path}: {_not_in(encoding, e)}") from None
+    except OSError as e:
         raise RunError(f"{flag} {path}: cannot read it as text: {e}") from None
     codes = _codes_of(np.array([w.strip() for w in written], dtype=object), written, item_ids)
     return np.unique(codes[codes >= 0]).astype(np.int64), [w.strip() for w in written[codes < 0]]
 
 
-def _item_id_lines(path: Path, flag: str = "--ratings") -> pd.DataFrame:
+def _not_in(encoding: str, error: UnicodeDecodeError) -> str:
+    """Why a file could not be read as text in ``encoding``, and the option that reads it."""
+    return (
+        f"not {encoding} text ({error.reason} at byte {error.start}): pass the file's encoding (--encoding latin-1, "
+        "cp1252, ...)"
+    )
+
+
+def _item_id_lines(path: Path, flag: str = "--ratings", encoding: str = "utf-8") -> pd.DataFrame:
     """A file of item ids, one per line, as a one-column frame: each whole line is an id (``Earth, Wind & Fire``
     holds a comma but is one id); a line quoted as a whole (``"Earth, Wind & Fire"``) is unquoted; blank lines are
     skipped. Each id keeps its spaces: an id is matched without them first, then as written (``" padded "``).
@@ -300,7 +318,7 @@ def _item_id_lines(path: Path, flag: str = "--ratings") -> pd.DataFrame:
       RunError: if the file holds no item id (it is empty or blank).
     """
     ids = []
-    with open(path, encoding="utf-8-sig") as f:
+    with open(path, encoding="utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding) as f:
         for line in f:
             text, bare = line.rstrip("\r\n"), line.strip()
             if len(bare) >= 2 and bare[0] == bare[-1] == '"':
@@ -988,12 +1006,13 @@ def recommender_for(trained) -> Recommender | TopNRecommender:
     return (TopNRecommender if topn else Recommender)(trained, trained.params)
 
 
-def read_ratings_for(checkpoint: str, ratings: str):
+def read_ratings_for(checkpoint: str, ratings: str, encoding: str = "utf-8"):
     """Read a new user's ratings against the item ids and rating scale recorded in a checkpoint.
 
     Args:
       checkpoint: a run folder or its checkpoint folder.
       ratings: the ``item,rating`` file (see :func:`read_user_ratings`).
+      encoding: its text encoding.
 
     Returns:
       The :class:`UserRatings` of :func:`read_user_ratings`.
@@ -1018,4 +1037,5 @@ def read_ratings_for(checkpoint: str, ratings: str):
         implicit=data.get("feedback") == "implicit",
         positive_threshold=data.get("positive_threshold"),
         weighted=bool(meta.get("weighted", False)),
+        encoding=encoding,
     )
