@@ -34,8 +34,9 @@ from typing import Any
 import numpy as np
 
 from jaxrec.core.errors import JaxrecError
-from jaxrec.data import DATASETS, default_data_root, read_side_table
+from jaxrec.data import DATASETS, DataError, default_data_root, read_side_table
 from jaxrec.data.movielens import locate
+from jaxrec.experiment.checkpoint import read_metadata
 from jaxrec.experiment.choose import GridError, choose, selection_metric
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.export import export_arrays, save_export
@@ -755,7 +756,7 @@ def _recommend_users(args: argparse.Namespace) -> int:
         if not os.access(out.parent, os.W_OK):
             raise CLIError(f"--out {args.out}: its folder is not writable")
     # a bad file fails before the model is loaded
-    users = read_users(args.users, args.columns, args.sep, encoding=args.encoding)
+    users = _read_users_as_trained(args)
     table = None if args.user_features is None else read_side_table(args.user_features, "user", encoding=args.encoding)
     table_where = f"--user-features {args.user_features}"
     trained = load_trained(args.checkpoint)
@@ -888,6 +889,26 @@ def _ranked_by_notes(trained) -> list[str]:
         f"by {rerank}); these lists are the meta-learner's own ('maml'{', its hybrid' if trained.hybrid else ''}), "
         "not the re-ranked ones"
     ]
+
+
+def _read_users_as_trained(args: argparse.Namespace):
+    """``--users``' rows: by ``--columns``, else by a header's common names, else (a header of none of them) by the
+    columns the run's own log was read with (``train --columns``), as a file in the log's layout is."""
+    try:
+        return read_users(args.users, args.columns, args.sep, encoding=args.encoding)
+    except DataError as unnamed:
+        if args.columns is not None or "column among the header" not in str(unnamed):
+            raise
+        recorded = ((read_metadata(args.checkpoint).get("config") or {}).get("data") or {}).get("columns")
+        if not recorded:
+            raise
+        try:
+            users = read_users(args.users, recorded, args.sep, encoding=args.encoding)
+        except DataError:
+            raise unnamed from None
+    shown = recorded if isinstance(recorded, str) else ",".join(map(str, recorded))
+    _echo(f"note: --users {args.users} read by the run's --columns {shown} (its header has no common names)", err=True)
+    return users
 
 
 def _excluded(args: argparse.Namespace, trained) -> np.ndarray:

@@ -111,9 +111,12 @@ def test_positive_threshold_drops_and_counts(tmp_path):
     assert not ds.explicit and (ds.ratings["rating"] == 1.0).all() and not ds.has_weights
     assert ds.report["below_threshold_dropped"] == 3 and ds.report["interactions"] == 2
     assert _by_raw(ds)[["user", "item"]].values.tolist() == [[1, 10], [2, 10]]
+    # the ids the threshold emptied are counted: user 3, items 11 and 12 had no rating >= 4
+    assert ds.report["users_dropped"] == 1 and ds.report["items_dropped"] == 2
     # without a threshold every rated row is an interaction
     every = jd.from_csv(path, feedback="implicit")
     assert every.report["below_threshold_dropped"] == 0 and every.n_ratings == 5
+    assert every.report["users_dropped"] == every.report["items_dropped"] == 0
     with pytest.raises(jd.DataError, match=r"rated.csv: no interactions left.*below positive_threshold=9"):
         jd.from_csv(path, feedback="implicit", positive_threshold=9)
     with pytest.raises(jd.DataError, match="positive_threshold=4.0.*needs feedback='implicit'"):

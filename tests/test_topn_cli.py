@@ -620,6 +620,26 @@ def test_recommend_users_names_the_file_and_line_of_bad_input(topn_run, tmp_path
     assert "is a folder: name the CSV file to write" in capsys.readouterr().err
 
 
+def test_recommend_users_in_the_logs_own_layout_is_read_by_the_runs_columns(topn_run, tmp_path, monkeypatch):
+    """The run read its log by --columns user,item,weight,timestamp; a file of new users in that layout, with a
+    header of none of the common names, failed for want of --columns: it is read by the run's, and says so."""
+    run = str(topn_run["out"])
+    body = "a\tsong-00\t3\t5\na\tsong-02\t1\t6\nb\tsong-11\t2\t9\n"
+    named, own = tmp_path / "named.tsv", tmp_path / "own.tsv"
+    named.write_text("user\titem\tweight\ttimestamp\n" + body)
+    own.write_text("listener\ttrack\tcount\twhen\n" + body)
+    lists = {}
+    for table in (named, own):
+        lines = capture(monkeypatch)
+        out = tmp_path / f"{table.stem}.csv"
+        assert cli.main(["recommend", "--checkpoint", run, "--users", str(table), "-k", "5", "--out", str(out)]) == 0
+        lists[table.stem] = pd.read_csv(out, dtype=str)
+        said = [line for line in lines if "read by the run's --columns user,item,weight,timestamp" in line]
+        assert len(said) == (1 if table is own else 0), lines
+    pd.testing.assert_frame_equal(lists["own"], lists["named"])
+    assert set(lists["own"]["user"]) == {"a", "b"}
+
+
 def test_recommend_reads_a_weighted_models_second_column_as_the_training_log_was_read(topn_run, tmp_path, monkeypatch):
     """The run was trained on play counts, each a confidence in the fold-in; a new user's counts were read as 1
     each, so `recommend` and the service ranked other lists than the evaluation of the same support."""

@@ -87,8 +87,9 @@ class Dataset:
       items: side table indexed by item code; column ``raw_id`` plus ``title``, ``genres`` (``"|"``-joined, ``""``
         when unknown) and ``year`` (nullable Int64) when known.
       report: counts of everything the loader dropped or repaired (``duplicates_removed``,
-        ``users_below_min_dropped``, ``ratings_below_min_dropped``, ...; implicit logs: ``below_threshold_dropped``,
-        ``duplicates_merged``, ``interactions``).
+        ``users_below_min_dropped``, ``ratings_below_min_dropped``, ``users_dropped`` and ``items_dropped`` (ids
+        left without a row), ...; implicit logs: ``below_threshold_dropped``, ``duplicates_merged``,
+        ``interactions``).
       source: where the data came from (a path or ``"bundled"``).
       explicit: whether the log holds explicit ratings (False: an implicit log, every row an interaction rated 1.0).
     """
@@ -650,8 +651,12 @@ def from_dataframe(
         raise DataError(f"{where}: no ratings left after dropping users with fewer than {min_user_ratings} ratings")
 
     # 4. dense codes over what survived, ordered by raw id: compact the first encoding (no second hash pass)
+    users_before, items_before = len(user_uniques), len(item_uniques)
     user_codes, user_uniques = _compact(user_codes[keep], user_uniques)
     item_codes, item_uniques = _compact(item_codes[keep], item_uniques)
+    # what the steps above left without a single row: the ids no longer in the log (a threshold can empty an item)
+    report["users_dropped"] = users_before - len(user_uniques)
+    report["items_dropped"] = items_before - len(item_uniques)
     n_kept = int(keep.sum())
     frame = {
         "user": user_codes,
