@@ -281,7 +281,9 @@ def create_app(
 
     @app.post("/recommend")
     async def recommend(body: RecommendRequest):
-        """The top-k items the new user has not rated, with the adapted model's scores."""
+        """The top-k items the new user has not rated, with the adapted model's scores. A user none of whose items
+        the catalogue knows (or who sends none: a visitor with no history) gets the model's list before adaptation,
+        what it recommends to anyone, and ``input.used`` 0 says so."""
         started = time.perf_counter()
         support = check(body)
         if body.exclude:
