@@ -76,7 +76,7 @@ def test_tiny_experiment_metrics_document():
     state = exp.train(state, steps=2)
     assert int(state.step) == 2
     doc = json.loads(json.dumps(exp.metrics_document(state.params)))
-    assert set(doc) == {"dataset", "config", "tuned", "data_report", "rating_scale", "scenarios"}
+    assert set(doc) == {"dataset", "config", "tuned", "data_report", "tasks", "rating_scale", "scenarios"}
     assert doc["rating_scale"] == [0.5, 5.0]
     assert doc["data_report"]["ratings_kept"] == exp.dataset.n_ratings == 100836
     assert doc["tuned"] == {"inner_lr": exp.inner_lr}  # recorded beside the config, not written into it

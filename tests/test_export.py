@@ -10,7 +10,7 @@ from cli_support import write_plays
 
 from jaxrec import cli
 from jaxrec.core.metasgd import MetaSGDParams
-from jaxrec.experiment import export
+from jaxrec.experiment import ExperimentConfig, export
 from jaxrec.experiment.recommend import TopNRecommender
 from jaxrec.experiment.run import RunError
 from jaxrec.experiment.trained import load_trained
@@ -127,12 +127,12 @@ def test_export_refuses_what_the_arrays_cannot_carry(run, tmp_path, capsys):
     assert cli.main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "x.npz")]) == 1
     assert "ranks by the hybrid maml+itemknn" in capsys.readouterr().err and not (tmp_path / "x.npz").exists()
     trained = load_trained(run)
-    for fields, message in (
-        ({"ranking_loss": "softmax"}, "only the exact ALS fold-in"),
-        ({"feedback": None, "hybrid": None}, "predicts ratings"),
+    for config, message in (
+        (trained.config.override(ranking_loss="softmax"), "only the exact ALS fold-in"),
+        (ExperimentConfig(), "predicts ratings"),  # a rating run's
     ):
         with pytest.raises(RunError, match=message):
-            export.export_arrays(dataclasses.replace(trained, config=trained.config.override(**fields)), True)
+            export.export_arrays(dataclasses.replace(trained, config=config), True)
     arrays = export.export_arrays(trained, model_alone=True)
     refused = [([], None, "no items"), ([3, 3], None, "given 2 times"), ([1, 99], None, "not a position in item_ids")]
     for items, weights, message in [*refused, ([1, 2], [1.0, 0.0], "must be > 0")]:
