@@ -191,3 +191,22 @@ def test_rating_options_with_implicit_feedback_are_refused_not_ignored(field, va
         ExperimentConfig.make(feedback="implicit", **{field: value})
     assert instead in str(error.value)
     assert ExperimentConfig.make(**{field: value})  # a rating run reads it
+
+
+def test_a_records_options_its_run_never_read_are_read_as_the_defaults():
+    """A run's record (a checkpoint's, a run folder's config.json) of an earlier version may hold a top-N option in a
+    rating run's record, or a rating option in a top-N run's: the run never read them, and restoring it must not fail
+    on them (evaluate, recommend and serve of that run had no flag to mend it)."""
+    from jaxrec.experiment import ExperimentConfig
+
+    rating = ExperimentConfig().to_dict()
+    rating["topn"]["shots"] = 3
+    assert ExperimentConfig.from_dict(rating).topn.shots == ExperimentConfig().topn.shots
+    topn = ExperimentConfig.make(feedback="implicit", shots=5).to_dict()
+    topn["evaluation"]["baselines"], topn["evaluation"]["ks"] = ["bias"], [1, 3]
+    topn["data"]["implicit"], topn["data"]["rating_scale"] = True, [1, 10]
+    restored = ExperimentConfig.from_dict(topn)
+    assert restored.topn.shots == 5 and restored.evaluation.baselines == ExperimentConfig().evaluation.baselines
+    assert not restored.data.implicit and restored.data.rating_scale is None
+    with pytest.raises(ValueError, match="shots needs --feedback implicit"):
+        ExperimentConfig.make(shots=3)  # a config being made is checked

@@ -978,6 +978,14 @@ class ExperimentConfig:
             if extra:
                 raise ValueError(f"unknown {group} field(s) {extra}; known: {sorted(names)}")
             groups[group] = klass(**values)
+        # a record describes a run: the options its kind of run never read (a rating run's top-N group, a top-N run's
+        # rating options) are today's defaults, which the config requires, whatever an earlier version wrote there
+        if groups["data"].feedback == "implicit":
+            groups["data"] = dataclasses.replace(groups["data"], implicit=False, rating_scale=None)
+            rating = EvalConfig()
+            groups["evaluation"] = dataclasses.replace(groups["evaluation"], baselines=rating.baselines, ks=rating.ks)
+        else:
+            groups["topn"] = TopNConfig()
         return cls(**groups, **{name: record[name] for name in TOP_LEVEL if name in record})
 
     @classmethod
