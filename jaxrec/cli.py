@@ -69,7 +69,7 @@ logger = logging.getLogger(__name__)
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 #: the printed table's columns: a metric, or a family of cut-offs ``(name, k)`` shown at ``k`` or, when the run
 #: has other cut-offs (``--ks``, ``--topn-ks``), at its largest below ``k`` (else its smallest)
-RATING_TABLE = ("mae", "rmse", ("ndcg", 3), "auc")
+RATING_TABLE = ("mae", "rmse", ("ndcg", 3), "auc", ("hr", 10))
 TOPN_TABLE = (("hr", 10), ("recall", 20), ("ndcg", 20), ("mrr", 20), ("coverage", 20), ("sampled_hr", 10))
 SAMPLED_NOTE = (
     "sampled_hr@k: each positive against sampled negatives (--sampled-negatives), biased (Krichene and Rendle, "
@@ -226,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="with --users: the CSV file to write the lists to (default: standard output)")
     r.add_argument("--sep", help="with --users: the text file's field separator (default: sniffed)")
     r.add_argument(
-        "--encoding", default="utf-8", help="the text encoding of --ratings, --users and --exclude (default utf-8)"
+        "--encoding",
+        default="utf-8",
+        help="the text encoding of --ratings, --users, --user-features and --exclude (default utf-8)",
     )
     r.add_argument(
         "--columns",
@@ -646,24 +648,25 @@ def task_notes(document: dict) -> list[str]:
     interactions to be a task) and those with too few users to tell methods apart, the validation users that every
     choice of the run was made on included."""
     config = document.get("config", {})
+    unit = "user"
     if document.get("task") == "topn":
-        shots = config.get("topn", {}).get("shots")
-        reason = f"no interaction after a support of {shots} (--shots)"
+        reason = "too few interactions for a support and a query (--shots)"
     else:
         reason = "too few or too many ratings for a task (--min-ratings, --max-ratings, --query)"
+        unit = "item" if config.get("protocol", {}).get("tasks_by") == "item" else "user"
     notes = []
     for name, stats in document.get("tasks", {}).items():
-        if name == "train":
+        if name in ("train", "new_item_only"):  # new_item_only: new_item's users, ranked among the new items
             continue
         users, dropped = int(stats.get("tasks", 0)), int(stats.get("users_dropped", 0))
         parts = []
         if dropped:
-            parts.append(f"{dropped} user(s) left out: {reason}")
+            parts.append(f"{dropped} {unit}(s) left out: {reason}")
         if users < FEW_USERS:
             chosen = "; the run's choices (the state kept, tuned rates and settings) rest on them"
             parts.append(f"too few to tell methods apart{chosen if name == 'validation' else ''}")
         if parts:
-            noun = "users evaluated" if name != "validation" else "validation users"
+            noun = f"{unit}s evaluated" if name != "validation" else f"validation {unit}s"
             notes.append(f"note: {name}: {users} {noun}; " + "; ".join(parts))
     return notes
 

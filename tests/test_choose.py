@@ -4,6 +4,7 @@ reproducing the figure it was chosen by."""
 
 import json
 import math
+import types
 
 import pytest
 from cli_support import write_plays
@@ -57,8 +58,6 @@ def test_a_bad_point_is_refused_by_name_before_any_training(tmp_path):
     ):
         with pytest.raises(GridError, match="keep them out of the grid"):
             choose(config, {"inner_lr": [0.05], **fixed}, build=never)
-    with pytest.raises(GridError, match="topn_ks must hold 20"):
-        choose(config.override(topn_ks=(10, 50)), {"inner_lr": [0.05]}, build=never)
     with pytest.raises(ValueError, match="trainings"):
         choose(config, {"epochs": [1]}, trainings=0, build=never)
 
@@ -66,6 +65,29 @@ def test_a_bad_point_is_refused_by_name_before_any_training(tmp_path):
 def test_the_selection_metric_follows_the_task():
     assert selection_metric(ExperimentConfig.make(feedback="implicit")) == ("recall@20", True)
     assert selection_metric(ExperimentConfig.make()) == ("mae", False)
+    # a run without the cut-off 20 chooses by its largest (it was refused: "topn_ks must hold 20")
+    assert selection_metric(ExperimentConfig.make(feedback="implicit", topn_ks=(5, 10))) == ("recall@10", True)
+
+
+def test_a_choice_is_made_by_the_metric_the_experiment_chooses_by():
+    """On a catalogue too small for the cut-off 20 every point's Recall@20 is 1: the choice follows the experiment's
+    own metric (Recall@10 there), as its other choices do."""
+
+    class Small:
+        select_metric = "recall@10"
+        val_tasks = (0, 1)
+
+        def __init__(self, config):
+            self.config = config
+
+        def train(self):
+            return types.SimpleNamespace(params=self.config.meta.inner_lr)
+
+        def validate(self, params, baselines):
+            return {"maml": {"recall@10": params, "recall@20": 1.0}}
+
+    choice = choose(ExperimentConfig.make(feedback="implicit"), {"inner_lr": [0.1, 0.3]}, trainings=1, build=Small)
+    assert choice.metric == "recall@10" and choice.best == 1
 
 
 def test_the_best_validation_point_is_chosen_and_trains_again_to_the_same_figure(tmp_path):

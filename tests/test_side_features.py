@@ -125,6 +125,17 @@ def test_a_bad_table_is_refused_naming_the_file_and_line(tmp_path, text, message
         jd.read_side_table(tmp_path / "t.csv", "item")
 
 
+def test_a_log_and_a_table_in_utf16_are_split_by_their_separator_read_in_that_encoding(tmp_path):
+    """The separator was sniffed from the bytes read as utf-8 whatever the encoding given: a UTF-16 log or table
+    could not be told apart ("cannot tell the separator") though it reads with sep given."""
+    log, table = tmp_path / "log.csv", tmp_path / "items.csv"
+    log.write_bytes("user,item,rating\nu1,x,1\nu2,y,2\nu2,x,3\n".encode("utf-16"))
+    table.write_bytes("item,genre\nx,Stra\u00dfe\ny,b\n".encode("utf-16"))
+    data = jd.from_csv(log, encoding="utf-16", min_user_ratings=1)
+    assert data.n_ratings == 3
+    assert jd.read_side_table(table, "item", encoding="utf-16").loc["x", "genre"] == "Stra\u00dfe"
+
+
 def test_a_table_in_another_encoding_is_named_with_its_line_and_read_with_it(tmp_path):
     table = tmp_path / "books.csv"
     table.write_bytes("isbn,title,publisher\n0001,A,Penguin\n0002,B,Stra\u00dfe Verlag\n".encode("latin-1"))

@@ -370,6 +370,8 @@ def test_the_table_shows_the_cut_offs_a_run_has():
     assert header == ["scenario", "method", "users", "hr@10", "recall@10", "ndcg@10", "mrr@10", "coverage@10"]
     rating = {"scenarios": {"new_user": {"maml": {"users": 3, "mae": 0.7, "rmse": 0.9, "ndcg@5": 0.8, "ndcg@10": 0.9}}}}
     assert cli.format_table(rating).splitlines()[0].split() == ["scenario", "method", "users", "mae", "rmse", "ndcg@5"]
+    rating["scenarios"]["new_user"]["maml"].update({"auc": 0.7, "hr@1": 0.2, "hr@10": 0.9})  # binary targets
+    assert cli.format_table(rating).splitlines()[0].split()[-2:] == ["auc", "hr@10"]
 
 
 def test_a_catalogue_of_one_item_is_one_clear_error(tmp_path, capsys):

@@ -1267,7 +1267,7 @@ def read_log_table(
     columns = role_columns(columns)
     if sep is not None and len(sep) != 1 and sep != "::":
         raise DataError(f"{path}: separator {sep!r}: give one character (',', '\\t', ';', '|') or '::'")
-    sep = sep or sniff_separator(path)
+    sep = sep or sniff_separator(path, encoding=encoding)
     first = _head_lines(path, 1, encoding)
     if not first:
         raise DataError(f"{path}: file is empty")

@@ -59,7 +59,7 @@ def read_side_table(
     parquet = is_parquet(path)
     if not parquet and sep is None:
         try:
-            sep = sniff_separator(path)
+            sep = sniff_separator(path, encoding=encoding)
         except DataError as e:
             if "file is empty" in str(e):
                 raise DataError(f"{where}: the file is empty") from None

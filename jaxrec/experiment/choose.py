@@ -28,6 +28,7 @@ from typing import Any
 from jaxrec.core.errors import JaxrecError
 from jaxrec.experiment.config import FIELDS, ExperimentConfig
 from jaxrec.experiment.run import build_experiment
+from jaxrec.experiment.topn import selection_cutoff
 
 __all__ = [
     "Candidate",
@@ -113,10 +114,12 @@ class Choice:
 
 
 def selection_metric(config: ExperimentConfig) -> tuple[str, bool]:
-    """The metric a configuration is chosen by: ``("recall@20", True)`` for top-N (implicit feedback), the
-    baselines' own criterion, and ``("mae", False)`` for ratings."""
+    """The metric a configuration is chosen by: for top-N (implicit feedback) the Recall@k the run's own choices are
+    made by (:func:`~jaxrec.experiment.topn.selection_cutoff`: Recall@20 when 20 is a cut-off; on a catalogue too
+    small for it, the experiment's :attr:`~jaxrec.experiment.topn.TopNExperiment.select_metric` is used instead),
+    the baselines' own criterion; ``("mae", False)`` for ratings."""
     if config.data.feedback == "implicit":
-        return "recall@20", True
+        return f"recall@{selection_cutoff(config.topn.topn_ks, math.inf)}", True
     return "mae", False
 
 
@@ -160,9 +163,6 @@ def grid_configs(
             f"the grid varies {fixed}: these fix the data, the split or the scored tasks (the points would be scored "
             "on different users) or the seeds (trainings draws them); keep them out of the grid"
         )
-    metric, _ = selection_metric(config)
-    if metric.startswith("recall@") and int(metric.split("@")[1]) not in config.topn.topn_ks:
-        raise GridError(f"the choice is made by {metric}: topn_ks must hold {metric.split('@')[1]}")
     configs = []
     for fields in points:
         try:
@@ -211,6 +211,7 @@ def choose(
             started = time.perf_counter()
             run = point if t == 0 else point.override(train_seed=base_seed + TRAINING_SEED_STRIDE * t)
             experiment = build(run)
+            metric = getattr(experiment, "select_metric", metric)  # the split's catalogue may cap the cut-off
             state = experiment.train()
             figure = experiment.validate(state.params, baselines=False)["maml"][metric]
             if figure is None:  # no validation user defines it (AUC without a user of both classes)

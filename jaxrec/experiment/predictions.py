@@ -130,8 +130,8 @@ def write_topn_predictions(folder: str | Path, experiment: Any, detail: dict) ->
     Args:
       folder: the output folder (created).
       experiment: the :class:`~jaxrec.experiment.topn.TopNExperiment`.
-      detail: ``{scenario: (stats, lists)}`` of its evaluation (``metrics_document(..., keep_lists=True)`` keeps
-        it in ``last_detail``).
+      detail: ``{scenario: (stats, lists, sampled)}`` of its evaluation (``metrics_document(..., keep_lists=True)``
+        keeps it in ``last_detail``).
 
     Returns:
       The files written.

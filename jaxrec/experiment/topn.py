@@ -229,7 +229,7 @@ class TopNExperiment:
         n_items = self.dataset.n_items
         if n_items < 2:
             raise DataError(f"{self.dataset.source}: a catalogue of {n_items} item(s); top-N needs at least two")
-        self._select = f"recall@{selection_cutoff(top.topn_ks, n_items - top.shots)}"
+        self.select_metric = f"recall@{selection_cutoff(top.topn_ks, n_items - top.shots)}"
         if max(top.topn_ks) >= n_items - top.shots:
             logger.warning(
                 "%s: the cut-offs %s reach every item a new user can be recommended (%d items less a support of %d): "
@@ -239,7 +239,7 @@ class TopNExperiment:
                 ", ".join(str(k) for k in top.topn_ks if k >= n_items - top.shots),
                 n_items,
                 top.shots,
-                self._select,
+                self.select_metric,
             )
         self.featurizer = implicit_featurizer(self.dataset, self.split.train)
         self.spec = dataclasses.replace(self.featurizer.spec, history=config.history())
@@ -607,8 +607,9 @@ class TopNExperiment:
         return state if selector.chosen == step else kept[selector.chosen]
 
     def epoch_selector(self, figures_at: Callable[[int], Mapping[str, Any]] | None = None) -> EpochSelector:
-        """A selector of the state to keep by this run's rule (``select_epoch``) and metric (Recall@20)."""
-        return EpochSelector(self.config.topn.select_epoch, self._select, figures_at)
+        """A selector of the state to keep by this run's rule (``select_epoch``) and metric (:attr:`select_metric`:
+        Recall@20 where it leaves items out of a list)."""
+        return EpochSelector(self.config.topn.select_epoch, self.select_metric, figures_at)
 
     def note_epoch_choice(self, selector: EpochSelector) -> None:
         """Record a selector's choice in :attr:`tuned` (``"epoch"``)."""
@@ -800,7 +801,7 @@ class TopNExperiment:
         chosen = max(grid, key=lambda strength: scores[f"{strength:g}"])
         self._tuned.setdefault("support_recency", {})[name] = {
             "strength": chosen,
-            "validation_" + self._select: scores[f"{chosen:g}"],
+            "validation_" + self.select_metric: scores[f"{chosen:g}"],
         }
         return candidates[chosen]
 
@@ -829,13 +830,13 @@ class TopNExperiment:
             rankers,
             self.val_tasks,
             self.catalogue,
-            ks=(int(self._select.split("@")[1]),),
+            ks=(int(self.select_metric.split("@")[1]),),
             batch_size=c.evaluation.eval_batch_size,
             reference="",
             resamples=0,
             seed=c.seed,
         ).summaries
-        select = self._select
+        select = self.select_metric
         return {name: float("nan") if s[select] is None else float(s[select]) for name, s in summaries.items()}
 
     def _baseline_fitters(self, names: Sequence[str]) -> dict[str, Callable[..., Any]]:
@@ -876,7 +877,10 @@ class TopNExperiment:
                 candidates = {f"{lr:g}": self._model_ranker(params, lr, self.inner) for lr in FINETUNE_RATES}
                 scores = self._validate(candidates)
                 chosen = max(scores, key=scores.get)
-                self._tuned["finetune"] = {"inner_lr": float(chosen), "validation_" + self._select: scores[chosen]}
+                self._tuned["finetune"] = {
+                    "inner_lr": float(chosen),
+                    "validation_" + self.select_metric: scores[chosen],
+                }
                 out["finetune"] = self._tuned_recency("finetune", candidates[chosen])
         self._baselines = out
         return out
@@ -905,7 +909,7 @@ class TopNExperiment:
                     best = self._try_baseline(name, fitters[name], {**chosen, **extra}, best, choose=True)
                     bar.update()
         if best is not None:
-            self._tuned[name] = {"chosen": best[1], "validation_" + self._select: best[0]}
+            self._tuned[name] = {"chosen": best[1], "validation_" + self.select_metric: best[0]}
             logger.info("baseline %s: %s (%.1f s)", name, best[1], time.perf_counter() - began)
         ranker = None if best is None else best[2]
         if ranker is not None and name != "popular":  # the popular ranking reads no support
@@ -1032,7 +1036,7 @@ class TopNExperiment:
         candidates = {f"{w:g}": self._hybrid(both, w) for w in HYBRID_WEIGHTS}
         scores = self._validate(candidates)
         chosen = max(scores, key=scores.get)
-        self._tuned[name] = {"weight": float(chosen), "validation_" + self._select: scores[chosen]}
+        self._tuned[name] = {"weight": float(chosen), "validation_" + self.select_metric: scores[chosen]}
         return candidates[chosen]
 
     def _hybrid(self, both: Callable, weight: float) -> Method:
