@@ -167,6 +167,10 @@ def test_a_finished_run_is_not_overwritten_and_resume_cannot_change_the_model(ru
     assert "already holds a run" in capsys.readouterr().err
     assert cli.main(["train", "--out", str(run["out"]), "--resume", "--model", "melu"]) == 1
     assert "cannot change --model on --resume" in capsys.readouterr().err
+    # an option this rating run never reads is named as such, not as a change of what the run recorded
+    assert cli.main(["train", "--out", str(run["out"]), "--resume", "--shots", "3"]) == 1
+    err = capsys.readouterr().err
+    assert "--shots needs --feedback implicit" in err and "cannot change" not in err
 
 
 def test_corrupt_or_missing_checkpoint_is_one_clear_line(run, tmp_path, capsys):

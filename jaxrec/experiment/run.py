@@ -31,7 +31,7 @@ from jaxrec.experiment.checkpoint import (
     checkpoint_folder,
     read_metadata,
 )
-from jaxrec.experiment.config import ExperimentConfig
+from jaxrec.experiment.config import ExperimentConfig, as_flags
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE
 from jaxrec.experiment.protocol import Experiment
 from jaxrec.experiment.selection import EpochSelector
@@ -606,6 +606,10 @@ def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
         ran = ExperimentConfig.from_dict(saved)
     except (TypeError, ValueError) as e:
         raise RunError(f"{out}: the checkpoint's config record cannot be read: {e}") from e
+    try:  # an option this kind of run never reads is refused as such, not as a change (the record holds the default)
+        ran.override(**{k: v for k, v in overrides.items() if v != "auto"})
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{out}: {as_flags(str(e))}") from None
     recorded = _jsonable(ran.flat())
     changed = [
         k

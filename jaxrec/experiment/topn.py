@@ -229,15 +229,20 @@ class TopNExperiment:
         n_items = self.dataset.n_items
         if n_items < 2:
             raise DataError(f"{self.dataset.source}: a catalogue of {n_items} item(s); top-N needs at least two")
-        self.select_metric = f"recall@{selection_cutoff(top.topn_ks, n_items - top.shots)}"
-        if max(top.topn_ks) >= n_items - top.shots:
+        # the items a new user's list can hold: the catalogue less the held-out new items (ranked in the new-item
+        # scenarios only) and the user's support
+        held_out = len(np.union1d(self.split.new_items, self.split.validation_new_items))
+        rankable = n_items - held_out - top.shots
+        self.select_metric = f"recall@{selection_cutoff(top.topn_ks, rankable)}"
+        if max(top.topn_ks) >= rankable:
             logger.warning(
-                "%s: the cut-offs %s reach every item a new user can be recommended (%d items less a support of %d): "
-                "at such a cut-off every list holds every query item, so recall and HR are 1 for every method; "
-                "choices are made by %s (pass smaller --topn-ks)",
+                "%s: the cut-offs %s reach every item a new user can be recommended (%d items, %d of them held out as "
+                "new, less a support of %d): at such a cut-off every list holds every query item, so recall and HR "
+                "are 1 for every method; choices are made by %s (pass smaller --topn-ks)",
                 self.dataset.source,
-                ", ".join(str(k) for k in top.topn_ks if k >= n_items - top.shots),
+                ", ".join(str(k) for k in top.topn_ks if k >= rankable),
                 n_items,
+                held_out,
                 top.shots,
                 self.select_metric,
             )
