@@ -87,6 +87,18 @@ def test_merge_matches_a_pandas_groupby():
     assert ds.report["duplicates_merged"] == n - len(expected)
 
 
+def test_ids_of_numbers_and_text_in_one_column_are_refused_not_split():
+    """A frame's id column of 7 and "7" (two sources concatenated) made two items of one, a user's interactions with
+    it counted twice, in silence; numbers alone (7 and 7.0) are one id."""
+    frame = pd.DataFrame({"user": ["a", "a", "b", "b"], "item": [7, "7", "007", 8]}).astype({"item": object})
+    with pytest.raises(
+        jd.DataError, match=r"column 'item' mixes numbers and text as item ids \(7 row 0 and '7' row 1\)"
+    ):
+        jd.from_dataframe(frame, rating=None, feedback="implicit")
+    numbers = pd.DataFrame({"user": ["a", "a", "b"], "item": [7, 8, 7.0]}).astype({"item": object})
+    assert jd.from_dataframe(numbers, rating=None, feedback="implicit").n_items == 2
+
+
 def test_ratings_read_as_interactions_without_a_threshold_are_said(tmp_path, caplog):
     """Every rating an interaction is what --feedback implicit on rated data means; a rating of 1 read as a like
     is said, with the option that keeps the high ones."""

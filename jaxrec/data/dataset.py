@@ -556,6 +556,15 @@ def from_dataframe(
             first = int(np.flatnonzero(nulls)[0])
             loc = where_line(first, _line_offset)
             raise DataError(f"{where}: column {named[role]!r} {loc} has a missing {role} id")
+        if pd.api.types.is_object_dtype(ids):  # 7 and "7" would be two ids, one user's interactions split in two
+            text = np.array([isinstance(v, str) for v in uniques], bool)
+            if text.any() and not text.all():
+                rows = [int(np.flatnonzero(kind[codes])[0]) for kind in (~text, text)]  # the first row of each
+                shown = " and ".join(f"{uniques[codes[r]]!r} {where_line(r, _line_offset)}" for r in rows)
+                raise DataError(
+                    f"{where}: column {named[role]!r} mixes numbers and text as {role} ids ({shown}): one id could "
+                    "count as several; give the column one type (e.g. .astype(str))"
+                )
         encoded[role] = (codes, uniques)
 
     # implicit: every row an interaction, duplicates merged; a log with neither ratings nor weights keeps the

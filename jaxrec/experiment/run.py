@@ -636,10 +636,11 @@ def _require_in_memory_data(folder: Path, meta: dict, overrides: Mapping[str, An
             "evaluating it needs the same data again: from Python restore_run(path, dataset=...)"
         )
         features = _side_features(meta)
-        if features:  # a file given on the command line carries interactions only
+        if features:  # a log file carries the interactions; the side features come in tables beside it
             raise RunError(
-                f"{said}. Its data has side features ({', '.join(features)}), which the command line's --data cannot "
-                "give: evaluate it from Python"
+                f"{said}, or from the command line --data FILE with its --columns and the tables of its side features "
+                f"({', '.join(features)}) as --item-features / --user-features FILE (checked against the checkpoint: "
+                "they must encode as the training data did)"
             )
         raise RunError(
             f"{said}, from the command line --data FILE with its --columns (checked against the checkpoint: it must "
