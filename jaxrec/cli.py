@@ -40,7 +40,7 @@ from jaxrec.experiment.checkpoint import read_metadata
 from jaxrec.experiment.choose import GridError, choose, selection_metric
 from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.export import export_arrays, save_export
-from jaxrec.experiment.hybrid_record import HYBRID_FILE, write_hybrid
+from jaxrec.experiment.hybrid_record import HYBRID_FILE
 from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
 from jaxrec.experiment.run import (
@@ -55,7 +55,7 @@ from jaxrec.experiment.run import (
     restore_run,
     resume_config,
 )
-from jaxrec.experiment.trained import RECENCY_FILE, load_trained, write_recency
+from jaxrec.experiment.trained import RECENCY_FILE, load_trained
 from jaxrec.methods import METHODS, grid, recipe
 from jaxrec.scale.host_devices import use_every_core
 from jaxrec.scale.host_memory import keep_freed_host_memory
@@ -424,9 +424,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         for note in task_notes(document):
             _echo(note, err=True)
         _echo(f"wrote {out / 'metrics.json'}")
-    if config.data.feedback == "implicit":
-        _keep_hybrid(out, experiment, state.params)
-        _keep_recency(out, experiment, state.params)
+    records = run.keep_serving_records(state.params)
+    if records.get("hybrid") is not None:
+        _echo(
+            f"wrote {out / HYBRID_FILE}: recommend and serve rank by {records['hybrid']['method']} (weight "
+            f"{records['hybrid']['weight']:g}, chosen on the validation users)"
+        )
+    if records.get("support_recency") is not None:
+        _echo(
+            f"wrote {out / RECENCY_FILE}: recommend and serve weigh a user's items by their order, oldest first "
+            f"(strength {records['support_recency']['maml']:g}, chosen on validation users)"
+        )
     return EXIT_OK
 
 
@@ -449,34 +457,6 @@ def _epoch_choice_line(selector: Any, per_epoch: int) -> str:
         f"kept {where}, chosen on the validation users: {figure} against the last state's {scores[last]:.4f} "
         f"(step {last}); evaluate, recommend and serve use it"
     )
-
-
-def _keep_recency(out: Path, experiment: Any, params: Any) -> None:
-    """Keep a ``--support-recency`` run's chosen weighting in its folder, for ``jaxrec recommend`` and ``serve``."""
-    record = _kept(write_recency, out, experiment, params, "the support recency")
-    if record is not None:
-        _echo(
-            f"wrote {out / RECENCY_FILE}: recommend and serve weigh a user's items by their order, oldest first "
-            f"(strength {record['maml']:g}, chosen on validation users)"
-        )
-
-
-def _keep_hybrid(out: Path, experiment: Any, params: Any) -> None:
-    """Keep a ``--hybrid`` run's hybrid in its folder, for ``jaxrec recommend`` and ``jaxrec serve``."""
-    record = _kept(write_hybrid, out, experiment, params, "the hybrid")
-    if record is not None:
-        _echo(
-            f"wrote {out / HYBRID_FILE}: recommend and serve rank by {record['method']} (weight "
-            f"{record['weight']:g}, chosen on the validation users)"
-        )
-
-
-def _kept(write: Any, out: Path, experiment: Any, params: Any, what: str) -> dict | None:
-    """``write(out, experiment, params)``, a failure to write named as a :class:`CLIError`."""
-    try:
-        return write(out, experiment, params)
-    except OSError as e:
-        raise CLIError(f"cannot write {what} to {out}: {os_reason(e)}") from e
 
 
 def _evaluate(experiment: Any, params: Any, predictions: str | None, progress: bool) -> dict:

@@ -421,9 +421,46 @@ def test_a_dataframe_in_memory_trains_restores_and_is_recorded_by_its_name(tmp_p
     assert explicit.dataset is rated and explicit.config.data.dataset == "rated"
 
 
+def test_a_run_finished_from_python_is_served_as_it_was_evaluated(tmp_path):
+    """A run trained from Python kept no record of the recency weighting (and hybrid) its evaluation chose: reloaded,
+    it ranked a new user's items unweighted, another list with no warning (a trial). ``TrainingRun.finish`` keeps
+    them, as ``jaxrec train`` does."""
+    import pandas as pd
+    from cli_support import write_plays
+
+    from jaxrec.data import from_dataframe
+    from jaxrec.experiment import TopNExperiment, TrainingRun
+    from jaxrec.experiment.recommend import TopNRecommender, recommender_for
+    from jaxrec.experiment.trained import load_trained
+
+    frame = pd.read_csv(write_plays(tmp_path / "plays.tsv"), sep="\t")
+    data = from_dataframe(frame, item="song", rating=None, timestamp="time", weight="plays", feedback="implicit")
+    fields = dict(feedback="implicit", model="twotower", model_kwargs={"embed": 8}, batch_size=16, shots=3,
+                  query_cap=20, negatives=8, epochs=1, topn_baselines=("itemknn",), hybrid="itemknn",
+                  support_recency=(0.0, 8.0))  # fmt: skip
+    experiment = TopNExperiment(ExperimentConfig.make(**fields), data)
+    run = TrainingRun(experiment, tmp_path / "run")
+    state = run.train(run.start(resume=False), experiment.total_steps, progress=False)[0]
+    kept = run.finish(state)
+    run.close()
+    chosen = experiment.tuned["support_recency"]["maml"]["strength"]
+    trained = load_trained(tmp_path / "run")
+    assert trained.support_recency == chosen and trained.hybrid is not None
+    assert trained.hybrid.weight == experiment.tuned["maml+itemknn"]["weight"]
+    items = np.asarray([3, 17, 5, 9], np.int64)
+    weights = np.asarray([1.0, 2.0, 1.0, 3.0], np.float32)
+    here = TopNRecommender(experiment, kept.params).top_k(items, weights, 10)[0]  # at the recency it chose
+    assert chosen > 0  # else an unweighted reload would rank alike, and this test could not fail
+    np.testing.assert_array_equal(
+        TopNRecommender(trained, trained.params, hybrid=None).top_k(items, weights, 10)[0], here
+    )
+    hybrid = TopNRecommender(experiment, kept.params, hybrid=trained.hybrid).top_k(items, weights, 10)[0]
+    np.testing.assert_array_equal(recommender_for(trained).top_k(items, weights, 10)[0], hybrid)
+
+
 def test_a_run_with_side_features_in_memory_is_evaluated_from_python_and_the_message_says_so(tmp_path):
     """The command line's ``--data`` carries interactions only: for a run whose data had side features the message
-    used to offer ``--data FILE``, which then failed as changed data; it now says the features need Python."""
+    used to offer ``--data FILE``, which then failed as changed data; it names the side tables to give with it."""
     import pandas as pd
     from cli_support import write_plays
 

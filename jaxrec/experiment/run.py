@@ -32,11 +32,11 @@ from jaxrec.experiment.checkpoint import (
     read_metadata,
 )
 from jaxrec.experiment.config import ExperimentConfig, as_flags
-from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE
+from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE, write_hybrid
 from jaxrec.experiment.protocol import Experiment
 from jaxrec.experiment.selection import EpochSelector
 from jaxrec.experiment.topn import TopNExperiment
-from jaxrec.experiment.trained import ITEMS_FILE, RECENCY_FILE, read_items, write_items
+from jaxrec.experiment.trained import ITEMS_FILE, RECENCY_FILE, read_items, write_items, write_recency
 
 __all__ = [
     "RESUME_OVERRIDABLE",
@@ -324,12 +324,48 @@ class TrainingRun:
     def chosen_state(self, state):
         """The state the run keeps: the one chosen on the validation users (restored) when it stopped at a scored
         candidate (an epoch's end), else ``state`` (a run stopped between epochs keeps its last state until resumed).
+        :meth:`finish` also writes what serving it needs.
         """
         step = int(state.step)
         if self.selector is None or (kept := self.selector.kept_step(step)) == step:
             return state
         restored = self.store.restore(self.exp.template_state(), kept).state
         return self.exp.trainer.place(restored)
+
+    def finish(self, state):
+        """The state the run keeps (:meth:`chosen_state`), with what serving it needs written beside the checkpoints
+        (:meth:`keep_serving_records`): the end of a run trained from Python, as of ``jaxrec train``.
+
+        Returns:
+          The kept state.
+        """
+        kept = self.chosen_state(state)
+        self.keep_serving_records(kept.params)
+        return kept
+
+    def keep_serving_records(self, params: Any) -> dict[str, dict | None]:
+        """Write what ranking a new user as the evaluation ranked them needs beside the checkpoints, for
+        :func:`~jaxrec.experiment.trained.load_trained`, ``jaxrec recommend`` and ``jaxrec serve``: a top-N run's
+        hybrid (``hybrid.json``, :func:`~jaxrec.experiment.hybrid_record.write_hybrid`) and its recency weighting of
+        the support (``support_recency.json``, :func:`~jaxrec.experiment.trained.write_recency`), each chosen on the
+        validation users for ``params`` (a stale file of a run without one is removed). Without them a reloaded run
+        ranks by the adapted model alone, its support unweighted.
+
+        Returns:
+          ``{"hybrid": record or None, "support_recency": record or None}`` (empty for a rating run).
+
+        Raises:
+          RunError: if a record cannot be written.
+        """
+        if self.exp.config.data.feedback != "implicit":
+            return {}
+        records = {}
+        for name, write in (("hybrid", write_hybrid), ("support_recency", write_recency)):
+            try:
+                records[name] = write(self.out, self.exp, params)
+            except OSError as e:
+                raise RunError(f"cannot write the {name.replace('_', ' ')} record to {self.out}: {os_reason(e)}") from e
+        return records
 
     def save(self, state) -> int:
         """Checkpoint a state with its record (dataset, config, featurizer and data position).
