@@ -95,7 +95,7 @@ _SAVE_PREDICTIONS_HELP = (
     "also write each scenario's split and every method's predictions (top-N: top-k lists; with "
     "--sampled-negatives, each positive's negatives and every method's scores of them) to DIR; rating "
     "predictions as each method gives them (nDCG ranks these), which MAE and RMSE clip to metrics.json's "
-    "rating_scale first"
+    "rating_scale first; an earlier evaluation's prediction files there are replaced"
 )
 
 

@@ -210,4 +210,26 @@ def metrics_and_predictions(experiment: Any, params: Any, folder: str | Path | N
     else:
         document = experiment.metrics_document(params)
         files = [] if folder is None else write_rating_predictions(folder, experiment, params)
+    if folder is not None:
+        _remove_stale(Path(folder), files)
     return document, files
+
+
+#: the files :func:`write_rating_predictions` and :func:`write_topn_predictions` write
+_PREDICTION_FILES = ("*.split.csv.gz", "*.predictions.csv.gz", "*.topk.csv.gz", "*.sampled.csv.gz")
+
+
+def _remove_stale(folder: Path, written: list[Path]) -> None:
+    """Remove the prediction files of an earlier evaluation that this one did not write (another scenario, the
+    sampled protocol's rows of a run that sampled): the folder then holds one evaluation's files, never a mix."""
+    kept = {path.resolve() for path in written}
+    stale = sorted(p for pattern in _PREDICTION_FILES for p in folder.glob(pattern) if p.resolve() not in kept)
+    for path in stale:
+        path.unlink()
+    if stale:
+        logger.warning(
+            "removed %d prediction file(s) of an earlier evaluation from %s: %s",
+            len(stale),
+            folder,
+            ", ".join(p.name for p in stale),
+        )
