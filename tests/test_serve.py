@@ -358,6 +358,9 @@ def test_an_implicit_model_takes_interactions_and_equals_the_library(implicit_se
     # the hybrid's scores are z-scores summed: not the adapted model's own
     alone = TopNRecommender(trained, trained.params, hybrid=None).top_k(codes, np.ones(4, np.float32), 10)[1]
     assert not np.allclose(scores, alone)
+    # a text id with spaces around it is the item, as `jaxrec recommend` reads it from a file (it was unknown)
+    padded = server.post("/recommend", {"interactions": [f" {s} " for s in liked], "k": 10})[1]
+    assert padded["input"]["used"] == 4 and [r["item"] for r in padded["recommendations"]] == got
     # /predict scores named items on the same scale; the user's own item has no score
     status, predicted = server.post("/predict", {"interactions": liked, "candidates": [got[0], liked[0]]})
     assert status == 200, predicted

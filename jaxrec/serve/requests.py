@@ -129,7 +129,12 @@ class Catalogue:
         return str(raw)
 
     def code(self, raw: Any) -> int | None:
-        """The item code of a raw id, or None when the catalogue does not have it."""
+        """The item code of a raw id, or None when the catalogue does not have it. A text id is matched without its
+        spaces first, then as written, as ``jaxrec recommend`` matches a file's ids (the log's ids were stripped)."""
+        if isinstance(raw, str) and not self.integer_ids and raw != raw.strip():
+            found = self._code.get(raw.strip())
+            if found is not None:
+                return found
         key = self._key(raw)
         return None if key is None else self._code.get(key)
 
