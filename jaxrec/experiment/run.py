@@ -368,7 +368,8 @@ class TrainingRun:
         return records
 
     def save(self, state) -> int:
-        """Checkpoint a state with its record (dataset, config, featurizer and data position).
+        """Checkpoint a state with its record (dataset, config, featurizer and data position). Call :meth:`start`
+        first: it writes the item catalogue (``items.csv.gz``) that reloading the run needs.
 
         Args:
           state: the training state.
