@@ -684,9 +684,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             "their features: --features)"
         )
     features = _feature_pairs(args.features)
-    codes, ratings, notes, seen = read_ratings_for(
-        args.checkpoint, args.ratings, args.encoding
-    )  # bad files fail before the slow part
+    # a bad file fails before the slow part
+    codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding)
     trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
     for note in notes + _feature_notes(trained, features) + _ranked_by_notes(trained):
