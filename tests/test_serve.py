@@ -655,6 +655,11 @@ def test_ratings_an_unweighted_click_model_cannot_read_are_said_to_be_ignored():
     assert "ratings_ignored" not in _catalogue(False).support(None, ["a", "b"], 8).report()
     assert "ratings_ignored" not in _catalogue(True).support([("a", 5.0)], None, 8).report()
     assert "ratings_ignored" not in _catalogue(False, positive_threshold=4.0).support([("a", 5.0)], None, 8).report()
+    # a weighted model reads a rating's value as the weight: the answer says so (a trial found it silent)
+    weighted = _catalogue(True).support([("a", 5.0)], None, 8)
+    assert weighted.values.tolist() == [5.0] and weighted.report()["ratings_as_weights"] is True
+    assert "ratings_as_weights" not in _catalogue(True).support(None, ["a"], 8, [5.0]).report()
+    assert "ratings_as_weights" not in _catalogue(False).support([("a", 5.0)], None, 8).report()
 
 
 def test_ids_in_other_digits_and_values_beyond_float32_are_refused_not_a_500():

@@ -41,6 +41,8 @@ class UserSupport:
       unknown_excluded: the excluded ids not in the catalogue (ignored).
       ratings_ignored: ratings sent to a model of unweighted interactions without a positive threshold: each item
         counts once whatever its rating (said in the answer, as ``jaxrec recommend`` notes an ignored column).
+      ratings_as_weights: ratings sent to a model of weighted interactions (plays, counts): each value is read as
+        the interaction's weight, as the training log's were (said in the answer).
     """
 
     codes: np.ndarray
@@ -52,6 +54,7 @@ class UserSupport:
     excluded: int = 0
     unknown_excluded: int = 0
     ratings_ignored: bool = False
+    ratings_as_weights: bool = False
 
     def report(self) -> dict[str, Any]:
         """The JSON-ready counts of what was used and ignored (and excluded, when the request excludes items)."""
@@ -66,6 +69,8 @@ class UserSupport:
             report.update(excluded=self.excluded, unknown_excluded=self.unknown_excluded)
         if self.ratings_ignored:
             report["ratings_ignored"] = True
+        if self.ratings_as_weights:
+            report["ratings_as_weights"] = True
         return report
 
 
@@ -247,7 +252,17 @@ class Catalogue:
             raise RequestError(f"the {field} of an item sent more than once sum beyond float32, the model's precision")
         seen = np.setdiff1d(np.asarray(seen, np.int64), codes)
         ignored = interactions is None and self.values_ignored and any(value != 1 for _, value in known)
-        return UserSupport(codes, values.astype(np.float32), unknown, duplicates, below, seen, ratings_ignored=ignored)
+        as_weights = interactions is None and self.weighted and bool(known)
+        return UserSupport(
+            codes,
+            values.astype(np.float32),
+            unknown,
+            duplicates,
+            below,
+            seen,
+            ratings_ignored=ignored,
+            ratings_as_weights=as_weights,
+        )
 
     def unusable(self, values: Sequence[float]) -> tuple[int, str] | None:
         """The first of a user's values this model cannot take, and why; None when it can take them all.
