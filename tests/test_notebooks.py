@@ -90,6 +90,13 @@ def test_cold_start(kernel_env):
     assert "new_user" in table and "maml" in table and "finetune" in table
     curve = rich_text(cell_with(nb, "kshot = pd.DataFrame"))
     assert "no_adapt" in curve
+    # every K scores the same query ratings (the support alone grows): no_adapt, which ignores the support, is flat
+    plain = [
+        line.split() for line in cell_with(nb, "kshot = pd.DataFrame").outputs[-1]["data"]["text/plain"].split("\n")
+    ]
+    header = next(row for row in plain if row and row[0] == "method")
+    flat = {row[header.index("no_adapt")] for row in plain if row and row[0].isdigit()}
+    assert len([row for row in plain if row and row[0].isdigit()]) == 3 and len(flat) == 1, plain
     assert has_png(cell_with(nb, "ax.errorbar"))
 
 
