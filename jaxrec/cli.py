@@ -598,7 +598,8 @@ def format_table(document: dict) -> str:
         key = column if isinstance(column, str) else _table_cutoff(keys, *column)
         if key in keys and key not in present:
             present.append(key)
-    header = ["scenario", "method", "users", *present]
+    by_item = document.get("config", {}).get("protocol", {}).get("tasks_by") == "item"  # a task per item
+    header = ["scenario", "method", "items" if by_item else "users", *present]
     rows = []
     for scenario, methods in scenarios.items():
         for method, result in methods.items():

@@ -79,7 +79,14 @@ def test_tiny_experiment_metrics_document():
     assert set(doc) == {"dataset", "config", "tuned", "data_report", "tasks", "rating_scale", "scenarios"}
     assert doc["rating_scale"] == [0.5, 5.0]
     assert doc["data_report"]["ratings_kept"] == exp.dataset.n_ratings == 100836
-    assert doc["tuned"] == {"inner_lr": exp.inner_lr}  # recorded beside the config, not written into it
+    assert doc["tuned"]["inner_lr"] == exp.inner_lr  # recorded beside the config, not written into it
+    # the fine-tuning rate the validation users chose (0: finetune is no_adapt), which metrics.json did not say
+    finetune = doc["tuned"]["finetune"]
+    assert (
+        finetune["inner_lr"] == exp.baselines().finetune_lr
+        and finetune["inner_lr"] in exp.config.evaluation.finetune_lrs
+    )
+    assert set(finetune["validation"]) == {f"{lr:g}" for lr in exp.config.evaluation.finetune_lrs}
     assert doc["dataset"] == "ml-latest-small"
     assert set(doc["scenarios"]) == {"warm", "new_user", "new_item", "new_user_new_item"}
     for methods in doc["scenarios"].values():

@@ -372,6 +372,8 @@ def test_the_table_shows_the_cut_offs_a_run_has():
     assert cli.format_table(rating).splitlines()[0].split() == ["scenario", "method", "users", "mae", "rmse", "ndcg@5"]
     rating["scenarios"]["new_user"]["maml"].update({"auc": 0.7, "hr@1": 0.2, "hr@10": 0.9})  # binary targets
     assert cli.format_table(rating).splitlines()[0].split()[-2:] == ["auc", "hr@10"]
+    rating["config"] = {"protocol": {"tasks_by": "item"}}  # a task per item: the count is of items
+    assert cli.format_table(rating).splitlines()[0].split()[:3] == ["scenario", "method", "items"]
 
 
 def test_a_catalogue_of_one_item_is_one_clear_error(tmp_path, capsys):

@@ -785,8 +785,15 @@ class Experiment:
 
     @property
     def tuned(self) -> dict:
-        """The values chosen on validation users, recorded beside the config: ``{"inner_lr": ...}``."""
-        return {"inner_lr": self.inner_lr}
+        """The values chosen on validation users, recorded beside the config: ``{"inner_lr": ...}``, and once the
+        baselines are fitted, ``"finetune"``: the fine-tuning rate chosen and each rate's validation figure (a rate
+        of 0 is ``no_adapt``'s model unadapted)."""
+        out: dict = {"inner_lr": self.inner_lr}
+        if self._baselines is not None:
+            fitted = self._baselines
+            validation = {f"{lr:g}": float(value) for lr, value in dict(fitted.finetune_validation).items()}
+            out["finetune"] = {"inner_lr": float(fitted.finetune_lr), "validation": validation}
+        return out
 
     @property
     def steps_per_epoch(self) -> int:
@@ -973,6 +980,7 @@ class Experiment:
           RMSE clip a prediction to (None with binary targets).
         """
         scale = self.featurizer.spec.rating_range
+        scenarios = self.evaluate(params)  # first: the baselines' choices on validation users are then in tuned
         return {
             "dataset": self.dataset.name,
             "config": self.config.to_dict(),
@@ -985,7 +993,7 @@ class Experiment:
                 **{name: tasks.stats for name, tasks in self.scenario_tasks.items()},
             },
             "rating_scale": None if scale is None else [float(scale[0]), float(scale[1])],
-            "scenarios": self.evaluate(params),
+            "scenarios": scenarios,
         }
 
 
