@@ -216,7 +216,7 @@ def test_item_features_from_the_command_line_reach_new_items_and_are_named_again
     assert odd["user_taste"].tolist() == [slot] * len(odd["user_taste"]) and odd["user"].max() == 0
     told = recommender.model_scores(codes, np.ones(3, np.float32), user_features={"taste": "t1"})
     assert not np.allclose(told, recommender.model_scores(codes, np.ones(3, np.float32)), atol=1e-5)
-    with pytest.raises(RunError, match="read its item features from .*songs.tsv.*pass --item-features FILE"):
+    with pytest.raises(RunError, match="this run read --item-features .*songs.tsv.*pass --item-features FILE"):
         restore_run(
             out,
             overrides={
@@ -225,6 +225,10 @@ def test_item_features_from_the_command_line_reach_new_items_and_are_named_again
                 "user_features": str(tastes),
             },
         )
+    # every file the run read is named at once, not one per failed attempt (a trial met them one by one)
+    with pytest.raises(RunError, match="pass --data FILE --item-features FILE --user-features FILE") as named:
+        restore_run(out)
+    assert "overrides={'data': FILE, 'item_features': FILE, 'user_features': FILE}" in str(named.value)
     experiment, _ = restore_run(
         out,
         overrides={

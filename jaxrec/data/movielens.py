@@ -134,7 +134,8 @@ def load(
             raise DataError(
                 f"{name} not found. Looked in: {', '.join(map(str, dict.fromkeys(looked)))}. Put the unpacked files "
                 f"{', '.join(_REQUIRED[name])} in {target}/ (from {ARCHIVES[name].url}), or set JAXREC_DATA to a "
-                f"folder holding {name}/, or pass download=True (or set JAXREC_DOWNLOAD=1) to fetch it"
+                f"folder holding {name}/ (on the command line: --data-dir FOLDER), or pass download=True (or set "
+                "JAXREC_DOWNLOAD=1) to fetch it"
             )
         folder = download_archive(name, target)
     return parse_movielens(name, folder, min_user_ratings=min_user_ratings, source=str(folder))

@@ -697,22 +697,22 @@ def _side_features(meta: dict) -> list[str]:
 def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any], doing: str = "evaluating") -> None:
     """A path written in a record is never opened: data read from a file must be named on the command line (a
     dataset's folder is ``--data-dir`` or the default data root, never a recorded one)."""
-    path = (saved.get("data") or {}).get("path")
-    if path is not None and overrides.get("data") is None:
+    data = saved.get("data") or {}
+    missing = [
+        (field, data[field])
+        for field in ("path", "item_features", "user_features")
+        if data.get(field) is not None and overrides.get("data" if field == "path" else field) is None
+    ]
+    if missing:  # every file at once, not one per failed attempt
+        flags = {"path": "--data", "item_features": "--item-features", "user_features": "--user-features"}
+        keys = {"path": "data", "item_features": "item_features", "user_features": "user_features"}
+        read = "; ".join(f"{flags[field]} {value}" for field, value in missing)
         raise RunError(
-            f"{folder}: this run was trained on the file {path}; {doing} it reads that data again, so name it: "
-            f"pass --data FILE (from Python: overrides={{'data': FILE}}; checked against the checkpoint: it must "
-            "encode as the training data did)"
+            f"{folder}: this run read {read}; {doing} it reads them again, so name "
+            f"{'it' if len(missing) == 1 else 'them'}: pass {' '.join(flags[f] + ' FILE' for f, _ in missing)} (from "
+            f"Python: overrides={{{', '.join(repr(keys[f]) + ': FILE' for f, _ in missing)}}}; checked against the "
+            "checkpoint: it must encode as the training data did)"
         )
-    for field in ("item_features", "user_features"):
-        table = (saved.get("data") or {}).get(field)
-        if table is not None and overrides.get(field) is None:
-            flag = "--" + field.replace("_", "-")
-            raise RunError(
-                f"{folder}: this run read its {field.replace('_', ' ')} from {table}; {doing} it reads them again, "
-                f"so name the file: pass {flag} FILE (from Python: overrides={{'{field}': FILE}}; checked against "
-                "the checkpoint)"
-            )
 
 
 def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dict | None = None, dataset: Any = None):
