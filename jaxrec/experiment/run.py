@@ -707,9 +707,9 @@ def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any],
         flags = {"path": "--data", "item_features": "--item-features", "user_features": "--user-features"}
         keys = {"path": "data", "item_features": "item_features", "user_features": "user_features"}
         read = "; ".join(f"{flags[field]} {value}" for field, value in missing)
+        them = "it" if len(missing) == 1 else "them"
         raise RunError(
-            f"{folder}: this run read {read}; {doing} it reads them again, so name "
-            f"{'it' if len(missing) == 1 else 'them'}: pass {' '.join(flags[f] + ' FILE' for f, _ in missing)} (from "
+            f"{folder}: this run read {read}; {doing} it reads {them} again, so name {them}: pass {' '.join(flags[f] + ' FILE' for f, _ in missing)} (from "
             f"Python: overrides={{{', '.join(repr(keys[f]) + ': FILE' for f, _ in missing)}}}; checked against the "
             "checkpoint: it must encode as the training data did)"
         )
