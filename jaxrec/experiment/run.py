@@ -708,10 +708,11 @@ def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any],
         keys = {"path": "data", "item_features": "item_features", "user_features": "user_features"}
         read = "; ".join(f"{flags[field]} {value}" for field, value in missing)
         them = "it" if len(missing) == 1 else "them"
+        named = " ".join(f"{flags[field]} FILE" for field, _ in missing)
+        python = ", ".join(f"{keys[field]!r}: FILE" for field, _ in missing)
         raise RunError(
-            f"{folder}: this run read {read}; {doing} it reads {them} again, so name {them}: pass {' '.join(flags[f] + ' FILE' for f, _ in missing)} (from "
-            f"Python: overrides={{{', '.join(repr(keys[f]) + ': FILE' for f, _ in missing)}}}; checked against the "
-            "checkpoint: it must encode as the training data did)"
+            f"{folder}: this run read {read}; {doing} it reads {them} again, so name {them}: pass {named} (from "
+            f"Python: overrides={{{python}}}; checked against the checkpoint: it must encode as the training data did)"
         )
 
 
