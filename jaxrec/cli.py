@@ -649,6 +649,12 @@ def task_notes(document: dict) -> list[str]:
         if parts:
             noun = f"{unit}s evaluated" if name != "validation" else f"validation {unit}s"
             notes.append(f"note: {name}: {users} {noun}; " + "; ".join(parts))
+    methods = {method for scenario in document.get("scenarios", {}).values() for method in scenario}
+    if unit == "item" and {"user_mean", "item_mean"} & methods:  # the baselines keep their user-task names
+        notes.append(
+            "note: a task is an item here: user_mean is each new item's mean support rating, and item_mean the "
+            "global mean (a new item has no training rating)"
+        )
     return notes
 
 

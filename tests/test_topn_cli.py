@@ -374,6 +374,14 @@ def test_the_table_shows_the_cut_offs_a_run_has():
     assert cli.format_table(rating).splitlines()[0].split()[-2:] == ["auc", "hr@10"]
     rating["config"] = {"protocol": {"tasks_by": "item"}}  # a task per item: the count is of items
     assert cli.format_table(rating).splitlines()[0].split()[:3] == ["scenario", "method", "items"]
+    rating["scenarios"]["new_user"]["user_mean"] = {"users": 3, "mae": 0.8}
+    rating["tasks"] = {"new_user": {"tasks": 40, "users_dropped": 2}}
+    notes = cli.task_notes(rating)
+    assert (
+        notes[0] == "note: new_user: 40 items evaluated; 2 item(s) left out: too few or too many ratings for a task "
+        "(--min-ratings, --max-ratings, --query)"
+    )
+    assert "user_mean is each new item's mean support rating" in notes[1] and len(notes) == 2
 
 
 def test_a_catalogue_of_one_item_is_one_clear_error(tmp_path, capsys):
