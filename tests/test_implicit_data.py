@@ -95,6 +95,8 @@ def test_ids_of_numbers_and_text_in_one_column_are_refused_not_split():
         jd.DataError, match=r"column 'item' mixes numbers and text as item ids \(7 row 0 and '7' row 1\)"
     ):
         jd.from_dataframe(frame, rating=None, feedback="implicit")
+    with pytest.raises(jd.DataError, match="mixes numbers and text"):  # a categorical column as well
+        jd.from_dataframe(frame.astype({"item": "category"}), rating=None, feedback="implicit")
     numbers = pd.DataFrame({"user": ["a", "a", "b"], "item": [7, 8, 7.0]}).astype({"item": object})
     assert jd.from_dataframe(numbers, rating=None, feedback="implicit").n_items == 2
 

@@ -397,6 +397,8 @@ def test_rating_runs_save_their_split_and_query_predictions(tmp_path, monkeypatc
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "warm.sampled.csv.gz").write_bytes(b"an earlier top-N evaluation's rows")  # removed, not mixed in
     (tmp_path / "p" / "notes.txt").write_text("the user's own file: kept")
+    (tmp_path / "p" / "ratings.split.csv.gz").write_bytes(b"a user's file of the same suffix: kept")
+    (tmp_path / "p" / "new_item.topk.csv.gz").mkdir()  # a folder: never touched
     with data.open("a") as f:  # 30 users with 4 ratings each: too few to be a task anywhere (counted, said)
         f.write("".join(f"{u},{100 + (u + j) % 40},{1 + j}\n" for u in range(500, 530) for j in range(4)))
     lines = capture(monkeypatch)
@@ -406,9 +408,10 @@ def test_rating_runs_save_their_split_and_query_predictions(tmp_path, monkeypatc
     code = cli.main(["train", "--data", str(data), "--columns", "user,item,rating", *flags, "--epochs", "1",
                      "--out", str(tmp_path / "run"), "--save-predictions", str(tmp_path / "p")])  # fmt: skip
     assert code == 0
-    files = sorted(p.name for p in (tmp_path / "p").iterdir() if p.name != "notes.txt")
+    theirs = {"notes.txt", "ratings.split.csv.gz", "new_item.topk.csv.gz"}
+    files = sorted(p.name for p in (tmp_path / "p").iterdir() if p.name not in theirs)
     assert files and all(f.endswith(".csv.gz") for f in files) and "warm.sampled.csv.gz" not in files
-    assert (tmp_path / "p" / "notes.txt").exists()
+    assert all((tmp_path / "p" / name).exists() for name in theirs)
     scenario = files[0].split(".")[0]
     split = pd.read_csv(tmp_path / "p" / f"{scenario}.split.csv.gz")
     predictions = pd.read_csv(tmp_path / "p" / f"{scenario}.predictions.csv.gz")

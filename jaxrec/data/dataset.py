@@ -556,7 +556,7 @@ def from_dataframe(
             first = int(np.flatnonzero(nulls)[0])
             loc = where_line(first, _line_offset)
             raise DataError(f"{where}: column {named[role]!r} {loc} has a missing {role} id")
-        if pd.api.types.is_object_dtype(ids):  # 7 and "7" would be two ids, one user's interactions split in two
+        if pd.api.types.is_object_dtype(ids) or isinstance(ids.dtype, pd.CategoricalDtype):  # 7 and "7": two ids
             text = np.array([isinstance(v, str) for v in uniques], bool)
             if text.any() and not text.all():
                 rows = [int(np.flatnonzero(kind[codes])[0]) for kind in (~text, text)]  # the first row of each

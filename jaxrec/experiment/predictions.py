@@ -30,7 +30,10 @@ import jax
 import numpy as np
 import pandas as pd
 
+from jaxrec.data.tasks import SCENARIOS
+from jaxrec.data.topn import TOPN_SCENARIOS
 from jaxrec.experiment.methods import experiment_predictors
+from jaxrec.experiment.topn import NEW_ITEM_ONLY
 
 __all__ = ["metrics_and_predictions", "write_rating_predictions", "write_topn_predictions"]
 
@@ -215,15 +218,22 @@ def metrics_and_predictions(experiment: Any, params: Any, folder: str | Path | N
     return document, files
 
 
-#: the files :func:`write_rating_predictions` and :func:`write_topn_predictions` write
-_PREDICTION_FILES = ("*.split.csv.gz", "*.predictions.csv.gz", "*.topk.csv.gz", "*.sampled.csv.gz")
+#: the files :func:`write_rating_predictions` and :func:`write_topn_predictions` write: ``<scenario>.<kind>.csv.gz``
+_PREDICTION_FILES = {
+    f"{scenario}.{kind}.csv.gz"
+    for scenario in (*SCENARIOS, *TOPN_SCENARIOS, NEW_ITEM_ONLY)
+    for kind in ("split", "predictions", "topk", "sampled")
+}
 
 
 def _remove_stale(folder: Path, written: list[Path]) -> None:
     """Remove the prediction files of an earlier evaluation that this one did not write (another scenario, the
-    sampled protocol's rows of a run that sampled): the folder then holds one evaluation's files, never a mix."""
+    sampled protocol's rows of a run that sampled): the folder then holds one evaluation's files, never a mix. Only
+    files of the names an evaluation writes are touched, never another file or folder."""
     kept = {path.resolve() for path in written}
-    stale = sorted(p for pattern in _PREDICTION_FILES for p in folder.glob(pattern) if p.resolve() not in kept)
+    stale = sorted(
+        p for p in folder.iterdir() if p.name in _PREDICTION_FILES and p.is_file() and p.resolve() not in kept
+    )
     for path in stale:
         path.unlink()
     if stale:

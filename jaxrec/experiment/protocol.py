@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -791,7 +792,10 @@ class Experiment:
         out: dict = {"inner_lr": self.inner_lr}
         if self._baselines is not None:
             fitted = self._baselines
-            validation = {f"{lr:g}": float(value) for lr, value in dict(fitted.finetune_validation).items()}
+            validation = {  # a diverged rate's figure is not finite: null in JSON
+                f"{lr:g}": float(value) if math.isfinite(value) else None
+                for lr, value in dict(fitted.finetune_validation).items()
+            }
             out["finetune"] = {"inner_lr": float(fitted.finetune_lr), "validation": validation}
         return out
 

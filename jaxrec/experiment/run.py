@@ -334,7 +334,8 @@ class TrainingRun:
 
     def finish(self, state):
         """The state the run keeps (:meth:`chosen_state`), with what serving it needs written beside the checkpoints
-        (:meth:`keep_serving_records`): the end of a run trained from Python, as of ``jaxrec train``.
+        (:meth:`keep_serving_records`): the end of a run trained from Python, as of ``jaxrec train``. For a run that
+        trained to its end: one stopped by a signal is resumed first, as the command resumes it.
 
         Returns:
           The kept state.
