@@ -504,13 +504,18 @@ def cmd_choose(args: argparse.Namespace) -> int:
     points = _grid(args)
     config = _config(_base_config(args), _config_overrides(args))
 
-    metric, _ = selection_metric(config)
+    metric = {"name": selection_metric(config)[0]}
+
+    def build(point: ExperimentConfig):  # the metric a run chooses by: its catalogue may cap the cut-off
+        experiment = build_experiment(point)
+        metric["name"] = getattr(experiment, "select_metric", metric["name"])
+        return experiment
 
     def report(fields: dict, t: int, figure: float, seconds: float) -> None:
-        _echo(f"{_point_text(fields)}  training {t}: validation {metric} {figure:.4f} ({seconds:.0f} s)")
+        _echo(f"{_point_text(fields)}  training {t}: validation {metric['name']} {figure:.4f} ({seconds:.0f} s)")
 
     try:  # choose checks every point before the first training
-        choice = choose(config, points, trainings=args.trainings, on_score=report)
+        choice = choose(config, points, trainings=args.trainings, build=build, on_score=report)
     except GridError as e:
         raise CLIError(f"--grid: {as_flags(str(e))}") from None
     direction = "higher" if choice.higher_is_better else "lower"

@@ -192,6 +192,16 @@ def test_the_command_writes_a_config_that_jaxrec_train_reads(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["config"]["meta"]["inner_lr"] == 0.05
 
 
+def test_the_command_names_the_metric_a_small_catalogue_chooses_by(tmp_path, capsys):
+    """60 items less a support of 3: the cut-off 60 ranks every item, so the run chooses by Recall@10; the progress
+    lines named the cut-off of the config alone (Recall@60)."""
+    argv = choose_argv(tmp_path, "--grid", '{"inner_lr": [0.05]}', "--trainings", "1", "--topn-ks", "10,60")
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "training 0: validation recall@10" in printed and "recall@10 (higher is better)" in printed
+    assert "recall@60" not in printed
+
+
 @pytest.mark.parametrize(
     "grid_flag, words",
     [
