@@ -18,7 +18,7 @@ from jaxrec.core.inner import adapt
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
 from jaxrec.data import DataError, Featurizer, sniff_separator
-from jaxrec.data.dataset import integer_ids
+from jaxrec.data.dataset import integer_ids, undecodable
 from jaxrec.data.topn import support_history
 from jaxrec.evaluation.topn import is_user_side, recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
@@ -132,8 +132,8 @@ def read_user_ratings(
         raise
     except DataError as e:
         raise RunError(f"--ratings: {e} (expected lines of item,rating)") from None
-    except UnicodeDecodeError as e:
-        raise RunError(f"--ratings {path}: {_not_in(encoding, e)}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"--ratings {undecodable(path, encoding)}") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
         raise RunError(f"--ratings {path}: cannot parse as item,rating lines: {str(e).strip()[:200]}") from None
     listed = frame.shape[1] == 1 and implicit
@@ -293,20 +293,12 @@ def read_item_list(
         raise RunError(f"{flag} {path}: file not found")
     try:
         written = _item_id_lines(path, flag, encoding)[0].to_numpy()
-    except UnicodeDecodeError as e:
-        raise RunError(f"{flag} {path}: {_not_in(encoding, e)}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{flag} {undecodable(path, encoding)}") from None
     except OSError as e:
         raise RunError(f"{flag} {path}: cannot read it as text: {e}") from None
     codes = _codes_of(np.array([w.strip() for w in written], dtype=object), written, item_ids)
     return np.unique(codes[codes >= 0]).astype(np.int64), [w.strip() for w in written[codes < 0]]
-
-
-def _not_in(encoding: str, error: UnicodeDecodeError) -> str:
-    """Why a file could not be read as text in ``encoding``, and the option that reads it."""
-    return (
-        f"not {encoding} text ({error.reason} at byte {error.start}): pass the file's encoding (--encoding latin-1, "
-        "cp1252, ...)"
-    )
 
 
 def _item_id_lines(path: Path, flag: str = "--ratings", encoding: str = "utf-8") -> pd.DataFrame:
