@@ -229,11 +229,14 @@ class TopNExperiment:
         n_items = self.dataset.n_items
         if n_items < 2:
             raise DataError(f"{self.dataset.source}: a catalogue of {n_items} item(s); top-N needs at least two")
-        # the items a new user's list can hold: the catalogue less the held-out new items (ranked in the new-item
-        # scenarios only) and the user's support
-        held_out = len(np.union1d(self.split.new_items, self.split.validation_new_items))
-        rankable = n_items - held_out - top.shots
-        self.select_metric = f"recall@{selection_cutoff(top.topn_ks, rankable)}"
+        # the held-out items (new and validation new items): every user's interactions with them outside the
+        # meta-train users were dropped from the split, so a list that holds one would count it a miss, whatever
+        # the user did; they are ranked only where the queries hold them (the new-item scenarios)
+        held = np.union1d(self.split.new_items, self.split.validation_new_items).astype(np.int32)
+        self._never_ranked: np.ndarray | None = held if len(held) else None
+        # the items a new user's list can hold: the catalogue less the held-out items and the user's support
+        rankable = n_items - len(held) - top.shots
+        self.select_at = selection_cutoff(top.topn_ks, rankable)
         if max(top.topn_ks) >= rankable:
             logger.warning(
                 "%s: the cut-offs %s reach every item a new user can be recommended (%d items, %d of them held out as "
@@ -242,7 +245,7 @@ class TopNExperiment:
                 self.dataset.source,
                 ", ".join(str(k) for k in top.topn_ks if k >= rankable),
                 n_items,
-                held_out,
+                len(held),
                 top.shots,
                 self.select_metric,
             )
@@ -310,11 +313,6 @@ class TopNExperiment:
         # whether the support rows being ranked are in time order (a new user's first interactions), which the
         # recency weighting reads: a warm or new-item task's support is a user's latest interactions, unordered
         self._support_in_time = True
-        # the held-out items (new and validation new items): every user's interactions with them outside the
-        # meta-train users were dropped from the split, so a list that holds one would count it a miss, whatever
-        # the user did; they are ranked only where the queries hold them (the new-item scenarios)
-        held = np.union1d(self.split.new_items, self.split.validation_new_items).astype(np.int32)
-        self._never_ranked: np.ndarray | None = held if len(held) else None
         # while scoring a scenario of meta-train users (warm, new items): each user's items outside its queries (a
         # user-item pair is one interaction), ``(indptr, items, width)`` of :meth:`_known_items`; None elsewhere
         self._known: tuple[np.ndarray, np.ndarray, int] | None = None
@@ -611,6 +609,12 @@ class TopNExperiment:
             logger.info("kept step %d of %d: validation %s", selector.chosen, step, selector.scores)
         return state if selector.chosen == step else kept[selector.chosen]
 
+    @property
+    def select_metric(self) -> str:
+        """The metric every validation choice of the run is made by: Recall@``select_at``
+        (:func:`selection_cutoff`)."""
+        return f"recall@{self.select_at}"
+
     def epoch_selector(self, figures_at: Callable[[int], Mapping[str, Any]] | None = None) -> EpochSelector:
         """A selector of the state to keep by this run's rule (``select_epoch``) and metric (:attr:`select_metric`:
         Recall@20 where it leaves items out of a list)."""
@@ -835,7 +839,7 @@ class TopNExperiment:
             rankers,
             self.val_tasks,
             self.catalogue,
-            ks=(int(self.select_metric.split("@")[1]),),
+            ks=(self.select_at,),
             batch_size=c.evaluation.eval_batch_size,
             reference="",
             resamples=0,
