@@ -603,8 +603,7 @@ def format_table(document: dict) -> str:
         key = column if isinstance(column, str) else _table_cutoff(keys, *column)
         if key in keys and key not in present:
             present.append(key)
-    by_item = document.get("config", {}).get("protocol", {}).get("tasks_by") == "item"  # a task per item
-    header = ["scenario", "method", "items" if by_item else "users", *present]
+    header = ["scenario", "method", f"{_task_unit(document)}s", *present]
     rows = []
     for scenario, methods in scenarios.items():
         for method, result in methods.items():
@@ -629,17 +628,21 @@ def format_table(document: dict) -> str:
 FEW_USERS = 30
 
 
+def _task_unit(document: dict) -> str:
+    """What a task of the run is: ``"item"`` for item tasks (``--tasks-by item``, rating runs only), else
+    ``"user"``."""
+    return "item" if document.get("config", {}).get("protocol", {}).get("tasks_by") == "item" else "user"
+
+
 def task_notes(document: dict) -> list[str]:
     """What the table does not show: each evaluated task set's users left out (too few or too many ratings or
     interactions to be a task) and those with too few users to tell methods apart, the validation users that every
     choice of the run was made on included."""
-    config = document.get("config", {})
-    unit = "user"
+    unit = _task_unit(document)
     if document.get("task") == "topn":
         reason = "too few interactions for a support and a query (--shots)"
     else:
         reason = "too few or too many ratings for a task (--min-ratings, --max-ratings, --query)"
-        unit = "item" if config.get("protocol", {}).get("tasks_by") == "item" else "user"
     notes = []
     for name, stats in document.get("tasks", {}).items():
         if name in ("train", "new_item_only"):  # new_item_only: new_item's users, ranked among the new items
