@@ -130,6 +130,26 @@ def test_resume_through_the_api_equals_an_uninterrupted_run(experiment, straight
     assert _log_without_times(tmp_path / "run" / "metrics.jsonl") == _log_without_times(straight[1] / "metrics.jsonl")
 
 
+def test_each_epoch_logs_its_own_seconds_not_the_time_since_the_run_began(experiment, tmp_path):
+    """A pause inside the first epoch shows in its line alone: the second epoch's ``seconds`` is its own time."""
+    pause = 1.0
+    run = cli.TrainingRun(experiment, tmp_path / "run")
+    began = time.perf_counter()
+    run.train(
+        run.start(resume=False),
+        2 * experiment.steps_per_epoch,
+        progress=False,
+        on_step=lambda done: time.sleep(pause) if done == 1 else None,
+    )
+    wall = time.perf_counter() - began
+    run.close()
+    first, second = (
+        json.loads(line)["seconds"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    )
+    assert first >= pause and 0 < second < pause
+    assert first + second <= wall
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 5. non-finite steps
 

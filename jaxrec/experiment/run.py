@@ -407,7 +407,9 @@ class TrainingRun:
     # -- epoch log -------------------------------------------------------------------------------------------
     @property
     def log_path(self) -> Path:
-        """The epoch log, ``out/metrics.jsonl``: one JSON line per finished epoch."""
+        """The epoch log, ``out/metrics.jsonl``: one JSON line per finished epoch (its step, mean loss and gradient
+        norm, skipped steps, the validation figure where epochs are chosen on it, and ``seconds``: the epoch's own
+        wall time in this process, its validation included; a resumed epoch's counts from the resume)."""
         return self.out / "metrics.jsonl"
 
     def _truncate_log(self, step: int) -> None:
@@ -490,7 +492,7 @@ class TrainingRun:
           NonFiniteError: with ``nonfinite="raise"``, at the first non-finite meta-step.
         """
         start, per_epoch = int(state.step), self.exp.steps_per_epoch
-        began = time.perf_counter()
+        epoch_began = time.perf_counter()
         bar = tqdm(total=stop_step, initial=start, disable=not progress, unit="step", desc="meta-train", leave=True)
         with StopRequest() as stop, contextlib.closing(bar):
             self.exp.resolve_inner_lr()  # a resumed run skips init_state
@@ -507,7 +509,8 @@ class TrainingRun:
                 done = step + 1
                 if done % per_epoch == 0:
                     score = None if self.selector is None else self._observe(done, state)
-                    self._log_epoch(state, time.perf_counter() - began, score)
+                    self._log_epoch(state, time.perf_counter() - epoch_began, score)
+                    epoch_began = time.perf_counter()
                 if done % per_epoch == 0 or (save_every and done % save_every == 0):
                     self.save(state)
                 if on_step is not None:
