@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from jaxrec.core.errors import JaxrecError
-from jaxrec.data import DATASETS, DataError, default_data_root, read_side_table
+from jaxrec.data import DATASETS, DataError, UnnamedColumnsError, default_data_root, read_side_table
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.checkpoint import read_metadata
 from jaxrec.experiment.choose import GridError, choose, selection_metric
@@ -893,8 +893,8 @@ def _read_users_as_trained(args: argparse.Namespace):
     columns the run's own log was read with (``train --columns``), as a file in the log's layout is."""
     try:
         return read_users(args.users, args.columns, args.sep, encoding=args.encoding)
-    except DataError as unnamed:
-        if args.columns is not None or "column among the header" not in str(unnamed):
+    except UnnamedColumnsError as unnamed:
+        if args.columns is not None:
             raise
         recorded = ((read_metadata(args.checkpoint).get("config") or {}).get("data") or {}).get("columns")
         if not recorded:

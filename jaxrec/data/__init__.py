@@ -6,7 +6,7 @@ the batch stream and augmentation.
 >>> print(ds.summary())  # doctest: +SKIP
 """
 
-from jaxrec.data.dataset import DataError, Dataset, from_csv, from_dataframe, sniff_separator
+from jaxrec.data.dataset import DataError, Dataset, UnnamedColumnsError, from_csv, from_dataframe, sniff_separator
 from jaxrec.data.download import ARCHIVES, DownloadError, download_archive
 from jaxrec.data.featurizer import Featurizer, age_bucket, year_bucket, zip_prefix
 from jaxrec.data.logs import read_log
@@ -30,6 +30,7 @@ __all__ = [
     "Dataset",
     "DownloadError",
     "Featurizer",
+    "UnnamedColumnsError",
     "age_bucket",
     "default_data_root",
     "download_archive",

@@ -36,6 +36,7 @@ from jaxrec.core.errors import JaxrecError
 __all__ = [
     "DataError",
     "Dataset",
+    "UnnamedColumnsError",
     "from_csv",
     "from_dataframe",
     "integer_ids",
@@ -71,6 +72,11 @@ class DataError(JaxrecError, ValueError):
 
     The message names the file, column or line at fault.
     """
+
+
+class UnnamedColumnsError(DataError):
+    """A file's header names no user or item column by a common name, and no ``columns`` were given: the file may
+    still be read by naming them (a caller that knows the layout, e.g. the run's own ``--columns``, can retry)."""
 
 
 @dataclasses.dataclass
@@ -1439,7 +1445,7 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
                     roles[role] = hit
             for role in ("user", "item"):
                 if role not in roles:
-                    raise DataError(
+                    raise UnnamedColumnsError(
                         f"{path}: no {role} column among the header {cols}; pass columns={{'{role}': <name>, ...}} "
                         f"(--columns {role}=<name>,...)"
                     )
