@@ -44,8 +44,11 @@ def test_an_integral_float_or_numpy_integer_is_accepted_as_inner_steps():
     assert jaxrec.InnerLoop(LOSS, steps=np.int32(3)).steps == 3
 
 
+@pytest.mark.parametrize("as_array", [float, jnp.asarray, np.asarray], ids=["number", "jax-0d", "numpy-0d"])
 @pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0, -0.1])
-def test_a_scalar_inner_lr_must_be_finite_and_positive(lr):
+def test_a_scalar_inner_lr_must_be_finite_and_positive(lr, as_array):
+    """A 0-d array is a concrete scalar too: ``jnp.array(nan)`` was taken, and every step then skipped."""
+    lr = as_array(lr)
     with pytest.raises(ValueError, match="inner_lr"):
         jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=lr, inner_steps=1)
     with pytest.raises(ValueError, match="inner_lr"):

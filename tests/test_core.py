@@ -98,6 +98,24 @@ def test_meta_train_reports_compilations_and_learns():
     chex.assert_trees_all_equal_structs(params, PARAMS)
 
 
+def test_a_batch_with_task_ids_and_one_without_share_the_compiled_step():
+    """The step never reads the task ids: batches of one shape compile once whether or not they carry them."""
+    batches = [make_batch(seed) for seed in range(4)]
+    batches = [b if i % 2 else b.replace(task_id=None) for i, b in enumerate(batches)]
+    _, history = jaxrec.meta_train(PARAMS, batches, mesh=None, **KW)
+    assert history["steps"] == 4 and history["compilations"] == 1
+
+
+def test_resuming_from_a_returned_state_keeps_the_returned_params():
+    """The params a call returns are its state's; resuming from that state donates it to the steps, so it is copied
+    (as ``init`` copies params): the first call's params stay readable and unchanged."""
+    first, history = jaxrec.meta_train(PARAMS, [make_batch(s) for s in range(2)], mesh=None, **KW)
+    kept = jax.tree.map(np.array, first)
+    second, _ = jaxrec.meta_train(PARAMS, [make_batch(s) for s in range(2, 4)], state=history["state"], mesh=None, **KW)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, first), kept)
+    assert not np.array_equal(np.asarray(second["w1"]), kept["w1"])
+
+
 def test_callback_reports_progress():
     seen = []
     jaxrec.meta_train(

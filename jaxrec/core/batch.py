@@ -3,8 +3,10 @@
 Every task (one user) owns a *support* set (the few ratings the model adapts on) and a *query* set (the ratings
 it is judged on). Tasks have different numbers of rows, so each side is padded to a common length and carries a
 boolean mask: padded rows are invisible to every loss, gradient and metric. A whole task can be padding too
-(``query_mask[t]`` all false, e.g. to fill a batch that must divide the device count); it then carries no
-weight in the meta-loss.
+(both masks all false, e.g. to fill a batch that must divide the device count); it then carries no weight in the
+meta-update. MAML's meta-loss weighs a task by its query rows, so a task with support rows and an all-false query
+mask carries no weight there either; Reptile's direction weighs a task by its support rows
+(:func:`~jaxrec.core.objectives.reptile_direction`), so there such a task counts.
 """
 
 from __future__ import annotations

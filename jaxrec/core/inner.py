@@ -34,6 +34,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrec.core.batch import zero_padding
 from jaxrec.core.losses import LossFn
@@ -188,7 +189,8 @@ def as_inner_loop(inner: InnerLoop | None = None, **options: Any) -> InnerLoop:
 def check_inner_lr(inner_lr: Any) -> None:
     """Check that a concrete scalar inner rate is finite and positive.
 
-    A traced or per-parameter rate is not checked.
+    A concrete scalar is a number or a 0-d array (``jnp.array(0.01)``); a traced or per-parameter rate is not
+    checked.
 
     Args:
       inner_lr: the inner rate.
@@ -196,6 +198,9 @@ def check_inner_lr(inner_lr: Any) -> None:
     Raises:
       ValueError: a concrete scalar rate is not finite or not positive.
     """
+    concrete_array = isinstance(inner_lr, np.ndarray | jax.Array) and not isinstance(inner_lr, jax.core.Tracer)
+    if concrete_array and np.ndim(inner_lr) == 0:  # jnp.array(0.01): a concrete scalar too
+        inner_lr = np.asarray(inner_lr).item()
     if isinstance(inner_lr, numbers.Real) and not isinstance(inner_lr, bool):
         if not math.isfinite(float(inner_lr)) or float(inner_lr) <= 0:
             raise ValueError(f"inner_lr must be a finite positive number, got {inner_lr!r}")

@@ -131,8 +131,11 @@ class GradientSteps:
 class OptaxSteps:
     """Inner steps of an optax transformation on the support loss, differentiated through.
 
-    Use ``eps_root > 0`` with Adam, whose square root has no derivative at 0. The inner rates are not used: the
-    transformation carries its own.
+    Use ``eps_root > 0`` with Adam, whose square root has no derivative at 0: without it, a leaf whose support
+    gradient is exactly 0 makes the meta-gradient NaN (``0 * inf``) and the step is skipped as non-finite. That
+    happens for an embedding row no support row reads, a task with no support, and the empty tasks that pad a batch
+    to a multiple of the device count: a configuration that trains on one device can skip every step on four. The
+    inner rates are not used: the transformation carries its own.
 
     Attributes:
       transformation: the optax ``GradientTransformation`` applied at each inner step.

@@ -358,6 +358,8 @@ class MetaTrainer:
           BatchShapeError: the batch's arrays and masks disagree.
         """
         validate_batch(batch)
+        if self.after_step is None:  # only after_step reads the task ids in the step (errors name users host-side):
+            batch = batch.replace(task_id=None)  # a batch with them and one without then share the compiled step
         if self.mesh is not None:
             batch = shard_batch(batch, self.mesh)
         return self._step(state, batch)
@@ -433,7 +435,8 @@ def meta_train(
       log_every: the interval of ``callback``, in steps (0: after the last step only).
       mesh: ``"auto"`` (all devices when there is more than one), ``None`` (single device) or a
         ``jax.sharding.Mesh`` whose axis ``"tasks"`` shards the task axis.
-      state: a :class:`MetaTrainState` to continue from (resume); ``params`` is then ignored.
+      state: a :class:`MetaTrainState` to continue from (resume); ``params`` is then ignored. It is copied: the
+        caller's arrays (e.g. the params an earlier call returned, which are its ``history["state"]``'s) survive.
       objective_options: further keyword arguments of the meta-objective (e.g. task-local embedding options).
       sparse_tables: ``{table path: row key}`` of embedding tables with row-sparse outer updates (see
         :class:`MetaTrainer` and :mod:`jaxrec.scale.row_sparse`); ``optimizer`` then updates the other parameters.
@@ -469,7 +472,9 @@ def meta_train(
         after_step=after_step,
         **inner_options,
     )
-    state = trainer.init(params) if state is None else trainer.place(state)
+    # a resumed state is copied as init copies params: the steps donate it, and the caller's arrays (the params a
+    # previous call returned are its state's) must survive
+    state = trainer.init(params) if state is None else trainer.place(jax.tree.map(jnp.copy, state))
     first_step = int(state.step)
     metrics_log: list[dict] = []
     shapes: set[tuple[int, int, int]] = set()
