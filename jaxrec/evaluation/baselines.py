@@ -14,10 +14,7 @@ fitted on the meta-train ratings only and, where it personalises, using nothing 
       b_i = sum_{u in R(i)} (r_ui - mu - b_u) / (lambda_i + |R(i)|)
 
   (vectorised with ``np.bincount``). A test user's ``b_u`` is the same closed form on its support set; an unseen
-  item has ``b_i = 0``. Strong on MAE: most of the variance of ratings is user and item offsets. The two ridge
-  strengths are chosen on the validation users from :data:`BIAS_REGS` (:func:`tune_bias_reg`): the best pair
-  differs from log to log, and a fixed one left the baseline weaker than it is (0.025 of validation MAE on
-  MovieLens).
+  item has ``b_i = 0``. Strong on MAE: most of the variance of ratings is user and item offsets.
 * ``no_adapt``: the same model, trained without meta-learning on all meta-train ratings as independent rows (plain
   supervised MSE/BCE with optax Adam), and applied to the query without adaptation.
 * ``finetune``: that model fine-tuned on each user's support set with the meta-learner's inner loop (same
@@ -55,8 +52,6 @@ __all__ = [
     "train_supervised",
     "supervised_history",
     "tune_finetune_lr",
-    "tune_bias_reg",
-    "BIAS_REGS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -378,59 +373,6 @@ def tune_finetune_lr(
     best = pick(scores, key=scores.get)
     logger.info("finetune learning rate %s (validation %s)", best, scores)
     return best, scores
-
-
-#: the bias baseline's ridge strengths ``(lambda_i, lambda_u)`` tried on the validation users
-BIAS_REGS = tuple((i, u) for i in (0.3, 1.0, 3.0, 10.0, 30.0, 100.0) for u in (1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0))
-
-
-def tune_bias_reg(
-    state_of: Callable[[float, float], Any],
-    val_tasks: Any,
-    grid: Sequence[tuple[float, float]] = BIAS_REGS,
-    *,
-    target: str = "rating",
-    task_side: str = "user",
-    rating_range: Sequence[float] | None = None,
-    implicit: bool = False,
-    batch_size: int = 64,
-) -> tuple[tuple[float, float], dict[str, float]]:
-    """Choose the bias model's ridge strengths with the best validation MAE (implicit: AUC).
-
-    Each pair is a fit of the model on the meta-train ratings (``state_of``) and a pass over the validation tasks;
-    the state's arrays keep their shapes, so the whole grid shares one compilation per batch shape.
-
-    Args:
-      state_of: ``state_of(lambda_i, lambda_u) -> state`` of :func:`bias_predict` fitted with them.
-      val_tasks: the validation tasks (a :class:`~jaxrec.TaskSet` or an iterable of batches).
-      grid: the ``(lambda_i, lambda_u)`` pairs to try.
-      target: the row key of the targets.
-      task_side: ``"user"`` or ``"item"`` (:func:`bias_predict`).
-      rating_range: the range predictions are clipped to for MAE.
-      implicit: score by AUC instead of MAE.
-      batch_size: tasks per evaluation batch.
-
-    Returns:
-      ``((lambda_i, lambda_u), {"lambda_i,lambda_u": score})``: the best pair and every pair's validation score.
-    """
-    predict = functools.partial(bias_predict, target=target, task_side=task_side)
-    scores: dict[tuple[float, float], float] = {}
-    for item_reg, user_reg in grid:
-        stats = collect(
-            predict,
-            state_of(float(item_reg), float(user_reg)),
-            val_tasks,
-            target=target,
-            rating_range=rating_range,
-            implicit=implicit,
-            batch_size=batch_size,
-            name="bias",
-        )
-        metrics = aggregate(stats, implicit=implicit)
-        scores[(float(item_reg), float(user_reg))] = float(metrics["auc"] if implicit else metrics["mae"])
-    best = (max if implicit else min)(scores, key=scores.get)
-    logger.info("bias ridge strengths %s (validation %s)", best, scores)
-    return best, {f"{i:g},{u:g}": v for (i, u), v in scores.items()}
 
 
 # ----------------------------------------------------------------------------------------------------------------

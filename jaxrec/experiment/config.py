@@ -566,9 +566,7 @@ class EvalConfig:
       supervised_epochs: the epochs of the non-meta model's Adam training on rows.
       supervised_lr: the Adam learning rate of the non-meta model.
       supervised_batch: the rows per batch of the non-meta model.
-      bias_reg: ridge strengths ``(lambda_i, lambda_u)`` of the bias model where meta-training starts
-        (``pretrain="bias"``); the ``bias`` baseline chooses its own on the validation users (this pair among them)
-        and uses this one without validation users.
+      bias_reg: ridge strengths ``(lambda_i, lambda_u)`` of the bias baseline.
 
     Raises:
       ValueError: if a baseline is unknown, a cut-off or count is not a positive integer (``supervised_epochs``:
@@ -585,11 +583,7 @@ class EvalConfig:
     supervised_epochs: int = _field(5, "epochs of the non-meta model", parse=_int)
     supervised_lr: float = _field(1e-3, "Adam learning rate of the non-meta model", parse=_float)
     supervised_batch: int = _field(256, "rows per batch of the non-meta model", parse=_int)
-    bias_reg: tuple = _field(
-        (10.0, 5.0),
-        "ridge strengths of the bias start (items, users); the bias baseline chooses its own on validation users",
-        parse=_list_of(_float),
-    )
+    bias_reg: tuple = _field((10.0, 5.0), "ridge strengths of the bias baseline (items, users)", parse=_list_of(_float))
 
     def __post_init__(self):
         for name in ("baselines", "ks", "finetune_lrs", "bias_reg"):

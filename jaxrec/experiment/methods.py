@@ -15,14 +15,12 @@ from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.solvers import Amortized, GradientSteps
 from jaxrec.evaluation.baselines import (
-    BIAS_REGS,
     bias_predict,
     fit_item_means,
     global_mean,
     item_mean,
     supervised_history,
     train_supervised,
-    tune_bias_reg,
     tune_finetune_lr,
     user_mean,
 )
@@ -41,8 +39,7 @@ class Baselines:
       mu: the mean meta-train target (``global_mean``, and the fallback of ``user_mean`` and ``item_mean``).
       item_means: the table of item means by item slot (``item_mean``).
       item_bias: the item biases ``b_i`` of the bias model (``bias``), by item slot.
-      user_reg: the ridge strength ``lambda_u`` of a test user's ``b_u`` (``bias``), chosen with ``item_reg`` on the
-        validation users.
+      user_reg: the ridge strength ``lambda_u`` of a test user's ``b_u`` (``bias``).
       user_bias: the user biases ``b_u`` of the bias model by user slot (``bias`` of item tasks, folding in a new
         item's ``b_i`` beside its known users' ``b_u``).
       item_reg: the ridge strength ``lambda_i`` of a new item's ``b_i`` (``bias`` of item tasks).
@@ -50,8 +47,6 @@ class Baselines:
       finetune_lr: the fine-tuning rate chosen on the validation users.
       finetune_validation: the validation score of every fine-tuning rate tried.
       supervised_loss: the per-epoch mean loss of the supervised training.
-      bias_validation: the validation score of every ``(lambda_i, lambda_u)`` tried, ``{"i,u": score}`` (empty
-        without validation users: ``bias_reg`` is used).
     """
 
     mu: float
@@ -64,14 +59,12 @@ class Baselines:
     supervised_loss: np.ndarray
     user_bias: np.ndarray
     item_reg: float
-    bias_validation: dict = dataclasses.field(default_factory=dict)
 
 
 def fit_baselines(experiment: Any) -> Baselines:
     """Fit every baseline of an experiment on its meta-train ratings (validation users and items excluded).
 
-    The fine-tuning rate and the bias model's ridge strengths are tuned on the validation users; without any, they
-    are the meta inner learning rate and ``bias_reg``.
+    The fine-tuning rate is tuned on the validation users; without any, it is the meta inner learning rate.
 
     Args:
       experiment: the :class:`~jaxrec.experiment.protocol.Experiment`.
@@ -86,7 +79,8 @@ def fit_baselines(experiment: Any) -> Baselines:
     rows = feat.transform(train)
     values = rows[target].astype(np.float64)
     n_items = feat.spec.categorical["item"]
-    mu, _ = experiment.bias_init()  # the mean is the same at every ridge strength
+    user_reg = float(c.evaluation.bias_reg[1])
+    mu, item_bias = experiment.bias_init()  # fitted once, shared with the bias start of meta-training
     item_means = fit_item_means(rows["item"], values, n_items, mu)
     history = int(getattr(experiment, "spec", feat.spec).history or 0)
     if history:
@@ -116,45 +110,9 @@ def fit_baselines(experiment: Any) -> Baselines:
     else:
         logger.warning("no validation users: finetune uses the meta inner learning rate %s", c.meta.inner_lr)
         lr, validation = float(c.meta.inner_lr), {}
-    (item_reg, user_reg), bias_validation = _tuned_bias_reg(experiment)
-    _, item_bias, user_bias = experiment.bias_fit(item_reg, user_reg)
-    user_bias = experiment.user_bias_slots(user_bias)
-    return Baselines(
-        mu, item_means, item_bias, user_reg, params, lr, validation, history, user_bias, item_reg, bias_validation
-    )
-
-
-def _tuned_bias_reg(experiment: Any) -> tuple[tuple[float, float], dict]:
-    """The bias baseline's ridge strengths chosen on the validation users (:func:`tune_bias_reg`, the configured
-    ``bias_reg`` among them), with every pair's score; ``bias_reg`` and no scores without validation users."""
-    c = experiment.config
-    configured = tuple(float(x) for x in c.evaluation.bias_reg)
-    if not len(experiment.val_tasks):
-        return configured, {}
-    side = c.protocol.tasks_by
-
-    def state_of(item_reg: float, user_reg: float) -> tuple:
-        mu, item_bias, user_bias = experiment.bias_fit(item_reg, user_reg)
-        if side == "item":
-            return (
-                jnp.asarray(mu, jnp.float32),
-                jnp.asarray(experiment.user_bias_slots(user_bias)),
-                jnp.asarray(item_reg, jnp.float32),
-            )
-        return jnp.asarray(mu, jnp.float32), jnp.asarray(item_bias), jnp.asarray(user_reg, jnp.float32)
-
-    grid = BIAS_REGS if configured in BIAS_REGS else (configured, *BIAS_REGS)
-    spec = experiment.featurizer.spec
-    return tune_bias_reg(
-        state_of,
-        experiment.val_tasks,
-        grid,
-        target=spec.target,
-        task_side=side,
-        rating_range=spec.rating_range,
-        implicit=c.data.implicit,
-        batch_size=c.evaluation.eval_batch_size,
-    )
+    user_bias = experiment.user_bias_slots()
+    item_reg = float(c.evaluation.bias_reg[0])
+    return Baselines(mu, item_means, item_bias, user_reg, params, lr, validation, history, user_bias, item_reg)
 
 
 #: gradient steps of the finetune baseline of a model that adapts by encoding its support set

@@ -698,8 +698,7 @@ class Experiment:
         """The bias model of the meta-train ratings, fitted once.
 
         :func:`jaxrec.evaluation.baselines.fit_bias_model` on the meta-train ratings (validation users and items
-        excluded), with the ``bias_reg`` ridge strengths (the ``bias`` baseline chooses its own on the validation
-        users: :func:`jaxrec.experiment.methods.fit_baselines`).
+        excluded), with the ``bias_reg`` ridge strengths; the ``bias`` baseline uses the same fit.
 
         Returns:
           ``(mu, b_i [item vocab])``.
@@ -707,18 +706,14 @@ class Experiment:
         mu, item_bias, _ = self._bias_fit
         return mu, item_bias
 
-    def user_bias_slots(self, user_bias: np.ndarray | None = None) -> np.ndarray:
+    def user_bias_slots(self) -> np.ndarray:
         """The bias model's user offsets ``b_u`` by ``"user"`` vocabulary slot (0 for the OOV slot and for users
         without a meta-train rating).
-
-        Args:
-          user_bias: ``b_u`` by user index, of a fit of :meth:`bias_fit` (default: the start's, ``bias_reg``).
 
         Returns:
           float32 ``[user vocab]``.
         """
-        if user_bias is None:
-            _, _, user_bias = self._bias_fit
+        _, _, user_bias = self._bias_fit
         table = np.zeros(self.featurizer.spec.categorical["user"], np.float32)
         trained = np.unique(self.train_ratings["user"].to_numpy())
         table[self.featurizer.user_index[trained]] = user_bias[trained]
@@ -727,16 +722,9 @@ class Experiment:
 
     @functools.cached_property
     def _bias_fit(self) -> tuple[float, np.ndarray, np.ndarray]:
-        return self.bias_fit(*(float(x) for x in self.config.evaluation.bias_reg))
-
-    def bias_fit(self, item_reg: float, user_reg: float) -> tuple[float, np.ndarray, np.ndarray]:
-        """:func:`jaxrec.evaluation.baselines.fit_bias_model` on the meta-train ratings with these ridge strengths.
-
-        Returns:
-          ``(mu, b_i [item vocab], b_u [user index])``.
-        """
         feat, train = self.featurizer, self.train_ratings
         rows = feat.transform(train)
+        item_reg, user_reg = (float(x) for x in self.config.evaluation.bias_reg)
         return fit_bias_model(
             train["user"].to_numpy(),
             rows["item"],
@@ -800,8 +788,7 @@ class Experiment:
     def tuned(self) -> dict:
         """The values chosen on validation users, recorded beside the config: ``{"inner_lr": ...}``, and once the
         baselines are fitted, ``"finetune"``: the fine-tuning rate chosen and each rate's validation figure (a rate
-        of 0 is ``no_adapt``'s model unadapted), and ``"bias"``: the bias baseline's ridge strengths ``[lambda_i,
-        lambda_u]`` chosen and each pair's validation figure (none without validation users)."""
+        of 0 is ``no_adapt``'s model unadapted)."""
         out: dict = {"inner_lr": self.inner_lr}
         if self._baselines is not None:
             fitted = self._baselines
@@ -810,10 +797,6 @@ class Experiment:
                 for lr, value in dict(fitted.finetune_validation).items()
             }
             out["finetune"] = {"inner_lr": float(fitted.finetune_lr), "validation": validation}
-            out["bias"] = {
-                "bias_reg": [float(fitted.item_reg), float(fitted.user_reg)],
-                "validation": dict(fitted.bias_validation),
-            }
         return out
 
     @property
