@@ -44,15 +44,24 @@ def test_an_integral_float_or_numpy_integer_is_accepted_as_inner_steps():
     assert jaxrec.InnerLoop(LOSS, steps=np.int32(3)).steps == 3
 
 
-@pytest.mark.parametrize("as_array", [float, jnp.asarray, np.asarray], ids=["number", "jax-0d", "numpy-0d"])
 @pytest.mark.parametrize("lr", [float("nan"), float("inf"), 0.0, -0.1])
-def test_a_scalar_inner_lr_must_be_finite_and_positive(lr, as_array):
-    """A 0-d array is a concrete scalar too: ``jnp.array(nan)`` was taken, and every step then skipped."""
-    lr = as_array(lr)
+def test_a_scalar_inner_lr_must_be_finite_and_positive(lr):
     with pytest.raises(ValueError, match="inner_lr"):
         jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=lr, inner_steps=1)
     with pytest.raises(ValueError, match="inner_lr"):
         jaxrec.MetaTrainer(loss_fn=LOSS, inner_lr=lr, inner_steps=1)
+
+
+@pytest.mark.parametrize("as_array", [jnp.asarray, np.asarray], ids=["jax", "numpy"])
+@pytest.mark.parametrize("lr", [float("nan"), float("inf"), -float("inf")])
+def test_a_0d_array_inner_lr_must_be_finite(lr, as_array):
+    """``jnp.array(nan)`` was taken where ``float("nan")`` is not, and every step then skipped. A 0-d array of 0 or
+    below stays allowed: it is how no adaptation (rate 0) and a learned rate past 0 (floored) are passed."""
+    with pytest.raises(ValueError, match="inner_lr"):
+        jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=as_array(lr), inner_steps=1)
+    with pytest.raises(ValueError, match="inner_lr"):
+        jaxrec.MetaTrainer(loss_fn=LOSS, inner_lr=as_array(lr), inner_steps=1)
+    jaxrec.adapt(PARAMS, ROWS, MASK, loss_fn=LOSS, inner_lr=as_array(0.0), inner_steps=1)
 
 
 @pytest.mark.parametrize("steps", [-1, 1.5, True])

@@ -189,18 +189,19 @@ def as_inner_loop(inner: InnerLoop | None = None, **options: Any) -> InnerLoop:
 def check_inner_lr(inner_lr: Any) -> None:
     """Check that a concrete scalar inner rate is finite and positive.
 
-    A concrete scalar is a number or a 0-d array (``jnp.array(0.01)``); a traced or per-parameter rate is not
-    checked.
+    A 0-d array (``jnp.array(0.01)``) is checked to be finite only: an array is how a rate of 0 (no adaptation) or
+    a learned rate that a Meta-SGD update took below 0 (a Newton step floors it) is passed. A traced or
+    per-parameter rate is not checked.
 
     Args:
       inner_lr: the inner rate.
 
     Raises:
-      ValueError: a concrete scalar rate is not finite or not positive.
+      ValueError: a number is not finite or not positive, or a 0-d array is not finite.
     """
     concrete_array = isinstance(inner_lr, np.ndarray | jax.Array) and not isinstance(inner_lr, jax.core.Tracer)
-    if concrete_array and np.ndim(inner_lr) == 0:  # jnp.array(0.01): a concrete scalar too
-        inner_lr = np.asarray(inner_lr).item()
+    if concrete_array and np.ndim(inner_lr) == 0 and not math.isfinite(np.asarray(inner_lr).item()):
+        raise ValueError(f"inner_lr must be finite, got {inner_lr!r}")
     if isinstance(inner_lr, numbers.Real) and not isinstance(inner_lr, bool):
         if not math.isfinite(float(inner_lr)) or float(inner_lr) <= 0:
             raise ValueError(f"inner_lr must be a finite positive number, got {inner_lr!r}")
