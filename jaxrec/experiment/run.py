@@ -409,7 +409,8 @@ class TrainingRun:
     def log_path(self) -> Path:
         """The epoch log, ``out/metrics.jsonl``: one JSON line per finished epoch (its step, mean loss and gradient
         norm, skipped steps, the validation figure where epochs are chosen on it, and ``seconds``: the epoch's own
-        wall time in this process, its validation included; a resumed epoch's counts from the resume)."""
+        wall time in this process, its validation included and its checkpoint not; a resumed epoch's counts from the
+        resume)."""
         return self.out / "metrics.jsonl"
 
     def _truncate_log(self, step: int) -> None:
@@ -510,9 +511,10 @@ class TrainingRun:
                 if done % per_epoch == 0:
                     score = None if self.selector is None else self._observe(done, state)
                     self._log_epoch(state, time.perf_counter() - epoch_began, score)
-                    epoch_began = time.perf_counter()
                 if done % per_epoch == 0 or (save_every and done % save_every == 0):
                     self.save(state)
+                if done % per_epoch == 0:  # the next epoch's time starts after this one's checkpoint
+                    epoch_began = time.perf_counter()
                 if on_step is not None:
                     on_step(done)
                 if stop.signum is not None:
