@@ -436,3 +436,46 @@ def test_content_ranks_a_users_genres_first_on_movielens():
     scores = model.scores(rb.interaction_matrix([0] * 5, support, None, 1, ds.n_items))[0]
     top = np.argsort(-scores)[:50]
     assert is_horror[top].mean() > 0.9 and is_horror.mean() < 0.2
+
+
+def test_a_weighted_logs_baselines_fold_in_a_new_users_weights_as_the_meta_learner_adapts_on_them(
+    tmp_path, monkeypatch
+):
+    """On a play log every method is fitted on the weighted interactions, and the meta-learner adapts on a new user's
+    play counts; the baselines folded the same user in at weight 1. They fold in the support's weights now: a
+    baseline's scores are its fit's scores of the weighted support matrix, and differ from weight 1's."""
+    from cli_support import write_plays
+
+    from jaxrec.experiment import ExperimentConfig, topn
+    from jaxrec.experiment.topn import TopNExperiment
+
+    monkeypatch.setitem(topn.BASELINE_GRIDS, "itemknn", [{"neighbours": 20, "shrink": 0.0}])
+    monkeypatch.setitem(topn.BASELINE_REFINEMENTS, "itemknn", ())
+    config = ExperimentConfig.make(
+        data=str(write_plays(tmp_path / "plays.tsv", users=150)),
+        columns=("user", "item", "weight", "timestamp"),
+        feedback="implicit",
+        model="twotower",
+        model_kwargs={"embed": 4},
+        epochs=1,
+        shots=5,
+        topn_baselines=("itemknn",),
+        support_recency=(0.0,),
+    )
+    exp = TopNExperiment(config)
+    assert exp.dataset.has_weights
+    method = exp.baselines()["itemknn"]
+    tasks = exp.scenario_tasks["new_user"]
+    index = tasks.batch_plan(64, None)[0]
+    batch = tasks.make_batch(index, np.random.default_rng(0))
+    support, _ = tasks.item_codes(index)
+    weights = np.where(support >= 0, np.asarray(batch.support["weight"]), 0.0)
+    assert len(np.unique(weights[support >= 0])) > 1  # the new users' plays are not all alike
+    every = np.broadcast_to(np.arange(exp.dataset.n_items, dtype=np.int32), (len(index), exp.dataset.n_items))
+    got = np.asarray(method.score(batch, support, every))
+    fitted = rb.fit_baseline("itemknn", exp.train_matrix(), **exp.tuned["itemknn"]["chosen"])
+    own = np.asarray(fitted.scores(rb.support_matrix(support, exp.dataset.n_items, weights)), np.float32)
+    ones = np.asarray(fitted.scores(rb.support_matrix(support, exp.dataset.n_items)), np.float32)
+    real = np.isfinite(got)
+    np.testing.assert_allclose(got[real], own[real], rtol=1e-6, atol=1e-7)
+    assert not np.allclose(got[real], ones[real])

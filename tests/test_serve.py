@@ -22,6 +22,8 @@ from cli_support import TOPN_FLAGS, write_plays
 from serve_support import BUCKET_FLAGS, Server, train_movielens
 
 from jaxrec import cli
+from jaxrec.evaluation import retrieval_baselines as rb
+from jaxrec.evaluation.topn import fold_in_weights
 from jaxrec.experiment.recommend import Recommender, TopNRecommender
 from jaxrec.experiment.trained import RECENCY_FILE, load_trained
 from jaxrec.serve import Catalogue
@@ -394,6 +396,14 @@ def test_a_weighted_models_request_weights_are_read_as_the_training_logs(implici
     np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
     once = server.post("/recommend", {"interactions": liked, "k": 10})[1]
     assert [r["score"] for r in once["recommendations"]] != [r["score"] for r in answer["recommendations"]]
+    # the hybrid's partner folds the plays in too, as the evaluation's baselines do (it read each as 1)
+    played, mask = np.array([[40, 1, 2, 1]], np.float32), np.ones((1, 4), bool)
+    partner = trained.hybrid.partner_scores(codes[None], mask, played)
+    hybrid = trained.hybrid
+    folded = fold_in_weights(mask, played, hybrid.recency, hybrid.span)  # the plays, times the run's recency if any
+    want = hybrid.fitted.scores(rb.support_matrix(codes[None], hybrid.n_items, folded))
+    np.testing.assert_allclose(partner, np.asarray(want, np.float32), rtol=1e-6)
+    assert not np.allclose(partner, trained.hybrid.partner_scores(codes[None], mask))
     for body, message in [
         ({"interactions": liked, "weights": [1, 2]}, "'weights' has 2 values for 4 interactions"),
         ({"ratings": [{"item": "song-00", "rating": 2}], "weights": [1]}, "'weights' go with 'interactions'"),

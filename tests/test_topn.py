@@ -233,6 +233,52 @@ def test_topk_past_the_catalogue_lists_every_item_then_pads():
     np.testing.assert_array_equal(np.asarray(items), [[0, 1, -1, -1, -1], [1, 2, 0, -1, -1]])
 
 
+def test_a_nan_score_is_not_listed_and_leaves_no_hole_in_the_list():
+    """``top_k`` puts NaN first; a list then held -1 at rank 1 and lost an item. A NaN is no score: the list is the
+    best of the other items, in every top-k of the harness; +inf is a score, listed first."""
+    from jaxrec.evaluation.topn import candidate_topk
+
+    scores = np.array([[0.1, np.nan, 0.3, 0.2, 0.05, 0.0], [np.inf, 0.2, np.nan, np.nan, 0.1, 0.3]], np.float32)
+    none = jnp.full((2, 1), -1, jnp.int32)
+    want = [[2, 3, 0], [0, 5, 1]]
+    np.testing.assert_array_equal(np.asarray(dense_topk(jnp.asarray(scores), none, 3)), want)
+    table, codes = jnp.asarray(scores), np.arange(6, dtype=np.int32).reshape(3, 2)
+    _, streamed = streaming_topk(
+        lambda rows: jnp.take(table, rows["item"], axis=1), {"item": codes}, jnp.asarray(codes), none, 3
+    )
+    np.testing.assert_array_equal(np.asarray(streamed), want)
+    candidates = jnp.broadcast_to(jnp.arange(6, dtype=jnp.int32), (2, 6))
+    np.testing.assert_array_equal(np.asarray(candidate_topk(jnp.asarray(scores), candidates, 3)), want)
+    # only NaN left: the list is padded, not filled with them
+    np.testing.assert_array_equal(np.asarray(dense_topk(jnp.asarray(scores[1:]), jnp.asarray([[0, 1, 4, 5]]), 3)),
+                                  [[-1, -1, -1]])  # fmt: skip
+
+
+def test_the_harness_refuses_lists_the_metrics_would_misread(setup):
+    """A ranker of one's own: lists narrower than the largest cut-off (Recall@50 read as Recall@10), an item twice
+    (Recall above 1) or a code outside the catalogue are refused, naming the ranker and the user."""
+    ds, split, feat, sampler = setup
+    tasks = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=5, query=50, seed=0)
+    catalogue = Catalogue.build(feat, np.ones(ds.n_items, np.float32), chunk=1000)
+
+    def ranker(lists):
+        return lambda batch, exclude: lists(exclude.shape[0])
+
+    def evaluate(lists, ks=(10,)):
+        return evaluate_rankers({"mine": ranker(lists)}, tasks, catalogue, ks=ks, resamples=0, reference="")
+
+    fine = evaluate(lambda u: jnp.broadcast_to(jnp.arange(10, 30, dtype=jnp.int32), (u, 20)), ks=(10, 20))
+    assert fine.summaries["mine"]["recall@20"] <= 1
+    with pytest.raises(ValueError, match=r"'mine' returned lists of shape \(\d+, 10\).*at least 20"):
+        evaluate(lambda u: jnp.broadcast_to(jnp.arange(10, dtype=jnp.int32), (u, 10)), ks=(10, 20))
+    with pytest.raises(ValueError, match=r"'mine' listed item 4 more than once for user \d+"):
+        evaluate(lambda u: jnp.broadcast_to(jnp.asarray([4, 4, 4, 5, 6, 7, 8, 9, 10, 11], jnp.int32), (u, 10)))
+    with pytest.raises(ValueError, match=rf"'mine' listed item code {ds.n_items} for user \d+, outside"):
+        evaluate(lambda u: jnp.broadcast_to(jnp.arange(ds.n_items - 9, ds.n_items + 1, dtype=jnp.int32), (u, 10)))
+    padded = evaluate(lambda u: jnp.broadcast_to(jnp.asarray([3] + [-1] * 9, jnp.int32), (u, 10)))  # -1: no item
+    assert padded.summaries["mine"]["recall@10"] >= 0
+
+
 def test_dense_topk_breaks_ties_in_each_users_own_order():
     """Tied scores fall in the order given (each user's own permutation), strict ones by score, excluded never."""
     from jaxrec.evaluation.topn import user_orders

@@ -62,6 +62,7 @@ __all__ = [
     "user_orders",
     "model_scorer",
     "recency_weights",
+    "fold_in_weights",
     "sampled_negatives",
     "sampled_statistics",
 ]
@@ -122,7 +123,11 @@ class Catalogue:
 
 def exclude_items(scores: jax.Array, codes: jax.Array, exclude: jax.Array) -> jax.Array:
     """``scores [U, C]`` of the chunk's item ``codes [C]`` at -inf on padding and on each user's ``exclude [U, E]``
-    items (``-1`` = none): a scatter at the excluded positions, O(U E), not a comparison of every pair."""
+    items (``-1`` = none): a scatter at the excluded positions, O(U E), not a comparison of every pair.
+
+    A NaN score is no score: -inf too, so the item is not listed (``top_k`` puts NaN first, where the list would
+    then hold a hole and lose an item)."""
+    scores = jnp.where(jnp.isnan(scores), _NEG, scores)
     start = codes[0]
     width = codes.shape[0]
     offset = exclude - start
@@ -169,7 +174,7 @@ def streaming_topk(
 
     init = (jnp.full((n_users, k), _NEG, jnp.float32), jnp.full((n_users, k), -1, jnp.int32))
     (scores, items), _ = jax.lax.scan(step, init, (dict(catalogue_rows), catalogue_codes))
-    return scores, jnp.where(jnp.isfinite(scores), items, -1)
+    return scores, jnp.where(scores > _NEG, items, -1)
 
 
 def dense_topk(scores: jax.Array, exclude: jax.Array, k: int, order: jax.Array | None = None) -> jax.Array:
@@ -195,7 +200,7 @@ def dense_topk(scores: jax.Array, exclude: jax.Array, k: int, order: jax.Array |
     top, items = jax.lax.top_k(masked, width)
     if order is not None:
         items = jnp.take_along_axis(order, items, axis=1)
-    items = jnp.where(jnp.isfinite(top), items.astype(jnp.int32), -1)
+    items = jnp.where(top > _NEG, items.astype(jnp.int32), -1)
     return jnp.pad(items, ((0, 0), (0, int(k) - width)), constant_values=-1)
 
 
@@ -295,6 +300,36 @@ def recency_weights(mask: np.ndarray, strength: float, span: int | None = None) 
     step = float(strength) / max(int(span) - 1, 1)
     scale = int(span) / np.exp(-step * np.arange(int(span))).sum()  # a support of `span` items has mean 1
     return np.where(mask, scale * np.exp(-step * np.maximum(age, 0)), 0.0).astype(np.float32)
+
+
+def fold_in_weights(
+    mask: np.ndarray, weights: np.ndarray | None = None, recency: float = 0.0, span: int | None = None
+) -> np.ndarray | None:
+    """The weight of each support item in a baseline's fold-in: its interaction's weight (a play count, a
+    confidence), times :func:`recency_weights` of strength ``recency`` where it is not 0.
+
+    A baseline folds in a new user's support with the weights the meta-learner adapts on, as it was fitted on the
+    weighted interactions: the same information for every method.
+
+    Args:
+      mask: bool ``[U, S]``, the real support rows (in time order where ``recency`` is used).
+      weights: ``[U, S]`` the interactions' weights, or None (each 1).
+      recency: the recency strength (0: none).
+      span: the support size the strength was chosen for (:func:`recency_weights`).
+
+    Returns:
+      float ``[U, S]`` (0 on padding), or None when every item weighs 1 (``support_matrix``'s default: the same
+      scores, to the bit).
+    """
+    mask = np.asarray(mask, bool)
+    out = None
+    if weights is not None:
+        weights = np.where(mask, np.asarray(weights, np.float64), 0.0)
+        out = None if np.all(weights[mask] == 1.0) else weights
+    if recency:
+        ordered = recency_weights(mask, recency, span)
+        out = ordered if out is None else out * ordered
+    return out
 
 
 def sampled_statistics(
@@ -492,16 +527,16 @@ def candidate_topk(scores: jax.Array, candidates: jax.Array, k: int) -> jax.Arra
     """The top ``k`` of each user's own candidates.
 
     Args:
-      scores: ``[U, M]`` the candidates' scores (``-inf``: never listed).
+      scores: ``[U, M]`` the candidates' scores (``-inf`` or NaN: never listed).
       candidates: int32 ``[U, M]`` their item codes.
       k: the list length (``M < k``: the list is padded).
 
     Returns:
-      int32 ``[U, k]`` item codes, best first, ``-1`` where fewer than ``k`` candidates had a finite score.
+      int32 ``[U, k]`` item codes, best first, ``-1`` where fewer than ``k`` candidates had a score above ``-inf``.
     """
     width = min(int(k), scores.shape[1])
-    top, position = jax.lax.top_k(scores, width)
-    items = jnp.where(jnp.isfinite(top), jnp.take_along_axis(candidates, position, axis=1), -1)
+    top, position = jax.lax.top_k(jnp.where(jnp.isnan(scores), _NEG, scores), width)
+    items = jnp.where(top > _NEG, jnp.take_along_axis(candidates, position, axis=1), -1)
     return jnp.pad(items, ((0, 0), (0, int(k) - width)), constant_values=-1)
 
 
@@ -659,6 +694,10 @@ def evaluate_rankers(
 
     Returns:
       The :class:`RankerEvaluation` ``(summaries, stats, lists, sampled)``.
+
+    Raises:
+      ValueError: a ranker's lists are narrower than ``max(ks)``, hold an item twice for a user, or a code outside
+        the catalogue (the metrics would misread them), naming the ranker and the user.
     """
     ks = tuple(int(k) for k in ks)
     popularity = jnp.asarray(catalogue.popularity)
@@ -687,6 +726,7 @@ def evaluate_rankers(
                 sampled_candidates.append(np.asarray(candidates)[keep])
         for name, rank in rankers.items():
             items = rank(batch, exclude)
+            _check_lists(name, np.asarray(items)[keep], max(ks), catalogue.n_items, np.asarray(batch.task_id)[keep])
             stats = topn_statistics(items, jnp.asarray(query_items), popularity, ks)
             if name in scorers:
                 scores = scorers[name](batch, exclude, candidates.reshape(len(keep), -1)).reshape(candidates.shape)
@@ -711,6 +751,29 @@ def evaluate_rankers(
         scores = {name: _joined(parts) for name, parts in sampled_scores.items() if parts}
         sampled = SampledRows(np.concatenate(sampled_users), _joined(sampled_candidates), scores)
     return RankerEvaluation(summaries, stats, top if keep_lists else {}, sampled)
+
+
+def _check_lists(name: str, items: np.ndarray, k: int, n_items: int, users: np.ndarray) -> None:
+    """Refuse a ranker's lists that the metrics would misread: narrower than the largest cut-off (Recall@50 would
+    be Recall@10's), an item twice in a user's list (Recall above 1), or a code outside the catalogue."""
+    if items.ndim != 2 or items.shape[1] < k:
+        raise ValueError(
+            f"ranker {name!r} returned lists of shape {items.shape}: each user's list needs at least {k} entries "
+            "(the largest cut-off of ks; -1 where fewer items are eligible)"
+        )
+    outside = (items < -1) | (items >= n_items)
+    if outside.any():
+        row = int(np.argmax(outside.any(axis=1)))
+        raise ValueError(
+            f"ranker {name!r} listed item code {int(items[row][outside[row]][0])} for user {users[row]}, outside the "
+            f"catalogue's codes 0..{n_items - 1} (-1: no item)"
+        )
+    ordered = np.sort(items, axis=1)
+    repeated = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    if repeated.any():
+        row = int(np.argmax(repeated.any(axis=1)))
+        item = int(ordered[row, 1:][repeated[row]][0])
+        raise ValueError(f"ranker {name!r} listed item {item} more than once for user {users[row]}")
 
 
 def _joined(parts: list[np.ndarray]) -> np.ndarray:

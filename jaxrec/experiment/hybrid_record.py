@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.hybrid import hybrid_scores
-from jaxrec.evaluation.topn import recency_weights
+from jaxrec.evaluation.topn import fold_in_weights
 from jaxrec.experiment.checkpoint import CheckpointError, file_sha256
 
 __all__ = ["HYBRID_FILE", "INTERACTIONS_FILE", "ServedHybrid", "read_hybrid", "write_hybrid"]
@@ -65,18 +65,20 @@ class ServedHybrid:
         """The method's name in a metrics document: ``"maml+<partner>"``."""
         return f"maml+{self.partner}"
 
-    def partner_scores(self, items: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The partner's scores of every item for a batch of users, folded in from their items (each of weight 1, or
-        weighted by their order at the run's ``recency``, as the evaluation folds in a support set).
+    def partner_scores(self, items: np.ndarray, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """The partner's scores of every item for a batch of users, folded in from their items at the weights the
+        model adapts on, times their order's weights at the run's ``recency``, as the evaluation folds in a support
+        set (:func:`~jaxrec.evaluation.topn.fold_in_weights`).
 
         Args:
           items: int ``[B, S]`` item codes (-1 = padding).
           mask: bool ``[B, S]``, the real entries.
+          weights: ``[B, S]`` the interactions' weights (None: each 1).
 
         Returns:
           float32 ``[B, n_items]``.
         """
-        weights = recency_weights(mask, self.recency, self.span) if self.recency else None
+        weights = fold_in_weights(mask, weights, self.recency, self.span)
         support = rb.support_matrix(np.where(mask, items, -1), self.n_items, weights)
         return np.asarray(self.fitted.scores(support), np.float32)
 

@@ -658,7 +658,7 @@ class TopNRecommender:
         if self.hybrid is None:
             return model
         codes = np.asarray(item_codes, np.int64)[None, :]
-        partner = self.hybrid.partner_scores(codes, np.ones(codes.shape, bool))
+        partner = self.hybrid.partner_scores(codes, np.ones(codes.shape, bool), np.asarray(weights)[None, :])
         return np.array(self.hybrid.combine(model[None, :], partner, jnp.asarray(codes, jnp.int32))[0])
 
     def top_k(self, item_codes, weights, k: int, exclude=(), user_features=None):

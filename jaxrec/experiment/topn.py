@@ -12,8 +12,10 @@ Protocol:
 * a new user's task is their first ``shots`` interactions (support) and their next ``query_cap`` (query);
 * every method recommends from the whole catalogue, the support items excluded
   (:mod:`jaxrec.evaluation.topn`);
-* each baseline's hyper-parameters, the fine-tuning rate and nothing else are chosen by Recall@20 on the
-  validation users (never on the new users).
+* every choice is made on the validation users (never on the new users), by Recall@20 or the run's selection
+  cut-off: each baseline's hyper-parameters, the fine-tuning rate, the support's recency weighting per method,
+  the hybrids' weights and the meta-training state kept (``select_epoch``); the choices about new items on the
+  validation new items.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from jaxrec.evaluation.topn import (
     candidate_topk,
     dot_ranker,
     evaluate_rankers,
+    fold_in_weights,
     is_user_side,
     model_ranker,
     model_scorer,
@@ -705,24 +708,29 @@ class TopNExperiment:
         )
 
     def _baseline_ranker(self, fitted: Any, recency: float = 0.0) -> Method:
-        """A fitted baseline's method, folded in from each user's support items, each of weight 1, or of
-        :func:`~jaxrec.evaluation.topn.recency_weights` of strength ``recency``."""
+        """A fitted baseline's method, folded in from each user's support items at the weights the meta-learner
+        adapts on (the interactions' weights in a weighted log, else 1), times their order's weights of strength
+        ``recency`` (:func:`~jaxrec.evaluation.topn.fold_in_weights`)."""
         k = self._kmax()
         n_items = self.dataset.n_items
+        weighted = self.dataset.has_weights
 
-        def dense_scores(exclude):
+        def dense_scores(batch, exclude):
             exclude = np.asarray(exclude)
+            own = np.asarray(batch.support["weight"]) if weighted else None
+            if own is not None and own.shape != exclude.shape:
+                raise ValueError(f"support weights {own.shape} do not match the support items {exclude.shape}")
             in_time = recency and self._support_in_time
-            weights = recency_weights(exclude >= 0, recency, self.config.topn.shots) if in_time else None
+            weights = fold_in_weights(exclude >= 0, own, recency if in_time else 0.0, self.config.topn.shots)
             return fitted.scores(rb.support_matrix(exclude, n_items, weights))
 
         def score(batch, exclude, items):
             items = np.asarray(items)
-            picked = np.take_along_axis(dense_scores(exclude), np.maximum(items, 0), axis=1)
+            picked = np.take_along_axis(dense_scores(batch, exclude), np.maximum(items, 0), axis=1)
             return jnp.asarray(np.where(items >= 0, picked, -np.inf), jnp.float32)
 
         def rank(batch, exclude):
-            scores = self._without_unranked(jnp.asarray(dense_scores(exclude)), self._unranked(batch))
+            scores = self._without_unranked(jnp.asarray(dense_scores(batch, exclude)), self._unranked(batch))
             return _dense_rank(scores, exclude, k, self._tie_order(batch))
 
         return Method(rank, score, weighted=lambda strength: self._baseline_ranker(fitted, strength))

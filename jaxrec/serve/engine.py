@@ -198,7 +198,7 @@ class ServingModel:
         seen = [u.seen for u in users] + empty
         seen = padded(seen, seen, bucket.support)[0].astype(np.int32)
         # the hybrid's partner is a scipy model: its scores are computed here, on the host, and enter the call
-        partner = None if self.hybrid is None else self.hybrid.partner_scores(items, mask)
+        partner = None if self.hybrid is None else self.hybrid.partner_scores(items, mask, values)
         inputs = (support, mask, codes, seen, probe, partner)
         if self.mesh is None:
             return jax.device_put(inputs)
