@@ -197,6 +197,18 @@ def test_log_without_rating_keeps_todays_behaviour_with_a_weight_column():
     assert ds.ratings["weight"].tolist() == [1.0, 1.0] and not ds.has_weights
 
 
+def test_an_implicit_frame_without_a_rating_column_needs_no_rating_none():
+    """``from_dataframe(df, feedback="implicit", weight=...)`` on a click log refused it for want of the default
+    ``rating`` column; the frame has none, so it has no rating column. A rated frame still needs its column named."""
+    log = pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "x", "y"], "plays": [2, 3, 1]})
+    ds = jd.from_dataframe(log, weight="plays", feedback="implicit")
+    assert not ds.explicit and ds.ratings["weight"].tolist() == [5.0, 1.0] and ds.report["duplicates_merged"] == 1
+    with pytest.raises(jd.DataError, match="missing column"):
+        jd.from_dataframe(log, weight="plays", feedback="explicit")
+    with pytest.raises(jd.DataError, match="missing column"):
+        jd.from_dataframe(log, rating="stars", feedback="implicit")
+
+
 def test_heavy_user_is_kept_whole(tmp_path):
     lines = [f"heavy,item{i},{i % 5 + 1}\n" for i in range(500)] + ["light,item1,1\n", "light,item2,2\n"]
     path = _write(tmp_path / "heavy.csv", "user,item,clicks\n" + "".join(lines))

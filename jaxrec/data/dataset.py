@@ -414,7 +414,7 @@ def _check_float32(values: np.ndarray, column: str | None, where: str, line_offs
     if too_big.any():
         first = int(np.flatnonzero(too_big)[0])
         loc = where_line(first, line_offset)
-        raise DataError(f"{where}: column {column!r} {loc} holds {values[first]!r}, beyond the float32 range")
+        raise DataError(f"{where}: column {column!r} {loc} holds {float(values[first])!r}, beyond the float32 range")
 
 
 def _check_not_counts(values: np.ndarray, column: str, where: str, line_offset: LineOffset) -> None:
@@ -508,6 +508,7 @@ def from_dataframe(
       user: the column holding raw user ids (any hashable type).
       item: the column holding raw item ids (any hashable type).
       rating: column of explicit ratings (any numeric scale); ``None`` for implicit logs (every row rates 1.0).
+        With ``feedback="implicit"`` a frame without a ``rating`` column needs no ``rating=None``.
       timestamp: optional column of integer seconds, datetimes or ISO-8601 text (``2024-01-08T17:00:07Z``; UTC
         without a zone), stored as seconds; used for dedup and time-based splits.
       user_features: optional side table indexed by raw user id (columns are copied; each a feature, as the
@@ -538,6 +539,8 @@ def from_dataframe(
     where = source or name
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
+    if feedback == "implicit" and rating == "rating" and "rating" not in df.columns:
+        rating = None  # the default name, absent from a click log: no rating column, as rating=None says
     feedback, positive_threshold = _check_feedback(feedback, rating, positive_threshold, where)
     named = {"user": user, "item": item, "rating": rating, "timestamp": timestamp, "weight": weight}
     missing = [f"{role}={col!r}" for role, col in named.items() if col is not None and col not in df.columns]

@@ -6,9 +6,10 @@ Pipeline::
     ds = jaxrec.data.from_csv("checkins.tsv", columns=["user", "item", "weight"], feedback="implicit")
     split = topn_split(ds, test_frac=0.2, val_frac=0.1, seed=0)            # disjoint users
     feat = implicit_featurizer(ds, split.train)                           # vocabularies from meta-train only
-    sampler = NegativeSampler.fit(split.train, ds.n_items, count=20)      # uniform over the training items
+    new = split.scenarios["new_user"]
+    sampler = NegativeSampler.fit(split.train, ds.n_items, count=20, avoid=[new])  # uniform over training items
     train = topn_tasks(split.train, feat, sampler, shots=10, query=20, seed=0, train=True)
-    test = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=10, query=100, seed=0)
+    test = topn_tasks(new, feat, sampler, shots=10, query=100, seed=0)
 
 A new user's task is their first ``shots`` interactions (in time order where the log has timestamps, so the
 query is the future; else a seeded random ``shots``) and, as query, the next ones, at most ``query`` of them.
@@ -18,8 +19,10 @@ the counts are in :attr:`TopNTaskSet.stats`).
 
 Negatives are drawn per batch in the pipeline, vectorised over every row of the batch (no Python loop per row):
 ``count`` items per positive row from ``q`` (uniform over the training items, or proportional to their
-popularity), redrawn where they hit an item the user interacted with; a draw still hitting one after a few tries
-is masked out (``neg_mask``). The draws are a function of the batch's generator, so of the seed.
+popularity), redrawn where they hit an item the user interacted with in the frames the sampler was fitted on
+(``split.train``, and the ``avoid`` frames: a new user's interactions are in neither unless passed there, as
+above); a draw still hitting one after a few tries is masked out (``neg_mask``). The draws are a function of the
+batch's generator, so of the seed.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Per scenario, compressed CSV with raw user and item ids:
   query row, as the method gives it (nDCG ranks these); MAE and RMSE clip them to the rating scale first, which
   metrics.json records as ``rating_scale``;
 * top-N: ``<scenario>.topk.csv.gz``, ``user,method,rank,item``: every method's top-k list (rank 1 first), over
-  the whole catalogue with the user's support items excluded;
+  the whole catalogue with the user's support items excluded (a warm or new-item scenario's user: every item of
+  theirs in training, of which the split file holds the latest ``shots``, the support; none can be in a query);
 * top-N with the sampled protocol (``--sampled-negatives N``): ``<scenario>.sampled.csv.gz``,
   ``user,positive,item,<method>,...``: each query positive's candidates, the positive itself (``item ==
   positive``) and its ``N`` sampled negatives, with every method's score of each. A positive's ``sampled_hr@k``
