@@ -207,6 +207,21 @@ def test_an_implicit_frame_without_a_rating_column_needs_no_rating_none():
         jd.from_dataframe(log, weight="plays", feedback="explicit")
     with pytest.raises(jd.DataError, match="missing column"):
         jd.from_dataframe(log, rating="stars", feedback="implicit")
+    with pytest.raises(jd.DataError, match=r"missing column\(s\) rating='rating'"):  # a threshold needs ratings
+        jd.from_dataframe(log, weight="plays", feedback="implicit", positive_threshold=4)
+
+
+def test_a_header_of_no_common_names_is_its_own_error_type(tmp_path):
+    """A caller that knows the layout (``recommend --users`` with the run's ``--columns``) retries on this type,
+    not on the message's text; naming the columns reads the file."""
+    path = _write(tmp_path / "visits.csv", "visitor,venue\nv1,x\nv2,y\n")
+    with pytest.raises(jd.UnnamedColumnsError, match="no user column among the header"):
+        jd.from_csv(path, feedback="implicit")
+    assert issubclass(jd.UnnamedColumnsError, jd.DataError)
+    assert jd.from_csv(path, columns={"user": "visitor", "item": "venue"}, feedback="implicit").n_ratings == 2
+    with pytest.raises(jd.DataError) as other:  # a header that names its columns but holds a bad value: not this type
+        jd.from_csv(_write(tmp_path / "bad.csv", "user,item,weight\nu,x,-1\n"), feedback="implicit")
+    assert not isinstance(other.value, jd.UnnamedColumnsError)
 
 
 def test_heavy_user_is_kept_whole(tmp_path):

@@ -132,7 +132,7 @@ def test_resume_through_the_api_equals_an_uninterrupted_run(experiment, straight
 
 def test_each_epoch_logs_its_own_seconds_not_the_time_since_the_run_began(experiment, tmp_path):
     """A pause inside the first epoch shows in its line alone: the second epoch's ``seconds`` is its own time."""
-    pause = 1.0
+    pause = 2.0
     run = cli.TrainingRun(experiment, tmp_path / "run")
     began = time.perf_counter()
     run.train(

@@ -340,6 +340,8 @@ class MetaTrainer:
         Returns:
           The ``jax.stages.Lowered`` meta-step (``.compile()`` for memory and cost analyses).
         """
+        if self.after_step is None:  # as step() runs it
+            batch = batch.replace(task_id=None)
         if self.mesh is not None:
             batch = shard_batch(batch, self.mesh)
         return self._step.lower(state, batch)

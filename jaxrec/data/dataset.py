@@ -508,7 +508,8 @@ def from_dataframe(
       user: the column holding raw user ids (any hashable type).
       item: the column holding raw item ids (any hashable type).
       rating: column of explicit ratings (any numeric scale); ``None`` for implicit logs (every row rates 1.0).
-        With ``feedback="implicit"`` a frame without a ``rating`` column needs no ``rating=None``.
+        With ``feedback="implicit"`` and no ``positive_threshold`` a frame without a ``rating`` column needs no
+        ``rating=None`` (the default name is then no column; another name must be a column).
       timestamp: optional column of integer seconds, datetimes or ISO-8601 text (``2024-01-08T17:00:07Z``; UTC
         without a zone), stored as seconds; used for dedup and time-based splits.
       user_features: optional side table indexed by raw user id (columns are copied; each a feature, as the
@@ -539,7 +540,7 @@ def from_dataframe(
     where = source or name
     if not isinstance(df, pd.DataFrame):
         raise DataError(f"{where}: expected a pandas DataFrame, got {type(df).__name__}")
-    if feedback == "implicit" and rating == "rating" and "rating" not in df.columns:
+    if feedback == "implicit" and rating == "rating" and positive_threshold is None and "rating" not in df.columns:
         rating = None  # the default name, absent from a click log: no rating column, as rating=None says
     feedback, positive_threshold = _check_feedback(feedback, rating, positive_threshold, where)
     named = {"user": user, "item": item, "rating": rating, "timestamp": timestamp, "weight": weight}

@@ -50,7 +50,7 @@ class ServedHybrid:
       fitted: the fitted partner (``fitted.scores(S [users, n_items]) -> [users, n_items]``).
       n_items: the catalogue size.
       recency: the strength of the partner's recency weighting of the support, chosen on the validation users
-        (``support_recency``; 0: each item of weight 1).
+        (``support_recency``; 0: each item at its interaction's weight alone).
     """
 
     partner: str

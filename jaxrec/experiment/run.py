@@ -409,8 +409,8 @@ class TrainingRun:
     def log_path(self) -> Path:
         """The epoch log, ``out/metrics.jsonl``: one JSON line per finished epoch (its step, mean loss and gradient
         norm, skipped steps, the validation figure where epochs are chosen on it, and ``seconds``: the epoch's own
-        wall time in this process, its validation included and its checkpoint not; a resumed epoch's counts from the
-        resume)."""
+        wall time in this process, its validation included and its end-of-epoch checkpoint not; a resumed epoch's
+        counts from the resume)."""
         return self.out / "metrics.jsonl"
 
     def _truncate_log(self, step: int) -> None:
