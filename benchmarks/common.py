@@ -57,5 +57,19 @@ def base_record(args: argparse.Namespace, impl: str) -> dict:
     }
 
 
+def library_versions() -> dict:
+    """The versions a figure depends on: a rerun in another environment can differ in the last digits (XLA's
+    kernels change between releases), so every results file says which it was made with."""
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "pandas"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 def emit(record: dict) -> None:
     print(json.dumps(record, sort_keys=True), flush=True)

@@ -65,6 +65,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import library_versions
 
 from jaxrec.evaluation.compare import compare_stats, concat_stats
 from jaxrec.experiment import Experiment, ExperimentConfig
@@ -221,6 +222,8 @@ def markdown(out: dict) -> str:
         "",
         "Command: `python benchmarks/quality.py " + out.get("command", "") + "`",
         "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in out.get("versions", {}).items()),
+        "",
         "MAE/RMSE pooled over query ratings (MeLU protocol: users with 13..100 ratings, 10 query ratings, the "
         "rest support); nDCG@k mean over users; [95% bootstrap interval over users]. `paired d` = MAE(meta) - "
         "MAE(baseline) with its paired-bootstrap 95% interval (negative favours the meta method).",
@@ -299,6 +302,7 @@ def main() -> None:
     import sys
 
     out["command"] = " ".join(sys.argv[1:])
+    out["versions"] = library_versions()
     stem = Path(args.out) if args.out else RESULTS / f"quality_{args.dataset}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     # compact, to 6 significant digits (the figures' precision is 4 decimals): a summary, not a dump

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import library_versions
 
 from jaxrec.evaluation.compare import compare_stats, concat_stats
 from jaxrec.experiment import ExperimentConfig
@@ -252,6 +253,7 @@ def main() -> None:
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    results["versions"] = library_versions()
     (out / f"{stem}.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / f"{stem}.md").write_text("\n".join(markdown))
     print(f"wrote {out / stem}.json and .md")
