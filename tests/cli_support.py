@@ -71,3 +71,17 @@ def write_plays(path, users=120, items=60, per_user=14, seed=0):
         lines.append(f"u-{u:03d}\tsong-{chosen[0]:02d}\t2\t{1000 * u + 99}")
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def plays_config(folder, users=120, **fields):
+    """A top-N config of a play log written in ``folder`` (:func:`write_plays`), read as weighted interactions by a
+    two-tower model; ``fields``: the rest of the config."""
+    from jaxrec.experiment import ExperimentConfig
+
+    return ExperimentConfig.make(
+        data=str(write_plays(Path(folder) / "plays.tsv", users=users)),
+        columns=("user", "item", "weight", "timestamp"),
+        feedback="implicit",
+        model="twotower",
+        **fields,
+    )

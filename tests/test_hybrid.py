@@ -156,16 +156,12 @@ def test_a_hybrid_with_a_baseline_that_could_not_be_fitted_is_left_out_and_logge
     ``+content`` hybrid; the run goes on with the other methods, and says why."""
     import logging
 
-    from cli_support import write_plays
+    from cli_support import plays_config
 
-    from jaxrec.experiment import ExperimentConfig
     from jaxrec.experiment.topn import TopNExperiment
 
-    config = ExperimentConfig.make(
-        data=str(write_plays(tmp_path / "plays.tsv")),
-        columns=("user", "item", "weight", "timestamp"),
-        feedback="implicit",
-        model="twotower",
+    config = plays_config(
+        tmp_path,
         model_kwargs={"embed": 8},
         shots=3,
         epochs=1,

@@ -444,18 +444,16 @@ def test_a_weighted_logs_baselines_fold_in_a_new_users_weights_as_the_meta_learn
     """On a play log every method is fitted on the weighted interactions, and the meta-learner adapts on a new user's
     play counts; the baselines folded the same user in at weight 1. They fold in the support's weights now: a
     baseline's scores are its fit's scores of the weighted support matrix, and differ from weight 1's."""
-    from cli_support import write_plays
+    from cli_support import plays_config
 
-    from jaxrec.experiment import ExperimentConfig, topn
+    from jaxrec.experiment import topn
     from jaxrec.experiment.topn import TopNExperiment
 
     monkeypatch.setitem(topn.BASELINE_GRIDS, "itemknn", [{"neighbours": 20, "shrink": 0.0}])
     monkeypatch.setitem(topn.BASELINE_REFINEMENTS, "itemknn", ())
-    config = ExperimentConfig.make(
-        data=str(write_plays(tmp_path / "plays.tsv", users=150)),
-        columns=("user", "item", "weight", "timestamp"),
-        feedback="implicit",
-        model="twotower",
+    config = plays_config(
+        tmp_path,
+        users=150,
         model_kwargs={"embed": 4},
         epochs=1,
         shots=5,

@@ -340,11 +340,7 @@ class MetaTrainer:
         Returns:
           The ``jax.stages.Lowered`` meta-step (``.compile()`` for memory and cost analyses).
         """
-        if self.after_step is None:  # as step() runs it
-            batch = batch.replace(task_id=None)
-        if self.mesh is not None:
-            batch = shard_batch(batch, self.mesh)
-        return self._step.lower(state, batch)
+        return self._step.lower(state, self._step_input(batch))
 
     def step(self, state: MetaTrainState, batch: TaskBatch) -> tuple[MetaTrainState, dict]:
         """One meta-update.
@@ -360,11 +356,15 @@ class MetaTrainer:
           BatchShapeError: the batch's arrays and masks disagree.
         """
         validate_batch(batch)
-        if self.after_step is None:  # only after_step reads the task ids in the step (errors name users host-side):
-            batch = batch.replace(task_id=None)  # a batch with them and one without then share the compiled step
-        if self.mesh is not None:
-            batch = shard_batch(batch, self.mesh)
-        return self._step(state, batch)
+        return self._step(state, self._step_input(batch))
+
+    def _step_input(self, batch: TaskBatch) -> TaskBatch:
+        """The batch as the compiled step takes it: sharded on the mesh, if any, and without its task ids unless
+        ``after_step`` reads them (errors name users host-side), so that a batch with them and one without share
+        the compiled step."""
+        if self.after_step is None:
+            batch = batch.replace(task_id=None)
+        return batch if self.mesh is None else shard_batch(batch, self.mesh)
 
 
 def run_steps(

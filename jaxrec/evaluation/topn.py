@@ -726,7 +726,8 @@ def evaluate_rankers(
                 sampled_candidates.append(np.asarray(candidates)[keep])
         for name, rank in rankers.items():
             items = rank(batch, exclude)
-            _check_lists(name, np.asarray(items)[keep], max(ks), catalogue.n_items, np.asarray(batch.task_id)[keep])
+            listed = np.asarray(items)[keep]
+            _check_lists(name, listed, max(ks), catalogue.n_items, np.asarray(batch.task_id)[keep])
             stats = topn_statistics(items, jnp.asarray(query_items), popularity, ks)
             if name in scorers:
                 scores = scorers[name](batch, exclude, candidates.reshape(len(keep), -1)).reshape(candidates.shape)
@@ -737,7 +738,7 @@ def evaluate_rankers(
             stats = {key: np.asarray(v)[keep] for key, v in stats.items()}
             stats["user"] = np.asarray(batch.task_id)[keep]
             pieces[name].append(stats)
-            lists[name].append(np.asarray(items)[keep])
+            lists[name].append(listed)
     stats = {name: {key: np.concatenate([p[key] for p in parts]) for key in parts[0]} for name, parts in pieces.items()}
     if left_out:
         logger.info("sampled protocol: %d negatives left out (own items or repeats after redraws)", left_out)

@@ -704,18 +704,19 @@ def _require_named_data(folder: Path, saved: dict, overrides: Mapping[str, Any],
     """A path written in a record is never opened: data read from a file must be named on the command line (a
     dataset's folder is ``--data-dir`` or the default data root, never a recorded one)."""
     data = saved.get("data") or {}
+    # the record's field -> the override (and flag) that names its file again
+    option = {"path": "data", "item_features": "item_features", "user_features": "user_features"}
     missing = [
-        (field, data[field])
-        for field in ("path", "item_features", "user_features")
-        if data.get(field) is not None and overrides.get("data" if field == "path" else field) is None
+        (option[field], data[field])
+        for field in option
+        if data.get(field) is not None and overrides.get(option[field]) is None
     ]
     if missing:  # every file at once, not one per failed attempt
-        flags = {"path": "--data", "item_features": "--item-features", "user_features": "--user-features"}
-        keys = {"path": "data", "item_features": "item_features", "user_features": "user_features"}
-        read = "; ".join(f"{flags[field]} {value}" for field, value in missing)
+        flags = {key: "--" + key.replace("_", "-") for key, _ in missing}
+        read = "; ".join(f"{flags[key]} {value}" for key, value in missing)
         them = "it" if len(missing) == 1 else "them"
-        named = " ".join(f"{flags[field]} FILE" for field, _ in missing)
-        python = ", ".join(f"{keys[field]!r}: FILE" for field, _ in missing)
+        named = " ".join(f"{flags[key]} FILE" for key, _ in missing)
+        python = ", ".join(f"{key!r}: FILE" for key, _ in missing)
         raise RunError(
             f"{folder}: this run read {read}; {doing} it reads {them} again, so name {them}: pass {named} (from "
             f"Python: overrides={{{python}}}; checked against the checkpoint: it must encode as the training data did)"

@@ -6,9 +6,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from cli_support import write_plays
+from cli_support import plays_config
 
-from jaxrec.experiment import ExperimentConfig
 from jaxrec.experiment.topn import TopNExperiment
 
 pytestmark = [
@@ -18,11 +17,8 @@ pytestmark = [
 
 
 def test_topn_training_over_four_devices_is_the_one_device_training(tmp_path):
-    config = ExperimentConfig.make(
-        data=str(write_plays(tmp_path / "plays.tsv")),
-        columns=("user", "item", "weight", "timestamp"),
-        feedback="implicit",
-        model="twotower",
+    config = plays_config(
+        tmp_path,
         model_kwargs={"embed": 8},
         batch_size=16,
         shots=3,
