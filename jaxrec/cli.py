@@ -909,15 +909,32 @@ def _read_users_as_trained(args: argparse.Namespace):
 
 
 def _excluded(args: argparse.Namespace, trained) -> np.ndarray:
-    """The codes of ``--exclude``'s items (none without it), its unknown ids noted."""
-    if args.exclude is None:
-        return np.zeros(0, np.int64)
-    codes, unknown = read_item_list(args.exclude, trained.item_ids, encoding=args.encoding)
-    shown = f" ({', '.join(map(str, unknown[:5]))}{' ...' if len(unknown) > 5 else ''})" if unknown else ""
-    _echo(
-        f"note: --exclude: {len(codes)} item(s) never recommended; {len(unknown)} id(s) not in the catalogue{shown}",
-        err=True,
-    )
+    """The codes never to recommend: ``--exclude``'s items (its unknown ids noted) and, for a cross-domain run, every
+    item outside its target domain (noted)."""
+    codes = np.zeros(0, np.int64)
+    if args.exclude is not None:
+        codes, unknown = read_item_list(args.exclude, trained.item_ids, encoding=args.encoding)
+        shown = f" ({', '.join(map(str, unknown[:5]))}{' ...' if len(unknown) > 5 else ''})" if unknown else ""
+        _echo(
+            f"note: --exclude: {len(codes)} item(s) never recommended; {len(unknown)} id(s) not in the catalogue"
+            f"{shown}",
+            err=True,
+        )
+    outside = trained.outside_domain()
+    target = ",".join(trained.config.protocol.target_genres)
+    if outside is None:
+        _echo(
+            f"note: a cross-domain run (target genres {target}) whose folder keeps no item genres: every item is "
+            "ranked, the source domain's too",
+            err=True,
+        )
+    elif len(outside):
+        _echo(
+            f"note: a cross-domain run: only its {len(trained.item_ids) - len(outside)} target-domain items (genres "
+            f"{target}) are recommended",
+            err=True,
+        )
+        codes = np.union1d(codes, outside).astype(np.int64)
     return codes
 
 

@@ -4,6 +4,7 @@ exactly the same users and rows."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import jaxrec.data as jd
 from jaxrec import cli
 from jaxrec.data.tasks import cold_start_split, domain_items
-from jaxrec.experiment import ExperimentConfig
+from jaxrec.experiment import ExperimentConfig, load_trained
 
 
 @pytest.fixture(scope="module")
@@ -86,10 +87,26 @@ def test_train_cross_domain_from_the_command_line(tmp_path, monkeypatch):
     lines = []
     monkeypatch.setattr(cli, "_echo", lambda *parts, err=False: lines.append(" ".join(map(str, parts))))
     out = tmp_path / "run"
-    argv = ["train", "--scheme", "cross-domain", "--target-genres", "Drama", "--train-domain", "target"]
+    argv = ["train", "--scheme", "cross-domain", "--target-genres", "Drama"]
     argv += ["--epochs", "1", "--steps", "2", "--baselines", "bias", "--out", str(out)]
     assert cli.main(argv) == 0, lines
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["scenarios"]) == {"cross_domain"}
     assert metrics["scenarios"]["cross_domain"]["maml"]["users"] > 20
     assert np.isfinite(metrics["scenarios"]["cross_domain"]["bias"]["mae"])
+    # a new user of the run is recommended target-domain items only: the split scored none other
+    ds = jd.load()
+    drama = ds.items["genres"].str.split("|").map(lambda g: "Drama" in g).to_numpy()
+    ratings = tmp_path / "mine.csv"
+    ratings.write_text("".join(f"{i},4\n" for i in ds.items["raw_id"].to_numpy()[drama][:5]))
+    lines.clear()
+    assert cli.main(["recommend", "--checkpoint", str(out), "--ratings", str(ratings), "-k", "300"]) == 0, lines
+    listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
+    assert len(listed) == 300
+    genres = ds.items.set_index(ds.items["raw_id"].astype(str))["genres"]
+    assert all("Drama" in genres[raw].split("|") for raw in listed), listed
+    assert any(f"only its {drama.sum()} target-domain items" in line for line in lines), lines
+    trained = load_trained(out)
+    np.testing.assert_array_equal(trained.outside_domain(), np.flatnonzero(~drama))
+    # a run folder whose catalogue keeps no genres cannot tell the domains apart: None, and the command says so
+    assert dataclasses.replace(trained, items=trained.items.drop(columns="genres")).outside_domain() is None

@@ -340,24 +340,32 @@ def domain_items(ds: Dataset, target_genres: tuple, source_genres: tuple = ()) -
         raise DataError(
             f"{ds.source}: a cross-domain split by genre needs the items' genres, and this dataset has none"
         )
-    lists = ds.items["genres"].fillna("").astype(str).str.split("|")
+    return genre_domains(ds.items["genres"], target_genres, source_genres, where=ds.source)
+
+
+def genre_domains(
+    genres: pd.Series, target_genres: tuple, source_genres: tuple = (), *, where: str = "items"
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`domain_items` from the items' ``genres`` column alone (``"A|B"`` lists, one per item code), as a run
+    folder keeps it; ``where`` names the source in errors."""
+    lists = genres.fillna("").astype(str).str.split("|")
     known = sorted({g for genres in lists for g in genres if g})
     target, source = tuple(target_genres), tuple(source_genres)
     if not target:
-        raise DataError(f"{ds.source}: a cross-domain split needs target genres; the items' genres are {known}")
+        raise DataError(f"{where}: a cross-domain split needs target genres; the items' genres are {known}")
     unknown = [g for g in target + source if g not in known]
     if unknown:
-        raise DataError(f"{ds.source}: no item has the genre(s) {unknown}; the items' genres are {known}")
+        raise DataError(f"{where}: no item has the genre(s) {unknown}; the items' genres are {known}")
     both = sorted(set(target) & set(source))
     if both:
-        raise DataError(f"{ds.source}: genre(s) {both} are in both the source and the target domain")
+        raise DataError(f"{where}: genre(s) {both} are in both the source and the target domain")
     is_target = np.array([any(g in target for g in genres) for genres in lists], bool)
     is_source = ~is_target
     if source:
         is_source &= np.array([any(g in source for g in genres) for genres in lists], bool)
     for name, mask in (("source", is_source), ("target", is_target)):
         if not mask.any():
-            raise DataError(f"{ds.source}: the {name} domain of this cross-domain split has no item")
+            raise DataError(f"{where}: the {name} domain of this cross-domain split has no item")
     return is_source, is_target
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 
 from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
+from jaxrec.data.tasks import genre_domains
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.hybrid_record import ServedHybrid, read_hybrid
@@ -47,12 +48,13 @@ RECENCY_FILE = "support_recency.json"
 
 
 def _items_table(dataset: Dataset) -> pd.DataFrame:
-    columns = ["raw_id"] + [c for c in ("title",) if c in dataset.items]
+    # the genres say which items a cross-domain run's target domain holds (TrainedModel.outside_domain)
+    columns = ["raw_id"] + [c for c in ("title", "genres") if c in dataset.items]
     return dataset.items[columns].reset_index(drop=True)
 
 
 def write_items(run_folder: str | os.PathLike, dataset: Dataset) -> dict:
-    """Write the catalogue of a run (raw item id and title, in item-code order) into its folder.
+    """Write the catalogue of a run (raw item id, title and genres where known, in item-code order) into its folder.
 
     The file is gzip-compressed CSV written byte-for-byte reproducibly (no time stamp in the gzip header), so that
     its checksum is a function of the data.
@@ -125,7 +127,7 @@ def read_items(run_folder: str | os.PathLike, record: dict | None) -> pd.DataFra
       record: the ``"items"`` record of the checkpoint.
 
     Returns:
-      The table (``raw_id`` and, where the data had titles, ``title``), one row per item code.
+      The table (``raw_id`` and, where the data had them, ``title`` and ``genres``), one row per item code.
 
     Raises:
       CheckpointError: if the record or the file is missing, or the file changed since training.
@@ -138,7 +140,9 @@ def read_items(run_folder: str | os.PathLike, record: dict | None) -> pd.DataFra
     payload = path.read_bytes()
     if hashlib.sha256(payload).hexdigest() != record["sha256"]:
         raise CheckpointError(f"{run_folder}: the item catalogue {path} has changed since training")
-    return pd.read_csv(io.BytesIO(payload), compression="gzip", dtype={"raw_id": str}, keep_default_na=False)
+    return pd.read_csv(
+        io.BytesIO(payload), compression="gzip", dtype={"raw_id": str, "genres": str}, keep_default_na=False
+    )
 
 
 @dataclasses.dataclass
@@ -153,7 +157,7 @@ class TrainedModel:
       inner: the run's :class:`~jaxrec.InnerLoop`.
       inner_lr: the run's inner rate (tuned on validation users where it was).
       params: the meta-learned parameters (a :class:`~jaxrec.MetaSGDParams` for Meta-SGD).
-      items: the catalogue, one row per item code (``raw_id``, ``title`` where known).
+      items: the catalogue, one row per item code (``raw_id``, ``title`` and ``genres`` where known).
       step: the checkpoint's step.
       folder: the checkpoint folder.
       hybrid: the run's hybrid (``jaxrec train --hybrid``), what a top-N recommender ranks by, or None.
@@ -196,6 +200,24 @@ class TrainedModel:
     def titles(self) -> np.ndarray | None:
         """Titles by item code, or None when the data had none."""
         return self.items["title"].astype(str).to_numpy() if "title" in self.items else None
+
+    def outside_domain(self) -> np.ndarray | None:
+        """The codes of the items outside a cross-domain run's target domain (``--scheme cross-domain``): its new
+        users adapt on target-domain ratings and were evaluated on target items, so they are recommended target
+        items only (``recommend`` and ``serve`` leave these out of every list).
+
+        Returns:
+          int64 codes, sorted; an empty array for a run of another scheme; None for a cross-domain run whose
+          catalogue keeps no genres (a run folder written before ``items.csv.gz`` kept them).
+        """
+        protocol = self.config.protocol
+        if protocol.scheme != "cross-domain":
+            return np.zeros(0, np.int64)
+        if "genres" not in self.items:
+            return None
+        where = str(self.folder.parent / ITEMS_FILE)
+        _, is_target = genre_domains(self.items["genres"], protocol.target_genres, protocol.source_genres, where=where)
+        return np.flatnonzero(~is_target).astype(np.int64)
 
 
 def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedModel:
