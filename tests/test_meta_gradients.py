@@ -200,6 +200,28 @@ def test_adam_inner_optimizer_is_differentiated_through():
     assert np.max(np.abs(first - grad)) > 1e-4
 
 
+def test_adam_without_eps_root_leaves_a_task_without_support_unadapted_and_finite():
+    """A task with no support row (a padding task, or a new user of no interaction) has all-zero inner gradients,
+    where Adam's square root has no derivative: it must come back unadapted and add nothing but its query loss's
+    gradient at theta, so that padding a batch to the device count changes nothing (it made every step NaN)."""
+    params = init_params(jax.random.PRNGKey(15))
+    inner = dict(loss_fn=loss_fn, inner_lr=None, inner_steps=3, inner_optimizer=optax.adam(0.05))
+    batch = make_batch(16, tasks=3)
+    plain = value_and_grad(params, batch, **inner)
+    padded = value_and_grad(params, jaxrec.scale.sharding.pad_tasks(batch, 4), **inner)
+    assert np.all(np.isfinite(ravel_pytree(padded[1])[0]))
+    chex.assert_trees_all_close(plain, padded, rtol=1e-12, atol=1e-14)
+    # a task of query rows only is scored at theta: its share of the meta-gradient is its query loss's gradient there
+    no_support = make_batch(17, tasks=3, support_counts=[6, 0, 4])
+    value, grad = value_and_grad(params, no_support, **inner)
+    q_rows, q_mask = task(no_support, 1, "query")
+    others = jax.tree.map(lambda x: x[np.array([0, 2])], no_support)
+    rest_value, rest_grad = value_and_grad(params, others, **inner)
+    np.testing.assert_allclose(value, (2 * rest_value + loss_fn(params, q_rows, q_mask)) / 3, rtol=1e-12)
+    want = jax.tree.map(lambda r, g: (2 * r + g) / 3, rest_grad, jax.grad(loss_fn)(params, q_rows, q_mask))
+    chex.assert_trees_all_close(grad, want, rtol=1e-10, atol=1e-14)
+
+
 @pytest.mark.parametrize(
     ("order", "remat", "inner_steps"),
     [

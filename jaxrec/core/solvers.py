@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from jaxrec.core.remat import iterate
@@ -131,11 +132,11 @@ class GradientSteps:
 class OptaxSteps:
     """Inner steps of an optax transformation on the support loss, differentiated through.
 
-    Use ``eps_root > 0`` with Adam, whose square root has no derivative at 0: without it, a leaf whose support
-    gradient is exactly 0 makes the meta-gradient NaN (``0 * inf``) and the step is skipped as non-finite. That
-    happens for an embedding row no support row reads, a task with no support, and the empty tasks that pad a batch
-    to a multiple of the device count: a configuration that trains on one device can skip every step on four. The
-    inner rates are not used: the transformation carries its own.
+    A task with no support row (a padding task, a user with no interaction yet) takes no step and comes back
+    unadapted, its gradients kept away from the transformation. Use ``eps_root > 0`` with Adam, whose square root
+    has no derivative at 0: without it, an entry whose support gradient is exactly 0 in a task that has support rows
+    (an embedding row no support row reads) makes the meta-gradient NaN (``0 * inf``), and the step is skipped as
+    non-finite. The inner rates are not used: the transformation carries its own.
 
     Attributes:
       transformation: the optax ``GradientTransformation`` applied at each inner step.
@@ -164,6 +165,10 @@ class OptaxSteps:
             fixed, theta = diff
             moving, opt_state = carry
             grads = problem.gradient(moving, fixed, theta, data)
+            # without support every gradient is exactly 0, where Adam's square root has no derivative: the branch
+            # the task discards below gets 1 instead, so that its zero cotangent meets a finite derivative
+            has_support = jnp.any(data[1])
+            grads = [jnp.where(has_support, g, jnp.ones_like(g)) for g in grads]
             updates, opt_state = tx.update(grads, opt_state, moving)
             if problem.order == "first":
                 updates = jax.lax.stop_gradient(updates)
@@ -171,7 +176,8 @@ class OptaxSteps:
 
         carry = (problem.moving, tx.init(problem.moving))
         moving, _ = iterate(step, (problem.fixed, problem.theta), problem.data, carry, steps, remat, unroll)
-        return moving
+        has_support = jnp.any(problem.data[1])
+        return [jnp.where(has_support, m, start) for m, start in zip(moving, problem.moving, strict=True)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -73,6 +73,19 @@ def test_uneven_batch_is_padded_not_refused():
     assert single_history["compilations"] == 2
 
 
+def test_an_inner_adam_without_eps_root_trains_on_a_padded_batch():
+    # the padding tasks' inner gradients are all 0, where Adam's square root has no derivative: they must not make
+    # every meta-step NaN (skipped), as they did while one device trained the same batches
+    batches = workload.batches(3, tasks=6)
+    kwargs = dict(loss_fn=workload.loss_fn, inner_lr=None, inner_steps=2, inner_optimizer=optax.adam(0.05))
+    kwargs.update(optimizer=optax.adam(1e-2))
+    sharded, history = jaxrec.meta_train(workload.init_params(), batches, mesh=jaxrec.make_mesh(4), **kwargs)
+    single, single_history = jaxrec.meta_train(workload.init_params(), batches, mesh=None, **kwargs)
+    assert history["skipped"] == single_history["skipped"] == 0
+    _assert_close(sharded, single)
+    np.testing.assert_allclose(history["loss"], single_history["loss"], rtol=1e-5, atol=1e-6)
+
+
 def test_auto_mesh_is_all_devices():
     assert jaxrec.scale.sharding.default_mesh().size == jax.device_count() >= 4
 
