@@ -307,12 +307,12 @@ def test_a_headerless_play_count_read_as_a_rating_is_named(tmp_path, caplog, mon
     used to happen in silence (has_weights False)."""
     monkeypatch.setattr(logging.getLogger("jaxrec"), "propagate", True)  # the CLI may have turned it off
     path = _write(tmp_path / "plays.tsv", "u1\ta\t13\nu1\tb\t2\nu2\ta\t7\n")
-    with caplog.at_level(logging.WARNING, logger="jaxrec.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="jaxrec.data.text"):
         ds = jd.from_csv(path, feedback="implicit")
     assert not ds.has_weights
     assert "read as a rating" in caplog.text and "--columns user,item,weight" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="jaxrec.data.dataset"):
+    with caplog.at_level(logging.WARNING, logger="jaxrec.data.text"):
         weighted = jd.from_csv(path, columns=["user", "item", "weight"], feedback="implicit")
     assert weighted.has_weights and "read as a rating" not in caplog.text
 

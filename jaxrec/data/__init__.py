@@ -6,7 +6,7 @@ the batch stream and augmentation.
 >>> print(ds.summary())  # doctest: +SKIP
 """
 
-from jaxrec.data.dataset import DataError, Dataset, UnnamedColumnsError, from_csv, from_dataframe, sniff_separator
+from jaxrec.data.dataset import DataError, Dataset, UnnamedColumnsError, from_dataframe
 from jaxrec.data.download import ARCHIVES, DownloadError, download_archive
 from jaxrec.data.featurizer import Featurizer, age_bucket, year_bucket, zip_prefix
 from jaxrec.data.logs import read_log
@@ -14,6 +14,7 @@ from jaxrec.data.movielens import DATASETS, DEFAULT_DATASET, default_data_root, 
 from jaxrec.data.parquet import from_parquet, is_parquet
 from jaxrec.data.side import join_side_files, read_side_table, with_side_features
 from jaxrec.data.tasks import SPLITS, ColdStartSplit, TaskSet, bucket_sizes, build_tasks, cold_start_split, task_batches
+from jaxrec.data.text import from_csv, sniff_separator
 
 __all__ = [
     "SPLITS",

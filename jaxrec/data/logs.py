@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 
-from jaxrec.data.dataset import DataError, Dataset, from_csv
+from jaxrec.data.dataset import DataError, Dataset
 from jaxrec.data.parquet import from_parquet, is_parquet
+from jaxrec.data.text import from_csv
 
 __all__ = ["read_log"]
 

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.dataset import DataError, Dataset, from_dataframe, read_table
+from jaxrec.data.dataset import DataError, Dataset, from_dataframe
 from jaxrec.data.download import ARCHIVES, download_archive, download_enabled
+from jaxrec.data.text import read_table
 
 __all__ = ["load", "DATASETS", "DEFAULT_DATASET", "default_data_root", "parse_movielens"]
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxrec.data.dataset import DataError, Dataset, from_dataframe, resolve_columns, role_arguments, role_columns
+from jaxrec.data.dataset import DataError, Dataset, from_dataframe
+from jaxrec.data.text import resolve_columns, role_arguments, role_columns
 
 __all__ = ["from_parquet", "is_parquet", "read_parquet_roles"]
 

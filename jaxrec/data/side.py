@@ -18,8 +18,9 @@ import re
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.dataset import DataError, Dataset, side_table, sniff_separator, undecodable
+from jaxrec.data.dataset import DataError, Dataset, side_table
 from jaxrec.data.parquet import _pyarrow, is_parquet
+from jaxrec.data.text import sniff_separator, undecodable
 
 __all__ = ["join_side_files", "read_side_table", "with_side_features"]
 

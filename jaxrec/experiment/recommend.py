@@ -18,7 +18,8 @@ from jaxrec.core.inner import adapt
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
 from jaxrec.data import DataError, Featurizer, sniff_separator
-from jaxrec.data.dataset import integer_ids, undecodable
+from jaxrec.data.dataset import integer_ids
+from jaxrec.data.text import undecodable
 from jaxrec.data.topn import support_history
 from jaxrec.evaluation.topn import is_user_side, recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 
 from jaxrec.data import DataError
-from jaxrec.data.dataset import integer_ids, numeric_column, read_log_table, timestamp_seconds, where_line
+from jaxrec.data.dataset import integer_ids, numeric_column, timestamp_seconds, where_line
 from jaxrec.data.parquet import is_parquet, read_parquet_roles
+from jaxrec.data.text import read_log_table
 from jaxrec.serve.engine import ServingModel
 from jaxrec.serve.requests import Catalogue, RequestError
 
