@@ -52,6 +52,24 @@ def test_melu_recipe_is_the_published_configuration():
         methods.melu(local_steps=0)
 
 
+def test_melu_averages_a_multi_valued_field_as_the_released_code_does():
+    """A film of three genres is embedded as the mean of its genres' embeddings (the released code divides the
+    field by its count), so the field's scale does not grow with the number of genres; the sum stays available."""
+    genres = np.eye(5)[[0, 2, 3]]  # three single-genre rows
+    three = genres.sum(axis=0, keepdims=True)
+    layer = models.common.MultiHotEmbed(4, mean=True)
+    params = layer.init(jax.random.key(0), three)
+    singles = layer.apply(params, genres)
+    np.testing.assert_allclose(layer.apply(params, three), singles.mean(axis=0, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(layer.apply(params, np.zeros((1, 5))), 0.0)  # no genre: no division by zero
+    summed = models.common.MultiHotEmbed(4).apply(params, three)
+    np.testing.assert_allclose(summed, singles.sum(axis=0, keepdims=True), rtol=1e-6)
+    fields = methods.recipe("melu-5")
+    assert fields["model_kwargs"]["multi_hot"] == "mean" and fields["epochs"] == 20  # the released configuration
+    with pytest.raises(ValueError, match="multi_hot"):
+        models.init_params(models.MeLU(SPEC, multi_hot="max"), SPEC, jax.random.key(0))
+
+
 def test_melus_local_update_moves_only_the_decision_layers_by_one_gradient_step(float64):
     """MeLU-1: theta2_u = theta2 - alpha grad_theta2 L_S, the embeddings (theta1) untouched, no user or item id."""
     config, learner, params = melu_learner(1, inner_lr=0.3)

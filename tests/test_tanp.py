@@ -72,6 +72,33 @@ def test_recipe_resolves_to_the_encoder_and_refuses_a_gradient_inner_loop():
         resolve(ExperimentConfig.make(model="melu", inner_solver="encode"))
 
 
+def test_x_is_each_sides_layers_over_its_summed_fields_as_released(float64):
+    """The released code forms x from a user MLP and an item MLP over each side's one-hot features: a linear map of
+    one-hot fields (one embedding per field, summed, plus a bias), ReLU, a dense layer of 16, ReLU."""
+    _, learner, params = tanp_learner()
+    params = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), params)
+    support, _ = one_task(support=5)
+    x = learner.model.apply(params, support, method=TaNP.features)
+    assert x.shape == (5, 32) and x.dtype == jnp.float64
+    p = params["params"]
+    relu = lambda v: np.maximum(v, 0.0)  # noqa: E731
+
+    def side(name, embedded):
+        layers = p[f"side_{name}"]
+        hidden = relu(sum(embedded) + layers["bias"])
+        return relu(hidden @ layers["layer_0"]["kernel"] + layers["layer_0"]["bias"])
+
+    embed = lambda key: np.asarray(p[f"embed_{key}"]["embedding"])[support[key]]  # noqa: E731
+    user = side("user", [embed("user_gender"), embed("user_zip")])
+    genres = support["item_genres"] @ np.asarray(p["dense_item_genres"]["kernel"])
+    item = side("item", [embed("item_year"), genres])
+    np.testing.assert_allclose(x, np.concatenate([user, item], axis=-1), rtol=1e-12)
+    # the user's fields move the first half only, the item's the second
+    other = dict(support, user_zip=(support["user_zip"] + 1) % 30)
+    moved = np.asarray(learner.model.apply(params, other, method=TaNP.features)) != np.asarray(x)
+    assert moved[:, :16].any() and not moved[:, 16:].any()
+
+
 def test_the_encoding_is_the_mean_of_each_rows_code_and_their_count():
     _, learner, params = tanp_learner()
     support, _ = one_task(support=5)

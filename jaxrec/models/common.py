@@ -113,14 +113,18 @@ class MultiHotEmbed(nn.Module):
 
     With ``squared=True`` it also returns ``(x*x) @ (W*W)``, the per-field term of the factorisation-machine
     identity. Parameter: ``kernel [width, features]`` (the same as ``nn.Dense(features, use_bias=False)``).
+    With ``mean=True`` the row is divided by its sum first (MeLU's released code averages a movie's genres, so
+    that the field's scale does not grow with their number); a row of zeros stays zero.
 
     Attributes:
       features: the output width.
       kernel_init: the initialiser of ``kernel``.
+      mean: average the row's entries instead of summing them.
     """
 
     features: int
     kernel_init: Callable = nn.initializers.lecun_normal()
+    mean: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, squared: bool = False):
@@ -135,6 +139,8 @@ class MultiHotEmbed(nn.Module):
         """
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
         x = x.astype(kernel.dtype)
+        if self.mean:
+            x = x / jnp.maximum(jnp.sum(x, axis=-1, keepdims=True), 1e-12)
         out = x @ kernel
         if squared:
             return out, jnp.square(x) @ jnp.square(kernel)

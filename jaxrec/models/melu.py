@@ -28,7 +28,8 @@ class MeLU(nn.Module):
 
     * Embedding layer: one ``nn.Embed(vocab, embed)`` per categorical field (``embed_<key>``), the ids named in
       ``use_ids`` included (MeLU itself uses features only: ``use_ids=()``), and a bias-free
-      ``dense_<key>: [width, embed]`` per multi-hot field (e.g. genres).
+      ``dense_<key>: [width, embed]`` per multi-hot field (e.g. genres), of the field's values summed or, with
+      ``multi_hot="mean"`` (MeLU's released code), averaged.
     * Feature-interaction layer (``interaction``): ``None`` concatenates the field embeddings ``e_1..e_n``;
       ``"fm"`` also appends the bi-interaction pooling of Neural FM (He & Chua 2017)
       ``1/2 [(sum_f e_f)^2 - sum_f e_f^2]`` (the FM pairwise term kept per dimension; no parameters).
@@ -54,6 +55,7 @@ class MeLU(nn.Module):
       interaction: ``None`` or ``"fm"`` (the bi-interaction pooling).
       item_bias: add the per-item term ``b_i`` (needs an item id in the spec).
       projection: the head's projection ``A`` before its output layer.
+      multi_hot: ``"sum"`` or ``"mean"``: how a multi-hot field's values are pooled before its embedding.
     """
 
     spec: FeatureSpec = spec_field
@@ -63,6 +65,7 @@ class MeLU(nn.Module):
     interaction: str | None = "fm"
     item_bias: bool = False
     projection: bool = False
+    multi_hot: str = "sum"
 
     @nn.compact
     def __call__(self, rows: Rows) -> jax.Array:
@@ -76,7 +79,8 @@ class MeLU(nn.Module):
 
         Raises:
           ValueError: if ``use_ids`` names something other than ``"user"`` and ``"item"``, ``item_bias`` is set
-            without an item id in the spec, ``interaction`` is neither None nor ``"fm"``, or there is no field.
+            without an item id in the spec, ``interaction`` is neither None nor ``"fm"``, ``multi_hot`` is neither
+            ``"sum"`` nor ``"mean"``, or there is no field.
         """
         spec = self.spec
         check_ids(spec, self.use_ids)
@@ -84,12 +88,14 @@ class MeLU(nn.Module):
             raise ValueError("item_bias needs an item id in the spec")
         if self.interaction not in (None, "fm"):
             raise ValueError(f"interaction must be None or 'fm', got {self.interaction!r}")
+        if self.multi_hot not in ("sum", "mean"):
+            raise ValueError(f"multi_hot must be 'sum' or 'mean', got {self.multi_hot!r}")
         fields = []
         for key in categorical_fields(spec, self.use_ids):
             vocab = spec.categorical[key]
             fields.append(nn.Embed(vocab, self.embed, name=f"embed_{key}")(valid_ids(rows[key], vocab)))
         for key in multi_hot_fields(spec):
-            fields.append(MultiHotEmbed(self.embed, name=f"dense_{key}")(rows[key]))
+            fields.append(MultiHotEmbed(self.embed, mean=self.multi_hot == "mean", name=f"dense_{key}")(rows[key]))
         if not fields:
             raise ValueError("MeLU needs at least one field: add side features to the spec or ids to use_ids")
         features = list(fields)

@@ -22,8 +22,12 @@ the support set into the leaves ``context_r``, ``context_t`` and ``context_n``, 
 
 Choices where the paper leaves a detail open or where jaxrec differs, each tested:
 
-* widths from the authors' released configuration: field embeddings 32, ``h``: 32-16-32, ``mu``/``v`` through a
-  hidden layer of 32 to ``z`` of 32, ``g``: 32-32-16, ``k`` = 10 centres, ``tau`` = 1, decoder 32-32-16;
+* ``x`` as the released code forms it (``side_layers``): the user's fields and the item's fields each go through
+  their own layers, a linear map of the side's one-hot (or multi-hot) features to 32 units, ReLU, a dense layer of
+  16, ReLU, and ``x`` is the two sides' outputs concatenated (a linear map of one-hot fields is the sum of one
+  embedding per field, plus a bias); without ``side_layers``, ``x`` is every field's embedding concatenated;
+* widths from the authors' released configuration: ``h``: 32-16-32, ``mu``/``v`` through a hidden layer of 32 to
+  ``z`` of 32, ``g``: 32-32-16, ``k`` = 10 centres, ``tau`` = 1, decoder 32-32-16;
 * ``z`` enters the decoder as the mean of its Gaussian (no reparameterised sample), in training and at test, so
   that scores are deterministic; the KL term still ties ``q(z | C)`` to ``q(z | C u T)`` because the standard
   deviation is bounded, ``sigma = 0.1 + 0.9 sigmoid(.)`` (as neural-process implementations commonly do): with
@@ -79,6 +83,20 @@ class _MLP(nn.Module):
         return x
 
 
+class _Side(nn.Module):
+    """One side's layers of ``x`` (``TaNP.side_layers``): ``relu`` of the summed field embeddings plus a bias, then
+    Dense layers, each followed by ``relu``."""
+
+    widths: Sequence[int]
+
+    @nn.compact
+    def __call__(self, summed: jax.Array) -> jax.Array:
+        x = nn.relu(summed + self.param("bias", nn.initializers.zeros, summed.shape[-1:]))
+        for i, width in enumerate(self.widths):
+            x = nn.relu(nn.Dense(width, name=f"layer_{i}")(x))
+        return x
+
+
 class TaNP(nn.Module):
     """The task-adaptive neural process (Lin et al., WWW 2021); see the module docstring for the equations.
 
@@ -89,6 +107,9 @@ class TaNP(nn.Module):
       spec: the feature spec (its ``target`` is the ``y`` the encoders read).
       width: the width of every field embedding.
       use_ids: the ids embedded as fields (TaNP itself: none).
+      side_layers: empty: ``x`` is the field embeddings concatenated; else each side (user, item) sums its field
+        embeddings, adds a bias, applies ReLU and then Dense layers of these widths with ReLU (the released code:
+        ``width`` 32 and ``side_layers`` (16,)), and ``x`` is the two sides concatenated.
       encoder: the widths of ``h`` (the last is that of ``r_i``).
       latent_hidden: the hidden width between ``r_C`` and ``(mu, v)``.
       latent: the width of ``z``.
@@ -101,6 +122,7 @@ class TaNP(nn.Module):
     spec: FeatureSpec = spec_field
     width: int = 32
     use_ids: Sequence[str] = ()
+    side_layers: Sequence[int] = ()
     encoder: Sequence[int] = (32, 16, 32)
     latent_hidden: int = 32
     latent: int = 32
@@ -119,6 +141,12 @@ class TaNP(nn.Module):
         # dict entries are named <attribute>_<key>: embed_<row key> and dense_<row key>, the models' convention
         self.embed = {key: nn.Embed(spec.categorical[key], self.width) for key in self._categorical}
         self.dense = {key: MultiHotEmbed(self.width) for key in self._multi_hot}
+        if self.side_layers:
+            self.side = {side: _Side(tuple(self.side_layers)) for side in ("user", "item")}
+            self._sides = {
+                side: (tuple(categorical_fields(spec, self.use_ids, (side,))), tuple(multi_hot_fields(spec, (side,))))
+                for side in ("user", "item")
+            }
         self.pair_encoder = _MLP(tuple(self.encoder))
         self.latent_in = nn.Dense(self.latent_hidden)
         self.latent_mean = nn.Dense(self.latent)
@@ -135,10 +163,19 @@ class TaNP(nn.Module):
         self.context_n = self.param("context_n", zeros, ())
 
     def features(self, rows: Rows) -> jax.Array:
-        """``x``: the field embeddings of each row, concatenated, ``[rows, fields * embed]``."""
-        fields = [self.embed[k](valid_ids(rows[k], self.spec.categorical[k])) for k in self._categorical]
-        fields += [self.dense[k](rows[k]) for k in self._multi_hot]
-        return jnp.concatenate(fields, axis=-1)
+        """``x``: the field embeddings of each row, concatenated, ``[rows, fields * width]``; with
+        ``side_layers``, each side's layers over its summed fields, concatenated, ``[rows, 2 * side_layers[-1]]``."""
+
+        def embedded(categorical, multi_hot):
+            fields = [self.embed[k](valid_ids(rows[k], self.spec.categorical[k])) for k in categorical]
+            return fields + [self.dense[k](rows[k]) for k in multi_hot]
+
+        if not self.side_layers:
+            return jnp.concatenate(embedded(self._categorical, self._multi_hot), axis=-1)
+        any_key = (self._categorical + self._multi_hot)[0]
+        empty = jnp.zeros((jnp.shape(rows[any_key])[0], self.width))  # a side without fields: its bias alone
+        sides = [self.side[side](sum(embedded(*self._sides[side]), empty)) for side in ("user", "item")]
+        return jnp.concatenate(sides, axis=-1)
 
     def _pairs(self, rows: Rows) -> jax.Array:
         x = self.features(rows)
