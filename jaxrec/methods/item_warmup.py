@@ -14,7 +14,7 @@
   so that each is cold while it learns. Second order differentiates through the warm-up step; ``order="first"``
   drops it. Adam at 1e-3 as in the paper; the warm-up rate 0.1 (the paper's ``a`` is a hyper-parameter).
 
-Both: 32 items per step and 30 epochs, as jaxrec's other recipes.
+Both: 32 items per step and 30 epochs, jaxrec's budget where a paper gives none.
 """
 
 from __future__ import annotations

@@ -12,8 +12,9 @@ rate ``rho`` = 0.01 (not tuned: ``tune_inner_lr=False``). The released code adap
 support set and applies the query gradient at the adapted parameters to the global ones, i.e. first-order MAML;
 the paper writes plain gradient steps, which we follow, and ``order="first"`` is the default for that reason
 (``order="second"`` is the exact meta-gradient through the local update). The released global update is plain
-SGD with rate 0.05 on a sum over 100 users per epoch, for which jaxrec's Adam has no equivalent: Adam at 1e-4 as
-for TaNP, 32 users per step and 30 epochs as jaxrec's other recipes, so that the methods compare at equal training.
+SGD with rate 0.05 on a sum over 100 users per epoch (3 epochs), for which jaxrec's Adam has no equivalent: Adam at
+1e-4 as for TaNP, 32 users per step and 30 epochs, jaxrec's budget where a released configuration does not carry
+over.
 """
 
 from __future__ import annotations
