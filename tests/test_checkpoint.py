@@ -59,6 +59,27 @@ def test_round_trip_is_bitwise_and_keeps_the_newest(tmp_path):
     assert read_metadata(tmp_path / "ck")["step"] == 3
 
 
+def test_a_step_saved_without_its_manifest_is_never_restored_and_the_next_save_removes_it(tmp_path):
+    # a save stopped between orbax's rename and the manifest: its files were never recorded, so a damage to them
+    # could not be told; the newest recorded step is the one restored, and the unrecorded one goes at the next save
+    with CheckpointStore(tmp_path / "ck", max_to_keep=3) as store:
+        store.save(make_state(1, scale=1.5), {})
+        store.save(make_state(2, scale=2.5), {})
+    step_two = tmp_path / "ck" / "2"
+    (step_two / "jaxrec_manifest.json").unlink()
+    biggest = max((p for p in step_two.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    biggest.write_bytes(b"X" * biggest.stat().st_size)  # damaged, and nothing records it
+    restored = load_checkpoint(tmp_path / "ck", make_state(0))
+    assert restored.step == 1
+    assert_trees_equal(restored.state, make_state(1, scale=1.5))
+    with pytest.raises(CheckpointError, match="no checkpoint at step 2"):
+        load_checkpoint(tmp_path / "ck", make_state(0), step=2)
+    with CheckpointStore(tmp_path / "ck", max_to_keep=3) as store:
+        store.save(make_state(3, scale=3.5), {})
+        assert store.steps() == [1, 3]
+    assert not step_two.exists()
+
+
 def test_run_folder_and_raw_restore(tmp_path):
     save_checkpoint(tmp_path / "run" / "checkpoints", make_state(5), {"x": 1})
     raw = load_checkpoint(tmp_path / "run")  # a run folder resolves to its checkpoints/

@@ -145,13 +145,22 @@ class CheckpointStore:
 
     # -- listing -----------------------------------------------------------------------------------------------
     def steps(self) -> list[int]:
-        """List the finalised (complete) steps.
+        """List the complete steps: saved, and their manifest written after the save.
 
         Returns:
-          The steps, oldest first; interrupted saves are never listed.
+          The steps, oldest first; interrupted saves are never listed, those stopped between the save and its
+          manifest included (their files were never recorded, so nothing could tell a damaged file from a good
+          one): the next save removes them.
         """
         self._manager.reload()
-        return sorted(int(s) for s in self._manager.all_steps())
+        return sorted(int(s) for s in self._manager.all_steps() if (self.folder / str(s) / MANIFEST).is_file())
+
+    def _remove_unrecorded(self) -> None:
+        """Delete the steps saved without a manifest (a save interrupted before it was written)."""
+        for step in self._manager.all_steps():
+            if not (self.folder / str(step) / MANIFEST).is_file():
+                logger.warning("%s: step %d was saved without its manifest (interrupted): removed", self.folder, step)
+                self._manager.delete(step)
 
     def latest_step(self) -> int | None:
         """Find the newest complete step.
@@ -208,6 +217,7 @@ class CheckpointStore:
         if step in self.steps():
             self._prune(keep)
             return step
+        self._remove_unrecorded()
         record = {
             "format": CHECKPOINT_FORMAT,
             "jaxrec_version": _version(),
@@ -388,7 +398,8 @@ def _write_manifest(step_folder: Path) -> None:
 def verify(folder: str | os.PathLike, step: int) -> None:
     """Check a saved step's files against its manifest (sizes and SHA-256).
 
-    A step saved without a manifest (one interrupted between the save and the manifest) is not checked.
+    A step saved without a manifest (one interrupted between the save and the manifest) cannot be checked, and is
+    refused as incomplete.
 
     Args:
       folder: the checkpoint folder.
@@ -402,7 +413,9 @@ def verify(folder: str | os.PathLike, step: int) -> None:
         raise CheckpointError(f"{folder}: step {step} is gone (removed by a newer run's clean-up?)")
     path = step_folder / MANIFEST
     if not path.is_file():
-        return
+        raise CheckpointError(
+            f"{folder}: step {step} is incomplete: its save was interrupted before its manifest {path} was written"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as e:
