@@ -319,3 +319,17 @@ def test_a_fresh_run_never_mixes_with_another_runs_files(tmp_path, capsys):
     assert (out / "notes.txt").read_text() == "mine"  # files that are not a run's are left alone
     assert cli.main(["train", "--data", str(data), *flags, "--out", str(out), "--resume", "--overwrite"]) == 1
     assert "pass one of them" in capsys.readouterr().err
+
+
+def test_a_diverged_run_reports_no_figure_and_finishes(tmp_path, capsys):
+    """Every meta-step non-finite (an inner rate of 1e30; the bundled set, the default model, whose MLP then scores
+    NaN): the run still writes its metrics, with null where a figure would be, errors and rankings alike (its NaN
+    scores once ranked as a perfect nDCG; the log's line then failed on the null)."""
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "1", "--steps", "2", "--inner-solver", "sgd", "--inner-lr", "1e30"]
+    argv += ["--tune-inner-lr", "false", "--baselines", "global_mean", "--bootstrap", "10", "--no-progress", "--out"]
+    assert cli.main([*argv, str(out)]) == 0, capsys.readouterr().err
+    scenarios = json.loads((out / "metrics.json").read_text())["scenarios"]
+    maml = [methods["maml"] for methods in scenarios.values()]
+    assert maml and all(m["mae"] is None and m["ndcg@3"] is None for m in maml)
+    assert all(np.isfinite(methods["global_mean"]["ndcg@3"]) for methods in scenarios.values())

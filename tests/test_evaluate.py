@@ -156,6 +156,22 @@ def _linear_model():
     return apply_fn, params
 
 
+def test_a_non_finite_score_is_no_ranking():
+    """A NaN compares false with everything, so a diverged model's NaN scores all tied at the top once made nDCG 1,
+    AUC 1/2 and HR 1: its rankings are NaN now (null in a summary), as its errors are; a padding row's NaN is
+    nothing."""
+    scores = jnp.array([[0.9, 0.1, 0.5, 0.3], [jnp.nan, 0.1, 0.5, 0.3], [0.9, 0.1, 0.5, jnp.nan]])
+    labels = jnp.array([[1.0, 0.0, 1.0, 0.0]] * 3)
+    mask = jnp.array([[True] * 4, [True] * 4, [True, True, True, False]])
+    stats = metrics.user_statistics(scores, labels, mask, ks=(1, 3), implicit=True)
+    for key in ("ndcg@1", "ndcg@3", "auc", "hr@1", "hr@3"):
+        values = np.asarray(stats[key])
+        assert np.isfinite(values[0]) and np.isnan(values[1]), key
+        assert np.isfinite(values[2]), key  # the NaN is in a padding row
+    summary = metrics.summarize({k: np.asarray(v)[1:2] for k, v in stats.items()}, resamples=0, implicit=True)
+    assert summary["ndcg@3"] is None and summary["auc"] is None
+
+
 def test_padding_tasks_and_rows_never_change_metrics():
     apply_fn, params = _linear_model()
     kwargs = dict(apply_fn=apply_fn, loss_fn=mse_loss(apply_fn), inner_lr=0.1, inner_steps=2, resamples=0)

@@ -252,13 +252,21 @@ def user_statistics(
     """
 
     def one_user(s, t, m):
+        # a NaN compares false with everything, which ranks it first: a diverged model's rankings are no rankings
+        # (NaN, as its errors are; the summary then reports null), not a perfect nDCG
+        finite = jnp.all(jnp.isfinite(s) | ~m.astype(bool))
+
+        def ranking(name, value_and_weight):
+            value, weight = value_and_weight
+            out[name], out[f"{name}/w"] = jnp.where(finite, value, jnp.nan), weight
+
         out = dict(rating_errors(s, t, m, None if implicit else rating_range))
         for k in ks:
-            out[f"ndcg@{k}"], out[f"ndcg@{k}/w"] = ndcg_at_k(s, t, m, k, None if implicit else rating_range)
+            ranking(f"ndcg@{k}", ndcg_at_k(s, t, m, k, None if implicit else rating_range))
         if implicit:
-            out["auc"], out["auc/w"] = auc(s, t, m)
+            ranking("auc", auc(s, t, m))
             for k in ks:
-                out[f"hr@{k}"], out[f"hr@{k}/w"] = hit_rate_at_k(s, t, m, k)
+                ranking(f"hr@{k}", hit_rate_at_k(s, t, m, k))
         return out
 
     return jax.vmap(one_user)(scores, targets, mask)

@@ -214,6 +214,11 @@ def evaluate_experiment(
         logger.info(
             "%s: %s",
             scenario,
-            ", ".join(f"{m} mae={r.get('mae', float('nan')):.4f}" for m, r in results[scenario].items()),
+            ", ".join(f"{m} mae={_figure(r.get('mae'))}" for m, r in results[scenario].items()),
         )
     return (results, all_stats) if return_stats else results
+
+
+def _figure(value: float | None) -> str:
+    """A summary's figure for the log: a diverged method's is None (``null`` in metrics.json)."""
+    return "n/a" if value is None else f"{value:.4f}"
