@@ -51,6 +51,7 @@ from jaxrec.experiment.run import (
     build_experiment,
     check_fresh_out,
     make_config,
+    never_saved,
     os_reason,
     restore_run,
     resume_config,
@@ -357,6 +358,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not (out / "checkpoints").is_dir():
             raise CLIError(f"--resume: {out} holds no checkpoints to resume from")
+        if never_saved(out):
+            raise CLIError(
+                f"--resume: {out} holds a run stopped before its first checkpoint: nothing to resume; start it again "
+                "without --resume"
+            )
         config = resume_config(out, overrides)
     else:
         check_fresh_out(out, overwrite=args.overwrite)
@@ -407,6 +413,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         again = ["jaxrec", "train", "--out", str(out), "--resume"]
         if config.data.path is not None:  # a run's file is named again, never opened from its record
             again += ["--data", str(config.data.path)]
+        if config.devices not in (None, 1):  # a CPU host is split into devices before JAX starts, by the flag only
+            again += ["--devices", str(config.devices)]
         _echo(
             f"\n{name} received: saved checkpoint at step {step} in {out / 'checkpoints'}; "
             f"continue with: {shlex.join(again)}",
@@ -1094,7 +1102,8 @@ class _StderrHandler(logging.StreamHandler):
 
 def _configure_logging(debug: bool) -> None:
     """Library logs go to stderr (warnings only unless --debug); orbax/absl chatter is silenced."""
-    logging.getLogger("absl").setLevel(logging.DEBUG if debug else logging.ERROR)
+    # orbax logs a refused write with its traceback before raising it; the command says it in one line
+    logging.getLogger("absl").setLevel(logging.DEBUG if debug else logging.CRITICAL)
     jaxrec_logger = logging.getLogger("jaxrec")
     jaxrec_logger.setLevel(logging.DEBUG if debug else logging.WARNING)
     if not any(getattr(h, "_jaxrec_cli", False) for h in jaxrec_logger.handlers):

@@ -333,3 +333,21 @@ def test_a_diverged_run_reports_no_figure_and_finishes(tmp_path, capsys):
     maml = [methods["maml"] for methods in scenarios.values()]
     assert maml and all(m["mae"] is None and m["ndcg@3"] is None for m in maml)
     assert all(np.isfinite(methods["global_mean"]["ndcg@3"]) for methods in scenarios.values())
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys):
+    """Killed before its first save, a run leaves its catalogue and an empty checkpoint folder: --resume said there
+    was no checkpoint while a new run said the folder held one; now --resume says to start again, and a new run
+    may."""
+    data = write_ratings(tmp_path / "ratings.csv")
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "items.csv.gz").write_bytes(b"left by the killed run")
+    argv = ["train", "--data", str(data), "--columns", "user,item,rating", "--sep", ",", *TINY_FLAGS, "--epochs", "1"]
+    assert cli.main([*argv, "--out", str(out), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert one_clear_error(err) and "stopped before its first checkpoint" in err and "without --resume" in err
+    assert cli.main([*argv, "--out", str(out)]) == 0, capsys.readouterr().err
+    assert (out / "metrics.json").is_file()
+    assert cli.main([*argv, "--out", str(out)]) == 1  # a run that saved is another matter
+    assert "already holds a run" in capsys.readouterr().err

@@ -18,6 +18,8 @@ from jaxrec import cli
 from jaxrec.core.trainer import NonFiniteError
 from jaxrec.experiment import Experiment, ExperimentConfig
 from jaxrec.experiment.checkpoint import load_checkpoint, read_metadata
+from jaxrec.experiment.protocol import config_mesh
+from jaxrec.experiment.run import LOCK_FILE
 
 TINY = dict(
     model="mf",
@@ -113,6 +115,22 @@ def test_a_fresh_run_through_the_api_refuses_a_folder_holding_another_run(experi
         run.start(resume=False)
     run.close()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_one_process_trains_a_run_folder_at_a_time(experiment, tmp_path):
+    """A second run of the same folder while the first lives (a job requeued beside its first run) is refused with
+    the first's pid, before it writes anything: two writers deleted each other's checkpoints and interleaved their
+    epoch logs. Another process is refused the same (flock); the folder is free once the first closes."""
+    first = cli.TrainingRun(experiment, tmp_path / "run")
+    try:
+        with pytest.raises(cli.RunError, match=f"being trained by another process \\(pid {os.getpid()}\\)"):
+            cli.TrainingRun(experiment, tmp_path / "run")
+        probe = "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
+        other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "run" / LOCK_FILE)], check=False)
+        assert other.returncode != 0  # held against other processes too
+    finally:
+        first.close()
+    cli.TrainingRun(experiment, tmp_path / "run").close()
 
 
 def test_resume_through_the_api_equals_an_uninterrupted_run(experiment, straight, tmp_path):
@@ -272,3 +290,11 @@ def test_cli_resume_equals_an_uninterrupted_run(experiment, straight, ratings_fi
     assert resumed.step == steps
     assert_bitwise_equal(resumed.state, straight[0])
     assert _log_without_times(tmp_path / "a" / "metrics.jsonl") == _log_without_times(straight[1] / "metrics.jsonl")
+
+
+def test_a_run_of_more_devices_than_the_cpu_host_shows_says_how_to_split_it():
+    """A run trained with --devices 2 and resumed without the flag asked for 2 devices on a host showing 1 and said
+    no more; the printed resume command now carries --devices, and the error says how to split the cores."""
+    wanted = jax.device_count() + 7
+    with pytest.raises(ValueError, match=f"--devices {wanted}.*use_every_core"):
+        config_mesh(ExperimentConfig.make(devices=wanted))

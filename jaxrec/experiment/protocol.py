@@ -141,7 +141,17 @@ def config_mesh(config: ExperimentConfig):
         return None
     if devices == "all":
         return make_mesh()
-    return make_mesh(int(devices))
+    try:
+        return make_mesh(int(devices))
+    except ValueError as e:
+        if jax.default_backend() != "cpu":
+            raise
+        # a CPU host shows its cores as devices only when split before JAX starts: the command's --devices does it
+        raise ValueError(
+            f"the config asks for {devices} devices and this CPU host shows {jax.device_count()}: split its cores "
+            f"first (the command's --devices {devices}; in Python, jaxrec.use_every_core({devices}) before any JAX "
+            "computation)"
+        ) from e
 
 
 @dataclasses.dataclass(frozen=True)

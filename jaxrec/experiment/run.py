@@ -8,6 +8,7 @@ meta-step uses no other randomness, so ``(config, state)`` determines the rest o
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.experiment.trained import ITEMS_FILE, RECENCY_FILE, read_items, write_items, write_recency
 
 __all__ = [
+    "LOCK_FILE",
     "RESUME_OVERRIDABLE",
     "RUN_FILES",
     "RunError",
@@ -48,7 +50,9 @@ __all__ = [
     "atomic_write_text",
     "build_experiment",
     "check_fresh_out",
+    "lock_run_folder",
     "make_config",
+    "never_saved",
     "restore_run",
     "resume_config",
 ]
@@ -212,6 +216,36 @@ class StopRequest:
                 signal.signal(sig, previous)
 
 
+LOCK_FILE = ".jaxrec-train.lock"
+
+
+def lock_run_folder(out: Path):
+    """Hold the run folder for one training process (an exclusive ``flock`` on :data:`LOCK_FILE`, released when the
+    returned file is closed, or by the OS when the process ends, however it ends).
+
+    Two processes training into one folder (a job requeued while its first run still lives) would delete each
+    other's checkpoints and interleave their epoch logs.
+
+    Raises:
+      RunError: if another process holds the folder (its pid named).
+    """
+    handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the run, closed by TrainingRun.close
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunError(
+            f"{out} is being trained by another process (pid {holder}): wait for it to end, or stop it first"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class TrainingRun:
     """Meta-training with checkpoints, an epoch log and exact resume (the engine of ``jaxrec train``).
 
@@ -238,9 +272,17 @@ class TrainingRun:
         self.out = Path(out)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.store = CheckpointStore(self.out / "checkpoints", max_to_keep=keep)
+            self._lock = lock_run_folder(self.out)
         except OSError as e:
             raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
+        try:
+            self.store = CheckpointStore(self.out / "checkpoints", max_to_keep=keep)
+        except OSError as e:
+            self._lock.close()
+            raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
+        except BaseException:
+            self._lock.close()
+            raise
         self.nonfinite = nonfinite
         self.items: dict | None = None  # the catalogue's record, written by start()
         self.interactions = experiment.dataset.fingerprint()  # once: every checkpoint records the same log
@@ -268,7 +310,7 @@ class TrainingRun:
         if not resume:
             held = [name for name in RUN_FILES if name != "checkpoints" and (self.out / name).exists()]
             saved = self.store.steps()
-            if saved or held:  # a fresh run would mix its checkpoints with the other run's
+            if (saved or held) and not never_saved(self.out):  # a new run would mix its files with the other's
                 steps = f"checkpoints at steps {saved}" if saved else "no checkpoint"
                 raise RunError(
                     f"{self.out} already holds a run ({steps}; {', '.join(held) or 'no other run file'}): "
@@ -523,8 +565,11 @@ class TrainingRun:
         return state, stop.signum
 
     def close(self) -> None:
-        """Close the checkpoint store."""
-        self.store.close()
+        """Close the checkpoint store and let the folder go (:func:`lock_run_folder`)."""
+        try:
+            self.store.close()
+        finally:
+            self._lock.close()
 
 
 def _raw_users(experiment, task_id) -> list:
@@ -599,7 +644,7 @@ def check_fresh_out(out: Path, overwrite: bool = False) -> None:
       RunError: if ``out`` holds checkpoints, an epoch log or a metrics document and ``overwrite`` is false.
     """
     found = [name for name in RUN_FILES if (out / name).exists()]
-    if not found:
+    if not found or never_saved(out):
         return
     if not overwrite:
         folder, detail = out / "checkpoints", ""
@@ -617,6 +662,22 @@ def check_fresh_out(out: Path, overwrite: bool = False) -> None:
         else:
             path.unlink()
     logger.warning("--overwrite: removed %s from %s", ", ".join(found), out)
+
+
+def never_saved(out: Path) -> bool:
+    """Whether ``out`` holds a run stopped before its first checkpoint: its catalogue and an empty (or unfinished)
+    checkpoint folder, nothing else of :data:`RUN_FILES`. There is nothing to resume, and a new run may start
+    there."""
+    found = {name for name in RUN_FILES if (out / name).exists()}
+    if not found <= {"checkpoints", ITEMS_FILE}:
+        return False
+    folder = out / "checkpoints"
+    if not folder.exists():
+        return True
+    if not folder.is_dir():
+        return False
+    with CheckpointStore(folder, create=False) as store:
+        return not store.steps()
 
 
 def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
