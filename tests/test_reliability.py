@@ -3,6 +3,7 @@
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,6 +147,33 @@ def test_resume_through_the_api_equals_an_uninterrupted_run(experiment, straight
     run.close()
     assert_bitwise_equal(state, straight[0])
     assert _log_without_times(tmp_path / "run" / "metrics.jsonl") == _log_without_times(straight[1] / "metrics.jsonl")
+
+
+def test_a_damaged_epoch_log_is_said_on_resume_naming_the_file(experiment, straight, tmp_path, caplog):
+    """An unreadable line of metrics.jsonl (bytes of no text: an error of no file named) or epochs missing from it
+    were dropped in silence on resume; a torn last line (a kill mid-write) still goes without a word."""
+
+    def resume_with_log(name, damage):
+        out = tmp_path / name
+        shutil.copytree(straight[1], out)
+        damage(out / "metrics.jsonl")
+        caplog.clear()
+        run = cli.TrainingRun(experiment, out)
+        with caplog.at_level("WARNING", logger="jaxrec.experiment.run"):
+            run.start(resume=True)
+        run.close()
+        return [r.getMessage() for r in caplog.records], (out / "metrics.jsonl")
+
+    epoch_line = (straight[1] / "metrics.jsonl").read_bytes()
+    said, log = resume_with_log("binary", lambda path: path.write_bytes(b"\xff\xfe\x00\n" + epoch_line))
+    assert len(said) == 1 and "metrics.jsonl: line(s) 1 unreadable" in said[0]
+    assert log.read_bytes() == epoch_line
+    said, _ = resume_with_log("gone", lambda path: path.unlink())
+    assert len(said) == 1 and "metrics.jsonl is missing: the 1 epoch(s) before step" in said[0]
+    said, _ = resume_with_log("emptied", lambda path: path.write_text(""))
+    assert len(said) == 1 and "holds 0 of the 1 epoch(s)" in said[0]
+    said, log = resume_with_log("torn", lambda path: path.write_bytes(epoch_line + b'{"epoch": 2, "st'))
+    assert said == [] and log.read_bytes() == epoch_line
 
 
 def test_each_epoch_logs_its_own_seconds_not_the_time_since_the_run_began(experiment, tmp_path):

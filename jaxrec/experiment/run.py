@@ -456,17 +456,43 @@ class TrainingRun:
         return self.out / "metrics.jsonl"
 
     def _truncate_log(self, step: int) -> None:
-        """Drop log lines past the restored step (they will be written again) and any torn last line."""
+        """Drop log lines past the restored step (they will be written again) and a torn last line; an unreadable
+        line elsewhere, or epochs missing before the step, are dropped or missing with a warning naming the file."""
+        epochs = step // self.exp.steps_per_epoch  # the epochs finished before the restored step
         if not self.log_path.exists():
+            if epochs:
+                logger.warning(
+                    "%s is missing: the %d epoch(s) before step %d are not in it", self.log_path, epochs, step
+                )
             return
-        kept = []
-        for line in self.log_path.read_text().splitlines():
+        try:
+            lines = self.log_path.read_bytes().split(b"\n")
+        except OSError as e:
+            raise RunError(f"{os_reason(e)} while reading the epoch log {self.log_path}") from e
+        while lines and not lines[-1].strip():
+            lines.pop()
+        kept, unreadable = [], []
+        for number, line in enumerate(lines, 1):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = json.loads(line.decode("utf-8"))
+                past = record.get("step", math.inf) > step
+            except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+                if number < len(lines):  # the last line may be torn by a kill mid-write: that one is expected
+                    unreadable.append(number)
                 continue
-            if record.get("step", math.inf) <= step:
-                kept.append(line)
+            if not past:
+                kept.append(line.decode("utf-8"))
+        if unreadable:
+            shown = ", ".join(map(str, unreadable[:10])) + (" ..." if len(unreadable) > 10 else "")
+            logger.warning("%s: line(s) %s unreadable, dropped", self.log_path, shown)
+        if len(kept) < epochs:
+            logger.warning(
+                "%s holds %d of the %d epoch(s) before step %d: the others are not in it",
+                self.log_path,
+                len(kept),
+                epochs,
+                step,
+            )
         atomic_write_text(self.log_path, "".join(k + "\n" for k in kept))
 
     def _log_epoch(self, state, seconds: float, validation: float | None = None) -> dict:
