@@ -355,6 +355,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     ):
         if value is not None and value < low:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
+    if not args.no_eval:
+        _check_predictions_folder(args.save_predictions)
     if args.resume:
         if not (out / "checkpoints").is_dir():
             raise CLIError(f"--resume: {out} holds no checkpoints to resume from")
@@ -465,6 +467,22 @@ def _epoch_choice_line(selector: Any, per_epoch: int) -> str:
         f"kept {where}, chosen on the validation users: {figure} against the last state's {scores[last]:.4f} "
         f"(step {last}); evaluate, recommend and serve use it"
     )
+
+
+def _check_predictions_folder(predictions: str | None) -> None:
+    """``--save-predictions``' folder, made and checked before the slow part (a file of that name, a folder that
+    cannot be made or written, once failed after the training)."""
+    if predictions is None:
+        return
+    folder = Path(predictions).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"--save-predictions {predictions}: a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--save-predictions {predictions}: cannot create it: {os_reason(e)}") from None
+    if not os.access(folder, os.W_OK):
+        raise CLIError(f"--save-predictions {predictions}: the folder is not writable")
 
 
 def _evaluate(experiment: Any, params: Any, predictions: str | None, progress: bool) -> dict:
@@ -583,6 +601,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
       The exit status 0.
     """
     overrides = _config_overrides(args)
+    _check_predictions_folder(args.save_predictions)
     experiment, checkpoint = restore_run(args.checkpoint, args.step, overrides)
     _echo(f"checkpoint {checkpoint.folder} step {checkpoint.step}")
     document = _evaluate(experiment, checkpoint.state.params, args.save_predictions, progress=not args.no_progress)

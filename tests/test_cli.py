@@ -351,3 +351,13 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys
     assert (out / "metrics.json").is_file()
     assert cli.main([*argv, "--out", str(out)]) == 1  # a run that saved is another matter
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_bad_predictions_folder_fails_before_the_training(tmp_path, capsys):
+    data = write_ratings(tmp_path / "ratings.csv")
+    (tmp_path / "afile").write_text("hi")
+    argv = ["train", "--data", str(data), "--columns", "user,item,rating", "--sep", ",", *TINY_FLAGS, "--epochs", "1"]
+    assert cli.main([*argv, "--out", str(tmp_path / "run"), "--save-predictions", str(tmp_path / "afile")]) == 1
+    err = capsys.readouterr().err
+    assert one_clear_error(err) and "a file, not a folder" in err
+    assert not (tmp_path / "run").exists()  # nothing trained
