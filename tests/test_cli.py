@@ -278,6 +278,10 @@ def test_resume_keeps_the_recorded_config_and_refuses_an_older_record(monkeypatc
         run.resume_config(tmp_path, {"item_dropout": 0.25})
     with pytest.raises(cli.CLIError, match="cannot change --groups"):
         run.resume_config(tmp_path, {"groups": 2})
+    # the kind of run first: the record's rating options are not read as options given to a top-N run
+    with pytest.raises(cli.CLIError, match="cannot change --feedback on --resume .*explicit"):
+        run.resume_config(tmp_path, {"feedback": "implicit"})
+    assert run.resume_config(tmp_path, {"feedback": "explicit"}).data.feedback in (None, "explicit")
     # a jaxrec 0.1 checkpoint (a flat config record) is refused with one message, not read through old defaults
     older = ExperimentConfig().flat()
     monkeypatch.setattr("jaxrec.experiment.run.read_metadata", lambda folder: {"config": older})

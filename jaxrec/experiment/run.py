@@ -736,11 +736,16 @@ def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
         ran = ExperimentConfig.from_dict(saved)
     except (TypeError, ValueError) as e:
         raise RunError(f"{out}: the checkpoint's config record cannot be read: {e}") from e
+    recorded = _jsonable(ran.flat())
+    # the kind of run is checked first: the record's options of its kind would read as options given to the other
+    trained_as, asked = recorded.get("feedback") or "explicit", overrides.get("feedback", "auto")
+    if asked not in ("auto", None) and asked != trained_as:
+        raise RunError(f"cannot change --feedback on --resume (the run was trained on {trained_as} feedback)")
+    overrides = {k: v for k, v in overrides.items() if k != "feedback"}  # asked for no change
     try:  # an option this kind of run never reads is refused as such, not as a change (the record holds the default)
         ran.override(**{k: v for k, v in overrides.items() if v != "auto"})
     except (TypeError, ValueError) as e:
         raise RunError(f"{out}: {as_flags(str(e))}") from None
-    recorded = _jsonable(ran.flat())
     changed = [
         k
         for k, v in overrides.items()
