@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import statistics
 
 import jax
@@ -202,6 +203,15 @@ def test_jaxrec_train_keeps_serves_and_resumes_the_chosen_state(tmp_path, capsys
     assert "kept step" not in capsys.readouterr().out  # stopped between epochs: its last state, until resumed
     with CheckpointStore(parts / "checkpoints", create=False) as store:
         assert store.served_step() == per_epoch + 1 and 0 in store.steps()
+    # the state chosen so far lost: said at the resume, not after training the epoch that needs it
+    broken = tmp_path / "broken"
+    shutil.copytree(parts, broken)
+    shutil.rmtree(broken / "checkpoints" / "0")
+    logged = (broken / "metrics.jsonl").read_text()
+    assert cli.main([*argv[:1], "--data", str(data), "--out", str(broken), "--resume", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "chosen so far on its validation users (step(s) [0]) are gone" in err
+    assert (broken / "metrics.jsonl").read_text() == logged  # nothing trained
     assert cli.main([*argv[:1], "--data", str(data), "--out", str(parts), "--resume", "--no-progress"]) == 0
     resumed = json.loads((parts / "metrics.json").read_text())
     assert resumed["tuned"] == metrics["tuned"] and resumed["scenarios"] == metrics["scenarios"]

@@ -337,6 +337,13 @@ class TrainingRun:
         self.epoch_stats = dict(checkpoint.meta.get("data_position", {}).get("epoch_stats", self.epoch_stats))
         self._truncate_log(checkpoint.step)
         self.selector = self._selector((meta.get("tuned") or {}).get("epoch"))
+        if self.selector is not None:  # said now, not after the epoch that would need them
+            missing = sorted(self.selector.needed_steps - set(self.store.steps()))
+            if missing:
+                raise CheckpointError(
+                    f"{self.store.folder}: the run's states chosen so far on its validation users (step(s) {missing}) "
+                    f"are gone; the steps are {self.store.steps()}: the run cannot go on choosing among its epochs"
+                )
         return self.exp.trainer.place(checkpoint.state)
 
     def _selector(self, record: dict | None):
