@@ -975,17 +975,23 @@ def _sizes(flag: str, text: str) -> tuple[int, ...]:
     return sizes
 
 
-def _check_port(host: str, port: int) -> None:
-    """Fail before the slow start-up when the address cannot be bound (in use, or not this machine's)."""
+def _bind(host: str, port: int) -> socket.socket:
+    """The service's socket, bound and listening before the slow start-up (an address in use, or not this
+    machine's, fails at once) and held through it, so that nothing takes the port meanwhile (a socket bound but not
+    listening lets another with ``SO_REUSEADDR`` bind the port too); a connection made during the start-up waits in
+    the backlog until the server answers it."""
     if not 0 < port < 65536:
         raise CLIError(f"--port must be in 1..65535, got {port}")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            raise CLIError(f"--host {host} --port {port}: cannot listen there ({os_reason(e)})") from None
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's backlog
+    except OSError as e:
+        sock.close()
+        raise CLIError(f"--host {host} --port {port}: cannot listen there ({os_reason(e)})") from None
+    return sock
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -995,7 +1001,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
       args: the parsed arguments.
 
     Returns:
-      The exit status 0 (after a clean shutdown).
+      The exit status 0 when the server stops by itself; SIGINT / SIGTERM end the process once the requests in
+      flight are answered, with the status 130 / 143 (a service manager should count 143 as a normal stop).
 
     Raises:
       RunError: if the serve extra is missing, a flag is not usable or the address cannot be bound.
@@ -1010,7 +1017,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
     if not args.batch_wait_ms >= 0:
         raise CLIError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
-    _check_port(args.host, args.port)
+    sock = _bind(args.host, args.port)
+    with sock:
+        return _serve_on(args, sock, batch_sizes, support_sizes)
+
+
+def _serve_on(args: argparse.Namespace, sock: socket.socket, batch_sizes, support_sizes) -> int:
+    """``jaxrec serve`` once its socket is bound: load, compile, then serve on it."""
     trained = load_trained(args.checkpoint)
     devices = None if args.devices in (None, "all") else int(args.devices)
     try:
@@ -1030,7 +1043,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for note in _ranked_by_notes(trained):
         _echo(f"note: {note}", err=True)
     _echo(f"serving on {where} (demo page at /, API description at /docs); Ctrl-C stops")
-    run_server(app, args.host, args.port)
+    run_server(app, args.host, args.port, sock=sock)
     return EXIT_OK
 
 

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_support import TOPN_FLAGS, write_plays
-from serve_support import BUCKET_FLAGS, Server, train_movielens
+from serve_support import BUCKET_FLAGS, Server, free_port, train_movielens
 
 from jaxrec import cli
 from jaxrec.evaluation import retrieval_baselines as rb
@@ -229,12 +230,42 @@ JSON = {"Content-Type": "application/json"}
         (b'{"interactions": [1, 2]}', 422, "explicit ratings"),
         (json.dumps({"ratings": ratings(*[(i, 3) for i in range(1, 400)])}).encode(), 422, "at most 32 items"),
         (json.dumps({"ratings": ratings(*[(i, 3) for i in range(1, 3000)])}).encode(), 413, "limit"),
+        # past JSON's grammar: FastAPI said only "There was an error parsing the body" (a 400)
+        (b'{"k": "\xff"}', 422, "not UTF-8 text"),
+        (b'{"ratings": [{"item": 1' + b"0" * 5000 + b', "rating": 4}]}', 422, "digits"),
+        (b"[" * 5000 + b"]" * 5000, 422, "nested too deeply"),
+        # a value of neither of an id's types, and the value named
+        (
+            b'{"ratings": [{"item": null, "rating": 4}]}',
+            422,
+            "ratings.0.item: should be an integer or a string, got null",
+        ),
+        (b'{"ratings": [], "k": -5}', 422, "greater than or equal to 1, got -5"),
     ],
 )
 def test_bad_requests_are_a_4xx_naming_the_problem(server, body, status, words):
     got, answer = server.request("POST", "/recommend", body, JSON)
     assert got == status, answer
     assert words in answer["error"], answer
+
+
+def test_a_body_sent_without_the_json_content_type_is_told_so(server):
+    """``curl -d`` sends a form's content-type: the body was then read as no JSON at all, and the answer blamed a
+    missing dictionary."""
+    body = json.dumps({"ratings": ratings((TOY_STORY, 5)), "k": 3}).encode()
+    for headers in ({}, {"Content-Type": "application/x-www-form-urlencoded"}, {"Content-Type": "text/plain"}):
+        status, answer = server.request("POST", "/recommend", body, headers)
+        assert status == 415 and "content-type: application/json" in answer["error"], (headers, answer)
+    assert server.request("POST", "/recommend", body, JSON)[0] == 200
+
+
+def test_an_item_id_sent_as_an_integral_number_is_that_integer(server):
+    """JSON from JavaScript or a float column writes 1.0 for 1: the string "1.0" matched item 1 while the number
+    was refused; 1.5 is no id."""
+    as_int = server.post("/recommend", {"ratings": [{"item": TOY_STORY, "rating": 5}], "k": 5})
+    as_float = server.post("/recommend", {"ratings": [{"item": float(TOY_STORY), "rating": 5}], "k": 5})
+    assert as_int[0] == as_float[0] == 200
+    assert as_float[1]["recommendations"] == as_int[1]["recommendations"] and as_float[1]["input"]["used"] == 1
 
 
 def test_bad_queries_and_paths_are_4xx_too(server):
@@ -303,6 +334,34 @@ def test_sigterm_stops_the_service_cleanly(run):
     code = server.stop()
     assert code in (0, 143) and time.monotonic() - started < 20, server.log.read_text()
     assert "Traceback" not in server.log.read_text()
+
+
+def test_the_port_is_held_from_before_the_model_loads(run):
+    """The port was only probed before the start-up (seconds of loading and compiling) and bound after it: another
+    process could take it meanwhile, and the service then said it was serving and failed with uvicorn's error."""
+    port = free_port()
+    log = run.parent / f"held-{port}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "jaxrec", "serve", "--checkpoint", str(run), "--port", str(port), *BUCKET_FLAGS],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        deadline, held_before_serving = time.monotonic() + 120, None
+        while held_before_serving is None and time.monotonic() < deadline and process.poll() is None:
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    held_before_serving = "serving on" not in log.read_text()
+            time.sleep(0.02)
+        assert held_before_serving, log.read_text()  # bound while the model loaded, before the line was printed
+    finally:
+        process.terminate()
+        process.wait(30)
 
 
 def test_a_port_in_use_is_one_clear_error(run, server):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import socket
 
 from jaxrec.serve.batch import read_users, recommend_users
 from jaxrec.serve.batching import MicroBatcher
@@ -55,7 +56,9 @@ def create_app(model: ServingModel, **options):
     return _web().create_app(model, **options)
 
 
-def run_server(app, host: str = "127.0.0.1", port: int = 8000, max_connections: int = 1024) -> None:
+def run_server(
+    app, host: str = "127.0.0.1", port: int = 8000, max_connections: int = 1024, sock: socket.socket | None = None
+) -> None:
     """Serve ``app`` with uvicorn until SIGINT / SIGTERM (one process; the model's calls run on its worker thread).
 
     Args:
@@ -63,10 +66,12 @@ def run_server(app, host: str = "127.0.0.1", port: int = 8000, max_connections: 
       host: the address to bind (loopback unless told otherwise).
       port: the port.
       max_connections: connections beyond this many are answered 503 rather than queued without bound.
+      sock: a socket already bound to ``host:port`` (held since before the model was loaded, so that nothing took
+        the port meanwhile), or None to bind it here.
     """
     _web()
     uvicorn = importlib.import_module("uvicorn")
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", limit_concurrency=max_connections, access_log=False
     )
-    uvicorn.Server(config).run()
+    uvicorn.Server(config).run(sockets=None if sock is None else [sock])

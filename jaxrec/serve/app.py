@@ -1,11 +1,11 @@
 """The web service of a trained model (FastAPI, served by uvicorn): ``/recommend``, ``/predict``, ``/items``,
 ``/health`` and the demo page at ``/``.
 
-Every request is checked before it reaches the model: a body over the size limit is a 413, a body that is not the
-documented JSON (or not JSON) a 422 naming the field, a rating outside the scale or too many items a 422 with the
-value; unknown items are ignored and counted in the answer (a user with none known gets the meta-learned prior's
-list, the cold start a service must answer, where ``jaxrec recommend`` takes a file of nothing known for a mistake
-and says so). Checked requests are micro-batched
+Every request is checked before it reaches the model: a body over the size limit is a 413, one sent without the
+JSON content-type a 415, a body that is not the documented JSON (or not JSON) a 422 naming the field and the value,
+a rating outside the scale or too many items a 422 with the value; unknown items are ignored and counted in the
+answer (a user with none known gets the meta-learned prior's list, the cold start a service must answer, where
+``jaxrec recommend`` takes a file of nothing known for a mistake and says so). Checked requests are micro-batched
 (:class:`~jaxrec.serve.batching.MicroBatcher`) into the compiled calls of a :class:`~jaxrec.serve.engine.ServingModel`.
 The OpenAPI description is at ``/openapi.json`` (and browsable at ``/docs``).
 """
@@ -13,6 +13,7 @@ The OpenAPI description is at ``/openapi.json`` (and browsable at ``/docs``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ from typing import Annotated
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, StrictStr
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from jaxrec._version import __version__
@@ -34,7 +35,16 @@ __all__ = ["BodyLimit", "create_app"]
 
 logger = logging.getLogger(__name__)
 
-ItemId = StrictInt | Annotated[StrictStr, Field(max_length=256)]
+
+def _integral_number(value):
+    """An item id sent as an integral number (``7.0``: JSON from JavaScript, a float column) is the integer ``7``,
+    as the string ``"7.0"`` already is; any other number stays what it is, and is refused."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
+
+
+ItemId = Annotated[StrictInt | Annotated[StrictStr, Field(max_length=256)], BeforeValidator(_integral_number)]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False, strict=True)]
 
 
@@ -104,7 +114,21 @@ def _first_error(errors) -> str:
     where = ".".join(place(error)) or "body"
     if error.get("type") == "json_invalid":
         return f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'parse error')})"
-    return f"{where}: {error.get('msg', 'invalid')}"
+    kinds = [_TYPE_NAMES.get(str(e.get("type"))) for e in same]
+    if len(same) > 1 and all(kinds):  # a value of none of a union's types: each member's "should be" is half
+        return f"{where}: should be {' or '.join(kinds)}, got {_shown(error.get('input'))}"
+    got = f", got {_shown(error['input'])}" if "input" in error and not isinstance(error["input"], dict | list) else ""
+    return f"{where}: {error.get('msg', 'invalid')}{got}"
+
+
+#: what a value of each type error's type is, for a value that is none of a union's types
+_TYPE_NAMES = {"int_type": "an integer", "string_type": "a string", "float_type": "a number"}
+
+
+def _shown(value) -> str:
+    """A value as JSON writes it (``null``, ``true``, ``"x"``), shortened."""
+    text = json.dumps(value, default=repr)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _features_report(features: dict | None, unknown: list[str], catalogue: Catalogue) -> dict:
@@ -154,6 +178,15 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+def _parse_failure(cause: BaseException) -> str:
+    """Why a body that JSON's grammar does not refuse could not be read (FastAPI says only that it could not)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 text: byte {cause.object[cause.start : cause.start + 1]!r} at {cause.start}"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    return str(cause) or type(cause).__name__
+
+
 async def _plain(send, status: int, message: str) -> None:
     body = JSONResponse({"error": message}, status_code=status)
     await send({"type": "http.response.start", "status": status, "headers": body.raw_headers})
@@ -201,6 +234,16 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         served["rejected"] += 1
+        kind = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in kind.lower():  # curl -d sends a form's type, and FastAPI then
+            # reads no JSON at all: every field would seem missing
+            return JSONResponse(
+                {
+                    "error": f"the body must be JSON, sent with the header content-type: application/json (got "
+                    f"{kind or 'no content-type'!r})"
+                },  # fmt: skip
+                status_code=415,
+            )
         errors = exc.errors()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:10]]
         return JSONResponse({"error": _first_error(errors), "detail": detail}, status_code=422)
@@ -213,6 +256,9 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
         served["rejected"] += 1
+        cause = exc.__cause__
+        if exc.status_code == 400 and cause is not None:  # FastAPI's parse of the body failed past JSON's grammar
+            return JSONResponse({"error": f"the body is not valid JSON ({_parse_failure(cause)})"}, status_code=422)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
