@@ -44,12 +44,14 @@ from jaxrec.experiment.hybrid_record import HYBRID_FILE
 from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
 from jaxrec.experiment.run import (
+    FolderLock,
     Interrupted,
     RunError,
     TrainingRun,
     atomic_write_text,
     build_experiment,
     check_fresh_out,
+    complete_steps,
     make_config,
     never_saved,
     os_reason,
@@ -357,13 +359,29 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
     if not args.no_eval:
         _check_predictions_folder(args.save_predictions)
+    if args.resume and not (out / "checkpoints").is_dir():
+        raise CLIError(f"--resume: {out} holds no checkpoints to resume from")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out {out}: cannot create it: {os_reason(e)}") from None
+    # held before the folder is read or cleared (--overwrite) and until the last file is written
+    with FolderLock(out) as lock:
+        return _train_in(args, out, base, overrides, lock)
+
+
+def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: FolderLock) -> int:
+    """``jaxrec train`` in its run folder, which ``lock`` holds."""
     if args.resume:
-        if not (out / "checkpoints").is_dir():
-            raise CLIError(f"--resume: {out} holds no checkpoints to resume from")
         if never_saved(out):
             raise CLIError(
                 f"--resume: {out} holds a run stopped before its first checkpoint: nothing to resume; start it again "
                 "without --resume"
+            )
+        if not complete_steps(out):
+            raise CLIError(
+                f"--resume: {out} holds a run stopped before its first checkpoint (its epoch log is kept): nothing "
+                "to resume; --overwrite starts it again"
             )
         config = resume_config(out, overrides)
     else:
@@ -388,7 +406,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         _echo(f"note: {note}", err=True)
     total = experiment.total_steps
     stop_step = total if args.steps is None else min(int(args.steps), total)
-    run = TrainingRun(experiment, out, keep=args.keep, nonfinite=args.nonfinite)
+    run = TrainingRun(experiment, out, keep=args.keep, nonfinite=args.nonfinite, lock=lock)
     try:
         state = run.start(args.resume)
         start = int(state.step)

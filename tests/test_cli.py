@@ -355,6 +355,14 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys
     assert (out / "metrics.json").is_file()
     assert cli.main([*argv, "--out", str(out)]) == 1  # a run that saved is another matter
     assert "already holds a run" in capsys.readouterr().err
+    # one that logged an epoch before it was killed in its first save keeps its log until told: --overwrite
+    shutil.rmtree(out / "checkpoints")
+    (out / "metrics.json").unlink()
+    for flags in ([], ["--resume"]):
+        (out / "checkpoints").mkdir(exist_ok=True)
+        assert cli.main([*argv, "--out", str(out), *flags]) == 1
+        err = capsys.readouterr().err
+        assert one_clear_error(err) and "stopped before its first checkpoint" in err and "--overwrite" in err, err
 
 
 def test_a_bad_predictions_folder_fails_before_the_training(tmp_path, capsys):

@@ -62,6 +62,8 @@ def test_melu_averages_a_multi_valued_field_as_the_released_code_does():
     singles = layer.apply(params, genres)
     np.testing.assert_allclose(layer.apply(params, three), singles.mean(axis=0, keepdims=True), rtol=1e-6)
     np.testing.assert_allclose(layer.apply(params, np.zeros((1, 5))), 0.0)  # no genre: no division by zero
+    half = jax.tree.map(lambda v: v.astype(jnp.float16), params)  # nor in half precision, where 1e-12 is 0
+    np.testing.assert_array_equal(layer.apply(half, np.zeros((1, 5), np.float16)), 0.0)
     summed = models.common.MultiHotEmbed(4).apply(params, three)
     np.testing.assert_allclose(summed, singles.sum(axis=0, keepdims=True), rtol=1e-6)
     fields = methods.recipe("melu-5")

@@ -118,20 +118,38 @@ def test_a_fresh_run_through_the_api_refuses_a_folder_holding_another_run(experi
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
 
-def test_one_process_trains_a_run_folder_at_a_time(experiment, tmp_path):
-    """A second run of the same folder while the first lives (a job requeued beside its first run) is refused with
-    the first's pid, before it writes anything: two writers deleted each other's checkpoints and interleaved their
-    epoch logs. Another process is refused the same (flock); the folder is free once the first closes."""
-    first = cli.TrainingRun(experiment, tmp_path / "run")
+def test_one_process_trains_a_run_folder_at_a_time(experiment, straight, ratings_file, tmp_path, capsys):
+    """A second run of a folder while the first lives (a job requeued beside its first run) is refused with the
+    first's pid before it reads or removes anything: two writers deleted each other's checkpoints and interleaved
+    their epoch logs, and --overwrite removed a living run's files. The folder is free once the first ends."""
+    out = tmp_path / "run"
+    shutil.copytree(straight[1], out)
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    holder = subprocess.Popen(  # another process training the folder: it holds the lock until told to go
+        [sys.executable, "-c", HOLD, str(out / LOCK_FILE)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
-        with pytest.raises(cli.RunError, match=f"being trained by another process \\(pid {os.getpid()}\\)"):
-            cli.TrainingRun(experiment, tmp_path / "run")
-        probe = "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)"
-        other = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "run" / LOCK_FILE)], check=False)
-        assert other.returncode != 0  # held against other processes too
+        assert holder.stdout.readline().strip() == "held"
+        flags = ["train", "--data", str(ratings_file), *TINY_FLAGS, "--no-eval", "--out", str(out)]
+        for extra in (["--overwrite"], ["--resume"]):
+            assert cli.main([*flags, *extra]) == 1
+            assert f"being trained by pid {holder.pid}" in capsys.readouterr().err
+        assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before  # nothing removed
+        with pytest.raises(cli.RunError, match=f"being trained by pid {holder.pid}"):
+            cli.TrainingRun(experiment, out)
     finally:
-        first.close()
-    cli.TrainingRun(experiment, tmp_path / "run").close()
+        holder.communicate("go\n", timeout=30)
+    with cli.TrainingRun(experiment, out):  # free again; and this process is told apart from another
+        with pytest.raises(cli.RunError, match="being trained by this process"):
+            cli.TrainingRun(experiment, out)
+    cli.TrainingRun(experiment, out).close()
+
+
+#: a process that holds a folder's lock as a training run does, until a line arrives on its stdin
+HOLD = (
+    "import fcntl, os, sys; f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); "
+    "f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush(); print('held', flush=True); sys.stdin.readline()"
+)
 
 
 def test_resume_through_the_api_equals_an_uninterrupted_run(experiment, straight, tmp_path):

@@ -257,6 +257,7 @@ def test_a_body_sent_without_the_json_content_type_is_told_so(server):
         status, answer = server.request("POST", "/recommend", body, headers)
         assert status == 415 and "content-type: application/json" in answer["error"], (headers, answer)
     assert server.request("POST", "/recommend", body, JSON)[0] == 200
+    assert server.request("POST", "/recommend", body, {"Content-Type": "application/vnd.api+json"})[0] == 200
 
 
 def test_an_item_id_sent_as_an_integral_number_is_that_integer(server):

@@ -8,7 +8,6 @@ meta-step uses no other randomness, so ``(config, state)`` determines the rest o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -49,9 +48,10 @@ __all__ = [
     "TrainingRun",
     "atomic_write_text",
     "build_experiment",
+    "FolderLock",
     "check_fresh_out",
-    "lock_run_folder",
     "make_config",
+    "complete_steps",
     "never_saved",
     "restore_run",
     "resume_config",
@@ -219,31 +219,63 @@ class StopRequest:
 LOCK_FILE = ".jaxrec-train.lock"
 
 
-def lock_run_folder(out: Path):
-    """Hold the run folder for one training process (an exclusive ``flock`` on :data:`LOCK_FILE`, released when the
-    returned file is closed, or by the OS when the process ends, however it ends).
+try:  # POSIX; elsewhere a run folder is not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+
+class FolderLock:
+    """A run folder held by one training process: an exclusive ``flock`` on :data:`LOCK_FILE`, released by
+    :meth:`release` (a context manager too), or by the OS when the process ends, however it ends.
 
     Two processes training into one folder (a job requeued while its first run still lives) would delete each
-    other's checkpoints and interleave their epoch logs.
+    other's checkpoints and interleave their epoch logs. Where the OS or the file system has no ``flock`` (Windows, a
+    network file system mounted without it) the folder is not locked, with a warning.
 
     Raises:
-      RunError: if another process holds the folder (its pid named).
+      RunError: if another process holds the folder (its pid named), or this process does through another object.
     """
-    handle = open(out / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the run, closed by TrainingRun.close
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self._handle = None
+        if fcntl is None:
+            logger.warning("%s: this platform has no flock; the run folder is not locked against a second run", out)
+            return
+        try:
+            handle = open(self.out / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the run, closed by release()
+        except OSError as e:
+            raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            who = "this process (another TrainingRun not closed)" if holder == str(os.getpid()) else f"pid {holder}"
+            raise RunError(f"{out} is being trained by {who}: wait for it to end, or stop it first") from None
+        except OSError as e:  # no flock on this file system: run unlocked rather than not at all
+            handle.close()
+            logger.warning("%s: cannot lock the run folder (%s); it is not locked against a second run", out, e)
+            return
         handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise RunError(
-            f"{out} is being trained by another process (pid {holder}): wait for it to end, or stop it first"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Let the folder go (idempotent)."""
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> FolderLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class TrainingRun:
@@ -267,25 +299,31 @@ class TrainingRun:
       epoch_stats: the running sums of the current epoch (loss, grad norm, finite, skipped and all steps).
     """
 
-    def __init__(self, experiment, out: str | os.PathLike, *, keep: int = 3, nonfinite: str = "skip"):
+    def __init__(
+        self,
+        experiment,
+        out: str | os.PathLike,
+        *,
+        keep: int = 3,
+        nonfinite: str = "skip",
+        lock: FolderLock | None = None,
+    ):
         self.exp = experiment
         self.out = Path(out)
+        self._own_lock = lock is None  # a lock given is its giver's to release (the command holds it longer)
+        self.store = None
         try:
             self.out.mkdir(parents=True, exist_ok=True)
-            self._lock = lock_run_folder(self.out)
-        except OSError as e:
-            raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
-        try:
+            self._lock = FolderLock(self.out) if lock is None else lock
             self.store = CheckpointStore(self.out / "checkpoints", max_to_keep=keep)
-        except OSError as e:
-            self._lock.close()
-            raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
-        except BaseException:
-            self._lock.close()
+            self.interactions = experiment.dataset.fingerprint()  # once: every checkpoint records the same log
+        except BaseException as e:
+            self.close()
+            if isinstance(e, OSError):
+                raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
             raise
         self.nonfinite = nonfinite
         self.items: dict | None = None  # the catalogue's record, written by start()
-        self.interactions = experiment.dataset.fingerprint()  # once: every checkpoint records the same log
         self.weighted = experiment.dataset.has_weights  # a new user's weights are read as the log's were
         self.epoch_stats = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
         self.selector = None  # an EpochSelector when the run keeps a state chosen on its validation users
@@ -310,7 +348,8 @@ class TrainingRun:
         if not resume:
             held = [name for name in RUN_FILES if name != "checkpoints" and (self.out / name).exists()]
             saved = self.store.steps()
-            if (saved or held) and not never_saved(self.out):  # a new run would mix its files with the other's
+            unsaved = never_saved(self.out)
+            if (saved or held) and not unsaved:  # a new run would mix its files with the other's
                 steps = f"checkpoints at steps {saved}" if saved else "no checkpoint"
                 raise RunError(
                     f"{self.out} already holds a run ({steps}; {', '.join(held) or 'no other run file'}): "
@@ -337,13 +376,12 @@ class TrainingRun:
         self.epoch_stats = dict(checkpoint.meta.get("data_position", {}).get("epoch_stats", self.epoch_stats))
         self._truncate_log(checkpoint.step)
         self.selector = self._selector((meta.get("tuned") or {}).get("epoch"))
-        if self.selector is not None:  # said now, not after the epoch that would need them
-            missing = sorted(self.selector.needed_steps - set(self.store.steps()))
-            if missing:
-                raise CheckpointError(
-                    f"{self.store.folder}: the run's states chosen so far on its validation users (step(s) {missing}) "
-                    f"are gone; the steps are {self.store.steps()}: the run cannot go on choosing among its epochs"
-                )
+        chosen = None if self.selector is None else self.selector.chosen
+        if chosen is not None and chosen not in self.store.steps():  # said now, not after the next epoch
+            raise CheckpointError(
+                f"{self.store.folder}: the state the run chose so far on its validation users (step {chosen}) is "
+                f"gone; the steps are {self.store.steps()}"
+            )
         return self.exp.trainer.place(checkpoint.state)
 
     def _selector(self, record: dict | None):
@@ -598,11 +636,20 @@ class TrainingRun:
         return state, stop.signum
 
     def close(self) -> None:
-        """Close the checkpoint store and let the folder go (:func:`lock_run_folder`)."""
+        """Close the checkpoint store and let the folder go (:class:`FolderLock`, unless it was given)."""
         try:
-            self.store.close()
+            if self.store is not None:
+                self.store.close()
         finally:
-            self._lock.close()
+            lock = getattr(self, "_lock", None)
+            if lock is not None and self._own_lock:
+                lock.release()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _raw_users(experiment, task_id) -> list:
@@ -677,16 +724,20 @@ def check_fresh_out(out: Path, overwrite: bool = False) -> None:
       RunError: if ``out`` holds checkpoints, an epoch log or a metrics document and ``overwrite`` is false.
     """
     found = [name for name in RUN_FILES if (out / name).exists()]
-    if not found or never_saved(out):
+    if not found:
+        return
+    if never_saved(out):
         return
     if not overwrite:
-        folder, detail = out / "checkpoints", ""
-        if folder.is_dir():
-            with CheckpointStore(folder, create=False) as store:
-                detail = f" (checkpoints at steps {store.steps()})" if store.steps() else ""
+        steps = complete_steps(out)
+        if steps:
+            raise RunError(
+                f"{out} already holds a run (checkpoints at steps {steps}): {', '.join(found)}; pass --resume to "
+                "continue it, --overwrite to replace it, or choose another --out"
+            )
         raise RunError(
-            f"{out} already holds a run{detail}: {', '.join(found)}; pass --resume to continue it, --overwrite to "
-            "replace it, or choose another --out"
+            f"{out} holds a run stopped before its first checkpoint: {', '.join(found)}; nothing to resume: pass "
+            "--overwrite to replace it, or choose another --out"
         )
     for name in found:
         path = out / name
@@ -698,9 +749,9 @@ def check_fresh_out(out: Path, overwrite: bool = False) -> None:
 
 
 def never_saved(out: Path) -> bool:
-    """Whether ``out`` holds a run stopped before its first checkpoint: its catalogue and an empty (or unfinished)
-    checkpoint folder, nothing else of :data:`RUN_FILES`. There is nothing to resume, and a new run may start
-    there."""
+    """Whether ``out`` holds a run stopped before it wrote anything but its catalogue: an empty (or unfinished)
+    checkpoint folder and ``items.csv.gz``, nothing else of :data:`RUN_FILES`. There is nothing to resume, nor to
+    keep, and a new run may start there (one that logged an epoch first is another run's log: ``--overwrite``)."""
     found = {name for name in RUN_FILES if (out / name).exists()}
     if not found <= {"checkpoints", ITEMS_FILE}:
         return False
@@ -711,6 +762,15 @@ def never_saved(out: Path) -> bool:
         return False
     with CheckpointStore(folder, create=False) as store:
         return not store.steps()
+
+
+def complete_steps(out: Path) -> list[int]:
+    """The complete checkpoint steps of the run folder ``out`` (none without a checkpoint folder)."""
+    folder = out / "checkpoints"
+    if not folder.is_dir():
+        return []
+    with CheckpointStore(folder, create=False) as store:
+        return store.steps()
 
 
 def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:

@@ -140,7 +140,8 @@ class MultiHotEmbed(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features))
         x = x.astype(kernel.dtype)
         if self.mean:
-            x = x / jnp.maximum(jnp.sum(x, axis=-1, keepdims=True), 1e-12)
+            total = jnp.sum(x, axis=-1, keepdims=True)
+            x = x / jnp.where(total > 0, total, 1)  # a row of zeros stays zero, in any precision
         out = x @ kernel
         if squared:
             return out, jnp.square(x) @ jnp.square(kernel)

@@ -172,10 +172,12 @@ class TaNP(nn.Module):
 
         if not self.side_layers:
             return jnp.concatenate(embedded(self._categorical, self._multi_hot), axis=-1)
-        any_key = (self._categorical + self._multi_hot)[0]
-        empty = jnp.zeros((jnp.shape(rows[any_key])[0], self.width))  # a side without fields: its bias alone
-        sides = [self.side[side](sum(embedded(*self._sides[side]), empty)) for side in ("user", "item")]
-        return jnp.concatenate(sides, axis=-1)
+        sides = {side: embedded(*self._sides[side]) for side in ("user", "item")}
+        like = next(fields[0] for fields in sides.values() if fields)  # the shape and precision of an embedding
+        summed = {
+            side: sum(fields[1:], fields[0]) if fields else jnp.zeros_like(like) for side, fields in sides.items()
+        }
+        return jnp.concatenate([self.side[side](summed[side]) for side in ("user", "item")], axis=-1)
 
     def _pairs(self, rows: Rows) -> jax.Array:
         x = self.features(rows)

@@ -178,6 +178,12 @@ class BodyLimit:
         return await self.app(scope, counted, send)
 
 
+def _json_media_type(kind: str) -> bool:
+    """Whether FastAPI reads a body of this content-type as JSON: ``application/json`` or ``application/*+json``."""
+    main, _, sub = kind.split(";")[0].strip().lower().partition("/")
+    return main == "application" and (sub == "json" or sub.endswith("+json"))
+
+
 def _parse_failure(cause: BaseException) -> str:
     """Why a body that JSON's grammar does not refuse could not be read (FastAPI says only that it could not)."""
     if isinstance(cause, UnicodeDecodeError):
@@ -235,8 +241,8 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError):
         served["rejected"] += 1
         kind = request.headers.get("content-type", "")
-        if request.method == "POST" and "json" not in kind.lower():  # curl -d sends a form's type, and FastAPI then
-            # reads no JSON at all: every field would seem missing
+        if isinstance(exc.body, bytes | bytearray) and not _json_media_type(kind):  # FastAPI left the body unread
+            # (curl -d sends a form's type): every field would seem missing
             return JSONResponse(
                 {
                     "error": f"the body must be JSON, sent with the header content-type: application/json (got "
