@@ -230,18 +230,27 @@ class FolderLock:
     :meth:`release` (a context manager too), or by the OS when the process ends, however it ends.
 
     Two processes training into one folder (a job requeued while its first run still lives) would delete each
-    other's checkpoints and interleave their epoch logs. Where the OS or the file system has no ``flock`` (Windows, a
-    network file system mounted without it) the folder is not locked, with a warning.
+    other's checkpoints and interleave their epoch logs. Within one process the lock is shared (a notebook cell run
+    again builds its second run before the first is let go): the folder is let go when its last holder releases it.
+    Where the OS or the file system has no ``flock`` (Windows, a network file system mounted without it) the folder is
+    not locked, with a warning.
 
     Raises:
-      RunError: if another process holds the folder (its pid named), or this process does through another object.
+      RunError: if another process holds the folder (its pid named), or the folder cannot be written.
     """
+
+    _held: dict[str, list] = {}  # this process's held folders: resolved path -> [open lock file, holders]
 
     def __init__(self, out: Path):
         self.out = Path(out)
-        self._handle = None
+        self._key: str | None = None
         if fcntl is None:
             logger.warning("%s: this platform has no flock; the run folder is not locked against a second run", out)
+            return
+        key = str(self.out.resolve())
+        if key in self._held:
+            self._held[key][1] += 1
+            self._key = key
             return
         try:
             handle = open(self.out / LOCK_FILE, "a+")  # noqa: SIM115 - held open for the run, closed by release()
@@ -253,8 +262,7 @@ class FolderLock:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            who = "this process (another TrainingRun not closed)" if holder == str(os.getpid()) else f"pid {holder}"
-            raise RunError(f"{out} is being trained by {who}: wait for it to end, or stop it first") from None
+            raise RunError(f"{out} is being trained by pid {holder}: wait for it to end, or stop it first") from None
         except OSError as e:  # no flock on this file system: run unlocked rather than not at all
             handle.close()
             logger.warning("%s: cannot lock the run folder (%s); it is not locked against a second run", out, e)
@@ -263,13 +271,19 @@ class FolderLock:
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
         handle.flush()
-        self._handle = handle
+        self._held[key] = [handle, 1]
+        self._key = key
 
     def release(self) -> None:
-        """Let the folder go (idempotent)."""
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+        """Let the folder go, once its last holder in this process has (idempotent)."""
+        if self._key is None:
+            return
+        entry = self._held[self._key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            entry[0].close()
+            del self._held[self._key]
+        self._key = None
 
     def __enter__(self) -> FolderLock:
         return self
