@@ -361,17 +361,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_predictions_folder(args.save_predictions)
     if args.resume and not (out / "checkpoints").is_dir():
         raise CLIError(f"--resume: {out} holds no checkpoints to resume from")
+    config = None if args.resume else _config(base, overrides)  # a bad config leaves no folder behind
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CLIError(f"--out {out}: cannot create it: {os_reason(e)}") from None
+        raise CLIError(f"cannot write the run folder {out}: {os_reason(e)}") from None
     # held before the folder is read or cleared (--overwrite) and until the last file is written
     with FolderLock(out) as lock:
-        return _train_in(args, out, base, overrides, lock)
+        return _train_in(args, out, base, overrides, lock, config)
 
 
-def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: FolderLock) -> int:
-    """``jaxrec train`` in its run folder, which ``lock`` holds."""
+def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: FolderLock, config) -> int:
+    """``jaxrec train`` in its run folder, which ``lock`` holds (``config``: a new run's; None on resume)."""
     if args.resume:
         if never_saved(out):
             raise CLIError(
@@ -380,13 +381,12 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
             )
         if not complete_steps(out):
             raise CLIError(
-                f"--resume: {out} holds a run stopped before its first checkpoint (its epoch log is kept): nothing "
-                "to resume; --overwrite starts it again"
+                f"--resume: {out} holds no complete checkpoint (a run stopped before its first, or its checkpoints "
+                "lost): nothing to resume; --overwrite replaces the run's files"
             )
         config = resume_config(out, overrides)
     else:
         check_fresh_out(out, overwrite=args.overwrite)
-        config = _config(base, overrides)
         field_defaults = type(config.topn)()
         untuned = (config.topn.ranking_loss, config.topn.item_start) == (
             field_defaults.ranking_loss,

@@ -362,7 +362,7 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_again(tmp_path, capsys
         (out / "checkpoints").mkdir(exist_ok=True)
         assert cli.main([*argv, "--out", str(out), *flags]) == 1
         err = capsys.readouterr().err
-        assert one_clear_error(err) and "stopped before its first checkpoint" in err and "--overwrite" in err, err
+        assert one_clear_error(err) and "no complete checkpoint" in err and "--overwrite" in err, err
 
 
 def test_a_bad_predictions_folder_fails_before_the_training(tmp_path, capsys):

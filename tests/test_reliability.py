@@ -1,5 +1,6 @@
 """Issue 7: determinism, exact resume (API and ``jaxrec train --resume``), SIGINT/SIGTERM, non-finite steps."""
 
+import gc
 import json
 import os
 import shlex
@@ -20,7 +21,7 @@ from jaxrec.core.trainer import NonFiniteError
 from jaxrec.experiment import Experiment, ExperimentConfig
 from jaxrec.experiment.checkpoint import load_checkpoint, read_metadata
 from jaxrec.experiment.protocol import config_mesh
-from jaxrec.experiment.run import LOCK_FILE
+from jaxrec.experiment.run import LOCK_FILE, FolderLock, check_fresh_out
 
 TINY = dict(
     model="mf",
@@ -147,6 +148,45 @@ def test_one_process_trains_a_run_folder_at_a_time(experiment, straight, ratings
         subprocess.run([sys.executable, "-c", HOLD, str(out / LOCK_FILE)], input="", capture_output=True).returncode
         == 0
     )
+
+
+def test_a_folders_lock_is_let_go_by_an_unreleased_holder_and_follows_the_folder_not_its_path(tmp_path):
+    """A TrainingRun never closed (the README's short form, a notebook cell run again) lets the folder go when it is
+    collected; a folder deleted and made again under the same path is another folder, locked afresh; and clearing a
+    folder from Python (check_fresh_out(overwrite=True)) takes the lock too."""
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def free() -> bool:  # another process can take the lock now
+        return subprocess.run([sys.executable, "-c", HOLD, str(out / LOCK_FILE)], input="").returncode == 0
+
+    held = FolderLock(out)
+    assert not free()
+    del held
+    gc.collect()
+    assert free()
+    held = FolderLock(out)
+    shutil.rmtree(out)
+    out.mkdir()
+    again = FolderLock(out)
+    assert (out / LOCK_FILE).is_file() and not free()
+    again.release()
+    held.release()
+    (out / "metrics.jsonl").write_text("{}\n")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out / LOCK_FILE)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(cli.RunError, match=f"being trained by pid {holder.pid}"):
+            check_fresh_out(out, overwrite=True)
+        assert (out / "metrics.jsonl").is_file()
+    finally:
+        holder.communicate("go\n", timeout=30)
+
+
+def test_a_bad_config_leaves_no_run_folder_behind(tmp_path, capsys):
+    assert cli.main(["train", "--inner-lr", "-1", "--out", str(tmp_path / "new")]) in (1, 2)
+    assert not (tmp_path / "new").exists()
 
 
 #: a process that holds a folder's lock as a training run does, until a line arrives on its stdin

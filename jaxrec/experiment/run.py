@@ -239,15 +239,20 @@ class FolderLock:
       RunError: if another process holds the folder (its pid named), or the folder cannot be written.
     """
 
-    _held: dict[str, list] = {}  # this process's held folders: resolved path -> [open lock file, holders]
+    # this process's held folders, by the folder's (device, inode): a path deleted and made again is another folder
+    _held: dict[tuple[int, int], list] = {}  # -> [open lock file, holders]
 
     def __init__(self, out: Path):
         self.out = Path(out)
-        self._key: str | None = None
+        self._key: tuple[int, int] | None = None
         if fcntl is None:
             logger.warning("%s: this platform has no flock; the run folder is not locked against a second run", out)
             return
-        key = str(self.out.resolve())
+        try:
+            info = os.stat(self.out)
+        except OSError as e:
+            raise RunError(f"cannot write the run folder {self.out}: {os_reason(e)}") from e
+        key = (info.st_dev, info.st_ino)
         if key in self._held:
             self._held[key][1] += 1
             self._key = key
@@ -275,15 +280,20 @@ class FolderLock:
         self._key = key
 
     def release(self) -> None:
-        """Let the folder go, once its last holder in this process has (idempotent)."""
-        if self._key is None:
+        """Let the folder go, once its last holder in this process has (idempotent; also when a holder is
+        collected unreleased, as a ``TrainingRun`` never closed is)."""
+        key, self._key = self._key, None
+        if key is None or key not in self._held:
             return
-        entry = self._held[self._key]
+        entry = self._held[key]
         entry[1] -= 1
         if entry[1] == 0:
+            del self._held[key]
             entry[0].close()
-            del self._held[self._key]
-        self._key = None
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the registry may be gone: the OS lets go
+            self.release()
 
     def __enter__(self) -> FolderLock:
         return self
@@ -390,12 +400,14 @@ class TrainingRun:
         self.epoch_stats = dict(checkpoint.meta.get("data_position", {}).get("epoch_stats", self.epoch_stats))
         self._truncate_log(checkpoint.step)
         self.selector = self._selector((meta.get("tuned") or {}).get("epoch"))
-        chosen = None if self.selector is None else self.selector.chosen
-        if chosen is not None and chosen not in self.store.steps():  # said now, not after the next epoch
-            raise CheckpointError(
-                f"{self.store.folder}: the state the run chose so far on its validation users (step {chosen}) is "
-                f"gone; the steps are {self.store.steps()}"
-            )
+        if self.selector is not None:  # said now, not after the next epoch, which reads them
+            for needed in sorted(self.selector.needed_steps):
+                if needed not in self.store.steps():
+                    raise CheckpointError(
+                        f"{self.store.folder}: the run's state chosen so far on its validation users, or the best "
+                        f"scored, is gone (step {needed}); the steps are {self.store.steps()}"
+                    )
+                self.store.verify(needed)  # and whole
         return self.exp.trainer.place(checkpoint.state)
 
     def _selector(self, record: dict | None):
@@ -742,17 +754,23 @@ def check_fresh_out(out: Path, overwrite: bool = False) -> None:
         return
     if never_saved(out):
         return
-    if not overwrite:
-        steps = complete_steps(out)
-        if steps:
-            raise RunError(
-                f"{out} already holds a run (checkpoints at steps {steps}): {', '.join(found)}; pass --resume to "
-                "continue it, --overwrite to replace it, or choose another --out"
-            )
+    if overwrite:  # never under a run that lives in another process (the command's own lock is shared)
+        with FolderLock(out):
+            _remove_run_files(out, found)
+        return
+    steps = complete_steps(out)
+    if steps:
         raise RunError(
-            f"{out} holds a run stopped before its first checkpoint: {', '.join(found)}; nothing to resume: pass "
-            "--overwrite to replace it, or choose another --out"
+            f"{out} already holds a run (checkpoints at steps {steps}): {', '.join(found)}; pass --resume to "
+            "continue it, --overwrite to replace it, or choose another --out"
         )
+    raise RunError(
+        f"{out} holds a run's files and no complete checkpoint: {', '.join(found)}; nothing to resume: pass "
+        "--overwrite to replace them, or choose another --out"
+    )
+
+
+def _remove_run_files(out: Path, found: list[str]) -> None:
     for name in found:
         path = out / name
         if path.is_dir() and not path.is_symlink():
