@@ -264,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-wait-ms", type=float, default=2.0, help="how long a request waits to share a call (default 2)"
     )
     s.add_argument("--max-body-kb", type=int, default=256, help="the largest request body, KiB (default 256)")
+    s.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=30.0,
+        help="how long the next part of a request's body may take to arrive before a 408 (default 30)",
+    )
     add_flags(s, names=("devices",))
 
     x = sub.add_parser(
@@ -1035,6 +1041,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise CLIError(f"{flag} must be >= {low}, got {value}")
     if not args.batch_wait_ms >= 0:
         raise CLIError(f"--batch-wait-ms must be >= 0, got {args.batch_wait_ms}")
+    if not args.body_timeout_s > 0 or args.body_timeout_s == float("inf"):
+        raise CLIError(f"--body-timeout-s must be a positive number of seconds, got {args.body_timeout_s}")
     sock = _bind(args.host, args.port)
     with sock:
         return _serve_on(args, sock, batch_sizes, support_sizes)
@@ -1051,7 +1059,12 @@ def _serve_on(args: argparse.Namespace, sock: socket.socket, batch_sizes, suppor
     except ValueError as e:
         raise CLIError(as_flags(str(e))) from None
     seconds = model.warm_up()
-    app = create_app(model, max_wait=args.batch_wait_ms / 1e3, max_body_bytes=args.max_body_kb * 1024)
+    app = create_app(
+        model,
+        max_wait=args.batch_wait_ms / 1e3,
+        max_body_bytes=args.max_body_kb * 1024,
+        body_timeout=args.body_timeout_s,
+    )
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}"
     _echo(
         f"{trained.config.meta.algorithm} on {trained.config.model.name}, {model.n_items} items "

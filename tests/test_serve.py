@@ -365,6 +365,28 @@ def test_the_port_is_held_from_before_the_model_loads(run):
         process.wait(30)
 
 
+def test_a_body_that_stops_arriving_is_a_408_and_frees_its_connection(run):
+    """A client that sends its headers and stalls mid-body held its connection for ever (a thousand of them starve
+    the service); the next part of a body must arrive within --body-timeout-s."""
+    server = Server(run, *BUCKET_FLAGS, "--body-timeout-s", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as stalled:
+            head = (
+                b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            )
+            stalled.sendall(head + b'{"ratings": [')
+            started = time.monotonic()
+            answer = stalled.recv(65536).decode("utf-8", "replace")
+            waited = time.monotonic() - started
+            while "stopped" not in answer and (more := stalled.recv(65536)):  # the body may follow the head
+                answer += more.decode("utf-8", "replace")
+        assert answer.startswith("HTTP/1.1 408") and "stopped arriving for 1 s" in answer, answer
+        assert 0.5 < waited < 15
+        assert server.post("/recommend", {"ratings": ratings((TOY_STORY, 5))})[0] == 200  # and it serves on
+    finally:
+        server.stop()
+
+
 def test_a_port_in_use_is_one_clear_error(run, server):
     done = subprocess.run(
         [sys.executable, "-m", "jaxrec", "serve", "--checkpoint", str(run), "--port", str(server.port)],

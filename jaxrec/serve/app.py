@@ -12,6 +12,7 @@ The OpenAPI description is at ``/openapi.json`` (and browsable at ``/docs``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -145,13 +146,15 @@ def _features_report(features: dict | None, unknown: list[str], catalogue: Catal
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is read whole.
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is read whole, and one whose
+    next part does not arrive within ``timeout`` seconds 408 (a client that sends its headers and stalls would hold
+    its connection, one of the server's limited many, for ever).
 
     The declared ``Content-Length`` is checked first; a body without one (chunked) is counted as it arrives.
     """
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, int(limit)
+    def __init__(self, app, limit: int, timeout: float = 30.0):
+        self.app, self.limit, self.timeout = app, int(limit), float(timeout)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -168,7 +171,10 @@ class BodyLimit:
 
         async def counted():
             nonlocal received
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.timeout)
+            except TimeoutError:
+                raise HTTPException(408, f"the body stopped arriving for {self.timeout:g} s") from None
             if message.get("type") == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
@@ -204,6 +210,7 @@ def create_app(
     *,
     max_wait: float = 0.002,
     max_body_bytes: int = 256 * 1024,
+    body_timeout: float = 30.0,
 ) -> FastAPI:
     """The service of a warmed-up :class:`~jaxrec.serve.engine.ServingModel`.
 
@@ -211,6 +218,7 @@ def create_app(
       model: the model (call its ``warm_up`` first, so that no request waits on compilation).
       max_wait: how long (seconds) a request waits for others to share its compiled call.
       max_body_bytes: the largest request body accepted.
+      body_timeout: how long (seconds) the next part of a request's body may take to arrive (else a 408).
 
     Returns:
       The FastAPI application (run it with uvicorn, or :func:`jaxrec.serve.run_server`).
@@ -235,7 +243,7 @@ def create_app(
         description="Cold-start recommendations: the meta-learned model adapted to a new user's few ratings.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, timeout=body_timeout)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
