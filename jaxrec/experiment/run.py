@@ -401,11 +401,12 @@ class TrainingRun:
         self._truncate_log(checkpoint.step)
         self.selector = self._selector((meta.get("tuned") or {}).get("epoch"))
         if self.selector is not None:  # said now, not after the next epoch, which reads them
+            steps = self.store.steps()
             for needed in sorted(self.selector.needed_steps):
-                if needed not in self.store.steps():
+                if needed not in steps:
                     raise CheckpointError(
                         f"{self.store.folder}: the run's state chosen so far on its validation users, or the best "
-                        f"scored, is gone (step {needed}); the steps are {self.store.steps()}"
+                        f"scored, is gone (step {needed}); the steps are {steps}"
                     )
                 self.store.verify(needed)  # and whole
         return self.exp.trainer.place(checkpoint.state)
@@ -545,14 +546,14 @@ class TrainingRun:
         kept, unreadable = [], []
         for number, line in enumerate(lines, 1):
             try:
-                record = json.loads(line.decode("utf-8"))
-                past = record.get("step", math.inf) > step
+                text = line.decode("utf-8")
+                past = json.loads(text).get("step", math.inf) > step
             except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
                 if number < len(lines):  # the last line may be torn by a kill mid-write: that one is expected
                     unreadable.append(number)
                 continue
             if not past:
-                kept.append(line.decode("utf-8"))
+                kept.append(text)
         if unreadable:
             shown = ", ".join(map(str, unreadable[:10])) + (" ..." if len(unreadable) > 10 else "")
             logger.warning("%s: line(s) %s unreadable, dropped", self.log_path, shown)
@@ -788,12 +789,7 @@ def never_saved(out: Path) -> bool:
     if not found <= {"checkpoints", ITEMS_FILE}:
         return False
     folder = out / "checkpoints"
-    if not folder.exists():
-        return True
-    if not folder.is_dir():
-        return False
-    with CheckpointStore(folder, create=False) as store:
-        return not store.steps()
+    return not folder.exists() or (folder.is_dir() and not complete_steps(out))
 
 
 def complete_steps(out: Path) -> list[int]:
