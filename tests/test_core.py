@@ -235,6 +235,31 @@ def test_batch_shape_errors_name_the_array():
         jaxrec.validate_batch(batch.replace(task_id=np.arange(3)))
     with pytest.raises(ValueError, match="adapt_filter pytree does not match"):
         jaxrec.meta_loss(PARAMS, batch, adapt_filter={"w1": True}, **KW)
+    # a list is a pytree of many leaves, which failed inside jit far from the batch
+    with pytest.raises(jaxrec.BatchShapeError, match=r"query_mask must be a bool array .*got list"):
+        jaxrec.meta_loss(PARAMS, batch.replace(query_mask=batch.query_mask.tolist()), **KW)
+    listed = dict(batch.support, rating=batch.support["rating"].tolist())
+    with pytest.raises(jaxrec.BatchShapeError, match=r"support\['rating'\] must be an array .*got list"):
+        jaxrec.meta_loss(PARAMS, batch.replace(support=listed), **KW)
+
+
+def test_inputs_that_would_learn_nothing_or_fail_deep_inside_jax_are_refused_by_name():
+    batch = make_batch(0)
+    # an optax solver carries its own rate: Meta-SGD's rates would get no gradient and never move
+    with pytest.raises(ValueError, match="metasgd.*OptaxSteps does not use"):
+        jaxrec.meta_train(PARAMS, [batch], algorithm="metasgd", inner_optimizer=optax.sgd(0.1), **KW)
+    # Reptile moves theta towards the adapted parameters: without a step they are theta
+    with pytest.raises(ValueError, match="reptile.*inner_steps=0"):
+        jaxrec.meta_train(PARAMS, [batch], algorithm="reptile", **dict(KW, inner_steps=0))
+    # jax.grad's own error names no leaf
+    ints = dict(PARAMS, w2=jnp.arange(4))
+    with pytest.raises(TypeError, match=r"floating-point.*\['w2'\] \(int32\)"):
+        jaxrec.meta_train(ints, [batch], **KW)
+    # a filter must decide from the path, not from traced values
+    rows = {k: v[0] for k, v in batch.support.items()}
+    by_value = lambda path, leaf: jnp.any(leaf != 0)  # noqa: E731
+    with pytest.raises(TypeError, match=r"adapt filter returned a traced value for \['b'\]|traced value for"):
+        jax.jit(lambda p: jaxrec.adapt(p, rows, batch.support_mask[0], adapt_filter=by_value, **KW))(PARAMS)
 
 
 def poisoned_batch():

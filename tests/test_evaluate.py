@@ -5,6 +5,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxrec.core.batch import TaskBatch
@@ -235,10 +236,33 @@ def test_adaptation_with_zero_steps_is_the_unadapted_model():
     direct = collect(lambda state, b: apply_fn(state, b.query), params, [batch], name="direct")
     kwargs = dict(apply_fn=apply_fn, loss_fn=mse_loss(apply_fn), resamples=0, return_stats=True)
     _, zero_steps = meta_evaluate(params, [batch], inner_lr=0.1, inner_steps=0, **kwargs)
-    _, zero_lr = meta_evaluate(params, [batch], inner_lr=0.0, inner_steps=3, **kwargs)
+    _, zero_lr = meta_evaluate(params, [batch], inner_lr=jnp.array(0.0), inner_steps=3, **kwargs)  # as adapt takes 0
     for key in ("abs_sum", "sq_sum", "ndcg@3"):
         np.testing.assert_allclose(zero_steps[key], direct[key], rtol=1e-6)
         np.testing.assert_allclose(zero_lr[key], direct[key], rtol=1e-6)
+
+
+def test_meta_evaluate_checks_the_rate_as_adapt_does():
+    """The rate reached ``adapt`` traced, where it is not checked: a NaN rate scored every user None, a negative one
+    adapted by gradient ascent, and an optax solver's absent rate crashed on ``jnp.asarray(None)``."""
+    apply_fn, params = _linear_model()
+    batch = _batch(4, 6, 5, 1)
+    kwargs = dict(apply_fn=apply_fn, loss_fn=mse_loss(apply_fn), inner_steps=2, resamples=0)
+    for bad in (float("nan"), -0.1, 0.0):
+        with pytest.raises(ValueError, match="inner_lr must be a finite positive number"):
+            meta_evaluate(params, [batch], inner_lr=bad, **kwargs)
+    with pytest.raises(ValueError, match="inner_lr must be finite"):
+        meta_evaluate(params, [batch], inner_lr=jnp.array(jnp.nan), **kwargs)
+    with pytest.raises(ValueError, match="inner_lr is needed by the inner solver"):
+        meta_evaluate(params, [batch], **kwargs)
+    untargeted = [TaskBatch(batch.support, {"item": batch.query["item"]}, batch.support_mask, batch.query_mask)]
+    with pytest.raises(ValueError, match="no target 'rating' \\(their keys: item\\): pass target="):
+        meta_evaluate(params, untargeted, inner_lr=0.1, **kwargs)
+    # an optax solver takes no rate: evaluated without one, as adapt adapts without one
+    sgd = dict(kwargs, inner_optimizer=optax.sgd(0.1))
+    _, stats = meta_evaluate(params, [batch], return_stats=True, **sgd)
+    _, by_rate = meta_evaluate(params, [batch], inner_lr=0.1, return_stats=True, **kwargs)
+    np.testing.assert_allclose(stats["abs_sum"], by_rate["abs_sum"], rtol=1e-5)
 
 
 def test_bootstrap_interval_contains_point_and_shrinks_with_users():

@@ -222,3 +222,10 @@ def test_bad_grouping_and_dropout_settings_fail_before_any_data_is_read(override
 
     with pytest.raises(ValueError, match=message):
         Experiment(ExperimentConfig.make(dataset="no-such-dataset", **overrides))  # the data would fail later
+
+
+@pytest.mark.parametrize("groups", [2.5, 0, True, "2"])
+def test_a_number_of_groups_that_is_not_a_whole_number_is_refused(groups):
+    """``int(2.5)`` made two groups without a word."""
+    with pytest.raises(ValueError, match="groups must be a whole number >= 1"):
+        group_params(init_params(jax.random.PRNGKey(0)), groups)

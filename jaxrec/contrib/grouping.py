@@ -22,6 +22,7 @@ per-parameter rates made from it are grouped alike.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -98,10 +99,10 @@ def group_params(params: Any, groups: int, grouped: AdaptFilter = None) -> Group
       The :class:`GroupedParams`.
 
     Raises:
-      ValueError: ``groups < 1``, or the filter selects no leaf.
+      ValueError: ``groups`` is not a whole number >= 1, or the filter selects no leaf.
     """
-    if int(groups) < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
+    if isinstance(groups, bool) or not isinstance(groups, numbers.Integral) or groups < 1:
+        raise ValueError(f"groups must be a whole number >= 1, got {groups!r}")
     mask = resolve_adapt_filter(params, grouped)
     if not any(mask):
         raise ValueError("group_params: the filter selects no leaf to group")

@@ -83,9 +83,15 @@ def _check_side(name: str, rows: Mapping[str, Any], mask: Any, num_tasks: int) -
     if mask_shape[0] != num_tasks:
         raise BatchShapeError(f"TaskBatch.{name}_mask has {mask_shape[0]} tasks but support_mask has {num_tasks}")
     dtype = getattr(mask, "dtype", None)
-    if dtype is not None and dtype != np.bool_:
+    if dtype is None:  # a list is a pytree of many leaves: it fails inside jit, far from here
+        raise BatchShapeError(f"TaskBatch.{name}_mask must be a bool array (numpy or jax), got {type(mask).__name__}")
+    if dtype != np.bool_:
         raise BatchShapeError(f"TaskBatch.{name}_mask must be bool, got {dtype}")
     for key, value in rows.items():
+        if getattr(value, "dtype", None) is None:
+            raise BatchShapeError(
+                f"TaskBatch.{name}[{key!r}] must be an array (numpy or jax), got {type(value).__name__}"
+            )
         shape = tuple(np.shape(value))
         if shape[:2] != mask_shape:
             raise BatchShapeError(

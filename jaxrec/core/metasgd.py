@@ -85,8 +85,8 @@ def split_meta_params(params: Any, inner_lr: Any) -> tuple[Any, Any]:
 
     Returns:
       ``(params, inner_lr)``: the fields of a :class:`MetaSGDParams`, or ``params`` and ``inner_lr`` as a float32
-      array.
+      array (None stays None: an optax inner solver takes no rate).
     """
     if isinstance(params, MetaSGDParams):
         return params.params, params.inner_lr
-    return params, jnp.asarray(inner_lr, jnp.float32)
+    return params, None if inner_lr is None else jnp.asarray(inner_lr, jnp.float32)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 __all__ = [
     "AdaptFilter",
@@ -167,12 +168,22 @@ def resolve_adapt_filter(params: Any, adapt_filter: AdaptFilter) -> tuple[bool, 
 
     Raises:
       ValueError: a bool-pytree filter does not have the structure of ``params``.
+      TypeError: a predicate returned a traced value (it read a leaf's values inside ``jit``).
     """
     if adapt_filter is None:
         return tuple(True for _ in jax.tree.leaves(params))
     if callable(adapt_filter):
         flat = jax.tree_util.tree_flatten_with_path(params)[0]
-        return tuple(bool(adapt_filter(path, leaf)) for path, leaf in flat)
+        chosen = []
+        for path, leaf in flat:
+            try:
+                chosen.append(bool(adapt_filter(path, leaf)))
+            except jax.errors.ConcretizationTypeError as err:  # e.g. jnp.any(leaf != 0) on a traced leaf
+                raise TypeError(
+                    f"the adapt filter returned a traced value for {jax.tree_util.keystr(path)}: it decides from a "
+                    "parameter's path, shape and dtype (Python bools), not from its values"
+                ) from err
+        return tuple(chosen)
     params_def = jax.tree.structure(params)
     filter_def = jax.tree.structure(adapt_filter)
     if params_def != filter_def:
@@ -180,6 +191,28 @@ def resolve_adapt_filter(params: Any, adapt_filter: AdaptFilter) -> tuple[bool, 
             f"adapt_filter pytree does not match the params structure:\n  params: {params_def}\n  filter: {filter_def}"
         )
     return tuple(bool(x) for x in jax.tree.leaves(adapt_filter))
+
+
+def check_differentiable(params: Any) -> None:
+    """Check that every leaf of ``params`` is a floating-point array, as a gradient with respect to it needs.
+
+    Args:
+      params: the params pytree.
+
+    Raises:
+      TypeError: naming the leaves of another dtype (``jax.grad`` names none of them).
+    """
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    bad = [
+        f"{jax.tree_util.keystr(path)} ({jnp.result_type(leaf)})"
+        for path, leaf in flat
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    if bad:
+        raise TypeError(
+            f"meta-parameters must be floating-point arrays; these are not: {', '.join(bad[:8])}"
+            + (", ..." if len(bad) > 8 else "")
+        )
 
 
 def has_task_initialisation(params: Any) -> bool:

@@ -34,7 +34,8 @@ from jaxrec.core.errors import JaxrecError
 from jaxrec.core.inner import InnerLoop, as_inner_loop, check_inner_lr
 from jaxrec.core.metasgd import MetaSGDParams, init_metasgd
 from jaxrec.core.objectives import check_algorithm, meta_value_and_grad, reptile_direction
-from jaxrec.core.params import has_task_initialisation
+from jaxrec.core.params import check_differentiable, has_task_initialisation
+from jaxrec.core.solvers import Amortized, OptaxSteps
 from jaxrec.scale.local_embeddings import Tables, local_tables_context
 from jaxrec.scale.row_sparse import RowSparseOptimizer, gather_rows, localize_batch, merge_tables, split_tables
 from jaxrec.scale.sharding import default_mesh, replicate, shard_batch
@@ -145,7 +146,8 @@ class MetaTrainer:
 
     Raises:
       ValueError: an unknown algorithm or order; a bad concrete ``inner_lr``; ``"metasgd"`` without
-        ``inner_lr``; a non-positive ``task_chunk``; ``sparse_tables`` without ``sparse_optimizer`` or the reverse;
+        ``inner_lr`` or with an inner solver that takes no rate (optax, amortised); ``"reptile"`` without inner
+        steps; a non-positive ``task_chunk``; ``sparse_tables`` without ``sparse_optimizer`` or the reverse;
         ``after_step`` with ``sparse_tables``.
       TypeError: a bad inner-loop option (:func:`jaxrec.core.inner.as_inner_loop`).
     """
@@ -170,6 +172,18 @@ class MetaTrainer:
         check_inner_lr(inner_lr)
         if algorithm == "metasgd" and inner_lr is None:
             raise ValueError("algorithm='metasgd' needs inner_lr, the starting value of the per-parameter rates")
+        if algorithm == "metasgd" and isinstance(self.inner.solver, OptaxSteps | Amortized):
+            # the rates would get no gradient and stay at their start: MAML run under Meta-SGD's name
+            raise ValueError(
+                f"algorithm='metasgd' meta-learns per-parameter inner rates, which the inner solver "
+                f"{type(self.inner.solver).__name__} does not use (an optax transformation carries its own rate, an "
+                "encoding takes no step): use algorithm='maml'"
+            )
+        if algorithm == "reptile" and self.inner.steps == 0:
+            raise ValueError(
+                "algorithm='reptile' moves theta towards the adapted parameters, which are theta itself with "
+                "inner_steps=0: nothing would be learned; take at least one inner step"
+            )
         if task_chunk is not None and (isinstance(task_chunk, bool) or int(task_chunk) <= 0):
             raise ValueError(f"task_chunk must be a positive number of tasks, got {task_chunk!r}")
         self._inner_lr = inner_lr
@@ -224,6 +238,7 @@ class MetaTrainer:
         Raises:
           ValueError: :class:`~jaxrec.MetaSGDParams` given to an algorithm other than ``"metasgd"``; row-sparse
             tables with params that choose their initialisation per task (GroupedParams).
+          TypeError: a leaf of ``params`` is not floating-point.
         """
         if self.algorithm == "metasgd":
             params = init_metasgd(params, self.inner_lr)
@@ -232,6 +247,7 @@ class MetaTrainer:
         # fresh, strongly typed copies: weak-typed leaves (jnp.array(0.2)) would retrace the step after the first
         # call, whose outputs are strongly typed
         params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), params)
+        check_differentiable(params)
         if self.sparse_tables:
             rest, tables = split_tables(params, self._state_tables(params))
             opt_state = SparseOuterState(self.optimizer.init(rest), self.sparse_optimizer.init(tables))

@@ -29,8 +29,8 @@ import jax
 import numpy as np
 
 from jaxrec.core.batch import TaskBatch, validate_batch, zero_padding
-from jaxrec.core.inner import InnerLoop, adapt, as_inner_loop
-from jaxrec.core.metasgd import split_meta_params
+from jaxrec.core.inner import InnerLoop, adapt, as_inner_loop, check_inner_lr
+from jaxrec.core.metasgd import MetaSGDParams, split_meta_params
 from jaxrec.core.params import task_initialisation
 from jaxrec.data.tasks import TaskSet
 from jaxrec.evaluation.metrics import summarize, user_statistics
@@ -177,6 +177,11 @@ def collect(
     pieces: list[dict] = []
     for batch in _batches(tasks, batch_size):
         validate_batch(batch)
+        if target not in batch.query:  # else a bare KeyError from inside the compiled step
+            raise ValueError(
+                f"the query rows have no target {target!r} (their keys: {', '.join(sorted(batch.query))}): pass "
+                "target= the key of the values to predict"
+            )
         task_id = np.asarray(batch.task_id) if batch.task_id is not None else None
         if mesh is not None:
             batch = shard_batch(batch, mesh)
@@ -240,6 +245,8 @@ def meta_evaluate(
       (MAE/RMSE pooled over query ratings), and the per-user statistics when ``return_stats``.
     """
     target, rating_range, implicit = metric_defaults(tasks, target, rating_range, implicit)
+    if not isinstance(params, MetaSGDParams):
+        check_inner_lr(inner_lr)  # here, while it is concrete: inside the compiled step it is traced
     predict = functools.partial(meta_predict, inner=as_inner_loop(inner, **options), apply_fn=apply_fn)
     stats = collect(
         predict,
