@@ -132,6 +132,20 @@ def test_ranking_losses_equal_their_formulas_and_ignore_padding(kind):
 
 
 @pytest.mark.usefixtures("float64")
+def test_the_public_bpr_loss_takes_the_top_n_pipelines_rows_of_several_negatives():
+    """``jaxrec.bpr_loss`` assumed one negative a row and failed on ``neg_item [rows, N]`` with a broadcasting error."""
+    rng = np.random.default_rng(2)
+    params = toy_params(jax.random.key(2))
+    rows, mask = toy_rows(rng)
+    rows = {k: jnp.asarray(v) for k, v in rows.items()}
+    value = float(jaxrec.bpr_loss(toy_apply)(params, rows, jnp.asarray(mask)))
+    np.testing.assert_allclose(value, numpy_loss(params, rows, mask, "bpr"), rtol=1e-12)
+    without_mask = {k: v for k, v in rows.items() if k != "neg_mask"}
+    with pytest.raises(ValueError, match="several negatives each .*'neg_mask'"):
+        jaxrec.bpr_loss(toy_apply)(params, without_mask, jnp.asarray(mask))
+
+
+@pytest.mark.usefixtures("float64")
 def test_uniform_logq_cancels_in_the_sampled_softmax():
     rng = np.random.default_rng(1)
     params = toy_params(jax.random.key(1))

@@ -122,7 +122,9 @@ def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = 
 
     Each row holds a positive ``item`` and a sampled ``neg_item``; the negative score is the model applied to the
     same row with the item swapped (and the item's side features ``item_<field>`` swapped for
-    ``neg_item_<field>`` where the rows carry them).
+    ``neg_item_<field>`` where the rows carry them). Rows with several negatives each, ``neg_item [rows, N]`` and
+    ``neg_mask [rows, N]`` (the top-N pipeline's), take the mean over a row's real negatives
+    (:func:`jaxrec.core.ranking.ranking_loss` with ``"bpr"``).
 
     Args:
       apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
@@ -134,6 +136,15 @@ def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = 
     """
 
     def loss_fn(params, rows, mask):
+        if jnp.ndim(rows[negative_key]) == jnp.ndim(rows[item_key]) + 1:  # several negatives a row: [rows, N]
+            if (negative_key, item_key) != ("neg_item", "item") or "neg_mask" not in rows:
+                raise ValueError(
+                    f"rows with several negatives each ({negative_key!r} of shape {jnp.shape(rows[negative_key])}) "
+                    "need the keys 'item', 'neg_item' and 'neg_mask' [rows, N]"
+                )
+            from jaxrec.core.ranking import ranking_loss  # the ranking losses build on this module
+
+            return ranking_loss(apply_fn, "bpr")(params, rows, mask)
         positive = apply_fn(params, rows)
         negative_rows = dict(rows)
         negative_rows[item_key] = rows[negative_key]
