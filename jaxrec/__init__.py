@@ -24,11 +24,12 @@ from jaxrec.core.batch import BatchShapeError, TaskBatch, validate_batch, zero_p
 from jaxrec.core.errors import JaxrecError
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.inner import InnerLoop, adapt
-from jaxrec.core.losses import bce_loss, bpr_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
+from jaxrec.core.losses import bce_loss, l2_to_init, masked_mean, mse_loss, with_auxiliary
 from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.core.newton import NewtonStep, newton
 from jaxrec.core.objectives import ALGORITHMS, meta_loss, meta_value_and_grad, reptile_direction, task_losses
 from jaxrec.core.params import adapt_filter, embedding_tables, path_names, resolve_adapt_filter
+from jaxrec.core.ranking import bpr_loss
 from jaxrec.core.trainer import MetaTrainer, MetaTrainState, NonFiniteError, SparseOuterState, meta_train
 from jaxrec.scale.host_devices import use_every_core
 from jaxrec.scale.host_memory import keep_freed_host_memory

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import jaxrec
 from jaxrec import FeatureSpec
 from jaxrec import models as M
+from jaxrec.models.common import spec_field, valid_ids
 
 ITEMS, USERS, HISTORY = 30, 20, 5
 SIDE = dataclasses.replace(
@@ -417,3 +419,99 @@ def test_vmapped_training_over_tasks_has_finite_gradients_and_reduces_mse(name):
     initial, final = float(jnp.mean(first_losses)), float(jnp.mean(losses))
     assert np.isfinite(final)
     assert final < 0.3 * initial, (initial, final)
+
+
+class _BiasDot(nn.Module):
+    """A model of one's own: an item bias plus a user vector (adapted) dotted with the item's embedding."""
+
+    spec: FeatureSpec = spec_field
+    embed: int = 4
+
+    @nn.compact
+    def __call__(self, rows):
+        item = valid_ids(rows["item"], self.spec.categorical["item"])
+        bias = nn.Embed(self.spec.categorical["item"], 1, name="bias_item")(item)[..., 0]
+        vectors = nn.Embed(self.spec.categorical["item"], self.embed, name="embed_item")(item)
+        user = self.param("user_vector", nn.initializers.zeros_init(), (self.embed,))
+        offset = self.param("offset", nn.initializers.constant(3.5 if self.spec.rating_range else 0.0), ())
+        return offset + bias + vectors @ user
+
+    @staticmethod
+    def default_adapt_filter(path, leaf):
+        return "user_vector" in jaxrec.models.path_names(path)
+
+
+def test_a_registered_model_of_ones_own_runs_in_both_harnesses_beside_the_baselines():
+    """``jaxrec.models.register``: a config names the model, the rated and the top-N harness train and score it
+    against their baselines on the same users; a loss of one's own is the one trained on; every point of the
+    protocol a model breaks is named at registration."""
+    from jaxrec.experiment import Experiment, ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+    from jaxrec.models import registry
+
+    used = []
+
+    def own_loss(model):
+        used.append(type(model).__name__)
+        return jaxrec.mse_loss(model.apply)
+
+    jaxrec.models.register("biasdot", _BiasDot, loss=own_loss)
+    try:
+        rated = Experiment(
+            ExperimentConfig.make(
+                model="biasdot",
+                epochs=1,
+                bootstrap=20,
+                inner_steps=1,
+                pretrain=False,
+                supervised_epochs=1,
+                finetune_lrs=(0.0, 0.1),
+            )
+        )
+        assert used == ["_BiasDot"] and rated.config.meta.adapt == "default"
+        scenarios = rated.evaluate(rated.train().params)
+        new_users = scenarios["new_user"]
+        assert {"maml", "finetune", "bias"} <= set(new_users) and 0.5 < new_users["maml"]["mae"] < 1.5
+        assert "paired" in new_users["bias"]
+        top = TopNExperiment(
+            ExperimentConfig.make(
+                model="biasdot",
+                feedback="implicit",
+                positive_threshold=4.0,
+                epochs=1,
+                inner_steps=1,
+                topn_baselines=("popular",),
+                bootstrap=20,
+            )
+        )
+        summaries = top.validate(top.train().params)
+        assert {"maml", "popular"} <= set(summaries) and 0.0 <= summaries["maml"]["recall@20"] <= 1.0
+        with pytest.raises(ValueError, match="registered already"):
+            jaxrec.models.register("biasdot", _BiasDot)
+        jaxrec.models.register("biasdot", _BiasDot, replace=True)  # its loss goes with the replaced registration
+        registry.default_loss(jaxrec.models.create("biasdot", rated.spec))
+        assert used == ["_BiasDot"]
+    finally:
+        registry.MODELS.pop("biasdot", None)
+        registry._LOSSES.pop(_BiasDot, None)
+
+    class Hashed(_BiasDot):
+        spec: FeatureSpec = None
+
+    class NoFilter(nn.Module):
+        spec: FeatureSpec = spec_field
+
+    class NoSpec(nn.Module):
+        embed: int = 4
+
+    for cls, message in [
+        (Hashed, "declares 'spec' hashed"),
+        (NoFilter, "needs a static default_adapt_filter"),
+        (NoSpec, "a field 'spec'"),
+        (dict, "must be a flax.linen.Module class"),
+    ]:
+        with pytest.raises(TypeError, match=message):
+            jaxrec.models.register("broken", cls)
+    with pytest.raises(ValueError, match="'melu' is a built-in model"):
+        jaxrec.models.register("melu", _BiasDot)
+    assert "broken" not in registry.MODELS

@@ -73,6 +73,14 @@ def test_melu_split_protocol(ds, melu_split):
     assert not np.array_equal(other.new_users, melu_split.new_users)
 
 
+def test_a_task_set_prints_its_sizes_not_its_arrays(ds, melu_split):
+    """The dataclass's own repr printed every row array and the featurizer: 84 kB for the bundled data."""
+    tasks = build_tasks(melu_split.train, jd.Featurizer.fit(ds, melu_split.train), split="melu")
+    text = repr(tasks)
+    assert len(text) < 400 and text.startswith(f"TaskSet({len(tasks)} tasks by user, {len(tasks.row_user) - 1} rows")
+    assert "x10" in text and "array" not in text
+
+
 def test_time_split_cutoff(ds):
     split = cold_start_split(ds, "time", seed=0, time_quantile=0.7)
     cutoff = split.stats["cutoff"]

@@ -24,7 +24,6 @@ __all__ = [
     "masked_mean",
     "mse_loss",
     "bce_loss",
-    "bpr_loss",
     "with_auxiliary",
     "l2_to_init",
 ]
@@ -113,48 +112,6 @@ def bce_loss(apply_fn: ApplyFn, target: str = "label") -> LossFn:
         # log(1 + e^x) - y x, the numerically stable form of BCE with logits
         per_row = jax.nn.softplus(logits) - labels * logits
         return masked_mean(per_row, mask)
-
-    return loss_fn
-
-
-def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = "item") -> LossFn:
-    """Bayesian personalised ranking (Rendle et al. 2009): ``-log sigmoid(s(u, i+) - s(u, i-))``.
-
-    Each row holds a positive ``item`` and a sampled ``neg_item``; the negative score is the model applied to the
-    same row with the item swapped (and the item's side features ``item_<field>`` swapped for
-    ``neg_item_<field>`` where the rows carry them). Rows with several negatives each, ``neg_item [rows, N]`` and
-    ``neg_mask [rows, N]`` (the top-N pipeline's), take the mean over a row's real negatives
-    (:func:`jaxrec.core.ranking.ranking_loss` with ``"bpr"``).
-
-    Args:
-      apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
-      negative_key: the row key of the sampled negative item.
-      item_key: the row key of the positive item.
-
-    Returns:
-      ``loss_fn(params, rows, mask) -> scalar``.
-    """
-
-    def loss_fn(params, rows, mask):
-        if jnp.ndim(rows[negative_key]) == jnp.ndim(rows[item_key]) + 1:  # several negatives a row: [rows, N]
-            if (negative_key, item_key) != ("neg_item", "item") or "neg_mask" not in rows:
-                raise ValueError(
-                    f"rows with several negatives each ({negative_key!r} of shape {jnp.shape(rows[negative_key])}) "
-                    "need the keys 'item', 'neg_item' and 'neg_mask' [rows, N]"
-                )
-            from jaxrec.core.ranking import ranking_loss  # the ranking losses build on this module
-
-            return ranking_loss(apply_fn, "bpr")(params, rows, mask)
-        positive = apply_fn(params, rows)
-        negative_rows = dict(rows)
-        negative_rows[item_key] = rows[negative_key]
-        for key in list(rows):
-            # side features of the negative item travel as neg_<key> when the data pipeline provides them
-            if key.startswith("item_") and f"neg_{key}" in rows:
-                negative_rows[key] = rows[f"neg_{key}"]
-        negative = apply_fn(params, negative_rows)
-        margin = jnp.where(mask, positive - negative, 0.0)
-        return masked_mean(-jax.nn.log_sigmoid(margin), mask)
 
     return loss_fn
 

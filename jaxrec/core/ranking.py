@@ -28,7 +28,8 @@ A task's loss is the weighted masked mean over its rows, ``sum_r m_r w_r l_r / m
 ``w_r`` is the row's confidence weight (key ``weight``: a play count, 1 for a plain click; Hu et al. ICDM 2008).
 Padded rows and padded negatives change neither the loss nor its gradient. The builders take a model's
 ``apply_fn(params, rows) -> scores [rows]``: any model of :mod:`jaxrec.models` scores its negatives by the same
-function, its rows repeated with the item keys swapped.
+function, its rows repeated with the item keys swapped. :func:`bpr_loss` (``jaxrec.bpr_loss``) is BPR for rows
+of one negative each as well.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrec.core.losses import LossFn
+from jaxrec.core.losses import LossFn, masked_mean
 
 __all__ = [
+    "bpr_loss",
     "RANKING_LOSSES",
     "catalogue_als_loss",
     "catalogue_logistic_loss",
@@ -97,6 +99,48 @@ def row_weights(rows: Rows, mask: jax.Array, dtype: Any = jnp.float32) -> jax.Ar
     weight = rows.get("weight")
     weight = jnp.ones(mask.shape, dtype) if weight is None else jnp.asarray(weight, dtype)
     return jnp.where(mask, weight, 0.0)
+
+
+def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = "item") -> LossFn:
+    """Bayesian personalised ranking (Rendle et al. 2009): ``-log sigmoid(s(u, i+) - s(u, i-))``.
+
+    Each row holds a positive ``item`` and a sampled ``neg_item``; the negative score is the model applied to the
+    same row with the item swapped (and the item's side features ``item_<field>`` swapped for
+    ``neg_item_<field>`` where the rows carry them). Rows with several negatives each, ``neg_item [rows, N]`` and
+    ``neg_mask [rows, N]`` (the top-N pipeline's), take the mean over a row's real negatives
+    (:func:`ranking_loss` with ``"bpr"``).
+
+    Args:
+      apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
+      negative_key: the row key of the sampled negative item.
+      item_key: the row key of the positive item.
+
+    Returns:
+      ``loss_fn(params, rows, mask) -> scalar``.
+    """
+
+    several = ranking_loss(apply_fn, "bpr")
+
+    def loss_fn(params, rows, mask):
+        if jnp.ndim(rows[negative_key]) == jnp.ndim(rows[item_key]) + 1:  # several negatives a row: [rows, N]
+            if (negative_key, item_key) != ("neg_item", "item") or "neg_mask" not in rows:
+                raise ValueError(
+                    f"rows with several negatives each ({negative_key!r} of shape {jnp.shape(rows[negative_key])}) "
+                    "need the keys 'item', 'neg_item' and 'neg_mask' [rows, N]"
+                )
+            return several(params, rows, mask)
+        positive = apply_fn(params, rows)
+        swapped = dict(rows)
+        swapped[item_key] = rows[negative_key]
+        for key in list(rows):
+            # side features of the negative item travel as neg_<key> when the data pipeline provides them
+            if key.startswith("item_") and f"neg_{key}" in rows:
+                swapped[key] = rows[f"neg_{key}"]
+        negative = apply_fn(params, swapped)
+        margin = jnp.where(mask, positive - negative, 0.0)
+        return masked_mean(-jax.nn.log_sigmoid(margin), mask)
+
+    return loss_fn
 
 
 def ranking_loss(apply_fn: ApplyFn, kind: str = "bpr", confidence: float = 10.0) -> LossFn:

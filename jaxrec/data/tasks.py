@@ -487,6 +487,13 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self.users)
 
+    def __repr__(self) -> str:  # the dataclass's would print every row array and the featurizer (tens of kB)
+        shapes = ", ".join(f"{s}x{q}" for s, q in self.shapes)
+        return (
+            f"TaskSet({len(self)} tasks by {self.by}, {len(self.row_user) - 1} rows, split={self.split!r}, "
+            f"shapes (support x query)=[{shapes}], negatives={self.negatives}, history={self.history})"
+        )
+
     @property
     def spec(self) -> FeatureSpec:
         """The featurizer's spec with ``history`` = this task set's ``L`` (what a model of these rows needs)."""

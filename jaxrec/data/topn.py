@@ -430,6 +430,9 @@ class TopNTaskSet:
     def __len__(self) -> int:
         return len(self.tasks)
 
+    def __repr__(self) -> str:
+        return f"TopNTaskSet({self.tasks!r}, {self.sampler.count} negatives a row)"
+
     @property
     def users(self) -> np.ndarray:
         """The user code of each task."""

@@ -78,6 +78,7 @@ __all__ = [
     "BASELINE_GRIDS",
     "BASELINE_REFINEMENTS",
     "HYBRID_WEIGHTS",
+    "Method",
     "NEW_ITEM_ONLY",
 ]
 
@@ -1232,21 +1233,95 @@ class TopNExperiment:
         for name, tasks in self.scenario_tasks.items():
             only_new = name == NEW_ITEM_ONLY
             summaries, stats, lists, sampled_rows = self._evaluate_on(
-                {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
-                if only_new
-                else rankers,
+                self._for_scenario(rankers, name),
                 tasks,
-                in_time=name == "new_user",
-                held_out=name in ("new_item", NEW_ITEM_ONLY),
-                scenario=None if name == "new_user" else name,
+                **self._scenario_options(name),
                 keep_lists=keep_lists,
                 scorers=None if only_new else scorers,
                 negatives=max(sampled, 1),
-                coverage_of=len(self.split.new_items) if only_new else None,
             )
             out[name] = summaries
             detail[name] = (stats, lists, sampled_rows)
         return out, detail
+
+    def _for_scenario(self, rankers: Mapping[str, Method], name: str) -> Mapping[str, Method]:
+        """``rankers`` as scenario ``name`` ranks: among the new items alone in ``"new_item_only"``."""
+        if name != NEW_ITEM_ONLY:
+            return rankers
+        return {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
+
+    def _scenario_options(self, name: str) -> dict[str, Any]:
+        """:meth:`_evaluate_on`'s options for scenario ``name`` (see there)."""
+        return {
+            "in_time": name == "new_user",
+            "held_out": name in ("new_item", NEW_ITEM_ONLY),
+            "scenario": None if name == "new_user" else name,
+            "coverage_of": len(self.split.new_items) if name == NEW_ITEM_ONLY else None,
+        }
+
+    def compare(
+        self,
+        params: Any,
+        methods: Mapping[str, Any],
+        *,
+        scenario: str = "validation",
+        baselines: bool = True,
+        return_stats: bool = False,
+    ) -> dict | tuple[dict, dict]:
+        """Score methods of one's own beside this run's, on the same users under the protocol every built-in method
+        is scored by: the same support sets, the same items never listed (each user's support; in a scenario of
+        meta-train users their other training items; held-out new items outside the new-item scenarios), the same
+        cut-offs, bootstrap and paired intervals (each method paired with ``"maml"``).
+
+        A method of one's own is a fold-in scorer, as every interaction baseline is
+        (:mod:`jaxrec.evaluation.retrieval_baselines`): an object with ``scores(support) -> [U, V]``, where
+        ``support`` holds the users' support items as a SciPy CSR matrix ``[U, V]`` of item codes (each entry the
+        interaction's weight, 1 in an unweighted log) and the result is a score for every item of the catalogue (a
+        dense array). Fit it on :meth:`train_matrix`, the meta-train users' interactions; item codes are
+        ``dataset.items``' positions. A :class:`Method` is taken as it is.
+
+        Args:
+          params: the meta-learned parameters (``"maml"``'s).
+          methods: ``{name: scorer or Method}``; no name of this run's own methods.
+          scenario: ``"validation"`` (the users every choice is made on), or a key of :attr:`scenario_tasks`
+            (test users: report, never choose).
+          baselines: also this run's baselines (else its meta method alone).
+          return_stats: also return the per-user statistics.
+
+        Returns:
+          ``{method: summary}`` (summaries as in metrics.json, ``"paired"`` against ``"maml"``), and with
+          ``return_stats`` the per-user statistics.
+
+        Raises:
+          ValueError: an unknown scenario, or a name this run's methods already use.
+          TypeError: a method that is neither a scorer nor a :class:`Method`.
+        """
+        known = ("validation", *self.scenario_tasks)
+        if scenario not in known:
+            raise ValueError(f"unknown scenario {scenario!r}: choose one of {', '.join(known)}")
+        rankers = dict(self.rankers(params, baselines=baselines))
+        for name, method in methods.items():
+            if name in rankers:
+                raise ValueError(f"method name {name!r} is one of this run's own methods: name yours otherwise")
+            if isinstance(method, Method):
+                rankers[name] = method
+            elif callable(getattr(method, "scores", None)):
+                rankers[name] = self._baseline_ranker(method)
+            else:
+                raise TypeError(
+                    f"method {name!r} must have scores(support [U, V] CSR) -> [U, V], or be a Method; got "
+                    f"{type(method).__name__}"
+                )
+        if scenario == "validation":
+            evaluation = self._evaluate_on(rankers, self.val_tasks, in_time=True)
+        else:
+            evaluation = self._evaluate_on(
+                self._for_scenario(rankers, scenario),
+                self.scenario_tasks[scenario],
+                **self._scenario_options(scenario),
+            )
+        summaries, stats = evaluation[0], evaluation[1]
+        return (summaries, stats) if return_stats else summaries
 
     def metrics_document(self, params: Any, *, keep_lists: bool = False) -> dict:
         """The metrics.json document: ``{"dataset", "task": "topn", "config", "tuned", "split", "scenarios"}``, and

@@ -24,10 +24,13 @@ Conventions shared by all models:
 * **Adaptation.** Each model class has a static ``default_adapt_filter(path, leaf) -> bool`` selecting the
   parameters adapted per task (the "local update" of MeLU); decision layers live in a submodule named ``head``.
   :func:`jaxrec.core.params.adapt_filter` turns ``"all"`` / ``"head"`` / ``"default"`` / a regex into such a predicate.
+
+A model of one's own joins them with :func:`register` (the protocol it follows is there), after which a config
+names it and every harness builds it.
 """
 
 from jaxrec.core.params import adapt_filter, adapt_mask, embedding_tables, path_names
-from jaxrec.models.common import Head, MultiHotEmbed, support_encoder
+from jaxrec.models.common import Head, MultiHotEmbed, spec_field, support_encoder
 from jaxrec.models.gru import GRURecommender
 from jaxrec.models.item_history import LWA, NLBA
 from jaxrec.models.item_warmup import MWUF, MetaEmb
@@ -36,7 +39,7 @@ from jaxrec.models.mamo import MAMO
 from jaxrec.models.melu import MeLU
 from jaxrec.models.mf import MatrixFactorization
 from jaxrec.models.neumf import NeuMF
-from jaxrec.models.registry import MODELS, create, default_loss, init_params
+from jaxrec.models.registry import MODELS, create, default_loss, init_params, register
 from jaxrec.models.tanp import TaNP, neural_process_loss
 from jaxrec.models.two_tower import TwoTower
 
@@ -65,5 +68,7 @@ __all__ = [
     "init_params",
     "neural_process_loss",
     "path_names",
+    "register",
+    "spec_field",
     "support_encoder",
 ]
