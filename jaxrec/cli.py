@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -283,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="export a run that ranks by a hybrid (--hybrid) anyway: the arrays rank by the adapted model alone",
     )
+
+    for command in (t, ch, ev, r, s, x):
+        command.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import this Python module first (repeatable; from the current folder or the path): one that "
+            "registers models of one's own with jaxrec.models.register, so that --model or a run folder names them",
+        )
 
     d = sub.add_parser("datasets", help="list the known datasets and where they are cached")
     d.add_argument("--data-dir", help="folder holding the MovieLens folders")
@@ -1234,6 +1246,24 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
                 signal.signal(sig, handler)
 
 
+def _import_modules(names: Sequence[str]) -> None:
+    """Import the ``--import`` modules, the current folder first on the path as ``python -m`` has it (the
+    ``jaxrec`` launcher's own folder is the path's first entry otherwise).
+
+    Raises:
+      ImportError: naming the module and why it could not be imported (an error inside it included).
+    """
+    if names and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(f"--import {name}: {e}") from e
+        except Exception as e:  # the module ran and failed: say where, in one line
+            raise ImportError(f"--import {name}: the module failed: {type(e).__name__}: {e}") from e
+
+
 def _raise_interrupted(signum: int, frame: Any) -> None:
     """In a caller's process (a test, a notebook), a signal stops the command with :class:`Interrupted`."""
     raise Interrupted(signum)
@@ -1261,6 +1291,13 @@ def _run(argv: Sequence[str] | None) -> int:
     debug = args.debug or os.environ.get("JAXREC_DEBUG") == "1"
     _configure_logging(debug)
     _host_devices(getattr(args, "devices", None))
+    try:
+        _import_modules(getattr(args, "imports", []))
+    except ImportError as e:
+        if debug:
+            raise
+        _echo(f"jaxrec: error: {e}", err=True)
+        return 1
     # the command owns its process: reuse freed host memory so that XLA CPU's per-step buffers are not
     # page-faulted in again every step (jaxrec.scale.host_memory)
     keep_freed_host_memory()

@@ -373,3 +373,65 @@ def test_a_bad_predictions_folder_fails_before_the_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert one_clear_error(err) and "a file, not a folder" in err
     assert not (tmp_path / "run").exists()  # nothing trained
+
+
+MY_MODELS = """
+import flax.linen as nn
+import jaxrec
+from jaxrec.core.features import FeatureSpec
+from jaxrec.models.common import spec_field, valid_ids
+
+
+class BiasDot(nn.Module):
+    spec: FeatureSpec = spec_field
+    embed: int = 4
+
+    @nn.compact
+    def __call__(self, rows):
+        item = valid_ids(rows["item"], self.spec.categorical["item"])
+        bias = nn.Embed(self.spec.categorical["item"], 1, name="bias_item")(item)[..., 0]
+        vectors = nn.Embed(self.spec.categorical["item"], self.embed, name="embed_item")(item)
+        user = self.param("user_vector", nn.initializers.zeros_init(), (self.embed,))
+        return self.param("offset", nn.initializers.constant(5.0), ()) + bias + vectors @ user
+
+    @staticmethod
+    def default_adapt_filter(path, leaf):
+        return "user_vector" in jaxrec.models.path_names(path)
+
+
+jaxrec.models.register("{name}", BiasDot)
+"""
+
+
+def test_a_model_of_ones_own_is_trained_and_recommended_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """``--import MODULE``: a module of the current folder that registers a model; ``train`` names the model and
+    ``recommend`` reads the run back; without the module the run's model is named with the flag that loads it."""
+    import sys
+
+    from jaxrec.models import registry
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my_models_cli.py").write_text(MY_MODELS.replace("{name}", "biasdot_cli"))
+    data = write_ratings(tmp_path / "ratings.csv", scale=10)
+    flags = ["--data", str(data), "--columns", "user,item,rating", "--sep", ","]
+    tiny = [*TINY_FLAGS[2:], "--epochs", "1", "--pretrain", "false"]  # TINY_FLAGS without its --model mf
+    ratings = tmp_path / "me.csv"
+    ratings.write_text("item,rating\n100,9\n101,2\n")
+    recommend = ["recommend", "--checkpoint", "run", "--ratings", str(ratings), "-k", "3"]
+    try:
+        train = ["train", *flags, "--model", "biasdot_cli", "--model-kwargs", '{"embed": 4}', *tiny, "--out", "run"]
+        code = cli.main(train)  # not registered: refused, and told how
+        assert code == 1 and "--import MODULE" in capsys.readouterr().err and not (tmp_path / "run").exists()
+        assert cli.main(["train", "--import", "my_models_cli", *train[1:]]) == 0, capsys.readouterr().err
+        assert cli.main(["recommend", "--import", "my_models_cli", *recommend[1:]]) == 0
+        listed = [line for line in capsys.readouterr().out.splitlines() if line.strip()[:2].rstrip(".").isdigit()]
+        assert len(listed) == 3
+        registry.MODELS.pop("biasdot_cli")
+        sys.modules.pop("my_models_cli")
+        assert cli.main(recommend) == 1
+        assert "--import MODULE" in capsys.readouterr().err
+        assert cli.main(["recommend", "--import", "no_such_module_here", *recommend[1:]]) == 1
+        assert "--import no_such_module_here: No module named" in capsys.readouterr().err
+    finally:
+        registry.MODELS.pop("biasdot_cli", None)
+        sys.modules.pop("my_models_cli", None)

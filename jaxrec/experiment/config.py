@@ -405,7 +405,12 @@ class ModelConfig:
     )
 
     def __post_init__(self):
-        _check(self.name in models.MODELS, "model", f"must be one of {sorted(models.MODELS)}, got {self.name!r}")
+        _check(
+            self.name in models.MODELS,
+            "model",
+            f"must be one of {sorted(models.MODELS)} or a model registered with jaxrec.models.register (on the "
+            f"command line: --import MODULE, a module that registers it), got {self.name!r}",
+        )
         _check(isinstance(self.kwargs, dict), "model_kwargs", f"must be a JSON object, got {self.kwargs!r}")
 
     def constructor_kwargs(self) -> dict:

@@ -68,7 +68,8 @@ def register(
     of the config (``ranking_loss``: BPR, BCE, sampled softmax); a rated run with ``loss(model)``.
 
     A run folder of a registered model is read back (``TrainedModel.load``, ``recommend``, ``serve``) by a process
-    that registered it the same way: the ``jaxrec`` command knows the built-in models only.
+    that registered it the same way: on the command line, ``--import MODULE`` imports a module that registers it
+    (``jaxrec train --import my_models --model mine``, then ``jaxrec serve --import my_models --checkpoint ...``).
 
     Args:
       name: the name configs use.
