@@ -1401,3 +1401,20 @@ def test_a_method_of_ones_own_is_scored_under_the_protocol_of_the_built_in_ones(
         exp.compare(params, {"mine": mine}, scenario="test")
     with pytest.raises(TypeError, match="must have scores"):
         exp.compare(params, {"mine": object()})
+
+
+def test_a_scorer_of_ones_own_gets_the_support_weighting_the_baselines_get(monkeypatch):
+    """With ``support_recency`` every baseline's support is weighted at the strength its validation users choose: a
+    scorer of one's own is tuned alike, so that item-kNN refitted outside the run ranks as the built-in one."""
+    from jaxrec.evaluation import retrieval_baselines as rb
+    from jaxrec.experiment import topn
+
+    monkeypatch.setitem(topn.BASELINE_GRIDS, "itemknn", [{"neighbours": 50, "shrink": 10.0}])
+    config = als_start_config(model_kwargs={"embed": 4}, support_recency=(2.0, 8.0))  # 0, no weighting, not in it
+    exp = topn.TopNExperiment(config.override(topn_baselines=("itemknn",)))
+    params = exp.init_state().params
+    mine = rb.fit_itemknn(exp.train_matrix(), neighbours=50, shrink=10.0)
+    summaries = exp.compare(params, {"mine": mine}, scenario="new_user")
+    assert summaries["mine"]["recall@20"] == summaries["itemknn"]["recall@20"]
+    chosen = exp.tuned["support_recency"]
+    assert chosen["mine"] == chosen["itemknn"] and chosen["mine"]["strength"] > 0

@@ -1278,7 +1278,9 @@ class TopNExperiment:
         ``support`` holds the users' support items as a SciPy CSR matrix ``[U, V]`` of item codes (each entry the
         interaction's weight, 1 in an unweighted log) and the result is a score for every item of the catalogue (a
         dense array). Fit it on :meth:`train_matrix`, the meta-train users' interactions; item codes are
-        ``dataset.items``' positions. A :class:`Method` is taken as it is.
+        ``dataset.items``' positions. A :class:`Method` is taken as it is. As the baselines' are, a scorer's support
+        is weighted by its order at the ``support_recency`` strength best on the validation users (recorded in
+        :attr:`tuned` ``["support_recency"][name]``).
 
         Args:
           params: the meta-learned parameters (``"maml"``'s).
@@ -1304,9 +1306,9 @@ class TopNExperiment:
             if name in rankers:
                 raise ValueError(f"method name {name!r} is one of this run's own methods: name yours otherwise")
             if isinstance(method, Method):
-                rankers[name] = method
+                rankers[name] = self._tuned_recency(name, method)
             elif callable(getattr(method, "scores", None)):
-                rankers[name] = self._baseline_ranker(method)
+                rankers[name] = self._tuned_recency(name, self._baseline_ranker(method))
             else:
                 raise TypeError(
                     f"method {name!r} must have scores(support [U, V] CSR) -> [U, V], or be a Method; got "
