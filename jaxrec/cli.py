@@ -1253,15 +1253,22 @@ def _import_modules(names: Sequence[str]) -> None:
     Raises:
       ImportError: naming the module and why it could not be imported (an error inside it included).
     """
-    if names and os.getcwd() not in sys.path:
+    added = bool(names) and os.getcwd() not in sys.path
+    if added:
         sys.path.insert(0, os.getcwd())
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as e:
-            raise ImportError(f"--import {name}: {e}") from e
-        except Exception as e:  # the module ran and failed: say where, in one line
-            raise ImportError(f"--import {name}: the module failed: {type(e).__name__}: {e}") from e
+    try:
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                if e.name is not None and name != e.name and not name.startswith(f"{e.name}."):
+                    raise ImportError(f"--import {name}: the module imports what is not installed: {e}") from e
+                raise ImportError(f"--import {name}: {e}") from e
+            except Exception as e:  # the module ran and failed: say where, in one line
+                raise ImportError(f"--import {name}: the module failed: {type(e).__name__}: {e}") from e
+    finally:  # a command run inside another program leaves its path as it was
+        if added:
+            sys.path.remove(os.getcwd())
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:

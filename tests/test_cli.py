@@ -432,6 +432,11 @@ def test_a_model_of_ones_own_is_trained_and_recommended_from_the_command_line(tm
         assert "--import MODULE" in capsys.readouterr().err
         assert cli.main(["recommend", "--import", "no_such_module_here", *recommend[1:]]) == 1
         assert "--import no_such_module_here: No module named" in capsys.readouterr().err
+        (tmp_path / "needs_more.py").write_text("import not_installed_anywhere\n")
+        assert cli.main(["recommend", "--import", "needs_more", *recommend[1:]]) == 1
+        said = capsys.readouterr().err
+        assert "--import needs_more: the module imports what is not installed" in said, said
+        assert str(tmp_path) not in sys.path  # the command put its folder on the path for its imports alone
     finally:
         registry.MODELS.pop("biasdot_cli", None)
         sys.modules.pop("my_models_cli", None)

@@ -251,10 +251,21 @@ def test_inputs_that_would_learn_nothing_or_fail_deep_inside_jax_are_refused_by_
     # Reptile moves theta towards the adapted parameters: without a step they are theta
     with pytest.raises(ValueError, match="reptile.*inner_steps=0"):
         jaxrec.meta_train(PARAMS, [batch], algorithm="reptile", **dict(KW, inner_steps=0))
+    with pytest.raises(ValueError, match="metasgd.*inner_steps=0 takes none"):
+        jaxrec.meta_train(PARAMS, [batch], algorithm="metasgd", **dict(KW, inner_steps=0))
+    for algorithm in ("reptile", "metasgd"):  # refused by the config too, before a run folder is made
+        with pytest.raises(ValueError, match=f"algorithm='{algorithm}'.*inner_steps=0"):
+            jaxrec.ExperimentConfig.make(algorithm=algorithm, inner_steps=0)
     # jax.grad's own error names no leaf
     ints = dict(PARAMS, w2=jnp.arange(4))
     with pytest.raises(TypeError, match=r"floating-point.*\['w2'\] \(int32\)"):
         jaxrec.meta_train(ints, [batch], **KW)
+    # Reptile takes no outer gradient: a leaf it does not adapt may be an integer, as it always could
+    counted = dict(PARAMS, counter=jnp.array(3, jnp.int32))
+    trained, _ = jaxrec.meta_train(
+        counted, [batch], algorithm="reptile", adapt_filter=lambda path, leaf: "counter" not in str(path), **KW
+    )
+    assert int(trained["counter"]) == 3
     # a filter must decide from the path, not from traced values
     rows = {k: v[0] for k, v in batch.support.items()}
     by_value = lambda path, leaf: jnp.any(leaf != 0)  # noqa: E731

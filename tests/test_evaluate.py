@@ -236,7 +236,7 @@ def test_adaptation_with_zero_steps_is_the_unadapted_model():
     direct = collect(lambda state, b: apply_fn(state, b.query), params, [batch], name="direct")
     kwargs = dict(apply_fn=apply_fn, loss_fn=mse_loss(apply_fn), resamples=0, return_stats=True)
     _, zero_steps = meta_evaluate(params, [batch], inner_lr=0.1, inner_steps=0, **kwargs)
-    _, zero_lr = meta_evaluate(params, [batch], inner_lr=jnp.array(0.0), inner_steps=3, **kwargs)  # as adapt takes 0
+    _, zero_lr = meta_evaluate(params, [batch], inner_lr=0.0, inner_steps=3, **kwargs)
     for key in ("abs_sum", "sq_sum", "ndcg@3"):
         np.testing.assert_allclose(zero_steps[key], direct[key], rtol=1e-6)
         np.testing.assert_allclose(zero_lr[key], direct[key], rtol=1e-6)
@@ -248,7 +248,7 @@ def test_meta_evaluate_checks_the_rate_as_adapt_does():
     apply_fn, params = _linear_model()
     batch = _batch(4, 6, 5, 1)
     kwargs = dict(apply_fn=apply_fn, loss_fn=mse_loss(apply_fn), inner_steps=2, resamples=0)
-    for bad in (float("nan"), -0.1, 0.0):
+    for bad in (float("nan"), -0.1, float("inf")):
         with pytest.raises(ValueError, match="inner_lr must be a finite positive number"):
             meta_evaluate(params, [batch], inner_lr=bad, **kwargs)
     with pytest.raises(ValueError, match="inner_lr must be finite"):

@@ -506,7 +506,7 @@ def test_a_registered_model_of_ones_own_runs_in_both_harnesses_beside_the_baseli
 
     for cls, message in [
         (Hashed, "declares 'spec' hashed"),
-        (NoFilter, "needs a static default_adapt_filter"),
+        (NoFilter, "needs a @staticmethod default_adapt_filter"),
         (NoSpec, "a field 'spec'"),
         (dict, "must be a flax.linen.Module class"),
     ]:
@@ -514,4 +514,14 @@ def test_a_registered_model_of_ones_own_runs_in_both_harnesses_beside_the_baseli
             jaxrec.models.register("broken", cls)
     with pytest.raises(ValueError, match="'melu' is a built-in model"):
         jaxrec.models.register("melu", _BiasDot)
+    # a loss goes with its class: a built-in class under a second name would have given the built-in name that loss
+    with pytest.raises(ValueError, match="MatrixFactorization is registered as 'mf' already: register a subclass"):
+        jaxrec.models.register("mf_mine", M.MatrixFactorization, loss=lambda model: None)
+
+    class PlainMethod(_BiasDot):
+        def default_adapt_filter(self, path, leaf):  # not static: called as (path, leaf) it fails later
+            return True
+
+    with pytest.raises(TypeError, match="needs a @staticmethod default_adapt_filter"):
+        jaxrec.models.register("broken", PlainMethod)
     assert "broken" not in registry.MODELS

@@ -140,6 +140,16 @@ def test_the_public_bpr_loss_takes_the_top_n_pipelines_rows_of_several_negatives
     rows = {k: jnp.asarray(v) for k, v in rows.items()}
     value = float(jaxrec.bpr_loss(toy_apply)(params, rows, jnp.asarray(mask)))
     np.testing.assert_allclose(value, numpy_loss(params, rows, mask, "bpr"), rtol=1e-12)
+    # one negative a row, given as [rows] or as [rows, 1]: the same value, the rows' weights read alike
+    first = {k: v for k, v in rows.items() if not k.startswith("neg_")}
+    flat = dict(first, neg_item=rows["neg_item"][:, 0])
+    column = dict(first, neg_item=rows["neg_item"][:, :1], neg_mask=jnp.ones((len(mask), 1), bool))
+    assert float(jnp.std(rows["weight"])) > 0
+    np.testing.assert_allclose(
+        float(jaxrec.bpr_loss(toy_apply)(params, flat, jnp.asarray(mask))),
+        float(jaxrec.bpr_loss(toy_apply)(params, column, jnp.asarray(mask))),
+        rtol=1e-12,
+    )
     without_mask = {k: v for k, v in rows.items() if k != "neg_mask"}
     with pytest.raises(ValueError, match="several negatives each .*'neg_mask'"):
         jaxrec.bpr_loss(toy_apply)(params, without_mask, jnp.asarray(mask))
@@ -1383,13 +1393,15 @@ def test_a_method_of_ones_own_is_scored_under_the_protocol_of_the_built_in_ones(
     from jaxrec.evaluation import retrieval_baselines as rb
     from jaxrec.experiment.topn import TopNExperiment
 
-    exp = TopNExperiment(als_start_config(model_kwargs={"embed": 4}).override(topn_baselines=("popular",)))
+    config = als_start_config(model_kwargs={"embed": 4}, sampled_negatives=20)
+    exp = TopNExperiment(config.override(topn_baselines=("popular",)))
     params = exp.init_state().params
     mine = rb.fit_popular(exp.train_matrix())
     for scenario in ("validation", "warm", "new_user"):
         summaries, stats = exp.compare(params, {"mine": mine}, scenario=scenario, return_stats=True)
         assert set(summaries) == {"maml", "popular", "mine"}
-        for key in ("recall@20", "ndcg@20", "hr@10", "mrr@20", "coverage@20"):
+        sampled = () if scenario == "validation" else ("sampled_hr@10",)  # the biased protocol, beside, as evaluate
+        for key in ("recall@20", "ndcg@20", "hr@10", "mrr@20", "coverage@20", *sampled):
             assert summaries["mine"][key] == summaries["popular"][key], (scenario, key)
         np.testing.assert_array_equal(stats["mine"]["recall@20"], stats["popular"]["recall@20"])
         assert "paired" in summaries["mine"]

@@ -335,6 +335,20 @@ def reptile_direction(
     return loss, direction
 
 
+def no_inner_step(algorithm: str) -> str:
+    """Why ``algorithm`` learns nothing without an inner step (Reptile's direction ``theta - phi`` is 0, Meta-SGD's
+    rates scale no step): the message of its refusal."""
+    if algorithm == "reptile":
+        return (
+            "algorithm='reptile' moves theta towards the adapted parameters, which are theta itself with "
+            "inner_steps=0: nothing would be learned; take at least one inner step"
+        )
+    return (
+        "algorithm='metasgd' meta-learns the rates of the inner steps, and inner_steps=0 takes none: they would "
+        "never move; take at least one inner step, or use algorithm='maml'"
+    )
+
+
 def check_algorithm(algorithm: str, order: str) -> None:
     """Check a meta-learning algorithm and inner-loop order.
 

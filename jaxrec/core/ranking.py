@@ -40,7 +40,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrec.core.losses import LossFn, masked_mean
+from jaxrec.core.losses import LossFn
 
 __all__ = [
     "bpr_loss",
@@ -108,7 +108,9 @@ def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = 
     same row with the item swapped (and the item's side features ``item_<field>`` swapped for
     ``neg_item_<field>`` where the rows carry them). Rows with several negatives each, ``neg_item [rows, N]`` and
     ``neg_mask [rows, N]`` (the top-N pipeline's), take the mean over a row's real negatives
-    (:func:`ranking_loss` with ``"bpr"``).
+    (:func:`ranking_loss` with ``"bpr"``). Either way a task's loss is the mean over its rows weighted by their
+    confidence ``weight`` where the rows carry one (:func:`row_weights`), so one negative as ``[rows]`` or as
+    ``[rows, 1]`` gives the same value.
 
     Args:
       apply_fn: ``apply_fn(params, rows) -> scores [rows]``.
@@ -138,7 +140,8 @@ def bpr_loss(apply_fn: ApplyFn, negative_key: str = "neg_item", item_key: str = 
                 swapped[key] = rows[f"neg_{key}"]
         negative = apply_fn(params, swapped)
         margin = jnp.where(mask, positive - negative, 0.0)
-        return masked_mean(-jax.nn.log_sigmoid(margin), mask)
+        weights = row_weights(rows, mask, positive.dtype)  # as ranking_loss weighs them: one value for one layout
+        return jnp.sum(-jax.nn.log_sigmoid(margin) * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
 
     return loss_fn
 

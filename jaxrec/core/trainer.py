@@ -33,7 +33,7 @@ from jaxrec.core.batch import TaskBatch, validate_batch
 from jaxrec.core.errors import JaxrecError
 from jaxrec.core.inner import InnerLoop, as_inner_loop, check_inner_lr
 from jaxrec.core.metasgd import MetaSGDParams, init_metasgd
-from jaxrec.core.objectives import check_algorithm, meta_value_and_grad, reptile_direction
+from jaxrec.core.objectives import check_algorithm, meta_value_and_grad, no_inner_step, reptile_direction
 from jaxrec.core.params import check_differentiable, has_task_initialisation
 from jaxrec.core.solvers import Amortized, OptaxSteps
 from jaxrec.scale.local_embeddings import Tables, local_tables_context
@@ -146,9 +146,9 @@ class MetaTrainer:
 
     Raises:
       ValueError: an unknown algorithm or order; a bad concrete ``inner_lr``; ``"metasgd"`` without
-        ``inner_lr`` or with an inner solver that takes no rate (optax, amortised); ``"reptile"`` without inner
-        steps; a non-positive ``task_chunk``; ``sparse_tables`` without ``sparse_optimizer`` or the reverse;
-        ``after_step`` with ``sparse_tables``.
+        ``inner_lr`` or with an inner solver that takes no rate (optax, amortised); ``"reptile"`` or ``"metasgd"``
+        without inner steps; a non-positive ``task_chunk``; ``sparse_tables`` without ``sparse_optimizer`` or the
+        reverse; ``after_step`` with ``sparse_tables``.
       TypeError: a bad inner-loop option (:func:`jaxrec.core.inner.as_inner_loop`).
     """
 
@@ -179,11 +179,8 @@ class MetaTrainer:
                 f"{type(self.inner.solver).__name__} does not use (an optax transformation carries its own rate, an "
                 "encoding takes no step): use algorithm='maml'"
             )
-        if algorithm == "reptile" and self.inner.steps == 0:
-            raise ValueError(
-                "algorithm='reptile' moves theta towards the adapted parameters, which are theta itself with "
-                "inner_steps=0: nothing would be learned; take at least one inner step"
-            )
+        if algorithm in ("reptile", "metasgd") and self.inner.steps == 0:
+            raise ValueError(no_inner_step(algorithm))
         if task_chunk is not None and (isinstance(task_chunk, bool) or int(task_chunk) <= 0):
             raise ValueError(f"task_chunk must be a positive number of tasks, got {task_chunk!r}")
         self._inner_lr = inner_lr
@@ -238,7 +235,7 @@ class MetaTrainer:
         Raises:
           ValueError: :class:`~jaxrec.MetaSGDParams` given to an algorithm other than ``"metasgd"``; row-sparse
             tables with params that choose their initialisation per task (GroupedParams).
-          TypeError: a leaf of ``params`` is not floating-point.
+          TypeError: a leaf of ``params`` is not floating-point (a meta-gradient algorithm).
         """
         if self.algorithm == "metasgd":
             params = init_metasgd(params, self.inner_lr)
@@ -247,7 +244,8 @@ class MetaTrainer:
         # fresh, strongly typed copies: weak-typed leaves (jnp.array(0.2)) would retrace the step after the first
         # call, whose outputs are strongly typed
         params = jax.tree.map(lambda x: jnp.array(x, dtype=jnp.asarray(x).dtype), params)
-        check_differentiable(params)
+        if self.algorithm != "reptile":  # Reptile takes no outer gradient: a leaf it does not adapt may be anything
+            check_differentiable(params)
         if self.sparse_tables:
             rest, tables = split_tables(params, self._state_tables(params))
             opt_state = SparseOuterState(self.optimizer.init(rest), self.sparse_optimizer.init(tables))

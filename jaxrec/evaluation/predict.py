@@ -22,10 +22,12 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.core.batch import TaskBatch, validate_batch, zero_padding
@@ -226,7 +228,8 @@ def meta_evaluate(
       tasks: a :class:`~jaxrec.TaskSet` (every task once, in fixed-size batches) or an iterable of TaskBatches.
       apply_fn: ``apply_fn(params, rows) -> scores [rows]`` (``model.apply``).
       inner: the :class:`~jaxrec.InnerLoop` of training, or its fields as keywords (``loss_fn=...``, ...).
-      inner_lr: the inner rate (ignored for :class:`~jaxrec.MetaSGDParams`).
+      inner_lr: the inner rate (ignored for :class:`~jaxrec.MetaSGDParams`): finite and positive, or 0 for the
+        model without adaptation; None for an optax inner solver, which carries its own.
       target: the row key of the targets (default from ``tasks.featurizer.spec`` for a TaskSet, else
         ``"rating"``).
       ks: cut-offs of nDCG@k (and HR@k).
@@ -245,6 +248,8 @@ def meta_evaluate(
       (MAE/RMSE pooled over query ratings), and the per-user statistics when ``return_stats``.
     """
     target, rating_range, implicit = metric_defaults(tasks, target, rating_range, implicit)
+    if isinstance(inner_lr, numbers.Real) and not isinstance(inner_lr, bool) and inner_lr == 0:
+        inner_lr = jnp.float32(0.0)  # no adaptation: the unadapted model, a sweep's first point (adapt takes it so)
     if not isinstance(params, MetaSGDParams):
         check_inner_lr(inner_lr)  # here, while it is concrete: inside the compiled step it is traced
     predict = functools.partial(meta_predict, inner=as_inner_loop(inner, **options), apply_fn=apply_fn)

@@ -33,7 +33,7 @@ import jax
 from jaxrec import models, testing
 from jaxrec.core.inner import ORDERS
 from jaxrec.core.newton import newton
-from jaxrec.core.objectives import ALGORITHMS
+from jaxrec.core.objectives import ALGORITHMS, no_inner_step
 from jaxrec.data import Dataset, join_side_files
 from jaxrec.data.tasks import SCHEMES, TASK_SIDES
 from jaxrec.experiment.selection import RULES as SELECT_RULES
@@ -531,6 +531,8 @@ class MetaConfig:
         _positive_number(self.inner_lr, "inner_lr")
         if self.inner_steps is not None:
             _positive_int(self.inner_steps, "inner_steps", minimum=0)
+            if self.inner_steps == 0 and self.algorithm in ("reptile", "metasgd"):
+                raise ValueError(no_inner_step(self.algorithm))  # here, before a run folder is made
         _positive_number(self.meta_lr, "meta_lr")
         if self.rate_lr is not None:
             _positive_number(self.rate_lr, "rate_lr")

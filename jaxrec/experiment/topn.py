@@ -78,7 +78,6 @@ __all__ = [
     "BASELINE_GRIDS",
     "BASELINE_REFINEMENTS",
     "HYBRID_WEIGHTS",
-    "Method",
     "NEW_ITEM_ONLY",
 ]
 
@@ -1278,15 +1277,18 @@ class TopNExperiment:
         ``support`` holds the users' support items as a SciPy CSR matrix ``[U, V]`` of item codes (each entry the
         interaction's weight, 1 in an unweighted log) and the result is a score for every item of the catalogue (a
         dense array). Fit it on :meth:`train_matrix`, the meta-train users' interactions; item codes are
-        ``dataset.items``' positions. A :class:`Method` is taken as it is. As the baselines' are, a scorer's support
-        is weighted by its order at the ``support_recency`` strength best on the validation users (recorded in
-        :attr:`tuned` ``["support_recency"][name]``).
+        ``dataset.items``' positions. The harness lists each user's top items of those scores that the scenario
+        ranks, as it does a baseline's. As the baselines' are, a scorer's support is weighted by its order at the
+        ``support_recency`` strength best on the validation users (recorded in :attr:`tuned`
+        ``["support_recency"][name]``). With ``sampled_negatives`` the test scenarios also get the sampled
+        protocol's ``sampled_hr@k``, as in :meth:`evaluate`.
 
         Args:
           params: the meta-learned parameters (``"maml"``'s).
-          methods: ``{name: scorer or Method}``; no name of this run's own methods.
-          scenario: ``"validation"`` (the users every choice is made on), or a key of :attr:`scenario_tasks`
-            (test users: report, never choose).
+          methods: ``{name: scorer}``; no name of this run's own methods.
+          scenario: ``"validation"``, or a key of :attr:`scenario_tasks`. The built-in methods' hyper-parameters
+            were chosen on the validation users, so their figures there are optimistic: choose one's own method's
+            there too, and report on a test scenario (``"new_user"``: report, never choose).
           baselines: also this run's baselines (else its meta method alone).
           return_stats: also return the per-user statistics.
 
@@ -1296,7 +1298,7 @@ class TopNExperiment:
 
         Raises:
           ValueError: an unknown scenario, or a name this run's methods already use.
-          TypeError: a method that is neither a scorer nor a :class:`Method`.
+          TypeError: a method that is not a scorer.
         """
         known = ("validation", *self.scenario_tasks)
         if scenario not in known:
@@ -1305,22 +1307,24 @@ class TopNExperiment:
         for name, method in methods.items():
             if name in rankers:
                 raise ValueError(f"method name {name!r} is one of this run's own methods: name yours otherwise")
-            if isinstance(method, Method):
-                rankers[name] = self._tuned_recency(name, method)
-            elif callable(getattr(method, "scores", None)):
-                rankers[name] = self._tuned_recency(name, self._baseline_ranker(method))
-            else:
+            # a ranker of one's own would be handed its support as `exclude` and have to leave out by itself what
+            # the scenario never lists; a scorer's lists are made here, as a baseline's are
+            if not callable(getattr(method, "scores", None)):
                 raise TypeError(
-                    f"method {name!r} must have scores(support [U, V] CSR) -> [U, V], or be a Method; got "
+                    f"method {name!r} must have scores(support [U, V] CSR) -> [U, V] scores of every item; got "
                     f"{type(method).__name__}"
                 )
+            rankers[name] = self._tuned_recency(name, self._baseline_ranker(method))
         if scenario == "validation":
             evaluation = self._evaluate_on(rankers, self.val_tasks, in_time=True)
         else:
+            sampled = self.config.topn.sampled_negatives if scenario != NEW_ITEM_ONLY else 0
             evaluation = self._evaluate_on(
                 self._for_scenario(rankers, scenario),
                 self.scenario_tasks[scenario],
                 **self._scenario_options(scenario),
+                scorers={k: m.score for k, m in rankers.items()} if sampled else None,
+                negatives=max(sampled, 1),
             )
         summaries, stats = evaluation[0], evaluation[1]
         return (summaries, stats) if return_stats else summaries

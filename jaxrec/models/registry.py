@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -52,7 +53,8 @@ def register(
     :class:`~jaxrec.Experiment`, :class:`~jaxrec.TopNExperiment`, ``jaxrec.experiment.TrainingRun`` and the
     baselines' comparisons, on the same splits, seeds and paired intervals as the built-in models.
 
-    The protocol a model follows, each point checked here:
+    The protocol a model follows (checked here as far as it can be without data; the model's first rows check the
+    rest):
 
     * a Flax ``nn.Module`` whose constructor takes the rows' :class:`~jaxrec.core.features.FeatureSpec` as
       ``spec``, declared ``spec: FeatureSpec = jaxrec.models.common.spec_field`` (unhashed: a spec holds dicts, and a
@@ -63,9 +65,9 @@ def register(
 
     What the library then does by itself: the Newton inner step of ``inner_solver="auto"`` applies where the model
     has an output layer ``head/output`` (else gradient steps at ``inner_lr``), ``pretrain="bias"`` where it has
-    ``bias_embed_item``; ``user_vectors`` / ``item_vectors`` methods make it a two-tower model whose catalogue is
-    scored as one matrix product (else every item is scored row by row). Top-N runs train it with the ranking loss
-    of the config (``ranking_loss``: BPR, BCE, sampled softmax); a rated run with ``loss(model)``.
+    ``bias_embed_item``; a subclass of :class:`~jaxrec.models.TwoTower` is a two-tower model whose catalogue is
+    scored as one matrix product (any other model scores every item row by row). Top-N runs train it with the
+    ranking loss of the config (``ranking_loss``: BPR, BCE, sampled softmax); a rated run with ``loss(model)``.
 
     A run folder of a registered model is read back (``TrainedModel.load``, ``recommend``, ``serve``) by a process
     that registered it the same way: on the command line, ``--import MODULE`` imports a module that registers it
@@ -78,8 +80,11 @@ def register(
         ratings, BCE on 0/1 labels).
       replace: replace a model registered under ``name`` before (never a built-in one).
 
+    A class is registered under one name (its loss goes with it): register a subclass to use it under another.
+
     Raises:
-      ValueError: the name is taken (a built-in model, or another registration without ``replace``) or empty.
+      ValueError: the name is taken (a built-in model, or another registration without ``replace``) or empty, or
+        the class is registered under another name.
       TypeError: ``cls`` breaks the protocol above, or ``loss`` is not callable; the message says which point.
     """
     if not isinstance(name, str) or not name:
@@ -101,10 +106,15 @@ def register(
             f"model {name!r} declares 'spec' hashed: declare it as jaxrec.models.common.spec_field (a spec holds "
             "dicts, and a module is hashed as a static argument of the compiled rankers)"
         )
-    if not callable(getattr(cls, "default_adapt_filter", None)):
+    if not isinstance(inspect.getattr_static(cls, "default_adapt_filter", None), staticmethod):
         raise TypeError(
-            f"model {name!r} needs a static default_adapt_filter(path, leaf) -> bool: the parameters adapted per "
-            "user by default (jaxrec.models.path_names(path) gives a path's names)"
+            f"model {name!r} needs a @staticmethod default_adapt_filter(path, leaf) -> bool: the parameters adapted "
+            "per user by default (jaxrec.models.path_names(path) gives a path's names)"
+        )
+    elsewhere = [other for other, known in MODELS.items() if known is cls and other != name]
+    if elsewhere:
+        raise ValueError(
+            f"{cls.__name__} is registered as {elsewhere[0]!r} already: register a subclass of it under {name!r}"
         )
     if loss is not None and not callable(loss):
         raise TypeError(f"loss must be callable, loss(model) -> loss_fn, got {type(loss).__name__}")
