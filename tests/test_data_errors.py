@@ -38,6 +38,16 @@ def test_extra_column_in_a_file_is_named(tmp_path):
     assert jd.from_csv(path, allow_extra=True).n_ratings == 1
 
 
+@pytest.mark.parametrize("header", ["user,item,rating,rating", "\ufeffuser,item, user,rating"])
+def test_a_repeated_header_column_is_named_as_written(tmp_path, header):
+    """pandas renames a repeated name (``rating.1``): the error named a column the file does not have."""
+    path = tmp_path / "log.csv"
+    path.write_text(f"{header}\n1,2,3,4\n", encoding="utf-8")
+    repeated = header.replace("\ufeff", "").split(",")[-1 if "rating,rating" in header else 0].strip()
+    with pytest.raises(jd.DataError, match=rf"log.csv, line 1: the header names '{repeated}' \(columns \[\d, \d\]\)"):
+        jd.read_log(path)
+
+
 def test_extra_fields_in_a_fixed_format_file(tmp_path):
     d = tmp_path / "ml-100k"
     _write(d / "u.data", "1\t2\t3\t4\t5\n")

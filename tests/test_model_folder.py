@@ -1,5 +1,5 @@
-"""A run folder stands alone: ``jaxrec recommend`` needs nothing but the folder (from any directory, after the
-training data is gone), checks its catalogue, and no path written in a record is ever opened."""
+"""A run folder stands alone: ``jaxrec recommend`` and ``jaxrec serve`` need nothing but the folder (from any
+directory, after the training data is gone), checks its catalogue, and no path written in a record is ever opened."""
 
 import shutil
 import subprocess
@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 from cli_support import TINY_FLAGS, write_ratings
+from serve_support import Server
 
 from jaxrec import cli
 from jaxrec.experiment.checkpoint import CheckpointError
@@ -46,10 +47,18 @@ def test_recommend_needs_only_the_run_folder(trained_run, tmp_path):
     trained_run["data"].unlink()
     try:
         after = recommend(moved, trained_run["ratings"], cwd="/")
+        server = Server(moved, "--batch-sizes", "1", "--support-sizes", "8")  # the service too
+        try:
+            served = server.post("/recommend", {"ratings": [{"item": 100, "rating": 5}, {"item": 107, "rating": 1}]})
+        finally:
+            server.stop()
     finally:
         shutil.copy(hidden, trained_run["data"])
     assert after[0] == 0, after[2]
     assert after[1] == before[1] and "top 5 of 40 items" in after[1]
+    assert served[0] == 200 and len(served[1]["recommendations"]) == 10, served
+    listed = [line.split("(item ")[1].split(",")[0] for line in after[1].splitlines() if "(item " in line]
+    assert [str(r["item"]) for r in served[1]["recommendations"][:5]] == listed, (listed, served[1])
 
 
 def test_the_trained_model_restores_without_data_and_scores_like_the_experiment(trained_run):

@@ -252,6 +252,12 @@ def table_columns(path: str | os.PathLike, sep: str, header: bool, *, encoding: 
         raise DataError(f"{path}: cannot parse the header with separator {sep!r}: {e}") from e
     except (EOFError, OSError) as e:
         raise DataError(f"{path}: cannot read the file: {e}") from e
+    # pandas renames a repeated name ("rating", "rating.1"): an error would then name a column the file lacks
+    fields = [f.strip().lstrip("\ufeff") for f in _split_fields(_head_lines(path, 1, encoding)[0], sep)]
+    repeated = sorted({f for f in fields if fields.count(f) > 1})
+    if repeated:
+        where = ", ".join(f"{name!r} (columns {[i for i, f in enumerate(fields) if f == name]})" for name in repeated)
+        raise DataError(f"{path}, line 1: the header names {where} more than once; rename or drop the repeats")
     return list(labels)
 
 
@@ -762,6 +768,6 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
         if extra and not allow_extra:
             raise DataError(
                 f"{path}: unexpected extra column(s) {extra}; name the roles' columns in columns= (--columns "
-                "user=<name>,item=<name>,...; the others are then not read), or pass allow_extra=True"
+                "user=<name>,item=<name>,...; the others are then not read; jaxrec.data.from_csv: allow_extra=True)"
             )
     return roles
