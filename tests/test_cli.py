@@ -120,6 +120,17 @@ def test_recommend_prints_unrated_top_k(run, tmp_path, capsys):
     assert "warm median" in captured.out
 
 
+@pytest.mark.parametrize("first", ["100,4.5 stars", "100,nan", "100,"])
+def test_a_first_line_of_data_with_a_bad_value_is_refused_not_taken_for_a_header(run, tmp_path, capsys, first):
+    """A first row whose value is not a number was read as a header and dropped unsaid, its item then listed back."""
+    ratings = tmp_path / "me.csv"
+    ratings.write_text(f"{first}\n101,2\n")
+    assert cli.main(["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "5"]) == 1
+    assert "line 1: rating" in capsys.readouterr().err
+    ratings.write_text("movieId,stars\n100,9\n101,2\n")  # a header names its columns
+    assert cli.main(["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "5"]) == 0
+
+
 def test_recommend_reads_a_ratings_file_in_the_encoding_given(run, tmp_path, capsys):
     """--encoding was read for --users alone: a ratings file in another encoding failed as unparsable lines."""
     ratings = tmp_path / "me.csv"

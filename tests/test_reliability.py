@@ -285,6 +285,20 @@ def test_poisoned_task_raises_naming_its_users(experiment, tmp_path, monkeypatch
     assert "users" in str(info.value)
 
 
+def test_the_users_of_a_poisoned_batch_are_named_with_text_ids_too():
+    """A log of text ids holds them as Python strings in an object array: naming them crashed on ``.item()``."""
+    from types import SimpleNamespace
+
+    from jaxrec.experiment.run import _raw_users
+
+    for ids, expected in [
+        (np.array(["user7", "sku-1"], dtype=object), ["sku-1", "user7"]),
+        (np.array([70, 10]), [10, 70]),
+    ]:
+        named = _raw_users(SimpleNamespace(dataset=SimpleNamespace(user_ids=ids)), np.array([1, 0, -1]))
+        assert named == expected and all(type(u) in (str, int) for u in named)
+
+
 def test_cli_reports_a_poisoned_task(ratings_file, tmp_path, monkeypatch, capsys):
     original = Experiment.batches
 

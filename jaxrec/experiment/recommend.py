@@ -145,7 +145,9 @@ def read_user_ratings(
     if frame.shape[1] < 2:
         raise RunError(f"--ratings {path}: expected two columns item,rating, found {frame.shape[1]}")
     first = [str(v).strip().strip('"').lower() for v in frame.iloc[0]]
-    header = not _is_number(first[-1]) or not _is_number(first[1])
+    # a header names its columns; a first row of data with a bad value ("79,4.5 stars", "sku-1,nan") is not one, and
+    # taken for one it was dropped unsaid (its item then listed back to the user)
+    header = any(name in _ITEM_NAMES or name in _RATING_NAMES for name in first)
     item_col, rating_col = 0, 1
     if header:
         item_col = next((i for i, name in enumerate(first) if name in _ITEM_NAMES), 0)
@@ -157,11 +159,12 @@ def read_user_ratings(
     written = frame.iloc[:, item_col].to_numpy()  # an id with spaces of its own (" padded ") is matched as written
     raw_items = frame.iloc[:, item_col].str.strip().to_numpy()
     values = pd.to_numeric(frame.iloc[:, rating_col].str.strip(), errors="coerce").to_numpy(np.float64)
+    weighted = implicit and weighted and positive_threshold is None
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise RunError(f"--ratings {path}: line {line_of[i]}: rating {frame.iloc[i, rating_col]!r} is not a number")
-    weighted = implicit and weighted and positive_threshold is None
+        what = "weight" if weighted else "rating"
+        raise RunError(f"--ratings {path}: line {line_of[i]}: {what} {frame.iloc[i, rating_col]!r} is not a number")
     unusable = unusable_values(values, scale=rating_range, weights=weighted)
     if unusable is not None:
         i, why = unusable

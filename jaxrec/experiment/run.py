@@ -686,7 +686,8 @@ def _raw_users(experiment, task_id) -> list:
     codes = np.asarray(task_id)
     codes = codes[codes >= 0]
     raw = experiment.dataset.user_ids
-    return [raw[c].item() if c < len(raw) else int(c) for c in codes]
+    # an object array of text ids holds Python strings, which have no .item()
+    return [(raw[c].item() if hasattr(raw[c], "item") else raw[c]) if c < len(raw) else int(c) for c in codes]
 
 
 def _jsonable(value: Any) -> Any:
