@@ -48,6 +48,52 @@ def test_a_repeated_header_column_is_named_as_written(tmp_path, header):
         jd.read_log(path)
 
 
+def test_unsigned_ids_beyond_int64_are_kept_as_their_digits():
+    """A Parquet log's uint64 ids of 2^63 and above trained, but every lookup reads integer ids as int64, so no
+    request could name them: they are kept as text, as a text log reads 20-digit ids; smaller ones stay integers."""
+    from jaxrec.experiment.recommend import _codes_of
+
+    big = np.uint64(2**63) + np.array([0, 1, 0, 2], np.uint64)
+    log = pd.DataFrame({"user": [1, 1, 2, 2], "item": big, "rating": [5.0, 4.0, 3.0, 2.0]})
+    ds = jd.from_dataframe(log)
+    assert list(ds.item_ids) == ["9223372036854775808", "9223372036854775809", "9223372036854775810"]
+    asked = np.array(["9223372036854775809", "7"], dtype=object)
+    assert list(_codes_of(asked, asked, ds.item_ids)) == [1, -1]
+    small = jd.from_dataframe(log.assign(item=np.array([7, 8, 7, 9], np.uint64)))
+    assert [int(i) for i in small.item_ids] == [7, 8, 9]
+
+
+@pytest.mark.parametrize(
+    ("times", "message"),
+    [
+        ([0.1, 0.5, 0.9], r"holds fractions of a second \(line 2: 0.1\) and 2 distinct time\(s\) would be the same"),
+        ([1.6e9, 1e30, 1.6e9 + 1], r"line 3 is a time beyond int64 seconds"),
+    ],
+)
+def test_times_that_would_collapse_or_wrap_are_refused_by_line(tmp_path, times, message):
+    """Numbers were cast to int64 seconds: times in [0, 1) all became 0, 1e30 wrapped to -2^63 (the earliest time of
+    all)."""
+    lines = ["user,item,rating,timestamp"] + [f"1,{i + 1},4,{t}" for i, t in enumerate(times)]
+    path = _write(tmp_path / "log.csv", "\n".join(lines) + "\n")
+    with pytest.raises(jd.DataError, match=rf"log.csv: column 'timestamp' {message}"):
+        jd.read_log(path)
+
+
+def test_dates_to_the_year_9999_are_read_as_seconds(tmp_path):
+    """An ISO date past 2262 raised pandas' own overflow, naming no file or line: seconds are taken directly."""
+    path = _write(tmp_path / "log.csv", "user,item,rating,timestamp\n1,1,4,2020-01-01T00:00:00Z\n1,2,4,9999-12-31\n")
+    seconds = sorted(jd.read_log(path).ratings["timestamp"])
+    assert seconds == [1577836800, 253402214400]  # (date - 1970-01-01) in seconds, as a calendar gives them
+
+
+def test_fractions_of_a_second_that_merge_no_times_are_read_whole_and_said(tmp_path, caplog):
+    path = _write(tmp_path / "log.csv", "user,item,rating,timestamp\n1,1,4,100.25\n1,2,4,101.75\n1,3,4,102\n")
+    with caplog.at_level("WARNING", logger="jaxrec"):
+        ds = jd.read_log(path)
+    assert sorted(ds.ratings["timestamp"]) == [100, 101, 102]
+    assert "2 time(s) with fractions of a second (line 2: 100.25) read as whole seconds" in caplog.text
+
+
 def test_extra_fields_in_a_fixed_format_file(tmp_path):
     d = tmp_path / "ml-100k"
     _write(d / "u.data", "1\t2\t3\t4\t5\n")

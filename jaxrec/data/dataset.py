@@ -347,7 +347,14 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
         text = col.astype(str).str.strip()
         iso = text.str.match(ISO_DATE).fillna(False).to_numpy(bool) & col.notna().to_numpy()
         if iso.any():
-            parsed = pd.to_datetime(text.where(iso), utc=True, format="ISO8601", errors="coerce")
+            try:
+                parsed = pd.to_datetime(text.where(iso), utc=True, format="ISO8601", errors="coerce")
+            except (pd.errors.OutOfBoundsDatetime, OverflowError):  # "coerce" does not cover it: find the date
+                first = next(i for i in np.flatnonzero(iso) if not _in_datetime_range(text.iloc[i]))
+                raise DataError(
+                    f"{where}: column {column!r} {where_line(first, line_offset)} is a date outside the range times "
+                    f"can hold: {col.iloc[first]!r}"
+                ) from None
             bad = parsed.isna().to_numpy()
             if bad.any():
                 first = int(np.flatnonzero(bad)[0])
@@ -357,10 +364,48 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
                     f"{where}: column {column!r} {where_line(first, line_offset)} {what} ({int(bad.sum())} bad "
                     "value(s) in total)"
                 )
-            return ((parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(np.int64)
-    seconds = numeric_column(col, column, where, line_offset).astype(np.int64)
+            # whole seconds directly: a difference in nanoseconds overflows past 2262, which dates can reach
+            return parsed.dt.tz_localize(None).astype("datetime64[s]").astype(np.int64).to_numpy()
+    numbers = numeric_column(col, column, where, line_offset)
+    beyond = np.abs(numbers) >= 2.0**63
+    if beyond.any():  # as int64 it would wrap to -2^63, the earliest time of all
+        first = int(np.flatnonzero(beyond)[0])
+        raise DataError(
+            f"{where}: column {column!r} {where_line(first, line_offset)} is a time beyond int64 seconds: "
+            f"{_written(col.iloc[first])} ({int(beyond.sum())} such value(s) in total)"
+        )
+    seconds = np.floor(numbers).astype(np.int64)
+    fractional = numbers != seconds
+    if fractional.any():
+        merged = len(np.unique(numbers)) - len(np.unique(seconds))
+        first = int(np.flatnonzero(fractional)[0])
+        if merged:  # times that differed would tie, and the order by time would be lost
+            raise DataError(
+                f"{where}: column {column!r} holds fractions of a second ({where_line(first, line_offset)}: "
+                f"{_written(col.iloc[first])}) and {merged} distinct time(s) would be the same whole second: times are "
+                "whole seconds; scale them (days x 86400, milliseconds) before reading"
+            )
+        logger.warning(
+            "%s: column %r: %d time(s) with fractions of a second (%s: %s) read as whole seconds (no two merged)",
+            where, column, int(fractional.sum()), where_line(first, line_offset), _written(col.iloc[first]),
+        )  # fmt: skip
     _warn_mixed_units(seconds, column, where, line_offset)
     return seconds
+
+
+def _written(value: Any) -> str:
+    """A value as its file wrote it: text quoted, a number plain (``100.25``, not ``np.float64(100.25)``)."""
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def _in_datetime_range(text: str) -> bool:
+    try:
+        pd.to_datetime(text, utc=True, format="ISO8601")
+    except (pd.errors.OutOfBoundsDatetime, OverflowError):
+        return False
+    except (ValueError, TypeError):  # not a date at all: named by the caller's own check
+        return True
+    return True
 
 
 #: epoch times of the years 1973-2100 in seconds, and from 1973 on in milliseconds (or finer)
@@ -531,6 +576,9 @@ def from_dataframe(
     stripped = np.zeros(len(df), bool)
     for role in ("user", "item"):
         ids = df[named[role]]
+        if pd.api.types.is_unsigned_integer_dtype(ids) and len(ids) and int(ids.max()) >= 2**63:
+            # beyond int64, where every id lookup reads integers: kept as their digits, as a text log reads them
+            ids = ids.astype(str)
         nulls = ids.isna().to_numpy()
         codes, uniques = pd.factorize(ids) if nulls.any() else _encode(ids.to_numpy())
         if pd.api.types.is_string_dtype(ids) or pd.api.types.is_object_dtype(ids):  # "" and "  " are no id either
