@@ -94,6 +94,60 @@ def test_fractions_of_a_second_that_merge_no_times_are_read_whole_and_said(tmp_p
     assert "2 time(s) with fractions of a second (line 2: 100.25) read as whole seconds" in caplog.text
 
 
+def test_what_a_frame_or_a_log_leaves_unread_or_cannot_tell_apart_is_said(caplog):
+    """A frame's 'timestamp' column was left unread without a word (the file readers take it by name), rows below
+    the positive threshold were counted in the report alone, and a log of one rating value scored every method
+    perfectly without a word."""
+    log = pd.DataFrame(
+        {"user": [1, 1, 2, 2], "item": [1, 2, 1, 3], "rating": [5.0, 2.0, 4.0, 5.0], "timestamp": [4, 3, 2, 1]}
+    )
+    with caplog.at_level("INFO", logger="jaxrec"):
+        jd.from_dataframe(log)
+        assert "column 'timestamp' is not read (timestamp=None)" in caplog.text
+        caplog.clear()
+        assert jd.from_dataframe(log, timestamp="timestamp").has_timestamps
+        assert "is not read" not in caplog.text
+        ds = jd.from_dataframe(log, timestamp="timestamp", feedback="implicit", positive_threshold=4.0)
+        assert ds.report["below_threshold_dropped"] == 1
+        assert "left out 1 row(s) rated below positive_threshold=4" in caplog.text
+        jd.from_dataframe(log.assign(rating=4.0), timestamp="timestamp")
+        assert "every rating in column 'rating' is 4: with one value" in caplog.text
+
+
+TIME_FORMS = {
+    "naive": lambda s: pd.to_datetime(s, unit="s"),
+    "zoned": lambda s: pd.to_datetime(s, unit="s", utc=True).dt.tz_convert("Asia/Kolkata"),
+    "arrow, zoned": lambda s: pd.to_datetime(s, unit="s", utc=True).astype("timestamp[us, tz=UTC][pyarrow]"),
+    "arrow": lambda s: pd.to_datetime(s, unit="s").astype("timestamp[us][pyarrow]"),
+}
+
+
+@pytest.mark.parametrize("form", sorted(TIME_FORMS))
+def test_a_frames_times_are_the_same_seconds_in_every_datetime_form(form):
+    """A pyarrow timestamp with a zone (what read_parquet(dtype_backend='pyarrow') gives) crashed in pandas."""
+    log = pd.DataFrame({"user": [1, 1, 2], "item": [1, 2, 1], "rating": [5.0, 2.0, 4.0], "timestamp": [1.6e9, 0, -9]})
+    log["timestamp"] = log["timestamp"].astype(np.int64)
+    expected = jd.from_dataframe(log, timestamp="timestamp").ratings["timestamp"].tolist()
+    converted = log.assign(timestamp=TIME_FORMS[form](log["timestamp"]))
+    assert jd.from_dataframe(converted, timestamp="timestamp").ratings["timestamp"].tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("convert", "kind"),
+    [
+        (lambda s: pd.to_timedelta(s, unit="s"), "durations"),
+        (lambda s: pd.to_datetime(s, unit="s").dt.to_period("D"), "periods"),
+    ],
+)
+def test_durations_and_periods_are_no_times(convert, kind):
+    """They were stored as microseconds and day numbers without a word."""
+    log = pd.DataFrame(
+        {"user": [1, 2], "item": [1, 1], "rating": [5.0, 4.0], "timestamp": [1_600_000_000, 1_600_000_100]}
+    )
+    with pytest.raises(jd.DataError, match=f"column 'timestamp' holds {kind} .*not points in time"):
+        jd.from_dataframe(log.assign(timestamp=convert(log["timestamp"])), timestamp="timestamp")
+
+
 def test_extra_fields_in_a_fixed_format_file(tmp_path):
     d = tmp_path / "ml-100k"
     _write(d / "u.data", "1\t2\t3\t4\t5\n")

@@ -332,7 +332,14 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
     A text column is read as dates when any of its values looks like one; then the first value that is not a date
     (a number among dates, a typo) is named with its line. Otherwise the column must hold numbers, as before.
     """
-    if pd.api.types.is_datetime64_any_dtype(col):
+    if pd.api.types.is_timedelta64_dtype(col) or isinstance(col.dtype, pd.PeriodDtype):
+        kind = "durations" if pd.api.types.is_timedelta64_dtype(col) else "periods"
+        raise DataError(
+            f"{where}: column {column!r} holds {kind} ({col.dtype}), not points in time: give datetimes or seconds "
+            "since 1970-01-01 UTC"
+        )
+    if pd.api.types.is_datetime64_any_dtype(col) or "timestamp[" in str(col.dtype):  # numpy, tz-aware or pyarrow
+        col = pd.to_datetime(col, utc=True)
         missing = col.isna().to_numpy()
         if missing.any():  # NaT: as int64 it would be -2^63, the earliest time of all
             first = int(np.flatnonzero(missing)[0])
@@ -340,9 +347,7 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
                 f"{where}: column {column!r} {where_line(first, line_offset)} is missing ({int(missing.sum())} "
                 "missing value(s) in total)"
             )
-        if getattr(col.dtype, "tz", None) is not None:
-            col = col.dt.tz_convert("UTC").dt.tz_localize(None)
-        return (col.astype("datetime64[s]").astype(np.int64)).to_numpy()
+        return col.dt.tz_localize(None).astype("datetime64[s]").astype(np.int64).to_numpy()
     if pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col):
         text = col.astype(str).str.strip()
         iso = text.str.match(ISO_DATE).fillna(False).to_numpy(bool) & col.notna().to_numpy()
@@ -572,6 +577,12 @@ def from_dataframe(
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}; the columns are {list(df.columns)}")
     if len(df) == 0:
         raise DataError(f"{where}: no ratings (the log is empty)")
+    if timestamp is None and "timestamp" in df.columns:  # the file readers take it by name; a frame names it
+        logger.warning(
+            "%s: the frame's column 'timestamp' is not read (timestamp=None): without times a user's interactions "
+            "have no order (supports drawn at random, no split by time); pass timestamp='timestamp' to read it",
+            where,
+        )
     encoded = {}  # role -> the ids' dense codes and sorted uniques, each distinct id checked once
     stripped = np.zeros(len(df), bool)
     for role in ("user", "item"):
@@ -646,6 +657,13 @@ def from_dataframe(
         # 2a. ratings below the threshold are not interactions
         keep = np.ones(len(df), bool) if positive_threshold is None else ratings >= positive_threshold
         report["below_threshold_dropped"] = int(len(keep) - keep.sum())
+        if report["below_threshold_dropped"] and keep.any():
+            logger.info(
+                "%s: left out %d row(s) rated below positive_threshold=%g (not interactions)",
+                where,
+                report["below_threshold_dropped"],
+                positive_threshold,
+            )
         if positive_threshold is None and rating is not None and len(ratings) and ratings.min() < ratings.max():
             logger.warning(
                 "%s: feedback='implicit' reads each of its %d rated rows as an interaction, whatever the rating "
@@ -684,6 +702,14 @@ def from_dataframe(
         if report["duplicates_removed"]:
             logger.warning(
                 "%s: kept the latest of %d duplicate (user, item) rating(s)", where, report["duplicates_removed"]
+            )
+        if rating is not None and len(ratings) and ratings.min() == ratings.max():
+            logger.warning(
+                "%s: every rating in column %r is %g: with one value every method predicts it exactly (MAE 0) and "
+                "ranks by ties; for clicks or plays pass feedback='implicit' (--feedback implicit)",
+                where,
+                rating,
+                ratings.min(),
             )
 
     # 3. minimum ratings per user

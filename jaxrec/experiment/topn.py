@@ -240,7 +240,7 @@ class TopNExperiment:
         # the items a new user's list can hold: the catalogue less the held-out items and the user's support
         rankable = n_items - len(held) - top.shots
         self.select_at = selection_cutoff(top.topn_ks, rankable)
-        if max(top.topn_ks) >= rankable:
+        if 0 < rankable <= max(top.topn_ks):  # (none rankable: refused below, with the reason)
             logger.warning(
                 "%s: the cut-offs %s reach every item a new user can be recommended (%d items, %d of them held out as "
                 "new, less a support of %d): at such a cut-off every list holds every query item, so recall and HR "
