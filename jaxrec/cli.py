@@ -459,7 +459,9 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
             err=True,
         )
         return 128 + signum
-    _echo(f"meta-trained {step} steps ({int(state.skipped)} non-finite step(s) skipped); checkpoint in {out}")
+    skipped = int(state.skipped)
+    why = " (--nonfinite raise stops at the first, naming its users)" if skipped and args.nonfinite == "skip" else ""
+    _echo(f"meta-trained {step} steps ({skipped} non-finite step(s) skipped{why}); checkpoint in {out}")
     if run.selector is not None and step in run.selector.scores:
         _echo(_epoch_choice_line(run.selector, experiment.steps_per_epoch))
     state = kept

@@ -313,6 +313,8 @@ def test_cli_reports_a_poisoned_task(ratings_file, tmp_path, monkeypatch, capsys
     assert cli.main([*flags, "--out", str(tmp_path / "raise"), "--nonfinite", "raise"]) == 1
     err = capsys.readouterr().err
     assert "jaxrec: error: non-finite meta-loss" in err and "Traceback" not in err
+    assert cli.main([*flags, "--out", str(tmp_path / "skip")]) == 0  # skipped, and how to learn whose it was
+    assert "(1 non-finite step(s) skipped (--nonfinite raise stops at the first, naming" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------------------------------------------
