@@ -577,7 +577,8 @@ def from_dataframe(
         raise DataError(f"{where}: missing column(s) {', '.join(missing)}; the columns are {list(df.columns)}")
     if len(df) == 0:
         raise DataError(f"{where}: no ratings (the log is empty)")
-    if timestamp is None and "timestamp" in df.columns:  # the file readers take it by name; a frame names it
+    # the file readers take a 'timestamp' column by name (and name their source); a frame given here names it
+    if timestamp is None and "timestamp" in df.columns and not source:
         logger.warning(
             "%s: the frame's column 'timestamp' is not read (timestamp=None): without times a user's interactions "
             "have no order (supports drawn at random, no split by time); pass timestamp='timestamp' to read it",
