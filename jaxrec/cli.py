@@ -852,10 +852,15 @@ def _recommend_users(args: argparse.Namespace) -> int:
             f"the model was trained on interactions without weights: the {report['values_ignored']} column is "
             "ignored, each item counts once",
         ),
-        (report["without_items"], f"{report['without_items']} user(s) with no item the model knows: no list"),
+        (
+            report["without_items"],
+            f"{report['without_items']} user(s) with no item the model knows: the model's list before adaptation, "
+            "as the service answers them",
+        ),
         (
             report["without_positives"],
-            f"{report['without_positives']} user(s) with every rating below the threshold: no list",
+            f"{report['without_positives']} user(s) with every rating below the threshold: the model's list before "
+            "adaptation, their items left out",
         ),
         (report["empty_lists"], f"{report['empty_lists']} user(s) already have every item: an empty list"),
     ]
@@ -874,8 +879,8 @@ def _recommend_users(args: argparse.Namespace) -> int:
             ),
             err=True,
         )
-    if report["skipped"]:
-        _echo(f"note: users without a list, e.g. {', '.join(report['skipped'])}", err=True)
+    if report["unadapted"]:
+        _echo(f"note: users given the list before adaptation, e.g. {', '.join(report['unadapted'])}", err=True)
     if out is None:
         lists.to_csv(sys.stdout, index=False)
     else:

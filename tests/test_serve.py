@@ -642,7 +642,7 @@ def _catalogue(weighted, positive_threshold=None):
     return Catalogue(_implicit_model(weighted, positive_threshold))
 
 
-def test_a_file_of_users_is_read_as_the_service_reads_requests(tmp_path):
+def test_a_file_of_users_is_read_as_the_service_reads_requests(tmp_path, monkeypatch):
     """A thresholded model reads ratings, so a weight column is refused (plays were compared with the rating
     threshold and dropped); a weighted model refuses a weight that is not positive, naming the line."""
     from jaxrec.serve.batch import read_users, recommend_users
@@ -656,8 +656,13 @@ def test_a_file_of_users_is_read_as_the_service_reads_requests(tmp_path):
         recommend_users(_implicit_model(True), read_users(table), 2)
     # an unweighted model counts each item once: a weight column it does not read is reported, not passed over
     table.write_text("user,item,plays,note\nu,zz,7,x\n")
+    from jaxrec.serve import batch
+
+    ranked = SimpleNamespace(codes=np.array([2, 0]), scores=np.array([0.5, 0.25], np.float32), finite=True)
+    monkeypatch.setattr(batch, "_rank", lambda trained, inputs, *rest: [ranked for _ in inputs])  # no model here
     lists, report = recommend_users(_implicit_model(False), read_users(table), 2)
-    assert len(lists) == 0 and report["without_items"] == 1 and report["unknown"] == 1
+    # no item the model knows: its list before adaptation, as the service answers such a user (it had no list)
+    assert len(lists) == 2 and report["without_items"] == 1 and report["unknown"] == 1 and report["unadapted"] == ["u"]
     assert report["values_ignored"] == "weight" and report["ignored_columns"] == ["note"]
 
 

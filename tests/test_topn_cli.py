@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from cli_support import TOPN_FLAGS, write_plays, write_ratings
+from serve_support import Server
 
 from jaxrec import cli
 
@@ -551,16 +552,25 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--users", str(table), *flags]) == 0
     text = "\n".join(lines)
     assert (
-        f"read {len(rows)} row(s) of 73 user(s); 2 unknown item(s) ignored, 1 duplicate(s) merged; lists for 72 "
-        "user(s), 355 row(s)" in text
+        f"read {len(rows)} row(s) of 73 user(s); 2 unknown item(s) ignored, 1 duplicate(s) merged; lists for 73 "
+        "user(s), 360 row(s)" in text
     )
-    assert "1 user(s) with no item the model knows: no list" in text and "users without a list, e.g. lost" in text
+    assert "1 user(s) with no item the model knows: the model's list before adaptation, as the service" in text
+    assert "users given the list before adaptation, e.g. lost" in text
     assert "1 user(s) already have every item: an empty list" in text
     assert "also evaluated 'rerank'" in text
     lists = pd.read_csv(out, dtype={"user": str, "item": str})
-    assert list(lists.columns) == ["user", "rank", "item", "score"] and lists["user"].nunique() == 71
-    listed = [user for user in pd.unique(pd.Series([r[0] for r in shuffled])) if user not in ("lost", "every")]
+    assert list(lists.columns) == ["user", "rank", "item", "score"] and lists["user"].nunique() == 72
+    listed = [user for user in pd.unique(pd.Series([r[0] for r in shuffled])) if user != "every"]
     assert list(pd.unique(lists["user"])) == listed  # in the order of the file
+    # a user of no known item: the list the service answers such a user, the model's before adaptation
+    server = Server(topn_run["out"], "--batch-sizes", "1", "--support-sizes", "8")
+    try:
+        status, answer = server.post("/recommend", {"interactions": ["song-98"], "k": 5})
+    finally:
+        server.stop()
+    assert status == 200 and answer["input"]["used"] == 0
+    assert lists[lists["user"] == "lost"]["item"].tolist() == [r["item"] for r in answer["recommendations"]]
     trained = load_trained(topn_run["out"])
     recommender = TopNRecommender(trained, trained.params)
     for u in [*range(0, 70, 3), 70]:  # every third user, and the long one

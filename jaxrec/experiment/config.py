@@ -652,8 +652,10 @@ class TopNConfig:
         tuned alike (the baselines get the same second model); None: no hybrid.
       support_recency: the strengths ``tau`` of the support's recency weighting to choose from, per method, on the
         validation users (empty: off). A new user's support is their first ``shots`` interactions in time; with
-        ``tau`` the ``j``-th of ``n`` (oldest first) weighs ``exp(tau j / (n - 1))``, scaled to mean 1, in the
-        method's fold-in: the interactions nearest the future count most. Every method but ``popular`` gets its
+        ``tau`` an interaction ``a`` places before the user's newest weighs ``exp(-tau a / (shots - 1))``, scaled
+        so that a support of ``shots`` items has mean 1 (:func:`~jaxrec.evaluation.topn.recency_weights` with
+        ``span = shots``), in the method's fold-in: the interactions nearest the future count most, and a request
+        of more or fewer items weighs each by its age alone. Every method but ``popular`` gets its
         own choice (``0`` included: no weighting), recorded in ``tuned["support_recency"]`` and applied by
         ``recommend`` and ``serve`` to a request's items in the order sent. Logs without timestamps are not
         weighted (their support order is random), nor the warm and new-item tasks (a user's latest interactions,
@@ -707,14 +709,15 @@ class TopNConfig:
     rerank_candidates: int = _field(200, "items the re-ranking model scores per user", parse=_int)
     hybrid: str | None = _field(
         None,
-        "also evaluate 'maml+NAME' (and every other baseline +NAME): the scores standardised per user and added, the "
-        "weight of the baseline NAME (e.g. itemknn) chosen on validation users",
+        "also evaluate 'maml+NAME' (and every other interaction or content baseline +NAME): the scores standardised "
+        "per user and added, the weight of the baseline NAME (e.g. itemknn) chosen on validation users",
         parse=_none_or(str),
     )
     support_recency: tuple = _field(
         (),
-        "recency weights of a new user's support to choose from per method on validation users, e.g. 0,1,2,3,4: the "
-        "j-th of n interactions (oldest first) weighs exp(tau j / (n - 1)); none: off",
+        "recency weights of a new user's support to choose from per method on validation users, e.g. 0,1,2,3,4: an "
+        "interaction a places before the newest weighs exp(-tau a / (shots - 1)), scaled to mean 1 over shots items; "
+        "none: off",
         parse=_list_of(_float),
     )
     select_epoch: str = _field(

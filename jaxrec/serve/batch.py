@@ -161,11 +161,11 @@ def recommend_users(
       ``rows``, ``unknown`` (rows of items not in the catalogue, ignored), ``duplicates`` (merged),
       ``below_threshold`` (ratings below the run's positive threshold: not adapted to, left out of the list),
       ``without_items`` (users with no known item), ``without_positives`` (users whose known items are all rated
-      below the threshold), neither of whom gets a list (up to five of each in ``skipped``), ``listed`` (users
-      with a list), ``ignored_columns`` and ``values_ignored`` (the rating or weight column an unweighted top-N
-      model does not read, when it holds other values than 1); with ``user_features``, ``with_features`` and
-      ``without_features`` (users with and without a row of the table) and ``unknown_feature_values`` (values no
-      training user had, read as unknown).
+      below the threshold), each of whom gets the model's list before adaptation, as the service answers them (up
+      to five of each in ``unadapted``), ``listed`` (users with a list: every user), ``ignored_columns`` and
+      ``values_ignored`` (the rating or weight column an unweighted top-N model does not read, when it holds other
+      values than 1); with ``user_features``, ``with_features`` and ``without_features`` (users with and without a
+      row of the table) and ``unknown_feature_values`` (values no training user had, read as unknown).
 
     Raises:
       ValueError: ``k`` or ``batch`` below 1, a file whose values the model cannot read as it needs (a rating
@@ -209,9 +209,8 @@ def recommend_users(
         report["unknown"] += len(support.unknown)
         report["duplicates"] += support.duplicates
         report["below_threshold"] += support.below_threshold
-        if len(support.codes) == 0:
+        if len(support.codes) == 0:  # the model's list before adaptation, as the service answers such a user
             (no_positives if support.below_threshold else no_items).append(user)
-            continue
         slots = None
         if features is not None:
             slots, unknown, not_given = features.slots(user)
@@ -221,7 +220,7 @@ def recommend_users(
         inputs.append(catalogue.user_input(support, k, user_slots=slots))
         kept.append(user)
     report.update(without_items=len(no_items), without_positives=len(no_positives), listed=len(kept))
-    report["skipped"] = [str(u) for u in (no_items[:5] + no_positives[:5])]
+    report["unadapted"] = [str(u) for u in (no_items[:5] + no_positives[:5])]
     ranked = _rank(trained, inputs, k, batch, exclude)
     broken = next((u for u, r in zip(kept, ranked, strict=True) if not r.finite), None)
     if broken is not None:
@@ -239,7 +238,7 @@ def recommend_users(
     if catalogue.titles is not None:
         lists["title"] = np.asarray(catalogue.titles, dtype=object)[codes]
     report["empty_lists"] = int(sum(n == 0 for n in lengths))  # a user who has every item
-    logger.info("ranked %d user(s); %d without a list", len(kept), len(no_items) + len(no_positives))
+    logger.info("ranked %d user(s); %d of them unadapted", len(kept), len(no_items) + len(no_positives))
     return lists, report
 
 
