@@ -16,7 +16,7 @@ from small_melu import MODEL, SPEC
 
 import jaxrec
 from jaxrec import models
-from jaxrec.scale.local_embeddings import local_tables_context, localize
+from jaxrec.scale.local_embeddings import local_tables_context, localize, tables_by_key
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -289,8 +289,13 @@ def test_shared_key_tables_share_one_index_from_the_original_ids():
                             np.asarray(local["params"][p[1]]["embedding"])[np.asarray(local_rows[name])],
                             np.asarray(params["params"][p[1]]["embedding"])[valid],
                         )
-    with pytest.raises(ValueError, match="share row key 'item'"):
+    with pytest.raises(ValueError, match="gmf_embed_user/embedding is indexed by the row key 'user'.*not 'item'"):
         localize(params, s, sm, q, qm, {**tables, ("params", "gmf_embed_user", "embedding"): "item"})
+    two = {
+        "params": {"embed_item": {"embedding": jnp.zeros((10, 2))}, "gmf_embed_item": {"embedding": jnp.zeros((12, 2))}}
+    }
+    with pytest.raises(ValueError, match="share row key 'item'"):  # named alike, sized apart: one index cannot serve
+        tables_by_key(two, models.embedding_tables(two))
 
 
 @pytest.mark.parametrize(

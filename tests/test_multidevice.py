@@ -38,3 +38,12 @@ def test_multidevice_suite_passes_on_four_cpu_devices(suite):
     summary = output.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary), output[-6000:]
     assert "skipped" not in summary, f"multi-device tests were skipped, not run: {summary}"
+
+
+def test_use_every_core_says_the_count_xla_flags_already_set():
+    """It returned the count asked for while XLA_FLAGS' count stayed in effect (and the mesh used that one)."""
+    code = "import jax, jaxrec; print(jaxrec.use_every_core(2), jax.device_count())"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=3", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "3"]

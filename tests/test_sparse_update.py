@@ -34,6 +34,10 @@ def tables():
     return models.embedding_tables(make_params())
 
 
+def _paths(params):
+    return [models.path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
 @functools.cache
 def make_batch(seed=1, tasks=3, support=4, query=3, nan=False):
     """Padded rows keeping random (garbage) ids, real rows with OOV ids (-3, 999) and the OOV id 0."""
@@ -289,8 +293,17 @@ def test_configuration_errors():
     )
     with pytest.raises(KeyError, match="nope"):
         t.init(make_params())
-    with pytest.raises(KeyError, match="row key"):
-        localize_batch(make_params(), make_batch(), {ITEM: "missing_key"})
+    with pytest.raises(KeyError, match="row key"):  # a table named for a key the batch lacks
+        params = make_params()
+        extra = {**params["params"], "embed_missing_key": {"embedding": jnp.zeros((5, 2))}}
+        localize_batch({"params": extra}, make_batch(), {("params", "embed_missing_key", "embedding"): "missing_key"})
+    # a key the batch has but that does not index the table: ids outside the local table read NaN, every step was
+    # skipped without an error; a leaf that is not a table was gathered by ids as if it were one
+    with pytest.raises(ValueError, match="embed_item/embedding is indexed by the row key 'item'.*not 'user'"):
+        localize_batch(make_params(), make_batch(), {ITEM: "user"})
+    kernel = next(p for p in map(tuple, _paths(make_params())) if p[-1] == "kernel")
+    with pytest.raises(ValueError, match="is not an embedding table"):
+        localize_batch(make_params(), make_batch(), {kernel: "item"})
 
 
 def test_local_gradient_rows_are_the_dense_gradient_rows_with_shared_row_keys():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 import jax
 
@@ -38,7 +39,8 @@ def use_every_core(count: int | None = None) -> int:
       count: how many CPU devices (>= 1); None for :func:`available_cores`.
 
     Returns:
-      The count set.
+      The count in effect: ``count``, or the one ``XLA_FLAGS`` already sets
+      (``--xla_force_host_platform_device_count``), which it leaves.
 
     Raises:
       RuntimeError: if JAX's backends already started (call this before any JAX computation).
@@ -47,9 +49,10 @@ def use_every_core(count: int | None = None) -> int:
     n = available_cores() if count is None else int(count)
     if n < 1:
         raise ValueError(f"count must be >= 1, got {count}")
-    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+    flags = re.search(r"--xla_force_host_platform_device_count=(\d+)", os.environ.get("XLA_FLAGS", ""))
+    if flags:
         logger.debug("XLA_FLAGS sets the host device count; use_every_core(%s) leaves it", count)
-        return n
+        return int(flags.group(1))
     try:
         jax.config.update("jax_num_cpu_devices", n)
     except RuntimeError as e:

@@ -43,7 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxrec.core.params import path_names
+from jaxrec.core.params import embedding_tables, path_names
 
 __all__ = ["localize", "gather_tables", "scatter_add_tables", "local_tables_context", "Tables"]
 
@@ -90,14 +90,28 @@ def tables_by_key(params: Any, tables: Tables) -> dict[str, tuple[list[tuple[str
 
     Raises:
       KeyError: a table path is not in ``params``.
-      ValueError: tables sharing a row key have different vocabulary sizes (one remapping cannot serve both).
+      ValueError: a path that is not an embedding table, or a row key other than the one that indexes the table
+        (its name says which: :func:`~jaxrec.core.params.embedding_tables`), or tables sharing a row key have
+        different vocabulary sizes (one remapping cannot serve both).
     """
     leaves = {path_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    indexed_by = embedding_tables(params)
     by_key: dict[str, list[tuple[str, ...]]] = {}
     for path, key in tables.items():
         path = tuple(path)
         if path not in leaves:
             raise KeyError(f"embedding table {'/'.join(path)} not found in params")
+        # a wrong table or key is no error of XLA's: ids outside the local table read NaN, every step is skipped
+        if path not in indexed_by:
+            raise ValueError(
+                f"{'/'.join(path)} is not an embedding table (one is named [<role>_]embed_<row key>/embedding; "
+                "jaxrec.embedding_tables(params) lists them with their row keys)"
+            )
+        if indexed_by[path] != key:
+            raise ValueError(
+                f"table {'/'.join(path)} is indexed by the row key {indexed_by[path]!r} (its name says so), not "
+                f"{key!r}; jaxrec.embedding_tables(params) gives every table's key"
+            )
         by_key.setdefault(key, []).append(path)
     out = {}
     for key, paths in by_key.items():
