@@ -129,6 +129,9 @@ def test_a_first_line_of_data_with_a_bad_value_is_refused_not_taken_for_a_header
     assert "line 1: rating" in capsys.readouterr().err
     ratings.write_text("movieId,stars\n100,9\n101,2\n")  # a header names its columns
     assert cli.main(["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "5"]) == 0
+    ratings.write_text("ISBN,Book-Rating\n100,9\n101,2\n")  # or holds no item and no number
+    assert cli.main(["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "5"]) == 0
+    assert "a new user with 2 rating(s)" in capsys.readouterr().out
 
 
 def test_recommend_reads_a_ratings_file_in_the_encoding_given(run, tmp_path, capsys):

@@ -38,7 +38,7 @@ def test_extra_column_in_a_file_is_named(tmp_path):
     assert jd.from_csv(path, allow_extra=True).n_ratings == 1
 
 
-@pytest.mark.parametrize("header", ["user,item,rating,rating", "\ufeffuser,item, user,rating"])
+@pytest.mark.parametrize("header", ["user,item,rating,rating", "\ufeffuser,item,user,rating"])
 def test_a_repeated_header_column_is_named_as_written(tmp_path, header):
     """pandas renames a repeated name (``rating.1``): the error named a column the file does not have."""
     path = tmp_path / "log.csv"
@@ -46,6 +46,9 @@ def test_a_repeated_header_column_is_named_as_written(tmp_path, header):
     repeated = header.replace("\ufeff", "").split(",")[-1 if "rating,rating" in header else 0].strip()
     with pytest.raises(jd.DataError, match=rf"log.csv, line 1: the header names '{repeated}' \(columns \[\d, \d\]\)"):
         jd.read_log(path)
+    # a repeat among columns not read, and a spreadsheet's trailing empty names, are let be
+    path.write_text("user,item,rating,note,note,,\n1,2,3,a,b,,\n", encoding="utf-8")
+    assert jd.read_log(path, columns={"user": "user", "item": "item", "rating": "rating"}).n_ratings == 1
 
 
 def test_unsigned_ids_beyond_int64_are_kept_as_their_digits():
@@ -66,7 +69,7 @@ def test_unsigned_ids_beyond_int64_are_kept_as_their_digits():
 @pytest.mark.parametrize(
     ("times", "message"),
     [
-        ([0.1, 0.5, 0.9], r"holds fractions of a second \(line 2: 0.1\) and 2 distinct time\(s\) would be the same"),
+        ([0.1, 0.5, 0.9], r"holds fractions of its unit \(line 2: 0.1\) and its 3 distinct times are 1 whole unit"),
         ([1.6e9, 1e30, 1.6e9 + 1], r"line 3 is a time beyond int64 seconds"),
     ],
 )
@@ -91,7 +94,25 @@ def test_fractions_of_a_second_that_merge_no_times_are_read_whole_and_said(tmp_p
     with caplog.at_level("WARNING", logger="jaxrec"):
         ds = jd.read_log(path)
     assert sorted(ds.ratings["timestamp"]) == [100, 101, 102]
-    assert "2 time(s) with fractions of a second (line 2: 100.25) read as whole seconds" in caplog.text
+    assert "2 time(s) with fractions of their unit (line 2: 100.25) read as whole units (0 distinct" in caplog.text
+    # float epochs of several users in one second (time.time()): a few merge, the log is read (it was refused)
+    caplog.clear()
+    log = pd.DataFrame(
+        {
+            "user": [1, 1, 2, 2],
+            "item": [10, 11, 10, 12],
+            "rating": [5.0, 4, 3, 2],
+            "ts": [1.7e9 + 0.125, 1.7e9 + 60.5, 1.7e9 + 0.75, 1.7e9 + 100.25],
+        }
+    )
+    with caplog.at_level("WARNING", logger="jaxrec"):
+        assert sorted(jd.from_dataframe(log, timestamp="ts").ratings["timestamp"]) == [
+            1.7e9,
+            1.7e9,
+            1.7e9 + 60,
+            1.7e9 + 100,
+        ]
+    assert "(1 distinct time(s) merged; a user's ties keep the file's order)" in caplog.text
 
 
 def test_what_a_frame_or_a_log_leaves_unread_or_cannot_tell_apart_is_said(caplog):

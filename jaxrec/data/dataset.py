@@ -332,8 +332,9 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
     A text column is read as dates when any of its values looks like one; then the first value that is not a date
     (a number among dates, a typo) is named with its line. Otherwise the column must hold numbers, as before.
     """
-    if pd.api.types.is_timedelta64_dtype(col) or isinstance(col.dtype, pd.PeriodDtype):
-        kind = "durations" if pd.api.types.is_timedelta64_dtype(col) else "periods"
+    durations = pd.api.types.is_timedelta64_dtype(col) or "duration[" in str(col.dtype)  # numpy or pyarrow
+    if durations or isinstance(col.dtype, pd.PeriodDtype):
+        kind = "durations" if durations else "periods"
         raise DataError(
             f"{where}: column {column!r} holds {kind} ({col.dtype}), not points in time: give datetimes or seconds "
             "since 1970-01-01 UTC"
@@ -355,7 +356,8 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
             try:
                 parsed = pd.to_datetime(text.where(iso), utc=True, format="ISO8601", errors="coerce")
             except (pd.errors.OutOfBoundsDatetime, OverflowError):  # "coerce" does not cover it: find the date
-                first = next(i for i in np.flatnonzero(iso) if not _in_datetime_range(text.iloc[i]))
+                bounds = (i for i in np.flatnonzero(iso) if not _in_datetime_range(text.iloc[i]))
+                first = next(bounds, int(np.flatnonzero(iso)[0]))
                 raise DataError(
                     f"{where}: column {column!r} {where_line(first, line_offset)} is a date outside the range times "
                     f"can hold: {col.iloc[first]!r}"
@@ -365,6 +367,8 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
                 first = int(np.flatnonzero(bad)[0])
                 raw = col.iloc[first]
                 what = "is missing" if pd.isna(raw) else f"is not an ISO-8601 date like the others: {raw!r}"
+                if not pd.isna(raw) and not _in_datetime_range(text.iloc[first]):  # pandas read it as NaT
+                    what = f"is a date outside the range times can hold: {raw!r}"
                 raise DataError(
                     f"{where}: column {column!r} {where_line(first, line_offset)} {what} ({int(bad.sum())} bad "
                     "value(s) in total)"
@@ -382,17 +386,19 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
     seconds = np.floor(numbers).astype(np.int64)
     fractional = numbers != seconds
     if fractional.any():
-        merged = len(np.unique(numbers)) - len(np.unique(seconds))
+        distinct, whole = len(np.unique(numbers)), len(np.unique(seconds))
         first = int(np.flatnonzero(fractional)[0])
-        if merged:  # times that differed would tie, and the order by time would be lost
+        if whole < 0.5 * distinct:  # most times collapse (days as fractions, times in [0, 1)): no order is left
             raise DataError(
-                f"{where}: column {column!r} holds fractions of a second ({where_line(first, line_offset)}: "
-                f"{_written(col.iloc[first])}) and {merged} distinct time(s) would be the same whole second: times are "
-                "whole seconds; scale them (days x 86400, milliseconds) before reading"
+                f"{where}: column {column!r} holds fractions of its unit ({where_line(first, line_offset)}: "
+                f"{_written(col.iloc[first])}) and its {distinct} distinct times are {whole} whole unit(s): times "
+                "are whole seconds (or milliseconds); scale them (days x 86400) before reading"
             )
         logger.warning(
-            "%s: column %r: %d time(s) with fractions of a second (%s: %s) read as whole seconds (no two merged)",
+            "%s: column %r: %d time(s) with fractions of their unit (%s: %s) read as whole units (%d distinct "
+            "time(s) merged; a user's ties keep the file's order)",
             where, column, int(fractional.sum()), where_line(first, line_offset), _written(col.iloc[first]),
+            distinct - whole,
         )  # fmt: skip
     _warn_mixed_units(seconds, column, where, line_offset)
     return seconds

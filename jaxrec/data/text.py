@@ -252,13 +252,18 @@ def table_columns(path: str | os.PathLike, sep: str, header: bool, *, encoding: 
         raise DataError(f"{path}: cannot parse the header with separator {sep!r}: {e}") from e
     except (EOFError, OSError) as e:
         raise DataError(f"{path}: cannot read the file: {e}") from e
-    # pandas renames a repeated name ("rating", "rating.1"): an error would then name a column the file lacks
-    fields = [f.strip().lstrip("\ufeff") for f in _split_fields(_head_lines(path, 1, encoding)[0], sep)]
-    repeated = sorted({f for f in fields if fields.count(f) > 1})
+    return list(labels)
+
+
+def check_repeated_header(path: Path, sep: str, encoding: str, read: Any) -> None:
+    """Refuse a header that names a column it reads more than once (``read``: the names read, or None for a guess
+    of roles, which reads every named column): pandas renames the repeat (``rating.1``), and an error would name a
+    column the file lacks. Empty names (a spreadsheet's trailing separators) and unread repeats are let be."""
+    fields = [f.lstrip("\ufeff") for f in _split_fields(_head_lines(path, 1, encoding)[0], sep)]
+    repeated = sorted({f for f in fields if f.strip() and fields.count(f) > 1 and (read is None or f in read)})
     if repeated:
         where = ", ".join(f"{name!r} (columns {[i for i, f in enumerate(fields) if f == name]})" for name in repeated)
         raise DataError(f"{path}, line 1: the header names {where} more than once; rename or drop the repeats")
-    return list(labels)
 
 
 def _width(path: Path, sep: str, encoding: str) -> int:
@@ -566,6 +571,10 @@ def read_log_table(
         logger.info("%s: line 1 read as %s", path, "a header" if header else "data (no header)")
     header = bool(header)
     labels = table_columns(path, sep, header, encoding=encoding)
+    named = role_columns(columns) if header else ()  # roles in file order read by position: names do not matter
+    if named is None or isinstance(named, Mapping):
+        read = None if named is None else [c for c in named.values() if isinstance(c, str)]
+        check_repeated_header(path, sep, encoding, read)
     roles = resolve_columns(labels, columns, header, path, allow_extra)
     ids = [labels.index(roles[role]) for role in ("user", "item")]
     frame = read_table(path, sep, None, header, encoding=encoding, text_columns=ids, line_numbers=True)

@@ -145,9 +145,13 @@ def read_user_ratings(
     if frame.shape[1] < 2:
         raise RunError(f"--ratings {path}: expected two columns item,rating, found {frame.shape[1]}")
     first = [str(v).strip().strip('"').lower() for v in frame.iloc[0]]
-    # a header names its columns; a first row of data with a bad value ("79,4.5 stars", "sku-1,nan") is not one, and
-    # taken for one it was dropped unsaid (its item then listed back to the user)
-    header = any(name in _ITEM_NAMES or name in _RATING_NAMES for name in first)
+    # a first row is a header when its item is no item of the catalogue and it names a column or holds no number: a
+    # row of data with a bad value ("79,4.5 stars", "sku-1,nan") is not one (taken for one it was dropped unsaid,
+    # its item then listed back), nor a row whose item the catalogue knows by a column's name ("id,5")
+    named = any(name in _ITEM_NAMES or name in _RATING_NAMES for name in first)
+    lead = frame.iloc[:1, 0]
+    known = _codes_of(lead.str.strip().to_numpy(), lead.to_numpy(), item_ids)[0] >= 0
+    header = not known and (named or not _is_number(first[1]))
     item_col, rating_col = 0, 1
     if header:
         item_col = next((i for i, name in enumerate(first) if name in _ITEM_NAMES), 0)

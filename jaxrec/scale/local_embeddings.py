@@ -36,6 +36,7 @@ model in :mod:`jaxrec.models`) and that ``inner_aux`` vanishes on untouched rows
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -48,6 +49,8 @@ from jaxrec.core.params import embedding_tables, path_names
 __all__ = ["localize", "gather_tables", "scatter_add_tables", "local_tables_context", "Tables"]
 
 Tables = Mapping[tuple[str, ...], str]
+
+logger = logging.getLogger(__name__)
 
 
 def _valid_ids(ids: jax.Array, vocab: int, mask: jax.Array) -> jax.Array:
@@ -90,9 +93,9 @@ def tables_by_key(params: Any, tables: Tables) -> dict[str, tuple[list[tuple[str
 
     Raises:
       KeyError: a table path is not in ``params``.
-      ValueError: a path that is not an embedding table, or a row key other than the one that indexes the table
-        (its name says which: :func:`~jaxrec.core.params.embedding_tables`), or tables sharing a row key have
-        different vocabulary sizes (one remapping cannot serve both).
+      ValueError: a row key other than the one that indexes a table named as one (its name says which:
+        :func:`~jaxrec.core.params.embedding_tables`; a path named otherwise is taken as given, with a warning), or
+        tables sharing a row key have different vocabulary sizes (one remapping cannot serve both).
     """
     leaves = {path_names(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
     indexed_by = embedding_tables(params)
@@ -102,12 +105,14 @@ def tables_by_key(params: Any, tables: Tables) -> dict[str, tuple[list[tuple[str
         if path not in leaves:
             raise KeyError(f"embedding table {'/'.join(path)} not found in params")
         # a wrong table or key is no error of XLA's: ids outside the local table read NaN, every step is skipped
-        if path not in indexed_by:
-            raise ValueError(
-                f"{'/'.join(path)} is not an embedding table (one is named [<role>_]embed_<row key>/embedding; "
-                "jaxrec.embedding_tables(params) lists them with their row keys)"
+        if path not in indexed_by:  # a model of one's own may name its tables otherwise: its key is taken as given
+            logger.warning(
+                "%s is not named as an embedding table ([<role>_]embed_<row key>/embedding): its rows are taken to be "
+                "indexed by the ids of %r, as given",
+                "/".join(path),
+                key,
             )
-        if indexed_by[path] != key:
+        elif indexed_by[path] != key:
             raise ValueError(
                 f"table {'/'.join(path)} is indexed by the row key {indexed_by[path]!r} (its name says so), not "
                 f"{key!r}; jaxrec.embedding_tables(params) gives every table's key"
