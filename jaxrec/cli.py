@@ -1258,7 +1258,7 @@ def _import_modules(names: Sequence[str]) -> None:
     ``jaxrec`` launcher's own folder is the path's first entry otherwise).
 
     Raises:
-      ImportError: naming the module and why it could not be imported (an error inside it included).
+      CLIError: naming the module and why it could not be imported (an error inside it included).
     """
     added = bool(names) and os.getcwd() not in sys.path
     if added:
@@ -1269,10 +1269,10 @@ def _import_modules(names: Sequence[str]) -> None:
                 importlib.import_module(name)
             except ImportError as e:
                 if e.name is not None and name != e.name and not name.startswith(f"{e.name}."):
-                    raise ImportError(f"--import {name}: the module imports what is not installed: {e}") from e
-                raise ImportError(f"--import {name}: {e}") from e
+                    raise CLIError(f"--import {name}: the module imports what is not installed: {e}") from e
+                raise CLIError(f"--import {name}: {e}") from e
             except Exception as e:  # the module ran and failed: say where, in one line
-                raise ImportError(f"--import {name}: the module failed: {type(e).__name__}: {e}") from e
+                raise CLIError(f"--import {name}: the module failed: {type(e).__name__}: {e}") from e
     finally:  # a command run inside another program leaves its path as it was
         if added:
             sys.path.remove(os.getcwd())
@@ -1305,17 +1305,11 @@ def _run(argv: Sequence[str] | None) -> int:
     debug = args.debug or os.environ.get("JAXREC_DEBUG") == "1"
     _configure_logging(debug)
     _host_devices(getattr(args, "devices", None))
-    try:
-        _import_modules(getattr(args, "imports", []))
-    except ImportError as e:
-        if debug:
-            raise
-        _echo(f"jaxrec: error: {e}", err=True)
-        return 1
     # the command owns its process: reuse freed host memory so that XLA CPU's per-step buffers are not
     # page-faulted in again every step (jaxrec.scale.host_memory)
     keep_freed_host_memory()
     try:
+        _import_modules(getattr(args, "imports", []))
         return COMMANDS[args.command](args)
     except BrokenPipeError:  # the reader of the output left (`jaxrec recommend ... | head -3`): nothing to say
         with contextlib.suppress(OSError):  # nor anything to flush at exit
