@@ -1224,39 +1224,31 @@ class TopNExperiment:
           summaries also hold the sampled protocol's ``sampled_hr@k`` (biased: never the figure to choose on) and,
           with ``keep_lists``, ``sampled`` its rows (:class:`~jaxrec.evaluation.topn.SampledRows`; else None).
         """
-        c = self.config
         rankers = self.rankers(params, baselines=baselines)
-        sampled = c.topn.sampled_negatives
-        scorers = {name: method.score for name, method in rankers.items()} if sampled else None
         out, detail = {}, {}
-        for name, tasks in self.scenario_tasks.items():
-            only_new = name == NEW_ITEM_ONLY
-            summaries, stats, lists, sampled_rows = self._evaluate_on(
-                self._for_scenario(rankers, name),
-                tasks,
-                **self._scenario_options(name),
-                keep_lists=keep_lists,
-                scorers=None if only_new else scorers,
-                negatives=max(sampled, 1),
-            )
+        for name in self.scenario_tasks:
+            summaries, stats, lists, sampled_rows = self._evaluate_scenario(rankers, name, keep_lists=keep_lists)
             out[name] = summaries
             detail[name] = (stats, lists, sampled_rows)
         return out, detail
 
-    def _for_scenario(self, rankers: Mapping[str, Method], name: str) -> Mapping[str, Method]:
-        """``rankers`` as scenario ``name`` ranks: among the new items alone in ``"new_item_only"``."""
-        if name != NEW_ITEM_ONLY:
-            return rankers
-        return {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()}
-
-    def _scenario_options(self, name: str) -> dict[str, Any]:
-        """:meth:`_evaluate_on`'s options for scenario ``name`` (see there)."""
-        return {
-            "in_time": name == "new_user",
-            "held_out": name in ("new_item", NEW_ITEM_ONLY),
-            "scenario": None if name == "new_user" else name,
-            "coverage_of": len(self.split.new_items) if name == NEW_ITEM_ONLY else None,
-        }
+    def _evaluate_scenario(self, rankers: Mapping[str, Method], name: str, **options: Any):
+        """:meth:`_evaluate_on` of ``rankers`` on scenario ``name``: in ``"new_item_only"`` among the new items
+        alone (and without the sampled protocol), elsewhere over the catalogue and, with ``sampled_negatives``, by
+        the sampled protocol too."""
+        only_new = name == NEW_ITEM_ONLY
+        sampled = 0 if only_new else self.config.topn.sampled_negatives
+        return self._evaluate_on(
+            {k: self._among_new_items(m, self.split.new_items) for k, m in rankers.items()} if only_new else rankers,
+            self.scenario_tasks[name],
+            in_time=name == "new_user",
+            held_out=name in ("new_item", NEW_ITEM_ONLY),
+            scenario=None if name == "new_user" else name,
+            coverage_of=len(self.split.new_items) if only_new else None,
+            scorers={k: m.score for k, m in rankers.items()} if sampled else None,
+            negatives=max(sampled, 1),
+            **options,
+        )
 
     def compare(
         self,
@@ -1316,17 +1308,9 @@ class TopNExperiment:
                 )
             rankers[name] = self._tuned_recency(name, self._baseline_ranker(method))
         if scenario == "validation":
-            evaluation = self._evaluate_on(rankers, self.val_tasks, in_time=True)
+            summaries, stats, *_ = self._evaluate_on(rankers, self.val_tasks, in_time=True)
         else:
-            sampled = self.config.topn.sampled_negatives if scenario != NEW_ITEM_ONLY else 0
-            evaluation = self._evaluate_on(
-                self._for_scenario(rankers, scenario),
-                self.scenario_tasks[scenario],
-                **self._scenario_options(scenario),
-                scorers={k: m.score for k, m in rankers.items()} if sampled else None,
-                negatives=max(sampled, 1),
-            )
-        summaries, stats = evaluation[0], evaluation[1]
+            summaries, stats, *_ = self._evaluate_scenario(rankers, scenario)
         return (summaries, stats) if return_stats else summaries
 
     def metrics_document(self, params: Any, *, keep_lists: bool = False) -> dict:
