@@ -228,8 +228,7 @@ def numeric_column(values: pd.Series, column: str, where: str, line_offset: Line
         first = int(np.flatnonzero(bad)[0])
         raw = values.iloc[first]
         loc = where_line(first, line_offset)
-        shown = repr(raw) if isinstance(raw, str) else str(raw)  # inf, not np.float64(inf)
-        what = "is missing (NaN)" if pd.isna(raw) else f"is not a finite number: {shown}"
+        what = "is missing (NaN)" if pd.isna(raw) else f"is not a finite number: {_written(raw)}"
         raise DataError(f"{where}: column {column!r} {loc} {what} ({int(bad.sum())} bad value(s) in total)")
     return numeric.to_numpy(dtype=np.float64)
 
@@ -405,7 +404,7 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
 
 
 def _written(value: Any) -> str:
-    """A value as its file wrote it: text quoted, a number plain (``100.25``, not ``np.float64(100.25)``)."""
+    """A value as its file wrote it: text quoted, a number plain (``inf``, ``100.25``; not ``np.float64(inf)``)."""
     return repr(value) if isinstance(value, str) else str(value)
 
 
