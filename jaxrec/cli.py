@@ -239,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --users: the file's columns as train's --columns reads them (user,item,weight,timestamp in file "
         "order, _ to skip one, or user=visitor,item=venue); default: a header's common names",
     )
+    r.add_argument(
+        "--new-items",
+        metavar="FILE",
+        help="a table of items added since training (text or Parquet, id column first or named item), its columns "
+        "named as train's --item-features: each is ranked from its features alone, as the new-item scenario measured",
+    )
     r.add_argument("--timing", action="store_true", help="print the adaptation latency (warm, jit-compiled)")
 
     s = sub.add_parser("serve", help="serve a trained model over HTTP: /recommend, /predict, /items, the demo page")
@@ -271,6 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="how long the next part of a request's body may take to arrive before a 408 (default 30)",
     )
+    s.add_argument(
+        "--new-items",
+        metavar="FILE",
+        help="a table of items added since training (text or Parquet, id column first or named item), its columns "
+        "named as train's --item-features: each is ranked from its features alone, as the new-item scenario measured",
+    )
     add_flags(s, names=("devices",))
 
     x = sub.add_parser(
@@ -279,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
     x.add_argument("--out", required=True, help="the .npz file to write")
+    x.add_argument(
+        "--new-items",
+        metavar="FILE",
+        help="a table of items added since training (text or Parquet, id column first or named item), its columns "
+        "named as train's --item-features: each is ranked from its features alone, as the new-item scenario measured",
+    )
     x.add_argument(
         "--model-alone",
         action="store_true",
@@ -764,9 +782,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             "their features: --features)"
         )
     features = _feature_pairs(args.features)
-    # a bad file fails before the slow part
-    codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding)
-    trained = load_trained(args.checkpoint)  # the run folder alone: no training data is read
+    if args.new_items is None:  # a bad file fails before the slow part
+        codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding)
+    trained = _load_trained(args)  # the run folder alone: no training data is read
+    if args.new_items is not None:  # the user may have met the new items: read against the grown catalogue
+        codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding, trained.item_ids)
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
     for note in notes + _feature_notes(trained, features) + _ranked_by_notes(trained):
         _echo(f"note: {note}", err=True)
@@ -821,7 +841,7 @@ def _recommend_users(args: argparse.Namespace) -> int:
     users = _read_users_as_trained(args)
     table = None if args.user_features is None else read_side_table(args.user_features, "user", encoding=args.encoding)
     table_where = f"--user-features {args.user_features}"
-    trained = load_trained(args.checkpoint)
+    trained = _load_trained(args)
     excluded = _excluded(args, trained)
     for note in (_feature_notes(trained, None) if table is None else []) + _ranked_by_notes(trained):
         _echo(f"note: {note}", err=True)
@@ -978,6 +998,29 @@ def _read_users_as_trained(args: argparse.Namespace):
     return users
 
 
+def _load_trained(args: argparse.Namespace):
+    """The run folder's model (:func:`~jaxrec.experiment.trained.load_trained`), with ``--new-items``' items added
+    to its catalogue (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) and what was read noted."""
+    trained = load_trained(args.checkpoint)
+    if getattr(args, "new_items", None) is None:
+        return trained
+    where = f"--new-items {args.new_items}"
+    table = read_side_table(args.new_items, "item", encoding=getattr(args, "encoding", "utf-8"), flag="--new-items")
+    trained, report = trained.with_items(table, where)
+    parts = [f"{report['added']} item(s) added, ranked from their features"]
+    if report["already_in_catalogue"]:
+        parts.append(f"{report['already_in_catalogue']} already in the catalogue (left as trained)")
+    if report["unknown_values"]:
+        shown = ", ".join(f"{column} {count}" for column, count in report["unknown_values"].items())
+        parts.append(f"values no training item had, read as unknown: {shown}")
+    if report["features_not_given"]:
+        parts.append(f"feature column(s) not given, read as unknown: {', '.join(report['features_not_given'])}")
+    if report["columns_not_read"]:
+        parts.append(f"column(s) not the model's features, not read: {', '.join(report['columns_not_read'])}")
+    _echo(f"note: {where}: {'; '.join(parts)}", err=True)
+    return trained
+
+
 def _excluded(args: argparse.Namespace, trained) -> np.ndarray:
     """The codes never to recommend: ``--exclude``'s items (its unknown ids noted) and, for a cross-domain run, every
     item outside its target domain (noted)."""
@@ -1069,7 +1112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_on(args: argparse.Namespace, sock: socket.socket, batch_sizes, support_sizes) -> int:
     """``jaxrec serve`` once its socket is bound: load, compile, then serve on it."""
-    trained = load_trained(args.checkpoint)
+    trained = _load_trained(args)
     devices = None if args.devices in (None, "all") else int(args.devices)
     try:
         model = ServingModel(
@@ -1110,7 +1153,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     Raises:
       RunError: if the run is not one the arrays describe (:func:`~jaxrec.experiment.export.export_arrays`).
     """
-    trained = load_trained(args.checkpoint)
+    trained = _load_trained(args)
     arrays = export_arrays(trained, model_alone=args.model_alone)
     path = save_export(arrays, args.out)
     items, width = arrays["item_vectors"].shape

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from jaxrec.core.features import FeatureSpec
-from jaxrec.data.dataset import DataError, Dataset
+from jaxrec.data.dataset import DataError, Dataset, typed_ids
 
 __all__ = ["Featurizer", "age_bucket", "zip_prefix", "year_bucket"]
 
@@ -564,6 +564,103 @@ class Featurizer:
         if not columns:
             return np.zeros((self.n_items, 0), np.float32), []
         return np.concatenate(columns, axis=1), names
+
+    def with_items(self, table: pd.DataFrame, where: str = "the new items") -> tuple[Featurizer, dict[str, Any]]:
+        """This featurizer with items added after training, each from its side features alone.
+
+        A new item gets the unknown id slot (as an item held out of training has) and its features' slots in the
+        training vocabularies, each value encoded as a training item's was (a decimal by its bin, a ``"|"``-joined
+        column by its known tags, MovieLens's ``year`` by its decade; a value no training item had is the unknown
+        slot, and counted). A model that reads item features then scores it from them; the codes of the trained
+        items do not move (the new ones follow them).
+
+        Args:
+          table: the new items' features, indexed by raw id (:func:`~jaxrec.data.read_side_table`'s form); its
+            columns named as the training table's (a ``title`` column is a display title, not a feature).
+          where: the table's name, for messages.
+
+        Returns:
+          ``(featurizer, report)``: the report counts ``added``, ``already_in_catalogue`` (ids the catalogue has:
+          left as trained), ``unknown_values`` (column -> rows whose value no training item had),
+          ``features_not_given`` (the model's feature columns the table lacks) and ``columns_not_read``.
+
+        Raises:
+          DataError: naming ``where`` if the model reads no item features (every new item would score alike), the
+            catalogue's raw ids were not kept, an id is not of the catalogue's kind (text for integer ids) or is
+            given twice, or no id is new.
+        """
+        if not self.item_tables and not self.item_multi_hot:
+            raise DataError(
+                f"{where}: the model was trained without item features, so a new item (no interactions) would score "
+                "as every other new item; train with --item-features to recommend items added later"
+            )
+        if self.item_raw_ids is None:
+            raise DataError(f"{where}: this catalogue's raw item ids were not kept, so no item can be added to it")
+        known = np.asarray(self.item_raw_ids)
+        typed = typed_ids(np.asarray(table.index), known)
+        bad = [raw for raw, key in zip(table.index, typed, strict=True) if key is None]
+        if bad:
+            raise DataError(f"{where}: item {bad[0]!r} is not an integer id, as the catalogue's are ({len(bad)} such)")
+        ids = pd.Index(list(typed), dtype=object)
+        if ids.has_duplicates:
+            raise DataError(f"{where}: item {ids[ids.duplicated()][0]!r} is given twice (as the catalogue reads ids)")
+        fresh = ~ids.isin(pd.Index(known.tolist(), dtype=object))
+        if not fresh.any():
+            raise DataError(f"{where}: every one of its {len(ids)} items is in the catalogue already: none to add")
+        new = table.loc[fresh]
+        by_key = {("item_year" if c == "year" else _field_key("item", c)): c for c in new.columns if c != "title"}
+        report: dict[str, Any] = {
+            "added": int(fresh.sum()),
+            "already_in_catalogue": int((~fresh).sum()),
+            "unknown_values": {},
+            "features_not_given": sorted(
+                str(by_key.get(k, k)) for k in [*self.item_tables, *self.item_multi_hot] if k not in by_key
+            ),
+            "columns_not_read": sorted(
+                str(c) for k, c in by_key.items() if k not in self.item_tables and k not in self.item_multi_hot
+            ),
+        }
+        item_tables = {}
+        for key, slots in self.item_tables.items():
+            column = np.zeros(len(new), np.int32)
+            if key in by_key:
+                vocab, values = self.vocabularies.get(key, []), new[by_key[key]]
+                labels = year_bucket(values) if key == "item_year" else values
+                for row, (value, label) in enumerate(zip(values, labels, strict=True)):
+                    if _not_given(_stripped(value)):
+                        continue
+                    label = _bin_label(value, vocab) if _is_binned(vocab) else _stripped(label)
+                    index = _index_in(label, vocab)
+                    column[row] = 0 if index is None else index + 1
+                unknown = int(sum(1 for v, s in zip(values, column, strict=True) if s == 0 and not _not_given(v)))
+                if unknown:
+                    report["unknown_values"][str(by_key[key])] = unknown
+            item_tables[key] = np.concatenate([slots[:-1], column, slots[-1:]])
+        item_multi_hot = {}
+        for key, table_of in self.item_multi_hot.items():
+            hot = np.zeros((len(new), table_of.shape[1]), np.float32)
+            if key in by_key:
+                vocab, unknown = self.vocabularies.get(key, []), 0
+                for row, value in enumerate(new[by_key[key]]):
+                    tags = [] if _not_given(_stripped(value)) else [t.strip() for t in str(value).split("|")]
+                    for tag in filter(None, tags):
+                        if tag in vocab:
+                            hot[row, vocab.index(tag)] = 1.0
+                        else:
+                            unknown += 1
+                if unknown:
+                    report["unknown_values"][str(by_key[key])] = unknown
+            item_multi_hot[key] = np.concatenate([table_of[:-1], hot, table_of[-1:]])
+        added = self.item_index[:-1], np.zeros(len(new), np.int32), self.item_index[-1:]
+        raw_ids = [*self.item_raw_ids, *(int(v) if known.dtype.kind in "iu" else str(v) for v in ids[fresh])]
+        grown = dataclasses.replace(
+            self,
+            item_index=np.concatenate(added),
+            item_tables=item_tables,
+            item_multi_hot=item_multi_hot,
+            item_raw_ids=raw_ids,
+        )
+        return grown, report
 
     def target(self, ratings: np.ndarray) -> dict[str, np.ndarray]:
         """Turn ratings into the target row key.

@@ -33,7 +33,7 @@ _ID_NAMES = {
 
 
 def read_side_table(
-    path: str | os.PathLike, role: str, *, sep: str | None = None, encoding: str = "utf-8"
+    path: str | os.PathLike, role: str, *, sep: str | None = None, encoding: str = "utf-8", flag: str | None = None
 ) -> pd.DataFrame:
     """Read a table of ``role`` (``"item"`` or ``"user"``) features: separated text with a header (``.gz``
     allowed; the separator sniffed) or Parquet.
@@ -43,6 +43,7 @@ def read_side_table(
       role: ``"item"`` or ``"user"``.
       sep: a text file's separator (default: sniffed).
       encoding: a text file's encoding.
+      flag: the option that named the file, for messages (default ``--<role>-features``).
 
     Returns:
       The features indexed by raw id (text, stripped), one column per feature: a column of decimal numbers is
@@ -54,7 +55,8 @@ def read_side_table(
     """
     if role not in _ID_NAMES:
         raise ValueError(f"role must be 'item' or 'user', got {role!r}")
-    where = f"--{role}-features {path}"
+    flag = flag or f"--{role}-features"
+    where = f"{flag} {path}"
     if not os.path.exists(path):
         raise DataError(f"{where}: file not found")
     parquet = is_parquet(path)
@@ -92,7 +94,7 @@ def read_side_table(
     except DataError as e:
         raise DataError(f"{where}: {e}") from None
     except UnicodeDecodeError:
-        raise DataError(f"--{role}-features {undecodable(path, encoding)}") from None
+        raise DataError(f"{flag} {undecodable(path, encoding)}") from None
     except (ImportError, OSError, ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}") from None
     if frame.shape[1] < 2:

@@ -136,13 +136,18 @@ def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) ->
     return document
 
 
-def read_hybrid(run_folder: str | os.PathLike, featurizer: Any, shots: int | None = None) -> ServedHybrid | None:
+def read_hybrid(
+    run_folder: str | os.PathLike, featurizer: Any, shots: int | None = None, added: int = 0
+) -> ServedHybrid | None:
     """The hybrid kept in a run folder, its partner fitted again; None when the folder keeps none.
 
     Args:
       run_folder: the run folder.
       featurizer: the run's featurizer (the item features of a ``content`` partner).
       shots: the run's support size, for which the partner's recency was chosen.
+      added: items the featurizer holds beyond the run's catalogue, the last ones
+        (:meth:`~jaxrec.data.Featurizer.with_items`): the partner is fitted with them as items no one has
+        interacted with, as the evaluation's baselines meet held-out new items.
 
     Raises:
       CheckpointError: if the record is unreadable, its interactions file is missing or changed, or the partner
@@ -159,9 +164,9 @@ def read_hybrid(run_folder: str | os.PathLike, featurizer: Any, shots: int | Non
         n_items, checksum = int(document["n_items"]), document["interactions"]["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: the run's hybrid record is unreadable: {e}") from e
-    if n_items != featurizer.n_items:
+    if n_items + added != featurizer.n_items:
         raise CheckpointError(
-            f"{path}: the hybrid was fitted on {n_items} items, the checkpoint has {featurizer.n_items}"
+            f"{path}: the hybrid was fitted on {n_items} items, the checkpoint has {featurizer.n_items - added}"
         )
     matrix_path = folder / INTERACTIONS_FILE
     if not matrix_path.is_file():
@@ -170,8 +175,13 @@ def read_hybrid(run_folder: str | os.PathLike, featurizer: Any, shots: int | Non
         raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} have changed since training")
     try:
         features = featurizer.item_features()[0] if partner == "content" else None
-        fitted = rb.fit_baseline(partner, sp.load_npz(matrix_path), features, **hyper)
+        matrix = sp.load_npz(matrix_path).tocsr()
+        if added:
+            matrix = sp.hstack([matrix, sp.csr_matrix((matrix.shape[0], added), dtype=matrix.dtype)], format="csr")
+        fitted = rb.fit_baseline(partner, matrix, features, **hyper)
     except (ValueError, TypeError, OSError) as e:
         raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
     logger.info("hybrid maml+%s (weight %g) restored from %s", partner, weight, folder)
-    return ServedHybrid(partner=partner, weight=weight, fitted=fitted, n_items=n_items, recency=recency, span=shots)
+    return ServedHybrid(
+        partner=partner, weight=weight, fitted=fitted, n_items=n_items + added, recency=recency, span=shots
+    )

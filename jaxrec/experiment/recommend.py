@@ -1006,13 +1006,15 @@ def recommender_for(trained) -> Recommender | TopNRecommender:
     return (TopNRecommender if topn else Recommender)(trained, trained.params)
 
 
-def read_ratings_for(checkpoint: str, ratings: str, encoding: str = "utf-8"):
+def read_ratings_for(checkpoint: str, ratings: str, encoding: str = "utf-8", item_ids=None):
     """Read a new user's ratings against the item ids and rating scale recorded in a checkpoint.
 
     Args:
       checkpoint: a run folder or its checkpoint folder.
       ratings: the ``item,rating`` file (see :func:`read_user_ratings`).
       encoding: its text encoding.
+      item_ids: the catalogue's raw ids by code, where it grew since training
+        (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`); default: the recorded ones.
 
     Returns:
       The :class:`UserRatings` of :func:`read_user_ratings`.
@@ -1032,7 +1034,7 @@ def read_ratings_for(checkpoint: str, ratings: str, encoding: str = "utf-8"):
     data = (meta.get("config") or {}).get("data") or {}
     return read_user_ratings(
         ratings,
-        np.asarray(featurizer.item_raw_ids),
+        np.asarray(featurizer.item_raw_ids if item_ids is None else item_ids),
         featurizer.spec.rating_range,
         implicit=data.get("feedback") == "implicit",
         positive_threshold=data.get("positive_threshold"),

@@ -26,6 +26,7 @@ import pandas as pd
 
 from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
+from jaxrec.data.dataset import typed_ids
 from jaxrec.data.tasks import genre_domains
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
 from jaxrec.experiment.config import ExperimentConfig
@@ -165,6 +166,7 @@ class TrainedModel:
         are read as weights too.
       support_recency: the strength of the recency weighting of a new user's items by their order, the oldest
         first, chosen on the validation users (0: none; :data:`RECENCY_FILE`).
+      items_added: the catalogue's last items that were added after training (:meth:`with_items`).
     """
 
     config: ExperimentConfig
@@ -180,6 +182,7 @@ class TrainedModel:
     hybrid: ServedHybrid | None = None
     weighted: bool = False
     support_recency: float = 0.0
+    items_added: int = 0
 
     @property
     def apply_fn(self):
@@ -200,6 +203,46 @@ class TrainedModel:
     def titles(self) -> np.ndarray | None:
         """Titles by item code, or None when the data had none."""
         return self.items["title"].astype(str).to_numpy() if "title" in self.items else None
+
+    def with_items(self, table: pd.DataFrame, where: str = "the new items") -> tuple[TrainedModel, dict]:
+        """This model with items added to its catalogue after training, scored from their side features alone
+        (:meth:`~jaxrec.data.Featurizer.with_items`): a new item gets the unknown id, as the evaluation's held-out new
+        items had, so a model that reads item features ranks it as the ``new_item`` scenario measured. Nothing is
+        trained again; a run's hybrid partner is fitted again with the new items as items no one has interacted
+        with.
+
+        Args:
+          table: the new items' features indexed by raw id (:func:`~jaxrec.data.read_side_table`), its columns
+            named as the training ``--item-features`` table's; a ``title`` column gives their titles.
+          where: the table's name, for messages.
+
+        Returns:
+          ``(model, report)``: the grown model and the featurizer's report of what was added and read.
+
+        Raises:
+          DataError: see :meth:`~jaxrec.data.Featurizer.with_items`; also for a cross-domain run (its catalogue is
+            split into domains by genre, which added items would need) and a run of item tasks.
+        """
+        if self.config.protocol.tasks_by == "item":
+            raise DataError(f"{where}: this run adapts to new items from their users (item tasks): add none to it")
+        if self.config.protocol.scheme == "cross-domain":
+            raise DataError(f"{where}: a cross-domain run splits its catalogue by genre: items cannot be added to it")
+        featurizer, report = self.featurizer.with_items(table, where)
+        new_ids = featurizer.item_raw_ids[self.featurizer.n_items :]
+        rows = pd.DataFrame({"raw_id": pd.Series(new_ids, dtype=self.items["raw_id"].dtype)})
+        if "title" in self.items:
+            given = dict(zip(typed_ids(np.asarray(table.index), self.item_ids), table.get("title", []), strict=False))
+            titles = [given.get(i) for i in new_ids]
+            rows["title"] = [
+                str(i) if t is None or pd.isna(t) else str(t) for t, i in zip(titles, new_ids, strict=True)
+            ]
+        items = pd.concat([self.items, rows], ignore_index=True)
+        hybrid = None
+        if self.hybrid is not None:
+            grown = featurizer.n_items - self.featurizer.n_items + self.items_added
+            hybrid = read_hybrid(self.folder.parent, featurizer, self.config.topn.shots, added=grown)
+        added = self.items_added + report["added"]
+        return dataclasses.replace(self, featurizer=featurizer, items=items, hybrid=hybrid, items_added=added), report
 
     def outside_domain(self) -> np.ndarray | None:
         """The codes of the items outside a cross-domain run's target domain (``--scheme cross-domain``): its new

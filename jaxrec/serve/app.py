@@ -308,6 +308,7 @@ def create_app(
             "positive_threshold": catalogue.positive_threshold,
             "weighted": catalogue.weighted,
             "items": len(catalogue),
+            "items_added": int(trained.items_added),  # after training, from their features (--new-items)
             "titles": catalogue.titles is not None,
             "max_k": model.max_k,
             "max_items": max_items,
