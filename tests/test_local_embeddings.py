@@ -173,7 +173,12 @@ def test_reptile_direction_is_exact_and_trainer_option():
     kwargs = dict(loss_fn=LOSS, inner_lr=INNER_LR, inner_steps=3)
     trainers = [
         jaxrec.MetaTrainer(
-            loss_fn=LOSS, inner_lr=INNER_LR, inner_steps=2, optimizer=optax.sgd(0.1), objective_options=options
+            loss_fn=LOSS,
+            inner_lr=INNER_LR,
+            inner_steps=3,
+            optimizer=optax.sgd(0.1),
+            algorithm="reptile",
+            objective_options=options,
         )
         for options in ({}, {"local_embeddings": TABLES})
     ]
@@ -190,6 +195,8 @@ def test_reptile_direction_is_exact_and_trainer_option():
     )(params)
     close(full, local)
     close(train_full, train_local)
+    # the trainer's step is Reptile's: theta - eps (theta - mean_t phi_t), the direction above
+    close(train_full[0], jax.tree.map(lambda p, d: p - 0.1 * d, params, full[1]))
     # the trainer really took a step
     assert np.abs(train_full[0]["params"]["head"]["output"]["bias"] - params["params"]["head"]["output"]["bias"]) > 0
 

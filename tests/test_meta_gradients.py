@@ -157,6 +157,39 @@ def test_metasgd_gradient_matches_finite_differences_two_steps():
     np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
 
 
+def test_metasgd_first_order_equals_its_stop_gradient_form():
+    """First order stops the inner gradients: ``phi_(k+1) = phi_k - alpha * sg(g_s(phi_k))``, so per task
+    ``dL/dtheta = g_q(phi_K)`` and ``dL/dalpha = -g_q(phi_K) * sum_k g_s(phi_k)`` (elementwise), averaged over the
+    tasks with query rows. K = 3, a rate per parameter."""
+    params = init_params(jax.random.PRNGKey(21))
+    batch = make_batch(22, tasks=3)
+    alpha = jax.tree.map(lambda p: 0.2 * (1.0 + 0.5 * jnp.linspace(0.0, 1.0, p.size).reshape(p.shape)), params)
+    steps = 3
+    f = jax.jit(lambda m: jaxrec.meta_loss(m, batch, loss_fn=loss_fn, inner_lr=None, inner_steps=steps, order="first"))
+    got = jax.grad(f)(jaxrec.MetaSGDParams(params, alpha))
+    flat, unravel = ravel_pytree(params)
+    rates = ravel_pytree(alpha)[0]
+    grad = jax.jit(jax.grad(lambda v, rows, mask: loss_fn(unravel(v), rows, mask)))
+    want_theta, want_alpha = np.zeros_like(flat), np.zeros_like(flat)
+    for t in range(batch.num_tasks):
+        (s_rows, s_mask), (q_rows, q_mask) = task(batch, t, "support"), task(batch, t, "query")
+        phi, summed = flat, np.zeros_like(flat)
+        for _ in range(steps):
+            g = grad(phi, s_rows, s_mask)
+            summed, phi = summed + g, phi - rates * g
+        g_q = grad(phi, q_rows, q_mask)
+        want_theta, want_alpha = want_theta + g_q, want_alpha - g_q * summed
+    np.testing.assert_allclose(ravel_pytree(got.params)[0], want_theta / batch.num_tasks, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(got.inner_lr)[0], want_alpha / batch.num_tasks, rtol=1e-10, atol=1e-12)
+    second = jax.grad(jax.jit(lambda m: jaxrec.meta_loss(m, batch, loss_fn=loss_fn, inner_lr=None, inner_steps=steps)))
+    assert (
+        np.max(
+            np.abs(ravel_pytree(second(jaxrec.MetaSGDParams(params, alpha)).inner_lr)[0] - want_alpha / batch.num_tasks)
+        )
+        > 1e-3
+    )
+
+
 def test_reptile_update_equals_formula():
     """With optax.sgd(eps): theta' = theta + eps * mean_t (phi_t - theta), phi_t from K plain SGD steps."""
     params = init_params(jax.random.PRNGKey(6))
@@ -194,7 +227,7 @@ def test_adam_inner_optimizer_is_differentiated_through():
     f = meta_loss_of(batch, inner_steps=3, inner_optimizer=inner)
     grad = ravel_pytree(jax.grad(f)(params))[0]
     fd = central_differences(f, params)
-    np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(grad, fd, rtol=1e-6, atol=1e-8)
     # and it is not the first-order gradient
     first = ravel_pytree(jax.grad(meta_loss_of(batch, inner_steps=3, inner_optimizer=inner, order="first"))(params))[0]
     assert np.max(np.abs(first - grad)) > 1e-4
@@ -244,6 +277,37 @@ def test_remat_equals_plain_path(order, remat, inner_steps):
     if order == "second" and inner_steps == 4:  # and it is the hand-written product, not only self-consistent
         expected = hand_written_maml_grad(params, batch, inner_steps)
         np.testing.assert_allclose(ravel_pytree(rematted[1])[0], ravel_pytree(expected)[0], rtol=1e-10)
+
+
+@pytest.mark.parametrize("remat", ["sqrt", "recompute"])
+def test_remat_of_a_jitted_loss_over_a_numpy_batch_equals_plain_path(remat):
+    """A jitted meta-loss that closes over a batch of NumPy arrays: the replaying remat policies once failed to
+    compile it (a NumPy mask reached their custom VJP as a non-canonical constant of the trace)."""
+    params = init_params(jax.random.PRNGKey(8))
+    batch = make_batch(9, tasks=3)
+    assert isinstance(batch.support_mask, np.ndarray)
+    kwargs = dict(loss_fn=loss_fn, inner_lr=INNER_LR, inner_steps=3)
+    plain = jax.grad(jax.jit(lambda p: jaxrec.meta_loss(p, batch, **kwargs)))(params)
+    rematted = jax.grad(jax.jit(lambda p: jaxrec.meta_loss(p, batch, remat=remat, **kwargs)))(params)
+    chex.assert_trees_all_close(plain, rematted, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(
+        ravel_pytree(rematted)[0], ravel_pytree(hand_written_maml_grad(params, batch, 3))[0], rtol=1e-10
+    )
+
+
+def test_an_inner_optimizers_first_order_is_the_query_gradient_at_the_adapted_parameters():
+    """First order through an optax inner optimiser: ``d phi_K / d theta = I``, so the meta-gradient is the mean
+    query gradient at each task's ``phi_K`` (Adam's state is the same function of the stopped gradients)."""
+    params = init_params(jax.random.PRNGKey(7))
+    batch = make_batch(8, tasks=3)
+    kwargs = dict(loss_fn=loss_fn, inner_lr=None, inner_steps=3, inner_optimizer=optax.adam(0.05, eps_root=1e-12))
+    got = jax.jit(jax.grad(lambda p: jaxrec.meta_loss(p, batch, order="first", **kwargs)))(params)
+    want = np.zeros_like(ravel_pytree(params)[0])
+    for t in range(batch.num_tasks):
+        (s_rows, s_mask), (q_rows, q_mask) = task(batch, t, "support"), task(batch, t, "query")
+        phi = jaxrec.adapt(params, s_rows, s_mask, **kwargs)
+        want = want + ravel_pytree(jax.grad(loss_fn)(phi, q_rows, q_mask))[0]
+    np.testing.assert_allclose(ravel_pytree(got)[0], want / batch.num_tasks, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("remat", ["step", "sqrt", "recompute"])

@@ -9,6 +9,7 @@ from jax.flatten_util import ravel_pytree
 
 import jaxrec
 from jaxrec.core.newton import eliminate, newton
+from jaxrec.testing import central_differences
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -199,6 +200,83 @@ def test_meta_gradient_through_a_network_matches_finite_differences(steps):
     numeric = np.array([(meta_loss(flat + eps * e) - meta_loss(flat - eps * e)) / (2 * eps) for e in basis])
     np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
     assert float(jnp.max(jnp.abs(grad[: flat.size - 5]))) > 1e-4  # the body is reached through the inner step
+
+
+def _rates(params, base=0.3):
+    """Per-parameter prior variances, all different."""
+    return jax.tree.map(lambda p: base * (1.0 + 0.5 * jnp.linspace(0.0, 1.0, p.size).reshape(p.shape)), params)
+
+
+@pytest.mark.parametrize("solver", ["newton", "mixed"])
+@pytest.mark.parametrize("loss", ["mse", "bce"])
+def test_learned_prior_variances_get_the_meta_gradient_of_finite_differences_over_several_steps(solver, loss):
+    """Meta-SGD's rates as the Newton step's prior variances ``alpha``, K = 3 steps on a network's output layer
+    (``newton()`` with an adapt filter, or the mixed solver that solves the head and descends on the body): the
+    meta-gradient in ``theta`` and ``alpha`` together matches central differences (the hand-written check covers
+    K = 1 only)."""
+    (srows, smask), (qrows, qmask) = rows_of(11, n=8), rows_of(12, n=5)
+    if loss == "bce":
+        srows, qrows = ({"x": r["x"], "label": (r["rating"] > 0).astype(jnp.float64)} for r in (srows, qrows))
+        loss_fn = jaxrec.bce_loss(mlp_apply)
+    else:
+        loss_fn = jaxrec.mse_loss(mlp_apply)
+    head = lambda path, leaf: path[0].key == "head"  # noqa: E731
+    options = dict(inner_optimizer=newton(), adapt_filter=head) if solver == "newton" else {}
+    options = options or dict(inner_optimizer=newton(solve="head"))
+    params = mlp_params(1)
+    meta = jaxrec.MetaSGDParams(params, _rates(params))
+
+    def meta_loss(m):
+        phi = jaxrec.adapt(
+            m.params, srows, smask, loss_fn=loss_fn, inner_lr=m.inner_lr, inner_steps=3, **options
+        )  # fmt: skip
+        return loss_fn(phi, qrows, qmask)
+
+    meta_loss = jax.jit(meta_loss)
+    grad = jax.grad(meta_loss)(meta)
+    np.testing.assert_allclose(ravel_pytree(grad)[0], central_differences(meta_loss, meta), rtol=1e-6, atol=1e-8)
+    assert float(jnp.max(jnp.abs(ravel_pytree(grad.inner_lr["head"])[0]))) > 1e-6
+
+
+def test_first_order_over_several_steps_is_the_gradient_of_the_steps_with_their_terms_held():
+    """First order holds each step's gradient ``g_k``, Hessian ``H_k`` and offset ``phi_k - theta`` as constants:
+    ``phi_K = theta - sum_k (n H_k + P)^-1 (n g_k + P (phi_k - theta))``, ``P = diag(1 / alpha)``. That function,
+    written out here from the forward pass's constants, is differentiated by central differences in ``theta``
+    and ``alpha``; K = 3, where the offsets are not 0 (at K = 1 first and second order agree in ``alpha``)."""
+    (srows, smask), (qrows, qmask) = rows_of(13, n=8), rows_of(14, n=5)
+    loss_fn = jaxrec.mse_loss(mlp_apply)
+    params, steps = mlp_params(3), 3
+    alpha = _rates(params)
+    head = lambda path, leaf: path[0].key == "head"  # noqa: E731
+
+    def first_order(theta, rates):
+        phi = jaxrec.adapt(
+            theta, srows, smask, loss_fn=loss_fn, inner_lr=rates, inner_steps=steps, order="first",
+            inner_optimizer=newton(), adapt_filter=head,
+        )  # fmt: skip
+        return loss_fn(phi, qrows, qmask)
+
+    got = ravel_pytree(jax.jit(jax.grad(first_order, argnums=(0, 1)))(params, alpha))[0]
+    start, unravel = ravel_pytree(params["head"])
+    n = float(np.sum(np.asarray(smask)))
+    support = lambda h: loss_fn({"body": params["body"], "head": unravel(h)}, srows, smask)  # noqa: E731
+    precision = np.diag(1.0 / np.asarray(ravel_pytree(alpha["head"])[0]))
+    held, phi = [], np.asarray(start)
+    for _ in range(steps):
+        g, hessian = np.asarray(jax.grad(support)(phi)), np.asarray(jax.hessian(support)(phi))
+        held.append((g, hessian, phi - np.asarray(start)))
+        phi = phi - np.linalg.solve(n * hessian + precision, n * g + precision @ (phi - np.asarray(start)))
+
+    def steps_with_terms_held(both):
+        theta, rates = both
+        x = ravel_pytree(theta["head"])[0]
+        p = jnp.diag(1.0 / ravel_pytree(rates["head"])[0])
+        for g, hessian, offset in held:
+            x = x - jnp.linalg.solve(n * hessian + p, n * g + p @ offset)
+        return loss_fn({"body": theta["body"], "head": unravel(x)}, qrows, qmask)
+
+    want = central_differences(jax.jit(steps_with_terms_held), (params, alpha))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-8)
 
 
 def test_first_order_stops_the_gradient_at_the_update():
