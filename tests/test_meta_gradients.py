@@ -120,6 +120,24 @@ def test_first_order_equals_query_gradient_at_adapted_params():
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
+def test_first_order_with_partial_adaptation_is_the_query_gradient_at_the_adapted_parameters():
+    """MeLU's shape (only the output layer adapts), first order: every leaf's meta-gradient, adapted or fixed, is
+    the mean query gradient at ``phi_K``, the fixed leaves' included (no path through the inner steps is kept)."""
+    params = init_params(jax.random.PRNGKey(28))
+    batch = make_batch(29, tasks=3)
+    kwargs = dict(loss_fn=loss_fn, inner_lr=0.4, inner_steps=3, adapt_filter=lambda path, leaf: path[0].key == "w2")
+    got = jax.jit(jax.grad(lambda p: jaxrec.meta_loss(p, batch, order="first", **kwargs)))(params)
+    want = np.zeros_like(ravel_pytree(params)[0])
+    for t in range(batch.num_tasks):
+        (s_rows, s_mask), (q_rows, q_mask) = task(batch, t, "support"), task(batch, t, "query")
+        phi = jaxrec.adapt(params, s_rows, s_mask, **kwargs)
+        assert (
+            float(jnp.max(jnp.abs(phi["w1"] - params["w1"]))) == 0.0 < float(jnp.max(jnp.abs(phi["w2"] - params["w2"])))
+        )
+        want = want + ravel_pytree(jax.grad(loss_fn)(phi, q_rows, q_mask))[0]
+    np.testing.assert_allclose(ravel_pytree(got)[0], want / batch.num_tasks, rtol=1e-10, atol=1e-12)
+
+
 def test_meta_loss_is_mean_over_real_tasks_only():
     params = init_params(jax.random.PRNGKey(3))
     batch = make_batch(4, tasks=3)
