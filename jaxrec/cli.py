@@ -1017,6 +1017,11 @@ def _load_trained(args: argparse.Namespace):
         parts.append(f"feature column(s) not given, read as unknown: {', '.join(report['features_not_given'])}")
     if report["columns_not_read"]:
         parts.append(f"column(s) not the model's features, not read: {', '.join(report['columns_not_read'])}")
+    if not report["id_dropout"]:
+        parts.append(
+            "the run trained no item without its id (--item-dropout 0), so new items rank below the known ones and "
+            "among themselves by their features (train with --new-item-frac and --item-dropout to rank them together)"
+        )
     _echo(f"note: {where}: {'; '.join(parts)}", err=True)
     return trained
 

@@ -121,6 +121,7 @@ def test_new_items_from_the_command_line_are_ranked_from_their_features_and_serv
     note = next(line for line in lines if line.startswith("note: --new-items"))
     assert "11 item(s) added" in note and "1 already in the catalogue" in note, note
     assert "genre 1, tags 1" in note and "mood" in note.split("not read: ")[1], note
+    assert "trained no item without its id (--item-dropout 0), so new items rank below the known ones" in note
     assert "top 58 of 61 items for a new user with 3 interaction(s)" in lines[note and lines.index(note) + 1]
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert "song-51" not in listed and "song-53" in listed and "song-70" in listed

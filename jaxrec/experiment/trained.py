@@ -26,12 +26,13 @@ import pandas as pd
 
 from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
+from jaxrec.data.augment import unknown_fraction
 from jaxrec.data.dataset import typed_ids
 from jaxrec.data.tasks import genre_domains
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.hybrid_record import ServedHybrid, read_hybrid
-from jaxrec.experiment.protocol import Learner, trained_catalogue
+from jaxrec.experiment.protocol import Learner, topn_unknown_ids, trained_catalogue
 
 __all__ = [
     "ITEMS_FILE",
@@ -217,7 +218,9 @@ class TrainedModel:
           where: the table's name, for messages.
 
         Returns:
-          ``(model, report)``: the grown model and the featurizer's report of what was added and read.
+          ``(model, report)``: the grown model and the featurizer's report of what was added and read, with
+          ``id_dropout``, the fraction of training rows whose item id was dropped (0: the model never learned to score
+          an item without its id, so new items rank below the known ones and among themselves by their features).
 
         Raises:
           DataError: see :meth:`~jaxrec.data.Featurizer.with_items`; also for a cross-domain run (its catalogue is
@@ -241,6 +244,13 @@ class TrainedModel:
         if self.hybrid is not None:
             grown = featurizer.n_items - self.featurizer.n_items + self.items_added
             hybrid = read_hybrid(self.folder.parent, featurizer, self.config.topn.shots, added=grown)
+        # a model that never trained an item without its id scores every new item from an untrained id slot
+        meta, implicit = self.config.meta, self.config.data.feedback == "implicit"
+        # (a top-N run drops ids only with a new-item scenario to learn them for)
+        dropped = (
+            topn_unknown_ids(self.config) if implicit else unknown_fraction(meta.item_dropout, meta.task_item_dropout)
+        )
+        report["id_dropout"] = dropped
         added = self.items_added + report["added"]
         return dataclasses.replace(self, featurizer=featurizer, items=items, hybrid=hybrid, items_added=added), report
 
