@@ -135,6 +135,24 @@ def _field_key(role: str, column: Any) -> str:
     return f"{role}_{ascii_name.strip('_') or 'feature'}_{digest}"
 
 
+def _bin_edges(values: pd.Series) -> np.ndarray | None:
+    """The inner edges of a side column's quantile bins (:func:`_categorical`), or None when it is not binned."""
+    if not pd.api.types.is_float_dtype(values):
+        return None
+    known = pd.to_numeric(values, errors="coerce").astype(np.float64).dropna().to_numpy()
+    if len(known) and np.all(known == np.round(known)) and np.all(np.abs(known) < 2**53):
+        return None  # whole numbers stored as floats (an integer column with a gap): codes
+    if len(np.unique(known)) <= EXACT_NUMBERS:
+        return None
+    return np.unique(np.quantile(known, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
+
+
+def _bin_labels(edges: np.ndarray) -> np.ndarray:
+    """The label ``[low, high)`` of each bin the inner ``edges`` make (6 significant digits)."""
+    bounds = [-np.inf, *np.asarray(edges, np.float64).tolist(), np.inf]
+    return np.array([f"[{bounds[b]:.6g}, {bounds[b + 1]:.6g})" for b in range(len(bounds) - 1)], object)
+
+
 def _categorical(values: pd.Series) -> pd.Series:
     """A side column's category of each row (text; None where missing): the value itself, or for a column of
     decimal numbers (floats: a quantity; integers are codes) of more than :data:`EXACT_NUMBERS` distinct values its
@@ -142,28 +160,29 @@ def _categorical(values: pd.Series) -> pd.Series:
     if pd.api.types.is_float_dtype(values):
         numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
         known = numbers.dropna().to_numpy()
+        edges = _bin_edges(values)
+        if edges is not None:
+            bins = np.searchsorted(edges, numbers.to_numpy(), side="right")
+            return pd.Series(
+                np.where(numbers.isna().to_numpy(), None, _bin_labels(edges)[bins]), index=values.index, dtype=object
+            )
         if len(known) and np.all(known == np.round(known)) and np.all(np.abs(known) < 2**53):
             # whole numbers stored as floats (an integer column with a gap, which pandas makes float): codes
             whole = pd.Series(np.round(numbers.to_numpy()), index=values.index).astype("Int64").astype("string")
             return whole.astype(object).where(numbers.notna().to_numpy(), None)
-        if len(np.unique(known)) > EXACT_NUMBERS:
-            edges = np.unique(np.quantile(known, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
-            bins = np.searchsorted(edges, numbers.to_numpy(), side="right")
-            bounds = [-np.inf, *edges.tolist(), np.inf]
-            labels = np.array([f"[{bounds[b]:.6g}, {bounds[b + 1]:.6g})" for b in range(len(edges) + 1)], object)
-            return pd.Series(np.where(numbers.isna().to_numpy(), None, labels[bins]), index=values.index, dtype=object)
     text = values.astype("string").str.strip()
     return text.where(text.notna() & (text != ""), None).astype(object)
 
 
-def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str, pd.Series], dict[str, pd.Series]]:
-    """A side table's other columns than ``known`` as ``(categorical, multi_hot)`` fields by row key: item columns
-    of ``"|"``-joined text multi-hot, every other one categorical (:func:`_categorical`).
+def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict, dict, dict]:
+    """A side table's other columns than ``known`` as ``(categorical, multi_hot, edges)``, fields by row key: item
+    columns of ``"|"``-joined text multi-hot, every other one categorical (:func:`_categorical`); ``edges``: the
+    exact inner edges of the binned ones' quantile bins (their labels round them).
 
     Raises:
       DataError: if two columns map to one row key (``"a b"`` and ``"a_b"``).
     """
-    categorical, multi_hot, source = {}, {}, {}
+    categorical, multi_hot, edges, source = {}, {}, {}, {}
     for column in table.columns:
         if column in known:
             continue
@@ -188,7 +207,9 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict[str
             )
             continue
         categorical[key] = field
-    return categorical, multi_hot
+        if (cut := _bin_edges(values)) is not None:
+            edges[key] = cut
+    return categorical, multi_hot, edges
 
 
 #: the label of a numeric column's quantile bin (:func:`_categorical`): ``[low, high)``
@@ -267,6 +288,12 @@ def _multi_hot(values: pd.Series, train_codes: np.ndarray) -> tuple[np.ndarray, 
     return dummies.reindex(columns=vocab, fill_value=0).to_numpy(np.float32), vocab
 
 
+def _tags(value: Any) -> list[str]:
+    """The tags of a multi-hot value: ``"|"``-joined text, or a list (a Parquet list column), without blanks."""
+    parts = value if isinstance(value, list | tuple | np.ndarray) else str(value).split("|")
+    return [t for t in (str(p).strip() for p in parts) if t]
+
+
 def _with_padding(table: np.ndarray) -> np.ndarray:
     """Append one all-zero row, selected by code -1 (numpy's negative indexing) for padded rows."""
     pad = np.zeros((1, *table.shape[1:]), table.dtype)
@@ -300,6 +327,9 @@ class Featurizer:
       user_raw_ids: the raw id of each user code when they are ints or strings (JSON-able), else None.
       item_raw_ids: the raw id of each item code when they are ints or strings, else None.
       user_feature_names: the side-table column of each user feature key (``"user_age"`` -> ``"age"``).
+      item_feature_names: the side-table column of each item feature key of a table (``--item-features``).
+      bin_edges: the exact inner edges of each binned numeric feature's bins, by key (their labels round them to 6
+        digits), so that a new user's or item's value falls in the bin a training one's did.
     """
 
     spec: FeatureSpec
@@ -314,6 +344,8 @@ class Featurizer:
     user_raw_ids: list | None = None
     item_raw_ids: list | None = None
     user_feature_names: dict[str, str] = dataclasses.field(default_factory=dict)
+    item_feature_names: dict[str, str] = dataclasses.field(default_factory=dict)
+    bin_edges: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @property
     def n_users(self) -> int:
@@ -373,8 +405,8 @@ class Featurizer:
         vocabularies: dict[str, list] = {}
 
         user_known, item_known = _user_fields(dataset.users), _item_fields(dataset.items)
-        user_other, _ = _side_fields(dataset.users, "user", _USER_KNOWN)  # a user column is never multi-hot
-        item_other, item_joined = _side_fields(dataset.items, "item", _ITEM_KNOWN)
+        user_other, _, user_edges = _side_fields(dataset.users, "user", _USER_KNOWN)  # a user column: never multi-hot
+        item_other, item_joined, item_edges = _side_fields(dataset.items, "item", _ITEM_KNOWN)
         for table, fields in ((dataset.users, user_known), (dataset.items, item_known)):
             for key, values in fields.items():  # a column named as MovieLens's, read by MovieLens's encoder
                 column = key.split("_", 1)[1]
@@ -432,6 +464,17 @@ class Featurizer:
                 if key in user_tables
             },
             item_raw_ids=_jsonable(dataset.item_ids),
+            item_feature_names={
+                key: str(column)
+                for column in dataset.items.columns
+                for key in (_field_key("item", column),)
+                if column not in _ITEM_KNOWN and (key in item_tables or key in item_multi_hot)
+            },
+            bin_edges={
+                key: np.asarray(cut, np.float64).tolist()
+                for key, cut in {**user_edges, **item_edges}.items()
+                if key in user_tables or key in item_tables
+            },
         )
 
     # -- rows ------------------------------------------------------------------------------------------------------
@@ -481,8 +524,8 @@ class Featurizer:
 
         Each value is encoded as the training users' were and looked up in the field's vocabulary: MovieLens's
         ``age`` bucketed, ``zip`` cut to its first character (sent as text: a number has lost its leading zeros),
-        ``gender`` upper-cased; a binned numeric column's value by the bin its label bounds (the labels hold 6
-        significant digits: a value within that of an edge may fall in the next bin); any other value by its text,
+        ``gender`` upper-cased; a binned numeric column's value by the bin its exact edges give, as a training
+        value's (a record written before the edges were kept: by the labels' 6 digits); any other value by its text,
         or as a number equal to one label (``2`` is the category ``"2.0"`` of a decimal column). A value no training
         user had (or that no encoder reads), or a field not given, is the unknown slot 0, as it is for such a user
         in the evaluation.
@@ -531,7 +574,6 @@ class Featurizer:
 
     def _user_label(self, key: str, name: str, value: Any) -> Any:
         """The label a training user with ``value`` in the column of ``key`` got (None: no encoder reads it)."""
-        vocab = self.vocabularies.get(key, [])
         if key in _MOVIELENS_USER_KEYS:
             if key == "user_zip" and isinstance(value, int | float | np.number) and not isinstance(value, bool):
                 raise DataError(f"user feature {name!r}: send a zip code as text ('02138'): a number loses zeros")
@@ -539,8 +581,8 @@ class Featurizer:
                 return _movielens_label(key, value)
             except TypeError:  # unhashable (a list): no encoder reads it
                 return None
-        if _is_binned(vocab):
-            return _bin_label(value, vocab)
+        if self._is_binned_key(key):
+            return self._binned_label(key, value)
         return str(value).strip()
 
     def item_features(self) -> tuple[np.ndarray, list[str]]:
@@ -569,10 +611,10 @@ class Featurizer:
         """This featurizer with items added after training, each from its side features alone.
 
         A new item gets the unknown id slot (as an item held out of training has) and its features' slots in the
-        training vocabularies, each value encoded as a training item's was (a decimal by its bin, a ``"|"``-joined
-        column by its known tags, MovieLens's ``year`` by its decade; a value no training item had is the unknown
-        slot, and counted). A model that reads item features then scores it from them; the codes of the trained
-        items do not move (the new ones follow them).
+        training vocabularies, each value encoded as a training item's was (a decimal by the bin its exact edges
+        give, a ``"|"``-joined column or a list by its known tags, MovieLens's ``year`` by its decade; a value no
+        training item had is the unknown slot, and counted). A model that reads item features then scores it from
+        them; the codes of the trained items do not move (the new ones follow them).
 
         Args:
           table: the new items' features, indexed by raw id (:func:`~jaxrec.data.read_side_table`'s form); its
@@ -581,13 +623,15 @@ class Featurizer:
 
         Returns:
           ``(featurizer, report)``: the report counts ``added``, ``already_in_catalogue`` (ids the catalogue has:
-          left as trained), ``unknown_values`` (column -> rows whose value no training item had),
-          ``features_not_given`` (the model's feature columns the table lacks) and ``columns_not_read``.
+          left as trained), ``unknown_values`` (column -> added items with a value, or a tag, no training item had),
+          ``missing_values`` (column -> added items with no value), ``without_features`` (added items with no
+          feature value at all), and names ``features_not_given`` (the model's feature columns the table lacks)
+          and ``columns_not_read``.
 
         Raises:
           DataError: naming ``where`` if the model reads no item features (every new item would score alike), the
-            catalogue's raw ids were not kept, an id is not of the catalogue's kind (text for integer ids) or is
-            given twice, or no id is new.
+            catalogue's raw ids were not kept, the table has no row, an id is missing, not of the catalogue's kind
+            (text for integer ids) or given twice, or no id is new.
         """
         if not self.item_tables and not self.item_multi_hot:
             raise DataError(
@@ -596,9 +640,14 @@ class Featurizer:
             )
         if self.item_raw_ids is None:
             raise DataError(f"{where}: this catalogue's raw item ids were not kept, so no item can be added to it")
+        if len(table) == 0:
+            raise DataError(f"{where}: the table has no items")
+        raw = [r.strip() if isinstance(r, str) else r for r in table.index]  # as a file's ids are read
+        if any(_not_given(r) for r in raw):
+            raise DataError(f"{where}: row {next(i for i, r in enumerate(raw) if _not_given(r)) + 1} has no item id")
         known = np.asarray(self.item_raw_ids)
-        typed = typed_ids(np.asarray(table.index), known)
-        bad = [raw for raw, key in zip(table.index, typed, strict=True) if key is None]
+        typed = typed_ids(np.asarray(raw, dtype=object), known)
+        bad = [r for r, key in zip(raw, typed, strict=True) if key is None]
         if bad:
             raise DataError(f"{where}: item {bad[0]!r} is not an integer id, as the catalogue's are ({len(bad)} such)")
         ids = pd.Index(list(typed), dtype=object)
@@ -609,48 +658,47 @@ class Featurizer:
             raise DataError(f"{where}: every one of its {len(ids)} items is in the catalogue already: none to add")
         new = table.loc[fresh]
         by_key = {("item_year" if c == "year" else _field_key("item", c)): c for c in new.columns if c != "title"}
+        features = [*self.item_tables, *self.item_multi_hot]
         report: dict[str, Any] = {
             "added": int(fresh.sum()),
             "already_in_catalogue": int((~fresh).sum()),
             "unknown_values": {},
-            "features_not_given": sorted(
-                str(by_key.get(k, k)) for k in [*self.item_tables, *self.item_multi_hot] if k not in by_key
-            ),
-            "columns_not_read": sorted(
-                str(c) for k, c in by_key.items() if k not in self.item_tables and k not in self.item_multi_hot
-            ),
+            "missing_values": {},
+            "without_features": 0,
+            "features_not_given": sorted(self._item_feature_name(k) for k in features if k not in by_key),
+            "columns_not_read": sorted(str(c) for k, c in by_key.items() if k not in features),
         }
-        item_tables = {}
-        for key, slots in self.item_tables.items():
-            column = np.zeros(len(new), np.int32)
+        given = np.zeros(len(new), bool)  # an item with any feature value
+        item_tables, item_multi_hot = {}, {}
+        for key in features:
+            multi = key in self.item_multi_hot
+            vocab = self.vocabularies.get(key, [])
+            width = self.item_multi_hot[key].shape[1] if multi else 0
+            encoded = np.zeros((len(new), width), np.float32) if multi else np.zeros(len(new), np.int32)
             if key in by_key:
-                vocab, values = self.vocabularies.get(key, []), new[by_key[key]]
-                labels = year_bucket(values) if key == "item_year" else values
-                for row, (value, label) in enumerate(zip(values, labels, strict=True)):
-                    if _not_given(_stripped(value)):
+                column = by_key[key]
+                values = [_stripped(v) for v in new[column]]
+                missing = np.array([_not_given(v) or (multi and not _tags(v)) for v in values])
+                unknown = 0
+                for row, value in enumerate(values):
+                    if missing[row]:
                         continue
-                    label = _bin_label(value, vocab) if _is_binned(vocab) else _stripped(label)
-                    index = _index_in(label, vocab)
-                    column[row] = 0 if index is None else index + 1
-                unknown = int(sum(1 for v, s in zip(values, column, strict=True) if s == 0 and not _not_given(v)))
-                if unknown:
-                    report["unknown_values"][str(by_key[key])] = unknown
-            item_tables[key] = np.concatenate([slots[:-1], column, slots[-1:]])
-        item_multi_hot = {}
-        for key, table_of in self.item_multi_hot.items():
-            hot = np.zeros((len(new), table_of.shape[1]), np.float32)
-            if key in by_key:
-                vocab, unknown = self.vocabularies.get(key, []), 0
-                for row, value in enumerate(new[by_key[key]]):
-                    tags = [] if _not_given(_stripped(value)) else [t.strip() for t in str(value).split("|")]
-                    for tag in filter(None, tags):
-                        if tag in vocab:
-                            hot[row, vocab.index(tag)] = 1.0
-                        else:
-                            unknown += 1
-                if unknown:
-                    report["unknown_values"][str(by_key[key])] = unknown
-            item_multi_hot[key] = np.concatenate([table_of[:-1], hot, table_of[-1:]])
+                    if multi:
+                        tags = _tags(value)
+                        found = [vocab.index(t) for t in tags if t in vocab]
+                        encoded[row, found] = 1.0
+                        unknown += len(found) < len(tags)
+                    else:
+                        index = _index_in(self._item_label(key, value), vocab)
+                        encoded[row] = 0 if index is None else index + 1
+                        unknown += index is None
+                given |= ~missing
+                for counts, n in ((report["unknown_values"], unknown), (report["missing_values"], int(missing.sum()))):
+                    if n:
+                        counts[str(column)] = int(n)
+            old = (self.item_multi_hot if multi else self.item_tables)[key]
+            (item_multi_hot if multi else item_tables)[key] = np.concatenate([old[:-1], encoded, old[-1:]])
+        report["without_features"] = int((~given).sum())
         added = self.item_index[:-1], np.zeros(len(new), np.int32), self.item_index[-1:]
         raw_ids = [*self.item_raw_ids, *(int(v) if known.dtype.kind in "iu" else str(v) for v in ids[fresh])]
         grown = dataclasses.replace(
@@ -661,6 +709,33 @@ class Featurizer:
             item_raw_ids=raw_ids,
         )
         return grown, report
+
+    def _item_feature_name(self, key: str) -> str:
+        """The column an item feature key was read from (``"item_genre"`` -> ``"genre"``)."""
+        return self.item_feature_names.get(key, key.split("_", 1)[1])
+
+    def _item_label(self, key: str, value: Any) -> Any:
+        """The label a training item with ``value`` in the column of ``key`` got."""
+        if key == "item_year":
+            return year_bucket(pd.Series([value], dtype=object)).iloc[0]
+        return self._binned_label(key, value) if self._is_binned_key(key) else value
+
+    def _is_binned_key(self, key: str) -> bool:
+        return key in self.bin_edges or _is_binned(self.vocabularies.get(key, []))
+
+    def _binned_label(self, key: str, value: Any) -> str | None:
+        """The label of the bin of ``key`` that holds the number ``value``: by the exact edges, as the training
+        values were binned (a record written before they were kept: by the rounded labels, :func:`_bin_label`)."""
+        if key not in self.bin_edges:
+            return _bin_label(value, self.vocabularies.get(key, []))
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+        if np.isnan(number):
+            return None
+        edges = np.asarray(self.bin_edges[key], np.float64)
+        return str(_bin_labels(edges)[np.searchsorted(edges, number, side="right")])
 
     def target(self, ratings: np.ndarray) -> dict[str, np.ndarray]:
         """Turn ratings into the target row key.
@@ -745,6 +820,9 @@ class Featurizer:
             "user_raw_ids": self.user_raw_ids,
             "user_feature_names": dict(self.user_feature_names),
             "item_raw_ids": self.item_raw_ids,
+            # written when there are any: a record of MovieLens's, or one written before them, stays the same
+            **({"item_feature_names": dict(self.item_feature_names)} if self.item_feature_names else {}),
+            **({"bin_edges": {k: list(v) for k, v in self.bin_edges.items()}} if self.bin_edges else {}),
         }
 
     @classmethod
@@ -782,6 +860,8 @@ class Featurizer:
             user_raw_ids=d.get("user_raw_ids"),
             user_feature_names=dict(d.get("user_feature_names") or {}),
             item_raw_ids=d.get("item_raw_ids"),
+            item_feature_names=dict(d.get("item_feature_names") or {}),
+            bin_edges={k: list(v) for k, v in (d.get("bin_edges") or {}).items()},
         )
 
 

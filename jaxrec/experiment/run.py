@@ -703,7 +703,10 @@ def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | 
         raise CheckpointError(f"{folder}: the checkpoint has no featurizer record (not written by `jaxrec train`?)")
 
     def encoding(record: dict) -> dict:  # what the ids mean; the dataset's name (a file's stem) is not part of it
-        return {k: v for k, v in record.items() if k != "dataset"}
+        # a record written before the exact bin edges and the item columns' names were kept lacks them: the bins'
+        # labels and the feature keys, which it has, say the same
+        later = {"dataset"} | ({"bin_edges", "item_feature_names"} - set(saved))
+        return {k: v for k, v in record.items() if k not in later}
 
     data = meta.get("config", {}).get("data") or {}
     source = data.get("path") or data.get("dataset") or meta.get("dataset")
