@@ -1013,6 +1013,11 @@ def _load_trained(args: argparse.Namespace):
     if report["unknown_values"]:
         shown = ", ".join(f"{column} {count}" for column, count in report["unknown_values"].items())
         parts.append(f"values no training item had, read as unknown: {shown}")
+    if report["missing_values"]:
+        shown = ", ".join(f"{column} {count}" for column, count in report["missing_values"].items())
+        parts.append(f"item(s) with no value, read as unknown: {shown}")
+    if report["without_features"]:
+        parts.append(f"{report['without_features']} item(s) with no feature value at all (scored as any such item)")
     if report["features_not_given"]:
         parts.append(f"feature column(s) not given, read as unknown: {', '.join(report['features_not_given'])}")
     if report["columns_not_read"]:

@@ -37,6 +37,7 @@ def _tables(folder):
             new.append(f"{song},{length},{tags},{genre},Song {song[5:]},calm")
     new.append("song-03,100.5,t0,odd,again,calm")  # in the catalogue already: left as trained
     new.append("song-70,150.5,t9|t0,folk,Folk song,calm")  # a genre and a tag no training song had
+    new.append("song-71,,,,,calm")  # no feature value at all
     (folder / "new.csv").write_text("\n".join(new) + "\n")
     return folder / "old.csv", folder / "new.csv"
 
@@ -122,10 +123,14 @@ def test_new_items_from_the_command_line_are_ranked_from_their_features_and_serv
     finally:
         patch.undo()
     note = next(line for line in lines if line.startswith("note: --new-items"))
-    assert "11 item(s) added" in note and "1 already in the catalogue" in note, note
+    assert "12 item(s) added" in note and "1 already in the catalogue" in note, note
+    missing = note.split("no value, read as unknown: ")[1].split(";")[0]
+    assert (
+        sorted(missing.split(", ")) == ["genre 1", "length 1", "tags 1"] and "1 item(s) with no feature value" in note
+    )
     assert "genre 1, tags 1" in note and "mood" in note.split("not read: ")[1], note
     assert "trained no item without its id (--item-dropout 0), so new items rank below the known ones" in note
-    assert "top 58 of 61 items for a new user with 3 interaction(s)" in lines[note and lines.index(note) + 1]
+    assert "top 59 of 62 items for a new user with 3 interaction(s)" in lines[note and lines.index(note) + 1]
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert "song-51" not in listed and "song-53" in listed and "song-70" in listed
     grown, _ = load_trained(out).with_items(jd.read_side_table(new, "item"), "new.csv")
@@ -142,7 +147,7 @@ def test_new_items_from_the_command_line_are_ranked_from_their_features_and_serv
     server = Server(out, *BUCKET_FLAGS, "--new-items", str(new))
     try:
         status, health = server.get("/health")
-        assert status == 200 and health["items"] == 61 and health["items_added"] == 11, health
+        assert status == 200 and health["items"] == 62 and health["items_added"] == 12, health
         candidates = [f"song-{i}" for i in NEW] + ["song-70"]
         status, answer = server.post(
             "/predict", {"interactions": ["song-01", "song-03", "song-51"], "candidates": candidates}
@@ -153,7 +158,7 @@ def test_new_items_from_the_command_line_are_ranked_from_their_features_and_serv
             assert served[song] == pytest.approx(float(scores[list(grown.item_ids).index(song)]), rel=1e-4, abs=1e-4)
     finally:
         server.stop()
-    assert top.shape == (58,)
+    assert top.shape == (59,)
 
 
 def _featurized(items: pd.DataFrame, users=30):
