@@ -59,7 +59,8 @@ def base_record(args: argparse.Namespace, impl: str) -> dict:
 
 def library_versions() -> dict:
     """The versions a figure depends on: a rerun in another environment can differ in the last digits (XLA's
-    kernels change between releases), so every results file says which it was made with."""
+    kernels change between releases), so a results file says which it was made with (files written before this was
+    recorded say nothing: their commands, rerun, give the figures to the last digits, see docs/results.md)."""
     from importlib import metadata
 
     out = {"python": sys.version.split()[0], "platform": platform.platform()}
