@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--encoding",
         default="utf-8",
-        help="the text encoding of --ratings, --users, --user-features and --exclude (default utf-8)",
+        help="the text encoding of --ratings, --users, --user-features, --exclude and --new-items (default utf-8)",
     )
     r.add_argument(
         "--columns",
@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a file of item ids, one per line, never to recommend (out of stock, withdrawn); a request may exclude "
         "more of its own ('exclude')",
     )
-    s.add_argument("--encoding", default="utf-8", help="the text encoding of --exclude (default utf-8)")
+    s.add_argument("--encoding", default="utf-8", help="the text encoding of --exclude and --new-items (default utf-8)")
     s.add_argument(
         "--batch-wait-ms", type=float, default=2.0, help="how long a request waits to share a call (default 2)"
     )
@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--new-items",
         metavar="FILE",
         help="a table of items added since training (text or Parquet, id column first or named item), its columns "
-        "named as train's --item-features: each is ranked from its features alone, as the new-item scenario measured",
+        "named as train's --item-features: their vectors are computed from their features alone",
     )
+    x.add_argument("--encoding", default="utf-8", help="the text encoding of --new-items (default utf-8)")
     x.add_argument(
         "--model-alone",
         action="store_true",
@@ -782,7 +783,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             "their features: --features)"
         )
     features = _feature_pairs(args.features)
-    if args.new_items is None:  # a bad file fails before the slow part
+    if args.new_items is None:  # a bad file fails before the slow part (with new items: after their table)
         codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding)
     trained = _load_trained(args)  # the run folder alone: no training data is read
     if args.new_items is not None:  # the user may have met the new items: read against the grown catalogue
@@ -1001,12 +1002,11 @@ def _read_users_as_trained(args: argparse.Namespace):
 def _load_trained(args: argparse.Namespace):
     """The run folder's model (:func:`~jaxrec.experiment.trained.load_trained`), with ``--new-items``' items added
     to its catalogue (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) and what was read noted."""
-    trained = load_trained(args.checkpoint)
     if getattr(args, "new_items", None) is None:
-        return trained
+        return load_trained(args.checkpoint)
     where = f"--new-items {args.new_items}"
-    table = read_side_table(args.new_items, "item", encoding=getattr(args, "encoding", "utf-8"), flag="--new-items")
-    trained, report = trained.with_items(table, where)
+    table = read_side_table(args.new_items, "item", encoding=args.encoding, flag="--new-items")  # before the slow part
+    trained, report = load_trained(args.checkpoint).with_items(table, where)
     parts = [f"{report['added']} item(s) added, ranked from their features"]
     if report["already_in_catalogue"]:
         parts.append(f"{report['already_in_catalogue']} already in the catalogue (left as trained)")
@@ -1022,10 +1022,16 @@ def _load_trained(args: argparse.Namespace):
         parts.append(f"feature column(s) not given, read as unknown: {', '.join(report['features_not_given'])}")
     if report["columns_not_read"]:
         parts.append(f"column(s) not the model's features, not read: {', '.join(report['columns_not_read'])}")
-    if not report["id_dropout"]:
+    if not report["features_in_params"]:
         parts.append(
-            "the run trained no item without its id (--item-dropout 0), so new items rank below the known ones and "
-            "among themselves by their features (train with --new-item-frac and --item-dropout to rank them together)"
+            f"the model ({trained.config.model.name}) has no parameters for the item features: it likely reads none, "
+            "and then scores every new item alike (train a model that reads them, e.g. --model twotower)"
+        )
+    if not report["id_dropout"]:
+        how = "--new-item-frac and --item-dropout" if trained.config.data.feedback == "implicit" else "--item-dropout"
+        parts.append(
+            "no item id was dropped in training, so the model never scored an item without its id: new items may "
+            f"rank below the known ones, and rank among themselves by their features (train with {how} to learn it)"
         )
     _echo(f"note: {where}: {'; '.join(parts)}", err=True)
     return trained

@@ -1,6 +1,8 @@
 """Items added to a trained run's catalogue (``--new-items``, :meth:`TrainedModel.with_items`): each is ranked from its
 side features alone, as an item held out of training was in the new-item scenario, without training again."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -129,11 +131,17 @@ def test_new_items_from_the_command_line_are_ranked_from_their_features_and_serv
         sorted(missing.split(", ")) == ["genre 1", "length 1", "tags 1"] and "1 item(s) with no feature value" in note
     )
     assert "genre 1, tags 1" in note and "mood" in note.split("not read: ")[1], note
-    assert "trained no item without its id (--item-dropout 0), so new items rank below the known ones" in note
+    assert "no item id was dropped in training" in note and "--new-item-frac and --item-dropout" in note
     assert "top 59 of 62 items for a new user with 3 interaction(s)" in lines[note and lines.index(note) + 1]
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert "song-51" not in listed and "song-53" in listed and "song-70" in listed
-    grown, _ = load_trained(out).with_items(jd.read_side_table(new, "item"), "new.csv")
+    grown, report = load_trained(out).with_items(jd.read_side_table(new, "item"), "new.csv")
+    assert report["features_in_params"] and "no parameters for the item features" not in note
+    # a model with no parameter named for an item feature (MF's tables: the id's alone) is said to read none
+    params = grown.params.params  # Meta-SGD's: the rates beside them
+    ids_only = {"params": {k: v for k, v in params["params"].items() if "item_" not in k}}
+    _, said = dataclasses.replace(load_trained(out), params=ids_only).with_items(jd.read_side_table(new, "item"))
+    assert not said["features_in_params"]
     recommender = TopNRecommender(grown, grown.params)
     codes = np.array([list(grown.item_ids).index(s) for s in ("song-01", "song-03", "song-51")])
     scores = recommender.scores(codes, np.ones(3, np.float32))

@@ -299,8 +299,9 @@ def test_remat_equals_plain_path(order, remat, inner_steps):
 
 @pytest.mark.parametrize("remat", ["sqrt", "recompute"])
 def test_remat_of_a_jitted_loss_over_a_numpy_batch_equals_plain_path(remat):
-    """A jitted meta-loss that closes over a batch of NumPy arrays: the replaying remat policies once failed to
-    compile it (a NumPy mask reached their custom VJP as a non-canonical constant of the trace)."""
+    """A jitted meta-loss, or one's own vmap of ``adapt``, that closes over a batch of NumPy arrays: the replaying
+    remat policies once failed to compile it (a NumPy mask reached their custom VJP as a non-canonical constant of
+    the trace)."""
     params = init_params(jax.random.PRNGKey(8))
     batch = make_batch(9, tasks=3)
     assert isinstance(batch.support_mask, np.ndarray)
@@ -310,6 +311,18 @@ def test_remat_of_a_jitted_loss_over_a_numpy_batch_equals_plain_path(remat):
     chex.assert_trees_all_close(plain, rematted, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(
         ravel_pytree(rematted)[0], ravel_pytree(hand_written_maml_grad(params, batch, 3))[0], rtol=1e-10
+    )
+    # and one's own vmap of jaxrec.adapt over the NumPy tasks, the same in every policy
+
+    def adapted(p, policy):
+        adapt = lambda rows, mask: jaxrec.adapt(p, rows, mask, remat=policy, **kwargs)  # noqa: E731
+        return jnp.sum(ravel_pytree(jax.vmap(adapt)(batch.support, batch.support_mask))[0] ** 2)
+
+    chex.assert_trees_all_close(
+        jax.grad(jax.jit(lambda p: adapted(p, False)))(params),
+        jax.grad(jax.jit(lambda p: adapted(p, remat)))(params),
+        rtol=1e-12,
+        atol=1e-14,
     )
 
 

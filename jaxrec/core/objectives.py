@@ -90,14 +90,7 @@ def task_losses(
         )
         return loss
 
-    return jax.vmap(one_task)(*_task_arrays(batch))
-
-
-def _task_arrays(batch: TaskBatch) -> tuple:
-    """``(support, support_mask, query, query_mask)`` as JAX arrays, to ``vmap`` over tasks. A NumPy batch that a
-    jitted loss closes over would be mapped as NumPy values, which a custom VJP inside the inner loop (the
-    ``"recompute"`` and ``"sqrt"`` remat policies) cannot take as constants of the trace."""
-    return jax.tree.map(jnp.asarray, (batch.support, batch.support_mask, batch.query, batch.query_mask))
+    return jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
 
 
 def _adapt_and_score(params, inner_lr, support, support_mask, query, query_mask, *, inner, local_embeddings):
@@ -327,7 +320,7 @@ def reptile_direction(
         shift = jax.tree.map(lambda p, t: jax.lax.stop_gradient(p - t), phi, theta)
         return shift, loss, index
 
-    shifts, losses, index = jax.vmap(one_task)(*_task_arrays(batch))
+    shifts, losses, index = jax.vmap(one_task)(batch.support, batch.support_mask, batch.query, batch.query_mask)
     support_weights = _task_weights(batch.support_mask)
     n_support = jnp.maximum(jnp.sum(support_weights), 1.0)
 

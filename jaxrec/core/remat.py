@@ -61,6 +61,9 @@ def iterate(
         every = steps if remat == "recompute" else math.ceil(math.sqrt(steps))
         # a jaxpr of one step, traced here: the backward pass replays it without re-entering Python (and so without
         # needing whatever trace-time context the loss was built in)
+        # a NumPy value mapped by a caller's vmap reaches the custom VJP as a non-canonical constant of the outer trace
+        # (an internal AssertionError); an operation on it first makes it a value of that trace
+        data = jax.tree.map(_traced, data)
         converted, consts = jax.closure_convert(step, diff, data, carry)
         return _replay(converted, steps, every, (diff, consts), data, carry)
 
@@ -71,6 +74,11 @@ def iterate(
         body = jax.checkpoint(body)
     carry, _ = jax.lax.scan(body, carry, None, length=steps, unroll=unroll)
     return carry
+
+
+def _traced(x):
+    """``x`` as the result of an operation (``x`` itself in value): never a NumPy constant inside the trace."""
+    return jax.lax.optimization_barrier(x) if isinstance(x, jax.core.Tracer) else jnp.asarray(x)
 
 
 def _run(step, diff, data, carry, n):

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import pandas as pd
 
@@ -220,7 +221,9 @@ class TrainedModel:
         Returns:
           ``(model, report)``: the grown model and the featurizer's report of what was added and read, with
           ``id_dropout``, the fraction of training rows whose item id was dropped (0: the model never learned to score
-          an item without its id, so new items rank below the known ones and among themselves by their features).
+          an item without its id, so new items rank below the known ones and among themselves by their features),
+          and ``features_in_params``, whether any parameter is named for an item feature (False: the model likely
+          reads none, and scores every new item alike).
 
         Raises:
           DataError: see :meth:`~jaxrec.data.Featurizer.with_items`; also for a cross-domain run (its catalogue is
@@ -232,9 +235,12 @@ class TrainedModel:
             raise DataError(f"{where}: a cross-domain run splits its catalogue by genre: items cannot be added to it")
         featurizer, report = self.featurizer.with_items(table, where)
         new_ids = featurizer.item_raw_ids[self.featurizer.n_items :]
-        rows = pd.DataFrame({"raw_id": pd.Series(new_ids, dtype=self.items["raw_id"].dtype)})
+        # the catalogue file's ids are text; a model built otherwise keeps its column's type
+        text = pd.api.types.is_string_dtype(self.items["raw_id"])
+        rows = pd.DataFrame({"raw_id": [str(i) for i in new_ids] if text else new_ids})
         if "title" in self.items:
-            given = dict(zip(typed_ids(np.asarray(table.index), self.item_ids), table.get("title", []), strict=False))
+            stripped = np.asarray([r.strip() if isinstance(r, str) else r for r in table.index], dtype=object)
+            given = dict(zip(typed_ids(stripped, self.item_ids), table.get("title", []), strict=False))
             titles = [given.get(i) for i in new_ids]
             rows["title"] = [
                 str(i) if t is None or pd.isna(t) else str(t) for t, i in zip(titles, new_ids, strict=True)
@@ -251,6 +257,10 @@ class TrainedModel:
             topn_unknown_ids(self.config) if implicit else unknown_fraction(meta.item_dropout, meta.task_item_dropout)
         )
         report["id_dropout"] = dropped
+        # a model that reads a feature has parameters named for it (the built-in models' embeddings and dense layers)
+        paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(self.params)[0]]
+        keys = [*featurizer.item_tables, *featurizer.item_multi_hot]
+        report["features_in_params"] = any(key in path for key in keys for path in paths)
         added = self.items_added + report["added"]
         return dataclasses.replace(self, featurizer=featurizer, items=items, hybrid=hybrid, items_added=added), report
 
