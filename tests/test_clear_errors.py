@@ -53,7 +53,18 @@ def test_a_rated_datas_config_on_a_click_log_says_how_to_unset_its_threshold(tmp
     data = write(tmp_path / "clicks.csv", "user,item\n" + lines)
     cut = TINY_FLAGS.index("--baselines")  # the rating baselines: a top-N run refuses them
     tiny = TINY_FLAGS[:cut] + TINY_FLAGS[cut + 2 :]
-    flags = ["train", "--data", str(data), "--feedback", "implicit", "--positive-threshold", "4", *tiny]
+    flags = [
+        "train",
+        "--data",
+        str(data),
+        "--feedback",
+        "implicit",
+        "--positive-threshold",
+        "4",
+        *tiny,
+        "--epochs",
+        "1",
+    ]
     assert cli.main([*flags, "--no-eval", "--out", str(tmp_path / "run")]) == 1
     line = one_error_line(capsys.readouterr().err)
     assert "no rating column is named" in line and "--positive-threshold none" in line and "clicks.csv" in line
