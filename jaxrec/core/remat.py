@@ -59,11 +59,11 @@ def iterate(
     steps = int(steps)
     if remat in ("recompute", "sqrt") and steps > 1:
         every = steps if remat == "recompute" else math.ceil(math.sqrt(steps))
-        # a jaxpr of one step, traced here: the backward pass replays it without re-entering Python (and so without
-        # needing whatever trace-time context the loss was built in)
         # a NumPy value mapped by a caller's vmap reaches the custom VJP as a non-canonical constant of the outer trace
         # (an internal AssertionError); an operation on it first makes it a value of that trace
         data = jax.tree.map(_traced, data)
+        # a jaxpr of one step, traced here: the backward pass replays it without re-entering Python (and so without
+        # needing whatever trace-time context the loss was built in)
         converted, consts = jax.closure_convert(step, diff, data, carry)
         return _replay(converted, steps, every, (diff, consts), data, carry)
 
