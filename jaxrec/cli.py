@@ -103,6 +103,16 @@ _SAVE_PREDICTIONS_HELP = (
 )
 
 
+def _add_new_items_flag(command: argparse.ArgumentParser, what: str) -> None:
+    """``--new-items FILE`` on a command that loads a run folder (:func:`_load_trained`)."""
+    command.add_argument(
+        "--new-items",
+        metavar="FILE",
+        help="a table of items added since training (text or Parquet, id column first or named item), its columns "
+        f"named as train's --item-features: {what}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the parser of the ``jaxrec`` command and its subcommands.
 
@@ -239,12 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --users: the file's columns as train's --columns reads them (user,item,weight,timestamp in file "
         "order, _ to skip one, or user=visitor,item=venue); default: a header's common names",
     )
-    r.add_argument(
-        "--new-items",
-        metavar="FILE",
-        help="a table of items added since training (text or Parquet, id column first or named item), its columns "
-        "named as train's --item-features: each is ranked from its features alone, as the new-item scenario measured",
-    )
+    _add_new_items_flag(r, "each is ranked from its features alone, as the new-item scenario measured")
     r.add_argument("--timing", action="store_true", help="print the adaptation latency (warm, jit-compiled)")
 
     s = sub.add_parser("serve", help="serve a trained model over HTTP: /recommend, /predict, /items, the demo page")
@@ -277,12 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="how long the next part of a request's body may take to arrive before a 408 (default 30)",
     )
-    s.add_argument(
-        "--new-items",
-        metavar="FILE",
-        help="a table of items added since training (text or Parquet, id column first or named item), its columns "
-        "named as train's --item-features: each is ranked from its features alone, as the new-item scenario measured",
-    )
+    _add_new_items_flag(s, "each is ranked from its features alone, as the new-item scenario measured")
     add_flags(s, names=("devices",))
 
     x = sub.add_parser(
@@ -291,12 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("--checkpoint", required=True, help="a run folder (or its checkpoints/ folder)")
     x.add_argument("--out", required=True, help="the .npz file to write")
-    x.add_argument(
-        "--new-items",
-        metavar="FILE",
-        help="a table of items added since training (text or Parquet, id column first or named item), its columns "
-        "named as train's --item-features: their vectors are computed from their features alone",
-    )
+    _add_new_items_flag(x, "their vectors are computed from their features alone")
     x.add_argument("--encoding", default="utf-8", help="the text encoding of --new-items (default utf-8)")
     x.add_argument(
         "--model-alone",
