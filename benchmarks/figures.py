@@ -8,6 +8,7 @@ comparisons with the PyTorch references (``compare.py``: ``compare.{png,svg}``, 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -17,7 +18,8 @@ import compare  # noqa: E402
 import sweep  # noqa: E402
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     for name in ("sweep_study",):
         if (sweep.RESULTS / f"{name}.json").exists():
             sweep.main(["--out", name, "--plot-only"])

@@ -1,6 +1,6 @@
 """Does XLA hoist the frozen embedding lookups out of the inner loop with ``--adapt head``?
 
-    python benchmarks/hoist_check.py    # writes benchmarks/results/meta_step_hoist.json
+    python benchmarks/hoist_check.py    # writes benchmarks/results/meta_step_hoist.json (or --out FILE)
 
 Compiles the reference meta-step (second order, local embeddings on) with ``--adapt head`` and ``--adapt all``,
 counts ``gather`` ops in the optimised HLO inside every while-loop body (the inner ``lax.scan`` and its transpose,
@@ -9,6 +9,7 @@ with the computations they call) and outside, and times 3 steps of each.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -46,7 +47,11 @@ def loop_op_counts(hlo: str) -> dict:
     return out
 
 
-def main():
+def main(argv=None):
+    cli = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    default = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "meta_step_hoist.json")
+    cli.add_argument("--out", default=default, help="the JSON file to write (default: the committed one)")
+    path = cli.parse_args(argv).out
     out = {}
     for adapt in ("head", "all"):
         args = common.parser(__doc__).parse_args(["--adapt", adapt])
@@ -67,7 +72,6 @@ def main():
             "step_ms_all": [1e3 * t for t in times],
         }
         print(adapt, json.dumps(out[adapt]), flush=True)
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "meta_step_hoist.json")
     with open(path, "w") as f:
         json.dump(out, f, indent=1)
 

@@ -61,6 +61,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -199,9 +200,10 @@ def validation_scores(experiment: Experiment, params) -> tuple[dict, dict]:
 
 
 def significant(value, digits: int = 6):
-    """``value`` (any JSON-able structure) with every float rounded to ``digits`` significant digits."""
+    """``value`` (any JSON-able structure) with every float rounded to ``digits`` significant digits, and a
+    non-finite one (a diverged validation figure) as None: strict JSON has no Infinity or NaN."""
     if isinstance(value, float):
-        return float(f"{value:.{digits}g}")
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: significant(v, digits) for k, v in value.items()}
     if isinstance(value, list | tuple):
