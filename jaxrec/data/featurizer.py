@@ -153,14 +153,14 @@ def _bin_labels(edges: np.ndarray) -> np.ndarray:
     return np.array([f"[{bounds[b]:.6g}, {bounds[b + 1]:.6g})" for b in range(len(bounds) - 1)], object)
 
 
-def _categorical(values: pd.Series) -> pd.Series:
+def _categorical(values: pd.Series, edges: np.ndarray | None) -> pd.Series:
     """A side column's category of each row (text; None where missing): the value itself, or for a column of
     decimal numbers (floats: a quantity; integers are codes) of more than :data:`EXACT_NUMBERS` distinct values its
-    quantile bin among the table's values (metadata, known for every row, so the bins need no training rows)."""
+    quantile bin among the table's values (metadata, known for every row, so the bins need no training rows), whose
+    inner ``edges`` are :func:`_bin_edges`'s of the column."""
     if pd.api.types.is_float_dtype(values):
         numbers = pd.to_numeric(values, errors="coerce").astype(np.float64)
         known = numbers.dropna().to_numpy()
-        edges = _bin_edges(values)
         if edges is not None:
             bins = np.searchsorted(edges, numbers.to_numpy(), side="right")
             return pd.Series(
@@ -195,7 +195,8 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict, di
         if role == "item" and not pd.api.types.is_numeric_dtype(values) and joined.str.contains("|", regex=False).any():
             multi_hot[key] = values
             continue
-        field = _categorical(values)
+        cut = _bin_edges(values)
+        field = _categorical(values, cut)
         given = field.dropna()
         if given.empty:  # a vocabulary of the unknown slot alone: nothing to learn, and a table no row can index
             logger.warning("%s side column %r has no values: not used as a feature", role, column)
@@ -207,7 +208,7 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict, di
             )
             continue
         categorical[key] = field
-        if (cut := _bin_edges(values)) is not None:
+        if cut is not None:
             edges[key] = cut
     return categorical, multi_hot, edges
 
