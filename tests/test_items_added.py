@@ -58,6 +58,7 @@ def test_an_item_added_after_training_gets_the_rows_of_an_item_held_out_of_it(tm
     grown, report = trained.with_items(songs.loc[[f"song-{i}" for i in NEW]], "new.csv")
     assert report == {
         "added": len(NEW),
+        "rows": list(range(len(NEW))),
         "already_in_catalogue": 0,
         "unknown_values": {},
         "missing_values": {},
@@ -213,6 +214,7 @@ def test_what_a_table_of_new_items_leaves_out_is_counted_and_named():
     grown, report = featurizer.with_items(new, "new.csv")
     assert report == {
         "added": 4,
+        "rows": [0, 1, 2, 3],  # s0, the fifth, is the catalogue's
         "already_in_catalogue": 1,
         "unknown_values": {"tags": 1},  # items: n2's two unknown tags count once; s0's mood is not read (not added)
         "missing_values": {"tags": 2, "mood": 2},

@@ -623,7 +623,8 @@ class Featurizer:
           where: the table's name, for messages.
 
         Returns:
-          ``(featurizer, report)``: the report counts ``added``, ``already_in_catalogue`` (ids the catalogue has:
+          ``(featurizer, report)``: the report gives the table's ``rows`` added (positions, in their new codes'
+          order), counts ``added``, ``already_in_catalogue`` (ids the catalogue has:
           left as trained), ``unknown_values`` (column -> added items with a value, or a tag, no training item had),
           ``missing_values`` (column -> added items with no value), ``without_features`` (added items with no
           feature value at all), and names ``features_not_given`` (the model's feature columns the table lacks)
@@ -662,6 +663,7 @@ class Featurizer:
         features = [*self.item_tables, *self.item_multi_hot]
         report: dict[str, Any] = {
             "added": int(fresh.sum()),
+            "rows": np.flatnonzero(fresh).tolist(),
             "already_in_catalogue": int((~fresh).sum()),
             "unknown_values": {},
             "missing_values": {},

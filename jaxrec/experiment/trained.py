@@ -28,7 +28,6 @@ import pandas as pd
 from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
 from jaxrec.data.augment import unknown_fraction
-from jaxrec.data.dataset import typed_ids
 from jaxrec.data.tasks import genre_domains
 from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
 from jaxrec.experiment.config import ExperimentConfig
@@ -239,9 +238,8 @@ class TrainedModel:
         text = pd.api.types.is_string_dtype(self.items["raw_id"])
         rows = pd.DataFrame({"raw_id": [str(i) for i in new_ids] if text else new_ids})
         if "title" in self.items:
-            stripped = np.asarray([r.strip() if isinstance(r, str) else r for r in table.index], dtype=object)
-            given = dict(zip(typed_ids(stripped, self.item_ids), table.get("title", []), strict=False))
-            titles = [given.get(i) for i in new_ids]
+            given = table["title"].to_numpy() if "title" in table else np.full(len(table), None, dtype=object)
+            titles = given[report["rows"]]  # the added items' rows of the table, in their codes' order
             rows["title"] = [
                 str(i) if t is None or pd.isna(t) else str(t) for t, i in zip(titles, new_ids, strict=True)
             ]
