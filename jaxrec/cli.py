@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -44,6 +45,7 @@ from jaxrec.experiment.export import export_arrays, save_export
 from jaxrec.experiment.hybrid_record import HYBRID_FILE
 from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
+from jaxrec.experiment.reranker_record import RERANKER_FILE
 from jaxrec.experiment.run import (
     FolderLock,
     Interrupted,
@@ -101,6 +103,16 @@ _SAVE_PREDICTIONS_HELP = (
     "predictions as each method gives them (nDCG ranks these), which MAE and RMSE clip to metrics.json's "
     "rating_scale first; an earlier evaluation's prediction files there are replaced"
 )
+
+
+def _add_no_rerank_flag(command: argparse.ArgumentParser) -> None:
+    """``--no-rerank`` on a command that lists a run's recommendations."""
+    command.add_argument(
+        "--no-rerank",
+        action="store_true",
+        help="a run trained with --rerank: list by the meta-learner (or its hybrid) rather than re-ranking its top "
+        "--rerank-candidates items as the run's 'rerank' was evaluated",
+    )
 
 
 def _add_new_items_flag(command: argparse.ArgumentParser, what: str) -> None:
@@ -250,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "order, _ to skip one, or user=visitor,item=venue); default: a header's common names",
     )
     _add_new_items_flag(r, "each is ranked from its features alone, as the new-item scenario measured")
+    _add_no_rerank_flag(r)
     r.add_argument("--timing", action="store_true", help="print the adaptation latency (warm, jit-compiled)")
 
     s = sub.add_parser("serve", help="serve a trained model over HTTP: /recommend, /predict, /items, the demo page")
@@ -283,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the next part of a request's body may take to arrive before a 408 (default 30)",
     )
     _add_new_items_flag(s, "each is ranked from its features alone, as the new-item scenario measured")
+    _add_no_rerank_flag(s)
     add_flags(s, names=("devices",))
 
     x = sub.add_parser(
@@ -487,9 +501,16 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
             _echo(note, err=True)
         _echo(f"wrote {out / 'metrics.json'}")
     records = run.keep_serving_records(state.params)
-    if records.get("hybrid") is not None:
+    if records.get("reranker") is not None:
+        reranker = records["reranker"]
         _echo(
-            f"wrote {out / HYBRID_FILE}: recommend and serve rank by {records['hybrid']['method']} (weight "
+            f"wrote {out / RERANKER_FILE}: recommend and serve list the meta-learner's top {reranker['candidates']} "
+            f"re-ranked by {reranker['model']}, as 'rerank' was evaluated (--no-rerank: the meta-learner's own lists)"
+        )
+    if records.get("hybrid") is not None:
+        who = "recommend and serve" if records.get("reranker") is None else "with --no-rerank, recommend and serve"
+        _echo(
+            f"wrote {out / HYBRID_FILE}: {who} rank by {records['hybrid']['method']} (weight "
             f"{records['hybrid']['weight']:g}, chosen on the validation users)"
         )
     if records.get("support_recency") is not None:
@@ -784,7 +805,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.new_items is not None:  # the user may have met the new items: read against the grown catalogue
         codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding, trained.item_ids)
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
-    for note in notes + _feature_notes(trained, features) + _ranked_by_notes(trained):
+    for note in notes + _feature_notes(trained, features) + _ranked_by_notes(trained, args):
         _echo(f"note: {note}", err=True)
     recommender = recommender_for(trained)
     topn = trained.config.data.feedback == "implicit"  # how the lines read: interactions and scores
@@ -796,8 +817,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     cold = time.perf_counter() - started
     titles, raw = trained.titles, trained.item_ids
     what = "interaction(s)" if topn else "rating(s)"
-    hybrid = getattr(recommender, "hybrid", None)
+    hybrid, reranker = getattr(recommender, "hybrid", None), getattr(recommender, "reranker", None)
     by = "" if hybrid is None else f", ranked by {hybrid.name} (weight {hybrid.weight:g})"
+    if reranker is not None:
+        by = f", the meta-learner's top {recommender.rerank_candidates} re-ranked by {reranker.name}"
     _echo(f"top {len(best)} of {len(raw)} items for a new user with {len(codes)} {what}{by}:")
     for rank, (code, score) in enumerate(zip(best, scores, strict=True), 1):
         label = titles[code] if titles is not None else str(raw[code])
@@ -839,7 +862,7 @@ def _recommend_users(args: argparse.Namespace) -> int:
     table_where = f"--user-features {args.user_features}"
     trained = _load_trained(args)
     excluded = _excluded(args, trained)
-    for note in (_feature_notes(trained, None) if table is None else []) + _ranked_by_notes(trained):
+    for note in (_feature_notes(trained, None) if table is None else []) + _ranked_by_notes(trained, args):
         _echo(f"note: {note}", err=True)
     try:
         lists, report = recommend_users(
@@ -961,16 +984,29 @@ def _feature_notes(trained, features: dict | None) -> list[str]:
     return notes
 
 
-def _ranked_by_notes(trained) -> list[str]:
-    """What a run evaluated that its served lists are not: a re-ranking run's ``rerank`` method (the service, the
-    command and the export rank by the meta-learner, ``maml``, or its hybrid)."""
+def _ranked_by_notes(trained, args: argparse.Namespace) -> list[str]:
+    """How a re-ranking run's lists are made: re-ranked as its ``rerank`` method was evaluated, or (``--no-rerank``,
+    an export, or a run folder that keeps no re-ranker) by the meta-learner, ``maml``, or its hybrid."""
     rerank = getattr(trained.config.topn, "rerank", None) if trained.config.data.feedback == "implicit" else None
     if not rerank:
         return []
+    candidates = trained.config.topn.rerank_candidates
+    exported = args.command == "export"
+    if trained.reranker is not None and not exported:
+        passed_over = f"; the run's hybrid {trained.hybrid.name} is not used" if trained.hybrid else ""
+        return [
+            f"these lists are the meta-learner's top {candidates} re-ranked by {rerank}, as the run's 'rerank' was "
+            f"evaluated{passed_over} (--no-rerank: the meta-learner's own lists)"
+        ]
+    if exported:
+        why = "the arrays carry no re-ranker"
+    elif getattr(args, "no_rerank", False):
+        why = "--no-rerank"
+    else:
+        why = "the run folder keeps no re-ranker (a run trained before they were kept: train it again to serve them)"
     return [
-        f"the run also evaluated 'rerank' (the meta-learner's top {trained.config.topn.rerank_candidates} re-ranked "
-        f"by {rerank}); these lists are the meta-learner's own ('maml'{', its hybrid' if trained.hybrid else ''}), "
-        "not the re-ranked ones"
+        f"the run also evaluated 'rerank' (the meta-learner's top {candidates} re-ranked by {rerank}); these lists "
+        f"are the meta-learner's own ('maml'{', its hybrid' if trained.hybrid else ''}), not the re-ranked ones: {why}"
     ]
 
 
@@ -994,14 +1030,19 @@ def _read_users_as_trained(args: argparse.Namespace):
     return users
 
 
+def _without_reranker(args: argparse.Namespace, trained):
+    """The model without its re-ranker when ``--no-rerank`` asks for the recall stage's own lists."""
+    return dataclasses.replace(trained, reranker=None) if getattr(args, "no_rerank", False) else trained
+
+
 def _load_trained(args: argparse.Namespace):
     """The run folder's model (:func:`~jaxrec.experiment.trained.load_trained`), with ``--new-items``' items added
     to its catalogue (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) and what was read noted."""
     if getattr(args, "new_items", None) is None:
-        return load_trained(args.checkpoint)
+        return _without_reranker(args, load_trained(args.checkpoint))
     where = f"--new-items {args.new_items}"
     table = read_side_table(args.new_items, "item", encoding=args.encoding, flag="--new-items")  # before the slow part
-    trained, report = load_trained(args.checkpoint).with_items(table, where)
+    trained, report = _without_reranker(args, load_trained(args.checkpoint)).with_items(table, where)
     parts = [f"{report['added']} item(s) added, ranked from their features"]
     if report["already_in_catalogue"]:
         parts.append(f"{report['already_in_catalogue']} already in the catalogue (left as trained)")
@@ -1144,7 +1185,7 @@ def _serve_on(args: argparse.Namespace, sock: socket.socket, batch_sizes, suppor
         f"({trained.config.data.feedback or 'explicit'}): {len(model.buckets)} shape bucket(s) compiled in "
         f"{seconds:.1f} s on {1 if model.mesh is None else model.mesh.size} device(s)"
     )
-    for note in _ranked_by_notes(trained):
+    for note in _ranked_by_notes(trained, args):
         _echo(f"note: {note}", err=True)
     _echo(f"serving on {where} (demo page at /, API description at /docs); Ctrl-C stops")
     run_server(app, args.host, args.port, sock=sock)
@@ -1172,7 +1213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"wrote {path}: {items} item vectors of {width - 1} + 1 (the bias), the fold-in's Gram matrix, prior and "
         "ridge; a user's scores: item_vectors @ jaxrec.experiment.export.fold_in(arrays, their item positions)"
     )
-    notes = _ranked_by_notes(trained)
+    notes = _ranked_by_notes(trained, args)
     if trained.hybrid is not None:
         notes.append(f"the run ranks by {trained.hybrid.name}; these arrays rank by the adapted model alone")
     names = sorted(trained.featurizer.user_feature_name(key) for key in trained.featurizer.user_feature_keys)

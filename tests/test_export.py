@@ -12,6 +12,7 @@ from jaxrec import cli
 from jaxrec.core.metasgd import MetaSGDParams
 from jaxrec.experiment import ExperimentConfig, export
 from jaxrec.experiment.recommend import TopNRecommender
+from jaxrec.experiment.reranker_record import ServedReranker
 from jaxrec.experiment.run import RunError
 from jaxrec.experiment.trained import load_trained
 
@@ -133,6 +134,11 @@ def test_export_refuses_what_the_arrays_cannot_carry(run, tmp_path, capsys):
     ):
         with pytest.raises(RunError, match=message):
             export.export_arrays(dataclasses.replace(trained, config=config), True)
+    # a run that re-ranks its lists (--rerank): the arrays are its recall stage alone, only when asked for
+    reranking = dataclasses.replace(trained, hybrid=None, reranker=ServedReranker("melu", None, None, None, 50))
+    with pytest.raises(RunError, match="lists its top 50 re-ranked by melu .*--model-alone"):
+        export.export_arrays(reranking)
+    assert set(export.export_arrays(reranking, model_alone=True)) == set(export.export_arrays(trained, True))
     arrays = export.export_arrays(trained, model_alone=True)
     refused = [([], None, "no items"), ([3, 3], None, "given 2 times"), ([1, 99], None, "not a position in item_ids")]
     for items, weights, message in [*refused, ([1, 2], [1.0, 0.0], "must be > 0")]:

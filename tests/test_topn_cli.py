@@ -246,7 +246,8 @@ def test_the_run_keeps_its_hybrid_and_recommend_ranks_by_it(topn_run, tmp_path, 
     record = json.loads((topn_run["out"] / "hybrid.json").read_text())
     assert record["weight"] == document["tuned"]["maml+itemknn"]["weight"]
     assert record["partner_hyper"] == document["tuned"]["itemknn"]["chosen"]
-    assert "recommend and serve rank by maml+itemknn" in topn_run["output"]
+    # the run re-ranks its lists too (--rerank melu): the hybrid is what --no-rerank ranks by
+    assert "with --no-rerank, recommend and serve rank by maml+itemknn" in topn_run["output"]
     # the partner fitted again from the folder alone is the evaluated one: the same similarities, to the bit
     trained = load_trained(topn_run["out"])
     experiment, _ = restore_run(topn_run["out"], overrides={"data": str(topn_run["data"])})
@@ -268,16 +269,19 @@ def test_the_run_keeps_its_hybrid_and_recommend_ranks_by_it(topn_run, tmp_path, 
 
     expected = np.full(len(model), -np.inf)
     expected[eligible] = z(model) + record["weight"] * z(partner)
-    got = TopNRecommender(trained, trained.params).scores(codes, np.ones(3, np.float32))
+    hybrid = TopNRecommender(trained, trained.params, reranker=None)
+    got = hybrid.scores(codes, np.ones(3, np.float32))
     np.testing.assert_allclose(got[eligible], expected[eligible], rtol=1e-5, atol=1e-5)
     assert np.all(np.isneginf(got[codes]))
-    best = TopNRecommender(trained, trained.params).top_k(codes, np.ones(3, np.float32), 5)[0]
+    best = hybrid.top_k(codes, np.ones(3, np.float32), 5)[0]
     assert list(best) == list(np.argsort(-expected, kind="stable")[:5])
     lines = capture(monkeypatch)
     items = tmp_path / "mine.txt"
     items.write_text("song-00\nsong-02\nsong-04\n")
-    assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(items), "-k", "5"]) == 0
+    argv = ["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(items), "-k", "5", "--no-rerank"]
+    assert cli.main(argv) == 0
     assert "ranked by maml+itemknn" in "\n".join(lines)
+    assert "not the re-ranked ones: --no-rerank" in "\n".join(lines)
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert listed == [trained.item_ids[c] for c in best]
 
@@ -512,9 +516,9 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(items), "-k", "5"]) == 0
     text = "\n".join(lines)
     assert "3 interaction(s)" in text and "unknown item id(s): song-99" in text
-    # the run evaluated re-ranked lists too, which recommend does not serve: said, not left to be assumed
-    assert "also evaluated 'rerank' (the meta-learner's top 50 re-ranked by melu)" in text
-    assert "these lists are the meta-learner's own ('maml', its hybrid)" in text
+    # the run re-ranks (--rerank melu) and has a hybrid: which of them lists is said, not left to be assumed
+    assert "these lists are the meta-learner's top 50 re-ranked by melu, as the run's 'rerank' was evaluated; " in text
+    assert "the run's hybrid maml+itemknn is not used (--no-rerank: the meta-learner's own lists)" in text
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert len(listed) == 5 and not {"song-00", "song-02", "song-04"} & set(listed)
     scored = [line for line in lines if "(item " in line]
@@ -526,11 +530,109 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     assert [line for line in lines if "(item " in line] == scored  # the same items with the same scores
 
 
-def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(topn_run, tmp_path, monkeypatch):
+def test_a_re_ranking_run_lists_its_re_ranked_candidates_in_the_command_the_library_and_the_service(
+    topn_run, tmp_path, monkeypatch
+):
+    """A run trained with ``--rerank melu`` keeps its re-ranker; ``recommend``, the library and ``serve`` list the
+    meta-learner's top 50 (the recall stage: the adapted model alone, as ``rerank`` was evaluated) re-scored by the
+    adapted re-ranker, and ``/predict`` answers the re-ranker's scores."""
+    from jaxrec.experiment.recommend import TopNRecommender, read_ratings_for
+    from jaxrec.experiment.trained import load_trained
+
+    run = topn_run["out"]
+    assert "reranker.json: recommend and serve list the meta-learner's top 50 re-ranked by melu" in topn_run["output"]
+    trained = load_trained(run)
+    assert trained.reranker.name == "melu" and trained.reranker.candidates == 50
+    mine = tmp_path / "mine.txt"
+    mine.write_text("song-01\nsong-03\nsong-05\nsong-07\n")
+    codes, weights, _, _ = read_ratings_for(str(run), str(mine))
+    reranked = TopNRecommender(trained, trained.params)
+    best, scores = reranked.top_k(codes, weights, 10)
+    # the recall stage is the model alone (no hybrid, no recency), its top 50 re-ordered by the re-ranker's scores
+    recall = TopNRecommender(trained, trained.params, hybrid=None, reranker=None)
+    recall.recency = 0.0
+    candidates = recall.top_k(codes, weights, 50)[0]
+    every = reranked.scores(codes, weights)
+    order = candidates[np.argsort(-every[candidates], kind="stable")]
+    assert list(best) == list(order[:10])
+    np.testing.assert_allclose(scores, every[best], rtol=1e-5, atol=1e-6)
+    assert list(best) != list(candidates[:10])  # the re-ranker changed the list
+    assert list(TopNRecommender(trained, trained.params, reranker=None).top_k(codes, weights, 10)[0]) != list(best)
+    # the command lists the same
+    lines = capture(monkeypatch)
+    assert cli.main(["recommend", "--checkpoint", str(run), "--ratings", str(mine), "-k", "10"]) == 0
+    assert "the meta-learner's top 50 re-ranked by melu:" in "\n".join(lines)
+    listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
+    assert listed == [trained.item_ids[c] for c in best]
+    # and the service, its scores and a probe's the re-ranker's
+    server = Server(run, "--batch-sizes", "1,4", "--support-sizes", "8")
+    try:
+        health = server.get("/health")[1]
+        status, answer = server.post(
+            "/recommend", {"interactions": ["song-01", "song-03", "song-05", "song-07"], "k": 10}
+        )
+        probe = ["song-09", "song-02", "song-01"]
+        _, predicted = server.post(
+            "/predict", {"interactions": ["song-01", "song-03", "song-05", "song-07"], "candidates": probe}
+        )
+        too_many = server.post("/recommend", {"interactions": ["song-01"], "k": 51})
+    finally:
+        server.stop()
+    assert health["ranking"] == "rerank" and health["reranker"] == {"model": "melu", "candidates": 50}
+    assert health["max_k"] == 50  # a re-ranked list holds at most the recall stage's candidates
+    assert status == 200
+    assert [r["item"] for r in answer["recommendations"]] == [trained.item_ids[c] for c in best]
+    np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
+    by_id = {str(i): c for c, i in enumerate(trained.item_ids)}
+    got = {p["item"]: p["score"] for p in predicted["scores"]}
+    np.testing.assert_allclose([got[i] for i in probe], [every[by_id[i]] for i in probe], rtol=1e-5, atol=1e-5)
+    assert too_many[0] == 422 and "k: at most 50, got 51" in str(too_many[1])
+
+
+def test_a_changed_or_missing_re_ranker_file_is_one_clear_error(topn_run, tmp_path):
+    import shutil
+
+    import flax.serialization
+
+    from jaxrec.experiment.checkpoint import CheckpointError, file_sha256
+    from jaxrec.experiment.run import check_fresh_out
+    from jaxrec.experiment.trained import load_trained
+
+    copy = tmp_path / "run"
+    shutil.copytree(topn_run["out"], copy)
+    params = copy / "reranker.msgpack"
+    # parameters of another shape, their checksum recorded: named as not the model's, not left to fail later
+    stored = flax.serialization.msgpack_restore(params.read_bytes())
+    first = next(iter(stored["0"]["params"]))
+    layer = stored["0"]["params"][first]
+    layer[next(iter(layer))] = np.zeros((1, 1), np.float32)
+    kept = params.read_bytes()
+    params.write_bytes(flax.serialization.msgpack_serialize(stored))
+    record = json.loads((copy / "reranker.json").read_text())
+    (copy / "reranker.json").write_text(
+        json.dumps({**record, "params": {**record["params"], "sha256": file_sha256(params)}})
+    )
+    with pytest.raises(CheckpointError, match="re-ranker's parameters are not those of its model"):
+        load_trained(copy)
+    params.write_bytes(kept + b"x")
+    with pytest.raises(CheckpointError, match="reranker.msgpack have changed since training"):
+        load_trained(copy)
+    params.unlink()
+    with pytest.raises(CheckpointError, match="reranker.msgpack are missing"):
+        load_trained(copy)
+    (copy / "reranker.json").write_text("{")
+    with pytest.raises(CheckpointError, match="re-ranker record is unreadable"):
+        load_trained(copy)
+    check_fresh_out(copy, overwrite=True)  # a new run in the folder removes the old run's re-ranker
+    assert not (copy / "reranker.json").exists()
+
+
+@pytest.mark.parametrize("rerank", [True, False], ids=["reranked", "hybrid"])
+def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(topn_run, rerank, tmp_path, monkeypatch):
     """A file of 71 new users (more than one compiled batch, of several sizes; rows shuffled, put back in order by
     their time; an unknown item, a repeated one, a user who knows no item, one who has every item) gets, user by
-    user, the list and scores ``jaxrec recommend --ratings`` gives that user alone (the run ranks by its hybrid,
-    weighs plays and the order)."""
+    user, the list and scores ``jaxrec recommend --ratings`` gives that user alone (the run re-ranks its lists,
+    weighs plays; with ``--no-rerank`` it ranks by its hybrid, weighs plays and the order)."""
     from jaxrec.experiment.recommend import TopNRecommender, read_ratings_for
     from jaxrec.experiment.trained import load_trained
     from jaxrec.serve import batch
@@ -549,6 +651,7 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     lines = capture(monkeypatch)
     out = tmp_path / "lists.csv"
     flags = ["--columns", "user=visitor,item=song,weight=plays,timestamp=when", "-k", "5", "--out", str(out)]
+    flags += [] if rerank else ["--no-rerank"]
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--users", str(table), *flags]) == 0
     text = "\n".join(lines)
     assert (
@@ -558,13 +661,14 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     assert "1 user(s) with no item the model knows: the model's list before adaptation, as the service" in text
     assert "users given the list before adaptation, e.g. lost" in text
     assert "1 user(s) already have every item: an empty list" in text
-    assert "also evaluated 'rerank'" in text
+    assert ("re-ranked by melu, as the run's 'rerank' was evaluated" in text) == rerank
+    assert ("also evaluated 'rerank'" in text) != rerank
     lists = pd.read_csv(out, dtype={"user": str, "item": str})
     assert list(lists.columns) == ["user", "rank", "item", "score"] and lists["user"].nunique() == 72
     listed = [user for user in pd.unique(pd.Series([r[0] for r in shuffled])) if user != "every"]
     assert list(pd.unique(lists["user"])) == listed  # in the order of the file
     # a user of no known item: the list the service answers such a user, the model's before adaptation
-    server = Server(topn_run["out"], "--batch-sizes", "1", "--support-sizes", "8")
+    server = Server(topn_run["out"], "--batch-sizes", "1", "--support-sizes", "8", *([] if rerank else ["--no-rerank"]))
     try:
         status, answer = server.post("/recommend", {"interactions": ["song-98"], "k": 5})
     finally:
@@ -572,7 +676,7 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     assert status == 200 and answer["input"]["used"] == 0
     assert lists[lists["user"] == "lost"]["item"].tolist() == [r["item"] for r in answer["recommendations"]]
     trained = load_trained(topn_run["out"])
-    recommender = TopNRecommender(trained, trained.params)
+    recommender = TopNRecommender(trained, trained.params, reranker="auto" if rerank else None)
     for u in [*range(0, 70, 3), 70]:  # every third user, and the long one
         mine = sorted((r for r in rows if r[0] == f"new-{u}"), key=lambda r: r[3])
         alone = tmp_path / f"user{u}.csv"

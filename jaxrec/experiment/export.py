@@ -72,8 +72,9 @@ def export_arrays(trained: Any, model_alone: bool = False, params: Any = None) -
       trained: the run's :class:`~jaxrec.experiment.trained.TrainedModel`, or a
         :class:`~jaxrec.experiment.topn.TopNExperiment` with ``params`` (its support's recency, chosen on the
         validation users for them; an experiment has no hybrid).
-      model_alone: export a run that ranks by a hybrid (``--hybrid``) anyway: the arrays then rank by the adapted
-        model alone, which is not what the run's ``recommend`` and service rank by.
+      model_alone: export a run that ranks by a hybrid (``--hybrid``) or re-ranks its lists (``--rerank``) anyway:
+        the arrays then rank by the adapted model alone, which is not what the run's ``recommend`` and service rank
+        by.
       params: the meta-learned parameters; None for the trained model's.
 
     Returns:
@@ -86,7 +87,7 @@ def export_arrays(trained: Any, model_alone: bool = False, params: Any = None) -
     Raises:
       RunError: if the run is not one the closed form describes: not top-N, not a two-tower model, not the exact
         ALS fold-in solved by the Newton step, adapting more than the user vector, pooling the support's history,
-        or (without ``model_alone``) ranking by a hybrid.
+        or (without ``model_alone``) ranking by a hybrid or re-ranking.
     """
     config = trained.config
     if config.data.feedback != "implicit":
@@ -127,6 +128,12 @@ def export_arrays(trained: Any, model_alone: bool = False, params: Any = None) -
         raise RunError(
             f"{what} ranks by the hybrid {hybrid.name} (weight {hybrid.weight:g}), which the arrays "
             "cannot carry: export the adapted model alone with --model-alone (its lists will differ from recommend's)"
+        )
+    reranker = getattr(trained, "reranker", None)
+    if reranker is not None and not model_alone:
+        raise RunError(
+            f"{what} lists its top {reranker.candidates} re-ranked by {reranker.name} (--rerank), which the arrays "
+            "cannot carry: export the recall stage alone with --model-alone (its lists will differ from recommend's)"
         )
     featurizer = trained.featurizer
     side = fixed_item_side(trained, params, featurizer.item_rows(np.arange(featurizer.n_items)))

@@ -511,23 +511,35 @@ class TopNRecommender:
     chose a recency weighting of the support (``support_recency``) weighs a user's items by their order as given,
     the oldest first (:func:`~jaxrec.evaluation.topn.recency_weights`), as its evaluation weighed the support.
 
+    A run trained with ``--rerank MODEL`` lists as its evaluated ``rerank`` method did
+    (:mod:`jaxrec.experiment.reranker_record`): the adapted model's top ``R`` items (the recall stage, the model
+    alone and the support unweighted, as evaluated), re-scored by the re-ranker adapted to the same support, the
+    best ``k`` of them by its scores (ties in the recall stage's order; so at most ``R`` items); :meth:`scores` are
+    then the re-ranker's.
+
     Args:
       experiment: the :class:`~jaxrec.experiment.trained.TrainedModel` of a top-N run (or its
         :class:`~jaxrec.experiment.topn.TopNExperiment`: then the support's weighting it chose for ``params``, and no
-        hybrid, which only a trained run records).
+        hybrid or re-ranker, which only a trained run records).
       params: the meta-learned parameters.
       seed: the seed of the negatives.
       hybrid: the :class:`~jaxrec.experiment.hybrid_record.ServedHybrid` to rank by; ``"auto"``: the trained
         model's (None when it has none); None: the adapted model alone.
+      reranker: the :class:`~jaxrec.experiment.reranker_record.ServedReranker` to re-rank by (the lists are then
+        the re-ranked ones, no hybrid); ``"auto"``: the trained model's (None when it has none); None: none.
     """
 
-    def __init__(self, experiment, params, seed: int = 0, hybrid: Any = "auto"):
+    def __init__(self, experiment, params, seed: int = 0, hybrid: Any = "auto", reranker: Any = "auto"):
         self.exp = experiment
-        self.hybrid = getattr(experiment, "hybrid", None) if isinstance(hybrid, str) and hybrid == "auto" else hybrid
+        self.reranker = getattr(experiment, "reranker", None) if _auto(reranker) else reranker
+        self.hybrid = getattr(experiment, "hybrid", None) if _auto(hybrid) else hybrid
+        if self.reranker is not None:  # the re-ranking's recall stage is the adapted model alone
+            self.hybrid = None
         self.featurizer = experiment.featurizer
         self.state = split_meta_params(params, experiment.inner_lr)
         self.negatives = int(experiment.config.topn.negatives)
-        self.recency = chosen_recency(experiment, params)
+        # the re-ranking was evaluated on the support unweighted, both stages
+        self.recency = 0.0 if self.reranker is not None else chosen_recency(experiment, params)
         self.shots = int(experiment.config.topn.shots)  # the support size the recency was chosen for
         self.history = int(experiment.spec.history)
         self.seed = seed
@@ -563,6 +575,20 @@ class TopNRecommender:
         self.candidates = jax.device_put(self.item_side if fixed else item_rows)
         self.score_one = dot_scores if fixed else scores
         self._scores = jax.jit(self.score_one)
+        self.rerank_one = None
+        if self.reranker is not None:
+            reranking = self.reranker.inner.replace(order="first")
+
+            def rerank_scores(state, support, mask, rows, items):  # the re-ranker's scores of ``items [M]``
+                phi = adapt(state[0], zero_padding(support, mask), mask, reranking, inner_lr=state[1])
+                picked = jax.tree.map(lambda v: jnp.take(v, jnp.maximum(items, 0), axis=0), rows)
+                return self.reranker.model.apply(phi, {**user_rows(support, mask, items.shape[0]), **picked})
+
+            self.rerank_one = rerank_scores
+            self.item_rows = jax.device_put(item_rows)
+            self.rerank_state = jax.device_put(self.reranker.state)
+            self.rerank_candidates = min(int(self.reranker.candidates), n_items)
+            self._rerank_scores = jax.jit(rerank_scores)
 
     def min_support(self) -> int:
         """The smallest support size the rows can be padded to: the model's history length."""
@@ -657,11 +683,19 @@ class TopNRecommender:
         rows, mask = self.support(item_codes, weights, user_features=user_features)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
+    def _reranked(self, item_codes: np.ndarray, weights: np.ndarray, items: np.ndarray, user_features=None):
+        rows, mask = self.support(item_codes, weights, user_features=user_features)
+        items = jnp.asarray(items, jnp.int32)
+        return np.array(self._rerank_scores(self.rerank_state, rows, mask, self.item_rows, items), np.float32)
+
     def scores(self, item_codes, weights, user_features=None):
-        """Score every item after adapting to the user's items (indexed by dataset code): the hybrid's scores when
-        there is one (``-inf`` on the user's own items), else the adapted model's. ``user_features``: the user's
-        side features, ``{column: value}``, or None (the unknown value of each)."""
+        """Score every item after adapting to the user's items (indexed by dataset code): the re-ranker's scores
+        when there is one, the hybrid's when there is one (``-inf`` on the user's own items), else the adapted
+        model's. ``user_features``: the user's side features, ``{column: value}``, or None (the unknown value of
+        each)."""
         item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
+        if self.reranker is not None:
+            return self._reranked(item_codes, weights, np.arange(self.featurizer.n_items), user_features)
         model = self._model_scores(item_codes, weights, user_features)
         if self.hybrid is None:
             return model
@@ -673,8 +707,18 @@ class TopNRecommender:
         """Recommend the ``k`` best items the user has not interacted with: ``(codes, scores)``, best first, ties
         broken by the lower code (as the evaluation and the service break them). ``exclude``: codes of other items
         the user has seen, left out of the list too (e.g. rated below the run's positive threshold, so not in the
-        support); ``user_features``: the user's side features (see :meth:`scores`)."""
-        return _best(self.scores(item_codes, weights, user_features), item_codes, k, exclude)
+        support); ``user_features``: the user's side features (see :meth:`scores`). With a re-ranker: the best
+        ``k`` of the recall stage's top ``R`` by the re-ranker's scores, ties in the recall stage's order."""
+        if self.reranker is None:
+            return _best(self.scores(item_codes, weights, user_features), item_codes, k, exclude)
+        item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
+        recall = self._model_scores(item_codes, weights, user_features)
+        _check_k(k)
+        candidates, _ = _best(recall, item_codes, self.rerank_candidates, exclude)
+        scores = self._reranked(item_codes, weights, candidates, user_features)
+        scores = np.where(np.isnan(scores), -np.inf, scores)  # as the evaluation's candidate_topk reads NaN
+        order = np.argsort(-scores, kind="stable")[:k]
+        return candidates[order], scores[order]
 
 
 class ItemSide(NamedTuple):
@@ -954,11 +998,19 @@ def _bucket(n: int, least: int) -> int:
     return max(least, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
+def _check_k(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be a positive integer (how many items to recommend), got {k!r}")
+
+
+def _auto(choice: Any) -> bool:
+    return isinstance(choice, str) and choice == "auto"
+
+
 def _best(scores: np.ndarray, item_codes, k: int, exclude=()):
     """The ``k`` best items but ``item_codes`` and ``exclude``, best first, ties broken as ``jax.lax.top_k`` (the
     evaluation's and the service's) breaks them: the lower code first."""
-    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
-        raise ValueError(f"k must be a positive integer (how many items to recommend), got {k!r}")
+    _check_k(k)
     exclude = np.asarray(exclude, np.int64).ravel()
     outside = exclude[(exclude < 0) | (exclude >= len(scores))]
     if outside.size:

@@ -34,6 +34,7 @@ from jaxrec.experiment.checkpoint import (
 from jaxrec.experiment.config import ExperimentConfig, as_flags
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE, write_hybrid
 from jaxrec.experiment.protocol import Experiment
+from jaxrec.experiment.reranker_record import RERANKER_FILE, RERANKER_PARAMS_FILE, write_reranker
 from jaxrec.experiment.selection import EpochSelector
 from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.experiment.trained import ITEMS_FILE, RECENCY_FILE, read_items, write_items, write_recency
@@ -463,11 +464,13 @@ class TrainingRun:
         :func:`~jaxrec.experiment.trained.load_trained`, ``jaxrec recommend`` and ``jaxrec serve``: a top-N run's
         hybrid (``hybrid.json``, :func:`~jaxrec.experiment.hybrid_record.write_hybrid`) and its recency weighting of
         the support (``support_recency.json``, :func:`~jaxrec.experiment.trained.write_recency`), each chosen on the
-        validation users for ``params`` (a stale file of a run without one is removed). Without them a reloaded run
-        ranks by the adapted model alone, its support unweighted.
+        validation users for ``params``, and its re-ranker (``reranker.json``,
+        :func:`~jaxrec.experiment.reranker_record.write_reranker`; a stale file of a run without one is removed).
+        Without them a reloaded run ranks by the adapted model alone, its support unweighted.
 
         Returns:
-          ``{"hybrid": record or None, "support_recency": record or None}`` (empty for a rating run).
+          ``{"hybrid": ..., "support_recency": ..., "reranker": ...}``, each a record or None (empty for a rating
+          run).
 
         Raises:
           RunError: if a record cannot be written.
@@ -475,7 +478,7 @@ class TrainingRun:
         if self.exp.config.data.feedback != "implicit":
             return {}
         records = {}
-        for name, write in (("hybrid", write_hybrid), ("support_recency", write_recency)):
+        for name, write in (("hybrid", write_hybrid), ("support_recency", write_recency), ("reranker", write_reranker)):
             try:
                 records[name] = write(self.out, self.exp, params)
             except OSError as e:
@@ -740,7 +743,17 @@ def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | 
 
 
 # what a run writes in its folder
-RUN_FILES = ("checkpoints", "metrics.jsonl", "metrics.json", ITEMS_FILE, HYBRID_FILE, INTERACTIONS_FILE, RECENCY_FILE)
+RUN_FILES = (
+    "checkpoints",
+    "metrics.jsonl",
+    "metrics.json",
+    ITEMS_FILE,
+    HYBRID_FILE,
+    INTERACTIONS_FILE,
+    RECENCY_FILE,
+    RERANKER_FILE,
+    RERANKER_PARAMS_FILE,
+)
 
 
 def check_fresh_out(out: Path, overwrite: bool = False) -> None:

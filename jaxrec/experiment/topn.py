@@ -1077,11 +1077,11 @@ class TopNExperiment:
 
         return Method(rank, score)
 
-    @functools.cached_property
-    def reranker(self) -> tuple[Any, Any, InnerLoop]:
-        """The re-ranking model of ``rerank``, meta-trained on this experiment's tasks (the same split, seed and
-        schedule): ``(model, (params, inner_lr), inner)``. Trained when first asked for, as the baselines are, so
-        that evaluating a restored run rebuilds the same model."""
+    @property
+    def reranker_config(self) -> ExperimentConfig:
+        """The config the re-ranking model of ``rerank`` is meta-trained with: this run's, its model the re-ranker
+        with the loss, adaptation and inner solver that suit it, keeping its last state (resolved: what a run
+        folder records of it)."""
         c = self.config
         loss = "bpr" if c.topn.ranking_loss in CATALOGUE_LOSSES else c.topn.ranking_loss
         query_loss = None if c.topn.query_loss in CATALOGUE_LOSSES else c.topn.query_loss
@@ -1091,13 +1091,20 @@ class TopNExperiment:
             fields["model_kwargs"] = {"use_ids": ["item"]}
         # the re-ranker keeps its last state: its own whole-catalogue figure is not the re-ranking's
         fields["select_epoch"] = "last"
-        other = TopNExperiment(c.override(**fields, rerank=None, frozen=None, anchor=0.0), self._given_dataset)
+        return resolve(c.override(**fields, rerank=None, frozen=None, anchor=0.0))
+
+    @functools.cached_property
+    def rerank_model(self) -> tuple[Any, Any, InnerLoop]:
+        """The re-ranking model of ``rerank``, meta-trained on this experiment's tasks (the same split, seed and
+        schedule): ``(model, (params, inner_lr), inner)``. Trained when first asked for, as the baselines are, so
+        that evaluating a restored run rebuilds the same model."""
+        other = TopNExperiment(self.reranker_config, self._given_dataset)
         state = other.train()
-        logger.info("re-ranker %s meta-trained (%d steps)", c.topn.rerank, int(state.step))
+        logger.info("re-ranker %s meta-trained (%d steps)", self.config.topn.rerank, int(state.step))
         return other.model, split_meta_params(state.params, other.inner_lr), other.inner
 
     def _rerank_method(self, params: Any, inner_lr: Any) -> Method:
-        model, rerank_state, inner = self.reranker
+        model, rerank_state, inner = self.rerank_model
         candidates = int(self.config.topn.rerank_candidates)
         retrieve = _cached_ranker(self.model, self.inner, candidates, self._dot(params, self.inner))
         rank = _cached_rerank(retrieve, model, inner, self._kmax())

@@ -33,6 +33,7 @@ from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, check
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.hybrid_record import ServedHybrid, read_hybrid
 from jaxrec.experiment.protocol import Learner, topn_unknown_ids, trained_catalogue
+from jaxrec.experiment.reranker_record import ServedReranker, read_reranker
 
 __all__ = [
     "ITEMS_FILE",
@@ -168,6 +169,8 @@ class TrainedModel:
       support_recency: the strength of the recency weighting of a new user's items by their order, the oldest
         first, chosen on the validation users (0: none; :data:`RECENCY_FILE`).
       items_added: the catalogue's last items that were added after training (:meth:`with_items`).
+      reranker: the run's re-ranker (``jaxrec train --rerank``), what a top-N recommender's lists are re-ranked by,
+        or None.
     """
 
     config: ExperimentConfig
@@ -184,6 +187,7 @@ class TrainedModel:
     weighted: bool = False
     support_recency: float = 0.0
     items_added: int = 0
+    reranker: ServedReranker | None = None
 
     @property
     def apply_fn(self):
@@ -325,4 +329,5 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
         hybrid=read_hybrid(folder.parent, featurizer, config.topn.shots) if catalogue is not None else None,
         weighted=bool(meta.get("weighted", False)),
         support_recency=read_recency(folder.parent) if catalogue is not None else 0.0,
+        reranker=read_reranker(folder.parent, featurizer, spec) if catalogue is not None else None,
     )

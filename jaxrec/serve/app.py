@@ -301,9 +301,13 @@ def create_app(
             "algorithm": trained.config.meta.algorithm,
             "step": int(trained.step),
             "feedback": "implicit" if catalogue.implicit else "explicit",
-            # what ranks: the adapted model, or the hybrid the run was trained with (z-scores, the partner weighted)
-            "ranking": "maml" if model.hybrid is None else model.hybrid.name,
+            # what ranks: the adapted model, the hybrid the run was trained with (z-scores, the partner weighted), or
+            # its re-ranking (the adapted model's top candidates re-scored by the adapted re-ranker)
+            "ranking": "rerank" if model.reranker else "maml" if model.hybrid is None else model.hybrid.name,
             "hybrid_weight": None if model.hybrid is None else model.hybrid.weight,
+            "reranker": None
+            if model.reranker is None
+            else {"model": model.reranker.name, "candidates": model.recommender.rerank_candidates},
             "rating_range": catalogue.rating_range,
             "positive_threshold": catalogue.positive_threshold,
             "weighted": catalogue.weighted,

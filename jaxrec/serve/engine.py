@@ -6,8 +6,11 @@ first order: nothing differentiates through it at serving time), scores the whol
 own items and keeps the best ``max_k`` with ``lax.top_k``; the scores of up to ``max_probe`` named items come back
 with them (``/predict``). A run trained with ``--hybrid`` ranks by its hybrid, as its evaluation did
 (:mod:`jaxrec.experiment.hybrid_record`): the partner's scores are computed on the host and combined inside the
-compiled call. Every bucket is compiled by :meth:`ServingModel.warm_up` before the first request, so a
-request never waits on XLA; the compiled function's cache size is reported so that this is checked, not assumed.
+compiled call. A run trained with ``--rerank`` lists as its evaluated ``rerank`` method did
+(:mod:`jaxrec.experiment.reranker_record`): a second compiled call re-scores each user's top ``R`` items (and the
+probed ones) by the re-ranker adapted to the same support. Every bucket is compiled by
+:meth:`ServingModel.warm_up` before the first request, so a request never waits on XLA; the compiled function's
+cache size is reported so that this is checked, not assumed.
 
 With more than one device (on a CPU host: one per core), a batch whose bucket divides among them is sharded over
 its user axis; the parameters are replicated.
@@ -111,6 +114,7 @@ class ServingModel:
         self.trained = trained
         self.recommender = recommender_for(trained)
         self.hybrid = getattr(self.recommender, "hybrid", None)
+        self.reranker = getattr(self.recommender, "reranker", None)
         self.n_items = int(trained.featurizer.n_items)
         least = self.recommender.min_support()
         self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
@@ -118,6 +122,9 @@ class ServingModel:
         if not self.batch_sizes or self.batch_sizes[0] < 1 or not self.support_sizes or self.support_sizes[0] < 1:
             raise ValueError(f"bucket sizes must be >= 1, got {batch_sizes} and {support_sizes}")
         self.max_k = max(1, min(int(max_k), self.n_items))
+        # the recall stage's list length: the re-ranker's candidates, else the list itself
+        self._recall = self.recommender.rerank_candidates if self.reranker is not None else self.max_k
+        self.max_k = min(self.max_k, self._recall)
         self.max_probe = max(1, int(max_probe))
         self.buckets = [Bucket(b, s) for b in self.batch_sizes for s in self.support_sizes]
         exclude = np.asarray(exclude, np.int64).ravel()
@@ -133,12 +140,20 @@ class ServingModel:
         self._state = self.recommender.state
         self._candidates = self.recommender.candidates
         self._excluded = jnp.asarray(self.excluded)
+        self._rerank_state = self._item_rows = None
+        if self.reranker is not None:
+            self._rerank_state, self._item_rows = self.recommender.rerank_state, self.recommender.item_rows
         if self.mesh is not None:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             self._state = jax.device_put(self._state, replicated)
             self._candidates = jax.device_put(self._candidates, replicated)
             self._excluded = jax.device_put(self._excluded, replicated)
+            if self.reranker is not None:
+                self._rerank_state = jax.device_put(self._rerank_state, replicated)
+                self._item_rows = jax.device_put(self._item_rows, replicated)
         self._rank = jax.jit(self._rank_batch)
+        # two compiled calls, not one fused: XLA's CPU runtime stalled on the fused retrieve-and-re-rank program
+        self._rerank = jax.jit(self._rerank_batch)
 
     # ---------------------------------------------------------------------------------------------------------
     # the compiled call
@@ -162,12 +177,27 @@ class ServingModel:
         catalogue = jnp.arange(self.n_items, dtype=jnp.int32)
         unseen = exclude_items(scores, catalogue, theirs)  # each user's own items at -inf
         unseen = jnp.where(excluded, -jnp.inf, unseen)
-        top_scores, top_codes = jax.lax.top_k(unseen, self.max_k)
+        top_scores, top_codes = jax.lax.top_k(unseen, self._recall)
         probe_scores = jnp.take_along_axis(scores, jnp.clip(probe, 0, self.n_items - 1), axis=1)
         scale = getattr(self.recommender, "rating_range", None)
         if scale is not None:  # ranked by the model's scores; each a predicted rating on the scale, as MAE reads it
             top_scores, probe_scores = (jnp.clip(x, *scale) for x in (top_scores, probe_scores))
         return top_scores, top_codes, probe_scores, finite
+
+    def _rerank_batch(self, state, rows, support, mask, recall_scores, recall_codes, probe):
+        """The re-ranked ``(top scores [B, max_k], top codes [B, max_k], probe scores [B, P], finite [B])``: the
+        re-ranker, adapted to each user's support, scores their recall stage's ``R`` items (``-inf`` in
+        ``recall_scores``: none, their own or excluded) and the probed ones, in one pass; the best ``max_k``
+        candidates by its scores, ties in the recall stage's order (``lax.top_k`` keeps the first)."""
+        items = jnp.concatenate([recall_codes, probe], axis=1)
+        scores = jax.vmap(self.recommender.rerank_one, in_axes=(None, 0, 0, None, 0))(state, support, mask, rows, items)
+        scores = scores.astype(jnp.float32)
+        width = recall_codes.shape[1]
+        listed = recall_scores > -jnp.inf
+        candidates = jnp.where(listed & ~jnp.isnan(scores[:, :width]), scores[:, :width], -jnp.inf)
+        finite = jnp.all(jnp.isfinite(scores[:, :width]) | ~listed, axis=1)
+        top_scores, position = jax.lax.top_k(candidates, self.max_k)
+        return top_scores, jnp.take_along_axis(recall_codes, position, axis=1), scores[:, width:], finite
 
     def bucket_for(self, users: int, support: int) -> Bucket:
         """The smallest bucket that holds ``users`` users of ``support`` items.
@@ -223,15 +253,24 @@ class ServingModel:
             bucket = self.bucket_for(len(chunk), max((max(len(u.codes), len(u.seen)) for u in chunk), default=0))
             inputs = self._inputs(chunk, bucket)
             with self._lock:
-                top, codes, probe, finite = jax.device_get(
-                    self._rank(self._state, self._candidates, self._excluded, *inputs)
-                )
+                top, codes, probe, finite = self._call(inputs)
             for i, user in enumerate(chunk):
                 theirs = np.union1d(user.codes, user.seen).astype(np.int64)
                 k = min(user.k, self._open - int(np.count_nonzero(~self.excluded[theirs])))
                 answer = Ranked(codes[i, :k].astype(np.int64), top[i, :k], probe[i, : len(user.probe)], bool(finite[i]))
                 out.append(answer)
         return out
+
+    def _call(self, inputs) -> tuple[np.ndarray, ...]:
+        """The compiled call (or the two of a re-ranking run) on a batch's device inputs, on the host."""
+        top, codes, probe, finite = self._rank(self._state, self._candidates, self._excluded, *inputs)
+        if self.reranker is not None:
+            support, mask, _, _, probe_codes, _ = inputs
+            top, codes, probe, refinite = self._rerank(
+                self._rerank_state, self._item_rows, support, mask, top, codes, probe_codes
+            )
+            finite = finite & refinite
+        return jax.device_get((top, codes, probe, finite))
 
     def warm_up(self) -> float:
         """Compile every bucket (and run it once); returns the seconds it took."""
@@ -240,11 +279,14 @@ class ServingModel:
             users = [UserInput(np.zeros(0, np.int64), np.zeros(0, np.float32))] * bucket.batch
             inputs = self._inputs(users, bucket)
             with self._lock:
-                jax.block_until_ready(self._rank(self._state, self._candidates, self._excluded, *inputs))
+                self._call(inputs)
         seconds = time.perf_counter() - started
         logger.info("compiled %d shape bucket(s) in %.1f s", len(self.buckets), seconds)
         return seconds
 
     def compiled_shapes(self) -> int:
-        """How many shapes the compiled function holds (after :meth:`warm_up`: one per bucket, and no more)."""
-        return int(self._rank._cache_size())
+        """How many shapes a compiled function holds (after :meth:`warm_up`: one per bucket, and no more)."""
+        shapes = int(self._rank._cache_size())
+        if self.reranker is not None:  # its second call is compiled once per bucket too
+            shapes = max(shapes, int(self._rerank._cache_size()))
+        return shapes

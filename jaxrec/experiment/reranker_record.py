@@ -1,0 +1,150 @@
+"""The re-ranker a run folder keeps, so that ``jaxrec recommend`` and ``jaxrec serve`` list as the evaluated
+``rerank`` method did.
+
+A top-N run trained with ``--rerank MODEL`` meta-trains a second, more expressive model on the same tasks
+(:attr:`~jaxrec.experiment.topn.TopNExperiment.rerank_model`) and evaluates ``rerank``: the meta-learner's top
+``rerank_candidates`` items for a user, re-scored by the re-ranker adapted to the same support set (the recall
+stage and the re-ranking stage both meta-learned). :func:`write_reranker` keeps what that needs beside the
+checkpoint, in the run folder:
+
+* ``reranker.json``: the re-ranker's config (the run's, its model the re-ranker's), the candidate count and the
+  SHA-256 of the file below;
+* ``reranker.msgpack``: its meta-learned parameters and inner rate (:func:`flax.serialization.to_bytes`).
+
+:func:`read_reranker` builds the model again from the config and the run's featurizer and restores the parameters
+into it, so that the folder stands alone, as its hybrid does (:mod:`jaxrec.experiment.hybrid_record`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import flax.serialization
+import jax
+import numpy as np
+
+from jaxrec.core.inner import InnerLoop
+from jaxrec.core.metasgd import split_meta_params
+from jaxrec.experiment.checkpoint import CheckpointError, file_sha256
+from jaxrec.experiment.config import ExperimentConfig
+from jaxrec.experiment.protocol import Learner, trained_catalogue
+
+__all__ = ["RERANKER_FILE", "RERANKER_PARAMS_FILE", "ServedReranker", "read_reranker", "write_reranker"]
+
+logger = logging.getLogger(__name__)
+
+RERANKER_FILE = "reranker.json"
+RERANKER_PARAMS_FILE = "reranker.msgpack"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServedReranker:
+    """The re-ranking stage of a run: a model adapted to a user's support set that re-scores the meta-learner's
+    top ``candidates`` items.
+
+    Attributes:
+      name: the re-ranking model's name (``"melu"``, ...).
+      model: the Flax model.
+      inner: its inner loop.
+      state: ``(params, inner_lr)``, its meta-learned initialisation and inner rate(s).
+      candidates: the items it re-scores per user (``rerank_candidates``).
+    """
+
+    name: str
+    model: Any
+    inner: InnerLoop
+    state: Any
+    candidates: int
+
+
+def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any = None) -> dict | None:
+    """Keep the run's re-ranker in its folder (see the module docstring), meta-training it first if no evaluation
+    has (:attr:`~jaxrec.experiment.topn.TopNExperiment.rerank_model`).
+
+    Args:
+      run_folder: the run folder.
+      experiment: the run's :class:`~jaxrec.experiment.topn.TopNExperiment`.
+      params: unused (the re-ranker does not depend on the meta-learner's parameters); the signature of
+        :func:`~jaxrec.experiment.hybrid_record.write_hybrid`.
+
+    Returns:
+      The ``reranker.json`` document, or None when the run has no re-ranker (a stale record of an earlier run in
+      the folder is then removed).
+    """
+    del params
+    folder = Path(run_folder)
+    name = experiment.config.topn.rerank
+    if name is None:
+        for stale in (RERANKER_FILE, RERANKER_PARAMS_FILE):
+            (folder / stale).unlink(missing_ok=True)
+        return None
+    _, state, _ = experiment.rerank_model
+    path = folder / RERANKER_PARAMS_FILE
+    tmp = path.with_name("tmp-" + path.name)
+    tmp.write_bytes(flax.serialization.to_bytes(state))
+    os.replace(tmp, path)
+    document = {
+        "format": 1,
+        "model": name,
+        "candidates": int(experiment.config.topn.rerank_candidates),
+        "config": experiment.reranker_config.to_dict(),
+        "params": {"file": RERANKER_PARAMS_FILE, "sha256": file_sha256(path)},
+    }
+    record = folder / RERANKER_FILE
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, record)
+    return document
+
+
+def read_reranker(run_folder: str | os.PathLike, featurizer: Any, spec: Any) -> ServedReranker | None:
+    """The re-ranker kept in a run folder, its parameters restored; None when the folder keeps none.
+
+    Args:
+      run_folder: the run folder.
+      featurizer: the run's featurizer (the catalogue a catalogue loss is built on).
+      spec: the run's feature spec (the re-ranker reads the same rows as the meta-learner).
+
+    Raises:
+      CheckpointError: if the record is unreadable, its parameters file is missing, changed or of another shape.
+    """
+    folder = Path(run_folder)
+    path = folder / RERANKER_FILE
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(path.read_text())
+        config = ExperimentConfig.from_dict(document["config"])
+        candidates, checksum = int(document["candidates"]), document["params"]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: the run's re-ranker record is unreadable: {e}") from e
+    params_path = folder / RERANKER_PARAMS_FILE
+    if not params_path.is_file():
+        raise CheckpointError(f"{path}: the re-ranker's parameters {params_path} are missing")
+    if file_sha256(params_path) != checksum:
+        raise CheckpointError(f"{path}: the re-ranker's parameters {params_path} have changed since training")
+    try:
+        learner = Learner.build(config, spec, catalogue=trained_catalogue(featurizer))
+        template = split_meta_params(learner.template_state(config, spec).params, config.meta.inner_lr)
+        state = flax.serialization.from_bytes(template, params_path.read_bytes())
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: the re-ranker cannot be restored: {e}") from e
+    # from_bytes keeps the stored arrays whatever their shapes: a record of another model is named here, not later
+    expected = [(jax.tree_util.keystr(k), np.shape(v)) for k, v in jax.tree_util.tree_leaves_with_path(template)]
+    stored = [(jax.tree_util.keystr(k), np.shape(v)) for k, v in jax.tree_util.tree_leaves_with_path(state)]
+    if expected != stored:
+        wrong = next((e, s) for e, s in itertools.zip_longest(expected, stored) if e != s)
+        raise CheckpointError(
+            f"{path}: the re-ranker's parameters are not those of its model (first difference: expected, stored "
+            f"= {wrong})"
+        )
+    logger.info("re-ranker %s (%d candidates) restored from %s", config.model.name, candidates, folder)
+    return ServedReranker(
+        name=config.model.name, model=learner.model, inner=learner.inner, state=state, candidates=candidates
+    )
