@@ -286,6 +286,24 @@ def test_the_run_keeps_its_hybrid_and_recommend_ranks_by_it(topn_run, tmp_path, 
     assert listed == [trained.item_ids[c] for c in best]
 
 
+def test_the_hybrids_partner_is_fitted_once_when_first_used(topn_run, monkeypatch):
+    """Loading a run fits nothing: its partner is fitted by the first list, once, so that a model grown by
+    ``--new-items`` before it serves (a second hybrid record, of the grown catalogue) fits it once, not twice."""
+    from jaxrec.evaluation import retrieval_baselines as rb
+    from jaxrec.experiment.recommend import TopNRecommender
+    from jaxrec.experiment.trained import load_trained
+
+    fits = []
+    fit = rb.fit_baseline
+    monkeypatch.setattr(rb, "fit_baseline", lambda *a, **k: fits.append(a[0]) or fit(*a, **k))
+    trained = load_trained(topn_run["out"])
+    assert trained.hybrid is not None and fits == []
+    hybrid = TopNRecommender(trained, trained.params, reranker=None)
+    first = hybrid.top_k(np.array([0, 2, 4]), np.ones(3, np.float32), 5)
+    second = hybrid.top_k(np.array([1, 3]), np.ones(2, np.float32), 5)
+    assert fits == ["itemknn"] and len(first[0]) == len(second[0]) == 5
+
+
 def test_a_changed_or_missing_hybrid_file_is_one_clear_error(topn_run, tmp_path):
     import shutil
 

@@ -17,9 +17,11 @@ keeps the folder small for every partner (EASE's weights are a dense ``V x V`` m
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +44,14 @@ INTERACTIONS_FILE = "hybrid_interactions.npz"
 
 @dataclasses.dataclass(frozen=True)
 class ServedHybrid:
-    """The hybrid ``z(maml) + weight z(partner)`` of a run, its partner fitted.
+    """The hybrid ``z(maml) + weight z(partner)`` of a run, its partner fitted when first used.
 
     Attributes:
       partner: the partner baseline's name (``"itemknn"``, ...).
       weight: the partner's weight, chosen on the validation users.
-      fitted: the fitted partner (``fitted.scores(S [users, n_items]) -> [users, n_items]``).
+      fit: fits the partner (``fit() -> fitted``); called once, by the first use of :attr:`fitted`, so that a model
+        grown by new items before its first use (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) fits
+        its partner once, not twice.
       n_items: the catalogue size.
       recency: the strength of the partner's recency weighting of the support, chosen on the validation users
         (``support_recency``; 0: each item at its interaction's weight alone).
@@ -55,10 +59,15 @@ class ServedHybrid:
 
     partner: str
     weight: float
-    fitted: Any
+    fit: Callable[[], Any] = dataclasses.field(repr=False, compare=False)
     n_items: int
     recency: float = 0.0
     span: int | None = None  # the support size the recency was chosen for (the run's shots)
+
+    @functools.cached_property
+    def fitted(self) -> Any:
+        """The fitted partner (``fitted.scores(S [users, n_items]) -> [users, n_items]``)."""
+        return self.fit()
 
     @property
     def name(self) -> str:
@@ -139,7 +148,8 @@ def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) ->
 def read_hybrid(
     run_folder: str | os.PathLike, featurizer: Any, shots: int | None = None, added: int = 0
 ) -> ServedHybrid | None:
-    """The hybrid kept in a run folder, its partner fitted again; None when the folder keeps none.
+    """The hybrid kept in a run folder, its partner to be fitted again when first used (:attr:`ServedHybrid.fitted`);
+    None when the folder keeps none.
 
     Args:
       run_folder: the run folder.
@@ -150,8 +160,8 @@ def read_hybrid(
         interacted with, as the evaluation's baselines meet held-out new items.
 
     Raises:
-      CheckpointError: if the record is unreadable, its interactions file is missing or changed, or the partner
-        cannot be fitted from them.
+      CheckpointError: if the record is unreadable, its interactions file is missing, changed or unreadable (and,
+        from the first use of :attr:`ServedHybrid.fitted`, if the partner cannot be fitted from them).
     """
     folder = Path(run_folder)
     path = folder / HYBRID_FILE
@@ -178,10 +188,15 @@ def read_hybrid(
         matrix = sp.load_npz(matrix_path).tocsr()
         if added:
             matrix = sp.hstack([matrix, sp.csr_matrix((matrix.shape[0], added), dtype=matrix.dtype)], format="csr")
-        fitted = rb.fit_baseline(partner, matrix, features, **hyper)
     except (ValueError, TypeError, OSError) as e:
-        raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
-    logger.info("hybrid maml+%s (weight %g) restored from %s", partner, weight, folder)
-    return ServedHybrid(
-        partner=partner, weight=weight, fitted=fitted, n_items=n_items + added, recency=recency, span=shots
-    )
+        raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} cannot be read: {e}") from e
+
+    def fit() -> Any:
+        try:
+            fitted = rb.fit_baseline(partner, matrix, features, **hyper)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
+        logger.info("hybrid maml+%s (weight %g) fitted again from %s", partner, weight, folder)
+        return fitted
+
+    return ServedHybrid(partner=partner, weight=weight, fit=fit, n_items=n_items + added, recency=recency, span=shots)
