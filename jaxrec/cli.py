@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import importlib
 import json
 import logging
@@ -101,17 +100,25 @@ _SAVE_PREDICTIONS_HELP = (
     "also write each scenario's split and every method's predictions (top-N: top-k lists; with "
     "--sampled-negatives, each positive's negatives and every method's scores of them) to DIR; rating "
     "predictions as each method gives them (nDCG ranks these), which MAE and RMSE clip to metrics.json's "
-    "rating_scale first; an earlier evaluation's prediction files there are replaced"
+    "rating_scale first; an earlier evaluation's prediction files there are replaced (users are named, not their "
+    "side features: a model that reads them ranked each user with theirs)"
 )
 
 
-def _add_no_rerank_flag(command: argparse.ArgumentParser) -> None:
-    """``--no-rerank`` on a command that lists a run's recommendations."""
-    command.add_argument(
+def _add_rerank_flags(command: argparse.ArgumentParser) -> None:
+    """``--rerank`` and ``--no-rerank`` on a command that lists a run's recommendations."""
+    which = command.add_mutually_exclusive_group()
+    which.add_argument(
+        "--rerank",
+        action="store_true",
+        help="a run trained with --rerank: list the meta-learner's top --rerank-candidates re-ranked, as the run's "
+        "method 'rerank' lists (default: as the run's validation users chose)",
+    )
+    which.add_argument(
         "--no-rerank",
         action="store_true",
-        help="a run trained with --rerank: list by the meta-learner (or its hybrid) rather than re-ranking its top "
-        "--rerank-candidates items as the run's 'rerank' was evaluated",
+        help="a run trained with --rerank: list by the meta-learner or its hybrid, not re-ranked (default: as the "
+        "run's validation users chose)",
     )
 
 
@@ -262,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         "order, _ to skip one, or user=visitor,item=venue); default: a header's common names",
     )
     _add_new_items_flag(r, "each is ranked from its features alone, as the new-item scenario measured")
-    _add_no_rerank_flag(r)
+    _add_rerank_flags(r)
     r.add_argument("--timing", action="store_true", help="print the adaptation latency (warm, jit-compiled)")
 
     s = sub.add_parser("serve", help="serve a trained model over HTTP: /recommend, /predict, /items, the demo page")
@@ -296,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the next part of a request's body may take to arrive before a 408 (default 30)",
     )
     _add_new_items_flag(s, "each is ranked from its features alone, as the new-item scenario measured")
-    _add_no_rerank_flag(s)
+    _add_rerank_flags(s)
     add_flags(s, names=("devices",))
 
     x = sub.add_parser(
@@ -501,21 +508,30 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
             _echo(note, err=True)
         _echo(f"wrote {out / 'metrics.json'}")
     records = run.keep_serving_records(state.params)
-    if records.get("reranker") is not None:
-        reranker = records["reranker"]
-        _echo(
-            f"wrote {out / RERANKER_FILE}: recommend and serve list the meta-learner's top {reranker['candidates']} "
-            f"re-ranked by {reranker['model']}, as 'rerank' was evaluated (--no-rerank: the meta-learner's own lists)"
-        )
+    who = "recommend and serve"
+    if (reranker := records.get("reranker")) is not None:
+        v = reranker["validation"]
+        other = next(k for k in v if k not in ("metric", "rerank", "lists"))
+        re_ranked = f"the meta-learner's top {reranker['candidates']} re-ranked by {reranker['model']}"
+        figures = f"validation {v['metric']} {v['rerank']:.4f} re-ranked against {v[other]:.4f} for {other}"
+        if v["lists"] == "rerank":
+            _echo(
+                f"wrote {out / RERANKER_FILE}: recommend and serve list {re_ranked} ({figures}; --no-rerank: {other})"
+            )
+            who = "with --no-rerank, recommend and serve"
+        else:
+            _echo(
+                f"wrote {out / RERANKER_FILE}: recommend and serve list {other}, not {re_ranked} ({figures}; "
+                "--rerank lists those)"
+            )
     if records.get("hybrid") is not None:
-        who = "recommend and serve" if records.get("reranker") is None else "with --no-rerank, recommend and serve"
         _echo(
             f"wrote {out / HYBRID_FILE}: {who} rank by {records['hybrid']['method']} (weight "
             f"{records['hybrid']['weight']:g}, chosen on the validation users)"
         )
     if records.get("support_recency") is not None:
         _echo(
-            f"wrote {out / RECENCY_FILE}: recommend and serve weigh a user's items by their order, oldest first "
+            f"wrote {out / RECENCY_FILE}: {who} weigh a user's items by their order, oldest first "
             f"(strength {records['support_recency']['maml']:g}, chosen on validation users)"
         )
     return EXIT_OK
@@ -821,6 +837,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     by = "" if hybrid is None else f", ranked by {hybrid.name} (weight {hybrid.weight:g})"
     if reranker is not None:
         by = f", the meta-learner's top {recommender.rerank_candidates} re-ranked by {reranker.name}"
+        if args.k > recommender.rerank_candidates:
+            by += f" (a re-ranked list holds at most its {recommender.rerank_candidates} candidates)"
     _echo(f"top {len(best)} of {len(raw)} items for a new user with {len(codes)} {what}{by}:")
     for rank, (code, score) in enumerate(zip(best, scores, strict=True), 1):
         label = titles[code] if titles is not None else str(raw[code])
@@ -832,10 +850,10 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             recommender.top_k(codes, ratings, args.k, exclude=seen, user_features=features)
             warm.append(time.perf_counter() - t)
         warm.sort()
-        _echo(
-            f"adapt + score {len(raw)} items: first call {cold * 1e3:.1f} ms (compiles), warm median "
-            f"{warm[len(warm) // 2] * 1e3:.2f} ms"
-        )
+        what = f"adapt + score {len(raw)} items"
+        if reranker is not None:
+            what += f", adapt the re-ranker + re-score {recommender.rerank_candidates}"
+        _echo(f"{what}: first call {cold * 1e3:.1f} ms (compiles), warm median {warm[len(warm) // 2] * 1e3:.2f} ms")
     return EXIT_OK
 
 
@@ -985,29 +1003,35 @@ def _feature_notes(trained, features: dict | None) -> list[str]:
 
 
 def _ranked_by_notes(trained, args: argparse.Namespace) -> list[str]:
-    """How a re-ranking run's lists are made: re-ranked as its ``rerank`` method was evaluated, or (``--no-rerank``,
-    an export, or a run folder that keeps no re-ranker) by the meta-learner, ``maml``, or its hybrid."""
+    """Which lists a re-ranking run's command or service gives: re-ranked (the validation users' choice, or
+    ``--rerank``) or the meta-learner's own or its hybrid's (their choice, ``--no-rerank``, an export, or a run
+    folder that keeps no re-ranker), with the validation figures the choice was made on."""
     rerank = getattr(trained.config.topn, "rerank", None) if trained.config.data.feedback == "implicit" else None
     if not rerank:
         return []
     candidates = trained.config.topn.rerank_candidates
-    exported = args.command == "export"
-    if trained.reranker is not None and not exported:
-        passed_over = f"; the run's hybrid {trained.hybrid.name} is not used" if trained.hybrid else ""
+    other = trained.hybrid.name if trained.hybrid is not None else "maml"
+    served = trained.reranker
+    figures = ""
+    if served is not None and served.validation:
+        v = served.validation
+        figures = f"validation {v['metric']} {v['rerank']:.4f} re-ranked against {v[served.other]:.4f} for {other}"
+    re_ranked = f"the meta-learner's top {candidates} re-ranked by {rerank}"
+    if served is not None and served.lists and args.command != "export":
+        chosen = "--rerank" if getattr(args, "rerank", False) else f"the validation users' choice: {figures}"
+        return [f"these lists are {re_ranked}, as the run's method 'rerank' lists ({chosen}); --no-rerank: {other}'s"]
+    if served is not None and args.command != "export":
         return [
-            f"these lists are the meta-learner's top {candidates} re-ranked by {rerank}, as the run's 'rerank' was "
-            f"evaluated{passed_over} (--no-rerank: the meta-learner's own lists)"
+            f"these lists are {other}'s, not {re_ranked} (the validation users' choice: {figures}); --rerank lists "
+            "those"
         ]
-    if exported:
+    if args.command == "export":
         why = "the arrays carry no re-ranker"
     elif getattr(args, "no_rerank", False):
         why = "--no-rerank"
     else:
         why = "the run folder keeps no re-ranker (a run trained before they were kept: train it again to serve them)"
-    return [
-        f"the run also evaluated 'rerank' (the meta-learner's top {candidates} re-ranked by {rerank}); these lists "
-        f"are the meta-learner's own ('maml'{', its hybrid' if trained.hybrid else ''}), not the re-ranked ones: {why}"
-    ]
+    return [f"the run also evaluated 'rerank' ({re_ranked}); these lists are {other}'s: {why}"]
 
 
 def _read_users_as_trained(args: argparse.Namespace):
@@ -1030,19 +1054,26 @@ def _read_users_as_trained(args: argparse.Namespace):
     return users
 
 
-def _without_reranker(args: argparse.Namespace, trained):
-    """The model without its re-ranker when ``--no-rerank`` asks for the recall stage's own lists."""
-    return dataclasses.replace(trained, reranker=None) if getattr(args, "no_rerank", False) else trained
+def _with_reranker(args: argparse.Namespace, trained):
+    """``trained``, refused for ``--rerank`` when its run keeps no re-ranker."""
+    if getattr(args, "rerank", False) and trained.reranker is None:
+        what = "--rerank MODEL" if not getattr(trained.config.topn, "rerank", None) else "--rerank MODEL again"
+        raise CLIError(f"--rerank: the run {args.checkpoint} keeps no re-ranker (train it with {what})")
+    return trained
 
 
 def _load_trained(args: argparse.Namespace):
     """The run folder's model (:func:`~jaxrec.experiment.trained.load_trained`), with ``--new-items``' items added
     to its catalogue (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) and what was read noted."""
+    # --no-rerank, and an export of the model alone, leave the re-ranker's files unread; --rerank lists by it
+    rerank = True if getattr(args, "rerank", False) else None
+    if getattr(args, "no_rerank", False) or getattr(args, "model_alone", False):
+        rerank = False
     if getattr(args, "new_items", None) is None:
-        return _without_reranker(args, load_trained(args.checkpoint))
+        return _with_reranker(args, load_trained(args.checkpoint, rerank=rerank))
     where = f"--new-items {args.new_items}"
     table = read_side_table(args.new_items, "item", encoding=args.encoding, flag="--new-items")  # before the slow part
-    trained, report = _without_reranker(args, load_trained(args.checkpoint)).with_items(table, where)
+    trained, report = _with_reranker(args, load_trained(args.checkpoint, rerank=rerank)).with_items(table, where)
     parts = [f"{report['added']} item(s) added, ranked from their features"]
     if report["already_in_catalogue"]:
         parts.append(f"{report['already_in_catalogue']} already in the catalogue (left as trained)")

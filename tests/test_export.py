@@ -219,3 +219,12 @@ def test_a_run_with_new_items_exports_its_mixed_gram_and_ranks_as_recommend(tmp_
     pooled = dataclasses.replace(trained, model=trained.model.clone(pool_history=True))
     with pytest.raises(RunError, match="pools the support's history items"):
         export.export_arrays(pooled)
+
+
+def test_recommend_rerank_on_a_run_that_keeps_no_re_ranker_is_one_clear_error(run, tmp_path, capsys):
+    mine = tmp_path / "mine.txt"
+    mine.write_text("song-01\nsong-03\n")
+    assert cli.main(["recommend", "--checkpoint", str(run), "--ratings", str(mine), "--rerank"]) == 1
+    assert (
+        "--rerank: the run" in (err := capsys.readouterr().err) and "keeps no re-ranker (train it with --rerank" in err
+    )

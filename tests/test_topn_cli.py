@@ -246,8 +246,8 @@ def test_the_run_keeps_its_hybrid_and_recommend_ranks_by_it(topn_run, tmp_path, 
     record = json.loads((topn_run["out"] / "hybrid.json").read_text())
     assert record["weight"] == document["tuned"]["maml+itemknn"]["weight"]
     assert record["partner_hyper"] == document["tuned"]["itemknn"]["chosen"]
-    # the run re-ranks its lists too (--rerank melu): the hybrid is what --no-rerank ranks by
-    assert "with --no-rerank, recommend and serve rank by maml+itemknn" in topn_run["output"]
+    # the run keeps a re-ranker too (--rerank melu): the hybrid is what it lists by unless re-ranked
+    assert "recommend and serve rank by maml+itemknn (weight" in topn_run["output"]
     # the partner fitted again from the folder alone is the evaluated one: the same similarities, to the bit
     trained = load_trained(topn_run["out"])
     experiment, _ = restore_run(topn_run["out"], overrides={"data": str(topn_run["data"])})
@@ -281,7 +281,7 @@ def test_the_run_keeps_its_hybrid_and_recommend_ranks_by_it(topn_run, tmp_path, 
     argv = ["recommend", "--checkpoint", str(topn_run["out"]), "--ratings", str(items), "-k", "5", "--no-rerank"]
     assert cli.main(argv) == 0
     assert "ranked by maml+itemknn" in "\n".join(lines)
-    assert "not the re-ranked ones: --no-rerank" in "\n".join(lines)
+    assert "these lists are maml+itemknn's: --no-rerank" in "\n".join(lines)
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert listed == [trained.item_ids[c] for c in best]
 
@@ -535,8 +535,16 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     text = "\n".join(lines)
     assert "3 interaction(s)" in text and "unknown item id(s): song-99" in text
     # the run re-ranks (--rerank melu) and has a hybrid: which of them lists is said, not left to be assumed
-    assert "these lists are the meta-learner's top 50 re-ranked by melu, as the run's 'rerank' was evaluated; " in text
-    assert "the run's hybrid maml+itemknn is not used (--no-rerank: the meta-learner's own lists)" in text
+    # the run keeps a re-ranker and a hybrid: which of them lists, and why, is said, not left to be assumed
+    chosen = json.loads((topn_run["out"] / "reranker.json").read_text())["validation"]
+    if chosen["lists"] == "rerank":
+        assert (
+            "these lists are the meta-learner's top 50 re-ranked by melu, as the run's method 'rerank' lists " in text
+        )
+        assert "--no-rerank: maml+itemknn's" in text
+    else:
+        assert "these lists are maml+itemknn's, not the meta-learner's top 50 re-ranked by melu" in text
+    assert f"validation recall@20 {chosen['rerank']:.4f} re-ranked against {chosen['maml+itemknn']:.4f}" in text
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert len(listed) == 5 and not {"song-00", "song-02", "song-04"} & set(listed)
     scored = [line for line in lines if "(item " in line]
@@ -551,16 +559,25 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
 def test_a_re_ranking_run_lists_its_re_ranked_candidates_in_the_command_the_library_and_the_service(
     topn_run, tmp_path, monkeypatch
 ):
-    """A run trained with ``--rerank melu`` keeps its re-ranker; ``recommend``, the library and ``serve`` list the
-    meta-learner's top 50 (the recall stage: the adapted model alone, as ``rerank`` was evaluated) re-scored by the
-    adapted re-ranker, and ``/predict`` answers the re-ranker's scores."""
+    """A run trained with ``--rerank melu`` keeps its re-ranker and the validation users' choice of lists: the
+    re-ranked ones where they rank those users better than the hybrid's. Re-ranked (``--rerank``, or that choice),
+    ``recommend``, the library and ``serve`` list the meta-learner's top 50 (the recall stage: the adapted model
+    alone, as ``rerank`` was evaluated) re-scored by the adapted re-ranker; ``/predict`` answers its scores."""
     from jaxrec.experiment.recommend import TopNRecommender, read_ratings_for
     from jaxrec.experiment.trained import load_trained
 
     run = topn_run["out"]
-    assert "reranker.json: recommend and serve list the meta-learner's top 50 re-ranked by melu" in topn_run["output"]
-    trained = load_trained(run)
-    assert trained.reranker.name == "melu" and trained.reranker.candidates == 50
+    chosen = json.loads((run / "reranker.json").read_text())["validation"]
+    tuned = json.loads((run / "metrics.json").read_text())["tuned"]
+    assert chosen["metric"] == "recall@20" and set(chosen) == {"metric", "rerank", "maml+itemknn", "lists"}
+    # the hybrid's figure is the one its weight was chosen by, on the same validation users
+    assert chosen["maml+itemknn"] == pytest.approx(tuned["maml+itemknn"]["validation_recall@20"], abs=1e-6)
+    assert chosen["lists"] == ("rerank" if chosen["rerank"] > chosen["maml+itemknn"] else "maml+itemknn")
+    by_default = load_trained(run)
+    assert by_default.reranker.lists == (chosen["lists"] == "rerank")
+    assert (TopNRecommender(by_default, by_default.params).reranker is not None) == by_default.reranker.lists
+    trained = load_trained(run, rerank=True)  # re-ranked whatever the validation users chose
+    assert trained.reranker.name == "melu" and trained.reranker.candidates == 50 and trained.reranker.lists
     mine = tmp_path / "mine.txt"
     mine.write_text("song-01\nsong-03\nsong-05\nsong-07\n")
     codes, weights, _, _ = read_ratings_for(str(run), str(mine))
@@ -578,12 +595,12 @@ def test_a_re_ranking_run_lists_its_re_ranked_candidates_in_the_command_the_libr
     assert list(TopNRecommender(trained, trained.params, reranker=None).top_k(codes, weights, 10)[0]) != list(best)
     # the command lists the same
     lines = capture(monkeypatch)
-    assert cli.main(["recommend", "--checkpoint", str(run), "--ratings", str(mine), "-k", "10"]) == 0
+    assert cli.main(["recommend", "--checkpoint", str(run), "--ratings", str(mine), "-k", "10", "--rerank"]) == 0
     assert "the meta-learner's top 50 re-ranked by melu:" in "\n".join(lines)
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert listed == [trained.item_ids[c] for c in best]
     # and the service, its scores and a probe's the re-ranker's
-    server = Server(run, "--batch-sizes", "1,4", "--support-sizes", "8")
+    server = Server(run, "--batch-sizes", "1,4", "--support-sizes", "8", "--rerank")
     try:
         health = server.get("/health")[1]
         status, answer = server.post(
@@ -596,7 +613,8 @@ def test_a_re_ranking_run_lists_its_re_ranked_candidates_in_the_command_the_libr
         too_many = server.post("/recommend", {"interactions": ["song-01"], "k": 51})
     finally:
         server.stop()
-    assert health["ranking"] == "rerank" and health["reranker"] == {"model": "melu", "candidates": 50}
+    assert health["ranking"] == "rerank"
+    assert health["reranker"] == {"model": "melu", "candidates": 50, "lists": True, "validation": chosen}
     assert health["max_k"] == 50  # a re-ranked list holds at most the recall stage's candidates
     assert status == 200
     assert [r["item"] for r in answer["recommendations"]] == [trained.item_ids[c] for c in best]
@@ -669,7 +687,7 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     lines = capture(monkeypatch)
     out = tmp_path / "lists.csv"
     flags = ["--columns", "user=visitor,item=song,weight=plays,timestamp=when", "-k", "5", "--out", str(out)]
-    flags += [] if rerank else ["--no-rerank"]
+    flags += ["--rerank"] if rerank else ["--no-rerank"]
     assert cli.main(["recommend", "--checkpoint", str(topn_run["out"]), "--users", str(table), *flags]) == 0
     text = "\n".join(lines)
     assert (
@@ -679,14 +697,16 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     assert "1 user(s) with no item the model knows: the model's list before adaptation, as the service" in text
     assert "users given the list before adaptation, e.g. lost" in text
     assert "1 user(s) already have every item: an empty list" in text
-    assert ("re-ranked by melu, as the run's 'rerank' was evaluated" in text) == rerank
-    assert ("also evaluated 'rerank'" in text) != rerank
+    assert ("re-ranked by melu, as the run's method 'rerank' lists (--rerank)" in text) == rerank
+    assert ("these lists are maml+itemknn's: --no-rerank" in text) != rerank
     lists = pd.read_csv(out, dtype={"user": str, "item": str})
     assert list(lists.columns) == ["user", "rank", "item", "score"] and lists["user"].nunique() == 72
     listed = [user for user in pd.unique(pd.Series([r[0] for r in shuffled])) if user != "every"]
     assert list(pd.unique(lists["user"])) == listed  # in the order of the file
     # a user of no known item: the list the service answers such a user, the model's before adaptation
-    server = Server(topn_run["out"], "--batch-sizes", "1", "--support-sizes", "8", *([] if rerank else ["--no-rerank"]))
+    server = Server(
+        topn_run["out"], "--batch-sizes", "1", "--support-sizes", "8", "--rerank" if rerank else "--no-rerank"
+    )
     try:
         status, answer = server.post("/recommend", {"interactions": ["song-98"], "k": 5})
     finally:
@@ -694,7 +714,7 @@ def test_recommend_users_ranks_a_file_of_users_as_recommend_ranks_each_alone(top
     assert status == 200 and answer["input"]["used"] == 0
     assert lists[lists["user"] == "lost"]["item"].tolist() == [r["item"] for r in answer["recommendations"]]
     trained = load_trained(topn_run["out"])
-    recommender = TopNRecommender(trained, trained.params, reranker="auto" if rerank else None)
+    recommender = TopNRecommender(trained, trained.params, reranker=trained.reranker if rerank else None)
     for u in [*range(0, 70, 3), 70]:  # every third user, and the long one
         mine = sorted((r for r in rows if r[0] == f"new-{u}"), key=lambda r: r[3])
         alone = tmp_path / f"user{u}.csv"

@@ -130,7 +130,7 @@ def export_arrays(trained: Any, model_alone: bool = False, params: Any = None) -
             "cannot carry: export the adapted model alone with --model-alone (its lists will differ from recommend's)"
         )
     reranker = getattr(trained, "reranker", None)
-    if reranker is not None and not model_alone:
+    if reranker is not None and reranker.lists and not model_alone:
         raise RunError(
             f"{what} lists its top {reranker.candidates} re-ranked by {reranker.name} (--rerank), which the arrays "
             "cannot carry: export the recall stage alone with --model-alone (its lists will differ from recommend's)"

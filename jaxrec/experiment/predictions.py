@@ -18,6 +18,11 @@ Per scenario, compressed CSV with raw user and item ids:
   counts the negatives scored above it (``h``) and those tied with it (``t``): ``clip(k - h, 0, t + 1) / (t + 1)``,
   averaged over the user's positives, then over users (the biased protocol of
   :func:`~jaxrec.evaluation.topn.sampled_statistics`).
+
+The split's users are named, not their side features: a model that reads user features (``--user-features``, or
+a dataset's own table, e.g. ml-100k's ages and occupations) adapted to each user with theirs, so its lists are
+reproduced from the split's support rows with each user's features given too (``recommend --features``,
+``TopNRecommender.top_k(..., user_features=...)``); without them the lists differ.
 """
 
 from __future__ import annotations

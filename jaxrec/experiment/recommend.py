@@ -511,7 +511,8 @@ class TopNRecommender:
     chose a recency weighting of the support (``support_recency``) weighs a user's items by their order as given,
     the oldest first (:func:`~jaxrec.evaluation.topn.recency_weights`), as its evaluation weighed the support.
 
-    A run trained with ``--rerank MODEL`` lists as its evaluated ``rerank`` method did
+    A run trained with ``--rerank MODEL`` whose validation users ranked the re-ranked lists higher (or given the
+    re-ranker) lists as its evaluated ``rerank`` method did
     (:mod:`jaxrec.experiment.reranker_record`): the adapted model's top ``R`` items (the recall stage, the model
     alone and the support unweighted, as evaluated), re-scored by the re-ranker adapted to the same support, the
     best ``k`` of them by its scores (ties in the recall stage's order; so at most ``R`` items); :meth:`scores` are
@@ -526,12 +527,16 @@ class TopNRecommender:
       hybrid: the :class:`~jaxrec.experiment.hybrid_record.ServedHybrid` to rank by; ``"auto"``: the trained
         model's (None when it has none); None: the adapted model alone.
       reranker: the :class:`~jaxrec.experiment.reranker_record.ServedReranker` to re-rank by (the lists are then
-        the re-ranked ones, no hybrid); ``"auto"``: the trained model's (None when it has none); None: none.
+        the re-ranked ones, no hybrid); ``"auto"``: the trained model's where its ``lists`` (the validation users
+        chose the re-ranked lists), else none; None: none.
     """
 
     def __init__(self, experiment, params, seed: int = 0, hybrid: Any = "auto", reranker: Any = "auto"):
         self.exp = experiment
-        self.reranker = getattr(experiment, "reranker", None) if _auto(reranker) else reranker
+        if _auto(reranker):  # the trained model's, where its validation users chose the re-ranked lists
+            reranker = getattr(experiment, "reranker", None)
+            reranker = reranker if reranker is not None and reranker.lists else None
+        self.reranker = reranker
         self.hybrid = getattr(experiment, "hybrid", None) if _auto(hybrid) else hybrid
         if self.reranker is not None:  # the re-ranking's recall stage is the adapted model alone
             self.hybrid = None
@@ -716,7 +721,8 @@ class TopNRecommender:
         _check_k(k)
         candidates, _ = _best(recall, item_codes, self.rerank_candidates, exclude)
         scores = self._reranked(item_codes, weights, candidates, user_features)
-        scores = np.where(np.isnan(scores), -np.inf, scores)  # as the evaluation's candidate_topk reads NaN
+        if not np.all(np.isfinite(scores)):  # as the recall stage's scores, and the service's answer (a 422)
+            raise ValueError(_NOT_FINITE)
         order = np.argsort(-scores, kind="stable")[:k]
         return candidates[order], scores[order]
 
@@ -998,6 +1004,12 @@ def _bucket(n: int, least: int) -> int:
     return max(least, 1 << int(np.ceil(np.log2(max(n, 1)))))
 
 
+_NOT_FINITE = (
+    "the model's scores for this user are not finite numbers: the weights or ratings given are too large for its "
+    "float32 arithmetic; scale them down"
+)
+
+
 def _check_k(k: Any) -> None:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be a positive integer (how many items to recommend), got {k!r}")
@@ -1019,10 +1031,7 @@ def _best(scores: np.ndarray, item_codes, k: int, exclude=()):
     ranked = np.ones(len(scores), bool)
     ranked[seen] = False
     if not np.all(np.isfinite(scores[ranked])):
-        raise ValueError(
-            "the model's scores for this user are not finite numbers: the weights or ratings given are too large "
-            "for its float32 arithmetic; scale them down"
-        )
+        raise ValueError(_NOT_FINITE)
     scores[seen] = -np.inf
     k = min(k, len(scores) - len(seen))
     if k <= 0:

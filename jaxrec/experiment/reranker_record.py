@@ -7,8 +7,10 @@ A top-N run trained with ``--rerank MODEL`` meta-trains a second, more expressiv
 stage and the re-ranking stage both meta-learned). :func:`write_reranker` keeps what that needs beside the
 checkpoint, in the run folder:
 
-* ``reranker.json``: the re-ranker's config (the run's, its model the re-ranker's), the candidate count and the
-  SHA-256 of the file below;
+* ``reranker.json``: the re-ranker's config (the run's, its model the re-ranker's), the candidate count, the
+  validation users' choice of lists (:meth:`~jaxrec.experiment.topn.TopNExperiment.rerank_choice`: the re-ranked
+  ones only where they rank those users better than the list the run serves without them) and the SHA-256 of the
+  file below;
 * ``reranker.msgpack``: its meta-learned parameters and inner rate (:func:`flax.serialization.to_bytes`).
 
 :func:`read_reranker` builds the model again from the config and the run's featurizer and restores the parameters
@@ -54,6 +56,9 @@ class ServedReranker:
       inner: its inner loop.
       state: ``(params, inner_lr)``, its meta-learned initialisation and inner rate(s).
       candidates: the items it re-scores per user (``rerank_candidates``).
+      lists: whether a recommender lists re-ranked by default: the validation users' choice (``validation``).
+      validation: ``{"metric", "rerank", "<other>", "lists"}``, the re-ranked lists' validation figure against the
+        list the run serves without them (:meth:`~jaxrec.experiment.topn.TopNExperiment.rerank_choice`).
     """
 
     name: str
@@ -61,6 +66,13 @@ class ServedReranker:
     inner: InnerLoop
     state: Any
     candidates: int
+    lists: bool = True
+    validation: dict | None = None
+
+    @property
+    def other(self) -> str | None:
+        """The list the run serves without re-ranking (``"maml"`` or ``"maml+<partner>"``), as recorded."""
+        return next((k for k in (self.validation or {}) if k not in ("metric", "rerank", "lists")), None)
 
 
 def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any = None) -> dict | None:
@@ -70,14 +82,13 @@ def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any =
     Args:
       run_folder: the run folder.
       experiment: the run's :class:`~jaxrec.experiment.topn.TopNExperiment`.
-      params: unused (the re-ranker does not depend on the meta-learner's parameters); the signature of
-        :func:`~jaxrec.experiment.hybrid_record.write_hybrid`.
+      params: the meta-learned parameters (the re-ranked lists are compared on the validation users with the
+        lists of these).
 
     Returns:
       The ``reranker.json`` document, or None when the run has no re-ranker (a stale record of an earlier run in
       the folder is then removed).
     """
-    del params
     folder = Path(run_folder)
     name = experiment.config.topn.rerank
     if name is None:
@@ -93,6 +104,7 @@ def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any =
         "format": 1,
         "model": name,
         "candidates": int(experiment.config.topn.rerank_candidates),
+        "validation": experiment.rerank_choice(params),
         "config": experiment.reranker_config.to_dict(),
         "params": {"file": RERANKER_PARAMS_FILE, "sha256": file_sha256(path)},
     }
@@ -104,7 +116,8 @@ def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any =
 
 
 def read_reranker(run_folder: str | os.PathLike, featurizer: Any, spec: Any) -> ServedReranker | None:
-    """The re-ranker kept in a run folder, its parameters restored; None when the folder keeps none.
+    """The re-ranker kept in a run folder, its parameters restored, with the validation users' choice of whether
+    to list by it (:attr:`ServedReranker.lists`); None when the folder keeps none.
 
     Args:
       run_folder: the run folder.
@@ -122,6 +135,8 @@ def read_reranker(run_folder: str | os.PathLike, featurizer: Any, spec: Any) -> 
         document = json.loads(path.read_text())
         config = ExperimentConfig.from_dict(document["config"])
         candidates, checksum = int(document["candidates"]), document["params"]["sha256"]
+        validation = document.get("validation")
+        lists = validation is None or validation["lists"] == "rerank"
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: the run's re-ranker record is unreadable: {e}") from e
     params_path = folder / RERANKER_PARAMS_FILE
@@ -146,5 +161,11 @@ def read_reranker(run_folder: str | os.PathLike, featurizer: Any, spec: Any) -> 
         )
     logger.info("re-ranker %s (%d candidates) restored from %s", config.model.name, candidates, folder)
     return ServedReranker(
-        name=config.model.name, model=learner.model, inner=learner.inner, state=state, candidates=candidates
+        name=config.model.name,
+        model=learner.model,
+        inner=learner.inner,
+        state=state,
+        candidates=candidates,
+        lists=lists,
+        validation=validation,
     )

@@ -1103,6 +1103,24 @@ class TopNExperiment:
         logger.info("re-ranker %s meta-trained (%d steps)", self.config.topn.rerank, int(state.step))
         return other.model, split_meta_params(state.params, other.inner_lr), other.inner
 
+    def rerank_choice(self, params: Any) -> dict[str, Any]:
+        """Whether a run folder lists re-ranked (:mod:`~jaxrec.experiment.reranker_record`): ``rerank`` against the
+        list the run would serve without it (its hybrid ``maml+<partner>`` where it has one, else ``maml``), by
+        :attr:`select_metric` on the same validation users. The other list's figure is at the weight and recency
+        chosen on these users, so optimistic; ``rerank`` has nothing chosen on them.
+
+        Returns:
+          ``{"metric": ..., "rerank": figure, "<other>": figure, "lists": "rerank" or "<other>"}``; ``rerank``
+          lists only where its figure is strictly the higher.
+        """
+        rankers = self.rankers(params, baselines=False)
+        other = next((name for name in rankers if name.startswith("maml+")), "maml")
+        chosen = {name: rankers[name] for name in ("rerank", other)}
+        summaries = self._evaluate_on(chosen, self.val_tasks, in_time=True, resamples=0).summaries
+        figures = {name: float(summaries[name][self.select_metric]) for name in chosen}
+        lists = "rerank" if figures["rerank"] > figures[other] else other
+        return {"metric": self.select_metric, **figures, "lists": lists}
+
     def _rerank_method(self, params: Any, inner_lr: Any) -> Method:
         model, rerank_state, inner = self.rerank_model
         candidates = int(self.config.topn.rerank_candidates)

@@ -169,8 +169,8 @@ class TrainedModel:
       support_recency: the strength of the recency weighting of a new user's items by their order, the oldest
         first, chosen on the validation users (0: none; :data:`RECENCY_FILE`).
       items_added: the catalogue's last items that were added after training (:meth:`with_items`).
-      reranker: the run's re-ranker (``jaxrec train --rerank``), what a top-N recommender's lists are re-ranked by,
-        or None.
+      reranker: the run's re-ranker (``jaxrec train --rerank``), or None: a top-N recommender's lists are re-ranked
+        by it where ``reranker.lists`` (the validation users' choice).
     """
 
     config: ExperimentConfig
@@ -285,12 +285,15 @@ class TrainedModel:
         return np.flatnonzero(~is_target).astype(np.int64)
 
 
-def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedModel:
+def load_trained(path: str | os.PathLike, step: int | None = None, rerank: bool | None = None) -> TrainedModel:
     """Restore a trained model from a run folder, without the training data.
 
     Args:
       path: the run folder (or its checkpoint folder).
       step: the checkpoint step (default: the one the run chose on its validation users, else the newest).
+      rerank: None: restore the run's re-ranker (``--rerank``), its lists re-ranked where the validation users
+        chose them; True: re-ranked whatever they chose; False: leave the re-ranker unread (the lists of the
+        meta-learner or its hybrid, whatever state the re-ranker's files are in).
 
     Returns:
       The :class:`TrainedModel`.
@@ -329,5 +332,12 @@ def load_trained(path: str | os.PathLike, step: int | None = None) -> TrainedMod
         hybrid=read_hybrid(folder.parent, featurizer, config.topn.shots) if catalogue is not None else None,
         weighted=bool(meta.get("weighted", False)),
         support_recency=read_recency(folder.parent) if catalogue is not None else 0.0,
-        reranker=read_reranker(folder.parent, featurizer, spec) if catalogue is not None else None,
+        reranker=_reranker(folder.parent, featurizer, spec, rerank) if catalogue is not None else None,
     )
+
+
+def _reranker(run_folder: Path, featurizer: Featurizer, spec: Any, rerank: bool | None) -> ServedReranker | None:
+    if rerank is False:
+        return None
+    served = read_reranker(run_folder, featurizer, spec)
+    return dataclasses.replace(served, lists=True) if rerank and served is not None else served

@@ -305,9 +305,15 @@ def create_app(
             # its re-ranking (the adapted model's top candidates re-scored by the adapted re-ranker)
             "ranking": "rerank" if model.reranker else "maml" if model.hybrid is None else model.hybrid.name,
             "hybrid_weight": None if model.hybrid is None else model.hybrid.weight,
+            # the run's re-ranker, whether it lists (the validation users' choice, or forced) and their figures
             "reranker": None
-            if model.reranker is None
-            else {"model": model.reranker.name, "candidates": model.recommender.rerank_candidates},
+            if trained.reranker is None
+            else {
+                "model": trained.reranker.name,
+                "candidates": trained.reranker.candidates,
+                "lists": model.reranker is not None,
+                "validation": trained.reranker.validation,
+            },
             "rating_range": catalogue.rating_range,
             "positive_threshold": catalogue.positive_threshold,
             "weighted": catalogue.weighted,
