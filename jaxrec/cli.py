@@ -46,6 +46,7 @@ from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
 from jaxrec.experiment.reranker_record import RERANKER_FILE
 from jaxrec.experiment.run import (
+    EVALUATION_FIELDS,
     FolderLock,
     Interrupted,
     RunError,
@@ -211,10 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="which checkpoint step (default: the one the run chose on its validation users, else the newest)",
     )
-    evaluation_flags = ("data", "dataset", "data_dir", "columns", "sep", "item_features", "user_features")
-    evaluation_flags += ("baselines", "bootstrap", "eval_batch_size")
-    evaluation_flags += ("sampled_negatives", "hybrid", "topn_baselines")
-    add_flags(ev, names=(*evaluation_flags, "devices"))
+    add_flags(ev, names=tuple(sorted(EVALUATION_FIELDS)))
     ev.add_argument("--output", help="also write the metrics document to this JSON file")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar over the baselines' tuning")
     ev.add_argument(

@@ -117,6 +117,13 @@ def test_saved_predictions_are_the_split_and_every_methods_top_k(topn_run):
 
 
 def test_evaluate_reproduces_the_metrics_of_the_run(topn_run, tmp_path, monkeypatch):
+    """The same figures from the folder; its re-ranker (``--rerank melu``) is the one kept there, not trained again."""
+    from jaxrec.experiment.topn import TopNExperiment
+
+    def no_training(self, *args, **kwargs):
+        raise AssertionError("evaluate meta-trained a model")
+
+    monkeypatch.setattr(TopNExperiment, "train", no_training)
     capture(monkeypatch)
     output = tmp_path / "again.json"
     argv = ["evaluate", "--checkpoint", str(topn_run["out"]), "--data", str(topn_run["data"]), "--output", str(output)]
@@ -593,6 +600,11 @@ def test_a_re_ranking_run_lists_its_re_ranked_candidates_in_the_command_the_libr
     np.testing.assert_allclose(scores, every[best], rtol=1e-5, atol=1e-6)
     assert list(best) != list(candidates[:10])  # the re-ranker changed the list
     assert list(TopNRecommender(trained, trained.params, reranker=None).top_k(codes, weights, 10)[0]) != list(best)
+    # a re-ranker's score that is not a number is refused, as the recall stage's is (the service answers a 422)
+    broken = TopNRecommender(trained, trained.params)
+    broken._rerank_scores = lambda state, rows, mask, item_rows, items: np.where(items == best[0], np.nan, 0.0)
+    with pytest.raises(ValueError, match="scores for this user are not finite"):
+        broken.top_k(codes, weights, 10)
     # the command lists the same
     lines = capture(monkeypatch)
     assert cli.main(["recommend", "--checkpoint", str(run), "--ratings", str(mine), "-k", "10", "--rerank"]) == 0

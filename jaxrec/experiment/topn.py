@@ -1103,6 +1103,12 @@ class TopNExperiment:
         logger.info("re-ranker %s meta-trained (%d steps)", self.config.topn.rerank, int(state.step))
         return other.model, split_meta_params(state.params, other.inner_lr), other.inner
 
+    def use_rerank_model(self, model: Any, state: Any, inner: InnerLoop) -> None:
+        """Evaluate ``rerank`` with a re-ranker already meta-trained (a run folder's,
+        :func:`~jaxrec.experiment.reranker_record.read_reranker`) rather than meta-training one
+        (:attr:`rerank_model`)."""
+        self.__dict__["rerank_model"] = (model, state, inner)
+
     def rerank_choice(self, params: Any) -> dict[str, Any]:
         """Whether a run folder lists re-ranked (:mod:`~jaxrec.experiment.reranker_record`): ``rerank`` against the
         list the run would serve without it (its hybrid ``maml+<partner>`` where it has one, else ``maml``), by
