@@ -39,14 +39,13 @@ from jaxrec.data import DATASETS, DataError, UnnamedColumnsError, default_data_r
 from jaxrec.data.movielens import locate
 from jaxrec.experiment.checkpoint import read_metadata
 from jaxrec.experiment.choose import GridError, choose, selection_metric
-from jaxrec.experiment.config import ExperimentConfig, add_flags, as_flags, flag_values
+from jaxrec.experiment.config import EVALUATION_FIELDS, ExperimentConfig, add_flags, as_flags, flag_values
 from jaxrec.experiment.export import export_arrays, save_export
 from jaxrec.experiment.hybrid_record import HYBRID_FILE
 from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
 from jaxrec.experiment.reranker_record import RERANKER_FILE
 from jaxrec.experiment.run import (
-    EVALUATION_FIELDS,
     FolderLock,
     Interrupted,
     RunError,
@@ -509,9 +508,12 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     who = "recommend and serve"
     if (reranker := records.get("reranker")) is not None:
         v = reranker["validation"]
-        other = next(k for k in v if k not in ("metric", "rerank", "lists"))
+        other = next(k for k in v if k not in ("metric", "rerank", "lists", "users"))
         re_ranked = f"the meta-learner's top {reranker['candidates']} re-ranked by {reranker['model']}"
-        figures = f"validation {v['metric']} {v['rerank']:.4f} re-ranked against {v[other]:.4f} for {other}"
+        figures = (
+            f"{v['users']} validation users' {v['metric']} {v['rerank']:.4f} re-ranked against {v[other]:.4f} for "
+            f"{other}"
+        )
         if v["lists"] == "rerank":
             _echo(
                 f"wrote {out / RERANKER_FILE}: recommend and serve list {re_ranked} ({figures}; --no-rerank: {other})"
@@ -835,8 +837,6 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     by = "" if hybrid is None else f", ranked by {hybrid.name} (weight {hybrid.weight:g})"
     if reranker is not None:
         by = f", the meta-learner's top {recommender.rerank_candidates} re-ranked by {reranker.name}"
-        if args.k > recommender.rerank_candidates:
-            by += f" (a re-ranked list holds at most its {recommender.rerank_candidates} candidates)"
     _echo(f"top {len(best)} of {len(raw)} items for a new user with {len(codes)} {what}{by}:")
     for rank, (code, score) in enumerate(zip(best, scores, strict=True), 1):
         label = titles[code] if titles is not None else str(raw[code])
@@ -1002,8 +1002,8 @@ def _feature_notes(trained, features: dict | None) -> list[str]:
 
 def _ranked_by_notes(trained, args: argparse.Namespace) -> list[str]:
     """Which lists a re-ranking run's command or service gives: re-ranked (the validation users' choice, or
-    ``--rerank``) or the meta-learner's own or its hybrid's (their choice, ``--no-rerank``, an export, or a run
-    folder that keeps no re-ranker), with the validation figures the choice was made on."""
+    ``--rerank``) or the meta-learner's own or its hybrid's (their choice, ``--no-rerank``, or a run folder that
+    keeps no re-ranker), with the validation figures the choice was made on."""
     rerank = getattr(trained.config.topn, "rerank", None) if trained.config.data.feedback == "implicit" else None
     if not rerank:
         return []
@@ -1011,21 +1011,26 @@ def _ranked_by_notes(trained, args: argparse.Namespace) -> list[str]:
     other = trained.hybrid.name if trained.hybrid is not None else "maml"
     served = trained.reranker
     figures = ""
-    if served is not None and served.validation:
+    if served is not None:
         v = served.validation
-        figures = f"validation {v['metric']} {v['rerank']:.4f} re-ranked against {v[served.other]:.4f} for {other}"
+        figures = (
+            f"{v['users']} validation users' {v['metric']} {v['rerank']:.4f} re-ranked against "
+            f"{v[served.other]:.4f} for {other}"
+        )
     re_ranked = f"the meta-learner's top {candidates} re-ranked by {rerank}"
-    if served is not None and served.lists and args.command != "export":
+    if served is not None and served.lists:
         chosen = "--rerank" if getattr(args, "rerank", False) else f"the validation users' choice: {figures}"
-        return [f"these lists are {re_ranked}, as the run's method 'rerank' lists ({chosen}); --no-rerank: {other}'s"]
-    if served is not None and args.command != "export":
+        capped = f"; each at most {candidates} items long" if (getattr(args, "k", None) or 0) > candidates else ""
+        return [
+            f"these lists are {re_ranked}, as the run's method 'rerank' lists ({chosen}){capped}; --no-rerank: "
+            f"{other}'s"
+        ]
+    if served is not None:
         return [
             f"these lists are {other}'s, not {re_ranked} (the validation users' choice: {figures}); --rerank lists "
             "those"
         ]
-    if args.command == "export":
-        why = "the arrays carry no re-ranker"
-    elif getattr(args, "no_rerank", False):
+    if getattr(args, "no_rerank", False):
         why = "--no-rerank"
     else:
         why = "the run folder keeps no re-ranker (a run trained before they were kept: train it again to serve them)"
@@ -1242,7 +1247,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"wrote {path}: {items} item vectors of {width - 1} + 1 (the bias), the fold-in's Gram matrix, prior and "
         "ridge; a user's scores: item_vectors @ jaxrec.experiment.export.fold_in(arrays, their item positions)"
     )
-    notes = _ranked_by_notes(trained, args)
+    notes = []
+    if trained.config.topn.rerank:  # --model-alone leaves it unread; without it, a run that re-ranks is refused
+        notes.append(f"the run's re-ranker ({trained.config.topn.rerank}) is not in the arrays")
     if trained.hybrid is not None:
         notes.append(f"the run ranks by {trained.hybrid.name}; these arrays rank by the adapted model alone")
     names = sorted(trained.featurizer.user_feature_name(key) for key in trained.featurizer.user_feature_keys)

@@ -135,7 +135,9 @@ def test_export_refuses_what_the_arrays_cannot_carry(run, tmp_path, capsys):
         with pytest.raises(RunError, match=message):
             export.export_arrays(dataclasses.replace(trained, config=config), True)
     # a run that re-ranks its lists (--rerank): the arrays are its recall stage alone, only when asked for
-    reranking = dataclasses.replace(trained, hybrid=None, reranker=ServedReranker("melu", None, None, None, 50))
+    reranking = dataclasses.replace(
+        trained, hybrid=None, reranker=ServedReranker("melu", None, None, None, 50, True, {})
+    )
     with pytest.raises(RunError, match="lists its top 50 re-ranked by melu .*--model-alone"):
         export.export_arrays(reranking)
     assert set(export.export_arrays(reranking, model_alone=True)) == set(export.export_arrays(trained, True))

@@ -309,6 +309,7 @@ def test_the_hybrids_partner_is_fitted_once_when_first_used(topn_run, monkeypatc
     first = hybrid.top_k(np.array([0, 2, 4]), np.ones(3, np.float32), 5)
     second = hybrid.top_k(np.array([1, 3]), np.ones(2, np.float32), 5)
     assert fits == ["itemknn"] and len(first[0]) == len(second[0]) == 5
+    assert dataclasses.replace(trained.hybrid, weight=2.0).fitted is trained.hybrid.fitted and len(fits) == 1
 
 
 def test_a_changed_or_missing_hybrid_file_is_one_clear_error(topn_run, tmp_path):
@@ -551,7 +552,8 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
         assert "--no-rerank: maml+itemknn's" in text
     else:
         assert "these lists are maml+itemknn's, not the meta-learner's top 50 re-ranked by melu" in text
-    assert f"validation recall@20 {chosen['rerank']:.4f} re-ranked against {chosen['maml+itemknn']:.4f}" in text
+    figures = f"{chosen['users']} validation users' ndcg@20 {chosen['rerank']:.4f} re-ranked against"
+    assert f"{figures} {chosen['maml+itemknn']:.4f} for maml+itemknn" in text
     listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
     assert len(listed) == 5 and not {"song-00", "song-02", "song-04"} & set(listed)
     scored = [line for line in lines if "(item " in line]
@@ -575,10 +577,10 @@ def test_a_re_ranking_run_lists_its_re_ranked_candidates_in_the_command_the_libr
 
     run = topn_run["out"]
     chosen = json.loads((run / "reranker.json").read_text())["validation"]
-    tuned = json.loads((run / "metrics.json").read_text())["tuned"]
-    assert chosen["metric"] == "recall@20" and set(chosen) == {"metric", "rerank", "maml+itemknn", "lists"}
-    # the hybrid's figure is the one its weight was chosen by, on the same validation users
-    assert chosen["maml+itemknn"] == pytest.approx(tuned["maml+itemknn"]["validation_recall@20"], abs=1e-6)
+    tasks = json.loads((run / "metrics.json").read_text())["tasks"]
+    # by nDCG, which sees the order the re-ranker gives its candidates, on the run's validation users
+    assert chosen["metric"] == "ndcg@20" and set(chosen) == {"metric", "rerank", "maml+itemknn", "lists", "users"}
+    assert chosen["users"] == tasks["validation"]["tasks"] and 0 < chosen["rerank"] < 1
     assert chosen["lists"] == ("rerank" if chosen["rerank"] > chosen["maml+itemknn"] else "maml+itemknn")
     by_default = load_trained(run)
     assert by_default.reranker.lists == (chosen["lists"] == "rerank")
@@ -671,6 +673,13 @@ def test_a_changed_or_missing_re_ranker_file_is_one_clear_error(topn_run, tmp_pa
     (copy / "reranker.json").write_text("{")
     with pytest.raises(CheckpointError, match="re-ranker record is unreadable"):
         load_trained(copy)
+    # a re-ranker trained for another config of the run (a resume stopped before its end wrote its own): not used
+    shutil.copy(topn_run["out"] / "reranker.msgpack", params)
+    (copy / "reranker.json").write_text(json.dumps(record))
+    assert load_trained(copy).reranker is not None
+    record["config"]["meta"]["epochs"] = record["config"]["meta"]["epochs"] + 1
+    (copy / "reranker.json").write_text(json.dumps(record))
+    assert load_trained(copy).reranker is None
     check_fresh_out(copy, overwrite=True)  # a new run in the folder removes the old run's re-ranker
     assert not (copy / "reranker.json").exists()
 

@@ -40,6 +40,7 @@ from jaxrec.experiment.selection import RULES as SELECT_RULES
 
 __all__ = [
     "BASELINES",
+    "EVALUATION_FIELDS",
     "INNER_SOLVERS",
     "MIXED_SOLVE",
     "RECORD_FORMAT",
@@ -1259,3 +1260,11 @@ def as_flags(message: str) -> str:
     if first in FIELDS or first in TOP_LEVEL:
         return f"--{first.replace('_', '-')} {rest}"
     return message
+
+
+#: The config fields ``jaxrec evaluate`` may give a restored run (where its data is, how it is evaluated): none of
+#: them changes what was trained, so a restored run evaluates the models its folder keeps.
+EVALUATION_FIELDS = frozenset(
+    {"data", "dataset", "data_dir", "columns", "sep", "item_features", "user_features"}
+    | {"baselines", "bootstrap", "eval_batch_size", "sampled_negatives", "hybrid", "topn_baselines", "devices"}
+)

@@ -123,17 +123,17 @@ def export_arrays(trained: Any, model_alone: bool = False, params: Any = None) -
     names = ["/".join(path_names(leaves[j][0])) for j in adapted]
     if len(adapted) != 1 or "user_vector" not in names[0]:
         raise RunError(f"{what} adapts {names}: the export's fold-in adapts the user vector alone")
+    reranker = getattr(trained, "reranker", None)
+    if reranker is not None and reranker.lists and not model_alone:  # what the run lists first: re-ranked
+        raise RunError(
+            f"{what} lists its top {reranker.candidates} re-ranked by {reranker.name} (--rerank), which the arrays "
+            "cannot carry: export the recall stage alone with --model-alone (its lists will differ from recommend's)"
+        )
     hybrid = getattr(trained, "hybrid", None)
     if hybrid is not None and not model_alone:
         raise RunError(
             f"{what} ranks by the hybrid {hybrid.name} (weight {hybrid.weight:g}), which the arrays "
             "cannot carry: export the adapted model alone with --model-alone (its lists will differ from recommend's)"
-        )
-    reranker = getattr(trained, "reranker", None)
-    if reranker is not None and reranker.lists and not model_alone:
-        raise RunError(
-            f"{what} lists its top {reranker.candidates} re-ranked by {reranker.name} (--rerank), which the arrays "
-            "cannot carry: export the recall stage alone with --model-alone (its lists will differ from recommend's)"
         )
     featurizer = trained.featurizer
     side = fixed_item_side(trained, params, featurizer.item_rows(np.arange(featurizer.n_items)))

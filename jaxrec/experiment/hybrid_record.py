@@ -17,10 +17,10 @@ keeps the folder small for every partner (EASE's weights are a dense ``V x V`` m
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,9 @@ class ServedHybrid:
     Attributes:
       partner: the partner baseline's name (``"itemknn"``, ...).
       weight: the partner's weight, chosen on the validation users.
-      fit: fits the partner (``fit() -> fitted``); called once, by the first use of :attr:`fitted`, so that a model
-        grown by new items before its first use (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) fits
-        its partner once, not twice.
+      fit: the fitted partner, fitted by the first call (``fit() -> fitted``; thread-safe, kept once fitted, shared
+        by copies): a model grown by new items before its first use
+        (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) fits its partner once, not twice.
       n_items: the catalogue size.
       recency: the strength of the partner's recency weighting of the support, chosen on the validation users
         (``support_recency``; 0: each item at its interaction's weight alone).
@@ -64,7 +64,7 @@ class ServedHybrid:
     recency: float = 0.0
     span: int | None = None  # the support size the recency was chosen for (the run's shots)
 
-    @functools.cached_property
+    @property
     def fitted(self) -> Any:
         """The fitted partner (``fitted.scores(S [users, n_items]) -> [users, n_items]``)."""
         return self.fit()
@@ -191,12 +191,16 @@ def read_hybrid(
     except (ValueError, TypeError, OSError) as e:
         raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} cannot be read: {e}") from e
 
+    lock, fitted = threading.Lock(), []
+
     def fit() -> Any:
-        try:
-            fitted = rb.fit_baseline(partner, matrix, features, **hyper)
-        except (ValueError, TypeError) as e:
-            raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
-        logger.info("hybrid maml+%s (weight %g) fitted again from %s", partner, weight, folder)
-        return fitted
+        with lock:  # a service's worker and a caller of the engine may ask at once: one fit
+            if not fitted:
+                try:
+                    fitted.append(rb.fit_baseline(partner, matrix, features, **hyper))
+                except (ValueError, TypeError) as e:
+                    raise CheckpointError(f"{path}: the hybrid's partner {partner} cannot be fitted again: {e}") from e
+                logger.info("hybrid maml+%s (weight %g) fitted again from %s", partner, weight, folder)
+        return fitted[0]
 
     return ServedHybrid(partner=partner, weight=weight, fit=fit, n_items=n_items + added, recency=recency, span=shots)

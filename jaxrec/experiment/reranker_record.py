@@ -34,10 +34,17 @@ import numpy as np
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
 from jaxrec.experiment.checkpoint import CheckpointError, file_sha256
-from jaxrec.experiment.config import ExperimentConfig
-from jaxrec.experiment.protocol import Learner, trained_catalogue
+from jaxrec.experiment.config import EVALUATION_FIELDS, ExperimentConfig, resolve
+from jaxrec.experiment.protocol import CATALOGUE_LOSSES, Learner, trained_catalogue
 
-__all__ = ["RERANKER_FILE", "RERANKER_PARAMS_FILE", "ServedReranker", "read_reranker", "write_reranker"]
+__all__ = [
+    "RERANKER_FILE",
+    "RERANKER_PARAMS_FILE",
+    "ServedReranker",
+    "read_reranker",
+    "reranker_config",
+    "write_reranker",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,13 +73,36 @@ class ServedReranker:
     inner: InnerLoop
     state: Any
     candidates: int
-    lists: bool = True
-    validation: dict | None = None
+    lists: bool
+    validation: dict
 
     @property
-    def other(self) -> str | None:
+    def other(self) -> str:
         """The list the run serves without re-ranking (``"maml"`` or ``"maml+<partner>"``), as recorded."""
-        return next((k for k in (self.validation or {}) if k not in ("metric", "rerank", "lists")), None)
+        return next(k for k in self.validation if k not in ("metric", "rerank", "lists", "users"))
+
+
+def reranker_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The config a run's re-ranking model (``config.topn.rerank``) is meta-trained with: the run's, its model the
+    re-ranker with the loss, adaptation and inner solver that suit it, keeping its last state (resolved: what a run
+    folder records of it)."""
+    c = config
+    loss = "bpr" if c.topn.ranking_loss in CATALOGUE_LOSSES else c.topn.ranking_loss
+    query_loss = None if c.topn.query_loss in CATALOGUE_LOSSES else c.topn.query_loss
+    fields = {"model": c.topn.rerank, "ranking_loss": loss, "query_loss": query_loss, "item_start": "random"}
+    fields.update(adapt="auto", inner_solver="auto", inner_steps=None)  # what suits the re-ranking model
+    if c.topn.rerank == "melu":  # MeLU's features alone may be none (a plain log): the item id is one more field
+        fields["model_kwargs"] = {"use_ids": ["item"]}
+    # the re-ranker keeps its last state: its own whole-catalogue figure is not the re-ranking's
+    fields["select_epoch"] = "last"
+    return resolve(c.override(**fields, rerank=None, frozen=None, anchor=0.0))
+
+
+def _trained_alike(recorded: ExperimentConfig, expected: ExperimentConfig) -> bool:
+    """Whether two re-ranker configs train the same model: every field alike but where the data is and how it is
+    evaluated (:data:`~jaxrec.experiment.config.EVALUATION_FIELDS`)."""
+    a, b = recorded.flat(), expected.flat()
+    return all(a[name] == b[name] for name in a if name not in EVALUATION_FIELDS)
 
 
 def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any = None) -> dict | None:
@@ -105,7 +135,7 @@ def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any =
         "model": name,
         "candidates": int(experiment.config.topn.rerank_candidates),
         "validation": experiment.rerank_choice(params),
-        "config": experiment.reranker_config.to_dict(),
+        "config": reranker_config(experiment.config).to_dict(),
         "params": {"file": RERANKER_PARAMS_FILE, "sha256": file_sha256(path)},
     }
     record = folder / RERANKER_FILE
@@ -115,7 +145,9 @@ def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any =
     return document
 
 
-def read_reranker(run_folder: str | os.PathLike, featurizer: Any, spec: Any) -> ServedReranker | None:
+def read_reranker(
+    run_folder: str | os.PathLike, featurizer: Any, spec: Any, config: ExperimentConfig | None = None
+) -> ServedReranker | None:
     """The re-ranker kept in a run folder, its parameters restored, with the validation users' choice of whether
     to list by it (:attr:`ServedReranker.lists`); None when the folder keeps none.
 
@@ -123,6 +155,8 @@ def read_reranker(run_folder: str | os.PathLike, featurizer: Any, spec: Any) -> 
       run_folder: the run folder.
       featurizer: the run's featurizer (the catalogue a catalogue loss is built on).
       spec: the run's feature spec (the re-ranker reads the same rows as the meta-learner).
+      config: the run's config, or None: a kept re-ranker trained for another (a resumed run stopped before its end
+        wrote its own) is then not read, with a warning.
 
     Raises:
       CheckpointError: if the record is unreadable, its parameters file is missing, changed or of another shape.
@@ -133,20 +167,23 @@ def read_reranker(run_folder: str | os.PathLike, featurizer: Any, spec: Any) -> 
         return None
     try:
         document = json.loads(path.read_text())
-        config = ExperimentConfig.from_dict(document["config"])
+        recorded = ExperimentConfig.from_dict(document["config"])
         candidates, checksum = int(document["candidates"]), document["params"]["sha256"]
-        validation = document.get("validation")
-        lists = validation is None or validation["lists"] == "rerank"
+        validation = dict(document["validation"])
+        lists = validation["lists"] == "rerank"
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{path}: the run's re-ranker record is unreadable: {e}") from e
+    if config is not None and not _trained_alike(recorded, reranker_config(config)):
+        logger.warning("%s: the kept re-ranker was trained for another config of the run; it is not used", path)
+        return None
     params_path = folder / RERANKER_PARAMS_FILE
     if not params_path.is_file():
         raise CheckpointError(f"{path}: the re-ranker's parameters {params_path} are missing")
     if file_sha256(params_path) != checksum:
         raise CheckpointError(f"{path}: the re-ranker's parameters {params_path} have changed since training")
     try:
-        learner = Learner.build(config, spec, catalogue=trained_catalogue(featurizer))
-        template = split_meta_params(learner.template_state(config, spec).params, config.meta.inner_lr)
+        learner = Learner.build(recorded, spec, catalogue=trained_catalogue(featurizer))
+        template = split_meta_params(learner.template_state(recorded, spec).params, recorded.meta.inner_lr)
         state = flax.serialization.from_bytes(template, params_path.read_bytes())
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: the re-ranker cannot be restored: {e}") from e
@@ -159,9 +196,9 @@ def read_reranker(run_folder: str | os.PathLike, featurizer: Any, spec: Any) -> 
             f"{path}: the re-ranker's parameters are not those of its model (first difference: expected, stored "
             f"= {wrong})"
         )
-    logger.info("re-ranker %s (%d candidates) restored from %s", config.model.name, candidates, folder)
+    logger.info("re-ranker %s (%d candidates) restored from %s", recorded.model.name, candidates, folder)
     return ServedReranker(
-        name=config.model.name,
+        name=recorded.model.name,
         model=learner.model,
         inner=learner.inner,
         state=state,

@@ -31,7 +31,7 @@ from jaxrec.experiment.checkpoint import (
     checkpoint_folder,
     read_metadata,
 )
-from jaxrec.experiment.config import ExperimentConfig, as_flags
+from jaxrec.experiment.config import EVALUATION_FIELDS, ExperimentConfig, as_flags
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE, write_hybrid
 from jaxrec.experiment.protocol import Experiment
 from jaxrec.experiment.reranker_record import RERANKER_FILE, RERANKER_PARAMS_FILE, read_reranker, write_reranker
@@ -40,7 +40,6 @@ from jaxrec.experiment.topn import TopNExperiment
 from jaxrec.experiment.trained import ITEMS_FILE, RECENCY_FILE, read_items, write_items, write_recency
 
 __all__ = [
-    "EVALUATION_FIELDS",
     "LOCK_FILE",
     "RESUME_OVERRIDABLE",
     "RUN_FILES",
@@ -744,13 +743,6 @@ def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | 
 
 
 # what a run writes in its folder
-#: the config fields ``jaxrec evaluate`` may give a restored run (where its data is, how it is evaluated): none of
-#: them changes what was trained, so a restored run evaluates the models its folder keeps
-EVALUATION_FIELDS = frozenset(
-    {"data", "dataset", "data_dir", "columns", "sep", "item_features", "user_features"}
-    | {"baselines", "bootstrap", "eval_batch_size", "sampled_negatives", "hybrid", "topn_baselines", "devices"}
-)
-
 RUN_FILES = (
     "checkpoints",
     "metrics.jsonl",
@@ -980,8 +972,9 @@ def restore_run(path: str | os.PathLike, step: int | None = None, overrides: dic
             experiment.use_tuned({"epoch": (store.read_meta(newest).get("tuned") or {}).get("epoch")})
         checkpoint = store.restore(experiment.template_state(), meta["step"])
     if isinstance(experiment, TopNExperiment) and experiment.config.topn.rerank and set(overrides) <= EVALUATION_FIELDS:
-        # the re-ranker the folder keeps (and serves) is the one evaluated, not meta-trained again
-        kept = read_reranker(folder.parent, experiment.featurizer, experiment.spec)
-        if kept is not None and kept.name == experiment.config.topn.rerank:
+        # the re-ranker the folder keeps (and serves) is the one evaluated, not meta-trained again (unless it was
+        # trained for another config: a resumed run stopped before its end)
+        kept = read_reranker(folder.parent, experiment.featurizer, experiment.spec, experiment.config)
+        if kept is not None:
             experiment.use_rerank_model(kept.model, kept.state, kept.inner)
     return experiment, checkpoint

@@ -69,6 +69,7 @@ from jaxrec.evaluation.topn import (
 )
 from jaxrec.experiment.config import HYBRID_PARTNERS, ExperimentConfig, resolve, with_dataset, with_feature_tables
 from jaxrec.experiment.protocol import CATALOGUE_LOSSES, Learner, config_mesh, trained_catalogue
+from jaxrec.experiment.reranker_record import reranker_config
 from jaxrec.experiment.selection import EpochSelector
 from jaxrec.models.common import categorical_fields, multi_hot_fields
 
@@ -1079,19 +1080,9 @@ class TopNExperiment:
 
     @property
     def reranker_config(self) -> ExperimentConfig:
-        """The config the re-ranking model of ``rerank`` is meta-trained with: this run's, its model the re-ranker
-        with the loss, adaptation and inner solver that suit it, keeping its last state (resolved: what a run
-        folder records of it)."""
-        c = self.config
-        loss = "bpr" if c.topn.ranking_loss in CATALOGUE_LOSSES else c.topn.ranking_loss
-        query_loss = None if c.topn.query_loss in CATALOGUE_LOSSES else c.topn.query_loss
-        fields = {"model": c.topn.rerank, "ranking_loss": loss, "query_loss": query_loss, "item_start": "random"}
-        fields.update(adapt="auto", inner_solver="auto", inner_steps=None)  # what suits the re-ranking model
-        if c.topn.rerank == "melu":  # MeLU's features alone may be none (a plain log): the item id is one more field
-            fields["model_kwargs"] = {"use_ids": ["item"]}
-        # the re-ranker keeps its last state: its own whole-catalogue figure is not the re-ranking's
-        fields["select_epoch"] = "last"
-        return resolve(c.override(**fields, rerank=None, frozen=None, anchor=0.0))
+        """The config the re-ranking model of ``rerank`` is meta-trained with
+        (:func:`~jaxrec.experiment.reranker_record.reranker_config`)."""
+        return reranker_config(self.config)
 
     @functools.cached_property
     def rerank_model(self) -> tuple[Any, Any, InnerLoop]:
@@ -1112,20 +1103,23 @@ class TopNExperiment:
     def rerank_choice(self, params: Any) -> dict[str, Any]:
         """Whether a run folder lists re-ranked (:mod:`~jaxrec.experiment.reranker_record`): ``rerank`` against the
         list the run would serve without it (its hybrid ``maml+<partner>`` where it has one, else ``maml``), by
-        :attr:`select_metric` on the same validation users. The other list's figure is at the weight and recency
-        chosen on these users, so optimistic; ``rerank`` has nothing chosen on them.
+        nDCG at the run's cut-off ``select_at`` on the same validation users. nDCG, not :attr:`select_metric`: a
+        re-ranker orders the recall stage's top items, which Recall within them cannot see (with as many candidates
+        as the cut-off, the re-ranked Recall is the recall stage's own). The other list's figure is at the weight
+        and recency chosen on these users, so optimistic; ``rerank`` has nothing chosen on them.
 
         Returns:
-          ``{"metric": ..., "rerank": figure, "<other>": figure, "lists": "rerank" or "<other>"}``; ``rerank``
-          lists only where its figure is strictly the higher.
+          ``{"metric": ..., "rerank": figure, "<other>": figure, "lists": "rerank" or "<other>", "users": the
+          validation users}``; ``rerank`` lists only where its figure is strictly the higher.
         """
         rankers = self.rankers(params, baselines=False)
         other = next((name for name in rankers if name.startswith("maml+")), "maml")
         chosen = {name: rankers[name] for name in ("rerank", other)}
         summaries = self._evaluate_on(chosen, self.val_tasks, in_time=True, resamples=0).summaries
-        figures = {name: float(summaries[name][self.select_metric]) for name in chosen}
+        metric = f"ndcg@{self.select_at}"
+        figures = {name: float(summaries[name][metric]) for name in chosen}
         lists = "rerank" if figures["rerank"] > figures[other] else other
-        return {"metric": self.select_metric, **figures, "lists": lists}
+        return {"metric": metric, **figures, "lists": lists, "users": len(self.val_tasks)}
 
     def _rerank_method(self, params: Any, inner_lr: Any) -> Method:
         model, rerank_state, inner = self.rerank_model

@@ -332,12 +332,14 @@ def load_trained(path: str | os.PathLike, step: int | None = None, rerank: bool 
         hybrid=read_hybrid(folder.parent, featurizer, config.topn.shots) if catalogue is not None else None,
         weighted=bool(meta.get("weighted", False)),
         support_recency=read_recency(folder.parent) if catalogue is not None else 0.0,
-        reranker=_reranker(folder.parent, featurizer, spec, rerank) if catalogue is not None else None,
+        reranker=_reranker(folder.parent, featurizer, spec, config, rerank) if catalogue is not None else None,
     )
 
 
-def _reranker(run_folder: Path, featurizer: Featurizer, spec: Any, rerank: bool | None) -> ServedReranker | None:
+def _reranker(
+    run_folder: Path, featurizer: Featurizer, spec: Any, config: ExperimentConfig, rerank: bool | None
+) -> ServedReranker | None:
     if rerank is False:
         return None
-    served = read_reranker(run_folder, featurizer, spec)
+    served = read_reranker(run_folder, featurizer, spec, config)
     return dataclasses.replace(served, lists=True) if rerank and served is not None else served
