@@ -1430,3 +1430,40 @@ def test_a_scorer_of_ones_own_gets_the_support_weighting_the_baselines_get(monke
     assert summaries["mine"]["recall@20"] == summaries["itemknn"]["recall@20"]
     chosen = exp.tuned["support_recency"]
     assert chosen["mine"] == chosen["itemknn"] and chosen["mine"]["strength"] > 0
+
+
+def test_a_gru_re_ranks_implicit_feedback(tmp_path):
+    """Top-N rows carry a user's items, not ratings: a GRU reads each history item as 1. ``--model gru --feedback
+    implicit`` and ``--rerank gru`` crashed on the missing ``history_rating`` (after meta-training the retriever);
+    the re-ranker is meta-trained by the same top-N experiment as a GRU of its own."""
+    from cli_support import write_plays
+
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+
+    fields = {"epochs": 1, "shots": 3, "topn_ks": (10, 20), "topn_baselines": (), "batch_size": 16, "order": "first"}
+    fields.update(rerank="gru", rerank_candidates=20, model="twotower", model_kwargs={"embed": 4})
+    plays = str(write_plays(tmp_path / "plays.tsv", users=60))
+    columns = ("user", "item", "weight", "timestamp")
+    reranking = TopNExperiment(ExperimentConfig.make(data=plays, columns=columns, feedback="implicit", **fields))
+    figures = reranking.validate(reranking.train().params, baselines=False)
+    assert 0 <= figures["rerank"]["recall@20"] <= 1
+    gru, (params, _), _ = reranking.rerank_model
+    rows = {"item": jnp.array([3, 4]), "history_item": jnp.array([[1, 2, 0], [5, 0, 0]])}
+    ones = {**rows, "history_rating": jnp.where(rows["history_item"] > 0, 1.0, 0.0)}
+    np.testing.assert_array_equal(gru.apply(params, rows), gru.apply(params, ones))
+
+
+@pytest.mark.parametrize("model", ["tanp", "mamo", "lwa"])
+def test_a_model_that_cannot_re_rank_is_refused_before_any_training(model, tmp_path):
+    from cli_support import write_plays
+
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+
+    plays = str(write_plays(tmp_path / "plays.tsv", users=60))
+    config = ExperimentConfig.make(
+        data=plays, columns=("user", "item", "weight", "timestamp"), feedback="implicit", model="twotower", rerank=model
+    )
+    with pytest.raises(ValueError, match=f"rerank='{model}' cannot re-rank top-N lists: model '{model}'"):
+        TopNExperiment(config)

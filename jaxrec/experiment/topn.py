@@ -216,6 +216,11 @@ class TopNExperiment:
                 "the protocol a config asks for)"
             )
         self.config = config = resolve(config if dataset is None else with_dataset(config, dataset))
+        if config.topn.rerank:  # a model that cannot re-rank is refused now, not after meta-training the retriever
+            try:
+                reranker_config(config)
+            except ValueError as e:
+                raise ValueError(f"rerank={config.topn.rerank!r} cannot re-rank top-N lists: {e}") from None
         top = config.topn
         self.dataset = with_feature_tables(implicit_dataset(config, dataset), config.data)
         self._given_dataset = dataset  # as given (rated or not): what an experiment of this config reads again

@@ -59,7 +59,8 @@ class GRURecommender(nn.Module):
         """Score rows.
 
         Args:
-          rows: rows with ``item``, ``history_item`` and ``history_rating`` ``[rows, L]``.
+          rows: rows with ``item``, ``history_item`` and ``history_rating`` ``[rows, L]`` (without
+            ``history_rating``, as implicit feedback's rows are, each history item reads as a rating of 1).
 
         Returns:
           float32 ``[rows]`` scores.
@@ -78,7 +79,10 @@ class GRURecommender(nn.Module):
             centre, scale = 0.5 * (low + high), max(0.5 * (high - low), 1e-6)
         else:
             centre, scale = 0.0, 1.0
-        rating = jnp.where(mask, (rows["history_rating"].astype(jnp.float32) - centre) / scale, 0.0)
+        # implicit feedback (top-N rows) has interactions, not ratings: each history item reads as 1
+        given = rows.get("history_rating")
+        values = jnp.ones(history.shape, jnp.float32) if given is None else given.astype(jnp.float32)
+        rating = jnp.where(mask, (values - centre) / scale, 0.0)
         steps = jnp.concatenate(
             [nn.Embed(n_items, self.embed, name="embed_history_item")(history), rating[..., None]], axis=-1
         )
