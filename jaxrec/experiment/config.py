@@ -645,7 +645,9 @@ class TopNConfig:
       rerank: a model name (e.g. ``"melu"``): also evaluate ``"rerank"``, the meta-learner's top
         ``rerank_candidates`` items re-ranked by this model, meta-trained on the same tasks with the same
         algorithm (``ranking_loss="als_exact"`` becomes ``"bpr"`` for it) and adapted to the same support set
-        (meta-learning for the recall stage and for re-ranking); None: no re-ranking.
+        (meta-learning for the recall stage and for re-ranking); the run folder keeps it, and ``recommend`` and
+        ``serve`` list re-ranked where the validation users prefer it
+        (:mod:`~jaxrec.experiment.reranker_record`); None: no re-ranking.
       rerank_candidates: items the re-ranker scores per user (``R``).
       hybrid: a baseline's name (e.g. ``"itemknn"``): also evaluate ``"maml+<name>"``, the meta-learner's scores and
         the baseline's, each standardised per user, added with the baseline's weight chosen on the validation users
@@ -704,7 +706,7 @@ class TopNConfig:
     rerank: str | None = _field(
         None,
         "also evaluate 'rerank': the meta-learner's top --rerank-candidates re-ranked by this model (e.g. melu), "
-        "meta-trained alike",
+        "meta-trained alike; recommend and serve list them where the validation users' nDCG prefers them",
         parse=_none_or(str),
     )
     rerank_candidates: int = _field(200, "items the re-ranking model scores per user", parse=_int)
