@@ -1032,6 +1032,8 @@ def _ranked_by_notes(trained, args: argparse.Namespace) -> list[str]:
         ]
     if getattr(args, "no_rerank", False):
         why = "--no-rerank"
+    elif (trained.folder.parent / RERANKER_FILE).is_file():
+        why = f"the run's {_STALE_RERANKER}"
     else:
         why = "the run folder keeps no re-ranker (a run trained before they were kept: train it again to serve them)"
     return [f"the run also evaluated 'rerank' ({re_ranked}); these lists are {other}'s: {why}"]
@@ -1057,9 +1059,17 @@ def _read_users_as_trained(args: argparse.Namespace):
     return users
 
 
+_STALE_RERANKER = (
+    "kept re-ranker was trained for another config of the run (a resumed run stopped before its end: resume it "
+    "to its end to keep its own)"
+)
+
+
 def _with_reranker(args: argparse.Namespace, trained):
     """``trained``, refused for ``--rerank`` when its run keeps no re-ranker."""
     if getattr(args, "rerank", False) and trained.reranker is None:
+        if (trained.folder.parent / RERANKER_FILE).is_file():
+            raise CLIError(f"--rerank: the run {args.checkpoint}'s {_STALE_RERANKER}")
         what = "--rerank MODEL" if not getattr(trained.config.topn, "rerank", None) else "--rerank MODEL again"
         raise CLIError(f"--rerank: the run {args.checkpoint} keeps no re-ranker (train it with {what})")
     return trained

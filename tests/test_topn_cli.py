@@ -639,7 +639,7 @@ def test_a_re_ranking_run_lists_its_re_ranked_candidates_in_the_command_the_libr
     assert too_many[0] == 422 and "k: at most 50, got 51" in str(too_many[1])
 
 
-def test_a_changed_or_missing_re_ranker_file_is_one_clear_error(topn_run, tmp_path):
+def test_a_changed_or_missing_re_ranker_file_is_one_clear_error(topn_run, tmp_path, monkeypatch):
     import shutil
 
     import flax.serialization
@@ -680,6 +680,10 @@ def test_a_changed_or_missing_re_ranker_file_is_one_clear_error(topn_run, tmp_pa
     record["config"]["meta"]["epochs"] = record["config"]["meta"]["epochs"] + 1
     (copy / "reranker.json").write_text(json.dumps(record))
     assert load_trained(copy).reranker is None
+    lines = capture(monkeypatch)
+    (tmp_path / "mine.txt").write_text("song-01\nsong-03\n")
+    assert cli.main(["recommend", "--checkpoint", str(copy), "--ratings", str(tmp_path / "mine.txt"), "-k", "3"]) == 0
+    assert "these lists are maml+itemknn's: the run's kept re-ranker was trained for another config" in "\n".join(lines)
     check_fresh_out(copy, overwrite=True)  # a new run in the folder removes the old run's re-ranker
     assert not (copy / "reranker.json").exists()
 

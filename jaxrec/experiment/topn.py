@@ -220,7 +220,11 @@ class TopNExperiment:
             try:
                 reranker_config(config)
             except ValueError as e:
-                raise ValueError(f"rerank={config.topn.rerank!r} cannot re-rank top-N lists: {e}") from None
+                able = [name for name in sorted(models.MODELS) if _can_rerank(config, name)]
+                raise ValueError(
+                    f"rerank={config.topn.rerank!r}: this model cannot be meta-trained on top-N tasks to re-rank them "
+                    f"({e}); models that can: {', '.join(able)}"
+                ) from None
         top = config.topn
         self.dataset = with_feature_tables(implicit_dataset(config, dataset), config.data)
         self._given_dataset = dataset  # as given (rated or not): what an experiment of this config reads again
@@ -1431,6 +1435,15 @@ def _scores_of_every_item(first: Method, second: Method, n_items: int) -> Callab
 @functools.lru_cache(maxsize=16)
 def _cached_rerank(retrieve: Any, model: Any, inner: InnerLoop, k: int):
     return rerank_ranker(retrieve, model.apply, inner, k)
+
+
+def _can_rerank(config: ExperimentConfig, name: str) -> bool:
+    """Whether model ``name`` can re-rank the top-N lists of ``config``'s run (its re-ranking config resolves)."""
+    try:
+        reranker_config(config.override(rerank=name))
+    except ValueError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=16)
