@@ -64,8 +64,9 @@ class ServedReranker:
       state: ``(params, inner_lr)``, its meta-learned initialisation and inner rate(s).
       candidates: the items it re-scores per user (``rerank_candidates``).
       lists: whether a recommender lists re-ranked by default: the validation users' choice (``validation``).
-      validation: ``{"metric", "rerank", "<other>", "lists"}``, the re-ranked lists' validation figure against the
-        list the run serves without them (:meth:`~jaxrec.experiment.topn.TopNExperiment.rerank_choice`).
+      validation: ``{"metric", "rerank", "<other>", "lists", "users"}``, the re-ranked lists' validation figure
+        against the list the run serves without them, and the validation users' count
+        (:meth:`~jaxrec.experiment.topn.TopNExperiment.rerank_choice`).
     """
 
     name: str
@@ -105,7 +106,7 @@ def _trained_alike(recorded: ExperimentConfig, expected: ExperimentConfig) -> bo
     return all(a[name] == b[name] for name in a if name not in EVALUATION_FIELDS)
 
 
-def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any = None) -> dict | None:
+def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any) -> dict | None:
     """Keep the run's re-ranker in its folder (see the module docstring), meta-training it first if no evaluation
     has (:attr:`~jaxrec.experiment.topn.TopNExperiment.rerank_model`).
 
