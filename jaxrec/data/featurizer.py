@@ -135,12 +135,17 @@ def _field_key(role: str, column: Any) -> str:
     return f"{role}_{ascii_name.strip('_') or 'feature'}_{digest}"
 
 
+def _whole_numbers(known: np.ndarray) -> bool:
+    """Whether a float column's known values are all whole numbers a float holds exactly (codes, not quantities)."""
+    return bool(len(known) and np.all(known == np.round(known)) and np.all(np.abs(known) < 2**53))
+
+
 def _bin_edges(values: pd.Series) -> np.ndarray | None:
     """The inner edges of a side column's quantile bins (:func:`_categorical`), or None when it is not binned."""
     if not pd.api.types.is_float_dtype(values):
         return None
     known = pd.to_numeric(values, errors="coerce").astype(np.float64).dropna().to_numpy()
-    if len(known) and np.all(known == np.round(known)) and np.all(np.abs(known) < 2**53):
+    if _whole_numbers(known):
         return None  # whole numbers stored as floats (an integer column with a gap): codes
     if len(np.unique(known)) <= EXACT_NUMBERS:
         return None
@@ -166,7 +171,7 @@ def _categorical(values: pd.Series, edges: np.ndarray | None) -> pd.Series:
             return pd.Series(
                 np.where(numbers.isna().to_numpy(), None, _bin_labels(edges)[bins]), index=values.index, dtype=object
             )
-        if len(known) and np.all(known == np.round(known)) and np.all(np.abs(known) < 2**53):
+        if _whole_numbers(known):
             # whole numbers stored as floats (an integer column with a gap, which pandas makes float): codes
             whole = pd.Series(np.round(numbers.to_numpy()), index=values.index).astype("Int64").astype("string")
             return whole.astype(object).where(numbers.notna().to_numpy(), None)
