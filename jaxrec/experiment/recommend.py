@@ -688,8 +688,8 @@ class TopNRecommender:
         rows, mask = self.support(item_codes, weights, user_features=user_features)
         return np.array(self._scores(self.state, rows, mask, self.candidates))
 
-    def _reranked(self, item_codes: np.ndarray, weights: np.ndarray, items: np.ndarray, user_features=None):
-        rows, mask = self.support(item_codes, weights, user_features=user_features)
+    def _reranked(self, rows: dict, mask: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The re-ranker's scores of ``items`` after adapting to the support ``(rows, mask)`` (:meth:`support`)."""
         items = jnp.asarray(items, jnp.int32)
         return np.array(self._rerank_scores(self.rerank_state, rows, mask, self.item_rows, items), np.float32)
 
@@ -700,7 +700,8 @@ class TopNRecommender:
         each)."""
         item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
         if self.reranker is not None:
-            return self._reranked(item_codes, weights, np.arange(self.featurizer.n_items), user_features)
+            rows, mask = self.support(item_codes, weights, user_features=user_features)
+            return self._reranked(rows, mask, np.arange(self.featurizer.n_items))
         model = self._model_scores(item_codes, weights, user_features)
         if self.hybrid is None:
             return model
@@ -717,10 +718,11 @@ class TopNRecommender:
         if self.reranker is None:
             return _best(self.scores(item_codes, weights, user_features), item_codes, k, exclude)
         item_codes, weights = checked_support(item_codes, weights, self.featurizer.n_items, weights=True)
-        recall = self._model_scores(item_codes, weights, user_features)
+        rows, mask = self.support(item_codes, weights, user_features=user_features)  # both stages adapt to them
+        recall = np.array(self._scores(self.state, rows, mask, self.candidates))
         _check_k(k)
         candidates, _ = _best(recall, item_codes, self.rerank_candidates, exclude)
-        scores = self._reranked(item_codes, weights, candidates, user_features)
+        scores = self._reranked(rows, mask, candidates)
         if not np.all(np.isfinite(scores)):  # as the recall stage's scores, and the service's answer (a 422)
             raise ValueError(_NOT_FINITE)
         order = np.argsort(-scores, kind="stable")[:k]
