@@ -44,7 +44,7 @@ from jaxrec.experiment.export import export_arrays, save_export
 from jaxrec.experiment.hybrid_record import HYBRID_FILE
 from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
-from jaxrec.experiment.reranker_record import RERANKER_FILE
+from jaxrec.experiment.reranker_record import RERANKER_FILE, served_otherwise
 from jaxrec.experiment.run import (
     FolderLock,
     Interrupted,
@@ -508,12 +508,9 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     who = "recommend and serve"
     if (reranker := records.get("reranker")) is not None:
         v = reranker["validation"]
-        other = next(k for k in v if k not in ("metric", "rerank", "lists", "users"))
+        other = served_otherwise(v)
         re_ranked = f"the meta-learner's top {reranker['candidates']} re-ranked by {reranker['model']}"
-        figures = (
-            f"{v['users']} validation users' {v['metric']} {v['rerank']:.4f} re-ranked against {v[other]:.4f} for "
-            f"{other}"
-        )
+        figures = _choice_figures(v)
         if v["lists"] == "rerank":
             _echo(
                 f"wrote {out / RERANKER_FILE}: recommend and serve list {re_ranked} ({figures}; --no-rerank: {other})"
@@ -1010,13 +1007,7 @@ def _ranked_by_notes(trained, args: argparse.Namespace) -> list[str]:
     candidates = trained.config.topn.rerank_candidates
     other = trained.hybrid.name if trained.hybrid is not None else "maml"
     served = trained.reranker
-    figures = ""
-    if served is not None:
-        v = served.validation
-        figures = (
-            f"{v['users']} validation users' {v['metric']} {v['rerank']:.4f} re-ranked against "
-            f"{v[served.other]:.4f} for {other}"
-        )
+    figures = "" if served is None else _choice_figures(served.validation)
     re_ranked = f"the meta-learner's top {candidates} re-ranked by {rerank}"
     if served is not None and served.lists:
         chosen = "--rerank" if getattr(args, "rerank", False) else f"the validation users' choice: {figures}"
@@ -1057,6 +1048,15 @@ def _read_users_as_trained(args: argparse.Namespace):
     shown = recorded if isinstance(recorded, str) else ",".join(map(str, recorded))
     _echo(f"note: --users {args.users} read by the run's --columns {shown} (its header has no common names)", err=True)
     return users
+
+
+def _choice_figures(validation: dict) -> str:
+    """The validation figures a re-ranking run chose its lists by (its ``reranker.json``'s ``validation``)."""
+    other = served_otherwise(validation)
+    return (
+        f"{validation['users']} validation users' {validation['metric']} {validation['rerank']:.4f} re-ranked "
+        f"against {validation[other]:.4f} for {other}"
+    )
 
 
 _STALE_RERANKER = (

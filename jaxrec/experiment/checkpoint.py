@@ -48,6 +48,7 @@ __all__ = [
     "read_metadata",
     "save_checkpoint",
     "verify",
+    "write_json",
 ]
 
 logger = logging.getLogger(__name__)
@@ -384,6 +385,14 @@ def file_sha256(path: Path) -> str:
     """The SHA-256 of a file, hex, read in chunks (a large file is never held whole)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def write_json(path: Path, document: Any) -> None:
+    """Write a JSON document (indented, a newline at the end) atomically: a temporary file beside it, then a rename,
+    so that a reader never finds half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(document, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _write_manifest(step_folder: Path) -> None:

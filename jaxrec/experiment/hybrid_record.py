@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.hybrid import hybrid_scores
 from jaxrec.evaluation.topn import fold_in_weights
-from jaxrec.experiment.checkpoint import CheckpointError, file_sha256
+from jaxrec.experiment.checkpoint import CheckpointError, file_sha256, write_json
 
 __all__ = ["HYBRID_FILE", "INTERACTIONS_FILE", "ServedHybrid", "read_hybrid", "write_hybrid"]
 
@@ -138,10 +138,7 @@ def write_hybrid(run_folder: str | os.PathLike, experiment: Any, params: Any) ->
             "sha256": file_sha256(matrix_path),
         },
     }
-    path = folder / HYBRID_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(folder / HYBRID_FILE, document)
     return document
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
-from jaxrec.experiment.checkpoint import CheckpointError, file_sha256
+from jaxrec.experiment.checkpoint import CheckpointError, file_sha256, write_json
 from jaxrec.experiment.config import EVALUATION_FIELDS, ExperimentConfig, resolve
 from jaxrec.experiment.protocol import CATALOGUE_LOSSES, Learner, trained_catalogue
 
@@ -43,6 +43,7 @@ __all__ = [
     "ServedReranker",
     "read_reranker",
     "reranker_config",
+    "served_otherwise",
     "write_reranker",
 ]
 
@@ -80,7 +81,13 @@ class ServedReranker:
     @property
     def other(self) -> str:
         """The list the run serves without re-ranking (``"maml"`` or ``"maml+<partner>"``), as recorded."""
-        return next(k for k in self.validation if k not in ("metric", "rerank", "lists", "users"))
+        return served_otherwise(self.validation)
+
+
+def served_otherwise(validation: dict) -> str:
+    """The list a run serves without re-ranking, named in its validation record (``"maml"`` or
+    ``"maml+<partner>"``: :meth:`~jaxrec.experiment.topn.TopNExperiment.rerank_choice`)."""
+    return next(k for k in validation if k not in ("metric", "rerank", "lists", "users"))
 
 
 def reranker_config(config: ExperimentConfig) -> ExperimentConfig:
@@ -139,10 +146,7 @@ def write_reranker(run_folder: str | os.PathLike, experiment: Any, params: Any) 
         "config": reranker_config(experiment.config).to_dict(),
         "params": {"file": RERANKER_PARAMS_FILE, "sha256": file_sha256(path)},
     }
-    record = folder / RERANKER_FILE
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, record)
+    write_json(folder / RERANKER_FILE, document)
     return document
 
 

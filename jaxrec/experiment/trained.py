@@ -29,7 +29,7 @@ from jaxrec.core.inner import InnerLoop
 from jaxrec.data import DataError, Dataset, Featurizer
 from jaxrec.data.augment import unknown_fraction
 from jaxrec.data.tasks import genre_domains
-from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder
+from jaxrec.experiment.checkpoint import CheckpointError, CheckpointStore, checkpoint_folder, write_json
 from jaxrec.experiment.config import ExperimentConfig
 from jaxrec.experiment.hybrid_record import ServedHybrid, read_hybrid
 from jaxrec.experiment.protocol import Learner, topn_unknown_ids, trained_catalogue
@@ -98,9 +98,7 @@ def write_recency(run_folder: str | os.PathLike, experiment: Any, params: Any) -
         path.unlink(missing_ok=True)
         return None
     document = {"maml": float(record["strength"]), **{k: v for k, v in record.items() if k != "strength"}}
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json(path, document)
     return document
 
 
