@@ -42,6 +42,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "CheckpointStore",
+    "check_kept_file",
     "checkpoint_folder",
     "file_sha256",
     "load_checkpoint",
@@ -385,6 +386,24 @@ def file_sha256(path: Path) -> str:
     """The SHA-256 of a file, hex, read in chunks (a large file is never held whole)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_kept_file(record: Path, path: Path, sha256: str, what: str) -> None:
+    """Check a file a run folder's record keeps beside it: present, and the content its recorded SHA-256 names.
+
+    Args:
+      record: the record that names the file (for messages).
+      path: the file.
+      sha256: its SHA-256 when it was written.
+      what: the file in words (``"the hybrid's interactions"``), plural.
+
+    Raises:
+      CheckpointError: naming ``record``, ``what`` and ``path``, if the file is missing or has changed.
+    """
+    if not path.is_file():
+        raise CheckpointError(f"{record}: {what} {path} are missing")
+    if file_sha256(path) != sha256:
+        raise CheckpointError(f"{record}: {what} {path} have changed since training")
 
 
 def write_json(path: Path, document: Any) -> None:

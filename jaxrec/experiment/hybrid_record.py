@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from jaxrec.evaluation import retrieval_baselines as rb
 from jaxrec.evaluation.hybrid import hybrid_scores
 from jaxrec.evaluation.topn import fold_in_weights
-from jaxrec.experiment.checkpoint import CheckpointError, file_sha256, write_json
+from jaxrec.experiment.checkpoint import CheckpointError, check_kept_file, file_sha256, write_json
 
 __all__ = ["HYBRID_FILE", "INTERACTIONS_FILE", "ServedHybrid", "read_hybrid", "write_hybrid"]
 
@@ -176,10 +176,7 @@ def read_hybrid(
             f"{path}: the hybrid was fitted on {n_items} items, the checkpoint has {featurizer.n_items - added}"
         )
     matrix_path = folder / INTERACTIONS_FILE
-    if not matrix_path.is_file():
-        raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} are missing")
-    if file_sha256(matrix_path) != checksum:
-        raise CheckpointError(f"{path}: the hybrid's interactions {matrix_path} have changed since training")
+    check_kept_file(path, matrix_path, checksum, "the hybrid's interactions")
     try:
         features = featurizer.item_features()[0] if partner == "content" else None
         matrix = sp.load_npz(matrix_path).tocsr()

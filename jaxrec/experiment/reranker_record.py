@@ -33,7 +33,7 @@ import numpy as np
 
 from jaxrec.core.inner import InnerLoop
 from jaxrec.core.metasgd import split_meta_params
-from jaxrec.experiment.checkpoint import CheckpointError, file_sha256, write_json
+from jaxrec.experiment.checkpoint import CheckpointError, check_kept_file, file_sha256, write_json
 from jaxrec.experiment.config import EVALUATION_FIELDS, ExperimentConfig, resolve
 from jaxrec.experiment.protocol import CATALOGUE_LOSSES, Learner, trained_catalogue
 
@@ -182,10 +182,7 @@ def read_reranker(
         logger.warning("%s: the kept re-ranker was trained for another config of the run; it is not used", path)
         return None
     params_path = folder / RERANKER_PARAMS_FILE
-    if not params_path.is_file():
-        raise CheckpointError(f"{path}: the re-ranker's parameters {params_path} are missing")
-    if file_sha256(params_path) != checksum:
-        raise CheckpointError(f"{path}: the re-ranker's parameters {params_path} have changed since training")
+    check_kept_file(path, params_path, checksum, "the re-ranker's parameters")
     try:
         learner = Learner.build(recorded, spec, catalogue=trained_catalogue(featurizer))
         template = split_meta_params(learner.template_state(recorded, spec).params, recorded.meta.inner_lr)
