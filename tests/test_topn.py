@@ -1305,6 +1305,7 @@ def test_new_item_scenario_runs_end_to_end_and_ranks_new_items_from_their_featur
 _RERANK_ML100K = """
 import json, sys
 import numpy as np
+from jaxrec.core.metasgd import split_meta_params
 from jaxrec.experiment import ExperimentConfig
 from jaxrec.experiment.topn import TopNExperiment
 
@@ -1313,6 +1314,9 @@ config = ExperimentConfig.make(
     dataset="ml-100k", data_dir=sys.argv[1], rerank="melu", rerank_candidates=200, topn_baselines=(), seed=0,
 )
 exp = TopNExperiment(config)
+# an untrained re-ranker: what stalled was compiling the two stages, not training the re-ranker
+other = TopNExperiment(exp.reranker_config)
+exp.use_rerank_model(other.model, split_meta_params(other.init_params(), other.inner_lr), other.inner)
 methods = exp.rankers(exp.init_state().params, baselines=False)
 index = exp.val_tasks.batch_plan(64, None)[0]
 batch = exp.val_tasks.make_batch(index, np.random.default_rng(0))
