@@ -481,8 +481,13 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     if signum is not None:
         name = signal.Signals(signum).name
         again = ["jaxrec", "train", "--out", str(out), "--resume"]
-        if config.data.path is not None:  # a run's file is named again, never opened from its record
-            again += ["--data", str(config.data.path)]
+        for flag, path in (  # a run's files are named again, never opened from its record
+            ("--data", config.data.path),
+            ("--item-features", config.data.item_features),
+            ("--user-features", config.data.user_features),
+        ):
+            if path is not None:
+                again += [flag, str(path)]
         if config.devices not in (None, 1):  # a CPU host is split into devices before JAX starts, by the flag only
             again += ["--devices", str(config.devices)]
         _echo(

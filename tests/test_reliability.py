@@ -335,6 +335,10 @@ def _wait_for_first_epoch(proc: subprocess.Popen, log: Path, timeout: float = 15
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file, tmp_path, signum, capsys):
     out = tmp_path / "run"
+    # side tables, which a resumed run also reads again
+    items, users = tmp_path / "items.csv", tmp_path / "users.csv"
+    items.write_text("item,genre\n" + "".join(f"{i},g{i % 3}\n" for i in range(100, 140)))
+    users.write_text("user,region\n" + "".join(f"{u},r{u % 4}\n" for u in range(1, 61)))
     command = [
         sys.executable,
         "-m",
@@ -342,6 +346,10 @@ def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file
         "train",
         "--data",
         str(ratings_file),
+        "--item-features",
+        str(items),
+        "--user-features",
+        str(users),
         *TINY_FLAGS,
         "--epochs",
         "500",
@@ -362,9 +370,11 @@ def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file
     assert "Traceback" not in stderr
     saved = read_metadata(out)["step"]
     assert saved >= 1
-    # the command it prints goes on as printed (it left out --data, which a run of a file needs)
+    # the command it prints goes on as printed (it left out --data, then the side tables, which such a run needs)
     hint = shlex.split(stderr.split("continue with: ")[1].splitlines()[0])
     assert hint[:2] == ["jaxrec", "train"] and hint[hint.index("--data") + 1] == str(ratings_file)
+    assert hint[hint.index("--item-features") + 1] == str(items.resolve())
+    assert hint[hint.index("--user-features") + 1] == str(users.resolve())
     assert cli.main([*hint[1:], "--steps", str(saved + 2), "--no-eval"]) == 0
     assert read_metadata(out)["step"] == saved + 2
     capsys.readouterr()
