@@ -452,8 +452,15 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     experiment = build_experiment(config)
     if hasattr(experiment, "progress"):  # a top-N run: bars over the ALS start and the baselines' tuning
         experiment.progress = not args.no_progress
-    for note in _side_table_notes(getattr(experiment.dataset, "report", {})):
+    for note in _log_notes(getattr(experiment.dataset, "report", {})) + _side_table_notes(
+        getattr(experiment.dataset, "report", {})
+    ):
         _echo(f"note: {note}", err=True)
+    train_tasks = getattr(experiment, "train_tasks", None)
+    dropped = int(getattr(train_tasks, "stats", {}).get("users_dropped", 0))
+    if dropped:
+        reason = _LEFT_OUT["topn" if config.data.feedback == "implicit" else "rated"]
+        _echo(f"note: train: {dropped} meta-train {train_tasks.by}(s) left out: {reason}", err=True)
     total = experiment.total_steps
     stop_step = total if args.steps is None else min(int(args.steps), total)
     run = TrainingRun(experiment, out, keep=args.keep, nonfinite=args.nonfinite, lock=lock)
@@ -744,6 +751,11 @@ def format_table(document: dict) -> str:
 #: below this many users, a scenario's or the validation's figures are noise (a paired interval over 30 users is
 #: about +-0.1 of Recall@20 or MAE on MovieLens)
 FEW_USERS = 30
+#: why a user (or item) of a task set is left out, by the run's kind
+_LEFT_OUT = {
+    "topn": "too few interactions for a support and a query (--shots)",
+    "rated": "too few or too many ratings for a task (--min-ratings, --max-ratings, --query)",
+}
 
 
 def _task_unit(document: dict) -> str:
@@ -757,10 +769,7 @@ def task_notes(document: dict) -> list[str]:
     interactions to be a task) and those with too few users to tell methods apart, the validation users that every
     choice of the run was made on included."""
     unit = _task_unit(document)
-    if document.get("task") == "topn":
-        reason = "too few interactions for a support and a query (--shots)"
-    else:
-        reason = "too few or too many ratings for a task (--min-ratings, --max-ratings, --query)"
+    reason = _LEFT_OUT["topn" if document.get("task") == "topn" else "rated"]
     notes = []
     for name, stats in document.get("tasks", {}).items():
         if name in ("train", "new_item_only"):  # new_item_only: new_item's users, ranked among the new items
@@ -944,6 +953,27 @@ def _recommend_users(args: argparse.Namespace) -> int:
         lists.to_csv(out, index=False)
         _echo(f"wrote {args.out}", err=True)
     return EXIT_OK
+
+
+def _log_notes(report: dict) -> list[str]:
+    """What reading the log merged or left out (:attr:`jaxrec.data.Dataset.report`), counted: nothing is dropped in
+    silence (metrics.json's ``data_report`` holds the same counts)."""
+    parts = []
+    if report.get("duplicates_merged"):
+        merged = report["duplicates_merged"]
+        parts.append(f"{merged} duplicate (user, item) row(s) merged away (one interaction a pair, weights summed)")
+    if report.get("duplicates_removed"):
+        parts.append(f"{report['duplicates_removed']} duplicate (user, item) rating(s) replaced by the latest")
+    if report.get("below_threshold_dropped"):
+        parts.append(f"{report['below_threshold_dropped']} rating(s) below the positive threshold left out")
+    if report.get("users_below_min_dropped"):
+        parts.append(
+            f"{report['users_below_min_dropped']} user(s) with fewer ratings than the minimum left out "
+            f"({report.get('ratings_below_min_dropped', 0)} row(s))"
+        )
+    if report.get("items_dropped"):
+        parts.append(f"{report['items_dropped']} item(s) left with no row")
+    return [f"the log: {'; '.join(parts)}"] if parts else []
 
 
 def _side_table_notes(report: dict) -> list[str]:

@@ -78,9 +78,31 @@ def test_train_writes_top_n_metrics_for_the_meta_learner_and_every_baseline(topn
     # two tastes: every method that uses the support set beats the popularity ranking by far
     assert methods["itemknn"]["recall@20"] > 1.5 * methods["popular"]["recall@20"]
     assert methods["ease"]["recall@20"] > 1.5 * methods["popular"]["recall@20"]
-    # the log's duplicates were merged and counted
+    # the log's duplicates were merged and counted, in the file and on the console
     assert document["data_report"]["duplicates_merged"] == 120
+    assert "note: the log: 120 duplicate (user, item) row(s) merged away" in topn_run["output"]
     assert "recall@20" in topn_run["output"] and "itemknn" in topn_run["output"]
+
+
+def test_meta_train_users_too_short_for_a_task_are_counted_on_the_console(tmp_path, monkeypatch):
+    """Users whose interactions cannot make a support and a query were left out of meta-training with no word on the
+    console (only metrics.json counted them, and a --no-eval run writes none)."""
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import TopNExperiment
+
+    data = write_plays(tmp_path / "plays.tsv")
+    short = [f"short-{u}\tsong-0{u % 2}\t1\t{u}" for u in range(40)]  # one play each
+    data.write_text(data.read_text() + "\n".join(short) + "\n")
+    lines = capture(monkeypatch)
+    flags = ["--data", str(data), "--columns", "user,item,weight,timestamp", *TOPN_FLAGS, "--steps", "1"]
+    assert cli.main(["train", *flags, "--no-eval", "--out", str(tmp_path / "run")]) == 0, lines
+    config = ExperimentConfig.make(
+        data=str(data), columns=("user", "item", "weight", "timestamp"), feedback="implicit", shots=3
+    )
+    dropped = TopNExperiment(config).train_tasks.stats["users_dropped"]
+    assert 0 < dropped <= 40
+    note = f"note: train: {dropped} meta-train user(s) left out: too few interactions for a support and a query"
+    assert any(line.startswith(note) for line in lines), lines
 
 
 def test_a_top_n_run_from_the_field_defaults_names_the_recipe(topn_run):
