@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -119,6 +120,12 @@ def _add_rerank_flags(command: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a run trained with --rerank: list by the meta-learner or its hybrid, not re-ranked (default: as the "
         "run's validation users chose)",
+    )
+    which.add_argument(
+        "--model-alone",
+        action="store_true",
+        help="a top-N run: list by the adapted meta-learner alone, neither its hybrid (--hybrid) nor re-ranked: the "
+        "run's method 'maml', which `jaxrec export --model-alone` writes as arrays",
     )
 
 
@@ -314,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument(
         "--model-alone",
         action="store_true",
-        help="export a run that ranks by a hybrid (--hybrid) anyway: the arrays rank by the adapted model alone",
+        help="export a run that ranks by a hybrid (--hybrid) or re-ranks (--rerank) anyway: the arrays rank by the "
+        "adapted model alone, as `jaxrec recommend --model-alone` lists",
     )
 
     for command in (t, ch, ev, r, s, x):
@@ -828,7 +836,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     features = _feature_pairs(args.features)
     if args.new_items is None:  # a bad file fails before the slow part (with new items: after their table)
         codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding)
-    trained = _load_trained(args)  # the run folder alone: no training data is read
+    trained = _model_alone(args, _load_trained(args))  # the run folder alone: no training data is read
     if args.new_items is not None:  # the user may have met the new items: read against the grown catalogue
         codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding, trained.item_ids)
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
@@ -887,7 +895,7 @@ def _recommend_users(args: argparse.Namespace) -> int:
     users = _read_users_as_trained(args)
     table = None if args.user_features is None else read_side_table(args.user_features, "user", encoding=args.encoding)
     table_where = f"--user-features {args.user_features}"
-    trained = _load_trained(args)
+    trained = _model_alone(args, _load_trained(args))
     excluded = _excluded(args, trained)
     for note in (_feature_notes(trained, None) if table is None else []) + _ranked_by_notes(trained, args):
         _echo(f"note: {note}", err=True)
@@ -1056,8 +1064,8 @@ def _ranked_by_notes(trained, args: argparse.Namespace) -> list[str]:
             f"these lists are {other}'s, not {re_ranked} (the validation users' choice: {figures}); --rerank lists "
             "those"
         ]
-    if getattr(args, "no_rerank", False):
-        why = "--no-rerank"
+    if getattr(args, "no_rerank", False) or getattr(args, "model_alone", False):
+        why = "--no-rerank" if getattr(args, "no_rerank", False) else "--model-alone"
     elif (trained.folder.parent / RERANKER_FILE).is_file():
         why = f"the run's {_STALE_RERANKER}"
     else:
@@ -1098,6 +1106,15 @@ _STALE_RERANKER = (
     "kept re-ranker was trained for another config of the run (a resumed run stopped before its end: resume it "
     "to its end to keep its own)"
 )
+
+
+def _model_alone(args: argparse.Namespace, trained):
+    """``trained`` without its hybrid where ``--model-alone`` asks for the adapted meta-learner's own lists (its
+    re-ranker is left unread by :func:`_load_trained`)."""
+    if not getattr(args, "model_alone", False) or trained.hybrid is None:
+        return trained
+    _echo(f"note: these lists are maml's (--model-alone), not the run's {trained.hybrid.name}", err=True)
+    return dataclasses.replace(trained, hybrid=None)
 
 
 def _with_reranker(args: argparse.Namespace, trained):
@@ -1243,7 +1260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_on(args: argparse.Namespace, sock: socket.socket, batch_sizes, support_sizes) -> int:
     """``jaxrec serve`` once its socket is bound: load, compile, then serve on it."""
-    trained = _load_trained(args)
+    trained = _model_alone(args, _load_trained(args))
     devices = None if args.devices in (None, "all") else int(args.devices)
     try:
         model = ServingModel(

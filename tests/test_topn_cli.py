@@ -587,6 +587,38 @@ def test_recommend_takes_a_list_of_item_ids_and_ranks_unseen_items(topn_run, tmp
     assert [line for line in lines if "(item " in line] == scored  # the same items with the same scores
 
 
+def test_model_alone_lists_the_meta_learners_own_in_the_command_and_the_service(topn_run, tmp_path, monkeypatch):
+    """A run with a hybrid and a re-ranker listed only by them: ``--model-alone`` lists the adapted meta-learner's
+    own (the run's method 'maml', what ``export --model-alone`` writes), in ``recommend`` and ``serve``."""
+    from jaxrec.experiment.recommend import TopNRecommender, read_ratings_for
+    from jaxrec.experiment.trained import load_trained
+
+    run = topn_run["out"]
+    mine = tmp_path / "mine.txt"
+    mine.write_text("song-01\nsong-03\nsong-05\nsong-07\n")
+    codes, weights, _, _ = read_ratings_for(str(run), str(mine))
+    trained = load_trained(run, rerank=False)
+    alone = TopNRecommender(trained, trained.params, hybrid=None, reranker=None).top_k(codes, weights, 10)[0]
+    hybrid = TopNRecommender(trained, trained.params, reranker=None).top_k(codes, weights, 10)[0]
+    assert trained.hybrid is not None and list(alone) != list(hybrid)
+    lines = capture(monkeypatch)
+    argv = ["recommend", "--checkpoint", str(run), "--ratings", str(mine), "-k", "10"]
+    assert cli.main([*argv, "--model-alone"]) == 0
+    listed = [line.split("(item ")[1].split(",")[0] for line in lines if "(item " in line]
+    assert listed == [trained.item_ids[c] for c in alone]
+    assert "note: these lists are maml's (--model-alone), not the run's maml+itemknn" in lines
+    assert any("these lists are maml's: --model-alone" in line for line in lines)  # the re-ranker's note
+    assert cli.main([*argv, "--model-alone", "--rerank"]) == 2  # one way to list at a time: a usage error
+    server = Server(run, "--batch-sizes", "1", "--support-sizes", "8", "--model-alone")
+    try:
+        health = server.get("/health")[1]
+        status, answer = server.post("/recommend", {"interactions": ["song-01", "song-03", "song-05", "song-07"]})
+    finally:
+        server.stop()
+    assert health["ranking"] == "maml" and status == 200, answer
+    assert [r["item"] for r in answer["recommendations"]] == [trained.item_ids[c] for c in alone]
+
+
 def test_a_re_ranking_run_lists_its_re_ranked_candidates_in_the_command_the_library_and_the_service(
     topn_run, tmp_path, monkeypatch
 ):
