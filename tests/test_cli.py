@@ -161,7 +161,7 @@ def test_recommend_with_a_single_rating_and_no_header(run, tmp_path, capsys):
 @pytest.mark.parametrize(
     "content, message",
     [
-        ("item,rating\n999998,5\n", "none of the items is known"),
+        ("item,rating\n999998,5\n", "such a user the model's list before adaptation"),
         ("item,rating\n100,great\n", "line 2: rating 'great' is not a number"),
         ("item,rating\n100,11\n", "outside the model's rating scale"),
         ("item,rating\n", "no ratings"),

@@ -357,6 +357,22 @@ def test_recommend_reads_ids_with_spaces_of_their_own(tmp_path):
     assert codes.tolist() == [0, 1, 2] and weights.tolist() == [1.0, 1.0, 1.0] and notes == []
 
 
+def test_a_user_file_with_nothing_to_adapt_to_names_what_the_batch_and_the_service_answer(tmp_path):
+    """One user's file of no known item, or of ratings all below a top-N model's threshold, is an error for
+    ``recommend --ratings`` (a file of another catalogue is worth stopping for), where ``--users`` and the service
+    answer the model's list before adaptation: the message says so."""
+    from jaxrec.experiment.recommend import read_user_ratings
+    from jaxrec.experiment.run import RunError
+
+    ids = np.array(["a", "b", "c"], dtype=object)
+    unknown = _write(tmp_path / "unknown.txt", "x\ny\n")
+    with pytest.raises(RunError, match=r"none of the items is known .*the model's list before adaptation"):
+        read_user_ratings(unknown, ids, None, implicit=True)
+    low = _write(tmp_path / "low.csv", "a,2\nb,3\n")
+    with pytest.raises(RunError, match=r"below the model's positive threshold 4; .*the model's list before adaptation"):
+        read_user_ratings(low, ids, (1.0, 5.0), implicit=True, positive_threshold=4.0)
+
+
 @pytest.mark.parametrize(
     "first, words", [("u9,i5,n/a", "line 1 is not a finite number: 'n/a'"), ("u9,i5,", "line 1 is missing")]
 )

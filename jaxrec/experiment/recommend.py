@@ -193,7 +193,8 @@ def read_user_ratings(
         below = values < positive_threshold
         if below.all():
             raise RunError(
-                f"--ratings {path}: every rating is below the model's positive threshold {positive_threshold:g}"
+                f"--ratings {path}: every rating is below the model's positive threshold {positive_threshold:g}; "
+                "`recommend --users` and the service answer such a user the model's list before adaptation"
             )
         known_below = below & (codes >= 0)  # an unknown id is noted as unknown below, whatever its rating
         if known_below.any():
@@ -211,7 +212,10 @@ def read_user_ratings(
         notes.append(f"ignored {int(unknown.sum())} {what} with unknown item id(s): {shown}")
     codes, values = codes[~unknown], values[~unknown]
     if len(codes) == 0:
-        raise RunError(f"--ratings {path}: none of the items is known to the model's dataset")
+        raise RunError(
+            f"--ratings {path}: none of the items is known to the model's dataset (a file of another catalogue?); "
+            "`recommend --users` and the service answer such a user the model's list before adaptation"
+        )
     codes, values, duplicates = merge_duplicates(codes, values, implicit=implicit, weighted=weighted)
     if duplicates:
         kept = "kept the last rating of each item"
