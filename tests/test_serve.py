@@ -279,6 +279,9 @@ def test_bad_queries_and_paths_are_4xx_too(server):
     assert server.request("GET", "/recommend")[0] == 405
     status, answer = server.request("POST", "/predict", b'{"ratings": [], "candidates": []}', JSON)
     assert status == 422 and "candidates" in answer["error"]
+    # /predict scores the candidates given: a `k` there was taken and ignored
+    status, answer = server.request("POST", "/predict", b'{"ratings": [], "candidates": [1], "k": 5}', JSON)
+    assert status == 422 and answer["error"].startswith("k:"), answer
     # no body bytes: the server answers a header it cannot parse before reading a body, and bytes left unread when it
     # closes make the kernel reset the connection, which can reach the client before the 400 is read
     status, answer = server.request(

@@ -58,7 +58,7 @@ class Rating(BaseModel):
 
 
 class UserRequest(BaseModel):
-    """A new user: their ratings (explicit or rated data) or interactions (implicit models), and ``k``."""
+    """A new user: their ratings (explicit or rated data) or interactions (implicit models)."""
 
     model_config = ConfigDict(extra="forbid")
     ratings: list[Rating] | None = Field(None, description="[{item, rating}, ...]")
@@ -70,7 +70,6 @@ class UserRequest(BaseModel):
     weights: list[Annotated[float, Field(allow_inf_nan=False, strict=True, gt=0)]] | None = Field(
         None, description="each interaction's weight (models trained on weighted logs: counts, plays); default 1 each"
     )
-    k: StrictInt = Field(10, ge=1, description="how many recommendations")
     features: dict[str, StrictInt | FiniteFloat | Annotated[StrictStr, Field(max_length=256)] | None] | None = Field(
         None,
         description="the user's side features, {column: value}, for a model trained with them (demographics, "
@@ -81,6 +80,7 @@ class UserRequest(BaseModel):
 class RecommendRequest(UserRequest):
     """A new user, ``k``, and the items not to recommend them."""
 
+    k: StrictInt = Field(10, ge=1, description="how many recommendations")
     exclude: list[ItemId] | None = Field(
         None,
         description="item ids never to recommend to this user (bought elsewhere, out of stock); unknown ids are "
@@ -281,7 +281,7 @@ def create_app(
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     def check(body: UserRequest):
-        if body.k > model.max_k:
+        if isinstance(body, RecommendRequest) and body.k > model.max_k:
             raise RequestError(f"k: at most {model.max_k}, got {body.k}")
         ratings = None if body.ratings is None else [(r.item, r.rating) for r in body.ratings]
         return catalogue.support(ratings, body.interactions, max_items, body.weights)
