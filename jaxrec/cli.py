@@ -467,7 +467,8 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     train_tasks = getattr(experiment, "train_tasks", None)
     dropped = int(getattr(train_tasks, "stats", {}).get("users_dropped", 0))
     if dropped:
-        reason = _LEFT_OUT["topn" if config.data.feedback == "implicit" else "rated"]
+        # meta-train tasks have no upper cap (a long history is subsampled): only too few interactions leave one out
+        reason = _LEFT_OUT["topn"] if config.data.feedback == "implicit" else "too few ratings for a task (--query)"
         _echo(f"note: train: {dropped} meta-train {train_tasks.by}(s) left out: {reason}", err=True)
     total = experiment.total_steps
     stop_step = total if args.steps is None else min(int(args.steps), total)
@@ -495,19 +496,9 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     step = int(state.step)
     if signum is not None:
         name = signal.Signals(signum).name
-        again = ["jaxrec", "train", "--out", str(out), "--resume"]
-        for flag, path in (  # a run's files are named again, never opened from its record
-            ("--data", config.data.path),
-            ("--item-features", config.data.item_features),
-            ("--user-features", config.data.user_features),
-        ):
-            if path is not None:
-                again += [flag, str(path)]
-        if config.devices not in (None, 1):  # a CPU host is split into devices before JAX starts, by the flag only
-            again += ["--devices", str(config.devices)]
         _echo(
             f"\n{name} received: saved checkpoint at step {step} in {out / 'checkpoints'}; "
-            f"continue with: {shlex.join(again)}",
+            f"continue with: {shlex.join(_resume_command(out, config))}",
             err=True,
         )
         return 128 + signum
@@ -836,7 +827,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     features = _feature_pairs(args.features)
     if args.new_items is None:  # a bad file fails before the slow part (with new items: after their table)
         codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding)
-    trained = _model_alone(args, _load_trained(args))  # the run folder alone: no training data is read
+    trained = _load_trained(args)  # the run folder alone: no training data is read
     if args.new_items is not None:  # the user may have met the new items: read against the grown catalogue
         codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding, trained.item_ids)
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
@@ -895,7 +886,7 @@ def _recommend_users(args: argparse.Namespace) -> int:
     users = _read_users_as_trained(args)
     table = None if args.user_features is None else read_side_table(args.user_features, "user", encoding=args.encoding)
     table_where = f"--user-features {args.user_features}"
-    trained = _model_alone(args, _load_trained(args))
+    trained = _load_trained(args)
     excluded = _excluded(args, trained)
     for note in (_feature_notes(trained, None) if table is None else []) + _ranked_by_notes(trained, args):
         _echo(f"note: {note}", err=True)
@@ -963,24 +954,40 @@ def _recommend_users(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _resume_command(out: Path, config: ExperimentConfig) -> list[str]:
+    """The command that continues the run in ``out``: what it read named again (a recorded path is never opened:
+    the log, the MovieLens folder, the side tables) and its device count (a CPU host is split into devices before
+    JAX starts, by the flag only)."""
+    again = ["jaxrec", "train", "--out", str(out), "--resume"]
+    for flag, path in (
+        ("--data", config.data.path),
+        ("--data-dir", config.data.data_dir),
+        ("--item-features", config.data.item_features),
+        ("--user-features", config.data.user_features),
+    ):
+        if path is not None:
+            again += [flag, str(path)]
+    if config.devices not in (None, 1):
+        again += ["--devices", str(config.devices)]
+    return again
+
+
 def _log_notes(report: dict) -> list[str]:
-    """What reading the log merged or left out (:attr:`jaxrec.data.Dataset.report`), counted: nothing is dropped in
-    silence (metrics.json's ``data_report`` holds the same counts)."""
+    """What reading the log merged or left out (:attr:`jaxrec.data.Dataset.report`) and no warning said, counted:
+    nothing is dropped in silence (metrics.json's ``data_report`` holds the same counts)."""
     parts = []
+    if report.get("blank_lines_skipped"):
+        parts.append(f"{report['blank_lines_skipped']} blank line(s) skipped")
     if report.get("duplicates_merged"):
         merged = report["duplicates_merged"]
         parts.append(f"{merged} duplicate (user, item) row(s) merged away (one interaction a pair, weights summed)")
-    if report.get("duplicates_removed"):
-        parts.append(f"{report['duplicates_removed']} duplicate (user, item) rating(s) replaced by the latest")
     if report.get("below_threshold_dropped"):
         parts.append(f"{report['below_threshold_dropped']} rating(s) below the positive threshold left out")
-    if report.get("users_below_min_dropped"):
-        parts.append(
-            f"{report['users_below_min_dropped']} user(s) with fewer ratings than the minimum left out "
-            f"({report.get('ratings_below_min_dropped', 0)} row(s))"
-        )
-    if report.get("items_dropped"):
-        parts.append(f"{report['items_dropped']} item(s) left with no row")
+    if report.get("ratings_below_min_dropped"):
+        parts.append(f"{report['ratings_below_min_dropped']} rating(s) of users below the minimum count left out")
+    gone = [f"{report[f'{role}s_dropped']} {role}(s)" for role in ("user", "item") if report.get(f"{role}s_dropped")]
+    if gone:
+        parts.append(f"{' and '.join(gone)} left with no row")
     return [f"the log: {'; '.join(parts)}"] if parts else []
 
 
@@ -1111,7 +1118,8 @@ _STALE_RERANKER = (
 def _model_alone(args: argparse.Namespace, trained):
     """``trained`` without its hybrid where ``--model-alone`` asks for the adapted meta-learner's own lists (its
     re-ranker is left unread by :func:`_load_trained`)."""
-    if not getattr(args, "model_alone", False) or trained.hybrid is None:
+    # export's --model-alone writes the model's arrays, and names the hybrid it leaves out
+    if args.command == "export" or not getattr(args, "model_alone", False) or trained.hybrid is None:
         return trained
     _echo(f"note: these lists are maml's (--model-alone), not the run's {trained.hybrid.name}", err=True)
     return dataclasses.replace(trained, hybrid=None)
@@ -1134,11 +1142,15 @@ def _load_trained(args: argparse.Namespace):
     rerank = True if getattr(args, "rerank", False) else None
     if getattr(args, "no_rerank", False) or getattr(args, "model_alone", False):
         rerank = False
-    if getattr(args, "new_items", None) is None:
-        return _with_reranker(args, load_trained(args.checkpoint, rerank=rerank))
-    where = f"--new-items {args.new_items}"
-    table = read_side_table(args.new_items, "item", encoding=args.encoding, flag="--new-items")  # before the slow part
-    trained, report = _with_reranker(args, load_trained(args.checkpoint, rerank=rerank)).with_items(table, where)
+    table = where = None
+    if getattr(args, "new_items", None) is not None:
+        where = f"--new-items {args.new_items}"
+        table = read_side_table(args.new_items, "item", encoding=args.encoding, flag="--new-items")  # before loading
+    # --model-alone's hybrid left out before the catalogue grows, which fits its partner again over the new items
+    trained = _model_alone(args, _with_reranker(args, load_trained(args.checkpoint, rerank=rerank)))
+    if table is None:
+        return trained
+    trained, report = trained.with_items(table, where)
     parts = [f"{report['added']} item(s) added, ranked from their features"]
     if report["already_in_catalogue"]:
         parts.append(f"{report['already_in_catalogue']} already in the catalogue (left as trained)")
@@ -1260,7 +1272,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_on(args: argparse.Namespace, sock: socket.socket, batch_sizes, support_sizes) -> int:
     """``jaxrec serve`` once its socket is bound: load, compile, then serve on it."""
-    trained = _model_alone(args, _load_trained(args))
+    trained = _load_trained(args)
     devices = None if args.devices in (None, "all") else int(args.devices)
     try:
         model = ServingModel(

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from cli_support import TINY_FLAGS, write_ratings
+from conftest import SHARED_DATA
 
 from jaxrec import cli
 
@@ -74,6 +75,38 @@ def test_train_writes_metrics_checkpoint_and_epoch_log(run):
     assert all({"step", "loss", "grad_norm", "skipped", "skipped_in_epoch", "seconds"} <= set(r) for r in log)
     assert (out / "checkpoints").is_dir()
     assert "new_user" in run["output"] and "maml" in run["output"]  # the table
+    # the meta-train users too short for a task, on the console (meta-train tasks have no upper cap)
+    dropped = document["tasks"]["train"]["users_dropped"]
+    assert (
+        dropped > 0
+        and f"note: train: {dropped} meta-train user(s) left out: too few ratings for a task (--query)" in run["output"]
+    )
+
+
+def test_the_log_notes_count_what_reading_merged_or_left_out_and_no_warning_said():
+    report = {"duplicates_removed": 2, "blank_lines_skipped": 1, "below_threshold_dropped": 5, "users_dropped": 1}
+    assert cli._log_notes({**report, "items_dropped": 235}) == [
+        "the log: 1 blank line(s) skipped; 5 rating(s) below the positive threshold left out; 1 user(s) and 235 "
+        "item(s) left with no row"
+    ]
+    assert cli._log_notes({"duplicates_removed": 3, "users_dropped": 0}) == []  # a warning says it already
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason=f"ml-100k not found under {SHARED_DATA}")
+def test_the_log_notes_name_the_user_whose_every_rating_is_below_the_threshold_on_ml100k():
+    """On ml-100k at a threshold of 4 one user and 235 items lose every row; the user was named nowhere."""
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import implicit_dataset
+
+    config = ExperimentConfig.make(
+        dataset="ml-100k", data_dir=str(SHARED_DATA), feedback="implicit", positive_threshold=4.0
+    )
+    report = implicit_dataset(config).report
+    (note,) = cli._log_notes(report)
+    below = report["below_threshold_dropped"]
+    assert below > 40_000 and report["users_dropped"] == 1 and report["items_dropped"] > 200
+    assert f"{below} rating(s) below the positive threshold left out" in note
+    assert f"1 user(s) and {report['items_dropped']} item(s) left with no row" in note
 
 
 def test_evaluate_prints_the_table_and_writes_the_document(run, tmp_path, capsys):

@@ -371,6 +371,10 @@ def test_a_user_file_with_nothing_to_adapt_to_names_what_the_batch_and_the_servi
     low = _write(tmp_path / "low.csv", "a,2\nb,3\n")
     with pytest.raises(RunError, match=r"below the model's positive threshold 4; .*the model's list before adaptation"):
         read_user_ratings(low, ids, (1.0, 5.0), implicit=True, positive_threshold=4.0)
+    # a known item below the threshold and an unknown one: the file is of this catalogue
+    mixed = _write(tmp_path / "mixed.csv", "a,2\nzzz,5\n")
+    with pytest.raises(RunError, match=r"every known item's rating is below the model's positive threshold 4; "):
+        read_user_ratings(mixed, ids, (1.0, 5.0), implicit=True, positive_threshold=4.0)
 
 
 @pytest.mark.parametrize(

@@ -383,6 +383,21 @@ def test_signal_saves_a_checkpoint_exits_cleanly_and_resume_goes_on(ratings_file
     assert read_metadata(out)["step"] == saved + 2
 
 
+def test_the_resume_command_names_every_file_and_folder_the_run_read(tmp_path):
+    """A run of a MovieLens folder (``--data-dir``) or of side tables resumed as printed failed: a recorded path is
+    never opened, so each must be named again."""
+    from jaxrec.experiment.config import ExperimentConfig
+
+    items = tmp_path / "my items.csv"
+    config = ExperimentConfig.make(dataset="ml-100k", data_dir=str(tmp_path), item_features=str(items), devices=2)
+    again = cli._resume_command(tmp_path / "run", config)
+    assert again == ["jaxrec", "train", "--out", str(tmp_path / "run"), "--resume", "--data-dir", str(tmp_path),
+                     "--item-features", str(items), "--devices", "2"]  # fmt: skip
+    log = ExperimentConfig.make(data=str(tmp_path / "log.csv"), user_features=str(tmp_path / "u.csv"))
+    assert cli._resume_command(tmp_path, log)[5:] == ["--data", str(tmp_path / "log.csv"), "--user-features",
+                                                     str(tmp_path / "u.csv")]  # fmt: skip
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 2. exact resume through `jaxrec train --resume`
 

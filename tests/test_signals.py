@@ -40,7 +40,7 @@ def finish(proc: subprocess.Popen) -> tuple[int, str]:
 def assert_one_clean_line(code: int, err: str, signum: int, *says: str) -> None:
     assert code == 128 + signum, err
     assert "Traceback" not in err and "Segmentation" not in err and "Fatal" not in err, err
-    lines = [line for line in err.strip().splitlines() if not line.startswith("jaxrec: WARNING")]
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("jaxrec: WARNING", "note: "))]
     assert len(lines) == 1 and any(text in lines[0] for text in says), err
 
 

@@ -212,9 +212,14 @@ def read_user_ratings(
         notes.append(f"ignored {int(unknown.sum())} {what} with unknown item id(s): {shown}")
     codes, values = codes[~unknown], values[~unknown]
     if len(codes) == 0:
+        what = (
+            f"every known item's rating is below the model's positive threshold {positive_threshold:g}"
+            if len(seen)
+            else "none of the items is known to the model's dataset (a file of another catalogue?)"
+        )
         raise RunError(
-            f"--ratings {path}: none of the items is known to the model's dataset (a file of another catalogue?); "
-            "`recommend --users` and the service answer such a user the model's list before adaptation"
+            f"--ratings {path}: {what}; `recommend --users` and the service answer such a user the model's list "
+            "before adaptation"
         )
     codes, values, duplicates = merge_duplicates(codes, values, implicit=implicit, weighted=weighted)
     if duplicates:
