@@ -460,15 +460,18 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     experiment = build_experiment(config)
     if hasattr(experiment, "progress"):  # a top-N run: bars over the ALS start and the baselines' tuning
         experiment.progress = not args.no_progress
-    for note in _log_notes(getattr(experiment.dataset, "report", {})) + _side_table_notes(
-        getattr(experiment.dataset, "report", {})
-    ):
+    report = getattr(experiment.dataset, "report", {})
+    for note in _log_notes(report) + _side_table_notes(report):
         _echo(f"note: {note}", err=True)
     train_tasks = getattr(experiment, "train_tasks", None)
     dropped = int(getattr(train_tasks, "stats", {}).get("users_dropped", 0))
     if dropped:
         # meta-train tasks have no upper cap (a long history is subsampled): only too few interactions leave one out
-        reason = _LEFT_OUT["topn"] if config.data.feedback == "implicit" else "too few ratings for a task (--query)"
+        reason = (
+            _LEFT_OUT["topn"]
+            if config.data.feedback == "implicit"
+            else "too few ratings for a task (--min-ratings, --query)"
+        )
         _echo(f"note: train: {dropped} meta-train {train_tasks.by}(s) left out: {reason}", err=True)
     total = experiment.total_steps
     stop_step = total if args.steps is None else min(int(args.steps), total)

@@ -79,7 +79,8 @@ def test_train_writes_metrics_checkpoint_and_epoch_log(run):
     dropped = document["tasks"]["train"]["users_dropped"]
     assert (
         dropped > 0
-        and f"note: train: {dropped} meta-train user(s) left out: too few ratings for a task (--query)" in run["output"]
+        and f"note: train: {dropped} meta-train user(s) left out: too few ratings for a task (--min-ratings, --query)"
+        in run["output"]
     )
 
 
