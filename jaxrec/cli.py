@@ -830,7 +830,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     features = _feature_pairs(args.features)
     if args.new_items is None:  # a bad file fails before the slow part (with new items: after their table)
         codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding)
-    trained = _load_trained(args)  # the run folder alone: no training data is read
+    trained = _load_trained(args, args.model_alone)  # the run folder alone: no training data is read
     if args.new_items is not None:  # the user may have met the new items: read against the grown catalogue
         codes, ratings, notes, seen = read_ratings_for(args.checkpoint, args.ratings, args.encoding, trained.item_ids)
     seen = np.union1d(seen, _excluded(args, trained)).astype(np.int64)
@@ -889,7 +889,7 @@ def _recommend_users(args: argparse.Namespace) -> int:
     users = _read_users_as_trained(args)
     table = None if args.user_features is None else read_side_table(args.user_features, "user", encoding=args.encoding)
     table_where = f"--user-features {args.user_features}"
-    trained = _load_trained(args)
+    trained = _load_trained(args, args.model_alone)
     excluded = _excluded(args, trained)
     for note in (_feature_notes(trained, None) if table is None else []) + _ranked_by_notes(trained, args):
         _echo(f"note: {note}", err=True)
@@ -1118,11 +1118,10 @@ _STALE_RERANKER = (
 )
 
 
-def _model_alone(args: argparse.Namespace, trained):
-    """``trained`` without its hybrid where ``--model-alone`` asks for the adapted meta-learner's own lists (its
-    re-ranker is left unread by :func:`_load_trained`)."""
-    # export's --model-alone writes the model's arrays, and names the hybrid it leaves out
-    if args.command == "export" or not getattr(args, "model_alone", False) or trained.hybrid is None:
+def _without_hybrid(trained):
+    """``trained`` without its hybrid, for ``--model-alone``'s lists: the adapted meta-learner's own (its re-ranker
+    is left unread by :func:`_load_trained`)."""
+    if trained.hybrid is None:
         return trained
     _echo(f"note: these lists are maml's (--model-alone), not the run's {trained.hybrid.name}", err=True)
     return dataclasses.replace(trained, hybrid=None)
@@ -1138,9 +1137,11 @@ def _with_reranker(args: argparse.Namespace, trained):
     return trained
 
 
-def _load_trained(args: argparse.Namespace):
+def _load_trained(args: argparse.Namespace, lists_alone: bool = False):
     """The run folder's model (:func:`~jaxrec.experiment.trained.load_trained`), with ``--new-items``' items added
-    to its catalogue (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) and what was read noted."""
+    to its catalogue (:meth:`~jaxrec.experiment.trained.TrainedModel.with_items`) and what was read noted;
+    ``lists_alone``: without its hybrid (``recommend`` and ``serve --model-alone``; ``export --model-alone`` keeps it,
+    to name what its arrays leave out)."""
     # --no-rerank, and an export of the model alone, leave the re-ranker's files unread; --rerank lists by it
     rerank = True if getattr(args, "rerank", False) else None
     if getattr(args, "no_rerank", False) or getattr(args, "model_alone", False):
@@ -1149,8 +1150,10 @@ def _load_trained(args: argparse.Namespace):
     if getattr(args, "new_items", None) is not None:
         where = f"--new-items {args.new_items}"
         table = read_side_table(args.new_items, "item", encoding=args.encoding, flag="--new-items")  # before loading
-    # --model-alone's hybrid left out before the catalogue grows, which fits its partner again over the new items
-    trained = _model_alone(args, _with_reranker(args, load_trained(args.checkpoint, rerank=rerank)))
+    # the hybrid left out before the catalogue grows, which fits its partner again over the new items
+    trained = _with_reranker(args, load_trained(args.checkpoint, rerank=rerank))
+    if lists_alone:
+        trained = _without_hybrid(trained)
     if table is None:
         return trained
     trained, report = trained.with_items(table, where)
@@ -1275,7 +1278,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _serve_on(args: argparse.Namespace, sock: socket.socket, batch_sizes, support_sizes) -> int:
     """``jaxrec serve`` once its socket is bound: load, compile, then serve on it."""
-    trained = _load_trained(args)
+    trained = _load_trained(args, args.model_alone)
     devices = None if args.devices in (None, "all") else int(args.devices)
     try:
         model = ServingModel(

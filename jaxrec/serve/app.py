@@ -281,8 +281,6 @@ def create_app(
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, status_code=500)
 
     def check(body: UserRequest):
-        if isinstance(body, RecommendRequest) and body.k > model.max_k:
-            raise RequestError(f"k: at most {model.max_k}, got {body.k}")
         ratings = None if body.ratings is None else [(r.item, r.rating) for r in body.ratings]
         return catalogue.support(ratings, body.interactions, max_items, body.weights)
 
@@ -356,6 +354,8 @@ def create_app(
         the catalogue knows (or who sends none: a visitor with no history) gets the model's list before adaptation,
         what it recommends to anyone, and ``input.used`` 0 says so."""
         started = time.perf_counter()
+        if body.k > model.max_k:
+            raise RequestError(f"k: at most {model.max_k}, got {body.k}")
         support = check(body)
         if body.exclude:
             support = catalogue.excluding(support, body.exclude, max_items)
