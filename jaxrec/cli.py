@@ -47,6 +47,7 @@ from jaxrec.experiment.predictions import metrics_and_predictions
 from jaxrec.experiment.recommend import read_item_list, read_ratings_for, recommender_for
 from jaxrec.experiment.reranker_record import RERANKER_FILE, served_otherwise
 from jaxrec.experiment.run import (
+    RESUME_OVERRIDABLE,
     FolderLock,
     Interrupted,
     RunError,
@@ -404,9 +405,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides = _config_overrides(args)
     if args.resume and args.overwrite:
         raise CLIError("--resume continues the run in --out and --overwrite replaces it: pass one of them")
-    if args.resume and (args.config or args.method):
-        flag = "--config" if args.config else "--method"
-        raise CLIError(f"{flag} describes a new run; --resume continues the recorded one: pass one of them")
     base = _base_config(args)
     for flag, value, low in (
         ("--steps", args.steps, 0),
@@ -419,7 +417,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _check_predictions_folder(args.save_predictions)
     if args.resume and not (out / "checkpoints").is_dir():
         raise CLIError(f"--resume: {out} holds no checkpoints to resume from")
-    config = None if args.resume else _config(base, overrides)  # a bad config leaves no folder behind
+    # a bad config leaves no folder behind; on resume, the run that --method or --config describes, if one is given
+    config = None if args.resume and base is None else _config(base, overrides)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -430,7 +429,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: FolderLock, config) -> int:
-    """``jaxrec train`` in its run folder, which ``lock`` holds (``config``: a new run's; None on resume)."""
+    """``jaxrec train`` in its run folder, which ``lock`` holds (``config``: a new run's; on resume, the run that
+    ``--method`` or ``--config`` describes, or None)."""
     if args.resume:
         if never_saved(out):
             raise CLIError(
@@ -442,7 +442,9 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
                 f"--resume: {out} holds no complete checkpoint (a run stopped before its first, or its checkpoints "
                 "lost): nothing to resume; --overwrite replaces the run's files"
             )
-        config = resume_config(out, overrides)
+        described, config = config, resume_config(out, overrides)
+        if described is not None:
+            _check_describes_the_run(args, described, config, out)
     else:
         check_fresh_out(out, overwrite=args.overwrite)
         field_defaults = type(config.topn)()
@@ -957,6 +959,25 @@ def _recommend_users(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_describes_the_run(args: argparse.Namespace, described, recorded, out: Path) -> None:
+    """On resume, a ``--method`` or ``--config`` (the original command repeated) must describe the recorded run:
+    every field outside those a resume may change (``RESUME_OVERRIDABLE``) the same (``"auto"`` and None, which the
+    run resolved when it started, ask for what it recorded)."""
+    wanted, ran = described.flat(), recorded.flat()
+    differ = [
+        k
+        for k, v in wanted.items()
+        if k not in RESUME_OVERRIDABLE and v not in ("auto", None) and json.dumps(v) != json.dumps(ran[k])
+    ]
+    if differ:
+        flag = f"--method {args.method}" if args.method else f"--config {args.config}"
+        raise CLIError(
+            f"--resume: {flag} describes another run than the one in {out} (it differs in "
+            f"{', '.join('--' + k.replace('_', '-') for k in differ)}); resume without it to continue the recorded "
+            "run, or start a new run in another --out"
+        )
+
+
 def _resume_command(out: Path, config: ExperimentConfig) -> list[str]:
     """The command that continues the run in ``out``: what it read named again (a recorded path is never opened:
     the log, the MovieLens folder, the side tables) and its device count (a CPU host is split into devices before
@@ -1122,6 +1143,8 @@ def _without_hybrid(trained):
     """``trained`` without its hybrid, for ``--model-alone``'s lists: the adapted meta-learner's own (its re-ranker
     is left unread by :func:`_load_trained`)."""
     if trained.hybrid is None:
+        if not getattr(trained.config.topn, "rerank", None):  # nothing to leave out: said, not silently taken
+            _echo("note: --model-alone changes nothing here: the run has no hybrid and no re-ranker", err=True)
         return trained
     _echo(f"note: these lists are maml's (--model-alone), not the run's {trained.hybrid.name}", err=True)
     return dataclasses.replace(trained, hybrid=None)
@@ -1152,6 +1175,8 @@ def _load_trained(args: argparse.Namespace, lists_alone: bool = False):
         table = read_side_table(args.new_items, "item", encoding=args.encoding, flag="--new-items")  # before loading
     # the hybrid left out before the catalogue grows, which fits its partner again over the new items
     trained = _with_reranker(args, load_trained(args.checkpoint, rerank=rerank))
+    if getattr(args, "no_rerank", False) and not getattr(trained.config.topn, "rerank", None):
+        _echo("note: --no-rerank changes nothing here: the run has no re-ranker", err=True)
     if lists_alone:
         trained = _without_hybrid(trained)
     if table is None:

@@ -188,8 +188,17 @@ def test_recommend_reads_a_ratings_file_in_the_encoding_given(run, tmp_path, cap
 def test_recommend_with_a_single_rating_and_no_header(run, tmp_path, capsys):
     ratings = tmp_path / "one.csv"
     ratings.write_text("105,7\n")
-    assert cli.main(["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "3"]) == 0
-    assert "for a new user with 1 rating(s)" in capsys.readouterr().out
+    argv = ["recommend", "--checkpoint", str(run["out"]), "--ratings", str(ratings), "-k", "3"]
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "for a new user with 1 rating(s)" in out and "--model-alone" not in err
+    # a flag that leaves out what the run does not have is said to change nothing, not silently taken
+    assert cli.main([*argv, "--model-alone"]) == 0
+    again, err = capsys.readouterr()
+    assert again == out and "note: --model-alone changes nothing here: the run has no hybrid and no re-ranker" in err
+    assert cli.main([*argv, "--no-rerank"]) == 0
+    again, err = capsys.readouterr()
+    assert again == out and "note: --no-rerank changes nothing here: the run has no re-ranker" in err
 
 
 @pytest.mark.parametrize(
@@ -473,3 +482,25 @@ def test_a_model_of_ones_own_is_trained_and_recommended_from_the_command_line(tm
     finally:
         registry.MODELS.pop("biasdot_cli", None)
         sys.modules.pop("my_models_cli", None)
+
+
+def test_resume_takes_the_config_that_started_the_run_and_refuses_another(tmp_path, capsys):
+    """The original command repeated with --resume continues the run: its --config (or --method) must describe the
+    recorded run, and one that differs is named field by field."""
+    from jaxrec.experiment import ExperimentConfig
+
+    data, out = write_ratings(tmp_path / "ratings.csv"), tmp_path / "run"
+    fields = dict(model="mf", model_kwargs={"embed": 4}, order="first", inner_steps=1, batch_size=8, epochs=2)
+    for name, inner_steps in (("config.json", 1), ("other.json", 2)):
+        record = ExperimentConfig.make(**{**fields, "inner_steps": inner_steps}).to_dict()
+        (tmp_path / name).write_text(json.dumps(record))
+    argv = ["train", "--data", str(data), "--columns", "user,item,rating", "--sep", ",", "--no-progress"]
+    argv += ["--baselines", "global_mean", "--bootstrap", "10", "--out", str(out)]
+    assert cli.main([*argv, "--config", str(tmp_path / "config.json"), "--steps", "1", "--no-eval"]) == 0
+    assert not (out / "metrics.json").exists()
+    capsys.readouterr()
+    assert cli.main([*argv, "--config", str(tmp_path / "other.json"), "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert one_clear_error(err) and "describes another run" in err and "(it differs in --inner-steps)" in err
+    assert cli.main([*argv, "--config", str(tmp_path / "config.json"), "--resume"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "metrics.json").read_text())["scenarios"]
