@@ -258,6 +258,52 @@ def test_each_epoch_logs_its_own_seconds_not_the_time_since_the_run_began(experi
     assert first + second <= wall
 
 
+def test_the_training_loop_reads_the_steps_metrics_once_an_epoch_not_after_every_step(
+    experiment, straight, tmp_path, monkeypatch
+):
+    """Reading a step's loss waits for the step, and the next step would be dispatched only then: the engine of
+    ``jaxrec train`` keeps each step's metrics on the device and reads an epoch's together at its end (the progress
+    bar's, at most once a second), into the same epoch log."""
+    from types import SimpleNamespace
+
+    from jaxrec.experiment import run as run_module
+
+    class Held:  # a step's metric, which the loop must not read on its own
+        reads = 0
+
+        def __init__(self, value):
+            self.value = value
+
+        def __float__(self):
+            Held.reads += 1
+            return float(self.value)
+
+        def __bool__(self):
+            Held.reads += 1
+            return bool(self.value)
+
+    steps, read_together = run_module.run_steps, []
+
+    def held_steps(*args, **kwargs):
+        for state, batch, metrics in steps(*args, **kwargs):
+            yield state, batch, {name: Held(value) for name, value in metrics.items()}
+
+    def device_get(pending):
+        read_together.append(len(pending))
+        return jax.device_get([{name: held.value for name, held in m.items()} for m in pending])
+
+    monkeypatch.setattr(run_module, "run_steps", held_steps)
+    monkeypatch.setattr(run_module, "jax", SimpleNamespace(device_get=device_get))
+    run = cli.TrainingRun(experiment, tmp_path / "run")
+    per_epoch = experiment.steps_per_epoch
+    run.train(run.start(resume=False), per_epoch + 2, progress=False)
+    run.close()
+    assert Held.reads == 0 and read_together == [per_epoch, 2]  # each epoch's end, then the last checkpoint's
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    expected = json.loads((straight[1] / "metrics.jsonl").read_text().splitlines()[0])
+    assert {**first, "seconds": 0} == {**expected, "seconds": 0}
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # 5. non-finite steps
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -64,6 +65,9 @@ logger = logging.getLogger(__name__)
 class RunError(JaxrecError, ValueError):
     """A run cannot start or continue as asked: a flag, an output folder or a saved record is not usable."""
 
+
+#: how often the progress bar's loss is read from the device (at most; and at each epoch's end)
+_BAR_REFRESH_SECONDS = 1.0
 
 RESUME_OVERRIDABLE = ("epochs", "baselines", "bootstrap", "devices", "eval_batch_size", "data", "data_dir")
 RESUME_OVERRIDABLE += ("item_features", "user_features")
@@ -351,6 +355,8 @@ class TrainingRun:
         self.items: dict | None = None  # the catalogue's record, written by start()
         self.weighted = experiment.dataset.has_weights  # a new user's weights are read as the log's were
         self.epoch_stats = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
+        self._pending: list[dict] = []  # the metrics of steps not yet added to epoch_stats, still on the device
+        self._skipped = 0  # the run's non-finite steps, as far as they are read (the progress bar's)
         self.selector = None  # an EpochSelector when the run keeps a state chosen on its validation users
 
     # -- state -----------------------------------------------------------------------------------------------
@@ -495,6 +501,7 @@ class TrainingRun:
         Returns:
           The step saved.
         """
+        self._settle()
         step = int(state.step)
         per_epoch = self.exp.steps_per_epoch
         meta = {
@@ -571,6 +578,7 @@ class TrainingRun:
         atomic_write_text(self.log_path, "".join(k + "\n" for k in kept))
 
     def _log_epoch(self, state, seconds: float, validation: float | None = None) -> dict:
+        self._settle()
         s = self.epoch_stats
         record = {
             "epoch": int(state.step) // self.exp.steps_per_epoch,
@@ -595,18 +603,35 @@ class TrainingRun:
 
     # -- loop ------------------------------------------------------------------------------------------------
     def _account(self, state, batch, metrics, batch_index: int) -> None:
-        finite = bool(metrics["finite"])
-        s = self.epoch_stats
-        s["steps"] += 1
-        if finite:
-            s["loss_sum"] += float(metrics["loss"])
-            s["grad_norm_sum"] += float(metrics["grad_norm"])
-            s["finite"] += 1
-            return
-        s["skipped"] += 1
-        if self.nonfinite == "raise":
+        """Keep a step's metrics for :meth:`_settle`; under ``nonfinite="raise"``, check the step on the host now
+        (a sync per step, the price of naming the step's users)."""
+        self._pending.append(metrics)
+        if self.nonfinite == "raise" and not bool(metrics["finite"]):
             users = _raw_users(self.exp, batch.task_id)
             raise NonFiniteError(int(state.step) - 1, batch_index, users, float(metrics["loss"]))
+
+    def _settle(self, in_flight: int = 0) -> None:
+        """Add the kept steps' metrics to ``epoch_stats``, but the newest ``in_flight`` of them.
+
+        Read from the device at an epoch's end, a checkpoint and a refresh of the progress bar, not after every
+        step: reading a step's loss waits for the step, and the next one would be dispatched only then. A refresh
+        leaves the newest step in flight, so the device has work while the host reads. The sums are added in step
+        order whenever they are read, so the epoch log does not depend on when that was.
+        """
+        ready = len(self._pending) - in_flight
+        if ready <= 0:
+            return
+        metrics, self._pending = jax.device_get(self._pending[:ready]), self._pending[ready:]
+        s = self.epoch_stats
+        for m in metrics:
+            s["steps"] += 1
+            if bool(m["finite"]):
+                s["loss_sum"] += float(m["loss"])
+                s["grad_norm_sum"] += float(m["grad_norm"])
+                s["finite"] += 1
+            else:
+                s["skipped"] += 1
+                self._skipped += 1
 
     def train(
         self,
@@ -641,16 +666,17 @@ class TrainingRun:
         with StopRequest() as stop, contextlib.closing(bar):
             self.exp.resolve_inner_lr()  # a resumed run skips init_state
             loop = run_steps(self.exp.trainer, state, self.exp.batches(start), stop_step=stop_step)
+            shown, self._skipped = time.perf_counter(), int(state.skipped)
             for step, (state, batch, metrics) in enumerate(loop, start):  # noqa: B007 - the last state is the result
                 self._account(state, batch, metrics, step - start)
-                bar.update(1)
-                if self.epoch_stats["finite"]:
-                    bar.set_postfix(
-                        loss=f"{self.epoch_stats['loss_sum'] / self.epoch_stats['finite']:.4f}",
-                        skipped=int(state.skipped),
-                        refresh=False,
-                    )
                 done = step + 1
+                ends_epoch = done % per_epoch == 0
+                if ends_epoch or (progress and time.perf_counter() - shown > _BAR_REFRESH_SECONDS):
+                    self._settle(in_flight=0 if ends_epoch else 1)  # at an epoch's end, before its time is taken
+                    s, shown = self.epoch_stats, time.perf_counter()
+                    if s["finite"]:
+                        bar.set_postfix(loss=f"{s['loss_sum'] / s['finite']:.4f}", skipped=self._skipped, refresh=False)
+                bar.update(1)
                 if done % per_epoch == 0:
                     score = None if self.selector is None else self._observe(done, state)
                     self._log_epoch(state, time.perf_counter() - epoch_began, score)
