@@ -250,6 +250,11 @@ def topn_statistics(
     return out
 
 
+# each batch's statistics as one compiled program (op by op, a batch's hundred small operations were dispatched, and
+# the first time compiled, one by one, for every ranker)
+_compiled_topn_statistics = jax.jit(topn_statistics, static_argnames="ks")
+
+
 def coverage(items: np.ndarray, n_items: int, k: int) -> float:
     """The fraction of the catalogue recommended to at least one user in the top ``k``.
 
@@ -363,6 +368,9 @@ def sampled_statistics(
         out[f"sampled_hr@{k}"] = jnp.sum(hit, axis=1) / jnp.maximum(n, 1.0)
         out[f"sampled_hr@{k}/w"] = (n > 0).astype(jnp.float32)
     return out
+
+
+_compiled_sampled_statistics = jax.jit(sampled_statistics, static_argnames="ks")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -724,14 +732,16 @@ def evaluate_rankers(
             if keep_sampled:
                 sampled_users.append(np.asarray(batch.task_id)[keep])
                 sampled_candidates.append(np.asarray(candidates)[keep])
+        targets = jnp.asarray(query_items)
         for name, rank in rankers.items():
             items = rank(batch, exclude)
             listed = np.asarray(items)[keep]
             _check_lists(name, listed, max(ks), catalogue.n_items, np.asarray(batch.task_id)[keep])
-            stats = topn_statistics(items, jnp.asarray(query_items), popularity, ks)
+            stats = _compiled_topn_statistics(items, targets, popularity, ks=ks)
             if name in scorers:
                 scores = scorers[name](batch, exclude, candidates.reshape(len(keep), -1)).reshape(candidates.shape)
-                stats.update(sampled_statistics(scores[..., 0], scores[..., 1:], candidates[..., 0] >= 0, ks))
+                positives = candidates[..., 0] >= 0
+                stats.update(_compiled_sampled_statistics(scores[..., 0], scores[..., 1:], positives, ks=ks))
                 if keep_sampled:
                     sampled_scores[name].append(np.asarray(scores)[keep])
             stats = jax.device_get(stats)
