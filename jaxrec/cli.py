@@ -442,7 +442,10 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
                 f"--resume: {out} holds no complete checkpoint (a run stopped before its first, or its checkpoints "
                 "lost): nothing to resume; --overwrite replaces the run's files"
             )
-        described, config = config, resume_config(out, overrides)
+        described = config
+        if described is not None:  # what it gives of the fields a resume may change counts as their flags do
+            overrides = {**_resume_changes(args, described, out), **overrides}
+        config = resume_config(out, overrides)
         if described is not None:
             _check_describes_the_run(args, described, config, out)
     else:
@@ -543,11 +546,14 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
             f"{records['hybrid']['weight']:g}, chosen on the validation users)"
         )
     if records.get("support_recency") is not None:
-        _echo(
-            f"wrote {out / RECENCY_FILE}: {who} weigh a user's items by their order, oldest first "
-            f"(strength {records['support_recency']['maml']:g}, chosen on validation users)"
-        )
+        _echo(f"wrote {out / RECENCY_FILE}: {who} {_recency_said(records['support_recency']['maml'])}")
     return EXIT_OK
+
+
+def _recency_said(strength: float) -> str:
+    """How the run's lists weigh a new user's items by their order (its ``support_recency.json``)."""
+    how = "by their order, oldest first" if strength else "alike, whatever their order"
+    return f"weigh a user's items {how} (strength {strength:g}, chosen on validation users)"
 
 
 def _epoch_choice_line(selector: Any, per_epoch: int) -> str:
@@ -756,6 +762,9 @@ def format_table(document: dict) -> str:
 #: about +-0.1 of Recall@20 or MAE on MovieLens)
 FEW_USERS = 30
 #: why a user (or item) of a task set is left out, by the run's kind
+#: ``recommend``'s flags of a file of users (``--users``), by their argument's name
+_USERS_ONLY = {"--out": "out", "--columns": "columns", "--sep": "sep", "--user-features": "user_features"}
+
 _LEFT_OUT = {
     "topn": "too few interactions for a support and a query (--shots)",
     "rated": "too few or too many ratings for a task (--min-ratings, --max-ratings, --query)",
@@ -824,10 +833,11 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         raise CLIError(f"-k must be >= 1, got {args.k}")
     if args.users is not None:
         return _recommend_users(args)
-    if args.out is not None or args.columns is not None or args.sep is not None or args.user_features is not None:
+    given = [flag for flag, value in _USERS_ONLY.items() if getattr(args, value) is not None]
+    if given:
         raise CLIError(
-            "--out, --columns, --sep and --user-features go with --users (one user's --ratings list is printed; "
-            "their features: --features)"
+            f"{', '.join(given)} {'goes' if len(given) == 1 else 'go'} with --users (one user's --ratings list is "
+            "printed; their features: --features)"
         )
     features = _feature_pairs(args.features)
     if args.new_items is None:  # a bad file fails before the slow part (with new items: after their table)
@@ -959,18 +969,47 @@ def _recommend_users(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _described_by(args: argparse.Namespace) -> str:
+    return f"--method {args.method}" if args.method else f"--config {args.config}"
+
+
+def _resume_changes(args: argparse.Namespace, described, out: Path) -> dict[str, Any]:
+    """The fields a resume may change (``RESUME_OVERRIDABLE``: the epochs, the files to read again, ...) as a
+    ``--method`` or ``--config`` given on resume sets them (the flags over it), each one that differs from the
+    recorded run's noted: the file's ``epochs`` and ``data`` are taken as ``--epochs`` and ``--data`` are."""
+    try:
+        recorded = ExperimentConfig.from_dict(read_metadata(out / "checkpoints")["config"]).flat()
+    except (KeyError, TypeError, ValueError, JaxrecError):
+        return {}  # resume_config says what is wrong with the record
+    given = {k: v for k, v in described.flat().items() if k in RESUME_OVERRIDABLE and v not in ("auto", None)}
+    for k, v in given.items():
+        if k != "data" and not _same_value(v, recorded.get(k)):
+            shown = ",".join(map(str, v)) if isinstance(v, list | tuple) else v
+            _echo(f"note: --resume: --{k.replace('_', '-')} {shown} as {_described_by(args)} gives", err=True)
+    return given
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal as recorded: through JSON (tuples as lists), numbers by value (a grid's ``1`` is the flag's ``1.0``)."""
+    return json.loads(json.dumps(a)) == json.loads(json.dumps(b))
+
+
 def _check_describes_the_run(args: argparse.Namespace, described, recorded, out: Path) -> None:
     """On resume, a ``--method`` or ``--config`` (the original command repeated) must describe the recorded run:
     every field outside those a resume may change (``RESUME_OVERRIDABLE``) the same (``"auto"`` and None, which the
     run resolved when it started, ask for what it recorded)."""
     wanted, ran = described.flat(), recorded.flat()
+    resolved = ("auto", None)
     differ = [
         k
         for k, v in wanted.items()
-        if k not in RESUME_OVERRIDABLE and v not in ("auto", None) and json.dumps(v) != json.dumps(ran[k])
+        if k not in RESUME_OVERRIDABLE
+        and v not in resolved
+        and not (k == "dataset" and wanted.get("data"))  # a log file's run names no dataset
+        and not _same_value(v, ran[k])
     ]
     if differ:
-        flag = f"--method {args.method}" if args.method else f"--config {args.config}"
+        flag = _described_by(args)
         raise CLIError(
             f"--resume: {flag} describes another run than the one in {out} (it differs in "
             f"{', '.join('--' + k.replace('_', '-') for k in differ)}); resume without it to continue the recorded "
@@ -1327,6 +1366,8 @@ def _serve_on(args: argparse.Namespace, sock: socket.socket, batch_sizes, suppor
     for note in _ranked_by_notes(trained, args):
         _echo(f"note: {note}", err=True)
     _echo(f"serving on {where} (demo page at /, API description at /docs); Ctrl-C stops")
+    # the server answers the requests in flight, then hands the signal on (it writes no file to speak of)
+    _stopped_after[0] = "the service answered its requests in flight"
     run_server(app, args.host, args.port, sock=sock)
     return EXIT_OK
 
@@ -1481,7 +1522,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         return _run(argv)
     except Interrupted as e:
         name = signal.Signals(e.signum).name
-        _echo(f"jaxrec: interrupted by {name}; every file written is complete", err=True)
+        _echo(f"jaxrec: interrupted by {name}; {_stopped_after[0]}", err=True)
         return 128 + e.signum
     finally:
         for sig, handler in previous.items():
@@ -1514,6 +1555,10 @@ def _import_modules(names: Sequence[str]) -> None:
             sys.path.remove(os.getcwd())
 
 
+#: what the line of a signal says of the command it stopped (one command a process; ``_run`` sets it)
+_stopped_after = ["every file written is complete"]
+
+
 def _raise_interrupted(signum: int, frame: Any) -> None:
     """In a caller's process (a test, a notebook), a signal stops the command with :class:`Interrupted`."""
     raise Interrupted(signum)
@@ -1528,7 +1573,7 @@ def exit_at_once(signum: int, frame: Any) -> None:
     name = signal.Signals(signum).name
     with contextlib.suppress(Exception):
         sys.stdout.flush()
-    os.write(2, f"jaxrec: interrupted by {name}; every file written is complete\n".encode())
+    os.write(2, f"jaxrec: interrupted by {name}; {_stopped_after[0]}\n".encode())
     os._exit(128 + signum)
 
 
@@ -1539,6 +1584,7 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit as e:  # --help or a usage error: argparse already printed
         return int(e.code or 0)
     debug = args.debug or os.environ.get("JAXREC_DEBUG") == "1"
+    _stopped_after[0] = "every file written is complete"
     _configure_logging(debug)
     _host_devices(getattr(args, "devices", None))
     # the command owns its process: reuse freed host memory so that XLA CPU's per-step buffers are not

@@ -194,7 +194,11 @@ def test_other_top_n_options_on_rated_feedback_are_refused_not_ignored(field, va
 @pytest.mark.parametrize(
     "field, value, instead",
     [("baselines", ("bias",), "--topn-baselines"), ("ks", (1, 3), "--topn-ks"),
-     ("implicit", True, "--positive-threshold"), ("rating_scale", (1, 10), "predicts no rating")],
+     ("implicit", True, "--positive-threshold"), ("rating_scale", (1, 10), "predicts no rating"),
+     # the rating protocol's task shapes, which top-N tasks never read (they were taken in silence)
+     ("min_ratings", 55, "every other user is kept"), ("max_ratings", 25, "never dropped"),
+     ("query", 2, "--query-cap, --train-query"), ("support", 5, "--shots"), ("split", "time", "--shots"),
+     ("support_buckets", (8,), "--shots"), ("history", 3, "--shots")],
 )  # fmt: skip
 def test_rating_options_with_implicit_feedback_are_refused_not_ignored(field, value, instead):
     from jaxrec.experiment import ExperimentConfig
@@ -217,8 +221,10 @@ def test_a_records_options_its_run_never_read_are_read_as_the_defaults():
     topn = ExperimentConfig.make(feedback="implicit", shots=5).to_dict()
     topn["evaluation"]["baselines"], topn["evaluation"]["ks"] = ["bias"], [1, 3]
     topn["data"]["implicit"], topn["data"]["rating_scale"] = True, [1, 10]
+    topn["protocol"]["min_ratings"], topn["protocol"]["query"] = 55, 2
     restored = ExperimentConfig.from_dict(topn)
     assert restored.topn.shots == 5 and restored.evaluation.baselines == ExperimentConfig().evaluation.baselines
     assert not restored.data.implicit and restored.data.rating_scale is None
+    assert restored.protocol == ExperimentConfig().protocol
     with pytest.raises(ValueError, match="shots needs --feedback implicit"):
         ExperimentConfig.make(shots=3)  # a config being made is checked

@@ -486,21 +486,33 @@ def test_a_model_of_ones_own_is_trained_and_recommended_from_the_command_line(tm
 
 def test_resume_takes_the_config_that_started_the_run_and_refuses_another(tmp_path, capsys):
     """The original command repeated with --resume continues the run: its --config (or --method) must describe the
-    recorded run, and one that differs is named field by field."""
+    recorded run (a field differing is named; a grid's ``1`` is the flag's ``1.0``), the file's data path names the
+    log again as --data does, and the fields a resume may change (its epochs) count as their flags do, noted."""
     from jaxrec.experiment import ExperimentConfig
 
     data, out = write_ratings(tmp_path / "ratings.csv"), tmp_path / "run"
     fields = dict(model="mf", model_kwargs={"embed": 4}, order="first", inner_steps=1, batch_size=8, epochs=2)
-    for name, inner_steps in (("config.json", 1), ("other.json", 2)):
-        record = ExperimentConfig.make(**{**fields, "inner_steps": inner_steps}).to_dict()
-        (tmp_path / name).write_text(json.dumps(record))
-    argv = ["train", "--data", str(data), "--columns", "user,item,rating", "--sep", ",", "--no-progress"]
-    argv += ["--baselines", "global_mean", "--bootstrap", "10", "--out", str(out)]
+    fields.update(data=str(data), columns="user,item,rating", sep=",", inner_lr=1, baselines=("global_mean",))
+    for name, changed in (("config", {}), ("other", {"inner_steps": 2}), ("longer", {"epochs": 3})):
+        record = ExperimentConfig.make(**{**fields, **changed}).to_dict()
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    argv = ["train", "--no-progress", "--bootstrap", "10", "--out", str(out)]
     assert cli.main([*argv, "--config", str(tmp_path / "config.json"), "--steps", "1", "--no-eval"]) == 0
     assert not (out / "metrics.json").exists()
     capsys.readouterr()
     assert cli.main([*argv, "--config", str(tmp_path / "other.json"), "--resume"]) == 1
     err = capsys.readouterr().err
     assert one_clear_error(err) and "describes another run" in err and "(it differs in --inner-steps)" in err
-    assert cli.main([*argv, "--config", str(tmp_path / "config.json"), "--resume"]) == 0, capsys.readouterr().err
-    assert json.loads((out / "metrics.json").read_text())["scenarios"]
+    again = [*argv, "--config", str(tmp_path / "config.json"), "--inner-lr", "1.0", "--resume"]
+    assert cli.main([*again, "--steps", "2", "--no-eval"]) == 0, capsys.readouterr().err
+    assert "note: --resume" not in capsys.readouterr().err  # nothing changes
+    assert cli.main([*argv, "--config", str(tmp_path / "longer.json"), "--resume"]) == 0
+    assert f"note: --resume: --epochs 3 as --config {tmp_path / 'longer.json'} gives" in capsys.readouterr().err
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3] and json.loads((out / "metrics.json").read_text())["scenarios"]
+
+
+def test_the_recency_line_says_a_strength_of_zero_weighs_every_item_alike():
+    assert cli._recency_said(4) == "weigh a user's items by their order, oldest first (strength 4, chosen on " \
+        "validation users)"  # fmt: skip
+    assert cli._recency_said(0.0).startswith("weigh a user's items alike, whatever their order (strength 0,")

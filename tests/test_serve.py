@@ -352,6 +352,8 @@ def test_a_signal_stops_the_service_after_the_request_in_flight(run, signum):
     assert answers == [200], server.log.read_text()
     assert code == 128 + signum and time.monotonic() - started < 20, (code, server.log.read_text())
     assert "Traceback" not in server.log.read_text()
+    name = signal.Signals(signum).name  # a service writes no file: its last line says what it did finish
+    assert f"jaxrec: interrupted by {name}; the service answered its requests in flight" in server.log.read_text()
 
 
 def test_the_port_is_held_from_before_the_model_loads(run):

@@ -862,7 +862,9 @@ def test_recommend_users_names_the_file_and_line_of_bad_input(topn_run, tmp_path
         err = capsys.readouterr().err
         assert str(table) in err and words in err, err
     assert cli.main(["recommend", "--checkpoint", run, "--ratings", str(table), "--out", "x.csv"]) == 1
-    assert "--out, --columns, --sep and --user-features go with --users" in capsys.readouterr().err
+    assert "jaxrec: error: --out goes with --users (one user's --ratings list" in capsys.readouterr().err
+    assert cli.main(["recommend", "--checkpoint", run, "--ratings", str(table), "--sep", ",", "--columns", "a,b"]) == 1
+    assert "jaxrec: error: --columns, --sep go with --users" in capsys.readouterr().err
     table.write_text("user\titem\nu\tsong-00\n")
     assert cli.main(["recommend", "--checkpoint", run, "--users", str(table), "--out", str(tmp_path)]) == 1
     assert "is a folder: name the CSV file to write" in capsys.readouterr().err

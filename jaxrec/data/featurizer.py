@@ -414,7 +414,7 @@ class Featurizer:
         user_other, _, user_edges = _side_fields(dataset.users, "user", _USER_KNOWN)  # a user column: never multi-hot
         item_other, item_joined, item_edges = _side_fields(dataset.items, "item", _ITEM_KNOWN)
         for table, fields in ((dataset.users, user_known), (dataset.items, item_known)):
-            for key, values in fields.items():  # a column named as MovieLens's, read by MovieLens's encoder
+            for key, values in list(fields.items()):  # a column named as MovieLens's, read by MovieLens's encoder
                 column = key.split("_", 1)[1]
                 if values.isna().all() and table[column].notna().any():
                     example = table[column].dropna().iloc[0]
@@ -425,6 +425,7 @@ class Featurizer:
                         column,
                         example,
                     )
+                    del fields[key]  # a table of the unknown slot alone: nothing to learn, nor to ask a new user for
         user_tables = {}
         for key, values in {**user_known, **user_other}.items():
             user_tables[key], vocabularies[key] = _slots(values, train_users)

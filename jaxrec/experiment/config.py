@@ -819,6 +819,19 @@ def _group_fields() -> dict[str, tuple[str, str]]:
 FIELDS = _group_fields()
 
 
+#: the rating protocol's task shapes, which a top-N run (``feedback="implicit"``) never reads: its tasks are shaped
+#: by the top-N options, each named here as what to set instead
+RATING_TASK_SHAPES = {
+    "split": "top-N supports are a user's first --shots interactions",
+    "support": "--shots",
+    "query": "--query-cap, --train-query",
+    "min_ratings": "a top-N user needs --shots interactions and a query; every other user is kept",
+    "max_ratings": "a long history is subsampled to --train-query, never dropped",
+    "support_buckets": "top-N supports are --shots long",
+    "history": "a top-N row's history is its support, --shots",
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Everything that defines a run (see the module docstring).
@@ -879,6 +892,9 @@ class ExperimentConfig:
                 "implicit": (self.data.implicit, "rated data as interactions: --positive-threshold R"),
                 "rating_scale": (self.data.rating_scale is not None, "top-N ranks, it predicts no rating"),
             }
+            rated = ProtocolConfig()
+            for name, instead in RATING_TASK_SHAPES.items():
+                rating_options[name] = (getattr(self.protocol, name) != getattr(rated, name), instead)
             for name, (given, instead) in rating_options.items():
                 _check(not given, name, f"is a rating option, ignored by --feedback implicit ({instead})")
 
@@ -995,6 +1011,9 @@ class ExperimentConfig:
         # rating options) are today's defaults, which the config requires, whatever an earlier version wrote there
         if groups["data"].feedback == "implicit":
             groups["data"] = dataclasses.replace(groups["data"], implicit=False, rating_scale=None)
+            rated = ProtocolConfig()
+            shapes = {name: getattr(rated, name) for name in RATING_TASK_SHAPES}
+            groups["protocol"] = dataclasses.replace(groups["protocol"], **shapes)
             rating = EvalConfig()
             groups["evaluation"] = dataclasses.replace(groups["evaluation"], baselines=rating.baselines, ks=rating.ks)
         else:
