@@ -59,6 +59,7 @@ from jaxrec.experiment.run import (
     make_config,
     never_saved,
     os_reason,
+    resolved_fields,
     restore_run,
     resume_config,
 )
@@ -442,12 +443,16 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
                 f"--resume: {out} holds no complete checkpoint (a run stopped before its first, or its checkpoints "
                 "lost): nothing to resume; --overwrite replaces the run's files"
             )
-        described = config
-        if described is not None:  # what it gives of the fields a resume may change counts as their flags do
-            overrides = {**_resume_changes(args, described, out), **overrides}
-        config = resume_config(out, overrides)
+        described, changes = config, {}
+        if described is not None:  # what it sets of the fields a resume may change counts as their flags do
+            changes = _resume_changes(args, base, described, overrides, out)
+        config = resume_config(out, {**{k: v for k, (v, _) in changes.items()}, **overrides})
         if described is not None:
             _check_describes_the_run(args, described, config, out)
+        for k, (v, recorded) in changes.items():
+            if k != "data" and not _same_value(v, recorded):
+                shown = ",".join(map(str, v)) if isinstance(v, list | tuple) else v
+                _echo(f"note: --resume: --{k.replace('_', '-')} {shown} as {_described_by(args)} gives", err=True)
     else:
         check_fresh_out(out, overwrite=args.overwrite)
         field_defaults = type(config.topn)()
@@ -761,10 +766,9 @@ def format_table(document: dict) -> str:
 #: below this many users, a scenario's or the validation's figures are noise (a paired interval over 30 users is
 #: about +-0.1 of Recall@20 or MAE on MovieLens)
 FEW_USERS = 30
-#: why a user (or item) of a task set is left out, by the run's kind
 #: ``recommend``'s flags of a file of users (``--users``), by their argument's name
 _USERS_ONLY = {"--out": "out", "--columns": "columns", "--sep": "sep", "--user-features": "user_features"}
-
+#: why a user (or item) of a task set is left out, by the run's kind
 _LEFT_OUT = {
     "topn": "too few interactions for a support and a query (--shots)",
     "rated": "too few or too many ratings for a task (--min-ratings, --max-ratings, --query)",
@@ -973,20 +977,28 @@ def _described_by(args: argparse.Namespace) -> str:
     return f"--method {args.method}" if args.method else f"--config {args.config}"
 
 
-def _resume_changes(args: argparse.Namespace, described, out: Path) -> dict[str, Any]:
-    """The fields a resume may change (``RESUME_OVERRIDABLE``: the epochs, the files to read again, ...) as a
-    ``--method`` or ``--config`` given on resume sets them (the flags over it), each one that differs from the
-    recorded run's noted: the file's ``epochs`` and ``data`` are taken as ``--epochs`` and ``--data`` are."""
+def _resume_changes(args: argparse.Namespace, base, described, overrides: dict, out: Path) -> dict[str, tuple]:
+    """The fields a resume may change (``RESUME_OVERRIDABLE``: the epochs, the files to read again, ...) that a
+    ``--method`` or ``--config`` given on resume sets, as ``{field: (its value, the recorded run's)}``: a recipe's or
+    file's own (those it sets apart from the defaults; a flag given wins and is no change of theirs), its paths
+    made absolute and checked as ``--data``'s are."""
     try:
         recorded = ExperimentConfig.from_dict(read_metadata(out / "checkpoints")["config"]).flat()
     except (KeyError, TypeError, ValueError, JaxrecError):
         return {}  # resume_config says what is wrong with the record
-    given = {k: v for k, v in described.flat().items() if k in RESUME_OVERRIDABLE and v not in ("auto", None)}
-    for k, v in given.items():
-        if k != "data" and not _same_value(v, recorded.get(k)):
-            shown = ",".join(map(str, v)) if isinstance(v, list | tuple) else v
-            _echo(f"note: --resume: --{k.replace('_', '-')} {shown} as {_described_by(args)} gives", err=True)
-    return given
+    defaults, own, wanted = ExperimentConfig().flat(), base.flat(), described.flat()
+    changes = {}
+    for k in RESUME_OVERRIDABLE:
+        if k in overrides or wanted[k] in ("auto", None) or _same_value(own[k], defaults[k]):
+            continue
+        value = wanted[k]
+        if k in ("data", "item_features", "user_features"):  # read as the flag's: from here, and it must exist
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise CLIError(f"--{k.replace('_', '-')} {value} (of {_described_by(args)}): file not found")
+            value = str(path.resolve())
+        changes[k] = (value, recorded.get(k))
+    return changes
 
 
 def _same_value(a: Any, b: Any) -> bool:
@@ -998,7 +1010,7 @@ def _check_describes_the_run(args: argparse.Namespace, described, recorded, out:
     """On resume, a ``--method`` or ``--config`` (the original command repeated) must describe the recorded run:
     every field outside those a resume may change (``RESUME_OVERRIDABLE``) the same (``"auto"`` and None, which the
     run resolved when it started, ask for what it recorded)."""
-    wanted, ran = described.flat(), recorded.flat()
+    wanted, ran = resolved_fields(described), recorded.flat()
     resolved = ("auto", None)
     differ = [
         k
@@ -1088,12 +1100,11 @@ def _feature_pairs(text: str | None) -> dict[str, str] | None:
 def _feature_notes(trained, features: dict | None) -> list[str]:
     """What the new user's side features are read as: the model's that were not given, those whose values no
     training user had (both read as unknown)."""
-    keys = trained.featurizer.user_feature_keys
-    if not keys:
+    names = trained.featurizer.user_features_read
+    if not names:
         if features:
             raise CLIError("--features: the model was trained without user features")
         return []
-    names = sorted(trained.featurizer.user_feature_name(key) for key in keys)
     if not features:
         return [
             f"the model reads user features ({', '.join(names)}): none given (--features, --user-features), so the "
@@ -1398,7 +1409,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         notes.append(f"the run's re-ranker ({trained.config.topn.rerank}) is not in the arrays")
     if trained.hybrid is not None:
         notes.append(f"the run ranks by {trained.hybrid.name}; these arrays rank by the adapted model alone")
-    names = sorted(trained.featurizer.user_feature_name(key) for key in trained.featurizer.user_feature_keys)
+    names = trained.featurizer.user_features_read
     if names:
         notes.append(
             f"the model reads user features ({', '.join(names)}); the arrays' prior is a new user's without them "

@@ -322,6 +322,22 @@ def test_grouped_and_newton_runs_train_evaluate_and_recommend(tmp_path, capsys, 
     assert len(ranked) == 3
 
 
+def test_resume_compares_the_flags_as_the_run_resolved_its_own(monkeypatch, tmp_path):
+    """A run records its config resolved (MAMO adds its memories to --frozen): the original --frozen given again on
+    resume was refused as a change of --frozen."""
+    from jaxrec.experiment import ExperimentConfig, run
+    from jaxrec.experiment.config import resolve
+    from jaxrec.methods import recipe
+
+    asked = ExperimentConfig.make(**recipe("mamo"), frozen="^params/user_")
+    recorded = resolve(asked)
+    assert recorded.meta.frozen != asked.meta.frozen  # what the record holds is not what was asked
+    monkeypatch.setattr("jaxrec.experiment.run.read_metadata", lambda folder: {"config": recorded.to_dict()})
+    assert run.resume_config(tmp_path, {"frozen": "^params/user_", "epochs": 3}).meta.frozen == recorded.meta.frozen
+    with pytest.raises(cli.CLIError, match="cannot change --frozen"):
+        run.resume_config(tmp_path, {"frozen": "^params/item_"})
+
+
 def test_resume_keeps_the_recorded_config_and_refuses_an_older_record(monkeypatch, tmp_path):
     from jaxrec.experiment import ExperimentConfig, run
 
@@ -484,32 +500,44 @@ def test_a_model_of_ones_own_is_trained_and_recommended_from_the_command_line(tm
         sys.modules.pop("my_models_cli", None)
 
 
-def test_resume_takes_the_config_that_started_the_run_and_refuses_another(tmp_path, capsys):
+def test_resume_takes_the_config_that_started_the_run_and_refuses_another(tmp_path, capsys, monkeypatch):
     """The original command repeated with --resume continues the run: its --config (or --method) must describe the
     recorded run (a field differing is named; a grid's ``1`` is the flag's ``1.0``), the file's data path names the
-    log again as --data does, and the fields a resume may change (its epochs) count as their flags do, noted."""
+    log again as --data does (from the current folder, checked), and the fields a resume may change that the file
+    sets (its epochs) count as their flags do, noted; a flag is no change of the file's, and a default the file does
+    not set undoes nothing."""
     from jaxrec.experiment import ExperimentConfig
 
+    monkeypatch.chdir(tmp_path)
     data, out = write_ratings(tmp_path / "ratings.csv"), tmp_path / "run"
     fields = dict(model="mf", model_kwargs={"embed": 4}, order="first", inner_steps=1, batch_size=8, epochs=2)
-    fields.update(data=str(data), columns="user,item,rating", sep=",", inner_lr=1, baselines=("global_mean",))
+    fields.update(data=data.name, columns="user,item,rating", sep=",", inner_lr=1, baselines=("global_mean",))
     for name, changed in (("config", {}), ("other", {"inner_steps": 2}), ("longer", {"epochs": 3})):
         record = ExperimentConfig.make(**{**fields, **changed}).to_dict()
         (tmp_path / f"{name}.json").write_text(json.dumps(record))
-    argv = ["train", "--no-progress", "--bootstrap", "10", "--out", str(out)]
-    assert cli.main([*argv, "--config", str(tmp_path / "config.json"), "--steps", "1", "--no-eval"]) == 0
+    argv = ["train", "--no-progress", "--out", str(out)]
+    assert cli.main([*argv, "--config", "config.json", "--bootstrap", "10", "--steps", "1", "--no-eval"]) == 0
     assert not (out / "metrics.json").exists()
     capsys.readouterr()
-    assert cli.main([*argv, "--config", str(tmp_path / "other.json"), "--resume"]) == 1
+    assert cli.main([*argv, "--config", "other.json", "--resume"]) == 1
     err = capsys.readouterr().err
     assert one_clear_error(err) and "describes another run" in err and "(it differs in --inner-steps)" in err
-    again = [*argv, "--config", str(tmp_path / "config.json"), "--inner-lr", "1.0", "--resume"]
-    assert cli.main([*again, "--steps", "2", "--no-eval"]) == 0, capsys.readouterr().err
-    assert "note: --resume" not in capsys.readouterr().err  # nothing changes
-    assert cli.main([*argv, "--config", str(tmp_path / "longer.json"), "--resume"]) == 0
-    assert f"note: --resume: --epochs 3 as --config {tmp_path / 'longer.json'} gives" in capsys.readouterr().err
+    again = [*argv, "--config", "config.json", "--inner-lr", "1.0", "--resume"]
+    assert cli.main([*again, "--epochs", "2", "--steps", "2", "--no-eval"]) == 0, capsys.readouterr().err
+    assert "note: --resume" not in capsys.readouterr().err  # nothing changes; --epochs is the flag's own
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert cli.main([*argv, "--config", "../longer.json", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert one_clear_error(err) and "--data ratings.csv (of --config ../longer.json): file not found" in err
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*argv, "--config", "longer.json", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "note: --resume: --epochs 3 as --config longer.json gives" in err and "--bootstrap" not in err
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert epochs == [1, 2, 3] and json.loads((out / "metrics.json").read_text())["scenarios"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert epochs == [1, 2, 3] and metrics["scenarios"] and metrics["config"]["evaluation"]["bootstrap"] == 10
 
 
 def test_the_recency_line_says_a_strength_of_zero_weighs_every_item_alike():

@@ -638,7 +638,7 @@ def _implicit_model(weighted, positive_threshold=None):
         item_ids=np.array(["a", "b", "c"], dtype=object),
         titles=None,
         config=SimpleNamespace(data=data),
-        featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None), user_feature_keys=[]),
+        featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None), user_features_read=[]),
         weighted=weighted,
     )
 
@@ -742,7 +742,7 @@ def _integer_catalogue(ids=(1, 2, 2571)):
         item_ids=np.array(ids),
         titles=None,
         config=SimpleNamespace(data=SimpleNamespace(feedback="implicit", positive_threshold=None)),
-        featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None), user_feature_keys=[]),
+        featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None), user_features_read=[]),
         weighted=True,
     )
     return Catalogue(trained)

@@ -453,10 +453,11 @@ def test_a_new_users_raw_values_are_encoded_as_the_training_users_were(tmp_path)
         again.encode_user_features({"email": "a@b"})
 
 
-def test_a_column_named_as_movielens_whose_values_it_cannot_read_is_no_feature(tmp_path, caplog):
+def test_a_column_named_as_movielens_whose_values_it_cannot_read_is_not_asked_for(tmp_path, caplog):
     """A user table's ``age`` of buckets (``25-34``) is read by MovieLens's age encoder, which reads none of them:
-    the warning said "not a feature", yet the model kept a feature of unknowns alone, and ``recommend`` and the
-    service listed ``age`` among the features it reads, then called every age sent (the table's own) unknown."""
+    the warning said "not a feature", yet ``recommend`` and the service listed ``age`` among the features the model
+    reads, then called every age sent (the table's own) unknown. Its table of the unknown slot alone stays in the
+    model (a run's featurizer is compared with its record), but no new user is asked for it or told of it."""
     n = 40
     table = ["user,age,country"] + [f"{u},{['18-24', '25-34'][u % 2]},{['FR', 'DE'][u % 3 % 2]}" for u in range(n)]
     side = jd.read_side_table(_write(tmp_path / "users.csv", "\n".join(table) + "\n"), "user")
@@ -464,6 +465,10 @@ def test_a_column_named_as_movielens_whose_values_it_cannot_read_is_no_feature(t
     with caplog.at_level("WARNING", logger="jaxrec"):
         featurizer = jd.Featurizer.fit(jd.with_side_features(jd.from_dataframe(ratings), users=side))
     assert "side column 'age' is read as MovieLens's age, and none of its values (e.g. '18-24')" in caplog.text
-    assert set(featurizer.user_feature_keys) == {"user_country"}
-    slots, unknown = featurizer.encode_user_features({"country": "FR", "age": "25-34"}, ignore_others=True)
-    assert set(slots) == {"user_country"} and slots["user_country"] > 0 and not unknown
+    assert set(featurizer.user_feature_keys) == {"user_age", "user_country"} and not featurizer.vocabularies["user_age"]
+    assert featurizer.user_features_read == ["country"]
+    slots, unknown = featurizer.encode_user_features({"country": "FR", "age": "25-34"})
+    assert slots["user_age"] == 0 and slots["user_country"] > 0 and not unknown
+    assert featurizer.user_features_not_given({}) == ["country"]
+    with pytest.raises(jd.DataError, match="it reads country "):
+        featurizer.encode_user_features({"income": 3})

@@ -414,7 +414,7 @@ class Featurizer:
         user_other, _, user_edges = _side_fields(dataset.users, "user", _USER_KNOWN)  # a user column: never multi-hot
         item_other, item_joined, item_edges = _side_fields(dataset.items, "item", _ITEM_KNOWN)
         for table, fields in ((dataset.users, user_known), (dataset.items, item_known)):
-            for key, values in list(fields.items()):  # a column named as MovieLens's, read by MovieLens's encoder
+            for key, values in fields.items():  # a column named as MovieLens's, read by MovieLens's encoder
                 column = key.split("_", 1)[1]
                 if values.isna().all() and table[column].notna().any():
                     example = table[column].dropna().iloc[0]
@@ -424,8 +424,7 @@ class Featurizer:
                         column,
                         column,
                         example,
-                    )
-                    del fields[key]  # a table of the unknown slot alone: nothing to learn, nor to ask a new user for
+                    )  # its table, of the unknown slot alone, stays: a run's featurizer is compared with its record
         user_tables = {}
         for key, values in {**user_known, **user_other}.items():
             user_tables[key], vocabularies[key] = _slots(values, train_users)
@@ -520,6 +519,13 @@ class Featurizer:
         """The row keys of the users' side features (``user_<field>``), in the tables' order."""
         return list(self.user_tables)
 
+    @property
+    def user_features_read(self) -> list[str]:
+        """The columns of the user features a new user's values are read from (sorted): every feature but those with
+        no value in their vocabulary (a column named as MovieLens's none of whose values its encoder read: every
+        user, and every value sent, is its unknown slot)."""
+        return sorted(self.user_feature_name(key) for key in self.user_tables if self.vocabularies.get(key))
+
     def user_feature_name(self, key: str) -> str:
         """The side-table column of a user feature key (the key's own suffix for a featurizer saved without them)."""
         return self.user_feature_names.get(key, key.split("_", 1)[1])
@@ -555,7 +561,7 @@ class Featurizer:
         keys = {name: by_name.get(str(name), _field_key("user", name)) for name in features}
         extra = [name for name, key in keys.items() if key not in self.user_tables]
         if extra and not ignore_others:
-            known = ", ".join(sorted(by_name)) or "none"
+            known = ", ".join(self.user_features_read) or "none"
             shown = f"{extra[:10]}" + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
             raise DataError(
                 f"user features {shown} are not the model's: it reads {known} (a run's user features are the columns "
@@ -564,8 +570,8 @@ class Featurizer:
         slots, unknown = {key: 0 for key in self.user_tables}, []
         for name, key in keys.items():
             value = _stripped(features[name])
-            if key not in self.user_tables or _not_given(value):
-                continue
+            if key not in self.user_tables or _not_given(value) or not self.vocabularies.get(key):
+                continue  # not a feature, not given, or a feature no value reads (unknown for everyone)
             index = _index_in(self._user_label(key, name, value), self.vocabularies.get(key, []))
             if index is None:
                 unknown.append(str(name))
@@ -577,7 +583,7 @@ class Featurizer:
         """The model's user features (column names, sorted) that ``features`` leaves out or gives no value (None,
         NaN, empty text): each is read as unknown by :meth:`encode_user_features`."""
         given = {str(name) for name, value in (features or {}).items() if not _not_given(_stripped(value))}
-        return sorted(name for name in map(self.user_feature_name, self.user_tables) if name not in given)
+        return [name for name in self.user_features_read if name not in given]
 
     def _user_label(self, key: str, name: str, value: Any) -> Any:
         """The label a training user with ``value`` in the column of ``key`` got (None: no encoder reads it)."""

@@ -32,7 +32,7 @@ from jaxrec.experiment.checkpoint import (
     checkpoint_folder,
     read_metadata,
 )
-from jaxrec.experiment.config import EVALUATION_FIELDS, ExperimentConfig, as_flags
+from jaxrec.experiment.config import EVALUATION_FIELDS, ExperimentConfig, as_flags, resolve
 from jaxrec.experiment.hybrid_record import HYBRID_FILE, INTERACTIONS_FILE, write_hybrid
 from jaxrec.experiment.protocol import Experiment
 from jaxrec.experiment.reranker_record import RERANKER_FILE, RERANKER_PARAMS_FILE, read_reranker, write_reranker
@@ -56,6 +56,7 @@ __all__ = [
     "complete_steps",
     "never_saved",
     "restore_run",
+    "resolved_fields",
     "resume_config",
 ]
 
@@ -325,7 +326,8 @@ class TrainingRun:
       out: the run folder.
       store: the :class:`~jaxrec.experiment.checkpoint.CheckpointStore` of ``out/checkpoints``.
       nonfinite: what a non-finite meta-step does.
-      epoch_stats: the running sums of the current epoch (loss, grad norm, finite, skipped and all steps).
+      epoch_stats: the running sums of the current epoch (loss, grad norm, finite, skipped and all steps), as far
+        as they were read from the device: complete at an epoch's end and at each checkpoint, not after each step.
     """
 
     def __init__(
@@ -723,6 +725,18 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
 
+def resolved_fields(config: ExperimentConfig) -> dict[str, Any]:
+    """Every field of ``config`` as a run that started from it records it: resolved
+    (:func:`~jaxrec.experiment.config.resolve`: the adapted set, the solver, a model's own frozen leaves ...) and as
+    JSON (tuples as lists), so that the original command repeated compares equal to its run's record; a config that
+    cannot be resolved, as given."""
+    try:
+        config = resolve(config)
+    except ValueError:  # what cannot be resolved cannot be the recorded run's: compared as given, it differs
+        pass
+    return _jsonable(config.flat())
+
+
 def _check_same_data(meta: dict, experiment, folder: Path, interactions: dict | None = None) -> None:
     """The data must encode exactly as when the checkpoint was written, or ids would silently mean other items, and
     hold the same interactions (``interactions``: the experiment's :meth:`~jaxrec.data.Dataset.fingerprint` when
@@ -881,14 +895,15 @@ def resume_config(out: Path, overrides: Mapping[str, Any]) -> ExperimentConfig:
         raise RunError(f"cannot change --feedback on --resume (the run was trained on {trained_as} feedback)")
     overrides = {k: v for k, v in overrides.items() if k != "feedback"}  # asked for no change
     try:  # an option this kind of run never reads is refused as such, not as a change (the record holds the default)
-        ran.override(**{k: v for k, v in overrides.items() if v != "auto"})
+        asked = ran.override(**{k: v for k, v in overrides.items() if v != "auto"})
     except (TypeError, ValueError) as e:
         raise RunError(f"{out}: {as_flags(str(e))}") from None
+    asked = resolved_fields(asked)  # the flags as the run resolved its own (MAMO's memories added to --frozen, ...)
     changed = [
         k
         for k, v in overrides.items()
         # "auto" resolves to what the run recorded, so it asks for no change
-        if k not in RESUME_OVERRIDABLE and v != "auto" and _jsonable(v) != recorded.get(k)
+        if k not in RESUME_OVERRIDABLE and v != "auto" and asked[k] != recorded.get(k)
     ]
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)

@@ -107,9 +107,7 @@ class Catalogue:
         # a model of unweighted interactions without a threshold reads an item, not a value sent with it
         self.values_ignored = self.implicit and self.positive_threshold is None and not self.weighted
         self._featurizer = trained.featurizer
-        self.user_features = sorted(
-            trained.featurizer.user_feature_name(k) for k in trained.featurizer.user_feature_keys
-        )
+        self.user_features = trained.featurizer.user_features_read
 
     def __len__(self) -> int:
         return len(self.ids)
