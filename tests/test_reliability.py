@@ -302,6 +302,15 @@ def test_the_training_loop_reads_the_steps_metrics_once_an_epoch_not_after_every
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     expected = json.loads((straight[1] / "metrics.jsonl").read_text().splitlines()[0])
     assert {**first, "seconds": 0} == {**expected, "seconds": 0}
+    # a host that runs ahead of the device is held back: at most so many steps wait, the newest left in flight
+    monkeypatch.setattr(run_module, "_MAX_PENDING_STEPS", 2)
+    read_together.clear()
+    run = cli.TrainingRun(experiment, tmp_path / "bounded")
+    run.train(run.start(resume=False), per_epoch, progress=False)
+    run.close()
+    assert per_epoch > 2 and read_together[:-1] == [1] * (per_epoch - 2) and read_together[-1] == 2
+    line = json.loads((tmp_path / "bounded" / "metrics.jsonl").read_text().splitlines()[0])
+    assert {**line, "seconds": 0} == {**expected, "seconds": 0}
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -69,6 +69,9 @@ class RunError(JaxrecError, ValueError):
 
 #: how often the progress bar's loss is read from the device (at most; and at each epoch's end)
 _BAR_REFRESH_SECONDS = 1.0
+#: the most meta-steps whose metrics wait on the device: a host that dispatches ahead of the device holds each
+#: queued step's batch there, so it is held back this far (the older steps' metrics read, the newest left in flight)
+_MAX_PENDING_STEPS = 64
 
 RESUME_OVERRIDABLE = ("epochs", "baselines", "bootstrap", "devices", "eval_batch_size", "data", "data_dir")
 RESUME_OVERRIDABLE += ("item_features", "user_features")
@@ -673,7 +676,8 @@ class TrainingRun:
                 self._account(state, batch, metrics, step - start)
                 done = step + 1
                 ends_epoch = done % per_epoch == 0
-                if ends_epoch or (progress and time.perf_counter() - shown > _BAR_REFRESH_SECONDS):
+                refresh = progress and time.perf_counter() - shown > _BAR_REFRESH_SECONDS
+                if ends_epoch or refresh or len(self._pending) >= _MAX_PENDING_STEPS:
                     self._settle(in_flight=0 if ends_epoch else 1)  # at an epoch's end, before its time is taken
                     s, shown = self.epoch_stats, time.perf_counter()
                     if s["finite"]:
