@@ -476,12 +476,7 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     train_tasks = getattr(experiment, "train_tasks", None)
     dropped = int(getattr(train_tasks, "stats", {}).get("users_dropped", 0))
     if dropped:
-        # meta-train tasks have no upper cap (a long history is subsampled): only too few interactions leave one out
-        reason = (
-            _LEFT_OUT["topn"]
-            if config.data.feedback == "implicit"
-            else "too few ratings for a task (--min-ratings, --query)"
-        )
+        reason = _LEFT_OUT["topn" if config.data.feedback == "implicit" else "rated meta-train"]
         _echo(f"note: train: {dropped} meta-train {train_tasks.by}(s) left out: {reason}", err=True)
     total = experiment.total_steps
     stop_step = total if args.steps is None else min(int(args.steps), total)
@@ -772,6 +767,8 @@ _USERS_ONLY = {"--out": "out", "--columns": "columns", "--sep": "sep", "--user-f
 _LEFT_OUT = {
     "topn": "too few interactions for a support and a query (--shots)",
     "rated": "too few or too many ratings for a task (--min-ratings, --max-ratings, --query)",
+    # meta-training has no upper cap (a long history is subsampled): only too few ratings leave a user out
+    "rated meta-train": "too few ratings for a task (--min-ratings, --query)",
 }
 
 
@@ -1011,12 +1008,12 @@ def _check_describes_the_run(args: argparse.Namespace, described, recorded, out:
     every field outside those a resume may change (``RESUME_OVERRIDABLE``) the same (``"auto"`` and None, which the
     run resolved when it started, ask for what it recorded)."""
     wanted, ran = resolved_fields(described), recorded.flat()
-    resolved = ("auto", None)
+    unset = ("auto", None)
     differ = [
         k
         for k, v in wanted.items()
         if k not in RESUME_OVERRIDABLE
-        and v not in resolved
+        and v not in unset
         and not (k == "dataset" and wanted.get("data"))  # a log file's run names no dataset
         and not _same_value(v, ran[k])
     ]
