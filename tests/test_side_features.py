@@ -3,6 +3,9 @@ encoded whatever their columns (the featurizer used to read MovieLens's column n
 
 import json
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
@@ -472,3 +475,38 @@ def test_a_column_named_as_movielens_whose_values_it_cannot_read_is_not_asked_fo
     assert featurizer.user_features_not_given({}) == ["country"]
     with pytest.raises(jd.DataError, match="it reads country "):
         featurizer.encode_user_features({"income": 3})
+
+
+def test_a_top_n_run_with_a_feature_of_the_unknown_slot_alone_trains_evaluates_and_recommends(tmp_path):
+    """The unreadable ``age`` above keeps a table of one row: the top-N evaluation reads each user's row under
+    ``vmap``, where Flax's one-row lookup failed for a scalar id (an unexpected error at the first validation)."""
+    from jaxrec.models.common import Embed
+
+    table = Embed(1, 3, embedding_init=nn.initializers.normal(1.0))
+    params = table.init(jax.random.key(0), jnp.zeros((2,), jnp.int32))
+    row = params["params"]["embedding"][0]
+    np.testing.assert_array_equal(table.apply(params, jnp.int32(0)), row)
+    np.testing.assert_array_equal(jax.vmap(lambda i: table.apply(params, i))(jnp.zeros(4, jnp.int32)), [row] * 4)
+
+    plays = write_plays(tmp_path / "plays.tsv")
+    users = sorted({line.split("\t")[0] for line in plays.read_text().splitlines()[1:]})
+    rows = [f"{u},{['18-24', '25-34'][i % 2]},{['FR', 'DE'][i % 3 % 2]}" for i, u in enumerate(users)]
+    table_file = tmp_path / "users.csv"
+    table_file.write_text("\n".join(["user,age,country", *rows]) + "\n")
+    out, mine = tmp_path / "run", tmp_path / "mine.txt"
+    mine.write_text("song-01\nsong-03\n")
+    said = []
+    patch = pytest.MonkeyPatch()
+    patch.setattr(cli, "_echo", lambda *parts, err=False: said.append(" ".join(map(str, parts))))
+    try:
+        flags = ["--data", str(plays), "--columns", "user,item,weight,timestamp", *TOPN_FLAGS, "--epochs", "1"]
+        flags += ["--user-features", str(table_file), "--topn-baselines", "popular", "--hybrid", "none"]
+        assert cli.main(["train", *flags, "--out", str(out)]) == 0, said[-3:]
+        metrics = json.loads((out / "metrics.json").read_text())["scenarios"]["new_user"]["maml"]
+        assert metrics["users"] > 0 and metrics["recall@20"] > 0
+        said.clear()
+        recommend = ["recommend", "--checkpoint", str(out), "--ratings", str(mine), "-k", "3"]
+        assert cli.main([*recommend, "--features", "country=FR"]) == 0, said
+        assert len([line for line in said if "(item " in line]) == 3
+    finally:
+        patch.undo()

@@ -34,6 +34,21 @@ def output_offset(spec: FeatureSpec) -> float:
     return 0.5 * (float(low) + float(high))
 
 
+class Embed(nn.Embed):
+    """``nn.Embed`` (the same parameters and lookup) that reads a one-row table as any other.
+
+    Flax returns a one-row table broadcast to ``ids.shape + (features,)``, which fails for a scalar id: one user's
+    row, as the top-N evaluation and the service read each user under ``vmap``. A side column none of whose values
+    can be read keeps such a table (its unknown slot alone), and so does a model's user id where every task is a new
+    user (``"user": 1``).
+    """
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        if self.num_embeddings != 1:
+            return super().__call__(inputs)
+        return super().__call__(inputs[..., None])[..., 0, :]
+
+
 def valid_ids(ids: jax.Array, vocab: int) -> jax.Array:
     """Map ids outside ``[0, vocab)`` to the OOV slot 0.
 

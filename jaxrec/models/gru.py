@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxrec.core.features import FeatureSpec
 from jaxrec.models.common import (
+    Embed,
     Head,
     Rows,
     output_offset,
@@ -84,7 +85,7 @@ class GRURecommender(nn.Module):
         values = jnp.ones(history.shape, jnp.float32) if given is None else given.astype(jnp.float32)
         rating = jnp.where(mask, (values - centre) / scale, 0.0)
         steps = jnp.concatenate(
-            [nn.Embed(n_items, self.embed, name="embed_history_item")(history), rating[..., None]], axis=-1
+            [Embed(n_items, self.embed, name="embed_history_item")(history), rating[..., None]], axis=-1
         )
         scan = nn.scan(
             _MaskedGRUStep,
@@ -95,7 +96,7 @@ class GRURecommender(nn.Module):
         )
         initial = jnp.zeros((history.shape[0], self.hidden_state), jnp.float32)
         state, _ = scan(self.hidden_state, name="gru")(initial, (steps, mask))
-        target = nn.Embed(n_items, self.embed, name="embed_item")(valid_ids(rows["item"], n_items))
+        target = Embed(n_items, self.embed, name="embed_item")(valid_ids(rows["item"], n_items))
         return Head(tuple(self.hidden), output_offset(spec), name="head")(jnp.concatenate([state, target], -1))
 
     @staticmethod

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.losses import masked_mean
 from jaxrec.models.common import (
+    Embed,
     MultiHotEmbed,
     Rows,
     categorical_fields,
@@ -108,7 +109,7 @@ class _ItemFromUsers(nn.Module):
             raise ValueError(
                 f"{type(self).__name__} needs a user field: the user id (use_ids=['user']) or user side features"
             )
-        self.embed = {key: nn.Embed(spec.categorical[key], self.width) for key in self._categorical}
+        self.embed = {key: Embed(spec.categorical[key], self.width) for key in self._categorical}
         self.dense = {key: MultiHotEmbed(self.width) for key in self._multi_hot}
         self.user_layers = [nn.Dense(w) for w in (*self.user_hidden, self.dim)]
         zeros = nn.initializers.zeros

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.losses import masked_mean
 from jaxrec.models.common import (
+    Embed,
     Head,
     MultiHotEmbed,
     Rows,
@@ -96,7 +97,7 @@ class _WarmUpBase(nn.Module):
         self._user_multi_hot = tuple(multi_hot_fields(spec, sides=("user",)))
         self._item_multi_hot = tuple(multi_hot_fields(spec, sides=("item",)))
         keys = (*self._user_fields, "item", *self._item_fields)
-        self.embed = {key: nn.Embed(spec.categorical[key], self.width) for key in keys}
+        self.embed = {key: Embed(spec.categorical[key], self.width) for key in keys}
         self.dense = {key: MultiHotEmbed(self.width) for key in (*self._user_multi_hot, *self._item_multi_hot)}
         self.head = Head(tuple(self.hidden), output_offset(spec))
         self.setup_warm_up()

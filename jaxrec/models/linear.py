@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.params import path_names
 from jaxrec.models.common import (
+    Embed,
     MultiHotEmbed,
     Rows,
     categorical_fields,
@@ -66,8 +67,7 @@ class LinearModel(nn.Module):
         for key in categorical_fields(spec, self.use_ids):
             vocab = spec.categorical[key]
             score = (
-                score
-                + nn.Embed(vocab, 1, embedding_init=zeros, name=f"embed_{key}")(valid_ids(rows[key], vocab))[..., 0]
+                score + Embed(vocab, 1, embedding_init=zeros, name=f"embed_{key}")(valid_ids(rows[key], vocab))[..., 0]
             )
         for key in multi_hot_fields(spec):
             score = score + MultiHotEmbed(1, kernel_init=zeros, name=f"dense_{key}")(rows[key])[..., 0]
@@ -138,7 +138,7 @@ class FactorizationMachine(nn.Module):
         total, total_sq = 0.0, 0.0
         for key in categorical_fields(spec, self.use_ids):
             vocab = spec.categorical[key]
-            v = nn.Embed(vocab, self.embed, embedding_init=small_normal, name=f"factors_embed_{key}")(
+            v = Embed(vocab, self.embed, embedding_init=small_normal, name=f"factors_embed_{key}")(
                 valid_ids(rows[key], vocab)
             )
             total, total_sq = total + v, total_sq + jnp.square(v)

@@ -59,6 +59,7 @@ from jaxrec.core.inner import InnerLoop, adapt
 from jaxrec.core.losses import masked_mean
 from jaxrec.core.params import path_names
 from jaxrec.models.common import (
+    Embed,
     MultiHotEmbed,
     Rows,
     categorical_fields,
@@ -141,7 +142,7 @@ class MAMO(nn.Module):
                 raise ValueError(f"MAMO's {name} is a moving-average rate in [0, 1], got {getattr(self, name)}")
         # dict entries are named <attribute>_<key>: embed_<row key> and dense_<row key>, the models' convention
         keys = self._user_fields + self._item_fields
-        self.embed = {key: nn.Embed(spec.categorical[key], width) for key in keys}
+        self.embed = {key: Embed(spec.categorical[key], width) for key in keys}
         self.dense = {key: MultiHotEmbed(width) for key in self._user_multi + self._item_multi}
         profile = max(width * (len(self._user_fields) + len(self._user_multi)), 1)
         item_profile = width * (len(self._item_fields) + len(self._item_multi))

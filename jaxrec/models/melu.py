@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxrec.core.features import FeatureSpec
 from jaxrec.models.common import (
+    Embed,
     Head,
     MultiHotEmbed,
     Rows,
@@ -26,7 +27,7 @@ from jaxrec.models.common import (
 class MeLU(nn.Module):
     """MeLU (Lee et al., KDD 2019, "MeLU: Meta-Learned User Preference Estimator for Cold-Start Recommendation").
 
-    * Embedding layer: one ``nn.Embed(vocab, embed)`` per categorical field (``embed_<key>``), the ids named in
+    * Embedding layer: one ``Embed(vocab, embed)`` per categorical field (``embed_<key>``), the ids named in
       ``use_ids`` included (MeLU itself uses features only: ``use_ids=()``), and a bias-free
       ``dense_<key>: [width, embed]`` per multi-hot field (e.g. genres), of the field's values summed or, with
       ``multi_hot="mean"`` (MeLU's released code), averaged.
@@ -35,7 +36,7 @@ class MeLU(nn.Module):
       ``1/2 [(sum_f e_f)^2 - sum_f e_f^2]`` (the FM pairwise term kept per dimension; no parameters).
     * Prediction MLP ``head``: ``hidden`` Dense+ReLU layers and ``Dense(1)`` (bias starting mid-range).
     * ``item_bias`` (default off): an additive per-item term ``b_i`` read by the item id from
-      ``bias_embed_item: nn.Embed(item vocab, 1)`` (starting at 0), ``s(u, i) = head(x) + b_i``. It is outside ``head``,
+      ``bias_embed_item: Embed(item vocab, 1)`` (starting at 0), ``s(u, i) = head(x) + b_i``. It is outside ``head``,
       so with the default adapt filter it is meta-learned (and pretrained) but not adapted, and the head's output
       bias plays the user offset ``b_u`` of the classical bias model ``mu + b_u + b_i``.
     * ``projection`` (default off): a bias-free linear map between the last hidden layer and the output
@@ -93,7 +94,7 @@ class MeLU(nn.Module):
         fields = []
         for key in categorical_fields(spec, self.use_ids):
             vocab = spec.categorical[key]
-            fields.append(nn.Embed(vocab, self.embed, name=f"embed_{key}")(valid_ids(rows[key], vocab)))
+            fields.append(Embed(vocab, self.embed, name=f"embed_{key}")(valid_ids(rows[key], vocab)))
         for key in multi_hot_fields(spec):
             fields.append(MultiHotEmbed(self.embed, mean=self.multi_hot == "mean", name=f"dense_{key}")(rows[key]))
         if not fields:
@@ -106,7 +107,7 @@ class MeLU(nn.Module):
         score = Head(tuple(self.hidden), output_offset(spec), self.projection, name="head")(x)
         if self.item_bias:
             vocab = spec.categorical["item"]
-            table = nn.Embed(vocab, 1, embedding_init=nn.initializers.zeros, name="bias_embed_item")
+            table = Embed(vocab, 1, embedding_init=nn.initializers.zeros, name="bias_embed_item")
             score = score + table(valid_ids(rows["item"], vocab))[..., 0]
         return score
 

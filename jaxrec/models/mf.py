@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.params import path_names
 from jaxrec.models.common import (
+    Embed,
     Rows,
     output_offset,
     small_normal,
@@ -52,10 +53,10 @@ class MatrixFactorization(nn.Module):
         user = valid_ids(rows["user"], spec.categorical["user"])
         item = valid_ids(rows["item"], spec.categorical["item"])
         zeros = nn.initializers.zeros_init()
-        user_bias = nn.Embed(spec.categorical["user"], 1, embedding_init=zeros, name="bias_embed_user")
-        item_bias = nn.Embed(spec.categorical["item"], 1, embedding_init=zeros, name="bias_embed_item")
-        user_factors = nn.Embed(spec.categorical["user"], self.embed, embedding_init=small_normal, name="embed_user")
-        item_factors = nn.Embed(spec.categorical["item"], self.embed, embedding_init=small_normal, name="embed_item")
+        user_bias = Embed(spec.categorical["user"], 1, embedding_init=zeros, name="bias_embed_user")
+        item_bias = Embed(spec.categorical["item"], 1, embedding_init=zeros, name="bias_embed_item")
+        user_factors = Embed(spec.categorical["user"], self.embed, embedding_init=small_normal, name="embed_user")
+        item_factors = Embed(spec.categorical["item"], self.embed, embedding_init=small_normal, name="embed_item")
         global_bias = self.param("global_bias", nn.initializers.constant(output_offset(spec)), ())
         dot = jnp.sum(user_factors(user) * item_factors(item), axis=-1)
         return global_bias + user_bias(user)[..., 0] + item_bias(item)[..., 0] + dot

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxrec.core.features import FeatureSpec
 from jaxrec.models.common import (
+    Embed,
     Rows,
     output_offset,
     small_normal,
@@ -53,13 +54,13 @@ class NeuMF(nn.Module):
         spec = self.spec
         n_users, n_items = spec.categorical["user"], spec.categorical["item"]
         user, item = valid_ids(rows["user"], n_users), valid_ids(rows["item"], n_items)
-        gmf = nn.Embed(n_users, self.embed, embedding_init=small_normal, name="gmf_embed_user")(user) * nn.Embed(
+        gmf = Embed(n_users, self.embed, embedding_init=small_normal, name="gmf_embed_user")(user) * Embed(
             n_items, self.embed, embedding_init=small_normal, name="gmf_embed_item"
         )(item)
         mlp_in = jnp.concatenate(
             [
-                nn.Embed(n_users, self.embed, embedding_init=small_normal, name="mlp_embed_user")(user),
-                nn.Embed(n_items, self.embed, embedding_init=small_normal, name="mlp_embed_item")(item),
+                Embed(n_users, self.embed, embedding_init=small_normal, name="mlp_embed_user")(user),
+                Embed(n_items, self.embed, embedding_init=small_normal, name="mlp_embed_item")(item),
             ],
             axis=-1,
         )

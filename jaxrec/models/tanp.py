@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.losses import masked_mean
 from jaxrec.models.common import (
+    Embed,
     MultiHotEmbed,
     Rows,
     categorical_fields,
@@ -139,7 +140,7 @@ class TaNP(nn.Module):
         if not self._categorical and not self._multi_hot:
             raise ValueError("TaNP needs at least one field: add side features to the spec or ids to use_ids")
         # dict entries are named <attribute>_<key>: embed_<row key> and dense_<row key>, the models' convention
-        self.embed = {key: nn.Embed(spec.categorical[key], self.width) for key in self._categorical}
+        self.embed = {key: Embed(spec.categorical[key], self.width) for key in self._categorical}
         self.dense = {key: MultiHotEmbed(self.width) for key in self._multi_hot}
         if self.side_layers:
             self.side = {side: _Side(tuple(self.side_layers)) for side in ("user", "item")}

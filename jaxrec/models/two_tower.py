@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jaxrec.core.features import FeatureSpec
 from jaxrec.core.params import path_names
 from jaxrec.models.common import (
+    Embed,
     MultiHotEmbed,
     Rows,
     categorical_fields,
@@ -77,18 +78,18 @@ class TwoTower(nn.Module):
         if not self.item_keys and not self.item_multi_hot:
             raise ValueError("TwoTower needs an item id (use_ids) or item features for its item tower")
         self.user_tables = {
-            key: nn.Embed(spec.categorical[key], self.embed, embedding_init=small_normal, name=f"embed_{key}")
+            key: Embed(spec.categorical[key], self.embed, embedding_init=small_normal, name=f"embed_{key}")
             for key in self.user_keys
         }
         width = self.embed
         self.item_tables = {
-            key: nn.Embed(spec.categorical[key], width, embedding_init=small_normal, name=f"embed_{key}")
+            key: Embed(spec.categorical[key], width, embedding_init=small_normal, name=f"embed_{key}")
             for key in self.item_keys
         }
         if self.pool_history:
             if not spec.history or "item" not in spec.categorical:
                 raise ValueError("pool_history needs history_item rows (spec.history > 0) and an item vocabulary")
-            self.history_table = nn.Embed(
+            self.history_table = Embed(
                 spec.categorical["item"], self.embed, embedding_init=small_normal, name="embed_history_item"
             )
         self.item_dense = {key: MultiHotEmbed(width, name=f"dense_{key}") for key in self.item_multi_hot}
@@ -96,7 +97,7 @@ class TwoTower(nn.Module):
         self.item_out = nn.Dense(self.embed, use_bias=False, name="item_out")
         self.global_bias = self.param("global_bias", nn.initializers.constant(output_offset(spec)), ())
         if self.item_bias:
-            self.item_bias_table = nn.Embed(
+            self.item_bias_table = Embed(
                 spec.categorical["item"], 1, embedding_init=nn.initializers.zeros_init(), name="bias_embed_item"
             )
 
