@@ -648,10 +648,19 @@ def cmd_choose(args: argparse.Namespace) -> int:
     def report(fields: dict, t: int, figure: float, seconds: float) -> None:
         _echo(f"{_point_text(fields)}  training {t}: validation {metric['name']} {figure:.4f} ({seconds:.0f} s)")
 
+    once = _SaidOnce()
+    handlers = [h for h in logging.getLogger("jaxrec").handlers if getattr(h, "_jaxrec_cli", False)]
+    for handler in handlers:
+        handler.addFilter(once)
     try:  # choose checks every point before the first training
         choice = choose(config, points, trainings=args.trainings, build=build, on_score=report)
     except GridError as e:
         raise CLIError(f"--grid: {as_flags(str(e))}") from None
+    finally:
+        for handler in handlers:
+            handler.removeFilter(once)
+    if once.repeated:
+        _echo(f"note: {once.repeated} warning(s) repeated by later grid points and trainings were said once", err=True)
     direction = "higher" if choice.higher_is_better else "lower"
     rows = [f"{choice.validation_tasks} validation tasks, {choice.metric} ({direction} is better):"]
     for i, c in enumerate(choice.candidates):
@@ -667,6 +676,24 @@ def cmd_choose(args: argparse.Namespace) -> int:
         f"wrote {out / 'config.json'} and {out / 'choice.json'}; train it: jaxrec train --config {out / 'config.json'}"
     )
     return EXIT_OK
+
+
+class _SaidOnce(logging.Filter):
+    """Lets each message through the first time: ``choose`` builds every grid point's experiment, each training's,
+    from the same data, whose warnings (a column not read, rows left out) would be repeated for each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.said: set[str] = set()
+        self.repeated = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if text in self.said:
+            self.repeated += 1
+            return False
+        self.said.add(text)
+        return True
 
 
 def _grid(args: argparse.Namespace) -> dict:

@@ -174,9 +174,15 @@ def choose_argv(tmp_path, *extra):
 
 
 def test_the_command_writes_a_config_that_jaxrec_train_reads(tmp_path, capsys):
+    # a user table whose age no encoder reads: its warning is said once, not once for every point's training
+    users = sorted({line.split("\t")[0] for line in write_plays(tmp_path / "plays.tsv").read_text().splitlines()[1:]})
+    table = tmp_path / "users.csv"
+    table.write_text("\n".join(["user,age", *(f"{u},{['18-24', '25-34'][i % 2]}" for i, u in enumerate(users))]))
     argv = choose_argv(tmp_path, "--grid", '{"inner_lr": [0.05, 0.0005]}', "--trainings", "1")
-    assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    assert cli.main([*argv, "--user-features", str(table)]) == 0
+    printed, err = capsys.readouterr()
+    assert err.count("side column 'age' is read as MovieLens's age") == 1, err
+    assert "note: 1 warning(s) repeated by later grid points and trainings were said once" in err
     assert "inner_lr=0.05  training 0: validation recall@20" in printed and "<- chosen" in printed
     assert "validation tasks, recall@20 (higher is better)" in printed and "one training a point" in printed
     record = json.loads((tmp_path / "choice" / "choice.json").read_text())
