@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from conftest import SHARED_DATA
 from jax.flatten_util import ravel_pytree
 
@@ -993,6 +994,29 @@ def test_a_baseline_the_catalogue_is_too_large_for_is_named_once_before_any_tuni
     tuned = [i for i, m in enumerate(said) if m.startswith("baseline itemknn:")]
     assert len(refused) == 1 and tuned and refused[0] < tuned[0], said
     assert "over the limit of 50 items" in exp.tuned["ease"]["not_fitted"]
+
+
+def test_a_baseline_slow_on_the_catalogue_is_said_with_its_cost_before_its_first_fit(monkeypatch, caplog):
+    """EASE on 26,000 items takes minutes a fit (n**3 flops on one core) and its grid fits it 7 times: a run sat in
+    its tuning for most of an hour without a word. Its cost is said once, before the first fit."""
+    from jaxrec.evaluation import retrieval_baselines as rb
+    from jaxrec.experiment import topn
+
+    X = sp.csr_matrix(np.eye(rb.EASE_SLOW_ITEMS, dtype=np.float32))
+    assert rb.slow_to_fit("ease", X[:, : rb.EASE_SLOW_ITEMS - 1]) is None and rb.slow_to_fit("itemknn", X) is None
+    said = rb.slow_to_fit("ease", X)
+    assert "10000 items with training interactions need 0.4 GB and ~1 Tflop a fit (about 17 s on one core" in said
+    monkeypatch.setattr(rb, "EASE_SLOW_ITEMS", 20)
+    monkeypatch.setitem(topn.BASELINE_GRIDS, "ease", [{"l2": 10.0}, {"l2": 100.0}])
+    fitted = []
+    fake = lambda X, **hyper: fitted.append(len(caplog.records)) or rb.fit_popular(X)  # noqa: E731
+    monkeypatch.setitem(rb.RETRIEVAL_BASELINES, "ease", fake)
+    exp = topn.TopNExperiment(als_start_config(model_kwargs={"embed": 4}).override(topn_baselines=("ease",)))
+    with caplog.at_level("WARNING", logger="jaxrec"):
+        exp.baselines()
+    warned = [i for i, r in enumerate(caplog.records) if r.getMessage().startswith("baseline ease: EASE inverts")]
+    assert len(warned) == 1 and len(fitted) == 2 and warned[0] < fitted[0], caplog.text
+    assert "its tuning fits it 2 times (leave ease out of topn_baselines" in caplog.records[warned[0]].getMessage()
 
 
 def test_a_refinement_is_tried_on_top_of_the_grids_choice_and_kept_only_when_validation_rises(monkeypatch):

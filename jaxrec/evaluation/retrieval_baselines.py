@@ -46,6 +46,7 @@ import threadpoolctl
 
 __all__ = [
     "EASE_MAX_ITEMS",
+    "EASE_SLOW_ITEMS",
     "RETRIEVAL_BASELINES",
     "ContentModel",
     "EASEModel",
@@ -62,6 +63,7 @@ __all__ = [
     "fit_popular",
     "interaction_matrix",
     "missing_weights",
+    "slow_to_fit",
     "support_matrix",
     "unfittable",
 ]
@@ -69,6 +71,11 @@ __all__ = [
 #: The largest dense item-item system :func:`fit_ease` accepts: ``30000**2`` float64 numbers are 7.2 GB (float32:
 #: 3.6 GB), and the Cholesky factorisation and inverse take ``n**3`` flops (minutes on a workstation).
 EASE_MAX_ITEMS = 30000
+
+#: From this many items with training interactions on, :func:`slow_to_fit` tells a tuning loop EASE's cost before its
+#: first fit: ``n**3`` flops on one core each (measured at 40-80 Gflop/s on the 2-core reference host, so about 17 s
+#: a fit at 10,000 items and 5 minutes at 26,000).
+EASE_SLOW_ITEMS = 10000
 
 #: ``fit_ease(dtype="auto")`` factorises in float32 while ``cond(G)`` is at most this: the inverse's relative error
 #: is then at most about ``cond(G) * 6e-8``, 6e-4, far below the gaps between the scores that order a top-N list.
@@ -452,8 +459,33 @@ def unfittable(name: str, X: Any) -> str | None:
     """
     if name != "ease":
         return None
-    seen = int(np.count_nonzero(np.diff(_train_matrix(X).tocsc().indptr)))
-    return _ease_too_large(seen, 4, EASE_MAX_ITEMS)  # "auto" factorises in float32 at the least
+    return _ease_too_large(_seen_items(X), 4, EASE_MAX_ITEMS)  # "auto" factorises in float32 at the least
+
+
+def slow_to_fit(name: str, X: Any) -> str | None:
+    """What one fit of the baseline ``name`` on ``X`` costs where it takes minutes (EASE on :data:`EASE_SLOW_ITEMS`
+    or more seen items), or None: a tuning loop, which fits it at every point of its grid, says so before the first.
+
+    Args:
+      name: a baseline's name.
+      X: the training interactions ``[n_train_users, n_items]``.
+    """
+    if name != "ease":
+        return None
+    n = _seen_items(X)
+    if n < EASE_SLOW_ITEMS:
+        return None
+    seconds = n**3 / 60e9
+    took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    return (
+        f"EASE inverts a dense item-item matrix: {n} items with training interactions need {4 * n * n / 1e9:.1f} GB "
+        f"and ~{n**3 / 1e12:.0f} Tflop a fit (about {took} on one core at 60 Gflop/s)"
+    )
+
+
+def _seen_items(X: Any) -> int:
+    """How many items have at least one training interaction in ``X``."""
+    return int(np.count_nonzero(np.diff(_train_matrix(X).tocsc().indptr)))
 
 
 def fit_ease(X: Any, *, l2: float = 500.0, dtype: Any = "auto", max_items: int = EASE_MAX_ITEMS) -> EASEModel:

@@ -926,6 +926,15 @@ class TopNExperiment:
         grid = BASELINE_GRIDS[name] if name in fitters else []
         refinements = BASELINE_REFINEMENTS.get(name, ()) if grid else ()
         fits = len(grid) + len(refinements)
+        slow = rb.slow_to_fit(name, self.train_matrix()) if fits else None
+        if slow is not None:
+            logger.warning(
+                "baseline %s: %s; its tuning fits it %d times (leave %s out of topn_baselines to skip it)",
+                name,
+                slow,
+                fits,
+                name,
+            )
         with tqdm(total=fits, desc=f"tune {name}", unit="fit", disable=not (self.progress and fits)) as bar:
             for hyper in grid:
                 best = self._try_baseline(name, fitters[name], hyper, best, choose=len(grid) > 1)
