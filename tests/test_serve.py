@@ -497,6 +497,11 @@ def test_a_weighted_models_request_weights_are_read_as_the_training_logs(implici
     np.testing.assert_allclose([r["score"] for r in answer["recommendations"]], scores, rtol=1e-5, atol=1e-5)
     once = server.post("/recommend", {"interactions": liked, "k": 10})[1]
     assert [r["score"] for r in once["recommendations"]] != [r["score"] for r in answer["recommendations"]]
+    # a rating without its value, or a weight in a rating, names the form this model is sent (it named 'rating')
+    for sent in ({"item": "song-00"}, {"item": "song-00", "weight": 3}):
+        status, refused = server.post("/recommend", {"ratings": [sent], "k": 3})
+        assert status == 422 and refused["error"].startswith("ratings.0."), refused
+        assert "send 'interactions' ([item, ...]) and 'weights' ([number, ...], one per item)" in refused["error"]
     # the hybrid's partner folds the plays in too, as the evaluation's baselines do (it read each as 1)
     played, mask = np.array([[40, 1, 2, 1]], np.float32), np.ones((1, 4), bool)
     partner = trained.hybrid.partner_scores(codes[None], mask, played)

@@ -260,7 +260,12 @@ def create_app(
             )
         errors = exc.errors()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:10]]
-        return JSONResponse({"error": _first_error(errors), "detail": detail}, status_code=422)
+        said = _first_error(errors)
+        if catalogue.implicit and any(tuple(e.get("loc", ()))[:2] == ("body", "ratings") for e in errors):
+            # a client of a top-N model may follow a rating example: say the form this model is sent
+            weights = " and 'weights' ([number, ...], one per item)" if catalogue.weighted else ""
+            said += f" (this model ranks from interactions: send 'interactions' ([item, ...]){weights})"
+        return JSONResponse({"error": said, "detail": detail}, status_code=422)
 
     @app.exception_handler(RequestError)
     async def unusable(request: Request, exc: RequestError):
