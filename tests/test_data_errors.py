@@ -415,3 +415,9 @@ def test_a_rating_beyond_the_scale_learned_from_meta_train_is_warned_of_naming_t
     assert "--rating-scale" in caplog.text
     with pytest.raises(jd.DataError, match=f"{path}: the rating 11 of user 'u9'"):
         jd.Featurizer.fit(ds, train, rating_range=(1.0, 10.0))
+    # numeric ids as the log wrote them (they read np.int64(9) on item np.int64(3))
+    numbers = _write(
+        tmp_path / "numbers.csv", "\n".join([rows[0], *(r.replace("u", "").replace("i", "") for r in rows[1:])]) + "\n"
+    )
+    with pytest.raises(jd.DataError, match=r"the rating 11 of user 9 on item 3 is outside the rating scale \[1, 10\]"):
+        jd.Featurizer.fit(jd.from_csv(numbers), rating_range=(1.0, 10.0))

@@ -895,9 +895,12 @@ def _outside_scale(dataset: Dataset, rating_range: tuple[float, float]) -> str |
         return None
     row = dataset.ratings.iloc[int(np.flatnonzero(outside)[0])]
     where = dataset.source if dataset.source not in ("", "bundled") else dataset.name
+    # a raw id as the log wrote it: a number plain, text quoted (a NumPy scalar's repr is np.int64(0))
+    user, item = (dataset.user_ids[int(row["user"])], dataset.item_ids[int(row["item"])])
+    user, item = (v.item() if isinstance(v, np.generic) else v for v in (user, item))
     return (
-        f"{where}: the rating {float(row['rating']):g} of user {dataset.user_ids[int(row['user'])]!r} on item "
-        f"{dataset.item_ids[int(row['item'])]!r} is outside the rating scale [{low:g}, {high:g}] "
+        f"{where}: the rating {float(row['rating']):g} of user {user!r} on item "
+        f"{item!r} is outside the rating scale [{low:g}, {high:g}] "
         f"({int(outside.sum())} rating(s) outside it in total)"
     )
 
