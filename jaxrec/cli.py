@@ -1189,11 +1189,12 @@ def _read_users_as_trained(args: argparse.Namespace):
         recorded = ((read_metadata(args.checkpoint).get("config") or {}).get("data") or {}).get("columns")
         if not recorded:
             raise
+        shown = recorded if isinstance(recorded, str) else ",".join(map(str, recorded))
         try:
             users = read_users(args.users, recorded, args.sep, encoding=args.encoding)
-        except DataError:
-            raise unnamed from None
-    shown = recorded if isinstance(recorded, str) else ",".join(map(str, recorded))
+        except DataError as misfit:  # say why the run's layout does not fit either, not only the common names
+            why = str(misfit).removeprefix(f"{Path(args.users).expanduser()}: ")
+            raise DataError(f"{unnamed}; nor does the run's own --columns {shown} fit it: {why}") from None
     _echo(f"note: --users {args.users} read by the run's --columns {shown} (its header has no common names)", err=True)
     return users
 
