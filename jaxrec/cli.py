@@ -660,7 +660,11 @@ def cmd_choose(args: argparse.Namespace) -> int:
         for handler in handlers:
             handler.removeFilter(once)
     if once.repeated:
-        _echo(f"note: {once.repeated} warning(s) repeated by later grid points and trainings were said once", err=True)
+        _echo(
+            f"note: {len(once.said)} warning(s) about the data said once ({once.repeated} repeat(s) for later grid "
+            "points and trainings left out)",
+            err=True,
+        )
     direction = "higher" if choice.higher_is_better else "lower"
     rows = [f"{choice.validation_tasks} validation tasks, {choice.metric} ({direction} is better):"]
     for i, c in enumerate(choice.candidates):
@@ -679,8 +683,9 @@ def cmd_choose(args: argparse.Namespace) -> int:
 
 
 class _SaidOnce(logging.Filter):
-    """Lets each message through the first time: ``choose`` builds every grid point's experiment, each training's,
-    from the same data, whose warnings (a column not read, rows left out) would be repeated for each."""
+    """Lets each warning about the data (``jaxrec.data``'s: a column not read, rows left out) through the first
+    time: ``choose`` reads the same data for every grid point and training. Others, such as a training's skipped
+    steps, are each point's own and all pass."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -688,6 +693,8 @@ class _SaidOnce(logging.Filter):
         self.repeated = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("jaxrec.data") or record.levelno < logging.WARNING:
+            return True
         text = record.getMessage()
         if text in self.said:
             self.repeated += 1
@@ -1194,7 +1201,11 @@ def _read_users_as_trained(args: argparse.Namespace):
             users = read_users(args.users, recorded, args.sep, encoding=args.encoding)
         except DataError as misfit:  # say why the run's layout does not fit either, not only the common names
             why = str(misfit).removeprefix(f"{Path(args.users).expanduser()}: ")
-            raise DataError(f"{unnamed}; nor does the run's own --columns {shown} fit it: {why}") from None
+            header = str(unnamed).split("; pass columns=")[0]
+            raise DataError(
+                f"{header}, and the run's own --columns {shown} do not fit it ({why}): name the file's columns with "
+                "--columns (e.g. --columns user=<name>,item=<name>)"
+            ) from None
     _echo(f"note: --users {args.users} read by the run's --columns {shown} (its header has no common names)", err=True)
     return users
 

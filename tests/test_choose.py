@@ -182,7 +182,7 @@ def test_the_command_writes_a_config_that_jaxrec_train_reads(tmp_path, capsys):
     assert cli.main([*argv, "--user-features", str(table)]) == 0
     printed, err = capsys.readouterr()
     assert err.count("side column 'age' is read as MovieLens's age") == 1, err
-    assert "note: 1 warning(s) repeated by later grid points and trainings were said once" in err
+    assert "note: 1 warning(s) about the data said once (1 repeat(s) for later grid points and trainings" in err
     assert "inner_lr=0.05  training 0: validation recall@20" in printed and "<- chosen" in printed
     assert "validation tasks, recall@20 (higher is better)" in printed and "one training a point" in printed
     record = json.loads((tmp_path / "choice" / "choice.json").read_text())

@@ -502,6 +502,9 @@ def test_a_weighted_models_request_weights_are_read_as_the_training_logs(implici
         status, refused = server.post("/recommend", {"ratings": [sent], "k": 3})
         assert status == 422 and refused["error"].startswith("ratings.0."), refused
         assert "send 'interactions' ([item, ...]) and 'weights' ([number, ...], one per item)" in refused["error"]
+    # ... and a rating of the wrong type is that error alone: the ratings are this model's too (each a weight)
+    status, refused = server.post("/recommend", {"ratings": [{"item": "song-00", "rating": "5"}], "k": 3})
+    assert status == 422 and refused["error"].startswith("ratings.0.rating") and "interactions" not in refused["error"]
     # the hybrid's partner folds the plays in too, as the evaluation's baselines do (it read each as 1)
     played, mask = np.array([[40, 1, 2, 1]], np.float32), np.ones((1, 4), bool)
     partner = trained.hybrid.partner_scores(codes[None], mask, played)

@@ -888,13 +888,15 @@ def test_recommend_users_in_the_logs_own_layout_is_read_by_the_runs_columns(topn
         assert len(said) == (1 if table is own else 0), lines
     pd.testing.assert_frame_equal(lists["own"], lists["named"])
     assert set(lists["own"]["user"]) == {"a", "b"}
-    # a file that fits neither: the error says why the run's layout does not fit it either (it named the item alone)
+    # a file that fits neither: the error says why the run's layout does not fit it either (it named a missing
+    # common name alone)
     short = tmp_path / "short.tsv"
     short.write_text("listener\ttrack\tcount\na\tsong-00\t3\n")
     lines = capture(monkeypatch)
     assert cli.main(["recommend", "--checkpoint", run, "--users", str(short), "-k", "5"]) == 1
     assert f"{short}: no user column among the header ['listener', 'track', 'count']" in lines[-1], lines
-    assert "nor does the run's own --columns user,item,weight,timestamp fit it: the columns given name 4" in lines[-1]
+    assert "and the run's own --columns user,item,weight,timestamp do not fit it (the columns given name 4" in lines[-1]
+    assert lines[-1].endswith("name the file's columns with --columns (e.g. --columns user=<name>,item=<name>)")
 
 
 def test_recommend_reads_a_weighted_models_second_column_as_the_training_log_was_read(topn_run, tmp_path, monkeypatch):

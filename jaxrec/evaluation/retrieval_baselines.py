@@ -438,14 +438,21 @@ class EASEModel:
         return out
 
 
+def _ease_cost(n: int, width: int) -> str:
+    """What EASE's dense ``n x n`` system of ``width``-byte numbers takes, in words."""
+    return (
+        f"EASE inverts a dense item-item matrix: {n} items with training interactions need "
+        f"{width * n * n / 1e9:.1f} GB and ~{n**3 / 1e12:.0f} Tflop"
+    )
+
+
 def _ease_too_large(n: int, width: int, max_items: int) -> str | None:
     """Why EASE refuses ``n`` items (its dense ``n x n`` system of ``width``-byte numbers), or None."""
     if n <= max_items:
         return None
     return (
-        f"EASE inverts a dense item-item matrix: {n} items with training interactions need "
-        f"{width * n * n / 1e9:.1f} GB and ~{n**3 / 1e12:.0f} Tflop, over the limit of {max_items} items "
-        "(prune the catalogue to the most popular items, or use itemknn or mf)"
+        f"{_ease_cost(n, width)}, over the limit of {max_items} items (prune the catalogue to the most popular "
+        "items, or use itemknn or mf)"
     )
 
 
@@ -477,10 +484,7 @@ def slow_to_fit(name: str, X: Any) -> str | None:
         return None
     seconds = n**3 / 60e9
     took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-    return (
-        f"EASE inverts a dense item-item matrix: {n} items with training interactions need {4 * n * n / 1e9:.1f} GB "
-        f"and ~{n**3 / 1e12:.0f} Tflop a fit (about {took} on one core at 60 Gflop/s)"
-    )
+    return f"{_ease_cost(n, 4)} a fit (about {took} on one core at 60 Gflop/s)"
 
 
 def _seen_items(X: Any) -> int:

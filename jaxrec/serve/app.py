@@ -98,6 +98,15 @@ class PredictRequest(UserRequest):
 _UNION_TAGS = re.compile(r"^(constrained-)?(int|str|float)$")
 
 
+def _not_a_rating(error) -> bool:
+    """Whether a validation error is an entry of ``ratings`` without its ``rating`` or with a field a rating does
+    not have (``weight``): an item list in the rating form, where a top-N model takes ``interactions``."""
+    loc = tuple(error.get("loc", ()))
+    if loc[:2] != ("body", "ratings"):
+        return False
+    return error.get("type") == "extra_forbidden" or (error.get("type") == "missing" and loc[-1] == "rating")
+
+
 def _first_error(errors) -> str:
     """One line for the first validation error: where it is and what is wrong.
 
@@ -261,8 +270,8 @@ def create_app(
         errors = exc.errors()
         detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors[:10]]
         said = _first_error(errors)
-        if catalogue.implicit and any(tuple(e.get("loc", ()))[:2] == ("body", "ratings") for e in errors):
-            # a client of a top-N model may follow a rating example: say the form this model is sent
+        if catalogue.implicit and any(_not_a_rating(e) for e in errors):
+            # items sent as ratings without values (or with a weight): a top-N model takes them as interactions
             weights = " and 'weights' ([number, ...], one per item)" if catalogue.weighted else ""
             said += f" (this model ranks from interactions: send 'interactions' ([item, ...]){weights})"
         return JSONResponse({"error": said, "detail": detail}, status_code=422)
