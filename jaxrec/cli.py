@@ -1201,10 +1201,9 @@ def _read_users_as_trained(args: argparse.Namespace):
             users = read_users(args.users, recorded, args.sep, encoding=args.encoding)
         except DataError as misfit:  # say why the run's layout does not fit either, not only the common names
             why = str(misfit).removeprefix(f"{Path(args.users).expanduser()}: ")
-            header = str(unnamed).split("; pass columns=")[0]
             raise DataError(
-                f"{header}, and the run's own --columns {shown} do not fit it ({why}): name the file's columns with "
-                "--columns (e.g. --columns user=<name>,item=<name>)"
+                f"{unnamed.lacking}, and the run's own --columns {shown} do not fit it ({why}): name the file's "
+                "columns with --columns (e.g. --columns user=<name>,item=<name>)"
             ) from None
     _echo(f"note: --users {args.users} read by the run's --columns {shown} (its header has no common names)", err=True)
     return users

@@ -54,7 +54,16 @@ class DataError(JaxrecError, ValueError):
 
 class UnnamedColumnsError(DataError):
     """A file's header names no user or item column by a common name, and no ``columns`` were given: the file may
-    still be read by naming them (a caller that knows the layout, e.g. the run's own ``--columns``, can retry)."""
+    still be read by naming them (a caller that knows the layout, e.g. the run's own ``--columns``, can retry).
+
+    Attributes:
+      lacking: what the header lacks, without the remedy the message adds (``"FILE: no user column among the header
+        [...]"``), for a caller that says what to do itself.
+    """
+
+    def __init__(self, lacking: str, remedy: str | None = None) -> None:
+        super().__init__(lacking if remedy is None else f"{lacking}; {remedy}")  # one argument: it pickles
+        self.lacking = lacking
 
 
 @dataclasses.dataclass

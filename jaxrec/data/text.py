@@ -724,8 +724,8 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
             for role in ("user", "item"):
                 if role not in roles:
                     raise UnnamedColumnsError(
-                        f"{path}: no {role} column among the header {cols}; pass columns={{'{role}': <name>, ...}} "
-                        f"(--columns {role}=<name>,...)"
+                        f"{path}: no {role} column among the header {cols}",
+                        f"pass columns={{'{role}': <name>, ...}} (--columns {role}=<name>,...)",
                     )
         else:
             if len(cols) > 4:
