@@ -1601,6 +1601,25 @@ def _import_modules(names: Sequence[str]) -> None:
             sys.path.remove(os.getcwd())
 
 
+def _unrecognized(parser: argparse.ArgumentParser, command: str, unknown: Sequence[str]) -> str:
+    """argparse's usage error for arguments no option of ``command`` takes, saying which of them are ``train``'s
+    (``--feedback``, ``--epochs``): a command that loads a run folder reads those from the run."""
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if command == "train" or "--checkpoint" not in commands[command]._option_string_actions:
+        return message
+    ours, train = commands[command]._option_string_actions, commands["train"]._option_string_actions
+    names = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
+    trained = list(dict.fromkeys(name for name in names if name in train and name not in ours))
+    if not trained:
+        return message
+    which, it = ("an option", "it") if len(trained) == 1 else ("options", "them")
+    return (
+        f"{message} ({', '.join(trained)}: {which} of `jaxrec train`; `jaxrec {command}` uses what the run in "
+        f"--checkpoint was trained with: train a new run to change {it})"
+    )
+
+
 #: what the line of a signal says of the command it stopped (one command a process; ``_run`` sets it)
 _stopped_after = ["every file written is complete"]
 
@@ -1626,7 +1645,9 @@ def exit_at_once(signum: int, frame: Any) -> None:
 def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            parser.error(_unrecognized(parser, args.command, unknown))
     except SystemExit as e:  # --help or a usage error: argparse already printed
         return int(e.code or 0)
     debug = args.debug or os.environ.get("JAXREC_DEBUG") == "1"

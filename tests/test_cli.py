@@ -278,6 +278,25 @@ def test_usage_errors_exit_2(capsys):
     assert cli.main([]) == 2
 
 
+@pytest.mark.parametrize(
+    "argv, hint",
+    [
+        (["evaluate", "--checkpoint", "run", "--feedback", "implicit"], "--feedback: an option of `jaxrec train`"),
+        (
+            ["recommend", "--checkpoint", "run", "--ratings", "r.csv", "--epochs=3", "--positive-threshold", "4"],
+            "--epochs, --positive-threshold: options of `jaxrec train`; `jaxrec recommend` uses what the run",
+        ),
+        (["export", "--checkpoint", "run", "--out", "a.npz", "--no-such-flag"], None),
+        (["train", "--no-such-flag"], None),
+    ],
+)
+def test_a_training_option_given_to_a_command_of_a_run_says_the_run_fixes_it(capsys, argv, hint):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments:" in err
+    assert (hint in err) if hint else ("jaxrec train`" not in err)
+
+
 def test_datasets_lists_the_bundled_default(tmp_path, capsys):
     assert cli.main(["datasets", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
