@@ -323,6 +323,8 @@ class TrainingRun:
       keep: checkpoints to keep.
       nonfinite: a non-finite meta-step: ``"skip"`` (count it) or ``"raise"`` (a ``NonFiniteError`` naming its
         users).
+      lock: the :class:`FolderLock` already holding ``out`` (its holder releases it: ``jaxrec train`` holds it
+        until its last write), or None to take one here, released by :meth:`close`.
 
     Attributes:
       exp: the experiment.
