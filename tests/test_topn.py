@@ -439,6 +439,26 @@ def test_negatives_avoid_the_users_interactions_and_repeat_with_the_seed(setup):
     assert np.mean(counts[drawn]) > 3 * np.mean(counts[counts > 0])
 
 
+def test_a_batch_without_query_negatives_has_the_same_support_and_shapes_and_no_query_negative(setup):
+    """The full-catalogue evaluation reads no query row's negatives: drawn, they were most of a batch's cost. Left
+    out, the support's draws are those of a batch with them (the same generator state), and every array keeps its
+    shape and dtype, so that nothing compiles again."""
+    ds, split, feat, sampler = setup
+    tasks = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=5, query=30, seed=0)
+    index = tasks.batch_plan(16, None)[0]
+    full = tasks.make_batch(index, np.random.default_rng(3))
+    lean = tasks.make_batch(index, np.random.default_rng(3), query_negatives=False)
+    for key, value in full.support.items():
+        np.testing.assert_array_equal(lean.support[key], value, err_msg=key)
+    assert full.support["neg_mask"].any() and full.query["neg_mask"].any()
+    assert not lean.query["neg_mask"].any() and not lean.query["neg_logq"].any()
+    assert {k: (v.shape, v.dtype) for k, v in lean.query.items()} == {
+        k: (v.shape, v.dtype) for k, v in full.query.items()
+    }
+    for key in ("item", "weight", "logq"):
+        np.testing.assert_array_equal(lean.query[key], full.query[key], err_msg=key)
+
+
 def test_heavy_meta_train_users_are_subsampled_and_counted(setup):
     ds, split, feat, sampler = setup
     tasks = topn_tasks(split.train, feat, sampler, shots=10, query=20, seed=0, train=True)
@@ -1073,6 +1093,33 @@ def test_the_tuning_of_a_baseline_shows_its_fits_when_asked(monkeypatch, capsys,
     exp._tuned_baseline("mf")
     err = capsys.readouterr().err
     assert ("tune mf" in err and "3/3" in err) if progress else err == ""
+
+
+@pytest.mark.parametrize("slow", [False, True])
+def test_a_long_tuning_is_said_with_its_projected_time_after_its_first_fit(monkeypatch, caplog, slow):
+    """On a 113,000-item log item-kNN's first fit took 110 s of 28 and ALS's 3.5 min of 27: hours of tuning, said by
+    nothing but a bar. Where the first fit projects the grid past SLOW_TUNING_SECONDS, a warning says so once, after
+    that fit and before the second; below it, nothing is said."""
+    from jaxrec.experiment import topn
+
+    exp = topn.TopNExperiment(als_start_config(model_kwargs={"embed": 4}))
+    monkeypatch.setitem(topn.BASELINE_GRIDS, "mf", [{"factors": 4, "l2": l2, "alpha": 1.0} for l2 in (100.0, 10.0)])
+    monkeypatch.setitem(topn.BASELINE_REFINEMENTS, "mf", [{"missing_exponent": -0.5}])
+    validated = []
+    monkeypatch.setattr(
+        exp, "_validate", lambda rankers: validated.append(len(caplog.records)) or dict.fromkeys(rankers, 0.1)
+    )
+    if slow:
+        monkeypatch.setattr(topn, "SLOW_TUNING_SECONDS", 1e-9)
+    with caplog.at_level("WARNING", logger="jaxrec"):
+        exp._tuned_baseline("mf")
+    warned = [i for i, r in enumerate(caplog.records) if r.getMessage().startswith("baseline mf: its first fit")]
+    assert len(validated) == 3
+    if not slow:
+        assert warned == [], caplog.text
+        return
+    assert len(warned) == 1 and validated[0] <= warned[0] < validated[1], caplog.text
+    assert "so its tuning's 3 fits take about" in caplog.text and "leave mf out of topn_baselines" in caplog.text
 
 
 def test_als_start_with_new_items_maps_features_to_als_factors_by_ridge_regression():

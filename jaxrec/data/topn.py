@@ -12,7 +12,10 @@ Pipeline::
     test = topn_tasks(new, feat, sampler, shots=10, query=100, seed=0)
 
 A new user's task is their first ``shots`` interactions (in time order where the log has timestamps, so the
-query is the future; else a seeded random ``shots``) and, as query, the next ones, at most ``query`` of them.
+query is the user's future; else a seeded random ``shots``; ties in time in a seeded random order) and, as query,
+the next ones, at most ``query`` of them. Time runs per user: the split is by user, with no cut in time across
+users, so meta-train users' interactions may be later than a new user's support (the strong-generalisation protocol
+of Liang et al., WWW 2018).
 Meta-train users with more interactions are kept whole in the data and subsampled to task sizes: each epoch's
 task of such a user is a fresh random window of ``shots + query`` of their interactions (nothing is dropped;
 the counts are in :attr:`TopNTaskSet.stats`).
@@ -483,12 +486,19 @@ class TopNTaskSet:
         (support, _), (query, _) = self.tasks.codes(task_index)
         return support["item"], query["item"]
 
-    def make_batch(self, task_index: np.ndarray, rng: np.random.Generator | None = None) -> TaskBatch:
+    def make_batch(
+        self, task_index: np.ndarray, rng: np.random.Generator | None = None, *, query_negatives: bool = True
+    ) -> TaskBatch:
         """Build the batch of the given tasks, negatives drawn with ``rng``.
 
         Args:
           task_index: task indices; ``-1`` entries become padding tasks.
           rng: the generator of the negatives (default ``default_rng(0)``).
+          query_negatives: draw the query rows' negatives too. False for a batch whose query rows only name the
+            items to find (the full-catalogue evaluation: a ranker adapts on the support and ranks every item):
+            their negatives are then none (``neg_mask`` false, the arrays of the same shapes), which saves most of
+            the drawing (the query rows outnumber the support's), and the support's draws are the same, as they
+            come first from ``rng``.
 
         Returns:
           A numpy :class:`~jaxrec.TaskBatch` with ``task_id`` = user code.
@@ -499,13 +509,18 @@ class TopNTaskSet:
         users = np.where(task_index >= 0, self.tasks.users[np.maximum(task_index, 0)], -1).astype(np.int32)
         feat, sampler = self.featurizer, self.sampler
         rows = []
-        for codes, mask in sides:
+        for drawn, (codes, mask) in zip((True, query_negatives), sides, strict=True):
             side = feat.user_rows(codes["user"])
             side.update(feat.item_rows(codes["item"]))
             side["weight"] = np.where(mask, codes["rating"], 0.0).astype(np.float32)
             owner = np.where(mask, codes["user"], -1)
-            negatives, ok = sampler.sample(owner, rng)
-            side.update(feat.item_rows(negatives, prefix="neg_"))
+            if drawn:
+                negatives, ok = sampler.sample(owner, rng)
+                side.update(feat.item_rows(negatives, prefix="neg_"))
+            else:
+                negatives = np.zeros(owner.shape + (sampler.count,), np.int32)
+                ok = np.zeros(negatives.shape, bool)
+                side.update(_rows_like(feat.item_rows(negatives[:1], prefix="neg_"), negatives.shape))
             side["neg_mask"] = ok & mask[..., None]
             side["logq"] = np.where(mask, sampler.logq[np.maximum(codes["item"], 0)], 0.0).astype(np.float32)
             side["neg_logq"] = np.where(side["neg_mask"], sampler.logq[negatives], 0.0).astype(np.float32)
@@ -516,6 +531,11 @@ class TopNTaskSet:
                 rows[0]["item"], s_mask, q_mask.shape[1], self.spec.history
             )
         return TaskBatch(support=rows[0], query=rows[1], support_mask=s_mask, query_mask=q_mask, task_id=users)
+
+
+def _rows_like(rows: dict[str, np.ndarray], shape: tuple) -> dict[str, np.ndarray]:
+    """Zero arrays of ``rows``' dtypes whose leading dimensions are ``shape`` (each row's own trailing ones kept)."""
+    return {key: np.zeros(shape + value.shape[len(shape) :], value.dtype) for key, value in rows.items()}
 
 
 def support_history(

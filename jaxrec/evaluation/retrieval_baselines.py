@@ -47,6 +47,7 @@ import threadpoolctl
 __all__ = [
     "EASE_MAX_ITEMS",
     "EASE_SLOW_ITEMS",
+    "MF_ITERATIONS",
     "RETRIEVAL_BASELINES",
     "ContentModel",
     "EASEModel",
@@ -76,6 +77,9 @@ EASE_MAX_ITEMS = 30000
 #: first fit: ``n**3`` flops on one core each (measured at 40-80 Gflop/s on the 2-core reference host, so about 17 s
 #: a fit at 10,000 items and 5 minutes at 26,000).
 EASE_SLOW_ITEMS = 10000
+
+#: the ALS sweeps of :func:`fit_mf` (each solves every user's and every item's factors once)
+MF_ITERATIONS = 15
 
 #: ``fit_ease(dtype="auto")`` factorises in float32 while ``cond(G)`` is at most this: the inverse's relative error
 #: is then at most about ``cond(G) * 6e-8``, 6e-4, far below the gaps between the scores that order a top-N list.
@@ -768,7 +772,7 @@ def fit_mf(
     X: Any,
     *,
     factors: int = 64,
-    iterations: int = 15,
+    iterations: int = MF_ITERATIONS,
     l2: float = 0.1,
     alpha: float = 1.0,
     missing_exponent: float = 0.0,

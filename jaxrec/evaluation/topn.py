@@ -717,7 +717,8 @@ def evaluate_rankers(
     left_out = 0
     plan = tasks.batch_plan(batch_size, None)
     for b, task_index in enumerate(plan):
-        batch = tasks.make_batch(task_index, np.random.default_rng([seed, 7, b]))
+        # the query rows name the items to find: a ranker adapts on the support and ranks every item
+        batch = tasks.make_batch(task_index, np.random.default_rng([seed, 7, b]), query_negatives=False)
         support_items, query_items = tasks.item_codes(task_index)
         keep = np.asarray(task_index) >= 0
         exclude = jnp.asarray(support_items)

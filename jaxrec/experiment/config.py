@@ -638,7 +638,8 @@ class TopNConfig:
       test_frac: the fraction of users who are new (test) users.
       warm_frac: the fraction of meta-train users whose latest interactions form the warm scenario.
       new_item_frac: the fraction of the items first interacted with last that are held out of all training as
-        new items; the meta-train users' interactions with them form the ``new_item`` scenario (0: none).
+        new items; the meta-train users' interactions with them form the ``new_item`` scenario (0: none). An
+        item's first interaction is its first in the whole log (any user's: its release, as far as the log shows).
       topn_ks: the cut-offs of Recall, nDCG, HR and MRR.
       topn_baselines: the baselines run beside the meta-learner.
       catalogue_chunk: items scored per chunk of the streamed catalogue (memory ``O(users x chunk)``).

@@ -174,6 +174,28 @@ def _support_pairs(tasks: TopNTaskSet) -> pd.DataFrame:
     return pd.DataFrame({"user": users[items >= 0], "item": items[items >= 0]})
 
 
+#: a baseline's tuning is warned of, with its projected time, where its first fit says that the grid takes this long
+SLOW_TUNING_SECONDS = 600.0
+
+
+def _warn_of_long_tuning(name: str, first: float, fits: int) -> None:
+    """Warn that tuning the baseline ``name`` will take long where its first fit (and validation) took ``first``
+    seconds of its ``fits``: on a large catalogue the grids of item-kNN and ALS run for an hour or more, and a bar
+    that moves once every few minutes does not say so."""
+    projected = first * fits
+    if fits < 2 or projected < SLOW_TUNING_SECONDS:
+        return
+    logger.warning(
+        "baseline %s: its first fit and validation took %.0f s, so its tuning's %d fits take about %.0f min (leave "
+        "%s out of topn_baselines, --topn-baselines, to skip it)",
+        name,
+        first,
+        fits,
+        projected / 60,
+        name,
+    )
+
+
 class TopNExperiment:
     """Everything a ``feedback="implicit"`` config describes (see the module docstring).
 
@@ -465,7 +487,7 @@ class TopNExperiment:
             chosen = {"l2": 1.0 / (2.0 * self.inner_lr), "alpha": self.config.topn.als_confidence}
         chosen["factors"] = embed
         matrix = self.train_matrix()
-        sweeps = chosen.get("iterations")  # None: fit_mf's default
+        sweeps = chosen.get("iterations", rb.MF_ITERATIONS)
         logger.info("the item start: implicit ALS on %d users x %d items, %s", *matrix.shape, chosen)
         # minutes on a large catalogue (one f x f solve per user and item, each sweep): a bar, not a silence
         with tqdm(total=sweeps, desc="ALS start", unit="sweep", disable=not self.progress) as bar:
@@ -936,9 +958,11 @@ class TopNExperiment:
                 name,
             )
         with tqdm(total=fits, desc=f"tune {name}", unit="fit", disable=not (self.progress and fits)) as bar:
-            for hyper in grid:
+            for done, hyper in enumerate(grid, 1):
                 best = self._try_baseline(name, fitters[name], hyper, best, choose=len(grid) > 1)
                 bar.update()
+                if done == 1 and slow is None:  # a disabled bar counts nothing
+                    _warn_of_long_tuning(name, time.perf_counter() - began, fits)
             if best is not None and best[0] is not None:
                 chosen = best[1]
                 for extra in refinements:
