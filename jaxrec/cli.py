@@ -1602,22 +1602,41 @@ def _import_modules(names: Sequence[str]) -> None:
 
 
 def _unrecognized(parser: argparse.ArgumentParser, command: str, unknown: Sequence[str]) -> str:
-    """argparse's usage error for arguments no option of ``command`` takes, saying which of them are ``train``'s
-    (``--feedback``, ``--epochs``): a command that loads a run folder reads those from the run."""
+    """argparse's usage error for arguments no option of ``command`` takes, saying, for a command that loads a run
+    folder, which of them are training settings (``--feedback``, ``--epochs``: the run fixed them) and which are
+    another such command's options (``recommend --bootstrap``: ``evaluate``'s)."""
     message = f"unrecognized arguments: {' '.join(unknown)}"
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    if command == "train" or "--checkpoint" not in commands[command]._option_string_actions:
+    if command not in _RUN_FOLDER_COMMANDS:
         return message
-    ours, train = commands[command]._option_string_actions, commands["train"]._option_string_actions
-    names = [arg.split("=", 1)[0] for arg in unknown if arg.startswith("--")]
-    trained = list(dict.fromkeys(name for name in names if name in train and name not in ours))
-    if not trained:
+    settings = argparse.ArgumentParser(add_help=False)
+    add_flags(settings)
+    fixed = {
+        name for name in settings._option_string_actions if name not in commands["evaluate"]._option_string_actions
+    }
+    fixed |= {"--config", "--method"}
+    hints = {}
+    for arg in unknown:
+        name = arg.split("=", 1)[0]
+        if not name.startswith("--") or name in hints:
+            continue
+        prefixed = [flag for flag in fixed if flag.startswith(name)]  # argparse takes a flag's unique prefix
+        if name in fixed or len(prefixed) == 1:
+            flag = name if name in fixed else prefixed[0]
+            hints[name] = f"{flag}: a training setting, fixed by the run that `jaxrec train` made"
+            continue
+        takers = [
+            f"`jaxrec {c}`" for c in ("train", *_RUN_FOLDER_COMMANDS) if name in commands[c]._option_string_actions
+        ]
+        if takers:
+            hints[name] = f"{name}: an option of {' and '.join(takers)}"
+    if not hints:
         return message
-    which, it = ("an option", "it") if len(trained) == 1 else ("options", "them")
-    return (
-        f"{message} ({', '.join(trained)}: {which} of `jaxrec train`; `jaxrec {command}` uses what the run in "
-        f"--checkpoint was trained with: train a new run to change {it})"
-    )
+    return f"{message} ({'; '.join(hints.values())})"
+
+
+#: the commands that load a run folder (--checkpoint): a training setting given to one is the run's already
+_RUN_FOLDER_COMMANDS = ("evaluate", "recommend", "serve", "export")
 
 
 #: what the line of a signal says of the command it stopped (one command a process; ``_run`` sets it)

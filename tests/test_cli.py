@@ -281,20 +281,32 @@ def test_usage_errors_exit_2(capsys):
 @pytest.mark.parametrize(
     "argv, hint",
     [
-        (["evaluate", "--checkpoint", "run", "--feedback", "implicit"], "--feedback: an option of `jaxrec train`"),
+        (
+            ["evaluate", "--checkpoint", "run", "--feedback", "implicit"],
+            "--feedback: a training setting, fixed by the run that `jaxrec train` made",
+        ),
         (
             ["recommend", "--checkpoint", "run", "--ratings", "r.csv", "--epochs=3", "--positive-threshold", "4"],
-            "--epochs, --positive-threshold: options of `jaxrec train`; `jaxrec recommend` uses what the run",
+            "(--epochs: a training setting, fixed by the run that `jaxrec train` made; --positive-threshold: a",
+        ),
+        (["evaluate", "--checkpoint", "run", "--feed", "implicit"], "--feedback: a training setting"),
+        (
+            ["recommend", "--checkpoint", "run", "--ratings", "r.csv", "--bootstrap", "9"],
+            "`jaxrec train` and `jaxrec evaluate`",
+        ),
+        (
+            ["recommend", "--checkpoint", "run", "--ratings", "r.csv", "--no-progress"],
+            "--no-progress: an option of `jaxrec train` and `jaxrec evaluate`",
         ),
         (["export", "--checkpoint", "run", "--out", "a.npz", "--no-such-flag"], None),
         (["train", "--no-such-flag"], None),
     ],
 )
-def test_a_training_option_given_to_a_command_of_a_run_says_the_run_fixes_it(capsys, argv, hint):
+def test_an_option_of_another_command_given_to_a_command_of_a_run_says_whose_it_is(capsys, argv, hint):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments:" in err
-    assert (hint in err) if hint else ("jaxrec train`" not in err)
+    assert (hint in err) if hint else ("training setting" not in err and "an option of" not in err)
 
 
 def test_datasets_lists_the_bundled_default(tmp_path, capsys):

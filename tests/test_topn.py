@@ -459,6 +459,33 @@ def test_a_batch_without_query_negatives_has_the_same_support_and_shapes_and_no_
         np.testing.assert_array_equal(lean.query[key], full.query[key], err_msg=key)
 
 
+def test_the_evaluation_asks_for_batches_without_query_negatives_and_ranks_as_with_them(setup, monkeypatch):
+    """evaluate_rankers takes its batches without the query rows' negatives, and its figures and lists are those of
+    batches with them (no ranker reads them)."""
+    ds, split, feat, sampler = setup
+    tasks = topn_tasks(split.scenarios["new_user"], feat, sampler, shots=5, query=30, seed=0)
+    catalogue = Catalogue.build(feat, np.bincount(split.train.item, minlength=ds.n_items) / 400, chunk=1000)
+    model = models.create("twotower", feat.spec, embed=8, hidden=(16,))
+    params = models.init_params(model, feat.spec, jax.random.key(3))
+    inner = InnerLoop(ranking_loss(model.apply, "bpr"), steps=1, adapt_filter=model.default_adapt_filter)
+    rows, codes = catalogue.device()
+    generic = model_ranker(model.apply, inner, 20)
+    rankers = {"maml": lambda b, e: generic((params, 0.5), b, e, rows, codes)}
+    asked, make = [], tasks.make_batch
+
+    def spy(index, rng=None, *, query_negatives=True):
+        asked.append(query_negatives)
+        return make(index, rng, query_negatives=query_negatives)
+
+    monkeypatch.setattr(tasks, "make_batch", spy)
+    lean = evaluate_rankers(rankers, tasks, catalogue, ks=(10, 20), resamples=0, keep_lists=True, reference="")
+    assert asked and not any(asked)
+    monkeypatch.setattr(tasks, "make_batch", lambda index, rng=None, **_: make(index, rng))
+    full = evaluate_rankers(rankers, tasks, catalogue, ks=(10, 20), resamples=0, keep_lists=True, reference="")
+    np.testing.assert_array_equal(lean.lists["maml"], full.lists["maml"])
+    assert lean.summaries["maml"]["recall@20"] == full.summaries["maml"]["recall@20"]
+
+
 def test_heavy_meta_train_users_are_subsampled_and_counted(setup):
     ds, split, feat, sampler = setup
     tasks = topn_tasks(split.train, feat, sampler, shots=10, query=20, seed=0, train=True)
@@ -1119,7 +1146,23 @@ def test_a_long_tuning_is_said_with_its_projected_time_after_its_first_fit(monke
         assert warned == [], caplog.text
         return
     assert len(warned) == 1 and validated[0] <= warned[0] < validated[1], caplog.text
-    assert "so its tuning's 3 fits take about" in caplog.text and "leave mf out of topn_baselines" in caplog.text
+    assert "so its tuning's 3 fits take up to about" in caplog.text and "leave mf out of topn_baselines" in caplog.text
+
+
+def test_a_grid_of_one_point_fits_once_and_is_not_warned_of_as_three_fits(monkeypatch, caplog):
+    """A grid of one point is not validated, so its refinements, which refine a choice, are not tried: one fit, and
+    no warning of a tuning of several."""
+    from jaxrec.experiment import topn
+
+    exp = topn.TopNExperiment(als_start_config(model_kwargs={"embed": 4}))
+    monkeypatch.setitem(topn.BASELINE_GRIDS, "mf", [{"factors": 4, "l2": 10.0, "alpha": 1.0}])
+    monkeypatch.setitem(topn.BASELINE_REFINEMENTS, "mf", [{"missing_exponent": b} for b in (-0.5, -1.0)])
+    monkeypatch.setattr(topn, "SLOW_TUNING_SECONDS", 1e-9)
+    fits = []
+    monkeypatch.setattr(exp, "_baseline_ranker", lambda fitted: fits.append(fitted) or fitted)
+    with caplog.at_level("WARNING", logger="jaxrec"):
+        exp._tuned_baseline("mf")
+    assert len(fits) == 1 and "baseline mf: its first fit" not in caplog.text, caplog.text
 
 
 def test_als_start_with_new_items_maps_features_to_als_factors_by_ridge_regression():

@@ -675,7 +675,9 @@ def evaluate_rankers(
 ) -> RankerEvaluation:
     """Evaluate rankers on the same users, over the whole catalogue.
 
-    Every ranker sees the same batches (the same support sets, the same negatives for the inner loop's loss).
+    Every ranker sees the same batches (the same support sets, the same negatives for the inner loop's loss). The
+    query rows only name the items to find: their negatives are none (``neg_mask`` false, the arrays zero, of the
+    shapes a batch with them has), and a ranker reads the support alone (the query is the user's future).
     With ``scorers``, those methods are also scored by the sampled protocol (**biased**, see
     :func:`sampled_statistics`): each query positive against ``negatives`` items drawn uniformly from those the user
     did not interact with, the same draws for every method; its keys are ``sampled_hr@k``.

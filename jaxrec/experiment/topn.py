@@ -186,8 +186,8 @@ def _warn_of_long_tuning(name: str, first: float, fits: int) -> None:
     if fits < 2 or projected < SLOW_TUNING_SECONDS:
         return
     logger.warning(
-        "baseline %s: its first fit and validation took %.0f s, so its tuning's %d fits take about %.0f min (leave "
-        "%s out of topn_baselines, --topn-baselines, to skip it)",
+        "baseline %s: its first fit and validation took %.0f s (compiles included), so its tuning's %d fits take up "
+        "to about %.0f min (leave %s out of topn_baselines, --topn-baselines, to skip it)",
         name,
         first,
         fits,
@@ -946,7 +946,8 @@ class TopNExperiment:
         best = None
         began = time.perf_counter()
         grid = BASELINE_GRIDS[name] if name in fitters else []
-        refinements = BASELINE_REFINEMENTS.get(name, ()) if grid else ()
+        # refinements refine a choice: a grid of one point chooses nothing (its fit is not validated)
+        refinements = BASELINE_REFINEMENTS.get(name, ()) if len(grid) > 1 else ()
         fits = len(grid) + len(refinements)
         slow = rb.slow_to_fit(name, self.train_matrix()) if fits else None
         if slow is not None:
@@ -962,7 +963,9 @@ class TopNExperiment:
                 best = self._try_baseline(name, fitters[name], hyper, best, choose=len(grid) > 1)
                 bar.update()
                 if done == 1 and slow is None:  # a disabled bar counts nothing
+                    bar.clear()  # the warning on a line of its own, then the bar again
                     _warn_of_long_tuning(name, time.perf_counter() - began, fits)
+                    bar.refresh()
             if best is not None and best[0] is not None:
                 chosen = best[1]
                 for extra in refinements:
