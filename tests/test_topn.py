@@ -977,6 +977,34 @@ def als_start_config(**fields):
     return ExperimentConfig.make(**base, item_start="als", pretrain=False, topn_baselines=(), **fields)
 
 
+@pytest.mark.parametrize(
+    ("losses", "read"),
+    [({}, (False, False)), ({"query_loss": "softmax"}, (False, True)), ({"ranking_loss": "bpr"}, (True, True))],
+)
+def test_training_draws_no_negatives_that_its_losses_do_not_read(losses, read):
+    """The exact ALS loss stands for every item as a negative and reads no sampled one: its training batches draw
+    none (the draws were most of a batch's cost). A sampled query loss still gets its negatives, the very draws a
+    batch with every negative has, as the support's are still drawn before them."""
+    import dataclasses
+
+    from jaxrec.experiment.topn import TopNExperiment
+
+    config = als_start_config(model_kwargs={"embed": 4})
+    exp = TopNExperiment(config.override(**losses) if losses else config)
+    tasks = exp._train_tasks(0)
+    assert tasks.negatives_read == read
+    index = tasks.batch_plan(8, np.random.default_rng(0))[0]
+    batch = tasks.make_batch(index, np.random.default_rng(1))
+    every = dataclasses.replace(tasks, negatives_read=(True, True)).make_batch(index, np.random.default_rng(1))
+    for side, drawn, full in [("support", batch.support, every.support), ("query", batch.query, every.query)]:
+        assert {k: v.shape for k, v in drawn.items()} == {k: v.shape for k, v in full.items()}, side
+        wanted = read[0] or read[1] if side == "support" else read[1]  # the query's draws follow the support's
+        if wanted:
+            np.testing.assert_array_equal(drawn["neg_item"], full["neg_item"], err_msg=side)
+        else:
+            assert not drawn["neg_mask"].any() and full["neg_mask"].any(), side
+
+
 @pytest.mark.parametrize(("l2", "alpha"), [(10.0, 10.0), (100.0, 1.0)])
 def test_exact_als_start_ranks_as_the_mf_baselines_fold_in(l2, alpha):
     """item_start='als' with the exact ALS loss, the prior variance 1 / (2 l2) and the confidence alpha: before any

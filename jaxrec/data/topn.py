@@ -425,10 +425,15 @@ class TopNTaskSet:
     Attributes:
       tasks: the underlying task set (``row_rating`` holds the weights).
       sampler: the :class:`NegativeSampler`.
+      negatives_read: whether the losses read the support's and the query's negatives (the inner loss, the query
+        loss): a side whose are not read gets none (``neg_mask`` false, zero arrays of the same shapes), and drawing
+        them, most of a batch's cost, is saved. A loss over the whole catalogue (the exact ALS loss) reads none.
+        The support's are still drawn where the query's are, so that the query's draws are what they would be.
     """
 
     tasks: TaskSet
     sampler: NegativeSampler
+    negatives_read: tuple[bool, bool] = (True, True)
 
     def __len__(self) -> int:
         return len(self.tasks)
@@ -509,7 +514,9 @@ class TopNTaskSet:
         users = np.where(task_index >= 0, self.tasks.users[np.maximum(task_index, 0)], -1).astype(np.int32)
         feat, sampler = self.featurizer, self.sampler
         rows = []
-        for drawn, (codes, mask) in zip((True, query_negatives), sides, strict=True):
+        query_drawn = self.negatives_read[1] and query_negatives
+        support_drawn = self.negatives_read[0] or query_drawn  # the query's draws follow the support's in ``rng``
+        for drawn, (codes, mask) in zip((support_drawn, query_drawn), sides, strict=True):
             side = feat.user_rows(codes["user"])
             side.update(feat.item_rows(codes["item"]))
             side["weight"] = np.where(mask, codes["rating"], 0.0).astype(np.float32)

@@ -379,7 +379,7 @@ class TopNExperiment:
 
     def _train_tasks(self, seed: Any) -> TopNTaskSet:
         top = self.config.topn
-        return topn_tasks(
+        tasks = topn_tasks(
             self.split.train,
             self.featurizer,
             self.train_sampler,
@@ -391,6 +391,10 @@ class TopNExperiment:
             history=self.config.history(),
             order=top.train_order if self.dataset.has_timestamps else "random",
         )
+        # a loss over the whole catalogue reads no sampled negatives: training draws none where neither loss does
+        query_loss = top.query_loss or top.ranking_loss
+        read = (top.ranking_loss not in CATALOGUE_LOSSES, query_loss not in CATALOGUE_LOSSES)
+        return dataclasses.replace(tasks, negatives_read=read)
 
     def _eval_tasks(self, frame: pd.DataFrame) -> TopNTaskSet:
         top = self.config.topn
