@@ -1150,6 +1150,23 @@ def test_the_tuning_of_a_baseline_shows_its_fits_when_asked(monkeypatch, capsys,
     assert ("tune mf" in err and "3/3" in err) if progress else err == ""
 
 
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_validation_pass_and_a_scenarios_evaluation_show_a_bar_when_asked(capsys, progress):
+    """On a catalogue of 100,000 items a validation pass of the recency grid took a minute and a half and a test
+    scenario's evaluation several, without a word: each shows a bar over its batches when the experiment shows
+    progress (the command line's default), and nothing otherwise."""
+    from jaxrec.experiment import topn
+
+    exp = topn.TopNExperiment(als_start_config(model_kwargs={"embed": 4}))
+    ranker = exp._model_ranker(exp.init_params(), exp.inner_lr, exp.inner)
+    exp.progress = progress
+    capsys.readouterr()
+    exp._validate({"maml": ranker}, "recency maml")
+    exp._evaluate_scenario({"maml": ranker}, "new_user")
+    err = capsys.readouterr().err
+    assert ("recency maml" in err and "evaluate new_user" in err) if progress else err == "", err
+
+
 @pytest.mark.parametrize("slow", [False, True])
 def test_a_long_tuning_is_said_with_its_projected_time_after_its_first_fit(monkeypatch, caplog, slow):
     """On a 113,000-item log item-kNN's first fit took 110 s of 28 and ALS's 3.5 min of 27: hours of tuning, said by

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
 from jaxrec.core.batch import zero_padding
 from jaxrec.core.inner import InnerLoop, adapt
@@ -672,6 +673,7 @@ def evaluate_rankers(
     negatives: int = 100,
     coverage_of: int | None = None,
     avoid: Callable[[Any], np.ndarray | None] | None = None,
+    progress: str | None = None,
 ) -> RankerEvaluation:
     """Evaluate rankers on the same users, over the whole catalogue.
 
@@ -701,6 +703,7 @@ def evaluate_rankers(
       avoid: ``avoid(batch) -> [U, W]`` item codes (``-1`` padding) never drawn as the sampled protocol's negatives,
         beside each user's support and query items: the user's other interactions, which the split keeps out of the
         task (None: nothing more).
+      progress: a progress bar over the batches (tqdm, on stderr, gone when done) with this label, or None for none.
 
     Returns:
       The :class:`RankerEvaluation` ``(summaries, stats, lists, sampled)``.
@@ -718,7 +721,8 @@ def evaluate_rankers(
     sampled_users, sampled_candidates, sampled_scores = [], [], {name: [] for name in scorers}
     left_out = 0
     plan = tasks.batch_plan(batch_size, None)
-    for b, task_index in enumerate(plan):
+    bar = tqdm(plan, desc=progress, unit="batch", leave=False, disable=progress is None)
+    for b, task_index in enumerate(bar):
         # the query rows name the items to find: a ranker adapts on the support and ranks every item
         batch = tasks.make_batch(task_index, np.random.default_rng([seed, 7, b]), query_negatives=False)
         support_items, query_items = tasks.item_codes(task_index)

@@ -850,7 +850,7 @@ class TopNExperiment:
         if not grid or method.weighted is None or not self.dataset.has_timestamps:
             return method
         candidates = {strength: method.weighted(strength) for strength in grid}
-        scores = self._validate({f"{strength:g}": m for strength, m in candidates.items()})
+        scores = self._validate({f"{strength:g}": m for strength, m in candidates.items()}, f"recency {name}")
         chosen = max(grid, key=lambda strength: scores[f"{strength:g}"])
         self._tuned.setdefault("support_recency", {})[name] = {
             "strength": chosen,
@@ -877,7 +877,9 @@ class TopNExperiment:
             self._tie_orders.popitem(last=False)
         return order
 
-    def _validate(self, rankers: Mapping[str, Any]) -> dict[str, float]:
+    def _validate(self, rankers: Mapping[str, Any], progress: str | None = None) -> dict[str, float]:
+        """The validation users' selection figure of each ranker; ``progress``: a bar's label, shown where the
+        experiment shows progress (a pass of several rankers takes minutes on a large catalogue)."""
         c = self.config
         summaries = evaluate_rankers(
             rankers,
@@ -888,6 +890,7 @@ class TopNExperiment:
             reference="",
             resamples=0,
             seed=c.seed,
+            progress=progress if self.progress else None,
         ).summaries
         select = self.select_metric
         return {name: float("nan") if s[select] is None else float(s[select]) for name, s in summaries.items()}
@@ -1320,6 +1323,7 @@ class TopNExperiment:
             scenario=None if name == "new_user" else name,
             coverage_of=len(self.split.new_items) if only_new else None,
             scorers={k: m.score for k, m in rankers.items()} if sampled else None,
+            progress=f"evaluate {name}" if self.progress else None,
             negatives=max(sampled, 1),
             **options,
         )
