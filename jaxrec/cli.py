@@ -595,7 +595,7 @@ def _check_predictions_folder(predictions: str | None) -> None:
 
 def _evaluate(experiment: Any, params: Any, predictions: str | None, progress: bool) -> dict:
     """The metrics document of a run and, with ``predictions``, its split and predictions written there; with
-    ``progress``, a bar over each baseline's tuning (an experiment that has one: top-N)."""
+    ``progress``, bars over the tuning and the evaluation (an experiment that has them: top-N)."""
     if hasattr(experiment, "progress"):
         experiment.progress = progress
     folder = None if predictions is None else Path(predictions).expanduser()

@@ -979,12 +979,18 @@ def als_start_config(**fields):
 
 @pytest.mark.parametrize(
     ("losses", "read"),
-    [({}, (False, False)), ({"query_loss": "softmax"}, (False, True)), ({"ranking_loss": "bpr"}, (True, True))],
+    [
+        ({}, (False, False)),
+        ({"query_loss": "softmax"}, (False, True)),
+        ({"ranking_loss": "bpr"}, (True, True)),
+        ({"ranking_loss": "bpr", "query_loss": "als_exact"}, (True, True)),  # the non-meta model's query rows: BPR
+    ],
 )
 def test_training_draws_no_negatives_that_its_losses_do_not_read(losses, read):
     """The exact ALS loss stands for every item as a negative and reads no sampled one: its training batches draw
     none (the draws were most of a batch's cost). A sampled query loss still gets its negatives, the very draws a
-    batch with every negative has, as the support's are still drawn before them."""
+    batch with every negative has, as the support's are still drawn before them; and a sampled inner loss reads the
+    query's too, as the non-meta model (finetune, no_adapt) trains it on the query rows."""
     import dataclasses
 
     from jaxrec.experiment.topn import TopNExperiment

@@ -221,8 +221,9 @@ class TopNExperiment:
         ``"new_item_only"``: the same tasks, each list drawn from the new items only.
       catalogue: the :class:`~jaxrec.evaluation.topn.Catalogue` of every item.
       model, inner, trainer: the model, its inner loop (the ranking loss) and the meta-trainer.
-      progress: show a progress bar (tqdm, on stderr) over each baseline's tuning fits; off unless set (the
-        command line sets it: on a large catalogue the tuning can take longer than the training).
+      progress: show progress bars (tqdm, on stderr) over the ALS start's sweeps, each baseline's tuning fits,
+        the recency tuning's validation passes and each scenario's evaluation; off unless set (the command line
+        sets it: on a large catalogue the tuning can take longer than the training).
 
     Raises:
       DataError: if the data cannot be read or yields no meta-train or evaluation task.
@@ -391,9 +392,11 @@ class TopNExperiment:
             history=self.config.history(),
             order=top.train_order if self.dataset.has_timestamps else "random",
         )
-        # a loss over the whole catalogue reads no sampled negatives: training draws none where neither loss does
-        query_loss = top.query_loss or top.ranking_loss
-        read = (top.ranking_loss not in CATALOGUE_LOSSES, query_loss not in CATALOGUE_LOSSES)
+        # a loss over the whole catalogue reads no sampled negatives: training draws none where no loss does. The
+        # non-meta model (finetune, no_adapt) trains the inner loss on the query rows too, so they are read where
+        # the inner loss reads them
+        inner = top.ranking_loss not in CATALOGUE_LOSSES
+        read = (inner, inner or (top.query_loss or top.ranking_loss) not in CATALOGUE_LOSSES)
         return dataclasses.replace(tasks, negatives_read=read)
 
     def _eval_tasks(self, frame: pd.DataFrame) -> TopNTaskSet:
