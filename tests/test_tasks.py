@@ -323,3 +323,14 @@ def test_subsample_turns_heavy_users_into_tasks_of_cold_start_size(melu_split, f
 def test_subsample_rejects_an_empty_range(melu_split, feat):
     with pytest.raises(ValueError, match="subsample"):
         build_tasks(melu_split.train, feat, "melu", subsample=(20, 10))
+
+
+def test_time_order_of_epoch_milliseconds_over_years_is_the_order_of_their_seconds(melu_split, feat):
+    """Times spanning 2^32 units or more (epoch milliseconds over 50 days) order a user's rows as their seconds
+    do: the same tasks, row for row, from the same seed (no refusal to rescale them)."""
+    seconds = melu_split.train
+    assert seconds["timestamp"].max() - seconds["timestamp"].min() < 2**32 < 1000 * seconds["timestamp"].max()
+    millis = seconds.assign(timestamp=seconds["timestamp"] * 1000 + 999)  # an order-preserving change of unit
+    a, b = (build_tasks(log, feat, "kshot", support=5, seed=4, order="time") for log in (seconds, millis))
+    for field in ("users", "row_user", "row_item", "row_rating", "support_start", "support_len", "query_len"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)

@@ -59,7 +59,9 @@ def _order_within_users(users: np.ndarray, rng: np.random.Generator, times: np.n
     """Row order sorting by user, then by ``times`` (ties random) or, without times, uniformly at random.
 
     A random permutation followed by a *stable* sort by the composite key ``user << 32 | time`` gives random tie
-    breaks with one int64 sort (much faster than ``np.lexsort`` over three keys on 20M rows).
+    breaks with one int64 sort (much faster than ``np.lexsort`` over three keys on 20M rows). Times that span 2^32
+    units or more (epoch milliseconds over 50 days) do not fit the key: two stable sorts of the permutation, by time
+    and then by user, give the same order.
     """
     users = users.astype(np.int64)
     if times is None:
@@ -67,9 +69,10 @@ def _order_within_users(users: np.ndarray, rng: np.random.Generator, times: np.n
         return np.argsort(key)
     perm = rng.permutation(len(users))
     t = times[perm].astype(np.int64)
+    if len(t) and int(t.max()) - int(t.min()) >= (1 << 32):  # Python ints: the span itself may overflow int64
+        by_time = perm[np.argsort(t, kind="stable")]
+        return by_time[np.argsort(users[by_time], kind="stable")]
     t = t - t.min() if len(t) else t
-    if len(t) and t.max() >= (1 << 32):
-        raise DataError("timestamps span more than 2^32 seconds; rescale them")
     key = (users[perm] << 32) | t
     return perm[np.argsort(key, kind="stable")]
 
