@@ -290,6 +290,28 @@ def test_a_quote_that_swallows_lines_is_an_error_naming_its_line(tmp_path):
     assert "Earth, Wind & Fire" in jd.from_csv(quoted, columns=["user", "item", "weight"]).item_ids.tolist()
 
 
+def test_a_quote_escaped_with_a_backslash_is_an_error_naming_its_line(tmp_path):
+    """Book-Crossing's files write a quote inside a quoted field as \": CSV ends the field at that quote and the
+    parser appends the rest, so "12\"34X" used to be read, without a word, as the id 12\34X"."""
+    log = 'user;item;rating\n"u1";"0002005018";"5"\n"u2";"12\\"34X";"0"\n"u3";"034545104X";"7"\n'
+    escaped = _write(tmp_path / "bx.csv", log)
+    with pytest.raises(jd.DataError, match=r"bx.csv: column 'item' line 3 was read as 12\\34X\".*backslash"):
+        jd.from_csv(escaped, feedback="implicit")
+    books = _write(tmp_path / "books.csv", 'isbn;title\n"0002005018";"A \\"quoted\\" title; vol. 1"\n')
+    with pytest.raises(jd.DataError, match=r"books.csv: cannot read line 2: .*backslash .*write the quote twice"):
+        jd.read_side_table(books, "item")  # too short to sniff its separator: said as well
+    more = _write(tmp_path / "more.csv", 'isbn;title\n"1";"Plain"\n"2";"Plain too"\n"3";"A \\"quoted\\" one"\n')
+    with pytest.raises(jd.DataError, match=r"more.csv: cannot read line 4: .*backslash .*write the quote twice"):
+        jd.read_side_table(more, "item")
+    # the same quotes doubled, as CSV writes them, and a backslash that ends a field, are read as written
+    doubled = _write(tmp_path / "doubled.csv", log.replace('\\"', '""'))
+    assert '12"34X' in jd.from_csv(doubled, feedback="implicit").item_ids.tolist()
+    trailing = _write(tmp_path / "trailing.csv", 'user,item,weight\nu1,"C:\\dir\\",3\nu2,b,1\n')
+    assert "C:\\dir\\" in jd.from_csv(trailing, feedback="implicit").item_ids.tolist()
+    books.write_text(books.read_text().replace('\\"', '""'))
+    assert jd.read_side_table(books, "item")["title"].tolist() == ['A "quoted" title; vol. 1']
+
+
 def test_line_numbers_count_blank_lines(tmp_path):
     """Blank lines are skipped but still counted: errors used to name a line too early after each blank one."""
     path = _write(tmp_path / "ts.csv", "\nuser,item,timestamp\nu1,i1,1700000000\n\n   \nu2,i2,yesterday\n")

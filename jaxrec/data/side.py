@@ -20,7 +20,7 @@ import pandas as pd
 
 from jaxrec.data.dataset import DataError, Dataset, side_table
 from jaxrec.data.parquet import _pyarrow, is_parquet
-from jaxrec.data.text import sniff_separator, undecodable
+from jaxrec.data.text import BACKSLASH_QUOTE, first_backslash_quote, sniff_separator, undecodable
 
 __all__ = ["join_side_files", "read_side_table", "with_side_features"]
 
@@ -66,6 +66,9 @@ def read_side_table(
         except DataError as e:
             if "file is empty" in str(e):
                 raise DataError(f"{where}: the file is empty") from None
+            escaped = first_backslash_quote(path, encoding)
+            if escaped is not None:  # the quote cut a field short, and the lines split apart
+                raise DataError(f"{where}: cannot read line {escaped}: {BACKSLASH_QUOTE}") from None
             raise DataError(
                 f"{where}: expected an id column and at least one feature column, separated by a comma, a tab, '|', "
                 "';' or '::' (the first lines do not split into the same fields)"
@@ -96,6 +99,9 @@ def read_side_table(
     except UnicodeDecodeError:
         raise DataError(f"{flag} {undecodable(path, encoding)}") from None
     except (ImportError, OSError, ValueError, pd.errors.ParserError) as e:
+        escaped = None if isinstance(e, ImportError | OSError) or parquet else first_backslash_quote(path, encoding)
+        if escaped is not None:
+            raise DataError(f"{where}: cannot read line {escaped}: {BACKSLASH_QUOTE}") from None
         raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}") from None
     if frame.shape[1] < 2:
         raise DataError(f"{where}: expected an id column and at least one feature column, found {frame.shape[1]}")

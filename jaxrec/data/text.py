@@ -143,34 +143,53 @@ def _blank_lines(path: str | os.PathLike, encoding: str) -> set[int]:
         raise DataError(f"{path}: cannot read the file: {e}") from e
 
 
-def _line_breaks_and_quotes(path: str | os.PathLike, encoding: str) -> tuple[int, bool] | None:
-    """``(number of lines, whether a '"' occurs)`` from a byte scan (no parsing: fast), or None for an encoding
-    that does not write a line break as the single byte ``\n`` (UTF-16, UTF-32)."""
-    if "\n".encode(encoding, errors="replace") != b"\n" or '"'.encode(encoding, errors="replace") != b'"':
+def _line_breaks_and_quotes(path: str | os.PathLike, encoding: str) -> tuple[int, bool, bool] | None:
+    """``(number of lines, whether a '"' occurs, whether a backslash-quote '\\"' occurs)`` from a byte scan (no
+    parsing: fast), or None for an encoding that does not write a line break as the single byte ``\n`` (UTF-16,
+    UTF-32)."""
+    if any(c.encode(encoding, errors="replace") != c.encode() for c in ("\n", '"', "\\")):
         return None
-    breaks, quote, last = 0, False, b"\n"
+    breaks, quote, escaped, last = 0, False, False, b"\n"
     try:
         with _open_bytes(path) as f:
             while chunk := f.read(1 << 22):
                 breaks += chunk.count(b"\n")
                 quote = quote or b'"' in chunk
+                escaped = escaped or b'\\"' in last + chunk[:1] or b'\\"' in chunk
                 last = chunk[-1:]
     except (EOFError, OSError) as e:
         raise DataError(f"{path}: cannot read the file: {e}") from e
-    return breaks + (last != b"\n"), quote
+    return breaks + (last != b"\n"), quote, escaped
 
 
-def _first_line_break(frame: pd.DataFrame, lines: np.ndarray) -> tuple[Any, int, str] | None:
-    """``(column, line, value)`` of the first text field holding a line break, or None."""
+#: why a field holding a backslash-escaped quote is refused, and the remedy
+BACKSLASH_QUOTE = (
+    'the file escapes a quote with a backslash (\\"), which CSV does not, so the field ended at that quote; write '
+    'the quote twice instead (e.g. sed \'s/\\\\"/""/g\')'
+)
+
+
+def first_backslash_quote(path: str | os.PathLike, encoding: str) -> int | None:
+    """The first line (from 1) of a text file that holds a backslash-escaped quote ``\\"``, or None."""
+    try:
+        with _open_text(path, encoding) as f:
+            return next((n for n, line in enumerate(f, 1) if '\\"' in line), None)
+    except (EOFError, OSError):
+        return None
+
+
+def _first_holding(frame: pd.DataFrame, lines: np.ndarray, chars: str) -> tuple[Any, int, str] | None:
+    """``(column, line, value)`` of the first text field holding one of ``chars``, or None."""
     found = None  # (row, column)
     for col in frame.columns:
         values = frame[col]
         if not (pd.api.types.is_string_dtype(values) or pd.api.types.is_object_dtype(values)):
             continue
         text = values.astype(str)
-        hit = np.flatnonzero(
-            (text.str.contains("\n", regex=False) | text.str.contains("\r", regex=False)).to_numpy(bool)
-        )
+        held = np.zeros(len(text), bool)
+        for char in chars:
+            held |= text.str.contains(char, regex=False).to_numpy(bool)
+        hit = np.flatnonzero(held)
         if len(hit) and (found is None or hit[0] < found[0]):
             found = (int(hit[0]), col)
     if found is None:
@@ -180,19 +199,28 @@ def _first_line_break(frame: pd.DataFrame, lines: np.ndarray) -> tuple[Any, int,
 
 
 def _check_quotes(frame: pd.DataFrame, path: Path, lines: np.ndarray, encoding: str, header: bool, lead: int) -> None:
-    """A :class:`DataError` when a quote ``"`` made one field of several lines.
+    """A :class:`DataError` when a quote ``"`` made one field of several lines, or cut a field short.
 
     A field that opens with ``"`` runs to the next ``"``, across line breaks: an item named ``"Heroes (single)``
     would swallow the lines after it into its id, without an error from the parser. Each line is one row when no
     field spans lines, so fewer rows than lines (counted by a byte scan) means a field swallowed some; a file that
     holds no ``"`` at all is not checked further.
+
+    A quote escaped with a backslash (``"12\\"34X"``, as Book-Crossing's files write it) is no escape in CSV: the
+    field ends at that quote and the parser appends the rest, quote included, giving the id ``12\\34X"`` without a
+    word. A file that holds ``\\"`` and a parsed field that holds a quote is refused, naming the line.
     """
     scan = _line_breaks_and_quotes(path, encoding)
     if scan is not None:
-        n_lines, has_quote = scan
+        n_lines, has_quote, escaped = scan
+        if escaped:
+            hit = _first_holding(frame, lines, '"')
+            if hit is not None:
+                col, line, value = hit
+                raise DataError(f"{path}: column {col!r} line {line} was read as {value[:60]}: {BACKSLASH_QUOTE}")
         if not has_quote or len(frame) >= n_lines - lead - header:
             return
-    hit = _first_line_break(frame, lines)
+    hit = _first_holding(frame, lines, "\n\r")
     if hit is not None:
         col, line, value = hit
         raise DataError(
@@ -349,6 +377,9 @@ def read_table(
                 f"{path}: line {int(unclosed.group(1)) + lead + 1} opens a quote '\"' that is never closed (the field "
                 "would run to the end of the file); remove the stray quote, or quote the whole field"
             ) from e
+        escaped = first_backslash_quote(path, encoding) if kwargs.get("quoting") != csv.QUOTE_NONE else None
+        if escaped is not None:
+            raise DataError(f"{path}: cannot parse line {escaped}: {BACKSLASH_QUOTE}") from e
         raise DataError(f"{path}: cannot parse with separator {sep!r}: {e}") from e
     except (EOFError, OSError) as e:  # a gzip cut short or damaged past the lines sniffed above
         raise DataError(f"{path}: cannot read the file: {e}") from e
