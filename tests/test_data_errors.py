@@ -310,6 +310,16 @@ def test_a_quote_escaped_with_a_backslash_is_an_error_naming_its_line(tmp_path):
     assert "C:\\dir\\" in jd.from_csv(trailing, feedback="implicit").item_ids.tolist()
     books.write_text(books.read_text().replace('\\"', '""'))
     assert jd.read_side_table(books, "item")["title"].tolist() == ['A "quoted" title; vol. 1']
+    # a new user's item,rating file, as recommend reads it
+    from jaxrec.experiment.recommend import read_user_ratings
+    from jaxrec.experiment.run import RunError
+
+    rated = _write(tmp_path / "mine.csv", 'item;rating\n"0002005018";"5"\n"12\\"34X";"7"\n')
+    with pytest.raises(RunError, match=r"mine.csv: line 3: the file escapes a quote with a backslash"):
+        read_user_ratings(rated, np.array(["0002005018", '12"34X']), (0.0, 10.0))
+    rated.write_text(rated.read_text().replace('\\"', '""'))
+    codes, ratings, _, _ = read_user_ratings(rated, np.array(["0002005018", '12"34X']), (0.0, 10.0))
+    assert codes.tolist() == [0, 1] and ratings.tolist() == [5.0, 7.0]
 
 
 def test_line_numbers_count_blank_lines(tmp_path):

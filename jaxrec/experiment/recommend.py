@@ -19,7 +19,7 @@ from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
 from jaxrec.data import DataError, Featurizer, sniff_separator
 from jaxrec.data.dataset import integer_ids
-from jaxrec.data.text import undecodable
+from jaxrec.data.text import BACKSLASH_QUOTE, first_backslash_quote, undecodable
 from jaxrec.data.topn import support_history
 from jaxrec.evaluation.topn import is_user_side, recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
@@ -129,6 +129,9 @@ def read_user_ratings(
                 engine="python" if len(sep) > 1 else "c",
                 on_bad_lines="error",
             )
+            escaped = first_backslash_quote(path, encoding) if frame.apply(_holds_quote).any() else None
+            if escaped is not None:  # the quote ended its field, and the rest was appended to it
+                raise RunError(f"--ratings {path}: line {escaped}: {BACKSLASH_QUOTE}")
     except RunError:
         raise
     except DataError as e:
@@ -337,6 +340,10 @@ def _item_id_lines(path: Path, flag: str = "--ratings", encoding: str = "utf-8")
     if not ids:
         raise RunError(f"{flag} {path}: the file holds no item ids (expected one item id per line)")
     return pd.DataFrame({0: pd.Series(ids, dtype=str)})
+
+
+def _holds_quote(column: pd.Series) -> bool:
+    return bool(column.astype(str).str.contains('"', regex=False).any())
 
 
 def _is_number(text: str) -> bool:
