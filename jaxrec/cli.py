@@ -1086,7 +1086,13 @@ def _log_notes(report: dict) -> list[str]:
         parts.append(f"{report['blank_lines_skipped']} blank line(s) skipped")
     if report.get("duplicates_merged"):
         merged = report["duplicates_merged"]
-        parts.append(f"{merged} duplicate (user, item) row(s) merged away (one interaction a pair, weights summed)")
+        if report.get("repeats_as_weights"):
+            parts.append(
+                f"{merged} duplicate (user, item) row(s) merged away (one interaction a pair; with no weight column, "
+                "its number of rows is its weight, a confidence, and a new user's repeated items count alike)"
+            )
+        else:
+            parts.append(f"{merged} duplicate (user, item) row(s) merged away (one interaction a pair, weights summed)")
     if report.get("below_threshold_dropped"):
         parts.append(f"{report['below_threshold_dropped']} rating(s) below the positive threshold left out")
     if report.get("ratings_below_min_dropped"):

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import jaxrec.data as jd
+from jaxrec import cli
 
 
 def _write(path: Path, text: str) -> Path:
@@ -64,6 +65,12 @@ def test_duplicates_are_merged_with_summed_weights_and_earliest_time(tmp_path):
     # without a weight column each row weighs 1: the merged weight counts the rows
     unweighted = jd.from_csv(path, columns=["user", "item", "_", "timestamp"], feedback="implicit")
     assert _by_raw(unweighted)["weight"].tolist() == [1.0, 3.0, 1.0]
+    # ... which makes a weighted log of one without weights, and the run says so (a weight column's sums do not)
+    assert unweighted.has_weights and unweighted.report["repeats_as_weights"]
+    assert not ds.report["repeats_as_weights"]
+    (note,) = cli._log_notes(unweighted.report)
+    assert "2 duplicate (user, item) row(s) merged away" in note and "its number of rows is its weight" in note
+    assert "number of rows" not in cli._log_notes(ds.report)[0]
 
 
 def test_merge_matches_a_pandas_groupby():

@@ -537,8 +537,9 @@ def from_dataframe(
       ``rating`` is 1.0 on every kept row and ``weight`` holds the weight column (1.0 without one). A rating
       column is only compared with ``positive_threshold``: rows rated below it are dropped (counted in
       ``report["below_threshold_dropped"]``). Duplicate pairs are merged into one row, the sum of their weights
-      at the earliest of their timestamps (``report["duplicates_merged"]`` rows merged away);
-      ``report["interactions"]`` counts the rows kept.
+      at the earliest of their timestamps (``report["duplicates_merged"]`` rows merged away); without a weight
+      column a pair's weight is its number of rows (``report["repeats_as_weights"]``), so that a log of repeated
+      plays is a weighted log (:attr:`Dataset.has_weights`); ``report["interactions"]`` counts the rows kept.
     * ``None``: ratings when a rating column is named, else implicit as above; but a rating column that holds
       counts (integer values, none negative, some beyond 100) is an error, since a rating scale is bounded:
       pass ``feedback="implicit"`` (with the column as ``weight``) or ``"explicit"`` to say which it is. Without
@@ -698,11 +699,14 @@ def from_dataframe(
         kept_before = int(keep.sum())
         keep, weights, times = _merge_pairs(user_codes, item_codes, keep, weights, times)
         report["duplicates_merged"] = kept_before - int(keep.sum())
+        # without a weight column a pair's weight is its number of rows: a log of repeats is a weighted log
+        report["repeats_as_weights"] = weight is None and report["duplicates_merged"] > 0
         if report["duplicates_merged"]:
             logger.info(
-                "%s: merged %d duplicate (user, item) interaction(s) (weights summed)",
+                "%s: merged %d duplicate (user, item) interaction(s) (%s)",
                 where,
                 report["duplicates_merged"],
+                "a pair's weight is its number of rows" if weight is None else "weights summed",
             )
             sums = weights[keep]
             if (sums > np.finfo(np.float32).max).any():
