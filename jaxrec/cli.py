@@ -1203,6 +1203,7 @@ def _read_users_as_trained(args: argparse.Namespace):
         if not recorded:
             raise
         shown = recorded if isinstance(recorded, str) else ",".join(map(str, recorded))
+        why = "it has no header" if "without a header" in unnamed.lacking else "its header has no common names"
         try:
             users = read_users(args.users, recorded, args.sep, encoding=args.encoding)
         except DataError as misfit:  # say why the run's layout does not fit either, not only the common names
@@ -1211,7 +1212,7 @@ def _read_users_as_trained(args: argparse.Namespace):
                 f"{unnamed.lacking}, and the run's own --columns {shown} do not fit it ({why}): name the file's "
                 "columns with --columns (e.g. --columns user=<name>,item=<name>)"
             ) from None
-    _echo(f"note: --users {args.users} read by the run's --columns {shown} (its header has no common names)", err=True)
+    _echo(f"note: --users {args.users} read by the run's --columns {shown} ({why})", err=True)
     return users
 
 

@@ -93,6 +93,27 @@ def test_the_log_notes_count_what_reading_merged_or_left_out_and_no_warning_said
     assert cli._log_notes({"duplicates_removed": 3, "users_dropped": 0}) == []  # a warning says it already
 
 
+def test_users_without_a_header_in_the_logs_own_layout_are_read_by_the_runs_columns(tmp_path, monkeypatch):
+    """A headerless file of six columns (a Last.fm log: user, time, artist id, artist, track id, track) in the layout
+    the run read its log by was refused with the Python API's remedy (columns=[...]); it is read by the run's
+    --columns, as a file whose header has none of the common names is, and the note says which."""
+    import argparse
+
+    table = tmp_path / "plays.tsv"
+    table.write_text(
+        'u1\t2008-02-19T00:10:03Z\tmb-1\tArtist, "A"\ttr-1\tSong 1\nu1\t2008-02-19T00:20:00Z\tmb-2\tB\ttr-2\tS2\n'
+    )
+    with pytest.raises(cli.UnnamedColumnsError, match=r"6 columns without a header.*--columns user,item,_"):
+        cli.read_users(table)
+    args = argparse.Namespace(users=str(table), columns=None, sep=None, encoding="utf-8", checkpoint="run")
+    monkeypatch.setattr(cli, "read_metadata", lambda _: {"config": {"data": {"columns": "user,timestamp,_,_,item,_"}}})
+    said = []
+    monkeypatch.setattr(cli, "_echo", lambda *parts, err=False: said.append(" ".join(map(str, parts))))
+    users = cli._read_users_as_trained(args)
+    assert users["user"].tolist() == ["u1", "u1"] and users["item"].tolist() == ["tr-1", "tr-2"]
+    assert said == [f"note: --users {table} read by the run's --columns user,timestamp,_,_,item,_ (it has no header)"]
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason=f"ml-100k not found under {SHARED_DATA}")
 def test_the_log_notes_name_the_user_whose_every_rating_is_below_the_threshold_on_ml100k():
     """On ml-100k at a threshold of 4 one user and 235 items lose every row; the user was named nowhere."""

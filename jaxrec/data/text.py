@@ -760,9 +760,9 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
                     )
         else:
             if len(cols) > 4:
-                raise DataError(
-                    f"{path}: {len(cols)} columns without a header, expected user, item[, rating[, timestamp]]; "
-                    "pass columns=[...] naming each (use '_' to ignore one)"
+                raise UnnamedColumnsError(
+                    f"{path}: {len(cols)} columns without a header, expected user, item[, rating[, timestamp]]",
+                    "pass columns=[...] naming each in order (--columns user,item,_,...: '_' skips one)",
                 )
             roles = dict(zip(_POSITIONAL_ROLES, cols, strict=False))
     elif isinstance(columns, Mapping):
