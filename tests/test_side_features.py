@@ -2,6 +2,7 @@
 encoded whatever their columns (the featurizer used to read MovieLens's column names only and ignore the rest)."""
 
 import json
+import logging
 
 import flax.linen as nn
 import jax
@@ -63,7 +64,7 @@ def test_movielens_100k_demographics_keep_their_own_encoders():
     assert featurizer.vocabularies["user_zip"][:3] == ["0", "1", "2"]  # the first character of the zip, as text
 
 
-def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_kept_apart(tmp_path):
+def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_kept_apart(tmp_path, caplog):
     """Integers in a side table are codes (a zip's leading zero kept, 40 category ids not binned together), decimals
     quantities; a Parquet list column is tags; names in other scripts or with spaces stay distinct features."""
     rows = 40
@@ -89,9 +90,13 @@ def test_codes_stay_codes_decimals_are_binned_lists_are_tags_and_odd_names_are_k
     )
     log = write_plays(tmp_path / "plays.tsv", items=rows)
     plays = jd.from_csv(log, "user,item,weight,timestamp", feedback="implicit")
-    spec = jd.Featurizer.fit(jd.with_side_features(plays, items=read, source="songs.csv")).spec
+    with caplog.at_level(logging.WARNING, logger="jaxrec.data.featurizer"):
+        spec = jd.Featurizer.fit(jd.with_side_features(plays, items=read, source="songs.csv")).spec
     assert spec.categorical["item_zip"] == 21 and spec.categorical["item_category"] == 36  # codes, not bins
     assert "item_name" not in spec.categorical  # every value differs: an id or free text, not a feature
+    # ... and the warning says where a display name goes (this table has no 'title' column)
+    said = [r.getMessage() for r in caplog.records if "'name': every value differs" in r.getMessage()]
+    assert len(said) == 1 and said[0].endswith("a column named 'title' is shown as each item's name"), said
     assert not any("empty" in key for key in [*spec.categorical, *spec.multi_hot])  # no value: not a feature
     assert spec.categorical["item_price"] <= jd.featurizer.NUMERIC_BINS + 1
     odd = sorted(k for k in spec.categorical if k.startswith(("item_feature_", "item_a_b_")))

@@ -208,8 +208,12 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict, di
             continue
         if len(given) > EXACT_NUMBERS and given.nunique() == len(given):
             # an identifier or free text: no two rows share a value, so it tells nothing about a row it has not seen
+            named = role == "item" and "title" not in table.columns  # a display name under another header
             logger.warning(
-                "%s side column %r: every value differs (an id or free text), not used as a feature", role, column
+                "%s side column %r: every value differs (an id or free text), not used as a feature%s",
+                role,
+                column,
+                "; a column named 'title' is shown as each item's name" if named else "",
             )
             continue
         categorical[key] = field
