@@ -240,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument(
         "--users",
         metavar="FILE",
-        help="many new users at once: a table (text or Parquet) of user and item columns, optionally a rating or "
-        "weight and a timestamp (each user's rows oldest first), found as train finds a log's (or --columns); writes "
-        "user,rank,item,score rows (--out, else standard output), ranked as the service ranks them",
+        help="many new users at once: a table (text, JSON lines or Parquet) of user and item columns, optionally a "
+        "rating or weight and a timestamp (each user's rows oldest first), found as train finds a log's (or "
+        "--columns); writes user,rank,item,score rows (--out, else standard output), ranked as the service ranks them",
     )
     r.add_argument("-k", type=int, default=10, help="how many items (default 10)")
     r.add_argument(

@@ -1,5 +1,5 @@
-"""Data: interaction logs (MovieLens loaders, text and Parquet readers), the featurizer, cold-start splits, tasks,
-the batch stream and augmentation.
+"""Data: interaction logs (MovieLens loaders, text, JSON-lines and Parquet readers), the featurizer, cold-start
+splits, tasks, the batch stream and augmentation.
 
 >>> import jaxrec.data as jd
 >>> ds = jd.load()  # the bundled ml-latest-small, offline
@@ -9,6 +9,7 @@ the batch stream and augmentation.
 from jaxrec.data.dataset import DataError, Dataset, UnnamedColumnsError, from_dataframe
 from jaxrec.data.download import ARCHIVES, DownloadError, download_archive
 from jaxrec.data.featurizer import Featurizer, age_bucket, year_bucket, zip_prefix
+from jaxrec.data.jsonlines import from_json_lines, is_json_lines
 from jaxrec.data.logs import read_log
 from jaxrec.data.movielens import DATASETS, DEFAULT_DATASET, default_data_root, load, parse_movielens
 from jaxrec.data.parquet import from_parquet, is_parquet
@@ -37,7 +38,9 @@ __all__ = [
     "download_archive",
     "from_csv",
     "from_dataframe",
+    "from_json_lines",
     "from_parquet",
+    "is_json_lines",
     "is_parquet",
     "join_side_files",
     "load",

@@ -541,7 +541,7 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
     return _unlike_data(text, following)
 
 
-def _exact_ids(values: pd.Series) -> pd.Series:
+def exact_ids(values: pd.Series) -> pd.Series:
     """An id column read as text, as integers when every id is an integer written as one (``42``, not ``042``,
     ``+42`` or ``4.2e1``; spaces around it aside): the integers' text is their exact form, and the codes sort as they
     always did (numerically), so that a log of integer ids (MovieLens) splits as before. Any other column stays
@@ -671,7 +671,7 @@ def from_csv(
     frame, roles, lines, header = read_log_table(path, columns, sep, header, encoding=encoding, allow_extra=allow_extra)
     columns = role_columns(columns)
     for role in ("user", "item"):
-        frame[roles[role]] = _exact_ids(frame[roles[role]])
+        frame[roles[role]] = exact_ids(frame[roles[role]])
     if feedback == "implicit" and columns is None and not header and "rating" in roles and positive_threshold is None:
         _warn_rating_ignored(path, list(roles))
     ds = from_dataframe(

@@ -186,7 +186,8 @@ class DataConfig:
     Attributes:
       dataset: a known dataset (:data:`jaxrec.data.DATASETS`); ignored when ``path`` is given.
       path: (flag ``--data``) the path of any ``user,item,rating[,timestamp]`` log, read by
-        :func:`jaxrec.data.read_log`: separated text (``.gz`` allowed), or Parquet (a file or a folder of files).
+        :func:`jaxrec.data.read_log`: separated text or JSON lines (``.gz`` allowed), or Parquet (a file or a
+        folder of files).
       data_dir: the folder holding the MovieLens folders.
       columns: the roles of the file's columns in order (``_`` skips one), or ``role=column`` pairs naming the
         columns to read (``user=customer_id,item=sku``).
@@ -213,7 +214,7 @@ class DataConfig:
     dataset: str | None = _field("ml-latest-small", "a known dataset (see `jaxrec datasets`)")
     path: str | None = _field(
         None,
-        "path of any user,item,rating[,timestamp] log: text (.gz allowed) or Parquet (file or folder)",
+        "path of any user,item,rating[,timestamp] log: text or JSON lines (.gz allowed), or Parquet (file or folder)",
         flag="data",
     )
     data_dir: str | None = _field(None, "folder holding the MovieLens folders (default $JAXREC_DATA)")

@@ -19,6 +19,7 @@ import pandas as pd
 
 from jaxrec.data import DataError
 from jaxrec.data.dataset import integer_ids, numeric_column, timestamp_seconds, where_line
+from jaxrec.data.jsonlines import is_json_lines, read_json_lines_roles
 from jaxrec.data.parquet import is_parquet, read_parquet_roles
 from jaxrec.data.text import read_log_table
 from jaxrec.serve.engine import ServingModel
@@ -67,6 +68,10 @@ def read_users(
             raise DataError(f"{path}: a Parquet file has no separator: leave sep (--sep) out")
         frame, roles, found = read_parquet_roles(path, columns, allow_extra=True)
         labels, lines = found["labels"], None
+    elif is_json_lines(path):
+        if sep is not None:
+            raise DataError(f"{path}: a JSON-lines file has no separator: leave sep (--sep) out")
+        frame, roles, lines, labels = read_json_lines_roles(path, columns, encoding=encoding)
     else:
         frame, roles, lines, _ = read_log_table(path, columns, sep, encoding=encoding, allow_extra=True)
         labels = list(frame.columns)

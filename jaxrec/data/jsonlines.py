@@ -1,0 +1,225 @@
+"""Logs as JSON lines (one JSON object a line, ``.gz`` allowed: Amazon reviews, Yelp, Steam, Goodreads), read as the
+text logs are: roles by a key's common name or by ``columns``, ids kept as written, errors naming the file's line.
+
+The file is parsed a chunk of lines at a time by pandas, and only the keys in a role are kept, so that a log of
+long review texts is read in bounded memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from jaxrec.data.dataset import DataError, Dataset, from_dataframe
+from jaxrec.data.text import exact_ids, resolve_columns, role_arguments, role_columns, undecodable
+
+__all__ = ["from_json_lines", "is_json_lines", "read_json_lines_roles"]
+
+logger = logging.getLogger(__name__)
+
+#: lines parsed in one call of pandas (a chunk of long reviews stays a few hundred MB at most)
+CHUNK_LINES = 100_000
+
+
+def _open(path: Path, encoding: str):
+    return gzip.open(path, "rt", encoding=encoding) if path.name.endswith(".gz") else open(path, encoding=encoding)
+
+
+def is_json_lines(path: str | os.PathLike) -> bool:
+    """Whether a file's first non-blank character (after a byte-order mark) opens a JSON object: ``{`` begins no
+    separated text log."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
+            head = f.read(4096)
+    except (EOFError, OSError):
+        return False
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
+
+
+def _chunks(path: Path, encoding: str, chunk_lines: int):
+    """``(lines, frame)`` per chunk of non-blank lines: each record's 1-based line, and pandas' frame of them."""
+    numbers, texts = [], []
+    try:
+        with _open(path, encoding) as f:
+            for n, line in enumerate(f, 1):
+                text = line.strip().removeprefix("\ufeff")
+                if not text:
+                    continue
+                if text[0] != "{":
+                    raise DataError(f"{path}: line {n} is not a JSON object ({text[:60]!r}): expected one per line")
+                numbers.append(n)
+                texts.append(text)
+                if len(texts) == chunk_lines:
+                    yield np.asarray(numbers), _parse(path, numbers, texts)
+                    numbers, texts = [], []
+    except UnicodeDecodeError:
+        raise DataError(undecodable(path, encoding)) from None
+    except (EOFError, OSError) as e:  # a gzip cut short or damaged
+        raise DataError(f"{path}: cannot read the file: {e}") from e
+    if texts:
+        yield np.asarray(numbers), _parse(path, numbers, texts)
+
+
+def _parse(path: Path, numbers: list[int], texts: list[str]) -> pd.DataFrame:
+    """The records of one chunk; a line that is not valid JSON is named (looked for only when pandas fails)."""
+    try:
+        return pd.read_json(io.StringIO("\n".join(texts)), lines=True, dtype=False)
+    except ValueError as e:
+        for n, text in zip(numbers, texts, strict=True):
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as bad:
+                raise DataError(f"{path}: line {n} is not valid JSON: {bad.msg} at column {bad.colno}") from None
+        raise DataError(f"{path}: cannot read it as JSON lines: {e}") from None
+
+
+def _first_nested(values: pd.Series) -> int | None:
+    """The row of the first object or list in a column, or None (pandas cannot hash them: a fast test first)."""
+    try:
+        pd.factorize(values)
+        return None
+    except TypeError:
+        return int(np.flatnonzero(values.map(lambda v: isinstance(v, dict | list)).to_numpy())[0])
+
+
+def _ids(values: pd.Series, column: str, path: Path, lines: np.ndarray) -> pd.Series:
+    """A role's ids as a text log's are: written as text (a whole number ``7.0``, as JSON writers export a float
+    column, is ``7``), and integers where every id is a plain one (:func:`~jaxrec.data.text.exact_ids`); an object,
+    a list or ``true`` is no id (missing ones are left to :func:`~jaxrec.data.from_dataframe` to name). The distinct
+    ids are looked at, not every row."""
+    nested = _first_nested(values)
+    if nested is not None:
+        raise DataError(
+            f"{path}: key {column!r} line {lines[nested]} holds {json.dumps(values.iloc[nested])[:60]}, not an id"
+        )
+    codes, uniques = pd.factorize(values)
+    uniques = list(uniques)
+    flags = [isinstance(u, bool | np.bool_) for u in uniques]
+    if any(flags):
+        row = int(np.flatnonzero(codes == flags.index(True))[0])
+        raise DataError(
+            f"{path}: key {column!r} line {lines[row]} holds {str(uniques[flags.index(True)]).lower()}, not an id"
+        )
+    written = np.array(
+        [
+            u if isinstance(u, str) else str(int(u)) if float(u).is_integer() and abs(float(u)) < 2**63 else str(u)
+            for u in uniques
+        ]
+        + [None],
+        dtype=object,
+    )
+    return exact_ids(pd.Series(written[codes], index=values.index, name=values.name))  # code -1: the None
+
+
+def read_json_lines_roles(
+    path: str | os.PathLike,
+    columns: Any = None,
+    *,
+    encoding: str = "utf-8",
+    allow_extra: bool = True,
+    chunk_lines: int = CHUNK_LINES,
+) -> tuple[pd.DataFrame, dict, np.ndarray, list]:
+    """The keys in a role of a JSON-lines log, each record's line, and every key the records hold.
+
+    Args:
+      path: the file (``.gz`` allowed).
+      columns: the roles' keys, as :func:`~jaxrec.data.from_csv` takes columns (``"user=reviewerID,item=asin"``);
+        None guesses them from common names (``user_id``, ``item_id``, ``rating``, ``timestamp``, ...).
+      encoding: the text encoding.
+      allow_extra: keys beyond the guessed roles are expected in a record (a review's text, its summary).
+      chunk_lines: records parsed at a time.
+
+    Returns:
+      ``(frame, roles, lines, labels)``: the role keys of every record (ids as a text log's), ``{role: key}``, each
+      record's 1-based line, and the keys of the first chunk's records.
+
+    Raises:
+      DataError: naming the file and line: a line that is not a JSON object, a role's key missing from the records,
+        an id that is an object, a list or a boolean, or a file that is empty or not ``encoding`` text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    frames, lines, roles, labels = [], [], None, []
+    for numbers, chunk in _chunks(path, encoding, chunk_lines):
+        if roles is None:
+            labels = [str(c) for c in chunk.columns]
+            roles = resolve_columns(labels, role_columns(columns), True, path, allow_extra)
+        wanted = list(dict.fromkeys(roles.values()))
+        frames.append(chunk.reindex(columns=wanted))  # a record without a key: missing there, named below
+        lines.append(numbers)
+    if roles is None:
+        raise DataError(f"{path}: file is empty")
+    frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    lines = np.concatenate(lines)
+    for role in ("user", "item"):
+        frame[roles[role]] = _ids(frame[roles[role]], roles[role], path, lines)
+    for role in ("rating", "weight", "timestamp"):
+        key = roles.get(role)
+        if key is not None and frame[key].dtype == object:
+            row = _first_nested(frame[key])
+            if row is not None:
+                raise DataError(
+                    f"{path}: key {key!r} line {lines[row]} holds {json.dumps(frame[key].iloc[row])[:60]}, not a {role}"
+                )
+    logger.info("%s: read %d record(s), key(s) %s", path, len(frame), list(dict.fromkeys(roles.values())))
+    return frame, roles, lines, labels
+
+
+def from_json_lines(
+    path: str | os.PathLike,
+    columns: Mapping[str, str] | Sequence[str] | str | None = None,
+    *,
+    feedback: str | None = None,
+    positive_threshold: float | None = None,
+    encoding: str = "utf-8",
+    name: str | None = None,
+    min_user_ratings: int = 1,
+) -> Dataset:
+    """Load an interaction log of JSON lines (``{"reviewerID": "A2SU", "asin": "0000031852", "overall": 5.0,
+    "unixReviewTime": 1393545600}`` a line).
+
+    Args:
+      path: the file (``.gz`` allowed).
+      columns: which key plays which role (``{"user": "reviewerID", "item": "asin", "rating": "overall",
+        "timestamp": "unixReviewTime"}``, or ``"user=reviewerID,item=asin,..."`` as ``--columns`` writes it); the
+        other keys are not read. None guesses from common names.
+      feedback: ``None``, ``"explicit"`` or ``"implicit"`` (see :func:`~jaxrec.data.from_dataframe`).
+      positive_threshold: with ``feedback="implicit"`` and a rating key, the lowest rating that is an interaction.
+      encoding: the text encoding.
+      name: the dataset's name (default: the file name up to its first dot).
+      min_user_ratings: users with fewer ratings (after dedup) are dropped and counted in the report.
+
+    Returns:
+      The cleaned :class:`~jaxrec.data.Dataset`; ``report["columns_read"]`` lists the keys read.
+
+    Raises:
+      DataError: as :func:`read_json_lines_roles` does, or if the log fails a check of
+        :func:`~jaxrec.data.from_dataframe` (named with its key and line).
+    """
+    path = Path(path)
+    frame, roles, lines, _ = read_json_lines_roles(path, columns, encoding=encoding)
+    ds = from_dataframe(
+        frame,
+        **role_arguments(roles),
+        feedback=feedback,
+        positive_threshold=positive_threshold,
+        name=name or path.name.split(".")[0],
+        min_user_ratings=min_user_ratings,
+        source=str(path),
+        _line_offset=lines,
+    )
+    ds.report = {"columns_read": list(dict.fromkeys(roles.values())), **ds.report}
+    return ds
