@@ -117,8 +117,8 @@ def test_fractions_of_a_second_that_merge_no_times_are_read_whole_and_said(tmp_p
 
 def test_what_a_frame_or_a_log_leaves_unread_or_cannot_tell_apart_is_said(caplog):
     """A frame's 'timestamp' column was left unread without a word (the file readers take it by name), rows below
-    the positive threshold were counted in the report alone, and a log of one rating value scored every method
-    perfectly without a word."""
+    the positive threshold were counted in the report alone, a log of one rating value scored every method
+    perfectly without a word, and a 0 that means "not rated" was read as a rating unsaid."""
     log = pd.DataFrame(
         {"user": [1, 1, 2, 2], "item": [1, 2, 1, 3], "rating": [5.0, 2.0, 4.0, 5.0], "timestamp": [4, 3, 2, 1]}
     )
@@ -133,6 +133,14 @@ def test_what_a_frame_or_a_log_leaves_unread_or_cannot_tell_apart_is_said(caplog
         assert "left out 1 row(s) rated below positive_threshold=4" in caplog.text
         jd.from_dataframe(log.assign(rating=4.0), timestamp="timestamp")
         assert "every rating in column 'rating' is 4: with one value" in caplog.text
+        # Book-Crossing's 0 (on 0-10) is an interaction without a rating: read as a rating, the worst one
+        caplog.clear()
+        jd.from_dataframe(log.assign(rating=[0.0, 8.0, 0.0, 10.0]))
+        assert "50% of the ratings in column 'rating' are 0, and the others 8 to 10: if 0 means" in caplog.text
+        caplog.clear()
+        jd.from_dataframe(log.assign(rating=[0.0, 0.5, 1.0, 2.0]))  # 0 beside 0.5: a scale that starts at 0
+        jd.from_dataframe(log.assign(rating=[0.0, 3.0, 4.0, 5.0]), feedback="implicit")  # read as interactions
+        assert "are 0" not in caplog.text
 
 
 TIME_FORMS = {

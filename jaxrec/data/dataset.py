@@ -450,6 +450,26 @@ def _warn_mixed_units(times: np.ndarray, column: str, where: str, line_offset: L
         )
 
 
+#: the share of a log's ratings at 0, the next rating at least 1, from which 0 reads as "not rated"
+ZERO_AS_UNRATED_SHARE = 0.2
+
+
+def _warn_zero_as_unrated(ratings: np.ndarray, column: str | None, where: str) -> None:
+    """Warn when many ratings are 0 on a scale whose next value is 1 or more: logs such as Book-Crossing's (0-10) and
+    Goodreads' (0-5) write 0 for an interaction without a rating, which read as a rating is the worst one."""
+    if column is None or not len(ratings) or ratings.min() != 0:
+        return
+    zero = float(np.mean(ratings == 0))
+    rated = ratings[ratings != 0]
+    if zero >= ZERO_AS_UNRATED_SHARE and len(rated) and rated.min() >= 1:
+        logger.warning(
+            "%s: %.0f%% of the ratings in column %r are 0, and the others %g to %g: if 0 means 'not rated' (as in "
+            "Book-Crossing and Goodreads), it is read as the lowest rating; leave those rows out, or read every row "
+            "as an interaction (feedback='implicit', --feedback implicit; --positive-threshold R keeps ratings >= R)",
+            where, 100 * zero, column, rated.min(), rated.max(),
+        )  # fmt: skip
+
+
 def _check_float32(values: np.ndarray, column: str | None, where: str, line_offset: LineOffset) -> None:
     """A :class:`DataError` for the first value beyond the float32 range (it would be stored as inf)."""
     too_big = np.abs(values) > np.finfo(np.float32).max
@@ -730,6 +750,7 @@ def from_dataframe(
                 rating,
                 ratings.min(),
             )
+        _warn_zero_as_unrated(ratings[keep], rating, where)
 
     # 3. minimum ratings per user
     counts = np.bincount(user_codes[keep], minlength=len(user_uniques))
