@@ -347,6 +347,19 @@ def test_a_bad_iso_date_names_its_line(tmp_path):
         jd.from_csv(path, feedback="implicit")
 
 
+def test_dates_in_another_form_say_which_forms_are_times(tmp_path):
+    """Goodreads writes 'Fri Aug 25 13:55:02 -0700 2017': refused as 'not a finite number', which named no way on."""
+    path = _write(tmp_path / "shelves.tsv", "user\titem\tdate_added\nu1\tb1\tFri Aug 25 13:55:02 -0700 2017\n")
+    with pytest.raises(
+        jd.DataError, match=r"line 2 is not a finite number: 'Fri Aug 25 .*; a time is a number .*ISO-8601"
+    ):
+        jd.from_csv(path, "user=user,item=item,timestamp=date_added", feedback="implicit")
+    with pytest.raises(
+        jd.DataError, match=r"column 'rating' line 2 is not a finite number: 'x' \(1 bad value\(s\) in total\)$"
+    ):
+        jd.from_csv(_write(tmp_path / "r.csv", "user,item,rating\nu1,b1,x\n"))  # a rating: no word of times
+
+
 def test_a_file_in_another_encoding_names_its_line_and_the_flag(tmp_path):
     """A Latin-1 log read as UTF-8: the error names the first line that does not decode and --encoding; read with
     its encoding, its ids keep their letters."""

@@ -383,7 +383,17 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
                 )
             # whole seconds directly: a difference in nanoseconds overflows past 2262, which dates can reach
             return parsed.dt.tz_localize(None).astype("datetime64[s]").astype(np.int64).to_numpy()
-    numbers = numeric_column(col, column, where, line_offset)
+    try:
+        numbers = numeric_column(col, column, where, line_offset)
+    except DataError as no_number:
+        if not (pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col)):
+            raise
+        # text in another date form ("Fri Aug 25 13:55:02 -0700 2017", "09 13, 2009"): no guess at its order of
+        # day and month; say which forms are read
+        raise DataError(
+            f"{no_number}; a time is a number (seconds since 1970-01-01 UTC, or milliseconds) or an ISO-8601 date "
+            "(2017-08-25, 2017-08-25T13:55:02-07:00): convert the column first (pandas.to_datetime with its format)"
+        ) from None
     beyond = np.abs(numbers) >= 2.0**63
     if beyond.any():  # as int64 it would wrap to -2^63, the earliest time of all
         first = int(np.flatnonzero(beyond)[0])
