@@ -301,33 +301,46 @@ def test_a_quote_that_swallows_lines_is_an_error_naming_its_line(tmp_path):
 def test_a_quote_escaped_with_a_backslash_is_an_error_naming_its_line(tmp_path):
     """Book-Crossing's files write a quote inside a quoted field as \": CSV ends the field at that quote and the
     parser appends the rest, so "12\"34X" used to be read, without a word, as the id 12\34X"."""
-    log = 'user;item;rating\n"u1";"0002005018";"5"\n"u2";"12\\"34X";"0"\n"u3";"034545104X";"7"\n'
+    log = 'user;item;rating\n"u0";"a ""b"" c";"1"\n"u1";"0002005018";"5"\n"u2";"12\\"34X";"0"\n"u3";"034545104X";"7"\n'
     escaped = _write(tmp_path / "bx.csv", log)
-    with pytest.raises(jd.DataError, match=r"bx.csv: column 'item' line 3 was read as 12\\34X\".*backslash"):
-        jd.from_csv(escaped, feedback="implicit")
+    with pytest.raises(jd.DataError, match=r"bx.csv: line 4: a quoted field escapes a quote with a backslash"):
+        jd.from_csv(escaped, feedback="implicit")  # the line of the escape, not line 2's doubled quotes
+    with pytest.raises(jd.DataError, match=r"bx.csv: line 4: .*write the quote twice"):
+        jd.from_csv(escaped, "user=user,item=item")  # whichever columns are read
     books = _write(tmp_path / "books.csv", 'isbn;title\n"0002005018";"A \\"quoted\\" title; vol. 1"\n')
-    with pytest.raises(jd.DataError, match=r"books.csv: cannot read line 2: .*backslash .*write the quote twice"):
-        jd.read_side_table(books, "item")  # too short to sniff its separator: said as well
+    with pytest.raises(jd.DataError, match=r"books.csv: cannot tell the separator; line 2: .*write the quote twice"):
+        jd.read_side_table(books, "item")  # too short to sniff its separator
     more = _write(tmp_path / "more.csv", 'isbn;title\n"1";"Plain"\n"2";"Plain too"\n"3";"A \\"quoted\\" one"\n')
-    with pytest.raises(jd.DataError, match=r"more.csv: cannot read line 4: .*backslash .*write the quote twice"):
+    with pytest.raises(jd.DataError, match=r"more.csv: cannot read it as a table .*; line 4: .*write the quote twice"):
         jd.read_side_table(more, "item")
-    # the same quotes doubled, as CSV writes them, and a backslash that ends a field, are read as written
+    # CSV as written is read as written: quotes doubled, a backslash that ends a field (beside a doubled quote on
+    # another line), a backslash before a quote in an unquoted field, a Shift-JIS character whose second byte is a
+    # backslash's
     doubled = _write(tmp_path / "doubled.csv", log.replace('\\"', '""'))
     assert '12"34X' in jd.from_csv(doubled, feedback="implicit").item_ids.tolist()
-    trailing = _write(tmp_path / "trailing.csv", 'user,item,weight\nu1,"C:\\dir\\",3\nu2,b,1\n')
-    assert "C:\\dir\\" in jd.from_csv(trailing, feedback="implicit").item_ids.tolist()
+    plain = 'user,item,weight\nu1,"C:\\dir\\",3\nu2,"12"" vinyl",1\nu3,12\\"34X,2\n'
+    read = jd.from_csv(_write(tmp_path / "plain.csv", plain), feedback="implicit").item_ids.tolist()
+    assert sorted(read) == ['12" vinyl', '12\\"34X', "C:\\dir\\"]
+    shift_jis = tmp_path / "sjis.csv"
+    shift_jis.write_bytes('user,item,weight\nu1,"ソ""x",1\nu2,b,2\n'.encode("shift_jis"))
+    assert b'\\"' in shift_jis.read_bytes()
+    assert 'ソ"x' in jd.from_csv(shift_jis, feedback="implicit", encoding="shift_jis").item_ids.tolist()
     books.write_text(books.read_text().replace('\\"', '""'))
     assert jd.read_side_table(books, "item")["title"].tolist() == ['A "quoted" title; vol. 1']
     # a new user's item,rating file, as recommend reads it
     from jaxrec.experiment.recommend import read_user_ratings
     from jaxrec.experiment.run import RunError
 
+    ids = np.array(["0002005018", '12"34X', '12\\"34X', "C:\\dir\\"])
     rated = _write(tmp_path / "mine.csv", 'item;rating\n"0002005018";"5"\n"12\\"34X";"7"\n')
-    with pytest.raises(RunError, match=r"mine.csv: line 3: the file escapes a quote with a backslash"):
-        read_user_ratings(rated, np.array(["0002005018", '12"34X']), (0.0, 10.0))
+    with pytest.raises(RunError, match=r"mine.csv: line 3: a quoted field escapes a quote with a backslash"):
+        read_user_ratings(rated, ids, (0.0, 10.0))
     rated.write_text(rated.read_text().replace('\\"', '""'))
-    codes, ratings, _, _ = read_user_ratings(rated, np.array(["0002005018", '12"34X']), (0.0, 10.0))
+    codes, ratings, _, _ = read_user_ratings(rated, ids, (0.0, 10.0))
     assert codes.tolist() == [0, 1] and ratings.tolist() == [5.0, 7.0]
+    tabs = _write(tmp_path / "mine.tsv", '12\\"34X\t5\n"C:\\dir\\"\t4\n')
+    codes, ratings, _, _ = read_user_ratings(tabs, ids, (0.0, 10.0))
+    assert codes.tolist() == [2, 3] and ratings.tolist() == [5.0, 4.0]
 
 
 def test_line_numbers_count_blank_lines(tmp_path):

@@ -208,7 +208,12 @@ def _side_fields(table: pd.DataFrame, role: str, known: tuple) -> tuple[dict, di
             continue
         if len(given) > EXACT_NUMBERS and given.nunique() == len(given):
             # an identifier or free text: no two rows share a value, so it tells nothing about a row it has not seen
-            named = role == "item" and "title" not in table.columns  # a display name under another header
+            # a display name under another header ("Book-Title", "name"): say where a name goes
+            named = (
+                role == "item"
+                and "title" not in table.columns
+                and any(w in str(column).lower() for w in ("title", "name"))
+            )
             logger.warning(
                 "%s side column %r: every value differs (an id or free text), not used as a feature%s",
                 role,

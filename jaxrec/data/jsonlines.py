@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.dataset import DataError, Dataset, from_dataframe
-from jaxrec.data.text import exact_ids, resolve_columns, role_arguments, role_columns, undecodable
+from jaxrec.data.dataset import DataError, Dataset, UnnamedColumnsError, from_dataframe
+from jaxrec.data.text import exact_ids, known_names, resolve_columns, role_arguments, role_columns, undecodable
 
 __all__ = ["from_json_lines", "is_json_lines", "read_json_lines_roles"]
 
@@ -34,18 +34,32 @@ def _open(path: Path, encoding: str):
     return gzip.open(path, "rt", encoding=encoding) if path.name.endswith(".gz") else open(path, encoding=encoding)
 
 
+#: names that say a file holds JSON, whatever its first line looks like (a pretty-printed object, an array)
+JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
 def is_json_lines(path: str | os.PathLike) -> bool:
-    """Whether a file's first non-blank character (after a byte-order mark) opens a JSON object: ``{`` begins no
-    separated text log."""
+    """Whether a file holds JSON lines: its first non-blank line (after a byte-order mark) is a JSON object, or its
+    name ends in ``.jsonl``, ``.ndjson`` or ``.json`` (``.gz`` after it allowed) and it begins with ``{`` or ``[``
+    (then the reader names what is not one object a line). A text log whose first field begins with ``{`` (a GUID
+    id) is no JSON object, and stays a text log."""
     path = Path(path)
     if not path.is_file():
         return False
     try:
         with gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb") as f:
-            head = f.read(4096)
+            head = f.read(1 << 16)
     except (EOFError, OSError):
         return False
-    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"{"
+    head = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+    if head[:1] not in (b"{", b"["):
+        return False
+    if path.name.removesuffix(".gz").lower().endswith(JSON_SUFFIXES):
+        return True
+    try:
+        return isinstance(json.loads(head.split(b"\n", 1)[0]), dict)
+    except ValueError:  # not JSON (a cut-off line included), or not UTF-8
+        return False
 
 
 def _chunks(path: Path, encoding: str, chunk_lines: int):
@@ -72,10 +86,17 @@ def _chunks(path: Path, encoding: str, chunk_lines: int):
         yield np.asarray(numbers), _parse(path, numbers, texts)
 
 
+#: pandas' reading of JSON values as written: no dtypes guessed, keys kept as text ("10" is no column 10), and (before
+#: pandas 3, where ``dtype=False`` does not cover it) no key named like a date read as one, its unit guessed per chunk
+_AS_WRITTEN = {"dtype": False, "convert_axes": False} | (
+    {"convert_dates": False} if int(pd.__version__.split(".")[0]) < 3 else {}
+)
+
+
 def _parse(path: Path, numbers: list[int], texts: list[str]) -> pd.DataFrame:
     """The records of one chunk; a line that is not valid JSON is named (looked for only when pandas fails)."""
     try:
-        return pd.read_json(io.StringIO("\n".join(texts)), lines=True, dtype=False)
+        return pd.read_json(io.StringIO("\n".join(texts)), lines=True, **_AS_WRITTEN)
     except ValueError as e:
         for n, text in zip(numbers, texts, strict=True):
             try:
@@ -97,30 +118,43 @@ def _first_nested(values: pd.Series) -> int | None:
 def _ids(values: pd.Series, column: str, path: Path, lines: np.ndarray) -> pd.Series:
     """A role's ids as a text log's are: written as text (a whole number ``7.0``, as JSON writers export a float
     column, is ``7``), and integers where every id is a plain one (:func:`~jaxrec.data.text.exact_ids`); an object,
-    a list or ``true`` is no id (missing ones are left to :func:`~jaxrec.data.from_dataframe` to name). The distinct
-    ids are looked at, not every row."""
+    a list, ``true``, an infinite number or a number pandas could only hold as an inexact float is no id (missing
+    ones are left to :func:`~jaxrec.data.from_dataframe` to name). The distinct ids are looked at, not every row."""
+
+    def refuse(row: int, what: str) -> DataError:
+        return DataError(f"{path}: key {column!r} line {lines[row]} holds {what}, not an id")
+
     nested = _first_nested(values)
     if nested is not None:
-        raise DataError(
-            f"{path}: key {column!r} line {lines[nested]} holds {json.dumps(values.iloc[nested])[:60]}, not an id"
-        )
+        raise refuse(nested, json.dumps(values.iloc[nested])[:60])
+    if values.dtype == bool or values.dtype == object:  # true beside 1 is one value to pandas: find it by type
+        flags = values.map(lambda v: isinstance(v, bool | np.bool_), na_action="ignore").fillna(False).to_numpy(bool)
+        if flags.any():
+            row = int(np.flatnonzero(flags)[0])
+            raise refuse(row, str(values.iloc[row]).lower())
+    if values.dtype.kind == "f":  # every number of the column became a float64: beyond 2^53 two ids may meet
+        inexact = ~np.isfinite(values.to_numpy()) & values.notna().to_numpy() | (np.abs(values.to_numpy()) >= 2**53)
+        if inexact.any():
+            row = int(np.flatnonzero(inexact)[0])
+            raise refuse(row, f"{values.iloc[row]:g} (a float: give large ids as integers or text)")
     codes, uniques = pd.factorize(values)
-    uniques = list(uniques)
-    flags = [isinstance(u, bool | np.bool_) for u in uniques]
-    if any(flags):
-        row = int(np.flatnonzero(codes == flags.index(True))[0])
-        raise DataError(
-            f"{path}: key {column!r} line {lines[row]} holds {str(uniques[flags.index(True)]).lower()}, not an id"
-        )
-    written = np.array(
-        [
-            u if isinstance(u, str) else str(int(u)) if float(u).is_integer() and abs(float(u)) < 2**63 else str(u)
-            for u in uniques
-        ]
-        + [None],
-        dtype=object,
-    )
+    written = []
+    for u in uniques:
+        if isinstance(u, str):
+            written.append(u)
+        elif isinstance(u, float | np.floating) and not np.isfinite(u):
+            raise refuse(int(np.flatnonzero(codes == len(written))[0]), str(u))
+        else:
+            written.append(str(int(u)) if float(u).is_integer() and abs(float(u)) < 2**63 else str(u))
+    written = np.array([*written, None], dtype=object)
     return exact_ids(pd.Series(written[codes], index=values.index, name=values.name))  # code -1: the None
+
+
+def _keys(message: str) -> str:
+    """A message of the text readers, in the words of JSON records."""
+    return message.replace("among the header", "among the records' keys").replace(
+        "the file's columns are", "the records' keys are"
+    )
 
 
 def read_json_lines_roles(
@@ -142,27 +176,50 @@ def read_json_lines_roles(
       chunk_lines: records parsed at a time.
 
     Returns:
-      ``(frame, roles, lines, labels)``: the role keys of every record (ids as a text log's), ``{role: key}``, each
-      record's 1-based line, and the keys of the first chunk's records.
+      ``(frame, roles, lines, labels)``: the role keys of every record (ids as a text log's; a record without one of
+      them: missing there), ``{role: key}``, each record's 1-based line, and every key of the records, in the order
+      they first come.
 
     Raises:
-      DataError: naming the file and line: a line that is not a JSON object, a role's key missing from the records,
-        an id that is an object, a list or a boolean, or a file that is empty or not ``encoding`` text.
+      DataError: naming the file and line: a line that is not a JSON object, an id that is an object, a list, a
+        boolean or an inexact number, a nested rating, weight or time; or naming the file: a role's key in no
+        record, ``columns`` as roles in order (records have no order of keys), a file that is empty or not
+        ``encoding`` text.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    frames, lines, roles, labels = [], [], None, []
+    columns = role_columns(columns)
+    if columns is not None and not isinstance(columns, Mapping):
+        raise DataError(
+            f"{path}: JSON lines name their keys: give columns as role=key (e.g. --columns user=reviewerID,item=asin), "
+            f"not roles in order ({columns})"
+        )
+    named = None if columns is None else {str(key) for key in columns.values()}
+    known = known_names(None)  # without columns, the keys that a role's common name may be
+    frames, lines, labels, seen = [], [], [], set()
     for numbers, chunk in _chunks(path, encoding, chunk_lines):
-        if roles is None:
-            labels = [str(c) for c in chunk.columns]
-            roles = resolve_columns(labels, role_columns(columns), True, path, allow_extra)
-        wanted = list(dict.fromkeys(roles.values()))
-        frames.append(chunk.reindex(columns=wanted))  # a record without a key: missing there, named below
+        for key in chunk.columns:
+            if key not in seen:
+                seen.add(key)
+                labels.append(str(key))
+        # only the keys a role may read are kept: a chunk of review texts is let go at once
+        keep = [k for k in chunk.columns if (k in named if named is not None else str(k).strip().lower() in known)]
+        frames.append(chunk[keep])
         lines.append(numbers)
-    if roles is None:
+    if not frames:
         raise DataError(f"{path}: file is empty")
+    absent = [f"{key!r} (for {role!r})" for role, key in (columns or {}).items() if str(key) not in seen]
+    if absent:
+        raise DataError(f"{path}: no record holds the key(s) {', '.join(absent)}; the records' keys are {labels}")
+    try:
+        roles = resolve_columns(labels, columns, True, path, allow_extra)
+    except UnnamedColumnsError as e:  # a record has keys, not a header
+        raise UnnamedColumnsError(_keys(e.lacking), _keys(str(e))[len(_keys(e.lacking)) + 2 :] or None) from None
+    except DataError as e:
+        raise DataError(_keys(str(e))) from None
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)
+    frame = frame.reindex(columns=list(dict.fromkeys(roles.values())))  # a key some records lack: missing there
     lines = np.concatenate(lines)
     for role in ("user", "item"):
         frame[roles[role]] = _ids(frame[roles[role]], roles[role], path, lines)

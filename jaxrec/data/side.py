@@ -66,9 +66,9 @@ def read_side_table(
         except DataError as e:
             if "file is empty" in str(e):
                 raise DataError(f"{where}: the file is empty") from None
-            escaped = first_backslash_quote(path, encoding)
+            escaped = next(filter(None, (first_backslash_quote(path, encoding, s) for s in ",;\t|")), None)
             if escaped is not None:  # the quote cut a field short, and the lines split apart
-                raise DataError(f"{where}: cannot read line {escaped}: {BACKSLASH_QUOTE}") from None
+                raise DataError(f"{where}: cannot tell the separator; line {escaped}: {BACKSLASH_QUOTE}") from None
             raise DataError(
                 f"{where}: expected an id column and at least one feature column, separated by a comma, a tab, '|', "
                 "';' or '::' (the first lines do not split into the same fields)"
@@ -99,10 +99,11 @@ def read_side_table(
     except UnicodeDecodeError:
         raise DataError(f"{flag} {undecodable(path, encoding)}") from None
     except (ImportError, OSError, ValueError, pd.errors.ParserError) as e:
-        escaped = None if isinstance(e, ImportError | OSError) or parquet else first_backslash_quote(path, encoding)
-        if escaped is not None:
-            raise DataError(f"{where}: cannot read line {escaped}: {BACKSLASH_QUOTE}") from None
-        raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}") from None
+        escaped = (
+            None if isinstance(e, ImportError | OSError) or parquet else first_backslash_quote(path, encoding, sep)
+        )
+        also = f"; line {escaped}: {BACKSLASH_QUOTE}" if escaped is not None else ""
+        raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}{also}") from None
     if frame.shape[1] < 2:
         raise DataError(f"{where}: expected an id column and at least one feature column, found {frame.shape[1]}")
     stripped = [str(c).strip() for c in frame.columns]

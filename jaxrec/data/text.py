@@ -162,34 +162,65 @@ def _line_breaks_and_quotes(path: str | os.PathLike, encoding: str) -> tuple[int
     return breaks + (last != b"\n"), quote, escaped
 
 
-#: why a field holding a backslash-escaped quote is refused, and the remedy
+#: why a line whose quoted field escapes a quote with a backslash is refused, and the remedy
 BACKSLASH_QUOTE = (
-    'the file escapes a quote with a backslash (\\"), which CSV does not, so the field ended at that quote; write '
-    'the quote twice instead (e.g. sed \'s/\\\\"/""/g\')'
+    'a quoted field escapes a quote with a backslash (\\"), which CSV does not: the field ends at that quote and '
+    'the rest is appended to it; write the quote twice instead (e.g. sed \'s/\\\\"/""/g\')'
 )
 
 
-def first_backslash_quote(path: str | os.PathLike, encoding: str) -> int | None:
-    """The first line (from 1) of a text file that holds a backslash-escaped quote ``\\"``, or None."""
+def _backslash_closes_a_field(line: str, sep: str) -> bool:
+    """Whether a quoted field of ``line`` ends at a quote that a backslash precedes while more of the field follows
+    (``"12\\"34X"``): a quote inside the field to a writer that escapes with backslashes. A field that ends in a
+    backslash (``"C:\\dir\\"``, then the separator), a doubled quote (``""``) and a quote in an unquoted field
+    are CSV as written."""
+    quoted, start, i = False, True, 0
+    while i < len(line):
+        char = line[i]
+        if quoted:
+            if char == '"':
+                if line[i + 1 : i + 2] == '"':  # a doubled quote: one quote inside the field
+                    i += 2
+                    continue
+                rest = line[i + 1 :].rstrip("\r\n")
+                if i and line[i - 1] == "\\" and rest and not rest.startswith(sep):
+                    return True
+                quoted = False
+        elif line.startswith(sep, i):
+            start = True
+            i += len(sep)
+            continue
+        elif char == '"' and start:
+            quoted = True
+        start = False
+        i += 1
+    return False
+
+
+def first_backslash_quote(path: str | os.PathLike, encoding: str, sep: str) -> int | None:
+    """The first line (from 1) of a ``sep``-separated text file whose quoted field escapes a quote with a backslash
+    (:func:`_backslash_closes_a_field`), or None; only the lines that hold ``\\"`` are looked into."""
     try:
         with _open_text(path, encoding) as f:
-            return next((n for n, line in enumerate(f, 1) if '\\"' in line), None)
+            for n, line in enumerate(f, 1):
+                if '\\"' in line and _backslash_closes_a_field(line, sep):
+                    return n
     except (EOFError, OSError):
         return None
+    return None
 
 
-def _first_holding(frame: pd.DataFrame, lines: np.ndarray, chars: str) -> tuple[Any, int, str] | None:
-    """``(column, line, value)`` of the first text field holding one of ``chars``, or None."""
+def _first_line_break(frame: pd.DataFrame, lines: np.ndarray) -> tuple[Any, int, str] | None:
+    """``(column, line, value)`` of the first text field holding a line break, or None."""
     found = None  # (row, column)
     for col in frame.columns:
         values = frame[col]
         if not (pd.api.types.is_string_dtype(values) or pd.api.types.is_object_dtype(values)):
             continue
         text = values.astype(str)
-        held = np.zeros(len(text), bool)
-        for char in chars:
-            held |= text.str.contains(char, regex=False).to_numpy(bool)
-        hit = np.flatnonzero(held)
+        hit = np.flatnonzero(
+            (text.str.contains("\n", regex=False) | text.str.contains("\r", regex=False)).to_numpy(bool)
+        )
         if len(hit) and (found is None or hit[0] < found[0]):
             found = (int(hit[0]), col)
     if found is None:
@@ -198,7 +229,9 @@ def _first_holding(frame: pd.DataFrame, lines: np.ndarray, chars: str) -> tuple[
     return col, int(lines[row]), str(frame[col].iloc[row])
 
 
-def _check_quotes(frame: pd.DataFrame, path: Path, lines: np.ndarray, encoding: str, header: bool, lead: int) -> None:
+def _check_quotes(
+    frame: pd.DataFrame, path: Path, lines: np.ndarray, encoding: str, header: bool, lead: int, sep: str
+) -> None:
     """A :class:`DataError` when a quote ``"`` made one field of several lines, or cut a field short.
 
     A field that opens with ``"`` runs to the next ``"``, across line breaks: an item named ``"Heroes (single)``
@@ -208,19 +241,18 @@ def _check_quotes(frame: pd.DataFrame, path: Path, lines: np.ndarray, encoding: 
 
     A quote escaped with a backslash (``"12\\"34X"``, as Book-Crossing's files write it) is no escape in CSV: the
     field ends at that quote and the parser appends the rest, quote included, giving the id ``12\\34X"`` without a
-    word. A file that holds ``\\"`` and a parsed field that holds a quote is refused, naming the line.
+    word. A file whose bytes hold ``\\"`` is read line by line for such a field, and the first line with one is
+    refused.
     """
     scan = _line_breaks_and_quotes(path, encoding)
     if scan is not None:
         n_lines, has_quote, escaped = scan
-        if escaped:
-            hit = _first_holding(frame, lines, '"')
-            if hit is not None:
-                col, line, value = hit
-                raise DataError(f"{path}: column {col!r} line {line} was read as {value[:60]}: {BACKSLASH_QUOTE}")
+        line = first_backslash_quote(path, encoding, sep) if escaped else None
+        if line is not None:
+            raise DataError(f"{path}: line {line}: {BACKSLASH_QUOTE}")
         if not has_quote or len(frame) >= n_lines - lead - header:
             return
-    hit = _first_holding(frame, lines, "\n\r")
+    hit = _first_line_break(frame, lines)
     if hit is not None:
         col, line, value = hit
         raise DataError(
@@ -377,10 +409,10 @@ def read_table(
                 f"{path}: line {int(unclosed.group(1)) + lead + 1} opens a quote '\"' that is never closed (the field "
                 "would run to the end of the file); remove the stray quote, or quote the whole field"
             ) from e
-        escaped = first_backslash_quote(path, encoding) if kwargs.get("quoting") != csv.QUOTE_NONE else None
-        if escaped is not None:
-            raise DataError(f"{path}: cannot parse line {escaped}: {BACKSLASH_QUOTE}") from e
-        raise DataError(f"{path}: cannot parse with separator {sep!r}: {e}") from e
+        quoted = kwargs.get("quoting") != csv.QUOTE_NONE
+        escaped = first_backslash_quote(path, encoding, sep) if quoted else None
+        also = f"; line {escaped}: {BACKSLASH_QUOTE}" if escaped is not None else ""
+        raise DataError(f"{path}: cannot parse with separator {sep!r}: {e}{also}") from e
     except (EOFError, OSError) as e:  # a gzip cut short or damaged past the lines sniffed above
         raise DataError(f"{path}: cannot read the file: {e}") from e
     if names is not None:
@@ -392,7 +424,7 @@ def read_table(
     rest_empty = None
     if line_numbers:
         if kwargs.get("quoting") != csv.QUOTE_NONE:
-            _check_quotes(frame, path, lines, encoding, header, lead)
+            _check_quotes(frame, path, lines, encoding, header, lead, ":" if sep == "::" else sep)
         frame, lines, rest_empty = _drop_blank_lines(frame, path, lines, _rest_empty(frame), encoding)
         frame.index = pd.Index(lines, name="line")
     if len(frame) == 0:
@@ -488,7 +520,7 @@ def _positions_of_roles(columns: Any, width: int) -> dict[int, str]:
     return {p: r for p, r in by_position.items() if 0 <= p < width}
 
 
-def _known_names(columns: Any) -> set[str]:
+def known_names(columns: Any) -> set[str]:
     """Lower-case names a header may give the roles: the role names, their common names, and the column names
     of a ``columns`` mapping."""
     names = set(_ROLES) | {n for common in _COMMON_NAMES.values() for n in common}
@@ -535,7 +567,7 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
         user = next((p for p, r in roles.items() if r == "user"), None)
         users = {row[user].strip().strip('"').strip() for row in following if user is not None and len(row) > user}
         return user is None or text[user] not in users
-    known = _known_names(columns)
+    known = known_names(columns)
     if any(t.lower() in known for t in text):
         return True
     return _unlike_data(text, following)

@@ -129,7 +129,7 @@ def read_user_ratings(
                 engine="python" if len(sep) > 1 else "c",
                 on_bad_lines="error",
             )
-            escaped = first_backslash_quote(path, encoding) if frame.apply(_holds_quote).any() else None
+            escaped = first_backslash_quote(path, encoding, sep) if frame.apply(_holds_quote).any() else None
             if escaped is not None:  # the quote ended its field, and the rest was appended to it
                 raise RunError(f"--ratings {path}: line {escaped}: {BACKSLASH_QUOTE}")
     except RunError:
