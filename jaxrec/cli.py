@@ -24,6 +24,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -964,7 +965,10 @@ def _recommend_users(args: argparse.Namespace) -> int:
         (report["ignored_columns"], f"column(s) not read: {', '.join(report['ignored_columns'])}"),
         (
             report["values_ignored"],
-            f"the model was trained on interactions without weights: the {report['values_ignored']} column is "
+            f"the run read its log's ratings as interactions (no --positive-threshold): the {report['values_ignored']} "
+            "column is ignored, each row one interaction"
+            if report.get("ratings_as_interactions")
+            else f"the model was trained on interactions without weights: the {report['values_ignored']} column is "
             "ignored, each item counts once",
         ),
         (
@@ -1203,10 +1207,18 @@ def _read_users_as_trained(args: argparse.Namespace):
         if not recorded:
             raise
         shown = recorded if isinstance(recorded, str) else ",".join(map(str, recorded))
-        why = "it has no header" if "without a header" in unnamed.lacking else "its header has no common names"
+        why = (
+            "it has no header"
+            if "without a header" in unnamed.lacking
+            else "its records' keys are not the common names"
+            if "records' keys" in unnamed.lacking
+            else "its header has no common names"
+        )
         try:
             users = read_users(args.users, recorded, args.sep, encoding=args.encoding)
         except DataError as misfit:  # say why the run's layout does not fit either, not only the common names
+            if re.search(r"\bline \d+", str(misfit)):  # the layout fits; a value of a line does not: that is the error
+                raise
             why = str(misfit).removeprefix(f"{Path(args.users).expanduser()}: ")
             raise DataError(
                 f"{unnamed.lacking}, and the run's own --columns {shown} do not fit it ({why}): name the file's "

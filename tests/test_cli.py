@@ -112,6 +112,10 @@ def test_users_without_a_header_in_the_logs_own_layout_are_read_by_the_runs_colu
     users = cli._read_users_as_trained(args)
     assert users["user"].tolist() == ["u1", "u1"] and users["item"].tolist() == ["tr-1", "tr-2"]
     assert said == [f"note: --users {table} read by the run's --columns user,timestamp,_,_,item,_ (it has no header)"]
+    # where the run's layout fits and a value does not, the value's line is the error, not the layout
+    table.write_text(table.read_text().replace("\ttr-2\t", "\t\t"))
+    with pytest.raises(cli.DataError, match=r"plays.tsv: line 2: the item id is missing$"):
+        cli._read_users_as_trained(args)
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ml-100k").is_dir(), reason=f"ml-100k not found under {SHARED_DATA}")

@@ -68,6 +68,11 @@ def test_duplicates_are_merged_with_summed_weights_and_earliest_time(tmp_path):
     # ... which makes a weighted log of one without weights, and the run says so (a weight column's sums do not)
     assert unweighted.has_weights and unweighted.report["repeats_as_weights"]
     assert not ds.report["repeats_as_weights"]
+    # a rating column read without a threshold: each rated row an interaction, which a run records for new users
+    rated = jd.from_csv(path, columns=["user", "item", "rating", "timestamp"], feedback="implicit")
+    assert rated.report["ratings_as_interactions"] and not ds.report["ratings_as_interactions"]
+    kept = jd.from_csv(path, ["user", "item", "rating", "timestamp"], feedback="implicit", positive_threshold=2)
+    assert not kept.report["ratings_as_interactions"]
     (note,) = cli._log_notes(unweighted.report)
     assert "2 duplicate (user, item) row(s) merged away" in note and "its number of rows is its weight" in note
     assert "number of rows" not in cli._log_notes(ds.report)[0]

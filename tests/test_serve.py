@@ -639,7 +639,7 @@ def test_one_failing_request_does_not_fail_the_requests_batched_with_it():
     assert calls[0] == ["a", "b", "bad", "c"] and sorted(map(tuple, calls[1:])) == [("a",), ("b",), ("bad",), ("c",)]
 
 
-def _implicit_model(weighted, positive_threshold=None):
+def _implicit_model(weighted, positive_threshold=None, ratings_as_interactions=False):
     """What a catalogue reads of a top-N run of the items a, b and c."""
     data = SimpleNamespace(feedback="implicit", positive_threshold=positive_threshold)
     return SimpleNamespace(
@@ -648,11 +648,12 @@ def _implicit_model(weighted, positive_threshold=None):
         config=SimpleNamespace(data=data),
         featurizer=SimpleNamespace(spec=SimpleNamespace(rating_range=None), user_features_read=[]),
         weighted=weighted,
+        ratings_as_interactions=ratings_as_interactions,
     )
 
 
-def _catalogue(weighted, positive_threshold=None):
-    return Catalogue(_implicit_model(weighted, positive_threshold))
+def _catalogue(weighted, positive_threshold=None, ratings_as_interactions=False):
+    return Catalogue(_implicit_model(weighted, positive_threshold, ratings_as_interactions))
 
 
 def test_a_file_of_users_is_read_as_the_service_reads_requests(tmp_path, monkeypatch):
@@ -784,6 +785,35 @@ def test_ratings_an_unweighted_click_model_cannot_read_are_said_to_be_ignored():
     assert weighted.values.tolist() == [5.0] and weighted.report()["ratings_as_weights"] is True
     assert "ratings_as_weights" not in _catalogue(True).support(None, ["a"], 8, [5.0]).report()
     assert "ratings_as_weights" not in _catalogue(False).support([("a", 5.0)], None, 8).report()
+
+
+def test_a_run_whose_log_ratings_were_interactions_reads_a_new_users_ratings_alike(tmp_path):
+    """A log of rated rows read as interactions without a threshold (Goodreads' 0-5, each row one interaction) with
+    repeated pairs is a weighted run (a pair's weight its number of rows): a new user's rating was then read as a
+    weight (a 5 five times a 1, a 0 refused), in the service, recommend --users and recommend --ratings."""
+    from jaxrec.experiment.recommend import read_user_ratings
+    from jaxrec.experiment.run import RunError
+    from jaxrec.serve.batch import _values, read_users
+
+    catalogue = _catalogue(True, ratings_as_interactions=True)
+    sent = catalogue.support([("a", 5.0), ("b", 0.0), ("a", 1.0)], None, 8)
+    assert sent.codes.tolist() == [0, 1] and sent.values.tolist() == [2.0, 1.0]  # repeats add up, as the log's did
+    assert sent.report()["ratings_ignored"] is True and "ratings_as_weights" not in sent.report()
+    assert catalogue.support(None, ["a", "b"], 8, [3.0, 1.0]).values.tolist() == [3.0, 1.0]  # weights are weights
+    table = tmp_path / "users.csv"
+    table.write_text("user,item,rating\nu,a,5\nu,b,0\n")
+    assert _values(catalogue, read_users(table), "users.csv") is None  # each row an interaction
+    table.write_text("user,item,weight\nu,a,5\nu,b,2\n")
+    assert _values(catalogue, read_users(table), "users.csv").tolist() == [5.0, 2.0]
+    assert _values(_catalogue(True), read_users(table), "users.csv").tolist() == [5.0, 2.0]
+    mine = tmp_path / "mine.csv"
+    mine.write_text("item,rating\na,5\nb,0\na,1\n")
+    ids = np.array(["a", "b", "c"], dtype=object)
+    read = read_user_ratings(mine, ids, None, implicit=True, weighted=True, ratings_as_interactions=True)
+    assert read.codes.tolist() == [0, 1] and read.values.tolist() == [2.0, 1.0]
+    assert any("ratings as interactions" in note for note in read.notes), read.notes
+    with pytest.raises(RunError, match="weight 0 is not positive"):  # a run of weights reads them as weights
+        read_user_ratings(mine, ids, None, implicit=True, weighted=True)
 
 
 def test_ids_in_other_digits_and_values_beyond_float32_are_refused_not_a_500():

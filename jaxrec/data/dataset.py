@@ -703,6 +703,8 @@ def from_dataframe(
         # 2a. ratings below the threshold are not interactions
         keep = np.ones(len(df), bool) if positive_threshold is None else ratings >= positive_threshold
         report["below_threshold_dropped"] = int(len(keep) - keep.sum())
+        # a rating column read without a threshold: each rated row an interaction, whatever its rating
+        report["ratings_as_interactions"] = rating is not None and positive_threshold is None
         if report["below_threshold_dropped"] and keep.any():
             logger.info(
                 "%s: left out %d row(s) rated below positive_threshold=%g (not interactions)",

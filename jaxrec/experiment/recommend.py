@@ -69,6 +69,7 @@ def read_user_ratings(
     positive_threshold: float | None = None,
     weighted: bool = False,
     encoding: str = "utf-8",
+    ratings_as_interactions: bool = False,
 ):
     """Read a new user's ratings from a small ``item,rating`` file of raw item ids.
 
@@ -79,7 +80,8 @@ def read_user_ratings(
     support (with a note) and returned as ``seen``. A top-N model trained on weighted
     interactions (``weighted``: counts, plays) reads ``item,weight`` rows as the training log's rows were read:
     each weight a confidence, an item's weights summed; an unweighted one counts each item once and says so when
-    the second column holds anything but ones.
+    the second column holds anything but ones. A run whose log's ratings were each an interaction
+    (``ratings_as_interactions``) reads a new user's alike: each line one interaction, whatever its rating.
 
     Args:
       path: the file.
@@ -89,6 +91,7 @@ def read_user_ratings(
       positive_threshold: the run's ``positive_threshold`` (implicit only).
       weighted: the top-N model was trained on a log whose weights are not all 1 (implicit only).
       encoding: the file's text encoding (``--encoding``).
+      ratings_as_interactions: the top-N run read its log's ratings as interactions, without a positive threshold.
 
     Returns:
       :class:`UserRatings` ``(codes, values, notes, seen)``: int32 codes, float32 ratings (for a top-N model the
@@ -167,6 +170,10 @@ def read_user_ratings(
     raw_items = frame.iloc[:, item_col].str.strip().to_numpy()
     values = pd.to_numeric(frame.iloc[:, rating_col].str.strip(), errors="coerce").to_numpy(np.float64)
     weighted = implicit and weighted and positive_threshold is None
+    # a log whose ratings were each an interaction, whatever the rating: a new user's ratings are too (no weights)
+    as_interactions = implicit and ratings_as_interactions and positive_threshold is None and not listed
+    if as_interactions:
+        given, values = values, np.ones(len(values))
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -183,7 +190,13 @@ def read_user_ratings(
         lo, hi = rating_range
         raise RunError(f"{where}: rating {values[i]:g} is outside the model's rating scale [{lo:g}, {hi:g}]")
     notes = []
-    if weighted:
+    if as_interactions:
+        if (given != 1).any():
+            notes.append(
+                "the run read its log's ratings as interactions (no positive threshold): the second column is "
+                "ignored, each line one interaction"
+            )
+    elif weighted:
         if not listed:
             notes.append("the model was trained on weighted interactions: the second column is each one's weight")
     elif implicit and positive_threshold is None and (values != 1).any():
@@ -1119,4 +1132,5 @@ def read_ratings_for(checkpoint: str, ratings: str, encoding: str = "utf-8", ite
         positive_threshold=data.get("positive_threshold"),
         weighted=bool(meta.get("weighted", False)),
         encoding=encoding,
+        ratings_as_interactions=bool(meta.get("ratings_as_interactions", False)),
     )

@@ -361,6 +361,8 @@ class TrainingRun:
         self.nonfinite = nonfinite
         self.items: dict | None = None  # the catalogue's record, written by start()
         self.weighted = experiment.dataset.has_weights  # a new user's weights are read as the log's were
+        # ... and a new user's ratings as the log's: each an interaction where the log's were, whatever the rating
+        self.ratings_as_interactions = bool(experiment.dataset.report.get("ratings_as_interactions", False))
         self.epoch_stats = {"loss_sum": 0.0, "grad_norm_sum": 0.0, "finite": 0, "steps": 0, "skipped": 0}
         self._pending: list[dict] = []  # the metrics of steps not yet added to epoch_stats, still on the device
         self._skipped = 0  # the run's non-finite steps, as far as they are read (the progress bar's)
@@ -517,6 +519,7 @@ class TrainingRun:
             "featurizer": self.exp.featurizer.to_dict(),
             "interactions": self.interactions,
             "weighted": self.weighted,
+            "ratings_as_interactions": self.ratings_as_interactions,
             "data_in_memory": bool(getattr(self.exp, "data_in_memory", False)),
             "tuned": self.exp.tuned,
             "items": self.items,

@@ -164,6 +164,8 @@ class TrainedModel:
       hybrid: the run's hybrid (``jaxrec train --hybrid``), what a top-N recommender ranks by, or None.
       weighted: the training log's interactions carry weights (counts, plays) that are not all 1, so a new user's
         are read as weights too.
+      ratings_as_interactions: the training log's ratings were read as interactions (``--feedback implicit``
+        without ``--positive-threshold``), each whatever its rating, so a new user's are too: a rating is no weight.
       support_recency: the strength of the recency weighting of a new user's items by their order, the oldest
         first, chosen on the validation users (0: none; :data:`RECENCY_FILE`).
       items_added: the catalogue's last items that were added after training (:meth:`with_items`).
@@ -183,6 +185,7 @@ class TrainedModel:
     folder: Path
     hybrid: ServedHybrid | None = None
     weighted: bool = False
+    ratings_as_interactions: bool = False
     support_recency: float = 0.0
     items_added: int = 0
     reranker: ServedReranker | None = None
@@ -329,6 +332,7 @@ def load_trained(path: str | os.PathLike, step: int | None = None, rerank: bool 
         folder=folder,
         hybrid=read_hybrid(folder.parent, featurizer, config.topn.shots) if catalogue is not None else None,
         weighted=bool(meta.get("weighted", False)),
+        ratings_as_interactions=bool(meta.get("ratings_as_interactions", False)),
         support_recency=read_recency(folder.parent) if catalogue is not None else 0.0,
         reranker=_reranker(folder.parent, featurizer, spec, config, rerank) if catalogue is not None else None,
     )

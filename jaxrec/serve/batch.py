@@ -116,8 +116,8 @@ def _values(catalogue: Catalogue, users: pd.DataFrame, where: str) -> np.ndarray
     column = "rating" if "rating" in users else "weight" if "weight" in users else None
     if column is None:
         return None
-    if catalogue.values_ignored:
-        return None  # interactions without weights: each item counts once (recommend_users notes the column)
+    if catalogue.values_ignored or (column == "rating" and catalogue.ratings_ignored):
+        return None  # each row an interaction (recommend_users notes the column); a weighted model sums repeats
     values = users[column].to_numpy(np.float64)
     bad = catalogue.unusable(values)  # the service's checks, row by row here so that an error names the line
     if bad is not None:
@@ -168,7 +168,8 @@ def recommend_users(
       ``without_items`` (users with no known item), ``without_positives`` (users whose known items are all rated
       below the threshold), each of whom gets the model's list before adaptation, as the service answers them (up
       to five of each in ``unadapted``), ``listed`` (users with a list: every user), ``ignored_columns`` and
-      ``values_ignored`` (the rating or weight column an unweighted top-N model does not read, when it holds other
+      ``values_ignored`` (the rating or weight column an unweighted top-N model does not read, or the rating column
+      of a model whose log's ratings were each an interaction (``ratings_as_interactions``), when it holds other
       values than 1); with ``user_features``, ``with_features`` and ``without_features`` (users with and without a
       row of the table) and ``unknown_feature_values`` (values no training user had, read as unknown).
 
@@ -193,6 +194,8 @@ def recommend_users(
     given = next((c for c in ("rating", "weight") if c in users), None)
     ignored = given is not None and values is None and bool((users[given] != 1).any())
     report["values_ignored"] = given if ignored else None  # an unweighted model counts each item once
+    # ... and a model whose log's ratings were each an interaction reads a rating as one
+    report["ratings_as_interactions"] = ignored and not catalogue.values_ignored
     items = users["item"].to_numpy()
     if catalogue.integer_ids:  # read once, not row by row: the catalogue matches the integers as these
         ints, ok = integer_ids(items)

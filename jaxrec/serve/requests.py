@@ -39,8 +39,9 @@ class UserSupport:
         the list, as the support's are.
       excluded: the known items the request excludes (besides the user's own).
       unknown_excluded: the excluded ids not in the catalogue (ignored).
-      ratings_ignored: ratings sent to a model of unweighted interactions without a positive threshold: each item
-        counts once whatever its rating (said in the answer, as ``jaxrec recommend`` notes an ignored column).
+      ratings_ignored: ratings sent to a model of unweighted interactions without a positive threshold, or to one
+        whose log's ratings were each an interaction: each item counts as an interaction whatever its rating (said in
+        the answer, as ``jaxrec recommend`` notes an ignored column).
       ratings_as_weights: ratings sent to a model of weighted interactions (plays, counts): each value is read as
         the interaction's weight, as the training log's were (said in the answer).
     """
@@ -106,6 +107,12 @@ class Catalogue:
         self.weighted = self.implicit and self.positive_threshold is None and bool(getattr(trained, "weighted", False))
         # a model of unweighted interactions without a threshold reads an item, not a value sent with it
         self.values_ignored = self.implicit and self.positive_threshold is None and not self.weighted
+        # a log whose ratings were each an interaction: a new user's rating is no weight either
+        self.ratings_ignored = self.values_ignored or (
+            self.implicit
+            and self.positive_threshold is None
+            and bool(getattr(trained, "ratings_as_interactions", False))
+        )
         self._featurizer = trained.featurizer
         self.user_features = trained.featurizer.user_features_read
 
@@ -199,6 +206,10 @@ class Catalogue:
                 raise RequestError(
                     f"'weights' has {len(weights)} values for {len(interactions)} interactions: send one per item"
                 )
+        sent_ratings = None
+        if interactions is None and self.ratings_ignored and not self.values_ignored:
+            # the log's ratings were each an interaction, whatever the rating: so are these (repeats still add up)
+            sent_ratings, interactions = ratings, [raw for raw, _ in ratings]
         if interactions is not None:
             if not self.implicit:
                 raise RequestError(
@@ -250,6 +261,7 @@ class Catalogue:
             raise RequestError(f"the {field} of an item sent more than once sum beyond float32, the model's precision")
         seen = np.setdiff1d(np.asarray(seen, np.int64), codes)
         ignored = interactions is None and self.values_ignored and any(value != 1 for _, value in known)
+        ignored = ignored or (sent_ratings is not None and any(value != 1 for _, value in sent_ratings))
         as_weights = interactions is None and self.weighted and bool(known)
         return UserSupport(
             codes,
