@@ -64,6 +64,9 @@ def test_a_review_log_is_the_dataset_of_the_same_rows_as_text(tmp_path):
     small = jd.from_json_lines(tmp_path / "reviews.jsonl.gz", AMAZON, name="reviews")
     chunked, _, lines, labels = jd.jsonlines.read_json_lines_roles(tmp_path / "reviews.jsonl.gz", AMAZON, chunk_lines=7)
     assert lines.tolist() == list(range(1, len(records) + 1)) and "reviewText" in labels
+    assert "blank_lines_skipped" not in log.report
+    write_lines(tmp_path / "gaps.jsonl", records, blank_after={0, 5})
+    assert jd.read_log(tmp_path / "gaps.jsonl", AMAZON).report["blank_lines_skipped"] == 2  # counted, as text's
     pd.testing.assert_series_equal(chunked["asin"], pd.Series([r["asin"] for r in records], name="asin"))
     pd.testing.assert_frame_equal(small.ratings, log.ratings)
 
@@ -98,7 +101,13 @@ def test_ids_are_read_as_written_whole_numbers_as_integers(tmp_path):
     "bad, message",
     [
         ('{"user": "u3", "item": "c" "weight": 1}', r"line 4 is not valid JSON: Expecting ',' delimiter at column 28"),
-        ('["u3", "c", 1]', r"line 4 is not a JSON object \('\[\"u3\", \"c\", 1\]'\): expected one per line"),
+        ('["u3", "c", 1]', r"line 4 is not a JSON object \('\[\"u3\", \"c\", 1\]'\): expected one JSON object a line"),
+        (
+            "{",
+            r"line 4 is not valid JSON: .* \(a record printed over several lines: JSON lines hold one object a line\)",
+        ),
+        ("{'user': 'u3', 'item': 'c'}", r"line 4 is not valid JSON: .*\(single quotes: a Python dict, not JSON"),
+        ('{"user": "u3", "item": "c", "weight": ""}', r"column 'weight' line 4 is missing"),
         ('{"user": "u3", "weight": 1}', r"column 'item' line 4 has a missing item id"),
         ('{"user": {"id": 3}, "item": "c", "weight": 1}', r"key 'user' line 4 holds \{\"id\": 3\}, not an id"),
         ('{"user": "u3", "item": true, "weight": 1}', r"key 'item' line 4 holds true, not an id"),
@@ -192,5 +201,5 @@ def test_a_text_log_whose_first_id_opens_a_brace_is_still_text(tmp_path):
     array = tmp_path / "reviews.json"
     array.write_text('[{"user": "u", "item": "a"},\n {"user": "v", "item": "b"}]\n')
     assert jd.is_json_lines(array)  # named JSON: the reader says what it is not
-    with pytest.raises(jd.DataError, match=r"reviews.json: line 1 is not a JSON object .*expected one per line"):
+    with pytest.raises(jd.DataError, match=r"reviews.json: line 1 is not a JSON object .*the file holds a JSON array"):
         jd.read_log(array, feedback="implicit")

@@ -62,17 +62,31 @@ def is_json_lines(path: str | os.PathLike) -> bool:
         return False
 
 
-def _chunks(path: Path, encoding: str, chunk_lines: int):
-    """``(lines, frame)`` per chunk of non-blank lines: each record's 1-based line, and pandas' frame of them."""
+def _not_an_object(path: Path, n: int, text: str, first: bool) -> DataError:
+    """The error for a line that opens no JSON object, with what it looks like instead (``first``: no record
+    came before it)."""
+    if text[0] == "[" and first:
+        why = "the file holds a JSON array, not one object a line: write it as JSON lines (e.g. pandas.read_json(path)"
+        why += ".to_json(out, orient='records', lines=True))"
+    else:
+        why = "expected one JSON object a line (a record printed over several lines is not JSON lines)"
+    return DataError(f"{path}: line {n} is not a JSON object ({text[:60]!r}): {why}")
+
+
+def _chunks(path: Path, encoding: str, chunk_lines: int, blank: list[int]):
+    """``(lines, frame)`` per chunk of non-blank lines: each record's 1-based line, and pandas' frame of them;
+    ``blank`` gets the number of blank lines skipped."""
     numbers, texts = [], []
+    blank[:] = [0]
     try:
         with _open(path, encoding) as f:
             for n, line in enumerate(f, 1):
                 text = line.strip().removeprefix("\ufeff")
                 if not text:
+                    blank[0] += 1
                     continue
                 if text[0] != "{":
-                    raise DataError(f"{path}: line {n} is not a JSON object ({text[:60]!r}): expected one per line")
+                    raise _not_an_object(path, n, text, first=n == blank[0] + 1)
                 numbers.append(n)
                 texts.append(text)
                 if len(texts) == chunk_lines:
@@ -102,7 +116,12 @@ def _parse(path: Path, numbers: list[int], texts: list[str]) -> pd.DataFrame:
             try:
                 json.loads(text)
             except json.JSONDecodeError as bad:
-                raise DataError(f"{path}: line {n} is not valid JSON: {bad.msg} at column {bad.colno}") from None
+                hint = ""
+                if text in ("{", "{\r"):
+                    hint = " (a record printed over several lines: JSON lines hold one object a line)"
+                elif text.startswith("{'"):
+                    hint = " (single quotes: a Python dict, not JSON; json.dumps(ast.literal_eval(line)) converts it)"
+                raise DataError(f"{path}: line {n} is not valid JSON: {bad.msg} at column {bad.colno}{hint}") from None
         raise DataError(f"{path}: cannot read it as JSON lines: {e}") from None
 
 
@@ -197,8 +216,8 @@ def read_json_lines_roles(
         )
     named = None if columns is None else {str(key) for key in columns.values()}
     known = known_names(None)  # without columns, the keys that a role's common name may be
-    frames, lines, labels, seen = [], [], [], set()
-    for numbers, chunk in _chunks(path, encoding, chunk_lines):
+    frames, lines, labels, seen, blank = [], [], [], set(), [0]
+    for numbers, chunk in _chunks(path, encoding, chunk_lines, blank):
         for key in chunk.columns:
             if key not in seen:
                 seen.add(key)
@@ -225,6 +244,10 @@ def read_json_lines_roles(
         frame[roles[role]] = _ids(frame[roles[role]], roles[role], path, lines)
     for role in ("rating", "weight", "timestamp"):
         key = roles.get(role)
+        if key is not None and not pd.api.types.is_numeric_dtype(frame[key]):
+            # "" is a missing value in JSON writers' hands (Goodreads' read_at), as an empty field is in a text log
+            text = frame[key].map(lambda v: v.strip() if isinstance(v, str) else v, na_action="ignore")
+            frame[key] = frame[key].where(text != "", None)
         if key is not None and frame[key].dtype == object:
             row = _first_nested(frame[key])
             if row is not None:
@@ -232,6 +255,7 @@ def read_json_lines_roles(
                     f"{path}: key {key!r} line {lines[row]} holds {json.dumps(frame[key].iloc[row])[:60]}, not a {role}"
                 )
     logger.info("%s: read %d record(s), key(s) %s", path, len(frame), list(dict.fromkeys(roles.values())))
+    frame.attrs["blank_lines_skipped"] = blank[0]
     return frame, roles, lines, labels
 
 
@@ -278,5 +302,10 @@ def from_json_lines(
         source=str(path),
         _line_offset=lines,
     )
-    ds.report = {"columns_read": list(dict.fromkeys(roles.values())), **ds.report}
+    skipped = frame.attrs.get("blank_lines_skipped", 0)
+    ds.report = {
+        "columns_read": list(dict.fromkeys(roles.values())),
+        **({"blank_lines_skipped": skipped} if skipped else {}),
+        **ds.report,
+    }
     return ds
