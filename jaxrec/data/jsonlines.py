@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jaxrec.data.dataset import DataError, Dataset, UnnamedColumnsError, from_dataframe
-from jaxrec.data.text import exact_ids, known_names, resolve_columns, role_arguments, role_columns, undecodable
+from jaxrec.data.dataset import DataError, Dataset, UnnamedColumnsError
+from jaxrec.data.text import dataset_of_roles, exact_ids, known_names, resolve_columns, role_columns, undecodable
 
 __all__ = ["from_json_lines", "is_json_lines", "read_json_lines_roles"]
 
@@ -292,16 +292,7 @@ def from_json_lines(
     """
     path = Path(path)
     frame, roles, lines, _ = read_json_lines_roles(path, columns, encoding=encoding)
-    ds = from_dataframe(
-        frame,
-        **role_arguments(roles),
-        feedback=feedback,
-        positive_threshold=positive_threshold,
-        name=name or path.name.split(".")[0],
-        min_user_ratings=min_user_ratings,
-        source=str(path),
-        _line_offset=lines,
-    )
+    ds = dataset_of_roles(frame, roles, path, feedback, positive_threshold, name, min_user_ratings, lines)
     skipped = frame.attrs.get("blank_lines_skipped", 0)
     ds.report = {
         "columns_read": list(dict.fromkeys(roles.values())),

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxrec.data.dataset import DataError, Dataset, from_dataframe
-from jaxrec.data.text import resolve_columns, role_arguments, role_columns
+from jaxrec.data.dataset import DataError, Dataset
+from jaxrec.data.text import dataset_of_roles, resolve_columns, role_columns
 
 __all__ = ["from_parquet", "is_parquet", "read_parquet_roles"]
 
@@ -143,15 +143,7 @@ def from_parquet(
     frame, roles, found = read_parquet_roles(path, columns, allow_extra=allow_extra)
     dataset, skipped, wanted = found["dataset"], found["skipped"], found["read"]
     try:
-        ds = from_dataframe(
-            frame,
-            **role_arguments(roles),
-            feedback=feedback,
-            positive_threshold=positive_threshold,
-            name=name or path.name.split(".")[0],
-            min_user_ratings=min_user_ratings,
-            source=str(path),
-        )
+        ds = dataset_of_roles(frame, roles, path, feedback, positive_threshold, name, min_user_ratings)
     except DataError as bad:
         raise _in_file(bad, dataset, path) from bad
     ds.report = {"columns_read": wanted, **({"files_skipped": len(skipped)} if skipped else {}), **ds.report}

@@ -706,16 +706,7 @@ def from_csv(
         frame[roles[role]] = exact_ids(frame[roles[role]])
     if feedback == "implicit" and columns is None and not header and "rating" in roles and positive_threshold is None:
         _warn_rating_ignored(path, list(roles))
-    ds = from_dataframe(
-        frame,
-        **role_arguments(roles),
-        feedback=feedback,
-        positive_threshold=positive_threshold,
-        name=name or path.name.split(".")[0],
-        min_user_ratings=min_user_ratings,
-        source=str(path),
-        _line_offset=lines,
-    )
+    ds = dataset_of_roles(frame, roles, path, feedback, positive_threshold, name, min_user_ratings, lines)
     read = {"header_line_read": header}
     if frame.attrs.get("blank_lines"):
         read["blank_lines_skipped"] = frame.attrs["blank_lines"]
@@ -734,6 +725,30 @@ def _warn_rating_ignored(path: Path, roles: list[str]) -> None:
         path,
         as_weight.split(","),
         as_weight,
+    )
+
+
+def dataset_of_roles(
+    frame: pd.DataFrame,
+    roles: Mapping[str, Any],
+    path: Path,
+    feedback: str | None,
+    positive_threshold: float | None,
+    name: str | None,
+    min_user_ratings: int,
+    lines: np.ndarray | None = None,
+) -> Dataset:
+    """:func:`from_dataframe` of a file's columns by role: named after the file (up to its first dot) unless
+    ``name`` is given, its errors naming the file and, with ``lines``, each row's line."""
+    return from_dataframe(
+        frame,
+        **role_arguments(roles),
+        feedback=feedback,
+        positive_threshold=positive_threshold,
+        name=name or path.name.split(".")[0],
+        min_user_ratings=min_user_ratings,
+        source=str(path),
+        _line_offset=lines,
     )
 
 
