@@ -1217,8 +1217,8 @@ def _read_users_as_trained(args: argparse.Namespace):
         try:
             users = read_users(args.users, recorded, args.sep, encoding=args.encoding)
         except DataError as misfit:  # say why the run's layout does not fit either, not only the common names
-            if re.search(r"\bline \d+", str(misfit)):  # the layout fits; a value of a line does not: that is the error
-                raise
+            if re.search(r"\bline \d+", str(misfit)):  # the layout fits, a line's value does not: that is the error
+                raise DataError(f"{misfit} (the file read by the run's --columns {shown}: {why})") from None
             why = str(misfit).removeprefix(f"{Path(args.users).expanduser()}: ")
             raise DataError(
                 f"{unnamed.lacking}, and the run's own --columns {shown} do not fit it ({why}): name the file's "

@@ -114,7 +114,11 @@ def test_users_without_a_header_in_the_logs_own_layout_are_read_by_the_runs_colu
     assert said == [f"note: --users {table} read by the run's --columns user,timestamp,_,_,item,_ (it has no header)"]
     # where the run's layout fits and a value does not, the value's line is the error, not the layout
     table.write_text(table.read_text().replace("\ttr-2\t", "\t\t"))
-    with pytest.raises(cli.DataError, match=r"plays.tsv: line 2: the item id is missing$"):
+    with pytest.raises(
+        cli.DataError,
+        match=r"plays.tsv: line 2: the item id is missing \(the file read by the run's "
+        r"--columns user,timestamp,_,_,item,_: it has no header\)$",
+    ):
         cli._read_users_as_trained(args)
 
 

@@ -182,6 +182,9 @@ def test_values_pandas_would_change_are_ids_and_times_as_written(tmp_path):
     times = [{"user": "u", "item": i, "timestamp": t} for i, t in enumerate([1_400_000_000_000, 1_400_000_000])]
     log = jd.read_log(write_lines(tmp_path / "t.jsonl", times), feedback="implicit")
     assert sorted(log.ratings["timestamp"].tolist()) == [1_400_000_000, 1_400_000_000_000]  # as written, each
+    times[1]["timestamp"] = ""  # a JSON writer's missing value: said as missing, not as a date in another form
+    with pytest.raises(jd.DataError, match=r"'timestamp' line 2 is missing \(NaN\) \(1 bad value\(s\) in total\)$"):
+        jd.read_log(write_lines(tmp_path / "t2.jsonl", times), feedback="implicit")
     big = [{"user": "u", "item": 2**53 + 1}, {"user": "u", "item": 2**53}, {"user": "v", "item": 1.5}]
     with pytest.raises(jd.DataError, match=r"key 'item' line 1 holds 9.0072e\+15 \(a float: give large ids"):
         jd.read_log(write_lines(tmp_path / "big.jsonl", big), feedback="implicit")

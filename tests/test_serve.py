@@ -814,6 +814,18 @@ def test_a_run_whose_log_ratings_were_interactions_reads_a_new_users_ratings_ali
     assert any("ratings as interactions" in note for note in read.notes), read.notes
     with pytest.raises(RunError, match="weight 0 is not positive"):  # a run of weights reads them as weights
         read_user_ratings(mine, ids, None, implicit=True, weighted=True)
+    weights = tmp_path / "weights.csv"  # ... and a column its header calls a weight is one in either run
+    weights.write_text("item,plays\na,5\nb,2\n")
+    read = read_user_ratings(weights, ids, None, implicit=True, weighted=True, ratings_as_interactions=True)
+    assert read.values.tolist() == [5.0, 2.0]
+    mine.write_text("item,rating\na,5 stars\n")  # a value that is no number is still refused
+    with pytest.raises(RunError, match=r"line 2: rating '5 stars' is not a number"):
+        read_user_ratings(mine, ids, None, implicit=True, weighted=True, ratings_as_interactions=True)
+    # an unknown item's rating is not said to be ignored (it is not used at all); an unweighted run counts each once
+    assert "ratings_ignored" not in catalogue.support([("a", 1.0), ("zzz", 5.0)], None, 8).report()
+    assert _catalogue(False, ratings_as_interactions=True).support(
+        [("a", 5.0), ("a", 1.0)], None, 8
+    ).values.tolist() == [1.0]
 
 
 def test_ids_in_other_digits_and_values_beyond_float32_are_refused_not_a_500():

@@ -1038,3 +1038,22 @@ def test_a_re_ranker_given_the_whole_catalogue_is_warned_of(tmp_path, caplog):
         assert "whole catalogue" not in caplog.text
         TopNExperiment(ExperimentConfig.make(**fields, rerank_candidates=60), plays)
     assert caplog.text.count("rerank_candidates=60 is the whole catalogue (60 items)") == 1
+
+
+def test_a_run_of_ratings_read_as_interactions_records_it_for_its_new_users(tmp_path):
+    """The play log's counts read as ratings without a threshold: each row an interaction, its repeated pairs
+    making a weighted run. The run records it, and reads a new user's ratings alike: each an interaction."""
+    from jaxrec.experiment.checkpoint import read_metadata
+    from jaxrec.experiment.recommend import read_ratings_for
+    from jaxrec.experiment.trained import load_trained
+
+    data, out = write_plays(tmp_path / "plays.tsv"), tmp_path / "run"
+    flags = ["--columns", "user,item,rating,timestamp", *TOPN_FLAGS, "--epochs", "1", "--no-eval", "--no-progress"]
+    assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 0
+    meta = read_metadata(out / "checkpoints")
+    assert meta["ratings_as_interactions"] is True and meta["weighted"] is True
+    assert load_trained(out).ratings_as_interactions
+    mine = tmp_path / "mine.csv"
+    mine.write_text("item,rating\nsong-00,5\nsong-02,1\nsong-00,3\n")
+    read = read_ratings_for(str(out), str(mine))
+    assert read.codes.size == 2 and sorted(read.values.tolist()) == [1.0, 2.0]  # song-00 twice: two interactions

@@ -386,8 +386,11 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
     try:
         numbers = numeric_column(col, column, where, line_offset)
     except DataError as no_number:
+        text = col.dropna().astype(str).str.strip()
         if not (pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col)):
             raise
+        if not pd.to_numeric(text, errors="coerce").isna().any():
+            raise  # every value given is a number: a missing one is the error, no word of other forms
         # text in another date form ("Fri Aug 25 13:55:02 -0700 2017", "09 13, 2009"): no guess at its order of
         # day and month; say which forms are read
         raise DataError(

@@ -57,6 +57,8 @@ HISTORY_KEYS = ("history_item", "history_rating")
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
 
 
+#: the names of a weight column among them
+_WEIGHT_NAMES = ("weight", "count", "counts", "plays", "playcount", "clicks")
 _RATING_NAMES = ("rating", "ratings", "score", "stars", "weight", "count", "counts", "plays", "playcount", "clicks")
 
 
@@ -170,15 +172,17 @@ def read_user_ratings(
     raw_items = frame.iloc[:, item_col].str.strip().to_numpy()
     values = pd.to_numeric(frame.iloc[:, rating_col].str.strip(), errors="coerce").to_numpy(np.float64)
     weighted = implicit and weighted and positive_threshold is None
-    # a log whose ratings were each an interaction, whatever the rating: a new user's ratings are too (no weights)
-    as_interactions = implicit and ratings_as_interactions and positive_threshold is None and not listed
-    if as_interactions:
-        given, values = values, np.ones(len(values))
+    # a weighted run whose log's ratings were each an interaction, whatever the rating: so are a new user's (their
+    # repeats add up); a column the header calls a weight stays weights
+    named = first[rating_col] if header else "rating"
+    as_interactions = weighted and ratings_as_interactions and not listed and named not in _WEIGHT_NAMES
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        what = "weight" if weighted else "rating"
+        what = "weight" if weighted and not as_interactions else "rating"
         raise RunError(f"--ratings {path}: line {line_of[i]}: {what} {frame.iloc[i, rating_col]!r} is not a number")
+    if as_interactions:
+        given, values = values, np.ones(len(values))
     unusable = unusable_values(values, scale=rating_range, weights=weighted)
     if unusable is not None:
         i, why = unusable

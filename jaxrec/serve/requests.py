@@ -109,9 +109,7 @@ class Catalogue:
         self.values_ignored = self.implicit and self.positive_threshold is None and not self.weighted
         # a log whose ratings were each an interaction: a new user's rating is no weight either
         self.ratings_ignored = self.values_ignored or (
-            self.implicit
-            and self.positive_threshold is None
-            and bool(getattr(trained, "ratings_as_interactions", False))
+            self.weighted and bool(getattr(trained, "ratings_as_interactions", False))
         )
         self._featurizer = trained.featurizer
         self.user_features = trained.featurizer.user_features_read
@@ -261,7 +259,8 @@ class Catalogue:
             raise RequestError(f"the {field} of an item sent more than once sum beyond float32, the model's precision")
         seen = np.setdiff1d(np.asarray(seen, np.int64), codes)
         ignored = interactions is None and self.values_ignored and any(value != 1 for _, value in known)
-        ignored = ignored or (sent_ratings is not None and any(value != 1 for _, value in sent_ratings))
+        sent_values = [v for r, v in sent_ratings or () if self.code(r) is not None]  # the known items' ratings
+        ignored = ignored or any(v != 1 for v in sent_values)
         as_weights = interactions is None and self.weighted and bool(known)
         return UserSupport(
             codes,
