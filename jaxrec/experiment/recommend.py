@@ -57,9 +57,9 @@ HISTORY_KEYS = ("history_item", "history_rating")
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
 
 
-#: the names of a weight column among them
-_WEIGHT_NAMES = ("weight", "count", "counts", "plays", "playcount", "clicks")
 _RATING_NAMES = ("rating", "ratings", "score", "stars", "weight", "count", "counts", "plays", "playcount", "clicks")
+#: the names among them of a weight column
+_WEIGHT_NAMES = ("weight", "count", "counts", "plays", "playcount", "clicks")
 
 
 def read_user_ratings(
@@ -82,8 +82,9 @@ def read_user_ratings(
     support (with a note) and returned as ``seen``. A top-N model trained on weighted
     interactions (``weighted``: counts, plays) reads ``item,weight`` rows as the training log's rows were read:
     each weight a confidence, an item's weights summed; an unweighted one counts each item once and says so when
-    the second column holds anything but ones. A run whose log's ratings were each an interaction
-    (``ratings_as_interactions``) reads a new user's alike: each line one interaction, whatever its rating.
+    the second column holds anything but ones. A weighted run whose log's ratings were each an interaction
+    (``ratings_as_interactions``) reads a new user's alike: each line one interaction, whatever its rating (a column
+    its header calls a weight stays weights).
 
     Args:
       path: the file.
@@ -93,7 +94,8 @@ def read_user_ratings(
       positive_threshold: the run's ``positive_threshold`` (implicit only).
       weighted: the top-N model was trained on a log whose weights are not all 1 (implicit only).
       encoding: the file's text encoding (``--encoding``).
-      ratings_as_interactions: the top-N run read its log's ratings as interactions, without a positive threshold.
+      ratings_as_interactions: the top-N run read its log's ratings as interactions, without a positive threshold
+        (only a weighted run reads values at all).
 
     Returns:
       :class:`UserRatings` ``(codes, values, notes, seen)``: int32 codes, float32 ratings (for a top-N model the
