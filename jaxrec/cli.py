@@ -517,6 +517,10 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     if run.selector is not None and step in run.selector.scores:
         _echo(_epoch_choice_line(run.selector, experiment.steps_per_epoch))
     state = kept
+    # a signal from here on stops the evaluation of a saved training: the same command continues it
+    _stopped_after[0] = (
+        f"the training is saved in {out / 'checkpoints'}; evaluate it with: {shlex.join(_resume_command(out, config))}"
+    )
     if not args.no_eval:
         document = _evaluate(experiment, state.params, args.save_predictions, progress=not args.no_progress)
         atomic_write_text(out / "metrics.json", json.dumps(document, indent=2) + "\n")

@@ -157,6 +157,29 @@ def test_new_users_in_json_lines_are_read_as_a_text_file_of_them_is(tmp_path):
     assert users["line"].tolist() == [4, 2, 1] and users.attrs["ignored_columns"] == ["note"]
     with pytest.raises(jd.DataError, match=r"new.jsonl: a JSON-lines file has no separator"):
         read_users(tmp_path / "new.jsonl", sep=",")
+    # one user's --ratings file is CSV or a list of ids: a JSON-lines one was split at its commas
+    from jaxrec.experiment.recommend import read_user_ratings
+    from jaxrec.experiment.run import RunError
+
+    with pytest.raises(RunError, match=r"new.jsonl: a JSON-lines file; --ratings takes item,rating lines .*--users"):
+        read_user_ratings(tmp_path / "new.jsonl", np.array(["3"]), None, implicit=True)
+
+
+def test_a_log_read_as_ratings_says_what_its_duplicates_would_have_been_as_interactions(caplog):
+    """A JSON-lines log read with feedback=None (ratings) keeps the latest of each repeated pair; given to a top-N
+    experiment, each repeat's count was lost without a word (read as interactions, they add up)."""
+    from jaxrec.experiment import ExperimentConfig
+    from jaxrec.experiment.topn import implicit_dataset
+
+    log = pd.DataFrame({"user": ["u", "u", "v"], "item": ["a", "a", "b"], "rating": [4.0, 5.0, 3.0]})
+    rated = jd.from_dataframe(log, name="plays")
+    with caplog.at_level("WARNING", logger="jaxrec.experiment.topn"):
+        implicit_dataset(ExperimentConfig.make(feedback="implicit"), rated)
+    assert "plays: read as ratings, the log kept the latest of 1 duplicate (user, item) row(s)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="jaxrec.experiment.topn"):
+        implicit_dataset(ExperimentConfig.make(feedback="implicit"), jd.from_dataframe(log.iloc[1:], name="plays"))
+    assert "duplicate" not in caplog.text
 
 
 def test_a_key_that_later_records_bring_is_read_from_every_chunk(tmp_path):

@@ -1040,16 +1040,31 @@ def test_a_re_ranker_given_the_whole_catalogue_is_warned_of(tmp_path, caplog):
     assert caplog.text.count("rerank_candidates=60 is the whole catalogue (60 items)") == 1
 
 
-def test_a_run_of_ratings_read_as_interactions_records_it_for_its_new_users(tmp_path):
+def test_a_run_of_ratings_read_as_interactions_records_it_for_its_new_users(tmp_path, monkeypatch):
     """The play log's counts read as ratings without a threshold: each row an interaction, its repeated pairs
-    making a weighted run. The run records it, and reads a new user's ratings alike: each an interaction."""
+    making a weighted run. The run records it, and reads a new user's ratings alike: each an interaction; stopped
+    in its evaluation, it says how to evaluate the saved training."""
+    import signal
+
     from jaxrec.experiment.checkpoint import read_metadata
     from jaxrec.experiment.recommend import read_ratings_for
+    from jaxrec.experiment.run import Interrupted
     from jaxrec.experiment.trained import load_trained
 
+    def interrupted(*args, **kwargs):
+        raise Interrupted(signal.SIGINT)
+
     data, out = write_plays(tmp_path / "plays.tsv"), tmp_path / "run"
-    flags = ["--columns", "user,item,rating,timestamp", *TOPN_FLAGS, "--epochs", "1", "--no-eval", "--no-progress"]
-    assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 0
+    flags = ["--columns", "user,item,rating,timestamp", *TOPN_FLAGS, "--epochs", "1"]
+    # stopped in its evaluation, the run says how to evaluate its saved training (it said nothing of it before)
+    lines = capture(monkeypatch)
+    monkeypatch.setattr(cli, "_evaluate", interrupted)
+    assert cli.main(["train", "--data", str(data), *flags, "--out", str(out)]) == 130
+    assert (
+        f"interrupted by SIGINT; the training is saved in {out / 'checkpoints'}; evaluate it with: jaxrec train"
+        in (lines[-1])
+    ), lines
+    assert "--resume" in lines[-1]
     meta = read_metadata(out / "checkpoints")
     assert meta["ratings_as_interactions"] is True and meta["weighted"] is True
     assert load_trained(out).ratings_as_interactions

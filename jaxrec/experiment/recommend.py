@@ -19,6 +19,7 @@ from jaxrec.core.metasgd import split_meta_params
 from jaxrec.core.params import task_initialisation
 from jaxrec.data import DataError, Featurizer, sniff_separator
 from jaxrec.data.dataset import integer_ids
+from jaxrec.data.jsonlines import is_json_lines
 from jaxrec.data.text import BACKSLASH_QUOTE, first_backslash_quote, undecodable
 from jaxrec.data.topn import support_history
 from jaxrec.evaluation.topn import is_user_side, recency_weights
@@ -110,6 +111,11 @@ def read_user_ratings(
     path = Path(path).expanduser()
     if not path.is_file():
         raise RunError(f"--ratings {path}: file not found")
+    if is_json_lines(path):
+        raise RunError(
+            f"--ratings {path}: a JSON-lines file; --ratings takes item,rating lines or item ids one a line (a "
+            "JSON-lines file of users' rows goes to --users)"
+        )
     try:
         try:
             sep = sniff_separator(path, encoding=encoding)

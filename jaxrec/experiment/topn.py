@@ -151,6 +151,13 @@ def implicit_dataset(config: ExperimentConfig, dataset: Dataset | None = None) -
             encoding=data.encoding,
         )
     rated = dataset if dataset is not None else load(data.dataset, data_dir=data.data_dir)
+    if rated.report.get("duplicates_removed"):
+        logger.warning(
+            "%s: read as ratings, the log kept the latest of %d duplicate (user, item) row(s); as interactions they "
+            "would add up to each pair's weight: read it with feedback='implicit' (jaxrec.data.read_log) to keep them",
+            rated.name,
+            rated.report["duplicates_removed"],
+        )
     frame = rated.ratings.assign(user=rated.user_ids[rated.ratings["user"]], item=rated.item_ids[rated.ratings["item"]])
     return from_dataframe(
         frame,
