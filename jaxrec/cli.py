@@ -1211,13 +1211,10 @@ def _read_users_as_trained(args: argparse.Namespace):
         if not recorded:
             raise
         shown = recorded if isinstance(recorded, str) else ",".join(map(str, recorded))
-        why = (
-            "it has no header"
-            if "without a header" in unnamed.lacking
-            else "its records' keys are not the common names"
-            if "records' keys" in unnamed.lacking
-            else "its header has no common names"
-        )
+        why = {
+            "no header": "it has no header",
+            "keys": "its records' keys are not the common names",
+        }.get(unnamed.named_by, "its header has no common names")
         try:
             users = read_users(args.users, recorded, args.sep, encoding=args.encoding)
         except DataError as misfit:  # say why the run's layout does not fit either, not only the common names

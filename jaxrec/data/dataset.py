@@ -59,11 +59,14 @@ class UnnamedColumnsError(DataError):
     Attributes:
       lacking: what the header lacks, without the remedy the message adds (``"FILE: no user column among the header
         [...]"``), for a caller that says what to do itself.
+      remedy: the remedy the message adds, or None.
+      named_by: what names the file's columns: ``"header"``, ``"no header"`` (a headerless file of more columns
+        than the roles read by position) or ``"keys"`` (JSON records).
     """
 
-    def __init__(self, lacking: str, remedy: str | None = None) -> None:
+    def __init__(self, lacking: str, remedy: str | None = None, named_by: str = "header") -> None:
         super().__init__(lacking if remedy is None else f"{lacking}; {remedy}")  # one argument: it pickles
-        self.lacking = lacking
+        self.lacking, self.remedy, self.named_by = lacking, remedy, named_by
 
 
 @dataclasses.dataclass
@@ -386,10 +389,9 @@ def timestamp_seconds(col: pd.Series, column: str, where: str, line_offset: Line
     try:
         numbers = numeric_column(col, column, where, line_offset)
     except DataError as no_number:
-        text = col.dropna().astype(str).str.strip()
         if not (pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col)):
             raise
-        if not pd.to_numeric(text, errors="coerce").isna().any():
+        if not pd.to_numeric(col.dropna().astype(str).str.strip(), errors="coerce").isna().any():
             raise  # every value given is a number: a missing one is the error, no word of other forms
         # text in another date form ("Fri Aug 25 13:55:02 -0700 2017", "09 13, 2009"): no guess at its order of
         # day and month; say which forms are read

@@ -125,13 +125,18 @@ def _parse(path: Path, numbers: list[int], texts: list[str]) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read it as JSON lines: {e}") from None
 
 
+def _nested_row(values: pd.Series) -> int:
+    """The row of the first object or list in a column that holds one."""
+    return int(np.flatnonzero(values.map(lambda v: isinstance(v, dict | list)).to_numpy())[0])
+
+
 def _first_nested(values: pd.Series) -> int | None:
     """The row of the first object or list in a column, or None (pandas cannot hash them: a fast test first)."""
     try:
         pd.factorize(values)
         return None
     except TypeError:
-        return int(np.flatnonzero(values.map(lambda v: isinstance(v, dict | list)).to_numpy())[0])
+        return _nested_row(values)
 
 
 def _ids(values: pd.Series, column: str, path: Path, lines: np.ndarray) -> pd.Series:
@@ -143,9 +148,11 @@ def _ids(values: pd.Series, column: str, path: Path, lines: np.ndarray) -> pd.Se
     def refuse(row: int, what: str) -> DataError:
         return DataError(f"{path}: key {column!r} line {lines[row]} holds {what}, not an id")
 
-    nested = _first_nested(values)
-    if nested is not None:
-        raise refuse(nested, json.dumps(values.iloc[nested])[:60])
+    try:
+        codes, uniques = pd.factorize(values)
+    except TypeError:  # an object or a list, which pandas cannot hash
+        nested = _nested_row(values)
+        raise refuse(nested, json.dumps(values.iloc[nested])[:60]) from None
     if values.dtype == bool or values.dtype == object:  # true beside 1 is one value to pandas: find it by type
         flags = values.map(lambda v: isinstance(v, bool | np.bool_), na_action="ignore").fillna(False).to_numpy(bool)
         if flags.any():
@@ -156,7 +163,6 @@ def _ids(values: pd.Series, column: str, path: Path, lines: np.ndarray) -> pd.Se
         if inexact.any():
             row = int(np.flatnonzero(inexact)[0])
             raise refuse(row, f"{values.iloc[row]:g} (a float: give large ids as integers or text)")
-    codes, uniques = pd.factorize(values)
     written = []
     for u in uniques:
         if isinstance(u, str):
@@ -234,7 +240,7 @@ def read_json_lines_roles(
     try:
         roles = resolve_columns(labels, columns, True, path, allow_extra)
     except UnnamedColumnsError as e:  # a record has keys, not a header
-        raise UnnamedColumnsError(_keys(e.lacking), _keys(str(e))[len(_keys(e.lacking)) + 2 :] or None) from None
+        raise UnnamedColumnsError(_keys(e.lacking), e.remedy, named_by="keys") from None
     except DataError as e:
         raise DataError(_keys(str(e))) from None
     frame = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0].reset_index(drop=True)

@@ -810,6 +810,7 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
                 raise UnnamedColumnsError(
                     f"{path}: {len(cols)} columns without a header, expected user, item[, rating[, timestamp]]",
                     "pass columns=[...] naming each in order (--columns user,item,_,...: '_' skips one)",
+                    named_by="no header",
                 )
             roles = dict(zip(_POSITIONAL_ROLES, cols, strict=False))
     elif isinstance(columns, Mapping):
