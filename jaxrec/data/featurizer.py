@@ -56,6 +56,9 @@ _ITEM_KNOWN = ("raw_id", "title", "year", "genres")
 _MOVIELENS_USER_KEYS = ("user_gender", "user_age", "user_occupation", "user_zip")
 #: a numeric side column with more distinct values than this is cut into quantile bins
 EXACT_NUMBERS = 32
+#: the most tags a multi-hot item column keeps (the commonest on training items): a column of words (a RecBole
+#: ``token_seq`` of an address) would otherwise make a table of items x every word
+MAX_TAGS = 1000
 #: the quantile bins of such a column
 NUMERIC_BINS = 10
 AGE_EDGES = (18, 25, 35, 45, 50, 56)
@@ -295,12 +298,38 @@ def _bin_label(value: Any, vocab: list) -> str | None:
     return None
 
 
-def _multi_hot(values: pd.Series, train_codes: np.ndarray) -> tuple[np.ndarray, list]:
-    """``(float32 [rows, G], vocabulary)`` of a ``"|"``-joined column over the values seen on ``train_codes``."""
+def _multi_hot(values: pd.Series, train_codes: np.ndarray, key: str = "") -> tuple[np.ndarray, list]:
+    """``(float32 [rows, G], vocabulary)`` of a ``"|"``-joined column over the tags seen on ``train_codes``.
+
+    Built from the tags of each row, never a dense table of every tag (a column of words has tens of thousands);
+    at most :data:`MAX_TAGS` tags are kept, those on the most training rows (ties by name), the rest counted in a
+    warning.
+    """
     joined = values.fillna("").astype(str).str.replace(r"\s*\|\s*", "|", regex=True).str.strip()  # "rock | pop"
-    dummies = joined.str.get_dummies(sep="|").drop(columns="", errors="ignore")  # pandas 3: "" of no value
-    vocab = sorted(dummies.columns[dummies.to_numpy()[train_codes].any(axis=0)].tolist())
-    return dummies.reindex(columns=vocab, fill_value=0).to_numpy(np.float32), vocab
+    tags = joined.str.split("|")
+    rows = np.repeat(np.arange(len(tags)), tags.str.len().to_numpy())
+    flat = pd.Series(np.concatenate(tags.to_numpy()) if len(tags) else np.array([], str), dtype=object)
+    pairs = pd.DataFrame({"row": rows, "tag": flat}).drop_duplicates()
+    pairs = pairs[pairs["tag"] != ""]  # a row of no value
+    trained = np.zeros(len(tags), bool)
+    trained[train_codes] = True
+    counts = pairs[trained[pairs["row"].to_numpy()]]["tag"].value_counts()
+    vocab = sorted(counts.index.tolist())
+    if len(vocab) > MAX_TAGS:
+        kept = counts.rename_axis("tag").reset_index(name="n").sort_values(["n", "tag"], ascending=[False, True])
+        vocab = sorted(kept["tag"].iloc[:MAX_TAGS].tolist())
+        logger.warning(
+            "item side column %r has %d distinct tags on training items: the %d on the most items are features, %d "
+            "rarer ones are not",
+            key.removeprefix("item_"),
+            len(counts),
+            MAX_TAGS,
+            len(counts) - MAX_TAGS,
+        )
+    slot = pd.Index(vocab, dtype=object).get_indexer(pairs["tag"].to_numpy())
+    table = np.zeros((len(tags), len(vocab)), np.float32)
+    table[pairs["row"].to_numpy()[slot >= 0], slot[slot >= 0]] = 1.0
+    return table, vocab
 
 
 def _tags(value: Any) -> list[str]:
@@ -445,7 +474,7 @@ class Featurizer:
         item_multi_hot = {}
         joined = {"item_genres": dataset.items["genres"]} if "genres" in dataset.items else {}
         for key, values in {**joined, **item_joined}.items():
-            table, vocab = _multi_hot(values, train_items)
+            table, vocab = _multi_hot(values, train_items, key)
             if vocab:
                 item_multi_hot[key], vocabularies[key] = table, vocab
 

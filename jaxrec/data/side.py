@@ -20,7 +20,13 @@ import pandas as pd
 
 from jaxrec.data.dataset import DataError, Dataset, side_table
 from jaxrec.data.parquet import _pyarrow, is_parquet
-from jaxrec.data.text import BACKSLASH_QUOTE, first_backslash_quote, sniff_separator, undecodable
+from jaxrec.data.text import (
+    BACKSLASH_QUOTE,
+    atomic_header,
+    first_backslash_quote,
+    sniff_separator,
+    undecodable,
+)
 
 __all__ = ["join_side_files", "read_side_table", "with_side_features"]
 
@@ -48,6 +54,9 @@ def read_side_table(
     Returns:
       The features indexed by raw id (text, stripped), one column per feature: a column of decimal numbers is
       float64 (a quantity), any other (integers included: codes such as a zip) text; an empty field is missing.
+      A RecBole atomic table (``.item``, ``.user``: ``item_id:token  genre:token_seq  price:float``) is read as its
+      header types it: ``float`` numbers, ``token`` text, ``token_seq`` space-separated tags (``"|"``-joined, so
+      multi-hot), except an item's name (``movie_title``, ``item_name``), its ``title``; ``float_seq`` is left out.
 
     Raises:
       DataError: naming the file (and the line) if it is missing or unreadable, has no feature column, a missing
@@ -106,6 +115,10 @@ def read_side_table(
         raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}{also}") from None
     if frame.shape[1] < 2:
         raise DataError(f"{where}: expected an id column and at least one feature column, found {frame.shape[1]}")
+    types = {} if parquet else atomic_header(frame.columns)
+    if types:
+        frame.columns = list(types)
+        frame, types = _atomic_fields(frame, types, role, where)
     stripped = [str(c).strip() for c in frame.columns]
     renamed = [re.sub(r"\.[0-9]+$", "", c) for c in stripped]  # read_csv renames a repeated name "genre.1"
     twice = next((c for c in stripped if stripped.count(c) > 1), None)
@@ -128,6 +141,14 @@ def read_side_table(
     features = {}
     for column in frame.columns:
         values = frame[column]
+        declared = (types or {}).get(column)
+        if declared == "float":
+            features[str(column).strip()] = _declared_numbers(values, column, where, first_line)
+            continue
+        if declared is not None:  # a token: a code or a name, never a quantity
+            text = values.astype("string").str.strip()
+            features[str(column).strip()] = text.where(~text.str.lower().isin(_MISSING), None).astype(object).to_numpy()
+            continue
         if not pd.api.types.is_float_dtype(values):  # Parquet's floats are quantities already
             text = values.astype("string").str.strip()
             text = text.where(~text.str.lower().isin(_MISSING), None)  # "", NA, NULL, \\N, nan, None: missing
@@ -139,6 +160,44 @@ def read_side_table(
             values = numbers.astype(np.float64) if decimal else text.astype(object)
         features[str(column).strip()] = values.to_numpy()  # by position: the frame's index is the ids
     return pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
+
+
+def _atomic_fields(
+    frame: pd.DataFrame, types: dict[str, str], role: str, where: str
+) -> tuple[pd.DataFrame, dict[str, str]]:
+    """A RecBole atomic table's columns as the features they declare: a ``token_seq`` (space-separated tokens) an
+    item's ``"|"``-joined tags (multi-hot), except the item's name (``movie_title``, ``item_name``: the display
+    ``title`` where the table has none); a ``float_seq`` left out, with a warning (no feature reads a vector)."""
+    frame = frame.copy()
+    if role == "item" and "title" not in types:
+        named = next((c for c in types if c.lower().endswith(("title", "_name")) or c.lower() == "name"), None)
+        if named is not None:
+            frame = frame.rename(columns={named: "title"})
+            types = {("title" if c == named else c): t for c, t in types.items()}
+            logger.info("%s: column %r is each item's name (its title), not a feature", where, named)
+    for column, kind in list(types.items()):
+        if kind == "float_seq":
+            logger.warning("%s: column %r holds sequences of numbers (float_seq): not used as a feature", where, column)
+            frame = frame.drop(columns=column)
+            del types[column]
+        elif kind == "token_seq" and column != "title":
+            tokens = frame[column].astype("string").str.split()
+            frame[column] = tokens.map(lambda t: "|".join(t) if isinstance(t, list) else t).astype(object)
+    return frame, types
+
+
+def _declared_numbers(values: pd.Series, column: str, where: str, first_line: int) -> np.ndarray:
+    """A column its atomic header declares ``float``: its numbers (a quantity), missing where the field says so."""
+    text = values.astype("string").str.strip()
+    text = text.where(~text.str.lower().isin(_MISSING), None)
+    numbers = pd.to_numeric(text, errors="coerce")
+    bad = (numbers.isna() & text.notna()).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise DataError(
+            f"{where}: line {i + first_line}: column {column!r} (float) holds {text.iloc[i]!r}, not a number"
+        )
+    return numbers.astype(np.float64).to_numpy()
 
 
 #: a side table's field that says "no value" (compared lower-case)

@@ -24,6 +24,7 @@ from jaxrec.data.dataset import ISO_DATE, DataError, Dataset, UnnamedColumnsErro
 
 __all__ = [
     "SEPARATORS",
+    "atomic_header",
     "from_csv",
     "read_log_table",
     "read_table",
@@ -46,6 +47,10 @@ _COMMON_NAMES = {
     "weight": ("weight", "count", "counts", "plays", "playcount", "clicks"),
 }
 _NUMERIC_ROLES = ("rating", "weight", "timestamp")
+#: the field types of RecBole's atomic files (``.inter``, ``.user``, ``.item``), whose header types each name:
+#: ``user_id:token  item_id:token  rating:float  timestamp:float``
+ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
+_ATOMIC_LABEL = re.compile(r"(.+):(" + "|".join(ATOMIC_TYPES) + r")")
 _POWERS_OF_TEN = 10 ** np.arange(19, dtype=np.int64)  # the digits of an int64 id: how many powers it reaches
 
 logger = logging.getLogger(__name__)
@@ -558,6 +563,8 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
     they all have one); else it is data, kept as the first row.
     """
     text = [f.strip().strip('"').strip() for f in fields]
+    if atomic_header(text) is not None:  # every field "name:type": no log holds such data
+        return True
     roles = _positions_of_roles(columns, len(text))
     numeric = {p: r for p, r in roles.items() if r in _NUMERIC_ROLES}
     following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
@@ -571,6 +578,23 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
     if any(t.lower() in known for t in text):
         return True
     return _unlike_data(text, following)
+
+
+def atomic_header(labels: Sequence[Any]) -> dict[str, str] | None:
+    """``{name: type}`` of a RecBole atomic header, where every label is ``name:type`` (``user_id:token``,
+    ``genre:token_seq``, ``rating:float``), or ``None`` for any other header. A file in this form is read by its
+    names (``user_id``), so that roles are guessed and ``columns=`` is written as for any log."""
+    found = [_ATOMIC_LABEL.fullmatch(str(label).strip().lstrip("\ufeff")) for label in labels]
+    if not found or not all(found):
+        return None
+    names = {m.group(1).strip(): m.group(2) for m in found}
+    return names if len(names) == len(found) else None  # a name twice: read as written, refused as any repeat
+
+
+def _atomic_name(column: Any, atomic: Mapping[str, str]) -> Any:
+    """A column of an atomic header given as its header writes it (``item_id:token``) as its name (``item_id``)."""
+    found = _ATOMIC_LABEL.fullmatch(column.strip()) if isinstance(column, str) else None
+    return found.group(1).strip() if found and found.group(1).strip() in atomic else column
 
 
 def exact_ids(values: pd.Series) -> pd.Series:
@@ -634,6 +658,12 @@ def read_log_table(
         logger.info("%s: line 1 read as %s", path, "a header" if header else "data (no header)")
     header = bool(header)
     labels = table_columns(path, sep, header, encoding=encoding)
+    atomic = atomic_header(labels) if header else None
+    if atomic is not None:
+        labels = list(atomic)
+        logger.info("%s: a RecBole atomic header, read by its names %s", path, labels)
+        if isinstance(columns, Mapping):  # "item_id:token" as the header writes it is the column "item_id"
+            columns = {role: _atomic_name(col, atomic) for role, col in columns.items()}
     named = role_columns(columns) if header else ()  # roles in file order read by position: names do not matter
     if named is None or isinstance(named, Mapping):
         read = None if named is None else [c for c in named.values() if isinstance(c, str)]
@@ -641,6 +671,8 @@ def read_log_table(
     roles = resolve_columns(labels, columns, header, path, allow_extra)
     ids = [labels.index(roles[role]) for role in ("user", "item")]
     frame = read_table(path, sep, None, header, encoding=encoding, text_columns=ids, line_numbers=True)
+    if atomic is not None:
+        frame.columns = labels
     lines = frame.index.to_numpy()
     return frame.reset_index(drop=True), roles, lines, header
 
@@ -684,6 +716,9 @@ def from_csv(
       feedback: ``None``, ``"explicit"`` or ``"implicit"`` (see :func:`from_dataframe`).
       positive_threshold: with ``feedback="implicit"`` and a rating column, the lowest rating that counts as an
         interaction (see :func:`from_dataframe`).
+
+    A RecBole atomic file (``.inter``: every header name typed, ``user_id:token  item_id:token  rating:float``) is
+    read by its names (``user_id``); ``columns=`` may name a column either way.
 
     User and item ids keep their text (``00001`` and ``1`` are two users, ``NA`` and ``None`` are ids; only an
     empty field is missing), except that a column of plain integers (``42``, never ``042``) is read as integers. A

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -37,6 +38,8 @@ from jaxrec.core.objectives import ALGORITHMS, no_inner_step
 from jaxrec.data import Dataset, join_side_files
 from jaxrec.data.tasks import SCHEMES, TASK_SIDES
 from jaxrec.experiment.selection import RULES as SELECT_RULES
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BASELINES",
@@ -1064,7 +1067,21 @@ def _resolution_spec(config: ExperimentConfig):
 
 def with_feature_tables(dataset: Dataset, data: DataConfig) -> Dataset:
     """``dataset`` with the feature tables ``data`` names (``--item-features``, ``--user-features``) joined
-    (:func:`~jaxrec.data.join_side_files`); ``dataset`` itself when it names none."""
+    (:func:`~jaxrec.data.join_side_files`); ``dataset`` itself when it names none. A RecBole log (``x.inter``)
+    whose feature tables lie beside it (``x.item``, ``x.user``) and are not named is warned of: RecBole reads them
+    by their names, jaxrec only when asked."""
+    if data.path is not None and Path(data.path).suffix == ".inter":
+        for role in ("item", "user"):
+            beside = Path(data.path).with_suffix(f".{role}")
+            if getattr(data, f"{role}_features") is None and beside.is_file():
+                logger.warning(
+                    "%s lies beside the log and is not read: name it as %s_features= (--%s-features %s) to use its "
+                    "features",
+                    beside,
+                    role,
+                    role,
+                    beside,
+                )
     return join_side_files(
         dataset, user_features=data.user_features, item_features=data.item_features, encoding=data.encoding
     )
