@@ -472,7 +472,8 @@ def _train_in(args: argparse.Namespace, out: Path, base, overrides: dict, lock: 
     if hasattr(experiment, "progress"):  # a top-N run: bars over the ALS start and the baselines' tuning
         experiment.progress = not args.no_progress
     report = getattr(experiment.dataset, "report", {})
-    for note in _log_notes(report) + _side_table_notes(report):
+    features = getattr(getattr(experiment, "featurizer", None), "features_read", None)
+    for note in _log_notes(report) + _side_table_notes(report, features):
         _echo(f"note: {note}", err=True)
     train_tasks = getattr(experiment, "train_tasks", None)
     dropped = int(getattr(train_tasks, "stats", {}).get("users_dropped", 0))
@@ -1111,17 +1112,27 @@ def _log_notes(report: dict) -> list[str]:
     return [f"the log: {'; '.join(parts)}"] if parts else []
 
 
-def _side_table_notes(report: dict) -> list[str]:
-    """How the side tables (``--user-features``, ``--item-features``) met the log: ids with and without a row, and
-    the table's rows of ids the log does not hold."""
+def _side_table_notes(report: dict, features: dict | None = None) -> list[str]:
+    """How the side tables (``--user-features``, ``--item-features``) met the log: ids with and without a row, the
+    table's rows of ids the log does not hold, and (with ``features``, the featurizer's
+    :attr:`~jaxrec.data.Featurizer.features_read`) which columns the model reads, and how."""
     notes = []
     for role in ("user", "item"):
         counts = report.get(f"{role}_features")
         if counts:
+            columns = f"columns {', '.join(counts['columns'])}"
+            if features is not None:
+                read = features.get(role, {})
+                columns = f"read as features: {', '.join(f'{c} {kind}' for c, kind in read.items()) or 'none'}"
+                others = [
+                    f"{c} (each {role}'s name)" if c == "title" else c for c in counts["columns"] if c not in read
+                ]
+                if others:
+                    columns += f"; not features: {', '.join(others)}"
             notes.append(
                 f"--{role}-features: {counts['with_features']} {role}(s) of the log with a row, "
                 f"{counts['without_features']} without (their features unknown); {counts['rows_not_in_log']} row(s) "
-                f"of {role}s not in the log; columns {', '.join(counts['columns'])}"
+                f"of {role}s not in the log; {columns}"
             )
     return notes
 

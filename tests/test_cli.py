@@ -62,7 +62,16 @@ def run(tmp_path_factory):
 def test_train_writes_metrics_checkpoint_and_epoch_log(run):
     out = run["out"]
     document = json.loads((out / "metrics.json").read_text())
-    assert set(document) == {"dataset", "config", "tuned", "data_report", "tasks", "rating_scale", "scenarios"}
+    assert set(document) == {
+        "dataset",
+        "config",
+        "tuned",
+        "data_report",
+        "features",
+        "tasks",
+        "rating_scale",
+        "scenarios",
+    }
     assert document["data_report"]["ratings_kept"] == 60 * 15 and document["data_report"]["duplicates_removed"] == 0
     assert document["dataset"] == "ratings" and document["config"]["model"]["name"] == "mf"
     assert document["scenarios"], "no scenario evaluated"

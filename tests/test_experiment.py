@@ -76,8 +76,9 @@ def test_tiny_experiment_metrics_document():
     state = exp.train(state, steps=2)
     assert int(state.step) == 2
     doc = json.loads(json.dumps(exp.metrics_document(state.params)))
-    assert set(doc) == {"dataset", "config", "tuned", "data_report", "tasks", "rating_scale", "scenarios"}
+    assert set(doc) == {"dataset", "config", "tuned", "data_report", "features", "tasks", "rating_scale", "scenarios"}
     assert doc["rating_scale"] == [0.5, 5.0]
+    assert doc["features"] == {"user": {}, "item": {"year": "categorical (11 values)", "genres": "multi-hot (19 tags)"}}
     assert doc["data_report"]["ratings_kept"] == exp.dataset.n_ratings == 100836
     assert doc["tuned"]["inner_lr"] == exp.inner_lr  # recorded beside the config, not written into it
     # the fine-tuning rate the validation users chose (0: finetune is no_adapt), which metrics.json did not say

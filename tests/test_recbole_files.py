@@ -12,6 +12,7 @@ from conftest import SHARED_DATA
 
 import jaxrec.data as jd
 from jaxrec.data import featurizer, movielens
+from jaxrec.data.tasks import domain_items, item_release_key
 from jaxrec.data.text import atomic_header
 from jaxrec.experiment.config import DataConfig, with_feature_tables
 
@@ -54,11 +55,6 @@ def test_columns_are_named_by_their_names_or_as_the_header_writes_them(tmp_path)
     np.testing.assert_array_equal(by_name.ratings["item"], as_written.ratings["item"])
     with pytest.raises(jd.DataError, match=r"missing column 'movie' \(for 'item'\).*\['user_id', 'item_id'"):
         jd.from_csv(inter, columns="user=user_id,item=movie")
-    # a header only partly typed is not RecBole's: read by its labels as written
-    partly = tmp_path / "partly.tsv"
-    partly.write_text("user_id:token\titem\n1\t2\n3\t4\n")
-    with pytest.raises(jd.DataError, match=r"no user column among the header \['user_id:token', 'item'\]"):
-        jd.from_csv(partly)
 
 
 def test_an_atomic_header_is_every_label_typed():
@@ -87,11 +83,11 @@ def test_ml100k_as_recbole_files_reads_its_titles_and_genres(tmp_path):
     plain = movielens.load("ml-100k", data_dir=SHARED_DATA)
     items = plain.items.copy()
     table = jd.read_side_table(write_item_table(tmp_path / "ml-100k.item", items), "item")
-    assert list(table.columns) == ["title", "release_year", "class"]
+    assert list(table.columns) == ["title", "year", "genres"]  # RecBole's names of MovieLens's columns
     by_id = table.loc[items["raw_id"].astype(str)]
     assert (by_id["title"].to_numpy() == items["title"].str.strip().to_numpy()).all()  # the name, kept whole
-    assert (by_id["class"].fillna("").to_numpy() == items["genres"].to_numpy()).all()  # tokens as "|"-joined tags
-    assert by_id["release_year"].map(type).eq(str).all()  # a token is a code, never a quantity
+    assert (by_id["genres"].fillna("").to_numpy() == items["genres"].to_numpy()).all()  # tokens as "|"-joined tags
+    assert by_id["year"].dropna().map(type).eq(str).all()  # a token is a code, never a quantity
     raw = plain.ratings.assign(
         userId=plain.users["raw_id"].to_numpy()[plain.ratings["user"]],
         movieId=items["raw_id"].to_numpy()[plain.ratings["item"]],
@@ -100,8 +96,59 @@ def test_ml100k_as_recbole_files_reads_its_titles_and_genres(tmp_path):
     np.testing.assert_array_equal(log.ratings[["user", "item"]], plain.ratings[["user", "item"]])
     data = jd.with_side_features(log, items=table, source="ml-100k.item")
     atomic, loader = featurizer.Featurizer.fit(data), featurizer.Featurizer.fit(plain)
-    assert atomic.vocabularies["item_class"] == loader.vocabularies["item_genres"]  # the same 18 genres, multi-hot
-    np.testing.assert_array_equal(atomic.item_multi_hot["item_class"], loader.item_multi_hot["item_genres"])
+    assert (
+        atomic.features_read["item"]
+        == loader.features_read["item"]
+        == {
+            "year": "categorical (8 values)",  # by decade, as the loader's
+            "genres": "multi-hot (18 tags)",
+        }
+    )
+    np.testing.assert_array_equal(atomic.item_multi_hot["item_genres"], loader.item_multi_hot["item_genres"])
+    np.testing.assert_array_equal(atomic.item_tables["item_year"], loader.item_tables["item_year"])
+    # the new-item split orders items by the release year, and a cross-domain split finds the genres
+    np.testing.assert_array_equal(item_release_key(data), item_release_key(plain))
+    np.testing.assert_array_equal(domain_items(data, ("Drama",))[1], domain_items(plain, ("Drama",))[1])
+
+
+def test_a_float_column_of_whole_numbers_is_a_quantity_binned_as_decimals_are(tmp_path):
+    rows = [f"i{k}\t{13 * k + 1}\t{k % 2}\t{k % 3}" for k in range(60)]
+    path = tmp_path / "shop.item"
+    path.write_text("item_id:token\tsales_rank:float\tis_open:float\tshelf:token\n" + "\n".join(rows) + "\n")
+    table = jd.read_side_table(path, "item")
+    log = pd.DataFrame({"user": [f"u{k % 7}" for k in range(60)], "item": [f"i{k}" for k in range(60)]})
+    data = jd.from_dataframe(log, rating=None, feedback="implicit", item_features=table)
+    assert featurizer.Featurizer.fit(data).features_read["item"] == {
+        "sales_rank": "binned (10 bins)",  # 60 distinct whole numbers: a quantity by its type, not 60 codes
+        "is_open": "categorical (2 values)",  # few values: each its own, as for decimals
+        "shelf": "categorical (3 values)",
+    }
+
+
+def test_a_header_typed_in_part_is_refused_naming_what_is_not_typed(tmp_path):
+    log = tmp_path / "part.inter"
+    log.write_text("user_id:token\titem_id\trating:float\n1\t2\t3\n")
+    with pytest.raises(jd.DataError, match=r"part.inter: line 1 types some columns .* but not \['item_id'\]"):
+        jd.read_log(log)
+    table = tmp_path / "part.item"
+    table.write_text("item_id:token\tyear:int\tgenre:token_seq\n1\t1999\tA B\n")
+    with pytest.raises(jd.DataError, match=r"part.item: line 1 types .* not \['year:int'\] \(the types are token,"):
+        jd.read_side_table(table, "item")
+
+
+def test_a_role_not_guessed_is_asked_for_with_the_roles_that_were(tmp_path):
+    path = tmp_path / "yelp.inter"
+    path.write_text("review_id:token\tuser_id:token\tbusiness_id:token\tstars:float\tdate:float\nr1\tu1\tb1\t4\t100\n")
+    with pytest.raises(jd.DataError) as refused:
+        jd.read_log(path)
+    assert "no item column among the header ['review_id', 'user_id', 'business_id', 'stars', 'date']" in str(
+        refused.value
+    )
+    assert "--columns user=user_id,item=<name>,timestamp=date,...; a rating, time or weight column is read only" in str(
+        refused.value
+    )
+    named = jd.read_log(path, columns="user=user_id,item=business_id,rating=stars,timestamp=date")
+    assert named.report["ratings_kept"] == 1 and named.items["raw_id"].tolist() == ["b1"]
 
 
 def test_float_columns_are_numbers_and_float_sequences_are_left_out(tmp_path, caplog):
@@ -113,7 +160,11 @@ def test_float_columns_are_numbers_and_float_sequences_are_left_out(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         table = jd.read_side_table(path, "item")
     assert list(table.columns) == ["price", "brand"]
-    assert table["price"].dtype == np.float64 and np.isnan(table.loc["b", "price"]) and table.loc["a", "price"] == 10
+    assert (
+        pd.api.types.is_float_dtype(table["price"])
+        and pd.isna(table.loc["b", "price"])
+        and table.loc["a", "price"] == 10
+    )
     assert table.loc["a", "brand"] == "0042"  # a token keeps its zeros
     assert "'vector' holds sequences of numbers (float_seq): not used as a feature" in caplog.text
     path.write_text("item_id:token\tprice:float\na\t10\nb\tcheap\n")
@@ -145,4 +196,4 @@ def test_feature_tables_beside_an_inter_log_are_named_when_not_read(tmp_path, ca
     with caplog.at_level(logging.WARNING):
         joined = with_feature_tables(dataset, DataConfig(path=str(inter), item_features=str(tmp_path / "x.item")))
     assert "lies beside" not in caplog.text
-    assert joined.items.loc[joined.items["raw_id"] == 1, "class"].item() == "A|B"
+    assert joined.items.loc[joined.items["raw_id"] == 1, "genres"].item() == "A|B"

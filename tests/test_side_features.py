@@ -335,6 +335,8 @@ def test_a_new_users_features_reach_recommend_and_serve_as_they_reached_the_eval
         patch.undo()
     note = "note: --user-features: 119 user(s) of the log with a row, 1 without (their features unknown); 0 row(s)"
     assert any(line.startswith(note) for line in said), said
+    read = "read as features: age categorical (7 values), country categorical (2 values), income binned (10 bins)"
+    assert any(line.startswith(note) and line.endswith(read) for line in said), said  # what the model reads, and how
     trained = load_trained(out)
     assert set(trained.featurizer.user_feature_keys) == {"user_age", "user_country", "user_income"}
     recommender = Recommender(trained, trained.params)

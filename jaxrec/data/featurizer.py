@@ -19,10 +19,12 @@ The :class:`Featurizer` is fitted on the *meta-train* ratings only:
     ``--user-features`` / ``--item-features``): ``user_<column>`` / ``item_<column>`` (a name with characters
     outside ``[A-Za-z0-9_]`` keeps its ASCII ones and gains a digest of itself). An item column of ``"|"``-joined
     values (tags) is multi-hot, as genres are; a column of decimal numbers (floats: a price, a rating) of more than
-    :data:`EXACT_NUMBERS` distinct values is cut into :data:`NUMERIC_BINS` quantile bins; any other column
-    (integers included: a zip, a category id are codes) is categorical, one slot per value, unless every value
-    differs (an id, free text: a warning, not a feature). An item's ``title`` is its display name, not a feature;
-    columns named as MovieLens's (above) are read by its encoders (a warning where none of their values reads so).
+    :data:`EXACT_NUMBERS` distinct values is cut into :data:`NUMERIC_BINS` quantile bins (a column of pandas'
+    nullable ``Float64`` too, whole numbers included: a quantity by its type, as a RecBole ``float`` is read); any
+    other column (integers included: a zip, a category id are codes) is categorical, one slot per value, unless
+    every value differs (an id, free text: a warning, not a feature). An item's ``title`` is its display name, not
+    a feature; columns named as MovieLens's (above) are read by its encoders (a warning where none of their values
+    reads so).
 
 Everything is a per-code table, so :meth:`Featurizer.rows` is one ``np.take`` per key, for arrays of codes of any
 shape (``[rows]`` or ``[tasks, rows]``). Code ``-1`` selects an all-zero padding row.
@@ -148,7 +150,8 @@ def _bin_edges(values: pd.Series) -> np.ndarray | None:
     if not pd.api.types.is_float_dtype(values):
         return None
     known = pd.to_numeric(values, errors="coerce").astype(np.float64).dropna().to_numpy()
-    if _whole_numbers(known):
+    declared = isinstance(values.dtype, pd.Float64Dtype)  # a quantity by its type (a RecBole ``float``)
+    if _whole_numbers(known) and not declared:
         return None  # whole numbers stored as floats (an integer column with a gap): codes
     if len(np.unique(known)) <= EXACT_NUMBERS:
         return None
@@ -563,6 +566,34 @@ class Featurizer:
         no value in their vocabulary (a column named as MovieLens's none of whose values its encoder read: every
         user, and every value sent, is its unknown slot)."""
         return sorted(self.user_feature_name(key) for key in self.user_tables if self.vocabularies.get(key))
+
+    @property
+    def features_read(self) -> dict[str, dict[str, str]]:
+        """What the model reads of the side tables, by role and column: ``"categorical (N values)"``, ``"binned (N
+        bins)"`` or ``"multi-hot (N tags)"`` (``N`` from the training rows' vocabulary); a column of a table that is
+        not here is no feature (a display title, every value distinct, no value at all)."""
+
+        def counted(n: int, what: str) -> str:
+            return f"{n} {what}{'s' * (n != 1)}"
+
+        def kind(key: str) -> str:
+            size = len(self.vocabularies.get(key, []))
+            return (
+                f"binned ({counted(size, 'bin')})"
+                if self._is_binned_key(key)
+                else f"categorical ({counted(size, 'value')})"
+            )
+
+        return {
+            "user": {self.user_feature_name(k): kind(k) for k in self.user_tables if self.vocabularies.get(k)},
+            "item": {
+                **{self._item_feature_name(k): kind(k) for k in self.item_tables if self.vocabularies.get(k)},
+                **{
+                    self._item_feature_name(k): f"multi-hot ({counted(table.shape[1], 'tag')})"
+                    for k, table in self.item_multi_hot.items()
+                },
+            },
+        }
 
     def user_feature_name(self, key: str) -> str:
         """The side-table column of a user feature key (the key's own suffix for a featurizer saved without them)."""

@@ -22,9 +22,9 @@ from jaxrec.data.dataset import DataError, Dataset, side_table
 from jaxrec.data.parquet import _pyarrow, is_parquet
 from jaxrec.data.text import (
     BACKSLASH_QUOTE,
-    atomic_header,
     first_backslash_quote,
     sniff_separator,
+    typed_header,
     undecodable,
 )
 
@@ -55,8 +55,10 @@ def read_side_table(
       The features indexed by raw id (text, stripped), one column per feature: a column of decimal numbers is
       float64 (a quantity), any other (integers included: codes such as a zip) text; an empty field is missing.
       A RecBole atomic table (``.item``, ``.user``: ``item_id:token  genre:token_seq  price:float``) is read as its
-      header types it: ``float`` numbers, ``token`` text, ``token_seq`` space-separated tags (``"|"``-joined, so
-      multi-hot), except an item's name (``movie_title``, ``item_name``), its ``title``; ``float_seq`` is left out.
+      header types it: ``float`` numbers (nullable ``Float64``: a quantity even of whole numbers), ``token`` text,
+      ``token_seq`` space-separated tags (``"|"``-joined, so multi-hot), except an item's name (``movie_title``,
+      ``item_name``), its ``title``; ``float_seq`` is left out; RecBole's ``genre`` (or ``class``),
+      ``release_year`` and ``zip_code`` are MovieLens's ``genres``, ``year`` and ``zip``, read by their encoders.
 
     Raises:
       DataError: naming the file (and the line) if it is missing or unreadable, has no feature column, a missing
@@ -115,7 +117,7 @@ def read_side_table(
         raise DataError(f"{where}: cannot read it as a table with a header: {str(e).strip()[:200]}{also}") from None
     if frame.shape[1] < 2:
         raise DataError(f"{where}: expected an id column and at least one feature column, found {frame.shape[1]}")
-    types = {} if parquet else atomic_header(frame.columns)
+    types = {} if parquet else typed_header(frame.columns, where)
     if types:
         frame.columns = list(types)
         frame, types = _atomic_fields(frame, types, role, where)
@@ -162,19 +164,34 @@ def read_side_table(
     return pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
 
 
+#: RecBole's names of the columns jaxrec reads with MovieLens's encoders (:mod:`jaxrec.data.featurizer`): the genres
+#: a cross-domain split and the ``item_genres`` tags read, the release year of the new-item split, the zip's region
+_RECBOLE_NAMES = {
+    "item": {"genre": "genres", "class": "genres", "release_year": "year"},
+    "user": {"zip_code": "zip"},
+}
+
+
 def _atomic_fields(
     frame: pd.DataFrame, types: dict[str, str], role: str, where: str
 ) -> tuple[pd.DataFrame, dict[str, str]]:
     """A RecBole atomic table's columns as the features they declare: a ``token_seq`` (space-separated tokens) an
     item's ``"|"``-joined tags (multi-hot), except the item's name (``movie_title``, ``item_name``: the display
-    ``title`` where the table has none); a ``float_seq`` left out, with a warning (no feature reads a vector)."""
-    frame = frame.copy()
+    ``title`` where the table has none); a ``float_seq`` left out, with a warning (no feature reads a vector).
+    RecBole's names of MovieLens's columns (``genre``, ``release_year``, ``zip_code``) are read as jaxrec's."""
+    renamed = {}
     if role == "item" and "title" not in types:
         named = next((c for c in types if c.lower().endswith(("title", "_name")) or c.lower() == "name"), None)
         if named is not None:
-            frame = frame.rename(columns={named: "title"})
-            types = {("title" if c == named else c): t for c, t in types.items()}
-            logger.info("%s: column %r is each item's name (its title), not a feature", where, named)
+            renamed[named] = "title"
+    for source, target in _RECBOLE_NAMES[role].items():
+        if source in types and target not in types and target not in renamed.values():
+            renamed[source] = target
+    if renamed:
+        frame = frame.rename(columns=renamed)
+        types = {renamed.get(c, c): t for c, t in types.items()}
+        logger.info("%s: RecBole's columns %s read as %s", where, list(renamed), list(renamed.values()))
+    frame = frame.copy()
     for column, kind in list(types.items()):
         if kind == "float_seq":
             logger.warning("%s: column %r holds sequences of numbers (float_seq): not used as a feature", where, column)
@@ -197,7 +214,7 @@ def _declared_numbers(values: pd.Series, column: str, where: str, first_line: in
         raise DataError(
             f"{where}: line {i + first_line}: column {column!r} (float) holds {text.iloc[i]!r}, not a number"
         )
-    return numbers.astype(np.float64).to_numpy()
+    return pd.array(numbers.astype(np.float64).to_numpy(), dtype="Float64")  # a quantity even of whole numbers
 
 
 #: a side table's field that says "no value" (compared lower-case)

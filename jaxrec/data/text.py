@@ -25,6 +25,7 @@ from jaxrec.data.dataset import ISO_DATE, DataError, Dataset, UnnamedColumnsErro
 __all__ = [
     "SEPARATORS",
     "atomic_header",
+    "typed_header",
     "from_csv",
     "read_log_table",
     "read_table",
@@ -591,6 +592,19 @@ def atomic_header(labels: Sequence[Any]) -> dict[str, str] | None:
     return names if len(names) == len(found) else None  # a name twice: read as written, refused as any repeat
 
 
+def typed_header(labels: Sequence[Any], where: Any) -> dict[str, str] | None:
+    """:func:`atomic_header` of a file's header, refusing one that types some names as RecBole does and not the
+    others (``user_id:token  item_id``, ``year:int``), which would otherwise be read by its labels as written."""
+    atomic = atomic_header(labels)
+    if atomic is None and any(_ATOMIC_LABEL.fullmatch(str(label).strip().lstrip("\ufeff")) for label in labels):
+        untyped = [str(label) for label in labels if not _ATOMIC_LABEL.fullmatch(str(label).strip().lstrip("\ufeff"))]
+        raise DataError(
+            f"{where}: line 1 types some columns as RecBole's atomic files do (name:type) but not {untyped} (the "
+            f"types are {', '.join(ATOMIC_TYPES)}): type every column, or none"
+        )
+    return atomic
+
+
 def _atomic_name(column: Any, atomic: Mapping[str, str]) -> Any:
     """A column of an atomic header given as its header writes it (``item_id:token``) as its name (``item_id``)."""
     found = _ATOMIC_LABEL.fullmatch(column.strip()) if isinstance(column, str) else None
@@ -658,7 +672,7 @@ def read_log_table(
         logger.info("%s: line 1 read as %s", path, "a header" if header else "data (no header)")
     header = bool(header)
     labels = table_columns(path, sep, header, encoding=encoding)
-    atomic = atomic_header(labels) if header else None
+    atomic = typed_header(labels, path) if header else None
     if atomic is not None:
         labels = list(atomic)
         logger.info("%s: a RecBole atomic header, read by its names %s", path, labels)
@@ -836,9 +850,15 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
                     roles[role] = hit
             for role in ("user", "item"):
                 if role not in roles:
+                    # a mapping reads only the columns it names: the remedy names the roles found as well
+                    named = {**{r: roles[r] for r in ("user", "item") if r in roles}, role: "<name>"}
+                    named.update({r: c for r, c in roles.items() if r not in named})
+                    mapping = ", ".join(f"{r!r}: {c}" if c == "<name>" else f"{r!r}: {c!r}" for r, c in named.items())
+                    flag = ",".join(f"{r}={c}" for r, c in named.items())
                     raise UnnamedColumnsError(
                         f"{path}: no {role} column among the header {cols}",
-                        f"pass columns={{'{role}': <name>, ...}} (--columns {role}=<name>,...)",
+                        f"pass columns={{{mapping}, ...}} (--columns {flag},...; a rating, time or weight column is "
+                        "read only where named)",
                     )
         else:
             if len(cols) > 4:

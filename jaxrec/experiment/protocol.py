@@ -987,11 +987,12 @@ class Experiment:
           params: the meta-learned parameters.
 
         Returns:
-          ``{"dataset": ..., "config": {...}, "tuned": {...}, "data_report": {...}, "tasks": {...},
-          "scenarios": {...}}``; the data report counts what reading the log dropped or merged
-          (:attr:`~jaxrec.data.Dataset.report`), ``tasks`` each task set's build (its tasks and ``users_dropped``:
-          the users with too few or too many ratings to be a task); ``rating_scale`` is the ``[low, high]`` MAE and
-          RMSE clip a prediction to (None with binary targets).
+          ``{"dataset": ..., "config": {...}, "tuned": {...}, "data_report": {...}, "features": {...}, "tasks":
+          {...}, "scenarios": {...}}``; the data report counts what reading the log dropped or merged
+          (:attr:`~jaxrec.data.Dataset.report`), ``features`` what the model reads of the side tables
+          (:attr:`~jaxrec.data.Featurizer.features_read`), ``tasks`` each task set's build (its tasks and
+          ``users_dropped``: the users with too few or too many ratings to be a task); ``rating_scale`` is the
+          ``[low, high]`` MAE and RMSE clip a prediction to (None with binary targets).
         """
         scale = self.featurizer.spec.rating_range
         scenarios = self.evaluate(params)  # first: the baselines' choices on validation users are then in tuned
@@ -1000,6 +1001,7 @@ class Experiment:
             "config": self.config.to_dict(),
             "tuned": self.tuned,
             "data_report": dict(self.dataset.report),
+            "features": self.featurizer.features_read,
             "tasks": {
                 "train": self.train_tasks.stats,
                 "validation": self.val_tasks.stats,

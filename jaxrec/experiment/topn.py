@@ -1402,8 +1402,10 @@ class TopNExperiment:
         return (summaries, stats) if return_stats else summaries
 
     def metrics_document(self, params: Any, *, keep_lists: bool = False) -> dict:
-        """The metrics.json document: ``{"dataset", "task": "topn", "config", "tuned", "split", "scenarios"}``, and
-        with ``sampled_negatives`` a ``"sampled_protocol"`` entry that says what the ``sampled_hr@k`` figures are.
+        """The metrics.json document: ``{"dataset", "task": "topn", "config", "tuned", "split", "data_report",
+        "features", "tasks", "scenarios"}`` (``features``: what the model reads of the side tables,
+        :attr:`~jaxrec.data.Featurizer.features_read`), and with ``sampled_negatives`` a ``"sampled_protocol"``
+        entry that says what the ``sampled_hr@k`` figures are.
 
         Args:
           params: the meta-learned parameters.
@@ -1419,6 +1421,7 @@ class TopNExperiment:
             "tuned": self.tuned,
             "split": self.split.stats,
             "data_report": {k: v for k, v in self.dataset.report.items()},
+            "features": self.featurizer.features_read,
             "tasks": {
                 "train": self.train_tasks.stats,
                 "validation": self.val_tasks.stats,
