@@ -136,6 +136,34 @@ def test_a_header_typed_in_part_is_refused_naming_what_is_not_typed(tmp_path):
         jd.read_side_table(table, "item")
 
 
+def test_a_typed_name_twice_is_named_and_a_log_of_typed_values_keeps_its_first_row(tmp_path):
+    twice = tmp_path / "twice.inter"
+    twice.write_text("user_id:token\titem_id:token\trating:float\trating:float\n1\t2\t3\t4\n")
+    with pytest.raises(jd.DataError, match=r"twice.inter: line 1 names \['rating'\] more than once"):
+        jd.read_log(twice)
+    (tmp_path / "twice.item").write_text("item_id:token\tgenre:token_seq\tgenre:token_seq\n1\tA\tB\n")
+    with pytest.raises(jd.DataError, match=r"line 1 names \['genre'\] more than once"):
+        jd.read_side_table(tmp_path / "twice.item", "item")
+    trailing = tmp_path / "trailing.item"
+    trailing.write_text("item_id:token\tgenre:token_seq\t\n1\tA\t\n")
+    with pytest.raises(jd.DataError, match=r"but not \['an unnamed column \(a separator at the end of the line\?\)'\]"):
+        jd.read_side_table(trailing, "item")
+    data = tmp_path / "pairs.csv"  # no header: every line's fields happen to look typed
+    data.write_text("a:token,b:token\nc:token,d:token\ne:token,f:token\n")
+    assert jd.from_csv(data, columns=["user", "item"]).report["ratings_kept"] == 3
+
+
+def test_the_items_name_is_taken_from_a_name_column_not_any_column_ending_in_name(tmp_path):
+    path = tmp_path / "shop.item"
+    path.write_text(
+        "item_id:token\tbrand_name:token\titem_name:token_seq\tgenre:token_seq\n"
+        "1\tacme\tThe Red Kettle\tA B\n2\tacme\tA Blue Cup\tB\n"
+    )
+    table = jd.read_side_table(path, "item")
+    assert list(table.columns) == ["brand_name", "title", "genres"]
+    assert table.loc["1", "title"] == "The Red Kettle" and table.loc["1", "brand_name"] == "acme"
+
+
 def test_a_role_not_guessed_is_asked_for_with_the_roles_that_were(tmp_path):
     path = tmp_path / "yelp.inter"
     path.write_text("review_id:token\tuser_id:token\tbusiness_id:token\tstars:float\tdate:float\nr1\tu1\tb1\t4\t100\n")
@@ -192,6 +220,12 @@ def test_feature_tables_beside_an_inter_log_are_named_when_not_read(tmp_path, ca
         with_feature_tables(dataset, DataConfig(path=str(inter)))
     assert f"{tmp_path / 'x.item'} lies beside the log and is not read" in caplog.text
     assert "--item-features" in caplog.text and "x.user" not in caplog.text
+    caplog.clear()
+    zipped = tmp_path / "x.inter.gz"
+    zipped.write_bytes(gzip.compress(inter.read_bytes()))
+    with caplog.at_level(logging.WARNING):
+        with_feature_tables(jd.read_log(zipped), DataConfig(path=str(zipped)))
+    assert f"{tmp_path / 'x.item'} lies beside the log and is not read" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         joined = with_feature_tables(dataset, DataConfig(path=str(inter), item_features=str(tmp_path / "x.item")))

@@ -57,8 +57,8 @@ def read_side_table(
       A RecBole atomic table (``.item``, ``.user``: ``item_id:token  genre:token_seq  price:float``) is read as its
       header types it: ``float`` numbers (nullable ``Float64``: a quantity even of whole numbers), ``token`` text,
       ``token_seq`` space-separated tags (``"|"``-joined, so multi-hot), except an item's name (``movie_title``,
-      ``item_name``), its ``title``; ``float_seq`` is left out; RecBole's ``genre`` (or ``class``),
-      ``release_year`` and ``zip_code`` are MovieLens's ``genres``, ``year`` and ``zip``, read by their encoders.
+      ``item_name``), its ``title``; ``float_seq`` is left out; RecBole's ``genre`` (or ``class``) and
+      ``release_year`` are MovieLens's ``genres`` and ``year``, read by their encoders.
 
     Raises:
       DataError: naming the file (and the line) if it is missing or unreadable, has no feature column, a missing
@@ -164,12 +164,12 @@ def read_side_table(
     return pd.DataFrame(features, index=pd.Index(ids.astype(object).to_numpy(), name="raw_id"))
 
 
-#: RecBole's names of the columns jaxrec reads with MovieLens's encoders (:mod:`jaxrec.data.featurizer`): the genres
-#: a cross-domain split and the ``item_genres`` tags read, the release year of the new-item split, the zip's region
-_RECBOLE_NAMES = {
-    "item": {"genre": "genres", "class": "genres", "release_year": "year"},
-    "user": {"zip_code": "zip"},
-}
+#: RecBole's names of the item columns jaxrec reads with MovieLens's encoders (:mod:`jaxrec.data.featurizer`): the
+#: genres a cross-domain split and the ``item_genres`` tags read, the release year of the new-item split (a user
+#: column keeps its name: a new user's ``--features`` are written with the table's names)
+_RECBOLE_NAMES = {"item": {"genre": "genres", "class": "genres", "release_year": "year"}, "user": {}}
+#: the names RecBole's tables give an item's display name, in the order one is taken for the ``title``
+_TITLE_NAMES = ("title", "movie_title", "item_name", "book_title", "name")
 
 
 def _atomic_fields(
@@ -178,10 +178,11 @@ def _atomic_fields(
     """A RecBole atomic table's columns as the features they declare: a ``token_seq`` (space-separated tokens) an
     item's ``"|"``-joined tags (multi-hot), except the item's name (``movie_title``, ``item_name``: the display
     ``title`` where the table has none); a ``float_seq`` left out, with a warning (no feature reads a vector).
-    RecBole's names of MovieLens's columns (``genre``, ``release_year``, ``zip_code``) are read as jaxrec's."""
+    RecBole's names of MovieLens's item columns (``genre`` or ``class``, ``release_year``) are read as jaxrec's."""
     renamed = {}
     if role == "item" and "title" not in types:
-        named = next((c for c in types if c.lower().endswith(("title", "_name")) or c.lower() == "name"), None)
+        lowered = {c.lower(): c for c in types}
+        named = next((lowered[n] for n in _TITLE_NAMES if n in lowered), None)
         if named is not None:
             renamed[named] = "title"
     for source, target in _RECBOLE_NAMES[role].items():

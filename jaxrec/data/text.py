@@ -564,11 +564,11 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
     they all have one); else it is data, kept as the first row.
     """
     text = [f.strip().strip('"').strip() for f in fields]
-    if atomic_header(text) is not None:  # every field "name:type": no log holds such data
-        return True
+    following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
+    if atomic_header(text) is not None and not any(atomic_header(row) for row in following):
+        return True  # every field "name:type", and not the lines after it: RecBole's typed header
     roles = _positions_of_roles(columns, len(text))
     numeric = {p: r for p, r in roles.items() if r in _NUMERIC_ROLES}
-    following = [_split_fields(line, sep) for line in _head_lines(path, 21, encoding)[1:]]
     if numeric:
         if any(_value_in_role(text[p], role) or text[p].lower() in _MISSING_TOKENS for p, role in numeric.items()):
             return False
@@ -583,26 +583,42 @@ def _infer_header(path: Path, sep: str, fields: list[str], columns: Any, encodin
 
 def atomic_header(labels: Sequence[Any]) -> dict[str, str] | None:
     """``{name: type}`` of a RecBole atomic header, where every label is ``name:type`` (``user_id:token``,
-    ``genre:token_seq``, ``rating:float``), or ``None`` for any other header. A file in this form is read by its
-    names (``user_id``), so that roles are guessed and ``columns=`` is written as for any log."""
-    found = [_ATOMIC_LABEL.fullmatch(str(label).strip().lstrip("\ufeff")) for label in labels]
+    ``genre:token_seq``, ``rating:float``), or ``None`` for any other header (one that names a column twice
+    included: :func:`typed_header` refuses it). A file in this form is read by its names (``user_id``), so that
+    roles are guessed and ``columns=`` is written as for any log."""
+    found = [_ATOMIC_LABEL.fullmatch(_label_text(label)) for label in labels]
     if not found or not all(found):
         return None
     names = {m.group(1).strip(): m.group(2) for m in found}
-    return names if len(names) == len(found) else None  # a name twice: read as written, refused as any repeat
+    return names if len(names) == len(found) else None
+
+
+def _label_text(label: Any) -> str:
+    """A header label as the file writes it: without a byte-order mark, nor pandas' ``.1`` of a repeated name."""
+    return re.sub(r"(:(?:" + "|".join(ATOMIC_TYPES) + r"))\.[0-9]+$", r"\1", str(label).strip().lstrip("\ufeff"))
 
 
 def typed_header(labels: Sequence[Any], where: Any) -> dict[str, str] | None:
     """:func:`atomic_header` of a file's header, refusing one that types some names as RecBole does and not the
-    others (``user_id:token  item_id``, ``year:int``), which would otherwise be read by its labels as written."""
+    others (``user_id:token  item_id``, ``year:int``), which would otherwise be read by its labels as written, and
+    one that types a name twice."""
     atomic = atomic_header(labels)
-    if atomic is None and any(_ATOMIC_LABEL.fullmatch(str(label).strip().lstrip("\ufeff")) for label in labels):
-        untyped = [str(label) for label in labels if not _ATOMIC_LABEL.fullmatch(str(label).strip().lstrip("\ufeff"))]
-        raise DataError(
-            f"{where}: line 1 types some columns as RecBole's atomic files do (name:type) but not {untyped} (the "
-            f"types are {', '.join(ATOMIC_TYPES)}): type every column, or none"
-        )
-    return atomic
+    typed = [_ATOMIC_LABEL.fullmatch(_label_text(label)) for label in labels]
+    if atomic is not None or not any(typed):
+        return atomic
+    if all(typed):
+        names = [m.group(1).strip() for m in typed]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise DataError(f"{where}: line 1 names {twice} more than once; rename or drop the repeats")
+    untyped = [
+        "an unnamed column (a separator at the end of the line?)" if str(label).startswith("Unnamed: ") else str(label)
+        for label, m in zip(labels, typed, strict=True)
+        if not m
+    ]
+    raise DataError(
+        f"{where}: line 1 types some columns as RecBole's atomic files do (name:type) but not {untyped} (the types "
+        f"are {', '.join(ATOMIC_TYPES)}): type every column, or none"
+    )
 
 
 def _atomic_name(column: Any, atomic: Mapping[str, str]) -> Any:

@@ -1070,9 +1070,10 @@ def with_feature_tables(dataset: Dataset, data: DataConfig) -> Dataset:
     (:func:`~jaxrec.data.join_side_files`); ``dataset`` itself when it names none. A RecBole log (``x.inter``)
     whose feature tables lie beside it (``x.item``, ``x.user``) and are not named is warned of: RecBole reads them
     by their names, jaxrec only when asked."""
-    if data.path is not None and Path(data.path).suffix == ".inter":
+    log = Path(data.path) if data.path is not None else None
+    if log is not None and log.name.endswith((".inter", ".inter.gz")):
         for role in ("item", "user"):
-            beside = Path(data.path).with_suffix(f".{role}")
+            beside = log.with_name(log.name.split(".inter")[0] + f".{role}")
             if getattr(data, f"{role}_features") is None and beside.is_file():
                 logger.warning(
                     "%s lies beside the log and is not read: name it as %s_features= (--%s-features %s) to use its "
