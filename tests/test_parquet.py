@@ -110,7 +110,7 @@ def test_roles_in_file_order_and_a_partitioned_folder(tmp_path):
         (
             {"user_id": [1], "item_id": [2], "mood": ["x"]},
             None,
-            r"unexpected extra column\(s\) \['mood'\].*user=<name>",
+            r"unexpected extra column\(s\) \['mood'\].*--columns user=user_id,item=item_id: the others .* weight=mood",
         ),
         ({"who": [1], "item": [2]}, "user=whom,item=item", r"bad.parquet: missing column 'whom' \(for 'user'\)"),
         ({"who": [1], "item": [2]}, "user=who,item", r"mixes role=column entries with roles in file order"),

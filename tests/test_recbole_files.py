@@ -179,6 +179,18 @@ def test_a_role_not_guessed_is_asked_for_with_the_roles_that_were(tmp_path):
     assert named.report["ratings_kept"] == 1 and named.items["raw_id"].tolist() == ["b1"]
 
 
+def test_columns_beyond_the_roles_are_named_with_the_columns_that_fit_them(tmp_path):
+    path = tmp_path / "gowalla.inter"
+    path.write_text(
+        "user_id:token\titem_id:token\ttimestamp:float\tlatitude:float\tlongitude:float\n1\t2\t100\t30.2\t-97.7\n"
+    )
+    with pytest.raises(jd.DataError, match=r"extra column\(s\) \['latitude', 'longitude'\]; .*--columns "
+                       r"user=user_id,item=item_id,timestamp=timestamp: the others are then not read"):  # fmt: skip
+        jd.read_log(path, feedback="implicit")
+    named = jd.read_log(path, "user=user_id,item=item_id,timestamp=timestamp", feedback="implicit")
+    assert named.report["ratings_kept"] == 1
+
+
 def test_float_columns_are_numbers_and_float_sequences_are_left_out(tmp_path, caplog):
     path = tmp_path / "shop.item"
     path.write_text(

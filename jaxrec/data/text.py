@@ -925,8 +925,10 @@ def resolve_columns(cols: list, columns: Any, header: bool, path: Path, allow_ex
     if header and columns is None:
         extra = [c for c in cols if c not in roles.values()]
         if extra and not allow_extra:
+            guessed = ",".join(f"{role}={col}" for role, col in roles.items())
             raise DataError(
                 f"{path}: unexpected extra column(s) {extra}; name the roles' columns in columns= (--columns "
-                "user=<name>,item=<name>,...; the others are then not read; jaxrec.data.from_csv: allow_extra=True)"
+                f"{guessed}: the others are then not read; add e.g. weight={extra[0]} where one is a count or a "
+                "confidence; jaxrec.data.from_csv: allow_extra=True)"
             )
     return roles
