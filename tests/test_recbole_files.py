@@ -46,6 +46,17 @@ def test_the_bundled_ratings_as_an_inter_file_are_the_same_dataset(tmp_path):
     assert implicit.report["ratings_kept"] == int((plain.ratings["rating"] >= 4).sum())
 
 
+def test_a_recbole_dataset_folder_is_answered_with_its_log(tmp_path):
+    folder = tmp_path / "ml-latest-small"
+    folder.mkdir()
+    inter = write_inter(folder / "ml-latest-small.inter", bundled_ratings().head(50))
+    (folder / "ml-latest-small.item").write_text("item_id:token\tgenre:token_seq\n1\tA\n")
+    with pytest.raises(
+        jd.DataError, match=rf"a folder without Parquet files .*; its RecBole log is a file: give {inter}"
+    ):
+        jd.read_log(folder)
+
+
 def test_columns_are_named_by_their_names_or_as_the_header_writes_them(tmp_path):
     ratings = bundled_ratings().head(500)
     inter = write_inter(tmp_path / "x.inter", ratings)

@@ -168,9 +168,10 @@ def read_parquet_roles(
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
+    files = _folder_parquet(path) if path.is_dir() else None  # before pyarrow is asked for: a folder of CSVs
     pa = _pyarrow()
     try:
-        dataset, skipped = _open(path)
+        dataset, skipped = _open(path, files)
         schema = dataset.schema
     except (pa.ArrowException, OSError) as unreadable:
         raise DataError(f"{path}: not a readable Parquet file or folder: {unreadable}") from unreadable
@@ -186,16 +187,25 @@ def read_parquet_roles(
     return frame, roles, {"labels": labels, "read": wanted, "dataset": dataset, "skipped": skipped}
 
 
-def _open(path: Path) -> tuple[Any, list[str]]:
-    """The pyarrow dataset of a file, or of a folder's Parquet files (by their magic bytes; the others, a stray
-    ``notes.csv``, are left out and named in a warning) with hive partition keys (``day=2024-01-08/``) as text:
-    a key is a folder name, and ``007`` and ``7`` are two ids, not one integer."""
-    pa = _pyarrow()
-    if not path.is_dir():
-        return pa.dataset.dataset(str(path), format="parquet"), []
+def _folder_parquet(path: Path) -> tuple[list[Path], list[Path]]:
+    """A folder's Parquet files and its other files (:func:`_folder_files`), refusing a folder without Parquet
+    files (and naming a RecBole log in it: a dataset folder of ``.inter``, ``.item`` and ``.user`` files)."""
     parquet, others = _folder_files(path)
     if not parquet:
-        raise DataError(f"{path}: a folder without Parquet files (a log is a file, or a folder of Parquet files)")
+        inter = sorted(f.name for f in path.iterdir() if f.name.endswith((".inter", ".inter.gz")))
+        hint = f"; its RecBole log is a file: give {path / inter[0]} (--data)" if inter else ""
+        raise DataError(f"{path}: a folder without Parquet files (a log is a file, or a folder of Parquet files){hint}")
+    return parquet, others
+
+
+def _open(path: Path, files: tuple[list[Path], list[Path]] | None) -> tuple[Any, list[str]]:
+    """The pyarrow dataset of a file, or of a folder's Parquet files (``files``: :func:`_folder_parquet`'s, by
+    their magic bytes; the others, a stray ``notes.csv``, are left out and named in a warning) with hive partition
+    keys (``day=2024-01-08/``) as text: a key is a folder name, and ``007`` and ``7`` are two ids, not one integer."""
+    pa = _pyarrow()
+    if files is None:
+        return pa.dataset.dataset(str(path), format="parquet"), []
+    parquet, others = files
     skipped = [str(f.relative_to(path)) for f in others]
     if skipped:
         logger.warning("%s: %d file(s) that are not Parquet left out: %s", path, len(skipped), ", ".join(skipped[:5]))
