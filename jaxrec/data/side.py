@@ -188,11 +188,10 @@ def _atomic_fields(
     for source, target in _RECBOLE_NAMES[role].items():
         if source in types and target not in types and target not in renamed.values():
             renamed[source] = target
+    frame = frame.rename(columns=renamed)  # a new frame, whose columns are changed below
     if renamed:
-        frame = frame.rename(columns=renamed)
         types = {renamed.get(c, c): t for c, t in types.items()}
         logger.info("%s: RecBole's columns %s read as %s", where, list(renamed), list(renamed.values()))
-    frame = frame.copy()
     for column, kind in list(types.items()):
         if kind == "float_seq":
             logger.warning("%s: column %r holds sequences of numbers (float_seq): not used as a feature", where, column)

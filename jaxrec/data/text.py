@@ -24,6 +24,7 @@ from jaxrec.data.dataset import ISO_DATE, DataError, Dataset, UnnamedColumnsErro
 
 __all__ = [
     "SEPARATORS",
+    "WEIGHT_NAMES",
     "atomic_header",
     "typed_header",
     "from_csv",
@@ -40,18 +41,21 @@ __all__ = [
 SEPARATORS = ("::", ",", "\t", "|", ";")
 _ROLES = ("user", "item", "rating", "timestamp", "weight")
 _POSITIONAL_ROLES = _ROLES[:4]  # the order of a headerless file's columns when columns= is not given
+#: a weight column's common names (a count, plays, clicks), read as one by every reader of a log or a new user's file
+WEIGHT_NAMES = ("weight", "count", "counts", "plays", "playcount", "clicks")
 _COMMON_NAMES = {
     "user": ("user", "userid", "user_id", "uid"),
     "item": ("item", "itemid", "item_id", "movieid", "movie_id", "iid"),
     "rating": ("rating", "ratings", "score", "label"),
     "timestamp": ("timestamp", "time", "ts", "date"),
-    "weight": ("weight", "count", "counts", "plays", "playcount", "clicks"),
+    "weight": WEIGHT_NAMES,
 }
 _NUMERIC_ROLES = ("rating", "weight", "timestamp")
 #: the field types of RecBole's atomic files (``.inter``, ``.user``, ``.item``), whose header types each name:
 #: ``user_id:token  item_id:token  rating:float  timestamp:float``
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 _ATOMIC_LABEL = re.compile(r"(.+):(" + "|".join(ATOMIC_TYPES) + r")")
+_REPEATED_ATOMIC_LABEL = re.compile(r"(:(?:" + "|".join(ATOMIC_TYPES) + r"))\.[0-9]+$")  # pandas' "rating:float.1"
 _POWERS_OF_TEN = 10 ** np.arange(19, dtype=np.int64)  # the digits of an int64 id: how many powers it reaches
 
 logger = logging.getLogger(__name__)
@@ -595,7 +599,7 @@ def atomic_header(labels: Sequence[Any]) -> dict[str, str] | None:
 
 def _label_text(label: Any) -> str:
     """A header label as the file writes it: without a byte-order mark, nor pandas' ``.1`` of a repeated name."""
-    return re.sub(r"(:(?:" + "|".join(ATOMIC_TYPES) + r"))\.[0-9]+$", r"\1", str(label).strip().lstrip("\ufeff"))
+    return _REPEATED_ATOMIC_LABEL.sub(r"\1", str(label).strip().lstrip("\ufeff"))
 
 
 def typed_header(labels: Sequence[Any], where: Any) -> dict[str, str] | None:

@@ -20,7 +20,7 @@ from jaxrec.core.params import task_initialisation
 from jaxrec.data import DataError, Featurizer, sniff_separator
 from jaxrec.data.dataset import integer_ids
 from jaxrec.data.jsonlines import is_json_lines
-from jaxrec.data.text import BACKSLASH_QUOTE, first_backslash_quote, undecodable
+from jaxrec.data.text import BACKSLASH_QUOTE, WEIGHT_NAMES, first_backslash_quote, undecodable
 from jaxrec.data.topn import support_history
 from jaxrec.evaluation.topn import is_user_side, recency_weights
 from jaxrec.experiment.checkpoint import CheckpointError, read_metadata
@@ -58,9 +58,7 @@ HISTORY_KEYS = ("history_item", "history_rating")
 _ITEM_NAMES = ("item", "itemid", "item_id", "movieid", "movie_id", "iid", "id")
 
 
-_RATING_NAMES = ("rating", "ratings", "score", "stars", "weight", "count", "counts", "plays", "playcount", "clicks")
-#: the names among them of a weight column
-_WEIGHT_NAMES = ("weight", "count", "counts", "plays", "playcount", "clicks")
+_RATING_NAMES = ("rating", "ratings", "score", "stars", *WEIGHT_NAMES)  # a weight column is a weighted run's values
 
 
 def read_user_ratings(
@@ -183,7 +181,7 @@ def read_user_ratings(
     # a weighted run whose log's ratings were each an interaction, whatever the rating: so are a new user's (their
     # repeats add up); a column the header calls a weight stays weights
     named = first[rating_col] if header else "rating"
-    as_interactions = weighted and ratings_as_interactions and not listed and named not in _WEIGHT_NAMES
+    as_interactions = weighted and ratings_as_interactions and not listed and named not in WEIGHT_NAMES
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

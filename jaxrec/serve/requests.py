@@ -259,8 +259,8 @@ class Catalogue:
             raise RequestError(f"the {field} of an item sent more than once sum beyond float32, the model's precision")
         seen = np.setdiff1d(np.asarray(seen, np.int64), codes)
         ignored = interactions is None and self.values_ignored and any(value != 1 for _, value in known)
-        sent_values = [v for r, v in sent_ratings or () if self.code(r) is not None]  # the known items' ratings
-        ignored = ignored or any(v != 1 for v in sent_values)
+        missing = set(unknown)  # the known items' ratings, read as interactions: said where any is not 1
+        ignored = ignored or any(v != 1 for r, v in sent_ratings or () if r not in missing)
         as_weights = interactions is None and self.weighted and bool(known)
         return UserSupport(
             codes,
