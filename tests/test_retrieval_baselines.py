@@ -75,6 +75,45 @@ def test_itemknn_without_pruning_equals_the_dense_cosine_fold_in(shrink):
     np.testing.assert_allclose(scores, S.toarray() @ C, rtol=1e-5, atol=1e-6)
 
 
+def tfidf_weighted(X):
+    """The users' rows as TF-IDF weighs a document's terms (the ``implicit`` library's ``tfidf_weight`` of the
+    items x users matrix): ``sqrt(x) * (log(n_items) - log(1 + n_u))``, a user's ``n_u`` items; and the idf's root
+    mean square over the interactions."""
+    X = X.toarray().astype(np.float64)
+    per_user = (X != 0).sum(axis=1)
+    idf = np.log(X.shape[1]) - np.log1p(per_user)
+    return np.sqrt(X) * idf[:, None], np.sqrt(np.sum(per_user * idf**2) / per_user.sum())
+
+
+@pytest.mark.parametrize("shrink", [0.0, 3.0])
+def test_itemknn_with_tfidf_weighting_is_the_cosine_of_the_weighted_users(shrink):
+    X = random_interactions(40, 13, 0.3, seed=3, weighted=True)
+    X[:3] = 0.0
+    X[:3, :8] = 1.0  # three heavy users: the lowest weights
+    W, scale = tfidf_weighted(X)
+    assert np.ptp(W[W != 0]) > 1.0
+    model = rb.fit_itemknn(X, neighbours=13, shrink=shrink, weighting="tfidf")
+    # the idf scaled to a root mean square of 1: the cosine is unchanged, the shrink in the units of the weights
+    C = dense_cosine(sp.csr_matrix(W / scale), shrink)
+    np.testing.assert_allclose(model.similarity.toarray(), C, rtol=1e-6, atol=1e-7)
+    if shrink == 0.0:
+        np.testing.assert_allclose(C, dense_cosine(sp.csr_matrix(W), 0.0), rtol=1e-12)
+    assert not np.allclose(C, dense_cosine(X, shrink), atol=1e-3)  # the weighting moves the similarities
+    S = random_interactions(5, 13, 0.2, seed=4)
+    np.testing.assert_allclose(model.scores(S), S.toarray() @ C, rtol=1e-5, atol=1e-6)
+
+
+def test_itemknn_refuses_an_unknown_weighting_and_negative_weights_under_tfidf():
+    X = random_interactions(20, 6, 0.4, seed=5)
+    with pytest.raises(ValueError, match="weighting must be one of 'none', 'tfidf', got 'bm25'"):
+        rb.fit_itemknn(X, weighting="bm25")
+    negative = X.copy()
+    negative.data[0] = -1.0
+    rb.fit_itemknn(negative, neighbours=3)  # the plain cosine takes any weights
+    with pytest.raises(ValueError, match=r"non-negative weights for weighting='tfidf' \(1 < 0\)"):
+        rb.fit_itemknn(negative, weighting="tfidf")
+
+
 def test_itemknn_keeps_each_items_largest_similarities_also_in_small_blocks(monkeypatch):
     X = random_interactions(60, 20, 0.3, seed=2, weighted=True)  # continuous weights: no ties
     C = dense_cosine(X, shrink=1.0)

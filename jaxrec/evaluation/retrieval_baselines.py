@@ -47,6 +47,7 @@ import threadpoolctl
 __all__ = [
     "EASE_MAX_ITEMS",
     "EASE_SLOW_ITEMS",
+    "ITEMKNN_WEIGHTINGS",
     "MF_ITERATIONS",
     "RETRIEVAL_BASELINES",
     "ContentModel",
@@ -293,8 +294,16 @@ class ItemKNNModel:
         return np.asarray((S @ self.similarity).toarray(), np.float32)
 
 
-def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKNNModel:
+def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0, weighting: str = "none") -> ItemKNNModel:
     """Fit item-based kNN with (shrunk) cosine similarity (Sarwar, Karypis, Konstan & Riedl, WWW 2001).
+
+    With ``weighting="tfidf"`` the users' rows are first weighted as documents' terms are in TF-IDF, as the
+    ``implicit`` library's ``TFIDFRecommender`` weighs them: ``X_ui <- sqrt(X_ui) idf_u`` with ``idf_u = log(n) -
+    log(1 + n_u)``, ``n`` the catalogue's size and ``n_u`` the user's number of items. A user who interacted with
+    much of the catalogue then says little about which two items go together (a pair's co-occurrence counts
+    ``idf_u^2`` for each user it shares), and the cosine below is taken of the weighted columns. On MovieLens this
+    ranks a new user's next items better than the plain cosine (research log, session 48). ``"none"``: ``X`` as
+    given.
 
     With ``G = X^T X`` and ``D = diag(G)`` (the squared column norms),
 
@@ -317,17 +326,23 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
       X: the training interactions ``[n_train_users, n_items]``.
       neighbours: the number of neighbours kept per item (>= 1); ``>= n_items - 1`` keeps every similarity.
       shrink: the shrinkage term (>= 0).
+      weighting: ``"none"`` or ``"tfidf"``, the weighting of the users' rows before the cosine.
 
     Returns:
       The :class:`ItemKNNModel`.
 
     Raises:
-      ValueError: if ``X`` is empty or holds non-finite weights, or a hyper-parameter is out of range.
+      ValueError: if ``X`` is empty or holds non-finite weights (or negative ones, with ``"tfidf"``), or a
+        hyper-parameter is out of range.
     """
     X = _train_matrix(X)
     if isinstance(neighbours, bool) or not isinstance(neighbours, int | np.integer) or neighbours < 1:
         raise ValueError(f"neighbours must be an int >= 1, got {neighbours!r}")
     shrink = _positive(shrink, "shrink", strict=False)
+    if weighting not in ITEMKNN_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(map(repr, ITEMKNN_WEIGHTINGS))}, got {weighting!r}")
+    if weighting == "tfidf":
+        X = _tfidf_rows(X)
     n = X.shape[1]
     users_per_item = np.diff(X.tocsc().indptr)
     items = np.flatnonzero(users_per_item)
@@ -354,6 +369,29 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0) -> ItemKN
     )
     similarity.sort_indices()
     return ItemKNNModel(similarity=similarity)
+
+
+#: the weightings of the users' rows :func:`fit_itemknn` takes
+ITEMKNN_WEIGHTINGS = ("none", "tfidf")
+
+
+def _tfidf_rows(X: sp.csr_matrix) -> sp.csr_matrix:
+    """``sqrt(X_ui) idf_u / s``, ``idf_u = log(n_items) - log(1 + n_u)``: :func:`fit_itemknn`'s ``"tfidf"``.
+
+    ``s``, the root mean square of ``idf_u`` over the interactions, leaves the cosine as it is and keeps ``shrink``
+    in the units of the weights themselves (of the co-occurrence counts on a binary log), so that one shrink grid
+    serves both weightings."""
+    if np.any(X.data < 0):
+        raise ValueError(f"X must hold non-negative weights for weighting='tfidf' ({int(np.sum(X.data < 0))} < 0)")
+    per_user = np.diff(X.indptr)
+    idf = np.repeat(np.log(X.shape[1]) - np.log1p(per_user), per_user)
+    scale = np.sqrt(np.mean(idf**2))
+    if scale == 0:  # every user of all items but one (a catalogue of two): no user says more than another
+        return X
+    weighted = X.copy()
+    weighted.data = np.sqrt(weighted.data) * idf / scale
+    weighted.eliminate_zeros()  # a user of every item but one: idf 0, no weight in any pair
+    return weighted
 
 
 #: a Gram block holding more than 1 / _DENSE_FRACTION of its entries is pruned densely, a sparser one by sorting

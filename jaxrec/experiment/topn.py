@@ -86,11 +86,15 @@ logger = logging.getLogger(__name__)
 
 #: the hyper-parameters tried on the validation users for each baseline
 #: (widened each time half the splits of ml-100k and ml-latest-small chose an edge of a grid: EASE l2 2000, 200
-#: neighbours and ALS l2 100 / alpha 10 at first; then 500 neighbours, shrink 10 and ALS alpha 1)
+#: neighbours and ALS l2 100 / alpha 10 at first; then 500 neighbours, shrink 10 and ALS alpha 1; item-kNN's TF-IDF
+#: weighting of the users, as the ``implicit`` library's item-kNN has it, since an audit against that library)
 BASELINE_GRIDS: dict[str, list[dict]] = {
     "popular": [{}],
     "itemknn": [
-        {"neighbours": n, "shrink": s} for n in (20, 50, 100, 200, 500, 1000, 2000) for s in (0.0, 10.0, 50.0, 200.0)
+        {"neighbours": n, "shrink": s, "weighting": w}
+        for w in ("none", "tfidf")
+        for n in (20, 50, 100, 200, 500, 1000, 2000)
+        for s in (0.0, 10.0, 50.0, 200.0)
     ],
     "ease": [{"l2": l2} for l2 in (10.0, 50.0, 200.0, 500.0, 2000.0, 5000.0, 20000.0)],
     "mf": [
