@@ -77,11 +77,11 @@ def test_itemknn_without_pruning_equals_the_dense_cosine_fold_in(shrink):
 
 def tfidf_weighted(X):
     """The users' rows as TF-IDF weighs a document's terms (the ``implicit`` library's ``tfidf_weight`` of the
-    items x users matrix): ``sqrt(x) * (log(n_items) - log(1 + n_u))``, a user's ``n_u`` items; and the idf's root
-    mean square over the interactions."""
+    items x users matrix, over the items seen): ``sqrt(x) * (log(n) - log(1 + n_u))``, a user's ``n_u`` items; and
+    the idf's root mean square over the interactions."""
     X = X.toarray().astype(np.float64)
     per_user = (X != 0).sum(axis=1)
-    idf = np.log(X.shape[1]) - np.log1p(per_user)
+    idf = np.log((X != 0).any(axis=0).sum()) - np.log1p(per_user)
     return np.sqrt(X) * idf[:, None], np.sqrt(np.sum(per_user * idf**2) / per_user.sum())
 
 
@@ -101,6 +101,12 @@ def test_itemknn_with_tfidf_weighting_is_the_cosine_of_the_weighted_users(shrink
     assert not np.allclose(C, dense_cosine(X, shrink), atol=1e-3)  # the weighting moves the similarities
     S = random_interactions(5, 13, 0.2, seed=4)
     np.testing.assert_allclose(model.scores(S), S.toarray() @ C, rtol=1e-5, atol=1e-6)
+    # items nobody interacted with (added after training) change no similarity: the idf counts the items seen
+    wider = sp.hstack([X, sp.csr_matrix((X.shape[0], 5))], format="csr")
+    np.testing.assert_array_equal(
+        rb.fit_itemknn(wider, neighbours=13, shrink=shrink, weighting="tfidf").similarity.toarray()[:13, :13],
+        model.similarity.toarray(),
+    )
 
 
 def test_itemknn_refuses_an_unknown_weighting_and_negative_weights_under_tfidf():

@@ -299,7 +299,8 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0, weighting
 
     With ``weighting="tfidf"`` the users' rows are first weighted as documents' terms are in TF-IDF, as the
     ``implicit`` library's ``TFIDFRecommender`` weighs them: ``X_ui <- sqrt(X_ui) idf_u`` with ``idf_u = log(n) -
-    log(1 + n_u)``, ``n`` the catalogue's size and ``n_u`` the user's number of items. A user who interacted with
+    log(1 + n_u)``, ``n`` the number of items seen in ``X`` and ``n_u`` the user's number of items (items nobody
+    interacted with, such as items added after training, change nothing). A user who interacted with
     much of the catalogue then says little about which two items go together (a pair's co-occurrence counts
     ``idf_u^2`` for each user it shares), and the cosine below is taken of the weighted columns. On MovieLens this
     ranks a new user's next items better than the plain cosine (research log, session 48). ``"none"``: ``X`` as
@@ -376,7 +377,8 @@ ITEMKNN_WEIGHTINGS = ("none", "tfidf")
 
 
 def _tfidf_rows(X: sp.csr_matrix) -> sp.csr_matrix:
-    """``sqrt(X_ui) idf_u / s``, ``idf_u = log(n_items) - log(1 + n_u)``: :func:`fit_itemknn`'s ``"tfidf"``.
+    """``sqrt(X_ui) idf_u / s``, ``idf_u = log(n) - log(1 + n_u)`` over the ``n`` items seen: :func:`fit_itemknn`'s
+    ``"tfidf"``.
 
     ``s``, the root mean square of ``idf_u`` over the interactions, leaves the cosine as it is and keeps ``shrink``
     in the units of the weights themselves (of the co-occurrence counts on a binary log), so that one shrink grid
@@ -384,7 +386,7 @@ def _tfidf_rows(X: sp.csr_matrix) -> sp.csr_matrix:
     if np.any(X.data < 0):
         raise ValueError(f"X must hold non-negative weights for weighting='tfidf' ({int(np.sum(X.data < 0))} < 0)")
     per_user = np.diff(X.indptr)
-    idf = np.repeat(np.log(X.shape[1]) - np.log1p(per_user), per_user)
+    idf = np.repeat(np.log(_seen_items(X)) - np.log1p(per_user), per_user)
     scale = np.sqrt(np.mean(idf**2))
     if scale == 0:  # every user of all items but one (a catalogue of two): no user says more than another
         return X
