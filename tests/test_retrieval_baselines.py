@@ -96,8 +96,6 @@ def test_itemknn_with_tfidf_weighting_is_the_cosine_of_the_weighted_users(shrink
     # the idf scaled to a root mean square of 1: the cosine is unchanged, the shrink in the units of the weights
     C = dense_cosine(sp.csr_matrix(W / scale), shrink)
     np.testing.assert_allclose(model.similarity.toarray(), C, rtol=1e-6, atol=1e-7)
-    if shrink == 0.0:
-        np.testing.assert_allclose(C, dense_cosine(sp.csr_matrix(W), 0.0), rtol=1e-12)
     assert not np.allclose(C, dense_cosine(X, shrink), atol=1e-3)  # the weighting moves the similarities
     S = random_interactions(5, 13, 0.2, seed=4)
     np.testing.assert_allclose(model.scores(S), S.toarray() @ C, rtol=1e-5, atol=1e-6)
@@ -107,6 +105,21 @@ def test_itemknn_with_tfidf_weighting_is_the_cosine_of_the_weighted_users(shrink
         rb.fit_itemknn(wider, neighbours=13, shrink=shrink, weighting="tfidf").similarity.toarray()[:13, :13],
         model.similarity.toarray(),
     )
+
+
+def test_itemknn_tfidf_drops_a_user_of_all_seen_items_but_one_and_squares_a_negative_idf():
+    X = random_interactions(30, 9, 0.3, seed=6).toarray()  # 8 items seen, the last never
+    X[0, :7] = 1.0
+    X[0, 7] = 0.0  # a user of 7 of the 8 seen items: idf log(8) - log(8) = 0
+    X[1, :8] = 1.0  # a user of all 8: idf log(8) - log(9) < 0
+    X = sp.csr_matrix(X)
+    W, scale = tfidf_weighted(X)
+    assert np.all(W[0] == 0) and np.all(W[1, :8] < 0)
+    C = dense_cosine(sp.csr_matrix(W / scale), 0.0)
+    np.testing.assert_allclose(rb.fit_itemknn(X, neighbours=9, weighting="tfidf").similarity.toarray(), C, rtol=1e-6)
+    # only users of every seen item but one: no weight is left, and the fit says so
+    with pytest.raises(ValueError, match="leaves no weight"):
+        rb.fit_itemknn(sp.csr_matrix(np.array([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]])), weighting="tfidf")
 
 
 def test_itemknn_refuses_an_unknown_weighting_and_negative_weights_under_tfidf():

@@ -318,7 +318,8 @@ def fit_itemknn(X: Any, *, neighbours: int = 100, shrink: float = 0.0, weighting
     cut are common on binary logs (pairs seen together once). Where the computed values are exactly equal between
     items of unequal counts (binary cosines tie when ``c_i^2 / n_i = c_k^2 / n_k``, ``c`` the co-occurrences with
     the target and ``n`` the counts), the more popular is kept whatever the log's item codes; most ties are between
-    items of equal counts, and those fall to the lower index.
+    items of equal counts, and those fall to the lower index. (With ``"tfidf"``, an item's users are those of
+    nonzero weight: an item seen only by users of every item but one has no similarity.)
     The Gram matrix of the items seen in training (the others have no similarity) is formed in sparse row blocks of
     bounded size and each block's pairs sorted, so time is ``O(nnz log nnz)`` in the co-occurring pairs (not in
     ``n_items^2``) and memory ``O(n_items * neighbours)`` plus one block.
@@ -381,18 +382,20 @@ def _tfidf_rows(X: sp.csr_matrix) -> sp.csr_matrix:
     ``"tfidf"``.
 
     ``s``, the root mean square of ``idf_u`` over the interactions, leaves the cosine as it is and keeps ``shrink``
-    in the units of the weights themselves (of the co-occurrence counts on a binary log), so that one shrink grid
-    serves both weightings."""
+    in the units of co-occurrence counts, so that on a binary log one shrink grid serves both weightings (on a
+    weighted log a pair's plain term is ``x_ui x_uj``, its TF-IDF one ``sqrt(x_ui x_uj)`` times the idfs). A user
+    of every seen item but one has ``idf_u = 0`` and drops out; a negative ``idf_u`` (a user of every item) enters
+    squared, as every weight does in the Gram matrix."""
     if np.any(X.data < 0):
         raise ValueError(f"X must hold non-negative weights for weighting='tfidf' ({int(np.sum(X.data < 0))} < 0)")
     per_user = np.diff(X.indptr)
     idf = np.repeat(np.log(_seen_items(X)) - np.log1p(per_user), per_user)
-    scale = np.sqrt(np.mean(idf**2))
-    if scale == 0:  # every user of all items but one (a catalogue of two): no user says more than another
-        return X
     weighted = X.copy()
-    weighted.data = np.sqrt(weighted.data) * idf / scale
-    weighted.eliminate_zeros()  # a user of every item but one: idf 0, no weight in any pair
+    weighted.data = np.sqrt(weighted.data) * idf
+    weighted.eliminate_zeros()
+    if weighted.nnz == 0:
+        raise ValueError("weighting='tfidf' leaves no weight: every user interacted with all but one of the items seen")
+    weighted.data /= np.sqrt(np.mean(idf**2))
     return weighted
 
 
