@@ -87,9 +87,10 @@ def tfidf_weighted(X):
 
 @pytest.mark.parametrize("shrink", [0.0, 3.0])
 def test_itemknn_with_tfidf_weighting_is_the_cosine_of_the_weighted_users(shrink):
-    X = random_interactions(40, 13, 0.3, seed=3, weighted=True)
+    X = random_interactions(40, 13, 0.3, seed=3, weighted=True).toarray()
     X[:3] = 0.0
     X[:3, :8] = 1.0  # three heavy users: the lowest weights
+    X = sp.csr_matrix(X)
     W, scale = tfidf_weighted(X)
     assert np.ptp(W[W != 0]) > 1.0
     model = rb.fit_itemknn(X, neighbours=13, shrink=shrink, weighting="tfidf")
