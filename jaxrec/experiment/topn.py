@@ -86,8 +86,8 @@ logger = logging.getLogger(__name__)
 
 #: the hyper-parameters tried on the validation users for each baseline
 #: (widened each time half the splits of ml-100k and ml-latest-small chose an edge of a grid: EASE l2 2000, 200
-#: neighbours and ALS l2 100 / alpha 10 at first; then 500 neighbours, shrink 10 and ALS alpha 1; item-kNN's TF-IDF
-#: weighting of the users, as the ``implicit`` library's item-kNN has it, since an audit against that library)
+#: neighbours and ALS l2 100 / alpha 10 at first; then 500 neighbours, shrink 10 and ALS alpha 1); item-kNN's TF-IDF
+#: weighting of the users is the one a practitioner's item-kNN (the ``implicit`` library's) applies
 BASELINE_GRIDS: dict[str, list[dict]] = {
     "popular": [{}],
     "itemknn": [
