@@ -250,6 +250,13 @@ def test_feature_tables_beside_an_inter_log_are_named_when_not_read(tmp_path, ca
         with_feature_tables(jd.read_log(zipped), DataConfig(path=str(zipped)))
     assert f"{tmp_path / 'x.item'} lies beside the log and is not read" in caplog.text
     caplog.clear()
+    dotted = tmp_path / "x.interactions.inter"  # a name holding ".inter" before its suffix: its own tables
+    dotted.write_bytes(inter.read_bytes())
+    (tmp_path / "x.interactions.item").write_text("item_id:token\tclass:token_seq\n1\tA B\n")
+    with caplog.at_level(logging.WARNING):
+        with_feature_tables(jd.read_log(dotted), DataConfig(path=str(dotted)))
+    assert f"{tmp_path / 'x.interactions.item'} lies beside the log and is not read" in caplog.text
+    caplog.clear()
     with caplog.at_level(logging.WARNING):
         joined = with_feature_tables(dataset, DataConfig(path=str(inter), item_features=str(tmp_path / "x.item")))
     assert "lies beside" not in caplog.text

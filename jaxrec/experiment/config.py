@@ -1073,7 +1073,7 @@ def with_feature_tables(dataset: Dataset, data: DataConfig) -> Dataset:
     log = Path(data.path) if data.path is not None else None
     if log is not None and log.name.endswith((".inter", ".inter.gz")):
         for role in ("item", "user"):
-            beside = log.with_name(log.name.split(".inter")[0] + f".{role}")
+            beside = log.with_name(log.name.removesuffix(".gz").removesuffix(".inter") + f".{role}")
             if getattr(data, f"{role}_features") is None and beside.is_file():
                 logger.warning(
                     "%s lies beside the log and is not read: name it as %s_features= (--%s-features %s) to use its "
